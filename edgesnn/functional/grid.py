@@ -1,0 +1,82 @@
+"""Fixed-point grid arithmetic that makes the RevLIF inverse bit-exact (SPEC section 2.1).
+
+Every quantity the exact RevLIF stores or adds lives on the grid ``2^-16`` within
+``[-GRID_RANGE, GRID_RANGE]``. On that grid, float32 (24-bit significand) represents every value
+exactly up to ``|v| < 256``, so adding and subtracting grid values is exact, and multiplying by
+2^16 or by 1/2 is an exact exponent shift. Halving a grid value shifts out one bit; the node keeps
+that bit (packed, 8 time steps per byte) so the inverse can put it back.
+
+Gradients pass straight through every rounding step (:func:`straight_through`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .surrogate import stop_gradient
+
+__all__ = [
+    "GRID_BITS",
+    "GRID_SCALE",
+    "INPUT_RANGE",
+    "to_grid",
+    "quantize_input",
+    "halve_on_grid",
+    "unhalve_on_grid",
+    "straight_through",
+    "packed_steps",
+    "pack_bit",
+    "unpack_bit",
+]
+
+GRID_BITS = 16
+GRID_SCALE = float(2**GRID_BITS)
+#: Inputs are clamped to +-INPUT_RANGE before quantization. With |x| <= 64 every stored state,
+#: output and intermediate sum stays below 2 * (64 + 1 + |v_reset| + v_th) < 256 (see README).
+INPUT_RANGE = 64.0
+
+
+def to_grid(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest multiple of ``2^-16`` (ties to even)."""
+    return torch.round(x * GRID_SCALE) / GRID_SCALE
+
+
+def quantize_input(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to ``[-INPUT_RANGE, INPUT_RANGE]`` and round onto the grid (no gradient handling)."""
+    return to_grid(torch.clamp(x, -INPUT_RANGE, INPUT_RANGE))
+
+
+def halve_on_grid(v: torch.Tensor):
+    """``(floor_grid(v / 2), bit)`` for a grid value ``v``: ``v == 2 * floor_grid(v / 2) + bit * 2^-16``.
+
+    ``bit`` is returned as ``uint8`` (0 or 1).
+    """
+    k = v * GRID_SCALE
+    half = torch.floor(k * 0.5)
+    bit = k - 2.0 * half
+    return half / GRID_SCALE, bit.to(torch.uint8)
+
+
+def unhalve_on_grid(half: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`halve_on_grid`: ``2 * half + bit * 2^-16`` (exact)."""
+    return (2.0 * (half * GRID_SCALE) + bit.to(half.dtype)) / GRID_SCALE
+
+
+def straight_through(exact: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """Value of ``exact`` (bit for bit), gradient of ``smooth``."""
+    return stop_gradient(exact) + (smooth - stop_gradient(smooth))
+
+
+def packed_steps(T: int) -> int:
+    """Bytes per neuron that hold one bit per time step for ``T`` steps (``ceil(T / 8)``)."""
+    return (T + 7) // 8
+
+
+def pack_bit(packed: torch.Tensor, t: int, bit: torch.Tensor) -> None:
+    """OR the 0/1 ``bit`` of step ``t`` into ``packed[t // 8]`` (bit ``t % 8``), in place."""
+    packed[t // 8] |= bit << (t % 8)
+
+
+def unpack_bit(packed: torch.Tensor, t: int) -> torch.Tensor:
+    """The 0/1 ``uint8`` bit of step ``t`` from ``packed`` ``[ceil(T/8), ...]``."""
+    return (packed[t // 8] >> (t % 8)) & 1

@@ -1,0 +1,226 @@
+"""The leaky integrate-and-fire (LIF) node: pure step functions with explicit state.
+
+Semantics are SpikingJelly's ``LIFNode`` (SPEC section 1), so users can switch and compare:
+
+* charge, ``decay_input=True``:  ``h = v + (x - (v - v_reset)) / tau``
+* charge, ``decay_input=False``: ``h = v - (v - v_reset) / tau + x``
+* fire: ``s = 1 if h >= v_th else 0`` (note ``>=``)
+* hard reset: ``u = s * v_reset + (1 - s) * h``; soft reset (``v_reset=None``): ``u = h - s * v_th``
+
+``u`` is the post-reset potential, the state carried to the next step. With a soft reset the
+charge uses ``v_reset = 0``. Potentials are in units of the threshold scale (dimensionless),
+``tau`` in time steps.
+
+This module is the one place where the per-neuron LIF math is written for PyTorch tensors; the
+RevLIF node, the kernels' oracle tests and the exporters all call it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import torch
+
+from .checks import check_sequence, check_state
+from .surrogate import Sigmoid, Surrogate, SurrogateLike, get_surrogate, spike, stop_gradient
+
+__all__ = [
+    "LIFParams",
+    "lif_charge",
+    "lif_fire_reset",
+    "lif_step",
+    "lif_step_vjp",
+    "lif_multistep_reference",
+    "lif_multistep",
+    "initial_state",
+]
+
+
+@dataclass(frozen=True)
+class LIFParams:
+    """Hyper-parameters of a LIF node (all plain Python numbers; none is learned).
+
+    Attributes:
+        tau: membrane time constant in time steps, > 1.
+        v_threshold: firing threshold ``v_th``.
+        v_reset: reset potential for a hard reset; ``None`` selects a soft reset (subtract ``v_th``).
+        decay_input: whether the input is divided by ``tau`` too (SpikingJelly's default True).
+        detach_reset: drop the gradient through the spike in the reset term.
+        surrogate: a :class:`Surrogate` or its name (``"sigmoid"`` alpha 4, ``"atan"`` alpha 2).
+    """
+
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: Optional[float] = 0.0
+    decay_input: bool = True
+    detach_reset: bool = False
+    surrogate: Surrogate = field(default_factory=Sigmoid)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "surrogate", get_surrogate(self.surrogate))
+        if not _is_finite_number(self.tau) or self.tau <= 1.0:
+            raise ValueError(f"tau: expected a finite number > 1 (time steps), got {self.tau!r}")
+        if not _is_finite_number(self.v_threshold):
+            raise ValueError(f"v_threshold: expected a finite number, got {self.v_threshold!r}")
+        if self.v_reset is not None and not _is_finite_number(self.v_reset):
+            raise ValueError(f"v_reset: expected a finite number or None (soft reset), got {self.v_reset!r}")
+        if self.v_reset is not None and self.v_reset >= self.v_threshold:
+            raise ValueError(f"v_reset: expected a value below v_threshold={self.v_threshold}, got {self.v_reset}")
+        object.__setattr__(self, "tau", float(self.tau))
+        object.__setattr__(self, "v_threshold", float(self.v_threshold))
+        if self.v_reset is not None:
+            object.__setattr__(self, "v_reset", float(self.v_reset))
+
+    @property
+    def hard_reset(self) -> bool:
+        return self.v_reset is not None
+
+    @property
+    def charge_reset(self) -> float:
+        """The potential the leak decays towards (``v_reset``, or 0 for a soft reset)."""
+        return 0.0 if self.v_reset is None else self.v_reset
+
+    @property
+    def state_decay(self) -> float:
+        """``dh / dv = 1 - 1 / tau`` (the same for both charge equations)."""
+        return 1.0 - 1.0 / self.tau
+
+    @property
+    def input_gain(self) -> float:
+        """``dh / dx``: ``1 / tau`` with ``decay_input``, else 1."""
+        return 1.0 / self.tau if self.decay_input else 1.0
+
+
+def _is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def initial_state(like: torch.Tensor, p: LIFParams) -> torch.Tensor:
+    """The state a fresh node starts from: ``v_reset`` (0 for a soft reset), shape ``like.shape``."""
+    return torch.full_like(like, p.charge_reset)
+
+
+def lif_charge(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> torch.Tensor:
+    """Membrane potential ``h`` after charging with input ``x`` from state ``v`` (same shapes)."""
+    if p.decay_input:
+        return v + (x - (v - p.charge_reset)) / p.tau
+    return v - (v - p.charge_reset) / p.tau + x
+
+
+def lif_fire_reset(h: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Spike ``s`` (0/1, surrogate gradient) and post-reset potential ``u`` from ``h``."""
+    s = spike(h - p.v_threshold, p.surrogate)
+    s_reset = stop_gradient(s) if p.detach_reset else s
+    if p.hard_reset:
+        u = s_reset * p.v_reset + (1.0 - s_reset) * h
+    else:
+        u = h - s_reset * p.v_threshold
+    return s, u
+
+
+def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One LIF step: returns ``(s, v_next)`` for input ``x`` and state ``v`` of the same shape."""
+    h = lif_charge(x, v, p)
+    return lif_fire_reset(h, p)
+
+
+def lif_step_vjp(
+    h: torch.Tensor, grad_s: torch.Tensor, grad_u: torch.Tensor, p: LIFParams
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Vector-Jacobian product of one step ``(x, v) -> (s, u)``, evaluated from ``h`` alone.
+
+    Args:
+        h: the charged potential of that step.
+        grad_s: gradient flowing into the spike ``s``.
+        grad_u: gradient flowing into the post-reset potential ``u``.
+
+    Returns:
+        ``(grad_x, grad_v)``: gradients for the step's input and its incoming state.
+    """
+    u = h - p.v_threshold
+    g = p.surrogate.grad(u)
+    s = (u >= 0).to(h.dtype)
+    if p.hard_reset:
+        du_dh = 1.0 - s
+        if not p.detach_reset:
+            du_dh = du_dh + (p.v_reset - h) * g
+    else:
+        du_dh = torch.ones_like(h) if p.detach_reset else 1.0 - p.v_threshold * g
+    grad_h = grad_s * g + grad_u * du_dh
+    return grad_h * p.input_gain, grad_h * p.state_decay
+
+
+def lif_multistep_reference(
+    x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Store-everything LIF over time under plain autograd (the oracle and the export path).
+
+    Args:
+        x_seq: input currents ``[T, B, ...]``.
+        v0: initial state ``[B, ...]``; ``None`` starts from :func:`initial_state`.
+
+    Returns:
+        ``(s_seq [T, B, ...], v_T [B, ...])``.
+    """
+    check_sequence(x_seq)
+    check_state(v0, x_seq)
+    v = initial_state(x_seq[0], p) if v0 is None else v0
+    spikes = []
+    for t in range(x_seq.shape[0]):
+        s, v = lif_step(x_seq[t], v, p)
+        spikes.append(s)
+    return torch.stack(spikes), v
+
+
+class _LIFTorchFunction(torch.autograd.Function):
+    """LIF over time that saves only ``h`` (one tensor of ``[T, B, ...]``) for backward."""
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams):
+        h_seq = torch.empty_like(x_seq)
+        s_seq = torch.empty_like(x_seq)
+        v = v0
+        with torch.no_grad():
+            for t in range(x_seq.shape[0]):
+                h = lif_charge(x_seq[t], v, p)
+                s, v = lif_fire_reset(h, p)
+                h_seq[t] = h
+                s_seq[t] = s
+        ctx.save_for_backward(h_seq)
+        ctx.params = p
+        return s_seq, v
+
+    @staticmethod
+    def backward(ctx, grad_s_seq, grad_v_T):
+        (h_seq,) = ctx.saved_tensors
+        p: LIFParams = ctx.params
+        grad_x = torch.empty_like(h_seq)
+        grad_v = torch.zeros_like(h_seq[0]) if grad_v_T is None else grad_v_T
+        if grad_s_seq is None:
+            grad_s_seq = torch.zeros_like(h_seq)
+        for t in range(h_seq.shape[0] - 1, -1, -1):
+            grad_x[t], grad_v = lif_step_vjp(h_seq[t], grad_s_seq[t], grad_v, p)
+        return grad_x, grad_v, None
+
+
+def lif_multistep(
+    x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """LIF over time with a hand-written backward (PyTorch ops, saves ``h``: 1x the input).
+
+    Same values as :func:`lif_multistep_reference`; same gradients up to float rounding.
+
+    Args:
+        x_seq: input currents ``[T, B, ...]``.
+        v0: initial state ``[B, ...]``; ``None`` starts from :func:`initial_state`.
+
+    Returns:
+        ``(s_seq [T, B, ...], v_T [B, ...])``.
+    """
+    check_sequence(x_seq)
+    check_state(v0, x_seq)
+    if v0 is None:
+        v0 = initial_state(x_seq[0], p)
+    return _LIFTorchFunction.apply(x_seq, v0, p)

@@ -1,0 +1,172 @@
+"""RevLIF over time with O(1)-in-T autograd memory.
+
+:class:`RevLIFFunction` saves, per neuron, only the final state ``v_T`` (plus, in exact mode, the
+packed kept bits: ``ceil(T/8)`` bytes; in float mode the per-neuron spike count), and references
+its own output ``y`` (which the next layer keeps for its own backward anyway). No per-time-step
+float tensor is saved. Backward runs :func:`~edgesnn.functional.revlif.revlif_step_backward` from
+``t = T`` down to 1: one pass that reconstructs and differentiates.
+
+The loops over time are *kernels*: ``torch_forward`` / ``torch_backward`` here are the reference
+implementation in PyTorch ops; fused kernels (``edgesnn.kernels``) implement the same contract:
+
+* ``forward(xg [T,B,n,M], v0 [B,n,M], p) -> (y [T,B,n,M], v_T [B,n,M], bits | None, counts | None)``
+  where ``xg`` is the raw input (exact mode clamps and quantizes it inside), ``bits`` is
+  ``uint8 [ceil(T/8), B, n, M]`` (exact mode) and ``counts`` is ``int32 [B, n, M]`` spikes per
+  neuron (float mode).
+* ``backward(y, v_T, bits, grad_y, grad_v_T, p) -> (grad_x, grad_v0, v0_rec, counts_rec | None)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import torch
+
+from .checks import check_sequence, check_state
+from .grid import pack_bit, packed_steps, quantize_input, to_grid, unpack_bit
+from .revlif import (
+    ReconstructionError,
+    RevLIFParams,
+    from_groups,
+    revlif_initial_state,
+    revlif_step,
+    revlif_step_backward,
+    to_groups,
+)
+
+__all__ = ["RevLIFKernels", "TORCH_KERNELS", "torch_forward", "torch_backward", "revlif_multistep", "verify_reconstruction"]
+
+#: Float mode: largest accepted error of the reconstructed initial state, relative to max(1, |v_th|).
+FLOAT_MODE_TOLERANCE = 1e-3
+
+
+@torch.no_grad()
+def torch_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
+    """Reference forward kernel in PyTorch ops (see the module docstring for the contract)."""
+    T = xg.shape[0]
+    if p.exact:
+        xg = quantize_input(xg)
+    y = torch.empty_like(xg)
+    bits = torch.zeros((packed_steps(T),) + tuple(v0.shape), dtype=torch.uint8, device=xg.device) if p.exact else None
+    counts = None if p.exact else torch.zeros(v0.shape, dtype=torch.int32, device=xg.device)
+    v = v0
+    for t in range(T):
+        y[t], v, bit = revlif_step(xg[t], v, p)
+        if bit is not None:
+            pack_bit(bits, t, bit)
+        else:
+            counts += (y[t] - p.alpha * xg[t] >= 0.5).to(torch.int32)
+    return y, v, bits, counts
+
+
+@torch.no_grad()
+def torch_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
+    """Reference single-pass backward kernel in PyTorch ops."""
+    T = y.shape[0]
+    grad_x = torch.empty_like(grad_y)
+    counts = None if p.exact else torch.zeros(v_T.shape, dtype=torch.int32, device=y.device)
+    v = v_T
+    grad_v = grad_v_T
+    for t in range(T - 1, -1, -1):
+        bit = unpack_bit(bits, t) if bits is not None else None
+        x, v, grad_x[t], grad_v = revlif_step_backward(y[t], v, bit, grad_y[t], grad_v, p)
+        if counts is not None:
+            counts += (y[t] - p.alpha * x >= 0.5).to(torch.int32)
+    return grad_x, grad_v, v, counts
+
+
+class RevLIFKernels(NamedTuple):
+    """A forward/backward kernel pair implementing the contract in the module docstring."""
+
+    name: str
+    forward: Callable
+    backward: Callable
+
+
+TORCH_KERNELS = RevLIFKernels("torch", torch_forward, torch_backward)
+
+
+def verify_reconstruction(v0, v0_rec, counts, counts_rec, p: RevLIFParams, T: int) -> None:
+    """Raise :class:`ReconstructionError` if the inverse did not reproduce the forward history.
+
+    Exact mode: the reconstructed initial state must equal ``v0`` bit for bit (it can only differ
+    if the state left the grid's exact range). Float mode: within ``FLOAT_MODE_TOLERANCE`` and
+    with identical per-neuron spike counts.
+    """
+    if p.exact:
+        if not torch.equal(v0_rec, v0):
+            err = float((v0_rec - v0).abs().max())
+            raise ReconstructionError(
+                f"RevLIF exact mode: reconstructed initial state differs from the forward's by {err:.3g} after "
+                f"T={T} steps; the state left the exact float grid (|v| >= 256?). Check the layer's input scale."
+            )
+        return
+    err = float((v0_rec - v0).abs().max()) if v0.numel() else 0.0
+    flips = int((counts_rec != counts).sum())
+    scale = max(1.0, abs(p.lif.v_threshold))
+    if flips or not err <= FLOAT_MODE_TOLERANCE * scale:
+        raise ReconstructionError(
+            f"RevLIF float mode: the inverse did not reproduce the forward over T={T} steps (initial-state "
+            f"error {err:.3g}, {flips} neuron(s) with a different spike count); use mode='exact', float64 or fewer steps"
+        )
+
+
+class RevLIFFunction(torch.autograd.Function):
+    """Autograd node of RevLIF; see the module docstring for what it saves."""
+
+    @staticmethod
+    def forward(ctx, x_seq: torch.Tensor, v0: Optional[torch.Tensor], p: RevLIFParams, kernels: RevLIFKernels):
+        xg = to_groups(x_seq, p.groups)
+        if v0 is None:
+            v0g = revlif_initial_state(xg[0], p)
+        else:
+            v0g = to_groups(v0, p.groups, 1, "v0")
+            v0g = to_grid(v0g) if p.exact else v0g.clone()
+        y, v_T, bits, counts = kernels.forward(xg, v0g, p)
+        y_out = from_groups(y, x_seq.shape)
+        v_T_out = from_groups(v_T, x_seq.shape[1:])
+        # The initial state is kept only to verify an inverse that started from a given state in
+        # float mode; a fresh state is a constant and is rebuilt in backward.
+        kept_v0 = v0g if (v0 is not None and not p.exact) else None
+        ctx.save_for_backward(y_out, v_T_out, bits, counts, kept_v0)
+        ctx.meta = (p, kernels, x_seq.shape, v0 is not None)
+        return y_out, v_T_out
+
+    @staticmethod
+    def backward(ctx, grad_y_out, grad_v_T_out):
+        p, kernels, shape, given_v0 = ctx.meta
+        y_out, v_T_out, bits, counts, kept_v0 = ctx.saved_tensors
+        y = to_groups(y_out, p.groups)
+        v_T = to_groups(v_T_out, p.groups, 1, "v_T")
+        grad_y = torch.zeros_like(y) if grad_y_out is None else to_groups(grad_y_out.contiguous(), p.groups)
+        grad_v_T = torch.zeros_like(v_T) if grad_v_T_out is None else to_groups(grad_v_T_out.contiguous(), p.groups, 1, "grad_v_T")
+        grad_x, grad_v0, v0_rec, counts_rec = kernels.backward(y, v_T, bits, grad_y, grad_v_T, p)
+        v0 = kept_v0 if given_v0 else revlif_initial_state(v0_rec, p)
+        if v0 is not None:
+            verify_reconstruction(v0, v0_rec, counts, counts_rec, p, shape[0])
+        grad_v0_out = from_groups(grad_v0, shape[1:]) if ctx.needs_input_grad[1] else None
+        return from_groups(grad_x, shape), grad_v0_out, None, None
+
+
+def revlif_multistep(
+    x_seq: torch.Tensor,
+    p: RevLIFParams,
+    v0: Optional[torch.Tensor] = None,
+    kernels: RevLIFKernels = TORCH_KERNELS,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """RevLIF over time, memory O(1) in T for autograd; same values as the oracle.
+
+    Args:
+        x_seq: input ``[T, B, C, ...]`` or ``[T, B, N]`` (float32 or float64); ``C`` divisible by
+            ``p.groups``.
+        p: node parameters.
+        v0: initial state ``[B, C, ...]``; ``None`` starts from ``v_reset``.
+        kernels: the forward/backward loop implementation (default: PyTorch reference).
+
+    Returns:
+        ``(y_seq, v_T)``: real-valued outputs ``[T, B, ...]`` and the final state ``[B, ...]``.
+    """
+    check_sequence(x_seq, dtypes=(torch.float32, torch.float64))
+    check_state(v0, x_seq)
+    to_groups(x_seq[:1], p.groups)  # validates the group count before any work
+    return RevLIFFunction.apply(x_seq, v0, p, kernels)

@@ -1,0 +1,107 @@
+"""Surrogate gradients for the Heaviside spike.
+
+The spike ``s = H(u)`` (``u = h - v_th``, ``H(u) = 1 if u >= 0``) has zero derivative almost
+everywhere; training replaces ``dH/du`` with the derivative ``sg'(u)`` of a smooth surrogate.
+
+Two surrogates, with SpikingJelly's defaults:
+
+* ``Sigmoid(alpha=4)``: ``sg(u) = sigmoid(alpha u)``, ``sg'(u) = alpha sigmoid(alpha u)(1 - sigmoid(alpha u))``
+* ``ATan(alpha=2)``: ``sg'(u) = (alpha / 2) / (1 + (pi/2 alpha u)^2)``
+
+:func:`spike` writes the spike with standard tensor operations only,
+``H(u) + (u - stop(u)) * stop(sg'(u))``, so that the same code carries the surrogate gradient
+under eager autograd, TorchScript and ONNX Runtime's gradient builder (which has no gradient for
+``Atan`` and silently drops ``.detach()``; see :func:`stop_gradient`). In the forward pass
+``u - stop(u)`` is exactly ``0.0``, so the spike is exactly 0 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+__all__ = ["Surrogate", "Sigmoid", "ATan", "SurrogateLike", "get_surrogate", "spike", "stop_gradient"]
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """Base class: a named surrogate with a sharpness ``alpha``."""
+
+    alpha: float
+
+    name = "surrogate"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"surrogate alpha must be a finite number > 0, got {self.alpha!r}")
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)``, same shape as ``u``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Sigmoid(Surrogate):
+    """``sg(u) = sigmoid(alpha u)``; SpikingJelly's default (alpha = 4)."""
+
+    alpha: float = 4.0
+    name = "sigmoid"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        sg = torch.sigmoid(self.alpha * u)
+        return self.alpha * sg * (1.0 - sg)
+
+
+@dataclass(frozen=True)
+class ATan(Surrogate):
+    """``sg(u) = atan(pi/2 alpha u) / pi + 1/2``; SpikingJelly's ATan (alpha = 2)."""
+
+    alpha: float = 2.0
+    name = "atan"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        z = (math.pi / 2.0 * self.alpha) * u
+        return (self.alpha / 2.0) / (1.0 + z * z)
+
+
+SurrogateLike = Union[str, Surrogate]
+
+_BY_NAME = {"sigmoid": Sigmoid, "atan": ATan}
+
+
+def get_surrogate(spec: SurrogateLike) -> Surrogate:
+    """Return a :class:`Surrogate` from a name (``"sigmoid"``, ``"atan"``) or an instance."""
+    if isinstance(spec, Surrogate):
+        return spec
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key in _BY_NAME:
+            return _BY_NAME[key]()
+        raise ValueError(f"surrogate: unknown name {spec!r}; expected one of {sorted(_BY_NAME)} or a Surrogate instance")
+    raise TypeError(f"surrogate: expected a name {sorted(_BY_NAME)} or a Surrogate instance, got {type(spec).__name__}")
+
+
+def stop_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with no gradient flowing back through it, in every backend edgesnn exports to.
+
+    Eager and TorchScript use ``detach``. Inside an ONNX export ``detach`` would be silently
+    dropped, so the value takes an integer-cast round trip there (no gradient crosses an integer
+    cast in ONNX Runtime's gradient builder). That round trip keeps 2^-24 absolute resolution; the
+    spike stays exactly 0/1 in eager mode and TorchScript, and is within 1e-7 of it in ONNX.
+    """
+    if torch.onnx.is_in_onnx_export():
+        scale = 16777216.0  # 2**24
+        return torch.round(x * scale).to(torch.int64).to(x.dtype) / scale
+    return x.detach()
+
+
+def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+    """Heaviside spike ``(u >= 0)`` as ``u.dtype`` whose gradient is ``surrogate.grad(u)``.
+
+    ``u`` is the distance to threshold ``h - v_th`` of any shape.
+    """
+    heaviside = (u >= 0).to(u.dtype)
+    return heaviside + (u - stop_gradient(u)) * stop_gradient(surrogate.grad(u))
