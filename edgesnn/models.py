@@ -1,0 +1,175 @@
+"""Model builders: MLP, a small conv net and VGG-11 (CIFAR-shaped), each with LIF or RevLIF nodes.
+
+Every model is a :class:`SpikingClassifier`: it repeats a static input over ``T`` time steps
+(direct encoding), runs a ``body`` (``nn.Sequential`` of multi-step layers on ``[T, B, ...]``) and
+averages the logits over time. Spiking nodes are chosen per layer by a *neuron spec*:
+``"lif"``, ``"revlif"`` (2 groups) or ``"revlif:G"`` (``G`` groups); ``neuron`` takes one spec
+for all layers or a list with one per spiking layer (in order). The builder arguments are kept in
+``model.config`` so a checkpoint can rebuild the model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .nn import LIF, RevLIF, SeqToANN
+
+__all__ = ["MODEL_NAMES", "SpikingClassifier", "build_model", "parse_neuron_spec", "spiking_layers", "make_neuron"]
+
+MODEL_NAMES = ("mlp", "convnet", "vgg11")
+NeuronArg = Union[str, Sequence[str]]
+
+VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def parse_neuron_spec(spec: str) -> Tuple[str, int]:
+    """``"lif"`` -> ("lif", 0); ``"revlif"`` -> ("revlif", 2); ``"revlif:4"`` -> ("revlif", 4)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"neuron: expected 'lif', 'revlif' or 'revlif:G', got {spec!r}")
+    kind, _, groups = spec.strip().lower().partition(":")
+    if kind == "lif" and not groups:
+        return "lif", 0
+    if kind == "revlif":
+        try:
+            g = int(groups) if groups else 2
+        except ValueError:
+            raise ValueError(f"neuron: bad group count in {spec!r}; expected 'revlif:G' with an integer G >= 2") from None
+        if g < 2:
+            raise ValueError(f"neuron: RevLIF needs at least 2 groups, got {spec!r}")
+        return "revlif", g
+    raise ValueError(f"neuron: unknown neuron {spec!r}; expected 'lif', 'revlif' or 'revlif:G'")
+
+
+def make_neuron(spec: str, channels: int, layer: str = "", **node_kwargs) -> nn.Module:
+    """A spiking node for ``channels`` channels from a neuron spec (see module docstring)."""
+    kind, groups = parse_neuron_spec(spec)
+    if kind == "lif":
+        return LIF(**node_kwargs)
+    if channels % groups:
+        raise ValueError(f"neuron: {groups} groups do not divide the {channels} channels of spiking layer {layer or '?'}")
+    return RevLIF(groups=groups, **node_kwargs)
+
+
+class SpikingClassifier(nn.Module):
+    """Direct-encoding classifier: ``[B, ...]`` -> repeat over T -> body -> mean logits ``[B, classes]``.
+
+    An input that already has a time dim (``[T, B, ...]``, ``x.dim() == len(in_shape) + 2``) is
+    used as is (event data).
+    """
+
+    def __init__(self, body: nn.Sequential, timesteps: int, in_shape: Sequence[int], config: Dict) -> None:
+        super().__init__()
+        if not isinstance(timesteps, int) or timesteps < 1:
+            raise ValueError(f"timesteps: expected an integer >= 1, got {timesteps!r}")
+        self.body = body
+        self.timesteps = timesteps
+        self.in_shape = tuple(in_shape)
+        self.config = dict(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nd = len(self.in_shape)
+        if x.dim() == nd + 1:
+            if tuple(x.shape[1:]) != self.in_shape:
+                raise ValueError(f"input: expected [B, {', '.join(map(str, self.in_shape))}], got {tuple(x.shape)}")
+            x = x.unsqueeze(0).expand(self.timesteps, *x.shape)
+        elif x.dim() != nd + 2 or tuple(x.shape[2:]) != self.in_shape:
+            raise ValueError(
+                f"input: expected [B, {', '.join(map(str, self.in_shape))}] or [T, B, ...], got {tuple(x.shape)}"
+            )
+        return self.body(x).mean(0)
+
+
+def spiking_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(qualified name, module)`` of every LIF/RevLIF node, in forward order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (LIF, RevLIF))]
+
+
+def _neuron_list(neuron: NeuronArg, count: int) -> List[str]:
+    if isinstance(neuron, str):
+        specs = [neuron] * count
+    else:
+        specs = list(neuron)
+        if len(specs) != count:
+            raise ValueError(f"neuron: this model has {count} spiking layers, got {len(specs)} neuron specs")
+    for s in specs:
+        parse_neuron_spec(s)
+    return specs
+
+
+def _mlp(in_shape, num_classes, specs, hidden, node_kwargs) -> nn.Sequential:
+    layers: List[nn.Module] = [SeqToANN(nn.Flatten())]
+    width = int(math.prod(in_shape))
+    for i, h in enumerate(hidden):
+        layers += [SeqToANN(nn.Linear(width, h)), SeqToANN(nn.BatchNorm1d(h)), make_neuron(specs[i], h, f"{i}", **node_kwargs)]
+        width = h
+    layers.append(SeqToANN(nn.Linear(width, num_classes)))
+    return nn.Sequential(*layers)
+
+
+def _conv_stack(in_shape, cfg, specs, node_kwargs) -> Tuple[List[nn.Module], Tuple[int, int, int]]:
+    c, h, w = in_shape
+    layers: List[nn.Module] = []
+    k = 0
+    for item in cfg:
+        if item == "M":
+            if h >= 2 and w >= 2:
+                layers.append(SeqToANN(nn.AvgPool2d(2)))
+                h, w = h // 2, w // 2
+            continue
+        layers += [
+            SeqToANN(nn.Conv2d(c, item, 3, padding=1, bias=False)),
+            SeqToANN(nn.BatchNorm2d(item)),
+            make_neuron(specs[k], item, f"conv{k}", **node_kwargs),
+        ]
+        c = item
+        k += 1
+    return layers, (c, h, w)
+
+
+def build_model(
+    name: str,
+    in_shape: Sequence[int],
+    num_classes: int,
+    timesteps: int,
+    neuron: NeuronArg = "lif",
+    hidden: Sequence[int] = (128, 128),
+    channels: Sequence[int] = (16, 32),
+    node: Optional[Dict] = None,
+) -> SpikingClassifier:
+    """Build a spiking classifier.
+
+    Args:
+        name: ``"mlp"``, ``"convnet"`` or ``"vgg11"``.
+        in_shape: one sample's shape: ``(features,)`` or ``(C, H, W)`` (conv models need 3 dims).
+        num_classes: number of output classes.
+        timesteps: T, the number of time steps the input is repeated for.
+        neuron: one neuron spec for all spiking layers, or one per layer.
+        hidden: MLP hidden widths. channels: conv-net channel widths (a pool follows the last).
+        node: extra keyword arguments for every node (tau, v_threshold, surrogate, backend...).
+    """
+    in_shape = tuple(int(s) for s in in_shape)
+    node_kwargs = dict(node or {})
+    config = dict(name=name, in_shape=list(in_shape), num_classes=int(num_classes), timesteps=int(timesteps),
+                  neuron=neuron if isinstance(neuron, str) else list(neuron), hidden=list(hidden),
+                  channels=list(channels), node=node_kwargs)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
+    if name == "mlp":
+        specs = _neuron_list(neuron, len(hidden))
+        body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs)
+    elif name in ("convnet", "vgg11"):
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape: model {name!r} needs (C, H, W), got {in_shape}")
+        cfg = tuple(channels) + ("M",) if name == "convnet" else VGG11_CFG
+        n_spiking = sum(1 for c in cfg if c != "M")
+        specs = _neuron_list(neuron, n_spiking)
+        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs)
+        layers += [SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(c * h * w, num_classes))]
+        body = nn.Sequential(*layers)
+    else:
+        raise ValueError(f"model: unknown model {name!r}; expected one of {MODEL_NAMES}")
+    return SpikingClassifier(body, int(timesteps), in_shape, config)
