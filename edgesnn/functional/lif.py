@@ -30,6 +30,7 @@ __all__ = [
     "LIFParams",
     "lif_charge",
     "lif_fire_reset",
+    "lif_fire_reset_values",
     "lif_step",
     "lif_step_vjp",
     "lif_multistep_reference",
@@ -118,6 +119,17 @@ def lif_fire_reset(h: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.T
     else:
         u = h - s_reset * p.v_threshold
     return s, u
+
+
+def lif_fire_reset_values(h: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(s, u)`` of :func:`lif_fire_reset`, bit for bit, without building any gradient path.
+
+    For inverses and backward passes, which need the values only.
+    """
+    s = (h >= p.v_threshold).to(h.dtype)
+    if p.hard_reset:
+        return s, s * p.v_reset + (1.0 - s) * h
+    return s, h - s * p.v_threshold
 
 
 def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:

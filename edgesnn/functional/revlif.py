@@ -11,7 +11,7 @@ Going backwards (groups ``n..2``, then 1) every ``(h_i, s_i, u_i)`` can be recom
 already-known values, so ``x`` and ``v`` are recovered from ``(y, v')``: the node keeps its final
 state only. Modes (see README, "Exactness"):
 
-* ``"exact"`` (default): ``alpha = 1``, ``beta = 1/2``; inputs and ``gamma * u`` are rounded to the
+* ``"exact"`` (default): ``alpha = 2^-k``, ``beta = 1/2``; inputs and ``gamma * u`` are rounded to the
   grid ``2^-16`` (inputs clamped to +-64) and the bit that halving ``v`` shifts out is kept, packed
   8 steps per byte. The inverse is then bit-exact at any T. Memory: final state + ``T/8`` bytes per
   neuron.
@@ -38,7 +38,7 @@ from .grid import (
     to_grid,
     unhalve_on_grid,
 )
-from .lif import LIFParams, lif_charge, lif_fire_reset, lif_step_vjp
+from .lif import LIFParams, lif_charge, lif_fire_reset, lif_fire_reset_values, lif_step_vjp
 
 __all__ = [
     "RevLIFParams",
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 MODES = ("exact", "float")
+#: Output coefficients that keep ``y = alpha x + s`` exact on the grid (|x| <= 64, grid 2^-16).
+EXACT_ALPHAS = tuple(2.0 ** -k for k in range(8))
 
 
 class ReconstructionError(RuntimeError):
@@ -66,7 +68,9 @@ class RevLIFParams:
     Attributes:
         lif: the per-group LIF step (tau, threshold, reset, surrogate...).
         groups: number of channel groups ``n >= 2``; must divide the channel count.
-        alpha: output mixing coefficient (``y = alpha x + s``); 1 in exact mode.
+        alpha: output mixing coefficient (``y = alpha x + s``); a power of two ``2^-k`` (k <= 7) in
+            exact mode. Smaller values let the spikes weigh more against the passed-through input
+            (1/4 trained digits as well as LIF, 1 about 2 points worse; see README).
         beta: state leak (``v' = beta v + gamma u``); 1/2 in exact mode.
         gamma: weight of the coupled post-reset potential; in ``(0, 1]``.
         mode: ``"exact"`` or ``"float"``.
@@ -74,7 +78,7 @@ class RevLIFParams:
 
     lif: LIFParams = field(default_factory=LIFParams)
     groups: int = 2
-    alpha: float = 1.0
+    alpha: float = 0.25
     beta: float = 0.5
     gamma: float = 0.5
     mode: str = "exact"
@@ -94,12 +98,17 @@ class RevLIFParams:
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma: expected a value in (0, 1], got {self.gamma}")
         if self.mode == "exact":
-            if self.alpha != 1.0 or self.beta != 0.5:
+            if self.alpha not in EXACT_ALPHAS or self.beta != 0.5:
                 raise ValueError(
-                    f"mode='exact' requires alpha=1 and beta=0.5 (got alpha={self.alpha}, beta={self.beta}); "
-                    "use mode='float' for other coefficients"
+                    f"mode='exact' requires alpha to be a power of two 2^-k, k = 0..7, and beta=0.5 "
+                    f"(got alpha={self.alpha}, beta={self.beta}); use mode='float' for other coefficients"
                 )
             lif = self.lif
+            if self.beta + self.gamma * lif.state_decay >= 1.0:
+                raise ValueError(
+                    f"mode='exact' needs a contracting state, beta + gamma * (1 - 1/tau) < 1; got "
+                    f"{self.beta} + {self.gamma} * {lif.state_decay:.4g} >= 1 (lower gamma or tau)"
+                )
             if abs(lif.v_threshold) > 16 or (lif.v_reset is not None and abs(lif.v_reset) > 16):
                 raise ValueError("mode='exact' requires |v_threshold| <= 16 and |v_reset| <= 16 to keep the state on the float32 grid")
 
@@ -145,7 +154,7 @@ def _combine(x_i, v_i, s_i, u_i, p: RevLIFParams):
     if p.exact:
         half, bit = halve_on_grid(v_i)
         u_term = to_grid(p.gamma * u_i)
-        y = x_i + s_i  # both exact: s is 0/1, x on the grid
+        y = p.alpha * x_i + s_i  # exact: alpha = 2^-k shifts the exponent, s is 0/1
         v_new = straight_through(half + u_term, p.beta * v_i + p.gamma * u_i)
         return y, v_new, bit
     return p.alpha * x_i + s_i, p.beta * v_i + p.gamma * u_i, None
@@ -218,10 +227,10 @@ def revlif_step_backward(
         else:
             a, w = x[:, n - 1], v[:, n - 1]
         h = lif_charge(a, w, p.lif)
-        s, u = lif_fire_reset(h, p.lif)
+        s, u = lif_fire_reset_values(h, p.lif)
         # invert
         if p.exact:
-            x[:, i] = y[:, i] - s
+            x[:, i] = (y[:, i] - s) / p.alpha
             v[:, i] = unhalve_on_grid(v_new[:, i] - to_grid(p.gamma * u), bits[:, i])
         else:
             x[:, i] = (y[:, i] - s) / p.alpha

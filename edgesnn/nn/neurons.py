@@ -75,7 +75,7 @@ class RevLIF(nn.Module):
         tau, v_threshold, v_reset, decay_input, surrogate, detach_reset: the per-group LIF step,
             as in :class:`LIF`.
         groups: channel groups ``n >= 2`` (must divide dim 2 of the input).
-        alpha: output mixing ``y = alpha x + s`` (1 in exact mode).
+        alpha: output mixing ``y = alpha x + s`` (a power of two ``2^-k`` in exact mode).
         beta: state leak ``v' = beta v + gamma u`` (1/2 in exact mode).
         gamma: weight of the coupled post-reset potential, in (0, 1].
         mode: ``"exact"`` (bit-exact inverse at any T; inputs clamped to +-64 and rounded to 2^-16)
@@ -94,7 +94,7 @@ class RevLIF(nn.Module):
         surrogate: SurrogateLike = "sigmoid",
         detach_reset: bool = False,
         groups: int = 2,
-        alpha: float = 1.0,
+        alpha: float = 0.25,
         beta: float = 0.5,
         gamma: float = 0.5,
         mode: str = "exact",

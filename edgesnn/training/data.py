@@ -1,0 +1,138 @@
+"""Datasets for training: built-in digits, local image folders and CIFAR-10 (python format).
+
+Nothing is downloaded. Every loader returns a :class:`Split` of float32 tensors: images scaled to
+[0, 1], shape ``[N, C, H, W]`` (or ``[N, features]`` when ``flat``), labels ``int64 [N]``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["Split", "Dataset", "load_dataset", "load_digits_dataset", "load_cifar10", "load_image_folder", "DATASETS"]
+
+DATASETS = ("digits", "cifar10", "folder")
+
+
+@dataclass
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def in_shape(self) -> Tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Tuple[Split, Split]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    te, tr = order[:n_test], order[n_test:]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return Split(t(x[tr]), t(y[tr])), Split(t(x[te]), t(y[te]))
+
+
+def load_digits_dataset(flat: bool = True, seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+    """scikit-learn's 8x8 digits (1,797 real samples, shipped with scikit-learn), 75/25 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    if not flat:
+        x = x.reshape(-1, 1, 8, 8)
+    train, test = _split(x, d.target.astype(np.int64), test_fraction, seed)
+    return Dataset("digits", train, test, 10)
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"data: CIFAR-10 batch file not found: {path}")
+    with open(path, "rb") as fh:
+        try:
+            return pickle.load(fh, encoding="latin1")
+        except Exception as exc:
+            raise ValueError(f"data: {path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+
+
+def load_cifar10(root: str, flat: bool = False) -> Dataset:
+    """CIFAR-10 in torchvision's python format from a local folder (``cifar-10-batches-py``).
+
+    ``root`` may be that folder or its parent. Nothing is downloaded.
+    """
+    base = Path(root)
+    if (base / "cifar-10-batches-py").is_dir():
+        base = base / "cifar-10-batches-py"
+    if not base.is_dir():
+        raise FileNotFoundError(f"data: CIFAR-10 folder not found: {root}")
+
+    def read(names: List[str]) -> Split:
+        xs, ys = [], []
+        for n in names:
+            d = _unpickle(base / n)
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d["labels"], dtype=np.int64))
+        x = np.concatenate(xs).astype(np.float32) / 255.0
+        if flat:
+            x = x.reshape(len(x), -1)
+        return Split(torch.from_numpy(x), torch.from_numpy(np.concatenate(ys)))
+
+    return Dataset("cifar10", read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), 10)
+
+
+def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = False, seed: int = 0,
+                      test_fraction: float = 0.25) -> Dataset:
+    """Images in ``root/<class name>/*.png|jpg`` (one folder per class), resized to ``size``, RGB."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow ships with matplotlib
+        raise RuntimeError("data: reading image folders needs pillow (pip install pillow)") from None
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"data: image folder not found: {root}")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise ValueError(f"data: {root} must hold one sub-folder per class (found {len(classes)})")
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((base / cls).iterdir()):
+            if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
+                continue
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0
+            xs.append(arr.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise ValueError(f"data: no images (.png/.jpg/.bmp) found under {root}")
+    x = np.stack(xs)
+    if flat:
+        x = x.reshape(len(x), -1)
+    train, test = _split(x, np.asarray(ys, dtype=np.int64), test_fraction, seed)
+    return Dataset(f"folder:{base.name}", train, test, len(classes))
+
+
+def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed: int = 0) -> Dataset:
+    """Load ``"digits"`` (built in), ``"cifar10"`` or ``"folder"`` (both need ``path``)."""
+    if name == "digits":
+        return load_digits_dataset(flat=flat, seed=seed)
+    if name in ("cifar10", "folder"):
+        if not path:
+            raise ValueError(f"data: dataset {name!r} needs --data-path pointing at a local folder (no downloads)")
+        return load_cifar10(path, flat=flat) if name == "cifar10" else load_image_folder(path, flat=flat, seed=seed)
+    raise ValueError(f"dataset: unknown dataset {name!r}; expected one of {DATASETS}")

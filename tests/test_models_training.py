@@ -1,0 +1,149 @@
+"""Modules, model builders, the training CLI, checkpoints and data loaders."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from edgesnn.checkpoint import CheckpointError, load_checkpoint
+from edgesnn.cli import main
+from edgesnn.models import build_model, parse_neuron_spec, spiking_layers
+from edgesnn.nn import LIF, RevLIF
+from edgesnn.training import TrainConfig, load_dataset, model_from_checkpoint, train
+
+
+def test_modules_keep_no_state_between_calls():
+    for node in (LIF(), RevLIF(groups=2)):
+        x = torch.randn(6, 3, 8) + 1.0
+        assert torch.equal(node(x), node(x))
+        assert node(x).shape == x.shape
+
+
+def test_module_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="backend"):
+        LIF(backend="fpga")
+    with pytest.raises(ValueError, match="surrogate"):
+        RevLIF(surrogate="relu")
+    with pytest.raises(ValueError, match="expected finite values"):
+        LIF(check_finite=True)(torch.tensor([[[float("nan")]]]))
+    with pytest.raises(ValueError, match="groups: 4 does not divide"):
+        RevLIF(groups=4)(torch.randn(2, 2, 6))
+
+
+@pytest.mark.parametrize("name,shape,n_spiking", [("mlp", (64,), 2), ("convnet", (1, 8, 8), 2), ("vgg11", (3, 32, 32), 8)])
+def test_builders_train_with_either_neuron(name, shape, n_spiking):
+    for neuron in ("lif", "revlif", ["revlif:4"] + ["lif"] * (n_spiking - 1)):
+        model = build_model(name, shape, 10, 2, neuron)
+        nodes = spiking_layers(model)
+        assert len(nodes) == n_spiking
+        x = torch.rand(2, *shape)
+        model(x).sum().backward()
+        first = next(p for p in model.parameters() if p.dim() > 1)
+        assert float(first.grad.abs().sum()) > 0
+    assert isinstance(spiking_layers(build_model(name, shape, 10, 2, "revlif:4"))[0][1], RevLIF)
+
+
+def test_neuron_specs_and_model_errors():
+    assert parse_neuron_spec("revlif:8") == ("revlif", 8)
+    with pytest.raises(ValueError, match="neuron"):
+        parse_neuron_spec("izhikevich")
+    with pytest.raises(ValueError, match="2 spiking layers, got 3"):
+        build_model("mlp", (64,), 10, 4, ["lif"] * 3)
+    with pytest.raises(ValueError, match="groups do not divide"):
+        build_model("mlp", (64,), 10, 4, "revlif:3")
+    with pytest.raises(ValueError, match="timesteps"):
+        build_model("mlp", (64,), 10, 0)
+    with pytest.raises(ValueError, match="input: expected"):
+        build_model("mlp", (64,), 10, 2)(torch.rand(3, 65))
+
+
+def test_train_cli_checkpoint_resume_and_report(tmp_path, capsys):
+    ck, js = tmp_path / "ck.pt", tmp_path / "r.json"
+    args = ["train", "--neuron", "revlif", "--epochs", "2", "--no-progress", "--checkpoint", str(ck), "--json", str(js)]
+    assert main(args) == 0
+    first = json.loads(js.read_text())
+    assert len(first["history"]) == 2 and first["test_accuracy"] > 0.5
+    assert load_checkpoint(ck)["epoch"] == 2
+    # resume to epoch 3: continues, does not restart
+    assert main(["train", "--neuron", "revlif", "--epochs", "3", "--no-progress", "--checkpoint", str(ck), "--resume", "--json", str(js)]) == 0
+    resumed = json.loads(js.read_text())
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][:2] == first["history"]
+    # an uninterrupted 3-epoch run reaches the same weights
+    ck2 = tmp_path / "ck2.pt"
+    assert main(["train", "--neuron", "revlif", "--epochs", "3", "--no-progress", "--checkpoint", str(ck2)]) == 0
+    a, b = load_checkpoint(ck)["model_state"], load_checkpoint(ck2)["model_state"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert "final test accuracy" in capsys.readouterr().out
+
+
+def test_convnet_trains_on_digits(tmp_path):
+    report = train(TrainConfig(model="convnet", neuron="revlif", epochs=1, timesteps=2), progress=False, log=lambda s: None)
+    assert report["test_accuracy"] > 0.3
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an edgesnn checkpoint"):
+        model_from_checkpoint(str(tmp_path / "other.pt"))
+    assert main(["train", "--epochs", "1", "--resume", "--checkpoint", str(bad), "--no-progress"]) == 2
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    from edgesnn import checkpoint
+
+    path = tmp_path / "ck.pt"
+    checkpoint.save_checkpoint(path, {"name": "x"}, {"w": torch.ones(2)})
+    before = path.read_bytes()
+
+    def boom(obj, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", boom)
+    with pytest.raises(OSError):
+        checkpoint.save_checkpoint(path, {"name": "y"}, {"w": torch.zeros(2)})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_bad_training_arguments():
+    assert main(["train", "--epochs", "0", "--no-progress"]) == 2
+    assert main(["train", "--dataset", "cifar10", "--no-progress"]) == 2  # needs --data-path
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "resnet"])
+
+
+def test_local_cifar10_and_image_folder(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, 4))}
+        (root / name).write_bytes(pickle.dumps(batch))
+    ds = load_dataset("cifar10", str(tmp_path), flat=False)
+    assert ds.train.x.shape == (20, 3, 32, 32) and ds.test.x.shape == (4, 3, 32, 32)
+    assert 0.0 <= float(ds.train.x.min()) and float(ds.train.x.max()) <= 1.0
+    (root / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+        load_dataset("cifar10", str(tmp_path))
+
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    for c in ("cat", "dog"):
+        (folder / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(folder / c / f"{i}.png")
+    ds = load_dataset("folder", str(folder), flat=False)
+    assert ds.num_classes == 2 and ds.in_shape == (3, 32, 32) and len(ds.train) + len(ds.test) == 8
+    with pytest.raises(FileNotFoundError):
+        load_dataset("folder", str(tmp_path / "nope"))

@@ -1,0 +1,128 @@
+"""RevLIF: exact inverse, single-pass gradient vs the store-everything oracle, memory, bad input."""
+
+import pytest
+import torch
+
+from edgesnn.functional import (
+    LIFParams,
+    ReconstructionError,
+    RevLIFParams,
+    revlif_multistep,
+    revlif_multistep_reference,
+)
+from edgesnn.functional.grid import quantize_input, unpack_bit
+from edgesnn.functional.revlif import revlif_initial_state, revlif_step_backward, to_groups
+from edgesnn.functional.revlif_autograd import torch_forward
+from edgesnn.memory import SavedTensorCounter
+from conftest import rel_err
+
+
+def _compare(x, p, v0=None, tol=1e-5):
+    x = x.clone().requires_grad_()
+    y1, v1 = revlif_multistep_reference(x, p, v0)
+    y2, v2 = revlif_multistep(x, p, v0)
+    assert torch.equal(y1, y2), "forward differs from the oracle"
+    assert torch.equal(v1, v2)
+    gy, gv = torch.randn_like(y1), torch.randn_like(v1)
+    inputs = (x,) if v0 is None else (x, v0)
+    g1 = torch.autograd.grad((y1 * gy).sum() + (v1 * gv).sum(), inputs)
+    g2 = torch.autograd.grad((y2 * gy).sum() + (v2 * gv).sum(), inputs)
+    for a, b in zip(g2, g1):
+        assert float(b.abs().max()) > 0
+        assert rel_err(a, b) < tol, rel_err(a, b)
+
+
+@pytest.mark.parametrize("T", [4, 64, 256])
+@pytest.mark.parametrize("groups", [2, 3, 4])
+def test_exact_mode_matches_oracle(T, groups):
+    x = torch.randn(T, 4, 12) + 0.5
+    _compare(x, RevLIFParams(groups=groups, alpha=1.0 if groups == 3 else 0.25))
+
+
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+@pytest.mark.parametrize("v_reset", [0.0, None])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_exact_mode_node_options(surrogate, v_reset, detach_reset, decay_input):
+    lif = LIFParams(tau=2.5, v_reset=v_reset, detach_reset=detach_reset, decay_input=decay_input, surrogate=surrogate)
+    _compare(torch.randn(24, 3, 8) * 2, RevLIFParams(lif, groups=2, gamma=0.75))
+
+
+def test_conv_shaped_input_and_given_initial_state():
+    x = torch.randn(10, 2, 6, 3, 3) + 0.3
+    v0 = (torch.rand(2, 6, 3, 3) * 0.5).requires_grad_()
+    _compare(x, RevLIFParams(groups=3), v0)
+
+
+def test_float64_gradients_to_1e10():
+    x = torch.randn(32, 3, 8, dtype=torch.float64) + 0.5
+    _compare(x, RevLIFParams(groups=2), tol=1e-10)
+    _compare(x[:6], RevLIFParams(groups=4, alpha=0.9, beta=0.8, gamma=1.0, mode="float"), tol=1e-10)
+
+
+@pytest.mark.parametrize("T", [64, 256, 1024])
+@pytest.mark.parametrize("scale,mean,alpha", [(1.0, 0.5, 0.25), (3.0, 0.0, 1.0), (3.0, 0.5, 2.0**-7)])
+def test_inverse_is_bit_exact_and_state_bounded(T, scale, mean, alpha):
+    p = RevLIFParams(groups=2, alpha=alpha)
+    x = to_groups(torch.randn(T, 8, 64) * scale + mean, 2)
+    v0 = revlif_initial_state(x[0], p)
+    y, v_T, bits, _ = torch_forward(x, v0, p)
+    xq = quantize_input(x)
+    v = v_T
+    zeros = torch.zeros_like(v)
+    for t in range(T - 1, -1, -1):
+        x_rec, v, _, _ = revlif_step_backward(y[t], v, unpack_bit(bits, t), zeros, zeros, p)
+        assert torch.equal(x_rec, xq[t]), f"input of step {t} not recovered exactly"
+    assert torch.equal(v, v0)
+    assert float(v_T.abs().max()) < 16  # bounded state: nowhere near the grid's exact range
+    rate = float((y - alpha * xq).mean())
+    assert 0.02 < rate < 0.5
+
+
+def test_float_mode_detects_failed_reconstruction():
+    p = RevLIFParams(groups=2, alpha=1.0, beta=1.0, gamma=1.0, mode="float")  # SPEC 2.1: fails past T~12
+    x = (torch.randn(64, 8, 64) + 0.5).requires_grad_()
+    y, _ = revlif_multistep(x, p)
+    with pytest.raises(ReconstructionError, match="float mode"):
+        y.sum().backward()
+
+
+def test_float_mode_short_sequence_is_accepted():
+    p = RevLIFParams(groups=2, beta=0.9, gamma=0.5, mode="float")
+    _compare(torch.randn(4, 4, 16, dtype=torch.float64) + 0.5, p, tol=1e-10)
+
+
+@pytest.mark.parametrize("T,target", [(8, 1), (16, 20), (64, 58.65)])
+def test_saves_no_per_step_tensor(T, target):
+    N, B = 256, 4
+    x = torch.randn(T, B, N, requires_grad=True)
+    with SavedTensorCounter() as c:
+        y, _ = revlif_multistep(x, RevLIFParams(groups=2))
+    saved = c.bytes(exclude=[x, y])
+    # final state (4 bytes) + packed bits (T/8 bytes) per neuron
+    assert saved == B * N * (4 + T // 8)
+    assert saved * target <= T * B * N * 12  # SpikingJelly's torch backend: 12 bytes per neuron-step
+
+
+def test_bad_input_errors():
+    p = RevLIFParams(groups=2)
+    with pytest.raises(ValueError, match="at least 3 dims"):
+        revlif_multistep(torch.randn(4, 8), p)
+    with pytest.raises(ValueError, match="T \\(dim 0\\) must be >= 1"):
+        revlif_multistep(torch.randn(0, 2, 8), p)
+    with pytest.raises(ValueError, match="groups: 3 does not divide the channel count 8"):
+        revlif_multistep(torch.randn(4, 2, 8), RevLIFParams(groups=3))
+    with pytest.raises(TypeError, match="floating dtype"):
+        revlif_multistep(torch.ones(4, 2, 8, dtype=torch.int64), p)
+    with pytest.raises(ValueError, match="v0: expected shape"):
+        revlif_multistep(torch.randn(4, 2, 8), p, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="mode='exact' requires alpha to be a power of two"):
+        RevLIFParams(alpha=0.3)
+    with pytest.raises(ValueError, match="contracting state"):
+        RevLIFParams(gamma=1.0, lif=LIFParams(tau=2.0))
+    with pytest.raises(ValueError, match="groups: expected an integer >= 2"):
+        RevLIFParams(groups=1)
+    with pytest.raises(ValueError, match="mode: expected"):
+        RevLIFParams(mode="approx")
+    with pytest.raises(ValueError, match="tau"):
+        LIFParams(tau=1.0)
