@@ -94,7 +94,7 @@ class RevLIF(nn.Module):
         surrogate: SurrogateLike = "sigmoid",
         detach_reset: bool = False,
         groups: int = 2,
-        alpha: float = 0.25,
+        alpha: float = 0.125,
         beta: float = 0.5,
         gamma: float = 0.5,
         mode: str = "exact",

@@ -1,0 +1,202 @@
+"""Layout, manifest and validation of an ONNX Runtime training-artifact directory (torch-free).
+
+An artifact directory written by :func:`edgesnn.export.onnx_training.export_onnx_training` holds::
+
+    model.onnx            the exported forward graph (parameter names = the PyTorch state_dict names)
+    training_model.onnx   forward + loss + gradient graph (ORT training API)
+    eval_model.onnx       forward + loss
+    optimizer_model.onnx  SGD (default) or AdamW update graph
+    checkpoint            ORT checkpoint: parameter values (trainable and frozen)
+    manifest.json         what the runner needs to know (shapes, names, T, optimizer) + SHA-256 of every file
+
+The manifest is written last, so a directory without one was never completely exported.
+This module imports only the standard library so that the device runner can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Union
+
+__all__ = [
+    "ArtifactError",
+    "MANIFEST",
+    "FORMAT",
+    "VERSION",
+    "ARTIFACT_FILES",
+    "Manifest",
+    "sha256_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_manifest",
+    "read_manifest",
+    "validate_artifact_dir",
+]
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT = "edgesnn-ort-training"
+VERSION = 1
+MANIFEST = "manifest.json"
+MODEL = "model.onnx"
+TRAINING_MODEL = "training_model.onnx"
+EVAL_MODEL = "eval_model.onnx"
+OPTIMIZER_MODEL = "optimizer_model.onnx"
+CHECKPOINT = "checkpoint"
+ARTIFACT_FILES = (MODEL, TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT)
+
+
+class ArtifactError(ValueError):
+    """An artifact directory or one of its files is missing, corrupt or inconsistent (the message names it)."""
+
+
+@dataclass
+class Manifest:
+    """Contents of ``manifest.json``.
+
+    Attributes:
+        batch_size: the fixed batch size ``B`` the training graphs were exported for.
+        in_shape: one sample's shape (input tensor is ``[B, *in_shape]``, float32).
+        num_classes: number of logits; labels are int64 ``[B]`` in ``[0, num_classes)``.
+        timesteps: ``T``; the time loop is unrolled ``T`` times inside every graph.
+        trainable / frozen: parameter names (PyTorch ``state_dict`` names) in the checkpoint.
+        files: artifact file name -> SHA-256 hex digest.
+    """
+
+    model_config: Dict[str, Any]
+    batch_size: int
+    in_shape: List[int]
+    num_classes: int
+    timesteps: int
+    trainable: List[str]
+    frozen: List[str]
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    loss: str = "cross_entropy"
+    input_name: str = "input"
+    label_name: str = "labels"
+    output_name: str = "logits"
+    time_loop: str = "unrolled"
+    batchnorm: str = "frozen-statistics"
+    edgesnn_version: str = ""
+    files: Dict[str, str] = field(default_factory=dict)
+    format: str = FORMAT
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str) -> "Manifest":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ArtifactError(f"{source}: not an edgesnn training-artifact manifest (format != {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ArtifactError(f"{source}: manifest version {data.get('version')!r}; this edgesnn reads version {VERSION}")
+        known = set(cls.__dataclass_fields__)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ArtifactError(f"{source}: manifest is incomplete ({exc})") from None
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk``-byte pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic(path: PathLike, write: Callable[[Any], None], mode: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
+    return _atomic(path, lambda fh: fh.write(data), "wb")
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    return _atomic(path, lambda fh: fh.write(text), "w")
+
+
+def write_manifest(directory: PathLike, manifest: Manifest) -> Path:
+    """Hash every artifact file, store the digests in ``manifest`` and write ``manifest.json`` atomically."""
+    directory = Path(directory)
+    manifest.files = {}
+    for name in ARTIFACT_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{directory}: export did not produce {name}")
+        manifest.files[name] = sha256_file(path)
+    return atomic_write_text(directory / MANIFEST, manifest.to_json() + "\n")
+
+
+def read_manifest(directory: PathLike) -> Manifest:
+    """Parse ``directory/manifest.json`` (no file checks; see :func:`validate_artifact_dir`)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"artifacts: no such directory: {directory}")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory}: missing artifact file {MANIFEST} (not a complete edgesnn export)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: corrupt artifact file ({exc})") from None
+    return Manifest.from_dict(data, str(path))
+
+
+def validate_artifact_dir(directory: PathLike, check_hashes: bool = True) -> Manifest:
+    """Check that every artifact file exists and (optionally) matches its SHA-256 in the manifest.
+
+    Raises:
+        ArtifactError: naming the missing or corrupt file.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for name in ARTIFACT_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{directory}: missing artifact file {name}")
+        expected = manifest.files.get(name)
+        if expected is None:
+            raise ArtifactError(f"{directory / MANIFEST}: no checksum for {name}")
+        if check_hashes:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ArtifactError(
+                    f"{path}: corrupt artifact file (SHA-256 {actual[:12]}... does not match the manifest's "
+                    f"{expected[:12]}...); export it again"
+                )
+    return manifest

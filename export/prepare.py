@@ -1,0 +1,104 @@
+"""Turn a trained model into the form every exporter traces.
+
+Exporters trace a *copy* of the model in which
+
+* every LIF / RevLIF node uses ``backend = "reference"`` (plain autograd over standard ops; the
+  fast backends are ``autograd.Function`` / custom ops whose backward cannot be exported), and
+* BatchNorm layers use their running statistics (*frozen statistics*): on-device fine-tuning
+  updates their affine weight and bias only. For the ONNX training export they are rewritten
+  as explicit element-wise ops (:class:`FrozenBatchNorm`), because ONNX Runtime's training
+  graph builder silently turns every ``BatchNormalization`` node into a batch-statistics one.
+
+Parameter and buffer names are unchanged, so exported graphs use the PyTorch ``state_dict`` names.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_checkpoint
+from ..models import SpikingClassifier, build_model, spiking_layers
+
+__all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "example_input", "ExportError"]
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked (the message says what is wrong)."""
+
+
+class FrozenBatchNorm(nn.Module):
+    """Eval-mode BatchNorm written with element-wise ops: ``(x - mean) * weight / sqrt(var + eps) + bias``.
+
+    Keeps the attribute names of ``nn.BatchNorm*d`` (``weight``, ``bias``, ``running_mean``,
+    ``running_var``) so the parameter names survive. Shape: ``[N, C, ...] -> [N, C, ...]``.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        if not bn.affine or bn.running_mean is None:
+            raise ExportError("FrozenBatchNorm: only affine BatchNorm layers with running statistics can be exported")
+        self.weight = bn.weight
+        self.bias = bn.bias
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+        self.register_buffer("num_batches_tracked", bn.num_batches_tracked)
+        self.eps = float(bn.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        return (x - self.running_mean.reshape(shape)) * scale.reshape(shape) + self.bias.reshape(shape)
+
+
+def _replace_batchnorm(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, FrozenBatchNorm(child))
+        else:
+            _replace_batchnorm(child)
+
+
+def export_copy(model: nn.Module, frozen_batchnorm_ops: bool = False) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with every spiking node on the ``"reference"`` backend.
+
+    Args:
+        frozen_batchnorm_ops: also rewrite BatchNorm layers as :class:`FrozenBatchNorm`
+            (needed for ONNX Runtime training; same values and gradients as eval-mode BatchNorm).
+    """
+    clone = copy.deepcopy(model)
+    nodes = spiking_layers(clone)
+    for _, node in nodes:
+        node.backend = "reference"
+        node.check_finite = False
+    if frozen_batchnorm_ops:
+        _replace_batchnorm(clone)
+    clone.eval()
+    for p in clone.parameters():
+        p.requires_grad_(True)
+    return clone
+
+
+def model_from_checkpoint(path) -> Tuple[SpikingClassifier, Dict[str, Any]]:
+    """Rebuild the model saved in an edgesnn checkpoint; returns ``(model, checkpoint dict)``."""
+    ck = load_checkpoint(path)
+    cfg = dict(ck["model_config"])
+    try:
+        model = build_model(**cfg)
+    except TypeError as exc:
+        raise ExportError(f"checkpoint {path}: model_config does not match build_model ({exc})") from None
+    missing, unexpected = model.load_state_dict(ck["model_state"], strict=False)
+    if missing or unexpected:
+        raise ExportError(f"checkpoint {path}: state does not match its model_config (missing {missing}, unexpected {unexpected})")
+    return model, ck
+
+
+def example_input(model: SpikingClassifier, batch_size: int, seed: int = 0) -> torch.Tensor:
+    """A float32 example input ``[batch_size, *model.in_shape]`` in ``[0, 1)`` for tracing."""
+    if batch_size < 1:
+        raise ExportError(f"batch_size: expected >= 1, got {batch_size}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch_size, *model.in_shape, generator=g)
