@@ -15,11 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a spiking classifier. Example: edgesnn train --dataset digits --model mlp --neuron revlif --timesteps 4 --epochs 30")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-path", default=None, help="local folder for cifar10 (python batches) or folder (one sub-folder per class)")
-    p.add_argument("--model", choices=MODEL_NAMES, default="mlp")
-    p.add_argument("--neuron", default="lif", help="lif, revlif or revlif:G (G groups); or a comma-separated list, one per spiking layer")
-    p.add_argument("--timesteps", "-T", type=int, default=4)
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="default mlp (or the plan's)")
+    p.add_argument("--neuron", default=None, help="lif, revlif or revlif:G (G groups); or a comma-separated list, one per spiking layer (default lif)")
+    p.add_argument("--timesteps", "-T", type=int, default=None, help="default 4 (or the plan's)")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 (or the plan's)")
+    p.add_argument("--plan", default=None, help="a plan from `edgesnn plan --json`: its model, T, per-layer neurons and batch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default="auto")
@@ -30,7 +31,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _from_plan(args: argparse.Namespace) -> None:
+    """Fill model, T, neurons and batch from ``--plan``; explicit flags must agree with it."""
+    from ..planner import load_plan
+
+    plan = load_plan(args.plan)
+    planned = {"model": plan.model.get("name"), "timesteps": plan.timesteps, "batch_size": plan.batch}
+    for key, value in planned.items():
+        given = getattr(args, key)
+        if given is not None and given != value:
+            raise ValueError(f"--{key.replace('_', '-')}: {given} contradicts the plan {args.plan} ({value})")
+        setattr(args, key, value)
+    if args.neuron is not None:
+        raise ValueError("--neuron: the plan chooses the neuron of every layer; drop --neuron or --plan")
+    args.neuron = ",".join(plan.neuron)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.plan:
+        _from_plan(args)
+    args.model = args.model or "mlp"
+    args.timesteps = 4 if args.timesteps is None else args.timesteps
+    args.batch_size = 64 if args.batch_size is None else args.batch_size
+    args.neuron = args.neuron or "lif"
+    from ..planner.runtime import lean_allocator
+
+    lean_allocator()  # the planner's peak-memory predictions assume it
     neuron = args.neuron.split(",") if "," in args.neuron else args.neuron
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -1,0 +1,186 @@
+"""Device catalogue: memory, reserved memory, bandwidth and cores of edge boards (``edgesnn.devices``).
+
+Each profile is a JSON file in this package (one per board) with the fields of
+:class:`DeviceProfile`. Users add their own boards by passing a path to a JSON file with the same
+fields (``load_device("my_board.json")``) or by putting such files in a directory named by the
+environment variable ``EDGESNN_DEVICE_PATH`` (``os.pathsep``-separated list of directories).
+``load_device("auto")`` measures the host: ``MemAvailable`` from ``/proc/meminfo`` and the number
+of usable cores.
+
+Memory the planner may use (bytes)::
+
+    usable = memory_bytes - reserved_bytes - runtime_overhead_bytes
+
+``reserved_bytes`` is what the OS and services hold; ``runtime_overhead_bytes`` what the training
+process holds before it allocates a tensor of its own (libraries, CUDA context, allocator pools).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+__all__ = ["DeviceProfile", "list_devices", "load_device", "host_profile", "DEFAULT_CPU_RUNTIME_OVERHEAD"]
+
+_HERE = Path(__file__).resolve().parent
+GiB = 1024**3
+
+#: RSS of a fresh CPU training process after ``import torch, edgesnn`` and one tiny training step,
+#: measured on the 2-core x86 host (torch 2.13 CPU wheel, torch backend): about 317 MiB (see
+#: ``tools/validate_planner.py --calibrate``).
+DEFAULT_CPU_RUNTIME_OVERHEAD = 317 * 1024**2
+
+_REQUIRED = ("name", "memory_bytes", "reserved_bytes", "runtime_overhead_bytes", "bandwidth_gbs", "cores")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One board.
+
+    Attributes:
+        name: catalogue key, e.g. ``"jetson-orin-nano-8gb"``.
+        memory_bytes: physical memory (bytes); on Jetson and Raspberry Pi CPU and GPU share it.
+        reserved_bytes: held by the OS, services and firmware carve-outs (bytes).
+        runtime_overhead_bytes: the training process before any tensor of its own (bytes):
+            framework libraries, CUDA context.
+        bandwidth_gbs: peak DRAM bandwidth (GB/s, 1e9 bytes per second).
+        cores: CPU cores.
+        compute_capability: CUDA compute capability (``"8.7"``) or ``None`` without a CUDA GPU.
+        accelerator: ``"cuda"`` or ``"cpu"``.
+        description, kind, cpu, software: free text. sources: where each figure comes from.
+    """
+
+    name: str
+    memory_bytes: int
+    reserved_bytes: int
+    runtime_overhead_bytes: int
+    bandwidth_gbs: float
+    cores: int
+    compute_capability: Optional[str] = None
+    accelerator: str = "cpu"
+    description: str = ""
+    kind: str = "custom"
+    cpu: str = ""
+    software: str = ""
+    unified_memory: bool = True
+    sources: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def usable_bytes(self) -> int:
+        """Bytes left for the model's static and activation memory."""
+        return self.memory_bytes - self.reserved_bytes - self.runtime_overhead_bytes
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], origin: str = "<dict>") -> "DeviceProfile":
+        """Build and validate a profile; errors name the file and the field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"device: {origin} must hold a JSON object")
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"device: {origin} lacks field(s) {missing}; required: {list(_REQUIRED)}")
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for k in ("memory_bytes", "reserved_bytes", "runtime_overhead_bytes", "cores"):
+            v = kwargs[k]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"device: {origin}: {k} must be a non-negative integer, got {v!r}")
+        bw = kwargs["bandwidth_gbs"]
+        if not isinstance(bw, (int, float)) or isinstance(bw, bool) or not bw > 0:
+            raise ValueError(f"device: {origin}: bandwidth_gbs must be a positive number, got {bw!r}")
+        kwargs["bandwidth_gbs"] = float(bw)
+        if kwargs["memory_bytes"] <= 0 or kwargs["cores"] <= 0:
+            raise ValueError(f"device: {origin}: memory_bytes and cores must be positive")
+        return cls(**kwargs)
+
+
+def _search_dirs() -> List[Path]:
+    extra = [Path(p) for p in os.environ.get("EDGESNN_DEVICE_PATH", "").split(os.pathsep) if p]
+    return [_HERE] + extra
+
+
+def _catalogue() -> Dict[str, Path]:
+    found: Dict[str, Path] = {}
+    for d in _search_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.json")):
+                found[f.stem] = f  # later directories override the built-in profiles
+    return found
+
+
+def list_devices() -> List[str]:
+    """Names of all catalogued profiles (built-in and ``EDGESNN_DEVICE_PATH``), plus ``"auto"``."""
+    return sorted(_catalogue()) + ["auto"]
+
+
+def _read_meminfo() -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                out[key] = int(parts[0]) * 1024
+    return out
+
+
+def _host_bandwidth_gbs() -> float:
+    """A nominal 32 GB/s (the 2-core x86 host measured in SPEC.md section 3); only scales time."""
+    return 32.0
+
+
+def host_profile(runtime_overhead_bytes: int = DEFAULT_CPU_RUNTIME_OVERHEAD) -> DeviceProfile:
+    """Measure this machine: ``memory_bytes = MemTotal``, reserved = ``MemTotal - MemAvailable``.
+
+    The planner then budgets against memory that is free right now (``MemAvailable``), which on
+    Jetson (unified memory) is also the right figure for the GPU (SPEC section 5).
+    """
+    info = _read_meminfo()
+    total, avail = info.get("MemTotal"), info.get("MemAvailable")
+    if not total or avail is None:
+        raise RuntimeError("device 'auto': /proc/meminfo lacks MemTotal/MemAvailable (Linux only)")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cores = os.cpu_count() or 1
+    return DeviceProfile(
+        name="auto", memory_bytes=total, reserved_bytes=total - avail, runtime_overhead_bytes=runtime_overhead_bytes,
+        bandwidth_gbs=_host_bandwidth_gbs(), cores=cores, accelerator="cpu", kind="host",
+        description=f"this host: MemAvailable {avail / GiB:.2f} GiB of {total / GiB:.2f} GiB, {cores} cores",
+        sources={"memory_bytes": "/proc/meminfo MemTotal", "reserved_bytes": "MemTotal - MemAvailable (measured now)",
+                 "runtime_overhead_bytes": "measured torch CPU process baseline (DEFAULT_CPU_RUNTIME_OVERHEAD)"},
+    )
+
+
+def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
+    """A profile by catalogue name, ``"auto"`` (measure the host), or a path to a JSON profile.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones) or an invalid profile.
+        FileNotFoundError: a path that does not exist.
+    """
+    text = os.fspath(name)
+    if text == "auto":
+        return host_profile()
+    looks_like_path = text.endswith(".json") or os.sep in text or (os.altsep and os.altsep in text)
+    if looks_like_path:
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"device: no such profile file: {path}")
+    else:
+        cat = _catalogue()
+        key = text.strip().lower()
+        if key not in cat:
+            raise ValueError(f"device: unknown device {text!r}; available: {', '.join(list_devices())} "
+                             "(or a path to a JSON profile)")
+        path = cat[key]
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"device: {path} is not valid JSON ({exc})") from None
+    return DeviceProfile.from_dict(data, origin=str(path))

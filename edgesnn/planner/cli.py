@@ -1,0 +1,159 @@
+"""``edgesnn plan``: plan a model's neurons and batch for a device and print the per-layer table.
+
+    edgesnn plan --model vgg11 --input 3,32,32 --timesteps 8 --batch auto \\
+                 --device jetson-orin-nano-8gb [--budget 2GiB] [--json plan.json] [--plot mem.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import List, Tuple
+
+__all__ = ["register", "run", "parse_bytes", "parse_shape"]
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "tb": 1000**4}
+
+
+def parse_bytes(text: str) -> int:
+    """``"2GiB"`` -> 2147483648, ``"1.5GB"`` -> 1500000000, ``"512MiB"``, ``"1000000"`` (bytes)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"--budget: expected a size like 2GiB, 1.5GB, 512MiB or a byte count, got {text!r}")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"--budget: expected a positive size, got {text!r}")
+    return value
+
+
+def parse_shape(text: str) -> Tuple[int, ...]:
+    """``"3,32,32"`` -> (3, 32, 32); errors name ``--input``."""
+    try:
+        shape = tuple(int(s) for s in str(text).split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"--input: expected comma-separated positive sizes of one sample, e.g. 3,32,32 or 784; got {text!r}")
+    return shape
+
+
+def _int_list(text: str, name: str) -> List[int]:
+    try:
+        vals = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        vals = []
+    if not vals:
+        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}")
+    return vals
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="plan LIF/RevLIF per layer and the batch for a memory budget",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="mlp, convnet or vgg11 (required)")
+    p.add_argument("--input", help="one sample's shape, e.g. 3,32,32 or 784 (required)")
+    p.add_argument("--timesteps", "-T", type=int, help="time steps T (required)")
+    p.add_argument("--batch", default="auto", help="batch size, or 'auto' for the largest that fits (default)")
+    p.add_argument("--device", default="auto", help="catalogue name, a JSON profile path, or 'auto' (this host)")
+    p.add_argument("--budget", help="peak bytes the training process may use, e.g. 2GiB (default: device memory - reserved)")
+    p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    p.add_argument("--hidden", help="MLP hidden widths, e.g. 128,128")
+    p.add_argument("--channels", help="convnet channel widths, e.g. 16,32")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "sgd-momentum"])
+    p.add_argument("--neurons", default="lif,revlif", help="allowed kinds: lif,revlif (default), lif or revlif")
+    p.add_argument("--groups", default="2", help="RevLIF group counts to consider, e.g. 2,4 (default 2)")
+    p.add_argument("--max-batch", type=int, default=1024, help="cap for --batch auto (default 1024)")
+    p.add_argument("--backend", default="auto", help="neuron backend the model will train with (default auto)")
+    p.add_argument("--json", metavar="PATH", help="write the plan JSON here (for edgesnn train --plan)")
+    p.add_argument("--plot", metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget)")
+    p.add_argument("--list-devices", action="store_true", help="list the device catalogue and exit")
+    p.set_defaults(func=run)
+
+
+def _fmt(n: float) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= k:
+            return f"{n / k:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import build_model
+    from ._devices import load_devices_module
+    from .plan import make_plan, save_plan
+
+    devices = load_devices_module()
+    if args.list_devices:
+        for name in devices.list_devices():
+            print(name)
+        return 0
+    for flag, val in (("--model", args.model), ("--input", args.input), ("--timesteps", args.timesteps)):
+        if val is None:
+            raise ValueError(f"{flag} is required (see edgesnn plan --help)")
+    shape = parse_shape(args.input)
+    if args.timesteps < 1:
+        raise ValueError(f"--timesteps: expected an integer >= 1, got {args.timesteps}")
+    if str(args.batch).lower() == "auto":
+        batch = None
+    else:
+        try:
+            batch = int(args.batch)
+        except ValueError:
+            batch = 0
+        if batch < 1:
+            raise ValueError(f"--batch: expected a positive integer or 'auto', got {args.batch!r}")
+    kinds = [k.strip().lower() for k in args.neurons.split(",") if k.strip()]
+    if not kinds or any(k not in ("lif", "revlif") for k in kinds):
+        raise ValueError(f"--neurons: expected lif, revlif or lif,revlif; got {args.neurons!r}")
+    groups = _int_list(args.groups, "--groups")
+    if any(g < 2 for g in groups):
+        raise ValueError(f"--groups: RevLIF needs at least 2 groups, got {args.groups!r}")
+    device = devices.load_device(args.device)
+    budget = parse_bytes(args.budget) if args.budget else None
+    kw = {}
+    if args.hidden:
+        kw["hidden"] = _int_list(args.hidden, "--hidden")
+    if args.channels:
+        kw["channels"] = _int_list(args.channels, "--channels")
+    model = build_model(args.model, shape, args.classes, args.timesteps, neuron="lif", node={"backend": args.backend}, **kw)
+    plan = make_plan(model, device, args.timesteps, batch, budget, args.optimizer, kinds, groups, args.max_batch)
+    print_plan(plan)
+    if args.json:
+        save_plan(plan, args.json)
+        print(f"plan written to {args.json}")
+    if args.plot:
+        from .plot import plot_memory_vs_t
+
+        plot_memory_vs_t(model, plan, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def print_plan(plan, file=None) -> None:
+    """The per-layer table, the batch and the predicted peak."""
+    out = file or sys.stdout
+    d = plan.device
+    pr = plan.predicted
+    print(f"device: {d['name']} ({_fmt(d['memory_bytes'])}, reserved {_fmt(d['reserved_bytes'])}, runtime overhead "
+          f"{_fmt(d['runtime_overhead_bytes'])}); budget {_fmt(plan.budget_bytes)}", file=out)
+    print(f"model: {plan.model.get('name')} input {tuple(plan.model.get('in_shape', ()))}, T={plan.timesteps}, "
+          f"batch={plan.batch}", file=out)
+    print(f"{'layer':<10} {'neurons':>9} {'choice':<8} {'groups':>6} {'saved bytes':>14}", file=out)
+    for L in plan.layers:
+        print(f"{L['name']:<10} {L['neurons']:>9} {L['kind']:<8} {L['groups'] or '-':>6} {L['saved_bytes']:>14}", file=out)
+    print(f"{'other':<10} {'':>9} {'fixed':<8} {'-':>6} {pr['fixed_activation_bytes']:>14}  (inputs of conv/linear/BN/pool, loss)",
+          file=out)
+    print(f"batch: {plan.batch}", file=out)
+    print(f"predicted: activations {_fmt(pr['activation_bytes'])}, parameters+grads+optimizer {_fmt(pr['static_bytes'])}, "
+          f"peak {_fmt(pr['peak_bytes'])} (in {pr['peak_phase']}), node time {pr['time_s'] * 1e3:.1f} ms/step", file=out)
+    for label, alt in plan.alternatives.items():
+        print(f"  {label}: peak {_fmt(alt['peak_bytes'])}, node time {alt['time_s'] * 1e3:.1f} ms/step", file=out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    ap = argparse.ArgumentParser(prog="edgesnn")
+    register(ap.add_subparsers(dest="command", required=True))
+    a = ap.parse_args()
+    sys.exit(a.func(a))

@@ -1,0 +1,386 @@
+"""Bytes that one training step of a multi-step model keeps for backward, from shapes and dtypes.
+
+The model is read as a chain (``model.body``, an ``nn.Sequential`` on ``[T, B, ...]``). Tensors are
+tracked as *storages*: a layer's output is a new storage unless the layer is a view (``Flatten``,
+``Identity``, the ``SeqToANN`` reshapes). A storage counts once however many layers save it, as
+``torch.autograd.graph.saved_tensors_hooks`` sees it (:class:`edgesnn.memory.SavedTensorCounter`).
+
+What each layer saves, read from PyTorch's ``derivatives.yaml`` and edgesnn's own autograd
+functions, and checked against saved-tensor measurements in ``tests/test_planner_memory.py``:
+
+=====================  ===================================================================
+Linear, ConvNd         its input (for the weight gradient); the weight is a parameter
+BatchNormNd (train)    its input + ``save_mean``/``save_invstd`` (2 x C floats, per batch)
+AvgPoolNd              its input (``avg_pool2d_backward`` takes ``self``)
+MaxPoolNd              its input + int64 indices of the output's size
+AdaptiveAvgPool, Flatten, Identity, Unflatten: nothing (views or shape-only backward)
+ReLU / LeakyReLU       its output
+LIF (torch)            ``h_seq``: 1 x its input (``T x B x N x dtype`` bytes)
+LIF (numba, cuda)      its input (1 x) and the initial state ``v0`` (``B x N x dtype``)
+LIF (reference)        measured once on a tiny tensor (depends on surrogate and reset)
+RevLIF (exact)         its output ``y`` (shared with the next layer), the final state ``v_T``
+                       (``B x N x dtype``, independent of T) and packed bits (``ceil(T/8)`` bytes
+                       per neuron)
+RevLIF (float)         ``y``, ``v_T`` and int32 spike counts (4 bytes per neuron)
+anything else          measured with saved-tensor hooks on a probe input (linear fit in size)
+=====================  ===================================================================
+
+The model input ``[B, ...]`` is expanded over T and copied by the first ``SeqToANN`` reshape
+(``T x B x input`` bytes); the loss saves ``log_softmax`` (``B x classes x 4``) and the int64
+targets. All sizes are :class:`Cost` objects, linear in B (this is what gives the closed-form
+largest batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..memory import SavedTensorCounter, _storage_key
+from ..models import parse_neuron_spec
+from ..nn import LIF, RevLIF, SeqToANN
+
+__all__ = ["Cost", "Layer", "ChainModel", "describe", "option_cost", "resolved_backend"]
+
+_VIEW_TYPES = (nn.Flatten, nn.Identity, nn.Unflatten)
+_SAVE_INPUT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_NO_SAVE_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_SAVE_OUTPUT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Bytes as a function of time steps T and batch B.
+
+    ``bytes(T, B) = B * (T * step + sample + ceil(T / 8) * packed) + const``
+
+    Attributes:
+        step: bytes per time step and sample (a ``[T, B, ...]`` tensor's per-element share).
+        sample: bytes per sample, independent of T (e.g. RevLIF's final state).
+        packed: per sample, bytes per 8 time steps (RevLIF's packed bits: one per neuron).
+        const: bytes independent of T and B (BatchNorm statistics).
+    """
+
+    step: float = 0.0
+    sample: float = 0.0
+    packed: float = 0.0
+    const: float = 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.step + other.step, self.sample + other.sample, self.packed + other.packed, self.const + other.const)
+
+    def scale(self, k: float) -> "Cost":
+        return Cost(self.step * k, self.sample * k, self.packed * k, self.const * k)
+
+    def per_sample(self, T: int) -> float:
+        """Bytes per batch element at T steps."""
+        return T * self.step + self.sample + math.ceil(T / 8) * self.packed
+
+    def bytes(self, T: int, B: int) -> int:
+        return int(round(B * self.per_sample(T) + self.const))
+
+
+ZERO = Cost()
+
+
+@dataclass
+class Layer:
+    """One entry of ``model.body`` as the memory model sees it.
+
+    Shapes are per time step and sample (no T, B dims). ``private`` is what the layer saves that
+    is not its input or output storage; ``work`` / ``bwork`` the extra transient bytes of its
+    forward / backward (beyond its output / input gradient).
+    """
+
+    index: int
+    name: str
+    kind: str
+    in_shape: Tuple[int, ...]
+    out_shape: Tuple[int, ...]
+    params: int = 0
+    view: bool = False
+    saves_input: bool = False
+    saves_output: bool = False
+    private: Cost = ZERO
+    work: Cost = ZERO
+    bwork: Cost = ZERO
+    spiking: Optional[int] = None
+    module: Optional[nn.Module] = field(default=None, repr=False)
+
+    @property
+    def in_elems(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def out_elems(self) -> int:
+        return math.prod(self.out_shape)
+
+    @property
+    def channels(self) -> int:
+        """Dim 2 of ``[T, B, C, ...]`` (the dim RevLIF splits into groups)."""
+        return self.in_shape[0] if self.in_shape else 1
+
+
+def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost]:
+    """Measure what an unknown stateless module saves: ``(saves_input, saves_output, private)``.
+
+    Runs it on ``[n, *in_shape]`` inputs for n = 2 and 4 (with gradients) and fits bytes = a*n + c.
+    """
+    pkeys = {_storage_key(p) for p in module.parameters()} | {_storage_key(b) for b in module.buffers()}
+    res = []
+    for n in (2, 4):
+        x = torch.randn(n, *in_shape, dtype=dtype, requires_grad=True)
+        with SavedTensorCounter() as c:
+            y = module(x)
+        keys = set(c.storages) - pkeys
+        si, so = _storage_key(x) in keys, _storage_key(y) in keys
+        priv = sum(c.storages[k] for k in keys if k not in (_storage_key(x), _storage_key(y)))
+        c._keep.clear()
+        res.append((si, so, priv))
+    a = (res[1][2] - res[0][2]) / 2.0
+    return res[1][0], res[1][1], Cost(step=a, const=max(0.0, res[0][2] - 2 * a))
+
+
+def _reference_lif_factor(node: LIF, dtype: torch.dtype) -> float:
+    """Bytes per neuron-step that the store-everything LIF loop saves (measured on a [2, 1, 16] input)."""
+    x = torch.randn(2, 1, 16, dtype=dtype, requires_grad=True)
+    probe = LIF(backend="reference")
+    probe.params = node.params
+    with SavedTensorCounter() as c:
+        y = probe(x)
+    n = c.bytes(exclude=(x, y))
+    c._keep.clear()
+    return n / x.numel()
+
+
+def _reference_revlif_factor(node: RevLIF, dtype: torch.dtype) -> Tuple[float, bool, bool]:
+    """``(bytes per neuron-step, saves input, saves output)`` of the plain-autograd RevLIF loop.
+
+    Measured on a ``[4, 1, 4 x groups]`` input.
+    """
+    x = torch.randn(4, 1, 4 * node.groups, dtype=dtype, requires_grad=True)
+    probe = RevLIF(groups=node.groups, backend="reference")
+    probe.params = node.params
+    with SavedTensorCounter() as c:
+        y = probe(x)
+    n = c.bytes(exclude=(x, y))
+    si, so = _storage_key(x) in c.storages, _storage_key(y) in c.storages
+    c._keep.clear()
+    return n / x.numel(), si, so
+
+
+def resolved_backend(module: Optional[nn.Module], dtype: torch.dtype = torch.float32) -> str:
+    """The backend a node's ``backend`` setting runs on CPU tensors of ``dtype`` (``"torch"``, ``"numba"``...)."""
+    from ..kernels import dispatch
+
+    backend = getattr(module, "backend", "auto")
+    params = getattr(module, "params", None)
+    try:
+        return dispatch.resolve_backend(backend, torch.empty(0, dtype=dtype), params)
+    except TypeError:  # older dispatch without the params argument
+        return dispatch.resolve_backend(backend, torch.empty(0, dtype=dtype))
+
+
+def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, bool, Cost, Cost, Cost]:
+    """What a spiking layer saves under ``option`` (``"lif"``, ``"revlif"``, ``"revlif:G"``).
+
+    Returns ``(saves_input, saves_output, private, work, bwork)``: whether it keeps its input /
+    output storage, its other saved bytes and its forward / backward workspace. Workspace of the
+    PyTorch-op loops is a handful of per-step ``[B, N]`` temporaries (peak RSS measured on a
+    conv net: LIF forward 9, backward 8 beyond ``grad_x``; RevLIF assumed 10, plus 3 input-sized
+    temporaries of the exact-mode quantization); the fused kernels are assumed to have none. The
+    group count does not change the bytes (the final state and the bits are per neuron); it only
+    changes the time model. Factors per backend, from the autograd functions:
+
+    * LIF ``torch`` (``_LIFTorchFunction``): ``h_seq``, a fresh ``[T, B, N]`` tensor (1 x input).
+    * LIF ``numba``/``cuda`` (``edgesnn::lif_fwd``): its input ``x`` (recomputes ``h``) and ``v0``
+      ``[B, N]``.
+    * LIF ``reference``: measured on a tiny tensor (3-6 x input, depends on surrogate and reset).
+    * RevLIF exact (all backends): see the module table; float mode adds int32 counts, no bits.
+    """
+    kind, _ = parse_neuron_spec(option)
+    n = layer.in_elems
+    mod = layer.module
+    dtype = torch.float32 if dtype_bytes == 4 else torch.float64
+    if kind == "lif":
+        backend = resolved_backend(mod if isinstance(mod, LIF) else LIF(backend=getattr(mod, "backend", "auto")), dtype)
+        if backend == "reference":
+            factor = _reference_lif_factor(mod if isinstance(mod, LIF) else LIF(), dtype)
+            return False, False, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=8 * n * dtype_bytes)
+        if backend in ("numba", "cuda"):
+            return True, False, Cost(sample=n * dtype_bytes), ZERO, ZERO
+        return False, False, Cost(step=n * dtype_bytes), Cost(sample=9 * n * dtype_bytes), Cost(sample=8 * n * dtype_bytes)
+    mode = mod.params.mode if isinstance(mod, RevLIF) else "exact"
+    if resolved_backend(mod if isinstance(mod, RevLIF) else RevLIF(backend=getattr(mod, "backend", "auto")), dtype) == "reference":
+        factor, si, so = _reference_revlif_factor(mod if isinstance(mod, RevLIF) else RevLIF(), dtype)
+        return si, so, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=10 * n * dtype_bytes)
+    if mode == "exact":
+        # RevLIFFunction: y (the output), v_T [B, N], bits uint8 [ceil(T/8), B, N]. The torch
+        # forward's quantize_input = round(clamp(x) * 2^16) / 2^16 holds up to 3 input-sized temporaries.
+        tmp = Cost(sample=10 * n * dtype_bytes)
+        return False, True, Cost(sample=n * dtype_bytes, packed=n), Cost(step=3 * n * dtype_bytes) + tmp, tmp
+    return False, True, Cost(sample=n * dtype_bytes + 4 * n), Cost(sample=10 * n * dtype_bytes), Cost(sample=10 * n * dtype_bytes)
+
+
+def _out_shape(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[int, ...]:
+    with torch.no_grad():
+        was = module.training
+        module.eval()
+        try:
+            y = module(torch.zeros(1, *in_shape, dtype=dtype))
+        finally:
+            module.train(was)
+    return tuple(y.shape[1:])
+
+
+def _classify(idx: int, name: str, module: nn.Module, in_shape, dtype, dtype_bytes) -> Layer:
+    out_shape = _out_shape(module, in_shape, dtype)
+    params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    L = Layer(idx, name, type(module).__name__, tuple(in_shape), out_shape, params=params, module=module)
+    if isinstance(module, _VIEW_TYPES):
+        L.view = True
+    elif isinstance(module, _SAVE_INPUT_TYPES):
+        L.saves_input = True
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            # oneDNN convolutions on the CPU reorder into blocked layouts: peak RSS measured on
+            # [128, C, 32, 32] (C 3-32) is 2 x output in forward and grad_input + 2 x output in backward
+            out_b = dtype_bytes * math.prod(out_shape)
+            L.work, L.bwork = Cost(step=out_b), Cost(step=2 * out_b)
+    elif isinstance(module, _BN_TYPES):
+        L.saves_input = True
+        L.private = Cost(const=2 * module.num_features * 4)  # save_mean, save_invstd (float32)
+    elif isinstance(module, _MAXPOOL_TYPES):
+        L.saves_input = True
+        L.private = Cost(step=8 * math.prod(out_shape))  # int64 indices
+    elif isinstance(module, _NO_SAVE_TYPES):
+        pass
+    elif isinstance(module, _SAVE_OUTPUT_TYPES) and not getattr(module, "inplace", False):
+        L.saves_output = True
+    else:
+        L.kind += "(measured)"
+        L.saves_input, L.saves_output, L.private = _probe(module, tuple(in_shape), dtype)
+    return L
+
+
+class ChainModel:
+    """A model's body as a chain of :class:`Layer` s with storage bookkeeping.
+
+    Args:
+        model: a :class:`edgesnn.models.SpikingClassifier` (or anything with ``body``,
+            an ``nn.Sequential`` on ``[T, B, ...]``, and ``in_shape``).
+        in_shape: one sample's shape (defaults to ``model.in_shape``).
+        num_classes: logits width (defaults to the last layer's output size).
+        dtype: activation dtype (float32 or float64).
+    """
+
+    def __init__(self, model: nn.Module, in_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        body = getattr(model, "body", None)
+        if not isinstance(body, nn.Sequential):
+            raise TypeError("model: the planner needs a model with a `body` nn.Sequential on [T, B, ...] "
+                            "(see edgesnn.models.build_model)")
+        shape = tuple(int(s) for s in (in_shape if in_shape is not None else model.in_shape))
+        self.in_shape = shape
+        self.dtype = dtype
+        self.dtype_bytes = torch.empty(0, dtype=dtype).element_size()
+        self.layers: List[Layer] = []
+        k = 0
+        for i, mod in enumerate(body):
+            name = f"body.{i}"
+            if isinstance(mod, (LIF, RevLIF)):
+                self.layers.append(Layer(i, name, "spiking", shape, shape, spiking=k, module=mod))
+                k += 1
+                continue
+            inner = mod.module if isinstance(mod, SeqToANN) else mod
+            L = _classify(i, name, inner, shape, dtype, self.dtype_bytes)
+            self.layers.append(L)
+            shape = L.out_shape
+        self.out_shape = shape
+        self.num_classes = int(num_classes if num_classes is not None else math.prod(shape))
+        self.spiking = [L for L in self.layers if L.spiking is not None]
+        self.params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+        self._edges()
+
+    # -- storages ---------------------------------------------------------------------------
+    def _edges(self) -> None:
+        """Assign storage ids: edge 0 is the (copied) model input; views keep their input's id."""
+        self.in_edge: List[int] = []
+        self.out_edge: List[int] = []
+        self.edge_bytes: List[float] = [self.dtype_bytes * math.prod(self.in_shape)]  # per step and sample
+        self.edge_producer: List[Optional[int]] = [None]
+        cur = 0
+        for j, L in enumerate(self.layers):
+            self.in_edge.append(cur)
+            if not L.view:
+                self.edge_bytes.append(self.dtype_bytes * L.out_elems)
+                self.edge_producer.append(j)
+                cur = len(self.edge_bytes) - 1
+            self.out_edge.append(cur)
+        # edges saved by fixed (non-spiking) layers: counted in the fixed part
+        self.fixed_saved = set()
+        for j, L in enumerate(self.layers):
+            if L.spiking is None:
+                if L.saves_input:
+                    self.fixed_saved.add(self.in_edge[j])
+                if L.saves_output:
+                    self.fixed_saved.add(self.out_edge[j])
+
+    def fixed_cost(self) -> Cost:
+        """Saved bytes that no neuron choice changes: layer inputs, BN stats, the loss."""
+        c = Cost(step=sum(self.edge_bytes[e] for e in self.fixed_saved))
+        for L in self.layers:
+            if L.spiking is None:
+                c = c + L.private
+        return c + Cost(sample=4 * self.num_classes + 8, const=4)  # log_softmax, int64 target, loss
+
+    def layer_option_cost(self, spiking_index: int, option: str) -> Cost:
+        """Extra saved bytes of one spiking layer under ``option``, on top of :meth:`fixed_cost`."""
+        L = self.spiking[spiking_index]
+        saves_in, saves_out, private, _, _ = option_cost(L, option, self.dtype_bytes)
+        c = private
+        for flag, e in ((saves_in, self.in_edge[L.index]), (saves_out, self.out_edge[L.index])):
+            if flag and e not in self.fixed_saved:
+                c = c + Cost(step=self.edge_bytes[e])
+        return c
+
+    def activation_cost(self, options: Sequence[str]) -> Cost:
+        """All saved bytes for one neuron option per spiking layer."""
+        self._check(options)
+        c = self.fixed_cost()
+        for i, opt in enumerate(options):
+            c = c + self.layer_option_cost(i, opt)
+        return c
+
+    def _check(self, options: Sequence[str]) -> None:
+        if len(options) != len(self.spiking):
+            raise ValueError(f"options: the model has {len(self.spiking)} spiking layers, got {len(options)} options")
+
+    def static_bytes(self, optimizer: str = "adam") -> int:
+        """Parameters + gradients + optimizer state + buffers (bytes, float32 parameters).
+
+        ``adam``/``adamw``: 2 states per parameter; ``sgd-momentum``: 1; ``sgd``: 0.
+        """
+        states = {"adam": 2, "adamw": 2, "sgd-momentum": 1, "sgd": 0}
+        if optimizer not in states:
+            raise ValueError(f"optimizer: expected one of {sorted(states)}, got {optimizer!r}")
+        return 4 * self.params * (2 + states[optimizer]) + self.buffer_bytes
+
+    def describe(self, options: Optional[Sequence[str]] = None) -> List[Dict]:
+        """One row per layer (name, kind, output shape, option) for tables."""
+        rows = []
+        for L in self.layers:
+            opt = options[L.spiking] if (options is not None and L.spiking is not None) else None
+            rows.append(dict(index=L.index, name=L.name, kind=L.kind, out_shape=list(L.out_shape), option=opt))
+        return rows
+
+
+def describe(model: nn.Module, **kwargs) -> ChainModel:
+    """Shorthand for :class:`ChainModel` ``(model, **kwargs)``."""
+    return ChainModel(model, **kwargs)

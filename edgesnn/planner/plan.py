@@ -1,0 +1,174 @@
+"""The plan: what the planner chose, as JSON, and how to apply it to a model.
+
+A plan file (``format == "edgesnn-plan"``) holds the model configuration, the device and budget,
+T, the batch, one entry per spiking layer (``neuron`` spec such as ``"lif"`` or ``"revlif:2"``,
+``groups``, saved bytes) and the predicted memory. :func:`neuron_specs` gives the ``neuron=[...]``
+list for :func:`edgesnn.models.build_model`; :func:`apply` swaps the nodes of an existing model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from torch import nn
+
+from ..checkpoint import atomic_write
+from ..models import parse_neuron_spec, spiking_layers
+from ..nn import LIF, RevLIF
+from .memory_model import ChainModel
+from .solver import plan_model
+
+__all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "save_plan", "load_plan", "neuron_specs", "apply"]
+
+FORMAT = "edgesnn-plan"
+VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Plan:
+    """A plan (see the module docstring); ``to_dict``/``from_dict`` round-trip the JSON."""
+
+    model: Dict[str, Any]
+    device: Dict[str, Any]
+    timesteps: int
+    batch: int
+    budget_bytes: int
+    optimizer: str
+    layers: List[Dict[str, Any]]
+    predicted: Dict[str, Any]
+    alternatives: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def neuron(self) -> List[str]:
+        return [L["neuron"] for L in self.layers]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(format=FORMAT, version=VERSION, model=self.model, device=self.device, timesteps=self.timesteps,
+                    batch=self.batch, budget_bytes=self.budget_bytes, optimizer=self.optimizer, neuron=self.neuron,
+                    layers=self.layers, predicted=self.predicted, alternatives=self.alternatives)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], origin: str = "<dict>") -> "Plan":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"plan: {origin} is not an edgesnn plan (missing format={FORMAT!r})")
+        if d.get("version") != VERSION:
+            raise ValueError(f"plan: {origin} has version {d.get('version')!r}; this edgesnn reads version {VERSION}")
+        try:
+            plan = cls(model=d["model"], device=d["device"], timesteps=int(d["timesteps"]), batch=int(d["batch"]),
+                       budget_bytes=int(d["budget_bytes"]), optimizer=d.get("optimizer", "adam"), layers=list(d["layers"]),
+                       predicted=d["predicted"], alternatives=d.get("alternatives", {}))
+        except KeyError as exc:
+            raise ValueError(f"plan: {origin} lacks field {exc}") from None
+        for L in plan.layers:
+            parse_neuron_spec(L.get("neuron"))
+        return plan
+
+
+def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Optional[int] = None,
+              optimizer: str = "adam", kinds: Sequence[str] = ("lif", "revlif"), groups: Sequence[int] = (2,),
+              max_batch_cap: int = 1024) -> Plan:
+    """Plan ``model`` for a :class:`edgesnn.devices.DeviceProfile`.
+
+    Args:
+        model: a model from :func:`edgesnn.models.build_model`.
+        device: the device profile. T: time steps. batch: batch size or None (largest that fits).
+        budget: peak bytes the training process may hold; default ``memory - reserved`` of the device.
+    """
+    budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else int(budget)
+    chain = ChainModel(model)
+    res = plan_model(chain, T, budget, device.runtime_overhead_bytes, batch, device.bandwidth_gbs, optimizer, kinds,
+                     groups, max_batch_cap)
+    from .solver import predict
+
+    layers = []
+    for i, (L, opt, nbytes) in enumerate(zip(chain.spiking, res["options"], res["layer_bytes"])):
+        kind, g = parse_neuron_spec(opt)
+        layers.append(dict(index=i, name=L.name, neurons=L.in_elems, channels=L.channels, neuron=opt, kind=kind,
+                           groups=g, saved_bytes=nbytes))
+    alts = {}
+    for label, kind in (("all-lif", "lif"), ("all-revlif", "revlif")):
+        opts = ["lif" if kind == "lif" else f"revlif:{min([g for g in groups if L.channels % g == 0] or [2])}"
+                for L in chain.spiking]
+        p = predict(chain, opts, T, res["batch"], device.runtime_overhead_bytes, optimizer, device.bandwidth_gbs)
+        alts[label] = {k: p[k] for k in ("activation_bytes", "peak_bytes", "time_s")}
+    predicted = {k: res[k] for k in ("activation_bytes", "static_bytes", "runtime_overhead_bytes", "peak_bytes",
+                                     "peak_phase", "time_s")}
+    predicted["fixed_activation_bytes"] = chain.fixed_cost().bytes(T, res["batch"])
+    cfg = dict(getattr(model, "config", {}) or {})
+    cfg["neuron"] = res["options"]
+    return Plan(model=cfg, device=device.to_dict(), timesteps=T, batch=res["batch"], budget_bytes=budget,
+                optimizer=optimizer, layers=layers, predicted=predicted, alternatives=alts)
+
+
+def save_plan(plan: Plan, path: PathLike) -> Path:
+    """Write the plan JSON atomically."""
+    text = json.dumps(plan.to_dict(), indent=2) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def load_plan(path: PathLike) -> Plan:
+    """Read and validate a plan file (``FileNotFoundError``, or ``ValueError`` naming the problem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plan: no such file: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"plan: {path} is not valid JSON ({exc})") from None
+    return Plan.from_dict(data, origin=str(path))
+
+
+def neuron_specs(plan: Union[Plan, Dict[str, Any]]) -> List[str]:
+    """The ``neuron=[...]`` list for :func:`edgesnn.models.build_model` (one spec per spiking layer)."""
+    if isinstance(plan, dict):
+        plan = Plan.from_dict(plan)
+    return plan.neuron
+
+
+def _node_kwargs(node: nn.Module) -> Dict[str, Any]:
+    p = node.params.lif if isinstance(node, RevLIF) else node.params
+    return dict(tau=p.tau, v_threshold=p.v_threshold, v_reset=p.v_reset, decay_input=p.decay_input,
+                surrogate=p.surrogate, detach_reset=p.detach_reset, backend=node.backend, check_finite=node.check_finite)
+
+
+def apply(model: nn.Module, plan: Union[Plan, Dict[str, Any], PathLike]) -> nn.Module:
+    """Swap each spiking node of ``model`` in place for the plan's choice; returns ``model``.
+
+    Nodes that already match (same kind and group count) are kept. New nodes keep the old node's
+    LIF parameters (tau, threshold, reset, surrogate, backend). ``model.config["neuron"]`` is
+    updated so a checkpoint rebuilds the planned model. Nodes hold no parameters, so trained
+    weights are untouched.
+    """
+    if isinstance(plan, (str, os.PathLike)):
+        plan = load_plan(plan)
+    specs = neuron_specs(plan)
+    nodes = spiking_layers(model)
+    if len(nodes) != len(specs):
+        raise ValueError(f"plan: the plan has {len(specs)} spiking layers, the model {len(nodes)}; "
+                         "plan the same model (edgesnn plan --model ...)")
+    for (name, node), spec in zip(nodes, specs):
+        kind, groups = parse_neuron_spec(spec)
+        if kind == "lif" and isinstance(node, LIF):
+            continue
+        if kind == "revlif" and isinstance(node, RevLIF) and node.groups == groups:
+            continue
+        kw = _node_kwargs(node)
+        if kind == "lif":
+            new = LIF(**kw)
+        else:
+            extra = {}
+            if isinstance(node, RevLIF):
+                p = node.params
+                extra = dict(alpha=p.alpha, beta=p.beta, gamma=p.gamma, mode=p.mode)
+            new = RevLIF(groups=groups, **kw, **extra)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+    if isinstance(getattr(model, "config", None), dict):
+        model.config["neuron"] = list(specs)
+    return model

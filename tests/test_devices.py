@@ -1,0 +1,82 @@
+"""Device catalogue: every board loads, custom profiles, host measurement, clear errors."""
+
+import json
+
+import pytest
+
+from edgesnn.planner._devices import load_devices_module
+
+devices = load_devices_module()
+
+BOARDS = [
+    "jetson-nano-4gb", "jetson-tx2-8gb", "jetson-xavier-nx-8gb", "jetson-agx-xavier-32gb",
+    "jetson-orin-nano-4gb", "jetson-orin-nano-8gb", "jetson-orin-nx-8gb", "jetson-orin-nx-16gb",
+    "jetson-agx-orin-32gb", "jetson-agx-orin-64gb",
+    "raspberry-pi-4-4gb", "raspberry-pi-4-8gb", "raspberry-pi-5-4gb", "raspberry-pi-5-8gb",
+]
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_catalogue_profiles_load_and_are_consistent(name):
+    d = devices.load_device(name)
+    assert d.name == name
+    assert d.memory_bytes >= 4 * 1024**3
+    assert 0 < d.reserved_bytes < d.memory_bytes
+    assert 0 < d.usable_bytes < d.memory_bytes
+    assert d.bandwidth_gbs > 0 and d.cores >= 4
+    assert d.sources, "every profile says where its figures come from"
+    if name.startswith("jetson"):
+        assert d.accelerator == "cuda" and d.compute_capability in {"5.3", "6.2", "7.2", "8.7"}
+    else:
+        assert d.accelerator == "cpu" and d.compute_capability is None
+
+
+def test_spec_figures():
+    assert devices.load_device("jetson-nano-4gb").bandwidth_gbs == 25.6
+    assert devices.load_device("jetson-orin-nano-8gb").compute_capability == "8.7"
+    assert devices.load_device("jetson-agx-orin-64gb").bandwidth_gbs == 204.8
+    assert devices.load_device("raspberry-pi-5-8gb").bandwidth_gbs == 17.0
+
+
+def test_unknown_device_lists_available():
+    with pytest.raises(ValueError) as err:
+        devices.load_device("jetson-nano-2gb")
+    msg = str(err.value)
+    assert "jetson-nano-2gb" in msg and "jetson-orin-nano-8gb" in msg and "auto" in msg
+
+
+def test_custom_profile_file_and_search_path(tmp_path, monkeypatch):
+    prof = dict(name="myboard", memory_bytes=2 * 1024**3, reserved_bytes=300 * 1024**2,
+                runtime_overhead_bytes=200 * 1024**2, bandwidth_gbs=10, cores=2)
+    f = tmp_path / "myboard.json"
+    f.write_text(json.dumps(prof))
+    d = devices.load_device(str(f))
+    assert d.usable_bytes == 2 * 1024**3 - 500 * 1024**2
+    monkeypatch.setenv("EDGESNN_DEVICE_PATH", str(tmp_path))
+    assert "myboard" in devices.list_devices()
+    assert devices.load_device("myboard").memory_bytes == prof["memory_bytes"]
+
+
+def test_invalid_profile_names_the_field(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(dict(name="bad", memory_bytes=1, reserved_bytes=0, runtime_overhead_bytes=0, cores=1)))
+    with pytest.raises(ValueError, match="bandwidth_gbs"):
+        devices.load_device(str(f))
+    f.write_text(json.dumps(dict(name="bad", memory_bytes=-5, reserved_bytes=0, runtime_overhead_bytes=0,
+                                 bandwidth_gbs=1, cores=1)))
+    with pytest.raises(ValueError, match="memory_bytes"):
+        devices.load_device(str(f))
+    with pytest.raises(FileNotFoundError):
+        devices.load_device(str(tmp_path / "missing.json"))
+
+
+def test_auto_measures_host():
+    d = devices.load_device("auto")
+    info = {}
+    for line in open("/proc/meminfo"):
+        k, _, v = line.partition(":")
+        info[k] = int(v.split()[0]) * 1024
+    assert d.memory_bytes == info["MemTotal"]
+    # MemAvailable moves between reads; the budget is what is free now
+    assert abs((d.memory_bytes - d.reserved_bytes) - info["MemAvailable"]) < 512 * 1024**2
+    assert d.cores >= 1

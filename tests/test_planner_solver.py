@@ -1,0 +1,86 @@
+"""Solver: DP optimality vs brute force, speed on 50 layers, budgets, closed-form batch, errors."""
+
+import random
+import re
+import time
+
+import pytest
+
+from edgesnn.models import build_model
+from edgesnn.planner.memory_model import ChainModel
+from edgesnn.planner.solver import (PlanningError, _peak, brute_force, max_batch, plan_model, predict,
+                                    solve_choice)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dp_matches_brute_force(seed):
+    rng = random.Random(seed)
+    costs = [[(rng.randint(0, 1000), rng.uniform(0, 10)) for _ in range(rng.randint(1, 3))] for _ in range(7)]
+    lo = sum(min(b for b, _ in c) for c in costs)
+    hi = sum(max(b for b, _ in c) for c in costs)
+    for cap in (lo - 1, lo, (lo + hi) // 2, hi, rng.randint(lo, hi)):
+        dp, bf = solve_choice(costs, cap), brute_force(costs, cap)
+        if bf is None:
+            assert dp is None
+            continue
+        assert dp is not None and dp[1] <= cap
+        assert dp[2] == pytest.approx(bf[2], abs=1e-9)
+        assert sum(costs[i][o][0] for i, o in enumerate(dp[0])) == dp[1]
+
+
+def test_solver_under_one_second_on_50_layers():
+    rng = random.Random(1)
+    costs = [[(rng.randint(10**6, 10**8), rng.uniform(0.1, 1.0)) for _ in range(4)] for _ in range(50)]
+    cap = sum(sorted(b for b, _ in c)[1] for c in costs)
+    t0 = time.perf_counter()
+    sol = solve_choice(costs, cap)
+    assert time.perf_counter() - t0 < 1.0 and sol is not None
+    # the whole planner on a 50-spiking-layer network
+    m = build_model("mlp", (64,), 10, 8, neuron="lif", hidden=[64] * 50, node={"backend": "torch"})
+    t0 = time.perf_counter()
+    chain = ChainModel(m)
+    res = plan_model(chain, 8, 400 * 2**20, 300 * 2**20, batch=None, groups=(2, 4))
+    assert time.perf_counter() - t0 < 1.0
+    assert len(res["options"]) == 50 and res["peak_bytes"] <= 400 * 2**20
+
+
+def _vgg():
+    return ChainModel(build_model("vgg11", (3, 32, 32), 10, 8, neuron="lif", node={"backend": "torch"}))
+
+
+def test_budget_drives_the_choice():
+    chain = _vgg()
+    ovh = 300 * 2**20
+    lif = predict(chain, ["lif"] * 8, 8, 32, ovh)
+    rev = predict(chain, ["revlif:2"] * 8, 8, 32, ovh)
+    assert rev["peak_bytes"] < lif["peak_bytes"] and rev["time_s"] > lif["time_s"]
+    roomy = plan_model(chain, 8, lif["peak_bytes"] + 2**20, ovh, batch=32)
+    assert roomy["options"] == ["lif"] * 8  # fastest when everything fits
+    mid = (lif["peak_bytes"] + rev["peak_bytes"]) // 2
+    tight = plan_model(chain, 8, mid, ovh, batch=32)
+    assert tight["peak_bytes"] <= mid
+    assert "lif" in tight["options"] and any(o.startswith("revlif") for o in tight["options"])
+    assert lif["time_s"] < tight["time_s"] < rev["time_s"]
+
+
+def test_closed_form_largest_batch_is_tight():
+    chain = _vgg()
+    ovh, budget = 300 * 2**20, 1500 * 2**20
+    least = ["revlif:2"] * 8
+    B = max_batch(chain, least, 8, budget, ovh)
+    assert B >= 1
+    assert _peak(chain, least, 8, B, ovh, "adam") <= budget < _peak(chain, least, 8, B + 1, ovh, "adam")
+    res = plan_model(chain, 8, budget, ovh, batch=None)
+    assert res["batch"] == B and res["peak_bytes"] <= budget
+
+
+def test_impossible_budget_says_minimum_and_what_to_change():
+    chain = _vgg()
+    with pytest.raises(PlanningError) as err:
+        plan_model(chain, 8, 700 * 2**20, 300 * 2**20, batch=256)
+    msg = str(err.value)
+    assert "needs" in msg and "bytes" in msg and re.search(r"--batch \d+ or less", msg)
+    with pytest.raises(PlanningError, match="--timesteps"):
+        plan_model(chain, 64, 1100 * 2**20, 300 * 2**20, batch=16)  # fewer steps would fit
+    with pytest.raises(PlanningError, match="too small"):
+        plan_model(chain, 8, 200 * 2**20, 300 * 2**20, batch=None)  # not even the runtime fits

@@ -1,0 +1,184 @@
+"""Validate the memory planner: predicted vs measured activation bytes and peak RSS.
+
+Each configuration runs in a fresh Python process (``--worker``): it pins glibc's mmap threshold
+(:func:`edgesnn.planner.runtime.lean_allocator`), builds the model and Adam, runs one training
+step under saved-tensor hooks (activation bytes: unique storages, parameters excluded), then two
+more steps with the peak RSS reset before them (``VmHWM`` via ``/proc/self/clear_refs``): the
+steady-state peak of a step with optimizer state allocated.
+
+    PYTHONPATH=. python tools/validate_planner.py [--json out.json] [--quick]
+    PYTHONPATH=. python tools/validate_planner.py --calibrate   # runtime overhead of this host
+
+Targets (issue 3): activation bytes within 10%, peak RSS within 15%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: (model, in_shape, T, batch, neuron, extra build kwargs)
+CONFIGS = [
+    ("mlp", (784,), 8, 256, "lif", {"hidden": [1024, 1024]}),
+    ("mlp", (784,), 32, 256, "revlif", {"hidden": [1024, 1024]}),
+    ("mlp", (784,), 16, 128, ["lif", "revlif:4"], {"hidden": [1024, 1024]}),
+    ("convnet", (3, 32, 32), 4, 32, "lif", {"channels": [16, 32]}),
+    ("convnet", (3, 32, 32), 4, 32, "revlif", {"channels": [16, 32]}),
+    ("convnet", (3, 32, 32), 16, 16, "revlif:4", {"channels": [16, 32]}),
+    ("convnet", (3, 32, 32), 8, 32, ["revlif", "lif"], {"channels": [16, 32]}),
+    ("vgg11", (3, 32, 32), 4, 16, "lif", {}),
+    ("vgg11", (3, 32, 32), 4, 16, "revlif", {}),
+    ("vgg11", (3, 32, 32), 6, 8, ["lif", "revlif"] * 4, {}),
+    ("vgg11", (3, 32, 32), 8, 8, "revlif:4", {}),
+    ("vgg11", (3, 32, 32), 2, 32, "lif", {}),
+]
+QUICK = [0, 3, 4, 7]
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker(spec: dict) -> dict:
+    """Measure one configuration in this (fresh) process."""
+    from edgesnn.planner.runtime import lean_allocator
+
+    lean_allocator()
+    import torch
+    from torch import nn
+
+    from edgesnn.memory import SavedTensorCounter, _storage_key, peak_rss_bytes, reset_peak_rss
+    from edgesnn.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model(spec["model"], spec["in_shape"], 10, spec["T"], neuron=spec["neuron"], node=spec["node"], **spec["kwargs"])
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    x = torch.randn(spec["B"], *spec["in_shape"])
+    y = torch.randint(0, 10, (spec["B"],))
+    pk = {_storage_key(p) for p in m.parameters()} | {_storage_key(b) for b in m.buffers()}
+    act = None
+    peak = 0
+    times = []
+    for it in range(3):
+        if it == 1:
+            reset_peak_rss()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        if it == 0:
+            with SavedTensorCounter() as c:
+                loss = nn.functional.cross_entropy(m(x), y)
+            act = sum(n for k, n in c.storages.items() if k not in pk)
+            c._keep.clear()
+            del c
+        else:
+            loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        del loss
+        times.append(time.perf_counter() - t0)
+        peak = peak_rss_bytes()
+    return dict(activation_bytes=act, peak_rss_bytes=peak, step_s=min(times[1:]))
+
+
+def predict(spec: dict, overhead: int) -> dict:
+    from edgesnn.models import build_model
+    from edgesnn.planner.memory_model import ChainModel
+    from edgesnn.planner.solver import predict as _predict
+
+    m = build_model(spec["model"], spec["in_shape"], 10, spec["T"], neuron=spec["neuron"], node=spec["node"], **spec["kwargs"])
+    chain = ChainModel(m)
+    n = spec["neuron"]
+    opts = [n] * len(chain.spiking) if isinstance(n, str) else list(n)
+    return _predict(chain, opts, spec["T"], spec["B"], overhead)
+
+
+def run_fresh(spec: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker failed for {spec}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _spec(cfg, backend: str) -> dict:
+    model, shape, T, B, neuron, kwargs = cfg
+    return dict(model=model, in_shape=list(shape), T=T, B=B, neuron=neuron, kwargs=kwargs, node={"backend": backend})
+
+
+def _label(neuron) -> str:
+    if isinstance(neuron, str):
+        return neuron
+    return "mix(" + ",".join(sorted(set(neuron))) + ")"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="write the results table as JSON to this path")
+    ap.add_argument("--quick", action="store_true", help="4 configurations instead of 12")
+    ap.add_argument("--backend", default="torch", help="neuron backend of every node (default: torch)")
+    ap.add_argument("--calibrate", action="store_true", help="measure the runtime overhead of this host")
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    sys.path.insert(0, str(ROOT))
+    from edgesnn.planner._devices import load_devices_module
+
+    DEFAULT_CPU_RUNTIME_OVERHEAD = load_devices_module().DEFAULT_CPU_RUNTIME_OVERHEAD
+
+    if args.calibrate:
+        spec = dict(model="mlp", in_shape=[8], T=1, B=2, neuron="lif", kwargs={"hidden": [8]}, node={"backend": args.backend})
+        meas = run_fresh(spec)
+        pred = predict(spec, 0)
+        print(f"runtime overhead of this host: {meas['peak_rss_bytes'] - pred['peak_bytes']} bytes "
+              f"({(meas['peak_rss_bytes'] - pred['peak_bytes']) / 2**20:.1f} MiB); "
+              f"edgesnn.devices.DEFAULT_CPU_RUNTIME_OVERHEAD = {DEFAULT_CPU_RUNTIME_OVERHEAD}")
+        return 0
+    rows = []
+    configs = [CONFIGS[i] for i in QUICK] if args.quick else CONFIGS
+    hdr = (f"| {'model':8} | {'neuron':18} | {'T':>3} | {'B':>4} | {'act pred MiB':>12} | {'act meas MiB':>12} | "
+           f"{'err':>7} | {'RSS pred MiB':>12} | {'RSS meas MiB':>12} | {'err':>7} |")
+    print(hdr)
+    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    for cfg in configs:
+        spec = _spec(cfg, args.backend)
+        meas = run_fresh(spec)
+        pred = predict(spec, DEFAULT_CPU_RUNTIME_OVERHEAD)
+        ea = (pred["activation_bytes"] - meas["activation_bytes"]) / meas["activation_bytes"] * 100
+        er = (pred["peak_bytes"] - meas["peak_rss_bytes"]) / meas["peak_rss_bytes"] * 100
+        row = dict(model=spec["model"], neuron=_label(spec["neuron"]), T=spec["T"], B=spec["B"],
+                   activation_pred=pred["activation_bytes"], activation_meas=meas["activation_bytes"], activation_err_pct=ea,
+                   rss_pred=pred["peak_bytes"], rss_meas=meas["peak_rss_bytes"], rss_err_pct=er, step_s=meas["step_s"])
+        rows.append(row)
+        print(f"| {row['model']:8} | {row['neuron']:18} | {row['T']:>3} | {row['B']:>4} | {row['activation_pred'] / 2**20:12.1f} | "
+              f"{row['activation_meas'] / 2**20:12.1f} | {ea:+6.2f}% | {row['rss_pred'] / 2**20:12.1f} | "
+              f"{row['rss_meas'] / 2**20:12.1f} | {er:+6.2f}% |", flush=True)
+    worst_a = max(abs(r["activation_err_pct"]) for r in rows)
+    worst_r = max(abs(r["rss_err_pct"]) for r in rows)
+    ok = worst_a <= 10 and worst_r <= 15
+    print(f"\nworst |error|: activation bytes {worst_a:.2f}% (target 10%), peak RSS {worst_r:.2f}% (target 15%): "
+          f"{'PASS' if ok else 'FAIL'}")
+    if args.json:
+        from edgesnn.checkpoint import atomic_write
+
+        payload = dict(rows=rows, worst_activation_err_pct=worst_a, worst_rss_err_pct=worst_r, passed=ok,
+                       runtime_overhead_bytes=DEFAULT_CPU_RUNTIME_OVERHEAD)
+        atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
