@@ -13,6 +13,9 @@ from typing import List, Optional
 
 SUBCOMMANDS = [
     "edgesnn.training.cli",
+    "edgesnn.export.cli",
+    "edgesnn.kernels.cli",
+    "edgesnn.planner.cli",
 ]
 
 

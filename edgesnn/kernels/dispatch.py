@@ -2,55 +2,146 @@
 
 ``reference`` is the store-everything plain-autograd loop (the oracle, and what the exporters
 trace: only standard ops). ``torch`` is the memory-lean hand-written backward in PyTorch ops.
-``auto`` picks the fused Numba kernel for CPU tensors and the CUDA kernel for CUDA tensors, and
-falls back to the PyTorch reference where no kernel applies. Every backend computes the same
-values as the reference (spikes bit for bit) and the same gradients up to float rounding.
+``numba`` runs the fused CPU kernels (:mod:`edgesnn.kernels.numba_cpu`) and ``cuda`` the fused
+CUDA kernels (:mod:`edgesnn.kernels.cuda_kernels`), both as ``torch.library`` custom ops
+(:mod:`edgesnn.kernels.custom_ops`) so that ``torch.compile(fullgraph=True)`` works.
+
+``auto`` picks ``numba`` for float32 CPU tensors and ``cuda`` for float32 CUDA tensors, and falls
+back to ``torch`` where no kernel applies (other dtypes, a custom surrogate, Numba or numba-cuda
+missing). Every backend computes the same values as the reference (spikes, outputs and states bit
+for bit for the fused kernels) and the same gradients up to float rounding.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Optional, Tuple
 
 import torch
 
 from ..functional import lif as _lif
 from ..functional import revlif_autograd as _rev
+from ..functional.checks import check_sequence, check_state
+from ..functional.grid import straight_through, to_grid
 from ..functional.lif import LIFParams
-from ..functional.revlif import RevLIFParams, revlif_multistep_reference
+from ..functional.revlif import RevLIFParams, from_groups, revlif_initial_state, revlif_multistep_reference, to_groups
+from . import custom_ops as _ops
 
-__all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep"]
+__all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep", "numba_available", "cuda_available"]
 
 BACKENDS = ("auto", "torch", "numba", "cuda", "reference")
+_KERNEL_SURROGATES = ("sigmoid", "atan")
 
 
-def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The concrete backend (``"reference"``, ``"torch"``, ``"numba"`` or ``"cuda"``) that runs ``x``."""
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_NUMBA = _has_module("numba")
+_NUMBA_CUDA = _has_module("numba_cuda") or (_NUMBA and _has_module("numba.cuda"))
+
+
+def numba_available() -> bool:
+    """Numba is importable (the CPU kernels can run)."""
+    return _NUMBA
+
+
+def cuda_available() -> bool:
+    """numba-cuda is importable (the CUDA kernels can be compiled)."""
+    return _NUMBA_CUDA
+
+
+def _kernel_applies(x: torch.Tensor, p) -> bool:
+    lif = p.lif if isinstance(p, RevLIFParams) else p
+    return x.dtype == torch.float32 and (lif is None or lif.surrogate.name in _KERNEL_SURROGATES)
+
+
+def resolve_backend(backend: str, x: torch.Tensor, p=None) -> str:
+    """The concrete backend (``"reference"``, ``"torch"``, ``"numba"`` or ``"cuda"``) that runs ``x``.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        x: the input (its device and dtype decide ``auto``).
+        p: optional :class:`LIFParams` / :class:`RevLIFParams` (a custom surrogate rules the kernels out).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
+    if backend != "auto":
+        return backend
+    lif = p.lif if isinstance(p, RevLIFParams) else p
+    if x.dtype != torch.float32 or (lif is not None and lif.surrogate.name not in _KERNEL_SURROGATES):
         return "torch"
-    return backend
+    if x.device.type == "cpu" and numba_available():
+        return "numba"
+    if x.device.type == "cuda" and cuda_available():
+        return "cuda"
+    return "torch"
+
+
+def _check_kernel_input(name: str, x: torch.Tensor, p) -> None:
+    if not _kernel_applies(x, p):
+        lif = p.lif if isinstance(p, RevLIFParams) else p
+        raise TypeError(
+            f"backend={name!r}: the fused kernels run float32 tensors with the 'sigmoid' or 'atan' surrogate, got "
+            f"{str(x.dtype).replace('torch.', '')} with surrogate {lif.surrogate.name!r}; use backend='torch' or 'auto'"
+        )
+    if name == "numba" and x.device.type != "cpu":
+        raise TypeError(f"backend='numba' runs CPU tensors, got a tensor on {x.device}; use backend='cuda' or 'auto'")
+    if name == "numba" and not numba_available():
+        raise RuntimeError("backend='numba' needs the numba package (pip install numba)")
+    if name == "cuda" and not cuda_available():
+        raise RuntimeError("backend='cuda' needs numba-cuda (pip install 'edgesnn[cuda]')")
+
+
+def _lif_kernel(name: str, x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch.Tensor]):
+    check_sequence(x_seq)
+    check_state(v0, x_seq)
+    _check_kernel_input(name, x_seq, p)
+    if v0 is None:
+        v0 = _lif.initial_state(x_seq[0], p)
+    s, v_T = _ops.lif_fwd(x_seq.contiguous(), v0.contiguous(), *_ops.lif_params_args(p), name)
+    return s, v_T
+
+
+def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional[torch.Tensor]):
+    check_sequence(x_seq, dtypes=(torch.float32, torch.float64))
+    check_state(v0, x_seq)
+    _check_kernel_input(name, x_seq, p)
+    xg = to_groups(x_seq.contiguous(), p.groups)
+    if v0 is None:
+        v0g = revlif_initial_state(xg[0], p)
+        verify = 1
+    else:
+        v0g = to_groups(v0.contiguous(), p.groups, 1, "v0")
+        if p.exact:
+            v0g = straight_through(to_grid(v0g), v0g)
+        verify = 0 if p.exact else 2
+    y, v_T, _, _ = _ops.revlif_fwd(xg, v0g.contiguous(), verify, *_ops.revlif_params_args(p), name)
+    return from_groups(y, x_seq.shape), from_groups(v_T, x_seq.shape[1:])
 
 
 def lif_multistep(
     x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x_seq [T, B, ...]`` on the chosen backend; returns ``(s_seq, v_T)``."""
-    name = resolve_backend(backend, x_seq)
+    name = resolve_backend(backend, x_seq, p)
     if name == "reference":
         return _lif.lif_multistep_reference(x_seq, p, v0)
     if name == "torch":
         return _lif.lif_multistep(x_seq, p, v0)
-    raise NotImplementedError(f"backend {name!r} is not available")
+    return _lif_kernel(name, x_seq, p, v0)
 
 
 def revlif_multistep(
     x_seq: torch.Tensor, p: RevLIFParams, v0: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """RevLIF over ``x_seq [T, B, C, ...]`` on the chosen backend; returns ``(y_seq, v_T)``."""
-    name = resolve_backend(backend, x_seq)
+    name = resolve_backend(backend, x_seq, p)
     if name == "reference":
         return revlif_multistep_reference(x_seq, p, v0)
     if name == "torch":
         return _rev.revlif_multistep(x_seq, p, v0)
-    raise NotImplementedError(f"backend {name!r} is not available")
+    return _revlif_kernel(name, x_seq, p, v0)

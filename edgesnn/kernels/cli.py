@@ -1,0 +1,66 @@
+"""``edgesnn warmup``: compile the fused kernels ahead of time into the Numba cache folder.
+
+First-run JIT compilation takes seconds on a desktop and much longer on a Jetson; run this once
+after installing (or in the image build) so that training starts at full speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+__all__ = ["register", "warmup"]
+
+
+def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = True) -> dict:
+    """Compile (or load) every CPU kernel, and with ``cuda=True`` the CUDA kernels for this GPU.
+
+    Returns ``{"cache_dir", "threads", "seconds", "cuda"}``.
+    """
+    from . import config
+
+    path = config.configure_cache(cache_dir)
+    if threads is not None:
+        config.set_num_threads(threads)
+    t0 = time.perf_counter()
+    from . import numba_cpu
+
+    numba_cpu.warmup()
+    cpu_s = time.perf_counter() - t0
+    cuda_s = None
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("warmup --cuda: no CUDA device visible to PyTorch")
+        from .dispatch import lif_multistep, revlif_multistep
+        from ..functional.lif import LIFParams
+        from ..functional.revlif import RevLIFParams
+
+        t1 = time.perf_counter()
+        x = torch.randn(9, 2, 8, device="cuda", requires_grad=True)
+        s, _ = lif_multistep(x, LIFParams(), backend="cuda")
+        y, _ = revlif_multistep(x, RevLIFParams(), backend="cuda")
+        (s.sum() + y.sum()).backward()
+        torch.cuda.synchronize()
+        cuda_s = time.perf_counter() - t1
+    info = {"cache_dir": path, "threads": config.get_num_threads(), "cpu_seconds": round(cpu_s, 2),
+            "cuda_seconds": None if cuda_s is None else round(cuda_s, 2)}
+    if verbose:
+        print(json.dumps(info))
+    return info
+
+
+def _run(args: argparse.Namespace) -> int:
+    warmup(args.cache_dir, args.threads, args.cuda)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("warmup", help="precompile the fused Numba (and CUDA) kernels into the JIT cache",
+                              description=__doc__)
+    p.add_argument("--cache-dir", default=None, help="Numba cache folder (default: $EDGESNN_CACHE_DIR, $NUMBA_CACHE_DIR or ~/.cache/edgesnn/numba)")
+    p.add_argument("--threads", type=int, default=None, help="thread count for Numba and PyTorch")
+    p.add_argument("--cuda", action="store_true", help="also compile the CUDA kernels (needs a GPU)")
+    p.set_defaults(func=_run)

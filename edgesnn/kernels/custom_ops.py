@@ -1,0 +1,186 @@
+"""The fused kernels as ``torch.library.custom_op`` s, so models using them compile with
+``torch.compile(fullgraph=True)`` (a bare ``autograd.Function`` calling Numba breaks the graph).
+
+Ops (``backend`` is ``"numba"`` or ``"cuda"``; node parameters travel as plain numbers):
+
+* ``edgesnn::lif_fwd(x, v0, ...) -> (s, v_T)`` and ``edgesnn::lif_bwd(x, v0, grad_s, grad_v_T, ...) -> (grad_x, grad_v0)``
+  (the backward recomputes ``h`` from the saved input)
+* ``edgesnn::revlif_fwd(xg, v0, ...) -> (y, v_T, bits, counts)`` and
+  ``edgesnn::revlif_bwd(y, v_T, bits, counts, v0, grad_y, grad_v_T, ...) -> (grad_x, grad_v0)``;
+  the backward op also verifies the reconstruction (inside the op, where data-dependent checks are
+  allowed) and raises :class:`~edgesnn.functional.revlif.ReconstructionError`.
+
+``register_fake`` gives shapes for tracing; ``register_autograd`` wires each forward op to its
+backward op (which is itself a custom op, so the compiled backward graph calls it too).
+Tensors that a mode does not use (``bits`` in float mode, ``counts`` in exact
+mode, ``v0`` when there is nothing to verify against) are returned as 1-element placeholders.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ..functional.grid import packed_steps
+from ..functional.lif import LIFParams
+from ..functional.revlif import RevLIFParams, revlif_initial_state
+from ..functional.revlif_autograd import verify_reconstruction
+from ..functional.surrogate import ATan, Sigmoid
+
+__all__ = ["lif_fwd", "lif_bwd", "revlif_fwd", "revlif_bwd", "lif_params_args", "revlif_params_args"]
+
+
+def _impl(backend: str):
+    if backend == "numba":
+        from . import numba_cpu as mod
+    elif backend == "cuda":
+        from . import cuda_kernels as mod
+    else:
+        raise ValueError(f"backend: expected 'numba' or 'cuda', got {backend!r}")
+    return mod
+
+
+def _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha) -> LIFParams:
+    sg = Sigmoid(sg_alpha) if sg_kind == "sigmoid" else ATan(sg_alpha)
+    return LIFParams(tau, v_th, v_reset if hard else None, decay_input, detach, sg)
+
+
+def lif_params_args(p: LIFParams) -> tuple:
+    """``(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)`` for the ops."""
+    return (p.tau, p.v_threshold, p.charge_reset, p.hard_reset, p.decay_input, p.detach_reset,
+            p.surrogate.name, float(p.surrogate.alpha))
+
+
+def revlif_params_args(p: RevLIFParams) -> tuple:
+    """``lif_params_args(p.lif) + (alpha, beta, gamma, exact)``."""
+    return lif_params_args(p.lif) + (p.alpha, p.beta, p.gamma, p.exact)
+
+
+def _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha, beta, gamma, exact, groups) -> RevLIFParams:
+    return RevLIFParams(_lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha), groups, alpha, beta, gamma,
+                        "exact" if exact else "float")
+
+
+# ----------------------------------------------------------------------------- LIF
+
+
+@torch.library.custom_op("edgesnn::lif_fwd", mutates_args=())
+def lif_fwd(x: Tensor, v0: Tensor, tau: float, v_th: float, v_reset: float, hard: bool, decay_input: bool,
+            detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
+    p = _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)
+    s, vT = _impl(backend).lif_forward(x, v0, p)
+    return s, vT
+
+
+@lif_fwd.register_fake
+def _(x, v0, *args):
+    return torch.empty_like(x), torch.empty_like(v0)
+
+
+@torch.library.custom_op("edgesnn::lif_bwd", mutates_args=())
+def lif_bwd(x: Tensor, v0: Tensor, grad_s: Tensor, grad_vT: Tensor, tau: float, v_th: float, v_reset: float,
+            hard: bool, decay_input: bool, detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
+    p = _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)
+    gx, gv0 = _impl(backend).lif_backward(x, v0, grad_s, grad_vT, p)
+    return gx, gv0
+
+
+@lif_bwd.register_fake
+def _(x, v0, grad_s, grad_vT, *args):
+    return torch.empty_like(x), torch.empty_like(grad_vT)
+
+
+def _lif_setup(ctx, inputs, output):
+    x, v0, *params = inputs
+    # the backward recomputes h from the input: saving x (1x, like h) costs no extra allocation
+    ctx.save_for_backward(x, v0)
+    ctx.params = params
+
+
+def _lif_backward(ctx, grad_s, grad_vT):
+    x, v0 = ctx.saved_tensors
+    if grad_s is None:
+        grad_s = torch.zeros_like(x)
+    if grad_vT is None:
+        grad_vT = torch.zeros_like(v0)
+    gx, gv0 = lif_bwd(x, v0, grad_s.contiguous(), grad_vT.contiguous(), *ctx.params)
+    return (gx, gv0) + (None,) * 9
+
+
+lif_fwd.register_autograd(_lif_backward, setup_context=_lif_setup)
+
+
+# ----------------------------------------------------------------------------- RevLIF
+
+
+@torch.library.custom_op("edgesnn::revlif_fwd", mutates_args=())
+def revlif_fwd(xg: Tensor, v0: Tensor, verify: int, tau: float, v_th: float, v_reset: float, hard: bool,
+               decay_input: bool, detach: bool, sg_kind: str, sg_alpha: float, alpha: float, beta: float, gamma: float,
+               exact: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RevLIF forward on grouped ``xg [T, B, n, M]``; ``verify`` tells the backward what to check
+    (see :func:`revlif_bwd`). Returns ``(y, v_T, bits, counts)``."""
+    p = _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha, beta, gamma, exact, xg.shape[2])
+    y, vT, bits, counts = _impl(backend).revlif_forward(xg, v0, p)
+    if bits is None:
+        bits = torch.zeros((1, 1, 1, 1), dtype=torch.uint8, device=xg.device)
+    if counts is None:
+        counts = torch.zeros((1, 1, 1), dtype=torch.int32, device=xg.device)
+    return y, vT, bits, counts
+
+
+@revlif_fwd.register_fake
+def _(xg, v0, verify, tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha, beta, gamma, exact, backend):
+    T, B, G, M = xg.shape
+    if exact:
+        bits = xg.new_empty((packed_steps(T), B, G, M), dtype=torch.uint8)
+        counts = xg.new_empty((1, 1, 1), dtype=torch.int32)
+    else:
+        bits = xg.new_empty((1, 1, 1, 1), dtype=torch.uint8)
+        counts = xg.new_empty((B, G, M), dtype=torch.int32)
+    return torch.empty_like(xg), torch.empty_like(v0), bits, counts
+
+
+@torch.library.custom_op("edgesnn::revlif_bwd", mutates_args=())
+def revlif_bwd(y: Tensor, vT: Tensor, bits: Tensor, counts: Tensor, v0: Tensor, verify: int, grad_y: Tensor,
+               grad_vT: Tensor, tau: float, v_th: float, v_reset: float, hard: bool, decay_input: bool, detach: bool,
+               sg_kind: str, sg_alpha: float, alpha: float, beta: float, gamma: float, exact: bool,
+               backend: str) -> Tuple[Tensor, Tensor]:
+    """Single-pass inverse + VJP. ``verify``: 0 = nothing to check, 1 = the reconstructed initial
+    state must be the fresh state, 2 = it must match ``v0`` (float mode with a given state)."""
+    p = _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha, beta, gamma, exact, y.shape[2])
+    gx, gv0, v0_rec, counts_rec = _impl(backend).revlif_backward(y, vT, bits if exact else None, grad_y, grad_vT, p)
+    if verify:
+        ref = revlif_initial_state(v0_rec, p) if verify == 1 else v0
+        verify_reconstruction(ref, v0_rec, None if exact else counts, counts_rec, p, y.shape[0])
+    return gx, gv0
+
+
+@revlif_bwd.register_fake
+def _(y, vT, bits, counts, v0, verify, grad_y, grad_vT, *args):
+    return torch.empty_like(grad_y), torch.empty_like(grad_vT)
+
+
+def _revlif_setup(ctx, inputs, output):
+    xg, v0, verify, *params = inputs
+    y, vT, bits, counts = output
+    # the initial state is kept only when the backward verifies against it (float mode, given v0)
+    ctx.save_for_backward(y, vT, bits, counts, v0 if verify == 2 else None)
+    ctx.verify = verify
+    ctx.params = params
+
+
+def _revlif_backward(ctx, grad_y, grad_vT, _grad_bits, _grad_counts):
+    y, vT, bits, counts, v0 = ctx.saved_tensors
+    if v0 is None:
+        v0 = vT.new_zeros((1, 1, 1))
+    if grad_y is None:
+        grad_y = torch.zeros_like(y)
+    if grad_vT is None:
+        grad_vT = torch.zeros_like(vT)
+    gx, gv0 = revlif_bwd(y, vT, bits, counts, v0, ctx.verify, grad_y.contiguous(), grad_vT.contiguous(), *ctx.params)
+    return (gx, gv0) + (None,) * 14
+
+
+revlif_fwd.register_autograd(_revlif_backward, setup_context=_revlif_setup)

@@ -1,0 +1,352 @@
+"""Benchmark of the fused kernels (issue 5). Prints a table; ``--json PATH`` writes the figures.
+
+(a) Open Neuromorphic workload on CPU: ``Linear(N, N)`` + one spiking layer, batch 16, float32,
+    forward + backward, loss = output.sum(); N = 4096 and T = 64 by default (the published
+    benchmark uses T = 500 on GPUs; 64 keeps a CPU run short). Variants: edgesnn numba (LIF and
+    RevLIF), edgesnn torch, SpikingJelly's torch backend, torch.compile of an eager LIF loop.
+    The Linear layer dominates on a CPU; its time alone is reported for context.
+(b) The spiking layer alone, ``[T, B, N] = [64, 16, 4096]``, forward + backward (gradient of
+    ones handed in): edgesnn numba LIF / RevLIF vs SpikingJelly's torch backend (and edgesnn torch).
+(c) Kernel-only bandwidth (outputs preallocated, no autograd) for N = 1e6 and 4e6 neurons,
+    T in {4, 8}, against a STREAM triad measured in the same run.
+(d) With ``--cuda`` and a GPU: the same spiking layer on CUDA tensors (numba-cuda kernels on
+    PyTorch's current stream) vs edgesnn torch and SpikingJelly on the GPU, and kernel-only GB/s
+    against a device-to-device copy.
+
+Usage: ``python tools/bench_kernels.py [--threads 2] [--json out.json] [--quick] [--cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # large fresh outputs page-fault less (SPEC section 3)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from edgesnn.functional.lif import LIFParams, lif_multistep_reference  # noqa: E402
+from edgesnn.functional.revlif import RevLIFParams  # noqa: E402
+from edgesnn.kernels import dispatch, set_num_threads  # noqa: E402
+from edgesnn.nn.neurons import LIF, RevLIF  # noqa: E402
+
+
+def _timeit(fn, reps: int, warmup: int = 1, sync=None) -> float:
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _spikingjelly_node():
+    try:
+        from spikingjelly.activation_based import neuron
+    except Exception:
+        return None
+    return neuron.LIFNode(step_mode="m")
+
+
+def _sj_call(node):
+    from spikingjelly.activation_based import functional as sjf
+
+    def run(x):
+        sjf.reset_net(node)
+        return node(x)
+
+    return run
+
+
+_EAGER_P = LIFParams()  # built outside the compiled function (dynamo cannot trace its validation)
+
+
+def _eager_lif_loop(x):
+    """A plain eager LIF loop (SpikingJelly semantics), the input of torch.compile."""
+    s, _ = lif_multistep_reference(x, _EAGER_P)
+    return s
+
+
+# ----------------------------------------------------------------------------- (a) + (b)
+
+
+def layer_variants(device: str, T: int, B: int, N: int, with_compile: bool):
+    """name -> callable(x) returning the layer's output, for the spiking layer alone."""
+    out = {
+        "edgesnn numba LIF" if device == "cpu" else "edgesnn cuda LIF": LIF(backend="numba" if device == "cpu" else "cuda"),
+        "edgesnn numba RevLIF" if device == "cpu" else "edgesnn cuda RevLIF": RevLIF(backend="numba" if device == "cpu" else "cuda"),
+        "edgesnn torch LIF": LIF(backend="torch"),
+    }
+    sj = _spikingjelly_node()
+    if sj is not None:
+        out["SpikingJelly torch LIF"] = _sj_call(sj.to(device))
+    if with_compile:
+        out["torch.compile eager LIF loop"] = torch.compile(_eager_lif_loop)
+    return out
+
+
+def bench_layer(device: str, T: int, B: int, N: int, reps: int, with_compile: bool, sync=None):
+    torch.manual_seed(0)
+    x0 = (torch.randn(T, B, N, device=device) * 1.5 + 0.5)
+    gy = torch.ones(T, B, N, device=device)
+    res = {}
+    for name, layer in layer_variants(device, T, B, N, with_compile).items():
+        x = x0.clone().requires_grad_()
+
+        def step():
+            x.grad = None
+            y = layer(x)
+            y.backward(gy)
+
+        try:
+            t_compile = time.perf_counter()
+            step()
+            t_compile = time.perf_counter() - t_compile
+            res[name] = {"ms": 1e3 * _timeit(step, reps, sync=sync), "first_call_s": round(t_compile, 2)}
+        except Exception as exc:  # a variant that cannot run here is reported, not fatal
+            res[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return res
+
+
+def bench_on_workload(T: int, B: int, N: int, reps: int, with_compile: bool):
+    torch.manual_seed(0)
+    x0 = torch.randn(T, B, N) * 0.05
+    res = {}
+    lin = torch.nn.Linear(N, N)
+    with torch.no_grad():
+        lin.weight.mul_(3.0)
+
+    def linear_only():
+        lin.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        lin(x).sum().backward()
+
+    res["Linear alone (context)"] = {"ms": 1e3 * _timeit(linear_only, reps)}
+    for name, node in layer_variants("cpu", T, B, N, with_compile).items():
+        def step():
+            lin.zero_grad(set_to_none=True)
+            x = x0.clone().requires_grad_()
+            node(lin(x)).sum().backward()
+
+        try:
+            step()
+            res[name] = {"ms": 1e3 * _timeit(step, reps)}
+        except Exception as exc:
+            res[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return res
+
+
+# ----------------------------------------------------------------------------- (c) bandwidth
+
+
+def stream_triad(n: int = 48 * 1024 * 1024, reps: int = 5) -> float:
+    """GB/s of ``a = b + s * c`` (float32, 3 x 4 bytes per element, STREAM convention), Numba prange."""
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=False)
+    def triad(a, b, c, s):
+        for i in prange(a.shape[0]):
+            a[i] = b[i] + s * c[i]
+
+    a = np.zeros(n, np.float32)
+    b = np.ones(n, np.float32)
+    c = np.full(n, 2.0, np.float32)
+    triad(a, b, c, np.float32(3.0))
+    t = _timeit(lambda: triad(a, b, c, np.float32(3.0)), reps)
+    return 12.0 * n / t / 1e9
+
+
+def bench_bandwidth(sizes, Ts, reps: int):
+    from edgesnn.kernels import neuron_math as nm
+    from edgesnn.kernels import numba_cpu as K
+
+    p = LIFParams()
+    kind, a, b = nm.surrogate_constants(p.surrogate)
+    f = np.float32
+    rows = []
+    for N in sizes:
+        for T in Ts:
+            x = np.random.default_rng(0).standard_normal((T, N), dtype=np.float32) + np.float32(0.5)
+            v0 = np.zeros(N, np.float32)
+            s = np.empty_like(x)
+            vT = np.empty(N, np.float32)
+            gx = np.empty_like(x)
+            gs = np.ones_like(x)
+            gv0 = np.empty(N, np.float32)
+            blk = K.block_size(N)
+            bblk = K.bwd_block_size(N, T)
+
+            def fwd():
+                K._lif_fwd(x, v0, s, vT, f(p.tau), f(p.v_threshold), f(0.0), True, True, blk)
+
+            def bwd():
+                K._lif_bwd(x, v0, gs, v0, gx, gv0, f(p.tau), f(p.v_threshold), f(0.0), True, True, False,
+                           f(p.input_gain), f(p.state_decay), kind, a, b, bblk)
+
+            t_f = _timeit(fwd, reps)
+            t_b = _timeit(bwd, reps)
+            fwd_bytes = 2 * 4 * T * N + 8 * N  # x in, s out; v0 in, vT out
+            bwd_bytes = 3 * 4 * T * N + 12 * N  # x and grad_s in, grad_x out (h is recomputed block-wise in cache)
+            rows.append({"kernel": "LIF", "N": N, "T": T, "fwd_ms": 1e3 * t_f, "fwd_GBps": fwd_bytes / t_f / 1e9,
+                         "bwd_ms": 1e3 * t_b, "bwd_GBps": bwd_bytes / t_b / 1e9})
+            # RevLIF exact, 2 groups: x in, y out, bits out (T/8 B), state; backward: y, grad_y in, grad_x out
+            rp = RevLIFParams()
+            xg = torch.from_numpy(x).view(T, 1, 2, N // 2)
+            v0g = torch.zeros(1, 2, N // 2)
+            y, vTg, bits, _ = K.revlif_forward(xg, v0g, rp)
+            gy = torch.ones_like(y)
+            gvT = torch.zeros_like(vTg)
+            t_rf = _timeit(lambda: K.revlif_forward(xg, v0g, rp), reps)
+            t_rb = _timeit(lambda: K.revlif_backward(y, vTg, bits, gy, gvT, rp), reps)
+            rf_bytes = 2 * 4 * T * N + T * N / 8 + 8 * N
+            rb_bytes = 3 * 4 * T * N + T * N / 8 + 16 * N
+            rows.append({"kernel": "RevLIF exact n=2 (incl. output allocation)", "N": N, "T": T, "fwd_ms": 1e3 * t_rf,
+                         "fwd_GBps": rf_bytes / t_rf / 1e9, "bwd_ms": 1e3 * t_rb, "bwd_GBps": rb_bytes / t_rb / 1e9})
+    return rows
+
+
+# ----------------------------------------------------------------------------- (d) CUDA
+
+
+def bench_cuda(T: int, B: int, N: int, reps: int):
+    sync = torch.cuda.synchronize
+    out = {"device": torch.cuda.get_device_name(), "layer": bench_layer("cuda", T, B, N, reps, False, sync=sync)}
+    from edgesnn.kernels import cuda_kernels as C
+
+    n = 64 * 1024 * 1024
+    a = torch.empty(n, device="cuda")
+    bsrc = torch.ones(n, device="cuda")
+    t = _timeit(lambda: a.copy_(bsrc), reps, sync=sync)
+    out["d2d_copy_GBps"] = 8.0 * n / t / 1e9
+    rows = []
+    for Nn in (1_000_000, 4_000_000, 16_000_000):
+        for TT in (4, 8, 64):
+            x = torch.randn(TT, Nn, device="cuda") + 0.5
+            v0 = torch.zeros(Nn, device="cuda")
+            p = LIFParams()
+            t_f = _timeit(lambda: C.lif_forward(x, v0, p), reps, sync=sync)
+            s, vT = C.lif_forward(x, v0, p)
+            gs = torch.ones_like(x)
+            t_b = _timeit(lambda: C.lif_backward(x, v0, gs, vT, p), reps, sync=sync)
+            fb = 2 * 4 * TT * Nn + 8 * Nn
+            bb = 5 * 4 * TT * Nn + 12 * Nn  # x, grad_s in; h written and re-read through gx; grad_x out
+            rows.append({"kernel": "LIF", "N": Nn, "T": TT, "fwd_ms": 1e3 * t_f, "fwd_GBps": fb / t_f / 1e9,
+                         "bwd_ms": 1e3 * t_b, "bwd_GBps": bb / t_b / 1e9})
+    out["bandwidth"] = rows
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _ratio(res, base, name):
+    if name in res and base in res and "ms" in res[name] and "ms" in res[base]:
+        return res[base]["ms"] / res[name]["ms"]
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", default=None, help="write the figures to this JSON file")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, skip torch.compile")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--no-on", action="store_true", help="skip (a), the Linear + LIF workload")
+    ap.add_argument("--cuda", action="store_true", help="also benchmark the CUDA kernels (needs a GPU)")
+    ap.add_argument("--only-cuda", action="store_true", help="run (d) alone")
+    ap.add_argument("--N", type=int, default=4096)
+    ap.add_argument("--T", type=int, default=64)
+    args = ap.parse_args(argv)
+    set_num_threads(args.threads)
+    reps = 3 if args.quick else 7
+    with_compile = not (args.quick or args.no_compile)
+    T, B, N = args.T, 16, args.N
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                          "torch": torch.__version__, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")},
+              "shape": {"T": T, "B": B, "N": N}}
+    if args.only_cuda:
+        args.cuda = True
+        return _finish(args, report, T, B, N, reps, "SpikingJelly torch LIF")
+    report["stream_triad_GBps"] = stream_triad()
+    print(f"STREAM triad (numba prange, float32, 3x192 MiB): {report['stream_triad_GBps']:.1f} GB/s")
+
+    print(f"\n(b) spiking layer alone, [T,B,N]=[{T},{B},{N}], forward+backward, float32, {args.threads} threads")
+    layer = bench_layer("cpu", T, B, N, reps, with_compile)
+    report["layer"] = layer
+    base = "SpikingJelly torch LIF"
+    for name, r in layer.items():
+        if "ms" in r:
+            ratio = _ratio(layer, base, name)
+            print(f"  {name:34s} {r['ms']:9.2f} ms   {'x%.1f vs SpikingJelly' % ratio if ratio else ''}")
+        else:
+            print(f"  {name:34s} {r['error']}")
+    floor_ms = (5 * 4 * T * B * N) / (report["stream_triad_GBps"] * 1e9) * 1e3
+    report["layer_bandwidth_floor_ms"] = floor_ms
+    print(f"  bandwidth floor (fwd: x in, s out; bwd: x, grad in, grad out = 20 B/neuron-step at STREAM): {floor_ms:.2f} ms")
+
+    if not args.no_on:
+        print(f"\n(a) Open Neuromorphic workload on CPU: Linear({N},{N}) + spiking layer, B={B}, T={T} (published: T=500, GPU)")
+        on = bench_on_workload(T, B, N, max(2, reps // 2), with_compile)
+        report["on_workload"] = on
+        for name, r in on.items():
+            if "ms" in r:
+                ratio = _ratio(on, base, name)
+                print(f"  {name:34s} {r['ms']:9.1f} ms   {'x%.2f vs SpikingJelly' % ratio if ratio else ''}")
+            else:
+                print(f"  {name:34s} {r['error']}")
+
+    print("\n(c) kernel-only bandwidth (LIF outputs preallocated; RevLIF includes its output allocation)")
+    bw = bench_bandwidth((1_000_000, 4_000_000), (4, 8), reps)
+    report["bandwidth"] = bw
+    for r in bw:
+        pct_f = 100 * r["fwd_GBps"] / report["stream_triad_GBps"]
+        pct_b = 100 * r["bwd_GBps"] / report["stream_triad_GBps"]
+        print(f"  {r['kernel']:44s} N={r['N']:>8d} T={r['T']}  fwd {r['fwd_ms']:7.2f} ms {r['fwd_GBps']:6.1f} GB/s ({pct_f:4.0f}% STREAM)"
+              f"  bwd {r['bwd_ms']:7.2f} ms {r['bwd_GBps']:6.1f} GB/s ({pct_b:4.0f}%)")
+        r["fwd_pct_stream"] = pct_f
+        r["bwd_pct_stream"] = pct_b
+
+    return _finish(args, report, T, B, N, reps, base)
+
+
+def _finish(args, report, T, B, N, reps, base) -> int:
+    if args.cuda:
+        if not torch.cuda.is_available():
+            print("\n(d) --cuda: no CUDA device, skipped")
+        else:
+            cu = bench_cuda(T, B, N, reps)
+            report["cuda"] = cu
+            print(f"\n(d) CUDA on {cu['device']}: spiking layer [{T},{B},{N}] forward+backward")
+            for name, r in cu["layer"].items():
+                if "ms" in r:
+                    ratio = _ratio(cu["layer"], base, name)
+                    print(f"  {name:34s} {r['ms']:9.3f} ms   {'x%.1f vs SpikingJelly' % ratio if ratio else ''}")
+                else:
+                    print(f"  {name:34s} {r['error']}")
+            print(f"  device-to-device copy: {cu['d2d_copy_GBps']:.0f} GB/s")
+            for r in cu["bandwidth"]:
+                print(f"  LIF N={r['N']:>9d} T={r['T']:>2d}  fwd {r['fwd_ms']:7.3f} ms {r['fwd_GBps']:7.0f} GB/s  "
+                      f"bwd {r['bwd_ms']:7.3f} ms {r['bwd_GBps']:7.0f} GB/s")
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
