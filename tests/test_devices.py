@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from edgesnn.planner._devices import load_devices_module
+from edgesnn import devices
 
-devices = load_devices_module()
 
 BOARDS = [
     "jetson-nano-4gb", "jetson-tx2-8gb", "jetson-xavier-nx-8gb", "jetson-agx-xavier-32gb",

@@ -14,19 +14,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-# `edgesnn.export` lives in export/ (pyproject package-dir). An installed checkout (pip install -e .)
-# resolves it; a bare source checkout on PYTHONPATH does not, so map it here (and in every
-# subprocess the tests start). Imports only importlib: safe for the torch-free runner checks.
-_BOOTSTRAP = f"""
-import importlib.util, sys
-if importlib.util.find_spec("edgesnn.export") is None:
-    _spec = importlib.util.spec_from_file_location("edgesnn.export", {str(REPO / "export" / "__init__.py")!r},
-                                                   submodule_search_locations=[{str(REPO / "export")!r}])
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["edgesnn.export"] = _mod
-    _spec.loader.exec_module(_mod)
-"""
-exec(_BOOTSTRAP)
 
 from edgesnn.models import build_model  # noqa: E402
 T = 4
@@ -88,15 +75,9 @@ def write_npz(path, x: torch.Tensor, y: torch.Tensor) -> Path:
     return Path(path)
 
 
-def run_python(code: str, *args: str, timeout: int = 120, bootstrap: bool = True) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (same environment) and return the completed process.
-
-    ``bootstrap`` first makes ``edgesnn.export`` importable from a bare checkout (imports ``edgesnn``).
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", (_BOOTSTRAP if bootstrap else "") + code, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+def run_python(code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter of the same (installed) environment."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------------- artifact validation (no ORT)

@@ -41,8 +41,7 @@ def test_torchscript_trains_in_fresh_process_like_eager(tmp_path, name, neuron, 
     # batch 6 != the traced batch 4: the batch dimension stays symbolic
     batches = [make_batch(name, 6, seed=10 + i) for i in range(STEPS)]
     np.savez(tmp_path / "data.npz", x=np.stack([b[0].numpy() for b in batches]), y=np.stack([b[1].numpy() for b in batches]))
-    proc = run_python(_TRAIN_IN_FRESH_PROCESS, str(path), str(tmp_path / "data.npz"), str(tmp_path / "after.npz"), str(LR),
-                      bootstrap=False)
+    proc = run_python(_TRAIN_IN_FRESH_PROCESS, str(path), str(tmp_path / "data.npz"), str(tmp_path / "after.npz"), str(LR))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not result["edgesnn_imported"]  # the archive is self-contained

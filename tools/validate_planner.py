@@ -135,9 +135,9 @@ def main(argv=None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     sys.path.insert(0, str(ROOT))
-    from edgesnn.planner._devices import load_devices_module
+    from edgesnn import devices
 
-    DEFAULT_CPU_RUNTIME_OVERHEAD = load_devices_module().DEFAULT_CPU_RUNTIME_OVERHEAD
+    DEFAULT_CPU_RUNTIME_OVERHEAD = devices.DEFAULT_CPU_RUNTIME_OVERHEAD
 
     if args.calibrate:
         spec = dict(model="mlp", in_shape=[8], T=1, B=2, neuron="lif", kwargs={"hidden": [8]}, node={"backend": args.backend})

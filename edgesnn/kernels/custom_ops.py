@@ -18,6 +18,7 @@ mode, ``v0`` when there is nothing to verify against) are returned as 1-element 
 
 from __future__ import annotations
 
+import logging
 from typing import Tuple
 
 import torch
@@ -30,6 +31,10 @@ from ..functional.revlif_autograd import verify_reconstruction
 from ..functional.surrogate import ATan, Sigmoid
 
 __all__ = ["lif_fwd", "lif_bwd", "revlif_fwd", "revlif_bwd", "lif_params_args", "revlif_params_args"]
+
+# torch warns "Triton not available" once per registered op on machines without Triton (every
+# CPU install); these ops use no Triton, so that warning is noise for edgesnn users.
+logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
 
 
 def _impl(backend: str):

@@ -7,13 +7,9 @@
 * :mod:`~edgesnn.planner.cli`: ``edgesnn plan``.
 """
 
-from ._devices import load_devices_module as _load_devices_module
-
-_load_devices_module()
-
-from .memory_model import ChainModel, Cost  # noqa: E402
-from .plan import Plan, apply, load_plan, make_plan, neuron_specs, save_plan  # noqa: E402
-from .solver import PlanningError, plan_model, predict  # noqa: E402
+from .memory_model import ChainModel, Cost
+from .plan import Plan, apply, load_plan, make_plan, neuron_specs, save_plan
+from .solver import PlanningError, plan_model, predict
 
 __all__ = ["ChainModel", "Cost", "Plan", "PlanningError", "apply", "load_plan", "make_plan", "neuron_specs",
            "plan_model", "predict", "save_plan"]

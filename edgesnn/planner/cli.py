@@ -81,10 +81,10 @@ def _fmt(n: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..models import build_model
-    from ._devices import load_devices_module
+    from edgesnn import devices
+
     from .plan import make_plan, save_plan
 
-    devices = load_devices_module()
     if args.list_devices:
         for name in devices.list_devices():
             print(name)
