@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 from edgesnn.models import build_model  # noqa: E402

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for Numba and PyTorch (default: all cores)")
     p.add_argument("--checkpoint", default=None, help="write a checkpoint here after every epoch (atomic)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--json", default=None, help="write the report (config, per-epoch metrics) here")
@@ -57,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from ..planner.runtime import lean_allocator
 
     lean_allocator()  # the planner's peak-memory predictions assume it
+    if args.threads is not None:
+        from ..kernels.config import set_num_threads
+
+        set_num_threads(args.threads)
     neuron = args.neuron.split(",") if "," in args.neuron else args.neuron
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
