@@ -8,11 +8,12 @@ optionally ``optimizer_state``, ``epoch``, ``metrics``, ``train_config``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Dict, Union
 
 import torch
+
+from .atomic import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointError"]
 
@@ -23,27 +24,6 @@ PathLike = Union[str, os.PathLike]
 
 class CheckpointError(ValueError):
     """A checkpoint file exists but is not a usable edgesnn checkpoint."""
-
-
-def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write a file through ``write(fh)`` into a temp file beside ``path``, then rename it over ``path``.
-
-    A crash leaves either the old file or the new one, never a truncated mix.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(path: PathLike, model_config: Dict, model_state: Dict, **extra: Any) -> Path:

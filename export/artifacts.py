@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Union
+from typing import Any, Dict, List, Union
+
+from edgesnn.atomic import atomic_write
 
 __all__ = [
     "ArtifactError",
@@ -116,38 +117,14 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: PathLike, write: Callable[[Any], None], mode: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
-    return _atomic(path, lambda fh: fh.write(data), "wb")
+    return atomic_write(path, lambda fh: fh.write(data), "wb")
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    return _atomic(path, lambda fh: fh.write(text), "w")
+    return atomic_write(path, lambda fh: fh.write(text), "w")
 
 
 def write_manifest(directory: PathLike, manifest: Manifest) -> Path:

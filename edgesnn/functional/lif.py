@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import torch
 
 from .checks import check_sequence, check_state
-from .surrogate import Sigmoid, Surrogate, SurrogateLike, get_surrogate, spike, stop_gradient
+from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 
 __all__ = [
     "LIFParams",
