@@ -253,7 +253,9 @@ def test_warmup_command_fills_the_cache(tmp_path):
                              capture_output=True, text=True, env=env, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         infos.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    assert infos[0]["cache_dir"] == str(tmp_path)
+    from edgesnn.kernels.config import _sources_key
+
+    assert infos[0]["cache_dir"] == str(tmp_path / _sources_key())  # one sub-folder per kernel-source version
     assert infos[0]["threads"] == {"numba": 1, "torch": 1}
     assert any(name.endswith(".nbi") for _, _, files in os.walk(tmp_path) for name in files)
     # the second process loads machine code instead of compiling (compiling takes 10+ s here)

@@ -13,7 +13,8 @@
     PyTorch's current stream) vs edgesnn torch and SpikingJelly on the GPU, and kernel-only GB/s
     against a device-to-device copy.
 
-Usage: ``python tools/bench_kernels.py [--threads 2] [--json out.json] [--quick] [--cuda]``
+Usage: ``python tools/bench_kernels.py [--threads 2] [--json out.json] [--quick] [--cuda] [--only-layer]
+[--tuned] [--thp]`` (``--tuned`` / ``--thp``: opt-in process settings, see below).
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # large fresh outputs page-fault less (SPEC section 3)
+# Opt-in process settings; they must be in place before torch / numba are imported, so they are
+# read from argv here. Default: none (what a user gets without tuning).
+#   --thp    THP_MEM_ALLOC_ENABLE=1: huge pages for large torch allocations. SPEC section 3 saw a
+#            128 MB allocation go from 48 to 12 ms; on the 2-core test VM (THP 'madvise', no huge
+#            pages granted) it made every fresh 16.8 MB output cost ~20 ms: off by default.
+#   --tuned  edgesnn.kernels.config.retain_freed_memory() (glibc keeps freed blocks: no page
+#            faults on the next step's outputs) and EDGESNN_WIDE_VECTORS=1 (512-bit vectors).
+if "--thp" in sys.argv:
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+if "--tuned" in sys.argv:
+    os.environ.setdefault("EDGESNN_WIDE_VECTORS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
@@ -172,6 +183,7 @@ def stream_triad(n: int = 48 * 1024 * 1024, reps: int = 5) -> float:
 def bench_bandwidth(sizes, Ts, reps: int):
     from edgesnn.kernels import neuron_math as nm
     from edgesnn.kernels import numba_cpu as K
+    from edgesnn.kernels import numba_revlif as R
 
     p = LIFParams()
     kind, a, b = nm.surrogate_constants(p.surrogate)
@@ -203,17 +215,32 @@ def bench_bandwidth(sizes, Ts, reps: int):
             rows.append({"kernel": "LIF", "N": N, "T": T, "fwd_ms": 1e3 * t_f, "fwd_GBps": fwd_bytes / t_f / 1e9,
                          "bwd_ms": 1e3 * t_b, "bwd_GBps": bwd_bytes / t_b / 1e9})
             # RevLIF exact, 2 groups: x in, y out, bits out (T/8 B), state; backward: y, grad_y in, grad_x out
+            # (outputs preallocated like LIF's; the host wrappers add a fresh allocation per call)
             rp = RevLIFParams()
-            xg = torch.from_numpy(x).view(T, 1, 2, N // 2)
-            v0g = torch.zeros(1, 2, N // 2)
-            y, vTg, bits, _ = K.revlif_forward(xg, v0g, rp)
-            gy = torch.ones_like(y)
-            gvT = torch.zeros_like(vTg)
-            t_rf = _timeit(lambda: K.revlif_forward(xg, v0g, rp), reps)
-            t_rb = _timeit(lambda: K.revlif_backward(y, vTg, bits, gy, gvT, rp), reps)
+            lf = rp.lif
+            xg = x.reshape(T, 1, 2, N // 2)
+            v0g = np.zeros((1, 2, N // 2), np.float32)
+            y, vTg = np.empty_like(xg), np.empty_like(v0g)
+            bits = np.empty(((T + 7) // 8, 1, 2, N // 2), np.uint8)
+            cnt = np.empty((1, 1, 1), np.int32)
+            gy, gvT, gxg = np.ones_like(xg), np.zeros_like(v0g), np.empty_like(xg)
+            gv0g, v0r = np.empty_like(v0g), np.empty_like(v0g)
+            rblk = K.block_size(N // 2)
+            lif_args = (f(lf.tau), f(lf.v_threshold), f(lf.charge_reset), bool(lf.hard_reset), bool(lf.decay_input))
+
+            def rfwd():
+                R._revlif_fwd(xg, v0g, y, vTg, bits, cnt, *lif_args, True, f(rp.alpha), f(rp.beta), f(rp.gamma), rblk)
+
+            def rbwd():
+                R._revlif_bwd(y, vTg, bits, gy, gvT, gxg, gv0g, v0r, cnt, *lif_args, bool(lf.detach_reset), True,
+                              f(rp.alpha), f(rp.beta), f(rp.gamma), f(lf.input_gain), f(lf.state_decay), kind, a, b, rblk)
+
+            rfwd()
+            t_rf = _timeit(rfwd, reps)
+            t_rb = _timeit(rbwd, reps)
             rf_bytes = 2 * 4 * T * N + T * N / 8 + 8 * N
             rb_bytes = 3 * 4 * T * N + T * N / 8 + 16 * N
-            rows.append({"kernel": "RevLIF exact n=2 (incl. output allocation)", "N": N, "T": T, "fwd_ms": 1e3 * t_rf,
+            rows.append({"kernel": "RevLIF exact n=2", "N": N, "T": T, "fwd_ms": 1e3 * t_rf,
                          "fwd_GBps": rf_bytes / t_rf / 1e9, "bwd_ms": 1e3 * t_rb, "bwd_GBps": rb_bytes / t_rb / 1e9})
     return rows
 
@@ -267,15 +294,26 @@ def main(argv=None) -> int:
     ap.add_argument("--no-on", action="store_true", help="skip (a), the Linear + LIF workload")
     ap.add_argument("--cuda", action="store_true", help="also benchmark the CUDA kernels (needs a GPU)")
     ap.add_argument("--only-cuda", action="store_true", help="run (d) alone")
+    ap.add_argument("--only-layer", action="store_true", help="run (b) alone (skips (a) and (c))")
+    ap.add_argument("--thp", action="store_true", help="set THP_MEM_ALLOC_ENABLE=1 (see the top of this file)")
+    ap.add_argument("--tuned", action="store_true",
+                    help="retain freed heap memory and use 512-bit vectors (opt-in settings, see the top of this file)")
     ap.add_argument("--N", type=int, default=4096)
     ap.add_argument("--T", type=int, default=64)
     args = ap.parse_args(argv)
     set_num_threads(args.threads)
+    if args.tuned:
+        from edgesnn.kernels import numba_cpu  # noqa: F401  (CPU features are set before the first compile)
+        from edgesnn.kernels.config import retain_freed_memory
+
+        retain_freed_memory()
     reps = 3 if args.quick else 7
     with_compile = not (args.quick or args.no_compile)
     T, B, N = args.T, 16, args.N
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                          "torch": torch.__version__, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")},
+                          "torch": torch.__version__, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                          "tuned (retain_freed_memory + EDGESNN_WIDE_VECTORS)": bool(args.tuned),
+                          "NUMBA_CPU_FEATURES set": bool(os.environ.get("NUMBA_CPU_FEATURES"))},
               "shape": {"T": T, "B": B, "N": N}}
     if args.only_cuda:
         args.cuda = True
@@ -296,6 +334,8 @@ def main(argv=None) -> int:
     floor_ms = (5 * 4 * T * B * N) / (report["stream_triad_GBps"] * 1e9) * 1e3
     report["layer_bandwidth_floor_ms"] = floor_ms
     print(f"  bandwidth floor (fwd: x in, s out; bwd: x, grad in, grad out = 20 B/neuron-step at STREAM): {floor_ms:.2f} ms")
+    if args.only_layer:
+        return _finish(args, report, T, B, N, reps, base)
 
     if not args.no_on:
         print(f"\n(a) Open Neuromorphic workload on CPU: Linear({N},{N}) + spiking layer, B={B}, T={T} (published: T=500, GPU)")
@@ -308,7 +348,7 @@ def main(argv=None) -> int:
             else:
                 print(f"  {name:34s} {r['error']}")
 
-    print("\n(c) kernel-only bandwidth (LIF outputs preallocated; RevLIF includes its output allocation)")
+    print("\n(c) kernel-only bandwidth (outputs preallocated, no autograd)")
     bw = bench_bandwidth((1_000_000, 4_000_000), (4, 8), reps)
     report["bandwidth"] = bw
     for r in bw:

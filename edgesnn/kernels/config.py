@@ -13,7 +13,8 @@ import os
 import tempfile
 from typing import Optional
 
-__all__ = ["configure_cache", "cache_dir", "set_num_threads", "get_num_threads", "configure_threading_layer"]
+__all__ = ["configure_cache", "cache_dir", "set_num_threads", "get_num_threads", "configure_threading_layer",
+           "retain_freed_memory", "configure_cpu_features"]
 
 _CACHE_DIR: Optional[str] = None
 
@@ -30,8 +31,30 @@ def _writable(path: str) -> bool:
         return False
 
 
+_KERNEL_SOURCES = ("neuron_math.py", "numba_cpu.py", "numba_revlif.py")
+
+
+def _sources_key() -> str:
+    """Hash of the kernel sources. Numba's cache checks only the stamp of the file that defines a
+    kernel, not the per-neuron math it inlines from other files, so each version of the sources
+    gets its own sub-folder (no stale machine code after an edit or an upgrade)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in _KERNEL_SOURCES:
+        try:
+            with open(os.path.join(here, name), "rb") as fh:
+                h.update(fh.read())
+        except OSError:
+            h.update(name.encode())
+    return h.hexdigest()[:16]
+
+
 def configure_cache(path: Optional[str] = None) -> str:
     """Choose (and create) the Numba cache folder; returns it. Call before the kernels compile.
+
+    The folder is ``<base>/<hash of the kernel sources>`` (see :func:`_sources_key`).
 
     Args:
         path: folder to use; ``None`` picks ``$EDGESNN_CACHE_DIR``, ``$NUMBA_CACHE_DIR`` or
@@ -41,9 +64,13 @@ def configure_cache(path: Optional[str] = None) -> str:
     candidates = [path, os.environ.get("EDGESNN_CACHE_DIR"), os.environ.get("NUMBA_CACHE_DIR"),
                   os.path.join(os.path.expanduser("~"), ".cache", "edgesnn", "numba"),
                   os.path.join(tempfile.gettempdir(), f"edgesnn-numba-{os.getuid() if hasattr(os, 'getuid') else 0}")]
+    key = _sources_key()
     for cand in candidates:
-        if cand and _writable(cand):
-            chosen = os.path.abspath(cand)
+        if not cand:
+            continue
+        folder = cand if os.path.basename(os.path.normpath(cand)) == key else os.path.join(cand, key)
+        if _writable(folder):
+            chosen = os.path.abspath(folder)
             break
     else:  # pragma: no cover - nothing writable at all: numba then skips caching
         return ""
@@ -100,3 +127,70 @@ def get_num_threads() -> dict:
     import torch
 
     return {"numba": numba.get_num_threads(), "torch": torch.get_num_threads()}
+
+
+def retain_freed_memory(enable: bool = True) -> bool:
+    """Opt-in: keep freed heap memory in the process instead of handing it back to the OS (glibc only).
+
+    A training step allocates several large tensors (``[T, B, N]`` outputs and gradients) and frees
+    them again. By default glibc serves blocks above its mmap threshold with fresh ``mmap`` s or
+    trims the heap on ``free``, so every step touches new pages: on the 2-core test VM (SPEC
+    section 3) the page faults cost more than the fused kernels (16.8 MB of fresh output ~5 ms,
+    kernel ~1-2 ms). This sets ``M_MMAP_MAX = 0`` (no mmap-served blocks) and a huge
+    ``M_TRIM_THRESHOLD`` through ``mallopt``, so freed blocks are reused: the process keeps its
+    peak heap size (RSS does not shrink after a large step). ``enable=False`` restores glibc's
+    defaults (mmap for blocks >= 128 KiB, trim above 128 KiB).
+
+    Process-wide; the library never calls it by itself. Same effect as starting Python with
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``. Returns ``False`` where ``mallopt`` is
+    unavailable (not glibc): nothing changes then.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+    if enable:
+        ok = mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1)
+    else:
+        ok = mallopt(m_mmap_max, 65536) and mallopt(m_trim_threshold, 128 * 1024) and mallopt(m_mmap_threshold, 128 * 1024)
+    return bool(ok)
+
+
+def configure_cpu_features() -> str:
+    """Opt-in 512-bit vectors for the Numba kernels: ``EDGESNN_WIDE_VECTORS=1``.
+
+    LLVM compiles for AVX-512 hosts with a preference for 256-bit vectors (a tuning flag meant for
+    CPUs that clock down under 512-bit load). The kernels are compute-bound on a small CPU, and
+    512-bit vectors made them 1.2-1.6x faster on the test VM (Xeon, Emerald Rapids; SPEC
+    section 3). With ``EDGESNN_WIDE_VECTORS=1`` in the environment, on an AVX-512 host, and with
+    ``NUMBA_CPU_FEATURES`` unset, this sets ``NUMBA_CPU_FEATURES`` to the host's features plus
+    ``-prefer-256-bit``. Process-wide (every Numba function compiled afterwards); must run before
+    the first compilation. Returns the feature string in effect (``""``: Numba's default).
+    """
+    if os.environ.get("NUMBA_CPU_FEATURES"):
+        return os.environ["NUMBA_CPU_FEATURES"]
+    if os.environ.get("EDGESNN_WIDE_VECTORS", "0") not in ("1", "true", "yes"):
+        return ""
+    try:
+        import llvmlite.binding as ll
+
+        feats = ll.get_host_cpu_features().flatten()
+    except Exception:  # pragma: no cover - llvmlite without host feature detection
+        return ""
+    if "+avx512f" not in feats.split(","):
+        return ""
+    feats += ",-prefer-256-bit"
+    os.environ["NUMBA_CPU_FEATURES"] = feats
+    try:
+        import numba.core.config as _nc
+
+        _nc.reload_config()
+    except Exception:  # pragma: no cover
+        pass
+    return feats

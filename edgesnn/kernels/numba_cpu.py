@@ -9,8 +9,8 @@ Host wrappers take and return ``torch`` tensors (CPU, float32, zero-copy through
 * :func:`lif_forward` / :func:`lif_backward`: LIF over ``[T, K]``; the backward recomputes ``h``
   from the input (autograd keeps the input: 1x, like saving ``h``, with one allocation less).
 * :func:`revlif_forward` / :func:`revlif_backward`: the kernel contract of
-  :mod:`edgesnn.functional.revlif_autograd` (grouped layout ``[T, B, n, M]``);
-  :data:`NUMBA_KERNELS` bundles them as a ``RevLIFKernels``.
+  :mod:`edgesnn.functional.revlif_autograd` (grouped layout ``[T, B, n, M]``), implemented in
+  :mod:`edgesnn.kernels.numba_revlif` and re-exported here; :data:`NUMBA_KERNELS` bundles them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import configure_cache
+from .config import configure_cache, configure_cpu_features
 
 configure_cache()
+configure_cpu_features()  # opt-in 512-bit vectors (EDGESNN_WIDE_VECTORS=1)
 
 import numba  # noqa: E402  (after the cache folder is chosen)
 from numba import njit, prange  # noqa: E402
@@ -29,15 +30,68 @@ from .config import configure_threading_layer  # noqa: E402
 
 configure_threading_layer()
 
-from ..functional.grid import packed_steps  # noqa: E402
 from ..functional.lif import LIFParams  # noqa: E402
 from ..functional.revlif import RevLIFParams  # noqa: E402
-from ..functional.revlif_autograd import RevLIFKernels  # noqa: E402
 from . import neuron_math as nm  # noqa: E402
 
 __all__ = ["lif_forward", "lif_backward", "revlif_forward", "revlif_backward", "NUMBA_KERNELS", "warmup", "block_size"]
 
-_dev = nm.compile_all(njit(inline="always", error_model="numpy"))
+from numba import types  # noqa: E402
+from numba.core.extending import intrinsic  # noqa: E402
+
+
+@intrinsic
+def _pow2_f32(typingctx, fn):
+    """``2**fn`` (float32) for an integer-valued float32 ``fn`` in [-126, 127], built from the
+    exponent bits (``fptosi``, add, shift, bitcast): exact, and it vectorizes (AVX2/AVX-512)."""
+    if fn != types.float32:
+        return None
+    sig = types.float32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        i32 = ir.IntType(32)
+        n = builder.fptosi(args[0], i32)
+        e = builder.shl(builder.add(n, ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(e, ir.FloatType())
+
+    return sig, codegen
+
+
+def _exp32_cpu(x):
+    """:func:`neuron_math.exp32` with the ``2**n`` scale from the exponent bits: the same float32
+    result bit for bit (``q * 2**n`` is exact either way), a third of the instructions."""
+    if x > nm._EXP_HI:
+        x = nm._EXP_HI
+    if x < -nm._EXP_HI:
+        x = -nm._EXP_HI
+    fn = _rint(x * nm._LOG2E)
+    r = x - fn * nm._LN2_HI
+    r = r - fn * nm._LN2_LO
+    rr = r * r
+    q = ((((nm._P0 * r + nm._P1) * r + nm._P2) * r + nm._P3) * r + nm._P4) * r + nm._P5
+    q = q * rr + r + nm.ONE
+    return q * _pow2_f32(fn)
+
+
+def _rint_cpu(k):
+    """:func:`neuron_math.rint_grid` as one instruction (``np.rint`` -> ``llvm.rint`` -> ``vroundps``):
+    round half to even like ``torch.round``, signed zeros included (``rint(-0.3) == -0.0``)."""
+    return np.rint(k)
+
+
+def _floor_cpu(y):
+    """:func:`neuron_math.floor_grid` as one instruction (``np.floor``), like ``torch.floor``."""
+    return np.floor(y)
+
+
+_jit_dev = njit(inline="always", error_model="numpy")
+_rint = _jit_dev(_rint_cpu)
+#: CPU versions of the rounding helpers: the same float32 values as the float-add versions
+#: (which CUDA keeps), in 1 instruction instead of ~8; see the functions above.
+_dev = nm.compile_all(_jit_dev, overrides={"rint_grid": _rint, "floor_grid": _jit_dev(_floor_cpu),
+                                           "exp32": _jit_dev(_exp32_cpu)})
 mul = _dev.mul
 charge = _dev.charge
 fire = _dev.fire
@@ -48,8 +102,6 @@ quantize_input = _dev.quantize_input
 halve = _dev.halve
 unhalve = _dev.unhalve
 
-_F0 = np.float32(0.0)
-_HALF = np.float32(0.5)
 
 
 # ----------------------------------------------------------------------------- LIF
@@ -102,142 +154,6 @@ def _lif_bwd(x, v0, gs, gvT, gx, gv0, tau, v_th, v_reset, hard, decay_input, det
                 gxx, gvv = step_vjp(gxr[j], gsr[j], g[j], v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
                 gxr[j] = gxx
                 g[j] = gvv
-
-
-# ----------------------------------------------------------------------------- RevLIF
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_input, exact, alpha, beta, gamma, blk):
-    T, B, G, M = x.shape
-    mblk = (M + blk - 1) // blk
-    for unit in prange(B * mblk):
-        b = unit // mblk
-        m0 = (unit % mblk) * blk
-        m1 = min(m0 + blk, M)
-        n = m1 - m0
-        for i in range(G):
-            vT[b, i, m0:m1] = v0[b, i, m0:m1]
-            if not exact:
-                counts[b, i, m0:m1] = 0
-        for t in range(T):
-            tb = t >> 3
-            sh = t & 7
-            for i in range(G):
-                xi = x[t, b, i, m0:m1]
-                vi = vT[b, i, m0:m1]
-                yi = y[t, b, i, m0:m1]
-                if i == 0:
-                    asrc = x[t, b, G - 1, m0:m1]
-                    wsrc = vT[b, G - 1, m0:m1]
-                else:
-                    asrc = y[t, b, i - 1, m0:m1]
-                    wsrc = vT[b, i - 1, m0:m1]
-                if exact:
-                    bi_ = bits[tb, b, i, m0:m1]
-                    keep = 0 if sh == 0 else 255  # first step of a byte overwrites it
-                    first = i == 0  # group 1's source is the (quantized) input of group n
-                    for j in range(n):
-                        a = asrc[j]
-                        aq = quantize_input(a)
-                        a = aq if first else a
-                        hh = charge(a, wsrc[j], tau, v_reset, decay_input)
-                        ss = fire(hh, v_th)
-                        uu = reset(hh, ss, v_th, v_reset, hard)
-                        half, bit = halve(vi[j])
-                        yi[j] = alpha * quantize_input(xi[j]) + ss
-                        vi[j] = half + to_grid(gamma * uu)
-                        bi_[j] = (bi_[j] & keep) | (int(bit) << sh)
-                else:
-                    ci = counts[b, i, m0:m1]
-                    for j in range(n):
-                        hh = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
-                        ss = fire(hh, v_th)
-                        uu = reset(hh, ss, v_th, v_reset, hard)
-                        xv = xi[j]
-                        yv = mul(alpha, xv) + ss
-                        yi[j] = yv
-                        vi[j] = mul(beta, vi[j]) + mul(gamma, uu)
-                        if yv - mul(alpha, xv) >= _HALF:
-                            ci[j] += 1
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, xs,
-                tau, v_th, v_reset, hard, decay_input, detach, exact, alpha, beta, gamma,
-                in_gain, state_decay, kind, ka, kb, blk):
-    T, B, G, M = y.shape
-    mblk = (M + blk - 1) // blk
-    for unit in prange(B * mblk):
-        b = unit // mblk
-        m0 = (unit % mblk) * blk
-        m1 = min(m0 + blk, M)
-        n = m1 - m0
-        for i in range(G):
-            v0r[b, i, m0:m1] = vT[b, i, m0:m1]
-            gv0[b, i, m0:m1] = gvT[b, i, m0:m1]
-            if not exact:
-                counts[b, i, m0:m1] = 0
-        xl = xs[b, m0:m1]
-        xdummy = np.empty(n, np.float32)
-        zeros = np.zeros(n, np.float32)
-        for t in range(T - 1, -1, -1):
-            tb = t >> 3
-            sh = t & 7
-            for i in range(G - 1, -1, -1):
-                # every choice that depends on the group is made here, outside the neuron loop
-                yi = y[t, b, i, m0:m1]
-                vi = v0r[b, i, m0:m1]
-                gyi = gy[t, b, i, m0:m1]
-                gxi = gx[t, b, i, m0:m1]
-                gvi = gv0[b, i, m0:m1]
-                xdst = xl if i == G - 1 else xdummy  # group n's input feeds group 1's source
-                acc = zeros if i == G - 1 else gxi  # gradient accumulated from group i + 1
-                if i > 0:
-                    asrc = y[t, b, i - 1, m0:m1]
-                    wsrc = v0r[b, i - 1, m0:m1]
-                    gx_prev = gx[t, b, i - 1, m0:m1]
-                    gv_prev = gv0[b, i - 1, m0:m1]
-                    gbase = zeros
-                else:
-                    asrc = xl
-                    wsrc = v0r[b, G - 1, m0:m1]
-                    gx_prev = gx[t, b, G - 1, m0:m1]
-                    gv_prev = gv0[b, G - 1, m0:m1]
-                    gbase = gx_prev
-                if exact:
-                    bi_ = bits[tb, b, i, m0:m1]
-                    for j in range(n):
-                        hh = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
-                        ss = fire(hh, v_th)
-                        uu = reset(hh, ss, v_th, v_reset, hard)
-                        xdst[j] = (yi[j] - ss) / alpha
-                        vi[j] = unhalve(vi[j] - to_grid(gamma * uu), np.float32((bi_[j] >> sh) & 1))
-                        gyv = gyi[j] + acc[j]
-                        gvv = gvi[j]
-                        ga, gw = step_vjp(hh, gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay, kind, ka, kb)
-                        gxi[j] = alpha * gyv
-                        gvi[j] = beta * gvv
-                        gx_prev[j] = gbase[j] + ga
-                        gv_prev[j] = gv_prev[j] + gw
-                else:
-                    ci = counts[b, i, m0:m1]
-                    for j in range(n):
-                        hh = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
-                        ss = fire(hh, v_th)
-                        uu = reset(hh, ss, v_th, v_reset, hard)
-                        yv = yi[j]
-                        xv = (yv - ss) / alpha
-                        xdst[j] = xv
-                        vi[j] = (vi[j] - mul(gamma, uu)) / beta
-                        ci[j] += 1 if yv - mul(alpha, xv) >= _HALF else 0
-                        gyv = gyi[j] + acc[j]
-                        gvv = gvi[j]
-                        ga, gw = step_vjp(hh, gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay, kind, ka, kb)
-                        gxi[j] = alpha * gyv
-                        gvi[j] = beta * gvv
-                        gx_prev[j] = gbase[j] + ga
-                        gv_prev[j] = gv_prev[j] + gw
 
 
 # ----------------------------------------------------------------------------- host wrappers
@@ -306,50 +222,8 @@ def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_v
     return gx, gv0
 
 
-def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
-    """Kernel contract forward: ``(y, v_T, bits | None, counts | None)`` for ``xg [T, B, n, M]``."""
-    xg = _check_cpu_f32(xg, "x_seq")
-    v0 = _check_cpu_f32(v0, "v0")
-    T, B, G, M = xg.shape
-    lif = p.lif
-    y = torch.empty_like(xg)
-    vT = torch.empty_like(v0)
-    bits = torch.empty((packed_steps(T), B, G, M) if p.exact else (1, 1, 1, 1), dtype=torch.uint8)
-    counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    _revlif_fwd(_np(xg), _np(v0), _np(y), _np(vT), _np(bits), _np(counts), _f(lif.tau), _f(lif.v_threshold),
-                _f(lif.charge_reset), bool(lif.hard_reset), bool(lif.decay_input), bool(p.exact),
-                _f(p.alpha), _f(p.beta), _f(p.gamma), block_size(M))
-    return y, vT, (bits if p.exact else None), (None if p.exact else counts)
-
-
-def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
-    """Kernel contract backward: ``(grad_x, grad_v0, v0_rec, counts_rec | None)``."""
-    y = _check_cpu_f32(y, "y")
-    v_T = _check_cpu_f32(v_T, "v_T")
-    grad_y = _check_cpu_f32(grad_y, "grad_y")
-    grad_v_T = _check_cpu_f32(grad_v_T, "grad_v_T")
-    T, B, G, M = y.shape
-    lif = p.lif
-    if p.exact:
-        if bits is None:
-            raise ValueError("bits: exact mode needs the packed bits from the forward")
-        bits = bits.contiguous()
-    else:
-        bits = torch.zeros((1, 1, 1, 1), dtype=torch.uint8)
-    gx = torch.empty_like(y)
-    gv0 = torch.empty_like(v_T)
-    v0r = torch.empty_like(v_T)
-    counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    xs = torch.empty((B, M), dtype=torch.float32)
-    kind, ka, kb = nm.surrogate_constants(lif.surrogate)
-    _revlif_bwd(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r), _np(counts), _np(xs),
-                _f(lif.tau), _f(lif.v_threshold), _f(lif.charge_reset), bool(lif.hard_reset), bool(lif.decay_input),
-                bool(lif.detach_reset), bool(p.exact), _f(p.alpha), _f(p.beta), _f(p.gamma),
-                _f(lif.input_gain), _f(lif.state_decay), kind, ka, kb, block_size(M))
-    return gx, gv0, v0r, (None if p.exact else counts)
-
-
-NUMBA_KERNELS = RevLIFKernels("numba", revlif_forward, revlif_backward)
+# the RevLIF kernels live in numba_revlif (module size); they use the device functions above
+from .numba_revlif import NUMBA_KERNELS, revlif_backward, revlif_forward  # noqa: E402
 
 
 def warmup() -> None:
