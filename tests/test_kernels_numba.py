@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgesnn.functional.lif import LIFParams, lif_multistep_reference
-from edgesnn.functional.revlif import ReconstructionError, RevLIFParams, revlif_multistep_reference, to_groups
+from edgesnn.functional.revlif import ReconstructionError, RevLIFParams, to_groups
 from edgesnn.functional.revlif_autograd import torch_backward, torch_forward
 from edgesnn.functional.surrogate import ATan, Sigmoid
 from edgesnn.kernels import dispatch, get_num_threads, set_num_threads

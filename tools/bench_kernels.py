@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 from edgesnn.functional.lif import LIFParams, lif_multistep_reference  # noqa: E402
 from edgesnn.functional.revlif import RevLIFParams  # noqa: E402
-from edgesnn.kernels import dispatch, set_num_threads  # noqa: E402
+from edgesnn.kernels import set_num_threads  # noqa: E402
 from edgesnn.nn.neurons import LIF, RevLIF  # noqa: E402
 
 

@@ -295,10 +295,6 @@ def _check(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def _f(v) -> np.float32:
-    return np.float32(v)
-
-
 def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams):
     """LIF over ``x [T, ...]``: ``(s, v_T)`` as :func:`edgesnn.kernels.numba_cpu.lif_forward`."""
     x = _check(x, "x_seq")
@@ -309,7 +305,7 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams):
     vT = torch.empty_like(v0)
     if K:
         _launch("lif_fwd", K, x.device, _arr(x.view(T, K)), _arr(v0.view(K)), _arr(s.view(T, K)), _arr(vT.view(K)),
-                _f(p.tau), _f(p.v_threshold), _f(p.charge_reset), bool(p.hard_reset), bool(p.decay_input))
+                *nm.charge_args(p))
     return s, vT
 
 
@@ -323,12 +319,10 @@ def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_v
     K = x.numel() // T
     gx = torch.empty_like(x)
     gv0 = torch.empty_like(grad_vT)
-    kind, a, b = nm.surrogate_constants(p.surrogate)
     if K:
         _launch("lif_bwd", K, x.device, _arr(x.view(T, K)), _arr(v0.view(K)), _arr(grad_s.view(T, K)),
-                _arr(grad_vT.view(K)), _arr(gx.view(T, K)), _arr(gv0.view(K)), _f(p.tau), _f(p.v_threshold),
-                _f(p.charge_reset), bool(p.hard_reset), bool(p.decay_input), bool(p.detach_reset), _f(p.input_gain),
-                _f(p.state_decay), np.int32(kind), a, b)
+                _arr(grad_vT.view(K)), _arr(gx.view(T, K)), _arr(gv0.view(K)), *nm.charge_args(p),
+                bool(p.detach_reset), *nm.vjp_args(p))
     return gx, gv0
 
 
@@ -345,8 +339,7 @@ def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32, device=dev)
     if B * M:
         _launch("revlif_fwd", B * M, dev, _arr(xg), _arr(v0), _arr(y), _arr(vT), _arr(bits), _arr(counts),
-                _f(lif.tau), _f(lif.v_threshold), _f(lif.charge_reset), bool(lif.hard_reset), bool(lif.decay_input),
-                bool(p.exact), _f(p.alpha), _f(p.beta), _f(p.gamma))
+                *nm.charge_args(lif), *nm.mix_args(p))
     return y, vT, (bits if p.exact else None), (None if p.exact else counts)
 
 
@@ -369,12 +362,10 @@ def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
     gv0 = torch.empty_like(v_T)
     v0r = torch.empty_like(v_T)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32, device=dev)
-    kind, ka, kb = nm.surrogate_constants(lif.surrogate)
     if B * M:
         _launch("revlif_bwd", B * M, dev, _arr(y), _arr(v_T), _arr(bits), _arr(grad_y), _arr(grad_v_T), _arr(gx),
-                _arr(gv0), _arr(v0r), _arr(counts), _f(lif.tau), _f(lif.v_threshold), _f(lif.charge_reset),
-                bool(lif.hard_reset), bool(lif.decay_input), bool(lif.detach_reset), bool(p.exact), _f(p.alpha),
-                _f(p.beta), _f(p.gamma), _f(lif.input_gain), _f(lif.state_decay), np.int32(kind), ka, kb)
+                _arr(gv0), _arr(v0r), _arr(counts), *nm.charge_args(lif),
+                bool(lif.detach_reset), *nm.mix_args(p), *nm.vjp_args(lif))
     return gx, gv0, v0r, (None if p.exact else counts)
 
 

@@ -28,6 +28,9 @@ __all__ = [
     "SG_SIGMOID",
     "SG_ATAN",
     "surrogate_constants",
+    "charge_args",
+    "vjp_args",
+    "mix_args",
     "charge",
     "fire",
     "reset",
@@ -70,6 +73,29 @@ def surrogate_constants(surrogate):
     if name == "atan":
         return SG_ATAN, np.float32(math.pi / 2.0 * alpha), np.float32(alpha / 2.0)
     raise ValueError(f"surrogate: the fused kernels support 'sigmoid' and 'atan', got {name!r}")
+
+
+# ----------------------------------------------------------------------------- host-side arguments
+#
+# The kernels take the node parameters as positional scalars; these build them, in the kernels'
+# order and types, for both the CPU and the CUDA wrappers.
+
+
+def charge_args(lif):
+    """``(tau, v_th, v_reset, hard, decay_input)`` of a ``LIFParams`` (``v_reset`` 0 for soft reset)."""
+    return (np.float32(lif.tau), np.float32(lif.v_threshold), np.float32(lif.charge_reset), bool(lif.hard_reset),
+            bool(lif.decay_input))
+
+
+def vjp_args(lif):
+    """``(in_gain, state_decay, kind, a, b)``: the backward's gains and surrogate constants."""
+    kind, a, b = surrogate_constants(lif.surrogate)
+    return (np.float32(lif.input_gain), np.float32(lif.state_decay), np.int32(kind), a, b)
+
+
+def mix_args(p):
+    """``(exact, alpha, beta, gamma)`` of a ``RevLIFParams``."""
+    return (bool(p.exact), np.float32(p.alpha), np.float32(p.beta), np.float32(p.gamma))
 
 
 # ----------------------------------------------------------------------------- LIF

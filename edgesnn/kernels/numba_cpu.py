@@ -183,10 +183,6 @@ def _check_cpu_f32(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def _f(v) -> np.float32:
-    return np.float32(v)
-
-
 def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams):
     """LIF over ``x [T, ...]`` from ``v0 [...]``: returns ``(s, v_T)``.
 
@@ -199,8 +195,8 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams):
     K = x.numel() // T
     s = torch.empty_like(x)
     vT = torch.empty_like(v0)
-    _lif_fwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K), _f(p.tau),
-             _f(p.v_threshold), _f(p.charge_reset), bool(p.hard_reset), bool(p.decay_input), block_size(K))
+    _lif_fwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K),
+             *nm.charge_args(p), block_size(K))
     return s, vT
 
 
@@ -214,11 +210,9 @@ def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_v
     K = x.numel() // T
     gx = torch.empty_like(x)
     gv0 = torch.empty_like(grad_vT)
-    kind, a, b = nm.surrogate_constants(p.surrogate)
     _lif_bwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(grad_s).reshape(T, K), _np(grad_vT).reshape(K),
-             _np(gx).reshape(T, K), _np(gv0).reshape(K), _f(p.tau), _f(p.v_threshold), _f(p.charge_reset),
-             bool(p.hard_reset), bool(p.decay_input), bool(p.detach_reset), _f(p.input_gain), _f(p.state_decay),
-             kind, a, b, bwd_block_size(K, T))
+             _np(gx).reshape(T, K), _np(gv0).reshape(K), *nm.charge_args(p),
+             bool(p.detach_reset), *nm.vjp_args(p), bwd_block_size(K, T))
     return gx, gv0
 
 

@@ -24,7 +24,7 @@ from ..functional.grid import packed_steps
 from ..functional.revlif import RevLIFParams
 from ..functional.revlif_autograd import RevLIFKernels
 from . import neuron_math as nm
-from .numba_cpu import _check_cpu_f32, _f, _np, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve
+from .numba_cpu import _check_cpu_f32, _np, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve
 
 __all__ = ["revlif_forward", "revlif_backward", "NUMBA_KERNELS"]
 
@@ -242,9 +242,8 @@ def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
     vT = torch.empty_like(v0)
     bits = torch.empty((packed_steps(T), B, G, M) if p.exact else (1, 1, 1, 1), dtype=torch.uint8)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    _revlif_fwd(_np(xg), _np(v0), _np(y), _np(vT), _np(bits), _np(counts), _f(lif.tau), _f(lif.v_threshold),
-                _f(lif.charge_reset), bool(lif.hard_reset), bool(lif.decay_input), bool(p.exact),
-                _f(p.alpha), _f(p.beta), _f(p.gamma), block_size(M))
+    _revlif_fwd(_np(xg), _np(v0), _np(y), _np(vT), _np(bits), _np(counts), *nm.charge_args(lif),
+                *nm.mix_args(p), block_size(M))
     return y, vT, (bits if p.exact else None), (None if p.exact else counts)
 
 
@@ -266,11 +265,8 @@ def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
     gv0 = torch.empty_like(v_T)
     v0r = torch.empty_like(v_T)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    kind, ka, kb = nm.surrogate_constants(lif.surrogate)
     _revlif_bwd(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r), _np(counts),
-                _f(lif.tau), _f(lif.v_threshold), _f(lif.charge_reset), bool(lif.hard_reset), bool(lif.decay_input),
-                bool(lif.detach_reset), bool(p.exact), _f(p.alpha), _f(p.beta), _f(p.gamma),
-                _f(lif.input_gain), _f(lif.state_decay), kind, ka, kb, block_size(M))
+                *nm.charge_args(lif), bool(lif.detach_reset), *nm.mix_args(p), *nm.vjp_args(lif), block_size(M))
     return gx, gv0, v0r, (None if p.exact else counts)
 
 
