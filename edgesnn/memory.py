@@ -1,6 +1,6 @@
 """Measure what autograd keeps for backward, and the process's peak resident memory.
 
-``saved_tensor_bytes`` counts the *unique storages* that autograd saves while a function runs
+:class:`SavedTensorCounter` counts the *unique storages* that autograd saves while it is active
 (via ``torch.autograd.graph.saved_tensors_hooks``), optionally excluding given tensors (a node's
 own input and output, which the neighbouring layers keep anyway). ``tracemalloc`` does not see
 tensors; RSS is read from ``/proc/self/status``.
@@ -8,11 +8,11 @@ tensors; RSS is read from ``/proc/self/status``.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Tuple
+from typing import Iterable, Tuple
 
 import torch
 
-__all__ = ["saved_tensor_bytes", "SavedTensorCounter", "peak_rss_bytes", "reset_peak_rss"]
+__all__ = ["SavedTensorCounter", "peak_rss_bytes", "reset_peak_rss"]
 
 
 def _storage_key(t: torch.Tensor) -> Tuple[int, str]:
@@ -48,18 +48,6 @@ class SavedTensorCounter:
     def bytes(self, exclude: Iterable[torch.Tensor] = ()) -> int:
         skip = {_storage_key(t) for t in exclude if isinstance(t, torch.Tensor)}
         return sum(n for k, n in self.storages.items() if k not in skip)
-
-
-def saved_tensor_bytes(fn: Callable[[], object], exclude_io: bool = True) -> Tuple[int, object]:
-    """Run ``fn()`` and return ``(bytes saved for backward, fn's result)``.
-
-    With ``exclude_io`` the storages of the result (tensor or tuple of tensors) are not counted.
-    Inputs to exclude should be passed by wrapping: use :class:`SavedTensorCounter` directly.
-    """
-    with SavedTensorCounter() as counter:
-        out = fn()
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return counter.bytes(exclude=outs if exclude_io else ()), out
 
 
 def peak_rss_bytes() -> int:

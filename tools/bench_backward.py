@@ -24,25 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgesnn.functional import RevLIFParams, lif_charge  # noqa: E402
-from edgesnn.functional.lif import lif_fire_reset_values  # noqa: E402
-from edgesnn.functional.grid import to_grid, unhalve_on_grid, unpack_bit  # noqa: E402
-from edgesnn.functional.revlif import revlif_initial_state, revlif_step, to_groups  # noqa: E402
+from edgesnn.functional import RevLIFParams  # noqa: E402
+from edgesnn.functional.grid import unpack_bit  # noqa: E402
+from edgesnn.functional.revlif import revlif_initial_state, revlif_step, revlif_step_inverse, to_groups  # noqa: E402
 from edgesnn.functional.revlif_autograd import torch_backward, torch_forward  # noqa: E402
-
-
-@torch.no_grad()
-def invert_step(y, v_new, bits, p: RevLIFParams):
-    """Recover ``(x, v)`` of one step (exact mode), evaluating each group's LIF step once."""
-    n = p.groups
-    x = torch.empty_like(y)
-    v = torch.empty_like(v_new)
-    for i in range(n - 1, -1, -1):
-        a, w = (y[:, i - 1], v_new[:, i - 1]) if i > 0 else (x[:, n - 1], v[:, n - 1])
-        s, u = lif_fire_reset_values(lif_charge(a, w, p.lif), p.lif)
-        x[:, i] = (y[:, i] - s) / p.alpha
-        v[:, i] = unhalve_on_grid(v_new[:, i] - to_grid(p.gamma * u), bits[:, i])
-    return x, v
 
 
 def classic_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
@@ -50,7 +35,7 @@ def classic_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
     grad_x = torch.empty_like(grad_y)
     v, grad_v = v_T, grad_v_T
     for t in range(y.shape[0] - 1, -1, -1):
-        x, v = invert_step(y[t], v, unpack_bit(bits, t), p)
+        x, v = revlif_step_inverse(y[t], v, unpack_bit(bits, t), p)
         xr, vr = x.requires_grad_(), v.requires_grad_()
         with torch.enable_grad():
             y_t, v_new, _ = revlif_step(xr, vr, p)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgesnn.functional import LIFParams, RevLIFParams  # noqa: E402
 from edgesnn.functional.grid import quantize_input, unpack_bit  # noqa: E402
-from edgesnn.functional.revlif import revlif_initial_state, revlif_step_backward, to_groups  # noqa: E402
+from edgesnn.functional.revlif import revlif_initial_state, revlif_step_inverse, to_groups  # noqa: E402
 from edgesnn.functional.revlif_autograd import torch_forward  # noqa: E402
 from edgesnn.kernels import dispatch  # noqa: E402
 from edgesnn.memory import SavedTensorCounter  # noqa: E402
@@ -66,10 +66,9 @@ def exactness(T: int = 256, B: int = 16, N: int = 1024) -> dict:
     v0 = revlif_initial_state(x[0], p)
     y, v, bits, _ = torch_forward(x, v0, p)
     xq = quantize_input(x)
-    zeros = torch.zeros_like(v)
     worst = 0.0
     for t in range(T - 1, -1, -1):
-        x_rec, v, _, _ = revlif_step_backward(y[t], v, unpack_bit(bits, t), zeros, zeros, p)
+        x_rec, v = revlif_step_inverse(y[t], v, unpack_bit(bits, t), p)
         worst = max(worst, float((x_rec - xq[t]).abs().max()))
     return {"T": T, "max_input_error": worst, "max_v0_error": float((v - v0).abs().max()),
             "bit_exact": worst == 0.0 and torch.equal(v, v0)}

@@ -48,6 +48,7 @@ __all__ = [
     "from_groups",
     "revlif_initial_state",
     "revlif_step",
+    "revlif_step_inverse",
     "revlif_step_backward",
     "revlif_multistep_reference",
 ]
@@ -191,6 +192,34 @@ def revlif_step(
     return torch.stack(ys, 1), torch.stack(vs, 1), (torch.stack(bits, 1) if bits else None)
 
 
+def _invert_group(i: int, y, v_new, bits, x, v, p: RevLIFParams) -> torch.Tensor:
+    """Recover group ``i``'s ``x[:, i]`` and ``v[:, i]`` in place (groups ``i+1..n`` already done,
+    and for ``i = 0`` group ``n``); returns the recomputed ``h`` for the caller's VJP."""
+    n = p.groups
+    a, w = (y[:, i - 1], v_new[:, i - 1]) if i > 0 else (x[:, n - 1], v[:, n - 1])
+    h = lif_charge(a, w, p.lif)
+    s, u = lif_fire_reset_values(h, p.lif)
+    x[:, i] = (y[:, i] - s) / p.alpha
+    if p.exact:
+        v[:, i] = unhalve_on_grid(v_new[:, i] - to_grid(p.gamma * u), bits[:, i])
+    else:
+        v[:, i] = (v_new[:, i] - p.gamma * u) / p.beta
+    return h
+
+
+@torch.no_grad()
+def revlif_step_inverse(
+    y: torch.Tensor, v_new: torch.Tensor, bits: Optional[torch.Tensor], p: RevLIFParams
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Invert one step without gradients: ``(x, v)`` from ``(y, v_new)`` and the kept ``bits``
+    (``[B, n, M]``, exact mode; ``None`` in float mode). One LIF evaluation per group."""
+    x = torch.empty_like(y)
+    v = torch.empty_like(v_new)
+    for i in range(p.groups - 1, -1, -1):
+        _invert_group(i, y, v_new, bits, x, v, p)
+    return x, v
+
+
 @torch.no_grad()
 def revlif_step_backward(
     y: torch.Tensor,
@@ -222,19 +251,7 @@ def revlif_step_backward(
     gy = [grad_y[:, i] for i in range(n)]
     gv = [grad_v_new[:, i] for i in range(n)]
     for i in range(n - 1, -1, -1):
-        if i > 0:
-            a, w = y[:, i - 1], v_new[:, i - 1]
-        else:
-            a, w = x[:, n - 1], v[:, n - 1]
-        h = lif_charge(a, w, p.lif)
-        s, u = lif_fire_reset_values(h, p.lif)
-        # invert
-        if p.exact:
-            x[:, i] = (y[:, i] - s) / p.alpha
-            v[:, i] = unhalve_on_grid(v_new[:, i] - to_grid(p.gamma * u), bits[:, i])
-        else:
-            x[:, i] = (y[:, i] - s) / p.alpha
-            v[:, i] = (v_new[:, i] - p.gamma * u) / p.beta
+        h = _invert_group(i, y, v_new, bits, x, v, p)
         # vector-Jacobian product through the group's LIF step
         ga, gw = lif_step_vjp(h, gy[i], p.gamma * gv[i], p.lif)
         grad_x[:, i] = p.alpha * gy[i]

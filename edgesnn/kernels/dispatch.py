@@ -71,8 +71,7 @@ def resolve_backend(backend: str, x: torch.Tensor, p=None) -> str:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    lif = p.lif if isinstance(p, RevLIFParams) else p
-    if x.dtype != torch.float32 or (lif is not None and lif.surrogate.name not in _KERNEL_SURROGATES):
+    if not _kernel_applies(x, p):
         return "torch"
     if x.device.type == "cpu" and numba_available():
         return "numba"
