@@ -13,17 +13,27 @@ Memory the planner may use (bytes)::
 
 ``reserved_bytes`` is what the OS and services hold; ``runtime_overhead_bytes`` what the training
 process holds before it allocates a tensor of its own (libraries, CUDA context, allocator pools).
+
+What runs on the board (optional fields, set in every built-in profile): ``os`` (the OS / JetPack
+release the profile assumes), ``python`` (its default Python), ``cuda`` (its CUDA version, or
+``None``) and ``runs``, a mapping with the keys of :data:`RUNS_KEYS`: ``planner``, ``training``
+(CPU backends), ``training_gpu`` (torch on the board's GPU) and ``cuda_kernels``
+(``backend="cuda"``) are ``True`` / ``False`` / ``None`` (``None``: possible but unverified, see
+``notes``), for that OS with its default Python; ``device_runner`` and ``notes`` are text. edgesnn
+needs Python >= 3.10 and torch 2.13, and ``edgesnn plan`` imports torch, so on boards whose OS
+cannot install them (JetPack 4 and 5) plan on a host: ``edgesnn plan --device <board>``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-__all__ = ["DeviceProfile", "list_devices", "load_device", "host_profile", "DEFAULT_CPU_RUNTIME_OVERHEAD"]
+__all__ = ["DeviceProfile", "list_devices", "load_device", "host_profile", "DEFAULT_CPU_RUNTIME_OVERHEAD", "RUNS_KEYS"]
 
 _HERE = Path(__file__).resolve().parent
 GiB = 1024**3
@@ -34,6 +44,11 @@ GiB = 1024**3
 DEFAULT_CPU_RUNTIME_OVERHEAD = 317 * 1024**2
 
 _REQUIRED = ("name", "memory_bytes", "reserved_bytes", "runtime_overhead_bytes", "bandwidth_gbs", "cores")
+
+#: Keys of ``DeviceProfile.runs``: tri-state flags (True / False / None = unverified) and text.
+RUNS_FLAGS = ("planner", "training", "training_gpu", "cuda_kernels")
+RUNS_TEXT = ("device_runner", "notes")
+RUNS_KEYS = RUNS_FLAGS + RUNS_TEXT
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,9 @@ class DeviceProfile:
         compute_capability: CUDA compute capability (``"8.7"``) or ``None`` without a CUDA GPU.
         accelerator: ``"cuda"`` or ``"cpu"``.
         description, kind, cpu, software: free text. sources: where each figure comes from.
+        os: OS / JetPack release the profile assumes, e.g. ``"JetPack 6.1/6.2 (L4T R36.4, ...)"``.
+        python: that OS's default Python (``"3.10"``). cuda: its CUDA version (``"12.6"``) or ``None``.
+        runs: what of edgesnn runs there with that Python (keys :data:`RUNS_KEYS`; see the module doc).
     """
 
     name: str
@@ -67,6 +85,10 @@ class DeviceProfile:
     software: str = ""
     unified_memory: bool = True
     sources: Dict[str, str] = field(default_factory=dict)
+    os: str = ""
+    python: str = ""
+    cuda: Optional[str] = None
+    runs: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def usable_bytes(self) -> int:
@@ -96,6 +118,25 @@ class DeviceProfile:
         kwargs["bandwidth_gbs"] = float(bw)
         if kwargs["memory_bytes"] <= 0 or kwargs["cores"] <= 0:
             raise ValueError(f"device: {origin}: memory_bytes and cores must be positive")
+        for k in ("os", "python"):
+            if not isinstance(kwargs.get(k, ""), str):
+                raise ValueError(f"device: {origin}: {k} must be a string, got {kwargs[k]!r}")
+        if kwargs.get("cuda") is not None and not isinstance(kwargs["cuda"], str):
+            raise ValueError(f"device: {origin}: cuda must be a version string (\"12.6\") or null, got {kwargs['cuda']!r}")
+        runs = kwargs.get("runs", {})
+        if not isinstance(runs, dict):
+            raise ValueError(f"device: {origin}: runs must be a JSON object, got {runs!r}")
+        unknown = sorted(set(runs) - set(RUNS_KEYS))
+        if unknown:
+            raise ValueError(f"device: {origin}: runs has unknown key(s) {unknown}; known: {list(RUNS_KEYS)}")
+        for k in RUNS_FLAGS:
+            if k in runs and runs[k] is not None and not isinstance(runs[k], bool):
+                raise ValueError(f"device: {origin}: runs.{k} must be true, false or null, got {runs[k]!r}")
+        for k in RUNS_TEXT:
+            if k in runs and not isinstance(runs[k], str):
+                raise ValueError(f"device: {origin}: runs.{k} must be a string, got {runs[k]!r}")
+        if "runs" in kwargs:
+            kwargs["runs"] = dict(runs)
         return cls(**kwargs)
 
 
@@ -130,15 +171,26 @@ def _read_meminfo() -> Dict[str, int]:
 
 
 def _host_bandwidth_gbs() -> float:
-    """A nominal 32 GB/s (the 2-core x86 host measured in SPEC.md section 3); only scales time."""
+    """A nominal 32 GB/s (the 2-core x86 host, docs/design.md §5); only scales time."""
     return 32.0
+
+
+def _host_os() -> str:
+    try:
+        with open("/etc/os-release") as fh:
+            for line in fh:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
 
 
 def host_profile(runtime_overhead_bytes: int = DEFAULT_CPU_RUNTIME_OVERHEAD) -> DeviceProfile:
     """Measure this machine: ``memory_bytes = MemTotal``, reserved = ``MemTotal - MemAvailable``.
 
     The planner then budgets against memory that is free right now (``MemAvailable``), which on
-    Jetson (unified memory) is also the right figure for the GPU (SPEC section 5).
+    Jetson (unified memory) is also the right figure for the GPU (docs/design.md §5).
     """
     info = _read_meminfo()
     total, avail = info.get("MemTotal"), info.get("MemAvailable")
@@ -151,6 +203,7 @@ def host_profile(runtime_overhead_bytes: int = DEFAULT_CPU_RUNTIME_OVERHEAD) -> 
     return DeviceProfile(
         name="auto", memory_bytes=total, reserved_bytes=total - avail, runtime_overhead_bytes=runtime_overhead_bytes,
         bandwidth_gbs=_host_bandwidth_gbs(), cores=cores, accelerator="cpu", kind="host",
+        os=_host_os(), python=platform.python_version(),
         description=f"this host: MemAvailable {avail / GiB:.2f} GiB of {total / GiB:.2f} GiB, {cores} cores",
         sources={"memory_bytes": "/proc/meminfo MemTotal", "reserved_bytes": "MemTotal - MemAvailable (measured now)",
                  "runtime_overhead_bytes": "measured torch CPU process baseline (DEFAULT_CPU_RUNTIME_OVERHEAD)"},

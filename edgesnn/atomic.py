@@ -1,4 +1,7 @@
-"""Atomic file writes (temp file beside the target + rename). Imports no torch: the device runner uses it."""
+"""Atomic file writes (temp file beside the target + rename) and the checks every output goes through.
+
+Imports no torch: the device runner uses it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Union
 
-__all__ = ["atomic_write"]
+from .errors import UsageError
+
+__all__ = ["atomic_write", "check_output", "check_not_inside", "replace_dir"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,3 +44,65 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
             os.unlink(tmp)
         raise
     return path
+
+
+def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "--force", directory: bool = False) -> Path:
+    """Refuse an output that would silently overwrite something; returns ``Path(path)``.
+
+    A file output (``directory=False``) must not be a directory, nor an existing file unless
+    ``force``. A directory output must not be a file, nor a non-empty directory unless ``force``.
+    ``allow`` names the flag(s) that permit overwriting, for the one-line error.
+    """
+    path = Path(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{flag}: {path} is a file; expected a directory")
+        if not force and path.is_dir() and any(path.iterdir()):
+            raise FileExistsError(f"{flag}: {path} already exists and is not empty; pass {allow} to replace it")
+    else:
+        if path.is_dir():
+            raise IsADirectoryError(f"{flag}: {path} is a directory; expected a file path")
+        if not force and path.exists():
+            raise FileExistsError(f"{flag}: {path} already exists; pass {allow} to overwrite it")
+    return path
+
+
+def check_not_inside(out: PathLike, flag: str, **inputs: PathLike) -> None:
+    """Refuse an output path that is, or contains, one of the ``inputs`` (name -> path): replacing it would destroy them."""
+    out_r = Path(out).resolve()
+    for name, p in inputs.items():
+        if p is None:
+            continue
+        p_r = Path(p).resolve()
+        if p_r == out_r or out_r in p_r.parents:
+            raise UsageError(f"{flag}: {out} is or contains the input {name} {p}; choose another output path")
+
+
+def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
+    """Build a directory through ``write(tmp_dir)`` in a temp sibling of ``path``, then swap it in.
+
+    Whatever ``path`` held before is removed only after ``write`` succeeded, so nothing stale
+    survives and nothing is lost if ``write`` fails (the temp folder is removed). Returns what
+    ``write`` returned.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        result = write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+        if path.exists():
+            old = path.with_name(f"{tmp.name}.old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not path.exists():
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return result

@@ -100,17 +100,20 @@ def _neuron_list(neuron: NeuronArg, count: int) -> List[str]:
     return specs
 
 
-def _mlp(in_shape, num_classes, specs, hidden, node_kwargs) -> nn.Sequential:
+def _mlp(in_shape, num_classes, specs, hidden, node_kwargs, batchnorm: bool = True) -> nn.Sequential:
     layers: List[nn.Module] = [SeqToANN(nn.Flatten())]
     width = int(math.prod(in_shape))
     for i, h in enumerate(hidden):
-        layers += [SeqToANN(nn.Linear(width, h)), SeqToANN(nn.BatchNorm1d(h)), make_neuron(specs[i], h, f"{i}", **node_kwargs)]
+        layers.append(SeqToANN(nn.Linear(width, h)))
+        if batchnorm:
+            layers.append(SeqToANN(nn.BatchNorm1d(h)))
+        layers.append(make_neuron(specs[i], h, f"{i}", **node_kwargs))
         width = h
     layers.append(SeqToANN(nn.Linear(width, num_classes)))
     return nn.Sequential(*layers)
 
 
-def _conv_stack(in_shape, cfg, specs, node_kwargs) -> Tuple[List[nn.Module], Tuple[int, int, int]]:
+def _conv_stack(in_shape, cfg, specs, node_kwargs, batchnorm: bool = True) -> Tuple[List[nn.Module], Tuple[int, int, int]]:
     c, h, w = in_shape
     layers: List[nn.Module] = []
     k = 0
@@ -120,11 +123,11 @@ def _conv_stack(in_shape, cfg, specs, node_kwargs) -> Tuple[List[nn.Module], Tup
                 layers.append(SeqToANN(nn.AvgPool2d(2)))
                 h, w = h // 2, w // 2
             continue
-        layers += [
-            SeqToANN(nn.Conv2d(c, item, 3, padding=1, bias=False)),
-            SeqToANN(nn.BatchNorm2d(item)),
-            make_neuron(specs[k], item, f"conv{k}", **node_kwargs),
-        ]
+        # with BatchNorm the conv needs no bias (BN's shift replaces it); without, it keeps one
+        layers.append(SeqToANN(nn.Conv2d(c, item, 3, padding=1, bias=not batchnorm)))
+        if batchnorm:
+            layers.append(SeqToANN(nn.BatchNorm2d(item)))
+        layers.append(make_neuron(specs[k], item, f"conv{k}", **node_kwargs))
         c = item
         k += 1
     return layers, (c, h, w)
@@ -139,6 +142,7 @@ def build_model(
     hidden: Sequence[int] = (128, 128),
     channels: Sequence[int] = (16, 32),
     node: Optional[Dict] = None,
+    batchnorm: bool = True,
 ) -> SpikingClassifier:
     """Build a spiking classifier.
 
@@ -150,24 +154,29 @@ def build_model(
         neuron: one neuron spec for all spiking layers, or one per layer.
         hidden: MLP hidden widths. channels: conv-net channel widths (a pool follows the last).
         node: extra keyword arguments for every node (tau, v_threshold, surrogate, backend...).
+        batchnorm: a BatchNorm after every Linear/Conv2d that feeds a spiking layer (default). Without
+            it, convolutions get a bias; models then compute every sample independently of the batch,
+            so data-parallel training on CPU gives the same weights as one process with the whole batch.
     """
     in_shape = tuple(int(s) for s in in_shape)
     node_kwargs = dict(node or {})
     config = dict(name=name, in_shape=list(in_shape), num_classes=int(num_classes), timesteps=int(timesteps),
                   neuron=neuron if isinstance(neuron, str) else list(neuron), hidden=list(hidden),
                   channels=list(channels), node=node_kwargs)
+    if not batchnorm:  # only recorded when off: configs (and checkpoints) of default models are unchanged
+        config["batchnorm"] = False
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
     if name == "mlp":
         specs = _neuron_list(neuron, len(hidden))
-        body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs)
+        body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs, bool(batchnorm))
     elif name in ("convnet", "vgg11"):
         if len(in_shape) != 3:
             raise ValueError(f"in_shape: model {name!r} needs (C, H, W), got {in_shape}")
         cfg = tuple(channels) + ("M",) if name == "convnet" else VGG11_CFG
         n_spiking = sum(1 for c in cfg if c != "M")
         specs = _neuron_list(neuron, n_spiking)
-        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs)
+        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, bool(batchnorm))
         layers += [SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(c * h * w, num_classes))]
         body = nn.Sequential(*layers)
     else:

@@ -9,6 +9,14 @@ An artifact directory written by :func:`edgesnn.export.onnx_training.export_onnx
     checkpoint            ORT checkpoint: parameter values (trainable and frozen)
     manifest.json         what the runner needs to know (shapes, names, T, optimizer) + SHA-256 of every file
 
+An ``onnx-step`` directory (:func:`edgesnn.export.onnx_step.export_onnx_step`) holds instead::
+
+    step.onnx             one training step as a plain inference graph (parameters, optimizer state,
+                          batch, labels, lr -> new parameters, new optimizer state, loss, correct, recon_error)
+    eval.onnx             the forward (parameters, batch -> mean logits)
+    init.npz              the exported parameters, frozen buffers and the fresh optimizer state
+    manifest.json         names, shapes, T, optimizer and its hyper-parameters + SHA-256 of every file
+
 The manifest is written last, so a directory without one was never completely exported.
 This module imports only the standard library so that the device runner can use it.
 """
@@ -37,6 +45,10 @@ __all__ = [
     "write_manifest",
     "read_manifest",
     "validate_artifact_dir",
+    "STEP_FORMAT",
+    "STEP_FILES",
+    "StepManifest",
+    "write_step_manifest",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -50,6 +62,13 @@ EVAL_MODEL = "eval_model.onnx"
 OPTIMIZER_MODEL = "optimizer_model.onnx"
 CHECKPOINT = "checkpoint"
 ARTIFACT_FILES = (MODEL, TRAINING_MODEL, EVAL_MODEL, OPTIMIZER_MODEL, CHECKPOINT)
+
+STEP_FORMAT = "edgesnn-onnx-step"
+STEP_VERSION = 1
+STEP_MODEL = "step.onnx"
+STEP_EVAL_MODEL = "eval.onnx"
+STEP_INIT = "init.npz"
+STEP_FILES = (STEP_MODEL, STEP_EVAL_MODEL, STEP_INIT)
 
 
 class ArtifactError(ValueError):
@@ -105,6 +124,64 @@ class Manifest:
             raise ArtifactError(f"{source}: manifest is incomplete ({exc})") from None
 
 
+@dataclass
+class StepManifest:
+    """Contents of an ``onnx-step`` directory's ``manifest.json``.
+
+    Attributes:
+        carried: ``[input name, output name]`` pairs of ``step.onnx`` fed back every step
+            (parameters, then optimizer state).
+        trainable / frozen / optimizer_state: tensor names in ``init.npz`` (and graph inputs).
+        hyperparameters: the optimizer's constants baked into the graph (lr is an input).
+        chunk: time steps per Scan iteration; neurons: the spiking layers (kind, mode, groups).
+        recon_tolerance: the largest accepted ``recon_error`` (0.0: every RevLIF layer is exact).
+    """
+
+    model_config: Dict[str, Any]
+    batch_size: int
+    in_shape: List[int]
+    num_classes: int
+    timesteps: int
+    trainable: List[str]
+    frozen: List[str]
+    optimizer_state: List[str]
+    carried: List[List[str]]
+    optimizer: str = "sgd"
+    hyperparameters: Dict[str, float] = field(default_factory=dict)
+    learning_rate: float = 0.01
+    chunk: int = 1
+    neurons: List[Dict[str, Any]] = field(default_factory=list)
+    recon_tolerance: float = 0.0
+    loss: str = "cross_entropy"
+    input_name: str = "input"
+    label_name: str = "labels"
+    lr_name: str = "lr"
+    output_name: str = "logits"
+    time_loop: str = "scan"
+    batchnorm: str = "frozen-statistics"
+    edgesnn_version: str = ""
+    files: Dict[str, str] = field(default_factory=dict)
+    format: str = STEP_FORMAT
+    version: int = STEP_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str) -> "StepManifest":
+        if data.get("version") != STEP_VERSION:
+            raise ArtifactError(f"{source}: manifest version {data.get('version')!r}; this edgesnn reads version {STEP_VERSION}")
+        known = set(cls.__dataclass_fields__)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ArtifactError(f"{source}: manifest is incomplete ({exc})") from None
+
+
+def _files_of(manifest) -> tuple:
+    return STEP_FILES if isinstance(manifest, StepManifest) else ARTIFACT_FILES
+
+
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in ``chunk``-byte pieces."""
     h = hashlib.sha256()
@@ -139,7 +216,19 @@ def write_manifest(directory: PathLike, manifest: Manifest) -> Path:
     return atomic_write_text(directory / MANIFEST, manifest.to_json() + "\n")
 
 
-def read_manifest(directory: PathLike) -> Manifest:
+def write_step_manifest(directory: PathLike, manifest: StepManifest) -> Path:
+    """:func:`write_manifest` for an ``onnx-step`` directory."""
+    directory = Path(directory)
+    manifest.files = {}
+    for name in STEP_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{directory}: export did not produce {name}")
+        manifest.files[name] = sha256_file(path)
+    return atomic_write_text(directory / MANIFEST, manifest.to_json() + "\n")
+
+
+def read_manifest(directory: PathLike) -> Union[Manifest, StepManifest]:
     """Parse ``directory/manifest.json`` (no file checks; see :func:`validate_artifact_dir`)."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -151,10 +240,12 @@ def read_manifest(directory: PathLike) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: corrupt artifact file ({exc})") from None
+    if isinstance(data, dict) and data.get("format") == STEP_FORMAT:
+        return StepManifest.from_dict(data, str(path))
     return Manifest.from_dict(data, str(path))
 
 
-def validate_artifact_dir(directory: PathLike, check_hashes: bool = True) -> Manifest:
+def validate_artifact_dir(directory: PathLike, check_hashes: bool = True) -> Union[Manifest, StepManifest]:
     """Check that every artifact file exists and (optionally) matches its SHA-256 in the manifest.
 
     Raises:
@@ -162,7 +253,7 @@ def validate_artifact_dir(directory: PathLike, check_hashes: bool = True) -> Man
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    for name in ARTIFACT_FILES:
+    for name in _files_of(manifest):
         path = directory / name
         if not path.is_file():
             raise ArtifactError(f"{directory}: missing artifact file {name}")

@@ -1,26 +1,36 @@
-"""``edgesnn export``: checkpoint -> ONNX training artifacts, TorchScript or inference ONNX.
+"""``edgesnn export``: checkpoint -> ONNX training step, ONNX training artifacts, TorchScript or inference ONNX.
 
+    edgesnn export --checkpoint CK --format onnx-step --out DIR [--batch-size 32] [--optimizer sgd|adamw] [--lr 0.01]
+                   [--momentum 0.9] [--weight-decay WD] [--nesterov]
+        (one plain ONNX graph per training step: runs on plain onnxruntime, x86-64 and aarch64)
     edgesnn export --checkpoint CK --format onnx-training --out DIR [--batch-size 32] [--optimizer sgd] [--lr 0.01]
+        (legacy: ONNX Runtime training artifacts; onnxruntime-training-cpu 1.19.2, x86-64 only)
     edgesnn export --checkpoint CK --format torchscript   --out DIR   (writes DIR/model.pt; or --out FILE.pt)
     edgesnn export --checkpoint CK --format onnx          --out DIR   (writes DIR/model.onnx; or --out FILE.onnx)
+    edgesnn export --checkpoint CK --format nir           --out DIR   (writes DIR/model.nir; or --out FILE.nir; LIF models)
     edgesnn export --checkpoint CK --format checkpoint --params DIR/finetuned/params.npz --out NEW.ckpt
         (the reverse: fold device-fine-tuned weights back into an edgesnn checkpoint)
+
+An existing output is never overwritten without ``--force``: a non-empty ``--out`` directory
+(onnx-step, onnx-training) or an existing output file (the other formats). With ``--force`` an artifact
+directory is replaced as a whole (built in a temp folder beside it, then swapped in: nothing
+stale survives, nothing is lost if the export fails). ``--out`` may not be or contain the input.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
-import torch
-
-from ..checkpoint import save_checkpoint
+from ..atomic import check_not_inside, check_output, replace_dir
+from ..errors import UsageError
 
 __all__ = ["FORMATS", "register", "run", "import_params"]
 
-FORMATS = ("onnx-training", "torchscript", "onnx", "checkpoint")
+FORMATS = ("onnx-step", "onnx-training", "torchscript", "onnx", "nir", "checkpoint")
+DIRECTORY_FORMATS = ("onnx-step", "onnx-training")
 
 
 def register(subparsers) -> None:
@@ -29,10 +39,16 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="edgesnn checkpoint to export")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output directory (or file for torchscript/onnx/checkpoint)")
-    p.add_argument("--batch-size", type=int, default=32, help="onnx-training: fixed batch size of the training graphs")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="onnx-training: optimizer graph")
-    p.add_argument("--lr", type=float, default=0.01, help="onnx-training: default learning rate for the runner")
+    p.add_argument("--batch-size", type=int, default=32, help="onnx-step/onnx-training: fixed batch size of the training graphs")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="onnx-step: torch.optim.SGD or torch.optim.AdamW update in the graph; onnx-training: ORT optimizer graph")
+    p.add_argument("--lr", type=float, default=0.01, help="onnx-step/onnx-training: default learning rate for the runner")
+    p.add_argument("--momentum", type=float, default=0.9, help="onnx-step, sgd: momentum (default 0.9; 0 for plain SGD)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="onnx-step: weight decay (default: 0 for sgd, 0.01 for adamw as in torch.optim.AdamW)")
+    p.add_argument("--nesterov", action="store_true", help="onnx-step, sgd: Nesterov momentum")
     p.add_argument("--params", default=None, help="checkpoint: params.npz written by the device runner")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (a directory is replaced as a whole)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +59,10 @@ def _file_in(out: str, default_name: str, suffixes) -> Path:
 
 def import_params(checkpoint, params_npz, out) -> Path:
     """Write a new edgesnn checkpoint: ``checkpoint``'s config with the weights from a runner's ``params.npz``."""
+    import numpy as np
+    import torch
+
+    from ..checkpoint import save_checkpoint
     from .prepare import ExportError, model_from_checkpoint
 
     model, ck = model_from_checkpoint(checkpoint)
@@ -67,30 +87,68 @@ def import_params(checkpoint, params_npz, out) -> Path:
     return save_checkpoint(out, ck["model_config"], new_state, **extra)
 
 
+def _check_args(args: argparse.Namespace) -> Path:
+    """Validate the flags before any work; returns the output path (a file or, for onnx-training, a directory)."""
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr: expected a finite number > 0, got {args.lr}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
+    if args.format == "checkpoint" and not args.params:
+        raise UsageError("--format checkpoint needs --params PATH (params.npz from the device runner)")
+    for flag, value in (("--momentum", args.momentum), ("--weight-decay", args.weight_decay)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{flag}: expected a finite number >= 0, got {value}")
+    if args.nesterov and not args.momentum:
+        raise UsageError("--nesterov needs --momentum > 0")
+    if args.format in DIRECTORY_FORMATS:
+        out = Path(args.out)
+    elif args.format == "torchscript":
+        out = _file_in(args.out, "model.pt", (".pt", ".pth", ".ts"))
+    elif args.format == "onnx":
+        out = _file_in(args.out, "model.onnx", (".onnx",))
+    elif args.format == "nir":
+        out = _file_in(args.out, "model.nir", (".nir",))
+    else:
+        out = Path(args.out)
+    check_not_inside(args.out, "--out", checkpoint=args.checkpoint, params=args.params)
+    check_output(out, "--out", args.force, directory=args.format in DIRECTORY_FORMATS)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    out = _check_args(args)
     from .prepare import model_from_checkpoint
 
     if args.format == "checkpoint":
-        if not args.params:
-            raise ValueError("--format checkpoint needs --params PATH (params.npz from the device runner)")
-        path = import_params(args.checkpoint, args.params, args.out)
+        path = import_params(args.checkpoint, args.params, out)
         print(f"wrote {path}")
         return 0
     model, _ = model_from_checkpoint(args.checkpoint)
-    if args.format == "onnx-training":
+    if args.format == "onnx-step":
+        from .onnx_step import export_onnx_step
+
+        manifest = replace_dir(out, lambda tmp: export_onnx_step(
+            model, tmp, args.batch_size, args.optimizer, args.lr, args.momentum, args.weight_decay, args.nesterov))
+        kinds = ", ".join(sorted({n["kind"] for n in manifest.neurons}))
+        print(f"wrote ONNX training-step graph to {out} (batch {manifest.batch_size}, T {manifest.timesteps} in a Scan of "
+              f"{manifest.chunk}-step chunks, {kinds}, {len(manifest.trainable)} trainable tensors, optimizer "
+              f"{manifest.optimizer}); run it with edgesnn-device (numpy + plain onnxruntime)")
+    elif args.format == "onnx-training":
         from .onnx_training import export_onnx_training
 
-        manifest = export_onnx_training(model, args.out, args.batch_size, args.optimizer, args.lr)
-        print(f"wrote ONNX Runtime training artifacts to {args.out} (batch {manifest.batch_size}, T {manifest.timesteps} "
+        manifest = replace_dir(out, lambda tmp: export_onnx_training(model, tmp, args.batch_size, args.optimizer, args.lr))
+        print(f"wrote ONNX Runtime training artifacts to {out} (batch {manifest.batch_size}, T {manifest.timesteps} "
               f"unrolled, {len(manifest.trainable)} trainable tensors, optimizer {manifest.optimizer})")
     elif args.format == "torchscript":
         from .torchscript import export_torchscript
 
-        path = export_torchscript(model, _file_in(args.out, "model.pt", (".pt", ".pth", ".ts")))
-        print(f"wrote TorchScript module {path}")
+        print(f"wrote TorchScript module {export_torchscript(model, out)}")
+    elif args.format == "nir":
+        from .nir_export import export_nir
+
+        print(f"wrote NIR graph {export_nir(model, out)} (dt = 1e-4 s per step; load with edgesnn.nir.load)")
     else:
         from .onnx_inference import export_onnx
 
-        path = export_onnx(model, _file_in(args.out, "model.onnx", (".onnx",)))
-        print(f"wrote ONNX inference model {path}")
+        print(f"wrote ONNX inference model {export_onnx(model, out)}")
     return 0

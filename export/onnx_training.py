@@ -27,6 +27,7 @@ from torch import nn
 from .. import __version__
 from .artifacts import ARTIFACT_FILES, MODEL, Manifest, atomic_write_bytes, write_manifest
 from .onnx_inference import check_parameter_names, export_graph
+from ..checkpoint import encode_config
 from .prepare import ExportError, example_input, export_copy
 
 __all__ = ["OPTIMIZERS", "export_onnx_training", "ort_training_available"]
@@ -139,7 +140,7 @@ def export_onnx_training(
 
     cfg = dict(getattr(model, "config", {}) or {})
     manifest = Manifest(
-        model_config=cfg,
+        model_config=encode_config(cfg),  # plain JSON (a surrogate instance becomes name + alpha)
         batch_size=batch_size,
         in_shape=list(clone.in_shape),
         num_classes=int(cfg.get("num_classes", 0)) or int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value),

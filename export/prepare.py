@@ -21,13 +21,18 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint
+from ..errors import UsageError
 from ..models import SpikingClassifier, build_model, spiking_layers
 
 __all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "example_input", "ExportError"]
 
 
-class ExportError(RuntimeError):
-    """The model cannot be exported as asked (the message says what is wrong)."""
+class ExportError(UsageError, RuntimeError):
+    """The model cannot be exported as asked (the message says what is wrong).
+
+    A :class:`~edgesnn.errors.UsageError` (the CLI reports it in one line); still a
+    ``RuntimeError`` for callers that caught it as one.
+    """
 
 
 class FrozenBatchNorm(nn.Module):

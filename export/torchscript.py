@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..checkpoint import encode_config
 from .artifacts import atomic_write_bytes
 from .prepare import example_input, export_copy
 
@@ -44,7 +45,7 @@ def export_torchscript(model: nn.Module, path, batch_size: int = 4) -> Path:
         warnings.simplefilter("ignore")  # TracerWarnings (shape checks), TorchScript deprecation
         traced = torch.jit.trace(clone, (example,), check_trace=False)
         buf = io.BytesIO()
-        meta = {"model_config": getattr(model, "config", {}), "edgesnn_version": __version__, "time_loop": "unrolled",
+        meta = {"model_config": encode_config(getattr(model, "config", {})), "edgesnn_version": __version__, "time_loop": "unrolled",
                 "batchnorm": "frozen-statistics"}
         torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(meta)})
     return atomic_write_bytes(path, buf.getvalue())

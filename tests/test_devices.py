@@ -79,3 +79,38 @@ def test_auto_measures_host():
     # MemAvailable moves between reads; the budget is what is free now
     assert abs((d.memory_bytes - d.reserved_bytes) - info["MemAvailable"]) < 512 * 1024**2
     assert d.cores >= 1
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_catalogue_profiles_say_what_runs_there(name):
+    d = devices.load_device(name)
+    assert d.os and d.python and d.python.count(".") == 1
+    assert set(d.runs) == set(devices.RUNS_KEYS)
+    assert all(d.runs[k] in (True, False, None) for k in ("planner", "training", "training_gpu", "cuda_kernels"))
+    assert d.runs["notes"] and d.runs["device_runner"]
+    # edgesnn needs Python >= 3.10 (torch 2.13): nothing of it runs on an older default Python
+    if tuple(int(p) for p in d.python.split(".")) < (3, 10):
+        assert not any(d.runs[k] for k in ("planner", "training", "training_gpu", "cuda_kernels"))
+    if name.startswith("jetson"):
+        assert d.cuda is not None
+        if not d.cuda.startswith("12."):  # the numba-cuda 0.30 kernels are built for CUDA 12
+            assert d.runs["cuda_kernels"] is False
+    else:
+        assert d.cuda is None and d.runs["cuda_kernels"] is False and d.runs["training_gpu"] is False
+
+
+def test_runs_field_is_validated(tmp_path):
+    base = dict(name="b", memory_bytes=2 * 1024**3, reserved_bytes=0, runtime_overhead_bytes=0, bandwidth_gbs=1, cores=1)
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps(dict(base, runs={"planner": "yes"})))
+    with pytest.raises(ValueError, match="runs.planner"):
+        devices.load_device(str(f))
+    f.write_text(json.dumps(dict(base, runs={"plan": True})))
+    with pytest.raises(ValueError, match="unknown key"):
+        devices.load_device(str(f))
+    f.write_text(json.dumps(dict(base, cuda=12.6)))
+    with pytest.raises(ValueError, match="cuda"):
+        devices.load_device(str(f))
+    f.write_text(json.dumps(base))  # all four fields are optional for user profiles
+    d = devices.load_device(str(f))
+    assert d.os == "" and d.cuda is None and d.runs == {}

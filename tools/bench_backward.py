@@ -1,7 +1,7 @@
 """Single-pass RevLIF backward vs the classic reversible backward, same run, same PyTorch ops.
 
 * single-pass (edgesnn): walk t = T..1 and groups n..1 once; each group's LIF step is evaluated
-  once and used both to invert and for the vector-Jacobian product (SPEC section 2).
+  once and used both to invert and for the vector-Jacobian product (docs/design.md §2).
 * classic (RevNet-style): per step, invert (one LIF evaluation per group, no autograd), then re-run
   the step's forward under autograd from the recovered ``(x, v)`` and back-propagate through it.
 

@@ -1,4 +1,21 @@
-"""Device runner vs PyTorch eager: gradient parity, peak RSS and step time (digits MLP by default).
+"""Device runner vs PyTorch eager: peak RSS and step time over T (onnx-step, onnx-training, eager).
+
+Default (``--mode sweep``): for the digits-shaped wide MLP (64-1024-1024-10) and conv net
+(1x8x8, channels 16, 32), LIF and RevLIF, T = 8, 32, 64, batch 32, one thread, it exports
+``onnx-step`` and (optionally) ``onnx-training`` artifacts, runs each with the device runner in a
+fresh process (``python -m edgesnn.export.runner``; VmHWM peak RSS, RSS after the session was
+created, median step time of steps 2..n) and the same SGD-momentum steps in a fresh PyTorch eager
+process (``torch`` backend: the project's hand-written LIF / reversible RevLIF backward,
+eval-mode BatchNorm), then prints one table and the two checks of issue 9: RevLIF's runner peak RSS
+grows (T 8 -> 64) at least 4x more slowly than LIF's, and RevLIF onnx-step at T = 64 needs at most
+half the memory of onnx-training.
+
+    python tools/bench_device_runner.py [--models mlp convnet] [--timesteps 8 32 64] [--training-max-t 64]
+        [--steps 6] [--out bench_device_runner.json]
+
+``--mode legacy`` runs the older T = 4 onnx-training parity/timing table described below.
+
+Legacy mode: device runner vs PyTorch eager: gradient parity, peak RSS and step time (digits MLP).
 
 For each neuron type it builds the digits MLP (64-128-128-10, BatchNorm, T=4), saves a checkpoint,
 exports ONNX Runtime training artifacts, then
@@ -140,8 +157,136 @@ def bench(neuron: str, epochs: int, batch: int, lr: float, work: Path, repeats: 
             "eager": eager}
 
 
+_EAGER_SWEEP = r"""
+import json, sys, time
+import numpy as np, torch
+from edgesnn.export.prepare import model_from_checkpoint, export_copy
+from edgesnn.models import spiking_layers
+ck, data, steps, batch, lr = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+torch.set_num_threads(1)
+model, _ = model_from_checkpoint(ck)
+model = export_copy(model)
+for _, node in spiking_layers(model):
+    node.backend = "torch"
+d = np.load(data); x = torch.from_numpy(d["x"]); y = torch.from_numpy(d["y"].astype(np.int64))
+opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+times = []
+for i in range(steps):
+    xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+    t0 = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+    times.append(time.perf_counter() - t0)
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0] / 1024.0
+print(json.dumps({"step_ms_median": 1000 * float(np.median(times[1:])), "peak_rss_mb": hwm}))
+"""
+
+
+def _sweep_model(name: str, neuron: str, T: int):
+    from edgesnn.models import build_model
+
+    if name == "mlp":
+        return build_model("mlp", (64,), 10, T, neuron=neuron, hidden=(1024, 1024))
+    return build_model("convnet", (1, 8, 8), 10, T, neuron=neuron, channels=(16, 32))
+
+
+def _run_runner(art: Path, data: Path, out: Path, extra=()) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "edgesnn.export.runner", str(art), "--data", str(data), "--epochs", "1",
+                           "--out", str(out), "--threads", "1", "--holdout", "0", "--force", *extra],
+                          capture_output=True, text=True, env=_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"runner failed on {art}: {proc.stderr[-2000:]}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: float, work: Path, log=print) -> list:
+    import time as _time
+
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.export.onnx_step import export_onnx_step
+    from edgesnn.export.onnx_training import export_onnx_training
+
+    x, y = _digits()
+    rows = []
+    for name in models:
+        xs = x if name == "mlp" else x.reshape(-1, 1, 8, 8)
+        data = work / f"{name}.npz"
+        np.savez(data, x=np.ascontiguousarray(xs[:steps * batch] * 2.0), y=y[:steps * batch])
+        for neuron in ("lif", "revlif"):
+            for T in timesteps:
+                torch.manual_seed(0)
+                model = _sweep_model(name, neuron, T).eval()
+                ck = save_checkpoint(work / f"{name}-{neuron}-{T}.ckpt", model.config, model.state_dict())
+                row = {"model": name, "neuron": neuron, "T": T, "batch": batch}
+                t0 = _time.perf_counter()
+                art = work / f"step-{name}-{neuron}-{T}"
+                export_onnx_step(model, art, batch, "sgd", lr, momentum=0.9)
+                row["step_export_s"] = _time.perf_counter() - t0
+                row["step_file_mb"] = (art / "step.onnx").stat().st_size / 2**20
+                row["onnx_step"] = _run_runner(art, data, work / "ft-step")
+                if T <= training_max_t:
+                    t0 = _time.perf_counter()
+                    art_t = work / f"train-{name}-{neuron}-{T}"
+                    export_onnx_training(model, art_t, batch_size=batch, learning_rate=lr)
+                    row["training_export_s"] = _time.perf_counter() - t0
+                    row["onnx_training"] = _run_runner(art_t, data, work / "ft-train")
+                    import shutil
+
+                    shutil.rmtree(art_t, ignore_errors=True)
+                p = subprocess.run([sys.executable, "-c", _EAGER_SWEEP, str(ck), str(data), str(steps), str(batch), str(lr)],
+                                   capture_output=True, text=True, env=_env())
+                if p.returncode != 0:
+                    raise RuntimeError(f"eager failed: {p.stderr[-2000:]}")
+                row["eager"] = json.loads(p.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                log(_sweep_line(row))
+    return rows
+
+
+def _fmt(m: dict, key: str, unit: str, width: int = 8) -> str:
+    if not m:
+        return f"{'-':>{width + len(unit) + 1}s}"
+    return f"{m[key]:{width}.1f} {unit}" if "rss" in key else f"{m[key]:{width}.2f} {unit}"
+
+
+def _sweep_line(r: dict) -> str:
+    s, t, e = r.get("onnx_step", {}), r.get("onnx_training", {}), r.get("eager", {})
+    return (f"{r['model']:7s} {r['neuron']:6s} {r['T']:3d} | step {_fmt(s, 'peak_rss_mb', 'MB')} "
+            f"(session {s['rss_after_session_mb']:6.1f}) {_fmt(s, 'step_ms_median', 'ms')} | training "
+            f"{_fmt(t, 'peak_rss_mb', 'MB')} {_fmt(t, 'step_ms_median', 'ms')} | eager {_fmt(e, 'peak_rss_mb', 'MB')} "
+            f"{_fmt(e, 'step_ms_median', 'ms')} | export {r['step_export_s']:5.1f} s, {r['step_file_mb']:5.1f} MB")
+
+
+def sweep_checks(rows: list) -> list:
+    """The issue's two memory checks per model, as printable lines (and a pass flag)."""
+    out = []
+    by = {(r["model"], r["neuron"], r["T"]): r for r in rows}
+    for name in sorted({r["model"] for r in rows}):
+        Ts = sorted({r["T"] for r in rows if r["model"] == name})
+        lo, hi = Ts[0], Ts[-1]
+        try:
+            g_lif = by[(name, "lif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "lif", lo)]["onnx_step"]["peak_rss_mb"]
+            g_rev = by[(name, "revlif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "revlif", lo)]["onnx_step"]["peak_rss_mb"]
+        except KeyError:
+            continue
+        ratio = g_lif / g_rev if g_rev > 0 else float("inf")
+        out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MB, RevLIF {g_rev:+.1f} MB "
+                                  f"(LIF/RevLIF {ratio:.1f}x; target >= 4x)"))
+        r = by.get((name, "revlif", hi), {})
+        if r.get("onnx_training"):
+            a, b = r["onnx_step"]["peak_rss_mb"], r["onnx_training"]["peak_rss_mb"]
+            out.append((a <= 0.5 * b, f"{name}: RevLIF T={hi}: onnx-step {a:.1f} MB vs onnx-training {b:.1f} MB "
+                                      f"({a / b:.2f}x; target <= 0.5x)"))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("sweep", "legacy"), default="sweep")
+    ap.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=("mlp", "convnet"))
+    ap.add_argument("--timesteps", nargs="+", type=int, default=[8, 32, 64])
+    ap.add_argument("--training-max-t", type=int, default=64, help="sweep: skip onnx-training above this T (export time)")
+    ap.add_argument("--steps", type=int, default=6, help="sweep: training steps per run")
     ap.add_argument("--neurons", nargs="+", default=["lif", "revlif"])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
@@ -150,6 +295,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads for both ORT and torch (0: library defaults)")
     ap.add_argument("--out", default="bench_device_runner.json")
     args = ap.parse_args()
+    if args.mode == "sweep":
+        print(f"batch {args.batch}, SGD momentum 0.9, {args.steps} steps, one thread; peak RSS = VmHWM of a fresh runner "
+              "process; step = median wall time of steps 2..n; eager = PyTorch, torch backend", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = sweep(args.models, args.timesteps, args.training_max_t, args.steps, args.batch, args.lr, Path(tmp),
+                         log=lambda line: print(line, flush=True))
+        checks = sweep_checks(rows)
+        for ok, line in checks:
+            print(("PASS " if ok else "FAIL ") + line)
+        Path(args.out).write_text(json.dumps({"rows": rows, "checks": [[ok, line] for ok, line in checks]}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for neuron in args.neurons:

@@ -4,17 +4,23 @@
     forward + backward, loss = output.sum(); N = 4096 and T = 64 by default (the published
     benchmark uses T = 500 on GPUs; 64 keeps a CPU run short). Variants: edgesnn numba (LIF and
     RevLIF), edgesnn torch, SpikingJelly's torch backend, torch.compile of an eager LIF loop.
-    The Linear layer dominates on a CPU; its time alone is reported for context.
+    The Linear layer dominates on a CPU; "Linear alone" (the same Linear forward + backward, no
+    node) is timed interleaved with the other rows in the same loop (median of ``--on-reps``
+    rounds, same warm-up), so it can be compared with them. ``--only-on`` runs (a) alone.
 (b) The spiking layer alone, ``[T, B, N] = [64, 16, 4096]``, forward + backward (gradient of
     ones handed in): edgesnn numba LIF / RevLIF vs SpikingJelly's torch backend (and edgesnn torch).
 (c) Kernel-only bandwidth (outputs preallocated, no autograd) for N = 1e6 and 4e6 neurons,
-    T in {4, 8}, against a STREAM triad measured in the same run.
+    T in {4, 8}, against a STREAM triad measured in the same run (working sets 32-256 MB, above
+    the last-level cache). The kernels include their fused NaN/Inf checks.
+(p) The public form (what a user writes): ``x0.clone().requires_grad_()``, ``LIF()`` /
+    ``RevLIF()`` with defaults, ``y.sum().backward()``, vs SpikingJelly's ``LIFNode`` (torch
+    backend), interleaved rounds; wall and process-CPU-time ratios. ``--only-public`` runs it alone.
 (d) With ``--cuda`` and a GPU: the same spiking layer on CUDA tensors (numba-cuda kernels on
     PyTorch's current stream) vs edgesnn torch and SpikingJelly on the GPU, and kernel-only GB/s
     against a device-to-device copy.
 
 Usage: ``python tools/bench_kernels.py [--threads 2] [--json out.json] [--quick] [--cuda] [--only-layer]
-[--tuned] [--thp]`` (``--tuned`` / ``--thp``: opt-in process settings, see below).
+[--only-on] [--on-reps 5] [--tuned] [--thp]`` (``--tuned`` / ``--thp``: opt-in process settings, see below).
 """
 
 from __future__ import annotations
@@ -132,7 +138,74 @@ def bench_layer(device: str, T: int, B: int, N: int, reps: int, with_compile: bo
     return res
 
 
+def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
+    """(p) The public form: ``x = x0.clone().requires_grad_()``, ``LIF()`` / ``RevLIF()`` with
+    their defaults (backend auto), ``y.sum().backward()``; SpikingJelly's ``LIFNode(step_mode="m")``
+    (torch backend) the same way. One warm-up call each, then ``rounds`` rounds; in every round
+    each variant runs ``reps`` steps back to back, the order of the variants reversed every other
+    round. Reported per variant: the median over all its steps (wall) and the median of its process
+    CPU time per step (all threads; less sensitive to other jobs than the wall clock), and per
+    round the ratio SpikingJelly / variant of the medians (``paired`` ratios, their median too)."""
+    import resource
+
+    torch.manual_seed(0)
+    x0 = torch.randn(T, B, N) * 1.5 + 0.5
+    variants = {"edgesnn LIF()": LIF(), "edgesnn RevLIF()": RevLIF()}
+    sj = _spikingjelly_node()
+    if sj is not None:
+        variants["SpikingJelly LIFNode torch"] = _sj_call(sj)
+
+    def step(f):
+        x = x0.clone().requires_grad_()
+        f(x).sum().backward()
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    res = {name: {"wall": [], "cpu": [], "round_ms": []} for name in variants}
+    for name, f in variants.items():
+        step(f)
+    names = list(variants)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            f = variants[name]
+            ws = []
+            for _ in range(reps):
+                c0, t0 = cpu(), time.perf_counter()
+                step(f)
+                ws.append(time.perf_counter() - t0)
+                res[name]["cpu"].append(cpu() - c0)
+            res[name]["wall"] += ws
+            res[name]["round_ms"].append(1e3 * statistics.median(ws))
+    out = {}
+    base = "SpikingJelly torch" if sj is not None else None
+    for name, d in res.items():
+        out[name] = {"ms": 1e3 * statistics.median(d["wall"]), "cpu_ms": 1e3 * statistics.median(d["cpu"]),
+                     "round_ms": d["round_ms"]}
+    if sj is not None:
+        sjn = "SpikingJelly LIFNode torch"
+        for name in names:
+            if name == sjn:
+                continue
+            o = out[name]
+            o["x_vs_sj"] = out[sjn]["ms"] / o["ms"]
+            o["x_vs_sj_cpu"] = out[sjn]["cpu_ms"] / o["cpu_ms"]
+            o["paired_x"] = [a / b for a, b in zip(out[sjn]["round_ms"], o["round_ms"])]
+            o["paired_x_median"] = statistics.median(o["paired_x"])
+    return out
+
+
 def bench_on_workload(T: int, B: int, N: int, reps: int, with_compile: bool):
+    """(a): every variant, "Linear alone" included, timed interleaved in one loop.
+
+    Each callable gets the same warm-up (one untimed call, which also compiles), then ``reps``
+    rounds; in each round every variant runs once, in an order rotated by one per round (so no
+    variant always runs first or right after the same neighbour). Reported: the median over the
+    rounds, plus min and max, so "Linear alone" and "Linear + node" share the machine's state, and
+    the median over rounds of (row - Linear alone in the same round): the node's share, which is
+    below the noise when the Linear dominates (read the node's own cost from (b)).
+    """
     torch.manual_seed(0)
     x0 = torch.randn(T, B, N) * 0.05
     res = {}
@@ -145,18 +218,38 @@ def bench_on_workload(T: int, B: int, N: int, reps: int, with_compile: bool):
         x = x0.clone().requires_grad_()
         lin(x).sum().backward()
 
-    res["Linear alone (context)"] = {"ms": 1e3 * _timeit(linear_only, reps)}
-    for name, node in layer_variants("cpu", T, B, N, with_compile).items():
+    def make_step(node):
         def step():
             lin.zero_grad(set_to_none=True)
             x = x0.clone().requires_grad_()
             node(lin(x)).sum().backward()
+        return step
 
+    steps = {"Linear alone": linear_only}
+    steps.update({name: make_step(node) for name, node in layer_variants("cpu", T, B, N, with_compile).items()})
+    runnable = {}
+    for name, fn in steps.items():  # warm-up: one untimed call each
         try:
-            step()
-            res[name] = {"ms": 1e3 * _timeit(step, reps)}
+            t0 = time.perf_counter()
+            fn()
+            res[name] = {"first_call_s": round(time.perf_counter() - t0, 2)}
+            runnable[name] = fn
         except Exception as exc:
             res[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    names = list(runnable)
+    times = {name: [] for name in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            runnable[name]()
+            times[name].append(time.perf_counter() - t0)
+    lin = times.get("Linear alone")
+    for name in names:
+        ts = times[name]
+        res[name].update(ms=1e3 * statistics.median(ts), min_ms=1e3 * min(ts), max_ms=1e3 * max(ts), reps=len(ts))
+        if lin and name != "Linear alone":  # the node's share: median over rounds of (this row - Linear alone)
+            res[name]["minus_linear_ms"] = 1e3 * statistics.median(t - l for t, l in zip(ts, lin))
     return res
 
 
@@ -201,11 +294,13 @@ def bench_bandwidth(sizes, Ts, reps: int):
             blk = K.block_size(N)
             bblk = K.bwd_block_size(N, T)
 
+            nf = np.zeros(max(1, -(-N // min(blk, bblk))), np.float32)  # finite-check flags (one per block)
+
             def fwd():
-                K._lif_fwd(x, v0, s, vT, f(p.tau), f(p.v_threshold), f(0.0), True, True, blk)
+                K._lif_fwd(x, v0, s, vT, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, blk)
 
             def bwd():
-                K._lif_bwd(x, v0, gs, v0, gx, gv0, f(p.tau), f(p.v_threshold), f(0.0), True, True, False,
+                K._lif_bwd(x, v0, gs, v0, gx, gv0, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, False,
                            f(p.input_gain), f(p.state_decay), kind, a, b, bblk)
 
             t_f = _timeit(fwd, reps)
@@ -226,13 +321,14 @@ def bench_bandwidth(sizes, Ts, reps: int):
             gy, gvT, gxg = np.ones_like(xg), np.zeros_like(v0g), np.empty_like(xg)
             gv0g, v0r = np.empty_like(v0g), np.empty_like(v0g)
             rblk = K.block_size(N // 2)
+            rnf = np.zeros(max(1, -(-(N // 2) // rblk)), np.float32)
             lif_args = (f(lf.tau), f(lf.v_threshold), f(lf.charge_reset), bool(lf.hard_reset), bool(lf.decay_input))
 
             def rfwd():
-                R._revlif_fwd(xg, v0g, y, vTg, bits, cnt, *lif_args, True, f(rp.alpha), f(rp.beta), f(rp.gamma), rblk)
+                R._revlif_fwd(xg, v0g, y, vTg, bits, cnt, rnf, *lif_args, True, f(rp.alpha), f(rp.beta), f(rp.gamma), rblk)
 
             def rbwd():
-                R._revlif_bwd(y, vTg, bits, gy, gvT, gxg, gv0g, v0r, cnt, *lif_args, bool(lf.detach_reset), True,
+                R._revlif_bwd(y, vTg, bits, gy, gvT, gxg, gv0g, v0r, cnt, rnf, *lif_args, bool(lf.detach_reset), True,
                               f(rp.alpha), f(rp.beta), f(rp.gamma), f(lf.input_gain), f(lf.state_decay), kind, a, b, rblk)
 
             rfwd()
@@ -295,6 +391,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda", action="store_true", help="also benchmark the CUDA kernels (needs a GPU)")
     ap.add_argument("--only-cuda", action="store_true", help="run (d) alone")
     ap.add_argument("--only-layer", action="store_true", help="run (b) alone (skips (a) and (c))")
+    ap.add_argument("--only-on", action="store_true", help="run (a) alone (skips STREAM, (b) and (c))")
+    ap.add_argument("--only-public", action="store_true", help="run STREAM and (p) alone")
+    ap.add_argument("--no-public", action="store_true", help="skip (p), the public form")
+    ap.add_argument("--on-reps", type=int, default=None,
+                    help="interleaved rounds for (a) (default 5; 3 with --quick)")
     ap.add_argument("--thp", action="store_true", help="set THP_MEM_ALLOC_ENABLE=1 (see the top of this file)")
     ap.add_argument("--tuned", action="store_true",
                     help="retain freed heap memory and use 512-bit vectors (opt-in settings, see the top of this file)")
@@ -318,13 +419,21 @@ def main(argv=None) -> int:
     if args.only_cuda:
         args.cuda = True
         return _finish(args, report, T, B, N, reps, "SpikingJelly torch LIF")
+    base = "SpikingJelly torch LIF"
+    if args.only_on:
+        _print_on(args, report, T, B, N, reps, with_compile, base)
+        return _finish(args, report, T, B, N, reps, base)
     report["stream_triad_GBps"] = stream_triad()
     print(f"STREAM triad (numba prange, float32, 3x192 MiB): {report['stream_triad_GBps']:.1f} GB/s")
+
+    if not args.no_public:
+        _print_public(args, report, T, B, N)
+        if args.only_public:
+            return _finish(args, report, T, B, N, reps, base)
 
     print(f"\n(b) spiking layer alone, [T,B,N]=[{T},{B},{N}], forward+backward, float32, {args.threads} threads")
     layer = bench_layer("cpu", T, B, N, reps, with_compile)
     report["layer"] = layer
-    base = "SpikingJelly torch LIF"
     for name, r in layer.items():
         if "ms" in r:
             ratio = _ratio(layer, base, name)
@@ -338,16 +447,7 @@ def main(argv=None) -> int:
         return _finish(args, report, T, B, N, reps, base)
 
     if not args.no_on:
-        print(f"\n(a) Open Neuromorphic workload on CPU: Linear({N},{N}) + spiking layer, B={B}, T={T} (published: T=500, GPU)")
-        on = bench_on_workload(T, B, N, max(2, reps // 2), with_compile)
-        report["on_workload"] = on
-        for name, r in on.items():
-            if "ms" in r:
-                ratio = _ratio(on, base, name)
-                print(f"  {name:34s} {r['ms']:9.1f} ms   {'x%.2f vs SpikingJelly' % ratio if ratio else ''}")
-            else:
-                print(f"  {name:34s} {r['error']}")
-
+        _print_on(args, report, T, B, N, reps, with_compile, base)
     print("\n(c) kernel-only bandwidth (outputs preallocated, no autograd)")
     bw = bench_bandwidth((1_000_000, 4_000_000), (4, 8), reps)
     report["bandwidth"] = bw
@@ -360,6 +460,65 @@ def main(argv=None) -> int:
         r["bwd_pct_stream"] = pct_b
 
     return _finish(args, report, T, B, N, reps, base)
+
+
+def _cpu_pressure_us():
+    """``some total`` of /proc/pressure/cpu (microseconds some task waited for a CPU), or None."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            for line in fh:
+                if line.startswith("some"):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _print_public(args, report, T, B, N) -> None:
+    rounds = 3 if args.quick else 5
+    print(f"\n(p) public form, [T,B,N]=[{T},{B},{N}]: x0.clone().requires_grad_(), LIF()/RevLIF() defaults, "
+          f"y.sum().backward(); {rounds} rounds x 5 steps after one warm-up, {args.threads} threads")
+    psi0, t0 = _cpu_pressure_us(), time.perf_counter()
+    pub = bench_public_form(T, B, N, reps=5, rounds=rounds)
+    psi1, wall = _cpu_pressure_us(), time.perf_counter() - t0
+    report["public_form"] = pub
+    for name, r in pub.items():
+        extra = ""
+        if "x_vs_sj" in r:
+            extra = (f"   x{r['x_vs_sj']:.1f} vs SpikingJelly (wall), x{r['x_vs_sj_cpu']:.1f} (CPU time), "
+                     f"per-round x{min(r['paired_x']):.1f}..x{max(r['paired_x']):.1f} (median x{r['paired_x_median']:.1f})")
+        print(f"  {name:34s} {r['ms']:9.2f} ms  (CPU {r['cpu_ms']:.2f} ms){extra}")
+    if psi0 is not None and psi1 is not None:
+        stall = 100.0 * (psi1 - psi0) / 1e6 / wall
+        report["public_form_cpu_pressure_pct"] = stall
+        print(f"  machine load during (p): runnable tasks waited for a CPU {stall:.0f}% of the time")
+
+
+def _print_on(args, report, T, B, N, reps, with_compile, base) -> None:
+    on_reps = args.on_reps or (3 if args.quick else 5)
+    print(f"\n(a) Open Neuromorphic workload on CPU: Linear({N},{N}) + spiking layer, B={B}, T={T} (published: T=500, GPU),"
+          f" forward+backward, {args.threads} threads; all rows interleaved, median of {on_reps} rounds after one warm-up each")
+    psi0, t0 = _cpu_pressure_us(), time.perf_counter()
+    on = bench_on_workload(T, B, N, on_reps, with_compile)
+    report["on_workload"] = on
+    psi1, wall = _cpu_pressure_us(), time.perf_counter() - t0
+    if psi0 is not None and psi1 is not None:
+        stall = 100.0 * (psi1 - psi0) / 1e6 / wall
+        report["on_workload_cpu_pressure_pct"] = stall
+    lin = on.get("Linear alone", {}).get("ms")
+    for name, r in on.items():
+        if "ms" in r:
+            ratio = _ratio(on, base, name) if name != "Linear alone" else None
+            vs_lin = f"  x{r['ms'] / lin:.2f} of Linear alone" if lin else ""
+            if "minus_linear_ms" in r:
+                vs_lin += f", paired diff {r['minus_linear_ms']:+6.1f} ms"
+            print(f"  {name:34s} {r['ms']:9.1f} ms  (min {r['min_ms']:.1f}, max {r['max_ms']:.1f}){vs_lin}"
+                  f"   {'x%.2f vs SpikingJelly' % ratio if ratio else ''}")
+        else:
+            print(f"  {name:34s} {r['error']}")
+    if "on_workload_cpu_pressure_pct" in report:
+        print(f"  machine load during (a): runnable tasks waited for a CPU {report['on_workload_cpu_pressure_pct']:.0f}% "
+              "of the time (/proc/pressure/cpu); above ~10% other jobs dominate the spread: rerun")
 
 
 def _finish(args, report, T, B, N, reps, base) -> int:

@@ -1,10 +1,19 @@
 """Bytes saved for backward: edgesnn LIF / RevLIF vs SpikingJelly's LIFNode, and a VGG-11 net.
 
 Per node: unique storages saved through ``torch.autograd.graph.saved_tensors_hooks`` during the
-forward of one node on ``[T, B, N]``, not counting the node's own input and output (the
-neighbouring layers keep those anyway), divided by ``T * B * N``. Whole network: every storage
-the forward of a VGG-11 (CIFAR-shaped) saves. Also checks that the RevLIF inverse is bit-exact at
-T = 256 in the same run.
+forward of one node on ``[T, B, N]``, divided by ``T * B * N``. The node's output is never counted
+(the next Conv/Linear saves it as its input anyway). Two accountings of the node's *input*:
+
+* ``input counted`` (the usual case): Conv, Linear and BatchNorm save their inputs, not their
+  outputs, so nothing else keeps the node's input; a node that saves it (the numba LIF: 4 B per
+  neuron-step) holds that memory alone. Measured: Linear -> numba LIF saves 4.5 B per neuron-step
+  more than the Linear alone at T = 8; BatchNorm -> numba LIF likewise.
+* ``input not counted``: right only when the layer before saves its own output (ReLU, sigmoid,
+  a RevLIF), which then shares it with the node.
+
+Whole network: every non-parameter storage the forward of a VGG-11 (CIFAR-shaped) saves
+(parameters and buffers that autograd also saves are left out and reported separately). Also
+checks that the RevLIF inverse is bit-exact at T = 256 in the same run.
 
     python tools/bench_memory.py [--json PATH] [--batch 16] [--neurons 1024]
 """
@@ -31,19 +40,21 @@ from edgesnn.models import build_model  # noqa: E402
 TIMESTEPS = (4, 8, 16, 32, 64)
 
 
-def node_bytes(run, x: torch.Tensor) -> int:
+def node_bytes(run, x: torch.Tensor) -> tuple:
+    """``(bytes without the node's input and output, bytes without its output only)``; see the module doc."""
     x = x.detach().requires_grad_()
     with SavedTensorCounter() as c:
         out = run(x)
-    return c.bytes(exclude=[x, out])
+    return c.bytes(exclude=[x, out]), c.bytes(exclude=[out])
 
 
 def nodes():
     rows = {
         "edgesnn LIF (reference autograd)": lambda x: dispatch.lif_multistep(x, LIFParams(), None, "reference")[0],
-        "edgesnn LIF (auto backend)": lambda x: dispatch.lif_multistep(x, LIFParams(), None, "auto")[0],
-        "edgesnn RevLIF exact, 2 groups": lambda x: dispatch.revlif_multistep(x, RevLIFParams(groups=2), None, "auto")[0],
-        "edgesnn RevLIF exact, 4 groups": lambda x: dispatch.revlif_multistep(x, RevLIFParams(groups=4), None, "auto")[0],
+        "edgesnn LIF (torch backend)": lambda x: dispatch.lif_multistep(x, LIFParams(), None, "torch")[0],
+        "edgesnn LIF (numba backend)": lambda x: dispatch.lif_multistep(x, LIFParams(), None, "numba")[0],
+        "edgesnn RevLIF exact, 2 groups (numba)": lambda x: dispatch.revlif_multistep(x, RevLIFParams(groups=2), None, "numba")[0],
+        "edgesnn RevLIF exact, 4 groups (numba)": lambda x: dispatch.revlif_multistep(x, RevLIFParams(groups=4), None, "numba")[0],
     }
     try:
         from spikingjelly.activation_based import neuron
@@ -81,7 +92,9 @@ def network(T: int, batch: int) -> dict:
         x = torch.rand(batch, 3, 32, 32)
         with SavedTensorCounter() as c:
             model(x).sum()
-        out[neuron] = c.bytes()
+        state = list(model.parameters()) + list(model.buffers())
+        out[neuron] = c.bytes(exclude=state)  # activations only
+        out[neuron + "_saved_params"] = c.bytes() - out[neuron]  # weights autograd also saves (not activations)
     out["ratio"] = out["lif"] / out["revlif"]
     return out
 
@@ -94,39 +107,51 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    table = {}
+    table, table_in = {}, {}
     for name, run in nodes().items():
-        table[name] = {}
+        table[name], table_in[name] = {}, {}
         for T in TIMESTEPS:
             x = torch.randn(T, args.batch, args.neurons) + 0.5
-            table[name][T] = node_bytes(run, x) / x.numel()
+            b_excl, b_in = node_bytes(run, x)
+            table[name][T] = b_excl / x.numel()
+            table_in[name][T] = b_in / x.numel()
     sj_name = next((n for n in table if n.startswith("SpikingJelly")), None)
-    print(f"Bytes saved for backward per neuron-step, [T, {args.batch}, {args.neurons}] float32 (node input/output excluded)")
-    print(f"{'node':40s}" + "".join(f"{'T=' + str(T):>9s}" for T in TIMESTEPS))
-    for name, row in table.items():
-        print(f"{name:40s}" + "".join(f"{row[T]:9.3f}" for T in TIMESTEPS))
-    ratios = {}
-    if sj_name:
-        for name in table:
-            if "RevLIF" in name:
-                ratios[name] = {T: table[sj_name][T] / table[name][T] for T in TIMESTEPS}
-                print(f"{'SJ / ' + name[8:]:40s}" + "".join(f"{ratios[name][T]:8.1f}x" for T in TIMESTEPS))
+    ratios, ratios_in = {}, {}
+    for title, tab, rat in (
+            ("node input counted (layer before = Conv/Linear/BatchNorm; output not counted)", table_in, ratios_in),
+            ("node input NOT counted (only if the layer before saves its output, e.g. ReLU; output not counted)",
+             table, ratios)):
+        print(f"Bytes saved for backward per neuron-step, [T, {args.batch}, {args.neurons}] float32, {title}")
+        print(f"{'node':40s}" + "".join(f"{'T=' + str(T):>9s}" for T in TIMESTEPS))
+        for name, row in tab.items():
+            print(f"{name:40s}" + "".join(f"{row[T]:9.3f}" for T in TIMESTEPS))
+        if sj_name:
+            for name in tab:
+                if name != sj_name and not name.endswith("(reference autograd)"):
+                    rat[name] = {T: tab[sj_name][T] / tab[name][T] for T in TIMESTEPS}
+                    print(f"{'SJ / ' + name[8:]:40s}" + "".join(f"{rat[name][T]:8.1f}x" for T in TIMESTEPS))
+        print()
     ex = exactness()
-    print(f"\nRevLIF exact-mode inverse at T={ex['T']}: bit-exact={ex['bit_exact']} "
+    print(f"RevLIF exact-mode inverse at T={ex['T']}: bit-exact={ex['bit_exact']} "
           f"(max input error {ex['max_input_error']:.1e}, initial-state error {ex['max_v0_error']:.1e})")
     net = {T: network(T, args.net_batch) for T in (4, 8)}
-    print(f"\nVGG-11 (CIFAR 3x32x32, batch {args.net_batch}): activation bytes saved for backward (whole network)")
+    print(f"\nVGG-11 (CIFAR 3x32x32, batch {args.net_batch}): activation bytes saved for backward (whole network; "
+          "parameters/buffers autograd also saves are not counted)")
     for T, r in net.items():
-        print(f"  T={T}: LIF {r['lif'] / 2**20:8.1f} MiB   RevLIF {r['revlif'] / 2**20:8.1f} MiB   ratio {r['ratio']:.2f}x")
+        print(f"  T={T}: LIF {r['lif'] / 2**20:8.1f} MiB   RevLIF {r['revlif'] / 2**20:8.1f} MiB   ratio {r['ratio']:.2f}x"
+              f"   (saved parameters, excluded: {r['lif_saved_params'] / 2**20:.1f} / {r['revlif_saved_params'] / 2**20:.1f} MiB)")
     if sj_name:
-        r64 = ratios["edgesnn RevLIF exact, 2 groups"][64]
-        r16 = ratios["edgesnn RevLIF exact, 2 groups"][16]
+        r64 = ratios_in["edgesnn RevLIF exact, 2 groups (numba)"][64]
+        r16 = ratios_in["edgesnn RevLIF exact, 2 groups (numba)"][16]
         print(f"\nTargets: T=64 >= 58.65x: {'PASS' if r64 >= 58.65 else 'FAIL'} ({r64:.1f}x); "
               f"T=16 >= 20x: {'PASS' if r16 >= 20 else 'FAIL'} ({r16:.1f}x)")
     if args.json:
         from edgesnn.checkpoint import atomic_write
 
-        payload = {"per_neuron_step_bytes": table, "ratios_vs_spikingjelly": ratios, "exactness": ex, "vgg11": net,
+        payload = {"per_neuron_step_bytes_input_counted": table_in, "per_neuron_step_bytes_input_not_counted": table,
+                   "ratios_vs_spikingjelly_input_counted": ratios_in,
+                   "ratios_vs_spikingjelly_input_not_counted": ratios,
+                   "exactness": ex, "vgg11": net,
                    "shape": [args.batch, args.neurons]}
         atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
     return 0

@@ -9,7 +9,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_sequence", "check_state", "check_finite"]
+__all__ = [
+    "check_sequence", "check_state", "check_finite", "NonFiniteInputError", "NonFiniteGradientError",
+    "all_finite", "eager", "check_finite_input", "check_finite_grads",
+]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -47,3 +50,65 @@ def check_finite(x: torch.Tensor, name: str = "x_seq") -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name}: expected finite values, found {bad} NaN/Inf element(s)")
+
+
+# ----------------------------------------------------------------------------- numerics safety
+#
+# Every backend (reference, torch, numba, cuda) treats a non-finite input the same way: the forward
+# raises NonFiniteInputError before any work. Every hand-written backward (torch, numba, cuda)
+# checks its gradient outputs and raises NonFiniteGradientError rather than return NaN/Inf.
+# Both scans are one ``torch.aminmax`` reduction (one read pass, no allocation; NaN propagates
+# through min/max and +-Inf shows up as an extreme), about the cost of a memory copy.
+
+
+class NonFiniteInputError(ValueError):
+    """A layer's input or initial state holds NaN or +-Inf."""
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A backward pass produced (or received) NaN or +-Inf; no gradient is returned."""
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """``True`` if ``x`` holds no NaN/+-Inf: one ``aminmax`` reduction (no temporary tensor)."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def eager() -> bool:
+    """``False`` while tracing, scripting, exporting to ONNX or compiling, where a data-dependent
+    Python check would break the graph (the custom ops check inside themselves instead)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return not (compiler is not None and compiler.is_compiling())
+
+
+def check_finite_input(x: torch.Tensor, name: str = "x_seq", layer: str = "LIF") -> None:
+    """Raise :class:`NonFiniteInputError` (one line) if ``x`` holds NaN/+-Inf."""
+    if not all_finite(x):
+        xd = x.detach()
+        nan = int(torch.isnan(xd).sum())
+        inf = int(torch.isinf(xd).sum())
+        raise NonFiniteInputError(
+            f"{layer}: {name} holds non-finite values ({nan} NaN, {inf} +-Inf of {x.numel()} elements); "
+            f"the layer input must be finite (check the preceding layer, the learning rate or the data)"
+        )
+
+
+def check_finite_grads(layer: str, grads, incoming=()) -> None:
+    """Raise :class:`NonFiniteGradientError` if any of ``grads`` (``(name, tensor)`` pairs, ``None``
+    tensors skipped) holds NaN/+-Inf. ``incoming`` are the ``(name, tensor)`` gradients the backward
+    received; they are scanned only on failure, to say where the non-finite values came from."""
+    bad = [name for name, g in grads if g is not None and not all_finite(g)]
+    if not bad:
+        return
+    came_in = [name for name, g in incoming if g is not None and not all_finite(g)]
+    cause = (
+        f"the incoming gradient ({', '.join(came_in)}) was already non-finite (a later layer or the loss produced it)"
+        if came_in
+        else "it arose inside this layer's backward (overflow of the surrogate gradient or a non-finite saved value)"
+    )
+    raise NonFiniteGradientError(f"{layer} backward: NaN/Inf in the gradient of {' and '.join(bad)}; {cause}")

@@ -1,4 +1,4 @@
-"""Fixed-point grid arithmetic that makes the RevLIF inverse bit-exact (SPEC section 2.1).
+"""Fixed-point grid arithmetic that makes the RevLIF inverse bit-exact (docs/design.md §2).
 
 Every quantity the exact RevLIF stores or adds lives on the grid ``2^-16`` within
 ``[-GRID_RANGE, GRID_RANGE]``. On that grid, float32 (24-bit significand) represents every value
@@ -19,6 +19,7 @@ __all__ = [
     "GRID_BITS",
     "GRID_SCALE",
     "INPUT_RANGE",
+    "STATE_LIMIT",
     "to_grid",
     "quantize_input",
     "halve_on_grid",
@@ -31,9 +32,15 @@ __all__ = [
 
 GRID_BITS = 16
 GRID_SCALE = float(2**GRID_BITS)
-#: Inputs are clamped to +-INPUT_RANGE before quantization. With |x| <= 64 every stored state,
-#: output and intermediate sum stays below 2 * (64 + 1 + |v_reset| + v_th) < 256 (see README).
+#: Inputs are clamped to +-INPUT_RANGE before quantization. The state bound that follows from it
+#: depends on tau, gamma, alpha, the reset and decay_input; exact mode accepts only parameters
+#: whose proven bound stays within STATE_LIMIT (:func:`edgesnn.functional.revlif.exact_state_bounds`).
 INPUT_RANGE = 64.0
+#: Largest |v| the exact mode accepts for its state: grid values are exact in float32 below 256
+#: (24-bit significand, 16 fraction bits). :class:`~edgesnn.functional.revlif.RevLIFParams`
+#: rejects parameters whose proven state bound (:func:`~edgesnn.functional.revlif.exact_state_bounds`)
+#: exceeds it.
+STATE_LIMIT = 255.0
 
 
 def to_grid(x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The leaky integrate-and-fire (LIF) node: pure step functions with explicit state.
 
-Semantics are SpikingJelly's ``LIFNode`` (SPEC section 1), so users can switch and compare:
+Semantics are SpikingJelly's ``LIFNode`` (docs/design.md §1), so users can switch and compare:
 
 * charge, ``decay_input=True``:  ``h = v + (x - (v - v_reset)) / tau``
 * charge, ``decay_input=False``: ``h = v - (v - v_reset) / tau + x``
@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .checks import check_sequence, check_state
+from .checks import check_finite_grads, check_finite_input, check_sequence, check_state, eager
 from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 
 __all__ = [
@@ -178,6 +178,8 @@ def lif_multistep_reference(
     """
     check_sequence(x_seq)
     check_state(v0, x_seq)
+    if eager():
+        _check_inputs(x_seq, v0)
     v = initial_state(x_seq[0], p) if v0 is None else v0
     spikes = []
     for t in range(x_seq.shape[0]):
@@ -214,6 +216,11 @@ class _LIFTorchFunction(torch.autograd.Function):
             grad_s_seq = torch.zeros_like(h_seq)
         for t in range(h_seq.shape[0] - 1, -1, -1):
             grad_x[t], grad_v = lif_step_vjp(h_seq[t], grad_s_seq[t], grad_v, p)
+        if eager():
+            check_finite_grads(
+                "LIF", [("the layer input x_seq", grad_x), ("the initial state v0", grad_v)],
+                [("grad of s_seq", grad_s_seq), ("grad of v_T", grad_v_T)],
+            )
         return grad_x, grad_v, None
 
 
@@ -233,6 +240,15 @@ def lif_multistep(
     """
     check_sequence(x_seq)
     check_state(v0, x_seq)
+    if eager():
+        _check_inputs(x_seq, v0)
     if v0 is None:
         v0 = initial_state(x_seq[0], p)
     return _LIFTorchFunction.apply(x_seq, v0, p)
+
+
+def _check_inputs(x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> None:
+    """Every backend raises the same one-line NonFiniteInputError for NaN/+-Inf inputs."""
+    check_finite_input(x_seq, "x_seq", "LIF")
+    if v0 is not None:
+        check_finite_input(v0, "v0", "LIF")

@@ -2,8 +2,10 @@
 
 :class:`RevLIFFunction` saves, per neuron, only the final state ``v_T`` (plus, in exact mode, the
 packed kept bits: ``ceil(T/8)`` bytes; in float mode the per-neuron spike count), and references
-its own output ``y`` (which the next layer keeps for its own backward anyway). No per-time-step
-float tensor is saved. Backward runs :func:`~edgesnn.functional.revlif.revlif_step_backward` from
+its own output ``y`` (which the next layer keeps for its own backward anyway), and a given initial
+state ``v0`` (to verify the inverse against it). No per-time-step float tensor is saved.
+Non-finite inputs are rejected in forward (:class:`~edgesnn.functional.checks.NonFiniteInputError`)
+and non-finite gradients in backward (:class:`~edgesnn.functional.checks.NonFiniteGradientError`). Backward runs :func:`~edgesnn.functional.revlif.revlif_step_backward` from
 ``t = T`` down to 1: one pass that reconstructs and differentiates.
 
 The loops over time are *kernels*: ``torch_forward`` / ``torch_backward`` here are the reference
@@ -22,11 +24,12 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from .checks import check_sequence, check_state
+from .checks import check_finite_grads, check_finite_input, check_sequence, check_state, eager
 from .grid import pack_bit, packed_steps, quantize_input, to_grid, unpack_bit
 from .revlif import (
     ReconstructionError,
     RevLIFParams,
+    check_exact_state,
     from_groups,
     revlif_initial_state,
     revlif_step,
@@ -89,16 +92,24 @@ TORCH_KERNELS = RevLIFKernels("torch", torch_forward, torch_backward)
 def verify_reconstruction(v0, v0_rec, counts, counts_rec, p: RevLIFParams, T: int) -> None:
     """Raise :class:`ReconstructionError` if the inverse did not reproduce the forward history.
 
-    Exact mode: the reconstructed initial state must equal ``v0`` bit for bit (it can only differ
-    if the state left the grid's exact range). Float mode: within ``FLOAT_MODE_TOLERANCE`` and
+    Exact mode: the reconstructed initial state must equal ``v0`` (the fresh state, or the caller's
+    state on the grid) bit for bit; one ``torch.equal`` over ``[B, C]``, run on every backward. The
+    accepted parameters and ``v0`` provably keep the state in the exact range (see
+    :func:`~edgesnn.functional.revlif.exact_state_bounds`), so a mismatch means the saved tensors
+    changed after the forward or a kernel bug. Float mode: within ``FLOAT_MODE_TOLERANCE`` and
     with identical per-neuron spike counts.
     """
     if p.exact:
         if not torch.equal(v0_rec, v0):
-            err = float((v0_rec - v0).abs().max())
+            finite = bool(torch.isfinite(v0_rec).all())
+            err = float((v0_rec - v0).abs().nan_to_num(float("inf")).max())
+            cause = (
+                "the saved output or final state was modified after the forward, or a kernel bug (please report)"
+                if finite else "a non-finite value reached the saved output or final state"
+            )
             raise ReconstructionError(
-                f"RevLIF exact mode: reconstructed initial state differs from the forward's by {err:.3g} after "
-                f"T={T} steps; the state left the exact float grid (|v| >= 256?). Check the layer's input scale."
+                f"RevLIF exact mode: the reconstructed initial state differs from the forward's by {err:.3g} after "
+                f"T={T} steps; {cause}"
             )
         return
     err = float((v0_rec - v0).abs().max()) if v0.numel() else 0.0
@@ -125,9 +136,10 @@ class RevLIFFunction(torch.autograd.Function):
         y, v_T, bits, counts = kernels.forward(xg, v0g, p)
         y_out = from_groups(y, x_seq.shape)
         v_T_out = from_groups(v_T, x_seq.shape[1:])
-        # The initial state is kept only to verify an inverse that started from a given state in
-        # float mode; a fresh state is a constant and is rebuilt in backward.
-        kept_v0 = v0g if (v0 is not None and not p.exact) else None
+        # A given initial state (on the grid in exact mode: a copy made above) is kept to verify the
+        # inverse against it, bit for bit in exact mode ([B, C], like v_T: memory still O(1) in T);
+        # a fresh state is a constant and is rebuilt in backward.
+        kept_v0 = v0g if v0 is not None else None
         ctx.save_for_backward(y_out, v_T_out, bits, counts, kept_v0)
         ctx.meta = (p, kernels, x_seq.shape, v0 is not None)
         return y_out, v_T_out
@@ -142,9 +154,13 @@ class RevLIFFunction(torch.autograd.Function):
         grad_v_T = torch.zeros_like(v_T) if grad_v_T_out is None else to_groups(grad_v_T_out.contiguous(), p.groups, 1, "grad_v_T")
         grad_x, grad_v0, v0_rec, counts_rec = kernels.backward(y, v_T, bits, grad_y, grad_v_T, p)
         v0 = kept_v0 if given_v0 else revlif_initial_state(v0_rec, p)
-        if v0 is not None:
-            verify_reconstruction(v0, v0_rec, counts, counts_rec, p, shape[0])
+        verify_reconstruction(v0, v0_rec, counts, counts_rec, p, shape[0])
         grad_v0_out = from_groups(grad_v0, shape[1:]) if ctx.needs_input_grad[1] else None
+        if eager():
+            check_finite_grads(
+                "RevLIF", [("the layer input x_seq", grad_x), ("the initial state v0", grad_v0_out)],
+                [("grad of y_seq", grad_y), ("grad of v_T", grad_v_T)],
+            )
         return from_groups(grad_x, shape), grad_v0_out, None, None
 
 
@@ -169,4 +185,10 @@ def revlif_multistep(
     check_sequence(x_seq, dtypes=(torch.float32, torch.float64))
     check_state(v0, x_seq)
     to_groups(x_seq[:1], p.groups)  # validates the group count before any work
+    if eager():
+        check_finite_input(x_seq, "x_seq", "RevLIF")
+        if v0 is not None:
+            check_finite_input(v0, "v0", "RevLIF")
+            if p.exact:
+                check_exact_state(to_grid(to_groups(v0.detach(), p.groups, 1, "v0")), p)
     return RevLIFFunction.apply(x_seq, v0, p, kernels)

@@ -3,7 +3,8 @@
 The spike ``s = H(u)`` (``u = h - v_th``, ``H(u) = 1 if u >= 0``) has zero derivative almost
 everywhere; training replaces ``dH/du`` with the derivative ``sg'(u)`` of a smooth surrogate.
 
-Two surrogates, with SpikingJelly's defaults:
+Surrogates, with SpikingJelly's formulas and defaults (two shown; see the classes for the rest:
+``PiecewiseQuadratic``, ``PiecewiseExp``, ``SoftSign``, ``SuperSpike``, ``Erf``, ``NonzeroSignLogAbs``):
 
 * ``Sigmoid(alpha=4)``: ``sg(u) = sigmoid(alpha u)``, ``sg'(u) = alpha sigmoid(alpha u)(1 - sigmoid(alpha u))``
 * ``ATan(alpha=2)``: ``sg'(u) = (alpha / 2) / (1 + (pi/2 alpha u)^2)``
@@ -23,7 +24,10 @@ from typing import Union
 
 import torch
 
-__all__ = ["Surrogate", "Sigmoid", "ATan", "SurrogateLike", "get_surrogate", "spike", "stop_gradient"]
+__all__ = [
+    "Surrogate", "Sigmoid", "ATan", "PiecewiseQuadratic", "PiecewiseExp", "SoftSign", "SuperSpike", "Erf",
+    "NonzeroSignLogAbs", "SurrogateLike", "get_surrogate", "spike", "stop_gradient",
+]
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,88 @@ class ATan(Surrogate):
         return (self.alpha / 2.0) / (1.0 + z * z)
 
 
+# SpikingJelly's other single-parameter surrogates (``spikingjelly.activation_based.surrogate``), with
+# its gradient formulas and default alphas. The fused kernels implement Sigmoid and ATan only; nodes
+# with any other surrogate run the PyTorch path, which calls ``grad`` below.
+
+
+@dataclass(frozen=True)
+class PiecewiseQuadratic(Surrogate):
+    """``sg'(u) = alpha - alpha^2 |u|`` for ``|u| <= 1/alpha``, else 0; SpikingJelly's default alpha = 1."""
+
+    alpha: float = 1.0
+    name = "piecewise_quadratic"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        a = u.abs()
+        return torch.where(a > 1.0 / self.alpha, torch.zeros_like(u), self.alpha - self.alpha * self.alpha * a)
+
+
+@dataclass(frozen=True)
+class PiecewiseExp(Surrogate):
+    """``sg'(u) = alpha / 2 * exp(-alpha |u|)``; SpikingJelly's default alpha = 1."""
+
+    alpha: float = 1.0
+    name = "piecewise_exp"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        return (self.alpha / 2.0) * torch.exp(-self.alpha * u.abs())
+
+
+@dataclass(frozen=True)
+class SoftSign(Surrogate):
+    """``sg'(u) = alpha / (2 (1 + |alpha u|)^2)``; SpikingJelly's default alpha = 2."""
+
+    alpha: float = 2.0
+    name = "softsign"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        d = 1.0 / self.alpha + u.abs()
+        return 1.0 / (2.0 * self.alpha * d * d)
+
+
+@dataclass(frozen=True)
+class SuperSpike(Surrogate):
+    """``sg'(u) = alpha / (|u| + 1)^2``; SpikingJelly's default alpha = 1."""
+
+    alpha: float = 1.0
+    name = "superspike"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        d = u.abs() + 1.0
+        return self.alpha / (d * d)
+
+
+@dataclass(frozen=True)
+class Erf(Surrogate):
+    """``sg'(u) = alpha / sqrt(pi) * exp(-(alpha u)^2)``; SpikingJelly's default alpha = 2."""
+
+    alpha: float = 2.0
+    name = "erf"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        z = self.alpha * u
+        return (self.alpha / math.sqrt(math.pi)) * torch.exp(-(z * z))
+
+
+@dataclass(frozen=True)
+class NonzeroSignLogAbs(Surrogate):
+    """``sg'(u) = 1 / (1/alpha + |u|)``; SpikingJelly's default alpha = 1."""
+
+    alpha: float = 1.0
+    name = "nonzero_sign_log_abs"
+
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        return 1.0 / (1.0 / self.alpha + u.abs())
+
+
 SurrogateLike = Union[str, Surrogate]
 
 _BY_NAME = {"sigmoid": Sigmoid, "atan": ATan}
+# names added after the first two; get_surrogate accepts them as well
+for _cls in (PiecewiseQuadratic, PiecewiseExp, SoftSign, SuperSpike, Erf, NonzeroSignLogAbs):
+    _BY_NAME[_cls.name] = _cls
+del _cls
 
 
 def get_surrogate(spec: SurrogateLike) -> Surrogate:

@@ -9,8 +9,31 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
+from typing import Optional
 
-__all__ = ["register", "warmup"]
+__all__ = ["register", "warmup", "compile_notice"]
+
+
+def compile_notice(backend: str = "auto") -> Optional[str]:
+    """A one-line notice when the CPU kernels are about to be JIT-compiled (cold cache), else ``None``.
+
+    Cheap: looks for Numba's index files of :mod:`edgesnn.kernels.numba_cpu` in the cache folder
+    (see :func:`edgesnn.kernels.config.cache_dir`); compiles nothing.
+    """
+    if backend not in ("auto", "numba"):
+        return None
+    from .config import cache_dir
+    from .dispatch import numba_available
+
+    if not numba_available():
+        return None
+    folder = cache_dir()
+    if not folder:
+        return "compiling Numba kernels (~15 s; no writable cache folder, so every run compiles them)"
+    if any(Path(folder).rglob("numba_cpu.*.nbi")):
+        return None
+    return f"compiling Numba kernels once (~15 s; cached in {folder}; `edgesnn warmup` does it ahead)"
 
 
 def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = True) -> dict:

@@ -9,6 +9,13 @@ Ops (``backend`` is ``"numba"`` or ``"cuda"``; node parameters travel as plain n
   ``edgesnn::revlif_bwd(y, v_T, bits, counts, v0, grad_y, grad_v_T, ...) -> (grad_x, grad_v0)``;
   the backward op also verifies the reconstruction (inside the op, where data-dependent checks are
   allowed) and raises :class:`~edgesnn.functional.revlif.ReconstructionError`.
+* every forward op rejects NaN/Inf inputs (:class:`~edgesnn.functional.checks.NonFiniteInputError`)
+  and every backward op rejects NaN/Inf gradients
+  (:class:`~edgesnn.functional.checks.NonFiniteGradientError`). The CPU kernels check inside
+  themselves (a per-lane ``a - a`` sum in the loops that read the input or write the gradient: no
+  extra pass; the ``aminmax`` scans run only on a failure, to name the culprit); the CUDA path scans
+  with one ``aminmax`` each. Inside a CUDA graph capture the data-dependent checks are skipped
+  (a capture cannot read GPU values on the host; see :func:`_capturing`).
 
 ``register_fake`` gives shapes for tracing; ``register_autograd`` wires each forward op to its
 backward op (which is itself a custom op, so the compiled backward graph calls it too).
@@ -16,17 +23,18 @@ Tensors that a mode does not use (``bits`` in float mode, ``counts`` in exact
 mode, ``v0`` when there is nothing to verify against) are returned as 1-element placeholders.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch < 2.6 ``infer_schema`` reads the annotations of
+# the ops as objects and rejects them as strings ("Unsupported type annotation Tuple[Tensor, Tensor]").
 import logging
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
+from ..functional.checks import all_finite, check_finite_grads, check_finite_input
 from ..functional.grid import packed_steps
 from ..functional.lif import LIFParams
-from ..functional.revlif import RevLIFParams, revlif_initial_state
+from ..functional.revlif import RevLIFParams, check_exact_state, revlif_initial_state
 from ..functional.revlif_autograd import verify_reconstruction
 from ..functional.surrogate import ATan, Sigmoid
 
@@ -54,6 +62,11 @@ def _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha) -> LI
 
 def lif_params_args(p: LIFParams) -> tuple:
     """``(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)`` for the ops."""
+    if type(p.surrogate) not in (Sigmoid, ATan):  # by exact type: a subclass may override grad
+        raise TypeError(
+            f"surrogate: the fused kernels implement exactly Sigmoid and ATan, got {type(p.surrogate).__name__}; "
+            f"use backend='torch'"
+        )
     return (p.tau, p.v_threshold, p.charge_reset, p.hard_reset, p.decay_input, p.detach_reset,
             p.surrogate.name, float(p.surrogate.alpha))
 
@@ -68,6 +81,22 @@ def _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha
                         "exact" if exact else "float")
 
 
+def _capturing(t: Tensor) -> bool:
+    """``True`` while ``t``'s CUDA stream is being captured into a CUDA graph. The data-dependent
+    checks (NaN/Inf scans, the RevLIF reconstruction check) read a GPU value on the host, which a
+    capture does not allow (and a replay would not repeat): they are skipped inside a capture; the
+    kernels themselves are captured like any other launch."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _grad_in(g: Tensor) -> Tensor:
+    """An incoming per-step gradient: kept as it is when it is constant along time (stride 0 on
+    dim 0; the CPU wrappers read its first step, the CUDA ones make it contiguous), else made contiguous."""
+    if g.dim() >= 1 and g.shape[0] > 1 and g.stride(0) == 0:
+        return g
+    return g.contiguous()
+
+
 # ----------------------------------------------------------------------------- LIF
 
 
@@ -75,6 +104,16 @@ def _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha
 def lif_fwd(x: Tensor, v0: Tensor, tau: float, v_th: float, v_reset: float, hard: bool, decay_input: bool,
             detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
     p = _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)
+    if backend == "numba":  # the kernel checks while it reads; the scans below only name the culprit
+        fin: list = []
+        s, vT = _impl(backend).lif_forward(x, v0, p, finite=fin)
+        if fin != [True]:
+            check_finite_input(x, "x_seq", "LIF")
+            check_finite_input(v0, "v0", "LIF")
+        return s, vT
+    if not _capturing(x):
+        check_finite_input(x, "x_seq", "LIF")
+        check_finite_input(v0, "v0", "LIF")
     s, vT = _impl(backend).lif_forward(x, v0, p)
     return s, vT
 
@@ -88,7 +127,17 @@ def _(x, v0, *args):
 def lif_bwd(x: Tensor, v0: Tensor, grad_s: Tensor, grad_vT: Tensor, tau: float, v_th: float, v_reset: float,
             hard: bool, decay_input: bool, detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
     p = _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)
-    gx, gv0 = _impl(backend).lif_backward(x, v0, grad_s, grad_vT, p)
+    if backend == "numba":
+        fin: list = []
+        gx, gv0 = _impl(backend).lif_backward(x, v0, grad_s, grad_vT, p, finite=fin)
+        if fin == [True]:
+            return gx, gv0
+    else:
+        gx, gv0 = _impl(backend).lif_backward(x, v0, grad_s, grad_vT, p)
+        if _capturing(gx):
+            return gx, gv0
+    check_finite_grads("LIF", [("the layer input x_seq", gx), ("the initial state v0", gv0)],
+                       [("grad of s_seq", grad_s), ("grad of v_T", grad_vT)])
     return gx, gv0
 
 
@@ -110,7 +159,9 @@ def _lif_backward(ctx, grad_s, grad_vT):
         grad_s = torch.zeros_like(x)
     if grad_vT is None:
         grad_vT = torch.zeros_like(v0)
-    gx, gv0 = lif_bwd(x, v0, grad_s.contiguous(), grad_vT.contiguous(), *ctx.params)
+    # a gradient that is the same at every step (stride 0 along time, e.g. of ``y.sum()``) goes in
+    # as it is: the CPU kernel reads its first step only, instead of a [T, ...] copy
+    gx, gv0 = lif_bwd(x, v0, _grad_in(grad_s), grad_vT.contiguous(), *ctx.params)
     return (gx, gv0) + (None,) * 9
 
 
@@ -127,7 +178,36 @@ def revlif_fwd(xg: Tensor, v0: Tensor, verify: int, tau: float, v_th: float, v_r
     """RevLIF forward on grouped ``xg [T, B, n, M]``; ``verify`` tells the backward what to check
     (see :func:`revlif_bwd`). Returns ``(y, v_T, bits, counts)``."""
     p = _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha, beta, gamma, exact, xg.shape[2])
-    y, vT, bits, counts = _impl(backend).revlif_forward(xg, v0, p)
+    fused = backend == "numba"  # the kernel checks x while it reads it
+    if _capturing(xg):
+        y, vT, bits, counts = _impl(backend).revlif_forward(xg, v0, p)
+        return _revlif_placeholders(xg, y, vT, bits, counts)
+    if not fused:
+        check_finite_input(xg, "x_seq", "RevLIF")
+    if verify == 2:  # a caller's state: finite, and within the proven bound in exact mode
+        if fused:  # same order of errors as unfused: a non-finite x_seq first, then v0, then its bound
+            if not all_finite(v0):
+                check_finite_input(xg, "x_seq", "RevLIF")
+                check_finite_input(v0, "v0", "RevLIF")
+            try:
+                check_exact_state(v0, p)
+            except Exception:
+                check_finite_input(xg, "x_seq", "RevLIF")
+                raise
+        else:
+            check_finite_input(v0, "v0", "RevLIF")
+            check_exact_state(v0, p)
+    if fused:
+        fin: list = []
+        y, vT, bits, counts = _impl(backend).revlif_forward(xg, v0, p, finite=fin)
+        if fin != [True]:
+            check_finite_input(xg, "x_seq", "RevLIF")
+    else:
+        y, vT, bits, counts = _impl(backend).revlif_forward(xg, v0, p)
+    return _revlif_placeholders(xg, y, vT, bits, counts)
+
+
+def _revlif_placeholders(xg, y, vT, bits, counts):
     if bits is None:
         bits = torch.zeros((1, 1, 1, 1), dtype=torch.uint8, device=xg.device)
     if counts is None:
@@ -153,12 +233,21 @@ def revlif_bwd(y: Tensor, vT: Tensor, bits: Tensor, counts: Tensor, v0: Tensor, 
                sg_kind: str, sg_alpha: float, alpha: float, beta: float, gamma: float, exact: bool,
                backend: str) -> Tuple[Tensor, Tensor]:
     """Single-pass inverse + VJP. ``verify``: 0 = nothing to check, 1 = the reconstructed initial
-    state must be the fresh state, 2 = it must match ``v0`` (float mode with a given state)."""
+    state must be the fresh state, 2 = it must match ``v0`` (a given state; bit for bit in exact
+    mode). Then the gradients are checked for NaN/Inf (:class:`NonFiniteGradientError`)."""
     p = _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha, beta, gamma, exact, y.shape[2])
-    gx, gv0, v0_rec, counts_rec = _impl(backend).revlif_backward(y, vT, bits if exact else None, grad_y, grad_vT, p)
+    fin: list = []
+    kw = {"finite": fin} if backend == "numba" else {}  # the kernel checks each final gradient value
+    gx, gv0, v0_rec, counts_rec = _impl(backend).revlif_backward(y, vT, bits if exact else None, grad_y, grad_vT, p, **kw)
+    if _capturing(gx):
+        return gx, gv0
     if verify:
         ref = revlif_initial_state(v0_rec, p) if verify == 1 else v0
         verify_reconstruction(ref, v0_rec, None if exact else counts, counts_rec, p, y.shape[0])
+    if fin == [True]:
+        return gx, gv0
+    check_finite_grads("RevLIF", [("the layer input x_seq", gx), ("the initial state v0", gv0)],
+                       [("grad of y_seq", grad_y), ("grad of v_T", grad_vT)])
     return gx, gv0
 
 
@@ -170,7 +259,8 @@ def _(y, vT, bits, counts, v0, verify, grad_y, grad_vT, *args):
 def _revlif_setup(ctx, inputs, output):
     xg, v0, verify, *params = inputs
     y, vT, bits, counts = output
-    # the initial state is kept only when the backward verifies against it (float mode, given v0)
+    # a given initial state is kept so that the backward verifies against it (on the grid in exact
+    # mode: dispatch passes a fresh copy, so nothing else mutates it)
     ctx.save_for_backward(y, vT, bits, counts, v0 if verify == 2 else None)
     ctx.verify = verify
     ctx.params = params
@@ -184,7 +274,7 @@ def _revlif_backward(ctx, grad_y, grad_vT, _grad_bits, _grad_counts):
         grad_y = torch.zeros_like(y)
     if grad_vT is None:
         grad_vT = torch.zeros_like(vT)
-    gx, gv0 = revlif_bwd(y, vT, bits, counts, v0, ctx.verify, grad_y.contiguous(), grad_vT.contiguous(), *ctx.params)
+    gx, gv0 = revlif_bwd(y, vT, bits, counts, v0, ctx.verify, _grad_in(grad_y), grad_vT.contiguous(), *ctx.params)
     return (gx, gv0) + (None,) * 14
 
 

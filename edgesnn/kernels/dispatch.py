@@ -7,7 +7,8 @@ CUDA kernels (:mod:`edgesnn.kernels.cuda_kernels`), both as ``torch.library`` cu
 (:mod:`edgesnn.kernels.custom_ops`) so that ``torch.compile(fullgraph=True)`` works.
 
 ``auto`` picks ``numba`` for float32 CPU tensors and ``cuda`` for float32 CUDA tensors, and falls
-back to ``torch`` where no kernel applies (other dtypes, a custom surrogate, Numba or numba-cuda
+back to ``torch`` where no kernel applies (other dtypes, any surrogate other than exactly
+``Sigmoid`` / ``ATan`` (subclasses included: they may override ``grad``), Numba or numba-cuda
 missing). Every backend computes the same values as the reference (spikes, outputs and states bit
 for bit for the fused kernels) and the same gradients up to float rounding.
 """
@@ -25,12 +26,15 @@ from ..functional.checks import check_sequence, check_state
 from ..functional.grid import straight_through, to_grid
 from ..functional.lif import LIFParams
 from ..functional.revlif import RevLIFParams, from_groups, revlif_initial_state, revlif_multistep_reference, to_groups
+from ..functional.surrogate import ATan, Sigmoid
 from . import custom_ops as _ops
 
 __all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep", "numba_available", "cuda_available"]
 
 BACKENDS = ("auto", "torch", "numba", "cuda", "reference")
-_KERNEL_SURROGATES = ("sigmoid", "atan")
+#: The surrogates the fused kernels implement, by exact type: a subclass (which may override
+#: ``grad``) or any other surrogate runs the torch path, which calls its own ``grad``.
+_KERNEL_SURROGATES = (Sigmoid, ATan)
 
 
 def _has_module(name: str) -> bool:
@@ -54,9 +58,13 @@ def cuda_available() -> bool:
     return _NUMBA_CUDA
 
 
+def _kernel_surrogate(lif) -> bool:
+    return lif is None or type(lif.surrogate) in _KERNEL_SURROGATES
+
+
 def _kernel_applies(x: torch.Tensor, p) -> bool:
     lif = p.lif if isinstance(p, RevLIFParams) else p
-    return x.dtype == torch.float32 and (lif is None or lif.surrogate.name in _KERNEL_SURROGATES)
+    return x.dtype == torch.float32 and _kernel_surrogate(lif)
 
 
 def resolve_backend(backend: str, x: torch.Tensor, p=None) -> str:
@@ -84,8 +92,9 @@ def _check_kernel_input(name: str, x: torch.Tensor, p) -> None:
     if not _kernel_applies(x, p):
         lif = p.lif if isinstance(p, RevLIFParams) else p
         raise TypeError(
-            f"backend={name!r}: the fused kernels run float32 tensors with the 'sigmoid' or 'atan' surrogate, got "
-            f"{str(x.dtype).replace('torch.', '')} with surrogate {lif.surrogate.name!r}; use backend='torch' or 'auto'"
+            f"backend={name!r}: the fused kernels run float32 tensors with exactly the built-in Sigmoid or ATan surrogate "
+            f"(not a subclass), got {str(x.dtype).replace('torch.', '')} with surrogate {type(lif.surrogate).__name__}"
+            f"({lif.surrogate.name!r}); use backend='torch' or 'auto'"
         )
     if name == "numba" and x.device.type != "cpu":
         raise TypeError(f"backend='numba' runs CPU tensors, got a tensor on {x.device}; use backend='cuda' or 'auto'")
@@ -110,6 +119,8 @@ def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional
     check_state(v0, x_seq)
     _check_kernel_input(name, x_seq, p)
     xg = to_groups(x_seq.contiguous(), p.groups)
+    # the backward always verifies the reconstructed initial state: against the fresh state (1) or
+    # against the given one (2: kept by the op, on the grid in exact mode, bit for bit)
     if v0 is None:
         v0g = revlif_initial_state(xg[0], p)
         verify = 1
@@ -117,7 +128,7 @@ def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional
         v0g = to_groups(v0.contiguous(), p.groups, 1, "v0")
         if p.exact:
             v0g = straight_through(to_grid(v0g), v0g)
-        verify = 0 if p.exact else 2
+        verify = 2
     y, v_T, _, _ = _ops.revlif_fwd(xg, v0g.contiguous(), verify, *_ops.revlif_params_args(p), name)
     return from_groups(y, x_seq.shape), from_groups(v_T, x_seq.shape[1:])
 

@@ -66,13 +66,14 @@ def surrogate_constants(surrogate):
 
     Sigmoid: ``a = alpha``; ATan: ``a = pi/2 * alpha``, ``b = alpha / 2``.
     """
-    name = surrogate.name
+    from ..functional.surrogate import ATan, Sigmoid  # by exact type: a subclass may override grad
+
     alpha = float(surrogate.alpha)
-    if name == "sigmoid":
+    if type(surrogate) is Sigmoid:
         return SG_SIGMOID, np.float32(alpha), np.float32(0.0)
-    if name == "atan":
+    if type(surrogate) is ATan:
         return SG_ATAN, np.float32(math.pi / 2.0 * alpha), np.float32(alpha / 2.0)
-    raise ValueError(f"surrogate: the fused kernels support 'sigmoid' and 'atan', got {name!r}")
+    raise TypeError(f"surrogate: the fused kernels implement exactly Sigmoid and ATan, got {type(surrogate).__name__}")
 
 
 # ----------------------------------------------------------------------------- host-side arguments

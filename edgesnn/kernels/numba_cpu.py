@@ -15,6 +15,8 @@ Host wrappers take and return ``torch`` tensors (CPU, float32, zero-copy through
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -32,6 +34,7 @@ configure_threading_layer()
 
 from ..functional.lif import LIFParams  # noqa: E402
 from ..functional.revlif import RevLIFParams  # noqa: E402
+from . import buffers as _buffers  # noqa: E402
 from . import neuron_math as nm  # noqa: E402
 
 __all__ = ["lif_forward", "lif_backward", "revlif_forward", "revlif_backward", "NUMBA_KERNELS", "warmup", "block_size"]
@@ -101,6 +104,7 @@ to_grid = _dev.to_grid
 quantize_input = _dev.quantize_input
 halve = _dev.halve
 unhalve = _dev.unhalve
+_F0 = np.float32(0.0)
 
 
 
@@ -108,30 +112,48 @@ unhalve = _dev.unhalve
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _lif_fwd(x, v0, s, vT, tau, v_th, v_reset, hard, decay_input, blk):
+def _lif_fwd(x, v0, s, vT, nf, tau, v_th, v_reset, hard, decay_input, blk):
+    """``nf[block]`` (float32, one per block) is 0 when every ``x`` and ``v0`` of the block is
+    finite and NaN otherwise: ``a - a`` is 0 for a finite ``a`` and NaN for NaN/+-Inf, summed per
+    lane in the same vectorized loop (the finite check costs no extra pass over ``x``)."""
     T, K = x.shape
     nblk = (K + blk - 1) // blk
     for bi in prange(nblk):
         j0 = bi * blk
         j1 = min(j0 + blk, K)
         v = vT[j0:j1]
-        v[:] = v0[j0:j1]
         n = j1 - j0
+        F = np.empty(n, np.float32)
+        vr0 = v0[j0:j1]
+        for j in range(n):
+            a = vr0[j]
+            v[j] = a
+            F[j] = a - a
         for t in range(T):
             xr = x[t, j0:j1]
             sr = s[t, j0:j1]
             for j in range(n):
-                hh = charge(xr[j], v[j], tau, v_reset, decay_input)
+                xv = xr[j]
+                F[j] = F[j] + (xv - xv)
+                hh = charge(xv, v[j], tau, v_reset, decay_input)
                 ss = fire(hh, v_th)
                 sr[j] = ss
                 v[j] = reset(hh, ss, v_th, v_reset, hard)
+        acc = _F0
+        for j in range(n):
+            acc += F[j]
+        nf[bi] = acc
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _lif_bwd(x, v0, gs, gvT, gx, gv0, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
+def _lif_bwd(x, v0, gs, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
              kind, a, b, blk):
-    """Recompute ``h`` from the saved input into ``gx`` (block-local, cache-resident), then walk back."""
+    """Recompute ``h`` from the saved input into ``gx`` (block-local, cache-resident), then walk back.
+
+    ``gs`` is ``[T, K]``, or ``[1, K]`` for a gradient that is the same at every step (``y.sum()``).
+    ``nf[block]`` is 0 when every ``grad_x`` and ``grad_v0`` of the block is finite, else NaN."""
     T, K = x.shape
+    bcast = gs.shape[0] == 1
     nblk = (K + blk - 1) // blk
     for bi in prange(nblk):
         j0 = bi * blk
@@ -146,14 +168,20 @@ def _lif_bwd(x, v0, gs, gvT, gx, gv0, tau, v_th, v_reset, hard, decay_input, det
                 hh = charge(xr[j], g[j], tau, v_reset, decay_input)
                 hr[j] = hh
                 g[j] = reset(hh, fire(hh, v_th), v_th, v_reset, hard)
+        F = np.zeros(n, np.float32)
         g[:] = gvT[j0:j1]
         for t in range(T - 1, -1, -1):
-            gsr = gs[t, j0:j1]
+            gsr = gs[0 if bcast else t, j0:j1]
             gxr = gx[t, j0:j1]
             for j in range(n):
                 gxx, gvv = step_vjp(gxr[j], gsr[j], g[j], v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
                 gxr[j] = gxx
+                F[j] = F[j] + (gxx - gxx)
                 g[j] = gvv
+        acc = _F0
+        for j in range(n):
+            acc += F[j] + (g[j] - g[j])
+        nf[bi] = acc
 
 
 # ----------------------------------------------------------------------------- host wrappers
@@ -183,46 +211,88 @@ def _check_cpu_f32(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams):
+def _steps_or_one(g: torch.Tensor, name: str) -> torch.Tensor:
+    """A per-step gradient ``[T, ...]`` as a contiguous tensor, or its first step alone
+    (``[1, ...]``) when it is the same at every step (stride 0 along time: the expanded gradient
+    of ``y.sum()``), so that no ``[T, ...]`` copy is made."""
+    if g.dim() >= 1 and g.shape[0] > 1 and g.stride(0) == 0:
+        return _check_cpu_f32(g[:1], name)
+    return _check_cpu_f32(g, name)
+
+
+def all_finite_flags(nf: np.ndarray) -> bool:
+    """``True`` when the per-block flags of a kernel say every value was finite (all 0)."""
+    return bool(np.isfinite(nf.sum(dtype=np.float32))) if nf.size else True
+
+
+def _report(finite: Optional[list], nf: np.ndarray) -> None:
+    if finite is not None:
+        finite.append(all_finite_flags(nf))
+
+
+def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Optional[list] = None):
     """LIF over ``x [T, ...]`` from ``v0 [...]``: returns ``(s, v_T)``.
 
     Nothing is saved: the backward recomputes ``h`` from ``x`` and ``v0`` (which autograd keeps),
-    so the forward allocates only its output.
+    so the forward allocates only its output (from :mod:`edgesnn.kernels.buffers`: reused pages).
+    ``finite``: a list that gets one bool appended: every value of ``x`` and ``v0`` was finite
+    (checked by the kernel while it reads them).
     """
     x = _check_cpu_f32(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
     T = x.shape[0]
     K = x.numel() // T
-    s = torch.empty_like(x)
+    s = _buffers.empty(x.shape)
     vT = torch.empty_like(v0)
-    _lif_fwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K),
-             *nm.charge_args(p), block_size(K))
+    blk = block_size(K)
+    nf = np.empty(max(1, -(-K // blk)), np.float32)
+    nf[:] = 0
+    _lif_fwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K), nf,
+             *nm.charge_args(p), blk)
+    _report(finite, nf)
     return s, vT
 
 
-def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams):
-    """Backward of :func:`lif_forward` from its inputs: returns ``(grad_x, grad_v0)``."""
+def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams,
+                 *, finite: Optional[list] = None):
+    """Backward of :func:`lif_forward` from its inputs: returns ``(grad_x, grad_v0)``; ``finite``
+    (a list) gets a bool appended: every value of both gradients is finite."""
     x = _check_cpu_f32(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
-    grad_s = _check_cpu_f32(grad_s, "grad_s")
-    grad_vT = _check_cpu_f32(grad_vT, "grad_v_T")
     T = x.shape[0]
     K = x.numel() // T
-    gx = torch.empty_like(x)
+    grad_s = _steps_or_one(grad_s, "grad_s")
+    grad_vT = _check_cpu_f32(grad_vT, "grad_v_T")
+    gx = _buffers.empty(x.shape)
     gv0 = torch.empty_like(grad_vT)
-    _lif_bwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(grad_s).reshape(T, K), _np(grad_vT).reshape(K),
-             _np(gx).reshape(T, K), _np(gv0).reshape(K), *nm.charge_args(p),
-             bool(p.detach_reset), *nm.vjp_args(p), bwd_block_size(K, T))
+    blk = bwd_block_size(K, T)
+    nf = np.empty(max(1, -(-K // blk)), np.float32)
+    nf[:] = 0
+    _lif_bwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K), _np(grad_vT).reshape(K),
+             _np(gx).reshape(T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
+             bool(p.detach_reset), *nm.vjp_args(p), blk)
+    _report(finite, nf)
     return gx, gv0
 
 
-# the RevLIF kernels live in numba_revlif (module size); they use the device functions above
-from .numba_revlif import NUMBA_KERNELS, revlif_backward, revlif_forward  # noqa: E402
+# The RevLIF kernels live in numba_revlif (module size) and import the device functions above, so
+# they are re-exported lazily (PEP 562): an eager import here made ``import numba_revlif`` in a
+# fresh interpreter fail (numba_revlif -> numba_cpu -> numba_revlif, partially initialised).
+_REVLIF_NAMES = ("NUMBA_KERNELS", "revlif_backward", "revlif_forward")
+
+
+def __getattr__(name):
+    if name in _REVLIF_NAMES:
+        from . import numba_revlif
+
+        return getattr(numba_revlif, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def warmup() -> None:
     """Compile (or load from the cache) every CPU kernel specialisation used at run time."""
     from ..functional.surrogate import ATan
+    from .numba_revlif import revlif_backward, revlif_forward
 
     x = torch.randn(9, 2, 2, 3)
     for lp in (LIFParams(), LIFParams(v_reset=None, surrogate=ATan(), detach_reset=True, decay_input=False)):

@@ -14,6 +14,8 @@ reference): forward outputs are bit-identical.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from llvmlite import ir
@@ -24,7 +26,8 @@ from ..functional.grid import packed_steps
 from ..functional.revlif import RevLIFParams
 from ..functional.revlif_autograd import RevLIFKernels
 from . import neuron_math as nm
-from .numba_cpu import _check_cpu_f32, _np, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve
+from . import buffers as _buffers
+from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve
 
 __all__ = ["revlif_forward", "revlif_backward", "NUMBA_KERNELS"]
 
@@ -52,9 +55,10 @@ _HALF = np.float32(0.5)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_input, exact, alpha, beta, gamma, blk):
+def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_input, exact, alpha, beta, gamma, blk):
     """``x, y [T, B, G, M]``, ``v0, vT [B, G, M]``, ``bits [ceil(T/8), B, G, M]`` (exact),
-    ``counts [B, G, M]`` (float mode)."""
+    ``counts [B, G, M]`` (float mode). ``nf[unit]`` is 0 when every ``x`` of the unit is finite,
+    else NaN (``x - x`` summed per lane in the loops that read ``x`` anyway)."""
     T, B, G, M = x.shape
     mblk = (M + blk - 1) // blk
     for unit in prange(B * mblk):
@@ -66,6 +70,7 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_inpu
         U = np.empty(n, np.float32)  # its reset potential term (float mode)
         Q = np.empty(n, np.float32)  # quantized input of group n (group 1's source)
         acc = np.zeros((G, n), np.float32)  # packed bits in progress, as exact float sums
+        F = np.zeros(n, np.float32)  # finite check of x: stays 0 unless a NaN/Inf was read
         for i in range(G):
             vT[b, i, m0:m1] = v0[b, i, m0:m1]
             if not exact:
@@ -88,7 +93,9 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_inpu
                     ai = acc[i]
                     if i == 0:  # group 1's source is the (quantized) input of group n, kept in Q
                         for j in range(n):
-                            q = quantize_input(asrc[j])
+                            xa = asrc[j]
+                            F[j] = F[j] + (xa - xa)
+                            q = quantize_input(xa)
                             Q[j] = q
                             hh = charge(q, wsrc[j], tau, v_reset, decay_input)
                             ss = fire(hh, v_th)
@@ -109,7 +116,9 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_inpu
                             yi[j] = alpha * Q[j] + S[j]
                     else:
                         for j in range(n):
-                            yi[j] = alpha * quantize_input(xi[j]) + S[j]
+                            xv = xi[j]
+                            F[j] = F[j] + (xv - xv)
+                            yi[j] = alpha * quantize_input(xv) + S[j]
                     if sh == 7 or t == T - 1:
                         bi_ = bits[tb, b, i, m0:m1]
                         for j in range(n):
@@ -124,19 +133,29 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_inpu
                         U[j] = reset(hh, ss, v_th, v_reset, hard)
                     for j in range(n):
                         xv = xi[j]
+                        F[j] = F[j] + (xv - xv)
                         yv = mul(alpha, xv) + S[j]
                         yi[j] = yv
                         if yv - mul(alpha, xv) >= _HALF:
                             ci[j] += 1
                     for j in range(n):
                         vi[j] = mul(beta, vi[j]) + mul(gamma, U[j])
+        tot = _F0
+        for j in range(n):
+            tot += F[j]
+        nf[unit] = tot
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, tau, v_th, v_reset, hard, decay_input, detach, exact,
+def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_reset, hard, decay_input, detach, exact,
                 alpha, beta, gamma, in_gain, state_decay, kind, ka, kb, blk):
-    """Inverse + VJP, walking back from ``vT``; ``gx [T, B, G, M]``, ``gv0, v0r [B, G, M]`` out."""
+    """Inverse + VJP, walking back from ``vT``; ``gx [T, B, G, M]``, ``gv0, v0r [B, G, M]`` out.
+
+    ``gy`` is ``[T, B, G, M]``, or ``[1, B, G, M]`` for a gradient that is the same at every step.
+    ``nf[unit]`` is 0 when every ``grad_x`` and ``grad_v0`` of the unit is finite, else NaN (each
+    final ``grad_x`` value is checked where it is written)."""
     T, B, G, M = y.shape
+    bcast = gy.shape[0] == 1
     mblk = (M + blk - 1) // blk
     inv_alpha = _F1 / alpha
     for unit in prange(B * mblk):
@@ -155,13 +174,14 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, tau, v_th, v_reset, 
         BF = np.empty(n, np.float32)  # kept bit (exact) as 0./1.
         GY = np.empty(n, np.float32)  # grad of the source
         GV = np.empty(n, np.float32)  # grad of the source state (added to its row after the loop)
+        F = np.zeros(n, np.float32)  # finite check of the final gradients
         for t in range(T - 1, -1, -1):
             tb = t >> 3
             sh = t & 7
             for i in range(G - 1, -1, -1):
                 yi = y[t, b, i, m0:m1]
                 vi = v0r[b, i, m0:m1]
-                gyi = gy[t, b, i, m0:m1]
+                gyi = gy[0 if bcast else t, b, i, m0:m1]
                 gxi = gx[t, b, i, m0:m1]
                 gvi = gv0[b, i, m0:m1]
                 if i > 0:
@@ -212,11 +232,13 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, tau, v_th, v_reset, 
                         ga, gw = step_vjp(H[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay, kind, ka, kb)
                         GY[j] = ga
                         GV[j] = gw
-                else:
+                else:  # group i < n - 1: its grad_x is final here
                     for j in range(n):
                         gyv = gyi[j] + gxi[j]
                         gvv = gvi[j]
-                        gxi[j] = alpha * gyv
+                        gxv = alpha * gyv
+                        gxi[j] = gxv
+                        F[j] = F[j] + (gxv - gxv)
                         gvi[j] = beta * gvv
                         ga, gw = step_vjp(H[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay, kind, ka, kb)
                         GY[j] = ga
@@ -226,32 +248,46 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, tau, v_th, v_reset, 
                 if i > 0:
                     for j in range(n):
                         gx_prev[j] = GY[j]
-                else:
+                else:  # group n's grad_x is final here
                     for j in range(n):
-                        gx_prev[j] = gx_prev[j] + GY[j]
+                        r = gx_prev[j] + GY[j]
+                        gx_prev[j] = r
+                        F[j] = F[j] + (r - r)
+        tot = _F0
+        for i in range(G):
+            gvr = gv0[b, i, m0:m1]
+            for j in range(n):
+                tot += F[j] + (gvr[j] - gvr[j])
+        nf[unit] = tot
 
 
-def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
+def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams, *, finite: Optional[list] = None):
     """Kernel contract forward: ``(y, v_T, bits | None, counts | None)`` for ``xg [T, B, n, M]``,
-    ``v0 [B, n, M]``; ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float)."""
+    ``v0 [B, n, M]``; ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float).
+    ``finite`` (a list) gets a bool appended: every value of ``xg`` was finite (checked in the kernel)."""
     xg = _check_cpu_f32(xg, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
     T, B, G, M = xg.shape
     lif = p.lif
-    y = torch.empty_like(xg)
+    y = _buffers.empty(xg.shape)
     vT = torch.empty_like(v0)
-    bits = torch.empty((packed_steps(T), B, G, M) if p.exact else (1, 1, 1, 1), dtype=torch.uint8)
+    bits = _buffers.empty((packed_steps(T), B, G, M) if p.exact else (1, 1, 1, 1), dtype=torch.uint8)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    _revlif_fwd(_np(xg), _np(v0), _np(y), _np(vT), _np(bits), _np(counts), *nm.charge_args(lif),
-                *nm.mix_args(p), block_size(M))
-    return y, vT, (bits if p.exact else None), (None if p.exact else counts)
+    blk = block_size(M)
+    nf = np.zeros(max(1, B * (-(-M // blk))), np.float32)
+    _revlif_fwd(_np(xg), _np(v0), _np(y), _np(vT), _np(bits), _np(counts), nf, *nm.charge_args(lif),
+                *nm.mix_args(p), blk)
+    out = (y, vT, (bits if p.exact else None), (None if p.exact else counts))
+    _report(finite, nf)
+    return out
 
 
-def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
-    """Kernel contract backward: ``(grad_x [T, B, n, M], grad_v0 [B, n, M], v0_rec [B, n, M], counts_rec | None)``."""
+def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams, *, finite: Optional[list] = None):
+    """Kernel contract backward: ``(grad_x [T, B, n, M], grad_v0 [B, n, M], v0_rec [B, n, M], counts_rec | None)``
+    ``finite`` (a list) gets a bool appended: every value of ``grad_x`` and ``grad_v0`` is finite."""
     y = _check_cpu_f32(y, "y")
     v_T = _check_cpu_f32(v_T, "v_T")
-    grad_y = _check_cpu_f32(grad_y, "grad_y")
+    grad_y = _steps_or_one(grad_y, "grad_y")
     grad_v_T = _check_cpu_f32(grad_v_T, "grad_v_T")
     T, B, G, M = y.shape
     lif = p.lif
@@ -261,13 +297,17 @@ def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
         bits = bits.contiguous()
     else:
         bits = torch.zeros((1, 1, 1, 1), dtype=torch.uint8)
-    gx = torch.empty_like(y)
+    gx = _buffers.empty(y.shape)
     gv0 = torch.empty_like(v_T)
     v0r = torch.empty_like(v_T)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    _revlif_bwd(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r), _np(counts),
-                *nm.charge_args(lif), bool(lif.detach_reset), *nm.mix_args(p), *nm.vjp_args(lif), block_size(M))
-    return gx, gv0, v0r, (None if p.exact else counts)
+    blk = block_size(M)
+    nf = np.zeros(max(1, B * (-(-M // blk))), np.float32)
+    _revlif_bwd(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r), _np(counts), nf,
+                *nm.charge_args(lif), bool(lif.detach_reset), *nm.mix_args(p), *nm.vjp_args(lif), blk)
+    out = (gx, gv0, v0r, (None if p.exact else counts))
+    _report(finite, nf)
+    return out
 
 
 NUMBA_KERNELS = RevLIFKernels("numba", revlif_forward, revlif_backward)

@@ -1,40 +1,194 @@
 """``nn.Module`` wrappers of the LIF and RevLIF nodes: thin shells over the functional core.
 
-Both take multi-step input ``[T, B, ...]`` and return the same shape. Each call starts from a
-fresh state (``v_reset``), so there is no state to reset between batches.
+Step modes and state (see README, "Coming from SpikingJelly"):
+
+* ``step_mode="m"`` (the default): input ``[T, B, ...]``, output ``[T, B, ...]``.
+* ``step_mode="s"``: input ``[B, ...]`` (one time step), output ``[B, ...]``.
+
+``stateful`` says whether the membrane state ``.v`` is carried from one call to the next (until
+:meth:`~_SpikingNode.reset`, or SpikingJelly's ``functional.reset_net(net)``). The default,
+``stateful=None``, carries it in single-step mode (a one-step call needs the previous step's state)
+and starts every multi-step call from a fresh state (``v_reset``), as edgesnn always has. Pass
+``stateful=True`` to stream a long sequence through a multi-step node in chunks, as SpikingJelly's
+multi-step nodes do. A carried state keeps its autograd graph, so gradients flow across calls
+within one graph; :meth:`~_SpikingNode.detach` cuts it (truncated BPTT), ``reset`` drops it.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..functional.checks import check_finite as _check_finite
-from ..functional.lif import LIFParams
+from ..functional.lif import LIFParams, lif_multistep_reference
 from ..functional.revlif import RevLIFParams
-from ..functional.surrogate import SurrogateLike
+from ..functional.surrogate import Surrogate
 from ..kernels import dispatch
+from ._compat import resolve_surrogate
 
-__all__ = ["LIF", "RevLIF"]
+__all__ = ["LIF", "RevLIF", "ParametricLIF", "STEP_MODES"]
+
+STEP_MODES = ("s", "m")
+_State = Union[None, float, torch.Tensor]
 
 
-class LIF(nn.Module):
-    """Multi-step LIF node with SpikingJelly ``LIFNode`` semantics.
+class _SpikingNode(nn.Module):
+    """Step mode, carried state ``.v``, ``reset()`` and ``detach()`` shared by the spiking nodes.
+
+    Subclasses implement :meth:`_run` (``x_seq [T, B, ...], v0 [B, ...] | None -> (out_seq, v_T)``)
+    and :meth:`_fresh_value` (the float a fresh state is filled with).
+    """
+
+    def _init_node(self, step_mode: str, stateful: Optional[bool], check_finite: bool) -> None:
+        self._stateful: Optional[bool] = None
+        self.step_mode = step_mode
+        self.stateful = stateful
+        self.check_finite = check_finite
+        self._v: _State = None
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def step_mode(self) -> str:
+        """``"m"``: calls take ``[T, B, ...]``; ``"s"``: calls take one step ``[B, ...]``."""
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, value: str) -> None:
+        if value not in STEP_MODES:
+            raise ValueError(f"step_mode: expected 's' (one step [B, ...]) or 'm' (multi-step [T, B, ...]), got {value!r}")
+        if value == "s" and getattr(self, "_stateful", None) is False:
+            raise ValueError("step_mode='s' needs the state carried between calls; it cannot be combined with stateful=False")
+        self._step_mode = value
+
+    @property
+    def stateful(self) -> bool:
+        """Whether ``.v`` is carried across calls (``None`` at construction: only in step_mode 's')."""
+        return self._step_mode == "s" if self._stateful is None else self._stateful
+
+    @stateful.setter
+    def stateful(self, value: Optional[bool]) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"stateful: expected True, False or None (carry state in step_mode 's' only), got {value!r}")
+        if value is False and self._step_mode == "s":
+            raise ValueError("stateful=False cannot be combined with step_mode='s' (each call is one step and needs the previous state)")
+        self._stateful = value
+
+    # ------------------------------------------------------------------ state
+
+    def _fresh_value(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def v(self) -> Union[float, torch.Tensor]:
+        """The membrane state the next call starts from: a ``[B, ...]`` tensor once a stateful call ran,
+        else the fresh value (a float, ``v_reset`` or 0 for a soft reset), as in SpikingJelly."""
+        if self._v is None:
+            return self._fresh_value()
+        return self._v
+
+    @v.setter
+    def v(self, value: Union[float, torch.Tensor]) -> None:
+        if isinstance(value, torch.Tensor):
+            if not self.stateful:
+                raise ValueError(
+                    f"v: this {type(self).__name__} starts every call from a fresh state (stateful=False), so a set state "
+                    f"would be ignored; construct it with stateful=True (or step_mode='s') to set or carry .v"
+                )
+            self._v = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._v = None if float(value) == self._fresh_value() else float(value)
+        else:
+            raise TypeError(f"v: expected a tensor [B, ...] or a float, got {type(value).__name__}")
+
+    def reset(self) -> None:
+        """Back to the fresh state; drops the carried state and its autograd graph.
+
+        ``spikingjelly.activation_based.functional.reset_net(net)`` calls this on every node.
+        """
+        self._v = None
+
+    def detach(self) -> None:
+        """Keep the carried state's value but cut its autograd graph (truncated BPTT;
+        SpikingJelly's ``functional.detach_net(net)`` calls this)."""
+        if isinstance(self._v, torch.Tensor):
+            self._v = self._v.detach()
+
+    def _apply(self, fn, *args: Any, **kwargs: Any):
+        # .to() / .double() / .cuda() move a carried state with the module, as SpikingJelly's memories
+        if isinstance(self._v, torch.Tensor):
+            self._v = fn(self._v)
+        return super()._apply(fn, *args, **kwargs)
+
+    def _initial_state(self, x_seq: torch.Tensor) -> Optional[torch.Tensor]:
+        v = self._v
+        if v is None:
+            return None
+        if isinstance(v, float):
+            return torch.full_like(x_seq[0], v)
+        if tuple(v.shape) != tuple(x_seq.shape[1:]) or v.dtype != x_seq.dtype or v.device != x_seq.device:
+            raise ValueError(
+                f"{type(self).__name__}: the carried state .v is {tuple(v.shape)} {v.dtype} on {v.device} but this input step is "
+                f"{tuple(x_seq.shape[1:])} {x_seq.dtype} on {x_seq.device}; call reset() (or functional.reset_net(net)) before a new batch"
+            )
+        return v
+
+    # ------------------------------------------------------------------ forward
+
+    def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, B, ...] -> [T, B, ...]`` in step_mode ``"m"``; ``[B, ...] -> [B, ...]`` in ``"s"``."""
+        single = self._step_mode == "s"
+        if isinstance(x, torch.Tensor):
+            if single and x.dim() < 2:
+                raise ValueError(
+                    f"{type(self).__name__}(step_mode='s') expects one time step [B, ...] (at least 2 dims), got shape {tuple(x.shape)}"
+                )
+            if not single and x.dim() < 3:
+                raise ValueError(
+                    f"{type(self).__name__}(step_mode='m') expects a multi-step input [T, B, ...] (at least 3 dims), got shape "
+                    f"{tuple(x.shape)}; for one time step per call ([B, ...]) use step_mode='s', or add a time dim with x.unsqueeze(0)"
+                )
+        x_seq = x.unsqueeze(0) if single else x
+        if self.check_finite:
+            _check_finite(x_seq)
+        if not self.stateful:
+            out, _ = self._run(x_seq, None)
+            return out[0] if single else out
+        out, v_T = self._run(x_seq, self._initial_state(x_seq))
+        self._v = v_T
+        return out[0] if single else out
+
+    def _state_repr(self) -> str:
+        return f"step_mode={self._step_mode!r}, stateful={self.stateful}"
+
+
+class LIF(_SpikingNode):
+    """LIF node with SpikingJelly ``LIFNode`` semantics.
 
     Args:
         tau: membrane time constant (time steps, > 1).
         v_threshold: firing threshold.
         v_reset: hard-reset potential, or ``None`` for a soft reset.
         decay_input: divide the input by ``tau`` as well.
-        surrogate: ``"sigmoid"`` (alpha 4), ``"atan"`` (alpha 2) or a ``Surrogate``.
+        surrogate: a name (``"sigmoid"`` alpha 4, ``"atan"`` alpha 2, ``"softsign"``, ...), an edgesnn
+            ``Surrogate`` or a SpikingJelly surrogate instance; default ``Sigmoid(4)``.
         detach_reset: no gradient through the spike in the reset.
         backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"cuda"`` or ``"reference"``
             (see :mod:`edgesnn.kernels.dispatch`).
         check_finite: scan the input for NaN/Inf and raise (costs one pass over the input).
+        step_mode: ``"m"`` (default, ``[T, B, ...]`` per call) or ``"s"`` (one step ``[B, ...]`` per call).
+        stateful: carry ``.v`` across calls until ``reset()``; ``None`` (default): only in step_mode ``"s"``.
+        surrogate_function: SpikingJelly's name for ``surrogate`` (give one of the two).
 
-    Shape: ``[T, B, ...] -> [T, B, ...]`` (spikes, 0/1 in the input's dtype).
+    Shape: ``[T, B, ...] -> [T, B, ...]`` (``"m"``) or ``[B, ...] -> [B, ...]`` (``"s"``); spikes,
+    0/1 in the input's dtype.
     """
 
     def __init__(
@@ -43,46 +197,57 @@ class LIF(nn.Module):
         v_threshold: float = 1.0,
         v_reset: Optional[float] = 0.0,
         decay_input: bool = True,
-        surrogate: SurrogateLike = "sigmoid",
+        surrogate: Optional[Any] = None,
         detach_reset: bool = False,
         backend: str = "auto",
         check_finite: bool = False,
+        *,
+        step_mode: str = "m",
+        stateful: Optional[bool] = None,
+        surrogate_function: Optional[Any] = None,
     ) -> None:
         super().__init__()
-        self.params = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)
+        sg = resolve_surrogate(surrogate, surrogate_function)
+        self.params = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, sg)
         dispatch.resolve_backend(backend, torch.empty(0))
         self.backend = backend
-        self.check_finite = check_finite
+        self._init_node(step_mode, stateful, check_finite)
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if self.check_finite:
-            _check_finite(x_seq)
-        s_seq, _ = dispatch.lif_multistep(x_seq, self.params, None, self.backend)
-        return s_seq
+    def _fresh_value(self) -> float:
+        return self.params.charge_reset
+
+    def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        return dispatch.lif_multistep(x_seq, self.params, v0, self.backend)
 
     def extra_repr(self) -> str:
         p = self.params
         return (
             f"tau={p.tau}, v_threshold={p.v_threshold}, v_reset={p.v_reset}, decay_input={p.decay_input}, "
-            f"surrogate={p.surrogate.name}(alpha={p.surrogate.alpha}), detach_reset={p.detach_reset}, backend={self.backend!r}"
+            f"surrogate={p.surrogate.name}(alpha={p.surrogate.alpha}), detach_reset={p.detach_reset}, backend={self.backend!r}, "
+            + self._state_repr()
         )
 
 
-class RevLIF(nn.Module):
-    """Multi-step reversible LIF node: autograd memory independent of T (see ``edgesnn.functional.revlif``).
+class RevLIF(_SpikingNode):
+    """Reversible LIF node: autograd memory independent of T (see ``edgesnn.functional.revlif``).
 
     Args:
         tau, v_threshold, v_reset, decay_input, surrogate, detach_reset: the per-group LIF step,
             as in :class:`LIF`.
-        groups: channel groups ``n >= 2`` (must divide dim 2 of the input).
+        groups: channel groups ``n >= 2`` (must divide the channel dim: dim 2 of ``[T, B, C, ...]``,
+            dim 1 of a single step ``[B, C, ...]``).
         alpha: output mixing ``y = alpha x + s`` (a power of two ``2^-k`` in exact mode).
         beta: state leak ``v' = beta v + gamma u`` (1/2 in exact mode).
         gamma: weight of the coupled post-reset potential, in (0, 1].
         mode: ``"exact"`` (bit-exact inverse at any T; inputs clamped to +-64 and rounded to 2^-16)
             or ``"float"`` (plain float inverse, verified in backward).
-        backend, check_finite: as in :class:`LIF`.
+        backend, check_finite, step_mode, stateful, surrogate_function: as in :class:`LIF`.
 
-    Shape: ``[T, B, C, ...]`` or ``[T, B, N] -> same`` (real-valued outputs ``y``).
+    In step_mode ``"s"`` every call is a sequence of length 1, so the O(1)-in-T memory of the
+    reversible backward is not obtained across calls (each call keeps its output and final state).
+
+    Shape: ``[T, B, C, ...]`` or ``[T, B, N] -> same`` (``"m"``); ``[B, C, ...] -> same`` (``"s"``);
+    real-valued outputs ``y``.
     """
 
     def __init__(
@@ -91,7 +256,7 @@ class RevLIF(nn.Module):
         v_threshold: float = 1.0,
         v_reset: Optional[float] = 0.0,
         decay_input: bool = True,
-        surrogate: SurrogateLike = "sigmoid",
+        surrogate: Optional[Any] = None,
         detach_reset: bool = False,
         groups: int = 2,
         alpha: float = 0.125,
@@ -100,27 +265,138 @@ class RevLIF(nn.Module):
         mode: str = "exact",
         backend: str = "auto",
         check_finite: bool = False,
+        *,
+        step_mode: str = "m",
+        stateful: Optional[bool] = None,
+        surrogate_function: Optional[Any] = None,
     ) -> None:
         super().__init__()
-        lif = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)
+        sg = resolve_surrogate(surrogate, surrogate_function)
+        lif = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, sg)
         self.params = RevLIFParams(lif, groups, alpha, beta, gamma, mode)
         dispatch.resolve_backend(backend, torch.empty(0))
         self.backend = backend
-        self.check_finite = check_finite
+        self._init_node(step_mode, stateful, check_finite)
 
     @property
     def groups(self) -> int:
         return self.params.groups
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if self.check_finite:
-            _check_finite(x_seq)
-        y_seq, _ = dispatch.revlif_multistep(x_seq, self.params, None, self.backend)
-        return y_seq
+    def _fresh_value(self) -> float:
+        return self.params.lif.charge_reset
+
+    def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        return dispatch.revlif_multistep(x_seq, self.params, v0, self.backend)
 
     def extra_repr(self) -> str:
         p, lif = self.params, self.params.lif
         return (
             f"groups={p.groups}, mode={p.mode!r}, alpha={p.alpha}, beta={p.beta}, gamma={p.gamma}, tau={lif.tau}, "
-            f"v_threshold={lif.v_threshold}, v_reset={lif.v_reset}, surrogate={lif.surrogate.name}, backend={self.backend!r}"
+            f"v_threshold={lif.v_threshold}, v_reset={lif.v_reset}, surrogate={lif.surrogate.name}, backend={self.backend!r}, "
+            + self._state_repr()
+        )
+
+
+@dataclass(frozen=True)
+class _TensorLIFParams:
+    """The attributes of :class:`LIFParams` that the step functions read, with ``tau`` and
+    ``v_threshold`` allowed to be (learnable) 0-dim tensors; no validation."""
+
+    tau: torch.Tensor
+    v_threshold: Union[float, torch.Tensor]
+    v_reset: Optional[float]
+    decay_input: bool
+    detach_reset: bool
+    surrogate: Surrogate
+
+    @property
+    def hard_reset(self) -> bool:
+        return self.v_reset is not None
+
+    @property
+    def charge_reset(self) -> float:
+        return 0.0 if self.v_reset is None else self.v_reset
+
+
+class ParametricLIF(_SpikingNode):
+    """LIF with a learnable time constant: SpikingJelly's ``ParametricLIFNode`` (PLIF).
+
+    ``tau = 1 / sigmoid(w)`` with the parameter ``w`` initialised to ``-log(init_tau - 1)``, shared by
+    all neurons of the layer; optionally a learnable threshold (``learn_threshold=True``, a 0-dim
+    parameter ``v_threshold``). Both are in ``state_dict``.
+
+    The fused kernels and the ``torch`` backend take scalar parameters and do not produce gradients
+    for them, so this node always runs the ``reference`` path (the step functions of
+    :mod:`edgesnn.functional.lif` under plain autograd). Cost: autograd keeps a handful of
+    ``[B, ...]`` tensors per time step (about 5x the input, versus 1x for ``LIF(backend="torch")``)
+    and runs step by step in Python. The planner and memory optimiser treat only :class:`LIF` and
+    :class:`RevLIF` nodes.
+
+    Args:
+        init_tau: initial time constant (> 1).
+        decay_input, v_threshold, v_reset, surrogate, detach_reset, check_finite, step_mode, stateful,
+            surrogate_function: as in :class:`LIF`.
+        learn_threshold: make ``v_threshold`` a learnable parameter.
+        backend: ``"auto"`` or ``"reference"`` (both run the reference path).
+
+    Shape: ``[T, B, ...] -> [T, B, ...]`` (``"m"``) or ``[B, ...] -> [B, ...]`` (``"s"``); spikes.
+    """
+
+    def __init__(
+        self,
+        init_tau: float = 2.0,
+        *,
+        decay_input: bool = True,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        surrogate: Optional[Any] = None,
+        detach_reset: bool = False,
+        learn_threshold: bool = False,
+        backend: str = "auto",
+        check_finite: bool = False,
+        step_mode: str = "m",
+        stateful: Optional[bool] = None,
+        surrogate_function: Optional[Any] = None,
+    ) -> None:
+        super().__init__()
+        sg = resolve_surrogate(surrogate, surrogate_function)
+        # validates init_tau, the threshold and the reset like the plain node
+        base = LIFParams(init_tau, v_threshold, v_reset, decay_input, detach_reset, sg)
+        if backend not in ("auto", "reference"):
+            raise ValueError(
+                f"backend: ParametricLIF runs the 'reference' path (the fused kernels and 'torch' take scalar parameters "
+                f"and give no gradient for tau or v_threshold); expected 'auto' or 'reference', got {backend!r}"
+            )
+        self.backend = backend
+        self.decay_input = base.decay_input
+        self.v_reset = base.v_reset
+        self.detach_reset = base.detach_reset
+        self.surrogate = base.surrogate
+        self.w = nn.Parameter(torch.tensor(-math.log(base.tau - 1.0)))
+        if learn_threshold:
+            self.v_threshold = nn.Parameter(torch.tensor(base.v_threshold))
+        else:
+            self.v_threshold = base.v_threshold
+        self._init_node(step_mode, stateful, check_finite)
+
+    @property
+    def tau(self) -> float:
+        """The current time constant ``1 / sigmoid(w)`` (a float, no gradient)."""
+        return float(1.0 / torch.sigmoid(self.w.detach()))
+
+    def _fresh_value(self) -> float:
+        return 0.0 if self.v_reset is None else self.v_reset
+
+    def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        tau = 1.0 / torch.sigmoid(self.w.to(x_seq.dtype))
+        v_th = self.v_threshold.to(x_seq.dtype) if isinstance(self.v_threshold, torch.Tensor) else self.v_threshold
+        p = _TensorLIFParams(tau, v_th, self.v_reset, self.decay_input, self.detach_reset, self.surrogate)
+        return lif_multistep_reference(x_seq, p, v0)  # type: ignore[arg-type]
+
+    def extra_repr(self) -> str:
+        v_th = self.v_threshold
+        v_th_repr = f"{float(v_th.detach()):.4g} (learnable)" if isinstance(v_th, torch.Tensor) else f"{v_th}"
+        return (
+            f"tau={self.tau:.4g}, v_threshold={v_th_repr}, v_reset={self.v_reset}, decay_input={self.decay_input}, "
+            f"surrogate={self.surrogate.name}(alpha={self.surrogate.alpha}), detach_reset={self.detach_reset}, " + self._state_repr()
         )

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -68,6 +69,9 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default="auto", help="neuron backend the model will train with (default auto)")
     p.add_argument("--json", metavar="PATH", help="write the plan JSON here (for edgesnn train --plan)")
     p.add_argument("--plot", metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget)")
+    p.add_argument("--memopt", action="store_true",
+                   help="plan edgesnn.optimize_memory's chunked blocks for an all-LIF model: per-block chunk, "
+                        "predicted peak, largest batch (whole-network memory)")
     p.add_argument("--list-devices", action="store_true", help="list the device catalogue and exit")
     p.set_defaults(func=run)
 
@@ -118,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if args.channels:
         kw["channels"] = _int_list(args.channels, "--channels")
     model = build_model(args.model, shape, args.classes, args.timesteps, neuron="lif", node={"backend": args.backend}, **kw)
+    if args.memopt:
+        return _run_memopt(args, model, shape, device, budget, batch)
     plan = make_plan(model, device, args.timesteps, batch, budget, args.optimizer, kinds, groups, args.max_batch)
     print_plan(plan)
     if args.json:
@@ -157,3 +163,55 @@ if __name__ == "__main__":  # pragma: no cover
     register(ap.add_subparsers(dest="command", required=True))
     a = ap.parse_args()
     sys.exit(a.func(a))
+
+
+_OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 0, "sgd-momentum": 1}
+
+
+def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional[int], batch: Optional[int]) -> int:
+    """``edgesnn plan --memopt``: the chunked-block plan of :func:`edgesnn.optimize_memory` on the device."""
+    import copy
+
+    import torch
+
+    from ..atomic import atomic_write
+    from ..memopt import optimize_memory
+    from .network import PlanningError as NetPlanningError
+
+    total = budget if budget is not None else device.memory_bytes - device.reserved_bytes
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    static = device.runtime_overhead_bytes + param_bytes * (2 + _OPTIMIZER_STATE[args.optimizer])
+    room = total - static
+    if room <= 0:
+        raise ValueError(f"--budget: {_fmt(total)} does not hold the runtime ({_fmt(device.runtime_overhead_bytes)}) and "
+                         f"the parameters, gradients and optimizer state ({_fmt(static - device.runtime_overhead_bytes)})")
+
+    from ..memopt.optimize import largest_batch
+
+    def make_input(b: int):
+        return torch.zeros(b, *shape)
+
+    if batch is None:
+        batch, plan = largest_batch(model, make_input, room, args.max_batch)
+        if plan is None:
+            raise ValueError(f"--budget: even batch 1 needs more than {_fmt(total)} with chunked blocks; "
+                             "lower --timesteps or pick a device with more memory")
+    else:
+        try:
+            plan = optimize_memory(copy.deepcopy(model), make_input(batch), budget=room)
+        except NetPlanningError:
+            raise ValueError(f"--budget: batch {batch} does not fit {_fmt(total)} even with the smallest chunks; "
+                             "lower --batch or --timesteps") from None
+    print(f"device: {device.name}; budget {_fmt(total)} (runtime {_fmt(device.runtime_overhead_bytes)}, parameters, "
+          f"gradients and {args.optimizer} state {_fmt(static - device.runtime_overhead_bytes)}, activations {_fmt(room)})")
+    print(f"model: {args.model} {args.input}, T={args.timesteps}, all LIF, optimize_memory")
+    print(plan)
+    print(f"batch: {batch}; predicted peak {_fmt(static + plan.peak_bytes)} of {_fmt(total)}")
+    if args.json:
+        doc = {"format": "edgesnn-memopt-plan", "version": 1, "model": model.config, "device": device.to_dict(),
+               "timesteps": args.timesteps, "batch": batch, "budget_bytes": int(total),
+               "static_bytes": int(static), "plan": plan.to_dict()}
+        text = json.dumps(doc, indent=1)
+        atomic_write(args.json, lambda fh: fh.write(text), mode="w")
+        print(f"plan written to {args.json}")
+    return 0

@@ -131,6 +131,21 @@ def _least_memory(chain: ChainModel, opts, T: int) -> List[str]:
     return [min(layer, key=lambda o: (chain.layer_option_cost(i, o).per_sample(T), o)) for i, layer in enumerate(opts)]
 
 
+def _least_peak(chain: ChainModel, opts, T: int, B: int, runtime_overhead: int, optimizer: str) -> List[str]:
+    """The per-layer choice with the least predicted **peak** (not the least saved bytes: a RevLIF
+    saves bytes but its backward workspace can raise the peak above an all-LIF step).
+
+    The candidates: the least-saved-bytes choice and each uniform choice (every layer LIF, every
+    layer RevLIF with G groups); the DP then trades time within the budget.
+    """
+    starts = [_least_memory(chain, opts, T)]
+    for o in {o for layer in opts for o in layer}:
+        if all(o in layer for layer in opts):
+            starts.append([o] * len(opts))
+    best = min(starts, key=lambda ch: _peak(chain, ch, T, B, runtime_overhead, optimizer))
+    return best
+
+
 def max_batch(chain: ChainModel, options: Sequence[str], T: int, budget: int, runtime_overhead: int,
               optimizer: str = "adam") -> int:
     """Largest B whose predicted peak for ``options`` fits ``budget`` (closed form; 0 if B = 1 does not)."""
@@ -143,13 +158,14 @@ def _peak(chain, options, T, B, runtime_overhead, optimizer) -> int:
 
 
 def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer) -> PlanningError:
-    least = _least_memory(chain, opts, T)
+    least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer)
     need = _peak(chain, least, T, B, runtime_overhead, optimizer)
     bmax = max_batch(chain, least, T, budget, runtime_overhead, optimizer)
     tmax, lo, hi = 0, 1, max(1, T)
     while lo <= hi:  # largest T that fits at batch B (bytes grow with T)
         mid = (lo + hi) // 2
-        if _peak(chain, _least_memory(chain, opts, mid), mid, B, runtime_overhead, optimizer) <= budget:
+        if _peak(chain, _least_peak(chain, opts, mid, B, runtime_overhead, optimizer), mid, B, runtime_overhead,
+                 optimizer) <= budget:
             tmax, lo = mid, mid + 1
         else:
             hi = mid - 1
@@ -161,7 +177,7 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer) -> Plann
     hints.append("raise --budget, pick a device with more memory or a smaller model")
     return PlanningError(
         f"budget: {budget} bytes ({budget / 2**30:.2f} GiB) is too small for T={T}, batch={B}: even the "
-        f"least-memory choice (RevLIF wherever allowed) needs {need} bytes ({need / 2**30:.2f} GiB) at its peak, "
+        f"least-peak choice of neurons needs {need} bytes ({need / 2**30:.2f} GiB) at its peak, "
         f"including {runtime_overhead} bytes of runtime overhead and {chain.static_bytes(optimizer)} bytes of "
         f"parameters, gradients and optimizer state; " + "; ".join(hints))
 
@@ -189,15 +205,19 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"timesteps: expected an integer >= 1, got {T!r}")
     opts = candidates(chain, kinds, groups)
-    least = _least_memory(chain, opts, T)
     if batch is None:
+        least = _least_peak(chain, opts, T, 64, runtime_overhead, optimizer)
         B = min(max_batch(chain, least, T, budget, runtime_overhead, optimizer), max_batch_cap)
+        if B >= 1:  # refine the least-peak choice at the batch found, then the batch again
+            least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer)
+            B = min(max(B, max_batch(chain, least, T, budget, runtime_overhead, optimizer)), max_batch_cap)
         if B < 1:
             raise _impossible(chain, opts, T, 1, budget, runtime_overhead, optimizer)
     else:
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch: expected an integer >= 1 or 'auto', got {batch!r}")
         B = batch
+        least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer)
     if _peak(chain, least, T, B, runtime_overhead, optimizer) > budget:
         raise _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer)
     costs = [[(chain.layer_option_cost(i, o).bytes(T, B), node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs))

@@ -1,20 +1,30 @@
-"""``edgesnn train``: train a spiking classifier on built-in or local data."""
+"""``edgesnn train``: train a spiking classifier on built-in or local data.
+
+Data-parallel on several processes: ``torchrun --nproc-per-node N -m edgesnn train ...`` (gloo on
+CPU, NCCL on CUDA; see :mod:`edgesnn.training.distributed`). ``--batch-size`` is then per rank.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 
+from ..errors import UsageError
 from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES
 from .data import DATASETS
-from .loop import TrainConfig, train, write_report
+from .device import DEVICES, check_backend_device, resolve_device
+from .loop import TrainConfig, check_outputs, train, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a spiking classifier (digits is built in; no downloads)",
                        description="Train a spiking classifier. Example: edgesnn train --dataset digits --model mlp --neuron revlif --timesteps 4 --epochs 30")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--data-path", default=None, help="local folder for cifar10 (python batches) or folder (one sub-folder per class)")
+    p.add_argument("--data-dir", "--data-path", dest="data_path", default=None, metavar="DIR",
+                   help="local data folder: cifar10 (python batches), folder (one sub-folder per class), or the folder "
+                        "tonic reads nmnist/dvsgesture/shd from (DIR/NMNIST, DIR/DVSGesture, DIR/SHD); nothing is downloaded")
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="default mlp (or the plan's)")
     p.add_argument("--neuron", default=None, help="lif, revlif or revlif:G (G groups); or a comma-separated list, one per spiking layer (default lif)")
     p.add_argument("--timesteps", "-T", type=int, default=None, help="default 4 (or the plan's)")
@@ -24,11 +34,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the model, the data and the loss live: auto (CUDA when available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for Numba and PyTorch (default: all cores)")
-    p.add_argument("--checkpoint", default=None, help="write a checkpoint here after every epoch (atomic)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--checkpoint", default=None, help="write a checkpoint here after every epoch (atomic); "
+                   "an existing one needs --resume or --force")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same settings; --epochs may grow)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --checkpoint / --json")
     p.add_argument("--json", default=None, help="write the report (config, per-epoch metrics) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-batchnorm", action="store_true",
+                   help="models without BatchNorm (every sample computed independently of its batch)")
+    p.add_argument("--memopt", action="store_true",
+                   help="train with edgesnn.optimize_memory (packed block inputs, chunked recomputation, exact "
+                        "BatchNorm): same gradients, training memory nearly constant in T")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="data-parallel on CUDA: BatchNorm statistics over all ranks (SyncBatchNorm)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (a quick smoke run)")
     p.set_defaults(func=run)
 
 
@@ -46,29 +68,82 @@ def _from_plan(args: argparse.Namespace) -> None:
     if args.neuron is not None:
         raise ValueError("--neuron: the plan chooses the neuron of every layer; drop --neuron or --plan")
     args.neuron = ",".join(plan.neuron)
+    args.planned_model = plan.model
+
+
+def _threads_for_ranks(args: argparse.Namespace):
+    """Under torchrun: give each rank cores / local ranks threads (or --threads) before Numba loads; log it."""
+    from .distributed import configure_threads, cpu_cores, env_world, rank_threads
+
+    info = env_world()
+    if not info.distributed:
+        return info
+    n = rank_threads(args.threads, info.local_world)
+    counts = configure_threads(n)
+    how = "--threads" if args.threads is not None else f"{cpu_cores()} cores / {info.local_world} ranks on this node"
+    print(f"edgesnn train: rank {info.rank}/{info.world}: {counts['numba']} Numba and {counts['torch']} PyTorch threads ({how})",
+          file=sys.stderr)
+    return info
 
 
 def run(args: argparse.Namespace) -> int:
+    info = _threads_for_ranks(args)
     if args.plan:
         _from_plan(args)
     args.model = args.model or "mlp"
     args.timesteps = 4 if args.timesteps is None else args.timesteps
     args.batch_size = 64 if args.batch_size is None else args.batch_size
     args.neuron = args.neuron or "lif"
+    for flag, value in (("--epochs", args.epochs), ("--timesteps", args.timesteps), ("--batch-size", args.batch_size),
+                        ("--threads", 1 if args.threads is None else args.threads)):
+        if value < 1:
+            raise UsageError(f"{flag}: expected an integer >= 1, got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr: expected a finite number > 0, got {args.lr}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
+    device = resolve_device(args.device)
+    check_backend_device(args.backend, device)
+    check_outputs(args.checkpoint, args.resume, args.force, report=args.json)
+    from ..kernels.cli import compile_notice
+
+    def notice() -> None:
+        text = compile_notice(args.backend)
+        if text:
+            print(text, file=sys.stderr)
+
     from ..planner.runtime import lean_allocator
 
     lean_allocator()  # the planner's peak-memory predictions assume it
-    if args.threads is not None:
+    if args.threads is not None and not info.distributed:
         from ..kernels.config import set_num_threads
 
         set_num_threads(args.threads)
+    if info.distributed:
+        from .distributed import setup, warm_kernels
+
+        info = setup(device.type)
+        warm_kernels(info, args.backend, notice)  # local rank 0 fills the Numba cache, the others wait
+        notice = None
     neuron = args.neuron.split(",") if "," in args.neuron else args.neuron
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      data_path=args.data_path, backend=args.backend)
-    report = train(cfg, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress)
-    print(f"final test accuracy: {report['test_accuracy'] * 100:.2f}% "
-          f"({args.model}, {args.neuron}, T={args.timesteps}, {report['test_samples']} test samples)")
-    if args.json:
-        write_report(args.json, report)
+                      data_path=args.data_path, backend=args.backend, batchnorm=not args.no_batchnorm,
+                      memopt=args.memopt)
+    try:
+        report = train(cfg, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress, force=args.force,
+                       before_training=notice, device=str(device), max_steps=args.max_steps,
+                       sync_batchnorm=args.sync_batchnorm, planned_model=getattr(args, "planned_model", None))
+        if info.main:
+            ranks = f", {info.world} ranks x batch {args.batch_size}" if info.distributed else ""
+            print(f"final test accuracy: {report['test_accuracy'] * 100:.2f}% "
+                  f"({args.model}, {args.neuron}, T={args.timesteps}, {report['test_samples']} test samples, {device}{ranks})")
+            if args.json:
+                write_report(args.json, report)
+    finally:
+        if info.distributed:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
     return 0

@@ -1,7 +1,10 @@
-"""Datasets for training: built-in digits, local image folders and CIFAR-10 (python format).
+"""Datasets for training: built-in digits, local image folders, CIFAR-10 (python format) and the
+neuromorphic N-MNIST, DVS Gesture and SHD (through tonic; see :mod:`edgesnn.training.events`).
 
-Nothing is downloaded. Every loader returns a :class:`Split` of float32 tensors: images scaled to
-[0, 1], shape ``[N, C, H, W]`` (or ``[N, features]`` when ``flat``), labels ``int64 [N]``.
+Nothing is downloaded. Every loader returns a :class:`Split`: static images as float32 tensors
+scaled to [0, 1], shape ``[N, C, H, W]`` (or ``[N, features]`` when ``flat``); event data as
+frames ``[N, T, ...]`` (event counts per time bin, any dtype; ``Split.events`` is true); labels
+``int64 [N]``. :meth:`Split.inputs` gives a batch as the model takes it.
 """
 
 from __future__ import annotations
@@ -16,16 +19,38 @@ import torch
 
 __all__ = ["Split", "Dataset", "load_dataset", "load_digits_dataset", "load_cifar10", "load_image_folder", "DATASETS"]
 
-DATASETS = ("digits", "cifar10", "folder")
+DATASETS = ("digits", "cifar10", "folder", "nmnist", "dvsgesture", "shd")
+#: datasets of events, binned into T frames (need tonic and ``--data-dir``)
+EVENT_DATASETS = ("nmnist", "dvsgesture", "shd")
 
 
 @dataclass
 class Split:
+    """Inputs ``x`` and labels ``y`` of one split.
+
+    ``events=False``: ``x`` is ``[N, ...]`` (one static sample each; the model repeats it over T).
+    ``events=True``: ``x`` is ``[N, T, ...]`` frames (counts, any dtype, possibly backed by a
+    memory-mapped cache file); :meth:`inputs` returns them time-major ``[T, B, ...]`` float32.
+    """
+
     x: torch.Tensor
     y: torch.Tensor
+    events: bool = False
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def sample_shape(self) -> Tuple[int, ...]:
+        """One sample's shape at one time step (what the model's ``in_shape`` must be)."""
+        return tuple(self.x.shape[2:] if self.events else self.x.shape[1:])
+
+    def inputs(self, index) -> torch.Tensor:
+        """The model input for samples ``index`` (a slice or an index tensor)."""
+        x = self.x[index]
+        if not self.events:
+            return x
+        return x.to(torch.float32).transpose(0, 1).contiguous()
 
 
 @dataclass
@@ -37,7 +62,7 @@ class Dataset:
 
     @property
     def in_shape(self) -> Tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        return self.train.sample_shape
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Tuple[Split, Split]:
@@ -102,7 +127,9 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow ships with matplotlib
-        raise RuntimeError("data: reading image folders needs pillow (pip install pillow)") from None
+        from ..errors import DependencyError
+
+        raise DependencyError("data: reading image folders needs pillow (pip install pillow)") from None
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"data: image folder not found: {root}")
@@ -127,12 +154,19 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
     return Dataset(f"folder:{base.name}", train, test, len(classes))
 
 
-def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed: int = 0) -> Dataset:
-    """Load ``"digits"`` (built in), ``"cifar10"`` or ``"folder"`` (both need ``path``)."""
+def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed: int = 0, timesteps: int = 4,
+                 log=None) -> Dataset:
+    """Load ``"digits"`` (built in), ``"cifar10"`` or ``"folder"`` (both need ``path``), or an event
+    dataset (``"nmnist"``, ``"dvsgesture"``, ``"shd"``: ``path`` is the folder tonic reads, events
+    are binned into ``timesteps`` frames and cached; see :mod:`edgesnn.training.events`)."""
+    if name in EVENT_DATASETS:
+        from .events import load_event_dataset
+
+        return load_event_dataset(name, path, timesteps, flat=flat, log=log)
     if name == "digits":
         return load_digits_dataset(flat=flat, seed=seed)
     if name in ("cifar10", "folder"):
         if not path:
-            raise ValueError(f"data: dataset {name!r} needs --data-path pointing at a local folder (no downloads)")
+            raise ValueError(f"data: dataset {name!r} needs --data-dir pointing at a local folder (no downloads)")
         return load_cifar10(path, flat=flat) if name == "cifar10" else load_image_folder(path, flat=flat, seed=seed)
     raise ValueError(f"dataset: unknown dataset {name!r}; expected one of {DATASETS}")

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
+from ..atomic import check_output
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
 from .data import Dataset, Split, load_dataset
+from .device import check_backend_device, resolve_device
+from .distributed import DistInfo, all_sum, barrier, env_world, warm_kernels
 
-__all__ = ["TrainConfig", "train", "evaluate", "model_from_checkpoint"]
+__all__ = ["TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
 
 
 @dataclass
@@ -32,30 +38,47 @@ class TrainConfig:
     data_path: Optional[str] = None
     backend: str = "auto"
     hidden: List[int] = field(default_factory=lambda: [128, 128])
+    batchnorm: bool = True  # False: no BatchNorm (per-sample models: DDP on CPU matches one process exactly)
+    memopt: bool = False  # edgesnn.optimize_memory: chunked blocks, packed inputs (same gradients, less memory)
 
     def validate(self) -> None:
         for name in ("timesteps", "epochs", "batch_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
-        if not (isinstance(self.lr, float) and self.lr > 0):
-            raise ValueError(f"lr: expected a positive float, got {self.lr!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
+        if not (isinstance(self.lr, float) and math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"lr: expected a finite number > 0, got {self.lr!r}")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 256) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on ``split``."""
+def evaluate(model: nn.Module, split: Split, batch_size: int = 256, dist: Optional[DistInfo] = None) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on ``split``.
+
+    With a multi-rank ``dist`` every rank scores the samples ``rank, rank + world, ...`` and the
+    counts are summed over the ranks: all ranks return the accuracy on the whole split.
+    """
     model.eval()
+    dev = _model_device(model)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    mine = torch.arange(rank, len(split), world)
     correct = 0
-    for i in range(0, len(split), batch_size):
-        logits = model(split.x[i:i + batch_size])
-        correct += int((logits.argmax(1) == split.y[i:i + batch_size]).sum())
+    for i in range(0, len(mine), batch_size):
+        idx = mine[i:i + batch_size]
+        logits = model(split.inputs(idx).to(dev))
+        correct += int((logits.argmax(1) == split.y[idx].to(dev)).sum())
+    if world > 1:
+        correct, _ = all_sum(dist, float(correct), 0.0)
     return correct / max(1, len(split))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _build(cfg: TrainConfig, data: Dataset) -> SpikingClassifier:
     return build_model(cfg.model, data.in_shape, data.num_classes, cfg.timesteps, cfg.neuron,
-                       hidden=cfg.hidden, node={"backend": cfg.backend})
+                       hidden=cfg.hidden, node={"backend": cfg.backend}, batchnorm=cfg.batchnorm)
 
 
 def model_from_checkpoint(path: str) -> SpikingClassifier:
@@ -69,72 +92,236 @@ def model_from_checkpoint(path: str) -> SpikingClassifier:
     return model
 
 
+def check_outputs(checkpoint: Optional[str], resume: bool = False, force: bool = False,
+                  report: Optional[str] = None) -> None:
+    """Refuse, before any training, outputs that would silently overwrite something.
+
+    ``checkpoint`` must not be a directory; without ``resume`` an existing one needs ``force``,
+    with ``resume`` it must exist. An existing ``report`` needs ``force`` or ``resume``.
+    """
+    if resume:
+        if not checkpoint:
+            raise UsageError("--resume: needs --checkpoint PATH to resume from")
+        if Path(checkpoint).is_dir():
+            raise IsADirectoryError(f"--checkpoint: {checkpoint} is a directory; expected a checkpoint file")
+        if not Path(checkpoint).exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint} to continue from (drop --resume to start one)")
+    elif checkpoint:
+        check_output(checkpoint, "--checkpoint", force, allow="--resume (continue it) or --force (overwrite it)")
+    if report:
+        check_output(report, "--json", force or resume, allow="--force (or --resume)")
+
+
+def config_diff(stored: Dict, given: Dict, ignore=("epochs",)) -> List[str]:
+    """``"name (stored X, given Y)"`` for every field that differs, ``ignore`` aside."""
+    keys = [k for k in dict.fromkeys([*stored, *given]) if k not in ignore]
+    defaults = asdict(TrainConfig())  # a field newer than the checkpoint counts as its default
+    stored = {k: stored.get(k, defaults.get(k)) for k in keys}
+    return [f"{k} (stored {stored.get(k)!r}, given {given.get(k)!r})" for k in keys if stored.get(k) != given.get(k)]
+
+
+def _epoch_order(n: int, cfg: TrainConfig, epoch: int, dist: DistInfo) -> torch.Tensor:
+    """This rank's sample order for ``epoch``: :class:`torch.utils.data.DistributedSampler`'s.
+
+    One permutation per epoch (seed ``cfg.seed * 1000 + epoch``), padded to a multiple of the
+    world size and dealt out round-robin, so rank ``r`` gets positions ``r, r + world, ...``. Batch
+    ``k`` of all ranks together is then batch ``k`` of one process with ``world`` times the batch
+    size; with one rank this is exactly the single-process order.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                 seed=cfg.seed * 1000, drop_last=False)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def _noop(msg: str) -> None:
+    return None
+
+
+def _sync_buffers(model: nn.Module, dist: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics: each rank updated its own
+    in the last step), so evaluation and the checkpoint agree on all ranks."""
+    if not dist.distributed:
+        return
+    import torch.distributed as tdist
+
+    for b in model.buffers():
+        tdist.broadcast(b, 0)
+
+
+def check_plan_fits(planned_model: Dict, data) -> None:
+    """Refuse a plan made for another input shape or class count than ``data`` has (one line)."""
+    want = tuple(int(s) for s in planned_model.get("in_shape", ()))
+    have = tuple(int(s) for s in data.in_shape)
+    if want and want != have:
+        raise UsageError(f"--plan: the plan was made for input {'x'.join(map(str, want))} "
+                         f"({planned_model.get('name')}), but this dataset gives {'x'.join(map(str, have))}; "
+                         "make a plan for this data (edgesnn plan --input ...)")
+    classes = planned_model.get("num_classes")
+    if classes is not None and int(classes) != int(data.num_classes):
+        raise UsageError(f"--plan: the plan was made for {classes} classes, but this dataset has {data.num_classes}")
+
+
 def train(
     cfg: TrainConfig,
     checkpoint: Optional[str] = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    force: bool = False,
+    before_training: Optional[Callable[[], None]] = None,
+    device: Optional[str] = None,
+    max_steps: Optional[int] = None,
+    sync_batchnorm: bool = False,
+    planned_model: Optional[Dict] = None,
 ) -> Dict:
     """Train, evaluate every epoch and return a report dict (config, per-epoch metrics, final accuracy).
 
-    With ``checkpoint`` the state is written atomically after every epoch; ``resume`` continues
-    from it (same config required) with the same data order as an uninterrupted run.
+    ``planned_model`` (a plan's ``model`` config): the data must have the plan's input shape and
+    class count, or training is refused (a plan's memory figures hold for that model only).
+
+    With ``checkpoint`` the state is written atomically after every epoch; an existing one is
+    refused unless ``resume`` (continue from it: same config required, same data order as an
+    uninterrupted run) or ``force`` (overwrite it). Both checks run before any training.
+    ``before_training`` is called once everything is validated, right before the first step
+    (the CLI prints its first-run compile notice there). ``device`` (``"auto"``, ``"cpu"``,
+    ``"cuda"``; ``None`` = ``"cpu"``) runs the model, the batches and the loss there; it is not part
+    of the config (a checkpoint resumes on any device).
+
+    Data-parallel: inside an initialised ``torch.distributed`` process group (``torchrun``; see
+    :mod:`edgesnn.training.distributed`) the model is wrapped in ``DistributedDataParallel``,
+    ``cfg.batch_size`` is the batch *per rank* and each rank takes its share of every epoch's
+    permutation (:func:`_epoch_order`). Rank 0 alone logs, shows progress and writes the
+    checkpoint; every rank returns the same report. ``device="cuda"`` uses GPU ``LOCAL_RANK``.
+    BatchNorm statistics are per rank (as in any DDP run) unless ``sync_batchnorm`` (CUDA only);
+    ``cfg.batchnorm=False`` builds models without BatchNorm.
+
+    ``max_steps`` stops after that many optimizer steps in all (the last epoch is then partial;
+    it is still evaluated and checkpointed): for smoke tests and equivalence checks.
     """
     cfg.validate()
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise UsageError(f"max_steps: expected an integer >= 1, got {max_steps!r}")
+    dist = env_world()
+    if dist.distributed:
+        import torch.distributed as tdist
+
+        if not (tdist.is_available() and tdist.is_initialized()):
+            raise UsageError(f"distributed: WORLD_SIZE={dist.world} but no process group is initialised; launch with "
+                             "`torchrun ... -m edgesnn train` or call torch.distributed.init_process_group() first")
+    dev = resolve_device(device or "cpu")
+    if dev.type == "cuda" and dev.index is None and dist.distributed:
+        dev = torch.device("cuda", dist.local_rank)
+    dist = DistInfo(dist.rank, dist.world, dist.local_rank, dist.local_world, str(dev))
+    check_backend_device(cfg.backend, dev)
+    if sync_batchnorm and dist.distributed and dev.type != "cuda":
+        raise UsageError("--sync-batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; on CPU train without BatchNorm "
+                         "(--no-batchnorm) for rank-independent statistics, or keep per-rank statistics")
+    check_outputs(checkpoint, resume, force)
+    main = dist.main
+    log = log if main else _noop
+    ck = None
+    if resume:
+        ck = load_checkpoint(checkpoint)
+        stored = dict(ck.get("train_config", {}))
+        stored.setdefault("batchnorm", True)  # checkpoints from before the option
+        diff = config_diff(stored, asdict(cfg))
+        if diff:
+            raise UsageError(f"--resume: {checkpoint} was written with other settings: {'; '.join(diff)}; "
+                             "pass the stored values or use a new --checkpoint")
+        if int(ck.get("world_size", 1)) != dist.world:
+            raise UsageError(f"--resume: {checkpoint} was written by {ck.get('world_size', 1)} rank(s), this run has "
+                             f"{dist.world}; resume with the same number of processes (the data order depends on it)")
+    warm_kernels(dist, cfg.backend)  # local rank 0 fills the Numba cache before the other ranks compile
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_path, flat=(cfg.model == "mlp"), seed=cfg.seed)
-    model = _build(cfg, data)
+    # rank 0 first: it bins event data into the frame cache the others then read
+    if not main:
+        barrier(dist)
+    data = load_dataset(cfg.dataset, cfg.data_path, flat=(cfg.model == "mlp"), seed=cfg.seed,
+                        timesteps=cfg.timesteps, log=log)
+    if main:
+        barrier(dist)
+    if planned_model is not None:
+        check_plan_fits(planned_model, data)
+    model = _build(cfg, data).to(dev)  # same seed on every rank: same initial weights (DDP also broadcasts them)
+    if sync_batchnorm and dist.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.memopt:
+        from ..memopt import optimize_memory
+
+        example = data.train.inputs(torch.arange(min(cfg.batch_size, len(data.train)))).to(dev)
+        mplan = optimize_memory(model, example)
+        if main:
+            log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, predicted activation peak "
+                f"{mplan.peak_bytes / 2**20:.1f} MiB")
+    net: nn.Module = model
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: List[Dict] = []
     start = 0
-    if resume:
-        if not checkpoint:
-            raise ValueError("resume: needs --checkpoint PATH to resume from")
-        ck = load_checkpoint(checkpoint)
-        saved_cfg = ck.get("train_config", {})
-        if {k: v for k, v in saved_cfg.items() if k != "epochs"} != {k: v for k, v in asdict(cfg).items() if k != "epochs"}:
-            raise ValueError(f"resume: {checkpoint} was written by a different configuration: {saved_cfg}")
+    steps = 0
+    if ck is not None:
         model.load_state_dict(ck["model_state"])
         opt.load_state_dict(ck["optimizer_state"])
         start = int(ck["epoch"])
+        steps = int(ck.get("steps", 0))
         history = list(ck.get("metrics", {}).get("history", []))
         log(f"resumed from {checkpoint} after epoch {start}")
-    loss_fn = nn.CrossEntropyLoss()
-    bar_factory = _progress_bar if progress else None
+    loss_fn = nn.CrossEntropyLoss().to(dev)
+    bar_factory = _progress_bar if (progress and main) else None
+    if before_training is not None and main:
+        before_training()
+    stop = False
     for epoch in range(start, cfg.epochs):
-        model.train()
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(data.train), generator=g)
+        net.train()
+        order = _epoch_order(len(data.train), cfg, epoch, dist)
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         batches = range(0, len(order), cfg.batch_size)
         bar = bar_factory(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") if bar_factory else None
         for i in batches:
             idx = order[i:i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one sample
+            if len(idx) < 2:  # BatchNorm needs more than one sample (the same on every rank: equal shares)
                 continue
-            loss = loss_fn(model(data.train.x[idx]), data.train.y[idx])
+            xb = data.train.inputs(idx).to(dev, non_blocking=True)
+            yb = data.train.y[idx].to(dev, non_blocking=True)
+            loss = loss_fn(net(xb), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP: gradients averaged over the ranks here
             opt.step()
+            steps += 1
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
+            if max_steps is not None and steps >= max_steps:
+                stop = True
+                break
         if bar:
             bar.close()
-        acc = evaluate(model, data.test)
+        total, seen = all_sum(dist, total, float(seen))
+        _sync_buffers(model, dist)
+        acc = evaluate(model, data.test, dist=dist)
         row = {"epoch": epoch + 1, "loss": total / max(1, seen), "test_accuracy": acc, "seconds": time.perf_counter() - t0}
         history.append(row)
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  test accuracy {acc * 100:.2f}%  ({row['seconds']:.1f} s)")
-        if checkpoint:
+        if checkpoint and main:
             save_checkpoint(checkpoint, model.config, model.state_dict(), optimizer_state=opt.state_dict(),
-                            epoch=epoch + 1, metrics={"history": history}, train_config=asdict(cfg))
-    final = history[-1]["test_accuracy"] if history else evaluate(model, data.test)
+                            epoch=epoch + 1, metrics={"history": history}, train_config=asdict(cfg),
+                            world_size=dist.world, steps=steps)
+        if stop:
+            break
+    final = history[-1]["test_accuracy"] if history else evaluate(model, data.test, dist=dist)
+    barrier(dist)  # every rank returns after rank 0 has written the last checkpoint
     return {"config": asdict(cfg), "history": history, "test_accuracy": final,
-            "train_samples": len(data.train), "test_samples": len(data.test)}
+            "train_samples": len(data.train), "test_samples": len(data.test), "steps": steps,
+            "world_size": dist.world, "global_batch_size": cfg.batch_size * dist.world, "device": str(dev)}
 
 
 def _progress_bar(total: int, desc: str):

@@ -1,0 +1,23 @@
+"""User-facing errors. Imports nothing: the CLIs and the torch-free device runner use it.
+
+The command lines turn exactly these into one-line messages (``edgesnn CMD: error: ...``, exit
+code 2); any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UsageError", "DependencyError", "USER_ERRORS"]
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a flag, a path, a data file); the message names it and what was expected."""
+
+
+#: What a command line reports as one line. ``ValueError`` covers :class:`UsageError` and the
+#: project's own ``CheckpointError``, ``ArtifactError``, ``PlanningError``; the ``OSError``
+#: subclasses are missing inputs and outputs that exist or are of the wrong kind.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+class DependencyError(UsageError, RuntimeError):
+    """An optional package the command needs is missing or incomplete (the message says what to install)."""

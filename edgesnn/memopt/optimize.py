@@ -1,0 +1,177 @@
+"""``edgesnn.optimize_memory``: rewrite a multi-step SNN in place to train in near-constant memory in T.
+
+The call has the shape of SpikingJelly's ``memopt.optimize_memory`` so its users switch by name,
+but needs no GPU and no measuring runs: the planner (:mod:`edgesnn.planner.network`) predicts
+each block's peak from shapes and picks its chunk size.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..planner import network as netplan
+from .block import Block
+from .layers import is_node
+from .partition import candidate_sequentials, partition
+from .sequential import install
+
+__all__ = ["optimize_memory", "largest_batch"]
+
+
+def _parse_budget(budget: Union[None, int, float, str]) -> Optional[int]:
+    if budget is None:
+        return None
+    if isinstance(budget, str):
+        from ..planner.cli import parse_bytes
+
+        return parse_bytes(budget)
+    if not isinstance(budget, (int, float)) or budget <= 0:
+        raise ValueError(f"budget: expected a positive number of bytes or a size like '512MiB', got {budget!r}")
+    return int(budget)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[int, List[Block]], seqs) -> None:
+    """Record every block's input/output shapes with one forward on fake tensors (no memory, no stats update)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    records: Dict[int, dict] = {}
+    hooks = []
+    for seq in seqs:
+        children = list(seq)
+        for b in blocks[id(seq)]:
+            def pre_hook(mod, args, b=b):
+                x = args[0]
+                records.setdefault(id(b), {})["in"] = (tuple(x.shape), x.stride(0) == 0 and x.shape[0] > 1, x.dtype)
+
+            def node_hook(mod, args, out, b=b):
+                records.setdefault(id(b), {})["node_in"] = tuple(args[0].shape)
+
+            def out_hook(mod, args, out, b=b):
+                records.setdefault(id(b), {})["out"] = tuple(out.shape)
+
+            hooks.append(children[b.start].register_forward_pre_hook(pre_hook))
+            hooks.append(b.node.register_forward_hook(node_hook))
+            hooks.append(children[b.stop - 1].register_forward_hook(out_hook))
+            for s in b.steps:
+                if s.kind in ("param", "bn"):
+                    def pre_bn(mod, args, out, b=b):
+                        records.setdefault(id(b), {})["pre_out"] = tuple(out.shape)
+                    hooks.append(s.module.register_forward_hook(pre_bn))
+    buffers = [(buf, buf.detach().clone()) for buf in model.buffers()]
+    # Spiking nodes keep their input's shape: during the trace they pass it through, so only the
+    # stateless layers run, on fake tensors (no memory, no data-dependent checks).
+    nodes = [m for m in model.modules() if is_node(m)]
+    try:
+        for n in nodes:
+            n.forward = _identity
+        try:
+            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                model(mode.from_tensor(example_input))
+        except Exception:  # a layer fake tensors cannot run: trace with the real input instead
+            records.clear()
+            with torch.no_grad():
+                model(example_input)
+    finally:
+        for n in nodes:
+            del n.forward
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for buf, val in buffers:
+                buf.copy_(val)
+    for seq in seqs:
+        for b in blocks[id(seq)]:
+            r = records.get(id(b))
+            if r is None or "in" not in r or "out" not in r:
+                raise RuntimeError("example_input: the model's forward did not run every block once")
+            b.trace = r
+
+
+def optimize_memory(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    budget: Union[None, int, float, str] = None,
+    *,
+    chunk: Optional[int] = None,
+    optimizer_bytes_per_param: int = 0,
+) -> "netplan.NetworkPlan":
+    """Rewrite ``model`` in place so that its training peak memory is nearly constant in T.
+
+    Every plain ``nn.Sequential`` in ``model`` that holds spiking nodes (edgesnn ``LIF``/``RevLIF``)
+    among standard torch or SpikingJelly multi-step layers is split into blocks (layers -> node ->
+    pooling); each block keeps its input compactly (1 bit per spike; once if repeated over T) and
+    recomputes its interior in backward, ``K`` time steps at a time, with exact BatchNorm.
+    Gradients equal the unoptimized model's up to float rounding; running statistics are updated
+    once per step. The state_dict is unchanged.
+
+    Args:
+        model: the network (modified in place).
+        example_input: one input batch as the model takes it (shapes only are used: it is run on
+            fake tensors). Pass inputs repeated over T as ``x.unsqueeze(0).expand(T, ...)`` (or use a
+            model that does, like edgesnn's classifiers) so they are stored once.
+        budget: peak training bytes to fit (int, or a size such as ``"120MiB"``); ``None`` picks
+            the smallest peak that costs little time.
+        chunk: force one chunk size ``K`` for every block instead of planning.
+        optimizer_bytes_per_param: optimizer state per parameter byte to count (0: forward and
+            backward only; Adam ~2).
+
+    Returns:
+        the :class:`~edgesnn.planner.network.NetworkPlan`: per block strategy and chunk, predicted peak.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input: expected a tensor, got {type(example_input).__name__}")
+    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
+    budget_bytes = _parse_budget(budget)
+    seqs = candidate_sequentials(model)
+    if not seqs:
+        raise ValueError("model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize")
+    blocks = {id(s): partition(s) for s in seqs}
+    _trace_shapes(model, example_input, blocks, seqs)
+    all_blocks = [b for s in seqs for b in blocks[id(s)]]
+    plan = netplan.plan_blocks(all_blocks, model, budget_bytes, chunk=chunk,
+                               optimizer_bytes_per_param=optimizer_bytes_per_param)
+    for s in seqs:
+        install(s, blocks[id(s)])
+    return plan
+
+
+def largest_batch(model: nn.Module, make_input, budget: int, max_batch: int = 1024):
+    """The largest batch whose :func:`optimize_memory` plan fits ``budget`` bytes (activations above
+    the step's baseline), by bisection over predictions only (fake tensors: nothing is run).
+
+    Args:
+        model: the network (not modified: each trial plans a copy).
+        make_input: ``batch -> example input`` (e.g. ``lambda b: x0.expand(T, b, ...)``).
+        budget: bytes for the step's activations and temporaries.
+        max_batch: upper end of the search.
+
+    Returns:
+        ``(batch, plan)``, or ``(0, None)`` if batch 1 does not fit.
+    """
+    import copy
+
+    def plan_at(b: int):
+        try:
+            return optimize_memory(copy.deepcopy(model), make_input(b), budget=budget)
+        except netplan.PlanningError:
+            return None
+
+    lo, hi, best = 1, max(1, int(max_batch)), (0, None)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        p = plan_at(mid)
+        if p is not None:
+            best, lo = (mid, p), mid + 1
+        else:
+            hi = mid - 1
+    return best

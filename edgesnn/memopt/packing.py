@@ -1,0 +1,95 @@
+"""Compact storage of a block's saved input: 1 bit per spike, small integers for pooled spikes.
+
+What a tensor holds is known from the graph (which layer produced it), never from its values:
+the optimizer only packs a tensor that a LIF node (optionally followed by max-pooling or
+flattening) produced. All functions work per time step, so a chunk ``[t0:t1]`` unpacks alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+
+__all__ = ["SavedInput", "save_input"]
+
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
+_WEIGHTS = (1 << _SHIFTS).to(torch.uint8)
+
+
+def pack_bits(x: torch.Tensor, step_chunk: int = 8) -> torch.Tensor:
+    """Pack a binary ``[T, ...]`` tensor into ``uint8 [T, ceil(M / 8)]`` (bit ``j`` of byte ``i`` is element ``8 i + j``)."""
+    T = x.shape[0]
+    flat = x.reshape(T, -1)
+    M = flat.shape[1]
+    nbytes = (M + 7) // 8
+    out = torch.empty(T, nbytes, dtype=torch.uint8, device=x.device)
+    w = _WEIGHTS.to(x.device)
+    for t0 in range(0, T, step_chunk):
+        t1 = min(t0 + step_chunk, T)
+        b = flat[t0:t1] != 0
+        if M % 8:
+            b = torch.cat([b, b.new_zeros(t1 - t0, nbytes * 8 - M)], dim=1)
+        torch.sum(b.view(t1 - t0, nbytes, 8).to(torch.uint8) * w, dim=2, dtype=torch.uint8, out=out[t0:t1])
+    return out
+
+
+def unpack_bits(packed: torch.Tensor, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`pack_bits` for ``packed [k, nbytes]`` -> ``[k, *shape]`` of 0/1 in ``dtype``."""
+    k = packed.shape[0]
+    M = 1
+    for s in shape:
+        M *= s
+    bits = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 1
+    return bits.view(k, -1)[:, :M].to(dtype).view(k, *shape)
+
+
+@dataclass
+class SavedInput:
+    """A block's input ``[T, B, ...]`` as the block keeps it for backward.
+
+    ``codec``: ``"once"`` (time-invariant input stored as ``[B, ...]``), ``"bits"`` (binary,
+    1 bit per element), ``"levels:n"`` (a mean of ``n`` binary values, ``n`` a power of two:
+    1 byte per element) or ``"dense"`` (the tensor itself).
+    """
+
+    codec: str
+    data: torch.Tensor
+    shape: Tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+    def chunk(self, t0: int, t1: int) -> torch.Tensor:
+        """Steps ``t0:t1`` as a dense ``[t1 - t0, B, ...]`` tensor (a fresh tensor, or a view for ``dense``)."""
+        if self.codec == "once":
+            return self.data.unsqueeze(0).expand(t1 - t0, *self.data.shape)
+        if self.codec == "bits":
+            return unpack_bits(self.data[t0:t1], self.shape[1:], self.dtype)
+        if self.codec.startswith("levels:"):
+            n = int(self.codec.split(":")[1])
+            return (self.data[t0:t1].to(self.dtype) / n)
+        return self.data[t0:t1]
+
+
+def is_time_invariant(x: torch.Tensor) -> bool:
+    """``x [T, B, ...]`` repeats one ``[B, ...]`` tensor over T as a zero-stride view (``expand``)."""
+    return x.dim() >= 2 and x.shape[0] > 1 and x.stride(0) == 0
+
+
+def save_input(x: torch.Tensor, codec: str) -> SavedInput:
+    """Keep ``x [T, B, ...]`` compactly: ``codec`` is what the graph says ``x`` holds (``bits``,
+    ``levels:n`` or ``dense``); a zero-stride time dim is kept once whatever the codec."""
+    shape, dtype = tuple(x.shape), x.dtype
+    if is_time_invariant(x):
+        return SavedInput("once", x[0].detach(), shape, dtype)
+    x = x.detach()
+    if codec == "bits":
+        return SavedInput("bits", pack_bits(x), shape, dtype)
+    if codec.startswith("levels:"):
+        n = int(codec.split(":")[1])
+        return SavedInput(codec, (x * n).round_().to(torch.uint8), shape, dtype)
+    return SavedInput("dense", x, shape, dtype)

@@ -1,0 +1,72 @@
+"""SpikingJelly habits: the ``surrogate_function=`` keyword and SpikingJelly surrogate instances.
+
+Nothing here imports SpikingJelly: its surrogate modules are recognised by their class's module
+(``spikingjelly.*``) and name, and mapped to the edgesnn surrogate with the same gradient formula
+and the same ``alpha``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..functional import surrogate as _sg
+from ..functional.surrogate import Surrogate, SurrogateLike, get_surrogate
+
+__all__ = ["resolve_surrogate", "from_spikingjelly_surrogate", "SPIKINGJELLY_SURROGATES"]
+
+#: SpikingJelly surrogate class name -> the edgesnn class with the same ``sg'`` and default alpha.
+SPIKINGJELLY_SURROGATES = {
+    "Sigmoid": _sg.Sigmoid,
+    "ATan": _sg.ATan,
+    "PiecewiseQuadratic": _sg.PiecewiseQuadratic,
+    "PiecewiseExp": _sg.PiecewiseExp,
+    "SoftSign": _sg.SoftSign,
+    "SuperSpike": _sg.SuperSpike,
+    "Erf": _sg.Erf,
+    "NonzeroSignLogAbs": _sg.NonzeroSignLogAbs,
+}
+
+
+def _is_spikingjelly_object(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "spikingjelly"
+
+
+def from_spikingjelly_surrogate(obj: Any) -> Surrogate:
+    """The edgesnn :class:`Surrogate` equal to a SpikingJelly surrogate instance (same formula, same alpha).
+
+    Raises:
+        TypeError: a SpikingJelly surrogate edgesnn does not implement (e.g. several parameters).
+        ValueError: the instance is in ``spiking=False`` mode (it would not emit spikes in SpikingJelly).
+    """
+    cls_name = type(obj).__name__
+    target = SPIKINGJELLY_SURROGATES.get(cls_name)
+    if target is None:
+        raise TypeError(
+            f"surrogate_function: SpikingJelly's {cls_name} has no edgesnn equivalent; supported: "
+            f"{sorted(SPIKINGJELLY_SURROGATES)} (or pass an edgesnn Surrogate)"
+        )
+    if getattr(obj, "spiking", True) is not True:
+        raise ValueError(f"surrogate_function: {cls_name}(spiking=False) outputs the primitive function, not spikes; use spiking=True")
+    alpha = getattr(obj, "alpha", None)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"surrogate_function: {cls_name}.alpha must be a number, got {alpha!r}")
+    return target(float(alpha))
+
+
+def resolve_surrogate(surrogate: Optional[Any], surrogate_function: Optional[Any] = None) -> Surrogate:
+    """The node's :class:`Surrogate` from ``surrogate=`` and/or its SpikingJelly alias ``surrogate_function=``.
+
+    Each accepts a name (``"sigmoid"``, ``"atan"``, ...), an edgesnn :class:`Surrogate` or a
+    SpikingJelly surrogate instance. Neither given: ``Sigmoid(alpha=4)``. Both given: an error.
+    """
+    if surrogate is not None and surrogate_function is not None:
+        raise TypeError("give the surrogate once: surrogate= or its SpikingJelly alias surrogate_function=, not both")
+    spec: Optional[Any] = surrogate if surrogate is not None else surrogate_function
+    if spec is None:
+        return _sg.Sigmoid()
+    if _is_spikingjelly_object(spec):
+        return from_spikingjelly_surrogate(spec)
+    return get_surrogate(spec)
+
+
+SurrogateArg = Optional[SurrogateLike]

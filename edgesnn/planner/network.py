@@ -1,0 +1,316 @@
+"""Peak-memory model and chunk planner for chunked whole-network training (:mod:`edgesnn.memopt`).
+
+The objective is the **peak** of one training step, transients included, not the sum of saved
+bytes. The step is replayed phase by phase: the forward of each block (its input and output
+tensors over all T, one chunk of temporaries, everything kept so far) and the backward of each
+block in reverse (the incoming and outgoing gradients over all T, the node-state gradients kept
+between the two BatchNorm passes, one chunk of temporaries). All sizes come from shapes.
+
+Chunk size ``K`` trades memory for time: every chunk costs a fixed overhead and a block with
+BatchNorm that needs more than one chunk runs its layers two extra times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from torch import nn
+
+__all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "predict_peak", "plan_blocks", "PlanningError"]
+
+# Temporaries of one chunk step, in multiples of the per-step tensors (float32), measured on the
+# CPU backend: see tools/bench_network_memory.py. Forward: input chunk, layer output, normalised
+# output, node output, tail output. Backward: the same recomputed plus their gradients.
+FWD_X, FWD_A, FWD_O = 1.0, 3.0, 1.0
+BWD_X, BWD_A, BWD_O = 2.0, 3.0, 2.0
+STATIC_BWD_A = 3.0
+# No budget: the fastest plan whose peak is within this factor of the least reachable peak.
+NO_BUDGET_SLACK = 1.05
+NO_BUDGET_SLACK_BYTES = 4 * 2**20  # small models: a few MiB are not worth many small chunks
+# Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
+# cost per chunk pass (kernel launches, Python) in MAC-equivalents.
+CHUNK_OVERHEAD_MACS = 2.0e6
+# A repeated-input block's backward runs in sub-chunks of this many steps (node-only recompute).
+STATIC_INNER_STEPS = 2
+
+
+class PlanningError(ValueError):
+    """The budget cannot be met; the message gives the minimum and what to change."""
+
+
+@dataclass
+class BlockShape:
+    """Per-step sizes of one block (bytes of one time step for the whole batch)."""
+
+    name: str
+    T: int
+    x_bytes: int            # block input, one step, dense
+    x_saved_bytes: int      # block input as kept over all T (packed, once, or dense)
+    a_bytes: int            # node input (layer output), one step
+    o_bytes: int            # block output, one step
+    static: bool            # input repeated over T: layers before the node run once
+    has_bn: bool
+    can_chunk: bool
+    macs: int               # multiply-accumulates of the block's layers, one step
+    hands_off: bool = False  # its output goes packed straight to the next block
+    param_bytes: int = 0     # the block's parameters (convolution kernels copy their weights per call)
+
+
+@dataclass
+class BlockChoice:
+    name: str
+    strategy: str           # "recompute" (one chunk) or "chunked"
+    chunk: int
+    saved_bytes: int
+
+
+@dataclass
+class NetworkPlan:
+    """What :func:`edgesnn.optimize_memory` chose, and the predicted peak (bytes above the pre-step baseline)."""
+
+    blocks: List[BlockChoice]
+    peak_bytes: int
+    peak_phase: str
+    budget_bytes: Optional[int]
+    time_units: float
+    fixed_bytes: int = 0
+
+    def to_dict(self) -> Dict:
+        return {"blocks": [asdict(b) for b in self.blocks], "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
+                "budget_bytes": self.budget_bytes, "time_units": self.time_units, "fixed_bytes": self.fixed_bytes}
+
+    def __str__(self) -> str:
+        lines = [f"{'block':<12} {'strategy':<10} {'K':>4} {'saved MiB':>10}"]
+        for b in self.blocks:
+            lines.append(f"{b.name:<12} {b.strategy:<10} {b.chunk:>4} {b.saved_bytes / 2**20:>10.2f}")
+        lines.append(f"predicted peak {self.peak_bytes / 2**20:.1f} MiB ({self.peak_phase})"
+                     + (f", budget {self.budget_bytes / 2**20:.1f} MiB" if self.budget_bytes else ""))
+        return "\n".join(lines)
+
+
+def _n_chunks(T: int, K: int) -> int:
+    return -(-T // K)
+
+
+def _saved(b: BlockShape, K: int) -> int:
+    """Bytes a block keeps from its forward to its backward: input + node state per chunk boundary."""
+    return b.x_saved_bytes + (_n_chunks(b.T, K) - 1) * b.a_bytes
+
+
+def _fused(shapes: Sequence[BlockShape], i: int) -> bool:
+    """Block ``i`` is a repeated-input block whose backward runs inside block ``i + 1``'s."""
+    return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
+
+
+def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0, inner: int = 2,
+                 breakdown: Optional[Dict[str, int]] = None):
+    """``(peak bytes, phase name)`` of one training step with chunk ``chunks[i]`` for block ``i``.
+
+    Mirrors :mod:`edgesnn.memopt.block`: blocks hand packed outputs to the next block (no dense
+    output over T), a repeated-input block runs ``inner`` steps at a time and its backward runs
+    inside the next block's, a block's backward holds its output gradient and writes its input
+    gradient over all T, one chunk of temporaries at a time.
+    """
+    best, where = 0, ""
+    kept = 0
+    n = len(shapes)
+    phases = {}
+    for i, (b, K) in enumerate(zip(shapes, chunks)):
+        k = min(K, b.T)
+        if b.static:
+            tmp = min(inner, k) * FWD_A * b.a_bytes + 2 * b.a_bytes
+        else:
+            tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes) + b.param_bytes
+        kept += _saved(b, K)
+        y = 0 if b.hands_off else b.T * b.o_bytes
+        phase = kept + y + tmp
+        phases[f"forward {b.name}"] = phase
+        if phase > best:
+            best, where = phase, f"forward {b.name}"
+    tail = shapes[-1].T * shapes[-1].o_bytes if shapes and not shapes[-1].hands_off else 0
+    for i in range(n - 1, -1, -1):
+        b, K = shapes[i], chunks[i]
+        k = min(K, b.T)
+        nc = _n_chunks(b.T, K)
+        if b.static and _fused(shapes, i):
+            kept -= _saved(b, K)
+            continue
+        g_out = b.T * b.o_bytes
+        if b.static:
+            tmp = min(inner, k) * STATIC_BWD_A * b.a_bytes + 2 * b.a_bytes
+            phase = kept + g_out + tmp
+        else:
+            prev_fused = i > 0 and _fused(shapes, i - 1)
+            g_in = 0 if prev_fused else b.T * b.x_bytes
+            gv = (nc - 1) * b.a_bytes if (b.has_bn and nc > 1) else 0
+            tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes) + b.param_bytes
+            if prev_fused:
+                p = shapes[i - 1]
+                tmp += min(inner, k) * STATIC_BWD_A * p.a_bytes + max(chunks[i - 1] // k, 1) * p.a_bytes
+            phase = kept + tail + g_out + g_in + gv + tmp
+        phases[f"backward {b.name}"] = phase
+        if phase > best:
+            best, where = phase, f"backward {b.name}"
+        kept -= _saved(b, K)
+        if i > 0 and _fused(shapes, i - 1):
+            kept -= _saved(shapes[i - 1], chunks[i - 1])
+        tail = 0
+    if breakdown is not None:
+        breakdown.update({k: v + fixed_bytes for k, v in phases.items()})
+    return int(best + fixed_bytes), where
+
+
+def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int]) -> float:
+    """Relative step time: layer passes x MACs plus a cost per chunk pass."""
+    total = 0.0
+    for b, K in zip(shapes, chunks):
+        nc = _n_chunks(b.T, K)
+        steps = 1 if b.static else b.T
+        passes = 4 if (nc == 1 or b.static or not b.has_bn) else 6
+        node_passes = 3 if (b.has_bn and nc > 1 and not b.static) else 2
+        total += passes * b.macs * steps + nc * node_passes * CHUNK_OVERHEAD_MACS
+    return total
+
+
+def _candidates(T: int) -> List[int]:
+    ks, k = [], T
+    while k >= 1:
+        ks.append(k)
+        if k == 1:
+            break
+        k = max(1, k // 2)
+    return ks
+
+
+def _fit_static(shapes: Sequence[BlockShape], chunks: List[int], fixed_bytes: int) -> List[int]:
+    """Checkpoint interval of each fused repeated-input block: a multiple of the next block's chunk,
+    the one with the least predicted peak (few checkpoints vs. few recomputed states)."""
+    out = list(chunks)
+    for i, b in enumerate(shapes):
+        if not _fused(shapes, i):
+            continue
+        k_next = out[i + 1]
+        options = sorted({m * k_next for m in range(1, _n_chunks(b.T, k_next) + 1)} | {b.T})
+        best = None
+        for c in options:
+            trial = list(out)
+            trial[i] = c
+            p, _ = predict_peak(shapes, trial, fixed_bytes)
+            if best is None or p < best[0]:
+                best = (p, c)
+        out[i] = best[1]
+    return out
+
+
+def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
+    """Chunk size per block: the fastest choice (fewest, largest chunks) whose predicted peak fits
+    ``budget``. With no budget: the fastest choice within ``NO_BUDGET_SLACK`` of the least peak
+    reachable by chunking."""
+    if budget is None:
+        least = _greedy(shapes, None, fixed_bytes)
+        low = predict_peak(shapes, least, fixed_bytes)[0]
+        target = int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
+        return _greedy(shapes, target, fixed_bytes)
+    return _greedy(shapes, budget, fixed_bytes)
+
+
+def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
+    """From one chunk per block, halve the chunk that buys the most peak per unit of time until the
+    peak fits ``budget`` (``None``: until no halving lowers the peak)."""
+    chunks = [b.T for b in shapes]
+    ks = [_candidates(b.T) for b in shapes]
+    idx = [0] * len(shapes)
+
+    def peak_of(c: List[int]) -> int:
+        return predict_peak(shapes, _fit_static(shapes, c, fixed_bytes), fixed_bytes)[0]
+
+    while True:
+        peak = peak_of(chunks)
+        if budget is not None and peak <= budget:
+            return _fit_static(shapes, chunks, fixed_bytes)
+        best = None
+        for i, b in enumerate(shapes):
+            if not b.can_chunk or _fused(shapes, i) or idx[i] + 1 >= len(ks[i]):
+                continue
+            trial = list(chunks)
+            trial[i] = ks[i][idx[i] + 1]
+            p = peak_of(trial)
+            dt = predict_time(shapes, trial) - predict_time(shapes, chunks)
+            gain = peak - p
+            if gain <= 0:
+                continue
+            score = gain / max(dt, 1.0)
+            if best is None or score > best[0]:
+                best = (score, i, p)
+        if best is None:
+            if budget is not None:
+                raise PlanningError(
+                    f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
+                    f"{peak / 2**20:.1f} MiB: lower the batch or T, or raise the budget")
+            return _fit_static(shapes, chunks, fixed_bytes)
+        _, i, p = best
+        idx[i] += 1
+        chunks[i] = ks[i][idx[i]]
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def _macs(block, T: int, B: int) -> int:
+    """Multiply-accumulates of one time step of a block's layers (conv and linear)."""
+    total = 0
+    for s in block.steps:
+        m = s.module
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            out = block.trace.get("pre_out") or block.trace["node_in"]
+            total += _prod(out[2:]) * B * m.out_channels * (m.in_channels // m.groups) * _prod(m.kernel_size)
+        elif isinstance(m, nn.Linear):
+            total += B * m.in_features * m.out_features
+    return total
+
+
+def block_shape(block, index: int) -> BlockShape:
+    """Per-step sizes of a traced :class:`edgesnn.memopt.block.Block`."""
+    in_shape, static, dtype = block.trace["in"]
+    e = 4 if str(dtype) == "torch.float32" else 8
+    T, B = in_shape[0], in_shape[1]
+    x_elems = _prod(in_shape[1:])
+    if static:
+        x_saved = x_elems * e
+    elif block.in_codec == "bits":
+        x_saved = T * (-(-x_elems // 8))
+    elif block.in_codec.startswith("levels:"):
+        x_saved = T * x_elems
+    else:
+        x_saved = T * x_elems * e
+    return BlockShape(
+        name=f"block{index}", T=T, x_bytes=x_elems * e, x_saved_bytes=x_saved,
+        a_bytes=_prod(block.trace["node_in"][1:]) * e, o_bytes=_prod(block.trace["out"][1:]) * e,
+        static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
+        hands_off=block.next_block is not None,
+        param_bytes=sum(p.numel() * p.element_size() for p in block.params),
+    )
+
+
+def plan_blocks(blocks, model: nn.Module, budget: Optional[int], chunk: Optional[int] = None,
+                optimizer_bytes_per_param: int = 0) -> NetworkPlan:
+    """Choose every block's chunk (or apply ``chunk``), set ``block.chunk``, and return the plan."""
+    shapes = [block_shape(b, i) for i, b in enumerate(blocks)]
+    fixed = optimizer_bytes_per_param * sum(p.numel() * p.element_size() for p in model.parameters())
+    if chunk is not None:
+        chunks = [min(chunk, s.T) if s.can_chunk else s.T for s in shapes]
+    else:
+        chunks = plan_chunks(shapes, budget, fixed)
+    chunks = _fit_static(shapes, list(chunks), fixed)
+    for b, K, sh in zip(blocks, chunks, shapes):
+        b.chunk = K
+        b.inner = max(1, min(K, STATIC_INNER_STEPS)) if sh.static else 0
+    peak, phase = predict_peak(shapes, chunks, fixed)
+    choices = [BlockChoice(s.name, "recompute" if K >= s.T else "chunked", K, _saved(s, K)) for s, K in zip(shapes, chunks)]
+    return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks), fixed)

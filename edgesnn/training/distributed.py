@@ -1,0 +1,198 @@
+"""Data-parallel training on PyTorch's engine: ``torchrun --nproc-per-node N -m edgesnn train ...``.
+
+What this module takes care of (each point was measured on this stack):
+
+* **Process group**: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`setup`
+  joins the group: ``gloo`` on CPU, ``nccl`` with ``--device cuda`` (one GPU per local rank).
+  The fused kernels are custom ops with their own autograd; they run unchanged under
+  ``DistributedDataParallel`` (it only hooks the parameters' gradients).
+* **Threads**: ``torchrun`` sets ``OMP_NUM_THREADS=1`` but Numba starts one thread per core in
+  *every* rank, so N ranks oversubscribe the cores N times. :func:`rank_threads` gives each rank
+  ``cores // local ranks`` threads (or ``--threads``); :func:`configure_threads` exports it as
+  ``NUMBA_NUM_THREADS`` before Numba is imported and sets PyTorch's intra-op pool to the same.
+* **Kernel cache**: Numba's on-disk cache is not safe to fill from several processes at once
+  (and N ranks compiling the same kernels wastes N x 15 s). :func:`warm_kernels` lets local
+  rank 0 compile (or load) them while the others wait at a barrier, then load them from the cache.
+* **Data loader workers**: the training loop indexes in-memory tensors and starts no workers.
+  Forked DataLoader workers die under Numba's GNU OpenMP threading layer; edgesnn selects the
+  ``workqueue`` layer (see :func:`edgesnn.kernels.config.configure_threading_layer`), and any
+  worker pool added later must use the ``spawn`` start method (or keep workqueue/tbb).
+
+Rank 0 alone writes checkpoints, reports and progress (atomically, as a single process does).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+__all__ = ["DistInfo", "env_world", "rank_threads", "configure_threads", "setup", "warm_kernels", "barrier",
+           "all_sum", "cpu_cores"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: global rank and world size, rank and size on this node, device."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    device: str = "cpu"
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, reports and progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"distributed: environment variable {name}={value!r} is not an integer") from None
+
+
+def env_world() -> DistInfo:
+    """Rank and world size from the variables ``torchrun`` sets (a plain run: rank 0 of 1).
+
+    With an initialised default process group (e.g. processes started by a test), the group's
+    rank and size win over the environment.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_world = _env_int("LOCAL_WORLD_SIZE", world)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            world, rank = dist.get_world_size(), dist.get_rank()
+            local_world = _env_int("LOCAL_WORLD_SIZE", world)
+            local_rank = _env_int("LOCAL_RANK", rank)
+    except ImportError:  # pragma: no cover
+        pass
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"distributed: bad RANK={rank} / WORLD_SIZE={world}")
+    return DistInfo(rank, world, local_rank, max(1, local_world))
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def rank_threads(threads: Optional[int] = None, local_world: int = 1, cores: Optional[int] = None) -> int:
+    """Threads for one rank: ``threads`` if given, else ``cores // local_world`` (at least 1)."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"--threads: expected an integer >= 1, got {threads!r}")
+        return threads
+    cores = cpu_cores() if cores is None else cores
+    return max(1, cores // max(1, local_world))
+
+
+def configure_threads(n: int) -> Dict[str, int]:
+    """Give this process ``n`` Numba threads and ``n`` PyTorch intra-op threads; returns the counts in use.
+
+    Numba sizes its pool from ``NUMBA_NUM_THREADS`` when it is imported, so the variable is
+    exported first (unless Numba is already loaded; then the pool keeps its size and only ``n`` of
+    its threads are used). An explicit ``NUMBA_NUM_THREADS`` in the environment is kept as the
+    pool size.
+    """
+    if "numba" not in sys.modules and "NUMBA_NUM_THREADS" not in os.environ:
+        os.environ["NUMBA_NUM_THREADS"] = str(n)
+    from ..kernels.config import get_num_threads, set_num_threads
+
+    set_num_threads(n)
+    return get_num_threads()
+
+
+def setup(device: str = "cpu", timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); returns :class:`DistInfo`.
+
+    ``device="cpu"`` uses ``gloo``; ``"cuda"`` uses ``nccl`` and binds this rank to GPU
+    ``LOCAL_RANK``. A group that is already initialised is used as is. A single process starts
+    no group.
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected 'cpu' or 'cuda', got {device!r}")
+    info = env_world()
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device visible to PyTorch")
+        if info.local_rank >= torch.cuda.device_count():
+            raise ValueError(f"--device cuda: local rank {info.local_rank} has no GPU "
+                             f"({torch.cuda.device_count()} visible); start at most that many processes per node")
+        torch.cuda.set_device(info.local_rank)
+    if info.world > 1 and not dist.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        info = env_world()
+    dev = f"cuda:{info.local_rank}" if device == "cuda" else "cpu"
+    return DistInfo(info.rank, info.world, info.local_rank, info.local_world, dev)
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if info.distributed:
+        import torch.distributed as dist
+
+        if info.device.startswith("cuda"):
+            dist.barrier(device_ids=[int(info.device.split(":")[1])])
+        else:
+            dist.barrier()
+
+
+def all_sum(info: DistInfo, *values: float):
+    """Sum float values over all ranks (returns them unchanged in a single process)."""
+    if not info.distributed:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return tuple(float(v) for v in t.tolist())
+
+
+def warm_kernels(info: DistInfo, backend: str = "auto", notice: Optional[Callable[[], None]] = None) -> None:
+    """Fill the Numba cache from local rank 0 before the other ranks compile; then a barrier.
+
+    Only for the CPU kernels (``backend`` ``auto`` or ``numba`` on a CPU device, Numba
+    installed). ``notice`` (the first-run compile notice) is called on local rank 0 first.
+    """
+    global _WARMED
+    from ..kernels.dispatch import numba_available
+
+    use_numba = backend in ("auto", "numba") and info.device == "cpu" and numba_available()
+    if not info.distributed or _WARMED:
+        return
+    if use_numba and info.local_rank == 0:
+        if notice is not None:
+            notice()
+        from ..kernels.cli import warmup
+
+        warmup(verbose=False)
+    barrier(info)
+    _WARMED = True
+
+
+_WARMED = False  # warm_kernels ran in this process (the CLI calls it before train(), which calls it again)

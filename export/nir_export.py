@@ -1,0 +1,23 @@
+"""``edgesnn export --format nir``: a LIF model as a NIR graph (``.nir``, HDF5; nir 1.0.8).
+
+The conversion and the LIF <-> NIR parameter mapping (``tau_N = tau * dt``, ``v_leak = v_reset``,
+``R = 1`` or ``tau``; BatchNorm folded; RevLIF refused) live in :mod:`edgesnn.nir`; this module
+only writes the file (atomically). Read it back with ``edgesnn.nir.load(path)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from torch import nn
+
+__all__ = ["export_nir"]
+
+
+def export_nir(model: nn.Module, out: Union[str, Path], dt: float = None) -> Path:
+    """Write ``model`` (eval statistics) as a NIR graph to ``out``; returns the path."""
+    from ..nir import DEFAULT_DT, write
+
+    model.eval()
+    return write(model, out, dt=DEFAULT_DT if dt is None else dt)

@@ -1,0 +1,88 @@
+"""Data-parallel training: 2 ranks x batch 32 == 1 rank x batch 64 (gloo, CPU, spawned processes).
+
+The model has no BatchNorm (``TrainConfig(batchnorm=False)``): with BatchNorm each rank normalises
+its 32 samples with their own statistics, which is not the statistics of the 64 together
+(SyncBatchNorm would fix that, but PyTorch runs it on CUDA only). Without it every sample's
+forward and backward are independent of the batch, so the averaged gradients match exactly.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from edgesnn.checkpoint import load_checkpoint
+from edgesnn.training.distributed import configure_threads, rank_threads
+from edgesnn.training.loop import TrainConfig, train
+
+STEPS = 20
+CFG = dict(dataset="digits", model="mlp", neuron="lif", timesteps=4, epochs=1, lr=1e-3, seed=3, batchnorm=False)
+
+
+def _rank(rank: int, world: int, init_file: str, ckpt: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    configure_threads(rank_threads(None, world))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:  # train() joins the existing group; local rank 0 warms the Numba cache first
+        train(TrainConfig(batch_size=32, **CFG), checkpoint=ckpt, max_steps=STEPS, progress=False, log=lambda m: None)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_match_one_rank_with_the_whole_batch(tmp_path):
+    ck2 = tmp_path / "two.ckpt"
+    mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(ck2)), nprocs=2, join=True)
+    ck1 = tmp_path / "one.ckpt"
+    report = train(TrainConfig(batch_size=64, **CFG), checkpoint=str(ck1), max_steps=STEPS, progress=False, log=lambda m: None)
+    assert report["steps"] == STEPS and report["world_size"] == 1
+    one, two = load_checkpoint(ck1), load_checkpoint(ck2)
+    assert two["world_size"] == 2 and two["steps"] == STEPS and one["steps"] == STEPS
+    assert one["model_state"].keys() == two["model_state"].keys()
+    worst = max(float((one["model_state"][k] - two["model_state"][k]).abs().max()) for k in one["model_state"])
+    moved = max(float((one["model_state"][k] - init).abs().max())
+                for k, init in _initial_state().items())
+    assert moved > 1e-3  # the 20 steps did train
+    assert worst <= 1e-5, f"2 ranks x 32 vs 1 rank x 64: max weight difference {worst:.3g}"
+
+
+def _initial_state():
+    from edgesnn.models import build_model
+
+    torch.manual_seed(CFG["seed"])
+    m = build_model("mlp", (64,), 10, 4, "lif", batchnorm=False, node={"backend": "auto"})
+    return m.state_dict()
+
+
+def test_rank_threads_split_the_cores():
+    assert rank_threads(None, 2, cores=16) == 8
+    assert rank_threads(None, 3, cores=2) == 1
+    assert rank_threads(4, 2, cores=16) == 4
+    with pytest.raises(ValueError, match="--threads"):
+        rank_threads(0, 1)
+
+
+def test_torchrun_cli_rank0_writes_and_logs_threads(tmp_path):
+    """``torchrun --nproc-per-node 2 -m edgesnn train``: per-rank threads logged, rank 0 alone writes."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    ck, rep = tmp_path / "m.ckpt", tmp_path / "r.json"
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "edgesnn", "train", "--dataset", "digits",
+                        "--epochs", "1", "--max-steps", "3", "--batch-size", "16", "--device", "cpu", "--no-progress",
+                        "--checkpoint", str(ck), "--json", str(rep)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n = rank_threads(None, 2)  # cores / 2 ranks (torchrun's OMP_NUM_THREADS=1 does not limit Numba)
+    for rank in (0, 1):
+        assert f"rank {rank}/2: {n} Numba and {n} PyTorch threads" in r.stderr, r.stderr
+    assert r.stdout.count("final test accuracy") == 1 and "2 ranks x batch 16" in r.stdout
+    assert r.stdout.count("epoch 1/1") == 1  # rank 0 alone reports
+    ckd = load_checkpoint(ck)
+    assert ckd["world_size"] == 2 and ckd["steps"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt", "r.json"]  # no temp files left

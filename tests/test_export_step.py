@@ -1,0 +1,211 @@
+"""``--format onnx-step``: a whole training step as one plain ONNX graph, run by the torch-free runner.
+
+* 20 runner steps (the runner's own IOBinding session) match PyTorch eager with the same
+  optimizer (``torch.optim.SGD`` with momentum, ``torch.optim.AdamW``) within 1e-5 on every
+  parameter, for LIF and RevLIF, MLP and conv net; first-layer gradients are non-zero; the
+  RevLIF reconstruction check is exactly 0.0 at every step (exact mode).
+* The runner, started as ``edgesnn-device`` in a fresh interpreter, fine-tunes an exported model
+  and never imports torch or any ``onnxruntime.training`` module; it reports held-out accuracy,
+  resumes, and its ``params.npz`` folds back into an edgesnn checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from test_export_common import needs_ort, run_python
+
+pytestmark = needs_ort
+
+STEPS = 20
+BATCH = 8
+
+
+def _model(name: str, neuron: str, T: int):
+    from edgesnn.models import build_model
+
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = build_model("mlp", (16,), 4, T, neuron=neuron, hidden=(8, 8))
+    else:
+        model = build_model("convnet", (2, 6, 6), 4, T, neuron=neuron, channels=(4, 4))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # non-trivial frozen BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def _batches(model, n: int):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(BATCH, *model.in_shape, generator=g) * 2.0, torch.randint(0, 4, (BATCH,), generator=g))
+            for _ in range(n)]
+
+
+# T picks the chunking: 8 -> 2 chunks of 4 steps, 6 -> 3 of 2, 5 -> 5 of 1, 4 -> 1 of 4
+CASES = [("mlp", "lif", 6, "sgd"), ("mlp", "revlif", 6, "sgd"), ("convnet", "lif", 5, "sgd"), ("convnet", "revlif", 5, "sgd"),
+         ("mlp", "lif", 4, "adamw"), ("mlp", "revlif", 8, "adamw"), ("convnet", "lif", 6, "adamw"), ("convnet", "revlif", 6, "adamw")]
+
+
+@pytest.mark.parametrize("name,neuron,T,optimizer", CASES, ids=["-".join(map(str, c)) for c in CASES])
+def test_runner_steps_match_torch_eager(tmp_path, name, neuron, T, optimizer):
+    from edgesnn.export.artifacts import validate_artifact_dir
+    from edgesnn.export.onnx_step import export_onnx_step
+    from edgesnn.export.prepare import export_copy
+    from edgesnn.export.runner import _StepSession, import_plain_ort
+
+    model = _model(name, neuron, T)
+    lr = 0.05 if optimizer == "sgd" else 0.01
+    export_onnx_step(model, tmp_path / "art", BATCH, optimizer, lr, momentum=0.9)
+    manifest = validate_artifact_dir(tmp_path / "art")
+    assert manifest.recon_tolerance == 0.0 and manifest.timesteps == T
+    with np.load(tmp_path / "art" / "init.npz") as npz:
+        start = {k: npz[k] for k in npz.files}
+    sess = _StepSession(import_plain_ort(), tmp_path / "art", manifest, start, threads=1, lean_memory=True)
+    sess.set_lr(lr)
+
+    ref = export_copy(model)  # eval-mode BatchNorm, reference backend: the store-everything autograd oracle
+    params = dict(ref.named_parameters())
+    opt = (torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.AdamW(ref.parameters(), lr=lr))
+    first = manifest.trainable[0]
+    for k, (x, y) in enumerate(_batches(model, STEPS)):
+        loss, correct, err = sess.step(x.numpy(), y.numpy())
+        out = torch.nn.functional.cross_entropy(ref(x), y)
+        opt.zero_grad()
+        out.backward()
+        if k == 0:
+            assert params[first].grad.abs().max() > 0, "torch: first-layer gradient is zero"
+            moved = np.abs(sess.values()[first] - start[first]).max()
+            assert moved > 0, "runner: the first step did not change the first layer"
+        opt.step()
+        assert err == 0.0, f"step {k}: RevLIF reconstruction error {err}"
+        assert abs(loss - out.item()) < 1e-5, (k, loss, out.item())
+    got = sess.values()
+    diffs = {n: float(np.abs(got[n] - p.detach().numpy()).max()) for n, p in params.items()}
+    assert max(diffs.values()) < 1e-5, diffs
+    moved = {n: float(np.abs(got[n] - start[n]).max()) for n in params}
+    assert moved[first] > 1e-4, moved  # the parameters really trained (the check above is not vacuous)
+
+
+# ----------------------------------------------------------------------------- the runner as a device would run it
+
+
+def _export_cli(argv):
+    from edgesnn.export import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["export", *argv])
+    return args.func(args)
+
+
+_RUNNER = """
+import json, runpy, sys
+sys.argv = ['edgesnn-device', *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module('edgesnn.export.runner', run_name='__main__')
+except SystemExit as exc:
+    code = exc.code
+bad = sorted(m for m, mod in sys.modules.items() if mod is not None and (m == 'torch' or m.startswith('torch.')
+             or m.startswith('onnxruntime.training')))
+print(json.dumps({'code': code, 'bad': bad, 'ort': 'onnxruntime' in sys.modules}))
+"""
+
+
+@pytest.fixture(scope="module")
+def digits_step(tmp_path_factory):
+    """A briefly host-trained digits RevLIF MLP, exported with the CLI as onnx-step, and device data."""
+    from sklearn.datasets import load_digits
+
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.models import build_model
+
+    tmp = tmp_path_factory.mktemp("step-e2e")
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    torch.manual_seed(0)
+    model = build_model("mlp", (64,), 10, 4, neuron="revlif", hidden=(32, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x[:512]), torch.from_numpy(y[:512])
+    for _ in range(2):  # a short host training: the device has room to improve
+        for i in range(0, 512, 32):
+            loss = torch.nn.functional.cross_entropy(model(xt[i:i + 32]), yt[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    ck = save_checkpoint(tmp / "model.ckpt", model.config, model.state_dict(), epoch=1)
+    assert _export_cli(["--checkpoint", str(ck), "--format", "onnx-step", "--out", str(tmp / "art"), "--batch-size", "16",
+                        "--lr", "0.05"]) == 0
+    np.savez(tmp / "device.npz", x=x[512:992], y=y[512:992])
+    return tmp, model
+
+
+def test_runner_is_torch_free_and_reports_held_out_accuracy(digits_step):
+    tmp, model = digits_step
+    proc = run_python(_RUNNER, str(tmp / "art"), "--data", str(tmp / "device.npz"), "--epochs", "2", "--out", str(tmp / "ft"),
+                      "--threads", "1", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"code": 0, "bad": [], "ort": True}, report
+    m = json.loads((tmp / "ft" / "metrics.json").read_text())
+    assert m["format"] == "onnx-step" and m["accuracy_on"] == "held-out"
+    assert m["eval_samples"] == 96 and m["train_samples"] == 384 and m["steps"] == 2 * (384 // 16)
+    assert m["forbidden_modules"] == [] and m["torch_imported"] is False
+    assert m["recon_error_max"] == 0.0
+    assert m["accuracy_after"] > m["accuracy_before"], (m["accuracy_before"], m["accuracy_after"])
+    assert m["epoch_loss"][-1] < m["epoch_loss"][0]
+
+    # --resume continues from state.npz; a second plain run refuses the non-empty --out
+    proc = run_python(_RUNNER, str(tmp / "art"), "--data", str(tmp / "device.npz"), "--out", str(tmp / "ft"))
+    assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["code"] == 2
+    assert "already exists and is not empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_python(_RUNNER, str(tmp / "art"), "--data", str(tmp / "device.npz"), "--out", str(tmp / "ft"), "--resume",
+                      "--threads", "1", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m2 = json.loads((tmp / "ft" / "metrics.json").read_text())
+    assert m2["total_steps"] == m["steps"] + m2["steps"]
+
+    # host side: the device weights fold back into an edgesnn checkpoint; its eager forward matches eval.onnx
+    from edgesnn.export.prepare import export_copy, model_from_checkpoint
+    from edgesnn.export.runner import import_plain_ort
+
+    assert _export_cli(["--checkpoint", str(tmp / "model.ckpt"), "--format", "checkpoint", "--params",
+                        str(tmp / "ft" / "params.npz"), "--out", str(tmp / "ft.ckpt")]) == 0
+    tuned, _ = model_from_checkpoint(tmp / "ft.ckpt")
+    ort = import_plain_ort()
+    sess = ort.InferenceSession(str(tmp / "art" / "eval.onnx"), providers=["CPUExecutionProvider"])
+    with np.load(tmp / "ft" / "params.npz") as npz:
+        feed = {k: npz[k] for k in npz.files}
+    x = np.load(tmp / "device.npz")["x"][:16]
+    feed["input"] = x
+    out = sess.run(["logits"], feed)[0]
+    with torch.no_grad():
+        ref = export_copy(tuned)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_step_export_refuses_nonempty_out_and_unsupported_layers(tmp_path):
+    from edgesnn.errors import UsageError
+    from edgesnn.export.onnx_step import build_step_program
+    from edgesnn.models import build_model
+    from edgesnn.nn import ParametricLIF
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep")
+    with pytest.raises(FileExistsError, match="pass --force"):
+        _export_cli(["--checkpoint", str(tmp_path / "none.ckpt"), "--format", "onnx-step", "--out", str(tmp_path / "out")])
+    model = build_model("mlp", (4,), 2, 2, hidden=(4,))
+    model.body[3] = ParametricLIF()
+    with pytest.raises(UsageError, match="ParametricLIF"):
+        build_step_program(model, 2)

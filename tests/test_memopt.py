@@ -1,0 +1,202 @@
+"""Whole-network memory optimisation: packed inputs, chunked recomputation, exact BatchNorm.
+
+The optimized model must compute what the plain model computes. Exactness is checked in float64
+(no spike sits within rounding of its threshold there, so outputs and gradients must agree to
+float64 rounding); float32 runs check the same code path with a float32 tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import edgesnn
+from edgesnn.memopt import MemoryOptimizedSequential, uninstall
+from edgesnn.memopt.packing import pack_bits, save_input, unpack_bits
+from edgesnn.models import build_model
+from edgesnn.nn import LIF, RevLIF, SeqToANN
+from edgesnn.planner.network import PlanningError
+
+
+def _net(node, pool="max", channels=(6, 8, 10), bias=False):
+    Pool = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
+    c0, c1, c2 = channels
+    return nn.Sequential(
+        SeqToANN(nn.Conv2d(2, c0, 3, padding=1, bias=bias)), SeqToANN(nn.BatchNorm2d(c0)), node(), SeqToANN(Pool(2)),
+        SeqToANN(nn.Conv2d(c0, c1, 3, padding=1)), SeqToANN(nn.BatchNorm2d(c1)), node(), SeqToANN(Pool(2)),
+        SeqToANN(nn.Conv2d(c1, c2, 3, padding=1)), SeqToANN(nn.BatchNorm2d(c2)), node(),
+        SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(c2 * 2 * 2, 5)),
+    )
+
+
+def _step(model, x, y):
+    out = model(x).mean(0)
+    loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], [b.clone() for b in model.buffers()]
+
+
+def _compare(node, T, K, static, pool="max", dtype=torch.float64, backend=None, seed=0):
+    torch.manual_seed(seed)
+    kw = {} if backend is None else {"backend": backend}
+    base = _net(lambda: node(**kw), pool).to(dtype)
+    with torch.no_grad():  # enough activity that spikes and resets matter
+        for m in base.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(3)
+    opt = copy.deepcopy(base)
+    x0 = torch.rand(3, 2, 9, 9, dtype=dtype) * 2  # odd spatial size: pooling floors
+    x = x0.unsqueeze(0).expand(T, *x0.shape) if static else torch.rand(T, 3, 2, 9, 9, dtype=dtype) * 2
+    y = torch.randint(0, 5, (3,))
+    ref = _step(base, x, y)
+    plan = edgesnn.optimize_memory(opt, x, chunk=K)
+    got = _step(opt, x, y)
+    return ref, got, plan, opt
+
+
+def _assert_close(ref, got, rtol):
+    (l0, g0, b0), (l1, g1, b1) = ref, got
+    assert torch.allclose(l0, l1, rtol=rtol, atol=0)
+    scale = max(g.abs().max().item() for g in g0)
+    for a, b in zip(g0, g1):
+        # per tensor, relative to its own size (floor: conv biases before BatchNorm have gradient ~0)
+        assert (a - b).abs().max().item() <= rtol * max(a.abs().max().item(), 1e-3 * scale)
+    for a, b in zip(b0, b1):
+        assert torch.allclose(a.double(), b.double(), rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("node", [LIF, RevLIF])
+@pytest.mark.parametrize("T,K,static", [(7, 3, False), (7, 2, True), (5, 1, False), (6, 4, True), (6, 6, False)])
+def test_chunked_equals_plain_float64(node, T, K, static):
+    ref, got, _, _ = _compare(node, T, K, static)
+    _assert_close(ref, got, 1e-10)
+
+
+@pytest.mark.parametrize("node", [LIF, RevLIF])
+def test_average_pooling_levels_codec(node):
+    ref, got, _, opt = _compare(node, 7, 3, False, pool="avg")
+    _assert_close(ref, got, 1e-10)
+    blocks = opt._memopt_blocks
+    want = "levels:4" if node is LIF else "dense"  # pooled LIF spikes are k/4; RevLIF outputs are real
+    assert blocks[1].in_codec == want and blocks[0].out_codec == want
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_float32_kernels(backend):
+    ref, got, _, _ = _compare(LIF, 6, 4, True, dtype=torch.float32, backend=backend, seed=3)
+    _assert_close(ref, got, 1e-4)
+
+
+def test_one_chunk_is_bit_identical_float32():
+    ref, got, _, _ = _compare(LIF, 5, 5, False, dtype=torch.float32, seed=1)
+    assert torch.equal(ref[0], got[0])
+    assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))
+
+
+def test_packing_round_trip_odd_sizes():
+    for shape in [(3, 5, 7), (4, 1, 1), (2, 3, 8), (5, 2, 3, 3)]:
+        x = (torch.rand(shape) > 0.5).float()
+        p = pack_bits(x)
+        assert p.dtype == torch.uint8 and p.shape[1] == (x[0].numel() + 7) // 8
+        assert torch.equal(unpack_bits(p, shape[1:], torch.float32), x)
+        s = save_input(x, "bits")
+        assert torch.equal(s.chunk(1, shape[0]), x[1:])
+    pooled = nn.functional.avg_pool2d((torch.rand(6, 3, 4, 4) > 0.5).float(), 2).unsqueeze(0).expand(1, 6, 3, 2, 2)
+    s = save_input(pooled.contiguous(), "levels:4")
+    assert s.data.dtype == torch.uint8 and torch.equal(s.chunk(0, 1), pooled)
+
+
+def test_repeated_input_is_stored_once():
+    x0 = torch.rand(3, 2, 9, 9)
+    s = save_input(x0.unsqueeze(0).expand(16, *x0.shape), "dense")
+    assert s.codec == "once" and s.nbytes == x0.numel() * 4
+    assert torch.equal(s.chunk(4, 9), x0.unsqueeze(0).expand(5, *x0.shape))
+
+
+def test_saved_bytes_do_not_grow_with_the_model_input_over_T():
+    """What autograd keeps for an optimized block is packed bits + chunk states, not float activations."""
+    from edgesnn.memory import SavedTensorCounter
+
+    sizes = {}
+    for T in (8, 32):
+        torch.manual_seed(0)
+        model = _net(LIF)
+        x0 = torch.rand(4, 2, 9, 9)
+        x = x0.unsqueeze(0).expand(T, *x0.shape)
+        edgesnn.optimize_memory(model, x, chunk=8)
+        with SavedTensorCounter() as c:
+            out = model(x)
+        sizes[T] = c.bytes(exclude=[out])
+        plain = _net(LIF)
+        with SavedTensorCounter() as c2:
+            out2 = plain(x)
+        assert sizes[T] * 4 < c2.bytes(exclude=[out2])
+    # only the head's input (T x 40 floats) and the packed bits grow with T
+    assert sizes[32] < 4 * sizes[8]
+
+
+def test_state_dict_unchanged_and_uninstall():
+    model = _net(LIF)
+    keys = list(model.state_dict())
+    x = torch.rand(4, 3, 2, 9, 9)
+    plan = edgesnn.optimize_memory(model, x)
+    assert isinstance(model, MemoryOptimizedSequential) and list(model.state_dict()) == keys
+    assert len(plan.blocks) == 3 and "predicted peak" in str(plan)
+    model.eval()
+    with torch.no_grad():
+        y1 = model(x)
+    uninstall(model)
+    assert type(model) is nn.Sequential
+    with torch.no_grad():
+        assert torch.equal(model(x), y1)
+
+
+def test_edgesnn_classifier_and_budget():
+    model = build_model("convnet", (2, 8, 8), 4, 6, neuron="lif", channels=(4, 6))
+    x = torch.rand(5, 2, 8, 8)
+    generous = edgesnn.optimize_memory(copy.deepcopy(model), x, budget=2**30)
+    assert all(b.chunk == 6 for b in generous.blocks)  # everything fits: one chunk per block (fastest)
+    tight_budget = int(generous.peak_bytes * 0.8)
+    tight = edgesnn.optimize_memory(model, x, budget=tight_budget)
+    assert tight.peak_bytes <= tight_budget and any(b.chunk < 6 for b in tight.blocks)
+    out = model(x)
+    out.sum().backward()
+    with pytest.raises(PlanningError, match="budget"):
+        edgesnn.optimize_memory(build_model("convnet", (2, 8, 8), 4, 6, channels=(4, 6)), x, budget=1000)
+
+
+def test_spikingjelly_layers_are_rewritten():
+    sj = pytest.importorskip("spikingjelly.activation_based.layer")
+    torch.manual_seed(0)
+    base = nn.Sequential(
+        sj.Conv2d(2, 4, 3, padding=1, bias=False, step_mode="m"), sj.BatchNorm2d(4, step_mode="m"), LIF(),
+        sj.MaxPool2d(2, step_mode="m"),
+        sj.Conv2d(4, 6, 3, padding=1, bias=False, step_mode="m"), sj.BatchNorm2d(6, step_mode="m"), LIF(),
+        sj.Flatten(step_mode="m"), sj.Linear(6 * 4 * 4, 3, step_mode="m"),
+    ).double()
+    opt = copy.deepcopy(base)
+    x0 = torch.rand(2, 2, 8, 8, dtype=torch.float64) * 3
+    x = x0.unsqueeze(0).expand(5, *x0.shape)
+    y = torch.tensor([0, 2])
+    ref = _step(base, x, y)
+    plan = edgesnn.optimize_memory(opt, x, chunk=2)
+    assert len(plan.blocks) == 2
+    _assert_close(ref, _step(opt, x, y), 1e-10)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="no nn.Sequential"):
+        edgesnn.optimize_memory(nn.Sequential(nn.Linear(2, 2)), torch.rand(3, 2))
+    with pytest.raises(ValueError, match="chunk"):
+        edgesnn.optimize_memory(_net(LIF), torch.rand(4, 3, 2, 9, 9), chunk=0)
+    with pytest.raises(ValueError, match="budget"):
+        edgesnn.optimize_memory(_net(LIF), torch.rand(4, 3, 2, 9, 9), budget=-5)
+
+
+def test_stateful_nodes_are_left_alone():
+    model = nn.Sequential(SeqToANN(nn.Linear(4, 6)), LIF(stateful=True), SeqToANN(nn.Linear(6, 6)), LIF())
+    plan = edgesnn.optimize_memory(model, torch.rand(3, 2, 4))
+    assert len(plan.blocks) == 1 and model._memopt_blocks[0].start == 2

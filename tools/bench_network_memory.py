@@ -1,0 +1,335 @@
+"""Whole-network training memory: VGG-11 (CIFAR-shaped), SpikingJelly vs edgesnn, peak RSS and step time.
+
+Method (every row in a fresh process): VGG-11 on 3x32x32 with SpikingJelly multi-step Conv2d /
+BatchNorm2d / MaxPool2d layers (only the spiking node differs between rows), input repeated over
+T as a zero-stride view, batch 8, forward + backward of cross-entropy on the time-averaged logits,
+one warm-up step, parameter gradients kept allocated (``zero_grad(set_to_none=False)``), large
+allocations forced to mmap (``MALLOC_MMAP_THRESHOLD_=131072``, so freed memory returns to the OS
+and RSS tracks live tensors). Peak = VmHWM during the measured steps minus the RSS before them
+(so parameters, gradients and the process baseline are excluded); time = median of 3 steps.
+
+Rows: SpikingJelly 2.0 LIFNode BPTT; SpikingJelly ``memopt.optimize_memory(level=1,
+compress=True)`` (the level that runs on a CPU); edgesnn all-LIF and all-RevLIF (2 groups) without
+optimization; ``edgesnn.optimize_memory`` with no budget and with a budget of 1/15 of SpikingJelly
+BPTT's T = 64 peak (measured in the same run). Ratios are against SpikingJelly BPTT at the same T.
+A separate check compares the optimized model's loss, parameter gradients and BatchNorm running
+statistics with the unoptimized edgesnn model.
+
+    python tools/bench_network_memory.py                 # T in 8, 32, 64; prints a table
+    python tools/bench_network_memory.py -T 8 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif", "opt", "opt_budget")
+LABELS = {
+    "sj_bptt": "SpikingJelly 2.0 LIFNode, BPTT",
+    "sj_memopt": "SpikingJelly memopt level 1 (compress)",
+    "lif": "edgesnn LIF",
+    "revlif": "edgesnn RevLIF (2 groups)",
+    "opt": "edgesnn optimize_memory, no budget",
+    "opt_budget": "edgesnn optimize_memory, budget SJ/15",
+}
+CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def build_vgg(node: str, grouped: bool = False):
+    """VGG-11 of SpikingJelly multi-step layers with ``node`` in {"sj", "lif", "revlif"}."""
+    import torch
+    from torch import nn
+    from spikingjelly.activation_based import layer, neuron, surrogate
+
+    from edgesnn.nn import LIF, RevLIF
+
+    def make_node():
+        if node == "sj":
+            return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.Sigmoid(), step_mode="m")
+        return LIF() if node == "lif" else RevLIF(groups=2)
+
+    class Block(nn.Sequential):
+        pass
+
+    mods, c = [], 3
+    for item in CFG:
+        if item == "M":
+            mods.append(layer.MaxPool2d(2, step_mode="m"))
+            continue
+        mods += [layer.Conv2d(c, item, 3, padding=1, bias=False, step_mode="m"),
+                 layer.BatchNorm2d(item, step_mode="m"), make_node()]
+        c = item
+    head = [layer.Flatten(step_mode="m"), layer.Linear(512, 10, step_mode="m")]
+    if not grouped:
+        return nn.Sequential(*mods, *head), None
+    blocks, cur = [], []
+    for m in mods:
+        cur.append(m)
+        if isinstance(m, layer.MaxPool2d) or (isinstance(m, neuron.LIFNode) and False):
+            blocks.append(Block(*cur))
+            cur = []
+    return nn.Sequential(*blocks, *cur, *head), Block
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _hwm() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    node = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}.get(row, "lif")
+    model, block_cls = build_vgg(node, grouped=(row == "sj_memopt"))
+    model.train()
+    x0 = torch.rand(batch, 3, 32, 32)
+    x = x0.unsqueeze(0).expand(T, *x0.shape)
+    y = torch.randint(0, 10, (batch,))
+    plan = None
+    if row == "sj_memopt":
+        from spikingjelly.activation_based import functional, memopt
+
+        def example(m):
+            functional.reset_net(m)
+            return m(x)
+
+        memopt.optimize_memory(model, block_cls, example, level=1, compress=True)
+    elif row in ("opt", "opt_budget"):
+        import edgesnn
+
+        try:
+            plan = edgesnn.optimize_memory(model, x, budget=budget if row == "opt_budget" else None)
+        except ValueError as exc:  # a budget the planner predicts cannot be met
+            return {"row": row, "T": T, "batch": batch, "error": str(exc)}
+
+    def step():
+        if node == "sj":
+            from spikingjelly.activation_based import functional
+            functional.reset_net(model)
+        model.zero_grad(set_to_none=False)
+        loss = F.cross_entropy(model(x).mean(0), y)
+        loss.backward()
+        return loss
+
+    step()  # warm-up: allocates gradients, compiles kernels
+    before = _rss()
+    _reset_hwm()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    peak = _hwm() - before
+    out = {"row": row, "T": T, "batch": batch, "peak_bytes": peak, "step_s": statistics.median(times)}
+    if plan is not None:
+        out["predicted_peak_bytes"] = plan.peak_bytes
+        out["chunks"] = [b.chunk for b in plan.blocks]
+    return out
+
+
+def check_gradients(T: int, batch: int, threads: int) -> dict:
+    """Loss, parameter gradients and BatchNorm running statistics: optimized vs unoptimized edgesnn LIF model.
+
+    float32 (the kernels the benchmark runs) and float64 (the torch backend): a BatchNorm output
+    that differs in its last bit can move a membrane potential across the threshold; in float32
+    that flips a spike now and then and the two runs part ways from there, in float64 it does not,
+    so float64 shows whether the method itself is exact. Relative differences are per parameter
+    tensor, ||a - b|| / ||a||, over tensors whose gradient is not ~0 (conv biases before BatchNorm).
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    import edgesnn
+
+    torch.set_num_threads(threads)
+    out = {"T": T}
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(1)
+        base, _ = build_vgg("lif")
+        base = base.to(dtype)
+        opt = copy.deepcopy(base)
+        x0 = torch.rand(batch, 3, 32, 32, dtype=dtype)
+        x = x0.unsqueeze(0).expand(T, *x0.shape)
+        y = torch.randint(0, 10, (batch,))
+        edgesnn.optimize_memory(opt, x)
+        res = []
+        for m in (base, opt):
+            loss = F.cross_entropy(m(x).mean(0), y)
+            loss.backward()
+            res.append((loss.item(), [p.grad for p in m.parameters()], [b for b in m.buffers()]))
+        scale = max(g.norm().item() for g in res[0][1])
+        rel = [((a - b).norm() / a.norm()).item() for a, b in zip(res[0][1], res[1][1]) if a.norm() > 1e-6 * scale]
+        bn = max((a.double() - b.double()).abs().max().item() for a, b in zip(res[0][2], res[1][2]))
+        key = str(dtype).replace("torch.", "")
+        out[key] = {"loss_base": res[0][0], "loss_opt": res[1][0],
+                    "loss_rel": abs(res[0][0] - res[1][0]) / abs(res[0][0]),
+                    "grad_rel_max": max(rel), "grad_rel_median": statistics.median(rel), "bn_stats_max_abs": bn}
+    return out
+
+
+def showcase(device_name: str, T: int, threads: int) -> dict:
+    """VGG-11 at T on a device's memory: the largest batch the plan allows, its measured peak.
+
+    The activation budget is the device's memory minus reserved memory, runtime overhead and the
+    parameters, gradients and SGD-momentum state. One step (no warm-up: gradient buffers are
+    allocated inside it and counted). SpikingJelly BPTT at that batch would not fit this machine:
+    its peak there is extrapolated from batches 8 and 16 measured in the same run (it is linear in B).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    import edgesnn
+    from edgesnn.devices import load_device
+    from edgesnn.memopt.optimize import largest_batch
+
+    torch.set_num_threads(threads)
+    dev = load_device(device_name)
+    model, _ = build_vgg("lif")
+    params = sum(p.numel() * 4 for p in model.parameters())
+    room = dev.memory_bytes - dev.reserved_bytes - dev.runtime_overhead_bytes - 3 * params
+    x0 = torch.rand(1, 3, 32, 32)
+    batch, plan = largest_batch(model, lambda b: x0.expand(b, 3, 32, 32).unsqueeze(0).expand(T, b, 3, 32, 32), room)
+    plan = edgesnn.optimize_memory(model, torch.rand(batch, 3, 32, 32).unsqueeze(0).expand(T, batch, 3, 32, 32),
+                                   budget=room)
+    x = torch.rand(batch, 3, 32, 32).unsqueeze(0).expand(T, batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    before = _rss()
+    _reset_hwm()
+    t = time.perf_counter()
+    F.cross_entropy(model(x).mean(0), y).backward()
+    return {"device": device_name, "T": T, "batch": batch, "activation_budget_bytes": int(room),
+            "predicted_peak_bytes": plan.peak_bytes, "peak_bytes": _hwm() - before,
+            "step_s": time.perf_counter() - t, "chunks": [b.chunk for b in plan.blocks]}
+
+
+def _run_child(args: list) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[8, 32, 64])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("--no-check", action="store_true", help="skip the gradient-agreement check")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--worker", nargs=3, metavar=("ROW", "T", "BUDGET"), help=argparse.SUPPRESS)
+    ap.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--showcase", metavar="DEVICE",
+                    help="instead of the table: VGG-11 at the largest T given by -T, on DEVICE's memory "
+                         "(e.g. raspberry-pi-4-4gb), largest planned batch, measured peak vs SpikingJelly BPTT")
+    ap.add_argument("--showcase-worker", metavar="DEVICE", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.batch, int(a.worker[2]), a.steps, a.threads)))
+        return 0
+    if a.check_worker:
+        print(json.dumps(check_gradients(a.check_worker, a.batch, a.threads)))
+        return 0
+    if a.showcase_worker:
+        print(json.dumps(showcase(a.showcase_worker, max(a.timesteps), a.threads)))
+        return 0
+    if a.showcase:
+        T = max(a.timesteps)
+        r = _run_child(["--showcase-worker", a.showcase, "-T", str(T), "--threads", str(a.threads)])
+        sj = [_run_child(["--worker", "sj_bptt", str(T), "0", "--batch", str(b), "--steps", "1",
+                          "--threads", str(a.threads)]) for b in (8, 16)]
+        slope = (sj[1]["peak_bytes"] - sj[0]["peak_bytes"]) / 8
+        r["sj_bptt_measured"] = {str(s_["batch"]): s_["peak_bytes"] for s_ in sj}
+        r["sj_bptt_extrapolated_bytes"] = int(sj[0]["peak_bytes"] + slope * (r["batch"] - 8))
+        print(f"{a.showcase}, VGG-11, T={T}: largest planned batch {r['batch']} (activation budget "
+              f"{r['activation_budget_bytes'] / 2**20:.0f} MiB); measured peak {r['peak_bytes'] / 2**20:.0f} MiB "
+              f"(predicted {r['predicted_peak_bytes'] / 2**20:.0f}), step {r['step_s']:.0f} s; SpikingJelly BPTT at "
+              f"batch {r['batch']}: ~{r['sj_bptt_extrapolated_bytes'] / 2**30:.1f} GiB (extrapolated from "
+              f"{sj[0]['peak_bytes'] / 2**20:.0f} / {sj[1]['peak_bytes'] / 2**20:.0f} MiB at batch 8 / 16)")
+        if a.json:
+            with open(a.json + ".tmp", "w") as fh:
+                json.dump(r, fh, indent=1)
+            os.replace(a.json + ".tmp", a.json)
+        return 0
+    common = ["--batch", str(a.batch), "--steps", str(a.steps), "--threads", str(a.threads)]
+    results, checks = [], []
+    budget = 0
+    Ts = sorted(a.timesteps, reverse=True)
+    for T in Ts:
+        for row in a.rows:
+            if row == "opt_budget":
+                if not budget:
+                    continue
+            r = _run_child(["--worker", row, str(T), str(budget), *common])
+            results.append(r)
+            if "error" in r:
+                print(f"T={T:<3} {LABELS[row]:<42} not run: {r['error']}", flush=True)
+                continue
+            if row == "sj_bptt" and T == max(Ts):
+                budget = r["peak_bytes"] // 15
+                results[-1]["budget_for_opt_budget"] = budget
+            print(f"T={T:<3} {LABELS[row]:<42} peak {r['peak_bytes'] / 2**20:8.1f} MiB  step {r['step_s']:.2f} s"
+                  + (f"  predicted {r['predicted_peak_bytes'] / 2**20:.1f} MiB  K={r['chunks']}" if "chunks" in r else ""),
+                  flush=True)
+        if not a.no_check:
+            c = _run_child(["--check-worker", str(T), *common])
+            checks.append(c)
+            for key in ("float32", "float64"):
+                d = c[key]
+                print(f"T={T:<3} gradient check {key}: loss rel. diff {d['loss_rel']:.1e}, parameter gradients "
+                      f"||a-b||/||a|| max {d['grad_rel_max']:.1e} (median {d['grad_rel_median']:.1e}), "
+                      f"BN running stats max diff {d['bn_stats_max_abs']:.1e}", flush=True)
+    print()
+    print("| row | " + " | ".join(f"T={T} peak | T={T} step" for T in sorted(Ts)) + " |")
+    print("|---|" + "---|---|" * len(Ts))
+    for row in a.rows:
+        cells = []
+        for T in sorted(Ts):
+            r = next((r for r in results if r["row"] == row and r["T"] == T), None)
+            ref = next((r for r in results if r["row"] == "sj_bptt" and r["T"] == T), None)
+            if r is None or "error" in r:
+                cells += ["(budget not met)" if r else "", ""]
+                continue
+            ratio = f" ({ref['peak_bytes'] / r['peak_bytes']:.1f}x less)" if ref and row != "sj_bptt" else ""
+            tr = f" ({r['step_s'] / ref['step_s']:.2f}x)" if ref and row != "sj_bptt" else ""
+            pred = f", pred. {r['predicted_peak_bytes'] / 2**20:.0f}" if "predicted_peak_bytes" in r else ""
+            cells += [f"{r['peak_bytes'] / 2**20:.0f} MiB{ratio}{pred}", f"{r['step_s']:.2f} s{tr}"]
+        print(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
+    if a.json:
+        with open(a.json + ".tmp", "w") as fh:
+            json.dump({"results": results, "checks": checks}, fh, indent=1)
+        os.replace(a.json + ".tmp", a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
