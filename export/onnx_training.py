@@ -1,4 +1,9 @@
-"""ONNX model + ONNX Runtime training artifacts for on-device fine-tuning.
+"""ONNX model + ONNX Runtime training artifacts for on-device fine-tuning (legacy, x86-64 only).
+
+Legacy format (``--format onnx-training``): it needs onnxruntime-training-cpu, whose last release
+(1.19.2) has no aarch64 wheels and stops at Python 3.12, so it installs on none of the boards in
+``devices/``; and ORT's generated backward stores the forward's activations, so RevLIF saves no
+memory with it. Use :mod:`edgesnn.export.onnx_step` (``--format onnx-step``) for devices.
 
 :func:`export_onnx_training` writes the directory described in :mod:`edgesnn.export.artifacts`.
 The graphs are exported for a **fixed batch size** (ORT 1.19's gradient graph for the conv

@@ -134,7 +134,7 @@ def digits_step(tmp_path_factory):
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
     torch.manual_seed(0)
-    model = build_model("mlp", (64,), 10, 4, neuron="revlif", hidden=(32, 32))
+    model = build_model("mlp", (64,), 10, 4, neuron="revlif", hidden=(32, 32), node={"backend": "torch"})  # no JIT compile
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x[:512]), torch.from_numpy(y[:512])
     for _ in range(2):  # a short host training: the device has room to improve

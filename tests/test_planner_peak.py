@@ -1,6 +1,5 @@
 """The planner ranks choices by the predicted *peak*, and a plan only trains the model it was made for."""
 
-import pytest
 
 from edgesnn import cli
 from edgesnn.devices import load_device

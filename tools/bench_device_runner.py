@@ -270,8 +270,9 @@ def sweep_checks(rows: list) -> list:
         except KeyError:
             continue
         ratio = g_lif / g_rev if g_rev > 0 else float("inf")
+        how = f"LIF/RevLIF {ratio:.1f}x" if g_rev > 0 else "RevLIF did not grow"
         out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MB, RevLIF {g_rev:+.1f} MB "
-                                  f"(LIF/RevLIF {ratio:.1f}x; target >= 4x)"))
+                                  f"({how}; target >= 4x)"))
         r = by.get((name, "revlif", hi), {})
         if r.get("onnx_training"):
             a, b = r["onnx_step"]["peak_rss_mb"], r["onnx_training"]["peak_rss_mb"]

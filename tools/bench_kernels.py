@@ -35,7 +35,7 @@ import time
 
 # Opt-in process settings; they must be in place before torch / numba are imported, so they are
 # read from argv here. Default: none (what a user gets without tuning).
-#   --thp    THP_MEM_ALLOC_ENABLE=1: huge pages for large torch allocations. SPEC section 3 saw a
+#   --thp    THP_MEM_ALLOC_ENABLE=1: huge pages for large torch allocations. A study (docs/design.md §3) saw a
 #            128 MB allocation go from 48 to 12 ms; on the 2-core test VM (THP 'madvise', no huge
 #            pages granted) it made every fresh 16.8 MB output cost ~20 ms: off by default.
 #   --tuned  edgesnn.kernels.config.retain_freed_memory() (glibc keeps freed blocks: no page

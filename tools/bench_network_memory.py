@@ -6,7 +6,9 @@ T as a zero-stride view, batch 8, forward + backward of cross-entropy on the tim
 one warm-up step, parameter gradients kept allocated (``zero_grad(set_to_none=False)``), large
 allocations forced to mmap (``MALLOC_MMAP_THRESHOLD_=131072``, so freed memory returns to the OS
 and RSS tracks live tensors). Peak = VmHWM during the measured steps minus the RSS before them
-(so parameters, gradients and the process baseline are excluded); time = median of 3 steps.
+(so parameters, gradients and the process baseline are excluded). Step times come from one
+more process per T that holds every row's model and alternates their steps (median of 3 rounds),
+so load changes on a shared machine hit all rows alike; times are ratios to SpikingJelly BPTT.
 
 Rows: SpikingJelly 2.0 LIFNode BPTT; SpikingJelly ``memopt.optimize_memory(level=1,
 compress=True)`` (the level that runs on a CPU); edgesnn all-LIF and all-RevLIF (2 groups) without
@@ -42,8 +44,11 @@ CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 def build_vgg(node: str, grouped: bool = False):
-    """VGG-11 of SpikingJelly multi-step layers with ``node`` in {"sj", "lif", "revlif"}."""
-    import torch
+    """VGG-11 of SpikingJelly multi-step layers with ``node`` in {"sj", "lif", "revlif"}.
+
+    ``grouped``: the layers wrapped per conv -> BatchNorm -> node (-> max-pool) in a ``Block``
+    (an ``nn.Sequential`` subclass), the unit SpikingJelly's ``memopt`` checkpoints.
+    """
     from torch import nn
     from spikingjelly.activation_based import layer, neuron, surrogate
 
@@ -70,11 +75,12 @@ def build_vgg(node: str, grouped: bool = False):
         return nn.Sequential(*mods, *head), None
     blocks, cur = [], []
     for m in mods:
-        cur.append(m)
-        if isinstance(m, layer.MaxPool2d) or (isinstance(m, neuron.LIFNode) and False):
+        if isinstance(m, layer.Conv2d) and cur:
             blocks.append(Block(*cur))
             cur = []
-    return nn.Sequential(*blocks, *cur, *head), Block
+        cur.append(m)
+    blocks.append(Block(*cur))
+    return nn.Sequential(*blocks, *head), Block
 
 
 def _rss() -> int:
@@ -150,6 +156,57 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) 
         out["predicted_peak_bytes"] = plan.peak_bytes
         out["chunks"] = [b.chunk for b in plan.blocks]
     return out
+
+
+def timing(T: int, batch: int, rows, budget: int, rounds: int, threads: int) -> dict:
+    """Step time of every row in ONE process, rows interleaved round by round (median per row), so
+    that machine load moving during the run hits all rows alike (the memory rows run in fresh
+    processes, where times are only indicative)."""
+    import torch
+    import torch.nn.functional as F
+
+    import edgesnn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x0 = torch.rand(batch, 3, 32, 32)
+    x = x0.unsqueeze(0).expand(T, *x0.shape)
+    y = torch.randint(0, 10, (batch,))
+    models = {}
+    for row in rows:
+        node = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}.get(row, "lif")
+        model, block_cls = build_vgg(node, grouped=(row == "sj_memopt"))
+        if row == "sj_memopt":
+            from spikingjelly.activation_based import functional, memopt
+
+            def example(m, x=x):
+                functional.reset_net(m)
+                return m(x)
+
+            memopt.optimize_memory(model, block_cls, example, level=1, compress=True)
+        elif row in ("opt", "opt_budget"):
+            try:
+                edgesnn.optimize_memory(model, x, budget=budget if row == "opt_budget" else None)
+            except ValueError:
+                continue
+        models[row] = (model, node == "sj")
+
+    def step(model, sj):
+        if sj:
+            from spikingjelly.activation_based import functional
+            functional.reset_net(model)
+        model.zero_grad(set_to_none=False)
+        t = time.perf_counter()
+        F.cross_entropy(model(x).mean(0), y).backward()
+        return time.perf_counter() - t
+
+    for model, sj in models.values():
+        step(model, sj)  # warm-up
+    times = {row: [] for row in models}
+    for _ in range(rounds):
+        for row, (model, sj) in models.items():
+            times[row].append(step(model, sj))
+    return {row: statistics.median(v) for row, v in times.items()}
 
 
 def check_gradients(T: int, batch: int, threads: int) -> dict:
@@ -248,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", nargs=3, metavar=("ROW", "T", "BUDGET"), help=argparse.SUPPRESS)
     ap.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--timing-worker", nargs=2, metavar=("T", "BUDGET"), help=argparse.SUPPRESS)
     ap.add_argument("--showcase", metavar="DEVICE",
                     help="instead of the table: VGG-11 at the largest T given by -T, on DEVICE's memory "
                          "(e.g. raspberry-pi-4-4gb), largest planned batch, measured peak vs SpikingJelly BPTT")
@@ -255,6 +313,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.batch, int(a.worker[2]), a.steps, a.threads)))
+        return 0
+    if a.timing_worker:
+        print(json.dumps(timing(int(a.timing_worker[0]), a.batch, a.rows, int(a.timing_worker[1]), a.steps, a.threads)))
         return 0
     if a.check_worker:
         print(json.dumps(check_gradients(a.check_worker, a.batch, a.threads)))
@@ -300,6 +361,12 @@ def main(argv=None) -> int:
             print(f"T={T:<3} {LABELS[row]:<42} peak {r['peak_bytes'] / 2**20:8.1f} MiB  step {r['step_s']:.2f} s"
                   + (f"  predicted {r['predicted_peak_bytes'] / 2**20:.1f} MiB  K={r['chunks']}" if "chunks" in r else ""),
                   flush=True)
+        tm = _run_child(["--timing-worker", str(T), str(budget), "--rows", *a.rows, *common])
+        for r in results:
+            if r["T"] == T and r["row"] in tm:
+                r["step_s_interleaved"] = tm[r["row"]]
+        print(f"T={T:<3} step time, rows interleaved in one process (median of {a.steps}): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in tm.items()), flush=True)
         if not a.no_check:
             c = _run_child(["--check-worker", str(T), *common])
             checks.append(c)
@@ -320,9 +387,11 @@ def main(argv=None) -> int:
                 cells += ["(budget not met)" if r else "", ""]
                 continue
             ratio = f" ({ref['peak_bytes'] / r['peak_bytes']:.1f}x less)" if ref and row != "sj_bptt" else ""
-            tr = f" ({r['step_s'] / ref['step_s']:.2f}x)" if ref and row != "sj_bptt" else ""
+            step = r.get("step_s_interleaved", r["step_s"])
+            ref_step = ref.get("step_s_interleaved", ref["step_s"]) if ref else None
+            tr = f" ({step / ref_step:.2f}x)" if ref and row != "sj_bptt" else ""
             pred = f", pred. {r['predicted_peak_bytes'] / 2**20:.0f}" if "predicted_peak_bytes" in r else ""
-            cells += [f"{r['peak_bytes'] / 2**20:.0f} MiB{ratio}{pred}", f"{r['step_s']:.2f} s{tr}"]
+            cells += [f"{r['peak_bytes'] / 2**20:.0f} MiB{ratio}{pred}", f"{step:.2f} s{tr}"]
         print(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
     if a.json:
         with open(a.json + ".tmp", "w") as fh:

@@ -134,8 +134,8 @@ def retain_freed_memory(enable: bool = True) -> bool:
 
     A training step allocates several large tensors (``[T, B, N]`` outputs and gradients) and frees
     them again. By default glibc serves blocks above its mmap threshold with fresh ``mmap`` s or
-    trims the heap on ``free``, so every step touches new pages: on the 2-core test VM (SPEC
-    section 3) the page faults cost more than the fused kernels (16.8 MB of fresh output ~5 ms,
+    trims the heap on ``free``, so every step touches new pages: on the 2-core test VM (docs/design.md
+    §3) the page faults cost more than the fused kernels (16.8 MB of fresh output ~5 ms,
     kernel ~1-2 ms). This sets ``M_MMAP_MAX = 0`` (no mmap-served blocks) and a huge
     ``M_TRIM_THRESHOLD`` through ``mallopt``, so freed blocks are reused: the process keeps its
     peak heap size (RSS does not shrink after a large step). ``enable=False`` restores glibc's
@@ -167,8 +167,8 @@ def configure_cpu_features() -> str:
 
     LLVM compiles for AVX-512 hosts with a preference for 256-bit vectors (a tuning flag meant for
     CPUs that clock down under 512-bit load). The kernels are compute-bound on a small CPU, and
-    512-bit vectors made them 1.2-1.6x faster on the test VM (Xeon, Emerald Rapids; SPEC
-    section 3). With ``EDGESNN_WIDE_VECTORS=1`` in the environment, on an AVX-512 host, and with
+    512-bit vectors made them 1.2-1.6x faster on the test VM (Xeon, Emerald Rapids;
+    docs/design.md §3). With ``EDGESNN_WIDE_VECTORS=1`` in the environment, on an AVX-512 host, and with
     ``NUMBA_CPU_FEATURES`` unset, this sets ``NUMBA_CPU_FEATURES`` to the host's features plus
     ``-prefer-256-bit``. Process-wide (every Numba function compiled afterwards); must run before
     the first compilation. Returns the feature string in effect (``""``: Numba's default).

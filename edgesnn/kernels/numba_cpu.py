@@ -1,6 +1,6 @@
 """Fused multi-step LIF and RevLIF kernels for the CPU (Numba ``njit``, ``parallel=True``).
 
-Shape of every kernel (SPEC section 3): ``prange`` over blocks of neurons, the time loop inside,
+Shape of every kernel (docs/design.md §3): ``prange`` over blocks of neurons, the time loop inside,
 the innermost loop over a contiguous 1-D row slice, no per-call scratch beyond the outputs. The
 per-neuron math comes from :mod:`edgesnn.kernels.neuron_math` (shared with the CUDA kernels).
 
@@ -11,6 +11,13 @@ Host wrappers take and return ``torch`` tensors (CPU, float32, zero-copy through
 * :func:`revlif_forward` / :func:`revlif_backward`: the kernel contract of
   :mod:`edgesnn.functional.revlif_autograd` (grouped layout ``[T, B, n, M]``), implemented in
   :mod:`edgesnn.kernels.numba_revlif` and re-exported here; :data:`NUMBA_KERNELS` bundles them.
+
+Per call, beyond the kernel itself (what made the public form slow): large outputs come from
+:mod:`edgesnn.kernels.buffers` (pages reused across steps instead of fresh page faults); every
+kernel checks for NaN/Inf in the loop that reads its input (forward) or writes its gradients
+(backward) and reports per-block flags through the wrappers' ``finite`` list, so the custom ops
+need no separate ``aminmax`` pass; a per-step gradient that is the same at every step (stride 0
+along time: ``y.sum().backward()``) is read as one ``[1, ...]`` row instead of a ``[T, ...]`` copy.
 """
 
 from __future__ import annotations

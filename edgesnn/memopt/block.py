@@ -29,7 +29,6 @@ Parameter gradients are accumulated straight into ``.grad`` during the block's b
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -39,6 +38,8 @@ from torch import nn
 
 from ..kernels import dispatch
 from ..nn import LIF
+from .batchnorm import (ChunkStats, batch_stats_mode, bn_normalize, bn_static, channel_view,
+                        reduce_dims, update_running)
 from .layers import Step
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
 
@@ -107,75 +108,16 @@ def _node(node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple
     return dispatch.revlif_multistep(z, node.params, v0, node.backend)
 
 
-def _batch_stats_mode(bn: nn.modules.batchnorm._BatchNorm) -> bool:
-    return bn.training or not bn.track_running_stats
-
-
-def _channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(1, -1, *([1] * (like.dim() - 2)))
-
-
-def _reduce_dims(x: torch.Tensor) -> List[int]:
-    return [0] + list(range(2, x.dim()))
-
-
-def _update_running(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """BatchNorm's running-statistics update for one batch of ``count`` samples per channel."""
-    if not (bn.training and bn.track_running_stats):
-        return
-    bn.num_batches_tracked.add_(1)
-    m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    unbiased = var * (count / max(count - 1, 1))
-    with torch.no_grad():
-        bn.running_mean.mul_(1 - m).add_(mean.to(bn.running_mean.dtype), alpha=m)
-        bn.running_var.mul_(1 - m).add_(unbiased.to(bn.running_var.dtype), alpha=m)
-
-
-class _Stats:
-    """Per-channel mean/variance over many chunks, combined exactly (Chan et al.) in float64."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: Optional[torch.Tensor] = None
-        self.m2: Optional[torch.Tensor] = None
-
-    def add(self, a: torch.Tensor) -> None:
-        dims = _reduce_dims(a)
-        n = a.numel() // a.shape[1]
-        var, mean = torch.var_mean(a, dim=dims, unbiased=False)
-        mean, m2 = mean.double(), var.double() * n
-        if self.mean is None:
-            self.n, self.mean, self.m2 = n, mean, m2
-            return
-        tot = self.n + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / tot)
-        self.m2 = self.m2 + m2 + delta * delta * (self.n * n / tot)
-        self.n = tot
-
-    def mean_var(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.mean, self.m2 / self.n
-
-
-def _bn_static(bn: nn.modules.batchnorm._BatchNorm, a: torch.Tensor, T: int, update: bool) -> torch.Tensor:
-    """BatchNorm (batch statistics) of ``T`` identical copies of ``a [B, C, ...]``, computed on one copy."""
-    if update:
-        with torch.no_grad():
-            var, mean = torch.var_mean(a.detach(), dim=_reduce_dims(a), unbiased=False)
-        _update_running(bn, mean, var, T * (a.numel() // a.shape[1]))
-    return F.batch_norm(a, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
-
-
 def _apply_static(steps: List[Step], x0: torch.Tensor, T: int, update: bool) -> torch.Tensor:
     for s in steps:
-        x0 = _bn_static(s.module, x0, T, update) if s.kind == "bn" and _batch_stats_mode(s.module) else s.fn(x0)
+        x0 = bn_static(s.module, x0, T, update) if s.kind == "bn" and batch_stats_mode(s.module) else s.fn(x0)
     return x0
 
 
 def _apply_recompute(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
     """The layers as in forward, but BatchNorm from the batch itself without touching running stats."""
     for s in steps:
-        if s.kind == "bn" and _batch_stats_mode(s.module):
+        if s.kind == "bn" and batch_stats_mode(s.module):
             bn = s.module
             x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
         else:
@@ -197,14 +139,14 @@ def _accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
 class _BlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: Block, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        T, B = x.shape[0], x.shape[1]
+        T = x.shape[0]
         K = max(1, min(block.chunk, T)) if block.can_chunk() else T
         bounds = [(t0, min(t0 + K, T)) for t0 in range(0, T, K)]
         incoming, block.incoming = block.incoming, None
         static = incoming is None and is_time_invariant(x)
         bn_i = block.bn_index()
         bn = block.steps[bn_i].module if bn_i is not None else None
-        chunked_bn = bn is not None and _batch_stats_mode(bn) and len(bounds) > 1 and not static
+        chunked_bn = bn is not None and batch_stats_mode(bn) and len(bounds) > 1 and not static
         ctx.block, ctx.bounds, ctx.static, ctx.chunked_bn = block, bounds, static, chunked_bn
         ctx.saved_input = incoming if incoming is not None else save_input(x, block.in_codec)
         ctx.input_needs_grad = x.requires_grad
@@ -220,11 +162,11 @@ class _BlockFunction(torch.autograd.Function):
             z0 = _apply_static(block.steps, x[0], T, update=True)
         elif chunked_bn:
             pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
-            stats = _Stats()
+            stats = ChunkStats()
             for t0, t1 in bounds:
                 stats.add(_apply(pre, _merge(x_chunk(t0, t1))))
             mean64, var64 = stats.mean_var()
-            _update_running(bn, mean64, var64, stats.n)
+            update_running(bn, mean64, var64, stats.n)
             ctx.bn_mean = mean64.to(x.dtype)
             ctx.bn_invstd = torch.rsqrt(var64 + bn.eps).to(x.dtype)
             ctx.bn_count = stats.n
@@ -243,7 +185,7 @@ class _BlockFunction(torch.autograd.Function):
                 z = z0.unsqueeze(0).expand(k, *z0.shape)
             elif chunked_bn:
                 a = _apply(pre, _merge(x_chunk(t0, t1)))
-                z = _split(_apply(mid, _bn_normalize(bn, a, ctx.bn_mean, ctx.bn_invstd, inplace=True)[0]), k)
+                z = _split(_apply(mid, bn_normalize(bn, a, ctx.bn_mean, ctx.bn_invstd, inplace=True)[0]), k)
                 del a
             elif len(bounds) == 1:
                 z = _split(_apply(block.steps, _merge(x_chunk(0, T))), k)  # BatchNorm modules update their running stats
@@ -279,7 +221,6 @@ class _BlockFunction(torch.autograd.Function):
         block: Block = ctx.block
         saved: SavedInput = ctx.saved_input
         bounds = ctx.bounds
-        T = saved.shape[0]
         grad_in = None
         if ctx.static:
             sb: _StaticBackward = ctx.static_backward
@@ -343,15 +284,6 @@ class _Handoff:
         else:
             n = int(codec.split(":")[1])
             self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
-
-
-def _bn_normalize(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
-                  inplace: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(z, xhat)``: BatchNorm of ``a`` with given statistics; one formula (same rounding) for the
-    forward and every recomputation. ``inplace`` overwrites ``a`` with ``xhat`` (no autograd)."""
-    xhat = a.sub_(_channel_view(mean, a)) if inplace else a - _channel_view(mean, a)
-    xhat.mul_(_channel_view(invstd, a))
-    return _bn_affine(bn, xhat), xhat
 
 
 def _node_chunk_backward(block: Block, z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
@@ -507,12 +439,12 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
         k = t1 - t0
         g_v_end[c] = g_v
         with torch.no_grad():
-            z, xhat = _bn_normalize(bn, _apply(pre, _merge(saved.chunk(t0, t1))), mean, invstd, inplace=True)
+            z, xhat = bn_normalize(bn, _apply(pre, _merge(saved.chunk(t0, t1))), mean, invstd, inplace=True)
             z = _split(z, k)
         dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out[t0:t1], g_v)
         del z
         dy = _merge(dz)
-        dims = _reduce_dims(dy)
+        dims = reduce_dims(dy)
         s1 = dy.sum(dims, dtype=torch.float64)
         s2 = xhat.mul_(dy).sum(dims, dtype=torch.float64)
         sum_dy = s1 if sum_dy is None else sum_dy + s1
@@ -535,28 +467,19 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
         with torch.enable_grad():
             a = _apply(pre, _merge(xl))
         with torch.no_grad():
-            z, xhat = _bn_normalize(bn, a.detach(), mean, invstd)
+            z, xhat = bn_normalize(bn, a.detach(), mean, invstd)
             z = _split(z, k)
         dz, _ = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out[t0:t1], g_v_end[c])
         del z
         with torch.no_grad():
             da = _merge(dz)
-            da.sub_(_channel_view(c1, da)).sub_(xhat.mul_(_channel_view(c2, da))).mul_(_channel_view(scale, da))
+            da.sub_(channel_view(c1, da)).sub_(xhat.mul_(channel_view(c2, da))).mul_(channel_view(scale, da))
         del dz, xhat
         if a.requires_grad:
             torch.autograd.backward(a, da)
         del a, da
         if wants_input_grad:
             sink(t0, t1, xl.grad)
-
-
-def _bn_affine(bn, xhat: torch.Tensor) -> torch.Tensor:
-    w = bn.weight.detach() if bn.weight is not None else None
-    b = bn.bias.detach() if bn.bias is not None else None
-    if w is None:
-        return xhat.clone() if b is None else xhat + _channel_view(b, xhat)
-    y = xhat * _channel_view(w, xhat)
-    return y if b is None else y.add_(_channel_view(b, xhat))
 
 
 def _mid_node_backward(block: Block, mid: List[Step], z: torch.Tensor, v0, g_out, g_v):

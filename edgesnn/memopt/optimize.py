@@ -7,7 +7,7 @@ each block's peak from shapes and picks its chunk size.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn

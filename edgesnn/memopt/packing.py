@@ -35,14 +35,27 @@ def pack_bits(x: torch.Tensor, step_chunk: int = 8) -> torch.Tensor:
     return out
 
 
+_TABLES: dict = {}
+
+
+def _byte_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[256, 8]``: the 8 bits of every byte value as 0/1 in ``dtype`` (one gather unpacks a byte)."""
+    key = (dtype, str(device))
+    if key not in _TABLES:
+        values = torch.arange(256, dtype=torch.int64).unsqueeze(1)
+        _TABLES[key] = ((values >> torch.arange(8)) & 1).to(dtype=dtype, device=device)
+    return _TABLES[key]
+
+
 def unpack_bits(packed: torch.Tensor, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Inverse of :func:`pack_bits` for ``packed [k, nbytes]`` -> ``[k, *shape]`` of 0/1 in ``dtype``."""
     k = packed.shape[0]
     M = 1
     for s in shape:
         M *= s
-    bits = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 1
-    return bits.view(k, -1)[:, :M].to(dtype).view(k, *shape)
+    bits = _byte_table(dtype, packed.device)[packed.reshape(-1).long()]  # [k * nbytes, 8]
+    bits = bits.view(k, -1)
+    return (bits if bits.shape[1] == M else bits[:, :M].contiguous()).view(k, *shape)
 
 
 @dataclass

@@ -8,7 +8,7 @@ produced it, which decides how the block stores it.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 from torch import nn
 

@@ -12,8 +12,7 @@ BatchNorm that needs more than one chunk runs its layers two extra times.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 from torch import nn
@@ -24,7 +23,7 @@ __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "predict_peak", "plan_blo
 # CPU backend: see tools/bench_network_memory.py. Forward: input chunk, layer output, normalised
 # output, node output, tail output. Backward: the same recomputed plus their gradients.
 FWD_X, FWD_A, FWD_O = 1.0, 3.0, 1.0
-BWD_X, BWD_A, BWD_O = 2.0, 3.0, 2.0
+BWD_X, BWD_A, BWD_O = 2.0, 2.5, 2.0
 STATIC_BWD_A = 3.0
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
 NO_BUDGET_SLACK = 1.05
@@ -56,6 +55,7 @@ class BlockShape:
     macs: int               # multiply-accumulates of the block's layers, one step
     hands_off: bool = False  # its output goes packed straight to the next block
     param_bytes: int = 0     # the block's parameters (convolution kernels copy their weights per call)
+    has_post: bool = True    # pooling/flatten after the node (else the output is the node's spikes)
 
 
 @dataclass
@@ -122,7 +122,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         if b.static:
             tmp = min(inner, k) * FWD_A * b.a_bytes + 2 * b.a_bytes
         else:
-            tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes) + b.param_bytes
+            tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes * b.has_post) + b.param_bytes
         kept += _saved(b, K)
         y = 0 if b.hands_off else b.T * b.o_bytes
         phase = kept + y + tmp
@@ -145,7 +145,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             prev_fused = i > 0 and _fused(shapes, i - 1)
             g_in = 0 if prev_fused else b.T * b.x_bytes
             gv = (nc - 1) * b.a_bytes if (b.has_bn and nc > 1) else 0
-            tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes) + b.param_bytes
+            tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes * b.has_post) + b.param_bytes
             if prev_fused:
                 p = shapes[i - 1]
                 tmp += min(inner, k) * STATIC_BWD_A * p.a_bytes + max(chunks[i - 1] // k, 1) * p.a_bytes
@@ -295,6 +295,7 @@ def block_shape(block, index: int) -> BlockShape:
         static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
         hands_off=block.next_block is not None,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
+        has_post=bool(block.post),
     )
 
 
