@@ -28,6 +28,7 @@ STATIC_BWD_A = 3.0
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
 NO_BUDGET_SLACK = 1.05
 NO_BUDGET_SLACK_BYTES = 4 * 2**20  # small models: a few MiB are not worth many small chunks
+BUDGET_HEADROOM = 0.8  # plan to this fraction of a budget (see plan_chunks)
 # Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
 # cost per chunk pass (kernel launches, Python) in MAC-equivalents.
 CHUNK_OVERHEAD_MACS = 2.0e6
@@ -206,14 +207,23 @@ def _fit_static(shapes: Sequence[BlockShape], chunks: List[int], fixed_bytes: in
 
 def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
     """Chunk size per block: the fastest choice (fewest, largest chunks) whose predicted peak fits
-    ``budget``. With no budget: the fastest choice within ``NO_BUDGET_SLACK`` of the least peak
-    reachable by chunking."""
-    if budget is None:
-        least = _greedy(shapes, None, fixed_bytes)
-        low = predict_peak(shapes, least, fixed_bytes)[0]
-        target = int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
-        return _greedy(shapes, target, fixed_bytes)
-    return _greedy(shapes, budget, fixed_bytes)
+    ``BUDGET_HEADROOM`` of ``budget``. With no budget: the fastest choice within
+    ``NO_BUDGET_SLACK`` of the least peak reachable by chunking."""
+    if budget is not None:
+        # headroom: the transient model is calibrated on chunks of <= 8 steps and single chunks of
+        # small blocks; larger chunks of large blocks measured up to 30% above it (VGG-11, T = 64)
+        try:
+            return _greedy(shapes, int(budget * BUDGET_HEADROOM), fixed_bytes)
+        except PlanningError:
+            least = predict_peak(shapes, _greedy(shapes, None, fixed_bytes), fixed_bytes)[0]
+            raise PlanningError(
+                f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
+                f"{least / 2**20:.1f} MiB (planned with {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the "
+                "batch or T, or raise the budget") from None
+    least = _greedy(shapes, None, fixed_bytes)
+    low = predict_peak(shapes, least, fixed_bytes)[0]
+    target = int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
+    return _greedy(shapes, target, fixed_bytes)
 
 
 def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
