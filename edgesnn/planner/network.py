@@ -233,11 +233,20 @@ def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: in
     ks = [_candidates(b.T) for b in shapes]
     idx = [0] * len(shapes)
 
-    def peak_of(c: List[int]) -> int:
-        return predict_peak(shapes, _fit_static(shapes, c, fixed_bytes), fixed_bytes)[0]
+    def phases_of(c: List[int]) -> List[int]:
+        """The phases' bytes, largest first (the first is the peak)."""
+        bd: Dict[str, int] = {}
+        predict_peak(shapes, _fit_static(shapes, c, fixed_bytes), fixed_bytes, breakdown=bd)
+        return sorted(bd.values(), reverse=True) or [fixed_bytes]
+
+    def gain_of(before: List[int], after: List[int]) -> float:
+        # the peak first; on a plateau (two phases tied at the peak) the next phases break the tie,
+        # so halving one of the tied blocks still counts as progress
+        return sum((b - a) * 0.1 ** j for j, (b, a) in enumerate(zip(before[:3], after[:3])))
 
     while True:
-        peak = peak_of(chunks)
+        phases = phases_of(chunks)
+        peak = phases[0]
         if budget is not None and peak <= budget:
             return _fit_static(shapes, chunks, fixed_bytes)
         best = None
@@ -246,9 +255,10 @@ def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: in
                 continue
             trial = list(chunks)
             trial[i] = ks[i][idx[i] + 1]
-            p = peak_of(trial)
+            after = phases_of(trial)
+            p = after[0]
             dt = predict_time(shapes, trial) - predict_time(shapes, chunks)
-            gain = peak - p
+            gain = gain_of(phases, after) if p <= peak else -1.0
             if gain <= 0:
                 continue
             score = gain / max(dt, 1.0)

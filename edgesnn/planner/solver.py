@@ -11,8 +11,9 @@ the excess and the knapsack solved again. The largest batch for a fixed choice i
 because every allocation is linear in B (:func:`~edgesnn.planner.peak.largest_batch`).
 
 Time model (relative; used to rank choices, not as a promise): one forward+backward of a node
-costs ``NS_PER_NEURON_STEP[kind]`` nanoseconds per neuron and time step, measured on the 2-core
-x86 host (torch backend, 32 GB/s) and scaled by ``32 / device.bandwidth_gbs``. RevLIF costs about
+costs ``NS_PER_NEURON_STEP_BY_BACKEND[backend][kind]`` nanoseconds per neuron and time step,
+measured on the 2-core x86 host (32 GB/s) for the backend the layer runs, and scaled by
+``32 / device.bandwidth_gbs``. RevLIF costs about
 twice LIF (recompute in backward, quantization); each extra group adds a little per-step work.
 """
 
@@ -26,11 +27,19 @@ from ..models import parse_neuron_spec
 from .memory_model import ChainModel
 from .peak import largest_batch, peak_lines, simulate_step
 
-__all__ = ["NS_PER_NEURON_STEP", "Solution", "PlanningError", "candidates", "node_time_s", "solve_choice",
+__all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Solution", "PlanningError", "candidates", "node_time_s", "solve_choice",
            "brute_force", "static_resident", "max_batch", "plan_model", "predict"]
 
-#: Measured forward+backward time per neuron-step (ns), torch backend, 2-core x86 host, T = 8-32.
-NS_PER_NEURON_STEP = {"lif": 12.5, "revlif": 26.0}
+#: Measured forward+backward time per neuron-step (ns) on the 2-core x86 host, per backend:
+#: torch at T = 8-32; numba from tools/bench_kernels.py (b), layer [64, 16, 4096], 2 threads
+#: (LIF 8.8 ms, RevLIF 9.8 ms for 4.19M neuron-steps in the run whose torch LIF took 40.6 ms).
+NS_PER_NEURON_STEP_BY_BACKEND = {
+    "torch": {"lif": 12.5, "revlif": 26.0},
+    "reference": {"lif": 40.0, "revlif": 80.0},
+    "numba": {"lif": 2.1, "revlif": 2.3},
+}
+#: The default backend's figures (``auto`` runs ``numba`` on CPU float32).
+NS_PER_NEURON_STEP = NS_PER_NEURON_STEP_BY_BACKEND["numba"]
 GROUP_COST = 0.02  # relative extra per group beyond 2 (more, smaller per-group operations)
 HOST_BANDWIDTH_GBS = 32.0
 
@@ -49,11 +58,21 @@ class Solution:
     time_s: float
 
 
-def node_time_s(option: str, neuron_steps: float, bandwidth_gbs: float = HOST_BANDWIDTH_GBS) -> float:
-    """Predicted forward+backward seconds of one node over ``neuron_steps`` (= T x B x neurons)."""
+def node_time_s(option: str, neuron_steps: float, bandwidth_gbs: float = HOST_BANDWIDTH_GBS,
+                backend: str = "numba") -> float:
+    """Predicted forward+backward seconds of one node over ``neuron_steps`` (= T x B x neurons) on
+    ``backend`` (``numba``, ``torch``, ``reference``; ``cuda`` is timed as ``numba``)."""
     kind, groups = parse_neuron_spec(option)
-    ns = NS_PER_NEURON_STEP[kind] * (1.0 + GROUP_COST * max(0, groups - 2))
+    table = NS_PER_NEURON_STEP_BY_BACKEND.get(backend, NS_PER_NEURON_STEP)
+    ns = table[kind] * (1.0 + GROUP_COST * max(0, groups - 2))
     return ns * 1e-9 * neuron_steps * HOST_BANDWIDTH_GBS / bandwidth_gbs
+
+
+def _layer_backend(chain: ChainModel, i: int) -> str:
+    """The backend spiking layer ``i`` runs on (its module's ``backend`` resolved for CPU float32)."""
+    from .memory_model import resolved_backend
+
+    return resolved_backend(getattr(chain.spiking[i], "module", None))
 
 
 def candidates(chain: ChainModel, kinds: Sequence[str] = ("lif", "revlif"), groups: Sequence[int] = (2,)) -> List[List[str]]:
@@ -220,7 +239,8 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer)
     if _peak(chain, least, T, B, runtime_overhead, optimizer) > budget:
         raise _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer)
-    costs = [[(chain.layer_option_cost(i, o).bytes(T, B), node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs))
+    costs = [[(chain.layer_option_cost(i, o).bytes(T, B),
+               node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i)))
               for o in layer] for i, layer in enumerate(opts)]
     base = static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B)
     # transient = replayed peak - resident - saved bytes (gradients, temporaries); start from the
@@ -251,7 +271,8 @@ def predict(chain: ChainModel, options: Sequence[str], T: int, B: int, runtime_o
             bandwidth_gbs: float = HOST_BANDWIDTH_GBS) -> dict:
     """Predicted bytes and node time of one choice: activation, static, peak RSS (replayed step)."""
     step = simulate_step(chain, options, T, B, optimizer)
-    time_s = sum(node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs) for i, o in enumerate(options))
+    time_s = sum(node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i))
+                 for i, o in enumerate(options))
     return dict(activation_bytes=step.activations, static_bytes=chain.static_bytes(optimizer),
                 runtime_overhead_bytes=int(runtime_overhead),
                 peak_bytes=int(static_resident(chain, runtime_overhead, optimizer) + step.dynamic_peak),
