@@ -92,16 +92,15 @@ def _rss() -> int:
 
 
 def _hwm() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from edgesnn.memory import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def _reset_hwm() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+    from edgesnn.memory import reset_peak_rss
+
+    reset_peak_rss()
 
 
 def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) -> dict:
