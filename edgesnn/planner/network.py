@@ -29,6 +29,7 @@ STATIC_BWD_A = 3.0
 NO_BUDGET_SLACK = 1.05
 NO_BUDGET_SLACK_BYTES = 4 * 2**20  # small models: a few MiB are not worth many small chunks
 BUDGET_HEADROOM = 0.8  # plan to this fraction of a budget (see plan_chunks)
+MAX_CHUNK_SAMPLES = 512  # K x B of one chunk at most (see _greedy)
 # Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
 # cost per chunk pass (kernel launches, Python) in MAC-equivalents.
 CHUNK_OVERHEAD_MACS = 2.0e6
@@ -46,6 +47,7 @@ class BlockShape:
 
     name: str
     T: int
+    B: int                  # batch
     x_bytes: int            # block input, one step, dense
     x_saved_bytes: int      # block input as kept over all T (packed, once, or dense)
     a_bytes: int            # node input (layer output), one step
@@ -229,8 +231,10 @@ def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
 def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
     """From one chunk per block, halve the chunk that buys the most peak per unit of time until the
     peak fits ``budget`` (``None``: until no halving lowers the peak)."""
-    chunks = [b.T for b in shapes]
-    ks = [_candidates(b.T) for b in shapes]
+    # a chunk of a non-repeated-input block holds at most MAX_CHUNK_SAMPLES samples (K x B): the
+    # transient model was calibrated there; larger ones measured far above it (batch 128, K = 64)
+    ks = [[k for k in _candidates(b.T) if b.static or k == 1 or k * b.B <= MAX_CHUNK_SAMPLES] for b in shapes]
+    chunks = [k[0] for k in ks]
     idx = [0] * len(shapes)
 
     def phases_of(c: List[int]) -> List[int]:
@@ -310,7 +314,7 @@ def block_shape(block, index: int) -> BlockShape:
     else:
         x_saved = T * x_elems * e
     return BlockShape(
-        name=f"block{index}", T=T, x_bytes=x_elems * e, x_saved_bytes=x_saved,
+        name=f"block{index}", T=T, B=B, x_bytes=x_elems * e, x_saved_bytes=x_saved,
         a_bytes=_prod(block.trace["node_in"][1:]) * e, o_bytes=_prod(block.trace["out"][1:]) * e,
         static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
         hands_off=block.next_block is not None,
