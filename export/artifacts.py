@@ -109,19 +109,13 @@ class Manifest:
     version: int = VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return _to_json(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str) -> "Manifest":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ArtifactError(f"{source}: not an edgesnn training-artifact manifest (format != {FORMAT!r})")
-        if data.get("version") != VERSION:
-            raise ArtifactError(f"{source}: manifest version {data.get('version')!r}; this edgesnn reads version {VERSION}")
-        known = set(cls.__dataclass_fields__)
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise ArtifactError(f"{source}: manifest is incomplete ({exc})") from None
+        return _from_dict(cls, data, source, VERSION)
 
 
 @dataclass
@@ -165,17 +159,26 @@ class StepManifest:
     version: int = STEP_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return _to_json(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str) -> "StepManifest":
-        if data.get("version") != STEP_VERSION:
-            raise ArtifactError(f"{source}: manifest version {data.get('version')!r}; this edgesnn reads version {STEP_VERSION}")
-        known = set(cls.__dataclass_fields__)
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:
-            raise ArtifactError(f"{source}: manifest is incomplete ({exc})") from None
+        return _from_dict(cls, data, source, STEP_VERSION)
+
+
+def _to_json(manifest) -> str:
+    return json.dumps(asdict(manifest), indent=2, sort_keys=True)
+
+
+def _from_dict(cls, data: Dict[str, Any], source: str, version: int):
+    """``cls`` (a manifest dataclass) from parsed JSON: version checked, unknown keys ignored."""
+    if data.get("version") != version:
+        raise ArtifactError(f"{source}: manifest version {data.get('version')!r}; this edgesnn reads version {version}")
+    known = set(cls.__dataclass_fields__)
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise ArtifactError(f"{source}: manifest is incomplete ({exc})") from None
 
 
 def _files_of(manifest) -> tuple:

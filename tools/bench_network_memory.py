@@ -83,6 +83,32 @@ def build_vgg(node: str, grouped: bool = False):
     return nn.Sequential(*blocks, *head), Block
 
 
+_ROW_NODE = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}  # other rows: edgesnn LIF
+
+
+def row_model(row: str, x, budget: int):
+    """The row's VGG-11, in training mode, with its memory optimisation applied for input ``x``.
+
+    Returns ``(model, plan)``; ``plan`` is edgesnn's plan for the ``opt`` rows, else ``None``.
+    Raises ``ValueError`` when the planner predicts the ``opt_budget`` row's budget cannot be met.
+    """
+    model, block_cls = build_vgg(_ROW_NODE.get(row, "lif"), grouped=(row == "sj_memopt"))
+    model.train()
+    if row == "sj_memopt":
+        from spikingjelly.activation_based import functional, memopt
+
+        def example(m):
+            functional.reset_net(m)
+            return m(x)
+
+        memopt.optimize_memory(model, block_cls, example, level=1, compress=True)
+    elif row in ("opt", "opt_budget"):
+        import edgesnn
+
+        return model, edgesnn.optimize_memory(model, x, budget=budget if row == "opt_budget" else None)
+    return model, None
+
+
 def _rss() -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -109,28 +135,14 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) 
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    node = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}.get(row, "lif")
-    model, block_cls = build_vgg(node, grouped=(row == "sj_memopt"))
-    model.train()
+    node = _ROW_NODE.get(row, "lif")
     x0 = torch.rand(batch, 3, 32, 32)
     x = x0.unsqueeze(0).expand(T, *x0.shape)
     y = torch.randint(0, 10, (batch,))
-    plan = None
-    if row == "sj_memopt":
-        from spikingjelly.activation_based import functional, memopt
-
-        def example(m):
-            functional.reset_net(m)
-            return m(x)
-
-        memopt.optimize_memory(model, block_cls, example, level=1, compress=True)
-    elif row in ("opt", "opt_budget"):
-        import edgesnn
-
-        try:
-            plan = edgesnn.optimize_memory(model, x, budget=budget if row == "opt_budget" else None)
-        except ValueError as exc:  # a budget the planner predicts cannot be met
-            return {"row": row, "T": T, "batch": batch, "error": str(exc)}
+    try:
+        model, plan = row_model(row, x, budget)
+    except ValueError as exc:  # a budget the planner predicts cannot be met
+        return {"row": row, "T": T, "batch": batch, "error": str(exc)}
 
     def step():
         if node == "sj":
@@ -164,8 +176,6 @@ def timing(T: int, batch: int, rows, budget: int, rounds: int, threads: int) -> 
     import torch
     import torch.nn.functional as F
 
-    import edgesnn
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x0 = torch.rand(batch, 3, 32, 32)
@@ -173,22 +183,11 @@ def timing(T: int, batch: int, rows, budget: int, rounds: int, threads: int) -> 
     y = torch.randint(0, 10, (batch,))
     models = {}
     for row in rows:
-        node = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}.get(row, "lif")
-        model, block_cls = build_vgg(node, grouped=(row == "sj_memopt"))
-        if row == "sj_memopt":
-            from spikingjelly.activation_based import functional, memopt
-
-            def example(m, x=x):
-                functional.reset_net(m)
-                return m(x)
-
-            memopt.optimize_memory(model, block_cls, example, level=1, compress=True)
-        elif row in ("opt", "opt_budget"):
-            try:
-                edgesnn.optimize_memory(model, x, budget=budget if row == "opt_budget" else None)
-            except ValueError:
-                continue
-        models[row] = (model, node == "sj")
+        try:
+            model, _ = row_model(row, x, budget)
+        except ValueError:
+            continue
+        models[row] = (model, _ROW_NODE.get(row) == "sj")
 
     def step(model, sj):
         if sj:

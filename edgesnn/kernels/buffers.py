@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -69,33 +69,14 @@ def pool_bytes() -> int:
         return sum(st.nbytes() for lst in _pool.values() for st in lst)
 
 
-def release() -> int:
-    """Free every idle buffer; returns the bytes freed (buffers still in use stay pooled)."""
-    freed = 0
-    with _lock:
-        for key in list(_pool):
-            keep = []
-            for st in _pool[key]:
-                if _idle(st):
-                    freed += st.nbytes()
-                else:
-                    keep.append(st)
-            if keep:
-                _pool[key] = keep
-            else:
-                del _pool[key]
-    return freed
-
-
-def _make_room(nbytes: int) -> bool:
-    """Drop idle buffers (other sizes first) until ``nbytes`` more fit under the limit."""
+def _drop_idle(limit: Optional[int] = None) -> int:
+    """Free idle buffers (all of them, or until the pool holds at most ``limit`` bytes); returns
+    the bytes the pool still holds. Caller holds ``_lock``."""
     total = sum(st.nbytes() for lst in _pool.values() for st in lst)
-    if total + nbytes <= _limit:
-        return True
     for key in list(_pool):
         keep = []
         for st in _pool[key]:
-            if total + nbytes > _limit and _idle(st):
+            if (limit is None or total > limit) and _idle(st):
                 total -= st.nbytes()
             else:
                 keep.append(st)
@@ -103,7 +84,19 @@ def _make_room(nbytes: int) -> bool:
             _pool[key] = keep
         else:
             del _pool[key]
-    return total + nbytes <= _limit
+    return total
+
+
+def release() -> int:
+    """Free every idle buffer; returns the bytes freed (buffers still in use stay pooled)."""
+    with _lock:
+        before = sum(st.nbytes() for lst in _pool.values() for st in lst)
+        return before - _drop_idle()
+
+
+def _make_room(nbytes: int) -> bool:
+    """Drop idle buffers until ``nbytes`` more fit under the limit."""
+    return _drop_idle(_limit - nbytes) + nbytes <= _limit
 
 
 def empty(shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -13,7 +13,8 @@ from typing import List
 from torch import nn
 
 from .block import Block
-from .layers import Step, child_steps, output_codec
+from .layers import Step, child_steps, is_node, output_codec
+from .sequential import MemoryOptimizedSequential
 
 __all__ = ["partition"]
 
@@ -67,9 +68,6 @@ def partition(seq: nn.Sequential, chunk: int = 8) -> List[Block]:
 
 def candidate_sequentials(model: nn.Module) -> List[nn.Sequential]:
     """Plain ``nn.Sequential`` containers in ``model`` with at least one spiking node as a direct child."""
-    from .layers import is_node
-    from .sequential import MemoryOptimizedSequential
-
     out = []
     for m in model.modules():
         if type(m) in (nn.Sequential, MemoryOptimizedSequential) and any(is_node(c) for c in m):

@@ -107,7 +107,8 @@ def _fused(shapes: Sequence[BlockShape], i: int) -> bool:
     return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
 
 
-def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0, inner: int = 2,
+def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
+                 inner: int = STATIC_INNER_STEPS,
                  breakdown: Optional[Dict[str, int]] = None):
     """``(peak bytes, phase name)`` of one training step with chunk ``chunks[i]`` for block ``i``.
 
