@@ -30,18 +30,16 @@ Parameter gradients are accumulated straight into ``.grad`` during the block's b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import dispatch
-from ..nn import LIF
-from .batchnorm import (ChunkStats, batch_stats_mode, bn_normalize, bn_static, channel_view,
-                        reduce_dims, update_running)
+from .batchnorm import ChunkStats, batch_stats_mode, bn_normalize, channel_view, reduce_dims, update_running
 from .layers import Step
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
+from .static import StaticBackward
+from .steps import apply_recompute, apply_static, apply_steps, merge_time, node_chunk_backward, run_node, split_time
 
 __all__ = ["Block", "run_block"]
 
@@ -70,7 +68,7 @@ class Block:
     next_block: Optional["Block"] = None    # set when the next block reads this one's packed output
     incoming: Optional[SavedInput] = None   # packed input handed over by the previous block's forward
     inner: int = 0                          # sub-chunk of a repeated-input block's backward (0: = chunk)
-    incoming_static: Optional["_StaticBackward"] = None  # the previous block's backward, run inside ours
+    incoming_static: Optional["StaticBackward"] = None  # the previous block's backward, run inside ours
 
     def bn_index(self) -> Optional[int]:
         idx = [i for i, s in enumerate(self.steps) if s.kind == "bn"]
@@ -86,43 +84,6 @@ class Block:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def _apply(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
-    for s in steps:
-        x = s.fn(x)
-    return x
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def _split(x: torch.Tensor, k: int) -> torch.Tensor:
-    return x.reshape(k, x.shape[0] // k, *x.shape[1:])
-
-
-def _node(node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(node, LIF):
-        return dispatch.lif_multistep(z, node.params, v0, node.backend)
-    return dispatch.revlif_multistep(z, node.params, v0, node.backend)
-
-
-def _apply_static(steps: List[Step], x0: torch.Tensor, T: int, update: bool) -> torch.Tensor:
-    for s in steps:
-        x0 = bn_static(s.module, x0, T, update) if s.kind == "bn" and batch_stats_mode(s.module) else s.fn(x0)
-    return x0
-
-
-def _apply_recompute(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
-    """The layers as in forward, but BatchNorm from the batch itself without touching running stats."""
-    for s in steps:
-        if s.kind == "bn" and batch_stats_mode(s.module):
-            bn = s.module
-            x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
-        else:
-            x = s.fn(x)
-    return x
 
 
 def _accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
@@ -159,12 +120,12 @@ class _BlockFunction(torch.autograd.Function):
         checkpoints: List[Optional[torch.Tensor]] = []
         v: Optional[torch.Tensor] = None
         if static:
-            z0 = _apply_static(block.steps, x[0], T, update=True)
+            z0 = apply_static(block.steps, x[0], T, update=True)
         elif chunked_bn:
             pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
             stats = ChunkStats()
             for t0, t1 in bounds:
-                stats.add(_apply(pre, _merge(x_chunk(t0, t1))))
+                stats.add(apply_steps(pre, merge_time(x_chunk(t0, t1))))
             mean64, var64 = stats.mean_var()
             update_running(bn, mean64, var64, stats.n)
             ctx.bn_mean = mean64.to(x.dtype)
@@ -184,15 +145,15 @@ class _BlockFunction(torch.autograd.Function):
             if static:
                 z = z0.unsqueeze(0).expand(k, *z0.shape)
             elif chunked_bn:
-                a = _apply(pre, _merge(x_chunk(t0, t1)))
-                z = _split(_apply(mid, bn_normalize(bn, a, ctx.bn_mean, ctx.bn_invstd, inplace=True)[0]), k)
+                a = apply_steps(pre, merge_time(x_chunk(t0, t1)))
+                z = split_time(apply_steps(mid, bn_normalize(bn, a, ctx.bn_mean, ctx.bn_invstd, inplace=True)[0]), k)
                 del a
             elif len(bounds) == 1:
-                z = _split(_apply(block.steps, _merge(x_chunk(0, T))), k)  # BatchNorm modules update their running stats
+                z = split_time(apply_steps(block.steps, merge_time(x_chunk(0, T))), k)  # BatchNorm modules update their running stats
             else:
-                z = _split(_apply(block.steps, _merge(x_chunk(t0, t1))), k)
-            s, v = _node(block.node, z, v)
-            o = _split(_apply(block.post, _merge(s)), k) if block.post else s
+                z = split_time(apply_steps(block.steps, merge_time(x_chunk(t0, t1))), k)
+            s, v = run_node(block.node, z, v)
+            o = split_time(apply_steps(block.post, merge_time(s)), k) if block.post else s
             if handoff is not None:
                 handoff.write(t0, t1, o)
                 continue
@@ -203,7 +164,7 @@ class _BlockFunction(torch.autograd.Function):
         ctx.static_backward = None
         ctx.incoming_static, block.incoming_static = block.incoming_static, None
         if static:
-            ctx.static_backward = _StaticBackward(block, ctx.saved_input, bounds, checkpoints, x.requires_grad)
+            ctx.static_backward = StaticBackward(block, ctx.saved_input, bounds, checkpoints, x.requires_grad)
             ctx.set_materialize_grads(False)
         if handoff is not None:
             # The next block reads the packed output; autograd only needs a tensor of the right
@@ -223,7 +184,7 @@ class _BlockFunction(torch.autograd.Function):
         bounds = ctx.bounds
         grad_in = None
         if ctx.static:
-            sb: _StaticBackward = ctx.static_backward
+            sb: StaticBackward = ctx.static_backward
             if sb.done:  # already run inside the next block's backward
                 return (None, sb.result) + (None,) * len(block.params)
             if grad_out is None:
@@ -232,7 +193,7 @@ class _BlockFunction(torch.autograd.Function):
             for t0, t1 in reversed(sb.feed_bounds):
                 sb.feed(t0, t1, grad_out[t0:t1])
             return (None, sb.finish()) + (None,) * len(block.params)
-        prev: Optional[_StaticBackward] = ctx.incoming_static
+        prev: Optional[StaticBackward] = ctx.incoming_static
         if prev is not None and not prev.accepts(bounds):
             prev = None
         if prev is not None:
@@ -286,119 +247,6 @@ class _Handoff:
             self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
 
 
-def _node_chunk_backward(block: Block, z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
-                         g_v: Optional[torch.Tensor], post_needed: bool = True):
-    """Back-propagate one chunk through node and post layers; returns ``(dz, dv0)``."""
-    k = z.shape[0]
-    zl = z.detach().requires_grad_(True)
-    v0l = v0.detach().requires_grad_(True) if v0 is not None else None
-    with torch.enable_grad():
-        s, v_T = _node(block.node, zl, v0l)
-        o = _split(_apply(block.post, _merge(s)), k) if block.post else s
-        outs, grads = [o], [g_out]
-        if g_v is not None:
-            outs.append(v_T)
-            grads.append(g_v)
-        torch.autograd.backward(outs, grads)
-    return zl.grad, (v0l.grad if v0l is not None else None)
-
-
-class _StaticBackward:
-    """Backward of a block whose input repeats over T, fed output-gradient chunks last to first.
-
-    Everything before the node is time-invariant: it is recomputed once, and its gradient is the
-    sum over time of the node's input gradient. Each chunk is processed in sub-chunks of
-    ``block.inner`` steps, whose start states are recomputed from the chunk's checkpoint (the node
-    alone: cheap), so the transient is a few steps while checkpoints stay one per chunk.
-    """
-
-    def __init__(self, block: Block, saved: SavedInput, bounds, checkpoints, input_needs_grad: bool) -> None:
-        self.block, self.saved, self.bounds, self.checkpoints = block, saved, list(bounds), checkpoints
-        self.input_needs_grad = input_needs_grad
-        self.z0: Optional[torch.Tensor] = None
-        self.dz0: Optional[torch.Tensor] = None
-        self.g_v: Optional[torch.Tensor] = None
-        self.next_chunk = len(self.bounds) - 1
-        self.expect: Optional[int] = None
-        self.done = False
-        self.result: Optional[torch.Tensor] = None
-        self.feed_bounds = list(self.bounds)
-        self.cache: Dict[int, Optional[torch.Tensor]] = {}
-        self.cache_chunk = -1
-
-    def feed_starts(self, c: int) -> List[int]:
-        t0, t1 = self.bounds[c]
-        return [f0 for f0, _ in self.feed_bounds if t0 <= f0 < t1]
-
-    def accepts(self, bounds) -> bool:
-        """Whether a consumer chunking by ``bounds`` can feed us: every chunk of ours is a union of theirs."""
-        edges = {t0 for t0, _ in bounds}
-        return all(t0 in edges for t0, _ in self.bounds) and bounds[-1][1] == self.bounds[-1][1]
-
-    def _states_from(self, c: int, starts) -> Dict[int, Optional[torch.Tensor]]:
-        """Node states at the given step indices inside our chunk ``c``, recomputed from its checkpoint."""
-        t0 = self.bounds[c][0]
-        z0 = self.z0
-        states = {t0: self.checkpoints[c]}
-        v, t = self.checkpoints[c], t0
-        with torch.no_grad():
-            for p in sorted(starts):
-                if p > t:
-                    _, v = _node(self.block.node, z0.unsqueeze(0).expand(p - t, *z0.shape), v)
-                    t = p
-                states[p] = v
-        return states
-
-    def feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
-        """Back-propagate steps ``t0:t1`` (fed last to first) given their output gradient ``g``."""
-        block = self.block
-        c = self.next_chunk
-        while c >= 0 and self.bounds[c][0] > t0:
-            c -= 1
-        if c < 0 or t1 > self.bounds[c][1] or (self.expect is not None and t1 != self.expect):
-            raise RuntimeError(f"memopt: gradient for steps {t0}:{t1} arrived out of order")
-        self.next_chunk, self.expect = c, t0
-        if self.z0 is None:
-            with torch.no_grad():
-                self.z0 = _apply_static(block.steps, self.saved.data, self.saved.shape[0], update=False)
-            self.dz0 = torch.zeros_like(self.z0)
-        z0 = self.z0
-        inner = block.inner if 0 < block.inner < (t1 - t0) else (t1 - t0)
-        subs = [(s0, min(s0 + inner, t1)) for s0 in range(t0, t1, inner)]
-        if self.cache_chunk != c:
-            # fed ranges inside one chunk of ours: recompute the start states of all of them once
-            self.cache = self._states_from(c, self.feed_starts(c))
-            self.cache_chunk = c
-        start = self.cache.pop(t0) if t0 in self.cache else self._states_from(c, [t0])[t0]
-        states = [start]
-        with torch.no_grad():
-            for s0, s1 in subs[:-1]:
-                _, v = _node(block.node, z0.unsqueeze(0).expand(s1 - s0, *z0.shape), states[-1])
-                states.append(v)
-        for j in range(len(subs) - 1, -1, -1):
-            s0, s1 = subs[j]
-            z = z0.unsqueeze(0).expand(s1 - s0, *z0.shape)
-            dz, self.g_v = _node_chunk_backward(block, z, states[j], g[s0 - t0:s1 - t0], self.g_v)
-            self.dz0 += dz.sum(0)
-            del dz
-            states[j] = None
-
-    def finish(self) -> Optional[torch.Tensor]:
-        """Back-propagate the time-summed gradient through the layers before the node."""
-        block, saved = self.block, self.saved
-        x0l = saved.data.detach().requires_grad_(self.input_needs_grad)
-        if self.dz0 is not None:
-            with torch.enable_grad():
-                z = _apply_static(block.steps, x0l, saved.shape[0], update=False)
-                if z.requires_grad:
-                    torch.autograd.backward(z, self.dz0)
-        self.done = True
-        self.checkpoints = self.z0 = self.dz0 = self.g_v = None
-        if self.input_needs_grad and x0l.grad is not None:
-            self.result = x0l.grad.unsqueeze(0).expand(saved.shape)
-        return self.result
-
-
 def _backward_plain(ctx, block: Block, saved: SavedInput, grad_out: torch.Tensor, sink, wants_input_grad: bool) -> None:
     """No batch statistics across chunks: one reverse pass, each chunk under autograd."""
     g_v = None
@@ -409,9 +257,9 @@ def _backward_plain(ctx, block: Block, saved: SavedInput, grad_out: torch.Tensor
         v0 = ctx.checkpoints[c]
         v0l = v0.detach().requires_grad_(True) if v0 is not None else None
         with torch.enable_grad():
-            z = _split(_apply_recompute(block.steps, _merge(xl)), k)
-            s, v_T = _node(block.node, z, v0l)
-            o = _split(_apply(block.post, _merge(s)), k) if block.post else s
+            z = split_time(apply_recompute(block.steps, merge_time(xl)), k)
+            s, v_T = run_node(block.node, z, v0l)
+            o = split_time(apply_steps(block.post, merge_time(s)), k) if block.post else s
             outs, grads = [o], [grad_out[t0:t1]]
             if g_v is not None:
                 outs.append(v_T)
@@ -439,11 +287,11 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
         k = t1 - t0
         g_v_end[c] = g_v
         with torch.no_grad():
-            z, xhat = bn_normalize(bn, _apply(pre, _merge(saved.chunk(t0, t1))), mean, invstd, inplace=True)
-            z = _split(z, k)
+            z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
+            z = split_time(z, k)
         dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out[t0:t1], g_v)
         del z
-        dy = _merge(dz)
+        dy = merge_time(dz)
         dims = reduce_dims(dy)
         s1 = dy.sum(dims, dtype=torch.float64)
         s2 = xhat.mul_(dy).sum(dims, dtype=torch.float64)
@@ -465,14 +313,14 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
         k = t1 - t0
         xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
         with torch.enable_grad():
-            a = _apply(pre, _merge(xl))
+            a = apply_steps(pre, merge_time(xl))
         with torch.no_grad():
             z, xhat = bn_normalize(bn, a.detach(), mean, invstd)
-            z = _split(z, k)
+            z = split_time(z, k)
         dz, _ = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out[t0:t1], g_v_end[c])
         del z
         with torch.no_grad():
-            da = _merge(dz)
+            da = merge_time(dz)
             da.sub_(channel_view(c1, da)).sub_(xhat.mul_(channel_view(c2, da))).mul_(channel_view(scale, da))
         del dz, xhat
         if a.requires_grad:
@@ -485,12 +333,12 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
 def _mid_node_backward(block: Block, mid: List[Step], z: torch.Tensor, v0, g_out, g_v):
     """Gradient w.r.t. the BatchNorm output ``z [k, B, ...]`` through mid layers, node and post."""
     if not mid:
-        return _node_chunk_backward(block, z, v0, g_out, g_v)
+        return node_chunk_backward(block, z, v0, g_out, g_v)
     k = z.shape[0]
     zl = z.detach().requires_grad_(True)
     with torch.enable_grad():
-        zz = _split(_apply(mid, _merge(zl)), k)
-    dzz, dv = _node_chunk_backward(block, zz.detach(), v0, g_out, g_v)
+        zz = split_time(apply_steps(mid, merge_time(zl)), k)
+    dzz, dv = node_chunk_backward(block, zz.detach(), v0, g_out, g_v)
     torch.autograd.backward(zz, dzz)
     return zl.grad, dv
 
@@ -498,7 +346,7 @@ def _mid_node_backward(block: Block, mid: List[Step], z: torch.Tensor, v0, g_out
 def run_block(block: Block, x: torch.Tensor) -> torch.Tensor:
     """Run ``block`` on ``x [T, B, ...]``: chunked with recomputation when autograd records, plain otherwise."""
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in block.params)):
-        z = _split(_apply(block.steps, _merge(x)), x.shape[0])
-        s, _ = _node(block.node, z, None)
-        return _split(_apply(block.post, _merge(s)), x.shape[0]) if block.post else s
+        z = split_time(apply_steps(block.steps, merge_time(x)), x.shape[0])
+        s, _ = run_node(block.node, z, None)
+        return split_time(apply_steps(block.post, merge_time(s)), x.shape[0]) if block.post else s
     return _BlockFunction.apply(block, x, *block.params)

@@ -1,0 +1,111 @@
+"""Backward of a block whose input repeats over T, fed output-gradient chunks last to first."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+import torch
+
+from .packing import SavedInput
+from .steps import apply_static, node_chunk_backward, run_node
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .block import Block
+
+__all__ = ["StaticBackward"]
+
+
+class StaticBackward:
+    """Backward of a block whose input repeats over T, fed output-gradient chunks last to first.
+
+    Everything before the node is time-invariant: it is recomputed once, and its gradient is the
+    sum over time of the node's input gradient. Each chunk is processed in sub-chunks of
+    ``block.inner`` steps, whose start states are recomputed from the chunk's checkpoint (the node
+    alone: cheap), so the transient is a few steps while checkpoints stay one per chunk.
+    """
+
+    def __init__(self, block: "Block", saved: SavedInput, bounds, checkpoints, input_needs_grad: bool) -> None:
+        self.block, self.saved, self.bounds, self.checkpoints = block, saved, list(bounds), checkpoints
+        self.input_needs_grad = input_needs_grad
+        self.z0: Optional[torch.Tensor] = None
+        self.dz0: Optional[torch.Tensor] = None
+        self.g_v: Optional[torch.Tensor] = None
+        self.next_chunk = len(self.bounds) - 1
+        self.expect: Optional[int] = None
+        self.done = False
+        self.result: Optional[torch.Tensor] = None
+        self.feed_bounds = list(self.bounds)
+        self.cache: Dict[int, Optional[torch.Tensor]] = {}
+        self.cache_chunk = -1
+
+    def feed_starts(self, c: int) -> List[int]:
+        t0, t1 = self.bounds[c]
+        return [f0 for f0, _ in self.feed_bounds if t0 <= f0 < t1]
+
+    def accepts(self, bounds) -> bool:
+        """Whether a consumer chunking by ``bounds`` can feed us: every chunk of ours is a union of theirs."""
+        edges = {t0 for t0, _ in bounds}
+        return all(t0 in edges for t0, _ in self.bounds) and bounds[-1][1] == self.bounds[-1][1]
+
+    def _states_from(self, c: int, starts) -> Dict[int, Optional[torch.Tensor]]:
+        """Node states at the given step indices inside our chunk ``c``, recomputed from its checkpoint."""
+        t0 = self.bounds[c][0]
+        z0 = self.z0
+        states = {t0: self.checkpoints[c]}
+        v, t = self.checkpoints[c], t0
+        with torch.no_grad():
+            for p in sorted(starts):
+                if p > t:
+                    _, v = run_node(self.block.node, z0.unsqueeze(0).expand(p - t, *z0.shape), v)
+                    t = p
+                states[p] = v
+        return states
+
+    def feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
+        """Back-propagate steps ``t0:t1`` (fed last to first) given their output gradient ``g``."""
+        block = self.block
+        c = self.next_chunk
+        while c >= 0 and self.bounds[c][0] > t0:
+            c -= 1
+        if c < 0 or t1 > self.bounds[c][1] or (self.expect is not None and t1 != self.expect):
+            raise RuntimeError(f"memopt: gradient for steps {t0}:{t1} arrived out of order")
+        self.next_chunk, self.expect = c, t0
+        if self.z0 is None:
+            with torch.no_grad():
+                self.z0 = apply_static(block.steps, self.saved.data, self.saved.shape[0], update=False)
+            self.dz0 = torch.zeros_like(self.z0)
+        z0 = self.z0
+        inner = block.inner if 0 < block.inner < (t1 - t0) else (t1 - t0)
+        subs = [(s0, min(s0 + inner, t1)) for s0 in range(t0, t1, inner)]
+        if self.cache_chunk != c:
+            # fed ranges inside one chunk of ours: recompute the start states of all of them once
+            self.cache = self._states_from(c, self.feed_starts(c))
+            self.cache_chunk = c
+        start = self.cache.pop(t0) if t0 in self.cache else self._states_from(c, [t0])[t0]
+        states = [start]
+        with torch.no_grad():
+            for s0, s1 in subs[:-1]:
+                _, v = run_node(block.node, z0.unsqueeze(0).expand(s1 - s0, *z0.shape), states[-1])
+                states.append(v)
+        for j in range(len(subs) - 1, -1, -1):
+            s0, s1 = subs[j]
+            z = z0.unsqueeze(0).expand(s1 - s0, *z0.shape)
+            dz, self.g_v = node_chunk_backward(block, z, states[j], g[s0 - t0:s1 - t0], self.g_v)
+            self.dz0 += dz.sum(0)
+            del dz
+            states[j] = None
+
+    def finish(self) -> Optional[torch.Tensor]:
+        """Back-propagate the time-summed gradient through the layers before the node."""
+        block, saved = self.block, self.saved
+        x0l = saved.data.detach().requires_grad_(self.input_needs_grad)
+        if self.dz0 is not None:
+            with torch.enable_grad():
+                z = apply_static(block.steps, x0l, saved.shape[0], update=False)
+                if z.requires_grad:
+                    torch.autograd.backward(z, self.dz0)
+        self.done = True
+        self.checkpoints = self.z0 = self.dz0 = self.g_v = None
+        if self.input_needs_grad and x0l.grad is not None:
+            self.result = x0l.grad.unsqueeze(0).expand(saved.shape)
+        return self.result
