@@ -96,6 +96,110 @@ def test_one_chunk_is_bit_identical_float32():
     assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))
 
 
+@pytest.mark.parametrize("node", [LIF, RevLIF])
+@pytest.mark.parametrize("chunks", [(3, 5, 2), (5, 2, 11), (11, 4, 3)])
+def test_blocks_with_different_chunks_hand_gradients_over_exactly(node, chunks):
+    """Each block reads its output gradient from the chunks the next block wrote, whatever the
+    two blocks' chunk sizes (a read may span several written chunks, or part of one)."""
+    torch.manual_seed(5)
+    base = _net(node).double()
+    opt = copy.deepcopy(base)
+    x = torch.rand(11, 3, 2, 9, 9, dtype=torch.float64) * 2
+    y = torch.randint(0, 5, (3,))
+    ref = _step(base, x, y)
+    edgesnn.optimize_memory(opt, x, chunk=4)
+    for block, k in zip(opt._memopt_blocks, chunks):
+        block.chunk = k
+    _assert_close(ref, _step(opt, x, y), 1e-10)
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_chunks_kept_between_the_statistics_passes_change_nothing(keep):
+    """A block may keep its first chunks' layer outputs from the statistics passes for the output
+    pass instead of recomputing them: same outputs and gradients, bit for bit."""
+    torch.manual_seed(6)
+    base = _net(LIF)
+    x = torch.rand(7, 3, 2, 9, 9) * 2
+    y = torch.randint(0, 5, (3,))
+    ref_model, opt = copy.deepcopy(base), copy.deepcopy(base)
+    edgesnn.optimize_memory(ref_model, x, chunk=3)
+    edgesnn.optimize_memory(opt, x, chunk=3)
+    for block in ref_model._memopt_blocks:
+        block.keep = 0
+    for block in opt._memopt_blocks:
+        block.keep = keep
+    ref, got = _step(ref_model, x, y), _step(opt, x, y)
+    assert torch.equal(ref[0], got[0])
+    assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))
+
+
+def test_float32_forward_is_bit_identical_to_the_plain_model():
+    """Chunked BatchNorm reproduces PyTorch's float32 statistics and output rounding, so the
+    optimized forward (loss, BatchNorm running statistics) equals the plain model's bit for bit
+    and no spike flips; gradients differ only by the backward's summation order."""
+    for seed in range(3):
+        ref, got, _, _ = _compare(LIF, 9, 4, False, dtype=torch.float32, seed=seed)
+        assert torch.equal(ref[0], got[0])
+        assert all(torch.equal(a, b) for a, b in zip(ref[2], got[2]))
+        scale = max(g.abs().max().item() for g in ref[1])
+        for a, b in zip(ref[1], got[1]):  # floor: conv biases before BatchNorm have gradient ~0 (noise)
+            assert (a - b).abs().max().item() <= 1e-5 * max(a.abs().max().item(), 1e-2 * scale)
+
+
+@pytest.mark.parametrize("node", [LIF, RevLIF])
+def test_evaluation_streams_time_chunks_with_the_same_outputs(node, monkeypatch):
+    """Under no_grad with running-statistics BatchNorm the optimized container runs a few steps at
+    a time through every block (states carried), with the plain model's outputs; BatchNorm in
+    training mode needs all T and is not streamed."""
+    from edgesnn.memopt import sequential
+
+    torch.manual_seed(7)
+    base = _net(node).double()
+    x = torch.rand(11, 3, 2, 9, 9, dtype=torch.float64) * 2
+    opt = copy.deepcopy(base)
+    edgesnn.optimize_memory(opt, x)
+    _step(base, x, torch.randint(0, 5, (3,)))  # running statistics away from their initial values
+    _step(opt, x, torch.randint(0, 5, (3,)))
+    monkeypatch.setattr(sequential, "EVAL_CHUNK_STEPS", 3)
+    calls = []
+    real = MemoryOptimizedSequential._forward_streamed
+    monkeypatch.setattr(MemoryOptimizedSequential, "_forward_streamed",
+                        lambda self, xx: calls.append(xx.shape[0]) or real(self, xx))
+    base.eval()
+    opt.eval()
+    with torch.no_grad():
+        assert torch.allclose(base(x), opt(x), rtol=1e-12, atol=1e-12)
+    assert calls == [11]
+    base.train()
+    opt.train()
+    with torch.no_grad():
+        assert torch.allclose(base(x), opt(x), rtol=1e-12, atol=1e-12)
+    assert calls == [11]  # training-mode BatchNorm: not streamed
+
+
+def test_grad_chunks_read_across_written_chunks_and_free():
+    from edgesnn.memopt.gradchunks import GradChunks
+
+    g = torch.arange(10 * 2, dtype=torch.float64).view(10, 2)
+    store = GradChunks((10, 2))
+    for t0, t1 in [(6, 10), (2, 6), (0, 2)]:  # written last to first, as a backward does
+        store.put(t0, t1, g[t0:t1].clone())
+    assert torch.equal(store.get(1, 7), g[1:7])
+    assert torch.equal(store.get(3, 5), g[3:5])
+    store.release_from(5)  # [6, 10) is past; [2, 6) still holds steps 2..4
+    assert sorted(store.parts) == [0, 2]
+    assert torch.equal(store.get(0, 5), g[0:5])
+    part = GradChunks((4, 2))
+    part.put(2, 4, torch.ones(2, 2, dtype=torch.float64))
+    assert torch.equal(part.get(0, 4)[:2], torch.zeros(2, 2, dtype=torch.float64))  # never written: zero
+    part.add_dense(torch.zeros((), dtype=torch.float64).expand(4, 2))  # an expanded zero changes nothing
+    assert sorted(part.parts) == [2]
+    part.add_dense(torch.full((4, 2), 2.0, dtype=torch.float64))
+    assert torch.equal(part.get(0, 4), torch.tensor([[2.0, 2], [2, 2], [3, 3], [3, 3]], dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="does not fit"):
+        part.put(0, 2, torch.ones(3, 2, dtype=torch.float64))
+
+
 def test_packing_round_trip_odd_sizes():
     for shape in [(3, 5, 7), (4, 1, 1), (2, 3, 8), (5, 2, 3, 3)]:
         x = (torch.rand(shape) > 0.5).float()

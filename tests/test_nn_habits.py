@@ -1,7 +1,6 @@
 """The habits SpikingJelly users bring: step modes and carried state, reset_net, surrogate_function=,
 SpikingJelly's surrogates, a learnable tau (ParametricLIF), SeqToANN(conv, bn)."""
 
-import math
 import subprocess
 import sys
 import warnings

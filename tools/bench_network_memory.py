@@ -154,6 +154,10 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) 
         return loss
 
     step()  # warm-up: allocates gradients, compiles kernels
+    # edgesnn's kernel buffer pool keeps idle output buffers resident between steps; they would sit
+    # in the baseline and hide up to its cap from the peak, so the step starts with the pool empty
+    from edgesnn.kernels import buffers
+    buffers.release()
     before = _rss()
     _reset_hwm()
     times = []

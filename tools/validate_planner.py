@@ -10,6 +10,15 @@ steady-state peak of a step with optimizer state allocated.
     PYTHONPATH=. python tools/validate_planner.py --calibrate   # runtime overhead of this host
 
 Targets (issue 3): activation bytes within 10%, peak RSS within 15%.
+
+``--network``: the whole-network benchmark's rows (``tools/bench_network_memory.py``: VGG-11 on
+3x32x32, batch 8, one warm-up step, peak = VmHWM during the measured steps minus the RSS before
+them): the step peak predicted from shapes by :mod:`edgesnn.planner.bptt_peak` (rows ``sj_bptt``,
+``sj_memopt``, ``lif``, ``revlif``) or by :mod:`edgesnn.planner.network` (``opt``, the plan's own
+prediction) vs the peak the benchmark's worker measures in a fresh process. Target: within 10%.
+
+    python tools/validate_planner.py --network -T 8 32 [--rows sj_bptt lif] [--json out.json]
+    python tools/validate_planner.py --network --from-json bench.json   # results of bench_network_memory.py --json
 """
 
 from __future__ import annotations
@@ -123,6 +132,76 @@ def _label(neuron) -> str:
     return "mix(" + ",".join(sorted(set(neuron))) + ")"
 
 
+NETWORK_ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif")
+
+
+def _bench_module():
+    """``tools/bench_network_memory.py`` as a module (its model builders and fresh-process worker)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_network_memory", ROOT / "tools" / "bench_network_memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def predict_network_row(row: str, T: int, batch: int):
+    """:class:`edgesnn.planner.bptt_peak.PeakPrediction` of a benchmark row, from shapes only."""
+    from edgesnn.planner.bptt_peak import Strategy, predict_peak
+
+    bench = _bench_module()
+    model, _ = bench.build_vgg(bench._ROW_NODE.get(row, "lif"), grouped=(row == "sj_memopt"))
+    model.train()
+    strategy = Strategy("sj_memopt", compress=True) if row == "sj_memopt" else Strategy("bptt")
+    return predict_peak(model, (3, 32, 32), T, batch, strategy=strategy)
+
+
+def network_main(args) -> int:
+    """Predicted vs measured peak of the whole-network benchmark's rows (see the module docstring)."""
+    bench = _bench_module()
+    measured = {}
+    if args.from_json:
+        with open(args.from_json) as fh:
+            for r in json.load(fh)["results"]:
+                if "peak_bytes" in r and r.get("batch", args.batch) == args.batch:
+                    measured[(r["row"], r["T"])] = r
+    rows = []
+    print(f"| {'row':10} | {'T':>3} | {'pred MiB':>9} | {'meas MiB':>9} | {'err':>7} | phase of the predicted peak |")
+    print("|" + "|".join("-" * n for n in (12, 5, 11, 11, 9, 29)) + "|")
+    for T in args.timesteps:
+        for row in args.rows:
+            meas = measured.get((row, T))
+            if meas is None:
+                if args.from_json:
+                    continue
+                meas = bench._run_child(["--worker", row, str(T), "0", "--batch", str(args.batch), "--steps", str(args.steps),
+                                         "--threads", str(args.threads)])
+            if row in NETWORK_ROWS:
+                p = predict_network_row(row, T, args.batch)
+                pred, phase = p.peak_bytes, p.phase
+            elif "predicted_peak_bytes" in meas:
+                pred, phase = meas["predicted_peak_bytes"], "edgesnn.planner.network"
+            else:
+                continue
+            err = (pred - meas["peak_bytes"]) / meas["peak_bytes"] * 100
+            rows.append(dict(row=row, T=T, batch=args.batch, predicted_bytes=int(pred), measured_bytes=int(meas["peak_bytes"]),
+                             err_pct=err, phase=phase))
+            print(f"| {row:10} | {T:>3} | {pred / 2**20:9.1f} | {meas['peak_bytes'] / 2**20:9.1f} | {err:+6.1f}% | {phase:27} |",
+                  flush=True)
+    if not rows:
+        print("no rows measured")
+        return 1
+    worst = max(abs(r["err_pct"]) for r in rows)
+    ok = worst <= 10
+    print(f"\nworst |error| {worst:.1f}% (target 10%): {'PASS' if ok else 'FAIL'}")
+    if args.json:
+        from edgesnn.checkpoint import atomic_write
+
+        payload = dict(rows=rows, worst_err_pct=worst, passed=ok)
+        atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
+    return 0 if ok else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -130,11 +209,21 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 configurations instead of 12")
     ap.add_argument("--backend", default="torch", help="neuron backend of every node (default: torch)")
     ap.add_argument("--calibrate", action="store_true", help="measure the runtime overhead of this host")
+    net = ap.add_argument_group("whole-network benchmark rows (--network)")
+    net.add_argument("--network", action="store_true", help="predicted vs measured peak of bench_network_memory.py's rows")
+    net.add_argument("-T", "--timesteps", type=int, nargs="+", default=[8, 32])
+    net.add_argument("--rows", nargs="+", default=list(NETWORK_ROWS), choices=list(NETWORK_ROWS) + ["opt"])
+    net.add_argument("--batch", type=int, default=8)
+    net.add_argument("--steps", type=int, default=3)
+    net.add_argument("--threads", type=int, default=2)
+    net.add_argument("--from-json", help="take the measured peaks from bench_network_memory.py --json output")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     sys.path.insert(0, str(ROOT))
+    if args.network:
+        return network_main(args)
     from edgesnn import devices
 
     DEFAULT_CPU_RUNTIME_OVERHEAD = devices.DEFAULT_CPU_RUNTIME_OVERHEAD

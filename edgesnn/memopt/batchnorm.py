@@ -2,13 +2,34 @@
 
 A block that recomputes its interior in chunks of ``K`` steps cannot let BatchNorm see one chunk
 at a time (training mode normalises over all ``T x B`` samples). These helpers compute the batch
-statistics chunk by chunk (combined in float64), update the running statistics once, and apply
-the normalisation with one formula everywhere, so a recomputed chunk is bit-identical to its
-forward.
+statistics chunk by chunk, update the running statistics once, and apply the normalisation with
+one formula everywhere, so a recomputed chunk is bit-identical to its forward.
+
+Two ways to get the statistics:
+
+* :class:`ChunkStats`: one pass, per-chunk ``var_mean`` combined in float64 (Chan et al.). Exact to
+  ~1e-13 in float64, but in float32 the statistics can differ from PyTorch's in the last bit.
+* :class:`ExactStats`: two passes (sums, then squared deviations from the float32 mean), each a
+  sequential float64 accumulation in PyTorch's order (Numba kernel, the chunk read in place): the
+  mean, ``invstd``, running statistics and, with :func:`bn_normalize`, the output are
+  *bit-identical* to ``F.batch_norm`` on the whole ``[T*B, C, ...]`` tensor (CPU, contiguous,
+  ``H*W > 1``: see :func:`exact_supported`). Both passes must see the same chunks in the same
+  order, and each chunk must equal the matching slice of the whole tensor bit for bit (true of
+  CPU ``conv2d`` chunked along the batch, checked for VGG-11 shapes with oneDNN).
+
+PyTorch's CPU training BatchNorm (``batch_norm_cpu_collect_stats_contiguous_impl`` and
+``batch_norm_cpu_update_stats_template``), which :class:`ExactStats` reproduces, per channel over
+the ``N`` values in memory order (sample-major): ``double sum += x``; ``mean = float(sum / N)``;
+``double vsum += float((x - mean) * (x - mean))``; ``var_sum = float(vsum)``;
+``invstd = float(1 / sqrt(double(var_sum / float(N)) + eps))``; output ``x * alpha + beta`` with
+``alpha = invstd * weight`` and ``beta = bias - mean * alpha``, both fused multiply-adds in the
+AVX-512 kernel (probed once at run time, :func:`affine_uses_fma`). Running statistics: see
+:func:`update_running_exact`. Verified empirically against torch 2.13 (CPU, x86-64, AVX-512).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -16,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["batch_stats_mode", "channel_view", "reduce_dims", "update_running", "ChunkStats", "bn_static",
-           "bn_normalize", "bn_affine"]
+           "bn_normalize", "bn_affine", "ExactStats", "exact_supported", "update_running_exact", "bn_output",
+           "affine_uses_fma"]
 
 
 def batch_stats_mode(bn: nn.modules.batchnorm._BatchNorm) -> bool:
@@ -70,7 +92,22 @@ class ChunkStats:
 
 
 def bn_static(bn: nn.modules.batchnorm._BatchNorm, a: torch.Tensor, T: int, update: bool) -> torch.Tensor:
-    """BatchNorm (batch statistics) of ``T`` identical copies of ``a [B, C, ...]``, computed on one copy."""
+    """BatchNorm (batch statistics) of ``T`` identical copies of ``a [B, C, ...]``, computed on one copy.
+
+    Without autograd and where :func:`exact_supported`, the statistics are PyTorch's over the
+    ``T`` copies (:class:`ExactStats` reads ``a`` ``T`` times; the float rounding of a sum over
+    ``T`` copies is not that of one copy) and the result is bit-identical to ``F.batch_norm`` on
+    the ``[T*B, C, ...]`` tensor. With autograd (a backward recomputation, whose values are not
+    used) it is ``F.batch_norm`` on one copy: the same statistics up to rounding."""
+    if not torch.is_grad_enabled() and exact_supported(a):
+        st = ExactStats()
+        st.add_sum(a, repeat=T)
+        mean = st.mean()
+        st.add_var(a, repeat=T)
+        invstd = st.invstd(bn.eps)
+        if update:
+            st.update_running(bn)
+        return bn_output(bn, a.detach(), mean, invstd)
     if update:
         with torch.no_grad():
             var, mean = torch.var_mean(a.detach(), dim=reduce_dims(a), unbiased=False)
@@ -81,10 +118,14 @@ def bn_static(bn: nn.modules.batchnorm._BatchNorm, a: torch.Tensor, T: int, upda
 def bn_normalize(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
                   inplace: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(z, xhat)``: BatchNorm of ``a`` with given statistics; one formula (same rounding) for the
-    forward and every recomputation. ``inplace`` overwrites ``a`` with ``xhat`` (no autograd)."""
+    forward and every recomputation. ``z`` is rounded as PyTorch's CPU kernel rounds it
+    (:func:`bn_output`): with ``mean``/``invstd`` from :class:`ExactStats` it is bit-identical to
+    ``F.batch_norm``. ``xhat = (a - mean) * invstd`` is for the backward. ``inplace`` overwrites
+    ``a`` with ``xhat`` (no autograd)."""
+    z = bn_output(bn, a, mean, invstd)
     xhat = a.sub_(channel_view(mean, a)) if inplace else a - channel_view(mean, a)
     xhat.mul_(channel_view(invstd, a))
-    return bn_affine(bn, xhat), xhat
+    return z, xhat
 
 
 def bn_affine(bn, xhat: torch.Tensor) -> torch.Tensor:
@@ -94,3 +135,256 @@ def bn_affine(bn, xhat: torch.Tensor) -> torch.Tensor:
         return xhat.clone() if b is None else xhat + channel_view(b, xhat)
     y = xhat * channel_view(w, xhat)
     return y if b is None else y.add_(channel_view(b, xhat))
+
+
+# ----------------------------------------------------------------------------------------------
+# bit-exact statistics and output (PyTorch's CPU kernel, float32 and float64)
+
+
+@functools.lru_cache(maxsize=None)
+def affine_uses_fma() -> bool:
+    """Whether PyTorch's CPU BatchNorm output ``x * alpha + beta`` (and ``beta = bias - mean *
+    alpha``) is a fused multiply-add on this build/CPU (the AVX-512 kernel of torch 2.13 on x86-64:
+    yes; a kernel compiled without FMA: no). Probed once with values where one rounding and two
+    differ."""
+    u = 1.0 + 2.0 ** -12  # u * u = 1 + 2^-11 + 2^-24: a tie in float32, broken by the tiny bias
+    x = torch.full((2, 1, 2, 2), u)
+    y = F.batch_norm(x, torch.zeros(1), torch.ones(1), torch.full((1,), u), torch.full((1,), 2.0 ** -60),
+                     False, 0.0, 0.0)
+    return bool((y == 1.0 + 2.0 ** -11 + 2.0 ** -23).all())
+
+
+def _fma(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """``c + sign * a * b`` with one rounding when PyTorch's kernel fuses it, two otherwise."""
+    if affine_uses_fma():
+        return torch.addcmul(c, a, b, value=sign)  # CPU addcmul is a fused multiply-add
+    return c + (a * b) * sign
+
+
+def bn_output(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
+    """BatchNorm output of ``a`` for the statistics ``mean``/``invstd`` (``a.dtype``), rounded like
+    PyTorch's CPU kernel: ``alpha = invstd * weight``, ``beta = bias - mean * alpha``,
+    ``y = a * alpha + beta``."""
+    w = bn.weight.detach() if bn is not None and bn.weight is not None else None
+    b = bn.bias.detach() if bn is not None and bn.bias is not None else None
+    mean, invstd = mean.to(a.dtype), invstd.to(a.dtype)
+    alpha = invstd if w is None else invstd * w.to(a.dtype)
+    beta = _fma(torch.zeros_like(mean) if b is None else b.to(a.dtype), mean, alpha, -1.0)
+    return _fma(channel_view(beta, a), a, channel_view(alpha, a))
+
+
+def exact_supported(a: torch.Tensor) -> bool:
+    """Whether :class:`ExactStats` reproduces PyTorch for chunks like ``a``: CPU, float32/float64,
+    NCHW-contiguous, more than one element per sample and channel. (PyTorch reduces ``[N, C]``,
+    ``[N, C, 1, 1]`` and channels-last tensors with a thread-partitioned float32 kernel instead.)"""
+    return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and a.dim() >= 3
+            and a.numel() > 0 and a.numel() // (a.shape[0] * a.shape[1]) > 1 and a.is_contiguous())
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """Numba kernels: per channel, the sequential float64 accumulation of PyTorch's loop."""
+    try:
+        from ..kernels.config import configure_cache, configure_threading_layer
+
+        configure_cache()
+        import numba
+        from numba import njit, prange
+
+        configure_threading_layer()
+    except Exception:  # pragma: no cover - no numba: torch fallback (cumsum, slower)
+        return None
+    del numba
+
+    # prange over groups of 4 channels, 4 independent float64 chains per thread (the adds are
+    # latency-bound); each channel's own order is PyTorch's: sample by sample, position by position.
+    @njit(parallel=True, cache=True)
+    def seq_sum(a, acc, repeat):  # a [n, C, S] contiguous (read `repeat` times); acc float64 [C], updated
+        n, C, S = a.shape
+        for g in prange((C + 3) // 4):
+            c = 4 * g
+            if c + 4 <= C:
+                s0, s1, s2, s3 = acc[c], acc[c + 1], acc[c + 2], acc[c + 3]
+                for ri in range(repeat * n):
+                    i = ri % n
+                    for j in range(S):
+                        s0 += a[i, c, j]
+                        s1 += a[i, c + 1, j]
+                        s2 += a[i, c + 2, j]
+                        s3 += a[i, c + 3, j]
+                acc[c], acc[c + 1], acc[c + 2], acc[c + 3] = s0, s1, s2, s3
+            else:
+                for cc in range(c, C):
+                    s = acc[cc]
+                    for ri in range(repeat * n):
+                        i = ri % n
+                        for j in range(S):
+                            s += a[i, cc, j]
+                    acc[cc] = s
+
+    @njit(parallel=True, cache=True)
+    def seq_sqdev(a, mean, acc, repeat):  # acc[c] += (a - mean[c])^2, difference and square in a's dtype
+        n, C, S = a.shape
+        for g in prange((C + 3) // 4):
+            c = 4 * g
+            if c + 4 <= C:
+                m0, m1, m2, m3 = mean[c], mean[c + 1], mean[c + 2], mean[c + 3]
+                s0, s1, s2, s3 = acc[c], acc[c + 1], acc[c + 2], acc[c + 3]
+                for ri in range(repeat * n):
+                    i = ri % n
+                    for j in range(S):
+                        d0 = a[i, c, j] - m0
+                        d1 = a[i, c + 1, j] - m1
+                        d2 = a[i, c + 2, j] - m2
+                        d3 = a[i, c + 3, j] - m3
+                        s0 += d0 * d0
+                        s1 += d1 * d1
+                        s2 += d2 * d2
+                        s3 += d3 * d3
+                acc[c], acc[c + 1], acc[c + 2], acc[c + 3] = s0, s1, s2, s3
+            else:
+                for cc in range(c, C):
+                    m = mean[cc]
+                    s = acc[cc]
+                    for ri in range(repeat * n):
+                        i = ri % n
+                        for j in range(S):
+                            d = a[i, cc, j] - m
+                            s += d * d
+                    acc[cc] = s
+
+    return seq_sum, seq_sqdev
+
+
+def _flat3(a: torch.Tensor) -> torch.Tensor:
+    a = a.detach()
+    if not a.is_contiguous():
+        a = a.contiguous()
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _seq_sum_torch(rows: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """Fallback without Numba: sequential float64 sums through ``cumsum`` (``rows [C, L]``)."""
+    return torch.cumsum(torch.cat([acc[:, None], rows.double()], 1), 1)[:, -1]
+
+
+class ExactStats:
+    """Training-mode BatchNorm statistics over chunks along dim 0, bit-identical to PyTorch's CPU
+    ``F.batch_norm`` on the concatenation of the chunks (in order).
+
+    Two passes over the same chunks, in the same order::
+
+        st = ExactStats()
+        for a in chunks: st.add_sum(a)      # pass 1: sequential float64 sums
+        mean = st.mean()                    # float: PyTorch's save_mean
+        for a in chunks: st.add_var(a)      # pass 2: sum of (a - mean)^2 (float), in float64
+        invstd = st.invstd(bn.eps)          # PyTorch's save_invstd
+        st.update_running(bn)               # running_mean/var/num_batches_tracked, as PyTorch
+        z = bn_output(bn, a, mean, invstd)  # per chunk: PyTorch's output, bit for bit
+
+    ``n`` is the number of values per channel (``N`` in PyTorch's formulas). Chunks must satisfy
+    :func:`exact_supported`; the reduction runs in place on the chunk (no copy when contiguous).
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.n_var = 0
+        self.dtype: Optional[torch.dtype] = None
+        self._sum: Optional[torch.Tensor] = None
+        self._sq: Optional[torch.Tensor] = None
+        self._mean: Optional[torch.Tensor] = None
+
+    def _check(self, a: torch.Tensor) -> None:
+        if not exact_supported(a):
+            raise ValueError(f"ExactStats: unsupported chunk {tuple(a.shape)} {a.dtype} on {a.device}")
+        if self.dtype is None:
+            self.dtype = a.dtype
+        elif a.dtype != self.dtype:
+            raise ValueError("ExactStats: chunks of different dtypes")
+
+    def add_sum(self, a: torch.Tensor, repeat: int = 1) -> None:
+        """Pass 1: add a chunk ``[n, C, ...]`` (``repeat`` times over: ``T`` copies of one step) to
+        the per-channel sums."""
+        if self._mean is not None:
+            raise RuntimeError("ExactStats.add_sum after mean()")
+        self._check(a)
+        a3 = _flat3(a)
+        if self._sum is None:
+            self._sum = torch.zeros(a3.shape[1], dtype=torch.float64)
+        k = _kernels()
+        if k is not None:
+            k[0](a3.numpy(), self._sum.numpy(), repeat)
+        else:
+            rows = a3.transpose(0, 1).reshape(a3.shape[1], -1)
+            self._sum = _seq_sum_torch(rows.repeat(1, repeat), self._sum)
+        self.n += repeat * a3.shape[0] * a3.shape[2]
+
+    def mean(self) -> torch.Tensor:
+        """The batch mean in the chunks' dtype (PyTorch's ``save_mean``); ends pass 1."""
+        if self._mean is None:
+            if self._sum is None:
+                raise RuntimeError("ExactStats.mean before add_sum")
+            self._mean = (self._sum / self.n).to(self.dtype)  # double quotient, rounded once
+        return self._mean
+
+    def add_var(self, a: torch.Tensor, repeat: int = 1) -> None:
+        """Pass 2: add a chunk's squared deviations from :meth:`mean` (``repeat`` as in :meth:`add_sum`)."""
+        mean = self.mean()
+        self._check(a)
+        a3 = _flat3(a)
+        if self._sq is None:
+            self._sq = torch.zeros(a3.shape[1], dtype=torch.float64)
+        k = _kernels()
+        if k is not None:
+            k[1](a3.numpy(), mean.numpy(), self._sq.numpy(), repeat)
+        else:
+            d = a3 - mean.view(1, -1, 1)
+            rows = (d * d).transpose(0, 1).reshape(a3.shape[1], -1)
+            self._sq = _seq_sum_torch(rows.repeat(1, repeat), self._sq)
+        self.n_var += repeat * a3.shape[0] * a3.shape[2]
+
+    def var_sum(self) -> torch.Tensor:
+        """Sum of squared deviations, rounded to the chunks' dtype (PyTorch's ``var_sum``)."""
+        if self._sq is None or self.n_var != self.n:
+            raise RuntimeError("ExactStats: pass 2 (add_var) incomplete")
+        return self._sq.to(self.dtype)
+
+    def var(self, unbiased: bool = False) -> torch.Tensor:
+        """Batch variance as PyTorch rounds it: ``var_sum / N`` (or ``N - 1``) in the chunks' dtype."""
+        n = self.n - 1 if unbiased else self.n
+        return self.var_sum() / torch.tensor(n, dtype=self.dtype)
+
+    def invstd(self, eps: float) -> torch.Tensor:
+        """``1 / sqrt(var + eps)`` in float64 from the rounded ``var``, then rounded (``save_invstd``)."""
+        v = self.var().double()
+        inv = 1.0 / torch.sqrt(v + eps)
+        if eps == 0:
+            inv = torch.where(v == 0, torch.zeros_like(inv), inv)
+        return inv.to(self.dtype)
+
+    def update_running(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        """``bn``'s running statistics and ``num_batches_tracked``, as ``F.batch_norm`` would update them."""
+        update_running_exact(bn, self.mean(), self.var_sum(), self.n)
+
+
+def update_running_exact(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var_sum: torch.Tensor,
+                         count: int) -> None:
+    """PyTorch's running-statistics update, bit for bit (``batch_norm_cpu_update_stats_template``):
+    ``m = param_t(momentum)``; ``running_mean = m * mean + (1 - m) * running_mean`` in the
+    parameter dtype; ``running_var = double(m) * double(var_sum / (N - 1)) + (1 - m) * running_var``
+    (the last product in the parameter dtype), rounded once. ``mean``/``var_sum``: as
+    :meth:`ExactStats.mean`/:meth:`ExactStats.var_sum`."""
+    if not (bn.training and bn.track_running_stats):
+        return
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    with torch.no_grad():
+        if bn.running_mean is not None:
+            dt = bn.running_mean.dtype
+            m = torch.tensor(momentum, dtype=dt)
+            bn.running_mean.copy_(m * mean.to(dt) + (1 - m) * bn.running_mean)
+        if bn.running_var is not None:
+            dt = bn.running_var.dtype
+            m = torch.tensor(momentum, dtype=dt)
+            unbiased = (var_sum.to(dt) / torch.tensor(count - 1, dtype=dt)).double()
+            bn.running_var.copy_((m.double() * unbiased + ((1 - m) * bn.running_var).double()).to(dt))

@@ -12,8 +12,10 @@ own statistics. The block keeps BatchNorm exact in passes:
   statistics updated once), then the output pass with those statistics;
 * backward, pass 1 (last chunk to first): recompute the chunk, back-propagate through the node
   (carrying the state gradient across chunks) and accumulate BatchNorm's sums of ``dy`` and
-  ``dy * xhat``; the state gradient at each chunk boundary is kept for pass 2;
-* backward, pass 2: recompute again, apply BatchNorm's exact input gradient
+  ``dy * xhat``;
+* backward, pass 2 (last chunk to first again): recompute the chunk and the node's backward
+  (carrying the state gradient as pass 1 did, so nothing but BatchNorm's two sums is kept
+  between the passes), apply BatchNorm's exact input gradient
   ``w / sigma * (dy - mean(dy) - xhat * mean(dy * xhat))`` and back-propagate the layers before
   BatchNorm (parameter gradients accumulate into ``.grad``).
 
@@ -30,12 +32,15 @@ Parameter gradients are accumulated straight into ``.grad`` during the block's b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
-from .batchnorm import ChunkStats, batch_stats_mode, bn_normalize, channel_view, reduce_dims, update_running
+from ..kernels import buffers
+from .batchnorm import (ChunkStats, ExactStats, batch_stats_mode, bn_normalize, bn_output, channel_view, exact_supported,
+                        reduce_dims, update_running)
+from .gradchunks import DenseGrad, GradChunks
 from .layers import Step
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
 from .static import StaticBackward
@@ -69,6 +74,8 @@ class Block:
     incoming: Optional[SavedInput] = None   # packed input handed over by the previous block's forward
     inner: int = 0                          # sub-chunk of a repeated-input block's backward (0: = chunk)
     incoming_static: Optional["StaticBackward"] = None  # the previous block's backward, run inside ours
+    incoming_grad: Optional[GradChunks] = None  # where our input gradient goes (the previous block reads it)
+    keep: int = 0                           # leading chunks whose layer output the forward keeps between its passes
 
     def bn_index(self) -> Optional[int]:
         idx = [i for i, s in enumerate(self.steps) if s.kind == "bn"]
@@ -100,15 +107,23 @@ def _accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
 class _BlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: Block, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        # The kernels' buffer pool keeps idle output buffers for reuse (no fresh page faults): a
+        # block's chunks and passes reuse each other's, but the previous block's are the wrong
+        # sizes and would only add to the peak, so each block starts with the pool emptied.
+        buffers.release()
         T = x.shape[0]
         K = max(1, min(block.chunk, T)) if block.can_chunk() else T
         bounds = [(t0, min(t0 + K, T)) for t0 in range(0, T, K)]
         incoming, block.incoming = block.incoming, None
+        grad_sink, block.incoming_grad = block.incoming_grad, None
+        ctx.grad_sink = grad_sink if incoming is not None else None
+        ctx.out_grad = None
         static = incoming is None and is_time_invariant(x)
         bn_i = block.bn_index()
         bn = block.steps[bn_i].module if bn_i is not None else None
         chunked_bn = bn is not None and batch_stats_mode(bn) and len(bounds) > 1 and not static
         ctx.block, ctx.bounds, ctx.static, ctx.chunked_bn = block, bounds, static, chunked_bn
+        ctx.dtype = x.dtype
         ctx.saved_input = incoming if incoming is not None else save_input(x, block.in_codec)
         ctx.input_needs_grad = x.requires_grad
         src = ctx.saved_input if incoming is not None else None
@@ -123,14 +138,7 @@ class _BlockFunction(torch.autograd.Function):
             z0 = apply_static(block.steps, x[0], T, update=True)
         elif chunked_bn:
             pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
-            stats = ChunkStats()
-            for t0, t1 in bounds:
-                stats.add(apply_steps(pre, merge_time(x_chunk(t0, t1))))
-            mean64, var64 = stats.mean_var()
-            update_running(bn, mean64, var64, stats.n)
-            ctx.bn_mean = mean64.to(x.dtype)
-            ctx.bn_invstd = torch.rsqrt(var64 + bn.eps).to(x.dtype)
-            ctx.bn_count = stats.n
+            kept_a = _batch_statistics(ctx, bn, pre, bounds, x_chunk, block.keep)
         handoff = _Handoff(block, T) if block.next_block is not None else None
         steps = bounds
         if static:
@@ -145,8 +153,8 @@ class _BlockFunction(torch.autograd.Function):
             if static:
                 z = z0.unsqueeze(0).expand(k, *z0.shape)
             elif chunked_bn:
-                a = apply_steps(pre, merge_time(x_chunk(t0, t1)))
-                z = split_time(apply_steps(mid, bn_normalize(bn, a, ctx.bn_mean, ctx.bn_invstd, inplace=True)[0]), k)
+                a = kept_a.pop(t0) if t0 in kept_a else apply_steps(pre, merge_time(x_chunk(t0, t1)))
+                z = split_time(apply_steps(mid, bn_output(bn, a, ctx.bn_mean, ctx.bn_invstd)), k)
                 del a
             elif len(bounds) == 1:
                 z = split_time(apply_steps(block.steps, merge_time(x_chunk(0, T))), k)  # BatchNorm modules update their running stats
@@ -170,7 +178,11 @@ class _BlockFunction(torch.autograd.Function):
             # The next block reads the packed output; autograd only needs a tensor of the right
             # shape to route the output gradient, so a zero-stride placeholder stands in.
             block.next_block.incoming = handoff.saved
-            if ctx.static_backward is not None:
+            if ctx.static_backward is None:
+                # the next block hands our output gradient back chunk by chunk (gradchunks.py)
+                ctx.out_grad = GradChunks(handoff.saved.shape)
+                block.next_block.incoming_grad = ctx.out_grad
+            else:
                 # Our backward consumes output-gradient chunks last to first, once: the next block
                 # runs it while it produces them, so that gradient never exists over all T.
                 block.next_block.incoming_static = ctx.static_backward
@@ -179,6 +191,7 @@ class _BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        buffers.release()  # as in forward: the pool holds one block's buffers at a time
         block: Block = ctx.block
         saved: SavedInput = ctx.saved_input
         bounds = ctx.bounds
@@ -198,27 +211,94 @@ class _BlockFunction(torch.autograd.Function):
             prev = None
         if prev is not None:
             prev.feed_bounds = list(bounds)
+        out_sink: Optional[GradChunks] = ctx.grad_sink if prev is None else None
         if ctx.input_needs_grad and prev is None:
-            grad_in = torch.empty(saved.shape, dtype=saved.dtype, device=grad_out.device)
+            if out_sink is not None:
+                # the previous block reads our input gradient from out_sink; autograd gets a stand-in
+                grad_in = torch.zeros((), dtype=saved.dtype, device=grad_out.device).expand(saved.shape)
+                out_sink.placeholder = grad_in
+            else:
+                grad_in = torch.empty(saved.shape, dtype=saved.dtype, device=grad_out.device)
 
         def sink(t0: int, t1: int, g: torch.Tensor) -> None:
             if prev is not None:
                 prev.feed(t0, t1, g)
+            elif out_sink is not None:
+                out_sink.put(t0, t1, g)
             elif grad_in is not None:
                 grad_in[t0:t1] = g
 
-        grad_out = grad_out.contiguous()
+        src = _grad_source(ctx, grad_out)
+        del grad_out
         wants_input_grad = grad_in is not None or prev is not None
         if ctx.chunked_bn:
-            _backward_chunked_bn(ctx, block, saved, grad_out, sink, wants_input_grad)
+            _backward_chunked_bn(ctx, block, saved, src, sink, wants_input_grad)
         else:
-            _backward_plain(ctx, block, saved, grad_out, sink, wants_input_grad)
+            _backward_plain(ctx, block, saved, src, sink, wants_input_grad)
         if prev is not None:
             prev.finish()
         ctx.checkpoints = None
         ctx.saved_input = None
         ctx.incoming_static = None
+        ctx.out_grad = ctx.grad_sink = None
         return (None, grad_in) + (None,) * len(block.params)
+
+
+def _batch_statistics(ctx, bn, pre: List[Step], bounds, x_chunk, keep: int) -> Dict[int, torch.Tensor]:
+    """BatchNorm's batch statistics over all chunks (set on ``ctx``; running statistics updated once).
+
+    Where :func:`exact_supported`, PyTorch's own statistics bit for bit (:class:`ExactStats`: a
+    sum pass, then a pass of squared deviations from the float mean, both in chunk order); else
+    one pass combined in float64 (:class:`ChunkStats`). The layer outputs of the first ``keep``
+    chunks are kept, not recomputed, for the later passes; returns them (``t0 -> [k * B, ...]``)
+    for the output pass.
+    """
+    kept: Dict[int, torch.Tensor] = {}
+
+    def layer_out(c: int, t0: int, t1: int) -> torch.Tensor:
+        if t0 in kept:
+            return kept[t0]
+        a = apply_steps(pre, merge_time(x_chunk(t0, t1)))
+        if c < keep:
+            kept[t0] = a
+        return a
+
+    a0 = layer_out(0, *bounds[0])
+    if exact_supported(a0):
+        ex = ExactStats()
+        ex.add_sum(a0)
+        del a0
+        for c, (t0, t1) in enumerate(bounds[1:], 1):
+            ex.add_sum(layer_out(c, t0, t1))
+        ctx.bn_mean = ex.mean()
+        for c, (t0, t1) in enumerate(bounds):
+            ex.add_var(layer_out(c, t0, t1))
+        ctx.bn_invstd = ex.invstd(bn.eps)
+        ex.update_running(bn)
+        ctx.bn_count = ex.n
+        return kept
+    stats = ChunkStats()
+    stats.add(a0)
+    del a0
+    for c, (t0, t1) in enumerate(bounds[1:], 1):
+        stats.add(layer_out(c, t0, t1))
+    mean64, var64 = stats.mean_var()
+    update_running(bn, mean64, var64, stats.n)
+    ctx.bn_mean = mean64.to(ctx.dtype)
+    ctx.bn_invstd = torch.rsqrt(var64 + bn.eps).to(ctx.dtype)
+    ctx.bn_count = stats.n
+    return kept
+
+
+def _grad_source(ctx, grad_out: torch.Tensor):
+    """Where this block's output gradient is read from: the chunks the next block handed over
+    (plus whatever else reached the output through autograd), or autograd's dense gradient."""
+    chunks: Optional[GradChunks] = ctx.out_grad
+    if chunks is None or chunks.empty:
+        return DenseGrad(grad_out.contiguous())
+    if grad_out is not None and grad_out is not chunks.placeholder:
+        chunks.add_dense(grad_out)
+    return chunks
 
 
 class _Handoff:
@@ -247,7 +327,7 @@ class _Handoff:
             self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
 
 
-def _backward_plain(ctx, block: Block, saved: SavedInput, grad_out: torch.Tensor, sink, wants_input_grad: bool) -> None:
+def _backward_plain(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
     """No batch statistics across chunks: one reverse pass, each chunk under autograd."""
     g_v = None
     for c in range(len(ctx.bounds) - 1, -1, -1):
@@ -260,23 +340,30 @@ def _backward_plain(ctx, block: Block, saved: SavedInput, grad_out: torch.Tensor
             z = split_time(apply_recompute(block.steps, merge_time(xl)), k)
             s, v_T = run_node(block.node, z, v0l)
             o = split_time(apply_steps(block.post, merge_time(s)), k) if block.post else s
-            outs, grads = [o], [grad_out[t0:t1]]
+            outs, grads = [o], [grad_out.get(t0, t1)]
             if g_v is not None:
                 outs.append(v_T)
                 grads.append(g_v)
             torch.autograd.backward(outs, grads)
+            del outs, grads
+        grad_out.release_from(t0)
         g_v = v0l.grad if v0l is not None else None
-        if wants_input_grad:
-            sink(t0, t1, xl.grad)
+        # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
+        # previous block's backward, whose transient then does not sit beside it
+        g_in = xl.grad if wants_input_grad else None
+        del xl
+        if g_in is not None:
+            sink(t0, t1, g_in)
+        del g_in
 
 
-def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.Tensor, sink, wants_input_grad: bool) -> None:
+def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
+    """``grad_out``: :class:`GradChunks` or :class:`DenseGrad`; read twice, freed during pass 2."""
     bn_i = block.bn_index()
     bn = block.steps[bn_i].module
     pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
     mean, invstd, N = ctx.bn_mean, ctx.bn_invstd, ctx.bn_count
     n_chunks = len(ctx.bounds)
-    g_v_end: List[Optional[torch.Tensor]] = [None] * n_chunks  # gradient into each chunk's final state
     sum_dy = None
     sum_dy_xhat = None
 
@@ -285,11 +372,10 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
     for c in range(n_chunks - 1, -1, -1):
         t0, t1 = ctx.bounds[c]
         k = t1 - t0
-        g_v_end[c] = g_v
         with torch.no_grad():
             z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
             z = split_time(z, k)
-        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out[t0:t1], g_v)
+        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
         del z
         dy = merge_time(dz)
         dims = reduce_dims(dy)
@@ -307,7 +393,9 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
     c1 = (sum_dy / N).to(invstd.dtype)
     c2 = (sum_dy_xhat / N).to(invstd.dtype)
 
-    # pass 2: exact BatchNorm input gradient, layers before BatchNorm
+    # pass 2: exact BatchNorm input gradient, layers before BatchNorm. The node's backward runs
+    # again, carrying the state gradient exactly as pass 1 did (same inputs, same values).
+    g_v = None
     for c in range(n_chunks - 1, -1, -1):
         t0, t1 = ctx.bounds[c]
         k = t1 - t0
@@ -315,9 +403,12 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
         with torch.enable_grad():
             a = apply_steps(pre, merge_time(xl))
         with torch.no_grad():
-            z, xhat = bn_normalize(bn, a.detach(), mean, invstd)
+            # the layers before BatchNorm (conv, linear, pooling) do not keep their output for
+            # backward, so the output may become xhat in place (not when it is the input itself)
+            z, xhat = bn_normalize(bn, a.detach(), mean, invstd, inplace=bool(pre))
             z = split_time(z, k)
-        dz, _ = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out[t0:t1], g_v_end[c])
+        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
+        grad_out.release_from(t0)
         del z
         with torch.no_grad():
             da = merge_time(dz)
@@ -326,8 +417,13 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out: torch.T
         if a.requires_grad:
             torch.autograd.backward(a, da)
         del a, da
-        if wants_input_grad:
-            sink(t0, t1, xl.grad)
+        # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
+        # previous block's backward, whose transient then does not sit beside it
+        g_in = xl.grad if wants_input_grad else None
+        del xl
+        if g_in is not None:
+            sink(t0, t1, g_in)
+        del g_in
 
 
 def _mid_node_backward(block: Block, mid: List[Step], z: torch.Tensor, v0, g_out, g_v):

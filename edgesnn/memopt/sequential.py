@@ -7,9 +7,15 @@ from typing import List
 import torch
 from torch import nn
 
+from .batchnorm import batch_stats_mode
 from .block import Block, run_block
+from .layers import child_steps
+from .steps import apply_steps, merge_time, run_node, split_time
 
-__all__ = ["MemoryOptimizedSequential", "install", "uninstall"]
+__all__ = ["MemoryOptimizedSequential", "install", "uninstall", "EVAL_CHUNK_STEPS"]
+
+#: time steps per chunk of a streamed inference forward (``no_grad``; see ``MemoryOptimizedSequential``)
+EVAL_CHUNK_STEPS = 8
 
 
 class MemoryOptimizedSequential(nn.Sequential):
@@ -22,6 +28,12 @@ class MemoryOptimizedSequential(nn.Sequential):
     _memopt_blocks: List[Block]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """``x [T, B, ...]``. Without autograd (evaluation), and when nothing needs all T at once
+        (BatchNorm with running statistics, stateless layers between blocks), the whole container
+        runs ``EVAL_CHUNK_STEPS`` steps at a time with every node's state carried: an evaluation
+        batch then needs one chunk's memory, not T's."""
+        if not torch.is_grad_enabled() and x.dim() >= 2 and x.shape[0] > EVAL_CHUNK_STEPS and self._streamable():
+            return self._forward_streamed(x)
         starts = {b.start: b for b in self._memopt_blocks}
         children = list(self)
         i = 0
@@ -34,6 +46,41 @@ class MemoryOptimizedSequential(nn.Sequential):
                 x = children[i](x)
                 i += 1
         return x
+
+
+    def _streamable(self) -> bool:
+        in_block = {i for b in self._memopt_blocks for i in range(b.start, b.stop)}
+        for i, child in enumerate(self):
+            steps = child_steps(child) if i not in in_block else None
+            if i in in_block:
+                continue
+            if steps is None or any(st.kind == "node" for st in steps):
+                return False  # a stateful or unknown child sees all T at once
+            if any(st.kind == "bn" and batch_stats_mode(st.module) for st in steps):
+                return False
+        return not any(st.kind == "bn" and batch_stats_mode(st.module) for b in self._memopt_blocks for st in b.steps)
+
+    def _forward_streamed(self, x: torch.Tensor) -> torch.Tensor:
+        starts = {b.start: b for b in self._memopt_blocks}
+        children = list(self)
+        states: dict = {}
+        outs = []
+        for t0 in range(0, x.shape[0], EVAL_CHUNK_STEPS):
+            y = x[t0:t0 + EVAL_CHUNK_STEPS]
+            k = y.shape[0]
+            i = 0
+            while i < len(children):
+                b = starts.get(i)
+                if b is None:
+                    y = children[i](y)
+                    i += 1
+                    continue
+                z = split_time(apply_steps(b.steps, merge_time(y)), k)
+                s, states[i] = run_node(b.node, z, states.get(i))
+                y = split_time(apply_steps(b.post, merge_time(s)), k) if b.post else s
+                i = b.stop
+            outs.append(y)
+        return torch.cat(outs)
 
 
 def install(seq: nn.Sequential, blocks: List[Block]) -> None:

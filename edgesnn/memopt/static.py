@@ -50,16 +50,23 @@ class StaticBackward:
     def _states_from(self, c: int, starts) -> Dict[int, Optional[torch.Tensor]]:
         """Node states at the given step indices inside our chunk ``c``, recomputed from its checkpoint."""
         t0 = self.bounds[c][0]
-        z0 = self.z0
         states = {t0: self.checkpoints[c]}
         v, t = self.checkpoints[c], t0
-        with torch.no_grad():
-            for p in sorted(starts):
-                if p > t:
-                    _, v = run_node(self.block.node, z0.unsqueeze(0).expand(p - t, *z0.shape), v)
-                    t = p
-                states[p] = v
+        for p in sorted(starts):
+            if p > t:
+                v = self._advance(v, p - t)
+                t = p
+            states[p] = v
         return states
+
+    def _advance(self, v: Optional[torch.Tensor], steps: int) -> Optional[torch.Tensor]:
+        """The node state ``steps`` steps after ``v``, a few steps per call (their spikes are dropped)."""
+        z0 = self.z0
+        piece = max(1, self.block.inner)
+        with torch.no_grad():
+            for s0 in range(0, steps, piece):
+                _, v = run_node(self.block.node, z0.unsqueeze(0).expand(min(piece, steps - s0), *z0.shape), v)
+        return v
 
     def feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
         """Back-propagate steps ``t0:t1`` (fed last to first) given their output gradient ``g``."""
@@ -83,10 +90,8 @@ class StaticBackward:
             self.cache_chunk = c
         start = self.cache.pop(t0) if t0 in self.cache else self._states_from(c, [t0])[t0]
         states = [start]
-        with torch.no_grad():
-            for s0, s1 in subs[:-1]:
-                _, v = run_node(block.node, z0.unsqueeze(0).expand(s1 - s0, *z0.shape), states[-1])
-                states.append(v)
+        for s0, s1 in subs[:-1]:
+            states.append(self._advance(states[-1], s1 - s0))
         for j in range(len(subs) - 1, -1, -1):
             s0, s1 = subs[j]
             z = z0.unsqueeze(0).expand(s1 - s0, *z0.shape)

@@ -2,6 +2,11 @@
 
     edgesnn plan --model vgg11 --input 3,32,32 --timesteps 8 --batch auto \\
                  --device jetson-orin-nano-8gb [--budget 2GiB] [--json plan.json] [--plot mem.png]
+                 [--dataset cifar10 | --dataset-bytes 700MiB] [--eval-batch 256]
+
+The budget holds the runtime, the parameters, gradients and optimizer state, the dataset the
+training loop keeps in memory (``--dataset`` knows the built-in ones, ``--dataset-bytes`` gives
+custom data's) and the larger of the training step and the evaluation pass at ``--eval-batch``.
 """
 
 from __future__ import annotations
@@ -18,14 +23,27 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g"
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "tb": 1000**4}
 
 
-def parse_bytes(text: str) -> int:
-    """``"2GiB"`` -> 2147483648, ``"1.5GB"`` -> 1500000000, ``"512MiB"``, ``"1000000"`` (bytes)."""
+def parse_bytes(text: str, name: str = "--budget", allow_zero: bool = False) -> int:
+    """``"2GiB"`` -> 2147483648, ``"1.5GB"`` -> 1500000000, ``"512MiB"``, ``"1000000"`` (bytes).
+
+    Errors name ``name``; 0 is accepted only with ``allow_zero``.
+    """
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"--budget: expected a size like 2GiB, 1.5GB, 512MiB or a byte count, got {text!r}")
+        raise ValueError(f"{name}: expected a size like 2GiB, 1.5GB, 512MiB or a byte count, got {text!r}")
     value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if value <= 0:
-        raise ValueError(f"--budget: expected a positive size, got {text!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a {'size >= 0' if allow_zero else 'positive size'}, got {text!r}")
+    return value
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        value = int(str(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {text!r}")
     return value
 
 
@@ -67,6 +85,12 @@ def register(subparsers) -> None:
     p.add_argument("--groups", default="2", help="RevLIF group counts to consider, e.g. 2,4 (default 2)")
     p.add_argument("--max-batch", type=int, default=1024, help="cap for --batch auto (default 1024)")
     p.add_argument("--backend", default="auto", help="neuron backend the model will train with (default auto)")
+    p.add_argument("--dataset", help="the built-in dataset edgesnn train will hold in memory: digits, cifar10, nmnist, "
+                   "dvsgesture or shd (its size is known; event frames are memory-mapped, only labels count)")
+    p.add_argument("--dataset-bytes", metavar="SIZE",
+                   help="bytes custom data holds in memory for the whole run, e.g. 300MiB (0: streamed); not with --dataset")
+    p.add_argument("--eval-batch", default=None,
+                   help="batch of the evaluation pass after every epoch (default: edgesnn train's, 256)")
     p.add_argument("--json", metavar="PATH", help="write the plan JSON here (for edgesnn train --plan)")
     p.add_argument("--plot", metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget)")
     p.add_argument("--memopt", action="store_true",
@@ -87,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import build_model
     from edgesnn import devices
 
+    from ..training.loop import EVAL_BATCH_SIZE
     from .plan import make_plan, save_plan
 
     if args.list_devices:
@@ -116,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--groups: RevLIF needs at least 2 groups, got {args.groups!r}")
     device = devices.load_device(args.device)
     budget = parse_bytes(args.budget) if args.budget else None
+    dataset_bytes = None if args.dataset_bytes is None else parse_bytes(args.dataset_bytes, "--dataset-bytes", allow_zero=True)
+    eval_batch = EVAL_BATCH_SIZE if args.eval_batch is None else _positive_int(args.eval_batch, "--eval-batch")
     kw = {}
     if args.hidden:
         kw["hidden"] = _int_list(args.hidden, "--hidden")
@@ -123,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         kw["channels"] = _int_list(args.channels, "--channels")
     model = build_model(args.model, shape, args.classes, args.timesteps, neuron="lif", node={"backend": args.backend}, **kw)
     if args.memopt:
-        return _run_memopt(args, model, shape, device, budget, batch)
-    plan = make_plan(model, device, args.timesteps, batch, budget, args.optimizer, kinds, groups, args.max_batch)
+        return _run_memopt(args, model, shape, device, budget, batch, dataset_bytes, eval_batch)
+    plan = make_plan(model, device, args.timesteps, batch, budget, args.optimizer, kinds, groups, args.max_batch,
+                     args.dataset, dataset_bytes, eval_batch)
     print_plan(plan)
     if args.json:
         save_plan(plan, args.json)
@@ -152,10 +180,31 @@ def print_plan(plan, file=None) -> None:
     print(f"{'other':<10} {'':>9} {'fixed':<8} {'-':>6} {pr['fixed_activation_bytes']:>14}  (inputs of conv/linear/BN/pool, loss)",
           file=out)
     print(f"batch: {plan.batch}", file=out)
+    print(_dataset_line(plan.dataset), file=out)
+    if "eval_bytes" in pr:
+        capped = f" (the test split's {pr['eval_batch']} samples)" if pr["eval_batch"] < plan.eval_batch else ""
+        print(f"evaluation: batch {plan.eval_batch}{capped} under no_grad: {_fmt(pr['eval_bytes'])} beside the resident "
+              f"memory; training step {_fmt(pr['step_bytes'])}", file=out)
     print(f"predicted: activations {_fmt(pr['activation_bytes'])}, parameters+grads+optimizer {_fmt(pr['static_bytes'])}, "
           f"peak {_fmt(pr['peak_bytes'])} (in {pr['peak_phase']}), node time {pr['time_s'] * 1e3:.1f} ms/step", file=out)
+    if "eval_bytes" in pr:
+        resident = pr["peak_bytes"] - pr["dataset_bytes"] - max(pr["step_bytes"], pr["eval_bytes"])
+        print(f"  peak = resident {_fmt(resident)} (runtime, parameters, optimizer state) + dataset "
+              f"{_fmt(pr['dataset_bytes'])} + max(train step {_fmt(pr['step_bytes'])}, eval pass {_fmt(pr['eval_bytes'])})",
+              file=out)
     for label, alt in plan.alternatives.items():
         print(f"  {label}: peak {_fmt(alt['peak_bytes'])}, node time {alt['time_s'] * 1e3:.1f} ms/step", file=out)
+
+
+def _dataset_line(data: dict) -> str:
+    """``dataset: ...`` for the summary: what is counted and how the data is held."""
+    if not data or data.get("held") == "none":
+        return "dataset: not counted (give --dataset or --dataset-bytes)"
+    name = data.get("name") or "custom (--dataset-bytes)"
+    if data.get("held") == "mmap":
+        return (f"dataset: {name}, frames memory-mapped ({_fmt(data['mapped_bytes'])} of file-backed pages, not counted), "
+                f"labels {_fmt(data['bytes'])} in memory")
+    return f"dataset: {name}, {_fmt(data['bytes'])} held in memory"
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -168,23 +217,43 @@ if __name__ == "__main__":  # pragma: no cover
 _OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 0, "sgd-momentum": 1}
 
 
-def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional[int], batch: Optional[int]) -> int:
-    """``edgesnn plan --memopt``: the chunked-block plan of :func:`edgesnn.optimize_memory` on the device."""
+def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional[int], batch: Optional[int],
+                dataset_bytes: Optional[int] = None, eval_batch: int = 256) -> int:
+    """``edgesnn plan --memopt``: the chunked-block plan of :func:`edgesnn.optimize_memory` on the device.
+
+    The dataset (bytes) is resident beside the parameters; the evaluation pass (plain ``no_grad``
+    forward at ``eval_batch``) must fit beside them as well, and the peak is the larger of the two.
+    """
     import copy
 
     import torch
 
     from ..atomic import atomic_write
     from ..memopt import optimize_memory
+    from ..memopt.sequential import EVAL_CHUNK_STEPS
+    from .datasets import dataset_memory
+    from .evalpass import eval_forward_peak
+    from .memory_model import ChainModel
     from .network import PlanningError as NetPlanningError
+    from .plan import plan_extras
 
     total = budget if budget is not None else device.memory_bytes - device.reserved_bytes
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     static = device.runtime_overhead_bytes + param_bytes * (2 + _OPTIMIZER_STATE[args.optimizer])
-    room = total - static
+    chain = ChainModel(model)
+    data = dataset_memory(args.dataset, args.timesteps, chain.in_shape, dataset_bytes)
+    extras = plan_extras(eval_batch, data)
+    # an optimized container evaluates EVAL_CHUNK_STEPS steps at a time (memopt/sequential.py)
+    eval_fwd = eval_forward_peak(chain, ["lif"] * len(chain.spiking), min(args.timesteps, EVAL_CHUNK_STEPS),
+                                 extras.eval_batch)
+    room = total - static - extras.dataset_bytes
     if room <= 0:
-        raise ValueError(f"--budget: {_fmt(total)} does not hold the runtime ({_fmt(device.runtime_overhead_bytes)}) and "
-                         f"the parameters, gradients and optimizer state ({_fmt(static - device.runtime_overhead_bytes)})")
+        raise ValueError(f"--budget: {_fmt(total)} does not hold the runtime ({_fmt(device.runtime_overhead_bytes)}), "
+                         f"the parameters, gradients and optimizer state ({_fmt(static - device.runtime_overhead_bytes)})"
+                         f" and the dataset ({_fmt(extras.dataset_bytes)})")
+    if eval_fwd > room:
+        raise ValueError(f"--eval-batch: the evaluation pass at batch {extras.eval_batch} needs {_fmt(eval_fwd)}, "
+                         f"more than the {_fmt(room)} left beside the parameters and the dataset; lower --eval-batch")
 
     from ..memopt.optimize import largest_batch
 
@@ -206,11 +275,16 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
           f"gradients and {args.optimizer} state {_fmt(static - device.runtime_overhead_bytes)}, activations {_fmt(room)})")
     print(f"model: {args.model} {args.input}, T={args.timesteps}, all LIF, optimize_memory")
     print(plan)
-    print(f"batch: {batch}; predicted peak {_fmt(static + plan.peak_bytes)} of {_fmt(total)}")
+    peak = static + extras.dataset_bytes + max(plan.peak_bytes, eval_fwd)
+    print(_dataset_line(data))
+    print(f"evaluation: batch {extras.eval_batch} under no_grad, forward {_fmt(eval_fwd)}; "
+          f"training step {_fmt(plan.peak_bytes)}")
+    print(f"batch: {batch}; predicted peak {_fmt(peak)} of {_fmt(total)}")
     if args.json:
         doc = {"format": "edgesnn-memopt-plan", "version": 1, "model": model.config, "device": device.to_dict(),
                "timesteps": args.timesteps, "batch": batch, "budget_bytes": int(total),
-               "static_bytes": int(static), "plan": plan.to_dict()}
+               "static_bytes": int(static), "eval_batch": int(eval_batch), "dataset": data,
+               "eval_bytes": int(eval_fwd), "peak_bytes": int(peak), "plan": plan.to_dict()}
         text = json.dumps(doc, indent=1)
         atomic_write(args.json, lambda fh: fh.write(text), mode="w")
         print(f"plan written to {args.json}")

@@ -3,8 +3,7 @@
 The objective is the **peak** of one training step, transients included, not the sum of saved
 bytes. The step is replayed phase by phase: the forward of each block (its input and output
 tensors over all T, one chunk of temporaries, everything kept so far) and the backward of each
-block in reverse (the incoming and outgoing gradients over all T, the node-state gradients kept
-between the two BatchNorm passes, one chunk of temporaries). All sizes come from shapes.
+block in reverse (the incoming and outgoing gradients over all T, one chunk of temporaries). All sizes come from shapes.
 
 Chunk size ``K`` trades memory for time: every chunk costs a fixed overhead and a block with
 BatchNorm that needs more than one chunk runs its layers two extra times.
@@ -19,20 +18,33 @@ from torch import nn
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "predict_peak", "plan_blocks", "PlanningError"]
 
-# Temporaries of one chunk step, in multiples of the per-step tensors (float32), measured on the
-# CPU backend: see tools/bench_network_memory.py. Forward: input chunk, layer output, normalised
-# output, node output, tail output. Backward: the same recomputed plus their gradients.
+# Temporaries of one chunk step, in multiples of the per-step tensors (float32): input chunk ``x``,
+# node input ``a`` (layer output), block output ``o``. Fitted (least squares over every phase) on
+# VGG-11 at T = 8, 32 and 64 with ten chunk configurations, measured as tools/bench_network_memory.py
+# does with the kernels' buffer pool emptied before the step, so the node's pooled output buffers
+# count; one-chunk peaks then agree within 8% (one configuration 15% above). Forward: input chunk,
+# layer output, normalised output, node output, tail output. Backward: the same recomputed plus
+# their gradients and the node's pooled buffers.
 FWD_X, FWD_A, FWD_O = 1.0, 3.0, 1.0
-BWD_X, BWD_A, BWD_O = 2.0, 2.5, 2.0
-STATIC_BWD_A = 3.0
+BWD_X, BWD_A, BWD_O = 2.5, 3.75, 0.75
+STATIC_BWD_A = 4.25
+# Backward of a convolution: its weight in the kernel's blocked layout, the new weight gradient
+# and its reorder, in multiples of the block's parameter bytes (big kernels, small images: VGG's
+# 512x512 layers at 4x4 and 2x2 are set by them).
+BWD_PARAM = 1.5
+# A one-chunk block with BatchNorm runs its backward under autograd (BatchNorm's own saved input,
+# output and gradient, none of them in place): this many more node-input tensors per step.
+PLAIN_BN_BWD_A = 1.0
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
-NO_BUDGET_SLACK = 1.05
-NO_BUDGET_SLACK_BYTES = 4 * 2**20  # small models: a few MiB are not worth many small chunks
+NO_BUDGET_SLACK = 1.10
+NO_BUDGET_SLACK_BYTES = 10 * 2**20  # small models: a few MiB are not worth many small chunks
 BUDGET_HEADROOM = 0.8  # plan to this fraction of a budget (see plan_chunks)
 MAX_CHUNK_SAMPLES = 512  # K x B of one chunk at most (see _greedy)
 # Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
 # cost per chunk pass (kernel launches, Python) in MAC-equivalents.
 CHUNK_OVERHEAD_MACS = 2.0e6
+# Relative time differences below this are not resolved by the time model (a tie).
+TIME_RESOLUTION = 0.01
 # A repeated-input block's backward runs in sub-chunks of this many steps (node-only recompute).
 STATIC_INNER_STEPS = 2
 
@@ -107,15 +119,22 @@ def _fused(shapes: Sequence[BlockShape], i: int) -> bool:
     return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
 
 
+def _chunked_bn(b: BlockShape, K: int) -> bool:
+    """The block runs BatchNorm's statistics passes over several chunks."""
+    return b.has_bn and not b.static and b.can_chunk and _n_chunks(b.T, K) > 1
+
+
 def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
                  inner: int = STATIC_INNER_STEPS,
-                 breakdown: Optional[Dict[str, int]] = None):
-    """``(peak bytes, phase name)`` of one training step with chunk ``chunks[i]`` for block ``i``.
+                 breakdown: Optional[Dict[str, int]] = None, keeps: Optional[Sequence[int]] = None):
+    """``(peak bytes, phase name)`` of one training step with chunk ``chunks[i]`` for block ``i``
+    (whose forward keeps the layer output of its first ``keeps[i]`` chunks between its passes).
 
     Mirrors :mod:`edgesnn.memopt.block`: blocks hand packed outputs to the next block (no dense
     output over T), a repeated-input block runs ``inner`` steps at a time and its backward runs
     inside the next block's, a block's backward holds its output gradient and writes its input
-    gradient over all T, one chunk of temporaries at a time.
+    gradient over all T, one chunk of temporaries at a time (between two non-repeated-input blocks
+    the gradient travels in chunks, so the outgoing one grows as the incoming one is freed).
     """
     best, where = 0, ""
     kept = 0
@@ -127,6 +146,8 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             tmp = min(inner, k) * FWD_A * b.a_bytes + 2 * b.a_bytes
         else:
             tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes * b.has_post) + b.param_bytes
+            if keeps and _chunked_bn(b, K):
+                tmp += keeps[i] * k * b.a_bytes
         kept += _saved(b, K)
         y = 0 if b.hands_off else b.T * b.o_bytes
         phase = kept + y + tmp
@@ -142,18 +163,26 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             kept -= _saved(b, K)
             continue
         g_out = b.T * b.o_bytes
+        # gradients handed between non-repeated-input blocks travel as chunks (memopt/gradchunks.py):
+        # the outgoing one grows while the incoming one is freed during the second pass
+        out_chunks = b.hands_off and i + 1 < n
+        in_chunks = i > 0 and shapes[i - 1].hands_off and not shapes[i - 1].static
         if b.static:
             tmp = min(inner, k) * STATIC_BWD_A * b.a_bytes + 2 * b.a_bytes
             phase = kept + g_out + tmp
         else:
             prev_fused = i > 0 and _fused(shapes, i - 1)
             g_in = 0 if prev_fused else b.T * b.x_bytes
-            gv = (nc - 1) * b.a_bytes if (b.has_bn and nc > 1) else 0
-            tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes * b.has_post) + b.param_bytes
+            if out_chunks and in_chunks:
+                kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
+                g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
+            tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes
+            if b.has_bn and nc == 1:
+                tmp += k * PLAIN_BN_BWD_A * b.a_bytes
             if prev_fused:
                 p = shapes[i - 1]
                 tmp += min(inner, k) * STATIC_BWD_A * p.a_bytes + max(chunks[i - 1] // k, 1) * p.a_bytes
-            phase = kept + tail + g_out + g_in + gv + tmp
+            phase = kept + tail + g_out + g_in + tmp
         phases[f"backward {b.name}"] = phase
         if phase > best:
             best, where = phase, f"backward {b.name}"
@@ -166,13 +195,19 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     return int(best + fixed_bytes), where
 
 
-def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int]) -> float:
+def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Optional[Sequence[int]] = None) -> float:
     """Relative step time: layer passes x MACs plus a cost per chunk pass."""
     total = 0.0
-    for b, K in zip(shapes, chunks):
+    for i, (b, K) in enumerate(zip(shapes, chunks)):
         nc = _n_chunks(b.T, K)
         steps = 1 if b.static else b.T
-        passes = 4 if (nc == 1 or b.static or not b.has_bn) else 6
+        # chunked BatchNorm: sum pass, squared-deviation pass and output pass (the chunks kept
+        # from the first pass are not recomputed) + two backward passes recomputing the layers,
+        # plus the layers' own backward (2)
+        passes = 4
+        if _chunked_bn(b, K):
+            m = min(keeps[i], nc) if keeps else 0
+            passes = 5 + 2 * (1 - m / nc) if m else 7
         node_passes = 3 if (b.has_bn and nc > 1 and not b.static) else 2
         total += passes * b.macs * steps + nc * node_passes * CHUNK_OVERHEAD_MACS
     return total
@@ -215,23 +250,72 @@ def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
     if budget is not None:
         # headroom: the transient model is calibrated on chunks of <= 8 steps and single chunks of
         # small blocks; larger chunks of large blocks measured up to 30% above it (VGG-11, T = 64)
-        try:
-            return _greedy(shapes, int(budget * BUDGET_HEADROOM), fixed_bytes)
-        except PlanningError:
-            least = predict_peak(shapes, _greedy(shapes, None, fixed_bytes), fixed_bytes)[0]
+        path: List[List[int]] = []
+        _greedy(shapes, None, fixed_bytes, path)
+        target = int(budget * BUDGET_HEADROOM)
+        best = _fastest_within(shapes, path, target, fixed_bytes)
+        if best is None:
+            least = predict_peak(shapes, path[-1], fixed_bytes)[0]
             raise PlanningError(
                 f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
                 f"{least / 2**20:.1f} MiB (planned with {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the "
-                "batch or T, or raise the budget") from None
-    least = _greedy(shapes, None, fixed_bytes)
-    low = predict_peak(shapes, least, fixed_bytes)[0]
+                "batch or T, or raise the budget")
+        return best
+    path = []
+    _greedy(shapes, None, fixed_bytes, path)
+    low = predict_peak(shapes, path[-1], fixed_bytes)[0]
     target = int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
-    return _greedy(shapes, target, fixed_bytes)
+    return _fastest_within(shapes, path, target, fixed_bytes) or path[-1]
 
 
-def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
+def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target: int,
+                    fixed_bytes: int = 0) -> Optional[List[int]]:
+    """The fastest choice whose peak fits ``target``: every choice on the greedy descent that fits,
+    each relaxed (:func:`_relax`), compared by predicted time."""
+    options = {}
+    for c in path:
+        if tuple(c) in options or predict_peak(shapes, c, fixed_bytes)[0] > target:
+            continue
+        r = _relax(shapes, c, target, fixed_bytes)
+        options[tuple(c)] = (predict_time(shapes, r), predict_peak(shapes, r, fixed_bytes)[0], r)
+    if not options:
+        return None
+    # times within TIME_RESOLUTION of the fastest are a tie for the time model: the least peak wins
+    fastest = min(t for t, _, _ in options.values())
+    return min((o for o in options.values() if o[0] <= fastest * (1 + TIME_RESOLUTION)), key=lambda o: (o[1], o[0]))[2]
+
+
+def _relax(shapes: Sequence[BlockShape], chunks: List[int], target: int, fixed_bytes: int = 0) -> List[int]:
+    """Undo halvings the greedy descent no longer needs: double any block's chunk (up to one
+    chunk) while the peak stays within ``target`` and the step gets measurably faster (by more
+    than ``TIME_RESOLUTION``), fastest first."""
+    chunks = list(chunks)
+    while True:
+        now = predict_time(shapes, chunks)
+        best = None
+        for i, b in enumerate(shapes):
+            if _fused(shapes, i) or chunks[i] >= b.T or not b.can_chunk:
+                continue
+            k = min(2 * chunks[i], b.T)
+            if not b.static and k < b.T and k * b.B > MAX_CHUNK_SAMPLES:
+                continue
+            trial = list(chunks)
+            trial[i] = k
+            trial = _fit_static(shapes, trial, fixed_bytes)
+            t = predict_time(shapes, trial)
+            if (t < now * (1 - TIME_RESOLUTION) and predict_peak(shapes, trial, fixed_bytes)[0] <= target
+                    and (best is None or t < best[0])):
+                best = (t, trial)
+        if best is None:
+            return chunks
+        chunks = best[1]
+
+
+def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0,
+            path: Optional[List[List[int]]] = None) -> List[int]:
     """From one chunk per block, halve the chunk that buys the most peak per unit of time until the
-    peak fits ``budget`` (``None``: until no halving lowers the peak)."""
+    peak fits ``budget`` (``None``: until no halving lowers the peak). ``path`` collects every
+    choice passed on the way."""
     # a chunk of a non-repeated-input block holds at most MAX_CHUNK_SAMPLES samples (K x B): the
     # transient model was calibrated there; larger ones measured far above it (batch 128, K = 64)
     ks = [[k for k in _candidates(b.T) if b.static or k == 1 or k * b.B <= MAX_CHUNK_SAMPLES] for b in shapes]
@@ -252,6 +336,8 @@ def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: in
     while True:
         phases = phases_of(chunks)
         peak = phases[0]
+        if path is not None:
+            path.append(_fit_static(shapes, chunks, fixed_bytes))
         if budget is not None and peak <= budget:
             return _fit_static(shapes, chunks, fixed_bytes)
         best = None
@@ -334,9 +420,30 @@ def plan_blocks(blocks, model: nn.Module, budget: Optional[int], chunk: Optional
     else:
         chunks = plan_chunks(shapes, budget, fixed)
     chunks = _fit_static(shapes, list(chunks), fixed)
-    for b, K, sh in zip(blocks, chunks, shapes):
+    keeps = choose_keeps(shapes, chunks, fixed)
+    for b, K, sh, m in zip(blocks, chunks, shapes, keeps):
         b.chunk = K
         b.inner = max(1, min(K, STATIC_INNER_STEPS)) if sh.static else 0
-    peak, phase = predict_peak(shapes, chunks, fixed)
+        b.keep = m
+    peak, phase = predict_peak(shapes, chunks, fixed, keeps=keeps)
     choices = [BlockChoice(s.name, "recompute" if K >= s.T else "chunked", K, _saved(s, K)) for s, K in zip(shapes, chunks)]
-    return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks), fixed)
+    return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks, keeps), fixed)
+
+
+def choose_keeps(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0) -> List[int]:
+    """Per block, how many leading chunks' layer outputs its forward keeps between its statistics
+    and output passes (each one kept is one recomputation fewer in two passes): as many as fit
+    under the step's peak, which a backward phase sets, so the peak does not rise."""
+    keeps = [0] * len(shapes)
+    cap, _ = predict_peak(shapes, chunks, fixed_bytes)
+    for i, (b, K) in enumerate(zip(shapes, chunks)):
+        if not _chunked_bn(b, K):
+            continue
+        for m in range(_n_chunks(b.T, K), 0, -1):
+            keeps[i] = m
+            bd: Dict[str, int] = {}
+            predict_peak(shapes, chunks, fixed_bytes, breakdown=bd, keeps=keeps)
+            if bd[f"forward {b.name}"] <= cap:
+                break
+            keeps[i] = 0
+    return keeps

@@ -1,8 +1,11 @@
 """The plan: what the planner chose, as JSON, and how to apply it to a model.
 
 A plan file (``format == "edgesnn-plan"``) holds the model configuration, the device and budget,
-T, the batch, one entry per spiking layer (``neuron`` spec such as ``"lif"`` or ``"revlif:2"``,
-``groups``, saved bytes) and the predicted memory. :func:`neuron_specs` gives the ``neuron=[...]``
+T, the batch, the evaluation batch (``eval_batch``, samples), the dataset the run holds
+(``dataset``: ``name``, ``held``, ``bytes`` counted, ``mapped_bytes``), one entry per spiking layer
+(``neuron`` spec such as ``"lif"`` or ``"revlif:2"``, ``groups``, saved bytes) and the predicted
+memory (``predicted``: ``peak_bytes = runtime + parameters, optimizer state and buffers +
+dataset_bytes + max(step_bytes, eval_bytes)``, all in bytes). :func:`neuron_specs` gives the ``neuron=[...]``
 list for :func:`edgesnn.models.build_model`; :func:`apply` swaps the nodes of an existing model.
 """
 
@@ -19,10 +22,12 @@ from torch import nn
 from ..checkpoint import atomic_write
 from ..models import parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
+from ..training.loop import EVAL_BATCH_SIZE
+from .datasets import dataset_memory
 from .memory_model import ChainModel
-from .solver import plan_model
+from .solver import Extras, plan_model
 
-__all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "save_plan", "load_plan", "neuron_specs", "apply"]
+__all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan", "load_plan", "neuron_specs", "apply"]
 
 FORMAT = "edgesnn-plan"
 VERSION = 1
@@ -42,6 +47,8 @@ class Plan:
     layers: List[Dict[str, Any]]
     predicted: Dict[str, Any]
     alternatives: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    eval_batch: int = EVAL_BATCH_SIZE
+    dataset: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def neuron(self) -> List[str]:
@@ -50,7 +57,8 @@ class Plan:
     def to_dict(self) -> Dict[str, Any]:
         return dict(format=FORMAT, version=VERSION, model=self.model, device=self.device, timesteps=self.timesteps,
                     batch=self.batch, budget_bytes=self.budget_bytes, optimizer=self.optimizer, neuron=self.neuron,
-                    layers=self.layers, predicted=self.predicted, alternatives=self.alternatives)
+                    eval_batch=self.eval_batch, dataset=self.dataset, layers=self.layers, predicted=self.predicted,
+                    alternatives=self.alternatives)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], origin: str = "<dict>") -> "Plan":
@@ -61,28 +69,52 @@ class Plan:
         try:
             plan = cls(model=d["model"], device=d["device"], timesteps=int(d["timesteps"]), batch=int(d["batch"]),
                        budget_bytes=int(d["budget_bytes"]), optimizer=d.get("optimizer", "adam"), layers=list(d["layers"]),
-                       predicted=d["predicted"], alternatives=d.get("alternatives", {}))
+                       predicted=d["predicted"], alternatives=d.get("alternatives", {}),
+                       eval_batch=d.get("eval_batch", EVAL_BATCH_SIZE), dataset=dict(d.get("dataset") or {}))
         except KeyError as exc:
             raise ValueError(f"plan: {origin} lacks field {exc}") from None
+        if isinstance(plan.eval_batch, bool) or not isinstance(plan.eval_batch, int) or plan.eval_batch < 1:
+            raise ValueError(f"plan: {origin} has eval_batch {plan.eval_batch!r}; expected an integer >= 1")
         for L in plan.layers:
             parse_neuron_spec(L.get("neuron"))
         return plan
 
 
+def plan_extras(eval_batch: int, dataset: Dict[str, Any]) -> Extras:
+    """The solver's :class:`Extras` for a plan's ``eval_batch`` and ``dataset`` entry.
+
+    The pass is counted at ``min(eval_batch, test samples)`` when the dataset's test split is
+    known (:func:`edgesnn.training.loop.evaluate` never makes a larger batch).
+    """
+    tests = dataset.get("test_samples")
+    eb = min(int(eval_batch), int(tests)) if tests else int(eval_batch)
+    return Extras(dataset_bytes=int(dataset.get("bytes", 0) or 0), eval_batch=eb)
+
+
 def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Optional[int] = None,
               optimizer: str = "adam", kinds: Sequence[str] = ("lif", "revlif"), groups: Sequence[int] = (2,),
-              max_batch_cap: int = 1024) -> Plan:
+              max_batch_cap: int = 1024, dataset: Optional[str] = None, dataset_bytes: Optional[int] = None,
+              eval_batch: int = EVAL_BATCH_SIZE) -> Plan:
     """Plan ``model`` for a :class:`edgesnn.devices.DeviceProfile`.
 
     Args:
         model: a model from :func:`edgesnn.models.build_model`.
         device: the device profile. T: time steps. batch: batch size or None (largest that fits).
         budget: peak bytes the training process may hold; default ``memory - reserved`` of the device.
+        dataset: a built-in dataset of ``edgesnn train`` (its resident bytes are known; see
+            :mod:`~edgesnn.planner.datasets`). dataset_bytes: resident bytes of custom data
+            instead. Neither: no dataset counted.
+        eval_batch: the batch of the evaluation pass after every epoch (samples; ``edgesnn
+            train``'s default is ``EVAL_BATCH_SIZE``).
     """
+    if isinstance(eval_batch, bool) or not isinstance(eval_batch, int) or eval_batch < 1:
+        raise ValueError(f"--eval-batch: expected an integer >= 1, got {eval_batch!r}")
     budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else int(budget)
     chain = ChainModel(model)
+    data = dataset_memory(dataset, T, chain.in_shape, dataset_bytes)
+    extras = plan_extras(eval_batch, data)
     res = plan_model(chain, T, budget, device.runtime_overhead_bytes, batch, device.bandwidth_gbs, optimizer, kinds,
-                     groups, max_batch_cap)
+                     groups, max_batch_cap, extras)
     from .solver import predict
 
     layers = []
@@ -94,15 +126,16 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
     for label, kind in (("all-lif", "lif"), ("all-revlif", "revlif")):
         opts = ["lif" if kind == "lif" else f"revlif:{min([g for g in groups if L.channels % g == 0] or [2])}"
                 for L in chain.spiking]
-        p = predict(chain, opts, T, res["batch"], device.runtime_overhead_bytes, optimizer, device.bandwidth_gbs)
+        p = predict(chain, opts, T, res["batch"], device.runtime_overhead_bytes, optimizer, device.bandwidth_gbs, extras)
         alts[label] = {k: p[k] for k in ("activation_bytes", "peak_bytes", "time_s")}
-    predicted = {k: res[k] for k in ("activation_bytes", "static_bytes", "runtime_overhead_bytes", "peak_bytes",
-                                     "peak_phase", "time_s")}
+    predicted = {k: res[k] for k in ("activation_bytes", "static_bytes", "runtime_overhead_bytes", "dataset_bytes",
+                                     "step_bytes", "eval_bytes", "eval_batch", "peak_bytes", "peak_phase", "time_s")}
     predicted["fixed_activation_bytes"] = chain.fixed_cost().bytes(T, res["batch"])
     cfg = dict(getattr(model, "config", {}) or {})
     cfg["neuron"] = res["options"]
     return Plan(model=cfg, device=device.to_dict(), timesteps=T, batch=res["batch"], budget_bytes=budget,
-                optimizer=optimizer, layers=layers, predicted=predicted, alternatives=alts)
+                optimizer=optimizer, layers=layers, predicted=predicted, alternatives=alts, eval_batch=eval_batch,
+                dataset=data)
 
 
 def save_plan(plan: Plan, path: PathLike) -> Path:

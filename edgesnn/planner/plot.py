@@ -10,6 +10,7 @@ from torch import nn
 
 from ..checkpoint import atomic_write
 from .memory_model import ChainModel
+from .plan import plan_extras
 from .solver import predict
 
 __all__ = ["plot_memory_vs_t"]
@@ -32,11 +33,12 @@ def plot_memory_vs_t(model: nn.Module, plan, path: Union[str, os.PathLike], ts: 
     ts = list(ts) or sorted(set([1, 2, 4] + list(range(max(1, T0 // 4), 4 * T0 + 1, max(1, T0 // 4)))))
     ovh = plan.device["runtime_overhead_bytes"]
     bw = plan.device["bandwidth_gbs"]
+    extras = plan_extras(plan.eval_batch, plan.dataset)  # dataset and evaluation pass, as planned
     rev = [o if o.startswith("revlif") else "revlif:2" for o in plan.neuron]
     series = {"all LIF": ["lif"] * len(plan.neuron), "all RevLIF": rev, "plan": plan.neuron}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, opts in series.items():
-        ys = [predict(chain, opts, t, B, ovh, plan.optimizer, bw)["peak_bytes"] / 2**30 for t in ts]
+        ys = [predict(chain, opts, t, B, ovh, plan.optimizer, bw, extras)["peak_bytes"] / 2**30 for t in ts]
         ax.plot(ts, ys, marker="o", ms=3, label=label, ls="--" if label == "plan" else "-")
     ax.axhline(plan.budget_bytes / 2**30, color="k", lw=1, label="budget")
     ax.axvline(T0, color="grey", lw=0.8, ls=":")

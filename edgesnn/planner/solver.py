@@ -10,6 +10,11 @@ chosen plan is replayed and, if its transient was larger than assumed, the capac
 the excess and the knapsack solved again. The largest batch for a fixed choice is closed form
 because every allocation is linear in B (:func:`~edgesnn.planner.peak.largest_batch`).
 
+Beside the step, a training run holds its dataset and evaluates held-out data after every epoch
+(:class:`Extras`): the predicted peak is ``resident + dataset + max(step, evaluation pass)``, where
+the evaluation pass (:mod:`~edgesnn.planner.evalpass`) runs at its own batch, so it adds one
+constant line to the step's lines and the batch stays closed form.
+
 Time model (relative; used to rank choices, not as a promise): one forward+backward of a node
 costs ``NS_PER_NEURON_STEP_BY_BACKEND[backend][kind]`` nanoseconds per neuron and time step,
 measured on the 2-core x86 host (32 GB/s) for the backend the layer runs, and scaled by
@@ -25,10 +30,12 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..models import parse_neuron_spec
 from .memory_model import ChainModel
+from .evalpass import eval_dynamic_peak, eval_lines
 from .peak import largest_batch, peak_lines, simulate_step
 
-__all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Solution", "PlanningError", "candidates", "node_time_s", "solve_choice",
-           "brute_force", "static_resident", "max_batch", "plan_model", "predict"]
+__all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Extras", "NO_EXTRAS", "Solution", "PlanningError",
+           "candidates", "node_time_s", "solve_choice", "brute_force", "static_resident", "max_batch", "max_eval_batch",
+           "plan_model", "predict"]
 
 #: Measured forward+backward time per neuron-step (ns) on the 2-core x86 host, per backend:
 #: torch at T = 8-32; numba from tools/bench_kernels.py (b), layer [64, 16, 4096], 2 threads
@@ -46,6 +53,33 @@ HOST_BANDWIDTH_GBS = 32.0
 
 class PlanningError(ValueError):
     """No choice fits the budget; the message says the minimum bytes and what to change."""
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a training run holds beside its step.
+
+    Attributes:
+        dataset_bytes: the dataset held in memory for the whole run (bytes; 0 when streamed or
+            memory-mapped, see :mod:`~edgesnn.planner.datasets`).
+        eval_batch: the evaluation pass's batch (samples; 0: no evaluation pass counted).
+    """
+
+    dataset_bytes: int = 0
+    eval_batch: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dataset_bytes", "eval_batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+
+    def eval_peak(self, chain: ChainModel, options: Sequence[str], T: int) -> int:
+        """Dynamic bytes of the evaluation pass (0 without one)."""
+        return eval_dynamic_peak(chain, options, T, self.eval_batch)
+
+
+NO_EXTRAS = Extras()
 
 
 @dataclass(frozen=True)
@@ -150,7 +184,8 @@ def _least_memory(chain: ChainModel, opts, T: int) -> List[str]:
     return [min(layer, key=lambda o: (chain.layer_option_cost(i, o).per_sample(T), o)) for i, layer in enumerate(opts)]
 
 
-def _least_peak(chain: ChainModel, opts, T: int, B: int, runtime_overhead: int, optimizer: str) -> List[str]:
+def _least_peak(chain: ChainModel, opts, T: int, B: int, runtime_overhead: int, optimizer: str,
+                extras: Extras = NO_EXTRAS) -> List[str]:
     """The per-layer choice with the least predicted **peak** (not the least saved bytes: a RevLIF
     saves bytes but its backward workspace can raise the peak above an all-LIF step).
 
@@ -161,30 +196,46 @@ def _least_peak(chain: ChainModel, opts, T: int, B: int, runtime_overhead: int, 
     for o in {o for layer in opts for o in layer}:
         if all(o in layer for layer in opts):
             starts.append([o] * len(opts))
-    best = min(starts, key=lambda ch: _peak(chain, ch, T, B, runtime_overhead, optimizer))
+    best = min(starts, key=lambda ch: _peak(chain, ch, T, B, runtime_overhead, optimizer, extras))
     return best
 
 
 def max_batch(chain: ChainModel, options: Sequence[str], T: int, budget: int, runtime_overhead: int,
-              optimizer: str = "adam") -> int:
-    """Largest B whose predicted peak for ``options`` fits ``budget`` (closed form; 0 if B = 1 does not)."""
-    limit = budget - static_resident(chain, runtime_overhead, optimizer)
-    return largest_batch(peak_lines(chain, options, T, optimizer), limit)
+              optimizer: str = "adam", extras: Extras = NO_EXTRAS) -> int:
+    """Largest B whose predicted peak for ``options`` fits ``budget`` (closed form; 0 if B = 1 does not).
+
+    The dataset lowers the limit by ``extras.dataset_bytes``; the evaluation pass, whose batch is
+    fixed, is one more line with slope 0 (when it alone does not fit, no B does).
+    """
+    limit = budget - static_resident(chain, runtime_overhead, optimizer) - extras.dataset_bytes
+    lines = peak_lines(chain, options, T, optimizer)
+    if extras.eval_batch:
+        lines.append((0, extras.eval_peak(chain, options, T)))
+    return largest_batch(lines, limit)
 
 
-def _peak(chain, options, T, B, runtime_overhead, optimizer) -> int:
-    return static_resident(chain, runtime_overhead, optimizer) + simulate_step(chain, options, T, B, optimizer).dynamic_peak
+def max_eval_batch(chain: ChainModel, options: Sequence[str], T: int, budget: int, runtime_overhead: int,
+                   optimizer: str = "adam", dataset_bytes: int = 0) -> int:
+    """Largest evaluation batch whose pass fits ``budget`` beside the resident memory and the dataset (bytes)."""
+    limit = budget - static_resident(chain, runtime_overhead, optimizer) - dataset_bytes
+    return largest_batch(eval_lines(chain, options, T), limit)
 
 
-def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer) -> PlanningError:
-    least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer)
-    need = _peak(chain, least, T, B, runtime_overhead, optimizer)
-    bmax = max_batch(chain, least, T, budget, runtime_overhead, optimizer)
+def _peak(chain, options, T, B, runtime_overhead, optimizer, extras: Extras = NO_EXTRAS) -> int:
+    step = simulate_step(chain, options, T, B, optimizer).dynamic_peak
+    return (static_resident(chain, runtime_overhead, optimizer) + extras.dataset_bytes
+            + max(step, extras.eval_peak(chain, options, T)))
+
+
+def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras: Extras = NO_EXTRAS) -> PlanningError:
+    least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
+    need = _peak(chain, least, T, B, runtime_overhead, optimizer, extras)
+    bmax = max_batch(chain, least, T, budget, runtime_overhead, optimizer, extras)
     tmax, lo, hi = 0, 1, max(1, T)
     while lo <= hi:  # largest T that fits at batch B (bytes grow with T)
         mid = (lo + hi) // 2
-        if _peak(chain, _least_peak(chain, opts, mid, B, runtime_overhead, optimizer), mid, B, runtime_overhead,
-                 optimizer) <= budget:
+        if _peak(chain, _least_peak(chain, opts, mid, B, runtime_overhead, optimizer, extras), mid, B, runtime_overhead,
+                 optimizer, extras) <= budget:
             tmax, lo = mid, mid + 1
         else:
             hi = mid - 1
@@ -193,17 +244,25 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer) -> Plann
         hints.append(f"use --batch {bmax} or less")
     if tmax >= 1:
         hints.append(f"use --timesteps {tmax} or less")
+    step = simulate_step(chain, least, T, B, optimizer).dynamic_peak
+    if extras.eval_batch and extras.eval_peak(chain, least, T) > step:
+        emax = max_eval_batch(chain, least, T, budget, runtime_overhead, optimizer, extras.dataset_bytes)
+        if 1 <= emax < extras.eval_batch:
+            hints.append(f"use --eval-batch {emax} or less (the evaluation pass at batch {extras.eval_batch} "
+                         "needs more than the training step)")
     hints.append("raise --budget, pick a device with more memory or a smaller model")
+    held = f", {extras.dataset_bytes} bytes of dataset" if extras.dataset_bytes else ""
     return PlanningError(
         f"budget: {budget} bytes ({budget / 2**30:.2f} GiB) is too small for T={T}, batch={B}: even the "
         f"least-peak choice of neurons needs {need} bytes ({need / 2**30:.2f} GiB) at its peak, "
-        f"including {runtime_overhead} bytes of runtime overhead and {chain.static_bytes(optimizer)} bytes of "
+        f"including {runtime_overhead} bytes of runtime overhead{held} and {chain.static_bytes(optimizer)} bytes of "
         f"parameters, gradients and optimizer state; " + "; ".join(hints))
 
 
 def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, batch: Optional[int] = None,
                bandwidth_gbs: float = HOST_BANDWIDTH_GBS, optimizer: str = "adam",
-               kinds: Sequence[str] = ("lif", "revlif"), groups: Sequence[int] = (2,), max_batch_cap: int = 1024) -> dict:
+               kinds: Sequence[str] = ("lif", "revlif"), groups: Sequence[int] = (2,), max_batch_cap: int = 1024,
+               extras: Extras = NO_EXTRAS) -> dict:
     """Plan one training configuration.
 
     Args:
@@ -213,10 +272,12 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         batch: batch size, or None for the largest that fits (at most ``max_batch_cap``).
         bandwidth_gbs: device bandwidth for the time model. optimizer: ``adam``, ``sgd``...
         kinds, groups: allowed neuron kinds and RevLIF group counts.
+        extras: the dataset held in memory and the evaluation batch (default: neither counted).
 
     Returns:
         dict with ``options``, ``batch``, ``activation_bytes``, ``peak_bytes`` (predicted peak
-        RSS, at most ``budget``), ``time_s`` and the per-layer ``layer_bytes``.
+        RSS, at most ``budget``), ``time_s``, the per-layer ``layer_bytes`` and the terms of
+        :func:`predict` (``step_bytes``, ``eval_bytes``, ``dataset_bytes``...).
 
     Raises:
         PlanningError: the budget cannot hold even the least-memory choice at batch 1 (or ``batch``).
@@ -225,20 +286,20 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         raise ValueError(f"timesteps: expected an integer >= 1, got {T!r}")
     opts = candidates(chain, kinds, groups)
     if batch is None:
-        least = _least_peak(chain, opts, T, 64, runtime_overhead, optimizer)
-        B = min(max_batch(chain, least, T, budget, runtime_overhead, optimizer), max_batch_cap)
+        least = _least_peak(chain, opts, T, 64, runtime_overhead, optimizer, extras)
+        B = min(max_batch(chain, least, T, budget, runtime_overhead, optimizer, extras), max_batch_cap)
         if B >= 1:  # refine the least-peak choice at the batch found, then the batch again
-            least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer)
-            B = min(max(B, max_batch(chain, least, T, budget, runtime_overhead, optimizer)), max_batch_cap)
+            least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
+            B = min(max(B, max_batch(chain, least, T, budget, runtime_overhead, optimizer, extras)), max_batch_cap)
         if B < 1:
-            raise _impossible(chain, opts, T, 1, budget, runtime_overhead, optimizer)
+            raise _impossible(chain, opts, T, 1, budget, runtime_overhead, optimizer, extras)
     else:
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch: expected an integer >= 1 or 'auto', got {batch!r}")
         B = batch
-        least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer)
-    if _peak(chain, least, T, B, runtime_overhead, optimizer) > budget:
-        raise _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer)
+        least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
+    if _peak(chain, least, T, B, runtime_overhead, optimizer, extras) > budget:
+        raise _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras)
     costs = [[(chain.layer_option_cost(i, o).bytes(T, B),
                node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i)))
               for o in layer] for i, layer in enumerate(opts)]
@@ -248,7 +309,7 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
     transient = None
     fastest = [layer[min(range(len(layer)), key=lambda k: costs[i][k][1])] for i, layer in enumerate(opts)]
     for ch in (least, fastest):
-        t = _peak(chain, ch, T, B, runtime_overhead, optimizer) - base \
+        t = _peak(chain, ch, T, B, runtime_overhead, optimizer, extras) - base \
             - sum(chain.layer_option_cost(i, o).bytes(T, B) for i, o in enumerate(ch))
         transient = t if transient is None else min(transient, t)
     capacity = budget - base - transient
@@ -258,23 +319,32 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         if sol is None:
             break
         cand = [opts[i][k] for i, k in enumerate(sol[0])]
-        over = _peak(chain, cand, T, B, runtime_overhead, optimizer) - budget
+        over = _peak(chain, cand, T, B, runtime_overhead, optimizer, extras) - budget
         if over <= 0:
             options = cand
             break
         capacity -= over
     return dict(options=list(options), batch=B, timesteps=T, budget_bytes=int(budget),
-                **predict(chain, options, T, B, runtime_overhead, optimizer, bandwidth_gbs))
+                **predict(chain, options, T, B, runtime_overhead, optimizer, bandwidth_gbs, extras))
 
 
 def predict(chain: ChainModel, options: Sequence[str], T: int, B: int, runtime_overhead: int, optimizer: str = "adam",
-            bandwidth_gbs: float = HOST_BANDWIDTH_GBS) -> dict:
-    """Predicted bytes and node time of one choice: activation, static, peak RSS (replayed step)."""
+            bandwidth_gbs: float = HOST_BANDWIDTH_GBS, extras: Extras = NO_EXTRAS) -> dict:
+    """Predicted bytes and node time of one choice: activation, static, peak RSS.
+
+    ``peak_bytes = resident + dataset_bytes + max(step_bytes, eval_bytes)``: ``step_bytes`` is the
+    replayed training step's dynamic peak, ``eval_bytes`` the evaluation pass's at
+    ``eval_batch`` (both beside the resident runtime, parameters, optimizer state and buffers);
+    ``peak_phase`` is ``"eval"`` when the evaluation pass is the larger.
+    """
     step = simulate_step(chain, options, T, B, optimizer)
+    ev = extras.eval_peak(chain, options, T)
     time_s = sum(node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i))
                  for i, o in enumerate(options))
+    resident = static_resident(chain, runtime_overhead, optimizer)
     return dict(activation_bytes=step.activations, static_bytes=chain.static_bytes(optimizer),
-                runtime_overhead_bytes=int(runtime_overhead),
-                peak_bytes=int(static_resident(chain, runtime_overhead, optimizer) + step.dynamic_peak),
-                peak_phase=step.phase, time_s=time_s,
+                runtime_overhead_bytes=int(runtime_overhead), dataset_bytes=int(extras.dataset_bytes),
+                step_bytes=int(step.dynamic_peak), eval_bytes=int(ev), eval_batch=int(extras.eval_batch),
+                peak_bytes=int(resident + extras.dataset_bytes + max(step.dynamic_peak, ev)),
+                peak_phase="eval" if ev > step.dynamic_peak else step.phase, time_s=time_s,
                 layer_bytes=[chain.layer_option_cost(i, o).bytes(T, B) for i, o in enumerate(options)])

@@ -15,13 +15,13 @@ from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
-from .loop import TrainConfig, check_outputs, train, write_report
+from .loop import EVAL_BATCH_SIZE, TrainConfig, check_outputs, train, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a spiking classifier (digits is built in; no downloads)",
                        description="Train a spiking classifier. Example: edgesnn train --dataset digits --model mlp --neuron revlif --timesteps 4 --epochs 30")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="default digits (or the plan's)")
     p.add_argument("--data-dir", "--data-path", dest="data_path", default=None, metavar="DIR",
                    help="local data folder: cifar10 (python batches), folder (one sub-folder per class), or the folder "
                         "tonic reads nmnist/dvsgesture/shd from (DIR/NMNIST, DIR/DVSGesture, DIR/SHD); nothing is downloaded")
@@ -30,7 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timesteps", "-T", type=int, default=None, help="default 4 (or the plan's)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (or the plan's)")
-    p.add_argument("--plan", default=None, help="a plan from `edgesnn plan --json`: its model, T, per-layer neurons and batch")
+    p.add_argument("--eval-batch", type=int, default=None,
+                   help=f"samples per batch of the evaluation after every epoch (default {EVAL_BATCH_SIZE}, or the plan's)")
+    p.add_argument("--plan", default=None,
+                   help="a plan from `edgesnn plan --json`: its model, T, per-layer neurons, batch, evaluation batch "
+                        "and dataset")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default="auto")
@@ -55,11 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _from_plan(args: argparse.Namespace) -> None:
-    """Fill model, T, neurons and batch from ``--plan``; explicit flags must agree with it."""
+    """Fill model, T, neurons, batch, evaluation batch and dataset from ``--plan``; explicit flags must agree with it.
+
+    A plan made for custom data (``--dataset-bytes``) leaves ``--dataset`` free.
+    """
     from ..planner import load_plan
 
     plan = load_plan(args.plan)
-    planned = {"model": plan.model.get("name"), "timesteps": plan.timesteps, "batch_size": plan.batch}
+    planned = {"model": plan.model.get("name"), "timesteps": plan.timesteps, "batch_size": plan.batch,
+               "eval_batch": plan.eval_batch}
+    if plan.dataset.get("name"):
+        planned["dataset"] = plan.dataset["name"]
     for key, value in planned.items():
         given = getattr(args, key)
         if given is not None and given != value:
@@ -91,11 +101,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         _from_plan(args)
     args.model = args.model or "mlp"
+    args.dataset = args.dataset or "digits"
+    args.eval_batch = EVAL_BATCH_SIZE if args.eval_batch is None else args.eval_batch
     args.timesteps = 4 if args.timesteps is None else args.timesteps
     args.batch_size = 64 if args.batch_size is None else args.batch_size
     args.neuron = args.neuron or "lif"
     for flag, value in (("--epochs", args.epochs), ("--timesteps", args.timesteps), ("--batch-size", args.batch_size),
-                        ("--threads", 1 if args.threads is None else args.threads)):
+                        ("--eval-batch", args.eval_batch), ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
             raise UsageError(f"{flag}: expected an integer >= 1, got {value}")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -133,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = train(cfg, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress, force=args.force,
                        before_training=notice, device=str(device), max_steps=args.max_steps,
-                       sync_batchnorm=args.sync_batchnorm, planned_model=getattr(args, "planned_model", None))
+                       sync_batchnorm=args.sync_batchnorm, planned_model=getattr(args, "planned_model", None),
+                       eval_batch_size=args.eval_batch)
         if info.main:
             ranks = f", {info.world} ranks x batch {args.batch_size}" if info.distributed else ""
             print(f"final test accuracy: {report['test_accuracy'] * 100:.2f}% "

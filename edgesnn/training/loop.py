@@ -20,7 +20,10 @@ from .data import Dataset, Split, load_dataset
 from .device import check_backend_device, resolve_device
 from .distributed import DistInfo, all_sum, barrier, env_world, warm_kernels
 
-__all__ = ["TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
+__all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
+
+#: samples per batch of the evaluation pass (``edgesnn train --eval-batch``; the planner counts it)
+EVAL_BATCH_SIZE = 256
 
 
 @dataclass
@@ -51,7 +54,7 @@ class TrainConfig:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 256, dist: Optional[DistInfo] = None) -> float:
+def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE, dist: Optional[DistInfo] = None) -> float:
     """Top-1 accuracy (0..1) of ``model`` on ``split``.
 
     With a multi-rank ``dist`` every rank scores the samples ``rank, rank + world, ...`` and the
@@ -176,6 +179,7 @@ def train(
     max_steps: Optional[int] = None,
     sync_batchnorm: bool = False,
     planned_model: Optional[Dict] = None,
+    eval_batch_size: int = EVAL_BATCH_SIZE,
 ) -> Dict:
     """Train, evaluate every epoch and return a report dict (config, per-epoch metrics, final accuracy).
 
@@ -200,8 +204,13 @@ def train(
 
     ``max_steps`` stops after that many optimizer steps in all (the last epoch is then partial;
     it is still evaluated and checkpointed): for smoke tests and equivalence checks.
+
+    ``eval_batch_size``: samples per batch of the evaluation after every epoch (``no_grad``; its
+    forward is counted by the planner, so a plan's ``eval_batch`` keeps the run within budget).
     """
     cfg.validate()
+    if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+        raise UsageError(f"eval_batch_size: expected an integer >= 1, got {eval_batch_size!r}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise UsageError(f"max_steps: expected an integer >= 1, got {max_steps!r}")
     dist = env_world()
@@ -305,9 +314,10 @@ def train(
                 break
         if bar:
             bar.close()
+        xb = yb = loss = None  # the last batch is not held through the evaluation (the planner assumes so)
         total, seen = all_sum(dist, total, float(seen))
         _sync_buffers(model, dist)
-        acc = evaluate(model, data.test, dist=dist)
+        acc = evaluate(model, data.test, eval_batch_size, dist=dist)
         row = {"epoch": epoch + 1, "loss": total / max(1, seen), "test_accuracy": acc, "seconds": time.perf_counter() - t0}
         history.append(row)
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  test accuracy {acc * 100:.2f}%  ({row['seconds']:.1f} s)")
@@ -317,11 +327,12 @@ def train(
                             world_size=dist.world, steps=steps)
         if stop:
             break
-    final = history[-1]["test_accuracy"] if history else evaluate(model, data.test, dist=dist)
+    final = history[-1]["test_accuracy"] if history else evaluate(model, data.test, eval_batch_size, dist=dist)
     barrier(dist)  # every rank returns after rank 0 has written the last checkpoint
     return {"config": asdict(cfg), "history": history, "test_accuracy": final,
             "train_samples": len(data.train), "test_samples": len(data.test), "steps": steps,
-            "world_size": dist.world, "global_batch_size": cfg.batch_size * dist.world, "device": str(dev)}
+            "world_size": dist.world, "global_batch_size": cfg.batch_size * dist.world, "device": str(dev),
+            "eval_batch_size": eval_batch_size}
 
 
 def _progress_bar(total: int, desc: str):

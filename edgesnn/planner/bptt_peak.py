@@ -1,0 +1,681 @@
+"""Peak memory of one training step of a multi-step model trained *without* edgesnn's optimizer.
+
+:mod:`edgesnn.planner.network` predicts the peak of a model rewritten by
+:func:`edgesnn.optimize_memory`; this module predicts the peak of the baselines it is compared
+with, from shapes only (no measuring runs of the model):
+
+* ``Strategy("bptt")``: plain autograd backpropagation through time over an ``nn.Sequential`` of
+  multi-step layers (SpikingJelly ``layer.*`` with ``step_mode="m"``, edgesnn ``LIF``/``RevLIF``,
+  SpikingJelly neurons; nested ``nn.Sequential`` blocks are flattened).
+* ``Strategy("sj_memopt")``: SpikingJelly ``memopt.optimize_memory(level=1, compress=True)``:
+  every top-level ``nn.Sequential`` child is a non-reentrant gradient checkpoint whose first input
+  is packed to 1 bit per element when it is strictly binary (spikes, or max-pooled spikes).
+
+The step is replayed storage by storage, phase by phase, like :mod:`edgesnn.planner.peak`:
+forward (each layer's output, what autograd saves, its transients), the loss, then backward in
+reverse (input gradient, transients, then the saved storages and the incoming gradient freed).
+What each layer saves comes from :mod:`edgesnn.planner.memory_model` (``_classify`` for the
+stateless layers, ``option_cost`` for edgesnn's nodes); other spiking nodes (SpikingJelly's) are
+probed once on a deep copy with a ``[2|4, 1, *shape]`` input under saved-tensor hooks.
+
+The result is what the benchmark measures (``tools/bench_network_memory.py``): ``VmHWM`` during
+the measured steps (``--steps``, default 3) after a warm-up step, minus the RSS before them, with
+glibc's mmap threshold pinned to 128 KiB. Two process effects are replayed, not fitted:
+
+* edgesnn's CPU buffer pool (:mod:`edgesnn.kernels.buffers`) keeps the storages of kernel outputs
+  and input gradients (>= 1 MiB, up to its limit) for reuse. Its idle buffers are memory the
+  process holds, so the benchmark empties the pool once, before the first measured step, and the
+  steps' own pooled buffers count. The pool's policy (reuse within a step, idle buffers kept up to
+  its limit) is simulated over the warm-up and every measured step: from the second measured step
+  on, the step starts with the buffers the pool kept idle at the end of the previous one, which are
+  above the baseline. That matters when the pool does not fill up: RevLIF on VGG-11 at T = 8 keeps
+  ~58 MiB idle after a step, and the second step's peak is ~20 MiB above the first's; at T = 32 the
+  pool is at its limit anyway and both steps peak alike.
+* a spiking node's state (SpikingJelly ``MemoryModule``) stays allocated after the forward and is
+  freed by ``reset_net`` at the start of the next step.
+
+Transients (bytes on top of what is live), from the code they come from, checked against
+interval peaks of VmHWM between module and autograd-node hooks on VGG-11 (not fitted to the
+benchmark's peaks):
+
+* oneDNN convolution: forward ``output + weight`` (blocked-layout copies), backward
+  ``grad_output + 2 x weight`` (a reordered ``grad_output``, the new weight gradient and its
+  reorder; the new gradient is added into ``.grad`` and freed). ``memory_model`` counts
+  ``2 x output`` in backward, measured on small-weight layers; VGG's 512x512 kernels (9 MiB) decide
+  the T = 8 peak, so the weight terms are needed here.
+* SpikingJelly LIF (``_ops/lif/reference.py::_forward_impl``, the per-step autograd loop on the
+  CPU): the per-step spike list before ``torch.stack`` and the stacked ``h`` sequence the caller
+  drops (2 x output) plus one ``[B, N]`` step temporary in forward; three ``[B, N]``
+  temporaries at the start of its backward, whose input gradient then grows as the per-step saved
+  tensors are freed.
+* SpikingJelly's ``BitSpikeCompressor``: ``x.to(uint8)``, the shifted copy and the int16 sums
+  when packing (2.25 bytes per element); unpacking ends in ``restored = token + (restored -
+  token).detach()`` (3 dense copies at once).
+
+Small (< 128 KiB) allocations come from glibc's heap, which keeps freed chunks resident; they are
+counted like the others (a few MiB of over-prediction at most on VGG-11).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..memory import SavedTensorCounter, _storage_key
+from ..nn import LIF, RevLIF
+from .memory_model import ZERO, Cost, Layer, _classify, option_cost, resolved_backend
+
+__all__ = ["Strategy", "OpCost", "PeakPrediction", "describe_ops", "saved_bytes", "predict_peak"]
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PASS_BINARY = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Identity, nn.Unflatten, nn.Dropout)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How the model is trained.
+
+    Attributes:
+        kind: ``"bptt"`` (plain autograd over the whole sequence) or ``"sj_memopt"`` (SpikingJelly
+            memopt level 1: each top-level ``nn.Sequential`` child is a checkpointed block).
+        compress: ``sj_memopt`` only: a block's first input is kept packed (1 bit per element)
+            when it is strictly binary (SpikingJelly's ``compress=True``); otherwise it is kept as is.
+    """
+
+    kind: str = "bptt"
+    compress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bptt", "sj_memopt"):
+            raise ValueError(f"strategy kind: expected 'bptt' or 'sj_memopt', got {self.kind!r}")
+
+
+@dataclass
+class OpCost:
+    """One leaf layer as the replay sees it. Element counts are per sample and time step.
+
+    Attributes:
+        saves_input / saves_output: autograd keeps the layer's input / output storage.
+        private: other saved bytes (``Cost``: linear in T and B); ``private_pooled`` the part of
+            them served by edgesnn's buffer pool (RevLIF's packed bits).
+        per_step: the layer is a per-step autograd loop (its saved tensors are one storage per
+            step; its input gradient is built step by step, see the module docstring).
+        work / bwork: forward / backward transient bytes on top of the output / input gradient.
+        state: bytes the layer keeps as module state after the forward (until the next reset).
+        pooled: the output and the input gradient come from edgesnn's buffer pool.
+        binary_out: the output is strictly 0/1 (spikes): SpikingJelly memopt packs such inputs.
+    """
+
+    name: str
+    kind: str
+    in_elems: int
+    out_elems: int
+    view: bool = False
+    saves_input: bool = False
+    saves_output: bool = False
+    private: Cost = ZERO
+    private_pooled: Cost = ZERO
+    per_step: bool = False
+    work: Cost = ZERO
+    bwork: Cost = ZERO
+    state: Cost = ZERO
+    pooled: bool = False
+    binary_out: bool = False
+    out_shape: Tuple[int, ...] = ()
+    module: Optional[nn.Module] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class PeakPrediction:
+    """Predicted peak of one training step (bytes above the RSS before it).
+
+    Attributes:
+        peak_bytes: VmHWM during the measured steps minus the RSS before the first of them
+            (parameters, their gradients and the buffer pool's resident storages are in that
+            baseline; the pool is emptied just before it).
+        phase: where the peak happens (``"forward <layer>"``, ``"backward <layer>"``...; with
+            ``" (measured step k)"`` appended when a later measured step reaches it).
+        forward_bytes: live at the loss (the end of the forward) above the RSS before the step:
+            what autograd keeps (checkpointed blocks: their kept inputs) and the nodes' states, less
+            what the buffer pool serves from storages it already holds.
+        pool_bytes: what edgesnn's buffer pool holds resident at the start of the step.
+    """
+
+    peak_bytes: int
+    phase: str
+    forward_bytes: int
+    pool_bytes: int
+    events: Tuple[Tuple[str, int], ...] = ()
+
+
+# ----------------------------------------------------------------------------------- layers
+
+
+@contextlib.contextmanager
+def _single_step(module: nn.Module) -> Iterator[None]:
+    """Run a SpikingJelly multi-step stateless layer on one step (``[N, ...]``) while classifying it."""
+    mode = getattr(module, "step_mode", None)
+    if mode is None or isinstance(module, (LIF, RevLIF)):
+        yield
+        return
+    try:
+        module.step_mode = "s"
+        yield
+    finally:
+        module.step_mode = mode
+
+
+def _probe_node(module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost, bool]:
+    """``(saves_input, saves_output, private, per_step)`` of a stateful spiking node (a deep copy).
+
+    Runs it on ``[n, 1, *shape]`` (n = 2, 4 steps, batch 1) under saved-tensor hooks and fits
+    bytes = a * n + c; ``per_step``: the number of saved storages grows with n.
+    """
+    probe = copy.deepcopy(module)
+    probe.train()
+    pkeys = {_storage_key(p) for p in probe.parameters()} | {_storage_key(b) for b in probe.buffers()}
+    res = []
+    for n in (2, 4):
+        if hasattr(probe, "reset"):
+            probe.reset()
+        x = torch.randn(n, 1, *shape, dtype=dtype, requires_grad=True)
+        with SavedTensorCounter() as c:
+            y = probe(x)
+        keys = set(c.storages) - pkeys
+        kx, ky = _storage_key(x), _storage_key(y)
+        other = [c.storages[k] for k in keys if k not in (kx, ky)]
+        res.append((kx in keys, ky in keys, sum(other), len(other)))
+        c._keep.clear()
+    a = (res[1][2] - res[0][2]) / 2.0
+    return res[1][0], res[1][1], Cost(step=a, sample=max(0.0, res[0][2] - 2 * a)), res[1][3] > res[0][3]
+
+
+def _node_op(idx: int, name: str, module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype, db: int) -> OpCost:
+    n = math.prod(shape)
+    if isinstance(module, (LIF, RevLIF)):
+        option = "lif" if isinstance(module, LIF) else f"revlif:{module.groups}"
+        L = Layer(idx, name, "spiking", tuple(shape), tuple(shape), spiking=0, module=module)
+        si, so, priv, work, bwork = option_cost(L, option, db)
+        op = OpCost(name, type(module).__name__, n, n, saves_input=si, saves_output=so, private=priv, work=work,
+                    bwork=bwork, binary_out=isinstance(module, LIF), out_shape=tuple(shape), module=module)
+        if resolved_backend(module, dtype) == "numba":
+            # the numba kernels write into their outputs: out/grad_x [T, B, N] and RevLIF's bits come
+            # from the buffer pool; the other transients are [B, N] states (v_T out; grad_v0, and
+            # RevLIF's reconstructed v0, in backward)
+            op.pooled = True
+            op.work = Cost(sample=n * db)
+            op.bwork = Cost(sample=(2 if isinstance(module, RevLIF) else 1) * n * db)
+            if isinstance(module, RevLIF):
+                op.private, op.private_pooled = Cost(step=priv.step, sample=priv.sample, const=priv.const), Cost(packed=priv.packed)
+        return op
+    si, so, priv, per_step = _probe_node(module, tuple(shape), dtype)
+    out_b = n * db
+    op = OpCost(name, type(module).__name__, n, n, saves_input=si, saves_output=so, private=priv, per_step=per_step,
+                binary_out=True, out_shape=tuple(shape), module=module)
+    if per_step:
+        op.work = Cost(step=2 * out_b, sample=out_b)
+        op.bwork = Cost(sample=3 * out_b)
+    mem = getattr(module, "_memories", None)
+    if isinstance(mem, dict):
+        op.state = Cost(sample=len(mem) * out_b)
+    return op
+
+
+def _is_node(module: nn.Module) -> bool:
+    """A spiking node: edgesnn's LIF/RevLIF, or a SpikingJelly ``MemoryModule`` (state in ``_memories``)."""
+    return isinstance(module, (LIF, RevLIF)) or isinstance(getattr(module, "_memories", None), dict)
+
+
+def _layer_op(idx: int, name: str, module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype, db: int) -> OpCost:
+    with _single_step(module):
+        L = _classify(idx, name, module, tuple(shape), dtype, db)
+    pbytes = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    op = OpCost(name, L.kind, L.in_elems, L.out_elems, view=L.view, saves_input=L.saves_input, saves_output=L.saves_output,
+                private=L.private, work=L.work, bwork=L.bwork + Cost(const=pbytes), out_shape=tuple(L.out_shape),
+                module=module)
+    if isinstance(module, _CONV_TYPES):
+        # oneDNN: forward output + weight in blocked layouts; backward a reordered grad_output,
+        # the new weight gradient and its reorder (see the module docstring)
+        out_b = L.out_elems * db
+        op.work = Cost(step=out_b, const=pbytes)
+        op.bwork = Cost(step=out_b, const=2 * pbytes)
+    op.binary_out = isinstance(module, _PASS_BINARY)  # passes a binary input on (and-ed with it below)
+    return op
+
+
+def _leaves(model: nn.Module, prefix: str = "") -> List[Tuple[str, nn.Module]]:
+    """The layers of a (nested) ``nn.Sequential`` in call order; checkpoint wrappers are looked through."""
+    inner = getattr(model, "_checkpoint_wrapped_module", None)
+    if inner is not None:
+        return _leaves(inner, prefix)
+    if isinstance(model, nn.Sequential) and not _is_node(model):
+        out = []
+        for name, child in model.named_children():
+            out += _leaves(child, f"{prefix}{name}.")
+        return out
+    return [(prefix.rstrip("."), model)]
+
+
+def describe_ops(layers: Sequence[Tuple[str, nn.Module]], in_shape: Sequence[int], dtype: torch.dtype = torch.float32,
+                 binary_in: bool = False) -> List[OpCost]:
+    """:class:`OpCost` of each ``(name, module)`` for one sample's input shape ``in_shape`` (no T, B dims)."""
+    db = torch.empty(0, dtype=dtype).element_size()
+    shape = tuple(int(s) for s in in_shape)
+    binary = binary_in
+    ops = []
+    for i, (name, mod) in enumerate(layers):
+        if _is_node(mod):
+            op = _node_op(i, name, mod, shape, dtype, db)
+            binary = op.binary_out
+        else:
+            op = _layer_op(i, name, mod, shape, dtype, db)
+            shape = op.out_shape
+            binary = binary and op.binary_out
+            op.binary_out = binary
+        ops.append(op)
+    return ops
+
+
+# ----------------------------------------------------------------------------------- replay
+
+
+@dataclass
+class _Entry:
+    nbytes: int
+    busy: bool = True
+
+
+class _Pool:
+    """edgesnn's CPU buffer pool (:func:`edgesnn.kernels.buffers.empty`): same policy, no memory."""
+
+    def __init__(self, limit: int, min_bytes: int) -> None:
+        self.limit, self.min_bytes = limit, min_bytes
+        self.lists: Dict[Tuple[int, str], List[_Entry]] = {}
+
+    def total(self) -> int:
+        return sum(e.nbytes for lst in self.lists.values() for e in lst)
+
+    def _drop_idle(self, limit: int) -> int:
+        total = self.total()
+        for key in list(self.lists):
+            keep = []
+            for e in self.lists[key]:
+                if total > limit and not e.busy:
+                    total -= e.nbytes
+                else:
+                    keep.append(e)
+            if keep:
+                self.lists[key] = keep
+            else:
+                del self.lists[key]
+        return total
+
+    def take(self, nbytes: int, dtype: str) -> Optional[_Entry]:
+        """A pool entry for a request, or ``None`` when the allocator serves it (not kept)."""
+        if self.limit == 0 or nbytes < self.min_bytes:
+            return None
+        key = (nbytes, dtype)
+        for e in self.lists.get(key, ()):
+            if not e.busy:
+                e.busy = True
+                return e
+        e = _Entry(nbytes)
+        if self._drop_idle(self.limit - nbytes) + nbytes <= self.limit:
+            self.lists.setdefault(key, []).append(e)
+            return e
+        return None
+
+
+class _Replay:
+    """Live storages (plain allocations + the pool's resident storages) and the running peak."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.plain: Dict[object, int] = {}
+        self.pooled: Dict[object, _Entry] = {}
+        self.peak, self.phase = 0, ""
+        self.events: List[Tuple[str, int]] = []
+
+    def rss(self) -> int:
+        return sum(self.plain.values()) + self.pool.total()
+
+    def alloc(self, key: object, nbytes: int, pooled: bool = False, dtype: str = "float") -> None:
+        self.free(key)
+        if nbytes <= 0:
+            return
+        e = self.pool.take(int(nbytes), dtype) if pooled else None
+        if e is None:
+            self.plain[key] = int(nbytes)
+        else:
+            self.pooled[key] = e
+
+    def free(self, key: object) -> None:
+        if key in self.plain:
+            del self.plain[key]
+        elif key in self.pooled:
+            self.pooled.pop(key).busy = False
+
+    def live(self, key: object) -> bool:
+        return key in self.plain or key in self.pooled
+
+    def rename(self, old: object, new: object) -> None:
+        if old in self.plain:
+            self.plain[new] = self.plain.pop(old)
+        elif old in self.pooled:
+            self.pooled[new] = self.pooled.pop(old)
+
+    def check(self, label: str, extra: int = 0) -> None:
+        total = self.rss() + int(extra)
+        self.events.append((label, total))
+        if total > self.peak:
+            self.peak, self.phase = total, label
+
+
+class _Chain:
+    """A run of layers on ``[T, B, ...]`` tensors with storage (edge) bookkeeping, as in ``peak.py``."""
+
+    def __init__(self, ops: Sequence[OpCost], tag: str, T: int, B: int, db: int) -> None:
+        self.ops, self.tag, self.T, self.B, self.db = list(ops), tag, T, B, db
+        self.in_edge: List[int] = []
+        self.out_edge: List[int] = []
+        self.edge_elems: List[int] = [ops[0].in_elems if ops else 0]
+        self.edge_pooled: List[bool] = [False]
+        cur = 0
+        for op in self.ops:
+            self.in_edge.append(cur)
+            if not op.view:
+                self.edge_elems.append(op.out_elems)
+                self.edge_pooled.append(op.pooled)
+                cur = len(self.edge_elems) - 1
+            self.out_edge.append(cur)
+        self.first_real = next((j for j, op in enumerate(self.ops) if not op.view), None)
+        self.savers: Dict[int, List[int]] = {}
+        for j, op in enumerate(self.ops):
+            if op.saves_input:
+                self.savers.setdefault(self.in_edge[j], []).append(j)
+            if op.saves_output:
+                self.savers.setdefault(self.out_edge[j], []).append(j)
+
+    def key(self, e: int) -> object:
+        return (self.tag, "edge", e)
+
+    def dense(self, e: int) -> int:
+        return self.T * self.B * self.edge_elems[e] * self.db
+
+    def forward(self, r: _Replay, *, save: bool, copy_input: bool, own_input: bool, state_tag: str = "state",
+                phase: str = "forward") -> object:
+        """Replay the forward; returns the key of the output storage (left live).
+
+        ``copy_input``: edge 0 is a zero-stride expanded view that the first layer copies (the copy
+        is edge 0's storage); otherwise edge 0 is already live under :meth:`key` ``(0)``.
+        ``own_input``: the chain may free edge 0 when nothing saved it (else the caller holds it).
+        ``save``: autograd keeps what the layers save (``False``: a checkpointed forward).
+        """
+        T, B = self.T, self.B
+        for j, op in enumerate(self.ops):
+            ei, eo = self.in_edge[j], self.out_edge[j]
+            if j == self.first_real and copy_input:
+                r.alloc(self.key(0), self.dense(0))
+            if not op.view:
+                r.alloc(self.key(eo), self.dense(eo), pooled=op.pooled)
+            extra = op.work.bytes(T, B)
+            if save:
+                r.alloc((self.tag, "priv", j), op.private.bytes(T, B))
+                r.alloc((self.tag, "ppriv", j), op.private_pooled.bytes(T, B), pooled=True, dtype="uint8")
+            else:  # nothing kept: per-step saved tensors live one step, others until the layer returns
+                extra += (Cost(sample=op.private.step) if op.per_step else op.private + op.private_pooled).bytes(T, B)
+            if op.state.bytes(T, B):
+                r.alloc((state_tag, self.tag, j), op.state.bytes(T, B))
+            r.check(f"{phase} {op.name}", extra)
+            if not op.view and (save is False or ei not in self.savers) and (ei != 0 or own_input or copy_input):
+                r.free(self.key(ei))
+        return self.key(self.out_edge[-1]) if self.ops else self.key(0)
+
+    def backward(self, r: _Replay, grad: object, *, input_grad: bool) -> Optional[object]:
+        """Replay the backward from the live gradient ``grad`` (of the output); returns the key of
+        the input gradient (``None`` when the input needs none). Frees the saved storages."""
+        T, B = self.T, self.B
+        for j in range(len(self.ops) - 1, -1, -1):
+            op = self.ops[j]
+            if op.view:
+                continue
+            need = input_grad or j != self.first_real
+            gin = (self.tag, "gin", j)
+            nbytes = self.dense(self.in_edge[j]) if need else 0
+            if op.per_step:  # step by step: temporaries first, the input gradient grows as saved steps go
+                r.check(f"backward {op.name}", op.bwork.bytes(T, B))
+                self._release(r, j)
+                r.alloc(gin, nbytes, pooled=op.pooled)
+                r.check(f"backward {op.name}")
+            else:
+                r.alloc(gin, nbytes, pooled=op.pooled)
+                r.check(f"backward {op.name}", op.bwork.bytes(T, B))
+                self._release(r, j)
+            r.free(grad)
+            grad = gin
+        return grad if r.live(grad) else None
+
+    def _release(self, r: _Replay, j: int) -> None:
+        r.free((self.tag, "priv", j))
+        r.free((self.tag, "ppriv", j))
+        for e, users in self.savers.items():
+            if min(users) >= j:
+                r.free(self.key(e))
+
+
+def _head(r: _Replay, T: int, B: int, classes: int, db: int) -> None:
+    """mean over T -> [B, classes] logits; cross-entropy keeps log_softmax and the int64 targets."""
+    r.alloc(("head", "logits"), B * classes * db)
+    r.alloc(("head", "logsm"), B * classes * db + 8 * B)
+    r.check("loss")
+
+
+def _replay_bptt(r: _Replay, ops: Sequence[OpCost], T: int, B: int, db: int, classes: int) -> None:
+    chain = _Chain(ops, "m", T, B, db)
+    out = chain.forward(r, save=True, copy_input=True, own_input=True)
+    _head(r, T, B, classes, db)
+    if chain.out_edge and chain.out_edge[-1] not in chain.savers:
+        r.free(out)
+    r.free(("head", "logits"))
+    r.alloc(("grad", "out"), T * B * classes * db)  # MeanBackward: the output's gradient [T, B, classes]
+    r.free(("head", "logsm"))
+    r.check("backward head")
+    g = chain.backward(r, ("grad", "out"), input_grad=False)
+    if g is not None:
+        r.free(g)
+
+
+def _replay_sj_memopt(r: _Replay, units: Sequence[Tuple[bool, List[OpCost]]], T: int, B: int, db: int, classes: int,
+                      compress: bool) -> None:
+    """SpikingJelly memopt level 1 (see ``spikingjelly/activation_based/memopt/checkpointing.py``)."""
+    chains, packed = [], []
+    x_key: Optional[object] = None  # None: the expanded model input
+    binary = False
+    for i, (ckpt, ops) in enumerate(units):
+        chain = _Chain(ops, f"b{i}", T, B, db)
+        chains.append(chain)
+        n = T * B * chain.edge_elems[0]
+        if not ckpt:
+            # plain autograd layers (the head): saved as usual
+            if x_key is not None:
+                r.rename(x_key, chain.key(0))
+            x_key = chain.forward(r, save=True, copy_input=x_key is None, own_input=True)
+            binary = bool(ops) and ops[-1].binary_out
+            packed.append(None)
+            continue
+        pack = compress and binary and x_key is not None
+        if pack:  # BitSpikeCompressor.compress, then the checkpointed function unpacks it
+            r.check(f"forward {chain.tag} pack", 2 * n + 2 * -(-n // 8))
+            r.alloc((chain.tag, "packed"), -(-n // 8), dtype="uint8")
+            r.check(f"forward {chain.tag} unpack", 3 * n * db)
+            r.alloc(chain.key(0), n * db)
+            out = chain.forward(r, save=False, copy_input=False, own_input=False)
+            r.free(chain.key(0))
+            r.free(x_key)
+            packed.append((chain.tag, "packed"))
+        elif x_key is None:
+            out = chain.forward(r, save=False, copy_input=True, own_input=True)
+            packed.append(None)
+        else:  # a non-binary input: the checkpoint keeps the tensor itself
+            r.rename(x_key, chain.key(0))
+            out = chain.forward(r, save=False, copy_input=False, own_input=False)
+            packed.append(chain.key(0))
+        x_key = out
+        binary = ops[-1].binary_out if ops else binary
+    _head(r, T, B, classes, db)
+    r.free(("head", "logits"))
+    r.alloc(("grad", "out"), T * B * classes * db)
+    r.free(("head", "logsm"))
+    r.check("backward head")
+    grad: Optional[object] = ("grad", "out")
+    last_out = x_key
+    for i in range(len(units) - 1, -1, -1):
+        ckpt, ops = units[i]
+        chain = chains[i]
+        need_in = i > 0
+        if not ckpt:
+            if i == len(units) - 1 and last_out is not None and chain.out_edge and chain.out_edge[-1] not in chain.savers:
+                r.free(last_out)
+            grad = chain.backward(r, grad, input_grad=need_in)
+            continue
+        if i == len(units) - 1 and last_out is not None:
+            r.free(last_out)
+        # recompute (non-reentrant checkpoint, on the first unpack in this block's backward)
+        kept = packed[i]
+        if kept is not None and kept[1] == "packed":  # type: ignore[index]
+            n = T * B * chain.edge_elems[0]
+            r.check(f"backward {chain.tag} unpack", 3 * n * db)
+            r.alloc(chain.key(0), n * db)
+            out = chain.forward(r, save=True, copy_input=False, own_input=True, state_tag="rstate", phase="recompute")
+        elif kept is None:
+            out = chain.forward(r, save=True, copy_input=True, own_input=True, state_tag="rstate", phase="recompute")
+        else:  # the kept input itself
+            out = chain.forward(r, save=True, copy_input=False, own_input=False, state_tag="rstate", phase="recompute")
+        if chain.out_edge and chain.out_edge[-1] not in chain.savers:
+            r.free(out)  # the recomputed output is dropped
+        grad = chain.backward(r, grad, input_grad=need_in)
+        for k in [k for k in r.plain if isinstance(k, tuple) and k[:2] == ("rstate", chain.tag)]:
+            r.free(k)
+        if kept is not None:
+            r.free(kept)
+    if grad is not None:
+        r.free(grad)
+
+
+# ----------------------------------------------------------------------------------- API
+
+
+def _units(model: nn.Module, strategy: Strategy) -> List[Tuple[bool, List[Tuple[str, nn.Module]]]]:
+    """``[(checkpointed, layers)]``: one unit for BPTT; one per top-level child for ``sj_memopt``."""
+    if strategy.kind == "bptt":
+        return [(False, _leaves(model))]
+    if not isinstance(model, nn.Sequential):
+        raise TypeError("model: sj_memopt needs an nn.Sequential whose checkpointed blocks are nn.Sequential children")
+    units: List[Tuple[bool, List[Tuple[str, nn.Module]]]] = []
+    for name, child in model.named_children():
+        inner = getattr(child, "_checkpoint_wrapped_module", child)
+        if isinstance(inner, nn.Sequential):
+            units.append((True, _leaves(inner, f"{name}.")))
+        elif units and not units[-1][0]:
+            units[-1][1].append((name, child))
+        else:
+            units.append((False, [(name, child)]))
+    return units
+
+
+def _replay(model: nn.Module, in_shape: Sequence[int], T: int, batch: int, dtype: torch.dtype, strategy: Strategy,
+            num_classes: Optional[int], pool_limit: Optional[int], steps: int = 3) -> Tuple[PeakPrediction, List]:
+    from ..kernels import buffers
+
+    db = torch.empty(0, dtype=dtype).element_size()
+    units = _units(model, strategy)
+    shape = tuple(int(s) for s in in_shape)
+    described = []
+    binary = False
+    for ckpt, layers in units:
+        ops = describe_ops(layers, shape, dtype, binary_in=binary)
+        described.append((ckpt, ops))
+        if ops:
+            binary, shape = ops[-1].binary_out, ops[-1].out_shape
+    classes = int(num_classes) if num_classes is not None else math.prod(shape)
+    limit = buffers.pool_limit() if pool_limit is None else int(pool_limit)
+    r = _Replay(_Pool(limit, buffers._MIN_BYTES))
+    saved = 0
+    base = pool_base = 0
+    events: List[Tuple[str, int]] = []
+    # a warm-up step, then the measured steps. The pool is emptied once, before the first measured
+    # step (the RSS baseline): what it keeps idle at the end of a measured step is resident above
+    # that baseline when the next measured step starts, and the peak is taken over all of them.
+    for step in range(1 + max(1, int(steps))):
+        for k in [k for k in r.plain if isinstance(k, tuple) and k and k[0] == "state"]:
+            r.free(k)  # reset_net: the previous step's node states
+        if step == 1:
+            r.pool._drop_idle(0)  # the benchmark empties the pool before the measured steps
+            base, pool_base = r.rss(), r.pool.total()
+            r.peak, r.phase = base, "start"
+        r.events, before = [], r.peak
+        if strategy.kind == "bptt":
+            _replay_bptt(r, described[0][1], T, batch, db, classes)
+        else:
+            _replay_sj_memopt(r, described, T, batch, db, classes, strategy.compress)
+        if step == 1:
+            loss_events = [v for label, v in r.events if label == "loss"]
+            if loss_events:
+                saved = loss_events[0] - base
+        if step >= 1:
+            tag = "" if step == 1 else f" (measured step {step})"
+            events += [(label + tag, v) for label, v in r.events]
+            if r.peak > before:  # the peak so far was reached in this step
+                r.phase += tag
+    pred = PeakPrediction(peak_bytes=int(r.peak - base), phase=r.phase, forward_bytes=int(saved), pool_bytes=int(pool_base),
+                          events=tuple((label, int(v - base)) for label, v in events))
+    return pred, described
+
+
+def predict_peak(model: nn.Module, in_shape: Sequence[int], T: int, batch: int, dtype: torch.dtype = torch.float32,
+                 strategy: Strategy = Strategy(), num_classes: Optional[int] = None,
+                 pool_limit: Optional[int] = None, steps: int = 3) -> PeakPrediction:
+    """Peak bytes of a training step of ``model`` (above the RSS before the measured steps), from shapes.
+
+    Args:
+        model: an ``nn.Sequential`` of multi-step layers on ``[T, B, ...]`` tensors (nested
+            ``nn.Sequential`` blocks allowed; for ``sj_memopt`` the top-level ``nn.Sequential``
+            children, or SpikingJelly's checkpoint wrappers around them, are the checkpointed blocks).
+        in_shape: one sample's input shape, e.g. ``(3, 32, 32)``; the input is ``x.expand(T, ...)``
+            of a ``[B, *in_shape]`` batch (a zero-stride view that the first layer copies).
+        T, batch: time steps and batch size.
+        dtype: activation dtype (float32 or float64).
+        strategy: how the model is trained (:class:`Strategy`).
+        num_classes: logits width (default: the last layer's output size).
+        pool_limit: edgesnn's buffer-pool limit in bytes (default: the current one).
+        steps: measured steps after the warm-up (the benchmark's ``--steps``, default 3). From the
+            second one on, the step starts with the buffers edgesnn's pool kept idle at the end of
+            the previous one, above the baseline; with 2 or more the replay is in that steady state.
+
+    The step: forward, cross-entropy on the time-averaged logits, backward, with the parameter
+    gradients already allocated (``zero_grad(set_to_none=False)``), after one warm-up step and
+    with the buffer pool emptied before the first measured step.
+    """
+    if T < 1 or batch < 1:
+        raise ValueError(f"T and batch must be >= 1, got T={T}, batch={batch}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
+    return _replay(model, in_shape, T, batch, dtype, strategy, num_classes, pool_limit, steps)[0]
+
+
+def saved_bytes(model: nn.Module, in_shape: Sequence[int], T: int, batch: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes autograd keeps for backward after ``model(x)`` under plain BPTT (unique storages;
+    parameters, buffers and the loss excluded), as ``SavedTensorCounter`` counts them."""
+    db = torch.empty(0, dtype=dtype).element_size()
+    ops = describe_ops(_leaves(model), in_shape, dtype)
+    chain = _Chain(ops, "m", T, batch, db)
+    total = sum(chain.dense(e) for e in chain.savers)
+    for op in ops:
+        total += (op.private + op.private_pooled).bytes(T, batch)
+    return int(total)

@@ -1,0 +1,134 @@
+"""The BPTT peak replay (:mod:`edgesnn.planner.bptt_peak`) counts what autograd really saves, and
+replays edgesnn's buffer pool the way the pool behaves."""
+
+import pytest
+import torch
+from torch import nn
+
+from edgesnn.memory import SavedTensorCounter, _storage_key
+from edgesnn.nn import LIF, RevLIF
+from edgesnn.planner.bptt_peak import Strategy, _Pool, predict_peak, saved_bytes
+
+pytest.importorskip("spikingjelly.activation_based.layer")
+
+
+def _node(kind: str) -> nn.Module:
+    from spikingjelly.activation_based import neuron, surrogate
+
+    if kind == "sj":
+        return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.Sigmoid(), step_mode="m")
+    if kind == "lif-torch":
+        return LIF(backend="torch")
+    return LIF() if kind == "lif" else RevLIF(groups=2)
+
+
+def _tiny(kind: str, grouped: bool = False) -> nn.Sequential:
+    """Two conv -> BN -> node blocks (the first max-pooled) and a linear head, on [T, B, 3, 8, 8]."""
+    from spikingjelly.activation_based import layer
+
+    b1 = [layer.Conv2d(3, 8, 3, padding=1, bias=False, step_mode="m"), layer.BatchNorm2d(8, step_mode="m"), _node(kind),
+          layer.MaxPool2d(2, step_mode="m")]
+    b2 = [layer.Conv2d(8, 8, 3, padding=1, bias=False, step_mode="m"), layer.BatchNorm2d(8, step_mode="m"), _node(kind)]
+    head = [layer.Flatten(step_mode="m"), layer.Linear(8 * 4 * 4, 10, step_mode="m")]
+    if grouped:
+        return nn.Sequential(nn.Sequential(*b1), nn.Sequential(*b2), *head).train()
+    return nn.Sequential(*b1, nn.Sequential(*b2), *head).train()
+
+
+def _reset(model: nn.Module) -> None:
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+
+
+def _measured_saved(model: nn.Module, T: int, B: int) -> int:
+    """Unique storages autograd saves in ``model(x)`` (parameters and buffers excluded)."""
+    torch.manual_seed(0)
+    x = (2 * torch.rand(B, 3, 8, 8)).unsqueeze(0).expand(T, B, 3, 8, 8)
+    _reset(model)
+    skip = {_storage_key(p) for p in model.parameters()} | {_storage_key(b) for b in model.buffers()}
+    with SavedTensorCounter() as c:
+        model(x)
+    n = sum(v for k, v in c.storages.items() if k not in skip)
+    c._keep.clear()
+    return n
+
+
+@pytest.mark.parametrize("kind, T", [("sj", 3), ("sj", 9), ("lif", 9), ("revlif", 9), ("revlif", 17), ("lif-torch", 5)])
+def test_saved_bytes_match_saved_tensor_hooks(kind, T):
+    model = _tiny(kind)
+    predicted = saved_bytes(model, (3, 8, 8), T, 2)
+    measured = _measured_saved(model, T, 2)
+    # RevLIF's exact mode also saves a 4-byte placeholder for its (unused) spike counts
+    assert abs(predicted - measured) <= 8, (kind, T, predicted, measured)
+
+
+def test_prediction_leaves_the_model_as_it_was():
+    model = _tiny("sj", grouped=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [getattr(m, "step_mode", None) for m in model.modules()]
+    for strategy in (Strategy("bptt"), Strategy("sj_memopt")):
+        predict_peak(model, (3, 8, 8), 4, 2, strategy=strategy)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert modes == [getattr(m, "step_mode", None) for m in model.modules()]
+    assert model.training
+
+
+def test_checkpointed_blocks_keep_only_their_packed_inputs_through_the_forward():
+    model = _tiny("sj", grouped=True)
+    T, B = 16, 4
+    bptt = predict_peak(model, (3, 8, 8), T, B, strategy=Strategy("bptt"))
+    memopt = predict_peak(model, (3, 8, 8), T, B, strategy=Strategy("sj_memopt"))
+    assert bptt.peak_bytes >= bptt.forward_bytes >= saved_bytes(model, (3, 8, 8), T, B) > 0
+    # the second block's input (max-pooled spikes, [T, B, 8, 4, 4]) is kept at 1 bit per element
+    packed = T * B * 8 * 4 * 4 // 8
+    assert packed <= memopt.forward_bytes < bptt.forward_bytes / 4
+    # the peak comes when a block's saved tensors are rebuilt in backward
+    assert memopt.phase.startswith(("recompute", "backward")) and memopt.peak_bytes > memopt.forward_bytes
+
+
+def test_pool_replica_follows_edgesnn_buffer_pool():
+    from edgesnn.kernels import buffers
+
+    MiB = 2**20
+    old = buffers.pool_limit()
+    try:
+        buffers.set_pool_limit(0)  # start from an empty pool
+        buffers.set_pool_limit(5 * MiB)
+        if buffers.pool_limit() == 0:
+            pytest.skip("this torch has no storage use count: the pool is off")
+        sim = _Pool(5 * MiB, buffers._MIN_BYTES)
+        real, fake = {}, {}
+        script = [("a", 2), ("b", 2), ("c", 1), ("-a",), ("d", 3), ("-b",), ("-c",), ("e", 2), ("f", 4), ("-d",),
+                  ("-e",), ("a", 2), ("-f",), ("g", 0.5), ("-a",), ("-g",), ("h", 4), ("i", 1)]
+        for item in script:
+            name = item[0].lstrip("-")
+            if item[0].startswith("-"):
+                del real[name]
+                e = fake.pop(name)
+                if e is not None:
+                    e.busy = False
+            else:
+                nbytes = int(item[1] * MiB)
+                real[name] = buffers.empty((nbytes // 4,))
+                fake[name] = sim.take(nbytes, "float32")
+            assert buffers.pool_bytes() == sim.total(), item
+    finally:
+        real, fake = {}, {}
+        buffers.set_pool_limit(0)
+        buffers.set_pool_limit(old)
+
+
+def test_measured_steps_start_with_the_idle_pool():
+    """The benchmark empties the pool once, before its measured steps: from the second one on, a
+    step starts with what the pool kept idle at the end of the previous one (above the baseline)."""
+    model = _tiny("revlif")
+    T, B = 8, 512  # RevLIF outputs of 8 MiB: pooled
+    off = [predict_peak(model, (3, 8, 8), T, B, pool_limit=0, steps=s) for s in (1, 2, 3)]
+    assert off[0].peak_bytes == off[1].peak_bytes == off[2].peak_bytes  # no pool: every step alike
+    on = [predict_peak(model, (3, 8, 8), T, B, pool_limit=64 * 2**20, steps=s) for s in (1, 2, 3)]
+    assert on[0].forward_bytes == on[1].forward_bytes  # the first measured step's loss
+    # the steady state is reached from the second measured step on
+    assert on[1].peak_bytes == on[2].peak_bytes >= on[0].peak_bytes
+    with pytest.raises(ValueError):
+        predict_peak(model, (3, 8, 8), T, B, steps=0)
