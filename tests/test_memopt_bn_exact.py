@@ -6,7 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgesnn.memopt import batchnorm as bnm
-from edgesnn.memopt.batchnorm import ExactStats, bn_normalize, bn_output, bn_static, exact_supported
+from edgesnn.memopt.batchnorm import ExactStats, bn_normalize, bn_output, bn_static, exact_supported, reproduces_torch
+
+# The formulas are PyTorch's CPU kernel as built here (probed once); a build that rounds elsewhere
+# runs the float64 fallback, and there is nothing bit-exact to check.
+pytestmark = pytest.mark.skipif(not reproduces_torch(torch.float32),
+                                reason="this PyTorch build's BatchNorm rounds differently (fallback statistics in use)")
 
 
 def _chunks(x, K):

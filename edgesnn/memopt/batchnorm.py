@@ -29,6 +29,7 @@ AVX-512 kernel (probed once at run time, :func:`affine_uses_fma`). Running stati
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import List, Optional, Tuple
 
@@ -173,12 +174,49 @@ def bn_output(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> 
     return _fma(channel_view(beta, a), a, channel_view(alpha, a))
 
 
-def exact_supported(a: torch.Tensor) -> bool:
-    """Whether :class:`ExactStats` reproduces PyTorch for chunks like ``a``: CPU, float32/float64,
-    NCHW-contiguous, more than one element per sample and channel. (PyTorch reduces ``[N, C]``,
-    ``[N, C, 1, 1]`` and channels-last tensors with a thread-partitioned float32 kernel instead.)"""
+def _layout_ok(a: torch.Tensor) -> bool:
     return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and a.dim() >= 3
             and a.numel() > 0 and a.numel() // (a.shape[0] * a.shape[1]) > 1 and a.is_contiguous())
+
+
+def exact_supported(a: torch.Tensor) -> bool:
+    """Whether :class:`ExactStats` reproduces PyTorch for chunks like ``a``: CPU, float32/float64,
+    NCHW-contiguous, more than one element per sample and channel (PyTorch reduces ``[N, C]``,
+    ``[N, C, 1, 1]`` and channels-last tensors with a thread-partitioned float32 kernel instead),
+    and this PyTorch build rounds as :class:`ExactStats` does (:func:`reproduces_torch`)."""
+    return _layout_ok(a) and reproduces_torch(a.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def reproduces_torch(dtype: torch.dtype) -> bool:
+    """Probe, once per dtype, that :class:`ExactStats` and :func:`bn_output` give this PyTorch
+    build's ``F.batch_norm`` bit for bit (statistics, output, running statistics) on a small
+    tensor in two chunks. The formulas were read off torch 2.13 on x86-64; another version or
+    CPU that rounds elsewhere falls back to the float64 Chan statistics (:class:`ChunkStats`)."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(6, 3, 5, 7, generator=g, dtype=dtype) * 3 + 0.7).contiguous()
+        bn = nn.BatchNorm2d(3).to(dtype)
+        with torch.no_grad():
+            bn.weight.copy_(torch.rand(3, generator=g, dtype=dtype) + 0.5)
+            bn.bias.copy_(torch.randn(3, generator=g, dtype=dtype))
+        ref = copy.deepcopy(bn)
+        with torch.no_grad():
+            want, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
+                x, ref.weight, ref.bias, ref.running_mean, ref.running_var, True, 0.1, ref.eps)
+            st = ExactStats()
+            for part in (x[:4], x[4:]):
+                st.add_sum(part)
+            mean = st.mean()
+            for part in (x[:4], x[4:]):
+                st.add_var(part)
+            invstd = st.invstd(bn.eps)
+            st.update_running(bn)
+            got = torch.cat([bn_output(bn, part, mean, invstd) for part in (x[:4], x[4:])])
+        return bool(torch.equal(mean, save_mean) and torch.equal(invstd, save_invstd) and torch.equal(got, want)
+                    and torch.equal(bn.running_mean, ref.running_mean) and torch.equal(bn.running_var, ref.running_var))
+    except Exception:  # pragma: no cover - any failure: not reproducible here
+        return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -295,7 +333,7 @@ class ExactStats:
         self._mean: Optional[torch.Tensor] = None
 
     def _check(self, a: torch.Tensor) -> None:
-        if not exact_supported(a):
+        if not _layout_ok(a):
             raise ValueError(f"ExactStats: unsupported chunk {tuple(a.shape)} {a.dtype} on {a.device}")
         if self.dtype is None:
             self.dtype = a.dtype
