@@ -7,7 +7,8 @@ from torch import nn
 
 from edgesnn.memory import SavedTensorCounter, _storage_key
 from edgesnn.nn import LIF, RevLIF
-from edgesnn.planner.bptt_peak import Strategy, _Pool, predict_peak, saved_bytes
+from edgesnn.planner.bptt_peak import Strategy, predict_peak, saved_bytes
+from edgesnn.planner.step_replay import Pool
 
 pytest.importorskip("spikingjelly.activation_based.layer")
 
@@ -97,7 +98,7 @@ def test_pool_replica_follows_edgesnn_buffer_pool():
         buffers.set_pool_limit(5 * MiB)
         if buffers.pool_limit() == 0:
             pytest.skip("this torch has no storage use count: the pool is off")
-        sim = _Pool(5 * MiB, buffers._MIN_BYTES)
+        sim = Pool(5 * MiB, buffers._MIN_BYTES)
         real, fake = {}, {}
         script = [("a", 2), ("b", 2), ("c", 1), ("-a",), ("d", 3), ("-b",), ("-c",), ("e", 2), ("f", 4), ("-d",),
                   ("-e",), ("a", 2), ("-f",), ("g", 0.5), ("-a",), ("-g",), ("h", 4), ("i", 1)]

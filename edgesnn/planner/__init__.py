@@ -4,6 +4,9 @@
 * :mod:`~edgesnn.planner.peak`: peak of a training step by replaying its allocations.
 * :mod:`~edgesnn.planner.evalpass`: peak of the evaluation pass (``no_grad``, its own batch).
 * :mod:`~edgesnn.planner.datasets`: bytes each built-in dataset holds in memory.
+* :mod:`~edgesnn.planner.network`: peak and chunk plan of a model rewritten by ``edgesnn.optimize_memory``.
+* :mod:`~edgesnn.planner.bptt_peak`: peak of the unoptimized baselines (BPTT, SpikingJelly memopt), replayed by
+  :mod:`~edgesnn.planner.step_replay`.
 * :mod:`~edgesnn.planner.solver`: exact multiple-choice knapsack over the layer chain; largest batch.
 * :mod:`~edgesnn.planner.plan`: the plan JSON, :func:`apply` and :func:`load_plan`.
 * :mod:`~edgesnn.planner.cli`: ``edgesnn plan``.

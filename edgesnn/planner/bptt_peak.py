@@ -11,7 +11,8 @@ with, from shapes only (no measuring runs of the model):
   every top-level ``nn.Sequential`` child is a non-reentrant gradient checkpoint whose first input
   is packed to 1 bit per element when it is strictly binary (spikes, or max-pooled spikes).
 
-The step is replayed storage by storage, phase by phase, like :mod:`edgesnn.planner.peak`:
+The step is replayed storage by storage (:mod:`edgesnn.planner.step_replay`), phase by phase, like
+:mod:`edgesnn.planner.peak`:
 forward (each layer's output, what autograd saves, its transients), the loss, then backward in
 reverse (input gradient, transients, then the saved storages and the incoming gradient freed).
 What each layer saves comes from :mod:`edgesnn.planner.memory_model` (``_classify`` for the
@@ -62,7 +63,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -70,6 +71,7 @@ from torch import nn
 from ..memory import SavedTensorCounter, _storage_key
 from ..nn import LIF, RevLIF
 from .memory_model import ZERO, Cost, Layer, _classify, option_cost, resolved_backend
+from .step_replay import Chain, Pool, Replay, replay_bptt, replay_sj_memopt
 
 __all__ = ["Strategy", "OpCost", "PeakPrediction", "describe_ops", "saved_bytes", "predict_peak"]
 
@@ -285,292 +287,6 @@ def describe_ops(layers: Sequence[Tuple[str, nn.Module]], in_shape: Sequence[int
 # ----------------------------------------------------------------------------------- replay
 
 
-@dataclass
-class _Entry:
-    nbytes: int
-    busy: bool = True
-
-
-class _Pool:
-    """edgesnn's CPU buffer pool (:func:`edgesnn.kernels.buffers.empty`): same policy, no memory."""
-
-    def __init__(self, limit: int, min_bytes: int) -> None:
-        self.limit, self.min_bytes = limit, min_bytes
-        self.lists: Dict[Tuple[int, str], List[_Entry]] = {}
-
-    def total(self) -> int:
-        return sum(e.nbytes for lst in self.lists.values() for e in lst)
-
-    def _drop_idle(self, limit: int) -> int:
-        total = self.total()
-        for key in list(self.lists):
-            keep = []
-            for e in self.lists[key]:
-                if total > limit and not e.busy:
-                    total -= e.nbytes
-                else:
-                    keep.append(e)
-            if keep:
-                self.lists[key] = keep
-            else:
-                del self.lists[key]
-        return total
-
-    def take(self, nbytes: int, dtype: str) -> Optional[_Entry]:
-        """A pool entry for a request, or ``None`` when the allocator serves it (not kept)."""
-        if self.limit == 0 or nbytes < self.min_bytes:
-            return None
-        key = (nbytes, dtype)
-        for e in self.lists.get(key, ()):
-            if not e.busy:
-                e.busy = True
-                return e
-        e = _Entry(nbytes)
-        if self._drop_idle(self.limit - nbytes) + nbytes <= self.limit:
-            self.lists.setdefault(key, []).append(e)
-            return e
-        return None
-
-
-class _Replay:
-    """Live storages (plain allocations + the pool's resident storages) and the running peak."""
-
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
-        self.plain: Dict[object, int] = {}
-        self.pooled: Dict[object, _Entry] = {}
-        self.peak, self.phase = 0, ""
-        self.events: List[Tuple[str, int]] = []
-
-    def rss(self) -> int:
-        return sum(self.plain.values()) + self.pool.total()
-
-    def alloc(self, key: object, nbytes: int, pooled: bool = False, dtype: str = "float") -> None:
-        self.free(key)
-        if nbytes <= 0:
-            return
-        e = self.pool.take(int(nbytes), dtype) if pooled else None
-        if e is None:
-            self.plain[key] = int(nbytes)
-        else:
-            self.pooled[key] = e
-
-    def free(self, key: object) -> None:
-        if key in self.plain:
-            del self.plain[key]
-        elif key in self.pooled:
-            self.pooled.pop(key).busy = False
-
-    def live(self, key: object) -> bool:
-        return key in self.plain or key in self.pooled
-
-    def rename(self, old: object, new: object) -> None:
-        if old in self.plain:
-            self.plain[new] = self.plain.pop(old)
-        elif old in self.pooled:
-            self.pooled[new] = self.pooled.pop(old)
-
-    def check(self, label: str, extra: int = 0) -> None:
-        total = self.rss() + int(extra)
-        self.events.append((label, total))
-        if total > self.peak:
-            self.peak, self.phase = total, label
-
-
-class _Chain:
-    """A run of layers on ``[T, B, ...]`` tensors with storage (edge) bookkeeping, as in ``peak.py``."""
-
-    def __init__(self, ops: Sequence[OpCost], tag: str, T: int, B: int, db: int) -> None:
-        self.ops, self.tag, self.T, self.B, self.db = list(ops), tag, T, B, db
-        self.in_edge: List[int] = []
-        self.out_edge: List[int] = []
-        self.edge_elems: List[int] = [ops[0].in_elems if ops else 0]
-        self.edge_pooled: List[bool] = [False]
-        cur = 0
-        for op in self.ops:
-            self.in_edge.append(cur)
-            if not op.view:
-                self.edge_elems.append(op.out_elems)
-                self.edge_pooled.append(op.pooled)
-                cur = len(self.edge_elems) - 1
-            self.out_edge.append(cur)
-        self.first_real = next((j for j, op in enumerate(self.ops) if not op.view), None)
-        self.savers: Dict[int, List[int]] = {}
-        for j, op in enumerate(self.ops):
-            if op.saves_input:
-                self.savers.setdefault(self.in_edge[j], []).append(j)
-            if op.saves_output:
-                self.savers.setdefault(self.out_edge[j], []).append(j)
-
-    def key(self, e: int) -> object:
-        return (self.tag, "edge", e)
-
-    def dense(self, e: int) -> int:
-        return self.T * self.B * self.edge_elems[e] * self.db
-
-    def forward(self, r: _Replay, *, save: bool, copy_input: bool, own_input: bool, state_tag: str = "state",
-                phase: str = "forward") -> object:
-        """Replay the forward; returns the key of the output storage (left live).
-
-        ``copy_input``: edge 0 is a zero-stride expanded view that the first layer copies (the copy
-        is edge 0's storage); otherwise edge 0 is already live under :meth:`key` ``(0)``.
-        ``own_input``: the chain may free edge 0 when nothing saved it (else the caller holds it).
-        ``save``: autograd keeps what the layers save (``False``: a checkpointed forward).
-        """
-        T, B = self.T, self.B
-        for j, op in enumerate(self.ops):
-            ei, eo = self.in_edge[j], self.out_edge[j]
-            if j == self.first_real and copy_input:
-                r.alloc(self.key(0), self.dense(0))
-            if not op.view:
-                r.alloc(self.key(eo), self.dense(eo), pooled=op.pooled)
-            extra = op.work.bytes(T, B)
-            if save:
-                r.alloc((self.tag, "priv", j), op.private.bytes(T, B))
-                r.alloc((self.tag, "ppriv", j), op.private_pooled.bytes(T, B), pooled=True, dtype="uint8")
-            else:  # nothing kept: per-step saved tensors live one step, others until the layer returns
-                extra += (Cost(sample=op.private.step) if op.per_step else op.private + op.private_pooled).bytes(T, B)
-            if op.state.bytes(T, B):
-                r.alloc((state_tag, self.tag, j), op.state.bytes(T, B))
-            r.check(f"{phase} {op.name}", extra)
-            if not op.view and (save is False or ei not in self.savers) and (ei != 0 or own_input or copy_input):
-                r.free(self.key(ei))
-        return self.key(self.out_edge[-1]) if self.ops else self.key(0)
-
-    def backward(self, r: _Replay, grad: object, *, input_grad: bool) -> Optional[object]:
-        """Replay the backward from the live gradient ``grad`` (of the output); returns the key of
-        the input gradient (``None`` when the input needs none). Frees the saved storages."""
-        T, B = self.T, self.B
-        for j in range(len(self.ops) - 1, -1, -1):
-            op = self.ops[j]
-            if op.view:
-                continue
-            need = input_grad or j != self.first_real
-            gin = (self.tag, "gin", j)
-            nbytes = self.dense(self.in_edge[j]) if need else 0
-            if op.per_step:  # step by step: temporaries first, the input gradient grows as saved steps go
-                r.check(f"backward {op.name}", op.bwork.bytes(T, B))
-                self._release(r, j)
-                r.alloc(gin, nbytes, pooled=op.pooled)
-                r.check(f"backward {op.name}")
-            else:
-                r.alloc(gin, nbytes, pooled=op.pooled)
-                r.check(f"backward {op.name}", op.bwork.bytes(T, B))
-                self._release(r, j)
-            r.free(grad)
-            grad = gin
-        return grad if r.live(grad) else None
-
-    def _release(self, r: _Replay, j: int) -> None:
-        r.free((self.tag, "priv", j))
-        r.free((self.tag, "ppriv", j))
-        for e, users in self.savers.items():
-            if min(users) >= j:
-                r.free(self.key(e))
-
-
-def _head(r: _Replay, T: int, B: int, classes: int, db: int) -> None:
-    """mean over T -> [B, classes] logits; cross-entropy keeps log_softmax and the int64 targets."""
-    r.alloc(("head", "logits"), B * classes * db)
-    r.alloc(("head", "logsm"), B * classes * db + 8 * B)
-    r.check("loss")
-
-
-def _replay_bptt(r: _Replay, ops: Sequence[OpCost], T: int, B: int, db: int, classes: int) -> None:
-    chain = _Chain(ops, "m", T, B, db)
-    out = chain.forward(r, save=True, copy_input=True, own_input=True)
-    _head(r, T, B, classes, db)
-    if chain.out_edge and chain.out_edge[-1] not in chain.savers:
-        r.free(out)
-    r.free(("head", "logits"))
-    r.alloc(("grad", "out"), T * B * classes * db)  # MeanBackward: the output's gradient [T, B, classes]
-    r.free(("head", "logsm"))
-    r.check("backward head")
-    g = chain.backward(r, ("grad", "out"), input_grad=False)
-    if g is not None:
-        r.free(g)
-
-
-def _replay_sj_memopt(r: _Replay, units: Sequence[Tuple[bool, List[OpCost]]], T: int, B: int, db: int, classes: int,
-                      compress: bool) -> None:
-    """SpikingJelly memopt level 1 (see ``spikingjelly/activation_based/memopt/checkpointing.py``)."""
-    chains, packed = [], []
-    x_key: Optional[object] = None  # None: the expanded model input
-    binary = False
-    for i, (ckpt, ops) in enumerate(units):
-        chain = _Chain(ops, f"b{i}", T, B, db)
-        chains.append(chain)
-        n = T * B * chain.edge_elems[0]
-        if not ckpt:
-            # plain autograd layers (the head): saved as usual
-            if x_key is not None:
-                r.rename(x_key, chain.key(0))
-            x_key = chain.forward(r, save=True, copy_input=x_key is None, own_input=True)
-            binary = bool(ops) and ops[-1].binary_out
-            packed.append(None)
-            continue
-        pack = compress and binary and x_key is not None
-        if pack:  # BitSpikeCompressor.compress, then the checkpointed function unpacks it
-            r.check(f"forward {chain.tag} pack", 2 * n + 2 * -(-n // 8))
-            r.alloc((chain.tag, "packed"), -(-n // 8), dtype="uint8")
-            r.check(f"forward {chain.tag} unpack", 3 * n * db)
-            r.alloc(chain.key(0), n * db)
-            out = chain.forward(r, save=False, copy_input=False, own_input=False)
-            r.free(chain.key(0))
-            r.free(x_key)
-            packed.append((chain.tag, "packed"))
-        elif x_key is None:
-            out = chain.forward(r, save=False, copy_input=True, own_input=True)
-            packed.append(None)
-        else:  # a non-binary input: the checkpoint keeps the tensor itself
-            r.rename(x_key, chain.key(0))
-            out = chain.forward(r, save=False, copy_input=False, own_input=False)
-            packed.append(chain.key(0))
-        x_key = out
-        binary = ops[-1].binary_out if ops else binary
-    _head(r, T, B, classes, db)
-    r.free(("head", "logits"))
-    r.alloc(("grad", "out"), T * B * classes * db)
-    r.free(("head", "logsm"))
-    r.check("backward head")
-    grad: Optional[object] = ("grad", "out")
-    last_out = x_key
-    for i in range(len(units) - 1, -1, -1):
-        ckpt, ops = units[i]
-        chain = chains[i]
-        need_in = i > 0
-        if not ckpt:
-            if i == len(units) - 1 and last_out is not None and chain.out_edge and chain.out_edge[-1] not in chain.savers:
-                r.free(last_out)
-            grad = chain.backward(r, grad, input_grad=need_in)
-            continue
-        if i == len(units) - 1 and last_out is not None:
-            r.free(last_out)
-        # recompute (non-reentrant checkpoint, on the first unpack in this block's backward)
-        kept = packed[i]
-        if kept is not None and kept[1] == "packed":  # type: ignore[index]
-            n = T * B * chain.edge_elems[0]
-            r.check(f"backward {chain.tag} unpack", 3 * n * db)
-            r.alloc(chain.key(0), n * db)
-            out = chain.forward(r, save=True, copy_input=False, own_input=True, state_tag="rstate", phase="recompute")
-        elif kept is None:
-            out = chain.forward(r, save=True, copy_input=True, own_input=True, state_tag="rstate", phase="recompute")
-        else:  # the kept input itself
-            out = chain.forward(r, save=True, copy_input=False, own_input=False, state_tag="rstate", phase="recompute")
-        if chain.out_edge and chain.out_edge[-1] not in chain.savers:
-            r.free(out)  # the recomputed output is dropped
-        grad = chain.backward(r, grad, input_grad=need_in)
-        for k in [k for k in r.plain if isinstance(k, tuple) and k[:2] == ("rstate", chain.tag)]:
-            r.free(k)
-        if kept is not None:
-            r.free(kept)
-    if grad is not None:
-        r.free(grad)
-
-
-# ----------------------------------------------------------------------------------- API
-
-
 def _units(model: nn.Module, strategy: Strategy) -> List[Tuple[bool, List[Tuple[str, nn.Module]]]]:
     """``[(checkpointed, layers)]``: one unit for BPTT; one per top-level child for ``sj_memopt``."""
     if strategy.kind == "bptt":
@@ -605,7 +321,7 @@ def _replay(model: nn.Module, in_shape: Sequence[int], T: int, batch: int, dtype
             binary, shape = ops[-1].binary_out, ops[-1].out_shape
     classes = int(num_classes) if num_classes is not None else math.prod(shape)
     limit = buffers.pool_limit() if pool_limit is None else int(pool_limit)
-    r = _Replay(_Pool(limit, buffers._MIN_BYTES))
+    r = Replay(Pool(limit, buffers._MIN_BYTES))
     saved = 0
     base = pool_base = 0
     events: List[Tuple[str, int]] = []
@@ -621,9 +337,9 @@ def _replay(model: nn.Module, in_shape: Sequence[int], T: int, batch: int, dtype
             r.peak, r.phase = base, "start"
         r.events, before = [], r.peak
         if strategy.kind == "bptt":
-            _replay_bptt(r, described[0][1], T, batch, db, classes)
+            replay_bptt(r, described[0][1], T, batch, db, classes)
         else:
-            _replay_sj_memopt(r, described, T, batch, db, classes, strategy.compress)
+            replay_sj_memopt(r, described, T, batch, db, classes, strategy.compress)
         if step == 1:
             loss_events = [v for label, v in r.events if label == "loss"]
             if loss_events:
@@ -674,7 +390,7 @@ def saved_bytes(model: nn.Module, in_shape: Sequence[int], T: int, batch: int, d
     parameters, buffers and the loss excluded), as ``SavedTensorCounter`` counts them."""
     db = torch.empty(0, dtype=dtype).element_size()
     ops = describe_ops(_leaves(model), in_shape, dtype)
-    chain = _Chain(ops, "m", T, batch, db)
+    chain = Chain(ops, "m", T, batch, db)
     total = sum(chain.dense(e) for e in chain.savers)
     for op in ops:
         total += (op.private + op.private_pooled).bytes(T, batch)
