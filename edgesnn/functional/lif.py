@@ -36,11 +36,25 @@ __all__ = [
     "lif_multistep_reference",
     "lif_multistep",
     "initial_state",
+    "ResetRule",
 ]
 
 
+class ResetRule:
+    """What a LIF parameter record derives from its ``v_reset`` (``None``: soft reset)."""
+
+    @property
+    def hard_reset(self) -> bool:
+        return self.v_reset is not None
+
+    @property
+    def charge_reset(self) -> float:
+        """The potential the leak decays towards (``v_reset``, or 0 for a soft reset)."""
+        return 0.0 if self.v_reset is None else self.v_reset
+
+
 @dataclass(frozen=True)
-class LIFParams:
+class LIFParams(ResetRule):
     """Hyper-parameters of a LIF node (all plain Python numbers; none is learned).
 
     Attributes:
@@ -73,15 +87,6 @@ class LIFParams:
         object.__setattr__(self, "v_threshold", float(self.v_threshold))
         if self.v_reset is not None:
             object.__setattr__(self, "v_reset", float(self.v_reset))
-
-    @property
-    def hard_reset(self) -> bool:
-        return self.v_reset is not None
-
-    @property
-    def charge_reset(self) -> float:
-        """The potential the leak decays towards (``v_reset``, or 0 for a soft reset)."""
-        return 0.0 if self.v_reset is None else self.v_reset
 
     @property
     def state_decay(self) -> float:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..functional.checks import check_finite as _check_finite
-from ..functional.lif import LIFParams, lif_multistep_reference
+from ..functional.lif import LIFParams, ResetRule, lif_multistep_reference
 from ..functional.revlif import RevLIFParams
 from ..functional.surrogate import Surrogate
 from ..kernels import dispatch
@@ -298,7 +298,7 @@ class RevLIF(_SpikingNode):
 
 
 @dataclass(frozen=True)
-class _TensorLIFParams:
+class _TensorLIFParams(ResetRule):
     """The attributes of :class:`LIFParams` that the step functions read, with ``tau`` and
     ``v_threshold`` allowed to be (learnable) 0-dim tensors; no validation."""
 
@@ -308,14 +308,6 @@ class _TensorLIFParams:
     decay_input: bool
     detach_reset: bool
     surrogate: Surrogate
-
-    @property
-    def hard_reset(self) -> bool:
-        return self.v_reset is not None
-
-    @property
-    def charge_reset(self) -> float:
-        return 0.0 if self.v_reset is None else self.v_reset
 
 
 class ParametricLIF(_SpikingNode):
