@@ -51,9 +51,9 @@ class MemoryOptimizedSequential(nn.Sequential):
     def _streamable(self) -> bool:
         in_block = {i for b in self._memopt_blocks for i in range(b.start, b.stop)}
         for i, child in enumerate(self):
-            steps = child_steps(child) if i not in in_block else None
             if i in in_block:
                 continue
+            steps = child_steps(child)
             if steps is None or any(st.kind == "node" for st in steps):
                 return False  # a stateful or unknown child sees all T at once
             if any(st.kind == "bn" and batch_stats_mode(st.module) for st in steps):

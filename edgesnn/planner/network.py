@@ -39,7 +39,7 @@ PLAIN_BN_BWD_A = 1.0
 NO_BUDGET_SLACK = 1.10
 NO_BUDGET_SLACK_BYTES = 10 * 2**20  # small models: a few MiB are not worth many small chunks
 BUDGET_HEADROOM = 0.8  # plan to this fraction of a budget (see plan_chunks)
-MAX_CHUNK_SAMPLES = 512  # K x B of one chunk at most (see _greedy)
+MAX_CHUNK_SAMPLES = 512  # K x B of one chunk at most (see _descent)
 # Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
 # cost per chunk pass (kernel launches, Python) in MAC-equivalents.
 CHUNK_OVERHEAD_MACS = 2.0e6
@@ -247,25 +247,21 @@ def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
     """Chunk size per block: the fastest choice (fewest, largest chunks) whose predicted peak fits
     ``BUDGET_HEADROOM`` of ``budget``. With no budget: the fastest choice within
     ``NO_BUDGET_SLACK`` of the least peak reachable by chunking."""
-    if budget is not None:
-        # headroom: the transient model is calibrated on chunks of <= 8 steps and single chunks of
-        # small blocks; larger chunks of large blocks measured up to 30% above it (VGG-11, T = 64)
-        path: List[List[int]] = []
-        _greedy(shapes, None, fixed_bytes, path)
-        target = int(budget * BUDGET_HEADROOM)
-        best = _fastest_within(shapes, path, target, fixed_bytes)
-        if best is None:
-            least = predict_peak(shapes, path[-1], fixed_bytes)[0]
-            raise PlanningError(
-                f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
-                f"{least / 2**20:.1f} MiB (planned with {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the "
-                "batch or T, or raise the budget")
-        return best
-    path = []
-    _greedy(shapes, None, fixed_bytes, path)
-    low = predict_peak(shapes, path[-1], fixed_bytes)[0]
-    target = int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
-    return _fastest_within(shapes, path, target, fixed_bytes) or path[-1]
+    path = _descent(shapes, fixed_bytes)
+    if budget is None:
+        low = predict_peak(shapes, path[-1], fixed_bytes)[0]
+        target = int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
+        return _fastest_within(shapes, path, target, fixed_bytes) or path[-1]
+    # headroom: large chunks of large blocks measured above the transient model (VGG-11, T = 64)
+    target = int(budget * BUDGET_HEADROOM)
+    best = _fastest_within(shapes, path, target, fixed_bytes)
+    if best is None:
+        least = predict_peak(shapes, path[-1], fixed_bytes)[0]
+        raise PlanningError(
+            f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
+            f"{least / 2**20:.1f} MiB (planned with {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the "
+            "batch or T, or raise the budget")
+    return best
 
 
 def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target: int,
@@ -311,16 +307,15 @@ def _relax(shapes: Sequence[BlockShape], chunks: List[int], target: int, fixed_b
         chunks = best[1]
 
 
-def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0,
-            path: Optional[List[List[int]]] = None) -> List[int]:
-    """From one chunk per block, halve the chunk that buys the most peak per unit of time until the
-    peak fits ``budget`` (``None``: until no halving lowers the peak). ``path`` collects every
-    choice passed on the way."""
+def _descent(shapes: Sequence[BlockShape], fixed_bytes: int = 0) -> List[List[int]]:
+    """Every choice passed by a greedy descent: from one chunk per block, halve the chunk that buys
+    the most peak per unit of time until no halving lowers the peak (the last choice: the least)."""
     # a chunk of a non-repeated-input block holds at most MAX_CHUNK_SAMPLES samples (K x B): the
     # transient model was calibrated there; larger ones measured far above it (batch 128, K = 64)
     ks = [[k for k in _candidates(b.T) if b.static or k == 1 or k * b.B <= MAX_CHUNK_SAMPLES] for b in shapes]
     chunks = [k[0] for k in ks]
     idx = [0] * len(shapes)
+    path: List[List[int]] = []
 
     def phases_of(c: List[int]) -> List[int]:
         """The phases' bytes, largest first (the first is the peak)."""
@@ -336,10 +331,7 @@ def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: in
     while True:
         phases = phases_of(chunks)
         peak = phases[0]
-        if path is not None:
-            path.append(_fit_static(shapes, chunks, fixed_bytes))
-        if budget is not None and peak <= budget:
-            return _fit_static(shapes, chunks, fixed_bytes)
+        path.append(_fit_static(shapes, chunks, fixed_bytes))
         best = None
         for i, b in enumerate(shapes):
             if not b.can_chunk or _fused(shapes, i) or idx[i] + 1 >= len(ks[i]):
@@ -347,21 +339,16 @@ def _greedy(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: in
             trial = list(chunks)
             trial[i] = ks[i][idx[i] + 1]
             after = phases_of(trial)
-            p = after[0]
             dt = predict_time(shapes, trial) - predict_time(shapes, chunks)
-            gain = gain_of(phases, after) if p <= peak else -1.0
+            gain = gain_of(phases, after) if after[0] <= peak else -1.0
             if gain <= 0:
                 continue
             score = gain / max(dt, 1.0)
             if best is None or score > best[0]:
-                best = (score, i, p)
+                best = (score, i)
         if best is None:
-            if budget is not None:
-                raise PlanningError(
-                    f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
-                    f"{peak / 2**20:.1f} MiB: lower the batch or T, or raise the budget")
-            return _fit_static(shapes, chunks, fixed_bytes)
-        _, i, p = best
+            return path
+        i = best[1]
         idx[i] += 1
         chunks[i] = ks[i][idx[i]]
 
