@@ -9,6 +9,9 @@ and RSS tracks live tensors). Peak = VmHWM during the measured steps minus the R
 (so parameters, gradients and the process baseline are excluded). Step times come from one
 more process per T that holds every row's model and alternates their steps (median of 3 rounds),
 so load changes on a shared machine hit all rows alike; times are ratios to SpikingJelly BPTT.
+That process runs with glibc's default allocator settings, as a user's training does: forcing
+every allocation above 128 KiB to ``mmap`` (right for measuring peaks) makes each step page-fault
+its large tensors afresh and slowed SpikingJelly's T = 64 step 2.3x (edgesnn's rows much less).
 
 Rows: SpikingJelly 2.0 LIFNode BPTT; SpikingJelly ``memopt.optimize_memory(level=1,
 compress=True)`` (the level that runs on a CPU); edgesnn all-LIF and all-RevLIF (2 groups) without
@@ -170,6 +173,7 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) 
     if plan is not None:
         out["predicted_peak_bytes"] = plan.peak_bytes
         out["chunks"] = [b.chunk for b in plan.blocks]
+        out["holds"] = [b.hold for b in plan.blocks]
     return out
 
 
@@ -238,18 +242,33 @@ def check_gradients(T: int, batch: int, threads: int) -> dict:
         x = x0.unsqueeze(0).expand(T, *x0.shape)
         y = torch.randint(0, 10, (batch,))
         edgesnn.optimize_memory(opt, x)
+        before_buffers = [b.detach().clone() for b in base.buffers()]
         res = []
         for m in (base, opt):
             loss = F.cross_entropy(m(x).mean(0), y)
             loss.backward()
             res.append((loss.item(), [p.grad for p in m.parameters()], [b for b in m.buffers()]))
         scale = max(g.norm().item() for g in res[0][1])
-        rel = [((a - b).norm() / a.norm()).item() for a, b in zip(res[0][1], res[1][1]) if a.norm() > 1e-6 * scale]
+        keep = [a.norm() > 1e-6 * scale for a in res[0][1]]
+        rel = [((a - b).norm() / a.norm()).item() for a, b, k in zip(res[0][1], res[1][1], keep) if k]
         bn = max((a.double() - b.double()).abs().max().item() for a, b in zip(res[0][2], res[1][2]))
         key = str(dtype).replace("torch.", "")
         out[key] = {"loss_base": res[0][0], "loss_opt": res[1][0],
                     "loss_rel": abs(res[0][0] - res[1][0]) / abs(res[0][0]),
                     "grad_rel_max": max(rel), "grad_rel_median": statistics.median(rel), "bn_stats_max_abs": bn}
+        if dtype == torch.float32 and threads > 1:
+            # the unoptimized model's own float32 reproducibility: the same step on 1 thread
+            # (another summation order inside PyTorch's kernels), a floor for the comparison above
+            again = copy.deepcopy(base)
+            again.zero_grad(set_to_none=True)
+            for buf, val in zip(again.buffers(), before_buffers):
+                buf.copy_(val)
+            torch.set_num_threads(1)
+            F.cross_entropy(again(x).mean(0), y).backward()
+            torch.set_num_threads(threads)
+            self_rel = [((a - p.grad).norm() / a.norm()).item()
+                        for a, p, k in zip(res[0][1], again.parameters(), keep) if k]
+            out[key]["plain_1_vs_%d_threads_grad_rel_max" % threads] = max(self_rel)
     return out
 
 
@@ -288,8 +307,12 @@ def showcase(device_name: str, T: int, threads: int) -> dict:
             "step_s": time.perf_counter() - t, "chunks": [b.chunk for b in plan.blocks]}
 
 
-def _run_child(args: list) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+def _run_child(args: list, mmap_threshold: bool = True) -> dict:
+    env = dict(os.environ)
+    if mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"  # RSS tracks live tensors (peak measurements)
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)  # the allocator as a user's training runs it
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
@@ -363,7 +386,7 @@ def main(argv=None) -> int:
             print(f"T={T:<3} {LABELS[row]:<42} peak {r['peak_bytes'] / 2**20:8.1f} MiB  step {r['step_s']:.2f} s"
                   + (f"  predicted {r['predicted_peak_bytes'] / 2**20:.1f} MiB  K={r['chunks']}" if "chunks" in r else ""),
                   flush=True)
-        tm = _run_child(["--timing-worker", str(T), str(budget), "--rows", *a.rows, *common])
+        tm = _run_child(["--timing-worker", str(T), str(budget), "--rows", *a.rows, *common], mmap_threshold=False)
         for r in results:
             if r["T"] == T and r["row"] in tm:
                 r["step_s_interleaved"] = tm[r["row"]]
@@ -376,7 +399,8 @@ def main(argv=None) -> int:
                 d = c[key]
                 print(f"T={T:<3} gradient check {key}: loss rel. diff {d['loss_rel']:.1e}, parameter gradients "
                       f"||a-b||/||a|| max {d['grad_rel_max']:.1e} (median {d['grad_rel_median']:.1e}), "
-                      f"BN running stats max diff {d['bn_stats_max_abs']:.1e}", flush=True)
+                      f"BN running stats max diff {d['bn_stats_max_abs']:.1e}"
+                      + "".join(f"; {k}: {v:.1e}" for k, v in d.items() if k.startswith("plain_")), flush=True)
     print()
     print("| row | " + " | ".join(f"T={T} peak | T={T} step" for T in sorted(Ts)) + " |")
     print("|---|" + "---|---|" * len(Ts))

@@ -31,7 +31,7 @@ def _writable(path: str) -> bool:
         return False
 
 
-_KERNEL_SOURCES = ("neuron_math.py", "numba_cpu.py", "numba_revlif.py")
+_KERNEL_SOURCES = ("neuron_math.py", "numba_cpu.py", "numba_revlif.py", "numba_lif_pool.py", "numba_bits.py")
 
 
 def _sources_key() -> str:

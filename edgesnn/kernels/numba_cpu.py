@@ -299,6 +299,8 @@ def __getattr__(name):
 def warmup() -> None:
     """Compile (or load from the cache) every CPU kernel specialisation used at run time."""
     from ..functional.surrogate import ATan
+    from .numba_bits import pack_rows, unpack_rows
+    from .numba_lif_pool import lif_pool2_backward, lif_pool2_forward
     from .numba_revlif import revlif_backward, revlif_forward
 
     x = torch.randn(9, 2, 2, 3)
@@ -309,3 +311,9 @@ def warmup() -> None:
             rp = RevLIFParams(lif=lp, mode=mode, **({} if mode == "exact" else {"beta": 0.75}))
             y, vT, bits, counts = revlif_forward(x, torch.zeros(2, 2, 3), rp)
             revlif_backward(y, vT, bits, torch.ones_like(y), torch.zeros_like(vT), rp)
+        z = torch.randn(3, 2, 4, 4)
+        o, vT = lif_pool2_forward(z, torch.zeros(2, 4, 4), lp)
+        lif_pool2_backward(z, torch.zeros(2, 4, 4), torch.ones_like(o), torch.zeros_like(vT), lp)
+    for dt in (torch.float32, torch.float64):
+        packed = pack_rows(torch.ones(2, 11, dtype=dt), torch.empty(2, 2, dtype=torch.uint8))
+        unpack_rows(packed, 11, dt)

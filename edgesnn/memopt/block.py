@@ -41,10 +41,12 @@ from ..kernels import buffers
 from .batchnorm import (ChunkStats, ExactStats, batch_stats_mode, bn_normalize, bn_output, channel_view, exact_supported,
                         reduce_dims, update_running)
 from .gradchunks import DenseGrad, GradChunks
+from .layer_grad import layer_backward, layer_backward_supported
 from .layers import Step
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
 from .static import StaticBackward
-from .steps import apply_recompute, apply_static, apply_steps, merge_time, node_chunk_backward, run_node, split_time
+from .steps import (apply_recompute, apply_static, apply_steps, merge_time, node_chunk_backward, run_node, run_node_post,
+                    split_time)
 
 __all__ = ["Block", "run_block"]
 
@@ -76,6 +78,7 @@ class Block:
     incoming_static: Optional["StaticBackward"] = None  # the previous block's backward, run inside ours
     incoming_grad: Optional[GradChunks] = None  # where our input gradient goes (the previous block reads it)
     keep: int = 0                           # leading chunks whose layer output the forward keeps between its passes
+    hold: bool = False                      # keep the layer output of every chunk until backward (no recomputation)
 
     def bn_index(self) -> Optional[int]:
         idx = [i for i, s in enumerate(self.steps) if s.kind == "bn"]
@@ -87,6 +90,12 @@ class Block:
         if len(bns) > 1:
             return False
         return not bns or all(s.kind == "free" for s in self.steps[bns[0] + 1:])
+
+    def can_hold(self) -> bool:
+        """Holding the layer output needs BatchNorm after exactly one convolution or linear layer
+        whose backward :func:`edgesnn.memopt.layer_grad.layer_backward` computes without autograd."""
+        i = self.bn_index()
+        return i == 1 and self.can_chunk() and layer_backward_supported(self.steps[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +130,9 @@ class _BlockFunction(torch.autograd.Function):
         static = incoming is None and is_time_invariant(x)
         bn_i = block.bn_index()
         bn = block.steps[bn_i].module if bn_i is not None else None
-        chunked_bn = bn is not None and batch_stats_mode(bn) and len(bounds) > 1 and not static
+        hold = block.hold and not static and bn is not None and batch_stats_mode(bn) and block.can_hold()
+        chunked_bn = bn is not None and batch_stats_mode(bn) and (len(bounds) > 1 or hold) and not static
+        ctx.held = {} if hold else None
         ctx.block, ctx.bounds, ctx.static, ctx.chunked_bn = block, bounds, static, chunked_bn
         ctx.dtype = x.dtype
         ctx.saved_input = incoming if incoming is not None else save_input(x, block.in_codec)
@@ -138,7 +149,7 @@ class _BlockFunction(torch.autograd.Function):
             z0 = apply_static(block.steps, x[0], T, update=True)
         elif chunked_bn:
             pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
-            kept_a = _batch_statistics(ctx, bn, pre, bounds, x_chunk, block.keep)
+            kept_a = _batch_statistics(ctx, bn, pre, bounds, x_chunk, len(bounds) if hold else block.keep)
         handoff = _Handoff(block, T) if block.next_block is not None else None
         steps = bounds
         if static:
@@ -155,13 +166,14 @@ class _BlockFunction(torch.autograd.Function):
             elif chunked_bn:
                 a = kept_a.pop(t0) if t0 in kept_a else apply_steps(pre, merge_time(x_chunk(t0, t1)))
                 z = split_time(apply_steps(mid, bn_output(bn, a, ctx.bn_mean, ctx.bn_invstd)), k)
+                if ctx.held is not None:
+                    ctx.held[t0] = a  # the backward reads it instead of recomputing the layer
                 del a
             elif len(bounds) == 1:
                 z = split_time(apply_steps(block.steps, merge_time(x_chunk(0, T))), k)  # BatchNorm modules update their running stats
             else:
                 z = split_time(apply_steps(block.steps, merge_time(x_chunk(t0, t1))), k)
-            s, v = run_node(block.node, z, v)
-            o = split_time(apply_steps(block.post, merge_time(s)), k) if block.post else s
+            o, v = run_node_post(block.node, block.post, z, v)
             if handoff is not None:
                 handoff.write(t0, t1, o)
                 continue
@@ -239,6 +251,7 @@ class _BlockFunction(torch.autograd.Function):
             prev.finish()
         ctx.checkpoints = None
         ctx.saved_input = None
+        ctx.held = None
         ctx.incoming_static = None
         ctx.out_grad = ctx.grad_sink = None
         return (None, grad_in) + (None,) * len(block.params)
@@ -321,7 +334,7 @@ class _Handoff:
                 data = torch.empty(shape, dtype=torch.uint8, device=o.device)
             self.saved = SavedInput(codec, data, shape, o.dtype)
         if codec == "bits":
-            self.saved.data[t0:t1] = pack_bits(o)
+            pack_bits(o, out=self.saved.data[t0:t1])
         else:
             n = int(codec.split(":")[1])
             self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
@@ -364,6 +377,7 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, w
     pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
     mean, invstd, N = ctx.bn_mean, ctx.bn_invstd, ctx.bn_count
     n_chunks = len(ctx.bounds)
+    held = ctx.held  # layer outputs kept from the forward (Block.hold), else None: recompute
     sum_dy = None
     sum_dy_xhat = None
 
@@ -373,7 +387,10 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, w
         t0, t1 = ctx.bounds[c]
         k = t1 - t0
         with torch.no_grad():
-            z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
+            if held is not None:
+                z, xhat = bn_normalize(bn, held[t0], mean, invstd)
+            else:
+                z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
             z = split_time(z, k)
         dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
         del z
@@ -399,9 +416,13 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, w
     for c in range(n_chunks - 1, -1, -1):
         t0, t1 = ctx.bounds[c]
         k = t1 - t0
-        xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
-        with torch.enable_grad():
-            a = apply_steps(pre, merge_time(xl))
+        if held is not None:
+            xl = saved.chunk(t0, t1).detach()
+            a = held.pop(t0)
+        else:
+            xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
+            with torch.enable_grad():
+                a = apply_steps(pre, merge_time(xl))
         with torch.no_grad():
             # the layers before BatchNorm (conv, linear, pooling) do not keep their output for
             # backward, so the output may become xhat in place (not when it is the input itself)
@@ -414,12 +435,17 @@ def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, w
             da = merge_time(dz)
             da.sub_(channel_view(c1, da)).sub_(xhat.mul_(channel_view(c2, da))).mul_(channel_view(scale, da))
         del dz, xhat
-        if a.requires_grad:
+        g_in = None
+        if held is not None:
+            a = None
+            g_in = layer_backward(pre[0].module, merge_time(xl), da, wants_input_grad)
+            g_in = g_in.view(xl.shape) if g_in is not None else None
+        elif a.requires_grad:
             torch.autograd.backward(a, da)
+            g_in = xl.grad if wants_input_grad else None
         del a, da
         # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
         # previous block's backward, whose transient then does not sit beside it
-        g_in = xl.grad if wants_input_grad else None
         del xl
         if g_in is not None:
             sink(t0, t1, g_in)
@@ -443,6 +469,5 @@ def run_block(block: Block, x: torch.Tensor) -> torch.Tensor:
     """Run ``block`` on ``x [T, B, ...]``: chunked with recomputation when autograd records, plain otherwise."""
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in block.params)):
         z = split_time(apply_steps(block.steps, merge_time(x)), x.shape[0])
-        s, _ = run_node(block.node, z, None)
-        return split_time(apply_steps(block.post, merge_time(s)), x.shape[0]) if block.post else s
+        return run_node_post(block.node, block.post, z, None)[0]
     return _BlockFunction.apply(block, x, *block.params)

@@ -8,7 +8,7 @@ flattening) produced. All functions work per time step, so a chunk ``[t0:t1]`` u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -18,13 +18,26 @@ _SHIFTS = torch.arange(8, dtype=torch.uint8)
 _WEIGHTS = (1 << _SHIFTS).to(torch.uint8)
 
 
-def pack_bits(x: torch.Tensor, step_chunk: int = 8) -> torch.Tensor:
-    """Pack a binary ``[T, ...]`` tensor into ``uint8 [T, ceil(M / 8)]`` (bit ``j`` of byte ``i`` is element ``8 i + j``)."""
+def _cpu_kernels(x: torch.Tensor) -> bool:
+    """The Numba kernels (:mod:`edgesnn.kernels.numba_bits`) serve CPU float tensors."""
+    from ..kernels.dispatch import numba_available
+
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and numba_available()
+
+
+def pack_bits(x: torch.Tensor, step_chunk: int = 8, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pack a binary ``[T, ...]`` tensor into ``uint8 [T, ceil(M / 8)]`` (bit ``j`` of byte ``i`` is
+    element ``8 i + j``), into ``out`` when given (a contiguous ``uint8 [T, ceil(M / 8)]``)."""
     T = x.shape[0]
     flat = x.reshape(T, -1)
     M = flat.shape[1]
     nbytes = (M + 7) // 8
-    out = torch.empty(T, nbytes, dtype=torch.uint8, device=x.device)
+    if out is None:
+        out = torch.empty(T, nbytes, dtype=torch.uint8, device=x.device)
+    if _cpu_kernels(x) and out.is_contiguous():
+        from ..kernels.numba_bits import pack_rows
+
+        return pack_rows(flat.contiguous(), out)
     w = _WEIGHTS.to(x.device)
     for t0 in range(0, T, step_chunk):
         t1 = min(t0 + step_chunk, T)
@@ -53,6 +66,10 @@ def unpack_bits(packed: torch.Tensor, shape: Tuple[int, ...], dtype: torch.dtype
     M = 1
     for s in shape:
         M *= s
+    if packed.device.type == "cpu" and dtype in (torch.float32, torch.float64) and _cpu_kernels(torch.empty(0, dtype=dtype)):
+        from ..kernels.numba_bits import unpack_rows
+
+        return unpack_rows(packed.reshape(k, -1), M, dtype).view(k, *shape)
     bits = _byte_table(dtype, packed.device)[packed.reshape(-1).long()]  # [k * nbytes, 8]
     bits = bits.view(k, -1)
     return (bits if bits.shape[1] == M else bits[:, :M].contiguous()).view(k, *shape)

@@ -10,7 +10,7 @@ from torch import nn
 from .batchnorm import batch_stats_mode
 from .block import Block, run_block
 from .layers import child_steps
-from .steps import apply_steps, merge_time, run_node, split_time
+from .steps import apply_steps, merge_time, run_node_post, split_time
 
 __all__ = ["MemoryOptimizedSequential", "install", "uninstall", "EVAL_CHUNK_STEPS"]
 
@@ -76,8 +76,7 @@ class MemoryOptimizedSequential(nn.Sequential):
                     i += 1
                     continue
                 z = split_time(apply_steps(b.steps, merge_time(y)), k)
-                s, states[i] = run_node(b.node, z, states.get(i))
-                y = split_time(apply_steps(b.post, merge_time(s)), k) if b.post else s
+                y, states[i] = run_node_post(b.node, b.post, z, states.get(i))
                 i = b.stop
             outs.append(y)
         return torch.cat(outs)

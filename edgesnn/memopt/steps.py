@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..functional.lif import initial_state as lif_initial_state
 from ..kernels import dispatch
 from ..nn import LIF
 from .batchnorm import batch_stats_mode, bn_static
@@ -19,7 +20,7 @@ from .layers import Step
 if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
 
-__all__ = ["apply_steps", "merge_time", "split_time", "run_node", "apply_static", "apply_recompute",
+__all__ = ["apply_steps", "merge_time", "split_time", "run_node", "run_node_post", "apply_static", "apply_recompute",
            "node_chunk_backward"]
 
 
@@ -43,6 +44,50 @@ def run_node(node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor]) -> Tu
     return dispatch.revlif_multistep(z, node.params, v0, node.backend)
 
 
+def _pool2(post: List[Step]) -> bool:
+    """``post`` is one 2x2, stride-2 max-pool without padding (what the fused kernels implement)."""
+    if len(post) != 1 or not isinstance(post[0].module, nn.MaxPool2d):
+        return False
+    m = post[0].module
+
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    return (pair(m.kernel_size) == (2, 2) and pair(m.stride if m.stride is not None else m.kernel_size) == (2, 2)
+            and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices)
+
+
+def _fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[str]:
+    """Which fused CPU kernel runs node + post on ``z [k, B, ...]``: ``"pool2"`` (LIF then a 2x2
+    max-pool), ``"lif"`` (LIF alone, backward only), or ``None`` (the node's own path + the layers)."""
+    if type(node) is not LIF or z.dtype != torch.float32 or z.device.type != "cpu":
+        return None
+    if dispatch.resolve_backend(node.backend, z, node.params) != "numba":
+        return None
+    if not post:
+        return "lif"
+    if _pool2(post) and z.dim() == 5 and z.shape[-1] >= 2 and z.shape[-2] >= 2:
+        return "pool2"
+    return None
+
+
+def run_node_post(node: nn.Module, post: List[Step], z: torch.Tensor, v0: Optional[torch.Tensor]):
+    """Node then the layers after it on ``z [k, B, ...]`` (no autograd): ``(output, v_T)``; a LIF
+    followed by a 2x2 max-pool runs as one fused kernel (bit-identical, no full-size spikes)."""
+    k = z.shape[0]
+    if _fused_kind(node, post, z) == "pool2" and not torch.is_grad_enabled():
+        from ..kernels.numba_lif_pool import lif_pool2_forward
+
+        zc = z.contiguous()
+        v = v0 if v0 is not None else lif_initial_state(zc[0], node.params)
+        fin: list = []
+        o, v_T = lif_pool2_forward(zc, v.contiguous(), node.params, finite=fin)
+        if fin == [True]:
+            return o, v_T
+    s, v_T = run_node(node, z, v0)
+    return (split_time(apply_steps(post, merge_time(s)), k) if post else s), v_T
+
+
 def apply_static(steps: List[Step], x0: torch.Tensor, T: int, update: bool) -> torch.Tensor:
     for s in steps:
         x0 = bn_static(s.module, x0, T, update) if s.kind == "bn" and batch_stats_mode(s.module) else s.fn(x0)
@@ -62,8 +107,16 @@ def apply_recompute(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
 
 def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
                          g_v: Optional[torch.Tensor], post_needed: bool = True):
-    """Back-propagate one chunk through node and post layers; returns ``(dz, dv0)``."""
+    """Back-propagate one chunk through node and post layers; returns ``(dz, dv0)``.
+
+    A LIF alone, or followed by a 2x2 max-pool, runs its fused backward kernel, which recomputes
+    the membrane potential itself (no forward under autograd, no full-size spikes)."""
     k = z.shape[0]
+    kind = _fused_kind(block.node, block.post, z)
+    if kind is not None:
+        out = _fused_backward(kind, block.node, z, v0, g_out, g_v)
+        if out is not None:
+            return out
     zl = z.detach().requires_grad_(True)
     v0l = v0.detach().requires_grad_(True) if v0 is not None else None
     with torch.enable_grad():
@@ -75,3 +128,23 @@ def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tens
             grads.append(g_v)
         torch.autograd.backward(outs, grads)
     return zl.grad, (v0l.grad if v0l is not None else None)
+
+
+def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
+                    g_v: Optional[torch.Tensor]):
+    """``(dz, dv0)`` from a fused kernel, or ``None`` when a value is not finite (the caller's
+    unfused path then reports it as the node does)."""
+    from ..kernels import numba_cpu
+    from ..kernels.numba_lif_pool import lif_pool2_backward
+
+    zc = z.detach().contiguous()
+    v = v0.detach().contiguous() if v0 is not None else lif_initial_state(zc[0], node.params)
+    gv = g_v.contiguous() if g_v is not None else torch.zeros_like(v)
+    fin: list = []
+    if kind == "pool2":
+        gx, gv0 = lif_pool2_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin)
+    else:
+        gx, gv0 = numba_cpu.lif_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin)
+    if fin != [True]:
+        return None
+    return gx, (gv0 if v0 is not None else None)

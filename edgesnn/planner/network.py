@@ -25,16 +25,19 @@ __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "predict_peak", "plan_blo
 # count; one-chunk peaks then agree within 8% (one configuration 15% above). Forward: input chunk,
 # layer output, normalised output, node output, tail output. Backward: the same recomputed plus
 # their gradients and the node's pooled buffers.
-FWD_X, FWD_A, FWD_O = 1.0, 3.0, 1.0
-BWD_X, BWD_A, BWD_O = 2.5, 3.75, 0.75
-STATIC_BWD_A = 4.25
+FWD_X, FWD_A, FWD_O = 0.6, 1.9, 2.7
+BWD_X, BWD_A, BWD_O = 0.0, 3.2, 3.25
+STATIC_BWD_A = 2.2
+# Backward of a block that holds its layer output (Block.hold): node-input tensors per chunk step
+# besides the held output itself.
+HELD_BWD_A = 1.4
 # Backward of a convolution: its weight in the kernel's blocked layout, the new weight gradient
 # and its reorder, in multiples of the block's parameter bytes (big kernels, small images: VGG's
 # 512x512 layers at 4x4 and 2x2 are set by them).
-BWD_PARAM = 1.5
+BWD_PARAM = 1.8
 # A one-chunk block with BatchNorm runs its backward under autograd (BatchNorm's own saved input,
 # output and gradient, none of them in place): this many more node-input tensors per step.
-PLAIN_BN_BWD_A = 1.0
+PLAIN_BN_BWD_A = 2.0
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
 NO_BUDGET_SLACK = 1.10
 NO_BUDGET_SLACK_BYTES = 10 * 2**20  # small models: a few MiB are not worth many small chunks
@@ -71,6 +74,7 @@ class BlockShape:
     hands_off: bool = False  # its output goes packed straight to the next block
     param_bytes: int = 0     # the block's parameters (convolution kernels copy their weights per call)
     has_post: bool = True    # pooling/flatten after the node (else the output is the node's spikes)
+    can_hold: bool = False   # its layer output may be held from forward to backward (Block.hold)
 
 
 @dataclass
@@ -79,6 +83,7 @@ class BlockChoice:
     strategy: str           # "recompute" (one chunk) or "chunked"
     chunk: int
     saved_bytes: int
+    hold: bool = False      # layer output held from forward to backward: no recomputation
 
 
 @dataclass
@@ -109,9 +114,10 @@ def _n_chunks(T: int, K: int) -> int:
     return -(-T // K)
 
 
-def _saved(b: BlockShape, K: int) -> int:
-    """Bytes a block keeps from its forward to its backward: input + node state per chunk boundary."""
-    return b.x_saved_bytes + (_n_chunks(b.T, K) - 1) * b.a_bytes
+def _saved(b: BlockShape, K: int, hold: bool = False) -> int:
+    """Bytes a block keeps from its forward to its backward: input + node state per chunk boundary
+    (+ its layer output over all T when it holds it)."""
+    return b.x_saved_bytes + (_n_chunks(b.T, K) - 1) * b.a_bytes + (b.T * b.a_bytes if hold else 0)
 
 
 def _fused(shapes: Sequence[BlockShape], i: int) -> bool:
@@ -119,16 +125,18 @@ def _fused(shapes: Sequence[BlockShape], i: int) -> bool:
     return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
 
 
-def _chunked_bn(b: BlockShape, K: int) -> bool:
-    """The block runs BatchNorm's statistics passes over several chunks."""
-    return b.has_bn and not b.static and b.can_chunk and _n_chunks(b.T, K) > 1
+def _chunked_bn(b: BlockShape, K: int, hold: bool = False) -> bool:
+    """The block runs BatchNorm's statistics passes over its chunks (several, or held ones)."""
+    return b.has_bn and not b.static and b.can_chunk and (_n_chunks(b.T, K) > 1 or hold)
 
 
 def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
                  inner: int = STATIC_INNER_STEPS,
-                 breakdown: Optional[Dict[str, int]] = None, keeps: Optional[Sequence[int]] = None):
+                 breakdown: Optional[Dict[str, int]] = None, keeps: Optional[Sequence[int]] = None,
+                 holds: Optional[Sequence[bool]] = None):
     """``(peak bytes, phase name)`` of one training step with chunk ``chunks[i]`` for block ``i``
-    (whose forward keeps the layer output of its first ``keeps[i]`` chunks between its passes).
+    (whose forward keeps the layer output of its first ``keeps[i]`` chunks between its passes, or
+    holds it over all T from its forward to its backward where ``holds[i]``).
 
     Mirrors :mod:`edgesnn.memopt.block`: blocks hand packed outputs to the next block (no dense
     output over T), a repeated-input block runs ``inner`` steps at a time and its backward runs
@@ -140,20 +148,25 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     kept = 0
     n = len(shapes)
     phases = {}
+    held = [bool(holds and holds[i]) for i in range(len(shapes))]
     for i, (b, K) in enumerate(zip(shapes, chunks)):
         k = min(K, b.T)
         if b.static:
             tmp = min(inner, k) * FWD_A * b.a_bytes + 2 * b.a_bytes
         else:
             tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes * b.has_post) + b.param_bytes
-            if keeps and _chunked_bn(b, K):
-                tmp += keeps[i] * k * b.a_bytes
+            if held[i]:
+                tmp += (b.T - k) * b.a_bytes  # every chunk's layer output, held on into the backward
+            elif keeps and keeps[i] and _chunked_bn(b, K):
+                tmp += (keeps[i] - 1) * k * b.a_bytes  # the chunk being made is one of those kept
         kept += _saved(b, K)
         y = 0 if b.hands_off else b.T * b.o_bytes
         phase = kept + y + tmp
         phases[f"forward {b.name}"] = phase
         if phase > best:
             best, where = phase, f"forward {b.name}"
+        if held[i]:
+            kept += b.T * b.a_bytes
     tail = shapes[-1].T * shapes[-1].o_bytes if shapes and not shapes[-1].hands_off else 0
     for i in range(n - 1, -1, -1):
         b, K = shapes[i], chunks[i]
@@ -177,8 +190,11 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
                 g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
             tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes
-            if b.has_bn and nc == 1:
+            if b.has_bn and nc == 1 and not held[i]:
                 tmp += k * PLAIN_BN_BWD_A * b.a_bytes
+            if held[i]:
+                # the layer output is the held one (in ``kept``), not recomputed; pass 1 keeps it
+                tmp += k * (HELD_BWD_A - BWD_A) * b.a_bytes
             if prev_fused:
                 p = shapes[i - 1]
                 tmp += min(inner, k) * STATIC_BWD_A * p.a_bytes + max(chunks[i - 1] // k, 1) * p.a_bytes
@@ -186,7 +202,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         phases[f"backward {b.name}"] = phase
         if phase > best:
             best, where = phase, f"backward {b.name}"
-        kept -= _saved(b, K)
+        kept -= _saved(b, K, held[i])
         if i > 0 and _fused(shapes, i - 1):
             kept -= _saved(shapes[i - 1], chunks[i - 1])
         tail = 0
@@ -195,7 +211,8 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     return int(best + fixed_bytes), where
 
 
-def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Optional[Sequence[int]] = None) -> float:
+def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Optional[Sequence[int]] = None,
+                 holds: Optional[Sequence[bool]] = None) -> float:
     """Relative step time: layer passes x MACs plus a cost per chunk pass."""
     total = 0.0
     for i, (b, K) in enumerate(zip(shapes, chunks)):
@@ -203,12 +220,14 @@ def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Opt
         steps = 1 if b.static else b.T
         # chunked BatchNorm: sum pass, squared-deviation pass and output pass (the chunks kept
         # from the first pass are not recomputed) + two backward passes recomputing the layers,
-        # plus the layers' own backward (2)
+        # plus the layers' own backward (2); a held layer output: one forward pass + backward
         passes = 4
-        if _chunked_bn(b, K):
+        if holds and holds[i]:
+            passes = 3
+        elif _chunked_bn(b, K):
             m = min(keeps[i], nc) if keeps else 0
             passes = 5 + 2 * (1 - m / nc) if m else 7
-        node_passes = 3 if (b.has_bn and nc > 1 and not b.static) else 2
+        node_passes = 3 if (_chunked_bn(b, K, bool(holds and holds[i]))) else 2
         total += passes * b.macs * steps + nc * node_passes * CHUNK_OVERHEAD_MACS
     return total
 
@@ -243,25 +262,59 @@ def _fit_static(shapes: Sequence[BlockShape], chunks: List[int], fixed_bytes: in
     return out
 
 
+def plan_target(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0,
+                path: Optional[List[List[int]]] = None) -> int:
+    """The peak a plan may reach: ``BUDGET_HEADROOM`` of ``budget``; with no budget,
+    ``NO_BUDGET_SLACK`` (or ``NO_BUDGET_SLACK_BYTES``) above the least peak chunking reaches."""
+    if budget is not None:
+        # headroom: large chunks of large blocks measured above the transient model (VGG-11, T = 64)
+        return int(budget * BUDGET_HEADROOM)
+    path = path if path is not None else _descent(shapes, fixed_bytes)
+    low = predict_peak(shapes, path[-1], fixed_bytes)[0]
+    return int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
+
+
 def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
     """Chunk size per block: the fastest choice (fewest, largest chunks) whose predicted peak fits
-    ``BUDGET_HEADROOM`` of ``budget``. With no budget: the fastest choice within
-    ``NO_BUDGET_SLACK`` of the least peak reachable by chunking."""
+    :func:`plan_target` (``BUDGET_HEADROOM`` of ``budget``; with no budget, ``NO_BUDGET_SLACK``
+    above the least peak reachable by chunking)."""
     path = _descent(shapes, fixed_bytes)
-    if budget is None:
-        low = predict_peak(shapes, path[-1], fixed_bytes)[0]
-        target = int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
-        return _fastest_within(shapes, path, target, fixed_bytes) or path[-1]
-    # headroom: large chunks of large blocks measured above the transient model (VGG-11, T = 64)
-    target = int(budget * BUDGET_HEADROOM)
+    target = plan_target(shapes, budget, fixed_bytes, path)
     best = _fastest_within(shapes, path, target, fixed_bytes)
-    if best is None:
-        least = predict_peak(shapes, path[-1], fixed_bytes)[0]
-        raise PlanningError(
-            f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
-            f"{least / 2**20:.1f} MiB (planned with {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the "
-            "batch or T, or raise the budget")
-    return best
+    if best is not None:
+        return best
+    if budget is None:
+        return path[-1]
+    least = predict_peak(shapes, path[-1], fixed_bytes)[0]
+    raise PlanningError(
+        f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
+        f"{least / 2**20:.1f} MiB (planned with {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the "
+        "batch or T, or raise the budget")
+
+
+def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Sequence[int], target: int,
+                 fixed_bytes: int = 0) -> List[bool]:
+    """Per block, whether it holds its layer output from forward to backward (no recomputation of
+    its convolution: two or three layer passes fewer). Greedy, most time saved per held byte first,
+    while the predicted peak stays within ``target`` (or does not rise, when already above it)."""
+    holds = [False] * len(shapes)
+    base = predict_peak(shapes, chunks, fixed_bytes, keeps=keeps)[0]
+    cap = max(target, base)
+    now = predict_time(shapes, chunks, keeps, holds)
+    gains = []
+    for i, b in enumerate(shapes):
+        if not (b.can_hold and b.has_bn and not b.static and b.can_chunk):
+            continue
+        trial = list(holds)
+        trial[i] = True
+        saved = now - predict_time(shapes, chunks, keeps, trial)
+        if saved > 0:
+            gains.append((saved / max(1, b.T * b.a_bytes), i))
+    for _, i in sorted(gains, reverse=True):
+        holds[i] = True
+        if predict_peak(shapes, chunks, fixed_bytes, keeps=keeps, holds=holds)[0] > cap:
+            holds[i] = False
+    return holds
 
 
 def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target: int,
@@ -393,7 +446,7 @@ def block_shape(block, index: int) -> BlockShape:
         static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
         hands_off=block.next_block is not None,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
-        has_post=bool(block.post),
+        has_post=bool(block.post), can_hold=block.can_hold(),
     )
 
 
@@ -408,13 +461,18 @@ def plan_blocks(blocks, model: nn.Module, budget: Optional[int], chunk: Optional
         chunks = plan_chunks(shapes, budget, fixed)
     chunks = _fit_static(shapes, list(chunks), fixed)
     keeps = choose_keeps(shapes, chunks, fixed)
-    for b, K, sh, m in zip(blocks, chunks, shapes, keeps):
+    # a forced chunk asks for that chunking: nothing held beyond it
+    holds = [False] * len(shapes) if chunk is not None else choose_holds(
+        shapes, chunks, keeps, plan_target(shapes, budget, fixed), fixed)
+    for b, K, sh, m, h in zip(blocks, chunks, shapes, keeps, holds):
         b.chunk = K
         b.inner = max(1, min(K, STATIC_INNER_STEPS)) if sh.static else 0
         b.keep = m
-    peak, phase = predict_peak(shapes, chunks, fixed, keeps=keeps)
-    choices = [BlockChoice(s.name, "recompute" if K >= s.T else "chunked", K, _saved(s, K)) for s, K in zip(shapes, chunks)]
-    return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks, keeps), fixed)
+        b.hold = h
+    peak, phase = predict_peak(shapes, chunks, fixed, keeps=keeps, holds=holds)
+    choices = [BlockChoice(s.name, "hold" if h else "recompute" if K >= s.T else "chunked", K, _saved(s, K, h), h)
+               for s, K, h in zip(shapes, chunks, holds)]
+    return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks, keeps, holds), fixed)
 
 
 def choose_keeps(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0) -> List[int]:

@@ -1,0 +1,78 @@
+"""Spike packing for the CPU (Numba): 0/1 values to 1 bit each and back, in one parallel pass.
+
+Bit ``j`` of byte ``i`` of a row is element ``8 i + j`` (the layout of
+:func:`edgesnn.memopt.packing.pack_bits`, whose torch form runs elsewhere). Rows are time steps
+``[T, M]``; a row's last byte is zero-padded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import configure_cache, configure_threading_layer
+
+configure_cache()  # as numba_cpu does: the kernels' cache folder, before numba compiles anything
+
+from numba import njit, prange  # noqa: E402
+
+configure_threading_layer()
+
+__all__ = ["pack_rows", "unpack_rows"]
+
+_CHUNK = 4096  # bytes per parallel task
+
+
+@njit(parallel=True, cache=True)
+def _pack(x, out, M):
+    T, nbytes = out.shape
+    per_row = (nbytes + _CHUNK - 1) // _CHUNK
+    for task in prange(T * per_row):
+        t = task // per_row
+        b0 = (task % per_row) * _CHUNK
+        b1 = min(b0 + _CHUNK, nbytes)
+        row = x[t]
+        orow = out[t]
+        for i in range(b0, b1):
+            e = 8 * i
+            v = 0
+            if e + 8 <= M:
+                for j in range(8):
+                    if row[e + j] != 0:
+                        v |= 1 << j
+            else:
+                for j in range(M - e):
+                    if row[e + j] != 0:
+                        v |= 1 << j
+            orow[i] = v
+
+
+@njit(parallel=True, cache=True)
+def _unpack(packed, out, M):
+    T, nbytes = packed.shape
+    per_row = (nbytes + _CHUNK - 1) // _CHUNK
+    for task in prange(T * per_row):
+        t = task // per_row
+        b0 = (task % per_row) * _CHUNK
+        b1 = min(b0 + _CHUNK, nbytes)
+        prow = packed[t]
+        orow = out[t]
+        for i in range(b0, b1):
+            v = prow[i]
+            e = 8 * i
+            n = min(8, M - e)
+            for j in range(n):
+                orow[e + j] = (v >> j) & 1
+
+
+def pack_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Pack ``x [T, M]`` (CPU, contiguous, float or integer 0/1) into ``out uint8 [T, ceil(M / 8)]``."""
+    _pack(x.numpy(), out.numpy(), x.shape[1])
+    return out
+
+
+def unpack_rows(packed: torch.Tensor, M: int, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`pack_rows`: ``packed uint8 [T, nbytes]`` to ``[T, M]`` of 0/1 in ``dtype``."""
+    out = torch.empty(packed.shape[0], M, dtype=dtype)
+    _unpack(np.ascontiguousarray(packed.numpy()), out.numpy(), M)
+    return out

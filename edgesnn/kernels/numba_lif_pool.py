@@ -1,0 +1,186 @@
+"""LIF followed by a 2x2, stride-2 max-pool, fused (Numba CPU): the shape of VGG-like SNN blocks.
+
+Spikes are 0 or 1, so the pooled output of a window is 1 when any of its four neurons fires, and
+the max-pool's gradient goes to the window's *first* neuron that fires (row-major), or to its
+first neuron when none fires: exactly where PyTorch's CPU ``max_pool2d`` routes it (it keeps the
+first maximum it meets). Fusing saves the full-resolution spike tensor, the pooling pass, its
+``int64`` indices and the separate forward that the unfused backward runs under autograd (the
+backward kernel recomputes the membrane potential from the node input, like
+:func:`edgesnn.kernels.numba_cpu.lif_backward`).
+
+Layout: node input ``x [T, R, H, W]`` (``R`` = batch x channels, NCHW-contiguous per step),
+pooled output ``[T, R, H // 2, W // 2]`` (floor mode: an odd last row or column is dropped, its
+neurons get no spike gradient). Values are bit-identical to ``lif_forward`` + ``F.max_pool2d``,
+and gradients to their autograd backward.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..functional.lif import LIFParams
+from . import buffers as _buffers
+from . import neuron_math as nm
+from .numba_cpu import _F0, _check_cpu_f32, _np, _report, block_size, bwd_block_size, charge, fire, reset, step_vjp
+
+from numba import njit, prange  # noqa: E402  (numba_cpu configured threading and the cache)
+
+__all__ = ["lif_pool2_forward", "lif_pool2_backward"]
+
+
+def _rows_per_block(n_per_row: int, blk: int) -> int:
+    return max(1, blk // max(1, n_per_row))
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H, W, rows):
+    """``x [T, R*H*W]``, ``out [T, R*Hp*Wp]``: spikes pooled 2x2 as they are made."""
+    T, K = x.shape
+    HW = H * W
+    Hp = H // 2
+    Wp = W // 2
+    HWp = Hp * Wp
+    R = K // HW
+    nblk = (R + rows - 1) // rows
+    for bi in prange(nblk):
+        r0 = bi * rows
+        r1 = min(r0 + rows, R)
+        j0 = r0 * HW
+        n = (r1 - r0) * HW
+        v = vT[j0:j0 + n]
+        F = np.empty(n, np.float32)
+        sl = np.empty(n, np.float32)
+        vr0 = v0[j0:j0 + n]
+        for j in range(n):
+            a = vr0[j]
+            v[j] = a
+            F[j] = a - a
+        for t in range(T):
+            xr = x[t, j0:j0 + n]
+            for j in range(n):
+                xv = xr[j]
+                F[j] = F[j] + (xv - xv)
+                hh = charge(xv, v[j], tau, v_reset, decay_input)
+                ss = fire(hh, v_th)
+                sl[j] = ss
+                v[j] = reset(hh, ss, v_th, v_reset, hard)
+            orow = out[t, r0 * HWp:r1 * HWp]
+            for r in range(r1 - r0):
+                for i in range(Hp):
+                    for jj in range(Wp):
+                        p = r * HW + 2 * i * W + 2 * jj
+                        orow[r * HWp + i * Wp + jj] = max(max(sl[p], sl[p + 1]), max(sl[p + W], sl[p + W + 1]))
+        acc = _F0
+        for j in range(n):
+            acc += F[j]
+        nf[bi] = acc
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _lif_pool2_bwd(x, v0, gp, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
+                   kind, a, b, H, W, rows):
+    """Recompute ``h`` into ``gx`` (block-local), then walk back; each step's spike gradient is the
+    pooled gradient routed to the window's first firing neuron (else its first neuron)."""
+    T, K = x.shape
+    bcast = gp.shape[0] == 1
+    HW = H * W
+    Hp = H // 2
+    Wp = W // 2
+    HWp = Hp * Wp
+    R = K // HW
+    nblk = (R + rows - 1) // rows
+    for bi in prange(nblk):
+        r0 = bi * rows
+        r1 = min(r0 + rows, R)
+        j0 = r0 * HW
+        n = (r1 - r0) * HW
+        g = gv0[j0:j0 + n]
+        g[:] = v0[j0:j0 + n]  # g holds the state v during the recompute pass
+        for t in range(T):
+            xr = x[t, j0:j0 + n]
+            hr = gx[t, j0:j0 + n]
+            for j in range(n):
+                hh = charge(xr[j], g[j], tau, v_reset, decay_input)
+                hr[j] = hh
+                g[j] = reset(hh, fire(hh, v_th), v_th, v_reset, hard)
+        F = np.zeros(n, np.float32)
+        gs = np.zeros(n, np.float32)
+        g[:] = gvT[j0:j0 + n]
+        for t in range(T - 1, -1, -1):
+            hr = gx[t, j0:j0 + n]
+            gpr = gp[0 if bcast else t, r0 * HWp:r1 * HWp]
+            for r in range(r1 - r0):
+                for i in range(Hp):
+                    for jj in range(Wp):
+                        p = r * HW + 2 * i * W + 2 * jj
+                        q = p
+                        if fire(hr[p], v_th) == 0:
+                            if fire(hr[p + 1], v_th) != 0:
+                                q = p + 1
+                            elif fire(hr[p + W], v_th) != 0:
+                                q = p + W
+                            elif fire(hr[p + W + 1], v_th) != 0:
+                                q = p + W + 1
+                        gs[q] = gpr[r * HWp + i * Wp + jj]
+            for j in range(n):
+                gxx, gvv = step_vjp(hr[j], gs[j], g[j], v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
+                hr[j] = gxx
+                gs[j] = 0
+                F[j] = F[j] + (gxx - gxx)
+                g[j] = gvv
+        acc = _F0
+        for j in range(n):
+            acc += F[j] + (g[j] - g[j])
+        nf[bi] = acc
+
+
+def _shape(x: torch.Tensor):
+    if x.dim() < 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+        raise ValueError(f"x_seq: expected [T, ..., H, W] with H, W >= 2, got {tuple(x.shape)}")
+    T, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+    return T, x.numel() // T, H, W
+
+
+def lif_pool2_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Optional[list] = None):
+    """LIF over ``x [T, ..., H, W]`` from ``v0 [..., H, W]``, spikes max-pooled 2x2 (stride 2).
+
+    Returns ``(pooled [T, ..., H // 2, W // 2], v_T)``; ``finite`` (a list) gets a bool appended:
+    every value of ``x`` and ``v0`` was finite.
+    """
+    x = _check_cpu_f32(x, "x_seq")
+    v0 = _check_cpu_f32(v0, "v0")
+    T, K, H, W = _shape(x)
+    out = _buffers.empty(tuple(x.shape[:-2]) + (H // 2, W // 2))
+    vT = torch.empty_like(v0)
+    rows = _rows_per_block(H * W, block_size(K))
+    nf = np.zeros(max(1, -(-(K // (H * W)) // rows)), np.float32)
+    _lif_pool2_fwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(out).reshape(T, -1), _np(vT).reshape(K), nf,
+                   *nm.charge_args(p), H, W, rows)
+    _report(finite, nf)
+    return out, vT
+
+
+def lif_pool2_backward(x: torch.Tensor, v0: torch.Tensor, grad_pooled: torch.Tensor, grad_vT: torch.Tensor,
+                       p: LIFParams, *, finite: Optional[list] = None):
+    """Backward of :func:`lif_pool2_forward` from its inputs: returns ``(grad_x, grad_v0)``.
+
+    ``grad_pooled`` is ``[T, ..., H // 2, W // 2]`` (or ``[1, ...]``: the same at every step);
+    ``finite`` (a list) gets a bool appended: every value of both gradients is finite.
+    """
+    x = _check_cpu_f32(x, "x_seq")
+    v0 = _check_cpu_f32(v0, "v0")
+    grad_pooled = _check_cpu_f32(grad_pooled, "grad_pooled")
+    grad_vT = _check_cpu_f32(grad_vT, "grad_v_T")
+    T, K, H, W = _shape(x)
+    gx = _buffers.empty(x.shape)
+    gv0 = torch.empty_like(grad_vT)
+    rows = _rows_per_block(H * W, bwd_block_size(K, T))
+    nf = np.zeros(max(1, -(-(K // (H * W)) // rows)), np.float32)
+    _lif_pool2_bwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(grad_pooled).reshape(grad_pooled.shape[0], -1),
+                   _np(grad_vT).reshape(K), _np(gx).reshape(T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
+                   bool(p.detach_reset), *nm.vjp_args(p), H, W, rows)
+    _report(finite, nf)
+    return gx, gv0
