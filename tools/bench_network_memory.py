@@ -6,12 +6,12 @@ T as a zero-stride view, batch 8, forward + backward of cross-entropy on the tim
 one warm-up step, parameter gradients kept allocated (``zero_grad(set_to_none=False)``), large
 allocations forced to mmap (``MALLOC_MMAP_THRESHOLD_=131072``, so freed memory returns to the OS
 and RSS tracks live tensors). Peak = VmHWM during the measured steps minus the RSS before them
-(so parameters, gradients and the process baseline are excluded). Step times come from one
-more process per T that holds every row's model and alternates their steps (median of 3 rounds),
-so load changes on a shared machine hit all rows alike; times are ratios to SpikingJelly BPTT.
-That process runs with glibc's default allocator settings, as a user's training does: forcing
-every allocation above 128 KiB to ``mmap`` (right for measuring peaks) makes each step page-fault
-its large tensors afresh and slowed SpikingJelly's T = 64 step 2.3x (edgesnn's rows much less).
+(so parameters, gradients and the process baseline are excluded). Step times come from
+more fresh processes, one per row and round, the rows taken in turn (``--rounds``, default 2; the
+median of all timed steps), run with glibc's default allocator settings as a user's training
+runs: forcing every allocation above 128 KiB to ``mmap`` (right for measuring peaks) makes each
+step page-fault its large tensors afresh, which slowed SpikingJelly's T = 64 step 2.3x and
+edgesnn's optimized one 1.7x. Times are ratios to SpikingJelly BPTT in the same run.
 
 Rows: SpikingJelly 2.0 LIFNode BPTT; SpikingJelly ``memopt.optimize_memory(level=1,
 compress=True)`` (the level that runs on a CPU); edgesnn all-LIF and all-RevLIF (2 groups) without
@@ -169,50 +169,13 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) 
         step()
         times.append(time.perf_counter() - t)
     peak = _hwm() - before
-    out = {"row": row, "T": T, "batch": batch, "peak_bytes": peak, "step_s": statistics.median(times)}
+    out = {"row": row, "T": T, "batch": batch, "peak_bytes": peak, "step_s": statistics.median(times),
+           "step_times": times}
     if plan is not None:
         out["predicted_peak_bytes"] = plan.peak_bytes
         out["chunks"] = [b.chunk for b in plan.blocks]
         out["holds"] = [b.hold for b in plan.blocks]
     return out
-
-
-def timing(T: int, batch: int, rows, budget: int, rounds: int, threads: int) -> dict:
-    """Step time of every row in ONE process, rows interleaved round by round (median per row), so
-    that machine load moving during the run hits all rows alike (the memory rows run in fresh
-    processes, where times are only indicative)."""
-    import torch
-    import torch.nn.functional as F
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    x0 = torch.rand(batch, 3, 32, 32)
-    x = x0.unsqueeze(0).expand(T, *x0.shape)
-    y = torch.randint(0, 10, (batch,))
-    models = {}
-    for row in rows:
-        try:
-            model, _ = row_model(row, x, budget)
-        except ValueError:
-            continue
-        models[row] = (model, _ROW_NODE.get(row) == "sj")
-
-    def step(model, sj):
-        if sj:
-            from spikingjelly.activation_based import functional
-            functional.reset_net(model)
-        model.zero_grad(set_to_none=False)
-        t = time.perf_counter()
-        F.cross_entropy(model(x).mean(0), y).backward()
-        return time.perf_counter() - t
-
-    for model, sj in models.values():
-        step(model, sj)  # warm-up
-    times = {row: [] for row in models}
-    for _ in range(rounds):
-        for row, (model, sj) in models.items():
-            times[row].append(step(model, sj))
-    return {row: statistics.median(v) for row, v in times.items()}
 
 
 def check_gradients(T: int, batch: int, threads: int) -> dict:
@@ -319,6 +282,18 @@ def _run_child(args: list, mmap_threshold: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
+    """Step time per row under glibc's default allocator: every row in a fresh process (one
+    warm-up step, then ``--steps`` timed ones), the rows taken in turn, ``rounds`` times over (so a
+    load change on a shared machine hits every row alike); the median of all timed steps."""
+    times = {row: [] for row in rows}
+    for _ in range(rounds):
+        for row in rows:
+            r = _run_child(["--worker", row, str(T), str(budget), *common], mmap_threshold=False)
+            times[row] += r["step_times"]
+    return {row: statistics.median(v) for row, v in times.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[8, 32, 64])
@@ -330,7 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", nargs=3, metavar=("ROW", "T", "BUDGET"), help=argparse.SUPPRESS)
     ap.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--timing-worker", nargs=2, metavar=("T", "BUDGET"), help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (each row in a fresh process per round)")
     ap.add_argument("--showcase", metavar="DEVICE",
                     help="instead of the table: VGG-11 at the largest T given by -T, on DEVICE's memory "
                          "(e.g. raspberry-pi-4-4gb), largest planned batch, measured peak vs SpikingJelly BPTT")
@@ -338,9 +313,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.batch, int(a.worker[2]), a.steps, a.threads)))
-        return 0
-    if a.timing_worker:
-        print(json.dumps(timing(int(a.timing_worker[0]), a.batch, a.rows, int(a.timing_worker[1]), a.steps, a.threads)))
         return 0
     if a.check_worker:
         print(json.dumps(check_gradients(a.check_worker, a.batch, a.threads)))
@@ -386,12 +358,12 @@ def main(argv=None) -> int:
             print(f"T={T:<3} {LABELS[row]:<42} peak {r['peak_bytes'] / 2**20:8.1f} MiB  step {r['step_s']:.2f} s"
                   + (f"  predicted {r['predicted_peak_bytes'] / 2**20:.1f} MiB  K={r['chunks']}" if "chunks" in r else ""),
                   flush=True)
-        tm = _run_child(["--timing-worker", str(T), str(budget), "--rows", *a.rows, *common], mmap_threshold=False)
+        tm = timing_rounds(T, budget, [r["row"] for r in results if r["T"] == T and "error" not in r], common, a.rounds)
         for r in results:
             if r["T"] == T and r["row"] in tm:
-                r["step_s_interleaved"] = tm[r["row"]]
-        print(f"T={T:<3} step time, rows interleaved in one process (median of {a.steps}): "
-              + ", ".join(f"{k} {v:.2f} s" for k, v in tm.items()), flush=True)
+                r["step_s_default_alloc"] = tm[r["row"]]
+        print(f"T={T:<3} step time, default allocator, a fresh process per row and round (median of "
+              f"{a.rounds} x {a.steps} steps): " + ", ".join(f"{k} {v:.2f} s" for k, v in tm.items()), flush=True)
         if not a.no_check:
             c = _run_child(["--check-worker", str(T), *common])
             checks.append(c)
@@ -413,8 +385,8 @@ def main(argv=None) -> int:
                 cells += ["(budget not met)" if r else "", ""]
                 continue
             ratio = f" ({ref['peak_bytes'] / r['peak_bytes']:.1f}x less)" if ref and row != "sj_bptt" else ""
-            step = r.get("step_s_interleaved", r["step_s"])
-            ref_step = ref.get("step_s_interleaved", ref["step_s"]) if ref else None
+            step = r.get("step_s_default_alloc", r["step_s"])
+            ref_step = ref.get("step_s_default_alloc", ref["step_s"]) if ref else None
             tr = f" ({step / ref_step:.2f}x)" if ref and row != "sj_bptt" else ""
             pred = f", pred. {r['predicted_peak_bytes'] / 2**20:.0f}" if "predicted_peak_bytes" in r else ""
             cells += [f"{r['peak_bytes'] / 2**20:.0f} MiB{ratio}{pred}", f"{step:.2f} s{tr}"]

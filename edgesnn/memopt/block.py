@@ -25,6 +25,11 @@ step, is computed once on ``[B, ...]`` and its gradient is the sum over time of 
 gradient (BatchNorm over ``T`` copies of a batch has that batch's statistics; the running variance
 still uses the unbiased count over ``T x B``).
 
+A block may hold its layer output (before BatchNorm) over all T from its forward to its backward
+(``Block.hold``): both backward passes then read it instead of recomputing the layer, whose
+backward runs without autograd (:mod:`edgesnn.memopt.layer_grad`). The passes themselves live in
+:mod:`edgesnn.memopt.block_backward`.
+
 Parameter gradients are accumulated straight into ``.grad`` during the block's backward (as
 ``torch.utils.checkpoint``'s reentrant variant does), not returned through autograd.
 """
@@ -38,15 +43,14 @@ import torch
 from torch import nn
 
 from ..kernels import buffers
-from .batchnorm import (ChunkStats, ExactStats, batch_stats_mode, bn_normalize, bn_output, channel_view, exact_supported,
-                        reduce_dims, update_running)
+from .batchnorm import ChunkStats, ExactStats, batch_stats_mode, bn_output, exact_supported, update_running
+from .block_backward import backward_chunked_bn, backward_plain
 from .gradchunks import DenseGrad, GradChunks
-from .layer_grad import layer_backward, layer_backward_supported
+from .layer_grad import layer_backward_supported
 from .layers import Step
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
 from .static import StaticBackward
-from .steps import (apply_recompute, apply_static, apply_steps, merge_time, node_chunk_backward, run_node, run_node_post,
-                    split_time)
+from .steps import apply_static, apply_steps, merge_time, run_node_post, split_time
 
 __all__ = ["Block", "run_block"]
 
@@ -96,17 +100,6 @@ class Block:
         whose backward :func:`edgesnn.memopt.layer_grad.layer_backward` computes without autograd."""
         i = self.bn_index()
         return i == 1 and self.can_chunk() and layer_backward_supported(self.steps[0])
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers
-
-
-def _accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
-    if p.grad is None:
-        p.grad = g.to(p.dtype).clone()
-    else:
-        p.grad.add_(g.to(p.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,9 +237,9 @@ class _BlockFunction(torch.autograd.Function):
         del grad_out
         wants_input_grad = grad_in is not None or prev is not None
         if ctx.chunked_bn:
-            _backward_chunked_bn(ctx, block, saved, src, sink, wants_input_grad)
+            backward_chunked_bn(ctx, block, saved, src, sink, wants_input_grad)
         else:
-            _backward_plain(ctx, block, saved, src, sink, wants_input_grad)
+            backward_plain(ctx, block, saved, src, sink, wants_input_grad)
         if prev is not None:
             prev.finish()
         ctx.checkpoints = None
@@ -338,131 +331,6 @@ class _Handoff:
         else:
             n = int(codec.split(":")[1])
             self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
-
-
-def _backward_plain(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
-    """No batch statistics across chunks: one reverse pass, each chunk under autograd."""
-    g_v = None
-    for c in range(len(ctx.bounds) - 1, -1, -1):
-        t0, t1 = ctx.bounds[c]
-        k = t1 - t0
-        xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
-        v0 = ctx.checkpoints[c]
-        v0l = v0.detach().requires_grad_(True) if v0 is not None else None
-        with torch.enable_grad():
-            z = split_time(apply_recompute(block.steps, merge_time(xl)), k)
-            s, v_T = run_node(block.node, z, v0l)
-            o = split_time(apply_steps(block.post, merge_time(s)), k) if block.post else s
-            outs, grads = [o], [grad_out.get(t0, t1)]
-            if g_v is not None:
-                outs.append(v_T)
-                grads.append(g_v)
-            torch.autograd.backward(outs, grads)
-            del outs, grads
-        grad_out.release_from(t0)
-        g_v = v0l.grad if v0l is not None else None
-        # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
-        # previous block's backward, whose transient then does not sit beside it
-        g_in = xl.grad if wants_input_grad else None
-        del xl
-        if g_in is not None:
-            sink(t0, t1, g_in)
-        del g_in
-
-
-def _backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
-    """``grad_out``: :class:`GradChunks` or :class:`DenseGrad`; read twice, freed during pass 2."""
-    bn_i = block.bn_index()
-    bn = block.steps[bn_i].module
-    pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
-    mean, invstd, N = ctx.bn_mean, ctx.bn_invstd, ctx.bn_count
-    n_chunks = len(ctx.bounds)
-    held = ctx.held  # layer outputs kept from the forward (Block.hold), else None: recompute
-    sum_dy = None
-    sum_dy_xhat = None
-
-    # pass 1: node backward, BatchNorm sums
-    g_v = None
-    for c in range(n_chunks - 1, -1, -1):
-        t0, t1 = ctx.bounds[c]
-        k = t1 - t0
-        with torch.no_grad():
-            if held is not None:
-                z, xhat = bn_normalize(bn, held[t0], mean, invstd)
-            else:
-                z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
-            z = split_time(z, k)
-        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
-        del z
-        dy = merge_time(dz)
-        dims = reduce_dims(dy)
-        s1 = dy.sum(dims, dtype=torch.float64)
-        s2 = xhat.mul_(dy).sum(dims, dtype=torch.float64)
-        sum_dy = s1 if sum_dy is None else sum_dy + s1
-        sum_dy_xhat = s2 if sum_dy_xhat is None else sum_dy_xhat + s2
-        del dz, dy, xhat
-    if bn.weight is not None and bn.weight.requires_grad:
-        _accumulate_grad(bn.weight, sum_dy_xhat)
-    if bn.bias is not None and bn.bias.requires_grad:
-        _accumulate_grad(bn.bias, sum_dy)
-    w = bn.weight.detach() if bn.weight is not None else torch.ones_like(invstd)
-    scale = (w * invstd)
-    c1 = (sum_dy / N).to(invstd.dtype)
-    c2 = (sum_dy_xhat / N).to(invstd.dtype)
-
-    # pass 2: exact BatchNorm input gradient, layers before BatchNorm. The node's backward runs
-    # again, carrying the state gradient exactly as pass 1 did (same inputs, same values).
-    g_v = None
-    for c in range(n_chunks - 1, -1, -1):
-        t0, t1 = ctx.bounds[c]
-        k = t1 - t0
-        if held is not None:
-            xl = saved.chunk(t0, t1).detach()
-            a = held.pop(t0)
-        else:
-            xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
-            with torch.enable_grad():
-                a = apply_steps(pre, merge_time(xl))
-        with torch.no_grad():
-            # the layers before BatchNorm (conv, linear, pooling) do not keep their output for
-            # backward, so the output may become xhat in place (not when it is the input itself)
-            z, xhat = bn_normalize(bn, a.detach(), mean, invstd, inplace=bool(pre))
-            z = split_time(z, k)
-        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
-        grad_out.release_from(t0)
-        del z
-        with torch.no_grad():
-            da = merge_time(dz)
-            da.sub_(channel_view(c1, da)).sub_(xhat.mul_(channel_view(c2, da))).mul_(channel_view(scale, da))
-        del dz, xhat
-        g_in = None
-        if held is not None:
-            a = None
-            g_in = layer_backward(pre[0].module, merge_time(xl), da, wants_input_grad)
-            g_in = g_in.view(xl.shape) if g_in is not None else None
-        elif a.requires_grad:
-            torch.autograd.backward(a, da)
-            g_in = xl.grad if wants_input_grad else None
-        del a, da
-        # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
-        # previous block's backward, whose transient then does not sit beside it
-        del xl
-        if g_in is not None:
-            sink(t0, t1, g_in)
-        del g_in
-
-
-def _mid_node_backward(block: Block, mid: List[Step], z: torch.Tensor, v0, g_out, g_v):
-    """Gradient w.r.t. the BatchNorm output ``z [k, B, ...]`` through mid layers, node and post."""
-    if not mid:
-        return node_chunk_backward(block, z, v0, g_out, g_v)
-    k = z.shape[0]
-    zl = z.detach().requires_grad_(True)
-    with torch.enable_grad():
-        zz = split_time(apply_steps(mid, merge_time(zl)), k)
-    dzz, dv = node_chunk_backward(block, zz.detach(), v0, g_out, g_v)
-    torch.autograd.backward(zz, dzz)
-    return zl.grad, dv
 
 
 def run_block(block: Block, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,156 @@
+"""The backward passes of a chunked block (:mod:`edgesnn.memopt.block`): one reverse pass when no
+statistics span chunks, two with chunked BatchNorm (see that module's docstring for the passes).
+
+Both read the block's output gradient chunk by chunk (``GradChunks`` or ``DenseGrad``), hand each
+input-gradient chunk to ``sink(t0, t1, g)`` and accumulate parameter gradients into ``.grad``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List
+
+import torch
+
+from .batchnorm import bn_normalize, channel_view, reduce_dims
+from .layer_grad import layer_backward
+from .layers import Step
+from .packing import SavedInput
+from .steps import apply_recompute, apply_steps, merge_time, node_chunk_backward, run_node, split_time
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .block import Block
+
+__all__ = ["backward_plain", "backward_chunked_bn"]
+
+
+def _accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
+    if p.grad is None:
+        p.grad = g.to(p.dtype).clone()
+    else:
+        p.grad.add_(g.to(p.dtype))
+
+
+
+def backward_plain(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
+    """No batch statistics across chunks: one reverse pass, each chunk under autograd."""
+    g_v = None
+    for c in range(len(ctx.bounds) - 1, -1, -1):
+        t0, t1 = ctx.bounds[c]
+        k = t1 - t0
+        xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
+        v0 = ctx.checkpoints[c]
+        v0l = v0.detach().requires_grad_(True) if v0 is not None else None
+        with torch.enable_grad():
+            z = split_time(apply_recompute(block.steps, merge_time(xl)), k)
+            s, v_T = run_node(block.node, z, v0l)
+            o = split_time(apply_steps(block.post, merge_time(s)), k) if block.post else s
+            outs, grads = [o], [grad_out.get(t0, t1)]
+            if g_v is not None:
+                outs.append(v_T)
+                grads.append(g_v)
+            torch.autograd.backward(outs, grads)
+            del outs, grads
+        grad_out.release_from(t0)
+        g_v = v0l.grad if v0l is not None else None
+        # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
+        # previous block's backward, whose transient then does not sit beside it
+        g_in = xl.grad if wants_input_grad else None
+        del xl
+        if g_in is not None:
+            sink(t0, t1, g_in)
+        del g_in
+
+
+def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
+    """``grad_out``: :class:`GradChunks` or :class:`DenseGrad`; read twice, freed during pass 2."""
+    bn_i = block.bn_index()
+    bn = block.steps[bn_i].module
+    pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
+    mean, invstd, N = ctx.bn_mean, ctx.bn_invstd, ctx.bn_count
+    n_chunks = len(ctx.bounds)
+    held = ctx.held  # layer outputs kept from the forward (Block.hold), else None: recompute
+    sum_dy = None
+    sum_dy_xhat = None
+
+    # pass 1: node backward, BatchNorm sums
+    g_v = None
+    for c in range(n_chunks - 1, -1, -1):
+        t0, t1 = ctx.bounds[c]
+        k = t1 - t0
+        with torch.no_grad():
+            if held is not None:
+                z, xhat = bn_normalize(bn, held[t0], mean, invstd)
+            else:
+                z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
+            z = split_time(z, k)
+        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
+        del z
+        dy = merge_time(dz)
+        dims = reduce_dims(dy)
+        s1 = dy.sum(dims, dtype=torch.float64)
+        s2 = xhat.mul_(dy).sum(dims, dtype=torch.float64)
+        sum_dy = s1 if sum_dy is None else sum_dy + s1
+        sum_dy_xhat = s2 if sum_dy_xhat is None else sum_dy_xhat + s2
+        del dz, dy, xhat
+    if bn.weight is not None and bn.weight.requires_grad:
+        _accumulate_grad(bn.weight, sum_dy_xhat)
+    if bn.bias is not None and bn.bias.requires_grad:
+        _accumulate_grad(bn.bias, sum_dy)
+    w = bn.weight.detach() if bn.weight is not None else torch.ones_like(invstd)
+    scale = (w * invstd)
+    c1 = (sum_dy / N).to(invstd.dtype)
+    c2 = (sum_dy_xhat / N).to(invstd.dtype)
+
+    # pass 2: exact BatchNorm input gradient, layers before BatchNorm. The node's backward runs
+    # again, carrying the state gradient exactly as pass 1 did (same inputs, same values).
+    g_v = None
+    for c in range(n_chunks - 1, -1, -1):
+        t0, t1 = ctx.bounds[c]
+        k = t1 - t0
+        if held is not None:
+            xl = saved.chunk(t0, t1).detach()
+            a = held.pop(t0)
+        else:
+            xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
+            with torch.enable_grad():
+                a = apply_steps(pre, merge_time(xl))
+        with torch.no_grad():
+            # the layers before BatchNorm (conv, linear, pooling) do not keep their output for
+            # backward, so the output may become xhat in place (not when it is the input itself)
+            z, xhat = bn_normalize(bn, a.detach(), mean, invstd, inplace=bool(pre))
+            z = split_time(z, k)
+        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
+        grad_out.release_from(t0)
+        del z
+        with torch.no_grad():
+            da = merge_time(dz)
+            da.sub_(channel_view(c1, da)).sub_(xhat.mul_(channel_view(c2, da))).mul_(channel_view(scale, da))
+        del dz, xhat
+        g_in = None
+        if held is not None:
+            a = None
+            g_in = layer_backward(pre[0].module, merge_time(xl), da, wants_input_grad)
+            g_in = g_in.view(xl.shape) if g_in is not None else None
+        elif a.requires_grad:
+            torch.autograd.backward(a, da)
+            g_in = xl.grad if wants_input_grad else None
+        del a, da
+        # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
+        # previous block's backward, whose transient then does not sit beside it
+        del xl
+        if g_in is not None:
+            sink(t0, t1, g_in)
+        del g_in
+
+
+def _mid_node_backward(block: Block, mid: List[Step], z: torch.Tensor, v0, g_out, g_v):
+    """Gradient w.r.t. the BatchNorm output ``z [k, B, ...]`` through mid layers, node and post."""
+    if not mid:
+        return node_chunk_backward(block, z, v0, g_out, g_v)
+    k = z.shape[0]
+    zl = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        zz = split_time(apply_steps(mid, merge_time(zl)), k)
+    dzz, dv = node_chunk_backward(block, zz.detach(), v0, g_out, g_v)
+    torch.autograd.backward(zz, dzz)
+    return zl.grad, dv

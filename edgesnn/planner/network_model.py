@@ -1,0 +1,275 @@
+"""Peak-memory and time model of chunked whole-network training (:mod:`edgesnn.memopt`), from shapes.
+
+The objective is the **peak** of one training step, transients included, not the sum of saved
+bytes. The step is replayed phase by phase: the forward of each block (its input and output
+tensors over all T, one chunk of temporaries, everything kept so far) and the backward of each
+block in reverse (the incoming and outgoing gradients over all T, one chunk of temporaries). All
+sizes come from shapes. The choices themselves (chunk, kept chunks, held outputs) are made in
+:mod:`edgesnn.planner.network`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+from torch import nn
+
+__all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape"]
+
+# Temporaries of one chunk step, in multiples of the per-step tensors (float32): input chunk ``x``,
+# node input ``a`` (layer output), block output ``o``. Fitted (least squares over every phase) on
+# VGG-11 at T = 8, 32 and 64 with ten chunk configurations, measured as tools/bench_network_memory.py
+# does with the kernels' buffer pool emptied before the step, so the node's pooled output buffers
+# count; one-chunk peaks then agree within 8% (one configuration 15% above). Forward: input chunk,
+# layer output, normalised output, node output, tail output. Backward: the same recomputed plus
+# their gradients and the node's pooled buffers.
+FWD_X, FWD_A, FWD_O = 0.6, 1.9, 2.7
+BWD_X, BWD_A, BWD_O = 0.0, 3.2, 3.25
+STATIC_BWD_A = 2.2
+# Backward of a block that holds its layer output (Block.hold): node-input tensors per chunk step
+# besides the held output itself.
+HELD_BWD_A = 1.4
+# Backward of a convolution: its weight in the kernel's blocked layout, the new weight gradient
+# and its reorder, in multiples of the block's parameter bytes (big kernels, small images: VGG's
+# 512x512 layers at 4x4 and 2x2 are set by them).
+BWD_PARAM = 1.8
+# A one-chunk block with BatchNorm runs its backward under autograd (BatchNorm's own saved input,
+# output and gradient, none of them in place): this many more node-input tensors per step.
+PLAIN_BN_BWD_A = 2.0
+# No budget: the fastest plan whose peak is within this factor of the least reachable peak.
+NO_BUDGET_SLACK = 1.10
+NO_BUDGET_SLACK_BYTES = 10 * 2**20  # small models: a few MiB are not worth many small chunks
+BUDGET_HEADROOM = 0.8  # plan to this fraction of a budget (see plan_chunks)
+MAX_CHUNK_SAMPLES = 512  # K x B of one chunk at most (see _descent)
+# Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
+# cost per chunk pass (kernel launches, Python) in MAC-equivalents.
+CHUNK_OVERHEAD_MACS = 2.0e6
+# Relative time differences below this are not resolved by the time model (a tie).
+TIME_RESOLUTION = 0.01
+# A repeated-input block's backward runs in sub-chunks of this many steps (node-only recompute).
+STATIC_INNER_STEPS = 2
+
+
+class PlanningError(ValueError):
+    """The budget cannot be met; the message gives the minimum and what to change."""
+
+
+@dataclass
+class BlockShape:
+    """Per-step sizes of one block (bytes of one time step for the whole batch)."""
+
+    name: str
+    T: int
+    B: int                  # batch
+    x_bytes: int            # block input, one step, dense
+    x_saved_bytes: int      # block input as kept over all T (packed, once, or dense)
+    a_bytes: int            # node input (layer output), one step
+    o_bytes: int            # block output, one step
+    static: bool            # input repeated over T: layers before the node run once
+    has_bn: bool
+    can_chunk: bool
+    macs: int               # multiply-accumulates of the block's layers, one step
+    hands_off: bool = False  # its output goes packed straight to the next block
+    param_bytes: int = 0     # the block's parameters (convolution kernels copy their weights per call)
+    has_post: bool = True    # pooling/flatten after the node (else the output is the node's spikes)
+    can_hold: bool = False   # its layer output may be held from forward to backward (Block.hold)
+
+
+@dataclass
+class BlockChoice:
+    name: str
+    strategy: str           # "recompute" (one chunk) or "chunked"
+    chunk: int
+    saved_bytes: int
+    hold: bool = False      # layer output held from forward to backward: no recomputation
+
+
+@dataclass
+class NetworkPlan:
+    """What :func:`edgesnn.optimize_memory` chose, and the predicted peak (bytes above the pre-step baseline)."""
+
+    blocks: List[BlockChoice]
+    peak_bytes: int
+    peak_phase: str
+    budget_bytes: Optional[int]
+    time_units: float
+    fixed_bytes: int = 0
+
+    def to_dict(self) -> Dict:
+        return {"blocks": [asdict(b) for b in self.blocks], "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
+                "budget_bytes": self.budget_bytes, "time_units": self.time_units, "fixed_bytes": self.fixed_bytes}
+
+    def __str__(self) -> str:
+        lines = [f"{'block':<12} {'strategy':<10} {'K':>4} {'saved MiB':>10}"]
+        for b in self.blocks:
+            lines.append(f"{b.name:<12} {b.strategy:<10} {b.chunk:>4} {b.saved_bytes / 2**20:>10.2f}")
+        lines.append(f"predicted peak {self.peak_bytes / 2**20:.1f} MiB ({self.peak_phase})"
+                     + (f", budget {self.budget_bytes / 2**20:.1f} MiB" if self.budget_bytes else ""))
+        return "\n".join(lines)
+
+
+def _n_chunks(T: int, K: int) -> int:
+    return -(-T // K)
+
+
+def _saved(b: BlockShape, K: int, hold: bool = False) -> int:
+    """Bytes a block keeps from its forward to its backward: input + node state per chunk boundary
+    (+ its layer output over all T when it holds it)."""
+    return b.x_saved_bytes + (_n_chunks(b.T, K) - 1) * b.a_bytes + (b.T * b.a_bytes if hold else 0)
+
+
+def _fused(shapes: Sequence[BlockShape], i: int) -> bool:
+    """Block ``i`` is a repeated-input block whose backward runs inside block ``i + 1``'s."""
+    return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
+
+
+def _chunked_bn(b: BlockShape, K: int, hold: bool = False) -> bool:
+    """The block runs BatchNorm's statistics passes over its chunks (several, or held ones)."""
+    return b.has_bn and not b.static and b.can_chunk and (_n_chunks(b.T, K) > 1 or hold)
+
+
+def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
+                 inner: int = STATIC_INNER_STEPS,
+                 breakdown: Optional[Dict[str, int]] = None, keeps: Optional[Sequence[int]] = None,
+                 holds: Optional[Sequence[bool]] = None):
+    """``(peak bytes, phase name)`` of one training step with chunk ``chunks[i]`` for block ``i``
+    (whose forward keeps the layer output of its first ``keeps[i]`` chunks between its passes, or
+    holds it over all T from its forward to its backward where ``holds[i]``).
+
+    Mirrors :mod:`edgesnn.memopt.block`: blocks hand packed outputs to the next block (no dense
+    output over T), a repeated-input block runs ``inner`` steps at a time and its backward runs
+    inside the next block's, a block's backward holds its output gradient and writes its input
+    gradient over all T, one chunk of temporaries at a time (between two non-repeated-input blocks
+    the gradient travels in chunks, so the outgoing one grows as the incoming one is freed).
+    """
+    best, where = 0, ""
+    kept = 0
+    n = len(shapes)
+    phases = {}
+    held = [bool(holds and holds[i]) for i in range(len(shapes))]
+    for i, (b, K) in enumerate(zip(shapes, chunks)):
+        k = min(K, b.T)
+        if b.static:
+            tmp = min(inner, k) * FWD_A * b.a_bytes + 2 * b.a_bytes
+        else:
+            tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes * b.has_post) + b.param_bytes
+            if held[i]:
+                tmp += (b.T - k) * b.a_bytes  # every chunk's layer output, held on into the backward
+            elif keeps and keeps[i] and _chunked_bn(b, K):
+                tmp += (keeps[i] - 1) * k * b.a_bytes  # the chunk being made is one of those kept
+        kept += _saved(b, K)
+        y = 0 if b.hands_off else b.T * b.o_bytes
+        phase = kept + y + tmp
+        phases[f"forward {b.name}"] = phase
+        if phase > best:
+            best, where = phase, f"forward {b.name}"
+        if held[i]:
+            kept += b.T * b.a_bytes
+    tail = shapes[-1].T * shapes[-1].o_bytes if shapes and not shapes[-1].hands_off else 0
+    for i in range(n - 1, -1, -1):
+        b, K = shapes[i], chunks[i]
+        k = min(K, b.T)
+        nc = _n_chunks(b.T, K)
+        if b.static and _fused(shapes, i):
+            kept -= _saved(b, K)
+            continue
+        g_out = b.T * b.o_bytes
+        # gradients handed between non-repeated-input blocks travel as chunks (memopt/gradchunks.py):
+        # the outgoing one grows while the incoming one is freed during the second pass
+        out_chunks = b.hands_off and i + 1 < n
+        in_chunks = i > 0 and shapes[i - 1].hands_off and not shapes[i - 1].static
+        if b.static:
+            tmp = min(inner, k) * STATIC_BWD_A * b.a_bytes + 2 * b.a_bytes
+            phase = kept + g_out + tmp
+        else:
+            prev_fused = i > 0 and _fused(shapes, i - 1)
+            g_in = 0 if prev_fused else b.T * b.x_bytes
+            if out_chunks and in_chunks:
+                kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
+                g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
+            tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes
+            if b.has_bn and nc == 1 and not held[i]:
+                tmp += k * PLAIN_BN_BWD_A * b.a_bytes
+            if held[i]:
+                # the layer output is the held one (in ``kept``), not recomputed; pass 1 keeps it
+                tmp += k * (HELD_BWD_A - BWD_A) * b.a_bytes
+            if prev_fused:
+                p = shapes[i - 1]
+                tmp += min(inner, k) * STATIC_BWD_A * p.a_bytes + max(chunks[i - 1] // k, 1) * p.a_bytes
+            phase = kept + tail + g_out + g_in + tmp
+        phases[f"backward {b.name}"] = phase
+        if phase > best:
+            best, where = phase, f"backward {b.name}"
+        kept -= _saved(b, K, held[i])
+        if i > 0 and _fused(shapes, i - 1):
+            kept -= _saved(shapes[i - 1], chunks[i - 1])
+        tail = 0
+    if breakdown is not None:
+        breakdown.update({k: v + fixed_bytes for k, v in phases.items()})
+    return int(best + fixed_bytes), where
+
+
+def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Optional[Sequence[int]] = None,
+                 holds: Optional[Sequence[bool]] = None) -> float:
+    """Relative step time: layer passes x MACs plus a cost per chunk pass."""
+    total = 0.0
+    for i, (b, K) in enumerate(zip(shapes, chunks)):
+        nc = _n_chunks(b.T, K)
+        steps = 1 if b.static else b.T
+        # chunked BatchNorm: sum pass, squared-deviation pass and output pass (the chunks kept
+        # from the first pass are not recomputed) + two backward passes recomputing the layers,
+        # plus the layers' own backward (2); a held layer output: one forward pass + backward
+        passes = 4
+        if holds and holds[i]:
+            passes = 3
+        elif _chunked_bn(b, K):
+            m = min(keeps[i], nc) if keeps else 0
+            passes = 5 + 2 * (1 - m / nc) if m else 7
+        node_passes = 3 if (_chunked_bn(b, K, bool(holds and holds[i]))) else 2
+        total += passes * b.macs * steps + nc * node_passes * CHUNK_OVERHEAD_MACS
+    return total
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def _macs(block, T: int, B: int) -> int:
+    """Multiply-accumulates of one time step of a block's layers (conv and linear)."""
+    total = 0
+    for s in block.steps:
+        m = s.module
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            out = block.trace.get("pre_out") or block.trace["node_in"]
+            total += _prod(out[2:]) * B * m.out_channels * (m.in_channels // m.groups) * _prod(m.kernel_size)
+        elif isinstance(m, nn.Linear):
+            total += B * m.in_features * m.out_features
+    return total
+
+
+def block_shape(block, index: int) -> BlockShape:
+    """Per-step sizes of a traced :class:`edgesnn.memopt.block.Block`."""
+    in_shape, static, dtype = block.trace["in"]
+    e = 4 if str(dtype) == "torch.float32" else 8
+    T, B = in_shape[0], in_shape[1]
+    x_elems = _prod(in_shape[1:])
+    if static:
+        x_saved = x_elems * e
+    elif block.in_codec == "bits":
+        x_saved = T * (-(-x_elems // 8))
+    elif block.in_codec.startswith("levels:"):
+        x_saved = T * x_elems
+    else:
+        x_saved = T * x_elems * e
+    return BlockShape(
+        name=f"block{index}", T=T, B=B, x_bytes=x_elems * e, x_saved_bytes=x_saved,
+        a_bytes=_prod(block.trace["node_in"][1:]) * e, o_bytes=_prod(block.trace["out"][1:]) * e,
+        static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
+        hands_off=block.next_block is not None,
+        param_bytes=sum(p.numel() * p.element_size() for p in block.params),
+        has_post=bool(block.post), can_hold=block.can_hold(),
+    )
