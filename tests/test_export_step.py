@@ -59,7 +59,8 @@ def test_runner_steps_match_torch_eager(tmp_path, name, neuron, T, optimizer):
     from edgesnn.export.artifacts import validate_artifact_dir
     from edgesnn.export.onnx_step import export_onnx_step
     from edgesnn.export.prepare import export_copy
-    from edgesnn.export.runner import _StepSession, import_plain_ort
+    from edgesnn.export.runner import import_plain_ort
+    from edgesnn.export.step_runner import StepSession
 
     model = _model(name, neuron, T)
     lr = 0.05 if optimizer == "sgd" else 0.01
@@ -68,7 +69,7 @@ def test_runner_steps_match_torch_eager(tmp_path, name, neuron, T, optimizer):
     assert manifest.recon_tolerance == 0.0 and manifest.timesteps == T
     with np.load(tmp_path / "art" / "init.npz") as npz:
         start = {k: npz[k] for k in npz.files}
-    sess = _StepSession(import_plain_ort(), tmp_path / "art", manifest, start, threads=1, lean_memory=True)
+    sess = StepSession(import_plain_ort(), tmp_path / "art", manifest, start, threads=1, lean_memory=True)
     sess.set_lr(lr)
 
     ref = export_copy(model)  # eval-mode BatchNorm, reference backend: the store-everything autograd oracle

@@ -226,8 +226,9 @@ def main(argv=None) -> int:
             else:
                 print(f"    {name:40s} {r['error']}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+        from edgesnn.atomic import atomic_write
+
+        atomic_write(args.json, lambda fh: fh.write(json.dumps(report, indent=1)), mode="w")
         print(f"\nwrote {args.json}")
     return 0
 

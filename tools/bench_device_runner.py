@@ -282,6 +282,8 @@ def sweep_checks(rows: list) -> list:
 
 
 def main() -> int:
+    from edgesnn.atomic import atomic_write
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("sweep", "legacy"), default="sweep")
     ap.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=("mlp", "convnet"))
@@ -305,7 +307,7 @@ def main() -> int:
         checks = sweep_checks(rows)
         for ok, line in checks:
             print(("PASS " if ok else "FAIL ") + line)
-        Path(args.out).write_text(json.dumps({"rows": rows, "checks": [[ok, line] for ok, line in checks]}, indent=2) + "\n")
+        atomic_write(args.out, lambda fh: fh.write(json.dumps({"rows": rows, "checks": [[ok, line] for ok, line in checks]}, indent=2) + "\n"), mode="w")
         print(f"wrote {args.out}")
         return 0
     rows = []
@@ -325,7 +327,7 @@ def main() -> int:
 
         print(f"{r['neuron']:8s} {r['max_grad_diff']:10.2e} {d['peak_rss_mb']:8.1f} MB {step(d):>20s} {er['peak_rss_mb']:11.1f} MB "
               f"{step(er):>22s} {ea['peak_rss_mb']:12.1f} MB {step(ea):>23s}  {d['accuracy_before']:.3f} -> {d['accuracy_after']:.3f}")
-    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write(args.out, lambda fh: fh.write(json.dumps(rows, indent=2) + "\n"), mode="w")
     print(f"wrote {args.out}")
     return 0
 

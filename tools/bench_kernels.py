@@ -52,6 +52,7 @@ import torch  # noqa: E402
 from edgesnn.functional.lif import LIFParams, lif_multistep_reference  # noqa: E402
 from edgesnn.functional.revlif import RevLIFParams  # noqa: E402
 from edgesnn.kernels import set_num_threads  # noqa: E402
+from edgesnn.atomic import atomic_write  # noqa: E402
 from edgesnn.nn.neurons import LIF, RevLIF  # noqa: E402
 
 
@@ -179,7 +180,6 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
             res[name]["wall"] += ws
             res[name]["round_ms"].append(1e3 * statistics.median(ws))
     out = {}
-    base = "SpikingJelly torch" if sj is not None else None
     for name, d in res.items():
         out[name] = {"ms": 1e3 * statistics.median(d["wall"]), "cpu_ms": 1e3 * statistics.median(d["cpu"]),
                      "round_ms": d["round_ms"]}
@@ -541,8 +541,7 @@ def _finish(args, report, T, B, N, reps, base) -> int:
                       f"bwd {r['bwd_ms']:7.3f} ms {r['bwd_GBps']:7.0f} GB/s")
 
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+        atomic_write(args.json, lambda fh: fh.write(json.dumps(report, indent=1)), mode="w")
         print(f"\nwrote {args.json}")
     return 0
 

@@ -295,6 +295,8 @@ def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
+    from edgesnn.atomic import atomic_write
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[8, 32, 64])
     ap.add_argument("--batch", type=int, default=8)
@@ -334,9 +336,7 @@ def main(argv=None) -> int:
               f"batch {r['batch']}: ~{r['sj_bptt_extrapolated_bytes'] / 2**30:.1f} GiB (extrapolated from "
               f"{sj[0]['peak_bytes'] / 2**20:.0f} / {sj[1]['peak_bytes'] / 2**20:.0f} MiB at batch 8 / 16)")
         if a.json:
-            with open(a.json + ".tmp", "w") as fh:
-                json.dump(r, fh, indent=1)
-            os.replace(a.json + ".tmp", a.json)
+            atomic_write(a.json, lambda fh: fh.write(json.dumps(r, indent=1)), mode="w")
         return 0
     common = ["--batch", str(a.batch), "--steps", str(a.steps), "--threads", str(a.threads)]
     results, checks = [], []
@@ -392,9 +392,7 @@ def main(argv=None) -> int:
             cells += [f"{r['peak_bytes'] / 2**20:.0f} MiB{ratio}{pred}", f"{step:.2f} s{tr}"]
         print(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
     if a.json:
-        with open(a.json + ".tmp", "w") as fh:
-            json.dump({"results": results, "checks": checks}, fh, indent=1)
-        os.replace(a.json + ".tmp", a.json)
+        atomic_write(a.json, lambda fh: fh.write(json.dumps({"results": results, "checks": checks}, indent=1)), mode="w")
     return 0
 
 

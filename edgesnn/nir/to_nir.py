@@ -1,0 +1,184 @@
+"""edgesnn model -> ``nir.NIRGraph`` (:func:`to_nir`) and ``.nir`` file (:func:`write`); the mapping is in :mod:`edgesnn.nir`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .common import DEFAULT_DT, NIRError, nir_module, to_numpy
+
+__all__ = ["to_nir", "write"]
+
+
+def _leaves(body: nn.Module, prefix: str = "") -> List[Tuple[str, nn.Module]]:
+    """The layers of a multi-step body in forward order: SeqToANN / nn.Sequential unwrapped."""
+    from ..nn import SeqToANN
+
+    out: List[Tuple[str, nn.Module]] = []
+    if isinstance(body, SeqToANN):
+        return _leaves(body.module, f"{prefix}.module" if prefix else "module")
+    if isinstance(body, nn.Sequential):
+        for name, child in body.named_children():
+            out += _leaves(child, f"{prefix}.{name}" if prefix else name)
+        return out
+    return [(prefix, body)]
+
+
+def _fold_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.modules.batchnorm._BatchNorm):
+    """``W' = W * g``, ``b' = (b - mean) * g + beta`` with ``g = gamma / sqrt(var + eps)`` (eval statistics)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise NIRError("BatchNorm without running statistics cannot be folded")
+    w64, mean, var = weight.detach().double(), bn.running_mean.double(), bn.running_var.double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
+    g = gamma / torch.sqrt(var + bn.eps)
+    b = bias.detach().double() if bias is not None else torch.zeros_like(mean)
+    w = w64 * g.reshape(-1, *([1] * (w64.dim() - 1)))
+    return w.float(), ((b - mean) * g + beta).float()
+
+
+def _lif_params(name: str, m: nn.Module) -> Tuple[float, float, Optional[float], bool]:
+    """``(tau, v_threshold, v_reset, decay_input)`` of a LIF-like node; refuses what NIR cannot hold."""
+    from ..nn import LIF, ParametricLIF, RevLIF
+
+    if isinstance(m, RevLIF):
+        raise NIRError(f"layer {name}: RevLIF has no NIR primitive (its reversible update mixes channel groups, "
+                       f"y = alpha*x + s with cross-group state coupling, which no NIR neuron node expresses); "
+                       "export a LIF model (--neuron lif), or use --format onnx / torchscript")
+    if isinstance(m, LIF):
+        p = m.params
+        return p.tau, p.v_threshold, p.v_reset, p.decay_input
+    if isinstance(m, ParametricLIF):
+        v_th = m.v_threshold
+        v_th = float(v_th.detach()) if isinstance(v_th, torch.Tensor) else float(v_th)
+        return m.tau, v_th, m.v_reset, m.decay_input
+    raise AssertionError(type(m))
+
+
+def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[int, ...]] = None):
+    """Convert an edgesnn LIF model to a ``nir.NIRGraph`` (see the module docstring for the mapping).
+
+    Args:
+        model: a :class:`~edgesnn.models.SpikingClassifier` (its ``body`` is converted) or a
+            multi-step ``nn.Sequential`` of ``SeqToANN`` layers and spiking nodes.
+        dt: seconds per time step (> 0), used for NIR's time constants.
+        in_shape: one sample's shape; taken from a ``SpikingClassifier`` when omitted.
+
+    Raises :class:`NIRError` (one line, names the layer) for what NIR cannot represent.
+    """
+    nir = nir_module()
+    from ..nn import LIF, ParametricLIF, RevLIF
+
+    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise NIRError(f"dt: expected seconds per time step > 0, got {dt!r}")
+    body = getattr(model, "body", model)
+    in_shape = tuple(in_shape or getattr(model, "in_shape", ()) or ())
+    if not in_shape:
+        raise NIRError("to_nir: pass in_shape (one sample's shape) for a model without .in_shape")
+    layers = _leaves(body)
+    nodes: Dict[str, Any] = {"input": nir.Input(input_type=np.array(in_shape))}
+    order: List[str] = ["input"]
+    x = torch.zeros(1, *in_shape)  # one sample, one time step: tracks the shapes
+    pending: Optional[Tuple[str, nn.Module, torch.Tensor, Optional[torch.Tensor]]] = None  # Linear/Conv awaiting a BN
+
+    def emit(key: str, node) -> None:
+        nodes[key] = node
+        order.append(key)
+
+    def flush() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        key, m, w, b = pending
+        if isinstance(m, nn.Linear):
+            node = nir.Affine(weight=to_numpy(w), bias=to_numpy(b)) if b is not None else nir.Linear(weight=to_numpy(w))
+        else:
+            bias = to_numpy(b) if b is not None else np.zeros(w.shape[0], dtype=np.float32)
+            node = nir.Conv2d(input_shape=tuple(int(s) for s in pending_in[-2:]), weight=to_numpy(w), stride=tuple(m.stride),
+                              padding=tuple(m.padding), dilation=tuple(m.dilation), groups=m.groups, bias=bias)
+        emit(key, node)
+        pending = None
+
+    pending_in: Tuple[int, ...] = ()
+    with torch.no_grad():
+        for i, (name, m) in enumerate(layers):
+            key = f"l{i}_{type(m).__name__.lower()}"
+            where = name or type(m).__name__
+            if isinstance(m, (nn.Dropout, nn.Identity)):
+                continue
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m).__name__ == "FrozenBatchNorm":
+                if pending is None:
+                    raise NIRError(f"layer {where}: BatchNorm can be folded only into a directly preceding Linear or Conv2d")
+                k, lin, w, b = pending
+                w, b = _fold_bn(w, b, m)
+                pending = (k, lin, w, b)
+                continue
+            flush()
+            if isinstance(m, nn.Linear):
+                pending = (key, m, m.weight, m.bias)
+                x = m(x)
+            elif isinstance(m, nn.Conv2d):
+                if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                    raise NIRError(f"layer {where}: only zero-padded Conv2d with numeric padding maps to nir.Conv2d")
+                pending_in = tuple(x.shape[1:])
+                pending = (key, m, m.weight, m.bias)
+                x = m(x)
+            elif isinstance(m, nn.AvgPool2d):
+                if m.ceil_mode or m.divisor_override is not None or (m.padding and not m.count_include_pad):
+                    raise NIRError(f"layer {where}: this AvgPool2d configuration (ceil_mode / divisor_override / "
+                                   "count_include_pad=False) has no NIR equivalent")
+                pair = lambda v: np.array(v if isinstance(v, (tuple, list)) else (v, v))  # noqa: E731
+                emit(key, nir.AvgPool2d(kernel_size=pair(m.kernel_size), stride=pair(m.stride), padding=pair(m.padding)))
+                x = m(x)
+            elif isinstance(m, nn.Flatten):
+                start = m.start_dim - 1 if m.start_dim > 0 else m.start_dim  # NIR shapes have no batch dim
+                end = m.end_dim - 1 if m.end_dim > 0 else m.end_dim
+                emit(key, nir.Flatten(input_type=np.array(x.shape[1:]), start_dim=start, end_dim=end))
+                x = m(x)
+            elif isinstance(m, (LIF, ParametricLIF, RevLIF)):
+                tau, v_th, v_reset, decay_input = _lif_params(where, m)
+                if v_reset is None:
+                    raise NIRError(f"layer {where}: a soft reset (v_reset=None: subtract the threshold) has no NIR "
+                                   "equivalent (NIR neurons reset to v_reset); train with a hard reset")
+                shape = tuple(x.shape[1:])
+                full = lambda v: np.full(shape, v, dtype=np.float64)  # noqa: E731  (float64: tau * dt / dt == tau)
+                emit(key, nir.LIF(tau=full(tau * dt), r=full(1.0 if decay_input else tau), v_leak=full(v_reset),
+                                  v_threshold=full(v_th), v_reset=full(v_reset)))
+            else:
+                raise NIRError(f"layer {where}: {type(m).__name__} has no NIR mapping in edgesnn "
+                               "(supported: Linear, Conv2d, BatchNorm folded, AvgPool2d, Flatten, LIF, ParametricLIF)")
+        flush()
+    nodes["output"] = nir.Output(output_type=np.array(x.shape[1:]))
+    order.append("output")
+    edges = list(zip(order[:-1], order[1:]))
+    meta = {"producer": "edgesnn", "dt": float(dt), "readout": "mean over time",
+            "timesteps": int(getattr(model, "timesteps", 0) or 0),
+            "model_config": json.dumps(_plain(getattr(model, "config", {})))}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+
+
+def _plain(obj):
+    from ..checkpoint import encode_config
+
+    try:
+        return encode_config(obj)
+    except Exception:  # pragma: no cover - a config we cannot encode: keep what JSON takes
+        return json.loads(json.dumps(obj, default=str))
+
+
+def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT) -> Path:
+    """Convert ``model`` with :func:`to_nir` and write it to ``path`` (HDF5 ``.nir``, atomically)."""
+    nir = nir_module()
+    from ..atomic import atomic_write
+
+    graph = to_nir(model, dt=dt)
+    return atomic_write(path, lambda fh: nir.write(fh, graph), mode="w+b")  # h5py reads back while writing
+
+
+# ------------------------------------------------------------------------------------------ import

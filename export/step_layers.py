@@ -1,0 +1,233 @@
+"""The model's layers as the ONNX step graph sees them (:mod:`.onnx_step`), with explicit VJPs.
+
+A model is read into leaves (stateless layers: Linear, Conv2d with stride/padding, dilation 1,
+groups 1, frozen-statistics BatchNorm, AvgPool2d with kernel = stride, Flatten) and stages
+(leaves then one spiking node). Each leaf has a forward and a VJP written with standard ops only,
+so the traced backward is exactly these formulas (no autograd inside the exported graph).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..functional.grid import quantize_input, to_grid
+from ..nn import LIF, RevLIF, SeqToANN
+from .prepare import ExportError
+
+__all__ = ["Leaf", "Stage", "make_leaf", "plan_layers", "leaf_forward", "weight_grad", "leaf_vjp", "block_forward",
+           "block_vjp", "grouped", "node_input", "initial_state"]
+
+
+# ----------------------------------------------------------------------------- the model as a plan
+
+
+@dataclass
+class Leaf:
+    kind: str  # linear | conv | bn | pool | flatten | identity
+    name: str  # qualified module name (parameter prefix)
+    module: nn.Module
+    params: List[str] = field(default_factory=list)  # trainable parameter names
+    buffers: List[str] = field(default_factory=list)  # frozen tensors it reads
+
+
+@dataclass
+class Stage:
+    leaves: List[Leaf]  # stateless layers before the node (empty for the first: the prefix)
+    kind: str  # lif | revlif
+    name: str
+    params: object  # LIFParams | RevLIFParams
+    x_shape: Tuple[int, ...] = ()  # one step's node input [B, ...]
+
+
+def make_leaf(name: str, m: nn.Module) -> Leaf:
+    if isinstance(m, nn.Linear):
+        return Leaf("linear", name, m, [f"{name}.weight"] + ([f"{name}.bias"] if m.bias is not None else []))
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or tuple(m.dilation) != (1, 1) or not isinstance(m.padding, tuple) or m.padding_mode != "zeros":
+            raise ExportError(f"onnx-step: {name}: only Conv2d with groups=1, dilation=1, numeric zero padding is supported")
+        return Leaf("conv", name, m, [f"{name}.weight"] + ([f"{name}.bias"] if m.bias is not None else []))
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if not m.affine or m.running_mean is None:
+            raise ExportError(f"onnx-step: {name}: only affine BatchNorm with running statistics is supported")
+        return Leaf("bn", name, m, [f"{name}.weight", f"{name}.bias"], [f"{name}.running_mean", f"{name}.running_var"])
+    if isinstance(m, nn.AvgPool2d):
+        k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
+        s = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
+        p = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
+        if k != s or p != (0, 0) or m.ceil_mode or m.divisor_override is not None:
+            raise ExportError(f"onnx-step: {name}: only AvgPool2d with kernel_size == stride, no padding, floor mode is supported")
+        return Leaf("pool", name, m)
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise ExportError(f"onnx-step: {name}: only Flatten(1, -1) is supported")
+        return Leaf("flatten", name, m)
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        return Leaf("identity", name, m)
+    raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) has no explicit VJP; supported: Linear, Conv2d, "
+                      f"BatchNorm, AvgPool2d, Flatten, Identity/Dropout")
+
+
+def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
+    body = getattr(model, "body", None)
+    if not isinstance(body, nn.Sequential):
+        raise ExportError("onnx-step: expected an edgesnn SpikingClassifier (model.body an nn.Sequential)")
+    stages: List[Stage] = []
+    pending: List[Leaf] = []
+    prefix: Optional[List[Leaf]] = None
+    for i, m in enumerate(body):
+        name = f"body.{i}"
+        if isinstance(m, SeqToANN):
+            inner = m.module
+            if isinstance(inner, nn.Sequential):
+                pending += [make_leaf(f"{name}.module.{j}", c) for j, c in enumerate(inner)]
+            else:
+                pending.append(make_leaf(f"{name}.module", inner))
+        elif type(m) in (LIF, RevLIF):
+            if m.stateful:
+                raise ExportError(f"onnx-step: spiking layer {name} is stateful (carries .v across calls); export needs fresh states")
+            kind = "lif" if type(m) is LIF else "revlif"
+            if prefix is None:
+                prefix, leaves = pending, []
+            else:
+                leaves = pending
+            stages.append(Stage(leaves, kind, name, m.params))
+            pending = []
+        else:
+            raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) is not supported (LIF, RevLIF and SeqToANN layers only)")
+    if not stages:
+        raise ExportError("onnx-step: the model has no LIF/RevLIF layer")
+    return prefix or [], stages, pending
+
+
+# ----------------------------------------------------------------------------- explicit layer VJPs
+
+
+def leaf_forward(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    m = leaf.module
+    if leaf.kind == "linear":
+        return F.linear(x, t[f"{leaf.name}.weight"], t.get(f"{leaf.name}.bias"))
+    if leaf.kind == "conv":
+        return F.conv2d(x, t[f"{leaf.name}.weight"], t.get(f"{leaf.name}.bias"), m.stride, m.padding)
+    if leaf.kind == "bn":
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        invstd = torch.rsqrt(t[f"{leaf.name}.running_var"] + float(m.eps))
+        xhat = (x - t[f"{leaf.name}.running_mean"].reshape(shape)) * invstd.reshape(shape)
+        return xhat * t[f"{leaf.name}.weight"].reshape(shape) + t[f"{leaf.name}.bias"].reshape(shape)
+    if leaf.kind == "pool":
+        return F.avg_pool2d(x, m.kernel_size, m.stride)
+    if leaf.kind == "flatten":
+        return x.reshape(x.shape[0], -1)
+    return x
+
+
+def weight_grad(leaf: Leaf, x: torch.Tensor, gy: torch.Tensor, acc: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Linear / Conv2d weight gradient at input ``x`` and output gradient ``gy`` (plus ``acc``)."""
+    if leaf.kind == "linear":
+        return gy.t().matmul(x) if acc is None else torch.addmm(acc, gy.t(), x)
+    m = leaf.module
+    kh, kw = tuple(m.kernel_size)
+    # a convolution over the batch: channels and batch swap roles
+    gw = F.conv2d(x.transpose(0, 1), gy.transpose(0, 1), None, 1, tuple(m.padding), tuple(m.stride)).transpose(0, 1)
+    gw = gw[:, :, :kh, :kw]
+    return gw if acc is None else acc + gw
+
+
+def leaf_vjp(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor, gy: torch.Tensor,
+              need_gx: bool = True, defer: bool = False) -> Tuple[Optional[torch.Tensor], Dict[str, object]]:
+    """``(grad of the input, {parameter name: gradient})`` of one layer at input ``x``.
+
+    ``defer``: Linear/Conv2d weight gradients come back as ``(x, gy)`` pairs, so that a caller
+    can compute them for several time steps in one matrix product (:func:`weight_grad`).
+    """
+    m, n = leaf.module, leaf.name
+    grads: Dict[str, object] = {}
+    if leaf.kind in ("linear", "conv") and defer:
+        grads[f"{n}.weight"] = (x, gy)
+    elif leaf.kind in ("linear", "conv"):
+        grads[f"{n}.weight"] = weight_grad(leaf, x, gy)
+    if leaf.kind == "linear":
+        w = t[f"{n}.weight"]
+        if f"{n}.bias" in t:
+            grads[f"{n}.bias"] = gy.sum(0)
+        return (gy.matmul(w) if need_gx else None), grads
+    if leaf.kind == "conv":
+        w = t[f"{n}.weight"]
+        s, p = tuple(m.stride), tuple(m.padding)
+        kh, kw = w.shape[2], w.shape[3]
+        if f"{n}.bias" in t:
+            grads[f"{n}.bias"] = gy.sum((0, 2, 3))
+        gx = None
+        if need_gx:
+            H, W = x.shape[2], x.shape[3]
+            oh = H + 2 * p[0] - ((gy.shape[2] - 1) * s[0] + kh)
+            ow = W + 2 * p[1] - ((gy.shape[3] - 1) * s[1] + kw)
+            gx = F.conv_transpose2d(gy, w, None, s, p, (oh, ow))
+        return gx, grads
+    if leaf.kind == "bn":
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        dims = [0] + list(range(2, x.dim()))
+        invstd = torch.rsqrt(t[f"{n}.running_var"] + float(m.eps))
+        xhat = (x - t[f"{n}.running_mean"].reshape(shape)) * invstd.reshape(shape)
+        grads[f"{n}.weight"] = (gy * xhat).sum(dims)
+        grads[f"{n}.bias"] = gy.sum(dims)
+        return (gy * (t[f"{n}.weight"] * invstd).reshape(shape) if need_gx else None), grads
+    if leaf.kind == "pool":
+        if not need_gx:
+            return None, grads
+        k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
+        N, C, Ho, Wo = gy.shape
+        up = gy.reshape(N, C, Ho, 1, Wo, 1).expand(N, C, Ho, k[0], Wo, k[1]).reshape(N, C, Ho * k[0], Wo * k[1])
+        up = up * (1.0 / (k[0] * k[1]))
+        H, W = x.shape[2], x.shape[3]
+        if (H, W) != (Ho * k[0], Wo * k[1]):
+            up = F.pad(up, (0, W - Wo * k[1], 0, H - Ho * k[0]))
+        return up, grads
+    if leaf.kind == "flatten":
+        return (gy.reshape(x.shape) if need_gx else None), grads
+    return gy, grads
+
+
+def block_forward(leaves: Sequence[Leaf], t, x) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Inputs of every layer (for the VJPs) and the block's output."""
+    inputs = []
+    for leaf in leaves:
+        inputs.append(x)
+        x = leaf_forward(leaf, t, x)
+    return inputs, x
+
+
+def block_vjp(leaves: Sequence[Leaf], t, inputs, gy, need_gx: bool = True, defer: bool = False):
+    grads: Dict[str, object] = {}
+    for i in range(len(leaves) - 1, -1, -1):
+        gy, g = leaf_vjp(leaves[i], t, inputs[i], gy, need_gx or i > 0, defer)
+        grads.update(g)
+    return gy, grads
+
+
+# ----------------------------------------------------------------------------- one time step
+
+
+def grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+    B, C = x.shape[0], x.shape[1]
+    return x.reshape(B, groups, (C // groups) * math.prod(x.shape[2:]))
+
+
+def node_input(st: Stage, x: torch.Tensor) -> torch.Tensor:
+    """The value a RevLIF layer steps on: grouped, clamped and on the grid in exact mode."""
+    xg = grouped(x, st.params.groups)
+    return quantize_input(xg) if st.params.exact else xg
+
+
+def initial_state(st: Stage) -> torch.Tensor:
+    if st.kind == "lif":
+        return torch.full(st.x_shape, st.params.charge_reset)
+    B, C = st.x_shape[0], st.x_shape[1]
+    shape = (B, st.params.groups, (C // st.params.groups) * math.prod(st.x_shape[2:]))
+    v = torch.full(shape, st.params.lif.charge_reset)
+    return to_grid(v) if st.params.exact else v

@@ -1,0 +1,277 @@
+"""The training step the ONNX step graph runs (:mod:`.onnx_step`), as plain PyTorch.
+
+:func:`build_step_program` reads a model (:mod:`.step_layers`); :class:`StepProgram` runs one time
+step forward and backward with the project's own VJPs and updates the parameters;
+:func:`reference_step` runs a whole step eagerly: what the exported graph must reproduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..functional.lif import lif_charge, lif_fire_reset_values, lif_step_vjp
+from ..functional.revlif import RevLIFParams, revlif_step, revlif_step_backward
+from .prepare import ExportError, export_copy
+from .step_layers import (Leaf, Stage, block_forward, block_vjp, grouped, initial_state, node_input, plan_layers)
+
+__all__ = ["STEP_OPTIMIZERS", "StepProgram", "build_step_program", "reference_step"]
+
+STEP_OPTIMIZERS = ("sgd", "adamw")
+
+
+# ----------------------------------------------------------------------------- the program
+
+
+@dataclass
+class StepProgram:
+    """The traced-to-be pieces of a training step for one model (see the module docstring)."""
+
+    model: nn.Module
+    prefix: List[Leaf]
+    stages: List[Stage]
+    head: List[Leaf]
+    batch_size: int
+    timesteps: int
+    chunk: int
+    trainable: List[str]
+    frozen: List[str]
+    values: Dict[str, torch.Tensor]
+    optimizer: str
+    hparams: Dict[str, float]
+    in_shape: Tuple[int, ...]
+    num_classes: int
+
+    @property
+    def opt_state(self) -> List[str]:
+        if self.optimizer == "adamw":
+            return ["optimizer.step"] + [f"{n}.exp_avg" for n in self.trainable] + [f"{n}.exp_avg_sq" for n in self.trainable]
+        if self.hparams.get("momentum", 0.0) != 0.0:
+            return [f"{n}.momentum_buffer" for n in self.trainable]
+        return []
+
+    def initial_opt_state(self) -> Dict[str, np.ndarray]:
+        out = {}
+        for name in self.opt_state:
+            if name == "optimizer.step":
+                out[name] = np.zeros((), np.float32)
+            else:
+                base = name.rsplit(".", 1)[0]
+                out[name] = np.zeros(tuple(self.values[base].shape), np.float32)
+        return out
+
+    # -- pieces as plain torch functions ------------------------------------------------
+
+    def loop_names(self) -> List[str]:
+        """Trainable parameters of the layers inside the time loop (stages and head)."""
+        names = []
+        for st in self.stages:
+            for leaf in st.leaves:
+                names += leaf.params
+        for leaf in self.head:
+            names += leaf.params
+        return names
+
+    def read_names(self, leaves: Sequence[Leaf]) -> List[str]:
+        return [n for leaf in leaves for n in leaf.params + leaf.buffers]
+
+    def loop_read_names(self) -> List[str]:
+        names = []
+        for st in self.stages:
+            names += self.read_names(st.leaves)
+        return names + self.read_names(self.head)
+
+    def forward_step(self, t: Dict[str, torch.Tensor], P: torch.Tensor, states: List[torch.Tensor]):
+        """One time step: ``(logits, new states, kept values per stage)``; kept: LIF ``h``,
+        RevLIF ``(spike, grid bit | None)`` float 0/1 in grouped layout."""
+        out = P
+        new_states, kept = [], []
+        for st, v in zip(self.stages, states):
+            _, x = block_forward(st.leaves, t, out)
+            if st.kind == "lif":
+                h = lif_charge(x, v, st.params)
+                s, u = lif_fire_reset_values(h, st.params)
+                new_states.append(u)
+                kept.append(h)
+                out = s
+            else:
+                p: RevLIFParams = st.params
+                xg = node_input(st, x)
+                y, v_new, bits = revlif_step(xg, v, p)
+                spike = (y - p.alpha * xg >= 0.5).to(y.dtype)
+                new_states.append(v_new)
+                kept.append((spike, None if bits is None else bits.to(y.dtype)))
+                out = y.reshape(x.shape)
+        _, logits = block_forward(self.head, t, out)
+        return logits, new_states, kept
+
+    def backward_step(self, t, P, g_logits_t, v_rev: List[torch.Tensor], gv: List[torch.Tensor], kept, err,
+                      defer: bool = False):
+        """Back-propagate one time step (top-down). ``kept``: per stage, LIF ``h``, RevLIF
+        ``(spike, bit)``; ``v_rev``: RevLIF states after the step (one per RevLIF stage).
+        Returns ``(v_rev before the step, gv before the step, {param: grad}, grad of P, err)``."""
+        # recompute the stateless layers (and the RevLIF outputs) bottom-up
+        out = P
+        acts = []
+        for st, kv in zip(self.stages, kept):
+            inputs, x = block_forward(st.leaves, t, out)
+            if st.kind == "lif":
+                out_next = (kv >= st.params.v_threshold).to(kv.dtype)
+                acts.append((inputs, x, None))
+            else:
+                p: RevLIFParams = st.params
+                xg = node_input(st, x)
+                spike, _ = kv
+                y = p.alpha * xg + spike
+                acts.append((inputs, x, (xg, y)))
+                out_next = y.reshape(x.shape)
+            out = out_next
+        head_inputs, _ = block_forward(self.head, t, out)
+        g, grads = block_vjp(self.head, t, head_inputs, g_logits_t, defer=defer)
+        new_v, new_gv = list(v_rev), list(gv)
+        ri = sum(1 for st in self.stages if st.kind == "revlif")
+        for li in range(len(self.stages) - 1, -1, -1):
+            st, kv, (inputs, x, rev) = self.stages[li], kept[li], acts[li]
+            if st.kind == "lif":
+                gx, new_gv[li] = lif_step_vjp(kv, g, gv[li], st.params)
+            else:
+                ri -= 1
+                p = st.params
+                xg, y = rev
+                _, bit = kv
+                x_rec, v_prev, gxg, new_gv[li] = revlif_step_backward(
+                    y, v_rev[ri], bit, grouped(g, p.groups), gv[li], p)
+                err = torch.maximum(err, (x_rec - xg).abs().max())
+                new_v[ri] = v_prev
+                gx = gxg.reshape(x.shape)
+            g, gl = block_vjp(st.leaves, t, inputs, gx, defer=defer)
+            grads.update(gl)
+        return new_v, new_gv, grads, g, err
+
+    def update(self, t: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], lr):
+        """``(new params, new optimizer state)`` as ``torch.optim.SGD`` / ``torch.optim.AdamW`` compute them."""
+        hp = self.hparams
+        new_p, new_s = {}, {}
+        if self.optimizer == "adamw":
+            b1, b2, eps, wd = hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]
+            step = state["optimizer.step"] + 1.0
+            new_s["optimizer.step"] = step
+            bc1 = 1.0 - torch.pow(torch.tensor(b1, dtype=torch.float32), step)
+            bc2 = 1.0 - torch.pow(torch.tensor(b2, dtype=torch.float32), step)
+            step_size = lr / bc1
+            bc2_sqrt = torch.sqrt(bc2)
+            for n in self.trainable:
+                p, g = t[n], grads[n]
+                p = p * (1.0 - lr * wd)
+                m = state[f"{n}.exp_avg"]
+                m = m + (g - m) * (1.0 - b1)
+                v = state[f"{n}.exp_avg_sq"] * b2 + g * g * (1.0 - b2)
+                denom = torch.sqrt(v) / bc2_sqrt + eps
+                new_p[n] = p - step_size * (m / denom)
+                new_s[f"{n}.exp_avg"], new_s[f"{n}.exp_avg_sq"] = m, v
+            return new_p, new_s
+        mom, wd, nesterov = hp.get("momentum", 0.0), hp.get("weight_decay", 0.0), bool(hp.get("nesterov", 0.0))
+        for n in self.trainable:
+            p, d = t[n], grads[n]
+            if wd:
+                d = d + wd * p
+            if mom:
+                buf = state[f"{n}.momentum_buffer"] * mom + d
+                new_s[f"{n}.momentum_buffer"] = buf
+                d = d + mom * buf if nesterov else buf
+            new_p[n] = p - lr * d
+        return new_p, new_s
+
+    def loss(self, logit_sum: torch.Tensor, labels: torch.Tensor):
+        logits = logit_sum / float(self.timesteps)
+        logp = torch.log_softmax(logits, 1)
+        onehot = F.one_hot(labels, self.num_classes).to(logits.dtype)
+        B = float(self.batch_size)
+        loss = -(logp * onehot).sum() / B
+        g = (torch.exp(logp) - onehot) / B
+        correct = (logits.argmax(1) == labels).to(torch.int64).sum()
+        return loss, correct, g / float(self.timesteps)
+
+    def eager_step(self, x, labels, lr, t: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]):
+        """The whole step in eager PyTorch with the same functions (used to check the exported graph)."""
+        P_in, P = block_forward(self.prefix, t, x)
+        states = [initial_state(st) for st in self.stages]
+        logit_sum = 0.0
+        kept_all = []
+        for _ in range(self.timesteps):
+            logits, states, kept = self.forward_step(t, P, states)
+            logit_sum = logit_sum + logits
+            kept_all.append(kept)
+        loss, correct, g_t = self.loss(logit_sum, labels)
+        v_rev = [s for st, s in zip(self.stages, states) if st.kind == "revlif"]
+        gv = [torch.zeros_like(s) for s in states]
+        err = torch.zeros(())
+        gacc: Dict[str, torch.Tensor] = {}
+        gP = torch.zeros_like(P)
+        for step in range(self.timesteps - 1, -1, -1):
+            v_rev, gv, grads, g, err = self.backward_step(t, P, g_t, v_rev, gv, kept_all[step], err)
+            for k, val in grads.items():
+                gacc[k] = gacc[k] + val if k in gacc else val
+            gP = gP + g
+        _, pg = block_vjp(self.prefix, t, P_in, gP, need_gx=False)
+        gacc.update(pg)
+        new_p, new_s = self.update(t, gacc, state, lr)
+        return new_p, new_s, loss, correct, err, gacc
+
+
+def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
+                       weight_decay: Optional[float] = None, nesterov: bool = False, betas=(0.9, 0.999),
+                       eps: float = 1e-8) -> StepProgram:
+    if optimizer not in STEP_OPTIMIZERS:
+        raise ExportError(f"optimizer: expected one of {STEP_OPTIMIZERS}, got {optimizer!r}")
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ExportError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    clone = export_copy(model)
+    prefix, stages, head = plan_layers(clone)
+    T = int(clone.timesteps)
+    values = {k: v.detach().clone().float() for k, v in clone.state_dict().items()}
+    trainable = [n for n, _ in clone.named_parameters()]
+    used = set()
+    for leaves in [prefix, head] + [st.leaves for st in stages]:
+        for leaf in leaves:
+            used.update(leaf.params)
+    missing = sorted(set(trainable) - used)
+    if missing:
+        raise ExportError(f"onnx-step: parameters {missing} belong to layers without an explicit VJP")
+    frozen = [n for leaves in [prefix, head] + [st.leaves for st in stages] for leaf in leaves for n in leaf.buffers]
+    wd = (0.01 if optimizer == "adamw" else 0.0) if weight_decay is None else float(weight_decay)
+    hp = {"weight_decay": wd}
+    if optimizer == "adamw":
+        hp.update(beta1=float(betas[0]), beta2=float(betas[1]), eps=float(eps))
+    else:
+        hp.update(momentum=float(momentum), nesterov=float(bool(nesterov)))
+    chunk = 4 if T % 4 == 0 else (2 if T % 2 == 0 else 1)
+    cfg = dict(getattr(model, "config", {}) or {})
+    prog = StepProgram(clone, prefix, stages, head, batch_size, T, chunk, trainable, frozen, values, optimizer, hp,
+                       tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0)
+    # shapes: one eager pass
+    with torch.no_grad():
+        x = torch.zeros(batch_size, *clone.in_shape)
+        _, out = block_forward(prefix, values, x)
+        for i, st in enumerate(stages):
+            _, xi = block_forward(st.leaves, values, out)
+            st.x_shape = tuple(xi.shape)
+            out = xi
+        _, logits = block_forward(head, values, out)
+        prog.num_classes = int(logits.shape[1])
+    return prog
+
+
+def reference_step(prog: StepProgram, x, labels, lr, params, state):
+    """Eager version of the step (numpy in, numpy out) for checks."""
+    t = {k: torch.from_numpy(np.asarray(v)) for k, v in params.items()}
+    s = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+    with torch.no_grad():
+        new_p, new_s, loss, correct, err, _ = prog.eager_step(torch.from_numpy(x), torch.from_numpy(labels), float(lr), t, s)
+    return ({k: v.numpy() for k, v in new_p.items()}, {k: v.numpy() for k, v in new_s.items()}, float(loss), int(correct),
+            float(err))

@@ -1,0 +1,230 @@
+"""The ``onnx-step`` path of the device runner (:mod:`edgesnn.export.runner`). Never imports torch.
+
+:class:`StepSession` runs ``step.onnx`` with two preallocated sets of parameter and optimizer
+buffers bound through ``IOBinding`` (step k reads set A and writes set B, step k+1 the other way),
+so per step only the batch, the labels and three scalars cross Python; :func:`finetune_step` is
+the epoch loop that writes ``state.npz``, ``params.npz`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
+                        atomic_write_text)
+from .runner import StepCheckError, _one_line, import_plain_ort, peak_rss_mb, training_modules_imported
+
+__all__ = ["StepSession", "finetune_step", "npz_bytes", "rss_mb"]
+
+
+def npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def rss_mb() -> float:
+    """Current resident set size in MiB (``VmRSS``; 0.0 where there is no procfs)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class StepSession:
+    """``step.onnx`` with double-buffered, IOBinding-bound parameters and optimizer state."""
+
+    def __init__(self, ort, artifact_dir: Path, manifest: StepManifest, start: Dict[str, np.ndarray],
+                 threads: Optional[int], lean_memory: bool) -> None:
+        self.ort, self.m = ort, manifest
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or 0)
+        opts.log_severity_level = 3
+        if lean_memory:
+            opts.enable_cpu_mem_arena = False
+            opts.enable_mem_pattern = False
+        self.opts = opts
+        try:
+            self.sess = ort.InferenceSession(str(artifact_dir / STEP_MODEL), opts, providers=["CPUExecutionProvider"])
+            self.eval_sess = ort.InferenceSession(str(artifact_dir / STEP_EVAL_MODEL), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ArtifactError(f"{artifact_dir}: ONNX Runtime could not load the step graphs ({_one_line(exc)})") from None
+        OV = ort.OrtValue
+        B = manifest.batch_size
+        self.names = [inp for inp, _ in manifest.carried]
+        # own copies: an OrtValue made from a numpy array uses that array's memory, and the step writes into it
+        self.sets = [{n: OV.ortvalue_from_numpy(np.array(start[n], np.float32, order="C")) for n in self.names},
+                     {n: OV.ortvalue_from_numpy(np.empty_like(np.asarray(start[n], np.float32))) for n in self.names}]
+        self.frozen = {n: OV.ortvalue_from_numpy(np.array(start[n], np.float32, order="C")) for n in manifest.frozen}
+        self.x = OV.ortvalue_from_numpy(np.zeros((B, *manifest.in_shape), np.float32))
+        self.y = OV.ortvalue_from_numpy(np.zeros((B,), np.int64))
+        self.lr = OV.ortvalue_from_numpy(np.zeros((), np.float32))
+        self.loss = OV.ortvalue_from_numpy(np.zeros((), np.float32))
+        self.correct = OV.ortvalue_from_numpy(np.zeros((), np.int64))
+        self.err = OV.ortvalue_from_numpy(np.zeros((), np.float32))
+        self.bindings = []
+        for k in (0, 1):
+            b = self.sess.io_binding()
+            for inp, out in manifest.carried:
+                b.bind_ortvalue_input(inp, self.sets[k][inp])
+                b.bind_ortvalue_output(out, self.sets[1 - k][inp])
+            for n, v in self.frozen.items():
+                b.bind_ortvalue_input(n, v)
+            b.bind_ortvalue_input(manifest.input_name, self.x)
+            b.bind_ortvalue_input(manifest.label_name, self.y)
+            b.bind_ortvalue_input(manifest.lr_name, self.lr)
+            b.bind_ortvalue_output("loss", self.loss)
+            b.bind_ortvalue_output("correct", self.correct)
+            b.bind_ortvalue_output("recon_error", self.err)
+            self.bindings.append(b)
+        self.current = 0
+        self.eval_x = OV.ortvalue_from_numpy(np.zeros((B, *manifest.in_shape), np.float32))
+
+    def set_lr(self, lr: float) -> None:
+        self.lr.update_inplace(np.asarray(lr, np.float32))
+
+    def step(self, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, int, float]:
+        self.x.update_inplace(xb)
+        self.y.update_inplace(yb)
+        self.sess.run_with_iobinding(self.bindings[self.current])
+        self.current = 1 - self.current
+        return float(self.loss.numpy()), int(self.correct.numpy()), float(self.err.numpy())
+
+    def values(self) -> Dict[str, np.ndarray]:
+        """Current parameters, frozen buffers and optimizer state (copies)."""
+        out = {n: np.array(v.numpy()) for n, v in self.sets[self.current].items()}
+        out.update({n: np.array(v.numpy()) for n, v in self.frozen.items()})
+        return out
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        B = self.m.batch_size
+        b = self.eval_sess.io_binding()
+        for n, v in self.sets[self.current].items():
+            if n in self.m.trainable:
+                b.bind_ortvalue_input(n, v)
+        for n, v in self.frozen.items():
+            b.bind_ortvalue_input(n, v)
+        b.bind_ortvalue_input(self.m.input_name, self.eval_x)
+        b.bind_output(self.m.output_name, "cpu")
+        correct = 0
+        for i in range(0, x.shape[0], B):
+            xb = x[i:i + B]
+            n = xb.shape[0]
+            if n < B:
+                xb = np.concatenate([xb, np.zeros((B - n, *xb.shape[1:]), np.float32)])
+            self.eval_x.update_inplace(np.ascontiguousarray(xb))
+            self.eval_sess.run_with_iobinding(b)
+            logits = b.copy_outputs_to_cpu()[0][:n]
+            correct += int((logits.argmax(1) == y[i:i + n]).sum())
+        return correct / max(1, x.shape[0])
+
+
+def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epochs: int, lr: Optional[float],
+                   out_dir: Path, write_dir: Path, seed: int, resume: bool, threads: Optional[int],
+                   log: Callable[[str], None], lean_memory: bool, accuracy_on: str) -> Dict:
+    """The onnx-step training loop (plain onnxruntime + numpy)."""
+    ort = import_plain_ort()
+    ort.set_default_logger_severity(3)
+    rss_before = rss_mb()
+    state_path = out_dir / "state.npz"
+    resuming = resume and state_path.is_file()
+    src = state_path if resuming else artifact_dir / STEP_INIT
+    needed = list(manifest.trainable) + list(manifest.frozen) + list(manifest.optimizer_state)
+    try:
+        with np.load(src, allow_pickle=False) as npz:
+            start = {n: np.array(npz[n]) for n in needed if n in npz.files}
+            resumed_steps = int(npz["runner.steps"]) if "runner.steps" in npz.files else 0
+    except Exception as exc:
+        hint = "; pass --force instead of --resume to start again" if resuming else ""
+        raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
+    missing = [n for n in needed if n not in start]
+    if missing:
+        hint = (" (fine-tuned from another export?); pass --force instead of --resume to start again" if resuming else "")
+        raise ArtifactError(f"{src}: lacks {missing[:3]}{'...' if len(missing) > 3 else ''}{hint}")
+    sess = StepSession(ort, artifact_dir, manifest, start, threads, lean_memory)
+    rss_session = rss_mb()
+    rate = float(manifest.learning_rate if lr is None else lr)
+    sess.set_lr(rate)
+
+    B = manifest.batch_size
+    acc_before = sess.accuracy(xe, ye)
+    epoch_losses: List[float] = []
+    step_times: List[float] = []
+    step_cpu: List[float] = []
+    max_err = 0.0
+    steps = 0
+    for epoch in range(epochs):
+        order = np.random.default_rng(seed + epoch).permutation(x.shape[0])
+        losses = []
+        for i in range(0, x.shape[0] - B + 1, B):
+            idx = order[i:i + B]
+            xb, yb = np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx])
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss, _, err = sess.step(xb, yb)
+            step_times.append(time.perf_counter() - t0)
+            step_cpu.append(time.process_time() - c0)
+            steps += 1
+            if not math.isfinite(loss):
+                raise StepCheckError(f"step {resumed_steps + steps}: the loss is {loss}; lower --lr")
+            if not err <= manifest.recon_tolerance:
+                raise StepCheckError(
+                    f"step {resumed_steps + steps}: RevLIF reconstruction error {err:.3g} exceeds {manifest.recon_tolerance:g} "
+                    f"(float mode: spikes flipped in the inverse; export with mode='exact', or fewer steps)")
+            max_err = max(max_err, err)
+            losses.append(loss)
+        epoch_losses.append(float(np.mean(losses)))
+        log(f"epoch {epoch + 1}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps)")
+    acc_after = sess.accuracy(xe, ye)
+
+    values = sess.values()
+    state = dict(values)
+    state["runner.steps"] = np.asarray(resumed_steps + steps, np.int64)
+    atomic_write_bytes(write_dir / "state.npz", npz_bytes(state))
+    params = {n: values[n] for n in list(manifest.trainable) + list(manifest.frozen)}
+    atomic_write_bytes(write_dir / "params.npz", npz_bytes(params))
+    steady = step_times[1:] if len(step_times) > 1 else step_times
+    steady_cpu = step_cpu[1:] if len(step_cpu) > 1 else step_cpu
+    bad = training_modules_imported()
+    metrics = {
+        "format": "onnx-step",
+        "epochs": epochs,
+        "steps": len(step_times),
+        "total_steps": resumed_steps + steps,
+        "batch_size": B,
+        "learning_rate": rate,
+        "optimizer": manifest.optimizer,
+        "epoch_loss": epoch_losses,
+        "accuracy_on": accuracy_on,
+        "train_samples": int(x.shape[0]),
+        "eval_samples": int(xe.shape[0]),
+        "accuracy_before": acc_before,
+        "accuracy_after": acc_after,
+        "recon_error_max": max_err,
+        "step_ms_mean": 1000.0 * float(np.mean(steady)) if steady else None,
+        "step_ms_median": 1000.0 * float(np.median(steady)) if steady else None,
+        "step_cpu_ms_median": 1000.0 * float(np.median(steady_cpu)) if steady_cpu else None,
+        "threads": int(threads or 0),
+        "lean_memory": bool(lean_memory),
+        "rss_before_session_mb": rss_before,
+        "rss_after_session_mb": rss_session,
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_imported": "torch" in sys.modules and sys.modules["torch"] is not None,
+        "forbidden_modules": bad,
+        "onnxruntime_version": getattr(ort, "__version__", ""),
+    }
+    atomic_write_text(write_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if bad:
+        raise RuntimeError(f"device runner: {bad[:3]} were imported during fine-tuning; the runner must stay torch-free")
+    return metrics
