@@ -7,7 +7,7 @@ one warm-up step, parameter gradients kept allocated (``zero_grad(set_to_none=Fa
 allocations forced to mmap (``MALLOC_MMAP_THRESHOLD_=131072``, so freed memory returns to the OS
 and RSS tracks live tensors). Peak = VmHWM during the measured steps minus the RSS before them
 (so parameters, gradients and the process baseline are excluded). Step times come from
-more fresh processes, one per row and round, the rows taken in turn (``--rounds``, default 2; the
+more fresh processes, one per row and round, the rows taken in turn (``--rounds``, default 3; the
 median of all timed steps), run with glibc's default allocator settings as a user's training
 runs: forcing every allocation above 128 KiB to ``mmap`` (right for measuring peaks) makes each
 step page-fault its large tensors afresh, which slowed SpikingJelly's T = 64 step 2.3x and
@@ -132,7 +132,10 @@ def _reset_hwm() -> None:
     reset_peak_rss()
 
 
-def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) -> dict:
+def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int, timing: bool = False) -> dict:
+    """One row in this process: one warm-up step, then ``steps`` measured ones. ``timing``: the
+    kernels' buffer pool stays as the warm-up left it (as in training, where it saves page
+    faults); otherwise it is emptied first, so that the buffers a step pools count in its peak."""
     import torch
     import torch.nn.functional as F
 
@@ -157,10 +160,11 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int) 
         return loss
 
     step()  # warm-up: allocates gradients, compiles kernels
-    # edgesnn's kernel buffer pool keeps idle output buffers resident between steps; they would sit
-    # in the baseline and hide up to its cap from the peak, so the step starts with the pool empty
-    from edgesnn.kernels import buffers
-    buffers.release()
+    if not timing:
+        # edgesnn's kernel buffer pool keeps idle output buffers resident between steps; they would
+        # sit in the baseline and hide up to its cap from the peak, so the step starts with it empty
+        from edgesnn.kernels import buffers
+        buffers.release()
     before = _rss()
     _reset_hwm()
     times = []
@@ -289,7 +293,7 @@ def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
     times = {row: [] for row in rows}
     for _ in range(rounds):
         for row in rows:
-            r = _run_child(["--worker", row, str(T), str(budget), *common], mmap_threshold=False)
+            r = _run_child(["--worker", row, str(T), str(budget), *common, "--timing"], mmap_threshold=False)
             times[row] += r["step_times"]
     return {row: statistics.median(v) for row, v in times.items()}
 
@@ -307,14 +311,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", nargs=3, metavar=("ROW", "T", "BUDGET"), help=argparse.SUPPRESS)
     ap.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--rounds", type=int, default=2, help="timing rounds (each row in a fresh process per round)")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (each row in a fresh process per round)")
+    ap.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--showcase", metavar="DEVICE",
                     help="instead of the table: VGG-11 at the largest T given by -T, on DEVICE's memory "
                          "(e.g. raspberry-pi-4-4gb), largest planned batch, measured peak vs SpikingJelly BPTT")
     ap.add_argument("--showcase-worker", metavar="DEVICE", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.batch, int(a.worker[2]), a.steps, a.threads)))
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.batch, int(a.worker[2]), a.steps, a.threads,
+                                a.timing)))
         return 0
     if a.check_worker:
         print(json.dumps(check_gradients(a.check_worker, a.batch, a.threads)))

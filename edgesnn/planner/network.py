@@ -109,14 +109,21 @@ def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Seq
 
 def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target: int,
                     fixed_bytes: int = 0) -> Optional[List[int]]:
-    """The fastest choice whose peak fits ``target``: every choice on the greedy descent that fits,
-    each relaxed (:func:`_relax`), compared by predicted time."""
+    """The fastest choice whose peak fits ``target``: every choice on the greedy descent, as it is
+    and relaxed (:func:`_relax`), each with the chunks its forward keeps and the layer outputs it
+    holds (:func:`choose_keeps`, :func:`choose_holds`: holding also lowers a one-chunk block's
+    transient, so a choice over the target without them may fit with them), compared by predicted
+    time."""
     options = {}
     for c in path:
-        if tuple(c) in options or predict_peak(shapes, c, fixed_bytes)[0] > target:
-            continue
-        r = _relax(shapes, c, target, fixed_bytes)
-        options[tuple(c)] = (predict_time(shapes, r), predict_peak(shapes, r, fixed_bytes)[0], r)
+        for r in (list(c), _relax(shapes, c, target, fixed_bytes)):
+            if tuple(r) in options:
+                continue
+            keeps = choose_keeps(shapes, r, fixed_bytes)
+            holds = choose_holds(shapes, r, keeps, target, fixed_bytes)
+            peak = predict_peak(shapes, r, fixed_bytes, keeps=keeps, holds=holds)[0]
+            if peak <= target:
+                options[tuple(r)] = (predict_time(shapes, r, keeps, holds), peak, r)
     if not options:
         return None
     # times within TIME_RESOLUTION of the fastest are a tie for the time model: the least peak wins

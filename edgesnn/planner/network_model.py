@@ -39,7 +39,7 @@ BWD_PARAM = 1.8
 PLAIN_BN_BWD_A = 2.0
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
 NO_BUDGET_SLACK = 1.10
-NO_BUDGET_SLACK_BYTES = 10 * 2**20  # small models: a few MiB are not worth many small chunks
+NO_BUDGET_SLACK_BYTES = 16 * 2**20  # small models: a few MiB are not worth many small chunks or recomputed layers
 BUDGET_HEADROOM = 0.8  # plan to this fraction of a budget (see plan_chunks)
 MAX_CHUNK_SAMPLES = 512  # K x B of one chunk at most (see _descent)
 # Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
