@@ -215,6 +215,22 @@ def test_packing_round_trip_odd_sizes():
     assert s.data.dtype == torch.uint8 and torch.equal(s.chunk(0, 1), pooled)
 
 
+def test_cpu_bit_kernels_and_torch_packing_agree_byte_for_byte(monkeypatch):
+    """The Numba CPU kernels and the torch form (other devices and dtypes) share one layout, so a
+    tensor packed by either unpacks with the other."""
+    from edgesnn.memopt import packing
+
+    for shape in [(3, 5, 7), (2, 3, 8), (4, 2, 3, 3)]:
+        x = (torch.rand(shape) > 0.5).float()
+        fast = pack_bits(x)
+        monkeypatch.setattr(packing, "_cpu_kernels", lambda t: False)
+        slow = pack_bits(x)
+        assert torch.equal(fast, slow)
+        assert torch.equal(unpack_bits(fast, shape[1:], torch.float32), x)
+        monkeypatch.undo()
+        assert torch.equal(unpack_bits(slow, shape[1:], torch.float64), x.double())
+
+
 def test_repeated_input_is_stored_once():
     x0 = torch.rand(3, 2, 9, 9)
     s = save_input(x0.unsqueeze(0).expand(16, *x0.shape), "dense")

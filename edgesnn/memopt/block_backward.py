@@ -72,6 +72,11 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
     sum_dy = None
     sum_dy_xhat = None
 
+    # One held chunk: pass 1 already has everything pass 2 would recompute (xhat in place of the
+    # held output, the node's input gradient), so the BatchNorm backward finishes in one pass.
+    single = held is not None and n_chunks == 1
+    kept_dz = kept_xhat = None
+
     # pass 1: node backward, BatchNorm sums
     g_v = None
     for c in range(n_chunks - 1, -1, -1):
@@ -79,7 +84,7 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
         k = t1 - t0
         with torch.no_grad():
             if held is not None:
-                z, xhat = bn_normalize(bn, held[t0], mean, invstd)
+                z, xhat = bn_normalize(bn, held.pop(t0) if single else held[t0], mean, invstd, inplace=single)
             else:
                 z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
             z = split_time(z, k)
@@ -88,9 +93,11 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
         dy = merge_time(dz)
         dims = reduce_dims(dy)
         s1 = dy.sum(dims, dtype=torch.float64)
-        s2 = xhat.mul_(dy).sum(dims, dtype=torch.float64)
+        s2 = (xhat * dy if single else xhat.mul_(dy)).sum(dims, dtype=torch.float64)
         sum_dy = s1 if sum_dy is None else sum_dy + s1
         sum_dy_xhat = s2 if sum_dy_xhat is None else sum_dy_xhat + s2
+        if single:
+            kept_dz, kept_xhat = dz, xhat
         del dz, dy, xhat
     if bn.weight is not None and bn.weight.requires_grad:
         _accumulate_grad(bn.weight, sum_dy_xhat)
@@ -107,21 +114,26 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
     for c in range(n_chunks - 1, -1, -1):
         t0, t1 = ctx.bounds[c]
         k = t1 - t0
-        if held is not None:
+        if single:
             xl = saved.chunk(t0, t1).detach()
-            a = held.pop(t0)
+            a, dz, xhat = None, kept_dz, kept_xhat
+            kept_dz = kept_xhat = None
         else:
-            xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
-            with torch.enable_grad():
-                a = apply_steps(pre, merge_time(xl))
-        with torch.no_grad():
-            # the layers before BatchNorm (conv, linear, pooling) do not keep their output for
-            # backward, so the output may become xhat in place (not when it is the input itself)
-            z, xhat = bn_normalize(bn, a.detach(), mean, invstd, inplace=bool(pre))
-            z = split_time(z, k)
-        dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
+            if held is not None:
+                xl = saved.chunk(t0, t1).detach()
+                a = held.pop(t0)
+            else:
+                xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
+                with torch.enable_grad():
+                    a = apply_steps(pre, merge_time(xl))
+            with torch.no_grad():
+                # the layers before BatchNorm (conv, linear, pooling) do not keep their output for
+                # backward, so the output may become xhat in place (not when it is the input itself)
+                z, xhat = bn_normalize(bn, a.detach(), mean, invstd, inplace=bool(pre))
+                z = split_time(z, k)
+            dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
+            del z
         grad_out.release_from(t0)
-        del z
         with torch.no_grad():
             da = merge_time(dz)
             da.sub_(channel_view(c1, da)).sub_(xhat.mul_(channel_view(c2, da))).mul_(channel_view(scale, da))
