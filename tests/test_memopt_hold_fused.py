@@ -146,3 +146,27 @@ def test_planner_holds_where_the_peak_allows_and_never_with_a_forced_chunk():
     forced = _net(LIF, channels=(16, 32, 32))
     edgesnn.optimize_memory(forced, x, chunk=4)
     assert not any(b.hold for b in forced._memopt_blocks)
+
+
+def test_fused_kernel_only_where_it_computes_what_the_layers_would():
+    from edgesnn.memopt.steps import _fused_kind
+
+    class Shifted(nn.MaxPool2d):
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    z = torch.rand(2, 3, 4, 6, 6)
+    lif = LIF(backend="numba")
+    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2))), z) == "pool2"
+    assert _fused_kind(lif, [], z) == "lif"
+    assert _fused_kind(lif, child_steps(SeqToANN(Shifted(2))), z) is None  # its own forward runs
+    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(3))), z) is None
+    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2, ceil_mode=True))), z) is None
+    assert _fused_kind(LIF(backend="torch"), child_steps(SeqToANN(nn.MaxPool2d(2))), z) is None
+    assert _fused_kind(RevLIF(), child_steps(SeqToANN(nn.MaxPool2d(2))), z) is None
+    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2))), z.double()) is None
+    try:
+        from spikingjelly.activation_based import layer
+    except ImportError:
+        return
+    assert _fused_kind(lif, child_steps(layer.MaxPool2d(2, step_mode="m")), z) == "pool2"

@@ -48,7 +48,9 @@ def _pool2(post: List[Step]) -> bool:
     """``post`` is one 2x2, stride-2 max-pool without padding (what the fused kernels implement)."""
     if len(post) != 1 or not isinstance(post[0].module, nn.MaxPool2d):
         return False
-    m = post[0].module
+    m, fn = post[0].module, post[0].fn
+    if not (getattr(fn, "__func__", None) is nn.MaxPool2d.forward or (fn is m and type(m).forward is nn.MaxPool2d.forward)):
+        return False  # a subclass with its own forward: run it as it is
 
     def pair(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
