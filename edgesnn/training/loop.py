@@ -263,8 +263,8 @@ def train(
         example = data.train.inputs(torch.arange(min(cfg.batch_size, len(data.train)))).to(dev)
         mplan = optimize_memory(model, example)
         if main:
-            log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, predicted activation peak "
-                f"{mplan.peak_bytes / 2**20:.1f} MiB")
+            log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, strategies "
+                f"{[b.strategy for b in mplan.blocks]}, predicted activation peak {mplan.peak_bytes / 2**20:.1f} MiB")
     net: nn.Module = model
     if dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
