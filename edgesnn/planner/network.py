@@ -16,7 +16,7 @@ from torch import nn
 
 from .network_model import (BUDGET_HEADROOM, MAX_CHUNK_SAMPLES, NO_BUDGET_SLACK, NO_BUDGET_SLACK_BYTES,
                             STATIC_INNER_STEPS, TIME_RESOLUTION, BlockChoice, BlockShape, NetworkPlan, PlanningError,
-                            _chunked_bn, _fused, _n_chunks, _saved, block_shape, predict_peak, predict_time)
+                            block_shape, chunked_bn, fused_static, n_chunks, predict_peak, predict_time, saved_bytes)
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
            "plan_blocks", "plan_target", "plan_chunks", "choose_keeps", "choose_holds"]
@@ -37,10 +37,10 @@ def _fit_static(shapes: Sequence[BlockShape], chunks: List[int], fixed_bytes: in
     the one with the least predicted peak (few checkpoints vs. few recomputed states)."""
     out = list(chunks)
     for i, b in enumerate(shapes):
-        if not _fused(shapes, i):
+        if not fused_static(shapes, i):
             continue
         k_next = out[i + 1]
-        options = sorted({m * k_next for m in range(1, _n_chunks(b.T, k_next) + 1)} | {b.T})
+        options = sorted({m * k_next for m in range(1, n_chunks(b.T, k_next) + 1)} | {b.T})
         best = None
         for c in options:
             trial = list(out)
@@ -140,7 +140,7 @@ def _relax(shapes: Sequence[BlockShape], chunks: List[int], target: int, fixed_b
         now = predict_time(shapes, chunks)
         best = None
         for i, b in enumerate(shapes):
-            if _fused(shapes, i) or chunks[i] >= b.T or not b.can_chunk:
+            if fused_static(shapes, i) or chunks[i] >= b.T or not b.can_chunk:
                 continue
             k = min(2 * chunks[i], b.T)
             if not b.static and k < b.T and k * b.B > MAX_CHUNK_SAMPLES:
@@ -184,7 +184,7 @@ def _descent(shapes: Sequence[BlockShape], fixed_bytes: int = 0) -> List[List[in
         path.append(_fit_static(shapes, chunks, fixed_bytes))
         best = None
         for i, b in enumerate(shapes):
-            if not b.can_chunk or _fused(shapes, i) or idx[i] + 1 >= len(ks[i]):
+            if not b.can_chunk or fused_static(shapes, i) or idx[i] + 1 >= len(ks[i]):
                 continue
             trial = list(chunks)
             trial[i] = ks[i][idx[i] + 1]
@@ -223,7 +223,7 @@ def plan_blocks(blocks, model: nn.Module, budget: Optional[int], chunk: Optional
         b.keep = m
         b.hold = h
     peak, phase = predict_peak(shapes, chunks, fixed, keeps=keeps, holds=holds)
-    choices = [BlockChoice(s.name, "hold" if h else "recompute" if K >= s.T else "chunked", K, _saved(s, K, h), h)
+    choices = [BlockChoice(s.name, "hold" if h else "recompute" if K >= s.T else "chunked", K, saved_bytes(s, K, h), h)
                for s, K, h in zip(shapes, chunks, holds)]
     return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks, keeps, holds), fixed)
 
@@ -235,9 +235,9 @@ def choose_keeps(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     keeps = [0] * len(shapes)
     cap, _ = predict_peak(shapes, chunks, fixed_bytes)
     for i, (b, K) in enumerate(zip(shapes, chunks)):
-        if not _chunked_bn(b, K):
+        if not chunked_bn(b, K):
             continue
-        for m in range(_n_chunks(b.T, K), 0, -1):
+        for m in range(n_chunks(b.T, K), 0, -1):
             keeps[i] = m
             bd: Dict[str, int] = {}
             predict_peak(shapes, chunks, fixed_bytes, breakdown=bd, keeps=keeps)

@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 from torch import nn
 
-__all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape"]
+__all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
+           "n_chunks", "saved_bytes", "fused_static", "chunked_bn"]
 
 # Temporaries of one chunk step, in multiples of the per-step tensors (float32): input chunk ``x``,
 # node input ``a`` (layer output), block output ``o``. Fitted (least squares over every phase) on
@@ -109,24 +110,24 @@ class NetworkPlan:
         return "\n".join(lines)
 
 
-def _n_chunks(T: int, K: int) -> int:
+def n_chunks(T: int, K: int) -> int:
     return -(-T // K)
 
 
-def _saved(b: BlockShape, K: int, hold: bool = False) -> int:
+def saved_bytes(b: BlockShape, K: int, hold: bool = False) -> int:
     """Bytes a block keeps from its forward to its backward: input + node state per chunk boundary
     (+ its layer output over all T when it holds it)."""
-    return b.x_saved_bytes + (_n_chunks(b.T, K) - 1) * b.a_bytes + (b.T * b.a_bytes if hold else 0)
+    return b.x_saved_bytes + (n_chunks(b.T, K) - 1) * b.a_bytes + (b.T * b.a_bytes if hold else 0)
 
 
-def _fused(shapes: Sequence[BlockShape], i: int) -> bool:
+def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
     """Block ``i`` is a repeated-input block whose backward runs inside block ``i + 1``'s."""
     return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
 
 
-def _chunked_bn(b: BlockShape, K: int, hold: bool = False) -> bool:
+def chunked_bn(b: BlockShape, K: int, hold: bool = False) -> bool:
     """The block runs BatchNorm's statistics passes over its chunks (several, or held ones)."""
-    return b.has_bn and not b.static and b.can_chunk and (_n_chunks(b.T, K) > 1 or hold)
+    return b.has_bn and not b.static and b.can_chunk and (n_chunks(b.T, K) > 1 or hold)
 
 
 def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
@@ -156,9 +157,9 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes * b.has_post) + b.param_bytes
             if held[i]:
                 tmp += (b.T - k) * b.a_bytes  # every chunk's layer output, held on into the backward
-            elif keeps and keeps[i] and _chunked_bn(b, K):
+            elif keeps and keeps[i] and chunked_bn(b, K):
                 tmp += (keeps[i] - 1) * k * b.a_bytes  # the chunk being made is one of those kept
-        kept += _saved(b, K)
+        kept += saved_bytes(b, K)
         y = 0 if b.hands_off else b.T * b.o_bytes
         phase = kept + y + tmp
         phases[f"forward {b.name}"] = phase
@@ -170,9 +171,9 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     for i in range(n - 1, -1, -1):
         b, K = shapes[i], chunks[i]
         k = min(K, b.T)
-        nc = _n_chunks(b.T, K)
-        if b.static and _fused(shapes, i):
-            kept -= _saved(b, K)
+        nc = n_chunks(b.T, K)
+        if b.static and fused_static(shapes, i):
+            kept -= saved_bytes(b, K)
             continue
         g_out = b.T * b.o_bytes
         # gradients handed between non-repeated-input blocks travel as chunks (memopt/gradchunks.py):
@@ -183,7 +184,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             tmp = min(inner, k) * STATIC_BWD_A * b.a_bytes + 2 * b.a_bytes
             phase = kept + g_out + tmp
         else:
-            prev_fused = i > 0 and _fused(shapes, i - 1)
+            prev_fused = i > 0 and fused_static(shapes, i - 1)
             g_in = 0 if prev_fused else b.T * b.x_bytes
             if out_chunks and in_chunks:
                 kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
@@ -201,9 +202,9 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         phases[f"backward {b.name}"] = phase
         if phase > best:
             best, where = phase, f"backward {b.name}"
-        kept -= _saved(b, K, held[i])
-        if i > 0 and _fused(shapes, i - 1):
-            kept -= _saved(shapes[i - 1], chunks[i - 1])
+        kept -= saved_bytes(b, K, held[i])
+        if i > 0 and fused_static(shapes, i - 1):
+            kept -= saved_bytes(shapes[i - 1], chunks[i - 1])
         tail = 0
     if breakdown is not None:
         breakdown.update({k: v + fixed_bytes for k, v in phases.items()})
@@ -215,7 +216,7 @@ def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Opt
     """Relative step time: layer passes x MACs plus a cost per chunk pass."""
     total = 0.0
     for i, (b, K) in enumerate(zip(shapes, chunks)):
-        nc = _n_chunks(b.T, K)
+        nc = n_chunks(b.T, K)
         steps = 1 if b.static else b.T
         # chunked BatchNorm: sum pass, squared-deviation pass and output pass (the chunks kept
         # from the first pass are not recomputed) + two backward passes recomputing the layers,
@@ -223,10 +224,10 @@ def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Opt
         passes = 4
         if holds and holds[i]:
             passes = 3
-        elif _chunked_bn(b, K):
+        elif chunked_bn(b, K):
             m = min(keeps[i], nc) if keeps else 0
             passes = 5 + 2 * (1 - m / nc) if m else 7
-        node_passes = 3 if (_chunked_bn(b, K, bool(holds and holds[i]))) else 2
+        node_passes = 3 if (chunked_bn(b, K, bool(holds and holds[i]))) else 2
         total += passes * b.macs * steps + nc * node_passes * CHUNK_OVERHEAD_MACS
     return total
 
