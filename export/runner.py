@@ -69,8 +69,8 @@ from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import (StepManifest, CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest, atomic_write_bytes, atomic_write_text, validate_artifact_dir)
 
-__all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "finetune", "peak_rss_mb", "main",
-           "StepCheckError", "training_modules_imported"]
+__all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "finetune", "peak_rss_mb", "proc_status_mib",
+           "main", "StepCheckError", "training_modules_imported"]
 
 
 class StepCheckError(ValueError):
@@ -128,6 +128,18 @@ def import_ort_training_api():
     return onnxruntime, CheckpointState, Module, Optimizer
 
 
+def proc_status_mib(field: str) -> Optional[float]:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``...) in MiB; ``None`` without procfs."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB.
 
@@ -135,14 +147,8 @@ def peak_rss_mb() -> float:
     ``ru_maxrss`` it does not carry over the peak of a parent that forked and exec'd us), falling
     back to ``ru_maxrss`` where there is no procfs.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    hwm = proc_status_mib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _integer_labels(y: np.ndarray, path: Path) -> np.ndarray:

@@ -20,7 +20,8 @@ import numpy as np
 
 from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
                         atomic_write_text)
-from .runner import StepCheckError, _one_line, import_plain_ort, peak_rss_mb, training_modules_imported
+from .runner import (StepCheckError, _one_line, import_plain_ort, peak_rss_mb, proc_status_mib,
+                     training_modules_imported)
 
 __all__ = ["StepSession", "finetune_step", "npz_bytes", "rss_mb"]
 
@@ -33,14 +34,8 @@ def npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
 
 def rss_mb() -> float:
     """Current resident set size in MiB (``VmRSS``; 0.0 where there is no procfs)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+    rss = proc_status_mib("VmRSS")
+    return rss if rss is not None else 0.0
 
 
 class StepSession:

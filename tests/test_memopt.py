@@ -58,6 +58,27 @@ def _compare(node, T, K, static, pool="max", dtype=torch.float64, backend=None, 
     return ref, got, plan, opt
 
 
+def _optimized_pair(seed: int, chunk: int):
+    """Two copies of one small LIF net, each rewritten by ``optimize_memory(chunk=chunk)``, and a
+    batch ``x [7, 3, 2, 9, 9]``, ``y``: for comparing two ways of running the same chunks."""
+    torch.manual_seed(seed)
+    base = _net(LIF)
+    x = torch.rand(7, 3, 2, 9, 9) * 2
+    y = torch.randint(0, 5, (3,))
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    edgesnn.optimize_memory(a, x, chunk=chunk)
+    edgesnn.optimize_memory(b, x, chunk=chunk)
+    return a, b, x, y
+
+
+def _assert_bit_identical(ref, got, buffers: bool = False):
+    """Loss and parameter gradients (and, with ``buffers``, BatchNorm buffers) equal bit for bit."""
+    assert torch.equal(ref[0], got[0])
+    assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))
+    if buffers:
+        assert all(torch.equal(a, b) for a, b in zip(ref[2], got[2]))
+
+
 def _assert_close(ref, got, rtol):
     (l0, g0, b0), (l1, g1, b1) = ref, got
     assert torch.allclose(l0, l1, rtol=rtol, atol=0)
@@ -118,20 +139,12 @@ def test_blocks_with_different_chunks_hand_gradients_over_exactly(node, chunks):
 def test_chunks_kept_between_the_statistics_passes_change_nothing(keep):
     """A block may keep its first chunks' layer outputs from the statistics passes for the output
     pass instead of recomputing them: same outputs and gradients, bit for bit."""
-    torch.manual_seed(6)
-    base = _net(LIF)
-    x = torch.rand(7, 3, 2, 9, 9) * 2
-    y = torch.randint(0, 5, (3,))
-    ref_model, opt = copy.deepcopy(base), copy.deepcopy(base)
-    edgesnn.optimize_memory(ref_model, x, chunk=3)
-    edgesnn.optimize_memory(opt, x, chunk=3)
+    ref_model, opt, x, y = _optimized_pair(6, chunk=3)
     for block in ref_model._memopt_blocks:
         block.keep = 0
     for block in opt._memopt_blocks:
         block.keep = keep
-    ref, got = _step(ref_model, x, y), _step(opt, x, y)
-    assert torch.equal(ref[0], got[0])
-    assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))
+    _assert_bit_identical(_step(ref_model, x, y), _step(opt, x, y))
 
 
 @pytest.mark.skipif(not reproduces_torch(torch.float32), reason="this PyTorch build's BatchNorm rounds differently")
@@ -223,7 +236,7 @@ def test_cpu_bit_kernels_and_torch_packing_agree_byte_for_byte(monkeypatch):
     for shape in [(3, 5, 7), (2, 3, 8), (4, 2, 3, 3)]:
         x = (torch.rand(shape) > 0.5).float()
         fast = pack_bits(x)
-        monkeypatch.setattr(packing, "_cpu_kernels", lambda t: False)
+        monkeypatch.setattr(packing, "_cpu_kernels", lambda device, dtype: False)
         slow = pack_bits(x)
         assert torch.equal(fast, slow)
         assert torch.equal(unpack_bits(fast, shape[1:], torch.float32), x)

@@ -24,7 +24,7 @@ from edgesnn.nn import LIF, RevLIF, SeqToANN
 
 pool_kernels = pytest.importorskip("edgesnn.kernels.numba_lif_pool")
 
-from test_memopt import _assert_close, _net, _step  # noqa: E402
+from test_memopt import _assert_bit_identical, _assert_close, _net, _optimized_pair, _step  # noqa: E402
 
 _PARAMS = [LIFParams(), LIFParams(v_reset=None, surrogate=ATan(), detach_reset=True, decay_input=False)]
 
@@ -114,17 +114,8 @@ def test_held_blocks_equal_the_plain_model_float64(node, T, K, static):
 def test_holding_changes_no_bit_of_the_chunked_path():
     """The held layer output is the one the recomputation would make (same kernel, same chunk),
     and the layer's backward is the kernel autograd calls: loss and gradients equal bit for bit."""
-    torch.manual_seed(3)
-    base = _net(LIF)
-    x = torch.rand(7, 3, 2, 9, 9) * 2
-    y = torch.randint(0, 5, (3,))
-    recompute, held = copy.deepcopy(base), copy.deepcopy(base)
-    edgesnn.optimize_memory(recompute, x, chunk=3)
-    edgesnn.optimize_memory(held, x, chunk=3)
-    ref, got = _step(recompute, x, y), _step(_held(held), x, y)
-    assert torch.equal(ref[0], got[0])
-    assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))
-    assert all(torch.equal(a, b) for a, b in zip(ref[2], got[2]))
+    recompute, held, x, y = _optimized_pair(3, chunk=3)
+    _assert_bit_identical(_step(recompute, x, y), _step(_held(held), x, y), buffers=True)
 
 
 def test_planner_holds_where_the_peak_allows_and_never_with_a_forced_chunk():

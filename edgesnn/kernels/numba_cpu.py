@@ -118,6 +118,63 @@ _F0 = np.float32(0.0)
 # ----------------------------------------------------------------------------- LIF
 
 
+# Row loops shared by the LIF kernels here and the fused LIF + pooling kernels
+# (:mod:`edgesnn.kernels.numba_lif_pool`): each runs over one block's contiguous slice of ``n``
+# neurons and is inlined (so it vectorizes as the loop it replaces did).
+
+
+@_jit_dev
+def lif_start_row(v, vr0, F, n):
+    """``v <- v0``; ``F`` starts as the finite flags of ``v0`` (``a - a``: 0, or NaN for NaN/Inf)."""
+    for j in range(n):
+        a = vr0[j]
+        v[j] = a
+        F[j] = a - a
+
+
+@_jit_dev
+def lif_step_row(xr, v, F, sr, n, tau, v_th, v_reset, hard, decay_input):
+    """One forward step: charge from ``xr``, spikes into ``sr``, reset ``v``; ``F`` gathers ``x - x``."""
+    for j in range(n):
+        xv = xr[j]
+        F[j] = F[j] + (xv - xv)
+        hh = charge(xv, v[j], tau, v_reset, decay_input)
+        ss = fire(hh, v_th)
+        sr[j] = ss
+        v[j] = reset(hh, ss, v_th, v_reset, hard)
+
+
+@_jit_dev
+def lif_recompute_h(x, v, gx, j0, n, tau, v_th, v_reset, hard, decay_input):
+    """All steps from the state in ``v`` (overwritten): ``h`` of neurons ``j0:j0+n`` into ``gx``."""
+    for t in range(x.shape[0]):
+        xr = x[t, j0:j0 + n]
+        hr = gx[t, j0:j0 + n]
+        for j in range(n):
+            hh = charge(xr[j], v[j], tau, v_reset, decay_input)
+            hr[j] = hh
+            v[j] = reset(hh, fire(hh, v_th), v_th, v_reset, hard)
+
+
+@_jit_dev
+def lif_vjp_row(hr, gsr, g, F, n, v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b):
+    """One backward step: ``hr`` (``h``) becomes ``grad_x``; ``g`` carries the state gradient."""
+    for j in range(n):
+        gxx, gvv = step_vjp(hr[j], gsr[j], g[j], v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
+        hr[j] = gxx
+        F[j] = F[j] + (gxx - gxx)
+        g[j] = gvv
+
+
+@_jit_dev
+def finite_flag(F, g, n):
+    """0 when every gradient of the block (gathered in ``F``) and the final ``g`` are finite, else NaN."""
+    acc = _F0
+    for j in range(n):
+        acc += F[j] + (g[j] - g[j])
+    return acc
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _lif_fwd(x, v0, s, vT, nf, tau, v_th, v_reset, hard, decay_input, blk):
     """``nf[block]`` (float32, one per block) is 0 when every ``x`` and ``v0`` of the block is
@@ -131,21 +188,9 @@ def _lif_fwd(x, v0, s, vT, nf, tau, v_th, v_reset, hard, decay_input, blk):
         v = vT[j0:j1]
         n = j1 - j0
         F = np.empty(n, np.float32)
-        vr0 = v0[j0:j1]
-        for j in range(n):
-            a = vr0[j]
-            v[j] = a
-            F[j] = a - a
+        lif_start_row(v, v0[j0:j1], F, n)
         for t in range(T):
-            xr = x[t, j0:j1]
-            sr = s[t, j0:j1]
-            for j in range(n):
-                xv = xr[j]
-                F[j] = F[j] + (xv - xv)
-                hh = charge(xv, v[j], tau, v_reset, decay_input)
-                ss = fire(hh, v_th)
-                sr[j] = ss
-                v[j] = reset(hh, ss, v_th, v_reset, hard)
+            lif_step_row(x[t, j0:j1], v, F, s[t, j0:j1], n, tau, v_th, v_reset, hard, decay_input)
         acc = _F0
         for j in range(n):
             acc += F[j]
@@ -168,27 +213,13 @@ def _lif_bwd(x, v0, gs, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_input,
         n = j1 - j0
         g = gv0[j0:j1]
         g[:] = v0[j0:j1]  # g holds the state v during the recompute pass
-        for t in range(T):
-            xr = x[t, j0:j1]
-            hr = gx[t, j0:j1]
-            for j in range(n):
-                hh = charge(xr[j], g[j], tau, v_reset, decay_input)
-                hr[j] = hh
-                g[j] = reset(hh, fire(hh, v_th), v_th, v_reset, hard)
+        lif_recompute_h(x, g, gx, j0, n, tau, v_th, v_reset, hard, decay_input)
         F = np.zeros(n, np.float32)
         g[:] = gvT[j0:j1]
         for t in range(T - 1, -1, -1):
-            gsr = gs[0 if bcast else t, j0:j1]
-            gxr = gx[t, j0:j1]
-            for j in range(n):
-                gxx, gvv = step_vjp(gxr[j], gsr[j], g[j], v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
-                gxr[j] = gxx
-                F[j] = F[j] + (gxx - gxx)
-                g[j] = gvv
-        acc = _F0
-        for j in range(n):
-            acc += F[j] + (g[j] - g[j])
-        nf[bi] = acc
+            lif_vjp_row(gx[t, j0:j1], gs[0 if bcast else t, j0:j1], g, F, n, v_th, v_reset, hard, detach, in_gain,
+                        state_decay, kind, a, b)
+        nf[bi] = finite_flag(F, g, n)
 
 
 # ----------------------------------------------------------------------------- host wrappers

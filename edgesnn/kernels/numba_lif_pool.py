@@ -24,7 +24,8 @@ import torch
 from ..functional.lif import LIFParams
 from . import buffers as _buffers
 from . import neuron_math as nm
-from .numba_cpu import _F0, _check_cpu_f32, _np, _report, block_size, bwd_block_size, charge, fire, reset, step_vjp
+from .numba_cpu import (_F0, _check_cpu_f32, _np, _report, block_size, bwd_block_size, finite_flag, fire, lif_recompute_h,
+                        lif_start_row, lif_step_row, lif_vjp_row)
 
 from numba import njit, prange  # noqa: E402  (numba_cpu configured threading and the cache)
 
@@ -37,7 +38,8 @@ def _rows_per_block(n_per_row: int, blk: int) -> int:
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H, W, rows):
-    """``x [T, R*H*W]``, ``out [T, R*Hp*Wp]``: spikes pooled 2x2 as they are made."""
+    """``x [T, R*H*W]``, ``out [T, R*Hp*Wp]``: spikes pooled 2x2 as they are made. Parallel
+    blocks hold whole rows ``r`` (one ``H x W`` image each), so every window lies in one block."""
     T, K = x.shape
     HW = H * W
     Hp = H // 2
@@ -53,20 +55,9 @@ def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H,
         v = vT[j0:j0 + n]
         F = np.empty(n, np.float32)
         sl = np.empty(n, np.float32)
-        vr0 = v0[j0:j0 + n]
-        for j in range(n):
-            a = vr0[j]
-            v[j] = a
-            F[j] = a - a
+        lif_start_row(v, v0[j0:j0 + n], F, n)
         for t in range(T):
-            xr = x[t, j0:j0 + n]
-            for j in range(n):
-                xv = xr[j]
-                F[j] = F[j] + (xv - xv)
-                hh = charge(xv, v[j], tau, v_reset, decay_input)
-                ss = fire(hh, v_th)
-                sl[j] = ss
-                v[j] = reset(hh, ss, v_th, v_reset, hard)
+            lif_step_row(x[t, j0:j0 + n], v, F, sl, n, tau, v_th, v_reset, hard, decay_input)
             orow = out[t, r0 * HWp:r1 * HWp]
             for r in range(r1 - r0):
                 for i in range(Hp):
@@ -99,15 +90,9 @@ def _lif_pool2_bwd(x, v0, gp, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_
         n = (r1 - r0) * HW
         g = gv0[j0:j0 + n]
         g[:] = v0[j0:j0 + n]  # g holds the state v during the recompute pass
-        for t in range(T):
-            xr = x[t, j0:j0 + n]
-            hr = gx[t, j0:j0 + n]
-            for j in range(n):
-                hh = charge(xr[j], g[j], tau, v_reset, decay_input)
-                hr[j] = hh
-                g[j] = reset(hh, fire(hh, v_th), v_th, v_reset, hard)
+        lif_recompute_h(x, g, gx, j0, n, tau, v_th, v_reset, hard, decay_input)
         F = np.zeros(n, np.float32)
-        gs = np.zeros(n, np.float32)
+        gs = np.zeros(n, np.float32)  # neurons outside every window (odd H or W) keep 0
         g[:] = gvT[j0:j0 + n]
         for t in range(T - 1, -1, -1):
             hr = gx[t, j0:j0 + n]
@@ -124,17 +109,13 @@ def _lif_pool2_bwd(x, v0, gp, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_
                                 q = p + W
                             elif fire(hr[p + W + 1], v_th) != 0:
                                 q = p + W + 1
+                        gs[p] = _F0
+                        gs[p + 1] = _F0
+                        gs[p + W] = _F0
+                        gs[p + W + 1] = _F0
                         gs[q] = gpr[r * HWp + i * Wp + jj]
-            for j in range(n):
-                gxx, gvv = step_vjp(hr[j], gs[j], g[j], v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
-                hr[j] = gxx
-                gs[j] = 0
-                F[j] = F[j] + (gxx - gxx)
-                g[j] = gvv
-        acc = _F0
-        for j in range(n):
-            acc += F[j] + (g[j] - g[j])
-        nf[bi] = acc
+            lif_vjp_row(hr, gs, g, F, n, v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
+        nf[bi] = finite_flag(F, g, n)
 
 
 def _shape(x: torch.Tensor):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List
 import torch
 
 from .batchnorm import bn_normalize, channel_view, reduce_dims
-from .layer_grad import layer_backward
+from .layer_grad import accumulate_grad, layer_backward
 from .layers import Step
 from .packing import SavedInput
 from .steps import apply_recompute, apply_steps, merge_time, node_chunk_backward, run_node, split_time
@@ -21,13 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
 
 __all__ = ["backward_plain", "backward_chunked_bn"]
-
-
-def _accumulate_grad(p: torch.Tensor, g: torch.Tensor) -> None:
-    if p.grad is None:
-        p.grad = g.to(p.dtype).clone()
-    else:
-        p.grad.add_(g.to(p.dtype))
 
 
 
@@ -99,14 +92,13 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
         if single:
             kept_dz, kept_xhat = dz, xhat
         del dz, dy, xhat
-    if bn.weight is not None and bn.weight.requires_grad:
-        _accumulate_grad(bn.weight, sum_dy_xhat)
-    if bn.bias is not None and bn.bias.requires_grad:
-        _accumulate_grad(bn.bias, sum_dy)
     w = bn.weight.detach() if bn.weight is not None else torch.ones_like(invstd)
     scale = (w * invstd)
     c1 = (sum_dy / N).to(invstd.dtype)
     c2 = (sum_dy_xhat / N).to(invstd.dtype)
+    accumulate_grad(bn.weight, sum_dy_xhat)  # the sums' last use: handed over to .grad
+    accumulate_grad(bn.bias, sum_dy)
+    del sum_dy, sum_dy_xhat
 
     # pass 2: exact BatchNorm input gradient, layers before BatchNorm. The node's backward runs
     # again, carrying the state gradient exactly as pass 1 did (same inputs, same values).

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["layer_backward_supported", "layer_backward"]
+__all__ = ["layer_backward_supported", "layer_backward", "accumulate_grad"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -36,9 +36,13 @@ def layer_backward_supported(step) -> bool:
     return m.padding_mode == "zeros" and not isinstance(m.padding, str) and type(m)._conv_forward is base._conv_forward
 
 
-def _accumulate(p: Optional[torch.Tensor], g: Optional[torch.Tensor]) -> None:
+def accumulate_grad(p: Optional[torch.Tensor], g: Optional[torch.Tensor]) -> None:
+    """Add ``g`` to ``p.grad`` as autograd would (set it when there is none), in ``p``'s dtype;
+    nothing for a missing ``p``/``g`` or a ``p`` that needs no gradient. ``g`` is handed over, not
+    copied: the caller must not use it afterwards."""
     if p is None or g is None or not p.requires_grad:
         return
+    g = g.to(p.dtype)
     if p.grad is None:
         p.grad = g
     else:
@@ -57,15 +61,15 @@ def layer_backward(m: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, input_
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         if w.requires_grad:
-            _accumulate(w, g2.t().mm(x2))
+            accumulate_grad(w, g2.t().mm(x2))
         if b is not None and b.requires_grad:
-            _accumulate(b, g2.sum(0))
+            accumulate_grad(b, g2.sum(0))
         return g2.mm(w.detach()).view(x.shape) if input_grad else None
     nd = len(m.kernel_size)
     mask = [bool(input_grad), bool(w.requires_grad), b is not None and b.requires_grad]
     gx, gw, gb = torch.ops.aten.convolution_backward(
         grad_out, x, w.detach(), [w.shape[0]] if b is not None else None, list(m.stride), list(m.padding),
         list(m.dilation), False, [0] * nd, m.groups, mask)
-    _accumulate(w, gw)
-    _accumulate(b, gb)
+    accumulate_grad(w, gw)
+    accumulate_grad(b, gb)
     return gx

@@ -18,11 +18,11 @@ _SHIFTS = torch.arange(8, dtype=torch.uint8)
 _WEIGHTS = (1 << _SHIFTS).to(torch.uint8)
 
 
-def _cpu_kernels(x: torch.Tensor) -> bool:
+def _cpu_kernels(device: torch.device, dtype: torch.dtype) -> bool:
     """The Numba kernels (:mod:`edgesnn.kernels.numba_bits`) serve CPU float tensors."""
     from ..kernels.dispatch import numba_available
 
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and numba_available()
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64) and numba_available()
 
 
 def pack_bits(x: torch.Tensor, step_chunk: int = 8, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -34,7 +34,7 @@ def pack_bits(x: torch.Tensor, step_chunk: int = 8, out: Optional[torch.Tensor] 
     nbytes = (M + 7) // 8
     if out is None:
         out = torch.empty(T, nbytes, dtype=torch.uint8, device=x.device)
-    if _cpu_kernels(x) and out.is_contiguous():
+    if _cpu_kernels(x.device, x.dtype) and out.is_contiguous():
         from ..kernels.numba_bits import pack_rows
 
         return pack_rows(flat.contiguous(), out)
@@ -66,7 +66,7 @@ def unpack_bits(packed: torch.Tensor, shape: Tuple[int, ...], dtype: torch.dtype
     M = 1
     for s in shape:
         M *= s
-    if packed.device.type == "cpu" and dtype in (torch.float32, torch.float64) and _cpu_kernels(torch.empty(0, dtype=dtype)):
+    if _cpu_kernels(packed.device, dtype):
         from ..kernels.numba_bits import unpack_rows
 
         return unpack_rows(packed.reshape(k, -1), M, dtype).view(k, *shape)

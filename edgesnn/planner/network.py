@@ -10,7 +10,7 @@ output saves those passes for ``T x`` its size in bytes.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -64,17 +64,17 @@ def plan_target(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
     return int(max(low * NO_BUDGET_SLACK, low + NO_BUDGET_SLACK_BYTES))
 
 
-def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> List[int]:
+def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> Tuple[List[int], int]:
     """Chunk size per block: the fastest choice (fewest, largest chunks) whose predicted peak fits
     :func:`plan_target` (``BUDGET_HEADROOM`` of ``budget``; with no budget, ``NO_BUDGET_SLACK``
-    above the least peak reachable by chunking)."""
+    above the least peak reachable by chunking). Returns ``(chunks, target)``."""
     path = _descent(shapes, fixed_bytes)
     target = plan_target(shapes, budget, fixed_bytes, path)
     best = _fastest_within(shapes, path, target, fixed_bytes)
     if best is not None:
-        return best
+        return best, target
     if budget is None:
-        return path[-1]
+        return path[-1], target
     least = predict_peak(shapes, path[-1], fixed_bytes)[0]
     raise PlanningError(
         f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
@@ -208,15 +208,15 @@ def plan_blocks(blocks, model: nn.Module, budget: Optional[int], chunk: Optional
     """Choose every block's chunk (or apply ``chunk``), set ``block.chunk``, and return the plan."""
     shapes = [block_shape(b, i) for i, b in enumerate(blocks)]
     fixed = optimizer_bytes_per_param * sum(p.numel() * p.element_size() for p in model.parameters())
+    target = None
     if chunk is not None:
         chunks = [min(chunk, s.T) if s.can_chunk else s.T for s in shapes]
     else:
-        chunks = plan_chunks(shapes, budget, fixed)
+        chunks, target = plan_chunks(shapes, budget, fixed)
     chunks = _fit_static(shapes, list(chunks), fixed)
     keeps = choose_keeps(shapes, chunks, fixed)
     # a forced chunk asks for that chunking: nothing held beyond it
-    holds = [False] * len(shapes) if chunk is not None else choose_holds(
-        shapes, chunks, keeps, plan_target(shapes, budget, fixed), fixed)
+    holds = [False] * len(shapes) if target is None else choose_holds(shapes, chunks, keeps, target, fixed)
     for b, K, sh, m, h in zip(blocks, chunks, shapes, keeps, holds):
         b.chunk = K
         b.inner = max(1, min(K, STATIC_INNER_STEPS)) if sh.static else 0
