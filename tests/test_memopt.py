@@ -233,7 +233,7 @@ def test_cpu_bit_kernels_and_torch_packing_agree_byte_for_byte(monkeypatch):
     tensor packed by either unpacks with the other."""
     from edgesnn.memopt import packing
 
-    for shape in [(3, 5, 7), (2, 3, 8), (4, 2, 3, 3)]:
+    for shape in [(3, 5, 7), (2, 3, 8), (4, 2, 3, 3), (2, 3, 11, 1001)]:  # the last: rows span 2 parallel tasks
         x = (torch.rand(shape) > 0.5).float()
         fast = pack_bits(x)
         monkeypatch.setattr(packing, "_cpu_kernels", lambda device, dtype: False)

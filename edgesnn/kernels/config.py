@@ -31,7 +31,8 @@ def _writable(path: str) -> bool:
         return False
 
 
-_KERNEL_SOURCES = ("neuron_math.py", "numba_cpu.py", "numba_revlif.py", "numba_lif_pool.py", "numba_bits.py")
+_KERNEL_SOURCES = ("neuron_math.py", "numba_cpu.py", "numba_revlif.py", "numba_lif_pool.py", "numba_bits.py",
+                   "numba_bn.py")
 
 
 def _sources_key() -> str:

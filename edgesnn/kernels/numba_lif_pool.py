@@ -31,6 +31,8 @@ from numba import njit, prange  # noqa: E402  (numba_cpu configured threading an
 
 __all__ = ["lif_pool2_forward", "lif_pool2_backward"]
 
+_F1 = np.float32(1.0)
+
 
 def _rows_per_block(n_per_row: int, blk: int) -> int:
     return max(1, blk // max(1, n_per_row))
@@ -97,23 +99,29 @@ def _lif_pool2_bwd(x, v0, gp, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_
         for t in range(T - 1, -1, -1):
             hr = gx[t, j0:j0 + n]
             gpr = gp[0 if bcast else t, r0 * HWp:r1 * HWp]
-            for r in range(r1 - r0):
-                for i in range(Hp):
-                    for jj in range(Wp):
-                        p = r * HW + 2 * i * W + 2 * jj
-                        q = p
-                        if fire(hr[p], v_th) == 0:
-                            if fire(hr[p + 1], v_th) != 0:
-                                q = p + 1
-                            elif fire(hr[p + W], v_th) != 0:
-                                q = p + W
-                            elif fire(hr[p + W + 1], v_th) != 0:
-                                q = p + W + 1
-                        gs[p] = _F0
-                        gs[p + 1] = _F0
-                        gs[p + W] = _F0
-                        gs[p + W + 1] = _F0
-                        gs[q] = gpr[r * HWp + i * Wp + jj]
+            for ri in range((r1 - r0) * Hp):  # window row i of image r: rows 2i, 2i + 1
+                r = ri // Hp
+                p0 = r * HW + 2 * (ri - r * Hp) * W
+                for jj in range(Wp):
+                    p = p0 + 2 * jj
+                    # branch-free routing: s_k is 1 for the window's first firing neuron k, s0 also
+                    # when none fires (0/1 products and differences are exact)
+                    f0 = fire(hr[p], v_th)
+                    f1 = fire(hr[p + 1], v_th)
+                    f2 = fire(hr[p + W], v_th)
+                    f3 = fire(hr[p + W + 1], v_th)
+                    none = _F1 - f0
+                    s1 = none * f1
+                    none = none - s1
+                    s2 = none * f2
+                    none = none - s2
+                    s3 = none * f3
+                    s0 = f0 + (none - s3)
+                    gq = gpr[ri * Wp + jj]
+                    gs[p] = gq if s0 > _F0 else _F0
+                    gs[p + 1] = gq if s1 > _F0 else _F0
+                    gs[p + W] = gq if s2 > _F0 else _F0
+                    gs[p + W + 1] = gq if s3 > _F0 else _F0
             lif_vjp_row(hr, gs, g, F, n, v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
         nf[bi] = finite_flag(F, g, n)
 

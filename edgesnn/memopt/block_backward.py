@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, List
 
 import torch
 
-from .batchnorm import bn_normalize, channel_view, reduce_dims
+from .batchnorm import bn_normalize, grad_sums, input_grad_
 from .layer_grad import accumulate_grad, layer_backward
 from .layers import Step
 from .packing import SavedInput
@@ -83,15 +83,12 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
             z = split_time(z, k)
         dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
         del z
-        dy = merge_time(dz)
-        dims = reduce_dims(dy)
-        s1 = dy.sum(dims, dtype=torch.float64)
-        s2 = (xhat * dy if single else xhat.mul_(dy)).sum(dims, dtype=torch.float64)
+        s1, s2 = grad_sums(merge_time(dz), xhat)
         sum_dy = s1 if sum_dy is None else sum_dy + s1
         sum_dy_xhat = s2 if sum_dy_xhat is None else sum_dy_xhat + s2
         if single:
             kept_dz, kept_xhat = dz, xhat
-        del dz, dy, xhat
+        del dz, xhat
     w = bn.weight.detach() if bn.weight is not None else torch.ones_like(invstd)
     scale = (w * invstd)
     c1 = (sum_dy / N).to(invstd.dtype)
@@ -128,7 +125,7 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
         grad_out.release_from(t0)
         with torch.no_grad():
             da = merge_time(dz)
-            da.sub_(channel_view(c1, da)).sub_(xhat.mul_(channel_view(c2, da))).mul_(channel_view(scale, da))
+            input_grad_(da, xhat, c1, c2, scale)
         del dz, xhat
         g_in = None
         if held is not None:
