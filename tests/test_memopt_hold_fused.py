@@ -54,6 +54,31 @@ def test_fused_lif_pool2_is_bit_identical_to_lif_then_max_pool(p, shape):
     assert torch.equal(gx1, gx2)
 
 
+@pytest.mark.parametrize("p", _PARAMS)
+@pytest.mark.parametrize("T", [1, 5])
+def test_kernels_read_an_input_expanded_over_time_as_its_copy(p, T):
+    """A repeated-input block hands its node ``z0`` expanded over T (stride 0): the LIF and fused
+    LIF+pool kernels read its first step at every step, with the results of the materialised copy."""
+    from edgesnn.kernels import numba_cpu
+
+    torch.manual_seed(1)
+    z0 = torch.randn(2, 3, 6, 5) * 2
+    z = z0.unsqueeze(0).expand(T, *z0.shape)
+    zc = z.contiguous()
+    v0 = torch.randn_like(z0) * 0.5
+    gv = torch.randn_like(z0)
+    gp = torch.randn(T, 2, 3, 3, 2)
+    gs = torch.randn(T, *z0.shape)
+    for fwd, bwd, g in ((pool_kernels.lif_pool2_forward, pool_kernels.lif_pool2_backward, gp),
+                        (numba_cpu.lif_forward, numba_cpu.lif_backward, gs)):
+        o, vT = fwd(z, v0, p)
+        oc, vTc = fwd(zc, v0, p)
+        gx, gv0 = bwd(z, v0, g, gv, p)
+        gxc, gv0c = bwd(zc, v0, g, gv, p)
+        assert o.shape == oc.shape and torch.equal(o, oc) and torch.equal(vT, vTc)
+        assert gx.shape == zc.shape and torch.equal(gx, gxc) and torch.equal(gv0, gv0c)
+
+
 def test_fused_kernels_report_non_finite_values():
     z = torch.randn(3, 1, 2, 4, 4)
     z[1, 0, 1, 2, 2] = float("nan")

@@ -146,9 +146,11 @@ def lif_step_row(xr, v, F, sr, n, tau, v_th, v_reset, hard, decay_input):
 
 @_jit_dev
 def lif_recompute_h(x, v, gx, j0, n, tau, v_th, v_reset, hard, decay_input):
-    """All steps from the state in ``v`` (overwritten): ``h`` of neurons ``j0:j0+n`` into ``gx``."""
-    for t in range(x.shape[0]):
-        xr = x[t, j0:j0 + n]
+    """All steps from the state in ``v`` (overwritten): ``h`` of neurons ``j0:j0+n`` into ``gx``
+    (``x [T, K]``, or ``[1, K]``: the same input at every step)."""
+    bx = x.shape[0] == 1
+    for t in range(gx.shape[0]):
+        xr = x[0 if bx else t, j0:j0 + n]
         hr = gx[t, j0:j0 + n]
         for j in range(n):
             hh = charge(xr[j], v[j], tau, v_reset, decay_input)
@@ -179,8 +181,10 @@ def finite_flag(F, g, n):
 def _lif_fwd(x, v0, s, vT, nf, tau, v_th, v_reset, hard, decay_input, blk):
     """``nf[block]`` (float32, one per block) is 0 when every ``x`` and ``v0`` of the block is
     finite and NaN otherwise: ``a - a`` is 0 for a finite ``a`` and NaN for NaN/+-Inf, summed per
-    lane in the same vectorized loop (the finite check costs no extra pass over ``x``)."""
-    T, K = x.shape
+    lane in the same vectorized loop (the finite check costs no extra pass over ``x``). ``x`` is
+    ``[T, K]``, or ``[1, K]`` for an input that is the same at every step."""
+    T, K = s.shape
+    bx = x.shape[0] == 1
     nblk = (K + blk - 1) // blk
     for bi in prange(nblk):
         j0 = bi * blk
@@ -190,7 +194,7 @@ def _lif_fwd(x, v0, s, vT, nf, tau, v_th, v_reset, hard, decay_input, blk):
         F = np.empty(n, np.float32)
         lif_start_row(v, v0[j0:j1], F, n)
         for t in range(T):
-            lif_step_row(x[t, j0:j1], v, F, s[t, j0:j1], n, tau, v_th, v_reset, hard, decay_input)
+            lif_step_row(x[0 if bx else t, j0:j1], v, F, s[t, j0:j1], n, tau, v_th, v_reset, hard, decay_input)
         acc = _F0
         for j in range(n):
             acc += F[j]
@@ -203,8 +207,9 @@ def _lif_bwd(x, v0, gs, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_input,
     """Recompute ``h`` from the saved input into ``gx`` (block-local, cache-resident), then walk back.
 
     ``gs`` is ``[T, K]``, or ``[1, K]`` for a gradient that is the same at every step (``y.sum()``).
+    ``x`` may be ``[1, K]`` likewise (the same input at every step).
     ``nf[block]`` is 0 when every ``grad_x`` and ``grad_v0`` of the block is finite, else NaN."""
-    T, K = x.shape
+    T, K = gx.shape
     bcast = gs.shape[0] == 1
     nblk = (K + blk - 1) // blk
     for bi in prange(nblk):
@@ -274,18 +279,20 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Opti
     Nothing is saved: the backward recomputes ``h`` from ``x`` and ``v0`` (which autograd keeps),
     so the forward allocates only its output (from :mod:`edgesnn.kernels.buffers`: reused pages).
     ``finite``: a list that gets one bool appended: every value of ``x`` and ``v0`` was finite
-    (checked by the kernel while it reads them).
+    (checked by the kernel while it reads them). An ``x`` expanded over time (stride 0 along T:
+    one input repeated) is read once per step from its first step, not copied.
     """
-    x = _check_cpu_f32(x, "x_seq")
+    shape = x.shape
+    x = _steps_or_one(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
-    T = x.shape[0]
-    K = x.numel() // T
-    s = _buffers.empty(x.shape)
+    T = shape[0]
+    K = x.numel() // x.shape[0]
+    s = _buffers.empty(shape)
     vT = torch.empty_like(v0)
     blk = block_size(K)
     nf = np.empty(max(1, -(-K // blk)), np.float32)
     nf[:] = 0
-    _lif_fwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K), nf,
+    _lif_fwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K), nf,
              *nm.charge_args(p), blk)
     _report(finite, nf)
     return s, vT
@@ -294,19 +301,21 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Opti
 def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams,
                  *, finite: Optional[list] = None):
     """Backward of :func:`lif_forward` from its inputs: returns ``(grad_x, grad_v0)``; ``finite``
-    (a list) gets a bool appended: every value of both gradients is finite."""
-    x = _check_cpu_f32(x, "x_seq")
+    (a list) gets a bool appended: every value of both gradients is finite. ``x`` may be expanded
+    over time, as in :func:`lif_forward`."""
+    shape = x.shape
+    x = _steps_or_one(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
-    T = x.shape[0]
-    K = x.numel() // T
+    T = shape[0]
+    K = x.numel() // x.shape[0]
     grad_s = _steps_or_one(grad_s, "grad_s")
     grad_vT = _check_cpu_f32(grad_vT, "grad_v_T")
-    gx = _buffers.empty(x.shape)
+    gx = _buffers.empty(shape)
     gv0 = torch.empty_like(grad_vT)
     blk = bwd_block_size(K, T)
     nf = np.empty(max(1, -(-K // blk)), np.float32)
     nf[:] = 0
-    _lif_bwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K), _np(grad_vT).reshape(K),
+    _lif_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K), _np(grad_vT).reshape(K),
              _np(gx).reshape(T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
              bool(p.detach_reset), *nm.vjp_args(p), blk)
     _report(finite, nf)

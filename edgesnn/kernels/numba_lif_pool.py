@@ -24,8 +24,8 @@ import torch
 from ..functional.lif import LIFParams
 from . import buffers as _buffers
 from . import neuron_math as nm
-from .numba_cpu import (_F0, _check_cpu_f32, _np, _report, block_size, bwd_block_size, finite_flag, fire, lif_recompute_h,
-                        lif_start_row, lif_step_row, lif_vjp_row)
+from .numba_cpu import (_F0, _check_cpu_f32, _np, _report, _steps_or_one, block_size, bwd_block_size, finite_flag,
+                        fire, lif_recompute_h, lif_start_row, lif_step_row, lif_vjp_row)
 
 from numba import njit, prange  # noqa: E402  (numba_cpu configured threading and the cache)
 
@@ -41,8 +41,11 @@ def _rows_per_block(n_per_row: int, blk: int) -> int:
 @njit(parallel=True, cache=True, error_model="numpy")
 def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H, W, rows):
     """``x [T, R*H*W]``, ``out [T, R*Hp*Wp]``: spikes pooled 2x2 as they are made. Parallel
-    blocks hold whole rows ``r`` (one ``H x W`` image each), so every window lies in one block."""
-    T, K = x.shape
+    blocks hold whole rows ``r`` (one ``H x W`` image each), so every window lies in one block.
+    ``x`` may be ``[1, R*H*W]``: the same input at every step."""
+    T = out.shape[0]
+    K = x.shape[1]
+    bx = x.shape[0] == 1
     HW = H * W
     Hp = H // 2
     Wp = W // 2
@@ -59,7 +62,7 @@ def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H,
         sl = np.empty(n, np.float32)
         lif_start_row(v, v0[j0:j0 + n], F, n)
         for t in range(T):
-            lif_step_row(x[t, j0:j0 + n], v, F, sl, n, tau, v_th, v_reset, hard, decay_input)
+            lif_step_row(x[0 if bx else t, j0:j0 + n], v, F, sl, n, tau, v_th, v_reset, hard, decay_input)
             orow = out[t, r0 * HWp:r1 * HWp]
             for r in range(r1 - r0):
                 for i in range(Hp):
@@ -76,8 +79,9 @@ def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H,
 def _lif_pool2_bwd(x, v0, gp, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
                    kind, a, b, H, W, rows):
     """Recompute ``h`` into ``gx`` (block-local), then walk back; each step's spike gradient is the
-    pooled gradient routed to the window's first firing neuron (else its first neuron)."""
-    T, K = x.shape
+    pooled gradient routed to the window's first firing neuron (else its first neuron). ``x`` may
+    be ``[1, K]`` (the same input at every step)."""
+    T, K = gx.shape
     bcast = gp.shape[0] == 1
     HW = H * W
     Hp = H // 2
@@ -137,16 +141,17 @@ def lif_pool2_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite
     """LIF over ``x [T, ..., H, W]`` from ``v0 [..., H, W]``, spikes max-pooled 2x2 (stride 2).
 
     Returns ``(pooled [T, ..., H // 2, W // 2], v_T)``; ``finite`` (a list) gets a bool appended:
-    every value of ``x`` and ``v0`` was finite.
+    every value of ``x`` and ``v0`` was finite. An ``x`` expanded over time (stride 0 along T: one
+    input repeated) is read from its first step, not copied.
     """
-    x = _check_cpu_f32(x, "x_seq")
-    v0 = _check_cpu_f32(v0, "v0")
     T, K, H, W = _shape(x)
     out = _buffers.empty(tuple(x.shape[:-2]) + (H // 2, W // 2))
+    x = _steps_or_one(x, "x_seq")
+    v0 = _check_cpu_f32(v0, "v0")
     vT = torch.empty_like(v0)
     rows = _rows_per_block(H * W, block_size(K))
     nf = np.zeros(max(1, -(-(K // (H * W)) // rows)), np.float32)
-    _lif_pool2_fwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(out).reshape(T, -1), _np(vT).reshape(K), nf,
+    _lif_pool2_fwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(out).reshape(T, -1), _np(vT).reshape(K), nf,
                    *nm.charge_args(p), H, W, rows)
     _report(finite, nf)
     return out, vT
@@ -157,18 +162,19 @@ def lif_pool2_backward(x: torch.Tensor, v0: torch.Tensor, grad_pooled: torch.Ten
     """Backward of :func:`lif_pool2_forward` from its inputs: returns ``(grad_x, grad_v0)``.
 
     ``grad_pooled`` is ``[T, ..., H // 2, W // 2]`` (or ``[1, ...]``: the same at every step);
-    ``finite`` (a list) gets a bool appended: every value of both gradients is finite.
+    ``finite`` (a list) gets a bool appended: every value of both gradients is finite. ``x`` may be
+    expanded over time, as in :func:`lif_pool2_forward`.
     """
-    x = _check_cpu_f32(x, "x_seq")
+    T, K, H, W = _shape(x)
+    gx = _buffers.empty(x.shape)
+    x = _steps_or_one(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
     grad_pooled = _check_cpu_f32(grad_pooled, "grad_pooled")
     grad_vT = _check_cpu_f32(grad_vT, "grad_v_T")
-    T, K, H, W = _shape(x)
-    gx = _buffers.empty(x.shape)
     gv0 = torch.empty_like(grad_vT)
     rows = _rows_per_block(H * W, bwd_block_size(K, T))
     nf = np.zeros(max(1, -(-(K // (H * W)) // rows)), np.float32)
-    _lif_pool2_bwd(_np(x).reshape(T, K), _np(v0).reshape(K), _np(grad_pooled).reshape(grad_pooled.shape[0], -1),
+    _lif_pool2_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_pooled).reshape(grad_pooled.shape[0], -1),
                    _np(grad_vT).reshape(K), _np(gx).reshape(T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
                    bool(p.detach_reset), *nm.vjp_args(p), H, W, rows)
     _report(finite, nf)

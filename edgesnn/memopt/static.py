@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 import torch
 
 from .packing import SavedInput
-from .steps import apply_static, node_chunk_backward, run_node
+from .steps import apply_static, node_chunk_backward, run_node_post
 
 if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
@@ -65,7 +65,7 @@ class StaticBackward:
         piece = max(1, self.block.inner)
         with torch.no_grad():
             for s0 in range(0, steps, piece):
-                _, v = run_node(self.block.node, z0.unsqueeze(0).expand(min(piece, steps - s0), *z0.shape), v)
+                _, v = run_node_post(self.block.node, [], z0.unsqueeze(0).expand(min(piece, steps - s0), *z0.shape), v)
         return v
 
     def feed(self, t0: int, t1: int, g: torch.Tensor) -> None:

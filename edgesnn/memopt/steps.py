@@ -75,15 +75,18 @@ def _fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[
 
 def run_node_post(node: nn.Module, post: List[Step], z: torch.Tensor, v0: Optional[torch.Tensor]):
     """Node then the layers after it on ``z [k, B, ...]`` (no autograd): ``(output, v_T)``; a LIF
-    followed by a 2x2 max-pool runs as one fused kernel (bit-identical, no full-size spikes)."""
+    followed by a 2x2 max-pool runs as one fused kernel (bit-identical, no full-size spikes), a LIF
+    alone as its Numba kernel (no custom-op dispatch)."""
     k = z.shape[0]
-    if _fused_kind(node, post, z) == "pool2" and not torch.is_grad_enabled():
+    kind = _fused_kind(node, post, z) if not torch.is_grad_enabled() else None
+    if kind is not None:
+        # the kernels read an input expanded over time (a repeated-input block) without a copy
+        from ..kernels.numba_cpu import lif_forward
         from ..kernels.numba_lif_pool import lif_pool2_forward
 
-        zc = z.contiguous()
-        v = v0 if v0 is not None else lif_initial_state(zc[0], node.params)
+        v = v0 if v0 is not None else lif_initial_state(z[0], node.params)
         fin: list = []
-        o, v_T = lif_pool2_forward(zc, v.contiguous(), node.params, finite=fin)
+        o, v_T = (lif_pool2_forward if kind == "pool2" else lif_forward)(z, v, node.params, finite=fin)
         if fin == [True]:
             return o, v_T
     s, v_T = run_node(node, z, v0)
@@ -139,7 +142,7 @@ def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[to
     from ..kernels import numba_cpu
     from ..kernels.numba_lif_pool import lif_pool2_backward
 
-    zc = z.detach().contiguous()
+    zc = z.detach()  # may be expanded over time: the kernels read it without a copy
     v = v0.detach().contiguous() if v0 is not None else lif_initial_state(zc[0], node.params)
     gv = g_v.contiguous() if g_v is not None else torch.zeros_like(v)
     fin: list = []
