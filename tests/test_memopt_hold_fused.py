@@ -77,6 +77,12 @@ def test_kernels_read_an_input_expanded_over_time_as_its_copy(p, T):
         gxc, gv0c = bwd(zc, v0, g, gv, p)
         assert o.shape == oc.shape and torch.equal(o, oc) and torch.equal(vT, vTc)
         assert gx.shape == zc.shape and torch.equal(gx, gxc) and torch.equal(gv0, gv0c)
+        # summed over time inside the kernel: the input gradient of the one repeated input
+        gsum, gv0s = bwd(z, v0, g, gv, p, sum_time=True)
+        want = torch.zeros_like(z0)
+        for t in range(T - 1, -1, -1):  # the kernel's order: last step first, float32
+            want += gxc[t]
+        assert gsum.shape == z0.shape and torch.equal(gsum, want) and torch.equal(gv0s, gv0c)
 
 
 def test_fused_kernels_report_non_finite_values():
@@ -165,7 +171,7 @@ def test_planner_holds_where_the_peak_allows_and_never_with_a_forced_chunk():
 
 
 def test_fused_kernel_only_where_it_computes_what_the_layers_would():
-    from edgesnn.memopt.steps import _fused_kind
+    from edgesnn.memopt.steps import fused_kind
 
     class Shifted(nn.MaxPool2d):
         def forward(self, x):
@@ -173,16 +179,16 @@ def test_fused_kernel_only_where_it_computes_what_the_layers_would():
 
     z = torch.rand(2, 3, 4, 6, 6)
     lif = LIF(backend="numba")
-    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2))), z) == "pool2"
-    assert _fused_kind(lif, [], z) == "lif"
-    assert _fused_kind(lif, child_steps(SeqToANN(Shifted(2))), z) is None  # its own forward runs
-    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(3))), z) is None
-    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2, ceil_mode=True))), z) is None
-    assert _fused_kind(LIF(backend="torch"), child_steps(SeqToANN(nn.MaxPool2d(2))), z) is None
-    assert _fused_kind(RevLIF(), child_steps(SeqToANN(nn.MaxPool2d(2))), z) is None
-    assert _fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2))), z.double()) is None
+    assert fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2))), z) == "pool2"
+    assert fused_kind(lif, [], z) == "lif"
+    assert fused_kind(lif, child_steps(SeqToANN(Shifted(2))), z) is None  # its own forward runs
+    assert fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(3))), z) is None
+    assert fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2, ceil_mode=True))), z) is None
+    assert fused_kind(LIF(backend="torch"), child_steps(SeqToANN(nn.MaxPool2d(2))), z) is None
+    assert fused_kind(RevLIF(), child_steps(SeqToANN(nn.MaxPool2d(2))), z) is None
+    assert fused_kind(lif, child_steps(SeqToANN(nn.MaxPool2d(2))), z.double()) is None
     try:
         from spikingjelly.activation_based import layer
     except ImportError:
         return
-    assert _fused_kind(lif, child_steps(layer.MaxPool2d(2, step_mode="m")), z) == "pool2"
+    assert fused_kind(lif, child_steps(layer.MaxPool2d(2, step_mode="m")), z) == "pool2"

@@ -291,6 +291,7 @@ def bench_bandwidth(sizes, Ts, reps: int):
             gx = np.empty_like(x)
             gs = np.ones_like(x)
             gv0 = np.empty(N, np.float32)
+            gsum = np.empty(1, np.float32)  # unused: grad_x is written over T
             blk = K.block_size(N)
             bblk = K.bwd_block_size(N, T)
 
@@ -300,8 +301,8 @@ def bench_bandwidth(sizes, Ts, reps: int):
                 K._lif_fwd(x, v0, s, vT, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, blk)
 
             def bwd():
-                K._lif_bwd(x, v0, gs, v0, gx, gv0, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, False,
-                           f(p.input_gain), f(p.state_decay), kind, a, b, bblk)
+                K._lif_bwd(x, v0, gs, v0, gx, gsum, gv0, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, False,
+                           f(p.input_gain), f(p.state_decay), kind, a, b, bblk, T, False)
 
             t_f = _timeit(fwd, reps)
             t_b = _timeit(bwd, reps)

@@ -145,17 +145,32 @@ def lif_step_row(xr, v, F, sr, n, tau, v_th, v_reset, hard, decay_input):
 
 
 @_jit_dev
-def lif_recompute_h(x, v, gx, j0, n, tau, v_th, v_reset, hard, decay_input):
-    """All steps from the state in ``v`` (overwritten): ``h`` of neurons ``j0:j0+n`` into ``gx``
-    (``x [T, K]``, or ``[1, K]``: the same input at every step)."""
+def lif_recompute_h(x, j0, v, h, h0, n, tau, v_th, v_reset, hard, decay_input):
+    """All steps from the state in ``v`` (overwritten): ``h`` of neurons ``j0:j0+n`` into
+    ``h[:, h0:h0+n]`` (``x [T, K]``, or ``[1, K]``: the same input at every step)."""
     bx = x.shape[0] == 1
-    for t in range(gx.shape[0]):
+    for t in range(h.shape[0]):
         xr = x[0 if bx else t, j0:j0 + n]
-        hr = gx[t, j0:j0 + n]
+        hr = h[t, h0:h0 + n]
         for j in range(n):
             hh = charge(xr[j], v[j], tau, v_reset, decay_input)
             hr[j] = hh
             v[j] = reset(hh, fire(hh, v_th), v_th, v_reset, hard)
+
+
+@_jit_dev
+def backward_scratch(tsum, gx, T, j0, n):
+    """Where a backward block keeps ``h`` (and then ``grad_x``): its rows of ``gx``, or, summing
+    over time (``tsum``), a block-local ``[T, n]`` array (cache-resident). Returns ``(h, h0)``."""
+    if tsum:
+        return np.empty((T, n), np.float32), 0
+    return gx, j0
+
+
+@_jit_dev
+def add_row(acc, r, n):
+    for j in range(n):
+        acc[j] += r[j]
 
 
 @_jit_dev
@@ -202,28 +217,33 @@ def _lif_fwd(x, v0, s, vT, nf, tau, v_th, v_reset, hard, decay_input, blk):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _lif_bwd(x, v0, gs, gvT, gx, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
-             kind, a, b, blk):
+def _lif_bwd(x, v0, gs, gvT, gx, gsum, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
+             kind, a, b, blk, T, tsum):
     """Recompute ``h`` from the saved input into ``gx`` (block-local, cache-resident), then walk back.
 
     ``gs`` is ``[T, K]``, or ``[1, K]`` for a gradient that is the same at every step (``y.sum()``).
-    ``x`` may be ``[1, K]`` likewise (the same input at every step).
+    ``x`` may be ``[1, K]`` likewise (the same input at every step). ``tsum``: ``grad_x`` summed
+    over time is added to ``gsum [K]`` (steps last to first) and ``gx`` is not written.
     ``nf[block]`` is 0 when every ``grad_x`` and ``grad_v0`` of the block is finite, else NaN."""
-    T, K = gx.shape
+    K = x.shape[1]
     bcast = gs.shape[0] == 1
     nblk = (K + blk - 1) // blk
     for bi in prange(nblk):
         j0 = bi * blk
         j1 = min(j0 + blk, K)
         n = j1 - j0
+        h, h0 = backward_scratch(tsum, gx, T, j0, n)
         g = gv0[j0:j1]
         g[:] = v0[j0:j1]  # g holds the state v during the recompute pass
-        lif_recompute_h(x, g, gx, j0, n, tau, v_th, v_reset, hard, decay_input)
+        lif_recompute_h(x, j0, g, h, h0, n, tau, v_th, v_reset, hard, decay_input)
         F = np.zeros(n, np.float32)
         g[:] = gvT[j0:j1]
         for t in range(T - 1, -1, -1):
-            lif_vjp_row(gx[t, j0:j1], gs[0 if bcast else t, j0:j1], g, F, n, v_th, v_reset, hard, detach, in_gain,
+            hr = h[t, h0:h0 + n]
+            lif_vjp_row(hr, gs[0 if bcast else t, j0:j1], g, F, n, v_th, v_reset, hard, detach, in_gain,
                         state_decay, kind, a, b)
+            if tsum:
+                add_row(gsum[j0:j1], hr, n)
         nf[bi] = finite_flag(F, g, n)
 
 
@@ -299,10 +319,11 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Opti
 
 
 def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams,
-                 *, finite: Optional[list] = None):
+                 *, finite: Optional[list] = None, sum_time: bool = False):
     """Backward of :func:`lif_forward` from its inputs: returns ``(grad_x, grad_v0)``; ``finite``
     (a list) gets a bool appended: every value of both gradients is finite. ``x`` may be expanded
-    over time, as in :func:`lif_forward`."""
+    over time, as in :func:`lif_forward`. ``sum_time``: ``grad_x`` summed over time (``[...]``,
+    the gradient of one input repeated at every step), never materialised over ``T``."""
     shape = x.shape
     x = _steps_or_one(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
@@ -310,16 +331,24 @@ def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_v
     K = x.numel() // x.shape[0]
     grad_s = _steps_or_one(grad_s, "grad_s")
     grad_vT = _check_cpu_f32(grad_vT, "grad_v_T")
-    gx = _buffers.empty(shape)
+    gx = _buffers.empty(shape) if not sum_time else None
+    gsum = torch.zeros(shape[1:]) if sum_time else None
     gv0 = torch.empty_like(grad_vT)
     blk = bwd_block_size(K, T)
     nf = np.empty(max(1, -(-K // blk)), np.float32)
     nf[:] = 0
-    _lif_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K), _np(grad_vT).reshape(K),
-             _np(gx).reshape(T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
-             bool(p.detach_reset), *nm.vjp_args(p), blk)
+    _lif_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K),
+             _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
+             bool(p.detach_reset), *nm.vjp_args(p), blk, T, sum_time)
     _report(finite, nf)
-    return gx, gv0
+    return (gsum if sum_time else gx), gv0
+
+
+def _grad_x_args(gx: Optional[torch.Tensor], gsum: Optional[torch.Tensor], T: int, K: int):
+    """``(gx [T, K], gsum [K])`` arrays for a backward kernel; the one not written is a 1-element stand-in."""
+    if gsum is not None:
+        return np.empty((1, 1), np.float32), _np(gsum).reshape(K)
+    return _np(gx).reshape(T, K), np.empty(1, np.float32)
 
 
 # The RevLIF kernels live in numba_revlif (module size) and import the device functions above, so

@@ -50,7 +50,7 @@ from .layer_grad import layer_backward_supported
 from .layers import Step
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
 from .static import StaticBackward
-from .steps import apply_static, apply_steps, merge_time, run_node_post, split_time
+from .steps import apply_static, apply_steps, fused_kind, merge_time, run_node_post, split_time
 
 __all__ = ["Block", "run_block"]
 
@@ -100,6 +100,16 @@ class Block:
         whose backward :func:`edgesnn.memopt.layer_grad.layer_backward` computes without autograd."""
         i = self.bn_index()
         return i == 1 and self.can_chunk() and layer_backward_supported(self.steps[0])
+
+    def sums_repeated_input_gradient(self) -> bool:
+        """Whether, for an input repeated over T, the node's backward runs as one fused kernel that
+        sums the input gradient over time as it goes (no ``[k, ...]`` transient): a LIF on the Numba
+        backend, alone or followed by a 2x2 max-pool, on the traced float32 CPU shapes."""
+        trace = getattr(self, "trace", None)
+        if not trace or "node_in" not in trace or trace.get("device", "cpu") != "cpu":
+            return False
+        z = torch.zeros((), dtype=trace["in"][2]).expand(trace["node_in"])
+        return fused_kind(self.node, self.post, z) is not None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
             def pre_hook(mod, args, b=b):
                 x = args[0]
                 records.setdefault(id(b), {})["in"] = (tuple(x.shape), x.stride(0) == 0 and x.shape[0] > 1, x.dtype)
+                records[id(b)]["device"] = x.device.type
 
             def node_hook(mod, args, out, b=b):
                 records.setdefault(id(b), {})["node_in"] = tuple(args[0].shape)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 import torch
 
 from .packing import SavedInput
-from .steps import apply_static, node_chunk_backward, run_node_post
+from .steps import apply_static, node_backward_time_sum, node_chunk_backward, run_node_post
 
 if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
@@ -89,6 +89,11 @@ class StaticBackward:
             self.cache = self._states_from(c, self.feed_starts(c))
             self.cache_chunk = c
         start = self.cache.pop(t0) if t0 in self.cache else self._states_from(c, [t0])[t0]
+        summed = node_backward_time_sum(block, z0, t1 - t0, start, g, self.g_v)
+        if summed is not None:  # one kernel call, the time sum made as it goes: no [k, ...] transient
+            dz, self.g_v = summed
+            self.dz0 += dz
+            return
         states = [start]
         for s0, s1 in subs[:-1]:
             states.append(self._advance(states[-1], s1 - s0))

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
 
 __all__ = ["apply_steps", "merge_time", "split_time", "run_node", "run_node_post", "apply_static", "apply_recompute",
-           "node_chunk_backward"]
+           "node_chunk_backward", "node_backward_time_sum", "fused_kind"]
 
 
 def apply_steps(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ def _pool2(post: List[Step]) -> bool:
             and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices)
 
 
-def _fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[str]:
+def fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[str]:
     """Which fused CPU kernel runs node + post on ``z [k, B, ...]``: ``"pool2"`` (LIF then a 2x2
     max-pool), ``"lif"`` (LIF alone, backward only), or ``None`` (the node's own path + the layers)."""
     if type(node) is not LIF or z.dtype != torch.float32 or z.device.type != "cpu":
@@ -78,7 +78,7 @@ def run_node_post(node: nn.Module, post: List[Step], z: torch.Tensor, v0: Option
     followed by a 2x2 max-pool runs as one fused kernel (bit-identical, no full-size spikes), a LIF
     alone as its Numba kernel (no custom-op dispatch)."""
     k = z.shape[0]
-    kind = _fused_kind(node, post, z) if not torch.is_grad_enabled() else None
+    kind = fused_kind(node, post, z) if not torch.is_grad_enabled() else None
     if kind is not None:
         # the kernels read an input expanded over time (a repeated-input block) without a copy
         from ..kernels.numba_cpu import lif_forward
@@ -117,7 +117,7 @@ def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tens
     A LIF alone, or followed by a 2x2 max-pool, runs its fused backward kernel, which recomputes
     the membrane potential itself (no forward under autograd, no full-size spikes)."""
     k = z.shape[0]
-    kind = _fused_kind(block.node, block.post, z)
+    kind = fused_kind(block.node, block.post, z)
     if kind is not None:
         out = _fused_backward(kind, block.node, z, v0, g_out, g_v)
         if out is not None:
@@ -135,10 +135,23 @@ def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tens
     return zl.grad, (v0l.grad if v0l is not None else None)
 
 
+def node_backward_time_sum(block: "Block", z0: torch.Tensor, k: int, v0: Optional[torch.Tensor], g_out: torch.Tensor,
+                           g_v: Optional[torch.Tensor]):
+    """Node and post layers back-propagated over ``k`` steps of one input ``z0 [B, ...]`` repeated
+    at every step: ``(dz0, dv0)``, ``dz0`` the node input gradient summed over the ``k`` steps (the
+    kernel sums as it goes: nothing ``[k, ...]`` is made). ``None`` where no fused kernel applies
+    or a value is not finite (the caller then runs :func:`node_chunk_backward` step range by range)."""
+    z = z0.unsqueeze(0).expand(k, *z0.shape)
+    kind = fused_kind(block.node, block.post, z)
+    if kind is None:
+        return None
+    return _fused_backward(kind, block.node, z, v0, g_out, g_v, sum_time=True)
+
+
 def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
-                    g_v: Optional[torch.Tensor]):
-    """``(dz, dv0)`` from a fused kernel, or ``None`` when a value is not finite (the caller's
-    unfused path then reports it as the node does)."""
+                    g_v: Optional[torch.Tensor], sum_time: bool = False):
+    """``(dz, dv0)`` from a fused kernel (``dz`` summed over time with ``sum_time``), or ``None``
+    when a value is not finite (the caller's unfused path then reports it as the node does)."""
     from ..kernels import numba_cpu
     from ..kernels.numba_lif_pool import lif_pool2_backward
 
@@ -147,9 +160,9 @@ def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[to
     gv = g_v.contiguous() if g_v is not None else torch.zeros_like(v)
     fin: list = []
     if kind == "pool2":
-        gx, gv0 = lif_pool2_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin)
+        gx, gv0 = lif_pool2_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_time=sum_time)
     else:
-        gx, gv0 = numba_cpu.lif_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin)
+        gx, gv0 = numba_cpu.lif_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_time=sum_time)
     if fin != [True]:
         return None
     return gx, (gv0 if v0 is not None else None)

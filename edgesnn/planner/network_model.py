@@ -40,14 +40,21 @@ BWD_PARAM = 1.8
 PLAIN_BN_BWD_A = 2.0
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
 NO_BUDGET_SLACK = 1.10
-NO_BUDGET_SLACK_BYTES = 16 * 2**20  # small models: a few MiB are not worth many small chunks or recomputed layers
+NO_BUDGET_SLACK_BYTES = 20 * 2**20  # small models: a few MiB are not worth many small chunks or recomputed layers
 BUDGET_HEADROOM = 0.8  # plan to this fraction of a budget (see plan_chunks)
 MAX_CHUNK_SAMPLES = 512  # K x B of one chunk at most (see _descent)
 # Time model (relative units): one unit per multiply-accumulate of a layer pass, plus a fixed
-# cost per chunk pass (kernel launches, Python) in MAC-equivalents.
-CHUNK_OVERHEAD_MACS = 2.0e6
+# cost per chunk pass (kernel launches, Python; ~0.3 ms) and the node's work per neuron-step and
+# pass (~1 ns), in MAC-equivalents (convolutions run ~100 GMAC/s on the 2-core VM).
+CHUNK_OVERHEAD_MACS = 3.0e7
+NODE_PASS_MACS = 100.0
+# Each convolution/linear call also costs in proportion to its weights, whatever the chunk size
+# (oneDNN reorders them; the backward writes a whole weight gradient that is then accumulated):
+# measured ~0.5 ms per MB of weights per backward call, ~0.05 ms forward (512->512 3x3 at 4x4).
+PARAM_BWD_MACS_PER_BYTE = 100.0
+PARAM_FWD_MACS_PER_BYTE = 10.0
 # Relative time differences below this are not resolved by the time model (a tie).
-TIME_RESOLUTION = 0.01
+TIME_RESOLUTION = 0.02
 # A repeated-input block's backward runs in sub-chunks of this many steps (node-only recompute).
 STATIC_INNER_STEPS = 2
 
@@ -75,6 +82,7 @@ class BlockShape:
     param_bytes: int = 0     # the block's parameters (convolution kernels copy their weights per call)
     has_post: bool = True    # pooling/flatten after the node (else the output is the node's spikes)
     can_hold: bool = False   # its layer output may be held from forward to backward (Block.hold)
+    sums_over_time: bool = False  # repeated input: the node's backward kernel sums its gradient over time
 
 
 @dataclass
@@ -196,8 +204,12 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 # the layer output is the held one (in ``kept``), not recomputed; pass 1 keeps it
                 tmp += k * (HELD_BWD_A - BWD_A) * b.a_bytes
             if prev_fused:
+                # the repeated-input block's backward, inside this one's: the start states of the
+                # chunks fed to it, and a few steps of temporaries (or, where its kernel sums the
+                # gradient over time as it goes, the one summed gradient)
                 p = shapes[i - 1]
-                tmp += min(inner, k) * STATIC_BWD_A * p.a_bytes + max(chunks[i - 1] // k, 1) * p.a_bytes
+                steps = p.a_bytes if p.sums_over_time else min(inner, k) * STATIC_BWD_A * p.a_bytes
+                tmp += steps + max(chunks[i - 1] // k, 1) * p.a_bytes
             phase = kept + tail + g_out + g_in + tmp
         phases[f"backward {b.name}"] = phase
         if phase > best:
@@ -227,8 +239,14 @@ def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Opt
         elif chunked_bn(b, K):
             m = min(keeps[i], nc) if keeps else 0
             passes = 5 + 2 * (1 - m / nc) if m else 7
-        node_passes = 3 if (chunked_bn(b, K, bool(holds and holds[i]))) else 2
-        total += passes * b.macs * steps + nc * node_passes * CHUNK_OVERHEAD_MACS
+        # the node runs forward, then backward once, or twice with chunked BatchNorm (one held
+        # chunk finishes BatchNorm's backward in one pass)
+        held_single = bool(holds and holds[i]) and nc == 1
+        node_passes = 3 if chunked_bn(b, K, bool(holds and holds[i])) and not held_single else 2
+        neuron_steps = b.T * b.a_bytes / 4
+        calls = nc * b.param_bytes * (PARAM_BWD_MACS_PER_BYTE + (passes - 2) * PARAM_FWD_MACS_PER_BYTE)
+        total += (passes * b.macs * steps + calls
+                  + node_passes * (nc * CHUNK_OVERHEAD_MACS + NODE_PASS_MACS * neuron_steps))
     return total
 
 
@@ -246,7 +264,9 @@ def _macs(block, T: int, B: int) -> int:
         m = s.module
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             out = block.trace.get("pre_out") or block.trace["node_in"]
-            total += _prod(out[2:]) * B * m.out_channels * (m.in_channels // m.groups) * _prod(m.kernel_size)
+            # output positions: the last spatial dims (the output may be [T*B, C, ...] or [T, B, C, ...])
+            positions = _prod(out[len(out) - len(m.kernel_size):])
+            total += positions * B * m.out_channels * (m.in_channels // m.groups) * _prod(m.kernel_size)
         elif isinstance(m, nn.Linear):
             total += B * m.in_features * m.out_features
     return total
@@ -273,4 +293,5 @@ def block_shape(block, index: int) -> BlockShape:
         hands_off=block.next_block is not None,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
         has_post=bool(block.post), can_hold=block.can_hold(),
+        sums_over_time=static and block.sums_repeated_input_gradient(),
     )
