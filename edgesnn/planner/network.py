@@ -22,6 +22,9 @@ __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict
            "plan_blocks", "plan_target", "plan_chunks", "choose_keeps", "choose_holds"]
 
 
+RELAX_TARGETS = (1.0, 0.95, 0.9)  # fractions of the target each descent choice is relaxed towards
+
+
 def _candidates(T: int) -> List[int]:
     ks, k = [], T
     while k >= 1:
@@ -67,12 +70,13 @@ def plan_target(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
 def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes: int = 0) -> Tuple[List[int], int]:
     """Chunk size per block: the fastest choice (fewest, largest chunks) whose predicted peak fits
     :func:`plan_target` (``BUDGET_HEADROOM`` of ``budget``; with no budget, ``NO_BUDGET_SLACK``
-    above the least peak reachable by chunking). Returns ``(chunks, target)``."""
+    above the least peak reachable by chunking). Returns ``(chunks, target)``, the target being
+    the peak the held outputs are chosen under (:func:`choose_holds`; at most the plan's target)."""
     path = _descent(shapes, fixed_bytes)
     target = plan_target(shapes, budget, fixed_bytes, path)
     best = _fastest_within(shapes, path, target, fixed_bytes)
     if best is not None:
-        return best, target
+        return best
     if budget is None:
         return path[-1], target
     least = predict_peak(shapes, path[-1], fixed_bytes)[0]
@@ -108,27 +112,32 @@ def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Seq
 
 
 def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target: int,
-                    fixed_bytes: int = 0) -> Optional[List[int]]:
+                    fixed_bytes: int = 0) -> Optional[Tuple[List[int], int]]:
     """The fastest choice whose peak fits ``target``: every choice on the greedy descent, as it is
     and relaxed (:func:`_relax`), each with the chunks its forward keeps and the layer outputs it
     holds (:func:`choose_keeps`, :func:`choose_holds`: holding also lowers a one-chunk block's
     transient, so a choice over the target without them may fit with them), compared by predicted
-    time."""
+    time. Returns ``(chunks, hold_target)``: the peak its held outputs were chosen under."""
     options = {}
     for c in path:
-        for r in (list(c), _relax(shapes, c, target, fixed_bytes)):
-            if tuple(r) in options:
-                continue
-            keeps = choose_keeps(shapes, r, fixed_bytes)
-            holds = choose_holds(shapes, r, keeps, target, fixed_bytes)
-            peak = predict_peak(shapes, r, fixed_bytes, keeps=keeps, holds=holds)[0]
-            if peak <= target:
-                options[tuple(r)] = (predict_time(shapes, r, keeps, holds), peak, r)
+        # relaxed and holding towards the target and towards a few lower peaks: a choice nearly as
+        # fast with a lower peak is then among the candidates, and wins the tie below
+        for f in RELAX_TARGETS:
+            cap = int(target * f)
+            for r in (list(c), _relax(shapes, c, cap, fixed_bytes)):
+                if (tuple(r), cap) in options:
+                    continue
+                keeps = choose_keeps(shapes, r, fixed_bytes)
+                holds = choose_holds(shapes, r, keeps, cap, fixed_bytes)
+                peak = predict_peak(shapes, r, fixed_bytes, keeps=keeps, holds=holds)[0]
+                if peak <= target:
+                    options[(tuple(r), cap)] = (predict_time(shapes, r, keeps, holds), peak, r, cap)
     if not options:
         return None
     # times within TIME_RESOLUTION of the fastest are a tie for the time model: the least peak wins
-    fastest = min(t for t, _, _ in options.values())
-    return min((o for o in options.values() if o[0] <= fastest * (1 + TIME_RESOLUTION)), key=lambda o: (o[1], o[0]))[2]
+    fastest = min(o[0] for o in options.values())
+    best = min((o for o in options.values() if o[0] <= fastest * (1 + TIME_RESOLUTION)), key=lambda o: (o[1], o[0]))
+    return best[2], best[3]
 
 
 def _relax(shapes: Sequence[BlockShape], chunks: List[int], target: int, fixed_bytes: int = 0) -> List[int]:

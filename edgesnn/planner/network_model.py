@@ -54,7 +54,7 @@ NODE_PASS_MACS = 100.0
 PARAM_BWD_MACS_PER_BYTE = 100.0
 PARAM_FWD_MACS_PER_BYTE = 10.0
 # Relative time differences below this are not resolved by the time model (a tie).
-TIME_RESOLUTION = 0.02
+TIME_RESOLUTION = 0.03
 # A repeated-input block's backward runs in sub-chunks of this many steps (node-only recompute).
 STATIC_INNER_STEPS = 2
 
