@@ -78,11 +78,14 @@ def test_kernels_read_an_input_expanded_over_time_as_its_copy(p, T):
         assert o.shape == oc.shape and torch.equal(o, oc) and torch.equal(vT, vTc)
         assert gx.shape == zc.shape and torch.equal(gx, gxc) and torch.equal(gv0, gv0c)
         # summed over time inside the kernel: the input gradient of the one repeated input
-        gsum, gv0s = bwd(z, v0, g, gv, p, sum_time=True)
-        want = torch.zeros_like(z0)
+        acc = torch.randn_like(z0)
+        want = acc.clone()
         for t in range(T - 1, -1, -1):  # the kernel's order: last step first, float32
             want += gxc[t]
-        assert gsum.shape == z0.shape and torch.equal(gsum, want) and torch.equal(gv0s, gv0c)
+        gsum, gv0s = bwd(z, v0, g, gv, p, sum_into=acc)
+        assert gsum is acc and torch.equal(acc, want) and torch.equal(gv0s, gv0c)
+    with pytest.raises(ValueError, match="sum_into"):
+        numba_cpu.lif_backward(z, v0, gs, gv, p, sum_into=torch.zeros(3))
 
 
 def test_fused_kernels_report_non_finite_values():

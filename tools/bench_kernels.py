@@ -301,7 +301,7 @@ def bench_bandwidth(sizes, Ts, reps: int):
                 K._lif_fwd(x, v0, s, vT, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, blk)
 
             def bwd():
-                K._lif_bwd(x, v0, gs, v0, gx, gsum, gv0, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, False,
+                K._lif_bwd(x, v0, gs, v0, gx, gsum, gsum.reshape(1, 1), gv0, nf, f(p.tau), f(p.v_threshold), f(0.0), True, True, False,
                            f(p.input_gain), f(p.state_decay), kind, a, b, bblk, T, False)
 
             t_f = _timeit(fwd, reps)

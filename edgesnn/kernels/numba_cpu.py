@@ -159,11 +159,12 @@ def lif_recompute_h(x, j0, v, h, h0, n, tau, v_th, v_reset, hard, decay_input):
 
 
 @_jit_dev
-def backward_scratch(tsum, gx, T, j0, n):
+def backward_scratch(tsum, gx, scratch, T, j0, n):
     """Where a backward block keeps ``h`` (and then ``grad_x``): its rows of ``gx``, or, summing
-    over time (``tsum``), a block-local ``[T, n]`` array (cache-resident). Returns ``(h, h0)``."""
+    over time (``tsum``), ``[T, n]`` of its thread's row of ``scratch`` (cache-resident, allocated
+    once per call: a fresh array per block would page-fault). Returns ``(h, h0)``."""
     if tsum:
-        return np.empty((T, n), np.float32), 0
+        return scratch[numba.get_thread_id(), :T * n].reshape((T, n)), 0
     return gx, j0
 
 
@@ -217,7 +218,7 @@ def _lif_fwd(x, v0, s, vT, nf, tau, v_th, v_reset, hard, decay_input, blk):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _lif_bwd(x, v0, gs, gvT, gx, gsum, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
+def _lif_bwd(x, v0, gs, gvT, gx, gsum, scratch, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay,
              kind, a, b, blk, T, tsum):
     """Recompute ``h`` from the saved input into ``gx`` (block-local, cache-resident), then walk back.
 
@@ -232,7 +233,7 @@ def _lif_bwd(x, v0, gs, gvT, gx, gsum, gv0, nf, tau, v_th, v_reset, hard, decay_
         j0 = bi * blk
         j1 = min(j0 + blk, K)
         n = j1 - j0
-        h, h0 = backward_scratch(tsum, gx, T, j0, n)
+        h, h0 = backward_scratch(tsum, gx, scratch, T, j0, n)
         g = gv0[j0:j1]
         g[:] = v0[j0:j1]  # g holds the state v during the recompute pass
         lif_recompute_h(x, j0, g, h, h0, n, tau, v_th, v_reset, hard, decay_input)
@@ -319,11 +320,13 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Opti
 
 
 def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams,
-                 *, finite: Optional[list] = None, sum_time: bool = False):
+                 *, finite: Optional[list] = None,
+                 sum_into: Optional[torch.Tensor] = None):
     """Backward of :func:`lif_forward` from its inputs: returns ``(grad_x, grad_v0)``; ``finite``
     (a list) gets a bool appended: every value of both gradients is finite. ``x`` may be expanded
-    over time, as in :func:`lif_forward`. ``sum_time``: ``grad_x`` summed over time (``[...]``,
-    the gradient of one input repeated at every step), never materialised over ``T``."""
+    over time, as in :func:`lif_forward`. ``sum_into`` (``[...]``, float32, contiguous): ``grad_x``
+    summed over time is added to it in place (the gradient of one input repeated at every step,
+    never materialised over ``T``) and it is returned as ``grad_x``."""
     shape = x.shape
     x = _steps_or_one(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
@@ -331,24 +334,36 @@ def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_v
     K = x.numel() // x.shape[0]
     grad_s = _steps_or_one(grad_s, "grad_s")
     grad_vT = _check_cpu_f32(grad_vT, "grad_v_T")
-    gx = _buffers.empty(shape) if not sum_time else None
-    gsum = torch.zeros(shape[1:]) if sum_time else None
+    gsum = _sum_target(sum_into, shape)
+    gx = _buffers.empty(shape) if gsum is None else None
     gv0 = torch.empty_like(grad_vT)
     blk = bwd_block_size(K, T)
     nf = np.empty(max(1, -(-K // blk)), np.float32)
     nf[:] = 0
     _lif_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K),
-             _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
-             bool(p.detach_reset), *nm.vjp_args(p), blk, T, sum_time)
+             _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K, blk), _np(gv0).reshape(K), nf, *nm.charge_args(p),
+             bool(p.detach_reset), *nm.vjp_args(p), blk, T, gsum is not None)
     _report(finite, nf)
-    return (gsum if sum_time else gx), gv0
+    return (gsum if gsum is not None else gx), gv0
 
 
-def _grad_x_args(gx: Optional[torch.Tensor], gsum: Optional[torch.Tensor], T: int, K: int):
-    """``(gx [T, K], gsum [K])`` arrays for a backward kernel; the one not written is a 1-element stand-in."""
+def _sum_target(sum_into: Optional[torch.Tensor], shape) -> Optional[torch.Tensor]:
+    if sum_into is None:
+        return None
+    if (sum_into.shape != tuple(shape[1:]) or sum_into.dtype != torch.float32 or sum_into.device.type != "cpu"
+            or not sum_into.is_contiguous()):
+        raise ValueError(f"sum_into: expected a contiguous float32 CPU tensor of shape {tuple(shape[1:])}, "
+                         f"got {tuple(sum_into.shape)} {sum_into.dtype} on {sum_into.device}")
+    return sum_into
+
+
+def _grad_x_args(gx: Optional[torch.Tensor], gsum: Optional[torch.Tensor], T: int, K: int, blk: int):
+    """``(gx [T, K], gsum [K], scratch)`` arrays for a backward kernel writing ``gx``, or summing
+    into ``gsum`` with ``scratch`` (``T x blk`` per pool thread); the unused ones are small stand-ins."""
     if gsum is not None:
-        return np.empty((1, 1), np.float32), _np(gsum).reshape(K)
-    return _np(gx).reshape(T, K), np.empty(1, np.float32)
+        scratch = _buffers.empty((numba.config.NUMBA_NUM_THREADS, T * blk))  # pooled: no fresh pages per call
+        return np.empty((1, 1), np.float32), _np(gsum).reshape(K), _np(scratch)
+    return _np(gx).reshape(T, K), np.empty(1, np.float32), np.empty((1, 1), np.float32)
 
 
 # The RevLIF kernels live in numba_revlif (module size) and import the device functions above, so

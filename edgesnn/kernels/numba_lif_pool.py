@@ -24,7 +24,7 @@ import torch
 from ..functional.lif import LIFParams
 from . import buffers as _buffers
 from . import neuron_math as nm
-from .numba_cpu import (_F0, _check_cpu_f32, _grad_x_args, _np, _report, _steps_or_one, add_row, backward_scratch,
+from .numba_cpu import (_F0, _check_cpu_f32, _grad_x_args, _np, _report, _steps_or_one, _sum_target, add_row, backward_scratch,
                         block_size, bwd_block_size, finite_flag, fire, lif_recompute_h, lif_start_row, lif_step_row,
                         lif_vjp_row)
 
@@ -77,7 +77,7 @@ def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H,
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _lif_pool2_bwd(x, v0, gp, gvT, gx, gsum, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain,
+def _lif_pool2_bwd(x, v0, gp, gvT, gx, gsum, scratch, gv0, nf, tau, v_th, v_reset, hard, decay_input, detach, in_gain,
                    state_decay, kind, a, b, H, W, rows, T, tsum):
     """Recompute ``h`` into ``gx`` (block-local), then walk back; each step's spike gradient is the
     pooled gradient routed to the window's first firing neuron (else its first neuron). ``x`` may
@@ -96,7 +96,7 @@ def _lif_pool2_bwd(x, v0, gp, gvT, gx, gsum, gv0, nf, tau, v_th, v_reset, hard, 
         r1 = min(r0 + rows, R)
         j0 = r0 * HW
         n = (r1 - r0) * HW
-        h, h0 = backward_scratch(tsum, gx, T, j0, n)
+        h, h0 = backward_scratch(tsum, gx, scratch, T, j0, n)
         g = gv0[j0:j0 + n]
         g[:] = v0[j0:j0 + n]  # g holds the state v during the recompute pass
         lif_recompute_h(x, j0, g, h, h0, n, tau, v_th, v_reset, hard, decay_input)
@@ -163,17 +163,19 @@ def lif_pool2_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite
 
 
 def lif_pool2_backward(x: torch.Tensor, v0: torch.Tensor, grad_pooled: torch.Tensor, grad_vT: torch.Tensor,
-                       p: LIFParams, *, finite: Optional[list] = None, sum_time: bool = False):
+                       p: LIFParams, *, finite: Optional[list] = None,
+                       sum_into: Optional[torch.Tensor] = None):
     """Backward of :func:`lif_pool2_forward` from its inputs: returns ``(grad_x, grad_v0)``.
 
     ``grad_pooled`` is ``[T, ..., H // 2, W // 2]`` (or ``[1, ...]``: the same at every step);
     ``finite`` (a list) gets a bool appended: every value of both gradients is finite. ``x`` may be
-    expanded over time, as in :func:`lif_pool2_forward`. ``sum_time``: ``grad_x`` summed over time
-    (``[..., H, W]``, the gradient of one input repeated at every step), never materialised over ``T``.
+    expanded over time, as in :func:`lif_pool2_forward`. ``sum_into`` (``[..., H, W]``, float32,
+    contiguous): ``grad_x`` summed over time is added to it in place (the gradient of one input
+    repeated at every step, never materialised over ``T``) and it is returned as ``grad_x``.
     """
     T, K, H, W = _shape(x)
-    gx = _buffers.empty(x.shape) if not sum_time else None
-    gsum = torch.zeros(x.shape[1:]) if sum_time else None
+    gsum = _sum_target(sum_into, x.shape)
+    gx = _buffers.empty(x.shape) if gsum is None else None
     x = _steps_or_one(x, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
     grad_pooled = _check_cpu_f32(grad_pooled, "grad_pooled")
@@ -182,7 +184,7 @@ def lif_pool2_backward(x: torch.Tensor, v0: torch.Tensor, grad_pooled: torch.Ten
     rows = _rows_per_block(H * W, bwd_block_size(K, T))
     nf = np.zeros(max(1, -(-(K // (H * W)) // rows)), np.float32)
     _lif_pool2_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_pooled).reshape(grad_pooled.shape[0], -1),
-                   _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K), _np(gv0).reshape(K), nf, *nm.charge_args(p),
-                   bool(p.detach_reset), *nm.vjp_args(p), H, W, rows, T, sum_time)
+                   _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K, rows * H * W), _np(gv0).reshape(K), nf,
+                   *nm.charge_args(p), bool(p.detach_reset), *nm.vjp_args(p), H, W, rows, T, gsum is not None)
     _report(finite, nf)
-    return (gsum if sum_time else gx), gv0
+    return (gsum if gsum is not None else gx), gv0

@@ -89,10 +89,9 @@ class StaticBackward:
             self.cache = self._states_from(c, self.feed_starts(c))
             self.cache_chunk = c
         start = self.cache.pop(t0) if t0 in self.cache else self._states_from(c, [t0])[t0]
-        summed = node_backward_time_sum(block, z0, t1 - t0, start, g, self.g_v)
-        if summed is not None:  # one kernel call, the time sum made as it goes: no [k, ...] transient
-            dz, self.g_v = summed
-            self.dz0 += dz
+        summed = node_backward_time_sum(block, z0, t1 - t0, start, g, self.g_v, self.dz0)
+        if summed is not None:  # one kernel call, summing into dz0 as it goes: no [k, ...] transient
+            self.g_v = summed[1]
             return
         states = [start]
         for s0, s1 in subs[:-1]:

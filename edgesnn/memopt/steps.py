@@ -61,7 +61,8 @@ def _pool2(post: List[Step]) -> bool:
 
 def fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[str]:
     """Which fused CPU kernel runs node + post on ``z [k, B, ...]``: ``"pool2"`` (LIF then a 2x2
-    max-pool), ``"lif"`` (LIF alone, backward only), or ``None`` (the node's own path + the layers)."""
+    max-pool), ``"lif"`` (LIF alone: its Numba kernels called directly), or ``None`` (the node's
+    own path + the layers)."""
     if type(node) is not LIF or z.dtype != torch.float32 or z.device.type != "cpu":
         return None
     if dispatch.resolve_backend(node.backend, z, node.params) != "numba":
@@ -136,22 +137,23 @@ def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tens
 
 
 def node_backward_time_sum(block: "Block", z0: torch.Tensor, k: int, v0: Optional[torch.Tensor], g_out: torch.Tensor,
-                           g_v: Optional[torch.Tensor]):
+                           g_v: Optional[torch.Tensor], dz0: torch.Tensor):
     """Node and post layers back-propagated over ``k`` steps of one input ``z0 [B, ...]`` repeated
-    at every step: ``(dz0, dv0)``, ``dz0`` the node input gradient summed over the ``k`` steps (the
-    kernel sums as it goes: nothing ``[k, ...]`` is made). ``None`` where no fused kernel applies
-    or a value is not finite (the caller then runs :func:`node_chunk_backward` step range by range)."""
+    at every step; the node input gradient summed over the ``k`` steps is added to ``dz0`` in place
+    (the kernel sums as it goes: nothing ``[k, ...]`` is made). Returns ``(dz0, dv0)``, or ``None``
+    where no fused kernel applies (``dz0`` unchanged) or a gradient is not finite (the caller then
+    runs :func:`node_chunk_backward`, whose node backward raises on it, as the node does)."""
     z = z0.unsqueeze(0).expand(k, *z0.shape)
     kind = fused_kind(block.node, block.post, z)
     if kind is None:
         return None
-    return _fused_backward(kind, block.node, z, v0, g_out, g_v, sum_time=True)
+    return _fused_backward(kind, block.node, z, v0, g_out, g_v, sum_into=dz0)
 
 
 def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
-                    g_v: Optional[torch.Tensor], sum_time: bool = False):
-    """``(dz, dv0)`` from a fused kernel (``dz`` summed over time with ``sum_time``), or ``None``
-    when a value is not finite (the caller's unfused path then reports it as the node does)."""
+                    g_v: Optional[torch.Tensor], sum_into: Optional[torch.Tensor] = None):
+    """``(dz, dv0)`` from a fused kernel (``dz`` summed over time into ``sum_into`` when given), or
+    ``None`` when a value is not finite (the caller's unfused path then reports it as the node does)."""
     from ..kernels import numba_cpu
     from ..kernels.numba_lif_pool import lif_pool2_backward
 
@@ -160,9 +162,9 @@ def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[to
     gv = g_v.contiguous() if g_v is not None else torch.zeros_like(v)
     fin: list = []
     if kind == "pool2":
-        gx, gv0 = lif_pool2_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_time=sum_time)
+        gx, gv0 = lif_pool2_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_into=sum_into)
     else:
-        gx, gv0 = numba_cpu.lif_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_time=sum_time)
+        gx, gv0 = numba_cpu.lif_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_into=sum_into)
     if fin != [True]:
         return None
     return gx, (gv0 if v0 is not None else None)
