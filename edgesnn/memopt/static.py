@@ -19,9 +19,12 @@ class StaticBackward:
     """Backward of a block whose input repeats over T, fed output-gradient chunks last to first.
 
     Everything before the node is time-invariant: it is recomputed once, and its gradient is the
-    sum over time of the node's input gradient. Each chunk is processed in sub-chunks of
-    ``block.inner`` steps, whose start states are recomputed from the chunk's checkpoint (the node
-    alone: cheap), so the transient is a few steps while checkpoints stay one per chunk.
+    sum over time of the node's input gradient. Each fed range's start state is recomputed from
+    its chunk's checkpoint (the node alone: cheap), so checkpoints stay one per chunk. Where a
+    fused kernel applies (a LIF on the Numba backend, alone or before a 2x2 max-pool) one call per
+    fed range back-propagates the node and adds the time-summed input gradient straight into the
+    accumulator; otherwise the range runs in sub-chunks of ``block.inner`` steps, so the transient
+    is a few steps.
     """
 
     def __init__(self, block: "Block", saved: SavedInput, bounds, checkpoints, input_needs_grad: bool) -> None:
