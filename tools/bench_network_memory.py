@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -167,14 +168,16 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int, 
         buffers.release()
     before = _rss()
     _reset_hwm()
-    times = []
+    times, faults = [], []
     for _ in range(steps):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     peak = _hwm() - before
     out = {"row": row, "T": T, "batch": batch, "peak_bytes": peak, "step_s": statistics.median(times),
-           "step_times": times}
+           "step_times": times, "minor_faults": faults}
     if plan is not None:
         out["predicted_peak_bytes"] = plan.peak_bytes
         out["chunks"] = [b.chunk for b in plan.blocks]
@@ -289,13 +292,16 @@ def _run_child(args: list, mmap_threshold: bool = True) -> dict:
 def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
     """Step time per row under glibc's default allocator: every row in a fresh process (one
     warm-up step, then ``--steps`` timed ones), the rows taken in turn, ``rounds`` times over (so a
-    load change on a shared machine hits every row alike); the median of all timed steps."""
+    load change on a shared machine hits every row alike); the median of all timed steps, and the
+    median minor page faults per step (fresh pages the allocator handed out: a cost of its own)."""
     times = {row: [] for row in rows}
+    faults = {row: [] for row in rows}
     for _ in range(rounds):
         for row in rows:
             r = _run_child(["--worker", row, str(T), str(budget), *common, "--timing"], mmap_threshold=False)
             times[row] += r["step_times"]
-    return {row: statistics.median(v) for row, v in times.items()}
+            faults[row] += r["minor_faults"]
+    return {row: (statistics.median(times[row]), statistics.median(faults[row])) for row in rows}
 
 
 def main(argv=None) -> int:
@@ -367,9 +373,10 @@ def main(argv=None) -> int:
         tm = timing_rounds(T, budget, [r["row"] for r in results if r["T"] == T and "error" not in r], common, a.rounds)
         for r in results:
             if r["T"] == T and r["row"] in tm:
-                r["step_s_default_alloc"] = tm[r["row"]]
+                r["step_s_default_alloc"], r["minor_faults_default_alloc"] = tm[r["row"]]
         print(f"T={T:<3} step time, default allocator, a fresh process per row and round (median of "
-              f"{a.rounds} x {a.steps} steps): " + ", ".join(f"{k} {v:.2f} s" for k, v in tm.items()), flush=True)
+              f"{a.rounds} x {a.steps} steps; minor page faults per step): "
+              + ", ".join(f"{k} {v:.2f} s ({f:.0f})" for k, (v, f) in tm.items()), flush=True)
         if not a.no_check:
             c = _run_child(["--check-worker", str(T), *common])
             checks.append(c)
