@@ -384,6 +384,7 @@ def warmup() -> None:
     """Compile (or load from the cache) every CPU kernel specialisation used at run time."""
     from ..functional.surrogate import ATan
     from .numba_bits import pack_rows, unpack_rows
+    from .numba_bn import grad_sums, input_grad_
     from .numba_lif_pool import lif_pool2_backward, lif_pool2_forward
     from .numba_revlif import revlif_backward, revlif_forward
 
@@ -401,3 +402,7 @@ def warmup() -> None:
     for dt in (torch.float32, torch.float64):
         packed = pack_rows(torch.ones(2, 11, dtype=dt), torch.empty(2, 2, dtype=torch.uint8))
         unpack_rows(packed, 11, dt)
+        a = np.ones((2, 3, 4), dtype=np.float32 if dt == torch.float32 else np.float64)
+        c = np.ones(3, dtype=a.dtype)
+        grad_sums(a, a, np.zeros(3), np.zeros(3))
+        input_grad_(a, a, c, c, c)
