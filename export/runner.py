@@ -60,7 +60,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -140,6 +140,17 @@ def proc_status_mib(field: str) -> Optional[float]:
     return None
 
 
+def step_time_metrics(step_times: List[float], step_cpu: List[float]) -> Dict[str, Optional[float]]:
+    """Mean/median wall and median CPU milliseconds per step, the first step (graph set-up) left out."""
+    steady = step_times[1:] if len(step_times) > 1 else step_times
+    steady_cpu = step_cpu[1:] if len(step_cpu) > 1 else step_cpu
+    return {
+        "step_ms_mean": 1000.0 * float(np.mean(steady)) if steady else None,
+        "step_ms_median": 1000.0 * float(np.median(steady)) if steady else None,
+        "step_cpu_ms_median": 1000.0 * float(np.median(steady_cpu)) if steady_cpu else None,
+    }
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB.
 
@@ -196,17 +207,24 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def padded_batches(x: np.ndarray, batch: int) -> Iterator[Tuple[int, np.ndarray, int]]:
+    """``(start, x_batch, n)`` over ``x`` in batches of exactly ``batch`` rows (fixed-batch graphs):
+    the last one zero-padded, ``n`` its real rows."""
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch]
+        n = xb.shape[0]
+        if n < batch:
+            xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), np.float32)])
+        yield i, xb, n
+
+
 def _accuracy(ort, model_path: Path, x: np.ndarray, y: np.ndarray, batch: int, manifest: Manifest) -> float:
     """Accuracy of an ONNX forward graph with a fixed batch ``batch`` (the last chunk is zero-padded)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     correct = 0
-    for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch]
-        n = xb.shape[0]
-        if n < batch:
-            xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), np.float32)])
+    for i, xb, n in padded_batches(x, batch):
         logits = sess.run([manifest.output_name], {manifest.input_name: xb})[0][:n]
         correct += int((logits.argmax(1) == y[i:i + n]).sum())
     return correct / max(1, x.shape[0])
@@ -382,9 +400,6 @@ def _finetune(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarr
     _atomic_inference_model(module, write_dir / "inference.onnx", manifest.output_name)
     acc_after = _accuracy(ort, write_dir / "inference.onnx", xe, ye, B, manifest)
 
-    # the first step includes graph set-up; report the steady state separately
-    steady = step_times[1:] if len(step_times) > 1 else step_times
-    steady_cpu = step_cpu[1:] if len(step_cpu) > 1 else step_cpu
     metrics = {
         "epochs": epochs,
         "steps": len(step_times),
@@ -395,9 +410,7 @@ def _finetune(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarr
         "accuracy_on": accuracy_on,
         "accuracy_before": acc_before,
         "accuracy_after": acc_after,
-        "step_ms_mean": 1000.0 * float(np.mean(steady)) if steady else None,
-        "step_ms_median": 1000.0 * float(np.median(steady)) if steady else None,
-        "step_cpu_ms_median": 1000.0 * float(np.median(steady_cpu)) if steady_cpu else None,
+        **step_time_metrics(step_times, step_cpu),
         "threads": int(threads or 0),
         "peak_rss_mb": peak_rss_mb(),
         "torch_imported": "torch" in sys.modules,

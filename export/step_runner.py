@@ -20,8 +20,8 @@ import numpy as np
 
 from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
                         atomic_write_text)
-from .runner import (StepCheckError, _one_line, import_plain_ort, peak_rss_mb, proc_status_mib,
-                     training_modules_imported)
+from .runner import (StepCheckError, _one_line, import_plain_ort, padded_batches, peak_rss_mb, proc_status_mib,
+                     step_time_metrics, training_modules_imported)
 
 __all__ = ["StepSession", "finetune_step", "npz_bytes", "rss_mb"]
 
@@ -114,11 +114,7 @@ class StepSession:
         b.bind_ortvalue_input(self.m.input_name, self.eval_x)
         b.bind_output(self.m.output_name, "cpu")
         correct = 0
-        for i in range(0, x.shape[0], B):
-            xb = x[i:i + B]
-            n = xb.shape[0]
-            if n < B:
-                xb = np.concatenate([xb, np.zeros((B - n, *xb.shape[1:]), np.float32)])
+        for i, xb, n in padded_batches(x, B):
             self.eval_x.update_inplace(np.ascontiguousarray(xb))
             self.eval_sess.run_with_iobinding(b)
             logits = b.copy_outputs_to_cpu()[0][:n]
@@ -189,8 +185,6 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epoc
     atomic_write_bytes(write_dir / "state.npz", npz_bytes(state))
     params = {n: values[n] for n in list(manifest.trainable) + list(manifest.frozen)}
     atomic_write_bytes(write_dir / "params.npz", npz_bytes(params))
-    steady = step_times[1:] if len(step_times) > 1 else step_times
-    steady_cpu = step_cpu[1:] if len(step_cpu) > 1 else step_cpu
     bad = training_modules_imported()
     metrics = {
         "format": "onnx-step",
@@ -207,9 +201,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epoc
         "accuracy_before": acc_before,
         "accuracy_after": acc_after,
         "recon_error_max": max_err,
-        "step_ms_mean": 1000.0 * float(np.mean(steady)) if steady else None,
-        "step_ms_median": 1000.0 * float(np.median(steady)) if steady else None,
-        "step_cpu_ms_median": 1000.0 * float(np.median(steady_cpu)) if steady_cpu else None,
+        **step_time_metrics(step_times, step_cpu),
         "threads": int(threads or 0),
         "lean_memory": bool(lean_memory),
         "rss_before_session_mb": rss_before,

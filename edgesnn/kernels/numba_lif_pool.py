@@ -24,9 +24,9 @@ import torch
 from ..functional.lif import LIFParams
 from . import buffers as _buffers
 from . import neuron_math as nm
-from .numba_cpu import (_F0, _check_cpu_f32, _grad_x_args, _np, _report, _steps_or_one, _sum_target, add_row, backward_scratch,
-                        block_size, bwd_block_size, finite_flag, fire, lif_recompute_h, lif_start_row, lif_step_row,
-                        lif_vjp_row)
+from .numba_cpu import (_F0, _check_cpu_f32, _grad_x_args, _jit_dev, _np, _report, _steps_or_one, _sum_target,
+                        add_row, backward_scratch, block_size, bwd_block_size, finite_flag, fire, lif_recompute_h,
+                        lif_start_row, lif_step_row, lif_vjp_row)
 
 from numba import njit, prange  # noqa: E402  (numba_cpu configured threading and the cache)
 
@@ -39,6 +39,25 @@ def _rows_per_block(n_per_row: int, blk: int) -> int:
     return max(1, blk // max(1, n_per_row))
 
 
+@_jit_dev
+def _geometry(K, H, W, rows):
+    """``(H*W, H//2, W//2, pooled plane, images R, parallel blocks)`` of ``K`` neurons in ``H x W``
+    images, ``rows`` images per block."""
+    HW = H * W
+    Hp = H // 2
+    Wp = W // 2
+    R = K // HW
+    return HW, Hp, Wp, Hp * Wp, R, (R + rows - 1) // rows
+
+
+@_jit_dev
+def _block_span(bi, rows, R, HW):
+    """Block ``bi``: images ``r0:r1``, its first neuron ``j0`` and neuron count ``n``."""
+    r0 = bi * rows
+    r1 = min(r0 + rows, R)
+    return r0, r1, r0 * HW, (r1 - r0) * HW
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H, W, rows):
     """``x [T, R*H*W]``, ``out [T, R*Hp*Wp]``: spikes pooled 2x2 as they are made. Parallel
@@ -47,17 +66,9 @@ def _lif_pool2_fwd(x, v0, out, vT, nf, tau, v_th, v_reset, hard, decay_input, H,
     T = out.shape[0]
     K = x.shape[1]
     bx = x.shape[0] == 1
-    HW = H * W
-    Hp = H // 2
-    Wp = W // 2
-    HWp = Hp * Wp
-    R = K // HW
-    nblk = (R + rows - 1) // rows
+    HW, Hp, Wp, HWp, R, nblk = _geometry(K, H, W, rows)
     for bi in prange(nblk):
-        r0 = bi * rows
-        r1 = min(r0 + rows, R)
-        j0 = r0 * HW
-        n = (r1 - r0) * HW
+        r0, r1, j0, n = _block_span(bi, rows, R, HW)
         v = vT[j0:j0 + n]
         F = np.empty(n, np.float32)
         sl = np.empty(n, np.float32)
@@ -85,17 +96,9 @@ def _lif_pool2_bwd(x, v0, gp, gvT, gx, gsum, scratch, gv0, nf, tau, v_th, v_rese
     ``gsum [K]`` (steps last to first) and ``gx`` is not written."""
     K = x.shape[1]
     bcast = gp.shape[0] == 1
-    HW = H * W
-    Hp = H // 2
-    Wp = W // 2
-    HWp = Hp * Wp
-    R = K // HW
-    nblk = (R + rows - 1) // rows
+    HW, Hp, Wp, HWp, R, nblk = _geometry(K, H, W, rows)
     for bi in prange(nblk):
-        r0 = bi * rows
-        r1 = min(r0 + rows, R)
-        j0 = r0 * HW
-        n = (r1 - r0) * HW
+        r0, r1, j0, n = _block_span(bi, rows, R, HW)
         h, h0 = backward_scratch(tsum, gx, scratch, T, j0, n)
         g = gv0[j0:j0 + n]
         g[:] = v0[j0:j0 + n]  # g holds the state v during the recompute pass

@@ -85,8 +85,6 @@ class StaticBackward:
                 self.z0 = apply_static(block.steps, self.saved.data, self.saved.shape[0], update=False)
             self.dz0 = torch.zeros_like(self.z0)
         z0 = self.z0
-        inner = block.inner if 0 < block.inner < (t1 - t0) else (t1 - t0)
-        subs = [(s0, min(s0 + inner, t1)) for s0 in range(t0, t1, inner)]
         if self.cache_chunk != c:
             # fed ranges inside one chunk of ours: recompute the start states of all of them once
             self.cache = self._states_from(c, self.feed_starts(c))
@@ -96,6 +94,9 @@ class StaticBackward:
         if summed is not None:  # one kernel call, summing into dz0 as it goes: no [k, ...] transient
             self.g_v = summed[1]
             return
+        # no fused kernel: sub-ranges of a few steps, each from its recomputed start state
+        inner = block.inner if 0 < block.inner < (t1 - t0) else (t1 - t0)
+        subs = [(s0, min(s0 + inner, t1)) for s0 in range(t0, t1, inner)]
         states = [start]
         for s0, s1 in subs[:-1]:
             states.append(self._advance(states[-1], s1 - s0))
