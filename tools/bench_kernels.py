@@ -493,6 +493,10 @@ def _print_public(args, report, T, B, N) -> None:
         stall = 100.0 * (psi1 - psi0) / 1e6 / wall
         report["public_form_cpu_pressure_pct"] = stall
         print(f"  machine load during (p): runnable tasks waited for a CPU {stall:.0f}% of the time")
+    import numba
+
+    report["numba_threading_layer"] = numba.threading_layer()
+    print(f"  Numba threading layer: {report['numba_threading_layer']}")
 
 
 def _print_on(args, report, T, B, N, reps, with_compile, base) -> None:

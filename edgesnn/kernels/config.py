@@ -14,7 +14,7 @@ import tempfile
 from typing import Optional
 
 __all__ = ["configure_cache", "cache_dir", "set_num_threads", "get_num_threads", "configure_threading_layer",
-           "retain_freed_memory", "configure_cpu_features"]
+           "numba_threads_usable", "retain_freed_memory", "configure_cpu_features"]
 
 _CACHE_DIR: Optional[str] = None
 
@@ -88,19 +88,63 @@ def configure_cache(path: Optional[str] = None) -> str:
 
 
 def configure_threading_layer() -> str:
-    """Use Numba's ``workqueue`` threading layer unless ``NUMBA_THREADING_LAYER`` says otherwise.
+    """Leave Numba's threading layer to Numba (``NUMBA_THREADING_LAYER``, else its default order
+    tbb, omp, workqueue) and guard forked children; returns the configured layer name.
 
-    Numba's default on Linux is OpenMP, a second OpenMP runtime next to PyTorch's: the two thread
-    pools spin against each other and, on 2 cores, turned 256 KB fills into 10 ms stalls (the
-    LIF layer benchmark ran 2x slower). ``workqueue`` threads sleep when idle. It does not allow
-    calling the kernels from several Python threads at once; set ``NUMBA_THREADING_LAYER=tbb``
-    (with the tbb package) for that. Must run before the first parallel kernel executes.
+    Measured on the 2-core test VM (PyTorch 2.13, Numba 0.68): after a PyTorch parallel op its
+    OpenMP worker keeps spinning for a while; a kernel on Numba's ``workqueue`` layer, whose own
+    worker threads must wake and share the cores with that spinner, ran 1.7-2x longer (RevLIF
+    forward 3.4 ms instead of 1.8 ms; the public-form RevLIF step 12.5 ms instead of 7 ms; a
+    memory-optimized VGG-11 step 12-17% slower). On the OpenMP layer the calling thread takes a share
+    of the work at once and the kernel time does not change; PyTorch ops right after a kernel were
+    not slowed on either layer (``tools/bench_kernels.py`` section (p) prints which layer ran).
+
+    GNU OpenMP is not fork-safe: a child forked after Numba's OpenMP threads started dies when it
+    runs a parallel kernel. :func:`numba_threads_usable` is ``False`` in such a child, so
+    ``backend="auto"`` and the memory-optimized blocks take their PyTorch paths there (a forked
+    DataLoader worker can run a node, slower) and ``backend="numba"`` raises a one-line error.
     """
     import numba
 
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER = "workqueue"
-    return numba.config.THREADING_LAYER
+    global _FORK_HOOKED
+    if not _FORK_HOOKED and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _FORK_HOOKED = True
+    return str(numba.config.THREADING_LAYER)
+
+
+_FORK_HOOKED = False
+_THREADS_FORKED = False  # True in a child forked after Numba's OpenMP threads started
+
+
+def _numba_layer_in_use() -> Optional[str]:
+    """The threading layer Numba's threads run on, or ``None`` when none has started yet."""
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:
+        return None
+    if not getattr(parallel, "_is_initialized", False):
+        return None
+    return getattr(parallel, "_threading_layer", None)
+
+
+def _after_fork_in_child() -> None:
+    global _THREADS_FORKED
+    if _numba_layer_in_use() == "omp":
+        _THREADS_FORKED = True
+
+
+def numba_threads_usable() -> bool:
+    """``False`` in a process forked after Numba's OpenMP threads started (its parallel kernels
+    would terminate the process), else ``True``."""
+    return not _THREADS_FORKED
+
+
+def forked_child_message(what: str) -> str:
+    """The one-line error for ``what`` (e.g. ``"backend='numba'"``) in such a forked child."""
+    return (f"{what}: this process was forked after Numba's OpenMP threads started, and GNU OpenMP cannot run "
+            f"in a forked child; use backend='auto' or 'torch' here, the 'spawn' start method, or "
+            f"NUMBA_THREADING_LAYER=workqueue")
 
 
 def cache_dir() -> str:
@@ -118,6 +162,7 @@ def set_num_threads(n: int) -> None:
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_threads: expected an integer >= 1, got {n!r}")
+    configure_threading_layer()  # the fork guard is in place before Numba starts its threads
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(n)
 

@@ -28,6 +28,7 @@ from ..functional.lif import LIFParams
 from ..functional.revlif import RevLIFParams, from_groups, revlif_initial_state, revlif_multistep_reference, to_groups
 from ..functional.surrogate import ATan, Sigmoid
 from . import custom_ops as _ops
+from .config import forked_child_message, numba_threads_usable
 
 __all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep", "numba_available", "cuda_available"]
 
@@ -49,8 +50,10 @@ _NUMBA_CUDA = _has_module("numba_cuda") or (_NUMBA and _has_module("numba.cuda")
 
 
 def numba_available() -> bool:
-    """Numba is importable (the CPU kernels can run)."""
-    return _NUMBA
+    """Numba is importable and its threads can run here (the CPU kernels can run; ``False`` in a
+    child forked after Numba's OpenMP threads started, see
+    :func:`edgesnn.kernels.config.configure_threading_layer`)."""
+    return _NUMBA and numba_threads_usable()
 
 
 def cuda_available() -> bool:
@@ -98,8 +101,10 @@ def _check_kernel_input(name: str, x: torch.Tensor, p) -> None:
         )
     if name == "numba" and x.device.type != "cpu":
         raise TypeError(f"backend='numba' runs CPU tensors, got a tensor on {x.device}; use backend='cuda' or 'auto'")
-    if name == "numba" and not numba_available():
+    if name == "numba" and not _NUMBA:
         raise RuntimeError("backend='numba' needs the numba package (pip install numba)")
+    if name == "numba" and not numba_threads_usable():
+        raise RuntimeError(forked_child_message("backend='numba'"))
     if name == "cuda" and not cuda_available():
         raise RuntimeError("backend='cuda' needs numba-cuda (pip install 'edgesnn[cuda]')")
 

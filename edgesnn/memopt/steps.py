@@ -65,7 +65,7 @@ def fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[s
     own path + the layers)."""
     if type(node) is not LIF or z.dtype != torch.float32 or z.device.type != "cpu":
         return None
-    if dispatch.resolve_backend(node.backend, z, node.params) != "numba":
+    if dispatch.resolve_backend(node.backend, z, node.params) != "numba" or not dispatch.numba_available():
         return None
     if not post:
         return "lif"

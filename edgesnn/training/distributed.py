@@ -14,9 +14,10 @@ What this module takes care of (each point was measured on this stack):
   (and N ranks compiling the same kernels wastes N x 15 s). :func:`warm_kernels` lets local
   rank 0 compile (or load) them while the others wait at a barrier, then load them from the cache.
 * **Data loader workers**: the training loop indexes in-memory tensors and starts no workers.
-  Forked DataLoader workers die under Numba's GNU OpenMP threading layer; edgesnn selects the
-  ``workqueue`` layer (see :func:`edgesnn.kernels.config.configure_threading_layer`), and any
-  worker pool added later must use the ``spawn`` start method (or keep workqueue/tbb).
+  A child forked after Numba's OpenMP threads started cannot run Numba's parallel kernels (GNU
+  OpenMP is not fork-safe): edgesnn's kernels then take their PyTorch paths in that child (see
+  :func:`edgesnn.kernels.config.configure_threading_layer`); a worker pool added later should use
+  the ``spawn`` start method to keep the fused kernels.
 
 Rank 0 alone writes checkpoints, reports and progress (atomically, as a single process does).
 """
