@@ -214,10 +214,14 @@ def check_gradients(T: int, batch: int, threads: int) -> dict:
         edgesnn.optimize_memory(opt, x)
         before_buffers = [b.detach().clone() for b in base.buffers()]
         res = []
+        layers = _catch_layer_grads(base) if dtype == torch.float32 else None
         for m in (base, opt):
             loss = F.cross_entropy(m(x).mean(0), y)
             loss.backward()
             res.append((loss.item(), [p.grad for p in m.parameters()], [b for b in m.buffers()]))
+        if layers is not None:
+            for h in layers[1]:
+                h.remove()  # before any copy of base below: deepcopy would copy the hooks
         scale = max(g.norm().item() for g in res[0][1])
         keep = [a.norm() > 1e-6 * scale for a in res[0][1]]
         rel = [((a - b).norm() / a.norm()).item() for a, b, k in zip(res[0][1], res[1][1], keep) if k]
@@ -239,7 +243,59 @@ def check_gradients(T: int, batch: int, threads: int) -> dict:
             self_rel = [((a - p.grad).norm() / a.norm()).item()
                         for a, p, k in zip(res[0][1], again.parameters(), keep) if k]
             out[key]["plain_1_vs_%d_threads_grad_rel_max" % threads] = max(self_rel)
+        if layers is not None:
+            out[key].update(_float64_weight_check(base, opt, layers))
     return out
+
+
+def _catch_layer_grads(model):
+    """Forward hooks on every Conv2d / Linear of ``model``: each call's input and (retained)
+    output, so that after the backward their weight gradient can be re-reduced in float64."""
+    import torch.nn as nn
+
+    caught = []
+
+    def hook(mod, inp, out):
+        out.retain_grad()
+        caught.append((mod, inp[0].detach(), out))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return caught, handles
+
+
+def _float64_weight_check(base, opt, layers) -> dict:
+    """How far each model's float32 conv / linear weight gradients lie from the same reduction in
+    float64: ``sum over T x B (x H x W) of input x output-gradient``, with the plain model's own
+    float32 input and output gradient of that layer. It separates the last reduction's float32
+    rounding (which the chunked backward does in another order) from the method: per tensor
+    ``||g - g64|| / ||g64||``, max over tensors, for the plain and the optimized model."""
+    import torch
+    import torch.nn as nn
+
+    caught, _ = layers
+    index = {id(p): i for i, p in enumerate(base.parameters())}
+    opt_params = list(opt.parameters())
+    worst = {"plain": (0.0, ""), "opt": (0.0, "")}
+    names = {id(p): n for n, p in base.named_parameters()}
+    for mod, inp, out in caught:
+        dz = out.grad.double()
+        xin = inp.double()
+        if isinstance(mod, nn.Conv2d):
+            g64 = torch.nn.grad.conv2d_weight(xin.reshape(-1, *xin.shape[-3:]), mod.weight.shape,
+                                              dz.reshape(-1, *dz.shape[-3:]), stride=mod.stride,
+                                              padding=mod.padding, dilation=mod.dilation, groups=mod.groups)
+        else:
+            g64 = dz.reshape(-1, dz.shape[-1]).T @ xin.reshape(-1, xin.shape[-1])
+        n64 = g64.norm()
+        if n64 == 0:
+            continue
+        for who, g in (("plain", mod.weight.grad), ("opt", opt_params[index[id(mod.weight)]].grad)):
+            rel = ((g.double() - g64).norm() / n64).item()
+            if rel > worst[who][0]:
+                worst[who] = (rel, names[id(mod.weight)])
+    return {"weight_grad_rel_to_float64_plain_max": worst["plain"][0],
+            "weight_grad_rel_to_float64_opt_max": worst["opt"][0],
+            "weight_grad_rel_to_float64_worst": {"plain": worst["plain"][1], "opt": worst["opt"][1]}}
 
 
 def showcase(device_name: str, T: int, threads: int) -> dict:
@@ -386,6 +442,12 @@ def main(argv=None) -> int:
                       f"||a-b||/||a|| max {d['grad_rel_max']:.1e} (median {d['grad_rel_median']:.1e}), "
                       f"BN running stats max diff {d['bn_stats_max_abs']:.1e}"
                       + "".join(f"; {k}: {v:.1e}" for k, v in d.items() if k.startswith("plain_")), flush=True)
+                if "weight_grad_rel_to_float64_opt_max" in d:
+                    print(f"T={T:<3} conv/linear weight gradients against the same reduction in float64 (the plain "
+                          f"model's layer inputs and output gradients): plain max "
+                          f"{d['weight_grad_rel_to_float64_plain_max']:.1e}, optimized max "
+                          f"{d['weight_grad_rel_to_float64_opt_max']:.1e} (worst: "
+                          f"{d['weight_grad_rel_to_float64_worst']})", flush=True)
     print()
     print("| row | " + " | ".join(f"T={T} peak | T={T} step" for T in sorted(Ts)) + " |")
     print("|---|" + "---|---|" * len(Ts))
