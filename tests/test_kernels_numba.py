@@ -260,3 +260,53 @@ def test_warmup_command_fills_the_cache(tmp_path):
     assert any(name.endswith(".nbi") for _, _, files in os.walk(tmp_path) for name in files)
     # the second process loads machine code instead of compiling (compiling takes 10+ s here)
     assert infos[1]["cpu_seconds"] < max(3.0, 0.3 * infos[0]["cpu_seconds"]), infos
+
+
+WARMUP_COVERAGE = """
+import torch
+from torch import nn
+import edgesnn
+from edgesnn.kernels import numba_bits, numba_bn, numba_cpu, numba_lif_pool, numba_revlif
+from edgesnn.nn import LIF, RevLIF, SeqToANN
+
+numba_cpu.warmup()
+mods = (numba_cpu, numba_revlif, numba_lif_pool, numba_bits, numba_bn)
+
+def compiled():
+    return {f"{m.__name__}.{n}": len(o.signatures) for m in mods for n, o in vars(m).items()
+            if hasattr(o, "signatures") and hasattr(o, "py_func")}
+
+before = compiled()
+torch.manual_seed(0)
+x = torch.randn(6, 2, 8, requires_grad=True)
+for node in (LIF(), RevLIF(), RevLIF(mode="float", beta=0.75)):
+    node(x).sum().backward()
+for static in (False, True):  # a training step of a memory-optimized conv net, both input kinds
+    net = nn.Sequential(SeqToANN(nn.Conv2d(2, 8, 3, padding=1)), SeqToANN(nn.BatchNorm2d(8)), LIF(), SeqToANN(nn.MaxPool2d(2)),
+                        SeqToANN(nn.Conv2d(8, 8, 3, padding=1)), SeqToANN(nn.BatchNorm2d(8)), LIF(), SeqToANN(nn.AvgPool2d(2)),
+                        SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(8 * 2 * 2, 3)))
+    x0 = torch.rand(3, 2, 9, 9)
+    xs = x0.unsqueeze(0).expand(6, *x0.shape) if static else torch.rand(6, 3, 2, 9, 9)
+    edgesnn.optimize_memory(net, xs, chunk=4)
+    nn.functional.cross_entropy(net(xs).mean(0), torch.tensor([0, 1, 2])).backward()
+    with torch.no_grad():
+        net.eval()
+        net(xs)
+new = {k: (before.get(k, 0), v) for k, v in compiled().items() if v != before.get(k, 0)}
+assert not new, f"compiled after warmup: {new}"
+print("OK", sum(before.values()))
+"""
+
+
+def test_warmup_covers_what_a_training_step_runs(tmp_path):
+    """After ``warmup()`` the nodes' and a memory-optimized network's training step compile nothing
+    new (a Jetson would otherwise compile for seconds in the middle of the first step). Runs in a
+    fresh process: this one may already hold specialisations from other tests."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "warm.py"
+    path.write_text(WARMUP_COVERAGE)
+    r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr

@@ -384,7 +384,7 @@ def warmup() -> None:
     """Compile (or load from the cache) every CPU kernel specialisation used at run time."""
     from ..functional.surrogate import ATan
     from .numba_bits import pack_rows, unpack_rows
-    from .numba_bn import grad_sums, input_grad_
+    from .numba_bn import grad_sums, input_grad_, seq_sqdev, seq_sum
     from .numba_lif_pool import lif_pool2_backward, lif_pool2_forward
     from .numba_revlif import revlif_backward, revlif_forward
 
@@ -406,3 +406,5 @@ def warmup() -> None:
         c = np.ones(3, dtype=a.dtype)
         grad_sums(a, a, np.zeros(3), np.zeros(3))
         input_grad_(a, a, c, c, c)
+        seq_sum(a, np.zeros(3), 1)  # the exact BatchNorm statistics of edgesnn.optimize_memory
+        seq_sqdev(a, c, np.zeros(3), 1)
