@@ -1,4 +1,5 @@
-"""A child forked after the CPU kernels ran (a forked DataLoader worker) still runs the nodes.
+"""A child forked after the CPU kernels ran (a forked DataLoader worker) still runs the nodes and
+a memory-optimized network.
 
 Numba's OpenMP threading layer (GNU OpenMP) is not fork-safe: a forked child that launches a
 parallel kernel is terminated. edgesnn's fork guard routes ``backend="auto"`` to the PyTorch path
@@ -31,9 +32,25 @@ SCRIPT = textwrap.dedent(
             y = node(xr)
             y.sum().backward()
             out += [y.detach(), xr.grad]
+        # a training step of a memory-optimized conv net (chunked BatchNorm statistics, fused
+        # LIF + max-pool, packed spikes: each has a Numba kernel and a PyTorch path)
+        torch.manual_seed(1)
+        from torch import nn
+        import edgesnn
+        from edgesnn.nn import SeqToANN
+        net = nn.Sequential(SeqToANN(nn.Conv2d(2, 6, 3, padding=1)), SeqToANN(nn.BatchNorm2d(6)), LIF(),
+                            SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Conv2d(6, 6, 3, padding=1)),
+                            SeqToANN(nn.BatchNorm2d(6)), LIF(), SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(6 * 4 * 4, 3)))
+        xs = torch.rand(6, 3, 2, 8, 8) * 2
+        edgesnn.optimize_memory(net, xs, chunk=2)
+        loss = nn.functional.cross_entropy(net(xs).mean(0), torch.tensor([0, 1, 2]))
+        loss.backward()
+        out += [loss.detach().reshape(1)] + [p.grad for p in net.parameters()]
         return out
 
     def child(x, q):
+        # what a DataLoader worker does first: PyTorch's own (GNU) OpenMP pool hangs in a forked child
+        torch.set_num_threads(1)
         try:
             res = {"usable": dispatch.numba_available(), "out": [t.numpy() for t in run(x)]}  # by value
             try:

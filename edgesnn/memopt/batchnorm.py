@@ -259,10 +259,17 @@ def reproduces_torch(dtype: torch.dtype) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
 def _kernels():
     """Numba kernels (:mod:`edgesnn.kernels.numba_bn`): per channel, the sequential float64
-    accumulation of PyTorch's loop; ``None`` without Numba (torch fallback: cumsum, slower)."""
+    accumulation of PyTorch's loop; ``None`` without usable Numba (no package, or a child forked
+    after Numba's OpenMP threads started): torch fallback (cumsum, slower)."""
+    from ..kernels.dispatch import numba_available
+
+    return _numba_bn_kernels() if numba_available() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_bn_kernels():
     try:
         from ..kernels.numba_bn import seq_sqdev, seq_sum
     except Exception:  # pragma: no cover - no numba
