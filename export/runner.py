@@ -55,12 +55,11 @@ import io
 import json
 import math
 import os
-import resource
 import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,9 +67,10 @@ from edgesnn.atomic import check_not_inside, check_output, replace_dir
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import (StepManifest, CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest, atomic_write_bytes, atomic_write_text, validate_artifact_dir)
+from .run_support import padded_batches, peak_rss_mb, step_time_metrics
 
-__all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "finetune", "peak_rss_mb", "proc_status_mib",
-           "main", "StepCheckError", "training_modules_imported"]
+__all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "finetune", "peak_rss_mb", "main",
+           "StepCheckError", "training_modules_imported"]
 
 
 class StepCheckError(ValueError):
@@ -128,40 +128,6 @@ def import_ort_training_api():
     return onnxruntime, CheckpointState, Module, Optimizer
 
 
-def proc_status_mib(field: str) -> Optional[float]:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``...) in MiB; ``None`` without procfs."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def step_time_metrics(step_times: List[float], step_cpu: List[float]) -> Dict[str, Optional[float]]:
-    """Mean/median wall and median CPU milliseconds per step, the first step (graph set-up) left out."""
-    steady = step_times[1:] if len(step_times) > 1 else step_times
-    steady_cpu = step_cpu[1:] if len(step_cpu) > 1 else step_cpu
-    return {
-        "step_ms_mean": 1000.0 * float(np.mean(steady)) if steady else None,
-        "step_ms_median": 1000.0 * float(np.median(steady)) if steady else None,
-        "step_cpu_ms_median": 1000.0 * float(np.median(steady_cpu)) if steady_cpu else None,
-    }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB.
-
-    Reads ``VmHWM`` from ``/proc/self/status`` (the high-water mark of this address space; unlike
-    ``ru_maxrss`` it does not carry over the peak of a parent that forked and exec'd us), falling
-    back to ``ru_maxrss`` where there is no procfs.
-    """
-    hwm = proc_status_mib("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _integer_labels(y: np.ndarray, path: Path) -> np.ndarray:
     """``y`` as int64; float labels must be whole numbers (casting would silently truncate 2.7 to 2)."""
     if np.issubdtype(y.dtype, np.integer):
@@ -205,17 +171,6 @@ def load_dataset(path, manifest, min_samples: Optional[int] = None) -> Tuple[np.
 def _one_line(exc: BaseException) -> str:
     """ONNX Runtime's multi-line exception text on one line."""
     return " ".join(str(exc).split())
-
-
-def padded_batches(x: np.ndarray, batch: int) -> Iterator[Tuple[int, np.ndarray, int]]:
-    """``(start, x_batch, n)`` over ``x`` in batches of exactly ``batch`` rows (fixed-batch graphs):
-    the last one zero-padded, ``n`` its real rows."""
-    for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch]
-        n = xb.shape[0]
-        if n < batch:
-            xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), np.float32)])
-        yield i, xb, n
 
 
 def _accuracy(ort, model_path: Path, x: np.ndarray, y: np.ndarray, batch: int, manifest: Manifest) -> float:

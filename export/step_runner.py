@@ -20,8 +20,8 @@ import numpy as np
 
 from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
                         atomic_write_text)
-from .runner import (StepCheckError, _one_line, import_plain_ort, padded_batches, peak_rss_mb, proc_status_mib,
-                     step_time_metrics, training_modules_imported)
+from .run_support import padded_batches, peak_rss_mb, proc_status_mib, step_time_metrics
+from .runner import StepCheckError, _one_line, import_plain_ort, training_modules_imported
 
 __all__ = ["StepSession", "finetune_step", "npz_bytes", "rss_mb"]
 
