@@ -238,19 +238,19 @@ def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Opt
     for i, (b, K) in enumerate(zip(shapes, chunks)):
         nc = n_chunks(b.T, K)
         steps = 1 if b.static else b.T
+        held = bool(holds and holds[i])
         # chunked BatchNorm: sum pass, squared-deviation pass and output pass (the chunks kept
         # from the first pass are not recomputed) + two backward passes recomputing the layers,
         # plus the layers' own backward (2); a held layer output: one forward pass + backward
         passes = 4
-        if holds and holds[i]:
+        if held:
             passes = 3
         elif chunked_bn(b, K):
             m = min(keeps[i], nc) if keeps else 0
             passes = 5 + 2 * (1 - m / nc) if m else 7
         # the node runs forward, then backward once, or twice with chunked BatchNorm (one held
         # chunk finishes BatchNorm's backward in one pass)
-        held_single = bool(holds and holds[i]) and nc == 1
-        node_passes = 3 if chunked_bn(b, K, bool(holds and holds[i])) and not held_single else 2
+        node_passes = 3 if chunked_bn(b, K, held) and not (held and nc == 1) else 2
         neuron_steps = b.T * b.a_bytes / 4
         calls = nc * b.param_bytes * (PARAM_BWD_MACS_PER_BYTE + (passes - 2) * PARAM_FWD_MACS_PER_BYTE)
         total += (passes * b.macs * steps + calls
