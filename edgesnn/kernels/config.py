@@ -32,7 +32,7 @@ def _writable(path: str) -> bool:
 
 
 _KERNEL_SOURCES = ("neuron_math.py", "numba_cpu.py", "numba_revlif.py", "numba_lif_pool.py", "numba_bits.py",
-                   "numba_bn.py")
+                   "numba_bn.py", "numba_prefetch.py")
 
 
 def _sources_key() -> str:

@@ -7,6 +7,8 @@ over units ``(b, block of M)``, the time loop is inside. Per step and group the 
 small per-unit scratch rows allocated once per unit, L1-resident). One loop over all ~12 rows does
 not vectorize (too many possible aliases for LLVM's runtime checks); the phases do, and the packed
 bits are gathered as exact float sums (``bit * 2**k``) and converted to ``uint8`` once per byte.
+Each step first asks for the next step's rows (:mod:`edgesnn.kernels.numba_prefetch`: they lie in
+other pages, where the hardware prefetchers start cold).
 
 The arithmetic is the same sequence of float32 operations as the single loop (and as the PyTorch
 reference): forward outputs are bit-identical.
@@ -27,6 +29,7 @@ from ..functional.revlif import RevLIFParams
 from ..functional.revlif_autograd import RevLIFKernels
 from . import neuron_math as nm
 from . import buffers as _buffers
+from .numba_prefetch import SHORT_ROW_BYTES, prefetch_row_read, prefetch_row_write
 from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve
 
 __all__ = ["revlif_forward", "revlif_backward", "NUMBA_KERNELS"]
@@ -71,6 +74,7 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_
         Q = np.empty(n, np.float32)  # quantized input of group n (group 1's source)
         acc = np.zeros((G, n), np.float32)  # packed bits in progress, as exact float sums
         F = np.zeros(n, np.float32)  # finite check of x: stays 0 unless a NaN/Inf was read
+        pf = 4 * n <= SHORT_ROW_BYTES  # short rows: prefetch the next step's (numba_prefetch)
         for i in range(G):
             vT[b, i, m0:m1] = v0[b, i, m0:m1]
             if not exact:
@@ -79,6 +83,10 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_
             tb = t >> 3
             sh = t & 7
             pw = np.float32(1 << sh)
+            if pf and t + 1 < T:  # the next step's rows are in another page: ask for them now
+                for i in range(G):
+                    prefetch_row_read(x[t + 1, b, i, m0:m1])
+                    prefetch_row_write(y[t + 1, b, i, m0:m1])
             for i in range(G):
                 xi = x[t, b, i, m0:m1]
                 vi = vT[b, i, m0:m1]
@@ -175,9 +183,16 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
         GY = np.empty(n, np.float32)  # grad of the source
         GV = np.empty(n, np.float32)  # grad of the source state (added to its row after the loop)
         F = np.zeros(n, np.float32)  # finite check of the final gradients
+        pf = 4 * n <= SHORT_ROW_BYTES  # short rows: prefetch the previous step's (numba_prefetch)
         for t in range(T - 1, -1, -1):
             tb = t >> 3
             sh = t & 7
+            if pf and t > 0:  # the previous step's rows (another page each): ask for them now
+                for i in range(G):
+                    prefetch_row_read(y[t - 1, b, i, m0:m1])
+                    prefetch_row_write(gx[t - 1, b, i, m0:m1])
+                    if not bcast:
+                        prefetch_row_read(gy[t - 1, b, i, m0:m1])
             for i in range(G - 1, -1, -1):
                 yi = y[t, b, i, m0:m1]
                 vi = v0r[b, i, m0:m1]
