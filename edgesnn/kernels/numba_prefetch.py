@@ -19,6 +19,8 @@ ARMv8 cores edgesnn targets; on a core with longer lines the extra requests are 
 
 from __future__ import annotations
 
+import functools
+
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -31,6 +33,30 @@ _LINE_BYTES = 64
 SHORT_ROW_BYTES = 16384
 
 
+@functools.lru_cache(maxsize=None)
+def _intrinsic_name() -> str:
+    """The name of LLVM's prefetch intrinsic in the LLVM that Numba runs on: ``llvm.prefetch.p0``
+    (opaque pointers, LLVM >= 15 as llvmlite >= 0.44 uses it), ``llvm.prefetch.p0i8`` (typed
+    pointers, LLVM 13-14: Numba 0.58-0.60) or ``llvm.prefetch`` (older); the first that verifies.
+    ``""`` when none does: the helpers then compile to nothing (a prefetch is only a hint)."""
+    import llvmlite.binding as llvm
+
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    for name in ("llvm.prefetch.p0", "llvm.prefetch.p0i8", "llvm.prefetch"):
+        module = ir.Module()
+        target = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
+        probe = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p]), "probe")
+        builder = ir.IRBuilder(probe.append_basic_block())
+        builder.call(target, [probe.args[0], ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        builder.ret_void()
+        try:
+            llvm.parse_assembly(str(module)).verify()
+        except RuntimeError:
+            continue
+        return name
+    return ""
+
+
 def _prefetch_intrinsic(write: int):
     """An intrinsic ``f(row, j)``: prefetch the line holding ``row[j]`` of a 1-D array view, for
     reading (``write=0``) or writing (``write=1``), into all cache levels (locality 3)."""
@@ -41,15 +67,17 @@ def _prefetch_intrinsic(write: int):
             return None
 
         def codegen(context, builder, signature, args):
-            aryty = signature.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            i8p = ir.IntType(8).as_pointer()
-            offset = builder.mul(args[1], ir.Constant(args[1].type, aryty.dtype.bitwidth // 8))
-            ptr = builder.gep(builder.bitcast(ary.data, i8p), [offset])
-            i32 = ir.IntType(32)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                                "llvm.prefetch.p0")
-            builder.call(fn, [ptr, ir.Constant(i32, write), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            name = _intrinsic_name()
+            if name:
+                aryty = signature.args[0]
+                ary = context.make_array(aryty)(context, builder, args[0])
+                i8p = ir.IntType(8).as_pointer()
+                offset = builder.mul(args[1], ir.Constant(args[1].type, aryty.dtype.bitwidth // 8))
+                ptr = builder.gep(builder.bitcast(ary.data, i8p), [offset])
+                i32 = ir.IntType(32)
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                    name)
+                builder.call(fn, [ptr, ir.Constant(i32, write), ir.Constant(i32, 3), ir.Constant(i32, 1)])
             return context.get_dummy_value()
 
         return types.void(row, j), codegen
