@@ -190,8 +190,12 @@ def exp32(x):
 def surrogate_grad(u, kind, a, b):
     """Surrogate derivative at ``u = h - v_th``."""
     if kind == SG_SIGMOID:
-        sg = ONE / (ONE + exp32(-(a * u)))
-        return a * sg * (ONE - sg)
+        # a * sg * (1 - sg) with sg = 1 / (1 + e), e = exp(-a u), as (a * r) * (e * r), r = sg:
+        # the same value within rounding, one subtraction less, and no overflow for any a
+        # (e * r = e / (1 + e) <= 1)
+        e = exp32(-(a * u))
+        r = ONE / (ONE + e)
+        return (a * r) * (e * r)
     z = a * u
     return b / (ONE + z * z)
 

@@ -69,19 +69,40 @@ def _pow2_f32(typingctx, fn):
     return sig, codegen
 
 
+@intrinsic
+def _fmuladd(typingctx, a, b, c):
+    """``a * b + c`` in float32 as ``llvm.fmuladd``: one fused multiply-add where the core has one
+    (x86-64 with FMA, every ARMv8), else a multiply and an add. The kernels compile without
+    ``fastmath``, so LLVM never fuses on its own; this is used where a rounding step less is
+    harmless (the surrogate's ``exp``, backward only)."""
+    if not (a == types.float32 and b == types.float32 and c == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        from numba.core import cgutils
+
+        f32 = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fmuladd.f32")
+        return builder.call(fn, list(args))
+
+    return types.float32(a, b, c), codegen
+
+
 def _exp32_cpu(x):
-    """:func:`neuron_math.exp32` with the ``2**n`` scale from the exponent bits: the same float32
-    result bit for bit (``q * 2**n`` is exact either way), a third of the instructions."""
+    """:func:`neuron_math.exp32` with the ``2**n`` scale from the exponent bits (exact either way)
+    and the range reduction and polynomial as fused multiply-adds: within an ulp of it (both ~1 ulp
+    from ``exp``), in about half the instructions (the LIF backward kernel 12% faster)."""
     if x > nm._EXP_HI:
         x = nm._EXP_HI
     if x < -nm._EXP_HI:
         x = -nm._EXP_HI
     fn = _rint(x * nm._LOG2E)
-    r = x - fn * nm._LN2_HI
-    r = r - fn * nm._LN2_LO
-    rr = r * r
-    q = ((((nm._P0 * r + nm._P1) * r + nm._P2) * r + nm._P3) * r + nm._P4) * r + nm._P5
-    q = q * rr + r + nm.ONE
+    r = _fmuladd(-fn, nm._LN2_HI, x)
+    r = _fmuladd(-fn, nm._LN2_LO, r)
+    q = _fmuladd(_fmuladd(_fmuladd(_fmuladd(_fmuladd(nm._P0, r, nm._P1), r, nm._P2), r, nm._P3), r, nm._P4), r, nm._P5)
+    q = _fmuladd(q, r * r, r) + nm.ONE
     return q * _pow2_f32(fn)
 
 
