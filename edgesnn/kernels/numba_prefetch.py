@@ -35,10 +35,11 @@ SHORT_ROW_BYTES = 16384
 
 @functools.lru_cache(maxsize=None)
 def _intrinsic_name() -> str:
-    """The name of LLVM's prefetch intrinsic in the LLVM that Numba runs on: ``llvm.prefetch.p0``
-    (opaque pointers, LLVM >= 15 as llvmlite >= 0.44 uses it), ``llvm.prefetch.p0i8`` (typed
-    pointers, LLVM 13-14: Numba 0.58-0.60) or ``llvm.prefetch`` (older); the first that verifies.
-    ``""`` when none does: the helpers then compile to nothing (a prefetch is only a hint)."""
+    """The name of LLVM's prefetch intrinsic in the LLVM that Numba runs on: the first of
+    ``llvm.prefetch.p0`` (opaque-pointer spelling), ``llvm.prefetch.p0i8`` (typed pointers) and
+    ``llvm.prefetch`` (before the intrinsic was overloaded) that verifies; Numba 0.58.1 (LLVM 14)
+    and 0.68.1 both take the first. ``""`` when none does: the helpers then compile to nothing
+    (a prefetch is only a hint)."""
     import llvmlite.binding as llvm
 
     i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
