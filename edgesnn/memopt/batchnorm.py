@@ -265,14 +265,11 @@ def _kernels():
     after Numba's OpenMP threads started): torch fallback (cumsum, slower)."""
     from ..kernels.dispatch import numba_available
 
-    return _numba_bn_kernels() if numba_available() else None
-
-
-@functools.lru_cache(maxsize=None)
-def _numba_bn_kernels():
+    if not numba_available():
+        return None
     try:
         from ..kernels.numba_bn import seq_sqdev, seq_sum
-    except Exception:  # pragma: no cover - no numba
+    except Exception:  # pragma: no cover - Numba present but its kernels do not load: torch fallback
         return None
     return seq_sum, seq_sqdev
 
