@@ -121,18 +121,20 @@ def test_revlif_exact_numba_matches_reference(T, cfg):
 
 
 @pytest.mark.parametrize("sum_loss", [True, False])
-def test_revlif_numba_several_blocks_and_partial_last_block(sum_loss):
+@pytest.mark.parametrize("T, M", [(9, 2085), (33, 600)])
+def test_revlif_numba_several_blocks_and_partial_last_block(sum_loss, T, M):
     """M spans several parallel blocks (the last one partial) and T crosses a packed byte: the
     kernels (which prefetch the next step's rows of each block) still match the reference, with
-    the gradient of ``y.sum()`` (the same at every step) and with a full per-step gradient."""
+    the gradient of ``y.sum()`` (the same at every step) and with a full per-step gradient; for a
+    short sequence (the LIF blocks) and a long one (the small long-sequence blocks)."""
     from edgesnn.kernels.numba_prefetch import SHORT_ROW_BYTES
+    from edgesnn.kernels.numba_revlif import revlif_block_size
 
     p = RevLIFParams(groups=2)
-    M = 2085
-    blk = numba_cpu.block_size(M)
+    blk = revlif_block_size(M, T)
     assert M > 2 * blk and M % blk and 4 * blk <= SHORT_ROW_BYTES  # 3 blocks, short rows: prefetched
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(9, 2, 2 * M, generator=g) * 1.5 + 0.5
+    x = torch.randn(T, 2, 2 * M, generator=g) * 1.5 + 0.5
     outs = []
     for backend in ("reference", "numba"):
         xr = x.clone().requires_grad_()

@@ -174,3 +174,23 @@ def test_property_inverse_is_bit_exact(T, groups, width, k, scale, hard, tau, se
         x_rec, v, _, _ = revlif_step_backward(y[t], v, unpack_bit(bits, t), zeros, zeros, p)
         assert torch.equal(x_rec, xq[t])
     assert torch.equal(v, v0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_initial_state_is_the_reset_value_on_the_grid(dtype):
+    """The fresh state fills the grid value of ``v_reset`` (computed once per value and dtype) with
+    the bits of rounding a filled tensor: off-grid values, both zeros, a soft reset, and a second
+    dtype after the first (no cached value of the other dtype)."""
+    from edgesnn.functional.grid import to_grid
+
+    for v_reset in (0.1, 1 / 3, -0.3, 0.0, -0.0, None):
+        for mode in ("exact", "float"):
+            p = RevLIFParams(LIFParams(v_reset=v_reset), mode=mode)
+            like = torch.empty(2, 3, 5, dtype=dtype)
+            got = revlif_initial_state(like, p)
+            want = torch.full_like(like, p.lif.charge_reset)
+            if mode == "exact":
+                want = to_grid(want)
+            assert got.dtype == dtype and got.shape == like.shape
+            assert torch.equal(got, want) and torch.equal(got.signbit(), want.signbit()), (v_reset, mode)
+    assert float(revlif_initial_state(torch.empty(1, dtype=dtype), RevLIFParams(LIFParams(v_reset=0.1)))) != 0.1

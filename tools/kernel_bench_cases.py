@@ -285,7 +285,7 @@ def bench_bandwidth(sizes, Ts, reps: int):
             cnt = np.empty((1, 1, 1), np.int32)
             gy, gvT, gxg = np.ones_like(xg), np.zeros_like(v0g), np.empty_like(xg)
             gv0g, v0r = np.empty_like(v0g), np.empty_like(v0g)
-            rblk = K.block_size(N // 2)
+            rblk = R.revlif_block_size(N // 2, T)
             rnf = np.zeros(max(1, -(-(N // 2) // rblk)), np.float32)
             lif_args = (f(lf.tau), f(lf.v_threshold), f(lf.charge_reset), bool(lf.hard_reset), bool(lf.decay_input))
 

@@ -27,6 +27,7 @@ Tensors inside this module use the *grouped layout* ``[B, n, M]`` per step (``M 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -194,8 +195,22 @@ def from_groups(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 def revlif_initial_state(like: torch.Tensor, p: RevLIFParams) -> torch.Tensor:
     """Fresh-node state: ``v_reset`` (0 for soft reset), on the grid in exact mode."""
-    v = torch.full_like(like, p.lif.charge_reset)
-    return to_grid(v) if p.exact else v
+    if not p.exact:
+        return torch.full_like(like, p.lif.charge_reset)
+    if torch.compiler.is_compiling():  # traced: the same ops in the graph (no host value to read)
+        return to_grid(torch.full_like(like, p.lif.charge_reset))
+    # eager: one fill with the grid value (the same bits, without three passes over [B, C])
+    return torch.full_like(like, _grid_value(p.lif.charge_reset, like.dtype))
+
+
+def _grid_value(value: float, dtype: torch.dtype) -> float:
+    """``to_grid`` of ``value`` held in ``dtype``, as a Python float (exact for float16/32/64)."""
+    return _grid_value_signed(value, math.copysign(1.0, value), dtype)  # 0.0 and -0.0: two entries
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_value_signed(value: float, sign: float, dtype: torch.dtype) -> float:
+    return float(to_grid(torch.tensor(value, dtype=dtype)))
 
 
 # ----------------------------------------------------------------------------- one step

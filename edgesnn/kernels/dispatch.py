@@ -4,7 +4,8 @@
 trace: only standard ops). ``torch`` is the memory-lean hand-written backward in PyTorch ops.
 ``numba`` runs the fused CPU kernels (:mod:`edgesnn.kernels.numba_cpu`) and ``cuda`` the fused
 CUDA kernels (:mod:`edgesnn.kernels.cuda_kernels`), both as ``torch.library`` custom ops
-(:mod:`edgesnn.kernels.custom_ops`) so that ``torch.compile(fullgraph=True)`` works.
+(:mod:`edgesnn.kernels.custom_ops`) so that ``torch.compile(fullgraph=True)`` works (eager calls
+run the same functions without the op dispatch).
 
 ``auto`` picks ``numba`` for float32 CPU tensors and ``cuda`` for float32 CUDA tensors, and falls
 back to ``torch`` where no kernel applies (other dtypes, any surrogate other than exactly
@@ -115,7 +116,7 @@ def _lif_kernel(name: str, x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch
     _check_kernel_input(name, x_seq, p)
     if v0 is None:
         v0 = _lif.initial_state(x_seq[0], p)
-    s, v_T = _ops.lif_fwd(x_seq.contiguous(), v0.contiguous(), *_ops.lif_params_args(p), name)
+    s, v_T = _ops.lif_apply(x_seq.contiguous(), v0.contiguous(), *_ops.lif_params_args(p), name)
     return s, v_T
 
 
@@ -134,7 +135,7 @@ def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional
         if p.exact:
             v0g = straight_through(to_grid(v0g), v0g)
         verify = 2
-    y, v_T, _, _ = _ops.revlif_fwd(xg, v0g.contiguous(), verify, *_ops.revlif_params_args(p), name)
+    y, v_T, _, _ = _ops.revlif_apply(xg, v0g.contiguous(), verify, *_ops.revlif_params_args(p), name)
     return from_groups(y, x_seq.shape), from_groups(v_T, x_seq.shape[1:])
 
 
