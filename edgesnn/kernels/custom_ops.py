@@ -189,6 +189,7 @@ class _EagerLIF(torch.autograd.Function):
     def forward(ctx, *inputs):
         out = _lif_fwd_impl(*inputs)
         _lif_setup(ctx, inputs, out)
+        ctx.set_materialize_grads(False)  # an unused v_T gets no zero gradient (the backward makes one)
         return out
 
     @staticmethod
@@ -333,6 +334,7 @@ class _EagerRevLIF(torch.autograd.Function):
         out = _revlif_fwd_impl(*inputs)
         _revlif_setup(ctx, inputs, out)
         ctx.mark_non_differentiable(out[2], out[3])  # bits, counts
+        ctx.set_materialize_grads(False)  # no zero gradients for bits, counts (or an unused v_T)
         return out
 
     @staticmethod
