@@ -20,12 +20,13 @@ Ops (``backend`` is ``"numba"`` or ``"cuda"``; node parameters travel as plain n
 ``register_fake`` gives shapes for tracing; ``register_autograd`` wires each forward op to its
 backward op (which is itself a custom op, so the compiled backward graph calls it too).
 
+Tensors that a mode does not use (``bits`` in float mode, ``counts`` in exact
+mode, ``v0`` when there is nothing to verify against) are returned as 1-element placeholders.
+
 Eager calls (no ``torch.compile`` tracing) skip the custom-op dispatch: :func:`lif_apply` and
 :func:`revlif_apply` run the very same forward, setup, backward and check functions through a
 plain ``autograd.Function``. The op layers (schema defaults, dispatch keys, the dynamo guard around
 each implementation) cost ~150 us per RevLIF training step, measurable against a ~5 ms kernel step.
-Tensors that a mode does not use (``bits`` in float mode, ``counts`` in exact
-mode, ``v0`` when there is nothing to verify against) are returned as 1-element placeholders.
 """
 
 # No ``from __future__ import annotations``: torch < 2.6 ``infer_schema`` reads the annotations of
@@ -107,7 +108,7 @@ def _grad_in(g: Tensor) -> Tensor:
 
 
 def _lif_fwd_impl(x: Tensor, v0: Tensor, tau: float, v_th: float, v_reset: float, hard: bool, decay_input: bool,
-            detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
+                  detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
     p = _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)
     if backend == "numba":  # the kernel checks while it reads; the scans below only name the culprit
         fin: list = []
@@ -132,7 +133,7 @@ def _(x, v0, *args):
 
 
 def _lif_bwd_impl(x: Tensor, v0: Tensor, grad_s: Tensor, grad_vT: Tensor, tau: float, v_th: float, v_reset: float,
-            hard: bool, decay_input: bool, detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
+                  hard: bool, decay_input: bool, detach: bool, sg_kind: str, sg_alpha: float, backend: str) -> Tuple[Tensor, Tensor]:
     p = _lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha)
     if backend == "numba":
         fin: list = []
@@ -209,8 +210,8 @@ def lif_apply(x: Tensor, v0: Tensor, *params) -> Tuple[Tensor, Tensor]:
 
 
 def _revlif_fwd_impl(xg: Tensor, v0: Tensor, verify: int, tau: float, v_th: float, v_reset: float, hard: bool,
-               decay_input: bool, detach: bool, sg_kind: str, sg_alpha: float, alpha: float, beta: float, gamma: float,
-               exact: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                     decay_input: bool, detach: bool, sg_kind: str, sg_alpha: float, alpha: float, beta: float, gamma: float,
+                     exact: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """RevLIF forward on grouped ``xg [T, B, n, M]``; ``verify`` tells the backward what to check
     (see :func:`revlif_bwd`). Returns ``(y, v_T, bits, counts)``."""
     p = _rev(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha, alpha, beta, gamma, exact, xg.shape[2])
@@ -267,9 +268,9 @@ def _(xg, v0, verify, tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg
 
 
 def _revlif_bwd_impl(y: Tensor, vT: Tensor, bits: Tensor, counts: Tensor, v0: Tensor, verify: int, grad_y: Tensor,
-               grad_vT: Tensor, tau: float, v_th: float, v_reset: float, hard: bool, decay_input: bool, detach: bool,
-               sg_kind: str, sg_alpha: float, alpha: float, beta: float, gamma: float, exact: bool,
-               backend: str) -> Tuple[Tensor, Tensor]:
+                     grad_vT: Tensor, tau: float, v_th: float, v_reset: float, hard: bool, decay_input: bool, detach: bool,
+                     sg_kind: str, sg_alpha: float, alpha: float, beta: float, gamma: float, exact: bool,
+                     backend: str) -> Tuple[Tensor, Tensor]:
     """Single-pass inverse + VJP. ``verify``: 0 = nothing to check, 1 = the reconstructed initial
     state must be the fresh state, 2 = it must match ``v0`` (a given state; bit for bit in exact
     mode). Then the gradients are checked for NaN/Inf (:class:`NonFiniteGradientError`)."""
