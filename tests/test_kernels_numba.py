@@ -3,6 +3,8 @@ gradients within 1e-5 relative; dispatch, custom ops under torch.compile, thread
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -269,6 +271,21 @@ def test_torch_compile_fullgraph():
     for g, p in zip(grads, model.parameters()):
         _rel_close(g, p.grad)
     assert float(grads[0].abs().sum()) > 0  # the gradient reached the first layer
+
+
+def test_jit_trace_records_the_custom_ops():
+    """Eager calls run the kernels through a plain autograd.Function; a traced graph must still
+    record the registered ops (a Function calling Numba cannot be traced), and replay them."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 12), LIF(backend="numba"), torch.nn.Linear(12, 12),
+                                RevLIF(groups=2, backend="numba"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace is deprecated in recent torch
+        traced = torch.jit.trace(model, torch.randn(5, 3, 12), check_trace=False)
+    kinds = {n.kind() for n in traced.inlined_graph.nodes()}
+    assert {"edgesnn::lif_fwd", "edgesnn::revlif_fwd"} <= kinds and "prim::PythonOp" not in kinds
+    x = torch.randn(5, 3, 12)
+    assert torch.equal(traced(x), model(x))
 
 
 def test_threads_are_explicit():

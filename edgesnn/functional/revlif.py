@@ -197,7 +197,7 @@ def revlif_initial_state(like: torch.Tensor, p: RevLIFParams) -> torch.Tensor:
     """Fresh-node state: ``v_reset`` (0 for soft reset), on the grid in exact mode."""
     if not p.exact:
         return torch.full_like(like, p.lif.charge_reset)
-    if torch.compiler.is_compiling():  # traced: the same ops in the graph (no host value to read)
+    if not eager():  # traced, exported or compiled: the same ops in the graph (no host value to read)
         return to_grid(torch.full_like(like, p.lif.charge_reset))
     # eager: one fill with the grid value (the same bits, without three passes over [B, C])
     return torch.full_like(like, _grid_value(p.lif.charge_reset, like.dtype))
