@@ -10,7 +10,7 @@ from edgesnn.functional import (
     revlif_multistep,
     revlif_multistep_reference,
 )
-from edgesnn.functional.grid import quantize_input, unpack_bit
+from edgesnn.functional.grid import quantize_input, to_grid, unpack_bit
 from edgesnn.functional.revlif import revlif_initial_state, revlif_step_backward, to_groups
 from edgesnn.functional.revlif_autograd import torch_forward
 from edgesnn.memory import SavedTensorCounter
@@ -181,8 +181,6 @@ def test_initial_state_is_the_reset_value_on_the_grid(dtype):
     """The fresh state fills the grid value of ``v_reset`` (computed once per value and dtype) with
     the bits of rounding a filled tensor: off-grid values, both zeros, a soft reset, and a second
     dtype after the first (no cached value of the other dtype)."""
-    from edgesnn.functional.grid import to_grid
-
     for v_reset in (0.1, 1 / 3, -0.3, 0.0, -0.0, None):
         for mode in ("exact", "float"):
             p = RevLIFParams(LIFParams(v_reset=v_reset), mode=mode)
