@@ -98,6 +98,28 @@ def test_chunked_equals_plain_float64(node, T, K, static):
 
 
 @pytest.mark.parametrize("node", [LIF, RevLIF])
+@pytest.mark.parametrize("T,K", [(4, 2), (3, 3)])
+def test_input_repeated_over_time_gets_its_gradient_once(node, T, K):
+    """A trainable stem before the expand over T (and the input itself) get the plain model's
+    gradient: the static block hands back a gradient that the caller's expand sums over T."""
+    torch.manual_seed(3)
+    stem = nn.Conv2d(2, 2, 1).double()
+    base = _net(node).double()
+    opt = copy.deepcopy(base)
+    x0 = torch.rand(3, 2, 9, 9, dtype=torch.float64) * 2
+    edgesnn.optimize_memory(opt, stem(x0).detach().unsqueeze(0).expand(T, *x0.shape), chunk=K)
+    grads = []
+    for model in (base, opt):
+        stem.zero_grad()
+        x = x0.clone().requires_grad_()
+        z = stem(x)
+        model(z.unsqueeze(0).expand(T, *z.shape)).square().sum().backward()
+        grads.append((x.grad, stem.weight.grad.clone(), stem.bias.grad.clone()))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("node", [LIF, RevLIF])
 def test_average_pooling_levels_codec(node):
     ref, got, _, opt = _compare(node, 7, 3, False, pool="avg")
     _assert_close(ref, got, 1e-10)
@@ -336,3 +358,14 @@ def test_stateful_nodes_are_left_alone():
     model = nn.Sequential(SeqToANN(nn.Linear(4, 6)), LIF(stateful=True), SeqToANN(nn.Linear(6, 6)), LIF())
     plan = edgesnn.optimize_memory(model, torch.rand(3, 2, 4))
     assert len(plan.blocks) == 1 and model._memopt_blocks[0].start == 2
+
+
+def test_empty_batch_runs_forward_and_backward():
+    torch.manual_seed(0)
+    opt = _net(LIF)
+    edgesnn.optimize_memory(opt, torch.rand(3, 2, 2, 9, 9), chunk=2)
+    x = torch.rand(3, 0, 2, 9, 9)
+    out = opt(x)
+    assert out.shape == (3, 0, 5)
+    out.sum().backward()
+    assert all(p.grad is not None and not p.grad.any() for p in opt.parameters())

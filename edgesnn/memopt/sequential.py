@@ -31,7 +31,11 @@ class MemoryOptimizedSequential(nn.Sequential):
         """``x [T, B, ...]``. Without autograd (evaluation), and when nothing needs all T at once
         (BatchNorm with running statistics, stateless layers between blocks), the whole container
         runs ``EVAL_CHUNK_STEPS`` steps at a time with every node's state carried: an evaluation
-        batch then needs one chunk's memory, not T's."""
+        batch then needs one chunk's memory, not T's. An empty batch (``B = 0``) runs the children
+        as they are (nothing to save; PyTorch's layers define what it does, e.g. BatchNorm counts
+        the batch and leaves its running statistics)."""
+        if x.dim() >= 2 and x.shape[1] == 0:
+            return super().forward(x)
         if not torch.is_grad_enabled() and x.dim() >= 2 and x.shape[0] > EVAL_CHUNK_STEPS and self._streamable():
             return self._forward_streamed(x)
         starts = {b.start: b for b in self._memopt_blocks}

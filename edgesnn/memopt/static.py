@@ -120,5 +120,9 @@ class StaticBackward:
         self.done = True
         self.checkpoints = self.z0 = self.dz0 = self.g_v = None
         if self.input_needs_grad and x0l.grad is not None:
-            self.result = x0l.grad.unsqueeze(0).expand(saved.shape)
+            # x0l.grad is the gradient summed over time. The block's input is a stride-0 view over
+            # T (an expand): its backward sums whatever is handed back over T again, so each step
+            # gets 1/T of the sum (T steps of it add back to the sum, within rounding; stride 0:
+            # no [T, ...] tensor).
+            self.result = (x0l.grad / saved.shape[0]).unsqueeze(0).expand(saved.shape)
         return self.result
