@@ -322,3 +322,60 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     assert "edgesnn.kernels.numba_revlif" in mods
     r = subprocess.run([sys.executable, "-c", code, *mods], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_parameter_types_and_ranges():
+    """NumPy scalars are numbers; a string flag or a value beyond float32 is an error naming the
+    parameter; the group error shows the whole input's shape on every backend."""
+    import numpy as np
+
+    from edgesnn.nn import LIF, RevLIF
+
+    x = torch.randn(4, 2, 8)
+    ref = LIF()(x)
+    assert torch.equal(LIF(tau=np.float32(2.0), surrogate=Sigmoid(np.float32(4.0)))(x), ref)
+    assert torch.equal(RevLIF(groups=np.int64(2))(x), RevLIF(groups=2)(x))
+    assert LIFParams(decay_input=np.bool_(False), detach_reset=1).decay_input is False
+    for kw, name in ((dict(decay_input="no"), "decay_input"), (dict(detach_reset=2), "detach_reset")):
+        with pytest.raises(TypeError, match=f"^{name}: expected True or False"):
+            LIFParams(**kw)
+    for kw, name in ((dict(v_threshold=1e39), "v_threshold"), (dict(tau=np.bool_(True)), "tau"),
+                     (dict(v_reset=-1e39), "v_reset")):
+        with pytest.raises(ValueError, match=f"^{name}: expected a finite number"):
+            LIFParams(**kw)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        Sigmoid(1e39)
+    with pytest.raises(TypeError, match="LIF: expected a torch.Tensor input, got list"):
+        LIF()([[1.0]])
+    for backend in KERNEL_BACKENDS:
+        with pytest.raises(ValueError, match=r"groups: 4 does not divide .* shape \(8, 2, 6\)"):
+            RevLIF(groups=4, backend=backend)(torch.randn(8, 2, 6))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_state_carried_out_of_inference_mode_trains(backend):
+    from edgesnn.nn import LIF, RevLIF
+
+    for cls in (LIF, RevLIF):
+        node = cls(backend=backend, stateful=True)
+        with torch.inference_mode():
+            node(torch.randn(3, 2, 8))
+        x = torch.randn(3, 2, 8, requires_grad=True)
+        node(x).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("alpha", [4.0, 1e3])
+def test_sigmoid_surrogate_is_flat_far_from_the_threshold_on_every_backend(alpha):
+    """Far from the threshold (|alpha u| beyond the kernels' exp range) the Sigmoid surrogate is
+    0 in PyTorch; the kernels must not leave a tiny value that a huge ``v_reset - h`` magnifies."""
+    from edgesnn.nn import LIF
+
+    for seq in ([1e36, 0.2], [0.3, 1e30, 1.3], [-1e36, 30.0, -30.0]):
+        x = torch.tensor(seq).view(len(seq), 1, 1)
+        grads = {}
+        for backend in ("torch", "numba"):
+            xi = x.clone().requires_grad_()
+            LIF(decay_input=False, surrogate=Sigmoid(alpha), backend=backend)(xi).sum().backward()
+            grads[backend] = xi.grad
+        assert torch.allclose(grads["numba"], grads["torch"], rtol=1e-5, atol=1e-6), (seq, grads)

@@ -5,14 +5,41 @@ Every error names the parameter and says what was expected.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
+import numpy as np
 import torch
 
 __all__ = [
     "check_sequence", "check_state", "check_finite", "NonFiniteInputError", "NonFiniteGradientError",
-    "all_finite", "eager", "check_finite_input", "check_finite_grads",
+    "all_finite", "eager", "check_finite_input", "check_finite_grads", "is_real_number", "is_integer", "check_flag",
 ]
+
+#: Largest finite float32: node parameters beyond it would overflow in the float32 kernels.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def is_real_number(v) -> bool:
+    """A finite real number within the float32 range: a Python or NumPy int or float, not a bool."""
+    if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
+        return False
+    f = float(v)
+    return math.isfinite(f) and abs(f) <= FLOAT32_MAX
+
+
+def is_integer(v) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_flag(v, name: str) -> bool:
+    """``v`` as a bool: a Python or NumPy bool, or the integers 0 / 1; anything else is an error
+    naming ``name`` (a string such as ``'no'`` would otherwise count as true)."""
+    if isinstance(v, (bool, np.bool_)) or (is_integer(v) and int(v) in (0, 1)):
+        return bool(v)
+    raise TypeError(f"{name}: expected True or False, got {v!r}")
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

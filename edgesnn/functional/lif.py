@@ -17,13 +17,12 @@ RevLIF node, the kernels' oracle tests and the exporters all call it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
 
-from .checks import check_finite_grads, check_finite_input, check_sequence, check_state, eager
+from .checks import check_finite_grads, check_finite_input, check_flag, check_sequence, check_state, eager, is_real_number
 from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 
 __all__ = [
@@ -75,12 +74,14 @@ class LIFParams(ResetRule):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "surrogate", get_surrogate(self.surrogate))
-        if not _is_finite_number(self.tau) or self.tau <= 1.0:
-            raise ValueError(f"tau: expected a finite number > 1 (time steps), got {self.tau!r}")
-        if not _is_finite_number(self.v_threshold):
-            raise ValueError(f"v_threshold: expected a finite number, got {self.v_threshold!r}")
-        if self.v_reset is not None and not _is_finite_number(self.v_reset):
-            raise ValueError(f"v_reset: expected a finite number or None (soft reset), got {self.v_reset!r}")
+        if not is_real_number(self.tau) or self.tau <= 1.0:
+            raise ValueError(f"tau: expected a finite number > 1 (time steps; float32 range), got {self.tau!r}")
+        if not is_real_number(self.v_threshold):
+            raise ValueError(f"v_threshold: expected a finite number (float32 range), got {self.v_threshold!r}")
+        if self.v_reset is not None and not is_real_number(self.v_reset):
+            raise ValueError(f"v_reset: expected a finite number (float32 range) or None (soft reset), got {self.v_reset!r}")
+        object.__setattr__(self, "decay_input", check_flag(self.decay_input, "decay_input"))
+        object.__setattr__(self, "detach_reset", check_flag(self.detach_reset, "detach_reset"))
         if self.v_reset is not None and self.v_reset >= self.v_threshold:
             raise ValueError(f"v_reset: expected a value below v_threshold={self.v_threshold}, got {self.v_reset}")
         object.__setattr__(self, "tau", float(self.tau))
@@ -97,10 +98,6 @@ class LIFParams(ResetRule):
     def input_gain(self) -> float:
         """``dh / dx``: ``1 / tau`` with ``decay_input``, else 1."""
         return 1.0 / self.tau if self.decay_input else 1.0
-
-
-def _is_finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def initial_state(like: torch.Tensor, p: LIFParams) -> torch.Tensor:

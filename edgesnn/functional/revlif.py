@@ -9,7 +9,7 @@ group ``i = 1..n`` with *source* ``(x_n, v_n)`` for ``i = 1`` and ``(y_{i-1}, v'
 
 Going backwards (groups ``n..2``, then 1) every ``(h_i, s_i, u_i)`` can be recomputed from
 already-known values, so ``x`` and ``v`` are recovered from ``(y, v')``: the node keeps its final
-state only. Modes (see README, "Exactness"):
+state only. Modes (see README, "RevLIF: equations and exactness"):
 
 * ``"exact"`` (default): ``alpha = 2^-k``, ``beta = 1/2``; inputs and ``gamma * u`` are rounded to the
   grid ``2^-16`` (inputs clamped to +-64) and the bit that halving ``v`` shifts out is kept, packed
@@ -34,7 +34,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .checks import check_finite_input, check_sequence, check_state, eager
+from .checks import check_finite_input, check_sequence, check_state, eager, is_integer, is_real_number
 from .grid import (
     INPUT_RANGE,
     STATE_LIMIT,
@@ -53,6 +53,7 @@ __all__ = [
     "MODES",
     "exact_state_bounds",
     "check_exact_state",
+    "check_groups",
     "to_groups",
     "from_groups",
     "revlif_initial_state",
@@ -81,7 +82,7 @@ class RevLIFParams:
         groups: number of channel groups ``n >= 2``; must divide the channel count.
         alpha: output mixing coefficient (``y = alpha x + s``); a power of two ``2^-k`` (k <= 7) in
             exact mode. Smaller values let the spikes weigh more against the passed-through input
-            (1/8 trains digits within 0.4 points of LIF, 1 about 2 points worse; see README).
+            (1/8 trains digits within half a point of LIF, 1 about 2 points worse; see README).
         beta: state leak (``v' = beta v + gamma u``); 1/2 in exact mode.
         gamma: weight of the coupled post-reset potential; in ``(0, 1]``.
         mode: ``"exact"`` or ``"float"``.
@@ -95,14 +96,15 @@ class RevLIFParams:
     mode: str = "exact"
 
     def __post_init__(self) -> None:
-        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 2:
+        if not is_integer(self.groups) or self.groups < 2:
             raise ValueError(f"groups: expected an integer >= 2, got {self.groups!r}")
+        object.__setattr__(self, "groups", int(self.groups))
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+            if not is_real_number(value):
+                raise ValueError(f"{name}: expected a finite number (float32 range), got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.alpha == 0.0 or self.beta == 0.0:
             raise ValueError(f"alpha and beta must be non-zero for the step to be invertible, got alpha={self.alpha}, beta={self.beta}")
@@ -152,17 +154,23 @@ class RevLIFParams:
 # ----------------------------------------------------------------------------- layout helpers
 
 
+def check_groups(x: torch.Tensor, groups: int, channel_dim: int = 2, name: str = "x_seq") -> None:
+    """Raise ``ValueError`` (one line, naming ``x``'s shape) unless ``groups`` divides dim ``channel_dim``."""
+    C = x.shape[channel_dim]
+    if C % groups != 0:
+        raise ValueError(
+            f"groups: {groups} does not divide the channel count {C} (dim {channel_dim} of {name} with shape {tuple(x.shape)})"
+        )
+
+
 def to_groups(x: torch.Tensor, groups: int, channel_dim: int = 2, name: str = "x_seq") -> torch.Tensor:
     """View a sequence ``[T, B, C, ...]`` (``channel_dim=2``) or a state ``[B, C, ...]``
     (``channel_dim=1``) in grouped layout ``[T, B, n, M]`` / ``[B, n, M]``.
 
     Copies only when the input is not contiguous.
     """
+    check_groups(x, groups, channel_dim, name)
     C = x.shape[channel_dim]
-    if C % groups != 0:
-        raise ValueError(
-            f"groups: {groups} does not divide the channel count {C} (dim {channel_dim} of {name} with shape {tuple(x.shape)})"
-        )
     lead = tuple(x.shape[:channel_dim])
     M = (C // groups) * math.prod(x.shape[channel_dim + 1:])  # explicit: -1 is ambiguous when B = 0
     return x.reshape(*lead, groups, M)

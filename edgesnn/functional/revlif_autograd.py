@@ -30,6 +30,7 @@ from .revlif import (
     ReconstructionError,
     RevLIFParams,
     check_exact_state,
+    check_groups,
     from_groups,
     revlif_initial_state,
     revlif_step,
@@ -44,8 +45,13 @@ FLOAT_MODE_TOLERANCE = 1e-3
 
 
 @torch.no_grad()
-def torch_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
-    """Reference forward kernel in PyTorch ops (see the module docstring for the contract)."""
+def torch_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams
+                  ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Reference forward kernel in PyTorch ops (the contract is in the module docstring).
+
+    ``xg [T, B, n, M]`` grouped input, ``v0 [B, n, M]`` state. Returns ``(y [T, B, n, M], v_T [B, n, M],
+    bits [ceil(T/8), B, n, M] uint8 | None, counts [B, n, M] int32 | None)``: packed kept bits in
+    exact mode, per-neuron spike counts of the inverse check in float mode."""
     T = xg.shape[0]
     if p.exact:
         xg = quantize_input(xg)
@@ -63,8 +69,13 @@ def torch_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
 
 
 @torch.no_grad()
-def torch_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
-    """Reference single-pass backward kernel in PyTorch ops."""
+def torch_backward(y: torch.Tensor, v_T: torch.Tensor, bits: Optional[torch.Tensor], grad_y: torch.Tensor,
+                   grad_v_T: torch.Tensor, p: RevLIFParams
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Reference single-pass backward kernel in PyTorch ops: walks the state back from ``v_T``.
+
+    ``y, grad_y [T, B, n, M]``, ``v_T, grad_v_T [B, n, M]``, ``bits`` from :func:`torch_forward`.
+    Returns ``(grad_x [T, B, n, M], grad_v0 [B, n, M], v0_rec [B, n, M], counts_rec | None)``."""
     T = y.shape[0]
     grad_x = torch.empty_like(grad_y)
     counts = None if p.exact else torch.zeros(v_T.shape, dtype=torch.int32, device=y.device)
@@ -89,7 +100,8 @@ class RevLIFKernels(NamedTuple):
 TORCH_KERNELS = RevLIFKernels("torch", torch_forward, torch_backward)
 
 
-def verify_reconstruction(v0, v0_rec, counts, counts_rec, p: RevLIFParams, T: int) -> None:
+def verify_reconstruction(v0: torch.Tensor, v0_rec: torch.Tensor, counts: Optional[torch.Tensor],
+                          counts_rec: Optional[torch.Tensor], p: RevLIFParams, T: int) -> None:
     """Raise :class:`ReconstructionError` if the inverse did not reproduce the forward history.
 
     Exact mode: the reconstructed initial state must equal ``v0`` (the fresh state, or the caller's
@@ -184,7 +196,7 @@ def revlif_multistep(
     """
     check_sequence(x_seq, dtypes=(torch.float32, torch.float64))
     check_state(v0, x_seq)
-    to_groups(x_seq[:1], p.groups)  # validates the group count before any work
+    check_groups(x_seq, p.groups)  # before any work
     if eager():
         check_finite_input(x_seq, "x_seq", "RevLIF")
         if v0 is not None:

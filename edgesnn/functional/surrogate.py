@@ -24,6 +24,8 @@ from typing import Union
 
 import torch
 
+from .checks import is_real_number
+
 __all__ = [
     "Surrogate", "Sigmoid", "ATan", "PiecewiseQuadratic", "PiecewiseExp", "SoftSign", "SuperSpike", "Erf",
     "NonzeroSignLogAbs", "SurrogateLike", "get_surrogate", "spike", "stop_gradient",
@@ -39,8 +41,9 @@ class Surrogate:
     name = "surrogate"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"surrogate alpha must be a finite number > 0, got {self.alpha!r}")
+        if not (is_real_number(self.alpha) and self.alpha > 0):
+            raise ValueError(f"surrogate alpha must be a finite number > 0 (float32 range), got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))  # a NumPy scalar times a tensor would be an array
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
         """Surrogate derivative ``sg'(u)``, same shape as ``u``."""

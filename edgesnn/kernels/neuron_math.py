@@ -187,15 +187,23 @@ def exp32(x):
     return q * scale
 
 
+#: Beyond |a u| = 88 the Sigmoid surrogate is below a * 6e-39, and PyTorch's is exactly 0 from about
+#: 104 on; ``exp32`` clamps its argument to +-80, which would leave a * 1.8e-35 there (times a huge
+#: ``v_reset - h`` in the hard-reset term, a visible gradient), so the kernels return 0.
+_SG_FLAT = np.float32(88.0)
+
+
 def surrogate_grad(u, kind, a, b):
     """Surrogate derivative at ``u = h - v_th``."""
     if kind == SG_SIGMOID:
         # a * sg * (1 - sg) with sg = 1 / (1 + e), e = exp(-a u), as (a * r) * (e * r), r = sg:
         # the same value within rounding, one subtraction less, and no overflow for any a
         # (e * r = e / (1 + e) <= 1)
-        e = exp32(-(a * u))
+        z = a * u
+        e = exp32(-z)
         r = ONE / (ONE + e)
-        return (a * r) * (e * r)
+        g = (a * r) * (e * r)
+        return ZERO if (z > _SG_FLAT or z < -_SG_FLAT) else g
     z = a * u
     return b / (ONE + z * z)
 

@@ -135,6 +135,8 @@ class _SpikingNode(nn.Module):
                 f"{type(self).__name__}: the carried state .v is {tuple(v.shape)} {v.dtype} on {v.device} but this input step is "
                 f"{tuple(x_seq.shape[1:])} {x_seq.dtype} on {x_seq.device}; call reset() (or functional.reset_net(net)) before a new batch"
             )
+        if v.is_inference() and not torch.is_inference_mode_enabled():
+            v = v.clone()  # a state carried out of inference_mode: autograd cannot save an inference tensor
         return v
 
     # ------------------------------------------------------------------ forward
@@ -145,6 +147,8 @@ class _SpikingNode(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, ...] -> [T, B, ...]`` in step_mode ``"m"``; ``[B, ...] -> [B, ...]`` in ``"s"``."""
         single = self._step_mode == "s"
+        if isinstance(x, (list, tuple, int, float)) or type(x).__module__ == "numpy":  # (tracing proxies pass)
+            raise TypeError(f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}")
         if isinstance(x, torch.Tensor):
             if single and x.dim() < 2:
                 raise ValueError(
