@@ -51,9 +51,15 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
 
     A file output (``directory=False``) must not be a directory, nor an existing file unless
     ``force``. A directory output must not be a file, nor a non-empty directory unless ``force``.
-    ``allow`` names the flag(s) that permit overwriting, for the one-line error.
+    ``allow`` names the flag(s) that permit overwriting, for the one-line error. An existing file
+    among the path's parent folders is refused too (the write would fail only at the end).
     """
     path = Path(path)
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{flag}: {parent} is a file, so {path} cannot be created")
+            break
     if directory:
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{flag}: {path} is a file; expected a directory")

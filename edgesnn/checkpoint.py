@@ -85,8 +85,11 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/garbled files
-        raise CheckpointError(f"checkpoint: {path} is corrupt or not a torch file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # torch raises many types for truncated/garbled files; its first line is the fact
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        if first.startswith("Weights only load failed"):  # torch's multi-paragraph advice
+            first = "torch.load (weights_only) cannot read it as a file of tensors"
+        raise CheckpointError(f"checkpoint: {path} is corrupt or not a torch file ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint: {path} is not an edgesnn checkpoint (missing format={FORMAT!r})")
     if payload.get("version") != VERSION:

@@ -44,14 +44,17 @@ def parse_neuron_spec(spec: str) -> Tuple[str, int]:
     raise ValueError(f"neuron: unknown neuron {spec!r}; expected 'lif', 'revlif' or 'revlif:G'")
 
 
-def make_neuron(spec: str, channels: int, layer: str = "", **node_kwargs) -> nn.Module:
-    """A spiking node for ``channels`` channels from a neuron spec (see module docstring)."""
+def make_neuron(spec: str, channels: int, layer: str = "", revlif: Optional[Dict] = None, **node_kwargs) -> nn.Module:
+    """A spiking node for ``channels`` channels from a neuron spec (see module docstring).
+
+    ``node_kwargs`` go to every node; ``revlif`` (a dict) holds extra arguments for RevLIF nodes only
+    (``alpha``, ``beta``, ``gamma``, ``mode``)."""
     kind, groups = parse_neuron_spec(spec)
     if kind == "lif":
         return LIF(**node_kwargs)
     if channels % groups:
         raise ValueError(f"neuron: {groups} groups do not divide the {channels} channels of spiking layer {layer or '?'}")
-    return RevLIF(groups=groups, **node_kwargs)
+    return RevLIF(groups=groups, **node_kwargs, **(revlif or {}))
 
 
 class SpikingClassifier(nn.Module):
@@ -100,20 +103,20 @@ def _neuron_list(neuron: NeuronArg, count: int) -> List[str]:
     return specs
 
 
-def _mlp(in_shape, num_classes, specs, hidden, node_kwargs, batchnorm: bool = True) -> nn.Sequential:
+def _mlp(in_shape, num_classes, specs, hidden, node_kwargs, revlif_kwargs, batchnorm: bool = True) -> nn.Sequential:
     layers: List[nn.Module] = [SeqToANN(nn.Flatten())]
     width = int(math.prod(in_shape))
     for i, h in enumerate(hidden):
         layers.append(SeqToANN(nn.Linear(width, h)))
         if batchnorm:
             layers.append(SeqToANN(nn.BatchNorm1d(h)))
-        layers.append(make_neuron(specs[i], h, f"{i}", **node_kwargs))
+        layers.append(make_neuron(specs[i], h, f"{i}", revlif_kwargs, **node_kwargs))
         width = h
     layers.append(SeqToANN(nn.Linear(width, num_classes)))
     return nn.Sequential(*layers)
 
 
-def _conv_stack(in_shape, cfg, specs, node_kwargs, batchnorm: bool = True) -> Tuple[List[nn.Module], Tuple[int, int, int]]:
+def _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, batchnorm: bool = True) -> Tuple[List[nn.Module], Tuple[int, int, int]]:
     c, h, w = in_shape
     layers: List[nn.Module] = []
     k = 0
@@ -127,7 +130,7 @@ def _conv_stack(in_shape, cfg, specs, node_kwargs, batchnorm: bool = True) -> Tu
         layers.append(SeqToANN(nn.Conv2d(c, item, 3, padding=1, bias=not batchnorm)))
         if batchnorm:
             layers.append(SeqToANN(nn.BatchNorm2d(item)))
-        layers.append(make_neuron(specs[k], item, f"conv{k}", **node_kwargs))
+        layers.append(make_neuron(specs[k], item, f"conv{k}", revlif_kwargs, **node_kwargs))
         c = item
         k += 1
     return layers, (c, h, w)
@@ -143,6 +146,7 @@ def build_model(
     channels: Sequence[int] = (16, 32),
     node: Optional[Dict] = None,
     batchnorm: bool = True,
+    revlif: Optional[Dict] = None,
 ) -> SpikingClassifier:
     """Build a spiking classifier.
 
@@ -157,6 +161,7 @@ def build_model(
         batchnorm: a BatchNorm after every Linear/Conv2d that feeds a spiking layer (default). Without
             it, convolutions get a bias; models then compute every sample independently of the batch,
             so data-parallel training on CPU gives the same weights as one process with the whole batch.
+        revlif: extra keyword arguments for the RevLIF nodes only (``alpha``, ``beta``, ``gamma``, ``mode``).
     """
     in_shape = tuple(int(s) for s in in_shape)
     node_kwargs = dict(node or {})
@@ -165,18 +170,21 @@ def build_model(
                   channels=list(channels), node=node_kwargs)
     if not batchnorm:  # only recorded when off: configs (and checkpoints) of default models are unchanged
         config["batchnorm"] = False
+    revlif_kwargs = dict(revlif or {})
+    if revlif_kwargs:  # likewise only recorded when given
+        config["revlif"] = revlif_kwargs
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
     if name == "mlp":
         specs = _neuron_list(neuron, len(hidden))
-        body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs, bool(batchnorm))
+        body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs, revlif_kwargs, bool(batchnorm))
     elif name in ("convnet", "vgg11"):
         if len(in_shape) != 3:
             raise ValueError(f"in_shape: model {name!r} needs (C, H, W), got {in_shape}")
         cfg = tuple(channels) + ("M",) if name == "convnet" else VGG11_CFG
         n_spiking = sum(1 for c in cfg if c != "M")
         specs = _neuron_list(neuron, n_spiking)
-        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, bool(batchnorm))
+        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, bool(batchnorm))
         layers += [SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(c * h * w, num_classes))]
         body = nn.Sequential(*layers)
     else:

@@ -59,11 +59,11 @@ def _file_in(out: str, default_name: str, suffixes) -> Path:
 
 def import_params(checkpoint, params_npz, out) -> Path:
     """Write a new edgesnn checkpoint: ``checkpoint``'s config with the weights from a runner's ``params.npz``."""
-    import numpy as np
     import torch
 
     from ..checkpoint import save_checkpoint
     from .prepare import ExportError, model_from_checkpoint
+    from .run_support import read_npz
 
     model, ck = model_from_checkpoint(checkpoint)
     params_npz = Path(params_npz)
@@ -71,18 +71,18 @@ def import_params(checkpoint, params_npz, out) -> Path:
         raise FileNotFoundError(f"params: no such file: {params_npz}")
     state = model.state_dict()
     new_state: Dict[str, torch.Tensor] = {}
-    with np.load(params_npz, allow_pickle=False) as npz:
-        unknown = sorted(set(npz.files) - set(state))
-        if unknown:
-            raise ExportError(f"params: {params_npz} holds names the model does not have: {unknown}")
-        for name, value in state.items():
-            if name in npz.files:
-                arr = torch.from_numpy(np.array(npz[name])).to(value.dtype)
-                if arr.shape != value.shape:
-                    raise ExportError(f"params: {name} has shape {tuple(arr.shape)}, the model expects {tuple(value.shape)}")
-                new_state[name] = arr
-            else:
-                new_state[name] = value
+    arrays = read_npz(params_npz, "--params")
+    unknown = sorted(set(arrays) - set(state))
+    if unknown:
+        raise ExportError(f"params: {params_npz} holds names the model does not have: {unknown}")
+    for name, value in state.items():
+        if name in arrays:
+            arr = torch.from_numpy(arrays[name]).to(value.dtype)
+            if arr.shape != value.shape:
+                raise ExportError(f"params: {name} has shape {tuple(arr.shape)}, the model expects {tuple(value.shape)}")
+            new_state[name] = arr
+        else:
+            new_state[name] = value
     extra = {k: v for k, v in ck.items() if k not in ("format", "version", "model_config", "model_state", "optimizer_state")}
     return save_checkpoint(out, ck["model_config"], new_state, **extra)
 
@@ -111,7 +111,11 @@ def _check_args(args: argparse.Namespace) -> Path:
     else:
         out = Path(args.out)
     check_not_inside(args.out, "--out", checkpoint=args.checkpoint, params=args.params)
-    check_output(out, "--out", args.force, directory=args.format in DIRECTORY_FORMATS)
+    directory = args.format in DIRECTORY_FORMATS
+    if directory and not args.force and (out / "finetuned").is_dir():
+        raise FileExistsError(f"--out: {out} already holds a fine-tuned finetuned/ folder; --force replaces {out} as a "
+                              "whole, finetuned/ included (move that folder first to keep it)")
+    check_output(out, "--out", args.force, directory=directory)
     return out
 
 

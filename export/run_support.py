@@ -9,7 +9,36 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics"]
+__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "read_npz"]
+
+#: What reading a damaged or foreign file with ``np.load`` raises (a zip that is not one, a pickle
+#: refused by ``allow_pickle=False``, a truncated member).
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, __import__("zipfile").BadZipFile)
+
+
+def read_npz(path, flag: str, names=None) -> Dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (all, or those of ``names`` it holds), read into memory; a
+    file that is missing or not a readable ``.npz`` is a one-line ``ValueError`` naming ``flag``."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{flag}: no such file: {path}") from None
+    except _UNREADABLE as exc:
+        raise ValueError(f"{flag}: {path} is not a readable .npz file ({_first_line(exc)})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{flag}: {path} is a single .npy array; expected an .npz archive of named arrays")
+    try:
+        with npz:
+            return {n: np.array(npz[n]) for n in npz.files if names is None or n in names}
+    except _UNREADABLE as exc:
+        raise ValueError(f"{flag}: {path} is not a readable .npz file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    if "pickle" in str(exc):  # numpy's advice to load it unsafely
+        return "not an .npz archive"
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:120]
 
 
 def padded_batches(x: np.ndarray, batch: int) -> Iterator[Tuple[int, np.ndarray, int]]:

@@ -67,7 +67,7 @@ from edgesnn.atomic import check_not_inside, check_output, replace_dir
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import (StepManifest, CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest, atomic_write_bytes, atomic_write_text, validate_artifact_dir)
-from .run_support import padded_batches, peak_rss_mb, step_time_metrics
+from .run_support import padded_batches, peak_rss_mb, read_npz, step_time_metrics
 
 __all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "finetune", "peak_rss_mb", "main",
            "StepCheckError", "training_modules_imported"]
@@ -146,14 +146,11 @@ def load_dataset(path, manifest, min_samples: Optional[int] = None) -> Tuple[np.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data: no such file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "x" not in npz or "y" not in npz:
-                raise ValueError(f"data: {path} must hold arrays 'x' and 'y' (found {sorted(npz.files)})")
-            x = np.ascontiguousarray(npz["x"], dtype=np.float32)
-            y = _integer_labels(np.asarray(npz["y"]), path)
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"data: {path} is not a readable .npz file ({exc})") from None
+    arrays = read_npz(path, "data")
+    if "x" not in arrays or "y" not in arrays:
+        raise ValueError(f"data: {path} must hold arrays 'x' and 'y' (found {sorted(arrays)})")
+    x = np.ascontiguousarray(arrays.pop("x"), dtype=np.float32)
+    y = _integer_labels(np.asarray(arrays.pop("y")), path)
     if tuple(x.shape[1:]) != tuple(manifest.in_shape):
         raise ValueError(f"data: x has shape {x.shape}; the model expects [N, {', '.join(map(str, manifest.in_shape))}]")
     if y.shape != (x.shape[0],):
@@ -265,6 +262,8 @@ def finetune(
         raise UsageError(f"--epochs: expected an integer >= 1, got {epochs!r}")
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UsageError(f"--lr: expected a finite number > 0, got {lr!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"--threads: expected an integer >= 1, got {threads!r}")
     if holdout is not None and not (isinstance(holdout, (int, float)) and 0.0 <= holdout < 1.0):
@@ -294,10 +293,23 @@ def finetune(
     else:
         run = lambda write_dir: _finetune(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out_dir, write_dir,  # noqa: E731
                                           seed, resume, threads, log, accuracy_on)
-    if resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return run(out_dir)
+    if resume and out_dir.is_dir():
+        return replace_dir(out_dir, lambda write_dir: _keeping_others(out_dir, write_dir, run))
     return replace_dir(out_dir, run)
+
+
+def _keeping_others(out_dir: Path, write_dir: Path, run: Callable[[Path], Dict]) -> Dict:
+    """A resumed run: ``run`` reads ``out_dir``'s checkpoint and writes its whole output set into
+    ``write_dir``; whatever else ``out_dir`` holds is copied beside it, so the swap (atomic as a
+    set: never new parameters beside an old state) loses nothing."""
+    import shutil
+
+    result = run(write_dir)
+    for entry in out_dir.iterdir():
+        target = write_dir / entry.name
+        if not target.exists():
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target)
+    return result
 
 
 def _finetune(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray, ye: np.ndarray,

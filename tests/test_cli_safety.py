@@ -60,6 +60,77 @@ def test_train_refuses_to_overwrite_outputs_up_front(tmp_path, capsys):
     assert not (tmp_path / "new.pt").exists() and not (tmp_path / "none.pt").exists()
 
 
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_bytes(b"keep")
+    ck = tmp_path / "s.x"
+    assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", str(ck), "--json", str(ck)]) == 2
+    assert "also the --checkpoint path" in _err(capsys) and not ck.exists()
+    for flags in (["--checkpoint", str(blocker / "x.pt")], ["--json", str(blocker / "r.json")]):
+        assert main(["train", "--epochs", "1", "--no-progress", *flags]) == 2
+        err = _err(capsys)
+        assert flags[0] in err and "is a file" in err
+    assert blocker.read_bytes() == b"keep"
+
+
+def test_plan_refuses_to_overwrite_and_validates_sizes(tmp_path, capsys):
+    base = ["plan", "--model", "mlp", "--input", "64", "-T", "4", "--device", "raspberry-pi-4-4gb"]
+    keep = tmp_path / "keep.ckpt"
+    keep.write_bytes(b"precious")
+    for flag in ("--json", "--plot"):
+        assert main([*base, flag, str(keep)]) == 2
+        err = _err(capsys)
+        assert flag in err and "--force" in err
+    assert main([*base, "--memopt", "--json", str(keep)]) == 2
+    assert "--force" in _err(capsys)
+    assert keep.read_bytes() == b"precious"
+    assert main([*base, "--json", str(keep), "--force"]) == 0
+    capsys.readouterr()
+    assert json.loads(keep.read_text())["format"] == "edgesnn-plan"
+    for flags, name in ((["--hidden", "0"], "--hidden"), (["--hidden=-5,10"], "--hidden"), (["--max-batch", "0"], "--max-batch"),
+                        (["--groups", "1"], "--groups"), (["--memopt", "--plot", str(tmp_path / "p.png")], "--plot")):
+        assert main([*base, *flags]) == 2
+        assert _err(capsys).startswith(f"edgesnn plan: error: {name}:")
+    memopt_plan = tmp_path / "memopt.json"
+    assert main([*base, "--memopt", "--json", str(memopt_plan)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--epochs", "1", "--no-progress", "--plan", str(memopt_plan)]) == 2
+    assert "--memopt" in _err(capsys)
+
+
+def test_warmup_checks_its_flags_before_compiling(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["warmup", "--cuda"]) == 2
+    assert "--cuda: no CUDA device" in _err(capsys)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["warmup", "--cache-dir", str(blocker)]) == 2
+    assert "--cache-dir" in _err(capsys)
+
+
+def test_unreadable_npz_and_checkpoint_files_are_one_line(tmp_path, capsys):
+    from edgesnn.export.run_support import read_npz
+
+    bad = tmp_path / "pk.npz"
+    bad.write_bytes(b"PK\x03\x04junk")
+    js = tmp_path / "notes.json"
+    js.write_text('{"a": 1}')
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as fh:
+        np.save(fh, np.zeros(3))
+    for path, words in ((bad, "not a readable .npz"), (js, "not an .npz archive"), (single, "single .npy array")):
+        with pytest.raises(ValueError, match=f"^--params: .*{words}"):
+            read_npz(path, "--params")
+    assert read_npz(_npz(tmp_path / "ok.npz", a=np.ones(2)), "--params")["a"].tolist() == [1.0, 1.0]
+    assert main(["train", "--epochs", "1", "--no-progress", "--resume", "--checkpoint", str(js)]) == 2
+    assert "is corrupt or not a torch file" in _err(capsys)
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
 def test_force_overwrites_resume_names_changed_fields_and_cold_cache_notice(tmp_path, capsys, monkeypatch):
     from edgesnn.kernels import config
 

@@ -171,11 +171,14 @@ def test_runner_is_torch_free_and_reports_held_out_accuracy(digits_step):
     proc = run_python(_RUNNER, str(tmp / "art"), "--data", str(tmp / "device.npz"), "--out", str(tmp / "ft"))
     assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["code"] == 2
     assert "already exists and is not empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    (tmp / "ft" / "notes.txt").write_text("mine")  # a resumed run swaps in a new set and keeps the rest
     proc = run_python(_RUNNER, str(tmp / "art"), "--data", str(tmp / "device.npz"), "--out", str(tmp / "ft"), "--resume",
                       "--threads", "1", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m2 = json.loads((tmp / "ft" / "metrics.json").read_text())
     assert m2["total_steps"] == m["steps"] + m2["steps"]
+    assert (tmp / "ft" / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".ft.")]  # no temp folder left
 
     # host side: the device weights fold back into an edgesnn checkpoint; its eager forward matches eval.onnx
     from edgesnn.export.prepare import export_copy, model_from_checkpoint

@@ -59,6 +59,24 @@ def test_neuron_specs_and_model_errors():
         build_model("mlp", (64,), 10, 2)(torch.rand(3, 65))
 
 
+def test_revlif_arguments_reach_only_the_revlif_nodes(tmp_path):
+    model = build_model("mlp", (64,), 10, 2, ["revlif", "lif"], node={"tau": 4.0}, revlif={"alpha": 1.0})
+    (_, rev), (_, lif) = spiking_layers(model)
+    assert isinstance(rev, RevLIF) and isinstance(lif, LIF)
+    assert rev.params.alpha == 1.0 and rev.params.lif.tau == 4.0 and lif.params.tau == 4.0
+    assert model.config["revlif"] == {"alpha": 1.0}
+    assert "revlif" not in build_model("mlp", (64,), 10, 2, "revlif").config  # default configs unchanged
+    cfg = TrainConfig(neuron="revlif", timesteps=2, epochs=1, hidden=[16, 16], revlif_alpha=0.5)
+    ck = tmp_path / "ck.pt"
+    train(cfg, checkpoint=str(ck), progress=False, log=lambda s: None)
+    rebuilt = model_from_checkpoint(str(ck))
+    assert all(node.params.alpha == 0.5 for _, node in spiking_layers(rebuilt))
+    with pytest.raises(ValueError, match="alpha"):
+        build_model("mlp", (64,), 10, 2, "revlif", revlif={"alpha": 0.3})  # exact mode: a power of two
+    with pytest.raises(Exception, match="revlif_alpha"):
+        train(TrainConfig(neuron="revlif", epochs=1, revlif_alpha=-1.0), progress=False, log=lambda s: None)
+
+
 def test_train_cli_checkpoint_resume_and_report(tmp_path, capsys):
     ck, js = tmp_path / "ck.pt", tmp_path / "r.json"
     args = ["train", "--neuron", "revlif", "--epochs", "2", "--no-progress", "--checkpoint", str(ck), "--json", str(js)]

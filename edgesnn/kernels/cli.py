@@ -41,9 +41,19 @@ def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = Tru
 
     Returns ``{"cache_dir", "threads", "seconds", "cuda"}``.
     """
+    from ..errors import UsageError
     from . import config
 
+    if cuda:  # before minutes of CPU compilation
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--cuda: no CUDA device visible to PyTorch on this machine; drop --cuda")
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise UsageError(f"--cache-dir: {cache_dir} is a file; expected a folder")
     path = config.configure_cache(cache_dir)
+    if cache_dir is not None and Path(cache_dir).resolve() not in (Path(path).resolve(), Path(path).resolve().parent):
+        raise UsageError(f"--cache-dir: {cache_dir} cannot be written (nothing cached there)")
     if threads is not None:
         config.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -55,8 +65,6 @@ def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = Tru
     if cuda:
         import torch
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("warmup --cuda: no CUDA device visible to PyTorch")
         from .dispatch import lif_multistep, revlif_multistep
         from ..functional.lif import LIFParams
         from ..functional.revlif import RevLIFParams

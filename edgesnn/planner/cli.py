@@ -15,7 +15,10 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 from typing import List, Optional, Tuple
+
+from ..atomic import check_output
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -58,13 +61,14 @@ def parse_shape(text: str) -> Tuple[int, ...]:
     return shape
 
 
-def _int_list(text: str, name: str) -> List[int]:
+def _int_list(text: str, name: str, minimum: int = 1) -> List[int]:
+    """``"128,64"`` -> [128, 64]; every value at least ``minimum`` (errors name ``name``)."""
     try:
         vals = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         vals = []
-    if not vals:
-        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}")
+    if not vals or any(v < minimum for v in vals):
+        raise ValueError(f"{name}: expected comma-separated integers >= {minimum}, got {text!r}")
     return vals
 
 
@@ -97,6 +101,7 @@ def register(subparsers) -> None:
                    help="plan edgesnn.optimize_memory's chunked blocks for an all-LIF model: per-block chunk, "
                         "predicted peak, largest batch (whole-network memory)")
     p.add_argument("--list-devices", action="store_true", help="list the device catalogue and exit")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json / --plot file")
     p.set_defaults(func=run)
 
 
@@ -124,6 +129,17 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input)
     if args.timesteps < 1:
         raise ValueError(f"--timesteps: expected an integer >= 1, got {args.timesteps}")
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch: expected an integer >= 1, got {args.max_batch}")
+    if args.memopt and args.plot:
+        raise ValueError("--plot: draws the LIF / RevLIF plan's memory vs T; not available with --memopt")
+    # outputs first: refuse to overwrite before any planning work
+    if args.json:
+        check_output(args.json, "--json", args.force)
+    if args.plot:
+        check_output(args.plot, "--plot", args.force)
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        raise ValueError(f"--plot: {args.plot} is also the --json path; choose two files")
     if str(args.batch).lower() == "auto":
         batch = None
     else:
@@ -136,9 +152,7 @@ def run(args: argparse.Namespace) -> int:
     kinds = [k.strip().lower() for k in args.neurons.split(",") if k.strip()]
     if not kinds or any(k not in ("lif", "revlif") for k in kinds):
         raise ValueError(f"--neurons: expected lif, revlif or lif,revlif; got {args.neurons!r}")
-    groups = _int_list(args.groups, "--groups")
-    if any(g < 2 for g in groups):
-        raise ValueError(f"--groups: RevLIF needs at least 2 groups, got {args.groups!r}")
+    groups = _int_list(args.groups, "--groups", minimum=2)
     device = devices.load_device(args.device)
     budget = parse_bytes(args.budget) if args.budget else None
     dataset_bytes = None if args.dataset_bytes is None else parse_bytes(args.dataset_bytes, "--dataset-bytes", allow_zero=True)
@@ -257,8 +271,8 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
 
     from ..memopt.optimize import largest_batch
 
-    def make_input(b: int):
-        return torch.zeros(b, *shape)
+    def make_input(b: int):  # shapes only (optimize_memory runs it on fake tensors): no [b, ...] memory
+        return torch.zeros(()).expand(b, *shape)
 
     if batch is None:
         batch, plan = largest_batch(model, make_input, room, args.max_batch)

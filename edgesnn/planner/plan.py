@@ -147,12 +147,17 @@ def save_plan(plan: Plan, path: PathLike) -> Path:
 def load_plan(path: PathLike) -> Plan:
     """Read and validate a plan file (``FileNotFoundError``, or ``ValueError`` naming the problem)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"plan: {path} is a directory; expected a plan JSON file")
     if not path.is_file():
         raise FileNotFoundError(f"plan: no such file: {path}")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"plan: {path} is not valid JSON ({exc})") from None
+    if isinstance(data, dict) and data.get("format") == "edgesnn-memopt-plan":
+        raise ValueError(f"plan: {path} is an `edgesnn plan --memopt` report (for reading); `edgesnn train --memopt` "
+                         "plans its chunks itself: train with --memopt and the report's --batch instead of --plan")
     return Plan.from_dict(data, origin=str(path))
 
 

@@ -43,6 +43,7 @@ class TrainConfig:
     hidden: List[int] = field(default_factory=lambda: [128, 128])
     batchnorm: bool = True  # False: no BatchNorm (per-sample models: DDP on CPU matches one process exactly)
     memopt: bool = False  # edgesnn.optimize_memory: chunked blocks, packed inputs (same gradients, less memory)
+    revlif_alpha: Optional[float] = None  # RevLIF output mixing y = alpha x + s (None: the node's default, 1/8)
 
     def validate(self) -> None:
         for name in ("timesteps", "epochs", "batch_size"):
@@ -51,6 +52,11 @@ class TrainConfig:
                 raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
         if not (isinstance(self.lr, float) and math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"lr: expected a finite number > 0, got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        a = self.revlif_alpha
+        if a is not None and not (isinstance(a, float) and math.isfinite(a) and a > 0):
+            raise UsageError(f"revlif_alpha: expected None or a finite number > 0 (a power of two 2^-k in exact mode), got {a!r}")
 
 
 @torch.no_grad()
@@ -81,7 +87,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _build(cfg: TrainConfig, data: Dataset) -> SpikingClassifier:
     return build_model(cfg.model, data.in_shape, data.num_classes, cfg.timesteps, cfg.neuron,
-                       hidden=cfg.hidden, node={"backend": cfg.backend}, batchnorm=cfg.batchnorm)
+                       hidden=cfg.hidden, node={"backend": cfg.backend}, batchnorm=cfg.batchnorm,
+                       revlif=None if cfg.revlif_alpha is None else {"alpha": cfg.revlif_alpha})
 
 
 def model_from_checkpoint(path: str) -> SpikingClassifier:
@@ -110,9 +117,11 @@ def check_outputs(checkpoint: Optional[str], resume: bool = False, force: bool =
         if not Path(checkpoint).exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint} to continue from (drop --resume to start one)")
     elif checkpoint:
-        check_output(checkpoint, "--checkpoint", force, allow="--resume (continue it) or --force (overwrite it)")
+        check_output(checkpoint, "--checkpoint", force, allow="--resume to continue it, or --force")
     if report:
         check_output(report, "--json", force or resume, allow="--force (or --resume)")
+        if checkpoint and Path(report).resolve() == Path(checkpoint).resolve():
+            raise UsageError(f"--json: {report} is also the --checkpoint path; the report would replace the checkpoint")
 
 
 def config_diff(stored: Dict, given: Dict, ignore=("epochs",)) -> List[str]:
