@@ -20,7 +20,7 @@ release the profile assumes), ``python`` (its default Python), ``cuda`` (its CUD
 (CPU backends), ``training_gpu`` (torch on the board's GPU) and ``cuda_kernels``
 (``backend="cuda"``) are ``True`` / ``False`` / ``None`` (``None``: possible but unverified, see
 ``notes``), for that OS with its default Python; ``device_runner`` and ``notes`` are text. edgesnn
-needs Python >= 3.10 and torch 2.13, and ``edgesnn plan`` imports torch, so on boards whose OS
+needs Python >= 3.10 and torch >= 2.5, and ``edgesnn plan`` imports torch, so on boards whose OS
 cannot install them (JetPack 4 and 5) plan on a host: ``edgesnn plan --device <board>``.
 """
 

@@ -1,4 +1,4 @@
-"""Launch overhead and layer speed of the numba-cuda kernels (issue 10). Needs a CUDA GPU.
+"""Launch overhead and layer speed of the numba-cuda kernels. Needs a CUDA GPU.
 
 (1) Per-call overhead on tiny tensors (``[T, K] = [1, 32]``: no work to speak of), microseconds
     per call, each averaged over ``--calls`` back-to-back calls with one synchronize at the end:
@@ -12,7 +12,7 @@
     * ``LIF fwd+bwd``: ``LIF(backend="cuda")`` forward + backward with autograd;
     * ``LIF fwd+bwd, CUDA graph replay``: the same step captured once and replayed (no host work
       per step: the launch floor of the whole step).
-    Target (issue 10): the kernel wrapper and the empty kernel <= 50 us.
+    Target: the kernel wrapper and the empty kernel <= 50 us.
 (2) The layer ``[T, B, N] = [64, 16, 4096]`` forward + backward (``y.sum().backward()``), and 16M
     neurons (``[8, 16, 1048576]``): edgesnn cuda LIF / RevLIF vs SpikingJelly's fastest backend
     available here (``triton``, ``cupy``, else ``torch``), median of ``--reps`` after a warm-up,

@@ -6,7 +6,7 @@ Default (``--mode sweep``): for the digits-shaped wide MLP (64-1024-1024-10) and
 fresh process (``python -m edgesnn.export.runner``; VmHWM peak RSS, RSS after the session was
 created, median step time of steps 2..n) and the same SGD-momentum steps in a fresh PyTorch eager
 process (``torch`` backend: the project's hand-written LIF / reversible RevLIF backward,
-eval-mode BatchNorm), then prints one table and the two checks of issue 9: RevLIF's runner peak RSS
+eval-mode BatchNorm), then prints one table and two memory checks: RevLIF's runner peak RSS
 grows (T 8 -> 64) at least 4x more slowly than LIF's, and RevLIF onnx-step at T = 64 needs at most
 half the memory of onnx-training.
 
@@ -258,7 +258,7 @@ def _sweep_line(r: dict) -> str:
 
 
 def sweep_checks(rows: list) -> list:
-    """The issue's two memory checks per model, as printable lines (and a pass flag)."""
+    """The two memory checks per model, as printable lines (and a pass flag)."""
     out = []
     by = {(r["model"], r["neuron"], r["T"]): r for r in rows}
     for name in sorted({r["model"] for r in rows}):

@@ -1,4 +1,4 @@
-"""Benchmark of the fused kernels (issue 5). Prints a table; ``--json PATH`` writes the figures.
+"""Benchmark of the fused kernels. Prints a table; ``--json PATH`` writes the figures.
 
 (a) Open Neuromorphic workload on CPU: ``Linear(N, N)`` + one spiking layer, batch 16, float32,
     forward + backward, loss = output.sum(); N = 4096 and T = 64 by default (the published
@@ -37,9 +37,9 @@ import time
 
 # Opt-in process settings; they must be in place before torch / numba are imported, so they are
 # read from argv here. Default: none (what a user gets without tuning).
-#   --thp    THP_MEM_ALLOC_ENABLE=1: huge pages for large torch allocations. A study (docs/design.md §3) saw a
-#            128 MB allocation go from 48 to 12 ms; on the 2-core test VM (THP 'madvise', no huge
-#            pages granted) it made every fresh 16.8 MB output cost ~20 ms: off by default.
+#   --thp    THP_MEM_ALLOC_ENABLE=1: huge pages for large torch allocations (fewer page faults where
+#            the kernel grants them); on the 2-core test VM (THP 'madvise', no huge pages granted)
+#            it made every fresh 16.8 MB output cost ~20 ms: off by default.
 #   --tuned  edgesnn.kernels.config.retain_freed_memory() (glibc keeps freed blocks: no page
 #            faults on the next step's outputs) and EDGESNN_WIDE_VECTORS=1 (512-bit vectors).
 if "--thp" in sys.argv:

@@ -6,8 +6,8 @@ forward of one node on ``[T, B, N]``, divided by ``T * B * N``. The node's outpu
 
 * ``input counted`` (the usual case): Conv, Linear and BatchNorm save their inputs, not their
   outputs, so nothing else keeps the node's input; a node that saves it (the numba LIF: 4 B per
-  neuron-step) holds that memory alone. Measured: Linear -> numba LIF saves 4.5 B per neuron-step
-  more than the Linear alone at T = 8; BatchNorm -> numba LIF likewise.
+  neuron-step) holds that memory alone. The script measures it: Linear -> numba LIF and
+  BatchNorm -> numba LIF against the layer alone at T = 8 (the "layer pairs" table).
 * ``input not counted``: right only when the layer before saves its own output (ReLU, sigmoid,
   a RevLIF), which then shares it with the node.
 
@@ -85,6 +85,32 @@ def exactness(T: int = 256, B: int = 16, N: int = 1024) -> dict:
             "bit_exact": worst == 0.0 and torch.equal(v, v0)}
 
 
+def layer_pairs(T: int, batch: int, N: int) -> dict:
+    """Bytes per neuron-step that a numba LIF adds behind a Linear or a BatchNorm: the layer and
+    the layer followed by the LIF, each on ``[T, batch, N]``; parameters, buffers, the input and the
+    last output are not counted (the LIF's input is the layer's output, which only the LIF keeps)."""
+    lin, bn = torch.nn.Linear(N, N), torch.nn.BatchNorm1d(N)
+    state = list(lin.parameters()) + list(bn.parameters()) + list(bn.buffers())
+
+    def lif(z):
+        return dispatch.lif_multistep(z, LIFParams(), None, "numba")[0]
+
+    def norm(z):
+        return bn(z.flatten(0, 1)).view_as(z)
+
+    def saved(run) -> float:
+        x = torch.randn(T, batch, N).requires_grad_()
+        with SavedTensorCounter() as c:
+            out = run(x)
+        return c.bytes(exclude=[x, out] + state) / x.numel()
+
+    out = {}
+    for name, layer in (("Linear", lin), ("BatchNorm", norm)):
+        alone, with_lif = saved(layer), saved(lambda x, layer=layer: lif(layer(x)))
+        out[name] = {"layer_alone": alone, "layer_then_lif": with_lif, "lif_adds": with_lif - alone}
+    return out
+
+
 def network(T: int, batch: int) -> dict:
     out = {}
     for neuron in ("lif", "revlif"):
@@ -134,6 +160,12 @@ def main(argv=None) -> int:
     ex = exactness()
     print(f"RevLIF exact-mode inverse at T={ex['T']}: bit-exact={ex['bit_exact']} "
           f"(max input error {ex['max_input_error']:.1e}, initial-state error {ex['max_v0_error']:.1e})")
+    pairs = layer_pairs(8, args.batch, args.neurons)
+    print(f"\nLayer pairs, [8, {args.batch}, {args.neurons}]: bytes per neuron-step saved for backward "
+          "(parameters, input and last output not counted)")
+    for name, r in pairs.items():
+        print(f"  {name:10s} alone {r['layer_alone']:6.3f}   {name} -> numba LIF {r['layer_then_lif']:6.3f}"
+              f"   the LIF adds {r['lif_adds']:6.3f} B")
     net = {T: network(T, args.net_batch) for T in (4, 8)}
     print(f"\nVGG-11 (CIFAR 3x32x32, batch {args.net_batch}): activation bytes saved for backward (whole network; "
           "parameters/buffers autograd also saves are not counted)")
@@ -151,7 +183,7 @@ def main(argv=None) -> int:
         payload = {"per_neuron_step_bytes_input_counted": table_in, "per_neuron_step_bytes_input_not_counted": table,
                    "ratios_vs_spikingjelly_input_counted": ratios_in,
                    "ratios_vs_spikingjelly_input_not_counted": ratios,
-                   "exactness": ex, "vgg11": net,
+                   "exactness": ex, "layer_pairs_T8": pairs, "vgg11": net,
                    "shape": [args.batch, args.neurons]}
         atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
     return 0

@@ -9,7 +9,7 @@ steady-state peak of a step with optimizer state allocated.
     PYTHONPATH=. python tools/validate_planner.py [--json out.json] [--quick]
     PYTHONPATH=. python tools/validate_planner.py --calibrate   # runtime overhead of this host
 
-Targets (issue 3): activation bytes within 10%, peak RSS within 15%.
+Targets: activation bytes within 10%, peak RSS within 15%.
 
 ``--network``: the whole-network benchmark's rows (``tools/bench_network_memory.py``: VGG-11 on
 3x32x32, batch 8, one warm-up step, peak = VmHWM during the measured steps minus the RSS before

@@ -211,10 +211,11 @@ def retain_freed_memory(enable: bool = True) -> bool:
 def configure_cpu_features() -> str:
     """Opt-in 512-bit vectors for the Numba kernels: ``EDGESNN_WIDE_VECTORS=1``.
 
-    LLVM compiles for AVX-512 hosts with a preference for 256-bit vectors (a tuning flag meant for
-    CPUs that clock down under 512-bit load). The kernels are compute-bound on a small CPU, and
-    512-bit vectors made them 1.2-1.6x faster on the test VM (Xeon, Emerald Rapids;
-    docs/design.md §3). With ``EDGESNN_WIDE_VECTORS=1`` in the environment, on an AVX-512 host, and with
+    LLVM tunes some AVX-512 cores (Intel server cores) for 256-bit vectors (a flag meant for CPUs
+    that clock down under 512-bit load) and others (AMD Zen 4 / 5) for 512-bit ones. On a Xeon
+    (Emerald Rapids) test VM the opt-in made the kernels 1.2-1.6x faster; on the AMD EPYC VM Numba
+    already emits 512-bit vectors and it changes nothing (docs/design.md §3). With
+    ``EDGESNN_WIDE_VECTORS=1`` in the environment, on an AVX-512 host, and with
     ``NUMBA_CPU_FEATURES`` unset, this sets ``NUMBA_CPU_FEATURES`` to the host's features plus
     ``-prefer-256-bit``. Process-wide (every Numba function compiled afterwards); must run before
     the first compilation. Returns the feature string in effect (``""``: Numba's default).

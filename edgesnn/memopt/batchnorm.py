@@ -38,19 +38,22 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["batch_stats_mode", "channel_view", "reduce_dims", "update_running", "ChunkStats", "bn_static",
-           "bn_normalize", "bn_affine", "ExactStats", "exact_supported", "update_running_exact", "bn_output",
+           "bn_normalize", "ExactStats", "exact_supported", "update_running_exact", "bn_output",
            "affine_uses_fma", "grad_sums", "input_grad_"]
 
 
 def batch_stats_mode(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Whether ``bn`` normalizes with the batch's statistics (training, or no running statistics)."""
     return bn.training or not bn.track_running_stats
 
 
 def channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``v [C]`` as ``[1, C, 1, ...]``, broadcastable against ``like [N, C, ...]``."""
     return v.view(1, -1, *([1] * (like.dim() - 2)))
 
 
 def reduce_dims(x: torch.Tensor) -> List[int]:
+    """The dims BatchNorm reduces over for ``x [N, C, ...]``: all but the channel dim 1."""
     return [0] + list(range(2, x.dim()))
 
 
@@ -167,15 +170,6 @@ def bn_normalize(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
     xhat = a.sub_(channel_view(mean, a)) if inplace else a - channel_view(mean, a)
     xhat.mul_(channel_view(invstd, a))
     return z, xhat
-
-
-def bn_affine(bn, xhat: torch.Tensor) -> torch.Tensor:
-    w = bn.weight.detach() if bn.weight is not None else None
-    b = bn.bias.detach() if bn.bias is not None else None
-    if w is None:
-        return xhat.clone() if b is None else xhat + channel_view(b, xhat)
-    y = xhat * channel_view(w, xhat)
-    return y if b is None else y.add_(channel_view(b, xhat))
 
 
 # ----------------------------------------------------------------------------------------------

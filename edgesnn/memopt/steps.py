@@ -25,20 +25,25 @@ __all__ = ["apply_steps", "merge_time", "split_time", "run_node", "run_node_post
 
 
 def apply_steps(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
+    """Run a block's stateless layers in order on ``x [k*B, ...]`` (time merged into the batch)."""
     for s in steps:
         x = s.fn(x)
     return x
 
 
 def merge_time(x: torch.Tensor) -> torch.Tensor:
+    """``[k, B, ...] -> [k*B, ...]`` (a view when ``x`` is contiguous)."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 def split_time(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``[k*B, ...] -> [k, B, ...]``, the inverse of :func:`merge_time`."""
     return x.reshape(k, x.shape[0] // k, *x.shape[1:])
 
 
 def run_node(node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The node (LIF or RevLIF) over ``z [k, B, ...]`` from state ``v0 [B, ...]`` (``None``: fresh):
+    ``(spikes or outputs [k, B, ...], v_k [B, ...])``."""
     if isinstance(node, LIF):
         return dispatch.lif_multistep(z, node.params, v0, node.backend)
     return dispatch.revlif_multistep(z, node.params, v0, node.backend)
@@ -95,6 +100,9 @@ def run_node_post(node: nn.Module, post: List[Step], z: torch.Tensor, v0: Option
 
 
 def apply_static(steps: List[Step], x0: torch.Tensor, T: int, update: bool) -> torch.Tensor:
+    """A block's layers on one copy ``x0 [B, ...]`` of an input repeated ``T`` times; a BatchNorm
+    with batch statistics uses the statistics of the ``T`` copies (``update``: and updates its
+    running statistics as a ``[T*B, ...]`` batch would)."""
     for s in steps:
         x0 = bn_static(s.module, x0, T, update) if s.kind == "bn" and batch_stats_mode(s.module) else s.fn(x0)
     return x0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..functional import surrogate as _sg
-from ..functional.surrogate import Surrogate, SurrogateLike, get_surrogate
+from ..functional.surrogate import Surrogate, get_surrogate
 
 __all__ = ["resolve_surrogate", "from_spikingjelly_surrogate", "SPIKINGJELLY_SURROGATES"]
 
@@ -68,5 +68,3 @@ def resolve_surrogate(surrogate: Optional[Any], surrogate_function: Optional[Any
         return from_spikingjelly_surrogate(spec)
     return get_surrogate(spec)
 
-
-SurrogateArg = Optional[SurrogateLike]

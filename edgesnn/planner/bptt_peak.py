@@ -44,7 +44,7 @@ benchmark's peaks):
   reorder; the new gradient is added into ``.grad`` and freed). ``memory_model`` counts
   ``2 x output`` in backward, measured on small-weight layers; VGG's 512x512 kernels (9 MiB) decide
   the T = 8 peak, so the weight terms are needed here.
-* SpikingJelly LIF (``_ops/lif/reference.py::_forward_impl``, the per-step autograd loop on the
+* SpikingJelly LIF (its torch backend's reference forward, the per-step autograd loop on the
   CPU): the per-step spike list before ``torch.stack`` and the stacked ``h`` sequence the caller
   drops (2 x output) plus one ``[B, N]`` step temporary in forward; three ``[B, N]``
   temporaries at the start of its backward, whose input gradient then grows as the per-step saved

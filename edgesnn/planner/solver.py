@@ -33,7 +33,7 @@ from .memory_model import ChainModel
 from .evalpass import eval_dynamic_peak, eval_lines
 from .peak import largest_batch, peak_lines, simulate_step
 
-__all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Extras", "NO_EXTRAS", "Solution", "PlanningError",
+__all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Extras", "NO_EXTRAS", "PlanningError",
            "candidates", "node_time_s", "solve_choice", "brute_force", "static_resident", "max_batch", "max_eval_batch",
            "plan_model", "predict"]
 
@@ -80,16 +80,6 @@ class Extras:
 
 
 NO_EXTRAS = Extras()
-
-
-@dataclass(frozen=True)
-class Solution:
-    """Result of :func:`solve_choice` at fixed T and B (bytes are saved activation bytes)."""
-
-    options: Tuple[str, ...]
-    option_bytes: Tuple[int, ...]
-    activation_bytes: int
-    time_s: float
 
 
 def node_time_s(option: str, neuron_steps: float, bandwidth_gbs: float = HOST_BANDWIDTH_GBS,

@@ -224,7 +224,7 @@ def replay_bptt(r: Replay, ops: Sequence[OpCost], T: int, B: int, db: int, class
 
 def replay_sj_memopt(r: Replay, units: Sequence[Tuple[bool, List[OpCost]]], T: int, B: int, db: int, classes: int,
                       compress: bool) -> None:
-    """SpikingJelly memopt level 1 (see ``spikingjelly/activation_based/memopt/checkpointing.py``)."""
+    """SpikingJelly memopt level 1 (``spikingjelly.activation_based.memopt``: checkpointed segments, 1-bit spikes)."""
     chains, packed = [], []
     x_key: Optional[object] = None  # None: the expanded model input
     binary = False
