@@ -74,6 +74,8 @@ class SpikingClassifier(nn.Module):
         self.config = dict(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, *in_shape]`` (repeated over T as a view) or ``[T, B, *in_shape]`` (event data) ->
+        logits ``[B, classes]``, the body's output averaged over T."""
         nd = len(self.in_shape)
         if x.dim() == nd + 1:
             if tuple(x.shape[1:]) != self.in_shape:

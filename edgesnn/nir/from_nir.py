@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .common import DEFAULT_DT, NIRError, nir_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    import nir
+
+    from ..models import SpikingClassifier
 
 __all__ = ["load"]
 
@@ -105,7 +111,8 @@ def _chain(graph) -> List[str]:
     return chain
 
 
-def load(graph, dt: Optional[float] = None, timesteps: Optional[int] = None, backend: str = "auto"):
+def load(graph: Union["nir.NIRGraph", str, os.PathLike], dt: Optional[float] = None,
+         timesteps: Optional[int] = None, backend: str = "auto") -> "SpikingClassifier":
     """A ``nir.NIRGraph`` (or the path of a ``.nir`` file) as an edgesnn :class:`SpikingClassifier`.
 
     Args:

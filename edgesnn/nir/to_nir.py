@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .common import DEFAULT_DT, NIRError, nir_module, to_numpy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import nir
 
 __all__ = ["to_nir", "write"]
 
@@ -61,7 +64,7 @@ def _lif_params(name: str, m: nn.Module) -> Tuple[float, float, Optional[float],
     raise AssertionError(type(m))
 
 
-def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[int, ...]] = None):
+def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[int, ...]] = None) -> "nir.NIRGraph":
     """Convert an edgesnn LIF model to a ``nir.NIRGraph`` (see the module docstring for the mapping).
 
     Args:

@@ -42,6 +42,7 @@ class SeqToANN(nn.Module):
         self.register_load_state_dict_pre_hook(_accept_spikingjelly_keys)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """``[T, B, ...]`` -> the wrapped layers on ``[T*B, ...]`` -> ``[T, B, ...out]``."""
         if x_seq.dim() < 2:
             raise ValueError(f"SeqToANN: expected a multi-step input [T, B, ...], got shape {tuple(x_seq.shape)}")
         T, B = x_seq.shape[0], x_seq.shape[1]
