@@ -268,6 +268,8 @@ def finetune(
         raise UsageError(f"--threads: expected an integer >= 1, got {threads!r}")
     if holdout is not None and not (isinstance(holdout, (int, float)) and 0.0 <= holdout < 1.0):
         raise UsageError(f"--holdout: expected a fraction in [0, 1), got {holdout!r}")
+    if resume and force:
+        raise UsageError("--resume and --force exclude each other (continue the run, or start again from the export)")
     if eval_data is not None and holdout:
         raise UsageError("--holdout and --eval-data exclude each other (the held-out data is --eval-data)")
     artifact_dir = Path(artifact_dir)

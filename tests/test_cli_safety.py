@@ -63,6 +63,8 @@ def test_train_refuses_to_overwrite_outputs_up_front(tmp_path, capsys):
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_bytes(b"keep")
+    assert main(["train", "--epochs", "1", "--no-progress", "--data-dir", str(tmp_path)]) == 2
+    assert "digits is built in" in _err(capsys)
     ck = tmp_path / "s.x"
     assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", str(ck), "--json", str(ck)]) == 2
     assert "also the --checkpoint path" in _err(capsys) and not ck.exists()
@@ -88,9 +90,13 @@ def test_plan_refuses_to_overwrite_and_validates_sizes(tmp_path, capsys):
     capsys.readouterr()
     assert json.loads(keep.read_text())["format"] == "edgesnn-plan"
     for flags, name in ((["--hidden", "0"], "--hidden"), (["--hidden=-5,10"], "--hidden"), (["--max-batch", "0"], "--max-batch"),
-                        (["--groups", "1"], "--groups"), (["--memopt", "--plot", str(tmp_path / "p.png")], "--plot")):
+                        (["--groups", "1"], "--groups"), (["--memopt", "--plot", str(tmp_path / "p.png")], "--plot"),
+                        (["--channels", "8"], "--channels"), (["--memopt", "--neurons", "revlif"], "--neurons")):
         assert main([*base, *flags]) == 2
         assert _err(capsys).startswith(f"edgesnn plan: error: {name}:")
+    conv = ["plan", "--model", "convnet", "--input", "1,8,8", "-T", "4", "--device", "raspberry-pi-4-4gb"]
+    assert main([*conv, "--hidden", "32"]) == 2
+    assert _err(capsys).startswith("edgesnn plan: error: --hidden:")
     memopt_plan = tmp_path / "memopt.json"
     assert main([*base, "--memopt", "--json", str(memopt_plan)]) == 0
     capsys.readouterr()
@@ -288,9 +294,10 @@ def test_runner_validates_flags_and_labels(artifacts, tmp_path, capsys):
 
     art, data = str(artifacts / "art"), str(artifacts / "data.npz")
     for flags, name in ((["--lr", "-0.05"], "--lr"), (["--lr", "nan"], "--lr"), (["--threads", "0"], "--threads"),
-                        (["--epochs", "0"], "--epochs")):
+                        (["--epochs", "0"], "--epochs"), (["--seed", "-1"], "--seed"),
+                        (["--resume", "--force"], "--resume and --force")):
         assert device([art, "--data", data, "--out", str(tmp_path / "ft"), *flags]) == 2
-        assert _err(capsys).startswith(f"edgesnn-device: error: {name}: expected")
+        assert _err(capsys).startswith(f"edgesnn-device: error: {name}")
     with np.load(data) as npz:
         x, y = npz["x"], npz["y"]
     np.savez(tmp_path / "float.npz", x=x, y=y.astype(np.float32) + 0.5)

@@ -85,7 +85,7 @@ def register(subparsers) -> None:
     p.add_argument("--hidden", help="MLP hidden widths, e.g. 128,128")
     p.add_argument("--channels", help="convnet channel widths, e.g. 16,32")
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "sgd-momentum"])
-    p.add_argument("--neurons", default="lif,revlif", help="allowed kinds: lif,revlif (default), lif or revlif")
+    p.add_argument("--neurons", default=None, help="allowed kinds: lif,revlif (default), lif or revlif")
     p.add_argument("--groups", default="2", help="RevLIF group counts to consider, e.g. 2,4 (default 2)")
     p.add_argument("--max-batch", type=int, default=1024, help="cap for --batch auto (default 1024)")
     p.add_argument("--backend", default="auto", help="neuron backend the model will train with (default auto)")
@@ -149,9 +149,16 @@ def run(args: argparse.Namespace) -> int:
             batch = 0
         if batch < 1:
             raise ValueError(f"--batch: expected a positive integer or 'auto', got {args.batch!r}")
-    kinds = [k.strip().lower() for k in args.neurons.split(",") if k.strip()]
+    neurons = "lif,revlif" if args.neurons is None else args.neurons
+    kinds = [k.strip().lower() for k in neurons.split(",") if k.strip()]
     if not kinds or any(k not in ("lif", "revlif") for k in kinds):
-        raise ValueError(f"--neurons: expected lif, revlif or lif,revlif; got {args.neurons!r}")
+        raise ValueError(f"--neurons: expected lif, revlif or lif,revlif; got {neurons!r}")
+    if args.memopt and args.neurons is not None and kinds != ["lif"]:
+        raise ValueError("--neurons: --memopt plans an all-LIF model (optimize_memory's blocks); drop --neurons")
+    if args.hidden and args.model != "mlp":
+        raise ValueError(f"--hidden: the hidden widths of the mlp model; {args.model} has --channels (convnet) or none")
+    if args.channels and args.model != "convnet":
+        raise ValueError(f"--channels: the channel widths of the convnet model; {args.model} does not take them")
     groups = _int_list(args.groups, "--groups", minimum=2)
     device = devices.load_device(args.device)
     budget = parse_bytes(args.budget) if args.budget else None

@@ -172,6 +172,8 @@ def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed:
 
         return load_event_dataset(name, path, timesteps, flat=flat, log=log)
     if name == "digits":
+        if path:
+            raise ValueError(f"data: digits is built in (scikit-learn); --data-dir {path} would not be read: drop it")
         return load_digits_dataset(flat=flat, seed=seed)
     if name in ("cifar10", "folder"):
         if not path:
