@@ -29,9 +29,9 @@ The rest of this docstring describes the legacy ``onnx-training`` path.
 runner validates the artifacts (every file present, SHA-256 as in the manifest), trains for
 ``--epochs`` epochs (shuffled, fixed batch size from the manifest, last partial batch dropped),
 then writes to ``--out`` (default ``ARTIFACTS/finetuned``). A non-empty ``--out`` is refused unless
-``--resume`` (continue from its checkpoint; files are replaced one by one, atomically) or
-``--force`` (start again from the exported weights; the folder is built beside it and swapped in
-as a whole, so nothing stale survives). It holds:
+``--resume`` (continue from its checkpoint) or ``--force`` (start again from the exported
+weights); the two exclude each other. Either way the new folder is built beside it and swapped in
+as a whole (a resumed run keeps any other files the folder held). It holds:
 
 * ``checkpoint``: the fine-tuned ORT checkpoint (load it with ``--resume`` to continue),
 * ``params.npz``: every parameter/buffer by its PyTorch name (for the host to rebuild an
@@ -251,7 +251,7 @@ def finetune(
             ``resume`` or ``force`` is required.
         resume: start from ``out_dir``'s checkpoint (``state.npz`` / ``checkpoint``) if it exists.
         threads: ONNX Runtime intra-op threads (>= 1; ``None``: ORT's default, one per core).
-        force: replace a non-empty ``out_dir`` as a whole (ignored with ``resume``).
+        force: replace a non-empty ``out_dir`` as a whole (excludes ``resume``).
         holdout: fraction of ``data`` held out for the accuracy report (``None``: 0.2 for
             onnx-step, 0 for onnx-training; 0 reports accuracy on the training data).
         eval_data: a separate ``.npz`` to report accuracy on (then ``holdout`` must be unset or 0).
