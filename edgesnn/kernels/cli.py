@@ -44,6 +44,8 @@ def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = Tru
     from ..errors import UsageError
     from . import config
 
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads: expected an integer >= 1, got {threads!r}")
     if cuda:  # before minutes of CPU compilation
         import torch
 

@@ -131,6 +131,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--timesteps: expected an integer >= 1, got {args.timesteps}")
     if args.max_batch < 1:
         raise ValueError(f"--max-batch: expected an integer >= 1, got {args.max_batch}")
+    if args.classes < 2:
+        raise ValueError(f"--classes: expected an integer >= 2, got {args.classes}")
+    from ..kernels.dispatch import BACKENDS
+
+    if args.backend not in BACKENDS:
+        raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {args.backend!r}")
     if args.memopt and args.plot:
         raise ValueError("--plot: draws the LIF / RevLIF plan's memory vs T; not available with --memopt")
     # outputs first: refuse to overwrite before any planning work

@@ -114,6 +114,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--lr: expected a finite number > 0, got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
+    if args.seed < 0:
+        raise UsageError(f"--seed: expected an integer >= 0, got {args.seed}")
+    from ..models import parse_neuron_spec
+
+    for spec in args.neuron.split(","):
+        try:
+            parse_neuron_spec(spec)
+        except ValueError as exc:  # its message names the model argument, "neuron: ..."
+            raise UsageError(f"--neuron: {str(exc).partition(': ')[2]}") from None
     device = resolve_device(args.device)
     check_backend_device(args.backend, device)
     check_outputs(args.checkpoint, args.resume, args.force, report=args.json)
