@@ -97,8 +97,9 @@ class NonFiniteGradientError(FloatingPointError):
 
 
 def all_finite(x: torch.Tensor) -> bool:
-    """``True`` if ``x`` holds no NaN/+-Inf: one ``aminmax`` reduction (no temporary tensor)."""
-    if x.numel() == 0:
+    """``True`` if ``x`` holds no NaN/+-Inf: one ``aminmax`` reduction (no temporary tensor). A
+    ``meta`` tensor (shapes only, e.g. for counting memory) has no values to check: ``True``."""
+    if x.numel() == 0 or x.device.type == "meta":
         return True
     lo, hi = torch.aminmax(x.detach())
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
