@@ -26,6 +26,7 @@ CHUNKS = (3, 1, 4)  # T = 8 streamed as 3 calls
 
 
 def _node(kind: str, backend: str, **kw):
+    kw.setdefault("step_mode", "m")  # the [8, 3, 4, 5] inputs are [T, B, N, L] (said explicitly: no warning)
     if kind == "lif":
         return LIF(backend=backend, **kw)
     if kind == "revlif-float":
@@ -381,3 +382,39 @@ def test_seq_to_ann_takes_several_modules_like_spikingjelly():
     assert torch.equal(one.module.weight, sj_one[0].weight)
     with pytest.raises(TypeError, match="at least one"):
         SeqToANN()
+
+
+def test_spikingjelly_attributes_read_and_set_the_parameters():
+    """Assigning SpikingJelly's attributes changes the node (it was silently ignored), re-validated."""
+    x = torch.full((6, 1, 1), 0.8)
+    for node in (LIF(), RevLIF(groups=2)):
+        before = node(x.expand(6, 1, 2)).clone()
+        node.v_threshold = 0.5
+        assert node.v_threshold == 0.5 and not torch.equal(node(x.expand(6, 1, 2)), before)
+        node.tau, node.detach_reset, node.decay_input, node.v_reset = 3.0, True, False, None
+        lif = node.params if isinstance(node, LIF) else node.params.lif
+        assert (lif.tau, lif.detach_reset, lif.decay_input, lif.v_reset) == (3.0, True, False, None)
+        node.surrogate_function = sjs.ATan()  # a SpikingJelly surrogate (an nn.Module): mapped, not a child
+        assert type(node.surrogate_function).__name__ == "ATan" and not list(node.children())
+        with pytest.raises(TypeError, match="decay_input"):
+            node.decay_input = "no"
+    with pytest.raises(ValueError, match="v_threshold"):
+        RevLIF(groups=2).v_threshold = 100.0  # exact mode keeps |v_threshold| <= 16
+
+
+def test_ambiguous_4d_input_warns_once_unless_the_step_mode_is_given():
+    node = LIF()
+    with pytest.warns(UserWarning, match="step_mode='s'"):
+        node(torch.randn(4, 2, 3, 3))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        node(torch.randn(4, 2, 3, 3))  # once per node
+        LIF(step_mode="m")(torch.randn(4, 2, 3, 3))
+        LIF()(torch.randn(4, 2, 3))  # 3-D [T, B, N] and 5-D [T, B, C, H, W]: no warning
+        LIF()(torch.randn(4, 2, 1, 3, 3))
+    with pytest.raises(ValueError, match="store_v_seq"):
+        LIF(store_v_seq=True)
+    with pytest.raises(ValueError, match="'cuda'"):
+        LIF(backend="cupy")

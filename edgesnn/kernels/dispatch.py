@@ -80,7 +80,8 @@ def resolve_backend(backend: str, x: torch.Tensor, p=None) -> str:
         p: optional :class:`LIFParams` / :class:`RevLIFParams` (a custom surrogate rules the kernels out).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        hint = "; SpikingJelly's GPU backends map to 'cuda' (or 'auto')" if backend in ("cupy", "triton") else ""
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}{hint}")
     if backend != "auto":
         return backend
     if not _kernel_applies(x, p):

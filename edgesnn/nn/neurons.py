@@ -16,7 +16,9 @@ within one graph; :meth:`~_SpikingNode.detach` cuts it (truncated BPTT), ``reset
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
@@ -43,9 +45,14 @@ class _SpikingNode(nn.Module):
     and :meth:`_fresh_value` (the float a fresh state is filled with).
     """
 
-    def _init_node(self, step_mode: str, stateful: Optional[bool], check_finite: bool) -> None:
+    def _init_node(self, step_mode: Optional[str], stateful: Optional[bool], check_finite: bool,
+                   store_v_seq: bool = False) -> None:
+        if store_v_seq:
+            raise ValueError("store_v_seq: edgesnn nodes do not keep the membrane history (not keeping it is what saves "
+                             "the memory); use step_mode='s' or stateful=True and read .v after each call")
         self._stateful: Optional[bool] = None
-        self.step_mode = step_mode
+        self.step_mode = "m" if step_mode is None else step_mode
+        self._step_mode_implicit = step_mode is None  # a 4-D input then warns once (see forward)
         self.stateful = stateful
         self.check_finite = check_finite
         self._v: _State = None
@@ -64,6 +71,7 @@ class _SpikingNode(nn.Module):
         if value == "s" and getattr(self, "_stateful", None) is False:
             raise ValueError("step_mode='s' needs the state carried between calls; it cannot be combined with stateful=False")
         self._step_mode = value
+        self._step_mode_implicit = False
 
     @property
     def stateful(self) -> bool:
@@ -150,6 +158,13 @@ class _SpikingNode(nn.Module):
         if isinstance(x, (list, tuple, int, float)) or type(x).__module__ == "numpy":  # (tracing proxies pass)
             raise TypeError(f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}")
         if isinstance(x, torch.Tensor):
+            if not single and x.dim() == 4 and getattr(self, "_step_mode_implicit", False):
+                self._step_mode_implicit = False  # once per node
+                warnings.warn(
+                    f"{type(self).__name__}: a 4-D input {tuple(x.shape)} in the default step_mode='m' is read as "
+                    f"[T, B, N, L] (T = {x.shape[0]}); if it is one step [B, C, H, W] (SpikingJelly's default "
+                    "step_mode is 's'), build the node with step_mode='s'; pass step_mode='m' to silence this",
+                    stacklevel=4)  # the caller of the module (through Module.__call__)
             if single and x.dim() < 2:
                 raise ValueError(
                     f"{type(self).__name__}(step_mode='s') expects one time step [B, ...] (at least 2 dims), got shape {tuple(x.shape)}"
@@ -173,7 +188,49 @@ class _SpikingNode(nn.Module):
         return f"step_mode={self._step_mode!r}, stateful={self.stateful}"
 
 
-class LIF(_SpikingNode):
+def _lif_attribute(field: str, doc: str) -> property:
+    """A SpikingJelly-named attribute backed by the node's ``LIFParams`` field ``field``."""
+
+    def get(self):
+        return getattr(self._lif_params(), field)
+
+    def set(self, value) -> None:
+        if field == "surrogate":
+            value = resolve_surrogate(value, None)
+        self._set_lif_params(dataclasses.replace(self._lif_params(), **{field: value}))
+
+    return property(get, set, doc=doc)
+
+
+class _LIFAttributes:
+    """SpikingJelly's node attributes as live views of the node's parameters: reading gives the
+    value in use, assigning rebuilds (and re-validates) the parameters, as assigning
+    ``LIFNode.v_threshold`` changes a SpikingJelly node. Used by :class:`LIF` and :class:`RevLIF`."""
+
+    tau = _lif_attribute("tau", "Membrane time constant (time steps, > 1).")
+    v_threshold = _lif_attribute("v_threshold", "Firing threshold.")
+    v_reset = _lif_attribute("v_reset", "Hard-reset potential, or None for a soft reset.")
+    decay_input = _lif_attribute("decay_input", "Whether the input is divided by tau too.")
+    detach_reset = _lif_attribute("detach_reset", "No gradient through the spike in the reset.")
+    surrogate_function = _lif_attribute("surrogate", "The surrogate (an edgesnn Surrogate; SpikingJelly's are mapped).")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _LIF_ATTRIBUTE_NAMES:  # the property, also for a module value (a SpikingJelly surrogate)
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _lif_params(self) -> LIFParams:
+        raise NotImplementedError
+
+    def _set_lif_params(self, lif: LIFParams) -> None:
+        raise NotImplementedError
+
+
+_LIF_ATTRIBUTE_NAMES = frozenset(("tau", "v_threshold", "v_reset", "decay_input", "detach_reset", "surrogate_function"))
+
+
+class LIF(_LIFAttributes, _SpikingNode):
     """LIF node with SpikingJelly ``LIFNode`` semantics.
 
     Args:
@@ -187,9 +244,16 @@ class LIF(_SpikingNode):
         backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"cuda"`` or ``"reference"``
             (see :mod:`edgesnn.kernels.dispatch`).
         check_finite: scan the input for NaN/Inf and raise (costs one pass over the input).
-        step_mode: ``"m"`` (default, ``[T, B, ...]`` per call) or ``"s"`` (one step ``[B, ...]`` per call).
+        step_mode: ``"m"`` (default, ``[T, B, ...]`` per call) or ``"s"`` (one step ``[B, ...]`` per call);
+            left at the default, a 4-D input warns once (``[T, B, N, L]``, or SpikingJelly's one-step
+            ``[B, C, H, W]``?).
         stateful: carry ``.v`` across calls until ``reset()``; ``None`` (default): only in step_mode ``"s"``.
         surrogate_function: SpikingJelly's name for ``surrogate`` (give one of the two).
+        store_v_seq: SpikingJelly's option to keep every step's ``v``: not available (an error if True).
+
+    SpikingJelly's attributes ``tau``, ``v_threshold``, ``v_reset``, ``decay_input``,
+    ``detach_reset`` and ``surrogate_function`` read and set the node's parameters (setting one
+    re-validates them, as constructing would).
 
     Shape: ``[T, B, ...] -> [T, B, ...]`` (``"m"``) or ``[B, ...] -> [B, ...]`` (``"s"``); spikes,
     0/1 in the input's dtype.
@@ -206,16 +270,23 @@ class LIF(_SpikingNode):
         backend: str = "auto",
         check_finite: bool = False,
         *,
-        step_mode: str = "m",
+        step_mode: Optional[str] = None,
         stateful: Optional[bool] = None,
         surrogate_function: Optional[Any] = None,
+        store_v_seq: bool = False,
     ) -> None:
         super().__init__()
         sg = resolve_surrogate(surrogate, surrogate_function)
         self.params = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, sg)
         dispatch.resolve_backend(backend, torch.empty(0))
         self.backend = backend
-        self._init_node(step_mode, stateful, check_finite)
+        self._init_node(step_mode, stateful, check_finite, store_v_seq)
+
+    def _lif_params(self) -> LIFParams:
+        return self.params
+
+    def _set_lif_params(self, lif: LIFParams) -> None:
+        self.params = lif
 
     def _fresh_value(self) -> float:
         return self.params.charge_reset
@@ -232,7 +303,7 @@ class LIF(_SpikingNode):
         )
 
 
-class RevLIF(_SpikingNode):
+class RevLIF(_LIFAttributes, _SpikingNode):
     """Reversible LIF node: autograd memory independent of T (see ``edgesnn.functional.revlif``).
 
     Args:
@@ -270,9 +341,10 @@ class RevLIF(_SpikingNode):
         backend: str = "auto",
         check_finite: bool = False,
         *,
-        step_mode: str = "m",
+        step_mode: Optional[str] = None,
         stateful: Optional[bool] = None,
         surrogate_function: Optional[Any] = None,
+        store_v_seq: bool = False,
     ) -> None:
         super().__init__()
         sg = resolve_surrogate(surrogate, surrogate_function)
@@ -280,11 +352,17 @@ class RevLIF(_SpikingNode):
         self.params = RevLIFParams(lif, groups, alpha, beta, gamma, mode)
         dispatch.resolve_backend(backend, torch.empty(0))
         self.backend = backend
-        self._init_node(step_mode, stateful, check_finite)
+        self._init_node(step_mode, stateful, check_finite, store_v_seq)
 
     @property
     def groups(self) -> int:
         return self.params.groups
+
+    def _lif_params(self) -> LIFParams:
+        return self.params.lif
+
+    def _set_lif_params(self, lif: LIFParams) -> None:
+        self.params = dataclasses.replace(self.params, lif=lif)
 
     def _fresh_value(self) -> float:
         return self.params.lif.charge_reset
@@ -350,9 +428,10 @@ class ParametricLIF(_SpikingNode):
         learn_threshold: bool = False,
         backend: str = "auto",
         check_finite: bool = False,
-        step_mode: str = "m",
+        step_mode: Optional[str] = None,
         stateful: Optional[bool] = None,
         surrogate_function: Optional[Any] = None,
+        store_v_seq: bool = False,
     ) -> None:
         super().__init__()
         sg = resolve_surrogate(surrogate, surrogate_function)
@@ -373,7 +452,7 @@ class ParametricLIF(_SpikingNode):
             self.v_threshold = nn.Parameter(torch.tensor(base.v_threshold))
         else:
             self.v_threshold = base.v_threshold
-        self._init_node(step_mode, stateful, check_finite)
+        self._init_node(step_mode, stateful, check_finite, store_v_seq)
 
     @property
     def tau(self) -> float:
