@@ -166,8 +166,19 @@ class StepManifest:
         return _from_dict(cls, data, source, STEP_VERSION)
 
 
+#: Key of the manifest's own checksum: SHA-256 of the manifest's JSON without this key, so an edit
+#: (a learning rate, a tolerance, the class count) is caught like a changed graph file.
+MANIFEST_CHECKSUM = "manifest_sha256"
+
+
+def _canonical(data: Dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in data.items() if k != MANIFEST_CHECKSUM}, indent=2, sort_keys=True)
+
+
 def _to_json(manifest) -> str:
-    return json.dumps(asdict(manifest), indent=2, sort_keys=True)
+    data = asdict(manifest)
+    data[MANIFEST_CHECKSUM] = hashlib.sha256(_canonical(data).encode("utf-8")).hexdigest()
+    return json.dumps(data, indent=2, sort_keys=True)
 
 
 def _from_dict(cls, data: Dict[str, Any], source: str, version: int):
@@ -243,6 +254,10 @@ def read_manifest(directory: PathLike) -> Union[Manifest, StepManifest]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: corrupt artifact file ({exc})") from None
+    if isinstance(data, dict) and MANIFEST_CHECKSUM in data:  # (manifests written before it have none)
+        if hashlib.sha256(_canonical(data).encode("utf-8")).hexdigest() != data[MANIFEST_CHECKSUM]:
+            raise ArtifactError(f"{path}: edited after the export (its checksum does not match its contents); "
+                                "export it again")
     if isinstance(data, dict) and data.get("format") == STEP_FORMAT:
         return StepManifest.from_dict(data, str(path))
     return Manifest.from_dict(data, str(path))

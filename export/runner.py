@@ -225,6 +225,9 @@ def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, batc
     return x[train], y[train], x[held], y[held]
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # the graphs compute in float32
+
+
 def finetune(
     artifact_dir,
     data,
@@ -260,8 +263,8 @@ def finetune(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UsageError(f"--epochs: expected an integer >= 1, got {epochs!r}")
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise UsageError(f"--lr: expected a finite number > 0, got {lr!r}")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= _FLOAT32_MAX):
+        raise UsageError(f"--lr: expected a finite number > 0 (float32 range), got {lr!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -348,7 +351,8 @@ def _finetune(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarr
     epoch_losses: List[float] = []
     step_times: List[float] = []
     step_cpu: List[float] = []
-    for epoch in range(epochs):
+    done = int(state.properties["runner_epochs"]) if resuming and "runner_epochs" in state.properties else 0
+    for epoch in range(done, done + epochs):  # a resumed run continues the data order
         order = np.random.default_rng(seed + epoch).permutation(x.shape[0])
         losses = []
         for i in range(0, x.shape[0] - B + 1, B):
@@ -361,8 +365,9 @@ def _finetune(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarr
             step_cpu.append(time.process_time() - c0)
             losses.append(float(loss))
         epoch_losses.append(float(np.mean(losses)))
-        log(f"epoch {epoch + 1}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps)")
+        log(f"epoch {epoch + 1 - done}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps)")
 
+    state.properties["runner_epochs"] = done + epochs
     _atomic_ort_checkpoint(CheckpointState, state, write_dir / CHECKPOINT)
     names = list(manifest.trainable) + list(manifest.frozen)
     atomic_write_bytes(write_dir / "params.npz", _params_npz(state, names))

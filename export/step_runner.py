@@ -91,8 +91,20 @@ class StepSession:
         self.lr.update_inplace(np.asarray(lr, np.float32))
 
     def step(self, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, int, float]:
+        """One training step on ``xb [B, *in_shape]`` and labels ``yb [B]`` in ``0..num_classes-1``:
+        ``(loss, correct, recon_error)``. The inputs are converted to float32 / int64 C order (the
+        bound buffers take raw bytes) and checked, since the graph would take any label silently."""
+        m = self.m
+        xb = np.ascontiguousarray(xb, dtype=np.float32)
+        yb = np.asarray(yb)
+        if xb.shape != (m.batch_size, *m.in_shape):
+            raise ValueError(f"x: expected a batch of shape {(m.batch_size, *m.in_shape)}, got {xb.shape}")
+        if yb.shape != (m.batch_size,) or yb.dtype.kind not in "iu":
+            raise ValueError(f"y: expected {m.batch_size} integer labels, got shape {yb.shape} of {yb.dtype}")
+        if yb.size and (int(yb.min()) < 0 or int(yb.max()) >= m.num_classes):
+            raise ValueError(f"y: labels must lie in 0..{m.num_classes - 1}, got {int(yb.min())}..{int(yb.max())}")
         self.x.update_inplace(xb)
-        self.y.update_inplace(yb)
+        self.y.update_inplace(np.ascontiguousarray(yb, dtype=np.int64))
         self.sess.run_with_iobinding(self.bindings[self.current])
         self.current = 1 - self.current
         return float(self.loss.numpy()), int(self.correct.numpy()), float(self.err.numpy())
@@ -115,7 +127,7 @@ class StepSession:
         b.bind_output(self.m.output_name, "cpu")
         correct = 0
         for i, xb, n in padded_batches(x, B):
-            self.eval_x.update_inplace(np.ascontiguousarray(xb))
+            self.eval_x.update_inplace(np.ascontiguousarray(xb, dtype=np.float32))
             self.eval_sess.run_with_iobinding(b)
             logits = b.copy_outputs_to_cpu()[0][:n]
             correct += int((logits.argmax(1) == y[i:i + n]).sum())
@@ -137,9 +149,15 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epoc
         with np.load(src, allow_pickle=False) as npz:
             start = {n: np.array(npz[n]) for n in needed if n in npz.files}
             resumed_steps = int(npz["runner.steps"]) if "runner.steps" in npz.files else 0
+            resumed_epochs = int(npz["runner.epochs"]) if "runner.epochs" in npz.files else 0
+            source = str(npz["runner.artifact"]) if "runner.artifact" in npz.files else None
     except Exception as exc:
         hint = "; pass --force instead of --resume to start again" if resuming else ""
         raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
+    artifact_id = manifest.files.get(STEP_MODEL, "")
+    if resuming and source is not None and source != artifact_id:
+        raise ArtifactError(f"--resume: {state_path} was fine-tuned from another export (its step graph differs from "
+                            f"{artifact_dir}); pass --force instead of --resume to start again")
     missing = [n for n in needed if n not in start]
     if missing:
         hint = (" (fine-tuned from another export?); pass --force instead of --resume to start again" if resuming else "")
@@ -156,7 +174,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epoc
     step_cpu: List[float] = []
     max_err = 0.0
     steps = 0
-    for epoch in range(epochs):
+    for epoch in range(resumed_epochs, resumed_epochs + epochs):  # a resumed run continues the data order
         order = np.random.default_rng(seed + epoch).permutation(x.shape[0])
         losses = []
         for i in range(0, x.shape[0] - B + 1, B):
@@ -176,12 +194,17 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epoc
             max_err = max(max_err, err)
             losses.append(loss)
         epoch_losses.append(float(np.mean(losses)))
-        log(f"epoch {epoch + 1}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps)")
-    acc_after = sess.accuracy(xe, ye)
+        log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps)")
 
     values = sess.values()
+    bad_values = [n for n in manifest.trainable if not np.isfinite(values[n]).all()]
+    if bad_values:  # the last update is not seen by the loss check
+        raise StepCheckError(f"step {resumed_steps + steps}: the update made {bad_values[:3]} non-finite; lower --lr")
+    acc_after = sess.accuracy(xe, ye)
     state = dict(values)
     state["runner.steps"] = np.asarray(resumed_steps + steps, np.int64)
+    state["runner.epochs"] = np.asarray(resumed_epochs + epochs, np.int64)
+    state["runner.artifact"] = np.asarray(artifact_id)
     atomic_write_bytes(write_dir / "state.npz", npz_bytes(state))
     params = {n: values[n] for n in list(manifest.trainable) + list(manifest.frozen)}
     atomic_write_bytes(write_dir / "params.npz", npz_bytes(params))
@@ -191,6 +214,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epoc
         "epochs": epochs,
         "steps": len(step_times),
         "total_steps": resumed_steps + steps,
+        "total_epochs": resumed_epochs + epochs,
         "batch_size": B,
         "learning_rate": rate,
         "optimizer": manifest.optimizer,

@@ -141,3 +141,17 @@ def test_missing_directory(tmp_path):
 
     with pytest.raises(ArtifactError, match="no such directory"):
         validate_artifact_dir(tmp_path / "nope")
+
+
+def test_edited_manifest_is_refused(tmp_path):
+    from edgesnn.export.artifacts import ArtifactError, validate_artifact_dir
+
+    d = _fake_artifacts(tmp_path)
+    data = json.loads((d / "manifest.json").read_text())
+    data["learning_rate"] = 50.0  # an edit the graph files' hashes would not show
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="manifest.json: edited after the export"):
+        validate_artifact_dir(d)
+    del data["manifest_sha256"]  # an older export without the checksum still loads
+    (d / "manifest.json").write_text(json.dumps(data))
+    assert validate_artifact_dir(d).learning_rate == 50.0

@@ -199,6 +199,51 @@ def test_runner_is_torch_free_and_reports_held_out_accuracy(digits_step):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+def test_resume_continues_the_run_and_refuses_another_export(digits_step, tmp_path):
+    """1 epoch + --resume 1 epoch == 2 epochs in one run (the data order continues); a state from
+    another export is refused; the public step checks its inputs."""
+    from edgesnn.export.artifacts import STEP_INIT, validate_artifact_dir
+    from edgesnn.export.runner import import_plain_ort
+    from edgesnn.export.step_runner import StepSession
+
+    art, data = digits_step[0] / "art", digits_step[0] / "device.npz"
+
+    def device(out, *flags):  # the runner in its own torch-free process
+        proc = run_python(_RUNNER, str(art), "--data", str(data), "--out", str(tmp_path / out), "--threads", "1",
+                          *flags, timeout=300)
+        return json.loads(proc.stdout.strip().splitlines()[-1])["code"], proc.stderr
+
+    assert device("full", "--epochs", "2")[0] == 0
+    assert device("split", "--epochs", "1")[0] == 0
+    assert device("split", "--epochs", "1", "--resume")[0] == 0
+    assert json.loads((tmp_path / "split" / "metrics.json").read_text())["total_epochs"] == 2
+    with np.load(tmp_path / "full" / "state.npz") as a, np.load(tmp_path / "split" / "state.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+        other = {k: b[k] for k in b.files}
+    other["runner.artifact"] = np.asarray("0" * 64)
+    np.savez(tmp_path / "split" / "state.npz", **other)
+    code, err = device("split", "--epochs", "1", "--resume")
+    assert code == 2 and "another export" in err
+
+    manifest = validate_artifact_dir(art)
+    with np.load(art / STEP_INIT) as npz:
+        start = {k: np.array(npz[k]) for k in npz.files}
+    sess = StepSession(import_plain_ort(), art, manifest, start, 1, True)
+    B, shape = manifest.batch_size, tuple(manifest.in_shape)
+    x = np.random.default_rng(0).random((B, *shape))  # float64, converted
+    y = np.arange(B) % manifest.num_classes
+    loss64 = sess.step(x, y)[0]
+    sess2 = StepSession(import_plain_ort(), art, manifest, start, 1, True)
+    assert sess2.step(x.astype(np.float32), y.astype(np.int64))[0] == loss64
+    for bad_y, words in ((y + manifest.num_classes, "labels must lie"), (y - 1, "labels must lie"),
+                         (y.astype(np.float32), "integer labels")):
+        with pytest.raises(ValueError, match=words):
+            sess.step(x, bad_y)
+    with pytest.raises(ValueError, match="x: expected a batch"):
+        sess.step(x[:-1], y[:-1])
+
+
 def test_step_export_refuses_nonempty_out_and_unsupported_layers(tmp_path):
     from edgesnn.errors import UsageError
     from edgesnn.export.onnx_step import build_step_program
