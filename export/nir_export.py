@@ -8,16 +8,21 @@ only writes the file (atomically). Read it back with ``edgesnn.nir.load(path)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from torch import nn
 
 __all__ = ["export_nir"]
 
 
-def export_nir(model: nn.Module, out: Union[str, Path], dt: float = None) -> Path:
-    """Write ``model`` (eval statistics) as a NIR graph to ``out``; returns the path."""
+def export_nir(model: nn.Module, out: Union[str, Path], dt: Optional[float] = None) -> Path:
+    """Write ``model`` (eval statistics) as a NIR graph to ``out``; returns the path. The model is
+    converted in eval mode and handed back in the mode it came in."""
     from ..nir import DEFAULT_DT, write
 
+    was_training = model.training
     model.eval()
-    return write(model, out, dt=DEFAULT_DT if dt is None else dt)
+    try:
+        return write(model, out, dt=DEFAULT_DT if dt is None else dt)
+    finally:
+        model.train(was_training)
