@@ -77,3 +77,22 @@ def test_replay_activations_and_closed_form_batch():
         assert max(a * B + c for a, c in lines) == simulate_step(chain, opts, 4, B).dynamic_peak
     limit = simulate_step(chain, opts, 4, 13).dynamic_peak + 5
     assert largest_batch(lines, limit) == 13
+
+
+def test_numba_runtime_is_counted_when_a_node_runs_the_kernels():
+    from edgesnn import devices
+    from edgesnn.kernels.dispatch import numba_available
+    from edgesnn.planner.memory_model import NUMBA_RUNTIME_BYTES, kernel_runtime_bytes
+    from edgesnn.planner.plan import make_plan
+
+    if not numba_available():
+        pytest.skip("numba not installed")
+    dev = devices.load_device("raspberry-pi-4-4gb")
+    plans = {}
+    for backend in ("torch", "numba"):
+        model = build_model("mlp", (64,), 10, 4, "lif", hidden=(32, 32), node={"backend": backend})
+        assert kernel_runtime_bytes(ChainModel(model)) == (NUMBA_RUNTIME_BYTES if backend == "numba" else 0)
+        plans[backend] = make_plan(model, dev, 4, 16, kinds=("lif",))
+    t, n = plans["torch"].predicted, plans["numba"].predicted
+    assert n["runtime_overhead_bytes"] - t["runtime_overhead_bytes"] == NUMBA_RUNTIME_BYTES
+    assert n["peak_bytes"] - t["peak_bytes"] >= NUMBA_RUNTIME_BYTES  # (and the backends save different tensors)

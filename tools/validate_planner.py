@@ -101,15 +101,17 @@ def worker(spec: dict) -> dict:
 
 
 def predict(spec: dict, overhead: int) -> dict:
+    """The planner's prediction for ``spec`` on a host whose torch runtime is ``overhead`` bytes (the
+    Numba runtime is added as ``edgesnn plan`` adds it, when the nodes run the Numba kernels)."""
     from edgesnn.models import build_model
-    from edgesnn.planner.memory_model import ChainModel
+    from edgesnn.planner.memory_model import ChainModel, kernel_runtime_bytes
     from edgesnn.planner.solver import predict as _predict
 
     m = build_model(spec["model"], spec["in_shape"], 10, spec["T"], neuron=spec["neuron"], node=spec["node"], **spec["kwargs"])
     chain = ChainModel(m)
     n = spec["neuron"]
     opts = [n] * len(chain.spiking) if isinstance(n, str) else list(n)
-    return _predict(chain, opts, spec["T"], spec["B"], overhead)
+    return _predict(chain, opts, spec["T"], spec["B"], overhead + kernel_runtime_bytes(chain))
 
 
 def run_fresh(spec: dict) -> dict:

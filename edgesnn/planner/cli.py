@@ -197,8 +197,10 @@ def print_plan(plan, file=None) -> None:
     out = file or sys.stdout
     d = plan.device
     pr = plan.predicted
+    kernels = int(pr.get("runtime_overhead_bytes", d["runtime_overhead_bytes"])) - int(d["runtime_overhead_bytes"])
+    numba = f" + Numba kernels {_fmt(kernels)}" if kernels > 0 else ""
     print(f"device: {d['name']} ({_fmt(d['memory_bytes'])}, reserved {_fmt(d['reserved_bytes'])}, runtime overhead "
-          f"{_fmt(d['runtime_overhead_bytes'])}); budget {_fmt(plan.budget_bytes)}", file=out)
+          f"{_fmt(d['runtime_overhead_bytes'])}{numba}); budget {_fmt(plan.budget_bytes)}", file=out)
     print(f"model: {plan.model.get('name')} input {tuple(plan.model.get('in_shape', ()))}, T={plan.timesteps}, "
           f"batch={plan.batch}", file=out)
     print(f"{'layer':<10} {'neurons':>9} {'choice':<8} {'groups':>6} {'saved bytes':>14}", file=out)
@@ -264,9 +266,13 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
     from .network import PlanningError as NetPlanningError
     from .plan import plan_extras
 
+    from ..kernels.dispatch import numba_available
+    from .memory_model import NUMBA_RUNTIME_BYTES
+
     total = budget if budget is not None else device.memory_bytes - device.reserved_bytes
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    static = device.runtime_overhead_bytes + param_bytes * (2 + _OPTIMIZER_STATE[args.optimizer])
+    runtime = device.runtime_overhead_bytes + (NUMBA_RUNTIME_BYTES if numba_available() else 0)  # memopt's kernels
+    static = runtime + param_bytes * (2 + _OPTIMIZER_STATE[args.optimizer])
     chain = ChainModel(model)
     data = dataset_memory(args.dataset, args.timesteps, chain.in_shape, dataset_bytes)
     extras = plan_extras(eval_batch, data)
@@ -275,8 +281,8 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
                                  extras.eval_batch)
     room = total - static - extras.dataset_bytes
     if room <= 0:
-        raise ValueError(f"--budget: {_fmt(total)} does not hold the runtime ({_fmt(device.runtime_overhead_bytes)}), "
-                         f"the parameters, gradients and optimizer state ({_fmt(static - device.runtime_overhead_bytes)})"
+        raise ValueError(f"--budget: {_fmt(total)} does not hold the runtime ({_fmt(runtime)}), "
+                         f"the parameters, gradients and optimizer state ({_fmt(static - runtime)})"
                          f" and the dataset ({_fmt(extras.dataset_bytes)})")
     if eval_fwd > room:
         raise ValueError(f"--eval-batch: the evaluation pass at batch {extras.eval_batch} needs {_fmt(eval_fwd)}, "
@@ -298,8 +304,8 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
         except NetPlanningError:
             raise ValueError(f"--budget: batch {batch} does not fit {_fmt(total)} even with the smallest chunks; "
                              "lower --batch or --timesteps") from None
-    print(f"device: {device.name}; budget {_fmt(total)} (runtime {_fmt(device.runtime_overhead_bytes)}, parameters, "
-          f"gradients and {args.optimizer} state {_fmt(static - device.runtime_overhead_bytes)}, activations {_fmt(room)})")
+    print(f"device: {device.name}; budget {_fmt(total)} (runtime {_fmt(runtime)}, parameters, "
+          f"gradients and {args.optimizer} state {_fmt(static - runtime)}, activations {_fmt(room)})")
     print(f"model: {args.model} {args.input}, T={args.timesteps}, all LIF, optimize_memory")
     print(plan)
     peak = static + extras.dataset_bytes + max(plan.peak_bytes, eval_fwd)

@@ -24,7 +24,7 @@ from ..models import parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
 from .datasets import dataset_memory
-from .memory_model import ChainModel
+from .memory_model import ChainModel, kernel_runtime_bytes
 from .solver import Extras, plan_model
 
 __all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan", "load_plan", "neuron_specs", "apply"]
@@ -113,7 +113,8 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
     chain = ChainModel(model)
     data = dataset_memory(dataset, T, chain.in_shape, dataset_bytes)
     extras = plan_extras(eval_batch, data)
-    res = plan_model(chain, T, budget, device.runtime_overhead_bytes, batch, device.bandwidth_gbs, optimizer, kinds,
+    runtime = device.runtime_overhead_bytes + kernel_runtime_bytes(chain)  # + Numba when the nodes run it
+    res = plan_model(chain, T, budget, runtime, batch, device.bandwidth_gbs, optimizer, kinds,
                      groups, max_batch_cap, extras)
     from .solver import predict
 
@@ -126,7 +127,7 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
     for label, kind in (("all-lif", "lif"), ("all-revlif", "revlif")):
         opts = ["lif" if kind == "lif" else f"revlif:{min([g for g in groups if L.channels % g == 0] or [2])}"
                 for L in chain.spiking]
-        p = predict(chain, opts, T, res["batch"], device.runtime_overhead_bytes, optimizer, device.bandwidth_gbs, extras)
+        p = predict(chain, opts, T, res["batch"], runtime, optimizer, device.bandwidth_gbs, extras)
         alts[label] = {k: p[k] for k in ("activation_bytes", "peak_bytes", "time_s")}
     predicted = {k: res[k] for k in ("activation_bytes", "static_bytes", "runtime_overhead_bytes", "dataset_bytes",
                                      "step_bytes", "eval_bytes", "eval_batch", "peak_bytes", "peak_phase", "time_s")}
