@@ -95,4 +95,5 @@ def test_numba_runtime_is_counted_when_a_node_runs_the_kernels():
         plans[backend] = make_plan(model, dev, 4, 16, kinds=("lif",))
     t, n = plans["torch"].predicted, plans["numba"].predicted
     assert n["runtime_overhead_bytes"] - t["runtime_overhead_bytes"] == NUMBA_RUNTIME_BYTES
-    assert n["peak_bytes"] - t["peak_bytes"] >= NUMBA_RUNTIME_BYTES  # (and the backends save different tensors)
+    # the peak moves by the runtime term (the two backends also save slightly different tensors)
+    assert abs(n["peak_bytes"] - t["peak_bytes"] - NUMBA_RUNTIME_BYTES) < 0.05 * NUMBA_RUNTIME_BYTES
