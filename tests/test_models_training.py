@@ -161,10 +161,28 @@ def test_local_cifar10_and_image_folder(tmp_path):
         (folder / c).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(folder / c / f"{i}.png")
+    (folder / ".ipynb_checkpoints").mkdir()  # a hidden folder is not a class
+    Image.fromarray(np.full((10, 12), 32768, dtype=np.uint16)).save(folder / "cat" / "deep.png")  # 16-bit: mode I;16
     ds = load_dataset("folder", str(folder), flat=False)
-    assert ds.num_classes == 2 and ds.in_shape == (3, 32, 32) and len(ds.train) + len(ds.test) == 8
+    assert ds.num_classes == 2 and ds.in_shape == (3, 32, 32) and len(ds.train) + len(ds.test) == 9
+    xs = torch.cat([ds.train.x, ds.test.x])
+    assert 0.0 <= float(xs.min()) and float(xs.max()) <= 1.0
+    assert bool((xs.flatten(1) - 0.5).abs().max(1).values.lt(1e-3).any())  # the 16-bit image is mid-gray, not white
     with pytest.raises(FileNotFoundError):
         load_dataset("folder", str(tmp_path / "nope"))
+    (folder / "cow").mkdir()
+    with pytest.raises(ValueError, match="cow holds no images"):
+        load_dataset("folder", str(folder))
+    (folder / "cow" / "0.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(ValueError, match=r"0.png is not a readable image"):
+        load_dataset("folder", str(folder))
+
+    (root / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [1, 2]}))
+    with pytest.raises(ValueError, match="fine_labels"):
+        load_dataset("cifar10", str(tmp_path))
+    (root / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 91]}))
+    with pytest.raises(ValueError, match="labels 1..91"):
+        load_dataset("cifar10", str(tmp_path))
 
 
 @pytest.mark.parametrize("neuron", ["lif", "revlif"])

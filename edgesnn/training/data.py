@@ -114,8 +114,15 @@ def load_cifar10(root: str, flat: bool = False) -> Dataset:
         u8s, ys = [], []
         for n in names:
             d = _unpickle(base / n)
+            if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+                keys = sorted(d) if isinstance(d, dict) else type(d).__name__
+                raise ValueError(f"data: {base / n} holds no CIFAR-10 'data' and 'labels' (found {keys}; "
+                                 "CIFAR-100 batches say 'fine_labels')")
+            y = np.asarray(d["labels"], dtype=np.int64)
+            if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
+                raise ValueError(f"data: {base / n} has labels {int(y.min())}..{int(y.max())}; CIFAR-10 has 0..9")
             u8s.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d["labels"], dtype=np.int64))
+            ys.append(y)
         x = np.empty((sum(len(u) for u in u8s), 3, 32, 32), dtype=np.float32)
         i = 0
         for u in u8s:
@@ -127,6 +134,28 @@ def load_cifar10(root: str, flat: bool = False) -> Dataset:
         return Split(torch.from_numpy(x), torch.from_numpy(np.concatenate(ys)))
 
     return Dataset("cifar10", read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), 10)
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _read_image(Image, path: Path, size: Tuple[int, int]) -> np.ndarray:
+    """One image as float32 ``[H, W, 3]`` in 0..1. Integer images deeper than 8 bits (PIL modes
+    ``I;16*`` and ``I``, which 16-bit PNGs open as) are scaled by 65535 and float images (``F``)
+    taken as 0..1: PIL's RGB conversion would clip them at 255, almost all white. An unreadable
+    file is a one-line error naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                full = 1.0 if im.mode == "F" else 65535.0
+                a = np.asarray(im, dtype=np.float64)
+                gray = Image.fromarray(np.clip(a / full, 0.0, 1.0).astype(np.float32), mode="F").resize(size)
+                g = np.asarray(gray, dtype=np.float32)
+                return np.repeat(g[:, :, None], 3, axis=2)
+            return np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError is an OSError
+        raise ValueError(f"data: {path} is not a readable image ({str(exc).splitlines()[0][:100]})") from None
 
 
 def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = False, seed: int = 0,
@@ -141,17 +170,18 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"data: image folder not found: {root}")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    # hidden folders (.ipynb_checkpoints, .git) are not classes: they would shift every label
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise ValueError(f"data: {root} must hold one sub-folder per class (found {len(classes)})")
     xs, ys = [], []
     for label, cls in enumerate(classes):
-        for f in sorted((base / cls).iterdir()):
-            if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
-                continue
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0
-            xs.append(arr.transpose(2, 0, 1))
+        files = [f for f in sorted((base / cls).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+        if not files:
+            raise ValueError(f"data: class folder {base / cls} holds no images ({'/'.join(_IMAGE_SUFFIXES)}); "
+                             "remove it or add images (an empty class would still take an output)")
+        for f in files:
+            xs.append(_read_image(Image, f, size).transpose(2, 0, 1))
             ys.append(label)
     if not xs:
         raise ValueError(f"data: no images (.png/.jpg/.bmp) found under {root}")
