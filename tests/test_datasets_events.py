@@ -175,3 +175,21 @@ def test_edited_source_files_are_binned_again(tmp_path):
     d = load_event_dataset("shd", str(tmp_path), timesteps=2)
     assert len(d.train) == 6
     assert len(list((tmp_path / ".edgesnn-frames").glob("shd-train-*.frames.npy"))) == 2
+
+
+def test_unsorted_and_empty_samples_are_binned(tmp_path):
+    """Events out of time order are sorted before binning (tonic's bins assume order and dropped
+    them); a sample without events becomes all-zero frames (it was an error or a traceback)."""
+    import tonic
+    import tonic.transforms as tt
+
+    make_nmnist(tmp_path, per_class=(1, 1))
+    files = sorted((tmp_path / "NMNIST" / "Train").rglob("*.bin"))
+    rec = np.frombuffer(files[3].read_bytes(), np.uint8).reshape(-1, 5)
+    files[3].write_bytes(rec[np.random.default_rng(1).permutation(len(rec))].tobytes())  # same events, shuffled
+    files[0].write_bytes(b"")  # no events
+    d = load_event_dataset("nmnist", str(tmp_path), timesteps=4)
+    ev = tonic.io.read_mnist_file(str(files[3]), dtype=tonic.datasets.NMNIST.dtype)
+    want = tt.ToFrame(sensor_size=(34, 34, 2), n_time_bins=4)(ev[np.argsort(ev["t"], kind="stable")])
+    assert np.array_equal(d.train.x[3].numpy(), want) and int(d.train.x[3].sum()) >= len(rec) - 1  # (tonic: the last edge)
+    assert d.train.x.shape[1:] == (4, 2, 34, 34) and int(d.train.x[0].sum()) == 0

@@ -51,7 +51,7 @@ from .data import Dataset, Split
 
 __all__ = ["EVENT_SPECS", "EventSpec", "check_layout", "load_event_dataset", "frame_cache_dir", "tonic_dataset"]
 
-_FORMAT = 1  # bump when the frame layout changes
+_FORMAT = 2  # bump when the frame layout or the binning changes (2: events sorted by time, empty samples)
 
 
 @dataclass(frozen=True)
@@ -189,11 +189,25 @@ def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
 
     # same class name: tonic reads from save_to/<class name>
     local = type(spec.tonic_class, (base,), {"_check_exists": lambda self: True, "download": download})
-    steps = []
+    steps = [_time_sorted]  # tonic's time bins assume sorted timestamps (unsorted events were dropped)
     if spec.spatial_factor != 1.0:
         steps.append(tt.Downsample(spatial_factor=spec.spatial_factor))
     steps.append(tt.ToFrame(sensor_size=spec.sensor_size, n_time_bins=timesteps))
     return local(str(save_to), train=train, transform=tt.Compose(steps))
+
+
+def _time_sorted(events: np.ndarray) -> np.ndarray:
+    """``events`` in time order (a stable sort, only when they are not already)."""
+    if events.dtype.names and "t" in events.dtype.names and events.size > 1:
+        t = events["t"]
+        if bool((t[1:] < t[:-1]).any()):
+            return events[np.argsort(t, kind="stable")]
+    return events
+
+
+def _is_empty_sample(frames: np.ndarray) -> bool:
+    """A sample with no events: tonic hands its (empty, structured) event array back untransformed."""
+    return frames.dtype.names is not None or frames.size == 0
 
 
 # ------------------------------------------------------------------------------------------- cache
@@ -242,7 +256,13 @@ def _bin_split(tonic_ds, out: Path, log: Callable[[str], None], label: str) -> T
     n = len(tonic_ds)
     if n == 0:
         raise FileNotFoundError(f"data: {label}: tonic found no samples")
-    first, first_target = tonic_ds[0]
+    first, first_target, j = None, None, 0
+    while first is None or _is_empty_sample(first):  # the frame shape of the first sample with events
+        if j == n:
+            raise ValueError(f"data: {label}: none of the {n} samples holds an event")
+        first, first_target = tonic_ds[j]
+        first = np.asarray(first)
+        j += 1
     shape = (n,) + tuple(first.shape)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     labels = np.empty(n, dtype=np.int64)
@@ -251,13 +271,15 @@ def _bin_split(tonic_ds, out: Path, log: Callable[[str], None], label: str) -> T
     try:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i in range(n):
-            frames, target = (first, first_target) if i == 0 else tonic_ds[i]
+            frames, target = (first, first_target) if i == j - 1 else tonic_ds[i]
             frames = np.asarray(frames)
+            if _is_empty_sample(frames):
+                frames = np.zeros(shape[1:], dtype=np.uint8)  # no events: all-zero frames
             if frames.shape != shape[1:]:
                 raise ValueError(f"data: {label}: sample {i} gave frames {frames.shape}, the first gave {shape[1:]}")
-            over = frames > 255
+            over = (frames > 255) | (frames < 0)  # tonic counts in int16: beyond 32767 the count wraps negative
             saturated += int(over.sum())
-            mm[i] = np.where(over, 255, np.maximum(frames, 0)).astype(np.uint8)
+            mm[i] = np.where(over, 255, frames).astype(np.uint8)
             labels[i] = int(np.asarray(target))
             if (i + 1) % 5000 == 0:
                 log(f"  {label}: {i + 1}/{n} samples binned ({time.perf_counter() - t0:.0f} s)")
@@ -285,8 +307,12 @@ def _load_split(name: str, save_to: Path, train: bool, timesteps: int, cache: Pa
         if saturated:
             log(f"  {name} {split}: {saturated} frame values above 255 events saturated at 255")
         atomic_write(labels_path, lambda fh: np.save(fh, labels))  # written last: marks the cache entry complete
-    frames = np.load(frames_path, mmap_mode="r")
-    labels = np.load(labels_path)
+    try:
+        frames = np.load(frames_path, mmap_mode="r")
+        labels = np.load(labels_path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"data: frame cache {frames_path} is unreadable ({str(exc).splitlines()[0][:80]}); "
+                         "delete it (and its .labels.npy) to rebuild") from None
     if frames.shape[0] != labels.shape[0] or frames.shape[1] != timesteps:
         raise ValueError(f"data: frame cache {frames_path} does not match its labels; delete it to rebuild")
     spec = EVENT_SPECS[name]
