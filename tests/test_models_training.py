@@ -190,3 +190,24 @@ def test_digits_accuracy_target(neuron):
     """Issue target: both nodes reach >= 95% on digits (MLP, T=4, 30 epochs; seed 0)."""
     report = train(TrainConfig(neuron=neuron, epochs=30, timesteps=4, seed=0), progress=False, log=lambda s: None)
     assert report["test_accuracy"] >= 0.95
+
+
+def test_resume_after_max_steps_finishes_the_epoch_and_checks_the_data(tmp_path):
+    """A run stopped inside an epoch by max_steps resumes there: the same weights as one run."""
+    cfg = TrainConfig(epochs=2, hidden=[16, 16], timesteps=2, seed=3)
+    quiet = dict(progress=False, log=lambda s: None)
+    whole = train(cfg, checkpoint=str(tmp_path / "whole.pt"), **quiet)
+    part = tmp_path / "part.pt"
+    train(cfg, checkpoint=str(part), max_steps=5, **quiet)
+    ck = load_checkpoint(part)
+    assert ck["epoch"] == 0 and ck["epoch_offset"] == 5 * cfg.batch_size and ck["steps"] == 5
+    assert train(cfg, checkpoint=str(part), resume=True, max_steps=5, **quiet)["steps"] == 5  # nothing left to do
+    done = train(cfg, checkpoint=str(part), resume=True, **quiet)
+    assert done["steps"] == whole["steps"]
+    a, b = load_checkpoint(tmp_path / "whole.pt")["model_state"], load_checkpoint(part)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ck = load_checkpoint(part)
+    ck["data_fingerprint"] = "1+1:000000000000"  # as if the data had changed since
+    torch.save(ck, part)
+    with pytest.raises(Exception, match="changed since"):
+        train(cfg, checkpoint=str(part), resume=True, **quiet)

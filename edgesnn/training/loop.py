@@ -124,6 +124,17 @@ def check_outputs(checkpoint: Optional[str], resume: bool = False, force: bool =
             raise UsageError(f"--json: {report} is also the --checkpoint path; the report would replace the checkpoint")
 
 
+def _data_fingerprint(data: Dataset) -> str:
+    """Sample counts and a hash of the labels of both splits: a resumed run must see the same data
+    (a grown folder re-draws the train/test split)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in (data.train, data.test):
+        h.update(split.y.cpu().numpy().astype("int64").tobytes())
+    return f"{len(data.train)}+{len(data.test)}:{h.hexdigest()[:12]}"
+
+
 def config_diff(stored: Dict, given: Dict, ignore=("epochs",)) -> List[str]:
     """``"name (stored X, given Y)"`` for every field that differs, ``ignore`` aside."""
     keys = [k for k in dict.fromkeys([*stored, *given]) if k not in ignore]
@@ -263,6 +274,11 @@ def train(
         barrier(dist)
     if planned_model is not None:
         check_plan_fits(planned_model, data)
+    fingerprint = _data_fingerprint(data)
+    if ck is not None and ck.get("data_fingerprint") not in (None, fingerprint):
+        raise UsageError(f"--resume: the data under {cfg.data_path or cfg.dataset} changed since {checkpoint} was written "
+                         f"(samples or labels differ: {ck['data_fingerprint']} then, {fingerprint} now); the train/test "
+                         "split would be drawn again: use a new --checkpoint")
     model = _build(cfg, data).to(dev)  # same seed on every rank: same initial weights (DDP also broadcasts them)
     if sync_batchnorm and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -283,25 +299,33 @@ def train(
     history: List[Dict] = []
     start = 0
     steps = 0
+    offset = 0  # samples of epoch ``start`` already trained (a run stopped inside it by max_steps)
     if ck is not None:
         model.load_state_dict(ck["model_state"])
         opt.load_state_dict(ck["optimizer_state"])
         start = int(ck["epoch"])
         steps = int(ck.get("steps", 0))
+        offset = int(ck.get("epoch_offset", 0))
         history = list(ck.get("metrics", {}).get("history", []))
-        log(f"resumed from {checkpoint} after epoch {start}")
+        where = f"after epoch {start}" + (f" and {offset} samples of epoch {start + 1}" if offset else "")
+        log(f"resumed from {checkpoint} {where}")
+        if start >= cfg.epochs:
+            log(f"nothing to train: {checkpoint} already holds {start} epoch(s) of --epochs {cfg.epochs}; raise --epochs")
     loss_fn = nn.CrossEntropyLoss().to(dev)
     bar_factory = _progress_bar if (progress and main) else None
     if before_training is not None and main:
         before_training()
-    stop = False
-    for epoch in range(start, cfg.epochs):
+    stop = max_steps is not None and steps >= max_steps
+    if stop and ck is not None:
+        log(f"nothing to train: {checkpoint} already took {steps} step(s), --max-steps {max_steps}")
+    for epoch in range(start, cfg.epochs if not stop else start):
         net.train()
         order = _epoch_order(len(data.train), cfg, epoch, dist)
         t0 = time.perf_counter()
         total, seen = 0.0, 0
-        batches = range(0, len(order), cfg.batch_size)
+        batches = range(offset if epoch == start else 0, len(order), cfg.batch_size)
         bar = bar_factory(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") if bar_factory else None
+        end = len(order)  # where this epoch stops (earlier when max_steps ends the run inside it)
         for i in batches:
             idx = order[i:i + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm needs more than one sample (the same on every rank: equal shares)
@@ -320,6 +344,7 @@ def train(
                 bar.set_postfix(loss=f"{total / seen:.4f}")
             if max_steps is not None and steps >= max_steps:
                 stop = True
+                end = i + cfg.batch_size
                 break
         if bar:
             bar.close()
@@ -328,12 +353,16 @@ def train(
         _sync_buffers(model, dist)
         acc = evaluate(model, data.test, eval_batch_size, dist=dist)
         row = {"epoch": epoch + 1, "loss": total / max(1, seen), "test_accuracy": acc, "seconds": time.perf_counter() - t0}
+        partial = end < len(order)
+        if partial:
+            row["partial"] = True  # stopped by max_steps: a resumed run finishes this epoch first
         history.append(row)
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  test accuracy {acc * 100:.2f}%  ({row['seconds']:.1f} s)")
         if checkpoint and main:
             save_checkpoint(checkpoint, model.config, model.state_dict(), optimizer_state=opt.state_dict(),
-                            epoch=epoch + 1, metrics={"history": history}, train_config=asdict(cfg),
-                            world_size=dist.world, steps=steps)
+                            epoch=epoch if partial else epoch + 1, epoch_offset=end if partial else 0,
+                            metrics={"history": history}, train_config=asdict(cfg), world_size=dist.world, steps=steps,
+                            data_fingerprint=fingerprint)
         if stop:
             break
     final = history[-1]["test_accuracy"] if history else evaluate(model, data.test, eval_batch_size, dist=dist)
