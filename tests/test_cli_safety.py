@@ -92,7 +92,8 @@ def test_plan_refuses_to_overwrite_and_validates_sizes(tmp_path, capsys):
     for flags, name in ((["--hidden", "0"], "--hidden"), (["--hidden=-5,10"], "--hidden"), (["--max-batch", "0"], "--max-batch"),
                         (["--groups", "1"], "--groups"), (["--memopt", "--plot", str(tmp_path / "p.png")], "--plot"),
                         (["--channels", "8"], "--channels"), (["--memopt", "--neurons", "revlif"], "--neurons"),
-                        (["--classes", "1"], "--classes"), (["--backend", "fpga"], "--backend")):
+                        (["--classes", "1"], "--classes"), (["--backend", "fpga"], "--backend"),
+                        (["--batch", "1"], "--batch")):
         assert main([*base, *flags]) == 2
         assert _err(capsys).startswith(f"edgesnn plan: error: {name}:")
     conv = ["plan", "--model", "convnet", "--input", "1,8,8", "-T", "4", "--device", "raspberry-pi-4-4gb"]

@@ -114,8 +114,15 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
     data = dataset_memory(dataset, T, chain.in_shape, dataset_bytes)
     extras = plan_extras(eval_batch, data)
     runtime = device.runtime_overhead_bytes + kernel_runtime_bytes(chain)  # + Numba when the nodes run it
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and batch is not None and batch < 2:
+        raise ValueError(f"--batch: a model with BatchNorm trains on batches of at least 2 samples (edgesnn train "
+                         f"skips smaller ones); got {batch}")
     res = plan_model(chain, T, budget, runtime, batch, device.bandwidth_gbs, optimizer, kinds,
                      groups, max_batch_cap, extras)
+    if has_bn and res["batch"] < 2:
+        raise ValueError("--budget: only batch 1 fits, and a model with BatchNorm needs at least 2 samples per batch; "
+                         "raise the budget or lower --timesteps")
     from .solver import predict
 
     layers = []
