@@ -369,3 +369,22 @@ def test_empty_batch_runs_forward_and_backward():
     assert out.shape == (3, 0, 5)
     out.sum().backward()
     assert all(p.grad is not None and not p.grad.any() for p in opt.parameters())
+
+
+def test_planner_counts_the_full_size_output_of_an_unfused_pool():
+    """A LIF before a 2x2 max-pool runs fused (no full-size spikes); before an average pool the
+    node's full-size output and its gradient exist beside the pooled one, and the model says so."""
+    from edgesnn.kernels.dispatch import numba_available
+    from edgesnn.planner.network_model import block_shape
+
+    if not numba_available():
+        pytest.skip("the fused kernel needs numba")
+    shapes = {}
+    for pool in ("max", "avg"):
+        torch.manual_seed(0)
+        net = _net(LIF, pool)
+        plan = edgesnn.optimize_memory(net, torch.rand(4, 3, 2, 9, 9), chunk=2)
+        blocks = next(m for m in net.modules() if isinstance(m, MemoryOptimizedSequential))._memopt_blocks
+        shapes[pool] = ([block_shape(b, i).unfused_pool for i, b in enumerate(blocks)], plan.peak_bytes)
+    assert shapes["max"][0] == [False, False, False] and shapes["avg"][0] == [True, True, False]
+    assert shapes["avg"][1] > shapes["max"][1]

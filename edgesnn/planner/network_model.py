@@ -33,6 +33,12 @@ STATIC_BWD_A = 2.2
 # Backward of a block that holds its layer output (Block.hold): node-input tensors per chunk step
 # besides the held output itself.
 HELD_BWD_A = 1.4
+# A pooling after the node that the fused LIF + 2x2 max-pool kernel does not run (an average pool,
+# another pool, a RevLIF before it): the node's full-size output exists beside the pooled one, in
+# forward (the spikes) and backward (the spikes recomputed and their gradient); node-input tensors
+# per chunk step. The coefficients above were fitted on blocks whose pool is fused.
+UNFUSED_POOL_FWD_A = 1.0
+UNFUSED_POOL_BWD_A = 2.0
 # Backward of a convolution: its weight in the kernel's blocked layout, the new weight gradient
 # and its reorder, in multiples of the block's parameter bytes (big kernels, small images: VGG's
 # 512x512 layers at 4x4 and 2x2 are set by them).
@@ -85,6 +91,7 @@ class BlockShape:
     has_post: bool = True    # pooling/flatten after the node (else the output is the node's spikes)
     can_hold: bool = False   # its layer output may be held from forward to backward (Block.hold)
     sums_over_time: bool = False  # repeated input: the node's backward kernel sums its gradient over time
+    unfused_pool: bool = False    # a pooling after the node that no fused kernel runs (see UNFUSED_POOL_*)
 
 
 @dataclass
@@ -130,6 +137,26 @@ def saved_bytes(b: BlockShape, K: int, hold: bool = False) -> int:
     return b.x_saved_bytes + (n_chunks(b.T, K) - 1) * b.a_bytes + (b.T * b.a_bytes if hold else 0)
 
 
+_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
+
+
+def _unfused_pool(block) -> bool:
+    """A pooling after the block's node that the fused LIF + 2x2 max-pool kernel does not run."""
+    import torch
+
+    from ..kernels import dispatch
+    from ..memopt.steps import _pool2
+    from ..nn import LIF
+
+    if not any(isinstance(getattr(s, "module", None), _POOL_TYPES) for s in block.post):
+        return False
+    node = block.node
+    fused = (type(node) is LIF and _pool2(block.post) and dispatch.numba_available()
+             and dispatch.resolve_backend(node.backend, torch.empty(0), node.params) == "numba")
+    return not fused
+
+
 def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
     """Block ``i`` is a repeated-input block whose backward runs inside block ``i + 1``'s."""
     return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
@@ -162,9 +189,10 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     for i, (b, K) in enumerate(zip(shapes, chunks)):
         k = min(K, b.T)
         if b.static:
-            tmp = min(inner, k) * FWD_A * b.a_bytes + 2 * b.a_bytes
+            tmp = min(inner, k) * (FWD_A + UNFUSED_POOL_FWD_A * b.unfused_pool) * b.a_bytes + 2 * b.a_bytes
         else:
-            tmp = k * (FWD_X * b.x_bytes + FWD_A * b.a_bytes + FWD_O * b.o_bytes * b.has_post) + b.param_bytes
+            tmp = (k * (FWD_X * b.x_bytes + (FWD_A + UNFUSED_POOL_FWD_A * b.unfused_pool) * b.a_bytes
+                        + FWD_O * b.o_bytes * b.has_post) + b.param_bytes)
             if held[i]:
                 tmp += (b.T - k) * b.a_bytes  # every chunk's layer output, held on into the backward
             elif keeps and keeps[i] and chunked_bn(b, K):
@@ -191,7 +219,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         out_chunks = b.hands_off and i + 1 < n
         in_chunks = i > 0 and shapes[i - 1].hands_off and not shapes[i - 1].static
         if b.static:
-            tmp = min(inner, k) * STATIC_BWD_A * b.a_bytes + 2 * b.a_bytes
+            tmp = min(inner, k) * (STATIC_BWD_A + UNFUSED_POOL_BWD_A * b.unfused_pool) * b.a_bytes + 2 * b.a_bytes
             phase = kept + g_out + tmp
         else:
             prev_fused = i > 0 and fused_static(shapes, i - 1)
@@ -199,7 +227,8 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             if out_chunks and in_chunks:
                 kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
                 g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
-            tmp = k * (BWD_X * b.x_bytes + BWD_A * b.a_bytes + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes
+            tmp = (k * (BWD_X * b.x_bytes + (BWD_A + UNFUSED_POOL_BWD_A * b.unfused_pool) * b.a_bytes
+                        + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes)
             if b.has_bn and nc == 1 and not held[i]:
                 tmp += k * PLAIN_BN_BWD_A * b.a_bytes
             if held[i]:
@@ -300,6 +329,6 @@ def block_shape(block, index: int) -> BlockShape:
         static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
         hands_off=block.next_block is not None,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
-        has_post=bool(block.post), can_hold=block.can_hold(),
+        has_post=bool(block.post), can_hold=block.can_hold(), unfused_pool=_unfused_pool(block),
         sums_over_time=static and block.sums_repeated_input_gradient(),
     )
