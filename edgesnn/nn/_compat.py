@@ -1,4 +1,5 @@
-"""SpikingJelly habits: the ``surrogate_function=`` keyword and SpikingJelly surrogate instances.
+"""SpikingJelly habits: the ``surrogate_function=`` keyword, SpikingJelly surrogate instances, and
+the node attributes (``tau``, ``v_threshold``, ...) SpikingJelly code reads and assigns.
 
 Nothing here imports SpikingJelly: its surrogate modules are recognised by their class's module
 (``spikingjelly.*``) and name, and mapped to the edgesnn surrogate with the same gradient formula
@@ -7,12 +8,16 @@ and the same ``alpha``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..functional import surrogate as _sg
 from ..functional.surrogate import Surrogate, get_surrogate
 
-__all__ = ["resolve_surrogate", "from_spikingjelly_surrogate", "SPIKINGJELLY_SURROGATES"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..functional.lif import LIFParams
+
+__all__ = ["resolve_surrogate", "from_spikingjelly_surrogate", "SPIKINGJELLY_SURROGATES", "LIFAttributes"]
 
 #: SpikingJelly surrogate class name -> the edgesnn class with the same ``sg'`` and default alpha.
 SPIKINGJELLY_SURROGATES = {
@@ -68,3 +73,44 @@ def resolve_surrogate(surrogate: Optional[Any], surrogate_function: Optional[Any
         return from_spikingjelly_surrogate(spec)
     return get_surrogate(spec)
 
+
+def _lif_attribute(field: str, doc: str) -> property:
+    """A SpikingJelly-named attribute backed by the node's ``LIFParams`` field ``field``."""
+
+    def get(self):
+        return getattr(self._lif_params(), field)
+
+    def set(self, value) -> None:
+        if field == "surrogate":
+            value = resolve_surrogate(value, None)
+        self._set_lif_params(dataclasses.replace(self._lif_params(), **{field: value}))
+
+    return property(get, set, doc=doc)
+
+
+class LIFAttributes:
+    """SpikingJelly's node attributes as live views of the node's parameters: reading gives the
+    value in use, assigning rebuilds (and re-validates) the parameters, as assigning
+    ``LIFNode.v_threshold`` changes a SpikingJelly node. Used by :class:`LIF` and :class:`RevLIF`."""
+
+    tau = _lif_attribute("tau", "Membrane time constant (time steps, > 1).")
+    v_threshold = _lif_attribute("v_threshold", "Firing threshold.")
+    v_reset = _lif_attribute("v_reset", "Hard-reset potential, or None for a soft reset.")
+    decay_input = _lif_attribute("decay_input", "Whether the input is divided by tau too.")
+    detach_reset = _lif_attribute("detach_reset", "No gradient through the spike in the reset.")
+    surrogate_function = _lif_attribute("surrogate", "The surrogate (an edgesnn Surrogate; SpikingJelly's are mapped).")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(vars(LIFAttributes).get(name), property):  # also for a module value (a SpikingJelly surrogate)
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _fresh_value(self) -> float:
+        return self._lif_params().charge_reset
+
+    def _lif_params(self) -> "LIFParams":
+        raise NotImplementedError
+
+    def _set_lif_params(self, lif: "LIFParams") -> None:
+        raise NotImplementedError

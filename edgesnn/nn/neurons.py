@@ -30,7 +30,7 @@ from ..functional.lif import LIFParams, ResetRule, lif_multistep_reference
 from ..functional.revlif import RevLIFParams
 from ..functional.surrogate import Surrogate
 from ..kernels import dispatch
-from ._compat import resolve_surrogate
+from ._compat import LIFAttributes, resolve_surrogate
 
 __all__ = ["LIF", "RevLIF", "ParametricLIF", "STEP_MODES"]
 
@@ -188,49 +188,7 @@ class _SpikingNode(nn.Module):
         return f"step_mode={self._step_mode!r}, stateful={self.stateful}"
 
 
-def _lif_attribute(field: str, doc: str) -> property:
-    """A SpikingJelly-named attribute backed by the node's ``LIFParams`` field ``field``."""
-
-    def get(self):
-        return getattr(self._lif_params(), field)
-
-    def set(self, value) -> None:
-        if field == "surrogate":
-            value = resolve_surrogate(value, None)
-        self._set_lif_params(dataclasses.replace(self._lif_params(), **{field: value}))
-
-    return property(get, set, doc=doc)
-
-
-class _LIFAttributes:
-    """SpikingJelly's node attributes as live views of the node's parameters: reading gives the
-    value in use, assigning rebuilds (and re-validates) the parameters, as assigning
-    ``LIFNode.v_threshold`` changes a SpikingJelly node. Used by :class:`LIF` and :class:`RevLIF`."""
-
-    tau = _lif_attribute("tau", "Membrane time constant (time steps, > 1).")
-    v_threshold = _lif_attribute("v_threshold", "Firing threshold.")
-    v_reset = _lif_attribute("v_reset", "Hard-reset potential, or None for a soft reset.")
-    decay_input = _lif_attribute("decay_input", "Whether the input is divided by tau too.")
-    detach_reset = _lif_attribute("detach_reset", "No gradient through the spike in the reset.")
-    surrogate_function = _lif_attribute("surrogate", "The surrogate (an edgesnn Surrogate; SpikingJelly's are mapped).")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LIF_ATTRIBUTE_NAMES:  # the property, also for a module value (a SpikingJelly surrogate)
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    def _lif_params(self) -> LIFParams:
-        raise NotImplementedError
-
-    def _set_lif_params(self, lif: LIFParams) -> None:
-        raise NotImplementedError
-
-
-_LIF_ATTRIBUTE_NAMES = frozenset(("tau", "v_threshold", "v_reset", "decay_input", "detach_reset", "surrogate_function"))
-
-
-class LIF(_LIFAttributes, _SpikingNode):
+class LIF(LIFAttributes, _SpikingNode):
     """LIF node with SpikingJelly ``LIFNode`` semantics.
 
     Args:
@@ -288,9 +246,6 @@ class LIF(_LIFAttributes, _SpikingNode):
     def _set_lif_params(self, lif: LIFParams) -> None:
         self.params = lif
 
-    def _fresh_value(self) -> float:
-        return self.params.charge_reset
-
     def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         return dispatch.lif_multistep(x_seq, self.params, v0, self.backend)
 
@@ -303,7 +258,7 @@ class LIF(_LIFAttributes, _SpikingNode):
         )
 
 
-class RevLIF(_LIFAttributes, _SpikingNode):
+class RevLIF(LIFAttributes, _SpikingNode):
     """Reversible LIF node: autograd memory independent of T (see ``edgesnn.functional.revlif``).
 
     Args:
@@ -363,9 +318,6 @@ class RevLIF(_LIFAttributes, _SpikingNode):
 
     def _set_lif_params(self, lif: LIFParams) -> None:
         self.params = dataclasses.replace(self.params, lif=lif)
-
-    def _fresh_value(self) -> float:
-        return self.params.lif.charge_reset
 
     def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         return dispatch.revlif_multistep(x_seq, self.params, v0, self.backend)
