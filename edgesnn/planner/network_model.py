@@ -142,19 +142,17 @@ _POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPoo
 
 
 def _unfused_pool(block) -> bool:
-    """A pooling after the block's node that the fused LIF + 2x2 max-pool kernel does not run."""
+    """A pooling after the block's node that the fused LIF + 2x2 max-pool kernel does not run (the
+    runtime's own choice, :func:`edgesnn.memopt.steps.fused_kind`, asked with a zero-memory probe
+    of the node input's traced shape)."""
     import torch
 
-    from ..kernels import dispatch
-    from ..memopt.steps import _pool2
-    from ..nn import LIF
+    from ..memopt.steps import fused_kind
 
     if not any(isinstance(getattr(s, "module", None), _POOL_TYPES) for s in block.post):
         return False
-    node = block.node
-    fused = (type(node) is LIF and _pool2(block.post) and dispatch.numba_available()
-             and dispatch.resolve_backend(node.backend, torch.empty(0), node.params) == "numba")
-    return not fused
+    probe = torch.zeros((), dtype=block.trace["in"][2]).expand(*block.trace["node_in"])
+    return fused_kind(block.node, block.post, probe) != "pool2"
 
 
 def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
