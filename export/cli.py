@@ -89,7 +89,9 @@ def import_params(checkpoint, params_npz, out) -> Path:
 
 def _check_args(args: argparse.Namespace) -> Path:
     """Validate the flags before any work; returns the output path (a file or, for onnx-training, a directory)."""
-    if not (math.isfinite(args.lr) and 0 < args.lr <= 3.4028234663852886e38):  # float32 graphs
+    from .run_support import FLOAT32_MAX  # (numpy: imported here, not for --help)
+
+    if not (math.isfinite(args.lr) and 0 < args.lr <= FLOAT32_MAX):
         raise UsageError(f"--lr: expected a finite number > 0 (float32 range), got {args.lr}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")

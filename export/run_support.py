@@ -5,20 +5,24 @@ RSS from procfs, steady-state step times). NumPy only: no torch, no onnxruntime.
 from __future__ import annotations
 
 import resource
+import zipfile
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "read_npz"]
+__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "read_npz", "FLOAT32_MAX"]
+
+#: Largest finite float32: the graphs compute in float32 (a larger learning rate becomes inf there).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 #: What reading a damaged or foreign file with ``np.load`` raises (a zip that is not one, a pickle
 #: refused by ``allow_pickle=False``, a truncated member).
-_UNREADABLE = (OSError, EOFError, ValueError, KeyError, __import__("zipfile").BadZipFile)
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 
-def read_npz(path, flag: str, names=None) -> Dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` file (all, or those of ``names`` it holds), read into memory; a
-    file that is missing or not a readable ``.npz`` is a one-line ``ValueError`` naming ``flag``."""
+def read_npz(path, flag: str) -> Dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, read into memory; a file that is missing or not a readable
+    ``.npz`` is a one-line ``ValueError`` naming ``flag``."""
     try:
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -29,7 +33,7 @@ def read_npz(path, flag: str, names=None) -> Dict[str, np.ndarray]:
         raise ValueError(f"{flag}: {path} is a single .npy array; expected an .npz archive of named arrays")
     try:
         with npz:
-            return {n: np.array(npz[n]) for n in npz.files if names is None or n in names}
+            return {n: np.array(npz[n]) for n in npz.files}
     except _UNREADABLE as exc:
         raise ValueError(f"{flag}: {path} is not a readable .npz file ({_first_line(exc)})") from None
 

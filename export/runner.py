@@ -67,7 +67,7 @@ from edgesnn.atomic import check_not_inside, check_output, replace_dir
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import (StepManifest, CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest, atomic_write_bytes, atomic_write_text, validate_artifact_dir)
-from .run_support import padded_batches, peak_rss_mb, read_npz, step_time_metrics
+from .run_support import FLOAT32_MAX, padded_batches, peak_rss_mb, read_npz, step_time_metrics
 
 __all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "finetune", "peak_rss_mb", "main",
            "StepCheckError", "training_modules_imported"]
@@ -225,9 +225,6 @@ def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, batc
     return x[train], y[train], x[held], y[held]
 
 
-_FLOAT32_MAX = 3.4028234663852886e38  # the graphs compute in float32
-
-
 def finetune(
     artifact_dir,
     data,
@@ -263,7 +260,7 @@ def finetune(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UsageError(f"--epochs: expected an integer >= 1, got {epochs!r}")
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= _FLOAT32_MAX):
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= FLOAT32_MAX):
         raise UsageError(f"--lr: expected a finite number > 0 (float32 range), got {lr!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 #: Largest finite float32: node parameters beyond it would overflow in the float32 kernels.
-FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_real_number(v) -> bool:
