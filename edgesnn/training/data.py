@@ -139,11 +139,13 @@ def load_cifar10(root: str, flat: bool = False) -> Dataset:
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def _read_image(Image, path: Path, size: Tuple[int, int]) -> np.ndarray:
+def _read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
     """One image as float32 ``[H, W, 3]`` in 0..1. Integer images deeper than 8 bits (PIL modes
     ``I;16*`` and ``I``, which 16-bit PNGs open as) are scaled by 65535 and float images (``F``)
     taken as 0..1: PIL's RGB conversion would clip them at 255, almost all white. An unreadable
-    file is a one-line error naming it."""
+    file is a one-line error naming it (pillow is checked by :func:`load_image_folder`)."""
+    from PIL import Image
+
     try:
         with Image.open(path) as im:
             im.load()
@@ -162,7 +164,7 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
                       test_fraction: float = 0.25) -> Dataset:
     """Images in ``root/<class name>/*.png|jpg`` (one folder per class), resized to ``size``, RGB."""
     try:
-        from PIL import Image
+        import PIL.Image  # noqa: F401 - present? (_read_image reads with it)
     except ImportError:  # pragma: no cover - pillow ships with matplotlib
         from ..errors import DependencyError
 
@@ -181,7 +183,7 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
             raise ValueError(f"data: class folder {base / cls} holds no images ({'/'.join(_IMAGE_SUFFIXES)}); "
                              "remove it or add images (an empty class would still take an output)")
         for f in files:
-            xs.append(_read_image(Image, f, size).transpose(2, 0, 1))
+            xs.append(_read_image(f, size).transpose(2, 0, 1))
             ys.append(label)
     if not xs:
         raise ValueError(f"data: no images (.png/.jpg/.bmp) found under {root}")
