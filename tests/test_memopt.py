@@ -373,18 +373,22 @@ def test_empty_batch_runs_forward_and_backward():
 
 def test_planner_counts_the_full_size_output_of_an_unfused_pool():
     """A LIF before a 2x2 max-pool runs fused (no full-size spikes); before an average pool the
-    node's full-size output and its gradient exist beside the pooled one, and the model says so."""
+    node's full-size output exists beside the pooled one (its backward runs the LIF kernel on a
+    gradient made without the spikes); a RevLIF and its pool run under autograd, with more."""
     from edgesnn.kernels.dispatch import numba_available
     from edgesnn.planner.network_model import block_shape
 
     if not numba_available():
         pytest.skip("the fused kernel needs numba")
     shapes = {}
-    for pool in ("max", "avg"):
+    for node, pool in ((LIF, "max"), (LIF, "avg"), (RevLIF, "avg")):
         torch.manual_seed(0)
-        net = _net(LIF, pool)
+        net = _net(node, pool)
         plan = edgesnn.optimize_memory(net, torch.rand(4, 3, 2, 9, 9), chunk=2)
         blocks = next(m for m in net.modules() if isinstance(m, MemoryOptimizedSequential))._memopt_blocks
-        shapes[pool] = ([block_shape(b, i).unfused_pool for i, b in enumerate(blocks)], plan.peak_bytes)
-    assert shapes["max"][0] == [False, False, False] and shapes["avg"][0] == [True, True, False]
-    assert shapes["avg"][1] > shapes["max"][1]
+        bs = [block_shape(b, i) for i, b in enumerate(blocks)]
+        shapes[node.__name__, pool] = ([s.unfused_pool for s in bs], [s.pool_autograd for s in bs], plan.peak_bytes)
+    assert shapes["LIF", "max"][:2] == ([False] * 3, [False] * 3)
+    assert shapes["LIF", "avg"][:2] == ([True, True, False], [False] * 3)
+    assert shapes["RevLIF", "avg"][:2] == ([True, True, False], [True, True, False])
+    assert shapes["LIF", "avg"][2] > shapes["LIF", "max"][2]

@@ -16,6 +16,7 @@ from ..kernels import dispatch
 from ..nn import LIF
 from .batchnorm import batch_stats_mode, bn_static
 from .layers import Step
+from .linear_post import linear_post, post_input_grad
 
 if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
@@ -66,8 +67,9 @@ def _pool2(post: List[Step]) -> bool:
 
 def fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[str]:
     """Which fused CPU kernel runs node + post on ``z [k, B, ...]``: ``"pool2"`` (LIF then a 2x2
-    max-pool), ``"lif"`` (LIF alone: its Numba kernels called directly), or ``None`` (the node's
-    own path + the layers)."""
+    max-pool), ``"lif"`` (LIF alone: its Numba kernels called directly), ``"lif_linear"`` (LIF
+    kernels, then layers that are linear maps, such as an average pool: their backward needs no
+    spikes, :mod:`edgesnn.memopt.linear_post`), or ``None`` (the node's own path + the layers)."""
     if type(node) is not LIF or z.dtype != torch.float32 or z.device.type != "cpu":
         return None
     if dispatch.resolve_backend(node.backend, z, node.params) != "numba" or not dispatch.numba_available():
@@ -76,13 +78,15 @@ def fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[s
         return "lif"
     if _pool2(post) and z.dim() == 5 and z.shape[-1] >= 2 and z.shape[-2] >= 2:
         return "pool2"
+    if linear_post(post):
+        return "lif_linear"
     return None
 
 
 def run_node_post(node: nn.Module, post: List[Step], z: torch.Tensor, v0: Optional[torch.Tensor]):
     """Node then the layers after it on ``z [k, B, ...]`` (no autograd): ``(output, v_T)``; a LIF
     followed by a 2x2 max-pool runs as one fused kernel (bit-identical, no full-size spikes), a LIF
-    alone as its Numba kernel (no custom-op dispatch)."""
+    alone or before linear layers as its Numba kernel (no custom-op dispatch)."""
     k = z.shape[0]
     kind = fused_kind(node, post, z) if not torch.is_grad_enabled() else None
     if kind is not None:
@@ -94,6 +98,8 @@ def run_node_post(node: nn.Module, post: List[Step], z: torch.Tensor, v0: Option
         fin: list = []
         o, v_T = (lif_pool2_forward if kind == "pool2" else lif_forward)(z, v, node.params, finite=fin)
         if fin == [True]:
+            if kind == "lif_linear":
+                o = split_time(apply_steps(post, merge_time(o)), k)
             return o, v_T
     s, v_T = run_node(node, z, v0)
     return (split_time(apply_steps(post, merge_time(s)), k) if post else s), v_T
@@ -123,12 +129,13 @@ def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tens
                          g_v: Optional[torch.Tensor], post_needed: bool = True):
     """Back-propagate one chunk through node and post layers; returns ``(dz, dv0)``.
 
-    A LIF alone, or followed by a 2x2 max-pool, runs its fused backward kernel, which recomputes
-    the membrane potential itself (no forward under autograd, no full-size spikes)."""
+    A LIF alone, or followed by a 2x2 max-pool or by linear layers (average pooling, flatten), runs
+    its fused backward kernel, which recomputes the membrane potential itself (no forward under
+    autograd, no spikes; before linear layers their input gradient is made from the pooled one)."""
     k = z.shape[0]
     kind = fused_kind(block.node, block.post, z)
     if kind is not None:
-        out = _fused_backward(kind, block.node, z, v0, g_out, g_v)
+        out = _fused_backward(kind, block.node, block.post, z, v0, g_out, g_v)
         if out is not None:
             return out
     zl = z.detach().requires_grad_(True)
@@ -155,11 +162,11 @@ def node_backward_time_sum(block: "Block", z0: torch.Tensor, k: int, v0: Optiona
     kind = fused_kind(block.node, block.post, z)
     if kind is None:
         return None
-    return _fused_backward(kind, block.node, z, v0, g_out, g_v, sum_into=dz0)
+    return _fused_backward(kind, block.node, block.post, z, v0, g_out, g_v, sum_into=dz0)
 
 
-def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
-                    g_v: Optional[torch.Tensor], sum_into: Optional[torch.Tensor] = None):
+def _fused_backward(kind: str, node: nn.Module, post: List[Step], z: torch.Tensor, v0: Optional[torch.Tensor],
+                    g_out: torch.Tensor, g_v: Optional[torch.Tensor], sum_into: Optional[torch.Tensor] = None):
     """``(dz, dv0)`` from a fused kernel (``dz`` summed over time into ``sum_into`` when given), or
     ``None`` when a value is not finite (the caller's unfused path then reports it as the node does)."""
     from ..kernels import numba_cpu
@@ -172,6 +179,9 @@ def _fused_backward(kind: str, node: nn.Module, z: torch.Tensor, v0: Optional[to
     if kind == "pool2":
         gx, gv0 = lif_pool2_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_into=sum_into)
     else:
+        if kind == "lif_linear":  # the spikes' gradient from the pooled one (no spikes needed)
+            k = zc.shape[0]
+            g_out = split_time(post_input_grad(post, merge_time(g_out), (k * zc.shape[1],) + tuple(zc.shape[2:])), k)
         gx, gv0 = numba_cpu.lif_backward(zc, v, g_out.contiguous(), gv, node.params, finite=fin, sum_into=sum_into)
     if fin != [True]:
         return None

@@ -33,12 +33,29 @@ STATIC_BWD_A = 2.2
 # Backward of a block that holds its layer output (Block.hold): node-input tensors per chunk step
 # besides the held output itself.
 HELD_BWD_A = 1.4
-# A pooling after the node that the fused LIF + 2x2 max-pool kernel does not run (an average pool,
-# another pool, a RevLIF before it): the node's full-size output exists beside the pooled one, in
-# forward (the spikes) and backward (the spikes recomputed and their gradient); node-input tensors
-# per chunk step. The coefficients above were fitted on blocks whose pool is fused.
-UNFUSED_POOL_FWD_A = 1.0
-UNFUSED_POOL_BWD_A = 2.0
+# A held block also has, whatever its chunk, about this many more node-input tensors of one step in
+# its forward and backward phases (fitted with tools/memopt_phases.py on the built-in conv net and
+# VGG-11 and the max-pool VGG-11, T = 1-16: without them held one-step chunks measured 2-3 of them
+# above the prediction, -25% at T = 1).
+HELD_FWD_STEPS = 2.0
+HELD_BWD_STEPS = 2.5
+# A pooling after the node that the fused LIF + 2x2 max-pool kernel does not run: the node's
+# full-size spikes exist beside the pooled ones in forward; in backward a LIF before linear layers
+# (average pooling, flatten: memopt.linear_post) gets their input gradient without the spikes, so
+# little is added. Node-input tensors per chunk step, fitted as above (with the terms above and
+# below, the 14 fitted configurations' step peaks are predicted within -14..+8%; docs/design.md §4).
+UNFUSED_POOL_FWD_A = 0.1
+UNFUSED_POOL_BWD_A = 0.2
+# The same when no fused kernel runs the node at all (a RevLIF, the torch backend, a pool that is
+# not linear): node and pool under autograd, with the spikes, their gradient and the node's own
+# buffers.
+AUTOGRAD_POOL_FWD_A = 1.0
+AUTOGRAD_POOL_BWD_A = 2.0
+# A repeated-input block whose backward runs inside the next block's keeps its recomputed layer
+# output, its time-summed input gradient and its state gradient there besides what is counted per
+# fed chunk: node-input tensors of one step (fitted with tools/memopt_phases.py; 2 would be all of
+# them, which over-predicted the max-pool VGG by up to 17%).
+STATIC_FEED_A = 1.0
 # Backward of a convolution: its weight in the kernel's blocked layout, the new weight gradient
 # and its reorder, in multiples of the block's parameter bytes (big kernels, small images: VGG's
 # 512x512 layers at 4x4 and 2x2 are set by them).
@@ -92,6 +109,7 @@ class BlockShape:
     can_hold: bool = False   # its layer output may be held from forward to backward (Block.hold)
     sums_over_time: bool = False  # repeated input: the node's backward kernel sums its gradient over time
     unfused_pool: bool = False    # a pooling after the node that no fused kernel runs (see UNFUSED_POOL_*)
+    pool_autograd: bool = False   # ... and the node and that pooling run under autograd (see AUTOGRAD_POOL_*)
 
 
 @dataclass
@@ -141,18 +159,29 @@ _POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPoo
                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
 
 
-def _unfused_pool(block) -> bool:
-    """A pooling after the block's node that the fused LIF + 2x2 max-pool kernel does not run (the
-    runtime's own choice, :func:`edgesnn.memopt.steps.fused_kind`, asked with a zero-memory probe
-    of the node input's traced shape)."""
+def _pool_path(block) -> Optional[str]:
+    """How the pooling after the block's node runs: ``None`` (no pooling), ``"pool2"`` (fused with
+    a LIF in one kernel), ``"lif_linear"`` (after the LIF kernels, its backward without spikes), or
+    ``"autograd"`` (node and pooling under autograd). The runtime's own choice,
+    :func:`edgesnn.memopt.steps.fused_kind`, asked with a zero-memory probe of the node input's
+    traced shape."""
     import torch
 
     from ..memopt.steps import fused_kind
 
     if not any(isinstance(getattr(s, "module", None), _POOL_TYPES) for s in block.post):
-        return False
+        return None
     probe = torch.zeros((), dtype=block.trace["in"][2]).expand(*block.trace["node_in"])
-    return fused_kind(block.node, block.post, probe) != "pool2"
+    return fused_kind(block.node, block.post, probe) or "autograd"
+
+
+def _pool_a(b: BlockShape, forward: bool) -> float:
+    """Node-input tensors per chunk step that an unfused pooling adds (UNFUSED_POOL_*, AUTOGRAD_POOL_*)."""
+    if not b.unfused_pool:
+        return 0.0
+    if b.pool_autograd:
+        return AUTOGRAD_POOL_FWD_A if forward else AUTOGRAD_POOL_BWD_A
+    return UNFUSED_POOL_FWD_A if forward else UNFUSED_POOL_BWD_A
 
 
 def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
@@ -187,12 +216,13 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     for i, (b, K) in enumerate(zip(shapes, chunks)):
         k = min(K, b.T)
         if b.static:
-            tmp = min(inner, k) * (FWD_A + UNFUSED_POOL_FWD_A * b.unfused_pool) * b.a_bytes + 2 * b.a_bytes
+            tmp = min(inner, k) * (FWD_A + _pool_a(b, True)) * b.a_bytes + 2 * b.a_bytes
         else:
-            tmp = (k * (FWD_X * b.x_bytes + (FWD_A + UNFUSED_POOL_FWD_A * b.unfused_pool) * b.a_bytes
+            tmp = (k * (FWD_X * b.x_bytes + (FWD_A + _pool_a(b, True)) * b.a_bytes
                         + FWD_O * b.o_bytes * b.has_post) + b.param_bytes)
             if held[i]:
-                tmp += (b.T - k) * b.a_bytes  # every chunk's layer output, held on into the backward
+                # every chunk's layer output, held on into the backward
+                tmp += (b.T - k) * b.a_bytes + HELD_FWD_STEPS * b.a_bytes
             elif keeps and keeps[i] and chunked_bn(b, K):
                 tmp += (keeps[i] - 1) * k * b.a_bytes  # the chunk being made is one of those kept
         kept += saved_bytes(b, K)
@@ -217,7 +247,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         out_chunks = b.hands_off and i + 1 < n
         in_chunks = i > 0 and shapes[i - 1].hands_off and not shapes[i - 1].static
         if b.static:
-            tmp = min(inner, k) * (STATIC_BWD_A + UNFUSED_POOL_BWD_A * b.unfused_pool) * b.a_bytes + 2 * b.a_bytes
+            tmp = min(inner, k) * (STATIC_BWD_A + _pool_a(b, False)) * b.a_bytes + 2 * b.a_bytes
             phase = kept + g_out + tmp
         else:
             prev_fused = i > 0 and fused_static(shapes, i - 1)
@@ -225,13 +255,13 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             if out_chunks and in_chunks:
                 kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
                 g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
-            tmp = (k * (BWD_X * b.x_bytes + (BWD_A + UNFUSED_POOL_BWD_A * b.unfused_pool) * b.a_bytes
+            tmp = (k * (BWD_X * b.x_bytes + (BWD_A + _pool_a(b, False)) * b.a_bytes
                         + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes)
             if b.has_bn and nc == 1 and not held[i]:
                 tmp += k * PLAIN_BN_BWD_A * b.a_bytes
             if held[i]:
                 # the layer output is the held one (in ``kept``), not recomputed; pass 1 keeps it
-                tmp += k * (HELD_BWD_A - BWD_A) * b.a_bytes
+                tmp += k * (HELD_BWD_A - BWD_A) * b.a_bytes + HELD_BWD_STEPS * b.a_bytes
             if prev_fused:
                 # the repeated-input block's backward, inside this one's: the start states of the
                 # chunks fed to it, and a few steps of temporaries (or, where its kernel sums the
@@ -244,7 +274,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                     # their start states come from a forward pass over its chunk, a few steps at a
                     # time (one piece of spikes alive)
                     steps += min(inner, k) * p.a_bytes
-                tmp += steps + fed * p.a_bytes
+                tmp += steps + fed * p.a_bytes + STATIC_FEED_A * p.a_bytes
             phase = kept + tail + g_out + g_in + tmp
         phases[f"backward {b.name}"] = phase
         if phase > best:
@@ -310,6 +340,7 @@ def _macs(block, T: int, B: int) -> int:
 def block_shape(block, index: int) -> BlockShape:
     """Per-step sizes of a traced :class:`edgesnn.memopt.block.Block`."""
     in_shape, static, dtype = block.trace["in"]
+    pool = _pool_path(block)
     e = 4 if str(dtype) == "torch.float32" else 8
     T, B = in_shape[0], in_shape[1]
     x_elems = _prod(in_shape[1:])
@@ -327,6 +358,7 @@ def block_shape(block, index: int) -> BlockShape:
         static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
         hands_off=block.next_block is not None,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
-        has_post=bool(block.post), can_hold=block.can_hold(), unfused_pool=_unfused_pool(block),
+        has_post=bool(block.post), can_hold=block.can_hold(), unfused_pool=pool not in (None, "pool2"),
+        pool_autograd=pool == "autograd",
         sums_over_time=static and block.sums_repeated_input_gradient(),
     )

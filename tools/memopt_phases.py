@@ -1,0 +1,222 @@
+"""``edgesnn.optimize_memory``: predicted vs measured peak of every phase of one training step.
+
+The planner (:func:`edgesnn.planner.network_model.predict_peak`) replays a step phase by phase:
+the forward of each block, then the backward of each block in reverse. This tool measures the same
+phases: each block's forward and backward (``edgesnn.memopt.block``'s autograd function) is wrapped
+so that the peak RSS is reset when it starts and read when it ends. Every configuration runs in a
+fresh process with large allocations forced to ``mmap`` (``MALLOC_MMAP_THRESHOLD_=131072``: RSS
+tracks live tensors), one warm-up step, the kernels' buffer pool emptied, then one measured step;
+a phase's peak is its VmHWM minus the RSS before the step (parameters, their gradients and the
+process baseline excluded, as in the planner's prediction without ``fixed_bytes``). Optimizer
+state is not allocated (plain backward).
+
+Models: the built-in classifiers (``edgesnn.models.build_model``: ``convnet``, ``vgg11``, average
+pooling) and ``vgg11-max``, the max-pool VGG-11 of ``tools/bench_network_memory.py`` (SpikingJelly
+layers) on which the planner's coefficients were first fitted.
+
+    python tools/memopt_phases.py --model vgg11 -T 3 --batch 8
+    python tools/memopt_phases.py --model convnet -T 3 --batch 32 --chunk 1 --json out.json
+    python tools/memopt_phases.py --suite          # the 24 configurations of SUITE (~5 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from typing import Dict, List, Optional
+
+#: (model, T, batch, chunk or None for the planner's choice[, neuron]). The first 14 (LIF) are those
+#: the coefficients for held blocks and average pools were fitted on; the others were not used in the
+#: fit (the last two: RevLIF, whose node and pool run under autograd).
+SUITE = [
+    ("convnet", 1, 32, None), ("convnet", 3, 32, None), ("convnet", 8, 32, None), ("convnet", 8, 32, 4),
+    ("convnet", 16, 16, None), ("convnet", 3, 64, None),
+    ("vgg11", 3, 8, None), ("vgg11", 8, 8, None), ("vgg11", 16, 8, 4), ("vgg11", 16, 8, None),
+    ("vgg11", 4, 16, None), ("vgg11", 8, 8, 2),
+    ("vgg11-max", 8, 8, None), ("vgg11-max", 16, 8, 4),
+    ("convnet", 2, 48, None), ("convnet", 6, 32, None), ("convnet", 1, 64, None), ("convnet", 12, 16, 3),
+    ("vgg11", 6, 12, None), ("vgg11", 2, 16, None), ("vgg11", 12, 8, None), ("vgg11", 5, 8, 1),
+    ("vgg11-max", 4, 16, None), ("vgg11-max", 32, 4, None),
+    ("convnet", 4, 32, None, "revlif"), ("vgg11", 4, 8, None, "revlif"),
+]
+FITTED = 14
+
+
+def _model(name: str, T: int, batch: int, neuron: str = "lif"):
+    """``(model, example input [T, B, 3, 32, 32] repeated over T, labels)``."""
+    import torch
+
+    torch.manual_seed(0)
+    x0 = torch.rand(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    if name == "vgg11-max":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_network_memory import build_vgg
+
+        model, _ = build_vgg(neuron)
+        return model, x0.unsqueeze(0).expand(T, *x0.shape), y, True
+    from edgesnn.models import build_model
+
+    model = build_model(name, (3, 32, 32), 10, T, neuron=neuron)
+    return model, x0, y, False
+
+
+def _blocks(model) -> list:
+    from edgesnn.memopt.sequential import MemoryOptimizedSequential
+
+    return [b for m in model.modules() if isinstance(m, MemoryOptimizedSequential) for b in m._memopt_blocks]
+
+
+def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, neuron: str = "lif") -> dict:
+    """One configuration in this process; returns predicted and measured bytes per phase."""
+    import torch
+    import torch.nn.functional as F
+
+    import edgesnn
+    from edgesnn.kernels import buffers
+    from edgesnn.memopt import block as block_mod
+    from edgesnn.memory import peak_rss_bytes, reset_peak_rss
+    from edgesnn.planner.network_model import block_shape, predict_peak
+
+    torch.set_num_threads(threads)
+    model, x, y, time_major = _model(name, T, batch, neuron)
+    model.train()
+    plan = edgesnn.optimize_memory(model, x, chunk=chunk)
+    blocks = _blocks(model)
+    shapes = [block_shape(b, i) for i, b in enumerate(blocks)]
+    chunks = [b.chunk for b in blocks]
+    predicted: Dict[str, int] = {}
+    predict_peak(shapes, chunks, 0, keeps=[b.keep for b in blocks], holds=[b.hold for b in blocks],
+                 breakdown=predicted)
+    index = {id(b): i for i, b in enumerate(blocks)}
+
+    def rss() -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    measured: Dict[str, int] = {}
+    state = {"base": None}
+    fwd, bwd = block_mod._BlockFunction.forward, block_mod._BlockFunction.backward
+
+    def timed(kind, fn, block_of):
+        def run(ctx, *args):
+            if state["base"] is None:
+                return fn(ctx, *args)
+            reset_peak_rss()
+            out = fn(ctx, *args)
+            key = f"{kind} block{index[id(block_of(ctx, args))]}"
+            measured[key] = max(measured.get(key, 0), peak_rss_bytes() - state["base"])
+            return out
+        return staticmethod(run)
+
+    block_mod._BlockFunction.forward = timed("forward", fwd, lambda ctx, a: a[0])
+    block_mod._BlockFunction.backward = timed("backward", bwd, lambda ctx, a: ctx.block)
+
+    def step():
+        model.zero_grad(set_to_none=False)
+        logits = model(x)
+        loss = F.cross_entropy(logits.mean(0) if time_major else logits, y)
+        loss.backward()
+
+    step()  # warm-up: gradients allocated, kernels compiled
+    buffers.release()
+    state["base"] = rss()
+    reset_peak_rss()
+    step()
+    whole = max([peak_rss_bytes() - state["base"]] + list(measured.values()))  # each phase reset the peak
+    return {"model": name, "neuron": neuron, "T": T, "batch": batch, "chunks": chunks, "holds": [b.hold for b in blocks],
+            "keeps": [b.keep for b in blocks], "unfused_pool": [s.unfused_pool for s in shapes],
+            "predicted_peak": plan.peak_bytes - plan.fixed_bytes, "predicted_phase": plan.peak_phase,
+            "measured_peak": whole, "predicted": predicted, "measured": measured,
+            "a_bytes": [s.a_bytes for s in shapes], "shapes": [asdict(s) for s in shapes]}
+
+
+def run_fresh(name: str, T: int, batch: int, chunk: Optional[int], threads: int, neuron: str = "lif") -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    args = [sys.executable, os.path.abspath(__file__), "--worker", "--model", name, "-T", str(T), "--batch", str(batch),
+            "--threads", str(threads), "--neuron", neuron] + (["--chunk", str(chunk)] if chunk else [])
+    out = subprocess.run(args, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {args[2:]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_result(r: dict) -> None:
+    mib = 2.0 ** 20
+    err = 100.0 * (r["predicted_peak"] - r["measured_peak"]) / r["measured_peak"]
+    print(f"\n{r['model']} ({r['neuron']}) T={r['T']} batch={r['batch']} chunks={r['chunks']}: step peak predicted "
+          f"{r['predicted_peak'] / mib:.1f} MiB ({r['predicted_phase']}), measured {r['measured_peak'] / mib:.1f} MiB "
+          f"({err:+.1f}%)")
+    print(f"  {'phase':<16} {'pred MiB':>9} {'meas MiB':>9} {'err':>7}  pool")
+    for key, pred in r["predicted"].items():
+        meas = r["measured"].get(key)
+        i = int(key.rsplit("block", 1)[1])
+        pool = "unfused" if r["unfused_pool"][i] else ""
+        if meas is None:
+            print(f"  {key:<16} {pred / mib:9.2f} {'-':>9} {'':>7}  {pool}")
+            continue
+        print(f"  {key:<16} {pred / mib:9.2f} {meas / mib:9.2f} {100.0 * (pred - meas) / max(meas, 1):+6.1f}%  {pool}")
+
+
+def print_summary(results: List[dict], fitted: int) -> None:
+    """One line per configuration: the step's predicted and measured peak; the range of the errors."""
+    mib = 2.0 ** 20
+    print(f"\n| {'model':9} | neuron | {'T':>3} | {'batch':>5} | chunks | {'pred MiB':>8} | {'meas MiB':>8} | {'err':>7} |")
+    errs = []
+    for j, r in enumerate(results):
+        err = 100.0 * (r["predicted_peak"] - r["measured_peak"]) / r["measured_peak"]
+        errs.append(err)
+        mark = "" if j < fitted else " (not fitted)"
+        print(f"| {r['model']:9} | {r['neuron']:6} | {r['T']:>3} | {r['batch']:>5} | {r['chunks']} | {r['predicted_peak'] / mib:8.1f} | "
+              f"{r['measured_peak'] / mib:8.1f} | {err:+6.1f}% |{mark}")
+    for name, part in (("fitted", errs[:fitted]), ("not fitted", errs[fitted:])):
+        if part:
+            print(f"{name}: step peak errors {min(part):+.1f}% .. {max(part):+.1f}% ({len(part)} configurations)")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max"), default="vgg11")
+    ap.add_argument("-T", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--chunk", type=int, default=None, help="force one chunk size (default: the planner's choice)")
+    ap.add_argument("--neuron", choices=("lif", "revlif"), default="lif")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--suite", action="store_true", help="run every configuration of SUITE")
+    ap.add_argument("--json", default=None, help="write the results here (refuses an existing file)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    for flag, v in (("-T", args.T), ("--batch", args.batch), ("--threads", args.threads)):
+        if v < 1:
+            ap.error(f"{flag}: expected an integer >= 1, got {v}")
+    if args.chunk is not None and args.chunk < 1:
+        ap.error(f"--chunk: expected an integer >= 1, got {args.chunk}")
+    if args.worker:
+        print(json.dumps(worker(args.model, args.T, args.batch, args.chunk, args.threads, args.neuron)))
+        return 0
+    if args.json and os.path.exists(args.json):
+        ap.error(f"--json: {args.json} exists; choose another file")
+    configs = SUITE if args.suite else [(args.model, args.T, args.batch, args.chunk, args.neuron)]
+    results = []
+    for model, T, batch, chunk, *neuron in configs:
+        r = run_fresh(model, T, batch, chunk, args.threads, *neuron)
+        print_result(r)
+        results.append(r)
+    if len(results) > 1:
+        print_summary(results, FITTED if args.suite else len(results))
+    if args.json:
+        from edgesnn.atomic import atomic_write
+
+        atomic_write(args.json, lambda fh: fh.write(json.dumps(results, indent=1)), mode="w")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
