@@ -108,3 +108,63 @@ def test_average_pool_blocks_run_fused_and_match_the_plain_model(T, K, fused, mo
     scale = max(g.abs().max().item() for g in ref[1])
     for a, b in zip(ref[1], got[1]):
         assert (a - b).abs().max().item() <= 1e-4 * max(a.abs().max().item(), 1e-3 * scale)
+
+
+@pytest.mark.skipif(not numba_available(), reason="the fused kernels need numba")
+@pytest.mark.parametrize("hooked", ["avg_forward_hook", "identity_pre_hook", "max_forward_hook", "instance_forward",
+                                    "node_forward_hook", "wrapper_forward_hook", "divisor_override"])
+def test_layers_with_hooks_run_as_they_are(hooked):
+    """A pooling (or identity) with a forward hook, a pre-hook or its own ``forward`` on the instance
+    computes something else than its class's forward: no kernel stands in for it (neither the fused
+    LIF + max-pool nor the linear-layer backward) and its output is not packed as spike counts; a
+    hooked node or wrapper is left as it is; an average pool with another divisor is not packed as
+    counts either. The optimized model gets the plain model's gradients every time."""
+    torch.manual_seed(2)
+    pool = nn.MaxPool2d(2) if hooked.startswith("max") else nn.AvgPool2d(2, divisor_override=3 if hooked == "divisor_override" else None)
+    extra, node, wrapper = nn.Identity(), LIF(backend="numba"), SeqToANN(pool)
+    if hooked in ("avg_forward_hook", "max_forward_hook"):
+        pool.register_forward_hook(lambda m, i, o: o * 3.0)
+    elif hooked == "identity_pre_hook":
+        extra.register_forward_pre_hook(lambda m, i: (i[0] * 0.5,))
+    elif hooked == "instance_forward":
+        plain = pool.forward
+        pool.forward = lambda x: plain(x) * 2.0
+    elif hooked == "node_forward_hook":
+        node.register_forward_hook(lambda m, i, o: o * 0.5)
+    elif hooked == "wrapper_forward_hook":
+        wrapper.register_forward_hook(lambda m, i, o: o * o + o)  # (not affine: BatchNorm would undo that)
+    mods = [SeqToANN(nn.Conv2d(2, 6, 3, padding=1)), SeqToANN(nn.BatchNorm2d(6)), node]
+    mods += [SeqToANN(extra)] if hooked == "identity_pre_hook" else []
+    mods += [wrapper, SeqToANN(nn.Conv2d(6, 4, 1)), SeqToANN(nn.BatchNorm2d(4)), LIF(backend="numba"),
+             SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(64, 5))]
+    base = nn.Sequential(*mods)
+    with torch.no_grad():
+        base[0].module.weight.mul_(3)
+    opt = copy.deepcopy(base)
+    x = torch.rand(4, 3, 2, 9, 9) * 2
+    base(x).square().sum().backward()
+    edgesnn.optimize_memory(opt, x, chunk=2)
+    block = opt._memopt_blocks[0]
+    if block.node is node:  # a hooked node or wrapper is left out of the blocks altogether
+        assert hooked not in ("node_forward_hook", "wrapper_forward_hook")
+        assert fused_kind(block.node, block.post, torch.zeros(2, 3, 6, 9, 9)) is None or hooked == "divisor_override"
+    opt(x).square().sum().backward()
+    scale = max(p.grad.abs().max().item() for p in base.parameters())
+    for a, b in zip(base.parameters(), opt.parameters()):  # (the conv bias before BatchNorm: ~0)
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * max(a.grad.abs().max().item(), 1e-2 * scale)
+
+
+def test_planner_counts_an_average_pool_on_a_gpu_as_run_under_autograd():
+    """The fused kernels are CPU ones: a block traced on another device is planned as node and
+    pooling under autograd (the runtime's path there), whatever the CPU probe would say."""
+    from edgesnn.planner.network_model import block_shape
+
+    net = nn.Sequential(SeqToANN(nn.Conv2d(2, 4, 3, padding=1)), SeqToANN(nn.BatchNorm2d(4)), LIF(backend="auto"),
+                        SeqToANN(nn.AvgPool2d(2)), SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(16, 3)))
+    edgesnn.optimize_memory(net, torch.rand(3, 2, 2, 4, 4), chunk=1)
+    block = net._memopt_blocks[0]
+    cpu = block_shape(block, 0)
+    block.trace["device"] = "cuda"
+    gpu = block_shape(block, 0)
+    assert gpu.unfused_pool and gpu.pool_autograd
+    assert cpu.unfused_pool and cpu.pool_autograd == (not numba_available())

@@ -16,7 +16,7 @@ layers) on which the planner's coefficients were first fitted.
 
     python tools/memopt_phases.py --model vgg11 -T 3 --batch 8
     python tools/memopt_phases.py --model convnet -T 3 --batch 32 --chunk 1 --json out.json
-    python tools/memopt_phases.py --suite          # the 24 configurations of SUITE (~5 min)
+    python tools/memopt_phases.py --suite          # the 26 configurations of SUITE (~6 min)
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def print_result(r: dict) -> None:
     for key, pred in r["predicted"].items():
         meas = r["measured"].get(key)
         i = int(key.rsplit("block", 1)[1])
-        pool = "unfused" if r["unfused_pool"][i] else ""
+        shape = r["shapes"][i]
+        pool = ("autograd" if shape["pool_autograd"] else "unfused") if shape["unfused_pool"] else ""
         if meas is None:
             print(f"  {key:<16} {pred / mib:9.2f} {'-':>9} {'':>7}  {pool}")
             continue

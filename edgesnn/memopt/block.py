@@ -103,9 +103,9 @@ class Block:
 
     def sums_repeated_input_gradient(self) -> bool:
         """Whether, for an input repeated over T, the node's backward runs as one fused kernel that
-        sums the input gradient over time as it goes (no ``[k, ...]`` transient): a LIF on the Numba
-        backend, alone or followed by a 2x2 max-pool or by linear layers (average pooling, flatten),
-        on the traced float32 CPU shapes."""
+        sums the input gradient over time as it goes (no ``[k, ...]`` input gradient): a LIF on the
+        Numba backend, alone or followed by a 2x2 max-pool or by linear layers (average pooling,
+        flatten; their input gradient is made first), on the traced float32 CPU shapes."""
         trace = getattr(self, "trace", None)
         if not trace or "node_in" not in trace or trace.get("device", "cpu") != "cpu":
             return False

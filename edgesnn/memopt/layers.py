@@ -17,7 +17,7 @@ from torch import nn
 from ..nn import LIF, RevLIF
 from ..nn.layers import SeqToANN
 
-__all__ = ["Step", "child_steps", "output_codec", "is_node"]
+__all__ = ["Step", "child_steps", "output_codec", "is_node", "hooked", "runs_plain_forward"]
 
 # Kinds: "node" (LIF/RevLIF), "bn" (BatchNorm), "param" (a layer with parameters: conv, linear),
 # "free" (no parameters, deterministic: pooling, flatten, activations without state).
@@ -41,9 +41,35 @@ def is_node(m: nn.Module) -> bool:
     """An edgesnn LIF/RevLIF node the optimizer can chunk: multi-step, fresh state every call.
 
     A node that carries its state across calls (``step_mode='s'`` or ``stateful=True``) is left
-    as it is: recomputing it from a fresh state would be wrong.
+    as it is: recomputing it from a fresh state would be wrong; so is a node with hooks
+    (:func:`hooked`), which the kernels would bypass.
     """
-    return isinstance(m, (LIF, RevLIF)) and getattr(m, "step_mode", "m") == "m" and not getattr(m, "stateful", False)
+    return (isinstance(m, (LIF, RevLIF)) and getattr(m, "step_mode", "m") == "m" and not getattr(m, "stateful", False)
+            and not hooked(m))
+
+
+def hooked(m: nn.Module) -> bool:
+    """``m`` has forward or forward-pre hooks, or a ``forward`` set on the instance: calling it may
+    compute something its class does not say. The optimizer runs nodes through their kernels and
+    SpikingJelly layers through their base forward, without calling the module, so such modules
+    (and wrappers) are left as they are; a hooked plain layer inside a wrapper is called as it is
+    but nothing is assumed about its output (no packed codec, no kernel in its place)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__
+
+
+def runs_plain_forward(step: Step, cls: type) -> bool:
+    """``step`` computes exactly ``cls.forward`` (so a kernel may stand in for it): either its
+    function is that forward bound to the module (SpikingJelly's multi-step layers; no hooks run
+    then), or it calls the module itself, whose class forward is ``cls.forward``, with no forward
+    or forward-pre hook (its own or a global one) and no ``forward`` set on the instance."""
+    m, fn = step.module, step.fn
+    if getattr(fn, "__func__", None) is cls.forward:
+        return True
+    if fn is not m or type(m).forward is not cls.forward or hooked(m):
+        return False
+    from torch.nn.modules import module as torch_module
+
+    return not (getattr(torch_module, "_global_forward_hooks", None) or getattr(torch_module, "_global_forward_pre_hooks", None))
 
 
 def _torch_base_forward(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -81,6 +107,8 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
     """
     if is_node(m):
         return [Step("node", m, m)]
+    if hooked(m):
+        return None  # a wrapper's or SpikingJelly layer's hooks would be bypassed
     inner: List[nn.Module]
     if isinstance(m, SeqToANN):
         inner = list(m.module) if isinstance(m.module, nn.Sequential) else [m.module]
@@ -97,6 +125,8 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
 
 def _pool_count(m: nn.Module) -> Optional[int]:
     """Window size of an average pool without padding (its output of spikes is count / size)."""
+    if getattr(m, "divisor_override", None) is not None:
+        return None
     if isinstance(m, nn.AvgPool2d) and m.padding in (0, (0, 0)) and not m.ceil_mode:
         k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
         return int(k[0] * k[1])
@@ -111,6 +141,8 @@ def output_codec(step: Step, codec: str) -> str:
     m = step.module
     if step.kind == "node":
         return "bits" if isinstance(m, LIF) else "dense"
+    if step.fn is m and hooked(m):
+        return "dense"  # its hooks may change the values
     if isinstance(m, (nn.Flatten, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)):
         return codec
     n = _pool_count(m)

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .layers import Step
+from .layers import Step, runs_plain_forward
 
 __all__ = ["linear_post", "post_input_grad"]
 
@@ -47,13 +47,10 @@ _GRADS = {
 
 def _grad_of(step: Step) -> Optional[Callable]:
     """The backward of ``step`` if it is one of the linear layers above running torch's own forward
-    (a subclass with its own forward is run as it is)."""
-    m, fn = step.module, step.fn
+    (a subclass with its own forward, or a module with hooks, is run as it is)."""
     for cls, grad in _GRADS.items():
-        if isinstance(m, cls):
-            base = cls.forward
-            runs_base = getattr(fn, "__func__", None) is base or (fn is m and type(m).forward is base)
-            return grad if runs_base else None
+        if isinstance(step.module, cls):
+            return grad if runs_plain_forward(step, cls) else None
     return None
 
 

@@ -43,6 +43,10 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
 
     records: Dict[int, dict] = {}
     hooks = []
+    # Spiking nodes keep their input's shape: during the trace they pass it through, so only the
+    # stateless layers run, on fake tensors (no memory, no data-dependent checks). (Listed before
+    # the trace's own hooks are registered: a hooked node is not one the optimizer runs.)
+    nodes = [m for m in model.modules() if is_node(m)]
     for seq in seqs:
         children = list(seq)
         for b in blocks[id(seq)]:
@@ -66,9 +70,6 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
                         records.setdefault(id(b), {})["pre_out"] = tuple(out.shape)
                     hooks.append(s.module.register_forward_hook(pre_bn))
     buffers = [(buf, buf.detach().clone()) for buf in model.buffers()]
-    # Spiking nodes keep their input's shape: during the trace they pass it through, so only the
-    # stateless layers run, on fake tensors (no memory, no data-dependent checks).
-    nodes = [m for m in model.modules() if is_node(m)]
     try:
         for n in nodes:
             n.forward = _identity

@@ -15,7 +15,7 @@ from ..functional.lif import initial_state as lif_initial_state
 from ..kernels import dispatch
 from ..nn import LIF
 from .batchnorm import batch_stats_mode, bn_static
-from .layers import Step
+from .layers import Step, runs_plain_forward
 from .linear_post import linear_post, post_input_grad
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,9 +54,9 @@ def _pool2(post: List[Step]) -> bool:
     """``post`` is one 2x2, stride-2 max-pool without padding (what the fused kernels implement)."""
     if len(post) != 1 or not isinstance(post[0].module, nn.MaxPool2d):
         return False
-    m, fn = post[0].module, post[0].fn
-    if not (getattr(fn, "__func__", None) is nn.MaxPool2d.forward or (fn is m and type(m).forward is nn.MaxPool2d.forward)):
-        return False  # a subclass with its own forward: run it as it is
+    m = post[0].module
+    if not runs_plain_forward(post[0], nn.MaxPool2d):
+        return False  # its own forward, or hooks: run it as it is
 
     def pair(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -155,7 +155,8 @@ def node_backward_time_sum(block: "Block", z0: torch.Tensor, k: int, v0: Optiona
                            g_v: Optional[torch.Tensor], dz0: torch.Tensor):
     """Node and post layers back-propagated over ``k`` steps of one input ``z0 [B, ...]`` repeated
     at every step; the node input gradient summed over the ``k`` steps is added to ``dz0`` in place
-    (the kernel sums as it goes: nothing ``[k, ...]`` is made). Returns ``(dz0, dv0)``, or ``None``
+    (the kernel sums as it goes: no ``[k, ...]`` input gradient is made; before linear layers the
+    spikes' gradient ``[k, ...]`` is). Returns ``(dz0, dv0)``, or ``None``
     where no fused kernel applies (``dz0`` unchanged) or a gradient is not finite (the caller then
     runs :func:`node_chunk_backward`, whose node backward raises on it, as the node does)."""
     z = z0.unsqueeze(0).expand(k, *z0.shape)

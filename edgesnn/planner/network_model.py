@@ -171,6 +171,8 @@ def _pool_path(block) -> Optional[str]:
 
     if not any(isinstance(getattr(s, "module", None), _POOL_TYPES) for s in block.post):
         return None
+    if block.trace.get("device", "cpu") != "cpu":
+        return "autograd"  # the fused kernels are CPU ones
     probe = torch.zeros((), dtype=block.trace["in"][2]).expand(*block.trace["node_in"])
     return fused_kind(block.node, block.post, probe) or "autograd"
 
