@@ -68,3 +68,45 @@ def test_non_contiguous_and_no_numba_take_the_torch_form(monkeypatch):
     assert not bnm._numba_ok(dy, xhat)
     want = _torch_input_grad(dy.clone(), xhat.clone(), c1, c2, scale)
     assert torch.equal(input_grad_(dy.clone(), xhat.clone(), c1, c2, scale), want)
+
+
+@pytest.mark.parametrize("front", ["bn_first", "flatten_bn1d", "revlif_pool_bn"])
+def test_a_block_starting_with_batchnorm_leaves_its_input_alone(front):
+    """A chunked block with no layer before its BatchNorm (or only a view, or behind a RevLIF whose
+    output is kept dense) normalizes a fresh tensor, never its saved input: the caller's input stays
+    as it was and the gradients are the plain model's."""
+    import copy
+
+    from torch import nn
+
+    import edgesnn
+    from edgesnn.nn import LIF, RevLIF, SeqToANN as S
+
+    torch.manual_seed(0)
+    if front == "bn_first":
+        m = nn.Sequential(S(nn.BatchNorm2d(4)), LIF(), S(nn.Conv2d(4, 4, 3, padding=1, bias=False)), S(nn.BatchNorm2d(4)),
+                          LIF(), S(nn.AvgPool2d(2)), S(nn.Flatten()), S(nn.Linear(64, 5)))
+        x = torch.rand(6, 3, 4, 8, 8) * 4
+    elif front == "flatten_bn1d":
+        m = nn.Sequential(S(nn.Flatten()), S(nn.BatchNorm1d(48)), RevLIF(), S(nn.Linear(48, 5)))
+        x = torch.rand(6, 3, 3, 4, 4) * 4
+    else:
+        m = nn.Sequential(S(nn.Conv2d(2, 4, 3, padding=1)), S(nn.BatchNorm2d(4)), RevLIF(), S(nn.AvgPool2d(2)),
+                          S(nn.BatchNorm2d(4)), LIF(), S(nn.Flatten()), S(nn.Linear(64, 5)))
+        x = torch.rand(6, 3, 2, 8, 8) * 4
+    m = m.double()
+    x = x.double()
+    y = torch.randint(0, 5, (3,))
+    opt = copy.deepcopy(m)
+    edgesnn.optimize_memory(opt, x, chunk=2)
+    grads = []
+    for model in (m, opt):
+        xx = x.clone().requires_grad_(True)
+        nn.functional.cross_entropy(model(xx).mean(0), y).backward()
+        assert torch.equal(xx.detach(), x)
+        grads.append([xx.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), (a - b).abs().max()
+    plain = x.clone()
+    nn.functional.cross_entropy(opt(plain).mean(0), y).backward()
+    assert torch.equal(plain, x)

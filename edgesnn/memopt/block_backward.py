@@ -79,7 +79,12 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
             if held is not None:
                 z, xhat = bn_normalize(bn, held.pop(t0) if single else held[t0], mean, invstd, inplace=single)
             else:
-                z, xhat = bn_normalize(bn, apply_steps(pre, merge_time(saved.chunk(t0, t1))), mean, invstd, inplace=True)
+                x_in = merge_time(saved.chunk(t0, t1))
+                a = apply_steps(pre, x_in)
+                # in place only on a fresh layer output: with no layer before BatchNorm (or only
+                # views), ``a`` is the block's saved input, possibly the caller's own tensor
+                z, xhat = bn_normalize(bn, a, mean, invstd, inplace=not _shares_storage(a, x_in))
+                del a, x_in
             z = split_time(z, k)
         dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
         del z
@@ -117,8 +122,9 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
                     a = apply_steps(pre, merge_time(xl))
             with torch.no_grad():
                 # the layers before BatchNorm (conv, linear, pooling) do not keep their output for
-                # backward, so the output may become xhat in place (not when it is the input itself)
-                z, xhat = bn_normalize(bn, a.detach(), mean, invstd, inplace=bool(pre))
+                # backward, so the output may become xhat in place (not when it is the input itself
+                # or a view of it: the saved input, possibly the caller's own tensor)
+                z, xhat = bn_normalize(bn, a.detach(), mean, invstd, inplace=not _shares_storage(a, xl))
                 z = split_time(z, k)
             dz, g_v = _mid_node_backward(block, mid, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
             del z
@@ -142,6 +148,11 @@ def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wa
         if g_in is not None:
             sink(t0, t1, g_in)
         del g_in
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are views of one storage (writing into ``a`` would change ``b``)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _mid_node_backward(block: Block, mid: List[Step], z: torch.Tensor, v0, g_out, g_v):
