@@ -387,8 +387,10 @@ def test_planner_counts_the_full_size_output_of_an_unfused_pool():
         plan = edgesnn.optimize_memory(net, torch.rand(4, 3, 2, 9, 9), chunk=2)
         blocks = next(m for m in net.modules() if isinstance(m, MemoryOptimizedSequential))._memopt_blocks
         bs = [block_shape(b, i) for i, b in enumerate(blocks)]
-        shapes[node.__name__, pool] = ([s.unfused_pool for s in bs], [s.pool_autograd for s in bs], plan.peak_bytes)
-    assert shapes["LIF", "max"][:2] == ([False] * 3, [False] * 3)
-    assert shapes["LIF", "avg"][:2] == ([True, True, False], [False] * 3)
-    assert shapes["RevLIF", "avg"][:2] == ([True, True, False], [True, True, False])
-    assert shapes["LIF", "avg"][2] > shapes["LIF", "max"][2]
+        shapes[node.__name__, pool] = ([s.unfused_pool for s in bs], [s.pool_autograd for s in bs],
+                                       [s.node_autograd for s in bs], plan.peak_bytes)
+    assert shapes["LIF", "max"][:3] == ([False] * 3, [False] * 3, [False] * 3)
+    assert shapes["LIF", "avg"][:3] == ([True, True, False], [False] * 3, [False] * 3)
+    assert shapes["RevLIF", "avg"][:3] == ([True, True, False], [True, True, False], [True] * 3)
+    assert shapes["LIF", "avg"][3] > shapes["LIF", "max"][3]
+    assert shapes["RevLIF", "avg"][3] > shapes["LIF", "avg"][3]  # a node under autograd holds more

@@ -16,7 +16,7 @@ layers) on which the planner's coefficients were first fitted.
 
     python tools/memopt_phases.py --model vgg11 -T 3 --batch 8
     python tools/memopt_phases.py --model convnet -T 3 --batch 32 --chunk 1 --json out.json
-    python tools/memopt_phases.py --suite          # the 26 configurations of SUITE (~6 min)
+    python tools/memopt_phases.py --suite          # the 40 configurations of SUITE (~9 min)
 """
 
 from __future__ import annotations
@@ -29,21 +29,26 @@ import sys
 from dataclasses import asdict
 from typing import Dict, List, Optional
 
-#: (model, T, batch, chunk or None for the planner's choice[, neuron]). The first 14 (LIF) are those
-#: the coefficients for held blocks and average pools were fitted on; the others were not used in the
-#: fit (the last two: RevLIF, whose node and pool run under autograd).
-SUITE = [
+#: (model, T, batch, chunk or None for the planner's choice, neuron, fitted): ``fitted`` marks the
+#: configurations the planner's coefficients for held blocks, average pools and nodes under autograd
+#: (RevLIF) were fitted on; the others check them.
+SUITE = [(*cfg, "lif", True) for cfg in [
     ("convnet", 1, 32, None), ("convnet", 3, 32, None), ("convnet", 8, 32, None), ("convnet", 8, 32, 4),
     ("convnet", 16, 16, None), ("convnet", 3, 64, None),
     ("vgg11", 3, 8, None), ("vgg11", 8, 8, None), ("vgg11", 16, 8, 4), ("vgg11", 16, 8, None),
     ("vgg11", 4, 16, None), ("vgg11", 8, 8, 2),
     ("vgg11-max", 8, 8, None), ("vgg11-max", 16, 8, 4),
+]] + [(*cfg, "revlif", True) for cfg in [
+    ("convnet", 2, 32, None), ("convnet", 2, 32, 1), ("convnet", 4, 32, None), ("convnet", 4, 32, 1),
+    ("convnet", 8, 32, 2), ("vgg11", 2, 32, None), ("vgg11", 2, 32, 1), ("vgg11", 4, 8, None), ("vgg11", 4, 32, 1),
+    ("vgg11", 8, 32, 2), ("vgg11", 8, 8, None), ("vgg11-max", 8, 8, None),
+]] + [(*cfg, "lif", False) for cfg in [
     ("convnet", 2, 48, None), ("convnet", 6, 32, None), ("convnet", 1, 64, None), ("convnet", 12, 16, 3),
     ("vgg11", 6, 12, None), ("vgg11", 2, 16, None), ("vgg11", 12, 8, None), ("vgg11", 5, 8, 1),
     ("vgg11-max", 4, 16, None), ("vgg11-max", 32, 4, None),
-    ("convnet", 4, 32, None, "revlif"), ("vgg11", 4, 8, None, "revlif"),
-]
-FITTED = 14
+]] + [(*cfg, "revlif", False) for cfg in [
+    ("convnet", 6, 16, None), ("convnet", 3, 16, 1), ("vgg11", 3, 16, None), ("vgg11", 6, 8, 2),
+]]
 
 
 def _model(name: str, T: int, batch: int, neuron: str = "lif"):
@@ -166,20 +171,23 @@ def print_result(r: dict) -> None:
         print(f"  {key:<16} {pred / mib:9.2f} {meas / mib:9.2f} {100.0 * (pred - meas) / max(meas, 1):+6.1f}%  {pool}")
 
 
-def print_summary(results: List[dict], fitted: int) -> None:
-    """One line per configuration: the step's predicted and measured peak; the range of the errors."""
+def print_summary(results: List[dict], fitted: List[bool]) -> None:
+    """One line per configuration: the step's predicted and measured peak; the ranges of the errors."""
     mib = 2.0 ** 20
     print(f"\n| {'model':9} | neuron | {'T':>3} | {'batch':>5} | chunks | {'pred MiB':>8} | {'meas MiB':>8} | {'err':>7} |")
     errs = []
-    for j, r in enumerate(results):
+    for r, fit in zip(results, fitted):
         err = 100.0 * (r["predicted_peak"] - r["measured_peak"]) / r["measured_peak"]
-        errs.append(err)
-        mark = "" if j < fitted else " (not fitted)"
+        errs.append((r["neuron"], fit, err))
+        mark = "" if fit else " (not fitted)"
         print(f"| {r['model']:9} | {r['neuron']:6} | {r['T']:>3} | {r['batch']:>5} | {r['chunks']} | {r['predicted_peak'] / mib:8.1f} | "
               f"{r['measured_peak'] / mib:8.1f} | {err:+6.1f}% |{mark}")
-    for name, part in (("fitted", errs[:fitted]), ("not fitted", errs[fitted:])):
-        if part:
-            print(f"{name}: step peak errors {min(part):+.1f}% .. {max(part):+.1f}% ({len(part)} configurations)")
+    for neuron in ("lif", "revlif"):
+        for fit in (True, False):
+            part = [e for n, f, e in errs if n == neuron and f == fit]
+            if part:
+                print(f"{neuron}, {'fitted' if fit else 'not fitted'}: step peak errors {min(part):+.1f}% .. "
+                      f"{max(part):+.1f}% ({len(part)} configurations)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -204,14 +212,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.json and os.path.exists(args.json):
         ap.error(f"--json: {args.json} exists; choose another file")
-    configs = SUITE if args.suite else [(args.model, args.T, args.batch, args.chunk, args.neuron)]
+    configs = SUITE if args.suite else [(args.model, args.T, args.batch, args.chunk, args.neuron, False)]
     results = []
-    for model, T, batch, chunk, *neuron in configs:
-        r = run_fresh(model, T, batch, chunk, args.threads, *neuron)
+    for model, T, batch, chunk, neuron, _ in configs:
+        r = run_fresh(model, T, batch, chunk, args.threads, neuron)
         print_result(r)
         results.append(r)
     if len(results) > 1:
-        print_summary(results, FITTED if args.suite else len(results))
+        print_summary(results, [c[-1] for c in configs])
     if args.json:
         from edgesnn.atomic import atomic_write
 

@@ -46,11 +46,17 @@ HELD_BWD_STEPS = 2.5
 # below, the 14 fitted configurations' step peaks are predicted within -14..+8%; docs/design.md §4).
 UNFUSED_POOL_FWD_A = 0.1
 UNFUSED_POOL_BWD_A = 0.2
-# The same when no fused kernel runs the node at all (a RevLIF, the torch backend, a pool that is
-# not linear): node and pool under autograd, with the spikes, their gradient and the node's own
-# buffers.
-AUTOGRAD_POOL_FWD_A = 1.0
-AUTOGRAD_POOL_BWD_A = 2.0
+# When no fused kernel runs the node (a RevLIF, the torch backend, a pool that is not linear), node
+# and pool run under autograd: per chunk step the pool adds about as little, but each backward
+# phase holds a few more node-input step tensors whatever the chunk (the node's saved output and
+# state, autograd's gradient buffers), and a repeated-input block more still (its input expanded
+# to a contiguous chunk, the node's forward rerun under autograd in its backward). Fitted with
+# tools/memopt_phases.py on RevLIF conv nets and VGG-11s (T = 2-8, batch 8-32, chunks 1-8).
+AUTOGRAD_POOL_FWD_A = 0.0
+AUTOGRAD_POOL_BWD_A = 0.2
+AUTOGRAD_BWD_STEPS = 3.9
+AUTOGRAD_STATIC_FWD_STEPS = 1.3
+AUTOGRAD_STATIC_BWD_STEPS = 6.4
 # A repeated-input block whose backward runs inside the next block's keeps its recomputed layer
 # output, its time-summed input gradient and its state gradient there besides what is counted per
 # fed chunk: node-input tensors of one step (fitted with tools/memopt_phases.py; 2 would be all of
@@ -110,6 +116,7 @@ class BlockShape:
     sums_over_time: bool = False  # repeated input: the node's backward kernel sums its gradient over time
     unfused_pool: bool = False    # a pooling after the node that no fused kernel runs (see UNFUSED_POOL_*)
     pool_autograd: bool = False   # ... and the node and that pooling run under autograd (see AUTOGRAD_POOL_*)
+    node_autograd: bool = False   # no fused kernel runs the node: it runs under autograd (see AUTOGRAD_*)
 
 
 @dataclass
@@ -177,6 +184,18 @@ def _pool_path(block) -> Optional[str]:
     return fused_kind(block.node, block.post, probe) or "autograd"
 
 
+def _node_autograd(block) -> bool:
+    """No fused kernel runs the block's node (with its pooling): it runs under autograd."""
+    import torch
+
+    from ..memopt.steps import fused_kind
+
+    if block.trace.get("device", "cpu") != "cpu":
+        return True
+    probe = torch.zeros((), dtype=block.trace["in"][2]).expand(*block.trace["node_in"])
+    return fused_kind(block.node, block.post, probe) is None
+
+
 def _pool_a(b: BlockShape, forward: bool) -> float:
     """Node-input tensors per chunk step that an unfused pooling adds (UNFUSED_POOL_*, AUTOGRAD_POOL_*)."""
     if not b.unfused_pool:
@@ -219,6 +238,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         k = min(K, b.T)
         if b.static:
             tmp = min(inner, k) * (FWD_A + _pool_a(b, True)) * b.a_bytes + 2 * b.a_bytes
+            tmp += AUTOGRAD_STATIC_FWD_STEPS * b.a_bytes * b.node_autograd
         else:
             tmp = (k * (FWD_X * b.x_bytes + (FWD_A + _pool_a(b, True)) * b.a_bytes
                         + FWD_O * b.o_bytes * b.has_post) + b.param_bytes)
@@ -250,6 +270,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         in_chunks = i > 0 and shapes[i - 1].hands_off and not shapes[i - 1].static
         if b.static:
             tmp = min(inner, k) * (STATIC_BWD_A + _pool_a(b, False)) * b.a_bytes + 2 * b.a_bytes
+            tmp += AUTOGRAD_STATIC_BWD_STEPS * b.a_bytes * b.node_autograd
             phase = kept + g_out + tmp
         else:
             prev_fused = i > 0 and fused_static(shapes, i - 1)
@@ -261,6 +282,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                         + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes)
             if b.has_bn and nc == 1 and not held[i]:
                 tmp += k * PLAIN_BN_BWD_A * b.a_bytes
+            tmp += AUTOGRAD_BWD_STEPS * b.a_bytes * b.node_autograd
             if held[i]:
                 # the layer output is the held one (in ``kept``), not recomputed; pass 1 keeps it
                 tmp += k * (HELD_BWD_A - BWD_A) * b.a_bytes + HELD_BWD_STEPS * b.a_bytes
@@ -270,7 +292,8 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 # gradient over time as it goes, only its per-thread scratch of <= 1 MiB each and
                 # the boundary state gradient: taken as one step)
                 p = shapes[i - 1]
-                steps = p.a_bytes if p.sums_over_time else min(inner, k) * STATIC_BWD_A * p.a_bytes
+                steps = (p.a_bytes if p.sums_over_time else min(inner, k) * STATIC_BWD_A * p.a_bytes
+                         + AUTOGRAD_STATIC_BWD_STEPS * p.a_bytes * p.node_autograd)
                 fed = max(chunks[i - 1] // k, 1)  # our chunks fed per chunk of the repeated-input block
                 if fed > 1 and p.sums_over_time:
                     # their start states come from a forward pass over its chunk, a few steps at a
@@ -361,6 +384,6 @@ def block_shape(block, index: int) -> BlockShape:
         hands_off=block.next_block is not None,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
         has_post=bool(block.post), can_hold=block.can_hold(), unfused_pool=pool not in (None, "pool2"),
-        pool_autograd=pool == "autograd",
+        pool_autograd=pool == "autograd", node_autograd=_node_autograd(block),
         sums_over_time=static and block.sums_repeated_input_gradient(),
     )
