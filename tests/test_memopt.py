@@ -8,6 +8,7 @@ float64 rounding); float32 runs check the same code path with a float32 toleranc
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -394,3 +395,27 @@ def test_planner_counts_the_full_size_output_of_an_unfused_pool():
     assert shapes["RevLIF", "avg"][:3] == ([True, True, False], [True, True, False], [True] * 3)
     assert shapes["LIF", "avg"][3] > shapes["LIF", "max"][3]
     assert shapes["RevLIF", "avg"][3] > shapes["LIF", "avg"][3]  # a node under autograd holds more
+
+
+def test_budget_and_repeat_calls_are_checked():
+    """A forced chunk with a budget, a second call on a rewritten model and budgets that are not a
+    positive whole number of bytes are one-line errors; a budget too small names the smallest one
+    the planner accepts (its least peak plus the 20% headroom), and that one is accepted."""
+    x = torch.rand(5, 2, 8, 8)
+
+    def model():
+        return build_model("convnet", (2, 8, 8), 4, 6, channels=(4, 6))
+
+    with pytest.raises(ValueError, match="budget, chunk: give one"):
+        edgesnn.optimize_memory(model(), x, budget="1KiB", chunk=1)
+    for bad in (True, float("nan"), float("inf"), 1.5, 0, -3, "lots"):
+        with pytest.raises(ValueError, match="^budget: expected"):
+            edgesnn.optimize_memory(model(), x, budget=bad)
+    m = model()
+    edgesnn.optimize_memory(m, x)
+    with pytest.raises(ValueError, match="already rewritten by optimize_memory"):
+        edgesnn.optimize_memory(m, x)
+    with pytest.raises(PlanningError, match=r"smallest budget accepted is ([0-9.]+) MiB") as err:
+        edgesnn.optimize_memory(model(), x, budget=1000)
+    smallest = float(re.search(r"smallest budget accepted is ([0-9.]+) MiB", str(err.value)).group(1))
+    edgesnn.optimize_memory(model(), x, budget=int((smallest + 0.1) * 2**20))

@@ -95,3 +95,16 @@ def test_cuda_trains_digits_like_cpu():
     cpu = train(TrainConfig(**cfg), progress=False, log=lambda s: None, device="cpu")
     gpu = train(TrainConfig(**cfg), progress=False, log=lambda s: None, device="cuda")
     assert abs(gpu["test_accuracy"] - cpu["test_accuracy"]) <= 0.03
+
+
+def test_batch_of_one_needs_no_batchnorm(capsys):
+    """BatchNorm cannot train on one sample: batch 1 with it is refused up front (it used to skip
+    every batch and report loss 0); without BatchNorm a batch of one trains."""
+    with pytest.raises(UsageError, match="batch_size: BatchNorm needs at least 2 samples"):
+        TrainConfig(batch_size=1).validate()
+    assert main(["train", "--batch-size", "1", "--epochs", "1", "--no-progress"]) == 2
+    assert "--batch-size: BatchNorm needs at least 2" in capsys.readouterr().err
+    logs = []
+    train(TrainConfig(batch_size=1, batchnorm=False, epochs=1), progress=False, log=logs.append, max_steps=3)
+    loss = float(next(line for line in logs if " loss " in line).split(" loss ")[1].split()[0])
+    assert loss > 0.1

@@ -7,6 +7,7 @@ each block's peak from shapes and picks its chunk size.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -16,7 +17,7 @@ from ..planner import network as netplan
 from .block import Block
 from .layers import is_node
 from .partition import candidate_sequentials, partition
-from .sequential import install
+from .sequential import MemoryOptimizedSequential, install
 
 __all__ = ["optimize_memory", "largest_batch"]
 
@@ -27,9 +28,10 @@ def _parse_budget(budget: Union[None, int, float, str]) -> Optional[int]:
     if isinstance(budget, str):
         from ..planner.cli import parse_bytes
 
-        return parse_bytes(budget)
-    if not isinstance(budget, (int, float)) or budget <= 0:
-        raise ValueError(f"budget: expected a positive number of bytes or a size like '512MiB', got {budget!r}")
+        return parse_bytes(budget, name="budget")
+    if (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 1
+            or budget != int(budget)):
+        raise ValueError(f"budget: expected a positive whole number of bytes or a size like '512MiB', got {budget!r}")
     return int(budget)
 
 
@@ -131,9 +133,14 @@ def optimize_memory(
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input: expected a tensor, got {type(example_input).__name__}")
-    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
     budget_bytes = _parse_budget(budget)
+    if chunk is not None and budget_bytes is not None:
+        raise ValueError("budget, chunk: give one of them (a forced chunk is not planned against a budget)")
+    if any(isinstance(m, MemoryOptimizedSequential) for m in model.modules()):
+        raise ValueError("model: already rewritten by optimize_memory; call edgesnn.memopt.uninstall(model) first "
+                         "to plan it again")
     seqs = candidate_sequentials(model)
     if not seqs:
         raise ValueError("model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize")

@@ -82,8 +82,8 @@ def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
     least = predict_peak(shapes, path[-1], fixed_bytes)[0]
     raise PlanningError(
         f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
-        f"{least / 2**20:.1f} MiB (planned with {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the "
-        "batch or T, or raise the budget")
+        f"{least / 2**20:.1f} MiB, so the smallest budget accepted is {least / BUDGET_HEADROOM / 2**20:.1f} MiB "
+        f"(plans keep {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the batch or T, or raise the budget")
 
 
 def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Sequence[int], target: int,

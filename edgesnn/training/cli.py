@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
                         ("--eval-batch", args.eval_batch), ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
             raise UsageError(f"{flag}: expected an integer >= 1, got {value}")
+    if args.batch_size < 2 and not args.no_batchnorm:
+        raise UsageError("--batch-size: BatchNorm needs at least 2 samples per batch, got 1; add --no-batchnorm "
+                         "to train with batch 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr: expected a finite number > 0, got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:

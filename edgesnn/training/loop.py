@@ -54,6 +54,9 @@ class TrainConfig:
             raise UsageError(f"lr: expected a finite number > 0, got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        if self.batchnorm and self.batch_size < 2:
+            raise UsageError("batch_size: BatchNorm needs at least 2 samples per batch, got 1; train without "
+                             "BatchNorm (batchnorm=False, --no-batchnorm) for batch 1")
         a = self.revlif_alpha
         if a is not None and not (isinstance(a, float) and math.isfinite(a) and a > 0):
             raise UsageError(f"revlif_alpha: expected None or a finite number > 0 (a power of two 2^-k in exact mode), got {a!r}")
@@ -328,7 +331,7 @@ def train(
         end = len(order)  # where this epoch stops (earlier when max_steps ends the run inside it)
         for i in batches:
             idx = order[i:i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one sample (the same on every rank: equal shares)
+            if len(idx) < 2 and cfg.batchnorm:  # BatchNorm needs more than one sample (every rank alike: equal shares)
                 continue
             xb = data.train.inputs(idx).to(dev, non_blocking=True)
             yb = data.train.y[idx].to(dev, non_blocking=True)
