@@ -120,9 +120,9 @@ def optimize_memory(
         example_input: one input batch as the model takes it (shapes only are used: it is run on
             fake tensors). Pass inputs repeated over T as ``x.unsqueeze(0).expand(T, ...)`` (or use a
             model that does, like edgesnn's classifiers) so they are stored once.
-        budget: peak training bytes to fit (int, or a size such as ``"120MiB"``); ``None`` picks
-            the smallest peak that costs little time.
-        chunk: force one chunk size ``K`` for every block instead of planning.
+        budget: peak training bytes to fit (a whole number, or a size such as ``"120MiB"``); ``None``
+            picks the smallest peak that costs little time.
+        chunk: force one chunk size ``K`` for every block instead of planning (not with a budget).
         optimizer_bytes_per_param: optimizer state per parameter byte to count (0: forward and
             backward only; Adam ~2).
 
