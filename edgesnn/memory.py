@@ -12,7 +12,7 @@ from typing import Iterable, Tuple
 
 import torch
 
-__all__ = ["SavedTensorCounter", "peak_rss_bytes", "reset_peak_rss"]
+__all__ = ["SavedTensorCounter", "peak_rss_bytes", "rss_bytes", "reset_peak_rss"]
 
 
 def _storage_key(t: torch.Tensor) -> Tuple[int, str]:
@@ -50,13 +50,22 @@ class SavedTensorCounter:
         return sum(n for k, n in self.storages.items() if k not in skip)
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (``VmHWM``), in bytes (Linux)."""
+def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status (Linux only)")
+    raise RuntimeError(f"{field} not found in /proc/self/status (Linux only)")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (``VmHWM``), in bytes (Linux)."""
+    return _status_bytes("VmHWM")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (``VmRSS``), in bytes (Linux)."""
+    return _status_bytes("VmRSS")
 
 
 def reset_peak_rss() -> None:

@@ -114,11 +114,9 @@ def row_model(row: str, x, budget: int):
 
 
 def _rss() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from edgesnn.memory import rss_bytes
+
+    return rss_bytes()
 
 
 def _hwm() -> int:

@@ -84,7 +84,7 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
     import edgesnn
     from edgesnn.kernels import buffers
     from edgesnn.memopt import block as block_mod
-    from edgesnn.memory import peak_rss_bytes, reset_peak_rss
+    from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from edgesnn.planner.network_model import block_shape, predict_peak
 
     torch.set_num_threads(threads)
@@ -98,13 +98,6 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
     predict_peak(shapes, chunks, 0, keeps=[b.keep for b in blocks], holds=[b.hold for b in blocks],
                  breakdown=predicted)
     index = {id(b): i for i, b in enumerate(blocks)}
-
-    def rss() -> int:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
 
     measured: Dict[str, int] = {}
     state = {"base": None}
@@ -132,7 +125,7 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
 
     step()  # warm-up: gradients allocated, kernels compiled
     buffers.release()
-    state["base"] = rss()
+    state["base"] = rss_bytes()
     reset_peak_rss()
     step()
     whole = max([peak_rss_bytes() - state["base"]] + list(measured.values()))  # each phase reset the peak

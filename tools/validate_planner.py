@@ -51,14 +51,6 @@ CONFIGS = [
 QUICK = [0, 3, 4, 7]
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def worker(spec: dict) -> dict:
     """Measure one configuration in this (fresh) process."""
     from edgesnn.planner.runtime import lean_allocator

@@ -101,16 +101,22 @@ class Block:
         i = self.bn_index()
         return i == 1 and self.can_chunk() and layer_backward_supported(self.steps[0])
 
+    def traced_kind(self) -> Optional[str]:
+        """The fused kernel (:func:`~edgesnn.memopt.steps.fused_kind`) that runs node and post on the
+        traced shapes (asked with a zero-memory probe), or ``None``: the node runs under autograd
+        (also untraced, or traced off the CPU: the fused kernels are CPU ones)."""
+        trace = getattr(self, "trace", None)
+        if not trace or "node_in" not in trace or trace.get("device", "cpu") != "cpu":
+            return None
+        z = torch.zeros((), dtype=trace["in"][2]).expand(trace["node_in"])
+        return fused_kind(self.node, self.post, z)
+
     def sums_repeated_input_gradient(self) -> bool:
         """Whether, for an input repeated over T, the node's backward runs as one fused kernel that
         sums the input gradient over time as it goes (no ``[k, ...]`` input gradient): a LIF on the
         Numba backend, alone or followed by a 2x2 max-pool or by linear layers (average pooling,
         flatten; their input gradient is made first), on the traced float32 CPU shapes."""
-        trace = getattr(self, "trace", None)
-        if not trace or "node_in" not in trace or trace.get("device", "cpu") != "cpu":
-            return False
-        z = torch.zeros((), dtype=trace["in"][2]).expand(trace["node_in"])
-        return fused_kind(self.node, self.post, z) is not None
+        return self.traced_kind() is not None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ function on merged ``[N, ...]`` tensors plus its kind. Spiking nodes stay multi-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from ..nn import LIF, RevLIF
 from ..nn.layers import SeqToANN
 
-__all__ = ["Step", "child_steps", "output_codec", "is_node", "hooked", "runs_plain_forward"]
+__all__ = ["Step", "child_steps", "output_codec", "is_node", "hooked", "runs_plain_forward", "pair"]
 
 # Kinds: "node" (LIF/RevLIF), "bn" (BatchNorm), "param" (a layer with parameters: conv, linear),
 # "free" (no parameters, deterministic: pooling, flatten, activations without state).
@@ -123,12 +123,17 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
     return None
 
 
+def pair(v) -> Tuple[int, ...]:
+    """A 2-d layer's size argument as a tuple: ``2 -> (2, 2)``, ``(2, 3)`` and ``[2, 3]`` as they are."""
+    return tuple(int(e) for e in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
 def _pool_count(m: nn.Module) -> Optional[int]:
     """Window size of an average pool without padding (its output of spikes is count / size)."""
     if getattr(m, "divisor_override", None) is not None:
         return None
     if isinstance(m, nn.AvgPool2d) and m.padding in (0, (0, 0)) and not m.ceil_mode:
-        k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
+        k = pair(m.kernel_size)
         return int(k[0] * k[1])
     if isinstance(m, nn.AvgPool1d) and m.padding in (0, (0,)) and not m.ceil_mode:
         k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,)

@@ -15,20 +15,16 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .layers import Step, runs_plain_forward
+from .layers import Step, pair, runs_plain_forward
 
 __all__ = ["linear_post", "post_input_grad"]
 
 
-def _pair(v) -> List[int]:
-    return [int(e) for e in v] if isinstance(v, (tuple, list)) else [int(v), int(v)]
-
-
 def _avg_pool2d_grad(m: nn.AvgPool2d, g: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
     stand_in = torch.zeros((), dtype=g.dtype, device=g.device).expand(*in_shape)
-    k = _pair(m.kernel_size)
-    s = _pair(m.stride) if m.stride not in (None, [], ()) else k
-    return torch.ops.aten.avg_pool2d_backward(g.contiguous(), stand_in, k, s, _pair(m.padding), bool(m.ceil_mode),
+    k = list(pair(m.kernel_size))
+    s = list(pair(m.stride)) if m.stride not in (None, [], ()) else k
+    return torch.ops.aten.avg_pool2d_backward(g.contiguous(), stand_in, k, s, list(pair(m.padding)), bool(m.ceil_mode),
                                               bool(m.count_include_pad), m.divisor_override)
 
 

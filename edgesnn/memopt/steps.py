@@ -15,7 +15,7 @@ from ..functional.lif import initial_state as lif_initial_state
 from ..kernels import dispatch
 from ..nn import LIF
 from .batchnorm import batch_stats_mode, bn_static
-from .layers import Step, runs_plain_forward
+from .layers import Step, pair, runs_plain_forward
 from .linear_post import linear_post, post_input_grad
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,10 +57,6 @@ def _pool2(post: List[Step]) -> bool:
     m = post[0].module
     if not runs_plain_forward(post[0], nn.MaxPool2d):
         return False  # its own forward, or hooks: run it as it is
-
-    def pair(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
     return (pair(m.kernel_size) == (2, 2) and pair(m.stride if m.stride is not None else m.kernel_size) == (2, 2)
             and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices)
 

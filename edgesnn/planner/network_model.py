@@ -166,34 +166,14 @@ _POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPoo
                nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
 
 
-def _pool_path(block) -> Optional[str]:
-    """How the pooling after the block's node runs: ``None`` (no pooling), ``"pool2"`` (fused with
-    a LIF in one kernel), ``"lif_linear"`` (after the LIF kernels, its backward without spikes), or
-    ``"autograd"`` (node and pooling under autograd). The runtime's own choice,
-    :func:`edgesnn.memopt.steps.fused_kind`, asked with a zero-memory probe of the node input's
-    traced shape."""
-    import torch
-
-    from ..memopt.steps import fused_kind
-
+def _pool_path(block, kind: Optional[str]) -> Optional[str]:
+    """How the pooling after the block's node runs, given the runtime's fused ``kind``
+    (:meth:`edgesnn.memopt.block.Block.traced_kind`): ``None`` (no pooling), ``"pool2"`` (fused
+    with a LIF in one kernel), ``"lif_linear"`` (after the LIF kernels, its backward without
+    spikes), or ``"autograd"`` (node and pooling under autograd)."""
     if not any(isinstance(getattr(s, "module", None), _POOL_TYPES) for s in block.post):
         return None
-    if block.trace.get("device", "cpu") != "cpu":
-        return "autograd"  # the fused kernels are CPU ones
-    probe = torch.zeros((), dtype=block.trace["in"][2]).expand(*block.trace["node_in"])
-    return fused_kind(block.node, block.post, probe) or "autograd"
-
-
-def _node_autograd(block) -> bool:
-    """No fused kernel runs the block's node (with its pooling): it runs under autograd."""
-    import torch
-
-    from ..memopt.steps import fused_kind
-
-    if block.trace.get("device", "cpu") != "cpu":
-        return True
-    probe = torch.zeros((), dtype=block.trace["in"][2]).expand(*block.trace["node_in"])
-    return fused_kind(block.node, block.post, probe) is None
+    return kind or "autograd"
 
 
 def _pool_a(b: BlockShape, forward: bool) -> float:
@@ -365,7 +345,8 @@ def _macs(block, T: int, B: int) -> int:
 def block_shape(block, index: int) -> BlockShape:
     """Per-step sizes of a traced :class:`edgesnn.memopt.block.Block`."""
     in_shape, static, dtype = block.trace["in"]
-    pool = _pool_path(block)
+    kind = block.traced_kind()
+    pool = _pool_path(block, kind)
     e = 4 if str(dtype) == "torch.float32" else 8
     T, B = in_shape[0], in_shape[1]
     x_elems = _prod(in_shape[1:])
@@ -384,6 +365,6 @@ def block_shape(block, index: int) -> BlockShape:
         hands_off=block.next_block is not None,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
         has_post=bool(block.post), can_hold=block.can_hold(), unfused_pool=pool not in (None, "pool2"),
-        pool_autograd=pool == "autograd", node_autograd=_node_autograd(block),
-        sums_over_time=static and block.sums_repeated_input_gradient(),
+        pool_autograd=pool == "autograd", node_autograd=kind is None,
+        sums_over_time=static and kind is not None,
     )
