@@ -206,13 +206,13 @@ def test_nonfinite_incoming_gradient_raises(backend):
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_gradient_overflow_inside_the_layer_raises(backend):
-    # h lands exactly on the threshold, where ATan's surrogate gradient is alpha / 2 = 5e37:
-    # times 100 it overflows float32 inside the backward
-    p = LIFParams(tau=2.0, v_threshold=1.0, surrogate=ATan(1e38))
+    # h lands exactly on the threshold, where ATan's surrogate gradient is alpha / 2 = 5e5:
+    # times 1e38 it overflows float32 inside the backward
+    p = LIFParams(tau=2.0, v_threshold=1.0, surrogate=ATan(1e6))
     x = torch.full((3, 2, 4), 2.0, requires_grad=True)
     s, _ = dispatch.lif_multistep(x, p, None, backend)
     with pytest.raises(NonFiniteGradientError, match="arose inside this layer"):
-        s.backward(torch.full_like(s, 100.0))
+        s.backward(torch.full_like(s, 1e38))
     assert x.grad is None
 
 
@@ -343,8 +343,9 @@ def test_parameter_types_and_ranges():
                      (dict(v_reset=-1e39), "v_reset")):
         with pytest.raises(ValueError, match=f"^{name}: expected a finite number"):
             LIFParams(**kw)
-    with pytest.raises(ValueError, match="alpha must be a finite number"):
-        Sigmoid(1e39)
+    for alpha in (1e39, 2e6, float("nan"), 0.0):
+        with pytest.raises(ValueError, match=r"^surrogate alpha: expected a number in \(0, 1e\+06\]"):
+            Sigmoid(alpha)
     with pytest.raises(TypeError, match="LIF: expected a torch.Tensor input, got list"):
         LIF()([[1.0]])
     for backend in KERNEL_BACKENDS:
@@ -391,3 +392,44 @@ def test_meta_tensors_run_forward_and_backward(backend):
         y = cls(backend=backend)(x)
         y.sum().backward()
         assert y.shape == x.shape and y.device.type == "meta" and x.grad.shape == x.shape
+
+
+def test_overflowed_distance_to_threshold_spikes_like_the_kernels():
+    """``h - v_th`` past float32's range (h finite): the spike is 1, not inf - inf = NaN, and every
+    backend agrees; float16 reaches this with inputs of 4e4."""
+    from edgesnn.nn import LIF
+
+    p = dict(v_threshold=-2e38, v_reset=-3e38, decay_input=False)
+    x = torch.full((1, 1, 1), 3e38)
+    outs = {b: LIF(backend=b, **p)(x) for b in ["reference", *KERNEL_BACKENDS]}
+    for b, s in outs.items():
+        assert torch.equal(s, torch.ones(1, 1, 1)), (b, s)
+    h = torch.full((3, 1, 1), 4e4, dtype=torch.float16)
+    s = LIF(backend="torch", v_reset=None, decay_input=False)(h)
+    assert not torch.isnan(s).any() and torch.equal(s[:2], torch.ones(2, 1, 1, dtype=torch.float16))
+
+
+def test_sigmoid_surrogate_gradient_keeps_relative_precision_above_threshold():
+    """``alpha sg (1 - sg)`` lost all digits once ``sg`` rounded to 1 (0 at u = 4.5, alpha = 4):
+    the torch gradient is symmetric in u and within 1e-5 (relative) of the float64 formula."""
+    u = torch.tensor([4.0, 4.5, 5.0, 10.0, -4.0, -4.5, -5.0, -10.0])
+    got = Sigmoid(4.0).grad(u)
+    z = 4.0 * u.double()
+    want = 4.0 * torch.sigmoid(z) * torch.sigmoid(-z)
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=0)
+    assert torch.equal(got[:4], got[4:])
+
+
+def test_setting_a_stateless_node_state_is_refused():
+    """A float state on a node that starts every call fresh was stored and ignored; setting the
+    fresh value (SpikingJelly's reset) stays allowed."""
+    from edgesnn.nn import LIF
+
+    m = LIF()
+    with pytest.raises(ValueError, match="^v: this LIF starts every call from a fresh state"):
+        m.v = 0.5
+    m.v = 0.0
+    assert m.v == 0.0
+    s = LIF(stateful=True)
+    s.v = 0.5
+    assert s.v == 0.5

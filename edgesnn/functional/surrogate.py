@@ -32,6 +32,12 @@ __all__ = [
 ]
 
 
+MAX_ALPHA = 1e6
+"""Largest sharpness accepted: past it the gradient formulas overflow float32 (``alpha^2`` in
+PiecewiseQuadratic near 1.8e19, ``pi/2 alpha`` in ATan near 2e38) long before; sharpness 1e6 already
+makes the surrogate a spike 1e-6 wide."""
+
+
 @dataclass(frozen=True)
 class Surrogate:
     """Base class: a named surrogate with a sharpness ``alpha``."""
@@ -41,8 +47,8 @@ class Surrogate:
     name = "surrogate"
 
     def __post_init__(self) -> None:
-        if not (is_real_number(self.alpha) and self.alpha > 0):
-            raise ValueError(f"surrogate alpha must be a finite number > 0 (float32 range), got {self.alpha!r}")
+        if not (is_real_number(self.alpha) and 0 < self.alpha <= MAX_ALPHA):
+            raise ValueError(f"surrogate alpha: expected a number in (0, {MAX_ALPHA:g}], got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))  # a NumPy scalar times a tensor would be an array
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
@@ -58,8 +64,8 @@ class Sigmoid(Surrogate):
     name = "sigmoid"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
-        sg = torch.sigmoid(self.alpha * u)
-        return self.alpha * sg * (1.0 - sg)
+        z = self.alpha * u  # sg (1 - sg) as sigmoid(z) sigmoid(-z): no cancellation once sg rounds to 1
+        return self.alpha * torch.sigmoid(z) * torch.sigmoid(-z)
 
 
 @dataclass(frozen=True)
@@ -190,4 +196,8 @@ def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     ``u`` is the distance to threshold ``h - v_th`` of any shape.
     """
     heaviside = (u >= 0).to(u.dtype)
-    return heaviside + (u - stop_gradient(u)) * stop_gradient(surrogate.grad(u))
+    # straight-through term, 0 in value: taken on u clamped to the finite range, so an overflowed
+    # u = +-inf (h - v_th past the dtype's range) gives the spike 1 / 0, not inf - inf = NaN
+    big = torch.finfo(u.dtype).max
+    uc = u.clamp(-big, big)
+    return heaviside + (uc - stop_gradient(uc)) * stop_gradient(surrogate.grad(u))

@@ -101,17 +101,16 @@ class _SpikingNode(nn.Module):
 
     @v.setter
     def v(self, value: Union[float, torch.Tensor]) -> None:
-        if isinstance(value, torch.Tensor):
-            if not self.stateful:
-                raise ValueError(
-                    f"v: this {type(self).__name__} starts every call from a fresh state (stateful=False), so a set state "
-                    f"would be ignored; construct it with stateful=True (or step_mode='s') to set or carry .v"
-                )
-            self._v = value
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            self._v = None if float(value) == self._fresh_value() else float(value)
-        else:
+        is_float = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(value, torch.Tensor) and not is_float:
             raise TypeError(f"v: expected a tensor [B, ...] or a float, got {type(value).__name__}")
+        fresh = is_float and float(value) == self._fresh_value()
+        if not self.stateful and not fresh:  # setting the fresh value (SpikingJelly's reset) is fine
+            raise ValueError(
+                f"v: this {type(self).__name__} starts every call from a fresh state (stateful=False), so a set state "
+                f"would be ignored; construct it with stateful=True (or step_mode='s') to set or carry .v"
+            )
+        self._v = value if isinstance(value, torch.Tensor) else (None if fresh else float(value))
 
     def reset(self) -> None:
         """Back to the fresh state; drops the carried state and its autograd graph.
