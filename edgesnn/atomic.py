@@ -46,6 +46,17 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     return path
 
 
+def _check_writable(folder: Path, path: Path, flag: str) -> None:
+    """Create and remove a probe file in ``folder`` (the outputs' temp files go there), so an
+    unwritable place is refused before the work, not after it."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgesnn-probe-", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot write {path}: {folder} is not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
 def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "--force", directory: bool = False) -> Path:
     """Refuse an output that would silently overwrite something; returns ``Path(path)``.
 
@@ -59,6 +70,7 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f"{flag}: {parent} is a file, so {path} cannot be created")
+            _check_writable(parent, path, flag)
             break
     if directory:
         if path.exists() and not path.is_dir():

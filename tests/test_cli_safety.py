@@ -73,6 +73,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, ca
         err = _err(capsys)
         assert flags[0] in err and "is a file" in err
     assert blocker.read_bytes() == b"keep"
+    if Path("/proc/self").is_dir():  # a folder no file can be created in (even by root): refused before training
+        assert main(["train", "--epochs", "1", "--no-progress", "--json", "/proc/r.json"]) == 2
+        out, err = capsys.readouterr()
+        assert "epoch 1/1" not in out and "--json: cannot write /proc/r.json: /proc is not writable" in err
 
 
 def test_plan_refuses_to_overwrite_and_validates_sizes(tmp_path, capsys):

@@ -25,7 +25,7 @@ STEPS = 20
 CFG = dict(dataset="digits", model="mlp", neuron="lif", timesteps=4, epochs=1, lr=1e-3, seed=3, batchnorm=False)
 
 
-def _rank(rank: int, world: int, init_file: str, ckpt: str) -> None:
+def _rank(rank: int, world: int, init_file: str, ckpt: str, overrides=None, steps: int = STEPS) -> None:
     # A rank that dies in native code (CI saw one rank end with SIGABRT, "terminate called without
     # an active exception", once in ~20 runs; never reproduced in 100 local runs) prints every
     # thread's Python stack, so the next occurrence says where it happened.
@@ -34,7 +34,8 @@ def _rank(rank: int, world: int, init_file: str, ckpt: str) -> None:
     configure_threads(rank_threads(None, world))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:  # train() joins the existing group; local rank 0 warms the Numba cache first
-        train(TrainConfig(batch_size=32, **CFG), checkpoint=ckpt, max_steps=STEPS, progress=False, log=lambda m: None)
+        train(TrainConfig(batch_size=32, **{**CFG, **(overrides or {})}), checkpoint=ckpt, max_steps=steps,
+              progress=False, log=lambda m: None)
     finally:
         dist.destroy_process_group()
 
@@ -53,6 +54,21 @@ def test_two_ranks_match_one_rank_with_the_whole_batch(tmp_path):
                 for k, init in _initial_state().items())
     assert moved > 1e-3  # the 20 steps did train
     assert worst <= 1e-5, f"2 ranks x 32 vs 1 rank x 64: max weight difference {worst:.3g}"
+
+
+def test_two_ranks_memopt_with_batchnorm_match_ddp(tmp_path):
+    """optimize_memory's chunked backward under two ranks (it crashed inside DDP with BatchNorm:
+    "marked as ready twice"): gradients averaged by hand give DDP's plain training, per-rank BatchNorm."""
+    ck = {}
+    for memopt in (False, True):
+        ck[memopt] = tmp_path / f"memopt{memopt}.ckpt"
+        mp.spawn(_rank, args=(2, str(tmp_path / f"init{memopt}"), str(ck[memopt]),
+                              dict(batchnorm=True, memopt=memopt, model="convnet"), 4), nprocs=2, join=True)
+    plain, opt = load_checkpoint(ck[False]), load_checkpoint(ck[True])
+    assert opt["steps"] == plain["steps"] == 4
+    worst = max(float((plain["model_state"][k].double() - opt["model_state"][k].double()).abs().max())
+                for k in plain["model_state"])
+    assert worst <= 1e-5, f"memopt vs plain DDP, 2 ranks: max state difference {worst:.3g}"
 
 
 def _initial_state():

@@ -168,8 +168,17 @@ def test_local_cifar10_and_image_folder(tmp_path):
     xs = torch.cat([ds.train.x, ds.test.x])
     assert 0.0 <= float(xs.min()) and float(xs.max()) <= 1.0
     assert bool((xs.flatten(1) - 0.5).abs().max(1).values.lt(1e-3).any())  # the 16-bit image is mid-gray, not white
+    (folder / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata, not an image
+    again = load_dataset("folder", str(folder), flat=False)
+    assert torch.equal(again.train.x, ds.train.x) and torch.equal(again.test.y, ds.test.y)
     with pytest.raises(FileNotFoundError):
         load_dataset("folder", str(tmp_path / "nope"))
+    tiny = tmp_path / "tiny"
+    for c in ("a", "b"):
+        (tiny / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tiny / c / "0.png")
+    with pytest.raises(ValueError, match="has 2 samples, too few for a train/test split"):
+        load_dataset("folder", str(tiny))  # a 2-sample split had no test sample: "0.00% accuracy"
     (folder / "cow").mkdir()
     with pytest.raises(ValueError, match="cow holds no images"):
         load_dataset("folder", str(folder))
@@ -206,8 +215,40 @@ def test_resume_after_max_steps_finishes_the_epoch_and_checks_the_data(tmp_path)
     assert done["steps"] == whole["steps"]
     a, b = load_checkpoint(tmp_path / "whole.pt")["model_state"], load_checkpoint(part)["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # one row per epoch, the stopped one whole (it was listed twice: its first 5 steps, then the rest)
+    rows, want = done["history"], whole["history"]
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["samples"] for r in rows] == [r["samples"] for r in want]
+    assert all(abs(r["loss"] - w["loss"]) <= 1e-9 * abs(w["loss"]) for r, w in zip(rows, want))
     ck = load_checkpoint(part)
     ck["data_fingerprint"] = "1+1:000000000000"  # as if the data had changed since
     torch.save(ck, part)
     with pytest.raises(Exception, match="changed since"):
         train(cfg, checkpoint=str(part), resume=True, **quiet)
+
+
+def test_resume_refuses_weights_only_checkpoints_and_follows_moved_data(tmp_path, monkeypatch):
+    """A checkpoint without optimizer state (save_checkpoint's optional fields) was a KeyError
+    traceback; a data folder reached by another spelling of its path resumes (the data
+    fingerprint, not the path string, says it is the same data)."""
+    from PIL import Image
+
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.models import build_model
+
+    quiet = dict(progress=False, log=lambda s: None)
+    w = tmp_path / "w.pt"
+    save_checkpoint(w, build_model("mlp", (64,), 10, 2).config, build_model("mlp", (64,), 10, 2).state_dict())
+    with pytest.raises(Exception, match=r"^--resume: .*w.pt has no train_config, optimizer_state, epoch"):
+        train(TrainConfig(epochs=1), checkpoint=str(w), resume=True, **quiet)
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(dataset="folder", epochs=1, hidden=[8, 8], timesteps=2, batch_size=2)
+    ck = tmp_path / "f.pt"
+    train(TrainConfig(data_path="imgs", **cfg), checkpoint=str(ck), **quiet)
+    cfg["epochs"] = 2
+    done = train(TrainConfig(data_path="./imgs/", **cfg), checkpoint=str(ck), resume=True, **quiet)
+    assert [r["epoch"] for r in done["history"]] == [1, 2]

@@ -157,6 +157,33 @@ def test_train_uses_the_plans_eval_batch(tmp_path, monkeypatch, only_planner_and
     assert seen["eval_batch_size"] == 100 and seen["dataset"] == "digits"
 
 
+def test_train_builds_the_planned_model(tmp_path, monkeypatch, capsys, only_planner_and_train):
+    """The plan's widths, backend and BatchNorm choice reach the trained model (they were dropped:
+    a 256-64 plan trained the default 128-128 model); a plan for SGD or a contradicting flag is refused."""
+    from edgesnn.training import cli as train_cli
+
+    seen = {}
+    monkeypatch.setattr(train_cli, "train", lambda cfg, **kw: seen.update(cfg=cfg) or {"test_accuracy": 0.0, "test_samples": 0})
+    for model, widths, flag in (("mlp", "256,64,32", "--hidden"), ("convnet", "4,6", "--channels")):
+        js = tmp_path / f"{model}.json"
+        shape = "64" if model == "mlp" else "1,8,8"
+        assert cli.main(["plan", "--model", model, "--input", shape, "--timesteps", "2", "--batch", "8", flag, widths,
+                         "--backend", "torch", "--device", "raspberry-pi-4-4gb", "--dataset", "digits",
+                         "--json", str(js)]) == 0
+        assert cli.main(["train", "--plan", str(js), "--epochs", "1", "--no-progress"]) == 0
+        cfg = seen["cfg"]
+        assert getattr(cfg, flag[2:]) == [int(w) for w in widths.split(",")] and cfg.backend == "torch" and cfg.batchnorm
+        rc = cli.main(["train", "--plan", str(js), "--backend", "numba", "--epochs", "1", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err[-1].startswith("edgesnn train: error: --backend: numba contradicts the plan")
+    js = tmp_path / "sgd.json"
+    assert cli.main(["plan", "--model", "mlp", "--input", "64", "--timesteps", "2", "--batch", "8", "--optimizer", "sgd",
+                     "--device", "raspberry-pi-4-4gb", "--json", str(js)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--plan", str(js), "--epochs", "1", "--no-progress"]) == 2
+    assert "made for the sgd optimizer, but edgesnn train runs Adam" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--eval-batch", "0"], "--eval-batch: expected a positive integer"),
     (["--dataset-bytes", "lots"], "--dataset-bytes: expected a size"),

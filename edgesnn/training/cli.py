@@ -15,7 +15,7 @@ from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
-from .loop import EVAL_BATCH_SIZE, TrainConfig, check_outputs, train, write_report
+from .loop import EVAL_BATCH_SIZE, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and dataset")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="neuron backend (default auto)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the model, the data and the loss live: auto (CUDA when available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for Numba and PyTorch (default: all cores)")
@@ -59,15 +59,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _from_plan(args: argparse.Namespace) -> None:
-    """Fill model, T, neurons, batch, evaluation batch and dataset from ``--plan``; explicit flags must agree with it.
+    """Fill model (name, widths, backend, BatchNorm), T, neurons, batch, evaluation batch and dataset
+    from ``--plan``; explicit flags must agree with it. The plan's memory figures hold for exactly
+    that model, and training runs Adam, so a plan for another optimizer is refused.
 
     A plan made for custom data (``--dataset-bytes``) leaves ``--dataset`` free.
     """
     from ..planner import load_plan
 
     plan = load_plan(args.plan)
+    if plan.optimizer != "adam":
+        raise ValueError(f"--plan: {args.plan} was made for the {plan.optimizer} optimizer, but edgesnn train runs "
+                         "Adam; make the plan with --optimizer adam")
+    batchnorm = bool(plan.model.get("batchnorm", True))
+    if args.no_batchnorm and batchnorm:
+        raise ValueError(f"--no-batchnorm: contradicts the plan {args.plan} (made for a model with BatchNorm)")
+    args.no_batchnorm = not batchnorm
     planned = {"model": plan.model.get("name"), "timesteps": plan.timesteps, "batch_size": plan.batch,
-               "eval_batch": plan.eval_batch}
+               "eval_batch": plan.eval_batch, "backend": plan.model.get("node", {}).get("backend", "auto")}
     if plan.dataset.get("name"):
         planned["dataset"] = plan.dataset["name"]
     for key, value in planned.items():
@@ -79,6 +88,7 @@ def _from_plan(args: argparse.Namespace) -> None:
         raise ValueError("--neuron: the plan chooses the neuron of every layer; drop --neuron or --plan")
     args.neuron = ",".join(plan.neuron)
     args.planned_model = plan.model
+    args.widths = {k: [int(w) for w in plan.model[k]] for k in ("hidden", "channels") if plan.model.get(k)}
 
 
 def _threads_for_ranks(args: argparse.Namespace):
@@ -106,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     args.timesteps = 4 if args.timesteps is None else args.timesteps
     args.batch_size = 64 if args.batch_size is None else args.batch_size
     args.neuron = args.neuron or "lif"
+    args.backend = args.backend or "auto"
     for flag, value in (("--epochs", args.epochs), ("--timesteps", args.timesteps), ("--batch-size", args.batch_size),
                         ("--eval-batch", args.eval_batch), ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
@@ -117,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--lr: expected a finite number > 0, got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
-    if args.seed < 0:
-        raise UsageError(f"--seed: expected an integer >= 0, got {args.seed}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed: expected an integer in [0, {MAX_SEED}], got {args.seed}")
     from ..models import parse_neuron_spec
 
     for spec in args.neuron.split(","):
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       data_path=args.data_path, backend=args.backend, batchnorm=not args.no_batchnorm,
-                      memopt=args.memopt)
+                      memopt=args.memopt, **getattr(args, "widths", {}))
     try:
         report = train(cfg, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress, force=args.force,
                        before_training=notice, device=str(device), max_steps=args.max_steps,

@@ -65,11 +65,19 @@ class Dataset:
         return self.train.sample_shape
 
 
+def _split_indices(n: int, test_fraction: float, seed: int, source: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` sample indices: one permutation (``seed``), its first ``round(n * test_fraction)``
+    for testing. Both parts must be non-empty (an empty test split would report 0% accuracy)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    if n_test < 1 or n_test >= n:
+        raise ValueError(f"data: {source} has {n} samples, too few for a train/test split "
+                         f"({n_test} of them would be test samples); add samples")
+    return order[n_test:], order[:n_test]
+
+
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Tuple[Split, Split]:
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_test = int(round(len(y) * test_fraction))
-    te, tr = order[:n_test], order[n_test:]
+    tr, te = _split_indices(len(y), test_fraction, seed, "the dataset")
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return Split(t(x[tr]), t(y[tr])), Split(t(x[te]), t(y[te]))
 
@@ -176,22 +184,27 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise ValueError(f"data: {root} must hold one sub-folder per class (found {len(classes)})")
-    xs, ys = [], []
+    paths, ys = [], []
     for label, cls in enumerate(classes):
-        files = [f for f in sorted((base / cls).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+        # hidden files too: macOS's AppleDouble "._x.png" beside every image is no image
+        files = [f for f in sorted((base / cls).iterdir())
+                 if f.suffix.lower() in _IMAGE_SUFFIXES and not f.name.startswith(".")]
         if not files:
             raise ValueError(f"data: class folder {base / cls} holds no images ({'/'.join(_IMAGE_SUFFIXES)}); "
                              "remove it or add images (an empty class would still take an output)")
-        for f in files:
-            xs.append(_read_image(f, size).transpose(2, 0, 1))
-            ys.append(label)
-    if not xs:
-        raise ValueError(f"data: no images (.png/.jpg/.bmp) found under {root}")
-    x = np.stack(xs)
-    if flat:
-        x = x.reshape(len(x), -1)
-    train, test = _split(x, np.asarray(ys, dtype=np.int64), test_fraction, seed)
-    return Dataset(f"folder:{base.name}", train, test, len(classes))
+        paths += files
+        ys += [label] * len(files)
+    y = np.asarray(ys, dtype=np.int64)
+    tr, te = _split_indices(len(y), test_fraction, seed, str(root))
+    shape = (3, size[1], size[0])  # PIL's size is (width, height)
+    splits = []
+    for idx in (tr, te):  # each image read straight into its split's array: the data is held once
+        x = np.empty((len(idx), *shape), dtype=np.float32)
+        for row, i in enumerate(idx):
+            x[row] = _read_image(paths[i], size).transpose(2, 0, 1)
+        x = x.reshape(len(x), -1) if flat else x
+        splits.append(Split(torch.from_numpy(x), torch.from_numpy(y[idx].copy())))
+    return Dataset(f"folder:{base.name}", splits[0], splits[1], len(classes))
 
 
 def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed: int = 0, timesteps: int = 4,

@@ -197,3 +197,40 @@ def warm_kernels(info: DistInfo, backend: str = "auto", notice: Optional[Callabl
 
 
 _WARMED = False  # warm_kernels ran in this process (the CLI calls it before train(), which calls it again)
+
+
+def broadcast_parameters(model, info: DistInfo) -> None:
+    """Give every rank rank 0's parameters and buffers (what ``DistributedDataParallel`` does when it wraps a model)."""
+    if not info.distributed:
+        return
+    import torch.distributed as dist
+
+    for t in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(t.data, 0)
+
+
+def average_gradients(model, info: DistInfo) -> None:
+    """Average every parameter's ``.grad`` over the ranks, in one flat all-reduce.
+
+    For models ``DistributedDataParallel`` cannot wrap: optimize_memory's chunked backward runs
+    ``torch.autograd.backward`` inside the step's backward, so DDP's per-parameter hooks would fire
+    once per chunk ("marked as ready twice"). The result is DDP's: the mean of the ranks' gradients.
+    A parameter without a gradient on this rank counts as zero.
+    """
+    if not info.distributed:
+        return
+    import torch
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= info.world
+    i = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[i:i + n].view_as(p.grad))
+        i += n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -18,12 +19,16 @@ from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
 from .data import Dataset, Split, load_dataset
 from .device import check_backend_device, resolve_device
-from .distributed import DistInfo, all_sum, barrier, env_world, warm_kernels
+from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
+                          warm_kernels)
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
 
 #: samples per batch of the evaluation pass (``edgesnn train --eval-batch``; the planner counts it)
 EVAL_BATCH_SIZE = 256
+
+
+MAX_SEED = 2**32 - 1  # NumPy's seed range; the epoch orders use seed * 1000 + epoch (within int64)
 
 
 @dataclass
@@ -40,7 +45,8 @@ class TrainConfig:
     seed: int = 0
     data_path: Optional[str] = None
     backend: str = "auto"
-    hidden: List[int] = field(default_factory=lambda: [128, 128])
+    hidden: List[int] = field(default_factory=lambda: [128, 128])  # mlp widths
+    channels: List[int] = field(default_factory=lambda: [16, 32])  # convnet widths
     batchnorm: bool = True  # False: no BatchNorm (per-sample models: DDP on CPU matches one process exactly)
     memopt: bool = False  # edgesnn.optimize_memory: chunked blocks, packed inputs (same gradients, less memory)
     revlif_alpha: Optional[float] = None  # RevLIF output mixing y = alpha x + s (None: the node's default, 1/8)
@@ -52,8 +58,8 @@ class TrainConfig:
                 raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
         if not (isinstance(self.lr, float) and math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"lr: expected a finite number > 0, got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed: expected an integer in [0, {MAX_SEED}], got {self.seed!r}")
         if self.batchnorm and self.batch_size < 2:
             raise UsageError("batch_size: BatchNorm needs at least 2 samples per batch, got 1; train without "
                              "BatchNorm (batchnorm=False, --no-batchnorm) for batch 1")
@@ -90,7 +96,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _build(cfg: TrainConfig, data: Dataset) -> SpikingClassifier:
     return build_model(cfg.model, data.in_shape, data.num_classes, cfg.timesteps, cfg.neuron,
-                       hidden=cfg.hidden, node={"backend": cfg.backend}, batchnorm=cfg.batchnorm,
+                       hidden=cfg.hidden, channels=cfg.channels, node={"backend": cfg.backend}, batchnorm=cfg.batchnorm,
                        revlif=None if cfg.revlif_alpha is None else {"alpha": cfg.revlif_alpha})
 
 
@@ -257,9 +263,16 @@ def train(
     ck = None
     if resume:
         ck = load_checkpoint(checkpoint)
-        stored = dict(ck.get("train_config", {}))
+        missing = [k for k in ("train_config", "optimizer_state", "epoch") if k not in ck]
+        if missing:
+            raise UsageError(f"--resume: {checkpoint} has no {', '.join(missing)} (weights only, not written by edgesnn "
+                             "train): it cannot be resumed; train into a new --checkpoint")
+        stored = dict(ck["train_config"])
         stored.setdefault("batchnorm", True)  # checkpoints from before the option
-        diff = config_diff(stored, asdict(cfg))
+        # the data's identity is its fingerprint (checked once loaded): a moved folder resumes
+        same_place = "data_fingerprint" in ck or os.path.realpath(str(stored.get("data_path"))) == \
+            os.path.realpath(str(cfg.data_path))
+        diff = config_diff(stored, asdict(cfg), ignore=("epochs", "data_path") if same_place else ("epochs",))
         if diff:
             raise UsageError(f"--resume: {checkpoint} was written with other settings: {'; '.join(diff)}; "
                              "pass the stored values or use a new --checkpoint")
@@ -294,7 +307,10 @@ def train(
             log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, strategies "
                 f"{[b.strategy for b in mplan.blocks]}, predicted activation peak {mplan.peak_bytes / 2**20:.1f} MiB")
     net: nn.Module = model
-    if dist.distributed:
+    manual_allreduce = dist.distributed and cfg.memopt  # DDP's hooks cannot follow the chunked backward
+    if manual_allreduce:
+        broadcast_parameters(model, dist)
+    elif dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -303,6 +319,7 @@ def train(
     start = 0
     steps = 0
     offset = 0  # samples of epoch ``start`` already trained (a run stopped inside it by max_steps)
+    carried: Dict = {}  # that epoch's partial row: its loss sum, samples and seconds carry over
     if ck is not None:
         model.load_state_dict(ck["model_state"])
         opt.load_state_dict(ck["optimizer_state"])
@@ -310,6 +327,8 @@ def train(
         steps = int(ck.get("steps", 0))
         offset = int(ck.get("epoch_offset", 0))
         history = list(ck.get("metrics", {}).get("history", []))
+        if offset and history and history[-1].get("partial") and history[-1]["epoch"] == start + 1:
+            carried = history.pop()  # the stopped epoch's row: this run finishes it and writes it whole
         where = f"after epoch {start}" + (f" and {offset} samples of epoch {start + 1}" if offset else "")
         log(f"resumed from {checkpoint} {where}")
         if start >= cfg.epochs:
@@ -326,6 +345,10 @@ def train(
         order = _epoch_order(len(data.train), cfg, epoch, dist)
         t0 = time.perf_counter()
         total, seen = 0.0, 0
+        if epoch == start and carried and main:  # counted once: all_sum adds the ranks' shares
+            seen = int(carried.get("samples", 0))
+            total = float(carried["loss"]) * seen
+            t0 -= float(carried.get("seconds", 0.0))
         batches = range(offset if epoch == start else 0, len(order), cfg.batch_size)
         bar = bar_factory(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") if bar_factory else None
         end = len(order)  # where this epoch stops (earlier when max_steps ends the run inside it)
@@ -338,6 +361,8 @@ def train(
             loss = loss_fn(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP: gradients averaged over the ranks here
+            if manual_allreduce:
+                average_gradients(model, dist)
             opt.step()
             steps += 1
             total += float(loss.detach()) * len(idx)
@@ -355,7 +380,8 @@ def train(
         total, seen = all_sum(dist, total, float(seen))
         _sync_buffers(model, dist)
         acc = evaluate(model, data.test, eval_batch_size, dist=dist)
-        row = {"epoch": epoch + 1, "loss": total / max(1, seen), "test_accuracy": acc, "seconds": time.perf_counter() - t0}
+        row = {"epoch": epoch + 1, "loss": total / max(1, seen), "test_accuracy": acc, "seconds": time.perf_counter() - t0,
+               "samples": int(seen)}
         partial = end < len(order)
         if partial:
             row["partial"] = True  # stopped by max_steps: a resumed run finishes this epoch first
