@@ -32,8 +32,9 @@ mapping exactly. The same convention is SpikingJelly's ``nir_exchange``, so its 
 these graphs with the same ``dt``. Not representable in NIR and therefore refused: a soft reset
 (``v_reset=None``: subtract the threshold), RevLIF. Training-only settings (surrogate gradient,
 ``detach_reset``, backend) are not part of NIR; :func:`load` uses edgesnn's defaults.
-Two fine points: NIR writes the firing condition as ``v > v_threshold``, edgesnn (like
-SpikingJelly) fires at ``>=``; they differ only when a potential equals the threshold exactly.
+Two fine points: NIR fires at ``v > v_threshold``, edgesnn (like SpikingJelly) at ``>=``; export
+writes ``np.nextafter(float32(thr), -inf)`` and :func:`load` uses the smallest float32 above the
+graph's threshold, so both fire on exactly the same float32 potentials.
 And NIR graphs carry no readout: the graph's output is the last layer's value at every time
 step; edgesnn's classifier averages it over the T steps (``metadata["readout"] = "mean over
 time"``) and repeats a static input over T steps (direct encoding).

@@ -1,6 +1,11 @@
-"""What the NIR exporter and importer share: the ``nir`` import, the error type, the default ``dt``."""
+"""What the NIR exporter and importer share: the ``nir`` import, the error type, the default ``dt``,
+the ``dt`` check and the threshold conversion between NIR's ``v > thr`` and edgesnn's ``v >= thr``."""
 
 from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
 
 import numpy as np
 import torch
@@ -8,7 +13,7 @@ import torch
 from ..errors import DependencyError, UsageError
 
 
-__all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy"]
+__all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy", "check_dt", "threshold_to_nir", "threshold_from_nir"]
 
 #: Seconds per time step unless told otherwise (SpikingJelly's and most NIR tools' default).
 DEFAULT_DT = 1e-4
@@ -30,3 +35,38 @@ def nir_module():
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """A float32 NumPy copy of ``t`` (what NIR nodes store)."""
     return t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+def check_dt(dt: Any, what: str = "dt") -> float:
+    """``dt`` as a float: a finite real number > 0 (Python or NumPy scalar; ``bool`` is refused).
+
+    Raises :class:`NIRError` naming ``what`` otherwise.
+    """
+    if isinstance(dt, (bool, np.bool_)) or not isinstance(dt, numbers.Real):
+        raise NIRError(f"{what}: expected seconds per time step (a finite number > 0), got {dt!r}")
+    value = float(dt)
+    if not (math.isfinite(value) and value > 0):
+        raise NIRError(f"{what}: expected seconds per time step (a finite number > 0), got {dt!r}")
+    return value
+
+
+def threshold_to_nir(v_threshold: float) -> float:
+    """NIR's ``v_threshold`` for an edgesnn threshold.
+
+    edgesnn fires when the float32 potential ``v >= float32(v_threshold)``; NIR fires when
+    ``v > thr``. With ``thr`` the largest float32 below ``float32(v_threshold)`` the two conditions
+    agree for every float32 ``v``.
+    """
+    return float(np.nextafter(np.float32(v_threshold), np.float32(-np.inf)))
+
+
+def threshold_from_nir(thr: float) -> float:
+    """edgesnn's ``v_threshold`` (``v >= t``) for a NIR threshold (``v > thr``).
+
+    ``t`` is the smallest float32 strictly greater than ``thr``, so ``v >= t`` is ``v > thr`` for
+    every float32 ``v``. Inverts :func:`threshold_to_nir` exactly.
+    """
+    t = np.float32(thr)
+    if float(t) <= thr:  # thr is a float32 (or rounded down to one): step one float32 up
+        t = np.nextafter(t, np.float32(np.inf))
+    return float(t)

@@ -1,18 +1,27 @@
-"""``nir.NIRGraph`` or ``.nir`` file -> edgesnn ``SpikingClassifier`` (:func:`load`); the mapping is in :mod:`edgesnn.nir`."""
+"""``nir.NIRGraph`` or ``.nir`` file -> edgesnn ``SpikingClassifier`` (:func:`load`); the mapping is in :mod:`edgesnn.nir`.
+
+Thresholds: NIR fires at ``v > v_threshold``, edgesnn at ``v >= v_threshold``; a loaded LIF gets
+the smallest float32 above the graph's threshold (``np.nextafter(thr, +inf)``), so it fires on
+exactly the float32 potentials a NIR simulator fires on (and a graph edgesnn wrote gets back the
+exported threshold bit for bit).
+
+Graphs are read without nir's own type check (nir 1.0.8 infers Conv2d shapes wrongly for
+``groups > 1`` and non-square kernels); :func:`load` checks the shapes itself, node by node.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Union
+import warnings
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .common import DEFAULT_DT, NIRError, nir_module
+from .common import DEFAULT_DT, NIRError, check_dt, nir_module, threshold_from_nir
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir
@@ -22,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["load"]
 
 
-def _uniform(value, what: str) -> float:
+def _uniform(value: Any, what: str) -> float:
+    """The one value a NIR parameter array holds (edgesnn's LIF has scalar parameters)."""
     arr = np.asarray(value, dtype=np.float64)
     u = np.unique(arr)
     if u.size != 1:
@@ -31,10 +41,12 @@ def _uniform(value, what: str) -> float:
 
 
 def _close(a: float, b: float) -> bool:
+    """Equal up to float32 rounding of the graph's arrays."""
     return bool(np.isclose(a, b, rtol=1e-6, atol=1e-12))
 
 
-def _meta(graph, key: str, default=None):
+def _meta(graph: Any, key: str, default: Any = None) -> Any:
+    """``graph.metadata[key]`` as a plain Python value (bytes decoded, NumPy scalars unwrapped)."""
     md = getattr(graph, "metadata", None)
     if not isinstance(md, dict) or key not in md:
         return default
@@ -48,21 +60,24 @@ def _meta(graph, key: str, default=None):
     return v
 
 
-def _lif_from_nir(key: str, node, dt: float) -> nn.Module:
+def _lif_from_nir(key: str, node: Any, dt: float, backend: str) -> nn.Module:
+    """edgesnn's LIF for a NIR ``LIF`` (or ``CubaLIF`` with ``tau_syn = dt``); refuses what it cannot match."""
     from ..nn import LIF
 
     nir = nir_module()
     if isinstance(node, nir.CubaLIF):
         tau_syn = _uniform(node.tau_syn, f"node {key}: tau_syn")
         if not _close(tau_syn, dt):
-            raise NIRError(f"node {key}: CubaLIF with a synaptic time constant ({tau_syn:g} s) longer than one step "
-                           f"(dt={dt:g} s) has a synaptic current state that edgesnn's LIF does not have")
+            how = "longer" if tau_syn > dt else "shorter"
+            raise NIRError(f"node {key}: CubaLIF with a synaptic time constant ({tau_syn:g} s) {how} than one step "
+                           f"(dt={dt:g} s) has a synaptic current state that edgesnn's LIF does not have "
+                           "(only tau_syn = dt loads; pass load(graph, dt=...) if dt is wrong)")
         tau = _uniform(node.tau_mem, f"node {key}: tau_mem") / dt
         w_in = _uniform(node.w_in, f"node {key}: w_in")
-        r = _uniform(node.r, f"node {key}: r") * w_in
+        r, r_name = _uniform(node.r, f"node {key}: r") * w_in, "r * w_in"
     else:
         tau = _uniform(node.tau, f"node {key}: tau") / dt
-        r = _uniform(node.r, f"node {key}: r")
+        r, r_name = _uniform(node.r, f"node {key}: r"), "r"
     snapped = round(tau, 9)  # tau_N / dt in floating point: 4.000000000000001 -> 4.0
     if math.isfinite(tau) and abs(snapped - tau) <= 1e-12 * abs(tau):
         tau = snapped
@@ -74,21 +89,26 @@ def _lif_from_nir(key: str, node, dt: float) -> nn.Module:
     elif _close(r, tau):
         decay_input = False
     else:
-        raise NIRError(f"node {key}: r = {r:g}; edgesnn's LIF has r = 1 (decay_input=True) or r = tau/dt = {tau:g} "
-                       "(decay_input=False)")
+        raise NIRError(f"node {key}: {r_name} = {r:g}; edgesnn's LIF has {r_name} = 1 (decay_input=True) or "
+                       f"tau/dt = {tau:g} (decay_input=False) with dt={dt:g} s (is dt right? pass load(graph, dt=...))")
     v_reset = _uniform(node.v_reset, f"node {key}: v_reset")
     v_leak = _uniform(node.v_leak, f"node {key}: v_leak")
     if not _close(v_leak, v_reset):
         raise NIRError(f"node {key}: v_leak ({v_leak:g}) != v_reset ({v_reset:g}); edgesnn's LIF leaks towards v_reset")
-    v_th = _uniform(node.v_threshold, f"node {key}: v_threshold")
-    return LIF(tau=tau, v_threshold=v_th, v_reset=v_reset, decay_input=decay_input)
+    v_th = threshold_from_nir(_uniform(node.v_threshold, f"node {key}: v_threshold"))  # NIR's v > thr as v >= v_th
+    return LIF(tau=tau, v_threshold=v_th, v_reset=v_reset, decay_input=decay_input, backend=backend)
 
 
-def _chain(graph) -> List[str]:
+def _chain(graph: Any) -> List[str]:
     """Node names from the Input to the Output; refuses anything but a simple chain."""
     nir = nir_module()
     succ: Dict[str, List[str]] = {}
-    for a, b in graph.edges:
+    seen_edges = set()
+    for edge in graph.edges:
+        a, b = (str(e) for e in edge)
+        if (a, b) in seen_edges:
+            raise NIRError(f"graph: duplicate edge {a} -> {b}; edgesnn loads feed-forward chains with one edge per link")
+        seen_edges.add((a, b))
         succ.setdefault(a, []).append(b)
     inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
     if len(inputs) != 1:
@@ -102,6 +122,8 @@ def _chain(graph) -> List[str]:
             raise NIRError(f"graph: node {chain[-1]} feeds {len(nxt)} nodes; edgesnn loads feed-forward chains only")
         if nxt[0] in seen:
             raise NIRError(f"graph: recurrent edge {chain[-1]} -> {nxt[0]}; edgesnn loads feed-forward chains only")
+        if nxt[0] not in graph.nodes:
+            raise NIRError(f"graph: edge {chain[-1]} -> {nxt[0]} leads to no node")
         chain.append(nxt[0])
         seen.add(nxt[0])
     if len(seen) != len(graph.nodes):
@@ -111,75 +133,154 @@ def _chain(graph) -> List[str]:
     return chain
 
 
-def load(graph: Union["nir.NIRGraph", str, os.PathLike], dt: Optional[float] = None,
+def _ints(v: Any) -> Tuple[int, ...]:
+    """An int, list or array as a tuple of ints."""
+    return tuple(int(i) for i in np.ravel(v))
+
+
+def _type_shape(types: Any, name: str) -> Optional[Tuple[int, ...]]:
+    """The shape a NIR Input/Output node records (``None`` when it records none)."""
+    t = types.get(name) if isinstance(types, dict) else None
+    return None if t is None else _ints(t)
+
+
+def _stateless(key: str, node: Any, shape: Tuple[int, ...]) -> nn.Module:
+    """The torch layer for a NIR Affine / Linear / Conv2d / AvgPool2d / Flatten node fed ``shape``."""
+    nir = nir_module()
+    name = f"node {key}: nir.{type(node).__name__}"
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
+        if w.dim() != 2:
+            raise NIRError(f"{name} weight of shape {tuple(w.shape)}; expected [out, in]")
+        if not shape or shape[-1] != w.shape[1]:
+            raise NIRError(f"{name} takes {w.shape[1]} inputs (weight {tuple(w.shape)}), its input has shape {shape}")
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if isinstance(node, nir.Affine):
+                lin.bias.copy_(_bias(name, node.bias, w.shape[0]))
+        return lin
+    if isinstance(node, nir.Conv2d):
+        w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
+        groups = int(node.groups)
+        if w.dim() != 4 or groups < 1 or w.shape[0] % groups:
+            raise NIRError(f"{name} weight of shape {tuple(w.shape)} with groups={groups}; expected [out, in/groups, kh, kw]")
+        if len(shape) != 3 or shape[0] != w.shape[1] * groups:
+            raise NIRError(f"{name} takes [{w.shape[1] * groups}, H, W] inputs (weight {tuple(w.shape)}, groups={groups}), "
+                           f"its input has shape {shape}")
+        pad = node.padding if isinstance(node.padding, str) else _ints(node.padding)
+        conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_ints(node.stride), padding=pad,
+                         dilation=_ints(node.dilation), groups=groups, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(_bias(name, node.bias, w.shape[0]))
+        return conv
+    if isinstance(node, nir.AvgPool2d):
+        return nn.AvgPool2d(_ints(node.kernel_size), _ints(node.stride), _ints(node.padding))
+    if isinstance(node, nir.Flatten):
+        start = node.start_dim + 1 if node.start_dim >= 0 else node.start_dim
+        end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
+        return nn.Flatten(start, end)
+    raise NIRError(f"{name} has no edgesnn equivalent "
+                   "(loaded: Affine, Linear, Conv2d, AvgPool2d, Flatten, LIF, CubaLIF with tau_syn = dt)")
+
+
+def _bias(name: str, bias: Any, n: int) -> torch.Tensor:
+    """A NIR bias as ``n`` float32 values, or a one-line error."""
+    b = torch.as_tensor(np.asarray(bias, dtype=np.float32))
+    if b.numel() != n:
+        raise NIRError(f"{name} bias of shape {tuple(b.shape)}; expected {n} values (one per output)")
+    return b.reshape(n)
+
+
+def _out_shape(key: str, node: Any, layer: nn.Module, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """One sample of ``shape`` through ``layer``: its output shape, or a one-line error naming the node."""
+    try:
+        with torch.no_grad():
+            y = layer(torch.zeros(1, *shape))
+    except (RuntimeError, IndexError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NIRError(f"node {key}: nir.{type(node).__name__} cannot take an input of shape {shape}: {first}") from None
+    return tuple(y.shape[1:])
+
+
+def _check_neurons(key: str, node: Any, shape: Tuple[int, ...]) -> None:
+    """A neuron node's parameter arrays hold one value or one per input element."""
+    n = int(np.prod(shape)) if shape else 1
+    for field in ("tau", "tau_mem", "r", "v_threshold"):
+        value = getattr(node, field, None)
+        size = 1 if value is None else np.asarray(value).size
+        if size not in (1, n):
+            raise NIRError(f"node {key}: nir.{type(node).__name__} {field} holds {size} values, its input has shape "
+                           f"{shape} ({n} values)")
+
+
+def _resolve_dt(graph: Any, dt: Any) -> float:
+    """``dt`` checked; else the graph's ``metadata["dt"]``; else :data:`DEFAULT_DT` with a warning."""
+    if dt is not None:
+        return check_dt(dt, "dt")
+    recorded = _meta(graph, "dt")
+    if recorded is None:
+        warnings.warn(f"nir: the graph records no dt (metadata['dt']); assuming dt = {DEFAULT_DT:g} s per time step. "
+                      "Pass load(graph, dt=...) with the seconds per step its time constants were made for",
+                      UserWarning, stacklevel=3)
+        return DEFAULT_DT
+    return check_dt(recorded, "metadata['dt'] of the graph (pass load(graph, dt=...) to override)")
+
+
+def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[float] = None,
          timesteps: Optional[int] = None, backend: str = "auto") -> "SpikingClassifier":
     """A ``nir.NIRGraph`` (or the path of a ``.nir`` file) as an edgesnn :class:`SpikingClassifier`.
 
     Args:
-        graph: the graph or its file.
-        dt: seconds per time step; default the graph's ``metadata["dt"]``, else :data:`DEFAULT_DT`.
+        graph: the graph or its file (``str`` or any ``os.PathLike``).
+        dt: seconds per time step (finite, > 0); default the graph's ``metadata["dt"]``, else
+            :data:`DEFAULT_DT` with a warning.
         timesteps: T for static inputs (direct encoding); default the graph's ``metadata["timesteps"]``, else 4.
-        backend: the LIF nodes' backend.
+        backend: the LIF nodes' backend (``"auto"``, ``"torch"``, ``"numba"``, ``"cuda"``, ``"reference"``).
 
     The model's ``body`` runs ``[T, B, *in_shape] -> [T, B, *out_shape]``; the classifier
-    averages over T. Raises :class:`NIRError` for nodes edgesnn cannot represent exactly.
+    averages over T. Raises :class:`NIRError` (one line, naming the node) for nodes edgesnn cannot
+    represent exactly and for shapes that do not fit together.
     """
     nir = nir_module()
+    from ..kernels import dispatch
     from ..models import SpikingClassifier
     from ..nn import LIF, SeqToANN
 
-    if isinstance(graph, (str, Path)):
-        if not Path(graph).is_file():
-            raise FileNotFoundError(f"nir: no such file: {graph}")
-        graph = nir.read(str(graph))
-    dt = float(dt if dt is not None else _meta(graph, "dt", DEFAULT_DT))
+    try:
+        dispatch.resolve_backend(backend, torch.empty(0))
+    except ValueError as e:
+        raise NIRError(str(e)) from None
+    if isinstance(graph, (str, os.PathLike)):
+        path = os.fspath(graph)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"nir: no such file: {path}")
+        graph = nir.read(path, type_check=False)  # nir 1.0.8 mis-infers grouped / non-square Conv2d; checked below
+    dt = _resolve_dt(graph, dt)
     T = int(timesteps if timesteps is not None else (_meta(graph, "timesteps", 0) or 4))
     chain = _chain(graph)
-    in_shape = tuple(int(s) for s in np.asarray(graph.nodes[chain[0]].input_type["input"]).reshape(-1))
+    in_shape = _type_shape(graph.nodes[chain[0]].input_type, "input")
+    if not in_shape:
+        raise NIRError(f"node {chain[0]}: the input node records no shape")
+    shape = in_shape
     layers: List[nn.Module] = []
     for key in chain[1:-1]:
         node = graph.nodes[key]
-        if isinstance(node, (nir.Affine, nir.Linear)):
-            w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
-            if w.dim() != 2:
-                raise NIRError(f"node {key}: weight of shape {tuple(w.shape)}; expected [out, in]")
-            lin = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine))
-            with torch.no_grad():
-                lin.weight.copy_(w)
-                if isinstance(node, nir.Affine):
-                    lin.bias.copy_(torch.as_tensor(np.asarray(node.bias, dtype=np.float32)))
-            layers.append(SeqToANN(lin))
-        elif isinstance(node, nir.Conv2d):
-            w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
-            pad = node.padding if isinstance(node.padding, str) else tuple(int(p) for p in np.ravel(node.padding))
-            conv = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]),
-                             stride=tuple(int(s) for s in np.ravel(node.stride)), padding=pad,
-                             dilation=tuple(int(d) for d in np.ravel(node.dilation)), groups=int(node.groups), bias=True)
-            with torch.no_grad():
-                conv.weight.copy_(w)
-                conv.bias.copy_(torch.as_tensor(np.asarray(node.bias, dtype=np.float32)))
-            layers.append(SeqToANN(conv))
-        elif isinstance(node, nir.AvgPool2d):
-            pool = nn.AvgPool2d(tuple(int(k) for k in np.ravel(node.kernel_size)), tuple(int(s) for s in np.ravel(node.stride)),
-                                tuple(int(p) for p in np.ravel(node.padding)))
-            layers.append(SeqToANN(pool))
-        elif isinstance(node, nir.Flatten):
-            start = node.start_dim + 1 if node.start_dim >= 0 else node.start_dim
-            end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
-            layers.append(SeqToANN(nn.Flatten(start, end)))
-        elif isinstance(node, (nir.LIF, nir.CubaLIF)):
-            lif = _lif_from_nir(key, node, dt)
-            lif.backend = backend
-            layers.append(lif)
+        if isinstance(node, (nir.LIF, nir.CubaLIF)):
+            _check_neurons(key, node, shape)
+            layers.append(_lif_from_nir(key, node, dt, backend))
         else:
-            raise NIRError(f"node {key}: nir.{type(node).__name__} has no edgesnn equivalent "
-                           "(loaded: Affine, Linear, Conv2d, AvgPool2d, Flatten, LIF, CubaLIF with tau_syn = dt)")
+            layer = _stateless(key, node, shape)
+            shape = _out_shape(key, node, layer, shape)
+            layers.append(SeqToANN(layer))
+    recorded = _type_shape(graph.nodes[chain[-1]].output_type, "output")
+    if recorded and int(np.prod(recorded)) != int(np.prod(shape)):
+        raise NIRError(f"node {chain[-1]}: the output node records shape {recorded}, the chain gives {shape}")
     body = nn.Sequential(*layers)
-    out_shape = tuple(int(s) for s in np.asarray(graph.nodes[chain[-1]].output_type["output"]).reshape(-1))
-    config = {"name": "nir", "in_shape": list(in_shape), "num_classes": int(np.prod(out_shape)) if out_shape else 0,
-              "timesteps": T, "dt": dt, "source_config": _meta(graph, "model_config")}
-    n_lif = sum(isinstance(m, LIF) for m in layers)
-    if n_lif == 0:
+    config = {"name": "nir", "in_shape": list(in_shape), "num_classes": int(np.prod(shape)), "timesteps": T, "dt": dt,
+              "source_config": _meta(graph, "model_config")}
+    if not any(isinstance(m, LIF) for m in layers):
         raise NIRError("graph: no LIF node; nothing spiking to load")
     model = SpikingClassifier(body, T, in_shape, config)
     return _as_edgesnn_model(model, config["source_config"], backend) or model
@@ -229,7 +330,9 @@ def _as_edgesnn_model(model, source_config, backend: str):
             return None
         if isinstance(a, LIF):
             pa, pb = a.params, b.params
-            if (pa.tau, pa.v_threshold, pa.v_reset, pa.decay_input) != (pb.tau, pb.v_threshold, pb.v_reset, pb.decay_input):
+            # thresholds as the nodes compare them (float32): the config's 0.7 is the loaded float32(0.7)
+            if (pa.tau, np.float32(pa.v_threshold), pa.v_reset, pa.decay_input) != \
+                    (pb.tau, np.float32(pb.v_threshold), pb.v_reset, pb.decay_input):
                 return None
         elif _signature(a) != _signature(b):
             return None

@@ -1,9 +1,18 @@
-"""edgesnn model -> ``nir.NIRGraph`` (:func:`to_nir`) and ``.nir`` file (:func:`write`); the mapping is in :mod:`edgesnn.nir`."""
+"""edgesnn model -> ``nir.NIRGraph`` (:func:`to_nir`) and ``.nir`` file (:func:`write`); the mapping is in :mod:`edgesnn.nir`.
+
+Thresholds: edgesnn fires at ``v >= v_threshold`` (float32), NIR at ``v > v_threshold``, so the
+graph records the largest float32 below edgesnn's threshold (``np.nextafter(thr, -inf)``): a NIR
+simulator then fires on exactly the same float32 potentials, and :func:`edgesnn.nir.load` maps it
+back to the original threshold bit for bit.
+
+The graph is built without nir's own type check (nir 1.0.8 infers Conv2d shapes wrongly for
+``groups > 1`` and non-square kernels); the shapes are those of a forward pass through the model.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
@@ -11,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import DEFAULT_DT, NIRError, nir_module, to_numpy
+from .common import DEFAULT_DT, NIRError, check_dt, nir_module, threshold_to_nir, to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir
@@ -70,7 +79,7 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
     Args:
         model: a :class:`~edgesnn.models.SpikingClassifier` (its ``body`` is converted) or a
             multi-step ``nn.Sequential`` of ``SeqToANN`` layers and spiking nodes.
-        dt: seconds per time step (> 0), used for NIR's time constants.
+        dt: seconds per time step (a finite number > 0, Python or NumPy), used for NIR's time constants.
         in_shape: one sample's shape; taken from a ``SpikingClassifier`` when omitted.
 
     Raises :class:`NIRError` (one line, names the layer) for what NIR cannot represent.
@@ -78,8 +87,7 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
     nir = nir_module()
     from ..nn import LIF, ParametricLIF, RevLIF
 
-    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
-        raise NIRError(f"dt: expected seconds per time step > 0, got {dt!r}")
+    dt = check_dt(dt)
     body = getattr(model, "body", model)
     in_shape = tuple(in_shape or getattr(model, "in_shape", ()) or ())
     if not in_shape:
@@ -87,7 +95,7 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
     layers = _leaves(body)
     nodes: Dict[str, Any] = {"input": nir.Input(input_type=np.array(in_shape))}
     order: List[str] = ["input"]
-    x = torch.zeros(1, *in_shape)  # one sample, one time step: tracks the shapes
+    x = torch.zeros(1, *in_shape, **_like(model))  # one sample, one time step: tracks the shapes
     pending: Optional[Tuple[str, nn.Module, torch.Tensor, Optional[torch.Tensor]]] = None  # Linear/Conv awaiting a BN
 
     def emit(key: str, node) -> None:
@@ -105,10 +113,14 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
             bias = to_numpy(b) if b is not None else np.zeros(w.shape[0], dtype=np.float32)
             node = nir.Conv2d(input_shape=tuple(int(s) for s in pending_in[-2:]), weight=to_numpy(w), stride=tuple(m.stride),
                               padding=tuple(m.padding), dilation=tuple(m.dilation), groups=m.groups, bias=bias)
+            # nir 1.0.8 infers [C_in / groups, ...] and a square kernel's output: record the real shapes
+            node.input_type = {"input": np.array(pending_in)}
+            node.output_type = {"output": np.array(pending_out)}
         emit(key, node)
         pending = None
 
     pending_in: Tuple[int, ...] = ()
+    pending_out: Tuple[int, ...] = ()
     with torch.no_grad():
         for i, (name, m) in enumerate(layers):
             key = f"l{i}_{type(m).__name__.lower()}"
@@ -132,12 +144,14 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
                 pending_in = tuple(x.shape[1:])
                 pending = (key, m, m.weight, m.bias)
                 x = m(x)
+                pending_out = tuple(x.shape[1:])
             elif isinstance(m, nn.AvgPool2d):
-                if m.ceil_mode or m.divisor_override is not None or (m.padding and not m.count_include_pad):
+                if m.ceil_mode or m.divisor_override is not None or (any(_pair(m.padding)) and not m.count_include_pad):
                     raise NIRError(f"layer {where}: this AvgPool2d configuration (ceil_mode / divisor_override / "
                                    "count_include_pad=False) has no NIR equivalent")
-                pair = lambda v: np.array(v if isinstance(v, (tuple, list)) else (v, v))  # noqa: E731
-                emit(key, nir.AvgPool2d(kernel_size=pair(m.kernel_size), stride=pair(m.stride), padding=pair(m.padding)))
+                stride = m.stride if m.stride is not None else m.kernel_size
+                emit(key, nir.AvgPool2d(kernel_size=np.array(_pair(m.kernel_size)), stride=np.array(_pair(stride)),
+                                        padding=np.array(_pair(m.padding))))
                 x = m(x)
             elif isinstance(m, nn.Flatten):
                 start = m.start_dim - 1 if m.start_dim > 0 else m.start_dim  # NIR shapes have no batch dim
@@ -152,7 +166,7 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
                 shape = tuple(x.shape[1:])
                 full = lambda v: np.full(shape, v, dtype=np.float64)  # noqa: E731  (float64: tau * dt / dt == tau)
                 emit(key, nir.LIF(tau=full(tau * dt), r=full(1.0 if decay_input else tau), v_leak=full(v_reset),
-                                  v_threshold=full(v_th), v_reset=full(v_reset)))
+                                  v_threshold=full(threshold_to_nir(v_th)), v_reset=full(v_reset)))
             else:
                 raise NIRError(f"layer {where}: {type(m).__name__} has no NIR mapping in edgesnn "
                                "(supported: Linear, Conv2d, BatchNorm folded, AvgPool2d, Flatten, LIF, ParametricLIF)")
@@ -163,7 +177,20 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
     meta = {"producer": "edgesnn", "dt": float(dt), "readout": "mean over time",
             "timesteps": int(getattr(model, "timesteps", 0) or 0),
             "model_config": json.dumps(_plain(getattr(model, "config", {})))}
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
+
+
+def _pair(v) -> Tuple[int, int]:
+    """``2`` or ``(2, 3)`` or ``[2, 3]`` as a pair of ints."""
+    return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # type: ignore[return-value]
+
+
+def _like(model: nn.Module) -> Dict[str, Any]:
+    """``dtype`` and ``device`` of the model's first parameter (or buffer); float32 on the CPU if none."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point():
+            return {"dtype": t.dtype, "device": t.device}
+    return {"dtype": torch.float32, "device": torch.device("cpu")}
 
 
 def _plain(obj):
@@ -176,12 +203,10 @@ def _plain(obj):
 
 
 def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT) -> Path:
-    """Convert ``model`` with :func:`to_nir` and write it to ``path`` (HDF5 ``.nir``, atomically)."""
+    """Convert ``model`` with :func:`to_nir` and write it to ``path`` (HDF5 ``.nir``, atomically); returns the path."""
     nir = nir_module()
     from ..atomic import atomic_write
 
     graph = to_nir(model, dt=dt)
     return atomic_write(path, lambda fh: nir.write(fh, graph), mode="w+b")  # h5py reads back while writing
 
-
-# ------------------------------------------------------------------------------------------ import
