@@ -8,6 +8,8 @@ spikes/units) and loaded through tonic's own readers and ToFrame transform.
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
 
@@ -193,3 +195,22 @@ def test_unsorted_and_empty_samples_are_binned(tmp_path):
     want = tt.ToFrame(sensor_size=(34, 34, 2), n_time_bins=4)(ev[np.argsort(ev["t"], kind="stable")])
     assert np.array_equal(d.train.x[3].numpy(), want) and int(d.train.x[3].sum()) >= len(rec) - 1  # (tonic: the last edge)
     assert d.train.x.shape[1:] == (4, 2, 34, 34) and int(d.train.x[0].sum()) == 0
+
+
+def test_samples_follow_file_order_and_a_truncated_file_is_named(tmp_path, monkeypatch):
+    """Samples come in path order whatever order the filesystem lists them in (tonic's os.walk
+    order made the same --seed train on another order on another machine); a truncated .bin was
+    a numpy broadcast error."""
+    import edgesnn.training.events as events
+
+    make_nmnist(tmp_path, per_class=(2, 1))
+    real_walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda *a, **k: reversed(list(real_walk(*a, **k))))  # another filesystem's order
+    d = load_event_dataset("nmnist", str(tmp_path), timesteps=2)
+    files = sorted((tmp_path / "NMNIST" / "Train").rglob("*.bin"), key=str)
+    assert d.train.y.tolist() == [int(f.parent.name) for f in files]
+    monkeypatch.setattr(os, "walk", real_walk)
+    bad = files[5]
+    bad.write_bytes(bad.read_bytes()[:-3])  # not a whole number of 5-byte events
+    with pytest.raises(ValueError, match=rf"^data: nmnist train: cannot read {bad}"):
+        events.load_event_dataset("nmnist", str(tmp_path), timesteps=2)

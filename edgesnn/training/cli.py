@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default=None, help="neuron backend (default auto)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="where the model, the data and the loss live: auto (CUDA when available), cpu or cuda")
+    p.add_argument("--device", default="auto",
+                   help=f"where the model, the data and the loss live: {', '.join(DEVICES)} or cuda:N "
+                        "(auto: CUDA when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for Numba and PyTorch (default: all cores)")
     p.add_argument("--checkpoint", default=None, help="write a checkpoint here after every epoch (atomic); "
                    "an existing one needs --resume or --force")
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
                         ("--eval-batch", args.eval_batch), ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
             raise UsageError(f"{flag}: expected an integer >= 1, got {value}")
+    if args.sync_batchnorm and args.no_batchnorm:
+        raise UsageError("--sync-batchnorm: the model has no BatchNorm (--no-batchnorm); drop one of them")
     if args.batch_size < 2 and not args.no_batchnorm:
         raise UsageError("--batch-size: BatchNorm needs at least 2 samples per batch, got 1; add --no-batchnorm "
                          "to train with batch 1")

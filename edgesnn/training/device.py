@@ -35,7 +35,10 @@ def resolve_device(device: Optional[str] = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError(f"--device {name}: no CUDA device available ({_no_cuda_reason()}); "
                              "use --device cpu (or auto), or install a CUDA build of PyTorch")
-        dev = torch.device(name)
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"--device: expected one of {', '.join(DEVICES)} or cuda:N (N a GPU index), got {name!r}") from None
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
         return dev

@@ -51,7 +51,8 @@ from .data import Dataset, Split
 
 __all__ = ["EVENT_SPECS", "EventSpec", "check_layout", "load_event_dataset", "frame_cache_dir", "tonic_dataset"]
 
-_FORMAT = 2  # bump when the frame layout or the binning changes (2: events sorted by time, empty samples)
+_FORMAT = 3  # bump when the frame layout or the binning changes (2: events sorted by time, empty samples;
+# 3: samples in file-path order)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,35 @@ def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
     if spec.spatial_factor != 1.0:
         steps.append(tt.Downsample(spatial_factor=spec.spatial_factor))
     steps.append(tt.ToFrame(sensor_size=spec.sensor_size, n_time_bins=timesteps))
-    return local(str(save_to), train=train, transform=tt.Compose(steps))
+    ds = local(str(save_to), train=train, transform=tt.Compose(steps))
+    _sort_by_file(ds)
+    return ds
+
+
+def _sort_by_file(tonic_ds) -> None:
+    """Put a file-per-sample dataset (N-MNIST, DVS Gesture) in path order, labels alongside: tonic
+    lists them in ``os.walk`` order, which depends on the filesystem, so the same ``--seed`` would
+    train on another order on another machine."""
+    files, targets = getattr(tonic_ds, "data", None), getattr(tonic_ds, "targets", None)
+    if not isinstance(files, list) or not files or not isinstance(files[0], (str, os.PathLike)):
+        return  # SHD: one HDF5 file, indexed in its own order
+    if not isinstance(targets, list) or len(targets) != len(files):
+        return
+    order = sorted(range(len(files)), key=lambda i: str(files[i]))
+    tonic_ds.data = [files[i] for i in order]
+    tonic_ds.targets = [targets[i] for i in order]
+
+
+def _sample(tonic_ds, i: int, label: str):
+    """Sample ``i`` of a tonic dataset; a file it cannot read is a one-line error naming the file."""
+    try:
+        return tonic_ds[i]
+    except (ValueError, OSError, IndexError, EOFError, KeyError) as exc:
+        files = getattr(tonic_ds, "data", None)
+        where = f"{files[i]}" if isinstance(files, list) and i < len(files) else f"sample {i}"
+        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"data: {label}: cannot read {where} ({first}); a truncated or foreign file? "
+                         "remove or replace it") from None
 
 
 def _time_sorted(events: np.ndarray) -> np.ndarray:
@@ -260,7 +289,7 @@ def _bin_split(tonic_ds, out: Path, log: Callable[[str], None], label: str) -> T
     while first is None or _is_empty_sample(first):  # the frame shape of the first sample with events
         if j == n:
             raise ValueError(f"data: {label}: none of the {n} samples holds an event")
-        first, first_target = tonic_ds[j]
+        first, first_target = _sample(tonic_ds, j, label)
         first = np.asarray(first)
         j += 1
     shape = (n,) + tuple(first.shape)
@@ -271,7 +300,7 @@ def _bin_split(tonic_ds, out: Path, log: Callable[[str], None], label: str) -> T
     try:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i in range(n):
-            frames, target = (first, first_target) if i == j - 1 else tonic_ds[i]
+            frames, target = (first, first_target) if i == j - 1 else _sample(tonic_ds, i, label)
             frames = np.asarray(frames)
             if _is_empty_sample(frames):
                 frames = np.zeros(shape[1:], dtype=np.uint8)  # no events: all-zero frames
