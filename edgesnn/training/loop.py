@@ -293,8 +293,9 @@ def train(
     fingerprint = _data_fingerprint(data)
     if ck is not None and ck.get("data_fingerprint") not in (None, fingerprint):
         raise UsageError(f"--resume: the data under {cfg.data_path or cfg.dataset} changed since {checkpoint} was written "
-                         f"(samples or labels differ: {ck['data_fingerprint']} then, {fingerprint} now); the train/test "
-                         "split would be drawn again: use a new --checkpoint")
+                         f"(samples or labels differ: {ck['data_fingerprint']} then, {fingerprint} now)"
+                         f"{'' if data.train.events else '; the train/test split would be drawn again'}: "
+                         "use a new --checkpoint")
     model = _build(cfg, data).to(dev)  # same seed on every rank: same initial weights (DDP also broadcasts them)
     if sync_batchnorm and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
