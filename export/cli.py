@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
                    help="onnx-step: torch.optim.SGD or torch.optim.AdamW update in the graph; onnx-training: ORT optimizer graph")
     p.add_argument("--lr", type=float, default=0.01, help="onnx-step/onnx-training: default learning rate for the runner")
-    p.add_argument("--momentum", type=float, default=0.9, help="onnx-step, sgd: momentum (default 0.9; 0 for plain SGD)")
+    p.add_argument("--momentum", type=float, default=None, help="onnx-step, sgd: momentum (default 0.9; 0 for plain SGD)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="onnx-step: weight decay (default: 0 for sgd, 0.01 for adamw as in torch.optim.AdamW)")
     p.add_argument("--nesterov", action="store_true", help="onnx-step, sgd: Nesterov momentum")
@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 def _file_in(out: str, default_name: str, suffixes) -> Path:
     path = Path(out)
-    return path if path.suffix in suffixes else path / default_name
+    return path if path.suffix.lower() in suffixes else path / default_name
 
 
 def import_params(checkpoint, params_npz, out) -> Path:
@@ -100,6 +100,15 @@ def _check_args(args: argparse.Namespace) -> Path:
     for flag, value in (("--momentum", args.momentum), ("--weight-decay", args.weight_decay)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise UsageError(f"{flag}: expected a finite number >= 0, got {value}")
+    given = [f for f, v in (("--momentum", args.momentum is not None), ("--weight-decay", args.weight_decay is not None),
+                            ("--nesterov", args.nesterov)) if v]
+    if given and args.format != "onnx-step":  # the other formats would ignore them silently
+        raise UsageError(f"{given[0]}: applies to --format onnx-step only (not {args.format})")
+    if args.optimizer == "adamw" and (args.momentum is not None or args.nesterov):
+        raise UsageError(f"{'--momentum' if args.momentum is not None else '--nesterov'}: applies to --optimizer sgd "
+                         "only (adamw uses betas 0.9, 0.999)")
+    if args.optimizer == "sgd" and args.momentum is None:
+        args.momentum = 0.9
     if args.nesterov and not args.momentum:
         raise UsageError("--nesterov needs --momentum > 0")
     if args.format in DIRECTORY_FORMATS:
@@ -121,6 +130,22 @@ def _check_args(args: argparse.Namespace) -> Path:
     return out
 
 
+#: Formats whose graph takes one static frame ``[B, *in_shape]`` and repeats it over the T steps.
+STATIC_INPUT_FORMATS = ("onnx-step", "onnx-training", "onnx", "torchscript")
+
+
+def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
+    """A checkpoint trained on event data (T different frames per sample) cannot be exported to a
+    format that repeats one frame over T: it would run, and train, on the wrong input silently."""
+    from ..training.data import EVENT_DATASETS
+
+    dataset = (ck.get("train_config") or {}).get("dataset")
+    if args.format in STATIC_INPUT_FORMATS and dataset in EVENT_DATASETS:
+        raise UsageError(f"--format {args.format}: {args.checkpoint} was trained on event data ({dataset}: T frames per "
+                         f"sample), but this graph takes one frame and repeats it over T; use --format nir "
+                         "(one time step per call) or --format checkpoint")
+
+
 def run(args: argparse.Namespace) -> int:
     out = _check_args(args)
     from .prepare import model_from_checkpoint
@@ -129,12 +154,14 @@ def run(args: argparse.Namespace) -> int:
         path = import_params(args.checkpoint, args.params, out)
         print(f"wrote {path}")
         return 0
-    model, _ = model_from_checkpoint(args.checkpoint)
+    model, ck = model_from_checkpoint(args.checkpoint)
+    _refuse_event_data(args, ck)
     if args.format == "onnx-step":
         from .onnx_step import export_onnx_step
 
         manifest = replace_dir(out, lambda tmp: export_onnx_step(
-            model, tmp, args.batch_size, args.optimizer, args.lr, args.momentum, args.weight_decay, args.nesterov))
+            model, tmp, args.batch_size, args.optimizer, args.lr, 0.9 if args.momentum is None else args.momentum,
+            args.weight_decay, args.nesterov))
         kinds = ", ".join(sorted({n["kind"] for n in manifest.neurons}))
         print(f"wrote ONNX training-step graph to {out} (batch {manifest.batch_size}, T {manifest.timesteps} in a Scan of "
               f"{manifest.chunk}-step chunks, {kinds}, {len(manifest.trainable)} trainable tensors, optimizer "

@@ -10,7 +10,9 @@
    largest that divides ``T``). Per spiking layer it keeps, for the backward, only:
    LIF: ``h`` (float32, 4 bytes per neuron-step, as the ``torch`` backend saves);
    RevLIF: the spike bit and (exact mode) the bit halving shifted out of the state, packed
-   ``K`` steps per byte (2 bits per neuron-step), plus the final state (a loop-carried value).
+   ``K`` steps per byte, plus the final state (a loop-carried value): one byte per neuron per
+   chunk, i.e. 2 bits per neuron-step when ``T`` is a multiple of 4, 4 bits when ``T`` is even
+   otherwise (``K`` = 2) and 8 bits for odd ``T`` (``K`` = 1).
    The time-averaged logits are accumulated.
 3. **loss**: cross-entropy on the mean logits, written as log-softmax x one-hot (its gradient is
    ``(softmax - onehot) / B`` by construction; an exported ``F.cross_entropy`` backward once

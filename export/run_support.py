@@ -10,7 +10,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "read_npz", "FLOAT32_MAX"]
+__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "epoch_metrics", "read_npz",
+           "FLOAT32_MAX"]
 
 #: Largest finite float32: the graphs compute in float32 (a larger learning rate becomes inf there).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -31,11 +32,17 @@ def read_npz(path, flag: str) -> Dict[str, np.ndarray]:
         raise ValueError(f"{flag}: {path} is not a readable .npz file ({_first_line(exc)})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{flag}: {path} is a single .npy array; expected an .npz archive of named arrays")
-    try:
-        with npz:
-            return {n: np.array(npz[n]) for n in npz.files}
-    except _UNREADABLE as exc:
-        raise ValueError(f"{flag}: {path} is not a readable .npz file ({_first_line(exc)})") from None
+    out: Dict[str, np.ndarray] = {}
+    with npz:
+        for name in npz.files:
+            try:
+                out[name] = np.array(npz[name])
+            except _UNREADABLE as exc:
+                if "allow_pickle" in str(exc):  # numpy refuses to unpickle an object array
+                    raise ValueError(f"{flag}: {path} array {name!r} holds Python objects (dtype object, stored as a "
+                                     "pickle, which is not loaded); expected numeric arrays") from None
+                raise ValueError(f"{flag}: {path} array {name!r} is not readable ({_first_line(exc)})") from None
+    return out
 
 
 def _first_line(exc: BaseException) -> str:
@@ -77,6 +84,20 @@ def step_time_metrics(step_times: List[float], step_cpu: List[float]) -> Dict[st
         "step_ms_median": 1000.0 * float(np.median(steady)) if steady else None,
         "step_cpu_ms_median": 1000.0 * float(np.median(steady_cpu)) if steady_cpu else None,
     }
+
+
+def epoch_metrics(epochs: int, done: int, steps: int, resumed_steps: int, resumed_epochs: int, samples: int,
+                  steps_per_epoch: int, padded: int) -> Dict[str, object]:
+    """The progress part of ``metrics.json``, written after every epoch.
+
+    ``epochs``: asked for in this run; ``done``: finished in this run (``complete`` when equal);
+    ``steps``: taken in this run; ``total_*``: including the runs it resumed; ``samples``: training
+    samples, each trained on once per epoch; ``padded``: how many of them the last batch of every
+    epoch repeats to fill the fixed batch size (``steps_per_epoch x batch = samples + padded``).
+    """
+    return {"epochs": epochs, "epochs_done": done, "complete": done == epochs, "steps": steps,
+            "total_steps": resumed_steps + steps, "total_epochs": resumed_epochs + done, "train_samples": samples,
+            "samples_per_epoch": samples, "steps_per_epoch": steps_per_epoch, "padded_per_epoch": padded}
 
 
 def peak_rss_mb() -> float:

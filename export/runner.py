@@ -23,15 +23,24 @@ Two artifact formats, told apart by the manifest:
 before/after on it (default 0.2 for onnx-step; 0 for the legacy format, which then reports
 accuracy on the training data as before). ``--eval-data`` names a separate held-out ``.npz``.
 
+Both formats: every epoch is a fresh permutation (``default_rng([seed, epoch])``) in batches of
+the manifest's fixed size; a last partial batch is filled with samples from the start of the same
+permutation (``metrics.json``: ``samples_per_epoch``, ``steps_per_epoch``, ``padded_per_epoch``),
+so every sample is trained on every epoch. The output set is swapped into ``--out`` after every
+epoch; ``--resume`` continues after the last finished one (the same data orders and weights as one
+uninterrupted run) and is refused, in one line naming the fields, when the run's recorded settings
+differ (seed, holdout, learning rate, optimizer, batch size, the ``--data`` / ``--eval-data``
+arrays). Ctrl-C (exit 130) or SIGTERM (143) stop with one line saying which epoch ``--out`` holds.
+
 The rest of this docstring describes the legacy ``onnx-training`` path.
 
 ``data.npz`` holds ``x`` (float32 ``[N, *in_shape]``) and ``y`` (integer labels ``[N]``). The
 runner validates the artifacts (every file present, SHA-256 as in the manifest), trains for
-``--epochs`` epochs (shuffled, fixed batch size from the manifest, last partial batch dropped),
-then writes to ``--out`` (default ``ARTIFACTS/finetuned``). A non-empty ``--out`` is refused unless
-``--resume`` (continue from its checkpoint) or ``--force`` (start again from the exported
-weights); the two exclude each other. Either way the new folder is built beside it and swapped in
-as a whole (a resumed run keeps any other files the folder held). It holds:
+``--epochs`` epochs (as above), writing to ``--out`` (default ``ARTIFACTS/finetuned``) after each.
+A non-empty ``--out`` is refused unless ``--resume`` (continue from its checkpoint) or ``--force``
+(start again from the exported weights); the two exclude each other. Either way each new output
+set is built beside it and swapped in as a whole (a resumed run keeps any other files the folder
+held). It holds:
 
 * ``checkpoint``: the fine-tuned ORT checkpoint (load it with ``--resume`` to continue),
 * ``params.npz``: every parameter/buffer by its PyTorch name (for the host to rebuild an
@@ -51,26 +60,23 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
-import json
 import math
 import os
 import sys
-import time
 import types
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional
 
-import numpy as np
-
-from edgesnn.atomic import check_not_inside, check_output, replace_dir
+from edgesnn.atomic import check_not_inside, check_output
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
-from .artifacts import (StepManifest, CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest, atomic_write_bytes, atomic_write_text, validate_artifact_dir)
-from .run_support import FLOAT32_MAX, padded_batches, peak_rss_mb, read_npz, step_time_metrics
+from .artifacts import StepManifest, validate_artifact_dir
+from .run_data import data_fingerprint, load_dataset, split_holdout
+from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigterm_interrupts
+from .run_support import FLOAT32_MAX, peak_rss_mb
 
-__all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "finetune", "peak_rss_mb", "main",
-           "StepCheckError", "training_modules_imported"]
+__all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "split_holdout", "finetune", "peak_rss_mb",
+           "main", "StepCheckError", "training_modules_imported"]
 
 
 class StepCheckError(ValueError):
@@ -128,101 +134,9 @@ def import_ort_training_api():
     return onnxruntime, CheckpointState, Module, Optimizer
 
 
-def _integer_labels(y: np.ndarray, path: Path) -> np.ndarray:
-    """``y`` as int64; float labels must be whole numbers (casting would silently truncate 2.7 to 2)."""
-    if np.issubdtype(y.dtype, np.integer):
-        return y.astype(np.int64)
-    if np.issubdtype(y.dtype, np.floating):
-        bad = ~np.isfinite(y) | (y != np.round(y)) if y.size else np.zeros(0, bool)
-        if bad.any():
-            raise UsageError(f"data: {path} key 'y' holds non-integer labels (e.g. {y[bad].flat[0]!r}); "
-                             "expected integer class indices")
-        return y.astype(np.int64)
-    raise UsageError(f"data: {path} key 'y' has dtype {y.dtype}; expected integer class indices")
-
-
-def load_dataset(path, manifest, min_samples: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Load ``x`` (float32 ``[N, *in_shape]``) and ``y`` (int64 ``[N]``) from an ``.npz``, checked against the manifest."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data: no such file: {path}")
-    arrays = read_npz(path, "data")
-    if "x" not in arrays or "y" not in arrays:
-        raise ValueError(f"data: {path} must hold arrays 'x' and 'y' (found {sorted(arrays)})")
-    x = np.ascontiguousarray(arrays.pop("x"), dtype=np.float32)
-    y = _integer_labels(np.asarray(arrays.pop("y")), path)
-    if tuple(x.shape[1:]) != tuple(manifest.in_shape):
-        raise ValueError(f"data: x has shape {x.shape}; the model expects [N, {', '.join(map(str, manifest.in_shape))}]")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"data: y has shape {y.shape}; expected ({x.shape[0]},)")
-    if y.size and (y.min() < 0 or y.max() >= manifest.num_classes):
-        raise ValueError(f"data: labels must lie in [0, {manifest.num_classes}), got [{y.min()}, {y.max()}]")
-    need = manifest.batch_size if min_samples is None else min_samples
-    if x.shape[0] < need:
-        raise ValueError(f"data: {path} holds {x.shape[0]} samples, fewer than {'one batch of ' if min_samples is None else ''}{need}")
-    if not np.isfinite(x).all():
-        raise ValueError("data: x contains NaN or Inf")
-    return x, y
-
-
 def _one_line(exc: BaseException) -> str:
     """ONNX Runtime's multi-line exception text on one line."""
     return " ".join(str(exc).split())
-
-
-def _accuracy(ort, model_path: Path, x: np.ndarray, y: np.ndarray, batch: int, manifest: Manifest) -> float:
-    """Accuracy of an ONNX forward graph with a fixed batch ``batch`` (the last chunk is zero-padded)."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    correct = 0
-    for i, xb, n in padded_batches(x, batch):
-        logits = sess.run([manifest.output_name], {manifest.input_name: xb})[0][:n]
-        correct += int((logits.argmax(1) == y[i:i + n]).sum())
-    return correct / max(1, x.shape[0])
-
-
-def _atomic_ort_checkpoint(CheckpointState, state, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_inference_model(module, path: Path, output_name: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        module.export_model_for_inferencing(str(tmp), [output_name])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _params_npz(state, names: Sequence[str]) -> bytes:
-    arrays = {name: np.asarray(state.parameters[name].data) for name in names}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, batch: int):
-    """``(x_train, y_train, x_held, y_held)``: a seeded random ``fraction`` held out (at least one sample)."""
-    n = x.shape[0]
-    if fraction <= 0.0:
-        return x, y, x, y
-    n_held = max(1, int(round(n * fraction)))
-    if n - n_held < batch:
-        raise UsageError(f"--holdout {fraction:g}: {n} samples leave {n - n_held} for training, fewer than one batch of {batch}; "
-                         f"lower --holdout or pass --eval-data")
-    order = np.random.default_rng(10_007 + seed).permutation(n)
-    held, train = np.sort(order[:n_held]), np.sort(order[n_held:])
-    return x[train], y[train], x[held], y[held]
 
 
 def finetune(
@@ -245,11 +159,16 @@ def finetune(
     Args:
         artifact_dir: directory written by ``edgesnn export --format onnx-step`` or ``onnx-training``.
         data: path to an ``.npz`` with ``x``/``y`` (see :func:`load_dataset`).
-        epochs: passes over the data (>= 1; each shuffled with ``seed + epoch``).
+        epochs: passes over the data in this run (>= 1; epoch ``e`` of the run, counted across
+            resumes, is shuffled by ``default_rng([seed, e])``; a last partial batch is filled
+            from the start of the same order, see :func:`~edgesnn.export.run_state.epoch_batches`).
         lr: learning rate (finite, > 0); ``None`` uses the manifest's.
         out_dir: output directory; default ``artifact_dir/finetuned``. If it is not empty,
-            ``resume`` or ``force`` is required.
-        resume: start from ``out_dir``'s checkpoint (``state.npz`` / ``checkpoint``) if it exists.
+            ``resume`` or ``force`` is required. Written (swapped in whole) after every epoch.
+        seed: data order and held-out split.
+        resume: continue from ``out_dir``'s state (``state.npz`` / ``checkpoint``) if it exists;
+            refused when the recorded settings (seed, holdout, lr, optimizer, batch size, the data
+            and eval-data arrays) differ.
         threads: ONNX Runtime intra-op threads (>= 1; ``None``: ORT's default, one per core).
         force: replace a non-empty ``out_dir`` as a whole (excludes ``resume``).
         holdout: fraction of ``data`` held out for the accuracy report (``None``: 0.2 for
@@ -257,6 +176,10 @@ def finetune(
         eval_data: a separate ``.npz`` to report accuracy on (then ``holdout`` must be unset or 0).
         lean_memory: onnx-step: ONNX Runtime without its CPU arena and memory pattern (peak RSS about
             15-25 MB lower on the wide MLP, steps 10-20% slower).
+
+    Raises:
+        RunInterrupted: (a ``KeyboardInterrupt``) on Ctrl-C (or SIGTERM under :func:`main`);
+            ``out_dir`` then holds the last finished epoch and the message says which.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UsageError(f"--epochs: expected an integer >= 1, got {epochs!r}")
@@ -279,128 +202,41 @@ def finetune(
                  directory=True)
     manifest = validate_artifact_dir(artifact_dir)
     step_format = isinstance(manifest, StepManifest)
-    x, y = load_dataset(data, manifest)
+    x, y = load_dataset(data, manifest, flag="--data")
+    data_id, eval_id = data_fingerprint(data, x, y), None
     if eval_data is not None:
-        xe, ye = load_dataset(eval_data, manifest, min_samples=1)
+        xe, ye = load_dataset(eval_data, manifest, min_samples=1, flag="--eval-data")
+        eval_id, frac = data_fingerprint(eval_data, xe, ye), 0.0
         accuracy_on = "eval-data"
     else:
         frac = (0.2 if step_format else 0.0) if holdout is None else float(holdout)
         x, y, xe, ye = split_holdout(x, y, frac, seed, manifest.batch_size)
         accuracy_on = "held-out" if frac > 0 else "training data"
+    optimizer = {"name": manifest.optimizer, **(dict(manifest.hyperparameters) if step_format else {})}
+    settings = run_settings(seed, frac, float(manifest.learning_rate if lr is None else lr), manifest.batch_size,
+                            optimizer, data_id, eval_id)
+    out = OutputDir(out_dir, keep_others=resume and out_dir.is_dir())
     if step_format:
         from .step_runner import finetune_step  # the onnx-step path (it imports this module's helpers)
 
-        run = lambda write_dir: finetune_step(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out_dir, write_dir,  # noqa: E731
-                                               seed, resume, threads, log, lean_memory, accuracy_on)
-    else:
-        run = lambda write_dir: _finetune(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out_dir, write_dir,  # noqa: E731
-                                          seed, resume, threads, log, accuracy_on)
-    if resume and out_dir.is_dir():
-        return replace_dir(out_dir, lambda write_dir: _keeping_others(out_dir, write_dir, run))
-    return replace_dir(out_dir, run)
+        return finetune_step(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
+                             lean_memory, accuracy_on, settings)
+    from .legacy_runner import finetune_legacy
 
-
-def _keeping_others(out_dir: Path, write_dir: Path, run: Callable[[Path], Dict]) -> Dict:
-    """A resumed run: ``run`` reads ``out_dir``'s checkpoint and writes its whole output set into
-    ``write_dir``; whatever else ``out_dir`` holds is copied beside it, so the swap (atomic as a
-    set: never new parameters beside an old state) loses nothing."""
-    import shutil
-
-    result = run(write_dir)
-    for entry in out_dir.iterdir():
-        target = write_dir / entry.name
-        if not target.exists():
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target)
-    return result
-
-
-def _finetune(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray, ye: np.ndarray,
-              epochs: int, lr: Optional[float], out_dir: Path, write_dir: Path, seed: int, resume: bool,
-              threads: Optional[int], log: Callable[[str], None], accuracy_on: str = "training data") -> Dict:
-    """The legacy (onnx-training) loop of :func:`finetune`: starts from ``out_dir`` (resume) and writes into ``write_dir``."""
-    ort, CheckpointState, Module, Optimizer = import_ort_training_api()
-    ort.set_default_logger_severity(3)
-
-    start_ckpt = out_dir / CHECKPOINT if resume and (out_dir / CHECKPOINT).is_file() else artifact_dir / CHECKPOINT
-    resuming = start_ckpt.parent == out_dir
-    try:
-        state = CheckpointState.load_checkpoint(str(start_ckpt))
-    except Exception as exc:
-        hint = "; pass --force instead of --resume to start again" if resuming else ""
-        raise ArtifactError(f"{start_ckpt}: corrupt artifact file (ONNX Runtime could not load it: {_one_line(exc)}){hint}") from None
-    try:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or 0)
-        opts.log_severity_level = 3
-        module = Module(str(artifact_dir / TRAINING_MODEL), state, str(artifact_dir / EVAL_MODEL), device="cpu",
-                        session_options=opts)
-        optimizer = Optimizer(str(artifact_dir / OPTIMIZER_MODEL), module)
-    except Exception as exc:
-        if resuming:
-            raise ArtifactError(f"--resume: {start_ckpt} does not fit the artifacts in {artifact_dir} (fine-tuned from "
-                                f"another export?); pass --force instead of --resume to start again") from None
-        raise ArtifactError(f"{artifact_dir}: ONNX Runtime could not load the training graphs ({_one_line(exc)})") from None
-    optimizer.set_learning_rate(float(manifest.learning_rate if lr is None else lr))
-
-    B = manifest.batch_size
-    acc_before = _accuracy(ort, artifact_dir / MODEL, xe, ye, B, manifest) if not resume else None
-    module.train()
-    epoch_losses: List[float] = []
-    step_times: List[float] = []
-    step_cpu: List[float] = []
-    done = int(state.properties["runner_epochs"]) if resuming and "runner_epochs" in state.properties else 0
-    for epoch in range(done, done + epochs):  # a resumed run continues the data order
-        order = np.random.default_rng(seed + epoch).permutation(x.shape[0])
-        losses = []
-        for i in range(0, x.shape[0] - B + 1, B):
-            idx = order[i:i + B]
-            t0, c0 = time.perf_counter(), time.process_time()
-            loss = module(x[idx], y[idx])
-            optimizer.step()
-            module.lazy_reset_grad()
-            step_times.append(time.perf_counter() - t0)
-            step_cpu.append(time.process_time() - c0)
-            losses.append(float(loss))
-        epoch_losses.append(float(np.mean(losses)))
-        log(f"epoch {epoch + 1 - done}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps)")
-
-    state.properties["runner_epochs"] = done + epochs
-    _atomic_ort_checkpoint(CheckpointState, state, write_dir / CHECKPOINT)
-    names = list(manifest.trainable) + list(manifest.frozen)
-    atomic_write_bytes(write_dir / "params.npz", _params_npz(state, names))
-    _atomic_inference_model(module, write_dir / "inference.onnx", manifest.output_name)
-    acc_after = _accuracy(ort, write_dir / "inference.onnx", xe, ye, B, manifest)
-
-    metrics = {
-        "epochs": epochs,
-        "steps": len(step_times),
-        "batch_size": B,
-        "learning_rate": float(manifest.learning_rate if lr is None else lr),
-        "epoch_loss": epoch_losses,
-        "format": "onnx-training",
-        "accuracy_on": accuracy_on,
-        "accuracy_before": acc_before,
-        "accuracy_after": acc_after,
-        **step_time_metrics(step_times, step_cpu),
-        "threads": int(threads or 0),
-        "peak_rss_mb": peak_rss_mb(),
-        "torch_imported": "torch" in sys.modules,
-    }
-    atomic_write_text(write_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    if metrics["torch_imported"]:
-        raise RuntimeError("device runner: torch was imported during fine-tuning; the runner must stay torch-free")
-    return metrics
+    return finetune_legacy(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
+                           accuracy_on, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
     p.add_argument("artifacts", help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
     p.add_argument("--data", required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="epochs in this run (a resumed run adds them)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the manifest's)")
-    p.add_argument("--out", default=None, help="output directory (default: ARTIFACTS/finetuned)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if present")
+    p.add_argument("--out", default=None, help="output directory (default: ARTIFACTS/finetuned), written after every epoch")
+    p.add_argument("--seed", type=int, default=0, help="data order and held-out split")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT's state (after its last finished epoch) with the same settings")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out as a whole (start from the exported weights)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads, >= 1 (default: one per core)")
     p.add_argument("--holdout", type=float, default=None,
@@ -412,16 +248,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``edgesnn-device``: 0 on success, 2 on a user error (one line), 130 on Ctrl-C and 143 on
+    SIGTERM (one line saying which epoch ``--out`` holds; no temp folder is left behind)."""
     args = build_parser().parse_args(argv)
     try:
-        m = finetune(args.artifacts, args.data, args.epochs, args.lr, args.out, args.seed, args.resume, args.threads,
-                     force=args.force, holdout=args.holdout, eval_data=args.eval_data, lean_memory=args.lean_memory)
+        with sigterm_interrupts():
+            m = finetune(args.artifacts, args.data, args.epochs, args.lr, args.out, args.seed, args.resume, args.threads,
+                         force=args.force, holdout=args.holdout, eval_data=args.eval_data, lean_memory=args.lean_memory)
     except USER_ERRORS as exc:
         print(f"edgesnn-device: error: {exc}", file=sys.stderr)
         return 2
-    before = "n/a" if m["accuracy_before"] is None else f"{m['accuracy_before']:.4f}"
+    except RunInterrupted as exc:
+        print(f"edgesnn-device: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:  # before training started: nothing was written
+        term = isinstance(exc, Terminated)
+        print(f"edgesnn-device: {'terminated (SIGTERM)' if term else 'interrupted'} before training; nothing was written",
+              file=sys.stderr)
+        return 143 if term else 130
     step = "n/a" if m["step_ms_mean"] is None else f"{m['step_ms_mean']:.2f} ms"
-    print(f"accuracy ({m.get('accuracy_on', 'training data')}) {before} -> {m['accuracy_after']:.4f}; step {step}; "
+    print(f"accuracy ({m.get('accuracy_on', 'training data')}) {m['accuracy_before']:.4f} -> {m['accuracy_after']:.4f}; "
+          f"step {step}; {m['steps']} steps ({m['padded_per_epoch']} samples repeated per epoch to fill the last batch); "
           f"peak RSS {m['peak_rss_mb']:.1f} MB; torch imported: {m['torch_imported']}")
     return 0
 

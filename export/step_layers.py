@@ -20,8 +20,8 @@ from ..functional.grid import quantize_input, to_grid
 from ..nn import LIF, RevLIF, SeqToANN
 from .prepare import ExportError
 
-__all__ = ["Leaf", "Stage", "make_leaf", "plan_layers", "leaf_forward", "weight_grad", "leaf_vjp", "block_forward",
-           "block_vjp", "grouped", "node_input", "initial_state"]
+__all__ = ["Leaf", "Stage", "make_leaf", "plan_layers", "record_shapes", "leaf_forward", "weight_grad", "leaf_vjp",
+           "block_forward", "block_vjp", "grouped", "node_input", "initial_state"]
 
 
 # ----------------------------------------------------------------------------- the model as a plan
@@ -34,6 +34,7 @@ class Leaf:
     module: nn.Module
     params: List[str] = field(default_factory=list)  # trainable parameter names
     buffers: List[str] = field(default_factory=list)  # frozen tensors it reads
+    in_shape: Tuple[int, ...] = ()  # one sample's input shape (no batch dim), set by record_shapes
 
 
 @dataclass
@@ -105,6 +106,22 @@ def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
     return prefix or [], stages, pending
 
 
+def record_shapes(leaves: Sequence[Leaf], t: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Run ``leaves`` eagerly on ``x [B, ...]`` and store each one's per-sample input shape in
+    ``leaf.in_shape``; returns the block's output. The VJPs take their spatial sizes from there, so
+    the traced graph holds them as constants (sizes read from a traced tensor become ``Shape`` ops,
+    and a pad or kernel of run-time size leaves the next convolution's weight shape unknown)."""
+    for leaf in leaves:
+        leaf.in_shape = tuple(int(d) for d in x.shape[1:])
+        x = leaf_forward(leaf, t, x)
+    return x
+
+
+def _static_shape(leaf: Leaf, x: torch.Tensor) -> Tuple[int, ...]:
+    """One sample's input shape of ``leaf``: the recorded one, else (eager use) ``x``'s."""
+    return leaf.in_shape if leaf.in_shape else tuple(int(d) for d in x.shape[1:])
+
+
 # ----------------------------------------------------------------------------- explicit layer VJPs
 
 
@@ -164,9 +181,10 @@ def leaf_vjp(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor, gy: torch.
             grads[f"{n}.bias"] = gy.sum((0, 2, 3))
         gx = None
         if need_gx:
-            H, W = x.shape[2], x.shape[3]
-            oh = H + 2 * p[0] - ((gy.shape[2] - 1) * s[0] + kh)
-            ow = W + 2 * p[1] - ((gy.shape[3] - 1) * s[1] + kw)
+            _, H, W = _static_shape(leaf, x)  # Python ints: output_padding is an attribute of the graph
+            Ho, Wo = (H + 2 * p[0] - kh) // s[0] + 1, (W + 2 * p[1] - kw) // s[1] + 1
+            oh = H + 2 * p[0] - ((Ho - 1) * s[0] + kh)
+            ow = W + 2 * p[1] - ((Wo - 1) * s[1] + kw)
             gx = F.conv_transpose2d(gy, w, None, s, p, (oh, ow))
         return gx, grads
     if leaf.kind == "bn":
@@ -181,15 +199,17 @@ def leaf_vjp(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor, gy: torch.
         if not need_gx:
             return None, grads
         k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
-        N, C, Ho, Wo = gy.shape
-        up = gy.reshape(N, C, Ho, 1, Wo, 1).expand(N, C, Ho, k[0], Wo, k[1]).reshape(N, C, Ho * k[0], Wo * k[1])
-        up = up * (1.0 / (k[0] * k[1]))
-        H, W = x.shape[2], x.shape[3]
-        if (H, W) != (Ho * k[0], Wo * k[1]):
-            up = F.pad(up, (0, W - Wo * k[1], 0, H - Ho * k[0]))
-        return up, grads
+        # each output gradient spread evenly over its k x k window: a depthwise transposed convolution
+        # with a constant kernel. Its output_padding (Python ints from the recorded shape, < stride)
+        # restores the rows/columns the floor-mode pool dropped, with zero gradient. (Reshape/expand
+        # plus F.pad gave the same values, but the exporter lost the padded shape, and the next
+        # convolution's weight gradient, which uses this as its kernel, could not be exported.)
+        C, H, W = _static_shape(leaf, x)
+        Ho, Wo = H // k[0], W // k[1]
+        kernel = torch.full((C, 1, k[0], k[1]), 1.0 / (k[0] * k[1]), dtype=gy.dtype)
+        return F.conv_transpose2d(gy, kernel, None, k, 0, (H - Ho * k[0], W - Wo * k[1]), groups=C), grads
     if leaf.kind == "flatten":
-        return (gy.reshape(x.shape) if need_gx else None), grads
+        return (gy.reshape(-1, *_static_shape(leaf, x)) if need_gx else None), grads
     return gy, grads
 
 

@@ -18,7 +18,8 @@ from torch import nn
 from ..functional.lif import lif_charge, lif_fire_reset_values, lif_step_vjp
 from ..functional.revlif import RevLIFParams, revlif_step, revlif_step_backward
 from .prepare import ExportError, export_copy
-from .step_layers import (Leaf, Stage, block_forward, block_vjp, grouped, initial_state, node_input, plan_layers)
+from .step_layers import (Leaf, Stage, block_forward, block_vjp, grouped, initial_state, node_input, plan_layers,
+                          record_shapes)
 
 __all__ = ["STEP_OPTIMIZERS", "StepProgram", "build_step_program", "reference_step"]
 
@@ -254,15 +255,15 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
     cfg = dict(getattr(model, "config", {}) or {})
     prog = StepProgram(clone, prefix, stages, head, batch_size, T, chunk, trainable, frozen, values, optimizer, hp,
                        tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0)
-    # shapes: one eager pass
+    # shapes: one eager pass (the VJPs read their spatial sizes from it as constants)
     with torch.no_grad():
         x = torch.zeros(batch_size, *clone.in_shape)
-        _, out = block_forward(prefix, values, x)
+        out = record_shapes(prefix, values, x)
         for i, st in enumerate(stages):
-            _, xi = block_forward(st.leaves, values, out)
+            xi = record_shapes(st.leaves, values, out)
             st.x_shape = tuple(xi.shape)
             out = xi
-        _, logits = block_forward(head, values, out)
+        logits = record_shapes(head, values, out)
         prog.num_classes = int(logits.shape[1])
     return prog
 

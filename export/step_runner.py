@@ -3,7 +3,7 @@
 :class:`StepSession` runs ``step.onnx`` with two preallocated sets of parameter and optimizer
 buffers bound through ``IOBinding`` (step k reads set A and writes set B, step k+1 the other way),
 so per step only the batch, the labels and three scalars cross Python; :func:`finetune_step` is
-the epoch loop that writes ``state.npz``, ``params.npz`` and ``metrics.json``.
+the epoch loop that writes ``state.npz``, ``params.npz`` and ``metrics.json`` after every epoch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 
 from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
                         atomic_write_text)
-from .run_support import padded_batches, peak_rss_mb, proc_status_mib, step_time_metrics
+from .run_state import OutputDir, Progress, check_settings, epoch_batches
+from .run_support import epoch_metrics, padded_batches, peak_rss_mb, proc_status_mib, step_time_metrics
 from .runner import StepCheckError, _one_line, import_plain_ort, training_modules_imported
 
 __all__ = ["StepSession", "finetune_step", "npz_bytes", "rss_mb"]
@@ -134,108 +135,129 @@ class StepSession:
         return correct / max(1, x.shape[0])
 
 
-def finetune_step(artifact_dir: Path, manifest: StepManifest, x, y, xe, ye, epochs: int, lr: Optional[float],
-                   out_dir: Path, write_dir: Path, seed: int, resume: bool, threads: Optional[int],
-                   log: Callable[[str], None], lean_memory: bool, accuracy_on: str) -> Dict:
-    """The onnx-step training loop (plain onnxruntime + numpy)."""
-    ort = import_plain_ort()
-    ort.set_default_logger_severity(3)
-    rss_before = rss_mb()
-    state_path = out_dir / "state.npz"
-    resuming = resume and state_path.is_file()
-    src = state_path if resuming else artifact_dir / STEP_INIT
-    needed = list(manifest.trainable) + list(manifest.frozen) + list(manifest.optimizer_state)
+def _load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
+    """``(tensors, runner.* entries)`` of ``init.npz`` or a resumed ``state.npz``."""
     try:
         with np.load(src, allow_pickle=False) as npz:
             start = {n: np.array(npz[n]) for n in needed if n in npz.files}
-            resumed_steps = int(npz["runner.steps"]) if "runner.steps" in npz.files else 0
-            resumed_epochs = int(npz["runner.epochs"]) if "runner.epochs" in npz.files else 0
-            source = str(npz["runner.artifact"]) if "runner.artifact" in npz.files else None
+            meta = {k: npz[k][()] for k in npz.files if k.startswith("runner.")}
     except Exception as exc:
         hint = "; pass --force instead of --resume to start again" if resuming else ""
         raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
+    return start, meta
+
+
+def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray,
+                  ye: np.ndarray, epochs: int, lr: Optional[float], out: OutputDir, seed: int, resume: bool,
+                  threads: Optional[int], log: Callable[[str], None], lean_memory: bool, accuracy_on: str,
+                  settings: Dict) -> Dict:
+    """The onnx-step training loop (plain onnxruntime + numpy) on ``x [N, *in_shape]`` float32 and
+    ``y [N]`` int64, reporting accuracy on ``xe``/``ye``. After every epoch the output set
+    (``state.npz``, ``params.npz``, ``metrics.json``) is swapped into ``out``; a resumed run starts
+    from ``out``'s ``state.npz`` (refused if its recorded ``settings`` differ). Ctrl-C / SIGTERM
+    raise :class:`~.run_state.RunInterrupted` saying which epoch ``out`` holds."""
+    ort = import_plain_ort()
+    ort.set_default_logger_severity(3)
+    rss_before = rss_mb()
+    state_path = out.path / "state.npz"
+    resuming = resume and state_path.is_file()
+    src = state_path if resuming else artifact_dir / STEP_INIT
+    needed = list(manifest.trainable) + list(manifest.frozen) + list(manifest.optimizer_state)
+    start, meta = _load_start(src, needed, resuming)
+    resumed_steps = int(meta.get("runner.steps", 0)) if resuming else 0
+    resumed_epochs = int(meta.get("runner.epochs", 0)) if resuming else 0
     artifact_id = manifest.files.get(STEP_MODEL, "")
-    if resuming and source is not None and source != artifact_id:
+    if resuming and "runner.artifact" in meta and str(meta["runner.artifact"]) != artifact_id:
         raise ArtifactError(f"--resume: {state_path} was fine-tuned from another export (its step graph differs from "
                             f"{artifact_dir}); pass --force instead of --resume to start again")
     missing = [n for n in needed if n not in start]
     if missing:
         hint = (" (fine-tuned from another export?); pass --force instead of --resume to start again" if resuming else "")
         raise ArtifactError(f"{src}: lacks {missing[:3]}{'...' if len(missing) > 3 else ''}{hint}")
+    if resuming:
+        check_settings(str(meta["runner.settings"]) if "runner.settings" in meta else None, settings, state_path)
     sess = StepSession(ort, artifact_dir, manifest, start, threads, lean_memory)
     rss_session = rss_mb()
-    rate = float(manifest.learning_rate if lr is None else lr)
+    rate = float(settings["lr"])
     sess.set_lr(rate)
 
-    B = manifest.batch_size
+    B, n = manifest.batch_size, x.shape[0]
     acc_before = sess.accuracy(xe, ye)
     epoch_losses: List[float] = []
     step_times: List[float] = []
     step_cpu: List[float] = []
     max_err = 0.0
     steps = 0
-    for epoch in range(resumed_epochs, resumed_epochs + epochs):  # a resumed run continues the data order
-        order = np.random.default_rng(seed + epoch).permutation(x.shape[0])
-        losses = []
-        for i in range(0, x.shape[0] - B + 1, B):
-            idx = order[i:i + B]
-            xb, yb = np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx])
-            t0, c0 = time.perf_counter(), time.process_time()
-            loss, _, err = sess.step(xb, yb)
-            step_times.append(time.perf_counter() - t0)
-            step_cpu.append(time.process_time() - c0)
-            steps += 1
-            if not math.isfinite(loss):
-                raise StepCheckError(f"step {resumed_steps + steps}: the loss is {loss}; lower --lr")
-            if not err <= manifest.recon_tolerance:
-                raise StepCheckError(
-                    f"step {resumed_steps + steps}: RevLIF reconstruction error {err:.3g} exceeds {manifest.recon_tolerance:g} "
-                    f"(float mode: spikes flipped in the inverse; export with mode='exact', or fewer steps)")
-            max_err = max(max_err, err)
-            losses.append(loss)
-        epoch_losses.append(float(np.mean(losses)))
-        log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps)")
-
-    values = sess.values()
-    bad_values = [n for n in manifest.trainable if not np.isfinite(values[n]).all()]
-    if bad_values:  # the last update is not seen by the loss check
-        raise StepCheckError(f"step {resumed_steps + steps}: the update made {bad_values[:3]} non-finite; lower --lr")
-    acc_after = sess.accuracy(xe, ye)
-    state = dict(values)
-    state["runner.steps"] = np.asarray(resumed_steps + steps, np.int64)
-    state["runner.epochs"] = np.asarray(resumed_epochs + epochs, np.int64)
-    state["runner.artifact"] = np.asarray(artifact_id)
-    atomic_write_bytes(write_dir / "state.npz", npz_bytes(state))
-    params = {n: values[n] for n in list(manifest.trainable) + list(manifest.frozen)}
-    atomic_write_bytes(write_dir / "params.npz", npz_bytes(params))
-    bad = training_modules_imported()
-    metrics = {
-        "format": "onnx-step",
-        "epochs": epochs,
-        "steps": len(step_times),
-        "total_steps": resumed_steps + steps,
-        "total_epochs": resumed_epochs + epochs,
-        "batch_size": B,
-        "learning_rate": rate,
-        "optimizer": manifest.optimizer,
-        "epoch_loss": epoch_losses,
-        "accuracy_on": accuracy_on,
-        "train_samples": int(x.shape[0]),
-        "eval_samples": int(xe.shape[0]),
-        "accuracy_before": acc_before,
-        "accuracy_after": acc_after,
-        "recon_error_max": max_err,
-        **step_time_metrics(step_times, step_cpu),
-        "threads": int(threads or 0),
-        "lean_memory": bool(lean_memory),
-        "rss_before_session_mb": rss_before,
-        "rss_after_session_mb": rss_session,
-        "peak_rss_mb": peak_rss_mb(),
-        "torch_imported": "torch" in sys.modules and sys.modules["torch"] is not None,
-        "forbidden_modules": bad,
-        "onnxruntime_version": getattr(ort, "__version__", ""),
-    }
-    atomic_write_text(write_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    if bad:
-        raise RuntimeError(f"device runner: {bad[:3]} were imported during fine-tuning; the runner must stay torch-free")
+    progress = Progress(out.path, epochs, resumed_epochs, resuming)
+    try:
+        for epoch in range(resumed_epochs, resumed_epochs + epochs):  # a resumed run continues the data orders
+            batches, padded = epoch_batches(n, B, seed, epoch)
+            progress.steps_per_epoch, progress.step = len(batches), 0
+            losses = []
+            for idx in batches:
+                xb, yb = x[idx], y[idx]
+                t0, c0 = time.perf_counter(), time.process_time()
+                loss, _, err = sess.step(xb, yb)
+                step_times.append(time.perf_counter() - t0)
+                step_cpu.append(time.process_time() - c0)
+                steps += 1
+                progress.step += 1
+                if not math.isfinite(loss):
+                    raise StepCheckError(f"step {resumed_steps + steps}: the loss is {loss}; lower --lr")
+                if not err <= manifest.recon_tolerance:
+                    raise StepCheckError(
+                        f"step {resumed_steps + steps}: RevLIF reconstruction error {err:.3g} exceeds "
+                        f"{manifest.recon_tolerance:g} (float mode: spikes flipped in the inverse; export with "
+                        f"mode='exact', or fewer steps)")
+                max_err = max(max_err, err)
+                losses.append(loss)
+            epoch_losses.append(float(np.mean(losses)))
+            values = sess.values()
+            bad_values = [k for k in manifest.trainable if not np.isfinite(values[k]).all()]
+            if bad_values:  # the last update is not seen by the loss check
+                raise StepCheckError(f"step {resumed_steps + steps}: the update made {bad_values[:3]} non-finite; lower --lr")
+            last = len(epoch_losses) == epochs
+            metrics = {
+                "format": "onnx-step",
+                **epoch_metrics(epochs, len(epoch_losses), steps, resumed_steps, resumed_epochs, n, len(batches), padded),
+                "batch_size": B,
+                "learning_rate": rate,
+                "optimizer": manifest.optimizer,
+                "seed": seed,
+                "epoch_loss": list(epoch_losses),
+                "accuracy_on": accuracy_on,
+                "eval_samples": int(xe.shape[0]),
+                "accuracy_before": acc_before,
+                "accuracy_after": sess.accuracy(xe, ye) if last else None,
+                "recon_error_max": max_err,
+                **step_time_metrics(step_times, step_cpu),
+                "threads": int(threads or 0),
+                "lean_memory": bool(lean_memory),
+                "rss_before_session_mb": rss_before,
+                "rss_after_session_mb": rss_session,
+                "peak_rss_mb": peak_rss_mb(),
+                "torch_imported": "torch" in sys.modules and sys.modules["torch"] is not None,
+                "forbidden_modules": training_modules_imported(),
+                "onnxruntime_version": getattr(ort, "__version__", ""),
+            }
+            state = dict(values)
+            state["runner.steps"] = np.asarray(resumed_steps + steps, np.int64)
+            state["runner.epochs"] = np.asarray(epoch + 1, np.int64)
+            state["runner.artifact"] = np.asarray(artifact_id)
+            state["runner.settings"] = np.asarray(json.dumps(settings, sort_keys=True))
+            params = {k: values[k] for k in list(manifest.trainable) + list(manifest.frozen)}
+            out.save(lambda d: _write_outputs(d, state, params, metrics), then=progress.saved)
+            log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
+                + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")")
+    except KeyboardInterrupt as exc:
+        raise progress.interrupted(exc) from None
+    if metrics["forbidden_modules"]:
+        raise RuntimeError(f"device runner: {metrics['forbidden_modules'][:3]} were imported during fine-tuning; "
+                           "the runner must stay torch-free")
     return metrics
+
+
+def _write_outputs(d: Path, state: Dict[str, np.ndarray], params: Dict[str, np.ndarray], metrics: Dict) -> None:
+    atomic_write_bytes(d / "state.npz", npz_bytes(state))
+    atomic_write_bytes(d / "params.npz", npz_bytes(params))
+    atomic_write_text(d / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -170,3 +170,25 @@ def test_export_is_registered_with_edgesnn_cli():
     from edgesnn.cli import SUBCOMMANDS
 
     assert "edgesnn.export.cli" in SUBCOMMANDS
+
+
+def test_legacy_resume_reports_accuracy_before_and_fills_the_last_batch(exported, tmp_path):
+    """--resume reported "accuracy n/a -> ..."; now the resumed weights' accuracy, which is the
+    previous run's accuracy after. 115 training samples in batches of 16: the eighth batch is
+    filled with 13 samples from the start of the epoch's order, and 1 + 1 resumed epochs give the
+    same weights as 2 in one run."""
+    base = [str(exported[0] / "art"), "--data", str(exported[0] / "data.npz"), "--holdout", "0.1", "--lr", "0.1"]
+    runs = {}
+    for out, flags in (("split", ["--epochs", "1"]), ("split", ["--epochs", "1", "--resume"]), ("full", ["--epochs", "2"])):
+        proc = run_python(_RUNNER, *base, "--out", str(tmp_path / out), *flags)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.setdefault(out, []).append((proc.stdout, json.loads((tmp_path / out / "metrics.json").read_text())))
+    (_, first), (stdout, resumed) = runs["split"]
+    assert "n/a" not in stdout and f"accuracy (held-out) {first['accuracy_after']:.4f} ->" in stdout, stdout
+    assert resumed["accuracy_before"] == first["accuracy_after"]
+    assert (first["train_samples"], first["steps_per_epoch"], first["padded_per_epoch"]) == (115, 8, 13)
+    assert resumed["total_epochs"] == 2 and resumed["total_steps"] == 16
+    with np.load(tmp_path / "split" / "params.npz") as a, np.load(tmp_path / "full" / "params.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    proc = run_python(_RUNNER, *base, "--out", str(tmp_path / "split"), "--epochs", "1", "--resume", "--seed", "4")
+    assert proc.returncode == 2 and "--seed 0 (now 4)" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -258,3 +258,78 @@ def test_step_export_refuses_nonempty_out_and_unsupported_layers(tmp_path):
     model.body[3] = ParametricLIF()
     with pytest.raises(UsageError, match="ParametricLIF"):
         build_step_program(model, 2)
+
+
+ODD = [((1, 7, 7), "lif"), ((1, 6, 5), "lif"), ((1, 7, 7), "revlif")]
+
+
+@pytest.mark.parametrize("shape,neuron", ODD, ids=[f"{'x'.join(map(str, s))}-{n}" for s, n in ODD])
+def test_odd_input_sizes_export_and_match_torch(tmp_path, shape, neuron):
+    """A 2x2 average pool over an odd height/width drops a row/column; its backward must restore
+    it with static sizes (a pad of run-time size made the next conv weight gradient unexportable).
+    The first step's gradients and 5 SGD-momentum steps match PyTorch eager."""
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.export.artifacts import validate_artifact_dir
+    from edgesnn.export.prepare import export_copy
+    from edgesnn.export.runner import import_plain_ort
+    from edgesnn.export.step_runner import StepSession
+    from edgesnn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("convnet", shape, 3, 4, neuron=neuron, channels=(4, 4)).eval()
+    ck = save_checkpoint(tmp_path / "odd.ckpt", model.config, model.state_dict(), epoch=1)
+    assert _export_cli(["--checkpoint", str(ck), "--format", "onnx-step", "--out", str(tmp_path / "art"),
+                        "--batch-size", "4", "--lr", "0.05"]) == 0  # the audit's command line
+    manifest = validate_artifact_dir(tmp_path / "art")
+    with np.load(tmp_path / "art" / "init.npz") as npz:
+        start = {k: npz[k] for k in npz.files}
+    sess = StepSession(import_plain_ort(), tmp_path / "art", manifest, start, threads=1, lean_memory=True)
+    sess.set_lr(0.05)
+    ref = export_copy(model)
+    params = dict(ref.named_parameters())
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for k in range(5):
+        x, y = torch.rand(4, *shape, generator=g) * 2.0, torch.randint(0, 3, (4,), generator=g)
+        loss, _, err = sess.step(x.numpy(), y.numpy())
+        out = torch.nn.functional.cross_entropy(ref(x), y)
+        opt.zero_grad()
+        out.backward()
+        if k == 0:  # first SGD step: (start - new) / lr is the gradient
+            got = sess.values()
+            for n, p in params.items():
+                np.testing.assert_allclose((start[n] - got[n]) / 0.05, p.grad.numpy(), atol=2e-5, err_msg=n)
+            conv0 = manifest.trainable[0]
+            assert params[conv0].grad.abs().max() > 0, "the first conv's gradient is zero: the check is vacuous"
+        opt.step()
+        assert err == 0.0 and abs(loss - out.item()) < 1e-5, (k, loss, out.item(), err)
+    got = sess.values()
+    diffs = {n: float(np.abs(got[n] - p.detach().numpy()).max()) for n, p in params.items()}
+    assert max(diffs.values()) < 1e-5, diffs
+
+
+def test_export_refuses_event_checkpoints_and_ignored_optimizer_flags(tmp_path):
+    """A model trained on event frames cannot run on a graph that repeats one frame over T; optimizer
+    flags a format or optimizer would ignore are refused, not dropped."""
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.errors import UsageError
+    from edgesnn.models import build_model
+
+    model = build_model("mlp", (8,), 3, 2, hidden=(4,))
+    ev = save_checkpoint(tmp_path / "shd.ckpt", model.config, model.state_dict(), epoch=1,
+                         train_config={"dataset": "shd", "timesteps": 2})
+    for fmt, out in (("onnx-step", "a"), ("onnx-training", "b"), ("onnx", "c.onnx"), ("torchscript", "d.pt")):
+        with pytest.raises(UsageError, match=f"--format {fmt}: .*event data \\(shd"):
+            _export_cli(["--checkpoint", str(ev), "--format", fmt, "--out", str(tmp_path / out)])
+        assert not (tmp_path / out).exists()
+    ok = save_checkpoint(tmp_path / "digits.ckpt", model.config, model.state_dict(), epoch=1,
+                         train_config={"dataset": "digits", "timesteps": 2})
+    for argv, words in ((["--optimizer", "adamw", "--momentum", "0.5"], "--momentum: applies to --optimizer sgd"),
+                        (["--optimizer", "adamw", "--nesterov"], "--nesterov: applies to --optimizer sgd"),
+                        (["--format", "onnx-training", "--momentum", "0.5"], "--momentum: applies to --format onnx-step"),
+                        (["--format", "onnx-training", "--weight-decay", "0.1"], "--weight-decay: applies to")):
+        fmt = [] if "--format" in argv else ["--format", "onnx-step"]
+        with pytest.raises(UsageError, match=words):
+            _export_cli(["--checkpoint", str(ok), "--out", str(tmp_path / "e"), *fmt, *argv])
+    assert _export_cli(["--checkpoint", str(ok), "--format", "onnx-step", "--out", str(tmp_path / "f"), "--optimizer",
+                        "adamw", "--batch-size", "2"]) == 0

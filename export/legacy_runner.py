@@ -1,0 +1,178 @@
+"""The legacy ``onnx-training`` path of the device runner (:mod:`edgesnn.export.runner`): ONNX
+Runtime training artifacts run through onnxruntime-training's training API. Never imports torch.
+
+:func:`finetune_legacy` trains and, after every epoch, swaps a complete output set into ``--out``:
+``checkpoint`` (ORT checkpoint with the optimizer state and the run's progress and settings as
+properties), ``params.npz``, ``inference.onnx`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .artifacts import (CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest,
+                        atomic_write_bytes, atomic_write_text)
+from .run_state import OutputDir, Progress, check_settings, epoch_batches
+from .run_support import epoch_metrics, padded_batches, peak_rss_mb, step_time_metrics
+from .runner import _one_line, import_ort_training_api
+
+__all__ = ["finetune_legacy"]
+
+
+def _accuracy(ort, model_path: Path, x: np.ndarray, y: np.ndarray, batch: int, manifest: Manifest) -> float:
+    """Accuracy of an ONNX forward graph with a fixed batch ``batch`` (the last chunk is zero-padded)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    correct = 0
+    for i, xb, n in padded_batches(x, batch):
+        logits = sess.run([manifest.output_name], {manifest.input_name: xb})[0][:n]
+        correct += int((logits.argmax(1) == y[i:i + n]).sum())
+    return correct / max(1, x.shape[0])
+
+
+def _atomic_ort_checkpoint(CheckpointState, state, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_inference_model(module, path: Path, output_name: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        module.export_model_for_inferencing(str(tmp), [output_name])
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _params_npz(state, names: Sequence[str]) -> bytes:
+    arrays = {name: np.asarray(state.parameters[name].data) for name in names}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _current_accuracy(ort, module, x: np.ndarray, y: np.ndarray, manifest: Manifest) -> float:
+    """Accuracy of the module's current weights (a resumed run's starting point): its inference
+    graph exported into a temp folder that is always removed."""
+    with tempfile.TemporaryDirectory(prefix=".edgesnn-eval.") as tmp:
+        path = Path(tmp) / "inference.onnx"
+        module.export_model_for_inferencing(str(path), [manifest.output_name])
+        return _accuracy(ort, path, x, y, manifest.batch_size, manifest)
+
+
+def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray,
+                    ye: np.ndarray, epochs: int, lr: Optional[float], out: OutputDir, seed: int, resume: bool,
+                    threads: Optional[int], log: Callable[[str], None], accuracy_on: str, settings: Dict) -> Dict:
+    """The legacy (onnx-training) loop: ``x [N, *in_shape]`` float32, ``y [N]`` int64; accuracy on
+    ``xe``/``ye``. Starts from ``out``'s checkpoint when resuming (refused if its recorded
+    ``settings`` differ), and swaps the output set into ``out`` after every epoch."""
+    ort, CheckpointState, Module, Optimizer = import_ort_training_api()
+    ort.set_default_logger_severity(3)
+
+    resuming = resume and (out.path / CHECKPOINT).is_file()
+    start_ckpt = out.path / CHECKPOINT if resuming else artifact_dir / CHECKPOINT
+    try:
+        state = CheckpointState.load_checkpoint(str(start_ckpt))
+    except Exception as exc:
+        hint = "; pass --force instead of --resume to start again" if resuming else ""
+        raise ArtifactError(f"{start_ckpt}: corrupt artifact file (ONNX Runtime could not load it: {_one_line(exc)}){hint}") from None
+    if resuming:
+        recorded = state.properties["runner_settings"] if "runner_settings" in state.properties else None
+        check_settings(None if recorded is None else str(recorded), settings, start_ckpt)
+    try:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or 0)
+        opts.log_severity_level = 3
+        module = Module(str(artifact_dir / TRAINING_MODEL), state, str(artifact_dir / EVAL_MODEL), device="cpu",
+                        session_options=opts)
+        optimizer = Optimizer(str(artifact_dir / OPTIMIZER_MODEL), module)
+    except Exception as exc:
+        if resuming:
+            raise ArtifactError(f"--resume: {start_ckpt} does not fit the artifacts in {artifact_dir} (fine-tuned from "
+                                f"another export?); pass --force instead of --resume to start again") from None
+        raise ArtifactError(f"{artifact_dir}: ONNX Runtime could not load the training graphs ({_one_line(exc)})") from None
+    rate = float(settings["lr"])
+    optimizer.set_learning_rate(rate)
+
+    B, n = manifest.batch_size, x.shape[0]
+    acc_before = (_current_accuracy(ort, module, xe, ye, manifest) if resuming
+                  else _accuracy(ort, artifact_dir / MODEL, xe, ye, B, manifest))
+    module.train()
+    epoch_losses: List[float] = []
+    step_times: List[float] = []
+    step_cpu: List[float] = []
+    done = int(state.properties["runner_epochs"]) if resuming and "runner_epochs" in state.properties else 0
+    done_steps = int(state.properties["runner_steps"]) if resuming and "runner_steps" in state.properties else 0
+    names = list(manifest.trainable) + list(manifest.frozen)
+    progress = Progress(out.path, epochs, done, resuming)
+    try:
+        for epoch in range(done, done + epochs):  # a resumed run continues the data orders
+            batches, padded = epoch_batches(n, B, seed, epoch)
+            progress.steps_per_epoch, progress.step = len(batches), 0
+            losses = []
+            for idx in batches:
+                t0, c0 = time.perf_counter(), time.process_time()
+                loss = module(x[idx], y[idx])
+                optimizer.step()
+                module.lazy_reset_grad()
+                step_times.append(time.perf_counter() - t0)
+                step_cpu.append(time.process_time() - c0)
+                progress.step += 1
+                losses.append(float(loss))
+            epoch_losses.append(float(np.mean(losses)))
+            state.properties["runner_epochs"] = epoch + 1
+            state.properties["runner_steps"] = done_steps + len(step_times)
+            state.properties["runner_settings"] = json.dumps(settings, sort_keys=True)
+            last = len(epoch_losses) == epochs
+            metrics = {
+                "format": "onnx-training",
+                **epoch_metrics(epochs, len(epoch_losses), len(step_times), done_steps, done, n, len(batches), padded),
+                "batch_size": B,
+                "learning_rate": rate,
+                "seed": seed,
+                "epoch_loss": list(epoch_losses),
+                "accuracy_on": accuracy_on,
+                "eval_samples": int(xe.shape[0]),
+                "accuracy_before": acc_before,
+                "accuracy_after": None,
+                **step_time_metrics(step_times, step_cpu),
+                "threads": int(threads or 0),
+                "peak_rss_mb": peak_rss_mb(),
+                "torch_imported": "torch" in sys.modules,
+            }
+
+            def write(d: Path) -> None:
+                _atomic_ort_checkpoint(CheckpointState, state, d / CHECKPOINT)
+                atomic_write_bytes(d / "params.npz", _params_npz(state, names))
+                _atomic_inference_model(module, d / "inference.onnx", manifest.output_name)
+                if last:
+                    metrics["accuracy_after"] = _accuracy(ort, d / "inference.onnx", xe, ye, B, manifest)
+                atomic_write_text(d / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+            out.save(write, then=progress.saved)
+            module.train()  # exporting the inference graph must not leave the module in eval mode
+            log(f"epoch {epoch + 1 - done}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
+                + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")")
+    except KeyboardInterrupt as exc:
+        raise progress.interrupted(exc) from None
+    if metrics["torch_imported"]:
+        raise RuntimeError("device runner: torch was imported during fine-tuning; the runner must stay torch-free")
+    return metrics

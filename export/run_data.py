@@ -1,0 +1,104 @@
+"""The device runner's data: loading and checking ``--data`` / ``--eval-data``, the held-out split,
+and a fingerprint that ``--resume`` compares. NumPy only: no torch, no onnxruntime.
+
+Every error is one line that names the flag and the file (and the array, where one is at fault).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from edgesnn.errors import UsageError
+
+from .run_support import read_npz
+
+__all__ = ["load_dataset", "split_holdout", "data_fingerprint"]
+
+#: dtype kinds accepted for ``x``: bool, signed and unsigned integers, floats (converted to float32)
+_X_KINDS = "biuf"
+
+
+def _integer_labels(y: np.ndarray, path: Path, flag: str, num_classes: int) -> np.ndarray:
+    """``y [N]`` as int64, checked to lie in ``0..num_classes-1`` *before* the cast (a uint64 label
+    of 2^63 or more would wrap to a negative int64; a float label 2.7 would truncate to 2)."""
+    where = f"{flag}: {path} array 'y'"
+    if y.dtype.kind not in "iuf":
+        raise UsageError(f"{where} has dtype {y.dtype}; expected integer class indices")
+    if y.dtype.kind == "f" and y.size:
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise UsageError(f"{where} holds non-integer labels (e.g. {y[bad].flat[0]!r}); expected integer class indices")
+    if y.size:
+        lo, hi = y.min(), y.max()  # in y's own dtype: exact for every integer dtype
+        lo, hi = (int(lo), int(hi))
+        if lo < 0 or hi >= num_classes:
+            raise UsageError(f"{where}: labels must lie in [0, {num_classes}), got [{lo}, {hi}]")
+    return y.astype(np.int64)
+
+
+def load_dataset(path, manifest, min_samples: Optional[int] = None, flag: str = "--data") -> Tuple[np.ndarray, np.ndarray]:
+    """Load ``x`` (float32 ``[N, *in_shape]``) and ``y`` (int64 ``[N]``, in ``0..num_classes-1``)
+    from an ``.npz``, checked against the manifest.
+
+    Args:
+        path: the ``.npz`` file.
+        manifest: the artifact manifest (``in_shape``, ``num_classes``, ``batch_size``).
+        min_samples: fewest samples accepted (default: one batch of the manifest's batch size).
+        flag: the command-line flag the file came from (``--data`` or ``--eval-data``), for errors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag}: no such file: {path}")
+    arrays = read_npz(path, flag)
+    if "x" not in arrays or "y" not in arrays:
+        raise UsageError(f"{flag}: {path} must hold arrays 'x' and 'y' (found {sorted(arrays)})")
+    x, y = np.asarray(arrays.pop("x")), np.asarray(arrays.pop("y"))
+    if x.dtype.kind not in _X_KINDS:
+        raise UsageError(f"{flag}: {path} array 'x' has dtype {x.dtype}; expected real numbers (float32, integers or bool)")
+    expect = f"[N, {', '.join(map(str, manifest.in_shape))}]"
+    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(manifest.in_shape):
+        raise UsageError(f"{flag}: {path} array 'x' has shape {x.shape}; the model expects {expect}")
+    if y.shape != (x.shape[0],):
+        raise UsageError(f"{flag}: {path} array 'y' has shape {y.shape}; expected ({x.shape[0]},), one label per sample")
+    y = _integer_labels(y, path, flag, int(manifest.num_classes))
+    need = manifest.batch_size if min_samples is None else min_samples
+    if x.shape[0] < need:
+        what = f"one batch of {need}" if min_samples is None else str(need)
+        raise UsageError(f"{flag}: {path} holds {x.shape[0]} samples, fewer than {what}")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: caught below
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise UsageError(f"{flag}: {path} array 'x' contains NaN or Inf (or values beyond float32's range)")
+    return x, y
+
+
+def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, batch: int):
+    """``(x_train, y_train, x_held, y_held)``: a seeded random ``fraction`` held out (at least one sample)."""
+    n = x.shape[0]
+    if fraction <= 0.0:
+        return x, y, x, y
+    n_held = max(1, int(round(n * fraction)))
+    if n - n_held < batch:
+        raise UsageError(f"--holdout {fraction:g}: {n} samples leave {n - n_held} for training, fewer than one batch of {batch}; "
+                         f"lower --holdout or pass --eval-data")
+    order = np.random.default_rng(10_007 + seed).permutation(n)
+    held, train = np.sort(order[:n_held]), np.sort(order[n_held:])
+    return x[train], y[train], x[held], y[held]
+
+
+def data_fingerprint(path, x: np.ndarray, y: np.ndarray) -> Dict[str, object]:
+    """What ``--resume`` compares about a data file: its samples and a SHA-256 (first 16 hex digits)
+    of the arrays as the runner uses them (float32 ``x``, int64 ``y``, shapes included), about
+    1 s per GB. ``path`` and ``bytes`` (the file size) are recorded for the message only: a moved
+    or re-saved file with the same arrays is the same data."""
+    h = hashlib.sha256()
+    h.update(repr((tuple(x.shape), tuple(y.shape))).encode())
+    h.update(memoryview(np.ascontiguousarray(x, dtype=np.float32)).cast("B"))
+    h.update(memoryview(np.ascontiguousarray(y, dtype=np.int64)).cast("B"))
+    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "samples": int(x.shape[0]),
+            "sha256": h.hexdigest()[:16]}
