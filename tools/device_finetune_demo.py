@@ -1,0 +1,105 @@
+"""Fine-tuning on the device, end to end: the README's digits figures for the onnx-step runner.
+
+For each neuron type (LIF, RevLIF): the digits MLP (64-128-128-10, BatchNorm, T = 4) is trained
+briefly on the host (Adam, lr 1e-3, batch 32, ``--host-epochs`` epochs) on ``--host-samples``
+digits (a seeded draw); it is exported as one ONNX training step (``edgesnn export --format
+onnx-step --batch-size 32 --lr 0.05``, SGD momentum 0.9); the other digits go into ``device.npz``
+and the device runner (``python -m edgesnn.export.runner``, a fresh process; the runner holds out a
+seeded 20% and reports accuracy on it before and after) fine-tunes for ``--epochs`` epochs. Printed
+per neuron: samples, held-out count, accuracy before -> after, the runner's peak RSS (VmHWM).
+
+    python tools/device_finetune_demo.py [--neurons lif revlif] [--epochs 3] [--python PATH] [--out demo.json]
+
+``--python``: the interpreter that runs the runner (default this one). The README's peak RSS is
+measured with a fresh venv holding only numpy + onnxruntime and this project installed with
+``--no-deps``; the development venv's onnxruntime-training build serves the same session but its
+process holds more memory. Excludes: the host training and export (their time and memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def host_model(neuron: str, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
+    """The digits MLP trained briefly on ``x [N, 64]``, ``y [N]`` (Adam, lr 1e-3, batch 32)."""
+    from edgesnn.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("mlp", (64,), 10, 4, neuron=neuron)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(yt), generator=gen)
+        for i in range(0, len(order) - 1, 32):
+            idx = order[i:i + 32]
+            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
+    from sklearn.datasets import load_digits
+
+    from edgesnn.checkpoint import save_checkpoint
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    order = np.random.default_rng(args.seed).permutation(len(y))
+    host, device = order[:args.host_samples], order[args.host_samples:]
+    model = host_model(neuron, x[host], y[host], args.host_epochs, args.seed)
+    ck = work / f"{neuron}.ckpt"
+    save_checkpoint(ck, model.config, model.state_dict())
+    art = work / f"{neuron}-artifacts"
+    subprocess.run([sys.executable, "-m", "edgesnn", "export", "--checkpoint", str(ck), "--format", "onnx-step",
+                    "--out", str(art), "--batch-size", "32", "--lr", "0.05"], check=True, stdout=subprocess.DEVNULL)
+    data = work / f"{neuron}-device.npz"
+    np.savez(data, x=x[device], y=y[device])
+    out = work / f"{neuron}-finetuned"
+    subprocess.run([args.python, "-m", "edgesnn.export.runner", str(art), "--data", str(data), "--epochs",
+                    str(args.epochs), "--out", str(out), "--threads", "1"], check=True, stdout=subprocess.DEVNULL)
+    m = json.loads((out / "metrics.json").read_text())
+    return {"neuron": neuron, "host_samples": int(len(host)), "device_samples": int(len(device)),
+            "train_samples": m.get("samples_per_epoch"), "eval_samples": m["eval_samples"],
+            "accuracy_before": m["accuracy_before"], "accuracy_after": m["accuracy_after"],
+            "peak_rss_mb": m["peak_rss_mb"], "epochs": args.epochs}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--neurons", nargs="+", default=["revlif", "lif"], choices=("lif", "revlif"))
+    ap.add_argument("--epochs", type=int, default=3, help="device fine-tuning epochs")
+    ap.add_argument("--host-samples", type=int, default=640)
+    ap.add_argument("--host-epochs", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--python", default=sys.executable, help="interpreter that runs the device runner")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for neuron in args.neurons:
+            rows.append(run_one(neuron, Path(tmp), args))
+    print(f"{'neuron':<7} {'host':>5} {'device':>6} {'held out':>8} {'accuracy before -> after':>26} {'peak RSS':>9}")
+    for r in rows:
+        print(f"{r['neuron']:<7} {r['host_samples']:>5} {r['device_samples']:>6} {r['eval_samples']:>8} "
+              f"{r['accuracy_before']:>15.3f} -> {r['accuracy_after']:.3f} {r['peak_rss_mb']:>6.0f} MB")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
