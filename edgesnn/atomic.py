@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from .errors import UsageError
 
-__all__ = ["atomic_write", "check_output", "check_not_inside", "replace_dir"]
+__all__ = ["atomic_write", "check_output", "check_not_inside", "recover_dir", "replace_dir"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -96,6 +96,20 @@ def check_not_inside(out: PathLike, flag: str, **inputs: PathLike) -> None:
             raise UsageError(f"{flag}: {out} is or contains the input {name} {p}; choose another output path")
 
 
+def recover_dir(path: PathLike) -> Optional[Path]:
+    """Put back a directory that a :func:`replace_dir` swap left aside: a process killed between
+    the swap's two renames leaves ``path`` missing and its previous contents in a
+    ``.<name>.*.tmp.old`` sibling. Returns the sibling restored (the newest), else ``None``."""
+    path = Path(path)
+    if os.path.lexists(path) or not path.parent.is_dir():
+        return None
+    olds = sorted(path.parent.glob(f".{path.name}.*.tmp.old"), key=lambda p: p.stat().st_mtime)
+    if not olds:
+        return None
+    os.replace(olds[-1], path)
+    return olds[-1]
+
+
 def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     """Build a directory through ``write(tmp_dir)`` in a temp sibling of ``path``, then swap it in.
 
@@ -107,6 +121,7 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)  # a swap cut short before: its previous contents come back first
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = None
     try:

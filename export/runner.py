@@ -67,7 +67,7 @@ import types
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from edgesnn.atomic import check_not_inside, check_output
+from edgesnn.atomic import check_not_inside, check_output, recover_dir
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import StepManifest, validate_artifact_dir
@@ -198,6 +198,9 @@ def finetune(
     artifact_dir = Path(artifact_dir)
     out_dir = Path(out_dir) if out_dir is not None else artifact_dir / "finetuned"
     check_not_inside(out_dir, "--out", artifacts=artifact_dir, data=data, eval_data=eval_data)
+    restored = recover_dir(out_dir)  # a run killed inside its output swap: its last output comes back
+    if restored is not None:
+        log(f"restored {out_dir} from {restored.name}, left by a run stopped while replacing it")
     check_output(out_dir, "--out", force or resume, allow="--resume (continue from it) or --force (replace it)",
                  directory=True)
     manifest = validate_artifact_dir(artifact_dir)

@@ -232,3 +232,18 @@ def test_signals_wait_for_the_swap_and_sigterm_becomes_an_interrupt(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_swap_cut_between_its_renames_is_restored_on_resume(art, tmp_path):
+    """A run killed (SIGKILL, power loss) between replace_dir's two renames leaves --out missing
+    and its last output in a ``.out.*.tmp.old`` sibling: --resume silently restarted from the
+    export; now the sibling is put back and the run continues from it."""
+    _run(art, tmp_path / "full", 2)
+    _run(art, tmp_path / "out", 1)
+    (tmp_path / "out").rename(tmp_path / ".out.k3j9.tmp.old")  # the state the kill left behind
+    logs = []
+    m = _run(art, tmp_path / "out", 1, resume=True, log=logs.append)
+    assert any("restored" in line and ".out.k3j9.tmp.old" in line for line in logs)
+    assert m["total_epochs"] == 2
+    _same_state(_state(tmp_path / "full"), _state(tmp_path / "out"))
+    _no_temp_left(tmp_path)
