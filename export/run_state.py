@@ -35,7 +35,8 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> Tuple[np.ndarray
     ``default_rng([seed, epoch])``'s permutation (independent streams for every seed and epoch; a
     resumed run, which knows its epoch, continues the same orders). A last partial batch is filled
     with the first ``padded`` samples of the same permutation, as ``torch``'s ``DistributedSampler``
-    pads: every sample is trained on once per epoch, ``padded < batch`` of them twice."""
+    pads: every sample is trained on at least once per epoch, ``padded < batch`` extra (when
+    ``n < batch`` some samples appear three or more times)."""
     if n < 1 or batch < 1:
         raise ValueError(f"epoch_batches: expected n >= 1 and batch >= 1, got {n}, {batch}")
     order = np.random.default_rng([seed, epoch]).permutation(n)

@@ -228,8 +228,8 @@ def test_resume_after_max_steps_finishes_the_epoch_and_checks_the_data(tmp_path)
 
 def test_resume_refuses_weights_only_checkpoints_and_follows_moved_data(tmp_path, monkeypatch):
     """A checkpoint without optimizer state (save_checkpoint's optional fields) was a KeyError
-    traceback; a data folder reached by another spelling of its path resumes (the data
-    fingerprint, not the path string, says it is the same data)."""
+    traceback; a data folder reached by another spelling of its path resumes, another folder
+    (even with the same class sizes) is refused."""
     from PIL import Image
 
     from edgesnn.checkpoint import save_checkpoint
@@ -252,3 +252,9 @@ def test_resume_refuses_weights_only_checkpoints_and_follows_moved_data(tmp_path
     cfg["epochs"] = 2
     done = train(TrainConfig(data_path="./imgs/", **cfg), checkpoint=str(ck), resume=True, **quiet)
     assert [r["epoch"] for r in done["history"]] == [1, 2]
+    import shutil
+
+    shutil.copytree(tmp_path / "imgs", tmp_path / "other")  # same class sizes: the same fingerprint
+    cfg["epochs"] = 3
+    with pytest.raises(Exception, match="written with other settings: data_path"):
+        train(TrainConfig(data_path="other", **cfg), checkpoint=str(ck), resume=True, **quiet)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
             "peak_rss_mb": m["peak_rss_mb"], "epochs": args.epochs}
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--neurons", nargs="+", default=["revlif", "lif"], choices=("lif", "revlif"))
     ap.add_argument("--epochs", type=int, default=3, help="device fine-tuning epochs")

@@ -196,8 +196,9 @@ def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     ``u`` is the distance to threshold ``h - v_th`` of any shape.
     """
     heaviside = (u >= 0).to(u.dtype)
-    # straight-through term, 0 in value: taken on u clamped to the finite range, so an overflowed
-    # u = +-inf (h - v_th past the dtype's range) gives the spike 1 / 0, not inf - inf = NaN
+    # the straight-through term (0 in value) on u made finite: an overflowed u = +-inf (h - v_th
+    # past the dtype's range) spikes 1 / 0 and a NaN u (a state that overflowed earlier) 0, as the
+    # kernels' comparison does, instead of inf - inf = NaN; finite u is untouched
     big = torch.finfo(u.dtype).max
-    uc = u.clamp(-big, big)
-    return heaviside + (uc - stop_gradient(uc)) * stop_gradient(surrogate.grad(u))
+    uf = u.nan_to_num(0.0, posinf=big, neginf=-big)
+    return heaviside + (uf - stop_gradient(uf)) * stop_gradient(surrogate.grad(uf))

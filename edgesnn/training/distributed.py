@@ -27,7 +27,10 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 __all__ = ["DistInfo", "env_world", "rank_threads", "configure_threads", "setup", "warm_kernels", "barrier",
            "all_sum", "cpu_cores"]
@@ -199,7 +202,7 @@ def warm_kernels(info: DistInfo, backend: str = "auto", notice: Optional[Callabl
 _WARMED = False  # warm_kernels ran in this process (the CLI calls it before train(), which calls it again)
 
 
-def broadcast_parameters(model, info: DistInfo) -> None:
+def broadcast_parameters(model: "nn.Module", info: DistInfo) -> None:
     """Give every rank rank 0's parameters and buffers (what ``DistributedDataParallel`` does when it wraps a model)."""
     if not info.distributed:
         return
@@ -209,7 +212,7 @@ def broadcast_parameters(model, info: DistInfo) -> None:
         dist.broadcast(t.data, 0)
 
 
-def average_gradients(model, info: DistInfo) -> None:
+def average_gradients(model: "nn.Module", info: DistInfo) -> None:
     """Average every parameter's ``.grad`` over the ranks, in one flat all-reduce.
 
     For models ``DistributedDataParallel`` cannot wrap: optimize_memory's chunked backward runs

@@ -125,6 +125,7 @@ def check_outputs(checkpoint: Optional[str], resume: bool = False, force: bool =
             raise IsADirectoryError(f"--checkpoint: {checkpoint} is a directory; expected a checkpoint file")
         if not Path(checkpoint).exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint} to continue from (drop --resume to start one)")
+        check_output(checkpoint, "--checkpoint", force=True)  # its folder must still take the next one
     elif checkpoint:
         check_output(checkpoint, "--checkpoint", force, allow="--resume to continue it, or --force")
     if report:
@@ -250,7 +251,10 @@ def train(
             raise UsageError(f"distributed: WORLD_SIZE={dist.world} but no process group is initialised; launch with "
                              "`torchrun ... -m edgesnn train` or call torch.distributed.init_process_group() first")
     dev = resolve_device(device or "cpu")
-    if dev.type == "cuda" and dev.index is None and dist.distributed:
+    if dev.type == "cuda" and dist.distributed:
+        if dev.index is not None:
+            raise UsageError(f"--device {dev}: under torchrun every rank takes GPU LOCAL_RANK; pass --device cuda "
+                             "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
         dev = torch.device("cuda", dist.local_rank)
     dist = DistInfo(dist.rank, dist.world, dist.local_rank, dist.local_world, str(dev))
     check_backend_device(cfg.backend, dev)
@@ -269,9 +273,10 @@ def train(
                              "train): it cannot be resumed; train into a new --checkpoint")
         stored = dict(ck["train_config"])
         stored.setdefault("batchnorm", True)  # checkpoints from before the option
-        # the data's identity is its fingerprint (checked once loaded): a moved folder resumes
-        same_place = "data_fingerprint" in ck or os.path.realpath(str(stored.get("data_path"))) == \
-            os.path.realpath(str(cfg.data_path))
+        # another spelling of the same folder (./data/x/ for data/x) is the same data; another folder
+        # is refused (the fingerprint, checked once loaded, covers labels and counts, not the images)
+        same_place = stored.get("data_path") is not None and cfg.data_path is not None and \
+            os.path.realpath(str(stored["data_path"])) == os.path.realpath(str(cfg.data_path))
         diff = config_diff(stored, asdict(cfg), ignore=("epochs", "data_path") if same_place else ("epochs",))
         if diff:
             raise UsageError(f"--resume: {checkpoint} was written with other settings: {'; '.join(diff)}; "
