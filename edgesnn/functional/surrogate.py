@@ -190,15 +190,38 @@ def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     return x.detach()
 
 
+class _SurrogateSpike(torch.autograd.Function):
+    """Heaviside forward, ``grad * g`` backward: saves only the surrogate slope ``g`` (what the
+    straight-through product ``(u - stop(u)) * stop(g)`` saved), with no arithmetic on ``u``."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g)
+        return (u >= 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (g,) = ctx.saved_tensors
+        return grad * g, None
+
+
 def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     """Heaviside spike ``(u >= 0)`` as ``u.dtype`` whose gradient is ``surrogate.grad(u)``.
 
-    ``u`` is the distance to threshold ``h - v_th`` of any shape.
+    ``u`` is the distance to threshold ``h - v_th`` of any shape. An overflowed ``u = +-inf``
+    (``h - v_th`` past the dtype's range) spikes 1 / 0 and a NaN ``u`` (a state that overflowed
+    earlier) 0, as the kernels' comparison does; their gradient is 0 (the surrogate's slope at
+    ``+-inf``). Without autograd the spike is the comparison alone; in eager autograd a small
+    ``autograd.Function`` carries the slope; traced graphs (ONNX export, ``torch.jit.trace``) get
+    the same gradient from a straight-through product on ``u`` made finite.
     """
     heaviside = (u >= 0).to(u.dtype)
-    # the straight-through term (0 in value) on u made finite: an overflowed u = +-inf (h - v_th
-    # past the dtype's range) spikes 1 / 0 and a NaN u (a state that overflowed earlier) 0, as the
-    # kernels' comparison does, instead of inf - inf = NaN; finite u is untouched
+    if not (u.requires_grad and torch.is_grad_enabled()):
+        return heaviside
     big = torch.finfo(u.dtype).max
-    uf = u.nan_to_num(0.0, posinf=big, neginf=-big)
-    return heaviside + (uf - stop_gradient(uf)) * stop_gradient(surrogate.grad(uf))
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        uf = u.nan_to_num(0.0, posinf=big, neginf=-big)
+        return heaviside + (uf - stop_gradient(uf)) * stop_gradient(surrogate.grad(uf))
+    with torch.no_grad():
+        g = surrogate.grad(u.nan_to_num(0.0, posinf=big, neginf=-big)).masked_fill(~torch.isfinite(u), 0.0)
+    return _SurrogateSpike.apply(u, g)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..memopt.layers import pair
 from .common import DEFAULT_DT, NIRError, check_dt, nir_module, threshold_to_nir, to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -146,12 +147,12 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
                 x = m(x)
                 pending_out = tuple(x.shape[1:])
             elif isinstance(m, nn.AvgPool2d):
-                if m.ceil_mode or m.divisor_override is not None or (any(_pair(m.padding)) and not m.count_include_pad):
+                if m.ceil_mode or m.divisor_override is not None or (any(pair(m.padding)) and not m.count_include_pad):
                     raise NIRError(f"layer {where}: this AvgPool2d configuration (ceil_mode / divisor_override / "
                                    "count_include_pad=False) has no NIR equivalent")
                 stride = m.stride if m.stride is not None else m.kernel_size
-                emit(key, nir.AvgPool2d(kernel_size=np.array(_pair(m.kernel_size)), stride=np.array(_pair(stride)),
-                                        padding=np.array(_pair(m.padding))))
+                emit(key, nir.AvgPool2d(kernel_size=np.array(pair(m.kernel_size)), stride=np.array(pair(stride)),
+                                        padding=np.array(pair(m.padding))))
                 x = m(x)
             elif isinstance(m, nn.Flatten):
                 start = m.start_dim - 1 if m.start_dim > 0 else m.start_dim  # NIR shapes have no batch dim
@@ -178,11 +179,6 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
             "timesteps": int(getattr(model, "timesteps", 0) or 0),
             "model_config": json.dumps(_plain(getattr(model, "config", {})))}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
-
-
-def _pair(v) -> Tuple[int, int]:
-    """``2`` or ``(2, 3)`` or ``[2, 3]`` as a pair of ints."""
-    return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # type: ignore[return-value]
 
 
 def _like(model: nn.Module) -> Dict[str, Any]:
