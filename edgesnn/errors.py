@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "USER_ERRORS"]
+__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line"]
 
 
 class UsageError(ValueError):
@@ -21,3 +21,10 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError
 
 class DependencyError(UsageError, RuntimeError):
     """An optional package the command needs is missing or incomplete (the message says what to install)."""
+
+
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """An exception's first line of text, at most ``limit`` characters (its type name when it has
+    no text): the cause quoted inside a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -10,6 +10,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from edgesnn.errors import first_line
+
 __all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "epoch_metrics", "read_npz",
            "FLOAT32_MAX"]
 
@@ -48,8 +50,7 @@ def read_npz(path, flag: str) -> Dict[str, np.ndarray]:
 def _first_line(exc: BaseException) -> str:
     if "pickle" in str(exc):  # numpy's advice to load it unsafely
         return "not an .npz archive"
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:120]
+    return first_line(exc)
 
 
 def padded_batches(x: np.ndarray, batch: int) -> Iterator[Tuple[int, np.ndarray, int]]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import first_line
 from .common import DEFAULT_DT, NIRError, check_dt, nir_module, threshold_from_nir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -199,8 +200,8 @@ def _out_shape(key: str, node: Any, layer: nn.Module, shape: Tuple[int, ...]) ->
         with torch.no_grad():
             y = layer(torch.zeros(1, *shape))
     except (RuntimeError, IndexError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NIRError(f"node {key}: nir.{type(node).__name__} cannot take an input of shape {shape}: {first}") from None
+        raise NIRError(f"node {key}: nir.{type(node).__name__} cannot take an input of shape {shape}: "
+                       f"{first_line(e, 1000)}") from None
     return tuple(y.shape[1:])
 
 

@@ -17,6 +17,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import first_line
+
 __all__ = ["Split", "Dataset", "load_dataset", "load_digits_dataset", "load_cifar10", "load_image_folder", "DATASETS"]
 
 DATASETS = ("digits", "cifar10", "folder", "nmnist", "dvsgesture", "shd")
@@ -165,7 +167,7 @@ def _read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
                 return np.repeat(g[:, :, None], 3, axis=2)
             return np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0
     except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError is an OSError
-        raise ValueError(f"data: {path} is not a readable image ({str(exc).splitlines()[0][:100]})") from None
+        raise ValueError(f"data: {path} is not a readable image ({first_line(exc, 100)})") from None
 
 
 def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = False, seed: int = 0,

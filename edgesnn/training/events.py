@@ -46,7 +46,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import DependencyError
+from ..errors import DependencyError, first_line
 from .data import Dataset, Split
 
 __all__ = ["EVENT_SPECS", "EventSpec", "check_layout", "load_event_dataset", "frame_cache_dir", "tonic_dataset"]
@@ -149,7 +149,7 @@ def _check_shd(spec: EventSpec, root: Path) -> None:
                     raise _missing(spec, path, f"no {', '.join(absent)} in")
                 n = {k: len(f[k]) for k in ("spikes/times", "spikes/units", "labels")}
         except OSError as exc:
-            raise _missing(spec, path, f"unreadable HDF5 ({str(exc).splitlines()[0]}; a partial download?):") from None
+            raise _missing(spec, path, f"unreadable HDF5 ({first_line(exc, 1000)}; a partial download?):") from None
         if len(set(n.values())) != 1:
             raise _missing(spec, path, f"inconsistent lengths {n} in")
 
@@ -220,8 +220,7 @@ def _sample(tonic_ds, i: int, label: str):
     except (ValueError, OSError, IndexError, EOFError, KeyError) as exc:
         files = getattr(tonic_ds, "data", None)
         where = f"{files[i]}" if isinstance(files, list) and i < len(files) else f"sample {i}"
-        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"data: {label}: cannot read {where} ({first}); a truncated or foreign file? "
+        raise ValueError(f"data: {label}: cannot read {where} ({first_line(exc, 100)}); a truncated or foreign file? "
                          "remove or replace it") from None
 
 
@@ -340,7 +339,7 @@ def _load_split(name: str, save_to: Path, train: bool, timesteps: int, cache: Pa
         frames = np.load(frames_path, mmap_mode="r")
         labels = np.load(labels_path)
     except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"data: frame cache {frames_path} is unreadable ({str(exc).splitlines()[0][:80]}); "
+        raise ValueError(f"data: frame cache {frames_path} is unreadable ({first_line(exc, 80)}); "
                          "delete it (and its .labels.npy) to rebuild") from None
     if frames.shape[0] != labels.shape[0] or frames.shape[1] != timesteps:
         raise ValueError(f"data: frame cache {frames_path} does not match its labels; delete it to rebuild")
