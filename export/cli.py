@@ -39,10 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="edgesnn checkpoint to export")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output directory (or file for torchscript/onnx/checkpoint)")
-    p.add_argument("--batch-size", type=int, default=32, help="onnx-step/onnx-training: fixed batch size of the training graphs")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
-                   help="onnx-step: torch.optim.SGD or torch.optim.AdamW update in the graph; onnx-training: ORT optimizer graph")
-    p.add_argument("--lr", type=float, default=0.01, help="onnx-step/onnx-training: default learning rate for the runner")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="onnx-step/onnx-training: fixed batch size of the training graphs (default 32)")
+    p.add_argument("--optimizer", default=None, choices=("sgd", "adamw"),
+                   help="onnx-step: torch.optim.SGD or torch.optim.AdamW update in the graph; onnx-training: ORT "
+                        "optimizer graph (default sgd)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="onnx-step/onnx-training: default learning rate for the runner (default 0.01)")
     p.add_argument("--momentum", type=float, default=None, help="onnx-step, sgd: momentum (default 0.9; 0 for plain SGD)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="onnx-step: weight decay (default: 0 for sgd, 0.01 for adamw as in torch.optim.AdamW)")
@@ -91,10 +94,17 @@ def _check_args(args: argparse.Namespace) -> Path:
     """Validate the flags before any work; returns the output path (a file or, for onnx-training, a directory)."""
     from .run_support import FLOAT32_MAX  # (numpy: imported here, not for --help)
 
-    if not (math.isfinite(args.lr) and 0 < args.lr <= FLOAT32_MAX):
+    if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= FLOAT32_MAX):
         raise UsageError(f"--lr: expected a finite number > 0 (float32 range), got {args.lr}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
+    training = [f for f, v in (("--batch-size", args.batch_size), ("--optimizer", args.optimizer), ("--lr", args.lr))
+                if v is not None]
+    if training and args.format not in DIRECTORY_FORMATS:  # the other formats would ignore them silently
+        raise UsageError(f"{training[0]}: applies to --format onnx-step / onnx-training only (not {args.format})")
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    args.optimizer = args.optimizer or "sgd"
+    args.lr = 0.01 if args.lr is None else args.lr
     if args.format == "checkpoint" and not args.params:
         raise UsageError("--format checkpoint needs --params PATH (params.npz from the device runner)")
     for flag, value in (("--momentum", args.momentum), ("--weight-decay", args.weight_decay)):

@@ -327,7 +327,10 @@ def test_export_refuses_event_checkpoints_and_ignored_optimizer_flags(tmp_path):
     for argv, words in ((["--optimizer", "adamw", "--momentum", "0.5"], "--momentum: applies to --optimizer sgd"),
                         (["--optimizer", "adamw", "--nesterov"], "--nesterov: applies to --optimizer sgd"),
                         (["--format", "onnx-training", "--momentum", "0.5"], "--momentum: applies to --format onnx-step"),
-                        (["--format", "onnx-training", "--weight-decay", "0.1"], "--weight-decay: applies to")):
+                        (["--format", "onnx-training", "--weight-decay", "0.1"], "--weight-decay: applies to"),
+                        (["--format", "onnx", "--lr", "0.1"], "--lr: applies to --format onnx-step / onnx-training"),
+                        (["--format", "torchscript", "--optimizer", "adamw"], "--optimizer: applies to"),
+                        (["--format", "onnx", "--batch-size", "8"], "--batch-size: applies to")):
         fmt = [] if "--format" in argv else ["--format", "onnx-step"]
         with pytest.raises(UsageError, match=words):
             _export_cli(["--checkpoint", str(ok), "--out", str(tmp_path / "e"), *fmt, *argv])

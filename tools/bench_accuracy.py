@@ -1,6 +1,6 @@
 """Test accuracy of LIF vs RevLIF on scikit-learn's digits, over several seeds, in one run.
 
-The 450-sample test set moves about one point between seeds, so the comparison is between means.
+The 449-sample test set moves about one point between seeds, so the comparison is between means.
 Target: both >= 95%, RevLIF within 1 point of LIF.
 
     python tools/bench_accuracy.py [--seeds 3] [--epochs 30] [--timesteps 4] [--model mlp]

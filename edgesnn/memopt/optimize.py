@@ -1,8 +1,9 @@
 """``edgesnn.optimize_memory``: rewrite a multi-step SNN in place to train in near-constant memory in T.
 
-The call has the shape of SpikingJelly's ``memopt.optimize_memory`` so its users switch by name,
-but needs no GPU and no measuring runs: the planner (:mod:`edgesnn.planner.network`) predicts
-each block's peak from shapes and picks its chunk size.
+It takes the place of SpikingJelly's ``memopt.optimize_memory`` (same name, same in-place rewrite)
+with a simpler call: the model and one example input, instead of module types, a forward callback
+and a level. It needs no GPU and no measuring runs: the planner (:mod:`edgesnn.planner.network`)
+predicts each block's peak from shapes and picks its chunk size.
 """
 
 from __future__ import annotations
