@@ -1,7 +1,8 @@
 """The legacy ``onnx-training`` path of the device runner (:mod:`edgesnn.export.runner`): ONNX
 Runtime training artifacts run through onnxruntime-training's training API. Never imports torch.
 
-:func:`finetune_legacy` trains and, after every epoch, swaps a complete output set into ``--out``:
+:func:`finetune_legacy` trains through the shared epoch loop (:func:`~.run_loop.run_epochs`) and,
+after every epoch, swaps a complete output set into ``--out``:
 ``checkpoint`` (ORT checkpoint with the optimizer state and the run's progress and settings as
 properties), ``params.npz``, ``inference.onnx`` and ``metrics.json``.
 """
@@ -13,16 +14,16 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .artifacts import (CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest,
                         atomic_write_bytes, atomic_write_text)
-from .run_state import OutputDir, Progress, check_settings, epoch_batches
-from .run_support import epoch_metrics, padded_batches, peak_rss_mb, step_time_metrics
+from .run_loop import EpochEnd, run_epochs
+from .run_state import OutputDir, check_settings
+from .run_support import padded_batches, peak_rss_mb
 from .runner import _one_line, import_ort_training_api
 
 __all__ = ["finetune_legacy"]
@@ -112,67 +113,53 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     rate = float(settings["lr"])
     optimizer.set_learning_rate(rate)
 
-    B, n = manifest.batch_size, x.shape[0]
+    B = manifest.batch_size
     acc_before = (_current_accuracy(ort, module, xe, ye, manifest) if resuming
                   else _accuracy(ort, artifact_dir / MODEL, xe, ye, B, manifest))
     module.train()
-    epoch_losses: List[float] = []
-    step_times: List[float] = []
-    step_cpu: List[float] = []
     done = int(state.properties["runner_epochs"]) if resuming and "runner_epochs" in state.properties else 0
     done_steps = int(state.properties["runner_steps"]) if resuming and "runner_steps" in state.properties else 0
     names = list(manifest.trainable) + list(manifest.frozen)
-    progress = Progress(out.path, epochs, done, resuming)
-    try:
-        for epoch in range(done, done + epochs):  # a resumed run continues the data orders
-            batches, padded = epoch_batches(n, B, seed, epoch)
-            progress.steps_per_epoch, progress.step = len(batches), 0
-            losses = []
-            for idx in batches:
-                t0, c0 = time.perf_counter(), time.process_time()
-                loss = module(x[idx], y[idx])
-                optimizer.step()
-                module.lazy_reset_grad()
-                step_times.append(time.perf_counter() - t0)
-                step_cpu.append(time.process_time() - c0)
-                progress.step += 1
-                losses.append(float(loss))
-            epoch_losses.append(float(np.mean(losses)))
-            state.properties["runner_epochs"] = epoch + 1
-            state.properties["runner_steps"] = done_steps + len(step_times)
-            state.properties["runner_settings"] = json.dumps(settings, sort_keys=True)
-            last = len(epoch_losses) == epochs
-            metrics = {
-                "format": "onnx-training",
-                **epoch_metrics(epochs, len(epoch_losses), len(step_times), done_steps, done, n, len(batches), padded),
-                "batch_size": B,
-                "learning_rate": rate,
-                "seed": seed,
-                "epoch_loss": list(epoch_losses),
-                "accuracy_on": accuracy_on,
-                "eval_samples": int(xe.shape[0]),
-                "accuracy_before": acc_before,
-                "accuracy_after": None,
-                **step_time_metrics(step_times, step_cpu),
-                "threads": int(threads or 0),
-                "peak_rss_mb": peak_rss_mb(),
-                "torch_imported": "torch" in sys.modules,
-            }
 
-            def write(d: Path) -> None:
-                _atomic_ort_checkpoint(CheckpointState, state, d / CHECKPOINT)
-                atomic_write_bytes(d / "params.npz", _params_npz(state, names))
-                _atomic_inference_model(module, d / "inference.onnx", manifest.output_name)
-                if last:
-                    metrics["accuracy_after"] = _accuracy(ort, d / "inference.onnx", xe, ye, B, manifest)
-                atomic_write_text(d / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    def step(xb: np.ndarray, yb: np.ndarray, number: int) -> float:
+        loss = module(xb, yb)
+        optimizer.step()
+        module.lazy_reset_grad()
+        return float(loss)
 
-            out.save(write, then=progress.saved)
+    def end_epoch(end: EpochEnd) -> Tuple[Dict, Callable[[Path], None]]:
+        state.properties["runner_epochs"] = end.epoch + 1
+        state.properties["runner_steps"] = end.total_steps
+        state.properties["runner_settings"] = json.dumps(settings, sort_keys=True)
+        metrics = {
+            "format": "onnx-training",
+            **end.progress,
+            "batch_size": B,
+            "learning_rate": rate,
+            "seed": seed,
+            "epoch_loss": end.losses,
+            "accuracy_on": accuracy_on,
+            "eval_samples": int(xe.shape[0]),
+            "accuracy_before": acc_before,
+            "accuracy_after": None,
+            **end.timing,
+            "threads": int(threads or 0),
+            "peak_rss_mb": peak_rss_mb(),
+            "torch_imported": "torch" in sys.modules,
+        }
+
+        def write(d: Path) -> None:
+            _atomic_ort_checkpoint(CheckpointState, state, d / CHECKPOINT)
+            atomic_write_bytes(d / "params.npz", _params_npz(state, names))
+            _atomic_inference_model(module, d / "inference.onnx", manifest.output_name)
+            if end.last:
+                metrics["accuracy_after"] = _accuracy(ort, d / "inference.onnx", xe, ye, B, manifest)
+            atomic_write_text(d / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             module.train()  # exporting the inference graph must not leave the module in eval mode
-            log(f"epoch {epoch + 1 - done}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
-                + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")")
-    except KeyboardInterrupt as exc:
-        raise progress.interrupted(exc) from None
+
+        return metrics, write
+
+    metrics = run_epochs(x, y, B, epochs, seed, done, done_steps, resuming, out, log, step, end_epoch)
     if metrics["torch_imported"]:
         raise RuntimeError("device runner: torch was imported during fine-tuning; the runner must stay torch-free")
     return metrics

@@ -2,8 +2,9 @@
 
 :class:`StepSession` runs ``step.onnx`` with two preallocated sets of parameter and optimizer
 buffers bound through ``IOBinding`` (step k reads set A and writes set B, step k+1 the other way),
-so per step only the batch, the labels and three scalars cross Python; :func:`finetune_step` is
-the epoch loop that writes ``state.npz``, ``params.npz`` and ``metrics.json`` after every epoch.
+so per step only the batch, the labels and three scalars cross Python; :func:`finetune_step` runs it
+through the shared epoch loop (:func:`~.run_loop.run_epochs`), writing ``state.npz``, ``params.npz``
+and ``metrics.json`` after every epoch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import io
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -20,8 +20,9 @@ import numpy as np
 
 from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
                         atomic_write_text)
-from .run_state import OutputDir, Progress, check_settings, epoch_batches
-from .run_support import epoch_metrics, padded_batches, peak_rss_mb, proc_status_mib, step_time_metrics
+from .run_loop import EpochEnd, run_epochs
+from .run_state import OutputDir, check_settings
+from .run_support import padded_batches, peak_rss_mb, proc_status_mib
 from .runner import StepCheckError, _one_line, import_plain_ort, training_modules_imported
 
 __all__ = ["StepSession", "finetune_step", "npz_bytes", "rss_mb"]
@@ -181,76 +182,59 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     rate = float(settings["lr"])
     sess.set_lr(rate)
 
-    B, n = manifest.batch_size, x.shape[0]
     acc_before = sess.accuracy(xe, ye)
-    epoch_losses: List[float] = []
-    step_times: List[float] = []
-    step_cpu: List[float] = []
     max_err = 0.0
-    steps = 0
-    progress = Progress(out.path, epochs, resumed_epochs, resuming)
-    try:
-        for epoch in range(resumed_epochs, resumed_epochs + epochs):  # a resumed run continues the data orders
-            batches, padded = epoch_batches(n, B, seed, epoch)
-            progress.steps_per_epoch, progress.step = len(batches), 0
-            losses = []
-            for idx in batches:
-                xb, yb = x[idx], y[idx]
-                t0, c0 = time.perf_counter(), time.process_time()
-                loss, _, err = sess.step(xb, yb)
-                step_times.append(time.perf_counter() - t0)
-                step_cpu.append(time.process_time() - c0)
-                steps += 1
-                progress.step += 1
-                if not math.isfinite(loss):
-                    raise StepCheckError(f"step {resumed_steps + steps}: the loss is {loss}; lower --lr")
-                if not err <= manifest.recon_tolerance:
-                    raise StepCheckError(
-                        f"step {resumed_steps + steps}: RevLIF reconstruction error {err:.3g} exceeds "
-                        f"{manifest.recon_tolerance:g} (float mode: spikes flipped in the inverse; export with "
-                        f"mode='exact', or fewer steps)")
-                max_err = max(max_err, err)
-                losses.append(loss)
-            epoch_losses.append(float(np.mean(losses)))
-            values = sess.values()
-            bad_values = [k for k in manifest.trainable if not np.isfinite(values[k]).all()]
-            if bad_values:  # the last update is not seen by the loss check
-                raise StepCheckError(f"step {resumed_steps + steps}: the update made {bad_values[:3]} non-finite; lower --lr")
-            last = len(epoch_losses) == epochs
-            metrics = {
-                "format": "onnx-step",
-                **epoch_metrics(epochs, len(epoch_losses), steps, resumed_steps, resumed_epochs, n, len(batches), padded),
-                "batch_size": B,
-                "learning_rate": rate,
-                "optimizer": manifest.optimizer,
-                "seed": seed,
-                "epoch_loss": list(epoch_losses),
-                "accuracy_on": accuracy_on,
-                "eval_samples": int(xe.shape[0]),
-                "accuracy_before": acc_before,
-                "accuracy_after": sess.accuracy(xe, ye) if last else None,
-                "recon_error_max": max_err,
-                **step_time_metrics(step_times, step_cpu),
-                "threads": int(threads or 0),
-                "lean_memory": bool(lean_memory),
-                "rss_before_session_mb": rss_before,
-                "rss_after_session_mb": rss_session,
-                "peak_rss_mb": peak_rss_mb(),
-                "torch_imported": "torch" in sys.modules and sys.modules["torch"] is not None,
-                "forbidden_modules": training_modules_imported(),
-                "onnxruntime_version": getattr(ort, "__version__", ""),
-            }
-            state = dict(values)
-            state["runner.steps"] = np.asarray(resumed_steps + steps, np.int64)
-            state["runner.epochs"] = np.asarray(epoch + 1, np.int64)
-            state["runner.artifact"] = np.asarray(artifact_id)
-            state["runner.settings"] = np.asarray(json.dumps(settings, sort_keys=True))
-            params = {k: values[k] for k in list(manifest.trainable) + list(manifest.frozen)}
-            out.save(lambda d: _write_outputs(d, state, params, metrics), then=progress.saved)
-            log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
-                + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")")
-    except KeyboardInterrupt as exc:
-        raise progress.interrupted(exc) from None
+
+    def step(xb: np.ndarray, yb: np.ndarray, number: int) -> float:
+        nonlocal max_err
+        loss, _, err = sess.step(xb, yb)
+        if not math.isfinite(loss):
+            raise StepCheckError(f"step {number}: the loss is {loss}; lower --lr")
+        if not err <= manifest.recon_tolerance:
+            raise StepCheckError(
+                f"step {number}: RevLIF reconstruction error {err:.3g} exceeds {manifest.recon_tolerance:g} (float "
+                f"mode: spikes flipped in the inverse; export with mode='exact', or fewer steps)")
+        max_err = max(max_err, err)
+        return loss
+
+    def end_epoch(end: EpochEnd) -> Tuple[Dict, Callable[[Path], None]]:
+        values = sess.values()
+        bad_values = [k for k in manifest.trainable if not np.isfinite(values[k]).all()]
+        if bad_values:  # the last update is not seen by the loss check
+            raise StepCheckError(f"step {end.total_steps}: the update made {bad_values[:3]} non-finite; lower --lr")
+        metrics = {
+            "format": "onnx-step",
+            **end.progress,
+            "batch_size": manifest.batch_size,
+            "learning_rate": rate,
+            "optimizer": manifest.optimizer,
+            "seed": seed,
+            "epoch_loss": end.losses,
+            "accuracy_on": accuracy_on,
+            "eval_samples": int(xe.shape[0]),
+            "accuracy_before": acc_before,
+            "accuracy_after": sess.accuracy(xe, ye) if end.last else None,
+            "recon_error_max": max_err,
+            **end.timing,
+            "threads": int(threads or 0),
+            "lean_memory": bool(lean_memory),
+            "rss_before_session_mb": rss_before,
+            "rss_after_session_mb": rss_session,
+            "peak_rss_mb": peak_rss_mb(),
+            "torch_imported": "torch" in sys.modules and sys.modules["torch"] is not None,
+            "forbidden_modules": training_modules_imported(),
+            "onnxruntime_version": getattr(ort, "__version__", ""),
+        }
+        state = dict(values)
+        state["runner.steps"] = np.asarray(end.total_steps, np.int64)
+        state["runner.epochs"] = np.asarray(end.epoch + 1, np.int64)
+        state["runner.artifact"] = np.asarray(artifact_id)
+        state["runner.settings"] = np.asarray(json.dumps(settings, sort_keys=True))
+        params = {k: values[k] for k in list(manifest.trainable) + list(manifest.frozen)}
+        return metrics, lambda d: _write_outputs(d, state, params, metrics)
+
+    metrics = run_epochs(x, y, manifest.batch_size, epochs, seed, resumed_epochs, resumed_steps, resuming, out, log,
+                         step, end_epoch)
     if metrics["forbidden_modules"]:
         raise RuntimeError(f"device runner: {metrics['forbidden_modules'][:3]} were imported during fine-tuning; "
                            "the runner must stay torch-free")

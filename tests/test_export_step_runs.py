@@ -134,6 +134,23 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(art, tmp_path):
     _same_state(_state(tmp_path / "full"), _state(tmp_path / "cut"))
 
 
+def test_a_diverging_run_names_its_step_and_keeps_the_last_good_epoch(art, tmp_path):
+    """The step checks count steps over the whole run, resumed ones included: an inf loss stops the
+    run at the step that made it; an update that overflows the weights is caught at the epoch's end
+    (step 12 of 6 per epoch), before anything is saved, so --out keeps epoch 1 and a resumed run
+    stops at the same step."""
+    from edgesnn.export.runner import StepCheckError
+
+    with pytest.raises(StepCheckError, match=r"^step 2: the loss is inf; lower --lr$"):
+        _run(art, tmp_path / "inf", 2, lr=3e38)
+    out = tmp_path / "over"
+    for resume in (False, True):
+        with pytest.raises(StepCheckError, match=r"^step 12: the update made \[.+\] non-finite; lower --lr$"):
+            _run(art, out, 2 if not resume else 1, lr=1e20, resume=resume)
+        assert (int(_state(out)["runner.epochs"]), int(_state(out)["runner.steps"])) == (1, 6)
+    _no_temp_left(tmp_path)
+
+
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_stops_with_one_line_and_resume_matches(art, tmp_path, sig, code, word):
     """The CLI in its own process, signalled once its first epoch is on disk."""

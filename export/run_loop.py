@@ -1,0 +1,98 @@
+"""The epoch loop both device runners share (:func:`~edgesnn.export.step_runner.finetune_step`,
+:func:`~edgesnn.export.legacy_runner.finetune_legacy`): the epochs' batch orders, the timed steps,
+the progress part of ``metrics.json``, the output swap after every epoch, the per-epoch log line and
+the interrupt message. The runners pass in what differs: one training step, and what an epoch
+writes. NumPy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .run_state import OutputDir, Progress, epoch_batches
+from .run_support import epoch_metrics, step_time_metrics
+
+__all__ = ["EpochEnd", "run_epochs"]
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """An epoch whose steps are done, before its outputs are written.
+
+    ``epoch``: its index over the whole run, resumed epochs included (0-based: the state records
+    ``epoch + 1`` epochs done); ``last``: the last epoch of this run; ``total_steps``: steps taken
+    by this run and the runs it resumed; ``losses``: the mean training loss of every epoch of this
+    run so far (a copy); ``progress``: :func:`~.run_support.epoch_metrics`; ``timing``:
+    :func:`~.run_support.step_time_metrics` over this run's steps (milliseconds).
+    """
+
+    epoch: int
+    last: bool
+    total_steps: int
+    losses: List[float]
+    progress: Dict[str, object]
+    timing: Dict[str, Optional[float]]
+
+
+#: One training step: ``step(xb [B, *in_shape] float32, yb [B] int64, number) -> loss`` (the batch
+#: loss as a float); ``number`` counts steps from 1 over the whole run, resumed ones included (for
+#: messages). It may raise to stop the run.
+StepFn = Callable[[np.ndarray, np.ndarray, int], float]
+
+#: What an epoch writes: ``end_epoch(end) -> (metrics, write)``, called after the epoch's steps;
+#: ``write(tmp_dir)`` writes the complete output set (``metrics`` included) into the temp folder
+#: that :meth:`~.run_state.OutputDir.save` swaps in.
+EndEpochFn = Callable[[EpochEnd], Tuple[Dict[str, Any], Callable[[Path], None]]]
+
+
+def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed: int, resumed_epochs: int,
+               resumed_steps: int, resuming: bool, out: OutputDir, log: Callable[[str], None], step: StepFn,
+               end_epoch: EndEpochFn) -> Dict[str, Any]:
+    """Train ``epochs`` epochs on ``x [N, *in_shape]`` float32 and ``y [N]`` int64 in batches of
+    exactly ``batch_size`` (:func:`~.run_state.epoch_batches`: epoch ``e`` of the whole run is
+    shuffled by ``seed`` and ``e``, so a run that resumes after ``resumed_epochs`` epochs and
+    ``resumed_steps`` steps continues the same orders); returns the last epoch's metrics.
+
+    Every step is timed (wall and CPU seconds, ``time.perf_counter`` / ``time.process_time``)
+    around ``step`` alone. After every epoch, ``end_epoch`` builds the metrics and the writer, the
+    output set is swapped into ``out`` (signals wait for the swap) and one line goes to ``log``.
+    Ctrl-C / SIGTERM (``KeyboardInterrupt``) raise :class:`~.run_state.RunInterrupted` saying which
+    epoch ``out`` holds (``resuming``: whether ``out`` held a state when the run started).
+    """
+    n = x.shape[0]
+    epoch_losses: List[float] = []
+    step_times: List[float] = []
+    step_cpu: List[float] = []
+    metrics: Dict[str, Any] = {}
+    progress = Progress(out.path, epochs, resumed_epochs, resuming)
+    try:
+        for epoch in range(resumed_epochs, resumed_epochs + epochs):
+            batches, padded = epoch_batches(n, batch_size, seed, epoch)
+            progress.steps_per_epoch, progress.step = len(batches), 0
+            losses = []
+            for idx in batches:
+                xb, yb = x[idx], y[idx]
+                t0, c0 = time.perf_counter(), time.process_time()
+                loss = step(xb, yb, resumed_steps + len(step_times) + 1)
+                step_times.append(time.perf_counter() - t0)
+                step_cpu.append(time.process_time() - c0)
+                progress.step += 1
+                losses.append(loss)
+            epoch_losses.append(float(np.mean(losses)))
+            steps = len(step_times)
+            end = EpochEnd(epoch, len(epoch_losses) == epochs, resumed_steps + steps, list(epoch_losses),
+                           epoch_metrics(epochs, len(epoch_losses), steps, resumed_steps, resumed_epochs, n,
+                                         len(batches), padded),
+                           step_time_metrics(step_times, step_cpu))
+            metrics, write = end_epoch(end)
+            out.save(write, then=progress.saved)
+            log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
+                + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")")
+    except KeyboardInterrupt as exc:
+        raise progress.interrupted(exc) from None
+    return metrics
