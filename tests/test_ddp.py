@@ -107,3 +107,39 @@ def test_torchrun_cli_rank0_writes_and_logs_threads(tmp_path):
     ckd = load_checkpoint(ck)
     assert ckd["world_size"] == 2 and ckd["steps"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt", "r.json"]  # no temp files left
+
+
+def _average_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    from edgesnn.training.distributed import DistInfo, average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = torch.nn.ModuleDict({"both": torch.nn.Linear(2, 1), "rank0": torch.nn.Linear(2, 1),
+                                     "none": torch.nn.Linear(2, 1)})
+        x = torch.full((1, 2), float(rank + 1))
+        loss = model["both"](x).sum() + (model["rank0"](x).sum() if rank == 0 else 0)
+        loss.backward()
+        average_gradients(model, DistInfo(rank=rank, world=world, local_rank=rank, local_world=world))
+        torch.save({k: (p.grad if p.grad is None else p.grad.clone()) for k, p in model.named_parameters()}, out)
+        opt = torch.optim.Adam(model.parameters())
+        opt.step()  # a parameter no rank used stays out of Adam's state, as in one process
+        assert all(p not in opt.state for p in model["none"].parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_gradients_keeps_unused_parameters_gradient_free(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_average_rank, args=(r, 2, str(tmp_path / "init"), str(tmp_path / f"g{r}.pt")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    g0, g1 = (torch.load(tmp_path / f"g{r}.pt") for r in range(2))
+    for k in g0:
+        assert (g0[k] is None) == (g1[k] is None) and (g0[k] is None or torch.equal(g0[k], g1[k])), k
+    assert g0["none.weight"] is None and g0["none.bias"] is None
+    assert torch.allclose(g0["both.weight"], torch.tensor([[1.5, 1.5]]))  # mean of x = 1 and x = 2
+    assert torch.allclose(g0["rank0.weight"], torch.tensor([[0.5, 0.5]]))  # rank 1's missing gradient counts 0

@@ -218,7 +218,9 @@ def average_gradients(model: "nn.Module", info: DistInfo) -> None:
     For models ``DistributedDataParallel`` cannot wrap: optimize_memory's chunked backward runs
     ``torch.autograd.backward`` inside the step's backward, so DDP's per-parameter hooks would fire
     once per chunk ("marked as ready twice"). The result is DDP's: the mean of the ranks' gradients.
-    A parameter without a gradient on this rank counts as zero.
+    A parameter without a gradient on this rank counts as zero; one that no rank gave a gradient
+    keeps ``grad = None`` (as a single process would: optimizers then skip it, so Adam's step count
+    and moments stay untouched), decided in the same all-reduce (one flag per parameter).
     """
     if not info.distributed:
         return
@@ -226,14 +228,22 @@ def average_gradients(model: "nn.Module", info: DistInfo) -> None:
     import torch.distributed as dist
 
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    if not params:
+        return
+    used = torch.tensor([p.grad is not None for p in params], dtype=params[0].dtype, device=params[0].device)
+    grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+             for p in params]
+    flat = torch.cat(grads + [used])
     dist.all_reduce(flat)
-    flat /= info.world
+    used_by = flat[-len(params):].tolist()
+    flat = flat[:-len(params)] / info.world
     i = 0
-    for p in params:
+    for p, users in zip(params, used_by):
         n = p.numel()
-        p.grad.copy_(flat[i:i + n].view_as(p.grad))
+        if users == 0:
+            p.grad = None
+        elif p.grad is None:
+            p.grad = flat[i:i + n].view_as(p).clone()
+        else:
+            p.grad.copy_(flat[i:i + n].view_as(p.grad))
         i += n
