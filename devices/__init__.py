@@ -27,6 +27,7 @@ cannot install them (JetPack 4 and 5) plan on a host: ``edgesnn plan --device <b
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,13 @@ GiB = 1024**3
 DEFAULT_CPU_RUNTIME_OVERHEAD = 317 * 1024**2
 
 _REQUIRED = ("name", "memory_bytes", "reserved_bytes", "runtime_overhead_bytes", "bandwidth_gbs", "cores")
+
+#: Accepted ranges of a profile's integer fields (inclusive). 2**50 bytes (1 PiB) keeps every byte
+#: count the planner derives exactly representable as a float64 (< 2**53).
+_INT_RANGES = {"memory_bytes": (1, 2**50), "reserved_bytes": (0, 2**50), "runtime_overhead_bytes": (0, 2**50),
+               "cores": (1, 65536)}
+#: Accepted DRAM bandwidth in GB/s (1 MB/s .. 100 TB/s): it only scales the predicted time, which must stay finite.
+_BANDWIDTH_RANGE = (0.001, 100000.0)
 
 #: Keys of ``DeviceProfile.runs``: tri-state flags (True / False / None = unverified) and text.
 RUNS_FLAGS = ("planner", "training", "training_gpu", "cuda_kernels")
@@ -108,16 +116,37 @@ class DeviceProfile:
             raise ValueError(f"device: {origin} lacks field(s) {missing}; required: {list(_REQUIRED)}")
         known = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in data.items() if k in known}
-        for k in ("memory_bytes", "reserved_bytes", "runtime_overhead_bytes", "cores"):
+        name = kwargs["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"device: {origin}: name must be a non-empty string, got {name!r}")
+        for k, (low, high) in _INT_RANGES.items():
             v = kwargs[k]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"device: {origin}: {k} must be a non-negative integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+                raise ValueError(f"device: {origin}: {k} must be an integer from {low} to {high}, got {v!r}")
+        if kwargs["reserved_bytes"] >= kwargs["memory_bytes"]:
+            verb = "exceeds" if kwargs["reserved_bytes"] > kwargs["memory_bytes"] else "equals"
+            raise ValueError(f"device: {origin}: reserved_bytes ({kwargs['reserved_bytes']}) {verb} memory_bytes "
+                             f"({kwargs['memory_bytes']}); it must be smaller")
+        if kwargs["reserved_bytes"] + kwargs["runtime_overhead_bytes"] >= kwargs["memory_bytes"]:
+            raise ValueError(f"device: {origin}: reserved_bytes + runtime_overhead_bytes "
+                             f"({kwargs['reserved_bytes'] + kwargs['runtime_overhead_bytes']}) leave nothing of "
+                             f"memory_bytes ({kwargs['memory_bytes']}); they must be smaller")
         bw = kwargs["bandwidth_gbs"]
-        if not isinstance(bw, (int, float)) or isinstance(bw, bool) or not bw > 0:
-            raise ValueError(f"device: {origin}: bandwidth_gbs must be a positive number, got {bw!r}")
+        low, high = _BANDWIDTH_RANGE
+        if not isinstance(bw, (int, float)) or isinstance(bw, bool) or not (math.isfinite(bw) and low <= bw <= high):
+            raise ValueError(f"device: {origin}: bandwidth_gbs must be a number of GB/s from {low} to {high}, got {bw!r}")
         kwargs["bandwidth_gbs"] = float(bw)
-        if kwargs["memory_bytes"] <= 0 or kwargs["cores"] <= 0:
-            raise ValueError(f"device: {origin}: memory_bytes and cores must be positive")
+        for k in ("description", "kind", "cpu", "software", "accelerator"):
+            if not isinstance(kwargs.get(k, ""), str):
+                raise ValueError(f"device: {origin}: {k} must be a string, got {kwargs[k]!r}")
+        if kwargs.get("compute_capability") is not None and not isinstance(kwargs["compute_capability"], str):
+            raise ValueError(f"device: {origin}: compute_capability must be a string (\"8.7\") or null, "
+                             f"got {kwargs['compute_capability']!r}")
+        if not isinstance(kwargs.get("unified_memory", True), bool):
+            raise ValueError(f"device: {origin}: unified_memory must be true or false, got {kwargs['unified_memory']!r}")
+        sources = kwargs.get("sources", {})
+        if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+            raise ValueError(f"device: {origin}: sources must be a JSON object of strings, got {sources!r}")
         for k in ("os", "python"):
             if not isinstance(kwargs.get(k, ""), str):
                 raise ValueError(f"device: {origin}: {k} must be a string, got {kwargs[k]!r}")
@@ -146,16 +175,30 @@ def _search_dirs() -> List[Path]:
 
 
 def _catalogue() -> Dict[str, Path]:
+    """Catalogue key (the file stem, lower-cased) -> profile file.
+
+    A later directory overrides an earlier one (``EDGESNN_DEVICE_PATH`` overrides the built-in
+    profiles); two files of one directory whose names differ only in case are refused.
+    """
     found: Dict[str, Path] = {}
     for d in _search_dirs():
-        if d.is_dir():
-            for f in sorted(d.glob("*.json")):
-                found[f.stem] = f  # later directories override the built-in profiles
+        if not d.is_dir():
+            continue
+        here: Dict[str, Path] = {}
+        for f in sorted(d.glob("*.json")):
+            if not f.is_file():
+                continue
+            key = f.stem.lower()
+            if key in here:
+                raise ValueError(f"device: {here[key]} and {f} name the same device {key!r} (names are not "
+                                 "case-sensitive); rename or remove one")
+            here[key] = f
+        found.update(here)
     return found
 
 
 def list_devices() -> List[str]:
-    """Names of all catalogued profiles (built-in and ``EDGESNN_DEVICE_PATH``), plus ``"auto"``."""
+    """Names of all catalogued profiles (built-in and ``EDGESNN_DEVICE_PATH``, lower-cased), plus ``"auto"``."""
     return sorted(_catalogue()) + ["auto"]
 
 
@@ -214,15 +257,18 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
     """A profile by catalogue name, ``"auto"`` (measure the host), or a path to a JSON profile.
 
     Raises:
-        ValueError: unknown name (the message lists the available ones) or an invalid profile.
-        FileNotFoundError: a path that does not exist.
+        ValueError: unknown name (the message lists the available ones; names are not
+            case-sensitive), an unreadable or invalid profile.
+        FileNotFoundError: a path that does not exist. IsADirectoryError: a path to a directory.
     """
     text = os.fspath(name)
-    if text == "auto":
+    if text.strip().lower() == "auto":
         return host_profile()
     looks_like_path = text.endswith(".json") or os.sep in text or (os.altsep and os.altsep in text)
     if looks_like_path:
         path = Path(text)
+        if path.is_dir():
+            raise IsADirectoryError(f"device: {path} is a directory; expected a JSON profile file or a catalogue name")
         if not path.is_file():
             raise FileNotFoundError(f"device: no such profile file: {path}")
     else:
@@ -233,7 +279,9 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
                              "(or a path to a JSON profile)")
         path = cat[key]
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"device: {path} is not valid JSON ({exc})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"device: {path} is not valid UTF-8 JSON ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"device: cannot read {path} ({exc.strerror or exc})") from None
     return DeviceProfile.from_dict(data, origin=str(path))

@@ -15,15 +15,18 @@ import argparse
 import json
 import re
 import sys
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..atomic import check_output
+from ..atomic import atomic_write, check_output
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "tb": 1000**4}
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "tb": 1000**4,
+          "pib": 1024**5, "pb": 1000**5}
 
 
 def parse_bytes(text: str, name: str = "--budget", allow_zero: bool = False) -> int:
@@ -34,19 +37,21 @@ def parse_bytes(text: str, name: str = "--budget", allow_zero: bool = False) -> 
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"{name}: expected a size like 2GiB, 1.5GB, 512MiB or a byte count, got {text!r}")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    value = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])  # exact: no float rounding, no overflow
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}: expected a {'size >= 0' if allow_zero else 'positive size'}, got {text!r}")
     return value
 
 
-def _positive_int(text: str, name: str) -> int:
+def _positive_int(text: str, name: str, minimum: int = 1) -> int:
+    """``text`` as an integer >= ``minimum`` (1: "a positive integer"); errors name ``name`` in one line."""
     try:
-        value = int(str(text))
+        value = int(str(text).strip())
     except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {text!r}")
+        value = None
+    if value is None or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: expected {expected}, got {text!r}")
     return value
 
 
@@ -77,17 +82,17 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--model", help="mlp, convnet or vgg11 (required)")
     p.add_argument("--input", help="one sample's shape, e.g. 3,32,32 or 784 (required)")
-    p.add_argument("--timesteps", "-T", type=int, help="time steps T (required)")
+    p.add_argument("--timesteps", "-T", help="time steps T (required)")
     p.add_argument("--batch", default="auto", help="batch size, or 'auto' for the largest that fits (default)")
     p.add_argument("--device", default="auto", help="catalogue name, a JSON profile path, or 'auto' (this host)")
     p.add_argument("--budget", help="peak bytes the training process may use, e.g. 2GiB (default: device memory - reserved)")
-    p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    p.add_argument("--classes", default=None, help="number of classes (default: the --dataset's, else 10)")
     p.add_argument("--hidden", help="MLP hidden widths, e.g. 128,128")
     p.add_argument("--channels", help="convnet channel widths, e.g. 16,32")
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "sgd-momentum"])
     p.add_argument("--neurons", default=None, help="allowed kinds: lif,revlif (default), lif or revlif")
     p.add_argument("--groups", default="2", help="RevLIF group counts to consider, e.g. 2,4 (default 2)")
-    p.add_argument("--max-batch", type=int, default=1024, help="cap for --batch auto (default 1024)")
+    p.add_argument("--max-batch", default="1024", help="cap for --batch auto (default 1024)")
     p.add_argument("--backend", default="auto", help="neuron backend the model will train with (default auto)")
     p.add_argument("--dataset", help="the built-in dataset edgesnn train will hold in memory: digits, cifar10, nmnist, "
                    "dvsgesture or shd (its size is known; event frames are memory-mapped, only labels count)")
@@ -96,7 +101,8 @@ def register(subparsers) -> None:
     p.add_argument("--eval-batch", default=None,
                    help="batch of the evaluation pass after every epoch (default: edgesnn train's, 256)")
     p.add_argument("--json", metavar="PATH", help="write the plan JSON here (for edgesnn train --plan)")
-    p.add_argument("--plot", metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget)")
+    p.add_argument("--plot", metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget); "
+                   ".png, .pdf or .svg (needs matplotlib)")
     p.add_argument("--memopt", action="store_true",
                    help="plan edgesnn.optimize_memory's chunked blocks for an all-LIF model: per-block chunk, "
                         "predicted peak, largest batch (whole-network memory)")
@@ -106,10 +112,27 @@ def register(subparsers) -> None:
 
 
 def _fmt(n: float) -> str:
-    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    """Bytes for people: ``1.50 GiB``, ``512 B``; up to EiB, beyond that in exponent notation."""
+    for unit, k in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= k:
-            return f"{n / k:.2f} {unit}"
+            v = Decimal(n) / k if isinstance(n, int) else n / k  # an int beyond float range stays exact
+            return f"{v:.2f} {unit}" if abs(v) < 10000 else f"{v:.3g} {unit}"
     return f"{int(n)} B"
+
+
+def _json_text(doc: dict, flag: str = "--json", indent: int = 2) -> str:
+    """``doc`` as JSON text; a value JSON cannot hold (NaN, Infinity) is a one-line error naming ``flag``."""
+    try:
+        return json.dumps(doc, indent=indent, allow_nan=False) + "\n"
+    except ValueError:
+        raise ValueError(f"{flag}: the plan holds a non-finite number (NaN or Infinity), which JSON cannot hold; "
+                         "check the device profile's figures") from None
+
+
+def _has_batchnorm(model) -> bool:
+    from torch import nn
+
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,12 +150,12 @@ def run(args: argparse.Namespace) -> int:
         if val is None:
             raise ValueError(f"{flag} is required (see edgesnn plan --help)")
     shape = parse_shape(args.input)
-    if args.timesteps < 1:
-        raise ValueError(f"--timesteps: expected an integer >= 1, got {args.timesteps}")
-    if args.max_batch < 1:
-        raise ValueError(f"--max-batch: expected an integer >= 1, got {args.max_batch}")
-    if args.classes < 2:
-        raise ValueError(f"--classes: expected an integer >= 2, got {args.classes}")
+    timesteps = _positive_int(args.timesteps, "--timesteps")
+    max_batch = _positive_int(args.max_batch, "--max-batch")
+    from .datasets import dataset_classes
+
+    classes = dataset_classes(args.dataset, None if args.classes is None else _positive_int(args.classes, "--classes",
+                                                                                           minimum=2))
     from ..kernels.dispatch import BACKENDS
 
     if args.backend not in BACKENDS:
@@ -146,6 +169,11 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.plot, "--plot", args.force)
     if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
         raise ValueError(f"--plot: {args.plot} is also the --json path; choose two files")
+    if args.plot:  # the format and matplotlib before any work: an error after --json was written loses the pair
+        from .plot import plot_format, require_matplotlib
+
+        plot_fmt = plot_format(args.plot)
+        require_matplotlib()
     if str(args.batch).lower() == "auto":
         batch = None
     else:
@@ -168,6 +196,10 @@ def run(args: argparse.Namespace) -> int:
     groups = _int_list(args.groups, "--groups", minimum=2)
     device = devices.load_device(args.device)
     budget = parse_bytes(args.budget) if args.budget else None
+    if budget is not None and budget > device.memory_bytes:
+        raise ValueError(f"--budget: {_fmt(budget)} is more than the memory of device {device.name} "
+                         f"({_fmt(device.memory_bytes)}); give at most that, or omit --budget for memory - reserved "
+                         f"({_fmt(device.memory_bytes - device.reserved_bytes)})")
     dataset_bytes = None if args.dataset_bytes is None else parse_bytes(args.dataset_bytes, "--dataset-bytes", allow_zero=True)
     eval_batch = EVAL_BATCH_SIZE if args.eval_batch is None else _positive_int(args.eval_batch, "--eval-batch")
     kw = {}
@@ -175,19 +207,37 @@ def run(args: argparse.Namespace) -> int:
         kw["hidden"] = _int_list(args.hidden, "--hidden")
     if args.channels:
         kw["channels"] = _int_list(args.channels, "--channels")
-    model = build_model(args.model, shape, args.classes, args.timesteps, neuron="lif", node={"backend": args.backend}, **kw)
+    model = build_model(args.model, shape, classes, timesteps, neuron="lif", node={"backend": args.backend}, **kw)
     if args.memopt:
-        return _run_memopt(args, model, shape, device, budget, batch, dataset_bytes, eval_batch)
-    plan = make_plan(model, device, args.timesteps, batch, budget, args.optimizer, kinds, groups, args.max_batch,
+        return _run_memopt(args, model, shape, device, budget, batch, dataset_bytes, eval_batch, timesteps, max_batch,
+                           classes)
+    plan = make_plan(model, device, timesteps, batch, budget, args.optimizer, kinds, groups, max_batch,
                      args.dataset, dataset_bytes, eval_batch)
-    print_plan(plan)
+    # every output is computed before the first is written: an error leaves none of them
     if args.json:
-        save_plan(plan, args.json)
-        print(f"plan written to {args.json}")
+        _json_text(plan.to_dict())  # save_plan's document must be valid JSON (no NaN / Infinity)
+    picture = None
     if args.plot:
-        from .plot import plot_memory_vs_t
+        from .plot import render_memory_vs_t
 
-        plot_memory_vs_t(model, plan, args.plot)
+        picture = render_memory_vs_t(model, plan, plot_fmt)
+    print_plan(plan)
+    written: List[Path] = []
+    try:
+        if args.json:
+            existed = Path(args.json).exists()
+            save_plan(plan, args.json)
+            if not existed:
+                written.append(Path(args.json))
+        if picture is not None:
+            atomic_write(args.plot, lambda fh: fh.write(picture))
+    except BaseException:
+        for path in written:  # the plot could not be written: do not leave the plan alone
+            path.unlink(missing_ok=True)
+        raise
+    if args.json:
+        print(f"plan written to {args.json}")
+    if picture is not None:
         print(f"plot written to {args.plot}")
     return 0
 
@@ -205,9 +255,10 @@ def print_plan(plan, file=None) -> None:
           f"batch={plan.batch}", file=out)
     print(f"{'layer':<10} {'neurons':>9} {'choice':<8} {'groups':>6} {'saved bytes':>14}", file=out)
     for L in plan.layers:
-        print(f"{L['name']:<10} {L['neurons']:>9} {L['kind']:<8} {L['groups'] or '-':>6} {L['saved_bytes']:>14}", file=out)
-    print(f"{'other':<10} {'':>9} {'fixed':<8} {'-':>6} {pr['fixed_activation_bytes']:>14}  (inputs of conv/linear/BN/pool, loss)",
-          file=out)
+        print(f"{L['name']:<10} {L['neurons']:>9} {L['kind']:<8} {L['groups'] or '-':>6} {int(L['saved_bytes']):>14}",
+              file=out)
+    print(f"{'other':<10} {'':>9} {'fixed':<8} {'-':>6} {int(pr['fixed_activation_bytes']):>14}  "
+          "(inputs of conv/linear/BN/pool, loss)", file=out)
     print(f"batch: {plan.batch}", file=out)
     print(_dataset_line(plan.dataset), file=out)
     if "eval_bytes" in pr:
@@ -223,6 +274,8 @@ def print_plan(plan, file=None) -> None:
               file=out)
     for label, alt in plan.alternatives.items():
         print(f"  {label}: peak {_fmt(alt['peak_bytes'])}, node time {alt['time_s'] * 1e3:.1f} ms/step", file=out)
+    for note in plan.notes:
+        print(f"  note: {note}", file=out)
 
 
 def _dataset_line(data: dict) -> str:
@@ -247,17 +300,19 @@ _OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 0, "sgd-momentum": 1}
 
 
 def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional[int], batch: Optional[int],
-                dataset_bytes: Optional[int] = None, eval_batch: int = 256) -> int:
+                dataset_bytes: Optional[int] = None, eval_batch: int = 256, timesteps: Optional[int] = None,
+                max_batch: Optional[int] = None, classes: Optional[int] = None) -> int:
     """``edgesnn plan --memopt``: the chunked-block plan of :func:`edgesnn.optimize_memory` on the device.
 
     The dataset (bytes) is resident beside the parameters; the evaluation pass (plain ``no_grad``
     forward at ``eval_batch``) must fit beside them as well, and the peak is the larger of the two.
+    A model with BatchNorm needs batches of at least 2 samples (as without ``--memopt``).
+    ``timesteps`` / ``max_batch``: the parsed ``--timesteps`` / ``--max-batch`` (default: ``args``'s).
     """
     import copy
 
     import torch
 
-    from ..atomic import atomic_write
     from ..memopt import optimize_memory
     from ..memopt.sequential import EVAL_CHUNK_STEPS
     from .datasets import dataset_memory
@@ -269,19 +324,27 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
     from ..kernels.dispatch import numba_available
     from .memory_model import NUMBA_RUNTIME_BYTES
 
+    T = int(args.timesteps) if timesteps is None else timesteps
+    cap = int(args.max_batch) if max_batch is None else max_batch
+    has_bn = _has_batchnorm(model)
+    if has_bn and batch is not None and batch < 2:
+        raise ValueError(f"--batch: a model with BatchNorm trains on batches of at least 2 samples (edgesnn train "
+                         f"skips smaller ones); got {batch}")
     total = budget if budget is not None else device.memory_bytes - device.reserved_bytes
+    # what limits the memory: the --budget the user gave, or the device profile's memory - reserved
+    limit = "--budget" if budget is not None else f"--device {device.name} (memory - reserved)"
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     runtime = device.runtime_overhead_bytes + (NUMBA_RUNTIME_BYTES if numba_available() else 0)  # memopt's kernels
     static = runtime + param_bytes * (2 + _OPTIMIZER_STATE[args.optimizer])
     chain = ChainModel(model)
-    data = dataset_memory(args.dataset, args.timesteps, chain.in_shape, dataset_bytes)
+    data = dataset_memory(args.dataset, T, chain.in_shape, dataset_bytes, model=args.model, num_classes=classes)
     extras = plan_extras(eval_batch, data)
     # an optimized container evaluates EVAL_CHUNK_STEPS steps at a time (memopt/sequential.py)
-    eval_fwd = eval_forward_peak(chain, ["lif"] * len(chain.spiking), min(args.timesteps, EVAL_CHUNK_STEPS),
+    eval_fwd = eval_forward_peak(chain, ["lif"] * len(chain.spiking), min(T, EVAL_CHUNK_STEPS),
                                  extras.eval_batch)
     room = total - static - extras.dataset_bytes
     if room <= 0:
-        raise ValueError(f"--budget: {_fmt(total)} does not hold the runtime ({_fmt(runtime)}), "
+        raise ValueError(f"{limit}: {_fmt(total)} does not hold the runtime ({_fmt(runtime)}), "
                          f"the parameters, gradients and optimizer state ({_fmt(static - runtime)})"
                          f" and the dataset ({_fmt(extras.dataset_bytes)})")
     if eval_fwd > room:
@@ -294,19 +357,22 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
         return torch.zeros(()).expand(b, *shape)
 
     if batch is None:
-        batch, plan = largest_batch(model, make_input, room, args.max_batch)
+        batch, plan = largest_batch(model, make_input, room, cap)
         if plan is None:
-            raise ValueError(f"--budget: even batch 1 needs more than {_fmt(total)} with chunked blocks; "
+            raise ValueError(f"{limit}: even batch 1 needs more than {_fmt(total)} with chunked blocks; "
                              "lower --timesteps or pick a device with more memory")
+        if has_bn and batch < 2:
+            raise ValueError(f"{limit}: only batch 1 fits in {_fmt(total)}, and a model with BatchNorm needs at least "
+                             "2 samples per batch; raise the budget or lower --timesteps")
     else:
         try:
             plan = optimize_memory(copy.deepcopy(model), make_input(batch), budget=room)
         except NetPlanningError:
-            raise ValueError(f"--budget: batch {batch} does not fit {_fmt(total)} even with the smallest chunks; "
+            raise ValueError(f"{limit}: batch {batch} does not fit {_fmt(total)} even with the smallest chunks; "
                              "lower --batch or --timesteps") from None
     print(f"device: {device.name}; budget {_fmt(total)} (runtime {_fmt(runtime)}, parameters, "
           f"gradients and {args.optimizer} state {_fmt(static - runtime)}, activations {_fmt(room)})")
-    print(f"model: {args.model} {args.input}, T={args.timesteps}, all LIF, optimize_memory")
+    print(f"model: {args.model} {args.input}, T={T}, all LIF, optimize_memory")
     print(plan)
     peak = static + extras.dataset_bytes + max(plan.peak_bytes, eval_fwd)
     print(_dataset_line(data))
@@ -315,10 +381,10 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
     print(f"batch: {batch}; predicted peak {_fmt(peak)} of {_fmt(total)}")
     if args.json:
         doc = {"format": "edgesnn-memopt-plan", "version": 1, "model": model.config, "device": device.to_dict(),
-               "timesteps": args.timesteps, "batch": batch, "budget_bytes": int(total),
+               "timesteps": T, "batch": batch, "budget_bytes": int(total),
                "static_bytes": int(static), "eval_batch": int(eval_batch), "dataset": data,
                "eval_bytes": int(eval_fwd), "peak_bytes": int(peak), "plan": plan.to_dict()}
-        text = json.dumps(doc, indent=1)
+        text = _json_text(doc, indent=1)
         atomic_write(args.json, lambda fh: fh.write(text), mode="w")
         print(f"plan written to {args.json}")
     return 0

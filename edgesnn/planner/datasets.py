@@ -17,15 +17,23 @@ dataset         held          resident bytes
 
 Nothing is streamed from disk sample by sample; a custom loader that streams counts 0 bytes
 (``--dataset-bytes 0``). The batches themselves are counted in the step and the evaluation pass.
+
+The training loop feeds the ``mlp`` flat samples (``[features]``) and the conv models ``C, H, W``
+ones (:func:`model_input_shape`); a plan's ``--input`` must be that shape, and its class count the
+dataset's (:func:`dataset_classes`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-__all__ = ["DatasetSpec", "DATASET_SPECS", "dataset_memory"]
+__all__ = ["DatasetSpec", "DATASET_SPECS", "DEFAULT_CLASSES", "dataset_memory", "dataset_classes",
+           "model_input_shape"]
+
+#: ``edgesnn plan --classes`` without a built-in ``--dataset``
+DEFAULT_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class DatasetSpec:
         dtype_bytes: bytes per input value (4: float32; 1: uint8 frames).
         held: ``"memory"`` (counted) or ``"mmap"`` (file-backed frames, not counted).
         events: the inputs have a time dim (``T`` frames per sample).
+        num_classes: the labels' classes (the model's outputs).
     """
 
     name: str
@@ -48,6 +57,7 @@ class DatasetSpec:
     dtype_bytes: int = 4
     held: str = "memory"
     events: bool = False
+    num_classes: int = 10
 
     @property
     def samples(self) -> int:
@@ -64,26 +74,55 @@ class DatasetSpec:
 
 
 DATASET_SPECS: Dict[str, DatasetSpec] = {
-    "digits": DatasetSpec("digits", 1348, 449, (64,)),
+    "digits": DatasetSpec("digits", 1348, 449, (1, 8, 8)),
     "cifar10": DatasetSpec("cifar10", 50000, 10000, (3, 32, 32)),
     "nmnist": DatasetSpec("nmnist", 60000, 10000, (2, 34, 34), 1, "mmap", True),
-    "dvsgesture": DatasetSpec("dvsgesture", 1077, 264, (2, 32, 32), 1, "mmap", True),
-    "shd": DatasetSpec("shd", 8156, 2264, (1, 700), 1, "mmap", True),
+    "dvsgesture": DatasetSpec("dvsgesture", 1077, 264, (2, 32, 32), 1, "mmap", True, num_classes=11),
+    "shd": DatasetSpec("shd", 8156, 2264, (1, 700), 1, "mmap", True, num_classes=20),
 }
 
 
-def dataset_memory(name: Optional[str], T: int, in_shape: Tuple[int, ...],
-                   dataset_bytes: Optional[int] = None) -> Dict[str, Any]:
+def _x(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def model_input_shape(name: str, model: str) -> Tuple[int, ...]:
+    """The sample shape ``edgesnn train`` feeds ``model`` from built-in dataset ``name``: flat
+    (``[features]``) for the ``mlp``, the dataset's ``C, H, W`` otherwise (``load_dataset(flat=...)``)."""
+    spec = DATASET_SPECS[name]
+    return (math.prod(spec.sample_shape),) if model == "mlp" else tuple(spec.sample_shape)
+
+
+def dataset_classes(name: Optional[str], classes: Optional[int] = None) -> int:
+    """The class count to plan for: a built-in dataset's own (``classes`` None), else ``classes``
+    or :data:`DEFAULT_CLASSES`.
+
+    Raises:
+        ValueError: ``classes`` contradicts the built-in dataset ``name`` (one line naming ``--classes``).
+    """
+    spec = DATASET_SPECS.get(name) if name is not None else None
+    if spec is None:
+        return DEFAULT_CLASSES if classes is None else classes
+    if classes is not None and (isinstance(classes, bool) or classes != spec.num_classes):
+        raise ValueError(f"--classes: {name} has {spec.num_classes} classes, got {classes!r}; "
+                         f"pass --classes {spec.num_classes}")
+    return spec.num_classes
+
+
+def dataset_memory(name: Optional[str], T: int, in_shape: Tuple[int, ...], dataset_bytes: Optional[int] = None,
+                   model: Optional[str] = None, num_classes: Optional[int] = None) -> Dict[str, Any]:
     """The plan's ``dataset`` entry: ``name``, ``held``, ``bytes`` (counted), ``mapped_bytes``, ``test_samples``.
 
     Args:
         name: a key of :data:`DATASET_SPECS`, or None for custom data.
-        T: time steps (event frames scale with T). in_shape: the planned sample shape; a named
-            dataset must have as many values per sample.
+        T: time steps (event frames scale with T). in_shape: the planned sample shape; with a
+            named dataset it must be the shape training feeds ``model`` (:func:`model_input_shape`;
+            ``model`` None: the flat or the ``C, H, W`` shape).
         dataset_bytes: resident bytes of custom data (0: streamed or not counted); not with ``name``.
+        num_classes: the planned class count; with a named dataset it must be the dataset's (None: not checked).
 
     Raises:
-        ValueError: one line naming ``--dataset`` or ``--dataset-bytes``.
+        ValueError: one line naming ``--dataset``, ``--dataset-bytes``, ``--input`` or ``--classes``.
     """
     if name is not None and dataset_bytes is not None:
         raise ValueError("--dataset-bytes: give --dataset (a built-in dataset, its size is known) or "
@@ -97,9 +136,14 @@ def dataset_memory(name: Optional[str], T: int, in_shape: Tuple[int, ...],
     if spec is None:
         hint = "; its size depends on the folder: give --dataset-bytes instead" if name == "folder" else ""
         raise ValueError(f"--dataset: expected one of {', '.join(DATASET_SPECS)}, got {name!r}{hint}")
-    if math.prod(spec.sample_shape) != math.prod(in_shape):
-        raise ValueError(f"--dataset: {name} gives samples of {'x'.join(map(str, spec.sample_shape))} "
-                         f"({math.prod(spec.sample_shape)} values), but --input is {'x'.join(map(str, in_shape))}")
+    fed = [model_input_shape(name, m) for m in ((model,) if model is not None else ("mlp", "convnet"))]
+    if tuple(in_shape) not in fed:
+        want = fed[0] if model is not None else fed[-1]
+        how = f"; training feeds {model} {_x(want)}" if model is not None else ""
+        raise ValueError(f"--dataset: {name} gives samples of {_x(spec.sample_shape)} ({math.prod(spec.sample_shape)} "
+                         f"values){how}, but --input is {_x(in_shape)}: use --input {','.join(map(str, want))}")
+    if num_classes is not None:
+        dataset_classes(name, num_classes)
     mapped = spec.input_bytes(T) if spec.held == "mmap" else 0
     return dict(name=name, held=spec.held, bytes=spec.resident_bytes(T), mapped_bytes=mapped,
                 test_samples=spec.test_samples)

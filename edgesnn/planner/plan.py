@@ -5,8 +5,14 @@ T, the batch, the evaluation batch (``eval_batch``, samples), the dataset the ru
 (``dataset``: ``name``, ``held``, ``bytes`` counted, ``mapped_bytes``), one entry per spiking layer
 (``neuron`` spec such as ``"lif"`` or ``"revlif:2"``, ``groups``, saved bytes) and the predicted
 memory (``predicted``: ``peak_bytes = runtime + parameters, optimizer state and buffers +
-dataset_bytes + max(step_bytes, eval_bytes)``, all in bytes). :func:`neuron_specs` gives the ``neuron=[...]``
+dataset_bytes + max(step_bytes, eval_bytes)``, all in bytes), the all-LIF / all-RevLIF comparison rows
+(``alternatives``, with the ``neuron`` list each describes) and ``notes`` (a row left out, and why).
+:func:`neuron_specs` gives the ``neuron=[...]``
 list for :func:`edgesnn.models.build_model`; :func:`apply` swaps the nodes of an existing model.
+
+:meth:`Plan.from_dict` checks every field with its exact JSON type (an integer is not ``true`` or
+``4.7``; ``batchnorm`` is ``true``/``false``) and refuses one in one line naming it. ``layers[]`` is
+what training uses; the top-level ``neuron`` list and ``model.neuron`` repeat it and must agree.
 """
 
 from __future__ import annotations
@@ -20,18 +26,23 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from torch import nn
 
 from ..checkpoint import atomic_write
-from ..models import parse_neuron_spec, spiking_layers
+from ..kernels.dispatch import BACKENDS
+from ..models import MODEL_NAMES, VGG11_CFG, parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
-from .datasets import dataset_memory
+from .datasets import DATASET_SPECS, dataset_memory
 from .memory_model import ChainModel, kernel_runtime_bytes
 from .solver import Extras, plan_model
 
-__all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan", "load_plan", "neuron_specs", "apply"]
+__all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan", "load_plan", "neuron_specs", "apply",
+           "spiking_widths", "check_plan_layers", "check_unplanned_dataset"]
 
 FORMAT = "edgesnn-plan"
 VERSION = 1
 PathLike = Union[str, os.PathLike]
+_MISSING = object()
+_DEFAULT_WIDTHS = {"hidden": [128, 128], "channels": [16, 32]}  # build_model's and TrainConfig's
+_WIDTH_FIELD = {"mlp": "hidden", "convnet": "channels"}
 
 
 @dataclass
@@ -49,6 +60,7 @@ class Plan:
     alternatives: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     eval_batch: int = EVAL_BATCH_SIZE
     dataset: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
 
     @property
     def neuron(self) -> List[str]:
@@ -58,26 +70,159 @@ class Plan:
         return dict(format=FORMAT, version=VERSION, model=self.model, device=self.device, timesteps=self.timesteps,
                     batch=self.batch, budget_bytes=self.budget_bytes, optimizer=self.optimizer, neuron=self.neuron,
                     eval_batch=self.eval_batch, dataset=self.dataset, layers=self.layers, predicted=self.predicted,
-                    alternatives=self.alternatives)
+                    alternatives=self.alternatives, notes=self.notes)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], origin: str = "<dict>") -> "Plan":
+    def from_dict(cls, d: Dict[str, Any], origin: str = "<dict>", label: str = "plan") -> "Plan":
+        """Check ``d``'s fields (exact types) and build the plan; ``ValueError`` in one line
+        ``"{label}: FIELD: expected ..., got ... in {origin}"`` otherwise."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"plan: {origin} is not an edgesnn plan (missing format={FORMAT!r})")
-        if d.get("version") != VERSION:
-            raise ValueError(f"plan: {origin} has version {d.get('version')!r}; this edgesnn reads version {VERSION}")
-        try:
-            plan = cls(model=d["model"], device=d["device"], timesteps=int(d["timesteps"]), batch=int(d["batch"]),
-                       budget_bytes=int(d["budget_bytes"]), optimizer=d.get("optimizer", "adam"), layers=list(d["layers"]),
-                       predicted=d["predicted"], alternatives=d.get("alternatives", {}),
-                       eval_batch=d.get("eval_batch", EVAL_BATCH_SIZE), dataset=dict(d.get("dataset") or {}))
-        except KeyError as exc:
-            raise ValueError(f"plan: {origin} lacks field {exc}") from None
-        if isinstance(plan.eval_batch, bool) or not isinstance(plan.eval_batch, int) or plan.eval_batch < 1:
-            raise ValueError(f"plan: {origin} has eval_batch {plan.eval_batch!r}; expected an integer >= 1")
-        for L in plan.layers:
-            parse_neuron_spec(L.get("neuron"))
+            raise ValueError(f"{label}: {origin} is not an edgesnn plan (missing format={FORMAT!r})")
+        f = _Fields(label, origin)
+        version = d.get("version", _MISSING)
+        if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
+            raise f.fail("version", f"{VERSION} (the plan version this edgesnn reads)", version)
+        model = _check_model(f, d.get("model", _MISSING))
+        dataset = d.get("dataset")
+        dataset = {} if dataset is None else f.typed(dataset, dict, "dataset", "an object (name, held, bytes)")
+        name = dataset.get("name")
+        if name is not None and (not isinstance(name, str) or name not in DATASET_SPECS):
+            raise f.fail("dataset.name", f"null (custom data) or one of {', '.join(DATASET_SPECS)}", name)
+        if dataset.get("held", "none") not in ("memory", "mmap", "none"):
+            raise f.fail("dataset.held", '"memory", "mmap" or "none"', dataset["held"])
+        f.int(dataset, "bytes", "dataset.bytes", minimum=0, default=0)
+        predicted = f.typed(d.get("predicted", _MISSING), dict, "predicted", "an object (the predicted bytes)")
+        f.int(predicted, "peak_bytes", "predicted.peak_bytes", minimum=0)
+        layers = _check_layers(f, d.get("layers", _MISSING), model)
+        notes = f.typed(d.get("notes", []), list, "notes", "a list of strings")
+        device = f.typed(d.get("device", _MISSING), dict, "device", "an object (the device profile)")
+        plan = cls(model=model, device=device,
+                   timesteps=f.int(d, "timesteps"), batch=f.int(d, "batch"), budget_bytes=f.int(d, "budget_bytes"),
+                   optimizer=f.typed(d.get("optimizer", "adam"), str, "optimizer", 'a string such as "adam"'),
+                   layers=layers, predicted=predicted,
+                   alternatives=f.typed(d.get("alternatives", {}), dict, "alternatives", "an object"),
+                   eval_batch=f.int(d, "eval_batch", default=EVAL_BATCH_SIZE), dataset=dict(dataset),
+                   notes=[str(n) for n in notes])
+        want = [parse_neuron_spec(s) for s in plan.neuron]
+        for key, given in (("neuron", d.get("neuron", _MISSING)), ("model.neuron", model.get("neuron", _MISSING))):
+            if given is not _MISSING and _parsed(given, len(want)) != want:
+                raise f.fail(key, f"{plan.neuron} as layers[].neuron says (training uses layers[].neuron; "
+                             "this list repeats it)", given)
         return plan
+
+
+class _Fields:
+    """One plan file's field checks: one-line ``ValueError`` s naming the field."""
+
+    def __init__(self, label: str, origin: str) -> None:
+        self.label, self.origin = label, origin
+
+    def fail(self, name: str, expected: str, got: Any) -> ValueError:
+        try:
+            shown = "nothing (the field is missing)" if got is _MISSING else json.dumps(got)
+        except (TypeError, ValueError):
+            shown = repr(got)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ValueError(f"{self.label}: {name}: expected {expected}, got {shown} in {self.origin}")
+
+    def typed(self, value: Any, types: Any, name: str, expected: str) -> Any:
+        if isinstance(value, bool) and types is not bool or not isinstance(value, types):
+            raise self.fail(name, expected, value)
+        return value
+
+    def int(self, d: Dict[str, Any], key: str, name: Optional[str] = None, minimum: int = 1,
+            default: Any = _MISSING) -> int:
+        v = d.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(name or key, f"an integer >= {minimum}", v)
+        return v
+
+    def ints(self, v: Any, name: str, what: str) -> List[int]:
+        if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v):
+            raise self.fail(name, f"a non-empty list of positive integers ({what})", v)
+        return v
+
+
+def _parsed(value: Any, count: int) -> Optional[List[Any]]:
+    """A neuron spec (for every layer) or a list of them, parsed; None when it is neither."""
+    try:
+        if isinstance(value, str):
+            return [parse_neuron_spec(value)] * count
+        return [parse_neuron_spec(s) for s in value] if isinstance(value, list) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_model(f: _Fields, m: Any) -> Dict[str, Any]:
+    """The ``model`` entry: a config :func:`edgesnn.models.build_model` and ``edgesnn train`` can use."""
+    f.typed(m, dict, "model", "an object (the model config: name, in_shape, num_classes, ...)")
+    name = m.get("name", _MISSING)
+    if not isinstance(name, str) or name not in MODEL_NAMES:
+        raise f.fail("model.name", f"one of {', '.join(MODEL_NAMES)}", name)
+    shape = f.ints(m.get("in_shape", _MISSING), "model.in_shape", "one sample's shape")
+    if name != "mlp" and len(shape) != 3:
+        raise f.fail("model.in_shape", f"3 sizes (C, H, W) for {name}", shape)
+    f.int(m, "num_classes", "model.num_classes", minimum=2)
+    for key in ("hidden", "channels"):
+        if key in m:
+            f.ints(m[key], f"model.{key}", "layer widths")
+    node = f.typed(m.get("node", {}), dict, "model.node", "an object (node settings such as backend)")
+    if node.get("backend", "auto") not in BACKENDS:
+        raise f.fail("model.node.backend", f"one of {', '.join(BACKENDS)}", node["backend"])
+    f.typed(m.get("batchnorm", True), bool, "model.batchnorm", "true or false")
+    f.typed(m.get("revlif", {}), dict, "model.revlif", "an object (RevLIF settings)")
+    return m
+
+
+def _check_layers(f: _Fields, layers: Any, model: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """``layers``: one object per spiking layer of ``model`` with a neuron its width can take."""
+    if not isinstance(layers, list) or not layers or not all(isinstance(L, dict) for L in layers):
+        raise f.fail("layers", "a non-empty list of objects, one per spiking layer", layers)
+    for i, L in enumerate(layers):
+        spec = L.get("neuron", _MISSING)
+        try:
+            kind, groups = parse_neuron_spec(spec)
+        except (TypeError, ValueError):
+            raise f.fail(f"layers[{i}].neuron", '"lif", "revlif" or "revlif:G" (G >= 2)', spec) from None
+        for key, value in (("kind", kind), ("groups", groups)):
+            if key in L and (isinstance(L[key], bool) or L[key] != value):
+                raise f.fail(f"layers[{i}].{key}", f"{json.dumps(value)} as its neuron {spec!r} says (training uses "
+                             "layers[].neuron; kind, groups and the neuron lists repeat it)", L[key])
+    widths = spiking_widths(model)
+    key = _WIDTH_FIELD.get(model["name"])
+    check_plan_layers([L["neuron"] for L in layers], widths,
+                      f"the planned {model['name']}" + (f" (model.{key} {widths})" if key else ""),
+                      f.label, f" in {f.origin}")
+    return layers
+
+
+def spiking_widths(config: Dict[str, Any]) -> List[int]:
+    """Channel widths of the spiking layers of a :func:`edgesnn.models.build_model` config, in order."""
+    name = config.get("name")
+    if name == "vgg11":
+        return [c for c in VGG11_CFG if c != "M"]
+    key = _WIDTH_FIELD.get(name)
+    if key is None:
+        raise ValueError(f"model: unknown model {name!r}; expected one of {MODEL_NAMES}")
+    return [int(w) for w in config.get(key, _DEFAULT_WIDTHS[key])]
+
+
+def check_plan_layers(specs: Sequence[str], widths: Sequence[Optional[int]], desc: str, label: str = "plan",
+                      where: str = "") -> None:
+    """One neuron spec per spiking layer (``len(widths)``), each RevLIF group count dividing its
+    layer's width (``None``: unknown, not checked); ``ValueError`` in one line naming ``layers``.
+
+    ``edgesnn train --plan`` (through :meth:`Plan.from_dict`, against the planned widths) and
+    :func:`apply` (against the model's) both check with this.
+    """
+    if len(specs) != len(widths):
+        raise ValueError(f"{label}: layers: expected {len(widths)} entries, one per spiking layer of {desc}, got "
+                         f"{len(specs)} spiking layers{where}; plan the same model (edgesnn plan --model ...)")
+    for i, (spec, width) in enumerate(zip(specs, widths)):
+        kind, groups = parse_neuron_spec(spec)
+        if kind == "revlif" and width is not None and width % groups:
+            raise ValueError(f"{label}: layers[{i}].neuron: expected a group count that divides the {width} channels "
+                             f"of spiking layer {i} of {desc}, got {spec!r}{where}")
 
 
 def plan_extras(eval_batch: int, dataset: Dict[str, Any]) -> Extras:
@@ -111,7 +256,9 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
         raise ValueError(f"--eval-batch: expected an integer >= 1, got {eval_batch!r}")
     budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else int(budget)
     chain = ChainModel(model)
-    data = dataset_memory(dataset, T, chain.in_shape, dataset_bytes)
+    cfg = dict(getattr(model, "config", {}) or {})
+    data = dataset_memory(dataset, T, chain.in_shape, dataset_bytes, model=cfg.get("name"),
+                          num_classes=cfg.get("num_classes"))
     extras = plan_extras(eval_batch, data)
     runtime = device.runtime_overhead_bytes + kernel_runtime_bytes(chain)  # + Numba when the nodes run it
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -130,43 +277,52 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
         kind, g = parse_neuron_spec(opt)
         layers.append(dict(index=i, name=L.name, neurons=L.in_elems, channels=L.channels, neuron=opt, kind=kind,
                            groups=g, saved_bytes=nbytes))
-    alts = {}
+    alts, notes = {}, []
     for label, kind in (("all-lif", "lif"), ("all-revlif", "revlif")):
-        opts = ["lif" if kind == "lif" else f"revlif:{min([g for g in groups if L.channels % g == 0] or [2])}"
-                for L in chain.spiking]
+        fits = [[g for g in groups if g >= 2 and L.channels % g == 0] for L in chain.spiking]
+        stuck = [L for L, gs in zip(chain.spiking, fits) if not gs]
+        if kind == "revlif" and stuck:  # that model cannot be built with these group counts
+            notes.append(f"all-revlif left out: none of --groups {','.join(map(str, groups))} divides the "
+                         f"{stuck[0].channels} channels of {stuck[0].name}")
+            continue
+        opts = ["lif" if kind == "lif" else f"revlif:{min(gs)}" for gs in fits]
         p = predict(chain, opts, T, res["batch"], runtime, optimizer, device.bandwidth_gbs, extras)
         alts[label] = {k: p[k] for k in ("activation_bytes", "peak_bytes", "time_s")}
+        alts[label]["neuron"] = opts
     predicted = {k: res[k] for k in ("activation_bytes", "static_bytes", "runtime_overhead_bytes", "dataset_bytes",
                                      "step_bytes", "eval_bytes", "eval_batch", "peak_bytes", "peak_phase", "time_s")}
     predicted["fixed_activation_bytes"] = chain.fixed_cost().bytes(T, res["batch"])
-    cfg = dict(getattr(model, "config", {}) or {})
     cfg["neuron"] = res["options"]
     return Plan(model=cfg, device=device.to_dict(), timesteps=T, batch=res["batch"], budget_bytes=budget,
                 optimizer=optimizer, layers=layers, predicted=predicted, alternatives=alts, eval_batch=eval_batch,
-                dataset=data)
+                dataset=data, notes=notes)
 
 
 def save_plan(plan: Plan, path: PathLike) -> Path:
     """Write the plan JSON atomically."""
-    text = json.dumps(plan.to_dict(), indent=2) + "\n"
+    text = json.dumps(plan.to_dict(), indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
-def load_plan(path: PathLike) -> Plan:
-    """Read and validate a plan file (``FileNotFoundError``, or ``ValueError`` naming the problem)."""
+def load_plan(path: PathLike, label: str = "plan") -> Plan:
+    """Read and validate a plan file (``FileNotFoundError``, or ``ValueError`` naming the problem).
+
+    Messages start with ``label`` (``edgesnn train`` passes ``"--plan"``).
+    """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"plan: {path} is a directory; expected a plan JSON file")
+        raise IsADirectoryError(f"{label}: {path} is a directory; expected a plan JSON file")
     if not path.is_file():
-        raise FileNotFoundError(f"plan: no such file: {path}")
+        raise FileNotFoundError(f"{label}: no such file: {path}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"plan: {path} is not valid JSON ({exc})") from None
+        raise ValueError(f"{label}: {path} is not valid JSON ({exc})") from None
     if isinstance(data, dict) and data.get("format") == "edgesnn-memopt-plan":
-        raise ValueError(f"plan: {path} is an `edgesnn plan --memopt` report (for reading); `edgesnn train --memopt` "
-                         "plans its chunks itself: train with --memopt and the report's --batch instead of --plan")
-    return Plan.from_dict(data, origin=str(path))
+        raise ValueError(f"{label}: {path} is an `edgesnn plan --memopt` report (for reading); "
+                         "`edgesnn train --memopt` plans its chunks itself: train with --memopt and the report's "
+                         "--batch instead of --plan")
+    return Plan.from_dict(data, origin=str(path), label=label)
 
 
 def neuron_specs(plan: Union[Plan, Dict[str, Any]]) -> List[str]:
@@ -174,6 +330,29 @@ def neuron_specs(plan: Union[Plan, Dict[str, Any]]) -> List[str]:
     if isinstance(plan, dict):
         plan = Plan.from_dict(plan)
     return plan.neuron
+
+
+def check_unplanned_dataset(plan: Plan, name: str, origin: str, label: str = "--plan") -> Optional[str]:
+    """A plan that counted no dataset, for a run that holds built-in dataset ``name``.
+
+    Returns None when the plan counted a dataset (built-in or ``--dataset-bytes``), else a one-line
+    warning; raises ``ValueError`` (one line) when the plan's predicted peak plus the bytes ``name``
+    holds (:mod:`~edgesnn.planner.datasets`) exceed the plan's budget.
+    """
+    if plan.dataset.get("name") or plan.dataset.get("held", "none") != "none" or plan.dataset.get("bytes"):
+        return None
+    spec = DATASET_SPECS.get(name)
+    if spec is None:  # an image folder: its size is known once loaded
+        return (f"warning: {label}: {origin} counted no dataset, and {name} holds its images in memory beside the "
+                "predicted peak; re-plan with --dataset-bytes SIZE")
+    held = spec.resident_bytes(plan.timesteps)
+    peak = int(plan.predicted["peak_bytes"])
+    what = f"{name} holds {held} bytes ({held / 2**20:.1f} MiB) in memory"
+    if peak + held > plan.budget_bytes:
+        raise ValueError(f"{label}: {origin} counted no dataset, but {what}: the predicted peak {peak} + {held} bytes "
+                         f"exceeds the plan's budget {plan.budget_bytes}; re-plan with --dataset {name}")
+    return (f"warning: {label}: {origin} counted no dataset; {what} (peak {peak} + {held} = {peak + held} bytes, "
+            f"within the budget {plan.budget_bytes}); re-plan with --dataset {name} for exact figures")
 
 
 def _node_kwargs(node: nn.Module) -> Dict[str, Any]:
@@ -192,11 +371,29 @@ def apply(model: nn.Module, plan: Union[Plan, Dict[str, Any], PathLike]) -> nn.M
     """
     if isinstance(plan, (str, os.PathLike)):
         plan = load_plan(plan)
-    specs = neuron_specs(plan)
+    elif isinstance(plan, dict):
+        plan = Plan.from_dict(plan)
+    specs = plan.neuron
     nodes = spiking_layers(model)
-    if len(nodes) != len(specs):
-        raise ValueError(f"plan: the plan has {len(specs)} spiking layers, the model {len(nodes)}; "
-                         "plan the same model (edgesnn plan --model ...)")
+    cfg = getattr(model, "config", None)
+    mine = cfg.get("name") if isinstance(cfg, dict) and cfg.get("name") in MODEL_NAMES else None
+    planned = plan.model.get("name") if isinstance(plan.model, dict) else None
+    if mine and planned != mine:
+        raise ValueError(f"plan: model.name: expected {mine!r} (the model's), got {planned!r}; plan this model "
+                         f"(edgesnn plan --model {mine} ...)")
+    if mine:
+        widths: List[Optional[int]] = list(spiking_widths(cfg))
+    elif isinstance(getattr(model, "body", None), nn.Sequential) and hasattr(model, "in_shape"):
+        widths = [L.channels for L in ChainModel(model).spiking]
+    else:
+        widths = []
+    if len(widths) != len(nodes):  # a model whose nodes the config does not describe: count them only
+        widths = [None] * len(nodes)
+    check_plan_layers(specs, widths, f"the model ({mine or type(model).__name__}, widths {widths})")
+    if mine in _WIDTH_FIELD and spiking_widths(plan.model) != widths:
+        key = _WIDTH_FIELD[mine]
+        raise ValueError(f"plan: model.{key}: expected {widths} (the model's), got {spiking_widths(plan.model)}; "
+                         f"plan this model (edgesnn plan --{key} ...)")
     for (name, node), spec in zip(nodes, specs):
         kind, groups = parse_neuron_spec(spec)
         if kind == "lif" and isinstance(node, LIF):

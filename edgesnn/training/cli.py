@@ -59,24 +59,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _from_plan(args: argparse.Namespace) -> None:
+def _from_plan(args: argparse.Namespace, main: bool = True) -> None:
     """Fill model (name, widths, backend, BatchNorm), T, neurons, batch, evaluation batch and dataset
     from ``--plan``; explicit flags must agree with it. The plan's memory figures hold for exactly
-    that model, and training runs Adam, so a plan for another optimizer is refused.
+    that model, and training runs Adam, so a plan for another optimizer is refused. The plan file's
+    fields are checked on loading (:meth:`edgesnn.planner.Plan.from_dict`: one line naming the field).
 
-    A plan made for custom data (``--dataset-bytes``) leaves ``--dataset`` free.
+    A built-in dataset's sample shape and class count are checked against the plan here, before the
+    data is read. A plan made for custom data (``--dataset-bytes``) leaves ``--dataset`` free. A plan that
+    counted no dataset is refused when the run's built-in dataset would take its predicted peak past
+    its budget, and warned about (on stderr; ``main``: this process prints) otherwise.
     """
     from ..planner import load_plan
+    from ..planner.datasets import DATASET_SPECS
+    from ..planner.plan import check_unplanned_dataset
 
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, label="--plan")
     if plan.optimizer != "adam":
         raise ValueError(f"--plan: {args.plan} was made for the {plan.optimizer} optimizer, but edgesnn train runs "
                          "Adam; make the plan with --optimizer adam")
-    batchnorm = bool(plan.model.get("batchnorm", True))
+    batchnorm = plan.model.get("batchnorm", True)  # a JSON bool (checked on loading)
     if args.no_batchnorm and batchnorm:
         raise ValueError(f"--no-batchnorm: contradicts the plan {args.plan} (made for a model with BatchNorm)")
     args.no_batchnorm = not batchnorm
-    planned = {"model": plan.model.get("name"), "timesteps": plan.timesteps, "batch_size": plan.batch,
+    planned = {"model": plan.model["name"], "timesteps": plan.timesteps, "batch_size": plan.batch,
                "eval_batch": plan.eval_batch, "backend": plan.model.get("node", {}).get("backend", "auto")}
     if plan.dataset.get("name"):
         planned["dataset"] = plan.dataset["name"]
@@ -87,9 +93,21 @@ def _from_plan(args: argparse.Namespace) -> None:
         setattr(args, key, value)
     if args.neuron is not None:
         raise ValueError("--neuron: the plan chooses the neuron of every layer; drop --neuron or --plan")
+    dataset = args.dataset or "digits"
+    if dataset in DATASET_SPECS:  # a built-in dataset's shape and classes are known before it is read
+        from types import SimpleNamespace
+
+        from ..planner.datasets import model_input_shape
+        from .loop import check_plan_fits
+
+        check_plan_fits(plan.model, SimpleNamespace(in_shape=model_input_shape(dataset, args.model),
+                                                    num_classes=DATASET_SPECS[dataset].num_classes))
+    warning = check_unplanned_dataset(plan, dataset, args.plan)
+    if warning and main:
+        print(f"edgesnn train: {warning}", file=sys.stderr)
     args.neuron = ",".join(plan.neuron)
     args.planned_model = plan.model
-    args.widths = {k: [int(w) for w in plan.model[k]] for k in ("hidden", "channels") if plan.model.get(k)}
+    args.widths = {k: list(plan.model[k]) for k in ("hidden", "channels") if k in plan.model}
 
 
 def _threads_for_ranks(args: argparse.Namespace):
@@ -110,7 +128,7 @@ def _threads_for_ranks(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     info = _threads_for_ranks(args)
     if args.plan:
-        _from_plan(args)
+        _from_plan(args, main=info.main)
     args.model = args.model or "mlp"
     args.dataset = args.dataset or "digits"
     args.eval_batch = EVAL_BATCH_SIZE if args.eval_batch is None else args.eval_batch
