@@ -12,23 +12,24 @@ and starts every multi-step call from a fresh state (``v_reset``), as edgesnn al
 ``stateful=True`` to stream a long sequence through a multi-step node in chunks, as SpikingJelly's
 multi-step nodes do. A carried state keeps its autograd graph, so gradients flow across calls
 within one graph; :meth:`~_SpikingNode.detach` cuts it (truncated BPTT), ``reset`` drops it.
+Reading ``.v`` after a stateless multi-step call warns once per node (SpikingJelly's ``.v`` would
+hold the final state; edgesnn's is the fresh value).
+
+:class:`ParametricLIF` (learnable tau) lives in :mod:`edgesnn.nn.parametric` and is re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..functional.checks import check_finite as _check_finite
-from ..functional.lif import LIFParams, ResetRule, lif_multistep_reference
-from ..functional.revlif import RevLIFParams
-from ..functional.surrogate import Surrogate
+from ..functional.lif import LIFParams
+from ..functional.revlif import RevLIFParams, check_groups
 from ..kernels import dispatch
 from ._compat import LIFAttributes, resolve_surrogate
 
@@ -47,10 +48,10 @@ class _SpikingNode(nn.Module):
 
     def _init_node(self, step_mode: Optional[str], stateful: Optional[bool], check_finite: bool,
                    store_v_seq: bool = False) -> None:
-        if store_v_seq:
-            raise ValueError("store_v_seq: edgesnn nodes do not keep the membrane history (not keeping it is what saves "
-                             "the memory); use step_mode='s' or stateful=True and read .v after each call")
+        self.store_v_seq = store_v_seq
         self._stateful: Optional[bool] = None
+        self._no_final_state = False  # a stateless multi-step call ran since the last reset (see .v)
+        self._warned_no_final_state = False
         self.step_mode = "m" if step_mode is None else step_mode
         self._step_mode_implicit = step_mode is None  # a 4-D input then warns once (see forward)
         self.stateful = stateful
@@ -86,6 +87,24 @@ class _SpikingNode(nn.Module):
             raise ValueError("stateful=False cannot be combined with step_mode='s' (each call is one step and needs the previous state)")
         self._stateful = value
 
+    @property
+    def store_v_seq(self) -> bool:
+        """Always False: edgesnn nodes do not keep the membrane history; setting True raises, as the constructor does."""
+        return False
+
+    @store_v_seq.setter
+    def store_v_seq(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"store_v_seq: expected False (True is not available), got {value!r}")
+        if value:
+            raise ValueError("store_v_seq: edgesnn nodes do not keep the membrane history (not keeping it is what saves "
+                             "the memory); use step_mode='s' or stateful=True and read .v after each call")
+
+    @property
+    def v_seq(self) -> None:
+        """Always None (SpikingJelly's value with ``store_v_seq=False``): the membrane history is not kept."""
+        return None
+
     # ------------------------------------------------------------------ state
 
     def _fresh_value(self) -> float:
@@ -94,8 +113,17 @@ class _SpikingNode(nn.Module):
     @property
     def v(self) -> Union[float, torch.Tensor]:
         """The membrane state the next call starts from: a ``[B, ...]`` tensor once a stateful call ran,
-        else the fresh value (a float, ``v_reset`` or 0 for a soft reset), as in SpikingJelly."""
+        else the fresh value (a float, ``v_reset`` or 0 for a soft reset), as in SpikingJelly.
+
+        A stateless node (multi-step, ``stateful`` not True) keeps no final state, where SpikingJelly's
+        ``.v`` holds it: reading ``.v`` after such a call (before ``reset()``) warns once per node."""
         if self._v is None:
+            if getattr(self, "_no_final_state", False) and not getattr(self, "_warned_no_final_state", False):
+                self._warned_no_final_state = True
+                warnings.warn(
+                    f"{type(self).__name__}.v: this multi-step node keeps no final state (each call starts fresh), so .v is "
+                    f"the fresh value {self._fresh_value()}, not the last call's state; construct it with stateful=True to "
+                    "keep the final state in .v (carried into the next call until reset())", stacklevel=2)
             return self._fresh_value()
         return self._v
 
@@ -111,6 +139,7 @@ class _SpikingNode(nn.Module):
                 f"would be ignored; construct it with stateful=True (or step_mode='s') to set or carry .v"
             )
         self._v = value if isinstance(value, torch.Tensor) else (None if fresh else float(value))
+        self._no_final_state = False
 
     def reset(self) -> None:
         """Back to the fresh state; drops the carried state and its autograd graph.
@@ -118,6 +147,7 @@ class _SpikingNode(nn.Module):
         ``spikingjelly.activation_based.functional.reset_net(net)`` calls this on every node.
         """
         self._v = None
+        self._no_final_state = False
 
     def detach(self) -> None:
         """Keep the carried state's value but cut its autograd graph (truncated BPTT;
@@ -177,6 +207,7 @@ class _SpikingNode(nn.Module):
         if self.check_finite:
             _check_finite(x_seq)
         if not self.stateful:
+            self._no_final_state = True  # .v warns once when read (see v)
             out, _ = self._run(x_seq, None)
             return out[0] if single else out
         out, v_T = self._run(x_seq, self._initial_state(x_seq))
@@ -319,6 +350,8 @@ class RevLIF(LIFAttributes, _SpikingNode):
         self.params = dataclasses.replace(self.params, lif=lif)
 
     def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._step_mode == "s":  # name the caller's [B, C, ...], not the [1, B, C, ...] sequence built from it
+            check_groups(x_seq[0], self.params.groups, 1, "the single-step input [B, C, ...]")
         return dispatch.revlif_multistep(x_seq, self.params, v0, self.backend)
 
     def extra_repr(self) -> str:
@@ -330,99 +363,4 @@ class RevLIF(LIFAttributes, _SpikingNode):
         )
 
 
-@dataclass(frozen=True)
-class _TensorLIFParams(ResetRule):
-    """The attributes of :class:`LIFParams` that the step functions read, with ``tau`` and
-    ``v_threshold`` allowed to be (learnable) 0-dim tensors; no validation."""
-
-    tau: torch.Tensor
-    v_threshold: Union[float, torch.Tensor]
-    v_reset: Optional[float]
-    decay_input: bool
-    detach_reset: bool
-    surrogate: Surrogate
-
-
-class ParametricLIF(_SpikingNode):
-    """LIF with a learnable time constant: SpikingJelly's ``ParametricLIFNode`` (PLIF).
-
-    ``tau = 1 / sigmoid(w)`` with the parameter ``w`` initialised to ``-log(init_tau - 1)``, shared by
-    all neurons of the layer; optionally a learnable threshold (``learn_threshold=True``, a 0-dim
-    parameter ``v_threshold``). Both are in ``state_dict``.
-
-    The fused kernels and the ``torch`` backend take scalar parameters and do not produce gradients
-    for them, so this node always runs the ``reference`` path (the step functions of
-    :mod:`edgesnn.functional.lif` under plain autograd). Cost: autograd keeps a handful of
-    ``[B, ...]`` tensors per time step (about 5x the input, versus 1x for ``LIF(backend="torch")``)
-    and runs step by step in Python. The planner and memory optimiser treat only :class:`LIF` and
-    :class:`RevLIF` nodes.
-
-    Args:
-        init_tau: initial time constant (> 1).
-        decay_input, v_threshold, v_reset, surrogate, detach_reset, check_finite, step_mode, stateful,
-            surrogate_function: as in :class:`LIF`.
-        learn_threshold: make ``v_threshold`` a learnable parameter.
-        backend: ``"auto"`` or ``"reference"`` (both run the reference path).
-
-    Shape: ``[T, B, ...] -> [T, B, ...]`` (``"m"``) or ``[B, ...] -> [B, ...]`` (``"s"``); spikes.
-    """
-
-    def __init__(
-        self,
-        init_tau: float = 2.0,
-        *,
-        decay_input: bool = True,
-        v_threshold: float = 1.0,
-        v_reset: Optional[float] = 0.0,
-        surrogate: Optional[Any] = None,
-        detach_reset: bool = False,
-        learn_threshold: bool = False,
-        backend: str = "auto",
-        check_finite: bool = False,
-        step_mode: Optional[str] = None,
-        stateful: Optional[bool] = None,
-        surrogate_function: Optional[Any] = None,
-        store_v_seq: bool = False,
-    ) -> None:
-        super().__init__()
-        sg = resolve_surrogate(surrogate, surrogate_function)
-        # validates init_tau, the threshold and the reset like the plain node
-        base = LIFParams(init_tau, v_threshold, v_reset, decay_input, detach_reset, sg)
-        if backend not in ("auto", "reference"):
-            raise ValueError(
-                f"backend: ParametricLIF runs the 'reference' path (the fused kernels and 'torch' take scalar parameters "
-                f"and give no gradient for tau or v_threshold); expected 'auto' or 'reference', got {backend!r}"
-            )
-        self.backend = backend
-        self.decay_input = base.decay_input
-        self.v_reset = base.v_reset
-        self.detach_reset = base.detach_reset
-        self.surrogate = base.surrogate
-        self.w = nn.Parameter(torch.tensor(-math.log(base.tau - 1.0)))
-        if learn_threshold:
-            self.v_threshold = nn.Parameter(torch.tensor(base.v_threshold))
-        else:
-            self.v_threshold = base.v_threshold
-        self._init_node(step_mode, stateful, check_finite, store_v_seq)
-
-    @property
-    def tau(self) -> float:
-        """The current time constant ``1 / sigmoid(w)`` (a float, no gradient)."""
-        return float(1.0 / torch.sigmoid(self.w.detach()))
-
-    def _fresh_value(self) -> float:
-        return 0.0 if self.v_reset is None else self.v_reset
-
-    def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        tau = 1.0 / torch.sigmoid(self.w.to(x_seq.dtype))
-        v_th = self.v_threshold.to(x_seq.dtype) if isinstance(self.v_threshold, torch.Tensor) else self.v_threshold
-        p = _TensorLIFParams(tau, v_th, self.v_reset, self.decay_input, self.detach_reset, self.surrogate)
-        return lif_multistep_reference(x_seq, p, v0)  # type: ignore[arg-type]
-
-    def extra_repr(self) -> str:
-        v_th = self.v_threshold
-        v_th_repr = f"{float(v_th.detach()):.4g} (learnable)" if isinstance(v_th, torch.Tensor) else f"{v_th}"
-        return (
-            f"tau={self.tau:.4g}, v_threshold={v_th_repr}, v_reset={self.v_reset}, decay_input={self.decay_input}, "
-            f"surrogate={self.surrogate.name}(alpha={self.surrogate.alpha}), detach_reset={self.detach_reset}, " + self._state_repr()
-        )
+from .parametric import ParametricLIF  # noqa: E402  (defined there, on _SpikingNode; re-exported)

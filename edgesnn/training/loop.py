@@ -185,7 +185,10 @@ def _sync_buffers(model: nn.Module, dist: DistInfo) -> None:
 
 
 def check_plan_fits(planned_model: Dict, data) -> None:
-    """Refuse a plan made for another input shape or class count than ``data`` has (one line)."""
+    """Refuse a plan made for another input shape or class count than ``data`` has (one line).
+
+    ``data``: a :class:`~edgesnn.training.data.Dataset`, or anything with its ``in_shape`` and
+    ``num_classes`` (``edgesnn train --plan`` checks a built-in dataset's before reading it)."""
     want = tuple(int(s) for s in planned_model.get("in_shape", ()))
     have = tuple(int(s) for s in data.in_shape)
     if want and want != have:

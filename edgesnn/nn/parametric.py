@@ -1,0 +1,161 @@
+"""``ParametricLIF``: SpikingJelly's ``ParametricLIFNode`` (learnable time constant, PLIF).
+
+Kept apart from :mod:`edgesnn.nn.neurons` (which re-exports it) because its learned ``tau`` /
+``v_threshold`` need their own storage behind the shared SpikingJelly attributes
+(:class:`~edgesnn.nn._compat.LIFAttributes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..functional.lif import LIFParams, ResetRule, lif_multistep_reference
+from ..functional.surrogate import Surrogate
+from ._compat import LIFAttributes, resolve_surrogate
+from .neurons import _SpikingNode
+
+__all__ = ["ParametricLIF"]
+
+
+@dataclass(frozen=True)
+class _TensorLIFParams(ResetRule):
+    """The attributes of :class:`LIFParams` that the step functions read, with ``tau`` and
+    ``v_threshold`` allowed to be (learnable) 0-dim tensors; no validation."""
+
+    tau: torch.Tensor
+    v_threshold: Union[float, torch.Tensor]
+    v_reset: Optional[float]
+    decay_input: bool
+    detach_reset: bool
+    surrogate: Surrogate
+
+
+class ParametricLIF(LIFAttributes, _SpikingNode):
+    """LIF with a learnable time constant: SpikingJelly's ``ParametricLIFNode`` (PLIF).
+
+    ``tau = 1 / sigmoid(w)`` with the parameter ``w`` initialised to ``-log(init_tau - 1)``, shared by
+    all neurons of the layer; optionally a learnable threshold (``learn_threshold=True``, a 0-dim
+    parameter ``v_threshold``). Both are in ``state_dict``.
+
+    The fused kernels and the ``torch`` backend take scalar parameters and do not produce gradients
+    for them, so this node always runs the ``reference`` path (the step functions of
+    :mod:`edgesnn.functional.lif` under plain autograd). Cost: autograd keeps a handful of
+    ``[B, ...]`` tensors per time step (about 5x the input, versus 1x for ``LIF(backend="torch")``)
+    and runs step by step in Python. The planner and memory optimiser treat only :class:`LIF` and
+    :class:`RevLIF` nodes.
+
+    Args:
+        init_tau: initial time constant (> 1).
+        decay_input, v_threshold, v_reset, surrogate, detach_reset, check_finite, step_mode, stateful,
+            surrogate_function: as in :class:`LIF`.
+        learn_threshold: make ``v_threshold`` a learnable parameter.
+        backend: ``"auto"`` or ``"reference"`` (both run the reference path).
+
+    Attributes, as in :class:`LIF` (assigning re-validates, as the constructor would): ``v_reset``,
+    ``decay_input``, ``detach_reset``, ``surrogate_function`` (alias ``surrogate``; SpikingJelly
+    surrogates are mapped). ``tau`` reads ``1 / sigmoid(w)`` (a float); assigning it writes ``w`` in
+    place. ``v_threshold`` reads a float, or the learnable parameter with ``learn_threshold=True``;
+    assigning a number sets it (in place into that parameter).
+
+    Shape: ``[T, B, ...] -> [T, B, ...]`` (``"m"``) or ``[B, ...] -> [B, ...]`` (``"s"``); spikes.
+    """
+
+    def __init__(
+        self,
+        init_tau: float = 2.0,
+        *,
+        decay_input: bool = True,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        surrogate: Optional[Any] = None,
+        detach_reset: bool = False,
+        learn_threshold: bool = False,
+        backend: str = "auto",
+        check_finite: bool = False,
+        step_mode: Optional[str] = None,
+        stateful: Optional[bool] = None,
+        surrogate_function: Optional[Any] = None,
+        store_v_seq: bool = False,
+    ) -> None:
+        super().__init__()
+        sg = resolve_surrogate(surrogate, surrogate_function)
+        # validates init_tau, the threshold and the reset like the plain node
+        base = LIFParams(init_tau, v_threshold, v_reset, decay_input, detach_reset, sg)
+        if backend not in ("auto", "reference"):
+            raise ValueError(
+                f"backend: ParametricLIF runs the 'reference' path (the fused kernels and 'torch' take scalar parameters "
+                f"and give no gradient for tau or v_threshold); expected 'auto' or 'reference', got {backend!r}"
+            )
+        self.backend = backend
+        self.w = nn.Parameter(torch.tensor(-math.log(base.tau - 1.0)))
+        if learn_threshold:  # before _fixed exists, so the v_threshold property does not yet shadow the name
+            self.register_parameter("v_threshold", nn.Parameter(torch.tensor(base.v_threshold)))
+        # The validated non-learned parameters. Its tau (and, with learn_threshold, v_threshold) are the
+        # values at construction or the last assignment: the node reads w and the parameter instead.
+        self._fixed = base
+        self._init_node(step_mode, stateful, check_finite, store_v_seq)
+
+    # ------------------------------------------------------------------ SpikingJelly attributes
+
+    def _get_tau(self) -> float:
+        return float(1.0 / torch.sigmoid(self.w.detach()))
+
+    def _get_v_threshold(self) -> Union[float, torch.Tensor]:
+        learned = self._parameters.get("v_threshold")
+        return self._fixed.v_threshold if learned is None else learned
+
+    tau = property(_get_tau, LIFAttributes.tau.fset,
+                   doc="The current time constant ``1 / sigmoid(w)`` (a float, no gradient); assigning writes ``w``.")
+    v_threshold = property(_get_v_threshold, LIFAttributes.v_threshold.fset,
+                           doc="The threshold: a float, or the 0-dim parameter with ``learn_threshold=True``.")
+
+    def _lif_params(self) -> LIFParams:
+        return self._fixed
+
+    def _set_lif_params(self, lif: LIFParams) -> None:
+        self._fixed = lif
+
+    def _update_lif_params(self, **changes: Any) -> None:
+        """Validate ``changes`` against the current (learned) tau and threshold, then apply them;
+        a new tau or learnable threshold is written into its parameter in place."""
+        if isinstance(changes.get("tau"), torch.Tensor) or isinstance(changes.get("v_threshold"), torch.Tensor):
+            name = "tau" if "tau" in changes else "v_threshold"
+            raise TypeError(f"{name}: expected a number (it is written into the node's parameter), got a tensor")
+        current = {f.name: getattr(self._fixed, f.name) for f in dataclasses.fields(self._fixed)}
+        v_th = self._get_v_threshold()
+        current.update(tau=self.tau, v_threshold=float(v_th.detach()) if isinstance(v_th, torch.Tensor) else v_th)
+        lif = LIFParams(**{**current, **changes})
+        learned = self._parameters.get("v_threshold")
+        with torch.no_grad():
+            if "tau" in changes:
+                self.w.fill_(-math.log(lif.tau - 1.0))
+            if "v_threshold" in changes and learned is not None:
+                learned.fill_(lif.v_threshold)
+        self._fixed = lif
+
+    def _fresh_value(self) -> float:
+        return self._fixed.charge_reset
+
+    # ------------------------------------------------------------------ forward
+
+    def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        tau = 1.0 / torch.sigmoid(self.w.to(x_seq.dtype))
+        v_th = self._get_v_threshold()
+        v_th = v_th.to(x_seq.dtype) if isinstance(v_th, torch.Tensor) else v_th
+        f = self._fixed
+        p = _TensorLIFParams(tau, v_th, f.v_reset, f.decay_input, f.detach_reset, f.surrogate)
+        return lif_multistep_reference(x_seq, p, v0)  # type: ignore[arg-type]
+
+    def extra_repr(self) -> str:
+        v_th, f = self._get_v_threshold(), self._fixed
+        v_th_repr = f"{float(v_th.detach()):.4g} (learnable)" if isinstance(v_th, torch.Tensor) else f"{v_th}"
+        return (
+            f"tau={self.tau:.4g}, v_threshold={v_th_repr}, v_reset={f.v_reset}, decay_input={f.decay_input}, "
+            f"surrogate={f.surrogate.name}(alpha={f.surrogate.alpha}), detach_reset={f.detach_reset}, " + self._state_repr()
+        )
