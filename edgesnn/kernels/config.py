@@ -3,13 +3,15 @@
 Numba compiles the kernels on first use (seconds on a desktop, much longer on a Jetson) and keeps
 the machine code in a cache folder. The folder must be writable: :func:`configure_cache` picks
 ``$EDGESNN_CACHE_DIR``, else ``$NUMBA_CACHE_DIR``, else ``~/.cache/edgesnn/numba`` (falling back
-to a temporary folder when none of those can be written), and exports it as ``NUMBA_CACHE_DIR``
-before the kernels are compiled. ``edgesnn warmup`` fills it ahead of time.
+to a private temporary folder when none of those can be written), and exports it as
+``NUMBA_CACHE_DIR`` before the kernels are compiled. ``edgesnn warmup`` fills it ahead of time.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import tempfile
 from typing import Optional
 
@@ -52,6 +54,34 @@ def _sources_key() -> str:
     return h.hexdigest()[:16]
 
 
+def _private_tmp_base() -> str:
+    """The temporary cache base: ``$TMPDIR/edgesnn-numba-<uid>``, created with mode 0700, and used
+    only when it is a real folder (not a link) owned by this user and not writable by group or
+    others (Numba loads pickled index files from the cache: another user's folder could run code
+    here). Otherwise a fresh private ``tempfile.mkdtemp`` folder (no reuse between processes)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = os.path.join(tempfile.gettempdir(), f"edgesnn-numba-{uid if uid is not None else 0}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        path = ""
+    if path and uid is not None:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+                return path
+        except OSError:
+            pass
+    elif path:  # pragma: no cover - no uids (Windows): the per-user temporary folder
+        return path
+    try:
+        return tempfile.mkdtemp(prefix="edgesnn-numba-")
+    except OSError:  # pragma: no cover
+        return ""
+
+
 def configure_cache(path: Optional[str] = None) -> str:
     """Choose (and create) the Numba cache folder; returns it. Call before the kernels compile.
 
@@ -63,10 +93,11 @@ def configure_cache(path: Optional[str] = None) -> str:
     """
     global _CACHE_DIR
     candidates = [path, os.environ.get("EDGESNN_CACHE_DIR"), os.environ.get("NUMBA_CACHE_DIR"),
-                  os.path.join(os.path.expanduser("~"), ".cache", "edgesnn", "numba"),
-                  os.path.join(tempfile.gettempdir(), f"edgesnn-numba-{os.getuid() if hasattr(os, 'getuid') else 0}")]
+                  os.path.join(os.path.expanduser("~"), ".cache", "edgesnn", "numba"), _private_tmp_base]
     key = _sources_key()
     for cand in candidates:
+        if callable(cand):  # the temporary fallback: created only when it is reached
+            cand = cand()
         if not cand:
             continue
         folder = cand if os.path.basename(os.path.normpath(cand)) == key else os.path.join(cand, key)
@@ -99,22 +130,45 @@ def configure_threading_layer() -> str:
     of the work at once and the kernel time does not change; PyTorch ops right after a kernel were
     not slowed on either layer (``tools/bench_kernels.py`` section (p) prints which layer ran).
 
-    GNU OpenMP is not fork-safe: a child forked after Numba's OpenMP threads started dies when it
-    runs a parallel kernel. :func:`numba_threads_usable` is ``False`` in such a child, so
+    GNU OpenMP (libgomp, shared by PyTorch and Numba's ``omp`` layer) is not fork-safe: a child
+    forked after its threads started dies or hangs forever when it runs a parallel kernel on that
+    layer, whether Numba's kernels or a PyTorch op (e.g. a matmul in the parent, before a DataLoader
+    forks its workers) started them. :func:`numba_threads_usable` is ``False`` in such a child, so
     ``backend="auto"`` and the memory-optimized blocks take their PyTorch paths there (a forked
     DataLoader worker can run a node, slower) and ``backend="numba"`` raises a one-line error.
     """
     import numba
 
-    global _FORK_HOOKED
-    if not _FORK_HOOKED and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _FORK_HOOKED = True
+    _register_fork_hooks()
     return str(numba.config.THREADING_LAYER)
 
 
 _FORK_HOOKED = False
-_THREADS_FORKED = False  # True in a child forked after Numba's OpenMP threads started
+_PARENT_THREADED = False  # set in the parent just before a fork: it ran more than one thread
+_THREADS_FORKED = False  # True in a child forked while OpenMP threads may have been running
+
+
+def _register_fork_hooks() -> None:
+    """Install the fork guard once (at import of this module, before any fork edgesnn can see)."""
+    global _FORK_HOOKED
+    if not _FORK_HOOKED and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+        _FORK_HOOKED = True
+
+
+def _thread_count() -> int:
+    """Threads of this process (native ones too, e.g. OpenMP workers); a large number when unknown."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # pragma: no cover - no /proc: assume threads may be running
+        return 1 << 30
+
+
+def _before_fork() -> None:
+    global _PARENT_THREADED
+    # libgomp's pool threads, once started, live until the process ends: a single-threaded parent
+    # has none, so its children can start their own (the kernels run there as usual)
+    _PARENT_THREADED = _thread_count() > 1
 
 
 def _numba_layer_in_use() -> Optional[str]:
@@ -128,23 +182,40 @@ def _numba_layer_in_use() -> Optional[str]:
     return getattr(parallel, "_threading_layer", None)
 
 
+def _layer_may_be_omp() -> bool:
+    """Numba's threads run, or may start, on the ``omp`` layer (only an explicit ``tbb`` or
+    ``workqueue`` choice, or a layer already started, rules it out)."""
+    layer = _numba_layer_in_use()
+    if layer is not None:
+        return layer == "omp"
+    nb = sys.modules.get("numba")  # no import inside a fork hook
+    choice = str(nb.config.THREADING_LAYER) if hasattr(nb, "config") else os.environ.get("NUMBA_THREADING_LAYER", "")
+    return choice.strip().lower() not in ("tbb", "workqueue")
+
+
 def _after_fork_in_child() -> None:
     global _THREADS_FORKED
-    if _numba_layer_in_use() == "omp":
+    # OpenMP threads in the parent: Numba's own (omp layer started) or any other (PyTorch's libgomp
+    # pool, conservatively any thread) while Numba's kernels here would run on libgomp too
+    if _numba_layer_in_use() == "omp" or (_PARENT_THREADED and _layer_may_be_omp()):
         _THREADS_FORKED = True
 
 
 def numba_threads_usable() -> bool:
-    """``False`` in a process forked after Numba's OpenMP threads started (its parallel kernels
-    would terminate the process), else ``True``."""
+    """``False`` in a process forked while OpenMP (libgomp) threads may have been running in its
+    parent, when Numba's kernels would run on libgomp too (they would hang or terminate the
+    process), else ``True``."""
     return not _THREADS_FORKED
 
 
 def forked_child_message(what: str) -> str:
     """The one-line error for ``what`` (e.g. ``"backend='numba'"``) in such a forked child."""
-    return (f"{what}: this process was forked after Numba's OpenMP threads started, and GNU OpenMP cannot run "
-            f"in a forked child; use backend='auto' or 'torch' here, the 'spawn' start method, or "
-            f"NUMBA_THREADING_LAYER=workqueue")
+    return (f"{what}: this process was forked after OpenMP threads (PyTorch's or Numba's) started, and GNU "
+            f"OpenMP cannot run in a forked child; use backend='auto' or 'torch' here, the 'spawn' start "
+            f"method, or NUMBA_THREADING_LAYER=workqueue")
+
+
+_register_fork_hooks()
 
 
 def cache_dir() -> str:
