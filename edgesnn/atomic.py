@@ -1,20 +1,38 @@
 """Atomic file writes (temp file beside the target + rename) and the checks every output goes through.
 
-Imports no torch: the device runner uses it.
+An output that is a symlink is written through: the temp file goes beside the link's final
+target and replaces it, so the link stays and shows the new content. Imports no torch: the
+device runner uses it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
-__all__ = ["atomic_write", "check_output", "check_not_inside", "recover_dir", "replace_dir"]
+__all__ = ["atomic_write", "check_output", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
 
 PathLike = Union[str, os.PathLike]
+
+#: errno -> the wording of a failed write's one-line error.
+_ERRNO_WORDS = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large (a file size limit was hit)",
+                errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
+
+
+class WriteError(OSError, ValueError):
+    """Writing an output failed part-way (disk full, size limit, I/O error); the message is one
+    line, ``cannot write PATH: reason``. A ``ValueError`` too, so every command line prints it as
+    a user-facing error (:data:`edgesnn.errors.USER_ERRORS`)."""
+
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.errno = code
 
 
 def _umask() -> int:
@@ -23,25 +41,65 @@ def _umask() -> int:
     return mask
 
 
+def _real(path: Path) -> Path:
+    """``path`` with every symlink resolved (a dangling link gives the path it points at)."""
+    return Path(os.path.realpath(path))
+
+
+def _write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
+    """The one-line :class:`WriteError` for a failed write of ``path``, or ``None`` when ``exc``
+    is not a write failure (a bug in the writer keeps its traceback). ``torch.save`` reports a
+    short write as a ``RuntimeError`` whose context holds the ``OSError``."""
+    chain, seen = exc, 0
+    while chain is not None and seen < 8:
+        if isinstance(chain, OSError) and chain.errno is not None:  # errno-less ones (io.UnsupportedOperation) are bugs
+            reason = _ERRNO_WORDS.get(chain.errno or 0) or chain.strerror or first_line(chain)
+            return WriteError(f"cannot write {path}: {reason}", chain.errno)
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        return WriteError(f"cannot write {path}: the write was cut short (disk full or a file size limit?): "
+                          f"{first_line(exc)}")
+    return None
+
+
 def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write a file through ``write(fh)`` into a temp file beside ``path``, then rename it over ``path``.
 
-    A crash or an exception in ``write`` leaves either the old file or the new one, never a
-    truncated mix, and no temp file. The new file gets ordinary permissions (``0666 & ~umask``).
+    An exception in ``write`` leaves the old file (or none) and removes the temp file; a failed
+    write (disk full, file size limit, I/O error: an ``OSError``, or the ``RuntimeError``
+    ``torch.save`` raises for a short write) becomes one :class:`WriteError` line. A process
+    killed outright (SIGKILL, power loss) still leaves the old file or the new one, never a
+    truncated mix, but may leave its hidden temp file ``.NAME.*.tmp`` beside the target.
+
+    A symlinked ``path`` is written through (its final target is replaced; the link stays). The
+    new file keeps an existing file's permission bits; a fresh one gets ``0666 & ~umask``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    real = _real(path)
+    try:
+        perms = os.stat(real).st_mode & 0o7777
+    except OSError:
+        perms = 0o666 & ~_umask()
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {_ERRNO_WORDS.get(exc.errno or 0) or exc.strerror or first_line(exc)}",
+                         exc.errno) from None
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
+        os.chmod(tmp, perms)  # mkstemp creates 0600
+        os.replace(tmp, real)
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        failure = _write_failure(path, exc) if isinstance(exc, Exception) else None
+        if failure is not None:
+            raise failure from None
         raise
     return path
 
@@ -62,16 +120,21 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
 
     A file output (``directory=False``) must not be a directory, nor an existing file unless
     ``force``. A directory output must not be a file, nor a non-empty directory unless ``force``.
-    ``allow`` names the flag(s) that permit overwriting, for the one-line error. An existing file
-    among the path's parent folders is refused too (the write would fail only at the end).
+    A symlink counts as what it points at, and a dangling one as an existing output. ``allow``
+    names the flag(s) that permit overwriting, for the one-line error. An existing file among the
+    (resolved) path's parent folders is refused too (the write would fail only at the end).
     """
     path = Path(path)
-    for parent in path.absolute().parents:
+    for parent in _real(path).parents:
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f"{flag}: {parent} is a file, so {path} cannot be created")
             _check_writable(parent, path, flag)
             break
+    dangling = os.path.islink(path) and not path.exists()
+    if not force and dangling:
+        raise FileExistsError(f"{flag}: {path} already exists (a symlink to the missing {os.readlink(path)}); "
+                              f"pass {allow} to write through it")
     if directory:
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{flag}: {path} is a file; expected a directory")
@@ -99,43 +162,54 @@ def check_not_inside(out: PathLike, flag: str, **inputs: PathLike) -> None:
 def recover_dir(path: PathLike) -> Optional[Path]:
     """Put back a directory that a :func:`replace_dir` swap left aside: a process killed between
     the swap's two renames leaves ``path`` missing and its previous contents in a
-    ``.<name>.*.tmp.old`` sibling. Returns the sibling restored (the newest), else ``None``."""
-    path = Path(path)
+    ``.<name>.*.tmp.old`` sibling. Returns the sibling restored (the newest), else ``None``.
+    A symlinked ``path`` is looked at through the link (where :func:`replace_dir` swaps)."""
+    path = _real(Path(path))
     if os.path.lexists(path) or not path.parent.is_dir():
         return None
-    olds = sorted(path.parent.glob(f".{path.name}.*.tmp.old"), key=lambda p: p.stat().st_mtime)
+    olds = sorted(path.parent.glob(f".{path.name}.*.tmp.old"), key=lambda p: p.lstat().st_mtime)
     if not olds:
         return None
     os.replace(olds[-1], path)
     return olds[-1]
 
 
+def _remove(path: Path) -> None:
+    """Remove a file, a symlink (not its target) or a directory tree; best effort."""
+    if path.is_symlink() or not path.is_dir():
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     """Build a directory through ``write(tmp_dir)`` in a temp sibling of ``path``, then swap it in.
 
     Whatever ``path`` held before is removed only after ``write`` succeeded, so nothing stale
-    survives and nothing is lost if ``write`` fails (the temp folder is removed). Returns what
+    survives and nothing is lost if ``write`` fails (the temp folder is removed). A symlinked
+    ``path`` is written through: its final target is swapped and the link stays. Returns what
     ``write`` returned.
     """
-    import shutil
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(path)  # a swap cut short before: its previous contents come back first
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    real = _real(Path(path))
+    real.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(real)  # a swap cut short before: its previous contents come back first
+    tmp = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent))
     old = None
     try:
         result = write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        if path.exists():
-            old = path.with_name(f"{tmp.name}.old")
-            os.replace(path, old)
-        os.replace(tmp, path)
+        if os.path.lexists(real):
+            old = real.with_name(f"{tmp.name}.old")
+            os.replace(real, old)
+        os.replace(tmp, real)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not path.exists():
-            os.replace(old, path)
+        if old is not None and not os.path.lexists(real):
+            os.replace(old, real)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return result

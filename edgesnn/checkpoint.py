@@ -78,15 +78,30 @@ def save_checkpoint(path: PathLike, model_config: Dict, model_state: Dict, **ext
     return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
+def _clip(text: str, limit: int = 160) -> str:
+    """``text`` cut to at most ``limit`` characters at a sentence or word end, with ``...`` when cut."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit - 3]
+    cut = head.rfind(". ")
+    if cut < limit // 4:  # no sentence end worth keeping: a word end
+        cut = head.rfind(" ")
+    return (head[:cut + 1] if cut > 0 else head).rstrip(" .,;:") + "..."
+
+
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load and validate a checkpoint; raises ``FileNotFoundError`` or :class:`CheckpointError`."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint: {path} is a directory; expected a checkpoint file")
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: {path} is not a regular file (a device or a pipe); expected a checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbled files; its first line is the fact
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        first = _clip((str(exc).strip().splitlines() or [""])[0])
         if first.startswith("Weights only load failed"):  # torch's multi-paragraph advice
             first = "torch.load (weights_only) cannot read it as a file of tensors"
         raise CheckpointError(f"checkpoint: {path} is corrupt or not a torch file ({type(exc).__name__}: {first})") from None

@@ -7,13 +7,16 @@ sub-command's module is imported (the names and one-line helps of the others com
 
 Errors: the project's user-facing errors (:data:`edgesnn.errors.USER_ERRORS`: bad flags, bad or
 missing files, outputs that exist) print one line ``edgesnn CMD: error: ...`` and exit with 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Ctrl-C prints one line (``edgesnn CMD: interrupted``, and
+what ``train``'s checkpoint holds) and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -39,6 +42,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The top-level parser; only ``command``'s module is imported (the others get a placeholder)."""
     parser = argparse.ArgumentParser(prog="edgesnn", description="Memory-lean spiking neural network training for edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgesnn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         name, help_text = COMMANDS.get(module, (None, None))
@@ -50,9 +54,60 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """edgesnn's installed version (the package metadata), else the source tree's ``__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("edgesnn")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _check_top_options(parser: argparse.ArgumentParser, argv: List[str]) -> None:
+    """Name an unknown option given before the COMMAND (argparse would only say COMMAND is missing)."""
+    names = {COMMANDS[m][0] for m in SUBCOMMANDS if m in COMMANDS}
+    for tok in argv:
+        if tok in names or tok == "--" or not tok.startswith("-"):
+            return
+        known = ("--help", "--version") if tok.startswith("--") else ("-h",)
+        if not any(k.startswith(tok.split("=", 1)[0]) for k in known):
+            parser.error(f"unknown option {tok}; expected a COMMAND ({', '.join(sorted(names))}), -h or --version")
+
+
+def _file_state(path: Optional[str]) -> Optional[Tuple[int, int, int]]:
+    """``path``'s identity and mtime (through symlinks), or ``None`` when it does not exist."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _interrupted(args: argparse.Namespace, before: Optional[Tuple[int, int, int]]) -> str:
+    """The one line for Ctrl-C: ``interrupted``, and for ``train --checkpoint`` what the checkpoint
+    holds (it is replaced atomically after each completed epoch, so never a torn file)."""
+    checkpoint = getattr(args, "checkpoint", None) if args.command == "train" else None
+    if not checkpoint:
+        return "interrupted"
+    if _file_state(checkpoint) not in (None, before):
+        return f"interrupted; {checkpoint} holds the last completed epoch (--resume continues from it)"
+    return f"interrupted before an epoch completed; {checkpoint} was not written" + (" (it is unchanged)" if before else "")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """``edgesnn``: 0 on success, 2 on a user error (one line), 130 on Ctrl-C (one line)."""
+    if argv is None and hasattr(signal, "SIGXFSZ"):  # the real command line: a file size limit (ulimit -f)
+        try:                                         # fails the write (one line), instead of killing us
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = build_parser().parse_known_args(argv)[0].command
+    top = build_parser()
+    _check_top_options(top, argv)
+    command = top.parse_known_args(argv)[0].command
     try:
         parser = build_parser(command)
     except ModuleNotFoundError as exc:  # a dependency (e.g. torch) is missing: say so in one line
@@ -61,11 +116,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"edgesnn {command}: error: this command needs {exc.name} ({exc})", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    before = _file_state(getattr(args, "checkpoint", None))
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"edgesnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, like edgesnn-device, and the shell's 128 + SIGINT
+        print(f"edgesnn {args.command}: {_interrupted(args, before)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

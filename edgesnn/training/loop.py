@@ -330,8 +330,19 @@ def train(
     offset = 0  # samples of epoch ``start`` already trained (a run stopped inside it by max_steps)
     carried: Dict = {}  # that epoch's partial row: its loss sum, samples and seconds carry over
     if ck is not None:
-        model.load_state_dict(ck["model_state"])
-        opt.load_state_dict(ck["optimizer_state"])
+        try:  # a mismatch is the checkpoint's fault (edited, or from another edgesnn): one line, not a traceback
+            missing, unexpected = model.load_state_dict(ck["model_state"], strict=False)
+            if missing or unexpected:
+                raise CheckpointError("; ".join(f"{what} key{'s' * (len(keys) > 1)} {', '.join(keys[:4])}"
+                                                f"{f' (+{len(keys) - 4} more)' if len(keys) > 4 else ''}"
+                                                for what, keys in (("unexpected", unexpected), ("missing", missing)) if keys))
+            opt.load_state_dict(ck["optimizer_state"])
+        except (CheckpointError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+            detail = str(exc) if isinstance(exc, CheckpointError) else " ".join(str(exc).split())
+            detail = detail.split(": ", 1)[-1][:200] if detail.startswith("Error(s) in loading") else detail[:200]
+            if isinstance(exc, KeyError):
+                detail = f"it has no {exc}"
+            raise CheckpointError(f"--resume: {checkpoint} does not match its model ({detail})") from None
         start = int(ck["epoch"])
         steps = int(ck.get("steps", 0))
         offset = int(ck.get("epoch_offset", 0))
