@@ -137,7 +137,7 @@ def test_average_gradients_keeps_unused_parameters_gradient_free(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    g0, g1 = (torch.load(tmp_path / f"g{r}.pt") for r in range(2))
+    g0, g1 = (torch.load(tmp_path / f"g{r}.pt", weights_only=True) for r in range(2))
     for k in g0:
         assert (g0[k] is None) == (g1[k] is None) and (g0[k] is None or torch.equal(g0[k], g1[k])), k
     assert g0["none.weight"] is None and g0["none.bias"] is None

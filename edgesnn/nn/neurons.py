@@ -207,7 +207,8 @@ class _SpikingNode(nn.Module):
         if self.check_finite:
             _check_finite(x_seq)
         if not self.stateful:
-            self._no_final_state = True  # .v warns once when read (see v)
+            if not torch.compiler.is_compiling():  # eager only: .v warns once when read (see v)
+                self._no_final_state = True
             out, _ = self._run(x_seq, None)
             return out[0] if single else out
         out, v_T = self._run(x_seq, self._initial_state(x_seq))
