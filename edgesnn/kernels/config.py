@@ -166,8 +166,10 @@ def _thread_count() -> int:
 
 def _before_fork() -> None:
     global _PARENT_THREADED
-    # libgomp's pool threads, once started, live until the process ends: a single-threaded parent
-    # has none, so its children can start their own (the kernels run there as usual)
+    # libgomp's pool threads, once started, live until the process ends. Threads cannot be told
+    # apart, so any second thread counts (conservative: with torch imported, NumPy's OpenBLAS thread
+    # alone makes the parent threaded, and its children take the PyTorch paths). Only a truly
+    # single-threaded parent's children start their own pool and run the kernels.
     _PARENT_THREADED = _thread_count() > 1
 
 
