@@ -20,8 +20,9 @@ from typing import Any, Dict, Union
 import torch
 
 from .atomic import atomic_write
+from .errors import first_line
 
-__all__ = ["FORMAT", "VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "CheckpointError",
+__all__ = ["FORMAT", "VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "load_model_state", "CheckpointError",
            "encode_config", "decode_config"]
 
 FORMAT = "edgesnn-checkpoint"
@@ -78,17 +79,6 @@ def save_checkpoint(path: PathLike, model_config: Dict, model_state: Dict, **ext
     return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
-def _clip(text: str, limit: int = 160) -> str:
-    """``text`` cut to at most ``limit`` characters at a sentence or word end, with ``...`` when cut."""
-    if len(text) <= limit:
-        return text
-    head = text[:limit - 3]
-    cut = head.rfind(". ")
-    if cut < limit // 4:  # no sentence end worth keeping: a word end
-        cut = head.rfind(" ")
-    return (head[:cut + 1] if cut > 0 else head).rstrip(" .,;:") + "..."
-
-
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load and validate a checkpoint; raises ``FileNotFoundError`` or :class:`CheckpointError`."""
     path = Path(path)
@@ -101,7 +91,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbled files; its first line is the fact
-        first = _clip((str(exc).strip().splitlines() or [""])[0])
+        first = first_line(exc, 160, at_word=True)
         if first.startswith("Weights only load failed"):  # torch's multi-paragraph advice
             first = "torch.load (weights_only) cannot read it as a file of tensors"
         raise CheckpointError(f"checkpoint: {path} is corrupt or not a torch file ({type(exc).__name__}: {first})") from None
@@ -114,3 +104,21 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             raise CheckpointError(f"checkpoint: {path} lacks {key!r}")
     payload["model_config"] = decode_config(payload["model_config"], f"checkpoint: {path}")
     return payload
+
+
+def load_model_state(model: torch.nn.Module, state: Dict[str, Any], what: str,
+                     error: type = CheckpointError) -> None:
+    """Load a checkpoint's ``state`` into ``model``; a mismatch (keys missing or unexpected, other
+    shapes) raises ``error`` in one line: ``"{what} does not match its model (...)"``, naming at most
+    four keys of each kind."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as exc:  # other shapes, or not a state dict at all
+        detail = " ".join(str(exc).split())
+        detail = detail.split(": ", 1)[-1] if detail.startswith("Error(s) in loading") else detail
+        raise error(f"{what} does not match its model ({detail[:200]})") from None
+    if missing or unexpected:
+        detail = "; ".join(f"{kind} key{'s' * (len(keys) > 1)} {', '.join(keys[:4])}"
+                           f"{f' (+{len(keys) - 4} more)' if len(keys) > 4 else ''}"
+                           for kind, keys in (("unexpected", unexpected), ("missing", missing)) if keys)
+        raise error(f"{what} does not match its model ({detail})")

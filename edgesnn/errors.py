@@ -23,8 +23,16 @@ class DependencyError(UsageError, RuntimeError):
     """An optional package the command needs is missing or incomplete (the message says what to install)."""
 
 
-def first_line(exc: BaseException, limit: int = 120) -> str:
+def first_line(exc: BaseException, limit: int = 120, at_word: bool = False) -> str:
     """An exception's first line of text, at most ``limit`` characters (its type name when it has
-    no text): the cause quoted inside a one-line error."""
+    no text): the cause quoted inside a one-line error. ``at_word``: a longer line is cut at a
+    sentence or word end and ends with ``...`` instead of mid-word."""
     lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:limit]
+    text = lines[0] if lines else type(exc).__name__
+    if len(text) <= limit or not at_word:
+        return text[:limit]
+    head = text[:limit - 3]
+    cut = head.rfind(". ")
+    if cut < limit // 4:  # no sentence end worth keeping: a word end
+        cut = head.rfind(" ")
+    return (head[:cut + 1] if cut > 0 else head).rstrip(" .,;:") + "..."

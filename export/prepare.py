@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, load_model_state
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model, spiking_layers
 
@@ -95,9 +95,7 @@ def model_from_checkpoint(path) -> Tuple[SpikingClassifier, Dict[str, Any]]:
         model = build_model(**cfg)
     except TypeError as exc:
         raise ExportError(f"checkpoint {path}: model_config does not match build_model ({exc})") from None
-    missing, unexpected = model.load_state_dict(ck["model_state"], strict=False)
-    if missing or unexpected:
-        raise ExportError(f"checkpoint {path}: state does not match its model_config (missing {missing}, unexpected {unexpected})")
+    load_model_state(model, ck["model_state"], f"checkpoint {path}: the state", error=ExportError)
     return model, ck
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from edgesnn.atomic import WriteError, atomic_write, check_output, replace_dir
-from edgesnn.checkpoint import _clip, load_checkpoint
+from edgesnn.checkpoint import load_checkpoint
+from edgesnn.errors import first_line
 from edgesnn.cli import main
 from edgesnn.errors import USER_ERRORS
 
@@ -192,6 +193,10 @@ def test_checkpoint_that_is_a_directory_or_a_device(tmp_path):
     if os.path.exists("/dev/null"):
         with pytest.raises(ValueError, match="not a regular file"):
             load_checkpoint("/dev/null")
+
+
+def _clip(text: str) -> str:
+    return first_line(Exception(text), 160, at_word=True)
 
 
 def test_long_causes_end_at_a_word_with_an_ellipsis():

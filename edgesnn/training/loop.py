@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..atomic import check_output
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
 from .data import Dataset, Split, load_dataset
@@ -105,9 +105,9 @@ def model_from_checkpoint(path: str) -> SpikingClassifier:
     ck = load_checkpoint(path)
     try:
         model = build_model(**ck["model_config"])
-        model.load_state_dict(ck["model_state"])
-    except (TypeError, KeyError, RuntimeError) as exc:
+    except (TypeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint: {path} does not match its model config ({exc})") from None
+    load_model_state(model, ck["model_state"], f"checkpoint: {path}")
     return model
 
 
@@ -330,18 +330,12 @@ def train(
     offset = 0  # samples of epoch ``start`` already trained (a run stopped inside it by max_steps)
     carried: Dict = {}  # that epoch's partial row: its loss sum, samples and seconds carry over
     if ck is not None:
-        try:  # a mismatch is the checkpoint's fault (edited, or from another edgesnn): one line, not a traceback
-            missing, unexpected = model.load_state_dict(ck["model_state"], strict=False)
-            if missing or unexpected:
-                raise CheckpointError("; ".join(f"{what} key{'s' * (len(keys) > 1)} {', '.join(keys[:4])}"
-                                                f"{f' (+{len(keys) - 4} more)' if len(keys) > 4 else ''}"
-                                                for what, keys in (("unexpected", unexpected), ("missing", missing)) if keys))
+        # a mismatch is the checkpoint's fault (edited, or from another edgesnn): one line, not a traceback
+        load_model_state(model, ck["model_state"], f"--resume: {checkpoint}")
+        try:
             opt.load_state_dict(ck["optimizer_state"])
-        except (CheckpointError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-            detail = str(exc) if isinstance(exc, CheckpointError) else " ".join(str(exc).split())
-            detail = detail.split(": ", 1)[-1][:200] if detail.startswith("Error(s) in loading") else detail[:200]
-            if isinstance(exc, KeyError):
-                detail = f"it has no {exc}"
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            detail = f"it has no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
             raise CheckpointError(f"--resume: {checkpoint} does not match its model ({detail})") from None
         start = int(ck["epoch"])
         steps = int(ck.get("steps", 0))
