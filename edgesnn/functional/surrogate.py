@@ -164,16 +164,17 @@ for _cls in (PiecewiseQuadratic, PiecewiseExp, SoftSign, SuperSpike, Erf, Nonzer
 del _cls
 
 
-def get_surrogate(spec: SurrogateLike) -> Surrogate:
-    """Return a :class:`Surrogate` from a name (``"sigmoid"``, ``"atan"``) or an instance."""
+def get_surrogate(spec: SurrogateLike, name: str = "surrogate") -> Surrogate:
+    """Return a :class:`Surrogate` from a name (``"sigmoid"``, ``"atan"``) or an instance; errors
+    name the parameter ``name`` (``surrogate``, or SpikingJelly's ``surrogate_function``)."""
     if isinstance(spec, Surrogate):
         return spec
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key in _BY_NAME:
             return _BY_NAME[key]()
-        raise ValueError(f"surrogate: unknown name {spec!r}; expected one of {sorted(_BY_NAME)} or a Surrogate instance")
-    raise TypeError(f"surrogate: expected a name {sorted(_BY_NAME)} or a Surrogate instance, got {type(spec).__name__}")
+        raise ValueError(f"{name}: unknown name {spec!r}; expected one of {sorted(_BY_NAME)} or a Surrogate instance")
+    raise TypeError(f"{name}: expected a name {sorted(_BY_NAME)} or a Surrogate instance, got {type(spec).__name__}")
 
 
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:

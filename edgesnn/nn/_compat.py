@@ -76,13 +76,7 @@ def _resolve_one(spec: Any, name: str) -> Surrogate:
                 f"mapped by exact class (a subclass may override the gradient), so pass SpikingJelly's {sj_base.__name__} "
                 "itself or subclass edgesnn.functional.surrogate.Surrogate"
             )
-    try:
-        return get_surrogate(spec)
-    except (TypeError, ValueError) as err:
-        msg = str(err)
-        if name == "surrogate" or not msg.startswith("surrogate:"):
-            raise
-        raise type(err)(name + msg[len("surrogate"):]) from None
+    return get_surrogate(spec, name)
 
 
 def resolve_surrogate(surrogate: Optional[Any], surrogate_function: Optional[Any] = None) -> Surrogate:
