@@ -129,12 +129,6 @@ def _json_text(doc: dict, flag: str = "--json", indent: int = 2) -> str:
                          "check the device profile's figures") from None
 
 
-def _has_batchnorm(model) -> bool:
-    from torch import nn
-
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def run(args: argparse.Namespace) -> int:
     from ..models import build_model
     from edgesnn import devices
@@ -326,10 +320,9 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
 
     T = int(args.timesteps) if timesteps is None else timesteps
     cap = int(args.max_batch) if max_batch is None else max_batch
-    has_bn = _has_batchnorm(model)
-    if has_bn and batch is not None and batch < 2:
-        raise ValueError(f"--batch: a model with BatchNorm trains on batches of at least 2 samples (edgesnn train "
-                         f"skips smaller ones); got {batch}")
+    from .plan import check_batchnorm_batch
+
+    has_bn = check_batchnorm_batch(model, batch)
     total = budget if budget is not None else device.memory_bytes - device.reserved_bytes
     # what limits the memory: the --budget the user gave, or the device profile's memory - reserved
     limit = "--budget" if budget is not None else f"--device {device.name} (memory - reserved)"

@@ -236,6 +236,16 @@ def plan_extras(eval_batch: int, dataset: Dict[str, Any]) -> Extras:
     return Extras(dataset_bytes=int(dataset.get("bytes", 0) or 0), eval_batch=eb)
 
 
+def check_batchnorm_batch(model: nn.Module, batch: Optional[int]) -> bool:
+    """Whether ``model`` has BatchNorm; for such a model an explicit ``batch`` below 2 is refused in
+    one line naming ``--batch`` (``edgesnn train`` skips batches of one sample)."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and batch is not None and batch < 2:
+        raise ValueError(f"--batch: a model with BatchNorm trains on batches of at least 2 samples (edgesnn train "
+                         f"skips smaller ones); got {batch}")
+    return has_bn
+
+
 def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Optional[int] = None,
               optimizer: str = "adam", kinds: Sequence[str] = ("lif", "revlif"), groups: Sequence[int] = (2,),
               max_batch_cap: int = 1024, dataset: Optional[str] = None, dataset_bytes: Optional[int] = None,
@@ -261,10 +271,7 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
                           num_classes=cfg.get("num_classes"))
     extras = plan_extras(eval_batch, data)
     runtime = device.runtime_overhead_bytes + kernel_runtime_bytes(chain)  # + Numba when the nodes run it
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if has_bn and batch is not None and batch < 2:
-        raise ValueError(f"--batch: a model with BatchNorm trains on batches of at least 2 samples (edgesnn train "
-                         f"skips smaller ones); got {batch}")
+    has_bn = check_batchnorm_batch(model, batch)
     res = plan_model(chain, T, budget, runtime, batch, device.bandwidth_gbs, optimizer, kinds,
                      groups, max_batch_cap, extras)
     if has_bn and res["batch"] < 2:
