@@ -99,6 +99,10 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint: {path} is not an edgesnn checkpoint (missing format={FORMAT!r})")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint: {path} has version {payload.get('version')!r}; this edgesnn reads version {VERSION}")
+    config = payload.get("model_config")
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint: {path}: model_config must be a dict (a JSON object of build_model "
+                              f"arguments), got {type(config).__name__}")
     for key in ("model_config", "model_state"):
         if not isinstance(payload.get(key), dict):
             raise CheckpointError(f"checkpoint: {path} lacks {key!r}")

@@ -11,16 +11,26 @@
     edgesnn export --checkpoint CK --format checkpoint --params DIR/finetuned/params.npz --out NEW.ckpt
         (the reverse: fold device-fine-tuned weights back into an edgesnn checkpoint)
 
+``--params`` applies to ``--format checkpoint`` only: to export fine-tuned weights to another format,
+first fold them into a checkpoint with ``--format checkpoint``, then export that checkpoint.
+
+``--out``: a directory for onnx-step / onnx-training; for torchscript / onnx / nir a file with the
+format's suffix, or else a directory to write model.pt / model.onnx / model.nir into (a trailing
+``/`` always means a directory); for checkpoint a file (a trailing ``/`` is refused). A name ending
+in another format's suffix (.onnx, .pt, .pth, .ts, .nir, .ckpt) is refused.
+
 An existing output is never overwritten without ``--force``: a non-empty ``--out`` directory
 (onnx-step, onnx-training) or an existing output file (the other formats). With ``--force`` an artifact
 directory is replaced as a whole (built in a temp folder beside it, then swapped in: nothing
-stale survives, nothing is lost if the export fails). ``--out`` may not be or contain the input.
+stale survives, nothing is lost if the export fails). The output may not be or contain the input
+(for the file formats: the output file itself, so ``--out .`` beside the checkpoint is fine).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Dict
 
@@ -31,6 +41,13 @@ __all__ = ["FORMATS", "register", "run", "import_params"]
 
 FORMATS = ("onnx-step", "onnx-training", "torchscript", "onnx", "nir", "checkpoint")
 DIRECTORY_FORMATS = ("onnx-step", "onnx-training")
+#: File formats: the suffixes of their output file, and the file name written into an ``--out`` directory
+#: (``None``: a file path is required).
+FILE_OUTPUTS = {"torchscript": ((".pt", ".pth", ".ts"), "model.pt"), "onnx": ((".onnx",), "model.onnx"),
+                "nir": ((".nir",), "model.nir"), "checkpoint": ((".ckpt", ".pt", ".pth"), None)}
+#: Every suffix some format writes: an ``--out`` ending in another format's one is a mistake.
+KNOWN_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".nir", ".ckpt")
+PARAMS_FILE = "the params.npz file the device runner wrote"
 
 
 def register(subparsers) -> None:
@@ -38,7 +55,10 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="edgesnn checkpoint to export")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, help="output directory (or file for torchscript/onnx/checkpoint)")
+    p.add_argument("--out", required=True,
+                   help="onnx-step/onnx-training: output directory; torchscript/onnx/nir: a .pt/.onnx/.nir file, or a "
+                        "directory to write model.pt/model.onnx/model.nir into (a trailing '/' always means a "
+                        "directory); checkpoint: the new checkpoint file")
     p.add_argument("--batch-size", type=int, default=None,
                    help="onnx-step/onnx-training: fixed batch size of the training graphs (default 32)")
     p.add_argument("--optimizer", default=None, choices=("sgd", "adamw"),
@@ -50,42 +70,56 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="onnx-step: weight decay (default: 0 for sgd, 0.01 for adamw as in torch.optim.AdamW)")
     p.add_argument("--nesterov", action="store_true", help="onnx-step, sgd: Nesterov momentum")
-    p.add_argument("--params", default=None, help="checkpoint: params.npz written by the device runner")
+    p.add_argument("--params", default=None,
+                   help="checkpoint only: params.npz written by the device runner (every trainable parameter)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (a directory is replaced as a whole)")
     p.set_defaults(func=run)
 
 
-def _file_in(out: str, default_name: str, suffixes) -> Path:
+def _refuse_foreign_suffix(fmt: str, out: str) -> None:
+    """``--out model.onnx`` with ``--format torchscript`` would create a directory named model.onnx."""
+    suffix = Path(out).suffix.lower()
+    own, default = FILE_OUTPUTS.get(fmt, ((), None))
+    if suffix in KNOWN_SUFFIXES and suffix not in own:
+        writes = "a directory" if not own else f"a {own[0]} file" + (f" (or DIR/{default})" if default else "")
+        raise UsageError(f"--out: {out} ends in {suffix}, another format's suffix; --format {fmt} writes {writes}")
+
+
+def _output_path(fmt: str, out: str) -> Path:
+    """The path ``--format fmt --out out`` writes: the directory, or the file (``DIR/model.*`` for a
+    directory ``--out``). Raises :class:`UsageError` for an empty ``--out``, another format's suffix,
+    or a trailing ``/`` where a file is required."""
+    if not out.strip():
+        raise UsageError(f"--out: expected a path, got {out!r}")
+    _refuse_foreign_suffix(fmt, out)
+    if fmt in DIRECTORY_FORMATS:
+        return Path(out)
+    suffixes, default = FILE_OUTPUTS[fmt]
+    as_dir = out.endswith(("/", os.sep))
+    if default is None:
+        if as_dir:
+            raise UsageError(f"--out: {out} ends with '/' (a directory); --format {fmt} writes one file: give its "
+                             f"path, e.g. {out}finetuned.ckpt")
+        return Path(out)
     path = Path(out)
-    return path if path.suffix.lower() in suffixes else path / default_name
+    return path / default if as_dir or path.suffix.lower() not in suffixes else path
 
 
 def import_params(checkpoint, params_npz, out) -> Path:
-    """Write a new edgesnn checkpoint: ``checkpoint``'s config with the weights from a runner's ``params.npz``."""
-    import torch
+    """Write a new edgesnn checkpoint: ``checkpoint``'s config with the weights from a runner's ``params.npz``.
 
+    ``params_npz`` must hold every trainable parameter of the model (buffers it lacks keep the
+    checkpoint's values), by name, with the model's shapes, real floating-point dtype and finite
+    values (see :mod:`edgesnn.export.params_check`).
+    """
     from ..checkpoint import save_checkpoint
-    from .prepare import ExportError, model_from_checkpoint
+    from .params_check import check_input_file, merged_state
+    from .prepare import model_from_checkpoint
     from .run_support import read_npz
 
-    model, ck = model_from_checkpoint(checkpoint)
-    params_npz = Path(params_npz)
-    if not params_npz.is_file():
-        raise FileNotFoundError(f"params: no such file: {params_npz}")
-    state = model.state_dict()
-    new_state: Dict[str, torch.Tensor] = {}
-    arrays = read_npz(params_npz, "--params")
-    unknown = sorted(set(arrays) - set(state))
-    if unknown:
-        raise ExportError(f"params: {params_npz} holds names the model does not have: {unknown}")
-    for name, value in state.items():
-        if name in arrays:
-            arr = torch.from_numpy(arrays[name]).to(value.dtype)
-            if arr.shape != value.shape:
-                raise ExportError(f"params: {name} has shape {tuple(arr.shape)}, the model expects {tuple(value.shape)}")
-            new_state[name] = arr
-        else:
-            new_state[name] = value
+    params_npz = check_input_file(params_npz, "--params", PARAMS_FILE)
+    model, ck = model_from_checkpoint(checkpoint, "--checkpoint")
+    new_state = merged_state(model, read_npz(params_npz, "--params"), f"--params {params_npz}")
     extra = {k: v for k, v in ck.items() if k not in ("format", "version", "model_config", "model_state", "optimizer_state")}
     return save_checkpoint(out, ck["model_config"], new_state, **extra)
 
@@ -107,6 +141,10 @@ def _check_args(args: argparse.Namespace) -> Path:
     args.lr = 0.01 if args.lr is None else args.lr
     if args.format == "checkpoint" and not args.params:
         raise UsageError("--format checkpoint needs --params PATH (params.npz from the device runner)")
+    if args.params is not None and args.format != "checkpoint":  # the other formats would export the checkpoint's weights
+        raise UsageError(f"--params: applies to --format checkpoint only (not {args.format}); to export fine-tuned "
+                         f"weights, first run --format checkpoint --params {args.params} --out NEW.ckpt, then export "
+                         "NEW.ckpt")
     for flag, value in (("--momentum", args.momentum), ("--weight-decay", args.weight_decay)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise UsageError(f"{flag}: expected a finite number >= 0, got {value}")
@@ -121,23 +159,24 @@ def _check_args(args: argparse.Namespace) -> Path:
         args.momentum = 0.9
     if args.nesterov and not args.momentum:
         raise UsageError("--nesterov needs --momentum > 0")
-    if args.format in DIRECTORY_FORMATS:
-        out = Path(args.out)
-    elif args.format == "torchscript":
-        out = _file_in(args.out, "model.pt", (".pt", ".pth", ".ts"))
-    elif args.format == "onnx":
-        out = _file_in(args.out, "model.onnx", (".onnx",))
-    elif args.format == "nir":
-        out = _file_in(args.out, "model.nir", (".nir",))
-    else:
-        out = Path(args.out)
-    check_not_inside(args.out, "--out", checkpoint=args.checkpoint, params=args.params)
+    out = _output_path(args.format, args.out)
+    check_not_inside(out, "--out", checkpoint=args.checkpoint, params=args.params)
     directory = args.format in DIRECTORY_FORMATS
     if directory and not args.force and (out / "finetuned").is_dir():
         raise FileExistsError(f"--out: {out} already holds a fine-tuned finetuned/ folder; --force replaces {out} as a "
                               "whole, finetuned/ included (move that folder first to keep it)")
     check_output(out, "--out", args.force, directory=directory)
+    _check_inputs(args)
     return out
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """``--checkpoint`` (and ``--params``) must be regular files: one line naming the flag otherwise."""
+    from .params_check import check_input_file
+
+    check_input_file(args.checkpoint, "--checkpoint", "a checkpoint file")
+    if args.params:
+        check_input_file(args.params, "--params", PARAMS_FILE)
 
 
 #: Formats whose graph takes one static frame ``[B, *in_shape]`` and repeats it over the T steps.
@@ -158,14 +197,15 @@ def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = _check_args(args)
-    from .prepare import model_from_checkpoint
+    from .prepare import check_finite, model_from_checkpoint
 
     if args.format == "checkpoint":
         path = import_params(args.checkpoint, args.params, out)
         print(f"wrote {path}")
         return 0
-    model, ck = model_from_checkpoint(args.checkpoint)
+    model, ck = model_from_checkpoint(args.checkpoint, "--checkpoint")
     _refuse_event_data(args, ck)
+    check_finite(model, f"--checkpoint {args.checkpoint}")
     if args.format == "onnx-step":
         from .onnx_step import export_onnx_step
 

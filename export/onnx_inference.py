@@ -17,17 +17,18 @@ asserts that every parameter keeps its PyTorch name.
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .artifacts import atomic_write_bytes
-from .prepare import ExportError, example_input, export_copy
+from .prepare import ExportError, check_finite, example_input, export_copy
 
-__all__ = ["OPSET", "export_graph", "check_parameter_names", "export_onnx"]
+__all__ = ["OPSET", "export_graph", "check_parameter_names", "inference_metadata", "add_metadata", "export_onnx"]
 
 OPSET = 17
 
@@ -76,14 +77,65 @@ def check_parameter_names(proto, names: Iterable[str]) -> List[str]:
     return init_names
 
 
+def _shape_text(dims: Sequence[int]) -> str:
+    return ", ".join(str(int(d)) for d in dims)
+
+
+def inference_metadata(model: nn.Module, num_classes: int) -> Dict[str, str]:
+    """The ``metadata_props`` of an inference model: what the graph computes and how it was made.
+
+    The graph is :class:`~edgesnn.models.SpikingClassifier`'s forward traced for a static input:
+    one frame ``[B, *in_shape]`` repeated over the ``T`` time steps, the readout averaged over T.
+    """
+    from .. import __version__
+    from ..checkpoint import encode_config
+
+    T, in_shape = int(model.timesteps), tuple(model.in_shape)
+    return {
+        "edgesnn_version": __version__,
+        "model_config": json.dumps(encode_config(getattr(model, "config", {})), sort_keys=True, default=str),
+        "timesteps": str(T),
+        "in_shape": json.dumps([int(d) for d in in_shape]),
+        "num_classes": str(int(num_classes)),
+        "input": f"input: float32 [B, {_shape_text(in_shape)}], one frame per sample, repeated over the T={T} time "
+                 "steps (direct encoding; not event data)",
+        "output": f"logits: float32 [B, {int(num_classes)}], the readout layer's output averaged over the T={T} time "
+                  "steps (no softmax)",
+        "time_loop": "unrolled",
+        "batchnorm": "frozen-statistics",
+    }
+
+
+def _output_width(proto) -> int:
+    """The class count: the last dimension of the graph's (single) output ``[B, classes]``."""
+    return int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
+
+
+def add_metadata(proto, model: nn.Module) -> None:
+    """Store :func:`inference_metadata` in ``proto.metadata_props`` and a one-line ``doc_string``."""
+    meta = inference_metadata(model, _output_width(proto))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (f"edgesnn {meta['edgesnn_version']} spiking classifier, T={meta['timesteps']} time steps "
+                        f"unrolled: {meta['input']} -> {meta['output']}")
+
+
 def export_onnx(model: nn.Module, path, batch_size: Optional[int] = None) -> Path:
     """Export an inference-only ONNX model (``input [B, *in_shape] -> logits [B, classes]``), atomically.
 
+    The model carries :func:`inference_metadata` (``metadata_props``: edgesnn version, model
+    config, T, input shape, class count, what the input and output mean) and a ``doc_string``.
+
     Args:
-        model: a trained :class:`~edgesnn.models.SpikingClassifier` (not modified).
+        model: a trained :class:`~edgesnn.models.SpikingClassifier` (not modified); a NaN or Inf
+            in its parameters or buffers is refused (:func:`~.prepare.check_finite`).
         batch_size: fix the batch dimension; ``None`` (default) exports a dynamic batch.
     """
+    check_finite(model)
     clone = export_copy(model)
     proto = export_graph(clone, example_input(clone, batch_size or 2), dynamic_batch=batch_size is None)
     check_parameter_names(proto, [n for n, _ in clone.named_parameters()])
+    add_metadata(proto, clone)
     return atomic_write_bytes(path, proto.SerializeToString())

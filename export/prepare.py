@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint, load_model_state
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..models import SpikingClassifier, build_model, spiking_layers
 
-__all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "example_input", "ExportError"]
+__all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "check_finite", "example_input", "ExportError"]
 
 
 class ExportError(UsageError, RuntimeError):
@@ -87,16 +87,32 @@ def export_copy(model: nn.Module, frozen_batchnorm_ops: bool = False) -> nn.Modu
     return clone
 
 
-def model_from_checkpoint(path) -> Tuple[SpikingClassifier, Dict[str, Any]]:
-    """Rebuild the model saved in an edgesnn checkpoint; returns ``(model, checkpoint dict)``."""
+def model_from_checkpoint(path, label: str = "checkpoint") -> Tuple[SpikingClassifier, Dict[str, Any]]:
+    """Rebuild the model saved in an edgesnn checkpoint; returns ``(model, checkpoint dict)``.
+
+    ``label`` starts the one-line errors about the file's model (``"--checkpoint"`` from the CLI):
+    ``"{label} PATH: model_config: ..."`` when ``build_model`` refuses the stored config.
+    """
     ck = load_checkpoint(path)
     cfg = dict(ck["model_config"])
     try:
         model = build_model(**cfg)
-    except TypeError as exc:
-        raise ExportError(f"checkpoint {path}: model_config does not match build_model ({exc})") from None
-    load_model_state(model, ck["model_state"], f"checkpoint {path}: the state", error=ExportError)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"{label} {path}: model_config: {first_line(exc, 200)}") from None
+    load_model_state(model, ck["model_state"], f"{label} {path}: the state", error=ExportError)
     return model, ck
+
+
+def check_finite(model: nn.Module, label: str = "model") -> None:
+    """Refuse a model with a NaN or Inf in a parameter or floating-point buffer (a diverged run):
+    one :class:`ExportError` line, ``"{label}: parameter NAME holds ..."``, naming the first one."""
+    tensors = [("parameter", n, t) for n, t in model.named_parameters()]
+    tensors += [("buffer", n, t) for n, t in model.named_buffers() if t.is_floating_point()]
+    for kind, name, tensor in tensors:
+        bad = int((~torch.isfinite(tensor.detach())).sum())
+        if bad:
+            raise ExportError(f"{label}: {kind} {name} holds {bad} NaN or Inf value{'s' * (bad > 1)} (a diverged "
+                              "training run?); refusing to export it")
 
 
 def example_input(model: SpikingClassifier, batch_size: int, seed: int = 0) -> torch.Tensor:

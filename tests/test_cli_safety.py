@@ -270,8 +270,10 @@ def test_export_refuses_existing_out_and_force_replaces_it_wholly(artifacts, tmp
 @needs_ort
 def test_export_refuses_out_that_holds_the_input_and_existing_files(artifacts, tmp_path, capsys):
     ck = artifacts / "model.ckpt"
-    for fmt in ("onnx-training", "torchscript"):
-        assert main(["export", "--checkpoint", str(ck), "--format", fmt, "--out", str(artifacts), "--force"]) == 2
+    link = tmp_path / "link.pt"  # a single-file format: what counts is the file written (here: the input)
+    link.symlink_to(ck)
+    for fmt, out in (("onnx-training", artifacts), ("torchscript", link)):
+        assert main(["export", "--checkpoint", str(ck), "--format", fmt, "--out", str(out), "--force"]) == 2
         assert "is or contains the input checkpoint" in _err(capsys)
     assert main(["export", "--checkpoint", str(ck), "--format", "checkpoint", "--params", str(tmp_path / "p.npz"),
                  "--out", str(ck), "--force"]) == 2

@@ -11,6 +11,7 @@ The graph is built without nir's own type check (nir 1.0.8 infers Conv2d shapes 
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from pathlib import Path
@@ -198,11 +199,22 @@ def _plain(obj):
         return json.loads(json.dumps(obj, default=str))
 
 
-def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT) -> Path:
-    """Convert ``model`` with :func:`to_nir` and write it to ``path`` (HDF5 ``.nir``, atomically); returns the path."""
+def _graph_bytes(graph: "nir.NIRGraph") -> bytes:
+    """``graph`` serialized as a ``.nir`` file (HDF5), in memory."""
     nir = nir_module()
+    buf = io.BytesIO()
+    nir.write(buf, graph)
+    return buf.getvalue()
+
+
+def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT) -> Path:
+    """Convert ``model`` with :func:`to_nir` and write it to ``path`` (HDF5 ``.nir``, atomically); returns the path.
+
+    The file is built in memory first and then written in one go, so a failed write (disk full,
+    a file size limit) is the one-line ``cannot write PATH: ...`` of every other output, and
+    leaves the old file (or none) and no temp file (h5py writing through a Python file object
+    cannot report such a failure: it crashed the process)."""
     from ..atomic import atomic_write
 
-    graph = to_nir(model, dt=dt)
-    return atomic_write(path, lambda fh: nir.write(fh, graph), mode="w+b")  # h5py reads back while writing
-
+    data = _graph_bytes(to_nir(model, dt=dt))
+    return atomic_write(path, lambda fh: fh.write(data))
