@@ -30,8 +30,9 @@ A block may hold its layer output (before BatchNorm) over all T from its forward
 backward runs without autograd (:mod:`edgesnn.memopt.layer_grad`). The passes themselves live in
 :mod:`edgesnn.memopt.block_backward`.
 
-Parameter gradients are accumulated straight into ``.grad`` during the block's backward (as
-``torch.utils.checkpoint``'s reentrant variant does), not returned through autograd.
+Parameter gradients are summed over the chunks and passes into stand-ins of the parameters and
+returned through autograd (:mod:`edgesnn.memopt.paramgrads`): the parameters' hooks see the whole
+gradient once, and ``torch.autograd.grad`` works.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ from .batchnorm import ChunkStats, ExactStats, batch_stats_mode, bn_output, exac
 from .block_backward import backward_chunked_bn, backward_plain
 from .gradchunks import DenseGrad, GradChunks
 from .layer_grad import layer_backward_supported
-from .layers import Step
+from .layers import Step, child_steps
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
+from .paramgrads import collected, stand_ins, trainable_params
 from .static import StaticBackward
 from .steps import apply_static, apply_steps, fused_kind, merge_time, run_node_post, split_time
 
-__all__ = ["Block", "run_block"]
+__all__ = ["Block", "Route", "run_block"]
 
 
 @dataclass
@@ -83,6 +85,22 @@ class Block:
     incoming_grad: Optional[GradChunks] = None  # where our input gradient goes (the previous block reads it)
     keep: int = 0                           # leading chunks whose layer output the forward keeps between its passes
     hold: bool = False                      # keep the layer output of every chunk until backward (no recomputation)
+    owners: List[nn.Module] = field(default_factory=list)  # the children [start, stop) themselves
+
+    def unchanged(self, children: List[nn.Module]) -> bool:
+        """Whether ``children`` (the container's, now) still hold this block as it was planned: the
+        same modules at ``[start, stop)``, each still supported (no hook added since, the node
+        still stateless, multi-step and hook-free)."""
+        if list(children[self.start:self.stop]) != list(self.owners) or not self.owners:
+            return False
+        now = []
+        for c in self.owners:
+            steps = child_steps(c)
+            if steps is None:
+                return False
+            now.extend(steps)
+        planned = self.steps + [Step("node", self.node, self.node)] + self.post
+        return len(now) == len(planned) and all(a.kind == b.kind and a.module is b.module for a, b in zip(now, planned))
 
     def bn_index(self) -> Optional[int]:
         idx = [i for i, s in enumerate(self.steps) if s.kind == "bn"]
@@ -119,13 +137,31 @@ class Block:
         return self.traced_kind() is not None
 
 
+@dataclass(frozen=True)
+class Route:
+    """How a block is linked to its neighbours in this forward: ``from_prev``: the block before it
+    (the one whose ``next_block`` it is) runs as a block too, so the input holds what the graph
+    says (``in_codec``) and may arrive packed; ``to_next``: the next block runs as a block, so the
+    output may be handed over packed. A neighbour run as plain modules (changed since planning,
+    see :meth:`Block.unchanged`) breaks the link."""
+
+    from_prev: bool = True
+    to_next: bool = True
+
+
+def _per_step_grad(x: torch.Tensor) -> bool:
+    """The caller reads ``x``'s own gradient (a leaf, ``retain_grad()`` or a tensor hook): an input
+    repeated over T then needs its gradient per step, not summed over time."""
+    return x.requires_grad and (x.is_leaf or x.retains_grad or bool(x._backward_hooks))
+
+
 # ----------------------------------------------------------------------------------------------
 # the autograd function
 
 
 class _BlockFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, block: Block, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, block: Block, route: Route, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         # The kernels' buffer pool keeps idle output buffers for reuse (no fresh page faults): a
         # block's chunks and passes reuse each other's, but the previous block's are the wrong
         # sizes and would only add to the peak, so each block starts with the pool emptied.
@@ -135,9 +171,13 @@ class _BlockFunction(torch.autograd.Function):
         bounds = [(t0, min(t0 + K, T)) for t0 in range(0, T, K)]
         incoming, block.incoming = block.incoming, None
         grad_sink, block.incoming_grad = block.incoming_grad, None
+        incoming_static, block.incoming_static = block.incoming_static, None
+        if not route.from_prev:  # (left over from a forward that did not finish)
+            incoming = grad_sink = incoming_static = None
         ctx.grad_sink = grad_sink if incoming is not None else None
         ctx.out_grad = None
-        static = incoming is None and is_time_invariant(x)
+        ctx.params = params
+        static = incoming is None and is_time_invariant(x) and not _per_step_grad(x)
         bn_i = block.bn_index()
         bn = block.steps[bn_i].module if bn_i is not None else None
         hold = block.hold and not static and bn is not None and batch_stats_mode(bn) and block.can_hold()
@@ -145,7 +185,7 @@ class _BlockFunction(torch.autograd.Function):
         ctx.held = {} if hold else None
         ctx.block, ctx.bounds, ctx.static, ctx.chunked_bn = block, bounds, static, chunked_bn
         ctx.dtype = x.dtype
-        ctx.saved_input = incoming if incoming is not None else save_input(x, block.in_codec)
+        ctx.saved_input = incoming if incoming is not None else save_input(x, block.in_codec if route.from_prev else "dense")
         ctx.input_needs_grad = x.requires_grad
         src = ctx.saved_input if incoming is not None else None
 
@@ -160,7 +200,7 @@ class _BlockFunction(torch.autograd.Function):
         elif chunked_bn:
             pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
             kept_a = _batch_statistics(ctx, bn, pre, bounds, x_chunk, len(bounds) if hold else block.keep)
-        handoff = _Handoff(block, T) if block.next_block is not None else None
+        handoff = _Handoff(block, T) if block.next_block is not None and route.to_next else None
         steps = bounds
         if static:
             # checkpoints once per chunk, but the node runs a few steps at a time (small transient)
@@ -192,9 +232,9 @@ class _BlockFunction(torch.autograd.Function):
             out[t0:t1] = o
         ctx.checkpoints = checkpoints
         ctx.static_backward = None
-        ctx.incoming_static, block.incoming_static = block.incoming_static, None
+        ctx.incoming_static = incoming_static
         if static:
-            ctx.static_backward = StaticBackward(block, ctx.saved_input, bounds, checkpoints, x.requires_grad)
+            ctx.static_backward = StaticBackward(block, ctx.saved_input, bounds, checkpoints, x.requires_grad, params)
             ctx.set_materialize_grads(False)
         if handoff is not None:
             # The next block reads the packed output; autograd only needs a tensor of the right
@@ -216,55 +256,64 @@ class _BlockFunction(torch.autograd.Function):
         buffers.release()  # as in forward: the pool holds one block's buffers at a time
         block: Block = ctx.block
         saved: SavedInput = ctx.saved_input
-        bounds = ctx.bounds
-        grad_in = None
+        saved.check_unmodified()
         if ctx.static:
             sb: StaticBackward = ctx.static_backward
-            if sb.done:  # already run inside the next block's backward
-                return (None, sb.result) + (None,) * len(block.params)
-            if grad_out is None:
-                return (None, None) + (None,) * len(block.params)
-            grad_out = grad_out.contiguous()
-            for t0, t1 in reversed(sb.feed_bounds):
-                sb.feed(t0, t1, grad_out[t0:t1])
-            return (None, sb.finish()) + (None,) * len(block.params)
-        prev: Optional[StaticBackward] = ctx.incoming_static
-        if prev is not None and not prev.accepts(bounds):
-            prev = None
-        if prev is not None:
-            prev.feed_bounds = list(bounds)
-        out_sink: Optional[GradChunks] = ctx.grad_sink if prev is None else None
-        if ctx.input_needs_grad and prev is None:
-            if out_sink is not None:
-                # the previous block reads our input gradient from out_sink; autograd gets a stand-in
-                grad_in = torch.zeros((), dtype=saved.dtype, device=grad_out.device).expand(saved.shape)
-                out_sink.placeholder = grad_in
-            else:
-                grad_in = torch.empty(saved.shape, dtype=saved.dtype, device=grad_out.device)
+            if not sb.done and grad_out is not None:  # (else: already run inside the next block's backward)
+                grad_out = grad_out.contiguous()
+                for t0, t1 in reversed(sb.feed_bounds):
+                    sb.feed(t0, t1, grad_out[t0:t1])
+                sb.finish()
+            return (None, None, sb.result) + sb.param_grads
+        with stand_ins(block.owners, ctx.params) as subs:
+            grad_in = _backward_chunks(ctx, block, saved, grad_out)
+            param_grads = collected(subs)
+        return (None, None, grad_in) + param_grads
 
-        def sink(t0: int, t1: int, g: torch.Tensor) -> None:
-            if prev is not None:
-                prev.feed(t0, t1, g)
-            elif out_sink is not None:
-                out_sink.put(t0, t1, g)
-            elif grad_in is not None:
-                grad_in[t0:t1] = g
 
-        src = _grad_source(ctx, grad_out)
-        del grad_out
-        wants_input_grad = grad_in is not None or prev is not None
-        if ctx.chunked_bn:
-            backward_chunked_bn(ctx, block, saved, src, sink, wants_input_grad)
+def _backward_chunks(ctx, block: Block, saved: SavedInput, grad_out: torch.Tensor) -> Optional[torch.Tensor]:
+    """A block's backward chunk by chunk (not a repeated input); returns the input gradient (a
+    zero-stride placeholder when the previous block reads it from its ``GradChunks``), ``None`` if
+    not wanted. Parameter gradients go to the stand-ins' ``.grad``."""
+    bounds = ctx.bounds
+    grad_in = None
+    prev: Optional[StaticBackward] = ctx.incoming_static
+    if prev is not None and not prev.accepts(bounds):
+        prev = None
+    if prev is not None:
+        prev.feed_bounds = list(bounds)
+    out_sink: Optional[GradChunks] = ctx.grad_sink if prev is None else None
+    if ctx.input_needs_grad and prev is None:
+        if out_sink is not None:
+            # the previous block reads our input gradient from out_sink; autograd gets a placeholder
+            grad_in = torch.zeros((), dtype=saved.dtype, device=grad_out.device).expand(saved.shape)
+            out_sink.placeholder = grad_in
         else:
-            backward_plain(ctx, block, saved, src, sink, wants_input_grad)
+            grad_in = torch.empty(saved.shape, dtype=saved.dtype, device=grad_out.device)
+
+    def sink(t0: int, t1: int, g: torch.Tensor) -> None:
         if prev is not None:
-            prev.finish()
-        ctx.checkpoints = None
-        ctx.saved_input = None
-        ctx.held = None
-        ctx.incoming_static = None
-        ctx.out_grad = ctx.grad_sink = None
-        return (None, grad_in) + (None,) * len(block.params)
+            prev.feed(t0, t1, g)
+        elif out_sink is not None:
+            out_sink.put(t0, t1, g)
+        elif grad_in is not None:
+            grad_in[t0:t1] = g
+
+    src = _grad_source(ctx, grad_out)
+    del grad_out
+    wants_input_grad = grad_in is not None or prev is not None
+    if ctx.chunked_bn:
+        backward_chunked_bn(ctx, block, saved, src, sink, wants_input_grad)
+    else:
+        backward_plain(ctx, block, saved, src, sink, wants_input_grad)
+    if prev is not None:
+        prev.finish()
+    ctx.checkpoints = None
+    ctx.saved_input = None
+    ctx.held = None
+    ctx.incoming_static = None
+    ctx.out_grad = ctx.grad_sink = None
+    return grad_in
 
 
 def _batch_statistics(ctx, bn, pre: List[Step], bounds, x_chunk, keep: int) -> Dict[int, torch.Tensor]:
@@ -350,9 +399,22 @@ class _Handoff:
             self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
 
 
-def run_block(block: Block, x: torch.Tensor) -> torch.Tensor:
-    """Run ``block`` on ``x [T, B, ...]``: chunked with recomputation when autograd records, plain otherwise."""
-    if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in block.params)):
+def _autocast_on(x: torch.Tensor) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(x.device.type))
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return False
+
+
+def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Tensor:
+    """Run ``block`` on ``x [T, B, ...]``: chunked with recomputation when autograd records, plain
+    otherwise. Under ``torch.autocast`` the chunked path is refused (its BatchNorm and kernels
+    compute in the input's dtype, not autocast's)."""
+    params = trainable_params(block.owners)
+    if not torch.is_grad_enabled() or not (x.requires_grad or params):
         z = split_time(apply_steps(block.steps, merge_time(x)), x.shape[0])
         return run_node_post(block.node, block.post, z, None)[0]
-    return _BlockFunction.apply(block, x, *block.params)
+    if _autocast_on(x):
+        raise RuntimeError("optimize_memory: autocast is not supported; train the optimized model without "
+                           "torch.autocast, or call edgesnn.memopt.uninstall(model) first")
+    return _BlockFunction.apply(block, route, x, *params)

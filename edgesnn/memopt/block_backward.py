@@ -2,7 +2,8 @@
 statistics span chunks, two with chunked BatchNorm (see that module's docstring for the passes).
 
 Both read the block's output gradient chunk by chunk (``GradChunks`` or ``DenseGrad``), hand each
-input-gradient chunk to ``sink(t0, t1, g)`` and accumulate parameter gradients into ``.grad``.
+input-gradient chunk to ``sink(t0, t1, g)`` and accumulate parameter gradients into ``.grad`` of
+the stand-ins the modules hold meanwhile (:mod:`edgesnn.memopt.paramgrads`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A block that holds its layer output from the forward to the backward (``Block.ho
 autograd graph for the layer (the output was computed once, under ``no_grad``); its backward calls
 the same kernels autograd would: ``aten.convolution_backward`` for ``nn.Conv1d/2d/3d`` (zero
 padding given as integers), ``x @ W`` products for ``nn.Linear``. Parameter gradients accumulate
-into ``.grad`` as autograd's would.
+into ``.grad`` of the layer's ``weight`` / ``bias`` as autograd's would (inside a block's backward:
+the stand-ins of :mod:`edgesnn.memopt.paramgrads`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+
+from .layers import runs_plain_forward
 
 __all__ = ["layer_backward_supported", "layer_backward", "accumulate_grad"]
 
@@ -22,14 +26,11 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def layer_backward_supported(step) -> bool:
     """Whether :func:`layer_backward` handles the per-step layer ``step`` (a
     :class:`~edgesnn.memopt.layers.Step`): a convolution with integer zero padding or a linear
-    layer, run by the torch base class's own forward (as SpikingJelly's multi-step layers are)."""
+    layer, run by the torch base class's own forward (as SpikingJelly's multi-step layers are),
+    without hooks and without parametrizations (its ``weight`` would not be a leaf)."""
     m = step.module
     base = next((c for c in (*_CONVS, nn.Linear) if isinstance(m, c)), None)
-    if base is None:
-        return False
-    fn = step.fn
-    runs_base = getattr(fn, "__func__", None) is base.forward or (fn is m and type(m).forward is base.forward)
-    if not runs_base:
+    if base is None or not runs_plain_forward(step, base) or parametrize.is_parametrized(m):
         return False
     if base is nn.Linear:
         return True
@@ -39,7 +40,8 @@ def layer_backward_supported(step) -> bool:
 def accumulate_grad(p: Optional[torch.Tensor], g: Optional[torch.Tensor]) -> None:
     """Add ``g`` to ``p.grad`` as autograd would (set it when there is none), in ``p``'s dtype;
     nothing for a missing ``p``/``g`` or a ``p`` that needs no gradient. ``g`` is handed over, not
-    copied: the caller must not use it afterwards."""
+    copied: the caller must not use it afterwards. In a block's backward ``p`` is the stand-in of a
+    parameter (:mod:`edgesnn.memopt.paramgrads`), whose ``.grad`` the block returns to autograd."""
     if p is None or g is None or not p.requires_grad:
         return
     g = g.to(p.dtype)

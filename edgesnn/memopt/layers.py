@@ -17,7 +17,8 @@ from torch import nn
 from ..nn import LIF, RevLIF
 from ..nn.layers import SeqToANN
 
-__all__ = ["Step", "child_steps", "output_codec", "is_node", "hooked", "runs_plain_forward", "pair"]
+__all__ = ["Step", "BaseForward", "child_steps", "output_codec", "is_node", "node_refusal", "hooked", "global_hooks",
+           "runs_plain_forward", "pair"]
 
 # Kinds: "node" (LIF/RevLIF), "bn" (BatchNorm), "param" (a layer with parameters: conv, linear),
 # "free" (no parameters, deterministic: pooling, flatten, activations without state).
@@ -37,49 +38,127 @@ class Step:
     module: nn.Module
 
 
+@dataclass(frozen=True)
+class BaseForward:
+    """``cls.forward(module, x)``: a SpikingJelly layer's single-step computation, its torch base
+    class's forward, on merged ``[T * B, ...]`` steps. Holds the class, not a bound method, so a
+    pickled model (``torch.save(model)``) calls the same function after loading."""
+
+    cls: type
+    module: nn.Module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls.forward(self.module, x)
+
+
+def _base_node_class(m: nn.Module) -> Optional[type]:
+    return LIF if isinstance(m, LIF) else RevLIF if isinstance(m, RevLIF) else None
+
+
 def is_node(m: nn.Module) -> bool:
     """An edgesnn LIF/RevLIF node the optimizer can chunk: multi-step, fresh state every call.
 
     A node that carries its state across calls (``step_mode='s'`` or ``stateful=True``) is left
     as it is: recomputing it from a fresh state would be wrong; so is a node with hooks
-    (:func:`hooked`), which the kernels would bypass.
+    (:func:`hooked`), which the kernels would bypass, and a subclass with its own ``forward`` or
+    ``_run`` (the kernels compute the base class's).
     """
-    return (isinstance(m, (LIF, RevLIF)) and getattr(m, "step_mode", "m") == "m" and not getattr(m, "stateful", False)
-            and not hooked(m))
+    base = _base_node_class(m)
+    return (base is not None and type(m).forward is base.forward and type(m)._run is base._run
+            and getattr(m, "step_mode", "m") == "m" and not getattr(m, "stateful", False) and not hooked(m))
+
+
+def node_refusal(m: nn.Module) -> Optional[str]:
+    """Why the LIF/RevLIF node ``m`` is left as it is (``None``: not such a node, or one :func:`is_node` accepts)."""
+    base = _base_node_class(m)
+    if base is None or is_node(m):
+        return None
+    if type(m).forward is not base.forward or type(m)._run is not base._run:
+        return "is a subclass with its own forward or _run"
+    if getattr(m, "step_mode", "m") != "m":
+        return "is single-step (step_mode='s')"
+    if getattr(m, "stateful", False):
+        return "carries its state across calls (stateful=True)"
+    return "has hooks (or a forward set on the instance)"
+
+
+def global_hooks() -> bool:
+    """Module hooks registered for every module (``torch.nn.modules.module.register_module_*_hook``)."""
+    from torch.nn.modules import module as torch_module
+
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+             "_global_backward_pre_hooks")
+    return any(getattr(torch_module, n, None) for n in names)
 
 
 def hooked(m: nn.Module) -> bool:
-    """``m`` has forward or forward-pre hooks, or a ``forward`` set on the instance: calling it may
-    compute something its class does not say. The optimizer runs nodes through their kernels and
-    SpikingJelly layers through their base forward, without calling the module, so such modules
-    (and wrappers) are left as they are; a hooked plain layer inside a wrapper is called as it is
-    but nothing is assumed about its output (no packed codec, no kernel in its place)."""
-    return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__
+    """``m`` has module hooks (forward, forward-pre, backward or backward-pre; its own or global
+    ones), or a ``forward`` set on the instance: calling it may compute something its class does
+    not say, or call code the optimizer's kernels and recomputations would skip or call per chunk.
+    Such modules (and wrappers holding one) are left as they are."""
+    own = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, getattr(m, "_backward_pre_hooks", None))
+    return any(own) or "forward" in m.__dict__ or global_hooks()
 
 
 def runs_plain_forward(step: Step, cls: type) -> bool:
     """``step`` computes exactly ``cls.forward`` (so a kernel may stand in for it): either its
-    function is that forward bound to the module (SpikingJelly's multi-step layers; no hooks run
-    then), or it calls the module itself, whose class forward is ``cls.forward``, with no forward
-    or forward-pre hook (its own or a global one) and no ``forward`` set on the instance."""
+    function is that forward applied to the module (:class:`BaseForward`: SpikingJelly's multi-step
+    layers; no hooks run then), or it calls the module itself, whose class forward is
+    ``cls.forward``, with no hook (its own or a global one) and no ``forward`` set on the instance."""
     m, fn = step.module, step.fn
-    if getattr(fn, "__func__", None) is cls.forward:
+    if isinstance(fn, BaseForward):
+        return fn.cls.forward is cls.forward
+    return fn is m and type(m).forward is cls.forward and not hooked(m)
+
+
+def _torch_base(cls: type) -> Optional[type]:
+    """The first torch.nn class in ``cls``'s MRO that defines ``forward`` (``nn.Conv2d`` for
+    SpikingJelly's ``layer.Conv2d``, ``_BatchNorm`` for ``nn.BatchNorm2d``)."""
+    for c in cls.__mro__:
+        if c.__module__.startswith("torch.nn") and "forward" in c.__dict__:
+            return c
+    return None
+
+
+#: SpikingJelly's multi-step layers whose multi-step forward is their torch base class's forward
+#: on the merged ``[T * B, ...]`` steps (named, not imported: SpikingJelly is optional).
+_SJ_LAYERS = ("Conv1d", "Conv2d", "Conv3d", "Linear", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "MaxPool1d",
+              "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
+              "AdaptiveAvgPool2d", "Flatten")
+_SJ_MODULE = "spikingjelly.activation_based.layer"
+
+
+def _sj_class(cls: type) -> Optional[type]:
+    """The supported SpikingJelly layer class ``cls`` is or derives from, if any."""
+    for c in cls.__mro__:
+        if c.__module__.startswith(_SJ_MODULE) and c.__qualname__ in _SJ_LAYERS:
+            return c
+    return None
+
+
+def _sj_unchanged(cls: type, sj: type) -> bool:
+    """``cls`` is ``sj``, or a subclass of it that overrides neither ``forward`` nor any other of
+    ``sj``'s methods (``__init__`` and ``extra_repr`` aside): its multi-step forward is then ``sj``'s,
+    the torch base forward on merged steps."""
+    if cls is sj:
         return True
-    if fn is not m or type(m).forward is not cls.forward or hooked(m):
-        return False
-    from torch.nn.modules import module as torch_module
-
-    return not (getattr(torch_module, "_global_forward_hooks", None) or getattr(torch_module, "_global_forward_pre_hooks", None))
+    names = {n for n, a in vars(sj).items() if callable(a)} - {"__init__", "extra_repr"} | {"forward"}
+    below = cls.__mro__[:cls.__mro__.index(sj)]
+    return not any(names & set(vars(c)) for c in below)
 
 
-def _torch_base_forward(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The single-step forward of a SpikingJelly multi-step layer: its torch.nn base class's forward."""
+def _step_fn(m: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """What computes ``m`` on merged steps: the module itself (a torch layer), its torch base
+    forward (:class:`BaseForward`: a supported SpikingJelly layer), or ``None`` (a SpikingJelly
+    layer of another class, e.g. ``WSConv2d`` or ``TemporalEffectiveBatchNorm2d``, or a subclass
+    that overrides its methods: the base forward would not compute it)."""
     if getattr(m, "step_mode", None) is None:
         return m
-    for cls in type(m).__mro__:
-        if cls.__module__.startswith("torch.nn") and "forward" in cls.__dict__:
-            return cls.forward.__get__(m)
-    return m
+    sj = _sj_class(type(m))
+    base = _torch_base(type(m))
+    if sj is None or base is None or not _sj_unchanged(type(m), sj):
+        return None
+    return BaseForward(base, m)
 
 
 def _is_seq_container(m: nn.Module) -> bool:
@@ -87,13 +166,27 @@ def _is_seq_container(m: nn.Module) -> bool:
 
 
 def _leaf_step(m: nn.Module) -> Optional[Step]:
+    """``m`` as a :class:`Step`, or ``None`` if unsupported: a layer with hooks (they would be
+    bypassed or called per chunk), a BatchNorm with its own forward (the chunked BatchNorm never
+    calls it), an unknown SpikingJelly layer."""
+    if hooked(m):
+        return None
+    fn = _step_fn(m)
+    if fn is None:
+        return None
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return Step("bn", _torch_base_forward(m), m)
+        runs = fn.cls.forward if isinstance(fn, BaseForward) else type(m).forward
+        return Step("bn", fn, m) if runs is nn.modules.batchnorm._BatchNorm.forward else None
     if isinstance(m, _PARAM_TYPES):
-        return Step("param", _torch_base_forward(m), m)
+        return Step("param", fn, m)
     if isinstance(m, _FREE_TYPES):
-        return Step("free", _torch_base_forward(m), m)
+        return Step("free", fn, m)
     return None
+
+
+def _wrapped_steps(leaves: List[nn.Module]) -> Optional[List[Step]]:
+    steps = [_leaf_step(x) if not isinstance(x, nn.Sequential) else None for x in leaves]
+    return None if any(s is None for s in steps) else steps  # type: ignore[return-value]
 
 
 def child_steps(m: nn.Module) -> Optional[List[Step]]:
@@ -102,21 +195,21 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
     Supported: edgesnn ``SeqToANN`` and SpikingJelly ``SeqToANNContainer`` around conv, linear,
     BatchNorm, pooling and flatten layers (or an ``nn.Sequential`` of them); SpikingJelly's
     multi-step ``layer.Conv2d`` / ``BatchNorm2d`` / ``MaxPool2d`` / ``AvgPool2d`` / ``Linear`` /
-    ``Flatten`` (``step_mode='m'``); edgesnn ``LIF`` / ``RevLIF`` nodes (kind ``node``).
+    ``Flatten`` (``step_mode='m'``; exactly these classes, or subclasses that override none of their
+    methods); edgesnn ``LIF`` / ``RevLIF`` nodes (kind ``node``). A module with hooks anywhere in
+    the child (wrapper, inner ``nn.Sequential`` or layer) makes the child unsupported.
     Dropout is not supported (its recomputation would draw a new mask).
     """
     if is_node(m):
         return [Step("node", m, m)]
     if hooked(m):
         return None  # a wrapper's or SpikingJelly layer's hooks would be bypassed
-    inner: List[nn.Module]
     if isinstance(m, SeqToANN):
-        inner = list(m.module) if isinstance(m.module, nn.Sequential) else [m.module]
-        steps = [_leaf_step(x) if not isinstance(x, nn.Sequential) else None for x in inner]
-        return None if any(s is None for s in steps) else steps  # type: ignore[return-value]
+        if isinstance(m.module, nn.Sequential):
+            return None if hooked(m.module) or type(m.module) is not nn.Sequential else _wrapped_steps(list(m.module))
+        return _wrapped_steps([m.module])
     if _is_seq_container(m):
-        steps = [_leaf_step(x) for x in m]
-        return None if any(s is None for s in steps) else steps  # type: ignore[return-value]
+        return _wrapped_steps(list(m))
     if getattr(m, "step_mode", None) == "m":
         s = _leaf_step(m)
         return None if s is None else [s]
@@ -146,8 +239,9 @@ def output_codec(step: Step, codec: str) -> str:
     m = step.module
     if step.kind == "node":
         return "bits" if isinstance(m, LIF) else "dense"
-    if step.fn is m and hooked(m):
-        return "dense"  # its hooks may change the values
+    base = _torch_base(type(m))
+    if base is None or not runs_plain_forward(step, base):
+        return "dense"  # hooks or a forward of its own may change the values
     if isinstance(m, (nn.Flatten, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)):
         return codec
     n = _pool_count(m)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..planner import network as netplan
 from .block import Block
-from .layers import is_node
+from .layers import is_node, node_refusal
 from .partition import candidate_sequentials, partition
 from .sequential import MemoryOptimizedSequential, install
 
@@ -34,6 +34,27 @@ def _parse_budget(budget: Union[None, int, float, str]) -> Optional[int]:
             or budget != int(budget)):
         raise ValueError(f"budget: expected a positive whole number of bytes or a size like '512MiB', got {budget!r}")
     return int(budget)
+
+
+def _check_bytes_per_param(v: object) -> None:
+    """``optimizer_bytes_per_param`` is a finite number >= 0 (not a bool, not a name like "adam")."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"optimizer_bytes_per_param: expected a finite number >= 0 (0: none, Adam ~2), got {v!r}")
+
+
+def _no_candidates_error(model: nn.Module) -> ValueError:
+    """Why nothing can be rewritten: a subclass of ``nn.Sequential`` holds the nodes, or no node at all."""
+    sub = next((m for m in model.modules() if isinstance(m, nn.Sequential) and type(m) is not nn.Sequential
+                and any(is_node(c) for c in m)), None)
+    if sub is not None:
+        return ValueError(f"model: only plain nn.Sequential containers are rewritten, but the LIF/RevLIF nodes are in "
+                          f"{type(sub).__name__}, a subclass of it; build that part as an nn.Sequential")
+    refused = next(((name, m) for name, m in model.named_modules() if node_refusal(m) is not None), None)
+    if refused is not None:
+        name, m = refused
+        return ValueError(f"model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize: the "
+                          f"{type(m).__name__} at {name or 'the top'!r} {node_refusal(m)}, so it is left as it is")
+    return ValueError("model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize")
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +117,9 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
             r = records.get(id(b))
             if r is None or "in" not in r or "out" not in r:
                 raise RuntimeError("example_input: the model's forward did not run every block once")
+            if r["in"][0][0] == 0:
+                raise ValueError(f"example_input: the number of time steps T (dim 0) must be >= 1, got shape "
+                                 f"{r['in'][0]} at the input of an nn.Sequential to optimize")
             b.trace = r
 
 
@@ -105,7 +129,7 @@ def optimize_memory(
     budget: Union[None, int, float, str] = None,
     *,
     chunk: Optional[int] = None,
-    optimizer_bytes_per_param: int = 0,
+    optimizer_bytes_per_param: float = 0,
 ) -> "netplan.NetworkPlan":
     """Rewrite ``model`` in place so that its training peak memory is nearly constant in T.
 
@@ -124,8 +148,8 @@ def optimize_memory(
         budget: peak training bytes to fit (a whole number, or a size such as ``"120MiB"``); ``None``
             picks the smallest peak that costs little time.
         chunk: force one chunk size ``K`` for every block instead of planning (not with a budget).
-        optimizer_bytes_per_param: optimizer state per parameter byte to count (0: forward and
-            backward only; Adam ~2).
+        optimizer_bytes_per_param: optimizer state per parameter byte to count, a finite number
+            >= 0 (0: forward and backward only; Adam ~2).
 
     Returns:
         the :class:`~edgesnn.planner.network.NetworkPlan`: per block strategy and chunk, predicted peak.
@@ -136,6 +160,7 @@ def optimize_memory(
         raise TypeError(f"example_input: expected a tensor, got {type(example_input).__name__}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
+    _check_bytes_per_param(optimizer_bytes_per_param)
     budget_bytes = _parse_budget(budget)
     if chunk is not None and budget_bytes is not None:
         raise ValueError("budget, chunk: give one of them (a forced chunk is not planned against a budget)")
@@ -144,7 +169,7 @@ def optimize_memory(
                          "to plan it again")
     seqs = candidate_sequentials(model)
     if not seqs:
-        raise ValueError("model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize")
+        raise _no_candidates_error(model)
     blocks = {id(s): partition(s) for s in seqs}
     _trace_shapes(model, example_input, blocks, seqs)
     all_blocks = [b for s in seqs for b in blocks[id(s)]]

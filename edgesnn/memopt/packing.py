@@ -82,12 +82,15 @@ class SavedInput:
     ``codec``: ``"once"`` (time-invariant input stored as ``[B, ...]``), ``"bits"`` (binary,
     1 bit per element), ``"levels:n"`` (a mean of ``n`` binary values, ``n`` a power of two:
     1 byte per element) or ``"dense"`` (the tensor itself).
+    ``version``: for ``once`` and ``dense`` (the caller's tensor, not a copy), its version counter
+    when it was saved (:meth:`check_unmodified`); ``None`` for the packed copies.
     """
 
     codec: str
     data: torch.Tensor
     shape: Tuple[int, ...]
     dtype: torch.dtype
+    version: Optional[int] = None
 
     @property
     def nbytes(self) -> int:
@@ -104,6 +107,15 @@ class SavedInput:
             return (self.data[t0:t1].to(self.dtype) / n)
         return self.data[t0:t1]
 
+    def check_unmodified(self) -> None:
+        """Raise as PyTorch does for a saved tensor when the input kept as it is (``once``,
+        ``dense``) was modified in place after the forward: its gradient would be wrong."""
+        if self.version is not None and self.data._version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                f"the input {list(self.shape)} of an optimize_memory block is at version {self.data._version}; "
+                f"expected version {self.version} instead")
+
 
 def is_time_invariant(x: torch.Tensor) -> bool:
     """``x [T, B, ...]`` repeats one ``[B, ...]`` tensor over T as a zero-stride view (``expand``)."""
@@ -115,11 +127,16 @@ def save_input(x: torch.Tensor, codec: str) -> SavedInput:
     ``levels:n`` or ``dense``); a zero-stride time dim is kept once whatever the codec."""
     shape, dtype = tuple(x.shape), x.dtype
     if is_time_invariant(x):
-        return SavedInput("once", x[0].detach(), shape, dtype)
+        return SavedInput("once", x[0].detach(), shape, dtype, _version(x))
     x = x.detach()
     if codec == "bits":
         return SavedInput("bits", pack_bits(x), shape, dtype)
     if codec.startswith("levels:"):
         n = int(codec.split(":")[1])
         return SavedInput(codec, (x * n).round_().to(torch.uint8), shape, dtype)
-    return SavedInput("dense", x, shape, dtype)
+    return SavedInput("dense", x, shape, dtype, _version(x))
+
+
+def _version(x: torch.Tensor) -> Optional[int]:
+    """``x``'s version counter (``None`` for an inference tensor, which has none)."""
+    return None if x.is_inference() else x._version

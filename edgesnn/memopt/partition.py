@@ -14,6 +14,7 @@ from torch import nn
 
 from .block import Block
 from .layers import Step, child_steps, is_node, output_codec
+from .paramgrads import trainable_params
 from .sequential import MemoryOptimizedSequential
 
 __all__ = ["partition"]
@@ -56,8 +57,9 @@ def partition(seq: nn.Sequential, chunk: int = 8) -> List[Block]:
                 codec = output_codec(s, codec)
             post.extend(nxt)
             j += 1
-        params = [p for k in range(pending_start, j) for p in children[k].parameters() if p.requires_grad]
-        blocks.append(Block(pending_start, j, list(pending), node, post, in_codec, chunk, params, out_codec=codec))
+        owners = children[pending_start:j]
+        blocks.append(Block(pending_start, j, list(pending), node, post, in_codec, chunk, trainable_params(owners),
+                            out_codec=codec, owners=owners))
         pending, pending_start = [], j
         i = j
     for prev, nxt in zip(blocks, blocks[1:]):

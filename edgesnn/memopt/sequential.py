@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List
+import warnings
+from collections import OrderedDict
+from typing import Dict, List, Union
 
 import torch
 from torch import nn
 
 from .batchnorm import batch_stats_mode
-from .block import Block, run_block
+from .block import Block, Route, run_block
 from .layers import child_steps
 from .steps import apply_steps, merge_time, run_node_post, split_time
 
@@ -22,10 +24,21 @@ class MemoryOptimizedSequential(nn.Sequential):
     """An ``nn.Sequential`` that runs some runs of children as chunked blocks (:mod:`edgesnn.memopt.block`).
 
     The children, their names and the ``state_dict`` are those of the original container, so
-    checkpoints load either way; only ``forward`` differs.
+    checkpoints load either way; only ``forward`` differs. A slice (``model[:2]``) is a plain
+    ``nn.Sequential`` of the same child modules (not optimized). A block whose children changed
+    after ``optimize_memory`` (a hook registered, ``stateful=True`` set on its node, a child
+    replaced) runs as plain modules: the plain model's results without the memory saving, with a
+    warning once per container.
     """
 
     _memopt_blocks: List[Block]
+
+    def __getitem__(self, idx: Union[int, slice]) -> nn.Module:
+        """A child, or for a slice a plain ``nn.Sequential`` of those children (the blocks are this
+        container's)."""
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``x [T, B, ...]``. Without autograd (evaluation), and when nothing needs all T at once
@@ -34,23 +47,40 @@ class MemoryOptimizedSequential(nn.Sequential):
         batch then needs one chunk's memory, not T's. An empty batch (``B = 0``) runs the children
         as they are (nothing to save; PyTorch's layers define what it does, e.g. BatchNorm counts
         the batch and leaves its running statistics)."""
+        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == 0:
+            raise ValueError(f"x_seq: the number of time steps T (dim 0) must be >= 1, got shape {tuple(x.shape)}")
         if x.dim() >= 2 and x.shape[1] == 0:
             return super().forward(x)
-        if not torch.is_grad_enabled() and x.dim() >= 2 and x.shape[0] > EVAL_CHUNK_STEPS and self._streamable():
-            return self._forward_streamed(x)
-        starts = {b.start: b for b in self._memopt_blocks}
         children = list(self)
+        live = self._live_blocks(children)
+        if (not torch.is_grad_enabled() and x.dim() >= 2 and x.shape[0] > EVAL_CHUNK_STEPS
+                and len(live) == len(self._memopt_blocks) and self._streamable()):
+            return self._forward_streamed(x)
+        routes = _routes(live)
+        starts = {b.start: b for b in live}
         i = 0
         while i < len(children):
             b = starts.get(i)
             if b is not None:
-                x = run_block(b, x)
+                x = run_block(b, x, routes[id(b)])
                 i = b.stop
             else:
                 x = children[i](x)
                 i += 1
         return x
 
+    def _live_blocks(self, children: List[nn.Module]) -> List[Block]:
+        """The blocks still as planned (:meth:`Block.unchanged`); warns once about the others."""
+        live = [b for b in self._memopt_blocks if b.unchanged(children)]
+        if len(live) < len(self._memopt_blocks) and not self.__dict__.get("_memopt_warned", False):
+            self._memopt_warned = True
+            kept = {id(b) for b in live}
+            b = next(b for b in self._memopt_blocks if id(b) not in kept)
+            warnings.warn(
+                f"optimize_memory: the {type(b.node).__name__} block (children {b.start}-{b.stop - 1}) changed after "
+                "optimize_memory (a hook, stateful=True or a replaced child); it runs as plain modules, without "
+                "the memory saving (call optimize_memory again after edgesnn.memopt.uninstall(model))", stacklevel=2)
+        return live
 
     def _streamable(self) -> bool:
         in_block = {i for b in self._memopt_blocks for i in range(b.start, b.stop)}
@@ -86,6 +116,14 @@ class MemoryOptimizedSequential(nn.Sequential):
         return torch.cat(outs)
 
 
+def _routes(live: List[Block]) -> Dict[int, Route]:
+    """Each live block's :class:`Route`: linked to its neighbour blocks where those run as blocks."""
+    ids = {id(b) for b in live}
+    fed = {id(b.next_block) for b in live if b.next_block is not None}
+    return {id(b): Route(from_prev=id(b) in fed, to_next=b.next_block is not None and id(b.next_block) in ids)
+            for b in live}
+
+
 def install(seq: nn.Sequential, blocks: List[Block]) -> None:
     """Turn ``seq`` into a :class:`MemoryOptimizedSequential` running ``blocks`` (in place)."""
     if type(seq) not in (nn.Sequential, MemoryOptimizedSequential):
@@ -100,3 +138,4 @@ def uninstall(model: nn.Module) -> None:
         if isinstance(m, MemoryOptimizedSequential):
             m.__class__ = nn.Sequential
             del m._memopt_blocks
+            m.__dict__.pop("_memopt_warned", None)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .packing import SavedInput
+from .paramgrads import collected, stand_ins
 from .steps import apply_static, node_backward_time_sum, node_chunk_backward, run_node_post
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,12 +25,16 @@ class StaticBackward:
     fused kernel applies (a LIF on the Numba backend, alone or before a 2x2 max-pool) one call per
     fed range back-propagates the node and adds the time-summed input gradient straight into the
     accumulator; otherwise the range runs in sub-chunks of ``block.inner`` steps, so the transient
-    is a few steps.
+    is a few steps. The gradients of ``params`` (the block's autograd inputs) are kept in
+    ``param_grads`` for the block's backward to return, whichever backward runs this one.
     """
 
-    def __init__(self, block: "Block", saved: SavedInput, bounds, checkpoints, input_needs_grad: bool) -> None:
+    def __init__(self, block: "Block", saved: SavedInput, bounds, checkpoints, input_needs_grad: bool,
+                 params: Sequence[torch.Tensor] = ()) -> None:
         self.block, self.saved, self.bounds, self.checkpoints = block, saved, list(bounds), checkpoints
         self.input_needs_grad = input_needs_grad
+        self.params = list(params)
+        self.param_grads: Tuple[Optional[torch.Tensor], ...] = (None,) * len(self.params)
         self.z0: Optional[torch.Tensor] = None
         self.dz0: Optional[torch.Tensor] = None
         self.g_v: Optional[torch.Tensor] = None
@@ -81,6 +86,7 @@ class StaticBackward:
             raise RuntimeError(f"memopt: gradient for steps {t0}:{t1} arrived out of order")
         self.next_chunk, self.expect = c, t0
         if self.z0 is None:
+            self.saved.check_unmodified()
             with torch.no_grad():
                 self.z0 = apply_static(block.steps, self.saved.data, self.saved.shape[0], update=False)
             self.dz0 = torch.zeros_like(self.z0)
@@ -109,14 +115,18 @@ class StaticBackward:
             states[j] = None
 
     def finish(self) -> Optional[torch.Tensor]:
-        """Back-propagate the time-summed gradient through the layers before the node."""
+        """Back-propagate the time-summed gradient through the layers before the node (parameter
+        gradients into ``param_grads``)."""
         block, saved = self.block, self.saved
+        saved.check_unmodified()
         x0l = saved.data.detach().requires_grad_(self.input_needs_grad)
-        if self.dz0 is not None:
-            with torch.enable_grad():
-                z = apply_static(block.steps, x0l, saved.shape[0], update=False)
-                if z.requires_grad:
-                    torch.autograd.backward(z, self.dz0)
+        with stand_ins(block.owners, self.params) as subs:
+            if self.dz0 is not None:
+                with torch.enable_grad():
+                    z = apply_static(block.steps, x0l, saved.shape[0], update=False)
+                    if z.requires_grad:
+                        torch.autograd.backward(z, self.dz0)
+            self.param_grads = collected(subs)
         self.done = True
         self.checkpoints = self.z0 = self.dz0 = self.g_v = None
         if self.input_needs_grad and x0l.grad is not None:

@@ -1,0 +1,61 @@
+"""A block's parameter gradients, handed to autograd as its backward's result instead of into ``.grad``.
+
+A block's backward recomputes its layers chunk by chunk, and some gradients (BatchNorm's, a held
+layer's) are computed without autograd. Written into the parameters' ``.grad`` directly, they would
+skip the parameters' tensor hooks (or call them once per chunk with a partial gradient), and
+``torch.autograd.grad(loss, params)`` would find the parameters unused. Instead, while the block's
+backward runs, its modules hold *stand-ins* for their parameters (``p.detach()``: same storage, no
+hooks, a fresh ``.grad``); every chunk and pass accumulates into the stand-ins' ``.grad``, and the
+block's autograd function returns those sums for the parameters it took as inputs. Autograd then
+runs each parameter's hooks once, with the whole gradient, and accumulates ``.grad`` (or hands it
+to ``autograd.grad``); a parameter used by two blocks gets the sum of both.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["trainable_params", "stand_ins", "collected"]
+
+
+def trainable_params(modules: Sequence[nn.Module]) -> List[torch.Tensor]:
+    """The parameters of ``modules`` (and their submodules) that require grad, each once."""
+    seen, out = set(), []
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+@contextmanager
+def stand_ins(modules: Sequence[nn.Module], params: Sequence[torch.Tensor]) -> Iterator[List[torch.Tensor]]:
+    """Inside the block, ``modules`` (and their submodules) hold a stand-in for each of ``params``:
+    ``p.detach()`` requiring grad (the same storage and version counter, no hooks, its own
+    ``.grad``). Yields the stand-ins in the order of ``params``; the parameters are put back on exit."""
+    subs = {id(p): p.detach().requires_grad_(True) for p in params}
+    swapped = []
+    try:
+        for owner in modules:
+            for mod in owner.modules():
+                for name, p in mod._parameters.items():
+                    if p is not None and id(p) in subs:
+                        swapped.append((mod, name, p))
+                        mod._parameters[name] = subs[id(p)]
+        yield [subs[id(p)] for p in params]
+    finally:
+        for mod, name, p in reversed(swapped):
+            mod._parameters[name] = p
+
+
+def collected(subs: Sequence[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+    """The gradients accumulated into the stand-ins (``None`` where none arrived), handed over."""
+    out = tuple(s.grad for s in subs)
+    for s in subs:
+        s.grad = None
+    return out
