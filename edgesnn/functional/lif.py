@@ -23,6 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 from .checks import check_finite_grads, check_finite_input, check_flag, check_sequence, check_state, eager, is_real_number
+from .second_order import first_order_only
 from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 
 __all__ = [
@@ -135,9 +136,22 @@ def lif_fire_reset_values(h: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, 
 
 
 def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One LIF step: returns ``(s, v_next)`` for input ``x`` and state ``v`` of the same shape."""
+    """One LIF step: returns ``(s, v_next)`` for input ``x`` and state ``v`` of the same shape and dtype.
+
+    Raises ``ValueError`` (one line) if ``v``'s shape or dtype differs from ``x``'s (no silent
+    broadcasting or promotion); :func:`lif_charge` and :func:`lif_fire_reset` are the unchecked parts.
+    """
+    if tuple(v.shape) != tuple(x.shape) or v.dtype != x.dtype:
+        raise ValueError(
+            f"v: expected the shape {tuple(x.shape)} and dtype {_dtype_name(x.dtype)} of x, got {tuple(v.shape)} "
+            f"{_dtype_name(v.dtype)}"
+        )
     h = lif_charge(x, v, p)
     return lif_fire_reset(h, p)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def lif_step_vjp(
@@ -210,6 +224,13 @@ class _LIFTorchFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_s_seq, grad_v_T):
+        # computed from the saved h, without a graph: a second backward through it raises
+        with torch.no_grad():
+            grads = _LIFTorchFunction._grads(ctx, grad_s_seq, grad_v_T)
+        return first_order_only(grads, "LIF", "torch") + (None,)
+
+    @staticmethod
+    def _grads(ctx, grad_s_seq, grad_v_T):
         (h_seq,) = ctx.saved_tensors
         p: LIFParams = ctx.params
         grad_x = torch.empty_like(h_seq)
@@ -223,7 +244,7 @@ class _LIFTorchFunction(torch.autograd.Function):
                 "LIF", [("the layer input x_seq", grad_x), ("the initial state v0", grad_v)],
                 [("grad of s_seq", grad_s_seq), ("grad of v_T", grad_v_T)],
             )
-        return grad_x, grad_v, None
+        return grad_x, grad_v
 
 
 def lif_multistep(

@@ -249,6 +249,7 @@ def revlif_step(
         each ``v`` (exact mode) or ``None``. Differentiable (straight-through rounding), so the
         same code is the oracle's forward and the fast path's forward.
     """
+    _check_step_layout(x, v, p)
     n = p.groups
     ys: List[torch.Tensor] = []
     vs: List[torch.Tensor] = []
@@ -264,6 +265,29 @@ def revlif_step(
             bits.append(bit)
         a, w = y_i, v_i
     return torch.stack(ys, 1), torch.stack(vs, 1), (torch.stack(bits, 1) if bits else None)
+
+
+def _check_step_layout(x: torch.Tensor, v: torch.Tensor, p: RevLIFParams, x_name: str = "x", v_name: str = "v") -> None:
+    """One-line ``ValueError`` unless ``x`` is a grouped step ``[B, p.groups, M]`` and ``v`` has its shape
+    (shapes only: no pass over the data)."""
+    if x.dim() != 3 or x.shape[1] != p.groups:
+        raise ValueError(
+            f"{x_name}: expected one step in grouped layout [B, groups={p.groups}, M], got shape {tuple(x.shape)}; "
+            f"convert [B, C, ...] with to_groups(x, {p.groups}, channel_dim=1)"
+        )
+    if tuple(v.shape) != tuple(x.shape):
+        raise ValueError(f"{v_name}: expected the shape {tuple(x.shape)} of {x_name} (grouped layout [B, n, M]), got {tuple(v.shape)}")
+
+
+def _check_bits(bits: Optional[torch.Tensor], y: torch.Tensor, p: RevLIFParams) -> None:
+    """Exact mode needs the kept bits of the step (``[B, n, M]``); one-line ``ValueError`` otherwise."""
+    if not p.exact:
+        return
+    if bits is None:
+        raise ValueError("bits: mode='exact' needs the kept bits [B, n, M] returned by revlif_step (or unpack_bit of the "
+                         "packed bits), got None")
+    if tuple(bits.shape) != tuple(y.shape):
+        raise ValueError(f"bits: expected the shape {tuple(y.shape)} of y (the bits revlif_step returned), got {tuple(bits.shape)}")
 
 
 def _invert_group(i: int, y, v_new, bits, x, v, p: RevLIFParams) -> torch.Tensor:
@@ -287,6 +311,8 @@ def revlif_step_inverse(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Invert one step without gradients: ``(x, v)`` from ``(y, v_new)`` and the kept ``bits``
     (``[B, n, M]``, exact mode; ``None`` in float mode). One LIF evaluation per group."""
+    _check_step_layout(y, v_new, p, "y", "v_new")
+    _check_bits(bits, y, p)
     x = torch.empty_like(y)
     v = torch.empty_like(v_new)
     for i in range(p.groups - 1, -1, -1):
@@ -317,6 +343,8 @@ def revlif_step_backward(
         ``(x, v, grad_x, grad_v)``: the recovered input and previous state, and their gradients
         (``grad_x`` before the input's straight-through quantization, which passes it unchanged).
     """
+    _check_step_layout(y, v_new, p, "y", "v_new")
+    _check_bits(bits, y, p)
     n = p.groups
     x = torch.empty_like(y)
     v = torch.empty_like(v_new)

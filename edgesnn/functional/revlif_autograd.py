@@ -37,6 +37,7 @@ from .revlif import (
     revlif_step_backward,
     to_groups,
 )
+from .second_order import first_order_only
 
 __all__ = ["RevLIFKernels", "TORCH_KERNELS", "torch_forward", "torch_backward", "revlif_multistep", "verify_reconstruction"]
 
@@ -132,8 +133,13 @@ def verify_reconstruction(v0: torch.Tensor, v0_rec: torch.Tensor, counts: Option
     if flips or not err <= FLOAT_MODE_TOLERANCE * scale:
         raise ReconstructionError(
             f"RevLIF float mode: the inverse did not reproduce the forward over T={T} steps (initial-state "
-            f"error {err:.3g}, {flips} neuron(s) with a different spike count); use mode='exact', float64 or fewer steps"
+            f"error {err:.3g}, {flips} neuron(s) with a different spike count); use {_float_mode_remedy(v0.dtype)}"
         )
+
+
+def _float_mode_remedy(dtype: torch.dtype) -> str:
+    """What to try after a float-mode reconstruction failure (float64 only if not already used)."""
+    return "mode='exact' or fewer steps" if dtype == torch.float64 else "mode='exact', float64 or fewer steps"
 
 
 class RevLIFFunction(torch.autograd.Function):
@@ -160,6 +166,13 @@ class RevLIFFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y_out, grad_v_T_out):
+        # the kernels reconstruct and differentiate without a graph: a second backward through it raises
+        with torch.no_grad():
+            grads = RevLIFFunction._grads(ctx, grad_y_out, grad_v_T_out)
+        return first_order_only(grads, "RevLIF", ctx.meta[1].name) + (None, None)
+
+    @staticmethod
+    def _grads(ctx, grad_y_out, grad_v_T_out):
         p, kernels, shape, given_v0 = ctx.meta
         y_out, v_T_out, bits, counts, kept_v0 = ctx.saved_tensors
         y = to_groups(y_out, p.groups)
@@ -175,7 +188,7 @@ class RevLIFFunction(torch.autograd.Function):
                 "RevLIF", [("the layer input x_seq", grad_x), ("the initial state v0", grad_v0_out)],
                 [("grad of y_seq", grad_y), ("grad of v_T", grad_v_T)],
             )
-        return from_groups(grad_x, shape), grad_v0_out, None, None
+        return from_groups(grad_x, shape), grad_v0_out
 
 
 def revlif_multistep(

@@ -31,6 +31,7 @@ each implementation) cost ~150 us per RevLIF training step, measurable against a
 
 # No ``from __future__ import annotations``: torch < 2.6 ``infer_schema`` reads the annotations of
 # the ops as objects and rejects them as strings ("Unsupported type annotation Tuple[Tensor, Tensor]").
+import contextlib
 import logging
 from typing import Tuple
 
@@ -42,6 +43,7 @@ from ..functional.grid import packed_steps
 from ..functional.lif import LIFParams
 from ..functional.revlif import RevLIFParams, check_exact_state, revlif_initial_state
 from ..functional.revlif_autograd import verify_reconstruction
+from ..functional.second_order import first_order_only
 from ..functional.surrogate import ATan, Sigmoid
 
 __all__ = ["lif_apply", "revlif_apply", "lif_fwd", "lif_bwd", "revlif_fwd", "revlif_bwd", "lif_params_args",
@@ -94,6 +96,12 @@ def _capturing(t: Tensor) -> bool:
     capture does not allow (and a replay would not repeat): they are skipped inside a capture; the
     kernels themselves are captured like any other launch."""
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _no_graph():
+    """``no_grad`` inside a ``create_graph=True`` backward (the kernels build no graph; the
+    custom backward ops have no autograd formula), a no-op otherwise (nothing to trace)."""
+    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
 
 
 def _grad_in(g: Tensor) -> Tensor:
@@ -172,8 +180,10 @@ def _lif_grads(bwd, ctx, grad_s, grad_vT):
         grad_vT = torch.zeros_like(v0)
     # a gradient that is the same at every step (stride 0 along time, e.g. of ``y.sum()``) goes in
     # as it is: the CPU kernel reads its first step only, instead of a [T, ...] copy
-    gx, gv0 = bwd(x, v0, _grad_in(grad_s), grad_vT.contiguous(), *ctx.params)
-    return (gx, gv0) + (None,) * 9
+    with _no_graph():
+        gx, gv0 = bwd(x, v0, _grad_in(grad_s), grad_vT.contiguous(), *ctx.params)
+    # the kernels' gradients carry no graph: a second backward through them raises (not zeros)
+    return first_order_only((gx, gv0), "LIF", ctx.params[-1]) + (None,) * 9
 
 
 def _lif_backward(ctx, grad_s, grad_vT):
@@ -317,8 +327,9 @@ def _revlif_grads(bwd, ctx, grad_y, grad_vT):
         grad_y = torch.zeros_like(y)
     if grad_vT is None:
         grad_vT = torch.zeros_like(vT)
-    gx, gv0 = bwd(y, vT, bits, counts, v0, ctx.verify, _grad_in(grad_y), grad_vT.contiguous(), *ctx.params)
-    return (gx, gv0) + (None,) * 14
+    with _no_graph():
+        gx, gv0 = bwd(y, vT, bits, counts, v0, ctx.verify, _grad_in(grad_y), grad_vT.contiguous(), *ctx.params)
+    return first_order_only((gx, gv0), "RevLIF", ctx.params[-1]) + (None,) * 14
 
 
 def _revlif_backward(ctx, grad_y, grad_vT, _grad_bits, _grad_counts):

@@ -23,7 +23,7 @@ import torch
 
 from ..functional import lif as _lif
 from ..functional import revlif_autograd as _rev
-from ..functional.checks import check_sequence, check_state
+from ..functional.checks import all_finite, check_finite_input, check_sequence, check_state, eager
 from ..functional.grid import straight_through, to_grid
 from ..functional.lif import LIFParams
 from ..functional.revlif import RevLIFParams, from_groups, revlif_initial_state, revlif_multistep_reference, to_groups
@@ -134,10 +134,20 @@ def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional
     else:
         v0g = to_groups(v0.contiguous(), p.groups, 1, "v0")
         if p.exact:
+            _check_finite_state(x_seq, v0)  # before the straight-through step turns +-Inf into NaN
             v0g = straight_through(to_grid(v0g), v0g)
         verify = 2
     y, v_T, _, _ = _ops.revlif_apply(xg, v0g.contiguous(), verify, *_ops.revlif_params_args(p), name)
     return from_groups(y, x_seq.shape), from_groups(v_T, x_seq.shape[1:])
+
+
+def _check_finite_state(x_seq: torch.Tensor, v0: torch.Tensor) -> None:
+    """Eager: a non-finite ``v0 [B, ...]`` raises the NaN / +-Inf counts of the value the caller gave
+    (one ``aminmax`` over ``v0``; a non-finite ``x_seq`` is named first, as the ops do). Skipped
+    inside a CUDA graph capture, like the ops' checks."""
+    if eager() and not _ops._capturing(v0) and not all_finite(v0):
+        check_finite_input(x_seq, "x_seq", "RevLIF")
+        check_finite_input(v0, "v0", "RevLIF")
 
 
 def lif_multistep(

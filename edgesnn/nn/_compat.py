@@ -127,7 +127,9 @@ class LIFAttributes:
     surrogate = _lif_attribute("surrogate", "edgesnn's name of ``surrogate_function`` (the constructor's ``surrogate=``).")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(vars(LIFAttributes).get(name), property):  # also for a module value (a SpikingJelly surrogate)
+        # the attribute properties (also for a module value, a SpikingJelly surrogate); a frozenset
+        # test, not vars(), so torch.compile (dynamo, torch 2.5 too) can trace state writes in forward
+        if name in _ATTRIBUTE_NAMES:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -144,3 +146,7 @@ class LIFAttributes:
     def _update_lif_params(self, **changes: Any) -> None:
         """Assign ``changes`` (``LIFParams`` fields), re-validated as the constructor would."""
         self._set_lif_params(dataclasses.replace(self._lif_params(), **changes))
+
+
+#: Names of :class:`LIFAttributes`' properties (assigned through the property, not nn.Module's setattr).
+_ATTRIBUTE_NAMES = frozenset(k for k, v in vars(LIFAttributes).items() if isinstance(v, property))

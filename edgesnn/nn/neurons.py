@@ -15,6 +15,13 @@ within one graph; :meth:`~_SpikingNode.detach` cuts it (truncated BPTT), ``reset
 Reading ``.v`` after a stateless multi-step call warns once per node (SpikingJelly's ``.v`` would
 hold the final state; edgesnn's is the fresh value).
 
+Changing the mode of a node that holds a state: ``.v`` is always the state the next call starts
+from. A multi-step call of a stateless node (``stateful=None``, e.g. after
+``functional.set_step_mode(net, 'm')``) that holds a state carried from single-step calls starts
+from it, as SpikingJelly does, and keeps no final state afterwards (``.v`` is then the fresh value).
+A state carried by a multi-step ``stateful=True`` node continues into single-step calls. Setting
+``stateful=False`` on a node that holds a state drops it, with a one-line warning.
+
 :class:`ParametricLIF` (learnable tau) lives in :mod:`edgesnn.nn.parametric` and is re-exported here.
 """
 
@@ -76,7 +83,10 @@ class _SpikingNode(nn.Module):
 
     @property
     def stateful(self) -> bool:
-        """Whether ``.v`` is carried across calls (``None`` at construction: only in step_mode 's')."""
+        """Whether ``.v`` is carried across calls (``None`` at construction: only in step_mode 's').
+
+        A state held when this turns False by a switch to step_mode 'm' is used by the next call (then
+        dropped); setting ``stateful=False`` drops it at once, with a warning."""
         return self._step_mode == "s" if self._stateful is None else self._stateful
 
     @stateful.setter
@@ -86,6 +96,15 @@ class _SpikingNode(nn.Module):
         if value is False and self._step_mode == "s":
             raise ValueError("stateful=False cannot be combined with step_mode='s' (each call is one step and needs the previous state)")
         self._stateful = value
+        if value is False and getattr(self, "_v", None) is not None:
+            self._drop_held_state()
+
+    def _drop_held_state(self) -> None:
+        """``stateful=False`` on a node holding a state: reset it, with a one-line warning (every call now starts fresh)."""
+        self._v = None
+        warnings.warn(
+            f"{type(self).__name__}.stateful=False: dropped the carried state .v, every call now starts from the fresh value "
+            f"{self._fresh_value()}; call reset() before setting stateful=False to silence this", stacklevel=3)
 
     @property
     def store_v_seq(self) -> bool:
@@ -132,6 +151,8 @@ class _SpikingNode(nn.Module):
         is_float = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not isinstance(value, torch.Tensor) and not is_float:
             raise TypeError(f"v: expected a tensor [B, ...] or a float, got {type(value).__name__}")
+        if isinstance(value, torch.Tensor) and not value.is_floating_point():
+            raise TypeError(f"v: expected a floating-point tensor [B, ...] (the input's dtype), got {value.dtype}")
         fresh = is_float and float(value) == self._fresh_value()
         if not self.stateful and not fresh:  # setting the fresh value (SpikingJelly's reset) is fine
             raise ValueError(
@@ -167,14 +188,34 @@ class _SpikingNode(nn.Module):
             return None
         if isinstance(v, float):
             return torch.full_like(x_seq[0], v)
-        if tuple(v.shape) != tuple(x_seq.shape[1:]) or v.dtype != x_seq.dtype or v.device != x_seq.device:
-            raise ValueError(
-                f"{type(self).__name__}: the carried state .v is {tuple(v.shape)} {v.dtype} on {v.device} but this input step is "
-                f"{tuple(x_seq.shape[1:])} {x_seq.dtype} on {x_seq.device}; call reset() (or functional.reset_net(net)) before a new batch"
-            )
-        if v.is_inference() and not torch.is_inference_mode_enabled():
+        self._check_held_state(v, x_seq)
+        # (eager only: dynamo cannot trace is_inference())
+        if not torch.compiler.is_compiling() and v.is_inference() and not torch.is_inference_mode_enabled():
             v = v.clone()  # a state carried out of inference_mode: autograd cannot save an inference tensor
         return v
+
+    def _check_held_state(self, v: torch.Tensor, x_seq: torch.Tensor) -> None:
+        """One line per cause: a different shape is a new batch (reset), a different dtype or device a cast."""
+        name, step = type(self).__name__, tuple(x_seq.shape[1:])
+        if tuple(v.shape) != step:
+            raise ValueError(
+                f"{name}: the carried state .v has shape {tuple(v.shape)} but this input step is {step}; call reset() "
+                f"(or functional.reset_net(net)) before a new batch"
+            )
+        if v.dtype != x_seq.dtype or v.device != x_seq.device:
+            raise TypeError(
+                f"{name}: the carried state .v is {v.dtype} on {v.device} but the input is {x_seq.dtype} on {x_seq.device}; "
+                f"assign .v in the input's dtype and device (node.v = node.v.to(x)) or move the module with .to(), which moves .v"
+            )
+
+    def _take_held_state(self, x_seq: torch.Tensor) -> Optional[torch.Tensor]:
+        """For a stateless call: the state the node holds (carried from step_mode 's' calls), which this
+        call starts from, as SpikingJelly does; the node holds none afterwards (the call keeps no final state)."""
+        if self._v is None:
+            return None
+        v0 = self._initial_state(x_seq)
+        self._v = None
+        return v0
 
     # ------------------------------------------------------------------ forward
 
@@ -207,9 +248,10 @@ class _SpikingNode(nn.Module):
         if self.check_finite:
             _check_finite(x_seq)
         if not self.stateful:
+            v0 = self._take_held_state(x_seq)
             if not torch.compiler.is_compiling():  # eager only: .v warns once when read (see v)
                 self._no_final_state = True
-            out, _ = self._run(x_seq, None)
+            out, _ = self._run(x_seq, v0)
             return out[0] if single else out
         out, v_T = self._run(x_seq, self._initial_state(x_seq))
         self._v = v_T
@@ -237,6 +279,9 @@ class LIF(LIFAttributes, _SpikingNode):
             left at the default, a 4-D input warns once (``[T, B, N, L]``, or SpikingJelly's one-step
             ``[B, C, H, W]``?).
         stateful: carry ``.v`` across calls until ``reset()``; ``None`` (default): only in step_mode ``"s"``.
+            A held state is what the next call starts from in either step mode: switched from ``"s"`` to
+            ``"m"``, the next call continues from the carried state (as SpikingJelly's), then keeps none;
+            setting ``stateful=False`` drops a held state (with a warning). See the module docstring.
         surrogate_function: SpikingJelly's name for ``surrogate`` (give one of the two).
         store_v_seq: SpikingJelly's option to keep every step's ``v``: not available (an error if True).
 
@@ -302,7 +347,8 @@ class RevLIF(LIFAttributes, _SpikingNode):
         gamma: weight of the coupled post-reset potential, in (0, 1].
         mode: ``"exact"`` (bit-exact inverse at any T; inputs clamped to +-64 and rounded to 2^-16)
             or ``"float"`` (plain float inverse, verified in backward).
-        backend, check_finite, step_mode, stateful, surrogate_function: as in :class:`LIF`.
+        backend, check_finite, step_mode, stateful, surrogate_function: as in :class:`LIF` (including
+            how a held state carries over a change of step mode or ``stateful``).
 
     In step_mode ``"s"`` every call is a sequence of length 1, so the O(1)-in-T memory of the
     reversible backward is not obtained across calls (each call keeps its output and final state).
