@@ -15,16 +15,20 @@ from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
+from .flag_checks import check_model_fits_dataset
 from .loop import EVAL_BATCH_SIZE, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a spiking classifier (digits is built in; no downloads)",
                        description="Train a spiking classifier. Example: edgesnn train --dataset digits --model mlp --neuron revlif --timesteps 4 --epochs 30")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="default digits (or the plan's)")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="default digits (or the plan's); folder: .png/.jpg/.jpeg/.bmp images, each resized to "
+                        "32x32 and converted to RGB")
     p.add_argument("--data-dir", "--data-path", dest="data_path", default=None, metavar="DIR",
-                   help="local data folder: cifar10 (python batches), folder (one sub-folder per class), or the folder "
-                        "tonic reads nmnist/dvsgesture/shd from (DIR/NMNIST, DIR/DVSGesture, DIR/SHD); nothing is downloaded")
+                   help="local data folder: cifar10 (python batches), folder (one sub-folder per class; images "
+                        "directly inside, resized to 32x32 RGB), or the folder tonic reads nmnist/dvsgesture/shd "
+                        "from (DIR/NMNIST, DIR/DVSGesture, DIR/SHD); nothing is downloaded")
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="default mlp (or the plan's)")
     p.add_argument("--neuron", default=None, help="lif, revlif or revlif:G (G groups); or a comma-separated list, one per spiking layer (default lif)")
     p.add_argument("--timesteps", "-T", type=int, default=None, help="default 4 (or the plan's)")
@@ -54,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train with edgesnn.optimize_memory (packed block inputs, chunked recomputation, exact "
                         "BatchNorm): same gradients, training memory nearly constant in T")
     p.add_argument("--sync-batchnorm", action="store_true",
-                   help="data-parallel on CUDA: BatchNorm statistics over all ranks (SyncBatchNorm)")
+                   help="data-parallel on CUDA: BatchNorm statistics over all ranks (SyncBatchNorm); without "
+                        "torchrun it has no effect (warned)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (a quick smoke run)")
     p.set_defaults(func=run)
 
@@ -158,9 +163,18 @@ def run(args: argparse.Namespace) -> int:
             parse_neuron_spec(spec)
         except ValueError as exc:  # its message names the model argument, "neuron: ..."
             raise UsageError(f"--neuron: {str(exc).partition(': ')[2]}") from None
+    neuron = args.neuron.split(",") if "," in args.neuron else args.neuron
+    cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      data_path=args.data_path, backend=args.backend, batchnorm=not args.no_batchnorm,
+                      memopt=args.memopt, **getattr(args, "widths", {}))
+    check_model_fits_dataset(cfg)  # before compiling kernels and reading (or binning) the data
     device = resolve_device(args.device)
     check_backend_device(args.backend, device)
     check_outputs(args.checkpoint, args.resume, args.force, report=args.json)
+    if args.sync_batchnorm and not info.distributed:
+        print("edgesnn train: warning: --sync-batchnorm has no effect outside torchrun (one process: BatchNorm "
+              "already sees the whole batch)", file=sys.stderr)
     from ..kernels.cli import compile_notice
 
     def notice() -> None:
@@ -181,11 +195,6 @@ def run(args: argparse.Namespace) -> int:
         info = setup(device.type)
         warm_kernels(info, args.backend, notice)  # local rank 0 fills the Numba cache, the others wait
         notice = None
-    neuron = args.neuron.split(",") if "," in args.neuron else args.neuron
-    cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      data_path=args.data_path, backend=args.backend, batchnorm=not args.no_batchnorm,
-                      memopt=args.memopt, **getattr(args, "widths", {}))
     try:
         report = train(cfg, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress, force=args.force,
                        before_training=notice, device=str(device), max_steps=args.max_steps,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -106,12 +106,57 @@ def _unpickle(path: Path) -> dict:
             raise ValueError(f"data: {path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
 
 
+#: values per CIFAR-10 image row: 1024 red, then 1024 green, then 1024 blue (32x32, row-major)
+_CIFAR_ROW = 3 * 32 * 32
+
+
+def _cifar_labels(path: Path, labels) -> np.ndarray:
+    """A batch's ``labels`` as int64 ``[N]``: whole numbers 0..9 (one line naming ``path`` otherwise)."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.dtype.kind not in "iuf":
+        raise ValueError(f"data: {path}: 'labels' is {y.dtype} of shape {list(y.shape)}; expected a list of "
+                         "whole numbers 0..9")
+    if y.dtype.kind == "f" and y.size and not bool(np.all(np.isfinite(y) & (y == np.round(y)))):
+        bad = y[~(np.isfinite(y) & (y == np.round(y)))][0]
+        raise ValueError(f"data: {path}: label {bad} is not a whole number; CIFAR-10 labels are 0..9")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise ValueError(f"data: {path} has labels {int(y.min())}..{int(y.max())}; CIFAR-10 has 0..9")
+    return y.astype(np.int64)
+
+
+def _cifar_images(path: Path, data) -> np.ndarray:
+    """A batch's ``data`` as uint8 ``[N, 3, 32, 32]``: it must be uint8 rows of 3072 channel-major
+    values (a float array would be cast to 0/1 images, an HWC ``[N, 32, 32, 3]`` one mix the channels)."""
+    a = data if isinstance(data, np.ndarray) else np.asarray(data)
+    if a.dtype != np.uint8 or a.ndim != 2 or a.shape[1] != _CIFAR_ROW:
+        raise ValueError(f"data: {path}: 'data' is {a.dtype} of shape {list(a.shape)}; expected uint8 of shape "
+                         f"[N, {_CIFAR_ROW}] (one row per image: 1024 red, 1024 green, 1024 blue values)")
+    return a.reshape(-1, 3, 32, 32)
+
+
+def _cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch file: uint8 images ``[N, 3, 32, 32]`` and int64 labels ``[N]``,
+    checked (keys, dtype and shape, whole labels 0..9, one label per image); one line naming the file."""
+    d = _unpickle(path)
+    if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+        keys = sorted(map(str, d)) if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f"data: {path} holds no CIFAR-10 'data' and 'labels' (found {keys}; "
+                         "CIFAR-100 batches say 'fine_labels')")
+    x, y = _cifar_images(path, d["data"]), _cifar_labels(path, d["labels"])
+    if len(x) != len(y):  # one label short would shift every later label by one
+        raise ValueError(f"data: {path} has {len(x)} images but {len(y)} labels; expected one label per image "
+                         "(a damaged or edited batch)")
+    return x, y
+
+
 def load_cifar10(root: str, flat: bool = False) -> Dataset:
     """CIFAR-10 in torchvision's python format from a local folder (``cifar-10-batches-py``).
 
-    ``root`` may be that folder or its parent. Nothing is downloaded.
+    ``root`` may be that folder or its parent (``~`` is expanded). Nothing is downloaded. Every
+    batch file is checked (:func:`_cifar_batch`): uint8 ``data`` of shape ``[N, 3072]``, as many
+    whole-number labels 0..9; anything else is a one-line error naming the file.
     """
-    base = Path(root)
+    base = Path(root).expanduser()
     if (base / "cifar-10-batches-py").is_dir():
         base = base / "cifar-10-batches-py"
     if not base.is_dir():
@@ -123,15 +168,8 @@ def load_cifar10(root: str, flat: bool = False) -> Dataset:
         # not a uint8 copy and two float32 ones
         u8s, ys = [], []
         for n in names:
-            d = _unpickle(base / n)
-            if not isinstance(d, dict) or "data" not in d or "labels" not in d:
-                keys = sorted(d) if isinstance(d, dict) else type(d).__name__
-                raise ValueError(f"data: {base / n} holds no CIFAR-10 'data' and 'labels' (found {keys}; "
-                                 "CIFAR-100 batches say 'fine_labels')")
-            y = np.asarray(d["labels"], dtype=np.int64)
-            if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
-                raise ValueError(f"data: {base / n} has labels {int(y.min())}..{int(y.max())}; CIFAR-10 has 0..9")
-            u8s.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            u8, y = _cifar_batch(base / n)
+            u8s.append(u8)
             ys.append(y)
         x = np.empty((sum(len(u) for u in u8s), 3, 32, 32), dtype=np.float32)
         i = 0
@@ -170,32 +208,59 @@ def _read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
         raise ValueError(f"data: {path} is not a readable image ({first_line(exc, 100)})") from None
 
 
+def _class_images(folder: Path) -> Tuple[List[Path], List[Path]]:
+    """``(images, skipped)`` directly in one class folder: files with an image suffix, and the other
+    entries (other suffixes such as .tif/.webp/.gif, nested folders) that are not read. Hidden
+    entries (macOS's AppleDouble ``._x.png`` beside every image, ``.DS_Store``) are neither."""
+    images, skipped = [], []
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith("."):
+            continue
+        ok = f.suffix.lower() in _IMAGE_SUFFIXES and not f.is_dir()
+        (images if ok else skipped).append(f)
+    return images, skipped
+
+
+def _log_skipped(root: Path, skipped: List[Path], log) -> None:
+    """One line: how many entries of the class folders are not read, with an example."""
+    if skipped and log is not None:
+        first = skipped[0]
+        example = f"{first.relative_to(root)}{'/' if first.is_dir() else ''}"
+        log(f"data: {root}: skipped {len(skipped)} entries of the class folders (only "
+            f"{'/'.join(_IMAGE_SUFFIXES)} files directly inside are read; not sub-folders), e.g. {example}")
+
+
 def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = False, seed: int = 0,
-                      test_fraction: float = 0.25) -> Dataset:
-    """Images in ``root/<class name>/*.png|jpg`` (one folder per class), resized to ``size``, RGB."""
+                      test_fraction: float = 0.25, log: Optional[Callable[[str], None]] = None) -> Dataset:
+    """Images in ``root/<class name>/*.png|jpg|jpeg|bmp`` (one folder per class; ``~`` is expanded),
+    each resized to ``size`` (width, height; stretched, not cropped) and converted to RGB.
+
+    Other files in the class folders (.tif, .webp, .gif...) and nested sub-folders are not read:
+    ``log`` gets one line with their count and an example.
+    """
     try:
         import PIL.Image  # noqa: F401 - present? (_read_image reads with it)
     except ImportError:  # pragma: no cover - pillow ships with matplotlib
         from ..errors import DependencyError
 
         raise DependencyError("data: reading image folders needs pillow (pip install pillow)") from None
-    base = Path(root)
+    base = Path(root).expanduser()
     if not base.is_dir():
         raise FileNotFoundError(f"data: image folder not found: {root}")
     # hidden folders (.ipynb_checkpoints, .git) are not classes: they would shift every label
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise ValueError(f"data: {root} must hold one sub-folder per class (found {len(classes)})")
-    paths, ys = [], []
+    paths, ys, skipped = [], [], []
     for label, cls in enumerate(classes):
-        # hidden files too: macOS's AppleDouble "._x.png" beside every image is no image
-        files = [f for f in sorted((base / cls).iterdir())
-                 if f.suffix.lower() in _IMAGE_SUFFIXES and not f.name.startswith(".")]
+        files, other = _class_images(base / cls)
         if not files:
             raise ValueError(f"data: class folder {base / cls} holds no images ({'/'.join(_IMAGE_SUFFIXES)}); "
                              "remove it or add images (an empty class would still take an output)")
         paths += files
         ys += [label] * len(files)
+        skipped += other
+    _log_skipped(base, skipped, log)
     y = np.asarray(ys, dtype=np.int64)
     tr, te = _split_indices(len(y), test_fraction, seed, str(root))
     shape = (3, size[1], size[0])  # PIL's size is (width, height)
@@ -210,10 +275,11 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
 
 
 def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed: int = 0, timesteps: int = 4,
-                 log=None) -> Dataset:
+                 log: Optional[Callable[[str], None]] = None) -> Dataset:
     """Load ``"digits"`` (built in), ``"cifar10"`` or ``"folder"`` (both need ``path``), or an event
     dataset (``"nmnist"``, ``"dvsgesture"``, ``"shd"``: ``path`` is the folder tonic reads, events
-    are binned into ``timesteps`` frames and cached; see :mod:`edgesnn.training.events`)."""
+    are binned into ``timesteps`` frames and cached; see :mod:`edgesnn.training.events`).
+    ``~`` in ``path`` is expanded; ``log`` gets the loaders' notes (skipped files, binning)."""
     if name in EVENT_DATASETS:
         from .events import load_event_dataset
 
@@ -225,5 +291,7 @@ def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed:
     if name in ("cifar10", "folder"):
         if not path:
             raise ValueError(f"data: dataset {name!r} needs --data-dir pointing at a local folder (no downloads)")
-        return load_cifar10(path, flat=flat) if name == "cifar10" else load_image_folder(path, flat=flat, seed=seed)
+        if name == "cifar10":
+            return load_cifar10(path, flat=flat)
+        return load_image_folder(path, flat=flat, seed=seed, log=log)
     raise ValueError(f"dataset: unknown dataset {name!r}; expected one of {DATASETS}")

@@ -25,34 +25,30 @@ pixel (or channel), polarity and time bin, saturated at 255 and stored as ``uint
 
 Frames are computed once per (dataset, split, T, source files) and cached as ``.npy`` files
 (written to a temp file and renamed: atomic), by default in ``DIR/.edgesnn-frames`` (or
-``~/.cache/edgesnn/frames`` when ``DIR`` is read-only; ``$EDGESNN_FRAME_CACHE`` overrides).
+``~/.cache/edgesnn/frames`` when ``DIR`` is read-only); ``$EDGESNN_FRAME_CACHE`` overrides, and
+when set it must be a writable folder (a one-line error names the variable otherwise).
 Cached frames are memory-mapped, so data-parallel ranks on one node share one copy in the page
-cache. The cache key covers the list of source files with their sizes and modification times,
-the transform and tonic's version, so an edited dataset is binned again.
+cache. The cache key covers the list of source files with their sizes, modification and
+status-change times (ctime: an in-place edit whose mtime is put back is still seen; a fresh copy
+of the dataset is binned once more), the transform and tonic's version, so an edited dataset is
+binned again. Events outside the sensor are refused, samples that give all-zero frames (no events,
+or a time span shorter than T) are binned and counted in one log line: see
+:mod:`edgesnn.training.event_frames`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
-
-import numpy as np
-import torch
+from typing import Callable, Optional, Tuple
 
 from ..errors import DependencyError, first_line
 from .data import Dataset, Split
+from .event_frames import InSensor, frame_cache_dir, load_split, time_sorted
 
 __all__ = ["EVENT_SPECS", "EventSpec", "check_layout", "load_event_dataset", "frame_cache_dir", "tonic_dataset"]
-
-_FORMAT = 3  # bump when the frame layout or the binning changes (2: events sorted by time, empty samples;
-# 3: samples in file-path order)
 
 
 @dataclass(frozen=True)
@@ -105,11 +101,37 @@ def _missing(spec: EventSpec, what: Path, why: str = "missing") -> FileNotFoundE
     return FileNotFoundError(f"data: {spec.name}: {why} {what} (tonic expects {spec.layout})")
 
 
+_DIGITS = frozenset(str(d) for d in range(10))
+
+
+def _check_nmnist_entries(spec: EventSpec, folder: Path) -> None:
+    """Only the digit folders 0..9, holding no folders, in ``Train/`` or ``Test/``: tonic labels every
+    file ending in ``bin`` by the last character of its folder's path (``Train/13`` would be digit 3,
+    ``Train/3 (copy)`` an ``int()`` error naming no file). Files tonic does not read (``README``,
+    ``.DS_Store``: no ``bin`` ending) are let be."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if not entry.is_dir():
+            if entry.name.endswith("bin"):
+                raise _missing(spec, Path(entry.path), "a .bin file outside the digit folders (tonic cannot label it):")
+            continue
+        if entry.name not in _DIGITS:
+            raise _missing(spec, Path(entry.path), "unexpected folder (only the digit folders 0-9; tonic would label "
+                                                   "its files by the last character of its path):")
+        with os.scandir(entry.path) as inner:
+            nested = next((e.path for e in inner if e.is_dir()), None)
+        if nested is not None:
+            raise _missing(spec, Path(nested), "a folder inside a digit folder (tonic would label its files by the "
+                                               "last character of its path):")
+
+
 def _check_nmnist(spec: EventSpec, root: Path) -> None:
     for split in ("Train", "Test"):
         folder = root / split
         if not folder.is_dir():
             raise _missing(spec, folder)
+        _check_nmnist_entries(spec, folder)
         empty = [str(d) for d in range(10) if not any((folder / str(d)).glob("*.bin"))]
         if empty:
             raise _missing(spec, folder, f"no .bin files for digit(s) {', '.join(empty)} in")
@@ -190,11 +212,17 @@ def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
 
     # same class name: tonic reads from save_to/<class name>
     local = type(spec.tonic_class, (base,), {"_check_exists": lambda self: True, "download": download})
-    steps = [_time_sorted]  # tonic's time bins assume sorted timestamps (unsorted events were dropped)
+    # events outside the sensor refused first (numpy would wrap a negative coordinate into the frame),
+    # then sorted: tonic's time bins assume sorted timestamps (unsorted events were dropped)
+    steps = [InSensor(base.sensor_size, ("unit", "y") if name == "shd" else ("x", "y")), time_sorted]
     if spec.spatial_factor != 1.0:
         steps.append(tt.Downsample(spatial_factor=spec.spatial_factor))
     steps.append(tt.ToFrame(sensor_size=spec.sensor_size, n_time_bins=timesteps))
-    ds = local(str(save_to), train=train, transform=tt.Compose(steps))
+    try:  # tonic's file walk parses labels out of names: int() errors that name no file
+        ds = local(str(save_to), train=train, transform=tt.Compose(steps))
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"data: {name}: tonic cannot list the samples under {Path(save_to) / spec.tonic_class} "
+                         f"({first_line(exc, 100)}; tonic expects {spec.layout})") from None
     _sort_by_file(ds)
     return ds
 
@@ -213,143 +241,14 @@ def _sort_by_file(tonic_ds) -> None:
     tonic_ds.targets = [targets[i] for i in order]
 
 
-def _sample(tonic_ds, i: int, label: str):
-    """Sample ``i`` of a tonic dataset; a file it cannot read is a one-line error naming the file."""
-    try:
-        return tonic_ds[i]
-    except (ValueError, OSError, IndexError, EOFError, KeyError) as exc:
-        files = getattr(tonic_ds, "data", None)
-        where = f"{files[i]}" if isinstance(files, list) and i < len(files) else f"sample {i}"
-        raise ValueError(f"data: {label}: cannot read {where} ({first_line(exc, 100)}); a truncated or foreign file? "
-                         "remove or replace it") from None
-
-
-def _time_sorted(events: np.ndarray) -> np.ndarray:
-    """``events`` in time order (a stable sort, only when they are not already)."""
-    if events.dtype.names and "t" in events.dtype.names and events.size > 1:
-        t = events["t"]
-        if bool((t[1:] < t[:-1]).any()):
-            return events[np.argsort(t, kind="stable")]
-    return events
-
-
-def _is_empty_sample(frames: np.ndarray) -> bool:
-    """A sample with no events: tonic hands its (empty, structured) event array back untransformed."""
-    return frames.dtype.names is not None or frames.size == 0
-
-
-# ------------------------------------------------------------------------------------------- cache
-
-
-def frame_cache_dir(save_to: Path) -> Path:
-    """``$EDGESNN_FRAME_CACHE``, else ``<save_to>/.edgesnn-frames`` when writable, else ``~/.cache/edgesnn/frames``."""
-    env = os.environ.get("EDGESNN_FRAME_CACHE")
-    candidates = [Path(env)] if env else []
-    candidates += [save_to / ".edgesnn-frames", Path.home() / ".cache" / "edgesnn" / "frames"]
-    for c in candidates:
-        try:
-            c.mkdir(parents=True, exist_ok=True)
-            probe = c / f".write-test-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
-            return c
-        except OSError:
-            continue
-    raise PermissionError(f"data: no writable folder for the frame cache (tried {', '.join(map(str, candidates))}); "
-                          "set EDGESNN_FRAME_CACHE")
-
-
-def _sources(tonic_ds) -> List[str]:
-    """The files a tonic dataset reads (for the cache key)."""
-    files = list(getattr(tonic_ds, "data", []) or [])
-    if not files or not isinstance(files[0], (str, os.PathLike)):  # SHD: one HDF5 file
-        files = [os.path.join(tonic_ds.location_on_system, tonic_ds.data_filename)]
-    return [str(f) for f in files]
-
-
-def _cache_key(name: str, split: str, timesteps: int, files: List[str], root: Path) -> str:
+def _load_split(name: str, save_to: Path, train: bool, timesteps: int, cache: Path, log: Callable[[str], None]) -> Split:
+    """One split through tonic, binned into the frame cache (or served from it)."""
     import tonic
 
-    h = hashlib.sha256()
     spec = EVENT_SPECS[name]
-    h.update(json.dumps([_FORMAT, name, split, timesteps, spec.sensor_size, spec.spatial_factor, tonic.__version__]).encode())
-    for f in files:
-        st = os.stat(f)
-        h.update(f"{os.path.relpath(f, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _bin_split(tonic_ds, out: Path, log: Callable[[str], None], label: str) -> Tuple[np.ndarray, int]:
-    """Bin every sample into frames, streamed into ``out`` (temp file + rename). Returns labels, saturated count."""
-    n = len(tonic_ds)
-    if n == 0:
-        raise FileNotFoundError(f"data: {label}: tonic found no samples")
-    first, first_target, j = None, None, 0
-    while first is None or _is_empty_sample(first):  # the frame shape of the first sample with events
-        if j == n:
-            raise ValueError(f"data: {label}: none of the {n} samples holds an event")
-        first, first_target = _sample(tonic_ds, j, label)
-        first = np.asarray(first)
-        j += 1
-    shape = (n,) + tuple(first.shape)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    labels = np.empty(n, dtype=np.int64)
-    saturated = 0
-    t0 = time.perf_counter()
-    try:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        for i in range(n):
-            frames, target = (first, first_target) if i == j - 1 else _sample(tonic_ds, i, label)
-            frames = np.asarray(frames)
-            if _is_empty_sample(frames):
-                frames = np.zeros(shape[1:], dtype=np.uint8)  # no events: all-zero frames
-            if frames.shape != shape[1:]:
-                raise ValueError(f"data: {label}: sample {i} gave frames {frames.shape}, the first gave {shape[1:]}")
-            over = (frames > 255) | (frames < 0)  # tonic counts in int16: beyond 32767 the count wraps negative
-            saturated += int(over.sum())
-            mm[i] = np.where(over, 255, frames).astype(np.uint8)
-            labels[i] = int(np.asarray(target))
-            if (i + 1) % 5000 == 0:
-                log(f"  {label}: {i + 1}/{n} samples binned ({time.perf_counter() - t0:.0f} s)")
-        mm.flush()
-        del mm
-        os.replace(tmp, out)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    return labels, saturated
-
-
-def _load_split(name: str, save_to: Path, train: bool, timesteps: int, cache: Path, log: Callable[[str], None]) -> Split:
-    from ..atomic import atomic_write
-
-    split = "train" if train else "test"
     ds = tonic_dataset(name, save_to, train, timesteps)
-    key = _cache_key(name, split, timesteps, _sources(ds), save_to)
-    stem = f"{name}-{split}-T{timesteps}-{key}"
-    frames_path, labels_path = cache / f"{stem}.frames.npy", cache / f"{stem}.labels.npy"
-    if not (frames_path.is_file() and labels_path.is_file()):
-        log(f"binning {name} {split} ({len(ds)} samples) into T={timesteps} frames once; cached in {cache}")
-        labels, saturated = _bin_split(ds, frames_path, log, f"{name} {split}")
-        if saturated:
-            log(f"  {name} {split}: {saturated} frame values above 255 events saturated at 255")
-        atomic_write(labels_path, lambda fh: np.save(fh, labels))  # written last: marks the cache entry complete
-    try:
-        frames = np.load(frames_path, mmap_mode="r")
-        labels = np.load(labels_path)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"data: frame cache {frames_path} is unreadable ({first_line(exc, 80)}); "
-                         "delete it (and its .labels.npy) to rebuild") from None
-    if frames.shape[0] != labels.shape[0] or frames.shape[1] != timesteps:
-        raise ValueError(f"data: frame cache {frames_path} does not match its labels; delete it to rebuild")
-    spec = EVENT_SPECS[name]
-    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
-        raise ValueError(f"data: {name} {split}: labels outside 0..{spec.num_classes - 1} ({labels.min()}..{labels.max()})")
-    with warnings.catch_warnings():  # read-only memory map: the training loop never writes to it
-        warnings.simplefilter("ignore", UserWarning)
-        x = torch.from_numpy(frames)
-    return Split(x, torch.from_numpy(labels), events=True)
+    transform = [spec.sensor_size, spec.spatial_factor, tonic.__version__]
+    return load_split(ds, name, "train" if train else "test", timesteps, transform, spec.num_classes, save_to, cache, log)
 
 
 def load_event_dataset(name: str, data_dir: Optional[str], timesteps: int, flat: bool = False,
@@ -367,8 +266,7 @@ def load_event_dataset(name: str, data_dir: Optional[str], timesteps: int, flat:
     log = log or (lambda msg: None)
     save_to = check_layout(name, data_dir)
     cache = frame_cache_dir(save_to)
-    train = _load_split(name, save_to, True, timesteps, cache, log)
-    test = _load_split(name, save_to, False, timesteps, cache, log)
+    train, test = (_load_split(name, save_to, split, timesteps, cache, log) for split in (True, False))
     if flat:
         train = Split(train.x.reshape(*train.x.shape[:2], -1), train.y, events=True)
         test = Split(test.x.reshape(*test.x.shape[:2], -1), test.y, events=True)

@@ -21,6 +21,8 @@ from .data import Dataset, Split, load_dataset
 from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           warm_kernels)
+from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
+from .flag_checks import check_model_fits_dataset
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
 
@@ -134,15 +136,9 @@ def check_outputs(checkpoint: Optional[str], resume: bool = False, force: bool =
             raise UsageError(f"--json: {report} is also the --checkpoint path; the report would replace the checkpoint")
 
 
-def _data_fingerprint(data: Dataset) -> str:
-    """Sample counts and a hash of the labels of both splits: a resumed run must see the same data
-    (a grown folder re-draws the train/test split)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for split in (data.train, data.test):
-        h.update(split.y.cpu().numpy().astype("int64").tobytes())
-    return f"{len(data.train)}+{len(data.test)}:{h.hexdigest()[:12]}"
+def _real(path) -> str:
+    """``path`` with ``~`` expanded and links resolved: two spellings of one folder compare equal."""
+    return os.path.realpath(os.path.expanduser(str(path)))
 
 
 def config_diff(stored: Dict, given: Dict, ignore=("epochs",)) -> List[str]:
@@ -221,7 +217,10 @@ def train(
 
     With ``checkpoint`` the state is written atomically after every epoch; an existing one is
     refused unless ``resume`` (continue from it: same config required, same data order as an
-    uninterrupted run) or ``force`` (overwrite it). Both checks run before any training.
+    uninterrupted run; the data must be unchanged: counts, labels and input values, see
+    :mod:`edgesnn.training.fingerprint`) or ``force`` (overwrite it). Both checks run before any
+    training. A model the dataset cannot feed (:func:`~edgesnn.training.flag_checks.check_model_fits_dataset`)
+    is refused before the data is read.
     ``before_training`` is called once everything is validated, right before the first step
     (the CLI prints its first-run compile notice there). ``device`` (``"auto"``, ``"cpu"``,
     ``"cuda"``; ``None`` = ``"cpu"``) runs the model, the batches and the loss there; it is not part
@@ -265,6 +264,7 @@ def train(
         raise UsageError("--sync-batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; on CPU train without BatchNorm "
                          "(--no-batchnorm) for rank-independent statistics, or keep per-rank statistics")
     check_outputs(checkpoint, resume, force)
+    check_model_fits_dataset(cfg)  # a model the data cannot feed is refused before the data is read
     main = dist.main
     log = log if main else _noop
     ck = None
@@ -276,10 +276,10 @@ def train(
                              "train): it cannot be resumed; train into a new --checkpoint")
         stored = dict(ck["train_config"])
         stored.setdefault("batchnorm", True)  # checkpoints from before the option
-        # another spelling of the same folder (./data/x/ for data/x) is the same data; another folder
-        # is refused (the fingerprint, checked once loaded, covers labels and counts, not the images)
+        # another spelling of the same folder (./data/x/ for data/x, ~/x) is the same data; another
+        # folder is refused (the fingerprints, checked once loaded, cover counts, labels and inputs)
         same_place = stored.get("data_path") is not None and cfg.data_path is not None and \
-            os.path.realpath(str(stored["data_path"])) == os.path.realpath(str(cfg.data_path))
+            _real(stored["data_path"]) == _real(cfg.data_path)
         diff = config_diff(stored, asdict(cfg), ignore=("epochs", "data_path") if same_place else ("epochs",))
         if diff:
             raise UsageError(f"--resume: {checkpoint} was written with other settings: {'; '.join(diff)}; "
@@ -298,12 +298,10 @@ def train(
         barrier(dist)
     if planned_model is not None:
         check_plan_fits(planned_model, data)
-    fingerprint = _data_fingerprint(data)
-    if ck is not None and ck.get("data_fingerprint") not in (None, fingerprint):
-        raise UsageError(f"--resume: the data under {cfg.data_path or cfg.dataset} changed since {checkpoint} was written "
-                         f"(samples or labels differ: {ck['data_fingerprint']} then, {fingerprint} now)"
-                         f"{'' if data.train.events else '; the train/test split would be drawn again'}: "
-                         "use a new --checkpoint")
+    fingerprint = data_fingerprint(data)
+    content = data_content_hash(data) if checkpoint else None  # ~0.1 s for CIFAR-10; only stored in checkpoints
+    if ck is not None:
+        check_resume_data(ck, fingerprint, content, checkpoint, cfg.data_path or cfg.dataset, data.train.events, log)
     model = _build(cfg, data).to(dev)  # same seed on every rank: same initial weights (DDP also broadcasts them)
     if sync_batchnorm and dist.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -405,7 +403,7 @@ def train(
             save_checkpoint(checkpoint, model.config, model.state_dict(), optimizer_state=opt.state_dict(),
                             epoch=epoch if partial else epoch + 1, epoch_offset=end if partial else 0,
                             metrics={"history": history}, train_config=asdict(cfg), world_size=dist.world, steps=steps,
-                            data_fingerprint=fingerprint)
+                            data_fingerprint=fingerprint, data_content=content)
         if stop:
             break
     final = history[-1]["test_accuracy"] if history else evaluate(model, data.test, eval_batch_size, dist=dist)

@@ -1,0 +1,273 @@
+"""From tonic's event samples to cached frame files: per-sample checks, binning, the frame cache.
+
+:mod:`edgesnn.training.events` builds the tonic dataset (layout checks, transforms); this module
+reads its samples one by one, bins them into ``uint8`` frames streamed into a ``.npy`` file and
+serves them memory-mapped from the cache folder on later runs.
+
+Per sample, before any binning: events are put in time order (:func:`time_sorted`) and events
+outside the sensor are refused (:class:`InSensor`: one line naming the file and the range; a
+negative coordinate would otherwise be wrapped into the frame by numpy's indexing).
+
+Samples that give all-zero frames are binned, not refused: a sample with no events at all (a
+0-byte N-MNIST ``.bin``, an empty DVS Gesture array, an empty SHD row) and one whose events span
+fewer than T time units (tonic's ``ToFrame(n_time_bins=T)`` then has zero-width bins and drops
+every event). One log line gives their count and the first such file, so a broken extraction
+shows; training on silence is allowed because one unreadable recording should not block the
+rest. A split in which *every* sample is all-zero is refused. The log line is written when the
+split is binned (a run served from the cache does not repeat it).
+
+The cache key covers each source file's path, size, modification time and status-change time
+(``st_ctime_ns``): ctime changes on any write to the file, even one whose mtime is put back
+(``touch -r``, ``os.utime``), so in-place edits are binned again. The cost: copying or extracting
+the dataset anew (new ctimes) bins it once more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import UsageError, first_line
+from .data import Split
+
+__all__ = ["InSensor", "OutOfSensor", "time_sorted", "frame_cache_dir", "load_split"]
+
+_FORMAT = 4  # bump when the frame layout, the binning or the cache key changes (2: events sorted by time,
+# empty samples; 3: samples in file-path order; 4: st_ctime_ns in the key, events outside the sensor refused)
+
+Log = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------------- per sample
+
+
+class OutOfSensor(ValueError):
+    """A sample holds events outside the sensor (the message gives the range; the caller names the file)."""
+
+
+class InSensor:
+    """A tonic transform step that refuses events outside the sensor: ``0 <= x < width`` (and
+    ``0 <= y < height`` when the events have a ``y``). Vectorised: a min and a max per field."""
+
+    def __init__(self, sensor_size: Sequence[int], names: Tuple[str, str] = ("x", "y")) -> None:
+        self.bounds = {"x": int(sensor_size[0]), "y": int(sensor_size[1])}
+        self.names = dict(zip(("x", "y"), names))
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        if events.dtype.names is None or events.size == 0:
+            return events
+        bad = []
+        for field, size in self.bounds.items():
+            if field not in events.dtype.names:
+                continue
+            v = events[field]
+            lo, hi = v.min(), v.max()
+            if lo < 0 or hi >= size:
+                n = int(np.count_nonzero((v < 0) | (v >= size)))
+                name = self.names[field]
+                bad.append(f"{n} events with {name} outside the sensor's 0..{size - 1} ({name} spans {lo}..{hi})")
+        if bad:
+            raise OutOfSensor("; ".join(bad))
+        return events
+
+
+def time_sorted(events: np.ndarray) -> np.ndarray:
+    """``events`` in time order (a stable sort, only when they are not already)."""
+    if events.dtype.names and "t" in events.dtype.names and events.size > 1:
+        t = events["t"]
+        if bool((t[1:] < t[:-1]).any()):
+            return events[np.argsort(t, kind="stable")]
+    return events
+
+
+def _sources(tonic_ds) -> List[str]:
+    """The files a tonic dataset reads (for the cache key and the messages)."""
+    files = list(getattr(tonic_ds, "data", []) or [])
+    if not files or not isinstance(files[0], (str, os.PathLike)):  # SHD: one HDF5 file
+        files = [os.path.join(tonic_ds.location_on_system, tonic_ds.data_filename)]
+    return [str(f) for f in files]
+
+
+def _where(tonic_ds, i: int) -> str:
+    """Sample ``i``'s file (N-MNIST, DVS Gesture), or the HDF5 file and the row (SHD)."""
+    files = getattr(tonic_ds, "data", None)
+    if isinstance(files, list) and i < len(files) and isinstance(files[i], (str, os.PathLike)):
+        return str(files[i])
+    try:
+        return f"{_sources(tonic_ds)[0]} sample {i}"
+    except (AttributeError, TypeError):
+        return f"sample {i}"
+
+
+def _sample(tonic_ds, i: int, label: str):
+    """Sample ``i`` of a tonic dataset; a file it cannot read is a one-line error naming the file."""
+    try:
+        return tonic_ds[i]
+    except OutOfSensor as exc:
+        raise ValueError(f"data: {label}: {_where(tonic_ds, i)}: {exc}; remove or replace it") from None
+    except (ValueError, OSError, IndexError, EOFError, KeyError) as exc:
+        raise ValueError(f"data: {label}: cannot read {_where(tonic_ds, i)} ({first_line(exc, 100)}); a truncated or "
+                         "foreign file? remove or replace it") from None
+
+
+def _is_empty_sample(frames: np.ndarray) -> bool:
+    """A sample with no events: tonic hands its (empty, structured) event array back untransformed."""
+    return frames.dtype.names is not None or frames.size == 0
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why ``folder`` cannot take the frame cache (created if missing), or None when it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+        return None
+    except OSError as exc:
+        return exc.strerror or first_line(exc, 80)
+
+
+def frame_cache_dir(save_to: Path) -> Path:
+    """The frame cache folder: ``$EDGESNN_FRAME_CACHE`` when set (``~`` expanded; it must be a
+    writable folder, or a one-line error names the variable), else ``<save_to>/.edgesnn-frames``
+    when writable, else ``~/.cache/edgesnn/frames``; neither writable is a one-line
+    :class:`~edgesnn.errors.UsageError`."""
+    env = os.environ.get("EDGESNN_FRAME_CACHE")
+    if env:
+        why = _unwritable(Path(env).expanduser())
+        if why:
+            raise UsageError(f"EDGESNN_FRAME_CACHE: {env} is not a writable folder for the frame cache ({why}); "
+                             "point it at one or unset it")
+        return Path(env).expanduser()
+    candidates = [save_to / ".edgesnn-frames"]
+    try:
+        candidates.append(Path.home() / ".cache" / "edgesnn" / "frames")
+    except RuntimeError:  # no home folder
+        pass
+    for c in candidates:
+        if _unwritable(c) is None:
+            return c
+    raise UsageError(f"data: no writable folder for the frame cache (tried {', '.join(map(str, candidates))}); "
+                     "set EDGESNN_FRAME_CACHE to one")
+
+
+def _cache_key(parts: list, files: List[str], root: Path) -> str:
+    """Hash of ``parts`` (format, dataset, split, T, transform, tonic version) and every source
+    file's relative path, size, mtime and ctime."""
+    h = hashlib.sha256()
+    h.update(json.dumps([_FORMAT, *parts]).encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.relpath(f, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- binning
+
+
+def _first_frames(tonic_ds, label: str):
+    """``(index, frames, target)`` of the first sample with events (it gives the frame shape)."""
+    n = len(tonic_ds)
+    for j in range(n):
+        frames, target = _sample(tonic_ds, j, label)
+        frames = np.asarray(frames)
+        if not _is_empty_sample(frames):
+            return j, frames, target
+    raise ValueError(f"data: {label}: none of the {n} samples holds an event (first: {_where(tonic_ds, 0)})")
+
+
+def _log_blank(tonic_ds, blank: List[int], n: int, steps: int, log: Log, label: str) -> None:
+    """One line for samples binned as all-zero frames; refuse a split that is all of them."""
+    if not blank:
+        return
+    what = f"no events or a time span shorter than T={steps} steps (all-zero frames)"
+    if len(blank) == n:
+        raise ValueError(f"data: {label}: all {n} samples have {what}, e.g. {_where(tonic_ds, blank[0])}")
+    log(f"  {label}: {len(blank)} of {n} samples have {what}: {_where(tonic_ds, blank[0])}")
+
+
+def _bin_split(tonic_ds, out: Path, log: Log, label: str) -> Tuple[np.ndarray, int]:
+    """Bin every sample into frames, streamed into ``out`` (temp file + rename). Returns labels, saturated count."""
+    n = len(tonic_ds)
+    if n == 0:
+        raise FileNotFoundError(f"data: {label}: tonic found no samples")
+    j, first, first_target = _first_frames(tonic_ds, label)
+    shape = (n,) + tuple(first.shape)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    labels = np.empty(n, dtype=np.int64)
+    saturated, blank = 0, []
+    t0 = time.perf_counter()
+    try:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        for i in range(n):
+            frames, target = (first, first_target) if i == j else _sample(tonic_ds, i, label)
+            frames = np.asarray(frames)
+            if _is_empty_sample(frames):
+                frames = np.zeros(shape[1:], dtype=np.uint8)  # no events: all-zero frames
+            if frames.shape != shape[1:]:
+                raise ValueError(f"data: {label}: {_where(tonic_ds, i)} gave frames {frames.shape}, "
+                                 f"the first gave {shape[1:]}")
+            if not frames.any():
+                blank.append(i)
+            over = (frames > 255) | (frames < 0)  # tonic counts in int16: beyond 32767 the count wraps negative
+            saturated += int(over.sum())
+            mm[i] = np.where(over, 255, frames).astype(np.uint8)
+            labels[i] = int(np.asarray(target))
+            if (i + 1) % 5000 == 0:
+                log(f"  {label}: {i + 1}/{n} samples binned ({time.perf_counter() - t0:.0f} s)")
+        _log_blank(tonic_ds, blank, n, shape[1], log, label)
+        mm.flush()
+        del mm
+        os.replace(tmp, out)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    return labels, saturated
+
+
+def load_split(tonic_ds, name: str, split: str, timesteps: int, transform: list, num_classes: int,
+               save_to: Path, cache: Path, log: Log) -> Split:
+    """Split ``split`` (``"train"``, ``"test"``) of dataset ``name`` as ``events=True`` frames from
+    the cache folder ``cache``, binned first when its entry is missing.
+
+    ``transform``: what else decides the frames (sensor size, spatial factor, tonic's version);
+    it goes into the cache key with the source files (paths relative to ``save_to``).
+    """
+    from ..atomic import atomic_write
+
+    label = f"{name} {split}"
+    key = _cache_key([name, split, timesteps, *transform], _sources(tonic_ds), save_to)
+    stem = f"{name}-{split}-T{timesteps}-{key}"
+    frames_path, labels_path = cache / f"{stem}.frames.npy", cache / f"{stem}.labels.npy"
+    if not (frames_path.is_file() and labels_path.is_file()):
+        log(f"binning {label} ({len(tonic_ds)} samples) into T={timesteps} frames once; cached in {cache}")
+        labels, saturated = _bin_split(tonic_ds, frames_path, log, label)
+        if saturated:
+            log(f"  {label}: {saturated} frame values above 255 events saturated at 255")
+        atomic_write(labels_path, lambda fh: np.save(fh, labels))  # written last: marks the cache entry complete
+    try:
+        frames = np.load(frames_path, mmap_mode="r")
+        labels = np.load(labels_path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"data: frame cache {frames_path} is unreadable ({first_line(exc, 80)}); "
+                         "delete it (and its .labels.npy) to rebuild") from None
+    if frames.shape[0] != labels.shape[0] or frames.shape[1] != timesteps:
+        raise ValueError(f"data: frame cache {frames_path} does not match its labels; delete it to rebuild")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"data: {label}: labels outside 0..{num_classes - 1} ({labels.min()}..{labels.max()})")
+    with warnings.catch_warnings():  # read-only memory map: the training loop never writes to it
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(frames)
+    return Split(x, torch.from_numpy(labels), events=True)
