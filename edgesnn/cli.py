@@ -119,6 +119,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     before = _file_state(getattr(args, "checkpoint", None))
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:  # a dependency only the command's work imports (torch for export)
+        if (exc.name or "edgesnn").partition(".")[0] == "edgesnn":
+            raise
+        print(f"edgesnn {args.command}: error: this command needs {exc.name} ({exc})", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         print(f"edgesnn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,8 @@ def _onnx():
     try:
         import onnx
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ExportError("ONNX export needs the 'onnx' package: pip install -e .[ort]") from None
+        raise ExportError("ONNX export (--format onnx / onnx-step) needs the onnx package: "
+                          "pip install 'edgesnn[onnx]'") from None
     return onnx
 
 

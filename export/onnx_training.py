@@ -80,7 +80,7 @@ def _artifacts_module():
     except Exception as exc:
         raise ExportError(
             f"--format onnx-training needs onnxruntime-training-cpu 1.19.2 and onnx 1.17.0 "
-            f"(pip install -e .[ort]); importing onnxruntime.training failed: {exc}"
+            f"(pip install 'edgesnn[ort]': x86-64, Python <= 3.12); importing onnxruntime.training failed: {exc}"
         ) from None
     return artifacts
 

@@ -219,3 +219,17 @@ def test_version_and_unknown_top_level_options(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown option -x" in err and "required" not in err
+
+
+def test_a_dependency_missing_at_run_time_is_one_line(monkeypatch, capsys):
+    """A board install without torch: `edgesnn export` builds its parser without torch and meets the
+    import only when it runs; that is the same one-line error as for the other commands."""
+    import edgesnn.export.cli as export_cli
+
+    def needs_torch(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(export_cli, "run", needs_torch)
+    code = main(["export", "--checkpoint", "x.ckpt", "--format", "onnx", "--out", "x.onnx"])
+    err = capsys.readouterr().err
+    assert code == 2 and "this command needs torch" in err and len(err.strip().splitlines()) == 1

@@ -195,3 +195,26 @@ def test_configure_cache_falls_back_to_private_tmp(fake_tmp, tmp_path, monkeypat
             nc.reload_config()
         except Exception:
             pass
+
+
+def test_an_unusable_edgesnn_cache_dir_is_warned_about(tmp_path, monkeypatch):
+    """EDGESNN_CACHE_DIR set to a folder that cannot be made: one warning naming it, then the fallback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("EDGESNN_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    old = config._CACHE_DIR
+    try:
+        with pytest.warns(RuntimeWarning, match="EDGESNN_CACHE_DIR=.*not a writable folder"):
+            chosen = config.configure_cache()
+        assert chosen.startswith(str(tmp_path / "home"))
+    finally:
+        config._CACHE_DIR = old
+        monkeypatch.undo()
+        try:
+            import numba.core.config as nc
+
+            nc.reload_config()
+        except Exception:
+            pass

@@ -13,6 +13,7 @@ import os
 import stat
 import sys
 import tempfile
+import warnings
 from typing import Optional
 
 __all__ = ["configure_cache", "cache_dir", "set_num_threads", "get_num_threads", "configure_threading_layer",
@@ -95,7 +96,7 @@ def configure_cache(path: Optional[str] = None) -> str:
     candidates = [path, os.environ.get("EDGESNN_CACHE_DIR"), os.environ.get("NUMBA_CACHE_DIR"),
                   os.path.join(os.path.expanduser("~"), ".cache", "edgesnn", "numba"), _private_tmp_base]
     key = _sources_key()
-    for cand in candidates:
+    for i, cand in enumerate(candidates):
         if callable(cand):  # the temporary fallback: created only when it is reached
             cand = cand()
         if not cand:
@@ -104,6 +105,10 @@ def configure_cache(path: Optional[str] = None) -> str:
         if _writable(folder):
             chosen = os.path.abspath(folder)
             break
+        if i == 1:  # the user set EDGESNN_CACHE_DIR to a folder we cannot use: say so, then fall back
+            warnings.warn(f"EDGESNN_CACHE_DIR={cand}: not a writable folder; the Numba kernel cache goes to the "
+                          "next candidate ($NUMBA_CACHE_DIR, ~/.cache/edgesnn/numba or a private temporary folder)",
+                          RuntimeWarning, stacklevel=2)
     else:  # pragma: no cover - nothing writable at all: numba then skips caching
         return ""
     if os.environ.get("NUMBA_CACHE_DIR") != chosen:
