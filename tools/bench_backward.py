@@ -6,7 +6,11 @@
   the step's forward under autograd from the recovered ``(x, v)`` and back-propagate through it.
 
 Both start from the same forward outputs and produce the same gradients (checked). Times are the
-median of ``--repeat`` runs of the backward alone.
+median of ``--repeat`` rounds of the backward alone; each round runs both methods, alternating
+which goes first, so a change of machine load hits both alike; the time saved is from those
+medians, and each round's own saving is printed as a range. The run prints how long tasks waited
+for a CPU while it timed (``/proc/pressure/cpu``, where readable): above ~10% other jobs dominate
+the spread, so rerun.
 
     python tools/bench_backward.py [--T 32] [--batch 32] [--neurons 4096] [--groups 2] [--json PATH]
 """
@@ -23,6 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_kernels import _cpu_pressure_us  # noqa: E402  (beside this file)
 
 from edgesnn.functional import RevLIFParams  # noqa: E402
 from edgesnn.functional.grid import unpack_bit  # noqa: E402
@@ -45,13 +52,17 @@ def classic_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
     return grad_x, grad_v
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def interleaved_times(fns: dict, repeat: int) -> dict:
+    """Seconds per call of each function in ``fns``, ``repeat`` rounds; every round runs each
+    function once, the order reversed every other round (A B, B A, ...)."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeat):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv=None) -> int:
@@ -71,21 +82,32 @@ def main(argv=None) -> int:
     g_single = torch_backward(y, v_T, bits, gy, gv, p)[0]
     g_classic = classic_backward(y, v_T, bits, gy, gv, p)[0]
     err = float((g_single - g_classic).abs().max() / g_classic.abs().max())
-    t_single = median_time(lambda: torch_backward(y, v_T, bits, gy, gv, p), args.repeat)
-    t_classic = median_time(lambda: classic_backward(y, v_T, bits, gy, gv, p), args.repeat)
+    psi0, t0 = _cpu_pressure_us(), time.perf_counter()
+    times = interleaved_times({"single": lambda: torch_backward(y, v_T, bits, gy, gv, p),
+                               "classic": lambda: classic_backward(y, v_T, bits, gy, gv, p)}, args.repeat)
+    psi1, wall = _cpu_pressure_us(), time.perf_counter() - t0
+    t_single, t_classic = statistics.median(times["single"]), statistics.median(times["classic"])
     saving = 1.0 - t_single / t_classic
+    per_round = [1.0 - s / c for s, c in zip(times["single"], times["classic"])]
     print(f"RevLIF backward, [T={args.T}, B={args.batch}, N={args.neurons}], {args.groups} groups, float32, "
-          f"{torch.get_num_threads()} threads, median of {args.repeat}")
+          f"{torch.get_num_threads()} threads, median of {args.repeat} rounds (both methods in each, order alternating)")
     print(f"{'method':44s}{'time (ms)':>12s}")
     print(f"{'classic reversible (invert, re-forward, VJP)':44s}{t_classic * 1e3:12.1f}")
     print(f"{'edgesnn single pass (VJP on the inverse)':44s}{t_single * 1e3:12.1f}")
-    print(f"time saved: {saving * 100:.1f}% (target >= 23.8%: {'PASS' if saving >= 0.238 else 'FAIL'}); "
-          f"gradient agreement {err:.1e} (relative)")
+    print(f"time saved: {saving * 100:.1f}% (target >= 23.8%: {'PASS' if saving >= 0.238 else 'FAIL'}; per round "
+          f"{min(per_round) * 100:.1f}..{max(per_round) * 100:.1f}%); gradient agreement {err:.1e} (relative)")
+    stall = None
+    if psi0 is not None and psi1 is not None:
+        stall = 100.0 * (psi1 - psi0) / 1e6 / wall
+        print(f"machine load while timing: runnable tasks waited for a CPU {stall:.0f}% of the time "
+              "(/proc/pressure/cpu); above ~10% other jobs dominate the spread: rerun")
     if args.json:
         from edgesnn.checkpoint import atomic_write
 
         payload = {"shape": [args.T, args.batch, args.neurons], "groups": args.groups, "classic_s": t_classic,
-                   "single_pass_s": t_single, "time_saved": saving, "grad_rel_diff": err}
+                   "single_pass_s": t_single, "time_saved": saving, "grad_rel_diff": err,
+                   "time_saved_per_round": per_round, "classic_round_s": times["classic"],
+                   "single_pass_round_s": times["single"], "cpu_pressure_pct": stall}
         atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
     return 0
 

@@ -17,6 +17,9 @@ Rows: SpikingJelly 2.0 LIFNode BPTT; SpikingJelly ``memopt.optimize_memory(level
 compress=True)`` (the level that runs on a CPU); edgesnn all-LIF and all-RevLIF (2 groups) without
 optimization; ``edgesnn.optimize_memory`` with no budget and with a budget of 1/15 of SpikingJelly
 BPTT's T = 64 peak (measured in the same run). Ratios are against SpikingJelly BPTT at the same T.
+"pred." is the planner's prediction from shapes: the optimized rows' plan
+(:mod:`edgesnn.planner.network`), the other rows' :func:`edgesnn.planner.bptt_peak.predict_peak`
+(computed in each row's worker after its measurement; ``predicted_peak_bytes`` in the JSON).
 A separate check compares the optimized model's loss, parameter gradients and BatchNorm running
 statistics with the unoptimized edgesnn model.
 
@@ -88,6 +91,19 @@ def build_vgg(node: str, grouped: bool = False):
 
 
 _ROW_NODE = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}  # other rows: edgesnn LIF
+BASELINE_ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif")  # predicted by edgesnn.planner.bptt_peak
+
+
+def predict_baseline(row: str, T: int, batch: int, steps: int = 3):
+    """The planner's prediction for a baseline row (``BASELINE_ROWS``), from shapes only (no run):
+    :func:`edgesnn.planner.bptt_peak.predict_peak` on a fresh copy of the row's model, as
+    ``tools/validate_planner.py --network`` computes it. Returns a ``PeakPrediction``."""
+    from edgesnn.planner.bptt_peak import Strategy, predict_peak
+
+    model, _ = build_vgg(_ROW_NODE.get(row, "lif"), grouped=(row == "sj_memopt"))
+    model.train()
+    strategy = Strategy("sj_memopt", compress=True) if row == "sj_memopt" else Strategy("bptt")
+    return predict_peak(model, (3, 32, 32), T, batch, strategy=strategy, steps=steps)
 
 
 def row_model(row: str, x, budget: int):
@@ -180,6 +196,9 @@ def worker(row: str, T: int, batch: int, budget: int, steps: int, threads: int, 
         out["predicted_peak_bytes"] = plan.peak_bytes
         out["chunks"] = [b.chunk for b in plan.blocks]
         out["holds"] = [b.hold for b in plan.blocks]
+    elif row in BASELINE_ROWS and not timing:  # after the measurement: it does not touch the peak
+        p = predict_baseline(row, T, batch, steps)
+        out["predicted_peak_bytes"], out["predicted_phase"] = p.peak_bytes, p.phase
     return out
 
 
@@ -311,8 +330,8 @@ def main(argv=None) -> int:
                 budget = r["peak_bytes"] // 15
                 results[-1]["budget_for_opt_budget"] = budget
             print(f"T={T:<3} {LABELS[row]:<42} peak {r['peak_bytes'] / 2**20:8.1f} MiB  step {r['step_s']:.2f} s"
-                  + (f"  predicted {r['predicted_peak_bytes'] / 2**20:.1f} MiB  K={r['chunks']}" if "chunks" in r else ""),
-                  flush=True)
+                  + (f"  predicted {r['predicted_peak_bytes'] / 2**20:.1f} MiB" if "predicted_peak_bytes" in r else "")
+                  + (f"  K={r['chunks']}" if "chunks" in r else ""), flush=True)
         tm = timing_rounds(T, budget, [r["row"] for r in results if r["T"] == T and "error" not in r], common, a.rounds)
         for r in results:
             if r["T"] == T and r["row"] in tm:

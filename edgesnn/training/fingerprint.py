@@ -21,7 +21,7 @@ from .data import Dataset
 __all__ = ["data_fingerprint", "data_content_hash", "check_resume_data"]
 
 #: bytes of strided input values hashed per run (both splits together): CIFAR-10's 737 MB of float32
-#: inputs hash in about 0.2 s with the per-sample sums
+#: inputs hash in about 0.1-0.2 s with the per-sample sums (on the project's 2-core VM)
 HASH_BUDGET = 32 << 20
 _CHUNK = 8 << 20  # bytes of inputs handled at a time: the hash holds no copy of the data
 
@@ -62,7 +62,8 @@ def data_content_hash(data: Dataset) -> str:
     Every value counts through a per-sample sum of its bytes read as integer words (a single
     changed value changes it); a strided subset (at most :data:`HASH_BUDGET` bytes) is hashed as
     is, so values moved within a sample (a flipped image) show too. CIFAR-10 (737 MB of float32)
-    takes about 0.15 s; event frames are read once from their memory map.
+    takes about 0.1-0.2 s on the project's 2-core VM; event frames are read once from their memory
+    map.
     """
     splits = (data.train, data.test)
     total = sum(s.x.numel() * s.x.element_size() for s in splits)
