@@ -36,7 +36,9 @@ def main(kind):
     results = []
     g = torch.Generator().manual_seed(0)
     lifs = [LIFParams(), LIFParams(v_reset=None, surrogate=ATan(), detach_reset=True),
-            LIFParams(tau=3.0, decay_input=False, v_reset=-0.25, surrogate=Sigmoid(2.5))]
+            LIFParams(tau=3.0, decay_input=False, v_reset=-0.25, surrogate=Sigmoid(2.5)),
+            LIFParams(v_reset=None),  # soft reset, the reset's gradient through the spike (no detach)
+            LIFParams(tau=1.7, v_reset=None, decay_input=False, surrogate=ATan())]  # soft reset, decay_input=False
     for shape in shapes_lif:
         for i, p in enumerate(lifs):
             x = torch.randn(shape, generator=g) * 1.5 + 0.4
@@ -49,7 +51,8 @@ def main(kind):
             results.append({"op": "lif", "shape": shape, "cfg": i, "fwd_equal": all(eq(u, w) for u, w in zip(a, b)),
                             "grad_rel": max(rel(d[0], c[0]), rel(d[1], c[1])), "spikes": float(a[0].sum())})
     for shape in shapes_rev:
-        for groups, mode, lif in ((2, "exact", lifs[0]), (3, "exact", lifs[1]), (2, "float", lifs[2])):
+        for groups, mode, lif in ((2, "exact", lifs[0]), (3, "exact", lifs[1]), (2, "float", lifs[2]),
+                                  (2, "exact", lifs[3]), (2, "float", lifs[4])):
             if shape[2] % groups:
                 continue
             p = RevLIFParams(lif=lif, groups=groups, mode=mode, **({"beta": 0.75} if mode == "float" else {}))

@@ -10,36 +10,82 @@ from edgesnn.nn import LIF, RevLIF
 from edgesnn.planner.bptt_peak import Strategy, predict_peak, saved_bytes
 from edgesnn.planner.step_replay import Pool
 
-pytest.importorskip("spikingjelly.activation_based.layer")
+
+class _MultiStep:
+    """SpikingJelly's multi-step layer contract without SpikingJelly (torch 2.5.1 in CI has none):
+    like ``layer.Conv2d(..., step_mode="m")``, a subclass of the torch layer with a ``step_mode``;
+    ``"m"`` runs it on ``x.flatten(0, 1)`` and views the result as ``[T, B, ...]`` (SpikingJelly's
+    ``seq_to_ann_forward``), ``"s"`` on one step. The planner classifies such a layer by its torch
+    type and switches ``step_mode`` to ``"s"`` while it probes it."""
+
+    step_mode = "m"
+
+    def forward(self, x):
+        if self.step_mode == "s":
+            return super().forward(x)
+        y = super().forward(x.flatten(0, 1))
+        return y.view(x.shape[0], x.shape[1], *y.shape[1:])
+
+
+class _Conv2d(_MultiStep, nn.Conv2d):
+    pass
+
+
+class _BatchNorm2d(_MultiStep, nn.BatchNorm2d):
+    pass
+
+
+class _MaxPool2d(_MultiStep, nn.MaxPool2d):
+    pass
+
+
+class _Flatten(_MultiStep, nn.Flatten):
+    pass
+
+
+class _Linear(_MultiStep, nn.Linear):
+    pass
+
+
+def _layers(family: str):
+    """``(Conv2d, BatchNorm2d, MaxPool2d, Flatten, Linear)`` multi-step classes: SpikingJelly's
+    ``layer.*`` with ``step_mode="m"``, or the torch-only replicas above."""
+    if family == "torch":
+        return _Conv2d, _BatchNorm2d, _MaxPool2d, _Flatten, _Linear
+    layer = pytest.importorskip("spikingjelly.activation_based.layer")
+
+    def m(cls):
+        return lambda *a, **k: cls(*a, step_mode="m", **k)
+
+    return m(layer.Conv2d), m(layer.BatchNorm2d), m(layer.MaxPool2d), m(layer.Flatten), m(layer.Linear)
 
 
 def _node(kind: str) -> nn.Module:
-    from spikingjelly.activation_based import neuron, surrogate
-
     if kind == "sj":
+        neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+        surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
         return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.Sigmoid(), step_mode="m")
     if kind == "lif-torch":
         return LIF(backend="torch")
     return LIF() if kind == "lif" else RevLIF(groups=2)
 
 
-def _tiny(kind: str, grouped: bool = False) -> nn.Sequential:
+def _tiny(kind: str, grouped: bool = False, family: str = "torch") -> nn.Sequential:
     """Two conv -> BN -> node blocks (the first max-pooled) and a linear head, on [T, B, 3, 8, 8]."""
-    from spikingjelly.activation_based import layer
-
-    b1 = [layer.Conv2d(3, 8, 3, padding=1, bias=False, step_mode="m"), layer.BatchNorm2d(8, step_mode="m"), _node(kind),
-          layer.MaxPool2d(2, step_mode="m")]
-    b2 = [layer.Conv2d(8, 8, 3, padding=1, bias=False, step_mode="m"), layer.BatchNorm2d(8, step_mode="m"), _node(kind)]
-    head = [layer.Flatten(step_mode="m"), layer.Linear(8 * 4 * 4, 10, step_mode="m")]
+    Conv2d, BatchNorm2d, MaxPool2d, Flatten, Linear = _layers("spikingjelly" if kind == "sj" else family)
+    b1 = [Conv2d(3, 8, 3, padding=1, bias=False), BatchNorm2d(8), _node(kind), MaxPool2d(2)]
+    b2 = [Conv2d(8, 8, 3, padding=1, bias=False), BatchNorm2d(8), _node(kind)]
+    head = [Flatten(), Linear(8 * 4 * 4, 10)]
     if grouped:
         return nn.Sequential(nn.Sequential(*b1), nn.Sequential(*b2), *head).train()
     return nn.Sequential(*b1, nn.Sequential(*b2), *head).train()
 
 
 def _reset(model: nn.Module) -> None:
-    from spikingjelly.activation_based import functional
-
-    functional.reset_net(model)
+    """SpikingJelly's ``functional.reset_net``: ``reset()`` on every module that has one."""
+    for m in model.modules():
+        if hasattr(m, "reset"):
+            m.reset()
 
 
 def _measured_saved(model: nn.Module, T: int, B: int) -> int:
@@ -55,9 +101,13 @@ def _measured_saved(model: nn.Module, T: int, B: int) -> int:
     return n
 
 
-@pytest.mark.parametrize("kind, T", [("sj", 3), ("sj", 9), ("lif", 9), ("revlif", 9), ("revlif", 17), ("lif-torch", 5)])
-def test_saved_bytes_match_saved_tensor_hooks(kind, T):
-    model = _tiny(kind)
+@pytest.mark.parametrize("kind, T, family", [
+    ("sj", 3, "spikingjelly"), ("sj", 9, "spikingjelly"),
+    ("lif", 9, "spikingjelly"), ("revlif", 9, "spikingjelly"), ("revlif", 17, "spikingjelly"), ("lif-torch", 5, "spikingjelly"),
+    ("lif", 9, "torch"), ("revlif", 9, "torch"), ("revlif", 17, "torch"), ("lif-torch", 5, "torch"),
+])
+def test_saved_bytes_match_saved_tensor_hooks(kind, T, family):
+    model = _tiny(kind, family=family)
     predicted = saved_bytes(model, (3, 8, 8), T, 2)
     measured = _measured_saved(model, T, 2)
     # RevLIF's exact mode also saves a 4-byte placeholder for its (unused) spike counts
@@ -120,10 +170,11 @@ def test_pool_replica_follows_edgesnn_buffer_pool():
         buffers.set_pool_limit(old)
 
 
-def test_measured_steps_start_with_the_idle_pool():
+@pytest.mark.parametrize("family", ["torch", "spikingjelly"])
+def test_measured_steps_start_with_the_idle_pool(family):
     """The benchmark empties the pool once, before its measured steps: from the second one on, a
     step starts with what the pool kept idle at the end of the previous one (above the baseline)."""
-    model = _tiny("revlif")
+    model = _tiny("revlif", family=family)
     T, B = 8, 512  # RevLIF outputs of 8 MiB: pooled
     off = [predict_peak(model, (3, 8, 8), T, B, pool_limit=0, steps=s) for s in (1, 2, 3)]
     assert off[0].peak_bytes == off[1].peak_bytes == off[2].peak_bytes  # no pool: every step alike

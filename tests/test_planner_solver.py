@@ -28,19 +28,25 @@ def test_dp_matches_brute_force(seed):
         assert sum(costs[i][o][0] for i, o in enumerate(dp[0])) == dp[1]
 
 
-def test_solver_under_one_second_on_50_layers():
+def test_solver_within_seconds_on_50_layers():
+    """The DP and the whole planner on 50 layers take milliseconds (measured 0.014 s and 0.13 s on
+    the 2-core VM; README: "milliseconds for 50 layers"); the 5 s bound only catches a blow-up (an exponential frontier, a search over
+    layer combinations) and leaves room for a loaded 2-core CI runner."""
     rng = random.Random(1)
     costs = [[(rng.randint(10**6, 10**8), rng.uniform(0.1, 1.0)) for _ in range(4)] for _ in range(50)]
     cap = sum(sorted(b for b, _ in c)[1] for c in costs)
     t0 = time.perf_counter()
     sol = solve_choice(costs, cap)
-    assert time.perf_counter() - t0 < 1.0 and sol is not None
+    assert time.perf_counter() - t0 < 5.0
+    assert sol is not None and len(sol[0]) == 50 and sol[1] <= cap
+    assert sum(costs[i][o][0] for i, o in enumerate(sol[0])) == sol[1]
+    assert sum(costs[i][o][1] for i, o in enumerate(sol[0])) == pytest.approx(sol[2], rel=1e-12)
     # the whole planner on a 50-spiking-layer network
     m = build_model("mlp", (64,), 10, 8, neuron="lif", hidden=[64] * 50, node={"backend": "torch"})
     t0 = time.perf_counter()
     chain = ChainModel(m)
     res = plan_model(chain, 8, 400 * 2**20, 300 * 2**20, batch=None, groups=(2, 4))
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 5.0
     assert len(res["options"]) == 50 and res["peak_bytes"] <= 400 * 2**20
 
 

@@ -94,8 +94,8 @@ def test_float_mode_short_sequence_is_accepted():
     _compare(torch.randn(4, 4, 16, dtype=torch.float64) + 0.5, p, tol=1e-10)
 
 
-@pytest.mark.parametrize("T,target", [(8, 1), (16, 20), (64, 58.65)])
-def test_saves_no_per_step_tensor(T, target):
+@pytest.mark.parametrize("T", [8, 16, 64])
+def test_saves_no_per_step_tensor(T):
     N, B = 256, 4
     x = torch.randn(T, B, N, requires_grad=True)
     with SavedTensorCounter() as c:
@@ -103,7 +103,38 @@ def test_saves_no_per_step_tensor(T, target):
     saved = c.bytes(exclude=[x, y])
     # final state (4 bytes) + packed bits (T/8 bytes) per neuron
     assert saved == B * N * (4 + T // 8)
-    assert saved * target <= T * B * N * 12  # SpikingJelly's torch backend: 12 bytes per neuron-step
+
+
+def _lif_baseline(kind, x):
+    """A plain-autograd LIF on ``x``: SpikingJelly 2.0's ``LIFNode`` (multi-step, its torch backend on
+    the CPU) or edgesnn's ``reference`` LIF (the same per-step autograd graph, no SpikingJelly)."""
+    if kind == "spikingjelly":
+        neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+        return neuron.LIFNode(tau=2.0, step_mode="m")(x)
+    from edgesnn.kernels import dispatch
+
+    return dispatch.lif_multistep(x, LIFParams(), None, "reference")[0]
+
+
+@pytest.mark.parametrize("baseline", ["spikingjelly", "reference"])
+@pytest.mark.parametrize("T,target", [(16, 20), (64, 58.65)])
+def test_memory_targets_against_a_plain_autograd_lif(T, target, baseline):
+    """README's targets: RevLIF keeps at least 20x (T = 16) and 58.65x (T = 64) fewer bytes for
+    backward than SpikingJelly's LIFNode, which keeps 12 bytes per neuron-step (three float32
+    tensors per step for its surrogate and its reset; README's node-memory table). Both sides
+    are measured here the same way (unique saved storages, the node's input and output excluded);
+    edgesnn's reference LIF keeps the same 12 bytes, so the targets are checked without
+    SpikingJelly too (torch 2.5.1 in CI). RevLIF's (4 + T/8) bytes per neuron give 32x and 64x."""
+    N, B = 256, 4
+    x = torch.randn(T, B, N, requires_grad=True)
+    with SavedTensorCounter() as c:
+        y = _lif_baseline(baseline, x)
+    base = c.bytes(exclude=[x, y])
+    assert base == T * B * N * 12
+    with SavedTensorCounter() as c:
+        y, _ = revlif_multistep(x, RevLIFParams(groups=2))
+    saved = c.bytes(exclude=[x, y])
+    assert base >= target * saved, (base / saved, target)
 
 
 def test_bad_input_errors():
