@@ -9,6 +9,12 @@ Errors: the project's user-facing errors (:data:`edgesnn.errors.USER_ERRORS`: ba
 missing files, outputs that exist) print one line ``edgesnn CMD: error: ...`` and exit with 2;
 anything else is a bug and keeps its traceback. Ctrl-C prints one line (``edgesnn CMD: interrupted``, and
 what ``train``'s checkpoint holds) and exits with 130.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process reports its own error; the lines of ranks
+other than 0 read ``edgesnn CMD: error: rank N: ...`` (``edgesnn CMD: rank N: interrupted``). A
+rank whose collective failed because another rank ended (:func:`edgesnn.errors.peer_failure`) says
+so in one line and exits with 1. ``torchrun`` itself then prints its ``ChildFailedError`` summary
+and exits with 1.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import signal
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, peer_failure
 
 SUBCOMMANDS: List[str] = [
     "edgesnn.training.cli",
@@ -97,8 +103,26 @@ def _interrupted(args: argparse.Namespace, before: Optional[Tuple[int, int, int]
     return f"interrupted before an epoch completed; {checkpoint} was not written" + (" (it is unchanged)" if before else "")
 
 
+def _rank() -> Optional[int]:
+    """This process's rank in a multi-process run (``torchrun`` sets ``RANK`` and ``WORLD_SIZE``), else ``None``."""
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE") or 1), int(os.environ.get("RANK") or 0)
+    except ValueError:  # a malformed variable is reported by the command itself
+        return None
+    return rank if world > 1 and 0 <= rank < world else None
+
+
+def _say(command: Optional[str], text: str, error: bool = True, always: bool = False) -> None:
+    """Print ``edgesnn CMD: [error: ][rank N: ]text`` on stderr: the rank is named on ranks other than
+    0 of a multi-process run (``always``: on rank 0 too)."""
+    rank = _rank()
+    tag = f"rank {rank}: " if rank is not None and (rank or always) else ""
+    print(f"edgesnn {command}: {'error: ' if error else ''}{tag}{text}", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """``edgesnn``: 0 on success, 2 on a user error (one line), 130 on Ctrl-C (one line)."""
+    """``edgesnn``: 0 on success, 2 on a user error (one line), 130 on Ctrl-C (one line); under
+    ``torchrun``, 1 on a rank whose collective failed because another rank ended (one line)."""
     if argv is None and hasattr(signal, "SIGXFSZ"):  # the real command line: a file size limit (ulimit -f)
         try:                                         # fails the write (one line), instead of killing us
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -113,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ModuleNotFoundError as exc:  # a dependency (e.g. torch) is missing: say so in one line
         if (exc.name or "edgesnn").partition(".")[0] == "edgesnn":
             raise  # our own module missing is a bug
-        print(f"edgesnn {command}: error: this command needs {exc.name} ({exc})", file=sys.stderr)
+        _say(command, f"this command needs {exc.name} ({exc})")
         return 2
     args = parser.parse_args(argv)
     before = _file_state(getattr(args, "checkpoint", None))
@@ -122,14 +146,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ModuleNotFoundError as exc:  # a dependency only the command's work imports (torch for export)
         if (exc.name or "edgesnn").partition(".")[0] == "edgesnn":
             raise
-        print(f"edgesnn {args.command}: error: this command needs {exc.name} ({exc})", file=sys.stderr)
+        _say(args.command, f"this command needs {exc.name} ({exc})")
         return 2
     except USER_ERRORS as exc:
-        print(f"edgesnn {args.command}: error: {exc}", file=sys.stderr)
+        _say(args.command, str(exc))
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, like edgesnn-device, and the shell's 128 + SIGINT
-        print(f"edgesnn {args.command}: {_interrupted(args, before)}", file=sys.stderr)
+        _say(args.command, _interrupted(args, before), error=False)
         return 130
+    except RuntimeError as exc:  # under torchrun: another rank ended, its own error is above
+        if _rank() is None or not peer_failure(exc):
+            raise
+        _say(args.command, "another rank failed (see its error above); stopping", always=True)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line"]
+__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line", "peer_failure"]
 
 
 class UsageError(ValueError):
@@ -36,3 +36,22 @@ def first_line(exc: BaseException, limit: int = 120, at_word: bool = False) -> s
     if cut < limit // 4:  # no sentence end worth keeping: a word end
         cut = head.rfind(" ")
     return (head[:cut + 1] if cut > 0 else head).rstrip(" .,;:") + "..."
+
+
+#: how a collective reports that another process of the group went away (gloo's TCP transport;
+#: NCCL's remote error): the process that failed first printed its own error
+PEER_GONE = ("connection closed by peer", "connection reset by peer", "remote process exited")
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``torch.distributed`` collective failing because a peer process ended.
+
+    Conservative: a ``RuntimeError`` (``torch.distributed.DistBackendError`` is one) whose message
+    names one of :data:`PEER_GONE` *and* comes from the process group (its text names gloo or NCCL,
+    or its type is one of torch's). Any other ``RuntimeError`` is not one (it keeps its traceback).
+    """
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    from_group = "gloo" in text or "nccl" in text or type(exc).__module__.startswith("torch")
+    return from_group and any(phrase in text for phrase in PEER_GONE)

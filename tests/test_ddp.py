@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from edgesnn.checkpoint import load_checkpoint
-from edgesnn.training.distributed import configure_threads, rank_threads
+from edgesnn.training.distributed import configure_threads, import_before_group, rank_threads
 from edgesnn.training.loop import TrainConfig, train
 
 STEPS = 20
@@ -29,9 +29,13 @@ def _rank(rank: int, world: int, init_file: str, ckpt: str, overrides=None, step
     # A rank that dies in native code (CI saw one rank end with SIGABRT, "terminate called without
     # an active exception", once in ~20 runs; never reproduced in 100 local runs) prints every
     # thread's Python stack, so the next occurrence says where it happened.
+    # Likely cause, measured: DDP imports torch._dynamo, which then holds the group past
+    # destroy_process_group() and gloo's threads run into the interpreter's shutdown;
+    # import_before_group() (what the CLI's setup() does) keeps the group free of it.
     faulthandler.enable(all_threads=True)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     configure_threads(rank_threads(None, world))
+    import_before_group()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:  # train() joins the existing group; local rank 0 warms the Numba cache first
         train(TrainConfig(batch_size=32, **{**CFG, **(overrides or {})}), checkpoint=ckpt, max_steps=steps,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import Optional
 
 from ..errors import UsageError
 from ..kernels.dispatch import BACKENDS
@@ -64,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _from_plan(args: argparse.Namespace, main: bool = True) -> None:
+def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1) -> None:
     """Fill model (name, widths, backend, BatchNorm), T, neurons, batch, evaluation batch and dataset
     from ``--plan``; explicit flags must agree with it. The plan's memory figures hold for exactly
     that model, and training runs Adam, so a plan for another optimizer is refused. The plan file's
@@ -74,6 +75,9 @@ def _from_plan(args: argparse.Namespace, main: bool = True) -> None:
     data is read. A plan made for custom data (``--dataset-bytes``) leaves ``--dataset`` free. A plan that
     counted no dataset is refused when the run's built-in dataset would take its predicted peak past
     its budget, and warned about (on stderr; ``main``: this process prints) otherwise.
+
+    Under ``torchrun`` the plan holds for each process: ``main`` notes that ``local_world``
+    processes on this board need that many times its peak (:func:`plan_per_process_note`).
     """
     from ..planner import load_plan
     from ..planner.datasets import DATASET_SPECS
@@ -110,9 +114,24 @@ def _from_plan(args: argparse.Namespace, main: bool = True) -> None:
     warning = check_unplanned_dataset(plan, dataset, args.plan)
     if warning and main:
         print(f"edgesnn train: {warning}", file=sys.stderr)
+    note = plan_per_process_note(plan, args.plan, local_world)
+    if note and main:
+        print(f"edgesnn train: {note}", file=sys.stderr)
     args.neuron = ",".join(plan.neuron)
     args.planned_model = plan.model
     args.widths = {k: list(plan.model[k]) for k in ("hidden", "channels") if k in plan.model}
+
+
+def plan_per_process_note(plan, origin: str, local_world: int) -> Optional[str]:
+    """The note for ``--plan`` under ``torchrun`` with ``local_world`` > 1 processes on this board
+    (``None`` for one): the plan's batch and budget are each process's, so together they need
+    ``local_world`` times its predicted peak."""
+    if local_world <= 1:
+        return None
+    peak = int(plan.predicted.get("peak_bytes", 0))
+    return (f"note: --plan: {origin}'s batch {plan.batch} and memory budget ({plan.budget_bytes / 2**20:.0f} MiB) "
+            f"apply to each process: these {local_world} processes on one board need {local_world} x its predicted "
+            f"peak ({local_world} x {peak / 2**20:.0f} MiB = {local_world * peak / 2**20:.0f} MiB)")
 
 
 def _threads_for_ranks(args: argparse.Namespace):
@@ -133,7 +152,7 @@ def _threads_for_ranks(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     info = _threads_for_ranks(args)
     if args.plan:
-        _from_plan(args, main=info.main)
+        _from_plan(args, main=info.main, local_world=info.local_world if info.distributed else 1)
     args.model = args.model or "mlp"
     args.dataset = args.dataset or "digits"
     args.eval_batch = EVAL_BATCH_SIZE if args.eval_batch is None else args.eval_batch
@@ -206,6 +225,10 @@ def run(args: argparse.Namespace) -> int:
                   f"({args.model}, {args.neuron}, T={args.timesteps}, {report['test_samples']} test samples, {device}{ranks})")
             if args.json:
                 write_report(args.json, report)
+        if info.distributed:  # success only: a rank that failed never reaches it (no hang)
+            from .distributed import barrier
+
+            barrier(info)  # every rank leaves the group together, once rank 0 has written its report
     finally:
         if info.distributed:
             import torch.distributed as tdist

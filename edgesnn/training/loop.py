@@ -23,6 +23,7 @@ from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadca
                           warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
 from .flag_checks import check_model_fits_dataset
+from .resume import Progress, resume_messages, stored_progress, will_train
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
 
@@ -322,11 +323,7 @@ def train(
 
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history: List[Dict] = []
-    start = 0
-    steps = 0
-    offset = 0  # samples of epoch ``start`` already trained (a run stopped inside it by max_steps)
-    carried: Dict = {}  # that epoch's partial row: its loss sum, samples and seconds carry over
+    done = Progress()  # a fresh run; a resumed one continues the checkpoint's (see .resume)
     if ck is not None:
         # a mismatch is the checkpoint's fault (edited, or from another edgesnn): one line, not a traceback
         load_model_state(model, ck["model_state"], f"--resume: {checkpoint}")
@@ -335,23 +332,17 @@ def train(
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             detail = f"it has no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
             raise CheckpointError(f"--resume: {checkpoint} does not match its model ({detail})") from None
-        start = int(ck["epoch"])
-        steps = int(ck.get("steps", 0))
-        offset = int(ck.get("epoch_offset", 0))
-        history = list(ck.get("metrics", {}).get("history", []))
-        if offset and history and history[-1].get("partial") and history[-1]["epoch"] == start + 1:
-            carried = history.pop()  # the stopped epoch's row: this run finishes it and writes it whole
-        where = f"after epoch {start}" + (f" and {offset} samples of epoch {start + 1}" if offset else "")
-        log(f"resumed from {checkpoint} {where}")
-        if start >= cfg.epochs:
-            log(f"nothing to train: {checkpoint} already holds {start} epoch(s) of --epochs {cfg.epochs}; raise --epochs")
+        done = stored_progress(ck)
+        if will_train(done, cfg.epochs, max_steps):
+            done.take_partial()  # the stopped epoch's row: this run finishes it and writes it whole
+        for line in resume_messages(checkpoint, done, cfg.epochs, max_steps, dist.world, len(data.train)):
+            log(line)
+    start, steps, offset, history, carried = done.start, done.steps, done.offset, done.history, done.carried
     loss_fn = nn.CrossEntropyLoss().to(dev)
     bar_factory = _progress_bar if (progress and main) else None
     if before_training is not None and main:
         before_training()
     stop = max_steps is not None and steps >= max_steps
-    if stop and ck is not None:
-        log(f"nothing to train: {checkpoint} already took {steps} step(s), --max-steps {max_steps}")
     for epoch in range(start, cfg.epochs if not stop else start):
         net.train()
         order = _epoch_order(len(data.train), cfg, epoch, dist)

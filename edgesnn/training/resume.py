@@ -1,0 +1,76 @@
+"""What a resumed ``edgesnn train`` run continues from: the checkpoint's progress and its messages.
+
+A run stopped by ``--max-steps`` inside an epoch stores that epoch as a *partial* row of its
+history and the position reached in it (``epoch_offset``, per rank). A resumed run that trains
+finishes that epoch and writes its row whole (:meth:`Progress.take_partial`); one with nothing left
+to train keeps the stored history as is, so the report ends with the checkpoint's own last row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+__all__ = ["Progress", "stored_progress", "will_train", "samples_done", "resume_messages"]
+
+
+@dataclass
+class Progress:
+    """Where a checkpoint stopped: completed epochs, optimizer steps, its history."""
+
+    start: int = 0  # completed epochs: training continues with epoch ``start + 1``
+    steps: int = 0  # optimizer steps taken in all
+    offset: int = 0  # position reached in this rank's order of epoch ``start + 1`` (0: none of it trained)
+    history: List[Dict] = field(default_factory=list)
+    carried: Dict = field(default_factory=dict)  # the partial row this run finishes (its loss, samples, seconds)
+
+    @property
+    def partial_row(self) -> Optional[Dict]:
+        """The history's last row when it is epoch ``start + 1`` cut short, else ``None``."""
+        last = self.history[-1] if self.history else None
+        if self.offset and last is not None and last.get("partial") and last.get("epoch") == self.start + 1:
+            return last
+        return None
+
+    def take_partial(self) -> None:
+        """Move the partial row (if any) out of the history into :attr:`carried`: this run
+        trains the rest of that epoch and appends its whole row. Call it only when it will train."""
+        if self.partial_row is not None:
+            self.carried = self.history.pop()
+
+
+def stored_progress(ck: Dict) -> Progress:
+    """The progress a checkpoint written by ``edgesnn train`` holds (its history left as stored)."""
+    return Progress(start=int(ck["epoch"]), steps=int(ck.get("steps", 0)), offset=int(ck.get("epoch_offset", 0)),
+                    history=list(ck.get("metrics", {}).get("history", [])))
+
+
+def will_train(progress: Progress, epochs: int, max_steps: Optional[int]) -> bool:
+    """Whether a resumed run trains at all: epochs are left and ``max_steps`` is not reached yet."""
+    return progress.start < epochs and not (max_steps is not None and progress.steps >= max_steps)
+
+
+def samples_done(offset: int, world: int, epoch_size: int) -> int:
+    """Samples of the stopped epoch already trained: every rank reached ``offset`` in its share
+    (``world`` shares dealt round-robin), at most the epoch's ``epoch_size`` samples."""
+    return min(max(0, offset) * max(1, world), epoch_size)
+
+
+def resume_messages(checkpoint: str, progress: Progress, epochs: int, max_steps: Optional[int],
+                    world: int, epoch_size: int) -> List[str]:
+    """The log lines of a resumed run: where it continues, and why nothing is trained if so."""
+    start, done = progress.start, samples_done(progress.offset, world, epoch_size)
+    part = f" and {done} samples of epoch {start + 1}" if progress.offset else ""
+    lines = [f"resumed from {checkpoint} after epoch {start}{part}"]
+    if start >= epochs:
+        if progress.offset:
+            lines.append(f"nothing to train: {checkpoint} already holds {start} epoch(s){part} (stopped by "
+                         f"--max-steps), --epochs {epochs}; raise --epochs to {start + 1} to finish epoch {start + 1}")
+        else:
+            lines.append(f"nothing to train: {checkpoint} already holds {start} epoch(s) of --epochs {epochs}; "
+                         "raise --epochs")
+    if max_steps is not None and progress.steps >= max_steps:
+        held = f" (epoch {start + 1} stopped after {done} samples; the report keeps it as is)" if progress.offset else ""
+        lines.append(f"nothing to train: {checkpoint} already took {progress.steps} step(s), --max-steps {max_steps}"
+                     f"{held}")
+    return lines
