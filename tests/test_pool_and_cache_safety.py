@@ -171,6 +171,18 @@ def test_tmp_cache_of_another_user_is_not_trusted(fake_tmp):
     assert got != str(fixed) and os.stat(got).st_uid == os.getuid()
 
 
+def _restore_cache(old, monkeypatch) -> None:
+    """Undo :func:`config.configure_cache`'s choice and environment, and make Numba read it again."""
+    config._CACHE_DIR = old
+    monkeypatch.undo()
+    try:
+        import numba.core.config as nc
+
+        nc.reload_config()
+    except Exception:
+        pass
+
+
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="needs uids")
 def test_configure_cache_falls_back_to_private_tmp(fake_tmp, tmp_path, monkeypatch):
     _, fixed = fake_tmp
@@ -187,14 +199,7 @@ def test_configure_cache_falls_back_to_private_tmp(fake_tmp, tmp_path, monkeypat
         assert chosen and not chosen.startswith(str(fixed))
         assert os.stat(os.path.dirname(chosen)).st_mode & 0o777 == 0o700
     finally:
-        config._CACHE_DIR = old
-        monkeypatch.undo()
-        try:
-            import numba.core.config as nc
-
-            nc.reload_config()
-        except Exception:
-            pass
+        _restore_cache(old, monkeypatch)
 
 
 def test_an_unusable_edgesnn_cache_dir_is_warned_about(tmp_path, monkeypatch):
@@ -210,11 +215,4 @@ def test_an_unusable_edgesnn_cache_dir_is_warned_about(tmp_path, monkeypatch):
             chosen = config.configure_cache()
         assert chosen.startswith(str(tmp_path / "home"))
     finally:
-        config._CACHE_DIR = old
-        monkeypatch.undo()
-        try:
-            import numba.core.config as nc
-
-            nc.reload_config()
-        except Exception:
-            pass
+        _restore_cache(old, monkeypatch)
