@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Union
 
 from .errors import UsageError, first_line
 
-__all__ = ["atomic_write", "check_output", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
+__all__ = ["atomic_write", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -145,6 +145,19 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
             raise IsADirectoryError(f"{flag}: {path} is a directory; expected a file path")
         if not force and path.exists():
             raise FileExistsError(f"{flag}: {path} already exists; pass {allow} to overwrite it")
+    return path
+
+
+def check_input_file(path: PathLike, flag: str, expected: str, error: type = UsageError) -> Path:
+    """``Path(path)`` if it is a regular file; else a one-line error naming ``flag`` and ``expected``:
+    ``IsADirectoryError``, ``FileNotFoundError``, or ``error`` for anything else (a device, a pipe)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag}: {path} is a directory; expected {expected}")
+    if not path.exists():
+        raise FileNotFoundError(f"{flag}: no such file: {path}")
+    if not path.is_file():
+        raise error(f"{flag}: {path} is not a regular file (a device or a pipe); expected {expected}")
     return path
 
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, Union
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_input_file
 from .errors import first_line
 
 __all__ = ["FORMAT", "VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "load_model_state", "CheckpointError",
@@ -81,13 +81,7 @@ def save_checkpoint(path: PathLike, model_config: Dict, model_state: Dict, **ext
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load and validate a checkpoint; raises ``FileNotFoundError`` or :class:`CheckpointError`."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint: {path} is a directory; expected a checkpoint file")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint: {path} is not a regular file (a device or a pipe); expected a checkpoint file")
+    path = check_input_file(path, "checkpoint", "a checkpoint file", error=CheckpointError)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbled files; its first line is the fact

@@ -113,7 +113,8 @@ def import_params(checkpoint, params_npz, out) -> Path:
     values (see :mod:`edgesnn.export.params_check`).
     """
     from ..checkpoint import save_checkpoint
-    from .params_check import check_input_file, merged_state
+    from ..atomic import check_input_file
+    from .params_check import merged_state
     from .prepare import model_from_checkpoint
     from .run_support import read_npz
 
@@ -172,7 +173,7 @@ def _check_args(args: argparse.Namespace) -> Path:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """``--checkpoint`` (and ``--params``) must be regular files: one line naming the flag otherwise."""
-    from .params_check import check_input_file
+    from ..atomic import check_input_file
 
     check_input_file(args.checkpoint, "--checkpoint", "a checkpoint file")
     if args.params:

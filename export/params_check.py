@@ -11,7 +11,6 @@ integer buffer), or a NaN / Inf value is refused in one line naming the array an
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, Iterable, List
 
 import numpy as np
@@ -20,20 +19,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["check_input_file", "merged_state"]
-
-
-def check_input_file(path, flag: str, expected: str) -> Path:
-    """``Path(path)`` if it is a regular file; else a one-line error naming ``flag`` and ``expected``
-    (``FileNotFoundError`` / ``IsADirectoryError`` / :class:`UsageError`)."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{flag}: {path} is a directory; expected {expected}")
-    if not path.exists():
-        raise FileNotFoundError(f"{flag}: no such file: {path}")
-    if not path.is_file():
-        raise UsageError(f"{flag}: {path} is not a regular file (a device or a pipe); expected {expected}")
-    return path
+__all__ = ["merged_state"]
 
 
 def _names(names: List[str], limit: int = 4) -> str:
