@@ -82,21 +82,53 @@ def surrogate_constants(surrogate):
 # order and types, for both the CPU and the CUDA wrappers.
 
 
-def charge_args(lif):
-    """``(tau, v_th, v_reset, hard, decay_input)`` of a ``LIFParams`` (``v_reset`` 0 for soft reset)."""
+#: At most this many parameter objects have their arguments kept by :func:`_once_per_object`.
+_ARGS_KEPT = 64
+_args: dict = {}
+
+
+def _once_per_object(build, p):
+    """``build(p)``, computed once per parameter object (frozen dataclasses) and then reused: the
+    wrappers ask on every call (a few us each, with the surrogate's constants). Keyed by identity,
+    not equality (``-0.0 == 0.0``); the entry holds ``p``, so its ``id`` is not reused meanwhile."""
+    key = (build, id(p))
+    hit = _args.get(key)
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    out = build(p)
+    if len(_args) >= _ARGS_KEPT:
+        _args.clear()
+    _args[key] = (p, out)
+    return out
+
+
+def _charge_args(lif):
     return (np.float32(lif.tau), np.float32(lif.v_threshold), np.float32(lif.charge_reset), bool(lif.hard_reset),
             bool(lif.decay_input))
 
 
-def vjp_args(lif):
-    """``(in_gain, state_decay, kind, a, b)``: the backward's gains and surrogate constants."""
+def _vjp_args(lif):
     kind, a, b = surrogate_constants(lif.surrogate)
     return (np.float32(lif.input_gain), np.float32(lif.state_decay), np.int32(kind), a, b)
 
 
+def _mix_args(p):
+    return (bool(p.exact), np.float32(p.alpha), np.float32(p.beta), np.float32(p.gamma))
+
+
+def charge_args(lif):
+    """``(tau, v_th, v_reset, hard, decay_input)`` of a ``LIFParams`` (``v_reset`` 0 for soft reset)."""
+    return _once_per_object(_charge_args, lif)
+
+
+def vjp_args(lif):
+    """``(in_gain, state_decay, kind, a, b)``: the backward's gains and surrogate constants."""
+    return _once_per_object(_vjp_args, lif)
+
+
 def mix_args(p):
     """``(exact, alpha, beta, gamma)`` of a ``RevLIFParams``."""
-    return (bool(p.exact), np.float32(p.alpha), np.float32(p.beta), np.float32(p.gamma))
+    return _once_per_object(_mix_args, p)
 
 
 # ----------------------------------------------------------------------------- LIF
