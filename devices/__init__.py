@@ -73,6 +73,10 @@ class DeviceProfile:
         cores: CPU cores.
         compute_capability: CUDA compute capability (``"8.7"``) or ``None`` without a CUDA GPU.
         accelerator: ``"cuda"`` or ``"cpu"``.
+
+    Constructing one checks ``name``, the integer fields (ranges of ``_INT_RANGES``; reserved +
+    runtime overhead below memory, so ``usable_bytes > 0``) and ``accelerator`` in one-line
+    ``ValueError`` s naming the field; :meth:`from_dict` (profile files) checks every field.
         description, kind, cpu, software: free text. sources: where each figure comes from.
         os: OS / JetPack release the profile assumes, e.g. ``"JetPack 6.1/6.2 (L4T R36.4, ...)"``.
         python: that OS's default Python (``"3.10"``). cuda: its CUDA version (``"12.6"``) or ``None``.
@@ -98,6 +102,12 @@ class DeviceProfile:
     cuda: Optional[str] = None
     runs: Dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _check_core(dict(name=self.name, memory_bytes=self.memory_bytes, reserved_bytes=self.reserved_bytes,
+                         runtime_overhead_bytes=self.runtime_overhead_bytes, cores=self.cores,
+                         accelerator=self.accelerator),
+                    f"DeviceProfile {self.name!r}")
+
     @property
     def usable_bytes(self) -> int:
         """Bytes left for the model's static and activation memory."""
@@ -116,27 +126,13 @@ class DeviceProfile:
             raise ValueError(f"device: {origin} lacks field(s) {missing}; required: {list(_REQUIRED)}")
         known = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in data.items() if k in known}
-        name = kwargs["name"]
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"device: {origin}: name must be a non-empty string, got {name!r}")
-        for k, (low, high) in _INT_RANGES.items():
-            v = kwargs[k]
-            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
-                raise ValueError(f"device: {origin}: {k} must be an integer from {low} to {high}, got {v!r}")
-        if kwargs["reserved_bytes"] >= kwargs["memory_bytes"]:
-            verb = "exceeds" if kwargs["reserved_bytes"] > kwargs["memory_bytes"] else "equals"
-            raise ValueError(f"device: {origin}: reserved_bytes ({kwargs['reserved_bytes']}) {verb} memory_bytes "
-                             f"({kwargs['memory_bytes']}); it must be smaller")
-        if kwargs["reserved_bytes"] + kwargs["runtime_overhead_bytes"] >= kwargs["memory_bytes"]:
-            raise ValueError(f"device: {origin}: reserved_bytes + runtime_overhead_bytes "
-                             f"({kwargs['reserved_bytes'] + kwargs['runtime_overhead_bytes']}) leave nothing of "
-                             f"memory_bytes ({kwargs['memory_bytes']}); they must be smaller")
+        _check_core(kwargs, origin)
         bw = kwargs["bandwidth_gbs"]
         low, high = _BANDWIDTH_RANGE
         if not isinstance(bw, (int, float)) or isinstance(bw, bool) or not (math.isfinite(bw) and low <= bw <= high):
             raise ValueError(f"device: {origin}: bandwidth_gbs must be a number of GB/s from {low} to {high}, got {bw!r}")
         kwargs["bandwidth_gbs"] = float(bw)
-        for k in ("description", "kind", "cpu", "software", "accelerator"):
+        for k in ("description", "kind", "cpu", "software"):
             if not isinstance(kwargs.get(k, ""), str):
                 raise ValueError(f"device: {origin}: {k} must be a string, got {kwargs[k]!r}")
         if kwargs.get("compute_capability") is not None and not isinstance(kwargs["compute_capability"], str):
@@ -167,6 +163,30 @@ class DeviceProfile:
         if "runs" in kwargs:
             kwargs["runs"] = dict(runs)
         return cls(**kwargs)
+
+
+def _check_core(kwargs: Dict[str, Any], origin: str) -> None:
+    """``name``, the integer fields and ``accelerator`` (what ``usable_bytes`` and the planner rely on)."""
+    name = kwargs["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"device: {origin}: name must be a non-empty string, got {name!r}")
+    for k, (low, high) in _INT_RANGES.items():
+        v = kwargs.get(k, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+            raise ValueError(f"device: {origin}: {k} must be an integer from {low} to {high}, got {v!r}")
+    if kwargs["reserved_bytes"] >= kwargs["memory_bytes"]:
+        verb = "exceeds" if kwargs["reserved_bytes"] > kwargs["memory_bytes"] else "equals"
+        raise ValueError(f"device: {origin}: reserved_bytes ({kwargs['reserved_bytes']}) {verb} memory_bytes "
+                         f"({kwargs['memory_bytes']}); it must be smaller")
+    if kwargs["reserved_bytes"] + kwargs["runtime_overhead_bytes"] >= kwargs["memory_bytes"]:
+        raise ValueError(f"device: {origin}: reserved_bytes + runtime_overhead_bytes "
+                         f"({kwargs['reserved_bytes'] + kwargs['runtime_overhead_bytes']}) leave nothing of "
+                         f"memory_bytes ({kwargs['memory_bytes']}); they must be smaller")
+    acc = kwargs.get("accelerator", "cpu")
+    if not isinstance(acc, str):
+        raise ValueError(f"device: {origin}: accelerator must be a string (\"cuda\" or \"cpu\"), got {acc!r}")
+    if acc not in ("cuda", "cpu"):
+        raise ValueError(f"device: {origin}: accelerator must be \"cuda\" or \"cpu\", got {acc!r}")
 
 
 def _search_dirs() -> List[Path]:
@@ -232,9 +252,15 @@ def _host_os() -> str:
 def host_profile(runtime_overhead_bytes: int = DEFAULT_CPU_RUNTIME_OVERHEAD) -> DeviceProfile:
     """Measure this machine: ``memory_bytes = MemTotal``, reserved = ``MemTotal - MemAvailable``.
 
+    ``runtime_overhead_bytes``: the training process's own bytes (an int >= 0; a bad value is a
+    one-line ``ValueError`` naming it).
+
     The planner then budgets against memory that is free right now (``MemAvailable``), which on
     Jetson (unified memory) is also the right figure for the GPU (docs/design.md §5).
     """
+    v = runtime_overhead_bytes
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"runtime_overhead_bytes: expected an integer number of bytes >= 0, got {v!r}")
     info = _read_meminfo()
     total, avail = info.get("MemTotal"), info.get("MemAvailable")
     if not total or avail is None:
@@ -256,12 +282,22 @@ def host_profile(runtime_overhead_bytes: int = DEFAULT_CPU_RUNTIME_OVERHEAD) -> 
 def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
     """A profile by catalogue name, ``"auto"`` (measure the host), or a path to a JSON profile.
 
+    A catalogued profile's ``name`` must be its catalogue key (its file name without ``.json``,
+    case aside); a profile loaded by path may name itself anything.
+
     Raises:
-        ValueError: unknown name (the message lists the available ones; names are not
-            case-sensitive), an unreadable or invalid profile.
-        FileNotFoundError: a path that does not exist. IsADirectoryError: a path to a directory.
+        ValueError: ``name`` neither a string nor a path; unknown name (the message lists the
+            available ones; names are not case-sensitive); an unreadable or invalid profile; a
+            catalogued profile whose ``name`` differs from its file name.
+        FileNotFoundError: a path that does not exist (a catalogue name written with ``.json``
+            is told to drop it). IsADirectoryError: a path to a directory.
     """
+    if isinstance(name, bytes) or not isinstance(name, (str, os.PathLike)):
+        raise ValueError(f"device: expected a catalogue name (e.g. 'raspberry-pi-4-4gb'), 'auto' or a path to a JSON "
+                         f"profile, got {name!r}")
     text = os.fspath(name)
+    if not isinstance(text, str):
+        raise ValueError(f"device: expected a str path to a JSON profile, got {name!r}")
     if text.strip().lower() == "auto":
         return host_profile()
     looks_like_path = text.endswith(".json") or os.sep in text or (os.altsep and os.altsep in text)
@@ -270,7 +306,11 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
         if path.is_dir():
             raise IsADirectoryError(f"device: {path} is a directory; expected a JSON profile file or a catalogue name")
         if not path.is_file():
-            raise FileNotFoundError(f"device: no such profile file: {path}")
+            stem = path.name[:-5].strip().lower() if path.name.lower().endswith(".json") else ""
+            hint = (f"; for the catalogued profile give its name without .json: {stem!r}"
+                    if stem and path.parent == Path(".") and stem in _catalogue() else "")
+            raise FileNotFoundError(f"device: no such profile file: {path}{hint}")
+        key = None
     else:
         cat = _catalogue()
         key = text.strip().lower()
@@ -284,4 +324,8 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
         raise ValueError(f"device: {path} is not valid UTF-8 JSON ({exc})") from None
     except OSError as exc:
         raise ValueError(f"device: cannot read {path} ({exc.strerror or exc})") from None
-    return DeviceProfile.from_dict(data, origin=str(path))
+    profile = DeviceProfile.from_dict(data, origin=str(path))
+    if key is not None and profile.name.strip().lower() != key:
+        raise ValueError(f"device: {path}: name {profile.name!r} differs from the file name {path.stem!r} (the "
+                         "catalogue key); make them the same")
+    return profile

@@ -1,6 +1,8 @@
 """Memory-budget planner: predict peak training memory and choose LIF or RevLIF per spiking layer.
 
-* :mod:`~edgesnn.planner.memory_model`: bytes saved for backward per layer, from shapes and dtypes.
+* :mod:`~edgesnn.planner.memory_model`: bytes saved for backward per layer, from shapes and dtypes
+  (:mod:`~edgesnn.planner.costs`: its :class:`Cost` and :class:`~edgesnn.planner.costs.Layer`).
+* :mod:`~edgesnn.planner.checks`: the argument checks of the entry points (one-line errors naming the argument).
 * :mod:`~edgesnn.planner.peak`: peak of a training step by replaying its allocations.
 * :mod:`~edgesnn.planner.evalpass`: peak of the evaluation pass (``no_grad``, its own batch).
 * :mod:`~edgesnn.planner.datasets`: bytes each built-in dataset holds in memory.

@@ -8,8 +8,9 @@ exists; the transient is the largest ``input + output + workspace`` over the lay
 
 * the evaluation batch: inputs ``B x sample`` (activation dtype) and int64 targets ``B x 8``;
 * the first layer's expand-and-copy of the input over T (``T x B x sample``), as in training;
-* per layer: its output, and what it would save or use as workspace in training (kept as a
-  transient of that layer: a conservative bound for kernels that skip them under no_grad);
+* per layer: its output, and the transient it allocates under ``no_grad`` beside its input and
+  output (:func:`eval_option_cost` for the spiking layers; a stateless layer's training private
+  bytes and workspace, a conservative bound);
 * the head: mean logits ``B x classes x 4`` and the argmax ``B x 8``;
 * the parameter gradients of the last training step (``4 x params``): ``zero_grad`` runs at the
   start of the next step, so they are still allocated while the model is evaluated.
@@ -24,9 +25,54 @@ from __future__ import annotations
 import math
 from typing import List, Sequence, Tuple
 
-from .memory_model import ChainModel, option_cost
+import torch
 
-__all__ = ["eval_forward_peak", "eval_dynamic_peak", "eval_lines"]
+from ..nn import RevLIF
+from .memory_model import ChainModel, Cost, Layer, option_cost, resolved_backend
+
+__all__ = ["eval_option_cost", "eval_forward_peak", "eval_dynamic_peak", "eval_lines"]
+
+
+def eval_option_cost(layer: Layer, option: str, dtype_bytes: int, T: int) -> Cost:
+    """Bytes a spiking layer allocates under ``no_grad`` beside its input and output (a :class:`Cost`).
+
+    Nothing is saved, so what it allocates lives only while the layer runs. What the kernels
+    allocate (``n`` neurons per sample, ``db`` bytes per activation element):
+
+    * RevLIF on ``numba`` / ``cuda`` (:func:`edgesnn.kernels.numba_revlif.revlif_forward`): the
+      initial state ``v0`` and ``v_T`` (``[B, n]`` each) and, in exact mode, the packed bits
+      ``uint8 [ceil(T/8), B, n]`` (float mode: int32 spike counts ``[B, n]``); the input is
+      quantized inside the kernel.
+    * RevLIF on ``torch`` (:func:`edgesnn.functional.revlif_autograd.torch_forward`), exact mode:
+      ``v0``, then ``quantize_input`` holds 3 input-sized temporaries before the output exists
+      (counted as the output + 2 x input), after which the quantized input, the output, the bits
+      and 8 ``[B, n]`` states and per-step temporaries are live (peak RSS of ``evaluate`` on the
+      16,32 conv net, torch backend, B = 256: 6.3 and 7.5 of them at T = 1 and 2; the quantize
+      phase exactly at T = 8: 1059 MiB); the larger of the two at ``T``. Float mode: int32 counts
+      and ~10 per-step temporaries.
+    * LIF (every backend) and the ``reference`` loops: the training step's saved and workspace
+      bytes (a bound: LIF's is exact against measurement on ``numba``).
+
+    Returns bytes as a :class:`Cost` (``T`` only picks between the torch exact-mode phases).
+    """
+    kind = option.split(":", 1)[0]
+    n = layer.in_elems
+    db = dtype_bytes
+    mod = layer.module
+    if kind == "revlif":
+        probe = mod if isinstance(mod, RevLIF) else RevLIF(backend=getattr(mod, "backend", "auto"))
+        backend = resolved_backend(probe, torch.float64 if db == 8 else torch.float32)
+        exact = probe.params.mode == "exact"
+        if backend in ("numba", "cuda"):
+            return Cost(sample=2 * n * db, packed=n) if exact else Cost(sample=2 * n * db + 4 * n)
+        if backend == "torch":
+            if not exact:
+                return Cost(sample=10 * n * db + 4 * n)
+            quantize = Cost(step=2 * n * db, sample=n * db)
+            loop = Cost(step=n * db, sample=8 * n * db, packed=n)
+            return max(quantize, loop, key=lambda c: c.per_sample(T))
+    _, _, private, work, _ = option_cost(layer, option, db)
+    return private + work
 
 
 def _events(chain: ChainModel, options: Sequence[str], T: int, B: int) -> List[int]:
@@ -39,11 +85,11 @@ def _events(chain: ChainModel, options: Sequence[str], T: int, B: int) -> List[i
         if L.view:
             continue
         if L.spiking is not None:
-            _, _, private, work, _ = option_cost(L, options[L.spiking], db)
+            extra = eval_option_cost(L, options[L.spiking], db, T)
         else:
-            private, work = L.private, L.work
+            extra = L.private + L.work
         live[chain.out_edge[j]] = size(chain.edge_bytes[chain.out_edge[j]])
-        events.append(sum(live.values()) + private.bytes(T, B) + work.bytes(T, B))
+        events.append(sum(live.values()) + extra.bytes(T, B))
         live.pop(chain.in_edge[j], None)
     live["head"] = B * (4 * chain.num_classes + 8)  # mean logits and argmax
     events.append(sum(live.values()))

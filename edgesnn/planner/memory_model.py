@@ -34,7 +34,6 @@ largest batch).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -43,8 +42,11 @@ from torch import nn
 from ..memory import SavedTensorCounter, _storage_key
 from ..models import parse_neuron_spec
 from ..nn import LIF, RevLIF, SeqToANN
+from ..nn.neurons import _SpikingNode
+from .checks import check_in_shape, check_int, unsupported_layer
+from .costs import ZERO, Cost, Layer
 
-__all__ = ["Cost", "Layer", "ChainModel", "describe", "option_cost", "resolved_backend", "NUMBA_RUNTIME_BYTES",
+__all__ = ["Cost", "ZERO", "Layer", "ChainModel", "describe", "option_cost", "resolved_backend", "NUMBA_RUNTIME_BYTES",
            "kernel_runtime_bytes"]
 
 #: Resident bytes a training process adds once any Numba kernel runs in it: Numba and llvmlite
@@ -62,90 +64,20 @@ _MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _SAVE_OUTPUT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
 
-@dataclass(frozen=True)
-class Cost:
-    """Bytes as a function of time steps T and batch B.
-
-    ``bytes(T, B) = B * (T * step + sample + ceil(T / 8) * packed) + const``
-
-    Attributes:
-        step: bytes per time step and sample (a ``[T, B, ...]`` tensor's per-element share).
-        sample: bytes per sample, independent of T (e.g. RevLIF's final state).
-        packed: per sample, bytes per 8 time steps (RevLIF's packed bits: one per neuron).
-        const: bytes independent of T and B (BatchNorm statistics).
-    """
-
-    step: float = 0.0
-    sample: float = 0.0
-    packed: float = 0.0
-    const: float = 0.0
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.step + other.step, self.sample + other.sample, self.packed + other.packed, self.const + other.const)
-
-    def scale(self, k: float) -> "Cost":
-        return Cost(self.step * k, self.sample * k, self.packed * k, self.const * k)
-
-    def per_sample(self, T: int) -> float:
-        """Bytes per batch element at T steps."""
-        return T * self.step + self.sample + math.ceil(T / 8) * self.packed
-
-    def bytes(self, T: int, B: int) -> int:
-        return int(round(B * self.per_sample(T) + self.const))
-
-
-ZERO = Cost()
-
-
-@dataclass
-class Layer:
-    """One entry of ``model.body`` as the memory model sees it.
-
-    Shapes are per time step and sample (no T, B dims). ``private`` is what the layer saves that
-    is not its input or output storage; ``work`` / ``bwork`` the extra transient bytes of its
-    forward / backward (beyond its output / input gradient).
-    """
-
-    index: int
-    name: str
-    kind: str
-    in_shape: Tuple[int, ...]
-    out_shape: Tuple[int, ...]
-    params: int = 0
-    view: bool = False
-    saves_input: bool = False
-    saves_output: bool = False
-    private: Cost = ZERO
-    work: Cost = ZERO
-    bwork: Cost = ZERO
-    spiking: Optional[int] = None
-    module: Optional[nn.Module] = field(default=None, repr=False)
-
-    @property
-    def in_elems(self) -> int:
-        return math.prod(self.in_shape)
-
-    @property
-    def out_elems(self) -> int:
-        return math.prod(self.out_shape)
-
-    @property
-    def channels(self) -> int:
-        """Dim 2 of ``[T, B, C, ...]`` (the dim RevLIF splits into groups)."""
-        return self.in_shape[0] if self.in_shape else 1
-
-
 def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost]:
     """Measure what an unknown stateless module saves: ``(saves_input, saves_output, private)``.
 
     Runs it on ``[n, *in_shape]`` inputs for n = 2 and 4 (with gradients) and fits bytes = a*n + c.
+    The input is a non-leaf tensor (a clone of the leaf), as in a model, so in-place modules run.
     """
     pkeys = {_storage_key(p) for p in module.parameters()} | {_storage_key(b) for b in module.buffers()}
     res = []
     for n in (2, 4):
-        x = torch.randn(n, *in_shape, dtype=dtype, requires_grad=True)
+        x = torch.randn(n, *in_shape, dtype=dtype, requires_grad=True).clone()
         with SavedTensorCounter() as c:
             y = module(x)
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"it returned {type(y).__name__}, not one tensor")
         keys = set(c.storages) - pkeys
         si, so = _storage_key(x) in keys, _storage_key(y) in keys
         priv = sum(c.storages[k] for k in keys if k not in (_storage_key(x), _storage_key(y)))
@@ -205,12 +137,16 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
     """What a spiking layer saves under ``option`` (``"lif"``, ``"revlif"``, ``"revlif:G"``).
 
     Returns ``(saves_input, saves_output, private, work, bwork)``: whether it keeps its input /
-    output storage, its other saved bytes and its forward / backward workspace. Workspace of the
-    PyTorch-op loops is a handful of per-step ``[B, N]`` temporaries (peak RSS measured on a
-    conv net: LIF forward 9, backward 8 beyond ``grad_x``; RevLIF assumed 10, plus 3 input-sized
-    temporaries of the exact-mode quantization); the fused kernels are assumed to have none. The
-    group count does not change the bytes (the final state and the bits are per neuron); it only
-    changes the time model. Factors per backend, from the autograd functions:
+    output storage, its other saved bytes and its forward / backward workspace (bytes, as
+    :class:`Cost`). Workspace of the PyTorch-op loops is a handful of per-step ``[B, N]``
+    temporaries (peak RSS measured on a conv net: LIF forward 9, backward 8 beyond ``grad_x``;
+    RevLIF assumed 10, plus, in exact mode, 3 input-sized temporaries of ``quantize_input``). The
+    fused kernels (``numba``, ``cuda``) quantize inside the kernel: LIF has no workspace, RevLIF
+    one ``[B, N]`` state in forward (the fresh initial state) and four in backward (the zero
+    ``grad_v_T``, ``grad_v0``, the reconstructed ``v0`` and the fresh state it is checked
+    against). The group count
+    does not change the bytes (the final state and the bits are per neuron); it only changes the
+    time model. Factors per backend, from the autograd functions:
 
     * LIF ``torch`` (``_LIFTorchFunction``): ``h_seq``, a fresh ``[T, B, N]`` tensor (1 x input).
     * LIF ``numba``/``cuda`` (``edgesnn::lif_fwd``): its input ``x`` (recomputes ``h``) and ``v0``
@@ -231,15 +167,20 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
             return True, False, Cost(sample=n * dtype_bytes), ZERO, ZERO
         return False, False, Cost(step=n * dtype_bytes), Cost(sample=9 * n * dtype_bytes), Cost(sample=8 * n * dtype_bytes)
     mode = mod.params.mode if isinstance(mod, RevLIF) else "exact"
-    if resolved_backend(mod if isinstance(mod, RevLIF) else RevLIF(backend=getattr(mod, "backend", "auto")), dtype) == "reference":
+    backend = resolved_backend(mod if isinstance(mod, RevLIF) else RevLIF(backend=getattr(mod, "backend", "auto")), dtype)
+    if backend == "reference":
         factor, si, so = _reference_revlif_factor(mod if isinstance(mod, RevLIF) else RevLIF(), dtype)
         return si, so, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=10 * n * dtype_bytes)
+    # RevLIFFunction: y (the output), v_T [B, N] and, in exact mode, bits uint8 [ceil(T/8), B, N]
+    # (float mode: int32 spike counts [B, N])
+    private = Cost(sample=n * dtype_bytes, packed=n) if mode == "exact" else Cost(sample=n * dtype_bytes + 4 * n)
+    if backend in ("numba", "cuda"):  # quantization in the kernel; see the docstring for the [B, N] states
+        return False, True, private, Cost(sample=n * dtype_bytes), Cost(sample=4 * n * dtype_bytes)
+    tmp = Cost(sample=10 * n * dtype_bytes)
     if mode == "exact":
-        # RevLIFFunction: y (the output), v_T [B, N], bits uint8 [ceil(T/8), B, N]. The torch
-        # forward's quantize_input = round(clamp(x) * 2^16) / 2^16 holds up to 3 input-sized temporaries.
-        tmp = Cost(sample=10 * n * dtype_bytes)
-        return False, True, Cost(sample=n * dtype_bytes, packed=n), Cost(step=3 * n * dtype_bytes) + tmp, tmp
-    return False, True, Cost(sample=n * dtype_bytes + 4 * n), Cost(sample=10 * n * dtype_bytes), Cost(sample=10 * n * dtype_bytes)
+        # the torch forward's quantize_input = round(clamp(x) * 2^16) / 2^16 holds up to 3 input-sized temporaries
+        return False, True, private, Cost(step=3 * n * dtype_bytes) + tmp, tmp
+    return False, True, private, tmp, tmp
 
 
 def _out_shape(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[int, ...]:
@@ -250,11 +191,16 @@ def _out_shape(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype)
             y = module(torch.zeros(1, *in_shape, dtype=dtype))
         finally:
             module.train(was)
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"it returned {type(y).__name__}, not one tensor")
     return tuple(y.shape[1:])
 
 
 def _classify(idx: int, name: str, module: nn.Module, in_shape, dtype, dtype_bytes) -> Layer:
-    out_shape = _out_shape(module, in_shape, dtype)
+    try:
+        out_shape = _out_shape(module, in_shape, dtype)
+    except Exception as exc:  # a shape the layer cannot take, or not one tensor out
+        raise unsupported_layer(name, module, tuple(in_shape), f"{type(exc).__name__}: {exc}") from None
     params = sum(p.numel() for p in module.parameters() if p.requires_grad)
     L = Layer(idx, name, type(module).__name__, tuple(in_shape), out_shape, params=params, module=module)
     if isinstance(module, _VIEW_TYPES):
@@ -274,11 +220,16 @@ def _classify(idx: int, name: str, module: nn.Module, in_shape, dtype, dtype_byt
         L.private = Cost(step=8 * math.prod(out_shape))  # int64 indices
     elif isinstance(module, _NO_SAVE_TYPES):
         pass
-    elif isinstance(module, _SAVE_OUTPUT_TYPES) and not getattr(module, "inplace", False):
+    elif isinstance(module, _SAVE_OUTPUT_TYPES):
         L.saves_output = True
+        # in place (ReLU(inplace=True)): no new storage; it saves its output, which is its input's storage
+        L.view = bool(getattr(module, "inplace", False))
     else:
         L.kind += "(measured)"
-        L.saves_input, L.saves_output, L.private = _probe(module, tuple(in_shape), dtype)
+        try:
+            L.saves_input, L.saves_output, L.private = _probe(module, tuple(in_shape), dtype)
+        except Exception as exc:
+            raise unsupported_layer(name, module, tuple(in_shape), f"{type(exc).__name__}: {exc}") from None
     return L
 
 
@@ -287,10 +238,17 @@ class ChainModel:
 
     Args:
         model: a :class:`edgesnn.models.SpikingClassifier` (or anything with ``body``,
-            an ``nn.Sequential`` on ``[T, B, ...]``, and ``in_shape``).
-        in_shape: one sample's shape (defaults to ``model.in_shape``).
-        num_classes: logits width (defaults to the last layer's output size).
+            an ``nn.Sequential`` on ``[T, B, ...]``, and ``in_shape``) with at least one LIF /
+            RevLIF node directly in ``body``.
+        in_shape: one sample's shape, ints >= 1 (defaults to ``model.in_shape``).
+        num_classes: logits width, an int >= 2 (defaults to the last layer's output size).
         dtype: activation dtype (float32 or float64).
+
+    Raises:
+        TypeError: ``model`` has no ``body`` ``nn.Sequential``.
+        ValueError: a bad ``in_shape`` / ``num_classes`` / ``dtype``, a ``body`` entry the planner
+            cannot read (other spiking nodes, nodes nested in a container, layers returning several
+            tensors), or no spiking layer; one line naming it.
     """
 
     def __init__(self, model: nn.Module, in_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None,
@@ -299,7 +257,14 @@ class ChainModel:
         if not isinstance(body, nn.Sequential):
             raise TypeError("model: the planner needs a model with a `body` nn.Sequential on [T, B, ...] "
                             "(see edgesnn.models.build_model)")
-        shape = tuple(int(s) for s in (in_shape if in_shape is not None else model.in_shape))
+        if in_shape is None and not hasattr(model, "in_shape"):
+            raise ValueError("in_shape: the model has no in_shape attribute; pass in_shape=(one sample's shape)")
+        shape = check_in_shape(in_shape if in_shape is not None else model.in_shape,
+                               "in_shape" if in_shape is not None else "model.in_shape")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype: expected torch.float32 or torch.float64 (activation dtype), got {dtype!r}")
+        if num_classes is not None:
+            check_int(num_classes, "num_classes", 2)
         self.in_shape = shape
         self.dtype = dtype
         self.dtype_bytes = torch.empty(0, dtype=dtype).element_size()
@@ -311,6 +276,11 @@ class ChainModel:
                 self.layers.append(Layer(i, name, "spiking", shape, shape, spiking=k, module=mod))
                 k += 1
                 continue
+            nested = [m for m in mod.modules() if isinstance(m, _SpikingNode)]
+            if nested:
+                where = "is" if nested[0] is mod else f"holds a {type(nested[0]).__name__}"
+                raise unsupported_layer(name, mod, shape, f"it {where} a spiking node the planner cannot choose for: "
+                                        "LIF / RevLIF must be entries of model.body themselves")
             inner = mod.module if isinstance(mod, SeqToANN) else mod
             L = _classify(i, name, inner, shape, dtype, self.dtype_bytes)
             self.layers.append(L)
@@ -318,6 +288,9 @@ class ChainModel:
         self.out_shape = shape
         self.num_classes = int(num_classes if num_classes is not None else math.prod(shape))
         self.spiking = [L for L in self.layers if L.spiking is not None]
+        if not self.spiking:
+            raise ValueError("model: model has no spiking layers (LIF/RevLIF in body); the planner chooses a neuron "
+                             "per spiking layer")
         self.params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
         self._edges()

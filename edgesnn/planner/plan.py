@@ -30,6 +30,7 @@ from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES, VGG11_CFG, parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
+from .checks import check_batch, check_bytes, check_plan_args
 from .datasets import DATASET_SPECS, dataset_memory
 from .memory_model import ChainModel, kernel_runtime_bytes
 from .solver import Extras, plan_model
@@ -254,8 +255,12 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
 
     Args:
         model: a model from :func:`edgesnn.models.build_model`.
-        device: the device profile. T: time steps. batch: batch size or None (largest that fits).
-        budget: peak bytes the training process may hold; default ``memory - reserved`` of the device.
+        device: the device profile. T: time steps. batch: batch size (int >= 1) or None / ``"auto"``
+            (the largest that fits, at most ``max_batch_cap``).
+        budget: peak bytes the training process may hold (int > 0); default ``memory - reserved``
+            of the device.
+        kinds, groups, optimizer: as in :func:`~edgesnn.planner.solver.plan_model` (a bad value is a
+            one-line ``ValueError`` naming it).
         dataset: a built-in dataset of ``edgesnn train`` (its resident bytes are known; see
             :mod:`~edgesnn.planner.datasets`). dataset_bytes: resident bytes of custom data
             instead. Neither: no dataset counted.
@@ -264,7 +269,9 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
     """
     if isinstance(eval_batch, bool) or not isinstance(eval_batch, int) or eval_batch < 1:
         raise ValueError(f"--eval-batch: expected an integer >= 1, got {eval_batch!r}")
-    budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else int(budget)
+    batch = check_batch(batch)  # before the BatchNorm check: a bad type is named as such
+    budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else check_bytes(budget, "budget", 1)
+    check_plan_args(T, budget, device.runtime_overhead_bytes, device.bandwidth_gbs, kinds, groups, max_batch_cap)
     chain = ChainModel(model)
     cfg = dict(getattr(model, "config", {}) or {})
     data = dataset_memory(dataset, T, chain.in_shape, dataset_bytes, model=cfg.get("name"),

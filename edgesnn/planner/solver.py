@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..models import parse_neuron_spec
+from .checks import check_bandwidth, check_batch, check_bytes, check_extras, check_int, check_options, check_plan_args
 from .memory_model import ChainModel
 from .evalpass import eval_dynamic_peak, eval_lines
 from .peak import largest_batch, peak_lines, simulate_step
@@ -257,11 +258,15 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
 
     Args:
         chain: the model's :class:`ChainModel`.
-        T: time steps. budget: bytes the training process may hold at its peak (RSS).
-        runtime_overhead: bytes of the process before its tensors (device profile).
-        batch: batch size, or None for the largest that fits (at most ``max_batch_cap``).
-        bandwidth_gbs: device bandwidth for the time model. optimizer: ``adam``, ``sgd``...
-        kinds, groups: allowed neuron kinds and RevLIF group counts.
+        T: time steps (int >= 1). budget: bytes the training process may hold at its peak (RSS;
+            an int > 0).
+        runtime_overhead: bytes of the process before its tensors (device profile; int >= 0).
+        batch: batch size (int >= 1), or None / ``"auto"`` for the largest that fits (at most
+            ``max_batch_cap``, an int >= 1).
+        bandwidth_gbs: device bandwidth for the time model (GB/s, finite > 0). optimizer:
+            ``adam``, ``adamw``, ``sgd`` or ``sgd-momentum``.
+        kinds: allowed neuron kinds, a non-empty list or tuple drawn from ``"lif"``, ``"revlif"``.
+        groups: RevLIF group counts to consider, a non-empty list or tuple of ints >= 2.
         extras: the dataset held in memory and the evaluation batch (default: neither counted).
 
     Returns:
@@ -270,10 +275,14 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         :func:`predict` (``step_bytes``, ``eval_bytes``, ``dataset_bytes``...).
 
     Raises:
+        ValueError: a bad argument, in one line naming it.
         PlanningError: the budget cannot hold even the least-memory choice at batch 1 (or ``batch``).
     """
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"timesteps: expected an integer >= 1, got {T!r}")
+    T, budget, runtime_overhead, bandwidth_gbs, kinds, groups, max_batch_cap = check_plan_args(
+        T, budget, runtime_overhead, bandwidth_gbs, kinds, groups, max_batch_cap)
+    batch = check_batch(batch)
+    check_extras(extras, Extras)
+    chain.static_bytes(optimizer)  # checks the optimizer's name
     opts = candidates(chain, kinds, groups)
     if batch is None:
         least = _least_peak(chain, opts, T, 64, runtime_overhead, optimizer, extras)
@@ -284,8 +293,6 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         if B < 1:
             raise _impossible(chain, opts, T, 1, budget, runtime_overhead, optimizer, extras)
     else:
-        if not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch: expected an integer >= 1 or 'auto', got {batch!r}")
         B = batch
         least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
     if _peak(chain, least, T, B, runtime_overhead, optimizer, extras) > budget:
@@ -326,7 +333,17 @@ def predict(chain: ChainModel, options: Sequence[str], T: int, B: int, runtime_o
     replayed training step's dynamic peak, ``eval_bytes`` the evaluation pass's at
     ``eval_batch`` (both beside the resident runtime, parameters, optimizer state and buffers);
     ``peak_phase`` is ``"eval"`` when the evaluation pass is the larger.
+
+    ``options``: one spec per spiking layer (``"lif"``, ``"revlif"``, ``"revlif:G"`` with G dividing
+    the layer's channels); ``T``, ``B``: ints >= 1; ``runtime_overhead``: bytes >= 0;
+    ``bandwidth_gbs``: finite > 0. A bad argument raises a one-line ``ValueError`` naming it.
     """
+    options = check_options(chain, options)
+    T, B = check_int(T, "T (timesteps)"), check_int(B, "B (batch)")
+    runtime_overhead = check_bytes(runtime_overhead, "runtime_overhead")
+    bandwidth_gbs = check_bandwidth(bandwidth_gbs)
+    check_extras(extras, Extras)
+    chain.static_bytes(optimizer)  # checks the optimizer's name
     step = simulate_step(chain, options, T, B, optimizer)
     ev = extras.eval_peak(chain, options, T)
     time_s = sum(node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i))
