@@ -12,13 +12,14 @@ medians, and each round's own saving is printed as a range. The run prints how l
 for a CPU while it timed (``/proc/pressure/cpu``, where readable): above ~10% other jobs dominate
 the spread, so rerun.
 
-    python tools/bench_backward.py [--T 32] [--batch 32] [--neurons 4096] [--groups 2] [--json PATH]
+    python tools/bench_backward.py [--T 32] [--batch 32] [--neurons 4096] [--groups 2] [--repeat 5] [--json PATH [--force]]
+
+Baseline: the classic reversible backward; the JSON names it (``baseline``) beside the time saved.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernels import _cpu_pressure_us  # noqa: E402  (beside this file)
+from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
 
 from edgesnn.functional import RevLIFParams  # noqa: E402
 from edgesnn.functional.grid import unpack_bit  # noqa: E402
@@ -67,13 +69,18 @@ def interleaved_times(fns: dict, repeat: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--T", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--neurons", type=int, default=4096)
-    ap.add_argument("--groups", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--T", type=positive_int, default=32, help="time steps (default 32)")
+    ap.add_argument("--batch", type=positive_int, default=32, help="batch size (default 32)")
+    ap.add_argument("--neurons", type=positive_int, default=4096, help="neurons per step (default 4096)")
+    ap.add_argument("--groups", type=positive_int, default=2,
+                    help="RevLIF groups, >= 2 and dividing --neurons (default 2)")
+    ap.add_argument("--repeat", type=positive_int, default=5, help="timed rounds, both methods in each (default 5)")
+    ap.add_argument("--json", default=None, help="write the times and the time saved to this JSON file")
+    add_force(ap, "the --json file")
     args = ap.parse_args(argv)
+    if args.groups < 2 or args.neurons % args.groups:
+        ap.error(f"--groups: expected an integer >= 2 that divides --neurons {args.neurons}, got {args.groups}")
+    check_out(ap, args.json, "--json", args.force)
     torch.manual_seed(0)
     p = RevLIFParams(groups=args.groups)
     xg = to_groups(torch.randn(args.T, args.batch, args.neurons) + 0.5, p.groups)
@@ -102,15 +109,14 @@ def main(argv=None) -> int:
         print(f"machine load while timing: runnable tasks waited for a CPU {stall:.0f}% of the time "
               "(/proc/pressure/cpu); above ~10% other jobs dominate the spread: rerun")
     if args.json:
-        from edgesnn.checkpoint import atomic_write
-
-        payload = {"shape": [args.T, args.batch, args.neurons], "groups": args.groups, "classic_s": t_classic,
+        payload = {"shape": [args.T, args.batch, args.neurons], "groups": args.groups,
+                   "baseline": "classic reversible (invert, re-forward, VJP)", "classic_s": t_classic,
                    "single_pass_s": t_single, "time_saved": saving, "grad_rel_diff": err,
                    "time_saved_per_round": per_round, "classic_round_s": times["classic"],
                    "single_pass_round_s": times["single"], "cpu_pressure_pct": stall}
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
+        write_json(args.json, payload, indent=2)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

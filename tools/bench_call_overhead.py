@@ -16,33 +16,21 @@ Usage: ``python tools/bench_call_overhead.py [--steps 300] [--rounds 5] [--threa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from edgesnn.atomic import atomic_write, check_output  # noqa: E402
 from edgesnn.kernels import set_num_threads  # noqa: E402
 from edgesnn.nn import LIF, RevLIF  # noqa: E402
+from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
 
 SHAPES = ((4, 2, 16), (8, 16, 128), (16, 32, 512))
-
-
-def _positive(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer >= 1, got {text!r}")
-        return value
-    return parse
 
 
 def _variants() -> dict:
@@ -96,17 +84,13 @@ def measure(shape, steps: int, rounds: int) -> dict:
 def main(argv=None) -> int:
     """Run the rows on every shape in :data:`SHAPES`, print the table, write ``--json``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    ap.add_argument("--steps", type=_positive("--steps"), default=300, help="timed steps per variant and shape")
-    ap.add_argument("--rounds", type=_positive("--rounds"), default=5, help="interleaved rounds")
-    ap.add_argument("--threads", type=_positive("--threads"), default=None, help="kernel threads (default: Numba's)")
+    ap.add_argument("--steps", type=positive_int, default=300, help="timed steps per variant and shape")
+    ap.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds")
+    ap.add_argument("--threads", type=positive_int, default=None, help="kernel threads (default: Numba's)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
-    ap.add_argument("--force", action="store_true", help="replace an existing --json file")
+    add_force(ap, "the --json file")
     args = ap.parse_args(argv)
-    if args.json is not None:
-        try:  # before the measurement: a bad path is found now, not after it
-            check_output(args.json, "--json", force=args.force)
-        except (OSError, ValueError) as exc:  # edgesnn's one-line errors (UsageError is a ValueError)
-            ap.error(str(exc))
+    check_out(ap, args.json, "--json", args.force)  # before the measurement
     if args.threads is not None:
         set_num_threads(args.threads)
     results = {}
@@ -120,10 +104,10 @@ def main(argv=None) -> int:
             print(f"  {name:30s} {row['us']:9.1f} us{ratio}")
     if args.json is not None:
         doc = {"baseline": "SpikingJelly LIFNode torch", "torch": torch.__version__, "results": results}
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(doc, indent=2) + "\n"), mode="w")
+        write_json(args.json, doc, newline=True)
         print(f"wrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

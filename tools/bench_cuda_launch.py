@@ -18,21 +18,25 @@
     available here (``triton``, ``cupy``, else ``torch``), median of ``--reps`` after a warm-up,
     CUDA events; plus the same edgesnn step as a CUDA graph replay.
 
-Usage: ``python tools/bench_cuda_launch.py [--calls 2000] [--reps 20] [--json out.json]``
+Usage: ``python tools/bench_cuda_launch.py [--calls 2000] [--reps 20] [--json out.json [--force]]``
+(the JSON names the baseline of section (2), ``baseline``, beside its ``x_vs_sj`` ratios). Without
+a CUDA device it measures nothing, writes nothing, says so and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+
+from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -154,7 +158,7 @@ def layers(reps: int) -> dict:
     from edgesnn.nn.neurons import LIF, RevLIF
 
     sj, why = _sj_fastest()
-    out = {"spikingjelly_backend": sj[0] if sj else why}
+    out = {"spikingjelly_backend": sj[0] if sj else why, "baseline": f"SpikingJelly {sj[0]}" if sj else None}
     for shape in ((64, 16, 4096), (8, 16, 1 << 20)):
         torch.manual_seed(0)
         x0 = torch.randn(*shape, device="cuda") * 1.5 + 0.5
@@ -194,12 +198,15 @@ def layers(reps: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=2000)
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--calls", type=positive_int, default=2000, help="back-to-back calls per overhead figure (default 2000)")
+    ap.add_argument("--reps", type=positive_int, default=20, help="timed repetitions per layer figure, median (default 20)")
+    ap.add_argument("--json", default=None, help="write the figures to this JSON file")
+    add_force(ap, "the --json file")
     args = ap.parse_args(argv)
+    check_out(ap, args.json, "--json", args.force)
     if not torch.cuda.is_available():
-        print("bench_cuda_launch: no CUDA device (torch.cuda.is_available() is False); nothing measured")
+        print("bench_cuda_launch: no CUDA device (torch.cuda.is_available() is False); nothing measured"
+              + (f", {args.json} not written" if args.json else ""))
         return 0
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     try:
@@ -216,7 +223,7 @@ def main(argv=None) -> int:
     report["layers"] = layers(args.reps)
     print(f"\n(2) forward + backward (y.sum().backward()), SpikingJelly backend: {report['layers']['spikingjelly_backend']}")
     for shape, rows in report["layers"].items():
-        if shape == "spikingjelly_backend":
+        if shape in ("spikingjelly_backend", "baseline"):
             continue
         print(f"  [{shape}]")
         for name, r in rows.items():
@@ -226,12 +233,10 @@ def main(argv=None) -> int:
             else:
                 print(f"    {name:40s} {r['error']}")
     if args.json:
-        from edgesnn.atomic import atomic_write
-
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(report, indent=1)), mode="w")
+        write_json(args.json, report, indent=1)
         print(f"\nwrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

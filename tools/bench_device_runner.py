@@ -11,9 +11,15 @@ grows (T 8 -> 64) at least 4x more slowly than LIF's, and RevLIF onnx-step at T 
 half the memory of onnx-training.
 
     python tools/bench_device_runner.py [--models mlp convnet] [--timesteps 8 32 64] [--training-max-t 64]
-        [--steps 6] [--out bench_device_runner.json]
+        [--steps 6] [--batch 32] [--threads 1] [--out bench_device_runner.json [--force]]
 
-``--mode legacy`` runs the older T = 4 onnx-training parity/timing table described below.
+The growth check needs two or more ``--timesteps`` (else it prints "not checked"). No file is
+written without ``--out``; the JSON holds the rows and the checks with their ratios
+(``check_figures``: each check's figures, ratio, target and baseline).
+
+``--mode legacy`` runs the older T = 4 onnx-training parity/timing table described below
+(``--neurons``, ``--epochs``, ``--repeats`` belong to it; ``--models``, ``--timesteps``,
+``--training-max-t``, ``--steps`` to the sweep).
 
 Legacy mode: device runner vs PyTorch eager: gradient parity, peak RSS and step time (digits MLP).
 
@@ -27,7 +33,7 @@ exports ONNX Runtime training artifacts, then
   backend (the exported graph) and the default ``auto`` backend (fused kernels), measuring VmHWM
   and steady-state step time the same way.
 
-    python tools/bench_device_runner.py [--neurons lif revlif] [--epochs 2] [--batch 32] [--repeats 3] [--out bench_device_runner.json]
+    python tools/bench_device_runner.py --mode legacy [--neurons lif revlif] [--epochs 2] [--batch 32] [--repeats 3] [--out bench_device_runner.json]
 
 Needs the ``ort`` extra (onnxruntime-training-cpu 1.19.2, onnx 1.17.0).
 """
@@ -46,6 +52,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tool_args import add_force, check_out, nonneg_int, positive_int, run_main, worker_error, write_json  # noqa: E402
+
+DIGITS = 1797  # samples in scikit-learn's digits
 
 _EAGER = r"""
 import json, sys, time
@@ -141,17 +153,19 @@ def bench(neuron: str, epochs: int, batch: int, lr: float, work: Path, repeats: 
     parity = grad_parity(model, art, x[:batch], y[:batch])
 
     device, eager = None, {}
+    thread_args = ["--threads", str(threads)] if threads > 0 else []  # 0: the library's default
     for _ in range(repeats):  # interleaved; keep the fastest median (the machine may be shared)
         proc = subprocess.run([sys.executable, "-m", "edgesnn.export.runner", str(art), "--data", str(data), "--epochs",
-                               str(epochs), "--out", str(work / f"ft-{neuron}"), "--threads", str(threads)], capture_output=True, text=True, env=_env())
+                               str(epochs), "--out", str(work / f"ft-{neuron}"), "--force", *thread_args],
+                              capture_output=True, text=True, env=_env())
         if proc.returncode != 0:
-            raise RuntimeError(f"runner failed: {proc.stderr[-2000:]}")
+            raise worker_error(f"runner ({neuron})", proc.stderr)
         device = _best(device, json.loads((work / f"ft-{neuron}" / "metrics.json").read_text()))
         for backend in ("reference", "auto"):
             p = subprocess.run([sys.executable, "-c", _EAGER, str(ck), str(data), str(epochs), str(batch), str(lr), backend, str(threads)],
                                capture_output=True, text=True, env=_env())
             if p.returncode != 0:
-                raise RuntimeError(f"eager ({backend}) failed: {p.stderr[-2000:]}")
+                raise worker_error(f"eager ({backend})", p.stderr)
             eager[backend] = _best(eager.get(backend), json.loads(p.stdout.strip().splitlines()[-1]))
     return {"neuron": neuron, "threads": threads, "batch": batch, "timesteps": 4, "epochs": epochs, "max_grad_diff": parity, "device": device,
             "eager": eager}
@@ -162,8 +176,9 @@ import json, sys, time
 import numpy as np, torch
 from edgesnn.export.prepare import model_from_checkpoint, export_copy
 from edgesnn.models import spiking_layers
-ck, data, steps, batch, lr = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-torch.set_num_threads(1)
+ck, data, steps, batch, lr, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+if threads > 0:
+    torch.set_num_threads(threads)
 model, _ = model_from_checkpoint(ck)
 model = export_copy(model)
 for _, node in spiking_layers(model):
@@ -190,16 +205,18 @@ def _sweep_model(name: str, neuron: str, T: int):
     return build_model("convnet", (1, 8, 8), 10, T, neuron=neuron, channels=(16, 32))
 
 
-def _run_runner(art: Path, data: Path, out: Path, extra=()) -> dict:
+def _run_runner(art: Path, data: Path, out: Path, extra=(), threads: int = 1) -> dict:
+    thread_args = ["--threads", str(threads)] if threads > 0 else []  # 0: ONNX Runtime's default
     proc = subprocess.run([sys.executable, "-m", "edgesnn.export.runner", str(art), "--data", str(data), "--epochs", "1",
-                           "--out", str(out), "--threads", "1", "--holdout", "0", "--force", *extra],
+                           "--out", str(out), *thread_args, "--holdout", "0", "--force", *extra],
                           capture_output=True, text=True, env=_env())
     if proc.returncode != 0:
-        raise RuntimeError(f"runner failed on {art}: {proc.stderr[-2000:]}")
+        raise worker_error(f"runner on {art.name}", proc.stderr)
     return json.loads((out / "metrics.json").read_text())
 
 
-def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: float, work: Path, log=print) -> list:
+def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: float, work: Path, log=print,
+          threads: int = 1) -> list:
     import time as _time
 
     from edgesnn.checkpoint import save_checkpoint
@@ -223,20 +240,20 @@ def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: fl
                 export_onnx_step(model, art, batch, "sgd", lr, momentum=0.9)
                 row["step_export_s"] = _time.perf_counter() - t0
                 row["step_file_mb"] = (art / "step.onnx").stat().st_size / 2**20
-                row["onnx_step"] = _run_runner(art, data, work / "ft-step")
+                row["onnx_step"] = _run_runner(art, data, work / "ft-step", threads=threads)
                 if T <= training_max_t:
                     t0 = _time.perf_counter()
                     art_t = work / f"train-{name}-{neuron}-{T}"
                     export_onnx_training(model, art_t, batch_size=batch, learning_rate=lr)
                     row["training_export_s"] = _time.perf_counter() - t0
-                    row["onnx_training"] = _run_runner(art_t, data, work / "ft-train")
+                    row["onnx_training"] = _run_runner(art_t, data, work / "ft-train", threads=threads)
                     import shutil
 
                     shutil.rmtree(art_t, ignore_errors=True)
-                p = subprocess.run([sys.executable, "-c", _EAGER_SWEEP, str(ck), str(data), str(steps), str(batch), str(lr)],
-                                   capture_output=True, text=True, env=_env())
+                p = subprocess.run([sys.executable, "-c", _EAGER_SWEEP, str(ck), str(data), str(steps), str(batch), str(lr),
+                                    str(threads)], capture_output=True, text=True, env=_env())
                 if p.returncode != 0:
-                    raise RuntimeError(f"eager failed: {p.stderr[-2000:]}")
+                    raise worker_error("eager", p.stderr)
                 row["eager"] = json.loads(p.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 log(_sweep_line(row))
@@ -257,58 +274,106 @@ def _sweep_line(r: dict) -> str:
             f"{_fmt(e, 'step_ms_median', 'ms')} | export {r['step_export_s']:5.1f} s, {r['step_file_mb']:5.1f} MB")
 
 
-def sweep_checks(rows: list) -> list:
-    """The two memory checks per model, as printable lines (and a pass flag)."""
+def sweep_checks(rows: list, figures: list = None) -> list:
+    """The two memory checks per model, as printable lines (and a pass flag: ``None`` when the
+    check could not be made, e.g. the growth check with one T). ``figures``, when given, receives
+    one dict per check with its raw figures, ratio, target and baseline (for the JSON)."""
     out = []
+    figures = [] if figures is None else figures
     by = {(r["model"], r["neuron"], r["T"]): r for r in rows}
     for name in sorted({r["model"] for r in rows}):
         Ts = sorted({r["T"] for r in rows if r["model"] == name})
         lo, hi = Ts[0], Ts[-1]
-        try:
-            g_lif = by[(name, "lif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "lif", lo)]["onnx_step"]["peak_rss_mb"]
-            g_rev = by[(name, "revlif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "revlif", lo)]["onnx_step"]["peak_rss_mb"]
-        except KeyError:
-            continue
-        ratio = g_lif / g_rev if g_rev > 0 else float("inf")
-        how = f"LIF/RevLIF {ratio:.1f}x" if g_rev > 0 else "RevLIF did not grow"
-        out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MB, RevLIF {g_rev:+.1f} MB "
-                                  f"({how}; target >= 4x)"))
+        if len(Ts) < 2:
+            out.append((None, f"{name}: onnx-step peak RSS growth over T: not checked (needs two or more --timesteps, "
+                              f"got T {lo})"))
+            figures.append({"check": "growth", "model": name, "passed": None, "reason": "one T only", "T": [lo]})
+        else:
+            try:
+                g_lif = by[(name, "lif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "lif", lo)]["onnx_step"]["peak_rss_mb"]
+                g_rev = by[(name, "revlif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "revlif", lo)]["onnx_step"]["peak_rss_mb"]
+            except KeyError:
+                g_lif = None
+            if g_lif is not None:
+                ratio = g_lif / g_rev if g_rev > 0 else float("inf")
+                how = f"LIF/RevLIF {ratio:.1f}x" if g_rev > 0 else "RevLIF did not grow"
+                out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MB, RevLIF {g_rev:+.1f} MB "
+                                          f"({how}; target >= 4x)"))
+                figures.append({"check": "growth", "model": name, "passed": ratio >= 4.0, "T": [lo, hi],
+                                "lif_growth_mb": g_lif, "revlif_growth_mb": g_rev, "baseline": "LIF growth",
+                                "lif_over_revlif": ratio if g_rev > 0 else None, "target_at_least": 4.0})
         r = by.get((name, "revlif", hi), {})
         if r.get("onnx_training"):
             a, b = r["onnx_step"]["peak_rss_mb"], r["onnx_training"]["peak_rss_mb"]
             out.append((a <= 0.5 * b, f"{name}: RevLIF T={hi}: onnx-step {a:.1f} MB vs onnx-training {b:.1f} MB "
                                       f"({a / b:.2f}x; target <= 0.5x)"))
+            figures.append({"check": "step_vs_training", "model": name, "passed": a <= 0.5 * b, "T": hi,
+                            "onnx_step_peak_rss_mb": a, "onnx_training_peak_rss_mb": b, "baseline": "onnx-training",
+                            "step_over_training": a / b, "target_at_most": 0.5})
     return out
 
 
-def main() -> int:
-    from edgesnn.atomic import atomic_write
+_LEGACY_ONLY = {"neurons": ["lif", "revlif"], "epochs": 2, "repeats": 3}
+_SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training_max_t": 64, "steps": 6}
 
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=("sweep", "legacy"), default="sweep")
-    ap.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=("mlp", "convnet"))
-    ap.add_argument("--timesteps", nargs="+", type=int, default=[8, 32, 64])
-    ap.add_argument("--training-max-t", type=int, default=64, help="sweep: skip onnx-training above this T (export time)")
-    ap.add_argument("--steps", type=int, default=6, help="sweep: training steps per run")
-    ap.add_argument("--neurons", nargs="+", default=["lif", "revlif"])
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs; the fastest median step time is kept")
-    ap.add_argument("--threads", type=int, default=1, help="threads for both ORT and torch (0: library defaults)")
-    ap.add_argument("--out", default="bench_device_runner.json")
-    args = ap.parse_args()
+    ap.add_argument("--mode", choices=("sweep", "legacy"), default="sweep",
+                    help="sweep: peak RSS and step time over T (default); legacy: the T = 4 parity/timing table")
+    ap.add_argument("--models", nargs="+", default=None, choices=("mlp", "convnet"),
+                    help="sweep: models (default mlp convnet)")
+    ap.add_argument("--timesteps", nargs="+", type=positive_int, default=None,
+                    help="sweep: time steps T, two or more for the growth check (default 8 32 64)")
+    ap.add_argument("--training-max-t", type=nonneg_int, default=None,
+                    help="sweep: skip onnx-training above this T (export time; default 64)")
+    ap.add_argument("--steps", type=positive_int, default=None,
+                    help="sweep: training steps per run, >= 2 (the step time is the median of steps 2..n; default 6)")
+    ap.add_argument("--neurons", nargs="+", default=None, choices=("lif", "revlif"),
+                    help="legacy: neuron types (default lif revlif)")
+    ap.add_argument("--epochs", type=positive_int, default=None, help="legacy: epochs over the digits (default 2)")
+    ap.add_argument("--batch", type=positive_int, default=32, help="batch size (default 32)")
+    ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
+    ap.add_argument("--repeats", type=positive_int, default=None,
+                    help="legacy: interleaved runs; the fastest median step time is kept (default 3)")
+    ap.add_argument("--threads", type=nonneg_int, default=1,
+                    help="threads for both ORT and torch (0: library defaults; default 1)")
+    ap.add_argument("--out", default=None, help="write the rows and checks to this JSON file (default: no file)")
+    add_force(ap, "the --out file")
+    args = ap.parse_args(argv)
+    own, other = (_SWEEP_ONLY, _LEGACY_ONLY) if args.mode == "sweep" else (_LEGACY_ONLY, _SWEEP_ONLY)
+    for key in other:
+        if getattr(args, key) is not None:
+            ap.error(f"--{key.replace('_', '-')}: only used with --mode {'legacy' if args.mode == 'sweep' else 'sweep'}")
+    for key, default in own.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    if not (args.lr > 0 and args.lr < float("inf")):
+        ap.error(f"--lr: expected a finite number > 0, got {args.lr}")
     if args.mode == "sweep":
-        print(f"batch {args.batch}, SGD momentum 0.9, {args.steps} steps, one thread; peak RSS = VmHWM of a fresh runner "
+        if args.steps < 2:
+            ap.error(f"--steps: expected an integer >= 2 (the step time is the median of steps 2..n), got {args.steps}")
+        if args.steps * args.batch > DIGITS:
+            ap.error(f"--steps {args.steps} x --batch {args.batch}: expected at most {DIGITS} samples (the digits data set)")
+    elif args.epochs * (DIGITS // args.batch) < 2:
+        ap.error(f"--batch: expected at most {DIGITS // 2} (legacy mode times steps 2..n: needs two or more steps), "
+                 f"got {args.batch}")
+    check_out(ap, args.out, "--out", args.force)
+    if args.mode == "sweep":
+        threads = "one thread" if args.threads == 1 else (f"{args.threads} threads" if args.threads else "default threads")
+        print(f"batch {args.batch}, SGD momentum 0.9, {args.steps} steps, {threads}; peak RSS = VmHWM of a fresh runner "
               "process; step = median wall time of steps 2..n; eager = PyTorch, torch backend", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             rows = sweep(args.models, args.timesteps, args.training_max_t, args.steps, args.batch, args.lr, Path(tmp),
-                         log=lambda line: print(line, flush=True))
-        checks = sweep_checks(rows)
+                         log=lambda line: print(line, flush=True), threads=args.threads)
+        figures = []
+        checks = sweep_checks(rows, figures)
         for ok, line in checks:
-            print(("PASS " if ok else "FAIL ") + line)
-        atomic_write(args.out, lambda fh: fh.write(json.dumps({"rows": rows, "checks": [[ok, line] for ok, line in checks]}, indent=2) + "\n"), mode="w")
-        print(f"wrote {args.out}")
+            print(("PASS " if ok else "FAIL " if ok is not None else "") + line)
+        if args.out:
+            write_json(args.out, {"rows": rows, "checks": [[ok, line] for ok, line in checks], "check_figures": figures},
+                       indent=2, newline=True)
+            print(f"wrote {args.out}")
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,10 +392,11 @@ def main() -> int:
 
         print(f"{r['neuron']:8s} {r['max_grad_diff']:10.2e} {d['peak_rss_mb']:8.1f} MB {step(d):>20s} {er['peak_rss_mb']:11.1f} MB "
               f"{step(er):>22s} {ea['peak_rss_mb']:12.1f} MB {step(ea):>23s}  {d['accuracy_before']:.3f} -> {d['accuracy_after']:.3f}")
-    atomic_write(args.out, lambda fh: fh.write(json.dumps(rows, indent=2) + "\n"), mode="w")
-    print(f"wrote {args.out}")
+    if args.out:
+        write_json(args.out, rows, indent=2, newline=True)
+        print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

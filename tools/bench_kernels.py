@@ -22,21 +22,23 @@
 The measurements themselves are in ``tools/kernel_bench_cases.py`` (one function per section);
 this script sets the opt-in process settings, runs them and prints the table / JSON.
 
-Usage: ``python tools/bench_kernels.py [--threads 2] [--json out.json] [--quick] [--cuda] [--only-layer]
+Usage: ``python tools/bench_kernels.py [--threads 2] [--json out.json [--force]] [--quick] [--cuda] [--only-layer]
 [--only-on] [--on-reps 5] [--tuned] [--thp]`` (``--tuned`` / ``--thp``: opt-in process settings, see below).
+The JSON names each section's baseline (``baseline``) and holds the printed ratios beside the raw
+figures (``x_vs_sj``: the baseline's time / the row's; ``x_of_linear_alone`` in (a)).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 
 # Opt-in process settings; they must be in place before torch / numba are imported, so they are
-# read from argv here. Default: none (what a user gets without tuning).
+# read from argv here (the parser below takes no abbreviations, so only these exact spellings turn
+# them on). Default: none (what a user gets without tuning).
 #   --thp    THP_MEM_ALLOC_ENABLE=1: huge pages for large torch allocations (fewer page faults where
 #            the kernel grants them); on the 2-core test VM (THP 'madvise', no huge pages granted)
 #            it made every fresh 16.8 MB output cost ~20 ms: off by default.
@@ -47,13 +49,14 @@ if "--thp" in sys.argv:
 if "--tuned" in sys.argv:
     os.environ.setdefault("EDGESNN_WIDE_VECTORS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
 from edgesnn.kernels import set_num_threads  # noqa: E402
-from edgesnn.atomic import atomic_write  # noqa: E402
 from kernel_bench_cases import (bench_bandwidth, bench_cuda, bench_layer, bench_on_workload,  # noqa: E402
                                 bench_public_form, stream_triad)
+from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- main
@@ -66,26 +69,33 @@ def _ratio(res, base, name):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    # allow_abbrev=False: --thp / --tuned are read from sys.argv above, so an abbreviation such as
+    # --tune must be refused, not recorded as tuned without the settings in place
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+                    help="Numba and PyTorch threads (default: every core)")
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
+    add_force(ap, "the --json file")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, skip torch.compile")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     ap.add_argument("--no-on", action="store_true", help="skip (a), the Linear + LIF workload")
     ap.add_argument("--cuda", action="store_true", help="also benchmark the CUDA kernels (needs a GPU)")
     ap.add_argument("--only-cuda", action="store_true", help="run (d) alone")
-    ap.add_argument("--only-layer", action="store_true", help="run (b) alone (skips (a) and (c))")
+    ap.add_argument("--only-layer", action="store_true",
+                    help="run STREAM (for the bandwidth floor) and (b) alone (skips (a), (p) and (c))")
     ap.add_argument("--only-on", action="store_true", help="run (a) alone (skips STREAM, (b) and (c))")
     ap.add_argument("--only-public", action="store_true", help="run STREAM and (p) alone")
     ap.add_argument("--no-public", action="store_true", help="skip (p), the public form")
-    ap.add_argument("--on-reps", type=int, default=None,
+    ap.add_argument("--on-reps", type=positive_int, default=None,
                     help="interleaved rounds for (a) (default 5; 3 with --quick)")
     ap.add_argument("--thp", action="store_true", help="set THP_MEM_ALLOC_ENABLE=1 (see the top of this file)")
     ap.add_argument("--tuned", action="store_true",
                     help="retain freed heap memory and use 512-bit vectors (opt-in settings, see the top of this file)")
-    ap.add_argument("--N", type=int, default=4096)
-    ap.add_argument("--T", type=int, default=64)
+    ap.add_argument("--N", type=positive_int, default=4096, help="neurons of the layer in (a), (b), (p), (d) (default 4096)")
+    ap.add_argument("--T", type=positive_int, default=64, help="time steps in (a), (b), (p), (d) (default 64)")
     args = ap.parse_args(argv)
+    check_out(ap, args.json, "--json", args.force)
     set_num_threads(args.threads)
     if args.tuned:
         from edgesnn.kernels import numba_cpu  # noqa: F401  (CPU features are set before the first compile)
@@ -99,7 +109,10 @@ def main(argv=None) -> int:
                           "torch": torch.__version__, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
                           "tuned (retain_freed_memory + EDGESNN_WIDE_VECTORS)": bool(args.tuned),
                           "NUMBA_CPU_FEATURES set": bool(os.environ.get("NUMBA_CPU_FEATURES"))},
-              "shape": {"T": T, "B": B, "N": N}}
+              "shape": {"T": T, "B": B, "N": N},
+              "baseline": {"layer": "SpikingJelly torch LIF", "on_workload": "SpikingJelly torch LIF",
+                           "cuda": "SpikingJelly torch LIF", "public_form": "SpikingJelly LIFNode torch",
+                           "bandwidth": "stream_triad_GBps"}}
     if args.only_cuda:
         args.cuda = True
         return _finish(args, report, T, B, N, reps, "SpikingJelly torch LIF")
@@ -110,7 +123,7 @@ def main(argv=None) -> int:
     report["stream_triad_GBps"] = stream_triad()
     print(f"STREAM triad (numba prange, float32, 3x192 MiB): {report['stream_triad_GBps']:.1f} GB/s")
 
-    if not args.no_public:
+    if not args.no_public and not args.only_layer:
         _print_public(args, report, T, B, N)
         if args.only_public:
             return _finish(args, report, T, B, N, reps, base)
@@ -121,6 +134,8 @@ def main(argv=None) -> int:
     for name, r in layer.items():
         if "ms" in r:
             ratio = _ratio(layer, base, name)
+            if ratio:
+                r["x_vs_sj"] = ratio
             print(f"  {name:34s} {r['ms']:9.2f} ms   {'x%.1f vs SpikingJelly' % ratio if ratio else ''}")
         else:
             print(f"  {name:34s} {r['error']}")
@@ -198,6 +213,10 @@ def _print_on(args, report, T, B, N, reps, with_compile, base) -> None:
         if "ms" in r:
             ratio = _ratio(on, base, name) if name != "Linear alone" else None
             vs_lin = f"  x{r['ms'] / lin:.2f} of Linear alone" if lin else ""
+            if lin:
+                r["x_of_linear_alone"] = r["ms"] / lin
+            if ratio:
+                r["x_vs_sj"] = ratio
             if "minus_linear_ms" in r:
                 vs_lin += f", paired diff {r['minus_linear_ms']:+6.1f} ms"
             print(f"  {name:34s} {r['ms']:9.1f} ms  (min {r['min_ms']:.1f}, max {r['max_ms']:.1f}){vs_lin}"
@@ -220,6 +239,8 @@ def _finish(args, report, T, B, N, reps, base) -> int:
             for name, r in cu["layer"].items():
                 if "ms" in r:
                     ratio = _ratio(cu["layer"], base, name)
+                    if ratio:
+                        r["x_vs_sj"] = ratio
                     print(f"  {name:34s} {r['ms']:9.3f} ms   {'x%.1f vs SpikingJelly' % ratio if ratio else ''}")
                 else:
                     print(f"  {name:34s} {r['error']}")
@@ -229,10 +250,10 @@ def _finish(args, report, T, B, N, reps, base) -> int:
                       f"bwd {r['bwd_ms']:7.3f} ms {r['bwd_GBps']:7.0f} GB/s")
 
     if args.json:
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(report, indent=1)), mode="w")
+        write_json(args.json, report, indent=1)
         print(f"\nwrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -15,19 +15,21 @@ Whole network: every non-parameter storage the forward of a VGG-11 (CIFAR-shaped
 (parameters and buffers that autograd also saves are left out and reported separately). Also
 checks that the RevLIF inverse is bit-exact at T = 256 in the same run.
 
-    python tools/bench_memory.py [--json PATH] [--batch 16] [--neurons 1024]
+    python tools/bench_memory.py [--json PATH [--force]] [--batch 16] [--neurons 1024] [--net-batch 4]
+
+The JSON names the baseline of its ratios (``baseline``: SpikingJelly's row) beside them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgesnn.functional import LIFParams, RevLIFParams  # noqa: E402
 from edgesnn.functional.grid import quantize_input, unpack_bit  # noqa: E402
@@ -36,6 +38,7 @@ from edgesnn.functional.revlif_autograd import torch_forward  # noqa: E402
 from edgesnn.kernels import dispatch  # noqa: E402
 from edgesnn.memory import SavedTensorCounter  # noqa: E402
 from edgesnn.models import build_model  # noqa: E402
+from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
 
 TIMESTEPS = (4, 8, 16, 32, 64)
 
@@ -127,11 +130,16 @@ def network(T: int, batch: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--neurons", type=int, default=1024)
-    ap.add_argument("--net-batch", type=int, default=4)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--batch", type=positive_int, default=16, help="batch of the per-node tables and layer pairs (default 16)")
+    ap.add_argument("--neurons", type=positive_int, default=1024,
+                    help="neurons per node, a multiple of 4 (RevLIF's 4-group row) (default 1024)")
+    ap.add_argument("--net-batch", type=positive_int, default=4, help="batch of the VGG-11 rows (default 4)")
+    ap.add_argument("--json", default=None, help="write the tables and ratios to this JSON file")
+    add_force(ap, "the --json file")
     args = ap.parse_args(argv)
+    if args.neurons % 4:
+        ap.error(f"--neurons: expected a multiple of 4 (the RevLIF rows split it into 2 and 4 groups), got {args.neurons}")
+    check_out(ap, args.json, "--json", args.force)
     torch.manual_seed(0)
     table, table_in = {}, {}
     for name, run in nodes().items():
@@ -178,16 +186,14 @@ def main(argv=None) -> int:
         print(f"\nTargets: T=64 >= 58.65x: {'PASS' if r64 >= 58.65 else 'FAIL'} ({r64:.1f}x); "
               f"T=16 >= 20x: {'PASS' if r16 >= 20 else 'FAIL'} ({r16:.1f}x)")
     if args.json:
-        from edgesnn.checkpoint import atomic_write
-
-        payload = {"per_neuron_step_bytes_input_counted": table_in, "per_neuron_step_bytes_input_not_counted": table,
+        payload = {"baseline": sj_name, "per_neuron_step_bytes_input_counted": table_in, "per_neuron_step_bytes_input_not_counted": table,
                    "ratios_vs_spikingjelly_input_counted": ratios_in,
                    "ratios_vs_spikingjelly_input_not_counted": ratios,
                    "exactness": ex, "layer_pairs_T8": pairs, "vgg11": net,
                    "shape": [args.batch, args.neurons]}
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
+        write_json(args.json, payload, indent=2)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

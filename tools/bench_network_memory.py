@@ -25,6 +25,13 @@ statistics with the unoptimized edgesnn model.
 
     python tools/bench_network_memory.py                 # T in 8, 32, 64; prints a table
     python tools/bench_network_memory.py -T 8 --json out.json
+
+After the table it prints each row's peak against SpikingJelly memopt at the same T (when that row
+ran) and each row's peak growth from the smallest to the largest T (when several T ran). The JSON
+(``--json``; an existing file is replaced only with ``--force``) names the baseline (``baseline``:
+``sj_bptt``) and holds the printed ratios beside the raw bytes and seconds: per result
+``peak_x_less_than_sj_bptt``, ``step_x_of_sj_bptt``, ``peak_x_less_than_sj_memopt``; per row
+``peak_growth`` (largest T's peak / smallest T's).
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif", "opt", "opt_budget")
 LABELS = {
@@ -244,8 +255,8 @@ def _run_child(args: list, mmap_threshold: bool = True) -> dict:
     else:
         env.pop("MALLOC_MMAP_THRESHOLD_", None)  # the allocator as a user's training runs it
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    if out.returncode != 0:  # a RuntimeError (WorkerError) naming the worker's last error line
+        raise worker_error(f"worker {' '.join(args)}", out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -264,20 +275,58 @@ def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
     return {row: (statistics.median(times[row]), statistics.median(faults[row])) for row in rows}
 
 
-def main(argv=None) -> int:
-    from edgesnn.atomic import atomic_write
+def _ratio_lines(results: list, rows, Ts) -> tuple:
+    """The ratios printed after the table (and stored in ``results``): each row's peak against
+    SpikingJelly memopt at the same T, when that row ran; each row's peak growth from the smallest
+    to the largest T, when several ran. Returns ``(lines, growth)``."""
+    lines, growth = [], {}
+    ok = {(r["row"], r["T"]): r for r in results if "error" not in r}
+    memopt = {T: ok[("sj_memopt", T)] for T in Ts if ("sj_memopt", T) in ok}
+    if memopt:
+        lines.append(f"peak vs {LABELS['sj_memopt']} at the same T:")
+        for row in rows:
+            if row in ("sj_bptt", "sj_memopt"):
+                continue
+            cells = []
+            for T in Ts:
+                r = ok.get((row, T))
+                if r is not None and T in memopt and r["peak_bytes"] > 0:
+                    r["peak_x_less_than_sj_memopt"] = memopt[T]["peak_bytes"] / r["peak_bytes"]
+                    cells.append(f"T={T} {r['peak_x_less_than_sj_memopt']:.1f}x less")
+            if cells:
+                lines.append(f"  {LABELS[row]}: " + ", ".join(cells))
+    if len(Ts) >= 2:
+        lo, hi = Ts[0], Ts[-1]
+        head = f"peak growth from T={lo} to T={hi} ({hi / lo:.1f}x the steps):"
+        for row in rows:
+            a, b = ok.get((row, lo)), ok.get((row, hi))
+            if a is None or b is None or a["peak_bytes"] <= 0:
+                continue
+            growth[row] = {"from_T": lo, "to_T": hi, "from_bytes": a["peak_bytes"], "to_bytes": b["peak_bytes"],
+                           "x": b["peak_bytes"] / a["peak_bytes"]}
+            if head:
+                lines.append(head)
+                head = None
+            lines.append(f"  {LABELS[row]}: {a['peak_bytes'] / 2**20:.0f} -> {b['peak_bytes'] / 2**20:.0f} MiB, "
+                         f"{growth[row]['x']:.1f}x")
+    return lines, growth
 
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-T", "--timesteps", type=int, nargs="+", default=[8, 32, 64])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[8, 32, 64],
+                    help="time steps, one or more (default 8 32 64); --showcase uses the largest")
+    ap.add_argument("--batch", type=positive_int, default=8, help="batch size of every row (default 8)")
+    ap.add_argument("--steps", type=positive_int, default=3, help="measured steps per process, after one warm-up (default 3)")
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads per process (default 2)")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                    help="rows to run (default all; opt_budget needs sj_bptt, its budget is SJ BPTT's peak / 15)")
     ap.add_argument("--no-check", action="store_true", help="skip the gradient-agreement check")
     ap.add_argument("--json", help="write the results here")
+    add_force(ap, "the --json file")
     ap.add_argument("--worker", nargs=3, metavar=("ROW", "T", "BUDGET"), help=argparse.SUPPRESS)
     ap.add_argument("--check-worker", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (each row in a fresh process per round)")
+    ap.add_argument("--rounds", type=positive_int, default=3, help="timing rounds (each row in a fresh process per round)")
     ap.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--showcase", metavar="DEVICE",
                     help="instead of the table: VGG-11 at the largest T given by -T, on DEVICE's memory "
@@ -296,6 +345,17 @@ def main(argv=None) -> int:
     if a.showcase_worker:
         print(json.dumps(showcase(a.showcase_worker, max(a.timesteps), a.threads)))
         return 0
+    if "opt_budget" in a.rows and "sj_bptt" not in a.rows and not a.showcase:
+        ap.error("--rows: opt_budget needs sj_bptt too (its budget is SpikingJelly BPTT's peak at the largest T / 15)")
+    if a.showcase:
+        from edgesnn.devices import load_device
+        from edgesnn.errors import USER_ERRORS
+
+        try:
+            load_device(a.showcase)
+        except USER_ERRORS as exc:
+            ap.error(f"--showcase: {str(exc).removeprefix('device: ')}")
+    check_out(ap, a.json, "--json", a.force)
     if a.showcase:
         T = max(a.timesteps)
         r = _run_child(["--showcase-worker", a.showcase, "-T", str(T), "--threads", str(a.threads)])
@@ -309,15 +369,21 @@ def main(argv=None) -> int:
               f"(predicted {r['predicted_peak_bytes'] / 2**20:.0f}), step {r['step_s']:.0f} s; SpikingJelly BPTT at "
               f"batch {r['batch']}: ~{r['sj_bptt_extrapolated_bytes'] / 2**30:.1f} GiB (extrapolated from "
               f"{sj[0]['peak_bytes'] / 2**20:.0f} / {sj[1]['peak_bytes'] / 2**20:.0f} MiB at batch 8 / 16)")
+        r["baseline"] = "sj_bptt (extrapolated to the planned batch)"
+        if r["peak_bytes"] > 0:
+            r["sj_bptt_x_more"] = r["sj_bptt_extrapolated_bytes"] / r["peak_bytes"]
+            print(f"SpikingJelly BPTT at batch {r['batch']} (extrapolated) against the measured peak: {r['sj_bptt_x_more']:.1f}x more")
         if a.json:
-            atomic_write(a.json, lambda fh: fh.write(json.dumps(r, indent=1)), mode="w")
+            write_json(a.json, r, indent=1)
         return 0
     common = ["--batch", str(a.batch), "--steps", str(a.steps), "--threads", str(a.threads)]
     results, checks = [], []
     budget = 0
     Ts = sorted(a.timesteps, reverse=True)
+    # sj_bptt first: the opt_budget row's budget comes from its peak at the largest T
+    run_rows = sorted(a.rows, key=lambda row: row != "sj_bptt") if "opt_budget" in a.rows else a.rows
     for T in Ts:
-        for row in a.rows:
+        for row in run_rows:
             if row == "opt_budget":
                 if not budget:
                     continue
@@ -369,13 +435,21 @@ def main(argv=None) -> int:
             step = r.get("step_s_default_alloc", r["step_s"])
             ref_step = ref.get("step_s_default_alloc", ref["step_s"]) if ref else None
             tr = f" ({step / ref_step:.2f}x)" if ref and row != "sj_bptt" else ""
+            if ref and row != "sj_bptt":
+                r["peak_x_less_than_sj_bptt"] = ref["peak_bytes"] / r["peak_bytes"]
+                r["step_x_of_sj_bptt"] = step / ref_step
             pred = f", pred. {r['predicted_peak_bytes'] / 2**20:.0f}" if "predicted_peak_bytes" in r else ""
             cells += [f"{r['peak_bytes'] / 2**20:.0f} MiB{ratio}{pred}", f"{step:.2f} s{tr}"]
         print(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
+    lines, growth = _ratio_lines(results, a.rows, sorted(set(Ts)))
+    if lines:
+        print()
+        for line in lines:
+            print(line)
     if a.json:
-        atomic_write(a.json, lambda fh: fh.write(json.dumps({"results": results, "checks": checks}, indent=1)), mode="w")
+        write_json(a.json, {"baseline": "sj_bptt", "results": results, "peak_growth": growth, "checks": checks}, indent=1)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

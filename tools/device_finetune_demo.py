@@ -8,7 +8,7 @@ and the device runner (``python -m edgesnn.export.runner``, a fresh process; the
 seeded 20% and reports accuracy on it before and after) fine-tunes for ``--epochs`` epochs. Printed
 per neuron: samples, held-out count, accuracy before -> after, the runner's peak RSS (VmHWM).
 
-    python tools/device_finetune_demo.py [--neurons lif revlif] [--epochs 3] [--python PATH] [--out demo.json]
+    python tools/device_finetune_demo.py [--neurons lif revlif] [--epochs 3] [--python PATH] [--out demo.json [--force]]
 
 ``--python``: the interpreter that runs the runner (default this one). The README's peak RSS is
 measured with a fresh venv holding only numpy + onnxruntime and this project installed with
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,13 @@ from typing import List, Optional
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tool_args import add_force, check_out, nonneg_int, positive_int, run_main, worker_error, write_json  # noqa: E402
+
+DIGITS = 1797  # samples in scikit-learn's digits
 
 
 def host_model(neuron: str, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
@@ -52,6 +61,13 @@ def host_model(neuron: str, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
     return model.eval()
 
 
+def _run(cmd: list, what: str) -> None:
+    """Run a step in a fresh process; a failure raises a one-line error (its last stderr line)."""
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise worker_error(what, proc.stderr)
+
+
 def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
     from sklearn.datasets import load_digits
 
@@ -65,13 +81,13 @@ def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
     ck = work / f"{neuron}.ckpt"
     save_checkpoint(ck, model.config, model.state_dict())
     art = work / f"{neuron}-artifacts"
-    subprocess.run([sys.executable, "-m", "edgesnn", "export", "--checkpoint", str(ck), "--format", "onnx-step",
-                    "--out", str(art), "--batch-size", "32", "--lr", "0.05"], check=True, stdout=subprocess.DEVNULL)
+    _run([sys.executable, "-m", "edgesnn", "export", "--checkpoint", str(ck), "--format", "onnx-step",
+          "--out", str(art), "--batch-size", "32", "--lr", "0.05"], f"export ({neuron})")
     data = work / f"{neuron}-device.npz"
     np.savez(data, x=x[device], y=y[device])
     out = work / f"{neuron}-finetuned"
-    subprocess.run([args.python, "-m", "edgesnn.export.runner", str(art), "--data", str(data), "--epochs",
-                    str(args.epochs), "--out", str(out), "--threads", "1"], check=True, stdout=subprocess.DEVNULL)
+    _run([args.python, "-m", "edgesnn.export.runner", str(art), "--data", str(data), "--epochs",
+          str(args.epochs), "--out", str(out), "--threads", "1"], f"runner ({neuron})")
     m = json.loads((out / "metrics.json").read_text())
     return {"neuron": neuron, "host_samples": int(len(host)), "device_samples": int(len(device)),
             "train_samples": m.get("samples_per_epoch"), "eval_samples": m["eval_samples"],
@@ -81,14 +97,24 @@ def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--neurons", nargs="+", default=["revlif", "lif"], choices=("lif", "revlif"))
-    ap.add_argument("--epochs", type=int, default=3, help="device fine-tuning epochs")
-    ap.add_argument("--host-samples", type=int, default=640)
-    ap.add_argument("--host-epochs", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--neurons", nargs="+", default=["revlif", "lif"], choices=("lif", "revlif"),
+                    help="neuron types, one row each (default revlif lif)")
+    ap.add_argument("--epochs", type=positive_int, default=3, help="device fine-tuning epochs (default 3)")
+    ap.add_argument("--host-samples", type=positive_int, default=640,
+                    help=f"digits for the host training; the rest go to the device (default 640, at most {DIGITS - 40})")
+    ap.add_argument("--host-epochs", type=positive_int, default=1, help="host training epochs (default 1)")
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of the host/device split and host training (default 0)")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the device runner")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    add_force(ap, "the --out file")
     args = ap.parse_args(argv)
+    if args.host_samples > DIGITS - 40:  # the device needs one batch of 32 after the runner's 20% hold-out
+        ap.error(f"--host-samples: expected at most {DIGITS - 40} (the digits data set has {DIGITS} samples; the device "
+                 f"needs 40: one batch of 32 after its 20% hold-out), got {args.host_samples}")
+    py = shutil.which(args.python) if os.sep not in args.python else args.python
+    if not py or not os.path.isfile(py) or not os.access(py, os.X_OK):
+        ap.error(f"--python: expected an executable Python interpreter, got {args.python!r}")
+    check_out(ap, args.out, "--out", args.force)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for neuron in args.neurons:
@@ -98,9 +124,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{r['neuron']:<7} {r['host_samples']:>5} {r['device_samples']:>6} {r['eval_samples']:>8} "
               f"{r['accuracy_before']:>15.3f} -> {r['accuracy_after']:.3f} {r['peak_rss_mb']:>6.0f} MB")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(args.out, rows, indent=2, newline=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -15,7 +15,7 @@ pooling) and ``vgg11-max``, the max-pool VGG-11 of ``tools/bench_network_memory.
 layers) on which the planner's coefficients were first fitted.
 
     python tools/memopt_phases.py --model vgg11 -T 3 --batch 8
-    python tools/memopt_phases.py --model convnet -T 3 --batch 32 --chunk 1 --json out.json
+    python tools/memopt_phases.py --model convnet -T 3 --batch 32 --chunk 1 --json out.json [--force]
     python tools/memopt_phases.py --suite          # the 40 configurations of SUITE (~9 min)
 """
 
@@ -32,6 +32,10 @@ from typing import Dict, List, Optional
 #: (model, T, batch, chunk or None for the planner's choice, neuron, fitted): ``fitted`` marks the
 #: configurations the planner's coefficients for held blocks, average pools and nodes under autograd
 #: (RevLIF) were fitted on; the others check them.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
+
 SUITE = [(*cfg, "lif", True) for cfg in [
     ("convnet", 1, 32, None), ("convnet", 3, 32, None), ("convnet", 8, 32, None), ("convnet", 8, 32, 4),
     ("convnet", 16, 16, None), ("convnet", 3, 64, None),
@@ -142,7 +146,7 @@ def run_fresh(name: str, T: int, batch: int, chunk: Optional[int], threads: int,
             "--threads", str(threads), "--neuron", neuron] + (["--chunk", str(chunk)] if chunk else [])
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise RuntimeError(f"worker {args[2:]} failed:\n{out.stderr[-3000:]}")
+        raise worker_error(f"worker {' '.join(args[2:])}", out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -185,26 +189,21 @@ def print_summary(results: List[dict], fitted: List[bool]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max"), default="vgg11")
-    ap.add_argument("-T", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--chunk", type=int, default=None, help="force one chunk size (default: the planner's choice)")
-    ap.add_argument("--neuron", choices=("lif", "revlif"), default="lif")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max"), default="vgg11", help="model (default vgg11)")
+    ap.add_argument("-T", type=positive_int, default=3, help="time steps (default 3)")
+    ap.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8)")
+    ap.add_argument("--chunk", type=positive_int, default=None, help="force one chunk size (default: the planner's choice)")
+    ap.add_argument("--neuron", choices=("lif", "revlif"), default="lif", help="neuron type (default lif)")
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads of the worker (default 2)")
     ap.add_argument("--suite", action="store_true", help="run every configuration of SUITE")
-    ap.add_argument("--json", default=None, help="write the results here (refuses an existing file)")
+    ap.add_argument("--json", default=None, help="write the results here (an existing file only with --force)")
+    add_force(ap, "the --json file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for flag, v in (("-T", args.T), ("--batch", args.batch), ("--threads", args.threads)):
-        if v < 1:
-            ap.error(f"{flag}: expected an integer >= 1, got {v}")
-    if args.chunk is not None and args.chunk < 1:
-        ap.error(f"--chunk: expected an integer >= 1, got {args.chunk}")
     if args.worker:
         print(json.dumps(worker(args.model, args.T, args.batch, args.chunk, args.threads, args.neuron)))
         return 0
-    if args.json and os.path.exists(args.json):
-        ap.error(f"--json: {args.json} exists; choose another file")
+    check_out(ap, args.json, "--json", args.force)
     configs = SUITE if args.suite else [(args.model, args.T, args.batch, args.chunk, args.neuron, False)]
     results = []
     for model, T, batch, chunk, neuron, _ in configs:
@@ -214,11 +213,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(results) > 1:
         print_summary(results, [c[-1] for c in configs])
     if args.json:
-        from edgesnn.atomic import atomic_write
-
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(results, indent=1)), mode="w")
+        write_json(args.json, results, indent=1)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
