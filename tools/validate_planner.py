@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
 
 #: (model, in_shape, T, batch, neuron, extra build kwargs)
 CONFIGS = [
@@ -155,10 +158,24 @@ def network_main(args) -> int:
     bench = _bench_module()
     measured = {}
     if args.from_json:
-        with open(args.from_json) as fh:
-            for r in json.load(fh)["results"]:
-                if "peak_bytes" in r and r.get("batch", args.batch) == args.batch:
-                    measured[(r["row"], r["T"])] = r
+        from edgesnn.errors import UsageError
+
+        if not os.path.isfile(args.from_json):
+            raise UsageError(f"--from-json: {args.from_json}: no such file")
+        try:
+            with open(args.from_json) as fh:
+                results = json.load(fh)["results"]
+            batches = sorted({r.get("batch") for r in results if "peak_bytes" in r} - {None})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"--from-json: {args.from_json} is not bench_network_memory.py --json output "
+                             f"(a 'results' list of rows): {type(exc).__name__}: {exc}") from None
+        for r in results:
+            if "peak_bytes" in r and r.get("batch", args.batch) == args.batch:
+                measured[(r["row"], r["T"])] = r
+        wanted = {(row, T) for row in args.rows for T in args.timesteps}
+        if not wanted & set(measured):
+            raise UsageError(f"--from-json: {args.from_json} has no rows {sorted(args.rows)} with batch {args.batch} and "
+                             f"T in {args.timesteps} (it holds batch {batches}); pass --batch / -T / --rows to match")
     rows = []
     print(f"| {'row':10} | {'T':>3} | {'pred MiB':>9} | {'meas MiB':>9} | {'err':>7} | phase of the predicted peak |")
     print("|" + "|".join("-" * n for n in (12, 5, 11, 11, 9, 29)) + "|")
@@ -189,29 +206,30 @@ def network_main(args) -> int:
     ok = worst <= 10
     print(f"\nworst |error| {worst:.1f}% (target 10%): {'PASS' if ok else 'FAIL'}")
     if args.json:
-        from edgesnn.checkpoint import atomic_write
-
-        payload = dict(rows=rows, worst_err_pct=worst, passed=ok)
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
+        write_json(args.json, dict(baseline="measured peak (VmHWM)", rows=rows, worst_err_pct=worst, passed=ok))
     return 0 if ok else 1
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the results table as JSON to this path")
+    add_force(ap, "the --json file")
     ap.add_argument("--quick", action="store_true", help="4 configurations instead of 12")
-    ap.add_argument("--backend", default="torch", help="neuron backend of every node (default: torch)")
+    ap.add_argument("--backend", default="torch", choices=["auto", "torch", "numba", "reference"],
+                    help="neuron backend of every node (default: torch)")
     ap.add_argument("--calibrate", action="store_true", help="measure the runtime overhead of this host")
     net = ap.add_argument_group("whole-network benchmark rows (--network)")
     net.add_argument("--network", action="store_true", help="predicted vs measured peak of bench_network_memory.py's rows")
-    net.add_argument("-T", "--timesteps", type=int, nargs="+", default=[8, 32])
+    net.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[8, 32], help="time steps of the rows")
     net.add_argument("--rows", nargs="+", default=list(NETWORK_ROWS), choices=list(NETWORK_ROWS) + ["opt"])
-    net.add_argument("--batch", type=int, default=8)
-    net.add_argument("--steps", type=int, default=3)
-    net.add_argument("--threads", type=int, default=2)
+    net.add_argument("--batch", type=positive_int, default=8, help="batch of the rows")
+    net.add_argument("--steps", type=positive_int, default=3, help="training steps per measured row")
+    net.add_argument("--threads", type=positive_int, default=2, help="threads of each worker")
     net.add_argument("--from-json", help="take the measured peaks from bench_network_memory.py --json output")
     args = ap.parse_args(argv)
+    if not args.worker:
+        check_out(ap, args.json, "--json", args.force)  # before the measurement
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
@@ -255,13 +273,10 @@ def main(argv=None) -> int:
     print(f"\nworst |error|: activation bytes {worst_a:.2f}% (target 10%), peak RSS {worst_r:.2f}% (target 15%): "
           f"{'PASS' if ok else 'FAIL'}")
     if args.json:
-        from edgesnn.checkpoint import atomic_write
-
-        payload = dict(rows=rows, worst_activation_err_pct=worst_a, worst_rss_err_pct=worst_r, passed=ok,
-                       runtime_overhead_bytes=DEFAULT_CPU_RUNTIME_OVERHEAD)
-        atomic_write(args.json, lambda fh: fh.write(json.dumps(payload, indent=2)), mode="w")
+        write_json(args.json, dict(baseline="measured (saved-tensor bytes, VmHWM)", rows=rows, worst_activation_err_pct=worst_a,
+                                   worst_rss_err_pct=worst_r, passed=ok, runtime_overhead_bytes=DEFAULT_CPU_RUNTIME_OVERHEAD))
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
