@@ -19,7 +19,7 @@ import warnings
 import pytest
 import torch
 
-from edgesnn.kernels import buffers, config, dispatch
+from edgesnn.kernels import buffers, config, dispatch, fork_guard
 
 BIG = (4, 8, 1 << 14)  # 2 MiB float32: pooled
 
@@ -131,7 +131,7 @@ def test_child_forked_after_torch_threads_does_not_hang(tmp_path):
 
 
 def test_fork_hooks_installed_at_import():
-    assert config._FORK_HOOKED or not hasattr(os, "register_at_fork")
+    assert fork_guard._FORK_HOOKED or not hasattr(os, "register_at_fork")
 
 
 @pytest.fixture
@@ -194,6 +194,7 @@ def test_configure_cache_falls_back_to_private_tmp(fake_tmp, tmp_path, monkeypat
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("HOME", str(blocker))  # ~/.cache cannot be created under a file
     old = config._CACHE_DIR
+    config._CACHE_DIR = None  # the folder is chosen once per process: search again here
     try:
         chosen = config.configure_cache()
         assert chosen and not chosen.startswith(str(fixed))
@@ -210,6 +211,7 @@ def test_an_unusable_edgesnn_cache_dir_is_warned_about(tmp_path, monkeypatch):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     old = config._CACHE_DIR
+    config._CACHE_DIR = None  # the folder is chosen once per process: search again here
     try:
         with pytest.warns(RuntimeWarning, match="EDGESNN_CACHE_DIR=.*not a writable folder"):
             chosen = config.configure_cache()

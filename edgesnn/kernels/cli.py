@@ -39,23 +39,26 @@ def compile_notice(backend: str = "auto") -> Optional[str]:
 def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = True) -> dict:
     """Compile (or load) every CPU kernel, and with ``cuda=True`` the CUDA kernels for this GPU.
 
-    Returns ``{"cache_dir", "threads", "seconds", "cuda"}``.
+    ``cache_dir``: the cache folder (``~`` expanded; ``None``: the folder
+    :func:`edgesnn.kernels.config.configure_cache` picks); a one-line error when it cannot be
+    written, or when this process already loaded the kernels with another folder. ``threads``: an
+    integer >= 1 (NumPy integers too), capped at Numba's pool size like
+    :func:`edgesnn.kernels.config.set_num_threads`.
+
+    Returns ``{"cache_dir", "threads", "cpu_seconds", "cuda_seconds"}``.
     """
     from ..errors import UsageError
     from . import config
 
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"--threads: expected an integer >= 1, got {threads!r}")
+    if threads is not None:
+        threads = config._positive_int(threads, "--threads")
     if cuda:  # before minutes of CPU compilation
         import torch
 
         if not torch.cuda.is_available():
             raise UsageError("--cuda: no CUDA device visible to PyTorch on this machine; drop --cuda")
-    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
-        raise UsageError(f"--cache-dir: {cache_dir} is a file; expected a folder")
-    path = config.configure_cache(cache_dir)
-    if cache_dir is not None and Path(cache_dir).resolve() not in (Path(path).resolve(), Path(path).resolve().parent):
-        raise UsageError(f"--cache-dir: {cache_dir} cannot be written (nothing cached there)")
+    config._check_numba_num_threads()
+    path = config.configure_cache() if cache_dir is None else config._choose_cache(cache_dir, "--cache-dir")
     if threads is not None:
         config.set_num_threads(threads)
     t0 = time.perf_counter()

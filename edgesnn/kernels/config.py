@@ -1,25 +1,133 @@
 """Kernel configuration: thread counts (Numba and PyTorch, both explicit) and the JIT cache folder.
 
+Every kernel module calls :func:`configure` before it imports Numba: it checks
+``NUMBA_NUM_THREADS``, chooses the cache folder, applies ``EDGESNN_WIDE_VECTORS`` and installs the
+fork guard, once per process.
+
 Numba compiles the kernels on first use (seconds on a desktop, much longer on a Jetson) and keeps
 the machine code in a cache folder. The folder must be writable: :func:`configure_cache` picks
 ``$EDGESNN_CACHE_DIR``, else ``$NUMBA_CACHE_DIR``, else ``~/.cache/edgesnn/numba`` (falling back
-to a private temporary folder when none of those can be written), and exports it as
-``NUMBA_CACHE_DIR`` before the kernels are compiled. ``edgesnn warmup`` fills it ahead of time.
+to a private temporary folder when none of those can be written; a set variable that cannot be
+used is warned about once), and exports it as ``NUMBA_CACHE_DIR`` before the kernels are
+compiled. The choice is made once per process; ``edgesnn warmup`` fills it ahead of time.
+
+Settings reach an already imported Numba as attributes of ``numba.config`` (its other settings,
+e.g. ones made in code, are kept: Numba's configuration is never reloaded here).
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 import sys
 import tempfile
 import warnings
-from typing import Optional
+from typing import Hashable, Optional, Union
 
-__all__ = ["configure_cache", "cache_dir", "set_num_threads", "get_num_threads", "configure_threading_layer",
-           "numba_threads_usable", "retain_freed_memory", "configure_cpu_features"]
+from ..errors import UsageError
+from .fork_guard import forked_child_message, numba_threads_usable, register_fork_hooks
 
-_CACHE_DIR: Optional[str] = None
+__all__ = ["configure", "configure_cache", "cache_dir", "set_num_threads", "get_num_threads",
+           "configure_threading_layer", "numba_threads_usable", "forked_child_message", "retain_freed_memory", "configure_cpu_features"]
+
+_CACHE_DIR: Optional[str] = None  # the folder chosen for this process ("": none writable)
+_CPU_FEATURES: Optional[str] = None  # the feature string chosen by configure_cpu_features
+_WARNED: set = set()  # keys of the warnings already given (each is given once per process)
+
+_PACKAGE = __name__.rsplit(".", 1)[0]  # "edgesnn.kernels"
+_LIBRARY_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the edgesnn package
+
+
+def _warn_once(key: Hashable, message: str) -> None:
+    """Warn (``RuntimeWarning``) once per process per ``key``, attributed to the first caller
+    outside edgesnn, the import machinery, torch and numba (the user's line, not a library one)."""
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    prefixes = [_LIBRARY_DIR + os.sep, "<frozen importlib"]
+    for name in ("torch", "numba"):
+        module_file = getattr(sys.modules.get(name), "__file__", None)
+        if module_file:
+            prefixes.append(os.path.dirname(module_file) + os.sep)
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(tuple(prefixes)):
+        frame = frame.f_back
+        if frame is not None and not _import_internal(frame.f_code.co_filename):
+            level += 1  # warnings.warn does not count the import machinery's frames
+    warnings.warn(message, RuntimeWarning, stacklevel=level if frame is not None else 2)
+
+
+def _import_internal(filename: str) -> bool:
+    """A frame that ``warnings.warn`` skips when it counts ``stacklevel`` (the import machinery)."""
+    return "importlib" in filename and "_bootstrap" in filename
+
+
+def _export_numba_setting(env_name: str, attr: str, value: str) -> None:
+    """Export ``env_name=value`` (read by Numba at import, and by child processes) and, when Numba
+    is already imported, set ``numba.config.<attr>``. Numba's compiler re-reads every ``NUMBA_*``
+    variable when it sees one change, which would drop the settings a user made in code
+    (``numba.config.THREADING_LAYER = ...``): the new value is recorded as already seen."""
+    os.environ[env_name] = value
+    nb_config = sys.modules.get("numba.core.config")
+    if nb_config is None:
+        return
+    setattr(nb_config, attr, value)
+    seen = getattr(getattr(nb_config, "_env_reloader", None), "old_environ", None)
+    if isinstance(seen, dict):
+        seen[env_name] = value
+
+
+def _positive_int(value: object, name: str) -> int:
+    """``value`` as an ``int`` >= 1 (Python or NumPy integers, not bools), else a one-line error naming ``name``."""
+    if isinstance(value, bool):
+        raise UsageError(f"{name}: expected an integer >= 1, got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{name}: expected an integer >= 1, got {value!r}") from None
+    if n < 1:
+        raise UsageError(f"{name}: expected an integer >= 1, got {value!r}")
+    return n
+
+
+def _check_numba_num_threads() -> None:
+    """One-line error when ``NUMBA_NUM_THREADS`` is set but not an integer >= 1 (``import numba``
+    would fail with a long traceback on 0, or warn and ignore a non-number)."""
+    raw = os.environ.get("NUMBA_NUM_THREADS")
+    if raw is None:
+        return
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"NUMBA_NUM_THREADS={raw!r}: expected an integer >= 1 (the size of Numba's thread pool); "
+                         "unset it to use every core")
+
+
+def _import_numba():
+    """``import numba`` after checking ``NUMBA_NUM_THREADS``; returns the module."""
+    _check_numba_num_threads()
+    import numba
+
+    return numba
+
+
+def configure() -> str:
+    """The configuration every kernel module runs before it imports Numba (idempotent).
+
+    Checks ``NUMBA_NUM_THREADS`` (a one-line error unless it is an integer >= 1), chooses the
+    cache folder (:func:`configure_cache`), applies ``EDGESNN_WIDE_VECTORS``
+    (:func:`configure_cpu_features`; it must come before Numba's CPU target is created, which the
+    first ``@njit`` does), then imports Numba and installs the fork guard
+    (:func:`configure_threading_layer`). Returns the cache folder.
+    """
+    _check_numba_num_threads()
+    folder = configure_cache()
+    configure_cpu_features()
+    configure_threading_layer()
+    return folder
 
 
 def _writable(path: str) -> bool:
@@ -83,44 +191,92 @@ def _private_tmp_base() -> str:
         return ""
 
 
-def configure_cache(path: Optional[str] = None) -> str:
-    """Choose (and create) the Numba cache folder; returns it. Call before the kernels compile.
+def _key_folder(base: str, key: str) -> str:
+    """``base/<key>`` (``base`` itself when it already ends in the key), ``~`` expanded, absolute."""
+    base = os.path.expanduser(base)
+    folder = base if os.path.basename(os.path.normpath(base)) == key else os.path.join(base, key)
+    return os.path.abspath(folder)
 
-    The folder is ``<base>/<hash of the kernel sources>`` (see :func:`_sources_key`).
+
+def _kernels_loaded() -> bool:
+    """A kernel module was imported: its ``cache=True`` functions already hold the cache folder."""
+    names = [n[:-3] for n in _KERNEL_SOURCES if n != "neuron_math.py"] + ["cuda_kernels"]
+    return any(f"{_PACKAGE}.{n}" in sys.modules for n in names)
+
+
+def _adopt(folder: str) -> str:
+    """Record ``folder`` as this process's cache folder and hand it to Numba; returns it."""
+    global _CACHE_DIR
+    _CACHE_DIR = folder
+    if folder:
+        _export_numba_setting("NUMBA_CACHE_DIR", "CACHE_DIR", folder)
+    return folder
+
+
+def _search_cache() -> str:
+    """The first usable of ``$EDGESNN_CACHE_DIR``, ``$NUMBA_CACHE_DIR``, ``~/.cache/edgesnn/numba``
+    and a private temporary folder (``""``: none); warns once for each set variable that cannot be used."""
+    key = _sources_key()
+    default = os.path.join(os.path.expanduser("~"), ".cache", "edgesnn", "numba")
+    candidates = [(name, os.environ.get(name)) for name in ("EDGESNN_CACHE_DIR", "NUMBA_CACHE_DIR")]
+    candidates += [(None, default), (None, _private_tmp_base)]
+    unusable, chosen = [], ""
+    for name, base in candidates:
+        if callable(base):  # the temporary fallback: created only when it is reached
+            base = base()
+        if not base:
+            continue
+        folder = _key_folder(base, key)
+        if _writable(folder):
+            chosen = folder
+            break
+        if name is not None:
+            unusable.append(f"{name}={base}")
+    for setting in unusable:
+        _warn_once(("cache", setting), f"{setting}: not a writable folder; the Numba kernel cache goes to "
+                                       f"{chosen or 'no folder (every run compiles the kernels)'}")
+    return chosen
+
+
+def _choose_cache(path: Union[str, "os.PathLike[str]"], name: str) -> str:
+    """Use the folder ``path`` (``<path>/<key>``); a one-line error naming ``name`` when it cannot be
+    used, or when the kernels were already loaded with another folder."""
+    try:
+        raw = os.fspath(path)
+    except TypeError:
+        raise UsageError(f"{name}: expected a folder path, got {path!r}") from None
+    folder = _key_folder(raw, _sources_key())
+    if _CACHE_DIR and os.path.realpath(folder) == os.path.realpath(_CACHE_DIR):
+        return _CACHE_DIR
+    if _CACHE_DIR is not None and _kernels_loaded():
+        raise UsageError(f"{name}: the kernels are already loaded with the cache folder {_CACHE_DIR or '(none)'}; "
+                         f"choose {raw} before the first kernel is used (or in a new process)")
+    expanded = os.path.expanduser(raw)
+    if os.path.exists(expanded) and not os.path.isdir(expanded):
+        raise UsageError(f"{name}: {raw} is a file; expected a folder")
+    if not _writable(folder):
+        raise UsageError(f"{name}: {raw} is not a writable folder (it cannot be created or written here)")
+    return _adopt(folder)
+
+
+def configure_cache(path: Optional[Union[str, "os.PathLike[str]"]] = None) -> str:
+    """Choose (and create) the Numba cache folder; returns it (``""``: none could be written).
+
+    The folder is ``<base>/<hash of the kernel sources>`` (see :func:`_sources_key`). The choice is
+    made once per process: a later call without ``path`` returns it without searching again.
 
     Args:
-        path: folder to use; ``None`` picks ``$EDGESNN_CACHE_DIR``, ``$NUMBA_CACHE_DIR`` or
-            ``~/.cache/edgesnn/numba``.
+        path: folder to use (``~`` expanded); a one-line ``ValueError`` when it cannot be created or
+            written, or when the kernels were already loaded with another folder (their cache
+            cannot move). ``None`` picks ``$EDGESNN_CACHE_DIR``, ``$NUMBA_CACHE_DIR`` or
+            ``~/.cache/edgesnn/numba`` (the variables ``~``-expanded; one that is set but cannot be
+            used is warned about once), then a private temporary folder.
     """
-    global _CACHE_DIR
-    candidates = [path, os.environ.get("EDGESNN_CACHE_DIR"), os.environ.get("NUMBA_CACHE_DIR"),
-                  os.path.join(os.path.expanduser("~"), ".cache", "edgesnn", "numba"), _private_tmp_base]
-    key = _sources_key()
-    for i, cand in enumerate(candidates):
-        if callable(cand):  # the temporary fallback: created only when it is reached
-            cand = cand()
-        if not cand:
-            continue
-        folder = cand if os.path.basename(os.path.normpath(cand)) == key else os.path.join(cand, key)
-        if _writable(folder):
-            chosen = os.path.abspath(folder)
-            break
-        if i == 1:  # the user set EDGESNN_CACHE_DIR to a folder we cannot use: say so, then fall back
-            warnings.warn(f"EDGESNN_CACHE_DIR={cand}: not a writable folder; the Numba kernel cache goes to the "
-                          "next candidate ($NUMBA_CACHE_DIR, ~/.cache/edgesnn/numba or a private temporary folder)",
-                          RuntimeWarning, stacklevel=2)
-    else:  # pragma: no cover - nothing writable at all: numba then skips caching
-        return ""
-    if os.environ.get("NUMBA_CACHE_DIR") != chosen:
-        os.environ["NUMBA_CACHE_DIR"] = chosen
-        try:  # numba already imported: make it read the variable again
-            import numba.core.config as _nc
-
-            _nc.reload_config()
-        except Exception:  # pragma: no cover
-            pass
-    _CACHE_DIR = chosen
-    return chosen
+    if path is not None:
+        return _choose_cache(path, "path")
+    if _CACHE_DIR is not None:
+        return _CACHE_DIR
+    return _adopt(_search_cache())
 
 
 def configure_threading_layer() -> str:
@@ -135,94 +291,13 @@ def configure_threading_layer() -> str:
     of the work at once and the kernel time does not change; PyTorch ops right after a kernel were
     not slowed on either layer (``tools/bench_kernels.py`` section (p) prints which layer ran).
 
-    GNU OpenMP (libgomp, shared by PyTorch and Numba's ``omp`` layer) is not fork-safe: a child
-    forked after its threads started dies or hangs forever when it runs a parallel kernel on that
-    layer, whether Numba's kernels or a PyTorch op (e.g. a matmul in the parent, before a DataLoader
-    forks its workers) started them. :func:`numba_threads_usable` is ``False`` in such a child, so
-    ``backend="auto"`` and the memory-optimized blocks take their PyTorch paths there (a forked
-    DataLoader worker can run a node, slower) and ``backend="numba"`` raises a one-line error.
+    GNU OpenMP is not fork-safe (:mod:`edgesnn.kernels.fork_guard`): in a child forked after its
+    threads started, :func:`numba_threads_usable` is ``False``, so ``backend="auto"`` and the
+    memory-optimized blocks take their PyTorch paths there and ``backend="numba"`` raises one line.
     """
-    import numba
-
-    _register_fork_hooks()
+    numba = _import_numba()
+    register_fork_hooks()
     return str(numba.config.THREADING_LAYER)
-
-
-_FORK_HOOKED = False
-_PARENT_THREADED = False  # set in the parent just before a fork: it ran more than one thread
-_THREADS_FORKED = False  # True in a child forked while OpenMP threads may have been running
-
-
-def _register_fork_hooks() -> None:
-    """Install the fork guard once (at import of this module, before any fork edgesnn can see)."""
-    global _FORK_HOOKED
-    if not _FORK_HOOKED and hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-        _FORK_HOOKED = True
-
-
-def _thread_count() -> int:
-    """Threads of this process (native ones too, e.g. OpenMP workers); a large number when unknown."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:  # pragma: no cover - no /proc: assume threads may be running
-        return 1 << 30
-
-
-def _before_fork() -> None:
-    global _PARENT_THREADED
-    # libgomp's pool threads, once started, live until the process ends. Threads cannot be told
-    # apart, so any second thread counts (conservative: with torch imported, NumPy's OpenBLAS thread
-    # alone makes the parent threaded, and its children take the PyTorch paths). Only a truly
-    # single-threaded parent's children start their own pool and run the kernels.
-    _PARENT_THREADED = _thread_count() > 1
-
-
-def _numba_layer_in_use() -> Optional[str]:
-    """The threading layer Numba's threads run on, or ``None`` when none has started yet."""
-    try:
-        from numba.np.ufunc import parallel
-    except ImportError:
-        return None
-    if not getattr(parallel, "_is_initialized", False):
-        return None
-    return getattr(parallel, "_threading_layer", None)
-
-
-def _layer_may_be_omp() -> bool:
-    """Numba's threads run, or may start, on the ``omp`` layer (only an explicit ``tbb`` or
-    ``workqueue`` choice, or a layer already started, rules it out)."""
-    layer = _numba_layer_in_use()
-    if layer is not None:
-        return layer == "omp"
-    nb = sys.modules.get("numba")  # no import inside a fork hook
-    choice = str(nb.config.THREADING_LAYER) if hasattr(nb, "config") else os.environ.get("NUMBA_THREADING_LAYER", "")
-    return choice.strip().lower() not in ("tbb", "workqueue")
-
-
-def _after_fork_in_child() -> None:
-    global _THREADS_FORKED
-    # OpenMP threads in the parent: Numba's own (omp layer started) or any other (PyTorch's libgomp
-    # pool, conservatively any thread) while Numba's kernels here would run on libgomp too
-    if _numba_layer_in_use() == "omp" or (_PARENT_THREADED and _layer_may_be_omp()):
-        _THREADS_FORKED = True
-
-
-def numba_threads_usable() -> bool:
-    """``False`` in a process forked while OpenMP (libgomp) threads may have been running in its
-    parent, when Numba's kernels would run on libgomp too (they would hang or terminate the
-    process), else ``True``."""
-    return not _THREADS_FORKED
-
-
-def forked_child_message(what: str) -> str:
-    """The one-line error for ``what`` (e.g. ``"backend='numba'"``) in such a forked child."""
-    return (f"{what}: this process was forked after OpenMP threads (PyTorch's or Numba's) started, and GNU "
-            f"OpenMP cannot run in a forked child; use backend='auto' or 'torch' here, the 'spawn' start "
-            f"method, or NUMBA_THREADING_LAYER=workqueue")
-
-
-_register_fork_hooks()
 
 
 def cache_dir() -> str:
@@ -230,27 +305,46 @@ def cache_dir() -> str:
     return _CACHE_DIR if _CACHE_DIR is not None else configure_cache()
 
 
-def set_num_threads(n: int) -> None:
-    """Set the thread count of both the Numba kernels and PyTorch's intra-op pool to ``n``.
+def set_num_threads(n: int) -> int:
+    """Set the thread count of both the Numba kernels and PyTorch's intra-op pool; returns the count used.
 
-    ``n`` is capped at Numba's pool size (``NUMBA_NUM_THREADS``, the core count by default).
+    ``n`` (an ``int`` or NumPy integer >= 1) is capped at Numba's pool size (``NUMBA_NUM_THREADS``,
+    the number of available cores by default; fixed when Numba is imported), and PyTorch gets the
+    same capped count; capping is warned about once. Numba's count applies to the calling thread
+    (``numba.set_num_threads`` is per thread: call this in each thread that runs kernels), PyTorch's
+    to the whole process.
     """
-    import numba
+    n = _positive_int(n, "num_threads")
+    configure_threading_layer()  # the fork guard is in place before Numba starts its threads
+    numba = _import_numba()
+    pool = int(numba.config.NUMBA_NUM_THREADS)
+    used = min(n, pool)
+    if used < n:
+        _warn_once(("threads", n, pool), f"set_num_threads({n}): {_pool_origin(pool)}; "
+                                         f"Numba and PyTorch use {used} threads")
+    numba.set_num_threads(used)
+    _import_torch().set_num_threads(used)
+    return used
+
+
+def _pool_origin(pool: int) -> str:
+    """Why Numba's pool has ``pool`` threads, for the capping warning."""
+    raw = os.environ.get("NUMBA_NUM_THREADS")
+    if raw is not None:
+        return f"NUMBA_NUM_THREADS={raw} limits Numba's pool to {pool} threads"
+    return (f"Numba's pool has {pool} threads (the {pool} cores available here; NUMBA_NUM_THREADS, set before "
+            "Numba is imported, changes it)")
+
+
+def _import_torch():
     import torch
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"num_threads: expected an integer >= 1, got {n!r}")
-    configure_threading_layer()  # the fork guard is in place before Numba starts its threads
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    torch.set_num_threads(n)
+    return torch
 
 
 def get_num_threads() -> dict:
-    """``{"numba": n, "torch": n}``: the thread counts in use."""
-    import numba
-    import torch
-
-    return {"numba": numba.get_num_threads(), "torch": torch.get_num_threads()}
+    """``{"numba": n, "torch": n}``: the thread counts in use (Numba's: the calling thread's)."""
+    return {"numba": _import_numba().get_num_threads(), "torch": _import_torch().get_num_threads()}
 
 
 def retain_freed_memory(enable: bool = True) -> bool:
@@ -286,36 +380,72 @@ def retain_freed_memory(enable: bool = True) -> bool:
     return bool(ok)
 
 
-def configure_cpu_features() -> str:
-    """Opt-in 512-bit vectors for the Numba kernels: ``EDGESNN_WIDE_VECTORS=1``.
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("", "0", "false", "no", "off")
 
-    LLVM tunes some AVX-512 cores (Intel server cores) for 256-bit vectors (a flag meant for CPUs
-    that clock down under 512-bit load) and others (AMD Zen 4 / 5) for 512-bit ones. On a Xeon
-    (Emerald Rapids) test VM the opt-in made the kernels 1.2-1.6x faster; on the AMD EPYC VM Numba
-    already emits 512-bit vectors and it changes nothing (docs/design.md §3). With
-    ``EDGESNN_WIDE_VECTORS=1`` in the environment, on an AVX-512 host, and with
-    ``NUMBA_CPU_FEATURES`` unset, this sets ``NUMBA_CPU_FEATURES`` to the host's features plus
-    ``-prefer-256-bit``. Process-wide (every Numba function compiled afterwards); must run before
-    the first compilation. Returns the feature string in effect (``""``: Numba's default).
-    """
-    if os.environ.get("NUMBA_CPU_FEATURES"):
-        return os.environ["NUMBA_CPU_FEATURES"]
-    if os.environ.get("EDGESNN_WIDE_VECTORS", "0") not in ("1", "true", "yes"):
-        return ""
+
+def _wide_vectors_requested() -> bool:
+    """``EDGESNN_WIDE_VECTORS`` as a switch (1/0, true/false, yes/no, on/off, any case; unset: off);
+    any other value is warned about once and counts as off."""
+    raw = os.environ.get("EDGESNN_WIDE_VECTORS")
+    if raw is None:
+        return False
+    word = raw.strip().lower()
+    if word not in _TRUE_WORDS + _FALSE_WORDS:
+        _warn_once(("env", "EDGESNN_WIDE_VECTORS", raw),
+                   f"EDGESNN_WIDE_VECTORS={raw!r}: expected 1/0, true/false, yes/no or on/off; wide vectors stay off")
+    return word in _TRUE_WORDS
+
+
+def _cpu_target_created() -> bool:
+    """Numba's CPU target (which fixes the CPU features) was already created (by the first ``@njit``)."""
+    registry = sys.modules.get("numba.core.registry")
+    target = getattr(registry, "cpu_target", None)
+    return "_toplevel_target_context" in getattr(target, "__dict__", {})
+
+
+def _wide_features() -> str:
+    """The host's features plus ``-prefer-256-bit`` on an AVX-512 host, else ``""``."""
     try:
         import llvmlite.binding as ll
 
         feats = ll.get_host_cpu_features().flatten()
     except Exception:  # pragma: no cover - llvmlite without host feature detection
         return ""
-    if "+avx512f" not in feats.split(","):
-        return ""
-    feats += ",-prefer-256-bit"
-    os.environ["NUMBA_CPU_FEATURES"] = feats
-    try:
-        import numba.core.config as _nc
+    return feats + ",-prefer-256-bit" if "+avx512f" in feats.split(",") else ""
 
-        _nc.reload_config()
-    except Exception:  # pragma: no cover
-        pass
+
+def configure_cpu_features() -> str:
+    """Opt-in 512-bit vectors for the Numba kernels: ``EDGESNN_WIDE_VECTORS=1`` (or true/yes/on).
+
+    LLVM tunes some AVX-512 cores (Intel server cores) for 256-bit vectors (a flag meant for CPUs
+    that clock down under 512-bit load) and others (AMD Zen 4 / 5) for 512-bit ones. On a Xeon
+    (Emerald Rapids) test VM the opt-in made the kernels 1.2-1.6x faster; on the AMD EPYC VM Numba
+    already emits 512-bit vectors and it changes nothing (docs/design.md §3). With the switch on,
+    on an AVX-512 host, and with ``NUMBA_CPU_FEATURES`` unset, this sets ``NUMBA_CPU_FEATURES``
+    (and ``numba.config.CPU_FEATURES``) to the host's features plus ``-prefer-256-bit``.
+    Process-wide; it takes effect only before Numba's CPU target is created (the first ``@njit``
+    anywhere in the process: :func:`configure` runs it before the kernels'), and is warned about
+    once when it comes too late. Decided once per process; returns the feature string in effect
+    (``""``: Numba's default).
+    """
+    global _CPU_FEATURES
+    if _CPU_FEATURES is None:
+        _CPU_FEATURES = _choose_cpu_features()
+    return _CPU_FEATURES
+
+
+def _choose_cpu_features() -> str:
+    if os.environ.get("NUMBA_CPU_FEATURES"):
+        return os.environ["NUMBA_CPU_FEATURES"]
+    if not _wide_vectors_requested():
+        return ""
+    feats = _wide_features()
+    if not feats:
+        return ""
+    if _cpu_target_created():
+        _warn_once(("wide-late",), "EDGESNN_WIDE_VECTORS: has no effect, Numba compiled or defined a function before "
+                                   "the edgesnn kernels were loaded; load them first or set NUMBA_CPU_FEATURES")
+        return ""
+    _export_numba_setting("NUMBA_CPU_FEATURES", "CPU_FEATURES", feats)
     return feats

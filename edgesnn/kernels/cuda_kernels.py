@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import configure_cache
+from .config import configure
 
-configure_cache()
+configure()
 
 from numba import config as _nb_config  # noqa: E402
 from numba import cuda  # noqa: E402

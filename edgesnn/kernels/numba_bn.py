@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import configure_cache, configure_threading_layer
+from .config import configure
 
-configure_cache()  # as numba_cpu does: the kernels' cache folder, before numba compiles anything
+configure()  # as numba_cpu does: NUMBA_NUM_THREADS, cache folder, wide vectors, fork guard, before any kernel
 
 from numba import njit, prange  # noqa: E402
-
-configure_threading_layer()
 
 __all__ = ["seq_sum", "seq_sqdev", "grad_sums", "input_grad_"]
 

@@ -27,17 +27,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import configure_cache, configure_cpu_features
+from .config import configure
 
-configure_cache()
-configure_cpu_features()  # opt-in 512-bit vectors (EDGESNN_WIDE_VECTORS=1)
+configure()  # NUMBA_NUM_THREADS checked, cache folder, EDGESNN_WIDE_VECTORS, fork guard: before any kernel is defined
 
-import numba  # noqa: E402  (after the cache folder is chosen)
+import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
-
-from .config import configure_threading_layer  # noqa: E402
-
-configure_threading_layer()
 
 from ..functional.lif import LIFParams  # noqa: E402
 from ..functional.revlif import RevLIFParams  # noqa: E402

@@ -22,9 +22,14 @@ from __future__ import annotations
 import functools
 
 from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.core.extending import intrinsic
+
+from .config import configure
+
+configure()  # before Numba is imported: NUMBA_NUM_THREADS check, cache folder, CPU features
+
+from numba import njit, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.core.extending import intrinsic  # noqa: E402
 
 __all__ = ["SHORT_ROW_BYTES", "prefetch_row_read", "prefetch_row_write"]
 

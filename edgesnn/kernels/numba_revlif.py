@@ -21,16 +21,21 @@ from typing import Optional
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import njit, prange, types
-from numba.core.extending import intrinsic
 
-from ..functional.grid import packed_steps
-from ..functional.revlif import RevLIFParams
-from ..functional.revlif_autograd import RevLIFKernels
-from . import neuron_math as nm
-from . import buffers as _buffers
-from .numba_prefetch import SHORT_ROW_BYTES, prefetch_row_read, prefetch_row_write
-from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve
+from .config import configure
+
+configure()  # before Numba is imported: NUMBA_NUM_THREADS check, cache folder, CPU features
+
+from numba import njit, prange, types  # noqa: E402
+from numba.core.extending import intrinsic  # noqa: E402
+
+from ..functional.grid import packed_steps  # noqa: E402
+from ..functional.revlif import RevLIFParams  # noqa: E402
+from ..functional.revlif_autograd import RevLIFKernels  # noqa: E402
+from . import neuron_math as nm  # noqa: E402
+from . import buffers as _buffers  # noqa: E402
+from .numba_prefetch import SHORT_ROW_BYTES, prefetch_row_read, prefetch_row_write  # noqa: E402
+from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve  # noqa: E402
 
 __all__ = ["revlif_forward", "revlif_backward", "revlif_block_size", "NUMBA_KERNELS"]
 
