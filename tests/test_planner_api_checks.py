@@ -2,8 +2,6 @@
 argument checks of plan_model / predict / make_plan, ChainModel's inputs and the device profiles."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from torch import nn
@@ -17,6 +15,8 @@ from edgesnn.planner import ChainModel, Cost, make_plan, plan_model, predict
 from edgesnn.planner.evalpass import eval_forward_peak, eval_option_cost
 from edgesnn.planner.memory_model import kernel_runtime_bytes, option_cost
 from edgesnn.planner.solver import max_batch
+
+from _rss_measure import measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
 
 MiB = 2**20
 OVH = 300 * MiB
@@ -89,15 +89,7 @@ print(json.dumps([peak_rss_bytes() - base, eval_forward_peak(chain, ["revlif"] *
 @needs_numba
 def test_eval_forward_peak_of_revlif_matches_measured_rss():
     """evaluate() of an all-RevLIF convnet on the Numba kernels, in a fresh process (old replay: +157%)."""
-    proc = subprocess.run([sys.executable, "-c", _EVAL_MEASURE], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        if "clear_refs" in proc.stderr or "VmHWM" in proc.stderr:
-            pytest.skip("cannot read or reset VmHWM here")
-        raise AssertionError(proc.stderr[-2000:])
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res is None:
-        pytest.skip("needs glibc's mallopt (freed tensors returned to the OS)")
-    measured, predicted = res
+    measured, predicted = measured_and_predicted(_EVAL_MEASURE)
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
 
 

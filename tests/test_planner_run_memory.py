@@ -13,6 +13,8 @@ from edgesnn.planner.evalpass import eval_dynamic_peak, eval_lines
 from edgesnn.planner.memory_model import ChainModel
 from edgesnn.planner.solver import max_batch, static_resident
 
+from _rss_measure import measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
+
 OVH = 300 * 2**20
 
 
@@ -102,18 +104,7 @@ def test_eval_forward_peak_matches_measured_rss():
 
     In a fresh process: earlier tests leave freed heap the pass would reuse unseen.
     """
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        if "clear_refs" in proc.stderr or "VmHWM" in proc.stderr:
-            pytest.skip("cannot read or reset VmHWM here")
-        raise AssertionError(proc.stderr[-2000:])
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res is None:
-        pytest.skip("needs glibc's mallopt (freed tensors returned to the OS)")
-    measured, predicted = res
+    measured, predicted = measured_and_predicted(_MEASURE)
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
 
 
