@@ -13,7 +13,8 @@ import torch
 from ..errors import DependencyError, UsageError
 
 
-__all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy", "check_dt", "threshold_to_nir", "threshold_from_nir"]
+__all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy", "check_dt", "check_finite_node", "threshold_to_nir",
+           "threshold_from_nir"]
 
 #: Seconds per time step unless told otherwise (SpikingJelly's and most NIR tools' default).
 DEFAULT_DT = 1e-4
@@ -48,6 +49,29 @@ def check_dt(dt: Any, what: str = "dt") -> float:
     if not (math.isfinite(value) and value > 0):
         raise NIRError(f"{what}: expected seconds per time step (a finite number > 0), got {dt!r}")
     return value
+
+
+#: The numeric fields of NIR nodes that edgesnn reads or writes (weights, biases, neuron parameters).
+_NUMERIC_FIELDS = ("weight", "bias", "tau", "tau_mem", "tau_syn", "r", "w_in", "v_leak", "v_threshold", "v_reset")
+
+
+def check_finite_node(key: str, node: Any) -> None:
+    """Refuse a node whose weights, bias or neuron parameters hold NaN or Inf (one line naming node and field).
+
+    A non-finite value would silently give a model whose outputs are all NaN (or never spike).
+    """
+    for field in _NUMERIC_FIELDS:
+        value = getattr(node, field, None)
+        if value is None or isinstance(value, str):
+            continue
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise NIRError(f"node {key}: nir.{type(node).__name__} {field} is not numeric ({type(value).__name__})") from None
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise NIRError(f"node {key}: nir.{type(node).__name__} {field} holds {bad} NaN/Inf value(s) of {arr.size}; "
+                           "only finite weights and neuron parameters are loaded or exported")
 
 
 def threshold_to_nir(v_threshold: float) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import first_line
-from .common import DEFAULT_DT, NIRError, check_dt, nir_module, threshold_from_nir
+from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, nir_module, threshold_from_nir
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir
@@ -97,7 +98,10 @@ def _lif_from_nir(key: str, node: Any, dt: float, backend: str) -> nn.Module:
     if not _close(v_leak, v_reset):
         raise NIRError(f"node {key}: v_leak ({v_leak:g}) != v_reset ({v_reset:g}); edgesnn's LIF leaks towards v_reset")
     v_th = threshold_from_nir(_uniform(node.v_threshold, f"node {key}: v_threshold"))  # NIR's v > thr as v >= v_th
-    return LIF(tau=tau, v_threshold=v_th, v_reset=v_reset, decay_input=decay_input, backend=backend)
+    try:  # step_mode "m": the loaded body always runs [T, B, ...] (no 4-D input warning)
+        return LIF(tau=tau, v_threshold=v_th, v_reset=v_reset, decay_input=decay_input, backend=backend, step_mode="m")
+    except ValueError as e:
+        raise NIRError(f"node {key}: nir.{type(node).__name__}: {first_line(e, 500)}") from None
 
 
 def _chain(graph: Any) -> List[str]:
@@ -107,6 +111,9 @@ def _chain(graph: Any) -> List[str]:
     seen_edges = set()
     for edge in graph.edges:
         a, b = (str(e) for e in edge)
+        for end in (a, b):
+            if end not in graph.nodes:  # an edge from / to nothing: a lost input or output, not loadable faithfully
+                raise NIRError(f"graph: edge {a} -> {b} names no node {end!r}")
         if (a, b) in seen_edges:
             raise NIRError(f"graph: duplicate edge {a} -> {b}; edgesnn loads feed-forward chains with one edge per link")
         seen_edges.add((a, b))
@@ -123,8 +130,6 @@ def _chain(graph: Any) -> List[str]:
             raise NIRError(f"graph: node {chain[-1]} feeds {len(nxt)} nodes; edgesnn loads feed-forward chains only")
         if nxt[0] in seen:
             raise NIRError(f"graph: recurrent edge {chain[-1]} -> {nxt[0]}; edgesnn loads feed-forward chains only")
-        if nxt[0] not in graph.nodes:
-            raise NIRError(f"graph: edge {chain[-1]} -> {nxt[0]} leads to no node")
         chain.append(nxt[0])
         seen.add(nxt[0])
     if len(seen) != len(graph.nodes):
@@ -139,10 +144,21 @@ def _ints(v: Any) -> Tuple[int, ...]:
     return tuple(int(i) for i in np.ravel(v))
 
 
-def _type_shape(types: Any, name: str) -> Optional[Tuple[int, ...]]:
-    """The shape a NIR Input/Output node records (``None`` when it records none)."""
+def _type_shape(key: str, types: Any, name: str) -> Optional[Tuple[int, ...]]:
+    """The shape a NIR Input/Output node ``key`` records (``None`` when it records none).
+
+    Refuses sizes that are not positive integers (``[2.5, 8]`` is not truncated to ``[2, 8]``).
+    """
     t = types.get(name) if isinstance(types, dict) else None
-    return None if t is None else _ints(t)
+    if t is None:
+        return None
+    try:
+        arr = np.ravel(np.asarray(t, dtype=np.float64))
+    except (TypeError, ValueError):
+        arr = np.array([np.nan])
+    if not bool(np.all(np.isfinite(arr) & (arr == np.round(arr)) & (arr >= 1))):
+        raise NIRError(f"node {key}: the {name} shape {arr.tolist()} is not a list of positive integers")
+    return _ints(arr)
 
 
 def _stateless(key: str, node: Any, shape: Tuple[int, ...]) -> nn.Module:
@@ -170,8 +186,11 @@ def _stateless(key: str, node: Any, shape: Tuple[int, ...]) -> nn.Module:
             raise NIRError(f"{name} takes [{w.shape[1] * groups}, H, W] inputs (weight {tuple(w.shape)}, groups={groups}), "
                            f"its input has shape {shape}")
         pad = node.padding if isinstance(node.padding, str) else _ints(node.padding)
-        conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_ints(node.stride), padding=pad,
-                         dilation=_ints(node.dilation), groups=groups, bias=True)
+        try:  # e.g. padding="same" with a stride > 1, or an unknown padding string
+            conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_ints(node.stride), padding=pad,
+                             dilation=_ints(node.dilation), groups=groups, bias=True)
+        except (ValueError, RuntimeError) as e:
+            raise NIRError(f"{name}: {first_line(e, 500)}") from None
         with torch.no_grad():
             conv.weight.copy_(w)
             conv.bias.copy_(_bias(name, node.bias, w.shape[0]))
@@ -229,6 +248,40 @@ def _resolve_dt(graph: Any, dt: Any) -> float:
     return check_dt(recorded, "metadata['dt'] of the graph (pass load(graph, dt=...) to override)")
 
 
+def _read(path: str) -> "nir.NIRGraph":
+    """The graph in the ``.nir`` file ``path``; a one-line error for a missing file or one that is not a NIR graph."""
+    nir = nir_module()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"nir: no such file: {path}")
+    if not os.path.isfile(path):
+        raise NIRError(f"nir: {path} is not a file (expected a .nir graph file)")
+    try:
+        return nir.read(path, type_check=False)  # nir 1.0.8 mis-infers grouped / non-square Conv2d; load checks shapes
+    except Exception as e:  # h5py's OSError for a non-HDF5 file, KeyError for HDF5 without a NIR graph, ...
+        raise NIRError(f"nir: {path} is not a NIR graph file (nir.read: {type(e).__name__}: {first_line(e, 300)})") from None
+
+
+def _resolve_timesteps(graph: Any, timesteps: Any) -> int:
+    """``timesteps`` checked (an integer >= 1; ``4.0`` is 4, ``2.5`` is refused); else the graph's
+    ``metadata["timesteps"]`` (checked the same way; 0 or absent: none recorded); else 4."""
+    def as_int(v: Any, what: str) -> int:
+        if isinstance(v, str) and what != "timesteps":  # an attribute HDF5 gave back as text
+            v = v.strip()
+            v = int(v) if v.isdigit() else v
+        ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v) \
+            and float(v) == int(v) and int(v) >= 1
+        if not ok:
+            raise NIRError(f"{what}: expected an integer >= 1, got {v!r}")
+        return int(v)
+
+    if timesteps is not None:
+        return as_int(timesteps, "timesteps")
+    recorded = _meta(graph, "timesteps")
+    if recorded is None or (isinstance(recorded, numbers.Real) and recorded == 0):  # edgesnn writes 0: no T known
+        return 4
+    return as_int(recorded, "metadata['timesteps'] of the graph (pass load(graph, timesteps=...) to override)")
+
+
 def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[float] = None,
          timesteps: Optional[int] = None, backend: str = "auto") -> "SpikingClassifier":
     """A ``nir.NIRGraph`` (or the path of a ``.nir`` file) as an edgesnn :class:`SpikingClassifier`.
@@ -241,8 +294,12 @@ def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[flo
         backend: the LIF nodes' backend (``"auto"``, ``"torch"``, ``"numba"``, ``"cuda"``, ``"reference"``).
 
     The model's ``body`` runs ``[T, B, *in_shape] -> [T, B, *out_shape]``; the classifier
-    averages over T. Raises :class:`NIRError` (one line, naming the node) for nodes edgesnn cannot
-    represent exactly and for shapes that do not fit together.
+    averages over T. Loaded: a chain Input -> (Affine | Linear | Conv2d | AvgPool2d | Flatten |
+    LIF | CubaLIF with tau_syn = dt)* -> Output, each neuron node with one value per parameter.
+    Raises :class:`NIRError` (one line, naming the node) for nodes edgesnn cannot represent exactly,
+    branches, cycles and edges naming no node, NaN/Inf weights or parameters, shapes that do not
+    fit together, a bad ``timesteps`` and a file that is not a NIR graph; ``FileNotFoundError``
+    (one line) for a missing file.
     """
     nir = nir_module()
     from ..kernels import dispatch
@@ -254,14 +311,15 @@ def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[flo
     except ValueError as e:
         raise NIRError(str(e)) from None
     if isinstance(graph, (str, os.PathLike)):
-        path = os.fspath(graph)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"nir: no such file: {path}")
-        graph = nir.read(path, type_check=False)  # nir 1.0.8 mis-infers grouped / non-square Conv2d; checked below
+        graph = _read(os.fspath(graph))
+    if not isinstance(graph, nir.NIRGraph):
+        raise NIRError(f"graph: expected a nir.NIRGraph or the path of a .nir file, got {type(graph).__name__}")
     dt = _resolve_dt(graph, dt)
-    T = int(timesteps if timesteps is not None else (_meta(graph, "timesteps", 0) or 4))
+    T = _resolve_timesteps(graph, timesteps)
     chain = _chain(graph)
-    in_shape = _type_shape(graph.nodes[chain[0]].input_type, "input")
+    for key in chain[1:-1]:
+        check_finite_node(key, graph.nodes[key])
+    in_shape = _type_shape(chain[0], graph.nodes[chain[0]].input_type, "input")
     if not in_shape:
         raise NIRError(f"node {chain[0]}: the input node records no shape")
     shape = in_shape
@@ -275,7 +333,7 @@ def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[flo
             layer = _stateless(key, node, shape)
             shape = _out_shape(key, node, layer, shape)
             layers.append(SeqToANN(layer))
-    recorded = _type_shape(graph.nodes[chain[-1]].output_type, "output")
+    recorded = _type_shape(chain[-1], graph.nodes[chain[-1]].output_type, "output")
     if recorded and int(np.prod(recorded)) != int(np.prod(shape)):
         raise NIRError(f"node {chain[-1]}: the output node records shape {recorded}, the chain gives {shape}")
     body = nn.Sequential(*layers)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..memopt.layers import pair
-from .common import DEFAULT_DT, NIRError, check_dt, nir_module, threshold_to_nir, to_numpy
+from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, nir_module, threshold_to_nir, to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir
@@ -173,6 +173,8 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
                 raise NIRError(f"layer {where}: {type(m).__name__} has no NIR mapping in edgesnn "
                                "(supported: Linear, Conv2d, BatchNorm folded, AvgPool2d, Flatten, LIF, ParametricLIF)")
         flush()
+    for key, node in nodes.items():  # a NaN/Inf weight or parameter would make a graph no tool can run
+        check_finite_node(key, node)
     nodes["output"] = nir.Output(output_type=np.array(x.shape[1:]))
     order.append("output")
     edges = list(zip(order[:-1], order[1:]))
