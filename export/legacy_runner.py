@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -19,12 +20,15 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edgesnn.atomic import WriteError
+from edgesnn.errors import first_line
+
 from .artifacts import (CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest,
                         atomic_write_bytes, atomic_write_text)
 from .run_loop import EpochEnd, run_epochs
 from .run_state import OutputDir, check_settings
 from .run_support import padded_batches, peak_rss_mb
-from .runner import _one_line, import_ort_training_api
+from .runner import StepCheckError, _one_line, import_ort_training_api
 
 __all__ = ["finetune_legacy"]
 
@@ -41,10 +45,21 @@ def _accuracy(ort, model_path: Path, x: np.ndarray, y: np.ndarray, batch: int, m
     return correct / max(1, x.shape[0])
 
 
+def _ort_write(path: Path, write: Callable[[], None]) -> None:
+    """Run an ONNX Runtime writer of ``path``; its failure (a ``RuntimeError`` such as
+    "Protobuf serialization failed" when the disk is full) becomes one :class:`WriteError` line."""
+    try:
+        write()
+    except RuntimeError as exc:
+        text = _one_line(exc).split("[ONNXRuntimeError] : ")[-1]  # not the C++ source location before it
+        raise WriteError(f"cannot write {path}: ONNX Runtime could not write it (disk full or not writable?): "
+                         f"{first_line(text, 160)}") from None
+
+
 def _atomic_ort_checkpoint(CheckpointState, state, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
+        _ort_write(path, lambda: CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -56,7 +71,7 @@ def _atomic_ort_checkpoint(CheckpointState, state, path: Path) -> None:
 def _atomic_inference_model(module, path: Path, output_name: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        module.export_model_for_inferencing(str(tmp), [output_name])
+        _ort_write(path, lambda: module.export_model_for_inferencing(str(tmp), [output_name]))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -122,12 +137,17 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     names = list(manifest.trainable) + list(manifest.frozen)
 
     def step(xb: np.ndarray, yb: np.ndarray, number: int) -> float:
-        loss = module(xb, yb)
+        loss = float(module(xb, yb))
+        if not math.isfinite(loss):  # as the onnx-step runner: never train on (and save) diverged weights
+            raise StepCheckError(f"step {number}: the loss is {loss}; lower --lr")
         optimizer.step()
         module.lazy_reset_grad()
-        return float(loss)
+        return loss
 
     def end_epoch(end: EpochEnd) -> Tuple[Dict, Callable[[Path], None]]:
+        bad_values = [n for n in manifest.trainable if not np.isfinite(np.asarray(state.parameters[n].data)).all()]
+        if bad_values:  # the last update is not seen by the loss check
+            raise StepCheckError(f"step {end.total_steps}: the update made {bad_values[:3]} non-finite; lower --lr")
         state.properties["runner_epochs"] = end.epoch + 1
         state.properties["runner_steps"] = end.total_steps
         state.properties["runner_settings"] = json.dumps(settings, sort_keys=True)

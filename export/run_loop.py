@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from edgesnn.atomic import WriteError
+
 from .run_state import OutputDir, Progress, epoch_batches
 from .run_support import epoch_metrics, step_time_metrics
 
@@ -62,7 +64,8 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
     around ``step`` alone. After every epoch, ``end_epoch`` builds the metrics and the writer, the
     output set is swapped into ``out`` (signals wait for the swap) and one line goes to ``log``.
     Ctrl-C / SIGTERM (``KeyboardInterrupt``) raise :class:`~.run_state.RunInterrupted` saying which
-    epoch ``out`` holds (``resuming``: whether ``out`` held a state when the run started).
+    epoch ``out`` holds (``resuming``: whether ``out`` held a state when the run started); a failed
+    write (:class:`~edgesnn.atomic.WriteError`: disk full...) says so too.
     """
     n = x.shape[0]
     epoch_losses: List[float] = []
@@ -90,7 +93,10 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
                                          len(batches), padded),
                            step_time_metrics(step_times, step_cpu))
             metrics, write = end_epoch(end)
-            out.save(write, then=progress.saved)
+            try:
+                out.save(write, then=progress.saved)
+            except WriteError as exc:  # disk full, size limit: the swap never happened, --out is as it was
+                raise WriteError(f"{exc}; {progress.holds()}", exc.errno) from None
             log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
                 + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")")
     except KeyboardInterrupt as exc:

@@ -236,12 +236,15 @@ class Progress:
         code = 143 if isinstance(exc, Terminated) else 130
         where = (f"{what} in epoch {self.done + 1}/{self.epochs} ({self.step} of its {self.steps_per_epoch} steps done)"
                  if self.done < self.epochs else f"{what} after the last epoch")
+        return RunInterrupted(f"{where}; {self.holds()}", code)
+
+    def holds(self) -> str:
+        """What ``out`` holds now (after the last saved epoch) and how to finish the run."""
         total = self.resumed_epochs + self.done
         if self.done == 0 and not self.resuming:
-            saved = f"nothing was written to {self.out}"
-        else:
-            saved = f"{self.out} holds the state after epoch {total}"
-            left = self.epochs - self.done
-            if left > 0:
-                saved += f"; --resume --epochs {left} finishes the run"
-        return RunInterrupted(f"{where}; {saved}", code)
+            return f"nothing was written to {self.out}"
+        saved = f"{self.out} holds the state after epoch {total}"
+        left = self.epochs - self.done
+        if left > 0:
+            saved += f"; --resume --epochs {left} finishes the run"
+        return saved

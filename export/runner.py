@@ -76,7 +76,7 @@ from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigt
 from .run_support import FLOAT32_MAX, peak_rss_mb
 
 __all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "split_holdout", "finetune", "peak_rss_mb",
-           "main", "StepCheckError", "training_modules_imported"]
+           "main", "StepCheckError", "training_modules_imported", "check_resumable", "max_threads"]
 
 
 class StepCheckError(ValueError):
@@ -164,12 +164,15 @@ def finetune(
             from the start of the same order, see :func:`~edgesnn.export.run_state.epoch_batches`).
         lr: learning rate (finite, > 0); ``None`` uses the manifest's.
         out_dir: output directory; default ``artifact_dir/finetuned``. If it is not empty,
-            ``resume`` or ``force`` is required. Written (swapped in whole) after every epoch.
+            ``resume`` or ``force`` is required. Written (swapped in whole) after every epoch, so
+            it must not be a mount point itself (a folder inside one is fine).
         seed: data order and held-out split.
-        resume: continue from ``out_dir``'s state (``state.npz`` / ``checkpoint``) if it exists;
+        resume: continue from ``out_dir``'s state (``state.npz`` / ``checkpoint``) if it exists
+            (an absent or empty ``out_dir`` starts a new run; a non-empty one without that file is
+            refused, see :func:`check_resumable`);
             refused when the recorded settings (seed, holdout, lr, optimizer, batch size, the data
             and eval-data arrays) differ.
-        threads: ONNX Runtime intra-op threads (>= 1; ``None``: ORT's default, one per core).
+        threads: ONNX Runtime intra-op threads (1 to :func:`max_threads`; ``None``: ORT's default, one per core).
         force: replace a non-empty ``out_dir`` as a whole (excludes ``resume``).
         holdout: fraction of ``data`` held out for the accuracy report (``None``: 0.2 for
             onnx-step, 0 for onnx-training; 0 reports accuracy on the training data).
@@ -189,6 +192,9 @@ def finetune(
         raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"--threads: expected an integer >= 1, got {threads!r}")
+    if threads is not None and threads > max_threads():
+        raise UsageError(f"--threads: expected at most {max_threads()} (4 per CPU core of this machine), got {threads}; "
+                         "ONNX Runtime starts one thread each")
     if holdout is not None and not (isinstance(holdout, (int, float)) and 0.0 <= holdout < 1.0):
         raise UsageError(f"--holdout: expected a fraction in [0, 1), got {holdout!r}")
     if resume and force:
@@ -203,8 +209,13 @@ def finetune(
         log(f"restored {out_dir} from {restored.name}, left by a run stopped while replacing it")
     check_output(out_dir, "--out", force or resume, allow="--resume (continue from it) or --force (replace it)",
                  directory=True)
+    if os.path.ismount(os.path.realpath(out_dir)):
+        raise UsageError(f"--out: {out_dir} is a mount point; the runner swaps a new --out folder in after every epoch, "
+                         f"which a mount point cannot be: pass a folder inside it (e.g. {Path(out_dir) / 'finetuned'})")
     manifest = validate_artifact_dir(artifact_dir)
     step_format = isinstance(manifest, StepManifest)
+    if resume:
+        check_resumable(out_dir, step_format)
     x, y = load_dataset(data, manifest, flag="--data")
     data_id, eval_id = data_fingerprint(data, x, y), None
     if eval_data is not None:
@@ -230,8 +241,42 @@ def finetune(
                            accuracy_on, settings)
 
 
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: 4 per CPU core (more only makes ONNX Runtime start
+    thousands of idle threads, or fail on a number beyond a C ``int``)."""
+    return 4 * max(1, os.cpu_count() or 1)
+
+
+#: The file a run of each format resumes from (onnx-step, onnx-training).
+STATE_FILES = {True: "state.npz", False: "checkpoint"}
+
+
+def check_resumable(out_dir: Path, step_format: bool) -> None:
+    """``--resume`` into a non-empty ``out_dir`` that holds no state of this artifact format is
+    refused: it would silently start again from the exported weights and replace that folder's
+    ``params.npz`` / ``metrics.json`` (e.g. a legacy run's output resumed with onnx-step artifacts,
+    or a mistyped ``--out``). An absent or empty ``out_dir`` starts a new run, as documented."""
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    own, other = STATE_FILES[step_format], STATE_FILES[not step_format]
+    if (out_dir / own).is_file():
+        return
+    fmt, other_fmt = ("onnx-step", "onnx-training") if step_format else ("onnx-training", "onnx-step")
+    held = (f"it holds {other}, the state of an {other_fmt} run" if (out_dir / other).exists()
+            else "it holds no run of this runner")
+    raise UsageError(f"--resume: {out_dir} has no {own} to continue from ({held}; these artifacts are {fmt}); "
+                     "pass another --out, or --force to replace that folder and start from the exported weights")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (like every other error of the runner)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
+    p = _Parser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
     p.add_argument("artifacts", help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
     p.add_argument("--data", required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")
     p.add_argument("--epochs", type=int, default=1, help="epochs in this run (a resumed run adds them)")
