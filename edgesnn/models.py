@@ -10,7 +10,9 @@ for all layers or a list with one per spiking layer (in order). The builder argu
 
 from __future__ import annotations
 
+import inspect
 import math
+import operator
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -66,7 +68,7 @@ class SpikingClassifier(nn.Module):
 
     def __init__(self, body: nn.Sequential, timesteps: int, in_shape: Sequence[int], config: Dict) -> None:
         super().__init__()
-        if not isinstance(timesteps, int) or timesteps < 1:
+        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ValueError(f"timesteps: expected an integer >= 1, got {timesteps!r}")
         self.body = body
         self.timesteps = timesteps
@@ -96,13 +98,57 @@ def spiking_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 def _neuron_list(neuron: NeuronArg, count: int) -> List[str]:
     if isinstance(neuron, str):
         specs = [neuron] * count
-    else:
+    elif isinstance(neuron, (list, tuple)):
         specs = list(neuron)
         if len(specs) != count:
             raise ValueError(f"neuron: this model has {count} spiking layers, got {len(specs)} neuron specs")
+    else:
+        raise TypeError(f"neuron: expected a spec ('lif', 'revlif', 'revlif:G') or a list of {count}, got {neuron!r}")
     for s in specs:
         parse_neuron_spec(s)
     return specs
+
+
+def _int_arg(value, what: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (Python or NumPy integers; not bool, float or str), else one line."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or v < minimum:
+        raise ValueError(f"{what}: expected an integer >= {minimum}, got {value!r}")
+    return int(v)
+
+
+def _int_list(values, what: str) -> Tuple[int, ...]:
+    """A non-empty sequence of integers >= 1 (layer widths, sample dims), else one line naming ``what``."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{what}: expected a sequence of integers >= 1, got {values!r}")
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{what}: expected at least one integer >= 1, got {list(values)}")
+    try:
+        return tuple(_int_arg(v, what, 1) for v in values)
+    except ValueError:
+        raise ValueError(f"{what}: expected integers >= 1, got {list(values)}") from None
+
+
+_NODE_KEYS = frozenset(inspect.signature(LIF.__init__).parameters) - {"self"}
+_REVLIF_KEYS = frozenset(inspect.signature(RevLIF.__init__).parameters) - {"self", "groups"}
+
+
+def _kwargs_arg(value, what: str, allowed) -> Dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a dict of node arguments or None, got {value!r}")
+    unknown = sorted(str(k) for k in value if k not in allowed)
+    if unknown:
+        hint = " (the group count comes from the neuron spec 'revlif:G')" if "groups" in unknown else ""
+        raise ValueError(f"{what}: unknown argument(s) {', '.join(unknown)}{hint}; expected some of {sorted(allowed)}")
+    return dict(value)
 
 
 def _mlp(in_shape, num_classes, specs, hidden, node_kwargs, revlif_kwargs, batchnorm: bool = True) -> nn.Sequential:
@@ -164,31 +210,44 @@ def build_model(
             it, convolutions get a bias; models then compute every sample independently of the batch,
             so data-parallel training on CPU gives the same weights as one process with the whole batch.
         revlif: extra keyword arguments for the RevLIF nodes only (``alpha``, ``beta``, ``gamma``, ``mode``).
+
+    Sizes are integers >= 1 (``num_classes`` >= 2; NumPy integers accepted, not bool/float/str),
+    ``hidden`` (mlp) and ``channels`` (convnet) non-empty, ``batchnorm`` a bool, ``node``/``revlif``
+    dicts of node arguments; anything else is a one-line ``ValueError`` naming the parameter.
     """
-    in_shape = tuple(int(s) for s in in_shape)
-    node_kwargs = dict(node or {})
-    config = dict(name=name, in_shape=list(in_shape), num_classes=int(num_classes), timesteps=int(timesteps),
-                  neuron=neuron if isinstance(neuron, str) else list(neuron), hidden=list(hidden),
-                  channels=list(channels), node=node_kwargs)
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model: unknown model {name!r}; expected one of {MODEL_NAMES}")
+    in_shape = _int_list(in_shape, "in_shape")
+    if name != "mlp" and len(in_shape) != 3:
+        raise ValueError(f"in_shape: model {name!r} needs (C, H, W), got {in_shape}")
+    num_classes = _int_arg(num_classes, "num_classes", 2)
+    timesteps = _int_arg(timesteps, "timesteps", 1)
+    if not isinstance(batchnorm, bool):
+        raise ValueError(f"batchnorm: expected True or False, got {batchnorm!r}")
+    if name == "mlp":
+        hidden = _int_list(hidden, "hidden")
+    elif name == "convnet":
+        channels = _int_list(channels, "channels")
+    node_kwargs = _kwargs_arg(node, "node", _NODE_KEYS | _REVLIF_KEYS)
+    revlif_kwargs = _kwargs_arg(revlif, "revlif", _REVLIF_KEYS)
+    both = sorted(set(node_kwargs) & set(revlif_kwargs))
+    if both:
+        raise ValueError(f"revlif: {', '.join(both)} also given in node; give each argument once")
+    config = dict(name=name, in_shape=list(in_shape), num_classes=num_classes, timesteps=timesteps,
+                  neuron=neuron if isinstance(neuron, str) else list(neuron) if isinstance(neuron, (list, tuple)) else neuron,
+                  hidden=list(hidden), channels=list(channels), node=node_kwargs)
     if not batchnorm:  # only recorded when off: configs (and checkpoints) of default models are unchanged
         config["batchnorm"] = False
-    revlif_kwargs = dict(revlif or {})
     if revlif_kwargs:  # likewise only recorded when given
         config["revlif"] = revlif_kwargs
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
     if name == "mlp":
         specs = _neuron_list(neuron, len(hidden))
-        body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs, revlif_kwargs, bool(batchnorm))
-    elif name in ("convnet", "vgg11"):
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape: model {name!r} needs (C, H, W), got {in_shape}")
+        body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs, revlif_kwargs, batchnorm)
+    else:
         cfg = tuple(channels) + ("M",) if name == "convnet" else VGG11_CFG
         n_spiking = sum(1 for c in cfg if c != "M")
         specs = _neuron_list(neuron, n_spiking)
-        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, bool(batchnorm))
+        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, batchnorm)
         layers += [SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(c * h * w, num_classes))]
         body = nn.Sequential(*layers)
-    else:
-        raise ValueError(f"model: unknown model {name!r}; expected one of {MODEL_NAMES}")
-    return SpikingClassifier(body, int(timesteps), in_shape, config)
+    return SpikingClassifier(body, timesteps, in_shape, config)

@@ -24,6 +24,7 @@ from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadca
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
 from .flag_checks import check_model_fits_dataset
 from .resume import Progress, resume_messages, stored_progress, will_train
+from .split_checks import check_labels, check_split
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
 
@@ -73,23 +74,37 @@ class TrainConfig:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE, dist: Optional[DistInfo] = None) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on ``split``.
+    """Top-1 accuracy (0..1) of ``model`` on ``split``, every sample counted once (last batch included).
+
+    Runs in eval mode (BatchNorm's running statistics, unchanged) and restores the model's mode. Refused
+    in one line: an empty split, ``batch_size`` not an integer >= 1, labels not ``int [N]`` or outside
+    ``0..classes-1``, ``x`` and ``y`` of other lengths, static inputs not floating point, and event
+    frames ``[N, T, ...]`` whose T is not ``model.timesteps``.
 
     With a multi-rank ``dist`` every rank scores the samples ``rank, rank + world, ...`` and the
     counts are summed over the ranks: all ranks return the accuracy on the whole split.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    check_split(split, getattr(model, "timesteps", None))
+    was_training = model.training
     model.eval()
-    dev = _model_device(model)
-    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    mine = torch.arange(rank, len(split), world)
-    correct = 0
-    for i in range(0, len(mine), batch_size):
-        idx = mine[i:i + batch_size]
-        logits = model(split.inputs(idx).to(dev))
-        correct += int((logits.argmax(1) == split.y[idx].to(dev)).sum())
+    try:
+        dev = _model_device(model)
+        rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+        mine = torch.arange(rank, len(split), world)
+        correct = 0
+        for i in range(0, len(mine), batch_size):
+            idx = mine[i:i + batch_size]
+            logits = model(split.inputs(idx).to(dev))
+            if i == 0:
+                check_labels(split, logits.shape[-1])
+            correct += int((logits.argmax(1) == split.y[idx].to(dev)).sum())
+    finally:
+        model.train(was_training)
     if world > 1:
         correct, _ = all_sum(dist, float(correct), 0.0)
-    return correct / max(1, len(split))
+    return correct / len(split)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -108,7 +123,7 @@ def model_from_checkpoint(path: str) -> SpikingClassifier:
     ck = load_checkpoint(path)
     try:
         model = build_model(**ck["model_config"])
-    except (TypeError, KeyError) as exc:
+    except (TypeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint: {path} does not match its model config ({exc})") from None
     load_model_state(model, ck["model_state"], f"checkpoint: {path}")
     return model
@@ -362,13 +377,17 @@ def train(
             xb = data.train.inputs(idx).to(dev, non_blocking=True)
             yb = data.train.y[idx].to(dev, non_blocking=True)
             loss = loss_fn(net(xb), yb)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):  # before the step: the weights in memory stay the last finite ones
+                raise ValueError(f"loss: {loss_value} at step {steps + 1} (epoch {epoch + 1}); training diverged, "
+                                 f"the weights are left as before this step; lower the learning rate (lr {cfg.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP: gradients averaged over the ranks here
             if manual_allreduce:
                 average_gradients(model, dist)
             opt.step()
             steps += 1
-            total += float(loss.detach()) * len(idx)
+            total += loss_value * len(idx)
             seen += len(idx)
             if bar:
                 bar.update(1)
