@@ -17,6 +17,8 @@ from edgesnn.cli import main  # noqa: E402
 from edgesnn.models import build_model  # noqa: E402
 from edgesnn.nn import LIF, ParametricLIF, SeqToANN  # noqa: E402
 
+from _nir_reference import nir_simulate  # noqa: E402  (tests/ helper)
+
 SHAPES = {"mlp": (64,), "convnet": (2, 8, 8)}
 
 
@@ -163,34 +165,6 @@ def test_spikingjelly_nir_exchange_reads_our_graphs_and_we_read_its():
 _DT = 1e-4
 
 
-def _nir_sim(graph, x, dt):
-    """Step-by-step NIR semantics (float64 forward Euler, fire when v > v_threshold, reset to v_reset)
-    of a chain Input -> (Affine | Linear | LIF)* -> Output; ``x`` is [T, B, N]."""
-    succ = {a: b for a, b in graph.edges}
-    key = next(k for k, n in graph.nodes.items() if isinstance(n, nir.Input))
-    chain = []
-    while key in succ:
-        key = succ[key]
-        chain.append(key)
-    P = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
-    state, outs = {}, []
-    for t in range(x.shape[0]):
-        h = x[t].double()
-        for k in chain[:-1]:
-            n = graph.nodes[k]
-            if isinstance(n, nir.Affine):
-                h = h @ P(n.weight).T + P(n.bias)
-            elif isinstance(n, nir.Linear):
-                h = h @ P(n.weight).T
-            else:
-                v = state.get(k, P(n.v_reset).expand_as(h))
-                v = v + dt / P(n.tau) * (P(n.v_leak) - v + P(n.r) * h)
-                h = (v > P(n.v_threshold)).double()
-                state[k] = torch.where(h > 0, P(n.v_reset).expand_as(v), v)
-        outs.append(h)
-    return torch.stack(outs)
-
-
 def _lif_graph(thr, r, n=3, tau_steps=2.0, v_reset=0.0, metadata=None):
     full = lambda v: np.full(n, v, dtype=np.float64)  # noqa: E731
     return nir.NIRGraph(nodes={"input": nir.Input(np.array([n])), "fc": nir.Linear(np.eye(n, dtype=np.float32)),
@@ -213,7 +187,7 @@ def test_threshold_import_fires_like_nir(r, v_reset):
         g = _lif_graph(thr, r, v_reset=v_reset)
         with torch.no_grad():
             mine = enir.load(g, timesteps=12).body(x)
-        ref = _nir_sim(g, x, _DT)
+        ref = nir_simulate(g, x, _DT)
         assert torch.equal(mine.double(), ref)
     # the audit's case: one unit input per step, threshold 1, v = 0.5 v + x: NIR fires at 1.5, not at 1.0
     one = torch.zeros(4, 1, 3)
@@ -233,7 +207,7 @@ def test_threshold_export_fires_like_edgesnn_and_round_trips(decay_input):
         g = enir.to_nir(body, dt=_DT, in_shape=(3,))
         with torch.no_grad():
             want = body(x)
-            assert torch.equal(_nir_sim(g, x, _DT), want.double())  # a NIR simulator fires where edgesnn does
+            assert torch.equal(nir_simulate(g, x, _DT), want.double())  # a NIR simulator fires where edgesnn does
             back = enir.load(g, timesteps=12).body
             assert torch.equal(back(x), want)
         assert back[1].params.v_threshold == float(np.float32(thr))  # exactly the threshold edgesnn compares with

@@ -8,13 +8,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 nir = pytest.importorskip("nir")
 
 from edgesnn import nir as enir  # noqa: E402
 from edgesnn.models import build_model  # noqa: E402
 from edgesnn.nn import LIF, SeqToANN  # noqa: E402
+
+from _nir_reference import nir_simulate  # noqa: E402  (tests/ helper)
 
 DT = 1e-4
 
@@ -41,38 +42,6 @@ def _mlp_graph(weight=None, bias=None, lif=None, metadata=None):
                    "output": nir.Output(np.array([4]))}, metadata)
 
 
-def _reference(graph, x):
-    """float64 NIR semantics of a chain: Affine / Conv2d / AvgPool2d / Flatten / LIF (forward Euler,
-    fire when v > v_threshold, reset to v_reset, start at v_reset); ``x`` is [T, B, ...]."""
-    succ = dict(graph.edges)
-    key, chain = "input", []
-    while key in succ:
-        key = succ[key]
-        chain.append(key)
-    P = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
-    state, outs = {}, []
-    for t in range(x.shape[0]):
-        h = x[t].double()
-        for k in chain[:-1]:
-            n = graph.nodes[k]
-            if isinstance(n, nir.Affine):
-                h = h @ P(n.weight).T + P(n.bias)
-            elif isinstance(n, nir.Conv2d):
-                h = F.conv2d(h, P(n.weight), P(n.bias), stride=tuple(n.stride), padding=tuple(n.padding))
-            elif isinstance(n, nir.AvgPool2d):
-                h = F.avg_pool2d(h, tuple(n.kernel_size), tuple(n.stride), tuple(n.padding))
-            elif isinstance(n, nir.Flatten):  # NIR dims exclude the batch dim
-                h = h.flatten(n.start_dim + 1 if n.start_dim >= 0 else n.start_dim,
-                              n.end_dim + 1 if n.end_dim >= 0 else n.end_dim)
-            else:
-                v = state.get(k, P(n.v_reset).expand_as(h))
-                v = v + DT / P(n.tau) * (P(n.v_leak) - v + P(n.r) * h)
-                h = (v > P(n.v_threshold)).double()
-                state[k] = torch.where(h > 0, P(n.v_reset).expand_as(v), v)
-        outs.append(h)
-    return torch.stack(outs)
-
-
 def test_hand_built_conv_pool_flatten_graph_matches_nir_reference():
     rs = np.random.RandomState(0)
     g = _chain({"input": nir.Input(np.array([2, 9, 9])),
@@ -89,7 +58,7 @@ def test_hand_built_conv_pool_flatten_graph_matches_nir_reference():
     x = torch.rand(6, 3, 2, 9, 9, generator=torch.Generator().manual_seed(0)) * 2
     with torch.no_grad():
         mine = enir.load(g, timesteps=6).body(x)
-    ref = _reference(g, x)
+    ref = nir_simulate(g, x, DT)
     assert 0.05 < ref.mean() < 0.95  # spikes happen, and not everywhere
     assert torch.equal(mine.double(), ref)
 
@@ -180,7 +149,7 @@ def test_loaded_lif_on_a_4d_sequence_does_not_warn():
         warnings.simplefilter("error")
         with torch.no_grad():
             out = model.body(x)
-    assert torch.equal(out.double(), _reference(g, x))
+    assert torch.equal(out.double(), nir_simulate(g, x, DT))
 
 
 @pytest.mark.parametrize("name,shape", [("mlp", (12,)), ("convnet", (2, 6, 6))])

@@ -10,20 +10,11 @@ from edgesnn.functional import ATan, Sigmoid
 from edgesnn.nn import LIF, ParametricLIF, RevLIF
 from edgesnn.nn.neurons import ParametricLIF as ParametricLIFFromNeurons
 from conftest import rel_err
+from _errors import one_line_error
 
 pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import neuron as sjn  # noqa: E402
 from spikingjelly.activation_based import surrogate as sjs  # noqa: E402
-
-
-def _one_line_error(exc_type, fn, *needles: str) -> str:
-    with pytest.raises(exc_type) as info:
-        fn()
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, msg
-    return msg
 
 
 # ----------------------------------------------------------------------------- 1. ParametricLIF attributes
@@ -57,8 +48,8 @@ def test_parametric_lif_surrogate_assignment_maps_spikingjelly_instances():
 
 def test_parametric_lif_assignments_are_validated_like_the_constructor():
     p = ParametricLIF()
-    _one_line_error(TypeError, lambda: setattr(p, "decay_input", "no"), "decay_input")
-    _one_line_error(ValueError, lambda: setattr(p, "v_reset", 5.0), "v_reset", "below v_threshold")
+    one_line_error(TypeError, lambda: setattr(p, "decay_input", "no"), "decay_input")
+    one_line_error(ValueError, lambda: setattr(p, "v_reset", 5.0), "v_reset", "below v_threshold")
     assert p.decay_input is True and p.v_reset == 0.0  # unchanged after a refused assignment
     x = torch.full((4, 1, 1), 0.9)
     before = p(x).clone()
@@ -69,7 +60,7 @@ def test_parametric_lif_assignments_are_validated_like_the_constructor():
     assert p.v_threshold == 2.0 and p.state_dict().keys() == {"w"}
     p.tau = 4.0
     assert abs(p.tau - 4.0) < 1e-5 and abs(p.w.item() + torch.log(torch.tensor(3.0)).item()) < 1e-6
-    _one_line_error(ValueError, lambda: setattr(p, "tau", 1.0), "tau")
+    one_line_error(ValueError, lambda: setattr(p, "tau", 1.0), "tau")
 
 
 def test_parametric_lif_learnable_threshold_assignment_writes_the_parameter():
@@ -78,10 +69,10 @@ def test_parametric_lif_learnable_threshold_assignment_writes_the_parameter():
     assert isinstance(param, torch.nn.Parameter)
     p.v_threshold = 0.5
     assert p.v_threshold is param and param.item() == 0.5 and float(p.state_dict()["v_threshold"]) == 0.5
-    _one_line_error(TypeError, lambda: setattr(p, "v_threshold", torch.tensor(0.7)), "v_threshold", "number")
+    one_line_error(TypeError, lambda: setattr(p, "v_threshold", torch.tensor(0.7)), "v_threshold", "number")
     with torch.no_grad():
         param.fill_(0.25)  # as training moves it
-    _one_line_error(ValueError, lambda: setattr(p, "v_reset", 0.3), "v_reset", "v_threshold=0.25")
+    one_line_error(ValueError, lambda: setattr(p, "v_reset", 0.3), "v_reset", "v_threshold=0.25")
 
 
 # ----------------------------------------------------------------------------- 2. store_v_seq / v_seq
@@ -92,8 +83,8 @@ def test_store_v_seq_assignment_is_refused_like_the_constructor(cls):
     node = cls()
     assert node.v_seq is None and node.store_v_seq is False  # SpikingJelly's defaults
     node.store_v_seq = False
-    _one_line_error(ValueError, lambda: setattr(node, "store_v_seq", True), "store_v_seq", "stateful=True")
-    _one_line_error(TypeError, lambda: setattr(node, "store_v_seq", "yes"), "store_v_seq")
+    one_line_error(ValueError, lambda: setattr(node, "store_v_seq", True), "store_v_seq", "stateful=True")
+    one_line_error(TypeError, lambda: setattr(node, "store_v_seq", "yes"), "store_v_seq")
     assert node.store_v_seq is False and node.v_seq is None
 
 
@@ -140,28 +131,28 @@ def test_spikingjelly_surrogate_subclass_is_refused_with_guidance():
     class MySig(sjs.Sigmoid):
         pass
 
-    msg = _one_line_error(TypeError, lambda: LIF(surrogate_function=MySig()), "surrogate_function: MySig", "exact class",
+    msg = one_line_error(TypeError, lambda: LIF(surrogate_function=MySig()), "surrogate_function: MySig", "exact class",
                           "Sigmoid", "Surrogate")
     assert not msg.startswith("surrogate:")
-    _one_line_error(TypeError, lambda: RevLIF(surrogate=MySig()), "surrogate: MySig", "exact class")
-    _one_line_error(TypeError, lambda: ParametricLIF(surrogate_function=MySig()), "surrogate_function: MySig")
+    one_line_error(TypeError, lambda: RevLIF(surrogate=MySig()), "surrogate: MySig", "exact class")
+    one_line_error(TypeError, lambda: ParametricLIF(surrogate_function=MySig()), "surrogate_function: MySig")
     node = LIF()
-    _one_line_error(TypeError, lambda: setattr(node, "surrogate_function", MySig()), "surrogate_function: MySig")
+    one_line_error(TypeError, lambda: setattr(node, "surrogate_function", MySig()), "surrogate_function: MySig")
     assert node.surrogate_function == Sigmoid(4.0)
 
 
 def test_surrogate_errors_name_the_parameter_passed():
-    _one_line_error(TypeError, lambda: LIF(surrogate_function=42), "surrogate_function: expected a name")
-    _one_line_error(ValueError, lambda: LIF(surrogate_function="nope"), "surrogate_function: unknown name")
-    _one_line_error(TypeError, lambda: LIF(surrogate=sjs.PiecewiseLeakyReLU()), "surrogate: SpikingJelly's PiecewiseLeakyReLU")
+    one_line_error(TypeError, lambda: LIF(surrogate_function=42), "surrogate_function: expected a name")
+    one_line_error(ValueError, lambda: LIF(surrogate_function="nope"), "surrogate_function: unknown name")
+    one_line_error(TypeError, lambda: LIF(surrogate=sjs.PiecewiseLeakyReLU()), "surrogate: SpikingJelly's PiecewiseLeakyReLU")
 
 
 # ----------------------------------------------------------------------------- 6. RevLIF groups, single step
 
 
 def test_revlif_single_step_groups_error_describes_the_callers_input():
-    msg = _one_line_error(ValueError, lambda: RevLIF(step_mode="s")(torch.randn(3, 5)),
+    msg = one_line_error(ValueError, lambda: RevLIF(step_mode="s")(torch.randn(3, 5)),
                           "groups: 2 does not divide the channel count 5", "dim 1 of the single-step input", "(3, 5)")
     assert "(1, 3, 5)" not in msg and "x_seq" not in msg
-    msg = _one_line_error(ValueError, lambda: RevLIF(step_mode="s", groups=3)(torch.randn(2, 4, 6, 6)), "dim 1", "(2, 4, 6, 6)")
+    msg = one_line_error(ValueError, lambda: RevLIF(step_mode="s", groups=3)(torch.randn(2, 4, 6, 6)), "dim 1", "(2, 4, 6, 6)")
     assert "(1, 2, 4, 6, 6)" not in msg

@@ -10,19 +10,11 @@ from torch import nn
 
 from edgesnn.nn import LIF, SeqToANN
 
+from _errors import one_line_error
+
 pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional as sjf  # noqa: E402
 from spikingjelly.activation_based import layer as sjl  # noqa: E402
-
-
-def _one_line_error(exc_type, fn, *needles):
-    with pytest.raises(exc_type) as info:
-        fn()
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, msg
-    return msg
 
 
 def test_a_multistep_module_inside_is_refused_as_by_seq_to_ann_container():
@@ -30,9 +22,9 @@ def test_a_multistep_module_inside_is_refused_as_by_seq_to_ann_container():
     SpikingJelly's container refuses any module whose step_mode is not 's'."""
     with pytest.raises(ValueError):
         sjl.SeqToANNContainer(nn.Conv2d(3, 4, 3), LIF(step_mode="m"))
-    _one_line_error(ValueError, lambda: SeqToANN(nn.Conv2d(3, 4, 3), LIF(step_mode="m")), "argument 1", "LIF",
+    one_line_error(ValueError, lambda: SeqToANN(nn.Conv2d(3, 4, 3), LIF(step_mode="m")), "argument 1", "LIF",
                     "step_mode='m'", "step_mode='s'")
-    _one_line_error(ValueError, lambda: SeqToANN(nn.Sequential(nn.Linear(3, 3), sjl.Linear(3, 3, step_mode="m"))),
+    one_line_error(ValueError, lambda: SeqToANN(nn.Sequential(nn.Linear(3, 3), sjl.Linear(3, 3, step_mode="m"))),
                     "argument 0", "Linear (1)")
     SeqToANN(nn.Linear(3, 3), sjl.Linear(3, 3), LIF(step_mode="s"))  # single-step ones are accepted, as there
 
@@ -40,7 +32,7 @@ def test_a_multistep_module_inside_is_refused_as_by_seq_to_ann_container():
 def test_a_wrapped_module_switched_to_multistep_later_is_refused_at_the_call():
     seq = SeqToANN(nn.Linear(3, 3), sjl.Linear(3, 3))
     seq[1].step_mode = "m"
-    _one_line_error(ValueError, lambda: seq(torch.randn(2, 2, 3)), "the wrapped module", "step_mode='m'", "at this call")
+    one_line_error(ValueError, lambda: seq(torch.randn(2, 2, 3)), "the wrapped module", "step_mode='m'", "at this call")
 
 
 @pytest.mark.parametrize("mode", ["m", "s"])
@@ -83,7 +75,7 @@ def test_tuple_output_and_tuple_input_as_seq_to_ann_container():
     # (SpikingJelly takes a tuple input in functional.seq_to_ann_forward only: its container is an nn.Sequential)
     assert torch.equal(up, sjf.seq_to_ann_forward((ref_pooled, ref_idx), nn.MaxUnpool2d(2))) and up.shape == x.shape
     assert torch.equal(SeqToANN(nn.MaxUnpool2d(2), nn.ReLU())((pooled, idx)), up.relu())  # later modules take one
-    _one_line_error(ValueError, lambda: SeqToANN(nn.MaxUnpool2d(2))((pooled, idx[:2])), "share [T, B]")
+    one_line_error(ValueError, lambda: SeqToANN(nn.MaxUnpool2d(2))((pooled, idx[:2])), "share [T, B]")
 
 
 def test_loads_a_container_whose_single_module_is_a_sequential():
