@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from .functional.checks import check_int
 from .nn import LIF, RevLIF, SeqToANN
 
 __all__ = ["MODEL_NAMES", "SpikingClassifier", "build_model", "parse_neuron_spec", "spiking_layers", "make_neuron"]
@@ -109,19 +109,6 @@ def _neuron_list(neuron: NeuronArg, count: int) -> List[str]:
     return specs
 
 
-def _int_arg(value, what: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (Python or NumPy integers; not bool, float or str), else one line."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        v = None
-    if v is None or v < minimum:
-        raise ValueError(f"{what}: expected an integer >= {minimum}, got {value!r}")
-    return int(v)
-
-
 def _int_list(values, what: str) -> Tuple[int, ...]:
     """A non-empty sequence of integers >= 1 (layer widths, sample dims), else one line naming ``what``."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
@@ -130,7 +117,7 @@ def _int_list(values, what: str) -> Tuple[int, ...]:
     if not values:
         raise ValueError(f"{what}: expected at least one integer >= 1, got {list(values)}")
     try:
-        return tuple(_int_arg(v, what, 1) for v in values)
+        return tuple(check_int(v, what, 1) for v in values)
     except ValueError:
         raise ValueError(f"{what}: expected integers >= 1, got {list(values)}") from None
 
@@ -220,8 +207,8 @@ def build_model(
     in_shape = _int_list(in_shape, "in_shape")
     if name != "mlp" and len(in_shape) != 3:
         raise ValueError(f"in_shape: model {name!r} needs (C, H, W), got {in_shape}")
-    num_classes = _int_arg(num_classes, "num_classes", 2)
-    timesteps = _int_arg(timesteps, "timesteps", 1)
+    num_classes = check_int(num_classes, "num_classes", 2)
+    timesteps = check_int(timesteps, "timesteps", 1)
     if not isinstance(batchnorm, bool):
         raise ValueError(f"batchnorm: expected True or False, got {batchnorm!r}")
     if name == "mlp":

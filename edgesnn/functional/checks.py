@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Optional
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 __all__ = [
     "check_sequence", "check_state", "check_finite", "NonFiniteInputError", "NonFiniteGradientError",
-    "all_finite", "eager", "check_finite_input", "check_finite_grads", "is_real_number", "is_integer", "check_flag",
+    "all_finite", "eager", "check_finite_input", "check_finite_grads", "is_real_number", "is_integer", "check_int", "check_flag",
 ]
 
 #: Largest finite float32: node parameters beyond it would overflow in the float32 kernels.
@@ -32,6 +33,20 @@ def is_real_number(v) -> bool:
 def is_integer(v) -> bool:
     """A Python or NumPy integer, not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_int(value, name: str, minimum: int = 1, error: type = ValueError) -> int:
+    """``value`` as an ``int >= minimum``: a Python or NumPy integer (anything with ``__index__``),
+    not a bool, float or string; else ``error`` (one line naming ``name``)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or v < minimum:
+        raise error(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(v)
 
 
 def check_flag(v, name: str) -> bool:

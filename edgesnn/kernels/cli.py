@@ -48,10 +48,11 @@ def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = Tru
     Returns ``{"cache_dir", "threads", "cpu_seconds", "cuda_seconds"}``.
     """
     from ..errors import UsageError
+    from ..functional.checks import check_int
     from . import config
 
     if threads is not None:
-        threads = config._positive_int(threads, "--threads")
+        threads = check_int(threads, "--threads", error=UsageError)
     if cuda:  # before minutes of CPU compilation
         import torch
 

@@ -17,7 +17,6 @@ e.g. ones made in code, are kept: Numba's configuration is never reloaded here).
 
 from __future__ import annotations
 
-import operator
 import os
 import stat
 import sys
@@ -26,6 +25,7 @@ import warnings
 from typing import Hashable, Optional, Union
 
 from ..errors import UsageError
+from ..functional.checks import check_int
 from .fork_guard import forked_child_message, numba_threads_usable, register_fork_hooks
 
 __all__ = ["configure", "configure_cache", "cache_dir", "set_num_threads", "get_num_threads",
@@ -76,19 +76,6 @@ def _export_numba_setting(env_name: str, attr: str, value: str) -> None:
     seen = getattr(getattr(nb_config, "_env_reloader", None), "old_environ", None)
     if isinstance(seen, dict):
         seen[env_name] = value
-
-
-def _positive_int(value: object, name: str) -> int:
-    """``value`` as an ``int`` >= 1 (Python or NumPy integers, not bools), else a one-line error naming ``name``."""
-    if isinstance(value, bool):
-        raise UsageError(f"{name}: expected an integer >= 1, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise UsageError(f"{name}: expected an integer >= 1, got {value!r}") from None
-    if n < 1:
-        raise UsageError(f"{name}: expected an integer >= 1, got {value!r}")
-    return n
 
 
 def _check_numba_num_threads() -> None:
@@ -314,7 +301,7 @@ def set_num_threads(n: int) -> int:
     (``numba.set_num_threads`` is per thread: call this in each thread that runs kernels), PyTorch's
     to the whole process.
     """
-    n = _positive_int(n, "num_threads")
+    n = check_int(n, "num_threads", error=UsageError)
     configure_threading_layer()  # the fork guard is in place before Numba starts its threads
     numba = _import_numba()
     pool = int(numba.config.NUMBA_NUM_THREADS)
