@@ -32,6 +32,7 @@ each implementation) cost ~150 us per RevLIF training step, measurable against a
 # No ``from __future__ import annotations``: torch < 2.6 ``infer_schema`` reads the annotations of
 # the ops as objects and rejects them as strings ("Unsupported type annotation Tuple[Tensor, Tensor]").
 import contextlib
+import functools
 import logging
 import math
 from typing import Tuple
@@ -65,26 +66,20 @@ def _impl(backend: str):
     return mod
 
 
-#: At most this many parameter objects are kept by :func:`_params_once` (then it starts over).
-_PARAMS_KEPT = 64
-_params: dict = {}
-
-
 def _params_once(build, args: tuple):
     """``build(*args)``, built (and validated) once per distinct ``args`` and then reused.
 
     The ops receive a node's parameters as plain numbers; building and validating the dataclasses
     from them took ~10 us per call, two calls per training step (a tenth of a small layer's step).
-    Floats are keyed with their sign, so ``-0.0`` and ``0.0`` get their own objects. An invalid
+    Floats are keyed with their sign too, so ``-0.0`` and ``0.0`` get their own objects. An invalid
     tuple raises every time (nothing is stored)."""
-    key = (build,) + tuple((a, math.copysign(1.0, a)) if type(a) is float else a for a in args)
-    p = _params.get(key)
-    if p is None:
-        p = build(*args)
-        if len(_params) >= _PARAMS_KEPT:
-            _params.clear()
-        _params[key] = p
-    return p
+    return _built(build, tuple(math.copysign(1.0, a) if type(a) is float else None for a in args), args)
+
+
+@functools.lru_cache(maxsize=64)
+def _built(build, signs: tuple, args: tuple):
+    """:func:`_params_once`'s cache: ``signs`` keeps ``-0.0`` and ``0.0`` apart (they compare equal)."""
+    return build(*args)
 
 
 def _build_lif(tau, v_th, v_reset, hard, decay_input, detach, sg_kind, sg_alpha) -> LIFParams:
