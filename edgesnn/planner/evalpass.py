@@ -28,7 +28,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from ..nn import RevLIF
-from .memory_model import ChainModel, Cost, Layer, option_cost, resolved_backend
+from .memory_model import ChainModel, Cost, Layer, node_as, option_cost, resolved_backend
 
 __all__ = ["eval_option_cost", "eval_forward_peak", "eval_dynamic_peak", "eval_lines"]
 
@@ -60,7 +60,7 @@ def eval_option_cost(layer: Layer, option: str, dtype_bytes: int, T: int) -> Cos
     db = dtype_bytes
     mod = layer.module
     if kind == "revlif":
-        probe = mod if isinstance(mod, RevLIF) else RevLIF(backend=getattr(mod, "backend", "auto"))
+        probe = node_as(mod, RevLIF)
         backend = resolved_backend(probe, torch.float64 if db == 8 else torch.float32)
         exact = probe.params.mode == "exact"
         if backend in ("numba", "cuda"):

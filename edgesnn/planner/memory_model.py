@@ -133,6 +133,12 @@ def kernel_runtime_bytes(chain: "ChainModel") -> int:
     return NUMBA_RUNTIME_BYTES if any(resolved_backend(mod) == "numba" for mod in modules) else 0
 
 
+def node_as(mod, cls: type):
+    """``mod`` when it is a ``cls`` node, else a default ``cls`` on ``mod``'s backend: the node an
+    option that switches the layer to ``cls`` builds (what its costs and backend follow)."""
+    return mod if isinstance(mod, cls) else cls(backend=getattr(mod, "backend", "auto"))
+
+
 def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, bool, Cost, Cost, Cost]:
     """What a spiking layer saves under ``option`` (``"lif"``, ``"revlif"``, ``"revlif:G"``).
 
@@ -159,7 +165,7 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
     mod = layer.module
     dtype = torch.float32 if dtype_bytes == 4 else torch.float64
     if kind == "lif":
-        backend = resolved_backend(mod if isinstance(mod, LIF) else LIF(backend=getattr(mod, "backend", "auto")), dtype)
+        backend = resolved_backend(node_as(mod, LIF), dtype)
         if backend == "reference":
             factor = _reference_lif_factor(mod if isinstance(mod, LIF) else LIF(), dtype)
             return False, False, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=8 * n * dtype_bytes)
@@ -167,7 +173,7 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
             return True, False, Cost(sample=n * dtype_bytes), ZERO, ZERO
         return False, False, Cost(step=n * dtype_bytes), Cost(sample=9 * n * dtype_bytes), Cost(sample=8 * n * dtype_bytes)
     mode = mod.params.mode if isinstance(mod, RevLIF) else "exact"
-    backend = resolved_backend(mod if isinstance(mod, RevLIF) else RevLIF(backend=getattr(mod, "backend", "auto")), dtype)
+    backend = resolved_backend(node_as(mod, RevLIF), dtype)
     if backend == "reference":
         factor, si, so = _reference_revlif_factor(mod if isinstance(mod, RevLIF) else RevLIF(), dtype)
         return si, so, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=10 * n * dtype_bytes)
