@@ -47,6 +47,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from network_ratios import ratio_lines  # noqa: E402
 from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif", "opt", "opt_budget")
@@ -275,43 +276,6 @@ def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
     return {row: (statistics.median(times[row]), statistics.median(faults[row])) for row in rows}
 
 
-def _ratio_lines(results: list, rows, Ts) -> tuple:
-    """The ratios printed after the table (and stored in ``results``): each row's peak against
-    SpikingJelly memopt at the same T, when that row ran; each row's peak growth from the smallest
-    to the largest T, when several ran. Returns ``(lines, growth)``."""
-    lines, growth = [], {}
-    ok = {(r["row"], r["T"]): r for r in results if "error" not in r}
-    memopt = {T: ok[("sj_memopt", T)] for T in Ts if ("sj_memopt", T) in ok}
-    if memopt:
-        lines.append(f"peak vs {LABELS['sj_memopt']} at the same T:")
-        for row in rows:
-            if row in ("sj_bptt", "sj_memopt"):
-                continue
-            cells = []
-            for T in Ts:
-                r = ok.get((row, T))
-                if r is not None and T in memopt and r["peak_bytes"] > 0:
-                    r["peak_x_less_than_sj_memopt"] = memopt[T]["peak_bytes"] / r["peak_bytes"]
-                    cells.append(f"T={T} {r['peak_x_less_than_sj_memopt']:.1f}x less")
-            if cells:
-                lines.append(f"  {LABELS[row]}: " + ", ".join(cells))
-    if len(Ts) >= 2:
-        lo, hi = Ts[0], Ts[-1]
-        head = f"peak growth from T={lo} to T={hi} ({hi / lo:.1f}x the steps):"
-        for row in rows:
-            a, b = ok.get((row, lo)), ok.get((row, hi))
-            if a is None or b is None or a["peak_bytes"] <= 0:
-                continue
-            growth[row] = {"from_T": lo, "to_T": hi, "from_bytes": a["peak_bytes"], "to_bytes": b["peak_bytes"],
-                           "x": b["peak_bytes"] / a["peak_bytes"]}
-            if head:
-                lines.append(head)
-                head = None
-            lines.append(f"  {LABELS[row]}: {a['peak_bytes'] / 2**20:.0f} -> {b['peak_bytes'] / 2**20:.0f} MiB, "
-                         f"{growth[row]['x']:.1f}x")
-    return lines, growth
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[8, 32, 64],
@@ -441,7 +405,7 @@ def main(argv=None) -> int:
             pred = f", pred. {r['predicted_peak_bytes'] / 2**20:.0f}" if "predicted_peak_bytes" in r else ""
             cells += [f"{r['peak_bytes'] / 2**20:.0f} MiB{ratio}{pred}", f"{step:.2f} s{tr}"]
         print(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
-    lines, growth = _ratio_lines(results, a.rows, sorted(set(Ts)))
+    lines, growth = ratio_lines(results, a.rows, sorted(set(Ts)), LABELS)
     if lines:
         print()
         for line in lines:
