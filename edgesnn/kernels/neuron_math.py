@@ -37,6 +37,7 @@ __all__ = [
     "exp32",
     "surrogate_grad",
     "step_vjp",
+    "step_vjp_from_grad",
     "mul",
     "rint_grid",
     "floor_grid",
@@ -242,8 +243,15 @@ def surrogate_grad(u, kind, a, b):
 
 def step_vjp(h, grad_s, grad_u, v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b):
     """VJP of one LIF step ``(x, v) -> (s, u)`` from ``h`` alone: ``(grad_x, grad_v)``."""
+    g = surrogate_grad(h - v_th, kind, a, b)
+    return step_vjp_from_grad(h, g, grad_s, grad_u, v_th, v_reset, hard, detach, in_gain, state_decay)
+
+
+def step_vjp_from_grad(h, g, grad_s, grad_u, v_th, v_reset, hard, detach, in_gain, state_decay):
+    """:func:`step_vjp` with the surrogate derivative ``g = surrogate_grad(h - v_th, ...)`` given
+    (a kernel can then compute ``g`` for a whole row first: its ``exp`` and division are a long
+    chain of dependent operations, which out-of-order cores overlap better in a loop of its own)."""
     u = h - v_th
-    g = surrogate_grad(u, kind, a, b)
     s = ONE if u >= ZERO else ZERO
     if hard:
         du_dh = ONE - s
@@ -311,7 +319,7 @@ def unhalve(half, bit):
 
 
 #: Compile order: every function after the ones it calls.
-_ORDER = ("mul", "charge", "fire", "reset", "rint_grid", "floor_grid", "exp32", "surrogate_grad", "step_vjp", "to_grid", "quantize_input", "halve", "unhalve")
+_ORDER = ("mul", "charge", "fire", "reset", "rint_grid", "floor_grid", "exp32", "surrogate_grad", "step_vjp_from_grad", "step_vjp", "to_grid", "quantize_input", "halve", "unhalve")
 
 
 def compile_all(jit, overrides=None):

@@ -8,7 +8,9 @@ small per-unit scratch rows allocated once per unit, L1-resident). One loop over
 not vectorize (too many possible aliases for LLVM's runtime checks); the phases do, and the packed
 bits are gathered as exact float sums (``bit * 2**k``) and converted to ``uint8`` once per byte.
 Each step first asks for the next step's rows (:mod:`edgesnn.kernels.numba_prefetch`: they lie in
-other pages, where the hardware prefetchers start cold).
+other pages, where the hardware prefetchers start cold). The rows of the big tensors are borrowed
+views (:func:`edgesnn.kernels.numba_rows.row`), not slices: a slice is an atomic increment and
+decrement of the parent's shared reference count, ~10 per group and step in every unit.
 
 The arithmetic is the same sequence of float32 operations as the single loop (and as the PyTorch
 reference): forward outputs are bit-identical.
@@ -35,9 +37,10 @@ from ..functional.revlif_autograd import RevLIFKernels  # noqa: E402
 from . import neuron_math as nm  # noqa: E402
 from . import buffers as _buffers  # noqa: E402
 from .numba_prefetch import SHORT_ROW_BYTES, prefetch_row_read, prefetch_row_write  # noqa: E402
-from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp, to_grid, unhalve  # noqa: E402
+from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp_from_grad, surrogate_grad, to_grid, unhalve  # noqa: E402
+from .numba_rows import row  # noqa: E402
 
-__all__ = ["revlif_forward", "revlif_backward", "revlif_block_size", "NUMBA_KERNELS"]
+__all__ = ["revlif_forward", "revlif_backward", "revlif_block_size", "revlif_backward_block_size", "NUMBA_KERNELS"]
 
 #: Neurons per parallel unit on long sequences (see :func:`revlif_block_size`).
 LONG_SEQUENCE_BLOCK = 256
@@ -61,6 +64,21 @@ def revlif_block_size(M: int, T: int) -> int:
     (at T = 8 the small units were 11% slower forward).
     """
     return LONG_SEQUENCE_BLOCK if T >= LONG_SEQUENCE_STEPS else block_size(M)
+
+
+#: Largest backward unit (neurons). The backward keeps seven scratch rows per unit (``h``, the
+#: surrogate derivative, the kept bits, the gradients handed between groups, ...) that each of its
+#: loops streams through; 4096 neurons keep them within a 1-2 MiB L2 (16 KiB each). With the
+#: 16384-neuron units of :func:`~edgesnn.kernels.numba_cpu.block_size` the backward on
+#: ``[4, 1, 1e6]`` was 4-8% slower than with 4096, forward unchanged (kernels alone, 2 threads,
+#: AMD EPYC VM).
+BACKWARD_BLOCK_CAP = 4096
+
+
+def revlif_backward_block_size(M: int, T: int) -> int:
+    """Neurons per parallel unit of the RevLIF backward: :func:`revlif_block_size`, at most
+    :data:`BACKWARD_BLOCK_CAP`."""
+    return min(revlif_block_size(M, T), BACKWARD_BLOCK_CAP)
 
 
 @intrinsic
@@ -113,20 +131,20 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_
             pw = np.float32(1 << sh)
             if pf and t + 1 < T:  # the next step's rows are in another page: ask for them now
                 for i in range(G):
-                    prefetch_row_read(x[t + 1, b, i, m0:m1])
-                    prefetch_row_write(y[t + 1, b, i, m0:m1])
+                    prefetch_row_read(row(x, (t + 1, b, i), m0, m1))
+                    prefetch_row_write(row(y, (t + 1, b, i), m0, m1))
             for i in range(G):
-                xi = x[t, b, i, m0:m1]
-                vi = vT[b, i, m0:m1]
-                yi = y[t, b, i, m0:m1]
+                xi = row(x, (t, b, i), m0, m1)
+                vi = row(vT, (b, i), m0, m1)
+                yi = row(y, (t, b, i), m0, m1)
                 if i == 0:
-                    asrc = x[t, b, G - 1, m0:m1]
-                    wsrc = vT[b, G - 1, m0:m1]
+                    asrc = row(x, (t, b, G - 1), m0, m1)
+                    wsrc = row(vT, (b, G - 1), m0, m1)
                 else:
-                    asrc = y[t, b, i - 1, m0:m1]
-                    wsrc = vT[b, i - 1, m0:m1]
+                    asrc = row(y, (t, b, i - 1), m0, m1)
+                    wsrc = row(vT, (b, i - 1), m0, m1)
                 if exact:
-                    ai = acc[i]
+                    ai = row(acc, (i,), 0, n)
                     if i == 0:  # group 1's source is the (quantized) input of group n, kept in Q
                         for j in range(n):
                             xa = asrc[j]
@@ -156,12 +174,12 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_
                             F[j] = F[j] + (xv - xv)
                             yi[j] = alpha * quantize_input(xv) + S[j]
                     if sh == 7 or t == T - 1:
-                        bi_ = bits[tb, b, i, m0:m1]
+                        bi_ = row(bits, (tb, b, i), m0, m1)
                         for j in range(n):
                             bi_[j] = np.uint8(ai[j])
                             ai[j] = _F0
                 else:
-                    ci = counts[b, i, m0:m1]
+                    ci = row(counts, (b, i), m0, m1)
                     for j in range(n):
                         hh = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
                         ss = fire(hh, v_th)
@@ -209,6 +227,7 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
         U = np.empty(n, np.float32)  # reset term (float mode)
         BF = np.empty(n, np.float32)  # kept bit (exact) as 0./1.
         GY = np.empty(n, np.float32)  # grad of the source
+        SG = np.empty(n, np.float32)  # surrogate derivative at h
         GV = np.empty(n, np.float32)  # grad of the source state (added to its row after the loop)
         F = np.zeros(n, np.float32)  # finite check of the final gradients
         pf = 4 * n <= SHORT_ROW_BYTES  # short rows: prefetch the previous step's (numba_prefetch)
@@ -217,34 +236,35 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
             sh = t & 7
             if pf and t > 0:  # the previous step's rows (another page each): ask for them now
                 for i in range(G):
-                    prefetch_row_read(y[t - 1, b, i, m0:m1])
-                    prefetch_row_write(gx[t - 1, b, i, m0:m1])
+                    prefetch_row_read(row(y, (t - 1, b, i), m0, m1))
+                    prefetch_row_write(row(gx, (t - 1, b, i), m0, m1))
                     if not bcast:
-                        prefetch_row_read(gy[t - 1, b, i, m0:m1])
+                        prefetch_row_read(row(gy, (t - 1, b, i), m0, m1))
             for i in range(G - 1, -1, -1):
-                yi = y[t, b, i, m0:m1]
-                vi = v0r[b, i, m0:m1]
-                gyi = gy[0 if bcast else t, b, i, m0:m1]
-                gxi = gx[t, b, i, m0:m1]
-                gvi = gv0[b, i, m0:m1]
+                yi = row(y, (t, b, i), m0, m1)
+                vi = row(v0r, (b, i), m0, m1)
+                gyi = row(gy, (0 if bcast else t, b, i), m0, m1)
+                gxi = row(gx, (t, b, i), m0, m1)
+                gvi = row(gv0, (b, i), m0, m1)
                 if i > 0:
-                    asrc = y[t, b, i - 1, m0:m1]
-                    wsrc = v0r[b, i - 1, m0:m1]
-                    gx_prev = gx[t, b, i - 1, m0:m1]
-                    gv_prev = gv0[b, i - 1, m0:m1]
+                    asrc = row(y, (t, b, i - 1), m0, m1)
+                    wsrc = row(v0r, (b, i - 1), m0, m1)
+                    gx_prev = row(gx, (t, b, i - 1), m0, m1)
+                    gv_prev = row(gv0, (b, i - 1), m0, m1)
                 else:
                     asrc = xl
-                    wsrc = v0r[b, G - 1, m0:m1]
-                    gx_prev = gx[t, b, G - 1, m0:m1]
-                    gv_prev = gv0[b, G - 1, m0:m1]
+                    wsrc = row(v0r, (b, G - 1), m0, m1)
+                    gx_prev = row(gx, (t, b, G - 1), m0, m1)
+                    gv_prev = row(gv0, (b, G - 1), m0, m1)
                 # 1. recompute h from the source, invert the own state (and, for group n, the input)
                 if exact:
-                    bi_ = bits[tb, b, i, m0:m1]
+                    bi_ = row(bits, (tb, b, i), m0, m1)
                     for j in range(n):
                         BF[j] = _bit_f32(bi_[j], sh)
+                    for j in range(n):  # h first, in its own loop (see the VJP below)
+                        H[j] = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
                     for j in range(n):
-                        hh = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
-                        H[j] = hh
+                        hh = H[j]
                         uq = to_grid(gamma * reset(hh, fire(hh, v_th), v_th, v_reset, hard))
                         vi[j] = unhalve(vi[j] - uq, BF[j])
                     if i == G - 1:  # alpha = 2^-k: dividing is multiplying by the exact 2^k
@@ -258,21 +278,27 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
                     if i == G - 1:
                         for j in range(n):
                             xl[j] = (yi[j] - fire(H[j], v_th)) / alpha
-                    ci = counts[b, i, m0:m1]
+                    ci = row(counts, (b, i), m0, m1)
                     for j in range(n):
                         yv = yi[j]
                         xv = (yv - fire(H[j], v_th)) / alpha
                         ci[j] += 1 if yv - mul(alpha, xv) >= _HALF else 0
                     for j in range(n):
                         vi[j] = (vi[j] - U[j]) / beta
-                # 3. VJP: grad_y (+ what group i + 1 sent back), then the LIF step
+                # 3. VJP: the surrogate derivative first, in a loop of its own (its exp and division
+                # are one long dependent chain per element: alone in a loop, the core overlaps more
+                # elements' chains; the backward ran 6-9% faster), then grad_y (+ what group i + 1
+                # sent back) and the LIF step
+                for j in range(n):
+                    SG[j] = surrogate_grad(H[j] - v_th, kind, ka, kb)
                 if i == G - 1:
                     for j in range(n):
                         gyv = gyi[j]
                         gvv = gvi[j]
                         gxi[j] = alpha * gyv
                         gvi[j] = beta * gvv
-                        ga, gw = step_vjp(H[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay, kind, ka, kb)
+                        ga, gw = step_vjp_from_grad(H[j], SG[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain,
+                                                    state_decay)
                         GY[j] = ga
                         GV[j] = gw
                 else:  # group i < n - 1: its grad_x is final here
@@ -283,7 +309,8 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
                         gxi[j] = gxv
                         F[j] = F[j] + (gxv - gxv)
                         gvi[j] = beta * gvv
-                        ga, gw = step_vjp(H[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay, kind, ka, kb)
+                        ga, gw = step_vjp_from_grad(H[j], SG[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain,
+                                                    state_decay)
                         GY[j] = ga
                         GV[j] = gw
                 for j in range(n):
@@ -298,7 +325,7 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
                         F[j] = F[j] + (r - r)
         tot = _F0
         for i in range(G):
-            gvr = gv0[b, i, m0:m1]
+            gvr = row(gv0, (b, i), m0, m1)
             for j in range(n):
                 tot += F[j] + (gvr[j] - gvr[j])
         nf[unit] = tot
@@ -344,7 +371,7 @@ def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams, *, finite: 
     gv0 = torch.empty_like(v_T)
     v0r = torch.empty_like(v_T)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    blk = revlif_block_size(M, T)
+    blk = revlif_backward_block_size(M, T)
     nf = np.zeros(max(1, B * (-(-M // blk))), np.float32)
     _revlif_bwd(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r), _np(counts), nf,
                 *nm.charge_args(lif), bool(lif.detach_reset), *nm.mix_args(p), *nm.vjp_args(lif), blk)
