@@ -153,28 +153,30 @@ def test_revlif_numba_several_blocks_and_partial_last_block(sum_loss, T, M):
     _rel_close(ng, rg)
 
 
-def test_revlif_numba_backward_units_smaller_than_forward_units():
-    """A long row on a short sequence: the forward's units (the LIF blocks) are larger than the
-    backward's cap, so the two kernels split ``M`` differently (the last backward unit partial);
-    outputs still bit for bit, gradients as the reference's, in both modes."""
-    from edgesnn.kernels.numba_revlif import BACKWARD_BLOCK_CAP, revlif_backward_block_size, revlif_block_size
+@pytest.mark.parametrize("mode", ["exact", "float"])
+def test_revlif_numba_large_units_compute_the_surrogate_inline(mode):
+    """A long row on a short sequence: units of several thousand neurons, above the size up to
+    which the backward computes the surrogate derivative in a loop of its own, so the other VJP
+    loops run (the last unit partial); outputs bit for bit, gradients as the reference's."""
+    from edgesnn.kernels.numba_revlif import SPLIT_SURROGATE_UNITS, revlif_block_size
 
-    T, M = 3, 4 * get_num_threads()["numba"] * (BACKWARD_BLOCK_CAP + 1000) + 1000  # forward units ~5000 (block_size)
-    assert revlif_backward_block_size(M, T) == BACKWARD_BLOCK_CAP < revlif_block_size(M, T)
+    T = 3
+    M = 4 * get_num_threads()["numba"] * (SPLIT_SURROGATE_UNITS + 1000) + 1000  # units ~2000 (block_size)
+    blk = revlif_block_size(M, T)
+    assert blk > SPLIT_SURROGATE_UNITS and M % blk
     g = torch.Generator().manual_seed(11)
     x = torch.randn(T, 1, 2 * M, generator=g) * 1.5 + 0.5
-    for mode in ("exact", "float"):
-        p = RevLIFParams(groups=2, mode=mode)
-        outs = []
-        for backend in ("reference", "numba"):
-            xr = x.clone().requires_grad_()
-            y, vT = dispatch.revlif_multistep(xr, p, None, backend)
-            (y * _weights(y, 3)).sum().backward()
-            outs.append((y.detach(), vT.detach(), xr.grad))
-        (ry, rv, rg), (ny, nv, ng) = outs
-        if mode == "exact":
-            assert torch.equal(ny, ry) and torch.equal(nv, rv)
-        _rel_close(ng, rg)
+    p = RevLIFParams(groups=2, mode=mode)
+    outs = []
+    for backend in ("reference", "numba"):
+        xr = x.clone().requires_grad_()
+        y, vT = dispatch.revlif_multistep(xr, p, None, backend)
+        (y * _weights(y, 3)).sum().backward()
+        outs.append((y.detach(), vT.detach(), xr.grad))
+    (ry, rv, rg), (ny, nv, ng) = outs
+    if mode == "exact":
+        assert torch.equal(ny, ry) and torch.equal(nv, rv)
+    _rel_close(ng, rg)
 
 
 def test_prefetch_helpers_emit_prefetches_and_change_nothing():

@@ -286,8 +286,7 @@ def bench_bandwidth(sizes, Ts, reps: int):
             gy, gvT, gxg = np.ones_like(xg), np.zeros_like(v0g), np.empty_like(xg)
             gv0g, v0r = np.empty_like(v0g), np.empty_like(v0g)
             rblk = R.revlif_block_size(N // 2, T)
-            rbblk = R.revlif_backward_block_size(N // 2, T)
-            rnf = np.zeros(max(1, -(-(N // 2) // min(rblk, rbblk))), np.float32)
+            rnf = np.zeros(max(1, -(-(N // 2) // rblk)), np.float32)
             lif_args = (f(lf.tau), f(lf.v_threshold), f(lf.charge_reset), bool(lf.hard_reset), bool(lf.decay_input))
 
             def rfwd():
@@ -295,7 +294,7 @@ def bench_bandwidth(sizes, Ts, reps: int):
 
             def rbwd():
                 R._revlif_bwd(y, vTg, bits, gy, gvT, gxg, gv0g, v0r, cnt, rnf, *lif_args, bool(lf.detach_reset), True,
-                              f(rp.alpha), f(rp.beta), f(rp.gamma), f(lf.input_gain), f(lf.state_decay), kind, a, b, rbblk)
+                              f(rp.alpha), f(rp.beta), f(rp.gamma), f(lf.input_gain), f(lf.state_decay), kind, a, b, rblk)
 
             rfwd()
             t_rf = _timeit(rfwd, reps)

@@ -8,9 +8,11 @@ small per-unit scratch rows allocated once per unit, L1-resident). One loop over
 not vectorize (too many possible aliases for LLVM's runtime checks); the phases do, and the packed
 bits are gathered as exact float sums (``bit * 2**k``) and converted to ``uint8`` once per byte.
 Each step first asks for the next step's rows (:mod:`edgesnn.kernels.numba_prefetch`: they lie in
-other pages, where the hardware prefetchers start cold). The rows of the big tensors are borrowed
+other pages, where the hardware prefetchers start cold). The rows the loops work on are borrowed
 views (:func:`edgesnn.kernels.numba_rows.row`), not slices: a slice is an atomic increment and
-decrement of the parent's shared reference count, ~10 per group and step in every unit.
+decrement of the parent's shared reference count, ~10 per group and step in every unit. The
+prefetch requests keep ordinary slices: through borrowed rows LLVM dropped the write prefetches
+from the backward and it ran 25% slower from memory (``[64, 1, 1e6]``, kernels alone).
 
 The arithmetic is the same sequence of float32 operations as the single loop (and as the PyTorch
 reference): forward outputs are bit-identical.
@@ -40,12 +42,15 @@ from .numba_prefetch import SHORT_ROW_BYTES, prefetch_row_read, prefetch_row_wri
 from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp_from_grad, surrogate_grad, to_grid, unhalve  # noqa: E402
 from .numba_rows import row  # noqa: E402
 
-__all__ = ["revlif_forward", "revlif_backward", "revlif_block_size", "revlif_backward_block_size", "NUMBA_KERNELS"]
+__all__ = ["revlif_forward", "revlif_backward", "revlif_block_size", "NUMBA_KERNELS"]
 
 #: Neurons per parallel unit on long sequences (see :func:`revlif_block_size`).
 LONG_SEQUENCE_BLOCK = 256
 #: Sequences at least this long use :data:`LONG_SEQUENCE_BLOCK`.
 LONG_SEQUENCE_STEPS = 32
+#: Backward units of at most this many neurons compute the surrogate derivative in a loop of its own
+#: (see ``_vjp_rows``).
+SPLIT_SURROGATE_UNITS = 1024
 
 
 def revlif_block_size(M: int, T: int) -> int:
@@ -64,21 +69,6 @@ def revlif_block_size(M: int, T: int) -> int:
     (at T = 8 the small units were 11% slower forward).
     """
     return LONG_SEQUENCE_BLOCK if T >= LONG_SEQUENCE_STEPS else block_size(M)
-
-
-#: Largest backward unit (neurons). The backward keeps seven scratch rows per unit (``h``, the
-#: surrogate derivative, the kept bits, the gradients handed between groups, ...) that each of its
-#: loops streams through; 4096 neurons keep them within a 1-2 MiB L2 (16 KiB each). With the
-#: 16384-neuron units of :func:`~edgesnn.kernels.numba_cpu.block_size` the backward on
-#: ``[4, 1, 1e6]`` was 4-8% slower than with 4096, forward unchanged (kernels alone, 2 threads,
-#: AMD EPYC VM).
-BACKWARD_BLOCK_CAP = 4096
-
-
-def revlif_backward_block_size(M: int, T: int) -> int:
-    """Neurons per parallel unit of the RevLIF backward: :func:`revlif_block_size`, at most
-    :data:`BACKWARD_BLOCK_CAP`."""
-    return min(revlif_block_size(M, T), BACKWARD_BLOCK_CAP)
 
 
 @intrinsic
@@ -131,8 +121,8 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_
             pw = np.float32(1 << sh)
             if pf and t + 1 < T:  # the next step's rows are in another page: ask for them now
                 for i in range(G):
-                    prefetch_row_read(row(x, (t + 1, b, i), m0, m1))
-                    prefetch_row_write(row(y, (t + 1, b, i), m0, m1))
+                    prefetch_row_read(x[t + 1, b, i, m0:m1])
+                    prefetch_row_write(y[t + 1, b, i, m0:m1])
             for i in range(G):
                 xi = row(x, (t, b, i), m0, m1)
                 vi = row(vT, (b, i), m0, m1)
@@ -200,6 +190,45 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_
         nf[unit] = tot
 
 
+@njit(inline="always", error_model="numpy")
+def _vjp_rows(n, last, gyi, gxi, gvi, H, SG, GY, GV, F, alpha, beta, gamma, v_th, v_reset, hard, detach, in_gain,
+              state_decay, kind, ka, kb, split):
+    """The backward's VJP phase for one group's rows: ``grad_y`` (plus, for all but the ``last``
+    group, what the next group sent back in ``gxi``), then the LIF step's VJP into ``GY``, ``GV``.
+
+    ``split`` (a constant at each call, so each call compiles to its own loops): the surrogate
+    derivative first, for the whole row, in a loop of its own (``SG``). Its ``exp`` and division
+    are one long dependent chain per element; alone in a loop the core overlaps more elements'
+    chains. On units of up to :data:`SPLIT_SURROGATE_UNITS` neurons the backward ran 6-10%
+    faster; on the 4096-16384-neuron units of short sequences, where the extra row no longer
+    stays in L1, 3-7% slower (kernels alone, 2 threads, AMD EPYC VM)."""
+    if split:
+        for j in range(n):
+            SG[j] = surrogate_grad(H[j] - v_th, kind, ka, kb)
+    if last:
+        for j in range(n):
+            gyv = gyi[j]
+            gvv = gvi[j]
+            gxi[j] = alpha * gyv
+            gvi[j] = beta * gvv
+            g = SG[j] if split else surrogate_grad(H[j] - v_th, kind, ka, kb)
+            ga, gw = step_vjp_from_grad(H[j], g, gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay)
+            GY[j] = ga
+            GV[j] = gw
+    else:  # its grad_x is final here
+        for j in range(n):
+            gyv = gyi[j] + gxi[j]
+            gvv = gvi[j]
+            gxv = alpha * gyv
+            gxi[j] = gxv
+            F[j] = F[j] + (gxv - gxv)
+            gvi[j] = beta * gvv
+            g = SG[j] if split else surrogate_grad(H[j] - v_th, kind, ka, kb)
+            ga, gw = step_vjp_from_grad(H[j], g, gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain, state_decay)
+            GY[j] = ga
+            GV[j] = gw
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_reset, hard, decay_input, detach, exact,
                 alpha, beta, gamma, in_gain, state_decay, kind, ka, kb, blk):
@@ -227,7 +256,8 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
         U = np.empty(n, np.float32)  # reset term (float mode)
         BF = np.empty(n, np.float32)  # kept bit (exact) as 0./1.
         GY = np.empty(n, np.float32)  # grad of the source
-        SG = np.empty(n, np.float32)  # surrogate derivative at h
+        split = n <= SPLIT_SURROGATE_UNITS  # see _vjp_rows
+        SG = np.empty(n if split else 1, np.float32)  # surrogate derivative at h
         GV = np.empty(n, np.float32)  # grad of the source state (added to its row after the loop)
         F = np.zeros(n, np.float32)  # finite check of the final gradients
         pf = 4 * n <= SHORT_ROW_BYTES  # short rows: prefetch the previous step's (numba_prefetch)
@@ -236,10 +266,10 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
             sh = t & 7
             if pf and t > 0:  # the previous step's rows (another page each): ask for them now
                 for i in range(G):
-                    prefetch_row_read(row(y, (t - 1, b, i), m0, m1))
-                    prefetch_row_write(row(gx, (t - 1, b, i), m0, m1))
+                    prefetch_row_read(y[t - 1, b, i, m0:m1])
+                    prefetch_row_write(gx[t - 1, b, i, m0:m1])
                     if not bcast:
-                        prefetch_row_read(row(gy, (t - 1, b, i), m0, m1))
+                        prefetch_row_read(gy[t - 1, b, i, m0:m1])
             for i in range(G - 1, -1, -1):
                 yi = row(y, (t, b, i), m0, m1)
                 vi = row(v0r, (b, i), m0, m1)
@@ -261,10 +291,9 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
                     bi_ = row(bits, (tb, b, i), m0, m1)
                     for j in range(n):
                         BF[j] = _bit_f32(bi_[j], sh)
-                    for j in range(n):  # h first, in its own loop (see the VJP below)
-                        H[j] = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
                     for j in range(n):
-                        hh = H[j]
+                        hh = charge(asrc[j], wsrc[j], tau, v_reset, decay_input)
+                        H[j] = hh
                         uq = to_grid(gamma * reset(hh, fire(hh, v_th), v_th, v_reset, hard))
                         vi[j] = unhalve(vi[j] - uq, BF[j])
                     if i == G - 1:  # alpha = 2^-k: dividing is multiplying by the exact 2^k
@@ -285,34 +314,13 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
                         ci[j] += 1 if yv - mul(alpha, xv) >= _HALF else 0
                     for j in range(n):
                         vi[j] = (vi[j] - U[j]) / beta
-                # 3. VJP: the surrogate derivative first, in a loop of its own (its exp and division
-                # are one long dependent chain per element: alone in a loop, the core overlaps more
-                # elements' chains; the backward ran 6-9% faster), then grad_y (+ what group i + 1
-                # sent back) and the LIF step
-                for j in range(n):
-                    SG[j] = surrogate_grad(H[j] - v_th, kind, ka, kb)
-                if i == G - 1:
-                    for j in range(n):
-                        gyv = gyi[j]
-                        gvv = gvi[j]
-                        gxi[j] = alpha * gyv
-                        gvi[j] = beta * gvv
-                        ga, gw = step_vjp_from_grad(H[j], SG[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain,
-                                                    state_decay)
-                        GY[j] = ga
-                        GV[j] = gw
-                else:  # group i < n - 1: its grad_x is final here
-                    for j in range(n):
-                        gyv = gyi[j] + gxi[j]
-                        gvv = gvi[j]
-                        gxv = alpha * gyv
-                        gxi[j] = gxv
-                        F[j] = F[j] + (gxv - gxv)
-                        gvi[j] = beta * gvv
-                        ga, gw = step_vjp_from_grad(H[j], SG[j], gyv, gamma * gvv, v_th, v_reset, hard, detach, in_gain,
-                                                    state_decay)
-                        GY[j] = ga
-                        GV[j] = gw
+                # 3. VJP: grad_y (+ what group i + 1 sent back), then the LIF step
+                if split:
+                    _vjp_rows(n, i == G - 1, gyi, gxi, gvi, H, SG, GY, GV, F, alpha, beta, gamma, v_th, v_reset, hard,
+                              detach, in_gain, state_decay, kind, ka, kb, True)
+                else:
+                    _vjp_rows(n, i == G - 1, gyi, gxi, gvi, H, SG, GY, GV, F, alpha, beta, gamma, v_th, v_reset, hard,
+                              detach, in_gain, state_decay, kind, ka, kb, False)
                 for j in range(n):
                     gv_prev[j] = gv_prev[j] + GV[j]
                 if i > 0:
@@ -371,7 +379,7 @@ def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams, *, finite: 
     gv0 = torch.empty_like(v_T)
     v0r = torch.empty_like(v_T)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
-    blk = revlif_backward_block_size(M, T)
+    blk = revlif_block_size(M, T)
     nf = np.zeros(max(1, B * (-(-M // blk))), np.float32)
     _revlif_bwd(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r), _np(counts), nf,
                 *nm.charge_args(lif), bool(lif.detach_reset), *nm.mix_args(p), *nm.vjp_args(lif), blk)
