@@ -8,6 +8,8 @@ device runner uses it.
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import os
 import shutil
 import tempfile
@@ -41,6 +43,22 @@ def _umask() -> int:
     return mask
 
 
+#: bytes of a target's name kept in its temp files' names (``.NAME.XXXXXXXX.tmp.old`` must fit NAME_MAX, 255)
+_STEM_BYTES = 200
+
+
+def _stem(name: str) -> str:
+    """``name`` as its temp files' names hold it: as is when short, else cut (at a character) and
+    followed by ``~`` and a hash of the whole name, so a long name still gets a temp file beside it."""
+    raw = os.fsencode(name)
+    if len(raw) <= _STEM_BYTES:
+        return name
+    cut = name
+    while len(os.fsencode(cut)) > _STEM_BYTES - 9:
+        cut = cut[:-1]
+    return f"{cut}~{hashlib.sha1(raw).hexdigest()[:8]}"
+
+
 def _real(path: Path) -> Path:
     """``path`` with every symlink resolved (a dangling link gives the path it points at)."""
     return Path(os.path.realpath(path))
@@ -70,7 +88,8 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     write (disk full, file size limit, I/O error: an ``OSError``, or the ``RuntimeError``
     ``torch.save`` raises for a short write) becomes one :class:`WriteError` line. A process
     killed outright (SIGKILL, power loss) still leaves the old file or the new one, never a
-    truncated mix, but may leave its hidden temp file ``.NAME.*.tmp`` beside the target.
+    truncated mix, but may leave its hidden temp file ``.NAME.*.tmp`` beside the target (a NAME
+    over 200 bytes is cut there and followed by ``~`` and a hash of it).
 
     A symlinked ``path`` is written through (its final target is replaced; the link stays). The
     new file keeps an existing file's permission bits; a fresh one gets ``0666 & ~umask``.
@@ -83,7 +102,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         perms = 0o666 & ~_umask()
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent)
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {_ERRNO_WORDS.get(exc.errno or 0) or exc.strerror or first_line(exc)}",
                          exc.errno) from None
@@ -115,6 +134,17 @@ def _check_writable(folder: Path, path: Path, flag: str) -> None:
     os.remove(probe)
 
 
+def _check_name_length(folder: Path, real: Path, flag: str) -> None:
+    """Refuse a file name longer than ``folder``'s file system takes (the write would fail only at the end)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):  # pragma: no cover - no such query here
+        limit = 255
+    if real.parent == folder and len(os.fsencode(real.name)) > limit:
+        raise UsageError(f"{flag}: the file name {real.name[:40]}... is {len(os.fsencode(real.name))} bytes long; "
+                         f"{folder} takes names of at most {limit} bytes")
+
+
 def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "--force", directory: bool = False) -> Path:
     """Refuse an output that would silently overwrite something; returns ``Path(path)``.
 
@@ -122,14 +152,20 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
     ``force``. A directory output must not be a file, nor a non-empty directory unless ``force``.
     A symlink counts as what it points at, and a dangling one as an existing output. ``allow``
     names the flag(s) that permit overwriting, for the one-line error. An existing file among the
-    (resolved) path's parent folders is refused too (the write would fail only at the end).
+    (resolved) path's parent folders is refused too (the write would fail only at the end), and so
+    are a file name longer than its folder takes and, for a file output, a path ending in ``/``
+    (a folder: ``Path`` would drop the slash and write a file of that name).
     """
+    given = os.fspath(path)
     path = Path(path)
+    if not directory and isinstance(given, str) and given.endswith(("/", os.sep)) and not path.is_dir():
+        raise IsADirectoryError(f"{flag}: {given} ends with '/' (a folder); expected a file path")
     for parent in _real(path).parents:
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f"{flag}: {parent} is a file, so {path} cannot be created")
             _check_writable(parent, path, flag)
+            _check_name_length(parent, _real(path), flag)
             break
     dangling = os.path.islink(path) and not path.exists()
     if not force and dangling:
@@ -180,7 +216,7 @@ def recover_dir(path: PathLike) -> Optional[Path]:
     path = _real(Path(path))
     if os.path.lexists(path) or not path.parent.is_dir():
         return None
-    olds = sorted(path.parent.glob(f".{path.name}.*.tmp.old"), key=lambda p: p.lstat().st_mtime)
+    olds = sorted(path.parent.glob(f".{glob.escape(_stem(path.name))}.*.tmp.old"), key=lambda p: p.lstat().st_mtime)
     if not olds:
         return None
     os.replace(olds[-1], path)
@@ -209,7 +245,7 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     real = _real(Path(path))
     real.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(real)  # a swap cut short before: its previous contents come back first
-    tmp = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent))
     old = None
     try:
         result = write(tmp)

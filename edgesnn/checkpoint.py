@@ -13,7 +13,9 @@ on load by looking the class up in :mod:`edgesnn.functional.surrogate`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -72,10 +74,83 @@ def decode_config(value: Any, source: str = "config") -> Any:
     return value
 
 
+#: the exact types a checkpoint holds besides tensors (``torch.load(weights_only=True)`` reads them back)
+_PLAIN = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def _skeleton(value: Any) -> Any:
+    """``value`` with every plain tensor replaced by an empty one of its dtype: what
+    :func:`_check_loadable` pickles (cheap: no tensor data is copied)."""
+    if type(value) is torch.Tensor and not value.is_quantized:
+        return torch.empty(0, dtype=value.dtype)
+    if type(value) in (dict, OrderedDict):
+        return type(value)((k, _skeleton(v)) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return type(value)(_skeleton(v) for v in value)
+    return value
+
+
+def _first_foreign(value: Any, where: str) -> Any:
+    """``(where, value)`` of the first value (at any depth) that is not plain data, else ``None``."""
+    if type(value) in (dict, OrderedDict):
+        for k, v in value.items():
+            found = _first_foreign(k, f"{where} key") if type(k) not in _PLAIN else None
+            found = found or _first_foreign(v, f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+    if type(value) in (list, tuple):
+        return next((f for i, v in enumerate(value) if (f := _first_foreign(v, f"{where}[{i}]"))), None)
+    if type(value) in _PLAIN or isinstance(value, torch.Tensor):
+        return None
+    return where, value
+
+
+def _check_loadable(path: PathLike, payload: Dict[str, Any], model_config: Any) -> None:
+    """Refuse (one line, nothing written) a payload :func:`load_checkpoint` could not read back:
+    values ``torch.load(weights_only=True)`` refuses (a NumPy scalar, any other object) or a
+    surrogate class that :func:`decode_config` would not rebuild as the same class."""
+    from .functional import surrogate
+
+    def surrogates(v: Any):
+        if isinstance(v, surrogate.Surrogate):
+            yield v
+        for item in (v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else ()):
+            yield from surrogates(item)
+
+    for s in surrogates(model_config):
+        if getattr(surrogate, type(s).__name__, None) is not type(s):
+            raise CheckpointError(f"save_checkpoint: {path}: model_config holds the surrogate class "
+                                  f"{type(s).__module__}.{type(s).__qualname__}; a checkpoint rebuilds only the classes "
+                                  "of edgesnn.functional.surrogate, so it could not be loaded")
+    decode_config(payload["model_config"], f"save_checkpoint: {path}: model_config")
+    buf = io.BytesIO()
+    torch.save(_skeleton(payload), buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        found = _first_foreign(payload, "checkpoint")
+        what = (f"{found[0]} is a {type(found[1]).__module__}.{type(found[1]).__qualname__}" if found
+                else first_line(exc, 160, at_word=True))
+        raise CheckpointError(f"save_checkpoint: {path}: {what}, which load_checkpoint (torch.load weights_only) "
+                              "cannot read back; store plain data (tensors, numbers, strings, lists, dicts), "
+                              "e.g. float(x) or int(x)") from None
+
+
 def save_checkpoint(path: PathLike, model_config: Dict, model_state: Dict, **extra: Any) -> Path:
-    """Save a checkpoint atomically; ``extra`` holds optimizer_state, epoch, metrics..."""
+    """Save a checkpoint atomically; ``extra`` holds optimizer_state, epoch, metrics...
+
+    What :func:`load_checkpoint` could not read back (a NumPy scalar, another object, a surrogate
+    class outside :mod:`edgesnn.functional.surrogate`) is refused in one line before anything is
+    written, so an existing checkpoint at ``path`` stays as it was."""
+    reserved = [k for k in ("format", "version") if k in extra]
+    if reserved:
+        raise CheckpointError(f"save_checkpoint: {reserved[0]!r} is set by save_checkpoint itself; "
+                              "pass it under another name")
     payload = {"format": FORMAT, "version": VERSION, "model_config": encode_config(model_config),
                "model_state": model_state, **extra}
+    _check_loadable(path, payload, model_config)
     return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 

@@ -7,7 +7,6 @@ CPU, NCCL on CUDA; see :mod:`edgesnn.training.distributed`). ``--batch-size`` is
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Optional
 
@@ -17,7 +16,7 @@ from ..models import MODEL_NAMES
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
-from .loop import EVAL_BATCH_SIZE, MAX_SEED, TrainConfig, check_outputs, train, write_report
+from .loop import EVAL_BATCH_SIZE, MAX_LR, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -169,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 2 and not args.no_batchnorm:
         raise UsageError("--batch-size: BatchNorm needs at least 2 samples per batch, got 1; add --no-batchnorm "
                          "to train with batch 1")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr: expected a finite number > 0, got {args.lr}")
+    if not 0 < args.lr <= MAX_LR:
+        raise UsageError(f"--lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
     if not 0 <= args.seed <= MAX_SEED:

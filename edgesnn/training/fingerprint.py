@@ -87,7 +87,9 @@ def check_resume_data(ck: Dict, fingerprint: str, content: Optional[str], checkp
                          f"(samples or labels differ: {stored} then, {fingerprint} now)"
                          f"{'' if events else '; the train/test split would be drawn again'}: use a new --checkpoint")
     held = ck.get("data_content")
-    if held is None or content is None:
+    if stored is None and held is None:
+        log(f"--resume: {checkpoint} holds no fingerprint of the data (an older edgesnn): the data is not compared")
+    elif held is None or content is None:
         log(f"--resume: {checkpoint} holds no hash of the inputs (an older edgesnn): only sample counts and "
             "labels are compared")
     elif held != content:

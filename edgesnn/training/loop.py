@@ -33,6 +33,8 @@ EVAL_BATCH_SIZE = 256
 
 
 MAX_SEED = 2**32 - 1  # NumPy's seed range; the epoch orders use seed * 1000 + epoch (within int64)
+#: The largest learning rate: the optimizers hold it as a float32 (a larger one overflowed in Adam's step).
+MAX_LR = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
@@ -60,8 +62,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
-        if not (isinstance(self.lr, float) and math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"lr: expected a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.lr, float) and 0 < self.lr <= MAX_LR):
+            raise UsageError(f"lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed: expected an integer in [0, {MAX_SEED}], got {self.seed!r}")
         if self.batchnorm and self.batch_size < 2:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..checkpoint import CheckpointError
+
 __all__ = ["Progress", "stored_progress", "will_train", "samples_done", "resume_messages"]
 
 
@@ -39,10 +41,29 @@ class Progress:
             self.carried = self.history.pop()
 
 
+def _count(ck: Dict, key: str, default: Optional[int] = None) -> int:
+    """``ck[key]`` as a count (an integer >= 0, not a bool); else a one-line :class:`CheckpointError`."""
+    value = ck.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"--resume: the checkpoint's {key} must be an integer >= 0, got {value!r} "
+                              "(not written by edgesnn train, or edited): it cannot be resumed")
+    return value
+
+
 def stored_progress(ck: Dict) -> Progress:
-    """The progress a checkpoint written by ``edgesnn train`` holds (its history left as stored)."""
-    return Progress(start=int(ck["epoch"]), steps=int(ck.get("steps", 0)), offset=int(ck.get("epoch_offset", 0)),
-                    history=list(ck.get("metrics", {}).get("history", [])))
+    """The progress a checkpoint written by ``edgesnn train`` holds (its history left as stored).
+
+    Counts that are not integers >= 0 and a ``metrics`` that is not ``{"history": [rows]}`` are
+    refused in one line (:class:`~edgesnn.checkpoint.CheckpointError`): resuming from them would
+    train other epochs than it says."""
+    metrics = ck.get("metrics", {})
+    history = metrics.get("history", []) if isinstance(metrics, dict) else None
+    if not (isinstance(history, list) and all(isinstance(row, dict) for row in history)):
+        raise CheckpointError("--resume: the checkpoint's metrics must be {'history': [one dict per epoch]}, got "
+                              f"{type(metrics).__name__ if history is None else 'history ' + type(history).__name__}"
+                              " (not written by edgesnn train, or edited): it cannot be resumed")
+    return Progress(start=_count(ck, "epoch"), steps=_count(ck, "steps", 0), offset=_count(ck, "epoch_offset", 0),
+                    history=list(history))
 
 
 def will_train(progress: Progress, epochs: int, max_steps: Optional[int]) -> bool:
