@@ -31,7 +31,7 @@
    values (Linear/Conv2d weight gradients once per chunk, as one product over its ``K x B`` rows);
    no ``[T, B, N]`` tensor of a RevLIF layer exists anywhere in the graph.
 5. **update**: SGD (momentum, Nesterov, weight decay; ``torch.optim.SGD``) or AdamW
-   (``torch.optim.AdamW``'s formula).
+   (``torch.optim.AdamW``'s formula, its bias corrections in float64 as torch computes them).
 
 ``recon_error`` verifies the reversible layers: the largest difference between a reconstructed
 input and the recomputed one, and between the reconstructed initial state and the fresh state.
@@ -57,7 +57,6 @@ index tensors computed every step. It is correct, but it makes RevLIF's session 
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -67,6 +66,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import encode_config
+from ..functional.checks import is_real_number
 from ..functional.revlif_autograd import FLOAT_MODE_TOLERANCE
 from .artifacts import STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
 from .onnx_inference import OPSET, _onnx
@@ -313,8 +313,8 @@ def build_graphs(prog: StepProgram):
 def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer: str = "sgd", learning_rate: float = 0.01,
                      momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False) -> StepManifest:
     """Write ``step.onnx``, ``eval.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``."""
-    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
-        raise ExportError(f"learning_rate: expected a finite number > 0, got {learning_rate!r}")
+    if not (is_real_number(learning_rate) and learning_rate > 0):
+        raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
     prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov)
     step_model, eval_model, carried = build_graphs(prog)
     out_dir = Path(out_dir)

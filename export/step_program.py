@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..functional.checks import is_real_number
 from ..functional.lif import lif_charge, lif_fire_reset_values, lif_step_vjp
 from ..functional.revlif import RevLIFParams, revlif_step, revlif_step_backward
 from .prepare import ExportError, export_copy
@@ -162,10 +163,15 @@ class StepProgram:
             b1, b2, eps, wd = hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]
             step = state["optimizer.step"] + 1.0
             new_s["optimizer.step"] = step
-            bc1 = 1.0 - torch.pow(torch.tensor(b1, dtype=torch.float32), step)
-            bc2 = 1.0 - torch.pow(torch.tensor(b2, dtype=torch.float32), step)
-            step_size = lr / bc1
-            bc2_sqrt = torch.sqrt(bc2)
+            # the bias corrections in float64, as torch.optim.AdamW computes them (Python floats):
+            # in float32, 1 - 0.999**1 is 1.3e-5 off, which scaled every early update by 6e-6
+            # (shape [1]: the ONNX exporter casts 0-d operands of Pow/Div back to float32)
+            s64 = step.reshape(1).to(torch.float64)
+            bc1 = 1.0 - torch.pow(torch.tensor([b1], dtype=torch.float64), s64)
+            bc2 = 1.0 - torch.pow(torch.tensor([b2], dtype=torch.float64), s64)
+            lr64 = (lr if torch.is_tensor(lr) else torch.tensor(float(lr))).reshape(1).to(torch.float64)
+            step_size = (lr64 / bc1).to(torch.float32).reshape(())
+            bc2_sqrt = torch.sqrt(bc2).to(torch.float32).reshape(())
             for n in self.trainable:
                 p, g = t[n], grads[n]
                 p = p * (1.0 - lr * wd)
@@ -225,6 +231,25 @@ class StepProgram:
         return new_p, new_s, loss, correct, err, gacc
 
 
+def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps) -> None:
+    """One-line :class:`ExportError` for optimizer settings ``torch.optim`` would refuse (the graph
+    would otherwise bake them in: a NaN momentum trains to NaN, a negative decay grows the weights)."""
+    def bad(name, value, what):
+        raise ExportError(f"{name}: expected {what}, got {value!r}")
+
+    for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
+        if value is not None and not (is_real_number(value) and value >= 0):
+            bad(name, value, "a finite number >= 0")
+    if nesterov and (optimizer != "sgd" or not momentum):
+        raise ExportError(f"nesterov: needs optimizer 'sgd' with momentum > 0 (got optimizer {optimizer!r}, momentum "
+                          f"{momentum!r})")
+    if optimizer == "adamw":
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(is_real_number(b) and 0 <= b < 1 for b in betas)):
+            bad("betas", betas, "two numbers in [0, 1)")
+        if not (is_real_number(eps) and eps > 0):
+            bad("eps", eps, "a finite number > 0")
+
+
 def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
                        weight_decay: Optional[float] = None, nesterov: bool = False, betas=(0.9, 0.999),
                        eps: float = 1e-8) -> StepProgram:
@@ -232,6 +257,7 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
         raise ExportError(f"optimizer: expected one of {STEP_OPTIMIZERS}, got {optimizer!r}")
     if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         raise ExportError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    _check_hparams(optimizer, momentum, weight_decay, nesterov, betas, eps)
     clone = export_copy(model)
     prefix, stages, head = plan_layers(clone)
     T = int(clone.timesteps)
