@@ -59,6 +59,15 @@ def _stem(name: str) -> str:
     return f"{cut}~{hashlib.sha1(raw).hexdigest()[:8]}"
 
 
+def user_path(value: str) -> str:
+    """An argparse ``type`` for the commands' path flags: a leading ``~`` / ``~user`` expanded.
+
+    A shell expands ``~`` only at the start of a word, so ``--checkpoint=~/ck.pt`` or a quoted
+    ``"~/ck.pt"`` used to reach edgesnn as is and made a folder literally named ``~``; the data and
+    cache folders were already expanded. Nothing else changes (a trailing ``/`` is kept)."""
+    return os.path.expanduser(value)
+
+
 def _real(path: Path) -> Path:
     """``path`` with every symlink resolved (a dangling link gives the path it points at)."""
     return Path(os.path.realpath(path))

@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Dict
 
-from ..atomic import check_not_inside, check_output, replace_dir
+from ..atomic import check_not_inside, check_output, replace_dir, user_path
 from ..errors import UsageError
 
 __all__ = ["FORMATS", "register", "run", "import_params"]
@@ -53,9 +53,9 @@ PARAMS_FILE = "the params.npz file the device runner wrote"
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint for on-device fine-tuning or inference",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="edgesnn checkpoint to export")
+    p.add_argument("--checkpoint", type=user_path, required=True, help="edgesnn checkpoint to export")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", type=user_path, required=True,
                    help="onnx-step/onnx-training: output directory; torchscript/onnx/nir: a .pt/.onnx/.nir file, or a "
                         "directory to write model.pt/model.onnx/model.nir into (a trailing '/' always means a "
                         "directory); checkpoint: the new checkpoint file")
@@ -70,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="onnx-step: weight decay (default: 0 for sgd, 0.01 for adamw as in torch.optim.AdamW)")
     p.add_argument("--nesterov", action="store_true", help="onnx-step, sgd: Nesterov momentum")
-    p.add_argument("--params", default=None,
+    p.add_argument("--params", type=user_path, default=None,
                    help="checkpoint only: params.npz written by the device runner (every trainable parameter)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (a directory is replaced as a whole)")
     p.set_defaults(func=run)

@@ -67,7 +67,7 @@ import types
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from edgesnn.atomic import check_not_inside, check_output, recover_dir
+from edgesnn.atomic import check_not_inside, check_output, recover_dir, user_path
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import StepManifest, validate_artifact_dir
@@ -277,11 +277,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
-    p.add_argument("artifacts", help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
-    p.add_argument("--data", required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")
+    p.add_argument("artifacts", type=user_path, help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
+    p.add_argument("--data", type=user_path, required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")
     p.add_argument("--epochs", type=int, default=1, help="epochs in this run (a resumed run adds them)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the manifest's)")
-    p.add_argument("--out", default=None, help="output directory (default: ARTIFACTS/finetuned), written after every epoch")
+    p.add_argument("--out", type=user_path, default=None, help="output directory (default: ARTIFACTS/finetuned), written after every epoch")
     p.add_argument("--seed", type=int, default=0, help="data order and held-out split")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT's state (after its last finished epoch) with the same settings")
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads, >= 1 (default: one per core)")
     p.add_argument("--holdout", type=float, default=None,
                    help="fraction of --data held out for the accuracy report (default 0.2 for onnx-step, 0 for onnx-training)")
-    p.add_argument("--eval-data", default=None, help=".npz to report accuracy on instead of a held-out split")
+    p.add_argument("--eval-data", type=user_path, default=None, help=".npz to report accuracy on instead of a held-out split")
     p.add_argument("--no-lean-memory", dest="lean_memory", action="store_false",
                    help="onnx-step: keep ONNX Runtime's CPU arena and memory pattern (faster first steps, higher peak RSS)")
     return p

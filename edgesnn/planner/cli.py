@@ -20,7 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..atomic import atomic_write, check_output
+from ..atomic import atomic_write, check_output, user_path
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -84,7 +84,7 @@ def register(subparsers) -> None:
     p.add_argument("--input", help="one sample's shape, e.g. 3,32,32 or 784 (required)")
     p.add_argument("--timesteps", "-T", help="time steps T (required)")
     p.add_argument("--batch", default="auto", help="batch size, or 'auto' for the largest that fits (default)")
-    p.add_argument("--device", default="auto", help="catalogue name, a JSON profile path, or 'auto' (this host)")
+    p.add_argument("--device", type=user_path, default="auto", help="catalogue name, a JSON profile path, or 'auto' (this host)")
     p.add_argument("--budget", help="peak bytes the training process may use, e.g. 2GiB (default: device memory - reserved)")
     p.add_argument("--classes", default=None, help="number of classes (default: the --dataset's, else 10)")
     p.add_argument("--hidden", help="MLP hidden widths, e.g. 128,128")
@@ -100,8 +100,8 @@ def register(subparsers) -> None:
                    help="bytes custom data holds in memory for the whole run, e.g. 300MiB (0: streamed); not with --dataset")
     p.add_argument("--eval-batch", default=None,
                    help="batch of the evaluation pass after every epoch (default: edgesnn train's, 256)")
-    p.add_argument("--json", metavar="PATH", help="write the plan JSON here (for edgesnn train --plan)")
-    p.add_argument("--plot", metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget); "
+    p.add_argument("--json", type=user_path, metavar="PATH", help="write the plan JSON here (for edgesnn train --plan)")
+    p.add_argument("--plot", type=user_path, metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget); "
                    ".png, .pdf or .svg (needs matplotlib)")
     p.add_argument("--memopt", action="store_true",
                    help="plan edgesnn.optimize_memory's chunked blocks for an all-LIF model: per-block chunk, "

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Optional
 
+from ..atomic import user_path
 from ..errors import UsageError
 from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="default digits (or the plan's); folder: .png/.jpg/.jpeg/.bmp images, each resized to "
                         "32x32 and converted to RGB")
-    p.add_argument("--data-dir", "--data-path", dest="data_path", default=None, metavar="DIR",
+    p.add_argument("--data-dir", "--data-path", type=user_path, dest="data_path", default=None, metavar="DIR",
                    help="local data folder: cifar10 (python batches), folder (one sub-folder per class; images "
                         "directly inside, resized to 32x32 RGB), or the folder tonic reads nmnist/dvsgesture/shd "
                         "from (DIR/NMNIST, DIR/DVSGesture, DIR/SHD); nothing is downloaded")
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (or the plan's)")
     p.add_argument("--eval-batch", type=int, default=None,
                    help=f"samples per batch of the evaluation after every epoch (default {EVAL_BATCH_SIZE}, or the plan's)")
-    p.add_argument("--plan", default=None,
+    p.add_argument("--plan", type=user_path, default=None,
                    help="a plan from `edgesnn plan --json`: its model, T, per-layer neurons, batch, evaluation batch "
                         "and dataset")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -46,11 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"where the model, the data and the loss live: {', '.join(DEVICES)} or cuda:N "
                         "(auto: CUDA when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for Numba and PyTorch (default: all cores)")
-    p.add_argument("--checkpoint", default=None, help="write a checkpoint here after every epoch (atomic); "
+    p.add_argument("--checkpoint", type=user_path, default=None, help="write a checkpoint here after every epoch (atomic); "
                    "an existing one needs --resume or --force")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same settings; --epochs may grow)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --checkpoint / --json")
-    p.add_argument("--json", default=None, help="write the report (config, per-epoch metrics) here")
+    p.add_argument("--json", type=user_path, default=None, help="write the report (config, per-epoch metrics) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-batchnorm", action="store_true",
                    help="models without BatchNorm (every sample computed independently of its batch)")
