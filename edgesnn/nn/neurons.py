@@ -22,21 +22,20 @@ from it, as SpikingJelly does, and keeps no final state afterwards (``.v`` is th
 A state carried by a multi-step ``stateful=True`` node continues into single-step calls. Setting
 ``stateful=False`` on a node that holds a state drops it, with a one-line warning.
 
-:class:`ParametricLIF` (learnable tau) lives in :mod:`edgesnn.nn.parametric` and is re-exported here.
+:class:`ParametricLIF` (learnable tau) lives in :mod:`edgesnn.nn.parametric` and :class:`RevLIF` in
+:mod:`edgesnn.nn.reversible`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..functional.checks import check_finite as _check_finite
+from ..functional.checks import check_finite as _check_finite, check_flag
 from ..functional.lif import LIFParams
-from ..functional.revlif import RevLIFParams, check_groups
 from ..kernels import dispatch
 from ._compat import LIFAttributes, resolve_surrogate
 
@@ -62,7 +61,7 @@ class _SpikingNode(nn.Module):
         self.step_mode = "m" if step_mode is None else step_mode
         self._step_mode_implicit = step_mode is None  # a 4-D input then warns once (see forward)
         self.stateful = stateful
-        self.check_finite = check_finite
+        self.check_finite = check_flag(check_finite, "check_finite")  # (a string such as 'no' would be true)
         self._v: _State = None
 
     # ------------------------------------------------------------------ configuration
@@ -334,80 +333,5 @@ class LIF(LIFAttributes, _SpikingNode):
         )
 
 
-class RevLIF(LIFAttributes, _SpikingNode):
-    """Reversible LIF node: autograd memory independent of T (see ``edgesnn.functional.revlif``).
-
-    Args:
-        tau, v_threshold, v_reset, decay_input, surrogate, detach_reset: the per-group LIF step,
-            as in :class:`LIF`.
-        groups: channel groups ``n >= 2`` (must divide the channel dim: dim 2 of ``[T, B, C, ...]``,
-            dim 1 of a single step ``[B, C, ...]``).
-        alpha: output mixing ``y = alpha x + s`` (a power of two ``2^-k`` in exact mode).
-        beta: state leak ``v' = beta v + gamma u`` (1/2 in exact mode).
-        gamma: weight of the coupled post-reset potential, in (0, 1].
-        mode: ``"exact"`` (bit-exact inverse at any T; inputs clamped to +-64 and rounded to 2^-16)
-            or ``"float"`` (plain float inverse, verified in backward).
-        backend, check_finite, step_mode, stateful, surrogate_function: as in :class:`LIF` (including
-            how a held state carries over a change of step mode or ``stateful``).
-
-    In step_mode ``"s"`` every call is a sequence of length 1, so the O(1)-in-T memory of the
-    reversible backward is not obtained across calls (each call keeps its output and final state).
-
-    Shape: ``[T, B, C, ...]`` or ``[T, B, N] -> same`` (``"m"``); ``[B, C, ...] -> same`` (``"s"``);
-    real-valued outputs ``y``.
-    """
-
-    def __init__(
-        self,
-        tau: float = 2.0,
-        v_threshold: float = 1.0,
-        v_reset: Optional[float] = 0.0,
-        decay_input: bool = True,
-        surrogate: Optional[Any] = None,
-        detach_reset: bool = False,
-        groups: int = 2,
-        alpha: float = 0.125,
-        beta: float = 0.5,
-        gamma: float = 0.5,
-        mode: str = "exact",
-        backend: str = "auto",
-        check_finite: bool = False,
-        *,
-        step_mode: Optional[str] = None,
-        stateful: Optional[bool] = None,
-        surrogate_function: Optional[Any] = None,
-        store_v_seq: bool = False,
-    ) -> None:
-        super().__init__()
-        sg = resolve_surrogate(surrogate, surrogate_function)
-        lif = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, sg)
-        self.params = RevLIFParams(lif, groups, alpha, beta, gamma, mode)
-        dispatch.resolve_backend(backend, torch.empty(0))
-        self.backend = backend
-        self._init_node(step_mode, stateful, check_finite, store_v_seq)
-
-    @property
-    def groups(self) -> int:
-        return self.params.groups
-
-    def _lif_params(self) -> LIFParams:
-        return self.params.lif
-
-    def _set_lif_params(self, lif: LIFParams) -> None:
-        self.params = dataclasses.replace(self.params, lif=lif)
-
-    def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self._step_mode == "s":  # name the caller's [B, C, ...], not the [1, B, C, ...] sequence built from it
-            check_groups(x_seq[0], self.params.groups, 1, "the single-step input [B, C, ...]")
-        return dispatch.revlif_multistep(x_seq, self.params, v0, self.backend)
-
-    def extra_repr(self) -> str:
-        p, lif = self.params, self.params.lif
-        return (
-            f"groups={p.groups}, mode={p.mode!r}, alpha={p.alpha}, beta={p.beta}, gamma={p.gamma}, tau={lif.tau}, "
-            f"v_threshold={lif.v_threshold}, v_reset={lif.v_reset}, surrogate={lif.surrogate.name}, backend={self.backend!r}, "
-            + self._state_repr()
-        )
-
-
 from .parametric import ParametricLIF  # noqa: E402  (defined there, on _SpikingNode; re-exported)
+from .reversible import RevLIF  # noqa: E402  (defined there, on _SpikingNode; re-exported)

@@ -15,6 +15,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ..functional.checks import check_flag
 from ..functional.lif import LIFParams, ResetRule, lif_multistep_reference
 from ..functional.surrogate import Surrogate
 from ._compat import LIFAttributes, resolve_surrogate
@@ -87,8 +88,14 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
     ) -> None:
         super().__init__()
         sg = resolve_surrogate(surrogate, surrogate_function)
-        # validates init_tau, the threshold and the reset like the plain node
-        base = LIFParams(init_tau, v_threshold, v_reset, decay_input, detach_reset, sg)
+        # validates init_tau, the threshold and the reset like the plain node (errors name init_tau, the name passed)
+        try:
+            base = LIFParams(init_tau, v_threshold, v_reset, decay_input, detach_reset, sg)
+        except ValueError as e:
+            if str(e).startswith("tau:"):
+                raise ValueError("init_tau:" + str(e)[len("tau:"):]) from None
+            raise
+        learn_threshold = check_flag(learn_threshold, "learn_threshold")
         if backend not in ("auto", "reference"):
             raise ValueError(
                 f"backend: ParametricLIF runs the 'reference' path (the fused kernels and 'torch' take scalar parameters "
