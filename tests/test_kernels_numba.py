@@ -179,42 +179,6 @@ def test_revlif_numba_large_units_compute_the_surrogate_inline(mode):
     _rel_close(ng, rg)
 
 
-def test_prefetch_helpers_emit_prefetches_and_change_nothing():
-    """``prefetch_row_read`` / ``prefetch_row_write`` compile to the core's prefetch instructions
-    and leave every value as it was (empty rows, byte rows and strided views included)."""
-    import platform
-
-    import numpy as np
-    from numba import njit
-
-    from edgesnn.kernels.numba_prefetch import prefetch_row_read, prefetch_row_write
-
-    @njit(cache=False)
-    def touch(a, bits):
-        for t in range(a.shape[0]):
-            prefetch_row_read(a[t])
-            prefetch_row_write(a[t, ::3])
-            prefetch_row_read(a[t, :0])
-            prefetch_row_write(bits[t])
-        return a.sum(), bits.sum()
-
-    a = np.arange(4 * 1000, dtype=np.float32).reshape(4, 1000)
-    bits = (np.arange(4 * 300) % 251).astype(np.uint8).reshape(4, 300)
-    a0, bits0 = a.copy(), bits.copy()
-    total, nbits = touch(a, bits)
-    assert total == a0.sum() and nbits == bits0.sum()
-    assert np.array_equal(a, a0) and np.array_equal(bits, bits0)
-    asm = next(iter(touch.inspect_asm().values())).lower()
-    machine = platform.machine().lower()
-    if machine in ("x86_64", "amd64"):
-        # a write prefetch is prefetchw where the core has it (x86-64 since ~2014), else prefetcht0
-        assert "prefetcht0" in asm and ("prefetchw" in asm or asm.count("prefetcht0") >= 2)
-    elif machine in ("aarch64", "arm64"):
-        assert "prfm" in asm
-    else:
-        pytest.skip(f"no prefetch instruction names known for {machine}")
-
-
 @pytest.mark.parametrize("T", [1, 4, 8])
 @pytest.mark.parametrize("groups", [2, 3])
 def test_revlif_float_numba_matches_reference(T, groups):

@@ -1,6 +1,9 @@
-"""``edgesnn.kernels.numba_rows.row``: the borrowed row view the RevLIF kernels use instead of slices."""
+"""The RevLIF kernels' row helpers: ``edgesnn.kernels.numba_rows.row`` (the borrowed row view they use
+instead of slices) and the prefetch requests of ``edgesnn.kernels.numba_prefetch``."""
 
 from __future__ import annotations
+
+import platform
 
 import numpy as np
 import pytest
@@ -50,3 +53,34 @@ def test_row_refuses_non_contiguous_arrays_and_wrong_index_lengths():
         _row_sum_and_scale(np.ones((4, 6), np.float32)[:, ::2], (1,), 0, 2, np.float32(1))  # strided
     with pytest.raises(TypingError):
         _row_sum_and_scale(np.ones((2, 4, 6), np.float32), (1,), 0, 2, np.float32(1))  # one leading index short
+
+
+def test_prefetch_helpers_emit_prefetches_and_change_nothing():
+    """``prefetch_row_read`` / ``prefetch_row_write`` compile to the core's prefetch instructions
+    and leave every value as it was (empty rows, byte rows and strided views included)."""
+    from edgesnn.kernels.numba_prefetch import prefetch_row_read, prefetch_row_write
+
+    @njit(cache=False)
+    def touch(a, bits):
+        for t in range(a.shape[0]):
+            prefetch_row_read(a[t])
+            prefetch_row_write(a[t, ::3])
+            prefetch_row_read(a[t, :0])
+            prefetch_row_write(bits[t])
+        return a.sum(), bits.sum()
+
+    a = np.arange(4 * 1000, dtype=np.float32).reshape(4, 1000)
+    bits = (np.arange(4 * 300) % 251).astype(np.uint8).reshape(4, 300)
+    a0, bits0 = a.copy(), bits.copy()
+    total, nbits = touch(a, bits)
+    assert total == a0.sum() and nbits == bits0.sum()
+    assert np.array_equal(a, a0) and np.array_equal(bits, bits0)
+    asm = next(iter(touch.inspect_asm().values())).lower()
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        # a write prefetch is prefetchw where the core has it (x86-64 since ~2014), else prefetcht0
+        assert "prefetcht0" in asm and ("prefetchw" in asm or asm.count("prefetcht0") >= 2)
+    elif machine in ("aarch64", "arm64"):
+        assert "prfm" in asm
+    else:
+        pytest.skip(f"no prefetch instruction names known for {machine}")
