@@ -24,3 +24,34 @@ def measured_and_predicted(script: str, timeout: int = 300) -> Tuple[int, int]:
     if res is None:
         pytest.skip("needs glibc's mallopt (freed tensors returned to the OS)")
     return res[0], res[1]
+
+
+_EVAL_PASS = """
+import json, sys, torch
+from edgesnn.planner.runtime import lean_allocator
+if not lean_allocator():
+    print(json.dumps(None)); sys.exit()
+from edgesnn.memory import peak_rss_bytes, reset_peak_rss
+from edgesnn.models import build_model
+from edgesnn.planner.evalpass import eval_forward_peak
+from edgesnn.planner.memory_model import ChainModel
+from edgesnn.training.data import Split
+from edgesnn.training.loop import evaluate
+T, B = {T}, {B}
+torch.manual_seed(0)
+m = build_model({model!r}, {in_shape!r}, 10, T, neuron={neuron!r}, {widths}, node={{"backend": "numba"}})
+split = Split(torch.rand(B, *{in_shape!r}), torch.randint(0, 10, (B,)))
+evaluate(m, split, batch_size=B)  # warm up: kernels compiled, allocator settled
+reset_peak_rss()
+base = peak_rss_bytes()
+evaluate(m, split, batch_size=B)
+chain = ChainModel(m)
+print(json.dumps([peak_rss_bytes() - base, eval_forward_peak(chain, [{neuron!r}] * len(chain.spiking), T, B)]))
+"""
+
+
+def eval_pass_script(model: str, in_shape: Tuple[int, ...], neuron: str, widths: str, T: int, B: int) -> str:
+    """A script for :func:`measured_and_predicted`: ``evaluate()`` of ``build_model(model, in_shape,
+    10 classes, T, neuron=neuron, <widths>)`` on the Numba kernels (``widths``: the keyword, e.g.
+    ``"hidden=[1024, 1024]"``), peak RSS above the warmed-up process against ``eval_forward_peak``."""
+    return _EVAL_PASS.format(model=model, in_shape=tuple(in_shape), neuron=neuron, widths=widths, T=T, B=B)

@@ -16,7 +16,7 @@ from edgesnn.planner.evalpass import eval_forward_peak, eval_option_cost
 from edgesnn.planner.memory_model import kernel_runtime_bytes, option_cost
 from edgesnn.planner.solver import max_batch
 
-from _rss_measure import measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
+from _rss_measure import eval_pass_script, measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
 
 MiB = 2**20
 OVH = 300 * MiB
@@ -62,28 +62,7 @@ def test_eval_pass_of_revlif_on_torch_counts_the_quantize_temporaries():
     assert 443 * MiB <= eval_forward_peak(chain, ["revlif:2", "revlif:2"], 2, 256) <= 1.05 * 443 * MiB
 
 
-_EVAL_MEASURE = """
-import json, sys, torch
-from edgesnn.planner.runtime import lean_allocator
-if not lean_allocator():
-    print(json.dumps(None)); sys.exit()
-from edgesnn.memory import peak_rss_bytes, reset_peak_rss
-from edgesnn.models import build_model
-from edgesnn.planner.evalpass import eval_forward_peak
-from edgesnn.planner.memory_model import ChainModel
-from edgesnn.training.data import Split
-from edgesnn.training.loop import evaluate
-T, B = 8, 96
-torch.manual_seed(0)
-m = build_model("convnet", (3, 32, 32), 10, T, neuron="revlif", channels=[16, 32], node={"backend": "numba"})
-split = Split(torch.rand(B, 3, 32, 32), torch.randint(0, 10, (B,)))
-evaluate(m, split, batch_size=B)  # warm up: kernels compiled, allocator settled
-reset_peak_rss()
-base = peak_rss_bytes()
-evaluate(m, split, batch_size=B)
-chain = ChainModel(m)
-print(json.dumps([peak_rss_bytes() - base, eval_forward_peak(chain, ["revlif"] * len(chain.spiking), T, B)]))
-"""
+_EVAL_MEASURE = eval_pass_script("convnet", (3, 32, 32), "revlif", "channels=[16, 32]", T=8, B=96)
 
 
 @needs_numba

@@ -13,7 +13,7 @@ from edgesnn.planner.evalpass import eval_dynamic_peak, eval_lines
 from edgesnn.planner.memory_model import ChainModel
 from edgesnn.planner.solver import max_batch, static_resident
 
-from _rss_measure import measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
+from _rss_measure import eval_pass_script, measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
 
 OVH = 300 * 2**20
 
@@ -75,28 +75,7 @@ def test_an_eval_batch_that_does_not_fit_names_the_flag(mlp):
         plan_model(chain, 8, budget, OVH, batch=None, extras=Extras(eval_batch=100000))
 
 
-_MEASURE = """
-import json, sys, torch
-from edgesnn.planner.runtime import lean_allocator
-if not lean_allocator():
-    print(json.dumps(None)); sys.exit()
-from edgesnn.memory import peak_rss_bytes, reset_peak_rss
-from edgesnn.models import build_model
-from edgesnn.planner.evalpass import eval_forward_peak
-from edgesnn.planner.memory_model import ChainModel
-from edgesnn.training.data import Split
-from edgesnn.training.loop import evaluate
-T, B = 8, 256
-torch.manual_seed(0)
-m = build_model("mlp", (784,), 10, T, neuron="lif", hidden=[1024, 1024], node={"backend": "numba"})
-split = Split(torch.rand(B, 784), torch.randint(0, 10, (B,)))
-evaluate(m, split, batch_size=B)  # warm up: kernels compiled, allocator settled
-reset_peak_rss()
-base = peak_rss_bytes()
-evaluate(m, split, batch_size=B)
-chain = ChainModel(m)
-print(json.dumps([peak_rss_bytes() - base, eval_forward_peak(chain, ["lif"] * len(chain.spiking), T, B)]))
-"""
+_MEASURE = eval_pass_script("mlp", (784,), "lif", "hidden=[1024, 1024]", T=8, B=256)
 
 
 def test_eval_forward_peak_matches_measured_rss():
