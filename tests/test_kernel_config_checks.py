@@ -350,3 +350,48 @@ except ValueError as exc:
         assert res.returncode == 2 and res.stderr.strip() == (
             f"edgesnn warmup: error: NUMBA_NUM_THREADS={value!r}: expected an integer >= 1 (the size of Numba's thread "
             "pool); unset it to use every core"), res.stderr[-3000:]
+
+
+_HIDE_NUMBA_CUDA = """
+import sys
+
+class HideNumbaCuda:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numba_cuda" or name.startswith("numba_cuda."):
+            raise ModuleNotFoundError(name)
+        return None
+
+sys.meta_path.insert(0, HideNumbaCuda())
+"""
+
+
+def test_importing_the_kernels_leaves_numba_unimported_without_numba_cuda(tmp_path):
+    """A user install has no numba-cuda (a dev extra). Looking for Numba's in-tree CUDA target with
+    ``find_spec("numba.cuda")`` imported Numba itself when ``edgesnn.kernels`` was imported
+    (~0.5 s, before edgesnn checked Numba's settings). numba-cuda is hidden here, as on such an
+    install; the in-tree target is still found (from the files, without importing Numba)."""
+    code = _HIDE_NUMBA_CUDA + """
+import importlib.util, os
+import edgesnn.kernels
+from edgesnn.kernels import dispatch
+print("numba imported" if "numba" in sys.modules else "numba not imported")
+roots = importlib.util.find_spec("numba").submodule_search_locations
+print(dispatch._NUMBA_CUDA == any(os.path.isfile(os.path.join(r, "cuda", "__init__.py")) for r in roots))
+"""
+    res = _run(code, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.splitlines() == ["numba not imported", "True"]
+
+
+def test_bad_numba_num_threads_is_one_line_without_numba_cuda(tmp_path):
+    """Without numba-cuda, ``edgesnn warmup`` with ``NUMBA_NUM_THREADS='abc'`` printed Numba's own
+    multi-line parse warning (Numba had been imported to look for its CUDA target) before
+    edgesnn's one-line error."""
+    code = _HIDE_NUMBA_CUDA + """
+from edgesnn.cli import main
+sys.exit(main(["warmup"]))
+"""
+    res = _run(code, tmp_path, NUMBA_NUM_THREADS="abc")
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "edgesnn warmup: error: NUMBA_NUM_THREADS='abc': expected an integer >= 1 (the size of Numba's thread "
+        "pool); unset it to use every core"), res.stderr[-3000:]

@@ -17,6 +17,7 @@ for bit for the fused kernels) and the same gradients up to float rounding.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -46,8 +47,19 @@ def _has_module(name: str) -> bool:
         return False
 
 
+def _has_subpackage(package: str, name: str) -> bool:
+    """``package.name`` is installed, found without importing ``package`` (``find_spec`` of a
+    submodule imports its parent: Numba, ~0.5 s and its environment parsing, before
+    :func:`~edgesnn.kernels.config.configure` has checked the settings)."""
+    if not _has_module(package):
+        return False
+    roots = importlib.util.find_spec(package).submodule_search_locations or ()
+    return any(os.path.isfile(os.path.join(root, name, "__init__.py")) for root in roots)
+
+
 _NUMBA = _has_module("numba")
-_NUMBA_CUDA = _has_module("numba_cuda") or (_NUMBA and _has_module("numba.cuda"))
+# numba-cuda, else the CUDA target older Numba releases carry in-tree.
+_NUMBA_CUDA = _has_module("numba_cuda") or (_NUMBA and _has_subpackage("numba", "cuda"))
 
 
 def numba_available() -> bool:
