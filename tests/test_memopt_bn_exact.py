@@ -14,13 +14,15 @@ from edgesnn.memopt.batchnorm import ExactStats, bn_normalize, bn_output, bn_sta
 
 def documented_exact_platform() -> bool:
     """Where docs/design.md states that :func:`reproduces_torch` passes, so that the exact
-    statistics must be in use: torch 2.5.1 and 2.13 on x86-64 (the CI's two PyTorch versions;
-    both also pass with ``ATEN_CPU_CAPABILITY=avx2`` and ``default``, FMA or not). A fixed list,
+    statistics must be in use: torch 2.5.1, 2.13 and 2.15 on x86-64 (the CI's three PyTorch
+    versions) and 2.8.0 (the newest PyTorch of JetPack 6, checked by hand); all four also pass
+    with ``ATEN_CPU_CAPABILITY=avx2`` and ``default``, FMA or not. A fixed list,
     not the probe's result: the probe runs the very code these tests check, so a regression in
     it must fail here, not turn the tests into skips."""
     m = re.match(r"(\d+)\.(\d+)\.(\d+)", torch.__version__)
     release = tuple(int(v) for v in m.groups()) if m else ()
-    return platform.machine() in ("x86_64", "AMD64") and (release == (2, 5, 1) or release[:2] == (2, 13))
+    return platform.machine() in ("x86_64", "AMD64") and (release in ((2, 5, 1), (2, 8, 0))
+                                                          or release[:2] in ((2, 13), (2, 15)))
 
 
 # The formulas are PyTorch's CPU kernel as built here. On the documented platforms they must
@@ -30,10 +32,10 @@ pytestmark = pytest.mark.skipif(not (documented_exact_platform() or reproduces_t
                                 reason="this PyTorch build's BatchNorm rounds differently (fallback statistics in use)")
 
 
-@pytest.mark.skipif(not documented_exact_platform(), reason="not a platform the docs name (torch 2.5.1 / 2.13, x86-64)")
+@pytest.mark.skipif(not documented_exact_platform(), reason="not a platform the docs name (torch 2.5.1 / 2.8.0 / 2.13 / 2.15, x86-64)")
 def test_probe_passes_where_documented():
-    """docs/design.md: torch 2.5.1 and 2.13 on x86-64 pass the probe, so ``optimize_memory`` uses the
-    exact statistics there (a failing probe would silently fall back to Chan statistics)."""
+    """docs/design.md: torch 2.5.1, 2.8.0, 2.13 and 2.15 on x86-64 pass the probe, so
+    ``optimize_memory`` uses the exact statistics there (a failing probe would silently fall back to Chan statistics)."""
     reproduces_torch.cache_clear()  # probe afresh, not a result cached before this test
     assert reproduces_torch(torch.float32)
     assert reproduces_torch(torch.float64)
