@@ -207,7 +207,7 @@ def finetune(
     restored = recover_dir(out_dir)  # a run killed inside its output swap: its last output comes back
     if restored is not None:
         log(f"restored {out_dir} from {restored.name}, left by a run stopped while replacing it")
-    check_output(out_dir, "--out", force or resume, allow="--resume (continue from it) or --force (replace it)",
+    check_output(out_dir, "--out", force or resume, allow="--force (or --resume to continue from it)",
                  directory=True)
     if os.path.ismount(os.path.realpath(out_dir)):
         raise UsageError(f"--out: {out_dir} is a mount point; the runner swaps a new --out folder in after every epoch, "

@@ -171,6 +171,7 @@ def test_runner_is_torch_free_and_reports_held_out_accuracy(digits_step):
     proc = run_python(_RUNNER, str(tmp / "art"), "--data", str(tmp / "device.npz"), "--out", str(tmp / "ft"))
     assert proc.returncode == 0 and json.loads(proc.stdout.strip().splitlines()[-1])["code"] == 2
     assert "already exists and is not empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "pass --force (or --resume to continue from it) to replace it" in proc.stderr, proc.stderr
     (tmp / "ft" / "notes.txt").write_text("mine")  # a resumed run swaps in a new set and keeps the rest
     proc = run_python(_RUNNER, str(tmp / "art"), "--data", str(tmp / "device.npz"), "--out", str(tmp / "ft"), "--resume",
                       "--threads", "1", timeout=300)

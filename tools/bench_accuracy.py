@@ -8,7 +8,8 @@ Target: both >= 95%, RevLIF within 1 point of LIF.
 
 ``--revlif-alpha`` sets the RevLIF nodes' output mixing ``y = alpha x + s`` (default: the node's 1/8).
 The JSON holds each spec's accuracies, their mean, and (with ``lif`` among the specs, the
-baseline) the gap to LIF's mean, as printed.
+baseline) the gap to LIF's mean, as printed. The figures depend on PyTorch's thread count (it sets
+the order of the float reductions in the matmuls and BatchNorms), so the summary line names it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
 
 from edgesnn.training import TrainConfig, train  # noqa: E402
 from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
@@ -83,14 +86,16 @@ def main(argv=None) -> int:
         print(f"{neuron:12s} " + " ".join(f"{a:6.2f}" for a in accs) + f"   mean {statistics.mean(accs):6.2f}", flush=True)
     base = statistics.mean(results["lif"]) if "lif" in results else None
     alpha = "" if args.revlif_alpha is None else f", RevLIF alpha {args.revlif_alpha:g}"
-    print(f"\ndigits, {args.model}, T={args.timesteps}, {args.epochs} epochs, {args.seeds} seeds{alpha} (test accuracy %)")
+    threads = torch.get_num_threads()
+    print(f"\ndigits, {args.model}, T={args.timesteps}, {args.epochs} epochs, {args.seeds} seeds{alpha}, "
+          f"{threads} PyTorch threads (test accuracy %)")
     for neuron, accs in results.items():
         m = statistics.mean(accs)
         gap = "" if base is None or neuron == "lif" else f"  gap to LIF {base - m:+.2f} ({'PASS' if base - m <= 1.0 else 'FAIL'} <= 1)"
         print(f"{neuron:12s} mean {m:6.2f}  min {min(accs):6.2f}  max {max(accs):6.2f}  {'PASS' if m >= 95 else 'FAIL'} >= 95{gap}")
     if args.json:
         means = {neuron: statistics.mean(accs) for neuron, accs in results.items()}
-        payload = {"config": vars(args), "accuracy": results, "mean": means, "baseline": "lif" if base is not None else None,
+        payload = {"config": vars(args), "torch_threads": threads, "accuracy": results, "mean": means, "baseline": "lif" if base is not None else None,
                    "gap_to_baseline": ({neuron: base - m for neuron, m in means.items() if neuron != "lif"}
                                        if base is not None else {}),
                    "targets": {"mean_at_least": 95.0, "gap_at_most": 1.0}}
