@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 from edgesnn.atomic import atomic_write
 
@@ -129,6 +129,8 @@ class StepManifest:
         hyperparameters: the optimizer's constants baked into the graph (lr is an input).
         chunk: time steps per Scan iteration; neurons: the spiking layers (kind, mode, groups).
         recon_tolerance: the largest accepted ``recon_error`` (0.0: every RevLIF layer is exact).
+        input_range: ``[low, high]`` of the input values the model was trained on (``[0, 1]`` for
+            the built-in image datasets); ``None`` when unknown. The runner refuses data outside it.
     """
 
     model_config: Dict[str, Any]
@@ -146,6 +148,7 @@ class StepManifest:
     chunk: int = 1
     neurons: List[Dict[str, Any]] = field(default_factory=list)
     recon_tolerance: float = 0.0
+    input_range: Optional[List[float]] = None
     loss: str = "cross_entropy"
     input_name: str = "input"
     label_name: str = "labels"

@@ -196,6 +196,14 @@ def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
                          "(one time step per call) or --format checkpoint")
 
 
+def _input_range(ck: Dict):
+    """``(0, 1)`` for a checkpoint trained by ``edgesnn train`` on a built-in image dataset (its
+    loaders scale every value to [0, 1]), else ``None`` (unknown: the device runner checks nothing)."""
+    from ..training.data import UNIT_RANGE_DATASETS
+
+    return (0.0, 1.0) if (ck.get("train_config") or {}).get("dataset") in UNIT_RANGE_DATASETS else None
+
+
 def run(args: argparse.Namespace) -> int:
     out = _check_args(args)
     from .prepare import check_finite, model_from_checkpoint
@@ -212,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = replace_dir(out, lambda tmp: export_onnx_step(
             model, tmp, args.batch_size, args.optimizer, args.lr, 0.9 if args.momentum is None else args.momentum,
-            args.weight_decay, args.nesterov))
+            args.weight_decay, args.nesterov, input_range=_input_range(ck)))
         kinds = ", ".join(sorted({n["kind"] for n in manifest.neurons}))
         print(f"wrote ONNX training-step graph to {out} (batch {manifest.batch_size}, T {manifest.timesteps} in a Scan of "
               f"{manifest.chunk}-step chunks, {kinds}, {len(manifest.trainable)} trainable tensors, optimizer "

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -311,10 +311,21 @@ def build_graphs(prog: StepProgram):
 
 
 def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer: str = "sgd", learning_rate: float = 0.01,
-                     momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False) -> StepManifest:
-    """Write ``step.onnx``, ``eval.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``."""
+                     momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False,
+                     input_range: Optional[Sequence[float]] = None) -> StepManifest:
+    """Write ``step.onnx``, ``eval.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``.
+
+    ``input_range``: ``(low, high)`` of the input values the model was trained on (``edgesnn
+    export`` passes ``(0, 1)`` for a checkpoint of a built-in image dataset); the device runner
+    refuses data outside it. ``None``: unknown, not checked.
+    """
     if not (is_real_number(learning_rate) and learning_rate > 0):
         raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
+    if input_range is not None:
+        if (not isinstance(input_range, (list, tuple)) or len(input_range) != 2
+                or not all(is_real_number(v) for v in input_range) or not input_range[0] < input_range[1]):
+            raise ExportError(f"input_range: expected (low, high) with finite low < high, or None, got {input_range!r}")
+        input_range = [float(input_range[0]), float(input_range[1])]
     prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov)
     step_model, eval_model, carried = build_graphs(prog)
     out_dir = Path(out_dir)
@@ -337,6 +348,7 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
         recon_tolerance=(0.0 if all(st.kind == "lif" or st.params.exact for st in prog.stages)
                          else FLOAT_MODE_TOLERANCE * max(max(1.0, abs(st.params.lif.v_threshold)) for st in prog.stages
                                                          if st.kind == "revlif")),
+        input_range=input_range,
         edgesnn_version=__version__,
     )
     write_step_manifest(out_dir, manifest)

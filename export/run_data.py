@@ -17,7 +17,7 @@ from edgesnn.errors import UsageError
 
 from .run_support import read_npz
 
-__all__ = ["load_dataset", "split_holdout", "data_fingerprint"]
+__all__ = ["load_dataset", "input_range", "split_holdout", "data_fingerprint"]
 
 #: dtype kinds accepted for ``x``: bool, signed and unsigned integers, floats (converted to float32)
 _X_KINDS = "biuf"
@@ -41,15 +41,45 @@ def _integer_labels(y: np.ndarray, path: Path, flag: str, num_classes: int) -> n
     return y.astype(np.int64)
 
 
-def load_dataset(path, manifest, min_samples: Optional[int] = None, flag: str = "--data") -> Tuple[np.ndarray, np.ndarray]:
+def input_range(manifest) -> Optional[Tuple[float, float]]:
+    """The manifest's ``input_range`` (``onnx-step``; ``None``: unknown, and always for the legacy
+    format), checked: two finite numbers, low < high."""
+    r = getattr(manifest, "input_range", None)
+    if r is None:
+        return None
+    ok = (isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+          and all(np.isfinite(r)) and r[0] < r[1])
+    if not ok:
+        raise UsageError(f"manifest.json: input_range must be [low, high] with finite low < high, or null; got {r!r}")
+    return float(r[0]), float(r[1])
+
+
+def _check_range(x: np.ndarray, r: Tuple[float, float], path: Path, flag: str, integer: bool) -> None:
+    """``x`` within ``r`` (a slack of 1e-3 of its width for rounding), else one line saying how to scale it."""
+    if not x.size:
+        return
+    lo, hi = float(x.min()), float(x.max())
+    slack = 1e-3 * (r[1] - r[0])
+    if lo >= r[0] - slack and hi <= r[1] + slack:
+        return
+    hint = " (8-bit pixels: x / 255)" if integer and r == (0.0, 1.0) and hi <= 255 else ""
+    raise UsageError(f"{flag}: {path} array 'x' holds values in [{lo:g}, {hi:g}], but the model was trained on inputs in "
+                     f"[{r[0]:g}, {r[1]:g}]; scale x the same way{hint}, or pass --any-input-range to train on it as it is")
+
+
+def load_dataset(path, manifest, min_samples: Optional[int] = None, flag: str = "--data",
+                 check_range: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load ``x`` (float32 ``[N, *in_shape]``) and ``y`` (int64 ``[N]``, in ``0..num_classes-1``)
     from an ``.npz``, checked against the manifest.
 
     Args:
         path: the ``.npz`` file.
-        manifest: the artifact manifest (``in_shape``, ``num_classes``, ``batch_size``).
+        manifest: the artifact manifest (``in_shape``, ``num_classes``, ``batch_size``, ``input_range``).
         min_samples: fewest samples accepted (default: one batch of the manifest's batch size).
         flag: the command-line flag the file came from (``--data`` or ``--eval-data``), for errors.
+        check_range: refuse ``x`` outside the manifest's ``input_range`` (when it has one): raw
+            8-bit pixels given to a model trained on pixels / 255 would train without an error,
+            on inputs 255x too large.
     """
     path = Path(path)
     if not path.is_file():
@@ -70,10 +100,14 @@ def load_dataset(path, manifest, min_samples: Optional[int] = None, flag: str = 
     if x.shape[0] < need:
         what = f"one batch of {need}" if min_samples is None else str(need)
         raise UsageError(f"{flag}: {path} holds {x.shape[0]} samples, fewer than {what}")
+    integer = x.dtype.kind in "biu"
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: caught below
         x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise UsageError(f"{flag}: {path} array 'x' contains NaN or Inf (or values beyond float32's range)")
+    r = input_range(manifest)
+    if check_range and r is not None:
+        _check_range(x, r, path, flag, integer)
     return x, y
 
 

@@ -153,6 +153,7 @@ def finetune(
     holdout: Optional[float] = None,
     eval_data=None,
     lean_memory: bool = True,
+    any_input_range: bool = False,
 ) -> Dict:
     """Fine-tune from an artifact directory; returns the metrics written to ``out_dir/metrics.json``.
 
@@ -179,6 +180,8 @@ def finetune(
         eval_data: a separate ``.npz`` to report accuracy on (then ``holdout`` must be unset or 0).
         lean_memory: onnx-step: ONNX Runtime without its CPU arena and memory pattern (peak RSS about
             15-25 MB lower on the wide MLP, steps 10-20% slower).
+        any_input_range: take ``x`` values outside the manifest's ``input_range`` (by default
+            refused: e.g. raw 8-bit pixels for a model trained on pixels / 255).
 
     Raises:
         RunInterrupted: (a ``KeyboardInterrupt``) on Ctrl-C (or SIGTERM under :func:`main`);
@@ -216,10 +219,10 @@ def finetune(
     step_format = isinstance(manifest, StepManifest)
     if resume:
         check_resumable(out_dir, step_format)
-    x, y = load_dataset(data, manifest, flag="--data")
+    x, y = load_dataset(data, manifest, flag="--data", check_range=not any_input_range)
     data_id, eval_id = data_fingerprint(data, x, y), None
     if eval_data is not None:
-        xe, ye = load_dataset(eval_data, manifest, min_samples=1, flag="--eval-data")
+        xe, ye = load_dataset(eval_data, manifest, min_samples=1, flag="--eval-data", check_range=not any_input_range)
         eval_id, frac = data_fingerprint(eval_data, xe, ye), 0.0
         accuracy_on = "eval-data"
     else:
@@ -290,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=None,
                    help="fraction of --data held out for the accuracy report (default 0.2 for onnx-step, 0 for onnx-training)")
     p.add_argument("--eval-data", type=user_path, default=None, help=".npz to report accuracy on instead of a held-out split")
+    p.add_argument("--any-input-range", action="store_true",
+                   help="train on x values outside the range the model was trained on (the manifest's input_range, "
+                        "[0, 1] for the built-in image datasets; by default refused)")
     p.add_argument("--no-lean-memory", dest="lean_memory", action="store_false",
                    help="onnx-step: keep ONNX Runtime's CPU arena and memory pattern (faster first steps, higher peak RSS)")
     return p
@@ -302,7 +308,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with sigterm_interrupts():
             m = finetune(args.artifacts, args.data, args.epochs, args.lr, args.out, args.seed, args.resume, args.threads,
-                         force=args.force, holdout=args.holdout, eval_data=args.eval_data, lean_memory=args.lean_memory)
+                         force=args.force, holdout=args.holdout, eval_data=args.eval_data, lean_memory=args.lean_memory,
+                         any_input_range=args.any_input_range)
     except USER_ERRORS as exc:
         print(f"edgesnn-device: error: {exc}", file=sys.stderr)
         return 2
