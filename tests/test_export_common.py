@@ -43,6 +43,25 @@ needs_ort = pytest.mark.skipif(
 )
 
 
+def onnx_runtime_available() -> bool:
+    """onnx and an ONNX Runtime with ``InferenceSession`` (plain onnxruntime, or the training
+    build, which serves it too): what ``--format onnx`` / ``onnx-step`` and the device runner use."""
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime import InferenceSession  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+#: The onnx-step graph, the device runner and inference ONNX: no onnxruntime-training needed (the
+#: only ONNX Runtime on Python 3.13, where the dev extras install plain onnxruntime).
+needs_onnx_runtime = pytest.mark.skipif(
+    not onnx_runtime_available(),
+    reason="needs onnx and onnxruntime (pip install -e .[dev], or the onnx and device extras)",
+)
+
+
 def make_model(name: str, neuron: str, surrogate: str, seed: int = 0) -> torch.nn.Module:
     """A tiny trained-looking model: random weights and non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_export_common import CASES, make_batch, make_model, needs_ort
-
-pytestmark = needs_ort
+from test_export_common import CASES, make_batch, make_model, needs_onnx_runtime, needs_ort
 
 BATCH = 8
 
@@ -35,6 +33,7 @@ def _torch_grads(model, x, y):
 
 
 @pytest.mark.parametrize("name,neuron,surrogate", CASES)
+@needs_ort
 def test_ort_gradients_match_torch(tmp_path, name, neuron, surrogate):
     from edgesnn.export.onnx_training import export_onnx_training
 
@@ -61,6 +60,7 @@ def test_ort_gradients_match_torch(tmp_path, name, neuron, surrogate):
     assert float(grads[first].abs().max()) > 1e-4
 
 
+@needs_ort
 def test_twenty_sgd_steps_track_torch(tmp_path):
     from edgesnn.export.onnx_training import export_onnx_training
     from edgesnn.export.prepare import export_copy
@@ -90,6 +90,7 @@ def test_twenty_sgd_steps_track_torch(tmp_path):
     assert worst <= 1e-5, f"parameters drifted apart by {worst:.3g} after 20 steps"
 
 
+@needs_ort
 def test_onnx_graph_keeps_parameter_names_and_unrolls_time(tmp_path):
     import onnx
 
@@ -106,6 +107,7 @@ def test_onnx_graph_keeps_parameter_names_and_unrolls_time(tmp_path):
 
 
 @pytest.mark.parametrize("name,neuron,surrogate", [CASES[0], CASES[3]])
+@needs_onnx_runtime
 def test_inference_onnx_matches_eager_with_dynamic_batch(tmp_path, name, neuron, surrogate):
     import onnxruntime as ort
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_export_common import needs_ort, run_python
+from test_export_common import needs_onnx_runtime, run_python
 
-pytestmark = needs_ort
+pytestmark = needs_onnx_runtime
 
 STEPS = 20
 BATCH = 8

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_export_common import needs_ort
+from test_export_common import needs_onnx_runtime
 
-pytestmark = needs_ort
+pytestmark = needs_onnx_runtime
 
 B = 8
 N = 45  # 5 full batches + 5 samples: 3 repeated to fill the sixth
