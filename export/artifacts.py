@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +88,7 @@ class Manifest:
         timesteps: ``T``; the time loop is unrolled ``T`` times inside every graph.
         trainable / frozen: parameter names (PyTorch ``state_dict`` names) in the checkpoint.
         files: artifact file name -> SHA-256 hex digest.
+        input_range: as in :class:`StepManifest`.
     """
 
     model_config: Dict[str, Any]
@@ -97,6 +100,7 @@ class Manifest:
     frozen: List[str]
     optimizer: str = "sgd"
     learning_rate: float = 0.01
+    input_range: Optional[List[float]] = None
     loss: str = "cross_entropy"
     input_name: str = "input"
     label_name: str = "labels"
@@ -176,6 +180,13 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 
 def _canonical(data: Dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in data.items() if k != MANIFEST_CHECKSUM}, indent=2, sort_keys=True)
+
+
+def valid_input_range(r) -> bool:
+    """A manifest's ``input_range``: ``[low, high]``, two finite real numbers (not bools), low < high."""
+    return (isinstance(r, (list, tuple)) and len(r) == 2
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in r)
+            and r[0] < r[1])
 
 
 def _to_json(manifest) -> str:

@@ -228,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "onnx-training":
         from .onnx_training import export_onnx_training
 
-        manifest = replace_dir(out, lambda tmp: export_onnx_training(model, tmp, args.batch_size, args.optimizer, args.lr))
+        manifest = replace_dir(out, lambda tmp: export_onnx_training(model, tmp, args.batch_size, args.optimizer, args.lr,
+                                                                     input_range=_input_range(ck)))
         print(f"wrote ONNX Runtime training artifacts to {out} (batch {manifest.batch_size}, T {manifest.timesteps} "
               f"unrolled, {len(manifest.trainable)} trainable tensors, optimizer {manifest.optimizer})")
     elif args.format == "torchscript":

@@ -70,7 +70,7 @@ from ..functional.checks import is_real_number
 from ..functional.revlif_autograd import FLOAT_MODE_TOLERANCE
 from .artifacts import STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
 from .onnx_inference import OPSET, _onnx
-from .prepare import ExportError
+from .prepare import ExportError, checked_input_range
 from .onnx_pieces import export_piece, inline_graph, pruned, scan_body_to_loop, traced_body
 from .step_layers import Stage, block_forward, block_vjp, initial_state, weight_grad
 from .step_program import STEP_OPTIMIZERS, StepProgram, build_step_program, reference_step
@@ -321,11 +321,7 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
     """
     if not (is_real_number(learning_rate) and learning_rate > 0):
         raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
-    if input_range is not None:
-        if (not isinstance(input_range, (list, tuple)) or len(input_range) != 2
-                or not all(is_real_number(v) for v in input_range) or not input_range[0] < input_range[1]):
-            raise ExportError(f"input_range: expected (low, high) with finite low < high, or None, got {input_range!r}")
-        input_range = [float(input_range[0]), float(input_range[1])]
+    input_range = checked_input_range(input_range)
     prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov)
     step_model, eval_model, carried = build_graphs(prog)
     out_dir = Path(out_dir)

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Optional, Sequence
 
 from torch import nn
 
@@ -33,7 +34,7 @@ from .. import __version__
 from .artifacts import ARTIFACT_FILES, MODEL, Manifest, atomic_write_bytes, write_manifest
 from .onnx_inference import check_parameter_names, export_graph
 from ..checkpoint import encode_config
-from .prepare import ExportError, example_input, export_copy
+from .prepare import ExportError, checked_input_range, example_input, export_copy
 
 __all__ = ["OPTIMIZERS", "export_onnx_training", "ort_training_available"]
 
@@ -91,6 +92,7 @@ def export_onnx_training(
     batch_size: int = 32,
     optimizer: str = "sgd",
     learning_rate: float = 0.01,
+    input_range: Optional[Sequence[float]] = None,
 ) -> Manifest:
     """Export ``model`` and generate ORT training artifacts into ``out_dir``.
 
@@ -101,6 +103,8 @@ def export_onnx_training(
             labels int64 ``[B]``).
         optimizer: ``"sgd"`` (default) or ``"adamw"``.
         learning_rate: default learning rate recorded in the manifest (the runner can override it).
+        input_range: ``(low, high)`` of the inputs the model was trained on, or ``None`` (see
+            :func:`~edgesnn.export.onnx_step.export_onnx_step`).
 
     Returns:
         The :class:`~edgesnn.export.artifacts.Manifest` written to ``out_dir/manifest.json``.
@@ -109,6 +113,7 @@ def export_onnx_training(
         raise ExportError(f"optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ExportError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    input_range = checked_input_range(input_range)
     artifacts = _artifacts_module()
     clone = export_copy(model, frozen_batchnorm_ops=True)
     proto = export_graph(clone, example_input(clone, batch_size), dynamic_batch=False)
@@ -154,6 +159,7 @@ def export_onnx_training(
         frozen=frozen,
         optimizer=optimizer,
         learning_rate=float(learning_rate),
+        input_range=input_range,
         edgesnn_version=__version__,
     )
     write_manifest(out_dir, manifest)

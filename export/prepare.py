@@ -15,7 +15,7 @@ Parameter and buffer names are unchanged, so exported graphs use the PyTorch ``s
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from torch import nn
 from ..checkpoint import load_checkpoint, load_model_state
 from ..errors import UsageError, first_line
 from ..models import SpikingClassifier, build_model, spiking_layers
+from .artifacts import valid_input_range
 
 __all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "check_finite", "example_input", "ExportError"]
 
@@ -33,6 +34,16 @@ class ExportError(UsageError, RuntimeError):
     A :class:`~edgesnn.errors.UsageError` (the CLI reports it in one line); still a
     ``RuntimeError`` for callers that caught it as one.
     """
+
+
+def checked_input_range(value) -> Optional[List[float]]:
+    """An exporter's ``input_range`` argument as the manifest stores it: ``None``, or
+    ``[low, high]`` as floats (finite, low < high); an :class:`ExportError` otherwise."""
+    if value is None:
+        return None
+    if not valid_input_range(value):
+        raise ExportError(f"input_range: expected (low, high) with finite low < high, or None, got {value!r}")
+    return [float(value[0]), float(value[1])]
 
 
 class FrozenBatchNorm(nn.Module):

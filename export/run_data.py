@@ -15,6 +15,7 @@ import numpy as np
 
 from edgesnn.errors import UsageError
 
+from .artifacts import valid_input_range
 from .run_support import read_npz
 
 __all__ = ["load_dataset", "input_range", "split_holdout", "data_fingerprint"]
@@ -42,14 +43,11 @@ def _integer_labels(y: np.ndarray, path: Path, flag: str, num_classes: int) -> n
 
 
 def input_range(manifest) -> Optional[Tuple[float, float]]:
-    """The manifest's ``input_range`` (``onnx-step``; ``None``: unknown, and always for the legacy
-    format), checked: two finite numbers, low < high."""
+    """The manifest's ``input_range`` (``None``: unknown), checked: two finite numbers, low < high."""
     r = getattr(manifest, "input_range", None)
     if r is None:
         return None
-    ok = (isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
-          and all(np.isfinite(r)) and r[0] < r[1])
-    if not ok:
+    if not valid_input_range(r):
         raise UsageError(f"manifest.json: input_range must be [low, high] with finite low < high, or null; got {r!r}")
     return float(r[0]), float(r[1])
 

@@ -24,6 +24,7 @@ pytest.importorskip("onnxruntime")
 from edgesnn.checkpoint import save_checkpoint  # noqa: E402
 from edgesnn.export.onnx_step import export_onnx_step  # noqa: E402
 from edgesnn.models import build_model  # noqa: E402
+from test_export_common import needs_ort  # noqa: E402
 
 
 def _export_cli(argv):
@@ -106,3 +107,14 @@ def test_export_onnx_step_checks_input_range(tmp_path, bad):
 
     with pytest.raises(USER_ERRORS, match=r"^input_range: expected \(low, high\)"):
         export_onnx_step(_model(), tmp_path / "art", batch_size=16, input_range=bad)
+
+
+@needs_ort
+def test_the_legacy_onnx_training_format_records_and_checks_the_range_too(exports):
+    ck = exports / "trained.pt"
+    assert _export_cli(["--checkpoint", str(ck), "--format", "onnx-training", "--out", str(exports / "legacy"),
+                        "--batch-size", "16"]) == 0
+    assert json.loads((exports / "legacy" / "manifest.json").read_text())["input_range"] == [0.0, 1.0]
+    res = _run(exports, "legacy", "pixels.npz", "--out", str(exports / "out_legacy"))
+    assert res.returncode == 2 and "the model was trained on inputs in [0, 1]" in res.stderr, res.stderr
+    assert _run(exports, "legacy", "scaled.npz", "--out", str(exports / "out_legacy")).returncode == 0
