@@ -102,3 +102,32 @@ def test_revlif_is_still_importable_from_neurons_and_pickles_by_either_path():
     assert neurons.RevLIF is RevLIF
     node = pickle.loads(pickle.dumps(neurons.RevLIF(groups=4)))
     assert node.groups == 4
+
+
+@pytest.mark.parametrize("cls, bad", [(LIF, "cupy"), (RevLIF, "gpu"), (ParametricLIF, "numba")])
+def test_backend_assignment_is_checked_like_the_constructor(cls, bad):
+    """``node.backend = ...`` was a plain attribute: LIF / RevLIF failed at the next call,
+    ParametricLIF ignored it (always the reference path) whatever was assigned."""
+    with pytest.raises(ValueError, match=r"^backend: ") as ctor:
+        cls(backend=bad)
+    node = cls()
+    with pytest.raises(ValueError, match=r"^backend: ") as assigned:
+        node.backend = bad
+    assert str(assigned.value) == str(ctor.value) and node.backend == "auto"
+    node.backend = "reference"
+    assert node.backend == "reference"
+    assert ("backend='reference'" in repr(node)) == (cls is not ParametricLIF)  # (its repr names no backend: always the reference)
+    x = torch.rand(3, 2, 4)
+    ref = cls(backend="reference")
+    torch.testing.assert_close(node(x), ref(x), rtol=0, atol=0)
+
+
+def test_nodes_pickled_with_a_plain_backend_attribute_still_load():
+    node = LIF()
+    state = dict(vars(node))
+    state.pop("_backend")
+    state["backend"] = "torch"  # how edgesnn <= this change stored it
+    old = LIF.__new__(LIF)
+    old.__setstate__(state)
+    assert old.backend == "torch"
+    assert pickle.loads(pickle.dumps(old)).backend == "torch"

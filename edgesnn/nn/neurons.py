@@ -106,6 +106,24 @@ class _SpikingNode(nn.Module):
             f"{self._fresh_value()}; call reset() before setting stateful=False to silence this", stacklevel=3)
 
     @property
+    def backend(self) -> str:
+        """The backend name the node runs (see :mod:`edgesnn.kernels.dispatch`); assignments are
+        checked as the constructor checks it (an unknown name used to fail only at the next call)."""
+        try:
+            return self._backend
+        except AttributeError:  # a node pickled before this was a property kept it as a plain attribute
+            return vars(self).get("backend", "auto")
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._check_backend(value)
+        self._backend = value
+
+    def _check_backend(self, value: str) -> None:
+        """Raise ``ValueError`` (one line naming ``backend``) for a backend this node cannot run."""
+        dispatch.resolve_backend(value, torch.empty(0))
+
+    @property
     def store_v_seq(self) -> bool:
         """Always False: edgesnn nodes do not keep the membrane history; setting True raises, as the constructor does."""
         return False
@@ -311,7 +329,6 @@ class LIF(LIFAttributes, _SpikingNode):
         super().__init__()
         sg = resolve_surrogate(surrogate, surrogate_function)
         self.params = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, sg)
-        dispatch.resolve_backend(backend, torch.empty(0))
         self.backend = backend
         self._init_node(step_mode, stateful, check_finite, store_v_seq)
 

@@ -96,11 +96,6 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
                 raise ValueError("init_tau:" + str(e)[len("tau:"):]) from None
             raise
         learn_threshold = check_flag(learn_threshold, "learn_threshold")
-        if backend not in ("auto", "reference"):
-            raise ValueError(
-                f"backend: ParametricLIF runs the 'reference' path (the fused kernels and 'torch' take scalar parameters "
-                f"and give no gradient for tau or v_threshold); expected 'auto' or 'reference', got {backend!r}"
-            )
         self.backend = backend
         self.w = nn.Parameter(torch.tensor(-math.log(base.tau - 1.0)))
         if learn_threshold:  # before _fixed exists, so the v_threshold property does not yet shadow the name
@@ -123,6 +118,13 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
                    doc="The current time constant ``1 / sigmoid(w)`` (a float, no gradient); assigning writes ``w``.")
     v_threshold = property(_get_v_threshold, LIFAttributes.v_threshold.fset,
                            doc="The threshold: a float, or the 0-dim parameter with ``learn_threshold=True``.")
+
+    def _check_backend(self, value: str) -> None:
+        if value not in ("auto", "reference"):
+            raise ValueError(
+                f"backend: ParametricLIF runs the 'reference' path (the fused kernels and 'torch' take scalar parameters "
+                f"and give no gradient for tau or v_threshold); expected 'auto' or 'reference', got {value!r}"
+            )
 
     def _lif_params(self) -> LIFParams:
         return self._fixed

@@ -86,7 +86,6 @@ class RevLIF(LIFAttributes, _SpikingNode):
         sg = resolve_surrogate(surrogate, surrogate_function)
         lif = LIFParams(tau, v_threshold, v_reset, decay_input, detach_reset, sg)
         self.params = RevLIFParams(lif, groups, alpha, beta, gamma, mode)
-        dispatch.resolve_backend(backend, torch.empty(0))
         self.backend = backend
         self._init_node(step_mode, stateful, check_finite, store_v_seq)
 
