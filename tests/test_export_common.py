@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -28,13 +29,17 @@ CASES = [  # (model, neuron, surrogate): LIF and RevLIF, MLP and conv, both surr
 ]
 
 
-def ort_training_available() -> bool:
+def _importable(*modules: str) -> bool:
     try:
-        import onnx  # noqa: F401
-        from onnxruntime.training import artifacts  # noqa: F401
+        for name in modules:
+            importlib.import_module(name)
     except Exception:
         return False
     return True
+
+
+def ort_training_available() -> bool:
+    return _importable("onnx", "onnxruntime.training.artifacts")
 
 
 needs_ort = pytest.mark.skipif(
@@ -46,12 +51,7 @@ needs_ort = pytest.mark.skipif(
 def onnx_runtime_available() -> bool:
     """onnx and an ONNX Runtime with ``InferenceSession`` (plain onnxruntime, or the training
     build, which serves it too): what ``--format onnx`` / ``onnx-step`` and the device runner use."""
-    try:
-        import onnx  # noqa: F401
-        from onnxruntime import InferenceSession  # noqa: F401
-    except Exception:
-        return False
-    return True
+    return _importable("onnx", "onnxruntime") and hasattr(importlib.import_module("onnxruntime"), "InferenceSession")
 
 
 #: The onnx-step graph, the device runner and inference ONNX: no onnxruntime-training needed (the
