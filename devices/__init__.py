@@ -30,11 +30,13 @@ import json
 import math
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-__all__ = ["DeviceProfile", "list_devices", "load_device", "host_profile", "DEFAULT_CPU_RUNTIME_OVERHEAD", "RUNS_KEYS"]
+__all__ = ["DeviceProfile", "list_devices", "load_device", "host_profile", "torch_runtime_overhead",
+           "DEFAULT_CPU_RUNTIME_OVERHEAD", "DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD", "RUNS_KEYS"]
 
 _HERE = Path(__file__).resolve().parent
 GiB = 1024**3
@@ -43,6 +45,11 @@ GiB = 1024**3
 #: measured on the 2-core x86 host (torch 2.13 CPU wheel, torch backend): about 317 MiB (see
 #: ``tools/validate_planner.py --calibrate``).
 DEFAULT_CPU_RUNTIME_OVERHEAD = 317 * 1024**2
+#: The same for a CUDA build of torch, GPU or not: the build's CUDA libraries (cuBLAS, NVRTC,
+#: nvJitLink, libtorch_cuda, ...) load with ``import torch``. Measured on the same host without a
+#: GPU: 600.5 MiB (torch 2.8.0+cu128), 698.1 MiB (2.15.0+cu132); the larger one. PyPI's default
+#: torch wheels for x86-64 and aarch64 Linux are such builds.
+DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD = 698 * 1024**2
 
 _REQUIRED = ("name", "memory_bytes", "reserved_bytes", "runtime_overhead_bytes", "bandwidth_gbs", "cores")
 
@@ -249,15 +256,33 @@ def _host_os() -> str:
     return platform.platform()
 
 
-def host_profile(runtime_overhead_bytes: int = DEFAULT_CPU_RUNTIME_OVERHEAD) -> DeviceProfile:
+def torch_runtime_overhead() -> Tuple[int, str]:
+    """``(bytes, source)``: the runtime overhead of a training process with the PyTorch build this
+    process has loaded: :data:`DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD` for a CUDA build (about 0.3 GiB
+    more RSS than a CPU build, a GPU or not), else :data:`DEFAULT_CPU_RUNTIME_OVERHEAD` (also when
+    torch is not imported: this module never imports it)."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(getattr(torch, "version", None), "cuda", None)
+    if cuda:
+        return (DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD,
+                f"measured baseline of a CUDA build of torch (CUDA {cuda}; its libraries load with torch, a GPU or not; "
+                "DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD)")
+    return DEFAULT_CPU_RUNTIME_OVERHEAD, "measured torch CPU process baseline (DEFAULT_CPU_RUNTIME_OVERHEAD)"
+
+
+def host_profile(runtime_overhead_bytes: Optional[int] = None) -> DeviceProfile:
     """Measure this machine: ``memory_bytes = MemTotal``, reserved = ``MemTotal - MemAvailable``.
 
     ``runtime_overhead_bytes``: the training process's own bytes (an int >= 0; a bad value is a
-    one-line ``ValueError`` naming it).
+    one-line ``ValueError`` naming it); ``None``: :func:`torch_runtime_overhead`, by the loaded
+    PyTorch build (a CUDA build's libraries cost about 0.3 GiB more).
 
     The planner then budgets against memory that is free right now (``MemAvailable``), which on
     Jetson (unified memory) is also the right figure for the GPU (docs/design.md §5).
     """
+    source = "given by the caller"
+    if runtime_overhead_bytes is None:
+        runtime_overhead_bytes, source = torch_runtime_overhead()
     v = runtime_overhead_bytes
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ValueError(f"runtime_overhead_bytes: expected an integer number of bytes >= 0, got {v!r}")
@@ -275,7 +300,7 @@ def host_profile(runtime_overhead_bytes: int = DEFAULT_CPU_RUNTIME_OVERHEAD) -> 
         os=_host_os(), python=platform.python_version(),
         description=f"this host: MemAvailable {avail / GiB:.2f} GiB of {total / GiB:.2f} GiB, {cores} cores",
         sources={"memory_bytes": "/proc/meminfo MemTotal", "reserved_bytes": "MemTotal - MemAvailable (measured now)",
-                 "runtime_overhead_bytes": "measured torch CPU process baseline (DEFAULT_CPU_RUNTIME_OVERHEAD)"},
+                 "runtime_overhead_bytes": source},
     )
 
 

@@ -114,3 +114,22 @@ def test_runs_field_is_validated(tmp_path):
     f.write_text(json.dumps(base))  # all four fields are optional for user profiles
     d = devices.load_device(str(f))
     assert d.os == "" and d.cuda is None and d.runs == {}
+
+
+def test_auto_counts_a_cuda_builds_libraries(monkeypatch):
+    """A CUDA build of torch loads its CUDA libraries with ``import torch``, GPU or not: on the
+    2-core host 0.28-0.38 GiB more RSS than the CPU build (the 317 MiB the planner assumed for every
+    host), so plans on such an install under-predicted every peak by that much (validate_planner
+    on torch 2.15.0+cu132: 35-48% low; with the build's overhead within 4.4%)."""
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert devices.torch_runtime_overhead()[0] == devices.DEFAULT_CPU_RUNTIME_OVERHEAD
+    assert devices.load_device("auto").runtime_overhead_bytes == devices.DEFAULT_CPU_RUNTIME_OVERHEAD
+    monkeypatch.setattr(torch.version, "cuda", "13.2")
+    ovh, source = devices.torch_runtime_overhead()
+    assert ovh == devices.DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD > devices.DEFAULT_CPU_RUNTIME_OVERHEAD + 256 * 1024**2
+    assert "CUDA 13.2" in source
+    d = devices.load_device("auto")
+    assert d.runtime_overhead_bytes == ovh and d.sources["runtime_overhead_bytes"] == source
+    assert devices.host_profile(123).runtime_overhead_bytes == 123  # an explicit value still wins

@@ -238,7 +238,9 @@ def main(argv=None) -> int:
         return network_main(args)
     from edgesnn import devices
 
-    DEFAULT_CPU_RUNTIME_OVERHEAD = devices.DEFAULT_CPU_RUNTIME_OVERHEAD
+    __import__("torch")  # loaded here, so that its build (CPU or CUDA: their libraries' RSS differs) decides the overhead
+
+    runtime_overhead, overhead_source = devices.torch_runtime_overhead()
 
     if args.calibrate:
         spec = dict(model="mlp", in_shape=[8], T=1, B=2, neuron="lif", kwargs={"hidden": [8]}, node={"backend": args.backend})
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
         pred = predict(spec, 0)
         print(f"runtime overhead of this host: {meas['peak_rss_bytes'] - pred['peak_bytes']} bytes "
               f"({(meas['peak_rss_bytes'] - pred['peak_bytes']) / 2**20:.1f} MiB); "
-              f"edgesnn.devices.DEFAULT_CPU_RUNTIME_OVERHEAD = {DEFAULT_CPU_RUNTIME_OVERHEAD}")
+              f"the planner's for this torch build: {runtime_overhead} ({overhead_source})")
         return 0
     rows = []
     configs = [CONFIGS[i] for i in QUICK] if args.quick else CONFIGS
@@ -257,7 +259,7 @@ def main(argv=None) -> int:
     for cfg in configs:
         spec = _spec(cfg, args.backend)
         meas = run_fresh(spec)
-        pred = predict(spec, DEFAULT_CPU_RUNTIME_OVERHEAD)
+        pred = predict(spec, runtime_overhead)
         ea = (pred["activation_bytes"] - meas["activation_bytes"]) / meas["activation_bytes"] * 100
         er = (pred["peak_bytes"] - meas["peak_rss_bytes"]) / meas["peak_rss_bytes"] * 100
         row = dict(model=spec["model"], neuron=_label(spec["neuron"]), T=spec["T"], B=spec["B"],
@@ -274,7 +276,7 @@ def main(argv=None) -> int:
           f"{'PASS' if ok else 'FAIL'}")
     if args.json:
         write_json(args.json, dict(baseline="measured (saved-tensor bytes, VmHWM)", rows=rows, worst_activation_err_pct=worst_a,
-                                   worst_rss_err_pct=worst_r, passed=ok, runtime_overhead_bytes=DEFAULT_CPU_RUNTIME_OVERHEAD))
+                                   worst_rss_err_pct=worst_r, passed=ok, runtime_overhead_bytes=runtime_overhead))
     return 0 if ok else 1
 
 
