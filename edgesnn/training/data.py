@@ -24,8 +24,9 @@ __all__ = ["Split", "Dataset", "load_dataset", "load_digits_dataset", "load_cifa
 DATASETS = ("digits", "cifar10", "folder", "nmnist", "dvsgesture", "shd")
 #: datasets of events, binned into T frames (need tonic and ``--data-dir``)
 EVENT_DATASETS = ("nmnist", "dvsgesture", "shd")
-#: Datasets whose loaders scale every input value to [0, 1] (pixels / 255, digits / 16): an
-#: ``onnx-step`` export of a model trained on one records that range for the device runner.
+#: Datasets whose loaders scale every input value to [0, 1] (pixels / 255, digits / 16): an ONNX
+#: training export (``onnx-step``, ``onnx-training``) of a model trained on one records that range
+#: for the device runner.
 UNIT_RANGE_DATASETS = ("digits", "cifar10", "folder")
 
 
