@@ -189,11 +189,16 @@ def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
     format that repeats one frame over T: it would run, and train, on the wrong input silently."""
     from ..training.data import EVENT_DATASETS
 
-    dataset = (ck.get("train_config") or {}).get("dataset")
+    dataset = _trained_on(ck)
     if args.format in STATIC_INPUT_FORMATS and dataset in EVENT_DATASETS:
         raise UsageError(f"--format {args.format}: {args.checkpoint} was trained on event data ({dataset}: T frames per "
                          f"sample), but this graph takes one frame and repeats it over T; use --format nir "
                          "(one time step per call) or --format checkpoint")
+
+
+def _trained_on(ck: Dict):
+    """The built-in dataset ``edgesnn train`` trained the checkpoint on (``None`` for one saved from Python)."""
+    return (ck.get("train_config") or {}).get("dataset")
 
 
 def _input_range(ck: Dict):
@@ -201,7 +206,7 @@ def _input_range(ck: Dict):
     loaders scale every value to [0, 1]), else ``None`` (unknown: the device runner checks nothing)."""
     from ..training.data import UNIT_RANGE_DATASETS
 
-    return (0.0, 1.0) if (ck.get("train_config") or {}).get("dataset") in UNIT_RANGE_DATASETS else None
+    return (0.0, 1.0) if _trained_on(ck) in UNIT_RANGE_DATASETS else None
 
 
 def run(args: argparse.Namespace) -> int:
