@@ -6,7 +6,8 @@ with, from shapes only (no measuring runs of the model):
 
 * ``Strategy("bptt")``: plain autograd backpropagation through time over an ``nn.Sequential`` of
   multi-step layers (SpikingJelly ``layer.*`` with ``step_mode="m"``, edgesnn ``LIF``/``RevLIF``,
-  SpikingJelly neurons; nested ``nn.Sequential`` blocks are flattened).
+  SpikingJelly neurons; nested ``nn.Sequential`` blocks are flattened; edgesnn's ``SeqToANN`` counts
+  as its wrapped layers on ``[T * B, ...]``, and a ``build_model`` classifier as its ``body``).
 * ``Strategy("sj_memopt")``: SpikingJelly ``memopt.optimize_memory(level=1, compress=True)``:
   every top-level ``nn.Sequential`` child is a non-reentrant gradient checkpoint whose first input
   is packed to 1 bit per element when it is strictly binary (spikes, or max-pooled spikes).
@@ -69,7 +70,8 @@ import torch
 from torch import nn
 
 from ..memory import SavedTensorCounter, _storage_key
-from ..nn import LIF, RevLIF
+from ..models import SpikingClassifier
+from ..nn import LIF, RevLIF, SeqToANN
 from .memory_model import ZERO, Cost, Layer, _classify, option_cost, resolved_backend
 from .step_replay import Chain, Pool, Replay, replay_bptt, replay_sj_memopt
 
@@ -251,11 +253,29 @@ def _layer_op(idx: int, name: str, module: nn.Module, shape: Tuple[int, ...], dt
     return op
 
 
+def _body(model: nn.Module) -> nn.Module:
+    """The multi-step chain of ``model``: ``model.body`` for a :class:`~edgesnn.models.SpikingClassifier`
+    (its repeat over T and the mean over T are the replay's input expand and loss head), else ``model``."""
+    return model.body if isinstance(model, SpikingClassifier) else model
+
+
 def _leaves(model: nn.Module, prefix: str = "") -> List[Tuple[str, nn.Module]]:
-    """The layers of a (nested) ``nn.Sequential`` in call order; checkpoint wrappers are looked through."""
+    """The layers of a (nested) ``nn.Sequential`` in call order; checkpoint wrappers, a
+    :class:`~edgesnn.models.SpikingClassifier` (its ``body``) and :class:`~edgesnn.nn.SeqToANN`
+    (its wrapped modules) are looked through.
+
+    A ``SeqToANN`` runs its modules on ``[T * B, ...]`` and views the result as ``[T, B, ...]``:
+    the same storages as the wrapped layers applied one after the other to the folded tensor (the
+    fold copies only a non-contiguous input, the expanded model input, which the replay counts as
+    edge 0's copy), so its modules are leaves here, named ``<seq>.module[.<i>]``.
+    """
     inner = getattr(model, "_checkpoint_wrapped_module", None)
     if inner is not None:
         return _leaves(inner, prefix)
+    if isinstance(model, SpikingClassifier):
+        return _leaves(model.body, f"{prefix}body.")
+    if isinstance(model, SeqToANN):
+        return _leaves(model.module, f"{prefix}module.")
     if isinstance(model, nn.Sequential) and not _is_node(model):
         out = []
         for name, child in model.named_children():
@@ -291,6 +311,7 @@ def _units(model: nn.Module, strategy: Strategy) -> List[Tuple[bool, List[Tuple[
     """``[(checkpointed, layers)]``: one unit for BPTT; one per top-level child for ``sj_memopt``."""
     if strategy.kind == "bptt":
         return [(False, _leaves(model))]
+    model = _body(model)
     if not isinstance(model, nn.Sequential):
         raise TypeError("model: sj_memopt needs an nn.Sequential whose checkpointed blocks are nn.Sequential children")
     units: List[Tuple[bool, List[Tuple[str, nn.Module]]]] = []
@@ -299,9 +320,9 @@ def _units(model: nn.Module, strategy: Strategy) -> List[Tuple[bool, List[Tuple[
         if isinstance(inner, nn.Sequential):
             units.append((True, _leaves(inner, f"{name}.")))
         elif units and not units[-1][0]:
-            units[-1][1].append((name, child))
+            units[-1][1].extend(_leaves(child, f"{name}."))
         else:
-            units.append((False, [(name, child)]))
+            units.append((False, _leaves(child, f"{name}.")))
     return units
 
 
@@ -361,7 +382,9 @@ def predict_peak(model: nn.Module, in_shape: Sequence[int], T: int, batch: int, 
 
     Args:
         model: an ``nn.Sequential`` of multi-step layers on ``[T, B, ...]`` tensors (nested
-            ``nn.Sequential`` blocks allowed; for ``sj_memopt`` the top-level ``nn.Sequential``
+            ``nn.Sequential`` blocks and edgesnn ``SeqToANN`` wrappers allowed), or a
+            :class:`~edgesnn.models.SpikingClassifier` from ``build_model`` (its ``body``; pass its
+            ``timesteps`` as ``T``); for ``sj_memopt`` the top-level ``nn.Sequential``
             children, or SpikingJelly's checkpoint wrappers around them, are the checkpointed blocks).
         in_shape: one sample's input shape, e.g. ``(3, 32, 32)``; the input is ``x.expand(T, ...)``
             of a ``[B, *in_shape]`` batch (a zero-stride view that the first layer copies).

@@ -21,6 +21,12 @@ Nothing is streamed from disk sample by sample; a custom loader that streams cou
 The training loop feeds the ``mlp`` flat samples (``[features]``) and the conv models ``C, H, W``
 ones (:func:`model_input_shape`); a plan's ``--input`` must be that shape, and its class count the
 dataset's (:func:`dataset_classes`).
+
+The class counts come from the loaders' own constants (``edgesnn.training.data.DIGITS_CLASSES`` /
+``CIFAR10_CLASSES`` and ``edgesnn.training.events.EVENT_SPECS``), so the plan and the loaders cannot
+disagree; importing them adds no heavy dependency (tonic, h5py and scikit-learn are imported only
+when a loader runs). Sample counts and shapes are the datasets' published sizes, kept here and checked
+against the loaders on small files in each real format (``tests/test_dataset_specs.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ..training.data import CIFAR10_CLASSES, DIGITS_CLASSES
+from ..training.events import EVENT_SPECS
 
 __all__ = ["DatasetSpec", "DATASET_SPECS", "DEFAULT_CLASSES", "dataset_memory", "dataset_classes",
            "model_input_shape"]
@@ -74,11 +83,11 @@ class DatasetSpec:
 
 
 DATASET_SPECS: Dict[str, DatasetSpec] = {
-    "digits": DatasetSpec("digits", 1348, 449, (1, 8, 8)),
-    "cifar10": DatasetSpec("cifar10", 50000, 10000, (3, 32, 32)),
-    "nmnist": DatasetSpec("nmnist", 60000, 10000, (2, 34, 34), 1, "mmap", True),
-    "dvsgesture": DatasetSpec("dvsgesture", 1077, 264, (2, 32, 32), 1, "mmap", True, num_classes=11),
-    "shd": DatasetSpec("shd", 8156, 2264, (1, 700), 1, "mmap", True, num_classes=20),
+    "digits": DatasetSpec("digits", 1348, 449, (1, 8, 8), num_classes=DIGITS_CLASSES),
+    "cifar10": DatasetSpec("cifar10", 50000, 10000, (3, 32, 32), num_classes=CIFAR10_CLASSES),
+    "nmnist": DatasetSpec("nmnist", 60000, 10000, (2, 34, 34), 1, "mmap", True, EVENT_SPECS["nmnist"].num_classes),
+    "dvsgesture": DatasetSpec("dvsgesture", 1077, 264, (2, 32, 32), 1, "mmap", True, EVENT_SPECS["dvsgesture"].num_classes),
+    "shd": DatasetSpec("shd", 8156, 2264, (1, 700), 1, "mmap", True, EVENT_SPECS["shd"].num_classes),
 }
 
 

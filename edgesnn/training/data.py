@@ -19,7 +19,8 @@ import torch
 
 from ..errors import first_line
 
-__all__ = ["Split", "Dataset", "load_dataset", "load_digits_dataset", "load_cifar10", "load_image_folder", "DATASETS"]
+__all__ = ["Split", "Dataset", "load_dataset", "load_digits_dataset", "load_cifar10", "load_image_folder", "DATASETS",
+           "DIGITS_CLASSES", "CIFAR10_CLASSES"]
 
 DATASETS = ("digits", "cifar10", "folder", "nmnist", "dvsgesture", "shd")
 #: datasets of events, binned into T frames (need tonic and ``--data-dir``)
@@ -28,6 +29,11 @@ EVENT_DATASETS = ("nmnist", "dvsgesture", "shd")
 #: training export (``onnx-step``, ``onnx-training``) of a model trained on one records that range
 #: for the device runner.
 UNIT_RANGE_DATASETS = ("digits", "cifar10", "folder")
+#: Classes of the built-in static datasets (labels 0..N-1). The source of truth: the loaders below use
+#: them, and so does the planner (:data:`edgesnn.planner.datasets.DATASET_SPECS`); the event datasets'
+#: counts are in :data:`edgesnn.training.events.EVENT_SPECS`.
+DIGITS_CLASSES = 10
+CIFAR10_CLASSES = 10
 
 
 @dataclass
@@ -97,7 +103,7 @@ def load_digits_dataset(flat: bool = True, seed: int = 0, test_fraction: float =
     if not flat:
         x = x.reshape(-1, 1, 8, 8)
     train, test = _split(x, d.target.astype(np.int64), test_fraction, seed)
-    return Dataset("digits", train, test, 10)
+    return Dataset("digits", train, test, DIGITS_CLASSES)
 
 
 def _unpickle(path: Path) -> dict:
@@ -123,7 +129,7 @@ def _cifar_labels(path: Path, labels) -> np.ndarray:
     if y.dtype.kind == "f" and y.size and not bool(np.all(np.isfinite(y) & (y == np.round(y)))):
         bad = y[~(np.isfinite(y) & (y == np.round(y)))][0]
         raise ValueError(f"data: {path}: label {bad} is not a whole number; CIFAR-10 labels are 0..9")
-    if y.size and (y.min() < 0 or y.max() > 9):
+    if y.size and (y.min() < 0 or y.max() > CIFAR10_CLASSES - 1):
         raise ValueError(f"data: {path} has labels {int(y.min())}..{int(y.max())}; CIFAR-10 has 0..9")
     return y.astype(np.int64)
 
@@ -185,7 +191,7 @@ def load_cifar10(root: str, flat: bool = False) -> Dataset:
             x = x.reshape(len(x), -1)
         return Split(torch.from_numpy(x), torch.from_numpy(np.concatenate(ys)))
 
-    return Dataset("cifar10", read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), 10)
+    return Dataset("cifar10", read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), CIFAR10_CLASSES)
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
