@@ -290,19 +290,32 @@ def _check_bits(bits: Optional[torch.Tensor], y: torch.Tensor, p: RevLIFParams) 
         raise ValueError(f"bits: expected the shape {tuple(y.shape)} of y (the bits revlif_step returned), got {tuple(bits.shape)}")
 
 
-def _invert_group(i: int, y, v_new, bits, x, v, p: RevLIFParams) -> torch.Tensor:
-    """Recover group ``i``'s ``x[:, i]`` and ``v[:, i]`` in place (groups ``i+1..n`` already done,
-    and for ``i = 0`` group ``n``); returns the recomputed ``h`` for the caller's VJP."""
-    n = p.groups
-    a, w = (y[:, i - 1], v_new[:, i - 1]) if i > 0 else (x[:, n - 1], v[:, n - 1])
+def _invert_group(i: int, y, v_new, bits, a, w, p: RevLIFParams) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recover group ``i``'s ``(x_i, v_i)`` from its source ``(a, w)`` (``(y_{i-1}, v'_{i-1})``, or for
+    ``i = 0`` the already recovered ``(x_n, v_n)``); also returns the recomputed ``h`` for the VJP."""
     h = lif_charge(a, w, p.lif)
     s, u = lif_fire_reset_values(h, p.lif)
-    x[:, i] = (y[:, i] - s) / p.alpha
+    x_i = (y[:, i] - s) / p.alpha
     if p.exact:
-        v[:, i] = unhalve_on_grid(v_new[:, i] - to_grid(p.gamma * u), bits[:, i])
+        v_i = unhalve_on_grid(v_new[:, i] - to_grid(p.gamma * u), bits[:, i])
     else:
-        v[:, i] = (v_new[:, i] - p.gamma * u) / p.beta
-    return h
+        v_i = (v_new[:, i] - p.gamma * u) / p.beta
+    return x_i, v_i, h
+
+
+def _source(i: int, y, v_new, xs: List, vs: List) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Group ``i``'s LIF input: ``(y_{i-1}, v'_{i-1})``, or for ``i = 0`` the recovered ``(x_n, v_n)``."""
+    return (y[:, i - 1], v_new[:, i - 1]) if i > 0 else (xs[-1], vs[-1])
+
+
+def _stacked(*parts: List) -> Tuple[torch.Tensor, ...]:
+    """Each list of per-group ``[B, M]`` results as one ``[B, n, M]``, freeing each list once stacked (eager
+    peak: one output beyond the per-group results, not all of them twice)."""
+    out = []
+    for groups in parts:
+        out.append(torch.stack(groups, 1))
+        groups.clear()
+    return tuple(out)
 
 
 @torch.no_grad()
@@ -313,11 +326,12 @@ def revlif_step_inverse(
     (``[B, n, M]``, exact mode; ``None`` in float mode). One LIF evaluation per group."""
     _check_step_layout(y, v_new, p, "y", "v_new")
     _check_bits(bits, y, p)
-    x = torch.empty_like(y)
-    v = torch.empty_like(v_new)
-    for i in range(p.groups - 1, -1, -1):
-        _invert_group(i, y, v_new, bits, x, v, p)
-    return x, v
+    n = p.groups
+    xs: List = [None] * n
+    vs: List = [None] * n
+    for i in range(n - 1, -1, -1):
+        xs[i], vs[i], _ = _invert_group(i, y, v_new, bits, *_source(i, y, v_new, xs, vs), p)
+    return _stacked(xs, vs)
 
 
 @torch.no_grad()
@@ -342,29 +356,31 @@ def revlif_step_backward(
     Returns:
         ``(x, v, grad_x, grad_v)``: the recovered input and previous state, and their gradients
         (``grad_x`` before the input's straight-through quantization, which passes it unchanged).
+        Each is stacked from per-group results (no indexed writes: traced, those would export as
+        ``ScatterND``).
     """
     _check_step_layout(y, v_new, p, "y", "v_new")
     _check_bits(bits, y, p)
     n = p.groups
-    x = torch.empty_like(y)
-    v = torch.empty_like(v_new)
-    grad_x = torch.empty_like(grad_y)
-    grad_v = torch.empty_like(grad_v_new)
+    xs: List = [None] * n
+    vs: List = [None] * n
+    gxs: List = [None] * n
+    gvs: List = [None] * n
     gy = [grad_y[:, i] for i in range(n)]
     gv = [grad_v_new[:, i] for i in range(n)]
     for i in range(n - 1, -1, -1):
-        h = _invert_group(i, y, v_new, bits, x, v, p)
+        xs[i], vs[i], h = _invert_group(i, y, v_new, bits, *_source(i, y, v_new, xs, vs), p)
         # vector-Jacobian product through the group's LIF step
         ga, gw = lif_step_vjp(h, gy[i], p.gamma * gv[i], p.lif)
-        grad_x[:, i] = p.alpha * gy[i]
-        grad_v[:, i] = p.beta * gv[i]
+        gxs[i] = p.alpha * gy[i]
+        gvs[i] = p.beta * gv[i]
         if i > 0:
             gy[i - 1] = gy[i - 1] + ga
             gv[i - 1] = gv[i - 1] + gw
         else:
-            grad_x[:, n - 1] += ga
-            grad_v[:, n - 1] += gw
-    return x, v, grad_x, grad_v
+            gxs[n - 1] = gxs[n - 1] + ga
+            gvs[n - 1] = gvs[n - 1] + gw
+    return _stacked(xs, vs, gxs, gvs)
 
 
 # ----------------------------------------------------------------------------- oracle
