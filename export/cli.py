@@ -1,7 +1,7 @@
 """``edgesnn export``: checkpoint -> ONNX training step, ONNX training artifacts, TorchScript or inference ONNX.
 
     edgesnn export --checkpoint CK --format onnx-step --out DIR [--batch-size 32] [--optimizer sgd|adamw] [--lr 0.01]
-                   [--momentum 0.9] [--weight-decay WD] [--nesterov]
+                   [--momentum 0.9] [--weight-decay WD] [--nesterov] [--freeze LAYER ...]
         (one plain ONNX graph per training step: runs on plain onnxruntime, x86-64 and aarch64)
     edgesnn export --checkpoint CK --format onnx-training --out DIR [--batch-size 32] [--optimizer sgd] [--lr 0.01]
         (legacy: ONNX Runtime training artifacts; onnxruntime-training-cpu 1.19.2, x86-64 only)
@@ -10,6 +10,10 @@
     edgesnn export --checkpoint CK --format nir           --out DIR   (writes DIR/model.nir; or --out FILE.nir; LIF models)
     edgesnn export --checkpoint CK --format checkpoint --params DIR/finetuned/params.npz --out NEW.ckpt
         (the reverse: fold device-fine-tuned weights back into an edgesnn checkpoint)
+
+``--freeze body.1.module`` (repeatable, or comma-separated; a layer or a parameter name) keeps
+those parameters fixed on the device: onnx-step and onnx-training. An unknown name is refused with
+the model's layer names listed.
 
 ``--params`` applies to ``--format checkpoint`` only: to export fine-tuned weights to another format,
 first fold them into a checkpoint with ``--format checkpoint``, then export that checkpoint.
@@ -70,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="onnx-step: weight decay (default: 0 for sgd, 0.01 for adamw as in torch.optim.AdamW)")
     p.add_argument("--nesterov", action="store_true", help="onnx-step, sgd: Nesterov momentum")
+    p.add_argument("--freeze", action="append", default=None, metavar="LAYER",
+                   help="onnx-step/onnx-training: keep this layer's (module name, e.g. body.1.module) or parameter's "
+                        "values fixed on the device: no gradient, no optimizer state (repeatable; commas allowed)")
     p.add_argument("--params", type=user_path, default=None,
                    help="checkpoint only: params.npz written by the device runner (every trainable parameter)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (a directory is replaced as a whole)")
@@ -133,13 +140,14 @@ def _check_args(args: argparse.Namespace) -> Path:
         raise UsageError(f"--lr: expected a finite number > 0 (float32 range), got {args.lr}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
-    training = [f for f, v in (("--batch-size", args.batch_size), ("--optimizer", args.optimizer), ("--lr", args.lr))
-                if v is not None]
+    training = [f for f, v in (("--batch-size", args.batch_size), ("--optimizer", args.optimizer), ("--lr", args.lr),
+                               ("--freeze", args.freeze)) if v is not None]
     if training and args.format not in DIRECTORY_FORMATS:  # the other formats would ignore them silently
         raise UsageError(f"{training[0]}: applies to --format onnx-step / onnx-training only (not {args.format})")
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     args.optimizer = args.optimizer or "sgd"
     args.lr = 0.01 if args.lr is None else args.lr
+    args.freeze = [n.strip() for entry in args.freeze or [] for n in entry.split(",")] or None
     if args.format == "checkpoint" and not args.params:
         raise UsageError("--format checkpoint needs --params PATH (params.npz from the device runner)")
     if args.params is not None and args.format != "checkpoint":  # the other formats would export the checkpoint's weights
@@ -209,6 +217,10 @@ def _input_range(ck: Dict):
     return (0.0, 1.0) if _trained_on(ck) in UNIT_RANGE_DATASETS else None
 
 
+def _frozen_text(args: argparse.Namespace) -> str:
+    return f" ({', '.join(args.freeze)} frozen)" if args.freeze else ""
+
+
 def run(args: argparse.Namespace) -> int:
     out = _check_args(args)
     from .prepare import check_finite, model_from_checkpoint
@@ -220,23 +232,27 @@ def run(args: argparse.Namespace) -> int:
     model, ck = model_from_checkpoint(args.checkpoint, "--checkpoint")
     _refuse_event_data(args, ck)
     check_finite(model, f"--checkpoint {args.checkpoint}")
+    if args.freeze:
+        from .prepare import split_trainable
+
+        split_trainable(model, args.freeze, "--freeze")  # one line naming --freeze before any export work
     if args.format == "onnx-step":
         from .onnx_step import export_onnx_step
 
         manifest = replace_dir(out, lambda tmp: export_onnx_step(
             model, tmp, args.batch_size, args.optimizer, args.lr, 0.9 if args.momentum is None else args.momentum,
-            args.weight_decay, args.nesterov, input_range=_input_range(ck)))
+            args.weight_decay, args.nesterov, input_range=_input_range(ck), freeze=args.freeze))
         kinds = ", ".join(sorted({n["kind"] for n in manifest.neurons}))
         print(f"wrote ONNX training-step graph to {out} (batch {manifest.batch_size}, T {manifest.timesteps} in a Scan of "
-              f"{manifest.chunk}-step chunks, {kinds}, {len(manifest.trainable)} trainable tensors, optimizer "
-              f"{manifest.optimizer}); run it with edgesnn-device (numpy + plain onnxruntime)")
+              f"{manifest.chunk}-step chunks, {kinds}, {len(manifest.trainable)} trainable tensors{_frozen_text(args)}, "
+              f"optimizer {manifest.optimizer}); run it with edgesnn-device (numpy + plain onnxruntime)")
     elif args.format == "onnx-training":
         from .onnx_training import export_onnx_training
 
         manifest = replace_dir(out, lambda tmp: export_onnx_training(model, tmp, args.batch_size, args.optimizer, args.lr,
-                                                                     input_range=_input_range(ck)))
+                                                                     input_range=_input_range(ck), freeze=args.freeze))
         print(f"wrote ONNX Runtime training artifacts to {out} (batch {manifest.batch_size}, T {manifest.timesteps} "
-              f"unrolled, {len(manifest.trainable)} trainable tensors, optimizer {manifest.optimizer})")
+              f"unrolled, {len(manifest.trainable)} trainable tensors{_frozen_text(args)}, optimizer {manifest.optimizer})")
     elif args.format == "torchscript":
         from .torchscript import export_torchscript
 

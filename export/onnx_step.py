@@ -36,7 +36,9 @@
 ``recon_error`` verifies the reversible layers: the largest difference between a reconstructed
 input and the recomputed one, and between the reconstructed initial state and the fresh state.
 It is exactly 0.0 in exact mode (grid arithmetic: floor/round on 2^-16 survive ONNX Runtime bit
-for bit); in float mode it is compared with :data:`~edgesnn.functional.revlif_autograd.FLOAT_MODE_TOLERANCE`.
+for bit); in float mode it is compared with :func:`~edgesnn.functional.revlif_autograd.float_mode_tolerance`,
+and a float-mode model whose rounding is predicted to exceed it over ``T`` steps is refused at export
+(:mod:`.recon_check`).
 The runner checks it after every step.
 
 BatchNorm uses its running statistics (frozen, as in ``onnx-training``): its statistics are
@@ -48,10 +50,11 @@ branch, which the ONNX exporter drops: straight-through rounding then adds an ex
 exported with the TorchScript-based exporter at opset 17; the pieces are stitched into one graph
 with ``onnx.helper``. File size and export time do not grow with ``T`` (one loop body each way).
 
-Known cost: :func:`~edgesnn.functional.revlif.revlif_step_backward` fills its outputs by slice
-assignment (``x[:, i] = ...``); traced, each becomes a ``ScatterND`` on a constant buffer with
-index tensors computed every step. It is correct, but it makes RevLIF's session ~25 MB larger
-(wide MLP) and its steps slower than a list-and-stack formulation would.
+:func:`~edgesnn.functional.revlif.revlif_step_backward` builds its outputs by stacking per-group
+results, with no indexed writes: the traced backward has no ``ScatterND``. (Its earlier slice
+assignments, ``x[:, i] = ...``, exported as 96 of them on constant buffers: the RevLIF session was
+18 MB (wide MLP) / 23 MB (conv net) larger, peak RSS 16-31 MB higher and ``step.onnx`` 5.1 / 7.3 MB
+instead of 0.7 / 1.0 MB; step times within the noise.)
 """
 
 from __future__ import annotations
@@ -67,10 +70,10 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import encode_config
 from ..functional.checks import is_real_number
-from ..functional.revlif_autograd import FLOAT_MODE_TOLERANCE
 from .artifacts import STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
 from .onnx_inference import OPSET, _onnx
 from .prepare import ExportError, checked_input_range
+from .recon_check import step_recon_tolerance
 from .onnx_pieces import export_piece, inline_graph, pruned, scan_body_to_loop, traced_body
 from .step_layers import Stage, block_forward, block_vjp, initial_state, weight_grad
 from .step_program import STEP_OPTIMIZERS, StepProgram, build_step_program, reference_step
@@ -193,7 +196,8 @@ def build_graphs(prog: StepProgram):
                     pairs.setdefault(n, []).append(grads[n])
                 else:
                     gacc[n] = gacc[n] + grads[n]
-            gP = gP + g
+            if g is not None:
+                gP = gP + g
         # weight gradients of the chunk's K steps in one product each
         for n, pl in pairs.items():
             xs = torch.cat([p[0] for p in pl]) if len(pl) > 1 else pl[0][0]
@@ -226,10 +230,10 @@ def build_graphs(prog: StepProgram):
         state = dict(zip(opt_names, rest[:len(opt_names)])); rest = rest[len(opt_names):]
         gl = dict(zip(loop_params, rest[:len(loop_params)])); rest = rest[len(loop_params):]
         v0_rec = rest[:n_rev]
-        inputs, _ = block_forward(prog.prefix, t, x)
-        _, pg = block_vjp(prog.prefix, t, inputs, gP, need_gx=False)
         grads = dict(gl)
-        grads.update(pg)
+        if prog.prefix_trains:
+            inputs, _ = block_forward(prog.prefix, t, x)
+            grads.update(block_vjp(prog.prefix, t, inputs, gP, need_gx=False)[1])
         for v, v0 in zip(v0_rec, init_rev):
             err = torch.maximum(err, (v - v0).abs().max())
         new_p, new_s = prog.update(t, grads, state, lr)
@@ -312,8 +316,15 @@ def build_graphs(prog: StepProgram):
 
 def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer: str = "sgd", learning_rate: float = 0.01,
                      momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False,
-                     input_range: Optional[Sequence[float]] = None) -> StepManifest:
+                     input_range: Optional[Sequence[float]] = None, freeze: Optional[Sequence[str]] = None
+                     ) -> StepManifest:
     """Write ``step.onnx``, ``eval.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``.
+
+    ``freeze``: parameter or module names (``"body.0"``) to keep fixed on the device, besides the
+    parameters with ``requires_grad=False`` (:func:`~.prepare.split_trainable`). A frozen parameter
+    is a graph input like the BatchNorm statistics (``manifest.frozen``): no gradient, no optimizer
+    state, no update, and when nothing before the first spiking layer trains, the backward stops
+    at that layer's input.
 
     ``input_range``: ``(low, high)`` of the input values the model was trained on (``edgesnn
     export`` passes ``(0, 1)`` for a checkpoint of a built-in image dataset); the device runner
@@ -322,7 +333,8 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
     if not (is_real_number(learning_rate) and learning_rate > 0):
         raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
     input_range = checked_input_range(input_range)
-    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov)
+    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze)
+    recon_tolerance = step_recon_tolerance(prog.stages, prog.timesteps)  # refuses before anything is written
     step_model, eval_model, carried = build_graphs(prog)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -341,9 +353,7 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
         hyperparameters=dict(prog.hparams), learning_rate=float(learning_rate), chunk=prog.chunk,
         neurons=[{"layer": st.name, "kind": st.kind, **({"mode": st.params.mode, "groups": st.params.groups}
                                                          if st.kind == "revlif" else {})} for st in prog.stages],
-        recon_tolerance=(0.0 if all(st.kind == "lif" or st.params.exact for st in prog.stages)
-                         else FLOAT_MODE_TOLERANCE * max(max(1.0, abs(st.params.lif.v_threshold)) for st in prog.stages
-                                                         if st.kind == "revlif")),
+        recon_tolerance=recon_tolerance,
         input_range=input_range,
         edgesnn_version=__version__,
     )

@@ -34,7 +34,8 @@ from .. import __version__
 from .artifacts import ARTIFACT_FILES, MODEL, Manifest, atomic_write_bytes, write_manifest
 from .onnx_inference import check_parameter_names, export_graph
 from ..checkpoint import encode_config
-from .prepare import ExportError, checked_input_range, example_input, export_copy
+from .prepare import (ExportError, checked_input_range, example_input, export_copy, refuse_active_dropout,
+                      split_trainable)
 
 __all__ = ["OPTIMIZERS", "export_onnx_training", "ort_training_available"]
 
@@ -93,6 +94,7 @@ def export_onnx_training(
     optimizer: str = "sgd",
     learning_rate: float = 0.01,
     input_range: Optional[Sequence[float]] = None,
+    freeze: Optional[Sequence[str]] = None,
 ) -> Manifest:
     """Export ``model`` and generate ORT training artifacts into ``out_dir``.
 
@@ -105,6 +107,9 @@ def export_onnx_training(
         learning_rate: default learning rate recorded in the manifest (the runner can override it).
         input_range: ``(low, high)`` of the inputs the model was trained on, or ``None`` (see
             :func:`~edgesnn.export.onnx_step.export_onnx_step`).
+        freeze: parameter or module names to keep fixed, besides parameters with
+            ``requires_grad=False`` (:func:`~edgesnn.export.prepare.split_trainable`); they go to
+            the artifacts' frozen parameters.
 
     Returns:
         The :class:`~edgesnn.export.artifacts.Manifest` written to ``out_dir/manifest.json``.
@@ -114,11 +119,12 @@ def export_onnx_training(
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ExportError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     input_range = checked_input_range(input_range)
+    trainable, _ = split_trainable(model, freeze)
+    refuse_active_dropout(model, "onnx-training")
     artifacts = _artifacts_module()
     clone = export_copy(model, frozen_batchnorm_ops=True)
     proto = export_graph(clone, example_input(clone, batch_size), dynamic_batch=False)
-    trainable = [n for n, _ in clone.named_parameters()]
-    init_names = check_parameter_names(proto, trainable)
+    init_names = check_parameter_names(proto, [n for n, _ in clone.named_parameters()])
     frozen = [n for n in init_names if n not in set(trainable)]
 
     out_dir = Path(out_dir)

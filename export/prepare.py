@@ -15,7 +15,7 @@ Parameter and buffer names are unchanged, so exported graphs use the PyTorch ``s
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -25,7 +25,8 @@ from ..errors import UsageError, first_line
 from ..models import SpikingClassifier, build_model, spiking_layers
 from .artifacts import valid_input_range
 
-__all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "check_finite", "example_input", "ExportError"]
+__all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "check_finite", "example_input", "ExportError",
+           "split_trainable", "refuse_active_dropout"]
 
 
 class ExportError(UsageError, RuntimeError):
@@ -44,6 +45,46 @@ def checked_input_range(value) -> Optional[List[float]]:
     if not valid_input_range(value):
         raise ExportError(f"input_range: expected (low, high) with finite low < high, or None, got {value!r}")
     return [float(value[0]), float(value[1])]
+
+
+def split_trainable(model: nn.Module, freeze: Optional[Sequence[str]] = None,
+                    label: str = "freeze") -> Tuple[List[str], List[str]]:
+    """``(trainable, fixed)`` parameter names (``model.named_parameters()`` order) for a training export.
+
+    A parameter stays fixed on the device (no gradient, no optimizer state, never updated) when
+    ``requires_grad`` is False on ``model`` (as ``torch.optim`` skips it) or when ``freeze`` names
+    it: each entry is a parameter name (``"body.0.module.weight"``) or a module name covering all
+    of that module's parameters (``"body.0"``). An entry that matches no parameter, or a freeze
+    that leaves nothing to train, is an :class:`ExportError` naming ``label`` (``"--freeze"`` from the CLI).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    entries = [] if freeze is None else [freeze] if isinstance(freeze, str) else freeze
+    if not (isinstance(entries, (list, tuple)) and all(isinstance(e, str) and e.strip() for e in entries)):
+        raise ExportError(f"{label}: expected parameter or module names, got {freeze!r}")
+    fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
+    for entry in (e.strip().rstrip(".") for e in entries):
+        hits = [n for n in names if n == entry or n.startswith(entry + ".")]
+        if not hits:
+            layers = dict.fromkeys(n.rsplit(".", 1)[0] for n in names)  # module names, in the model's order
+            raise ExportError(f"{label}: {entry!r} names no parameter of the model; its layers: {', '.join(layers)}")
+        fixed.update(hits)
+    trainable = [n for n in names if n not in fixed]
+    if not trainable:
+        raise ExportError(f"{label}: every parameter would be frozen (named or requires_grad=False); nothing would train")
+    return trainable, [n for n in names if n in fixed]
+
+
+def refuse_active_dropout(model: nn.Module, fmt: str) -> None:
+    """A training export's one-line :class:`ExportError` for a dropout layer with ``p > 0``.
+
+    The exported graphs have no random masks (their ops would draw the same mask every step, or
+    the backward a different one than the forward), so such a layer would train as the identity:
+    silently no regularisation. Setting its ``p`` to 0 on the exported model says so explicitly.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise ExportError(f"{fmt}: layer {name} ({type(m).__name__}, p={m.p:g}) would train as the identity on the "
+                              f"device (the exported graph draws no random masks); set its p to 0 to fine-tune without it")
 
 
 class FrozenBatchNorm(nn.Module):

@@ -32,8 +32,8 @@ class Leaf:
     kind: str  # linear | conv | bn | pool | flatten | identity
     name: str  # qualified module name (parameter prefix)
     module: nn.Module
-    params: List[str] = field(default_factory=list)  # trainable parameter names
-    buffers: List[str] = field(default_factory=list)  # frozen tensors it reads
+    params: List[str] = field(default_factory=list)  # trainable parameter names (the VJP computes their gradients)
+    buffers: List[str] = field(default_factory=list)  # frozen tensors it reads (statistics, fixed parameters)
     in_shape: Tuple[int, ...] = ()  # one sample's input shape (no batch dim), set by record_shapes
 
 
@@ -68,7 +68,7 @@ def make_leaf(name: str, m: nn.Module) -> Leaf:
         if m.start_dim != 1 or m.end_dim != -1:
             raise ExportError(f"onnx-step: {name}: only Flatten(1, -1) is supported")
         return Leaf("flatten", name, m)
-    if isinstance(m, (nn.Identity, nn.Dropout)):
+    if isinstance(m, (nn.Identity, nn.Dropout)):  # a Dropout: p = 0 (build_step_program refuses p > 0)
         return Leaf("identity", name, m)
     raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) has no explicit VJP; supported: Linear, Conv2d, "
                       f"BatchNorm, AvgPool2d, Flatten, Identity/Dropout")
@@ -164,20 +164,19 @@ def leaf_vjp(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor, gy: torch.
     """
     m, n = leaf.module, leaf.name
     grads: Dict[str, object] = {}
-    if leaf.kind in ("linear", "conv") and defer:
-        grads[f"{n}.weight"] = (x, gy)
-    elif leaf.kind in ("linear", "conv"):
-        grads[f"{n}.weight"] = weight_grad(leaf, x, gy)
+    trains = set(leaf.params)
+    if leaf.kind in ("linear", "conv") and f"{n}.weight" in trains:
+        grads[f"{n}.weight"] = (x, gy) if defer else weight_grad(leaf, x, gy)
     if leaf.kind == "linear":
         w = t[f"{n}.weight"]
-        if f"{n}.bias" in t:
+        if f"{n}.bias" in trains:
             grads[f"{n}.bias"] = gy.sum(0)
         return (gy.matmul(w) if need_gx else None), grads
     if leaf.kind == "conv":
         w = t[f"{n}.weight"]
         s, p = tuple(m.stride), tuple(m.padding)
         kh, kw = w.shape[2], w.shape[3]
-        if f"{n}.bias" in t:
+        if f"{n}.bias" in trains:
             grads[f"{n}.bias"] = gy.sum((0, 2, 3))
         gx = None
         if need_gx:
@@ -191,9 +190,11 @@ def leaf_vjp(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor, gy: torch.
         shape = [1, -1] + [1] * (x.dim() - 2)
         dims = [0] + list(range(2, x.dim()))
         invstd = torch.rsqrt(t[f"{n}.running_var"] + float(m.eps))
-        xhat = (x - t[f"{n}.running_mean"].reshape(shape)) * invstd.reshape(shape)
-        grads[f"{n}.weight"] = (gy * xhat).sum(dims)
-        grads[f"{n}.bias"] = gy.sum(dims)
+        if f"{n}.weight" in trains:
+            xhat = (x - t[f"{n}.running_mean"].reshape(shape)) * invstd.reshape(shape)
+            grads[f"{n}.weight"] = (gy * xhat).sum(dims)
+        if f"{n}.bias" in trains:
+            grads[f"{n}.bias"] = gy.sum(dims)
         return (gy * (t[f"{n}.weight"] * invstd).reshape(shape) if need_gx else None), grads
     if leaf.kind == "pool":
         if not need_gx:
@@ -223,9 +224,14 @@ def block_forward(leaves: Sequence[Leaf], t, x) -> Tuple[List[torch.Tensor], tor
 
 
 def block_vjp(leaves: Sequence[Leaf], t, inputs, gy, need_gx: bool = True, defer: bool = False):
+    """``(grad of the block's input, {parameter: gradient})``, top layer first. Without
+    ``need_gx`` it stops below the lowest layer with a trainable parameter (grad ``None``)."""
     grads: Dict[str, object] = {}
-    for i in range(len(leaves) - 1, -1, -1):
-        gy, g = leaf_vjp(leaves[i], t, inputs[i], gy, need_gx or i > 0, defer)
+    lowest = 0 if need_gx else next((i for i, leaf in enumerate(leaves) if leaf.params), None)
+    if lowest is None:
+        return None, grads
+    for i in range(len(leaves) - 1, lowest - 1, -1):
+        gy, g = leaf_vjp(leaves[i], t, inputs[i], gy, need_gx or i > lowest, defer)
         grads.update(g)
     return gy, grads
 

@@ -18,7 +18,7 @@ from torch import nn
 from ..functional.checks import is_real_number
 from ..functional.lif import lif_charge, lif_fire_reset_values, lif_step_vjp
 from ..functional.revlif import RevLIFParams, revlif_step, revlif_step_backward
-from .prepare import ExportError, export_copy
+from .prepare import ExportError, export_copy, refuse_active_dropout, split_trainable
 from .step_layers import (Leaf, Stage, block_forward, block_vjp, grouped, initial_state, node_input, plan_layers,
                           record_shapes)
 
@@ -41,8 +41,8 @@ class StepProgram:
     batch_size: int
     timesteps: int
     chunk: int
-    trainable: List[str]
-    frozen: List[str]
+    trainable: List[str]  # parameters the step updates
+    frozen: List[str]  # tensors it reads but never updates: BatchNorm statistics, frozen parameters
     values: Dict[str, torch.Tensor]
     optimizer: str
     hparams: Dict[str, float]
@@ -78,6 +78,18 @@ class StepProgram:
         for leaf in self.head:
             names += leaf.params
         return names
+
+    @property
+    def prefix_trains(self) -> bool:
+        """Whether a layer before the first spiking node has a trainable parameter."""
+        return any(leaf.params for leaf in self.prefix)
+
+    def trains_below(self, li: int) -> bool:
+        """Whether a layer below stage ``li``'s block (the prefix, or a block of a lower stage;
+        ``li = len(stages)``: below the head) has a trainable parameter, i.e. whether that block's
+        VJP must return its input's gradient. Frozen lower layers need none: their blocks skip
+        it, and the spiking layers below get a zero gradient (their state still walks back)."""
+        return self.prefix_trains or any(leaf.params for st in self.stages[:li] for leaf in st.leaves)
 
     def read_names(self, leaves: Sequence[Leaf]) -> List[str]:
         return [n for leaf in leaves for n in leaf.params + leaf.buffers]
@@ -134,11 +146,14 @@ class StepProgram:
                 out_next = y.reshape(x.shape)
             out = out_next
         head_inputs, _ = block_forward(self.head, t, out)
-        g, grads = block_vjp(self.head, t, head_inputs, g_logits_t, defer=defer)
+        g, grads = block_vjp(self.head, t, head_inputs, g_logits_t, need_gx=self.trains_below(len(self.stages)),
+                             defer=defer)
         new_v, new_gv = list(v_rev), list(gv)
         ri = sum(1 for st in self.stages if st.kind == "revlif")
         for li in range(len(self.stages) - 1, -1, -1):
             st, kv, (inputs, x, rev) = self.stages[li], kept[li], acts[li]
+            if g is None:  # no layer below the block above trains: a zero gradient; the state still walks back
+                g = torch.zeros_like(x) if st.kind == "lif" else torch.zeros_like(rev[1]).reshape(x.shape)
             if st.kind == "lif":
                 gx, new_gv[li] = lif_step_vjp(kv, g, gv[li], st.params)
             else:
@@ -151,7 +166,7 @@ class StepProgram:
                 err = torch.maximum(err, (x_rec - xg).abs().max())
                 new_v[ri] = v_prev
                 gx = gxg.reshape(x.shape)
-            g, gl = block_vjp(st.leaves, t, inputs, gx, defer=defer)
+            g, gl = block_vjp(st.leaves, t, inputs, gx, need_gx=self.trains_below(li), defer=defer)
             grads.update(gl)
         return new_v, new_gv, grads, g, err
 
@@ -224,7 +239,8 @@ class StepProgram:
             v_rev, gv, grads, g, err = self.backward_step(t, P, g_t, v_rev, gv, kept_all[step], err)
             for k, val in grads.items():
                 gacc[k] = gacc[k] + val if k in gacc else val
-            gP = gP + g
+            if g is not None:
+                gP = gP + g
         _, pg = block_vjp(self.prefix, t, P_in, gP, need_gx=False)
         gacc.update(pg)
         new_p, new_s = self.update(t, gacc, state, lr)
@@ -252,22 +268,26 @@ def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps)
 
 def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
                        weight_decay: Optional[float] = None, nesterov: bool = False, betas=(0.9, 0.999),
-                       eps: float = 1e-8) -> StepProgram:
+                       eps: float = 1e-8, freeze: Optional[Sequence[str]] = None) -> StepProgram:
+    """Read ``model`` into a :class:`StepProgram` (``freeze``: see :func:`~.prepare.split_trainable`)."""
     if optimizer not in STEP_OPTIMIZERS:
         raise ExportError(f"optimizer: expected one of {STEP_OPTIMIZERS}, got {optimizer!r}")
     if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         raise ExportError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     _check_hparams(optimizer, momentum, weight_decay, nesterov, betas, eps)
+    trainable, fixed = split_trainable(model, freeze)
+    refuse_active_dropout(model, "onnx-step")
     clone = export_copy(model)
     prefix, stages, head = plan_layers(clone)
     T = int(clone.timesteps)
     values = {k: v.detach().clone().float() for k, v in clone.state_dict().items()}
-    trainable = [n for n, _ in clone.named_parameters()]
     used = set()
     for leaves in [prefix, head] + [st.leaves for st in stages]:
         for leaf in leaves:
             used.update(leaf.params)
-    missing = sorted(set(trainable) - used)
+            leaf.buffers = [n for n in leaf.params if n in fixed] + leaf.buffers  # read, never updated
+            leaf.params = [n for n in leaf.params if n not in fixed]
+    missing = sorted(set(trainable + fixed) - used)
     if missing:
         raise ExportError(f"onnx-step: parameters {missing} belong to layers without an explicit VJP")
     frozen = [n for leaves in [prefix, head] + [st.leaves for st in stages] for leaf in leaves for n in leaf.buffers]

@@ -11,7 +11,11 @@ grows (T 8 -> 64) at least 4x more slowly than LIF's, and RevLIF onnx-step at T 
 half the memory of onnx-training.
 
     python tools/bench_device_runner.py [--models mlp convnet] [--timesteps 8 32 64] [--training-max-t 64]
-        [--steps 6] [--batch 32] [--threads 1] [--out bench_device_runner.json [--force]]
+        [--steps 6] [--batch 32] [--threads 1] [--head-only] [--out bench_device_runner.json [--force]]
+
+``--head-only`` also runs every onnx-step graph exported with all layers but the classifier head
+frozen (``edgesnn export --freeze``), in the same run: its peak RSS, step time and the step-time
+ratio to the full fine-tune.
 
 The growth check needs two or more ``--timesteps`` (else it prints "not checked"). No file is
 written without ``--out``; the JSON holds the rows and the checks with their ratios
@@ -215,8 +219,14 @@ def _run_runner(art: Path, data: Path, out: Path, extra=(), threads: int = 1) ->
     return json.loads((out / "metrics.json").read_text())
 
 
+def _all_but_head(model) -> list:
+    """Every layer with parameters except the last (the classifier head): ``freeze=`` for a head-only fine-tune."""
+    layers = list(dict.fromkeys(n.rsplit(".", 1)[0] for n, _ in model.named_parameters()))
+    return layers[:-1]
+
+
 def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: float, work: Path, log=print,
-          threads: int = 1) -> list:
+          threads: int = 1, head_only: bool = False) -> list:
     import time as _time
 
     from edgesnn.checkpoint import save_checkpoint
@@ -241,6 +251,10 @@ def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: fl
                 row["step_export_s"] = _time.perf_counter() - t0
                 row["step_file_mb"] = (art / "step.onnx").stat().st_size / 2**20
                 row["onnx_step"] = _run_runner(art, data, work / "ft-step", threads=threads)
+                if head_only:  # the same graph with every layer but the head frozen (export --freeze)
+                    art_h = work / f"head-{name}-{neuron}-{T}"
+                    export_onnx_step(model, art_h, batch, "sgd", lr, momentum=0.9, freeze=_all_but_head(model))
+                    row["onnx_step_head_only"] = _run_runner(art_h, data, work / "ft-head", threads=threads)
                 if T <= training_max_t:
                     t0 = _time.perf_counter()
                     art_t = work / f"train-{name}-{neuron}-{T}"
@@ -271,7 +285,9 @@ def _sweep_line(r: dict) -> str:
     return (f"{r['model']:7s} {r['neuron']:6s} {r['T']:3d} | step {_fmt(s, 'peak_rss_mb', 'MB')} "
             f"(session {s['rss_after_session_mb']:6.1f}) {_fmt(s, 'step_ms_median', 'ms')} | training "
             f"{_fmt(t, 'peak_rss_mb', 'MB')} {_fmt(t, 'step_ms_median', 'ms')} | eager {_fmt(e, 'peak_rss_mb', 'MB')} "
-            f"{_fmt(e, 'step_ms_median', 'ms')} | export {r['step_export_s']:5.1f} s, {r['step_file_mb']:5.1f} MB")
+            f"{_fmt(e, 'step_ms_median', 'ms')} | export {r['step_export_s']:5.1f} s, {r['step_file_mb']:5.1f} MB"
+            + (f" | head only {_fmt(h, 'peak_rss_mb', 'MB')} {_fmt(h, 'step_ms_median', 'ms')} "
+               f"({h['step_ms_median'] / s['step_ms_median']:.2f}x the step time)" if (h := r.get("onnx_step_head_only")) else ""))
 
 
 def sweep_checks(rows: list, figures: list = None) -> list:
@@ -314,7 +330,7 @@ def sweep_checks(rows: list, figures: list = None) -> list:
 
 
 _LEGACY_ONLY = {"neurons": ["lif", "revlif"], "epochs": 2, "repeats": 3}
-_SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training_max_t": 64, "steps": 6}
+_SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training_max_t": 64, "steps": 6, "head_only": False}
 
 
 def main(argv=None) -> int:
@@ -329,6 +345,9 @@ def main(argv=None) -> int:
                     help="sweep: skip onnx-training above this T (export time; default 64)")
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="sweep: training steps per run, >= 2 (the step time is the median of steps 2..n; default 6)")
+    ap.add_argument("--head-only", action="store_true", default=None,
+                    help="sweep: also run each onnx-step graph exported with every layer but the head frozen "
+                         "(edgesnn export --freeze): peak RSS and step time of a head-only fine-tune")
     ap.add_argument("--neurons", nargs="+", default=None, choices=("lif", "revlif"),
                     help="legacy: neuron types (default lif revlif)")
     ap.add_argument("--epochs", type=positive_int, default=None, help="legacy: epochs over the digits (default 2)")
@@ -365,7 +384,7 @@ def main(argv=None) -> int:
               "process; step = median wall time of steps 2..n; eager = PyTorch, torch backend", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             rows = sweep(args.models, args.timesteps, args.training_max_t, args.steps, args.batch, args.lr, Path(tmp),
-                         log=lambda line: print(line, flush=True), threads=args.threads)
+                         log=lambda line: print(line, flush=True), threads=args.threads, head_only=args.head_only)
         figures = []
         checks = sweep_checks(rows, figures)
         for ok, line in checks:
