@@ -26,6 +26,7 @@ from edgesnn.errors import first_line
 from .artifacts import (CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest,
                         atomic_write_bytes, atomic_write_text)
 from .run_loop import EpochEnd, run_epochs
+from .run_schedule import resolve_schedule
 from .run_state import OutputDir, check_settings
 from .run_support import padded_batches, peak_rss_mb
 from .runner import StepCheckError, _one_line, import_ort_training_api
@@ -96,10 +97,13 @@ def _current_accuracy(ort, module, x: np.ndarray, y: np.ndarray, manifest: Manif
 
 def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray,
                     ye: np.ndarray, epochs: int, lr: Optional[float], out: OutputDir, seed: int, resume: bool,
-                    threads: Optional[int], log: Callable[[str], None], accuracy_on: str, settings: Dict) -> Dict:
+                    threads: Optional[int], log: Callable[[str], None], accuracy_on: str, settings: Dict,
+                    lr_schedule: str = "constant") -> Dict:
     """The legacy (onnx-training) loop: ``x [N, *in_shape]`` float32, ``y [N]`` int64; accuracy on
     ``xe``/``ye``. Starts from ``out``'s checkpoint when resuming (refused if its recorded
-    ``settings`` differ), and swaps the output set into ``out`` after every epoch."""
+    ``settings`` or ``lr_schedule`` differ, see :func:`~.run_schedule.resolve_schedule`), and swaps
+    the output set into ``out`` after every epoch. A cosine schedule sets the rate before every step
+    (``Optimizer.set_learning_rate``, a scalar setter of ORT's training API)."""
     ort, CheckpointState, Module, Optimizer = import_ort_training_api()
     ort.set_default_logger_severity(3)
 
@@ -110,9 +114,16 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     except Exception as exc:
         hint = "; pass --force instead of --resume to start again" if resuming else ""
         raise ArtifactError(f"{start_ckpt}: corrupt artifact file (ONNX Runtime could not load it: {_one_line(exc)}){hint}") from None
+    recorded = (str(state.properties["runner_settings"]) if resuming and "runner_settings" in state.properties
+                else None)
     if resuming:
-        recorded = state.properties["runner_settings"] if "runner_settings" in state.properties else None
-        check_settings(None if recorded is None else str(recorded), settings, start_ckpt)
+        check_settings(recorded, settings, start_ckpt)
+    done = int(state.properties["runner_epochs"]) if resuming and "runner_epochs" in state.properties else 0
+    done_steps = int(state.properties["runner_steps"]) if resuming and "runner_steps" in state.properties else 0
+    B = manifest.batch_size
+    schedule = resolve_schedule(lr_schedule, float(settings["lr"]), epochs, -(-x.shape[0] // B), resuming, recorded,
+                                done, start_ckpt)
+    settings = schedule.with_settings(settings)
     try:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)
@@ -128,12 +139,9 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     rate = float(settings["lr"])
     optimizer.set_learning_rate(rate)
 
-    B = manifest.batch_size
     acc_before = (_current_accuracy(ort, module, xe, ye, manifest) if resuming
                   else _accuracy(ort, artifact_dir / MODEL, xe, ye, B, manifest))
     module.train()
-    done = int(state.properties["runner_epochs"]) if resuming and "runner_epochs" in state.properties else 0
-    done_steps = int(state.properties["runner_steps"]) if resuming and "runner_steps" in state.properties else 0
     names = list(manifest.trainable) + list(manifest.frozen)
 
     def step(xb: np.ndarray, yb: np.ndarray, number: int) -> float:
@@ -156,6 +164,8 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
             **end.progress,
             "batch_size": B,
             "learning_rate": rate,
+            **schedule.metrics(),
+            "epoch_lr": end.lrs,
             "seed": seed,
             "epoch_loss": end.losses,
             "accuracy_on": accuracy_on,
@@ -179,7 +189,8 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
 
         return metrics, write
 
-    metrics = run_epochs(x, y, B, epochs, seed, done, done_steps, resuming, out, log, step, end_epoch)
+    metrics = run_epochs(x, y, B, epochs, seed, done, done_steps, resuming, out, log, step, end_epoch, schedule,
+                         optimizer.set_learning_rate)
     if metrics["torch_imported"]:
         raise RuntimeError("device runner: torch was imported during fine-tuning; the runner must stay torch-free")
     return metrics

@@ -8,7 +8,7 @@ writes. NumPy and the standard library only.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from edgesnn.atomic import WriteError
 
+from .run_schedule import LrSchedule
 from .run_state import OutputDir, Progress, epoch_batches
 from .run_support import epoch_metrics, step_time_metrics
 
@@ -30,7 +31,8 @@ class EpochEnd:
     ``epoch + 1`` epochs done); ``last``: the last epoch of this run; ``total_steps``: steps taken
     by this run and the runs it resumed; ``losses``: the mean training loss of every epoch of this
     run so far (a copy); ``progress``: :func:`~.run_support.epoch_metrics`; ``timing``:
-    :func:`~.run_support.step_time_metrics` over this run's steps (milliseconds).
+    :func:`~.run_support.step_time_metrics` over this run's steps (milliseconds); ``lrs``: the
+    learning rate of the last step of every epoch of this run so far (a copy; empty without a schedule).
     """
 
     epoch: int
@@ -39,6 +41,7 @@ class EpochEnd:
     losses: List[float]
     progress: Dict[str, object]
     timing: Dict[str, Optional[float]]
+    lrs: List[float] = field(default_factory=list)
 
 
 #: One training step: ``step(xb [B, *in_shape] float32, yb [B] int64, number) -> loss`` (the batch
@@ -54,21 +57,32 @@ EndEpochFn = Callable[[EpochEnd], Tuple[Dict[str, Any], Callable[[Path], None]]]
 
 def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed: int, resumed_epochs: int,
                resumed_steps: int, resuming: bool, out: OutputDir, log: Callable[[str], None], step: StepFn,
-               end_epoch: EndEpochFn) -> Dict[str, Any]:
+               end_epoch: EndEpochFn, schedule: Optional[LrSchedule] = None,
+               set_lr: Optional[Callable[[float], None]] = None) -> Dict[str, Any]:
     """Train ``epochs`` epochs on ``x [N, *in_shape]`` float32 and ``y [N]`` int64 in batches of
     exactly ``batch_size`` (:func:`~.run_state.epoch_batches`: epoch ``e`` of the whole run is
     shuffled by ``seed`` and ``e``, so a run that resumes after ``resumed_epochs`` epochs and
     ``resumed_steps`` steps continues the same orders); returns the last epoch's metrics.
 
+    A ``schedule`` that varies (:class:`~.run_schedule.LrSchedule`, cosine) sets the learning rate
+    of every step through ``set_lr`` before it (step ``k`` of the whole run, resumed ones included,
+    gets ``schedule.lr(k)``); a constant one leaves the rate the runner set once.
+
     Every step is timed (wall and CPU seconds, ``time.perf_counter`` / ``time.process_time``)
-    around ``step`` alone. After every epoch, ``end_epoch`` builds the metrics and the writer, the
-    output set is swapped into ``out`` (signals wait for the swap) and one line goes to ``log``.
+    around ``step`` alone (and ``set_lr``, where the schedule varies). After every epoch,
+    ``end_epoch`` builds the metrics and the writer, the output set is swapped into ``out`` (signals
+    wait for the swap) and one line goes to ``log`` (with the epoch's last learning rate, given a
+    ``schedule``).
     Ctrl-C / SIGTERM (``KeyboardInterrupt``) raise :class:`~.run_state.RunInterrupted` saying which
     epoch ``out`` holds (``resuming``: whether ``out`` held a state when the run started); a failed
     write (:class:`~edgesnn.atomic.WriteError`: disk full...) says so too.
     """
     n = x.shape[0]
     epoch_losses: List[float] = []
+    epoch_lrs: List[float] = []
+    varies = schedule is not None and schedule.varies
+    if varies and set_lr is None:
+        raise ValueError("run_epochs: a varying learning-rate schedule needs set_lr")
     step_times: List[float] = []
     step_cpu: List[float] = []
     metrics: Dict[str, Any] = {}
@@ -78,27 +92,34 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
             batches, padded = epoch_batches(n, batch_size, seed, epoch)
             progress.steps_per_epoch, progress.step = len(batches), 0
             losses = []
+            rate = None if schedule is None else schedule.base
             for idx in batches:
                 xb, yb = x[idx], y[idx]
                 t0, c0 = time.perf_counter(), time.process_time()
+                if varies:
+                    rate = schedule.lr(resumed_steps + len(step_times))
+                    set_lr(rate)
                 loss = step(xb, yb, resumed_steps + len(step_times) + 1)
                 step_times.append(time.perf_counter() - t0)
                 step_cpu.append(time.process_time() - c0)
                 progress.step += 1
                 losses.append(loss)
             epoch_losses.append(float(np.mean(losses)))
+            if rate is not None:
+                epoch_lrs.append(float(rate))
             steps = len(step_times)
             end = EpochEnd(epoch, len(epoch_losses) == epochs, resumed_steps + steps, list(epoch_losses),
                            epoch_metrics(epochs, len(epoch_losses), steps, resumed_steps, resumed_epochs, n,
                                          len(batches), padded),
-                           step_time_metrics(step_times, step_cpu))
+                           step_time_metrics(step_times, step_cpu), list(epoch_lrs))
             metrics, write = end_epoch(end)
             try:
                 out.save(write, then=progress.saved)
             except WriteError as exc:  # disk full, size limit: the swap never happened, --out is as it was
                 raise WriteError(f"{exc}; {progress.holds()}", exc.errno) from None
             log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
-                + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")")
+                + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")"
+                + ("" if rate is None else f", lr {rate:.4g}"))
     except KeyboardInterrupt as exc:
         raise progress.interrupted(exc) from None
     return metrics

@@ -2,7 +2,8 @@
 
 Usage (``edgesnn-device`` is the same entry point)::
 
-    python -m edgesnn.export.runner ARTIFACTS --data data.npz --epochs 3 [--lr 0.05] [--out DIR] [--holdout 0.2]
+    python -m edgesnn.export.runner ARTIFACTS --data data.npz --epochs 3 [--lr 0.05] [--lr-schedule cosine]
+        [--out DIR] [--holdout 0.2]
 
 Two artifact formats, told apart by the manifest:
 
@@ -31,6 +32,14 @@ epoch; ``--resume`` continues after the last finished one (the same data orders 
 uninterrupted run) and is refused, in one line naming the fields, when the run's recorded settings
 differ (seed, holdout, learning rate, optimizer, batch size, the ``--data`` / ``--eval-data``
 arrays). Ctrl-C (exit 130) or SIGTERM (143) stop with one line saying which epoch ``--out`` holds.
+
+``--lr-schedule constant`` (default) trains every step at ``--lr``; ``cosine`` decays it per step,
+``lr * 0.5 * (1 + cos(pi * k / K))`` for step ``k`` of ``K`` = ``--epochs`` x steps per epoch of the
+run that started it (torch's ``CosineAnnealingLR(T_max=K)`` stepped per batch), on both formats. A
+resumed cosine run continues that recorded curve (``--epochs`` adds epochs up to its end, so an
+interrupted run resumed with the epochs it had left equals one uninterrupted run); a resume with
+another ``--lr-schedule`` or past the end is refused (:mod:`edgesnn.export.run_schedule`).
+``metrics.json``: ``lr_schedule``, ``lr_schedule_steps``, ``epoch_lr`` (each epoch's last rate).
 
 The rest of this docstring describes the legacy ``onnx-training`` path.
 
@@ -72,6 +81,7 @@ from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import StepManifest, validate_artifact_dir
 from .run_data import data_fingerprint, load_dataset, split_holdout
+from .run_schedule import SCHEDULES, check_schedule_name
 from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigterm_interrupts
 from .run_support import FLOAT32_MAX, peak_rss_mb
 
@@ -154,6 +164,7 @@ def finetune(
     eval_data=None,
     lean_memory: bool = True,
     any_input_range: bool = False,
+    lr_schedule: str = "constant",
 ) -> Dict:
     """Fine-tune from an artifact directory; returns the metrics written to ``out_dir/metrics.json``.
 
@@ -182,6 +193,9 @@ def finetune(
             15-25 MB lower on the wide MLP, steps 10-20% slower).
         any_input_range: take ``x`` values outside the manifest's ``input_range`` (by default
             refused: e.g. raw 8-bit pixels for a model trained on pixels / 255).
+        lr_schedule: ``"constant"`` (every step at ``lr``) or ``"cosine"`` (per-step cosine decay to 0
+            over the run's ``epochs`` x steps per epoch; a resume continues the recorded horizon and
+            must not pass it, and must name the same schedule: see :mod:`~edgesnn.export.run_schedule`).
 
     Raises:
         RunInterrupted: (a ``KeyboardInterrupt``) on Ctrl-C (or SIGTERM under :func:`main`);
@@ -200,6 +214,7 @@ def finetune(
                          "ONNX Runtime starts one thread each")
     if holdout is not None and not (isinstance(holdout, (int, float)) and 0.0 <= holdout < 1.0):
         raise UsageError(f"--holdout: expected a fraction in [0, 1), got {holdout!r}")
+    check_schedule_name(lr_schedule)
     if resume and force:
         raise UsageError("--resume and --force exclude each other (continue the run, or start again from the export)")
     if eval_data is not None and holdout:
@@ -237,11 +252,11 @@ def finetune(
         from .step_runner import finetune_step  # the onnx-step path (it imports this module's helpers)
 
         return finetune_step(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
-                             lean_memory, accuracy_on, settings)
+                             lean_memory, accuracy_on, settings, lr_schedule)
     from .legacy_runner import finetune_legacy
 
     return finetune_legacy(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
-                           accuracy_on, settings)
+                           accuracy_on, settings, lr_schedule)
 
 
 def max_threads() -> int:
@@ -284,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=user_path, required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")
     p.add_argument("--epochs", type=int, default=1, help="epochs in this run (a resumed run adds them)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the manifest's)")
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                   help="learning rate per step: constant, or cosine decay to 0 over this run's steps "
+                        "(a resumed cosine run continues its recorded horizon)")
     p.add_argument("--out", type=user_path, default=None, help="output directory (default: ARTIFACTS/finetuned), written after every epoch")
     p.add_argument("--seed", type=int, default=0, help="data order and held-out split")
     p.add_argument("--resume", action="store_true",
@@ -309,7 +327,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with sigterm_interrupts():
             m = finetune(args.artifacts, args.data, args.epochs, args.lr, args.out, args.seed, args.resume, args.threads,
                          force=args.force, holdout=args.holdout, eval_data=args.eval_data, lean_memory=args.lean_memory,
-                         any_input_range=args.any_input_range)
+                         any_input_range=args.any_input_range, lr_schedule=args.lr_schedule)
     except USER_ERRORS as exc:
         print(f"edgesnn-device: error: {exc}", file=sys.stderr)
         return 2

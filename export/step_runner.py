@@ -21,6 +21,7 @@ import numpy as np
 from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
                         atomic_write_text)
 from .run_loop import EpochEnd, run_epochs
+from .run_schedule import resolve_schedule
 from .run_state import OutputDir, check_settings
 from .run_support import padded_batches, peak_rss_mb, proc_status_mib
 from .runner import StepCheckError, _one_line, import_plain_ort, training_modules_imported
@@ -151,12 +152,13 @@ def _load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str,
 def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray,
                   ye: np.ndarray, epochs: int, lr: Optional[float], out: OutputDir, seed: int, resume: bool,
                   threads: Optional[int], log: Callable[[str], None], lean_memory: bool, accuracy_on: str,
-                  settings: Dict) -> Dict:
+                  settings: Dict, lr_schedule: str = "constant") -> Dict:
     """The onnx-step training loop (plain onnxruntime + numpy) on ``x [N, *in_shape]`` float32 and
     ``y [N]`` int64, reporting accuracy on ``xe``/``ye``. After every epoch the output set
     (``state.npz``, ``params.npz``, ``metrics.json``) is swapped into ``out``; a resumed run starts
-    from ``out``'s ``state.npz`` (refused if its recorded ``settings`` differ). Ctrl-C / SIGTERM
-    raise :class:`~.run_state.RunInterrupted` saying which epoch ``out`` holds."""
+    from ``out``'s ``state.npz`` (refused if its recorded ``settings`` or ``lr_schedule`` differ, see
+    :func:`~.run_schedule.resolve_schedule`; a cosine schedule sets the ``lr`` input every step).
+    Ctrl-C / SIGTERM raise :class:`~.run_state.RunInterrupted` saying which epoch ``out`` holds."""
     ort = import_plain_ort()
     ort.set_default_logger_severity(3)
     rss_before = rss_mb()
@@ -175,11 +177,15 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     if missing:
         hint = (" (fine-tuned from another export?); pass --force instead of --resume to start again" if resuming else "")
         raise ArtifactError(f"{src}: lacks {missing[:3]}{'...' if len(missing) > 3 else ''}{hint}")
+    recorded = str(meta["runner.settings"]) if resuming and "runner.settings" in meta else None
     if resuming:
-        check_settings(str(meta["runner.settings"]) if "runner.settings" in meta else None, settings, state_path)
+        check_settings(recorded, settings, state_path)
+    rate = float(settings["lr"])
+    schedule = resolve_schedule(lr_schedule, rate, epochs, -(-x.shape[0] // manifest.batch_size), resuming, recorded,
+                                resumed_epochs, state_path)
+    settings = schedule.with_settings(settings)
     sess = StepSession(ort, artifact_dir, manifest, start, threads, lean_memory)
     rss_session = rss_mb()
-    rate = float(settings["lr"])
     sess.set_lr(rate)
 
     acc_before = sess.accuracy(xe, ye)
@@ -207,6 +213,8 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
             **end.progress,
             "batch_size": manifest.batch_size,
             "learning_rate": rate,
+            **schedule.metrics(),
+            "epoch_lr": end.lrs,
             "optimizer": manifest.optimizer,
             "seed": seed,
             "epoch_loss": end.losses,
@@ -234,7 +242,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         return metrics, lambda d: _write_outputs(d, state, params, metrics)
 
     metrics = run_epochs(x, y, manifest.batch_size, epochs, seed, resumed_epochs, resumed_steps, resuming, out, log,
-                         step, end_epoch)
+                         step, end_epoch, schedule, sess.set_lr)
     if metrics["forbidden_modules"]:
         raise RuntimeError(f"device runner: {metrics['forbidden_modules'][:3]} were imported during fine-tuning; "
                            "the runner must stay torch-free")
