@@ -18,27 +18,14 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from edgesnn.errors import UsageError
+from edgesnn.lr_schedules import KEY, SCHEDULES, check_schedule_name, cosine_rate
 
 __all__ = ["SCHEDULES", "LrSchedule", "check_schedule_name", "resolve_schedule"]
-
-#: The accepted ``--lr-schedule`` values.
-SCHEDULES = ("constant", "cosine")
-
-#: The key of the settings entry (and of ``metrics.json``) that records the schedule.
-KEY = "lr_schedule"
-
-
-def check_schedule_name(name: Any) -> str:
-    """``name`` if it is a known schedule, else a one-line :class:`UsageError` naming ``--lr-schedule``."""
-    if not isinstance(name, str) or name not in SCHEDULES:
-        raise UsageError(f"--lr-schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
-    return name
 
 
 @dataclass(frozen=True)
@@ -66,7 +53,7 @@ class LrSchedule:
             return self.base
         if not 0 <= k < self.steps:
             raise ValueError(f"cosine schedule: step {k} is outside its horizon of {self.steps} steps")
-        return self.base * 0.5 * (1.0 + math.cos(math.pi * k / self.steps))
+        return cosine_rate(self.base, k, self.steps)
 
     def record(self) -> Optional[Dict[str, Any]]:
         """The settings entry recorded in the state (``None`` for constant: nothing is recorded)."""

@@ -26,6 +26,7 @@ import torch
 
 from test_export_common import needs_ort, needs_onnx_runtime, run_python
 from test_export_step import _RUNNER
+from _lr_rates import torch_cosine
 
 BATCH, N, CLASSES, LR = 8, 36, 4, 0.05  # 5 steps per epoch, the last filled with 4 repeated samples
 STEPS_PER_EPOCH = -(-N // BATCH)
@@ -56,18 +57,6 @@ def _finetune(art: Path, data: Path, out: Path, **kw) -> Dict:
     proc = run_python(_FINETUNE, json.dumps(args), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _torch_cosine(lr: float, total: int) -> List[float]:
-    """The rate of every step 0..total-1 under CosineAnnealingLR(T_max=total), stepped per batch."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.0)
-    rates = []
-    for _ in range(total):
-        rates.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return rates
 
 
 def _model():
@@ -125,8 +114,8 @@ def test_cosine_rates_are_torchs_cosine_annealing():
 
     for lr, total in ((0.05, 15), (1e-3, 7), (0.3, 1)):
         ours = [LrSchedule("cosine", lr, 1, total).lr(k) for k in range(total)]
-        np.testing.assert_allclose(ours, _torch_cosine(lr, total), rtol=1e-12, atol=0)
-        assert np.array_equal(np.float32(ours), np.float32(_torch_cosine(lr, total)))  # what the graph is fed
+        np.testing.assert_allclose(ours, torch_cosine(lr, total), rtol=1e-12, atol=0)
+        assert np.array_equal(np.float32(ours), np.float32(torch_cosine(lr, total)))  # what the graph is fed
     assert [LrSchedule("constant", 0.05).lr(k) for k in range(3)] == [0.05] * 3
     with pytest.raises(ValueError, match="outside its horizon"):
         LrSchedule("cosine", 0.05, 1, 15).lr(15)
@@ -136,7 +125,7 @@ def test_cosine_rates_are_torchs_cosine_annealing():
 def test_step_cosine_run_equals_torch_schedule_and_constant_is_unchanged(step_art, tmp_path):
     art, data = step_art
     epochs, total = 3, 3 * STEPS_PER_EPOCH
-    rates = _torch_cosine(LR, total)
+    rates = torch_cosine(LR, total)
     r = _finetune(art, data, tmp_path / "cos", epochs=epochs, lr_schedule="cosine")
     assert r.get("ok") and r["torch"] is False, r
     m = json.loads((tmp_path / "cos" / "metrics.json").read_text())
@@ -214,7 +203,7 @@ def test_bad_schedule_is_one_line_and_the_cli_prints_the_rate(step_art, tmp_path
     proc = run_python(_RUNNER, str(art), "--data", str(data), "--out", str(tmp_path / "cli"), "--lr-schedule", "cosine",
                       "--epochs", "2", "--holdout", "0", "--threads", "1", timeout=300)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "bad": [], "ort": True}, proc.stderr[-2000:]
-    rates = _torch_cosine(LR, 2 * STEPS_PER_EPOCH)
+    rates = torch_cosine(LR, 2 * STEPS_PER_EPOCH)
     assert "epoch 2/2: loss" in proc.stdout and proc.stdout.count(", lr ") == 2, proc.stdout
     assert f", lr {rates[-1]:.4g}" in proc.stdout, proc.stdout
 
@@ -241,7 +230,7 @@ def test_legacy_cosine_sets_the_rate_per_step_and_resumes(legacy_art, tmp_path):
 
     art, data = legacy_art
     epochs, total = 2, 2 * STEPS_PER_EPOCH
-    rates = _torch_cosine(LR, total)
+    rates = torch_cosine(LR, total)
     r = _finetune(art, data, tmp_path / "full", epochs=epochs, lr_schedule="cosine")
     assert r.get("ok") and r["torch"] is False, r
     m = json.loads((tmp_path / "full" / "metrics.json").read_text())

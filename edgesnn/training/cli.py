@@ -17,6 +17,7 @@ from ..models import MODEL_NAMES
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
+from .lr_schedule import SCHEDULES
 from .loop import EVAL_BATCH_SIZE, MAX_LR, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
 
@@ -41,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a plan from `edgesnn plan --json`: its model, T, per-layer neurons, batch, evaluation batch "
                         "and dataset")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                   help="constant (default): every step at --lr; cosine: step k of K = --epochs x steps per epoch "
+                        "at lr * 0.5 * (1 + cos(pi k / K)) (torch's CosineAnnealingLR stepped per batch). The run "
+                        "that starts it fixes K; --resume continues it (same --lr-schedule; --epochs at most that run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=BACKENDS, default=None, help="neuron backend (default auto)")
     p.add_argument("--device", default="auto",
@@ -49,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for Numba and PyTorch (default: all cores)")
     p.add_argument("--checkpoint", type=user_path, default=None, help="write a checkpoint here after every epoch (atomic); "
                    "an existing one needs --resume or --force")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same settings; --epochs may grow)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same settings; --epochs may grow, "
+                   "up to the end of a --lr-schedule cosine run)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --checkpoint / --json")
     p.add_argument("--json", type=user_path, default=None, help="write the report (config, per-epoch metrics) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -186,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       data_path=args.data_path, backend=args.backend, batchnorm=not args.no_batchnorm,
-                      memopt=args.memopt, **getattr(args, "widths", {}))
+                      memopt=args.memopt, lr_schedule=args.lr_schedule, **getattr(args, "widths", {}))
     check_model_fits_dataset(cfg)  # before compiling kernels and reading (or binning) the data
     device = resolve_device(args.device)
     check_backend_device(args.backend, device)

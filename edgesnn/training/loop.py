@@ -22,6 +22,8 @@ from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
+from .lr_schedule import (check_resume_schedule, check_schedule_name, horizon_of, start_schedule, steps_per_epoch,
+                          stored_config)
 from .flag_checks import check_model_fits_dataset
 from .resume import Progress, resume_messages, stored_progress, will_train
 from .split_checks import check_labels, check_split
@@ -56,12 +58,14 @@ class TrainConfig:
     batchnorm: bool = True  # False: no BatchNorm (per-sample models: DDP on CPU matches one process exactly)
     memopt: bool = False  # edgesnn.optimize_memory: chunked blocks, packed inputs (same gradients, less memory)
     revlif_alpha: Optional[float] = None  # RevLIF output mixing y = alpha x + s (None: the node's default, 1/8)
+    lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 (see .lr_schedule; stored if not constant)
 
     def validate(self) -> None:
         for name in ("timesteps", "epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
+        check_schedule_name(self.lr_schedule)
         if not (isinstance(self.lr, float) and 0 < self.lr <= MAX_LR):
             raise UsageError(f"lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -254,6 +258,7 @@ def train(
 
     ``max_steps`` stops after that many optimizer steps in all (the last epoch is then partial;
     it is still evaluated and checkpointed): for smoke tests and equivalence checks.
+    ``cfg.lr_schedule``: ``constant`` or per-step ``cosine`` decay (:mod:`edgesnn.training.lr_schedule`).
 
     ``eval_batch_size``: samples per batch of the evaluation after every epoch (``no_grad``; its
     forward is counted by the planner, so a plan's ``eval_batch`` keeps the run within budget).
@@ -294,6 +299,7 @@ def train(
                              "train): it cannot be resumed; train into a new --checkpoint")
         stored = dict(ck["train_config"])
         stored.setdefault("batchnorm", True)  # checkpoints from before the option
+        check_resume_schedule(ck, cfg.lr_schedule, cfg.epochs, checkpoint)  # another schedule, or past its end
         # another spelling of the same folder (./data/x/ for data/x, ~/x) is the same data; another
         # folder is refused (the fingerprints, checked once loaded, cover counts, labels and inputs)
         same_place = stored.get("data_path") is not None and cfg.data_path is not None and \
@@ -352,8 +358,10 @@ def train(
         done = stored_progress(ck)
         if will_train(done, cfg.epochs, max_steps):
             done.take_partial()  # the stopped epoch's row: this run finishes it and writes it whole
-        for line in resume_messages(checkpoint, done, cfg.epochs, max_steps, dist.world, len(data.train)):
+        for line in resume_messages(checkpoint, done, cfg.epochs, max_steps, dist.world, len(data.train), horizon_of(ck)):
             log(line)
+    per_epoch = steps_per_epoch(len(data.train), dist.world, cfg.batch_size, cfg.batchnorm)
+    sched = start_schedule(cfg.lr_schedule, opt, cfg.epochs, per_epoch, ck, checkpoint)  # constant: touches nothing
     start, steps, offset, history, carried = done.start, done.steps, done.offset, done.history, done.carried
     loss_fn = nn.CrossEntropyLoss().to(dev)
     bar_factory = _progress_bar if (progress and main) else None
@@ -388,6 +396,7 @@ def train(
             if manual_allreduce:
                 average_gradients(model, dist)
             opt.step()
+            sched.step()
             steps += 1
             total += loss_value * len(idx)
             seen += len(idx)
@@ -405,25 +414,26 @@ def train(
         _sync_buffers(model, dist)
         acc = evaluate(model, data.test, eval_batch_size, dist=dist)
         row = {"epoch": epoch + 1, "loss": total / max(1, seen), "test_accuracy": acc, "seconds": time.perf_counter() - t0,
-               "samples": int(seen)}
+               "samples": int(seen), **sched.row()}
         partial = end < len(order)
         if partial:
             row["partial"] = True  # stopped by max_steps: a resumed run finishes this epoch first
         history.append(row)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  test accuracy {acc * 100:.2f}%  ({row['seconds']:.1f} s)")
+        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  test accuracy {acc * 100:.2f}%  ({row['seconds']:.1f} s)"
+            f"{sched.log_suffix()}")
         if checkpoint and main:
             save_checkpoint(checkpoint, model.config, model.state_dict(), optimizer_state=opt.state_dict(),
                             epoch=epoch if partial else epoch + 1, epoch_offset=end if partial else 0,
-                            metrics={"history": history}, train_config=asdict(cfg), world_size=dist.world, steps=steps,
-                            data_fingerprint=fingerprint, data_content=content)
+                            metrics={"history": history}, train_config=stored_config(cfg), world_size=dist.world, steps=steps,
+                            data_fingerprint=fingerprint, data_content=content, **sched.checkpoint())
         if stop:
             break
     final = history[-1]["test_accuracy"] if history else evaluate(model, data.test, eval_batch_size, dist=dist)
     barrier(dist)  # every rank returns after rank 0 has written the last checkpoint
-    return {"config": asdict(cfg), "history": history, "test_accuracy": final,
+    return {"config": stored_config(cfg), "history": history, "test_accuracy": final,
             "train_samples": len(data.train), "test_samples": len(data.test), "steps": steps,
             "world_size": dist.world, "global_batch_size": cfg.batch_size * dist.world, "device": str(dev),
-            "eval_batch_size": eval_batch_size}
+            "eval_batch_size": eval_batch_size, **sched.report()}
 
 
 def _progress_bar(total: int, desc: str):

@@ -78,8 +78,11 @@ def samples_done(offset: int, world: int, epoch_size: int) -> int:
 
 
 def resume_messages(checkpoint: str, progress: Progress, epochs: int, max_steps: Optional[int],
-                    world: int, epoch_size: int) -> List[str]:
-    """The log lines of a resumed run: where it continues, and why nothing is trained if so."""
+                    world: int, epoch_size: int, horizon: Optional[int] = None) -> List[str]:
+    """The log lines of a resumed run: where it continues, and why nothing is trained if so.
+
+    ``horizon``: the epochs of a ``--lr-schedule cosine`` run (``None`` for constant): ``--epochs``
+    cannot grow past it, so a run that reached it is told to start a new one instead."""
     start, done = progress.start, samples_done(progress.offset, world, epoch_size)
     part = f" and {done} samples of epoch {start + 1}" if progress.offset else ""
     lines = [f"resumed from {checkpoint} after epoch {start}{part}"]
@@ -87,9 +90,12 @@ def resume_messages(checkpoint: str, progress: Progress, epochs: int, max_steps:
         if progress.offset:
             lines.append(f"nothing to train: {checkpoint} already holds {start} epoch(s){part} (stopped by "
                          f"--max-steps), --epochs {epochs}; raise --epochs to {start + 1} to finish epoch {start + 1}")
+        elif horizon is not None and start >= horizon:
+            lines.append(f"nothing to train: {checkpoint} holds a finished --lr-schedule cosine run ({start} of "
+                         f"{horizon} epochs); train more into a new --checkpoint")
         else:
             lines.append(f"nothing to train: {checkpoint} already holds {start} epoch(s) of --epochs {epochs}; "
-                         "raise --epochs")
+                         f"raise --epochs{'' if horizon is None else f' (up to {horizon}: the end of its cosine schedule)'}")
     if max_steps is not None and progress.steps >= max_steps:
         held = f" (epoch {start + 1} stopped after {done} samples; the report keeps it as is)" if progress.offset else ""
         lines.append(f"nothing to train: {checkpoint} already took {progress.steps} step(s), --max-steps {max_steps}"
