@@ -15,7 +15,7 @@ Parameter and buffer names are unchanged, so exported graphs use the PyTorch ``s
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -56,11 +56,17 @@ def split_trainable(model: nn.Module, freeze: Optional[Sequence[str]] = None,
     it: each entry is a parameter name (``"body.0.module.weight"``) or a module name covering all
     of that module's parameters (``"body.0"``). An entry that matches no parameter, or a freeze
     that leaves nothing to train, is an :class:`ExportError` naming ``label`` (``"--freeze"`` from the CLI).
+    ``freeze`` may be any iterable of names (list, tuple, set, generator). A parameter registered
+    under two names (tied weights) is refused in one line.
     """
     names = [n for n, _ in model.named_parameters()]
+    _refuse_shared_parameters(model)
     entries = [] if freeze is None else [freeze] if isinstance(freeze, str) else freeze
-    if not (isinstance(entries, (list, tuple)) and all(isinstance(e, str) and e.strip() for e in entries)):
-        raise ExportError(f"{label}: expected parameter or module names, got {freeze!r}")
+    if isinstance(entries, Iterable) and not isinstance(entries, (bytes, Mapping)):
+        entries = list(entries)  # a tuple, set or generator of names as well as a list
+    if not (isinstance(entries, list) and all(isinstance(e, str) and e.strip() for e in entries)):
+        raise ExportError(f"{label}: expected parameter or module names (a name, or a list of non-empty names), "
+                          f"got {freeze!r}")
     fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
     for entry in (e.strip().rstrip(".") for e in entries):
         hits = [n for n in names if n == entry or n.startswith(entry + ".")]
@@ -72,6 +78,19 @@ def split_trainable(model: nn.Module, freeze: Optional[Sequence[str]] = None,
     if not trainable:
         raise ExportError(f"{label}: every parameter would be frozen (named or requires_grad=False); nothing would train")
     return trainable, [n for n in names if n in fixed]
+
+
+def _refuse_shared_parameters(model: nn.Module) -> None:
+    """One :class:`ExportError` line for a parameter registered under two names (tied weights):
+    ``named_parameters()`` lists it once, but the traced layers read it under each name, so the
+    exported step would not train it as one tensor (or not build at all)."""
+    first: Dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            raise ExportError(f"model: parameter {name} is the same tensor as {first[id(p)]} (tied or shared weights, "
+                              "or one module used twice); training exports need every parameter under one name: "
+                              "untie them before exporting")
+        first[id(p)] = name
 
 
 def refuse_active_dropout(model: nn.Module, fmt: str) -> None:

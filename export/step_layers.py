@@ -68,7 +68,7 @@ def make_leaf(name: str, m: nn.Module) -> Leaf:
         if m.start_dim != 1 or m.end_dim != -1:
             raise ExportError(f"onnx-step: {name}: only Flatten(1, -1) is supported")
         return Leaf("flatten", name, m)
-    if isinstance(m, (nn.Identity, nn.Dropout)):  # a Dropout: p = 0 (build_step_program refuses p > 0)
+    if isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)):  # any Dropout: p = 0 (p > 0 is refused before)
         return Leaf("identity", name, m)
     raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) has no explicit VJP; supported: Linear, Conv2d, "
                       f"BatchNorm, AvgPool2d, Flatten, Identity/Dropout")
@@ -89,6 +89,8 @@ def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
                 pending += [make_leaf(f"{name}.module.{j}", c) for j, c in enumerate(inner)]
             else:
                 pending.append(make_leaf(f"{name}.module", inner))
+        elif isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)):
+            continue  # the identity (a dropout layer here has p = 0: build_step_program refuses p > 0 first)
         elif type(m) in (LIF, RevLIF):
             if m.stateful:
                 raise ExportError(f"onnx-step: spiking layer {name} is stateful (carries .v across calls); export needs fresh states")
