@@ -25,6 +25,7 @@ from edgesnn.errors import first_line
 
 from .artifacts import (CHECKPOINT, EVAL_MODEL, MODEL, OPTIMIZER_MODEL, TRAINING_MODEL, ArtifactError, Manifest,
                         atomic_write_bytes, atomic_write_text)
+from .run_history import load_history
 from .run_loop import EpochEnd, run_epochs
 from .run_schedule import resolve_schedule
 from .run_state import OutputDir, check_settings
@@ -124,6 +125,7 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     schedule = resolve_schedule(lr_schedule, float(settings["lr"]), epochs, -(-x.shape[0] // B), resuming, recorded,
                                 done, start_ckpt)
     settings = schedule.with_settings(settings)
+    history = load_history(out.path, resuming, done, False, log)
     try:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)
@@ -156,6 +158,8 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
         bad_values = [n for n in manifest.trainable if not np.isfinite(np.asarray(state.parameters[n].data)).all()]
         if bad_values:  # the last update is not seen by the loss check
             raise StepCheckError(f"step {end.total_steps}: the update made {bad_values[:3]} non-finite; lower --lr")
+        history.add(end.epoch, end.losses[-1], end.lrs[-1] if end.lrs else None, None, end.total_steps)
+        row = history.rows[-1]
         state.properties["runner_epochs"] = end.epoch + 1
         state.properties["runner_steps"] = end.total_steps
         state.properties["runner_settings"] = json.dumps(settings, sort_keys=True)
@@ -172,6 +176,7 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
             "eval_samples": int(xe.shape[0]),
             "accuracy_before": acc_before,
             "accuracy_after": None,
+            **history.metrics(),
             **end.timing,
             "threads": int(threads or 0),
             "peak_rss_mb": peak_rss_mb(),
@@ -183,7 +188,7 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
             atomic_write_bytes(d / "params.npz", _params_npz(state, names))
             _atomic_inference_model(module, d / "inference.onnx", manifest.output_name)
             if end.last:
-                metrics["accuracy_after"] = _accuracy(ort, d / "inference.onnx", xe, ye, B, manifest)
+                metrics["accuracy_after"] = row["accuracy"] = _accuracy(ort, d / "inference.onnx", xe, ye, B, manifest)
             atomic_write_text(d / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             module.train()  # exporting the inference graph must not leave the module in eval mode
 

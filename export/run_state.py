@@ -52,7 +52,7 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> Tuple[np.ndarray
 
 #: Fields of the recorded settings and the flag that sets each (for the one-line refusal).
 _FLAGS = {"seed": "--seed", "holdout": "--holdout", "lr": "--lr", "batch_size": "batch size (export)",
-          "optimizer": "optimizer (export)", "data": "--data", "eval_data": "--eval-data"}
+          "optimizer": "optimizer (export)", "data": "--data", "eval_data": "--eval-data", "keep_best": "--keep-best"}
 
 
 def run_settings(seed: int, holdout: float, lr: float, batch_size: int, optimizer: Dict[str, Any],
@@ -70,10 +70,14 @@ def run_settings(seed: int, holdout: float, lr: float, batch_size: int, optimize
 def _comparable(field: str, value: Any) -> Any:
     if field in ("data", "eval_data") and isinstance(value, dict):
         return (value.get("samples"), value.get("sha256"))  # the arrays, not where the file lies
+    if field == "keep_best":  # recorded only when on (absent: off, as older runners wrote)
+        return bool(value)
     return value
 
 
 def _show(field: str, value: Any) -> str:
+    if field == "keep_best":
+        return "on" if value else "off"
     if field in ("data", "eval_data") and isinstance(value, dict):
         return f"{value.get('path')} ({value.get('samples')} samples, sha256 {value.get('sha256')})"
     if field == "optimizer" and isinstance(value, dict):

@@ -41,6 +41,11 @@ interrupted run resumed with the epochs it had left equals one uninterrupted run
 another ``--lr-schedule`` or past the end is refused (:mod:`edgesnn.export.run_schedule`).
 ``metrics.json``: ``lr_schedule``, ``lr_schedule_steps``, ``epoch_lr`` (each epoch's last rate).
 
+``metrics.json``'s ``epoch_loss`` / ``epoch_lr`` cover the epochs of this invocation; ``history``
+has one row per epoch of the whole run, resumes included (epoch, loss, lr, held-out accuracy where
+measured, steps). ``--keep-best`` (onnx-step, with held-out data) also keeps ``best_params.npz``,
+the parameters of the best held-out epoch so far (:mod:`edgesnn.export.run_history`).
+
 The rest of this docstring describes the legacy ``onnx-training`` path.
 
 ``data.npz`` holds ``x`` (float32 ``[N, *in_shape]``) and ``y`` (integer labels ``[N]``). The
@@ -81,6 +86,7 @@ from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import StepManifest, validate_artifact_dir
 from .run_data import data_fingerprint, load_dataset, split_holdout
+from .run_history import check_keep_best
 from .run_schedule import SCHEDULES, check_schedule_name
 from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigterm_interrupts
 from .run_support import FLOAT32_MAX, peak_rss_mb
@@ -165,6 +171,7 @@ def finetune(
     lean_memory: bool = True,
     any_input_range: bool = False,
     lr_schedule: str = "constant",
+    keep_best: bool = False,
 ) -> Dict:
     """Fine-tune from an artifact directory; returns the metrics written to ``out_dir/metrics.json``.
 
@@ -196,6 +203,11 @@ def finetune(
         lr_schedule: ``"constant"`` (every step at ``lr``) or ``"cosine"`` (per-step cosine decay to 0
             over the run's ``epochs`` x steps per epoch; a resume continues the recorded horizon and
             must not pass it, and must name the same schedule: see :mod:`~edgesnn.export.run_schedule`).
+        keep_best: onnx-step only, needs held-out data: measure held-out accuracy every epoch and keep
+            ``best_params.npz`` of the best epoch so far (``best_epoch`` / ``best_accuracy`` in the
+            metrics); a recorded setting, so a resume must pass it exactly when the run it continues
+            did (refused otherwise). See :mod:`~edgesnn.export.run_history` (also: ``history``, the
+            whole run's per-epoch rows in ``metrics.json``, cumulative across resumes).
 
     Raises:
         RunInterrupted: (a ``KeyboardInterrupt``) on Ctrl-C (or SIGTERM under :func:`main`);
@@ -244,6 +256,7 @@ def finetune(
         frac = (0.2 if step_format else 0.0) if holdout is None else float(holdout)
         x, y, xe, ye = split_holdout(x, y, frac, seed, manifest.batch_size)
         accuracy_on = "held-out" if frac > 0 else "training data"
+    check_keep_best(keep_best, step_format, accuracy_on)
     optimizer = {"name": manifest.optimizer, **(dict(manifest.hyperparameters) if step_format else {})}
     settings = run_settings(seed, frac, float(manifest.learning_rate if lr is None else lr), manifest.batch_size,
                             optimizer, data_id, eval_id)
@@ -252,7 +265,7 @@ def finetune(
         from .step_runner import finetune_step  # the onnx-step path (it imports this module's helpers)
 
         return finetune_step(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
-                             lean_memory, accuracy_on, settings, lr_schedule)
+                             lean_memory, accuracy_on, settings, lr_schedule, keep_best)
     from .legacy_runner import finetune_legacy
 
     return finetune_legacy(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
@@ -311,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=None,
                    help="fraction of --data held out for the accuracy report (default 0.2 for onnx-step, 0 for onnx-training)")
     p.add_argument("--eval-data", type=user_path, default=None, help=".npz to report accuracy on instead of a held-out split")
+    p.add_argument("--keep-best", action="store_true",
+                   help="onnx-step, with held-out data: also keep OUT/best_params.npz, the parameters of the epoch "
+                        "with the best held-out accuracy so far (a resume must pass it too)")
     p.add_argument("--any-input-range", action="store_true",
                    help="train on x values outside the range the model was trained on (the manifest's input_range, "
                         "[0, 1] for the built-in image datasets; by default refused)")
@@ -327,7 +343,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         with sigterm_interrupts():
             m = finetune(args.artifacts, args.data, args.epochs, args.lr, args.out, args.seed, args.resume, args.threads,
                          force=args.force, holdout=args.holdout, eval_data=args.eval_data, lean_memory=args.lean_memory,
-                         any_input_range=args.any_input_range, lr_schedule=args.lr_schedule)
+                         any_input_range=args.any_input_range, lr_schedule=args.lr_schedule,
+                         keep_best=args.keep_best)
     except USER_ERRORS as exc:
         print(f"edgesnn-device: error: {exc}", file=sys.stderr)
         return 2

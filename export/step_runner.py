@@ -20,6 +20,7 @@ import numpy as np
 
 from .artifacts import (STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest, atomic_write_bytes,
                         atomic_write_text)
+from .run_history import BEST_PARAMS, load_history
 from .run_loop import EpochEnd, run_epochs
 from .run_schedule import resolve_schedule
 from .run_state import OutputDir, check_settings
@@ -152,13 +153,15 @@ def _load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str,
 def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray,
                   ye: np.ndarray, epochs: int, lr: Optional[float], out: OutputDir, seed: int, resume: bool,
                   threads: Optional[int], log: Callable[[str], None], lean_memory: bool, accuracy_on: str,
-                  settings: Dict, lr_schedule: str = "constant") -> Dict:
+                  settings: Dict, lr_schedule: str = "constant", keep_best: bool = False) -> Dict:
     """The onnx-step training loop (plain onnxruntime + numpy) on ``x [N, *in_shape]`` float32 and
     ``y [N]`` int64, reporting accuracy on ``xe``/``ye``. After every epoch the output set
     (``state.npz``, ``params.npz``, ``metrics.json``) is swapped into ``out``; a resumed run starts
     from ``out``'s ``state.npz`` (refused if its recorded ``settings`` or ``lr_schedule`` differ, see
     :func:`~.run_schedule.resolve_schedule`; a cosine schedule sets the ``lr`` input every step).
-    Ctrl-C / SIGTERM raise :class:`~.run_state.RunInterrupted` saying which epoch ``out`` holds."""
+    Ctrl-C / SIGTERM raise :class:`~.run_state.RunInterrupted` saying which epoch ``out`` holds.
+    ``metrics.json`` carries the whole run's ``history``; ``keep_best`` measures held-out accuracy
+    every epoch and keeps ``best_params.npz`` (:mod:`~.run_history`)."""
     ort = import_plain_ort()
     ort.set_default_logger_severity(3)
     rss_before = rss_mb()
@@ -178,12 +181,15 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         hint = (" (fine-tuned from another export?); pass --force instead of --resume to start again" if resuming else "")
         raise ArtifactError(f"{src}: lacks {missing[:3]}{'...' if len(missing) > 3 else ''}{hint}")
     recorded = str(meta["runner.settings"]) if resuming and "runner.settings" in meta else None
+    if keep_best:  # recorded only when on: other runs' settings stay what older runners wrote
+        settings = {**settings, "keep_best": True}
     if resuming:
         check_settings(recorded, settings, state_path)
     rate = float(settings["lr"])
     schedule = resolve_schedule(lr_schedule, rate, epochs, -(-x.shape[0] // manifest.batch_size), resuming, recorded,
                                 resumed_epochs, state_path)
     settings = schedule.with_settings(settings)
+    history = load_history(out.path, resuming, resumed_epochs, keep_best, log)
     sess = StepSession(ort, artifact_dir, manifest, start, threads, lean_memory)
     rss_session = rss_mb()
     sess.set_lr(rate)
@@ -208,6 +214,8 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         bad_values = [k for k in manifest.trainable if not np.isfinite(values[k]).all()]
         if bad_values:  # the last update is not seen by the loss check
             raise StepCheckError(f"step {end.total_steps}: the update made {bad_values[:3]} non-finite; lower --lr")
+        acc = sess.accuracy(xe, ye) if (keep_best or end.last) else None
+        best = history.add(end.epoch, end.losses[-1], end.lrs[-1] if end.lrs else None, acc, end.total_steps)
         metrics = {
             "format": "onnx-step",
             **end.progress,
@@ -221,7 +229,8 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
             "accuracy_on": accuracy_on,
             "eval_samples": int(xe.shape[0]),
             "accuracy_before": acc_before,
-            "accuracy_after": sess.accuracy(xe, ye) if end.last else None,
+            "accuracy_after": acc if end.last else None,
+            **history.metrics(),
             "recon_error_max": max_err,
             **end.timing,
             "threads": int(threads or 0),
@@ -239,7 +248,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         state["runner.artifact"] = np.asarray(artifact_id)
         state["runner.settings"] = np.asarray(json.dumps(settings, sort_keys=True))
         params = {k: values[k] for k in list(manifest.trainable) + list(manifest.frozen)}
-        return metrics, lambda d: _write_outputs(d, state, params, metrics)
+        return metrics, lambda d: _write_outputs(d, state, params, metrics, best)
 
     metrics = run_epochs(x, y, manifest.batch_size, epochs, seed, resumed_epochs, resumed_steps, resuming, out, log,
                          step, end_epoch, schedule, sess.set_lr)
@@ -249,7 +258,13 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     return metrics
 
 
-def _write_outputs(d: Path, state: Dict[str, np.ndarray], params: Dict[str, np.ndarray], metrics: Dict) -> None:
+def _write_outputs(d: Path, state: Dict[str, np.ndarray], params: Dict[str, np.ndarray], metrics: Dict,
+                   best: bool = False) -> None:
+    """The epoch's output set into the temp folder ``d`` (``best``: ``params`` are also the new
+    ``best_params.npz``; otherwise the folder's old one, if any, is carried over by the swap)."""
     atomic_write_bytes(d / "state.npz", npz_bytes(state))
-    atomic_write_bytes(d / "params.npz", npz_bytes(params))
+    data = npz_bytes(params)
+    atomic_write_bytes(d / "params.npz", data)
+    if best:
+        atomic_write_bytes(d / BEST_PARAMS, data)
     atomic_write_text(d / "metrics.json", json.dumps(metrics, indent=2) + "\n")
