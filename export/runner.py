@@ -86,7 +86,7 @@ from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
 
 from .artifacts import StepManifest, validate_artifact_dir
 from .run_data import data_fingerprint, load_dataset, split_holdout
-from .run_history import check_keep_best
+from .run_history import BEST_PARAMS, check_keep_best
 from .run_schedule import SCHEDULES, check_schedule_name
 from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigterm_interrupts
 from .run_support import FLOAT32_MAX, peak_rss_mb
@@ -360,6 +360,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"accuracy ({m.get('accuracy_on', 'training data')}) {m['accuracy_before']:.4f} -> {m['accuracy_after']:.4f}; "
           f"step {step}; {m['steps']} steps ({m['padded_per_epoch']} samples repeated per epoch to fill the last batch); "
           f"peak RSS {m['peak_rss_mb']:.1f} MB; torch imported: {m['torch_imported']}")
+    if m.get("keep_best") and m.get("best_epoch") is not None:
+        print(f"best epoch {m['best_epoch']} of {m['total_epochs']}: accuracy {m['best_accuracy']:.4f} (its parameters: "
+              f"{BEST_PARAMS} beside params.npz)")
     return 0
 
 

@@ -163,6 +163,8 @@ def test_keep_best_refusals_are_one_line(art, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "bad": [], "ort": True}, proc.stderr[-2000:]
     m = _metrics(tmp_path / "kb")
     assert m["total_epochs"] == 2 and m["best_epoch"] in (1, 2) and len(m["history"]) == 2
+    assert (f"best epoch {m['best_epoch']} of 2: accuracy {m['best_accuracy']:.4f} (its parameters: best_params.npz "
+            "beside params.npz)") in proc.stdout  # the summary names it
 
 
 @needs_ort
