@@ -23,19 +23,14 @@ import pytest
 
 from test_export_common import needs_onnx_runtime, needs_ort, run_python
 from test_export_step import _RUNNER, _export_cli
-from test_runner_lr_schedule import BATCH, LR, _arrays, _data, _finetune, _model, _same
+from test_runner_lr_schedule import BATCH, LR, _arrays, _data, _finetune, _model, _same, legacy_artifacts
 
 KEYS = ("epoch", "loss", "lr", "steps")
 
 
 @pytest.fixture(scope="module")
 def legacy_art(tmp_path_factory):
-    """Legacy onnx-training artifacts of the schedule tests' model, and device data."""
-    from edgesnn.export.onnx_training import export_onnx_training
-
-    tmp = tmp_path_factory.mktemp("hist-legacy")
-    export_onnx_training(_model(), tmp / "art", BATCH, "sgd", LR)
-    return tmp / "art", _data(tmp / "data.npz")
+    return legacy_artifacts(tmp_path_factory.mktemp("hist-legacy"))
 
 
 def _metrics(out: Path) -> Dict:

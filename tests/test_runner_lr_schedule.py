@@ -211,14 +211,17 @@ def test_bad_schedule_is_one_line_and_the_cli_prints_the_rate(step_art, tmp_path
 # ----------------------------------------------------------------------------- legacy onnx-training
 
 
-@pytest.fixture(scope="module")
-def legacy_art(tmp_path_factory):
+def legacy_artifacts(tmp: Path):
+    """Legacy onnx-training artifacts of :func:`_model` in ``tmp/art``, and device data: ``(art, data)``."""
     from edgesnn.export.onnx_training import export_onnx_training
 
-    tmp = tmp_path_factory.mktemp("lr-legacy")
-    model = _model()
-    export_onnx_training(model, tmp / "art", BATCH, "sgd", LR)
+    export_onnx_training(_model(), tmp / "art", BATCH, "sgd", LR)
     return tmp / "art", _data(tmp / "data.npz")
+
+
+@pytest.fixture(scope="module")
+def legacy_art(tmp_path_factory):
+    return legacy_artifacts(tmp_path_factory.mktemp("lr-legacy"))
 
 
 @needs_ort

@@ -22,8 +22,8 @@ from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
-from .lr_schedule import (check_resume_schedule, check_schedule_name, horizon_of, start_schedule, steps_per_epoch,
-                          stored_config)
+from .lr_schedule import (check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule,
+                          steps_per_epoch, stored_config)
 from .flag_checks import check_model_fits_dataset
 from .resume import Progress, resume_messages, stored_progress, will_train
 from .split_checks import check_labels, check_split
@@ -382,7 +382,7 @@ def train(
         end = len(order)  # where this epoch stops (earlier when max_steps ends the run inside it)
         for i in batches:
             idx = order[i:i + cfg.batch_size]
-            if len(idx) < 2 and cfg.batchnorm:  # BatchNorm needs more than one sample (every rank alike: equal shares)
+            if skips_batch(len(idx), cfg.batchnorm):  # BatchNorm needs more than one sample (every rank alike: equal shares)
                 continue
             xb = data.train.inputs(idx).to(dev, non_blocking=True)
             yb = data.train.y[idx].to(dev, non_blocking=True)

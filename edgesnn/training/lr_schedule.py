@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..lr_schedules import KEY, SCHEDULES, check_schedule_name
 
 __all__ = ["SCHEDULES", "KEY", "check_schedule_name", "stored_config", "steps_per_epoch", "check_resume_schedule",
-           "horizon_of", "RunSchedule", "start_schedule"]
+           "horizon_of", "RunSchedule", "start_schedule", "skips_batch"]
 
 def stored_config(cfg: Any) -> Dict[str, Any]:
     """``asdict(cfg)`` as checkpoints and reports store it: without ``lr_schedule`` when it is
@@ -44,15 +44,18 @@ def stored_config(cfg: Any) -> Dict[str, Any]:
     return out
 
 
+def skips_batch(size: int, batchnorm: bool) -> bool:
+    """The training loop's rule: a batch of ``size`` samples takes no optimizer step when the model
+    has BatchNorm and the batch holds fewer than two samples (BatchNorm needs more than one)."""
+    return size < 2 and batchnorm
+
+
 def steps_per_epoch(n_train: int, world: int, batch_size: int, batchnorm: bool) -> int:
     """Optimizer steps one epoch takes on every rank: ``ceil(n_train / world)`` samples per rank
     (the padded share of :func:`~edgesnn.training.loop._epoch_order`) in batches of ``batch_size``
-    samples, a last batch of one sample skipped when the model has BatchNorm (as the loop does)."""
+    samples, without the batches the loop skips (:func:`skips_batch`)."""
     share = -(-n_train // max(1, world))
-    steps = -(-share // batch_size)
-    if batchnorm and share % batch_size == 1:
-        steps -= 1
-    return max(0, steps)
+    return sum(1 for i in range(0, share, batch_size) if not skips_batch(min(batch_size, share - i), batchnorm))
 
 
 def _stored_name(ck: Dict) -> str:
