@@ -6,7 +6,6 @@ its 32 samples with their own statistics, which is not the statistics of the 64 
 forward and backward are independent of the batch, so the averaged gradients match exactly.
 """
 
-import faulthandler
 import os
 import subprocess
 import sys
@@ -15,24 +14,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from edgesnn.checkpoint import load_checkpoint
 from edgesnn.training.distributed import configure_threads, import_before_group, rank_threads
 from edgesnn.training.loop import TrainConfig, train
+
+from _ranks import run_ranks
 
 STEPS = 20
 CFG = dict(dataset="digits", model="mlp", neuron="lif", timesteps=4, epochs=1, lr=1e-3, seed=3, batchnorm=False)
 
 
 def _rank(rank: int, world: int, init_file: str, ckpt: str, overrides=None, steps: int = STEPS) -> None:
-    # A rank that dies in native code (CI saw one rank end with SIGABRT, "terminate called without
-    # an active exception", once in ~20 runs; never reproduced in 100 local runs) prints every
-    # thread's Python stack, so the next occurrence says where it happened.
-    # Likely cause, measured: DDP imports torch._dynamo, which then holds the group past
-    # destroy_process_group() and gloo's threads run into the interpreter's shutdown;
-    # import_before_group() (what the CLI's setup() does) keeps the group free of it.
-    faulthandler.enable(all_threads=True)
+    # CI once saw a rank end with SIGABRT ("terminate called without an active exception") after a
+    # successful run: DDP imported torch._dynamo, which held the group past destroy_process_group()
+    # and gloo's threads ran into the interpreter's shutdown. import_before_group() (what the CLI's
+    # setup() does) keeps the group free of it; run_ranks prints the stacks of a rank that stalls.
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     configure_threads(rank_threads(None, world))
     import_before_group()
@@ -46,7 +43,7 @@ def _rank(rank: int, world: int, init_file: str, ckpt: str, overrides=None, step
 
 def test_two_ranks_match_one_rank_with_the_whole_batch(tmp_path):
     ck2 = tmp_path / "two.ckpt"
-    mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(ck2)), nprocs=2, join=True)
+    run_ranks(_rank, (2, str(tmp_path / "init"), str(ck2)))
     ck1 = tmp_path / "one.ckpt"
     report = train(TrainConfig(batch_size=64, **CFG), checkpoint=str(ck1), max_steps=STEPS, progress=False, log=lambda m: None)
     assert report["steps"] == STEPS and report["world_size"] == 1
@@ -66,8 +63,8 @@ def test_two_ranks_memopt_with_batchnorm_match_ddp(tmp_path):
     ck = {}
     for memopt in (False, True):
         ck[memopt] = tmp_path / f"memopt{memopt}.ckpt"
-        mp.spawn(_rank, args=(2, str(tmp_path / f"init{memopt}"), str(ck[memopt]),
-                              dict(batchnorm=True, memopt=memopt, model="convnet"), 4), nprocs=2, join=True)
+        run_ranks(_rank, (2, str(tmp_path / f"init{memopt}"), str(ck[memopt]),
+                          dict(batchnorm=True, memopt=memopt, model="convnet"), 4))
     plain, opt = load_checkpoint(ck[False]), load_checkpoint(ck[True])
     assert opt["steps"] == plain["steps"] == 4
     worst = max(float((plain["model_state"][k].double() - opt["model_state"][k].double()).abs().max())
@@ -114,6 +111,7 @@ def test_torchrun_cli_rank0_writes_and_logs_threads(tmp_path):
 
 
 def _average_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    out = f"{out}{rank}.pt"
     from edgesnn.training.distributed import DistInfo, average_gradients
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -133,14 +131,7 @@ def _average_rank(rank: int, world: int, init_file: str, out: str) -> None:
 
 
 def test_average_gradients_keeps_unused_parameters_gradient_free(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_average_rank, args=(r, 2, str(tmp_path / "init"), str(tmp_path / f"g{r}.pt")))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    run_ranks(_average_rank, (2, str(tmp_path / "init"), str(tmp_path / "g")))
     g0, g1 = (torch.load(tmp_path / f"g{r}.pt", weights_only=True) for r in range(2))
     for k in g0:
         assert (g0[k] is None) == (g1[k] is None) and (g0[k] is None or torch.equal(g0[k], g1[k])), k

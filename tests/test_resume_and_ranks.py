@@ -33,6 +33,8 @@ from edgesnn.errors import UsageError, peer_failure
 from edgesnn.training.loop import TrainConfig, train
 from edgesnn.training.resume import Progress, resume_messages, samples_done
 
+from _ranks import run_ranks
+
 CFG = dict(dataset="digits", model="mlp", hidden=[16, 16], timesteps=2, batch_size=128, seed=3)
 GLOO_GONE = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
              "[127.0.0.1]:21898. This is typically caused by a remote worker crashing.")
@@ -89,7 +91,7 @@ def _resume_rank(rank: int, world: int, init_file: str, ckpt: str, out: str) -> 
 
 def test_two_ranks_resume_with_nothing_to_train(tmp_path):
     ck, out = tmp_path / "m.ckpt", tmp_path / "out"
-    mp.spawn(_resume_rank, args=(2, str(tmp_path / "init"), str(ck), str(out)), nprocs=2, join=True)
+    run_ranks(_resume_rank, (2, str(tmp_path / "init"), str(ck), str(out)))
     zero, one = (json.loads(Path(f"{out}{r}").read_text()) for r in range(2))
     stored = load_checkpoint(ck)
     assert stored["epoch_offset"] == 48 and stored["world_size"] == 2  # 3 steps of 16 on each rank

@@ -25,7 +25,6 @@ from typing import List
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from edgesnn import cli
 from edgesnn.checkpoint import load_checkpoint
@@ -34,6 +33,7 @@ from edgesnn.training import loop
 from edgesnn.training.loop import TrainConfig, train
 
 from _lr_rates import torch_cosine
+from _ranks import run_ranks
 
 # 1348 digits training samples: 11 steps of 128 per epoch (the last one 68 samples)
 CFG = dict(dataset="digits", model="mlp", hidden=[16, 16], timesteps=2, batch_size=128, seed=3, backend="torch", lr=0.01)
@@ -232,7 +232,7 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
 
 
 def test_two_ranks_step_the_same_schedule_as_one_rank(tmp_path):
-    mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_rank, (2, str(tmp_path / "init"), str(tmp_path)))
     rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     one = train(TrainConfig(epochs=2, lr_schedule="cosine", **DDP), max_steps=14, progress=False, log=_quiet)
     assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]] == [r["lr"] for r in one["history"]]
