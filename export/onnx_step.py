@@ -26,8 +26,8 @@
    back-propagates top-down with the project's own VJPs: :func:`~edgesnn.functional.lif.lif_step_vjp`
    for LIF, and :func:`~edgesnn.functional.revlif.revlif_step_backward` for RevLIF, which walks
    the state back from the final state (inverse and gradient in one pass). Linear, Conv2d
-   (stride/padding, dilation 1, groups 1), frozen-statistics BatchNorm, AvgPool2d (kernel =
-   stride) and Flatten have explicit VJPs below. Parameter gradients accumulate as loop-carried
+   (stride/padding, dilation 1, groups 1), frozen-statistics BatchNorm, AvgPool2d and MaxPool2d
+   (kernel = stride) and Flatten have explicit VJPs below. Parameter gradients accumulate as loop-carried
    values (Linear/Conv2d weight gradients once per chunk, as one product over its ``K x B`` rows);
    no ``[T, B, N]`` tensor of a RevLIF layer exists anywhere in the graph.
 5. **update**: SGD (momentum, Nesterov, weight decay; ``torch.optim.SGD``) or AdamW

@@ -1,7 +1,7 @@
 """The model's layers as the ONNX step graph sees them (:mod:`.onnx_step`), with explicit VJPs.
 
 A model is read into leaves (stateless layers: Linear, Conv2d with stride/padding, dilation 1,
-groups 1, frozen-statistics BatchNorm, AvgPool2d with kernel = stride, Flatten) and stages
+groups 1, frozen-statistics BatchNorm, AvgPool2d / MaxPool2d with kernel = stride, Flatten) and stages
 (leaves then one spiking node). Each leaf has a forward and a VJP written with standard ops only,
 so the traced backward is exactly these formulas (no autograd inside the exported graph).
 """
@@ -29,7 +29,7 @@ __all__ = ["Leaf", "Stage", "make_leaf", "plan_layers", "record_shapes", "leaf_f
 
 @dataclass
 class Leaf:
-    kind: str  # linear | conv | bn | pool | flatten | identity
+    kind: str  # linear | conv | bn | pool | maxpool | flatten | identity
     name: str  # qualified module name (parameter prefix)
     module: nn.Module
     params: List[str] = field(default_factory=list)  # trainable parameter names (the VJP computes their gradients)
@@ -58,12 +58,14 @@ def make_leaf(name: str, m: nn.Module) -> Leaf:
             raise ExportError(f"onnx-step: {name}: only affine BatchNorm with running statistics is supported")
         return Leaf("bn", name, m, [f"{name}.weight", f"{name}.bias"], [f"{name}.running_mean", f"{name}.running_var"])
     if isinstance(m, nn.AvgPool2d):
-        k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
-        s = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
-        p = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
-        if k != s or p != (0, 0) or m.ceil_mode or m.divisor_override is not None:
+        if not _tiling_pool(m) or m.divisor_override is not None:
             raise ExportError(f"onnx-step: {name}: only AvgPool2d with kernel_size == stride, no padding, floor mode is supported")
         return Leaf("pool", name, m)
+    if isinstance(m, nn.MaxPool2d):
+        if not _tiling_pool(m) or _pair(m.dilation) != (1, 1) or m.return_indices:
+            raise ExportError(f"onnx-step: {name}: only MaxPool2d with kernel_size == stride, no padding, dilation 1, "
+                              f"floor mode, no return_indices is supported")
+        return Leaf("maxpool", name, m)
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise ExportError(f"onnx-step: {name}: only Flatten(1, -1) is supported")
@@ -71,7 +73,17 @@ def make_leaf(name: str, m: nn.Module) -> Leaf:
     if isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)):  # any Dropout: p = 0 (p > 0 is refused before)
         return Leaf("identity", name, m)
     raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) has no explicit VJP; supported: Linear, Conv2d, "
-                      f"BatchNorm, AvgPool2d, Flatten, Identity/Dropout")
+                      f"BatchNorm, AvgPool2d, MaxPool2d, Flatten, Identity/Dropout")
+
+
+def _pair(v) -> Tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _tiling_pool(m: nn.Module) -> bool:
+    """Whether a pool's windows tile the input: kernel == stride, no padding, floor mode."""
+    return _pair(m.kernel_size) == _pair(m.stride if m.stride is not None else m.kernel_size) \
+        and _pair(m.padding) == (0, 0) and not m.ceil_mode
 
 
 def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
@@ -140,6 +152,8 @@ def leaf_forward(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor) -> tor
         return xhat * t[f"{leaf.name}.weight"].reshape(shape) + t[f"{leaf.name}.bias"].reshape(shape)
     if leaf.kind == "pool":
         return F.avg_pool2d(x, m.kernel_size, m.stride)
+    if leaf.kind == "maxpool":
+        return F.max_pool2d(x, m.kernel_size, m.stride)
     if leaf.kind == "flatten":
         return x.reshape(x.shape[0], -1)
     return x
@@ -211,9 +225,29 @@ def leaf_vjp(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor, gy: torch.
         Ho, Wo = H // k[0], W // k[1]
         kernel = torch.full((C, 1, k[0], k[1]), 1.0 / (k[0] * k[1]), dtype=gy.dtype)
         return F.conv_transpose2d(gy, kernel, None, k, 0, (H - Ho * k[0], W - Wo * k[1]), groups=C), grads
+    if leaf.kind == "maxpool":
+        return (_maxpool_vjp(leaf, x, gy) if need_gx else None), grads
     if leaf.kind == "flatten":
         return (gy.reshape(-1, *_static_shape(leaf, x)) if need_gx else None), grads
     return gy, grads
+
+
+def _maxpool_vjp(leaf: Leaf, x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    """Input gradient of a tiling max pool: each output gradient goes to its window's first maximum
+    in row-major order, as PyTorch's ``max_pool2d`` backward routes it (spike maps tie often: a
+    window with two spikes). The windows become a last axis; ``argmax`` (the first index, ONNX
+    ``ArgMax``) and a comparison give a one-hot; a depthwise transposed convolution with one-hot
+    kernels puts each window's values back in place, its output_padding (static, < stride) giving
+    the rows/columns the floor mode dropped zero gradient (as for AvgPool2d)."""
+    kh, kw = _pair(leaf.module.kernel_size)
+    C, H, W = _static_shape(leaf, x)
+    Ho, Wo, K = H // kh, W // kw, kh * kw
+    win = x[:, :, :Ho * kh, :Wo * kw].reshape(-1, C, Ho, kh, Wo, kw).permute(0, 1, 2, 4, 3, 5)
+    first = win.reshape(-1, C, Ho, Wo, K).argmax(-1, keepdim=True)
+    g = (torch.arange(K) == first).to(gy.dtype) * gy.unsqueeze(-1)  # [B, C, Ho, Wo, K]
+    g = g.permute(0, 1, 4, 2, 3).reshape(-1, C * K, Ho, Wo)
+    place = torch.eye(K, dtype=gy.dtype).reshape(K, 1, kh, kw).repeat(C, 1, 1, 1)  # channel (c, i): a 1 at window cell i
+    return F.conv_transpose2d(g, place, None, (kh, kw), 0, (H - Ho * kh, W - Wo * kw), groups=C)
 
 
 def block_forward(leaves: Sequence[Leaf], t, x) -> Tuple[List[torch.Tensor], torch.Tensor]:
