@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..errors import DependencyError, UsageError
+from ..errors import DependencyError, UsageError, first_line
 
 
-__all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy", "check_dt", "check_finite_node", "threshold_to_nir",
-           "threshold_from_nir"]
+__all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy", "check_dt", "check_finite_node", "int_values",
+           "threshold_to_nir", "threshold_from_nir"]
 
 #: Seconds per time step unless told otherwise (SpikingJelly's and most NIR tools' default).
 DEFAULT_DT = 1e-4
@@ -52,6 +52,7 @@ def check_dt(dt: Any, what: str = "dt") -> float:
 
 
 #: The numeric fields of NIR nodes that edgesnn reads or writes (weights, biases, neuron parameters).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMERIC_FIELDS = ("weight", "bias", "tau", "tau_mem", "tau_syn", "r", "w_in", "v_leak", "v_threshold", "v_reset")
 
 
@@ -65,13 +66,44 @@ def check_finite_node(key: str, node: Any) -> None:
         if value is None or isinstance(value, str):
             continue
         try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise NIRError(f"node {key}: nir.{type(node).__name__} {field} is not numeric ({type(value).__name__})") from None
+            raw = np.asarray(value)
+            if raw.dtype.kind not in "iuf":  # complex (its imaginary part would be dropped), bool, text, objects
+                raise TypeError(f"{type(value).__name__} of {raw.dtype}")
+            arr = raw.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise NIRError(f"node {key}: nir.{type(node).__name__} {field} is not real numbers ({first_line(e, 100)})") from None
         if not np.isfinite(arr).all():
             bad = int(arr.size - np.isfinite(arr).sum())
             raise NIRError(f"node {key}: nir.{type(node).__name__} {field} holds {bad} NaN/Inf value(s) of {arr.size}; "
                            "only finite weights and neuron parameters are loaded or exported")
+        big = int((np.abs(arr) > _FLOAT32_MAX).sum())
+        if big:  # float32 (what edgesnn computes in) would turn them into Inf
+            raise NIRError(f"node {key}: nir.{type(node).__name__} {field} holds {big} value(s) of {arr.size} beyond the "
+                           f"float32 range (|x| <= {_FLOAT32_MAX:.4g}); edgesnn computes in float32")
+
+
+def int_values(what: str, value: Any, minimum: Optional[int] = None, sizes: Tuple[int, ...] = (1, 2)) -> Tuple[int, ...]:
+    """The integers ``value`` (an int, list or array) holds, or a one-line :class:`NIRError` naming ``what``.
+
+    Refuses what is not whole numbers (``2.5`` is not truncated to 2), booleans, text, ``None``,
+    values below ``minimum`` and a count of values not in ``sizes``.
+    """
+    try:
+        arr = np.ravel(np.asarray(value))
+    except Exception:  # noqa: BLE001 - ragged lists and the like
+        arr = np.asarray([None])
+    ok = arr.dtype.kind in "iuf" and arr.size in sizes
+    if ok:
+        f = arr.astype(np.float64)
+        ok = bool(np.all(np.isfinite(f)) and np.all(f == np.round(f)) and (minimum is None or np.all(f >= minimum)))
+    if not ok:
+        text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        want = "an integer" if sizes == (1,) else (" or ".join(str(n) for n in sizes) if len(sizes) <= 2
+                                                   else f"{sizes[0]} to {sizes[-1]}") + " integers"
+        low = f" >= {minimum}" if minimum is not None else ""
+        raise NIRError(f"{what}: expected {want}{low}, got {text}")
+    return tuple(int(v) for v in arr)
 
 
 def threshold_to_nir(v_threshold: float) -> float:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import first_line
-from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, nir_module, threshold_from_nir
+from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, int_values, nir_module, threshold_from_nir
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir
@@ -179,16 +179,17 @@ def _stateless(key: str, node: Any, shape: Tuple[int, ...]) -> nn.Module:
         return lin
     if isinstance(node, nir.Conv2d):
         w = torch.as_tensor(np.asarray(node.weight, dtype=np.float32))
-        groups = int(node.groups)
+        groups = int_values(f"{name} groups", node.groups, 1, (1,))[0]
         if w.dim() != 4 or groups < 1 or w.shape[0] % groups:
             raise NIRError(f"{name} weight of shape {tuple(w.shape)} with groups={groups}; expected [out, in/groups, kh, kw]")
         if len(shape) != 3 or shape[0] != w.shape[1] * groups:
             raise NIRError(f"{name} takes [{w.shape[1] * groups}, H, W] inputs (weight {tuple(w.shape)}, groups={groups}), "
                            f"its input has shape {shape}")
-        pad = node.padding if isinstance(node.padding, str) else _ints(node.padding)
+        pad = node.padding if isinstance(node.padding, str) else int_values(f"{name} padding", node.padding, 0)
+        stride, dilation = (int_values(f"{name} {f}", getattr(node, f), 1) for f in ("stride", "dilation"))
         try:  # e.g. padding="same" with a stride > 1, or an unknown padding string
-            conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=_ints(node.stride), padding=pad,
-                             dilation=_ints(node.dilation), groups=groups, bias=True)
+            conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=pad,
+                             dilation=dilation, groups=groups, bias=True)
         except (ValueError, RuntimeError) as e:
             raise NIRError(f"{name}: {first_line(e, 500)}") from None
         with torch.no_grad():
@@ -196,10 +197,12 @@ def _stateless(key: str, node: Any, shape: Tuple[int, ...]) -> nn.Module:
             conv.bias.copy_(_bias(name, node.bias, w.shape[0]))
         return conv
     if isinstance(node, nir.AvgPool2d):
-        return nn.AvgPool2d(_ints(node.kernel_size), _ints(node.stride), _ints(node.padding))
+        kernel, stride = (int_values(f"{name} {f}", getattr(node, f), 1) for f in ("kernel_size", "stride"))
+        return nn.AvgPool2d(kernel, stride, int_values(f"{name} padding", node.padding, 0))
     if isinstance(node, nir.Flatten):
-        start = node.start_dim + 1 if node.start_dim >= 0 else node.start_dim
-        end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
+        start, end = (int_values(f"{name} {f}", getattr(node, f), None, (1,))[0] for f in ("start_dim", "end_dim"))
+        start = start + 1 if start >= 0 else start  # NIR dims exclude the batch dim
+        end = end + 1 if end >= 0 else end
         return nn.Flatten(start, end)
     raise NIRError(f"{name} has no edgesnn equivalent "
                    "(loaded: Affine, Linear, Conv2d, AvgPool2d, Flatten, LIF, CubaLIF with tau_syn = dt)")
@@ -227,7 +230,7 @@ def _out_shape(key: str, node: Any, layer: nn.Module, shape: Tuple[int, ...]) ->
 def _check_neurons(key: str, node: Any, shape: Tuple[int, ...]) -> None:
     """A neuron node's parameter arrays hold one value or one per input element."""
     n = int(np.prod(shape)) if shape else 1
-    for field in ("tau", "tau_mem", "r", "v_threshold"):
+    for field in ("tau", "tau_mem", "tau_syn", "r", "w_in", "v_leak", "v_threshold", "v_reset"):
         value = getattr(node, field, None)
         size = 1 if value is None else np.asarray(value).size
         if size not in (1, n):

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import first_line
 from ..memopt.layers import pair
-from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, nir_module, threshold_to_nir, to_numpy
+from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, int_values, nir_module, threshold_to_nir, to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir
@@ -91,9 +92,10 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
 
     dt = check_dt(dt)
     body = getattr(model, "body", model)
-    in_shape = tuple(in_shape or getattr(model, "in_shape", ()) or ())
-    if not in_shape:
+    given = in_shape if in_shape is not None and np.size(in_shape) else getattr(model, "in_shape", None)
+    if given is None or np.size(given) == 0:
         raise NIRError("to_nir: pass in_shape (one sample's shape) for a model without .in_shape")
+    in_shape = int_values("to_nir: in_shape (one sample's shape)", given, 1, tuple(range(1, 9)))
     layers = _leaves(body)
     nodes: Dict[str, Any] = {"input": nir.Input(input_type=np.array(in_shape))}
     order: List[str] = ["input"]
@@ -123,6 +125,13 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
 
     pending_in: Tuple[int, ...] = ()
     pending_out: Tuple[int, ...] = ()
+    def run(where: str, m: nn.Module, x: torch.Tensor) -> torch.Tensor:  # one sample through m, or one line naming it
+        try:
+            return m(x)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise NIRError(f"layer {where}: {type(m).__name__} cannot take one sample of shape {tuple(x.shape[1:])} "
+                           f"(in_shape {in_shape}): {first_line(e, 300)}") from None
+
     with torch.no_grad():
         for i, (name, m) in enumerate(layers):
             key = f"l{i}_{type(m).__name__.lower()}"
@@ -139,13 +148,13 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
             flush()
             if isinstance(m, nn.Linear):
                 pending = (key, m, m.weight, m.bias)
-                x = m(x)
+                x = run(where, m, x)
             elif isinstance(m, nn.Conv2d):
                 if m.padding_mode != "zeros" or isinstance(m.padding, str):
                     raise NIRError(f"layer {where}: only zero-padded Conv2d with numeric padding maps to nir.Conv2d")
                 pending_in = tuple(x.shape[1:])
                 pending = (key, m, m.weight, m.bias)
-                x = m(x)
+                x = run(where, m, x)
                 pending_out = tuple(x.shape[1:])
             elif isinstance(m, nn.AvgPool2d):
                 if m.ceil_mode or m.divisor_override is not None or (any(pair(m.padding)) and not m.count_include_pad):
@@ -154,12 +163,12 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
                 stride = m.stride if m.stride is not None else m.kernel_size
                 emit(key, nir.AvgPool2d(kernel_size=np.array(pair(m.kernel_size)), stride=np.array(pair(stride)),
                                         padding=np.array(pair(m.padding))))
-                x = m(x)
+                x = run(where, m, x)
             elif isinstance(m, nn.Flatten):
                 start = m.start_dim - 1 if m.start_dim > 0 else m.start_dim  # NIR shapes have no batch dim
                 end = m.end_dim - 1 if m.end_dim > 0 else m.end_dim
-                emit(key, nir.Flatten(input_type=np.array(x.shape[1:]), start_dim=start, end_dim=end))
-                x = m(x)
+                x_in, x = x, run(where, m, x)
+                emit(key, nir.Flatten(input_type=np.array(x_in.shape[1:]), start_dim=start, end_dim=end))
             elif isinstance(m, (LIF, ParametricLIF, RevLIF)):
                 tau, v_th, v_reset, decay_input = _lif_params(where, m)
                 if v_reset is None:
@@ -209,8 +218,10 @@ def _graph_bytes(graph: "nir.NIRGraph") -> bytes:
     return buf.getvalue()
 
 
-def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT) -> Path:
+def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT,
+          in_shape: Optional[Tuple[int, ...]] = None) -> Path:
     """Convert ``model`` with :func:`to_nir` and write it to ``path`` (HDF5 ``.nir``, atomically); returns the path.
+    ``in_shape``: one sample's shape, for a model without ``.in_shape`` (as for :func:`to_nir`).
 
     The file is built in memory first and then written in one go, so a failed write (disk full,
     a file size limit) is the one-line ``cannot write PATH: ...`` of every other output, and
@@ -218,5 +229,5 @@ def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT) -> P
     cannot report such a failure: it crashed the process)."""
     from ..atomic import atomic_write
 
-    data = _graph_bytes(to_nir(model, dt=dt))
+    data = _graph_bytes(to_nir(model, dt=dt, in_shape=in_shape))
     return atomic_write(path, lambda fh: fh.write(data))
