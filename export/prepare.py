@@ -130,10 +130,19 @@ class FrozenBatchNorm(nn.Module):
         return (x - self.running_mean.reshape(shape)) * scale.reshape(shape) + self.bias.reshape(shape)
 
 
+class MultiStepFrozenBatchNorm(FrozenBatchNorm):
+    """:class:`FrozenBatchNorm` for a multi-step BatchNorm (SpikingJelly's ``layer.BatchNorm2d`` with
+    ``step_mode='m'``): normalises ``[T, B, C, ...]`` over ``[T * B, C, ...]`` as that layer does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(0, 1)).reshape(x.shape)
+
+
 def _replace_batchnorm(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(module, name, FrozenBatchNorm(child))
+            multi = getattr(child, "step_mode", None) == "m"  # runs on [T, B, ...] itself
+            setattr(module, name, (MultiStepFrozenBatchNorm if multi else FrozenBatchNorm)(child))
         else:
             _replace_batchnorm(child)
 

@@ -86,6 +86,11 @@ def _tiling_pool(m: nn.Module) -> bool:
         and _pair(m.padding) == (0, 0) and not m.ceil_mode
 
 
+#: Stateless layers that, in SpikingJelly's multi-step form (``layer.Conv2d(..., step_mode="m")``,
+#: a subclass of ``nn.Conv2d`` that runs on ``[T * B, ...]``), mean exactly ``SeqToANN(nn.Conv2d(...))``.
+_STEP_MODULE_TYPES = (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten)
+
+
 def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
     body = getattr(model, "body", None)
     if not isinstance(body, nn.Sequential):
@@ -103,6 +108,11 @@ def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
                 pending.append(make_leaf(f"{name}.module", inner))
         elif isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)):
             continue  # the identity (a dropout layer here has p = 0: build_step_program refuses p > 0 first)
+        elif isinstance(m, _STEP_MODULE_TYPES) and hasattr(m, "step_mode"):  # SpikingJelly's layer.Conv2d & co.
+            if m.step_mode != "m":
+                raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) has step_mode={m.step_mode!r}; the body runs "
+                                  f"on [T, B, ...], so its layers need step_mode='m' (functional.set_step_mode(body, 'm'))")
+            pending.append(make_leaf(name, m))
         elif type(m) in (LIF, RevLIF):
             if m.stateful:
                 raise ExportError(f"onnx-step: spiking layer {name} is stateful (carries .v across calls); export needs fresh states")
@@ -114,7 +124,8 @@ def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
             stages.append(Stage(leaves, kind, name, m.params))
             pending = []
         else:
-            raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) is not supported (LIF, RevLIF and SeqToANN layers only)")
+            raise ExportError(f"onnx-step: layer {name} ({type(m).__name__}) is not supported (LIF, RevLIF, SeqToANN and "
+                              f"SpikingJelly's multi-step Linear/Conv2d/BatchNorm/AvgPool2d/MaxPool2d/Flatten layers only)")
     if not stages:
         raise ExportError("onnx-step: the model has no LIF/RevLIF layer")
     return prefix or [], stages, pending

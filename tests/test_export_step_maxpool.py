@@ -13,11 +13,11 @@ spiking layers, so windows holding two spikes tie all the time: the VJP must pic
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from _step_compare import runner_matches_torch
 from test_export_common import needs_onnx_runtime
 
 
@@ -70,44 +70,16 @@ def _maxpool_convnet(shape, neuron):
 @needs_onnx_runtime
 @pytest.mark.parametrize("shape,neuron", [((1, 7, 7), "lif"), ((2, 6, 6), "revlif")], ids=["7x7-lif", "6x6-revlif"])
 def test_maxpool_convnet_steps_match_torch(tmp_path, shape, neuron):
-    from edgesnn.export.artifacts import validate_artifact_dir
-    from edgesnn.export.onnx_step import export_onnx_step
     from edgesnn.export.prepare import export_copy
-    from edgesnn.export.runner import import_plain_ort
-    from edgesnn.export.step_runner import StepSession
 
     model = _maxpool_convnet(shape, neuron)
-    export_onnx_step(model, tmp_path / "art", 4, "sgd", 0.05, momentum=0.9)
-    manifest = validate_artifact_dir(tmp_path / "art")
-    with np.load(tmp_path / "art" / "init.npz") as npz:
-        start = {k: npz[k] for k in npz.files}
-    sess = StepSession(import_plain_ort(), tmp_path / "art", manifest, start, threads=1, lean_memory=True)
-    sess.set_lr(0.05)
     ref = export_copy(model)
     ties = []
     pool = next(m.module for m in ref.body if hasattr(m, "module") and isinstance(m.module, nn.MaxPool2d))
     pool.register_forward_hook(lambda m, inp, out: ties.append(_tied_windows(inp[0])))
-    params = dict(ref.named_parameters())
-    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(1)
-    for k in range(5):
-        x, y = torch.rand(4, *shape, generator=g) * 2.0, torch.randint(0, 3, (4,), generator=g)
-        loss, _, err = sess.step(x.numpy(), y.numpy())
-        out = torch.nn.functional.cross_entropy(ref(x), y)
-        opt.zero_grad()
-        out.backward()
-        if k == 0:  # first SGD step: (start - new) / lr is the gradient
-            got = sess.values()
-            for n, p in params.items():
-                np.testing.assert_allclose((start[n] - got[n]) / 0.05, p.grad.numpy(), atol=2e-5, err_msg=n)
-            assert params[manifest.trainable[0]].grad.abs().max() > 0, "the first conv's gradient is zero: vacuous"
-        opt.step()
-        assert err == 0.0 and abs(loss - out.item()) < 1e-5, (k, loss, out.item(), err)
+    runner_matches_torch(model, tmp_path / "art", 3, ref=ref)
     if neuron == "lif":  # LIF emits 0/1 spikes (RevLIF's mixed outputs are real values and rarely tie)
         assert sum(ties) > 0, "no window held two equal spikes: the tie-breaking went untested"
-    got = sess.values()
-    diffs = {n: float(np.abs(got[n] - p.detach().numpy()).max()) for n, p in params.items()}
-    assert max(diffs.values()) < 1e-5, diffs
 
 
 def _tied_windows(x: torch.Tensor) -> int:
