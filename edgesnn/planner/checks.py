@@ -138,3 +138,33 @@ def unsupported_layer(name: str, module: Any, in_shape: Tuple[int, ...], why: st
     why = why if len(why) <= 120 else why[:117] + "..."
     return ValueError(f"model: {name} ({type(module).__name__}) on a sample of shape {in_shape}: unsupported layer "
                       f"type or wrong in_shape ({why}); the planner reads {SUPPORTED_LAYERS}")
+
+
+def check_device(device: Any) -> Any:
+    """``device`` for :func:`~edgesnn.planner.plan.make_plan`: an :class:`edgesnn.devices.DeviceProfile`."""
+    from edgesnn.devices import DeviceProfile
+
+    if not isinstance(device, DeviceProfile):
+        raise ValueError(f"device: expected an edgesnn.devices.DeviceProfile (edgesnn.devices.load_device(name), e.g. "
+                         f"load_device('raspberry-pi-4-4gb')), got {_shown(device)}")
+    return device
+
+
+def check_path(path: Any, name: str = "path") -> Any:
+    """A file path: a ``str`` or ``os.PathLike`` (not bytes, not empty)."""
+    import os
+
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)) or not os.fspath(path).strip():
+        raise ValueError(f"{name}: expected a file path (a non-empty str or os.PathLike), got {_shown(path)}")
+    return path
+
+
+def check_plan_like(plan: Any, cls: type, paths: bool = False, dicts: bool = True, name: str = "plan") -> Any:
+    """``plan``: a ``cls`` (:class:`~edgesnn.planner.plan.Plan`), with ``dicts`` a plan dict, with
+    ``paths`` a path to a plan JSON file."""
+    import os
+
+    if isinstance(plan, cls) or (dicts and isinstance(plan, dict)) or (paths and isinstance(plan, (str, os.PathLike))):
+        return plan
+    what = ", a plan dict or a path to a plan JSON file" if paths else " or a plan dict" if dicts else ""
+    raise ValueError(f"{name}: expected an edgesnn.planner.Plan (make_plan / load_plan){what}, got {_shown(plan)}")

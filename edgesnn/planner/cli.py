@@ -111,6 +111,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+#: What each optional value flag expects, for the one-line error of an empty ``--flag ""``.
+_NONEMPTY = {"--json": "a file path for the plan JSON", "--plot": "a file path ending in .png, .pdf or .svg",
+             "--budget": "a size like 2GiB, 1.5GB, 512MiB or a byte count (omit --budget for memory - reserved)",
+             "--hidden": "comma-separated integers >= 1, e.g. 128,128", "--channels": "comma-separated integers >= 1, e.g. 16,32"}
+
+
 def _fmt(n: float) -> str:
     """Bytes for people: ``1.50 GiB``, ``512 B``; up to EiB, beyond that in exponent notation."""
     for unit, k in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -154,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.backend not in BACKENDS:
         raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {args.backend!r}")
+    for flag, val in (("--json", args.json), ("--plot", args.plot), ("--budget", args.budget),
+                      ("--hidden", args.hidden), ("--channels", args.channels)):
+        if val is not None and not str(val).strip():  # an empty value is a mistake, not "use the default"
+            raise ValueError(f"{flag}: expected {_NONEMPTY[flag]}, got {val!r}")
     if args.memopt and args.plot:
         raise ValueError("--plot: draws the LIF / RevLIF plan's memory vs T; not available with --memopt")
     # outputs first: refuse to overwrite before any planning work
@@ -183,13 +193,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--neurons: expected lif, revlif or lif,revlif; got {neurons!r}")
     if args.memopt and args.neurons is not None and kinds != ["lif"]:
         raise ValueError("--neurons: --memopt plans an all-LIF model (optimize_memory's blocks); drop --neurons")
-    if args.hidden and args.model != "mlp":
+    if args.hidden is not None and args.model != "mlp":
         raise ValueError(f"--hidden: the hidden widths of the mlp model; {args.model} has --channels (convnet) or none")
-    if args.channels and args.model != "convnet":
+    if args.channels is not None and args.model != "convnet":
         raise ValueError(f"--channels: the channel widths of the convnet model; {args.model} does not take them")
     groups = _int_list(args.groups, "--groups", minimum=2)
     device = devices.load_device(args.device)
-    budget = parse_bytes(args.budget) if args.budget else None
+    budget = parse_bytes(args.budget) if args.budget is not None else None
     if budget is not None and budget > device.memory_bytes:
         raise ValueError(f"--budget: {_fmt(budget)} is more than the memory of device {device.name} "
                          f"({_fmt(device.memory_bytes)}); give at most that, or omit --budget for memory - reserved "
@@ -202,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
     if args.channels:
         kw["channels"] = _int_list(args.channels, "--channels")
     model = build_model(args.model, shape, classes, timesteps, neuron="lif", node={"backend": args.backend}, **kw)
+    from .plan import check_batchnorm_batch
+
+    check_batchnorm_batch(model, batch, max_batch)  # --batch 1 / --max-batch 1 with BatchNorm: before any planning
     if args.memopt:
         return _run_memopt(args, model, shape, device, budget, batch, dataset_bytes, eval_batch, timesteps, max_batch,
                            classes)

@@ -137,9 +137,11 @@ def dataset_memory(name: Optional[str], T: int, in_shape: Tuple[int, ...], datas
         raise ValueError("--dataset-bytes: give --dataset (a built-in dataset, its size is known) or "
                          "--dataset-bytes (custom data), not both")
     if name is None:
-        n = 0 if dataset_bytes is None else int(dataset_bytes)
-        if n < 0:
-            raise ValueError(f"--dataset-bytes: expected a size >= 0, got {dataset_bytes!r}")
+        n = dataset_bytes or 0
+        if isinstance(n, float) and math.isfinite(n) and n.is_integer():
+            n = int(n)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:  # "1MiB", 1.5, nan: not a whole number of bytes
+            raise ValueError(f"--dataset-bytes: expected a size >= 0 (a whole number of bytes), got {dataset_bytes!r}")
         return dict(name=None, held="memory" if n else "none", bytes=n, mapped_bytes=0, test_samples=None)
     spec = DATASET_SPECS.get(name)
     if spec is None:

@@ -30,7 +30,7 @@ from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES, VGG11_CFG, parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
-from .checks import check_batch, check_bytes, check_plan_args
+from .checks import check_batch, check_bytes, check_device, check_path, check_plan_args, check_plan_like
 from .datasets import DATASET_SPECS, dataset_memory
 from .memory_model import ChainModel, kernel_runtime_bytes
 from .solver import Extras, plan_model
@@ -237,13 +237,15 @@ def plan_extras(eval_batch: int, dataset: Dict[str, Any]) -> Extras:
     return Extras(dataset_bytes=int(dataset.get("bytes", 0) or 0), eval_batch=eb)
 
 
-def check_batchnorm_batch(model: nn.Module, batch: Optional[int]) -> bool:
+def check_batchnorm_batch(model: nn.Module, batch: Optional[int], max_batch_cap: Optional[int] = None) -> bool:
     """Whether ``model`` has BatchNorm; for such a model an explicit ``batch`` below 2 is refused in
-    one line naming ``--batch`` (``edgesnn train`` skips batches of one sample)."""
+    one line naming ``--batch`` (``edgesnn train`` skips batches of one sample), and so is a
+    ``max_batch_cap`` below 2 for ``--batch auto`` (naming ``--max-batch``, not the budget)."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if has_bn and batch is not None and batch < 2:
-        raise ValueError(f"--batch: a model with BatchNorm trains on batches of at least 2 samples (edgesnn train "
-                         f"skips smaller ones); got {batch}")
+    for flag, value in (("--batch", batch), ("--max-batch", None if batch is not None else max_batch_cap)):
+        if has_bn and value is not None and value < 2:
+            raise ValueError(f"{flag}: a model with BatchNorm trains on batches of at least 2 samples (edgesnn train "
+                             f"skips smaller ones); got {value}")
     return has_bn
 
 
@@ -269,16 +271,19 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
     """
     if isinstance(eval_batch, bool) or not isinstance(eval_batch, int) or eval_batch < 1:
         raise ValueError(f"--eval-batch: expected an integer >= 1, got {eval_batch!r}")
-    batch = check_batch(batch)  # before the BatchNorm check: a bad type is named as such
+    batch, device = check_batch(batch), check_device(device)  # before the BatchNorm check: a bad type is named
     budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else check_bytes(budget, "budget", 1)
     check_plan_args(T, budget, device.runtime_overhead_bytes, device.bandwidth_gbs, kinds, groups, max_batch_cap)
     chain = ChainModel(model)
     cfg = dict(getattr(model, "config", {}) or {})
+    if cfg.get("timesteps", T) != T:  # the model repeats its input cfg["timesteps"] times: training runs that T
+        raise ValueError(f"T (timesteps): expected {cfg['timesteps']} (the model was built with timesteps="
+                         f"{cfg['timesteps']}), got {T}; plan the T the model runs, or rebuild it")
     data = dataset_memory(dataset, T, chain.in_shape, dataset_bytes, model=cfg.get("name"),
                           num_classes=cfg.get("num_classes"))
     extras = plan_extras(eval_batch, data)
     runtime = device.runtime_overhead_bytes + kernel_runtime_bytes(chain)  # + Numba when the nodes run it
-    has_bn = check_batchnorm_batch(model, batch)
+    has_bn = check_batchnorm_batch(model, batch, max_batch_cap)
     res = plan_model(chain, T, budget, runtime, batch, device.bandwidth_gbs, optimizer, kinds,
                      groups, max_batch_cap, extras)
     if has_bn and res["batch"] < 2:
@@ -314,6 +319,7 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
 
 def save_plan(plan: Plan, path: PathLike) -> Path:
     """Write the plan JSON atomically."""
+    check_plan_like(plan, Plan, dicts=False), check_path(path)
     text = json.dumps(plan.to_dict(), indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda fh: fh.write(text), mode="w")
 
@@ -323,7 +329,7 @@ def load_plan(path: PathLike, label: str = "plan") -> Plan:
 
     Messages start with ``label`` (``edgesnn train`` passes ``"--plan"``).
     """
-    path = Path(path)
+    path = Path(check_path(path, label))
     if path.is_dir():
         raise IsADirectoryError(f"{label}: {path} is a directory; expected a plan JSON file")
     if not path.is_file():
@@ -341,7 +347,7 @@ def load_plan(path: PathLike, label: str = "plan") -> Plan:
 
 def neuron_specs(plan: Union[Plan, Dict[str, Any]]) -> List[str]:
     """The ``neuron=[...]`` list for :func:`edgesnn.models.build_model` (one spec per spiking layer)."""
-    if isinstance(plan, dict):
+    if isinstance(check_plan_like(plan, Plan), dict):
         plan = Plan.from_dict(plan)
     return plan.neuron
 
@@ -383,7 +389,9 @@ def apply(model: nn.Module, plan: Union[Plan, Dict[str, Any], PathLike]) -> nn.M
     updated so a checkpoint rebuilds the planned model. Nodes hold no parameters, so trained
     weights are untouched.
     """
-    if isinstance(plan, (str, os.PathLike)):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module (e.g. from edgesnn.models.build_model), got {model!r:.60}")
+    if isinstance(check_plan_like(plan, Plan, paths=True), (str, os.PathLike)):
         plan = load_plan(plan)
     elif isinstance(plan, dict):
         plan = Plan.from_dict(plan)
