@@ -1,5 +1,6 @@
 """Solver: DP optimality vs brute force, speed on 50 layers, budgets, closed-form batch, errors."""
 
+import itertools
 import random
 import re
 import time
@@ -29,9 +30,11 @@ def test_dp_matches_brute_force(seed):
 
 
 def test_solver_within_seconds_on_50_layers():
-    """The DP and the whole planner on 50 layers take milliseconds (measured 0.014 s and 0.13 s on
-    the 2-core VM; README: "milliseconds for 50 layers"); the 5 s bound only catches a blow-up (an exponential frontier, a search over
-    layer combinations) and leaves room for a loaded 2-core CI runner."""
+    """The DP on 50 layers takes milliseconds (measured 0.014 s on the 2-core VM; README: "milliseconds
+    for 50 layers"); the whole planner, whose choice search replays the step once per layer and
+    option per coordinate-descent pass, about 3 s (2 passes x 100 moves). The bounds only catch a
+    blow-up (an exponential frontier, a search over every layer combination: 3^50) and leave room
+    for a loaded 2-core CI runner."""
     rng = random.Random(1)
     costs = [[(rng.randint(10**6, 10**8), rng.uniform(0.1, 1.0)) for _ in range(4)] for _ in range(50)]
     cap = sum(sorted(b for b, _ in c)[1] for c in costs)
@@ -46,7 +49,7 @@ def test_solver_within_seconds_on_50_layers():
     t0 = time.perf_counter()
     chain = ChainModel(m)
     res = plan_model(chain, 8, 400 * 2**20, 300 * 2**20, batch=None, groups=(2, 4))
-    assert time.perf_counter() - t0 < 5.0
+    assert time.perf_counter() - t0 < 30.0
     assert len(res["options"]) == 50 and res["peak_bytes"] <= 400 * 2**20
 
 
@@ -76,8 +79,23 @@ def test_closed_form_largest_batch_is_tight():
     B = max_batch(chain, least, 8, budget, ovh)
     assert B >= 1
     assert _peak(chain, least, 8, B, ovh, "adam") <= budget < _peak(chain, least, 8, B + 1, ovh, "adam")
+
+
+def test_batch_auto_is_the_largest_over_mixed_choices():
+    """The peak is a replay's maximum, not a sum over layers: a LIF first layer under seven RevLIF
+    layers fits 78 samples where every uniform choice fits at most 73 (the planner used to stop at
+    the uniform choices: batch auto 73, and a fixed --batch 78 refused as impossible)."""
+    chain = _vgg()
+    ovh, budget = 300 * 2**20, 1500 * 2**20
+    uniform = max(max_batch(chain, [o] * 8, 8, budget, ovh) for o in ("lif", "revlif:2"))
+    best = max(max_batch(chain, list(c), 8, budget, ovh) for c in itertools.product(("lif", "revlif:2"), repeat=8))
+    assert best > uniform  # the case exists (78 > 73)
     res = plan_model(chain, 8, budget, ovh, batch=None)
-    assert res["batch"] == B and res["peak_bytes"] <= budget
+    assert res["batch"] == best and res["peak_bytes"] <= budget
+    fixed = plan_model(chain, 8, budget, ovh, batch=best)
+    assert fixed["peak_bytes"] <= budget
+    with pytest.raises(PlanningError, match=rf"use --batch {best} or less"):
+        plan_model(chain, 8, budget, ovh, batch=best + 1)
 
 
 def test_impossible_budget_says_minimum_and_what_to_change():
