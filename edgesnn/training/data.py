@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import first_line
+from ..errors import USER_ERRORS, first_line
 
 __all__ = ["Split", "Dataset", "load_dataset", "load_digits_dataset", "load_cifar10", "load_image_folder", "DATASETS",
            "DIGITS_CLASSES", "CIFAR10_CLASSES"]
@@ -109,11 +109,16 @@ def load_digits_dataset(flat: bool = True, seed: int = 0, test_fraction: float =
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"data: CIFAR-10 batch file not found: {path}")
-    with open(path, "rb") as fh:
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:  # PermissionError was a traceback
+        raise ValueError(f"data: cannot read CIFAR-10 batch file {path} ({exc.strerror or first_line(exc)})") from None
+    with fh:
         try:
             return pickle.load(fh, encoding="latin1")
         except Exception as exc:
-            raise ValueError(f"data: {path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+            raise ValueError(f"data: {path} is not a CIFAR-10 python batch "
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
 #: values per CIFAR-10 image row: 1024 red, then 1024 green, then 1024 blue (32x32, row-major)
@@ -137,7 +142,11 @@ def _cifar_labels(path: Path, labels) -> np.ndarray:
 def _cifar_images(path: Path, data) -> np.ndarray:
     """A batch's ``data`` as uint8 ``[N, 3, 32, 32]``: it must be uint8 rows of 3072 channel-major
     values (a float array would be cast to 0/1 images, an HWC ``[N, 32, 32, 3]`` one mix the channels)."""
-    a = data if isinstance(data, np.ndarray) else np.asarray(data)
+    try:
+        a = data if isinstance(data, np.ndarray) else np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged rows: numpy's message named no file
+        raise ValueError(f"data: {path}: 'data' is not an array ({first_line(exc, 80)}); expected uint8 of shape "
+                         f"[N, {_CIFAR_ROW}]") from None
     if a.dtype != np.uint8 or a.ndim != 2 or a.shape[1] != _CIFAR_ROW:
         raise ValueError(f"data: {path}: 'data' is {a.dtype} of shape {list(a.shape)}; expected uint8 of shape "
                          f"[N, {_CIFAR_ROW}] (one row per image: 1024 red, 1024 green, 1024 blue values)")
@@ -170,7 +179,9 @@ def load_cifar10(root: str, flat: bool = False) -> Dataset:
     if (base / "cifar-10-batches-py").is_dir():
         base = base / "cifar-10-batches-py"
     if not base.is_dir():
-        raise FileNotFoundError(f"data: CIFAR-10 folder not found: {root}")
+        raise FileNotFoundError(f"data: CIFAR-10 folder not found: {root}" if not base.exists() else
+                                f"data: {root} is not a folder; expected the CIFAR-10 folder cifar-10-batches-py "
+                                "or its parent")
 
     def read(names: List[str]) -> Split:
         # uint8 files first, then one float32 array filled in place: the load holds the split once
@@ -187,6 +198,10 @@ def load_cifar10(root: str, flat: bool = False) -> Dataset:
             np.divide(u, 255.0, out=x[i:i + len(u)], dtype=np.float32)
             i += len(u)
         del u8s
+        if not len(x):  # an empty split failed later as "cannot reshape array of size 0", naming nothing
+            raise ValueError(f"data: {base}: {', '.join(names)} {'holds' if len(names) == 1 else 'hold'} no images; "
+                             "expected CIFAR-10's batches "
+                             "(10000 images each)")
         if flat:
             x = x.reshape(len(x), -1)
         return Split(torch.from_numpy(x), torch.from_numpy(np.concatenate(ys)))
@@ -256,7 +271,8 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
         raise DependencyError("data: reading image folders needs pillow (pip install pillow)") from None
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"data: image folder not found: {root}")
+        raise FileNotFoundError(f"data: image folder not found: {root}" if not base.exists() else
+                                f"data: {root} is not a folder; expected one sub-folder of images per class")
     # hidden folders (.ipynb_checkpoints, .git) are not classes: they would shift every label
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
@@ -289,7 +305,19 @@ def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed:
     """Load ``"digits"`` (built in), ``"cifar10"`` or ``"folder"`` (both need ``path``), or an event
     dataset (``"nmnist"``, ``"dvsgesture"``, ``"shd"``: ``path`` is the folder tonic reads, events
     are binned into ``timesteps`` frames and cached; see :mod:`edgesnn.training.events`).
-    ``~`` in ``path`` is expanded; ``log`` gets the loaders' notes (skipped files, binning)."""
+    ``~`` in ``path`` is expanded; ``log`` gets the loaders' notes (skipped files, binning). A file or
+    folder the loaders cannot read (permissions, I/O errors) is a one-line ``ValueError`` naming it."""
+    try:
+        return _load(name, path, flat, seed, timesteps, log)
+    except OSError as exc:
+        if isinstance(exc, USER_ERRORS) or exc.filename is None:
+            raise
+        # PermissionError and other I/O errors (an unreadable class or digit folder) were tracebacks
+        raise ValueError(f"data: {name}: cannot read {exc.filename} ({exc.strerror or first_line(exc)})") from None
+
+
+def _load(name: str, path: Optional[str], flat: bool, seed: int, timesteps: int,
+          log: Optional[Callable[[str], None]]) -> Dataset:
     if name in EVENT_DATASETS:
         from .events import load_event_dataset
 

@@ -6,7 +6,12 @@ serves them memory-mapped from the cache folder on later runs.
 
 Per sample, before any binning: events are put in time order (:func:`time_sorted`) and events
 outside the sensor are refused (:class:`InSensor`: one line naming the file and the range; a
-negative coordinate would otherwise be wrapped into the frame by numpy's indexing).
+negative coordinate would otherwise be wrapped into the frame by numpy's indexing). DVS Gesture's
+``.npy`` arrays and SHD's spike rows are checked as stored, before tonic casts them
+(:func:`check_dvs_array`, :func:`check_shd_row`): a polarity other than 0/1 (tonic's bool cast put
+-1/1 events all in the ON channel), NaN/Inf times (cast to the most negative integer: every event
+in the first bin), fractional coordinates or units (truncated), coordinates that wrap in int16 and
+millisecond times that overflow their integer type when tonic converts them to microseconds.
 
 Samples that give all-zero frames are binned, not refused: a sample with no events at all (a
 0-byte N-MNIST ``.bin``, an empty DVS Gesture array, an empty SHD row) and one whose events span
@@ -38,10 +43,12 @@ import torch
 from ..errors import UsageError, first_line
 from .data import Split
 
-__all__ = ["InSensor", "OutOfSensor", "time_sorted", "frame_cache_dir", "load_split"]
+__all__ = ["InSensor", "BadEvents", "OutOfSensor", "check_dvs_array", "check_shd_row", "time_sorted",
+           "frame_cache_dir", "load_split"]
 
-_FORMAT = 4  # bump when the frame layout, the binning or the cache key changes (2: events sorted by time,
-# empty samples; 3: samples in file-path order; 4: st_ctime_ns in the key, events outside the sensor refused)
+_FORMAT = 5  # bump when the frame layout, the binning or the cache key changes (2: events sorted by time,
+# empty samples; 3: samples in file-path order; 4: st_ctime_ns in the key, events outside the sensor refused;
+# 5: DVS Gesture arrays and SHD rows checked as stored: frames binned from unchecked files are binned again)
 
 Log = Callable[[str], None]
 
@@ -49,8 +56,68 @@ Log = Callable[[str], None]
 # ------------------------------------------------------------------------------------- per sample
 
 
-class OutOfSensor(ValueError):
+class BadEvents(ValueError):
+    """A sample's events are not what its format holds (the message says what; the caller names the file)."""
+
+
+class OutOfSensor(BadEvents):
     """A sample holds events outside the sensor (the message gives the range; the caller names the file)."""
+
+
+def _nonfinite(name: str, v: np.ndarray) -> None:
+    if v.dtype.kind == "f" and v.size and not bool(np.isfinite(v).all()):
+        raise BadEvents(f"{int(np.count_nonzero(~np.isfinite(v)))} events with a NaN or Inf {name}")
+
+
+def _fractional(name: str, v: np.ndarray) -> None:
+    if v.dtype.kind == "f" and v.size and bool((v != np.round(v)).any()):
+        raise BadEvents(f"{int(np.count_nonzero(v != np.round(v)))} events with a fractional {name} (tonic would "
+                        "truncate it); expected whole numbers")
+
+
+def _in_range(name: str, v: np.ndarray, size: int, hint: str = "", what: str = "the sensor's ") -> None:
+    lo, hi = v.min(), v.max()
+    if lo < 0 or hi >= size:
+        n = int(np.count_nonzero((v < 0) | (v >= size)))
+        raise BadEvents(f"{n} events with {name} outside {what}0..{size - 1} ({name} spans {lo:g}..{hi:g}){hint}")
+
+
+def check_dvs_array(a: np.ndarray, sensor_size: Sequence[int]) -> None:
+    """One DVS Gesture sample as stored: ``[N, 4]`` numbers, columns x, y, polarity (0 = OFF, 1 = ON), t
+    in ms. Checked before tonic casts x/y to int16, p to bool and t (times 1000, in the array's own
+    dtype) to int64, each of which would silently change the events."""
+    if a.ndim != 2 or a.shape[1] != 4 or a.dtype.kind not in "iuf":
+        raise BadEvents(f"an array of {a.dtype} and shape {list(a.shape)}; expected [N, 4] numbers "
+                        "(x, y, polarity, t in ms)")
+    if not len(a):
+        return
+    for col, name in enumerate(("x", "y", "polarity", "t")):
+        _nonfinite(name, a[:, col])
+    for col, name in enumerate(("x", "y", "polarity")):
+        _fractional(name, a[:, col])
+    _in_range("x", a[:, 0], int(sensor_size[0]))
+    _in_range("y", a[:, 1], int(sensor_size[1]))
+    _in_range("polarity", a[:, 2], 2, "; expected 0 (OFF) or 1 (ON): store -1/1 polarities as 0/1", what="")
+    t = a[:, 3]
+    top = np.iinfo(a.dtype).max // 1000 if a.dtype.kind in "iu" else np.iinfo(np.int64).max // 1000
+    bottom = -top if a.dtype.kind != "u" else 0
+    if t.max() > top or t.min() < bottom:
+        raise BadEvents(f"times {t.min():g}..{t.max():g} ms overflow {a.dtype if a.dtype.kind in 'iu' else 'int64'} "
+                        "when tonic converts them to microseconds (x 1000); save the array as int64 or float64")
+
+
+def check_shd_row(times: np.ndarray, units: np.ndarray, channels: int) -> None:
+    """One SHD sample as stored: finite spike times in seconds (tonic casts times x 1e6 to int64: NaN
+    became the most negative integer) and whole unit numbers 0..channels-1 (tonic casts them to int)."""
+    times, units = np.asarray(times), np.asarray(units)
+    _nonfinite("time", times)
+    if times.size and float(np.abs(times.astype(np.float64)).max()) * 1e6 >= 2.0 ** 63:
+        raise BadEvents(f"spike times up to {float(np.abs(times).max()):g} s; tonic converts them to int64 "
+                        "microseconds")
+    _nonfinite("unit", units)
+    _fractional("unit", units)
+    if units.size:
+        _in_range("unit", units, channels)
 
 
 class InSensor:
@@ -111,7 +178,7 @@ def _sample(tonic_ds, i: int, label: str):
     """Sample ``i`` of a tonic dataset; a file it cannot read is a one-line error naming the file."""
     try:
         return tonic_ds[i]
-    except OutOfSensor as exc:
+    except BadEvents as exc:
         raise ValueError(f"data: {label}: {_where(tonic_ds, i)}: {exc}; remove or replace it") from None
     except (ValueError, OSError, IndexError, EOFError, KeyError) as exc:
         raise ValueError(f"data: {label}: cannot read {_where(tonic_ds, i)} ({first_line(exc, 100)}); a truncated or "

@@ -31,8 +31,10 @@ Cached frames are memory-mapped, so data-parallel ranks on one node share one co
 cache. The cache key covers the list of source files with their sizes, modification and
 status-change times (ctime: an in-place edit whose mtime is put back is still seen; a fresh copy
 of the dataset is binned once more), the transform and tonic's version, so an edited dataset is
-binned again. Events outside the sensor are refused, samples that give all-zero frames (no events,
-or a time span shorter than T) are binned and counted in one log line: see
+binned again. Events outside the sensor are refused, and so are DVS Gesture arrays and SHD rows that
+tonic's casts would change (polarity not 0/1, NaN/Inf times, fractional coordinates, units or labels,
+times that overflow), each in one line naming the file; samples that give all-zero frames (no
+events, or a time span shorter than T) are binned and counted in one log line: see
 :mod:`edgesnn.training.event_frames`.
 """
 
@@ -44,9 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
+import numpy as np
+
 from ..errors import DependencyError, first_line
 from .data import Dataset, Split
-from .event_frames import InSensor, frame_cache_dir, load_split, time_sorted
+from .event_frames import InSensor, check_dvs_array, check_shd_row, frame_cache_dir, load_split, time_sorted
 
 __all__ = ["EVENT_SPECS", "EventSpec", "check_layout", "load_event_dataset", "frame_cache_dir", "tonic_dataset"]
 
@@ -146,6 +150,9 @@ def _check_dvsgesture(spec: EventSpec, root: Path) -> None:
         if not folder.is_dir():
             raise _missing(spec, folder)
         subs = sorted(p for p in folder.iterdir() if p.is_dir())
+        stray = sorted(folder.glob("*.npy"))
+        if stray:  # tonic reads only the user folders: these samples would be left out without a word
+            raise _missing(spec, stray[0], "a sample outside the user<NN>_<lighting> folders (tonic does not read it):")
         bad = [p.name for p in subs if not _USER.fullmatch(p.name)]
         if bad:
             raise _missing(spec, folder / bad[0], "unexpected folder (tonic reads only user<NN>_<lighting> folders)")
@@ -170,10 +177,26 @@ def _check_shd(spec: EventSpec, root: Path) -> None:
                 if absent:
                     raise _missing(spec, path, f"no {', '.join(absent)} in")
                 n = {k: len(f[k]) for k in ("spikes/times", "spikes/units", "labels")}
+                labels = f["labels"][()]
         except OSError as exc:
             raise _missing(spec, path, f"unreadable HDF5 ({first_line(exc, 1000)}; a partial download?):") from None
         if len(set(n.values())) != 1:
             raise _missing(spec, path, f"inconsistent lengths {n} in")
+        _check_labels(spec, path, np.asarray(labels))
+
+
+def _check_labels(spec: EventSpec, path: Path, y: np.ndarray) -> None:
+    """SHD's ``labels``: one whole number 0..classes-1 per sample (tonic casts them with ``astype(int)``:
+    2.5 became class 2; a 2-D array was a TypeError traceback)."""
+    expected = f"expected one whole number 0..{spec.num_classes - 1} per sample"
+    if y.ndim != 1 or y.dtype.kind not in "iuf":
+        raise ValueError(f"data: {spec.name}: {path}: 'labels' is {y.dtype} of shape {list(y.shape)}; {expected}")
+    whole = np.isfinite(y) & (y == np.round(y)) if y.dtype.kind == "f" else np.ones(y.shape, bool)
+    bad = ~whole | (y < 0) | (y >= spec.num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"data: {spec.name}: {path}: {int(bad.sum())} labels outside 0..{spec.num_classes - 1} "
+                         f"or not whole numbers (sample {i}: {y[i]}); {expected}")
 
 
 def check_layout(name: str, data_dir: Optional[str]) -> Path:
@@ -210,8 +233,12 @@ def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
         raise FileNotFoundError(f"data: {name}: files missing under {self.location_on_system}; edgesnn never downloads "
                                 f"(tonic expects {spec.layout})")
 
-    # same class name: tonic reads from save_to/<class name>
-    local = type(spec.tonic_class, (base,), {"_check_exists": lambda self: True, "download": download})
+    # same class name: tonic reads from save_to/<class name>; each sample checked as stored, before
+    # tonic's casts (DVS Gesture: int16 x/y, bool polarity, ms x 1000; SHD: times x 1e6 to int64)
+    members = {"_check_exists": lambda self: True, "download": download}
+    if name in _CHECKED_READS:
+        members["__getitem__"] = _CHECKED_READS[name](base)
+    local = type(spec.tonic_class, (base,), members)
     # events outside the sensor refused first (numpy would wrap a negative coordinate into the frame),
     # then sorted: tonic's time bins assume sorted timestamps (unsorted events were dropped)
     steps = [InSensor(base.sensor_size, ("unit", "y") if name == "shd" else ("x", "y")), time_sorted]
@@ -225,6 +252,26 @@ def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
                          f"({first_line(exc, 100)}; tonic expects {spec.layout})") from None
     _sort_by_file(ds)
     return ds
+
+
+def _dvs_read(base):
+    def getitem(self, index):
+        check_dvs_array(np.load(self.data[index], mmap_mode="r"), base.sensor_size)
+        return base.__getitem__(self, index)
+    return getitem
+
+
+def _shd_read(base):
+    def getitem(self, index):
+        import h5py
+
+        with h5py.File(os.path.join(self.location_on_system, self.data_filename), "r") as f:
+            check_shd_row(f["spikes/times"][index], f["spikes/units"][index], base.sensor_size[0])
+        return base.__getitem__(self, index)
+    return getitem
+
+
+_CHECKED_READS = {"dvsgesture": _dvs_read, "shd": _shd_read}
 
 
 def _sort_by_file(tonic_ds) -> None:
