@@ -263,10 +263,12 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
             old = real.with_name(f"{tmp.name}.old")
             os.replace(real, old)
         os.replace(tmp, real)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not os.path.lexists(real):
             os.replace(old, real)
+        if isinstance(exc, WriteError) and str(tmp) in str(exc):  # name the output, not the removed temp folder
+            raise WriteError(str(exc).replace(str(tmp), str(path)), exc.errno) from None
         raise
     if old is not None:
         _remove(old)

@@ -26,7 +26,7 @@ import signal
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from .errors import USER_ERRORS, peer_failure
+from .errors import USER_ERRORS, peer_failure, say_line
 
 SUBCOMMANDS: List[str] = [
     "edgesnn.training.cli",
@@ -117,7 +117,7 @@ def _say(command: Optional[str], text: str, error: bool = True, always: bool = F
     0 of a multi-process run (``always``: on rank 0 too)."""
     rank = _rank()
     tag = f"rank {rank}: " if rank is not None and (rank or always) else ""
-    print(f"edgesnn {command}: {'error: ' if error else ''}{tag}{text}", file=sys.stderr)
+    say_line(f"edgesnn {command}: {'error: ' if error else ''}{tag}{text}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line", "peer_failure"]
+__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line", "peer_failure", "say_line"]
 
 
 class UsageError(ValueError):
@@ -21,6 +21,16 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError
 
 class DependencyError(UsageError, RuntimeError):
     """An optional package the command needs is missing or incomplete (the message says what to install)."""
+
+
+def say_line(text: str) -> None:
+    """Write ``text`` and its newline to stderr in one write, then flush: under ``torchrun`` with an
+    unbuffered stderr (``PYTHONUNBUFFERED=1``) ``print`` writes the text and the newline separately,
+    and two ranks' error lines ran together on one line."""
+    import sys
+
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def first_line(exc: BaseException, limit: int = 120, at_word: bool = False) -> str:

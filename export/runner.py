@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from edgesnn.atomic import check_not_inside, check_output, recover_dir, user_path
-from edgesnn.errors import USER_ERRORS, DependencyError, UsageError
+from edgesnn.errors import USER_ERRORS, DependencyError, UsageError, say_line
 
 from .artifacts import StepManifest, validate_artifact_dir
 from .run_data import data_fingerprint, load_dataset, split_holdout
@@ -346,10 +346,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                          any_input_range=args.any_input_range, lr_schedule=args.lr_schedule,
                          keep_best=args.keep_best)
     except USER_ERRORS as exc:
-        print(f"edgesnn-device: error: {exc}", file=sys.stderr)
+        say_line(f"edgesnn-device: error: {exc}")
         return 2
     except RunInterrupted as exc:
-        print(f"edgesnn-device: {exc.message}", file=sys.stderr)
+        say_line(f"edgesnn-device: {exc.message}")
         return exc.exit_code
     except KeyboardInterrupt as exc:  # before training started: nothing was written
         term = isinstance(exc, Terminated)

@@ -168,13 +168,19 @@ def test_force_overwrites_resume_names_changed_fields_and_cold_cache_notice(tmp_
 
 def test_compile_notice_only_when_the_cache_is_cold(tmp_path, monkeypatch):
     from edgesnn.kernels import config
-    from edgesnn.kernels.cli import compile_notice
+    from edgesnn.kernels.cli import _own_cache, compile_notice
 
     monkeypatch.setattr(config, "_CACHE_DIR", str(tmp_path))
     assert str(tmp_path) in compile_notice("auto")
     assert compile_notice("torch") is None
+    # another checkout's or install's kernels (Numba's sub-folder per source path) are not this one's
     (tmp_path / "kernels_x").mkdir()
     (tmp_path / "kernels_x" / "numba_cpu._lif_fwd-110.py311.nbi").write_bytes(b"")
+    assert str(tmp_path) in compile_notice("auto")
+    own = _own_cache(tmp_path)
+    assert own.parent == tmp_path and own.name.startswith("kernels_") and own.name != "kernels_x"
+    own.mkdir()
+    (own / "numba_cpu._lif_fwd-110.py311.nbi").write_bytes(b"")
     assert compile_notice("auto") is None
 
 
@@ -184,6 +190,9 @@ def test_bad_training_flags_are_one_line(capsys):
                        (["--neuron", "izhikevich"], "--neuron"), (["--neuron", "revlif:1"], "--neuron")):
         assert main(["train", "--epochs", "1", "--no-progress", *argv]) == 2
         assert _err(capsys).startswith(f"edgesnn train: error: {flag}: ")
+    # --force beside --resume was ignored (the run resumed); edgesnn-device refuses the pair as well
+    assert main(["train", "--epochs", "1", "--no-progress", "--checkpoint", "x.ckpt", "--resume", "--force"]) == 2
+    assert _err(capsys).startswith("edgesnn train: error: --resume and --force exclude each other")
 
 
 # 4. surrogate instances in checkpoints -----------------------------------------------------------------
@@ -398,3 +407,27 @@ def test_bugs_keep_their_traceback(monkeypatch, capsys):
     monkeypatch.setattr(kcli, "warmup", lambda *a, **k: (_ for _ in ()).throw(FileExistsError("out: x exists")))
     assert main(["warmup"]) == 2
     assert _err(capsys) == "edgesnn warmup: error: out: x exists"
+
+
+def test_an_error_line_is_one_write(monkeypatch):
+    """Under torchrun with PYTHONUNBUFFERED=1, print's two writes (text, newline) let two ranks'
+    error lines run together on one line: the CLIs write each line, newline included, at once."""
+    import sys
+
+    from edgesnn.export.runner import main as device
+
+    writes = []
+
+    class Stderr:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    assert main(["train", "--epochs", "1", "--no-progress", "--lr", "-1"]) == 2
+    assert device(["no-such-artifacts", "--data", "no.npz"]) == 2
+    assert len(writes) == 2, writes
+    assert writes[0].startswith("edgesnn train: error: --lr") and writes[1].startswith("edgesnn-device: error: ")
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in writes)

@@ -66,6 +66,27 @@ def test_replace_dir_through_a_symlink_swaps_the_target_and_leaves_nothing(tmp_p
     assert [p.name for p in (tmp_path / "sdcard").iterdir()] == ["out"]
 
 
+def test_a_failed_folder_write_names_the_output_not_its_temp_folder(tmp_path):
+    """A file inside the folder failing (disk full, ``ulimit -f``) named the removed temp folder
+    (``.artifacts.f6m7u00c.tmp/step.onnx``); the error names ``artifacts/step.onnx``, the old
+    folder stays and no temp folder is left."""
+    import errno
+
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    (out / "kept").write_text("old")
+
+    def write(d):
+        def fail(fh):
+            raise OSError(errno.EFBIG, "File too large")
+        atomic_write(d / "step.onnx", fail)
+
+    with pytest.raises(WriteError) as info:
+        replace_dir(out, write)
+    assert str(info.value).startswith(f"cannot write {out / 'step.onnx'}: file too large"), str(info.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"] and (out / "kept").read_text() == "old"
+
+
 def test_a_dangling_symlink_is_an_existing_output(tmp_path):
     link = tmp_path / "ck.pt"
     link.symlink_to(tmp_path / "persist" / "ck.pt")

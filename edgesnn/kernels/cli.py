@@ -31,9 +31,18 @@ def compile_notice(backend: str = "auto") -> Optional[str]:
     folder = cache_dir()
     if not folder:
         return "compiling Numba kernels (~15 s; no writable cache folder, so every run compiles them)"
-    if any(Path(folder).rglob("numba_cpu.*.nbi")):
+    if any(_own_cache(Path(folder)).glob("numba_cpu.*.nbi")):
         return None
     return f"compiling Numba kernels once (~15 s; cached in {folder}; `edgesnn warmup` does it ahead)"
+
+
+def _own_cache(folder: Path) -> Path:
+    """Where Numba keeps this installation's kernels inside ``folder``: a sub-folder named after the
+    kernels' source folder and a hash of its path, so another checkout's or install's kernels (which
+    it does not load) sit beside it (looking through all of ``folder`` hid a cold cache's notice)."""
+    from numba.core.caching import _CacheLocator
+
+    return folder / _CacheLocator.get_suitable_cache_subpath(str(Path(__file__).with_name("numba_cpu.py")))
 
 
 def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = True) -> dict:

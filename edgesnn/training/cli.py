@@ -179,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
+    if args.resume and args.force:  # --force was ignored: the run resumed (edgesnn-device refuses the pair too)
+        raise UsageError("--resume and --force exclude each other (continue the checkpoint, or start again and "
+                         "overwrite it)")
     if not 0 <= args.seed <= MAX_SEED:
         raise UsageError(f"--seed: expected an integer in [0, {MAX_SEED}], got {args.seed}")
     from ..models import parse_neuron_spec
