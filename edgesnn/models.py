@@ -20,9 +20,11 @@ from torch import nn
 from .functional.checks import check_int
 from .nn import LIF, RevLIF, SeqToANN
 
-__all__ = ["MODEL_NAMES", "SpikingClassifier", "build_model", "parse_neuron_spec", "spiking_layers", "make_neuron"]
+__all__ = ["MODEL_NAMES", "POOLS", "SpikingClassifier", "build_model", "parse_neuron_spec", "spiking_layers", "make_neuron"]
 
 MODEL_NAMES = ("mlp", "convnet", "vgg11")
+#: The conv models' pooling layers (``build_model(pool=...)``, ``--pool``).
+POOLS = ("avg", "max")
 NeuronArg = Union[str, Sequence[str]]
 
 VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -151,14 +153,15 @@ def _mlp(in_shape, num_classes, specs, hidden, node_kwargs, revlif_kwargs, batch
     return nn.Sequential(*layers)
 
 
-def _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, batchnorm: bool = True) -> Tuple[List[nn.Module], Tuple[int, int, int]]:
+def _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, batchnorm: bool = True,
+                pool: str = "avg") -> Tuple[List[nn.Module], Tuple[int, int, int]]:
     c, h, w = in_shape
     layers: List[nn.Module] = []
     k = 0
     for item in cfg:
         if item == "M":
             if h >= 2 and w >= 2:
-                layers.append(SeqToANN(nn.AvgPool2d(2)))
+                layers.append(SeqToANN(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2)))
                 h, w = h // 2, w // 2
             continue
         # with BatchNorm the conv needs no bias (BN's shift replaces it); without, it keeps one
@@ -182,6 +185,7 @@ def build_model(
     node: Optional[Dict] = None,
     batchnorm: bool = True,
     revlif: Optional[Dict] = None,
+    pool: str = "avg",
 ) -> SpikingClassifier:
     """Build a spiking classifier.
 
@@ -197,6 +201,8 @@ def build_model(
             it, convolutions get a bias; models then compute every sample independently of the batch,
             so data-parallel training on CPU gives the same weights as one process with the whole batch.
         revlif: extra keyword arguments for the RevLIF nodes only (``alpha``, ``beta``, ``gamma``, ``mode``).
+        pool: the conv models' 2x2 pools, ``"avg"`` (default) or ``"max"`` (SpikingJelly's spiking
+            VGG habit; a max over spikes is an OR). The mlp model has none.
 
     Sizes are integers >= 1 (``num_classes`` >= 2; NumPy integers accepted, not bool/float/str),
     ``hidden`` (mlp) and ``channels`` (convnet) non-empty, ``batchnorm`` a bool, ``node``/``revlif``
@@ -211,6 +217,10 @@ def build_model(
     timesteps = check_int(timesteps, "timesteps", 1)
     if not isinstance(batchnorm, bool):
         raise ValueError(f"batchnorm: expected True or False, got {batchnorm!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+    if pool != "avg" and name == "mlp":
+        raise ValueError(f"pool: the mlp model has no pooling layer (pool={pool!r} is for convnet and vgg11)")
     if name == "mlp":
         hidden = _int_list(hidden, "hidden")
     elif name == "convnet":
@@ -227,6 +237,8 @@ def build_model(
         config["batchnorm"] = False
     if revlif_kwargs:  # likewise only recorded when given
         config["revlif"] = revlif_kwargs
+    if pool != "avg":  # likewise
+        config["pool"] = pool
     if name == "mlp":
         specs = _neuron_list(neuron, len(hidden))
         body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs, revlif_kwargs, batchnorm)
@@ -234,7 +246,7 @@ def build_model(
         cfg = tuple(channels) + ("M",) if name == "convnet" else VGG11_CFG
         n_spiking = sum(1 for c in cfg if c != "M")
         specs = _neuron_list(neuron, n_spiking)
-        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, batchnorm)
+        layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, batchnorm, pool)
         layers += [SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(c * h * w, num_classes))]
         body = nn.Sequential(*layers)
     return SpikingClassifier(body, timesteps, in_shape, config)

@@ -33,6 +33,10 @@ CASES = [
     ("convnet", (3, 12, 12), 10, 2, ["lif", "revlif:4"], "auto", {"channels": [8, 16]}),
     ("convnet", (3, 12, 12), 4, 2, "lif", "auto", {"channels": [8, 16]}),
     ("vgg11", (3, 16, 16), 2, 2, ["lif", "revlif"] * 4, "torch", {}),
+    # max pools (build_model(pool="max"), --pool max) save their input and int64 indices
+    ("convnet", (3, 12, 12), 4, 2, "lif", "torch", {"channels": [8, 16], "pool": "max"}),
+    ("convnet", (3, 13, 11), 3, 2, "revlif", "auto", {"channels": [8, 16], "pool": "max"}),
+    ("vgg11", (3, 16, 16), 2, 2, ["revlif", "lif"] * 4, "torch", {"pool": "max"}),
 ]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..atomic import atomic_write, check_output, user_path
+from ..models import POOLS
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -89,6 +90,7 @@ def register(subparsers) -> None:
     p.add_argument("--classes", default=None, help="number of classes (default: the --dataset's, else 10)")
     p.add_argument("--hidden", help="MLP hidden widths, e.g. 128,128")
     p.add_argument("--channels", help="convnet channel widths, e.g. 16,32")
+    p.add_argument("--pool", default="avg", choices=POOLS, help="the conv models' 2x2 pools: avg (default) or max")
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "sgd-momentum"])
     p.add_argument("--neurons", default=None, help="allowed kinds: lif,revlif (default), lif or revlif")
     p.add_argument("--groups", default="2", help="RevLIF group counts to consider, e.g. 2,4 (default 2)")
@@ -211,7 +213,10 @@ def run(args: argparse.Namespace) -> int:
         kw["hidden"] = _int_list(args.hidden, "--hidden")
     if args.channels:
         kw["channels"] = _int_list(args.channels, "--channels")
-    model = build_model(args.model, shape, classes, timesteps, neuron="lif", node={"backend": args.backend}, **kw)
+    if args.pool != "avg" and args.model == "mlp":
+        raise ValueError(f"--pool: the mlp model has no pooling layer (--pool {args.pool} is for convnet and vgg11)")
+    model = build_model(args.model, shape, classes, timesteps, neuron="lif", node={"backend": args.backend},
+                        pool=args.pool, **kw)
     from .plan import check_batchnorm_batch
 
     check_batchnorm_batch(model, batch, max_batch)  # --batch 1 / --max-batch 1 with BatchNorm: before any planning

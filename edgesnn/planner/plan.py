@@ -27,7 +27,7 @@ from torch import nn
 
 from ..checkpoint import atomic_write
 from ..kernels.dispatch import BACKENDS
-from ..models import MODEL_NAMES, VGG11_CFG, parse_neuron_spec, spiking_layers
+from ..models import MODEL_NAMES, POOLS, VGG11_CFG, parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
 from .checks import check_batch, check_bytes, check_device, check_path, check_plan_args, check_plan_like
@@ -171,6 +171,8 @@ def _check_model(f: _Fields, m: Any) -> Dict[str, Any]:
     if node.get("backend", "auto") not in BACKENDS:
         raise f.fail("model.node.backend", f"one of {', '.join(BACKENDS)}", node["backend"])
     f.typed(m.get("batchnorm", True), bool, "model.batchnorm", "true or false")
+    if m.get("pool", "avg") not in POOLS or (name == "mlp" and m.get("pool", "avg") != "avg"):
+        raise f.fail("model.pool", '"avg" or "max" (conv models only)', m.get("pool"))
     f.typed(m.get("revlif", {}), dict, "model.revlif", "an object (RevLIF settings)")
     return m
 

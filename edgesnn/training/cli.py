@@ -13,7 +13,7 @@ from typing import Optional
 from ..atomic import user_path
 from ..errors import UsageError
 from ..kernels.dispatch import BACKENDS
-from ..models import MODEL_NAMES
+from ..models import MODEL_NAMES, POOLS
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --checkpoint / --json")
     p.add_argument("--json", type=user_path, default=None, help="write the report (config, per-epoch metrics) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--pool", choices=POOLS, default=None,
+                   help="the conv models' 2x2 pools: avg (default, or the plan's) or max (SpikingJelly's spiking VGG "
+                        "habit); the mlp model has none")
     p.add_argument("--no-batchnorm", action="store_true",
                    help="models without BatchNorm (every sample computed independently of its batch)")
     p.add_argument("--memopt", action="store_true",
@@ -98,7 +101,8 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
         raise ValueError(f"--no-batchnorm: contradicts the plan {args.plan} (made for a model with BatchNorm)")
     args.no_batchnorm = not batchnorm
     planned = {"model": plan.model["name"], "timesteps": plan.timesteps, "batch_size": plan.batch,
-               "eval_batch": plan.eval_batch, "backend": plan.model.get("node", {}).get("backend", "auto")}
+               "eval_batch": plan.eval_batch, "backend": plan.model.get("node", {}).get("backend", "auto"),
+               "pool": plan.model.get("pool", "avg")}
     if plan.dataset.get("name"):
         planned["dataset"] = plan.dataset["name"]
     for key, value in planned.items():
@@ -166,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     args.batch_size = 64 if args.batch_size is None else args.batch_size
     args.neuron = args.neuron or "lif"
     args.backend = args.backend or "auto"
+    args.pool = args.pool or "avg"
+    if args.pool != "avg" and args.model == "mlp":
+        raise UsageError(f"--pool: the mlp model has no pooling layer (--pool {args.pool} is for convnet and vgg11)")
     for flag, value in (("--epochs", args.epochs), ("--timesteps", args.timesteps), ("--batch-size", args.batch_size),
                         ("--eval-batch", args.eval_batch), ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
@@ -195,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       data_path=args.data_path, backend=args.backend, batchnorm=not args.no_batchnorm,
-                      memopt=args.memopt, lr_schedule=args.lr_schedule, **getattr(args, "widths", {}))
+                      memopt=args.memopt, lr_schedule=args.lr_schedule, pool=args.pool, **getattr(args, "widths", {}))
     check_model_fits_dataset(cfg)  # before compiling kernels and reading (or binning) the data
     device = resolve_device(args.device)
     check_backend_device(args.backend, device)

@@ -6,14 +6,12 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from ..atomic import check_output
 from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
@@ -22,9 +20,9 @@ from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
-from .lr_schedule import (check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule,
-                          steps_per_epoch, stored_config)
+from .lr_schedule import check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule, steps_per_epoch
 from .flag_checks import check_model_fits_dataset
+from .outputs import POOLS, check_outputs, stored_config
 from .resume import Progress, resume_messages, stored_progress, will_train
 from .split_checks import check_labels, check_split
 
@@ -59,6 +57,7 @@ class TrainConfig:
     memopt: bool = False  # edgesnn.optimize_memory: chunked blocks, packed inputs (same gradients, less memory)
     revlif_alpha: Optional[float] = None  # RevLIF output mixing y = alpha x + s (None: the node's default, 1/8)
     lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 (see .lr_schedule; stored if not constant)
+    pool: str = "avg"  # or "max": the conv models' 2x2 pools (stored if not avg)
 
     def validate(self) -> None:
         for name in ("timesteps", "epochs", "batch_size"):
@@ -66,6 +65,8 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
         check_schedule_name(self.lr_schedule)
+        if self.pool not in POOLS:
+            raise UsageError(f"pool: expected one of {', '.join(POOLS)}, got {self.pool!r}")
         if not (isinstance(self.lr, float) and 0 < self.lr <= MAX_LR):
             raise UsageError(f"lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -121,7 +122,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def _build(cfg: TrainConfig, data: Dataset) -> SpikingClassifier:
     return build_model(cfg.model, data.in_shape, data.num_classes, cfg.timesteps, cfg.neuron,
                        hidden=cfg.hidden, channels=cfg.channels, node={"backend": cfg.backend}, batchnorm=cfg.batchnorm,
-                       revlif=None if cfg.revlif_alpha is None else {"alpha": cfg.revlif_alpha})
+                       revlif=None if cfg.revlif_alpha is None else {"alpha": cfg.revlif_alpha}, pool=cfg.pool)
 
 
 def model_from_checkpoint(path: str) -> SpikingClassifier:
@@ -133,29 +134,6 @@ def model_from_checkpoint(path: str) -> SpikingClassifier:
         raise CheckpointError(f"checkpoint: {path} does not match its model config ({exc})") from None
     load_model_state(model, ck["model_state"], f"checkpoint: {path}")
     return model
-
-
-def check_outputs(checkpoint: Optional[str], resume: bool = False, force: bool = False,
-                  report: Optional[str] = None) -> None:
-    """Refuse, before any training, outputs that would silently overwrite something.
-
-    ``checkpoint`` must not be a directory; without ``resume`` an existing one needs ``force``,
-    with ``resume`` it must exist. An existing ``report`` needs ``force`` or ``resume``.
-    """
-    if resume:
-        if not checkpoint:
-            raise UsageError("--resume: needs --checkpoint PATH to resume from")
-        if Path(checkpoint).is_dir():
-            raise IsADirectoryError(f"--checkpoint: {checkpoint} is a directory; expected a checkpoint file")
-        if not Path(checkpoint).exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint} to continue from (drop --resume to start one)")
-        check_output(checkpoint, "--checkpoint", force=True)  # its folder must still take the next one
-    elif checkpoint:
-        check_output(checkpoint, "--checkpoint", force, allow="--resume to continue it, or --force")
-    if report:
-        check_output(report, "--json", force or resume, allow="--force (or --resume)")
-        if checkpoint and Path(report).resolve() == Path(checkpoint).resolve():
-            raise UsageError(f"--json: {report} is also the --checkpoint path; the report would replace the checkpoint")
 
 
 def _real(path) -> str:

@@ -23,7 +23,6 @@ refused in one line naming the flag.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any, Dict, Optional
 
 import torch
@@ -32,17 +31,8 @@ from ..checkpoint import CheckpointError
 from ..errors import UsageError
 from ..lr_schedules import KEY, SCHEDULES, check_schedule_name
 
-__all__ = ["SCHEDULES", "KEY", "check_schedule_name", "stored_config", "steps_per_epoch", "check_resume_schedule",
+__all__ = ["SCHEDULES", "KEY", "check_schedule_name", "steps_per_epoch", "check_resume_schedule",
            "horizon_of", "RunSchedule", "start_schedule", "skips_batch"]
-
-def stored_config(cfg: Any) -> Dict[str, Any]:
-    """``asdict(cfg)`` as checkpoints and reports store it: without ``lr_schedule`` when it is
-    ``constant``, so a constant run writes exactly what older versions wrote."""
-    out = asdict(cfg)
-    if out.get(KEY) == "constant":
-        del out[KEY]
-    return out
-
 
 def skips_batch(size: int, batchnorm: bool) -> bool:
     """The training loop's rule: a batch of ``size`` samples takes no optimizer step when the model
