@@ -73,6 +73,12 @@ def test_train_resume_plan_and_refusals(tmp_path, capsys, monkeypatch):
     assert _err(capsys).startswith("edgesnn train: error: --pool: avg contradicts the plan p.json (max)")
     assert main(["train", "--plan", "p.json", "--epochs", "1", "--max-steps", "1", "--no-progress", "--checkpoint", "pl.ckpt"]) == 0
     assert load_checkpoint("pl.ckpt")["model_config"]["pool"] == "max"
+    doc = json.loads((tmp_path / "p.json").read_text())
+    doc["model"]["pool"] = "min"
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["train", "--plan", "bad.json", "--epochs", "1", "--no-progress"]) == 2
+    assert "model.pool" in _err(capsys)
     capsys.readouterr()
     assert main(["plan", "--model", "mlp", "--input", "64", "-T", "2", "--pool", "max", "--device", "raspberry-pi-4-4gb"]) == 2
     assert "--pool: the mlp model has no pooling layer" in _err(capsys)
