@@ -188,8 +188,9 @@ def _check_inputs(args: argparse.Namespace) -> None:
         check_input_file(args.params, "--params", PARAMS_FILE)
 
 
-#: Formats whose graph takes one static frame ``[B, *in_shape]`` and repeats it over the T steps.
-STATIC_INPUT_FORMATS = ("onnx-step", "onnx-training", "onnx", "torchscript")
+#: Formats whose graph takes one static frame ``[B, *in_shape]`` and repeats it over the T steps
+#: (``onnx-step`` takes ``[B, T, *in_shape]`` for a checkpoint trained on event data).
+STATIC_INPUT_FORMATS = ("onnx-training", "onnx", "torchscript")
 
 
 def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
@@ -200,8 +201,8 @@ def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
     dataset = _trained_on(ck)
     if args.format in STATIC_INPUT_FORMATS and dataset in EVENT_DATASETS:
         raise UsageError(f"--format {args.format}: {args.checkpoint} was trained on event data ({dataset}: T frames per "
-                         f"sample), but this graph takes one frame and repeats it over T; use --format nir "
-                         "(one time step per call) or --format checkpoint")
+                         f"sample), but this graph takes one frame and repeats it over T; use --format onnx-step "
+                         "(device fine-tuning on T frames per sample), nir (one time step per call) or checkpoint")
 
 
 def _trained_on(ck: Dict):
@@ -237,15 +238,18 @@ def run(args: argparse.Namespace) -> int:
 
         split_trainable(model, args.freeze, "--freeze")  # one line naming --freeze before any export work
     if args.format == "onnx-step":
+        from ..training.data import EVENT_DATASETS
         from .onnx_step import export_onnx_step
 
+        event = _trained_on(ck) in EVENT_DATASETS  # T frames per sample: the graph takes x [B, T, ...]
         manifest = replace_dir(out, lambda tmp: export_onnx_step(
             model, tmp, args.batch_size, args.optimizer, args.lr, 0.9 if args.momentum is None else args.momentum,
-            args.weight_decay, args.nesterov, input_range=_input_range(ck), freeze=args.freeze))
+            args.weight_decay, args.nesterov, input_range=_input_range(ck), freeze=args.freeze, event=event))
         kinds = ", ".join(sorted({n["kind"] for n in manifest.neurons}))
+        data = f"; device data x [N, {', '.join(map(str, manifest.in_shape))}]: T frames per sample" if event else ""
         print(f"wrote ONNX training-step graph to {out} (batch {manifest.batch_size}, T {manifest.timesteps} in a Scan of "
               f"{manifest.chunk}-step chunks, {kinds}, {len(manifest.trainable)} trainable tensors{_frozen_text(args)}, "
-              f"optimizer {manifest.optimizer}); run it with edgesnn-device (numpy + plain onnxruntime)")
+              f"optimizer {manifest.optimizer}{data}); run it with edgesnn-device (numpy + plain onnxruntime)")
     elif args.format == "onnx-training":
         from .onnx_training import export_onnx_training
 

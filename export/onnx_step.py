@@ -92,7 +92,8 @@ def build_graphs(prog: StepProgram):
     prefix_read = prog.read_names(prog.prefix)
     loop_read = prog.loop_read_names()
     loop_params = [n for n in prog.loop_names()]
-    x_ex = torch.rand(B, *prog.in_shape)
+    event = prog.event  # x [B, T, ...]: P holds the frames in chunks [T/K, K, B, ...], scanned and gathered
+    x_ex = torch.rand(B, *prog.sample_shape)
     labels_ex = torch.randint(0, prog.num_classes, (B,))
     stages = prog.stages
     rev_idx = [i for i, st in enumerate(stages) if st.kind == "revlif"]
@@ -100,12 +101,18 @@ def build_graphs(prog: StepProgram):
     # ---- prefix: x -> P, initial states
     def f_pre(x, *vals):
         t = dict(zip(prefix_read, vals))
-        _, P = block_forward(prog.prefix, t, x)
+        if event:
+            P = x.transpose(0, 1).reshape(n_chunks, K, B, *prog.in_shape)
+        else:
+            _, P = block_forward(prog.prefix, t, x)
         inits = [initial_state(st) for st in stages]
         return (P, *inits, torch.zeros(B, prog.num_classes))
 
     with torch.no_grad():
-        _, P_ex = block_forward(prog.prefix, V, x_ex)
+        if event:  # P_ex: one step's input; xk_ex: one chunk of frames
+            P_ex, xk_ex = x_ex[:, 0], x_ex[:, :K].transpose(0, 1).contiguous()
+        else:
+            _, P_ex = block_forward(prog.prefix, V, x_ex)
     init_states = [initial_state(st) for st in stages]
     pre_out = ["P"] + [f"v_init{i}" for i in range(len(stages))] + ["logit_sum_init"]
 
@@ -128,8 +135,8 @@ def build_graphs(prog: StepProgram):
             states = list(rest[nv:nv + len(stages)])
             logit_sum = rest[nv + len(stages)]
             kept_steps = []
-            for _ in range(K):
-                logits, states, kept = prog.forward_step(t, P, states)
+            for k in range(K):
+                logits, states, kept = prog.forward_step(t, P[k] if event else P, states)
                 logit_sum = logit_sum + logits
                 kept_steps.append(kept)
             outs = [*states, logit_sum]
@@ -138,15 +145,18 @@ def build_graphs(prog: StepProgram):
             return tuple(outs)
         return f_fwd
 
-    tick_ex = torch.zeros(1)
-    fwd_local = [f"s{i}" for i in range(len(stages))] + ["logit_sum", "tick"]
-    fwd_in_names = ["P"] + loop_read + fwd_local
-    fwd_args = [P_ex] + [V[n] for n in loop_read] + init_states + [torch.zeros(B, prog.num_classes), tick_ex]
+    # the scanned input: a dummy tick per chunk (the input repeats), or the chunk of frames (event data)
+    fwd_local = [f"s{i}" for i in range(len(stages))] + ["logit_sum", "xk" if event else "tick"]
+    fwd_in_names = ([] if event else ["P"]) + loop_read + fwd_local
+    fwd_args = (([] if event else [P_ex]) + [V[n] for n in loop_read] + init_states
+                + [torch.zeros(B, prog.num_classes), xk_ex if event else torch.zeros(1)])
     fwd_out_state = [f"s{i}_out" for i in range(len(stages))] + ["logit_sum_out"]
     store_names = [f"store{i}" for i in range(len(stages))]
 
     def fwd_fn_with_tick(store):
         f = make_fwd(store)
+        if event:
+            return lambda *rest: f(rest[-1], *rest[:-1])
         return lambda P, *rest: f(P, *rest[:-1])
 
     with torch.no_grad():
@@ -186,17 +196,17 @@ def build_graphs(prog: StepProgram):
         gv = list(rest[:len(stages)]); rest = rest[len(stages):]
         gacc = dict(zip(loop_params, rest[:len(loop_params)])); rest = rest[len(loop_params):]
         gP, err = rest[0], rest[1]
-        stores = rest[2:]
+        stores = rest[2:2 + len(stages)]
         pairs: Dict[str, List] = {}
         for k in range(K - 1, -1, -1):
             kept = [unpack(s, k, st) for s, st in zip(stores, stages)]
-            v_rev, gv, grads, g, err = prog.backward_step(t, P, g_t, v_rev, gv, kept, err, defer=True)
+            v_rev, gv, grads, g, err = prog.backward_step(t, P[k] if event else P, g_t, v_rev, gv, kept, err, defer=True)
             for n in loop_params:
                 if isinstance(grads[n], tuple):
                     pairs.setdefault(n, []).append(grads[n])
                 else:
                     gacc[n] = gacc[n] + grads[n]
-            if g is not None:
+            if g is not None and not event:
                 gP = gP + g
         # weight gradients of the chunk's K steps in one product each
         for n, pl in pairs.items():
@@ -209,16 +219,22 @@ def build_graphs(prog: StepProgram):
         st_ex = list(init_states)
         for _ in range(T):
             _, st_ex, _ = prog.forward_step(V, P_ex, st_ex)
+    # event data: the chunk of frames is one more store the backward gathers (P, the chunked frames);
+    # the prefix gradient is not carried (a scalar placeholder): the first block's VJP needs no input gradient
+    slices = [f"{n}_slice" for n in store_names] + (["xk_slice"] if event else [])
     bwd_local = ([f"bv{j}" for j in range(n_rev)] + [f"bgv{i}" for i in range(len(stages))]
-                 + [f"bg/{n}" for n in loop_params] + ["bgP", "berr"] + [f"{n}_slice" for n in store_names])
-    bwd_in_names = ["P", "g_logits_t"] + loop_read + bwd_local
-    bwd_args = ([P_ex, torch.zeros(B, prog.num_classes)] + [V[n] for n in loop_read] + [st_ex[i] for i in rev_idx]
-                + [torch.zeros_like(s) for s in init_states] + [torch.zeros_like(V[n]) for n in loop_params]
-                + [torch.zeros_like(P_ex), torch.zeros(())] + list(ex_store))
+                 + [f"bg/{n}" for n in loop_params] + ["bgP", "berr"] + slices)
+    bwd_in_names = ([] if event else ["P"]) + ["g_logits_t"] + loop_read + bwd_local
+    bwd_args = (([] if event else [P_ex]) + [torch.zeros(B, prog.num_classes)] + [V[n] for n in loop_read]
+                + [st_ex[i] for i in rev_idx] + [torch.zeros_like(s) for s in init_states]
+                + [torch.zeros_like(V[n]) for n in loop_params]
+                + [torch.zeros(()) if event else torch.zeros_like(P_ex), torch.zeros(())] + list(ex_store)
+                + ([xk_ex] if event else []))
     bwd_out = ([f"bv{j}_out" for j in range(n_rev)] + [f"bgv{i}_out" for i in range(len(stages))]
                + [f"bg/{n}_out" for n in loop_params] + ["bgP_out", "berr_out"])
-    body_b = traced_body(f_bwd, bwd_args, bwd_in_names, bwd_out, bwd_local[:len(bwd_out)] + [f"{n}_slice" for n in store_names], "bwd/")
-    scan_body_to_loop(body_b, len(bwd_out), store_names, n_chunks, "bwd/")
+    bwd_fn = (lambda g_t, *rest: f_bwd(rest[-1], g_t, *rest[:-1])) if event else f_bwd
+    body_b = traced_body(bwd_fn, bwd_args, bwd_in_names, bwd_out, bwd_local[:len(bwd_out)] + slices, "bwd/")
+    scan_body_to_loop(body_b, len(bwd_out), store_names + (["P"] if event else []), n_chunks, "bwd/")
 
     # ---- post: prefix VJP, verification, update
     opt_names = prog.opt_state
@@ -242,7 +258,7 @@ def build_graphs(prog: StepProgram):
     init_opt = {k: torch.from_numpy(v) for k, v in prog.initial_opt_state().items()}
     post_in = (["input", "lr", "gP_final", "err_final"] + prog.trainable + prog.frozen + opt_names
                + [f"gfin/{n}" for n in loop_params] + [f"v0rec{j}" for j in range(n_rev)])
-    post_args = ([x_ex, torch.tensor(0.01), torch.zeros_like(P_ex), torch.zeros(())] + [V[n] for n in prog.trainable + prog.frozen]
+    post_args = ([x_ex, torch.tensor(0.01), torch.zeros(()) if event else torch.zeros_like(P_ex), torch.zeros(())] + [V[n] for n in prog.trainable + prog.frozen]
                  + [init_opt[n] for n in opt_names] + [torch.zeros_like(V[n]) for n in loop_params]
                  + [init_states[i] for i in rev_idx])
     post_out = [f"new/{n}" for n in prog.trainable] + [f"new/{n}" for n in opt_names] + ["recon_error"]
@@ -262,10 +278,11 @@ def build_graphs(prog: StepProgram):
     nodes_loss, init_loss = inline_graph(g_loss, "loss/", keep_outer)
     nodes_post, init_post = inline_graph(g_post, "post/", keep_outer)
 
-    tick = helper.make_tensor("ticks", TP.FLOAT, [n_chunks, 1], np.zeros(n_chunks, np.float32).tolist())
+    ticks = [] if event else [helper.make_tensor("ticks", TP.FLOAT, [n_chunks, 1], np.zeros(n_chunks, np.float32).tolist())]
     S = len(stages)
+    scanned = "P" if event else "ticks"
     scan_f = helper.make_node(
-        "Scan", [f"v_init{i}" for i in range(S)] + ["logit_sum_init", "ticks"],
+        "Scan", [f"v_init{i}" for i in range(S)] + ["logit_sum_init", scanned],
         [f"v_T{i}" for i in range(S)] + ["logit_sum_final"] + store_names,
         name="forward_scan", body=body_f, num_scan_inputs=1)
     zero = helper.make_tensor("zero_scalar", TP.FLOAT, [], [0.0])
@@ -274,7 +291,8 @@ def build_graphs(prog: StepProgram):
     for i in range(S):
         gv_nodes.append(helper.make_node("Mul", [f"v_init{i}", "zero_scalar"], [f"gv_init{i}"], name=f"gv_init{i}"))
         gv0.append(f"gv_init{i}")
-    gv_nodes.append(helper.make_node("Mul", ["P", "zero_scalar"], ["gP_init"], name="gP_init"))
+    gv_nodes.append(helper.make_node("Identity", ["zero_scalar"], ["gP_init"], name="gP_init") if event
+                    else helper.make_node("Mul", ["P", "zero_scalar"], ["gP_init"], name="gP_init"))
     trip = helper.make_tensor("n_chunks", TP.INT64, [], [n_chunks])
     scan_b = helper.make_node(
         "Loop", ["n_chunks", ""] + [f"v_T{i}" for i in rev_idx] + gv0 + [f"gacc0/{n}" for n in loop_params]
@@ -288,11 +306,11 @@ def build_graphs(prog: StepProgram):
         return helper.make_tensor_value_info(name, et, list(arr_shape))
 
     inputs = ([vi(n, V[n].shape) for n in all_inputs] + [vi(n, init_opt[n].shape) for n in opt_names]
-              + [vi("input", [B, *prog.in_shape]), vi("labels", [B], TP.INT64), vi("lr", [])])
+              + [vi("input", [B, *prog.sample_shape]), vi("labels", [B], TP.INT64), vi("lr", [])])
     outputs = ([vi(f"new/{n}", V[n].shape) for n in prog.trainable] + [vi(f"new/{n}", init_opt[n].shape) for n in opt_names]
                + [vi("loss", []), vi("correct", [], TP.INT64), vi("recon_error", [])])
     graph = helper.make_graph(nodes_pre + [scan_f] + nodes_loss + gv_nodes + [scan_b] + nodes_post + [cast_correct],
-                              "edgesnn_step", inputs, outputs, initializer=init_pre + init_loss + init_post + [tick, zero, trip])
+                              "edgesnn_step", inputs, outputs, initializer=init_pre + init_loss + init_post + ticks + [zero, trip])
     step_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
     step_model.ir_version = 8
     onnx.checker.check_model(step_model)
@@ -300,13 +318,13 @@ def build_graphs(prog: StepProgram):
     # ---- eval graph: prefix + forward scan (no stores) + mean logits
     nodes_pre2, init_pre2 = [_copy(n) for n in nodes_pre], [_copy(i) for i in init_pre]
     scan_e = helper.make_node(
-        "Scan", [f"v_init{i}" for i in range(S)] + ["logit_sum_init", "ticks"],
+        "Scan", [f"v_init{i}" for i in range(S)] + ["logit_sum_init", scanned],
         [f"v_T{i}" for i in range(S)] + ["logit_sum_final"], name="forward_scan", body=body_e, num_scan_inputs=1)
     tconst = helper.make_tensor("T_float", TP.FLOAT, [], [float(T)])
     mean = helper.make_node("Div", ["logit_sum_final", "T_float"], ["logits"], name="mean_logits")
     eval_graph = helper.make_graph(nodes_pre2 + [scan_e, mean], "edgesnn_eval",
-                                   [vi(n, V[n].shape) for n in all_inputs] + [vi("input", [B, *prog.in_shape])],
-                                   [vi("logits", [B, prog.num_classes])], initializer=init_pre2 + [tick, tconst])
+                                   [vi(n, V[n].shape) for n in all_inputs] + [vi("input", [B, *prog.sample_shape])],
+                                   [vi("logits", [B, prog.num_classes])], initializer=init_pre2 + ticks + [tconst])
     eval_model = helper.make_model(eval_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
     eval_model.ir_version = 8
     onnx.checker.check_model(eval_model)
@@ -316,8 +334,8 @@ def build_graphs(prog: StepProgram):
 
 def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer: str = "sgd", learning_rate: float = 0.01,
                      momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False,
-                     input_range: Optional[Sequence[float]] = None, freeze: Optional[Sequence[str]] = None
-                     ) -> StepManifest:
+                     input_range: Optional[Sequence[float]] = None, freeze: Optional[Sequence[str]] = None,
+                     event: bool = False) -> StepManifest:
     """Write ``step.onnx``, ``eval.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``.
 
     ``freeze``: parameter or module names (``"body.0"``) to keep fixed on the device, besides the
@@ -329,11 +347,16 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
     ``input_range``: ``(low, high)`` of the input values the model was trained on (``edgesnn
     export`` passes ``(0, 1)`` for a checkpoint of a built-in image dataset); the device runner
     refuses data outside it. ``None``: unknown, not checked.
+
+    ``event``: the model was trained on event data, one frame per time step: the graphs take
+    ``x [B, T, *in_shape]`` and the manifest's ``in_shape`` is ``[T, *in_shape]`` (one sample), so
+    the device data holds ``x [N, T, *in_shape]``. The layers before the first spiking layer then
+    run at every step, inside the loops.
     """
     if not (is_real_number(learning_rate) and learning_rate > 0):
         raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
     input_range = checked_input_range(input_range)
-    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze)
+    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze, event=event)
     recon_tolerance = step_recon_tolerance(prog.stages, prog.timesteps)  # refuses before anything is written
     step_model, eval_model, carried = build_graphs(prog)
     out_dir = Path(out_dir)
@@ -347,7 +370,7 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
     atomic_write_bytes(out_dir / STEP_INIT, buf.getvalue())
     cfg = dict(getattr(model, "config", {}) or {})
     manifest = StepManifest(
-        model_config=encode_config(cfg), batch_size=prog.batch_size, in_shape=list(prog.in_shape),
+        model_config=encode_config(cfg), batch_size=prog.batch_size, in_shape=list(prog.sample_shape),
         num_classes=prog.num_classes, timesteps=prog.timesteps, trainable=list(prog.trainable), frozen=list(prog.frozen),
         optimizer_state=list(prog.opt_state), carried=carried, optimizer=prog.optimizer,
         hyperparameters=dict(prog.hparams), learning_rate=float(learning_rate), chunk=prog.chunk,

@@ -46,8 +46,14 @@ class StepProgram:
     values: Dict[str, torch.Tensor]
     optimizer: str
     hparams: Dict[str, float]
-    in_shape: Tuple[int, ...]
+    in_shape: Tuple[int, ...]  # one frame's shape
     num_classes: int
+    event: bool = False  # event data: one frame per time step, x [B, T, *in_shape] (no prefix: it runs per step)
+
+    @property
+    def sample_shape(self) -> Tuple[int, ...]:
+        """One sample of the step's input: ``in_shape`` (repeated over T), or ``(T, *in_shape)`` for event data."""
+        return (self.timesteps, *self.in_shape) if self.event else tuple(self.in_shape)
 
     @property
     def opt_state(self) -> List[str]:
@@ -220,13 +226,14 @@ class StepProgram:
         return loss, correct, g / float(self.timesteps)
 
     def eager_step(self, x, labels, lr, t: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]):
-        """The whole step in eager PyTorch with the same functions (used to check the exported graph)."""
+        """The whole step in eager PyTorch with the same functions (used to check the exported graph).
+        ``x``: ``[B, *in_shape]``, or ``[B, T, *in_shape]`` for event data (frame ``t`` at step ``t``)."""
         P_in, P = block_forward(self.prefix, t, x)
         states = [initial_state(st) for st in self.stages]
         logit_sum = 0.0
         kept_all = []
-        for _ in range(self.timesteps):
-            logits, states, kept = self.forward_step(t, P, states)
+        for step in range(self.timesteps):
+            logits, states, kept = self.forward_step(t, x[:, step] if self.event else P, states)
             logit_sum = logit_sum + logits
             kept_all.append(kept)
         loss, correct, g_t = self.loss(logit_sum, labels)
@@ -236,10 +243,11 @@ class StepProgram:
         gacc: Dict[str, torch.Tensor] = {}
         gP = torch.zeros_like(P)
         for step in range(self.timesteps - 1, -1, -1):
-            v_rev, gv, grads, g, err = self.backward_step(t, P, g_t, v_rev, gv, kept_all[step], err)
+            v_rev, gv, grads, g, err = self.backward_step(t, x[:, step] if self.event else P, g_t, v_rev, gv,
+                                                          kept_all[step], err)
             for k, val in grads.items():
                 gacc[k] = gacc[k] + val if k in gacc else val
-            if g is not None:
+            if g is not None and not self.event:
                 gP = gP + g
         _, pg = block_vjp(self.prefix, t, P_in, gP, need_gx=False)
         gacc.update(pg)
@@ -268,8 +276,11 @@ def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps)
 
 def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
                        weight_decay: Optional[float] = None, nesterov: bool = False, betas=(0.9, 0.999),
-                       eps: float = 1e-8, freeze: Optional[Sequence[str]] = None) -> StepProgram:
-    """Read ``model`` into a :class:`StepProgram` (``freeze``: see :func:`~.prepare.split_trainable`)."""
+                       eps: float = 1e-8, freeze: Optional[Sequence[str]] = None, event: bool = False) -> StepProgram:
+    """Read ``model`` into a :class:`StepProgram` (``freeze``: see :func:`~.prepare.split_trainable`).
+
+    ``event``: the input holds one frame per time step (``[B, T, *in_shape]``, event data); the
+    layers before the first spiking layer then run at every step, as the first block."""
     if optimizer not in STEP_OPTIMIZERS:
         raise ExportError(f"optimizer: expected one of {STEP_OPTIMIZERS}, got {optimizer!r}")
     if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
@@ -279,6 +290,8 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
     refuse_active_dropout(model, "onnx-step")
     clone = export_copy(model)
     prefix, stages, head = plan_layers(clone)
+    if event:  # no input repeats over T: the prefix is the first spiking layer's block, run per step
+        stages[0].leaves, prefix = prefix + stages[0].leaves, []
     T = int(clone.timesteps)
     values = {k: v.detach().clone().float() for k, v in clone.state_dict().items()}
     used = set()
@@ -300,7 +313,7 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
     chunk = 4 if T % 4 == 0 else (2 if T % 2 == 0 else 1)
     cfg = dict(getattr(model, "config", {}) or {})
     prog = StepProgram(clone, prefix, stages, head, batch_size, T, chunk, trainable, frozen, values, optimizer, hp,
-                       tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0)
+                       tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0, bool(event))
     # shapes: one eager pass (the VJPs read their spatial sizes from it as constants)
     with torch.no_grad():
         x = torch.zeros(batch_size, *clone.in_shape)

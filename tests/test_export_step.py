@@ -310,7 +310,8 @@ def test_odd_input_sizes_export_and_match_torch(tmp_path, shape, neuron):
 
 
 def test_export_refuses_event_checkpoints_and_ignored_optimizer_flags(tmp_path):
-    """A model trained on event frames cannot run on a graph that repeats one frame over T; optimizer
+    """A model trained on event frames cannot run on a graph that repeats one frame over T (onnx-step
+    takes the frames instead); optimizer
     flags a format or optimizer would ignore are refused, not dropped."""
     from edgesnn.checkpoint import save_checkpoint
     from edgesnn.errors import UsageError
@@ -319,10 +320,13 @@ def test_export_refuses_event_checkpoints_and_ignored_optimizer_flags(tmp_path):
     model = build_model("mlp", (8,), 3, 2, hidden=(4,))
     ev = save_checkpoint(tmp_path / "shd.ckpt", model.config, model.state_dict(), epoch=1,
                          train_config={"dataset": "shd", "timesteps": 2})
-    for fmt, out in (("onnx-step", "a"), ("onnx-training", "b"), ("onnx", "c.onnx"), ("torchscript", "d.pt")):
-        with pytest.raises(UsageError, match=f"--format {fmt}: .*event data \\(shd"):
+    for fmt, out in (("onnx-training", "b"), ("onnx", "c.onnx"), ("torchscript", "d.pt")):
+        with pytest.raises(UsageError, match=f"--format {fmt}: .*event data \\(shd.*use --format onnx-step"):
             _export_cli(["--checkpoint", str(ev), "--format", fmt, "--out", str(tmp_path / out)])
         assert not (tmp_path / out).exists()
+    # onnx-step takes T frames per sample (tests/test_export_step_events.py): x [N, T, *in_shape]
+    assert _export_cli(["--checkpoint", str(ev), "--format", "onnx-step", "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["in_shape"] == [2, 8]
     ok = save_checkpoint(tmp_path / "digits.ckpt", model.config, model.state_dict(), epoch=1,
                          train_config={"dataset": "digits", "timesteps": 2})
     for argv, words in ((["--optimizer", "adamw", "--momentum", "0.5"], "--momentum: applies to --optimizer sgd"),
