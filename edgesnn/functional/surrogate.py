@@ -174,6 +174,9 @@ def get_surrogate(spec: SurrogateLike, name: str = "surrogate") -> Surrogate:
         if key in _BY_NAME:
             return _BY_NAME[key]()
         raise ValueError(f"{name}: unknown name {spec!r}; expected one of {sorted(_BY_NAME)} or a Surrogate instance")
+    if isinstance(spec, type):  # a class (edgesnn's or SpikingJelly's Sigmoid): say how to make the instance
+        raise TypeError(f"{name}: expected a name {sorted(_BY_NAME)} or a Surrogate instance, got the class "
+                        f"{spec.__name__} itself; pass an instance, e.g. {spec.__name__}()")
     raise TypeError(f"{name}: expected a name {sorted(_BY_NAME)} or a Surrogate instance, got {type(spec).__name__}")
 
 

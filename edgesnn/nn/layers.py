@@ -112,7 +112,7 @@ class SeqToANN(nn.Module):
             self._check_wrapped_step_modes()
         xs = x_seq if isinstance(x_seq, tuple) else (x_seq,)
         for x in xs:
-            if isinstance(x, (list, int, float)) or type(x).__module__ == "numpy":  # (tracing proxies pass)
+            if x is None or isinstance(x, (list, int, float, str, bytes, dict)) or type(x).__module__ == "numpy":  # (proxies pass)
                 raise TypeError(f"SeqToANN: expected a [T, B, ...] tensor or a tuple of them, got {type(x_seq).__name__}")
             if x.dim() < 2:
                 raise ValueError(f"SeqToANN: expected a multi-step input [T, B, ...], got shape {tuple(x.shape)}")

@@ -28,13 +28,14 @@ A state carried by a multi-step ``stateful=True`` node continues into single-ste
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..functional.checks import check_finite as _check_finite, check_flag
+from ..functional.checks import NonFiniteInputError, all_finite, check_finite as _check_finite, check_flag, eager
 from ..functional.lif import LIFParams
 from ..kernels import dispatch
 from ._compat import LIFAttributes, resolve_surrogate
@@ -193,6 +194,15 @@ class _SpikingNode(nn.Module):
         if isinstance(self._v, torch.Tensor):
             self._v = self._v.detach()
 
+    def __getstate__(self) -> dict:
+        # deepcopy / pickle: a carried state keeps its value, not its autograd graph (which cannot be copied:
+        # deepcopy of a non-leaf tensor raised torch's 'Only Tensors created explicitly by the user' error)
+        state = super().__getstate__()
+        v = state.get("_v")
+        if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+            state = dict(state, _v=v.detach())
+        return state
+
     def _apply(self, fn, *args: Any, **kwargs: Any):
         # .to() / .double() / .cuda() move a carried state with the module, as SpikingJelly's memories
         if isinstance(self._v, torch.Tensor):
@@ -242,7 +252,7 @@ class _SpikingNode(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, ...] -> [T, B, ...]`` in step_mode ``"m"``; ``[B, ...] -> [B, ...]`` in ``"s"``."""
         single = self._step_mode == "s"
-        if isinstance(x, (list, tuple, int, float)) or type(x).__module__ == "numpy":  # (tracing proxies pass)
+        if x is None or isinstance(x, (list, tuple, int, float, str, bytes, dict)) or type(x).__module__ == "numpy":  # (proxies pass)
             raise TypeError(f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}")
         if isinstance(x, torch.Tensor):
             if not single and x.dim() == 4 and getattr(self, "_step_mode_implicit", False):
@@ -268,11 +278,31 @@ class _SpikingNode(nn.Module):
             v0 = self._take_held_state(x_seq)
             if not torch.compiler.is_compiling():  # eager only: .v warns once when read (see v)
                 self._no_final_state = True
-            out, _ = self._run(x_seq, v0)
+            out, v_T = self._run(x_seq, v0)
+            self._check_state_finite(v_T, x_seq)
             return out[0] if single else out
         out, v_T = self._run(x_seq, self._initial_state(x_seq))
+        self._check_state_finite(v_T, x_seq)
         self._v = v_T
         return out[0] if single else out
+
+    def _check_state_finite(self, v_T: torch.Tensor, x_seq: torch.Tensor) -> None:
+        """Eager: a finite input whose membrane state overflowed the dtype (to +-Inf, then NaN) gives wrong
+        spikes from that step on (a NaN never reaches the threshold); one reduction over ``v_T [B, ...]``
+        (an overflow leaves the final state non-finite) turns that into a one-line error. Skipped inside a
+        CUDA graph capture, like the kernels' own checks."""
+        if not eager() or not isinstance(v_T, torch.Tensor) or v_T.device.type == "meta" or not v_T.numel():
+            return  # (meta tensors: shapes only, no values)
+        if v_T.is_cuda and torch.cuda.is_current_stream_capturing():  # no host reads inside a CUDA graph capture
+            return
+        if math.isfinite(float(v_T.detach().sum())):  # the cheap common case (2-6 us; aminmax took 12-19 us)
+            return
+        if not all_finite(v_T):  # the sum may overflow with every value finite: the exact check decides
+            dtype = str(x_seq.dtype).replace("torch.", "")
+            big = float(x_seq.detach().abs().amax()) if x_seq.numel() else 0.0
+            raise NonFiniteInputError(
+                f"{type(self).__name__}: the membrane state overflowed {dtype} (reached Inf/NaN) for this x_seq "
+                f"(max |x_seq| = {big:.3g}), so its spikes would be wrong; scale the input down or use a wider dtype")
 
     def _state_repr(self) -> str:
         return f"step_mode={self._step_mode!r}, stateful={self.stateful}"

@@ -108,7 +108,8 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
     # ------------------------------------------------------------------ SpikingJelly attributes
 
     def _get_tau(self) -> float:
-        return float(1.0 / torch.sigmoid(self.w.detach()))
+        # in float64: in float32 sigmoid(w) rounds to 1 from w ~ 16.6 (tau - 1 < 6e-8), so tau read 1.0
+        return float(1.0 / torch.sigmoid(self.w.detach().double()))
 
     def _get_v_threshold(self) -> Union[float, torch.Tensor]:
         learned = self._parameters.get("v_threshold")
@@ -140,7 +141,10 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
             raise TypeError(f"{name}: expected a number (it is written into the node's parameter), got a tensor")
         current = {f.name: getattr(self._fixed, f.name) for f in dataclasses.fields(self._fixed)}
         v_th = self._get_v_threshold()
-        current.update(tau=self.tau, v_threshold=float(v_th.detach()) if isinstance(v_th, torch.Tensor) else v_th)
+        # the learned tau is validated only when assigned: trained to within float rounding of 1, it would fail
+        # 'tau > 1' and block every other assignment (its _fixed value was valid when set)
+        tau = self.tau if self.tau > 1.0 else self._fixed.tau
+        current.update(tau=tau, v_threshold=float(v_th.detach()) if isinstance(v_th, torch.Tensor) else v_th)
         lif = LIFParams(**{**current, **changes})
         learned = self._parameters.get("v_threshold")
         with torch.no_grad():
