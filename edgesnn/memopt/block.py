@@ -159,6 +159,11 @@ def _per_step_grad(x: torch.Tensor) -> bool:
 # the autograd function
 
 
+_SECOND_BACKWARD = ("optimize_memory: backward ran a second time through an optimized block (retain_graph=True, or "
+                    "two losses backed through one forward); a block frees what it saved in its first backward: "
+                    "sum the losses and call backward once, or call edgesnn.memopt.uninstall(model) to use plain autograd")
+
+
 class _BlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: Block, route: Route, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
@@ -253,6 +258,9 @@ class _BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        if getattr(ctx, "backward_ran", False):  # its saved input and checkpoints are freed (or spent)
+            raise RuntimeError(_SECOND_BACKWARD)
+        ctx.backward_ran = True
         buffers.release()  # as in forward: the pool holds one block's buffers at a time
         block: Block = ctx.block
         saved: SavedInput = ctx.saved_input
@@ -264,6 +272,7 @@ class _BlockFunction(torch.autograd.Function):
                 for t0, t1 in reversed(sb.feed_bounds):
                     sb.feed(t0, t1, grad_out[t0:t1])
                 sb.finish()
+            ctx.static_backward = ctx.saved_input = None
             return (None, None, sb.result) + sb.param_grads
         with stand_ins(block.owners, ctx.params) as subs:
             grad_in = _backward_chunks(ctx, block, saved, grad_out)

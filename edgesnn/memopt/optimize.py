@@ -9,6 +9,7 @@ predicts each block's peak from shapes and picks its chunk size.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -18,6 +19,8 @@ from ..planner import network as netplan
 from .block import Block
 from .layers import is_node, node_refusal
 from .partition import candidate_sequentials, partition
+from .report import as_chunk, check_example_input, is_whole_number, preserved_state, spiking_node, trace_error, \
+    warn_left_as_is
 from .sequential import MemoryOptimizedSequential, install
 
 __all__ = ["optimize_memory", "largest_batch"]
@@ -30,6 +33,8 @@ def _parse_budget(budget: Union[None, int, float, str]) -> Optional[int]:
         from ..planner.cli import parse_bytes
 
         return parse_bytes(budget, name="budget")
+    if is_whole_number(budget) and int(budget) >= 1:  # type: ignore[call-overload]
+        return int(budget)  # type: ignore[call-overload]
     if (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 1
             or budget != int(budget)):
         raise ValueError(f"budget: expected a positive whole number of bytes or a size like '512MiB', got {budget!r}")
@@ -38,7 +43,7 @@ def _parse_budget(budget: Union[None, int, float, str]) -> Optional[int]:
 
 def _check_bytes_per_param(v: object) -> None:
     """``optimizer_bytes_per_param`` is a finite number >= 0 (not a bool, not a name like "adam")."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
         raise ValueError(f"optimizer_bytes_per_param: expected a finite number >= 0 (0: none, Adam ~2), got {v!r}")
 
 
@@ -49,6 +54,11 @@ def _no_candidates_error(model: nn.Module) -> ValueError:
     if sub is not None:
         return ValueError(f"model: only plain nn.Sequential containers are rewritten, but the LIF/RevLIF nodes are in "
                           f"{type(sub).__name__}, a subclass of it; build that part as an nn.Sequential")
+    other = next(((name, m) for name, m in model.named_modules() if spiking_node(m) and node_refusal(m) is None),
+                 None)
+    if other is not None:
+        return ValueError(f"model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize: the "
+                          f"{type(other[1]).__name__} at {other[0] or 'the top'!r} is not supported (LIF and RevLIF only)")
     refused = next(((name, m) for name, m in model.named_modules() if node_refusal(m) is not None), None)
     if refused is not None:
         name, m = refused
@@ -93,25 +103,25 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
                     def pre_bn(mod, args, out, b=b):
                         records.setdefault(id(b), {})["pre_out"] = tuple(out.shape)
                     hooks.append(s.module.register_forward_hook(pre_bn))
-    buffers = [(buf, buf.detach().clone()) for buf in model.buffers()]
     try:
-        for n in nodes:
-            n.forward = _identity
-        try:
-            with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                model(mode.from_tensor(example_input))
-        except Exception:  # a layer fake tensors cannot run: trace with the real input instead
-            records.clear()
-            with torch.no_grad():
-                model(example_input)
-    finally:
-        for n in nodes:
-            del n.forward
-        for h in hooks:
-            h.remove()
-        with torch.no_grad():
-            for buf, val in buffers:
-                buf.copy_(val)
+        with preserved_state(model):
+            for n in nodes:
+                n.forward = _identity
+            try:
+                try:
+                    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                        model(mode.from_tensor(example_input))
+                except Exception:  # a layer fake tensors cannot run: trace with the real input instead
+                    records.clear()
+                    with torch.no_grad():
+                        model(example_input)
+            finally:
+                for n in nodes:
+                    del n.forward
+                for h in hooks:
+                    h.remove()
+    except Exception as err:
+        raise trace_error(example_input, err) from err
     for seq in seqs:
         for b in blocks[id(seq)]:
             r = records.get(id(b))
@@ -156,10 +166,8 @@ def optimize_memory(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError(f"example_input: expected a tensor, got {type(example_input).__name__}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk: expected an integer >= 1, got {chunk!r}")
+    check_example_input(example_input)
+    chunk = as_chunk(chunk)
     _check_bytes_per_param(optimizer_bytes_per_param)
     budget_bytes = _parse_budget(budget)
     if chunk is not None and budget_bytes is not None:
@@ -177,6 +185,7 @@ def optimize_memory(
                                optimizer_bytes_per_param=optimizer_bytes_per_param)
     for s in seqs:
         install(s, blocks[id(s)])
+    warn_left_as_is(model, seqs, blocks)
     return plan
 
 
