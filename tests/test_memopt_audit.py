@@ -152,3 +152,15 @@ def test_spikingjelly_call_order_and_numpy_integers():
     edgesnn.optimize_memory(_sj_net().float(), x, budget=np.int64(10**8), optimizer_bytes_per_param=np.float32(2))
     with pytest.raises(ValueError, match=r"^chunk: expected an integer >= 1, got np.int64\(0\)$"):
         edgesnn.optimize_memory(_sj_net().float(), x, chunk=np.int64(0))
+
+
+def test_a_tiny_budget_names_sizes_it_can_show():
+    """A budget under 1 MiB read '0.0 MiB cannot be met ... smallest budget accepted is 0.0 MiB'."""
+    from edgesnn.models import build_model
+    from edgesnn.planner.network import PlanningError
+
+    m = build_model("convnet", (1, 8, 8), 10, 4)
+    with pytest.raises(PlanningError) as info:
+        edgesnn.optimize_memory(m.body, torch.rand(4, 2, 1, 8, 8), budget=1)
+    msg = str(info.value)
+    assert msg.startswith("budget: 1 bytes cannot be met") and "0.0 MiB" not in msg and " KiB" in msg, msg

@@ -10,6 +10,8 @@ output saves those passes for ``T x`` its size in bytes.
 
 from __future__ import annotations
 
+import math
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
@@ -81,9 +83,14 @@ def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
         return path[-1], target
     least = predict_peak(shapes, path[-1], fixed_bytes)[0]
     raise PlanningError(
-        f"budget: {budget / 2**20:.1f} MiB cannot be met; the least this model needs at this batch and T is "
-        f"{least / 2**20:.1f} MiB, so the smallest budget accepted is {least / BUDGET_HEADROOM / 2**20:.1f} MiB "
+        f"budget: {_size(budget)} cannot be met; the least this model needs at this batch and T is "
+        f"{_size(least)}, so the smallest budget accepted is {_size(math.ceil(least / BUDGET_HEADROOM))} "
         f"(plans keep {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the batch or T, or raise the budget")
+
+
+def _size(n: float) -> str:
+    """Bytes for the budget message: MiB from 1 MiB on, else KiB or bytes (a tiny budget read '0.0 MiB')."""
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{int(n)} bytes"
 
 
 def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Sequence[int], target: int,
