@@ -82,9 +82,10 @@ def plan_chunks(shapes: Sequence[BlockShape], budget: Optional[int], fixed_bytes
     if budget is None:
         return path[-1], target
     least = predict_peak(shapes, path[-1], fixed_bytes)[0]
+    smallest = math.ceil(least / BUDGET_HEADROOM)
     raise PlanningError(
         f"budget: {_size(budget)} cannot be met; the least this model needs at this batch and T is "
-        f"{_size(least)}, so the smallest budget accepted is {_size(math.ceil(least / BUDGET_HEADROOM))} "
+        f"{_size(least)}, so the smallest budget accepted is {_size(smallest)} ({smallest} bytes) "
         f"(plans keep {100 - 100 * BUDGET_HEADROOM:.0f}% headroom): lower the batch or T, or raise the budget")
 
 
