@@ -189,8 +189,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 
 #: Formats whose graph takes one static frame ``[B, *in_shape]`` and repeats it over the T steps
-#: (``onnx-step`` takes ``[B, T, *in_shape]`` for a checkpoint trained on event data).
-STATIC_INPUT_FORMATS = ("onnx-training", "onnx", "torchscript")
+#: (``onnx-step``, ``onnx`` and ``torchscript`` take ``[B, T, *in_shape]`` for a checkpoint trained on event data).
+STATIC_INPUT_FORMATS = ("onnx-training",)
 
 
 def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
@@ -202,7 +202,8 @@ def _refuse_event_data(args: argparse.Namespace, ck: Dict) -> None:
     if args.format in STATIC_INPUT_FORMATS and dataset in EVENT_DATASETS:
         raise UsageError(f"--format {args.format}: {args.checkpoint} was trained on event data ({dataset}: T frames per "
                          f"sample), but this graph takes one frame and repeats it over T; use --format onnx-step "
-                         "(device fine-tuning on T frames per sample), nir (one time step per call) or checkpoint")
+                         "(device fine-tuning on T frames per sample), onnx or torchscript (inference on T frames), "
+                         "nir (one time step per call) or checkpoint")
 
 
 def _trained_on(ck: Dict):
@@ -237,8 +238,9 @@ def run(args: argparse.Namespace) -> int:
         from .prepare import split_trainable
 
         split_trainable(model, args.freeze, "--freeze")  # one line naming --freeze before any export work
+    from ..training.data import EVENT_DATASETS
+
     if args.format == "onnx-step":
-        from ..training.data import EVENT_DATASETS
         from .onnx_step import export_onnx_step
 
         event = _trained_on(ck) in EVENT_DATASETS  # T frames per sample: the graph takes x [B, T, ...]
@@ -260,7 +262,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "torchscript":
         from .torchscript import export_torchscript
 
-        print(f"wrote TorchScript module {export_torchscript(model, out)}")
+        event = _trained_on(ck) in EVENT_DATASETS
+        frames = f" (input [B, {model.timesteps}, {', '.join(map(str, model.in_shape))}]: T frames per sample)" if event else ""
+        print(f"wrote TorchScript module {export_torchscript(model, out, event=event)}{frames}")
     elif args.format == "nir":
         from .nir_export import export_nir
 
@@ -268,5 +272,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from .onnx_inference import export_onnx
 
-        print(f"wrote ONNX inference model {export_onnx(model, out)}")
+        event = _trained_on(ck) in EVENT_DATASETS
+        frames = f" (input [B, {model.timesteps}, {', '.join(map(str, model.in_shape))}]: T frames per sample)" if event else ""
+        print(f"wrote ONNX inference model {export_onnx(model, out, event=event)}{frames}")
     return 0

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_write_bytes
-from .prepare import ExportError, check_finite, example_input, export_copy
+from .prepare import ExportError, check_finite, example_input, export_copy, take_frames_batch_first
 
 __all__ = ["OPSET", "export_graph", "check_parameter_names", "inference_metadata", "add_metadata", "export_onnx"]
 
@@ -82,11 +82,12 @@ def _shape_text(dims: Sequence[int]) -> str:
     return ", ".join(str(int(d)) for d in dims)
 
 
-def inference_metadata(model: nn.Module, num_classes: int) -> Dict[str, str]:
+def inference_metadata(model: nn.Module, num_classes: int, event: bool = False) -> Dict[str, str]:
     """The ``metadata_props`` of an inference model: what the graph computes and how it was made.
 
     The graph is :class:`~edgesnn.models.SpikingClassifier`'s forward traced for a static input:
-    one frame ``[B, *in_shape]`` repeated over the ``T`` time steps, the readout averaged over T.
+    one frame ``[B, *in_shape]`` repeated over the ``T`` time steps, the readout averaged over T;
+    ``event``: T frames per sample, ``[B, T, *in_shape]`` (``in_shape`` is then ``[T, *in_shape]``).
     """
     from .. import __version__
     from ..checkpoint import encode_config
@@ -96,10 +97,12 @@ def inference_metadata(model: nn.Module, num_classes: int) -> Dict[str, str]:
         "edgesnn_version": __version__,
         "model_config": json.dumps(encode_config(getattr(model, "config", {})), sort_keys=True, default=str),
         "timesteps": str(T),
-        "in_shape": json.dumps([int(d) for d in in_shape]),
+        "in_shape": json.dumps(([T] if event else []) + [int(d) for d in in_shape]),
         "num_classes": str(int(num_classes)),
-        "input": f"input: float32 [B, {_shape_text(in_shape)}], one frame per sample, repeated over the T={T} time "
-                 "steps (direct encoding; not event data)",
+        "input": (f"input: float32 [B, {T}, {_shape_text(in_shape)}], T={T} frames per sample, frame t at time step t "
+                  "(event data)" if event else
+                  f"input: float32 [B, {_shape_text(in_shape)}], one frame per sample, repeated over the T={T} time "
+                  "steps (direct encoding; not event data)"),
         "output": f"logits: float32 [B, {int(num_classes)}], the readout layer's output averaged over the T={T} time "
                   "steps (no softmax)",
         "time_loop": "unrolled",
@@ -112,9 +115,9 @@ def _output_width(proto) -> int:
     return int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
 
 
-def add_metadata(proto, model: nn.Module) -> None:
+def add_metadata(proto, model: nn.Module, event: bool = False) -> None:
     """Store :func:`inference_metadata` in ``proto.metadata_props`` and a one-line ``doc_string``."""
-    meta = inference_metadata(model, _output_width(proto))
+    meta = inference_metadata(model, _output_width(proto), event)
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -123,8 +126,11 @@ def add_metadata(proto, model: nn.Module) -> None:
                         f"unrolled: {meta['input']} -> {meta['output']}")
 
 
-def export_onnx(model: nn.Module, path, batch_size: Optional[int] = None) -> Path:
+def export_onnx(model: nn.Module, path, batch_size: Optional[int] = None, event: bool = False) -> Path:
     """Export an inference-only ONNX model (``input [B, *in_shape] -> logits [B, classes]``), atomically.
+
+    ``event``: the model was trained on event data: the graph takes ``[B, T, *in_shape]``, frame
+    ``t`` at time step ``t`` (batch first, as ``onnx-step`` and the device data).
 
     The model carries :func:`inference_metadata` (``metadata_props``: edgesnn version, model
     config, T, input shape, class count, what the input and output mean) and a ``doc_string``.
@@ -136,7 +142,9 @@ def export_onnx(model: nn.Module, path, batch_size: Optional[int] = None) -> Pat
     """
     check_finite(model)
     clone = export_copy(model)
-    proto = export_graph(clone, example_input(clone, batch_size or 2), dynamic_batch=batch_size is None)
+    if event:
+        take_frames_batch_first(clone)
+    proto = export_graph(clone, example_input(clone, batch_size or 2, event=event), dynamic_batch=batch_size is None)
     check_parameter_names(proto, [n for n, _ in clone.named_parameters()])
-    add_metadata(proto, clone)
+    add_metadata(proto, clone, event)
     return atomic_write_bytes(path, proto.SerializeToString())

@@ -15,6 +15,7 @@ Parameter and buffer names are unchanged, so exported graphs use the PyTorch ``s
 from __future__ import annotations
 
 import copy
+import types
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -195,9 +196,19 @@ def check_finite(model: nn.Module, label: str = "model") -> None:
                               "training run?); refusing to export it")
 
 
-def example_input(model: SpikingClassifier, batch_size: int, seed: int = 0) -> torch.Tensor:
-    """A float32 example input ``[batch_size, *model.in_shape]`` in ``[0, 1)`` for tracing."""
+def example_input(model: SpikingClassifier, batch_size: int, seed: int = 0, event: bool = False) -> torch.Tensor:
+    """A float32 example input ``[batch_size, *model.in_shape]`` in ``[0, 1)`` for tracing
+    (``event``: ``[batch_size, T, *model.in_shape]``, one frame per time step)."""
     if batch_size < 1:
         raise ExportError(f"batch_size: expected >= 1, got {batch_size}")
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch_size, *model.in_shape, generator=g)
+    frames = (int(model.timesteps),) if event else ()
+    return torch.rand(batch_size, *frames, *model.in_shape, generator=g)
+
+
+def take_frames_batch_first(clone: SpikingClassifier) -> None:
+    """Make ``clone`` (an export copy) take event data as the device data holds it, batch first:
+    ``x [B, T, *in_shape]``, frame ``t`` at step ``t`` (its forward takes ``[T, B, ...]``). The
+    forward is replaced on the instance, so the parameter names stay the model's."""
+    base = type(clone).forward
+    clone.forward = types.MethodType(lambda self, x: base(self, x.transpose(0, 1)), clone)

@@ -28,7 +28,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import encode_config
 from .artifacts import atomic_write_bytes
-from .prepare import check_finite, example_input, export_copy
+from .prepare import check_finite, example_input, export_copy, take_frames_batch_first
 
 __all__ = ["METADATA_FILE", "export_torchscript", "load_torchscript"]
 
@@ -49,13 +49,13 @@ def _scripted_check():
     return torch.jit.script(_check_input)
 
 
-def _trace_checked(clone: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+def _trace_checked(clone: nn.Module, example: torch.Tensor, event: bool = False) -> torch.jit.ScriptModule:
     """Trace ``clone`` with the per-sample shape check in front of its forward.
 
     Python shape checks are evaluated once at trace time and vanish from the trace; the check
     is therefore a scripted call made from a forward pre-hook (the hook runs inside the trace;
     the parameter names stay those of ``clone``)."""
-    check, in_shape = _scripted_check(), [int(d) for d in clone.in_shape]
+    check, in_shape = _scripted_check(), ([int(clone.timesteps)] if event else []) + [int(d) for d in clone.in_shape]
     handle = clone.register_forward_pre_hook(lambda module, args: (check(args[0], in_shape),))
     try:
         return torch.jit.trace(clone, (example,), check_trace=False)
@@ -63,24 +63,28 @@ def _trace_checked(clone: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
         handle.remove()
 
 
-def export_torchscript(model: nn.Module, path, batch_size: int = 4) -> Path:
+def export_torchscript(model: nn.Module, path, batch_size: int = 4, event: bool = False) -> Path:
     """Trace ``model`` (reference backend, eval-mode BatchNorm) and save it atomically to ``path``.
 
     The saved module maps ``[B, *in_shape]`` (any ``B``) to logits ``[B, classes]`` (one frame
     repeated over T, the readout averaged over T) and raises on any other input shape; its
     ``parameters()`` carry the PyTorch names and train with any ``torch.optim`` optimizer. The
     model config is stored in the archive as ``edgesnn.json``. A NaN or Inf in the model's
-    parameters or buffers is refused.
+    parameters or buffers is refused. ``event``: the model was trained on event data: the module
+    takes ``[B, T, *in_shape]``, frame ``t`` at time step ``t`` (``in_shape`` in ``edgesnn.json`` is
+    then ``[T, *in_shape]``).
     """
     check_finite(model)
     clone = export_copy(model)
-    example = example_input(clone, batch_size)
+    if event:
+        take_frames_batch_first(clone)
+    example = example_input(clone, batch_size, event=event)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings (shape checks), TorchScript deprecation
-        traced = _trace_checked(clone, example)
+        traced = _trace_checked(clone, example, event)
         buf = io.BytesIO()
         meta = {"model_config": encode_config(getattr(model, "config", {})), "edgesnn_version": __version__, "time_loop": "unrolled",
-                "batchnorm": "frozen-statistics", "in_shape": [int(d) for d in clone.in_shape],
+                "batchnorm": "frozen-statistics", "in_shape": list(example.shape[1:]),
                 "timesteps": int(clone.timesteps)}
         torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(meta)})
     return atomic_write_bytes(path, buf.getvalue())

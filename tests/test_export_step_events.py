@@ -7,8 +7,10 @@ per sample instead of one frame repeated over T.
   match PyTorch eager fed ``[T, B, ...]`` (LIF and RevLIF, MLP and conv net, T = 8 and 5: chunks
   of 4 and of 1), RevLIF reconstruction exactly 0; ``eval.onnx`` gives the model's logits.
 * From the CLI: train on SHD files in the real format, export (the format used to refuse such a
-  checkpoint), fine-tune with ``edgesnn-device`` on the loader's frames. The formats that repeat
-  one frame (onnx-training, onnx, torchscript) still refuse it: tests/test_export_step.py.
+  checkpoint), fine-tune with ``edgesnn-device`` on the loader's frames.
+* The inference exports (``onnx``, ``torchscript``) of such a model take the same ``[B, T, ...]``
+  frames and give the model's logits; ``onnx-training`` (one frame repeated) still refuses it
+  (tests/test_export_step.py).
 """
 
 from __future__ import annotations
@@ -126,3 +128,43 @@ def _device(*args):
 
     return subprocess.run([sys.executable, "-m", "edgesnn.export.runner", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
+
+
+def test_inference_exports_take_frames(tmp_path, capsys):
+    import json
+    import warnings
+
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.cli import main
+    from edgesnn.export.runner import import_plain_ort
+    from edgesnn.export.torchscript import METADATA_FILE, load_torchscript
+    from edgesnn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("convnet", (2, 6, 6), 4, 3, neuron="revlif", channels=(4, 4)).eval()
+    ck = save_checkpoint(tmp_path / "ev.ckpt", model.config, model.state_dict(), epoch=1,
+                         train_config={"dataset": "dvsgesture", "timesteps": 3})
+    assert main(["export", "--checkpoint", str(ck), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "input [B, 3, 2, 6, 6]: T frames per sample" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(ck), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    ort = import_plain_ort()
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["in_shape"]) == [3, 2, 6, 6] and "frame t at time step t" in meta["input"]
+    ts = load_torchscript(tmp_path / "m.pt")
+    files = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        torch.jit.load(str(tmp_path / "m.pt"), _extra_files=files)
+    assert json.loads(files[METADATA_FILE])["in_shape"] == [3, 2, 6, 6]
+    g = torch.Generator().manual_seed(2)
+    for batch in (2, 5):  # a dynamic batch
+        x = torch.rand(batch, 3, 2, 6, 6, generator=g) * 4.0
+        with torch.no_grad():
+            want = model(x.transpose(0, 1)).numpy()
+            got_ts = ts(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], want, atol=1e-4)
+        np.testing.assert_allclose(got_ts, want, atol=1e-5)
+    assert np.abs(want - want[0]).max() > 1e-5  # samples differ: the check is not vacuous
+    with pytest.raises(torch.jit.Error, match=r"expected \[B, 3, 2, 6, 6\]"):
+        ts(torch.rand(2, 2, 6, 6))  # one frame per sample: refused, not repeated
