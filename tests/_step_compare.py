@@ -6,18 +6,22 @@ import numpy as np
 import torch
 
 
-def runner_matches_torch(model, art_dir, classes: int, steps: int = 5, batch: int = 4, lr: float = 0.05, ref=None) -> None:
-    """Export ``model`` (onnx-step, SGD momentum 0.9), run ``steps`` runner steps and the same SGD
-    steps in PyTorch eager on ``ref`` (default: ``export_copy(model)``): the first step's gradients
-    agree to 2e-5 and are not all zero, every loss to 1e-5, the RevLIF reconstruction error is 0,
-    and the final parameters agree to 1e-5."""
+def runner_matches_torch(model, art_dir, classes: int, steps: int = 5, batch: int = 4, lr: float = 0.05, ref=None,
+                         export: bool = True, event: bool = False):
+    """Run ``steps`` runner steps on ``art_dir`` and the same SGD (momentum 0.9) steps in PyTorch eager
+    on ``ref`` (default: ``export_copy(model)``): the first step's gradients agree to 2e-5 and the
+    first layer's are not all zero, every loss to 1e-5, the RevLIF reconstruction error is 0, and
+    the final parameters agree to 1e-5. ``export``: write ``art_dir`` first (onnx-step, SGD momentum
+    0.9; otherwise it was exported with those settings); ``event``: the input is ``[B, T, ...]``
+    frames (the model takes them time-major). Returns ``(session, manifest, initial values, ref)``."""
     from edgesnn.export.artifacts import validate_artifact_dir
     from edgesnn.export.onnx_step import export_onnx_step
     from edgesnn.export.prepare import export_copy
     from edgesnn.export.runner import import_plain_ort
     from edgesnn.export.step_runner import StepSession
 
-    export_onnx_step(model, art_dir, batch, "sgd", lr, momentum=0.9)
+    if export:
+        export_onnx_step(model, art_dir, batch, "sgd", lr, momentum=0.9, event=event)
     manifest = validate_artifact_dir(art_dir)
     with np.load(art_dir / "init.npz") as npz:
         start = {k: npz[k] for k in npz.files}
@@ -28,9 +32,14 @@ def runner_matches_torch(model, art_dir, classes: int, steps: int = 5, batch: in
     opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     for k in range(steps):
-        x, y = torch.rand(batch, *model.in_shape, generator=g) * 2.0, torch.randint(0, classes, (batch,), generator=g)
+        if event:  # spike counts 0-2 per frame
+            shape = (batch, model.timesteps, *model.in_shape)
+            x = (torch.rand(shape, generator=g) < 0.3).float() * torch.randint(1, 3, shape, generator=g)
+        else:
+            x = torch.rand(batch, *model.in_shape, generator=g) * 2.0
+        y = torch.randint(0, classes, (batch,), generator=g)
         loss, _, err = sess.step(x.numpy(), y.numpy())
-        out = torch.nn.functional.cross_entropy(ref(x), y)
+        out = torch.nn.functional.cross_entropy(ref(x.transpose(0, 1) if event else x), y)
         opt.zero_grad()
         out.backward()
         if k == 0:  # first SGD step: (start - new) / lr is the gradient
@@ -43,3 +52,4 @@ def runner_matches_torch(model, art_dir, classes: int, steps: int = 5, batch: in
     got = sess.values()
     diffs = {n: float(np.abs(got[n] - p.detach().numpy()).max()) for n, p in params.items()}
     assert max(diffs.values()) < 1e-5, diffs
+    return sess, manifest, start, ref

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from _step_compare import runner_matches_torch
 from test_export_common import needs_onnx_runtime, run_python
 
 pytestmark = needs_onnx_runtime
@@ -270,10 +271,6 @@ def test_odd_input_sizes_export_and_match_torch(tmp_path, shape, neuron):
     it with static sizes (a pad of run-time size made the next conv weight gradient unexportable).
     The first step's gradients and 5 SGD-momentum steps match PyTorch eager."""
     from edgesnn.checkpoint import save_checkpoint
-    from edgesnn.export.artifacts import validate_artifact_dir
-    from edgesnn.export.prepare import export_copy
-    from edgesnn.export.runner import import_plain_ort
-    from edgesnn.export.step_runner import StepSession
     from edgesnn.models import build_model
 
     torch.manual_seed(0)
@@ -281,32 +278,7 @@ def test_odd_input_sizes_export_and_match_torch(tmp_path, shape, neuron):
     ck = save_checkpoint(tmp_path / "odd.ckpt", model.config, model.state_dict(), epoch=1)
     assert _export_cli(["--checkpoint", str(ck), "--format", "onnx-step", "--out", str(tmp_path / "art"),
                         "--batch-size", "4", "--lr", "0.05"]) == 0  # the audit's command line
-    manifest = validate_artifact_dir(tmp_path / "art")
-    with np.load(tmp_path / "art" / "init.npz") as npz:
-        start = {k: npz[k] for k in npz.files}
-    sess = StepSession(import_plain_ort(), tmp_path / "art", manifest, start, threads=1, lean_memory=True)
-    sess.set_lr(0.05)
-    ref = export_copy(model)
-    params = dict(ref.named_parameters())
-    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(1)
-    for k in range(5):
-        x, y = torch.rand(4, *shape, generator=g) * 2.0, torch.randint(0, 3, (4,), generator=g)
-        loss, _, err = sess.step(x.numpy(), y.numpy())
-        out = torch.nn.functional.cross_entropy(ref(x), y)
-        opt.zero_grad()
-        out.backward()
-        if k == 0:  # first SGD step: (start - new) / lr is the gradient
-            got = sess.values()
-            for n, p in params.items():
-                np.testing.assert_allclose((start[n] - got[n]) / 0.05, p.grad.numpy(), atol=2e-5, err_msg=n)
-            conv0 = manifest.trainable[0]
-            assert params[conv0].grad.abs().max() > 0, "the first conv's gradient is zero: the check is vacuous"
-        opt.step()
-        assert err == 0.0 and abs(loss - out.item()) < 1e-5, (k, loss, out.item(), err)
-    got = sess.values()
-    diffs = {n: float(np.abs(got[n] - p.detach().numpy()).max()) for n, p in params.items()}
-    assert max(diffs.values()) < 1e-5, diffs
+    runner_matches_torch(model, tmp_path / "art", 3, export=False)
 
 
 def test_export_refuses_event_checkpoints_and_ignored_optimizer_flags(tmp_path):

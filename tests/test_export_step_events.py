@@ -19,45 +19,20 @@ import numpy as np
 import pytest
 import torch
 
+from _step_compare import runner_matches_torch
 from test_export_common import needs_onnx_runtime
 
 pytestmark = needs_onnx_runtime
 
 
-def _runner_matches_torch_on_frames(model, art, T, shape, classes=4, steps=5, batch=4, lr=0.05):
-    from edgesnn.export.artifacts import validate_artifact_dir
-    from edgesnn.export.onnx_step import export_onnx_step
-    from edgesnn.export.prepare import export_copy
+def _runner_matches_torch_on_frames(model, art, T, shape, batch=4):
     from edgesnn.export.runner import import_plain_ort
-    from edgesnn.export.step_runner import StepSession
 
-    manifest = export_onnx_step(model, art, batch, "sgd", lr, momentum=0.9, event=True)
-    assert manifest.in_shape == [T, *shape] and validate_artifact_dir(art).in_shape == [T, *shape]
-    with np.load(art / "init.npz") as npz:
-        start = {k: npz[k] for k in npz.files}
-    ort = import_plain_ort()
-    sess = StepSession(ort, art, manifest, start, threads=1, lean_memory=True)
-    sess.set_lr(lr)
-    ref = export_copy(model)
-    params = dict(ref.named_parameters())
-    opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9)
-    g = torch.Generator().manual_seed(1)
-    for k in range(steps):
-        x = (torch.rand(batch, T, *shape, generator=g) < 0.3).float() * torch.randint(1, 3, (batch, T, *shape), generator=g)
-        y = torch.randint(0, classes, (batch,), generator=g)
-        loss, _, err = sess.step(x.numpy(), y.numpy())
-        out = torch.nn.functional.cross_entropy(ref(x.transpose(0, 1)), y)  # the model takes [T, B, ...]
-        opt.zero_grad()
-        out.backward()
-        if k == 0:
-            got = sess.values()
-            for n, p in params.items():
-                np.testing.assert_allclose((start[n] - got[n]) / lr, p.grad.numpy(), atol=2e-5, err_msg=n)
-            assert params[manifest.trainable[0]].grad.abs().max() > 0, "the first layer's gradient is zero: vacuous"
-        opt.step()
-        assert err == 0.0 and abs(loss - out.item()) < 1e-5, (k, loss, out.item(), err)
+    sess, manifest, start, ref = runner_matches_torch(model, art, 4, batch=batch, event=True)
+    assert manifest.in_shape == [T, *shape]  # one sample: T frames
     got = sess.values()
-    assert max(float(np.abs(got[n] - p.detach().numpy()).max()) for n, p in params.items()) < 1e-5
+    ort = import_plain_ort()
+    g = torch.Generator().manual_seed(2)
     # the eval graph on frames: the trained model's logits
     ev = ort.InferenceSession(str(art / "eval.onnx"), providers=["CPUExecutionProvider"])
     x = torch.rand(batch, T, *shape, generator=g) * 4.0
