@@ -5,7 +5,10 @@
 ``onnxruntime`` (any ``InferenceSession``; no training build, no torch). Inside:
 
 1. **prefix**: the stateless layers before the first spiking node see the same (direct-encoded)
-   input at every step, so they run once on ``[B, ...]``.
+   input at every step, so they run once on ``[B, ...]``. For a model trained on event data
+   (``event=True``: ``x [B, T, ...]``, one frame per step) they run at every step instead, as the
+   first spiking layer's block; the prefix then only cuts the frames into chunks ``[T/K, K, B, ...]``,
+   which the forward Scan scans and the backward Loop gathers, chunk by chunk.
 2. **forward** ``Scan`` over the ``T`` steps, ``K`` steps per iteration (``K`` = 4, 2 or 1, the
    largest that divides ``T``). Per spiking layer it keeps, for the backward, only:
    LIF: ``h`` (float32, 4 bytes per neuron-step, as the ``torch`` backend saves);
