@@ -111,7 +111,7 @@ def _body():
 
 def test_to_nir_names_the_layer_when_in_shape_does_not_fit():
     with pytest.raises(enir.NIRError, match=r"^layer 0\.module: Linear cannot take one sample of shape \(4,\) "
-                                            r"\(in_shape \(4,\)\): mat1 and mat2"):
+                                            r"\(in_shape \(4,\)\): .*mat1 and mat2"):  # torch 2.15 says 'addmm: mat1 ...'
         enir.to_nir(_body(), in_shape=(4,))
 
 
