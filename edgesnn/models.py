@@ -17,15 +17,29 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .functional.checks import check_int
 from .nn import LIF, RevLIF, SeqToANN
 
-__all__ = ["MODEL_NAMES", "POOLS", "SpikingClassifier", "build_model", "parse_neuron_spec", "spiking_layers", "make_neuron"]
+__all__ = ["MODEL_NAMES", "POOLS", "SpikingClassifier", "build_model", "check_pool", "parse_neuron_spec", "spiking_layers", "make_neuron"]
 
 MODEL_NAMES = ("mlp", "convnet", "vgg11")
 #: The conv models' pooling layers (``build_model(pool=...)``, ``--pool``).
 POOLS = ("avg", "max")
 NeuronArg = Union[str, Sequence[str]]
+
+
+def check_pool(model: str, pool: str, flag: str = "pool") -> None:
+    """Refuse a ``pool`` that is not one of :data:`POOLS`, or a non-default one for the mlp (which has none).
+
+    ``flag`` names the parameter in the message: ``"pool"`` for :func:`build_model`, ``"--pool"``
+    for the command lines. Raises :class:`~edgesnn.errors.UsageError` (a ``ValueError``).
+    """
+    if pool not in POOLS:
+        raise UsageError(f"{flag}: expected one of {', '.join(POOLS)}, got {pool!r}")
+    if pool != "avg" and model == "mlp":
+        shown = f"pool={pool!r}" if flag == "pool" else f"{flag} {pool}"
+        raise UsageError(f"{flag}: the mlp model has no pooling layer ({shown} is for convnet and vgg11)")
 
 VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -217,10 +231,7 @@ def build_model(
     timesteps = check_int(timesteps, "timesteps", 1)
     if not isinstance(batchnorm, bool):
         raise ValueError(f"batchnorm: expected True or False, got {batchnorm!r}")
-    if pool not in POOLS:
-        raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
-    if pool != "avg" and name == "mlp":
-        raise ValueError(f"pool: the mlp model has no pooling layer (pool={pool!r} is for convnet and vgg11)")
+    check_pool(name, pool)
     if name == "mlp":
         hidden = _int_list(hidden, "hidden")
     elif name == "convnet":

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..atomic import atomic_write, check_output, user_path
-from ..models import POOLS
+from ..models import POOLS, check_pool
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -213,8 +213,7 @@ def run(args: argparse.Namespace) -> int:
         kw["hidden"] = _int_list(args.hidden, "--hidden")
     if args.channels:
         kw["channels"] = _int_list(args.channels, "--channels")
-    if args.pool != "avg" and args.model == "mlp":
-        raise ValueError(f"--pool: the mlp model has no pooling layer (--pool {args.pool} is for convnet and vgg11)")
+    check_pool(args.model, args.pool, "--pool")
     model = build_model(args.model, shape, classes, timesteps, neuron="lif", node={"backend": args.backend},
                         pool=args.pool, **kw)
     from .plan import check_batchnorm_batch

@@ -13,7 +13,7 @@ from typing import Optional
 from ..atomic import user_path
 from ..errors import UsageError
 from ..kernels.dispatch import BACKENDS
-from ..models import MODEL_NAMES, POOLS
+from ..models import MODEL_NAMES, POOLS, check_pool
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
@@ -171,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
     args.neuron = args.neuron or "lif"
     args.backend = args.backend or "auto"
     args.pool = args.pool or "avg"
-    if args.pool != "avg" and args.model == "mlp":
-        raise UsageError(f"--pool: the mlp model has no pooling layer (--pool {args.pool} is for convnet and vgg11)")
+    check_pool(args.model, args.pool, "--pool")
     for flag, value in (("--epochs", args.epochs), ("--timesteps", args.timesteps), ("--batch-size", args.batch_size),
                         ("--eval-batch", args.eval_batch), ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
