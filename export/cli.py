@@ -219,6 +219,16 @@ def _input_range(ck: Dict):
     return (0.0, 1.0) if _trained_on(ck) in UNIT_RANGE_DATASETS else None
 
 
+def _frames_text(batch: str, in_shape) -> str:
+    """``[N, T, C, ...]: T frames per sample``: the input of a graph exported from event data."""
+    return f"[{batch}, {', '.join(map(str, in_shape))}]: T frames per sample"
+
+
+def _event_input(model, event: bool) -> str:
+    """The inference formats' input note for a checkpoint trained on event data (else empty)."""
+    return f" (input {_frames_text('B', (model.timesteps, *model.in_shape))})" if event else ""
+
+
 def _frozen_text(args: argparse.Namespace) -> str:
     return f" ({', '.join(args.freeze)} frozen)" if args.freeze else ""
 
@@ -240,15 +250,15 @@ def run(args: argparse.Namespace) -> int:
         split_trainable(model, args.freeze, "--freeze")  # one line naming --freeze before any export work
     from ..training.data import EVENT_DATASETS
 
+    event = _trained_on(ck) in EVENT_DATASETS  # T frames per sample: the graphs take x [B, T, ...]
     if args.format == "onnx-step":
         from .onnx_step import export_onnx_step
 
-        event = _trained_on(ck) in EVENT_DATASETS  # T frames per sample: the graph takes x [B, T, ...]
         manifest = replace_dir(out, lambda tmp: export_onnx_step(
             model, tmp, args.batch_size, args.optimizer, args.lr, 0.9 if args.momentum is None else args.momentum,
             args.weight_decay, args.nesterov, input_range=_input_range(ck), freeze=args.freeze, event=event))
         kinds = ", ".join(sorted({n["kind"] for n in manifest.neurons}))
-        data = f"; device data x [N, {', '.join(map(str, manifest.in_shape))}]: T frames per sample" if event else ""
+        data = f"; device data x {_frames_text('N', manifest.in_shape)}" if event else ""
         print(f"wrote ONNX training-step graph to {out} (batch {manifest.batch_size}, T {manifest.timesteps} in a Scan of "
               f"{manifest.chunk}-step chunks, {kinds}, {len(manifest.trainable)} trainable tensors{_frozen_text(args)}, "
               f"optimizer {manifest.optimizer}{data}); run it with edgesnn-device (numpy + plain onnxruntime)")
@@ -262,9 +272,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "torchscript":
         from .torchscript import export_torchscript
 
-        event = _trained_on(ck) in EVENT_DATASETS
-        frames = f" (input [B, {model.timesteps}, {', '.join(map(str, model.in_shape))}]: T frames per sample)" if event else ""
-        print(f"wrote TorchScript module {export_torchscript(model, out, event=event)}{frames}")
+        print(f"wrote TorchScript module {export_torchscript(model, out, event=event)}{_event_input(model, event)}")
     elif args.format == "nir":
         from .nir_export import export_nir
 
@@ -272,7 +280,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         from .onnx_inference import export_onnx
 
-        event = _trained_on(ck) in EVENT_DATASETS
-        frames = f" (input [B, {model.timesteps}, {', '.join(map(str, model.in_shape))}]: T frames per sample)" if event else ""
-        print(f"wrote ONNX inference model {export_onnx(model, out, event=event)}{frames}")
+        print(f"wrote ONNX inference model {export_onnx(model, out, event=event)}{_event_input(model, event)}")
     return 0
