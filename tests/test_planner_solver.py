@@ -104,6 +104,8 @@ def test_impossible_budget_says_minimum_and_what_to_change():
         plan_model(chain, 8, 700 * 2**20, 300 * 2**20, batch=256)
     msg = str(err.value)
     assert "needs" in msg and "bytes" in msg and re.search(r"--batch \d+ or less", msg)
+    fits = int(re.search(r"--batch (\d+) or less", msg).group(1))
+    assert f"(edgesnn train --micro-batch {fits} still steps on batches of 256, {fits} samples at a time)" in msg
     with pytest.raises(PlanningError, match="--timesteps"):
         plan_model(chain, 64, 1100 * 2**20, 300 * 2**20, batch=16)  # fewer steps would fit
     with pytest.raises(PlanningError, match="too small"):

@@ -8,6 +8,7 @@ steady-state peak of a step with optimizer state allocated.
 
     PYTHONPATH=. python tools/validate_planner.py [--json out.json] [--quick]
     PYTHONPATH=. python tools/validate_planner.py --calibrate   # runtime overhead of this host
+    PYTHONPATH=. python tools/validate_planner.py --quick --micro-batch 8   # each batch in parts (train --micro-batch)
 
 Targets: activation bytes within 10%, peak RSS within 15%.
 
@@ -64,6 +65,7 @@ def worker(spec: dict) -> dict:
 
     from edgesnn.memory import SavedTensorCounter, _storage_key, peak_rss_bytes, reset_peak_rss
     from edgesnn.models import build_model
+    from edgesnn.training.micro_batch import accumulate_gradients, micro_batches
 
     torch.manual_seed(0)
     m = build_model(spec["model"], spec["in_shape"], 10, spec["T"], neuron=spec["neuron"], node=spec["node"], **spec["kwargs"])
@@ -74,22 +76,29 @@ def worker(spec: dict) -> dict:
     act = None
     peak = 0
     times = []
+    parts = micro_batches(torch.arange(spec["B"]), spec.get("micro"))  # one part unless --micro-batch
+
+    def load(p):  # one part: the whole batch as allocated above (no copy inside the measured step)
+        return (x, y) if len(parts) == 1 else (x[p], y[p])
+
     for it in range(3):
         if it == 1:
             reset_peak_rss()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        if it == 0:
+        if it == 0:  # the activation bytes of one (the largest) part, as the planner predicts them
             with SavedTensorCounter() as c:
-                loss = nn.functional.cross_entropy(m(x), y)
+                xp, yp = load(parts[0])
+                loss = nn.functional.cross_entropy(m(xp), yp)
             act = sum(n for k, n in c.storages.items() if k not in pk)
             c._keep.clear()
             del c
-        else:
-            loss = nn.functional.cross_entropy(m(x), y)
-        loss.backward()
+            loss.backward()
+            del loss
+        else:  # edgesnn train's step: the parts' gradients added up, then one optimizer step
+            accumulate_gradients(m, nn.functional.cross_entropy, parts, load,
+                                 lambda: opt.zero_grad(set_to_none=True), lambda v: None)
         opt.step()
-        del loss
         times.append(time.perf_counter() - t0)
         peak = peak_rss_bytes()
     return dict(activation_bytes=act, peak_rss_bytes=peak, step_s=min(times[1:]))
@@ -106,7 +115,8 @@ def predict(spec: dict, overhead: int) -> dict:
     chain = ChainModel(m)
     n = spec["neuron"]
     opts = [n] * len(chain.spiking) if isinstance(n, str) else list(n)
-    return _predict(chain, opts, spec["T"], spec["B"], overhead + kernel_runtime_bytes(chain))
+    batch = min(spec["B"], spec.get("micro") or spec["B"])  # --micro-batch: the largest part is what is computed at once
+    return _predict(chain, opts, spec["T"], batch, overhead + kernel_runtime_bytes(chain), accumulate=batch < spec["B"])
 
 
 def run_fresh(spec: dict) -> dict:
@@ -118,9 +128,10 @@ def run_fresh(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _spec(cfg, backend: str) -> dict:
+def _spec(cfg, backend: str, micro=None) -> dict:
     model, shape, T, B, neuron, kwargs = cfg
-    return dict(model=model, in_shape=list(shape), T=T, B=B, neuron=neuron, kwargs=kwargs, node={"backend": backend})
+    return dict(model=model, in_shape=list(shape), T=T, B=B, neuron=neuron, kwargs=kwargs, node={"backend": backend},
+                micro=micro)
 
 
 def _label(neuron) -> str:
@@ -218,6 +229,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 configurations instead of 12")
     ap.add_argument("--backend", default="torch", choices=["auto", "torch", "numba", "reference"],
                     help="neuron backend of every node (default: torch)")
+    ap.add_argument("--micro-batch", type=positive_int, default=None, metavar="M",
+                    help="run each configuration's batch in parts of at most M samples (edgesnn train --micro-batch), "
+                         "predicted at the largest part with the gradients accumulating (planner predict(accumulate=True)); "
+                         "the table adds the whole batch's measured peak beside it")
     ap.add_argument("--calibrate", action="store_true", help="measure the runtime overhead of this host")
     net = ap.add_argument_group("whole-network benchmark rows (--network)")
     net.add_argument("--network", action="store_true", help="predicted vs measured peak of bench_network_memory.py's rows")
@@ -256,8 +271,11 @@ def main(argv=None) -> int:
            f"{'err':>7} | {'RSS pred MiB':>12} | {'RSS meas MiB':>12} | {'err':>7} |")
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    if args.micro_batch:
+        print(f"(B: the step's batch, computed in parts of at most {args.micro_batch} samples; predicted at the largest part, "
+              "gradients accumulating)")
     for cfg in configs:
-        spec = _spec(cfg, args.backend)
+        spec = _spec(cfg, args.backend, args.micro_batch)
         meas = run_fresh(spec)
         pred = predict(spec, runtime_overhead)
         ea = (pred["activation_bytes"] - meas["activation_bytes"]) / meas["activation_bytes"] * 100
@@ -265,10 +283,16 @@ def main(argv=None) -> int:
         row = dict(model=spec["model"], neuron=_label(spec["neuron"]), T=spec["T"], B=spec["B"],
                    activation_pred=pred["activation_bytes"], activation_meas=meas["activation_bytes"], activation_err_pct=ea,
                    rss_pred=pred["peak_bytes"], rss_meas=meas["peak_rss_bytes"], rss_err_pct=er, step_s=meas["step_s"])
+        whole = ""
+        if args.micro_batch:  # the same step on the whole batch, for the saving (and its time)
+            full = run_fresh(dict(spec, micro=None))
+            row.update(micro_batch=args.micro_batch, whole_rss_meas=full["peak_rss_bytes"], whole_step_s=full["step_s"])
+            whole = (f" whole batch {full['peak_rss_bytes'] / 2**20:.1f} MiB "
+                     f"({full['peak_rss_bytes'] / meas['peak_rss_bytes']:.2f}x), step {meas['step_s'] / full['step_s']:.2f}x |")
         rows.append(row)
         print(f"| {row['model']:8} | {row['neuron']:18} | {row['T']:>3} | {row['B']:>4} | {row['activation_pred'] / 2**20:12.1f} | "
               f"{row['activation_meas'] / 2**20:12.1f} | {ea:+6.2f}% | {row['rss_pred'] / 2**20:12.1f} | "
-              f"{row['rss_meas'] / 2**20:12.1f} | {er:+6.2f}% |", flush=True)
+              f"{row['rss_meas'] / 2**20:12.1f} | {er:+6.2f}% |{whole}", flush=True)
     worst_a = max(abs(r["activation_err_pct"]) for r in rows)
     worst_r = max(abs(r["rss_err_pct"]) for r in rows)
     ok = worst_a <= 10 and worst_r <= 15

@@ -10,6 +10,9 @@ replay follows what PyTorch does on the CPU:
   it, and each saved storage is freed after the last layer that saved it has run.
 * optimizer step: all gradients and states live; Adam's ``foreach`` update adds about one
   parameter-sized temporary.
+* ``accumulate=True``: a later micro-batch of a step (``edgesnn train --micro-batch``): every
+  parameter gradient is already resident from the forward on, and each layer's new parameter
+  gradient is a temporary added into it.
 
 The result is the *dynamic* peak (activations, gradients, temporaries); the caller adds
 parameters, optimizer state and the runtime's own overhead. Predicting peak RSS with this needs
@@ -44,8 +47,10 @@ class StepPeak:
     events: Tuple[int, ...] = ()
 
 
-def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, optimizer: str = "adam") -> StepPeak:
-    """Replay one training step of ``chain`` with one neuron option per spiking layer."""
+def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, optimizer: str = "adam",
+                  accumulate: bool = False) -> StepPeak:
+    """Replay one training step of ``chain`` with one neuron option per spiking layer (``B``
+    samples; ``accumulate``: a micro-batch after the first, gradients added into resident ones)."""
     chain._check(options)
     db = chain.dtype_bytes
     layers = chain.layers
@@ -71,6 +76,8 @@ def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, opt
 
     data = B * db * _prod(chain.in_shape) + 8 * B  # the input batch and int64 targets
     live: Dict[object, int] = {"data": data, 0: size(chain.edge_bytes[0])}
+    if accumulate:  # the earlier parts' parameter gradients
+        live.update({("pgrad", j): 4 * L.params for j, L in enumerate(layers) if L.params})
     peak, phase = sum(live.values()), "forward"
     events: List[int] = [peak]
 
@@ -110,10 +117,13 @@ def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, opt
             continue
         e_in = chain.in_edge[j]
         g_in = 0 if j == first_real else size(chain.edge_bytes[e_in])
-        if L.params:
+        added = 0
+        if L.params and accumulate:
+            added = 4 * L.params  # the new gradient, before it is added into the resident one
+        elif L.params:
             live[("pgrad", j)] = 4 * L.params
         live[("gin",)] = g_in
-        bump(bwork[j], "backward")
+        bump(bwork[j] + added, "backward")
         live.pop(("priv", j), None)
         for e, users in list(savers.items()):
             if e in live and isinstance(e, int) and min(users) >= j:

@@ -277,7 +277,8 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras: 
             hi = mid - 1
     hints = []
     if bmax >= 1:
-        hints.append(f"use --batch {bmax} or less")
+        hints.append(f"use --batch {bmax} or less (edgesnn train --micro-batch {bmax} still steps on batches of {B}, "
+                     f"{bmax} samples at a time)")
     if tmax >= 1:
         hints.append(f"use --timesteps {tmax} or less")
     step = simulate_step(chain, least, T, B, optimizer).dynamic_peak
@@ -368,7 +369,7 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
 
 
 def predict(chain: ChainModel, options: Sequence[str], T: int, B: int, runtime_overhead: int, optimizer: str = "adam",
-            bandwidth_gbs: float = HOST_BANDWIDTH_GBS, extras: Extras = NO_EXTRAS) -> dict:
+            bandwidth_gbs: float = HOST_BANDWIDTH_GBS, extras: Extras = NO_EXTRAS, accumulate: bool = False) -> dict:
     """Predicted bytes and node time of one choice: activation, static, peak RSS.
 
     ``peak_bytes = resident + dataset_bytes + max(step_bytes, eval_bytes)``: ``step_bytes`` is the
@@ -379,14 +380,18 @@ def predict(chain: ChainModel, options: Sequence[str], T: int, B: int, runtime_o
     ``options``: one spec per spiking layer (``"lif"``, ``"revlif"``, ``"revlif:G"`` with G dividing
     the layer's channels); ``T``, ``B``: ints >= 1; ``runtime_overhead``: bytes >= 0;
     ``bandwidth_gbs``: finite > 0. A bad argument raises a one-line ``ValueError`` naming it.
+    ``accumulate``: the step of a micro-batch ``B`` after the first (``edgesnn train --micro-batch``:
+    the parameter gradients are resident throughout, each new one a temporary added into them).
     """
     options = check_options(chain, options)
+    if not isinstance(accumulate, bool):
+        raise ValueError(f"accumulate: expected True or False, got {accumulate!r}")
     T, B = check_int(T, "T (timesteps)"), check_int(B, "B (batch)")
     runtime_overhead = check_bytes(runtime_overhead, "runtime_overhead")
     bandwidth_gbs = check_bandwidth(bandwidth_gbs)
     check_extras(extras, Extras)
     chain.static_bytes(optimizer)  # checks the optimizer's name
-    step = simulate_step(chain, options, T, B, optimizer)
+    step = simulate_step(chain, options, T, B, optimizer, accumulate)
     ev = extras.eval_peak(chain, options, T)
     time_s = sum(node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i))
                  for i, o in enumerate(options))

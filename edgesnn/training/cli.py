@@ -18,6 +18,7 @@ from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
 from .lr_schedule import SCHEDULES
+from .micro_batch import check_micro_batch
 from .loop import EVAL_BATCH_SIZE, MAX_LR, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
 
@@ -36,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timesteps", "-T", type=int, default=None, help="default 4 (or the plan's)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (or the plan's)")
+    p.add_argument("--micro-batch", type=int, default=None, metavar="M",
+                   help="compute each batch M samples at a time and add up their gradients before the one optimizer "
+                        "step: the memory of batch M, the step of the whole batch (without BatchNorm the same "
+                        "gradients up to float rounding; with it each part has its own statistics; at least "
+                        "3 with BatchNorm); with --plan, M may be at most the plan's batch and --batch-size is free")
     p.add_argument("--eval-batch", type=int, default=None,
                    help=f"samples per batch of the evaluation after every epoch (default {EVAL_BATCH_SIZE}, or the plan's)")
     p.add_argument("--plan", type=user_path, default=None,
@@ -87,6 +93,9 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
 
     Under ``torchrun`` the plan holds for each process: ``main`` notes that ``local_world``
     processes on this board need that many times its peak (:func:`plan_per_process_note`).
+
+    With ``--micro-batch M`` the plan's batch bounds ``M`` (the samples computed at once, what the
+    plan's memory figures count) and ``--batch-size`` is free: a larger batch then steps in parts.
     """
     from ..planner import load_plan
     from ..planner.datasets import DATASET_SPECS
@@ -105,10 +114,18 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
                "pool": plan.model.get("pool", "avg")}
     if plan.dataset.get("name"):
         planned["dataset"] = plan.dataset["name"]
+    if args.micro_batch is not None:  # the plan's batch bounds the samples computed at once, not the step's batch
+        if args.micro_batch > plan.batch:
+            raise ValueError(f"--micro-batch: {args.micro_batch} is more than the plan {args.plan} fits at once "
+                             f"(batch {plan.batch}); use --micro-batch {plan.batch} or less")
+        if args.batch_size is not None:
+            del planned["batch_size"]
     for key, value in planned.items():
         given = getattr(args, key)
         if given is not None and given != value:
-            raise ValueError(f"--{key.replace('_', '-')}: {given} contradicts the plan {args.plan} ({value})")
+            more = (f"; to step on batches of {given} within the plan's memory add --micro-batch {value}"
+                    if key == "batch_size" and given > value else "")
+            raise ValueError(f"--{key.replace('_', '-')}: {given} contradicts the plan {args.plan} ({value}){more}")
         setattr(args, key, value)
     if args.neuron is not None:
         raise ValueError("--neuron: the plan chooses the neuron of every layer; drop --neuron or --plan")
@@ -178,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag}: expected an integer >= 1, got {value}")
     if args.sync_batchnorm and args.no_batchnorm:
         raise UsageError("--sync-batchnorm: the model has no BatchNorm (--no-batchnorm); drop one of them")
+    if args.micro_batch is not None:
+        check_micro_batch(args.micro_batch, not args.no_batchnorm, "--micro-batch")
     if args.batch_size < 2 and not args.no_batchnorm:
         raise UsageError("--batch-size: BatchNorm needs at least 2 samples per batch, got 1; add --no-batchnorm "
                          "to train with batch 1")
@@ -201,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       data_path=args.data_path, backend=args.backend, batchnorm=not args.no_batchnorm,
-                      memopt=args.memopt, lr_schedule=args.lr_schedule, pool=args.pool, **getattr(args, "widths", {}))
+                      memopt=args.memopt, lr_schedule=args.lr_schedule, pool=args.pool, micro_batch=args.micro_batch,
+                      **getattr(args, "widths", {}))
     check_model_fits_dataset(cfg)  # before compiling kernels and reading (or binning) the data
     device = resolve_device(args.device)
     check_backend_device(args.backend, device)
@@ -236,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
                        eval_batch_size=args.eval_batch)
         if info.main:
             ranks = f", {info.world} ranks x batch {args.batch_size}" if info.distributed else ""
+            if args.micro_batch is not None and args.micro_batch < args.batch_size:
+                ranks += f", batch {args.batch_size} in micro-batches of at most {args.micro_batch}"
             print(f"final test accuracy: {report['test_accuracy'] * 100:.2f}% "
                   f"({args.model}, {args.neuron}, T={args.timesteps}, {report['test_samples']} test samples, {device}{ranks})")
             if args.json:

@@ -20,6 +20,7 @@ from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
+from .micro_batch import accumulate_gradients, check_micro_batch, micro_batches
 from .lr_schedule import check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule, steps_per_epoch
 from .flag_checks import check_model_fits_dataset
 from .outputs import POOLS, check_outputs, stored_config
@@ -58,6 +59,7 @@ class TrainConfig:
     revlif_alpha: Optional[float] = None  # RevLIF output mixing y = alpha x + s (None: the node's default, 1/8)
     lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 (see .lr_schedule; stored if not constant)
     pool: str = "avg"  # or "max": the conv models' 2x2 pools (stored if not avg)
+    micro_batch: Optional[int] = None  # compute each batch this many samples at a time (see .micro_batch; stored if set)
 
     def validate(self) -> None:
         for name in ("timesteps", "epochs", "batch_size"):
@@ -74,6 +76,7 @@ class TrainConfig:
         if self.batchnorm and self.batch_size < 2:
             raise UsageError("batch_size: BatchNorm needs at least 2 samples per batch, got 1; train without "
                              "BatchNorm (batchnorm=False, --no-batchnorm) for batch 1")
+        check_micro_batch(self.micro_batch, self.batchnorm)
         a = self.revlif_alpha
         if a is not None and not (isinstance(a, float) and math.isfinite(a) and a > 0):
             raise UsageError(f"revlif_alpha: expected None or a finite number > 0 (a power of two 2^-k in exact mode), got {a!r}")
@@ -238,6 +241,11 @@ def train(
     it is still evaluated and checkpointed): for smoke tests and equivalence checks.
     ``cfg.lr_schedule``: ``constant`` or per-step ``cosine`` decay (:mod:`edgesnn.training.lr_schedule`).
 
+    ``cfg.micro_batch``: compute each batch at most that many samples at a time, adding up the
+    gradients before the one optimizer step (:mod:`edgesnn.training.micro_batch`): the memory of
+    that smaller batch, the gradients of the whole one (without BatchNorm, up to float rounding; a
+    resume may then change it). Under ``torchrun`` it splits each rank's batch.
+
     ``eval_batch_size``: samples per batch of the evaluation after every epoch (``no_grad``; its
     forward is counted by the planner, so a plan's ``eval_batch`` keeps the run within budget).
     """
@@ -282,7 +290,9 @@ def train(
         # folder is refused (the fingerprints, checked once loaded, cover counts, labels and inputs)
         same_place = stored.get("data_path") is not None and cfg.data_path is not None and \
             _real(stored["data_path"]) == _real(cfg.data_path)
-        diff = config_diff(stored, asdict(cfg), ignore=("epochs", "data_path") if same_place else ("epochs",))
+        # micro-batches without BatchNorm give the batch's gradients: another board may take other parts
+        ignore = ("epochs",) + (("data_path",) if same_place else ()) + (("micro_batch",) if not cfg.batchnorm else ())
+        diff = config_diff(stored, asdict(cfg), ignore=ignore)
         if diff:
             raise UsageError(f"--resume: {checkpoint} was written with other settings: {'; '.join(diff)}; "
                              "pass the stored values or use a new --checkpoint")
@@ -310,7 +320,7 @@ def train(
     if cfg.memopt:
         from ..memopt import optimize_memory
 
-        example = data.train.inputs(torch.arange(min(cfg.batch_size, len(data.train)))).to(dev)
+        example = data.train.inputs(torch.arange(min(cfg.micro_batch or cfg.batch_size, len(data.train)))).to(dev)
         mplan = optimize_memory(model, example)
         if main:
             log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, strategies "
@@ -342,6 +352,17 @@ def train(
     sched = start_schedule(cfg.lr_schedule, opt, cfg.epochs, per_epoch, ck, checkpoint)  # constant: touches nothing
     start, steps, offset, history, carried = done.start, done.steps, done.offset, done.history, done.carried
     loss_fn = nn.CrossEntropyLoss().to(dev)
+
+    def load(part: torch.Tensor):
+        return data.train.inputs(part).to(dev, non_blocking=True), data.train.y[part].to(dev, non_blocking=True)
+
+    def diverged(steps: int, epoch: int) -> Callable[[float], None]:
+        def check(value: float) -> None:  # before the step: the weights in memory stay the last finite ones
+            if not math.isfinite(value):
+                raise ValueError(f"loss: {value} at step {steps + 1} (epoch {epoch + 1}); training diverged, "
+                                 f"the weights are left as before this step; lower the learning rate (lr {cfg.lr})")
+        return check
+
     bar_factory = _progress_bar if (progress and main) else None
     if before_training is not None and main:
         before_training()
@@ -362,15 +383,9 @@ def train(
             idx = order[i:i + cfg.batch_size]
             if skips_batch(len(idx), cfg.batchnorm):  # BatchNorm needs more than one sample (every rank alike: equal shares)
                 continue
-            xb = data.train.inputs(idx).to(dev, non_blocking=True)
-            yb = data.train.y[idx].to(dev, non_blocking=True)
-            loss = loss_fn(net(xb), yb)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):  # before the step: the weights in memory stay the last finite ones
-                raise ValueError(f"loss: {loss_value} at step {steps + 1} (epoch {epoch + 1}); training diverged, "
-                                 f"the weights are left as before this step; lower the learning rate (lr {cfg.lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP: gradients averaged over the ranks here
+            # DDP: gradients averaged over the ranks in the last part's backward
+            loss_value = accumulate_gradients(net, loss_fn, micro_batches(idx, cfg.micro_batch), load,
+                                              lambda: opt.zero_grad(set_to_none=True), diverged(steps, epoch))
             if manual_allreduce:
                 average_gradients(model, dist)
             opt.step()
@@ -387,7 +402,6 @@ def train(
                 break
         if bar:
             bar.close()
-        xb = yb = loss = None  # the last batch is not held through the evaluation (the planner assumes so)
         total, seen = all_sum(dist, total, float(seen))
         _sync_buffers(model, dist)
         acc = evaluate(model, data.test, eval_batch_size, dist=dist)

@@ -4,9 +4,9 @@
   silently overwrite something (``--force``) or when ``--resume`` has nothing to continue.
 * :func:`stored_config`: the :class:`~edgesnn.training.loop.TrainConfig` as checkpoints and
   reports store it. Settings added after the first release are stored only when they differ from
-  their default (``lr_schedule`` other than ``constant``, ``pool`` other than ``avg``), so a run
-  with the defaults writes exactly what older versions wrote, and older versions refuse to resume
-  a run they cannot reproduce.
+  their default (``lr_schedule`` other than ``constant``, ``pool`` other than ``avg``, a
+  ``micro_batch``), so a run with the defaults writes exactly what older versions wrote, and
+  older versions refuse to resume a run they cannot reproduce.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..models import POOLS
 __all__ = ["POOLS", "check_outputs", "stored_config"]
 
 #: Settings stored only when they differ from these defaults.
-_OMITTED_DEFAULTS = {"lr_schedule": "constant", "pool": "avg"}
+_OMITTED_DEFAULTS = {"lr_schedule": "constant", "pool": "avg", "micro_batch": None}
 
 
 def stored_config(cfg: Any) -> Dict[str, Any]:

@@ -1,0 +1,93 @@
+"""Micro-batches: one optimizer step's batch computed a few samples at a time.
+
+A board that holds the activations of 16 samples can still train with batch 64: the step's
+forward and backward run on parts of at most ``micro_batch`` samples, each part's loss weighted
+by its share of the batch, and the gradients add up in the parameters' ``.grad`` before the one
+optimizer step. Without BatchNorm the gradient is the whole batch's (up to float rounding: the
+sums are taken in another order). With BatchNorm each part is normalised with its own statistics
+and updates the running statistics once, as gradient accumulation does in any PyTorch script.
+
+Peak training memory is that of a batch of ``micro_batch`` samples: only one part's inputs,
+activations and graph are alive at a time (the parameter gradients are resident either way).
+
+* :func:`micro_batches`: the parts of a batch (the fewest, of near-equal sizes).
+* :func:`check_micro_batch`: the setting checked in one line.
+* :func:`accumulate_gradients`: forward and backward of one step's parts (``DistributedDataParallel``
+  averages the gradients over the ranks once, after the last part).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+__all__ = ["MIN_BATCHNORM_MICRO_BATCH", "micro_batches", "check_micro_batch", "accumulate_gradients"]
+
+#: With BatchNorm every part needs at least two samples. Splitting ``n >= 2`` samples into
+#: ``ceil(n / m)`` near-equal parts guarantees that for ``m >= 3`` (``m = 2`` splits 3 as 2 + 1).
+MIN_BATCHNORM_MICRO_BATCH = 3
+
+
+def micro_batches(idx: torch.Tensor, micro_batch: Optional[int]) -> Tuple[torch.Tensor, ...]:
+    """Split a batch's sample indices ``[n]`` into the fewest parts of at most ``micro_batch``
+    samples, their sizes differing by at most one (``None``, or ``n <= micro_batch``: one part)."""
+    n = len(idx)
+    if micro_batch is None or n <= micro_batch:
+        return (idx,)
+    return torch.tensor_split(idx, -(-n // micro_batch))
+
+
+def check_micro_batch(micro_batch: Optional[int], batchnorm: bool, name: str = "micro_batch") -> Optional[int]:
+    """``micro_batch`` (``None``: no splitting) as an integer >= 1, >= 3 with BatchNorm; else one line naming ``name``."""
+    if micro_batch is None:
+        return None
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
+        raise UsageError(f"{name}: expected an integer >= 1, got {micro_batch!r}")
+    if batchnorm and micro_batch < MIN_BATCHNORM_MICRO_BATCH:
+        raise UsageError(f"{name}: BatchNorm needs at least {MIN_BATCHNORM_MICRO_BATCH} samples per micro-batch (so "
+                         f"that every part of a batch holds two), got {micro_batch}; train without BatchNorm "
+                         "(--no-batchnorm) for smaller parts")
+    return micro_batch
+
+
+def accumulate_gradients(
+    net: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    parts: Sequence[torch.Tensor],
+    load: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
+    zero_grad: Callable[[], None],
+    check_loss: Callable[[float], None],
+) -> float:
+    """Forward and backward of one optimizer step whose batch is ``parts`` (index tensors).
+
+    ``load(part)`` gives ``(x, y)`` on the model's device. Each part's mean loss is weighted by
+    its share of the batch, so the summed gradients are those of the batch's mean loss.
+    ``zero_grad`` runs after the first part's forward (one part: the order of a plain step, so
+    the gradients are bitwise those of one ``loss.backward()``), ``check_loss(value)`` before each
+    backward (it raises to stop before any gradient of a non-finite loss is added). Under
+    ``DistributedDataParallel`` the parts but the last run in ``no_sync()``: one all-reduce per step.
+
+    Returns the batch's mean loss (a float).
+    """
+    n = sum(len(p) for p in parts)
+    whole = len(parts) == 1
+    value = 0.0
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        ddp = isinstance(net, nn.parallel.DistributedDataParallel)
+        with nullcontext() if last or not ddp else net.no_sync():
+            x, y = load(part)
+            loss = loss_fn(net(x), y)
+            part_value = float(loss.detach())
+            check_loss(part_value)
+            if k == 0:
+                zero_grad()
+            (loss if whole else loss * (len(part) / n)).backward()
+        value += part_value if whole else part_value * (len(part) / n)
+        x = y = loss = None  # this part's input and graph go before the next part's forward
+    return value
