@@ -15,6 +15,7 @@ most M samples at a time, the parts' gradients added up before the one step.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import List
@@ -233,9 +234,40 @@ def test_cli_resume_and_plan(tmp_path, capsys, monkeypatch):
                                  "the plan's memory add --micro-batch 16")
     assert main([*run, "--batch-size", "64", "--micro-batch", "32"]) == 2
     assert "--micro-batch: 32 is more than the plan p.json fits at once (batch 16)" in _err(capsys)
-    assert main([*run, "--batch-size", "64", "--micro-batch", "16", "--checkpoint", "pl.ckpt"]) == 0
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert 1 <= plan["predicted"]["micro_batch"] <= 16
+    assert main([*run, "--batch-size", "64", "--micro-batch", str(plan["predicted"]["micro_batch"]), "--checkpoint",
+                 "pl.ckpt"]) == 0
     stored = load_checkpoint("pl.ckpt")["train_config"]
-    assert (stored["batch_size"], stored["micro_batch"]) == (64, 16)
+    assert (stored["batch_size"], stored["micro_batch"]) == (64, plan["predicted"]["micro_batch"])
+    # a plan whose later parts fit fewer samples than its batch (gradients held through the step)
+    plan["predicted"]["micro_batch"] = 10
+    (tmp_path / "tight.json").write_text(json.dumps(plan))
+    capsys.readouterr()
+    tight = ["train", "--plan", "tight.json", "--epochs", "1", "--max-steps", "1", "--no-progress"]
+    assert main([*tight, "--batch-size", "64", "--micro-batch", "12"]) == 2
+    assert _err(capsys).endswith("--micro-batch: 12 samples per part exceed the plan tight.json's budget: a later part "
+                                 "holds every parameter gradient as well; use --micro-batch 10 or less")
+    assert main([*tight, "--micro-batch", "16"]) == 0  # one part per batch of 16: the plan's own step
+    plan["predicted"]["micro_batch"] = "10"
+    (tmp_path / "bad.json").write_text(json.dumps(plan))
+    assert main([*tight[:2], "bad.json", *tight[3:], "--micro-batch", "4"]) == 2
+    assert "predicted.micro_batch: expected an integer >= 0" in _err(capsys)
+
+
+def test_plan_names_the_largest_part_a_budget_holds_with_gradients_accumulating():
+    from edgesnn.planner.memory_model import ChainModel
+    from edgesnn.planner.solver import max_micro_batch, predict
+
+    chain = ChainModel(build_model("vgg11", (3, 32, 32), 10, 4, neuron="lif", node={"backend": "torch"}))
+    opts, ovh = ["lif"] * len(chain.spiking), 300 * 2**20
+    for budget_mib in (700, 900):
+        budget = budget_mib * 2**20
+        fits = max_micro_batch(chain, opts, 4, 64, budget, ovh)
+        later = [b for b in range(1, 65) if predict(chain, opts, 4, b, ovh, accumulate=True)["peak_bytes"] <= budget]
+        plain = [b for b in range(1, 65) if predict(chain, opts, 4, b, ovh)["peak_bytes"] <= budget]
+        assert fits == max(later) and 0 < fits < max(plain), (budget_mib, fits, max(plain))
+    assert max_micro_batch(chain, opts, 4, 64, 200 * 2**20, ovh) == 0
 
 
 _STEP_RSS = """

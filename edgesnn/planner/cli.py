@@ -270,7 +270,10 @@ def print_plan(plan, file=None) -> None:
               file=out)
     print(f"{'other':<10} {'':>9} {'fixed':<8} {'-':>6} {int(pr['fixed_activation_bytes']):>14}  "
           "(inputs of conv/linear/BN/pool, loss)", file=out)
-    print(f"batch: {plan.batch}", file=out)
+    micro = pr.get("micro_batch")
+    parts = (f" (a larger batch in parts, edgesnn train --micro-batch: at most {micro} samples per part, every "
+             "parameter gradient then held through the step)") if micro is not None else ""
+    print(f"batch: {plan.batch}{parts}", file=out)
     print(_dataset_line(plan.dataset), file=out)
     if "eval_bytes" in pr:
         capped = f" (the test split's {pr['eval_batch']} samples)" if pr["eval_batch"] < plan.eval_batch else ""

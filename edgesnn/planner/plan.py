@@ -33,7 +33,7 @@ from ..training.loop import EVAL_BATCH_SIZE
 from .checks import check_batch, check_bytes, check_device, check_path, check_plan_args, check_plan_like
 from .datasets import DATASET_SPECS, dataset_memory
 from .memory_model import ChainModel, kernel_runtime_bytes
-from .solver import Extras, plan_model
+from .solver import Extras, max_micro_batch, plan_model
 
 __all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan", "load_plan", "neuron_specs", "apply",
            "spiking_widths", "check_plan_layers", "check_unplanned_dataset"]
@@ -94,6 +94,8 @@ class Plan:
         f.int(dataset, "bytes", "dataset.bytes", minimum=0, default=0)
         predicted = f.typed(d.get("predicted", _MISSING), dict, "predicted", "an object (the predicted bytes)")
         f.int(predicted, "peak_bytes", "predicted.peak_bytes", minimum=0)
+        if "micro_batch" in predicted:  # plans written before --micro-batch have none
+            f.int(predicted, "micro_batch", "predicted.micro_batch", minimum=0)
         layers = _check_layers(f, d.get("layers", _MISSING), model)
         notes = f.typed(d.get("notes", []), list, "notes", "a list of strings")
         device = f.typed(d.get("device", _MISSING), dict, "device", "an object (the device profile)")
@@ -313,6 +315,8 @@ def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Op
     predicted = {k: res[k] for k in ("activation_bytes", "static_bytes", "runtime_overhead_bytes", "dataset_bytes",
                                      "step_bytes", "eval_bytes", "eval_batch", "peak_bytes", "peak_phase", "time_s")}
     predicted["fixed_activation_bytes"] = chain.fixed_cost().bytes(T, res["batch"])
+    predicted["micro_batch"] = max_micro_batch(chain, res["options"], T, res["batch"], budget, runtime, optimizer,
+                                               device.bandwidth_gbs, extras)
     cfg["neuron"] = res["options"]
     return Plan(model=cfg, device=device.to_dict(), timesteps=T, batch=res["batch"], budget_bytes=budget,
                 optimizer=optimizer, layers=layers, predicted=predicted, alternatives=alts, eval_batch=eval_batch,

@@ -37,7 +37,7 @@ from .peak import largest_batch, peak_lines, simulate_step
 
 __all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Extras", "NO_EXTRAS", "PlanningError",
            "candidates", "node_time_s", "solve_choice", "brute_force", "static_resident", "max_batch", "max_eval_batch",
-           "plan_model", "predict"]
+           "max_micro_batch", "plan_model", "predict"]
 
 #: Measured forward+backward time per neuron-step (ns) on the 2-core x86 host, per backend:
 #: torch at T = 8-32; numba from tools/bench_kernels.py (b), layer [64, 16, 4096], 2 threads
@@ -366,6 +366,20 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         capacity -= over
     return dict(options=list(options), batch=B, timesteps=T, budget_bytes=int(budget),
                 **predict(chain, options, T, B, runtime_overhead, optimizer, bandwidth_gbs, extras))
+
+
+def max_micro_batch(chain: ChainModel, options: Sequence[str], T: int, batch: int, budget: int, runtime_overhead: int,
+                    optimizer: str = "adam", bandwidth_gbs: float = HOST_BANDWIDTH_GBS, extras: Extras = NO_EXTRAS) -> int:
+    """The most samples per part (at most ``batch``) when a larger batch steps in parts
+    (``edgesnn train --micro-batch``): a later part runs with every parameter gradient resident
+    (:func:`predict` with ``accumulate=True``), so it may fit fewer samples than one plain step
+    (0: not even one)."""
+    lo, hi = 0, batch  # the peak grows with the part's size: bisect
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        peak = predict(chain, options, T, mid, runtime_overhead, optimizer, bandwidth_gbs, extras, accumulate=True)
+        lo, hi = (mid, hi) if peak["peak_bytes"] <= budget else (lo, mid - 1)
+    return lo
 
 
 def predict(chain: ChainModel, options: Sequence[str], T: int, B: int, runtime_overhead: int, optimizer: str = "adam",

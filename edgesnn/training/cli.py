@@ -120,6 +120,10 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
                              f"(batch {plan.batch}); use --micro-batch {plan.batch} or less")
         if args.batch_size is not None:
             del planned["batch_size"]
+        fits = plan.predicted.get("micro_batch", plan.batch)  # plans from before --micro-batch: the batch
+        if args.micro_batch > fits and (args.batch_size or plan.batch) > args.micro_batch:
+            raise ValueError(f"--micro-batch: {args.micro_batch} samples per part exceed the plan {args.plan}'s budget: "
+                             f"a later part holds every parameter gradient as well; use --micro-batch {fits} or less")
     for key, value in planned.items():
         given = getattr(args, key)
         if given is not None and given != value:
