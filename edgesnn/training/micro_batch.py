@@ -67,16 +67,18 @@ def accumulate_gradients(
 
     ``load(part)`` gives ``(x, y)`` on the model's device. Each part's mean loss is weighted by
     its share of the batch, so the summed gradients are those of the batch's mean loss.
-    ``zero_grad`` runs after the first part's forward (one part: the order of a plain step, so
-    the gradients are bitwise those of one ``loss.backward()``), ``check_loss(value)`` before each
-    backward (it raises to stop before any gradient of a non-finite loss is added). Under
-    ``DistributedDataParallel`` the parts but the last run in ``no_sync()``: one all-reduce per step.
+    ``zero_grad`` runs first, so the previous step's gradients are freed before this step's forward
+    (as the planner's replay of a step assumes; one part: the gradients are bitwise those of one
+    ``loss.backward()``); ``check_loss(value)`` runs before each backward (it raises to stop before
+    any gradient of a non-finite loss is added). Under ``DistributedDataParallel`` the parts but the
+    last run in ``no_sync()``: one all-reduce per step.
 
     Returns the batch's mean loss (a float).
     """
     n = sum(len(p) for p in parts)
     whole = len(parts) == 1
     value = 0.0
+    zero_grad()
     for k, part in enumerate(parts):
         last = k == len(parts) - 1
         ddp = isinstance(net, nn.parallel.DistributedDataParallel)
@@ -85,8 +87,6 @@ def accumulate_gradients(
             loss = loss_fn(net(x), y)
             part_value = float(loss.detach())
             check_loss(part_value)
-            if k == 0:
-                zero_grad()
             (loss if whole else loss * (len(part) / n)).backward()
         value += part_value if whole else part_value * (len(part) / n)
         x = y = loss = None  # this part's input and graph go before the next part's forward
