@@ -105,7 +105,10 @@ def test_impossible_budget_says_minimum_and_what_to_change():
     msg = str(err.value)
     assert "needs" in msg and "bytes" in msg and re.search(r"--batch \d+ or less", msg)
     fits = int(re.search(r"--batch (\d+) or less", msg).group(1))
-    assert f"(edgesnn train --micro-batch {fits} still steps on batches of 256, {fits} samples at a time)" in msg
+    # a later part holds every parameter gradient as well: the part named may be smaller than the batch
+    part = int(re.search(r"\(edgesnn train --micro-batch (\d+) still steps on batches of 256, \1 samples at a time\)",
+                         msg).group(1))
+    assert 1 <= part <= fits
     with pytest.raises(PlanningError, match="--timesteps"):
         plan_model(chain, 64, 1100 * 2**20, 300 * 2**20, batch=16)  # fewer steps would fit
     with pytest.raises(PlanningError, match="too small"):

@@ -22,6 +22,7 @@ from typing import List, Optional, Tuple
 
 from ..atomic import atomic_write, check_output, user_path
 from ..models import POOLS, check_pool
+from ..training.micro_batch import MIN_BATCHNORM_MICRO_BATCH
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -270,9 +271,14 @@ def print_plan(plan, file=None) -> None:
               file=out)
     print(f"{'other':<10} {'':>9} {'fixed':<8} {'-':>6} {int(pr['fixed_activation_bytes']):>14}  "
           "(inputs of conv/linear/BN/pool, loss)", file=out)
-    micro = pr.get("micro_batch")
-    parts = (f" (a larger batch in parts, edgesnn train --micro-batch: at most {micro} samples per part, every "
-             "parameter gradient then held through the step)") if micro is not None else ""
+    micro, parts = pr.get("micro_batch"), ""
+    if micro is not None:  # plans from before --micro-batch have none
+        bn = plan.model.get("batchnorm", True)
+        least = MIN_BATCHNORM_MICRO_BATCH if bn else 1  # edgesnn train's smallest --micro-batch
+        parts = (f" (a larger batch in parts, edgesnn train --micro-batch: at most {micro} samples per part, every "
+                 "parameter gradient then held through the step)" if micro >= least else
+                 " (no larger batch fits in parts, edgesnn train --micro-batch: with every parameter gradient held "
+                 f"through the step {micro} samples per part fit{f', BatchNorm needs {least}' if bn and micro else ''})")
     print(f"batch: {plan.batch}{parts}", file=out)
     print(_dataset_line(plan.dataset), file=out)
     if "eval_bytes" in pr:

@@ -266,7 +266,7 @@ def _peak(chain, options, T, B, runtime_overhead, optimizer, extras: Extras = NO
 def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras: Extras = NO_EXTRAS) -> PlanningError:
     least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
     need = _peak(chain, least, T, B, runtime_overhead, optimizer, extras)
-    bmax = _largest_batch_choice(chain, opts, T, budget, runtime_overhead, optimizer, extras)[1]
+    choice, bmax = _largest_batch_choice(chain, opts, T, budget, runtime_overhead, optimizer, extras)
     tmax, lo, hi = 0, 1, max(1, T)
     while lo <= hi:  # largest T that fits at batch B (bytes grow with T)
         mid = (lo + hi) // 2
@@ -277,8 +277,11 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras: 
             hi = mid - 1
     hints = []
     if bmax >= 1:
-        hints.append(f"use --batch {bmax} or less (edgesnn train --micro-batch {bmax} still steps on batches of {B}, "
-                     f"{bmax} samples at a time)")
+        # a later part holds every parameter gradient as well: it may fit fewer samples than one plain step
+        mmax = max_micro_batch(chain, choice, T, bmax, budget, runtime_overhead, optimizer, extras=extras)
+        parts = (f" (edgesnn train --micro-batch {mmax} still steps on batches of {B}, {mmax} samples at a time)"
+                 if mmax >= 1 else "")
+        hints.append(f"use --batch {bmax} or less{parts}")
     if tmax >= 1:
         hints.append(f"use --timesteps {tmax} or less")
     step = simulate_step(chain, least, T, B, optimizer).dynamic_peak

@@ -18,7 +18,7 @@ from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
 from .lr_schedule import SCHEDULES
-from .micro_batch import check_micro_batch
+from .micro_batch import MIN_BATCHNORM_MICRO_BATCH, check_micro_batch
 from .loop import EVAL_BATCH_SIZE, MAX_LR, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
 
@@ -114,21 +114,30 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
                "pool": plan.model.get("pool", "avg")}
     if plan.dataset.get("name"):
         planned["dataset"] = plan.dataset["name"]
+    # the most samples per part of a larger batch (plans from before --micro-batch: the batch); the
+    # remedies below name it only when a part of that size can run (BatchNorm: at least 3)
+    fits = min(plan.predicted.get("micro_batch", plan.batch), plan.batch)
+    least = MIN_BATCHNORM_MICRO_BATCH if batchnorm else 1
+    remedy = (f"use --micro-batch {fits} or less" if fits >= least else
+              f"no larger batch fits its budget in parts (a later part holds every parameter gradient as well; "
+              f"{fits} samples per part{f', BatchNorm needs {least}' if batchnorm and fits else ''}): drop --micro-batch "
+              f"and train with --batch-size {plan.batch} or less, or make a plan with a larger --budget")
     if args.micro_batch is not None:  # the plan's batch bounds the samples computed at once, not the step's batch
         if args.micro_batch > plan.batch:
             raise ValueError(f"--micro-batch: {args.micro_batch} is more than the plan {args.plan} fits at once "
-                             f"(batch {plan.batch}); use --micro-batch {plan.batch} or less")
+                             f"(batch {plan.batch}); {remedy}")
         if args.batch_size is not None:
             del planned["batch_size"]
-        fits = plan.predicted.get("micro_batch", plan.batch)  # plans from before --micro-batch: the batch
         if args.micro_batch > fits and (args.batch_size or plan.batch) > args.micro_batch:
             raise ValueError(f"--micro-batch: {args.micro_batch} samples per part exceed the plan {args.plan}'s budget: "
-                             f"a later part holds every parameter gradient as well; use --micro-batch {fits} or less")
+                             f"a later part holds every parameter gradient as well; {remedy}")
     for key, value in planned.items():
         given = getattr(args, key)
         if given is not None and given != value:
-            more = (f"; to step on batches of {given} within the plan's memory add --micro-batch {value}"
-                    if key == "batch_size" and given > value else "")
+            more = ""
+            if key == "batch_size" and given > value:
+                more = (f"; to step on batches of {given} within the plan's memory add --micro-batch {fits}"
+                        if fits >= least else f"; {remedy}")
             raise ValueError(f"--{key.replace('_', '-')}: {given} contradicts the plan {args.plan} ({value}){more}")
         setattr(args, key, value)
     if args.neuron is not None:

@@ -320,7 +320,9 @@ def train(
     if cfg.memopt:
         from ..memopt import optimize_memory
 
-        example = data.train.inputs(torch.arange(min(cfg.micro_batch or cfg.batch_size, len(data.train)))).to(dev)
+        # the most samples computed at once: a part, or the batch when it is smaller than --micro-batch
+        example = data.train.inputs(torch.arange(min(cfg.micro_batch or cfg.batch_size, cfg.batch_size,
+                                                     len(data.train)))).to(dev)
         mplan = optimize_memory(model, example)
         if main:
             log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, strategies "
