@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 
 from ..atomic import atomic_write, check_output, user_path
 from ..models import POOLS, check_pool
-from ..training.micro_batch import MIN_BATCHNORM_MICRO_BATCH
+from ..training.micro_batch import smallest_micro_batch
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -274,7 +274,7 @@ def print_plan(plan, file=None) -> None:
     micro, parts = pr.get("micro_batch"), ""
     if micro is not None:  # plans from before --micro-batch have none
         bn = plan.model.get("batchnorm", True)
-        least = MIN_BATCHNORM_MICRO_BATCH if bn else 1  # edgesnn train's smallest --micro-batch
+        least = smallest_micro_batch(bn)  # edgesnn train's smallest --micro-batch
         parts = (f" (a larger batch in parts, edgesnn train --micro-batch: at most {micro} samples per part, every "
                  "parameter gradient then held through the step)" if micro >= least else
                  " (no larger batch fits in parts, edgesnn train --micro-batch: with every parameter gradient held "

@@ -18,7 +18,7 @@ from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
 from .lr_schedule import SCHEDULES
-from .micro_batch import MIN_BATCHNORM_MICRO_BATCH, check_micro_batch
+from .micro_batch import check_micro_batch, smallest_micro_batch
 from .loop import EVAL_BATCH_SIZE, MAX_LR, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
 
@@ -117,7 +117,7 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
     # the most samples per part of a larger batch (plans from before --micro-batch: the batch); the
     # remedies below name it only when a part of that size can run (BatchNorm: at least 3)
     fits = min(plan.predicted.get("micro_batch", plan.batch), plan.batch)
-    least = MIN_BATCHNORM_MICRO_BATCH if batchnorm else 1
+    least = smallest_micro_batch(batchnorm)
     remedy = (f"use --micro-batch {fits} or less" if fits >= least else
               f"no larger batch fits its budget in parts (a later part holds every parameter gradient as well; "
               f"{fits} samples per part{f', BatchNorm needs {least}' if batchnorm and fits else ''}): drop --micro-batch "

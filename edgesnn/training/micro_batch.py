@@ -26,11 +26,17 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["MIN_BATCHNORM_MICRO_BATCH", "micro_batches", "check_micro_batch", "accumulate_gradients"]
+__all__ = ["MIN_BATCHNORM_MICRO_BATCH", "smallest_micro_batch", "micro_batches", "check_micro_batch",
+           "accumulate_gradients"]
 
 #: With BatchNorm every part needs at least two samples. Splitting ``n >= 2`` samples into
 #: ``ceil(n / m)`` near-equal parts guarantees that for ``m >= 3`` (``m = 2`` splits 3 as 2 + 1).
 MIN_BATCHNORM_MICRO_BATCH = 3
+
+
+def smallest_micro_batch(batchnorm: bool) -> int:
+    """The smallest ``micro_batch`` a model takes: :data:`MIN_BATCHNORM_MICRO_BATCH` with BatchNorm, else 1."""
+    return MIN_BATCHNORM_MICRO_BATCH if batchnorm else 1
 
 
 def micro_batches(idx: torch.Tensor, micro_batch: Optional[int]) -> Tuple[torch.Tensor, ...]:
@@ -48,7 +54,7 @@ def check_micro_batch(micro_batch: Optional[int], batchnorm: bool, name: str = "
         return None
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
         raise UsageError(f"{name}: expected an integer >= 1, got {micro_batch!r}")
-    if batchnorm and micro_batch < MIN_BATCHNORM_MICRO_BATCH:
+    if micro_batch < smallest_micro_batch(batchnorm):
         raise UsageError(f"{name}: BatchNorm needs at least {MIN_BATCHNORM_MICRO_BATCH} samples per micro-batch (so "
                          f"that every part of a batch holds two), got {micro_batch}; train without BatchNorm "
                          "(--no-batchnorm) for smaller parts")
@@ -78,10 +84,10 @@ def accumulate_gradients(
     n = sum(len(p) for p in parts)
     whole = len(parts) == 1
     value = 0.0
+    ddp = isinstance(net, nn.parallel.DistributedDataParallel)
     zero_grad()
     for k, part in enumerate(parts):
         last = k == len(parts) - 1
-        ddp = isinstance(net, nn.parallel.DistributedDataParallel)
         with nullcontext() if last or not ddp else net.no_sync():
             x, y = load(part)
             loss = loss_fn(net(x), y)
