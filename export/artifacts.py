@@ -49,6 +49,7 @@ __all__ = [
     "validate_artifact_dir",
     "STEP_FORMAT",
     "STEP_FILES",
+    "STEP_ACCUMULATE_FILES",
     "StepManifest",
     "write_step_manifest",
 ]
@@ -71,6 +72,13 @@ STEP_MODEL = "step.onnx"
 STEP_EVAL_MODEL = "eval.onnx"
 STEP_INIT = "init.npz"
 STEP_FILES = (STEP_MODEL, STEP_EVAL_MODEL, STEP_INIT)
+#: The step cut in two, for gradient accumulation (``edgesnn-device --accumulate``): ``grad.onnx``
+#: maps (parameters, frozen buffers, x, labels) to (``grad/<name>`` per trainable parameter, loss,
+#: correct, recon_error); ``apply.onnx`` maps (lr, parameters, optimizer state, gradients) to the
+#: update ``step.onnx`` ends with. Every export writes them; exports from before they existed lack them.
+STEP_GRAD_MODEL = "grad.onnx"
+STEP_APPLY_MODEL = "apply.onnx"
+STEP_ACCUMULATE_FILES = (STEP_GRAD_MODEL, STEP_APPLY_MODEL)
 
 
 class ArtifactError(ValueError):
@@ -207,7 +215,9 @@ def _from_dict(cls, data: Dict[str, Any], source: str, version: int):
 
 
 def _files_of(manifest) -> tuple:
-    return STEP_FILES if isinstance(manifest, StepManifest) else ARTIFACT_FILES
+    if isinstance(manifest, StepManifest):  # the accumulation graphs where the export wrote them
+        return STEP_FILES + tuple(n for n in STEP_ACCUMULATE_FILES if n in manifest.files)
+    return ARTIFACT_FILES
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
@@ -248,7 +258,7 @@ def write_step_manifest(directory: PathLike, manifest: StepManifest) -> Path:
     """:func:`write_manifest` for an ``onnx-step`` directory."""
     directory = Path(directory)
     manifest.files = {}
-    for name in STEP_FILES:
+    for name in STEP_FILES + STEP_ACCUMULATE_FILES:
         path = directory / name
         if not path.is_file():
             raise ArtifactError(f"{directory}: export did not produce {name}")

@@ -36,6 +36,11 @@
 5. **update**: SGD (momentum, Nesterov, weight decay; ``torch.optim.SGD``) or AdamW
    (``torch.optim.AdamW``'s formula, its bias corrections in float64 as torch computes them).
 
+The same export writes the step cut before its update, for gradient accumulation on the device
+(``edgesnn-device --accumulate``): ``grad.onnx`` is steps 1-4 plus the prefix VJP and the
+verification, with the gradients (``grad/<name>``) as outputs; ``apply.onnx`` is step 5 alone.
+Run in turn on one batch they compute exactly what ``step.onnx`` does.
+
 ``recon_error`` verifies the reversible layers: the largest difference between a reconstructed
 input and the recomputed one, and between the reconstructed initial state and the fresh state.
 It is exactly 0.0 in exact mode (grid arithmetic: floor/round on 2^-16 survive ONNX Runtime bit
@@ -73,7 +78,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import encode_config
 from ..functional.checks import is_real_number
-from .artifacts import STEP_EVAL_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
+from .artifacts import STEP_APPLY_MODEL, STEP_EVAL_MODEL, STEP_GRAD_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
 from .onnx_inference import OPSET, _onnx
 from .prepare import ExportError, checked_input_range
 from .recon_check import step_recon_tolerance
@@ -266,6 +271,35 @@ def build_graphs(prog: StepProgram):
                  + [init_states[i] for i in rev_idx])
     post_out = [f"new/{n}" for n in prog.trainable] + [f"new/{n}" for n in opt_names] + ["recon_error"]
 
+    # ---- the step cut before its update, for gradient accumulation (edgesnn-device --accumulate):
+    # grad.onnx ends where f_post would update (prefix VJP, verification); apply.onnx is the update
+    def f_grad_post(x, gP, err, *rest):
+        t = dict(zip(prog.trainable + prog.frozen, rest[:len(prog.trainable) + len(prog.frozen)]))
+        rest = rest[len(prog.trainable) + len(prog.frozen):]
+        grads = dict(zip(loop_params, rest[:len(loop_params)]))
+        v0_rec = rest[len(loop_params):]
+        if prog.prefix_trains:
+            inputs, _ = block_forward(prog.prefix, t, x)
+            grads.update(block_vjp(prog.prefix, t, inputs, gP, need_gx=False)[1])
+        for v, v0 in zip(v0_rec, init_rev):
+            err = torch.maximum(err, (v - v0).abs().max())
+        return (*[grads[n] for n in prog.trainable], err)
+
+    def f_apply(lr, *rest):
+        t = dict(zip(prog.trainable, rest[:len(prog.trainable)]))
+        rest = rest[len(prog.trainable):]
+        state = dict(zip(opt_names, rest[:len(opt_names)]))
+        grads = dict(zip(prog.trainable, rest[len(opt_names):]))
+        new_p, new_s = prog.update(t, grads, state, lr)
+        return (*[new_p[n] for n in prog.trainable], *[new_s[n] for n in opt_names])
+
+    grad_post_in = [n for n in post_in if n not in ("lr", *opt_names)]
+    grad_post_args = [a for n, a in zip(post_in, post_args) if n not in ("lr", *opt_names)]
+    grad_names = [f"grad/{n}" for n in prog.trainable]
+    apply_in = ["lr"] + prog.trainable + opt_names + grad_names
+    apply_args = ([torch.tensor(0.01)] + [V[n] for n in prog.trainable] + [init_opt[n] for n in opt_names]
+                  + [torch.zeros_like(V[n]) for n in prog.trainable])
+
     # ---- export the pieces
     import copy as _copy_mod
 
@@ -318,6 +352,24 @@ def build_graphs(prog: StepProgram):
     step_model.ir_version = 8
     onnx.checker.check_model(step_model)
 
+    # ---- grad graph (the step without its update) and apply graph (the update)
+    g_gpost = export_piece(f_grad_post, grad_post_args, grad_post_in, grad_names + ["recon_error"])
+    nodes_gpost, init_gpost = inline_graph(g_gpost, "gpost/", keep_outer)
+    grad_graph = helper.make_graph(
+        [_copy(n) for n in nodes_pre + [scan_f] + nodes_loss + gv_nodes + [scan_b] + nodes_gpost + [cast_correct]],
+        "edgesnn_grad", [vi(n, V[n].shape) for n in all_inputs] + inputs[len(all_inputs) + len(opt_names):-1],
+        [vi(g, V[n].shape) for g, n in zip(grad_names, prog.trainable)]
+        + [vi("loss", []), vi("correct", [], TP.INT64), vi("recon_error", [])],
+        initializer=[_copy(i) for i in init_pre + init_loss + init_gpost + ticks + [zero, trip]])
+    grad_model = helper.make_model(grad_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
+    grad_model.ir_version = 8
+    onnx.checker.check_model(grad_model)
+    g_apply = export_piece(f_apply, apply_args, apply_in, [f"new/{n}" for n in prog.trainable + opt_names])
+    g_apply.name = "edgesnn_apply"
+    apply_model = helper.make_model(g_apply, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
+    apply_model.ir_version = 8
+    onnx.checker.check_model(apply_model)
+
     # ---- eval graph: prefix + forward scan (no stores) + mean logits
     nodes_pre2, init_pre2 = [_copy(n) for n in nodes_pre], [_copy(i) for i in init_pre]
     scan_e = helper.make_node(
@@ -332,14 +384,14 @@ def build_graphs(prog: StepProgram):
     eval_model.ir_version = 8
     onnx.checker.check_model(eval_model)
     carried = [[n, f"new/{n}"] for n in prog.trainable] + [[n, f"new/{n}"] for n in opt_names]
-    return step_model, eval_model, carried
+    return step_model, eval_model, carried, (grad_model, apply_model)
 
 
 def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer: str = "sgd", learning_rate: float = 0.01,
                      momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False,
                      input_range: Optional[Sequence[float]] = None, freeze: Optional[Sequence[str]] = None,
                      event: bool = False) -> StepManifest:
-    """Write ``step.onnx``, ``eval.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``.
+    """Write ``step.onnx``, ``eval.onnx``, ``grad.onnx``, ``apply.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``.
 
     ``freeze``: parameter or module names (``"body.0"``) to keep fixed on the device, besides the
     parameters with ``requires_grad=False`` (:func:`~.prepare.split_trainable`). A frozen parameter
@@ -361,11 +413,13 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
     input_range = checked_input_range(input_range)
     prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze, event=event)
     recon_tolerance = step_recon_tolerance(prog.stages, prog.timesteps)  # refuses before anything is written
-    step_model, eval_model, carried = build_graphs(prog)
+    step_model, eval_model, carried, (grad_model, apply_model) = build_graphs(prog)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / STEP_MODEL, step_model.SerializeToString())
     atomic_write_bytes(out_dir / STEP_EVAL_MODEL, eval_model.SerializeToString())
+    atomic_write_bytes(out_dir / STEP_GRAD_MODEL, grad_model.SerializeToString())
+    atomic_write_bytes(out_dir / STEP_APPLY_MODEL, apply_model.SerializeToString())
     arrays = {n: prog.values[n].numpy().astype(np.float32) for n in prog.trainable + prog.frozen}
     arrays.update(prog.initial_opt_state())
     buf = io.BytesIO()

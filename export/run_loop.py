@@ -58,11 +58,14 @@ EndEpochFn = Callable[[EpochEnd], Tuple[Dict[str, Any], Callable[[Path], None]]]
 def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed: int, resumed_epochs: int,
                resumed_steps: int, resuming: bool, out: OutputDir, log: Callable[[str], None], step: StepFn,
                end_epoch: EndEpochFn, schedule: Optional[LrSchedule] = None,
-               set_lr: Optional[Callable[[float], None]] = None) -> Dict[str, Any]:
+               set_lr: Optional[Callable[[float], None]] = None, accumulate: int = 1) -> Dict[str, Any]:
     """Train ``epochs`` epochs on ``x [N, *in_shape]`` float32 and ``y [N]`` int64 in batches of
     exactly ``batch_size`` (:func:`~.run_state.epoch_batches`: epoch ``e`` of the whole run is
     shuffled by ``seed`` and ``e``, so a run that resumes after ``resumed_epochs`` epochs and
     ``resumed_steps`` steps continues the same orders); returns the last epoch's metrics.
+    ``accumulate`` > 1: each step gets ``accumulate`` consecutive batches of the order at once
+    (``xb [accumulate x batch_size, ...]``; the epoch's last step the batches left), so a step is
+    what ``batch_size`` steps are otherwise, and the epoch's order and padding do not change.
 
     A ``schedule`` that varies (:class:`~.run_schedule.LrSchedule`, cosine) sets the learning rate
     of every step through ``set_lr`` before it (step ``k`` of the whole run, resumed ones included,
@@ -90,6 +93,8 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
     try:
         for epoch in range(resumed_epochs, resumed_epochs + epochs):
             batches, padded = epoch_batches(n, batch_size, seed, epoch)
+            if accumulate > 1:  # consecutive batches per step: [parts x batch] index rows
+                batches = [batches[i:i + accumulate].reshape(-1) for i in range(0, len(batches), accumulate)]
             progress.steps_per_epoch, progress.step = len(batches), 0
             losses = []
             rate = None if schedule is None else schedule.base
@@ -118,6 +123,7 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
             except WriteError as exc:  # disk full, size limit: the swap never happened, --out is as it was
                 raise WriteError(f"{exc}; {progress.holds()}", exc.errno) from None
             log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
+                + (f" of up to {accumulate} batches of {batch_size}" if accumulate > 1 else "")
                 + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")"
                 + ("" if rate is None else f", lr {rate:.4g}"))
     except KeyboardInterrupt as exc:

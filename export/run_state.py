@@ -52,7 +52,8 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> Tuple[np.ndarray
 
 #: Fields of the recorded settings and the flag that sets each (for the one-line refusal).
 _FLAGS = {"seed": "--seed", "holdout": "--holdout", "lr": "--lr", "batch_size": "batch size (export)",
-          "optimizer": "optimizer (export)", "data": "--data", "eval_data": "--eval-data", "keep_best": "--keep-best"}
+          "optimizer": "optimizer (export)", "data": "--data", "eval_data": "--eval-data", "keep_best": "--keep-best",
+          "accumulate": "--accumulate"}
 
 
 def run_settings(seed: int, holdout: float, lr: float, batch_size: int, optimizer: Dict[str, Any],
@@ -72,12 +73,16 @@ def _comparable(field: str, value: Any) -> Any:
         return (value.get("samples"), value.get("sha256"))  # the arrays, not where the file lies
     if field == "keep_best":  # recorded only when on (absent: off, as older runners wrote)
         return bool(value)
+    if field == "accumulate":  # recorded only above 1 (absent: 1)
+        return 1 if value is None else value
     return value
 
 
 def _show(field: str, value: Any) -> str:
     if field == "keep_best":
         return "on" if value else "off"
+    if field == "accumulate":
+        return str(1 if value is None else value)
     if field in ("data", "eval_data") and isinstance(value, dict):
         return f"{value.get('path')} ({value.get('samples')} samples, sha256 {value.get('sha256')})"
     if field == "optimizer" and isinstance(value, dict):

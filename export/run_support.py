@@ -94,7 +94,8 @@ def epoch_metrics(epochs: int, done: int, steps: int, resumed_steps: int, resume
     ``epochs``: asked for in this run; ``done``: finished in this run (``complete`` when equal);
     ``steps``: taken in this run; ``total_*``: including the runs it resumed; ``samples``: training
     samples, each trained on once per epoch; ``padded``: how many of them the last batch of every
-    epoch repeats to fill the fixed batch size (``steps_per_epoch x batch = samples + padded``).
+    epoch repeats to fill the fixed batch size (``steps_per_epoch x batch = samples + padded``; with
+    ``--accumulate N`` a step takes N batches, the epoch's last step those left).
     """
     return {"epochs": epochs, "epochs_done": done, "complete": done == epochs, "steps": steps,
             "total_steps": resumed_steps + steps, "total_epochs": resumed_epochs + done, "train_samples": samples,

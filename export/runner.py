@@ -17,6 +17,9 @@ Two artifact formats, told apart by the manifest:
   ``params.npz`` and ``metrics.json``; the fine-tuned forward is ``ARTIFACTS/eval.onnx`` fed
   with ``params.npz``. Every step's ``recon_error`` (the reversible layers' reconstruction
   check) must be within the manifest's tolerance (0.0 in exact mode), or the runner stops.
+  ``--accumulate N`` steps on ``N`` batches of the export's size at once with the memory of one:
+  ``grad.onnx`` per batch, the gradients summed, ``apply.onnx`` once
+  (:mod:`~edgesnn.export.accumulate_session`).
 * ``onnx-training`` (legacy, x86-64 only): ONNX Runtime training artifacts, run through
   onnxruntime-training's training API (see below).
 
@@ -172,6 +175,7 @@ def finetune(
     any_input_range: bool = False,
     lr_schedule: str = "constant",
     keep_best: bool = False,
+    accumulate: int = 1,
 ) -> Dict:
     """Fine-tune from an artifact directory; returns the metrics written to ``out_dir/metrics.json``.
 
@@ -208,6 +212,11 @@ def finetune(
             metrics); a recorded setting, so a resume must pass it exactly when the run it continues
             did (refused otherwise). See :mod:`~edgesnn.export.run_history` (also: ``history``, the
             whole run's per-epoch rows in ``metrics.json``, cumulative across resumes).
+        accumulate: onnx-step only: each optimizer step takes up to ``accumulate`` consecutive
+            batches of the export's size and adds their gradients before one update
+            (:mod:`~edgesnn.export.accumulate_session`), so the step's batch is ``accumulate x B``
+            with the memory of ``B``; an epoch's last step takes the batches left. A recorded
+            setting when above 1 (a resume must repeat it).
 
     Raises:
         RunInterrupted: (a ``KeyboardInterrupt``) on Ctrl-C (or SIGTERM under :func:`main`);
@@ -227,6 +236,9 @@ def finetune(
     if holdout is not None and not (isinstance(holdout, (int, float)) and 0.0 <= holdout < 1.0):
         raise UsageError(f"--holdout: expected a fraction in [0, 1), got {holdout!r}")
     check_schedule_name(lr_schedule)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise UsageError(f"--accumulate: expected an integer >= 1 (batches of the export's size per step), got "
+                         f"{accumulate!r}")
     if resume and force:
         raise UsageError("--resume and --force exclude each other (continue the run, or start again from the export)")
     if eval_data is not None and holdout:
@@ -244,6 +256,10 @@ def finetune(
                          f"which a mount point cannot be: pass a folder inside it (e.g. {Path(out_dir) / 'finetuned'})")
     manifest = validate_artifact_dir(artifact_dir)
     step_format = isinstance(manifest, StepManifest)
+    if accumulate > 1:
+        from .accumulate_session import check_accumulate_artifacts  # (it imports this module's helpers)
+
+        check_accumulate_artifacts(manifest, artifact_dir)
     if resume:
         check_resumable(out_dir, step_format)
     x, y = load_dataset(data, manifest, flag="--data", check_range=not any_input_range)
@@ -260,12 +276,14 @@ def finetune(
     optimizer = {"name": manifest.optimizer, **(dict(manifest.hyperparameters) if step_format else {})}
     settings = run_settings(seed, frac, float(manifest.learning_rate if lr is None else lr), manifest.batch_size,
                             optimizer, data_id, eval_id)
+    if accumulate > 1:  # recorded only when on: other runs' settings stay what older runners wrote
+        settings["accumulate"] = accumulate
     out = OutputDir(out_dir, keep_others=resume and out_dir.is_dir())
     if step_format:
         from .step_runner import finetune_step  # the onnx-step path (it imports this module's helpers)
 
         return finetune_step(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
-                             lean_memory, accuracy_on, settings, lr_schedule, keep_best)
+                             lean_memory, accuracy_on, settings, lr_schedule, keep_best, accumulate)
     from .legacy_runner import finetune_legacy
 
     return finetune_legacy(artifact_dir, manifest, x, y, xe, ye, epochs, lr, out, seed, resume, threads, log,
@@ -330,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--any-input-range", action="store_true",
                    help="train on x values outside the range the model was trained on (the manifest's input_range, "
                         "[0, 1] for the built-in image datasets; by default refused)")
+    p.add_argument("--accumulate", type=int, default=1, metavar="N",
+                   help="onnx-step: add the gradients of N batches of the export's size before each update (a step "
+                        "on N x B samples with the memory of B; default 1)")
     p.add_argument("--no-lean-memory", dest="lean_memory", action="store_false",
                    help="onnx-step: keep ONNX Runtime's CPU arena and memory pattern (faster first steps, higher peak RSS)")
     return p
@@ -344,7 +365,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             m = finetune(args.artifacts, args.data, args.epochs, args.lr, args.out, args.seed, args.resume, args.threads,
                          force=args.force, holdout=args.holdout, eval_data=args.eval_data, lean_memory=args.lean_memory,
                          any_input_range=args.any_input_range, lr_schedule=args.lr_schedule,
-                         keep_best=args.keep_best)
+                         keep_best=args.keep_best, accumulate=args.accumulate)
     except USER_ERRORS as exc:
         say_line(f"edgesnn-device: error: {exc}")
         return 2

@@ -55,11 +55,8 @@ class StepSession:
             opts.enable_cpu_mem_arena = False
             opts.enable_mem_pattern = False
         self.opts = opts
-        try:
-            self.sess = ort.InferenceSession(str(artifact_dir / STEP_MODEL), opts, providers=["CPUExecutionProvider"])
-            self.eval_sess = ort.InferenceSession(str(artifact_dir / STEP_EVAL_MODEL), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ArtifactError(f"{artifact_dir}: ONNX Runtime could not load the step graphs ({_one_line(exc)})") from None
+        self.artifact_dir = artifact_dir
+        self.eval_sess = self._load(STEP_EVAL_MODEL)
         OV = ort.OrtValue
         B = manifest.batch_size
         self.names = [inp for inp, _ in manifest.carried]
@@ -73,6 +70,21 @@ class StepSession:
         self.loss = OV.ortvalue_from_numpy(np.zeros((), np.float32))
         self.correct = OV.ortvalue_from_numpy(np.zeros((), np.int64))
         self.err = OV.ortvalue_from_numpy(np.zeros((), np.float32))
+        self.current = 0
+        self.eval_x = OV.ortvalue_from_numpy(np.zeros((B, *manifest.in_shape), np.float32))
+        self._bind_training(start)
+
+    def _load(self, name: str):
+        """An ``InferenceSession`` of the artifact directory's graph ``name``."""
+        try:
+            return self.ort.InferenceSession(str(self.artifact_dir / name), self.opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ArtifactError(f"{self.artifact_dir}: ONNX Runtime could not load {name} ({_one_line(exc)})") from None
+
+    def _bind_training(self, start: Dict[str, np.ndarray]) -> None:
+        """Load ``step.onnx`` and bind it both ways round (set A -> set B, set B -> set A)."""
+        manifest = self.m
+        self.sess = self._load(STEP_MODEL)
         self.bindings = []
         for k in (0, 1):
             b = self.sess.io_binding()
@@ -88,8 +100,6 @@ class StepSession:
             b.bind_ortvalue_output("correct", self.correct)
             b.bind_ortvalue_output("recon_error", self.err)
             self.bindings.append(b)
-        self.current = 0
-        self.eval_x = OV.ortvalue_from_numpy(np.zeros((B, *manifest.in_shape), np.float32))
 
     def set_lr(self, lr: float) -> None:
         self.lr.update_inplace(np.asarray(lr, np.float32))
@@ -98,17 +108,9 @@ class StepSession:
         """One training step on ``xb [B, *in_shape]`` and labels ``yb [B]`` in ``0..num_classes-1``:
         ``(loss, correct, recon_error)``. The inputs are converted to float32 / int64 C order (the
         bound buffers take raw bytes) and checked, since the graph would take any label silently."""
-        m = self.m
-        xb = np.ascontiguousarray(xb, dtype=np.float32)
-        yb = np.asarray(yb)
-        if xb.shape != (m.batch_size, *m.in_shape):
-            raise ValueError(f"x: expected a batch of shape {(m.batch_size, *m.in_shape)}, got {xb.shape}")
-        if yb.shape != (m.batch_size,) or yb.dtype.kind not in "iu":
-            raise ValueError(f"y: expected {m.batch_size} integer labels, got shape {yb.shape} of {yb.dtype}")
-        if yb.size and (int(yb.min()) < 0 or int(yb.max()) >= m.num_classes):
-            raise ValueError(f"y: labels must lie in 0..{m.num_classes - 1}, got {int(yb.min())}..{int(yb.max())}")
+        xb, yb = checked_batch(self.m, xb, yb, 1)
         self.x.update_inplace(xb)
-        self.y.update_inplace(np.ascontiguousarray(yb, dtype=np.int64))
+        self.y.update_inplace(yb)
         self.sess.run_with_iobinding(self.bindings[self.current])
         self.current = 1 - self.current
         return float(self.loss.numpy()), int(self.correct.numpy()), float(self.err.numpy())
@@ -138,6 +140,24 @@ class StepSession:
         return correct / max(1, x.shape[0])
 
 
+def checked_batch(m: StepManifest, xb: np.ndarray, yb: np.ndarray, max_parts: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``xb [k B, *in_shape]`` and ``yb [k B]`` (``1 <= k <= max_parts``, ``B`` the graphs' batch) as
+    float32 / int64 C order (the bound buffers take raw bytes), checked: the graph would take any
+    label silently."""
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    yb = np.asarray(yb)
+    B = m.batch_size
+    rows = xb.shape[0] if xb.ndim else 0
+    if xb.shape[1:] != tuple(m.in_shape) or rows % B or not 1 <= rows // B <= max_parts:
+        want = (B, *m.in_shape) if max_parts == 1 else f"(k x {B}, {', '.join(map(str, m.in_shape))}), k <= {max_parts}"
+        raise ValueError(f"x: expected a batch of shape {want}, got {xb.shape}")
+    if yb.shape != (rows,) or yb.dtype.kind not in "iu":
+        raise ValueError(f"y: expected {rows} integer labels, got shape {yb.shape} of {yb.dtype}")
+    if yb.size and (int(yb.min()) < 0 or int(yb.max()) >= m.num_classes):
+        raise ValueError(f"y: labels must lie in 0..{m.num_classes - 1}, got {int(yb.min())}..{int(yb.max())}")
+    return xb, np.ascontiguousarray(yb, dtype=np.int64)
+
+
 def _load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
     """``(tensors, runner.* entries)`` of ``init.npz`` or a resumed ``state.npz``."""
     try:
@@ -153,7 +173,7 @@ def _load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str,
 def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray,
                   ye: np.ndarray, epochs: int, lr: Optional[float], out: OutputDir, seed: int, resume: bool,
                   threads: Optional[int], log: Callable[[str], None], lean_memory: bool, accuracy_on: str,
-                  settings: Dict, lr_schedule: str = "constant", keep_best: bool = False) -> Dict:
+                  settings: Dict, lr_schedule: str = "constant", keep_best: bool = False, accumulate: int = 1) -> Dict:
     """The onnx-step training loop (plain onnxruntime + numpy) on ``x [N, *in_shape]`` float32 and
     ``y [N]`` int64, reporting accuracy on ``xe``/``ye``. After every epoch the output set
     (``state.npz``, ``params.npz``, ``metrics.json``) is swapped into ``out``; a resumed run starts
@@ -161,7 +181,9 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     :func:`~.run_schedule.resolve_schedule`; a cosine schedule sets the ``lr`` input every step).
     Ctrl-C / SIGTERM raise :class:`~.run_state.RunInterrupted` saying which epoch ``out`` holds.
     ``metrics.json`` carries the whole run's ``history``; ``keep_best`` measures held-out accuracy
-    every epoch and keeps ``best_params.npz`` (:mod:`~.run_history`)."""
+    every epoch and keeps ``best_params.npz`` (:mod:`~.run_history`). ``accumulate`` > 1: each step
+    adds the gradients of up to that many batches before one update
+    (:class:`~.accumulate_session.AccumulatingSession`)."""
     ort = import_plain_ort()
     ort.set_default_logger_severity(3)
     rss_before = rss_mb()
@@ -186,11 +208,17 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     if resuming:
         check_settings(recorded, settings, state_path)
     rate = float(settings["lr"])
-    schedule = resolve_schedule(lr_schedule, rate, epochs, -(-x.shape[0] // manifest.batch_size), resuming, recorded,
+    parts_per_epoch = -(-x.shape[0] // manifest.batch_size)
+    schedule = resolve_schedule(lr_schedule, rate, epochs, -(-parts_per_epoch // accumulate), resuming, recorded,
                                 resumed_epochs, state_path)
     settings = schedule.with_settings(settings)
     history = load_history(out.path, resuming, resumed_epochs, keep_best, log)
-    sess = StepSession(ort, artifact_dir, manifest, start, threads, lean_memory)
+    if accumulate > 1:
+        from .accumulate_session import AccumulatingSession
+
+        sess: StepSession = AccumulatingSession(ort, artifact_dir, manifest, start, threads, lean_memory, accumulate)
+    else:
+        sess = StepSession(ort, artifact_dir, manifest, start, threads, lean_memory)
     rss_session = rss_mb()
     sess.set_lr(rate)
 
@@ -220,6 +248,8 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
             "format": "onnx-step",
             **end.progress,
             "batch_size": manifest.batch_size,
+            "accumulate": accumulate,
+            "samples_per_step": accumulate * manifest.batch_size,
             "learning_rate": rate,
             **schedule.metrics(),
             "epoch_lr": end.lrs,
@@ -251,7 +281,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         return metrics, lambda d: _write_outputs(d, state, params, metrics, best)
 
     metrics = run_epochs(x, y, manifest.batch_size, epochs, seed, resumed_epochs, resumed_steps, resuming, out, log,
-                         step, end_epoch, schedule, sess.set_lr)
+                         step, end_epoch, schedule, sess.set_lr, accumulate)
     if metrics["forbidden_modules"]:
         raise RuntimeError(f"device runner: {metrics['forbidden_modules'][:3]} were imported during fine-tuning; "
                            "the runner must stay torch-free")

@@ -1,0 +1,110 @@
+"""Gradient accumulation on the device (``edgesnn-device --accumulate N``). Never imports torch.
+
+An export's graphs have a fixed batch ``B``. :class:`AccumulatingSession` steps on batches of up
+to ``N x B`` samples with the memory of ``B``: it runs ``grad.onnx`` (the step graph without its
+update) on each part of ``B`` samples, adds the parts' gradients in one float32 buffer per
+parameter, divides the sum by the number of parts (each part's loss is its own mean, so that is
+the whole batch's mean gradient, up to float rounding) and runs ``apply.onnx`` (the update
+``step.onnx`` ends with) once. One part is exactly ``step.onnx``: the same operations in the same
+order. The BatchNorm of a step graph uses its running statistics, so unlike
+``edgesnn train --micro-batch`` nothing depends on how the batch is cut.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from edgesnn.errors import UsageError
+
+from .artifacts import STEP_APPLY_MODEL, STEP_GRAD_MODEL, ArtifactError, StepManifest
+from .step_runner import StepSession, checked_batch
+
+__all__ = ["AccumulatingSession", "check_accumulate_artifacts"]
+
+
+def check_accumulate_artifacts(manifest, artifact_dir: Path) -> None:
+    """``--accumulate`` above 1 needs ``onnx-step`` artifacts that hold the accumulation graphs: a
+    one-line error otherwise."""
+    if not isinstance(manifest, StepManifest):
+        raise UsageError("--accumulate: needs onnx-step artifacts (`edgesnn export --format onnx-step`); these are "
+                         "the legacy onnx-training format")
+    if STEP_GRAD_MODEL not in manifest.files:
+        raise ArtifactError(f"--accumulate: {artifact_dir} was exported before gradient accumulation (it has no "
+                            f"{STEP_GRAD_MODEL}); export it again with this edgesnn")
+
+
+class AccumulatingSession(StepSession):
+    """:class:`~.step_runner.StepSession` whose :meth:`step` takes ``k x B`` samples (``1 <= k <= parts``)
+    and updates once. Beyond a plain session it holds two float32 copies of the trainable parameters'
+    size (one part's gradients, their running sum); the gradient graph holds no optimizer state."""
+
+    def __init__(self, ort, artifact_dir: Path, manifest: StepManifest, start: Dict[str, np.ndarray],
+                 threads: Optional[int], lean_memory: bool, parts: int) -> None:
+        self.parts = int(parts)
+        super().__init__(ort, artifact_dir, manifest, start, threads, lean_memory)
+
+    def _bind_training(self, start: Dict[str, np.ndarray]) -> None:
+        m, OV = self.m, self.ort.OrtValue
+        self.grad_sess = self._load(STEP_GRAD_MODEL)
+        self.apply_sess = self._load(STEP_APPLY_MODEL)
+        # OrtValues made from these arrays share their memory: the graphs write into them in place
+        self.part_grad = {n: np.zeros(np.shape(start[n]), np.float32) for n in m.trainable}
+        self.grad_sum = {n: np.zeros(np.shape(start[n]), np.float32) for n in m.trainable}
+        part_ov = {n: OV.ortvalue_from_numpy(a) for n, a in self.part_grad.items()}
+        sum_ov = {n: OV.ortvalue_from_numpy(a) for n, a in self.grad_sum.items()}
+        self._keep = (part_ov, sum_ov)
+        self.grad_bindings, self.apply_bindings = [], []
+        for k in (0, 1):
+            g = self.grad_sess.io_binding()
+            for n in m.trainable:
+                g.bind_ortvalue_input(n, self.sets[k][n])
+                g.bind_ortvalue_output(f"grad/{n}", part_ov[n])
+            for n, v in self.frozen.items():
+                g.bind_ortvalue_input(n, v)
+            g.bind_ortvalue_input(m.input_name, self.x)
+            g.bind_ortvalue_input(m.label_name, self.y)
+            g.bind_ortvalue_output("loss", self.loss)
+            g.bind_ortvalue_output("correct", self.correct)
+            g.bind_ortvalue_output("recon_error", self.err)
+            self.grad_bindings.append(g)
+            a = self.apply_sess.io_binding()
+            for inp, out in m.carried:
+                a.bind_ortvalue_input(inp, self.sets[k][inp])
+                a.bind_ortvalue_output(out, self.sets[1 - k][inp])
+            for n in m.trainable:
+                a.bind_ortvalue_input(f"grad/{n}", sum_ov[n])
+            a.bind_ortvalue_input(m.lr_name, self.lr)
+            self.apply_bindings.append(a)
+
+    def step(self, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, int, float]:
+        """One optimizer step on ``xb [k B, *in_shape]`` and labels ``yb [k B]`` (``1 <= k <= parts``):
+        ``(mean loss, correct, largest recon_error)`` over the ``k`` parts. A part whose loss is
+        not finite stops the step before the update (its loss is returned)."""
+        xb, yb = checked_batch(self.m, xb, yb, self.parts)
+        B = self.m.batch_size
+        k = xb.shape[0] // B
+        losses, correct, err = [], 0, 0.0
+        for i in range(k):
+            self.x.update_inplace(xb[i * B:(i + 1) * B])
+            self.y.update_inplace(yb[i * B:(i + 1) * B])
+            self.grad_sess.run_with_iobinding(self.grad_bindings[self.current])
+            loss = float(self.loss.numpy())
+            losses.append(loss)
+            correct += int(self.correct.numpy())
+            err = max(err, float(self.err.numpy()))
+            if not np.isfinite(loss):
+                return loss, correct, err
+            for n, g in self.part_grad.items():
+                if i == 0:
+                    np.copyto(self.grad_sum[n], g)
+                else:
+                    np.add(self.grad_sum[n], g, out=self.grad_sum[n])
+        if k > 1:
+            for s in self.grad_sum.values():
+                np.divide(s, np.float32(k), out=s)
+        self.apply_sess.run_with_iobinding(self.apply_bindings[self.current])
+        self.current = 1 - self.current
+        return float(np.mean(losses)), correct, err
