@@ -311,3 +311,28 @@ def test_a_step_in_parts_peaks_as_the_planner_replays_one_later_part():
     (measured, first, whole), predicted = measured_and_predicted(_STEP_RSS)
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
     assert first < predicted and whole > 2.5 * measured, (first, predicted, whole, measured)
+
+
+def test_a_micro_batch_at_or_above_the_batch_is_no_setting(tmp_path, capsys, monkeypatch):
+    """With BatchNorm an M >= the batch splits nothing: the checkpoint stores no micro_batch, so a
+    resume need not repeat it (and a checkpoint that stored one, as before, resumes without it)."""
+    from edgesnn.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--dataset", "digits", "--model", "mlp", "--timesteps", "2", "--epochs", "1", "--max-steps", "2",
+            "--batch-size", "32", "--backend", "torch", "--no-progress", "--checkpoint", "bn.ckpt"]
+    assert main([*base, "--micro-batch", "32"]) == 0
+    assert "micro-batches" not in capsys.readouterr().out
+    assert "micro_batch" not in load_checkpoint("bn.ckpt")["train_config"]
+    assert main([*base, "--resume", "--max-steps", "3"]) == 0
+    assert main([*base, "--resume", "--max-steps", "4", "--micro-batch", "100"]) == 0
+    assert main([*base, "--resume", "--max-steps", "5", "--micro-batch", "8"]) == 2
+    assert "micro_batch (stored None, given 8)" in _err(capsys)
+    ck = load_checkpoint("bn.ckpt")
+    assert ck["steps"] == 4 and "micro_batch" not in ck["train_config"]
+    # a checkpoint written before: it stored M = 64 for batch 32
+    old = {k: v for k, v in ck.items() if k not in ("format", "version", "model_config", "model_state")}
+    old["train_config"] = {**ck["train_config"], "micro_batch": 64}
+    save_checkpoint("bn.ckpt", ck["model_config"], ck["model_state"], **old)
+    assert main([*base, "--resume", "--max-steps", "5"]) == 0
+    assert load_checkpoint("bn.ckpt")["steps"] == 5

@@ -20,7 +20,7 @@ from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
-from .micro_batch import accumulate_gradients, check_micro_batch, micro_batches
+from .micro_batch import accumulate_gradients, check_micro_batch, effective_micro_batch, micro_batches
 from .lr_schedule import check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule, steps_per_epoch
 from .flag_checks import check_model_fits_dataset
 from .outputs import POOLS, check_outputs, stored_config
@@ -292,7 +292,11 @@ def train(
             _real(stored["data_path"]) == _real(cfg.data_path)
         # micro-batches without BatchNorm give the batch's gradients: another board may take other parts
         ignore = ("epochs",) + (("data_path",) if same_place else ()) + (("micro_batch",) if not cfg.batchnorm else ())
-        diff = config_diff(stored, asdict(cfg), ignore=ignore)
+        # a micro-batch at or above the batch splits nothing: compared as none (older checkpoints stored it)
+        given = {**asdict(cfg), "micro_batch": effective_micro_batch(cfg.micro_batch, cfg.batch_size)}
+        if "batch_size" in stored:
+            stored["micro_batch"] = effective_micro_batch(stored.get("micro_batch"), stored["batch_size"])
+        diff = config_diff(stored, given, ignore=ignore)
         if diff:
             raise UsageError(f"--resume: {checkpoint} was written with other settings: {'; '.join(diff)}; "
                              "pass the stored values or use a new --checkpoint")

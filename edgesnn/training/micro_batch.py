@@ -11,6 +11,7 @@ Peak training memory is that of a batch of ``micro_batch`` samples: only one par
 activations and graph are alive at a time (the parameter gradients are resident either way).
 
 * :func:`micro_batches`: the parts of a batch (the fewest, of near-equal sizes).
+* :func:`effective_micro_batch`: the setting as stored (``None`` when it never splits a batch).
 * :func:`check_micro_batch`: the setting checked in one line.
 * :func:`accumulate_gradients`: forward and backward of one step's parts (``DistributedDataParallel``
   averages the gradients over the ranks once, after the last part).
@@ -26,8 +27,8 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["MIN_BATCHNORM_MICRO_BATCH", "smallest_micro_batch", "micro_batches", "check_micro_batch",
-           "accumulate_gradients"]
+__all__ = ["MIN_BATCHNORM_MICRO_BATCH", "smallest_micro_batch", "effective_micro_batch", "micro_batches",
+           "check_micro_batch", "accumulate_gradients"]
 
 #: With BatchNorm every part needs at least two samples. Splitting ``n >= 2`` samples into
 #: ``ceil(n / m)`` near-equal parts guarantees that for ``m >= 3`` (``m = 2`` splits 3 as 2 + 1).
@@ -37,6 +38,13 @@ MIN_BATCHNORM_MICRO_BATCH = 3
 def smallest_micro_batch(batchnorm: bool) -> int:
     """The smallest ``micro_batch`` a model takes: :data:`MIN_BATCHNORM_MICRO_BATCH` with BatchNorm, else 1."""
     return MIN_BATCHNORM_MICRO_BATCH if batchnorm else 1
+
+
+def effective_micro_batch(micro_batch: Optional[int], batch_size: int) -> Optional[int]:
+    """``micro_batch`` where it splits a batch of ``batch_size`` samples, else ``None``: at or above the
+    batch every step is one part, exactly as without it. Checkpoints store and resumes compare this,
+    so a no-op setting need not be repeated."""
+    return None if micro_batch is None or micro_batch >= batch_size else micro_batch
 
 
 def micro_batches(idx: torch.Tensor, micro_batch: Optional[int]) -> Tuple[torch.Tensor, ...]:

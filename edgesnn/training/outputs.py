@@ -5,7 +5,7 @@
 * :func:`stored_config`: the :class:`~edgesnn.training.loop.TrainConfig` as checkpoints and
   reports store it. Settings added after the first release are stored only when they differ from
   their default (``lr_schedule`` other than ``constant``, ``pool`` other than ``avg``, a
-  ``micro_batch``), so a run with the defaults writes exactly what older versions wrote, and
+  ``micro_batch`` below the batch size), so a run with the defaults writes exactly what older versions wrote, and
   older versions refuse to resume a run they cannot reproduce.
 """
 
@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 from ..atomic import check_output
 from ..errors import UsageError
 from ..models import POOLS
+from .micro_batch import effective_micro_batch
 
 __all__ = ["POOLS", "check_outputs", "stored_config"]
 
@@ -28,6 +29,8 @@ _OMITTED_DEFAULTS = {"lr_schedule": "constant", "pool": "avg", "micro_batch": No
 def stored_config(cfg: Any) -> Dict[str, Any]:
     """``asdict(cfg)`` without the settings that hold their default (:data:`_OMITTED_DEFAULTS`)."""
     out = asdict(cfg)
+    if "micro_batch" in out:  # at or above the batch it splits nothing: stored as no setting
+        out["micro_batch"] = effective_micro_batch(out["micro_batch"], out["batch_size"])
     for key, default in _OMITTED_DEFAULTS.items():
         if out.get(key) == default:
             del out[key]
