@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from edgesnn.cli import main
+from edgesnn.models import build_model
 
 
 def _err(capsys) -> str:
@@ -99,3 +102,34 @@ def test_memopt_plans_for_the_samples_computed_at_once():
         train(TrainConfig(**cfg, micro_batch=m), progress=False, log=logged.append, max_steps=1)
         lines[m] = [s for s in logged if s.startswith("optimize_memory:")]
     assert len(lines[None]) == 1 and lines[None] == lines[16] == lines[1000], lines
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_impossible_batch_hint_names_no_part_batchnorm_refuses(batchnorm):
+    """At the smallest budget that fits any batch, a later part holds one or two samples: with
+    BatchNorm, which needs 3 per part, the hint names no --micro-batch (edgesnn train would refuse
+    it); without, it names the part."""
+    from edgesnn.planner.memory_model import ChainModel
+    from edgesnn.planner.solver import PlanningError, plan_model
+
+    chain = ChainModel(build_model("mlp", (64,), 10, 4, neuron="lif", hidden=(512, 512), batchnorm=batchnorm))
+    ovh = 100 * 2**20
+    base = ovh + chain.static_bytes("adam")
+
+    def message(extra: int) -> str:
+        with pytest.raises(PlanningError) as err:
+            plan_model(chain, 4, base + extra, ovh, batch=1000)
+        return str(err.value)
+
+    lo, hi = 0, 4 * 2**20  # the smallest extra budget at which some batch fits
+    assert "use --batch" in message(hi) and "use --batch" not in message(lo)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if "use --batch" in message(mid) else (mid, hi)
+    msg = message(hi)
+    bmax = int(re.search(r"use --batch (\d+) or less", msg).group(1))
+    assert bmax <= 2, msg
+    if batchnorm:
+        assert "--micro-batch" not in msg, msg
+    else:
+        assert re.search(r"edgesnn train --micro-batch [12] still steps on batches of 1000", msg), msg

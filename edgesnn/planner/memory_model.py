@@ -355,6 +355,11 @@ class ChainModel:
         if len(options) != len(self.spiking):
             raise ValueError(f"options: the model has {len(self.spiking)} spiking layers, got {len(options)} options")
 
+    @property
+    def has_batchnorm(self) -> bool:
+        """Whether a layer of the chain is a BatchNorm (micro-batches then need 3 samples or more)."""
+        return any(L.kind.startswith("BatchNorm") for L in self.layers)
+
     def static_bytes(self, optimizer: str = "adam") -> int:
         """Parameters + gradients + optimizer state + buffers (bytes, float32 parameters).
 

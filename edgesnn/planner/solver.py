@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..models import parse_neuron_spec
+from ..training.micro_batch import smallest_micro_batch
 from .checks import check_bandwidth, check_batch, check_bytes, check_extras, check_int, check_options, check_plan_args
 from .memory_model import ChainModel
 from .evalpass import eval_dynamic_peak, eval_lines
@@ -280,7 +281,7 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras: 
         # a later part holds every parameter gradient as well: it may fit fewer samples than one plain step
         mmax = max_micro_batch(chain, choice, T, bmax, budget, runtime_overhead, optimizer, extras=extras)
         parts = (f" (edgesnn train --micro-batch {mmax} still steps on batches of {B}, {mmax} samples at a time)"
-                 if mmax >= 1 else "")
+                 if mmax >= smallest_micro_batch(chain.has_batchnorm) else "")
         hints.append(f"use --batch {bmax} or less{parts}")
     if tmax >= 1:
         hints.append(f"use --timesteps {tmax} or less")
