@@ -8,7 +8,12 @@ and the device runner (``python -m edgesnn.export.runner``, a fresh process; the
 seeded 20% and reports accuracy on it before and after) fine-tunes for ``--epochs`` epochs. Printed
 per neuron: samples, held-out count, accuracy before -> after, the runner's peak RSS (VmHWM).
 
-    python tools/device_finetune_demo.py [--neurons lif revlif] [--epochs 3] [--python PATH] [--out demo.json [--force]]
+    python tools/device_finetune_demo.py [--neurons lif revlif] [--epochs 3] [--python PATH] [--batch-size 32]
+        [--accumulate 1] [--out demo.json [--force]]
+
+``--batch-size B --accumulate N``: export at batch B and fine-tune with ``edgesnn-device
+--accumulate N`` (each step on N batches of B). ``--batch-size 8 --accumulate 4`` steps on the
+same 32 samples as the default, in the same order, with the memory of 8.
 
 ``--python``: the interpreter that runs the runner (default this one). The README's peak RSS is
 measured with a fresh venv holding only numpy + onnxruntime and this project installed with
@@ -82,17 +87,18 @@ def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
     save_checkpoint(ck, model.config, model.state_dict())
     art = work / f"{neuron}-artifacts"
     _run([sys.executable, "-m", "edgesnn", "export", "--checkpoint", str(ck), "--format", "onnx-step",
-          "--out", str(art), "--batch-size", "32", "--lr", "0.05"], f"export ({neuron})")
+          "--out", str(art), "--batch-size", str(args.batch_size), "--lr", "0.05"], f"export ({neuron})")
     data = work / f"{neuron}-device.npz"
     np.savez(data, x=x[device], y=y[device])
     out = work / f"{neuron}-finetuned"
     _run([args.python, "-m", "edgesnn.export.runner", str(art), "--data", str(data), "--epochs",
-          str(args.epochs), "--out", str(out), "--threads", "1"], f"runner ({neuron})")
+          str(args.epochs), "--out", str(out), "--threads", "1", "--accumulate", str(args.accumulate)], f"runner ({neuron})")
     m = json.loads((out / "metrics.json").read_text())
     return {"neuron": neuron, "host_samples": int(len(host)), "device_samples": int(len(device)),
             "train_samples": m.get("samples_per_epoch"), "eval_samples": m["eval_samples"],
             "accuracy_before": m["accuracy_before"], "accuracy_after": m["accuracy_after"],
-            "peak_rss_mb": m["peak_rss_mb"], "epochs": args.epochs}
+            "peak_rss_mb": m["peak_rss_mb"], "epochs": args.epochs, "batch_size": args.batch_size,
+            "accumulate": args.accumulate, "steps": m["steps"]}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -105,12 +111,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--host-epochs", type=positive_int, default=1, help="host training epochs (default 1)")
     ap.add_argument("--seed", type=nonneg_int, default=0, help="seed of the host/device split and host training (default 0)")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs the device runner")
+    ap.add_argument("--batch-size", type=positive_int, default=32, help="the exported graphs' batch (default 32)")
+    ap.add_argument("--accumulate", type=positive_int, default=1,
+                    help="batches per device step (edgesnn-device --accumulate; default 1)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     add_force(ap, "the --out file")
     args = ap.parse_args(argv)
-    if args.host_samples > DIGITS - 40:  # the device needs one batch of 32 after the runner's 20% hold-out
-        ap.error(f"--host-samples: expected at most {DIGITS - 40} (the digits data set has {DIGITS} samples; the device "
-                 f"needs 40: one batch of 32 after its 20% hold-out), got {args.host_samples}")
+    need = -(-args.batch_size * 5 // 4)  # the device needs one batch after the runner's 20% hold-out
+    if args.host_samples > DIGITS - need:
+        ap.error(f"--host-samples: expected at most {DIGITS - need} (the digits data set has {DIGITS} samples; the "
+                 f"device needs {need}: one batch of {args.batch_size} after its 20% hold-out), got {args.host_samples}")
     py = shutil.which(args.python) if os.sep not in args.python else args.python
     if not py or not os.path.isfile(py) or not os.access(py, os.X_OK):
         ap.error(f"--python: expected an executable Python interpreter, got {args.python!r}")
@@ -119,10 +129,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for neuron in args.neurons:
             rows.append(run_one(neuron, Path(tmp), args))
+    print(f"export batch {args.batch_size}, {args.accumulate} batch(es) per device step")
     print(f"{'neuron':<7} {'host':>5} {'device':>6} {'held out':>8} {'accuracy before -> after':>26} {'peak RSS':>9}")
     for r in rows:
         print(f"{r['neuron']:<7} {r['host_samples']:>5} {r['device_samples']:>6} {r['eval_samples']:>8} "
-              f"{r['accuracy_before']:>15.3f} -> {r['accuracy_after']:.3f} {r['peak_rss_mb']:>6.0f} MB")
+              f"{r['accuracy_before']:>15.3f} -> {r['accuracy_after']:.3f} {r['peak_rss_mb']:>6.1f} MB")
     if args.out:
         write_json(args.out, rows, indent=2, newline=True)
     return 0
