@@ -13,13 +13,13 @@ order. The BatchNorm of a step graph uses its running statistics, so unlike
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
 from edgesnn.errors import UsageError
 
-from .artifacts import STEP_APPLY_MODEL, STEP_GRAD_MODEL, ArtifactError, StepManifest
+from .artifacts import STEP_ACCUMULATE_FILES, STEP_APPLY_MODEL, STEP_GRAD_MODEL, ArtifactError, StepManifest
 from .step_runner import StepSession, checked_batch
 
 __all__ = ["AccumulatingSession", "check_accumulate_artifacts"]
@@ -34,6 +34,10 @@ def check_accumulate_artifacts(manifest, artifact_dir: Path) -> None:
     if STEP_GRAD_MODEL not in manifest.files:
         raise ArtifactError(f"--accumulate: {artifact_dir} was exported before gradient accumulation (it has no "
                             f"{STEP_GRAD_MODEL}); export it again with this edgesnn")
+    for name in STEP_ACCUMULATE_FILES:  # (a board that never accumulates may leave them out)
+        if not (Path(artifact_dir) / name).is_file():
+            raise ArtifactError(f"--accumulate: {artifact_dir} lacks {name}, which its export wrote; copy it beside "
+                                "step.onnx")
 
 
 class AccumulatingSession(StepSession):
@@ -80,21 +84,29 @@ class AccumulatingSession(StepSession):
             self.apply_bindings.append(a)
 
     def step(self, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, int, float]:
-        """One optimizer step on ``xb [k B, *in_shape]`` and labels ``yb [k B]`` (``1 <= k <= parts``):
-        ``(mean loss, correct, largest recon_error)`` over the ``k`` parts. A part whose loss is
-        not finite stops the step before the update (its loss is returned)."""
+        """One optimizer step on ``xb [k B, *in_shape]`` and labels ``yb [k B]`` (``1 <= k <= parts``),
+        cut into its ``k`` batches: see :meth:`step_parts`."""
         xb, yb = checked_batch(self.m, xb, yb, self.parts)
         B = self.m.batch_size
-        k = xb.shape[0] // B
+        return self.step_parts((xb[i:i + B], yb[i:i + B]) for i in range(0, xb.shape[0], B))
+
+    def step_parts(self, parts: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Tuple[float, int, float]:
+        """One optimizer step on 1 to ``parts`` batches ``(xb [B, *in_shape], yb [B])``, taken from
+        ``parts`` one at a time (the runner gathers each from the data set only when its turn
+        comes): ``(mean loss, correct, largest recon_error)`` over them. A batch whose loss is not
+        finite stops the step before the update (its loss is returned)."""
         losses, correct, err = [], 0, 0.0
-        for i in range(k):
-            self.x.update_inplace(xb[i * B:(i + 1) * B])
-            self.y.update_inplace(yb[i * B:(i + 1) * B])
+        for i, (xb, yb) in enumerate(parts):
+            if i == self.parts:
+                raise ValueError(f"parts: expected at most {self.parts} batches per step (--accumulate), got more")
+            xb, yb = checked_batch(self.m, xb, yb, 1)
+            self.x.update_inplace(xb)
+            self.y.update_inplace(yb)
             self.grad_sess.run_with_iobinding(self.grad_bindings[self.current])
             loss = float(self.loss.numpy())
             losses.append(loss)
             correct += int(self.correct.numpy())
-            err = max(err, float(self.err.numpy()))
+            err = float(np.maximum(err, self.err.numpy()))  # a NaN stays (Python's max() would drop it)
             if not np.isfinite(loss):
                 return loss, correct, err
             for n, g in self.part_grad.items():
@@ -102,6 +114,9 @@ class AccumulatingSession(StepSession):
                     np.copyto(self.grad_sum[n], g)
                 else:
                     np.add(self.grad_sum[n], g, out=self.grad_sum[n])
+        k = len(losses)
+        if k == 0:
+            raise ValueError("parts: expected at least one batch")
         if k > 1:
             for s in self.grad_sum.values():
                 np.divide(s, np.float32(k), out=s)

@@ -75,7 +75,8 @@ STEP_FILES = (STEP_MODEL, STEP_EVAL_MODEL, STEP_INIT)
 #: The step cut in two, for gradient accumulation (``edgesnn-device --accumulate``): ``grad.onnx``
 #: maps (parameters, frozen buffers, x, labels) to (``grad/<name>`` per trainable parameter, loss,
 #: correct, recon_error); ``apply.onnx`` maps (lr, parameters, optimizer state, gradients) to the
-#: update ``step.onnx`` ends with. Every export writes them; exports from before they existed lack them.
+#: update ``step.onnx`` ends with. Every export writes them; exports from before they existed lack them,
+#: and a board that never accumulates may leave them out (their hashes are checked where present).
 STEP_GRAD_MODEL = "grad.onnx"
 STEP_APPLY_MODEL = "apply.onnx"
 STEP_ACCUMULATE_FILES = (STEP_GRAD_MODEL, STEP_APPLY_MODEL)
@@ -298,6 +299,8 @@ def validate_artifact_dir(directory: PathLike, check_hashes: bool = True) -> Uni
     for name in _files_of(manifest):
         path = directory / name
         if not path.is_file():
+            if name in STEP_ACCUMULATE_FILES:  # only --accumulate reads them, and checks for them
+                continue
             raise ArtifactError(f"{directory}: missing artifact file {name}")
         expected = manifest.files.get(name)
         if expected is None:

@@ -46,7 +46,9 @@ class EpochEnd:
 
 #: One training step: ``step(xb [B, *in_shape] float32, yb [B] int64, number) -> loss`` (the batch
 #: loss as a float); ``number`` counts steps from 1 over the whole run, resumed ones included (for
-#: messages). It may raise to stop the run.
+#: messages). It may raise to stop the run. With ``accumulate`` > 1 (:func:`run_epochs`), ``xb`` is
+#: an iterator over the step's batches ``(xb, yb)``, each gathered from the data when it is reached,
+#: and ``yb`` is ``None``.
 StepFn = Callable[[np.ndarray, np.ndarray, int], float]
 
 #: What an epoch writes: ``end_epoch(end) -> (metrics, write)``, called after the epoch's steps;
@@ -63,9 +65,11 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
     exactly ``batch_size`` (:func:`~.run_state.epoch_batches`: epoch ``e`` of the whole run is
     shuffled by ``seed`` and ``e``, so a run that resumes after ``resumed_epochs`` epochs and
     ``resumed_steps`` steps continues the same orders); returns the last epoch's metrics.
-    ``accumulate`` > 1: each step gets ``accumulate`` consecutive batches of the order at once
-    (``xb [accumulate x batch_size, ...]``; the epoch's last step the batches left), so a step is
-    what ``batch_size`` steps are otherwise, and the epoch's order and padding do not change.
+    ``accumulate`` > 1: each step gets ``accumulate`` consecutive batches of the order (the epoch's
+    last step the batches left) as an iterator that gathers one batch at a time (see ``StepFn``),
+    so the epoch's order and padding do not change and no step holds more than one batch of input;
+    an epoch's loss is then the mean of its steps' losses weighted by their batches (the mean over
+    the epoch's batches, as without accumulation).
 
     A ``schedule`` that varies (:class:`~.run_schedule.LrSchedule`, cosine) sets the learning rate
     of every step through ``set_lr`` before it (step ``k`` of the whole run, resumed ones included,
@@ -93,13 +97,16 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
     try:
         for epoch in range(resumed_epochs, resumed_epochs + epochs):
             batches, padded = epoch_batches(n, batch_size, seed, epoch)
-            if accumulate > 1:  # consecutive batches per step: [parts x batch] index rows
-                batches = [batches[i:i + accumulate].reshape(-1) for i in range(0, len(batches), accumulate)]
+            if accumulate > 1:  # consecutive batches per step: [parts, batch] index rows
+                batches = [batches[i:i + accumulate] for i in range(0, len(batches), accumulate)]
             progress.steps_per_epoch, progress.step = len(batches), 0
-            losses = []
+            losses, weights = [], []
             rate = None if schedule is None else schedule.base
             for idx in batches:
-                xb, yb = x[idx], y[idx]
+                if accumulate > 1:  # each batch gathered when the step reaches it
+                    xb, yb = ((x[i], y[i]) for i in idx), None
+                else:
+                    xb, yb = x[idx], y[idx]
                 t0, c0 = time.perf_counter(), time.process_time()
                 if varies:
                     rate = schedule.lr(resumed_steps + len(step_times))
@@ -109,7 +116,8 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
                 step_cpu.append(time.process_time() - c0)
                 progress.step += 1
                 losses.append(loss)
-            epoch_losses.append(float(np.mean(losses)))
+                weights.append(len(idx) if accumulate > 1 else 1)
+            epoch_losses.append(float(np.mean(losses) if accumulate == 1 else np.average(losses, weights=weights)))
             if rate is not None:
                 epoch_lrs.append(float(rate))
             steps = len(step_times)

@@ -225,9 +225,9 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     acc_before = sess.accuracy(xe, ye)
     max_err = 0.0
 
-    def step(xb: np.ndarray, yb: np.ndarray, number: int) -> float:
+    def step(xb, yb: Optional[np.ndarray], number: int) -> float:
         nonlocal max_err
-        loss, _, err = sess.step(xb, yb)
+        loss, _, err = sess.step_parts(xb) if accumulate > 1 else sess.step(xb, yb)
         if not math.isfinite(loss):
             raise StepCheckError(f"step {number}: the loss is {loss}; lower --lr")
         if not err <= manifest.recon_tolerance:
@@ -249,7 +249,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
             **end.progress,
             "batch_size": manifest.batch_size,
             "accumulate": accumulate,
-            "samples_per_step": accumulate * manifest.batch_size,
+            "samples_per_step": min(accumulate, parts_per_epoch) * manifest.batch_size,  # the most a step takes
             "learning_rate": rate,
             **schedule.metrics(),
             "epoch_lr": end.lrs,

@@ -160,7 +160,7 @@ def test_runner_groups_the_epochs_batches_into_steps(art, tmp_path, n, steps):
     lines = []
     m = _run(art, tmp_path / "o", 1, accumulate=n, log=lines.append)
     assert (m["steps"], m["steps_per_epoch"], m["accumulate"], m["samples_per_step"], m["padded_per_epoch"]) \
-        == (steps, steps, n, n * B, 3)
+        == (steps, steps, n, min(n, 6) * B, 3)
     assert f"({steps} steps of up to {n} batches of {B}, 3 samples repeated" in lines[0]
 
 
@@ -245,11 +245,16 @@ def test_older_exports_run_without_accumulate_and_refuse_it(art, tmp_path):
     assert finetune(old, art / "data.npz", 1, **kw)["steps"] == 6
     with pytest.raises(ArtifactError, match="exported before gradient accumulation .*has no grad.onnx.*export it again"):
         finetune(old, art / "data.npz", 1, accumulate=2, force=True, **kw)
-    broken = tmp_path / "broken"
-    shutil.copytree(art / "art", broken)
-    (broken / "apply.onnx").unlink()
-    with pytest.raises(ArtifactError, match="missing artifact file apply.onnx"):
-        validate_artifact_dir(broken)
+    # a board that never accumulates may leave the two graphs out; --accumulate then names the one missing
+    partial = tmp_path / "partial"
+    shutil.copytree(art / "art", partial)
+    (partial / "apply.onnx").unlink()
+    assert finetune(partial, art / "data.npz", 1, **{**kw, "out_dir": tmp_path / "p"})["steps"] == 6
+    with pytest.raises(ArtifactError, match="lacks apply.onnx, which its export wrote"):
+        finetune(partial, art / "data.npz", 1, accumulate=2, **{**kw, "out_dir": tmp_path / "p2"})
+    (partial / "grad.onnx").write_bytes(b"edited")  # present but not what the export wrote: refused as ever
+    with pytest.raises(ArtifactError, match="grad.onnx: corrupt artifact file"):
+        validate_artifact_dir(partial)
 
 
 def test_accumulate_needs_the_step_format(tmp_path):
@@ -260,3 +265,30 @@ def test_accumulate_needs_the_step_format(tmp_path):
     legacy = Manifest.__new__(Manifest)  # an onnx-training manifest: no accumulation graphs exist for it
     with pytest.raises(UsageError, match=r"^--accumulate: needs onnx-step artifacts .*legacy onnx-training"):
         check_accumulate_artifacts(legacy, tmp_path)
+
+
+def test_steps_gather_one_batch_at_a_time_and_epoch_loss_is_per_batch(tmp_path):
+    """run_epochs hands an accumulating step its batches one at a time (no step holds N batches
+    of input), and weights each step's loss by its batches: the epoch loss is the batches' mean."""
+    from edgesnn.export.run_loop import run_epochs
+    from edgesnn.export.run_state import OutputDir
+
+    x = np.arange(45, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    y = np.arange(45) % 4
+    seen, batch_losses = [], []
+
+    def step(parts, yb, number):
+        assert yb is None and not isinstance(parts, (list, tuple, np.ndarray))
+        losses = []
+        for xb, ybk in parts:
+            assert xb.shape == (B, 3) and ybk.shape == (B,)
+            seen.append(xb[:, 0].copy())
+            losses.append(float(xb[:, 0].mean()))
+        batch_losses.extend(losses)
+        return float(np.mean(losses))
+
+    m = run_epochs(x, y, B, 1, 0, 0, 0, False, OutputDir(tmp_path / "o", keep_others=False), lambda s: None, step,
+                   lambda end: ({"loss": end.losses[-1]}, lambda d: None), accumulate=4)
+    assert [len(s) for s in seen] == [B] * 6 and sorted(np.concatenate(seen)[:45]) == list(range(45))
+    assert abs(m["loss"] - float(np.mean(batch_losses))) < 1e-9
+    assert abs(float(np.mean(batch_losses[:4]) + np.mean(batch_losses[4:])) / 2 - m["loss"]) > 1e-3  # not per step
