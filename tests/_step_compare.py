@@ -53,3 +53,17 @@ def runner_matches_torch(model, art_dir, classes: int, steps: int = 5, batch: in
     diffs = {n: float(np.abs(got[n] - p.detach().numpy()).max()) for n, p in params.items()}
     assert max(diffs.values()) < 1e-5, diffs
     return sess, manifest, start, ref
+
+
+def small_runner_case(tmp, neuron: str, samples: int, batch: int = 8):
+    """``tmp/art``: a small MLP (16 -> 8 -> 4, T = 2, seed 0) exported as onnx-step (batch ``batch``, SGD
+    lr 0.05 momentum 0.9), and ``tmp/data.npz``: ``samples`` seeded samples in [0, 2). Returns ``tmp``."""
+    from edgesnn.export.onnx_step import export_onnx_step
+    from edgesnn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (16,), 4, 2, neuron=neuron, hidden=(8,)).eval()
+    export_onnx_step(model, tmp / "art", batch, "sgd", 0.05, momentum=0.9)
+    g = np.random.default_rng(0)
+    np.savez(tmp / "data.npz", x=(g.random((samples, 16)) * 2).astype(np.float32), y=g.integers(0, 4, samples))
+    return tmp

@@ -8,28 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from _step_compare import small_runner_case
+from test_export_step import _model
 from test_export_common import needs_onnx_runtime
 
 pytestmark = needs_onnx_runtime
 
 B = 8
-
-
-def _model(name: str, neuron: str, T: int):
-    from edgesnn.models import build_model
-
-    torch.manual_seed(0)
-    if name == "mlp":
-        model = build_model("mlp", (16,), 4, T, neuron=neuron, hidden=(8, 8))
-    else:
-        model = build_model("convnet", (2, 6, 6), 4, T, neuron=neuron, channels=(4, 4))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # non-trivial frozen BatchNorm statistics
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model.eval()
 
 
 def _sessions(art, parts):
@@ -124,16 +109,7 @@ N = 45  # 6 batches of 8 (3 samples repeated)
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    from edgesnn.export.onnx_step import export_onnx_step
-    from edgesnn.models import build_model
-
-    tmp = tmp_path_factory.mktemp("acc")
-    torch.manual_seed(0)
-    model = build_model("mlp", (16,), 4, 2, neuron="revlif", hidden=(8,)).eval()
-    export_onnx_step(model, tmp / "art", B, "sgd", 0.05, momentum=0.9)
-    g = np.random.default_rng(0)
-    np.savez(tmp / "data.npz", x=(g.random((N, 16)) * 2).astype(np.float32), y=g.integers(0, 4, N))
-    return tmp
+    return small_runner_case(tmp_path_factory.mktemp("acc"), "revlif", N)
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
+from _step_compare import small_runner_case
 from test_export_common import needs_onnx_runtime
 
 pytestmark = needs_onnx_runtime
@@ -27,16 +27,7 @@ N = 45  # 5 full batches + 5 samples: 3 repeated to fill the sixth
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
     """A small LIF MLP exported as onnx-step (batch 8, SGD momentum) and a 45-sample data file."""
-    from edgesnn.export.onnx_step import export_onnx_step
-    from edgesnn.models import build_model
-
-    tmp = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    model = build_model("mlp", (16,), 4, 2, neuron="lif", hidden=(8,)).eval()
-    export_onnx_step(model, tmp / "art", B, "sgd", 0.05, momentum=0.9)
-    g = np.random.default_rng(0)
-    np.savez(tmp / "data.npz", x=(g.random((N, 16)) * 2).astype(np.float32), y=g.integers(0, 4, N))
-    return tmp
+    return small_runner_case(tmp_path_factory.mktemp("runs"), "lif", N)
 
 
 @pytest.fixture(autouse=True)
