@@ -14,7 +14,7 @@ from torch import nn
 from .onnx_inference import OPSET, _onnx
 
 __all__ = ["TracedFn", "export_piece", "elem_type", "rename_graph", "fix_passthrough", "traced_body", "scan_body_to_loop",
-           "pruned", "inline_graph", "to_numpy"]
+           "pruned", "inline_graph", "fills_as_constant_of_shape", "to_numpy"]
 
 
 # ----------------------------------------------------------------------------- tracing pieces to ONNX
@@ -165,6 +165,36 @@ def inline_graph(graph, prefix: str, keep: set):
     io_names = {i.name for i in graph.input} | {o.name for o in graph.output}
     rename_graph(graph, prefix, keep | io_names)
     return list(graph.node), list(graph.initializer)
+
+
+def fills_as_constant_of_shape(graph, min_elements: int = 1024) -> int:
+    """Replace every ``Constant`` node (in ``graph`` and its loop bodies) whose value is a float32
+    tensor of at least ``min_elements`` elements all equal (the layers' fresh states, ``[B, ...]``
+    each) by a ``ConstantOfShape`` of that value: the same tensor, without its bytes in the file
+    (ONNX Runtime still builds it once when it loads the graph). Returns the elements removed."""
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    helper, TP = onnx.helper, onnx.TensorProto
+    removed, nodes = 0, []
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                removed += fills_as_constant_of_shape(attr.g, min_elements)
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            arr = numpy_helper.to_array(node.attribute[0].t)
+            if arr.dtype == np.float32 and arr.size >= min_elements and (arr == arr.flat[0]).all():
+                shape = node.output[0] + "/shape"
+                nodes.append(helper.make_node("Constant", [], [shape], name=node.name + "/shape",
+                                              value=helper.make_tensor(shape, TP.INT64, [arr.ndim], list(arr.shape))))
+                nodes.append(helper.make_node("ConstantOfShape", [shape], [node.output[0]], name=node.name,
+                                              value=helper.make_tensor("value", TP.FLOAT, [1], [float(arr.flat[0])])))
+                removed += arr.size
+                continue
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return removed
 
 
 def to_numpy(d: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:

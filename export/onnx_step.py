@@ -82,11 +82,17 @@ from .artifacts import STEP_APPLY_MODEL, STEP_EVAL_MODEL, STEP_GRAD_MODEL, STEP_
 from .onnx_inference import OPSET, _onnx
 from .prepare import ExportError, checked_input_range
 from .recon_check import step_recon_tolerance
-from .onnx_pieces import export_piece, inline_graph, pruned, scan_body_to_loop, traced_body
+from .onnx_pieces import export_piece, fills_as_constant_of_shape, inline_graph, pruned, scan_body_to_loop, traced_body
 from .step_layers import Stage, block_forward, block_vjp, initial_state, weight_grad
 from .step_program import STEP_OPTIMIZERS, StepProgram, build_step_program, reference_step
 
 __all__ = ["STEP_OPTIMIZERS", "StepProgram", "build_step_program", "export_onnx_step", "reference_step"]
+
+
+def _uniform_value(t: torch.Tensor):
+    """The one value every element of ``t`` holds, as a float (``t`` itself if they differ)."""
+    v = t.flatten()[0]
+    return float(v) if bool((t == v).all()) else t
 
 
 def build_graphs(prog: StepProgram):
@@ -125,16 +131,14 @@ def build_graphs(prog: StepProgram):
     pre_out = ["P"] + [f"v_init{i}" for i in range(len(stages))] + ["logit_sum_init"]
 
     # ---- forward body
-    def kept_to_store(kept_k: List, st: Stage):
-        if st.kind == "lif":
-            return torch.stack(kept_k)  # [K, B, ...]
-        acc = None
-        for k, (s, bit) in enumerate(kept_k):
-            term = s * float(4 ** k)
-            if bit is not None:
-                term = term + bit * float(2 * 4 ** k)
-            acc = term if acc is None else acc + term
-        return acc.to(torch.uint8)  # [B, n, M]
+    def packed(acc, kept, k: int):
+        """A RevLIF layer's store in progress: step ``k``'s spike and grid bit added as bits 2k, 2k + 1
+        (float sums of powers of two, exact), right after the step, so no step's 0/1 floats outlive it."""
+        s, bit = kept
+        term = s * float(4 ** k)
+        if bit is not None:
+            term = term + bit * float(2 * 4 ** k)
+        return term if acc is None else acc + term
 
     def make_fwd(store: bool):
         def f_fwd(P, *rest):
@@ -142,14 +146,19 @@ def build_graphs(prog: StepProgram):
             t = dict(zip(loop_read, rest[:nv]))
             states = list(rest[nv:nv + len(stages)])
             logit_sum = rest[nv + len(stages)]
-            kept_steps = []
+            stores: List = [[] if st.kind == "lif" else None for st in stages]
             for k in range(K):
                 logits, states, kept = prog.forward_step(t, P[k] if event else P, states)
                 logit_sum = logit_sum + logits
-                kept_steps.append(kept)
+                if store:
+                    for i, st in enumerate(stages):
+                        if st.kind == "lif":
+                            stores[i].append(kept[i])
+                        else:
+                            stores[i] = packed(stores[i], kept[i], k)
             outs = [*states, logit_sum]
-            if store:
-                outs += [kept_to_store([ks[i] for ks in kept_steps], st) for i, st in enumerate(stages)]
+            if store:  # LIF: h [K, B, ...] float32; RevLIF: [B, n, M] uint8
+                outs += [torch.stack(v) if st.kind == "lif" else v.to(torch.uint8) for v, st in zip(stores, stages)]
             return tuple(outs)
         return f_fwd
 
@@ -246,7 +255,9 @@ def build_graphs(prog: StepProgram):
 
     # ---- post: prefix VJP, verification, update
     opt_names = prog.opt_state
-    init_rev = [init_states[i] for i in rev_idx]
+    # a RevLIF layer's fresh state holds one value: compared as a scalar, so no [B, n, M] constant
+    # of it sits in the graph (ONNX Runtime kept each for the session's life)
+    init_rev = [_uniform_value(init_states[i]) for i in rev_idx]
 
     def f_post(x, lr, gP, err, *rest):
         t = dict(zip(prog.trainable + prog.frozen, rest[:len(prog.trainable) + len(prog.frozen)]))
@@ -414,6 +425,8 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
     prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze, event=event)
     recon_tolerance = step_recon_tolerance(prog.stages, prog.timesteps)  # refuses before anything is written
     step_model, eval_model, carried, (grad_model, apply_model) = build_graphs(prog)
+    for m in (step_model, eval_model, grad_model):  # the fresh states' fills: a few bytes each, not [B, ...]
+        fills_as_constant_of_shape(m.graph)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / STEP_MODEL, step_model.SerializeToString())

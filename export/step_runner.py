@@ -51,6 +51,12 @@ class StepSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)
         opts.log_severity_level = 3
+        # nodes in priority order: the default order let a RevLIF step graph's unrolled time steps
+        # (K per loop iteration) hold many more temporaries at once (VGG-11, T = 4, batch 32: peak
+        # RSS 1595 -> 1074 MB; the numbers computed are the same, node by node)
+        order = getattr(getattr(ort, "ExecutionOrder", None), "PRIORITY_BASED", None)
+        if order is not None:
+            opts.execution_order = order
         if lean_memory:
             opts.enable_cpu_mem_arena = False
             opts.enable_mem_pattern = False

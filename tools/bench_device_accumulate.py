@@ -1,9 +1,10 @@
 """Device runner with gradient accumulation: a batch of B in parts vs the same batch at once.
 
 For each model (the device-runner sweep's digits-shaped wide MLP 64-1024-1024-10 and conv net
-1x8x8, channels 16, 32) and neuron (LIF, RevLIF) at ``-T``, it exports ``onnx-step`` twice, at
-batch ``--batch`` B and at ``B / --parts`` N, and runs ``edgesnn-device`` in fresh processes
-(one thread, SGD momentum, ``--steps`` steps on the first ``steps x B`` digits samples):
+1x8x8, channels 16, 32; ``vgg11``: VGG-11 on CIFAR-shaped 3x32x32 inputs, seeded uniform [0, 1)
+values, as only memory and agreement are measured) and neuron (LIF, RevLIF) at ``-T``, it exports
+``onnx-step`` twice, at batch ``--batch`` B and at ``B / --parts`` N, and runs ``edgesnn-device``
+in fresh processes (one thread, SGD momentum, ``--steps`` steps on the first ``steps x B`` samples):
 
 * ``whole``: the B export, one step per batch (``step.onnx``);
 * ``parts``: the B / N export with ``--accumulate N`` (``grad.onnx`` N times, then ``apply.onnx``):
@@ -14,7 +15,7 @@ batch ``--batch`` B and at ``B / --parts`` N, and runs ``edgesnn-device`` in fre
 It prints peak RSS (VmHWM of the runner process), the median step time of steps 2..n and the
 ratios whole / parts; ``--out FILE`` writes the rows as JSON.
 
-    python tools/bench_device_accumulate.py [-T 32] [--batch 256] [--parts 8] [--steps 4] [--models mlp convnet]
+    python tools/bench_device_accumulate.py [-T 32] [--batch 256] [--parts 8] [--steps 4] [--models mlp convnet vgg11]
         [--out bench_device_accumulate.json [--force]]
 """
 
@@ -38,12 +39,19 @@ from tool_args import add_force, check_out, positive_int, run_main, write_json  
 def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr: float, work: Path) -> dict:
     from edgesnn.export.onnx_step import export_onnx_step
 
-    x, y = _digits()
-    xs = x if name == "mlp" else x.reshape(-1, 1, 8, 8)
-    data = work / f"{name}.npz"
-    np.savez(data, x=np.ascontiguousarray(xs[:steps * batch] * 2.0), y=y[:steps * batch])
     torch.manual_seed(0)
-    model = _sweep_model(name, neuron, T).eval()
+    data = work / f"{name}.npz"
+    if name == "vgg11":
+        from edgesnn.models import build_model
+
+        g = np.random.default_rng(0)
+        np.savez(data, x=g.random((steps * batch, 3, 32, 32), np.float32), y=g.integers(0, 10, steps * batch))
+        model = build_model("vgg11", (3, 32, 32), 10, T, neuron=neuron).eval()
+    else:
+        x, y = _digits()
+        xs = x if name == "mlp" else x.reshape(-1, 1, 8, 8)
+        np.savez(data, x=np.ascontiguousarray(xs[:steps * batch] * 2.0), y=y[:steps * batch])
+        model = _sweep_model(name, neuron, T).eval()
     part = batch // parts
     whole_art, part_art = work / f"whole-{name}-{neuron}", work / f"part-{name}-{neuron}"
     export_onnx_step(model, whole_art, batch, "sgd", lr, momentum=0.9)
@@ -77,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=positive_int, default=256, help="samples per optimizer step (default 256)")
     ap.add_argument("--parts", type=positive_int, default=8, help="parts per step, >= 2, dividing --batch (default 8)")
     ap.add_argument("--steps", type=positive_int, default=4, help="steps per run, >= 2 (default 4)")
-    ap.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=("mlp", "convnet"))
+    ap.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=("mlp", "convnet", "vgg11"))
     ap.add_argument("--neurons", nargs="+", default=["lif", "revlif"], choices=("lif", "revlif"))
     ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     ap.add_argument("--out", default=None, help="write the rows to this JSON file (default: no file)")
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
         ap.error(f"--parts: expected an integer >= 2 that divides --batch {args.batch}, got {args.parts}")
     if args.steps < 2:
         ap.error(f"--steps: expected an integer >= 2 (the step time is the median of steps 2..n), got {args.steps}")
-    if args.steps * args.batch > DIGITS:
+    if args.steps * args.batch > DIGITS and set(args.models) - {"vgg11"}:
         ap.error(f"--steps {args.steps} x --batch {args.batch}: expected at most {DIGITS} samples (the digits data set)")
     if not 0 < args.lr < float("inf"):
         ap.error(f"--lr: expected a finite number > 0, got {args.lr}")
