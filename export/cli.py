@@ -1,7 +1,7 @@
 """``edgesnn export``: checkpoint -> ONNX training step, ONNX training artifacts, TorchScript or inference ONNX.
 
     edgesnn export --checkpoint CK --format onnx-step --out DIR [--batch-size 32] [--optimizer sgd|adamw] [--lr 0.01]
-                   [--momentum 0.9] [--weight-decay WD] [--nesterov] [--freeze LAYER ...]
+                   [--momentum 0.9] [--weight-decay WD] [--nesterov] [--freeze LAYER ...] [--time-chunk K]
         (one plain ONNX graph per training step: runs on plain onnxruntime, x86-64 and aarch64)
     edgesnn export --checkpoint CK --format onnx-training --out DIR [--batch-size 32] [--optimizer sgd] [--lr 0.01]
         (legacy: ONNX Runtime training artifacts; onnxruntime-training-cpu 1.19.2, x86-64 only)
@@ -74,6 +74,10 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="onnx-step: weight decay (default: 0 for sgd, 0.01 for adamw as in torch.optim.AdamW)")
     p.add_argument("--nesterov", action="store_true", help="onnx-step, sgd: Nesterov momentum")
+    p.add_argument("--time-chunk", type=int, default=None, choices=(1, 2, 4), metavar="K",
+                   help="onnx-step: time steps per loop iteration, 1, 2 or 4 dividing T (default 1; with RevLIF "
+                        "layers from T = 64 on, the largest of 4 and 2 dividing T). A RevLIF layer stores a byte per "
+                        "neuron per chunk; smaller chunks hold fewer temporaries at once")
     p.add_argument("--freeze", action="append", default=None, metavar="LAYER",
                    help="onnx-step/onnx-training: keep this layer's (module name, e.g. body.1.module) or parameter's "
                         "values fixed on the device: no gradient, no optimizer state (repeatable; commas allowed)")
@@ -158,7 +162,7 @@ def _check_args(args: argparse.Namespace) -> Path:
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise UsageError(f"{flag}: expected a finite number >= 0, got {value}")
     given = [f for f, v in (("--momentum", args.momentum is not None), ("--weight-decay", args.weight_decay is not None),
-                            ("--nesterov", args.nesterov)) if v]
+                            ("--nesterov", args.nesterov), ("--time-chunk", args.time_chunk is not None)) if v]
     if given and args.format != "onnx-step":  # the other formats would ignore them silently
         raise UsageError(f"{given[0]}: applies to --format onnx-step only (not {args.format})")
     if args.optimizer == "adamw" and (args.momentum is not None or args.nesterov):
@@ -248,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
         from .prepare import split_trainable
 
         split_trainable(model, args.freeze, "--freeze")  # one line naming --freeze before any export work
+    if args.time_chunk is not None and int(model.timesteps) % args.time_chunk:
+        raise UsageError(f"--time-chunk: expected 1, 2 or 4 dividing the checkpoint's T = {int(model.timesteps)}, got "
+                         f"{args.time_chunk}")
     from ..training.data import EVENT_DATASETS
 
     event = _trained_on(ck) in EVENT_DATASETS  # T frames per sample: the graphs take x [B, T, ...]
@@ -256,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = replace_dir(out, lambda tmp: export_onnx_step(
             model, tmp, args.batch_size, args.optimizer, args.lr, 0.9 if args.momentum is None else args.momentum,
-            args.weight_decay, args.nesterov, input_range=_input_range(ck), freeze=args.freeze, event=event))
+            args.weight_decay, args.nesterov, input_range=_input_range(ck), freeze=args.freeze, event=event,
+            chunk=args.time_chunk))
         kinds = ", ".join(sorted({n["kind"] for n in manifest.neurons}))
         data = f"; device data x {_frames_text('N', manifest.in_shape)}" if event else ""
         print(f"wrote ONNX training-step graph to {out} (batch {manifest.batch_size}, T {manifest.timesteps} in a Scan of "

@@ -9,13 +9,12 @@
    (``event=True``: ``x [B, T, ...]``, one frame per step) they run at every step instead, as the
    first spiking layer's block; the prefix then only cuts the frames into chunks ``[T/K, K, B, ...]``,
    which the forward Scan scans and the backward Loop gathers, chunk by chunk.
-2. **forward** ``Scan`` over the ``T`` steps, ``K`` steps per iteration (``K`` = 4, 2 or 1, the
-   largest that divides ``T``). Per spiking layer it keeps, for the backward, only:
+2. **forward** ``Scan`` over the ``T`` steps, ``K`` steps per iteration (``K`` = 1, 2 or 4 dividing
+   ``T``; :func:`~.step_program.default_chunk` by default). Per spiking layer it keeps, for the backward, only:
    LIF: ``h`` (float32, 4 bytes per neuron-step, as the ``torch`` backend saves);
    RevLIF: the spike bit and (exact mode) the bit halving shifted out of the state, packed
    ``K`` steps per byte, plus the final state (a loop-carried value): one byte per neuron per
-   chunk, i.e. 2 bits per neuron-step when ``T`` is a multiple of 4, 4 bits when ``T`` is even
-   otherwise (``K`` = 2) and 8 bits for odd ``T`` (``K`` = 1).
+   chunk, i.e. 2 bits per neuron-step at ``K`` = 4, 4 bits at 2 and 8 bits at 1.
    The time-averaged logits are accumulated.
 3. **loss**: cross-entropy on the mean logits, written as log-softmax x one-hot (its gradient is
    ``(softmax - onehot) / B`` by construction; an exported ``F.cross_entropy`` backward once
@@ -401,7 +400,7 @@ def build_graphs(prog: StepProgram):
 def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer: str = "sgd", learning_rate: float = 0.01,
                      momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False,
                      input_range: Optional[Sequence[float]] = None, freeze: Optional[Sequence[str]] = None,
-                     event: bool = False) -> StepManifest:
+                     event: bool = False, chunk: Optional[int] = None) -> StepManifest:
     """Write ``step.onnx``, ``eval.onnx``, ``grad.onnx``, ``apply.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``.
 
     ``freeze``: parameter or module names (``"body.0"``) to keep fixed on the device, besides the
@@ -418,11 +417,15 @@ def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer:
     ``x [B, T, *in_shape]`` and the manifest's ``in_shape`` is ``[T, *in_shape]`` (one sample), so
     the device data holds ``x [N, T, *in_shape]``. The layers before the first spiking layer then
     run at every step, inside the loops.
+
+    ``chunk``: time steps per loop iteration (1, 2 or 4, dividing T; default the largest that
+    divides T): see :func:`~.step_program.build_step_program`.
     """
     if not (is_real_number(learning_rate) and learning_rate > 0):
         raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
     input_range = checked_input_range(input_range)
-    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze, event=event)
+    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze, event=event,
+                              chunk=chunk)
     recon_tolerance = step_recon_tolerance(prog.stages, prog.timesteps)  # refuses before anything is written
     step_model, eval_model, carried, (grad_model, apply_model) = build_graphs(prog)
     for m in (step_model, eval_model, grad_model):  # the fresh states' fills: a few bytes each, not [B, ...]

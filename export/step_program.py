@@ -22,9 +22,11 @@ from .prepare import ExportError, export_copy, refuse_active_dropout, split_trai
 from .step_layers import (Leaf, Stage, block_forward, block_vjp, grouped, initial_state, node_input, plan_layers,
                           record_shapes)
 
-__all__ = ["STEP_OPTIMIZERS", "StepProgram", "build_step_program", "reference_step"]
+__all__ = ["CHUNKS", "LONG_T", "STEP_OPTIMIZERS", "StepProgram", "default_chunk", "build_step_program", "reference_step"]
 
 STEP_OPTIMIZERS = ("sgd", "adamw")
+#: Time steps per loop iteration the step graph takes (a RevLIF layer packs 2 bits per step into a byte).
+CHUNKS = (1, 2, 4)
 
 
 # ----------------------------------------------------------------------------- the program
@@ -255,6 +257,24 @@ class StepProgram:
         return new_p, new_s, loss, correct, err, gacc
 
 
+#: From this T on, a model with RevLIF layers steps in chunks of 4 (or 2) time steps by default.
+LONG_T = 64
+
+
+def default_chunk(T: int, revlif: bool) -> int:
+    """Time steps per loop iteration of the step graph by default.
+
+    One step per iteration holds the fewest temporaries: the loop bodies unroll their K steps, and
+    ONNX Runtime then keeps more of them alive at once (VGG-11, T = 4, batch 64, one thread: peak
+    RSS LIF 1627 -> 1132 MB, RevLIF 1830 -> 1332 MB from K = 4 to 1; ``tools/bench_device_accumulate.py
+    --chunk``). LIF stores the same ``h`` whatever K is. A RevLIF layer stores one byte per neuron per
+    chunk (2 bits per step at K = 4, 8 at K = 1), which outweighs that at long sequences: from
+    :data:`LONG_T` steps on it takes the largest of 4 and 2 dividing T."""
+    if revlif and T >= LONG_T:
+        return 4 if T % 4 == 0 else (2 if T % 2 == 0 else 1)
+    return 1
+
+
 def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps) -> None:
     """One-line :class:`ExportError` for optimizer settings ``torch.optim`` would refuse (the graph
     would otherwise bake them in: a NaN momentum trains to NaN, a negative decay grows the weights)."""
@@ -276,11 +296,14 @@ def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps)
 
 def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
                        weight_decay: Optional[float] = None, nesterov: bool = False, betas=(0.9, 0.999),
-                       eps: float = 1e-8, freeze: Optional[Sequence[str]] = None, event: bool = False) -> StepProgram:
+                       eps: float = 1e-8, freeze: Optional[Sequence[str]] = None, event: bool = False,
+                       chunk: Optional[int] = None) -> StepProgram:
     """Read ``model`` into a :class:`StepProgram` (``freeze``: see :func:`~.prepare.split_trainable`).
 
     ``event``: the input holds one frame per time step (``[B, T, *in_shape]``, event data); the
-    layers before the first spiking layer then run at every step, as the first block."""
+    layers before the first spiking layer then run at every step, as the first block.
+
+    ``chunk``: time steps per loop iteration, 1, 2 or 4 dividing T (``None``: :func:`default_chunk`)."""
     if optimizer not in STEP_OPTIMIZERS:
         raise ExportError(f"optimizer: expected one of {STEP_OPTIMIZERS}, got {optimizer!r}")
     if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
@@ -310,7 +333,11 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
         hp.update(beta1=float(betas[0]), beta2=float(betas[1]), eps=float(eps))
     else:
         hp.update(momentum=float(momentum), nesterov=float(bool(nesterov)))
-    chunk = 4 if T % 4 == 0 else (2 if T % 2 == 0 else 1)
+    if chunk is None:
+        chunk = default_chunk(T, any(st.kind == "revlif" for st in stages))
+    elif isinstance(chunk, bool) or chunk not in CHUNKS or T % chunk:
+        raise ExportError(f"chunk: expected 1, 2 or 4 time steps per loop iteration, dividing T = {T} "
+                          f"({', '.join(str(k) for k in CHUNKS if T % k == 0)}), got {chunk!r}")
     cfg = dict(getattr(model, "config", {}) or {})
     prog = StepProgram(clone, prefix, stages, head, batch_size, T, chunk, trainable, frozen, values, optimizer, hp,
                        tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0, bool(event))

@@ -60,10 +60,12 @@ def test_accumulated_steps_are_the_whole_batch_steps(tmp_path, name, neuron, T, 
         got_loss, got_correct, got_err = acc.step(x, y)
         assert abs(got_loss - loss) < 1e-5 and got_correct == correct and got_err == 0.0 == err, (k, got_loss, loss)
         got = acc.values()
+        # AdamW divides by sqrt(v): a tiny gradient's rounding reaches its update at lr scale (5.1e-6 seen on torch 2.15)
+        tol = 2e-5 if optimizer == "adamw" else 5e-6
         for n in manifest.trainable:
-            np.testing.assert_allclose(got[n], new_p[n], atol=5e-6, rtol=0, err_msg=f"step {k}: {n}")
+            np.testing.assert_allclose(got[n], new_p[n], atol=tol, rtol=0, err_msg=f"step {k}: {n}")
         for n in manifest.optimizer_state:
-            np.testing.assert_allclose(got[n], new_s[n], atol=5e-6, rtol=0, err_msg=f"step {k}: {n}")
+            np.testing.assert_allclose(got[n], new_s[n], atol=tol, rtol=0, err_msg=f"step {k}: {n}")
         moved = max(float(np.abs(new_p[n] - params[n]).max()) for n in manifest.trainable)
         assert moved > 1e-3, "the step moved nothing: the comparison would be vacuous"
         params.update(new_p)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from _step_compare import runner_matches_torch
+from _step_compare import largest_chunk, runner_matches_torch
 from test_export_common import needs_onnx_runtime, run_python
 
 pytestmark = needs_onnx_runtime
@@ -65,9 +65,9 @@ def test_runner_steps_match_torch_eager(tmp_path, name, neuron, T, optimizer):
 
     model = _model(name, neuron, T)
     lr = 0.05 if optimizer == "sgd" else 0.01
-    export_onnx_step(model, tmp_path / "art", BATCH, optimizer, lr, momentum=0.9)
+    export_onnx_step(model, tmp_path / "art", BATCH, optimizer, lr, momentum=0.9, chunk=largest_chunk(T))
     manifest = validate_artifact_dir(tmp_path / "art")
-    assert manifest.recon_tolerance == 0.0 and manifest.timesteps == T
+    assert manifest.recon_tolerance == 0.0 and manifest.timesteps == T and manifest.chunk == largest_chunk(T)
     with np.load(tmp_path / "art" / "init.npz") as npz:
         start = {k: npz[k] for k in npz.files}
     sess = StepSession(import_plain_ort(), tmp_path / "art", manifest, start, threads=1, lean_memory=True)

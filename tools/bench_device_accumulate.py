@@ -16,7 +16,7 @@ It prints peak RSS (VmHWM of the runner process), the median step time of steps 
 ratios whole / parts; ``--out FILE`` writes the rows as JSON.
 
     python tools/bench_device_accumulate.py [-T 32] [--batch 256] [--parts 8] [--steps 4] [--models mlp convnet vgg11]
-        [--out bench_device_accumulate.json [--force]]
+        [--chunk K] [--out bench_device_accumulate.json [--force]]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from bench_device_runner import DIGITS, _digits, _run_runner, _sweep_model  # no
 from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
-def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr: float, work: Path) -> dict:
+def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr: float, work: Path,
+          chunk=None) -> dict:
     from edgesnn.export.onnx_step import export_onnx_step
 
     torch.manual_seed(0)
@@ -54,9 +55,9 @@ def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr
         model = _sweep_model(name, neuron, T).eval()
     part = batch // parts
     whole_art, part_art = work / f"whole-{name}-{neuron}", work / f"part-{name}-{neuron}"
-    export_onnx_step(model, whole_art, batch, "sgd", lr, momentum=0.9)
-    export_onnx_step(model, part_art, part, "sgd", lr, momentum=0.9)
-    row = {"model": name, "neuron": neuron, "T": T, "batch": batch, "parts": parts, "part_batch": part}
+    export_onnx_step(model, whole_art, batch, "sgd", lr, momentum=0.9, chunk=chunk)
+    m = export_onnx_step(model, part_art, part, "sgd", lr, momentum=0.9, chunk=chunk)
+    row = {"model": name, "neuron": neuron, "T": T, "batch": batch, "parts": parts, "part_batch": part, "chunk": m.chunk}
     row["whole"] = _run_runner(whole_art, data, work / "o-whole")
     row["parts_run"] = _run_runner(part_art, data, work / "o-parts", extra=("--accumulate", str(parts)))
     row["small"] = _run_runner(part_art, data, work / "o-small")
@@ -72,7 +73,7 @@ def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr
 
 def _line(r: dict) -> str:
     w, p, s = r["whole"], r["parts_run"], r["small"]
-    return (f"{r['model']:7s} {r['neuron']:6s} | whole B={r['batch']}: {w['peak_rss_mb']:7.1f} MB {w['step_ms_median']:8.1f} ms"
+    return (f"{r['model']:7s} {r['neuron']:6s} K={r['chunk']} | whole B={r['batch']}: {w['peak_rss_mb']:7.1f} MB {w['step_ms_median']:8.1f} ms"
             f" | {r['parts']} x {r['part_batch']}: {p['peak_rss_mb']:7.1f} MB {p['step_ms_median']:8.1f} ms"
             f" | one part: {s['peak_rss_mb']:7.1f} MB | whole/parts RSS {r['peak_rss_ratio']:4.2f}x, "
             f"parts step time {r['step_time_ratio']:4.2f}x | max |dparam| {r['max_param_diff']:.1e} "
@@ -88,6 +89,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=("mlp", "convnet", "vgg11"))
     ap.add_argument("--neurons", nargs="+", default=["lif", "revlif"], choices=("lif", "revlif"))
     ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
+    ap.add_argument("--chunk", type=int, default=None, choices=(1, 2, 4),
+                    help="time steps per loop iteration of the exported graphs (edgesnn export --time-chunk; default: "
+                         "the exporter's, edgesnn.export.step_program.default_chunk)")
     ap.add_argument("--out", default=None, help="write the rows to this JSON file (default: no file)")
     add_force(ap, "the --out file")
     args = ap.parse_args(argv)
@@ -106,7 +110,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for neuron in args.neurons:
-                rows.append(bench(name, neuron, args.T, args.batch, args.parts, args.steps, args.lr, Path(tmp)))
+                rows.append(bench(name, neuron, args.T, args.batch, args.parts, args.steps, args.lr, Path(tmp), args.chunk))
                 print(_line(rows[-1]), flush=True)
     if args.out:
         write_json(args.out, {"rows": rows}, indent=2, newline=True)
