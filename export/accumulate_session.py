@@ -66,21 +66,12 @@ class AccumulatingSession(StepSession):
             for n in m.trainable:
                 g.bind_ortvalue_input(n, self.sets[k][n])
                 g.bind_ortvalue_output(f"grad/{n}", part_ov[n])
-            for n, v in self.frozen.items():
-                g.bind_ortvalue_input(n, v)
-            g.bind_ortvalue_input(m.input_name, self.x)
-            g.bind_ortvalue_input(m.label_name, self.y)
-            g.bind_ortvalue_output("loss", self.loss)
-            g.bind_ortvalue_output("correct", self.correct)
-            g.bind_ortvalue_output("recon_error", self.err)
+            self._bind_batch(g)
             self.grad_bindings.append(g)
             a = self.apply_sess.io_binding()
-            for inp, out in m.carried:
-                a.bind_ortvalue_input(inp, self.sets[k][inp])
-                a.bind_ortvalue_output(out, self.sets[1 - k][inp])
+            self._bind_update(a, k)
             for n in m.trainable:
                 a.bind_ortvalue_input(f"grad/{n}", sum_ov[n])
-            a.bind_ortvalue_input(m.lr_name, self.lr)
             self.apply_bindings.append(a)
 
     def step(self, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, int, float]:

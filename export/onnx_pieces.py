@@ -14,7 +14,7 @@ from torch import nn
 from .onnx_inference import OPSET, _onnx
 
 __all__ = ["TracedFn", "export_piece", "elem_type", "rename_graph", "fix_passthrough", "traced_body", "scan_body_to_loop",
-           "pruned", "inline_graph", "fills_as_constant_of_shape", "to_numpy"]
+           "pruned", "inline_graph", "checked_model", "fills_as_constant_of_shape", "to_numpy"]
 
 
 # ----------------------------------------------------------------------------- tracing pieces to ONNX
@@ -165,6 +165,15 @@ def inline_graph(graph, prefix: str, keep: set):
     io_names = {i.name for i in graph.input} | {o.name for o in graph.output}
     rename_graph(graph, prefix, keep | io_names)
     return list(graph.node), list(graph.initializer)
+
+
+def checked_model(graph):
+    """A stitched ``graph`` as an opset-:data:`OPSET`, IR-version-8 ``ModelProto``, checked by the ONNX checker."""
+    onnx = _onnx()
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], producer_name="edgesnn")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
 
 
 def fills_as_constant_of_shape(graph, min_elements: int = 1024) -> int:

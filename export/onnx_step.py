@@ -78,20 +78,15 @@ from .. import __version__
 from ..checkpoint import encode_config
 from ..functional.checks import is_real_number
 from .artifacts import STEP_APPLY_MODEL, STEP_EVAL_MODEL, STEP_GRAD_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
-from .onnx_inference import OPSET, _onnx
+from .onnx_inference import _onnx
 from .prepare import ExportError, checked_input_range
 from .recon_check import step_recon_tolerance
-from .onnx_pieces import export_piece, fills_as_constant_of_shape, inline_graph, pruned, scan_body_to_loop, traced_body
-from .step_layers import Stage, block_forward, block_vjp, initial_state, weight_grad
+from .onnx_pieces import (checked_model, export_piece, fills_as_constant_of_shape, inline_graph, pruned,
+                          scan_body_to_loop, traced_body)
+from .step_layers import Stage, block_forward, block_vjp, initial_state, initial_value, weight_grad
 from .step_program import STEP_OPTIMIZERS, StepProgram, build_step_program, reference_step
 
 __all__ = ["STEP_OPTIMIZERS", "StepProgram", "build_step_program", "export_onnx_step", "reference_step"]
-
-
-def _uniform_value(t: torch.Tensor):
-    """The one value every element of ``t`` holds, as a float (``t`` itself if they differ)."""
-    v = t.flatten()[0]
-    return float(v) if bool((t == v).all()) else t
 
 
 def build_graphs(prog: StepProgram):
@@ -256,20 +251,26 @@ def build_graphs(prog: StepProgram):
     opt_names = prog.opt_state
     # a RevLIF layer's fresh state holds one value: compared as a scalar, so no [B, n, M] constant
     # of it sits in the graph (ONNX Runtime kept each for the session's life)
-    init_rev = [_uniform_value(init_states[i]) for i in rev_idx]
+    init_rev = [initial_value(stages[i]) for i in rev_idx]
 
-    def f_post(x, lr, gP, err, *rest):
-        t = dict(zip(prog.trainable + prog.frozen, rest[:len(prog.trainable) + len(prog.frozen)]))
-        rest = rest[len(prog.trainable) + len(prog.frozen):]
-        state = dict(zip(opt_names, rest[:len(opt_names)])); rest = rest[len(opt_names):]
-        gl = dict(zip(loop_params, rest[:len(loop_params)])); rest = rest[len(loop_params):]
-        v0_rec = rest[:n_rev]
+    def gradients(x, gP, err, t, gl, v0_rec):
+        """Every trainable parameter's gradient (the loop's, plus the prefix VJP's) and the
+        reconstruction error with the recovered initial states checked: what f_post updates with,
+        and what grad.onnx returns."""
         grads = dict(gl)
         if prog.prefix_trains:
             inputs, _ = block_forward(prog.prefix, t, x)
             grads.update(block_vjp(prog.prefix, t, inputs, gP, need_gx=False)[1])
         for v, v0 in zip(v0_rec, init_rev):
             err = torch.maximum(err, (v - v0).abs().max())
+        return grads, err
+
+    def f_post(x, lr, gP, err, *rest):
+        t = dict(zip(prog.trainable + prog.frozen, rest[:len(prog.trainable) + len(prog.frozen)]))
+        rest = rest[len(prog.trainable) + len(prog.frozen):]
+        state = dict(zip(opt_names, rest[:len(opt_names)])); rest = rest[len(opt_names):]
+        gl = dict(zip(loop_params, rest[:len(loop_params)])); rest = rest[len(loop_params):]
+        grads, err = gradients(x, gP, err, t, gl, rest[:n_rev])
         new_p, new_s = prog.update(t, grads, state, lr)
         return (*[new_p[n] for n in prog.trainable], *[new_s[n] for n in opt_names], err)
 
@@ -286,13 +287,8 @@ def build_graphs(prog: StepProgram):
     def f_grad_post(x, gP, err, *rest):
         t = dict(zip(prog.trainable + prog.frozen, rest[:len(prog.trainable) + len(prog.frozen)]))
         rest = rest[len(prog.trainable) + len(prog.frozen):]
-        grads = dict(zip(loop_params, rest[:len(loop_params)]))
-        v0_rec = rest[len(loop_params):]
-        if prog.prefix_trains:
-            inputs, _ = block_forward(prog.prefix, t, x)
-            grads.update(block_vjp(prog.prefix, t, inputs, gP, need_gx=False)[1])
-        for v, v0 in zip(v0_rec, init_rev):
-            err = torch.maximum(err, (v - v0).abs().max())
+        gl = dict(zip(loop_params, rest[:len(loop_params)]))
+        grads, err = gradients(x, gP, err, t, gl, rest[len(loop_params):])
         return (*[grads[n] for n in prog.trainable], err)
 
     def f_apply(lr, *rest):
@@ -358,9 +354,7 @@ def build_graphs(prog: StepProgram):
                + [vi("loss", []), vi("correct", [], TP.INT64), vi("recon_error", [])])
     graph = helper.make_graph(nodes_pre + [scan_f] + nodes_loss + gv_nodes + [scan_b] + nodes_post + [cast_correct],
                               "edgesnn_step", inputs, outputs, initializer=init_pre + init_loss + init_post + ticks + [zero, trip])
-    step_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
-    step_model.ir_version = 8
-    onnx.checker.check_model(step_model)
+    step_model = checked_model(graph)
 
     # ---- grad graph (the step without its update) and apply graph (the update)
     g_gpost = export_piece(f_grad_post, grad_post_args, grad_post_in, grad_names + ["recon_error"])
@@ -371,14 +365,10 @@ def build_graphs(prog: StepProgram):
         [vi(g, V[n].shape) for g, n in zip(grad_names, prog.trainable)]
         + [vi("loss", []), vi("correct", [], TP.INT64), vi("recon_error", [])],
         initializer=[_copy(i) for i in init_pre + init_loss + init_gpost + ticks + [zero, trip]])
-    grad_model = helper.make_model(grad_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
-    grad_model.ir_version = 8
-    onnx.checker.check_model(grad_model)
+    grad_model = checked_model(grad_graph)
     g_apply = export_piece(f_apply, apply_args, apply_in, [f"new/{n}" for n in prog.trainable + opt_names])
     g_apply.name = "edgesnn_apply"
-    apply_model = helper.make_model(g_apply, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
-    apply_model.ir_version = 8
-    onnx.checker.check_model(apply_model)
+    apply_model = checked_model(g_apply)
 
     # ---- eval graph: prefix + forward scan (no stores) + mean logits
     nodes_pre2, init_pre2 = [_copy(n) for n in nodes_pre], [_copy(i) for i in init_pre]
@@ -390,9 +380,7 @@ def build_graphs(prog: StepProgram):
     eval_graph = helper.make_graph(nodes_pre2 + [scan_e, mean], "edgesnn_eval",
                                    [vi(n, V[n].shape) for n in all_inputs] + [vi("input", [B, *prog.sample_shape])],
                                    [vi("logits", [B, prog.num_classes])], initializer=init_pre2 + ticks + [tconst])
-    eval_model = helper.make_model(eval_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesnn")
-    eval_model.ir_version = 8
-    onnx.checker.check_model(eval_model)
+    eval_model = checked_model(eval_graph)
     carried = [[n, f"new/{n}"] for n in prog.trainable] + [[n, f"new/{n}"] for n in opt_names]
     return step_model, eval_model, carried, (grad_model, apply_model)
 

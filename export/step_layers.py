@@ -21,7 +21,7 @@ from ..nn import LIF, RevLIF, SeqToANN
 from .prepare import ExportError
 
 __all__ = ["Leaf", "Stage", "make_leaf", "plan_layers", "record_shapes", "leaf_forward", "weight_grad", "leaf_vjp",
-           "block_forward", "block_vjp", "grouped", "node_input", "initial_state"]
+           "block_forward", "block_vjp", "grouped", "node_input", "initial_value", "initial_state"]
 
 
 # ----------------------------------------------------------------------------- the model as a plan
@@ -297,10 +297,18 @@ def node_input(st: Stage, x: torch.Tensor) -> torch.Tensor:
     return quantize_input(xg) if st.params.exact else xg
 
 
-def initial_state(st: Stage) -> torch.Tensor:
+def initial_value(st: Stage) -> float:
+    """The one value a stage's fresh state holds throughout: the reset potential (RevLIF exact
+    mode: on the grid, float32)."""
     if st.kind == "lif":
-        return torch.full(st.x_shape, st.params.charge_reset)
+        return float(torch.tensor(st.params.charge_reset))
+    v = torch.tensor(st.params.lif.charge_reset)
+    return float(to_grid(v) if st.params.exact else v)
+
+
+def initial_state(st: Stage) -> torch.Tensor:
+    """A stage's fresh state: ``x_shape`` (LIF) or grouped ``[B, n, M]`` (RevLIF), :func:`initial_value` throughout."""
+    if st.kind == "lif":
+        return torch.full(st.x_shape, initial_value(st))
     B, C = st.x_shape[0], st.x_shape[1]
-    shape = (B, st.params.groups, (C // st.params.groups) * math.prod(st.x_shape[2:]))
-    v = torch.full(shape, st.params.lif.charge_reset)
-    return to_grid(v) if st.params.exact else v
+    return torch.full((B, st.params.groups, (C // st.params.groups) * math.prod(st.x_shape[2:])), initial_value(st))

@@ -89,23 +89,31 @@ class StepSession:
 
     def _bind_training(self, start: Dict[str, np.ndarray]) -> None:
         """Load ``step.onnx`` and bind it both ways round (set A -> set B, set B -> set A)."""
-        manifest = self.m
         self.sess = self._load(STEP_MODEL)
         self.bindings = []
         for k in (0, 1):
             b = self.sess.io_binding()
-            for inp, out in manifest.carried:
-                b.bind_ortvalue_input(inp, self.sets[k][inp])
-                b.bind_ortvalue_output(out, self.sets[1 - k][inp])
-            for n, v in self.frozen.items():
-                b.bind_ortvalue_input(n, v)
-            b.bind_ortvalue_input(manifest.input_name, self.x)
-            b.bind_ortvalue_input(manifest.label_name, self.y)
-            b.bind_ortvalue_input(manifest.lr_name, self.lr)
-            b.bind_ortvalue_output("loss", self.loss)
-            b.bind_ortvalue_output("correct", self.correct)
-            b.bind_ortvalue_output("recon_error", self.err)
+            self._bind_update(b, k)
+            self._bind_batch(b)
             self.bindings.append(b)
+
+    def _bind_update(self, b, k: int) -> None:
+        """A graph that updates: carried set ``k`` (parameters, optimizer state) in, set ``1 - k`` out, lr in."""
+        for inp, out in self.m.carried:
+            b.bind_ortvalue_input(inp, self.sets[k][inp])
+            b.bind_ortvalue_output(out, self.sets[1 - k][inp])
+        b.bind_ortvalue_input(self.m.lr_name, self.lr)
+
+    def _bind_batch(self, b) -> None:
+        """A graph that runs a batch: frozen buffers, the batch and its labels in; loss, correct and
+        recon_error out."""
+        for n, v in self.frozen.items():
+            b.bind_ortvalue_input(n, v)
+        b.bind_ortvalue_input(self.m.input_name, self.x)
+        b.bind_ortvalue_input(self.m.label_name, self.y)
+        b.bind_ortvalue_output("loss", self.loss)
+        b.bind_ortvalue_output("correct", self.correct)
+        b.bind_ortvalue_output("recon_error", self.err)
 
     def set_lr(self, lr: float) -> None:
         self.lr.update_inplace(np.asarray(lr, np.float32))
