@@ -157,7 +157,9 @@ def bn_static(bn: nn.modules.batchnorm._BatchNorm, a: torch.Tensor, T: int, upda
         with torch.no_grad():
             var, mean = torch.var_mean(a.detach(), dim=reduce_dims(a), unbiased=False)
         update_running(bn, mean, var, T * (a.numel() // a.shape[1]))
-    return F.batch_norm(a, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    # ``torch.batch_norm``, not ``F.batch_norm``: one copy may hold one value per channel (B = 1,
+    # [B, C] or [B, C, 1, 1]) though the T copies it stands for hold T; F.batch_norm refuses that.
+    return torch.batch_norm(a, bn.weight, bn.bias, None, None, True, 0.0, bn.eps, torch.backends.cudnn.enabled)
 
 
 def bn_normalize(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
