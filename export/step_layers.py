@@ -1,6 +1,7 @@
 """The model's layers as the ONNX step graph sees them (:mod:`.onnx_step`), with explicit VJPs.
 
-A model is read into leaves (stateless layers: Linear, Conv2d with stride/padding, dilation 1,
+A model is read into leaves (stateless layers: Linear (on the last dim of ``[B, ..., in]``, as
+``nn.Linear``), Conv2d with stride/padding, dilation 1,
 groups 1, frozen-statistics BatchNorm, AvgPool2d / MaxPool2d with kernel = stride, Flatten) and stages
 (leaves then one spiking node). Each leaf has a forward and a VJP written with standard ops only,
 so the traced backward is exactly these formulas (no autograd inside the exported graph).
@@ -173,6 +174,8 @@ def leaf_forward(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor) -> tor
 def weight_grad(leaf: Leaf, x: torch.Tensor, gy: torch.Tensor, acc: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Linear / Conv2d weight gradient at input ``x`` and output gradient ``gy`` (plus ``acc``)."""
     if leaf.kind == "linear":
+        if x.dim() > 2:  # a Linear on [B, ..., in]: every leading position is a row (sizes from the module)
+            x, gy = x.reshape(-1, leaf.module.in_features), gy.reshape(-1, leaf.module.out_features)
         return gy.t().matmul(x) if acc is None else torch.addmm(acc, gy.t(), x)
     m = leaf.module
     kh, kw = tuple(m.kernel_size)
@@ -197,7 +200,7 @@ def leaf_vjp(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor, gy: torch.
     if leaf.kind == "linear":
         w = t[f"{n}.weight"]
         if f"{n}.bias" in trains:
-            grads[f"{n}.bias"] = gy.sum(0)
+            grads[f"{n}.bias"] = gy.sum(0) if gy.dim() == 2 else gy.reshape(-1, m.out_features).sum(0)
         return (gy.matmul(w) if need_gx else None), grads
     if leaf.kind == "conv":
         w = t[f"{n}.weight"]

@@ -7,6 +7,7 @@ step forward and backward with the project's own VJPs and updates the parameters
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -335,9 +336,11 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
         hp.update(momentum=float(momentum), nesterov=float(bool(nesterov)))
     if chunk is None:
         chunk = default_chunk(T, any(st.kind == "revlif" for st in stages))
-    elif isinstance(chunk, bool) or chunk not in CHUNKS or T % chunk:
+    elif isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk not in CHUNKS or T % chunk:
+        # an integer only: 4.0 == 4 passed the membership test, then T // 4.0 crashed the graph build
         raise ExportError(f"chunk: expected 1, 2 or 4 time steps per loop iteration, dividing T = {T} "
                           f"({', '.join(str(k) for k in CHUNKS if T % k == 0)}), got {chunk!r}")
+    chunk = int(chunk)
     cfg = dict(getattr(model, "config", {}) or {})
     prog = StepProgram(clone, prefix, stages, head, batch_size, T, chunk, trainable, frozen, values, optimizer, hp,
                        tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0, bool(event))
@@ -350,7 +353,11 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
             st.x_shape = tuple(xi.shape)
             out = xi
         logits = record_shapes(head, values, out)
-        prog.num_classes = int(logits.shape[1])
+    if logits.dim() != 2:  # the loss takes one label per sample: [B, C, H, W] or [B, S, C] logits crashed the build
+        last = head[-1].name if head else stages[-1].name
+        raise ExportError(f"onnx-step: the model's output (after {last}) is [B, {', '.join(map(str, logits.shape[1:]))}] "
+                          f"per time step; expected logits [B, classes] (end the body with Flatten and Linear)")
+    prog.num_classes = int(logits.shape[1])
     return prog
 
 
