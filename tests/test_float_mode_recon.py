@@ -124,3 +124,24 @@ def test_device_steps_of_an_accepted_float_model_stay_within_the_exported_tolera
     x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
     errs = [sess.step(x[i * B:(i + 1) * B], y[i * B:(i + 1) * B])[2] for i in range(3)]
     assert 0.0 < max(errs) <= tol, errs
+
+
+def test_data_beyond_the_predicted_state_scale_is_caught_by_the_check():
+    """The prediction takes states of size max(1, |v_th|); inputs that drive the state further
+    (here 16x, inputs in ±64) raise the actual error past the tolerance although the prediction passes. The backward's check
+    catches it (``ReconstructionError``) instead of handing back a gradient of the wrong history."""
+    from torch import nn
+
+    from edgesnn.nn import RevLIF, SeqToANN
+
+    def run(scale: float) -> None:
+        torch.manual_seed(0)
+        m = nn.Sequential(SeqToANN(nn.Linear(4, 8)),
+                          RevLIF(groups=2, mode="float", beta=0.5, gamma=1.0, alpha=0.3, tau=1.01, v_threshold=0.5))
+        x = (torch.rand(12, 4, 4) * 2 - 1) * scale
+        assert float_mode_refusal(m[1].params, 12) is None
+        m(x.requires_grad_()).sum().backward()
+
+    run(4.0)
+    with pytest.raises(ReconstructionError, match="mode='exact'"):
+        run(64.0)

@@ -80,7 +80,11 @@ def float_mode_growth(p: RevLIFParams, T: int) -> float:
 def float_mode_refusal(p: RevLIFParams, T: int, dtype: torch.dtype = torch.float32) -> Optional[str]:
     """``None`` when float-mode rounding over ``T`` steps is predicted within :func:`float_mode_tolerance`
     (``roundoff(dtype) * growth <= FLOAT_MODE_TOLERANCE``), else a one-line reason naming ``beta`` (and
-    ``gamma``/``tau``), the largest such ``T`` and ``mode='exact'``. Exact mode: always ``None``."""
+    ``gamma``/``tau``), the largest such ``T`` and ``mode='exact'``. Exact mode: always ``None``.
+
+    The prediction takes states of size about ``max(1, |v_threshold|)`` (the scale of
+    :func:`float_mode_tolerance`); inputs that drive the state further scale the actual error with
+    them, so the backward's own check (and the device runner's) stays the final word."""
     if p.exact:
         return None
     roundoff = _FLOAT32_ROUNDOFF if dtype != torch.float64 else 2.0 ** -53
