@@ -243,6 +243,11 @@ def finetune(
         raise UsageError("--resume and --force exclude each other (continue the run, or start again from the export)")
     if eval_data is not None and holdout:
         raise UsageError("--holdout and --eval-data exclude each other (the held-out data is --eval-data)")
+    for flag, value, expected in (("ARTIFACTS", artifact_dir, "an artifact directory"), ("--data", data, "an .npz file"),
+                                  ("--out", out_dir, "an output directory (drop --out for ARTIFACTS/finetuned)"),
+                                  ("--eval-data", eval_data, "an .npz file")):
+        if isinstance(value, str) and not value.strip():  # Path("") is "." (the working folder: --force replaced it)
+            raise UsageError(f"{flag}: expected {expected}, got {value!r}")
     artifact_dir = Path(artifact_dir)
     out_dir = Path(out_dir) if out_dir is not None else artifact_dir / "finetuned"
     check_not_inside(out_dir, "--out", artifacts=artifact_dir, data=data, eval_data=eval_data)

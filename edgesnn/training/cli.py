@@ -189,7 +189,25 @@ def _threads_for_ranks(args: argparse.Namespace):
     return info
 
 
+#: The value flags whose empty value (``--checkpoint ""``, an unset shell variable) must not stand for
+#: "not given": the run would train without writing the checkpoint or report it was asked for, or
+#: ignore the plan / data folder / neurons it was given (``edgesnn plan`` refuses its empty values too).
+_NONEMPTY = {"checkpoint": ("--checkpoint", "a checkpoint file path"), "json": ("--json", "a report file path"),
+             "plan": ("--plan", "a plan file from `edgesnn plan --json`"), "data_path": ("--data-dir", "a data folder"),
+             "neuron": ("--neuron", "lif, revlif, revlif:G or a comma-separated list of them")}
+
+
+def check_nonempty(args: argparse.Namespace) -> None:
+    """An empty value of a :data:`_NONEMPTY` flag is a one-line error, not the flag's default."""
+    for key, (flag, expected) in _NONEMPTY.items():
+        value = getattr(args, key, None)
+        if value is not None and not str(value).strip():
+            raise UsageError(f"{flag}: expected {expected}, got {value!r} (an empty value is not the default; "
+                             "drop the flag to leave it out)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_nonempty(args)
     info = _threads_for_ranks(args)
     if args.plan:
         _from_plan(args, main=info.main, local_world=info.local_world if info.distributed else 1)

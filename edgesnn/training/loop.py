@@ -417,8 +417,9 @@ def train(
         if partial:
             row["partial"] = True  # stopped by max_steps: a resumed run finishes this epoch first
         history.append(row)
+        cut = f"  stopped by --max-steps after {int(seen)} samples of it" if partial else ""  # as the report's row says
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  test accuracy {acc * 100:.2f}%  ({row['seconds']:.1f} s)"
-            f"{sched.log_suffix()}")
+            f"{cut}{sched.log_suffix()}")
         if checkpoint and main:
             save_checkpoint(checkpoint, model.config, model.state_dict(), optimizer_state=opt.state_dict(),
                             epoch=epoch if partial else epoch + 1, epoch_offset=end if partial else 0,
