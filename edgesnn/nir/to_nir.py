@@ -72,7 +72,14 @@ def _lif_params(name: str, m: nn.Module) -> Tuple[float, float, Optional[float],
     if isinstance(m, ParametricLIF):
         v_th = m.v_threshold
         v_th = float(v_th.detach()) if isinstance(v_th, torch.Tensor) else float(v_th)
-        return m.tau, v_th, m.v_reset, m.decay_input
+        # the tau the node computes with on float32 inputs, 1 / sigmoid(w) in float32, not m.tau (float64): the two
+        # can differ by one float32 step and flip a spike whose potential lands at the threshold. A float32 tau of
+        # 1.0 (w >~ 17) keeps m.tau, just above 1 (NIR's LIF needs tau > 1), which float32 rounds to 1.0 as well.
+        with torch.no_grad():
+            tau = float(1.0 / torch.sigmoid(m.w.detach().float()))
+        if not tau > 1.0:
+            tau = m.tau
+        return tau, v_th, m.v_reset, m.decay_input
     raise AssertionError(type(m))
 
 
