@@ -47,8 +47,11 @@ def add_force(ap: argparse.ArgumentParser, what: str = "the output file") -> Non
 def check_out(ap: argparse.ArgumentParser, path: Optional[str], flag: str, force: bool = False) -> None:
     """Refuse a bad output path before the measurement runs (an existing file without ``--force``,
     a directory, a folder that cannot be written): ``ap.error`` with one line, exit 2."""
-    if not path:
+    if path is None:
         return
+    if not path.strip():  # not "no file": the run would end without the file it was asked for
+        ap.error(f"{flag}: expected a file path, got {path!r} (an empty value is not the default; drop the flag "
+                 "to write no file)")
     from edgesnn.atomic import check_output
     from edgesnn.errors import USER_ERRORS
 

@@ -20,7 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..atomic import atomic_write, check_output, user_path
+from ..atomic import atomic_write, check_not_inside, check_output, user_path
 from ..models import POOLS, check_pool
 from ..training.micro_batch import smallest_micro_batch
 
@@ -174,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.json, "--json", args.force)
     if args.plot:
         check_output(args.plot, "--plot", args.force)
+    if Path(args.device).is_file():  # a JSON profile path: --force replaces an output, never the profile read
+        for flag, out in (("--json", args.json), ("--plot", args.plot)):
+            if out:
+                check_not_inside(out, flag, device=args.device)
     if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
         raise ValueError(f"--plot: {args.plot} is also the --json path; choose two files")
     if args.plot:  # the format and matplotlib before any work: an error after --json was written loses the pair

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional
 
-from ..atomic import user_path
+from ..atomic import check_not_inside, user_path
 from ..errors import UsageError
 from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES, POOLS, check_pool
@@ -257,6 +257,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     check_backend_device(args.backend, device)
     check_outputs(args.checkpoint, args.resume, args.force, report=args.json)
+    for flag, out in (("--checkpoint", args.checkpoint), ("--json", args.json)):
+        if out:  # --force / --resume permit replacing an output, never the --plan being read
+            check_not_inside(out, flag, plan=args.plan)
     if args.sync_batchnorm and not info.distributed:
         print("edgesnn train: warning: --sync-batchnorm has no effect outside torchrun (one process: BatchNorm "
               "already sees the whole batch)", file=sys.stderr)
