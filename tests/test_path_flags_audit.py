@@ -56,3 +56,28 @@ def test_tool_empty_output_path_is_refused(tmp_path, monkeypatch, capsys, value)
     assert exc.value.code == 2
     assert "--json: expected a file path" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_warmup_empty_cache_dir_is_refused(tmp_path, monkeypatch, capsys, value):
+    """An empty --cache-dir compiled the kernels into the working folder (or one named ' ')."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["warmup", "--cache-dir", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cache-dir: expected a folder path" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_planner_json_is_not_its_from_json_input(tmp_path, monkeypatch, capsys):
+    """``--from-json X --json X --force`` replaced the measured results it reads."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import validate_planner
+
+    Path("bench.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit) as exc:
+        validate_planner.main(["--network", "--from-json", "bench.json", "--json", "./bench.json", "--force"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--json" in err[-1] and "--from-json" in err[-1]
+    assert Path("bench.json").read_text() == '{"rows": []}'

@@ -44,19 +44,22 @@ def add_force(ap: argparse.ArgumentParser, what: str = "the output file") -> Non
     ap.add_argument("--force", action="store_true", help=f"replace {what} if it exists (refused without --force)")
 
 
-def check_out(ap: argparse.ArgumentParser, path: Optional[str], flag: str, force: bool = False) -> None:
+def check_out(ap: argparse.ArgumentParser, path: Optional[str], flag: str, force: bool = False,
+              inputs: Optional[dict] = None) -> None:
     """Refuse a bad output path before the measurement runs (an existing file without ``--force``,
-    a directory, a folder that cannot be written): ``ap.error`` with one line, exit 2."""
+    a directory, a folder that cannot be written, one of the run's ``inputs``, flag -> path, even
+    with ``--force``): ``ap.error`` with one line, exit 2."""
     if path is None:
         return
     if not path.strip():  # not "no file": the run would end without the file it was asked for
         ap.error(f"{flag}: expected a file path, got {path!r} (an empty value is not the default; drop the flag "
                  "to write no file)")
-    from edgesnn.atomic import check_output
+    from edgesnn.atomic import check_not_inside, check_output
     from edgesnn.errors import USER_ERRORS
 
     try:
         check_output(path, flag, force=force)
+        check_not_inside(path, flag, **{k: v for k, v in (inputs or {}).items() if v})
     except USER_ERRORS as exc:
         msg = str(exc)
         ap.error(msg if msg.startswith(flag) else f"{flag}: {msg}")

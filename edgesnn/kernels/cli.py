@@ -60,6 +60,8 @@ def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = Tru
     from ..functional.checks import check_int
     from . import config
 
+    if cache_dir is not None and not str(cache_dir).strip():  # '' is not the default: it was the working folder
+        raise UsageError(f"--cache-dir: expected a folder path, got {cache_dir!r} (drop the flag for the default folder)")
     if threads is not None:
         threads = check_int(threads, "--threads", error=UsageError)
     if cuda:  # before minutes of CPU compilation
