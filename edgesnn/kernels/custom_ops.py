@@ -49,7 +49,7 @@ from ..functional.second_order import first_order_only
 from ..functional.surrogate import ATan, Sigmoid
 
 __all__ = ["lif_apply", "revlif_apply", "lif_fwd", "lif_bwd", "revlif_fwd", "revlif_bwd", "lif_params_args",
-           "revlif_params_args"]
+           "revlif_params_args", "state_copy"]
 
 # torch warns "Triton not available" once per registered op on machines without Triton (every
 # CPU install); these ops use no Triton, so that warning is noise for edgesnn users.
@@ -391,3 +391,29 @@ def revlif_apply(xg: Tensor, v0: Tensor, verify: int, *params) -> Tuple[Tensor, 
     if not eager():
         return revlif_fwd(xg, v0, verify, *params)
     return _EagerRevLIF.apply(xg, v0, verify, *params)
+
+
+# ----------------------------------------------------------------------------- held state
+
+
+def _state_copy_impl(v: Tensor) -> Tensor:
+    return v.clone()
+
+
+#: ``v.clone()`` as an op the compiler keeps: a compiled node copies a held state with it, so that a
+#: state carried out of ``inference_mode`` (an inference tensor, which autograd cannot save) is not
+#: what the LIF ops save. A plain ``clone`` is not enough under inductor: its partitioner saves the
+#: graph input instead and recomputes the copy in the backward graph.
+state_copy = torch.library.custom_op("edgesnn::state_copy", mutates_args=())(_state_copy_impl)
+
+
+@state_copy.register_fake
+def _(v):
+    return torch.empty_like(v)
+
+
+def _state_copy_backward(ctx, grad):
+    return grad
+
+
+state_copy.register_autograd(_state_copy_backward)

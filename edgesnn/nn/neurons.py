@@ -37,7 +37,7 @@ from torch import nn
 
 from ..functional.checks import NonFiniteInputError, all_finite, check_finite as _check_finite, check_flag, eager
 from ..functional.lif import LIFParams
-from ..kernels import dispatch
+from ..kernels import custom_ops, dispatch
 from ._compat import LIFAttributes, resolve_surrogate
 
 __all__ = ["LIF", "RevLIF", "ParametricLIF", "STEP_MODES"]
@@ -216,9 +216,14 @@ class _SpikingNode(nn.Module):
         if isinstance(v, float):
             return torch.full_like(x_seq[0], v)
         self._check_held_state(v, x_seq)
-        # (eager only: dynamo cannot trace is_inference())
-        if not torch.compiler.is_compiling() and v.is_inference() and not torch.is_inference_mode_enabled():
-            v = v.clone()  # a state carried out of inference_mode: autograd cannot save an inference tensor
+        # a state carried out of inference_mode: autograd cannot save an inference tensor (the numba
+        # and CUDA LIF ops save v0), so it is copied once. Dynamo cannot trace is_inference(), so a
+        # compiled call that records gradients copies every held state ([B, ...], one step's bytes)
+        if torch.compiler.is_compiling():
+            if torch.is_grad_enabled():
+                v = custom_ops.state_copy(v)  # (a plain clone, the compiler would recompute from v)
+        elif v.is_inference() and not torch.is_inference_mode_enabled():
+            v = v.clone()
         return v
 
     def _check_held_state(self, v: torch.Tensor, x_seq: torch.Tensor) -> None:
