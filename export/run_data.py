@@ -79,9 +79,10 @@ def load_dataset(path, manifest, min_samples: Optional[int] = None, flag: str = 
             8-bit pixels given to a model trained on pixels / 255 would train without an error,
             on inputs 255x too large.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag}: no such file: {path}")
+    from edgesnn.atomic import check_input_file
+
+    # a directory or a pipe is named as what it is, not "no such file"
+    path = check_input_file(path, flag, "an .npz file with arrays x and y")
     arrays = read_npz(path, flag)
     if "x" not in arrays or "y" not in arrays:
         raise UsageError(f"{flag}: {path} must hold arrays 'x' and 'y' (found {sorted(arrays)})")

@@ -259,6 +259,9 @@ def finetune(
     if os.path.ismount(os.path.realpath(out_dir)):
         raise UsageError(f"--out: {out_dir} is a mount point; the runner swaps a new --out folder in after every epoch, "
                          f"which a mount point cannot be: pass a folder inside it (e.g. {Path(out_dir) / 'finetuned'})")
+    if artifact_dir.exists() and not artifact_dir.is_dir():  # (read_manifest would call it "no such directory")
+        raise NotADirectoryError(f"ARTIFACTS: {artifact_dir} is a file, not a directory; expected the artifact "
+                                 "directory from `edgesnn export --format onnx-step`")
     manifest = validate_artifact_dir(artifact_dir)
     step_format = isinstance(manifest, StepManifest)
     if accumulate > 1:

@@ -7,6 +7,7 @@ CPU, NCCL on CUDA; see :mod:`edgesnn.training.distributed`). ``--batch-size`` is
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional
 
@@ -206,8 +207,20 @@ def check_nonempty(args: argparse.Namespace) -> None:
                              "drop the flag to leave it out)")
 
 
+def check_input_paths(args: argparse.Namespace) -> None:
+    """``--plan`` must be a regular file (a pipe is not "no such file") and ``--data-dir`` must not
+    be a file: one line naming the flag (the dataset loaders' own errors say only ``data:``)."""
+    if args.plan is not None:
+        from ..atomic import check_input_file
+
+        check_input_file(args.plan, "--plan", "a plan JSON file from `edgesnn plan --json`")
+    if args.data_path is not None and os.path.exists(args.data_path) and not os.path.isdir(args.data_path):
+        raise NotADirectoryError(f"--data-dir: {args.data_path} is a file, not a folder; expected a data folder")
+
+
 def run(args: argparse.Namespace) -> int:
     check_nonempty(args)
+    check_input_paths(args)
     info = _threads_for_ranks(args)
     if args.plan:
         _from_plan(args, main=info.main, local_world=info.local_world if info.distributed else 1)
