@@ -183,6 +183,7 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
     if directory:
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{flag}: {path} is a file; expected a directory")
+        _check_not_enclosing(path, flag)
         if not force and path.is_dir() and any(path.iterdir()):
             raise FileExistsError(f"{flag}: {path} already exists and is not empty; pass {allow} to replace it")
     else:
@@ -191,6 +192,22 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
         if not force and path.exists():
             raise FileExistsError(f"{flag}: {path} already exists; pass {allow} to overwrite it")
     return path
+
+
+def _check_not_enclosing(path: Path, flag: str) -> None:
+    """A directory output is replaced as a whole (or swapped), so it must not be the working folder,
+    the home folder or a folder holding either (``--out . --force`` or ``--out ~ --force`` would
+    delete everything in them): one line, even with ``--force``."""
+    real = _real(path)
+    for name, where in (("the working folder", Path.cwd), ("your home folder", Path.home)):
+        try:
+            place = _real(where())
+        except (OSError, RuntimeError, KeyError):  # no working folder any more, no home known
+            continue
+        if real == place or real in place.parents:
+            what = name if real == place else f"a folder holding {name} ({place})"
+            raise UsageError(f"{flag}: {path} is {what}, which the output would replace with everything in it; "
+                             f"pass a folder of its own (e.g. {Path(path) / 'out'})")
 
 
 def check_input_file(path: PathLike, flag: str, expected: str, error: type = UsageError) -> Path:

@@ -2,8 +2,10 @@
 get one line naming the flag and what was expected (not a false "no such file")."""
 
 import os
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgesnn.cli import main as edgesnn_main
 from edgesnn.export.runner import main as device_main
@@ -54,3 +56,37 @@ def test_device_data_directory_and_fifo_are_not_called_missing(tmp_path, monkeyp
         load_dataset("dirout", None, flag="--data")
     with pytest.raises(ValueError, match=r"^--eval-data: fifo is not a regular file"):
         load_dataset("fifo", None, flag="--eval-data")
+
+
+def _sentinels(*folders):
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)
+        (f / "mine.txt").write_text("keep")
+
+
+@pytest.mark.parametrize("out", [".", "..", "~", "HOME_PARENT"])
+def test_force_never_replaces_the_working_or_home_folder(tmp_path, monkeypatch, capsys, out):
+    """``--out . --force`` (or ``..``, ``~``, a folder holding home) replaced the folder as a whole,
+    deleting everything in it: refused in one line, even with --force, by the export and the runner."""
+    from edgesnn.atomic import check_output
+    from edgesnn.errors import UsageError
+
+    home, work = tmp_path / "home", tmp_path / "home" / "work"
+    _sentinels(home, work)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    value = str(tmp_path) if out == "HOME_PARENT" else os.path.expanduser(out)
+    for force in (False, True):
+        with pytest.raises(UsageError, match="--out: .* which the output would replace"):
+            check_output(value, "--out", force=force, directory=True)
+    assert edgesnn_main(["export", "--checkpoint", "/nonexistent-edgesnn/missing.ckpt", "--format", "onnx-step", "--out", value, "--force"]) == 2
+    _one_line_error(capsys, "--out", "which the output would replace")
+    assert (home / "mine.txt").read_text() == "keep" and (work / "mine.txt").read_text() == "keep"
+
+
+def test_a_folder_of_its_own_is_still_replaced_with_force(tmp_path, monkeypatch):
+    from edgesnn.atomic import check_output
+
+    monkeypatch.chdir(tmp_path)
+    _sentinels(tmp_path / "out")
+    assert check_output("out", "--out", force=True, directory=True) == Path("out")
