@@ -226,10 +226,14 @@ def _read_image(path: Path, size: Tuple[int, int]) -> np.ndarray:
                 full = 1.0 if im.mode == "F" else 65535.0
                 a = np.asarray(im, dtype=np.float64)
                 gray = Image.fromarray(np.clip(a / full, 0.0, 1.0).astype(np.float32), mode="F").resize(size)
-                g = np.asarray(gray, dtype=np.float32)
+                # PIL resizes F images with a bicubic filter, which overshoots past 0 and 1 at sharp
+                # edges (8-bit images are clamped by their uint8 result): clip to keep values in [0, 1]
+                g = np.clip(np.asarray(gray, dtype=np.float32), 0.0, 1.0)
                 return np.repeat(g[:, :, None], 3, axis=2)
             return np.asarray(im.convert("RGB").resize(size), dtype=np.float32) / 255.0
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError is an OSError
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL: UnidentifiedImageError is an OSError; DecompressionBombError (an image claiming more
+        # than ~179M pixels) is a plain Exception and was a traceback
         raise ValueError(f"data: {path} is not a readable image ({first_line(exc, 100)})") from None
 
 
