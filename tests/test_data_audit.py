@@ -149,6 +149,9 @@ def _float_units(f):
     (_set_row("spikes/times", 1, lambda t: np.where(np.arange(len(t)) == 0, np.nan, t).astype(t.dtype)),
      r"data: shd train: {h5} sample 1: 1 events with a NaN or Inf time; remove or replace it"),
     (_float_units, r"data: shd train: {h5} sample 0: \d+ events with a fractional unit"),  # truncated
+    # tonic broadcast a single unit to every spike time: the whole sample on one unit
+    (_set_row("spikes/units", 1, lambda u: u[:1]),
+     r"data: shd train: {h5} sample 1: \d+ spike times but 1 units; the file's rows must pair one unit"),
     # tonic's astype(int): label 2.5 trained as class 2
     (_replace_labels(lambda y: np.where(np.arange(len(y)) == 1, 2.5, y).astype(np.float32)),
      r"data: shd: {h5}: 1 labels outside 0\.\.19 or not whole numbers \(sample 1: 2\.5\)"),

@@ -110,6 +110,9 @@ def check_shd_row(times: np.ndarray, units: np.ndarray, channels: int) -> None:
     """One SHD sample as stored: finite spike times in seconds (tonic casts times x 1e6 to int64: NaN
     became the most negative integer) and whole unit numbers 0..channels-1 (tonic casts them to int)."""
     times, units = np.asarray(times), np.asarray(units)
+    if times.shape != units.shape:  # tonic broadcasts a single unit to every spike: a silent misread
+        raise BadEvents(f"{times.size} spike times but {units.size} units; the file's rows must pair one unit "
+                        "with each spike time")
     _nonfinite("time", times)
     if times.size and float(np.abs(times.astype(np.float64)).max()) * 1e6 >= 2.0 ** 63:
         raise BadEvents(f"spike times up to {float(np.abs(times).max()):g} s; tonic converts them to int64 "
