@@ -72,6 +72,7 @@ from torch import nn
 from ..memory import SavedTensorCounter, _storage_key
 from ..models import SpikingClassifier
 from ..nn import LIF, RevLIF, SeqToANN
+from ..nn.neurons import _SpikingNode
 from .memory_model import ZERO, Cost, Layer, _classify, option_cost, resolved_backend
 from .step_replay import Chain, Pool, Replay, replay_bptt, replay_sj_memopt
 
@@ -232,8 +233,12 @@ def _node_op(idx: int, name: str, module: nn.Module, shape: Tuple[int, ...], dty
 
 
 def _is_node(module: nn.Module) -> bool:
-    """A spiking node: edgesnn's LIF/RevLIF, or a SpikingJelly ``MemoryModule`` (state in ``_memories``)."""
-    return isinstance(module, (LIF, RevLIF)) or isinstance(getattr(module, "_memories", None), dict)
+    """A spiking node: edgesnn's LIF/RevLIF/ParametricLIF (any ``_SpikingNode``), or a SpikingJelly
+    ``MemoryModule`` (state in ``_memories``). Nodes other than LIF/RevLIF are probed on a deep copy
+    (:func:`_probe_node`): classified as stateless layers, they would run one step on the model's own
+    node and leave it holding a carried state."""
+    return (isinstance(module, (LIF, RevLIF, _SpikingNode))
+            or isinstance(getattr(module, "_memories", None), dict))
 
 
 def _layer_op(idx: int, name: str, module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype, db: int) -> OpCost:
