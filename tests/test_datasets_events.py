@@ -210,7 +210,9 @@ def test_samples_follow_file_order_and_a_truncated_file_is_named(tmp_path, monke
     files = sorted((tmp_path / "NMNIST" / "Train").rglob("*.bin"), key=str)
     assert d.train.y.tolist() == [int(f.parent.name) for f in files]
     monkeypatch.setattr(os, "walk", real_walk)
-    bad = files[5]
-    bad.write_bytes(bad.read_bytes()[:-3])  # not a whole number of 5-byte events
-    with pytest.raises(ValueError, match=rf"^data: nmnist train: cannot read {bad}"):
-        events.load_event_dataset("nmnist", str(tmp_path), timesteps=2)
+    for cut, bad in ((3, files[5]), (4, files[6])):  # 4: one byte over a record, which tonic dropped silently
+        whole = bad.read_bytes()
+        bad.write_bytes(whole[:-cut])  # not a whole number of 5-byte events
+        with pytest.raises(ValueError, match=rf"^data: nmnist train: cannot read {bad}"):
+            events.load_event_dataset("nmnist", str(tmp_path), timesteps=2)
+        bad.write_bytes(whole)

@@ -124,10 +124,16 @@ def _check_nmnist_entries(spec: EventSpec, folder: Path) -> None:
             raise _missing(spec, Path(entry.path), "unexpected folder (only the digit folders 0-9; tonic would label "
                                                    "its files by the last character of its path):")
         with os.scandir(entry.path) as inner:
-            nested = next((e.path for e in inner if e.is_dir()), None)
+            files = sorted(inner, key=lambda e: e.name)
+        nested = next((e.path for e in files if e.is_dir()), None)
         if nested is not None:
             raise _missing(spec, Path(nested), "a folder inside a digit folder (tonic would label its files by the "
                                                "last character of its path):")
+        for e in files:  # tonic reads whole 5-byte records: one byte over a record was dropped without a word
+            if e.name.endswith("bin") and e.stat().st_size % 5:
+                raise ValueError(f"data: {spec.name} {folder.name.lower()}: cannot read {e.path} ({e.stat().st_size} "
+                                 "bytes: not a whole number of 5-byte events); a truncated or foreign file? remove or "
+                                 "replace it")
 
 
 def _check_nmnist(spec: EventSpec, root: Path) -> None:
