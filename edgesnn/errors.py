@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line", "peer_failure", "say_line"]
+__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line", "peer_failure", "refuse_empty", "say_line"]
 
 
 class UsageError(ValueError):
@@ -21,6 +21,14 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError
 
 class DependencyError(UsageError, RuntimeError):
     """An optional package the command needs is missing or incomplete (the message says what to install)."""
+
+
+def refuse_empty(value, flag: str, expected: str, hint: str = "", error: type = UsageError) -> None:
+    """``error("FLAG: expected EXPECTED, got ''HINT")`` for an empty or blank value: a flag given as
+    ``''`` (an unset shell variable) is a mistake, never "use the default" (``Path('')`` is the
+    working folder). ``None`` (the flag not given) passes."""
+    if value is not None and not str(value).strip():
+        raise error(f"{flag}: expected {expected}, got {value!r}{hint}")
 
 
 def say_line(text: str) -> None:

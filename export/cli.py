@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Dict
 
 from ..atomic import check_not_inside, check_output, replace_dir, user_path
-from ..errors import UsageError
+from ..errors import UsageError, refuse_empty
 
 __all__ = ["FORMATS", "register", "run", "import_params"]
 
@@ -100,8 +100,7 @@ def _output_path(fmt: str, out: str) -> Path:
     """The path ``--format fmt --out out`` writes: the directory, or the file (``DIR/model.*`` for a
     directory ``--out``). Raises :class:`UsageError` for an empty ``--out``, another format's suffix,
     or a trailing ``/`` where a file is required."""
-    if not out.strip():
-        raise UsageError(f"--out: expected a path, got {out!r}")
+    refuse_empty(out, "--out", "a path")
     _refuse_foreign_suffix(fmt, out)
     if fmt in DIRECTORY_FORMATS:
         return Path(out)

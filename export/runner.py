@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from edgesnn.atomic import check_not_inside, check_output, recover_dir, user_path
-from edgesnn.errors import USER_ERRORS, DependencyError, UsageError, say_line
+from edgesnn.errors import USER_ERRORS, DependencyError, UsageError, refuse_empty, say_line
 
 from .artifacts import StepManifest, validate_artifact_dir
 from .run_data import data_fingerprint, load_dataset, split_holdout
@@ -246,8 +246,7 @@ def finetune(
     for flag, value, expected in (("ARTIFACTS", artifact_dir, "an artifact directory"), ("--data", data, "an .npz file"),
                                   ("--out", out_dir, "an output directory (drop --out for ARTIFACTS/finetuned)"),
                                   ("--eval-data", eval_data, "an .npz file")):
-        if isinstance(value, str) and not value.strip():  # Path("") is "." (the working folder: --force replaced it)
-            raise UsageError(f"{flag}: expected {expected}, got {value!r}")
+        refuse_empty(value, flag, expected)  # Path("") is "." (the working folder: --force replaced it)
     artifact_dir = Path(artifact_dir)
     out_dir = Path(out_dir) if out_dir is not None else artifact_dir / "finetuned"
     check_not_inside(out_dir, "--out", artifacts=artifact_dir, data=data, eval_data=eval_data)

@@ -51,13 +51,11 @@ def check_out(ap: argparse.ArgumentParser, path: Optional[str], flag: str, force
     with ``--force``): ``ap.error`` with one line, exit 2."""
     if path is None:
         return
-    if not path.strip():  # not "no file": the run would end without the file it was asked for
-        ap.error(f"{flag}: expected a file path, got {path!r} (an empty value is not the default; drop the flag "
-                 "to write no file)")
     from edgesnn.atomic import check_not_inside, check_output
-    from edgesnn.errors import USER_ERRORS
+    from edgesnn.errors import USER_ERRORS, refuse_empty
 
-    try:
+    try:  # an empty value is not "no file": the run would end without the file it was asked for
+        refuse_empty(path, flag, "a file path", " (an empty value is not the default; drop the flag to write no file)")
         check_output(path, flag, force=force)
         check_not_inside(path, flag, **{k: v for k, v in (inputs or {}).items() if v})
     except USER_ERRORS as exc:

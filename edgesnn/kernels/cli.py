@@ -56,12 +56,11 @@ def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = Tru
 
     Returns ``{"cache_dir", "threads", "cpu_seconds", "cuda_seconds"}``.
     """
-    from ..errors import UsageError
+    from ..errors import UsageError, refuse_empty
     from ..functional.checks import check_int
     from . import config
 
-    if cache_dir is not None and not str(cache_dir).strip():  # '' is not the default: it was the working folder
-        raise UsageError(f"--cache-dir: expected a folder path, got {cache_dir!r} (drop the flag for the default folder)")
+    refuse_empty(cache_dir, "--cache-dir", "a folder path", " (drop the flag for the default folder)")
     if threads is not None:
         threads = check_int(threads, "--threads", error=UsageError)
     if cuda:  # before minutes of CPU compilation

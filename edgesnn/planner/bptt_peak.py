@@ -237,8 +237,7 @@ def _is_node(module: nn.Module) -> bool:
     ``MemoryModule`` (state in ``_memories``). Nodes other than LIF/RevLIF are probed on a deep copy
     (:func:`_probe_node`): classified as stateless layers, they would run one step on the model's own
     node and leave it holding a carried state."""
-    return (isinstance(module, (LIF, RevLIF, _SpikingNode))
-            or isinstance(getattr(module, "_memories", None), dict))
+    return isinstance(module, _SpikingNode) or isinstance(getattr(module, "_memories", None), dict)
 
 
 def _layer_op(idx: int, name: str, module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype, db: int) -> OpCost:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..atomic import atomic_write, check_not_inside, check_output, user_path
+from ..errors import refuse_empty
 from ..models import POOLS, check_pool
 from ..training.micro_batch import smallest_micro_batch
 
@@ -165,8 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {args.backend!r}")
     for flag, val in (("--json", args.json), ("--plot", args.plot), ("--budget", args.budget),
                       ("--hidden", args.hidden), ("--channels", args.channels)):
-        if val is not None and not str(val).strip():  # an empty value is a mistake, not "use the default"
-            raise ValueError(f"{flag}: expected {_NONEMPTY[flag]}, got {val!r}")
+        refuse_empty(val, flag, _NONEMPTY[flag], error=ValueError)
     if args.memopt and args.plot:
         raise ValueError("--plot: draws the LIF / RevLIF plan's memory vs T; not available with --memopt")
     # outputs first: refuse to overwrite before any planning work

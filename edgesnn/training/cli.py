@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Optional
 
-from ..atomic import check_not_inside, user_path
-from ..errors import UsageError
+from ..atomic import check_input_file, check_not_inside, user_path
+from ..errors import UsageError, refuse_empty
 from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES, POOLS, check_pool
 from .data import DATASETS
@@ -201,18 +201,14 @@ _NONEMPTY = {"checkpoint": ("--checkpoint", "a checkpoint file path"), "json": (
 def check_nonempty(args: argparse.Namespace) -> None:
     """An empty value of a :data:`_NONEMPTY` flag is a one-line error, not the flag's default."""
     for key, (flag, expected) in _NONEMPTY.items():
-        value = getattr(args, key, None)
-        if value is not None and not str(value).strip():
-            raise UsageError(f"{flag}: expected {expected}, got {value!r} (an empty value is not the default; "
-                             "drop the flag to leave it out)")
+        refuse_empty(getattr(args, key, None), flag, expected,
+                     " (an empty value is not the default; drop the flag to leave it out)")
 
 
 def check_input_paths(args: argparse.Namespace) -> None:
     """``--plan`` must be a regular file (a pipe is not "no such file") and ``--data-dir`` must not
     be a file: one line naming the flag (the dataset loaders' own errors say only ``data:``)."""
     if args.plan is not None:
-        from ..atomic import check_input_file
-
         check_input_file(args.plan, "--plan", "a plan JSON file from `edgesnn plan --json`")
     if args.data_path is not None and os.path.exists(args.data_path) and not os.path.isdir(args.data_path):
         raise NotADirectoryError(f"--data-dir: {args.data_path} is a file, not a folder; expected a data folder")

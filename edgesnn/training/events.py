@@ -129,11 +129,11 @@ def _check_nmnist_entries(spec: EventSpec, folder: Path) -> None:
         if nested is not None:
             raise _missing(spec, Path(nested), "a folder inside a digit folder (tonic would label its files by the "
                                                "last character of its path):")
-        for e in files:  # tonic reads whole 5-byte records: one byte over a record was dropped without a word
-            if e.name.endswith("bin") and e.stat().st_size % 5:
-                raise ValueError(f"data: {spec.name} {folder.name.lower()}: cannot read {e.path} ({e.stat().st_size} "
-                                 "bytes: not a whole number of 5-byte events); a truncated or foreign file? remove or "
-                                 "replace it")
+        # tonic reads whole 5-byte records: one byte over a record was dropped without a word
+        cut = next(((e.path, size) for e in files if e.name.endswith("bin") and (size := e.stat().st_size) % 5), None)
+        if cut is not None:
+            raise ValueError(f"data: {spec.name} {folder.name.lower()}: cannot read {cut[0]} ({cut[1]} bytes: not a "
+                             "whole number of 5-byte events); a truncated or foreign file? remove or replace it")
 
 
 def _check_nmnist(spec: EventSpec, root: Path) -> None:
