@@ -11,7 +11,9 @@ negative coordinate would otherwise be wrapped into the frame by numpy's indexin
 (:func:`check_dvs_array`, :func:`check_shd_row`): a polarity other than 0/1 (tonic's bool cast put
 -1/1 events all in the ON channel), NaN/Inf times (cast to the most negative integer: every event
 in the first bin), fractional coordinates or units (truncated), coordinates that wrap in int16 and
-millisecond times that overflow their integer type when tonic converts them to microseconds.
+millisecond times that overflow their type when tonic converts them to microseconds (float16 and
+int8/uint8 included). Frames are tonic's ``ToFrame`` counts, counted again in ``int64`` for a sample
+where some pixel holds 32,768 events or more (tonic's ``int16`` counts wrapped: :class:`CountFrames`).
 
 Samples that give all-zero frames are binned, not refused: a sample with no events at all (a
 0-byte N-MNIST ``.bin``, an empty DVS Gesture array, an empty SHD row) and one whose events span
@@ -43,12 +45,13 @@ import torch
 from ..errors import UsageError, first_line
 from .data import Split
 
-__all__ = ["InSensor", "BadEvents", "OutOfSensor", "check_dvs_array", "check_shd_row", "time_sorted",
+__all__ = ["InSensor", "BadEvents", "OutOfSensor", "CountFrames", "check_dvs_array", "check_shd_row", "time_sorted",
            "frame_cache_dir", "load_split"]
 
-_FORMAT = 5  # bump when the frame layout, the binning or the cache key changes (2: events sorted by time,
+_FORMAT = 6  # bump when the frame layout, the binning or the cache key changes (2: events sorted by time,
 # empty samples; 3: samples in file-path order; 4: st_ctime_ns in the key, events outside the sensor refused;
-# 5: DVS Gesture arrays and SHD rows checked as stored: frames binned from unchecked files are binned again)
+# 5: DVS Gesture arrays and SHD rows checked as stored: frames binned from unchecked files are binned again;
+# 6: counts of 32768+ per pixel and bin no longer wrap (CountFrames); float16/int8/uint64 DVS arrays refused)
 
 Log = Callable[[str], None]
 
@@ -86,9 +89,15 @@ def check_dvs_array(a: np.ndarray, sensor_size: Sequence[int]) -> None:
     """One DVS Gesture sample as stored: ``[N, 4]`` numbers, columns x, y, polarity (0 = OFF, 1 = ON), t
     in ms. Checked before tonic casts x/y to int16, p to bool and t (times 1000, in the array's own
     dtype) to int64, each of which would silently change the events."""
+    if not isinstance(a, np.ndarray):  # np.load gives an NpzFile for a .npz archive under a .npy name
+        raise BadEvents("an .npz archive, not one .npy array; expected [N, 4] numbers (x, y, polarity, t in ms) "
+                        "saved with np.save")
     if a.ndim != 2 or a.shape[1] != 4 or a.dtype.kind not in "iuf":
         raise BadEvents(f"an array of {a.dtype} and shape {list(a.shape)}; expected [N, 4] numbers "
                         "(x, y, polarity, t in ms)")
+    if a.dtype.kind in "iu" and np.iinfo(a.dtype).max < 1000:  # tonic's `t *= 1000` raised OverflowError, empty or not
+        raise BadEvents(f"an array of {a.dtype}: tonic converts its times to microseconds (x 1000) in the array's "
+                        "own dtype, which cannot hold 1000; save the array as int64 or float64")
     if not len(a):
         return
     for col, name in enumerate(("x", "y", "polarity", "t")):
@@ -98,12 +107,19 @@ def check_dvs_array(a: np.ndarray, sensor_size: Sequence[int]) -> None:
     _in_range("x", a[:, 0], int(sensor_size[0]))
     _in_range("y", a[:, 1], int(sensor_size[1]))
     _in_range("polarity", a[:, 2], 2, "; expected 0 (OFF) or 1 (ON): store -1/1 polarities as 0/1", what="")
+    # tonic multiplies t by 1000 in the array's own dtype, then casts to int64: both must hold the product
+    # (float16 times over 65 ms became inf, then the most negative int64; uint64 beyond int64 wrapped negative)
     t = a[:, 3]
-    top = np.iinfo(a.dtype).max // 1000 if a.dtype.kind in "iu" else np.iinfo(np.int64).max // 1000
+    int64_top = np.iinfo(np.int64).max // 1000
+    if a.dtype.kind in "iu":
+        top = min(int(np.iinfo(a.dtype).max) // 1000, int64_top)
+    else:
+        top = min(float(np.finfo(a.dtype).max) / 1000, int64_top)
     bottom = -top if a.dtype.kind != "u" else 0
     if t.max() > top or t.min() < bottom:
-        raise BadEvents(f"times {t.min():g}..{t.max():g} ms overflow {a.dtype if a.dtype.kind in 'iu' else 'int64'} "
-                        "when tonic converts them to microseconds (x 1000); save the array as int64 or float64")
+        narrow = a.dtype if top < int64_top else "int64"
+        raise BadEvents(f"times {t.min():g}..{t.max():g} ms overflow {narrow} when tonic converts them to "
+                        "microseconds (x 1000); save the array as int64 or float64")
 
 
 def check_shd_row(times: np.ndarray, units: np.ndarray, channels: int) -> None:
@@ -158,6 +174,47 @@ def time_sorted(events: np.ndarray) -> np.ndarray:
     return events
 
 
+class CountFrames:
+    """tonic's ``ToFrame(sensor_size, n_time_bins=T)`` with counts that do not wrap: tonic counts in
+    ``int16``, so a pixel with 65,536 + k events in one bin came out as k (and one with 32,768 or
+    more as a negative number). Where some pixel holds 32,768 events or more in the whole sample,
+    that sample is counted again over tonic's own time bins (:func:`tonic.slicers.slice_events_by_time_bins`)
+    in ``int64``; every other sample gets tonic's frames as they are. The binning then saturates
+    counts at 255."""
+
+    _LIMIT = 32768  # int16: the first count tonic's frames cannot hold
+
+    def __init__(self, sensor_size: Sequence[int], n_time_bins: int) -> None:
+        import tonic.transforms as tt
+
+        self.sensor_size, self.n_time_bins = tuple(int(v) for v in sensor_size), int(n_time_bins)
+        self.to_frame = tt.ToFrame(sensor_size=self.sensor_size, n_time_bins=self.n_time_bins)
+
+    def _index(self, events: np.ndarray) -> Tuple[Tuple[np.ndarray, ...], Tuple[int, ...]]:
+        """Each event's (polarity, [y,] x) index into one frame, and the frame's shape (as tonic lays it out)."""
+        w, h, pol = self.sensor_size
+        p = np.zeros(len(events), np.int64) if pol == 1 else events["p"].astype(np.int64)  # tonic: one polarity -> 0
+        if "y" in events.dtype.names:
+            return (p, events["y"].astype(np.int64), events["x"].astype(np.int64)), (pol, h, w)
+        return (p, events["x"].astype(np.int64)), (pol, w)
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        frames = self.to_frame(events)
+        if len(events) < self._LIMIT or frames.dtype.kind not in "iu":
+            return frames
+        index, shape = self._index(events)
+        if int(np.bincount(np.ravel_multi_index(index, shape), minlength=int(np.prod(shape))).max()) < self._LIMIT:
+            return frames  # no pixel reaches int16's limit even over the whole sample: tonic's counts are exact
+        from tonic.slicers import slice_events_by_time_bins
+
+        exact = np.zeros(frames.shape, np.int64)
+        for i, part in enumerate(slice_events_by_time_bins(events, self.n_time_bins)):
+            if len(part):
+                idx, _ = self._index(part)
+                np.add.at(exact, (i, *idx), 1)
+        return exact
+
+
 def _sources(tonic_ds) -> List[str]:
     """The files a tonic dataset reads (for the cache key and the messages)."""
     files = list(getattr(tonic_ds, "data", []) or [])
@@ -208,13 +265,18 @@ def _unwritable(folder: Path) -> Optional[str]:
         return exc.strerror or first_line(exc, 80)
 
 
-def frame_cache_dir(save_to: Path) -> Path:
+def frame_cache_dir(save_to: Path, dataset: Optional[Path] = None) -> Path:
     """The frame cache folder: ``$EDGESNN_FRAME_CACHE`` when set (``~`` expanded; it must be a
-    writable folder, or a one-line error names the variable), else ``<save_to>/.edgesnn-frames``
-    when writable, else ``~/.cache/edgesnn/frames``; neither writable is a one-line
-    :class:`~edgesnn.errors.UsageError`."""
+    writable folder outside ``dataset``, the folder tonic reads, or a one-line error names the
+    variable), else ``<save_to>/.edgesnn-frames`` when writable, else ``~/.cache/edgesnn/frames``;
+    neither writable is a one-line :class:`~edgesnn.errors.UsageError`."""
     env = os.environ.get("EDGESNN_FRAME_CACHE")
     if env:
+        if dataset is not None:  # checked before the folder is made: cached .npy files there became "samples"
+            inside, data = Path(os.path.realpath(Path(env).expanduser())), Path(os.path.realpath(dataset))
+            if inside == data or data in inside.parents:
+                raise UsageError(f"EDGESNN_FRAME_CACHE: {env} is inside the dataset folder {dataset} (tonic would "
+                                 "take the cached frames for samples); point it at a folder outside it")
         why = _unwritable(Path(env).expanduser())
         if why:
             raise UsageError(f"EDGESNN_FRAME_CACHE: {env} is not a writable folder for the frame cache ({why}); "

@@ -21,21 +21,28 @@ Nothing is downloaded: tonic's own download is switched off (a missing or partia
 one-line error naming what is missing and where tonic expects it). Events go through tonic's
 readers and transforms (:class:`tonic.transforms.ToFrame` with ``n_time_bins=T``; DVS Gesture is
 first reduced to 32x32 with :class:`tonic.transforms.Downsample`). Frames hold event counts per
-pixel (or channel), polarity and time bin, saturated at 255 and stored as ``uint8``.
+pixel (or channel), polarity and time bin, saturated at 255 and stored as ``uint8`` (a sample with
+32,768 or more events on one pixel is counted again over tonic's bins in ``int64``: tonic's ``int16``
+counts wrapped, 65,541 events became 5; see :class:`~edgesnn.training.event_frames.CountFrames`).
+Folders tonic's file walk would misread are refused, naming them: a symlinked N-MNIST digit folder
+or DVS Gesture user folder (not followed: its samples were left out), a folder inside a user folder
+(its ``.npy`` files read as more samples), a file ending in ``npy`` not named ``<label>.npy``.
 
 Frames are computed once per (dataset, split, T, source files) and cached as ``.npy`` files
 (written to a temp file and renamed: atomic), by default in ``DIR/.edgesnn-frames`` (or
 ``~/.cache/edgesnn/frames`` when ``DIR`` is read-only); ``$EDGESNN_FRAME_CACHE`` overrides, and
-when set it must be a writable folder (a one-line error names the variable otherwise).
+when set it must be a writable folder outside ``DIR/<dataset folder>`` (a one-line error names the
+variable otherwise).
 Cached frames are memory-mapped, so data-parallel ranks on one node share one copy in the page
 cache. The cache key covers the list of source files with their sizes, modification and
 status-change times (ctime: an in-place edit whose mtime is put back is still seen; a fresh copy
 of the dataset is binned once more), the transform and tonic's version, so an edited dataset is
 binned again. Events outside the sensor are refused, and so are DVS Gesture arrays and SHD rows that
 tonic's casts would change (polarity not 0/1, NaN/Inf times, fractional coordinates, units or labels,
-times that overflow), each in one line naming the file; samples that give all-zero frames (no
-events, or a time span shorter than T) are binned and counted in one log line: see
-:mod:`edgesnn.training.event_frames`.
+times that overflow, float16 included; int8/uint8 arrays, which cannot hold x 1000), each in one line
+naming the file, as is any ``.npy`` that is not one plain array (object arrays: never unpickled;
+an ``.npz``); samples that give all-zero frames (no events, or a time span shorter than T) are
+binned and counted in one log line: see :mod:`edgesnn.training.event_frames`.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import numpy as np
 
 from ..errors import DependencyError, first_line
 from .data import Dataset, Split
-from .event_frames import InSensor, check_dvs_array, check_shd_row, frame_cache_dir, load_split, time_sorted
+from .event_frames import CountFrames, InSensor, check_dvs_array, check_shd_row, frame_cache_dir, load_split, time_sorted
 
 __all__ = ["EVENT_SPECS", "EventSpec", "check_layout", "load_event_dataset", "frame_cache_dir", "tonic_dataset"]
 
@@ -106,6 +113,8 @@ def _missing(spec: EventSpec, what: Path, why: str = "missing") -> FileNotFoundE
 
 
 _DIGITS = frozenset(str(d) for d in range(10))
+_LINKED = ("a symlinked folder (tonic's file walk does not follow links: its samples would be left out; link or copy "
+           "the whole split folder instead):")
 
 
 def _check_nmnist_entries(spec: EventSpec, folder: Path) -> None:
@@ -120,6 +129,8 @@ def _check_nmnist_entries(spec: EventSpec, folder: Path) -> None:
             if entry.name.endswith("bin"):
                 raise _missing(spec, Path(entry.path), "a .bin file outside the digit folders (tonic cannot label it):")
             continue
+        if entry.is_symlink():  # os.walk lists it but does not go in: a whole digit was left out without a word
+            raise _missing(spec, Path(entry.path), _LINKED)
         if entry.name not in _DIGITS:
             raise _missing(spec, Path(entry.path), "unexpected folder (only the digit folders 0-9; tonic would label "
                                                    "its files by the last character of its path):")
@@ -148,9 +159,14 @@ def _check_nmnist(spec: EventSpec, root: Path) -> None:
 
 
 _USER = re.compile(r"user\d+_.+")
+_LABEL = re.compile(r"[0-9]+\.npy")
 
 
 def _check_dvsgesture(spec: EventSpec, root: Path) -> None:
+    """What tonic's walk reads: every file ending in ``npy`` in and below ``user<NN>_<lighting>/``,
+    labelled ``int(name[:-4])``. So only ``<label>.npy`` files and no folders there (a ``backup/3.npy``
+    was one more sample, a ``10npy`` label 1), and no symlinked user folders (not followed: left out)."""
+    not_label = f"a sample whose name is not a label 0-{spec.num_classes - 1}:"
     for split in ("ibmGestureTrain", "ibmGestureTest"):
         folder = root / split
         if not folder.is_dir():
@@ -162,12 +178,27 @@ def _check_dvsgesture(spec: EventSpec, root: Path) -> None:
         bad = [p.name for p in subs if not _USER.fullmatch(p.name)]
         if bad:
             raise _missing(spec, folder / bad[0], "unexpected folder (tonic reads only user<NN>_<lighting> folders)")
-        files = [f for p in subs for f in p.glob("*.npy")]
+        linked = next((p for p in subs if p.is_symlink()), None)
+        if linked is not None:
+            raise _missing(spec, linked, _LINKED)
+        files = []
+        for sub in subs:
+            with os.scandir(sub) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_dir():
+                    raise _missing(spec, path, "a folder inside a user folder (expected only <label>.npy files there; "
+                                               "tonic would read the .npy files in it as more samples):")
+                if not entry.name.endswith("npy"):
+                    continue  # not read by tonic (README, .DS_Store)
+                if _LABEL.fullmatch(entry.name) is None or not int(entry.name[:-4]) < spec.num_classes:
+                    raise _missing(spec, path, not_label)
+                if not entry.is_file():
+                    raise _missing(spec, path, "a broken link or not a file:")
+                files.append(path)
         if not files:
             raise _missing(spec, folder, "no user<NN>_<lighting>/<label>.npy files in")
-        for f in files:
-            if not f.stem.isdigit() or not 0 <= int(f.stem) < spec.num_classes:
-                raise _missing(spec, f, f"a sample whose name is not a label 0-{spec.num_classes - 1}:")
 
 
 def _check_shd(spec: EventSpec, root: Path) -> None:
@@ -250,7 +281,7 @@ def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
     steps = [InSensor(base.sensor_size, ("unit", "y") if name == "shd" else ("x", "y")), time_sorted]
     if spec.spatial_factor != 1.0:
         steps.append(tt.Downsample(spatial_factor=spec.spatial_factor))
-    steps.append(tt.ToFrame(sensor_size=spec.sensor_size, n_time_bins=timesteps))
+    steps.append(CountFrames(spec.sensor_size, timesteps))  # tonic's ToFrame; counts that do not wrap in int16
     try:  # tonic's file walk parses labels out of names: int() errors that name no file
         ds = local(str(save_to), train=train, transform=tt.Compose(steps))
     except (ValueError, IndexError) as exc:
@@ -262,7 +293,12 @@ def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
 
 def _dvs_read(base):
     def getitem(self, index):
-        check_dvs_array(np.load(self.data[index], mmap_mode="r"), base.sensor_size)
+        stored = np.load(self.data[index], mmap_mode="r")  # allow_pickle stays False: object arrays are refused
+        try:
+            check_dvs_array(stored, base.sensor_size)
+        finally:
+            if hasattr(stored, "close"):  # an NpzFile (refused) holds its file open
+                stored.close()
         return base.__getitem__(self, index)
     return getitem
 
@@ -318,7 +354,7 @@ def load_event_dataset(name: str, data_dir: Optional[str], timesteps: int, flat:
     _require_tonic()
     log = log or (lambda msg: None)
     save_to = check_layout(name, data_dir)
-    cache = frame_cache_dir(save_to)
+    cache = frame_cache_dir(save_to, save_to / EVENT_SPECS[name].tonic_class)
     train, test = (_load_split(name, save_to, split, timesteps, cache, log) for split in (True, False))
     if flat:
         train = Split(train.x.reshape(*train.x.shape[:2], -1), train.y, events=True)
