@@ -23,7 +23,7 @@ class DependencyError(UsageError, RuntimeError):
     """An optional package the command needs is missing or incomplete (the message says what to install)."""
 
 
-def refuse_empty(value, flag: str, expected: str, hint: str = "", error: type = UsageError) -> None:
+def refuse_empty(value: object, flag: str, expected: str, hint: str = "", error: type = UsageError) -> None:
     """``error("FLAG: expected EXPECTED, got ''HINT")`` for an empty or blank value: a flag given as
     ``''`` (an unset shell variable) is a mistake, never "use the default" (``Path('')`` is the
     working folder). ``None`` (the flag not given) passes."""

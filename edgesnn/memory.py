@@ -46,6 +46,7 @@ class SavedTensorCounter:
         self._ctx.__exit__(*exc)
 
     def bytes(self, exclude: Iterable[torch.Tensor] = ()) -> int:
+        """Bytes of the saved storages, leaving out those of the tensors in ``exclude``."""
         skip = {_storage_key(t) for t in exclude if isinstance(t, torch.Tensor)}
         return sum(n for k, n in self.storages.items() if k not in skip)
 

@@ -13,19 +13,19 @@ order. The BatchNorm of a step graph uses its running statistics, so unlike
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 
 from edgesnn.errors import UsageError
 
-from .artifacts import STEP_ACCUMULATE_FILES, STEP_APPLY_MODEL, STEP_GRAD_MODEL, ArtifactError, StepManifest
+from .artifacts import STEP_ACCUMULATE_FILES, STEP_APPLY_MODEL, STEP_GRAD_MODEL, ArtifactError, Manifest, StepManifest
 from .step_runner import StepSession, checked_batch
 
 __all__ = ["AccumulatingSession", "check_accumulate_artifacts"]
 
 
-def check_accumulate_artifacts(manifest, artifact_dir: Path) -> None:
+def check_accumulate_artifacts(manifest: Union[Manifest, StepManifest], artifact_dir: Path) -> None:
     """``--accumulate`` above 1 needs ``onnx-step`` artifacts that hold the accumulation graphs: a
     one-line error otherwise."""
     if not isinstance(manifest, StepManifest):

@@ -38,7 +38,7 @@ import os
 from pathlib import Path
 from typing import Dict
 
-from ..atomic import check_not_inside, check_output, replace_dir, user_path
+from ..atomic import PathLike, check_not_inside, check_output, replace_dir, user_path
 from ..errors import UsageError, refuse_empty
 
 __all__ = ["FORMATS", "register", "run", "import_params"]
@@ -54,7 +54,8 @@ KNOWN_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".nir", ".ckpt")
 PARAMS_FILE = "the params.npz file the device runner wrote"
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export`` subcommand to the ``edgesnn`` command line's ``subparsers``."""
     p = subparsers.add_parser("export", help="export a checkpoint for on-device fine-tuning or inference",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=user_path, required=True, help="edgesnn checkpoint to export")
@@ -115,7 +116,7 @@ def _output_path(fmt: str, out: str) -> Path:
     return path / default if as_dir or path.suffix.lower() not in suffixes else path
 
 
-def import_params(checkpoint, params_npz, out) -> Path:
+def import_params(checkpoint: PathLike, params_npz: PathLike, out: PathLike) -> Path:
     """Write a new edgesnn checkpoint: ``checkpoint``'s config with the weights from a runner's ``params.npz``.
 
     ``params_npz`` must hold every trainable parameter of the model (buffers it lacks keep the
@@ -237,6 +238,8 @@ def _frozen_text(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``edgesnn export``: check the flags, load the checkpoint and write ``--out`` in ``--format``;
+    returns the exit status 0."""
     out = _check_args(args)
     from .prepare import check_finite, model_from_checkpoint
 

@@ -20,13 +20,16 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .artifacts import atomic_write_bytes
+from .artifacts import PathLike, atomic_write_bytes
 from .prepare import ExportError, check_finite, example_input, export_copy, take_frames_batch_first
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
 __all__ = ["OPSET", "export_graph", "check_parameter_names", "inference_metadata", "add_metadata", "export_onnx"]
 
@@ -43,7 +46,7 @@ def _onnx():
 
 
 def export_graph(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, input_name: str = "input",
-                 output_name: str = "logits"):
+                 output_name: str = "logits") -> "onnx.ModelProto":
     """Trace an already-prepared model (see :func:`edgesnn.export.prepare.export_copy`) to an ``onnx.ModelProto``.
 
     Args:
@@ -69,7 +72,7 @@ def export_graph(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, i
     return proto
 
 
-def check_parameter_names(proto, names: Iterable[str]) -> List[str]:
+def check_parameter_names(proto: "onnx.ModelProto", names: Iterable[str]) -> List[str]:
     """Raise :class:`ExportError` unless every name is an initializer of ``proto``; returns the initializer names."""
     init_names = [i.name for i in proto.graph.initializer]
     missing = sorted(set(names) - set(init_names))
@@ -115,7 +118,7 @@ def _output_width(proto) -> int:
     return int(proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value)
 
 
-def add_metadata(proto, model: nn.Module, event: bool = False) -> None:
+def add_metadata(proto: "onnx.ModelProto", model: nn.Module, event: bool = False) -> None:
     """Store :func:`inference_metadata` in ``proto.metadata_props`` and a one-line ``doc_string``."""
     meta = inference_metadata(model, _output_width(proto), event)
     del proto.metadata_props[:]
@@ -126,7 +129,7 @@ def add_metadata(proto, model: nn.Module, event: bool = False) -> None:
                         f"unrolled: {meta['input']} -> {meta['output']}")
 
 
-def export_onnx(model: nn.Module, path, batch_size: Optional[int] = None, event: bool = False) -> Path:
+def export_onnx(model: nn.Module, path: PathLike, batch_size: Optional[int] = None, event: bool = False) -> Path:
     """Export an inference-only ONNX model (``input [B, *in_shape] -> logits [B, classes]``), atomically.
 
     ``event``: the model was trained on event data: the graph takes ``[B, T, *in_shape]``, frame

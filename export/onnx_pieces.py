@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Callable, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .onnx_inference import OPSET, _onnx
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
 __all__ = ["TracedFn", "export_piece", "elem_type", "rename_graph", "fix_passthrough", "traced_body", "scan_body_to_loop",
            "pruned", "inline_graph", "checked_model", "fills_as_constant_of_shape", "to_numpy"]
@@ -25,11 +28,14 @@ class TracedFn(nn.Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, *args):
+    def forward(self, *args: torch.Tensor) -> Any:
+        """``fn(*args)``: a tensor or a tuple of tensors (shapes as ``fn`` makes them)."""
         return self.fn(*args)
 
 
-def export_piece(fn: Callable, args: Sequence[torch.Tensor], input_names: List[str], output_names: List[str]):
+def export_piece(
+    fn: Callable, args: Sequence[torch.Tensor], input_names: List[str], output_names: List[str]
+) -> "onnx.GraphProto":
     """Trace ``fn`` with ``torch.jit.trace`` (eager branches: ``detach``) and export it; returns a GraphProto."""
     onnx = _onnx()
     args = tuple(a.detach() for a in args)
@@ -50,12 +56,13 @@ def export_piece(fn: Callable, args: Sequence[torch.Tensor], input_names: List[s
 
 
 def elem_type(a: torch.Tensor) -> int:
+    """The ONNX ``TensorProto`` element type of ``a``'s dtype (float32, int64 or uint8)."""
     onnx = _onnx()
     return {torch.float32: onnx.TensorProto.FLOAT, torch.int64: onnx.TensorProto.INT64,
             torch.uint8: onnx.TensorProto.UINT8}[a.dtype]
 
 
-def rename_graph(graph, prefix: str, keep: set) -> None:
+def rename_graph(graph: "onnx.GraphProto", prefix: str, keep: set) -> None:
     """Prefix every name in ``graph`` (values, nodes, initializers) except those in ``keep``."""
     def r(n: str) -> str:
         return n if (not n or n in keep) else prefix + n
@@ -74,7 +81,7 @@ def rename_graph(graph, prefix: str, keep: set) -> None:
     del graph.value_info[:]
 
 
-def fix_passthrough(graph, prefix: str) -> None:
+def fix_passthrough(graph: "onnx.GraphProto", prefix: str) -> None:
     """Scan bodies: an output that is an input (or an outer value) gets its own Identity node."""
     onnx = _onnx()
     produced = {o for n in graph.node for o in n.output}
@@ -87,7 +94,10 @@ def fix_passthrough(graph, prefix: str) -> None:
         seen.add(out.name)
 
 
-def traced_body(fn, args, input_names, output_names, local_in: List[str], prefix: str):
+def traced_body(
+    fn: Callable, args: Sequence[torch.Tensor], input_names: List[str], output_names: List[str],
+    local_in: List[str], prefix: str,
+) -> "onnx.GraphProto":
     """A Scan body: ``local_in`` become the body inputs (in order); the other inputs are outer-scope names."""
     graph = export_piece(fn, args, input_names, output_names)
     outer = set(input_names) - set(local_in)
@@ -105,7 +115,9 @@ def traced_body(fn, args, input_names, output_names, local_in: List[str], prefix
     return graph
 
 
-def scan_body_to_loop(graph, n_state: int, store_names: List[str], n_chunks: int, prefix: str) -> None:
+def scan_body_to_loop(
+    graph: "onnx.GraphProto", n_state: int, store_names: List[str], n_chunks: int, prefix: str
+) -> None:
     """Turn a Scan body ``(states..., slices...) -> states...`` into a ``Loop`` body that walks the
     chunks backwards, reading chunk ``n_chunks - 1 - i`` of each outer ``store`` by ``Gather``.
 
@@ -135,7 +147,7 @@ def scan_body_to_loop(graph, n_state: int, store_names: List[str], n_chunks: int
     graph.output.extend([helper.make_tensor_value_info(cond_out, TP.BOOL, [])] + outs)
 
 
-def pruned(graph, n_outputs: int):
+def pruned(graph: "onnx.GraphProto", n_outputs: int) -> "onnx.GraphProto":
     """A copy of ``graph`` with only its first ``n_outputs`` outputs and the nodes they need."""
     import copy
 
@@ -160,14 +172,16 @@ def pruned(graph, n_outputs: int):
     return g
 
 
-def inline_graph(graph, prefix: str, keep: set):
+def inline_graph(
+    graph: "onnx.GraphProto", prefix: str, keep: set
+) -> Tuple[List["onnx.NodeProto"], List["onnx.TensorProto"]]:
     """Nodes and initializers of an exported piece, internal names prefixed; I/O names kept."""
     io_names = {i.name for i in graph.input} | {o.name for o in graph.output}
     rename_graph(graph, prefix, keep | io_names)
     return list(graph.node), list(graph.initializer)
 
 
-def checked_model(graph):
+def checked_model(graph: "onnx.GraphProto") -> "onnx.ModelProto":
     """A stitched ``graph`` as an opset-:data:`OPSET`, IR-version-8 ``ModelProto``, checked by the ONNX checker."""
     onnx = _onnx()
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)], producer_name="edgesnn")
@@ -176,7 +190,7 @@ def checked_model(graph):
     return model
 
 
-def fills_as_constant_of_shape(graph, min_elements: int = 1024) -> int:
+def fills_as_constant_of_shape(graph: "onnx.GraphProto", min_elements: int = 1024) -> int:
     """Replace every ``Constant`` node (in ``graph`` and its loop bodies) whose value is a float32
     tensor of at least ``min_elements`` elements all equal (the layers' fresh states, ``[B, ...]``
     each) by a ``ConstantOfShape`` of that value: the same tensor, without its bytes in the file
@@ -207,4 +221,5 @@ def fills_as_constant_of_shape(graph, min_elements: int = 1024) -> int:
 
 
 def to_numpy(d: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """The tensors of ``d`` as float32 NumPy arrays (detached, same shapes and names)."""
     return {k: v.detach().numpy().astype(np.float32) for k, v in d.items()}

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -78,6 +78,7 @@ from .. import __version__
 from ..checkpoint import encode_config
 from ..functional.checks import is_real_number
 from .artifacts import STEP_APPLY_MODEL, STEP_EVAL_MODEL, STEP_GRAD_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
+from .artifacts import PathLike
 from .onnx_inference import _onnx
 from .prepare import ExportError, checked_input_range
 from .recon_check import step_recon_tolerance
@@ -86,11 +87,17 @@ from .onnx_pieces import (checked_model, export_piece, fills_as_constant_of_shap
 from .step_layers import Stage, block_forward, block_vjp, initial_state, initial_value, weight_grad
 from .step_program import STEP_OPTIMIZERS, StepProgram, build_step_program, reference_step
 
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
 __all__ = ["STEP_OPTIMIZERS", "StepProgram", "build_step_program", "export_onnx_step", "reference_step"]
 
 
-def build_graphs(prog: StepProgram):
-    """``(step ModelProto, eval ModelProto, io description)``."""
+def build_graphs(
+    prog: StepProgram,
+) -> Tuple["onnx.ModelProto", "onnx.ModelProto", List[List[str]], Tuple["onnx.ModelProto", "onnx.ModelProto"]]:
+    """``(step ModelProto, eval ModelProto, carried, (grad ModelProto, apply ModelProto))``; ``carried``:
+    the ``[input, output]`` name pairs of the parameters and optimizer state a step hands to the next."""
     onnx = _onnx()
     helper = onnx.helper
     TP = onnx.TensorProto
@@ -385,7 +392,8 @@ def build_graphs(prog: StepProgram):
     return step_model, eval_model, carried, (grad_model, apply_model)
 
 
-def export_onnx_step(model: nn.Module, out_dir, batch_size: int = 32, optimizer: str = "sgd", learning_rate: float = 0.01,
+def export_onnx_step(model: nn.Module, out_dir: PathLike, batch_size: int = 32, optimizer: str = "sgd",
+                     learning_rate: float = 0.01,
                      momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False,
                      input_range: Optional[Sequence[float]] = None, freeze: Optional[Sequence[str]] = None,
                      event: bool = False, chunk: Optional[int] = None) -> StepManifest:

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 from torch import nn
 
 from .. import __version__
-from .artifacts import ARTIFACT_FILES, MODEL, Manifest, atomic_write_bytes, write_manifest
+from .artifacts import ARTIFACT_FILES, MODEL, Manifest, PathLike, atomic_write_bytes, write_manifest
 from .onnx_inference import check_parameter_names, export_graph
 from ..checkpoint import encode_config
 from .prepare import (ExportError, checked_input_range, example_input, export_copy, refuse_active_dropout,
@@ -89,7 +89,7 @@ def _artifacts_module():
 
 def export_onnx_training(
     model: nn.Module,
-    out_dir,
+    out_dir: PathLike,
     batch_size: int = 32,
     optimizer: str = "sgd",
     learning_rate: float = 0.01,

@@ -24,7 +24,7 @@ from torch import nn
 from ..checkpoint import load_checkpoint, load_model_state
 from ..errors import UsageError, first_line
 from ..models import SpikingClassifier, build_model, spiking_layers
-from .artifacts import valid_input_range
+from .artifacts import PathLike, valid_input_range
 
 __all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "check_finite", "example_input", "ExportError",
            "split_trainable", "refuse_active_dropout"]
@@ -38,7 +38,7 @@ class ExportError(UsageError, RuntimeError):
     """
 
 
-def checked_input_range(value) -> Optional[List[float]]:
+def checked_input_range(value: Optional[Sequence[float]]) -> Optional[List[float]]:
     """An exporter's ``input_range`` argument as the manifest stores it: ``None``, or
     ``[low, high]`` as floats (finite, low < high); an :class:`ExportError` otherwise."""
     if value is None:
@@ -126,6 +126,7 @@ class FrozenBatchNorm(nn.Module):
         self.eps = float(bn.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm of ``x [N, C, ...]`` with the frozen running statistics; same shape."""
         shape = [1, -1] + [1] * (x.dim() - 2)
         scale = self.weight / torch.sqrt(self.running_var + self.eps)
         return (x - self.running_mean.reshape(shape)) * scale.reshape(shape) + self.bias.reshape(shape)
@@ -136,6 +137,7 @@ class MultiStepFrozenBatchNorm(FrozenBatchNorm):
     ``step_mode='m'``): normalises ``[T, B, C, ...]`` over ``[T * B, C, ...]`` as that layer does."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen BatchNorm of ``x [T, B, C, ...]`` over ``[T * B, C, ...]``; same shape."""
         return super().forward(x.flatten(0, 1)).reshape(x.shape)
 
 
@@ -168,7 +170,7 @@ def export_copy(model: nn.Module, frozen_batchnorm_ops: bool = False) -> nn.Modu
     return clone
 
 
-def model_from_checkpoint(path, label: str = "checkpoint") -> Tuple[SpikingClassifier, Dict[str, Any]]:
+def model_from_checkpoint(path: PathLike, label: str = "checkpoint") -> Tuple[SpikingClassifier, Dict[str, Any]]:
     """Rebuild the model saved in an edgesnn checkpoint; returns ``(model, checkpoint dict)``.
 
     ``label`` starts the one-line errors about the file's model (``"--checkpoint"`` from the CLI):

@@ -82,9 +82,9 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-from edgesnn.atomic import check_not_inside, check_output, recover_dir, user_path
+from edgesnn.atomic import PathLike, check_not_inside, check_output, recover_dir, user_path
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError, refuse_empty, say_line
 
 from .artifacts import StepManifest, validate_artifact_dir
@@ -102,7 +102,7 @@ class StepCheckError(ValueError):
     """A training step failed its own check (loss not finite, reversible reconstruction off)."""
 
 
-def import_plain_ort():
+def import_plain_ort() -> types.ModuleType:
     """``onnxruntime`` for plain inference sessions, never importing ``onnxruntime.training`` or torch.
 
     A training build's ``import onnxruntime`` probes ``onnxruntime.training.ortmodule`` (which
@@ -126,7 +126,7 @@ def training_modules_imported() -> List[str]:
                   and (m == "torch" or m.startswith("torch.") or m.startswith("onnxruntime.training")))
 
 
-def import_ort_training_api():
+def import_ort_training_api() -> Tuple[types.ModuleType, type, type, type]:
     """``(onnxruntime, CheckpointState, Module, Optimizer)`` without importing torch.
 
     Raises:
@@ -159,18 +159,18 @@ def _one_line(exc: BaseException) -> str:
 
 
 def finetune(
-    artifact_dir,
-    data,
+    artifact_dir: PathLike,
+    data: PathLike,
     epochs: int,
     lr: Optional[float] = None,
-    out_dir=None,
+    out_dir: Optional[PathLike] = None,
     seed: int = 0,
     resume: bool = False,
     threads: Optional[int] = None,
     log: Callable[[str], None] = print,
     force: bool = False,
     holdout: Optional[float] = None,
-    eval_data=None,
+    eval_data: Optional[PathLike] = None,
     lean_memory: bool = True,
     any_input_range: bool = False,
     lr_schedule: str = "constant",
@@ -332,6 +332,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``edgesnn-device`` command line (one-line errors with exit status 2)."""
     p = _Parser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
     p.add_argument("artifacts", type=user_path, help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
     p.add_argument("--data", type=user_path, required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")

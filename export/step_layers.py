@@ -48,6 +48,8 @@ class Stage:
 
 
 def make_leaf(name: str, m: nn.Module) -> Leaf:
+    """The :class:`Leaf` for the per-step layer ``m`` named ``name``; a one-line :class:`ExportError`
+    for a layer or setting the explicit VJPs do not cover."""
     if isinstance(m, nn.Linear):
         return Leaf("linear", name, m, [f"{name}.weight"] + ([f"{name}.bias"] if m.bias is not None else []))
     if isinstance(m, nn.Conv2d):
@@ -93,6 +95,8 @@ _STEP_MODULE_TYPES = (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.
 
 
 def plan_layers(model: nn.Module) -> Tuple[List[Leaf], List[Stage], List[Leaf]]:
+    """``(prefix, stages, head)`` of ``model.body``: the layers before the first spiking layer, one
+    :class:`Stage` per LIF/RevLIF (its node and the layers before it), and the layers after the last."""
     body = getattr(model, "body", None)
     if not isinstance(body, nn.Sequential):
         raise ExportError("onnx-step: expected an edgesnn SpikingClassifier (model.body an nn.Sequential)")
@@ -152,6 +156,7 @@ def _static_shape(leaf: Leaf, x: torch.Tensor) -> Tuple[int, ...]:
 
 
 def leaf_forward(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """One layer on one time step ``x [B, ...]`` with its tensors from ``t`` (name -> tensor)."""
     m = leaf.module
     if leaf.kind == "linear":
         return F.linear(x, t[f"{leaf.name}.weight"], t.get(f"{leaf.name}.bias"))
@@ -264,7 +269,9 @@ def _maxpool_vjp(leaf: Leaf, x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
     return F.conv_transpose2d(g, place, None, (kh, kw), 0, (H - Ho * kh, W - Wo * kw), groups=C)
 
 
-def block_forward(leaves: Sequence[Leaf], t, x) -> Tuple[List[torch.Tensor], torch.Tensor]:
+def block_forward(
+    leaves: Sequence[Leaf], t: Dict[str, torch.Tensor], x: torch.Tensor
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Inputs of every layer (for the VJPs) and the block's output."""
     inputs = []
     for leaf in leaves:
@@ -273,7 +280,10 @@ def block_forward(leaves: Sequence[Leaf], t, x) -> Tuple[List[torch.Tensor], tor
     return inputs, x
 
 
-def block_vjp(leaves: Sequence[Leaf], t, inputs, gy, need_gx: bool = True, defer: bool = False):
+def block_vjp(
+    leaves: Sequence[Leaf], t: Dict[str, torch.Tensor], inputs: List[torch.Tensor], gy: torch.Tensor,
+    need_gx: bool = True, defer: bool = False,
+) -> Tuple[Optional[torch.Tensor], Dict[str, object]]:
     """``(grad of the block's input, {parameter: gradient})``, top layer first. Without
     ``need_gx`` it stops below the lowest layer with a trainable parameter (grad ``None``)."""
     grads: Dict[str, object] = {}
@@ -290,6 +300,7 @@ def block_vjp(leaves: Sequence[Leaf], t, inputs, gy, need_gx: bool = True, defer
 
 
 def grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``x [B, C, ...]`` as ``[B, groups, (C // groups) * prod(...)]`` (RevLIF's channel groups)."""
     B, C = x.shape[0], x.shape[1]
     return x.reshape(B, groups, (C // groups) * math.prod(x.shape[2:]))
 

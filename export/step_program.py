@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ class StepProgram:
 
     @property
     def opt_state(self) -> List[str]:
+        """Names of the optimizer state tensors the step carries (AdamW's step and moments, SGD's momentum)."""
         if self.optimizer == "adamw":
             return ["optimizer.step"] + [f"{n}.exp_avg" for n in self.trainable] + [f"{n}.exp_avg_sq" for n in self.trainable]
         if self.hparams.get("momentum", 0.0) != 0.0:
@@ -67,6 +68,7 @@ class StepProgram:
         return []
 
     def initial_opt_state(self) -> Dict[str, np.ndarray]:
+        """Zeros for every :attr:`opt_state` tensor (float32; a parameter's shape, ``[]`` for the step count)."""
         out = {}
         for name in self.opt_state:
             if name == "optimizer.step":
@@ -101,15 +103,21 @@ class StepProgram:
         return self.prefix_trains or any(leaf.params for st in self.stages[:li] for leaf in st.leaves)
 
     def read_names(self, leaves: Sequence[Leaf]) -> List[str]:
+        """Names of the parameters and buffers ``leaves`` read."""
         return [n for leaf in leaves for n in leaf.params + leaf.buffers]
 
     def loop_read_names(self) -> List[str]:
+        """Names of the tensors the time loop reads (every stage's layers and the head)."""
         names = []
         for st in self.stages:
             names += self.read_names(st.leaves)
         return names + self.read_names(self.head)
 
-    def forward_step(self, t: Dict[str, torch.Tensor], P: torch.Tensor, states: List[torch.Tensor]):
+    def forward_step(
+        self, t: Dict[str, torch.Tensor], P: torch.Tensor, states: List[torch.Tensor]
+    ) -> Tuple[
+        torch.Tensor, List[torch.Tensor], List[Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]]
+    ]:
         """One time step: ``(logits, new states, kept values per stage)``; kept: LIF ``h``,
         RevLIF ``(spike, grid bit | None)`` float 0/1 in grouped layout."""
         out = P
@@ -133,8 +141,11 @@ class StepProgram:
         _, logits = block_forward(self.head, t, out)
         return logits, new_states, kept
 
-    def backward_step(self, t, P, g_logits_t, v_rev: List[torch.Tensor], gv: List[torch.Tensor], kept, err,
-                      defer: bool = False):
+    def backward_step(
+        self, t: Dict[str, torch.Tensor], P: torch.Tensor, g_logits_t: torch.Tensor, v_rev: List[torch.Tensor],
+        gv: List[torch.Tensor], kept: List[Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]],
+        err: torch.Tensor, defer: bool = False,
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], Dict[str, object], Optional[torch.Tensor], torch.Tensor]:
         """Back-propagate one time step (top-down). ``kept``: per stage, LIF ``h``, RevLIF
         ``(spike, bit)``; ``v_rev``: RevLIF states after the step (one per RevLIF stage).
         Returns ``(v_rev before the step, gv before the step, {param: grad}, grad of P, err)``."""
@@ -179,7 +190,10 @@ class StepProgram:
             grads.update(gl)
         return new_v, new_gv, grads, g, err
 
-    def update(self, t: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], lr):
+    def update(
+        self, t: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor],
+        lr: Union[float, torch.Tensor],
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """``(new params, new optimizer state)`` as ``torch.optim.SGD`` / ``torch.optim.AdamW`` compute them."""
         hp = self.hparams
         new_p, new_s = {}, {}
@@ -218,7 +232,9 @@ class StepProgram:
             new_p[n] = p - lr * d
         return new_p, new_s
 
-    def loss(self, logit_sum: torch.Tensor, labels: torch.Tensor):
+    def loss(self, logit_sum: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss [], correct [] int64, gradient of the loss per step's logits [B, classes])``: cross-entropy
+        (batch mean) of the mean logits ``logit_sum / T`` (``logit_sum [B, classes]``, ``labels [B]`` int64)."""
         logits = logit_sum / float(self.timesteps)
         logp = torch.log_softmax(logits, 1)
         onehot = F.one_hot(labels, self.num_classes).to(logits.dtype)
@@ -228,7 +244,12 @@ class StepProgram:
         correct = (logits.argmax(1) == labels).to(torch.int64).sum()
         return loss, correct, g / float(self.timesteps)
 
-    def eager_step(self, x, labels, lr, t: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]):
+    def eager_step(
+        self, x: torch.Tensor, labels: torch.Tensor, lr: Union[float, torch.Tensor], t: Dict[str, torch.Tensor],
+        state: Dict[str, torch.Tensor],
+    ) -> Tuple[
+        Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]
+    ]:
         """The whole step in eager PyTorch with the same functions (used to check the exported graph).
         ``x``: ``[B, *in_shape]``, or ``[B, T, *in_shape]`` for event data (frame ``t`` at step ``t``)."""
         P_in, P = block_forward(self.prefix, t, x)
@@ -296,7 +317,8 @@ def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps)
 
 
 def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
-                       weight_decay: Optional[float] = None, nesterov: bool = False, betas=(0.9, 0.999),
+                       weight_decay: Optional[float] = None, nesterov: bool = False,
+                       betas: Sequence[float] = (0.9, 0.999),
                        eps: float = 1e-8, freeze: Optional[Sequence[str]] = None, event: bool = False,
                        chunk: Optional[int] = None) -> StepProgram:
     """Read ``model`` into a :class:`StepProgram` (``freeze``: see :func:`~.prepare.split_trainable`).
@@ -361,7 +383,10 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
     return prog
 
 
-def reference_step(prog: StepProgram, x, labels, lr, params, state):
+def reference_step(
+    prog: StepProgram, x: np.ndarray, labels: np.ndarray, lr: float, params: Dict[str, np.ndarray],
+    state: Dict[str, np.ndarray],
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], float, int, float]:
     """Eager version of the step (numpy in, numpy out) for checks."""
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in params.items()}
     s = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}

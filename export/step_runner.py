@@ -31,6 +31,7 @@ __all__ = ["StepSession", "finetune_step", "npz_bytes", "rss_mb"]
 
 
 def npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
+    """The bytes of an uncompressed ``.npz`` holding ``arrays`` (name -> array)."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -116,6 +117,7 @@ class StepSession:
         b.bind_ortvalue_output("recon_error", self.err)
 
     def set_lr(self, lr: float) -> None:
+        """Set the learning rate the next steps use (a float32 graph input, no unit)."""
         self.lr.update_inplace(np.asarray(lr, np.float32))
 
     def step(self, xb: np.ndarray, yb: np.ndarray) -> Tuple[float, int, float]:
@@ -136,6 +138,8 @@ class StepSession:
         return out
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Top-1 accuracy (0..1) of the current parameters on ``x [N, *sample_shape]``, ``y [N]`` int
+        (eval graph, batches padded to the fixed batch size, padding not counted)."""
         B = self.m.batch_size
         b = self.eval_sess.io_binding()
         for n, v in self.sets[self.current].items():

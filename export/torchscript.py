@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import encode_config
-from .artifacts import atomic_write_bytes
+from .artifacts import PathLike, atomic_write_bytes
 from .prepare import check_finite, example_input, export_copy, take_frames_batch_first
 
 __all__ = ["METADATA_FILE", "export_torchscript", "load_torchscript"]
@@ -63,7 +63,7 @@ def _trace_checked(clone: nn.Module, example: torch.Tensor, event: bool = False)
         handle.remove()
 
 
-def export_torchscript(model: nn.Module, path, batch_size: int = 4, event: bool = False) -> Path:
+def export_torchscript(model: nn.Module, path: PathLike, batch_size: int = 4, event: bool = False) -> Path:
     """Trace ``model`` (reference backend, eval-mode BatchNorm) and save it atomically to ``path``.
 
     The saved module maps ``[B, *in_shape]`` (any ``B``) to logits ``[B, classes]`` (one frame
@@ -90,7 +90,7 @@ def export_torchscript(model: nn.Module, path, batch_size: int = 4, event: bool 
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_torchscript(path) -> torch.jit.ScriptModule:
+def load_torchscript(path: PathLike) -> torch.jit.ScriptModule:
     """Load a module written by :func:`export_torchscript` (raises ``FileNotFoundError``/``ValueError``)."""
     path = Path(path)
     if not path.is_file():

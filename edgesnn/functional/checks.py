@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ __all__ = [
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def is_real_number(v) -> bool:
+def is_real_number(v: object) -> bool:
     """A finite real number within the float32 range: a Python or NumPy int or float, not a bool."""
     if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
         return False
@@ -30,12 +30,12 @@ def is_real_number(v) -> bool:
     return math.isfinite(f) and abs(f) <= FLOAT32_MAX
 
 
-def is_integer(v) -> bool:
+def is_integer(v: object) -> bool:
     """A Python or NumPy integer, not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def check_int(value, name: str, minimum: int = 1, error: type = ValueError) -> int:
+def check_int(value: object, name: str, minimum: int = 1, error: type = ValueError) -> int:
     """``value`` as an ``int >= minimum``: a Python or NumPy integer (anything with ``__index__``),
     not a bool, float or string; else ``error`` (one line naming ``name``)."""
     try:
@@ -49,7 +49,7 @@ def check_int(value, name: str, minimum: int = 1, error: type = ValueError) -> i
     return int(v)
 
 
-def check_flag(v, name: str) -> bool:
+def check_flag(v: object, name: str) -> bool:
     """``v`` as a bool: a Python or NumPy bool, or the integers 0 / 1; anything else is an error
     naming ``name`` (a string such as ``'no'`` would otherwise count as true)."""
     if isinstance(v, (bool, np.bool_)) or (is_integer(v) and int(v) in (0, 1)):
@@ -59,7 +59,7 @@ def check_flag(v, name: str) -> bool:
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_sequence(x: torch.Tensor, name: str = "x_seq", *, dtypes=_FLOAT_DTYPES) -> None:
+def check_sequence(x: torch.Tensor, name: str = "x_seq", *, dtypes: Tuple[torch.dtype, ...] = _FLOAT_DTYPES) -> None:
     """Check a multi-step input ``[T, B, ...]`` (at least 3 dims, T >= 1, a floating dtype)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of shape [T, B, ...], got {type(x).__name__}")
@@ -141,7 +141,11 @@ def check_finite_input(x: torch.Tensor, name: str = "x_seq", layer: str = "LIF")
         )
 
 
-def check_finite_grads(layer: str, grads, incoming=()) -> None:
+def check_finite_grads(
+    layer: str,
+    grads: Iterable[Tuple[str, Optional[torch.Tensor]]],
+    incoming: Iterable[Tuple[str, Optional[torch.Tensor]]] = (),
+) -> None:
     """Raise :class:`NonFiniteGradientError` if any of ``grads`` (``(name, tensor)`` pairs, ``None``
     tensors skipped) holds NaN/+-Inf. ``incoming`` are the ``(name, tensor)`` gradients the backward
     received; they are scanned only on failure, to say where the non-finite values came from."""

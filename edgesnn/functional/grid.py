@@ -11,6 +11,8 @@ Gradients pass straight through every rounding step (:func:`straight_through`).
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 
 from .surrogate import stop_gradient
@@ -53,10 +55,10 @@ def quantize_input(x: torch.Tensor) -> torch.Tensor:
     return to_grid(torch.clamp(x, -INPUT_RANGE, INPUT_RANGE))
 
 
-def halve_on_grid(v: torch.Tensor):
+def halve_on_grid(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(floor_grid(v / 2), bit)`` for a grid value ``v``: ``v == 2 * floor_grid(v / 2) + bit * 2^-16``.
 
-    ``bit`` is returned as ``uint8`` (0 or 1).
+    ``bit`` is returned as ``uint8`` (0 or 1); both have the shape of ``v``.
     """
     k = v * GRID_SCALE
     half = torch.floor(k * 0.5)

@@ -45,6 +45,7 @@ class ResetRule:
 
     @property
     def hard_reset(self) -> bool:
+        """True for a hard reset (to ``v_reset``), False for a soft reset (subtract ``v_threshold``)."""
         return self.v_reset is not None
 
     @property

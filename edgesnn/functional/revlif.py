@@ -148,6 +148,7 @@ class RevLIFParams:
 
     @property
     def exact(self) -> bool:
+        """True in ``mode='exact'`` (state on the 2^-16 grid, bit-exact inverse), False in float mode."""
         return self.mode == "exact"
 
 

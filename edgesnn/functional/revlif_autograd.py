@@ -21,7 +21,7 @@ implementation in PyTorch ops; fused kernels (``edgesnn.kernels``) implement the
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -219,7 +219,12 @@ class RevLIFFunction(torch.autograd.Function):
     """Autograd node of RevLIF; see the module docstring for what it saves."""
 
     @staticmethod
-    def forward(ctx, x_seq: torch.Tensor, v0: Optional[torch.Tensor], p: RevLIFParams, kernels: RevLIFKernels):
+    def forward(
+        ctx: Any, x_seq: torch.Tensor, v0: Optional[torch.Tensor], p: RevLIFParams, kernels: RevLIFKernels
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(y_seq [T, B, C, ...], v_T [B, C, ...])`` from ``x_seq [T, B, C, ...]`` and ``v0`` (``None``:
+        fresh state); saves the outputs, the packed halving bits (exact mode) or spike counts (float
+        mode) and a given ``v0``, not ``x_seq``."""
         xg = to_groups(x_seq, p.groups)
         if v0 is None:
             v0g = revlif_initial_state(xg[0], p)
@@ -238,7 +243,11 @@ class RevLIFFunction(torch.autograd.Function):
         return y_out, v_T_out
 
     @staticmethod
-    def backward(ctx, grad_y_out, grad_v_T_out):
+    def backward(
+        ctx: Any, grad_y_out: Optional[torch.Tensor], grad_v_T_out: Optional[torch.Tensor]
+    ) -> Tuple[Optional[torch.Tensor], ...]:
+        """``(grad_x [T, B, C, ...], grad_v0 [B, C, ...] or None, None, None)``: reconstructs the states
+        backward in time from ``y_seq`` and ``v_T`` and verifies the initial state it reaches."""
         # the kernels reconstruct and differentiate without a graph: a second backward through it raises
         with torch.no_grad():
             grads = RevLIFFunction._grads(ctx, grad_y_out, grad_v_T_out)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from .grid import INPUT_RANGE, STATE_LIMIT
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .lif import LIFParams
     from .revlif import RevLIFParams
 
 __all__ = ["exact_state_bounds", "bounds_for"]
@@ -114,7 +115,9 @@ def _bound_key(lif, alpha, gamma, groups):
     return (lif.tau, lif.v_threshold, lif.charge_reset, lif.hard_reset, lif.decay_input, alpha, gamma, groups)
 
 
-def bounds_for(lif, alpha: float, gamma: float, groups: int):
+def bounds_for(
+    lif: "LIFParams", alpha: float, gamma: float, groups: int
+) -> Tuple[Tuple[float, ...], Optional[Tuple[float, ...]]]:
     """``(least, v0_limit)`` for a LIF parameter record and RevLIF's mixing: as
     :func:`exact_state_bounds`, with ``v0_limit`` ``None`` when even the least box exceeds
     ``STATE_LIMIT`` (the parameters are refused)."""

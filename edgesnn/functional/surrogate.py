@@ -64,6 +64,7 @@ class Sigmoid(Surrogate):
     name = "sigmoid"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         z = self.alpha * u  # sg (1 - sg) as sigmoid(z) sigmoid(-z): no cancellation once sg rounds to 1
         return self.alpha * torch.sigmoid(z) * torch.sigmoid(-z)
 
@@ -76,6 +77,7 @@ class ATan(Surrogate):
     name = "atan"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         z = (math.pi / 2.0 * self.alpha) * u
         return (self.alpha / 2.0) / (1.0 + z * z)
 
@@ -93,6 +95,7 @@ class PiecewiseQuadratic(Surrogate):
     name = "piecewise_quadratic"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         a = u.abs()
         return torch.where(a > 1.0 / self.alpha, torch.zeros_like(u), self.alpha - self.alpha * self.alpha * a)
 
@@ -105,6 +108,7 @@ class PiecewiseExp(Surrogate):
     name = "piecewise_exp"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         return (self.alpha / 2.0) * torch.exp(-self.alpha * u.abs())
 
 
@@ -116,6 +120,7 @@ class SoftSign(Surrogate):
     name = "softsign"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         d = 1.0 / self.alpha + u.abs()
         return 1.0 / (2.0 * self.alpha * d * d)
 
@@ -128,6 +133,7 @@ class SuperSpike(Surrogate):
     name = "superspike"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         d = u.abs() + 1.0
         return self.alpha / (d * d)
 
@@ -140,6 +146,7 @@ class Erf(Surrogate):
     name = "erf"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         z = self.alpha * u
         return (self.alpha / math.sqrt(math.pi)) * torch.exp(-(z * z))
 
@@ -152,6 +159,7 @@ class NonzeroSignLogAbs(Surrogate):
     name = "nonzero_sign_log_abs"
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """Surrogate derivative ``sg'(u)`` (formula in the class docstring), same shape as ``u``."""
         return 1.0 / (1.0 / self.alpha + u.abs())
 
 

@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -141,8 +141,8 @@ def _make_room(nbytes: int) -> bool:
     return _drop_idle(_limit - nbytes) + nbytes <= _limit
 
 
-def empty(shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An uninitialised contiguous CPU tensor, from the pool when it is large enough."""
+def empty(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised contiguous CPU tensor of ``shape`` (any dims), from the pool when it is large enough."""
     shape = tuple(int(s) for s in shape)
     n = math.prod(shape)
     itemsize = torch.empty((), dtype=dtype).element_size() if dtype != torch.float32 else 4

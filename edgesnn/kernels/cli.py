@@ -10,7 +10,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 __all__ = ["register", "warmup", "compile_notice"]
 
@@ -45,7 +45,12 @@ def _own_cache(folder: Path) -> Path:
     return folder / _CacheLocator.get_suitable_cache_subpath(str(Path(__file__).with_name("numba_cpu.py")))
 
 
-def warmup(cache_dir=None, threads=None, cuda: bool = False, verbose: bool = True) -> dict:
+def warmup(
+    cache_dir: Optional[Union[str, Path]] = None,
+    threads: Optional[int] = None,
+    cuda: bool = False,
+    verbose: bool = True,
+) -> dict:
     """Compile (or load) every CPU kernel, and with ``cuda=True`` the CUDA kernels for this GPU.
 
     ``cache_dir``: the cache folder (``~`` expanded; ``None``: the folder
@@ -104,7 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``warmup`` subcommand to the ``edgesnn`` command line's ``subparsers``."""
     p = subparsers.add_parser("warmup", help="precompile the fused Numba (and CUDA) kernels into the JIT cache",
                               description=__doc__)
     p.add_argument("--cache-dir", default=None, help="Numba cache folder (default: $EDGESNN_CACHE_DIR, $NUMBA_CACHE_DIR or ~/.cache/edgesnn/numba)")

@@ -18,6 +18,8 @@ of two are exact either way.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import numpy as np
 import torch
 
@@ -295,7 +297,7 @@ def _check(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams):
+def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x [T, ...]``: ``(s, v_T)`` as :func:`edgesnn.kernels.numba_cpu.lif_forward`."""
     x = _check(x, "x_seq")
     v0 = _check(v0, "v0")
@@ -309,7 +311,9 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams):
     return s, vT
 
 
-def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams):
+def lif_backward(
+    x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Backward of :func:`lif_forward` from its inputs: ``(grad_x, grad_v0)``."""
     x = _check(x, "x_seq")
     v0 = _check(v0, "v0")
@@ -326,7 +330,9 @@ def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_v
     return gx, gv0
 
 
-def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
+def revlif_forward(
+    xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Kernel contract forward (see :mod:`edgesnn.functional.revlif_autograd`)."""
     xg = _check(xg, "x_seq")
     v0 = _check(v0, "v0")
@@ -343,7 +349,14 @@ def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams):
     return y, vT, (bits if p.exact else None), (None if p.exact else counts)
 
 
-def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
+def revlif_backward(
+    y: torch.Tensor,
+    v_T: torch.Tensor,
+    bits: Optional[torch.Tensor],
+    grad_y: torch.Tensor,
+    grad_v_T: torch.Tensor,
+    p: RevLIFParams,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Kernel contract backward: ``(grad_x, grad_v0, v0_rec, counts_rec | None)``."""
     y = _check(y, "y")
     v_T = _check(v_T, "v_T")

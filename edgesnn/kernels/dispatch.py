@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -83,7 +83,7 @@ def _kernel_applies(x: torch.Tensor, p) -> bool:
     return x.dtype == torch.float32 and _kernel_surrogate(lif)
 
 
-def resolve_backend(backend: str, x: torch.Tensor, p=None) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, p: Optional[Union[LIFParams, RevLIFParams]] = None) -> str:
     """The concrete backend (``"reference"``, ``"torch"``, ``"numba"`` or ``"cuda"``) that runs ``x``.
 
     Args:

@@ -21,8 +21,16 @@ Flags (``hard``, ``decay_input``, ``detach``, ``exact``) are ints/bools; surroga
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from types import SimpleNamespace
+
+    from ..functional.lif import LIFParams
+    from ..functional.revlif import RevLIFParams
+    from ..functional.surrogate import Surrogate
 
 __all__ = [
     "SG_SIGMOID",
@@ -62,7 +70,7 @@ INPUT_RANGE = np.float32(64.0)  # edgesnn.functional.grid.INPUT_RANGE
 NEG_INPUT_RANGE = np.float32(-64.0)
 
 
-def surrogate_constants(surrogate):
+def surrogate_constants(surrogate: "Surrogate") -> Tuple[int, np.float32, np.float32]:
     """``(kind, a, b)`` float32 constants of a :class:`~edgesnn.functional.surrogate.Surrogate`.
 
     Sigmoid: ``a = alpha``; ATan: ``a = pi/2 * alpha``, ``b = alpha / 2``.
@@ -117,17 +125,17 @@ def _mix_args(p):
     return (bool(p.exact), np.float32(p.alpha), np.float32(p.beta), np.float32(p.gamma))
 
 
-def charge_args(lif):
+def charge_args(lif: "LIFParams") -> Tuple[np.float32, np.float32, np.float32, bool, bool]:
     """``(tau, v_th, v_reset, hard, decay_input)`` of a ``LIFParams`` (``v_reset`` 0 for soft reset)."""
     return _once_per_object(_charge_args, lif)
 
 
-def vjp_args(lif):
+def vjp_args(lif: "LIFParams") -> Tuple[np.float32, np.float32, np.int32, np.float32, np.float32]:
     """``(in_gain, state_decay, kind, a, b)``: the backward's gains and surrogate constants."""
     return _once_per_object(_vjp_args, lif)
 
 
-def mix_args(p):
+def mix_args(p: "RevLIFParams") -> Tuple[bool, np.float32, np.float32, np.float32]:
     """``(exact, alpha, beta, gamma)`` of a ``RevLIFParams``."""
     return _once_per_object(_mix_args, p)
 
@@ -135,7 +143,7 @@ def mix_args(p):
 # ----------------------------------------------------------------------------- LIF
 
 
-def mul(a, b):
+def mul(a: float, b: float) -> float:
     """``a * b`` rounded on its own, never fused with a following add into an FMA.
 
     The CPU kernels never contract (no fastmath); the CUDA build replaces this with
@@ -145,19 +153,19 @@ def mul(a, b):
     return a * b
 
 
-def charge(x, v, tau, v_reset, decay_input):
+def charge(x: float, v: float, tau: float, v_reset: float, decay_input: bool) -> float:
     """``h`` from input ``x`` and state ``v`` (``v_reset`` is 0 for a soft reset)."""
     if decay_input:
         return v + (x - (v - v_reset)) / tau
     return v - (v - v_reset) / tau + x
 
 
-def fire(h, v_th):
+def fire(h: float, v_th: float) -> float:
     """Spike 0/1 (float32): ``h - v_th >= 0``."""
     return ONE if (h - v_th) >= ZERO else ZERO
 
 
-def reset(h, s, v_th, v_reset, hard):
+def reset(h: float, s: float, v_th: float, v_reset: float, hard: bool) -> float:
     """Post-reset potential ``u``: ``s*v_reset + (1-s)*h`` (hard) or ``h - s*v_th`` (soft)."""
     if hard:
         return s * v_reset + (ONE - s) * h
@@ -176,7 +184,7 @@ _P4 = np.float32(1.6666665459e-1)
 _P5 = np.float32(5.0000001201e-1)
 
 
-def exp32(x):
+def exp32(x: float) -> float:
     """``exp(x)`` in float32 (Cephes ``expf`` polynomial, ~1 ulp), arguments clamped to +-80.
 
     Float arithmetic and selects only (no libm call, no integer conversion), so the CPU loops
@@ -226,7 +234,7 @@ def exp32(x):
 _SG_FLAT = np.float32(88.0)
 
 
-def surrogate_grad(u, kind, a, b):
+def surrogate_grad(u: float, kind: int, a: float, b: float) -> float:
     """Surrogate derivative at ``u = h - v_th``."""
     if kind == SG_SIGMOID:
         # a * sg * (1 - sg) with sg = 1 / (1 + e), e = exp(-a u), as (a * r) * (e * r), r = sg:
@@ -241,13 +249,19 @@ def surrogate_grad(u, kind, a, b):
     return b / (ONE + z * z)
 
 
-def step_vjp(h, grad_s, grad_u, v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b):
+def step_vjp(
+    h: float, grad_s: float, grad_u: float, v_th: float, v_reset: float, hard: bool, detach: bool,
+    in_gain: float, state_decay: float, kind: int, a: float, b: float,
+) -> Tuple[float, float]:
     """VJP of one LIF step ``(x, v) -> (s, u)`` from ``h`` alone: ``(grad_x, grad_v)``."""
     g = surrogate_grad(h - v_th, kind, a, b)
     return step_vjp_from_grad(h, g, grad_s, grad_u, v_th, v_reset, hard, detach, in_gain, state_decay)
 
 
-def step_vjp_from_grad(h, g, grad_s, grad_u, v_th, v_reset, hard, detach, in_gain, state_decay):
+def step_vjp_from_grad(
+    h: float, g: float, grad_s: float, grad_u: float, v_th: float, v_reset: float, hard: bool, detach: bool,
+    in_gain: float, state_decay: float,
+) -> Tuple[float, float]:
     """:func:`step_vjp` with the surrogate derivative ``g = surrogate_grad(h - v_th, ...)`` given
     (a kernel can then compute ``g`` for a whole row first: its ``exp`` and division are a long
     chain of dependent operations, which out-of-order cores overlap better in a loop of its own)."""
@@ -272,7 +286,7 @@ def step_vjp_from_grad(h, g, grad_s, grad_u, v_th, v_reset, hard, detach, in_gai
 _MAGIC = np.float32(8388608.0)  # 2**23: adding it rounds |k| < 2**23 to an integer, ties to even
 
 
-def rint_grid(k):
+def rint_grid(k: float) -> float:
     """Round a float32 to the nearest integer, ties to even (``torch.round``), for any float32.
 
     ``(|k| + 2**23) - 2**23`` rounds in the current (nearest-even) mode; ``|k| >= 2**23`` is
@@ -284,18 +298,18 @@ def rint_grid(k):
     return r if k >= ZERO else -r
 
 
-def floor_grid(y):
+def floor_grid(y: float) -> float:
     """``floor(y)`` of a float32 via :func:`rint_grid` (float ops only)."""
     r = rint_grid(y)
     return r - ONE if r > y else r
 
 
-def to_grid(a):
+def to_grid(a: float) -> float:
     """``torch.round(a * 2**16) / 2**16``."""
     return rint_grid(a * GRID) * INV_GRID
 
 
-def quantize_input(x):
+def quantize_input(x: float) -> float:
     """``to_grid(clamp(x, -64, 64))``."""
     c = x
     if c < NEG_INPUT_RANGE:
@@ -305,7 +319,7 @@ def quantize_input(x):
     return to_grid(c)
 
 
-def halve(v):
+def halve(v: float) -> Tuple[float, float]:
     """``(floor_grid(v / 2), bit)`` of a grid value (``edgesnn.functional.grid.halve_on_grid``); bit as 0./1. float32."""
     k = v * GRID
     half = floor_grid(k * HALF)
@@ -313,7 +327,7 @@ def halve(v):
     return half * INV_GRID, bit
 
 
-def unhalve(half, bit):
+def unhalve(half: float, bit: float) -> float:
     """``bit`` is a float32 0./1.; ``(2 * (half * 2**16) + bit) / 2**16`` (``edgesnn.functional.grid.unhalve_on_grid``)."""
     return (TWO * (half * GRID) + bit) * INV_GRID
 
@@ -322,7 +336,7 @@ def unhalve(half, bit):
 _ORDER = ("mul", "charge", "fire", "reset", "rint_grid", "floor_grid", "exp32", "surrogate_grad", "step_vjp_from_grad", "step_vjp", "to_grid", "quantize_input", "halve", "unhalve")
 
 
-def compile_all(jit, overrides=None):
+def compile_all(jit: Callable[[Callable], Any], overrides: Optional[Dict[str, Any]] = None) -> "SimpleNamespace":
     """Compile every function above with ``jit`` (e.g. ``numba.njit(inline="always")`` or
     ``numba.cuda.jit(device=True)``), wiring the calls between them to the compiled versions.
 

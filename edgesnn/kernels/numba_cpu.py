@@ -22,7 +22,7 @@ along time: ``y.sum().backward()``) is read as one ``[1, ...]`` row instead of a
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -312,7 +312,9 @@ def _report(finite: Optional[list], nf: np.ndarray) -> None:
         finite.append(all_finite_flags(nf))
 
 
-def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Optional[list] = None):
+def lif_forward(
+    x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Optional[list] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x [T, ...]`` from ``v0 [...]``: returns ``(s, v_T)``.
 
     Nothing is saved: the backward recomputes ``h`` from ``x`` and ``v0`` (which autograd keeps),
@@ -339,7 +341,7 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Opti
 
 def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams,
                  *, finite: Optional[list] = None,
-                 sum_into: Optional[torch.Tensor] = None):
+                 sum_into: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Backward of :func:`lif_forward` from its inputs: returns ``(grad_x, grad_v0)``; ``finite``
     (a list) gets a bool appended: every value of both gradients is finite. ``x`` may be expanded
     over time, as in :func:`lif_forward`. ``sum_into`` (``[...]``, float32, contiguous): ``grad_x``

@@ -16,7 +16,7 @@ and gradients to their autograd backward.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -145,7 +145,9 @@ def _shape(x: torch.Tensor):
     return T, x.numel() // T, H, W
 
 
-def lif_pool2_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Optional[list] = None):
+def lif_pool2_forward(
+    x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite: Optional[list] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x [T, ..., H, W]`` from ``v0 [..., H, W]``, spikes max-pooled 2x2 (stride 2).
 
     Returns ``(pooled [T, ..., H // 2, W // 2], v_T)``; ``finite`` (a list) gets a bool appended:
@@ -167,7 +169,7 @@ def lif_pool2_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams, *, finite
 
 def lif_pool2_backward(x: torch.Tensor, v0: torch.Tensor, grad_pooled: torch.Tensor, grad_vT: torch.Tensor,
                        p: LIFParams, *, finite: Optional[list] = None,
-                       sum_into: Optional[torch.Tensor] = None):
+                       sum_into: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Backward of :func:`lif_pool2_forward` from its inputs: returns ``(grad_x, grad_v0)``.
 
     ``grad_pooled`` is ``[T, ..., H // 2, W // 2]`` (or ``[1, ...]``: the same at every step);

@@ -20,7 +20,7 @@ reference): forward outputs are bit-identical.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -339,7 +339,9 @@ def _revlif_bwd(y, vT, bits, gy, gvT, gx, gv0, v0r, counts, nf, tau, v_th, v_res
         nf[unit] = tot
 
 
-def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams, *, finite: Optional[list] = None):
+def revlif_forward(
+    xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams, *, finite: Optional[list] = None
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Kernel contract forward: ``(y, v_T, bits | None, counts | None)`` for ``xg [T, B, n, M]``,
     ``v0 [B, n, M]``; ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float).
     ``finite`` (a list) gets a bool appended: every value of ``xg`` was finite (checked in the kernel)."""
@@ -360,7 +362,16 @@ def revlif_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams, *, finit
     return out
 
 
-def revlif_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams, *, finite: Optional[list] = None):
+def revlif_backward(
+    y: torch.Tensor,
+    v_T: torch.Tensor,
+    bits: Optional[torch.Tensor],
+    grad_y: torch.Tensor,
+    grad_v_T: torch.Tensor,
+    p: RevLIFParams,
+    *,
+    finite: Optional[list] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Kernel contract backward: ``(grad_x [T, B, n, M], grad_v0 [B, n, M], v0_rec [B, n, M], counts_rec | None)``
     ``finite`` (a list) gets a bool appended: every value of ``grad_x`` and ``grad_v0`` is finite."""
     y = _check_cpu_f32(y, "y")

@@ -125,6 +125,8 @@ def check_ptx(ccs: Sequence[Tuple[int, int]] = DEFAULT_CCS) -> List[Dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Check the CUDA kernels' PTX for the compute capabilities in ``argv`` (e.g. ``8.0``; default
+    :data:`DEFAULT_CCS`), print the report as JSON; returns 1 on a ptxas error, spills or float64 use, else 0."""
     args = sys.argv[1:] if argv is None else argv
     ccs = [tuple(int(p) for p in a.split(".")) for a in args] or list(DEFAULT_CCS)
     report = check_ptx(ccs)

@@ -119,6 +119,7 @@ class ChunkStats:
         self.m2: Optional[torch.Tensor] = None
 
     def add(self, a: torch.Tensor) -> None:
+        """Add a chunk ``a [N, C, ...]`` (channels in dim 1) to the per-channel statistics."""
         dims = reduce_dims(a)
         n = a.numel() // a.shape[1]
         var, mean = torch.var_mean(a, dim=dims, unbiased=False)
@@ -133,6 +134,7 @@ class ChunkStats:
         self.n = tot
 
     def mean_var(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(mean [C], biased variance [C])`` (float64) over every value added so far."""
         return self.mean, self.m2 / self.n
 
 
@@ -162,8 +164,8 @@ def bn_static(bn: nn.modules.batchnorm._BatchNorm, a: torch.Tensor, T: int, upda
     return torch.batch_norm(a, bn.weight, bn.bias, None, None, True, 0.0, bn.eps, torch.backends.cudnn.enabled)
 
 
-def bn_normalize(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
-                  inplace: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def bn_normalize(bn: Optional[nn.modules.batchnorm._BatchNorm], a: torch.Tensor, mean: torch.Tensor,
+                 invstd: torch.Tensor, inplace: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(z, xhat)``: BatchNorm of ``a`` with given statistics; one formula (same rounding) for the
     forward and every recomputation. ``z`` is rounded as PyTorch's CPU kernel rounds it
     (:func:`bn_output`): with ``mean``/``invstd`` from :class:`ExactStats` it is bit-identical to
@@ -199,7 +201,9 @@ def _fma(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sign: float = 1.0) -
     return c + (a * b) * sign
 
 
-def bn_output(bn, a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
+def bn_output(
+    bn: Optional[nn.modules.batchnorm._BatchNorm], a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
+) -> torch.Tensor:
     """BatchNorm output of ``a`` for the statistics ``mean``/``invstd`` (``a.dtype``), rounded like
     PyTorch's CPU kernel: ``alpha = invstd * weight``, ``beta = bias - mean * alpha``,
     ``y = a * alpha + beta``."""

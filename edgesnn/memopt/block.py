@@ -103,6 +103,7 @@ class Block:
         return len(now) == len(planned) and all(a.kind == b.kind and a.module is b.module for a, b in zip(now, planned))
 
     def bn_index(self) -> Optional[int]:
+        """Index in ``steps`` of the block's one BatchNorm step, ``None`` if it has none or several."""
         idx = [i for i, s in enumerate(self.steps) if s.kind == "bn"]
         return idx[0] if len(idx) == 1 else None
 

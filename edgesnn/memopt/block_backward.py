@@ -8,7 +8,7 @@ the stand-ins the modules hold meanwhile (:mod:`edgesnn.memopt.paramgrads`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, Any, Callable, List, Union
 
 import torch
 
@@ -20,12 +20,20 @@ from .steps import apply_recompute, apply_steps, merge_time, node_chunk_backward
 
 if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
+    from .gradchunks import DenseGrad, GradChunks
 
 __all__ = ["backward_plain", "backward_chunked_bn"]
 
 
 
-def backward_plain(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
+def backward_plain(
+    ctx: Any,
+    block: Block,
+    saved: SavedInput,
+    grad_out: Union[GradChunks, DenseGrad],
+    sink: Callable[[int, int, torch.Tensor], None],
+    wants_input_grad: bool,
+) -> None:
     """No batch statistics across chunks: one reverse pass, each chunk under autograd."""
     g_v = None
     for c in range(len(ctx.bounds) - 1, -1, -1):
@@ -55,7 +63,14 @@ def backward_plain(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_i
         del g_in
 
 
-def backward_chunked_bn(ctx, block: Block, saved: SavedInput, grad_out, sink, wants_input_grad: bool) -> None:
+def backward_chunked_bn(
+    ctx: Any,
+    block: Block,
+    saved: SavedInput,
+    grad_out: Union[GradChunks, DenseGrad],
+    sink: Callable[[int, int, torch.Tensor], None],
+    wants_input_grad: bool,
+) -> None:
     """``grad_out``: :class:`GradChunks` or :class:`DenseGrad`; read twice, freed during pass 2."""
     bn_i = block.bn_index()
     bn = block.steps[bn_i].module

@@ -32,9 +32,11 @@ class GradChunks:
 
     @property
     def empty(self) -> bool:
+        """True while no chunk is held (none written yet, or all released)."""
         return not self.parts
 
     def put(self, t0: int, t1: int, g: torch.Tensor) -> None:
+        """Write the gradient ``g [t1 - t0, B, ...]`` of steps ``t0:t1`` (added to a chunk already there)."""
         if g.shape[0] != t1 - t0 or tuple(g.shape[1:]) != self.shape[1:]:
             raise RuntimeError(f"memopt: gradient chunk {tuple(g.shape)} does not fit steps {t0}:{t1} of {self.shape}")
         if t0 in self.parts:
@@ -83,7 +85,9 @@ class DenseGrad:
         self.g = g
 
     def get(self, t0: int, t1: int) -> torch.Tensor:
+        """Steps ``t0:t1`` of the gradient, ``[t1 - t0, B, ...]`` (a view)."""
         return self.g[t0:t1]
 
     def release_from(self, t0: int) -> None:
+        """Nothing to free: the dense gradient is autograd's."""
         pass

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .layers import runs_plain_forward
+from .layers import Step, runs_plain_forward
 
 __all__ = ["layer_backward_supported", "layer_backward", "accumulate_grad"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def layer_backward_supported(step) -> bool:
+def layer_backward_supported(step: Step) -> bool:
     """Whether :func:`layer_backward` handles the per-step layer ``step`` (a
     :class:`~edgesnn.memopt.layers.Step`): a convolution with integer zero padding or a linear
     layer, run by the torch base class's own forward (as SpikingJelly's multi-step layers are),

@@ -9,7 +9,7 @@ function on merged ``[N, ...]`` tensors plus its kind. Spiking nodes stay multi-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -216,7 +216,7 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
     return None
 
 
-def pair(v) -> Tuple[int, ...]:
+def pair(v: Union[int, Tuple[int, ...], List[int]]) -> Tuple[int, ...]:
     """A 2-d layer's size argument as a tuple: ``2 -> (2, 2)``, ``(2, 3)`` and ``[2, 3]`` as they are."""
     return tuple(int(e) for e in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
 

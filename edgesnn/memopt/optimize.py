@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -189,7 +189,9 @@ def optimize_memory(
     return plan
 
 
-def largest_batch(model: nn.Module, make_input, budget: int, max_batch: int = 1024):
+def largest_batch(
+    model: nn.Module, make_input: Callable[[int], torch.Tensor], budget: int, max_batch: int = 1024
+) -> Tuple[int, Optional["netplan.NetworkPlan"]]:
     """The largest batch whose :func:`optimize_memory` plan fits ``budget`` bytes (activations above
     the step's baseline), by bisection over predictions only (fake tensors: nothing is run).
 

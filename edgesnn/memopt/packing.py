@@ -94,6 +94,7 @@ class SavedInput:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the stored (possibly packed) data."""
         return self.data.numel() * self.data.element_size()
 
     def chunk(self, t0: int, t1: int) -> torch.Tensor:

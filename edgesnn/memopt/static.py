@@ -47,10 +47,11 @@ class StaticBackward:
         self.cache_chunk = -1
 
     def feed_starts(self, c: int) -> List[int]:
+        """Start steps of the fed ranges (``feed_bounds``) that begin inside our chunk ``c``."""
         t0, t1 = self.bounds[c]
         return [f0 for f0, _ in self.feed_bounds if t0 <= f0 < t1]
 
-    def accepts(self, bounds) -> bool:
+    def accepts(self, bounds: Sequence[Tuple[int, int]]) -> bool:
         """Whether a consumer chunking by ``bounds`` can feed us: every chunk of ours is a union of theirs."""
         edges = {t0 for t0, _ in bounds}
         return all(t0 in edges for t0, _ in self.bounds) and bounds[-1][1] == self.bounds[-1][1]

@@ -79,7 +79,9 @@ def fused_kind(node: nn.Module, post: List[Step], z: torch.Tensor) -> Optional[s
     return None
 
 
-def run_node_post(node: nn.Module, post: List[Step], z: torch.Tensor, v0: Optional[torch.Tensor]):
+def run_node_post(
+    node: nn.Module, post: List[Step], z: torch.Tensor, v0: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Node then the layers after it on ``z [k, B, ...]`` (no autograd): ``(output, v_T)``; a LIF
     followed by a 2x2 max-pool runs as one fused kernel (bit-identical, no full-size spikes), a LIF
     alone or before linear layers as its Numba kernel (no custom-op dispatch)."""
@@ -121,8 +123,10 @@ def apply_recompute(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
-                         g_v: Optional[torch.Tensor], post_needed: bool = True):
+def node_chunk_backward(
+    block: "Block", z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
+    g_v: Optional[torch.Tensor], post_needed: bool = True,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Back-propagate one chunk through node and post layers; returns ``(dz, dv0)``.
 
     A LIF alone, or followed by a 2x2 max-pool or by linear layers (average pooling, flatten), runs
@@ -147,8 +151,10 @@ def node_chunk_backward(block: "Block", z: torch.Tensor, v0: Optional[torch.Tens
     return zl.grad, (v0l.grad if v0l is not None else None)
 
 
-def node_backward_time_sum(block: "Block", z0: torch.Tensor, k: int, v0: Optional[torch.Tensor], g_out: torch.Tensor,
-                           g_v: Optional[torch.Tensor], dz0: torch.Tensor):
+def node_backward_time_sum(
+    block: "Block", z0: torch.Tensor, k: int, v0: Optional[torch.Tensor], g_out: torch.Tensor,
+    g_v: Optional[torch.Tensor], dz0: torch.Tensor,
+) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """Node and post layers back-propagated over ``k`` steps of one input ``z0 [B, ...]`` repeated
     at every step; the node input gradient summed over the ``k`` steps is added to ``dz0`` in place
     (the kernel sums as it goes: no ``[k, ...]`` input gradient is made; before linear layers the

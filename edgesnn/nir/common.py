@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from types import ModuleType
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -24,7 +25,7 @@ class NIRError(UsageError):
     """The model or graph cannot be converted faithfully (the message says which layer and why)."""
 
 
-def nir_module():
+def nir_module() -> ModuleType:
     """The ``nir`` package, or a one-line error naming the extra that installs it."""
     try:
         import nir

@@ -72,6 +72,7 @@ class SeqToANN(nn.Module):
 
     @step_mode.setter
     def step_mode(self, value: str) -> None:
+        """Accept ``'s'`` or ``'m'`` (SpikingJelly's ``set_step_mode``); the container still runs ``[T, B, ...]``."""
         # SpikingJelly's functional.set_step_mode: it goes on to set the wrapped modules' step_mode,
         # which it leaves alone in a SeqToANNContainer; the next call sets them back to 's'
         if value not in ("s", "m"):

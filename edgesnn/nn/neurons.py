@@ -377,6 +377,7 @@ class LIF(LIFAttributes, _SpikingNode):
         return dispatch.lif_multistep(x_seq, self.params, v0, self.backend)
 
     def extra_repr(self) -> str:
+        """The node's parameters, backend and state for ``repr``."""
         p = self.params
         return (
             f"tau={p.tau}, v_threshold={p.v_threshold}, v_reset={p.v_reset}, decay_input={p.decay_input}, "

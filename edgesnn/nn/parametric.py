@@ -168,6 +168,7 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         return lif_multistep_reference(x_seq, p, v0)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
+        """The node's parameters (``tau``, the threshold and whether it is learnable) and state for ``repr``."""
         v_th, f = self._get_v_threshold(), self._fixed
         v_th_repr = f"{float(v_th.detach()):.4g} (learnable)" if isinstance(v_th, torch.Tensor) else f"{v_th}"
         return (

@@ -107,6 +107,7 @@ class RevLIF(LIFAttributes, _SpikingNode):
         return dispatch.revlif_multistep(x_seq, self.params, v0, self.backend)
 
     def extra_repr(self) -> str:
+        """The node's RevLIF and LIF parameters, backend and state for ``repr``."""
         p, lif = self.params, self.params.lif
         return (
             f"groups={p.groups}, mode={p.mode!r}, alpha={p.alpha}, beta={p.beta}, gamma={p.gamma}, tau={lif.tau}, "

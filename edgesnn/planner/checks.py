@@ -9,9 +9,12 @@ exact Python ``int`` s (not ``bool``); byte counts may also be integral finite f
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from ..models import parse_neuron_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .memory_model import ChainModel
 
 __all__ = ["KINDS", "check_int", "check_bytes", "check_batch", "check_bandwidth", "check_kinds", "check_groups",
            "check_options", "check_plan_args", "check_extras", "check_in_shape", "unsupported_layer", "SUPPORTED_LAYERS"]
@@ -79,7 +82,7 @@ def check_groups(groups: Any) -> Tuple[int, ...]:
     return tuple(sorted(set(items)))
 
 
-def check_options(chain, options: Any) -> List[str]:
+def check_options(chain: "ChainModel", options: Any) -> List[str]:
     """One neuron spec per spiking layer of ``chain`` (``"lif"``, ``"revlif"``, ``"revlif:G"`` with
     G dividing the layer's channels); ``ValueError`` naming ``options``."""
     count = len(chain.spiking)
@@ -110,7 +113,8 @@ def check_plan_args(T: Any, budget: Any, runtime_overhead: Any, bandwidth_gbs: A
             check_int(max_batch_cap, "max_batch_cap"))
 
 
-def check_extras(extras: Any, cls) -> Any:
+def check_extras(extras: Any, cls: type) -> Any:
+    """``extras`` when it is a ``cls`` (:class:`~edgesnn.planner.Extras`), else a one-line ``ValueError``."""
     if not isinstance(extras, cls):
         raise ValueError(f"extras: expected an edgesnn.planner.Extras (dataset bytes, evaluation batch), got "
                          f"{_shown(extras)}")

@@ -18,12 +18,15 @@ import sys
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, TextIO, Tuple
 
 from ..atomic import atomic_write, check_not_inside, check_output, user_path
 from ..errors import refuse_empty
 from ..models import POOLS, check_pool
 from ..training.micro_batch import smallest_micro_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import Plan
 
 __all__ = ["register", "run", "parse_bytes", "parse_shape"]
 
@@ -80,7 +83,8 @@ def _int_list(text: str, name: str, minimum: int = 1) -> List[int]:
     return vals
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``plan`` subcommand to the ``edgesnn`` command line's ``subparsers``."""
     p = subparsers.add_parser("plan", help="plan LIF/RevLIF per layer and the batch for a memory budget",
                               description=__doc__.splitlines()[0])
     p.add_argument("--model", help="mlp, convnet or vgg11 (required)")
@@ -140,6 +144,8 @@ def _json_text(doc: dict, flag: str = "--json", indent: int = 2) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``edgesnn plan``: plan the model for the device and budget, print it, write ``--json`` /
+    ``--plot``; returns the exit status (0; bad input raises a one-line error)."""
     from ..models import build_model
     from edgesnn import devices
 
@@ -258,8 +264,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_plan(plan, file=None) -> None:
-    """The per-layer table, the batch and the predicted peak."""
+def print_plan(plan: "Plan", file: Optional[TextIO] = None) -> None:
+    """The per-layer table, the batch and the predicted peak (bytes) to ``file`` (default stdout)."""
     out = file or sys.stdout
     d = plan.device
     pr = plan.predicted

@@ -37,6 +37,7 @@ class Cost:
         return Cost(self.step + other.step, self.sample + other.sample, self.packed + other.packed, self.const + other.const)
 
     def scale(self, k: float) -> "Cost":
+        """Every term multiplied by ``k`` (e.g. a count of identical tensors)."""
         return Cost(self.step * k, self.sample * k, self.packed * k, self.const * k)
 
     def per_sample(self, T: int) -> float:
@@ -44,6 +45,7 @@ class Cost:
         return T * self.step + self.sample + math.ceil(T / 8) * self.packed
 
     def bytes(self, T: int, B: int) -> int:
+        """Bytes at ``T`` time steps and batch ``B`` (rounded to an int)."""
         return int(round(B * self.per_sample(T) + self.const))
 
 
@@ -76,10 +78,12 @@ class Layer:
 
     @property
     def in_elems(self) -> int:
+        """Elements of the input per time step and sample (product of ``in_shape``)."""
         return math.prod(self.in_shape)
 
     @property
     def out_elems(self) -> int:
+        """Elements of the output per time step and sample (product of ``out_shape``)."""
         return math.prod(self.out_shape)
 
     @property

@@ -70,6 +70,7 @@ class DatasetSpec:
 
     @property
     def samples(self) -> int:
+        """Samples of both splits (train + test), all held by the training process."""
         return self.train_samples + self.test_samples
 
     def input_bytes(self, T: int) -> int:

@@ -133,7 +133,7 @@ def kernel_runtime_bytes(chain: "ChainModel") -> int:
     return NUMBA_RUNTIME_BYTES if any(resolved_backend(mod) == "numba" for mod in modules) else 0
 
 
-def node_as(mod, cls: type):
+def node_as(mod: nn.Module, cls: type) -> nn.Module:
     """``mod`` when it is a ``cls`` node, else a default ``cls`` on ``mod``'s backend: the node an
     option that switches the layer to ``cls`` builds (what its costs and backend follow)."""
     return mod if isinstance(mod, cls) else cls(backend=getattr(mod, "backend", "auto"))

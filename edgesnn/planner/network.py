@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import math
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..memopt.block import Block
 
 from .network_model import (BUDGET_HEADROOM, MAX_CHUNK_SAMPLES, NO_BUDGET_SLACK, NO_BUDGET_SLACK_BYTES,
                             STATIC_INNER_STEPS, TIME_RESOLUTION, BlockChoice, BlockShape, NetworkPlan, PlanningError,
@@ -220,7 +223,7 @@ def _descent(shapes: Sequence[BlockShape], fixed_bytes: int = 0) -> List[List[in
         chunks[i] = ks[i][idx[i]]
 
 
-def plan_blocks(blocks, model: nn.Module, budget: Optional[int], chunk: Optional[int] = None,
+def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[int], chunk: Optional[int] = None,
                 optimizer_bytes_per_param: int = 0) -> NetworkPlan:
     """Choose every block's chunk (or apply ``chunk``), set ``block.chunk``, and return the plan."""
     shapes = [block_shape(b, i) for i, b in enumerate(blocks)]

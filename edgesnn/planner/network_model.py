@@ -11,9 +11,12 @@ sizes come from shapes. The choices themselves (chunk, kept chunks, held outputs
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..memopt.block import Block
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
            "n_chunks", "saved_bytes", "fused_static", "chunked_bn"]
@@ -140,6 +143,7 @@ class NetworkPlan:
     fixed_bytes: int = 0
 
     def to_dict(self) -> Dict:
+        """The plan as JSON-ready values (bytes, time units, one dict per block)."""
         return {"blocks": [asdict(b) for b in self.blocks], "peak_bytes": self.peak_bytes, "peak_phase": self.peak_phase,
                 "budget_bytes": self.budget_bytes, "time_units": self.time_units, "fixed_bytes": self.fixed_bytes}
 
@@ -153,6 +157,7 @@ class NetworkPlan:
 
 
 def n_chunks(T: int, K: int) -> int:
+    """Chunks of ``K`` time steps that cover ``T`` steps: ``ceil(T / K)``."""
     return -(-T // K)
 
 
@@ -198,7 +203,7 @@ def chunked_bn(b: BlockShape, K: int, hold: bool = False) -> bool:
 def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
                  inner: int = STATIC_INNER_STEPS,
                  breakdown: Optional[Dict[str, int]] = None, keeps: Optional[Sequence[int]] = None,
-                 holds: Optional[Sequence[bool]] = None):
+                 holds: Optional[Sequence[bool]] = None) -> Tuple[int, str]:
     """``(peak bytes, phase name)`` of one training step with chunk ``chunks[i]`` for block ``i``
     (whose forward keeps the layer output of its first ``keeps[i]`` chunks between its passes, or
     holds it over all T from its forward to its backward where ``holds[i]``).
@@ -342,7 +347,7 @@ def _macs(block, T: int, B: int) -> int:
     return total
 
 
-def block_shape(block, index: int) -> BlockShape:
+def block_shape(block: "Block", index: int) -> BlockShape:
     """Per-step sizes of a traced :class:`edgesnn.memopt.block.Block`."""
     in_shape, static, dtype = block.trace["in"]
     kind = block.traced_kind()

@@ -16,7 +16,7 @@ from torch import nn
 from ..checkpoint import atomic_write
 from ..errors import DependencyError
 from .memory_model import ChainModel
-from .plan import plan_extras
+from .plan import Plan, plan_extras
 from .solver import predict
 
 __all__ = ["PLOT_FORMATS", "plot_format", "require_matplotlib", "render_memory_vs_t", "plot_memory_vs_t"]
@@ -47,7 +47,7 @@ def require_matplotlib(flag: str = "--plot") -> Any:
     return plt
 
 
-def render_memory_vs_t(model: nn.Module, plan, fmt: str = "png", ts: Sequence[int] = ()) -> bytes:
+def render_memory_vs_t(model: nn.Module, plan: Plan, fmt: str = "png", ts: Sequence[int] = ()) -> bytes:
     """The plot of predicted peak bytes vs T at the plan's batch, as the bytes of a ``fmt`` file.
 
     Args:
@@ -87,7 +87,7 @@ def render_memory_vs_t(model: nn.Module, plan, fmt: str = "png", ts: Sequence[in
     return buf.getvalue()
 
 
-def plot_memory_vs_t(model: nn.Module, plan, path: Union[str, os.PathLike], ts: Sequence[int] = ()) -> None:
+def plot_memory_vs_t(model: nn.Module, plan: Plan, path: Union[str, os.PathLike], ts: Sequence[int] = ()) -> None:
     """Write the plot of :func:`render_memory_vs_t` to ``path`` (atomically), in the format its
     suffix names (``.png``, ``.pdf`` or ``.svg``; others raise ``ValueError``)."""
     data = render_memory_vs_t(model, plan, plot_format(path), ts)

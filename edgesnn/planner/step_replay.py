@@ -30,6 +30,7 @@ class Pool:
         self.lists: Dict[Tuple[int, str], List[_Entry]] = {}
 
     def total(self) -> int:
+        """Bytes of every storage the pool holds, busy or idle."""
         return sum(e.nbytes for lst in self.lists.values() for e in lst)
 
     def _drop_idle(self, limit: int) -> int:
@@ -74,9 +75,11 @@ class Replay:
         self.events: List[Tuple[str, int]] = []
 
     def rss(self) -> int:
+        """Bytes resident now: plain allocations plus the pool's storages."""
         return sum(self.plain.values()) + self.pool.total()
 
     def alloc(self, key: object, nbytes: int, pooled: bool = False, dtype: str = "float") -> None:
+        """Allocate ``nbytes`` bytes under ``key`` (freeing what it held), from the pool when ``pooled``."""
         self.free(key)
         if nbytes <= 0:
             return
@@ -87,21 +90,25 @@ class Replay:
             self.pooled[key] = e
 
     def free(self, key: object) -> None:
+        """Release ``key``'s storage (a pooled one stays resident, idle); no-op if it holds none."""
         if key in self.plain:
             del self.plain[key]
         elif key in self.pooled:
             self.pooled.pop(key).busy = False
 
     def live(self, key: object) -> bool:
+        """Whether ``key`` holds a storage now."""
         return key in self.plain or key in self.pooled
 
     def rename(self, old: object, new: object) -> None:
+        """Move the storage held under ``old`` to ``new`` (an in-place op handing its buffer on)."""
         if old in self.plain:
             self.plain[new] = self.plain.pop(old)
         elif old in self.pooled:
             self.pooled[new] = self.pooled.pop(old)
 
     def check(self, label: str, extra: int = 0) -> None:
+        """Record the resident bytes (plus ``extra`` transient bytes) at phase ``label``; update the peak."""
         total = self.rss() + int(extra)
         self.events.append((label, total))
         if total > self.peak:
@@ -134,9 +141,11 @@ class Chain:
                 self.savers.setdefault(self.out_edge[j], []).append(j)
 
     def key(self, e: int) -> object:
+        """The replay key of edge (storage) ``e`` of this chain."""
         return (self.tag, "edge", e)
 
     def dense(self, e: int) -> int:
+        """Bytes of edge ``e`` as a dense ``[T, B, ...]`` tensor."""
         return self.T * self.B * self.edge_elems[e] * self.db
 
     def forward(self, r: Replay, *, save: bool, copy_input: bool, own_input: bool, state_tag: str = "state",
@@ -208,6 +217,8 @@ def _head(r: Replay, T: int, B: int, classes: int, db: int) -> None:
 
 
 def replay_bptt(r: Replay, ops: Sequence[OpCost], T: int, B: int, db: int, classes: int) -> None:
+    """Plain BPTT of one training step (forward saving for autograd, head, backward) into ``r``;
+    ``db``: bytes per value, ``classes``: logits width."""
     chain = Chain(ops, "m", T, B, db)
     out = chain.forward(r, save=True, copy_input=True, own_input=True)
     _head(r, T, B, classes, db)

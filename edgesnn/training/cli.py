@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..atomic import check_input_file, check_not_inside, user_path
 from ..errors import UsageError, refuse_empty
@@ -22,8 +22,12 @@ from .lr_schedule import SCHEDULES
 from .micro_batch import check_micro_batch, smallest_micro_batch
 from .loop import EVAL_BATCH_SIZE, MAX_LR, MAX_SEED, TrainConfig, check_outputs, train, write_report
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..planner.plan import Plan
+
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand to the ``edgesnn`` command line's subparsers ``sub``."""
     p = sub.add_parser("train", help="train a spiking classifier (digits is built in; no downloads)",
                        description="Train a spiking classifier. Example: edgesnn train --dataset digits --model mlp --neuron revlif --timesteps 4 --epochs 30")
     p.add_argument("--dataset", choices=DATASETS, default=None,
@@ -163,7 +167,7 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
     args.widths = {k: list(plan.model[k]) for k in ("hidden", "channels") if k in plan.model}
 
 
-def plan_per_process_note(plan, origin: str, local_world: int) -> Optional[str]:
+def plan_per_process_note(plan: "Plan", origin: str, local_world: int) -> Optional[str]:
     """The note for ``--plan`` under ``torchrun`` with ``local_world`` > 1 processes on this board
     (``None`` for one): the plan's batch and budget are each process's, so together they need
     ``local_world`` times its predicted peak."""
@@ -215,6 +219,7 @@ def check_input_paths(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``edgesnn train``: check the flags (and ``--plan``), train, write the outputs; returns the exit status 0."""
     check_nonempty(args)
     check_input_paths(args)
     info = _threads_for_ranks(args)

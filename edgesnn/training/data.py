@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class Split:
         """One sample's shape at one time step (what the model's ``in_shape`` must be)."""
         return tuple(self.x.shape[2:] if self.events else self.x.shape[1:])
 
-    def inputs(self, index) -> torch.Tensor:
+    def inputs(self, index: Union[slice, torch.Tensor]) -> torch.Tensor:
         """The model input for samples ``index`` (a slice or an index tensor)."""
         x = self.x[index]
         if not self.events:
@@ -74,6 +74,7 @@ class Dataset:
 
     @property
     def in_shape(self) -> Tuple[int, ...]:
+        """One sample's shape at one time step (the train split's :attr:`Split.sample_shape`)."""
         return self.train.sample_shape
 
 

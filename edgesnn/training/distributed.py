@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -57,6 +57,7 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
+        """True with more than one process (``world > 1``)."""
         return self.world > 1
 
 
@@ -188,7 +189,7 @@ def barrier(info: DistInfo) -> None:
             dist.barrier()
 
 
-def all_sum(info: DistInfo, *values: float):
+def all_sum(info: DistInfo, *values: float) -> Tuple[float, ...]:
     """Sum float values over all ranks (returns them unchanged in a single process)."""
     if not info.distributed:
         return values

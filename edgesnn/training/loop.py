@@ -7,7 +7,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -62,6 +62,7 @@ class TrainConfig:
     micro_batch: Optional[int] = None  # compute each batch this many samples at a time (see .micro_batch; stored if set)
 
     def validate(self) -> None:
+        """Refuse a bad field with a one-line :class:`~edgesnn.errors.UsageError` naming it."""
         for name in ("timesteps", "epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -144,7 +145,7 @@ def _real(path) -> str:
     return os.path.realpath(os.path.expanduser(str(path)))
 
 
-def config_diff(stored: Dict, given: Dict, ignore=("epochs",)) -> List[str]:
+def config_diff(stored: Dict, given: Dict, ignore: Sequence[str] = ("epochs",)) -> List[str]:
     """``"name (stored X, given Y)"`` for every field that differs, ``ignore`` aside."""
     keys = [k for k in dict.fromkeys([*stored, *given]) if k not in ignore]
     defaults = asdict(TrainConfig())  # a field newer than the checkpoint counts as its default
@@ -183,7 +184,7 @@ def _sync_buffers(model: nn.Module, dist: DistInfo) -> None:
         tdist.broadcast(b, 0)
 
 
-def check_plan_fits(planned_model: Dict, data) -> None:
+def check_plan_fits(planned_model: Dict, data: Any) -> None:
     """Refuse a plan made for another input shape or class count than ``data`` has (one line).
 
     ``data``: a :class:`~edgesnn.training.data.Dataset`, or anything with its ``in_shape`` and
