@@ -8,13 +8,22 @@ device runner uses it.
 from __future__ import annotations
 
 import errno
-import glob
 import hashlib
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, List, Optional, Union
+
+try:  # a temp file's writer holds a lock on it, so the next run tells a dead one's leftover
+    import fcntl
+except ImportError:  # pragma: no cover - no flock here: leftovers are left alone
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import UsageError, first_line
 
@@ -59,6 +68,98 @@ def _stem(name: str) -> str:
     return f"{cut}~{hashlib.sha1(raw).hexdigest()[:8]}"
 
 
+#: A leftover younger than this (seconds) is never removed: its writer may have created it an
+#: instant ago and not yet taken its lock.
+_STALE_AFTER_S = 2.0
+
+
+def _temp_names(name: str, ours: bool = False) -> "re.Pattern[str]":
+    """The temp files / folders of the target ``name``: ``.STEM.XXXX.tmp`` and ``.STEM.XXXX.tmp.old``
+    (``XXXX`` has no ``.``, so another target's ``.STEM.x.XXXX.tmp`` does not match). ``ours``: only
+    the names ``tempfile`` gives them (``XXXX`` eight of ``[a-z0-9_]``), for removing them."""
+    tag = "[a-z0-9_]{8}" if ours else "[A-Za-z0-9_]+"
+    return re.compile(rf"\.{re.escape(_stem(name))}\.{tag}\.tmp(\.old)?")
+
+
+def _lock(fd: int, block: bool = True) -> bool:
+    """``flock`` ``fd`` exclusively (held until every copy of ``fd`` is closed); False where it is
+    held elsewhere or locks are not supported."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+def _lock_path(path: Path) -> Optional[int]:
+    """An fd holding the lock on the temp file or folder ``path`` (``None`` where locks do not work)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
+    except OSError:
+        return None
+    if _lock(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _clear_leftovers(real: Path) -> None:
+    """Remove what a killed writer (SIGKILL, power loss, SIGTERM without a handler) of ``real`` left
+    beside it: its temp files / folders (``.NAME.XXXX.tmp``: only those no live writer holds locked
+    and older than :data:`_STALE_AFTER_S`) and, while ``real`` exists, folders a swap left aside
+    (``.NAME.XXXX.tmp.old``: :func:`recover_dir` brings one back only while ``real`` is missing).
+    Best effort: nothing here fails a write."""
+    if fcntl is None:
+        return
+    pattern, now = _temp_names(real.name, ours=True), time.time()
+    try:
+        entries = [e for e in os.scandir(real.parent) if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if entry.name.endswith(".old"):
+                if os.path.lexists(real) and entry.is_dir(follow_symlinks=False):
+                    _remove(path)
+                continue
+            if entry.is_symlink() or now - entry.stat(follow_symlinks=False).st_mtime < _STALE_AFTER_S:
+                continue
+            fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if entry.is_dir(follow_symlinks=False) else 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd, block=False):  # no live writer holds it
+                _remove(path)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (unless ignored; the default that ends the process included) until
+    the block ends, then deliver them again under the handlers they had. Main thread only (Python
+    runs handlers there, whichever thread the signal hit); elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: List[int] = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old = signal.getsignal(sig)
+        if old not in (signal.SIG_IGN, None):
+            saved[sig] = old
+            signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
+
 def user_path(value: str) -> str:
     """An argparse ``type`` for the commands' path flags: a leading ``~`` / ``~user`` expanded.
 
@@ -98,7 +199,8 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     ``torch.save`` raises for a short write) becomes one :class:`WriteError` line. A process
     killed outright (SIGKILL, power loss) still leaves the old file or the new one, never a
     truncated mix, but may leave its hidden temp file ``.NAME.*.tmp`` beside the target (a NAME
-    over 200 bytes is cut there and followed by ``~`` and a hash of it).
+    over 200 bytes is cut there and followed by ``~`` and a hash of it); the next write of the
+    same target removes it (once no live process holds its lock and it is 2 s old).
 
     A symlinked ``path`` is written through (its final target is replaced; the link stays). The
     new file keeps an existing file's permission bits; a fresh one gets ``0666 & ~umask``.
@@ -111,10 +213,17 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         perms = 0o666 & ~_umask()
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
+        _clear_leftovers(real)
         fd, tmp = tempfile.mkstemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent)
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {_ERRNO_WORDS.get(exc.errno or 0) or exc.strerror or first_line(exc)}",
                          exc.errno) from None
+    try:
+        lock = os.dup(fd)  # held until the rename: a later run removes the temp file only once we are gone
+    except OSError:
+        lock = None
+    else:
+        _lock(lock)
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
@@ -129,6 +238,9 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         if failure is not None:
             raise failure from None
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return path
 
 
@@ -163,10 +275,14 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
     names the flag(s) that permit overwriting, for the one-line error. An existing file among the
     (resolved) path's parent folders is refused too (the write would fail only at the end), and so
     are a file name longer than its folder takes and, for a file output, a path ending in ``/``
-    (a folder: ``Path`` would drop the slash and write a file of that name).
+    (a folder: ``Path`` would drop the slash and write a file of that name). A directory output
+    that a killed :func:`replace_dir` swap left aside is put back first (:func:`recover_dir`), so it
+    counts as existing: a later run without ``force`` never replaces it.
     """
     given = os.fspath(path)
     path = Path(path)
+    if directory:
+        recover_dir(path)  # a swap killed half-way left the old output aside: it exists (and --force replaces it)
     if not directory and isinstance(given, str) and given.endswith(("/", os.sep)) and not path.is_dir():
         raise IsADirectoryError(f"{flag}: {given} ends with '/' (a folder); expected a file path")
     for parent in _real(path).parents:
@@ -242,7 +358,9 @@ def recover_dir(path: PathLike) -> Optional[Path]:
     path = _real(Path(path))
     if os.path.lexists(path) or not path.parent.is_dir():
         return None
-    olds = sorted(path.parent.glob(f".{glob.escape(_stem(path.name))}.*.tmp.old"), key=lambda p: p.lstat().st_mtime)
+    pattern = _temp_names(path.name)
+    olds = sorted((p for p in path.parent.iterdir() if p.name.endswith(".old") and pattern.fullmatch(p.name)
+                   and p.is_dir() and not p.is_symlink()), key=lambda p: p.lstat().st_mtime)
     if not olds:
         return None
     os.replace(olds[-1], path)
@@ -266,27 +384,39 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     Whatever ``path`` held before is removed only after ``write`` succeeded, so nothing stale
     survives and nothing is lost if ``write`` fails (the temp folder is removed). A symlinked
     ``path`` is written through: its final target is swapped and the link stays. Returns what
-    ``write`` returned.
+    ``write`` returned. SIGINT / SIGTERM wait until both renames of the swap are done; a process
+    killed outright between them leaves ``path`` missing and its old contents in
+    ``.NAME.*.tmp.old``, which :func:`recover_dir` (called here and by :func:`check_output` for a
+    directory) puts back. Temp folders of killed runs beside ``path`` are removed here.
     """
     real = _real(Path(path))
     real.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(real)  # a swap cut short before: its previous contents come back first
+    _clear_leftovers(real)  # and what killed runs left beside it goes
     tmp = Path(tempfile.mkdtemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent))
+    lock = _lock_path(tmp)  # held until the swap: a later run removes the temp folder only once we are gone
     old = None
     try:
         result = write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        if os.path.lexists(real):
-            old = real.with_name(f"{tmp.name}.old")
-            os.replace(real, old)
-        os.replace(tmp, real)
+        with _signals_deferred():  # Ctrl-C / SIGTERM wait: never ``path`` missing between the two renames
+            if os.path.lexists(real):
+                old = real.with_name(f"{tmp.name}.old")
+                os.replace(real, old)
+            os.replace(tmp, real)
+            if lock is not None:
+                os.close(lock)
+                lock = None
+            if old is not None:  # still inside: an interrupt never leaves the old output aside
+                _remove(old)
     except BaseException as exc:
+        if lock is not None:
+            os.close(lock)
+            lock = None
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not os.path.lexists(real):
             os.replace(old, real)
         if isinstance(exc, WriteError) and str(tmp) in str(exc):  # name the output, not the removed temp folder
             raise WriteError(str(exc).replace(str(tmp), str(path)), exc.errno) from None
         raise
-    if old is not None:
-        _remove(old)
     return result
