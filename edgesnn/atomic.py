@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - no flock here: leftovers are left alon
 
 from .errors import UsageError, first_line
 
-__all__ = ["atomic_write", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
+__all__ = ["atomic_write", "atomic_fill", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -242,6 +242,33 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         if lock is not None:
             os.close(lock)
     return path
+
+
+def atomic_fill(path: PathLike, fill: Callable[[Path], None]) -> Path:
+    """Create ``path`` through ``fill(tmp)``, which writes the file by name (e.g. a NumPy memory map
+    streamed sample by sample), in a temp file beside ``path``; then rename it over ``path``.
+
+    As :func:`atomic_write`: the temp file ``.NAME.XXXX.tmp`` is locked while ``fill`` runs, leftovers
+    of killed writers of ``path`` are removed first, an exception in ``fill`` removes the temp file
+    and leaves ``path`` as it was. Unlike it, exceptions pass through unchanged (``fill`` reads
+    sources whose errors are not write failures) and the new file gets ``0666 & ~umask``.
+    """
+    real = _real(Path(path))
+    real.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(real)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent)
+    _lock(fd)  # the lock lives on the open file: ``fill`` may reopen and truncate the path
+    try:
+        fill(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.replace(tmp, real)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    return Path(path)
 
 
 def _check_writable(folder: Path, path: Path, flag: str) -> None:

@@ -423,3 +423,49 @@ def test_nmnist_and_shd_in_place_edits_are_binned_again(tmp_path):
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
         again = load_event_dataset(name, str(tmp_path), 2).train.x.numpy()
         assert again.shape == first.shape and not np.array_equal(again, first), name
+
+
+def test_a_killed_binnings_temp_file_goes_with_the_next_binning(tmp_path):
+    """A binning killed outright left its (for N-MNIST, GB-sized) temp frames file in the cache
+    forever: the next binning of the same entry removes it; a temp file of a live binning (locked)
+    and the user's own files stay."""
+    fcntl = pytest.importorskip("fcntl")
+    ev.make_dvsgesture(tmp_path)
+    cache = tmp_path / "DVSGesture" / ".." / ".edgesnn-frames"
+    load_event_dataset("dvsgesture", str(tmp_path), 2)
+    entries = sorted(p.name for p in cache.iterdir())
+    frames = [n for n in entries if n.endswith(".frames.npy")]
+    assert len(frames) == 2 and not [n for n in entries if n.endswith(".tmp")]
+    dead = cache / f".{frames[0]}.k1ll3d00.tmp"   # what a SIGKILLed binning left
+    live = cache / f".{frames[1]}.l1ve0000.tmp"   # another process binning now
+    mine = cache / f".{frames[0]}.backup.tmp"     # not a name the writer gives its temp files
+    for p in (dead, live, mine):
+        p.write_bytes(b"\0" * 64)
+        os.utime(p, (1, 1))
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        for f in cache.glob("*.npy"):
+            f.unlink()  # the entries must be binned again
+        load_event_dataset("dvsgesture", str(tmp_path), 2)
+        assert not dead.exists() and live.exists() and mine.exists()
+    assert sorted(p.name for p in cache.glob("*.npy")) == sorted(n for n in entries if not n.startswith("."))
+
+
+def test_a_failed_binning_leaves_no_temp_file_and_no_entry(tmp_path, monkeypatch):
+    from edgesnn.training import event_frames
+
+    ev.make_dvsgesture(tmp_path)
+    cache = tmp_path / ".edgesnn-frames"
+    real = event_frames._sample
+    calls = []
+
+    def failing(ds, i, label):
+        calls.append(i)
+        if len(calls) > 1:
+            raise ValueError(f"data: {label}: boom")
+        return real(ds, i, label)
+
+    monkeypatch.setattr(event_frames, "_sample", failing)
+    with pytest.raises(ValueError, match="boom"):
+        load_event_dataset("dvsgesture", str(tmp_path), 2)
+    assert cache.is_dir() and list(cache.iterdir()) == []

@@ -42,6 +42,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..atomic import atomic_fill
 from ..errors import UsageError, first_line
 from .data import Split
 
@@ -336,11 +337,12 @@ def _bin_split(tonic_ds, out: Path, log: Log, label: str) -> Tuple[np.ndarray, i
         raise FileNotFoundError(f"data: {label}: tonic found no samples")
     j, first, first_target = _first_frames(tonic_ds, label)
     shape = (n,) + tuple(first.shape)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     labels = np.empty(n, dtype=np.int64)
     saturated, blank = 0, []
     t0 = time.perf_counter()
-    try:
+
+    def fill(tmp: Path) -> None:
+        nonlocal saturated
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for i in range(n):
             frames, target = (first, first_target) if i == j else _sample(tonic_ds, i, label)
@@ -361,11 +363,8 @@ def _bin_split(tonic_ds, out: Path, log: Log, label: str) -> Tuple[np.ndarray, i
         _log_blank(tonic_ds, blank, n, shape[1], log, label)
         mm.flush()
         del mm
-        os.replace(tmp, out)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+
+    atomic_fill(out, fill)  # a killed binning's temp file (GBs for N-MNIST) goes with the next binning
     return labels, saturated
 
 
