@@ -347,6 +347,9 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"device: {path} is not valid UTF-8 JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; arrays nested thousands deep
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
+        raise ValueError(f"device: {path} is not a device profile edgesnn can read ({first})") from None
     except OSError as exc:
         raise ValueError(f"device: cannot read {path} ({exc.strerror or exc})") from None
     profile = DeviceProfile.from_dict(data, origin=str(path))

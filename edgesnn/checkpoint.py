@@ -176,14 +176,53 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         if not isinstance(payload.get(key), dict):
             raise CheckpointError(f"checkpoint: {path} lacks {key!r}")
     payload["model_config"] = decode_config(payload["model_config"], f"checkpoint: {path}")
+    _check_model_size(path, payload["model_config"], payload["model_state"])
     return payload
+
+
+#: How many more values than its ``model_state`` holds a checkpoint's ``model_config`` may build
+#: (beyond twice the state) before :func:`load_checkpoint` refuses it: such a model could not take the
+#: state anyway, and building it would allocate memory a small (edited or damaged) file never held.
+_SIZE_SLACK = 2**20
+
+
+def _check_model_size(path: Path, config: Dict[str, Any], state: Dict[str, Any]) -> None:
+    """Refuse (one line) a ``model_config`` that builds a model far larger than ``model_state``
+    (e.g. ``hidden: [1000000, 1000000]``, 4 TB of weights in a 300 kB file), sized on PyTorch's
+    ``meta`` device, which allocates nothing. A config :func:`edgesnn.models.build_model` refuses
+    is left to the caller, which builds the model and reports that in its own words."""
+    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    stored = sum(t.numel() for t in tensors)
+    layers = [(k, v) for k, v in config.items() if k in ("hidden", "channels") and isinstance(v, (list, tuple))]
+    for key, widths in layers:  # every layer holds at least one tensor: more layers than tensors cannot match
+        if len(widths) > len(state):
+            raise CheckpointError(f"checkpoint: {path}: model_config {key} lists {len(widths)} layers, but its "
+                                  f"model_state holds {len(state)} tensors; it does not match its model (edited or damaged)")
+    from .models import build_model
+
+    try:
+        with torch.device("meta"):
+            built = sum(t.numel() for t in build_model(**config).state_dict().values())
+    except Exception:  # build_model refuses it: the caller says why, building it for real
+        return
+    if built > 2 * stored + _SIZE_SLACK:
+        raise CheckpointError(f"checkpoint: {path}: model_config builds a model of {built} values, but its model_state "
+                              f"holds {stored}; it does not match its model (edited or damaged), so it is not built")
 
 
 def load_model_state(model: torch.nn.Module, state: Dict[str, Any], what: str,
                      error: type = CheckpointError) -> None:
     """Load a checkpoint's ``state`` into ``model``; a mismatch (keys missing or unexpected, other
     shapes) raises ``error`` in one line: ``"{what} does not match its model (...)"``, naming at most
-    four keys of each kind."""
+    four keys of each kind. A tensor of another kind than the model's (integer, bool or complex values
+    for a floating-point parameter, floats for an integer buffer) is a mismatch too: loading would
+    cast it silently (``True`` becoming weight ``1.0``, a complex value losing its imaginary part)."""
+    own = model.state_dict() if isinstance(state, dict) else {}
+    for key, value in state.items() if isinstance(state, dict) else ():
+        ref = own.get(key)
+        if (isinstance(value, torch.Tensor) and isinstance(ref, torch.Tensor)
+                and (value.is_floating_point(), value.is_complex()) != (ref.is_floating_point(), ref.is_complex())):
+            raise error(f"{what} does not match its model ({key}: {value.dtype} values, the model holds {ref.dtype})")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (RuntimeError, TypeError, AttributeError) as exc:  # other shapes, or not a state dict at all

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from edgesnn.atomic import atomic_write
+from edgesnn.errors import first_line
 
 __all__ = [
     "ArtifactError",
@@ -205,14 +206,85 @@ def _to_json(manifest) -> str:
 
 
 def _from_dict(cls, data: Dict[str, Any], source: str, version: int):
-    """``cls`` (a manifest dataclass) from parsed JSON: version checked, unknown keys ignored."""
+    """``cls`` (a manifest dataclass) from parsed JSON: version checked, unknown keys ignored, every
+    field the runner uses checked for its JSON type and range (:func:`_check_fields`)."""
     if data.get("version") != version:
         raise ArtifactError(f"{source}: manifest version {data.get('version')!r}; this edgesnn reads version {version}")
     known = set(cls.__dataclass_fields__)
     try:
-        return cls(**{k: v for k, v in data.items() if k in known})
+        manifest = cls(**{k: v for k, v in data.items() if k in known})
     except TypeError as exc:
         raise ArtifactError(f"{source}: manifest is incomplete ({exc})") from None
+    _check_fields(manifest, source)
+    return manifest
+
+
+#: The most float32 values one batch buffer ``[batch_size, *in_shape]`` may hold (4 GiB): the runner
+#: allocates it before it runs a graph, so a larger figure in an edited manifest is refused, not allocated.
+MAX_BATCH_ELEMENTS = 2**30
+
+
+def _count(v: Any, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def _check_fields(m, source: str) -> None:
+    """One-line :class:`ArtifactError` ``"{source}: FIELD: expected ..., got ..."`` for a field of
+    the wrong type or range (an edited or damaged manifest), before the runner allocates or binds
+    anything from it."""
+    def fail(name: str, expected: str) -> ArtifactError:
+        got = repr(getattr(m, name))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        return ArtifactError(f"{source}: {name}: expected {expected}, got {got}; export it again")
+
+    if not isinstance(m.model_config, dict):
+        raise fail("model_config", "an object (the model's build_model arguments)")
+    for name, low in (("batch_size", 1), ("num_classes", 1), ("timesteps", 1)):
+        if not _count(getattr(m, name), low):
+            raise fail(name, f"an integer >= {low}")
+    if not (isinstance(m.in_shape, list) and m.in_shape and all(_count(v) for v in m.in_shape)):
+        raise fail("in_shape", "a non-empty list of positive integers (one sample's shape)")
+    elements = m.batch_size * math.prod(m.in_shape)
+    if elements > MAX_BATCH_ELEMENTS:
+        raise ArtifactError(f"{source}: batch_size x in_shape: expected at most {MAX_BATCH_ELEMENTS} values per "
+                            f"batch, got {m.batch_size} x {m.in_shape} = {elements}; export it again")
+    lists = ("trainable", "frozen") + (("optimizer_state",) if isinstance(m, StepManifest) else ())
+    for name in lists:
+        if not _names(getattr(m, name)):
+            raise fail(name, "a list of tensor names (strings)")
+    texts = ("optimizer", "loss", "input_name", "label_name", "output_name", "time_loop", "batchnorm",
+             "edgesnn_version") + (("lr_name",) if isinstance(m, StepManifest) else ())
+    for name in texts:
+        if not isinstance(getattr(m, name), str):
+            raise fail(name, "a string")
+    if not (_finite(m.learning_rate) and m.learning_rate > 0):
+        raise fail("learning_rate", "a finite number > 0")
+    if m.input_range is not None and not valid_input_range(m.input_range):
+        raise fail("input_range", "[low, high] with finite low < high, or null")
+    if not (isinstance(m.files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.files.items())):
+        raise fail("files", "an object of file name -> SHA-256 hex digest")
+    if not isinstance(m, StepManifest):
+        return
+    known = set(m.trainable) | set(m.frozen) | set(m.optimizer_state)
+    if not (isinstance(m.carried, list) and all(isinstance(p, list) and len(p) == 2 and _names(p) and p[0] in known
+                                                for p in m.carried)):
+        raise fail("carried", "a list of [input, output] name pairs, each input one of trainable / optimizer_state")
+    if not (isinstance(m.hyperparameters, dict) and all(_finite(v) for v in m.hyperparameters.values())):
+        raise fail("hyperparameters", "an object of finite numbers")
+    if not _count(m.chunk):
+        raise fail("chunk", "an integer >= 1")
+    if not (isinstance(m.neurons, list) and all(isinstance(n, dict) for n in m.neurons)):
+        raise fail("neurons", "a list of objects (one per spiking layer)")
+    if not (_finite(m.recon_tolerance) and m.recon_tolerance >= 0):
+        raise fail("recon_tolerance", "a finite number >= 0")
 
 
 def _files_of(manifest) -> tuple:
@@ -277,8 +349,8 @@ def read_manifest(directory: PathLike) -> Union[Manifest, StepManifest]:
         raise ArtifactError(f"{directory}: missing artifact file {MANIFEST} (not a complete edgesnn export)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: corrupt artifact file ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: also an integer of > 4300 digits
+        raise ArtifactError(f"{path}: corrupt artifact file ({first_line(exc)})") from None
     if isinstance(data, dict) and MANIFEST_CHECKSUM in data:  # (manifests written before it have none)
         if hashlib.sha256(_canonical(data).encode("utf-8")).hexdigest() != data[MANIFEST_CHECKSUM]:
             raise ArtifactError(f"{path}: edited after the export (its checksum does not match its contents); "

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from torch import nn
 
 from ..checkpoint import atomic_write
+from ..errors import first_line
 from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES, POOLS, VGG11_CFG, parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
@@ -344,6 +345,9 @@ def load_plan(path: PathLike, label: str = "plan") -> Plan:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{label}: {path} is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; arrays nested thousands deep
+        raise ValueError(f"{label}: {path} is not a plan JSON file edgesnn can read ({first_line(exc, 80, at_word=True)})"
+                         ) from None
     if isinstance(data, dict) and data.get("format") == "edgesnn-memopt-plan":
         raise ValueError(f"{label}: {path} is an `edgesnn plan --memopt` report (for reading); "
                          "`edgesnn train --memopt` plans its chunks itself: train with --memopt and the report's "
