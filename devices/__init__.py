@@ -325,7 +325,8 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
         raise ValueError(f"device: expected a str path to a JSON profile, got {name!r}")
     if text.strip().lower() == "auto":
         return host_profile()
-    looks_like_path = text.endswith(".json") or os.sep in text or (os.altsep and os.altsep in text)
+    looks_like_path = (text.endswith(".json") or os.sep in text or bool(os.altsep and os.altsep in text)
+                       or (text.strip().lower() not in _catalogue() and os.path.lexists(text)))  # `--device .`, a file
     if looks_like_path:
         path = Path(text)
         if path.is_dir():

@@ -360,6 +360,8 @@ def check_input_file(path: PathLike, flag: str, expected: str, error: type = Usa
     if path.is_dir():
         raise IsADirectoryError(f"{flag}: {path} is a directory; expected {expected}")
     if not path.exists():
+        if path.is_symlink():  # exists() follows the link: a dangling one, or a loop
+            raise FileNotFoundError(f"{flag}: {path} is a symlink to nothing (dangling, or a loop); expected {expected}")
         raise FileNotFoundError(f"{flag}: no such file: {path}")
     if not path.is_file():
         raise error(f"{flag}: {path} is not a regular file (a device or a pipe); expected {expected}")
@@ -368,11 +370,11 @@ def check_input_file(path: PathLike, flag: str, expected: str, error: type = Usa
 
 def check_not_inside(out: PathLike, flag: str, **inputs: PathLike) -> None:
     """Refuse an output path that is, or contains, one of the ``inputs`` (name -> path): replacing it would destroy them."""
-    out_r = Path(out).resolve()
+    out_r = _real(Path(out).absolute())  # os.path.realpath: a symlink loop is not a traceback (Path.resolve raised)
     for name, p in inputs.items():
         if p is None:
             continue
-        p_r = Path(p).resolve()
+        p_r = _real(Path(p).absolute())
         if p_r == out_r or out_r in p_r.parents:
             raise UsageError(f"{flag}: {out} is or contains the input {name} {p}; choose another output path")
 

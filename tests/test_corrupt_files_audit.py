@@ -15,6 +15,7 @@ naming the file and what was expected; never a traceback or an allocation a smal
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 
 import pytest
@@ -170,3 +171,35 @@ def test_a_checkpoint_tensor_of_another_kind_is_refused_not_cast(tmp_path, dtype
     torch.save(ck, path)
     with pytest.raises(CheckpointError, match=rf"does not match its model \({name}: {dtype}"):
         model_from_checkpoint(str(path))
+
+
+# ------------------------------------------------------------------ symlink loops, folders as --device
+
+
+def test_a_symlink_loop_as_an_input_path_is_one_line(tmp_path, monkeypatch):
+    """`Path.resolve` raised RuntimeError("Symlink loop") out of check_not_inside (a traceback from
+    edgesnn-device --data / train --checkpoint); check_input_file said 'no such file'."""
+    from edgesnn.atomic import check_input_file, check_not_inside
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    check_not_inside("out", "--out", data="a")  # no loop error: the loop is not the output
+    with pytest.raises(FileNotFoundError, match=r"^--data: a is a symlink to nothing \(dangling, or a loop\); expected"):
+        check_input_file("a", "--data", "a .npz file")
+
+
+@pytest.mark.parametrize("given", [".", "profiles", "prof"])
+def test_a_device_path_without_slash_or_json_suffix_is_read_as_a_path(tmp_path, monkeypatch, given):
+    """`edgesnn plan --device .` (or a folder / a profile file named without .json) was 'unknown
+    device'; it is a path the user gave: a folder is named as one, a file is read as a profile."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "profiles").mkdir()
+    good = load_device("raspberry-pi-4-4gb").to_dict()
+    (tmp_path / "prof").write_text(json.dumps(dict(good, name="my-pi")))
+    if given == "prof":
+        assert load_device(given).name == "my-pi"
+    else:
+        with pytest.raises(IsADirectoryError, match=rf"^device: {re.escape(given)} is a directory; expected a JSON profile"):
+            load_device(given)
+    assert load_device("raspberry-pi-4-4gb").name == "raspberry-pi-4-4gb"  # a catalogue name stays one
