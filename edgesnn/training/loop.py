@@ -7,7 +7,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -157,9 +157,11 @@ def _epoch_order(n: int, cfg: TrainConfig, epoch: int, dist: DistInfo) -> torch.
     """This rank's sample order for ``epoch``: :class:`torch.utils.data.DistributedSampler`'s.
 
     One permutation per epoch (seed ``cfg.seed * 1000 + epoch``), padded to a multiple of the
-    world size and dealt out round-robin, so rank ``r`` gets positions ``r, r + world, ...``. Batch
-    ``k`` of all ranks together is then batch ``k`` of one process with ``world`` times the batch
-    size; with one rank this is exactly the single-process order.
+    world size by repeating its first samples and dealt out round-robin, so rank ``r`` gets
+    positions ``r, r + world, ...``. Batch ``k`` of all ranks together is then batch ``k`` of one
+    process with ``world`` times the batch size, plus the repeats in the last batch; those weigh 0
+    in the loss (:func:`_padding_weights`), so every sample counts once per epoch. With one rank
+    this is exactly the single-process order.
     """
     from torch.utils.data import DistributedSampler
 
@@ -167,6 +169,25 @@ def _epoch_order(n: int, cfg: TrainConfig, epoch: int, dist: DistInfo) -> torch.
                                  seed=cfg.seed * 1000, drop_last=False)
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def _padding_weights(start: int, size: int, n: int, dist: DistInfo) -> Optional[Tuple[torch.Tensor, int]]:
+    """Per-sample loss weights ``[size]`` for this rank's batch at positions ``start .. start + size - 1``
+    of its :func:`_epoch_order` share of an epoch of ``n`` samples, and the samples all ranks' batches
+    hold without the padding; ``None`` when no rank's batch holds padding (every batch but an epoch's
+    last, and every batch when ``world`` divides ``n``: the plain mean loss, bit for bit as before).
+
+    Rank ``r``'s position ``j`` is position ``r + world * j`` of the padded permutation, a repeat when
+    that is ``>= n``. A real sample weighs ``world / real`` and a repeat 0: averaged over the ranks (as
+    ``DistributedDataParallel`` does), the gradient is that of the mean loss over the ``real`` samples,
+    one process's on the same batch.
+    """
+    world = dist.world
+    if (start + size) * world <= n:
+        return None
+    real = min(n, (start + size) * world) - start * world  # >= 1: fewer than world repeats, >= world positions
+    keep = (dist.rank + world * torch.arange(start, start + size)) < n
+    return keep.to(torch.float32) * (world / real), real
 
 
 def _noop(msg: str) -> None:
@@ -359,6 +380,7 @@ def train(
     sched = start_schedule(cfg.lr_schedule, opt, cfg.epochs, per_epoch, ck, checkpoint)  # constant: touches nothing
     start, steps, offset, history, carried = done.start, done.steps, done.offset, done.history, done.carried
     loss_fn = nn.CrossEntropyLoss().to(dev)
+    sample_loss_fn = nn.CrossEntropyLoss(reduction="none").to(dev)  # a batch with padding (see _padding_weights)
 
     def load(part: torch.Tensor):
         return data.train.inputs(part).to(dev, non_blocking=True), data.train.y[part].to(dev, non_blocking=True)
@@ -391,15 +413,25 @@ def train(
             if skips_batch(len(idx), cfg.batchnorm):  # BatchNorm needs more than one sample (every rank alike: equal shares)
                 continue
             # DDP: gradients averaged over the ranks in the last part's backward
-            loss_value = accumulate_gradients(net, loss_fn, micro_batches(idx, cfg.micro_batch), load,
-                                              lambda: opt.zero_grad(set_to_none=True), diverged(steps, epoch))
+            padded = _padding_weights(i, len(idx), len(data.train), dist)
+            if padded is None:
+                loss_value = accumulate_gradients(net, loss_fn, micro_batches(idx, cfg.micro_batch), load,
+                                                  lambda: opt.zero_grad(set_to_none=True), diverged(steps, epoch))
+                real = len(idx)
+            else:  # the epoch's last batch holds DistributedSampler's repeats: they weigh 0
+                weights, all_real = padded
+                weighted = accumulate_gradients(net, sample_loss_fn, micro_batches(idx, cfg.micro_batch), load,
+                                                lambda: opt.zero_grad(set_to_none=True), diverged(steps, epoch),
+                                                weights=micro_batches(weights, cfg.micro_batch))
+                real = int((weights > 0).sum())
+                loss_value = weighted * all_real / dist.world / max(1, real)  # this rank's mean over its real samples
             if manual_allreduce:
                 average_gradients(model, dist)
             opt.step()
             sched.step()
             steps += 1
-            total += loss_value * len(idx)
-            seen += len(idx)
+            total += loss_value * real
+            seen += real
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / seen:.4f}")

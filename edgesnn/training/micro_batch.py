@@ -76,6 +76,7 @@ def accumulate_gradients(
     load: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
     zero_grad: Callable[[], None],
     check_loss: Callable[[float], None],
+    weights: Optional[Sequence[torch.Tensor]] = None,
 ) -> float:
     """Forward and backward of one optimizer step whose batch is ``parts`` (index tensors).
 
@@ -87,7 +88,13 @@ def accumulate_gradients(
     any gradient of a non-finite loss is added). Under ``DistributedDataParallel`` the parts but the
     last run in ``no_sync()``: one all-reduce per step.
 
-    Returns the batch's mean loss (a float).
+    ``weights`` (one float tensor ``[len(part)]`` per part): the step's loss is then the weighted sum
+    ``sum_i w_i * loss_i`` over the batch's samples instead of their mean, and ``loss_fn`` must give
+    the per-sample losses ``[len(part)]`` (``reduction="none"``). The training loop uses it for the
+    one batch of an epoch that holds the samples :class:`~torch.utils.data.DistributedSampler` repeats
+    to pad the epoch to a multiple of the ranks: they weigh 0.
+
+    Returns the batch's mean loss (a float); with ``weights``, the weighted sum.
     """
     n = sum(len(p) for p in parts)
     whole = len(parts) == 1
@@ -99,9 +106,11 @@ def accumulate_gradients(
         with nullcontext() if last or not ddp else net.no_sync():
             x, y = load(part)
             loss = loss_fn(net(x), y)
+            if weights is not None:
+                loss = (loss * weights[k].to(device=loss.device, dtype=loss.dtype)).sum()
             part_value = float(loss.detach())
             check_loss(part_value)
-            (loss if whole else loss * (len(part) / n)).backward()
-        value += part_value if whole else part_value * (len(part) / n)
+            (loss if whole or weights is not None else loss * (len(part) / n)).backward()
+        value += part_value if whole or weights is not None else part_value * (len(part) / n)
         x = y = loss = None  # this part's input and graph go before the next part's forward
     return value
