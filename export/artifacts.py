@@ -123,10 +123,12 @@ class Manifest:
     version: int = VERSION
 
     def to_json(self) -> str:
+        """The manifest as ``manifest.json`` holds it (with its checksum)."""
         return _to_json(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str) -> "Manifest":
+        """The manifest in parsed ``manifest.json`` ``data``; one-line :class:`ArtifactError` naming ``source`` otherwise."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ArtifactError(f"{source}: not an edgesnn training-artifact manifest (format != {FORMAT!r})")
         return _from_dict(cls, data, source, VERSION)
@@ -176,10 +178,12 @@ class StepManifest:
     version: int = STEP_VERSION
 
     def to_json(self) -> str:
+        """The manifest as ``manifest.json`` holds it (with its checksum)."""
         return _to_json(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str) -> "StepManifest":
+        """The manifest in parsed ``manifest.json`` ``data``; one-line :class:`ArtifactError` naming ``source`` otherwise."""
         return _from_dict(cls, data, source, STEP_VERSION)
 
 
@@ -192,7 +196,7 @@ def _canonical(data: Dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in data.items() if k != MANIFEST_CHECKSUM}, indent=2, sort_keys=True)
 
 
-def valid_input_range(r) -> bool:
+def valid_input_range(r: object) -> bool:
     """A manifest's ``input_range``: ``[low, high]``, two finite real numbers (not bools), low < high."""
     return (isinstance(r, (list, tuple)) and len(r) == 2
             and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in r)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from edgesnn.errors import UsageError
 
-from .artifacts import valid_input_range
+from .artifacts import Manifest, PathLike, StepManifest, valid_input_range
 from .run_support import read_npz
 
 __all__ = ["load_dataset", "input_range", "split_holdout", "data_fingerprint"]
@@ -42,7 +42,7 @@ def _integer_labels(y: np.ndarray, path: Path, flag: str, num_classes: int) -> n
     return y.astype(np.int64)
 
 
-def input_range(manifest) -> Optional[Tuple[float, float]]:
+def input_range(manifest: Union[Manifest, StepManifest]) -> Optional[Tuple[float, float]]:
     """The manifest's ``input_range`` (``None``: unknown), checked: two finite numbers, low < high."""
     r = getattr(manifest, "input_range", None)
     if r is None:
@@ -65,7 +65,7 @@ def _check_range(x: np.ndarray, r: Tuple[float, float], path: Path, flag: str, i
                      f"[{r[0]:g}, {r[1]:g}]; scale x the same way{hint}, or pass --any-input-range to train on it as it is")
 
 
-def load_dataset(path, manifest, min_samples: Optional[int] = None, flag: str = "--data",
+def load_dataset(path: PathLike, manifest: Union[Manifest, StepManifest], min_samples: Optional[int] = None, flag: str = "--data",
                  check_range: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load ``x`` (float32 ``[N, *in_shape]``) and ``y`` (int64 ``[N]``, in ``0..num_classes-1``)
     from an ``.npz``, checked against the manifest.
@@ -110,7 +110,8 @@ def load_dataset(path, manifest, min_samples: Optional[int] = None, flag: str = 
     return x, y
 
 
-def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, batch: int):
+def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int,
+                  batch: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_train, y_train, x_held, y_held)``: a seeded random ``fraction`` held out (at least one sample)."""
     n = x.shape[0]
     if fraction <= 0.0:
@@ -124,7 +125,7 @@ def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, batc
     return x[train], y[train], x[held], y[held]
 
 
-def data_fingerprint(path, x: np.ndarray, y: np.ndarray) -> Dict[str, object]:
+def data_fingerprint(path: PathLike, x: np.ndarray, y: np.ndarray) -> Dict[str, object]:
     """What ``--resume`` compares about a data file: its samples and a SHA-256 (first 16 hex digits)
     of the arrays as the runner uses them (float32 ``x``, int64 ``y``, shapes included), about
     1 s per GB. ``path`` and ``bytes`` (the file size) are recorded for the message only: a moved

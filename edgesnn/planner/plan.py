@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 from torch import nn
 
@@ -35,6 +35,9 @@ from .checks import check_batch, check_bytes, check_device, check_path, check_pl
 from .datasets import DATASET_SPECS, dataset_memory
 from .memory_model import ChainModel, kernel_runtime_bytes
 from .solver import Extras, max_micro_batch, plan_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..devices import DeviceProfile
 
 __all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan", "load_plan", "neuron_specs", "apply",
            "spiking_widths", "check_plan_layers", "check_unplanned_dataset"]
@@ -66,9 +69,11 @@ class Plan:
 
     @property
     def neuron(self) -> List[str]:
+        """One neuron spec per spiking layer (``"lif"``, ``"revlif:G"``), in model order."""
         return [L["neuron"] for L in self.layers]
 
     def to_dict(self) -> Dict[str, Any]:
+        """The plan as the JSON object :meth:`from_dict` and ``edgesnn train --plan`` read."""
         return dict(format=FORMAT, version=VERSION, model=self.model, device=self.device, timesteps=self.timesteps,
                     batch=self.batch, budget_bytes=self.budget_bytes, optimizer=self.optimizer, neuron=self.neuron,
                     eval_batch=self.eval_batch, dataset=self.dataset, layers=self.layers, predicted=self.predicted,
@@ -254,7 +259,7 @@ def check_batchnorm_batch(model: nn.Module, batch: Optional[int], max_batch_cap:
     return has_bn
 
 
-def make_plan(model: nn.Module, device, T: int, batch: Optional[int], budget: Optional[int] = None,
+def make_plan(model: nn.Module, device: DeviceProfile, T: int, batch: Optional[int], budget: Optional[int] = None,
               optimizer: str = "adam", kinds: Sequence[str] = ("lif", "revlif"), groups: Sequence[int] = (2,),
               max_batch_cap: int = 1024, dataset: Optional[str] = None, dataset_bytes: Optional[int] = None,
               eval_batch: int = EVAL_BATCH_SIZE) -> Plan:

@@ -37,7 +37,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -368,7 +368,7 @@ def _bin_split(tonic_ds, out: Path, log: Log, label: str) -> Tuple[np.ndarray, i
     return labels, saturated
 
 
-def load_split(tonic_ds, name: str, split: str, timesteps: int, transform: list, num_classes: int,
+def load_split(tonic_ds: Any, name: str, split: str, timesteps: int, transform: list, num_classes: int,
                save_to: Path, cache: Path, log: Log) -> Split:
     """Split ``split`` (``"train"``, ``"test"``) of dataset ``name`` as ``events=True`` frames from
     the cache folder ``cache``, binned first when its entry is missing.

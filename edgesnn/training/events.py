@@ -51,7 +51,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -253,7 +253,7 @@ def check_layout(name: str, data_dir: Optional[str]) -> Path:
 # ------------------------------------------------------------------------------------------- tonic
 
 
-def tonic_dataset(name: str, save_to, train: bool, timesteps: int):
+def tonic_dataset(name: str, save_to: Path, train: bool, timesteps: int) -> Any:
     """tonic's dataset class for ``name`` with its download switched off, binning into ``timesteps`` frames.
 
     Reads exactly what tonic reads (its file walk, readers and transforms); only tonic's
