@@ -98,7 +98,9 @@ def check_settings(recorded: Optional[str], current: Dict[str, Any], state: Path
         return
     try:
         old = json.loads(recorded)
-    except ValueError:
+        if not isinstance(old, dict):  # (a number, a list: valid JSON, but no settings)
+            raise ValueError("not a JSON object")
+    except (ValueError, RecursionError):
         raise UsageError(f"--resume: {state} holds unreadable run settings; pass --force instead of --resume "
                          "to start again") from None
     diffs: List[str] = []
