@@ -318,6 +318,13 @@ def _load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str,
     except Exception as exc:
         hint = "; pass --force instead of --resume to start again" if resuming else ""
         raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
+    # one pass over the start values (as large as the parameters and optimizer state, not the data): a
+    # NaN/Inf here stopped the run at its first step as "the update made ... non-finite; lower --lr"
+    bad = [n for n, a in start.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        hint = "pass --force instead of --resume to start again" if resuming else f"{STEP_INIT} is damaged: export again"
+        raise ArtifactError(f"{src}: {_few(bad)} hold{'s' if len(bad) == 1 else ''} NaN or Inf values (damaged or "
+                            f"edited; this runner never saves such values); {hint}")
     return start, meta
 
 

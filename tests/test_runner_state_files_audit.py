@@ -191,3 +191,30 @@ def test_a_valid_resume_still_continues(base, tmp_path, capsys):
     assert runner.main(_argv(base / "art", base, out, "--resume")) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["total_epochs"] == 2 and m["total_steps"] == 2 * m["steps"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("where", ["state", "init"])
+def test_non_finite_start_values_are_named_not_blamed_on_the_learning_rate(base, tmp_path, capsys, bad, where):
+    """A NaN/Inf in a resumed state.npz (or an init.npz whose hash was recomputed) ran into the first
+    step's check: 'step 1: the update made [...] non-finite; lower --lr', naming neither the file nor
+    its cause."""
+    out, art = tmp_path / "out", base / "art"
+    if where == "state":
+        shutil.copytree(base / "out", out)
+        path, argv = out / "state.npz", _argv(art, base, out, "--resume")
+    else:
+        art = tmp_path / "art"
+        shutil.copytree(base / "art", art)
+        path, argv = art / "init.npz", _argv(art, base, out)
+    arrays = _arrays(path)
+    name = _weight(arrays)
+    arrays[name][0, 0] = bad
+    np.savez(path, **arrays)
+    if where == "init":
+        doc = json.loads((art / "manifest.json").read_text())
+        doc["files"]["init.npz"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        _write_manifest(art, doc)
+    err = _one_line_error(capsys, argv)
+    assert f"{path}: '{name}' holds NaN or Inf values" in err and "lower --lr" not in err
+    assert ("--force" in err) == (where == "state")
