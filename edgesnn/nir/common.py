@@ -64,7 +64,7 @@ def check_finite_node(key: str, node: Any) -> None:
     """
     for field in _NUMERIC_FIELDS:
         value = getattr(node, field, None)
-        if value is None or isinstance(value, str):
+        if value is None:  # a field this node kind does not have
             continue
         try:
             raw = np.asarray(value)

@@ -34,8 +34,18 @@ __all__ = ["load"]
 
 
 def _uniform(value: Any, what: str) -> float:
-    """The one value a NIR parameter array holds (edgesnn's LIF has scalar parameters)."""
-    arr = np.asarray(value, dtype=np.float64)
+    """The one value a NIR parameter array holds (edgesnn's LIF has scalar parameters).
+
+    A missing (``None``) or non-numeric value is a one-line :class:`NIRError` naming ``what``
+    (not NaN, which would be compared as if it were a parameter, nor a NumPy traceback).
+    """
+    try:
+        if value is None or isinstance(value, (str, bytes)):
+            raise TypeError(type(value).__name__)
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise NIRError(f"{what}: expected real numbers (one value or one per neuron), got {first_line(repr(value), 60)} "
+                       f"({first_line(e, 60)})") from None
     u = np.unique(arr)
     if u.size != 1:
         raise NIRError(f"{what}: edgesnn nodes take one value per layer, the graph has {u.size} different ones")
@@ -104,13 +114,30 @@ def _lif_from_nir(key: str, node: Any, dt: float, backend: str) -> nn.Module:
         raise NIRError(f"node {key}: nir.{type(node).__name__}: {first_line(e, 500)}") from None
 
 
+def _node_key(graph: Any, end: Any) -> Any:
+    """The key of ``graph.nodes`` an edge end names: the end itself (e.g. an ``int`` key of an
+    in-memory graph) when it is a key, else its text (``np.str_``/``bytes`` from a file)."""
+    try:
+        if end in graph.nodes:
+            return end
+    except TypeError:  # unhashable (a list): never a key
+        pass
+    return end.decode("utf8", "replace") if isinstance(end, bytes) else str(end)
+
+
 def _chain(graph: Any) -> List[str]:
     """Node names from the Input to the Output; refuses anything but a simple chain."""
     nir = nir_module()
     succ: Dict[str, List[str]] = {}
     seen_edges = set()
     for edge in graph.edges:
-        a, b = (str(e) for e in edge)
+        try:
+            if isinstance(edge, (str, bytes)):  # "ab" would unpack into the nodes "a" and "b"
+                raise TypeError("a name")
+            a, b = edge
+        except (TypeError, ValueError):  # None, a 3-tuple, a bare name: not a (source, target) pair
+            raise NIRError(f"graph: edge {first_line(repr(edge), 80)} is not a (source, target) pair of node names") from None
+        a, b = (_node_key(graph, e) for e in (a, b))
         for end in (a, b):
             if end not in graph.nodes:  # an edge from / to nothing: a lost input or output, not loadable faithfully
                 raise NIRError(f"graph: edge {a} -> {b} names no node {end!r}")
@@ -133,7 +160,7 @@ def _chain(graph: Any) -> List[str]:
         chain.append(nxt[0])
         seen.add(nxt[0])
     if len(seen) != len(graph.nodes):
-        raise NIRError(f"graph: nodes not on the input-output chain: {sorted(set(graph.nodes) - seen)}")
+        raise NIRError(f"graph: nodes not on the input-output chain: {sorted(set(graph.nodes) - seen, key=str)}")
     if not isinstance(graph.nodes[chain[-1]], nir.Output):
         raise NIRError(f"graph: the chain ends in {chain[-1]}, not an output node")
     return chain
@@ -261,7 +288,25 @@ def _read(path: str) -> "nir.NIRGraph":
     try:
         return nir.read(path, type_check=False)  # nir 1.0.8 mis-infers grouped / non-square Conv2d; load checks shapes
     except Exception as e:  # h5py's OSError for a non-HDF5 file, KeyError for HDF5 without a NIR graph, ...
+        untyped = _untyped_node_groups(path)
+        if untyped:
+            raise NIRError(f"nir: {path}: node group(s) {untyped[:5]} hold no node type: nir.write stores a node name "
+                           "containing '/' (e.g. 'net/lif') as nested HDF5 groups that nir.read cannot read back; "
+                           "name the nodes without '/' and write the graph again") from None
         raise NIRError(f"nir: {path} is not a NIR graph file (nir.read: {type(e).__name__}: {first_line(e, 300)})") from None
+
+
+def _untyped_node_groups(path: str) -> List[str]:
+    """Names of the groups under ``node/nodes`` of the HDF5 file ``path`` with no ``type`` (what
+    ``nir.write`` makes of a node name with a ``/``); ``[]`` when there are none or it is not such a file."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            nodes = f["node"]["nodes"]
+            return sorted(k for k in nodes if isinstance(nodes[k], h5py.Group) and "type" not in nodes[k])
+    except Exception:  # noqa: BLE001 - not HDF5, no node/nodes group, ...: the caller's message stands
+        return []
 
 
 def _resolve_timesteps(graph: Any, timesteps: Any) -> int:
