@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - no flock here: leftovers are left alon
 
 from .errors import UsageError, first_line
 
-__all__ = ["atomic_write", "atomic_fill", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
+__all__ = ["atomic_write", "atomic_fill", "check_output", "deferred_signals", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -138,7 +138,7 @@ def _clear_leftovers(real: Path) -> None:
 
 
 @contextmanager
-def _signals_deferred() -> Iterator[None]:
+def deferred_signals() -> Iterator[None]:
     """Hold SIGINT and SIGTERM (unless ignored; the default that ends the process included) until
     the block ends, then deliver them again under the handlers they had. Main thread only (Python
     runs handlers there, whichever thread the signal hit); elsewhere a no-op."""
@@ -159,6 +159,7 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(sig, old)
         for sig in dict.fromkeys(pending):
             signal.raise_signal(sig)
+
 
 def user_path(value: str) -> str:
     """An argparse ``type`` for the commands' path flags: a leading ``~`` / ``~user`` expanded.
@@ -428,7 +429,7 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     try:
         result = write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        with _signals_deferred():  # Ctrl-C / SIGTERM wait: never ``path`` missing between the two renames
+        with deferred_signals():  # Ctrl-C / SIGTERM wait: never ``path`` missing between the two renames
             if os.path.lexists(real):
                 old = real.with_name(f"{tmp.name}.old")
                 os.replace(real, old)

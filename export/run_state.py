@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
-from edgesnn.atomic import replace_dir
+from edgesnn.atomic import deferred_signals, replace_dir
 from edgesnn.errors import UsageError
 
 __all__ = ["epoch_batches", "run_settings", "check_settings", "OutputDir", "RunInterrupted", "Terminated",
@@ -179,32 +179,6 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.message, self.exit_code = message, exit_code
-
-
-_DEFERRED = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (where they are handled, not ignored) until the block ends, then
-    deliver them again under the handlers they had. Only in the main thread (elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: List[int] = []
-    saved = {}
-    for sig in _DEFERRED:
-        old = signal.getsignal(sig)
-        if old not in (signal.SIG_IGN, None):
-            saved[sig] = old
-            signal.signal(sig, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-        for sig in dict.fromkeys(pending):
-            signal.raise_signal(sig)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
