@@ -24,7 +24,8 @@ from .micro_batch import accumulate_gradients, check_micro_batch, effective_micr
 from .lr_schedule import check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule, steps_per_epoch
 from .flag_checks import check_model_fits_dataset
 from .outputs import POOLS, check_outputs, stored_config
-from .resume import Progress, resume_messages, stored_progress, will_train
+from .resume import (Progress, check_optimizer_groups, check_optimizer_state, check_schedule_state, check_train_config,
+                     check_world_size, resume_messages, stored_progress, will_train)
 from .split_checks import check_labels, check_split
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
@@ -150,7 +151,21 @@ def config_diff(stored: Dict, given: Dict, ignore: Sequence[str] = ("epochs",)) 
     keys = [k for k in dict.fromkeys([*stored, *given]) if k not in ignore]
     defaults = asdict(TrainConfig())  # a field newer than the checkpoint counts as its default
     stored = {k: stored.get(k, defaults.get(k)) for k in keys}
-    return [f"{k} (stored {stored.get(k)!r}, given {given.get(k)!r})" for k in keys if stored.get(k) != given.get(k)]
+    return [f"{k} (stored {_shown(stored.get(k))}, given {_shown(given.get(k))})" for k in keys
+            if not _equal(stored.get(k), given.get(k))]
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` that never raises (a tensor's ``==`` is elementwise): anything else differs."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` on one line (a tensor's spans several)."""
+    return " ".join(repr(value).split())[:80]
 
 
 def _epoch_order(n: int, cfg: TrainConfig, epoch: int, dist: DistInfo) -> torch.Tensor:
@@ -305,7 +320,7 @@ def train(
         if missing:
             raise UsageError(f"--resume: {checkpoint} has no {', '.join(missing)} (weights only, not written by edgesnn "
                              "train): it cannot be resumed; train into a new --checkpoint")
-        stored = dict(ck["train_config"])
+        stored = check_train_config(ck, checkpoint)  # plain data: a tensor there is refused, not compared
         stored.setdefault("batchnorm", True)  # checkpoints from before the option
         check_resume_schedule(ck, cfg.lr_schedule, cfg.epochs, checkpoint)  # another schedule, or past its end
         # another spelling of the same folder (./data/x/ for data/x, ~/x) is the same data; another
@@ -316,13 +331,16 @@ def train(
         ignore = ("epochs",) + (("data_path",) if same_place else ()) + (("micro_batch",) if not cfg.batchnorm else ())
         # a micro-batch at or above the batch splits nothing: compared as none (older checkpoints stored it)
         given = {**asdict(cfg), "micro_batch": effective_micro_batch(cfg.micro_batch, cfg.batch_size)}
-        if "batch_size" in stored:
+        if all(type(stored.get(k)) is int for k in ("batch_size", "micro_batch")):  # other types: compared as stored
             stored["micro_batch"] = effective_micro_batch(stored.get("micro_batch"), stored["batch_size"])
         diff = config_diff(stored, given, ignore=ignore)
         if diff:
             raise UsageError(f"--resume: {checkpoint} was written with other settings: {'; '.join(diff)}; "
                              "pass the stored values or use a new --checkpoint")
-        if int(ck.get("world_size", 1)) != dist.world:
+        stored_done = stored_progress(ck, checkpoint)  # counts and history rows, checked before the data is read
+        if cfg.lr_schedule != "constant":
+            check_schedule_state(ck, ck.get("steps"), cfg.lr, checkpoint)
+        if check_world_size(ck, checkpoint) != dist.world:
             raise UsageError(f"--resume: {checkpoint} was written by {ck.get('world_size', 1)} rank(s), this run has "
                              f"{dist.world}; resume with the same number of processes (the data order depends on it)")
     warm_kernels(dist, cfg.backend)  # local rank 0 fills the Numba cache before the other ranks compile
@@ -362,16 +380,19 @@ def train(
 
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    done = Progress()  # a fresh run; a resumed one continues the checkpoint's (see .resume)
+    done = Progress() if ck is None else stored_done  # a resumed run continues the checkpoint's (see .resume)
     if ck is not None:
         # a mismatch is the checkpoint's fault (edited, or from another edgesnn): one line, not a traceback
         load_model_state(model, ck["model_state"], f"--resume: {checkpoint}")
+        fresh = {k: v for k, v in opt.param_groups[0].items() if k != "params"}  # the settings edgesnn train uses
+        # shapes, dtypes, step counts, finite moments, Adam's keys: checked first (load_state_dict casts silently)
+        state = check_optimizer_state(ck["optimizer_state"], list(model.parameters()), ck.get("steps"), checkpoint)
         try:
-            opt.load_state_dict(ck["optimizer_state"])
+            opt.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             detail = f"it has no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:200]
             raise CheckpointError(f"--resume: {checkpoint} does not match its model ({detail})") from None
-        done = stored_progress(ck)
+        check_optimizer_groups(opt.param_groups[0], fresh, cfg.lr, cfg.lr_schedule != "constant", checkpoint)
         if will_train(done, cfg.epochs, max_steps):
             done.take_partial()  # the stopped epoch's row: this run finishes it and writes it whole
         for line in resume_messages(checkpoint, done, cfg.epochs, max_steps, dist.world, len(data.train), horizon_of(ck)):
