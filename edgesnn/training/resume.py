@@ -290,8 +290,8 @@ def check_optimizer_groups(loaded: Dict, fresh: Dict, lr: float, cosine: bool, c
 
 def check_schedule_state(ck: Dict, steps: Optional[int], lr: float, checkpoint: str) -> None:
     """A cosine checkpoint's stored scheduler state (``lr_schedule["state"]``), before it is loaded
-    (``load_state_dict`` copies every key into the scheduler, its methods included): only the keys
-    of ``CosineAnnealingLR.state_dict()``, with ``T_max`` the stored horizon, ``base_lrs == [lr]``,
+    (``load_state_dict`` copies every key into the scheduler, its methods included): no key that
+    would replace its optimizer or a method (the private keys another torch version keeps pass), with ``T_max`` the stored horizon, ``base_lrs == [lr]``,
     ``last_epoch`` the checkpoint's ``steps`` and ``_last_lr`` one finite rate."""
     entry = ck.get("lr_schedule")
     if not (isinstance(entry, dict) and isinstance(entry.get("state"), dict)):
@@ -299,7 +299,11 @@ def check_schedule_state(ck: Dict, steps: Optional[int], lr: float, checkpoint: 
     state, where = entry["state"], "lr_schedule state"
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
     fresh = torch.optim.lr_scheduler.CosineAnnealingLR(probe, T_max=1).state_dict()
-    extra = [k for k in state if k not in fresh and k != "verbose"]
+    # keys another torch version keeps (2.13's _is_initial, resumed on 2.5) are state; a key that would
+    # replace the scheduler's optimizer or one of its methods, or that is not a name, is not
+    cls = torch.optim.lr_scheduler.CosineAnnealingLR
+    extra = [k for k in state if k not in fresh and (type(k) is not str or not k.isidentifier() or k == "optimizer"
+                                                     or callable(getattr(cls, k, None)))]
     if extra:
         raise _refuse(checkpoint, where, f"holds {_show(extra[0])}, not a CosineAnnealingLR setting")
     last = state.get("_last_lr")
