@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from .run_schedule import resolve_schedule
 from .run_state import OutputDir, check_settings
 from .run_support import padded_batches, peak_rss_mb, proc_status_mib
 from .runner import StepCheckError, _one_line, import_plain_ort, training_modules_imported
+from .start_state import StartArrayError, check_graph_names, check_start_arrays, load_start, start_counter
 
 __all__ = ["StepSession", "StartArrayError", "finetune_step", "npz_bytes", "rss_mb", "check_graph_names",
            "check_start_arrays"]
@@ -181,116 +182,6 @@ class StepSession:
         return correct / max(1, x.shape[0])
 
 
-class StartArrayError(ArtifactError):
-    """An array of the start state (``init.npz`` / a resumed ``state.npz``) that the graphs cannot take;
-    the message names the array, not the file (the caller adds it)."""
-
-
-#: ONNX tensor element types (``NodeArg.type``) as NumPy dtypes, for the start-state check.
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-               "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
-def _bound_names(m: StepManifest, graph: str) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """``(inputs, outputs)`` the runner binds on ``graph``: name -> where the name comes from (the
-    manifest field, for the message)."""
-    carried_in = {inp: "carried" for inp, _ in m.carried}
-    carried_out = {out: "carried (output)" for _, out in m.carried}
-    frozen = {n: "frozen" for n in m.frozen}
-    batch = {m.input_name: "input_name", m.label_name: "label_name"}
-    checks = {n: "the runner (step outputs)" for n in ("loss", "correct", "recon_error")}
-    grads = {f"grad/{n}": "trainable (grad/ of it)" for n in m.trainable}
-    if graph == STEP_MODEL:
-        return {**carried_in, **frozen, **batch, m.lr_name: "lr_name"}, {**carried_out, **checks}
-    if graph == STEP_EVAL_MODEL:
-        return ({**{n: "trainable" for n in m.trainable}, **frozen, m.input_name: "input_name"},
-                {m.output_name: "output_name"})
-    if graph == STEP_GRAD_MODEL:
-        return {**{n: "trainable" for n in m.trainable}, **frozen, **batch}, {**grads, **checks}
-    return {**carried_in, m.lr_name: "lr_name", **grads}, carried_out  # apply.onnx
-
-
-def _few(names: List[str]) -> str:
-    return ", ".join(repr(n) for n in names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
-
-
-def check_graph_names(graphs: Dict[str, object], m: StepManifest, manifest_path: Path) -> None:
-    """The manifest's tensor names against the loaded graphs (``graph file name -> InferenceSession``):
-    every name the runner binds is an input / output of that graph, every graph input is bound,
-    ``carried`` feeds back exactly ``trainable`` + ``optimizer_state`` (each once), and the batch
-    inputs have the manifest's batch size and ``in_shape``. One-line :class:`ArtifactError` naming
-    ``manifest_path`` otherwise. Metadata only (no graph is run)."""
-    problems: List[str] = []
-    ins = [inp for inp, _ in m.carried]
-    outs = [out for _, out in m.carried]
-    for what, names in (("carried inputs", ins), ("carried outputs", outs), ("frozen", list(m.frozen))):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            problems.append(f"{what} repeat {_few(dup)}")
-    lacking = [n for n in list(m.trainable) + list(m.optimizer_state) if n not in ins]
-    if lacking:
-        problems.append(f"carried lacks {_few(lacking)} (every trainable and optimizer_state name is fed back)")
-    stray = [n for n in ins if n not in set(m.trainable) | set(m.optimizer_state)]
-    if stray:
-        problems.append(f"carried feeds back {_few(stray)}, in neither trainable nor optimizer_state")
-    for graph, sess in graphs.items():
-        bound_in, bound_out = _bound_names(m, graph)
-        have_in = {a.name: a for a in sess.get_inputs()}
-        have_out = {a.name for a in sess.get_outputs()}
-        absent = [f"{field} {n!r}" for n, field in bound_in.items() if n not in have_in]
-        if absent:
-            problems.append(f"{', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}: not an input of {graph}")
-        unbound = [n for n in have_in if n not in bound_in]
-        if unbound:
-            problems.append(f"{graph} input {_few(unbound)} is in none of the manifest's lists (shortened?)")
-        absent = [f"{field} {n!r}" for n, field in bound_out.items() if n not in have_out]
-        if absent:
-            problems.append(f"{', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}: not an output of {graph}")
-        for name, want in ((m.input_name, [m.batch_size, *m.in_shape]), (m.label_name, [m.batch_size])):
-            arg = have_in.get(name)
-            if arg is not None and not _shape_fits(want, arg.shape):
-                problems.append(f"{graph} input {name!r} has shape {_dims(arg.shape)}, the manifest's batch_size and "
-                                f"in_shape say {_dims(want)}")
-    if problems:
-        raise ArtifactError(f"{manifest_path}: does not match the graphs beside it: {'; '.join(problems[:3])}"
-                            f"{' ...' if len(problems) > 3 else ''}; export again")
-
-
-def _dims(shape) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
-
-
-def _shape_fits(got, declared) -> bool:
-    """``got`` (a concrete shape) matches a graph's declared shape (symbolic / unknown dims match anything)."""
-    return len(got) == len(declared) and all(not isinstance(d, int) or d < 0 or int(g) == d
-                                             for g, d in zip(got, declared))
-
-
-def check_start_arrays(graphs: Dict[str, object], m: StepManifest, start: Dict[str, np.ndarray]) -> None:
-    """Every start array (``trainable`` + ``frozen`` + ``optimizer_state``; present, see the caller)
-    has the element type and static shape of the graph input of its name. Raises
-    :class:`StartArrayError` naming the arrays, e.g. ``fc.weight: expected float32 [128, 64], got
-    float64 [128]``. Metadata only: no pass over the values."""
-    declared: Dict[str, object] = {}
-    for sess in graphs.values():
-        for arg in sess.get_inputs():
-            declared.setdefault(arg.name, arg)
-    problems: List[str] = []
-    for n in dict.fromkeys(list(m.trainable) + list(m.frozen) + list(m.optimizer_state)):
-        if n not in start:
-            continue
-        a = np.asarray(start[n])
-        arg = declared.get(n)
-        want = np.dtype(_ORT_DTYPES.get(arg.type, np.float32) if arg is not None else np.float32)
-        dims = list(arg.shape) if arg is not None else list(a.shape)
-        if not (a.dtype.kind == want.kind and a.dtype.itemsize == want.itemsize and _shape_fits(a.shape, dims)):
-            got = f"{a.dtype} {_dims(a.shape)}" if a.dtype.kind in "biufcSUV" else f"{a.dtype}"
-            problems.append(f"{n}: expected {want} {_dims(dims)}, got {got}")
-    if problems:
-        raise StartArrayError("; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
-
-
 def checked_batch(m: StepManifest, xb: np.ndarray, yb: np.ndarray, max_parts: int) -> Tuple[np.ndarray, np.ndarray]:
     """``xb [k B, *in_shape]`` and ``yb [k B]`` (``1 <= k <= max_parts``, ``B`` the graphs' batch) as
     float32 / int64 C order (the bound buffers take raw bytes), checked: the graph would take any
@@ -307,38 +198,6 @@ def checked_batch(m: StepManifest, xb: np.ndarray, yb: np.ndarray, max_parts: in
     if yb.size and (int(yb.min()) < 0 or int(yb.max()) >= m.num_classes):
         raise ValueError(f"y: labels must lie in 0..{m.num_classes - 1}, got {int(yb.min())}..{int(yb.max())}")
     return xb, np.ascontiguousarray(yb, dtype=np.int64)
-
-
-def _load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
-    """``(tensors, runner.* entries)`` of ``init.npz`` or a resumed ``state.npz``."""
-    try:
-        with np.load(src, allow_pickle=False) as npz:
-            start = {n: np.array(npz[n]) for n in needed if n in npz.files}
-            meta = {k: npz[k][()] for k in npz.files if k.startswith("runner.")}
-    except Exception as exc:
-        hint = "; pass --force instead of --resume to start again" if resuming else ""
-        raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
-    # one pass over the start values (as large as the parameters and optimizer state, not the data): a
-    # NaN/Inf here stopped the run at its first step as "the update made ... non-finite; lower --lr"
-    bad = [n for n, a in start.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
-    if bad:
-        hint = "pass --force instead of --resume to start again" if resuming else f"{STEP_INIT} is damaged: export again"
-        raise ArtifactError(f"{src}: {_few(bad)} hold{'s' if len(bad) == 1 else ''} NaN or Inf values (damaged or "
-                            f"edited; this runner never saves such values); {hint}")
-    return start, meta
-
-
-def _counter(meta: Dict[str, object], key: str, src: Path) -> int:
-    """A resumed state's ``runner.steps`` / ``runner.epochs`` (absent: 0, as older runners wrote):
-    an integer >= 0, else a one-line :class:`ArtifactError` naming ``src``."""
-    if key not in meta:
-        return 0
-    v = np.asarray(meta[key])
-    if v.shape == () and v.dtype.kind in "iu" and int(v) >= 0:
-        return int(v)
-    got = f"{v.dtype} {_dims(v.shape)}" if v.shape != () else f"{v.dtype} {str(v.tolist())[:40]!r}"
-    raise ArtifactError(f"{src}: {key}: expected an integer >= 0, got {got}; pass --force instead of --resume to "
-                        "start again")
 
 
 def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: np.ndarray, xe: np.ndarray,
@@ -362,9 +221,9 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     resuming = resume and state_path.is_file()
     src = state_path if resuming else artifact_dir / STEP_INIT
     needed = list(manifest.trainable) + list(manifest.frozen) + list(manifest.optimizer_state)
-    start, meta = _load_start(src, needed, resuming)
-    resumed_steps = _counter(meta, "runner.steps", src) if resuming else 0
-    resumed_epochs = _counter(meta, "runner.epochs", src) if resuming else 0
+    start, meta = load_start(src, needed, resuming)
+    resumed_steps = start_counter(meta, "runner.steps", src) if resuming else 0
+    resumed_epochs = start_counter(meta, "runner.epochs", src) if resuming else 0
     artifact_id = manifest.files.get(STEP_MODEL, "")
     if resuming and "runner.artifact" in meta and str(meta["runner.artifact"]) != artifact_id:
         raise ArtifactError(f"--resume: {state_path} was fine-tuned from another export (its step graph differs from "
