@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from torch import nn
 
 __all__ = ["DistInfo", "env_world", "rank_threads", "configure_threads", "setup", "warm_kernels", "barrier",
-           "all_sum", "cpu_cores", "import_before_group"]
+           "all_sum", "cpu_cores", "import_before_group", "epoch_order", "padding_weights"]
 
 
 @dataclass(frozen=True)
@@ -271,3 +272,43 @@ def average_gradients(model: "nn.Module", info: DistInfo) -> None:
         else:
             p.grad.copy_(flat[i:i + n].view_as(p.grad))
         i += n
+
+
+def epoch_order(n: int, seed: int, epoch: int, dist: DistInfo) -> "torch.Tensor":
+    """This rank's sample order for ``epoch``: :class:`torch.utils.data.DistributedSampler`'s.
+
+    One permutation per epoch (seed ``seed * 1000 + epoch``), padded to a multiple of the
+    world size by repeating its first samples and dealt out round-robin, so rank ``r`` gets
+    positions ``r, r + world, ...``. Batch ``k`` of all ranks together is then batch ``k`` of one
+    process with ``world`` times the batch size, plus the repeats in the last batch; those weigh 0
+    in the loss (:func:`padding_weights`), so every sample counts once per epoch. With one rank
+    this is exactly the single-process order.
+    """
+    import torch
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                 seed=seed * 1000, drop_last=False)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def padding_weights(start: int, size: int, n: int, dist: DistInfo) -> Optional[Tuple["torch.Tensor", int]]:
+    """Per-sample loss weights ``[size]`` for this rank's batch at positions ``start .. start + size - 1``
+    of its :func:`epoch_order` share of an epoch of ``n`` samples, and the samples all ranks' batches
+    hold without the padding; ``None`` when no rank's batch holds padding (every batch but an epoch's
+    last, and every batch when ``world`` divides ``n``: the plain mean loss, bit for bit).
+
+    Rank ``r``'s position ``j`` is position ``r + world * j`` of the padded permutation, a repeat when
+    that is ``>= n``. A real sample weighs ``world / real`` and a repeat 0: averaged over the ranks (as
+    ``DistributedDataParallel`` does), the gradient is that of the mean loss over the ``real`` samples,
+    one process's on the same batch.
+    """
+    import torch
+
+    world = dist.world
+    if (start + size) * world <= n:
+        return None
+    real = min(n, (start + size) * world) - start * world  # >= 1: fewer than world repeats, >= world positions
+    keep = (dist.rank + world * torch.arange(start, start + size)) < n
+    return keep.to(torch.float32) * (world / real), real

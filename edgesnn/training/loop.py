@@ -7,7 +7,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,14 +18,14 @@ from ..models import SpikingClassifier, build_model
 from .data import Dataset, Split, load_dataset
 from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
-                          warm_kernels)
+                          epoch_order, padding_weights, warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
 from .micro_batch import accumulate_gradients, check_micro_batch, effective_micro_batch, micro_batches
 from .lr_schedule import check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule, steps_per_epoch
 from .flag_checks import check_model_fits_dataset
 from .outputs import POOLS, check_outputs, stored_config
 from .resume import (Progress, check_optimizer_groups, check_optimizer_state, check_schedule_state, check_train_config,
-                     check_world_size, resume_messages, stored_progress, will_train)
+                     check_world_size, resume_messages, show_value, stored_progress, will_train)
 from .split_checks import check_labels, check_split
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
@@ -151,7 +151,7 @@ def config_diff(stored: Dict, given: Dict, ignore: Sequence[str] = ("epochs",)) 
     keys = [k for k in dict.fromkeys([*stored, *given]) if k not in ignore]
     defaults = asdict(TrainConfig())  # a field newer than the checkpoint counts as its default
     stored = {k: stored.get(k, defaults.get(k)) for k in keys}
-    return [f"{k} (stored {_shown(stored.get(k))}, given {_shown(given.get(k))})" for k in keys
+    return [f"{k} (stored {show_value(stored.get(k), 80)}, given {show_value(given.get(k), 80)})" for k in keys
             if not _equal(stored.get(k), given.get(k))]
 
 
@@ -161,48 +161,6 @@ def _equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return False
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` on one line (a tensor's spans several)."""
-    return " ".join(repr(value).split())[:80]
-
-
-def _epoch_order(n: int, cfg: TrainConfig, epoch: int, dist: DistInfo) -> torch.Tensor:
-    """This rank's sample order for ``epoch``: :class:`torch.utils.data.DistributedSampler`'s.
-
-    One permutation per epoch (seed ``cfg.seed * 1000 + epoch``), padded to a multiple of the
-    world size by repeating its first samples and dealt out round-robin, so rank ``r`` gets
-    positions ``r, r + world, ...``. Batch ``k`` of all ranks together is then batch ``k`` of one
-    process with ``world`` times the batch size, plus the repeats in the last batch; those weigh 0
-    in the loss (:func:`_padding_weights`), so every sample counts once per epoch. With one rank
-    this is exactly the single-process order.
-    """
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(n), num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                 seed=cfg.seed * 1000, drop_last=False)
-    sampler.set_epoch(epoch)
-    return torch.tensor(list(sampler), dtype=torch.long)
-
-
-def _padding_weights(start: int, size: int, n: int, dist: DistInfo) -> Optional[Tuple[torch.Tensor, int]]:
-    """Per-sample loss weights ``[size]`` for this rank's batch at positions ``start .. start + size - 1``
-    of its :func:`_epoch_order` share of an epoch of ``n`` samples, and the samples all ranks' batches
-    hold without the padding; ``None`` when no rank's batch holds padding (every batch but an epoch's
-    last, and every batch when ``world`` divides ``n``: the plain mean loss, bit for bit as before).
-
-    Rank ``r``'s position ``j`` is position ``r + world * j`` of the padded permutation, a repeat when
-    that is ``>= n``. A real sample weighs ``world / real`` and a repeat 0: averaged over the ranks (as
-    ``DistributedDataParallel`` does), the gradient is that of the mean loss over the ``real`` samples,
-    one process's on the same batch.
-    """
-    world = dist.world
-    if (start + size) * world <= n:
-        return None
-    real = min(n, (start + size) * world) - start * world  # >= 1: fewer than world repeats, >= world positions
-    keep = (dist.rank + world * torch.arange(start, start + size)) < n
-    return keep.to(torch.float32) * (world / real), real
 
 
 def _noop(msg: str) -> None:
@@ -269,7 +227,7 @@ def train(
     Data-parallel: inside an initialised ``torch.distributed`` process group (``torchrun``; see
     :mod:`edgesnn.training.distributed`) the model is wrapped in ``DistributedDataParallel``,
     ``cfg.batch_size`` is the batch *per rank* and each rank takes its share of every epoch's
-    permutation (:func:`_epoch_order`). Rank 0 alone logs, shows progress and writes the
+    permutation (:func:`~.distributed.epoch_order`). Rank 0 alone logs, shows progress and writes the
     checkpoint; every rank returns the same report. ``device="cuda"`` uses GPU ``LOCAL_RANK``.
     BatchNorm statistics are per rank (as in any DDP run) unless ``sync_batchnorm`` (CUDA only);
     ``cfg.batchnorm=False`` builds models without BatchNorm.
@@ -401,7 +359,7 @@ def train(
     sched = start_schedule(cfg.lr_schedule, opt, cfg.epochs, per_epoch, ck, checkpoint)  # constant: touches nothing
     start, steps, offset, history, carried = done.start, done.steps, done.offset, done.history, done.carried
     loss_fn = nn.CrossEntropyLoss().to(dev)
-    sample_loss_fn = nn.CrossEntropyLoss(reduction="none").to(dev)  # a batch with padding (see _padding_weights)
+    sample_loss_fn = nn.CrossEntropyLoss(reduction="none").to(dev)  # a batch with padding (see padding_weights)
 
     def load(part: torch.Tensor):
         return data.train.inputs(part).to(dev, non_blocking=True), data.train.y[part].to(dev, non_blocking=True)
@@ -419,7 +377,7 @@ def train(
     stop = max_steps is not None and steps >= max_steps
     for epoch in range(start, cfg.epochs if not stop else start):
         net.train()
-        order = _epoch_order(len(data.train), cfg, epoch, dist)
+        order = epoch_order(len(data.train), cfg.seed, epoch, dist)
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         if epoch == start and carried and main:  # counted once: all_sum adds the ranks' shares
@@ -434,7 +392,7 @@ def train(
             if skips_batch(len(idx), cfg.batchnorm):  # BatchNorm needs more than one sample (every rank alike: equal shares)
                 continue
             # DDP: gradients averaged over the ranks in the last part's backward
-            padded = _padding_weights(i, len(idx), len(data.train), dist)
+            padded = padding_weights(i, len(idx), len(data.train), dist)
             if padded is None:
                 loss_value = accumulate_gradients(net, loss_fn, micro_batches(idx, cfg.micro_batch), load,
                                                   lambda: opt.zero_grad(set_to_none=True), diverged(steps, epoch))

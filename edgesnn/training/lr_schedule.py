@@ -42,7 +42,7 @@ def skips_batch(size: int, batchnorm: bool) -> bool:
 
 def steps_per_epoch(n_train: int, world: int, batch_size: int, batchnorm: bool) -> int:
     """Optimizer steps one epoch takes on every rank: ``ceil(n_train / world)`` samples per rank
-    (the padded share of :func:`~edgesnn.training.loop._epoch_order`) in batches of ``batch_size``
+    (the padded share of :func:`~edgesnn.training.distributed.epoch_order`) in batches of ``batch_size``
     samples, without the batches the loop skips (:func:`skips_batch`)."""
     share = -(-n_train // max(1, world))
     return sum(1 for i in range(0, share, batch_size) if not skips_batch(min(batch_size, share - i), batchnorm))

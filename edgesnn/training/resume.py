@@ -17,7 +17,7 @@ import torch
 from ..checkpoint import CheckpointError
 
 __all__ = ["Progress", "stored_progress", "will_train", "samples_done", "resume_messages", "check_train_config",
-           "check_optimizer_state", "check_optimizer_groups", "check_schedule_state", "check_world_size"]
+           "check_optimizer_state", "check_optimizer_groups", "check_schedule_state", "check_world_size", "show_value"]
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _count(ck: Dict, key: str, default: Optional[int] = None, who: str = "the ch
     """``ck[key]`` as a count (an integer >= 0, not a bool); else a one-line :class:`CheckpointError`."""
     value = ck.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise CheckpointError(f"--resume: {who} {key} must be an integer >= 0, got {_show(value)} "
+        raise CheckpointError(f"--resume: {who} {key} must be an integer >= 0, got {show_value(value)} "
                               "(not written by edgesnn train, or edited): it cannot be resumed")
     return value
 
@@ -97,7 +97,7 @@ def _check_rows(progress: Progress, who: str) -> None:
         for key, want in _ROW_FIELDS.items():
             if key in row and not _row_ok(key, row[key]):
                 raise CheckpointError(f"--resume: {who} metrics history[{i}] {key} must be {want}, got "
-                                      f"{type(row[key]).__name__ if isinstance(row[key], (dict, list)) else _show(row[key])}"
+                                      f"{type(row[key]).__name__ if isinstance(row[key], (dict, list)) else show_value(row[key])}"
                                       " (not written by edgesnn train, or edited): it cannot be resumed")
         if row.get("epoch", i + 1) != i + 1 or (row.get("partial") and i != len(progress.history) - 1):
             raise CheckpointError(f"--resume: {who} metrics history[{i}] is epoch {row.get('epoch')!r}"
@@ -190,9 +190,9 @@ def _real(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
 
 
-def _show(value: Any) -> str:
-    """``repr(value)`` on one line, cut short (a tensor's spans several)."""
-    return " ".join(repr(value).split())[:60]
+def show_value(value: Any, width: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``width`` characters (a tensor's repr spans several)."""
+    return " ".join(repr(value).split())[:width]
 
 
 def _refuse(checkpoint: str, field: str, what: str) -> CheckpointError:
@@ -227,7 +227,7 @@ def check_optimizer_state(state: Any, params: Sequence[torch.Tensor], steps: Opt
     out: Dict[Any, Dict] = {}
     for key, entry in state["state"].items():
         if type(key) is not int or not 0 <= key < len(params):
-            raise _refuse(checkpoint, "optimizer_state state", f"has the key {_show(key)}, not a parameter index 0..{len(params) - 1}")
+            raise _refuse(checkpoint, "optimizer_state state", f"has the key {show_value(key)}, not a parameter index 0..{len(params) - 1}")
         where = f"optimizer_state state[{key}]"
         if not isinstance(entry, dict) or set(entry) != {"step", "exp_avg", "exp_avg_sq"}:
             got = sorted(map(str, entry)) if isinstance(entry, dict) else type(entry).__name__
@@ -239,7 +239,7 @@ def check_optimizer_state(state: Any, params: Sequence[torch.Tensor], steps: Opt
         # at most the checkpoint's steps: Adam counts the steps in which the parameter had a gradient
         if not (_real(step) and step == int(step) and step >= 1) or (steps is not None and step > steps):
             want = f"a whole number within 1..{steps} (the checkpoint's steps)" if steps is not None else "a whole number >= 1"
-            raise _refuse(checkpoint, f"{where} step", f"is {_show(entry['step'])}, expected {want}")
+            raise _refuse(checkpoint, f"{where} step", f"is {show_value(entry['step'])}, expected {want}")
         param = params[key]
         for name in ("exp_avg", "exp_avg_sq"):
             t = entry[name]
@@ -277,14 +277,14 @@ def check_optimizer_groups(loaded: Dict, fresh: Dict, lr: float, cosine: bool, c
             continue
         if key not in loaded or not _same(loaded[key], want):
             raise _refuse(checkpoint, f"optimizer_state param_groups[0] {key}",
-                          f"is {_show(loaded.get(key, 'missing'))}, edgesnn train's Adam uses {want!r}")
+                          f"is {show_value(loaded.get(key, 'missing'))}, edgesnn train's Adam uses {want!r}")
     got = loaded.get("lr")
     ok = _real(got) and (0 <= got <= lr if cosine else got == lr)
     if cosine:
         ok = ok and _same(loaded.get("initial_lr"), lr)
     if not ok:
         raise _refuse(checkpoint, "optimizer_state param_groups[0] lr",
-                      f"is {_show(got)} (initial_lr {_show(loaded.get('initial_lr'))}), expected "
+                      f"is {show_value(got)} (initial_lr {show_value(loaded.get('initial_lr'))}), expected "
                       f"{'a rate within [0, ' + repr(lr) + '] starting at ' + repr(lr) if cosine else repr(lr) + ' (--lr)'}")
 
 
@@ -305,7 +305,7 @@ def check_schedule_state(ck: Dict, steps: Optional[int], lr: float, checkpoint: 
     extra = [k for k in state if k not in fresh and (type(k) is not str or not k.isidentifier() or k == "optimizer"
                                                      or callable(getattr(cls, k, None)))]
     if extra:
-        raise _refuse(checkpoint, where, f"holds {_show(extra[0])}, not a CosineAnnealingLR setting")
+        raise _refuse(checkpoint, where, f"holds {show_value(extra[0])}, not a CosineAnnealingLR setting")
     last = state.get("_last_lr")
     checks = [("T_max", _same(state.get("T_max"), entry.get("steps")), f"{entry.get('steps')!r} (lr_schedule steps)"),
               ("eta_min", _real(state.get("eta_min")) and state.get("eta_min") == 0, "0.0"),
@@ -319,12 +319,12 @@ def check_schedule_state(ck: Dict, steps: Optional[int], lr: float, checkpoint: 
         checks.append((key, key not in state or type(state[key]) is bool, "a bool"))
     for key, ok, want in checks:
         if not ok:
-            raise _refuse(checkpoint, f"{where} {key}", f"is {_show(state.get(key, 'missing'))}, expected {want}")
+            raise _refuse(checkpoint, f"{where} {key}", f"is {show_value(state.get(key, 'missing'))}, expected {want}")
 
 
 def check_world_size(ck: Dict, checkpoint: str) -> int:
     """The checkpoint's ``world_size`` (default 1): an integer >= 1, else one line."""
     value = ck.get("world_size", 1)
     if type(value) is not int or value < 1:
-        raise _refuse(checkpoint, "world_size", f"is {_show(value)}, expected an integer >= 1")
+        raise _refuse(checkpoint, "world_size", f"is {show_value(value)}, expected an integer >= 1")
     return value
