@@ -12,13 +12,10 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 try:  # a temp file's writer holds a lock on it, so the next run tells a dead one's leftover
     import fcntl
@@ -26,8 +23,9 @@ except ImportError:  # pragma: no cover - no flock here: leftovers are left alon
     fcntl = None  # type: ignore[assignment]
 
 from .errors import UsageError, first_line
+from .signals import deferred_signals
 
-__all__ = ["atomic_write", "atomic_fill", "check_output", "deferred_signals", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
+__all__ = ["atomic_write", "atomic_fill", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -135,30 +133,6 @@ def _clear_leftovers(real: Path) -> None:
                 _remove(path)
         finally:
             os.close(fd)
-
-
-@contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (unless ignored; the default that ends the process included) until
-    the block ends, then deliver them again under the handlers they had. Main thread only (Python
-    runs handlers there, whichever thread the signal hit); elsewhere a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: List[int] = []
-    saved = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        old = signal.getsignal(sig)
-        if old not in (signal.SIG_IGN, None):
-            saved[sig] = old
-            signal.signal(sig, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-        for sig in dict.fromkeys(pending):
-            signal.raise_signal(sig)
 
 
 def user_path(value: str) -> str:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
-from edgesnn.atomic import deferred_signals, replace_dir
+from edgesnn.atomic import replace_dir
+from edgesnn.signals import deferred_signals
 from edgesnn.errors import UsageError
 
 __all__ = ["epoch_batches", "run_settings", "check_settings", "OutputDir", "RunInterrupted", "Terminated",
