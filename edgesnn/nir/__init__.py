@@ -4,7 +4,8 @@
   ``nn.Sequential`` body) -> ``nir.NIRGraph`` (a chain ``input -> ... -> output``); ``edgesnn
   export --format nir`` writes it to a ``.nir`` file (HDF5).
 * :func:`load`: a ``nir.NIRGraph`` (or a ``.nir`` file) -> an edgesnn :class:`SpikingClassifier`
-  with the same outputs.
+  with the same outputs (a :class:`NIRClassifier`, logits flattened to ``[B, prod(out_shape)]``, for
+  graphs from other tools).
 
 Layers: ``Linear`` -> ``nir.Affine`` (``nir.Linear`` without bias), ``Conv2d`` -> ``nir.Conv2d``,
 ``BatchNorm1d/2d`` (eval statistics) folded into the preceding Linear/Conv2d, ``AvgPool2d`` ->
@@ -41,7 +42,7 @@ time"``) and repeats a static input over T steps (direct encoding).
 """
 
 from .common import DEFAULT_DT, NIRError
-from .from_nir import load
+from .from_nir import NIRClassifier, load
 from .to_nir import to_nir, write
 
-__all__ = ["NIRError", "to_nir", "write", "load", "DEFAULT_DT"]
+__all__ = ["NIRError", "NIRClassifier", "to_nir", "write", "load", "DEFAULT_DT"]

@@ -16,21 +16,36 @@ import math
 import numbers
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import first_line
+from ..models import SpikingClassifier
+from .chain import chain as _chain
 from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, int_values, nir_module, threshold_from_nir
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir
 
-    from ..models import SpikingClassifier
+__all__ = ["load", "NIRClassifier"]
 
-__all__ = ["load"]
+
+class NIRClassifier(SpikingClassifier):
+    """The model :func:`load` makes of a graph from another tool: a :class:`SpikingClassifier` whose
+    logits are the graph's output averaged over T and flattened, ``[B, prod(out_shape)]``.
+
+    ``body`` keeps the graph's own output shape (``[T, B, *out_shape]``, e.g. a conv output
+    ``[C, H, W]``: what a NIR simulator gives), and ``to_nir`` writes that shape back; the flat
+    logits are what ``config["num_classes"]``, cross-entropy and :func:`~edgesnn.training.loop.evaluate`
+    take (one class per output value, in C order). For a 1-D output the flattening changes nothing.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, *in_shape]`` or ``[T, B, *in_shape]`` -> logits ``[B, prod(out_shape)]``."""
+        return super().forward(x).flatten(1)
 
 
 def _uniform(value: Any, what: str) -> float:
@@ -112,58 +127,6 @@ def _lif_from_nir(key: str, node: Any, dt: float, backend: str) -> nn.Module:
         return LIF(tau=tau, v_threshold=v_th, v_reset=v_reset, decay_input=decay_input, backend=backend, step_mode="m")
     except ValueError as e:
         raise NIRError(f"node {key}: nir.{type(node).__name__}: {first_line(e, 500)}") from None
-
-
-def _node_key(graph: Any, end: Any) -> Any:
-    """The key of ``graph.nodes`` an edge end names: the end itself (e.g. an ``int`` key of an
-    in-memory graph) when it is a key, else its text (``np.str_``/``bytes`` from a file)."""
-    try:
-        if end in graph.nodes:
-            return end
-    except TypeError:  # unhashable (a list): never a key
-        pass
-    return end.decode("utf8", "replace") if isinstance(end, bytes) else str(end)
-
-
-def _chain(graph: Any) -> List[str]:
-    """Node names from the Input to the Output; refuses anything but a simple chain."""
-    nir = nir_module()
-    succ: Dict[str, List[str]] = {}
-    seen_edges = set()
-    for edge in graph.edges:
-        try:
-            if isinstance(edge, (str, bytes)):  # "ab" would unpack into the nodes "a" and "b"
-                raise TypeError("a name")
-            a, b = edge
-        except (TypeError, ValueError):  # None, a 3-tuple, a bare name: not a (source, target) pair
-            raise NIRError(f"graph: edge {first_line(repr(edge), 80)} is not a (source, target) pair of node names") from None
-        a, b = (_node_key(graph, e) for e in (a, b))
-        for end in (a, b):
-            if end not in graph.nodes:  # an edge from / to nothing: a lost input or output, not loadable faithfully
-                raise NIRError(f"graph: edge {a} -> {b} names no node {end!r}")
-        if (a, b) in seen_edges:
-            raise NIRError(f"graph: duplicate edge {a} -> {b}; edgesnn loads feed-forward chains with one edge per link")
-        seen_edges.add((a, b))
-        succ.setdefault(a, []).append(b)
-    inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
-    if len(inputs) != 1:
-        raise NIRError(f"graph: edgesnn loads feed-forward chains with one input node, found {len(inputs)}")
-    chain, seen = [inputs[0]], {inputs[0]}
-    while True:
-        nxt = succ.get(chain[-1], [])
-        if not nxt:
-            break
-        if len(nxt) > 1:
-            raise NIRError(f"graph: node {chain[-1]} feeds {len(nxt)} nodes; edgesnn loads feed-forward chains only")
-        if nxt[0] in seen:
-            raise NIRError(f"graph: recurrent edge {chain[-1]} -> {nxt[0]}; edgesnn loads feed-forward chains only")
-        chain.append(nxt[0])
-        seen.add(nxt[0])
-    if len(seen) != len(graph.nodes):
-        raise NIRError(f"graph: nodes not on the input-output chain: {sorted(set(graph.nodes) - seen, key=str)}")
-    if not isinstance(graph.nodes[chain[-1]], nir.Output):
-        raise NIRError(f"graph: the chain ends in {chain[-1]}, not an output node")
-    return chain
 
 
 def _ints(v: Any) -> Tuple[int, ...]:
@@ -331,7 +294,7 @@ def _resolve_timesteps(graph: Any, timesteps: Any) -> int:
 
 
 def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[float] = None,
-         timesteps: Optional[int] = None, backend: str = "auto") -> "SpikingClassifier":
+         timesteps: Optional[int] = None, backend: str = "auto") -> SpikingClassifier:
     """A ``nir.NIRGraph`` (or the path of a ``.nir`` file) as an edgesnn :class:`SpikingClassifier`.
 
     Args:
@@ -341,17 +304,17 @@ def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[flo
         timesteps: T for static inputs (direct encoding); default the graph's ``metadata["timesteps"]``, else 4.
         backend: the LIF nodes' backend (``"auto"``, ``"torch"``, ``"numba"``, ``"cuda"``, ``"reference"``).
 
-    The model's ``body`` runs ``[T, B, *in_shape] -> [T, B, *out_shape]``; the classifier
-    averages over T. Loaded: a chain Input -> (Affine | Linear | Conv2d | AvgPool2d | Flatten |
+    The model's ``body`` runs ``[T, B, *in_shape] -> [T, B, *out_shape]`` (the graph's output shape);
+    the model averages over T and flattens: logits ``[B, prod(out_shape)]``, ``config["num_classes"]``
+    of them (:class:`NIRClassifier`; a graph edgesnn wrote comes back as its ``build_model`` network). Loaded: a chain Input -> (Affine | Linear | Conv2d | AvgPool2d | Flatten |
     LIF | CubaLIF with tau_syn = dt)* -> Output, each neuron node with one value per parameter.
     Raises :class:`NIRError` (one line, naming the node) for nodes edgesnn cannot represent exactly,
-    branches, cycles and edges naming no node, NaN/Inf weights or parameters, shapes that do not
+    branches, recurrence (a cycle of edges or a nested subgraph holding one, named) and edges naming no node, NaN/Inf weights or parameters, shapes that do not
     fit together, a bad ``timesteps`` and a file that is not a NIR graph; ``FileNotFoundError``
     (one line) for a missing file.
     """
     nir = nir_module()
     from ..kernels import dispatch
-    from ..models import SpikingClassifier
     from ..nn import LIF, SeqToANN
 
     try:
@@ -389,7 +352,7 @@ def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[flo
               "source_config": _meta(graph, "model_config")}
     if not any(isinstance(m, LIF) for m in layers):
         raise NIRError("graph: no LIF node; nothing spiking to load")
-    model = SpikingClassifier(body, T, in_shape, config)
+    model = NIRClassifier(body, T, in_shape, config)
     return _as_edgesnn_model(model, config["source_config"], backend) or model
 
 
