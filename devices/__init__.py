@@ -5,7 +5,10 @@ Each profile is a JSON file in this package (one per board) with the fields of
 fields (``load_device("my_board.json")``) or by putting such files in a directory named by the
 environment variable ``EDGESNN_DEVICE_PATH`` (``os.pathsep``-separated list of directories).
 ``load_device("auto")`` measures the host: ``MemAvailable`` from ``/proc/meminfo`` and the number
-of usable cores.
+of usable cores. A key that is not a field (a misspelt optional one would silently be its default)
+is refused in one line naming it and the closest field, at the top and in ``runs``; keys starting
+with ``_`` (``"_comment"``) are comments, and ``sources`` keys are free text
+(:mod:`edgesnn.json_keys`).
 
 Memory the planner may use (bytes)::
 
@@ -34,6 +37,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ..json_keys import check_keys
 
 __all__ = ["DeviceProfile", "list_devices", "load_device", "host_profile", "torch_runtime_overhead",
            "DEFAULT_CPU_RUNTIME_OVERHEAD", "DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD", "RUNS_KEYS"]
@@ -128,6 +133,12 @@ class DeviceProfile:
         """Build and validate a profile; errors name the file and the field."""
         if not isinstance(data, dict):
             raise ValueError(f"device: {origin} must hold a JSON object")
+
+        def unknown(path: str, detail: str) -> ValueError:  # a misspelt optional field would be its default
+            return ValueError(f"device: {origin}: {path}: {detail}")
+
+        check_keys(data, cls.__dataclass_fields__, "", unknown)  # no field was ever renamed or dropped
+        check_keys(data.get("runs"), RUNS_KEYS, "runs", unknown)  # ``sources`` keys are free text
         missing = [k for k in _REQUIRED if k not in data]
         if missing:
             raise ValueError(f"device: {origin} lacks field(s) {missing}; required: {list(_REQUIRED)}")
@@ -158,9 +169,6 @@ class DeviceProfile:
         runs = kwargs.get("runs", {})
         if not isinstance(runs, dict):
             raise ValueError(f"device: {origin}: runs must be a JSON object, got {runs!r}")
-        unknown = sorted(set(runs) - set(RUNS_KEYS))
-        if unknown:
-            raise ValueError(f"device: {origin}: runs has unknown key(s) {unknown}; known: {list(RUNS_KEYS)}")
         for k in RUNS_FLAGS:
             if k in runs and runs[k] is not None and not isinstance(runs[k], bool):
                 raise ValueError(f"device: {origin}: runs.{k} must be true, false or null, got {runs[k]!r}")
@@ -168,7 +176,7 @@ class DeviceProfile:
             if k in runs and not isinstance(runs[k], str):
                 raise ValueError(f"device: {origin}: runs.{k} must be a string, got {runs[k]!r}")
         if "runs" in kwargs:
-            kwargs["runs"] = dict(runs)
+            kwargs["runs"] = {k: v for k, v in runs.items() if k in RUNS_KEYS}  # without "_..." comments
         return cls(**kwargs)
 
 

@@ -1,18 +1,16 @@
 """The plan: what the planner chose, as JSON, and how to apply it to a model.
 
-A plan file (``format == "edgesnn-plan"``) holds the model configuration, the device and budget,
-T, the batch, the evaluation batch (``eval_batch``, samples), the dataset the run holds
-(``dataset``: ``name``, ``held``, ``bytes`` counted, ``mapped_bytes``), one entry per spiking layer
-(``neuron`` spec such as ``"lif"`` or ``"revlif:2"``, ``groups``, saved bytes) and the predicted
-memory (``predicted``: ``peak_bytes = runtime + parameters, optimizer state and buffers +
-dataset_bytes + max(step_bytes, eval_bytes)``, all in bytes), the all-LIF / all-RevLIF comparison rows
+A plan file (``format == "edgesnn-plan"``) holds the model configuration, the device and budget, T, the batch, the
+evaluation batch (``eval_batch``, samples), the dataset the run holds (``dataset``: ``name``, ``held``, ``bytes``
+counted, ``mapped_bytes``), one entry per spiking layer (``neuron`` spec such as ``"lif"`` or ``"revlif:2"``,
+``groups``, saved bytes) and the predicted memory (``predicted``: ``peak_bytes = runtime + parameters, optimizer state
+and buffers + dataset_bytes + max(step_bytes, eval_bytes)``, all in bytes), the all-LIF / all-RevLIF comparison rows
 (``alternatives``, with the ``neuron`` list each describes) and ``notes`` (a row left out, and why).
-:func:`neuron_specs` gives the ``neuron=[...]``
-list for :func:`edgesnn.models.build_model`; :func:`apply` swaps the nodes of an existing model.
-
-:meth:`Plan.from_dict` checks every field with its exact JSON type (an integer is not ``true`` or
-``4.7``; ``batchnorm`` is ``true``/``false``) and refuses one in one line naming it. ``layers[]`` is
-what training uses; the top-level ``neuron`` list and ``model.neuron`` repeat it and must agree.
+:func:`neuron_specs` gives the ``neuron=[...]`` list for :func:`edgesnn.models.build_model`; :func:`apply` swaps the
+nodes of an existing model. :meth:`Plan.from_dict` refuses an unknown key at any level (:mod:`.plan_keys`), then
+checks every field with its exact JSON type (an integer is not ``true`` or ``4.7``; ``batchnorm`` is
+``true``/``false``), each in one line naming it. ``layers[]`` is what training uses; the top-level ``neuron`` list and
+``model.neuron`` repeat it and must agree.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from ..training.loop import EVAL_BATCH_SIZE
 from .checks import check_batch, check_bytes, check_device, check_path, check_plan_args, check_plan_like
 from .datasets import DATASET_SPECS, dataset_memory
 from .memory_model import ChainModel, kernel_runtime_bytes
+from .plan_keys import check_plan_keys
 from .solver import Extras, max_micro_batch, plan_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,6 +88,7 @@ class Plan:
         version = d.get("version", _MISSING)
         if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
             raise f.fail("version", f"{VERSION} (the plan version this edgesnn reads)", version)
+        check_plan_keys(d, label, origin)  # version 1's keys (a newer version is refused above, unread)
         model = _check_model(f, d.get("model", _MISSING))
         dataset = d.get("dataset")
         dataset = {} if dataset is None else f.typed(dataset, dict, "dataset", "an object (name, held, bytes)")

@@ -1,0 +1,66 @@
+"""Unknown keys in edgesnn's JSON files (device profiles, plan files): one line naming the key.
+
+A misspelt optional key (``"gpu_memroy_bytes"``) was silently ignored and its field took the
+default. :func:`check_keys` refuses any key an object of a known layout does not have, naming
+the file, the key's path (``layers[3].strategy_x``), the known keys and the closest known one.
+
+Keys starting with ``_`` (``"_comment"``, ``"_notes"``) are comments: accepted and ignored at
+every level (JSON has no comments, and no field of these formats starts with ``_``).
+Imports only the standard library (the device catalogue and the plan loader use it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any, Callable, Iterable, Mapping
+
+__all__ = ["COMMENT_PREFIX", "check_keys", "key_path"]
+
+#: A key starting with this is a comment, at any level of a device profile or plan file.
+COMMENT_PREFIX = "_"
+#: Unknown keys that were meant as comments: the message suggests ``"_" + key`` for them.
+_COMMENT_WORDS = frozenset({"comment", "comments", "note", "notes", "remark", "remarks", "todo"})
+
+
+def key_path(parent: str, key: str) -> str:
+    """``parent.key`` (``key`` alone at the top); a key that is not a plain name is quoted
+    (``sources["a b"]``) and cut to 60 characters."""
+    shown = key if key.isidentifier() else "[" + _cut(json.dumps(key)) + "]"
+    if not parent:
+        return shown
+    return parent + ("." + shown if key.isidentifier() else shown)
+
+
+def check_keys(obj: Any, known: Iterable[str], parent: str, fail: Callable[[str, str], Exception],
+               legacy: Iterable[str] = ()) -> None:
+    """Refuse a key of the JSON object ``obj`` that is neither in ``known`` nor in ``legacy``
+    (keys older edgesnn versions wrote, still read) nor a comment (``_...``).
+
+    ``parent``: the object's path in the file (``""`` at the top, ``"layers[3]"``); ``fail(path,
+    detail)`` builds the exception, so each format keeps its own message style. ``detail`` reads
+    ``unknown key (did you mean "memory_bytes"?); known keys: name, memory_bytes, ...``. A value
+    that is not an object is left alone (the type checks name it).
+    """
+    if not isinstance(obj, Mapping):
+        return
+    names = list(known)
+    allowed = set(names) | set(legacy)
+    unknown = [k for k in obj if not (isinstance(k, str) and (k in allowed or k.startswith(COMMENT_PREFIX)))]
+    if not unknown:
+        return
+    key = str(unknown[0])
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    word = key.strip("/# ") or "comment"  # "//", "# notes": meant as a comment
+    if word.lower() in _COMMENT_WORDS:
+        hint = f" (for a comment write {json.dumps(COMMENT_PREFIX + word)})"
+    elif close:
+        hint = f" (did you mean {json.dumps(close[0])}?)"
+    else:
+        hint = f" (a key starting with {COMMENT_PREFIX!r} is a comment)"
+    more = f"; also unknown: {_cut(', '.join(key_path('', str(k)) for k in unknown[1:]))}" if unknown[1:] else ""
+    raise fail(key_path(parent, key), f"unknown key{hint}; known keys: {', '.join(names)}{more}")
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
