@@ -2,7 +2,9 @@
 
 A checkpoint is a ``torch.save`` dict with ``format == "edgesnn-checkpoint"``, ``version``,
 ``model_config`` (the :func:`edgesnn.models.build_model` arguments), ``model_state`` and
-optionally ``optimizer_state``, ``epoch``, ``metrics``, ``train_config``.
+optionally ``optimizer_state``, ``epoch``, ``metrics``, ``train_config``, and ``tensor_digest``:
+a CRC-32 of every tensor it holds (:mod:`edgesnn.checkpoint_digest`), checked on load; version 1
+files without it (older edgesnn) load as before.
 
 ``model_config`` is stored as plain data (loadable with ``weights_only=True``): a surrogate
 instance in it (``node={"surrogate": Sigmoid(alpha=2.0)}``) is stored as
@@ -22,6 +24,7 @@ from typing import Any, Dict, Union
 import torch
 
 from .atomic import atomic_write, check_input_file
+from .checkpoint_digest import DIGEST_KEY, check_digest, payload_digest
 from .errors import first_line
 
 __all__ = ["FORMAT", "VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "load_model_state", "CheckpointError",
@@ -144,18 +147,20 @@ def save_checkpoint(path: PathLike, model_config: Dict, model_state: Dict, **ext
     What :func:`load_checkpoint` could not read back (a NumPy scalar, another object, a surrogate
     class outside :mod:`edgesnn.functional.surrogate`) is refused in one line before anything is
     written, so an existing checkpoint at ``path`` stays as it was."""
-    reserved = [k for k in ("format", "version") if k in extra]
+    reserved = [k for k in ("format", "version", DIGEST_KEY) if k in extra]
     if reserved:
         raise CheckpointError(f"save_checkpoint: {reserved[0]!r} is set by save_checkpoint itself; "
                               "pass it under another name")
     payload = {"format": FORMAT, "version": VERSION, "model_config": encode_config(model_config),
                "model_state": model_state, **extra}
     _check_loadable(path, payload, model_config)
+    payload[DIGEST_KEY] = payload_digest(payload)  # load_checkpoint checks it: torch.load checks no CRC
     return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Load and validate a checkpoint; raises ``FileNotFoundError`` or :class:`CheckpointError`."""
+    """Load and validate a checkpoint; raises ``FileNotFoundError`` or :class:`CheckpointError`
+    (also for a tensor whose bytes changed since it was saved, named in one line)."""
     path = check_input_file(path, "checkpoint", "a checkpoint file", error=CheckpointError)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -168,6 +173,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint: {path} is not an edgesnn checkpoint (missing format={FORMAT!r})")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint: {path} has version {payload.get('version')!r}; this edgesnn reads version {VERSION}")
+    check_digest(path, payload, CheckpointError)
+    payload.pop(DIGEST_KEY, None)  # callers see what was saved (a re-save computes a new one)
     config = payload.get("model_config")
     if config is not None and not isinstance(config, dict):
         raise CheckpointError(f"checkpoint: {path}: model_config must be a dict (a JSON object of build_model "
