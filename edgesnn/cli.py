@@ -7,8 +7,11 @@ sub-command's module is imported (the names and one-line helps of the others com
 
 Errors: the project's user-facing errors (:data:`edgesnn.errors.USER_ERRORS`: bad flags, bad or
 missing files, outputs that exist) print one line ``edgesnn CMD: error: ...`` and exit with 2;
-anything else is a bug and keeps its traceback. Ctrl-C prints one line (``edgesnn CMD: interrupted``, and
-what ``train``'s checkpoint holds) and exits with 130.
+so does an allocation failure (``MemoryError``, torch's ``can't allocate memory``: ``error: out of
+memory: ...``, sizes too large for this machine) and a size past torch's 64-bit shapes; anything
+else is a bug and keeps its traceback.
+Ctrl-C prints one line (``edgesnn CMD: interrupted``, and what ``train``'s checkpoint holds) and
+exits with 130.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process reports its own error; the lines of ranks
 other than 0 read ``edgesnn CMD: error: rank N: ...`` (``edgesnn CMD: rank N: interrupted``). A
@@ -27,6 +30,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from .errors import USER_ERRORS, peer_failure, say_line
+from .memory_guard import OUT_OF_MEMORY_HINT, is_out_of_memory, is_size_overflow
 
 SUBCOMMANDS: List[str] = [
     "edgesnn.training.cli",
@@ -120,9 +124,28 @@ def _say(command: Optional[str], text: str, error: bool = True, always: bool = F
     say_line(f"edgesnn {command}: {'error: ' if error else ''}{tag}{text}")
 
 
+#: what the one line for an allocation failure suggests lowering, per command (default: train's flags)
+_MEMORY_HINTS = {"plan": "lower --batch/--timesteps, --input, --hidden or --channels",
+                 "export": "lower --batch-size (onnx-step, onnx-training) or export on a machine with more memory"}
+
+
+def _out_of_memory(command: Optional[str], exc: BaseException) -> str:
+    """The one line for an allocation failure (``MemoryError``, torch's ``can't allocate memory``):
+    the size torch tried to allocate when it says, and what to lower."""
+    import re
+
+    from .memory_guard import show_bytes
+
+    found = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    what = f"a buffer of {show_bytes(int(found.group(1)))}" if found else f"edgesnn {command}"
+    return (f"out of memory: {what} needs more memory than this machine has; "
+            f"{_MEMORY_HINTS.get(command or '', OUT_OF_MEMORY_HINT)}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """``edgesnn``: 0 on success, 2 on a user error (one line), 130 on Ctrl-C (one line); under
-    ``torchrun``, 1 on a rank whose collective failed because another rank ended (one line)."""
+    """``edgesnn``: 0 on success, 2 on a user error or an allocation failure (one line), 130 on
+    Ctrl-C (one line); under ``torchrun``, 1 on a rank whose collective failed because another rank
+    ended (one line)."""
     if argv is None and hasattr(signal, "SIGXFSZ"):  # the real command line: a file size limit (ulimit -f)
         try:                                         # fails the write (one line), instead of killing us
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -154,7 +177,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, like edgesnn-device, and the shell's 128 + SIGINT
         _say(args.command, _interrupted(args, before), error=False)
         return 130
-    except RuntimeError as exc:  # under torchrun: another rank ended, its own error is above
+    except MemoryError as exc:  # a buffer larger than this machine: one line, not a traceback
+        _say(args.command, _out_of_memory(args.command, exc))
+        return 2
+    except (OverflowError, TypeError, RuntimeError) as exc:  # under torchrun: another rank ended, its own error is above
+        if is_out_of_memory(exc):  # torch's CPU allocator refused a buffer larger than this machine
+            _say(args.command, _out_of_memory(args.command, exc))
+            return 2
+        if is_size_overflow(exc):  # a shape whose size passes 2**63 (torch's 64-bit sizes)
+            _say(args.command, "a size is too large: a tensor's shape passes 2**63 elements or bytes (64-bit "
+                               f"overflow); {_MEMORY_HINTS.get(args.command, OUT_OF_MEMORY_HINT)}")
+            return 2
+        if not isinstance(exc, RuntimeError):
+            raise
         if _rank() is None or not peer_failure(exc):
             raise
         _say(args.command, "another rank failed (see its error above); stopping", always=True)

@@ -23,11 +23,12 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, load_model_state
 from ..errors import UsageError, first_line
+from ..memory_guard import check_fits_in_memory, shape_bytes
 from ..models import SpikingClassifier, build_model, spiking_layers
 from .artifacts import PathLike, valid_input_range
 
 __all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "check_finite", "example_input", "ExportError",
-           "split_trainable", "refuse_active_dropout"]
+           "split_trainable", "refuse_active_dropout", "check_trace_fits"]
 
 
 class ExportError(UsageError, RuntimeError):
@@ -203,9 +204,23 @@ def example_input(model: SpikingClassifier, batch_size: int, seed: int = 0, even
     (``event``: ``[batch_size, T, *model.in_shape]``, one frame per time step)."""
     if batch_size < 1:
         raise ExportError(f"batch_size: expected >= 1, got {batch_size}")
+    check_trace_fits(model, batch_size)
     g = torch.Generator().manual_seed(seed)
     frames = (int(model.timesteps),) if event else ()
     return torch.rand(batch_size, *frames, *model.in_shape, generator=g)
+
+
+def check_trace_fits(model: SpikingClassifier, batch_size: int) -> None:
+    """Refuse (one :class:`ExportError` line naming the model's T and the batch) a trace whose input
+    over T, ``[T, batch_size, *in_shape]`` float32, cannot fit in this machine's physical memory:
+    the example frames of event data, or the static input the first layer copies over T."""
+    T = int(model.timesteps)
+    check_fits_in_memory(
+        shape_bytes((T, batch_size, *model.in_shape)),
+        f"timesteps and batch: the model's T = {T} with batch {batch_size}: tracing it runs an input over T "
+        f"([T, B, {', '.join(map(str, model.in_shape))}] float32), which",
+        "a checkpoint's model_config timesteps this large was edited or damaged; else lower --batch-size or export on a "
+        "machine with more memory", error=ExportError)
 
 
 def take_frames_batch_first(clone: SpikingClassifier) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from ..functional.checks import is_real_number
 from ..functional.lif import lif_charge, lif_fire_reset_values, lif_step_vjp
 from ..functional.revlif import RevLIFParams, revlif_step, revlif_step_backward
+from ..memory_guard import check_fits_in_memory, shape_bytes
 from .prepare import ExportError, export_copy, refuse_active_dropout, split_trainable
 from .step_layers import (Leaf, Stage, block_forward, block_vjp, grouped, initial_state, node_input, plan_layers,
                           record_shapes)
@@ -316,6 +317,33 @@ def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps)
             bad("eps", eps, "a finite number > 0")
 
 
+#: bytes an ONNX graph (a protobuf message) may hold at most
+ONNX_LIMIT = 2**31 - 1
+
+
+def _check_sizes(T: int, chunk: int, batch_size: int, in_shape: Tuple[int, ...], event: bool) -> None:
+    """One :class:`ExportError` line for sizes the export cannot build, before any is allocated:
+    a static input's graph holds one tick per chunk (``T / chunk`` float32 values, built as a Python
+    list first, 36 bytes each) and must stay under protobuf's 2 GiB; the example input
+    (``[batch_size, T, *in_shape]`` float32 for event data, else ``[batch_size, *in_shape]``) and the
+    tick list must fit in this machine's physical memory."""
+    n_chunks = T // chunk
+    if not event and 4 * n_chunks > ONNX_LIMIT:
+        raise ExportError(f"timesteps: the model's T = {T} in chunks of {chunk} makes {n_chunks} loop iterations; the "
+                          f"step graph's tick constant ({4 * n_chunks} bytes) would pass ONNX's 2 GiB limit on a graph "
+                          f"(at most {ONNX_LIMIT // 4 * chunk} time steps); a model_config timesteps this large was "
+                          "edited or damaged")
+    what = (f"batch_size {batch_size} with the model's T = {T}: the example input [B, T, "
+            f"{', '.join(map(str, in_shape))}] float32" if event else
+            f"batch_size {batch_size}: the example input [B, {', '.join(map(str, in_shape))}] float32")
+    hint = "lower --batch-size (the device runner's batch), or export on a machine with more memory"
+    check_fits_in_memory(shape_bytes((batch_size, *((T,) if event else ()), *in_shape)), what, hint, ExportError)
+    if not event:
+        check_fits_in_memory(36 * n_chunks, f"timesteps: the model's T = {T} in chunks of {chunk}: the step graph's "
+                             f"{n_chunks} loop ticks (a Python list of floats, 36 bytes each)",
+                             "a model_config timesteps this large was edited or damaged", ExportError)
+
+
 def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
                        weight_decay: Optional[float] = None, nesterov: bool = False,
                        betas: Sequence[float] = (0.9, 0.999),
@@ -363,6 +391,7 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
         raise ExportError(f"chunk: expected 1, 2 or 4 time steps per loop iteration, dividing T = {T} "
                           f"({', '.join(str(k) for k in CHUNKS if T % k == 0)}), got {chunk!r}")
     chunk = int(chunk)
+    _check_sizes(T, chunk, batch_size, tuple(clone.in_shape), event)
     cfg = dict(getattr(model, "config", {}) or {})
     prog = StepProgram(clone, prefix, stages, head, batch_size, T, chunk, trainable, frozen, values, optimizer, hp,
                        tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0, bool(event))

@@ -5,18 +5,25 @@ The sample shape a built-in dataset gives each model is known ahead (the planner
 that cannot take it (``--model convnet --dataset shd``) or neuron specs that do not fit the model
 (``--neuron revlif:3`` on 128-wide layers, three specs for two spiking layers) are refused in one
 line naming ``--model`` / ``--neuron`` before minutes of loading or binning, not after.
+
+The same goes for ``--timesteps`` and ``--batch-size`` / ``--micro-batch`` so large that one
+training batch's input over T (or its logits over T) would not fit in this machine's physical
+memory: refused in one line instead of a traceback or an OOM kill (:func:`check_batch_fits_memory`).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..errors import UsageError
+from ..memory_guard import check_fits_in_memory, shape_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop import TrainConfig
 
-__all__ = ["known_input", "check_model_fits_dataset"]
+__all__ = ["known_input", "check_model_fits_dataset", "check_batch_fits_memory"]
 
 #: what ``load_image_folder`` makes of every image (``edgesnn train`` uses its default size)
 FOLDER_SAMPLE = (3, 32, 32)
@@ -63,3 +70,32 @@ def check_model_fits_dataset(cfg: "TrainConfig") -> None:
                         channels=cfg.channels, batchnorm=cfg.batchnorm)
     except ValueError as exc:
         raise _flag_error(cfg, in_shape, exc) from None
+    check_batch_fits_memory(cfg, in_shape, classes)
+
+
+def check_batch_fits_memory(cfg: "TrainConfig", in_shape: Tuple[int, ...], classes: int) -> None:
+    """Refuse (one line naming ``--timesteps`` and the batch) a training step whose first buffers
+    cannot fit in physical memory: the samples computed at once (``--micro-batch``, else
+    ``--batch-size``, at most the dataset's training samples per rank) hold their input over T,
+    ``[T, B, *in_shape]`` float32 (the first layer copies the repeated input), and their logits over
+    T, ``[T, B, classes]``, which ``--memopt`` (chunked over time) keeps too. Anything that fits
+    passes: ``edgesnn plan`` predicts the whole peak."""
+    from ..planner.datasets import DATASET_SPECS
+
+    spec = DATASET_SPECS.get(cfg.dataset)
+    world = os.environ.get("WORLD_SIZE", "1")
+    world = int(world) if world.isdigit() and int(world) >= 1 else 1
+    samples = math.ceil(spec.train_samples / world) if spec is not None else 1  # a folder: at least one sample
+    batch = min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)
+    b = min(batch, samples)
+    T = cfg.timesteps
+    events = spec is not None and spec.events
+    shape = in_shape if events or not cfg.memopt else (classes,)  # memopt does not copy a repeated input
+    flag = "--micro-batch" if cfg.micro_batch and cfg.micro_batch < cfg.batch_size else "--batch-size"
+    capped = f" ({cfg.dataset} has {samples} training samples{' per rank' if world > 1 else ''})" if b < batch else ""
+    what = "input" if shape == in_shape else "logits"
+    check_fits_in_memory(
+        shape_bytes((T, b, *shape)),
+        f"--timesteps {T} with {flag} {batch}: one training batch's {what} over T ([T, B, "
+        f"{', '.join(map(str, shape))}] float32, B = {b}{capped})",
+        f"lower --timesteps or {flag} (edgesnn plan predicts a run's peak memory and the largest batch that fits)")
