@@ -26,7 +26,11 @@ anything else          measured with saved-tensor hooks on a probe input (linear
 =====================  ===================================================================
 
 The model input ``[B, ...]`` is expanded over T and copied by the first ``SeqToANN`` reshape
-(``T x B x input`` bytes); the loss saves ``log_softmax`` (``B x classes x 4``) and the int64
+(``T x B x input`` bytes; with one sample, or T = 1, the expanded view reshapes without a copy and
+the batch itself, ``B x input``, is what the first layer saves: :attr:`Cost.repeat`); an event
+input (``ChainModel(events=True)``, ``[T, B, ...]`` already) is used as is (``T x B x input``). The
+fused kernels' RevLIF saves one 1-element placeholder for the tensor its mode does not use (4 bytes
+of int32 counts in exact mode, 1 byte of bits in float mode: :func:`placeholder_cost`). The loss saves ``log_softmax`` (``B x classes x 4``) and the int64
 targets. All sizes are :class:`Cost` objects, linear in B (this is what gives the closed-form
 largest batch).
 """
@@ -46,8 +50,8 @@ from ..nn.neurons import _SpikingNode
 from .checks import check_in_shape, check_int, unsupported_layer
 from .costs import ZERO, Cost, Layer
 
-__all__ = ["Cost", "ZERO", "Layer", "ChainModel", "describe", "option_cost", "resolved_backend", "NUMBA_RUNTIME_BYTES",
-           "kernel_runtime_bytes"]
+__all__ = ["Cost", "ZERO", "Layer", "ChainModel", "describe", "option_cost", "placeholder_cost", "resolved_backend",
+           "NUMBA_RUNTIME_BYTES", "kernel_runtime_bytes"]
 
 #: Resident bytes a training process adds once any Numba kernel runs in it: Numba and llvmlite
 #: (~53 MiB) and the JIT-loaded kernels. Measured as the peak-RSS difference of one small training
@@ -189,6 +193,22 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
     return False, True, private, tmp, tmp
 
 
+def placeholder_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Cost:
+    """Bytes a spiking layer under ``option`` saves beside :func:`option_cost`'s ``private``: the
+    fused kernels' RevLIF (``numba``, ``cuda``) saves a 1-element placeholder for the tensor its
+    mode does not use (``edgesnn.kernels.custom_ops``): int32 counts in exact mode (4 bytes), uint8
+    bits in float mode (1 byte). Zero for LIF and for the ``torch`` / ``reference`` loops."""
+    kind, _ = parse_neuron_spec(option)
+    if kind != "revlif":
+        return ZERO
+    mod = layer.module
+    node = node_as(mod, RevLIF)
+    if resolved_backend(node, torch.float32 if dtype_bytes == 4 else torch.float64) not in ("numba", "cuda"):
+        return ZERO
+    mode = mod.params.mode if isinstance(mod, RevLIF) else "exact"
+    return Cost(const=4 if mode == "exact" else 1)
+
+
 def _out_shape(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[int, ...]:
     with torch.no_grad():
         was = module.training
@@ -249,6 +269,8 @@ class ChainModel:
         in_shape: one sample's shape, ints >= 1 (defaults to ``model.in_shape``).
         num_classes: logits width, an int >= 2 (defaults to the last layer's output size).
         dtype: activation dtype (float32 or float64).
+        events: the model is fed event data ``[T, B, ...]`` (used as is) instead of a static batch
+            ``[B, ...]`` that it repeats over T (the default; see :attr:`Cost.repeat`).
 
     Raises:
         TypeError: ``model`` has no ``body`` ``nn.Sequential``.
@@ -258,7 +280,7 @@ class ChainModel:
     """
 
     def __init__(self, model: nn.Module, in_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, events: bool = False) -> None:
         body = getattr(model, "body", None)
         if not isinstance(body, nn.Sequential):
             raise TypeError("model: the planner needs a model with a `body` nn.Sequential on [T, B, ...] "
@@ -271,6 +293,10 @@ class ChainModel:
             raise ValueError(f"dtype: expected torch.float32 or torch.float64 (activation dtype), got {dtype!r}")
         if num_classes is not None:
             check_int(num_classes, "num_classes", 2)
+        if not isinstance(events, bool):
+            raise ValueError(f"events: expected True (event input [T, B, ...]) or False (a static batch repeated over T), "
+                             f"got {events!r}")
+        self.events = events
         self.in_shape = shape
         self.dtype = dtype
         self.dtype_bytes = torch.empty(0, dtype=dtype).element_size()
@@ -325,9 +351,18 @@ class ChainModel:
                 if L.saves_output:
                     self.fixed_saved.add(self.out_edge[j])
 
+    def edge_cost(self, e: int) -> Cost:
+        """Bytes of storage ``e`` when saved: a ``[T, B, ...]`` tensor; edge 0 of a static input
+        is the repeated batch (:attr:`Cost.repeat`: not copied for one sample)."""
+        if e == 0 and not self.events:
+            return Cost(repeat=self.edge_bytes[0])
+        return Cost(step=self.edge_bytes[e])
+
     def fixed_cost(self) -> Cost:
         """Saved bytes that no neuron choice changes: layer inputs, BN stats, the loss."""
-        c = Cost(step=sum(self.edge_bytes[e] for e in self.fixed_saved))
+        c = ZERO
+        for e in sorted(self.fixed_saved):
+            c = c + self.edge_cost(e)
         for L in self.layers:
             if L.spiking is None:
                 c = c + L.private
@@ -337,10 +372,10 @@ class ChainModel:
         """Extra saved bytes of one spiking layer under ``option``, on top of :meth:`fixed_cost`."""
         L = self.spiking[spiking_index]
         saves_in, saves_out, private, _, _ = option_cost(L, option, self.dtype_bytes)
-        c = private
+        c = private + placeholder_cost(L, option, self.dtype_bytes)
         for flag, e in ((saves_in, self.in_edge[L.index]), (saves_out, self.out_edge[L.index])):
             if flag and e not in self.fixed_saved:
-                c = c + Cost(step=self.edge_bytes[e])
+                c = c + self.edge_cost(e)
         return c
 
     def activation_cost(self, options: Sequence[str]) -> Cost:

@@ -4,7 +4,11 @@ The step is ``zero_grad(set_to_none=True)``; forward; loss; backward; ``optimize
 replay follows what PyTorch does on the CPU:
 
 * forward: each layer allocates its output (unless it is a view) and what it saves; its input is
-  freed when no layer saved it. The expand-and-copy of the input happens in the first layer.
+  freed when no layer saved it. The expand-and-copy of the input happens in the first layer; an
+  event input (``ChainModel(events=True)``) is ``[T, B, ...]`` already and is not copied. (One
+  sample's expanded view reshapes without a copy, so its *saved* bytes are one step's,
+  :attr:`Cost.repeat`; the replay keeps the copy's bytes there, a few KiB at most above the
+  RSS, so that every event stays linear in B.)
 * backward (reverse order): a layer allocates its input gradient (not for the model input) and
   its parameter gradients (kept until the optimizer step); the output gradient is freed after
   it, and each saved storage is freed after the last layer that saved it has run.
@@ -25,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-from .memory_model import ChainModel, option_cost
+from .memory_model import ChainModel, option_cost, placeholder_cost
 
 __all__ = ["StepPeak", "simulate_step", "peak_lines", "largest_batch"]
 
@@ -64,6 +68,7 @@ def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, opt
     for j, L in enumerate(layers):
         if L.spiking is not None:
             si, so, p, w, bw = option_cost(L, options[L.spiking], db)
+            p = p + placeholder_cost(L, options[L.spiking], db)
         else:
             si, so, p, w, bw = L.saves_input, L.saves_output, L.private, L.work, L.bwork
         if si:
@@ -74,8 +79,8 @@ def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, opt
         work[j] = w.bytes(T, B)
         bwork[j] = bw.bytes(T, B)
 
-    data = B * db * _prod(chain.in_shape) + 8 * B  # the input batch and int64 targets
-    live: Dict[object, int] = {"data": data, 0: size(chain.edge_bytes[0])}
+    data = B * db * _prod(chain.in_shape) * (T if chain.events else 1) + 8 * B  # the input batch and int64 targets
+    live: Dict[object, int] = {"data": data, 0: 0 if chain.events else size(chain.edge_bytes[0])}
     if accumulate:  # the earlier parts' parameter gradients
         live.update({("pgrad", j): 4 * L.params for j, L in enumerate(layers) if L.params})
     peak, phase = sum(live.values()), "forward"
