@@ -79,3 +79,19 @@ def test_events_flag_is_checked():
     m = build_model("mlp", (8,), 10, 2, hidden=[8])
     with pytest.raises(ValueError, match="^events: expected True"):
         ChainModel(m, events="yes")
+
+
+def test_a_plan_for_an_event_dataset_counts_its_input_as_is():
+    """``make_plan(dataset="shd")`` plans event data ([T, B, ...], not a repeated static batch): at batch 1 its
+    activation bytes are what training on one event sample saves (a static plan would count one step)."""
+    from edgesnn.devices import load_device
+    from edgesnn.planner.plan import make_plan
+
+    torch.manual_seed(0)
+    m = build_model("mlp", (700,), 20, 6, neuron="lif", hidden=[16], node={"backend": "torch"}, batchnorm=False)
+    device = load_device("raspberry-pi-5-8gb")
+    events = make_plan(m, device, 6, 1, kinds=("lif",), dataset="shd")
+    static = make_plan(m, device, 6, 1, kinds=("lif",), dataset_bytes=0)
+    meas = _measure(m, torch.randn(6, 1, 700))
+    assert events.predicted["activation_bytes"] == meas
+    assert static.predicted["activation_bytes"] == meas - 5 * 700 * 4  # the static batch itself: one step

@@ -284,7 +284,8 @@ def make_plan(model: nn.Module, device: DeviceProfile, T: int, batch: Optional[i
     batch, device = check_batch(batch), check_device(device)  # before the BatchNorm check: a bad type is named
     budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else check_bytes(budget, "budget", 1)
     check_plan_args(T, budget, device.runtime_overhead_bytes, device.bandwidth_gbs, kinds, groups, max_batch_cap)
-    chain = ChainModel(model)
+    events = isinstance(dataset, str) and dataset in DATASET_SPECS and DATASET_SPECS[dataset].events
+    chain = ChainModel(model, events=events)  # an event dataset's batch is [T, B, ...] as it is
     cfg = dict(getattr(model, "config", {}) or {})
     if cfg.get("timesteps", T) != T:  # the model repeats its input cfg["timesteps"] times: training runs that T
         raise ValueError(f"T (timesteps): expected {cfg['timesteps']} (the model was built with timesteps="
