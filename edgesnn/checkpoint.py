@@ -115,6 +115,11 @@ def _check_loadable(path: PathLike, payload: Dict[str, Any], model_config: Any) 
     surrogate class that :func:`decode_config` would not rebuild as the same class."""
     from .functional import surrogate
 
+    if isinstance(model_config, dict) and model_config.get("name") == "nir":  # edgesnn.nir.load's NIRClassifier
+        raise CheckpointError(f"save_checkpoint: {path}: model_config is a model loaded from NIR (name 'nir'), which "
+                              "build_model cannot rebuild, so the checkpoint could not be loaded; keep its state_dict "
+                              "(torch.save) with the .nir file and reload with edgesnn.nir.load(file) + load_state_dict")
+
     def surrogates(v: Any):
         if isinstance(v, surrogate.Surrogate):
             yield v
@@ -145,8 +150,8 @@ def save_checkpoint(path: PathLike, model_config: Dict, model_state: Dict, **ext
     """Save a checkpoint atomically; ``extra`` holds optimizer_state, epoch, metrics...
 
     What :func:`load_checkpoint` could not read back (a NumPy scalar, another object, a surrogate
-    class outside :mod:`edgesnn.functional.surrogate`) is refused in one line before anything is
-    written, so an existing checkpoint at ``path`` stays as it was."""
+    class outside :mod:`edgesnn.functional.surrogate`) or rebuild (a model from ``edgesnn.nir.load``)
+    is refused in one line before anything is written, so an existing checkpoint at ``path`` stays as it was."""
     reserved = [k for k in ("format", "version", DIGEST_KEY) if k in extra]
     if reserved:
         raise CheckpointError(f"save_checkpoint: {reserved[0]!r} is set by save_checkpoint itself; "

@@ -233,10 +233,8 @@ def build_graphs(
             gacc[n] = weight_grad(leaf_of[n], xs, gs, gacc[n])
         return (*v_rev, *gv, *[gacc[n] for n in loop_params], gP, err)
 
-    with torch.no_grad():  # example final states: run the forward once
-        st_ex = list(init_states)
-        for _ in range(T):
-            _, st_ex, _ = prog.forward_step(V, P_ex, st_ex)
+    with torch.no_grad():  # example states: one step (values never shape the trace; T steps took hours at large T)
+        _, st_ex, _ = prog.forward_step(V, P_ex, list(init_states))
     # event data: the chunk of frames is one more store the backward gathers (P, the chunked frames);
     # the prefix gradient is not carried (a scalar placeholder): the first block's VJP needs no input gradient
     slices = [f"{n}_slice" for n in store_names] + (["xk_slice"] if event else [])

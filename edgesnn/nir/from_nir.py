@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from ..errors import first_line
+from ..memory_guard import is_size_overflow
 from ..models import SpikingClassifier
 from .chain import chain as _chain
 from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, int_values, nir_module, threshold_from_nir
@@ -207,11 +209,16 @@ def _bias(name: str, bias: Any, n: int) -> torch.Tensor:
 
 
 def _out_shape(key: str, node: Any, layer: nn.Module, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    """One sample of ``shape`` through ``layer``: its output shape, or a one-line error naming the node."""
+    """One sample of ``shape`` through ``layer`` on the ``meta`` device (shapes only, nothing
+    allocated: an input of ``[1, 100000, 100000]`` is sized, not built): its output shape, or a
+    one-line error naming the node."""
+    params = {k: v.to("meta") for k, v in layer.state_dict().items()}
     try:
-        with torch.no_grad():
-            y = layer(torch.zeros(1, *shape))
+        y = functional_call(layer, params, (torch.zeros(1, *shape, device="meta"),))
     except (RuntimeError, IndexError, ValueError) as e:
+        if is_size_overflow(e):
+            raise NIRError(f"node {key}: nir.{type(node).__name__} input of shape {shape} holds {math.prod(shape)} "
+                           "values, more than a tensor's 64-bit sizes can address") from None
         raise NIRError(f"node {key}: nir.{type(node).__name__} cannot take an input of shape {shape}: "
                        f"{first_line(e, 1000)}") from None
     return tuple(y.shape[1:])
@@ -219,7 +226,7 @@ def _out_shape(key: str, node: Any, layer: nn.Module, shape: Tuple[int, ...]) ->
 
 def _check_neurons(key: str, node: Any, shape: Tuple[int, ...]) -> None:
     """A neuron node's parameter arrays hold one value or one per input element."""
-    n = int(np.prod(shape)) if shape else 1
+    n = math.prod(shape)  # Python integers: np.prod wraps past int64
     for field in ("tau", "tau_mem", "tau_syn", "r", "w_in", "v_leak", "v_threshold", "v_reset"):
         value = getattr(node, field, None)
         size = 1 if value is None else np.asarray(value).size
@@ -345,10 +352,10 @@ def load(graph: Union["nir.NIRGraph", str, "os.PathLike[str]"], dt: Optional[flo
             shape = _out_shape(key, node, layer, shape)
             layers.append(SeqToANN(layer))
     recorded = _type_shape(chain[-1], graph.nodes[chain[-1]].output_type, "output")
-    if recorded and int(np.prod(recorded)) != int(np.prod(shape)):
+    if recorded and math.prod(recorded) != math.prod(shape):
         raise NIRError(f"node {chain[-1]}: the output node records shape {recorded}, the chain gives {shape}")
     body = nn.Sequential(*layers)
-    config = {"name": "nir", "in_shape": list(in_shape), "num_classes": int(np.prod(shape)), "timesteps": T, "dt": dt,
+    config = {"name": "nir", "in_shape": list(in_shape), "num_classes": math.prod(shape), "timesteps": T, "dt": dt,
               "source_config": _meta(graph, "model_config")}
     if not any(isinstance(m, LIF) for m in layers):
         raise NIRError("graph: no LIF node; nothing spiking to load")

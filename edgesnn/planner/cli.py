@@ -225,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
     if args.channels:
         kw["channels"] = _int_list(args.channels, "--channels")
     check_pool(args.model, args.pool, "--pool")
+    _check_host_memory(args, shape, classes, timesteps, kw)
     model = build_model(args.model, shape, classes, timesteps, neuron="lif", node={"backend": args.backend},
                         pool=args.pool, **kw)
     from .plan import check_batchnorm_batch
@@ -262,6 +263,28 @@ def run(args: argparse.Namespace) -> int:
     if picture is not None:
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _check_host_memory(args: argparse.Namespace, shape, classes: int, timesteps: int, kw: dict) -> None:
+    """Refuse (one line) a model whose parameters this machine cannot hold: the planner builds it
+    here (``--memopt`` plans a copy too). Sized on the ``meta`` device, which allocates nothing."""
+    import torch
+
+    from ..memory_guard import check_fits_in_memory
+    from ..models import build_model
+
+    try:
+        with torch.device("meta"):
+            meta = build_model(args.model, shape, classes, timesteps, neuron="lif", pool=args.pool, **kw)
+    except Exception:  # noqa: BLE001 - the real build below refuses it in its own words
+        return
+    tensors = [*meta.parameters(), *meta.buffers()]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors) * (2 if args.memopt else 1)
+    widths = "".join(f" --{k} {','.join(map(str, v))}" for k, v in kw.items())
+    check_fits_in_memory(nbytes, f"--model {args.model} --input {args.input}{widths}: the model's "
+                         f"{sum(t.numel() for t in tensors)} parameter and buffer values (built on this machine by the "
+                         f"planner{', twice: --memopt plans a copy' if args.memopt else ''})",
+                         "lower --hidden/--channels or --input")
 
 
 def print_plan(plan: "Plan", file: Optional[TextIO] = None) -> None:

@@ -40,6 +40,32 @@ def _candidates(T: int) -> List[int]:
     return ks
 
 
+#: :func:`_static_options` tries every chunk count up to this many candidates (T / k up to ~10**6),
+#: beyond it counts on a geometric grid of ratio 1 + 1/STATIC_GRID (T = 10**9 made 10**9 options)
+STATIC_EXACT_OPTIONS, STATIC_GRID = 2048, 64
+
+
+def _static_options(T: int, k: int) -> List[int]:
+    """The checkpoint intervals :func:`_fit_static` tries for a repeated-input block of ``T`` steps
+    before a block of chunk ``k``, ascending: per chunk count ``n = ceil(T / c)``, the smallest
+    multiple ``c`` of ``k`` that gives it, and ``T``. A larger ``c`` with as many chunks keeps as much
+    and feeds more states (:func:`predict_peak` does not fall with ``c`` at a fixed count), so the
+    least peak is among these ``~2 sqrt(T / k)``; past :data:`STATIC_EXACT_OPTIONS` of them, only the
+    counts of a geometric grid (within ``1/STATIC_GRID`` of any count) are tried."""
+    out, m, last = {T}, 1, n_chunks(T, k)
+    while m <= last and len(out) <= STATIC_EXACT_OPTIONS:
+        out.add(m * k)
+        n = n_chunks(T, m * k)
+        if n == 1:
+            return sorted(out)
+        m = n_chunks(n_chunks(T, n - 1), k)  # the first multiple of k that makes fewer chunks than n
+    counts, n = set(), 1.0
+    while n < last:
+        counts.add(int(n))
+        n = max(n * (1 + 1 / STATIC_GRID), n + 1)
+    return sorted({T, k} | {k * n_chunks(n_chunks(T, n), k) for n in counts})
+
+
 def _fit_static(shapes: Sequence[BlockShape], chunks: List[int], fixed_bytes: int) -> List[int]:
     """Checkpoint interval of each fused repeated-input block: a multiple of the next block's chunk,
     the one with the least predicted peak (few checkpoints vs. few recomputed states)."""
@@ -47,10 +73,8 @@ def _fit_static(shapes: Sequence[BlockShape], chunks: List[int], fixed_bytes: in
     for i, b in enumerate(shapes):
         if not fused_static(shapes, i):
             continue
-        k_next = out[i + 1]
-        options = sorted({m * k_next for m in range(1, n_chunks(b.T, k_next) + 1)} | {b.T})
         best = None
-        for c in options:
+        for c in _static_options(b.T, out[i + 1]):
             trial = list(out)
             trial[i] = c
             p, _ = predict_peak(shapes, trial, fixed_bytes)
@@ -251,17 +275,24 @@ def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[in
 def choose_keeps(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0) -> List[int]:
     """Per block, how many leading chunks' layer outputs its forward keeps between its statistics
     and output passes (each one kept is one recomputation fewer in two passes): as many as fit
-    under the step's peak, which a backward phase sets, so the peak does not rise."""
+    under the step's peak, which a backward phase sets, so the peak does not rise. The block's
+    forward phase grows with its count, so the count is bisected (``log2(T / K)`` predictions, not
+    ``T / K``: T = 10**9 ran for hours)."""
     keeps = [0] * len(shapes)
     cap, _ = predict_peak(shapes, chunks, fixed_bytes)
+
+    def fits(i: int, m: int) -> bool:
+        keeps[i] = m
+        bd: Dict[str, int] = {}
+        predict_peak(shapes, chunks, fixed_bytes, breakdown=bd, keeps=keeps)
+        return bd[f"forward {shapes[i].name}"] <= cap
+
     for i, (b, K) in enumerate(zip(shapes, chunks)):
         if not chunked_bn(b, K):
             continue
-        for m in range(n_chunks(b.T, K), 0, -1):
-            keeps[i] = m
-            bd: Dict[str, int] = {}
-            predict_peak(shapes, chunks, fixed_bytes, breakdown=bd, keeps=keeps)
-            if bd[f"forward {b.name}"] <= cap:
-                break
-            keeps[i] = 0
+        lo, hi = 0, n_chunks(b.T, K)  # the most chunks that fit (0: none)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(i, mid) else (lo, mid - 1)
+        keeps[i] = lo
     return keeps
