@@ -213,3 +213,23 @@ def test_a_nir_loaded_model_is_not_saved_as_a_checkpoint(tmp_path):
     ok = build_model("mlp", (3,), 3, 2, hidden=(4,))
     save_checkpoint(path, ok.config, ok.state_dict())  # build_model models save as before
     assert path.exists()
+
+
+# ----------------------------------------------------------------------------- planner layer shapes
+
+def test_the_planner_sizes_layers_on_the_meta_device():
+    """ChainModel learns each layer's output shape without building a sample: a [3, 40000, 40000] input
+    (19 GB of zeros, 2 GB of weights at most) is planned under a 3 GiB address space (the old probe
+    said the Conv2d could not take its input: the allocator's error read as a wrong shape)."""
+    res = _run_limited("""
+        from torch import nn
+        from edgesnn.models import SpikingClassifier
+        from edgesnn.nn import LIF, SeqToANN
+        from edgesnn.planner.memory_model import ChainModel
+        body = nn.Sequential(SeqToANN(nn.Conv2d(3, 2, 3, padding=1)), LIF(backend="torch"),
+                             SeqToANN(nn.AdaptiveAvgPool2d(1)), SeqToANN(nn.Flatten()), SeqToANN(nn.Linear(2, 10)))
+        chain = ChainModel(SpikingClassifier(body, 4, (3, 40000, 40000), {}))
+        print([L.out_shape for L in chain.layers])
+    """)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[(2, 40000, 40000), (2, 40000, 40000), (2, 1, 1), (2,), (10,)]"

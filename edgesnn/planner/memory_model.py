@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from ..memory import SavedTensorCounter, _storage_key
 from ..models import parse_neuron_spec
@@ -210,11 +211,17 @@ def placeholder_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Cost:
 
 
 def _out_shape(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[int, ...]:
+    """One sample's output shape: on the ``meta`` device first (nothing allocated: a huge ``--input``
+    is sized, not built), then, for a module meta tensors cannot run, on a real sample of zeros."""
     with torch.no_grad():
         was = module.training
         module.eval()
         try:
-            y = module(torch.zeros(1, *in_shape, dtype=dtype))
+            try:
+                meta = {k: v.to("meta") for k, v in module.state_dict(keep_vars=True).items()}
+                y = functional_call(module, meta, (torch.zeros(1, *in_shape, dtype=dtype, device="meta"),))
+            except Exception:  # noqa: BLE001 - e.g. a kernel without a meta implementation: measure for real
+                y = module(torch.zeros(1, *in_shape, dtype=dtype))
         finally:
             module.train(was)
     if not isinstance(y, torch.Tensor):
