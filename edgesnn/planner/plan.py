@@ -8,8 +8,8 @@ and buffers + dataset_bytes + max(step_bytes, eval_bytes)``, all in bytes), the 
 (``alternatives``, with the ``neuron`` list each describes) and ``notes`` (a row left out, and why).
 :func:`neuron_specs` gives the ``neuron=[...]`` list for :func:`edgesnn.models.build_model`; :func:`apply` swaps the
 nodes of an existing model. :meth:`Plan.from_dict` refuses an unknown key at any level (:mod:`.plan_keys`), then
-checks every field with its exact JSON type (an integer is not ``true`` or ``4.7``; ``batchnorm`` is
-``true``/``false``), each in one line naming it. ``layers[]`` is what training uses; the top-level ``neuron`` list and
+checks every field with its exact JSON type (:mod:`.plan_fields`; an integer is not ``true`` or ``4.7``;
+``batchnorm`` is ``true``/``false``), each in one line naming it. ``layers[]`` is what training uses; the top-level ``neuron`` list and
 ``model.neuron`` repeat it and must agree.
 """
 
@@ -25,13 +25,15 @@ from torch import nn
 
 from ..checkpoint import atomic_write
 from ..errors import first_line
-from ..kernels.dispatch import BACKENDS
-from ..models import MODEL_NAMES, POOLS, VGG11_CFG, parse_neuron_spec, spiking_layers
+from ..models import MODEL_NAMES, parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
 from .checks import check_batch, check_bytes, check_device, check_path, check_plan_args, check_plan_like
 from .datasets import DATASET_SPECS, dataset_memory
 from .memory_model import ChainModel, kernel_runtime_bytes
+from .plan_fields import MISSING as _MISSING, WIDTH_FIELD as _WIDTH_FIELD, Fields as _Fields
+from .plan_fields import check_layers as _check_layers, check_model as _check_model, check_plan_layers
+from .plan_fields import parsed as _parsed, spiking_widths
 from .plan_keys import check_plan_keys
 from .solver import Extras, max_micro_batch, plan_model
 
@@ -44,9 +46,6 @@ __all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan",
 FORMAT = "edgesnn-plan"
 VERSION = 1
 PathLike = Union[str, os.PathLike]
-_MISSING = object()
-_DEFAULT_WIDTHS = {"hidden": [128, 128], "channels": [16, 32]}  # build_model's and TrainConfig's
-_WIDTH_FIELD = {"mlp": "hidden", "convnet": "channels"}
 
 
 @dataclass
@@ -118,122 +117,6 @@ class Plan:
                 raise f.fail(key, f"{plan.neuron} as layers[].neuron says (training uses layers[].neuron; "
                              "this list repeats it)", given)
         return plan
-
-
-class _Fields:
-    """One plan file's field checks: one-line ``ValueError`` s naming the field."""
-
-    def __init__(self, label: str, origin: str) -> None:
-        self.label, self.origin = label, origin
-
-    def fail(self, name: str, expected: str, got: Any) -> ValueError:
-        try:
-            shown = "nothing (the field is missing)" if got is _MISSING else json.dumps(got)
-        except (TypeError, ValueError):
-            shown = repr(got)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return ValueError(f"{self.label}: {name}: expected {expected}, got {shown} in {self.origin}")
-
-    def typed(self, value: Any, types: Any, name: str, expected: str) -> Any:
-        if isinstance(value, bool) and types is not bool or not isinstance(value, types):
-            raise self.fail(name, expected, value)
-        return value
-
-    def int(self, d: Dict[str, Any], key: str, name: Optional[str] = None, minimum: int = 1,
-            default: Any = _MISSING) -> int:
-        v = d.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(name or key, f"an integer >= {minimum}", v)
-        return v
-
-    def ints(self, v: Any, name: str, what: str) -> List[int]:
-        if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v):
-            raise self.fail(name, f"a non-empty list of positive integers ({what})", v)
-        return v
-
-
-def _parsed(value: Any, count: int) -> Optional[List[Any]]:
-    """A neuron spec (for every layer) or a list of them, parsed; None when it is neither."""
-    try:
-        if isinstance(value, str):
-            return [parse_neuron_spec(value)] * count
-        return [parse_neuron_spec(s) for s in value] if isinstance(value, list) else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _check_model(f: _Fields, m: Any) -> Dict[str, Any]:
-    """The ``model`` entry: a config :func:`edgesnn.models.build_model` and ``edgesnn train`` can use."""
-    f.typed(m, dict, "model", "an object (the model config: name, in_shape, num_classes, ...)")
-    name = m.get("name", _MISSING)
-    if not isinstance(name, str) or name not in MODEL_NAMES:
-        raise f.fail("model.name", f"one of {', '.join(MODEL_NAMES)}", name)
-    shape = f.ints(m.get("in_shape", _MISSING), "model.in_shape", "one sample's shape")
-    if name != "mlp" and len(shape) != 3:
-        raise f.fail("model.in_shape", f"3 sizes (C, H, W) for {name}", shape)
-    f.int(m, "num_classes", "model.num_classes", minimum=2)
-    for key in ("hidden", "channels"):
-        if key in m:
-            f.ints(m[key], f"model.{key}", "layer widths")
-    node = f.typed(m.get("node", {}), dict, "model.node", "an object (node settings such as backend)")
-    if node.get("backend", "auto") not in BACKENDS:
-        raise f.fail("model.node.backend", f"one of {', '.join(BACKENDS)}", node["backend"])
-    f.typed(m.get("batchnorm", True), bool, "model.batchnorm", "true or false")
-    if m.get("pool", "avg") not in POOLS or (name == "mlp" and m.get("pool", "avg") != "avg"):
-        raise f.fail("model.pool", '"avg" or "max" (conv models only)', m.get("pool"))
-    f.typed(m.get("revlif", {}), dict, "model.revlif", "an object (RevLIF settings)")
-    return m
-
-
-def _check_layers(f: _Fields, layers: Any, model: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """``layers``: one object per spiking layer of ``model`` with a neuron its width can take."""
-    if not isinstance(layers, list) or not layers or not all(isinstance(L, dict) for L in layers):
-        raise f.fail("layers", "a non-empty list of objects, one per spiking layer", layers)
-    for i, L in enumerate(layers):
-        spec = L.get("neuron", _MISSING)
-        try:
-            kind, groups = parse_neuron_spec(spec)
-        except (TypeError, ValueError):
-            raise f.fail(f"layers[{i}].neuron", '"lif", "revlif" or "revlif:G" (G >= 2)', spec) from None
-        for key, value in (("kind", kind), ("groups", groups)):
-            if key in L and (isinstance(L[key], bool) or L[key] != value):
-                raise f.fail(f"layers[{i}].{key}", f"{json.dumps(value)} as its neuron {spec!r} says (training uses "
-                             "layers[].neuron; kind, groups and the neuron lists repeat it)", L[key])
-    widths = spiking_widths(model)
-    key = _WIDTH_FIELD.get(model["name"])
-    check_plan_layers([L["neuron"] for L in layers], widths,
-                      f"the planned {model['name']}" + (f" (model.{key} {widths})" if key else ""),
-                      f.label, f" in {f.origin}")
-    return layers
-
-
-def spiking_widths(config: Dict[str, Any]) -> List[int]:
-    """Channel widths of the spiking layers of a :func:`edgesnn.models.build_model` config, in order."""
-    name = config.get("name")
-    if name == "vgg11":
-        return [c for c in VGG11_CFG if c != "M"]
-    key = _WIDTH_FIELD.get(name)
-    if key is None:
-        raise ValueError(f"model: unknown model {name!r}; expected one of {MODEL_NAMES}")
-    return [int(w) for w in config.get(key, _DEFAULT_WIDTHS[key])]
-
-
-def check_plan_layers(specs: Sequence[str], widths: Sequence[Optional[int]], desc: str, label: str = "plan",
-                      where: str = "") -> None:
-    """One neuron spec per spiking layer (``len(widths)``), each RevLIF group count dividing its
-    layer's width (``None``: unknown, not checked); ``ValueError`` in one line naming ``layers``.
-
-    ``edgesnn train --plan`` (through :meth:`Plan.from_dict`, against the planned widths) and
-    :func:`apply` (against the model's) both check with this.
-    """
-    if len(specs) != len(widths):
-        raise ValueError(f"{label}: layers: expected {len(widths)} entries, one per spiking layer of {desc}, got "
-                         f"{len(specs)} spiking layers{where}; plan the same model (edgesnn plan --model ...)")
-    for i, (spec, width) in enumerate(zip(specs, widths)):
-        kind, groups = parse_neuron_spec(spec)
-        if kind == "revlif" and width is not None and width % groups:
-            raise ValueError(f"{label}: layers[{i}].neuron: expected a group count that divides the {width} channels "
-                             f"of spiking layer {i} of {desc}, got {spec!r}{where}")
 
 
 def plan_extras(eval_batch: int, dataset: Dict[str, Any]) -> Extras:
