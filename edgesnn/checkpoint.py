@@ -28,7 +28,11 @@ from .checkpoint_digest import DIGEST_KEY, check_digest, payload_digest
 from .errors import first_line
 
 __all__ = ["FORMAT", "VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "load_model_state", "CheckpointError",
-           "encode_config", "decode_config"]
+           "encode_config", "decode_config", "refuse_nir_config", "NIR_LOAD_HINT"]
+
+#: what to do instead with a checkpoint of a model loaded from NIR (written before save_checkpoint refused them)
+NIR_LOAD_HINT = ("so it is not loadable from its checkpoint: rebuild it with edgesnn.nir.load(the .nir file) and "
+                 "load_state_dict(checkpoint['model_state'])")
 
 FORMAT = "edgesnn-checkpoint"
 VERSION = 1
@@ -109,16 +113,22 @@ def _first_foreign(value: Any, where: str) -> Any:
     return where, value
 
 
+def refuse_nir_config(model_config: Any, what: str, error: type, hint: str) -> None:
+    """Raise ``error`` (one line: ``"WHAT is a model loaded from NIR (name 'nir'), which build_model
+    cannot rebuild, HINT"``) for the config of an :func:`edgesnn.nir.load` model; anything else passes."""
+    if isinstance(model_config, dict) and model_config.get("name") == "nir":
+        raise error(f"{what} is a model loaded from NIR (name 'nir'), which build_model cannot rebuild, {hint}")
+
+
 def _check_loadable(path: PathLike, payload: Dict[str, Any], model_config: Any) -> None:
     """Refuse (one line, nothing written) a payload :func:`load_checkpoint` could not read back:
     values ``torch.load(weights_only=True)`` refuses (a NumPy scalar, any other object) or a
     surrogate class that :func:`decode_config` would not rebuild as the same class."""
     from .functional import surrogate
 
-    if isinstance(model_config, dict) and model_config.get("name") == "nir":  # edgesnn.nir.load's NIRClassifier
-        raise CheckpointError(f"save_checkpoint: {path}: model_config is a model loaded from NIR (name 'nir'), which "
-                              "build_model cannot rebuild, so the checkpoint could not be loaded; keep its state_dict "
-                              "(torch.save) with the .nir file and reload with edgesnn.nir.load(file) + load_state_dict")
+    refuse_nir_config(model_config, f"save_checkpoint: {path}: model_config", CheckpointError,
+                      "so the checkpoint could not be loaded; keep its state_dict (torch.save) with the .nir file and "
+                      "reload with edgesnn.nir.load(file) + load_state_dict")
 
     def surrogates(v: Any):
         if isinstance(v, surrogate.Surrogate):

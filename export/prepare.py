@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, load_model_state
+from ..checkpoint import NIR_LOAD_HINT, load_checkpoint, load_model_state, refuse_nir_config
 from ..errors import UsageError, first_line
 from ..memory_guard import check_fits_in_memory, shape_bytes
 from ..models import SpikingClassifier, build_model, spiking_layers
@@ -179,6 +179,7 @@ def model_from_checkpoint(path: PathLike, label: str = "checkpoint") -> Tuple[Sp
     """
     ck = load_checkpoint(path)
     cfg = dict(ck["model_config"])
+    refuse_nir_config(cfg, f"{label} {path}: model_config", ExportError, NIR_LOAD_HINT)
     try:
         model = build_model(**cfg)
     except (TypeError, ValueError) as exc:

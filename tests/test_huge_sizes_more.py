@@ -214,6 +214,22 @@ def test_a_nir_loaded_model_is_not_saved_as_a_checkpoint(tmp_path):
     save_checkpoint(path, ok.config, ok.state_dict())  # build_model models save as before
     assert path.exists()
 
+    # a NIR model's checkpoint written before the refusal: rebuilding it says what to do, in one line
+    from edgesnn.checkpoint import FORMAT, VERSION, encode_config
+    from edgesnn.training.loop import model_from_checkpoint
+
+    old = tmp_path / "old-nir.ckpt"
+    torch.save({"format": FORMAT, "version": VERSION, "model_config": encode_config(m.config),
+                "model_state": m.state_dict()}, old)
+    with pytest.raises(CheckpointError, match=r"^checkpoint: .*old-nir\.ckpt: model_config is a model loaded from NIR "
+                                              r"\(name 'nir'\), .*edgesnn\.nir\.load\(the \.nir file\)"):
+        model_from_checkpoint(str(old))  # was "does not match its model config (... unexpected keyword argument 'dt')"
+    from edgesnn.export.prepare import ExportError
+    from edgesnn.export.prepare import model_from_checkpoint as export_model
+
+    with pytest.raises(ExportError, match=r"^--checkpoint .*old-nir\.ckpt: model_config is a model loaded from NIR"):
+        export_model(old, "--checkpoint")  # edgesnn export's rebuild
+
 
 # ----------------------------------------------------------------------------- planner layer shapes
 

@@ -12,7 +12,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_state, save_checkpoint
+from ..checkpoint import (NIR_LOAD_HINT, CheckpointError, atomic_write, load_checkpoint, load_model_state,
+                          refuse_nir_config, save_checkpoint)
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
 from .data import Dataset, Split, load_dataset
@@ -133,6 +134,7 @@ def _build(cfg: TrainConfig, data: Dataset) -> SpikingClassifier:
 def model_from_checkpoint(path: str) -> SpikingClassifier:
     """Rebuild a model from a checkpoint's config and load its weights."""
     ck = load_checkpoint(path)
+    refuse_nir_config(ck["model_config"], f"checkpoint: {path}: model_config", CheckpointError, NIR_LOAD_HINT)
     try:
         model = build_model(**ck["model_config"])
     except (TypeError, KeyError, ValueError) as exc:
