@@ -19,7 +19,7 @@ __all__ = ["physical_memory", "shape_bytes", "show_bytes", "check_fits_in_memory
            "is_size_overflow", "OUT_OF_MEMORY_HINT"]
 
 #: how torch says a size does not fit its 64-bit integers (a shape's product, one dimension)
-_OVERFLOW_TEXTS = ("Overflow when unpacking long long", "Storage size calculation overflowed",
+_OVERFLOW_TEXTS = ("Overflow when unpacking long", "Storage size calculation overflowed",
                    "too large to convert to C", "into an index-sized integer")
 
 #: what the command line's one line for an allocation failure suggests

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from _address_limit import LIMIT_AFTER_IMPORTS  # tests/ helper (pytest puts tests/ on sys.path)
 from edgesnn import cli, memory_guard
 from edgesnn.checkpoint import CheckpointError, save_checkpoint
 from edgesnn.models import build_model
@@ -22,12 +23,11 @@ from edgesnn.planner import network
 from edgesnn.planner.network_model import BlockShape, fused_static, n_chunks, predict_peak
 
 ROOT = Path(__file__).resolve().parents[1]
-LIMIT = 3 * 2**30  # address space of the subprocesses: a real allocation of the old code fails there
 
 
 def _run_limited(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter under RLIMIT_AS = 3 GiB."""
-    head = f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({LIMIT}, {LIMIT}))\n"
+    """``code`` in a fresh interpreter under RLIMIT_AS = its imports + 3 GiB."""
+    head = LIMIT_AFTER_IMPORTS
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", head + textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, env=env)
