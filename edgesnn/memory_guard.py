@@ -16,11 +16,16 @@ from typing import Iterable, Optional
 from .errors import UsageError
 
 __all__ = ["physical_memory", "shape_bytes", "show_bytes", "check_fits_in_memory", "is_out_of_memory",
-           "is_size_overflow", "OUT_OF_MEMORY_HINT"]
+           "is_size_overflow", "OUT_OF_MEMORY_HINT", "META_PROBE_BYTES"]
 
 #: how torch says a size does not fit its 64-bit integers (a shape's product, one dimension)
 _OVERFLOW_TEXTS = ("Overflow when unpacking long", "Storage size calculation overflowed",
                    "too large to convert to C", "into an index-sized integer")
+
+#: a layer's sample above this many bytes has its output shape taken on PyTorch's ``meta`` device
+#: (nothing allocated) by the planner and the NIR import; smaller ones run for real, as the first
+#: meta call loads machinery worth ~150 MiB of RSS on a CUDA build of PyTorch (2.15+cu132)
+META_PROBE_BYTES = 64 * 2**20
 
 #: what the command line's one line for an allocation failure suggests
 OUT_OF_MEMORY_HINT = "lower --batch-size/--timesteps or see edgesnn plan"
