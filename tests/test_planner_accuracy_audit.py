@@ -15,7 +15,7 @@ from edgesnn.planner.memory_model import ChainModel
 from edgesnn.planner.solver import predict
 
 try:
-    import numba  # noqa: F401
+    import numba  # noqa: F401 - only whether it imports
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False

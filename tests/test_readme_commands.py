@@ -15,8 +15,6 @@ import shlex
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-import pytest
-
 from edgesnn import cli
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
