@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+from decimal import Decimal
 from typing import Iterable, Optional
 
 from .errors import UsageError
 
-__all__ = ["physical_memory", "shape_bytes", "show_bytes", "check_fits_in_memory", "is_out_of_memory",
+__all__ = ["physical_memory", "shape_bytes", "human_bytes", "show_bytes", "check_fits_in_memory", "is_out_of_memory",
            "is_size_overflow", "OUT_OF_MEMORY_HINT", "META_PROBE_BYTES"]
 
 #: how torch says a size does not fit its 64-bit integers (a shape's product, one dimension)
@@ -46,14 +47,18 @@ def shape_bytes(shape: Iterable[int], itemsize: int = 4) -> int:
     return math.prod(int(d) for d in shape) * int(itemsize)
 
 
+def human_bytes(n: float) -> str:
+    """Bytes for people: ``1.50 GiB``, ``512 B``; up to EiB, beyond that in exponent notation."""
+    for unit, k in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= k:
+            v = Decimal(n) / k if isinstance(n, int) else n / k  # an int beyond float range stays exact
+            return f"{v:.2f} {unit}" if abs(v) < 10000 else f"{v:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def show_bytes(n: int) -> str:
-    """``n`` bytes for a message: ``"16384000000000 bytes (14.90 TiB)"``."""
-    value, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if value < 1024 or unit == "EiB":
-            break
-        value /= 1024
-    return f"{n} bytes" + ("" if unit == "B" else f" ({value:.2f} {unit})")
+    """``n`` bytes for a message: ``"16384000000000 bytes (14.90 TiB)"`` (``"512 bytes"`` below 1 KiB)."""
+    return f"{n} bytes" + ("" if abs(n) < 2**10 else f" ({human_bytes(n)})")
 
 
 def check_fits_in_memory(nbytes: int, what: str, hint: str = "", error: type = UsageError) -> None:

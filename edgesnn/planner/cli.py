@@ -15,13 +15,13 @@ import argparse
 import json
 import re
 import sys
-from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, TextIO, Tuple
 
 from ..atomic import atomic_write, check_not_inside, check_output, user_path
 from ..errors import refuse_empty
+from ..memory_guard import human_bytes as _fmt
 from ..models import POOLS, check_pool
 from ..training.micro_batch import smallest_micro_batch
 
@@ -123,15 +123,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _NONEMPTY = {"--json": "a file path for the plan JSON", "--plot": "a file path ending in .png, .pdf or .svg",
              "--budget": "a size like 2GiB, 1.5GB, 512MiB or a byte count (omit --budget for memory - reserved)",
              "--hidden": "comma-separated integers >= 1, e.g. 128,128", "--channels": "comma-separated integers >= 1, e.g. 16,32"}
-
-
-def _fmt(n: float) -> str:
-    """Bytes for people: ``1.50 GiB``, ``512 B``; up to EiB, beyond that in exponent notation."""
-    for unit, k in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= k:
-            v = Decimal(n) / k if isinstance(n, int) else n / k  # an int beyond float range stays exact
-            return f"{v:.2f} {unit}" if abs(v) < 10000 else f"{v:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 def _json_text(doc: dict, flag: str = "--json", indent: int = 2) -> str:
