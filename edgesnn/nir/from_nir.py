@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ..errors import first_line
-from ..memory_guard import META_PROBE_BYTES, is_size_overflow
+from ..memory_guard import is_size_overflow
 from ..models import SpikingClassifier
+from ..shape_probe import probe_output
 from .chain import chain as _chain
 from .common import DEFAULT_DT, NIRError, check_dt, check_finite_node, int_values, nir_module, threshold_from_nir
 
@@ -212,14 +212,8 @@ def _out_shape(key: str, node: Any, layer: nn.Module, shape: Tuple[int, ...]) ->
     """One sample of ``shape`` through ``layer`` (a sample above ``META_PROBE_BYTES`` on the ``meta``
     device: shapes only, nothing allocated; an input of ``[1, 100000, 100000]`` is sized, not built):
     its output shape, or a one-line error naming the node."""
-    big = math.prod(shape) * 4 > META_PROBE_BYTES  # small samples run for real (see META_PROBE_BYTES)
-    params = {k: v.to("meta") for k, v in layer.state_dict().items()} if big else None
     try:
-        if big:
-            y = functional_call(layer, params, (torch.zeros(1, *shape, device="meta"),))
-        else:
-            with torch.no_grad():
-                y = layer(torch.zeros(1, *shape))
+        y = probe_output(layer, tuple(shape))
     except (RuntimeError, IndexError, ValueError) as e:
         if is_size_overflow(e):
             raise NIRError(f"node {key}: nir.{type(node).__name__} input of shape {shape} holds {math.prod(shape)} "

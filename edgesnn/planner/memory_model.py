@@ -42,13 +42,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ..memory import SavedTensorCounter, _storage_key
-from ..memory_guard import META_PROBE_BYTES
 from ..models import parse_neuron_spec
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
+from ..shape_probe import probe_output
 from .checks import check_in_shape, check_int, unsupported_layer
 from .costs import ZERO, Cost, Layer
 
@@ -212,26 +211,9 @@ def placeholder_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Cost:
 
 
 def _out_shape(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[int, ...]:
-    """One sample's output shape, from a real sample of zeros; a sample above :data:`~edgesnn.memory_guard.META_PROBE_BYTES`
-    goes through the ``meta`` device first (nothing allocated: a huge ``--input`` is sized, not built;
-    a module meta tensors cannot run is then measured for real). Small samples stay real: the first
-    meta call loads PyTorch machinery worth ~150 MiB of RSS on a CUDA build (measured on 2.15+cu132),
-    which ``apply()`` would add to a training process."""
-    with torch.no_grad():
-        was = module.training
-        module.eval()
-        try:
-            y = None
-            if math.prod(in_shape) * torch.empty(0, dtype=dtype).element_size() > META_PROBE_BYTES:
-                try:
-                    meta = {k: v.to("meta") for k, v in module.state_dict(keep_vars=True).items()}
-                    y = functional_call(module, meta, (torch.zeros(1, *in_shape, dtype=dtype, device="meta"),))
-                except Exception:  # noqa: BLE001 - e.g. a kernel without a meta implementation: measure for real
-                    y = None
-            if y is None:
-                y = module(torch.zeros(1, *in_shape, dtype=dtype))
-        finally:
-            module.train(was)
+    """One sample's output shape (:func:`~edgesnn.shape_probe.probe_output`; a module meta tensors
+    cannot run is measured on a real sample)."""
+    y = probe_output(module, tuple(in_shape), dtype, real_if_meta_fails=True)
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"it returned {type(y).__name__}, not one tensor")
     return tuple(y.shape[1:])
