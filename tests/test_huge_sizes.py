@@ -146,6 +146,23 @@ def test_train_batch_bound_by_the_dataset_and_what_fits_passes():
     check_batch_fits_memory(TrainConfig(dataset="digits", model="mlp", timesteps=T - 2, batch_size=10**12), (64,), 10)
 
 
+def test_train_batch_check_counts_ranks_as_the_run_does(monkeypatch):
+    """The per-rank sample count comes from the same WORLD_SIZE reading as the run: 2 ranks split
+    digits' 1348 samples, and a malformed value is refused naming the variable (it was taken as 1)."""
+    from edgesnn.training.flag_checks import check_batch_fits_memory
+    from edgesnn.training.loop import TrainConfig
+
+    T = memory_guard.physical_memory() // (4 * 674 * 64) + 1  # just past the machine with 674 samples
+    cfg = TrainConfig(dataset="digits", model="mlp", timesteps=T, batch_size=10**12)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match=r"B = 674 \(digits has 674 training samples per rank\)"):
+        check_batch_fits_memory(cfg, (64,), 10)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match=r"^distributed: environment variable WORLD_SIZE='two' is not an integer$"):
+        check_batch_fits_memory(cfg, (64,), 10)
+
+
 # ----------------------------------------------------------------------------- edgesnn export
 
 def test_export_traced_formats_refuse_a_checkpoint_T_past_memory(tmp_path):

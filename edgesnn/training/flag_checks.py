@@ -14,11 +14,11 @@ memory: refused in one line instead of a traceback or an OOM kill (:func:`check_
 from __future__ import annotations
 
 import math
-import os
 from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..errors import UsageError
 from ..memory_guard import check_fits_in_memory, shape_bytes
+from .distributed import env_world
 
 if TYPE_CHECKING:  # pragma: no cover
     from .loop import TrainConfig
@@ -83,8 +83,7 @@ def check_batch_fits_memory(cfg: "TrainConfig", in_shape: Tuple[int, ...], class
     from ..planner.datasets import DATASET_SPECS
 
     spec = DATASET_SPECS.get(cfg.dataset)
-    world = os.environ.get("WORLD_SIZE", "1")
-    world = int(world) if world.isdigit() and int(world) >= 1 else 1
+    world = env_world().world  # a malformed WORLD_SIZE is refused here, as when the run starts
     samples = math.ceil(spec.train_samples / world) if spec is not None else 1  # a folder: at least one sample
     batch = min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)
     b = min(batch, samples)
