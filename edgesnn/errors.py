@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "first_line", "peer_failure", "refuse_empty", "say_line"]
+__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "clip", "first_line", "peer_failure", "refuse_empty", "say_line"]
 
 
 class UsageError(ValueError):
@@ -39,6 +39,12 @@ def say_line(text: str) -> None:
 
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` if it has at most ``limit`` characters, else its first ``limit - 3`` and ``...``: a
+    user's value quoted inside a one-line error."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def first_line(exc: BaseException, limit: int = 120, at_word: bool = False) -> str:

@@ -15,6 +15,8 @@ import difflib
 import json
 from typing import Any, Callable, Iterable, Mapping
 
+from .errors import clip
+
 __all__ = ["COMMENT_PREFIX", "check_keys", "key_path"]
 
 #: A key starting with this is a comment, at any level of a device profile or plan file.
@@ -26,7 +28,7 @@ _COMMENT_WORDS = frozenset({"comment", "comments", "note", "notes", "remark", "r
 def key_path(parent: str, key: str) -> str:
     """``parent.key`` (``key`` alone at the top); a key that is not a plain name is quoted
     (``sources["a b"]``) and cut to 60 characters."""
-    shown = key if key.isidentifier() else "[" + _cut(json.dumps(key)) + "]"
+    shown = key if key.isidentifier() else "[" + clip(json.dumps(key)) + "]"
     if not parent:
         return shown
     return parent + ("." + shown if key.isidentifier() else shown)
@@ -58,9 +60,7 @@ def check_keys(obj: Any, known: Iterable[str], parent: str, fail: Callable[[str,
         hint = f" (did you mean {json.dumps(close[0])}?)"
     else:
         hint = f" (a key starting with {COMMENT_PREFIX!r} is a comment)"
-    more = f"; also unknown: {_cut(', '.join(key_path('', str(k)) for k in unknown[1:]))}" if unknown[1:] else ""
+    more = f"; also unknown: {clip(', '.join(key_path('', str(k)) for k in unknown[1:]))}" if unknown[1:] else ""
     raise fail(key_path(parent, key), f"unknown key{hint}; known keys: {', '.join(names)}{more}")
 
 
-def _cut(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from edgesnn.atomic import atomic_write
-from edgesnn.errors import first_line
+from edgesnn.errors import clip, first_line
 
 __all__ = [
     "ArtifactError",
@@ -245,9 +245,7 @@ def _check_fields(m, source: str) -> None:
     the wrong type or range (an edited or damaged manifest), before the runner allocates or binds
     anything from it."""
     def fail(name: str, expected: str) -> ArtifactError:
-        got = repr(getattr(m, name))
-        got = got if len(got) <= 60 else got[:57] + "..."
-        return ArtifactError(f"{source}: {name}: expected {expected}, got {got}; export it again")
+        return ArtifactError(f"{source}: {name}: expected {expected}, got {clip(repr(getattr(m, name)))}; export it again")
 
     if not isinstance(m.model_config, dict):
         raise fail("model_config", "an object (the model's build_model arguments)")

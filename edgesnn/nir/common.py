@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import DependencyError, UsageError, first_line
+from ..errors import DependencyError, UsageError, clip, first_line
 
 
 __all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy", "check_dt", "check_finite_node", "int_values",
@@ -98,8 +98,7 @@ def int_values(what: str, value: Any, minimum: Optional[int] = None, sizes: Tupl
         f = arr.astype(np.float64)
         ok = bool(np.all(np.isfinite(f)) and np.all(f == np.round(f)) and (minimum is None or np.all(f >= minimum)))
     if not ok:
-        text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
-        text = text if len(text) <= 60 else text[:57] + "..."
+        text = clip(repr(value.tolist() if isinstance(value, np.ndarray) else value))
         want = "an integer" if sizes == (1,) else (" or ".join(str(n) for n in sizes) if len(sizes) <= 2
                                                    else f"{sizes[0]} to {sizes[-1]}") + " integers"
         low = f" >= {minimum}" if minimum is not None else ""

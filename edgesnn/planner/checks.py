@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
+from ..errors import clip
 from ..models import parse_neuron_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,8 +25,7 @@ KINDS = ("lif", "revlif")
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return clip(repr(value))
 
 
 def check_int(value: Any, name: str, minimum: int = 1, what: str = "") -> int:

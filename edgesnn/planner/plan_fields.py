@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..errors import clip
 from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES, POOLS, VGG11_CFG, parse_neuron_spec
 
@@ -33,8 +34,7 @@ class Fields:
             shown = "nothing (the field is missing)" if got is MISSING else json.dumps(got)
         except (TypeError, ValueError):
             shown = repr(got)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return ValueError(f"{self.label}: {name}: expected {expected}, got {shown} in {self.origin}")
+        return ValueError(f"{self.label}: {name}: expected {expected}, got {clip(shown)} in {self.origin}")
 
     def typed(self, value: Any, types: Any, name: str, expected: str) -> Any:
         if isinstance(value, bool) and types is not bool or not isinstance(value, types):
