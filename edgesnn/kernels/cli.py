@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ["register", "warmup", "compile_notice"]
+__all__ = ["register", "warmup", "compile_notice", "default_jobs"]
+
+#: the kernel modules whose compiled code the cache holds (their index files are ``<module>.*.nbi``)
+_KERNEL_MODULES = ("numba_cpu", "numba_revlif", "numba_lif_pool", "numba_bits", "numba_bn")
+#: memory set aside per compile worker (each imports PyTorch and runs LLVM: ~0.5 GB measured)
+_WORKER_BYTES = 2**30
 
 
 def compile_notice(backend: str = "auto") -> Optional[str]:
@@ -45,11 +52,59 @@ def _own_cache(folder: Path) -> Path:
     return folder / _CacheLocator.get_suitable_cache_subpath(str(Path(__file__).with_name("numba_cpu.py")))
 
 
+def default_jobs() -> int:
+    """Compile processes ``edgesnn warmup`` starts by default: one per core this process may use, at
+    most one per GiB of physical memory and one per part (:data:`~edgesnn.kernels.warmup_parts.PARTS`)."""
+    from ..memory_guard import physical_memory
+    from .warmup_parts import PARTS
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = physical_memory()
+    return max(1, min(cores, len(PARTS), cores if memory is None else memory // _WORKER_BYTES))
+
+
+def _cache_filled(folder: str) -> bool:
+    """Every kernel module has compiled code in ``folder`` (a warm cache: loading it takes a second
+    or two, less than starting compile processes would)."""
+    own = _own_cache(Path(folder))
+    return all(any(own.glob(f"{module}.*.nbi")) for module in _KERNEL_MODULES)
+
+
+def _compile_part(name: str, folder: str) -> str:
+    """In a compile process: use the parent's cache ``folder`` and one thread, compile part ``name``."""
+    from . import config
+    from .warmup_parts import run_part
+
+    config._choose_cache(folder, "--cache-dir")
+    config.set_num_threads(1)
+    return run_part(name)
+
+
+def _compile_in_processes(folder: str, jobs: int) -> None:
+    """Compile the parts into ``folder`` in ``jobs`` spawned processes (fresh interpreters: no forked
+    OpenMP or PyTorch threads), longest first. A process that dies (e.g. killed for memory) leaves
+    its part to this process, which compiles whatever is still missing next."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .warmup_parts import PARTS
+
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(PARTS)), mp_context=ctx) as pool:
+            list(pool.map(_compile_part, PARTS, [folder] * len(PARTS)))
+    except BrokenProcessPool:
+        warnings.warn("edgesnn warmup: a compile process died (out of memory?); compiling the rest in this process "
+                      "(--jobs 1 does it all here)", RuntimeWarning, stacklevel=3)
+
+
 def warmup(
     cache_dir: Optional[Union[str, Path]] = None,
     threads: Optional[int] = None,
     cuda: bool = False,
     verbose: bool = True,
+    jobs: Optional[int] = None,
 ) -> dict:
     """Compile (or load) every CPU kernel, and with ``cuda=True`` the CUDA kernels for this GPU.
 
@@ -57,9 +112,13 @@ def warmup(
     :func:`edgesnn.kernels.config.configure_cache` picks); a one-line error when it cannot be
     written, or when this process already loaded the kernels with another folder. ``threads``: an
     integer >= 1 (NumPy integers too), capped at Numba's pool size like
-    :func:`edgesnn.kernels.config.set_num_threads`.
+    :func:`edgesnn.kernels.config.set_num_threads`. ``jobs``: compile processes for a cold cache
+    (an integer >= 1; ``None``: :func:`default_jobs`); the parts of
+    :mod:`edgesnn.kernels.warmup_parts` are spread over them, then this process loads every kernel
+    (with ``jobs=1``, or a warm cache, or no cache folder, it compiles or loads them itself).
 
-    Returns ``{"cache_dir", "threads", "cpu_seconds", "cuda_seconds"}``.
+    Returns ``{"cache_dir", "threads", "jobs", "cpu_seconds", "cuda_seconds"}`` (``jobs``: the
+    compile processes started, 0 when none was).
     """
     from ..errors import UsageError, refuse_empty
     from ..functional.checks import check_int
@@ -68,6 +127,7 @@ def warmup(
     refuse_empty(cache_dir, "--cache-dir", "a folder path", " (drop the flag for the default folder)")
     if threads is not None:
         threads = check_int(threads, "--threads", error=UsageError)
+    jobs = default_jobs() if jobs is None else check_int(jobs, "--jobs", error=UsageError)
     if cuda:  # before minutes of CPU compilation
         import torch
 
@@ -78,6 +138,12 @@ def warmup(
     if threads is not None:
         config.set_num_threads(threads)
     t0 = time.perf_counter()
+    started = 0
+    if jobs > 1 and path and not _cache_filled(path):
+        from .warmup_parts import PARTS
+
+        started = min(jobs, len(PARTS))
+        _compile_in_processes(path, jobs)
     from . import numba_cpu
 
     numba_cpu.warmup()
@@ -97,7 +163,7 @@ def warmup(
         (s.sum() + y.sum()).backward()
         torch.cuda.synchronize()
         cuda_s = time.perf_counter() - t1
-    info = {"cache_dir": path, "threads": config.get_num_threads(), "cpu_seconds": round(cpu_s, 2),
+    info = {"cache_dir": path, "threads": config.get_num_threads(), "jobs": started, "cpu_seconds": round(cpu_s, 2),
             "cuda_seconds": None if cuda_s is None else round(cuda_s, 2)}
     if verbose:
         print(json.dumps(info))
@@ -105,7 +171,7 @@ def warmup(
 
 
 def _run(args: argparse.Namespace) -> int:
-    warmup(args.cache_dir, args.threads, args.cuda)
+    warmup(args.cache_dir, args.threads, args.cuda, jobs=args.jobs)
     return 0
 
 
@@ -116,4 +182,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="Numba cache folder (default: $EDGESNN_CACHE_DIR, $NUMBA_CACHE_DIR or ~/.cache/edgesnn/numba)")
     p.add_argument("--threads", type=int, default=None, help="thread count for Numba and PyTorch")
     p.add_argument("--cuda", action="store_true", help="also compile the CUDA kernels (needs a GPU)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="compile processes for a cold cache (default: one per core, at most one per GiB of memory)")
     p.set_defaults(func=_run)

@@ -35,7 +35,6 @@ import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from ..functional.lif import LIFParams  # noqa: E402
-from ..functional.revlif import RevLIFParams  # noqa: E402
 from . import buffers as _buffers  # noqa: E402
 from . import neuron_math as nm  # noqa: E402
 
@@ -401,30 +400,8 @@ def __getattr__(name):
 
 
 def warmup() -> None:
-    """Compile (or load from the cache) every CPU kernel specialisation used at run time."""
-    from ..functional.surrogate import ATan
-    from .numba_bits import pack_rows, unpack_rows
-    from .numba_bn import grad_sums, input_grad_, seq_sqdev, seq_sum
-    from .numba_lif_pool import lif_pool2_backward, lif_pool2_forward
-    from .numba_revlif import revlif_backward, revlif_forward
+    """Compile (or load from the cache) every CPU kernel specialisation used at run time, in this
+    process (:mod:`edgesnn.kernels.warmup_parts`; ``edgesnn warmup --jobs N`` spreads the parts)."""
+    from .warmup_parts import run_all
 
-    x = torch.randn(9, 2, 2, 3)
-    for lp in (LIFParams(), LIFParams(v_reset=None, surrogate=ATan(), detach_reset=True, decay_input=False)):
-        s, vT = lif_forward(x, torch.zeros(2, 2, 3), lp)
-        lif_backward(x, torch.zeros(2, 2, 3), torch.ones_like(s), torch.zeros_like(vT), lp)
-        for mode in ("exact", "float"):
-            rp = RevLIFParams(lif=lp, mode=mode, **({} if mode == "exact" else {"beta": 0.75}))
-            y, vT, bits, counts = revlif_forward(x, torch.zeros(2, 2, 3), rp)
-            revlif_backward(y, vT, bits, torch.ones_like(y), torch.zeros_like(vT), rp)
-        z = torch.randn(3, 2, 4, 4)
-        o, vT = lif_pool2_forward(z, torch.zeros(2, 4, 4), lp)
-        lif_pool2_backward(z, torch.zeros(2, 4, 4), torch.ones_like(o), torch.zeros_like(vT), lp)
-    for dt in (torch.float32, torch.float64):
-        packed = pack_rows(torch.ones(2, 11, dtype=dt), torch.empty(2, 2, dtype=torch.uint8))
-        unpack_rows(packed, 11, dt)
-        a = np.ones((2, 3, 4), dtype=np.float32 if dt == torch.float32 else np.float64)
-        c = np.ones(3, dtype=a.dtype)
-        grad_sums(a, a, np.zeros(3), np.zeros(3))
-        input_grad_(a, a, c, c, c)
-        seq_sum(a, np.zeros(3), 1)  # the exact BatchNorm statistics of edgesnn.optimize_memory
-        seq_sqdev(a, c, np.zeros(3), 1)
+    run_all()
