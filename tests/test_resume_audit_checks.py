@@ -112,7 +112,7 @@ def test_a_learning_rate_beyond_float32_is_refused_in_one_line(capsys):
     ``TrainConfig``."""
     from edgesnn.cli import main
     from edgesnn.errors import UsageError
-    from edgesnn.training.loop import MAX_LR, TrainConfig
+    from edgesnn.training.train_config import MAX_LR, TrainConfig
 
     assert main(["train", "--epochs", "1", "--no-progress", "--lr", "1e300"]) == 2
     err = capsys.readouterr().err.strip()

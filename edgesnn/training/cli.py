@@ -20,7 +20,8 @@ from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
 from .lr_schedule import SCHEDULES
 from .micro_batch import check_micro_batch, smallest_micro_batch
-from .loop import EVAL_BATCH_SIZE, MAX_LR, MAX_SEED, TrainConfig, check_outputs, train, write_report
+from .loop import EVAL_BATCH_SIZE, TrainConfig, check_outputs, train, write_report
+from .train_config import MAX_LR, MAX_SEED
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..planner.plan import Plan

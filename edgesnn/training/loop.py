@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -21,68 +21,19 @@ from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           epoch_order, padding_weights, warm_kernels)
 from .fingerprint import check_resume_data, data_content_hash, data_fingerprint
-from .micro_batch import accumulate_gradients, check_micro_batch, effective_micro_batch, micro_batches
-from .lr_schedule import check_resume_schedule, check_schedule_name, horizon_of, skips_batch, start_schedule, steps_per_epoch
+from .micro_batch import accumulate_gradients, effective_micro_batch, micro_batches
+from .lr_schedule import check_resume_schedule, horizon_of, skips_batch, start_schedule, steps_per_epoch
 from .flag_checks import check_model_fits_dataset
-from .outputs import POOLS, check_outputs, stored_config
+from .outputs import check_outputs, stored_config
 from .resume import (Progress, check_optimizer_groups, check_optimizer_state, check_schedule_state, check_train_config,
                      check_world_size, resume_messages, show_value, stored_progress, will_train)
 from .split_checks import check_labels, check_split
+from .train_config import TrainConfig
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
 
 #: samples per batch of the evaluation pass (``edgesnn train --eval-batch``; the planner counts it)
 EVAL_BATCH_SIZE = 256
-
-
-MAX_SEED = 2**32 - 1  # NumPy's seed range; the epoch orders use seed * 1000 + epoch (within int64)
-#: The largest learning rate: the optimizers hold it as a float32 (a larger one overflowed in Adam's step).
-MAX_LR = float(torch.finfo(torch.float32).max)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in checkpoints and the JSON report)."""
-
-    dataset: str = "digits"
-    model: str = "mlp"
-    neuron: object = "lif"  # a neuron spec or a list with one per spiking layer
-    timesteps: int = 4
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    data_path: Optional[str] = None
-    backend: str = "auto"
-    hidden: List[int] = field(default_factory=lambda: [128, 128])  # mlp widths
-    channels: List[int] = field(default_factory=lambda: [16, 32])  # convnet widths
-    batchnorm: bool = True  # False: no BatchNorm (per-sample models: DDP on CPU matches one process exactly)
-    memopt: bool = False  # edgesnn.optimize_memory: chunked blocks, packed inputs (same gradients, less memory)
-    revlif_alpha: Optional[float] = None  # RevLIF output mixing y = alpha x + s (None: the node's default, 1/8)
-    lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 (see .lr_schedule; stored if not constant)
-    pool: str = "avg"  # or "max": the conv models' 2x2 pools (stored if not avg)
-    micro_batch: Optional[int] = None  # compute each batch this many samples at a time (see .micro_batch; stored if set)
-
-    def validate(self) -> None:
-        """Refuse a bad field with a one-line :class:`~edgesnn.errors.UsageError` naming it."""
-        for name in ("timesteps", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
-        check_schedule_name(self.lr_schedule)
-        if self.pool not in POOLS:
-            raise UsageError(f"pool: expected one of {', '.join(POOLS)}, got {self.pool!r}")
-        if not (isinstance(self.lr, float) and 0 < self.lr <= MAX_LR):
-            raise UsageError(f"lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"seed: expected an integer in [0, {MAX_SEED}], got {self.seed!r}")
-        if self.batchnorm and self.batch_size < 2:
-            raise UsageError("batch_size: BatchNorm needs at least 2 samples per batch, got 1; train without "
-                             "BatchNorm (batchnorm=False, --no-batchnorm) for batch 1")
-        check_micro_batch(self.micro_batch, self.batchnorm)
-        a = self.revlif_alpha
-        if a is not None and not (isinstance(a, float) and math.isfinite(a) and a > 0):
-            raise UsageError(f"revlif_alpha: expected None or a finite number > 0 (a power of two 2^-k in exact mode), got {a!r}")
 
 
 @torch.no_grad()

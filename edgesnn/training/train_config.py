@@ -1,0 +1,65 @@
+"""The settings of one training run (:class:`TrainConfig`), checked field by field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from ..errors import UsageError
+from .lr_schedule import check_schedule_name
+from .micro_batch import check_micro_batch
+from .outputs import POOLS
+
+__all__ = ["TrainConfig", "MAX_SEED", "MAX_LR"]
+
+MAX_SEED = 2**32 - 1  # NumPy's seed range; the epoch orders use seed * 1000 + epoch (within int64)
+#: The largest learning rate: the optimizers hold it as a float32 (a larger one overflowed in Adam's step).
+MAX_LR = float(torch.finfo(torch.float32).max)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in checkpoints and the JSON report)."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    neuron: object = "lif"  # a neuron spec or a list with one per spiking layer
+    timesteps: int = 4
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    data_path: Optional[str] = None
+    backend: str = "auto"
+    hidden: List[int] = field(default_factory=lambda: [128, 128])  # mlp widths
+    channels: List[int] = field(default_factory=lambda: [16, 32])  # convnet widths
+    batchnorm: bool = True  # False: no BatchNorm (per-sample models: DDP on CPU matches one process exactly)
+    memopt: bool = False  # edgesnn.optimize_memory: chunked blocks, packed inputs (same gradients, less memory)
+    revlif_alpha: Optional[float] = None  # RevLIF output mixing y = alpha x + s (None: the node's default, 1/8)
+    lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 (see .lr_schedule; stored if not constant)
+    pool: str = "avg"  # or "max": the conv models' 2x2 pools (stored if not avg)
+    micro_batch: Optional[int] = None  # compute each batch this many samples at a time (see .micro_batch; stored if set)
+
+    def validate(self) -> None:
+        """Refuse a bad field with a one-line :class:`~edgesnn.errors.UsageError` naming it."""
+        for name in ("timesteps", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name}: expected an integer >= 1, got {v!r}")
+        check_schedule_name(self.lr_schedule)
+        if self.pool not in POOLS:
+            raise UsageError(f"pool: expected one of {', '.join(POOLS)}, got {self.pool!r}")
+        if not (isinstance(self.lr, float) and 0 < self.lr <= MAX_LR):
+            raise UsageError(f"lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed: expected an integer in [0, {MAX_SEED}], got {self.seed!r}")
+        if self.batchnorm and self.batch_size < 2:
+            raise UsageError("batch_size: BatchNorm needs at least 2 samples per batch, got 1; train without "
+                             "BatchNorm (batchnorm=False, --no-batchnorm) for batch 1")
+        check_micro_batch(self.micro_batch, self.batchnorm)
+        a = self.revlif_alpha
+        if a is not None and not (isinstance(a, float) and math.isfinite(a) and a > 0):
+            raise UsageError(f"revlif_alpha: expected None or a finite number > 0 (a power of two 2^-k in exact mode), got {a!r}")
