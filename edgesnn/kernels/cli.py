@@ -80,23 +80,25 @@ def _compile_part(name: str, folder: str) -> str:
     return run_part(name)
 
 
-def _compile_in_processes(folder: str, jobs: int) -> None:
+def _compile_in_processes(folder: str, jobs: int) -> int:
     """Compile the parts into ``folder`` in ``jobs`` spawned processes (fresh interpreters: no forked
-    OpenMP or PyTorch threads), longest first. A process that dies (e.g. killed for memory) leaves
-    its part to this process, which compiles whatever is still missing next."""
+    OpenMP or PyTorch threads), longest first; returns the processes started (at most one per part).
+    A process that dies (e.g. killed for memory) leaves its part to this process, which compiles
+    whatever is still missing next."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     from .warmup_parts import PARTS
 
-    ctx = multiprocessing.get_context("spawn")
+    workers = min(jobs, len(PARTS))
     try:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(PARTS)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_compile_part, PARTS, [folder] * len(PARTS)))
     except BrokenProcessPool:
         warnings.warn("edgesnn warmup: a compile process died (out of memory?); compiling the rest in this process "
                       "(--jobs 1 does it all here)", RuntimeWarning, stacklevel=3)
+    return workers
 
 
 def warmup(
@@ -140,10 +142,7 @@ def warmup(
     t0 = time.perf_counter()
     started = 0
     if jobs > 1 and path and not _cache_filled(path):
-        from .warmup_parts import PARTS
-
-        started = min(jobs, len(PARTS))
-        _compile_in_processes(path, jobs)
+        started = _compile_in_processes(path, jobs)
     from . import numba_cpu
 
     numba_cpu.warmup()

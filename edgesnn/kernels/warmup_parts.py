@@ -4,7 +4,7 @@ Each part calls the host wrappers of one or two ``cache=True`` kernels on tiny i
 argument types a training step passes (every specialisation used at run time). No two parts compile
 the same kernel, so ``edgesnn warmup --jobs N`` can run them in separate processes writing into one
 cache folder: Numba keeps one index file per kernel, which two processes saving at once could each
-overwrite with their own entry. ``tests/test_kernels_numba.py`` checks that every cached kernel is
+overwrite with their own entry. ``tests/test_warmup.py`` checks that every cached kernel is
 compiled by exactly one part and that a training step after the warm-up compiles nothing.
 
 Measured cold compile on the 2-core x86-64 VM (default optimisation level): RevLIF backward 27 s,
