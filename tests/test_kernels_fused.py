@@ -9,6 +9,7 @@ pytest.importorskip("numba")
 
 from edgesnn.functional.checks import NonFiniteGradientError, NonFiniteInputError  # noqa: E402
 from edgesnn.kernels import buffers  # noqa: E402
+from _pool_state import isolated_pool  # noqa: E402  (tests/ helper)
 from edgesnn.kernels import dispatch  # noqa: E402
 from edgesnn.functional.lif import LIFParams  # noqa: E402
 from edgesnn.functional.revlif import RevLIFParams  # noqa: E402
@@ -19,10 +20,8 @@ BIG = (4, 8, 1 << 14)  # 2 MiB float32: pooled
 
 @pytest.fixture(autouse=True)
 def _pool():
-    old = buffers.pool_limit()
-    buffers.set_pool_limit(64 << 20)
-    yield
-    buffers.set_pool_limit(old)
+    with isolated_pool(64 << 20):
+        yield
 
 
 def test_buffer_reused_only_when_nothing_refers_to_it():

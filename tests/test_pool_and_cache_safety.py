@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -22,28 +21,15 @@ import pytest
 import torch
 
 from edgesnn.kernels import buffers, config, dispatch, fork_guard
+from _pool_state import isolated_pool  # tests/ helper
 
 BIG = (4, 8, 1 << 14)  # 2 MiB float32: pooled
 
 
 @pytest.fixture
 def pool():
-    """The pool at 64 MiB, holding nothing an earlier test left idle, with the cyclic garbage
-    collector off: a tensor of an earlier test freed by a collection in the middle of a test would
-    be reused by the pool there and change its byte counts (a failure seen once in CI)."""
-    old = buffers.pool_limit()
-    gc.collect()
-    buffers.release()
-    buffers.set_pool_limit(64 << 20)
-    if buffers.pool_limit() == 0:
-        pytest.skip("this PyTorch has no storage use count: the pool is off")
-    gc.disable()
-    try:
+    with isolated_pool(64 << 20):
         yield
-    finally:
-        gc.enable()
-        buffers.set_pool_limit(0)
-        buffers.set_pool_limit(old)
 
 
 def test_shared_storage_is_never_reused(pool):
