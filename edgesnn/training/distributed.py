@@ -11,7 +11,7 @@ What this module takes care of (each point was measured on this stack):
   ``cores // local ranks`` threads (or ``--threads``); :func:`configure_threads` exports it as
   ``NUMBA_NUM_THREADS`` before Numba is imported and sets PyTorch's intra-op pool to the same.
 * **Kernel cache**: Numba's on-disk cache is not safe to fill from several processes at once
-  (and N ranks compiling the same kernels wastes N x 15 s). :func:`warm_kernels` lets local
+  (and N ranks compiling the same kernels wastes N times the compile time). :func:`warm_kernels` lets local
   rank 0 compile (or load) them while the others wait at a barrier, then load them from the cache.
 * **Data loader workers**: the training loop indexes in-memory tensors and starts no workers.
   A child forked after Numba's OpenMP threads started cannot run Numba's parallel kernels (GNU
