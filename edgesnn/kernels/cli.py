@@ -16,8 +16,6 @@ from typing import Optional, Union
 
 __all__ = ["register", "warmup", "compile_notice", "default_jobs"]
 
-#: the kernel modules whose compiled code the cache holds (their index files are ``<module>.*.nbi``)
-_KERNEL_MODULES = ("numba_cpu", "numba_revlif", "numba_lif_pool", "numba_bits", "numba_bn")
 #: memory set aside per compile worker (each imports PyTorch and runs LLVM: ~0.5 GB measured)
 _WORKER_BYTES = 2**30
 
@@ -66,8 +64,10 @@ def default_jobs() -> int:
 def _cache_filled(folder: str) -> bool:
     """Every kernel module has compiled code in ``folder`` (a warm cache: loading it takes a second
     or two, less than starting compile processes would)."""
+    from .config import CACHED_KERNEL_MODULES
+
     own = _own_cache(Path(folder))
-    return all(any(own.glob(f"{module}.*.nbi")) for module in _KERNEL_MODULES)
+    return all(any(own.glob(f"{module}.*.nbi")) for module in CACHED_KERNEL_MODULES)
 
 
 def _compile_part(name: str, folder: str) -> str:

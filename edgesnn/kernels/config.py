@@ -129,8 +129,14 @@ def _writable(path: str) -> bool:
         return False
 
 
-_KERNEL_SOURCES = ("neuron_math.py", "numba_cpu.py", "numba_revlif.py", "numba_lif_pool.py", "numba_bits.py",
-                   "numba_bn.py", "numba_prefetch.py")
+#: The modules of this package that define ``cache=True`` CPU kernels (each has its own index files
+#: in the cache folder).
+CACHED_KERNEL_MODULES = ("numba_cpu", "numba_revlif", "numba_lif_pool", "numba_bits", "numba_bn")
+#: Modules whose code those kernels inline or generate (device functions, intrinsics): Numba's cache
+#: does not see their edits. ``tests/test_kernel_cache_key.py`` checks that every module a cached
+#: kernel module imports from this package is here, or is host code (this module, ``buffers``).
+_INLINED_MODULES = ("neuron_math", "numba_prefetch", "numba_rows")
+_KERNEL_SOURCES = tuple(f"{name}.py" for name in _INLINED_MODULES + CACHED_KERNEL_MODULES)
 
 
 def _sources_key() -> str:
@@ -187,7 +193,7 @@ def _key_folder(base: str, key: str) -> str:
 
 def _kernels_loaded() -> bool:
     """A kernel module was imported: its ``cache=True`` functions already hold the cache folder."""
-    names = [n[:-3] for n in _KERNEL_SOURCES if n != "neuron_math.py"] + ["cuda_kernels"]
+    names = CACHED_KERNEL_MODULES + ("numba_prefetch", "numba_rows", "cuda_kernels")
     return any(f"{_PACKAGE}.{n}" in sys.modules for n in names)
 
 
