@@ -59,9 +59,13 @@ def test_warmup_command_fills_the_cache(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         infos.append(json.loads(res.stdout.strip().splitlines()[-1]))
         snapshots.append(files())
+    from unittest import mock
+
     from edgesnn.kernels.config import _sources_key
 
-    assert infos[0]["cache_dir"] == str(tmp_path / _sources_key())  # one sub-folder per kernel-source version
+    with mock.patch.dict(os.environ, {"NUMBA_OPT": "0"}):  # the children's setting is part of the key
+        key = _sources_key()
+    assert infos[0]["cache_dir"] == str(tmp_path / key)  # one sub-folder per kernel-source version and settings
     assert infos[0]["threads"] == {"numba": 1, "torch": 1}
     assert [info["jobs"] for info in infos] == [2, 0]  # compile processes for the cold cache only
     # the first process wrote index (.nbi) and machine-code (.nbc) files for every kernel module

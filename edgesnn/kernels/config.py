@@ -118,11 +118,18 @@ def configure() -> str:
 
 
 def _writable(path: str) -> bool:
+    """``path`` is (or could be created as) a folder in which this process can create files.
+
+    Probed with a file of its own (a unique name, created exclusively): processes that start
+    together on one cache folder (ranks, compile workers) removed each other's probe when it had a
+    fixed name, and took the folder for unwritable."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".edgesnn-write-test")
-        with open(probe, "w") as fh:
-            fh.write("ok")
+        fd, probe = tempfile.mkstemp(prefix=".edgesnn-write-test-", dir=path)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
         os.remove(probe)
         return True
     except OSError:
@@ -139,10 +146,32 @@ _INLINED_MODULES = ("neuron_math", "numba_prefetch", "numba_rows")
 _KERNEL_SOURCES = tuple(f"{name}.py" for name in _INLINED_MODULES + CACHED_KERNEL_MODULES)
 
 
+#: Numba's variables that change the machine code of a kernel but are not in the key of Numba's
+#: cache index (which holds the signature, the CPU name and features, and Numba's version): without
+#: them in the folder key, a run with ``NUMBA_OPT=0`` left unoptimized code (the LIF forward ~100x
+#: slower) that later runs loaded, and ``NUMBA_BOUNDSCHECK=1`` loaded unchecked code from a warm cache.
+_CODEGEN_VARIABLES = ("NUMBA_OPT", "NUMBA_LOOP_VECTORIZE", "NUMBA_SLP_VECTORIZE", "NUMBA_BOUNDSCHECK",
+                      "NUMBA_DEBUGINFO", "NUMBA_ENABLE_PROFILING", "NUMBA_DISABLE_INTEL_SVML",
+                      "NUMBA_EXTEND_VARIABLE_LIFETIMES", "NUMBA_LLVM_REFPRUNE_PASS", "NUMBA_LLVM_REFPRUNE_FLAGS",
+                      "NUMBA_DEBUG_ARRAY_OPT_RUNTIME")
+
+
+def _codegen_settings() -> str:
+    """The :data:`_CODEGEN_VARIABLES` that are set (to a non-blank value), as ``NAME=value`` lines
+    (``""`` when none is: the key of the default settings does not change). Numba's compiler
+    re-reads them before each compile; settings made in code (``numba.config.OPT = 0``) are not
+    seen here."""
+    return "".join(f"{name}={os.environ[name].strip()}\n" for name in _CODEGEN_VARIABLES
+                   if os.environ.get(name, "").strip())
+
+
 def _sources_key() -> str:
-    """Hash of the kernel sources. Numba's cache checks only the stamp of the file that defines a
-    kernel, not the per-neuron math it inlines from other files, so each version of the sources
-    gets its own sub-folder (no stale machine code after an edit or an upgrade)."""
+    """Hash of the kernel sources and of the Numba settings that change their machine code.
+
+    Numba's cache checks only the stamp of the file that defines a kernel, not the per-neuron math
+    it inlines from other files, nor variables such as ``NUMBA_OPT`` (:data:`_CODEGEN_VARIABLES`), so
+    each version of the sources and each such setting gets its own sub-folder (no stale machine
+    code after an edit or an upgrade, none compiled under other settings)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -153,6 +182,7 @@ def _sources_key() -> str:
                 h.update(fh.read())
         except OSError:
             h.update(name.encode())
+    h.update(_codegen_settings().encode())
     return h.hexdigest()[:16]
 
 
@@ -255,8 +285,9 @@ def _choose_cache(path: Union[str, "os.PathLike[str]"], name: str) -> str:
 def configure_cache(path: Optional[Union[str, "os.PathLike[str]"]] = None) -> str:
     """Choose (and create) the Numba cache folder; returns it (``""``: none could be written).
 
-    The folder is ``<base>/<hash of the kernel sources>`` (see :func:`_sources_key`). The choice is
-    made once per process: a later call without ``path`` returns it without searching again.
+    The folder is ``<base>/<hash of the kernel sources and of the Numba settings that change their
+    machine code>`` (see :func:`_sources_key`). The choice is made once per process: a later call
+    without ``path`` returns it without searching again.
 
     Args:
         path: folder to use (``~`` expanded); a one-line ``ValueError`` when it cannot be created or
