@@ -321,7 +321,39 @@ def configure_threading_layer() -> str:
     """
     numba = _import_numba()
     register_fork_hooks()
+    _keep_torch_threads_at_launch()
     return str(numba.config.THREADING_LAYER)
+
+
+def _keep_torch_threads_at_launch() -> None:
+    """Keep PyTorch's intra-op thread count when Numba starts its threading layer (idempotent).
+
+    Numba's OpenMP layer calls ``omp_set_num_threads(<its pool size>)`` when it starts (the first
+    kernel call or ``numba.get_num_threads()``), and PyTorch, on the same GNU OpenMP runtime, reads
+    its intra-op count there: ``OMP_NUM_THREADS=1`` or an earlier ``torch.set_num_threads(k)`` became
+    Numba's pool size (every core by default) from the first kernel on. Numba's start is wrapped
+    to put PyTorch's count back; Numba's own count is unchanged (its kernels pass it explicitly).
+    The wrapper removes itself after the start. Nothing is done once Numba's layer has started.
+    """
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:  # pragma: no cover - Numba without its parallel backend
+        return
+    launch = getattr(parallel, "_launch_threads", None)
+    if launch is None or getattr(parallel, "_is_initialized", True) or getattr(launch, "_keeps_torch_threads", False):
+        return
+
+    def launch_keeping_torch_threads() -> None:
+        torch = sys.modules.get("torch")
+        before = torch.get_num_threads() if torch is not None else None
+        launch()
+        if getattr(parallel, "_is_initialized", False) and parallel._launch_threads is launch_keeping_torch_threads:
+            parallel._launch_threads = launch
+        if before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+    launch_keeping_torch_threads._keeps_torch_threads = True  # type: ignore[attr-defined]
+    parallel._launch_threads = launch_keeping_torch_threads
 
 
 def cache_dir() -> str:
