@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from edgesnn.kernels import config
+from edgesnn.kernels import cache_key, config
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Numba variables that change the machine code (a subset of ``config._CODEGEN_VARIABLES``), and
-#: the ones that choose the cache folder or the CPU features: cleared for the runs here.
-_CODEGEN = ("NUMBA_OPT", "NUMBA_BOUNDSCHECK", "NUMBA_LOOP_VECTORIZE", "NUMBA_SLP_VECTORIZE", "NUMBA_DEBUGINFO",
-            "NUMBA_ENABLE_PROFILING")
-_CLEARED = _CODEGEN + ("NUMBA_CACHE_DIR", "NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "EDGESNN_WIDE_VECTORS")
+#: Numba variables that change the machine code, and the ones that choose the cache folder or the
+#: CPU features: cleared for the runs here.
+_CLEARED = cache_key._CODEGEN_VARIABLES + ("NUMBA_CACHE_DIR", "NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME",
+                                           "EDGESNN_WIDE_VECTORS")
 
 
 def test_threads_probing_one_cache_folder_at_once_all_find_it_writable(tmp_path):
@@ -51,7 +50,7 @@ def test_threads_probing_one_cache_folder_at_once_all_find_it_writable(tmp_path)
 @pytest.fixture
 def default_codegen(monkeypatch):
     """This process's environment with none of Numba's code-generation variables set."""
-    for name in _CODEGEN:
+    for name in cache_key._CODEGEN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -59,11 +58,11 @@ def default_codegen(monkeypatch):
 @pytest.mark.parametrize("name, value", [("NUMBA_OPT", "0"), ("NUMBA_BOUNDSCHECK", "1"),
                                          ("NUMBA_LOOP_VECTORIZE", "0"), ("NUMBA_DEBUGINFO", "1")])
 def test_numba_codegen_variables_change_the_cache_folder(default_codegen, name, value):
-    default = config._sources_key()
+    default = cache_key._sources_key()
     default_codegen.setenv(name, value)
-    assert config._sources_key() != default
+    assert cache_key._sources_key() != default
     default_codegen.setenv(name, " ")  # blank: Numba uses its default
-    assert config._sources_key() == default
+    assert cache_key._sources_key() == default
 
 
 _PACK = """

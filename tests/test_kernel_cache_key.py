@@ -2,7 +2,7 @@
 
 Numba checks only the time stamp of the file that defines a ``cache=True`` kernel. Device functions
 and intrinsics it inlines from other modules (the neuron math, prefetch and borrowed-row helpers)
-reach the cache through ``edgesnn.kernels.config``'s hash of the kernel sources: a module missing
+reach the cache through ``edgesnn.kernels.cache_key``'s hash of the kernel sources: a module missing
 from that hash would, after an upgrade that changed only it, leave stale machine code in use.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from edgesnn.kernels import config
+from edgesnn.kernels import cache_key
 
-KERNELS = Path(config.__file__).parent
+KERNELS = Path(cache_key.__file__).parent
 HOST_MODULES = {"config", "buffers"}  # imported for configure() / output buffers: never compiled
 
 
@@ -46,21 +46,21 @@ def _closure(start) -> set:
 
 
 def test_every_module_the_cached_kernels_compile_from_is_hashed():
-    hashed = {name[:-3] for name in config._KERNEL_SOURCES}
-    needed = _closure(config.CACHED_KERNEL_MODULES)
+    hashed = {name[:-3] for name in cache_key._KERNEL_SOURCES}
+    needed = _closure(cache_key.CACHED_KERNEL_MODULES)
     assert needed <= hashed, f"kernel sources missing from the cache key: {sorted(needed - hashed)}"
-    assert hashed <= needed | set(config._INLINED_MODULES)
+    assert hashed <= needed | set(cache_key._INLINED_MODULES)
 
 
 def test_cached_kernel_modules_are_the_modules_with_cache_true_kernels():
     decorated = re.compile(r"^@njit\([^)]*\bcache=True", re.M)
     with_cache = {p.stem for p in KERNELS.glob("*.py") if decorated.search(p.read_text())}
-    assert with_cache == set(config.CACHED_KERNEL_MODULES)
+    assert with_cache == set(cache_key.CACHED_KERNEL_MODULES)
 
 
-@pytest.mark.parametrize("name", sorted({n[:-3] for n in config._KERNEL_SOURCES}))
+@pytest.mark.parametrize("name", sorted({n[:-3] for n in cache_key._KERNEL_SOURCES}))
 def test_editing_any_kernel_source_changes_the_cache_key(monkeypatch, name):
-    before = config._sources_key()
+    before = cache_key._sources_key()
     real_open = open
 
     def edited_open(path, *args, **kwargs):
@@ -74,4 +74,4 @@ def test_editing_any_kernel_source_changes_the_cache_key(monkeypatch, name):
         return fh
 
     monkeypatch.setattr("builtins.open", edited_open)
-    assert config._sources_key() != before
+    assert cache_key._sources_key() != before

@@ -64,7 +64,7 @@ def default_jobs() -> int:
 def _cache_filled(folder: str) -> bool:
     """Every kernel module has compiled code in ``folder`` (a warm cache: loading it takes a second
     or two, less than starting compile processes would)."""
-    from .config import CACHED_KERNEL_MODULES
+    from .cache_key import CACHED_KERNEL_MODULES
 
     own = _own_cache(Path(folder))
     return all(any(own.glob(f"{module}.*.nbi")) for module in CACHED_KERNEL_MODULES)
