@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgesnn.kernels import config
+from edgesnn.kernels import config, cpu_features, numba_env
 
 ROOT = Path(__file__).resolve().parents[1]
 _CLEARED = ("NUMBA_CACHE_DIR", "NUMBA_CPU_FEATURES", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_BOUNDSCHECK",
@@ -62,8 +62,8 @@ def fresh_config(monkeypatch):
     reloader = getattr(nc, "_env_reloader", None)
     seen = dict(reloader.old_environ) if reloader is not None else None
     monkeypatch.setattr(config, "_CACHE_DIR", None)
-    monkeypatch.setattr(config, "_CPU_FEATURES", None, raising=False)
-    monkeypatch.setattr(config, "_WARNED", set(), raising=False)
+    monkeypatch.setattr(cpu_features, "_CPU_FEATURES", None)
+    monkeypatch.setattr(numba_env, "_WARNED", set())
     for name in _CLEARED:
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
@@ -298,29 +298,29 @@ print(json.dumps([[str(w.message), w.filename] for w in rec if "CACHE_DIR" in st
 # -- 7. EDGESNN_WIDE_VECTORS is a switch with the usual spellings -----------------------------------
 
 def test_wide_vectors_switch_spellings(fresh_config):
-    fresh_config.setattr(config, "_wide_features", lambda: "+avx512f,-prefer-256-bit", raising=False)
-    fresh_config.setattr(config, "_cpu_target_created", lambda: False, raising=False)
-    fresh_config.setattr(config, "_export_numba_setting", lambda *a: None, raising=False)
+    fresh_config.setattr(cpu_features, "_wide_features", lambda: "+avx512f,-prefer-256-bit")
+    fresh_config.setattr(cpu_features, "_cpu_target_created", lambda: False)
+    fresh_config.setattr(cpu_features, "_export_numba_setting", lambda *a: None)
     for value in ("TRUE", "on", " 1", "Yes"):
-        fresh_config.setattr(config, "_CPU_FEATURES", None, raising=False)
+        fresh_config.setattr(cpu_features, "_CPU_FEATURES", None)
         fresh_config.setenv("EDGESNN_WIDE_VECTORS", value)
-        assert config.configure_cpu_features().endswith("-prefer-256-bit"), value
+        assert cpu_features.configure_cpu_features().endswith("-prefer-256-bit"), value
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         for value in ("0", "off", "FALSE", "no", "", "garbage", "garbage"):
-            fresh_config.setattr(config, "_CPU_FEATURES", None, raising=False)
+            fresh_config.setattr(cpu_features, "_CPU_FEATURES", None)
             fresh_config.setenv("EDGESNN_WIDE_VECTORS", value)
-            assert config.configure_cpu_features() == "", value
+            assert cpu_features.configure_cpu_features() == "", value
     assert [str(w.message) for w in rec] == [
         "EDGESNN_WIDE_VECTORS='garbage': expected 1/0, true/false, yes/no or on/off; wide vectors stay off"]
 
 
 def test_wide_vectors_too_late_is_warned_about(fresh_config):
-    fresh_config.setattr(config, "_wide_features", lambda: "+avx512f,-prefer-256-bit", raising=False)
-    fresh_config.setattr(config, "_cpu_target_created", lambda: True, raising=False)
+    fresh_config.setattr(cpu_features, "_wide_features", lambda: "+avx512f,-prefer-256-bit")
+    fresh_config.setattr(cpu_features, "_cpu_target_created", lambda: True)
     fresh_config.setenv("EDGESNN_WIDE_VECTORS", "1")
     with pytest.warns(RuntimeWarning, match="^EDGESNN_WIDE_VECTORS: has no effect"):
-        assert config.configure_cpu_features() == ""
+        assert cpu_features.configure_cpu_features() == ""
     assert "NUMBA_CPU_FEATURES" not in os.environ
 
 

@@ -21,62 +21,21 @@ import os
 import stat
 import sys
 import tempfile
-import warnings
-from typing import Hashable, Optional, Union
+from typing import Optional, Union
 
 from ..errors import UsageError
 from ..functional.checks import check_int
 from .cache_key import CACHED_KERNEL_MODULES, _sources_key
+from .cpu_features import configure_cpu_features
 from .fork_guard import forked_child_message, numba_threads_usable, register_fork_hooks
+from .numba_env import _export_numba_setting, _warn_once
 
 __all__ = ["configure", "configure_cache", "cache_dir", "set_num_threads", "get_num_threads",
            "configure_threading_layer", "numba_threads_usable", "forked_child_message", "retain_freed_memory", "configure_cpu_features"]
 
 _CACHE_DIR: Optional[str] = None  # the folder chosen for this process ("": none writable)
-_CPU_FEATURES: Optional[str] = None  # the feature string chosen by configure_cpu_features
-_WARNED: set = set()  # keys of the warnings already given (each is given once per process)
 
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "edgesnn.kernels"
-_LIBRARY_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the edgesnn package
-
-
-def _warn_once(key: Hashable, message: str) -> None:
-    """Warn (``RuntimeWarning``) once per process per ``key``, attributed to the first caller
-    outside edgesnn, the import machinery, torch and numba (the user's line, not a library one)."""
-    if key in _WARNED:
-        return
-    _WARNED.add(key)
-    prefixes = [_LIBRARY_DIR + os.sep, "<frozen importlib"]
-    for name in ("torch", "numba"):
-        module_file = getattr(sys.modules.get(name), "__file__", None)
-        if module_file:
-            prefixes.append(os.path.dirname(module_file) + os.sep)
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(tuple(prefixes)):
-        frame = frame.f_back
-        if frame is not None and not _import_internal(frame.f_code.co_filename):
-            level += 1  # warnings.warn does not count the import machinery's frames
-    warnings.warn(message, RuntimeWarning, stacklevel=level if frame is not None else 2)
-
-
-def _import_internal(filename: str) -> bool:
-    """A frame that ``warnings.warn`` skips when it counts ``stacklevel`` (the import machinery)."""
-    return "importlib" in filename and "_bootstrap" in filename
-
-
-def _export_numba_setting(env_name: str, attr: str, value: str) -> None:
-    """Export ``env_name=value`` (read by Numba at import, and by child processes) and, when Numba
-    is already imported, set ``numba.config.<attr>``. Numba's compiler re-reads every ``NUMBA_*``
-    variable when it sees one change, which would drop the settings a user made in code
-    (``numba.config.THREADING_LAYER = ...``): the new value is recorded as already seen."""
-    os.environ[env_name] = value
-    nb_config = sys.modules.get("numba.core.config")
-    if nb_config is None:
-        return
-    setattr(nb_config, attr, value)
-    seen = getattr(getattr(nb_config, "_env_reloader", None), "old_environ", None)
-    if isinstance(seen, dict):
-        seen[env_name] = value
 
 
 def _check_numba_num_threads() -> None:
@@ -385,74 +344,3 @@ def retain_freed_memory(enable: bool = True) -> bool:
     else:
         ok = mallopt(m_mmap_max, 65536) and mallopt(m_trim_threshold, 128 * 1024) and mallopt(m_mmap_threshold, 128 * 1024)
     return bool(ok)
-
-
-_TRUE_WORDS = ("1", "true", "yes", "on")
-_FALSE_WORDS = ("", "0", "false", "no", "off")
-
-
-def _wide_vectors_requested() -> bool:
-    """``EDGESNN_WIDE_VECTORS`` as a switch (1/0, true/false, yes/no, on/off, any case; unset: off);
-    any other value is warned about once and counts as off."""
-    raw = os.environ.get("EDGESNN_WIDE_VECTORS")
-    if raw is None:
-        return False
-    word = raw.strip().lower()
-    if word not in _TRUE_WORDS + _FALSE_WORDS:
-        _warn_once(("env", "EDGESNN_WIDE_VECTORS", raw),
-                   f"EDGESNN_WIDE_VECTORS={raw!r}: expected 1/0, true/false, yes/no or on/off; wide vectors stay off")
-    return word in _TRUE_WORDS
-
-
-def _cpu_target_created() -> bool:
-    """Numba's CPU target (which fixes the CPU features) was already created (by the first ``@njit``)."""
-    registry = sys.modules.get("numba.core.registry")
-    target = getattr(registry, "cpu_target", None)
-    return "_toplevel_target_context" in getattr(target, "__dict__", {})
-
-
-def _wide_features() -> str:
-    """The host's features plus ``-prefer-256-bit`` on an AVX-512 host, else ``""``."""
-    try:
-        import llvmlite.binding as ll
-
-        feats = ll.get_host_cpu_features().flatten()
-    except Exception:  # pragma: no cover - llvmlite without host feature detection
-        return ""
-    return feats + ",-prefer-256-bit" if "+avx512f" in feats.split(",") else ""
-
-
-def configure_cpu_features() -> str:
-    """Opt-in 512-bit vectors for the Numba kernels: ``EDGESNN_WIDE_VECTORS=1`` (or true/yes/on).
-
-    LLVM tunes some AVX-512 cores (Intel server cores) for 256-bit vectors (a flag meant for CPUs
-    that clock down under 512-bit load) and others (AMD Zen 4 / 5) for 512-bit ones. On a Xeon
-    (Emerald Rapids) test VM the opt-in made the kernels 1.2-1.6x faster; on the AMD EPYC VM Numba
-    already emits 512-bit vectors and it changes nothing (docs/design.md §3). With the switch on,
-    on an AVX-512 host, and with ``NUMBA_CPU_FEATURES`` unset, this sets ``NUMBA_CPU_FEATURES``
-    (and ``numba.config.CPU_FEATURES``) to the host's features plus ``-prefer-256-bit``.
-    Process-wide; it takes effect only before Numba's CPU target is created (the first ``@njit``
-    anywhere in the process: :func:`configure` runs it before the kernels'), and is warned about
-    once when it comes too late. Decided once per process; returns the feature string in effect
-    (``""``: Numba's default).
-    """
-    global _CPU_FEATURES
-    if _CPU_FEATURES is None:
-        _CPU_FEATURES = _choose_cpu_features()
-    return _CPU_FEATURES
-
-
-def _choose_cpu_features() -> str:
-    if os.environ.get("NUMBA_CPU_FEATURES"):
-        return os.environ["NUMBA_CPU_FEATURES"]
-    if not _wide_vectors_requested():
-        return ""
-    feats = _wide_features()
-    if not feats:
-        return ""
-    if _cpu_target_created():
-        _warn_once(("wide-late",), "EDGESNN_WIDE_VECTORS: has no effect, Numba compiled or defined a function before "
-                                   "the edgesnn kernels were loaded; load them first or set NUMBA_CPU_FEATURES")
-        return ""
-    _export_numba_setting("NUMBA_CPU_FEATURES", "CPU_FEATURES", feats)
-    return feats
