@@ -10,8 +10,8 @@ missing files, outputs that exist) print one line ``edgesnn CMD: error: ...`` an
 so does an allocation failure (``MemoryError``, torch's ``can't allocate memory``: ``error: out of
 memory: ...``, sizes too large for this machine) and a size past torch's 64-bit shapes; anything
 else is a bug and keeps its traceback.
-Ctrl-C prints one line (``edgesnn CMD: interrupted``, and what ``train``'s checkpoint holds) and
-exits with 130.
+Ctrl-C prints one line (``edgesnn CMD: interrupted``, and what ``train``'s checkpoint holds, or that
+``export``'s output was already complete) and exits with 130.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process reports its own error; the lines of ranks
 other than 0 read ``edgesnn CMD: error: rank N: ...`` (``edgesnn CMD: rank N: interrupted``). A
@@ -29,7 +29,7 @@ import signal
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from .errors import USER_ERRORS, peer_failure, say_line
+from .errors import USER_ERRORS, InterruptedAfterOutput, peer_failure, say_line
 from .memory_guard import OUT_OF_MEMORY_HINT, is_out_of_memory, is_size_overflow
 
 SUBCOMMANDS: List[str] = [
@@ -174,8 +174,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as exc:
         _say(args.command, str(exc))
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, like edgesnn-device, and the shell's 128 + SIGINT
-        _say(args.command, _interrupted(args, before), error=False)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, like edgesnn-device, and the shell's 128 + SIGINT
+        text = str(exc) if isinstance(exc, InterruptedAfterOutput) else _interrupted(args, before)
+        _say(args.command, text, error=False)
         return 130
     except MemoryError as exc:  # a buffer larger than this machine: one line, not a traceback
         _say(args.command, _out_of_memory(args.command, exc))

@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "USER_ERRORS", "clip", "first_line", "peer_failure", "refuse_empty", "say_line"]
+__all__ = ["UsageError", "DependencyError", "InterruptedAfterOutput", "USER_ERRORS", "clip", "first_line", "peer_failure", "refuse_empty", "say_line"]
 
 
 class UsageError(ValueError):
@@ -21,6 +21,11 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError
 
 class DependencyError(UsageError, RuntimeError):
     """An optional package the command needs is missing or incomplete (the message says what to install)."""
+
+
+class InterruptedAfterOutput(KeyboardInterrupt):
+    """Ctrl-C that came once the command's output was complete (e.g. held back until a folder swap
+    was done): the message says the output is whole, so the user does not run the command again."""
 
 
 def refuse_empty(value: object, flag: str, expected: str, hint: str = "", error: type = UsageError) -> None:

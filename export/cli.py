@@ -36,10 +36,10 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 from ..atomic import PathLike, check_not_inside, check_output, replace_dir, user_path
-from ..errors import UsageError, refuse_empty
+from ..errors import InterruptedAfterOutput, UsageError, refuse_empty
 
 __all__ = ["FORMATS", "register", "run", "import_params"]
 
@@ -241,6 +241,27 @@ def run(args: argparse.Namespace) -> int:
     """``edgesnn export``: check the flags, load the checkpoint and write ``--out`` in ``--format``;
     returns the exit status 0."""
     out = _check_args(args)
+    before = _output_state(out)
+    try:
+        return _export(args, out)
+    except KeyboardInterrupt as exc:  # e.g. held back until the folder swap was done: say the output is whole
+        after = _output_state(out)
+        if after is not None and after != before and not isinstance(exc, InterruptedAfterOutput):
+            raise InterruptedAfterOutput(f"interrupted after {out} was written (it is complete)") from None
+        raise
+
+
+def _output_state(path: Path) -> Optional[Tuple[int, int, int]]:
+    """``path``'s identity and mtime (through symlinks), or ``None`` when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _export(args: argparse.Namespace, out: Path) -> int:
+    """The export itself, once the flags are checked: load the checkpoint and write ``out``."""
     from .prepare import check_finite, model_from_checkpoint
 
     if args.format == "checkpoint":

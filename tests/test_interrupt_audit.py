@@ -11,6 +11,8 @@ behind is cleaned by the next run.
   ``.out.XXXX.tmp.old`` beside an existing ``out``) stayed forever, one more per kill; the next
   write of the same target removes them (never one a live writer holds locked).
 * ``recover_dir("e")`` took another output's leftover (``.e.x.XXXX.tmp.old``, of ``e.x``).
+* Ctrl-C held back until an export's swap was done then printed a bare ``interrupted``: the user
+  would run the export again into the refusal of an existing ``--out``. It now says the output is complete.
 
 The kills are injected at a chosen point (a write callback or ``os.replace`` that signals its own
 process), not timed.
@@ -171,3 +173,44 @@ def test_recover_dir_does_not_take_a_longer_names_leftover(tmp_path):
     assert recover_dir(tmp_path / "e") is None
     assert not (tmp_path / "e").exists() and (other / "keep").read_text() == "e.x's"
     assert recover_dir(tmp_path / "e.x") == other and (tmp_path / "e.x" / "keep").is_file()
+
+
+_EXPORT_WITH_CTRL_C = """
+    import os, signal, sys
+    import torch
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.models import build_model
+    torch.manual_seed(0)
+    m = build_model("mlp", (16,), 4, 2, neuron="lif", hidden=(8,))
+    save_checkpoint("model.ckpt", m.config, m.state_dict(), epoch=1)
+    real = os.replace
+    def replace(a, b):  # Ctrl-C at a chosen rename of the export's folder swap
+        r = real(a, b)
+        if {after_swap} and str(a).endswith(".tmp") and os.path.basename(b) == "out":
+            os.kill(os.getpid(), signal.SIGINT)
+        return r
+    if not {after_swap}:
+        import edgesnn.export.onnx_step as step
+        def interrupted(*a, **k):
+            raise KeyboardInterrupt
+        step.export_onnx_step = interrupted  # Ctrl-C while the graphs are being written
+    os.replace = replace
+    from edgesnn.cli import main
+    sys.exit(main(["export", "--checkpoint", "model.ckpt", "--format", "onnx-step", "--batch-size", "4",
+                   "--out", "out"]))
+"""
+
+
+def test_ctrl_c_held_until_the_swap_says_the_export_is_complete(tmp_path):
+    p = _run(_EXPORT_WITH_CTRL_C.format(after_swap=True), tmp_path)
+    assert p.returncode == 130, p.stderr
+    # it used to say only "interrupted": the user would export again, into the refusal of an existing --out
+    assert p.stderr.strip() == "edgesnn export: interrupted after out was written (it is complete)", p.stderr
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_ctrl_c_before_the_swap_says_interrupted_and_writes_nothing(tmp_path):
+    p = _run(_EXPORT_WITH_CTRL_C.format(after_swap=False), tmp_path)
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.strip() == "edgesnn export: interrupted", p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["model.ckpt"]
