@@ -22,9 +22,8 @@
 4. **backward** ``Loop`` over the same chunks, last first (a ``Loop`` rather than a ``Scan``:
    ORT's Scan keeps four buffers per loop-carried value, which for the weight-gradient
    accumulators costs a fixed extra 3x their size once it runs three or more iterations).
-   At each step it recomputes the stateless
-   layers from the previous spiking layer's output (LIF: ``s = h >= v_th``; RevLIF:
-   ``y = alpha * quantize(x) + s`` from the recomputed input and the stored spike bit), then
+   At each step it recomputes the stateless layers from the previous spiking layer's output
+   (LIF: ``s = h >= v_th``; RevLIF: ``y = alpha * quantize(x) + s`` from the recomputed input and the stored spike bit), then
    back-propagates top-down with the project's own VJPs: :func:`~edgesnn.functional.lif.lif_step_vjp`
    for LIF, and :func:`~edgesnn.functional.revlif.revlif_step_backward` for RevLIF, which walks
    the state back from the final state (inverse and gradient in one pass). Linear, Conv2d
