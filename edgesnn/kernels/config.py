@@ -244,6 +244,8 @@ def _keep_torch_threads_at_launch() -> None:
     Numba's pool size (every core by default) from the first kernel on. Numba's start is wrapped
     to put PyTorch's count back; Numba's own count is unchanged (its kernels pass it explicitly).
     The wrapper removes itself after the start. Nothing is done once Numba's layer has started.
+    A layer Numba cannot start (``NUMBA_THREADING_LAYER=tbb`` without the tbb package, an unknown
+    name) is a one-line :class:`UsageError` naming the setting (:func:`_threading_layer_error`).
     """
     try:
         from numba.np.ufunc import parallel
@@ -256,7 +258,10 @@ def _keep_torch_threads_at_launch() -> None:
     def launch_keeping_torch_threads() -> None:
         torch = sys.modules.get("torch")
         before = torch.get_num_threads() if torch is not None else None
-        launch()
+        try:
+            launch()
+        except ValueError as exc:  # a layer Numba cannot start: its error is several lines
+            raise _threading_layer_error(exc) from None
         if getattr(parallel, "_is_initialized", False) and parallel._launch_threads is launch_keeping_torch_threads:
             parallel._launch_threads = launch
         if before is not None and torch.get_num_threads() != before:
@@ -264,6 +269,22 @@ def _keep_torch_threads_at_launch() -> None:
 
     launch_keeping_torch_threads._keeps_torch_threads = True  # type: ignore[attr-defined]
     parallel._launch_threads = launch_keeping_torch_threads
+
+
+def _threading_layer_error(exc: ValueError) -> UsageError:
+    """Numba's error for a threading layer it cannot start (several lines: ``No threading layer could
+    be loaded.`` and a hint) as one line naming the setting: ``NUMBA_THREADING_LAYER`` (or
+    ``NUMBA_THREADING_LAYER_PRIORITY``), or the ``numba.config`` attribute when it was set in code."""
+    reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    attr, expected = "THREADING_LAYER", ("; expected omp, workqueue or default (tbb and safe need the tbb package), "
+                                         "or leave it unset")
+    if "THREADING_LAYER_PRIORITY" in reason:
+        attr, expected = "THREADING_LAYER_PRIORITY", ""
+    value = getattr(sys.modules["numba"].config, attr, None)
+    raw = os.environ.get(f"NUMBA_{attr}")
+    from_env = raw is not None and (raw.split() == value if isinstance(value, list) else raw == str(value))
+    setting = f"NUMBA_{attr}={raw!r}" if from_env else f"numba.config.{attr}={value!r}"
+    return UsageError(f"{setting}: Numba cannot start its threading layer ({reason}){expected}")
 
 
 def cache_dir() -> str:
