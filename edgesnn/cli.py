@@ -10,7 +10,8 @@ missing files, outputs that exist) print one line ``edgesnn CMD: error: ...`` an
 so does an allocation failure (``MemoryError``, torch's ``can't allocate memory``: ``error: out of
 memory: ...``, sizes too large for this machine) and a size past torch's 64-bit shapes; anything
 else is a bug and keeps its traceback.
-Ctrl-C prints one line (``edgesnn CMD: interrupted``, and what ``train``'s checkpoint holds, or that
+Warnings print as one line ``edgesnn CMD: warning: ...`` (on the real command line; ``main(argv)``
+called from Python leaves the warnings machinery alone). Ctrl-C prints one line (``edgesnn CMD: interrupted``, and what ``train``'s checkpoint holds, or that
 ``export``'s output was already complete) and exits with 130.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process reports its own error; the lines of ranks
@@ -27,6 +28,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 from .errors import USER_ERRORS, InterruptedAfterOutput, peer_failure, say_line
@@ -142,6 +144,17 @@ def _out_of_memory(command: Optional[str], exc: BaseException) -> str:
             f"{_MEMORY_HINTS.get(command or '', OUT_OF_MEMORY_HINT)}")
 
 
+def _warning_printer(command: Optional[str]):
+    """A ``warnings.showwarning`` for the command line: ``edgesnn CMD: warning: MESSAGE`` on one line
+    (the source line a warning points at is a library's or Python's own, nothing to act on here)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        _say(command, f"warning: {text}", error=False)
+
+    return show
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``edgesnn``: 0 on success, 2 on a user error or an allocation failure (one line), 130 on
     Ctrl-C (one line); under ``torchrun``, 1 on a rank whose collective failed because another rank
@@ -151,10 +164,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread
             pass
+    real_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     top = build_parser()
     _check_top_options(top, argv)
     command = top.parse_known_args(argv)[0].command
+    if real_command_line:  # warnings as one line of ours, not "<frozen runpy>:88: RuntimeWarning: ..."
+        warnings.showwarning = _warning_printer(command)
     try:
         parser = build_parser(command)
     except ModuleNotFoundError as exc:  # a dependency (e.g. torch) is missing: say so in one line

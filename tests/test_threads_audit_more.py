@@ -1,6 +1,8 @@
 """Thread settings, second audit: a threading layer Numba cannot start is a one-line error naming
 the setting (Numba's own is four lines, ``No threading layer could be loaded. HINT: ...``, and the
 command lines printed all of them without saying which setting caused it).
+A warning on the command line (``--threads`` above the cores) is one line of the command's own,
+``edgesnn CMD: warning: ...``, not Python's ``<frozen runpy>:88: RuntimeWarning: ...``.
 
 Each case runs in a fresh interpreter (Numba starts its threading layer once per process) with the
 default kernel cache; none compiles a kernel (the layer starts before the first one runs).
@@ -97,3 +99,15 @@ def test_kernel_call_with_missing_tbb_layer_is_one_line_each_time():
     res = _run(["-c", _KERNEL_AFTER_FAILURE], NUMBA_THREADING_LAYER="tbb")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines() == ["UsageError NUMBA_THREADING_LAYER='tbb'"] * 2 + ["True"], res.stdout
+
+
+def test_a_warning_of_the_command_line_is_one_line_of_its_own(tmp_path):
+    # `--threads` above the cores warns; it printed "<frozen runpy>:88: RuntimeWarning: set_num_threads(99): ..."
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env["PYTHONPATH"] = str(ROOT)
+    p = subprocess.run([sys.executable, "-m", "edgesnn", "train", "--threads", "99", "--epochs", "1", "--max-steps", "1"],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-2000:]
+    warned = [ln for ln in p.stderr.splitlines() if "set_num_threads(99)" in ln]
+    assert len(warned) == 1 and warned[0].startswith("edgesnn train: warning: set_num_threads(99): "), p.stderr[-2000:]
+    assert "RuntimeWarning" not in p.stderr and "runpy" not in p.stderr
