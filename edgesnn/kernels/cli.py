@@ -7,12 +7,18 @@ after installing (or in the image build) so that training starts at full speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Union
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = ["register", "warmup", "compile_notice", "default_jobs"]
 
@@ -84,7 +90,12 @@ def _compile_in_processes(folder: str, jobs: int) -> int:
     """Compile the parts into ``folder`` in ``jobs`` spawned processes (fresh interpreters: no forked
     OpenMP or PyTorch threads), longest first; returns the processes started (at most one per part).
     A process that dies (e.g. killed for memory) leaves its part to this process, which compiles
-    whatever is still missing next."""
+    whatever is still missing next.
+
+    The compile processes end with this one: they never see Ctrl-C themselves (no tracebacks of
+    theirs), Ctrl-C here stops them at once (``KeyboardInterrupt``, instead of waiting for the parts
+    handed out), and on Linux they are killed when this process dies (``kill PID``, the
+    out-of-memory killer), where they would otherwise wait forever for more work, ~0.5 GB each."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -92,13 +103,80 @@ def _compile_in_processes(folder: str, jobs: int) -> int:
     from .warmup_parts import PARTS
 
     workers = min(jobs, len(PARTS))
+    interrupted: List[int] = []  # the SIGINTs received while the compile processes ran
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(_compile_part, PARTS, [folder] * len(PARTS)))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_compile_worker_start, initargs=(os.getpid(),)) as pool:
+            with _ctrl_c_stops(pool, interrupted):
+                with _sigint_blocked():  # the processes start in map() and keep this thread's signal mask
+                    results = pool.map(_compile_part, PARTS, [folder] * len(PARTS))
+                list(results)
     except BrokenProcessPool:
-        warnings.warn("edgesnn warmup: a compile process died (out of memory?); compiling the rest in this process "
-                      "(--jobs 1 does it all here)", RuntimeWarning, stacklevel=3)
+        if not interrupted:
+            warnings.warn("edgesnn warmup: a compile process died (out of memory?); compiling the rest in this "
+                          "process (--jobs 1 does it all here)", RuntimeWarning, stacklevel=3)
+    if interrupted:
+        raise KeyboardInterrupt
     return workers
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(pool: "concurrent.futures.ProcessPoolExecutor", interrupted: List[int]) -> Iterator[None]:
+    """In the block, Ctrl-C (SIGINT) terminates ``pool``'s processes and appends to ``interrupted``:
+    the pool then breaks, which the caller turns into ``KeyboardInterrupt``. Only where SIGINT has
+    Python's default handler, in the main thread (elsewhere nothing changes)."""
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        _stop_workers(pool)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread for the block (where signal masks exist): processes started in it
+    inherit the mask and never get Ctrl-C; one that reaches this process meanwhile is delivered after."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _compile_worker_start(parent: int) -> None:
+    """First thing in a compile process: on Linux, have the kernel kill it when the warm-up process
+    ``parent`` (its pid) ends (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), and end at once if it already has."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl in this C library
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _stop_workers(pool: "concurrent.futures.ProcessPoolExecutor") -> None:
+    """Terminate ``pool``'s processes (SIGTERM) without waiting for their work: the pool breaks, and
+    its pending and running calls fail with ``BrokenProcessPool``."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def warmup(
