@@ -178,6 +178,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise  # our own module missing is a bug
         _say(command, f"this command needs {exc.name} ({exc})")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while the command's modules (torch) were being imported
+        _say(command, "interrupted", error=False)
+        return 130
     args = parser.parse_args(argv)
     before = _file_state(getattr(args, "checkpoint", None))
     try:

@@ -214,3 +214,21 @@ def test_ctrl_c_before_the_swap_says_interrupted_and_writes_nothing(tmp_path):
     assert p.returncode == 130, p.stderr
     assert p.stderr.strip() == "edgesnn export: interrupted", p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["model.ckpt"]
+
+
+def test_ctrl_c_while_the_command_is_imported_is_one_line(tmp_path):
+    # Ctrl-C in the first seconds (torch still importing) was a traceback ending in KeyboardInterrupt
+    p = _run("""
+        import builtins, sys
+        real = builtins.__import__
+        def imp(name, *a, **k):  # Ctrl-C at the command module's first import of torch
+            if name == "torch" and not hasattr(builtins, "_hit"):
+                builtins._hit = True
+                raise KeyboardInterrupt
+            return real(name, *a, **k)
+        builtins.__import__ = imp
+        sys.argv = ["edgesnn", "train", "--epochs", "1"]
+        from edgesnn.cli import main
+        sys.exit(main())
+    """, tmp_path)
+    assert p.returncode == 130 and p.stderr.strip() == "edgesnn train: interrupted", p.stderr[-2000:]
