@@ -264,7 +264,8 @@ def _peak(chain, options, T, B, runtime_overhead, optimizer, extras: Extras = NO
             + max(step, extras.eval_peak(chain, options, T)))
 
 
-def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras: Extras = NO_EXTRAS) -> PlanningError:
+def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, bandwidth_gbs: float,
+                extras: Extras = NO_EXTRAS) -> PlanningError:
     least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
     need = _peak(chain, least, T, B, runtime_overhead, optimizer, extras)
     choice, bmax = _largest_batch_choice(chain, opts, T, budget, runtime_overhead, optimizer, extras)
@@ -278,8 +279,15 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras: 
             hi = mid - 1
     hints = []
     if bmax >= 1:
-        # a later part holds every parameter gradient as well: it may fit fewer samples than one plain step
-        mmax = max_micro_batch(chain, choice, T, bmax, budget, runtime_overhead, optimizer, extras=extras)
+        # the part the plan at bmax (``edgesnn plan --batch bmax``) holds: that plan picks the fastest
+        # choice that fits, which may hold fewer samples per part than ``choice``; a later part holds
+        # every parameter gradient as well, so it may fit fewer samples than one plain step
+        at_bmax = _least_peak(chain, opts, T, bmax, runtime_overhead, optimizer, extras)
+        if _peak(chain, at_bmax, T, bmax, runtime_overhead, optimizer, extras) > budget:
+            at_bmax = choice  # coordinate descent can miss the least peak; ``choice`` fits bmax
+        at_bmax = _fastest_fitting(chain, opts, T, bmax, at_bmax, budget, runtime_overhead, optimizer,
+                                   bandwidth_gbs, extras)
+        mmax = max_micro_batch(chain, at_bmax, T, bmax, budget, runtime_overhead, optimizer, bandwidth_gbs, extras)
         parts = (f" (edgesnn train --micro-batch {mmax} still steps on batches of {B}, {mmax} samples at a time)"
                  if mmax >= smallest_micro_batch(chain.has_batchnorm) else "")
         hints.append(f"use --batch {bmax} or less{parts}")
@@ -338,12 +346,22 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         least, B = _largest_batch_choice(chain, opts, T, budget, runtime_overhead, optimizer, extras)
         B = min(B, max_batch_cap)
         if B < 1:
-            raise _impossible(chain, opts, T, 1, budget, runtime_overhead, optimizer, extras)
+            raise _impossible(chain, opts, T, 1, budget, runtime_overhead, optimizer, bandwidth_gbs, extras)
     else:
         B = batch
         least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
     if _peak(chain, least, T, B, runtime_overhead, optimizer, extras) > budget:
-        raise _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, extras)
+        raise _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, bandwidth_gbs, extras)
+    options = _fastest_fitting(chain, opts, T, B, least, budget, runtime_overhead, optimizer, bandwidth_gbs, extras)
+    return dict(options=list(options), batch=B, timesteps=T, budget_bytes=int(budget),
+                **predict(chain, options, T, B, runtime_overhead, optimizer, bandwidth_gbs, extras))
+
+
+def _fastest_fitting(chain: ChainModel, opts, T: int, B: int, least: List[str], budget: int, runtime_overhead: int,
+                     optimizer: str, bandwidth_gbs: float, extras: Extras = NO_EXTRAS) -> List[str]:
+    """The per-layer choice a plan at batch ``B`` takes: the least predicted node time whose peak
+    fits ``budget`` (bytes), by the DP over the layers' saved bytes, from ``least`` (a choice whose
+    peak fits); ``least`` itself when the DP finds nothing that fits."""
     costs = [[(chain.layer_option_cost(i, o).bytes(T, B),
                node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i)))
               for o in layer] for i, layer in enumerate(opts)]
@@ -368,8 +386,7 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
             options = cand
             break
         capacity -= over
-    return dict(options=list(options), batch=B, timesteps=T, budget_bytes=int(budget),
-                **predict(chain, options, T, B, runtime_overhead, optimizer, bandwidth_gbs, extras))
+    return list(options)
 
 
 def max_micro_batch(chain: ChainModel, options: Sequence[str], T: int, batch: int, budget: int, runtime_overhead: int,
