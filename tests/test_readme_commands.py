@@ -2,6 +2,7 @@
 
 * every ``--flag`` of an ``edgesnn <sub> ...`` / ``edgesnn-device ...`` command the README shows (its
   ``bash`` blocks and inline code) is an option of that command's parser;
+* every ``python`` block runs as it stands, in a fresh interpreter;
 * the micro-batch example (*Micro-batches*, "With a plan") quotes the figures ``edgesnn plan`` prints
   for the command it names, and its ``edgesnn train --micro-batch`` is within them.
 """
@@ -91,3 +92,19 @@ def test_readme_micro_batch_example_matches_the_plan(tmp_path, monkeypatch, caps
     assert (doc["batch"], doc["predicted"]["micro_batch"]) == (batch, parts)
     train = re.search(r"`edgesnn train --plan plan\.json --batch-size (\d+) --micro-batch (\d+)`", text)
     assert train and int(train.group(2)) <= parts < int(train.group(1))
+
+
+def test_every_python_snippet_of_the_readme_runs(tmp_path):
+    # a newcomer copies them as they stand: no name left for the reader to fill in
+    import os
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 2
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for i, block in enumerate(blocks):
+        p = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, f"README python block {i}:\n{block}\n{p.stderr[-2000:]}"
