@@ -194,7 +194,7 @@ def test_set_num_threads_caps_both_pools_and_warns_once(fresh_config):
         set_num_threads(np.int64(1))
         assert get_num_threads() == {"numba": 1, "torch": 1}
         for bad in (0, np.int64(0), 1.0, True, "2"):
-            with pytest.raises(ValueError, match="^num_threads: expected an integer >= 1"):
+            with pytest.raises(ValueError, match=r"^set_num_threads\(n\): expected an integer >= 1"):
                 set_num_threads(bad)
     finally:
         numba.set_num_threads(before["numba"])

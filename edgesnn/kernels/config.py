@@ -301,7 +301,7 @@ def set_num_threads(n: int) -> int:
     (``numba.set_num_threads`` is per thread: call this in each thread that runs kernels), PyTorch's
     to the whole process.
     """
-    n = check_int(n, "num_threads", error=UsageError)
+    n = check_int(n, "set_num_threads(n)", error=UsageError)
     configure_threading_layer()  # the fork guard is in place before Numba starts its threads
     numba = _import_numba()
     pool = int(numba.config.NUMBA_NUM_THREADS)
