@@ -48,14 +48,16 @@ def _check_bytes_per_param(v: object) -> None:
 
 
 def _no_candidates_error(model: nn.Module) -> ValueError:
-    """Why nothing can be rewritten: a subclass of ``nn.Sequential`` holds the nodes, or no node at all."""
+    """Why nothing can be rewritten: a subclass of ``nn.Sequential`` holds the nodes, the nodes are
+    not LIF/RevLIF or are refused (:func:`node_refusal`), they sit outside a plain ``nn.Sequential``
+    (e.g. attributes of a ResNet block), or there is no node at all."""
     sub = next((m for m in model.modules() if isinstance(m, nn.Sequential) and type(m) is not nn.Sequential
                 and any(is_node(c) for c in m)), None)
     if sub is not None:
         return ValueError(f"model: only plain nn.Sequential containers are rewritten, but the LIF/RevLIF nodes are in "
                           f"{type(sub).__name__}, a subclass of it; build that part as an nn.Sequential")
-    other = next(((name, m) for name, m in model.named_modules() if spiking_node(m) and node_refusal(m) is None),
-                 None)
+    other = next(((name, m) for name, m in model.named_modules()
+                  if spiking_node(m) and node_refusal(m) is None and not is_node(m)), None)
     if other is not None:
         return ValueError(f"model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize: the "
                           f"{type(other[1]).__name__} at {other[0] or 'the top'!r} is not supported (LIF and RevLIF only)")
@@ -64,7 +66,21 @@ def _no_candidates_error(model: nn.Module) -> ValueError:
         name, m = refused
         return ValueError(f"model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize: the "
                           f"{type(m).__name__} at {name or 'the top'!r} {node_refusal(m)}, so it is left as it is")
+    placed = next(((name, m) for name, m in model.named_modules() if is_node(m)), None)
+    if placed is not None:
+        return _outside_sequential_error(model, *placed)
     return ValueError("model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize")
+
+
+def _outside_sequential_error(model: nn.Module, name: str, node: nn.Module) -> ValueError:
+    """A supported node that is not a direct child of a plain ``nn.Sequential`` (only those are rewritten)."""
+    where = "is the model itself, not a child of a plain nn.Sequential"
+    if name:
+        parent = model.get_submodule(name.rpartition(".")[0])
+        where = f"is a child of {type(parent).__name__}, not of a plain nn.Sequential"
+    return ValueError(f"model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize: the "
+                      f"{type(node).__name__} at {name or 'the top'!r} {where} (only those are rewritten; build the "
+                      "layers around the nodes as nn.Sequential runs)")
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ class MemoryOptimizedSequential(nn.Sequential):
     ``nn.Sequential`` of the same child modules (not optimized). A block whose children changed
     after ``optimize_memory`` (a hook registered, ``stateful=True`` set on its node, a child
     replaced) runs as plain modules: the plain model's results without the memory saving, with a
-    warning once per container.
+    warning once per container. A block switched to single-step (``step_mode='s'``) runs as plain
+    modules without a warning, and as a block again once switched back to ``'m'``.
     """
 
     _memopt_blocks: List[Block]
@@ -70,12 +71,15 @@ class MemoryOptimizedSequential(nn.Sequential):
         return x
 
     def _live_blocks(self, children: List[nn.Module]) -> List[Block]:
-        """The blocks still as planned (:meth:`Block.unchanged`); warns once about the others."""
+        """The blocks still as planned (:meth:`Block.unchanged`); warns once about the others, except
+        blocks switched to single-step (``functional.set_step_mode(model, 's')``): one step per call
+        has no T to chunk, and they run as blocks again once set back to ``'m'``."""
         live = [b for b in self._memopt_blocks if b.unchanged(children)]
-        if len(live) < len(self._memopt_blocks) and not self.__dict__.get("_memopt_warned", False):
+        kept = {id(b) for b in live}
+        changed = [b for b in self._memopt_blocks if id(b) not in kept and not _single_step(b, children)]
+        if changed and not self.__dict__.get("_memopt_warned", False):
             self._memopt_warned = True
-            kept = {id(b) for b in live}
-            b = next(b for b in self._memopt_blocks if id(b) not in kept)
+            b = changed[0]
             warnings.warn(
                 f"optimize_memory: the {type(b.node).__name__} block (children {b.start}-{b.stop - 1}) changed after "
                 "optimize_memory (a hook, stateful=True or a replaced child); it runs as plain modules, without "
@@ -114,6 +118,11 @@ class MemoryOptimizedSequential(nn.Sequential):
                 i = b.stop
             outs.append(y)
         return torch.cat(outs)
+
+
+def _single_step(b: Block, children: List[nn.Module]) -> bool:
+    """Whether block ``b`` still holds its planned children and its node is now single-step (``step_mode='s'``)."""
+    return list(children[b.start:b.stop]) == list(b.owners) and getattr(b.node, "step_mode", "m") == "s"
 
 
 def _routes(live: List[Block]) -> Dict[int, Route]:
