@@ -22,10 +22,10 @@ try:  # a temp file's writer holds a lock on it, so the next run tells a dead on
 except ImportError:  # pragma: no cover - no flock here: leftovers are left alone
     fcntl = None  # type: ignore[assignment]
 
-from .errors import UsageError, first_line
+from .errors import OutputChanged, UsageError, first_line
 from .signals import deferred_signals
 
-__all__ = ["atomic_write", "atomic_fill", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError"]
+__all__ = ["atomic_write", "atomic_fill", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError", "OutputChanged"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -153,6 +153,8 @@ def _write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
     """The one-line :class:`WriteError` for a failed write of ``path``, or ``None`` when ``exc``
     is not a write failure (a bug in the writer keeps its traceback). ``torch.save`` reports a
     short write as a ``RuntimeError`` whose context holds the ``OSError``."""
+    if isinstance(exc, OutputChanged):  # already its own one line
+        return None
     chain, seen = exc, 0
     while chain is not None and seen < 8:
         if isinstance(chain, OSError) and chain.errno is not None:  # errno-less ones (io.UnsupportedOperation) are bugs
@@ -178,8 +180,10 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     same target removes it (once no live process holds its lock and it is 2 s old).
 
     A symlinked ``path`` is written through (its final target is replaced; the link stays). The
-    new file keeps an existing file's permission bits; a fresh one gets ``0666 & ~umask``.
+    new file keeps an existing file's permission bits; a fresh one gets ``0666 & ~umask``. A
+    :class:`edgesnn.output_guard.GuardedFile` as ``path`` replaces only what it expects there.
     """
+    place = getattr(path, "place_file", os.replace)
     path = Path(path)
     real = _real(path)
     try:
@@ -205,7 +209,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, perms)  # mkstemp creates 0600
-        os.replace(tmp, real)
+        place(tmp, real)
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -382,6 +386,17 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _rename_onto_empty(tmp: Path, real: Path) -> bool:
+    """Rename the folder ``tmp`` to ``real`` in one step if ``real`` is absent or an empty folder, else False."""
+    try:
+        os.replace(tmp, real)  # a folder onto a folder: replaced only when empty
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            return False
+        raise
+    return True
+
+
 def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     """Build a directory through ``write(tmp_dir)`` in a temp sibling of ``path``, then swap it in.
 
@@ -391,8 +406,11 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     ``write`` returned. SIGINT / SIGTERM wait until both renames of the swap are done; a process
     killed outright between them leaves ``path`` missing and its old contents in
     ``.NAME.*.tmp.old``, which :func:`recover_dir` (called here and by :func:`check_output` for a
-    directory) puts back. Temp folders of killed runs beside ``path`` are removed here.
+    directory) puts back. Temp folders of killed runs beside ``path`` are removed here. An absent
+    or empty ``path`` is replaced in one rename. A :class:`edgesnn.output_guard.GuardedDir` as
+    ``path`` swaps only while nothing unexpected would be lost (:mod:`edgesnn.output_guard`).
     """
+    guard = path if hasattr(path, "check_swap") else None
     real = _real(Path(path))
     real.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(real)  # a swap cut short before: its previous contents come back first
@@ -404,10 +422,15 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
         result = write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         with deferred_signals():  # Ctrl-C / SIGTERM wait: never ``path`` missing between the two renames
-            if os.path.lexists(real):
+            held = guard.check_swap(tmp, real) if guard is not None else True
+            if not _rename_onto_empty(tmp, real):
+                if not held:  # empty when checked, filled since
+                    raise guard.conflict(tmp, real, appeared=not guard.expected)
                 old = real.with_name(f"{tmp.name}.old")
                 os.replace(real, old)
-            os.replace(tmp, real)
+                os.replace(tmp, real)
+            if guard is not None:
+                guard.swapped()
             if lock is not None:
                 os.close(lock)
                 lock = None

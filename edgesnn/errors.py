@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "InterruptedAfterOutput", "USER_ERRORS", "clip", "first_line", "peer_failure", "refuse_empty", "say_line"]
+__all__ = ["UsageError", "DependencyError", "InterruptedAfterOutput", "OutputChanged", "USER_ERRORS", "clip", "first_line", "peer_failure", "refuse_empty", "say_line"]
 
 
 class UsageError(ValueError):
@@ -17,6 +17,12 @@ class UsageError(ValueError):
 #: project's own ``CheckpointError``, ``ArtifactError``, ``PlanningError``; the ``OSError``
 #: subclasses are missing inputs and outputs that exist or are of the wrong kind.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+class OutputChanged(FileExistsError):
+    """An output appeared or changed while the command worked (another process wrote it), so it was
+    left as it is; the one line names the flag and where the command's own output is kept
+    (:mod:`edgesnn.output_guard`)."""
 
 
 class DependencyError(UsageError, RuntimeError):

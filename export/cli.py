@@ -40,6 +40,7 @@ from typing import Dict, Optional, Tuple
 
 from ..atomic import PathLike, check_not_inside, check_output, replace_dir, user_path
 from ..errors import InterruptedAfterOutput, UsageError, refuse_empty
+from ..output_guard import guarded
 
 __all__ = ["FORMATS", "register", "run", "import_params"]
 
@@ -242,8 +243,9 @@ def run(args: argparse.Namespace) -> int:
     returns the exit status 0."""
     out = _check_args(args)
     before = _output_state(out)
+    target = guarded(out, "--out", directory=args.format in DIRECTORY_FORMATS)  # replaces only what is there now
     try:
-        return _export(args, out)
+        return _export(args, target)
     except KeyboardInterrupt as exc:  # e.g. held back until the folder swap was done: say the output is whole
         after = _output_state(out)
         if after is not None and after != before and not isinstance(exc, InterruptedAfterOutput):
@@ -260,8 +262,9 @@ def _output_state(path: Path) -> Optional[Tuple[int, int, int]]:
     return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
-def _export(args: argparse.Namespace, out: Path) -> int:
-    """The export itself, once the flags are checked: load the checkpoint and write ``out``."""
+def _export(args: argparse.Namespace, out: PathLike) -> int:
+    """The export itself, once the flags are checked: load the checkpoint and write ``out`` (a
+    :mod:`~edgesnn.output_guard` path: another process's output there is never replaced)."""
     from .prepare import check_finite, model_from_checkpoint
 
     if args.format == "checkpoint":

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 import numpy as np
 
 from edgesnn.atomic import replace_dir
+from edgesnn.output_guard import GuardedDir
 from edgesnn.signals import deferred_signals
 from edgesnn.errors import UsageError
 
@@ -138,12 +139,16 @@ class OutputDir:
     beside it and swaps it in (:func:`edgesnn.atomic.replace_dir`): never new parameters beside an
     old state. Other files in the folder are kept (hard-linked into the new set) by a resumed run
     and by every save after the first; the first save of a ``--force`` run replaces it as a whole.
+    A save never replaces what another process put there (:class:`~edgesnn.output_guard.GuardedDir`:
+    ``guard``, recorded when ``--out`` was checked, or else now): it stops with
+    :class:`~edgesnn.errors.OutputChanged` and keeps its new set beside ``--out``.
     """
 
-    def __init__(self, path: Path, keep_others: bool) -> None:
+    def __init__(self, path: Path, keep_others: bool, guard: Optional[GuardedDir] = None) -> None:
         self.path = Path(path)
         self.keep_others = keep_others
         self.saves = 0
+        self.guard = GuardedDir(self.path, "--out") if guard is None else guard
 
     def save(self, write: Callable[[Path], R], then: Optional[Callable[[], None]] = None) -> R:
         """``write(tmp_dir)`` writes the run's files; returns what it returned. Signals wait until
@@ -160,7 +165,7 @@ class OutputDir:
             return result
 
         with deferred_signals():
-            result = replace_dir(self.path, build)
+            result = replace_dir(self.guard, build)
             self.saves += 1
             if then is not None:
                 then()

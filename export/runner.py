@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from edgesnn.atomic import PathLike, check_not_inside, check_output, recover_dir, user_path
+from edgesnn.output_guard import GuardedDir
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError, refuse_empty, say_line
 
 from .artifacts import StepManifest, validate_artifact_dir
@@ -255,6 +256,7 @@ def finetune(
         log(f"restored {out_dir} from {restored.name}, left by a run stopped while replacing it")
     check_output(out_dir, "--out", force or resume, allow="--force (or --resume to continue from it)",
                  directory=True)
+    guard = GuardedDir(out_dir, "--out")  # what --out holds now: each save replaces only that, then its own output
     if os.path.ismount(os.path.realpath(out_dir)):
         raise UsageError(f"--out: {out_dir} is a mount point; the runner swaps a new --out folder in after every epoch, "
                          f"which a mount point cannot be: pass a folder inside it (e.g. {Path(out_dir) / 'finetuned'})")
@@ -285,7 +287,7 @@ def finetune(
                             optimizer, data_id, eval_id)
     if accumulate > 1:  # recorded only when on: other runs' settings stay what older runners wrote
         settings["accumulate"] = accumulate
-    out = OutputDir(out_dir, keep_others=resume and out_dir.is_dir())
+    out = OutputDir(out_dir, keep_others=resume and out_dir.is_dir(), guard=guard)
     if step_format:
         from .step_runner import finetune_step  # the onnx-step path (it imports this module's helpers)
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, List, Optional, TextIO, Tuple
 
 from ..atomic import atomic_write, check_not_inside, check_output, user_path
 from ..errors import refuse_empty
+from ..output_guard import guarded
 from ..memory_guard import human_bytes as _fmt
 from ..models import POOLS, check_pool
 from ..training.micro_batch import smallest_micro_batch
@@ -169,8 +170,10 @@ def run(args: argparse.Namespace) -> int:
     # outputs first: refuse to overwrite before any planning work
     if args.json:
         check_output(args.json, "--json", args.force)
+        args.json = guarded(args.json, "--json")  # written only over what it holds now (another run may write it)
     if args.plot:
         check_output(args.plot, "--plot", args.force)
+        args.plot = guarded(args.plot, "--plot")
     if Path(args.device).is_file():  # a JSON profile path: --force replaces an output, never the profile read
         for flag, out in (("--json", args.json), ("--plot", args.plot)):
             if out:

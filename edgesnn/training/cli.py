@@ -15,6 +15,7 @@ from ..atomic import check_input_file, check_not_inside, user_path
 from ..errors import UsageError, refuse_empty
 from ..kernels.dispatch import BACKENDS
 from ..models import MODEL_NAMES, POOLS, check_pool
+from ..output_guard import guarded
 from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
@@ -272,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     check_backend_device(args.backend, device)
     check_outputs(args.checkpoint, args.resume, args.force, report=args.json)
+    # each written only over what it holds now: another process may write the same path while this one trains
+    checkpoint, report_path = guarded(args.checkpoint, "--checkpoint"), guarded(args.json, "--json")
     for flag, out in (("--checkpoint", args.checkpoint), ("--json", args.json)):
         if out:  # --force / --resume permit replacing an output, never the --plan being read
             check_not_inside(out, flag, plan=args.plan)
@@ -299,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         warm_kernels(info, args.backend, notice)  # local rank 0 fills the Numba cache, the others wait
         notice = None
     try:
-        report = train(cfg, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress, force=args.force,
+        report = train(cfg, checkpoint=checkpoint, resume=args.resume, progress=not args.no_progress, force=args.force,
                        before_training=notice, device=str(device), max_steps=args.max_steps,
                        sync_batchnorm=args.sync_batchnorm, planned_model=getattr(args, "planned_model", None),
                        eval_batch_size=args.eval_batch)
@@ -310,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"final test accuracy: {report['test_accuracy'] * 100:.2f}% "
                   f"({args.model}, {args.neuron}, T={args.timesteps}, {report['test_samples']} test samples, {device}{ranks})")
             if args.json:
-                write_report(args.json, report)
+                write_report(report_path, report)
         if info.distributed:  # success only: a rank that failed never reaches it (no hang)
             from .distributed import barrier
 

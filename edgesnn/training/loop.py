@@ -7,7 +7,7 @@ import math
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from ..checkpoint import (NIR_LOAD_HINT, CheckpointError, atomic_write, load_che
                           refuse_nir_config, save_checkpoint)
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
+from ..output_guard import guarded
 from .data import Dataset, Split, load_dataset
 from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
@@ -149,7 +150,7 @@ def check_plan_fits(planned_model: Dict, data: Any) -> None:
 
 def train(
     cfg: TrainConfig,
-    checkpoint: Optional[str] = None,
+    checkpoint: Union[str, os.PathLike, None] = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -170,7 +171,11 @@ def train(
     refused unless ``resume`` (continue from it: same config required, same data order as an
     uninterrupted run; the data must be unchanged: counts, labels and input values, see
     :mod:`edgesnn.training.fingerprint`) or ``force`` (overwrite it). Both checks run before any
-    training. A model the dataset cannot feed (:func:`~edgesnn.training.flag_checks.check_model_fits_dataset`)
+    training. Each save replaces only the file found at the start (or, if there was none, creates it
+    only while still absent), then only the file this run last wrote: one another process wrote in
+    between stops the run with :class:`~edgesnn.errors.OutputChanged`, the new checkpoint kept beside
+    it (:mod:`edgesnn.output_guard`; a :class:`~edgesnn.output_guard.GuardedFile` ``checkpoint`` keeps
+    the state it recorded). A model the dataset cannot feed (:func:`~edgesnn.training.flag_checks.check_model_fits_dataset`)
     is refused before the data is read.
     ``before_training`` is called once everything is validated, right before the first step
     (the CLI prints its first-run compile notice there). ``device`` (``"auto"``, ``"cpu"``,
@@ -221,6 +226,7 @@ def train(
         raise UsageError("--sync-batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; on CPU train without BatchNorm "
                          "(--no-batchnorm) for rank-independent statistics, or keep per-rank statistics")
     check_outputs(checkpoint, resume, force)
+    checkpoint = guarded(checkpoint, "--checkpoint")  # every save replaces only what this run found or wrote there
     check_model_fits_dataset(cfg)  # a model the data cannot feed is refused before the data is read
     main = dist.main
     log = log if main else _noop
@@ -406,6 +412,7 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def write_report(path: str, report: Dict) -> None:
-    """Write the report JSON atomically."""
+def write_report(path: Union[str, os.PathLike], report: Dict) -> None:
+    """Write the report JSON atomically (a :class:`~edgesnn.output_guard.GuardedFile` ``path``
+    replaces only what it expects there)."""
     atomic_write(path, lambda fh: fh.write(json.dumps(report, indent=2)), mode="w")
