@@ -284,3 +284,22 @@ def test_plan_json_written_by_another_plan_is_not_replaced(tmp_path, monkeypatch
     assert plan.read_text() == '{"theirs": 1}'
     (kept,) = _conflicts(tmp_path, "plan")
     assert '"batch": 8' in kept.read_text()
+
+
+def test_a_benchmark_json_another_process_wrote_meanwhile_is_kept(tmp_path, monkeypatch):
+    # the tools check --json before a measurement of minutes and wrote it after, over whatever was there
+    import argparse
+
+    from edgesnn.errors import OutputChanged
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from tool_args import check_out, write_json
+
+    target = tmp_path / "bench.json"
+    out = check_out(argparse.ArgumentParser(prog="bench"), str(target), "--json")
+    target.write_text('{"theirs": 1}')  # another run of the benchmark finished first
+    with pytest.raises(OutputChanged, match=r"^--json: .*bench\.json appeared while this run worked"):
+        write_json(out, {"ours": 2})
+    assert target.read_text() == '{"theirs": 1}'
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("bench.conflict-")]
+    assert len(kept) == 1 and '"ours": 2' in kept[0].read_text()

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     add_force(ap, "the --json file")
     args = ap.parse_args(argv)
     _check_specs(ap, args)
-    check_out(ap, args.json, "--json", args.force)
+    out = check_out(ap, args.json, "--json", args.force)
     results = {}
     for neuron in args.neurons.split(","):
         accs = []
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
                    "gap_to_baseline": ({neuron: base - m for neuron, m in means.items() if neuron != "lif"}
                                        if base is not None else {}),
                    "targets": {"mean_at_least": 95.0, "gap_at_most": 1.0}}
-        write_json(args.json, payload, indent=2)
+        write_json(out, payload, indent=2)
     return 0
 
 

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.groups < 2 or args.neurons % args.groups:
         ap.error(f"--groups: expected an integer >= 2 that divides --neurons {args.neurons}, got {args.groups}")
-    check_out(ap, args.json, "--json", args.force)
+    args.json = check_out(ap, args.json, "--json", args.force)
     torch.manual_seed(0)
     p = RevLIFParams(groups=args.groups)
     xg = to_groups(torch.randn(args.T, args.batch, args.neurons) + 0.5, p.groups)

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the figures to this file")
     add_force(ap, "the --json file")
     args = ap.parse_args(argv)
-    check_out(ap, args.json, "--json", args.force)  # before the measurement
+    args.json = check_out(ap, args.json, "--json", args.force)  # before the measurement
     if args.threads is not None:
         set_num_threads(args.threads)
     results = {}

@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
     add_force(ap, "the --json file")
     args = ap.parse_args(argv)
-    check_out(ap, args.json, "--json", args.force)
+    args.json = check_out(ap, args.json, "--json", args.force)
     if not torch.cuda.is_available():
         print("bench_cuda_launch: no CUDA device (torch.cuda.is_available() is False); nothing measured"
               + (f", {args.json} not written" if args.json else ""))

@@ -377,7 +377,7 @@ def main(argv=None) -> int:
     elif args.epochs * (DIGITS // args.batch) < 2:
         ap.error(f"--batch: expected at most {DIGITS // 2} (legacy mode times steps 2..n: needs two or more steps), "
                  f"got {args.batch}")
-    check_out(ap, args.out, "--out", args.force)
+    args.out = check_out(ap, args.out, "--out", args.force)
     if args.mode == "sweep":
         threads = "one thread" if args.threads == 1 else (f"{args.threads} threads" if args.threads else "default threads")
         print(f"batch {args.batch}, SGD momentum 0.9, {args.steps} steps, {threads}; peak RSS = VmHWM of a fresh runner "

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--N", type=positive_int, default=4096, help="neurons of the layer in (a), (b), (p), (d) (default 4096)")
     ap.add_argument("--T", type=positive_int, default=64, help="time steps in (a), (b), (p), (d) (default 64)")
     args = ap.parse_args(argv)
-    check_out(ap, args.json, "--json", args.force)
+    args.json = check_out(ap, args.json, "--json", args.force)
     set_num_threads(args.threads)
     if args.tuned:
         from edgesnn.kernels import numba_cpu  # noqa: F401  (CPU features are set before the first compile)

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.neurons % 4:
         ap.error(f"--neurons: expected a multiple of 4 (the RevLIF rows split it into 2 and 4 groups), got {args.neurons}")
-    check_out(ap, args.json, "--json", args.force)
+    args.json = check_out(ap, args.json, "--json", args.force)
     torch.manual_seed(0)
     table, table_in = {}, {}
     for name, run in nodes().items():

@@ -319,7 +319,7 @@ def main(argv=None) -> int:
             load_device(a.showcase)
         except USER_ERRORS as exc:
             ap.error(f"--showcase: {str(exc).removeprefix('device: ')}")
-    check_out(ap, a.json, "--json", a.force)
+    a.json = check_out(ap, a.json, "--json", a.force)
     if a.showcase:
         T = max(a.timesteps)
         r = _run_child(["--showcase-worker", a.showcase, "-T", str(T), "--threads", str(a.threads)])

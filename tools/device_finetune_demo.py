@@ -124,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     py = shutil.which(args.python) if os.sep not in args.python else args.python
     if not py or not os.path.isfile(py) or not os.access(py, os.X_OK):
         ap.error(f"--python: expected an executable Python interpreter, got {args.python!r}")
-    check_out(ap, args.out, "--out", args.force)
+    args.out = check_out(ap, args.out, "--out", args.force)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for neuron in args.neurons:

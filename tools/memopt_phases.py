@@ -203,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.worker:
         print(json.dumps(worker(args.model, args.T, args.batch, args.chunk, args.threads, args.neuron)))
         return 0
-    check_out(ap, args.json, "--json", args.force)
+    args.json = check_out(ap, args.json, "--json", args.force)
     configs = SUITE if args.suite else [(args.model, args.T, args.batch, args.chunk, args.neuron, False)]
     results = []
     for model, T, batch, chunk, neuron, _ in configs:

@@ -45,14 +45,17 @@ def add_force(ap: argparse.ArgumentParser, what: str = "the output file") -> Non
 
 
 def check_out(ap: argparse.ArgumentParser, path: Optional[str], flag: str, force: bool = False,
-              inputs: Optional[dict] = None) -> None:
+              inputs: Optional[dict] = None) -> Any:
     """Refuse a bad output path before the measurement runs (an existing file without ``--force``,
     a directory, a folder that cannot be written, one of the run's ``inputs``, flag -> path, even
-    with ``--force``): ``ap.error`` with one line, exit 2."""
+    with ``--force``): ``ap.error`` with one line, exit 2. Returns the path to write to (``None``
+    stays ``None``): a :class:`edgesnn.output_guard.GuardedFile`, so :func:`write_json` never
+    replaces a file another process wrote there while the measurement ran."""
     if path is None:
-        return
+        return None
     from edgesnn.atomic import check_not_inside, check_output
     from edgesnn.errors import USER_ERRORS, refuse_empty
+    from edgesnn.output_guard import guarded
 
     try:  # an empty value is not "no file": the run would end without the file it was asked for
         refuse_empty(path, flag, "a file path", " (an empty value is not the default; drop the flag to write no file)")
@@ -61,6 +64,7 @@ def check_out(ap: argparse.ArgumentParser, path: Optional[str], flag: str, force
     except USER_ERRORS as exc:
         msg = str(exc)
         ap.error(msg if msg.startswith(flag) else f"{flag}: {msg}")
+    return guarded(path, flag)
 
 
 def finite(obj: Any) -> Any:
@@ -74,7 +78,7 @@ def finite(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str, obj: Any, indent: int = 2, newline: bool = False) -> None:
+def write_json(path: "os.PathLike[str] | str", obj: Any, indent: int = 2, newline: bool = False) -> None:
     """Write ``obj`` as JSON to ``path`` atomically; NaN / infinity become ``null`` (never written
     as the invalid ``NaN``; ``allow_nan=False`` guards it)."""
     from edgesnn.atomic import atomic_write

@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     net.add_argument("--from-json", help="take the measured peaks from bench_network_memory.py --json output")
     args = ap.parse_args(argv)
     if not args.worker:
-        check_out(ap, args.json, "--json", args.force, inputs={"--from-json": getattr(args, "from_json", None)})  # before the measurement
+        args.json = check_out(ap, args.json, "--json", args.force, inputs={"--from-json": getattr(args, "from_json", None)})  # before the measurement
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
