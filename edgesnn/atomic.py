@@ -22,26 +22,13 @@ try:  # a temp file's writer holds a lock on it, so the next run tells a dead on
 except ImportError:  # pragma: no cover - no flock here: leftovers are left alone
     fcntl = None  # type: ignore[assignment]
 
-from .errors import OutputChanged, UsageError, first_line
+from .errors import OutputChanged, UsageError
 from .signals import deferred_signals
+from .write_errors import WriteError, _os_failure, _swap_failure, _write_failure
 
 __all__ = ["atomic_write", "atomic_fill", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError", "OutputChanged"]
 
 PathLike = Union[str, os.PathLike]
-
-#: errno -> the wording of a failed write's one-line error.
-_ERRNO_WORDS = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large (a file size limit was hit)",
-                errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
-
-
-class WriteError(OSError, ValueError):
-    """Writing an output failed part-way (disk full, size limit, I/O error); the message is one
-    line, ``cannot write PATH: reason``. A ``ValueError`` too, so every command line prints it as
-    a user-facing error (:data:`edgesnn.errors.USER_ERRORS`)."""
-
-    def __init__(self, message: str, code: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.errno = code
 
 
 def _umask() -> int:
@@ -149,25 +136,6 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
-    """The one-line :class:`WriteError` for a failed write of ``path``, or ``None`` when ``exc``
-    is not a write failure (a bug in the writer keeps its traceback). ``torch.save`` reports a
-    short write as a ``RuntimeError`` whose context holds the ``OSError``."""
-    if isinstance(exc, OutputChanged):  # already its own one line
-        return None
-    chain, seen = exc, 0
-    while chain is not None and seen < 8:
-        if isinstance(chain, OSError) and chain.errno is not None:  # errno-less ones (io.UnsupportedOperation) are bugs
-            reason = _ERRNO_WORDS.get(chain.errno or 0) or chain.strerror or first_line(chain)
-            return WriteError(f"cannot write {path}: {reason}", chain.errno)
-        chain, seen = chain.__cause__ or chain.__context__, seen + 1
-    text = str(exc)
-    if isinstance(exc, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
-        return WriteError(f"cannot write {path}: the write was cut short (disk full or a file size limit?): "
-                          f"{first_line(exc)}")
-    return None
-
-
 def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write a file through ``write(fh)`` into a temp file beside ``path``, then rename it over ``path``.
 
@@ -195,8 +163,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         _clear_leftovers(real)
         fd, tmp = tempfile.mkstemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent)
     except OSError as exc:
-        raise WriteError(f"cannot write {path}: {_ERRNO_WORDS.get(exc.errno or 0) or exc.strerror or first_line(exc)}",
-                         exc.errno) from None
+        raise _os_failure(path, exc) from None
     try:
         lock = os.dup(fd)  # held until the rename: a later run removes the temp file only once we are gone
     except OSError:
@@ -211,8 +178,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         os.chmod(tmp, perms)  # mkstemp creates 0600
         place(tmp, real)
     except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)  # a read-only file system keeps it: the next write removes it
         failure = _write_failure(path, exc) if isinstance(exc, Exception) else None
         if failure is not None:
             raise failure from None
@@ -221,6 +187,14 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         if lock is not None:
             os.close(lock)
     return path
+
+
+def _unlink_quietly(path: PathLike) -> None:
+    """Remove the file ``path`` if it is there; a failure (a file system gone read-only) is ignored."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def atomic_fill(path: PathLike, fill: Callable[[Path], None]) -> Path:
@@ -412,14 +386,18 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
     """
     guard = path if hasattr(path, "check_swap") else None
     real = _real(Path(path))
-    real.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(real)  # a swap cut short before: its previous contents come back first
-    _clear_leftovers(real)  # and what killed runs left beside it goes
-    tmp = Path(tempfile.mkdtemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent))
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(real)  # a swap cut short before: its previous contents come back first
+        _clear_leftovers(real)  # and what killed runs left beside it goes
+        tmp = Path(tempfile.mkdtemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent))
+    except OSError as exc:  # disk full, read-only, no permission: nothing was changed
+        raise _os_failure(path, exc) from None
     lock = _lock_path(tmp)  # held until the swap: a later run removes the temp folder only once we are gone
-    old = None
+    old, built = None, False
     try:
         result = write(tmp)
+        built = True
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
         with deferred_signals():  # Ctrl-C / SIGTERM wait: never ``path`` missing between the two renames
             held = guard.check_swap(tmp, real) if guard is not None else True
@@ -445,5 +423,7 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
             os.replace(old, real)
         if isinstance(exc, WriteError) and str(tmp) in str(exc):  # name the output, not the removed temp folder
             raise WriteError(str(exc).replace(str(tmp), str(path)), exc.errno) from None
+        if _swap_failure(exc, built):
+            raise _os_failure(path, exc) from None
         raise
     return result

@@ -31,8 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-from .atomic import _real, _stem
+from .atomic import _real, _remove, _stem
 from .errors import OutputChanged
+from .write_errors import _reason
 
 __all__ = ["GuardedFile", "GuardedDir", "guarded"]
 
@@ -76,6 +77,18 @@ def _kept_name(real: Path, folder: bool) -> Path:
     return Path(name)
 
 
+def _keep(tmp: Union[str, Path], real: Path, folder: bool) -> Path:
+    """Rename ``tmp`` to a new ``NAME.conflict-XXXXXXXX.EXT`` beside ``real``; where that fails (disk
+    full, read-only) the empty name made for it is removed again and the ``OSError`` raised."""
+    kept = _kept_name(real, folder)
+    try:
+        os.replace(tmp, kept)
+    except OSError:
+        _remove(kept)
+        raise
+    return kept
+
+
 class _Guarded(os.PathLike):
     """What one output path held when the command started; the path for every writer (``os.fspath``)."""
 
@@ -96,17 +109,21 @@ class _Guarded(os.PathLike):
         return f"{type(self).__name__}({str(self.path)!r}, {self.flag!r})"
 
     def conflict(self, tmp: Union[str, Path], real: Path, appeared: bool) -> OutputChanged:
-        """Keep the finished ``tmp`` as ``NAME.conflict-XXXXXXXX.EXT`` beside ``real``; the one-line error to raise."""
-        kept = _kept_name(real, self.folder)
-        os.replace(tmp, kept)
-        if _real(self.path.parent) == real.parent:  # beside the path as given (not through a symlink)
-            kept = self.path.parent / kept.name
+        """Keep the finished ``tmp`` as ``NAME.conflict-XXXXXXXX.EXT`` beside ``real``; the one-line error
+        to raise. Where it cannot be kept (disk full, read-only) the line says so and ``tmp`` stays for
+        the caller to remove."""
         since = "this run last wrote it" if self.written else "this run started"
         empty = "absent or an empty folder" if self.folder else "absent"
         how = (f"appeared while this run worked (it was {empty} when {since})" if appeared
                else f"was changed by another process after {since}")
-        return OutputChanged(f"{self.flag}: {self.path} {how}, so it was left as it is; this run's output is "
-                             f"kept in {kept} (move it where you want it, or use another {self.flag})")
+        head = f"{self.flag}: {self.path} {how}, so it was left as it is; this run's output"
+        try:
+            kept = _keep(tmp, real, self.folder)
+        except OSError as exc:
+            return OutputChanged(f"{head} could not be kept beside it ({_reason(exc)})")
+        if _real(self.path.parent) == real.parent:  # beside the path as given (not through a symlink)
+            kept = self.path.parent / kept.name
+        return OutputChanged(f"{head} is kept in {kept} (move it where you want it, or use another {self.flag})")
 
 
 class GuardedFile(_Guarded):
@@ -148,7 +165,10 @@ def _create(tmp: str, real: Path) -> bool:
             return False
         os.replace(tmp, real)
         return True
-    os.unlink(tmp)
+    try:
+        os.unlink(tmp)
+    except OSError:  # read-only since the link: the output is in place, the next write removes tmp
+        pass
     return True
 
 
