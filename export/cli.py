@@ -36,7 +36,7 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 from ..atomic import PathLike, check_not_inside, check_output, replace_dir, user_path
 from ..errors import InterruptedAfterOutput, UsageError, refuse_empty
@@ -242,24 +242,13 @@ def run(args: argparse.Namespace) -> int:
     """``edgesnn export``: check the flags, load the checkpoint and write ``--out`` in ``--format``;
     returns the exit status 0."""
     out = _check_args(args)
-    before = _output_state(out)
     target = guarded(out, "--out", directory=args.format in DIRECTORY_FORMATS)  # replaces only what is there now
     try:
         return _export(args, target)
     except KeyboardInterrupt as exc:  # e.g. held back until the folder swap was done: say the output is whole
-        after = _output_state(out)
-        if after is not None and after != before and not isinstance(exc, InterruptedAfterOutput):
+        if target.written and not isinstance(exc, InterruptedAfterOutput):
             raise InterruptedAfterOutput(f"interrupted after {out} was written (it is complete)") from None
         raise
-
-
-def _output_state(path: Path) -> Optional[Tuple[int, int, int]]:
-    """``path``'s identity and mtime (through symlinks), or ``None`` when it does not exist."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def _export(args: argparse.Namespace, out: PathLike) -> int:
