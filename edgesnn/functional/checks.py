@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "check_sequence", "check_state", "check_finite", "NonFiniteInputError", "NonFiniteGradientError",
-    "all_finite", "eager", "check_finite_input", "check_finite_grads", "is_real_number", "is_integer", "check_int", "check_flag",
+    "all_finite", "eager", "autocast_on", "check_finite_input", "check_finite_grads", "is_real_number", "is_integer", "check_int", "check_flag",
 ]
 
 #: Largest finite float32: node parameters beyond it would overflow in the float32 kernels.
@@ -72,7 +72,10 @@ def check_sequence(x: torch.Tensor, name: str = "x_seq", *, dtypes: Tuple[torch.
         raise ValueError(f"{name}: the number of time steps T (dim 0) must be >= 1, got shape {tuple(x.shape)}")
     if x.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name}: expected a floating dtype ({allowed}), got {str(x.dtype).replace('torch.', '')}")
+        hint = ""
+        if x.is_floating_point() and torch.float32 in dtypes:  # float16 / bfloat16 where only wider ones run
+            hint = "; cast it with .float() (inside torch.autocast the edgesnn nodes do so themselves)"
+        raise TypeError(f"{name}: expected a floating dtype ({allowed}), got {str(x.dtype).replace('torch.', '')}{hint}")
 
 
 def check_state(v: Optional[torch.Tensor], x: torch.Tensor, name: str = "v0") -> None:
@@ -127,6 +130,15 @@ def eager() -> bool:
         return False
     compiler = getattr(torch, "compiler", None)
     return not (compiler is not None and compiler.is_compiling())
+
+
+def autocast_on(x: torch.Tensor) -> bool:
+    """``True`` inside ``torch.autocast`` for ``x``'s device type (``False`` for a device type
+    autocast does not know)."""
+    try:
+        return bool(torch.is_autocast_enabled(x.device.type))
+    except (RuntimeError, TypeError):
+        return False
 
 
 def check_finite_input(x: torch.Tensor, name: str = "x_seq", layer: str = "LIF") -> None:

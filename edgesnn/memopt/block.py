@@ -43,6 +43,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from ..functional.checks import autocast_on
 from ..kernels import buffers
 from .batchnorm import ChunkStats, ExactStats, batch_stats_mode, bn_output, exact_supported, update_running
 from .block_backward import backward_chunked_bn, backward_plain
@@ -409,13 +410,6 @@ class _Handoff:
             self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
 
 
-def _autocast_on(x: torch.Tensor) -> bool:
-    try:
-        return bool(torch.is_autocast_enabled(x.device.type))
-    except (RuntimeError, TypeError):  # a device type autocast does not know
-        return False
-
-
 def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Tensor:
     """Run ``block`` on ``x [T, B, ...]``: chunked with recomputation when autograd records, plain
     otherwise. Under ``torch.autocast`` the chunked path is refused (its BatchNorm and kernels
@@ -424,7 +418,7 @@ def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Te
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
         z = split_time(apply_steps(block.steps, merge_time(x)), x.shape[0])
         return run_node_post(block.node, block.post, z, None)[0]
-    if _autocast_on(x):
+    if autocast_on(x):
         raise RuntimeError("optimize_memory: autocast is not supported; train the optimized model without "
                            "torch.autocast, or call edgesnn.memopt.uninstall(model) first")
     return _BlockFunction.apply(block, route, x, *params)

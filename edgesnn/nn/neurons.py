@@ -35,7 +35,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..functional.checks import NonFiniteInputError, all_finite, check_finite as _check_finite, check_flag, eager
+from ..functional.checks import NonFiniteInputError, all_finite, autocast_on, check_finite as _check_finite, check_flag, eager
 from ..functional.lif import LIFParams
 from ..kernels import custom_ops, dispatch
 from ._compat import LIFAttributes, resolve_surrogate
@@ -276,7 +276,7 @@ class _SpikingNode(nn.Module):
                     f"{type(self).__name__}(step_mode='m') expects a multi-step input [T, B, ...] (at least 3 dims), got shape "
                     f"{tuple(x.shape)}; for one time step per call ([B, ...]) use step_mode='s', or add a time dim with x.unsqueeze(0)"
                 )
-        x_seq = x.unsqueeze(0) if single else x
+        x_seq = _float32_under_autocast(x.unsqueeze(0) if single else x)
         if self.check_finite:
             _check_finite(x_seq)
         if not self.stateful:
@@ -311,6 +311,22 @@ class _SpikingNode(nn.Module):
 
     def _state_repr(self) -> str:
         return f"step_mode={self._step_mode!r}, stateful={self.stateful}"
+
+
+#: What ``torch.autocast`` makes of a float32 tensor for its low-precision ops.
+_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _float32_under_autocast(x_seq: torch.Tensor) -> torch.Tensor:
+    """Inside ``torch.autocast`` the nodes run in float32, as autocast's own precision-sensitive ops
+    (``layer_norm``, ``softmax``, sums) do: a float16 / bfloat16 input ``[T, B, ...]`` (what the
+    layer before produced under autocast) is cast up, the output and state are float32 (the next
+    autocast layer casts the spikes down again, exactly: they are 0 or 1). Without this a membrane
+    potential integrated in bfloat16 (8 mantissa bits) moves the threshold crossings, RevLIF's
+    exact mode cannot hold its 2**-16 grid at all, and the fused kernels (float32) would not run."""
+    if x_seq.dtype in _AUTOCAST_DTYPES and autocast_on(x_seq):
+        return x_seq.float()
+    return x_seq
 
 
 class LIF(LIFAttributes, _SpikingNode):
