@@ -47,6 +47,7 @@ from ..functional.revlif import RevLIFParams, check_exact_state, revlif_initial_
 from ..functional.revlif_autograd import verify_reconstruction
 from ..functional.second_order import first_order_only
 from ..functional.surrogate import ATan, Sigmoid
+from .func_transforms import outside_transforms, vmap_refused
 
 __all__ = ["lif_apply", "revlif_apply", "lif_fwd", "lif_bwd", "revlif_fwd", "revlif_bwd", "lif_params_args",
            "revlif_params_args", "state_copy"]
@@ -141,6 +142,12 @@ def _grad_in(g: Tensor) -> Tensor:
     return g.contiguous()
 
 
+def _first_order(grads, layer: str, backend: str, transformed: bool):
+    """:func:`first_order_only`, except under a ``torch.func`` transform, where the gradients are
+    plain tensors the transform wraps as constants (and nesting was refused already)."""
+    return tuple(grads) if transformed else first_order_only(grads, layer, backend)
+
+
 # ----------------------------------------------------------------------------- LIF
 
 
@@ -202,17 +209,18 @@ def _lif_setup(ctx, inputs, output):
 
 
 def _lif_grads(bwd, ctx, grad_s, grad_vT):
-    x, v0 = ctx.saved_tensors
-    if grad_s is None:
-        grad_s = torch.zeros_like(x)
-    if grad_vT is None:
-        grad_vT = torch.zeros_like(v0)
-    # a gradient that is the same at every step (stride 0 along time, e.g. of ``y.sum()``) goes in
-    # as it is: the CPU kernel reads its first step only, instead of a [T, ...] copy
-    with _no_graph():
-        gx, gv0 = bwd(x, v0, _grad_in(grad_s), grad_vT.contiguous(), *ctx.params)
+    with outside_transforms((*ctx.saved_tensors, grad_s, grad_vT), "LIF", ctx.params[-1]) as plain:
+        x, v0, grad_s, grad_vT = plain.tensors
+        if grad_s is None:
+            grad_s = torch.zeros_like(x)
+        if grad_vT is None:
+            grad_vT = torch.zeros_like(v0)
+        # a gradient that is the same at every step (stride 0 along time, e.g. of ``y.sum()``) goes in
+        # as it is: the CPU kernel reads its first step only, instead of a [T, ...] copy
+        with _no_graph():
+            gx, gv0 = bwd(x, v0, _grad_in(grad_s), grad_vT.contiguous(), *ctx.params)
     # the kernels' gradients carry no graph: a second backward through them raises (not zeros)
-    return first_order_only((gx, gv0), "LIF", ctx.params[-1]) + (None,) * 9
+    return _first_order((gx, gv0), "LIF", ctx.params[-1], plain.transformed) + (None,) * 9
 
 
 def _lif_backward(ctx, grad_s, grad_vT):
@@ -225,16 +233,23 @@ lif_fwd.register_autograd(_lif_backward, setup_context=_lif_setup)
 class _EagerLIF(torch.autograd.Function):
     """:func:`lif_fwd` and its backward without the custom-op dispatch (see :func:`lif_apply`)."""
 
+    # forward and setup_context apart: the form torch.func transforms accept (see func_transforms)
     @staticmethod
-    def forward(ctx, *inputs):
-        out = _lif_fwd_impl(*inputs)
-        _lif_setup(ctx, inputs, out)
+    def forward(*inputs):
+        return _lif_fwd_impl(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _lif_setup(ctx, inputs, output)
         ctx.set_materialize_grads(False)  # an unused v_T gets no zero gradient (the backward makes one)
-        return out
 
     @staticmethod
     def backward(ctx, grad_s, grad_vT):
         return _lif_grads(_lif_bwd_impl, ctx, grad_s, grad_vT)
+
+    @staticmethod
+    def vmap(info, in_dims, *inputs):
+        raise vmap_refused("LIF", inputs[-1])
 
 
 def lif_apply(x: Tensor, v0: Tensor, *params) -> Tuple[Tensor, Tensor]:
@@ -349,16 +364,17 @@ def _revlif_setup(ctx, inputs, output):
 
 
 def _revlif_grads(bwd, ctx, grad_y, grad_vT):
-    y, vT, bits, counts, v0 = ctx.saved_tensors
-    if v0 is None:
-        v0 = vT.new_zeros((1, 1, 1))
-    if grad_y is None:
-        grad_y = torch.zeros_like(y)
-    if grad_vT is None:
-        grad_vT = torch.zeros_like(vT)
-    with _no_graph():
-        gx, gv0 = bwd(y, vT, bits, counts, v0, ctx.verify, _grad_in(grad_y), grad_vT.contiguous(), *ctx.params)
-    return first_order_only((gx, gv0), "RevLIF", ctx.params[-1]) + (None,) * 14
+    with outside_transforms((*ctx.saved_tensors, grad_y, grad_vT), "RevLIF", ctx.params[-1]) as plain:
+        y, vT, bits, counts, v0, grad_y, grad_vT = plain.tensors
+        if v0 is None:
+            v0 = vT.new_zeros((1, 1, 1))
+        if grad_y is None:
+            grad_y = torch.zeros_like(y)
+        if grad_vT is None:
+            grad_vT = torch.zeros_like(vT)
+        with _no_graph():
+            gx, gv0 = bwd(y, vT, bits, counts, v0, ctx.verify, _grad_in(grad_y), grad_vT.contiguous(), *ctx.params)
+    return _first_order((gx, gv0), "RevLIF", ctx.params[-1], plain.transformed) + (None,) * 14
 
 
 def _revlif_backward(ctx, grad_y, grad_vT, _grad_bits, _grad_counts):
@@ -372,16 +388,22 @@ class _EagerRevLIF(torch.autograd.Function):
     """:func:`revlif_fwd` and its backward without the custom-op dispatch (see :func:`revlif_apply`)."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        out = _revlif_fwd_impl(*inputs)
-        _revlif_setup(ctx, inputs, out)
-        ctx.mark_non_differentiable(out[2], out[3])  # bits, counts
+    def forward(*inputs):
+        return _revlif_fwd_impl(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _revlif_setup(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[2], output[3])  # bits, counts
         ctx.set_materialize_grads(False)  # no zero gradients for bits, counts (or an unused v_T)
-        return out
 
     @staticmethod
     def backward(ctx, grad_y, grad_vT, _grad_bits, _grad_counts):
         return _revlif_grads(_revlif_bwd_impl, ctx, grad_y, grad_vT)
+
+    @staticmethod
+    def vmap(info, in_dims, *inputs):
+        raise vmap_refused("RevLIF", inputs[-1])
 
 
 def revlif_apply(xg: Tensor, v0: Tensor, verify: int, *params) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,0 +1,68 @@
+"""The fused kernels inside ``torch.func`` transforms (``grad``, ``grad_and_value``, ``vjp``).
+
+Under ``torch.func.grad`` an ``autograd.Function``'s forward runs on plain tensors, but its backward
+gets the saved tensors and the incoming gradients as the transform's wrapper tensors, and every
+tensor created inside it (the kernels' outputs) is wrapped as well. The kernels read raw memory
+(NumPy views of CPU tensors, device pointers on CUDA), which a wrapper has none of. The kernel
+Functions' backward therefore runs :func:`outside_transforms`: the tensors it reads unwrapped to
+the plain tensors below (the values are the same; a first-order backward needs nothing else from
+the wrapper), the kernels run with the transforms switched off, and PyTorch wraps the plain
+gradients it returns again. A gradient of a gradient stays refused, as in every kernel backward
+(:func:`~edgesnn.functional.second_order.first_order_only`; nested transforms: one line).
+
+``torch.func.vmap`` (and with it ``jacrev``, ``jacfwd``, per-sample gradients) would hand the
+kernels batched tensors: refused with one line (:func:`vmap_refused`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from ..functional.second_order import second_order_message
+
+__all__ = ["Plain", "outside_transforms", "vmap_refused"]
+
+_functorch = torch._C._functorch
+
+
+def _plain(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    while t is not None and _functorch.is_functorch_wrapped_tensor(t):
+        t = _functorch.get_unwrapped(t)
+    return t
+
+
+class Plain(NamedTuple):
+    """What :func:`outside_transforms` yields: the tensors, and whether a transform wrapped them."""
+
+    tensors: Tuple[Optional[torch.Tensor], ...]
+    transformed: bool
+
+
+@contextlib.contextmanager
+def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> Iterator[Plain]:
+    """``with outside_transforms(ts, layer, backend) as plain:`` ``plain.tensors`` holds ``ts``
+    unwrapped from any ``torch.func`` wrappers, and inside the block the transforms are off (new
+    tensors are plain). Outside every transform: ``ts`` as they are, nothing switched (one check
+    each). Inside two or more nested transforms (``grad(grad(f))``: the outer one would see the
+    kernels' gradients as constants, a silently zero second-order term) it raises
+    :func:`~edgesnn.functional.second_order.second_order_message`, as ``create_graph=True`` does."""
+    wrapped = any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    if not wrapped:
+        yield Plain(tuple(tensors), False)
+        return
+    if _functorch.get_dynamic_layer_stack_depth() > 1:
+        raise RuntimeError(second_order_message(layer, backend))
+    plain = tuple(_plain(t) for t in tensors)
+    with torch._C._DisableFuncTorch():
+        yield Plain(plain, True)
+
+
+def vmap_refused(layer: str, backend: str) -> RuntimeError:
+    """The one-line error for ``torch.func.vmap`` over a fused-kernel node."""
+    return RuntimeError(
+        f"{layer} backend {backend!r}: torch.func.vmap (and jacrev, jacfwd, per-sample gradients) is not supported "
+        f"(the kernels run whole batches); torch.func.grad, grad_and_value and vjp are"
+    )

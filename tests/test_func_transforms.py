@@ -1,0 +1,85 @@
+"""The nodes inside ``torch.func`` transforms: ``grad`` / ``grad_and_value`` / ``vjp`` over
+``functional_call`` (how MAML-style inner loops and functional training loops are written) give the
+ordinary backward's gradients; a gradient of a gradient and ``vmap`` are one-line errors, never
+silent zeros."""
+
+import pytest
+import torch
+from torch import nn
+
+from edgesnn.nn import LIF, RevLIF
+
+NODES = [LIF, RevLIF]
+
+
+def _net(make, backend):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 12), make(backend=backend), nn.Linear(12, 3))
+
+
+def _loss(net, params, x):
+    return torch.func.functional_call(net, params, (x,)).square().sum()
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+@pytest.mark.parametrize("backend", ["numba"])
+def test_func_grad_equals_the_ordinary_backward(make, backend):
+    net = _net(make, backend)
+    x = torch.randn(6, 4, 10) * 2
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    g_params, g_x = torch.func.grad(lambda p, xx: _loss(net, p, xx), argnums=(0, 1))(params, x)
+
+    xr = x.clone().requires_grad_()
+    _loss(net, dict(net.named_parameters()), xr).backward()
+    for name, p in net.named_parameters():
+        assert torch.allclose(g_params[name], p.grad, rtol=1e-5, atol=1e-6), name
+    assert torch.allclose(g_x, xr.grad, rtol=1e-5, atol=1e-6)
+    assert g_x.abs().sum() > 0
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+def test_func_vjp_and_grad_and_value(make):
+    node = make(backend="numba")
+    x = torch.randn(5, 3, 8) * 2
+    out, vjp_fn = torch.func.vjp(node, x)
+    w = torch.randn_like(out)
+    (g,) = vjp_fn(w)
+    xr = x.clone().requires_grad_()
+    (node(xr) * w).sum().backward()
+    assert torch.equal(out, node(x))
+    assert torch.allclose(g, xr.grad, rtol=1e-6, atol=1e-7)
+
+    g2, value = torch.func.grad_and_value(lambda xx: (node(xx) * w).sum())(x)
+    assert torch.allclose(g2, xr.grad, rtol=1e-6, atol=1e-7) and value == (node(x) * w).sum()
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+def test_gradient_of_a_gradient_is_refused_in_one_line(make):
+    node = make(backend="numba")
+    x = torch.randn(4, 2, 6) * 2
+
+    def inner(xx):
+        return torch.func.grad(lambda z: node(z).square().sum())(xx).sum()
+
+    with pytest.raises(RuntimeError) as e:
+        torch.func.grad(inner)(x)
+    msg = str(e.value)
+    assert "\n" not in msg and "second-order" in msg and make.__name__ in msg
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+def test_vmap_is_refused_in_one_line(make):
+    node = make(backend="numba")
+    with pytest.raises(RuntimeError) as e:
+        torch.func.vmap(node)(torch.randn(2, 4, 3, 6))
+    msg = str(e.value)
+    assert "\n" not in msg and "vmap" in msg and "torch.func.grad" in msg
+
+
+def test_outside_transforms_the_kernel_backward_is_unchanged():
+    node = RevLIF(backend="numba")
+    x = torch.randn(4, 2, 6, requires_grad=True)
+    y = node(x)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="second-order"):  # the ordinary refusal still holds
+        g.sum().backward()
