@@ -83,3 +83,19 @@ def test_outside_transforms_the_kernel_backward_is_unchanged():
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="second-order"):  # the ordinary refusal still holds
         g.sum().backward()
+
+
+def test_optimize_memory_model_under_func_grad_is_one_line():
+    import edgesnn
+    from edgesnn.nn import SeqToANN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SeqToANN(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(),
+                          SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten(), nn.Linear(4 * 4 * 4, 3)))
+    x = torch.rand(4, 2, 1, 8, 8)
+    edgesnn.optimize_memory(model, x)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    with pytest.raises(RuntimeError) as e:
+        torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,)).sum())(params)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("optimize_memory: torch.func transforms") and "uninstall" in msg

@@ -421,4 +421,7 @@ def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Te
     if autocast_on(x):
         raise RuntimeError("optimize_memory: autocast is not supported; train the optimized model without "
                            "torch.autocast, or call edgesnn.memopt.uninstall(model) first")
+    if torch._C._functorch.get_dynamic_layer_stack_depth() > 0:  # inside torch.func.grad / vmap / ...
+        raise RuntimeError("optimize_memory: torch.func transforms (grad, vjp, vmap, ...) are not supported; train the "
+                           "optimized model with .backward(), or call edgesnn.memopt.uninstall(model) first")
     return _BlockFunction.apply(block, route, x, *params)
