@@ -50,7 +50,11 @@ def compile_notice(backend: str = "auto") -> Optional[str]:
 def _own_cache(folder: Path) -> Path:
     """Where Numba keeps this installation's kernels inside ``folder``: a sub-folder named after the
     kernels' source folder and a hash of its path, so another checkout's or install's kernels (which
-    it does not load) sit beside it (looking through all of ``folder`` hid a cold cache's notice)."""
+    it does not load) sit beside it (looking through all of ``folder`` hid a cold cache's notice).
+    Imports Numba after checking ``NUMBA_NUM_THREADS`` (one line naming it, not Numba's own error)."""
+    from .config import _import_numba
+
+    _import_numba()
     from numba.core.caching import _CacheLocator
 
     return folder / _CacheLocator.get_suitable_cache_subpath(str(Path(__file__).with_name("numba_cpu.py")))

@@ -135,6 +135,17 @@ def _json_text(doc: dict, flag: str = "--json", indent: int = 2) -> str:
                          "check the device profile's figures") from None
 
 
+def check_model_input(model: str, shape: Tuple[int, ...], text: str) -> None:
+    """One line naming ``--model`` for an unknown model, or ``--input`` when ``shape`` cannot feed
+    ``model``: the conv models take one sample as ``C,H,W`` (3 sizes), ``mlp`` any shape (flattened)."""
+    from ..models import MODEL_NAMES
+
+    if model not in MODEL_NAMES:
+        raise ValueError(f"--model: expected one of {', '.join(MODEL_NAMES)}, got {model!r}")
+    if model != "mlp" and len(shape) != 3:
+        raise ValueError(f"--input: model {model!r} takes one sample as C,H,W (3 sizes, e.g. 3,32,32), got {text!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     """``edgesnn plan``: plan the model for the device and budget, print it, write ``--json`` /
     ``--plot``; returns the exit status (0; bad input raises a one-line error)."""
@@ -152,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         if val is None:
             raise ValueError(f"{flag} is required (see edgesnn plan --help)")
     shape = parse_shape(args.input)
+    check_model_input(args.model, shape, args.input)
     timesteps = _positive_int(args.timesteps, "--timesteps")
     max_batch = _positive_int(args.max_batch, "--max-batch")
     from .datasets import dataset_classes
