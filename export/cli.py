@@ -122,16 +122,19 @@ def import_params(checkpoint: PathLike, params_npz: PathLike, out: PathLike) -> 
 
     ``params_npz`` must hold every trainable parameter of the model (buffers it lacks keep the
     checkpoint's values), by name, with the model's shapes, real floating-point dtype and finite
-    values (see :mod:`edgesnn.export.params_check`).
+    values (see :mod:`edgesnn.export.params_check`). A ``checkpoint`` holding NaN or Inf values is
+    refused, as by every other export format.
     """
     from ..checkpoint import save_checkpoint
     from ..atomic import check_input_file
     from .params_check import merged_state
-    from .prepare import model_from_checkpoint
+    from .prepare import check_finite, model_from_checkpoint
     from .run_support import read_npz
 
     params_npz = check_input_file(params_npz, "--params", PARAMS_FILE)
     model, ck = model_from_checkpoint(checkpoint, "--checkpoint")
+    # as every other format: a NaN/Inf buffer the params do not replace would be copied into the new file
+    check_finite(model, f"--checkpoint {checkpoint}")
     new_state = merged_state(model, read_npz(params_npz, "--params"), f"--params {params_npz}")
     extra = {k: v for k, v in ck.items() if k not in ("format", "version", "model_config", "model_state", "optimizer_state")}
     return save_checkpoint(out, ck["model_config"], new_state, **extra)

@@ -393,8 +393,14 @@ def export_onnx_step(model: nn.Module, out_dir: PathLike, batch_size: int = 32, 
                      learning_rate: float = 0.01,
                      momentum: float = 0.9, weight_decay: Optional[float] = None, nesterov: bool = False,
                      input_range: Optional[Sequence[float]] = None, freeze: Optional[Sequence[str]] = None,
-                     event: bool = False, chunk: Optional[int] = None) -> StepManifest:
+                     event: bool = False, chunk: Optional[int] = None, betas: Sequence[float] = (0.9, 0.999),
+                     eps: float = 1e-8) -> StepManifest:
     """Write ``step.onnx``, ``eval.onnx``, ``grad.onnx``, ``apply.onnx``, ``init.npz`` and ``manifest.json`` into ``out_dir``.
+
+    ``momentum`` / ``nesterov`` apply to ``optimizer="sgd"``, ``betas`` / ``eps`` to ``"adamw"``
+    (``torch.optim.AdamW``'s defaults); ``weight_decay`` ``None`` is 0 for SGD and 0.01 for AdamW.
+    Settings ``torch.optim`` refuses (a negative or non-finite momentum or weight decay, Nesterov
+    without SGD momentum, betas outside [0, 1), eps <= 0) raise a one-line :class:`ExportError`.
 
     ``freeze``: parameter or module names (``"body.0"``) to keep fixed on the device, besides the
     parameters with ``requires_grad=False`` (:func:`~.prepare.split_trainable`). A frozen parameter
@@ -411,14 +417,15 @@ def export_onnx_step(model: nn.Module, out_dir: PathLike, batch_size: int = 32, 
     the device data holds ``x [N, T, *in_shape]``. The layers before the first spiking layer then
     run at every step, inside the loops.
 
-    ``chunk``: time steps per loop iteration (1, 2 or 4, dividing T; default the largest that
-    divides T): see :func:`~.step_program.build_step_program`.
+    ``chunk``: time steps per loop iteration (1, 2 or 4, dividing T; default
+    :func:`~.step_program.default_chunk`: 1, or for a model with RevLIF layers from T = 64 on the
+    largest of 4 and 2 dividing T): see :func:`~.step_program.build_step_program`.
     """
     if not (is_real_number(learning_rate) and learning_rate > 0):
         raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
     input_range = checked_input_range(input_range)
-    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, freeze=freeze, event=event,
-                              chunk=chunk)
+    prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, betas=betas, eps=eps,
+                              freeze=freeze, event=event, chunk=chunk)
     recon_tolerance = step_recon_tolerance(prog.stages, prog.timesteps)  # refuses before anything is written
     step_model, eval_model, carried, (grad_model, apply_model) = build_graphs(prog)
     for m in (step_model, eval_model, grad_model):  # the fresh states' fills: a few bytes each, not [B, ...]
