@@ -80,14 +80,15 @@ def test_backward_create_graph_on_a_model_then_a_plain_step(backend):
 
 
 def _straight_through_lif(x_seq: torch.Tensor, tau: float, alpha: float) -> torch.Tensor:
-    """LIF (hard reset to 0, threshold 1, decay_input) written out with the spike as the documented
-    straight-through product ``H(u) + (u - stop(u)) * stop(sg'(u))``: an independent oracle."""
+    """LIF (hard reset to 0, threshold 1, decay_input) written out with the spike as
+    ``H(u) + sg(u) - stop(sg(u))`` (value H(u), derivative sg'(u), second derivative sg''(u), as
+    SpikingJelly's surrogates differentiate): an independent oracle."""
     v, out = torch.zeros_like(x_seq[0]), []
     for x in x_seq:
         h = v + (x - v) / tau
         u = h - 1.0
-        sig = torch.sigmoid(alpha * u.detach())
-        s = (u >= 0).to(u.dtype).detach() + (u - u.detach()) * (alpha * sig * (1 - sig))
+        sg = torch.sigmoid(alpha * u)
+        s = (u >= 0).to(u.dtype).detach() + (sg - sg.detach())
         v = s * 0.0 + (1.0 - s) * h
         out.append(s)
     return torch.stack(out)

@@ -117,32 +117,38 @@ class RevLIFParams:
                     f"(got alpha={self.alpha}, beta={self.beta}); use mode='float' for other coefficients"
                 )
             lif = self.lif
-            if self.beta + self.gamma * lif.state_decay >= 1.0:
-                raise ValueError(
-                    f"mode='exact' needs a contracting state, beta + gamma * (1 - 1/tau) < 1; got "
-                    f"{self.beta} + {self.gamma} * {lif.state_decay:.4g} >= 1 (lower gamma or tau)"
-                )
             if abs(lif.v_threshold) > 16 or (lif.v_reset is not None and abs(lif.v_reset) > 16):
                 raise ValueError("mode='exact' requires |v_threshold| <= 16 and |v_reset| <= 16 to keep the state on the float32 grid")
+            if self.beta + self.gamma * lif.state_decay >= 1.0:
+                raise ValueError(
+                    f"gamma: mode='exact' needs a contracting state, beta + gamma * (1 - 1/tau) < 1; got "
+                    f"{self.beta} + {self.gamma} * {lif.state_decay:.4g} >= 1; expected gamma in "
+                    f"(0, {self._largest_gamma()}] for the other parameters (or a lower tau, or mode='float')"
+                )
             least, largest = bounds_for(lif, self.alpha, self.gamma, self.groups)
             if largest is None:
                 raise ValueError(self._bound_message(max(least)))
 
-    def _bound_message(self, reach: float) -> str:
-        lif = self.lif
-        lo, hi = 0.0, self.gamma  # largest gamma whose bound fits (the bound grows with gamma)
+    def _largest_gamma(self) -> str:
+        """The largest gamma (rounded down to 4 decimals, as text) whose exact-mode state bound fits
+        ``STATE_LIMIT`` with the other parameters (the bound grows with gamma)."""
+        lo, hi = 0.0, self.gamma
         for _ in range(50):
             mid = 0.5 * (lo + hi)
-            if bounds_for(lif, self.alpha, mid, self.groups)[1] is not None:
+            if bounds_for(self.lif, self.alpha, mid, self.groups)[1] is not None:
                 lo = mid
             else:
                 hi = mid
+        return f"{math.floor(lo * 1e4) / 1e4:.4g}"
+
+    def _bound_message(self, reach: float) -> str:
+        lif = self.lif
         reach_s = "unbounded" if math.isinf(reach) else f"{reach:.4g}"
         return (
             f"gamma: mode='exact' with gamma={self.gamma}, tau={lif.tau}, decay_input={lif.decay_input}, "
             f"v_threshold={lif.v_threshold}, v_reset={lif.v_reset}, alpha={self.alpha}, groups={self.groups} lets the "
             f"state reach |v| = {reach_s} for inputs within +-{INPUT_RANGE:g}, beyond the exactly invertible "
-            f"|v| <= {STATE_LIMIT:g}; expected gamma in (0, {math.floor(lo * 1e4) / 1e4:.4g}] for the other parameters "
+            f"|v| <= {STATE_LIMIT:g}; expected gamma in (0, {self._largest_gamma()}] for the other parameters "
             f"(or mode='float')"
         )
 
@@ -156,7 +162,14 @@ class RevLIFParams:
 
 
 def check_groups(x: torch.Tensor, groups: int, channel_dim: int = 2, name: str = "x_seq") -> None:
-    """Raise ``ValueError`` (one line, naming ``x``'s shape) unless ``groups`` divides dim ``channel_dim``."""
+    """Raise ``ValueError`` (one line, naming ``x``'s shape) unless ``x`` has a dim ``channel_dim``
+    and ``groups`` (a positive integer) divides it."""
+    if groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    if x.dim() <= channel_dim:
+        raise ValueError(
+            f"{name}: expected the channels at dim {channel_dim} (at least {channel_dim + 1} dims), got shape {tuple(x.shape)}"
+        )
     C = x.shape[channel_dim]
     if C % groups != 0:
         raise ValueError(

@@ -9,11 +9,14 @@ Surrogates, with SpikingJelly's formulas and defaults (two shown; see the classe
 * ``Sigmoid(alpha=4)``: ``sg(u) = sigmoid(alpha u)``, ``sg'(u) = alpha sigmoid(alpha u)(1 - sigmoid(alpha u))``
 * ``ATan(alpha=2)``: ``sg'(u) = (alpha / 2) / (1 + (pi/2 alpha u)^2)``
 
-:func:`spike` writes the spike with standard tensor operations only,
-``H(u) + (u - stop(u)) * stop(sg'(u))``, so that the same code carries the surrogate gradient
-under eager autograd, TorchScript and ONNX Runtime's gradient builder (which has no gradient for
-``Atan`` and silently drops ``.detach()``; see :func:`stop_gradient`). In the forward pass
-``u - stop(u)`` is exactly ``0.0``, so the spike is exactly 0 or 1.
+:func:`spike`: in eager autograd a Heaviside whose backward evaluates ``sg'(u)`` with
+differentiable ops, so a second-order gradient includes the surrogate's curvature ``sg''(u)`` (as
+SpikingJelly's does, and as finite differences of the first-order gradient give). While tracing or
+exporting to ONNX it writes the spike with standard tensor operations only,
+``H(u) + (u - stop(u)) * stop(sg'(u))``, which TorchScript and ONNX Runtime's gradient builder
+(no gradient for ``Atan``; it silently drops ``.detach()``, see :func:`stop_gradient`) carry to
+the same first-order gradient. In the forward pass ``u - stop(u)`` is exactly ``0.0``, so the
+spike is exactly 0 or 1.
 """
 
 from __future__ import annotations
@@ -203,18 +206,36 @@ def stop_gradient(x: torch.Tensor) -> torch.Tensor:
 
 
 class _SurrogateSpike(torch.autograd.Function):
-    """Heaviside forward, ``grad * g`` backward: saves only the surrogate slope ``g`` (what the
-    straight-through product ``(u - stop(u)) * stop(g)`` saved), with no arithmetic on ``u``."""
+    """Heaviside forward, ``grad * sg'(u)`` backward. Saves ``u`` (one tensor, as many bytes as the
+    slope it replaces) and evaluates the slope in the backward with differentiable ops, so a
+    ``create_graph=True`` backward (second-order gradients) includes the surrogate's curvature
+    ``sg''(u)``, as SpikingJelly's surrogate functions do (a slope computed in the forward without a
+    graph silently dropped it). ``forward`` and ``setup_context`` apart: the form ``torch.func``
+    transforms accept."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(g)
+    def forward(u: torch.Tensor, surrogate: "Surrogate") -> torch.Tensor:
         return (u >= 0).to(u.dtype)
 
     @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        u, surrogate = inputs
+        ctx.save_for_backward(u)
+        ctx.surrogate = surrogate
+
+    @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (g,) = ctx.saved_tensors
-        return grad * g, None
+        (u,) = ctx.saved_tensors
+        return grad * _finite_slope(u, ctx.surrogate), None
+
+
+def _finite_slope(u: torch.Tensor, surrogate: "Surrogate") -> torch.Tensor:
+    """``sg'(u)`` with an overflowed ``u = +-inf`` taken at the dtype's largest value and 0 where ``u`` is
+    not finite (a NaN or an overflowed state spikes 0 / 1 with no gradient, as in the kernels)."""
+    big = torch.finfo(u.dtype).max
+    return surrogate.grad(u.nan_to_num(0.0, posinf=big, neginf=-big)).masked_fill(~torch.isfinite(u), 0.0)
 
 
 def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
@@ -234,6 +255,4 @@ def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         uf = u.nan_to_num(0.0, posinf=big, neginf=-big)
         return heaviside + (uf - stop_gradient(uf)) * stop_gradient(surrogate.grad(uf))
-    with torch.no_grad():
-        g = surrogate.grad(u.nan_to_num(0.0, posinf=big, neginf=-big)).masked_fill(~torch.isfinite(u), 0.0)
-    return _SurrogateSpike.apply(u, g)
+    return _SurrogateSpike.apply(u, surrogate)

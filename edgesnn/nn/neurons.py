@@ -62,7 +62,7 @@ class _SpikingNode(nn.Module):
         self.step_mode = "m" if step_mode is None else step_mode
         self._step_mode_implicit = step_mode is None  # a 4-D input then warns once (see forward)
         self.stateful = stateful
-        self.check_finite = check_flag(check_finite, "check_finite")  # (a string such as 'no' would be true)
+        self.check_finite = check_finite  # checked by the property (a string such as 'no' would be true)
         self._v: _State = None
 
     # ------------------------------------------------------------------ configuration
@@ -123,6 +123,19 @@ class _SpikingNode(nn.Module):
     def _check_backend(self, value: str) -> None:
         """Raise ``ValueError`` (one line naming ``backend``) for a backend this node cannot run."""
         dispatch.resolve_backend(value, torch.empty(0))
+
+    @property
+    def check_finite(self) -> bool:
+        """Whether each call scans its input for NaN/Inf (one pass); assignments are checked as the
+        constructor checks it (True / False or 1 / 0: a string such as ``'no'`` would be true)."""
+        try:
+            return self._check_finite
+        except AttributeError:  # a node pickled before this was a property kept it as a plain attribute
+            return bool(vars(self).get("check_finite", False))
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._check_finite = check_flag(value, "check_finite")
 
     @property
     def store_v_seq(self) -> bool:

@@ -120,6 +120,20 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
     v_threshold = property(_get_v_threshold, LIFAttributes.v_threshold.fset,
                            doc="The threshold: a float, or the 0-dim parameter with ``learn_threshold=True``.")
 
+    @property
+    def learn_threshold(self) -> bool:
+        """Whether ``v_threshold`` is a learnable parameter (fixed at construction)."""
+        return "v_threshold" in self._parameters
+
+    @learn_threshold.setter
+    def learn_threshold(self, value: bool) -> None:
+        # checked like the constructor's flag; a change would add or drop a parameter an optimizer built
+        # earlier does not see, so it is refused instead of being a silent no-op
+        if check_flag(value, "learn_threshold") != self.learn_threshold:
+            raise ValueError(
+                f"learn_threshold: fixed at construction (this node has learn_threshold={self.learn_threshold}); build a new "
+                f"ParametricLIF(learn_threshold={bool(value)}) and load this one's state_dict with strict=False")
+
     def _check_backend(self, value: str) -> None:
         if value not in ("auto", "reference"):
             raise ValueError(
