@@ -17,8 +17,8 @@ from torch import nn
 from ..nn import LIF, RevLIF
 from ..nn.layers import SeqToANN
 
-__all__ = ["Step", "BaseForward", "child_steps", "output_codec", "is_node", "node_refusal", "hooked", "global_hooks",
-           "runs_plain_forward", "pair"]
+__all__ = ["Step", "BaseForward", "child_steps", "block_steps", "own_forward", "output_codec", "is_node",
+           "node_refusal", "hooked", "global_hooks", "runs_plain_forward", "pair"]
 
 # Kinds: "node" (LIF/RevLIF), "bn" (BatchNorm), "param" (a layer with parameters: conv, linear),
 # "free" (no parameters, deterministic: pooling, flatten, activations without state).
@@ -205,6 +205,8 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
     if hooked(m):
         return None  # a wrapper's or SpikingJelly layer's hooks would be bypassed
     if isinstance(m, SeqToANN):
+        if _overrides(type(m), SeqToANN):
+            return None  # a subclass computing something else than its wrapped modules on merged steps
         if isinstance(m.module, nn.Sequential):
             return None if hooked(m.module) or type(m.module) is not nn.Sequential else _wrapped_steps(list(m.module))
         return _wrapped_steps([m.module])
@@ -214,6 +216,42 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
         s = _leaf_step(m)
         return None if s is None else [s]
     return None
+
+
+def _overrides(cls: type, base: type) -> bool:
+    """``cls`` (a subclass of ``base``) defines one of ``base``'s methods again (``__init__`` and
+    ``extra_repr`` aside), or a ``forward``: its calls may compute something ``base``'s do not."""
+    names = {n for n, a in vars(base).items() if callable(a)} - {"__init__", "extra_repr"} | {"forward"}
+    below = cls.__mro__[:cls.__mro__.index(base)]
+    return any(names & set(vars(c)) for c in below)
+
+
+#: Methods of a torch layer that compute its output (a subclass defining one has its own computation).
+_FORWARD_METHODS = frozenset({"forward", "_conv_forward"})
+
+
+def own_forward(m: nn.Module) -> bool:
+    """``m`` is a torch layer (no ``step_mode``) whose class defines its own ``forward`` (or
+    ``_conv_forward``) below its torch base class (``class Noisy(nn.Conv2d)``). A block would call
+    that code again per chunk in backward, so a random draw, a call count or a batch-dependent value
+    would differ from the forward's (as for Dropout): such a layer is left as it is. SpikingJelly
+    layers are judged by their own rule (:func:`_sj_unchanged`), BatchNorm by :func:`_leaf_step`."""
+    if getattr(m, "step_mode", None) is not None:
+        return False
+    base = _torch_base(type(m))
+    if base is None:
+        return False
+    below = type(m).__mro__[:type(m).__mro__.index(base)]
+    return any(_FORWARD_METHODS & set(vars(c)) for c in below)
+
+
+def block_steps(m: nn.Module) -> Optional[List[Step]]:
+    """:func:`child_steps` of a child a block may hold, or ``None``: also ``None`` when a layer in it
+    has its own forward (:func:`own_forward`), which recomputation in chunks would run again."""
+    steps = child_steps(m)
+    if steps is None or any(s.kind != "node" and own_forward(s.module) for s in steps):
+        return None
+    return steps
 
 
 def pair(v: Union[int, Tuple[int, ...], List[int]]) -> Tuple[int, ...]:

@@ -13,7 +13,7 @@ from typing import List
 from torch import nn
 
 from .block import Block
-from .layers import Step, child_steps, is_node, output_codec
+from .layers import Step, block_steps, is_node, output_codec
 from .paramgrads import trainable_params
 from .sequential import MemoryOptimizedSequential
 
@@ -23,7 +23,7 @@ __all__ = ["partition"]
 def partition(seq: nn.Sequential, chunk: int = 8) -> List[Block]:
     """Blocks of ``seq`` (children ``[start, stop)``), each with exactly one spiking node.
 
-    Children that are not supported (see :func:`edgesnn.memopt.layers.child_steps`), layers after
+    Children that are not supported (see :func:`edgesnn.memopt.layers.block_steps`), layers after
     the last node, and runs without a node stay as they are.
     """
     children = list(seq)
@@ -33,7 +33,7 @@ def partition(seq: nn.Sequential, chunk: int = 8) -> List[Block]:
     pending_start = 0
     i = 0
     while i < len(children):
-        steps = child_steps(children[i])
+        steps = block_steps(children[i])
         if steps is None:
             pending, pending_start, codec = [], i + 1, "dense"
             i += 1
@@ -50,7 +50,7 @@ def partition(seq: nn.Sequential, chunk: int = 8) -> List[Block]:
         post: List[Step] = []
         codec = output_codec(steps[0], codec)
         while j < len(children):
-            nxt = child_steps(children[j])
+            nxt = block_steps(children[j])
             if nxt is None or any(s.kind != "free" for s in nxt):
                 break
             for s in nxt:

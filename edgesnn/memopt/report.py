@@ -16,7 +16,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .layers import child_steps, is_node, node_refusal
+from ..nn.layers import SeqToANN
+from .layers import block_steps, child_steps, hooked, is_node, node_refusal
 
 __all__ = ["check_example_input", "as_chunk", "is_whole_number", "preserved_state", "trace_error",
            "spiking_node", "warn_left_as_is"]
@@ -108,7 +109,11 @@ def _reason(m: nn.Module) -> str:
     if child_steps(m) is None:
         if "Dropout" in type(m).__name__:
             return "not supported: a recomputation would draw a new mask"
+        if isinstance(m, SeqToANN) and type(m) is not SeqToANN and not hooked(m):
+            return "a SeqToANN subclass: its own methods would be bypassed"
         return "not a supported layer, or has hooks"
+    if block_steps(m) is None:
+        return "a layer subclass with its own forward: a recomputation would run it again"
     return "no LIF/RevLIF node follows it in its run"
 
 
