@@ -343,7 +343,11 @@ def write_step_manifest(directory: PathLike, manifest: StepManifest) -> Path:
 
 def read_manifest(directory: PathLike) -> Union[Manifest, StepManifest]:
     """Parse ``directory/manifest.json`` (no file checks; see :func:`validate_artifact_dir`)."""
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        raise ArtifactError(f"directory: expected an artifact folder path (a non-empty str or os.PathLike), got {directory!r:.80}")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"artifacts: {directory} is a file; expected the artifact folder (holding {MANIFEST})")
     if not directory.is_dir():
         raise ArtifactError(f"artifacts: no such directory: {directory}")
     path = directory / MANIFEST
@@ -368,8 +372,8 @@ def validate_artifact_dir(directory: PathLike, check_hashes: bool = True) -> Uni
     Raises:
         ArtifactError: naming the missing or corrupt file.
     """
-    directory = Path(directory)
     manifest = read_manifest(directory)
+    directory = Path(directory)
     for name in _files_of(manifest):
         path = directory / name
         if not path.is_file():

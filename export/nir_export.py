@@ -23,8 +23,9 @@ def export_nir(model: nn.Module, out: Union[str, Path], dt: Optional[float] = No
     number > 0; default :data:`edgesnn.nir.DEFAULT_DT`) is checked by :func:`edgesnn.nir.to_nir`. A NaN
     or Inf in the model's parameters or buffers is refused (:func:`~.prepare.check_finite`)."""
     from ..nir import DEFAULT_DT, write
-    from .prepare import check_finite
+    from .prepare import check_finite, check_out_path
 
+    out = check_out_path(out, "out")
     check_finite(model)
     was_training = model.training
     model.eval()

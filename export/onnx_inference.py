@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from .artifacts import PathLike, atomic_write_bytes
-from .prepare import ExportError, check_finite, example_input, export_copy, take_frames_batch_first
+from .prepare import (ExportError, check_export_flag, check_finite, check_out_path, example_input, export_copy,
+                      take_frames_batch_first)
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -143,6 +144,10 @@ def export_onnx(model: nn.Module, path: PathLike, batch_size: Optional[int] = No
             in its parameters or buffers is refused (:func:`~.prepare.check_finite`).
         batch_size: fix the batch dimension; ``None`` (default) exports a dynamic batch.
     """
+    path = check_out_path(path, "path")
+    event = check_export_flag(event, "event")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ExportError(f"batch_size: expected None (a dynamic batch) or an integer >= 1, got {batch_size!r:.80}")
     check_finite(model)
     clone = export_copy(model)
     if event:

@@ -79,7 +79,7 @@ from ..functional.checks import is_real_number
 from .artifacts import STEP_APPLY_MODEL, STEP_EVAL_MODEL, STEP_GRAD_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
 from .artifacts import PathLike
 from .onnx_inference import _onnx
-from .prepare import ExportError, checked_input_range
+from .prepare import ExportError, check_export_flag, check_out_path, checked_input_range
 from .recon_check import step_recon_tolerance
 from .onnx_pieces import (checked_model, export_piece, fills_as_constant_of_shape, inline_graph, pruned,
                           scan_body_to_loop, traced_body)
@@ -424,6 +424,8 @@ def export_onnx_step(model: nn.Module, out_dir: PathLike, batch_size: int = 32, 
     if not (is_real_number(learning_rate) and learning_rate > 0):
         raise ExportError(f"learning_rate: expected a finite number > 0 (float32 range), got {learning_rate!r}")
     input_range = checked_input_range(input_range)
+    out_dir = check_out_path(out_dir, "out_dir", folder=True)
+    nesterov, event = check_export_flag(nesterov, "nesterov"), check_export_flag(event, "event")
     prog = build_step_program(model, batch_size, optimizer, momentum, weight_decay, nesterov, betas=betas, eps=eps,
                               freeze=freeze, event=event, chunk=chunk)
     recon_tolerance = step_recon_tolerance(prog.stages, prog.timesteps)  # refuses before anything is written

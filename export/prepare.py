@@ -15,9 +15,12 @@ Parameter and buffer names are unchanged, so exported graphs use the PyTorch ``s
 from __future__ import annotations
 
 import copy
+import os
 import types
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +31,7 @@ from ..models import SpikingClassifier, build_model, spiking_layers
 from .artifacts import PathLike, valid_input_range
 
 __all__ = ["FrozenBatchNorm", "export_copy", "model_from_checkpoint", "check_finite", "example_input", "ExportError",
-           "split_trainable", "refuse_active_dropout", "check_trace_fits"]
+           "split_trainable", "refuse_active_dropout", "check_trace_fits", "check_out_path", "check_export_flag"]
 
 
 class ExportError(UsageError, RuntimeError):
@@ -61,6 +64,8 @@ def split_trainable(model: nn.Module, freeze: Optional[Sequence[str]] = None,
     ``freeze`` may be any iterable of names (list, tuple, set, generator). A parameter registered
     under two names (tied weights) is refused in one line.
     """
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"model: expected an edgesnn SpikingClassifier, got {type(model).__name__}")
     names = [n for n, _ in model.named_parameters()]
     _refuse_shared_parameters(model)
     entries = [] if freeze is None else [freeze] if isinstance(freeze, str) else freeze
@@ -188,9 +193,35 @@ def model_from_checkpoint(path: PathLike, label: str = "checkpoint") -> Tuple[Sp
     return model, ck
 
 
+def check_out_path(value: Any, name: str, folder: bool = False) -> Any:
+    """Check an exporter's output path: a non-empty ``str`` or ``os.PathLike``; with ``folder``, not
+    an existing file (the artifacts go into it). One :class:`ExportError` line naming ``name``
+    otherwise, before anything is built or written. Returns ``value`` itself (the CLI hands in an
+    :mod:`edgesnn.output_guard` object, whose record of the output the writer must keep)."""
+    what = "folder" if folder else "file"
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ExportError(f"{name}: expected a {what} path (a non-empty str or os.PathLike), got {value!r:.80}")
+    path = Path(value)
+    if folder and path.exists() and not path.is_dir():
+        raise ExportError(f"{name}: {path} is a file; expected a folder (existing or new) for the artifacts")
+    return value
+
+
+def check_export_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool (``True``/``False``, NumPy bools, 0/1); a string such as ``"no"`` (which
+    Python counts as true) is one :class:`ExportError` line naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or (type(value) is int and value in (0, 1)):
+        return bool(value)
+    raise ExportError(f"{name}: expected True or False, got {value!r:.80}")
+
+
 def check_finite(model: nn.Module, label: str = "model") -> None:
     """Refuse a model with a NaN or Inf in a parameter or floating-point buffer (a diverged run):
-    one :class:`ExportError` line, ``"{label}: parameter NAME holds ..."``, naming the first one."""
+    one :class:`ExportError` line, ``"{label}: parameter NAME holds ..."``, naming the first one.
+    Anything but an ``nn.Module`` is one line as well."""
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"{label}: expected an edgesnn SpikingClassifier (edgesnn.models.build_model or "
+                          f"edgesnn.training.model_from_checkpoint), got {type(model).__name__}")
     tensors = [("parameter", n, t) for n, t in model.named_parameters()]
     tensors += [("buffer", n, t) for n, t in model.named_buffers() if t.is_floating_point()]
     for kind, name, tensor in tensors:
@@ -203,8 +234,11 @@ def check_finite(model: nn.Module, label: str = "model") -> None:
 def example_input(model: SpikingClassifier, batch_size: int, seed: int = 0, event: bool = False) -> torch.Tensor:
     """A float32 example input ``[batch_size, *model.in_shape]`` in ``[0, 1)`` for tracing
     (``event``: ``[batch_size, T, *model.in_shape]``, one frame per time step)."""
-    if batch_size < 1:
-        raise ExportError(f"batch_size: expected >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"batch_size: expected an integer >= 1, got {batch_size!r:.80}")
+    if not (hasattr(model, "in_shape") and hasattr(model, "timesteps")):
+        raise ExportError(f"model: expected an edgesnn SpikingClassifier (with in_shape and timesteps), got "
+                          f"{type(model).__name__}")
     check_trace_fits(model, batch_size)
     g = torch.Generator().manual_seed(seed)
     frames = (int(model.timesteps),) if event else ()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import List
@@ -28,7 +29,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import encode_config
 from .artifacts import PathLike, atomic_write_bytes
-from .prepare import check_finite, example_input, export_copy, take_frames_batch_first
+from .prepare import check_export_flag, check_finite, check_out_path, example_input, export_copy, take_frames_batch_first
 
 __all__ = ["METADATA_FILE", "export_torchscript", "load_torchscript"]
 
@@ -74,6 +75,8 @@ def export_torchscript(model: nn.Module, path: PathLike, batch_size: int = 4, ev
     takes ``[B, T, *in_shape]``, frame ``t`` at time step ``t`` (``in_shape`` in ``edgesnn.json`` is
     then ``[T, *in_shape]``).
     """
+    path = check_out_path(path, "path")
+    event = check_export_flag(event, "event")
     check_finite(model)
     clone = export_copy(model)
     if event:
@@ -92,7 +95,11 @@ def export_torchscript(model: nn.Module, path: PathLike, batch_size: int = 4, ev
 
 def load_torchscript(path: PathLike) -> torch.jit.ScriptModule:
     """Load a module written by :func:`export_torchscript` (raises ``FileNotFoundError``/``ValueError``)."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"path: expected a TorchScript file path (a non-empty str or os.PathLike), got {path!r:.80}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"torchscript: {path} is a directory; expected a file written by export_torchscript")
     if not path.is_file():
         raise FileNotFoundError(f"torchscript: no such file: {path}")
     with warnings.catch_warnings():

@@ -1,7 +1,7 @@
 """The nodes inside ``torch.func`` transforms: ``grad`` / ``grad_and_value`` / ``vjp`` over
 ``functional_call`` (how MAML-style inner loops and functional training loops are written) give the
-ordinary backward's gradients; a gradient of a gradient and ``vmap`` are one-line errors, never
-silent zeros."""
+ordinary backward's gradients on every CPU backend; a gradient of a gradient is computed by the
+reference backend and a one-line error on the others (never silent zeros); ``vmap`` is one line."""
 
 import pytest
 import torch
@@ -22,7 +22,7 @@ def _loss(net, params, x):
 
 
 @pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
-@pytest.mark.parametrize("backend", ["numba"])
+@pytest.mark.parametrize("backend", ["numba", "torch", "reference"])
 def test_func_grad_equals_the_ordinary_backward(make, backend):
     net = _net(make, backend)
     x = torch.randn(6, 4, 10) * 2
@@ -54,8 +54,9 @@ def test_func_vjp_and_grad_and_value(make):
 
 
 @pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
-def test_gradient_of_a_gradient_is_refused_in_one_line(make):
-    node = make(backend="numba")
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_gradient_of_a_gradient_is_refused_in_one_line(make, backend):
+    node = make(backend=backend)
     x = torch.randn(4, 2, 6) * 2
 
     def inner(xx):
@@ -68,12 +69,28 @@ def test_gradient_of_a_gradient_is_refused_in_one_line(make):
 
 
 @pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
-def test_vmap_is_refused_in_one_line(make):
-    node = make(backend="numba")
+@pytest.mark.parametrize("backend", ["numba", "torch", "reference"])
+def test_vmap_is_refused_in_one_line(make, backend):
+    node = make(backend=backend)
     with pytest.raises(RuntimeError) as e:
         torch.func.vmap(node)(torch.randn(2, 4, 3, 6))
     msg = str(e.value)
-    assert "\n" not in msg and "vmap" in msg and "torch.func.grad" in msg
+    assert "\n" not in msg and "vmap" in msg and "torch.func.grad" in msg and repr(backend) in msg
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+def test_reference_backend_computes_the_gradient_of_a_gradient(make):
+    node = make(backend="reference")
+    x = torch.randn(4, 2, 6) * 2
+
+    def penalty(xx):
+        return torch.func.grad(lambda z: node(z).square().sum())(xx).square().sum()
+
+    g = torch.func.grad(penalty)(x)
+    xr = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(node(xr).square().sum(), xr, create_graph=True)
+    gx.square().sum().backward()
+    assert torch.allclose(g, xr.grad, rtol=1e-5, atol=1e-6) and g.abs().sum() > 0
 
 
 def test_outside_transforms_the_kernel_backward_is_unchanged():

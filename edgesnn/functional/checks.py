@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "check_sequence", "check_state", "check_finite", "NonFiniteInputError", "NonFiniteGradientError",
     "all_finite", "eager", "autocast_on", "check_finite_input", "check_finite_grads", "is_real_number", "is_integer", "check_int", "check_flag",
+    "check_params", "check_tensor",
 ]
 
 #: Largest finite float32: node parameters beyond it would overflow in the float32 kernels.
@@ -55,6 +56,23 @@ def check_flag(v: object, name: str) -> bool:
     if isinstance(v, (bool, np.bool_)) or (is_integer(v) and int(v) in (0, 1)):
         return bool(v)
     raise TypeError(f"{name}: expected True or False, got {v!r}")
+
+
+def check_params(p: object, cls: type, expected: str, name: str = "p") -> None:
+    """``TypeError`` naming ``name`` unless ``p`` is a ``cls`` (``expected`` names the class users
+    pass: ``LIFParams`` / ``RevLIFParams``): a ``RevLIFParams`` where a ``LIFParams`` belongs (or a
+    dict, or None) otherwise fails deep inside with an ``AttributeError``."""
+    if not isinstance(p, cls):
+        hint = " (its .lif holds the LIF part)" if hasattr(p, "lif") and expected == "LIFParams" else ""
+        raise TypeError(f"{name}: expected a {expected}{hint}, got {type(p).__name__}")
+
+
+def check_tensor(x: object, name: str) -> None:
+    """``TypeError`` naming ``name`` unless ``x`` is a ``torch.Tensor`` (``torch.as_tensor`` converts
+    NumPy arrays and lists)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor (torch.as_tensor converts arrays), got {type(x).__name__}")
+
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

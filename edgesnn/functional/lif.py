@@ -22,8 +22,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from .checks import check_finite_grads, check_finite_input, check_flag, check_sequence, check_state, eager, is_real_number
-from .second_order import first_order_only
+from .checks import (check_finite_grads, check_finite_input, check_flag, check_params, check_sequence, check_state,
+                     check_tensor, eager, is_real_number)
+from .second_order import first_order_only, func_transform_depth
 from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 
 __all__ = [
@@ -104,6 +105,8 @@ class LIFParams(ResetRule):
 
 def initial_state(like: torch.Tensor, p: LIFParams) -> torch.Tensor:
     """The state a fresh node starts from: ``v_reset`` (0 for a soft reset), shape ``like.shape``."""
+    check_tensor(like, "like")
+    check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
     return torch.full_like(like, p.charge_reset)
 
 
@@ -141,7 +144,11 @@ def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> Tuple[torch.Tens
 
     Raises ``ValueError`` (one line) if ``v``'s shape or dtype differs from ``x``'s (no silent
     broadcasting or promotion); :func:`lif_charge` and :func:`lif_fire_reset` are the unchecked parts.
+    ``TypeError`` (one line) if ``x`` or ``v`` is not a tensor or ``p`` not a :class:`LIFParams`.
     """
+    check_tensor(x, "x")
+    check_tensor(v, "v")
+    check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
     if tuple(v.shape) != tuple(x.shape) or v.dtype != x.dtype:
         raise ValueError(
             f"v: expected the shape {tuple(x.shape)} and dtype {_dtype_name(x.dtype)} of x, got {tuple(v.shape)} "
@@ -149,6 +156,14 @@ def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> Tuple[torch.Tens
         )
     h = lif_charge(x, v, p)
     return lif_fire_reset(h, p)
+
+
+def _fits(g: torch.Tensor, h: torch.Tensor) -> bool:
+    """``True`` when ``g`` broadcasts to ``h``'s shape without widening it (a scalar gradient does)."""
+    try:
+        return tuple(torch.broadcast_shapes(g.shape, h.shape)) == tuple(h.shape)
+    except RuntimeError:
+        return False
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -166,8 +181,17 @@ def lif_step_vjp(
         grad_u: gradient flowing into the post-reset potential ``u``.
 
     Returns:
-        ``(grad_x, grad_v)``: gradients for the step's input and its incoming state.
+        ``(grad_x, grad_v)``: gradients for the step's input and its incoming state, shape ``h.shape``.
+
+    A gradient whose shape would broadcast ``h`` to a larger shape (``[3, 1]`` against ``[1, 3]``)
+    is a one-line ``ValueError``, not a silently larger result.
     """
+    check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
+    check_tensor(h, "h")
+    for name, g in (("grad_s", grad_s), ("grad_u", grad_u)):
+        check_tensor(g, name)
+        if g.shape != h.shape and not _fits(g, h):
+            raise ValueError(f"{name}: expected the shape {tuple(h.shape)} of h, got {tuple(g.shape)}")
     u = h - p.v_threshold
     g = p.surrogate.grad(u)
     s = (u >= 0).to(h.dtype)
@@ -195,6 +219,7 @@ def lif_multistep_reference(
     """
     check_sequence(x_seq)
     check_state(v0, x_seq)
+    check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
     if eager():
         _check_inputs(x_seq, v0)
     v = initial_state(x_seq[0], p) if v0 is None else v0
@@ -205,23 +230,29 @@ def lif_multistep_reference(
     return torch.stack(spikes), v
 
 
+def _lif_torch_loop(x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(s_seq, v_T, h_seq)`` of the LIF loop, without a graph (``h_seq`` is what the backward needs)."""
+    h_seq = torch.empty_like(x_seq)
+    s_seq = torch.empty_like(x_seq)
+    v = v0
+    with torch.no_grad():
+        for t in range(x_seq.shape[0]):
+            h = lif_charge(x_seq[t], v, p)
+            s, v = lif_fire_reset(h, p)
+            h_seq[t] = h
+            s_seq[t] = s
+    return s_seq, v, h_seq
+
+
 class _LIFTorchFunction(torch.autograd.Function):
     """LIF over time that saves only ``h`` (one tensor of ``[T, B, ...]``) for backward."""
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams):
-        h_seq = torch.empty_like(x_seq)
-        s_seq = torch.empty_like(x_seq)
-        v = v0
-        with torch.no_grad():
-            for t in range(x_seq.shape[0]):
-                h = lif_charge(x_seq[t], v, p)
-                s, v = lif_fire_reset(h, p)
-                h_seq[t] = h
-                s_seq[t] = s
+        s_seq, v_T, h_seq = _lif_torch_loop(x_seq, v0, p)
         ctx.save_for_backward(h_seq)
         ctx.params = p
-        return s_seq, v
+        return s_seq, v_T
 
     @staticmethod
     def backward(ctx, grad_s_seq, grad_v_T):
@@ -248,6 +279,28 @@ class _LIFTorchFunction(torch.autograd.Function):
         return grad_x, grad_v
 
 
+class _LIFTorchFunctionInTransforms(torch.autograd.Function):
+    """:class:`_LIFTorchFunction` in the form ``torch.func`` transforms accept (``forward`` without
+    ``ctx``, ``setup_context`` apart; ``h_seq`` returned as a third, non-differentiable output to be
+    saved). Used only inside a transform: ``torch.compile`` of PyTorch 2.5 traces only the classic form."""
+
+    @staticmethod
+    def forward(x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams):
+        return _lif_torch_loop(x_seq, v0, p)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h_seq = output[2]
+        ctx.save_for_backward(h_seq)
+        ctx.mark_non_differentiable(h_seq)
+        ctx.set_materialize_grads(False)  # (no [T, B, ...] of zeros for h_seq; _grads fills what is None)
+        ctx.params = inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad_s_seq, grad_v_T, _grad_h_seq):
+        return _LIFTorchFunction.backward(ctx, grad_s_seq, grad_v_T)
+
+
 def lif_multistep(
     x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch.Tensor] = None
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -264,10 +317,14 @@ def lif_multistep(
     """
     check_sequence(x_seq)
     check_state(v0, x_seq)
+    check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
     if eager():
         _check_inputs(x_seq, v0)
     if v0 is None:
         v0 = initial_state(x_seq[0], p)
+    if eager() and func_transform_depth():
+        s_seq, v_T, _ = _LIFTorchFunctionInTransforms.apply(x_seq, v0, p)
+        return s_seq, v_T
     return _LIFTorchFunction.apply(x_seq, v0, p)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from .checks import check_finite_grads, check_finite_input, check_sequence, check_state, eager
+from .checks import check_finite_grads, check_finite_input, check_params, check_sequence, check_state, eager
 from .grid import pack_bit, packed_steps, quantize_input, to_grid, unpack_bit
 from .revlif import (
     ReconstructionError,
@@ -38,7 +38,7 @@ from .revlif import (
     revlif_step_backward,
     to_groups,
 )
-from .second_order import first_order_only
+from .second_order import first_order_only, func_transform_depth
 
 __all__ = ["RevLIFKernels", "TORCH_KERNELS", "torch_forward", "torch_backward", "revlif_multistep", "verify_reconstruction",
            "float_mode_tolerance", "float_mode_growth", "float_mode_refusal"]
@@ -215,6 +215,25 @@ def _float_mode_remedy(dtype: torch.dtype) -> str:
     return "mode='exact' or fewer steps" if dtype == torch.float64 else "mode='exact', float64 or fewer steps"
 
 
+def _revlif_forward(x_seq: torch.Tensor, v0: Optional[torch.Tensor], p: RevLIFParams, kernels: RevLIFKernels
+                    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(y_seq [T, B, C, ...], v_T [B, C, ...], bits, counts, kept_v0)`` from ``x_seq [T, B, C, ...]`` and
+    ``v0`` (``None``: fresh state): the outputs and what the backward needs besides them, the packed
+    halving bits (exact mode) or spike counts (float mode) and a given ``v0`` (``None`` where unused)."""
+    xg = to_groups(x_seq, p.groups)
+    if v0 is None:
+        v0g = revlif_initial_state(xg[0], p)
+    else:
+        v0g = to_groups(v0, p.groups, 1, "v0")
+        v0g = to_grid(v0g) if p.exact else v0g.clone()
+    y, v_T, bits, counts = kernels.forward(xg, v0g, p)
+    # A given initial state (on the grid in exact mode: a copy made above) is kept to verify the
+    # inverse against it, bit for bit in exact mode ([B, C], like v_T: memory still O(1) in T);
+    # a fresh state is a constant and is rebuilt in backward.
+    kept_v0 = v0g if v0 is not None else None
+    return from_groups(y, x_seq.shape), from_groups(v_T, x_seq.shape[1:]), bits, counts, kept_v0
+
+
 class RevLIFFunction(torch.autograd.Function):
     """Autograd node of RevLIF; see the module docstring for what it saves."""
 
@@ -225,19 +244,7 @@ class RevLIFFunction(torch.autograd.Function):
         """``(y_seq [T, B, C, ...], v_T [B, C, ...])`` from ``x_seq [T, B, C, ...]`` and ``v0`` (``None``:
         fresh state); saves the outputs, the packed halving bits (exact mode) or spike counts (float
         mode) and a given ``v0``, not ``x_seq``."""
-        xg = to_groups(x_seq, p.groups)
-        if v0 is None:
-            v0g = revlif_initial_state(xg[0], p)
-        else:
-            v0g = to_groups(v0, p.groups, 1, "v0")
-            v0g = to_grid(v0g) if p.exact else v0g.clone()
-        y, v_T, bits, counts = kernels.forward(xg, v0g, p)
-        y_out = from_groups(y, x_seq.shape)
-        v_T_out = from_groups(v_T, x_seq.shape[1:])
-        # A given initial state (on the grid in exact mode: a copy made above) is kept to verify the
-        # inverse against it, bit for bit in exact mode ([B, C], like v_T: memory still O(1) in T);
-        # a fresh state is a constant and is rebuilt in backward.
-        kept_v0 = v0g if v0 is not None else None
+        y_out, v_T_out, bits, counts, kept_v0 = _revlif_forward(x_seq, v0, p, kernels)
         ctx.save_for_backward(y_out, v_T_out, bits, counts, kept_v0)
         ctx.meta = (p, kernels, x_seq.shape, v0 is not None)
         return y_out, v_T_out
@@ -257,6 +264,7 @@ class RevLIFFunction(torch.autograd.Function):
     def _grads(ctx, grad_y_out, grad_v_T_out):
         p, kernels, shape, given_v0 = ctx.meta
         y_out, v_T_out, bits, counts, kept_v0 = ctx.saved_tensors
+        bits, counts = (bits, None) if p.exact else (None, counts)  # (the other: None, or the transforms' placeholder)
         y = to_groups(y_out, p.groups)
         v_T = to_groups(v_T_out, p.groups, 1, "v_T")
         grad_y = torch.zeros_like(y) if grad_y_out is None else to_groups(grad_y_out.contiguous(), p.groups)
@@ -271,6 +279,30 @@ class RevLIFFunction(torch.autograd.Function):
                 [("grad of y_seq", grad_y), ("grad of v_T", grad_v_T)],
             )
         return from_groups(grad_x, shape), grad_v0_out
+
+
+class RevLIFFunctionInTransforms(torch.autograd.Function):
+    """:class:`RevLIFFunction` in the form ``torch.func`` transforms accept (``forward`` without ``ctx``,
+    ``setup_context`` apart; what is saved besides the outputs is returned as further,
+    non-differentiable outputs, an empty tensor where a call has none). Used only inside a transform:
+    ``torch.compile`` of PyTorch 2.5 traces only the classic form."""
+
+    @staticmethod
+    def forward(x_seq: torch.Tensor, v0: Optional[torch.Tensor], p: RevLIFParams, kernels: RevLIFKernels):
+        return tuple(t if t is not None else x_seq.new_empty(0) for t in _revlif_forward(x_seq, v0, p, kernels))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x_seq, v0, p, kernels = inputs
+        y_out, v_T_out, bits, counts, kept_v0 = output
+        ctx.save_for_backward(y_out, v_T_out, bits, counts, kept_v0)
+        ctx.mark_non_differentiable(bits, counts, kept_v0)
+        ctx.set_materialize_grads(False)  # (_grads fills a gradient that is None)
+        ctx.meta = (p, kernels, x_seq.shape, v0 is not None)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y_out: Optional[torch.Tensor], grad_v_T_out: Optional[torch.Tensor], *_unused: Any):
+        return RevLIFFunction.backward(ctx, grad_y_out, grad_v_T_out)
 
 
 def revlif_multistep(
@@ -293,6 +325,10 @@ def revlif_multistep(
     """
     check_sequence(x_seq, dtypes=(torch.float32, torch.float64))
     check_state(v0, x_seq)
+    check_params(p, RevLIFParams, "RevLIFParams")
+    if not isinstance(kernels, RevLIFKernels):
+        raise TypeError(f"kernels: expected a RevLIFKernels (e.g. TORCH_KERNELS; a node picks its backend by "
+                        f"RevLIF(backend=...)), got {kernels!r:.80}")
     check_groups(x_seq, p.groups)  # before any work
     if eager():
         check_finite_input(x_seq, "x_seq", "RevLIF")
@@ -300,4 +336,6 @@ def revlif_multistep(
             check_finite_input(v0, "v0", "RevLIF")
             if p.exact:
                 check_exact_state(to_grid(to_groups(v0.detach(), p.groups, 1, "v0")), p)
+    if eager() and func_transform_depth():
+        return tuple(RevLIFFunctionInTransforms.apply(x_seq, v0, p, kernels)[:2])
     return RevLIFFunction.apply(x_seq, v0, p, kernels)

@@ -17,7 +17,7 @@ import torch
 
 from .checks import eager
 
-__all__ = ["first_order_only", "second_order_message"]
+__all__ = ["first_order_only", "second_order_message", "func_transform_depth", "refuse_nested_transforms", "under_vmap"]
 
 
 def second_order_message(layer: str, backend: str) -> str:
@@ -37,15 +37,43 @@ def _alias(g: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return g
 
 
+def func_transform_depth() -> int:
+    """How many ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ...) are active: 0 outside."""
+    return int(torch._C._functorch.get_dynamic_layer_stack_depth())
+
+
+def under_vmap(x: torch.Tensor) -> bool:
+    """``x`` is batched by ``torch.func.vmap`` (at any level of the transforms' wrappers)."""
+    fw = torch._C._functorch
+    while fw.is_functorch_wrapped_tensor(x):
+        if fw.is_batchedtensor(x):
+            return True
+        x = fw.get_unwrapped(x)
+    return False
+
+
+def refuse_nested_transforms(layer: str, backend: str) -> None:
+    """Raise :func:`second_order_message` inside two or more nested ``torch.func`` transforms: a
+    hand-written backward's gradients are constants to the outer one (``grad(grad(f))`` would get
+    silently zero second-order terms). Called by the backwards that run inside a transform."""
+    if func_transform_depth() > 1:
+        raise RuntimeError(second_order_message(layer, backend))
+
+
 def first_order_only(grads: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> Tuple[Optional[torch.Tensor], ...]:
     """``grads`` (same values, ``None`` kept) behind an autograd node that raises
     :func:`second_order_message` if a later backward goes through it.
 
     Only while grad mode is on inside a backward (``create_graph=True``) in an eager call; otherwise
-    ``grads`` is returned as it is (no copy: the tensors are aliased, not cloned).
+    ``grads`` is returned as it is (no copy: the tensors are aliased, not cloned). Inside one
+    ``torch.func`` transform (which runs every backward with ``create_graph=True``) the gradients
+    are returned as they are, constants to the transform; inside nested ones it raises.
     """
     grads = tuple(grads)
     if not torch.is_grad_enabled() or not eager():
+        return grads
+    if func_transform_depth():
+        refuse_nested_transforms(layer, backend)
         return grads
     err = torch._C._functions.DelayedError(second_order_message(layer, backend).encode(), len(grads))
     return tuple(err(*[_alias(g) for g in grads]))

@@ -142,12 +142,6 @@ def _grad_in(g: Tensor) -> Tensor:
     return g.contiguous()
 
 
-def _first_order(grads, layer: str, backend: str, transformed: bool):
-    """:func:`first_order_only`, except under a ``torch.func`` transform, where the gradients are
-    plain tensors the transform wraps as constants (and nesting was refused already)."""
-    return tuple(grads) if transformed else first_order_only(grads, layer, backend)
-
-
 # ----------------------------------------------------------------------------- LIF
 
 
@@ -209,8 +203,7 @@ def _lif_setup(ctx, inputs, output):
 
 
 def _lif_grads(bwd, ctx, grad_s, grad_vT):
-    with outside_transforms((*ctx.saved_tensors, grad_s, grad_vT), "LIF", ctx.params[-1]) as plain:
-        x, v0, grad_s, grad_vT = plain.tensors
+    with outside_transforms((*ctx.saved_tensors, grad_s, grad_vT), "LIF", ctx.params[-1]) as (x, v0, grad_s, grad_vT):
         if grad_s is None:
             grad_s = torch.zeros_like(x)
         if grad_vT is None:
@@ -220,7 +213,7 @@ def _lif_grads(bwd, ctx, grad_s, grad_vT):
         with _no_graph():
             gx, gv0 = bwd(x, v0, _grad_in(grad_s), grad_vT.contiguous(), *ctx.params)
     # the kernels' gradients carry no graph: a second backward through them raises (not zeros)
-    return _first_order((gx, gv0), "LIF", ctx.params[-1], plain.transformed) + (None,) * 9
+    return first_order_only((gx, gv0), "LIF", ctx.params[-1]) + (None,) * 9
 
 
 def _lif_backward(ctx, grad_s, grad_vT):
@@ -365,7 +358,7 @@ def _revlif_setup(ctx, inputs, output):
 
 def _revlif_grads(bwd, ctx, grad_y, grad_vT):
     with outside_transforms((*ctx.saved_tensors, grad_y, grad_vT), "RevLIF", ctx.params[-1]) as plain:
-        y, vT, bits, counts, v0, grad_y, grad_vT = plain.tensors
+        y, vT, bits, counts, v0, grad_y, grad_vT = plain
         if v0 is None:
             v0 = vT.new_zeros((1, 1, 1))
         if grad_y is None:
@@ -374,7 +367,7 @@ def _revlif_grads(bwd, ctx, grad_y, grad_vT):
             grad_vT = torch.zeros_like(vT)
         with _no_graph():
             gx, gv0 = bwd(y, vT, bits, counts, v0, ctx.verify, _grad_in(grad_y), grad_vT.contiguous(), *ctx.params)
-    return _first_order((gx, gv0), "RevLIF", ctx.params[-1], plain.transformed) + (None,) * 14
+    return first_order_only((gx, gv0), "RevLIF", ctx.params[-1]) + (None,) * 14
 
 
 def _revlif_backward(ctx, grad_y, grad_vT, _grad_bits, _grad_counts):

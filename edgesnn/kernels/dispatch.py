@@ -27,9 +27,11 @@ from ..functional import revlif_autograd as _rev
 from ..functional.checks import all_finite, check_finite_input, check_sequence, check_state, eager
 from ..functional.grid import straight_through, to_grid
 from ..functional.lif import LIFParams
+from ..functional.second_order import under_vmap
 from ..functional.revlif import RevLIFParams, from_groups, revlif_initial_state, revlif_multistep_reference, to_groups
 from ..functional.surrogate import ATan, Sigmoid
 from . import custom_ops as _ops
+from .func_transforms import vmap_refused
 from .config import forked_child_message, numba_threads_usable
 
 __all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep", "numba_available", "cuda_available"]
@@ -162,11 +164,19 @@ def _check_finite_state(x_seq: torch.Tensor, v0: torch.Tensor) -> None:
         check_finite_input(v0, "v0", "RevLIF")
 
 
+def _refuse_vmap(x_seq: torch.Tensor, layer: str, backend: str) -> None:
+    """One line for ``torch.func.vmap`` over a node, on every backend (the kernels run whole batches;
+    the PyTorch loops check values with Python branches, which vmap cannot batch)."""
+    if eager() and isinstance(x_seq, torch.Tensor) and under_vmap(x_seq):  # (the compiler traces no transforms' wrappers)
+        raise vmap_refused(layer, backend)
+
+
 def lif_multistep(
     x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x_seq [T, B, ...]`` on the chosen backend; returns ``(s_seq, v_T)``."""
     name = resolve_backend(backend, x_seq, p)
+    _refuse_vmap(x_seq, "LIF", name)
     if name == "reference":
         return _lif.lif_multistep_reference(x_seq, p, v0)
     if name == "torch":
@@ -179,6 +189,7 @@ def revlif_multistep(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """RevLIF over ``x_seq [T, B, C, ...]`` on the chosen backend; returns ``(y_seq, v_T)``."""
     name = resolve_backend(backend, x_seq, p)
+    _refuse_vmap(x_seq, "RevLIF", name)
     if name == "reference":
         return revlif_multistep_reference(x_seq, p, v0)
     if name == "torch":

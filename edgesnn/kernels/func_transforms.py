@@ -17,13 +17,13 @@ kernels batched tensors: refused with one line (:func:`vmap_refused`).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 
-from ..functional.second_order import second_order_message
+from ..functional.second_order import refuse_nested_transforms
 
-__all__ = ["Plain", "outside_transforms", "vmap_refused"]
+__all__ = ["outside_transforms", "vmap_refused"]
 
 _functorch = torch._C._functorch
 
@@ -34,16 +34,9 @@ def _plain(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t
 
 
-class Plain(NamedTuple):
-    """What :func:`outside_transforms` yields: the tensors, and whether a transform wrapped them."""
-
-    tensors: Tuple[Optional[torch.Tensor], ...]
-    transformed: bool
-
-
 @contextlib.contextmanager
-def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> Iterator[Plain]:
-    """``with outside_transforms(ts, layer, backend) as plain:`` ``plain.tensors`` holds ``ts``
+def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> Iterator[Tuple[Optional[torch.Tensor], ...]]:
+    """``with outside_transforms(ts, layer, backend) as plain:`` ``plain`` holds ``ts``
     unwrapped from any ``torch.func`` wrappers, and inside the block the transforms are off (new
     tensors are plain). Outside every transform: ``ts`` as they are, nothing switched (one check
     each). Inside two or more nested transforms (``grad(grad(f))``: the outer one would see the
@@ -51,18 +44,17 @@ def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, ba
     :func:`~edgesnn.functional.second_order.second_order_message`, as ``create_graph=True`` does."""
     wrapped = any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in tensors)
     if not wrapped:
-        yield Plain(tuple(tensors), False)
+        yield tuple(tensors)
         return
-    if _functorch.get_dynamic_layer_stack_depth() > 1:
-        raise RuntimeError(second_order_message(layer, backend))
+    refuse_nested_transforms(layer, backend)
     plain = tuple(_plain(t) for t in tensors)
     with torch._C._DisableFuncTorch():
-        yield Plain(plain, True)
+        yield plain
 
 
 def vmap_refused(layer: str, backend: str) -> RuntimeError:
-    """The one-line error for ``torch.func.vmap`` over a fused-kernel node."""
+    """The one-line error for ``torch.func.vmap`` over a node (any backend)."""
     return RuntimeError(
         f"{layer} backend {backend!r}: torch.func.vmap (and jacrev, jacfwd, per-sample gradients) is not supported "
-        f"(the kernels run whole batches); torch.func.grad, grad_and_value and vjp are"
+        f"(the loops run whole batches); torch.func.grad, grad_and_value and vjp are"
     )

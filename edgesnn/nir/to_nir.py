@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
@@ -236,5 +237,7 @@ def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT,
     cannot report such a failure: it crashed the process)."""
     from ..atomic import atomic_write
 
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise NIRError(f"path: expected a file path (a non-empty str or os.PathLike), got {path!r:.80}")
     data = _graph_bytes(to_nir(model, dt=dt, in_shape=in_shape))
     return atomic_write(path, lambda fh: fh.write(data))

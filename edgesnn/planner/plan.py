@@ -15,6 +15,7 @@ checks every field with its exact JSON type (:mod:`.plan_fields`; an integer is 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -72,10 +73,11 @@ class Plan:
 
     def to_dict(self) -> Dict[str, Any]:
         """The plan as the JSON object :meth:`from_dict` and ``edgesnn train --plan`` read."""
-        return dict(format=FORMAT, version=VERSION, model=self.model, device=self.device, timesteps=self.timesteps,
-                    batch=self.batch, budget_bytes=self.budget_bytes, optimizer=self.optimizer, neuron=self.neuron,
-                    eval_batch=self.eval_batch, dataset=self.dataset, layers=self.layers, predicted=self.predicted,
-                    alternatives=self.alternatives, notes=self.notes)
+        return copy.deepcopy(dict(
+            format=FORMAT, version=VERSION, model=self.model, device=self.device, timesteps=self.timesteps,
+            batch=self.batch, budget_bytes=self.budget_bytes, optimizer=self.optimizer, neuron=self.neuron,
+            eval_batch=self.eval_batch, dataset=self.dataset, layers=self.layers, predicted=self.predicted,
+            alternatives=self.alternatives, notes=self.notes))  # a copy: editing it leaves the plan as it was
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], origin: str = "<dict>", label: str = "plan") -> "Plan":
@@ -280,6 +282,22 @@ def _node_kwargs(node: nn.Module) -> Dict[str, Any]:
                 surrogate=p.surrogate, detach_reset=p.detach_reset, backend=node.backend, check_finite=node.check_finite)
 
 
+def _check_same_input(cfg: Dict[str, Any], plan: Plan) -> None:
+    """One line when ``plan`` was made for another input shape, class count or T than the model
+    config ``cfg`` (the plan's memory figures hold for its model only; ``edgesnn train --plan``
+    refuses the same)."""
+    pairs = (("in_shape", cfg.get("in_shape"), plan.model.get("in_shape")),
+             ("num_classes", cfg.get("num_classes"), plan.model.get("num_classes")),
+             ("timesteps", cfg.get("timesteps"), plan.timesteps))
+    for key, mine, planned in pairs:
+        if mine is None or planned is None:
+            continue
+        if (list(mine) if isinstance(mine, (list, tuple)) else mine) != \
+                (list(planned) if isinstance(planned, (list, tuple)) else planned):
+            raise ValueError(f"plan: {key}: expected {mine} (the model's), got {planned}; the plan's memory figures "
+                             f"hold for its own model: plan this model (edgesnn plan ...)")
+
+
 def apply(model: nn.Module, plan: Union[Plan, Dict[str, Any], PathLike]) -> nn.Module:
     """Swap each spiking node of ``model`` in place for the plan's choice; returns ``model``.
 
@@ -311,6 +329,8 @@ def apply(model: nn.Module, plan: Union[Plan, Dict[str, Any], PathLike]) -> nn.M
     if len(widths) != len(nodes):  # a model whose nodes the config does not describe: count them only
         widths = [None] * len(nodes)
     check_plan_layers(specs, widths, f"the model ({mine or type(model).__name__}, widths {widths})")
+    if mine:
+        _check_same_input(cfg, plan)
     if mine in _WIDTH_FIELD and spiking_widths(plan.model) != widths:
         key = _WIDTH_FIELD[mine]
         raise ValueError(f"plan: model.{key}: expected {widths} (the model's), got {spiking_widths(plan.model)}; "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -311,7 +311,9 @@ def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed:
     dataset (``"nmnist"``, ``"dvsgesture"``, ``"shd"``: ``path`` is the folder tonic reads, events
     are binned into ``timesteps`` frames and cached; see :mod:`edgesnn.training.events`).
     ``~`` in ``path`` is expanded; ``log`` gets the loaders' notes (skipped files, binning). A file or
-    folder the loaders cannot read (permissions, I/O errors) is a one-line ``ValueError`` naming it."""
+    folder the loaders cannot read (permissions, I/O errors) is a one-line ``ValueError`` naming it.
+    ``seed`` (an integer in [0, 2**32 - 1]) draws the train/test split of ``digits`` and ``folder``."""
+    _check_load_args(flat, seed, log)
     try:
         return _load(name, path, flat, seed, timesteps, log)
     except OSError as exc:
@@ -319,6 +321,17 @@ def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed:
             raise
         # PermissionError and other I/O errors (an unreadable class or digit folder) were tracebacks
         raise ValueError(f"data: {name}: cannot read {exc.filename} ({exc.strerror or first_line(exc)})") from None
+
+
+def _check_load_args(flat: Any, seed: Any, log: Any) -> None:
+    """One ``ValueError`` line for a ``flat`` that is not a bool (``"no"`` would count as true), a
+    ``seed`` NumPy cannot take, or a ``log`` that is not callable."""
+    if not isinstance(flat, (bool, np.bool_)):
+        raise ValueError(f"flat: expected True or False, got {flat!r:.80}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"seed: expected an integer in [0, {2**32 - 1}], got {seed!r:.80}")
+    if log is not None and not callable(log):
+        raise ValueError(f"log: expected None or a callable taking one str (e.g. print), got {log!r:.80}")
 
 
 def _load(name: str, path: Optional[str], flat: bool, seed: int, timesteps: int,

@@ -28,7 +28,7 @@ from .flag_checks import check_model_fits_dataset
 from .outputs import check_outputs, stored_config
 from .resume import (Progress, check_optimizer_groups, check_optimizer_state, check_schedule_state, check_train_config,
                      check_world_size, resume_messages, show_value, stored_progress, will_train)
-from .split_checks import check_labels, check_split
+from .split_checks import check_input_dtype, check_labels, check_split
 from .train_config import TrainConfig
 
 __all__ = ["EVAL_BATCH_SIZE", "TrainConfig", "train", "evaluate", "model_from_checkpoint", "check_outputs", "config_diff"]
@@ -51,7 +51,10 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE, 
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module (e.g. an edgesnn SpikingClassifier), got {type(model).__name__}")
     check_split(split, getattr(model, "timesteps", None))
+    check_input_dtype(split, model)
     was_training = model.training
     model.eval()
     try:
@@ -85,6 +88,7 @@ def _build(cfg: TrainConfig, data: Dataset) -> SpikingClassifier:
 
 def model_from_checkpoint(path: str) -> SpikingClassifier:
     """Rebuild a model from a checkpoint's config and load its weights."""
+    check_path_arg(path, "path")
     ck = load_checkpoint(path)
     refuse_nir_config(ck["model_config"], f"checkpoint: {path}: model_config", CheckpointError, NIR_LOAD_HINT)
     try:
@@ -93,6 +97,17 @@ def model_from_checkpoint(path: str) -> SpikingClassifier:
         raise CheckpointError(f"checkpoint: {path} does not match its model config ({exc})") from None
     load_model_state(model, ck["model_state"], f"checkpoint: {path}")
     return model
+
+
+def check_path_arg(value: Any, name: str) -> None:
+    """One :class:`~edgesnn.errors.UsageError` line naming ``name`` unless ``value`` is a file path (a
+    non-empty ``str`` or ``os.PathLike``; a :class:`~edgesnn.output_guard.GuardedFile` also passes)."""
+    from ..output_guard import GuardedFile
+
+    if isinstance(value, GuardedFile):
+        return
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise UsageError(f"{name}: expected a file path (a non-empty str or os.PathLike), got {value!r:.80}")
 
 
 def _real(path) -> str:
@@ -202,7 +217,14 @@ def train(
     ``eval_batch_size``: samples per batch of the evaluation after every epoch (``no_grad``; its
     forward is counted by the planner, so a plan's ``eval_batch`` keeps the run within budget).
     """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg: expected an edgesnn.training.TrainConfig (TrainConfig(**fields) for a dict), got "
+                        f"{type(cfg).__name__}")
     cfg.validate()
+    if checkpoint is not None:
+        check_path_arg(checkpoint, "checkpoint")
+    if not callable(log):
+        raise TypeError(f"log: expected a callable taking one str (e.g. print), got {log!r:.80}")
     if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise UsageError(f"eval_batch_size: expected an integer >= 1, got {eval_batch_size!r}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):

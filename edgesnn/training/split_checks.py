@@ -9,14 +9,20 @@ import torch
 
 from .data import Split
 
-__all__ = ["check_split", "check_labels"]
+__all__ = ["check_split", "check_labels", "check_input_dtype"]
 
 
 def check_split(split: Split, timesteps: Optional[int]) -> None:
     """One line for a split :func:`~edgesnn.training.loop.evaluate` would score wrongly: labels not
     ``int [N]``, no samples, inputs and labels of different lengths, event frames ``[N, T, ...]`` with
     another T than ``timesteps``, static inputs that are not floating point."""
+    if not isinstance(split, Split):
+        hint = " (its train or test split, e.g. dataset.test)" if hasattr(split, "test") else ""
+        raise TypeError(f"split: expected an edgesnn.training.Split{hint}, got {type(split).__name__}")
     x, y = split.x, split.y
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"split: expected torch.Tensor inputs x and labels y (torch.from_numpy for arrays), "
+                        f"got {type(x).__name__} and {type(y).__name__}")
     if y.dim() != 1 or y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
         raise ValueError(f"labels: expected one integer class per sample (int [N]), got {y.dtype} of shape {list(y.shape)}")
     if len(y) == 0:
@@ -29,6 +35,16 @@ def check_split(split: Split, timesteps: Optional[int]) -> None:
                              f"timesteps={timesteps}; bin the events into {timesteps} frames or rebuild the model")
     elif not x.is_floating_point():
         raise ValueError(f"data: static inputs must be floating point (e.g. float32 scaled to [0, 1]), got {x.dtype}")
+
+
+def check_input_dtype(split: Split, model: torch.nn.Module) -> None:
+    """One line when static inputs have another floating dtype than the model's parameters (float64
+    data into a float32 model): PyTorch's own error comes from deep inside the first layer."""
+    want = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if not split.events and want is not None and split.x.dtype != want:
+        name = str(want).replace("torch.", "")
+        raise ValueError(f"data: static inputs are {str(split.x.dtype).replace('torch.', '')}, the model's parameters "
+                         f"{name}; convert the inputs (x.to(torch.{name})) or the model")
 
 
 def check_labels(split: Split, classes: int) -> None:

@@ -52,6 +52,11 @@ class TrainConfig:
         check_schedule_name(self.lr_schedule)
         if self.pool not in POOLS:
             raise UsageError(f"pool: expected one of {', '.join(POOLS)}, got {self.pool!r}")
+        for name in ("batchnorm", "memopt"):  # a string such as "no" would count as true
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if isinstance(self.lr, int) and not isinstance(self.lr, bool):
+            self.lr = float(self.lr)  # lr=1 is 1.0 (the checkpoint stores a float)
         if not (isinstance(self.lr, float) and 0 < self.lr <= MAX_LR):
             raise UsageError(f"lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:

@@ -1,0 +1,191 @@
+"""Argument handling of the public Python API outside edgesnn.nn (audit): each bad argument a user
+plausibly passes is one line naming it, never a silently wrong result or a deep traceback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgesnn.errors import UsageError
+from edgesnn.functional import (LIFParams, RevLIFParams, TORCH_KERNELS, initial_state, lif_multistep,
+                                lif_multistep_reference, lif_step, lif_step_vjp, revlif_multistep)
+from edgesnn.models import build_model
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return build_model("mlp", (64,), 10, 4, hidden=(16,))
+
+
+# ------------------------------------------------------------------ functional
+
+
+def test_lif_step_vjp_refuses_gradients_that_widen_h():
+    h = torch.randn(3, 1)
+    with pytest.raises(ValueError, match=r"^grad_s: expected the shape \(3, 1\) of h, got \(1, 3\)"):
+        lif_step_vjp(h, torch.ones(1, 3), torch.ones(3, 1), LIFParams())
+    gx, gv = lif_step_vjp(h, torch.ones(3, 1), torch.zeros(()), LIFParams())  # a scalar broadcasts: fine
+    assert gx.shape == gv.shape == (3, 1)
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: lif_multistep(torch.randn(3, 2, 4), p),
+    lambda p: lif_multistep_reference(torch.randn(3, 2, 4), p),
+    lambda p: lif_step(torch.randn(2, 4), torch.zeros(2, 4), p),
+    lambda p: initial_state(torch.zeros(2), p),
+])
+def test_lif_functions_name_a_wrong_params_object(call):
+    with pytest.raises(TypeError, match=r"^p: expected a LIFParams \(its \.lif holds the LIF part\), got RevLIFParams"):
+        call(RevLIFParams())
+    with pytest.raises(TypeError, match=r"^p: expected a LIFParams, got NoneType"):
+        call(None)
+
+
+def test_lif_step_names_a_numpy_input():
+    with pytest.raises(TypeError, match=r"^x: expected a torch.Tensor .* got ndarray"):
+        lif_step(np.zeros((2, 4), np.float32), torch.zeros(2, 4), LIFParams())
+
+
+def test_revlif_multistep_names_bad_params_and_kernels():
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(TypeError, match=r"^p: expected a RevLIFParams, got LIFParams"):
+        revlif_multistep(x, LIFParams())
+    with pytest.raises(TypeError, match=r"^kernels: expected a RevLIFKernels"):
+        revlif_multistep(x, RevLIFParams(), None, "numba")
+    y, v = revlif_multistep(x, RevLIFParams(), None, TORCH_KERNELS)
+    assert y.shape == x.shape and v.shape == x.shape[1:]
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_train_config_refuses_string_flags_and_takes_an_integer_lr():
+    from edgesnn.training import TrainConfig
+
+    for field in ("memopt", "batchnorm"):
+        with pytest.raises(UsageError, match=rf"^{field}: expected True or False, got 'no'"):
+            TrainConfig(**{field: "no"}).validate()
+    cfg = TrainConfig(lr=1)
+    cfg.validate()
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(seed=-1), r"^seed: expected an integer in \[0, 4294967295\], got -1"),
+    (dict(seed="0"), r"^seed: expected an integer"),
+    (dict(flat="no"), r"^flat: expected True or False, got 'no'"),
+    (dict(log=3), r"^log: expected None or a callable"),
+])
+def test_load_dataset_names_bad_arguments(kw, message):
+    from edgesnn.training import load_dataset
+
+    with pytest.raises(ValueError, match=message):
+        load_dataset("digits", **kw)
+
+
+def test_evaluate_names_a_dataset_arrays_and_a_dtype_mismatch(mlp):
+    from edgesnn.training import Dataset, Split, evaluate
+
+    x, y = torch.rand(6, 64), torch.arange(6) % 10
+    with pytest.raises(TypeError, match=r"^split: expected an edgesnn.training.Split \(its train or test split"):
+        evaluate(mlp, Dataset("d", Split(x, y), Split(x, y), 10))
+    with pytest.raises(TypeError, match=r"^split: expected torch.Tensor inputs x and labels y"):
+        evaluate(mlp, Split(x.numpy(), y.numpy()))
+    with pytest.raises(ValueError, match=r"^data: static inputs are float64, the model's parameters float32"):
+        evaluate(mlp, Split(x.double(), y))
+    assert 0.0 <= evaluate(mlp, Split(x, y)) <= 1.0
+
+
+def test_train_and_model_from_checkpoint_name_bad_arguments():
+    from edgesnn.training import TrainConfig, model_from_checkpoint, train
+
+    quiet = dict(progress=False, log=lambda s: None, max_steps=1)
+    with pytest.raises(TypeError, match=r"^cfg: expected an edgesnn.training.TrainConfig"):
+        train({"epochs": 1}, **quiet)
+    with pytest.raises(UsageError, match=r"^checkpoint: expected a file path"):
+        train(TrainConfig(epochs=1), checkpoint=3, **quiet)
+    with pytest.raises(TypeError, match=r"^log: expected a callable"):
+        train(TrainConfig(epochs=1), progress=False, log=None, max_steps=1)
+    with pytest.raises(UsageError, match=r"^path: expected a file path"):
+        model_from_checkpoint(None)
+
+
+# ------------------------------------------------------------------ planner
+
+
+def test_apply_refuses_a_plan_for_another_input_or_T_and_to_dict_is_a_copy():
+    from edgesnn.devices import load_device
+    from edgesnn.planner import apply, make_plan
+
+    plan = make_plan(build_model("mlp", (64,), 10, 4, hidden=(16,)), load_device("raspberry-pi-4-4gb"), 4, 8)
+    with pytest.raises(ValueError, match=r"^plan: in_shape: expected \[32\] \(the model's\), got \[64\]"):
+        apply(build_model("mlp", (32,), 10, 4, hidden=(16,)), plan)
+    with pytest.raises(ValueError, match=r"^plan: timesteps: expected 8 \(the model's\), got 4"):
+        apply(build_model("mlp", (64,), 10, 8, hidden=(16,)), plan)
+    d = plan.to_dict()
+    d["layers"][0]["neuron"] = "bogus"
+    assert plan.layers[0]["neuron"] != "bogus"
+    apply(build_model("mlp", (64,), 10, 4, hidden=(16,)), plan)  # the same model: accepted
+
+
+# ------------------------------------------------------------------ nir and export
+
+
+def test_nir_write_names_a_missing_path(mlp):
+    from edgesnn.nir import NIRError, write
+
+    with pytest.raises(NIRError, match=r"^path: expected a file path"):
+        write(mlp.eval(), None)
+
+
+def test_export_onnx_refuses_batch_zero_and_string_flags(mlp, tmp_path):
+    pytest.importorskip("onnx")
+    from edgesnn.export.onnx_inference import export_onnx
+    from edgesnn.export.prepare import ExportError
+
+    with pytest.raises(ExportError, match=r"^batch_size: expected None \(a dynamic batch\) or an integer >= 1, got 0"):
+        export_onnx(mlp, tmp_path / "a.onnx", batch_size=0)
+    with pytest.raises(ExportError, match=r"^event: expected True or False, got 'no'"):
+        export_onnx(mlp, tmp_path / "a.onnx", event="no")
+    with pytest.raises(ExportError, match=r"^path: expected a file path"):
+        export_onnx(mlp, None)
+    with pytest.raises(ExportError, match=r"^model: expected an edgesnn SpikingClassifier"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "a.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_onnx_step_checks_out_dir_and_flags_before_building(mlp, tmp_path):
+    pytest.importorskip("onnx")
+    from edgesnn.export.onnx_step import export_onnx_step
+    from edgesnn.export.prepare import ExportError
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ExportError, match=r"^out_dir: .*file is a file; expected a folder"):
+        export_onnx_step(mlp, f, batch_size=2)
+    with pytest.raises(ExportError, match=r"^out_dir: expected a folder path"):
+        export_onnx_step(mlp, None, batch_size=2)
+    with pytest.raises(ExportError, match=r"^event: expected True or False, got 'no'"):
+        export_onnx_step(mlp, tmp_path / "out", batch_size=2, event="no")
+    with pytest.raises(ExportError, match=r"^model: expected an edgesnn SpikingClassifier, got NoneType"):
+        export_onnx_step(None, tmp_path / "out", batch_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_torchscript_and_artifacts_name_bad_paths(mlp, tmp_path):
+    from edgesnn.export.artifacts import ArtifactError, validate_artifact_dir
+    from edgesnn.export.prepare import ExportError
+    from edgesnn.export.torchscript import export_torchscript, load_torchscript
+
+    with pytest.raises(ExportError, match=r"^batch_size: expected an integer >= 1, got '4'"):
+        export_torchscript(mlp, tmp_path / "m.pt", batch_size="4")
+    with pytest.raises(ValueError, match=r"^path: expected a TorchScript file path"):
+        load_torchscript(None)
+    with pytest.raises(IsADirectoryError, match=r"is a directory; expected a file written by export_torchscript"):
+        load_torchscript(tmp_path)
+    with pytest.raises(ArtifactError, match=r"^directory: expected an artifact folder path"):
+        validate_artifact_dir(None)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ArtifactError, match=r"f is a file; expected the artifact folder"):
+        validate_artifact_dir(tmp_path / "f")
