@@ -41,10 +41,10 @@ def compile_notice(backend: str = "auto") -> Optional[str]:
         return None
     folder = cache_dir()
     if not folder:
-        return "compiling Numba kernels (~5-25 s; no writable cache folder, so every run compiles them)"
+        return "compiling Numba kernels (~5-40 s; no writable cache folder, so every run compiles them)"
     if any(_own_cache(Path(folder)).glob("numba_cpu.*.nbi")):
         return None
-    return f"compiling Numba kernels once (~5-25 s; cached in {folder}; `edgesnn warmup` does it ahead)"
+    return f"compiling Numba kernels once (~5-40 s; cached in {folder}; `edgesnn warmup` does it ahead)"
 
 
 def _own_cache(folder: Path) -> Path:
