@@ -189,3 +189,27 @@ def test_torchscript_and_artifacts_name_bad_paths(mlp, tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ArtifactError, match=r"f is a file; expected the artifact folder"):
         validate_artifact_dir(tmp_path / "f")
+
+
+# ---------------------------------------------------------------- revlif step functions (lead, after the audit)
+
+
+def test_revlif_step_functions_name_a_wrong_argument():
+    from edgesnn.functional.lif import LIFParams
+    from edgesnn.functional.revlif import RevLIFParams, revlif_step, revlif_step_backward
+
+    p = RevLIFParams()
+    x, v = torch.randn(2, 2, 4), torch.zeros(2, 2, 4)
+    with pytest.raises(TypeError, match=r"^lif: expected a LIFParams, got NoneType$"):
+        RevLIFParams(lif=None)
+    with pytest.raises(TypeError, match=r"^x: expected a torch.Tensor"):
+        revlif_step(x.numpy(), v, p)
+    with pytest.raises(TypeError, match=r"^v: expected a torch.Tensor"):
+        revlif_step(x, None, p)
+    with pytest.raises(TypeError, match=r"^p: expected a RevLIFParams, got LIFParams$"):
+        revlif_step(x, v, LIFParams())
+    y, v_new, bits = revlif_step(x, v, p)
+    with pytest.raises(ValueError, match=r"^grad_y: expected the shape \(2, 2, 4\)"):
+        revlif_step_backward(y, v_new, bits, torch.ones(2, 4), torch.zeros_like(v_new), p)
+    x_rec, v_rec, _, _ = revlif_step_backward(y, v_new, bits, torch.ones_like(y), torch.zeros_like(v_new), p)
+    assert torch.equal(v_rec, v)

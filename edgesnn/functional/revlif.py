@@ -34,7 +34,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .checks import check_finite_input, check_sequence, check_state, eager, is_integer, is_real_number
+from .checks import check_finite_input, check_params, check_sequence, check_state, check_tensor, eager, is_integer, is_real_number
 from .grid import (
     INPUT_RANGE,
     STATE_LIMIT,
@@ -96,6 +96,7 @@ class RevLIFParams:
     mode: str = "exact"
 
     def __post_init__(self) -> None:
+        check_params(self.lif, LIFParams, "LIFParams", "lif")
         if not is_integer(self.groups) or self.groups < 2:
             raise ValueError(f"groups: expected an integer >= 2, got {self.groups!r}")
         object.__setattr__(self, "groups", int(self.groups))
@@ -283,7 +284,10 @@ def revlif_step(
 
 def _check_step_layout(x: torch.Tensor, v: torch.Tensor, p: RevLIFParams, x_name: str = "x", v_name: str = "v") -> None:
     """One-line ``ValueError`` unless ``x`` is a grouped step ``[B, p.groups, M]`` and ``v`` has its shape
-    (shapes only: no pass over the data)."""
+    (shapes only: no pass over the data); ``TypeError`` for a non-tensor or ``p`` not a ``RevLIFParams``."""
+    check_params(p, RevLIFParams, "RevLIFParams")
+    check_tensor(x, x_name)
+    check_tensor(v, v_name)
     if x.dim() != 3 or x.shape[1] != p.groups:
         raise ValueError(
             f"{x_name}: expected one step in grouped layout [B, groups={p.groups}, M], got shape {tuple(x.shape)}; "
@@ -374,6 +378,10 @@ def revlif_step_backward(
         ``ScatterND``).
     """
     _check_step_layout(y, v_new, p, "y", "v_new")
+    for name, g in (("grad_y", grad_y), ("grad_v_new", grad_v_new)):
+        check_tensor(g, name)
+        if tuple(g.shape) != tuple(y.shape):
+            raise ValueError(f"{name}: expected the shape {tuple(y.shape)} of y (grouped layout [B, n, M]), got {tuple(g.shape)}")
     _check_bits(bits, y, p)
     n = p.groups
     xs: List = [None] * n
