@@ -113,7 +113,10 @@ def main(argv=None) -> int:
                 rows.append(bench(name, neuron, args.T, args.batch, args.parts, args.steps, args.lr, Path(tmp), args.chunk))
                 print(_line(rows[-1]), flush=True)
     if args.out:
-        write_json(args.out, {"rows": rows}, indent=2, newline=True)
+        write_json(args.out, {"baseline": "whole (the batch B at once, one step per batch)", "units": "MB (*_mb), ms (*_ms_*)",
+                              "ratios": {"peak_rss_ratio": "whole / parts peak RSS (x less memory in parts)",
+                                         "step_time_ratio": "parts / whole median step time (x the whole batch's time)"},
+                              "rows": rows}, indent=2, newline=True)
         print(f"wrote {args.out}")
     return 0
 

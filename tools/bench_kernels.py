@@ -228,6 +228,20 @@ def _print_on(args, report, T, B, N, reps, with_compile, base) -> None:
               "of the time (/proc/pressure/cpu); above ~10% other jobs dominate the spread: rerun")
 
 
+def _drop_missing_baselines(report: dict) -> None:
+    """Name no baseline for a section whose baseline row did not run (SpikingJelly not importable,
+    or its row failed: the section has no ratios); print a note once."""
+    sections = {"layer": report.get("layer"), "on_workload": report.get("on_workload"),
+                "public_form": report.get("public_form"), "cuda": (report.get("cuda") or {}).get("layer")}
+    missing = [k for k, rows in sections.items()
+               if rows is not None and "ms" not in rows.get(report["baseline"][k], {})]
+    for key in missing:
+        report["baseline"][key] = None
+    if missing:
+        print(f"\nnote: no {', '.join(missing)} ratios: SpikingJelly's row did not run (not importable? "
+              "pip install --no-deps spikingjelly==2.0.0 loguru)")
+
+
 def _finish(args, report, T, B, N, reps, base) -> int:
     if args.cuda:
         if not torch.cuda.is_available():
@@ -249,6 +263,7 @@ def _finish(args, report, T, B, N, reps, base) -> int:
                 print(f"  LIF N={r['N']:>9d} T={r['T']:>2d}  fwd {r['fwd_ms']:7.3f} ms {r['fwd_GBps']:7.0f} GB/s  "
                       f"bwd {r['bwd_ms']:7.3f} ms {r['bwd_GBps']:7.0f} GB/s")
 
+    _drop_missing_baselines(report)
     if args.json:
         write_json(args.json, report, indent=1)
         print(f"\nwrote {args.json}")

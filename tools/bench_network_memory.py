@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: edgesnn from any folder
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from network_ratios import ratio_lines  # noqa: E402

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 #: (model, T, batch, chunk or None for the planner's choice, neuron, fitted): ``fitted`` marks the
 #: configurations the planner's coefficients for held blocks, average pools and nodes under autograd
 #: (RevLIF) were fitted on; the others check them.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: edgesnn from any folder
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
@@ -150,12 +151,30 @@ def run_fresh(name: str, T: int, batch: int, chunk: Optional[int], threads: int,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _err_pct(pred: float, meas: float) -> Optional[float]:
+    """Prediction error against the measurement (the baseline), percent; ``None`` when nothing was measured."""
+    return 100.0 * (pred - meas) / meas if meas > 0 else None
+
+
+def annotate(r: dict) -> dict:
+    """Add the printed errors to a worker's result (in place; also returned): ``baseline`` (the
+    measured peak), ``unit`` (bytes), ``err_pct`` (the step's) and ``phase_err_pct`` (per phase)."""
+    r["baseline"], r["unit"] = "measured (VmHWM minus the RSS before the step)", "bytes"
+    r["err_pct"] = _err_pct(r["predicted_peak"], r["measured_peak"])
+    r["phase_err_pct"] = {k: _err_pct(p, r["measured"][k]) for k, p in r["predicted"].items() if k in r["measured"]}
+    return r
+
+
+def _pct(err: Optional[float], width: int) -> str:
+    return f"{err:+{width}.1f}%" if err is not None else f"{'-':>{width + 1}}"
+
+
 def print_result(r: dict) -> None:
     mib = 2.0 ** 20
-    err = 100.0 * (r["predicted_peak"] - r["measured_peak"]) / r["measured_peak"]
+    err = annotate(r)["err_pct"]
     print(f"\n{r['model']} ({r['neuron']}) T={r['T']} batch={r['batch']} chunks={r['chunks']}: step peak predicted "
           f"{r['predicted_peak'] / mib:.1f} MiB ({r['predicted_phase']}), measured {r['measured_peak'] / mib:.1f} MiB "
-          f"({err:+.1f}%)")
+          f"({_pct(err, 0)})")
     print(f"  {'phase':<16} {'pred MiB':>9} {'meas MiB':>9} {'err':>7}  pool")
     for key, pred in r["predicted"].items():
         meas = r["measured"].get(key)
@@ -165,7 +184,7 @@ def print_result(r: dict) -> None:
         if meas is None:
             print(f"  {key:<16} {pred / mib:9.2f} {'-':>9} {'':>7}  {pool}")
             continue
-        print(f"  {key:<16} {pred / mib:9.2f} {meas / mib:9.2f} {100.0 * (pred - meas) / max(meas, 1):+6.1f}%  {pool}")
+        print(f"  {key:<16} {pred / mib:9.2f} {meas / mib:9.2f} {_pct(r['phase_err_pct'][key], 6)}  {pool}")
 
 
 def print_summary(results: List[dict], fitted: List[bool]) -> None:
@@ -174,11 +193,12 @@ def print_summary(results: List[dict], fitted: List[bool]) -> None:
     print(f"\n| {'model':9} | neuron | {'T':>3} | {'batch':>5} | chunks | {'pred MiB':>8} | {'meas MiB':>8} | {'err':>7} |")
     errs = []
     for r, fit in zip(results, fitted):
-        err = 100.0 * (r["predicted_peak"] - r["measured_peak"]) / r["measured_peak"]
-        errs.append((r["neuron"], fit, err))
+        err = annotate(r)["err_pct"]
+        if err is not None:
+            errs.append((r["neuron"], fit, err))
         mark = "" if fit else " (not fitted)"
         print(f"| {r['model']:9} | {r['neuron']:6} | {r['T']:>3} | {r['batch']:>5} | {r['chunks']} | {r['predicted_peak'] / mib:8.1f} | "
-              f"{r['measured_peak'] / mib:8.1f} | {err:+6.1f}% |{mark}")
+              f"{r['measured_peak'] / mib:8.1f} | {_pct(err, 6)} |{mark}")
     for neuron in ("lif", "revlif"):
         for fit in (True, False):
             part = [e for n, f, e in errs if n == neuron and f == fit]

@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # edgesnn from any folder (check_out imports it before the measurement)
 sys.path.insert(0, str(ROOT / "tools"))
 
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 #: (model, in_shape, T, batch, neuron, extra build kwargs)
 CONFIGS = [
@@ -123,8 +124,8 @@ def run_fresh(spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
                          env=env, cwd=ROOT, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker failed for {spec}:\n{out.stderr[-2000:]}")
+    if out.returncode != 0:  # one line: the worker's last error line (a WorkerError: run_main prints it, exit 1)
+        raise worker_error(f"worker {spec['model']} T={spec['T']} B={spec['B']}", out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -286,7 +287,8 @@ def main(argv=None) -> int:
         whole = ""
         if args.micro_batch:  # the same step on the whole batch, for the saving (and its time)
             full = run_fresh(dict(spec, micro=None))
-            row.update(micro_batch=args.micro_batch, whole_rss_meas=full["peak_rss_bytes"], whole_step_s=full["step_s"])
+            row.update(micro_batch=args.micro_batch, whole_rss_meas=full["peak_rss_bytes"], whole_step_s=full["step_s"],
+                       whole_rss_x_of_parts=full["peak_rss_bytes"] / meas["peak_rss_bytes"])  # the printed ratio
             one = " (one part: B <= M)" if spec["B"] <= args.micro_batch else ""
             whole = (f" whole batch {full['peak_rss_bytes'] / 2**20:.1f} MiB "
                      f"({full['peak_rss_bytes'] / meas['peak_rss_bytes']:.2f}x){one} |")
@@ -300,7 +302,8 @@ def main(argv=None) -> int:
     print(f"\nworst |error|: activation bytes {worst_a:.2f}% (target 10%), peak RSS {worst_r:.2f}% (target 15%): "
           f"{'PASS' if ok else 'FAIL'}")
     if args.json:
-        write_json(args.json, dict(baseline="measured (saved-tensor bytes, VmHWM)", rows=rows, worst_activation_err_pct=worst_a,
+        write_json(args.json, dict(baseline="measured (saved-tensor bytes, VmHWM)", units="bytes, seconds (*_s), percent (*_pct)",
+                                   rows=rows, worst_activation_err_pct=worst_a,
                                    worst_rss_err_pct=worst_r, passed=ok, runtime_overhead_bytes=runtime_overhead))
     return 0 if ok else 1
 
