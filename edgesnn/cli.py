@@ -51,9 +51,18 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors (an unknown flag, a value outside ``choices``, ``invalid int
+    value``, a missing required flag) on one line, without the usage block; the sub-command parsers
+    added through :meth:`add_subparsers` are of this class too (as ``edgesnn-device``'s parser)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The top-level parser; only ``command``'s module is imported (the others get a placeholder)."""
-    parser = argparse.ArgumentParser(prog="edgesnn", description="Memory-lean spiking neural network training for edge devices.")
+    parser = OneLineParser(prog="edgesnn", description="Memory-lean spiking neural network training for edge devices.")
     parser.add_argument("--version", action="version", version=f"edgesnn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
@@ -64,6 +73,12 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
             stub = sub.add_parser(name, help=help_text, add_help=False)
             stub.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-command ``command``'s parser inside the top-level ``parser``."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 def _version() -> str:
@@ -181,7 +196,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the command's modules (torch) were being imported
         _say(command, "interrupted", error=False)
         return 130
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's own parser: "edgesnn train: error: ... (see edgesnn train --help)"
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     before = _file_state(getattr(args, "checkpoint", None))
     try:
         return int(args.func(args) or 0)

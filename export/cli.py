@@ -1,9 +1,10 @@
-"""``edgesnn export``: checkpoint -> ONNX training step, ONNX training artifacts, TorchScript or inference ONNX.
+"""``edgesnn export``: checkpoint -> ONNX training step, ONNX training artifacts, TorchScript, inference ONNX or NIR
+(and device-fine-tuned weights -> checkpoint).
 
     edgesnn export --checkpoint CK --format onnx-step --out DIR [--batch-size 32] [--optimizer sgd|adamw] [--lr 0.01]
                    [--momentum 0.9] [--weight-decay WD] [--nesterov] [--freeze LAYER ...] [--time-chunk K]
         (one plain ONNX graph per training step: runs on plain onnxruntime, x86-64 and aarch64)
-    edgesnn export --checkpoint CK --format onnx-training --out DIR [--batch-size 32] [--optimizer sgd] [--lr 0.01]
+    edgesnn export --checkpoint CK --format onnx-training --out DIR [--batch-size 32] [--optimizer sgd|adamw] [--lr 0.01]
         (legacy: ONNX Runtime training artifacts; onnxruntime-training-cpu 1.19.2, x86-64 only)
     edgesnn export --checkpoint CK --format torchscript   --out DIR   (writes DIR/model.pt; or --out FILE.pt)
     edgesnn export --checkpoint CK --format onnx          --out DIR   (writes DIR/model.onnx; or --out FILE.onnx)
@@ -58,7 +59,7 @@ PARAMS_FILE = "the params.npz file the device runner wrote"
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand to the ``edgesnn`` command line's ``subparsers``."""
     p = subparsers.add_parser("export", help="export a checkpoint for on-device fine-tuning or inference",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=user_path, required=True, help="edgesnn checkpoint to export")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", type=user_path, required=True,

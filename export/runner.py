@@ -336,21 +336,22 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``edgesnn-device`` command line (one-line errors with exit status 2)."""
     p = _Parser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
-    p.add_argument("artifacts", type=user_path, help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
+    p.add_argument("artifacts", type=user_path, metavar="ARTIFACTS", help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
     p.add_argument("--data", type=user_path, required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")
-    p.add_argument("--epochs", type=int, default=1, help="epochs in this run (a resumed run adds them)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the manifest's)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs in this run, >= 1 (default 1; a resumed run adds them)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate, > 0 (default: the manifest's, the export's --lr)")
     p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
-                   help="learning rate per step: constant, or cosine decay to 0 over this run's steps "
+                   help="learning rate per step: constant (default), or cosine decay to 0 over this run's steps "
                         "(a resumed cosine run continues its recorded horizon)")
     p.add_argument("--out", type=user_path, default=None, help="output directory (default: ARTIFACTS/finetuned), written after every epoch")
-    p.add_argument("--seed", type=int, default=0, help="data order and held-out split")
+    p.add_argument("--seed", type=int, default=0, help="data order and held-out split, >= 0 (default 0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT's state (after its last finished epoch) with the same settings")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out as a whole (start from the exported weights)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads, >= 1 (default: one per core)")
+                   help="continue from OUT's state (after its last finished epoch) with the same settings; not with --force")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out as a whole (start from the exported weights); not with --resume")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads, 1 to 4 per CPU core (default: ONNX Runtime's, one per core)")
     p.add_argument("--holdout", type=float, default=None,
-                   help="fraction of --data held out for the accuracy report (default 0.2 for onnx-step, 0 for onnx-training)")
+                   help="fraction of --data held out for the accuracy report, in [0, 1) (default 0.2 for onnx-step, 0 for "
+                        "onnx-training); not with --eval-data")
     p.add_argument("--eval-data", type=user_path, default=None, help=".npz to report accuracy on instead of a held-out split")
     p.add_argument("--keep-best", action="store_true",
                    help="onnx-step, with held-out data: also keep OUT/best_params.npz, the parameters of the epoch "
@@ -390,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     step = "n/a" if m["step_ms_mean"] is None else f"{m['step_ms_mean']:.2f} ms"
     print(f"accuracy ({m.get('accuracy_on', 'training data')}) {m['accuracy_before']:.4f} -> {m['accuracy_after']:.4f}; "
           f"step {step}; {m['steps']} steps ({m['padded_per_epoch']} samples repeated per epoch to fill the last batch); "
-          f"peak RSS {m['peak_rss_mb']:.1f} MB; torch imported: {m['torch_imported']}")
+          f"peak RSS {m['peak_rss_mb']:.1f} MiB; torch imported: {m['torch_imported']}")
     if m.get("keep_best") and m.get("best_epoch") is not None:
         print(f"best epoch {m['best_epoch']} of {m['total_epochs']}: accuracy {m['best_accuracy']:.4f} (its parameters: "
               f"{BEST_PARAMS} beside params.npz)")

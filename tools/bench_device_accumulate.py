@@ -73,9 +73,9 @@ def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr
 
 def _line(r: dict) -> str:
     w, p, s = r["whole"], r["parts_run"], r["small"]
-    return (f"{r['model']:7s} {r['neuron']:6s} K={r['chunk']} | whole B={r['batch']}: {w['peak_rss_mb']:7.1f} MB {w['step_ms_median']:8.1f} ms"
-            f" | {r['parts']} x {r['part_batch']}: {p['peak_rss_mb']:7.1f} MB {p['step_ms_median']:8.1f} ms"
-            f" | one part: {s['peak_rss_mb']:7.1f} MB | whole/parts RSS {r['peak_rss_ratio']:4.2f}x, "
+    return (f"{r['model']:7s} {r['neuron']:6s} K={r['chunk']} | whole B={r['batch']}: {w['peak_rss_mb']:7.1f} MiB {w['step_ms_median']:8.1f} ms"
+            f" | {r['parts']} x {r['part_batch']}: {p['peak_rss_mb']:7.1f} MiB {p['step_ms_median']:8.1f} ms"
+            f" | one part: {s['peak_rss_mb']:7.1f} MiB | whole/parts RSS {r['peak_rss_ratio']:4.2f}x, "
             f"parts step time {r['step_time_ratio']:4.2f}x | max |dparam| {r['max_param_diff']:.1e} "
             f"(moved {r['max_param_change']:.1e})")
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
                 rows.append(bench(name, neuron, args.T, args.batch, args.parts, args.steps, args.lr, Path(tmp), args.chunk))
                 print(_line(rows[-1]), flush=True)
     if args.out:
-        write_json(args.out, {"baseline": "whole (the batch B at once, one step per batch)", "units": "MB (*_mb), ms (*_ms_*)",
+        write_json(args.out, {"baseline": "whole (the batch B at once, one step per batch)", "units": "MiB (*_mb), ms (*_ms_*)",
                               "ratios": {"peak_rss_ratio": "whole / parts peak RSS (x less memory in parts)",
                                          "step_time_ratio": "parts / whole median step time (x the whole batch's time)"},
                               "rows": rows}, indent=2, newline=True)

@@ -284,11 +284,11 @@ def _fmt(m: dict, key: str, unit: str, width: int = 8) -> str:
 
 def _sweep_line(r: dict) -> str:
     s, t, e = r.get("onnx_step", {}), r.get("onnx_training", {}), r.get("eager", {})
-    return (f"{r['model']:7s} {r['neuron']:6s} {r['T']:3d} | step {_fmt(s, 'peak_rss_mb', 'MB')} "
+    return (f"{r['model']:7s} {r['neuron']:6s} {r['T']:3d} | step {_fmt(s, 'peak_rss_mb', 'MiB')} "
             f"(session {s['rss_after_session_mb']:6.1f}) {_fmt(s, 'step_ms_median', 'ms')} | training "
-            f"{_fmt(t, 'peak_rss_mb', 'MB')} {_fmt(t, 'step_ms_median', 'ms')} | eager {_fmt(e, 'peak_rss_mb', 'MB')} "
-            f"{_fmt(e, 'step_ms_median', 'ms')} | export {r['step_export_s']:5.1f} s, {r['step_file_mb']:5.1f} MB"
-            + (f" | head only {_fmt(h, 'peak_rss_mb', 'MB')} {_fmt(h, 'step_ms_median', 'ms')} "
+            f"{_fmt(t, 'peak_rss_mb', 'MiB')} {_fmt(t, 'step_ms_median', 'ms')} | eager {_fmt(e, 'peak_rss_mb', 'MiB')} "
+            f"{_fmt(e, 'step_ms_median', 'ms')} | export {r['step_export_s']:5.1f} s, {r['step_file_mb']:5.1f} MiB"
+            + (f" | head only {_fmt(h, 'peak_rss_mb', 'MiB')} {_fmt(h, 'step_ms_median', 'ms')} "
                f"({h['step_ms_median'] / s['step_ms_median']:.2f}x the step time)" if (h := r.get("onnx_step_head_only")) else ""))
 
 
@@ -315,7 +315,7 @@ def sweep_checks(rows: list, figures: list = None) -> list:
             if g_lif is not None:
                 ratio = g_lif / g_rev if g_rev > 0 else float("inf")
                 how = f"LIF/RevLIF {ratio:.1f}x" if g_rev > 0 else "RevLIF did not grow"
-                out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MB, RevLIF {g_rev:+.1f} MB "
+                out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MiB, RevLIF {g_rev:+.1f} MiB "
                                           f"({how}; target >= 4x)"))
                 figures.append({"check": "growth", "model": name, "passed": ratio >= 4.0, "T": [lo, hi],
                                 "lif_growth_mb": g_lif, "revlif_growth_mb": g_rev, "baseline": "LIF growth",
@@ -323,7 +323,7 @@ def sweep_checks(rows: list, figures: list = None) -> list:
         r = by.get((name, "revlif", hi), {})
         if r.get("onnx_training"):
             a, b = r["onnx_step"]["peak_rss_mb"], r["onnx_training"]["peak_rss_mb"]
-            out.append((a <= 0.5 * b, f"{name}: RevLIF T={hi}: onnx-step {a:.1f} MB vs onnx-training {b:.1f} MB "
+            out.append((a <= 0.5 * b, f"{name}: RevLIF T={hi}: onnx-step {a:.1f} MiB vs onnx-training {b:.1f} MiB "
                                       f"({a / b:.2f}x; target <= 0.5x)"))
             figures.append({"check": "step_vs_training", "model": name, "passed": a <= 0.5 * b, "T": hi,
                             "onnx_step_peak_rss_mb": a, "onnx_training_peak_rss_mb": b, "baseline": "onnx-training",
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
             print(("PASS " if ok else "FAIL " if ok is not None else "") + line)
         if args.out:
             write_json(args.out, {"baseline": "per check (check_figures); head_only_step_x_of_full: the full fine-tune",
-                                  "units": "MB (*_mb), ms (*_ms_*), s (*_s)", "rows": rows, "checks": [[ok, line] for ok, line in checks], "check_figures": figures},
+                                  "units": "MiB (*_mb), ms (*_ms_*), s (*_s)", "rows": rows, "checks": [[ok, line] for ok, line in checks], "check_figures": figures},
                        indent=2, newline=True)
             print(f"wrote {args.out}")
         return 0
@@ -412,8 +412,8 @@ def main(argv=None) -> int:
         def step(m):
             return f"{m['step_ms_median']:7.2f} ms [{m['step_cpu_ms_median']:6.2f}]"
 
-        print(f"{r['neuron']:8s} {r['max_grad_diff']:10.2e} {d['peak_rss_mb']:8.1f} MB {step(d):>20s} {er['peak_rss_mb']:11.1f} MB "
-              f"{step(er):>22s} {ea['peak_rss_mb']:12.1f} MB {step(ea):>23s}  {d['accuracy_before']:.3f} -> {d['accuracy_after']:.3f}")
+        print(f"{r['neuron']:8s} {r['max_grad_diff']:10.2e} {d['peak_rss_mb']:8.1f} MiB {step(d):>20s} {er['peak_rss_mb']:11.1f} MiB "
+              f"{step(er):>22s} {ea['peak_rss_mb']:12.1f} MiB {step(ea):>23s}  {d['accuracy_before']:.3f} -> {d['accuracy_after']:.3f}")
     if args.out:
         write_json(args.out, rows, indent=2, newline=True)
         print(f"wrote {args.out}")

@@ -133,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{'neuron':<7} {'host':>5} {'device':>6} {'held out':>8} {'accuracy before -> after':>26} {'peak RSS':>9}")
     for r in rows:
         print(f"{r['neuron']:<7} {r['host_samples']:>5} {r['device_samples']:>6} {r['eval_samples']:>8} "
-              f"{r['accuracy_before']:>15.3f} -> {r['accuracy_after']:.3f} {r['peak_rss_mb']:>6.1f} MB")
+              f"{r['accuracy_before']:>15.3f} -> {r['accuracy_after']:.3f} {r['peak_rss_mb']:>6.1f} MiB")
     if args.out:
         write_json(args.out, rows, indent=2, newline=True)
     return 0

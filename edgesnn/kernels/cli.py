@@ -259,10 +259,15 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``warmup`` subcommand to the ``edgesnn`` command line's ``subparsers``."""
     p = subparsers.add_parser("warmup", help="precompile the fused Numba (and CUDA) kernels into the JIT cache",
-                              description=__doc__)
-    p.add_argument("--cache-dir", default=None, help="Numba cache folder (default: $EDGESNN_CACHE_DIR, $NUMBA_CACHE_DIR or ~/.cache/edgesnn/numba)")
-    p.add_argument("--threads", type=int, default=None, help="thread count for Numba and PyTorch")
+                              description=__doc__.replace("``", ""))
+    p.add_argument("--cache-dir", default=None,
+                   help="Numba cache folder; the kernels go in a sub-folder per version of their sources (default: "
+                        "$EDGESNN_CACHE_DIR, $NUMBA_CACHE_DIR or ~/.cache/edgesnn/numba)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="thread count for Numba and PyTorch, >= 1, capped at Numba's pool size (default: Numba's and "
+                        "PyTorch's own counts)")
     p.add_argument("--cuda", action="store_true", help="also compile the CUDA kernels (needs a GPU)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="compile processes for a cold cache (default: one per core, at most one per GiB of memory)")
+                   help="compile processes for a cold cache, >= 1 (default: one per core, at most one per GiB of memory "
+                        "and one per kernel part, 6)")
     p.set_defaults(func=_run)

@@ -87,31 +87,33 @@ def _int_list(text: str, name: str, minimum: int = 1) -> List[int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``plan`` subcommand to the ``edgesnn`` command line's ``subparsers``."""
     p = subparsers.add_parser("plan", help="plan LIF/RevLIF per layer and the batch for a memory budget",
-                              description=__doc__.splitlines()[0])
+                              description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--model", help="mlp, convnet or vgg11 (required)")
     p.add_argument("--input", help="one sample's shape, e.g. 3,32,32 or 784 (required)")
     p.add_argument("--timesteps", "-T", help="time steps T (required)")
     p.add_argument("--batch", default="auto", help="batch size, or 'auto' for the largest that fits (default)")
-    p.add_argument("--device", type=user_path, default="auto", help="catalogue name, a JSON profile path, or 'auto' (this host)")
+    p.add_argument("--device", type=user_path, default="auto", help="catalogue name (see --list-devices), a JSON profile path, or 'auto' (this host; default)")
     p.add_argument("--budget", help="peak bytes the training process may use, e.g. 2GiB (default: device memory - reserved)")
     p.add_argument("--classes", default=None, help="number of classes (default: the --dataset's, else 10)")
-    p.add_argument("--hidden", help="MLP hidden widths, e.g. 128,128")
-    p.add_argument("--channels", help="convnet channel widths, e.g. 16,32")
+    p.add_argument("--hidden", help="mlp hidden widths (default 128,128)")
+    p.add_argument("--channels", help="convnet channel widths (default 16,32)")
     p.add_argument("--pool", default="avg", choices=POOLS, help="the conv models' 2x2 pools: avg (default) or max")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "sgd-momentum"])
+    p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "sgd-momentum"],
+                   help="whose state to count (default adam: edgesnn train --plan takes only adam plans)")
     p.add_argument("--neurons", default=None, help="allowed kinds: lif,revlif (default), lif or revlif")
-    p.add_argument("--groups", default="2", help="RevLIF group counts to consider, e.g. 2,4 (default 2)")
+    p.add_argument("--groups", default="2", help="RevLIF group counts to consider, each >= 2, e.g. 2,4 (default 2)")
     p.add_argument("--max-batch", default="1024", help="cap for --batch auto (default 1024)")
-    p.add_argument("--backend", default="auto", help="neuron backend the model will train with (default auto)")
+    p.add_argument("--backend", default="auto", help="neuron backend the model will train with: auto (default), torch, numba, cuda or reference")
     p.add_argument("--dataset", help="the built-in dataset edgesnn train will hold in memory: digits, cifar10, nmnist, "
                    "dvsgesture or shd (its size is known; event frames are memory-mapped, only labels count)")
     p.add_argument("--dataset-bytes", metavar="SIZE",
                    help="bytes custom data holds in memory for the whole run, e.g. 300MiB (0: streamed); not with --dataset")
     p.add_argument("--eval-batch", default=None,
                    help="batch of the evaluation pass after every epoch (default: edgesnn train's, 256)")
-    p.add_argument("--json", type=user_path, metavar="PATH", help="write the plan JSON here (for edgesnn train --plan)")
+    p.add_argument("--json", type=user_path, metavar="PATH", help="write the plan JSON here (for edgesnn train --plan; with --memopt a report, which "
+                        "train --plan refuses)")
     p.add_argument("--plot", type=user_path, metavar="PATH.png", help="plot predicted memory vs T (all-LIF, all-RevLIF, plan, budget); "
-                   ".png, .pdf or .svg (needs matplotlib)")
+                   ".png, .pdf or .svg (needs matplotlib); not with --memopt")
     p.add_argument("--memopt", action="store_true",
                    help="plan edgesnn.optimize_memory's chunked blocks for an all-LIF model: per-block chunk, "
                         "predicted peak, largest batch (whole-network memory)")

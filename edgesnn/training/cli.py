@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="default mlp (or the plan's)")
     p.add_argument("--neuron", default=None, help="lif, revlif or revlif:G (G groups); or a comma-separated list, one per spiking layer (default lif)")
     p.add_argument("--timesteps", "-T", type=int, default=None, help="default 4 (or the plan's)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training data (default 30)")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (or the plan's)")
     p.add_argument("--micro-batch", type=int, default=None, metavar="M",
                    help="compute each batch M samples at a time and add up their gradients before the one optimizer "
@@ -54,12 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", type=user_path, default=None,
                    help="a plan from `edgesnn plan --json`: its model, T, per-layer neurons, batch, evaluation batch "
                         "and dataset")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate, a finite number > 0 within float32 range (default 0.001)")
     p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
                    help="constant (default): every step at --lr; cosine: step k of K = --epochs x steps per epoch "
                         "at lr * 0.5 * (1 + cos(pi k / K)) (torch's CosineAnnealingLR stepped per batch). The run "
                         "that starts it fixes K; --resume continues it (same --lr-schedule; --epochs at most that run's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 to 2**32 - 1 (default 0)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="neuron backend (default auto)")
     p.add_argument("--device", default="auto",
                    help=f"where the model, the data and the loss live: {', '.join(DEVICES)} or cuda:N "
