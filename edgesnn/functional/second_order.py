@@ -7,6 +7,10 @@ marks their returned gradients the way ``@torch.autograd.function.once_different
 ``create_graph=True`` backward still works, and only a second backward that actually reaches
 these gradients raises one line naming the layer and the backend. The ``reference`` backend
 (plain autograd) supports second-order gradients.
+
+Inside ``torch.func`` transforms (which run every backward with ``create_graph=True``) one
+transform gets the gradients as they are; nested ones (``grad(grad(f))``) raise the same line, and
+:func:`under_vmap` lets the dispatch refuse ``vmap`` in one line.
 """
 
 from __future__ import annotations
