@@ -122,6 +122,12 @@ def _clear_leftovers(real: Path) -> None:
             os.close(fd)
 
 
+def is_path_value(value: Any) -> bool:
+    """``value`` can name a file or folder: a non-empty ``str`` or ``os.PathLike`` (what the Python
+    API's path arguments check before a deep ``TypeError`` from ``pathlib``)."""
+    return isinstance(value, (str, os.PathLike)) and bool(os.fspath(value))
+
+
 def user_path(value: str) -> str:
     """An argparse ``type`` for the commands' path flags: a leading ``~`` / ``~user`` expanded.
 

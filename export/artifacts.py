@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from edgesnn.atomic import atomic_write
+from edgesnn.atomic import atomic_write, is_path_value
 from edgesnn.errors import clip, first_line
 
 __all__ = [
@@ -343,7 +343,7 @@ def write_step_manifest(directory: PathLike, manifest: StepManifest) -> Path:
 
 def read_manifest(directory: PathLike) -> Union[Manifest, StepManifest]:
     """Parse ``directory/manifest.json`` (no file checks; see :func:`validate_artifact_dir`)."""
-    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+    if not is_path_value(directory):
         raise ArtifactError(f"directory: expected an artifact folder path (a non-empty str or os.PathLike), got {directory!r:.80}")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():

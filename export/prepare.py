@@ -15,7 +15,6 @@ Parameter and buffer names are unchanged, so exported graphs use the PyTorch ``s
 from __future__ import annotations
 
 import copy
-import os
 import types
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import is_path_value
 from ..checkpoint import NIR_LOAD_HINT, load_checkpoint, load_model_state, refuse_nir_config
 from ..errors import UsageError, first_line
 from ..memory_guard import check_fits_in_memory, shape_bytes
@@ -199,7 +199,7 @@ def check_out_path(value: Any, name: str, folder: bool = False) -> Any:
     otherwise, before anything is built or written. Returns ``value`` itself (the CLI hands in an
     :mod:`edgesnn.output_guard` object, whose record of the output the writer must keep)."""
     what = "folder" if folder else "file"
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+    if not is_path_value(value):
         raise ExportError(f"{name}: expected a {what} path (a non-empty str or os.PathLike), got {value!r:.80}")
     path = Path(value)
     if folder and path.exists() and not path.is_dir():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import List
@@ -28,6 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import encode_config
+from ..atomic import is_path_value
 from .artifacts import PathLike, atomic_write_bytes
 from .prepare import check_export_flag, check_finite, check_out_path, example_input, export_copy, take_frames_batch_first
 
@@ -95,7 +95,7 @@ def export_torchscript(model: nn.Module, path: PathLike, batch_size: int = 4, ev
 
 def load_torchscript(path: PathLike) -> torch.jit.ScriptModule:
     """Load a module written by :func:`export_torchscript` (raises ``FileNotFoundError``/``ValueError``)."""
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+    if not is_path_value(path):
         raise ValueError(f"path: expected a TorchScript file path (a non-empty str or os.PathLike), got {path!r:.80}")
     path = Path(path)
     if path.is_dir():

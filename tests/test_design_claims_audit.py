@@ -86,16 +86,21 @@ def _first_block_start(model: nn.Sequential) -> int:
     return min(b.start for b in model._memopt_blocks)
 
 
+def _assert_same_step(net: nn.Sequential, opt: nn.Sequential, seed: int) -> None:
+    """The optimized model's loss equals the plain one's and its gradients agree to float64 rounding."""
+    loss_p, grads_p = _step(net, seed=seed)
+    loss_o, grads_o = _step(opt, seed=seed)
+    assert torch.equal(loss_p, loss_o)
+    for a, b in zip(grads_p, grads_o):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_layer_subclass_drawing_noise_keeps_the_plain_gradient():
     net = _net(SeqToANN(NoisyConv(2, 4, 3, padding=1), nn.BatchNorm2d(4)))
     opt, caught = _optimized(net)
     assert _first_block_start(opt) == 1  # the noisy layer runs as a plain module
     assert any("SeqToANN at '0' (a layer subclass with its own forward" in w for w in caught), caught
-    loss_p, grads_p = _step(net, seed=7)
-    loss_o, grads_o = _step(opt, seed=7)
-    assert torch.equal(loss_p, loss_o)
-    for a, b in zip(grads_p, grads_o):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    _assert_same_step(net, opt, seed=7)
 
 
 def test_layer_subclass_runs_its_code_once_per_step():
@@ -111,11 +116,7 @@ def test_seqtoann_subclass_with_its_own_forward_is_not_bypassed():
     opt, caught = _optimized(net)
     assert _first_block_start(opt) == 1
     assert any("Doubled at '0' (a SeqToANN subclass" in w for w in caught), caught
-    loss_p, grads_p = _step(net, seed=0)
-    loss_o, grads_o = _step(opt, seed=0)
-    assert torch.equal(loss_p, loss_o)
-    for a, b in zip(grads_p, grads_o):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    _assert_same_step(net, opt, seed=0)
 
 
 @pytest.mark.parametrize("layer,own", [

@@ -378,10 +378,8 @@ def revlif_step_backward(
         ``ScatterND``).
     """
     _check_step_layout(y, v_new, p, "y", "v_new")
-    for name, g in (("grad_y", grad_y), ("grad_v_new", grad_v_new)):
-        check_tensor(g, name)
-        if tuple(g.shape) != tuple(y.shape):
-            raise ValueError(f"{name}: expected the shape {tuple(y.shape)} of y (grouped layout [B, n, M]), got {tuple(g.shape)}")
+    _check_step_layout(y, grad_y, p, "y", "grad_y")
+    _check_step_layout(y, grad_v_new, p, "y", "grad_v_new")
     _check_bits(bits, y, p)
     n = p.groups
     xs: List = [None] * n

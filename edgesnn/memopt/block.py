@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..functional.checks import autocast_on
+from ..functional.second_order import func_transform_depth
 from ..kernels import buffers
 from .batchnorm import ChunkStats, ExactStats, batch_stats_mode, bn_output, exact_supported, update_running
 from .block_backward import backward_chunked_bn, backward_plain
@@ -421,7 +422,7 @@ def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Te
     if autocast_on(x):
         raise RuntimeError("optimize_memory: autocast is not supported; train the optimized model without "
                            "torch.autocast, or call edgesnn.memopt.uninstall(model) first")
-    if torch._C._functorch.get_dynamic_layer_stack_depth() > 0:  # inside torch.func.grad / vmap / ...
+    if func_transform_depth():  # inside torch.func.grad / vmap / ...
         raise RuntimeError("optimize_memory: torch.func transforms (grad, vjp, vmap, ...) are not supported; train the "
                            "optimized model with .backward(), or call edgesnn.memopt.uninstall(model) first")
     return _BlockFunction.apply(block, route, x, *params)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
@@ -235,9 +234,9 @@ def write(model: nn.Module, path: Union[str, Path], dt: float = DEFAULT_DT,
     a file size limit) is the one-line ``cannot write PATH: ...`` of every other output, and
     leaves the old file (or none) and no temp file (h5py writing through a Python file object
     cannot report such a failure: it crashed the process)."""
-    from ..atomic import atomic_write
+    from ..atomic import atomic_write, is_path_value
 
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+    if not is_path_value(path):
         raise NIRError(f"path: expected a file path (a non-empty str or os.PathLike), got {path!r:.80}")
     data = _graph_bytes(to_nir(model, dt=dt, in_shape=in_shape))
     return atomic_write(path, lambda fh: fh.write(data))

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..checkpoint import (NIR_LOAD_HINT, CheckpointError, atomic_write, load_checkpoint, load_model_state,
                           refuse_nir_config, save_checkpoint)
+from ..atomic import is_path_value
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
 from ..output_guard import guarded
@@ -106,7 +107,7 @@ def check_path_arg(value: Any, name: str) -> None:
 
     if isinstance(value, GuardedFile):
         return
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+    if not is_path_value(value):
         raise UsageError(f"{name}: expected a file path (a non-empty str or os.PathLike), got {value!r:.80}")
 
 
