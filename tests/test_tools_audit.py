@@ -208,3 +208,39 @@ def test_bench_device_runner_head_only_ratio_in_json(monkeypatch, tmp_path):
     for r in rows:
         assert r["head_only_step_x_of_full"] == pytest.approx(
             r["onnx_step_head_only"]["step_ms_median"] / r["onnx_step"]["step_ms_median"])
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--rows", "lif"], "--rows"),
+    (["-T", "64"], "-T"),
+    (["-T64"], "-T"),
+    (["--batch=4"], "--batch"),
+    (["--network", "--quick"], "--quick"),
+    (["--network", "--backend", "numba"], "--backend"),
+])
+def test_validate_planner_refuses_flags_its_mode_ignores(argv, flag, monkeypatch, capsys):
+    """A flag the chosen mode never reads (``--rows`` without ``--network``, ``--quick`` with it) is a
+    one-line usage error before anything runs; it used to be ignored, measuring other rows than asked."""
+    vp = _load("validate_planner", monkeypatch)
+    monkeypatch.setattr(vp, "run_fresh", lambda spec: pytest.fail("measured despite an unused flag"))
+    monkeypatch.setattr(vp, "network_main", lambda args: pytest.fail("measured despite an unused flag"))
+    with pytest.raises(SystemExit) as exc:
+        vp.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in err and "not used" in err and ("without --network" in err) == ("--network" not in argv)
+
+
+def test_bench_network_memory_runs_a_repeated_t_or_row_once(monkeypatch):
+    """``-T 8 8`` / ``--rows x x`` measure each row once per T (they ran every row twice)."""
+    bn = _load("bench_network_memory", monkeypatch)
+    calls = []
+
+    def fake_child(args, mmap_threshold=True):
+        calls.append(tuple(args[:3]))
+        return dict(row=args[1], T=int(args[2]), peak_bytes=100 << 20, step_s=1.0)
+
+    monkeypatch.setattr(bn, "_run_child", fake_child)
+    monkeypatch.setattr(bn, "timing_rounds", lambda T, budget, rows, common, rounds: {})
+    assert bn.main(["-T", "8", "8", "--rows", "sj_bptt", "sj_bptt", "--no-check"]) == 0
+    assert calls == [("--worker", "sj_bptt", "8")]

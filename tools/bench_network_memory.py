@@ -298,6 +298,8 @@ def main(argv=None) -> int:
                          "(e.g. raspberry-pi-4-4gb), largest planned batch, measured peak vs SpikingJelly BPTT")
     ap.add_argument("--showcase-worker", metavar="DEVICE", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    a.timesteps = list(dict.fromkeys(a.timesteps))  # -T 8 8 is one row per T, not two
+    a.rows = list(dict.fromkeys(a.rows))
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.batch, int(a.worker[2]), a.steps, a.threads,
                                 a.timing)))

@@ -222,6 +222,22 @@ def network_main(args) -> int:
     return 0 if ok else 1
 
 
+#: Flags that only the --network rows read, and flags that only the per-configuration table reads.
+_NETWORK_ONLY = ("-T", "--timesteps", "--rows", "--batch", "--steps", "--threads", "--from-json")
+_TABLE_ONLY = ("--quick", "--backend", "--micro-batch", "--calibrate")
+
+
+def _refuse_unused_flags(ap: argparse.ArgumentParser, args: argparse.Namespace, argv) -> None:
+    """One-line usage error for a flag the chosen mode would ignore (``--rows`` without ``--network``,
+    ``--quick`` with it): a run that silently measures something else than asked."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if a.startswith("-")]
+    given = {a.split("=", 1)[0] for a in words} | {"-T" for a in words if a.startswith("-T")}  # -T8 too
+    unused = [f for f in (_TABLE_ONLY if args.network else _NETWORK_ONLY) if f in given]
+    if unused:
+        mode = "with --network (they apply to the per-configuration table)" if args.network else "without --network"
+        ap.error(f"{', '.join(unused)}: not used {mode}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -245,6 +261,7 @@ def main(argv=None) -> int:
     net.add_argument("--from-json", help="take the measured peaks from bench_network_memory.py --json output")
     args = ap.parse_args(argv)
     if not args.worker:
+        _refuse_unused_flags(ap, args, argv)
         args.json = check_out(ap, args.json, "--json", args.force, inputs={"--from-json": getattr(args, "from_json", None)})  # before the measurement
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
