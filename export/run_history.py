@@ -10,11 +10,12 @@ invocation only) and adds, after every epoch:
   accuracy on the held-out data (``accuracy_on``) after that epoch, or None where it was not
   measured, "steps": optimizer steps of the run after that epoch (None where unknown)}``. A resumed run
   reads the rows of the output it resumes (its ``metrics.json``) and appends its own.
-* ``history_complete``: whether ``history`` has a row for every epoch of the run; ``False`` when
-  the resumed output was written by a runner without ``history`` (then its rows are rebuilt from
-  that output's ``epoch_loss`` / ``epoch_lr``, which cover only the epochs of its last invocation)
-  or its ``metrics.json`` is missing or unreadable; ``history_note`` then says which epochs are
-  missing (otherwise it is absent).
+* ``history_complete``: whether ``history`` has a row for every epoch of the run. A resumed output
+  written by a runner without ``history`` has its rows rebuilt from its ``epoch_loss`` /
+  ``epoch_lr``, which cover only the epochs of its last invocation (the rebuilt rows' accuracy and
+  steps are None but on the last): complete when that invocation trained every epoch, else
+  ``False``, as when its ``metrics.json`` is missing or unreadable; ``history_note`` then says which
+  epochs are missing (otherwise it is absent).
 
 Held-out accuracy is measured after the last epoch of every invocation (``accuracy_after``) and,
 with ``--keep-best``, after every epoch.
@@ -147,6 +148,8 @@ def load_history(out_dir: Path, resuming: bool, resumed_epochs: int, keep_best: 
         note = (f"the resumed output ({path}) recorded no per-epoch history for its {resumed_epochs} epoch(s) "
                 f"(an older runner, or metrics.json missing); rebuilt rows: {known}")
         log(f"note: {note}")
+        if rows and rows[0]["epoch"] == 1:  # its last invocation trained them all: every row is there
+            note = None
     best_epoch, best_acc = None, None
     if keep_best and isinstance(old.get("best_epoch"), int) and (Path(out_dir) / BEST_PARAMS).is_file():
         best_epoch, best_acc = old["best_epoch"], old.get("best_accuracy")
