@@ -28,7 +28,7 @@
    for LIF, and :func:`~edgesnn.functional.revlif.revlif_step_backward` for RevLIF, which walks
    the state back from the final state (inverse and gradient in one pass). Linear, Conv2d
    (stride/padding, dilation 1, groups 1), frozen-statistics BatchNorm, AvgPool2d and MaxPool2d
-   (kernel = stride) and Flatten have explicit VJPs below. Parameter gradients accumulate as loop-carried
+   (kernel = stride) and Flatten have explicit VJPs (:mod:`.step_layers`). Parameter gradients accumulate as loop-carried
    values (Linear/Conv2d weight gradients once per chunk, as one product over its ``K x B`` rows);
    no ``[T, B, N]`` tensor of a RevLIF layer exists anywhere in the graph.
 5. **update**: SGD (momentum, Nesterov, weight decay; ``torch.optim.SGD``) or AdamW
@@ -51,6 +51,8 @@ BatchNorm uses its running statistics (frozen, as in ``onnx-training``): its sta
 over ``T x B`` and batch statistics would need every step's input of that layer at once, the
 history the reversible graph avoids. Its weight and bias train.
 
+The forward Scan and backward Loop bodies are traced by :mod:`.step_loops`; this module traces the
+prefix, loss and update pieces and stitches everything into the step, eval, grad and apply graphs.
 Each piece is traced with ``torch.jit.trace`` (so ``stop_gradient`` takes its eager ``detach``
 branch, which the ONNX exporter drops: straight-through rounding then adds an exact 0.0) and
 exported with the TorchScript-based exporter at opset 17; the pieces are stitched into one graph
@@ -67,7 +69,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -81,9 +83,10 @@ from .artifacts import PathLike
 from .onnx_inference import _onnx
 from .prepare import ExportError, check_export_flag, check_out_path, checked_input_range
 from .recon_check import step_recon_tolerance
-from .onnx_pieces import (checked_model, export_piece, fills_as_constant_of_shape, inline_graph, pruned,
-                          scan_body_to_loop, traced_body)
-from .step_layers import Stage, block_forward, block_vjp, initial_state, initial_value, weight_grad
+from .onnx_pieces import checked_model, export_piece, fills_as_constant_of_shape, inline_graph
+from .step_layers import block_forward, block_vjp, initial_state, initial_value
+from .step_loops import backward_body, forward_bodies
+from .step_loops import store_names as stage_store_names
 from .step_program import STEP_OPTIMIZERS, StepProgram, build_step_program, reference_step
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,7 +107,6 @@ def build_graphs(
     n_chunks = T // K
     V = {k: v for k, v in prog.values.items()}
     prefix_read = prog.read_names(prog.prefix)
-    loop_read = prog.loop_read_names()
     loop_params = [n for n in prog.loop_names()]
     event = prog.event  # x [B, T, ...]: P holds the frames in chunks [T/K, K, B, ...], scanned and gathered
     x_ex = torch.rand(B, *prog.sample_shape)
@@ -122,6 +124,7 @@ def build_graphs(
         inits = [initial_state(st) for st in stages]
         return (P, *inits, torch.zeros(B, prog.num_classes))
 
+    xk_ex = None
     with torch.no_grad():
         if event:  # P_ex: one step's input; xk_ex: one chunk of frames
             P_ex, xk_ex = x_ex[:, 0], x_ex[:, :K].transpose(0, 1).contiguous()
@@ -130,57 +133,9 @@ def build_graphs(
     init_states = [initial_state(st) for st in stages]
     pre_out = ["P"] + [f"v_init{i}" for i in range(len(stages))] + ["logit_sum_init"]
 
-    # ---- forward body
-    def packed(acc, kept, k: int):
-        """A RevLIF layer's store in progress: step ``k``'s spike and grid bit added as bits 2k, 2k + 1
-        (float sums of powers of two, exact), right after the step, so no step's 0/1 floats outlive it."""
-        s, bit = kept
-        term = s * float(4 ** k)
-        if bit is not None:
-            term = term + bit * float(2 * 4 ** k)
-        return term if acc is None else acc + term
-
-    def make_fwd(store: bool):
-        def f_fwd(P, *rest):
-            nv = len(loop_read)
-            t = dict(zip(loop_read, rest[:nv]))
-            states = list(rest[nv:nv + len(stages)])
-            logit_sum = rest[nv + len(stages)]
-            stores: List = [[] if st.kind == "lif" else None for st in stages]
-            for k in range(K):
-                logits, states, kept = prog.forward_step(t, P[k] if event else P, states)
-                logit_sum = logit_sum + logits
-                if store:
-                    for i, st in enumerate(stages):
-                        if st.kind == "lif":
-                            stores[i].append(kept[i])
-                        else:
-                            stores[i] = packed(stores[i], kept[i], k)
-            outs = [*states, logit_sum]
-            if store:  # LIF: h [K, B, ...] float32; RevLIF: [B, n, M] uint8
-                outs += [torch.stack(v) if st.kind == "lif" else v.to(torch.uint8) for v, st in zip(stores, stages)]
-            return tuple(outs)
-        return f_fwd
-
-    # the scanned input: a dummy tick per chunk (the input repeats), or the chunk of frames (event data)
-    fwd_local = [f"s{i}" for i in range(len(stages))] + ["logit_sum", "xk" if event else "tick"]
-    fwd_in_names = ([] if event else ["P"]) + loop_read + fwd_local
-    fwd_args = (([] if event else [P_ex]) + [V[n] for n in loop_read] + init_states
-                + [torch.zeros(B, prog.num_classes), xk_ex if event else torch.zeros(1)])
-    fwd_out_state = [f"s{i}_out" for i in range(len(stages))] + ["logit_sum_out"]
-    store_names = [f"store{i}" for i in range(len(stages))]
-
-    def fwd_fn_with_tick(store):
-        f = make_fwd(store)
-        if event:
-            return lambda *rest: f(rest[-1], *rest[:-1])
-        return lambda P, *rest: f(P, *rest[:-1])
-
-    with torch.no_grad():
-        ex_store = fwd_fn_with_tick(True)(*fwd_args)[len(stages) + 1:]
-    body_f = traced_body(fwd_fn_with_tick(True), fwd_args, fwd_in_names, fwd_out_state + [f"{n}_slice" for n in store_names],
-                   fwd_local, "fwd/")
-    body_e = pruned(body_f, len(fwd_out_state))  # the eval graph's forward: the same body without the stores
+    # ---- forward body (.step_loops)
+    store_names = stage_store_names(prog)
+    body_f, body_e, ex_store = forward_bodies(prog, V, P_ex, xk_ex, init_states)
 
     # ---- loss
     def f_loss(logit_sum, labels, *params):
@@ -191,65 +146,9 @@ def build_graphs(
     loss_params = loop_params
     loss_out = ["loss", "correct", "g_logits_t"] + [f"gacc0/{n}" for n in loss_params]
 
-    # ---- backward body
-    def unpack(store_k: torch.Tensor, k: int, st: Stage):
-        if st.kind == "lif":
-            return store_k[k]
-        b = store_k.to(torch.float32)
-        def bit(j):
-            return torch.floor(b / float(2 ** j)) - 2.0 * torch.floor(b / float(2 ** (j + 1)))
-        spike = bit(2 * k)
-        gbit = bit(2 * k + 1) if st.params.exact else None
-        return spike, gbit
-
+    # ---- backward body (.step_loops)
     n_rev = len(rev_idx)
-    leaf_of = {f"{leaf.name}.weight": leaf for leaves in [prog.head] + [st.leaves for st in stages] for leaf in leaves}
-
-    def f_bwd(P, g_t, *rest):
-        nv = len(loop_read)
-        t = dict(zip(loop_read, rest[:nv]))
-        rest = rest[nv:]
-        v_rev = list(rest[:n_rev]); rest = rest[n_rev:]
-        gv = list(rest[:len(stages)]); rest = rest[len(stages):]
-        gacc = dict(zip(loop_params, rest[:len(loop_params)])); rest = rest[len(loop_params):]
-        gP, err = rest[0], rest[1]
-        stores = rest[2:2 + len(stages)]
-        pairs: Dict[str, List] = {}
-        for k in range(K - 1, -1, -1):
-            kept = [unpack(s, k, st) for s, st in zip(stores, stages)]
-            v_rev, gv, grads, g, err = prog.backward_step(t, P[k] if event else P, g_t, v_rev, gv, kept, err, defer=True)
-            for n in loop_params:
-                if isinstance(grads[n], tuple):
-                    pairs.setdefault(n, []).append(grads[n])
-                else:
-                    gacc[n] = gacc[n] + grads[n]
-            if g is not None and not event:
-                gP = gP + g
-        # weight gradients of the chunk's K steps in one product each
-        for n, pl in pairs.items():
-            xs = torch.cat([p[0] for p in pl]) if len(pl) > 1 else pl[0][0]
-            gs = torch.cat([p[1] for p in pl]) if len(pl) > 1 else pl[0][1]
-            gacc[n] = weight_grad(leaf_of[n], xs, gs, gacc[n])
-        return (*v_rev, *gv, *[gacc[n] for n in loop_params], gP, err)
-
-    with torch.no_grad():  # example states: one step (values never shape the trace; T steps took hours at large T)
-        _, st_ex, _ = prog.forward_step(V, P_ex, list(init_states))
-    # event data: the chunk of frames is one more store the backward gathers (P, the chunked frames);
-    # the prefix gradient is not carried (a scalar placeholder): the first block's VJP needs no input gradient
-    slices = [f"{n}_slice" for n in store_names] + (["xk_slice"] if event else [])
-    bwd_local = ([f"bv{j}" for j in range(n_rev)] + [f"bgv{i}" for i in range(len(stages))]
-                 + [f"bg/{n}" for n in loop_params] + ["bgP", "berr"] + slices)
-    bwd_in_names = ([] if event else ["P"]) + ["g_logits_t"] + loop_read + bwd_local
-    bwd_args = (([] if event else [P_ex]) + [torch.zeros(B, prog.num_classes)] + [V[n] for n in loop_read]
-                + [st_ex[i] for i in rev_idx] + [torch.zeros_like(s) for s in init_states]
-                + [torch.zeros_like(V[n]) for n in loop_params]
-                + [torch.zeros(()) if event else torch.zeros_like(P_ex), torch.zeros(())] + list(ex_store)
-                + ([xk_ex] if event else []))
-    bwd_out = ([f"bv{j}_out" for j in range(n_rev)] + [f"bgv{i}_out" for i in range(len(stages))]
-               + [f"bg/{n}_out" for n in loop_params] + ["bgP_out", "berr_out"])
-    bwd_fn = (lambda g_t, *rest: f_bwd(rest[-1], g_t, *rest[:-1])) if event else f_bwd
-    body_b = traced_body(bwd_fn, bwd_args, bwd_in_names, bwd_out, bwd_local[:len(bwd_out)] + slices, "bwd/")
-    scan_body_to_loop(body_b, len(bwd_out), store_names + (["P"] if event else []), n_chunks, "bwd/")
+    body_b = backward_body(prog, V, P_ex, xk_ex, init_states, ex_store)
 
     # ---- post: prefix VJP, verification, update
     opt_names = prog.opt_state
