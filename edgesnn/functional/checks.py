@@ -109,10 +109,12 @@ def check_state(v: Optional[torch.Tensor], x: torch.Tensor, name: str = "v0") ->
 
 
 def check_finite(x: torch.Tensor, name: str = "x_seq") -> None:
-    """Raise if ``x`` holds NaN or +-Inf (an O(numel) scan; modules call it when ``check_finite=True``)."""
+    """Raise :class:`NonFiniteInputError` (a ``ValueError``) if ``x`` holds NaN or +-Inf (an O(numel)
+    scan; modules call it when ``check_finite=True``): the class every backend raises for such an
+    input, so ``check_finite=True`` does not change what a caller catches."""
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name}: expected finite values, found {bad} NaN/Inf element(s)")
+        raise NonFiniteInputError(f"{name}: expected finite values, found {bad} NaN/Inf element(s)")
 
 
 # ----------------------------------------------------------------------------- numerics safety

@@ -72,8 +72,12 @@ def unhalve_on_grid(half: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
 
 
 def straight_through(exact: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
-    """Value of ``exact`` (bit for bit), gradient of ``smooth``."""
-    return stop_gradient(exact) + (smooth - stop_gradient(smooth))
+    """Value of ``exact`` (bit for bit, the sign of a zero included), gradient of ``smooth``.
+
+    Written as ``exact - (stop(smooth) - smooth)``: subtracting the ``+0.0`` difference keeps a
+    ``-0.0`` (``-0.0 + 0.0`` is ``+0.0``, so ``exact + (smooth - stop(smooth))`` turned an exact-mode
+    state of ``-0.0`` into ``+0.0``, unlike the kernels)."""
+    return stop_gradient(exact) - (stop_gradient(smooth) - smooth)
 
 
 def packed_steps(T: int) -> int:

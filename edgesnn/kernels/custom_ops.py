@@ -333,8 +333,9 @@ def _revlif_bwd_impl(y: Tensor, vT: Tensor, bits: Tensor, counts: Tensor, v0: Te
         verify_reconstruction(ref, v0_rec, None if exact else counts, counts_rec, p, y.shape[0])
     if fin == [True]:
         return gx, gv0
-    check_finite_grads("RevLIF", [("the layer input x_seq", gx), ("the initial state v0", gv0)],
-                       [("grad of y_seq", grad_y), ("grad of v_T", grad_vT)])
+    # a fresh initial state (verify 1) is no input of the caller's: its gradient is dropped, not checked
+    checked = [("the layer input x_seq", gx)] + ([] if verify == 1 else [("the initial state v0", gv0)])
+    check_finite_grads("RevLIF", checked, [("grad of y_seq", grad_y), ("grad of v_T", grad_vT)])
     return gx, gv0
 
 

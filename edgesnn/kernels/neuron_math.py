@@ -172,7 +172,9 @@ def reset(h: float, s: float, v_th: float, v_reset: float, hard: bool) -> float:
     return h - s * v_th
 
 
-_EXP_HI = np.float32(80.0)
+#: ``exp32``'s argument range: the widest whose ``2**n`` (``|n| <= 126``) stays a normal float32, so the
+#: CPU build's exponent-bit scale is exact too (its ``e^+-87`` are 6.1e37 and 1.6e-38).
+_EXP_HI = np.float32(87.0)
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
@@ -185,7 +187,7 @@ _P5 = np.float32(5.0000001201e-1)
 
 
 def exp32(x: float) -> float:
-    """``exp(x)`` in float32 (Cephes ``expf`` polynomial, ~1 ulp), arguments clamped to +-80.
+    """``exp(x)`` in float32 (Cephes ``expf`` polynomial, ~1 ulp), arguments clamped to +-87.
 
     Float arithmetic and selects only (no libm call, no integer conversion), so the CPU loops
     that call it vectorize; the CUDA build uses the same code. Backward passes only (surrogate).
@@ -194,7 +196,7 @@ def exp32(x: float) -> float:
         x = _EXP_HI
     if x < -_EXP_HI:
         x = -_EXP_HI
-    fn = rint_grid(x * _LOG2E)  # nearest integer n, |n| <= 116
+    fn = rint_grid(x * _LOG2E)  # nearest integer n, |n| <= 126
     r = x - fn * _LN2_HI
     r = r - fn * _LN2_LO
     rr = r * r
@@ -228,10 +230,12 @@ def exp32(x: float) -> float:
     return q * scale
 
 
-#: Beyond |a u| = 88 the Sigmoid surrogate is below a * 6e-39, and PyTorch's is exactly 0 from about
-#: 104 on; ``exp32`` clamps its argument to +-80, which would leave a * 1.8e-35 there (times a huge
-#: ``v_reset - h`` in the hard-reset term, a visible gradient), so the kernels return 0.
-_SG_FLAT = np.float32(88.0)
+#: Beyond |a u| = 87 (where ``exp32`` clamps its argument) the kernels' Sigmoid surrogate is 0: a
+#: clamped ``exp`` there would leave the constant a * 1.6e-38 (times a huge ``v_reset - h`` in the
+#: hard-reset term, a visible gradient). PyTorch's float32 value is below a * 1.7e-38 there and exactly
+#: 0 from |a u| = 88.73 on (its ``exp(|a u|)`` overflows). The clamp used to be 80 with this cut at 88,
+#: which left a * 7.2e-35 for every 80 < |a u| <= 88, up to 3000x PyTorch's value.
+_SG_FLAT = _EXP_HI
 
 
 def surrogate_grad(u: float, kind: int, a: float, b: float) -> float:

@@ -21,7 +21,12 @@ from ..functional.surrogate import Surrogate
 from ._compat import LIFAttributes, resolve_surrogate
 from .neurons import _SpikingNode
 
-__all__ = ["ParametricLIF"]
+__all__ = ["ParametricLIF", "MAX_TAU"]
+
+#: Largest ``init_tau`` / assigned ``tau`` a ParametricLIF accepts. The gradient of ``w`` goes through
+#: ``tau ** 2`` (the backward of ``x / tau`` and of ``tau = 1 / sigmoid(w)``), which overflows float32
+#: from tau = 1.8e19 on: ``w.grad`` was Inf (NaN from 0 * Inf further on) with no error.
+MAX_TAU = 1e18
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,13 @@ class _TensorLIFParams(ResetRule):
     decay_input: bool
     detach_reset: bool
     surrogate: Surrogate
+
+
+def _check_tau(tau: float, name: str) -> None:
+    """One-line ``ValueError`` naming ``name`` for a time constant above :data:`MAX_TAU`."""
+    if tau > MAX_TAU:
+        raise ValueError(f"{name}: expected a number in (1, {MAX_TAU:g}] for a ParametricLIF (the gradient of its w "
+                         f"overflows float32 beyond), got {tau!r}; a fixed LIF(tau=...) takes larger values")
 
 
 class ParametricLIF(LIFAttributes, _SpikingNode):
@@ -54,7 +66,7 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
     nodes.
 
     Args:
-        init_tau: initial time constant (> 1).
+        init_tau: initial time constant (time steps, in ``(1, MAX_TAU]``, ``MAX_TAU = 1e18``).
         decay_input, v_threshold, v_reset, surrogate, detach_reset, check_finite, step_mode, stateful,
             surrogate_function: as in :class:`LIF`.
         learn_threshold: make ``v_threshold`` a learnable parameter.
@@ -95,6 +107,7 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
             if str(e).startswith("tau:"):
                 raise ValueError("init_tau:" + str(e)[len("tau:"):]) from None
             raise
+        _check_tau(base.tau, "init_tau")
         learn_threshold = check_flag(learn_threshold, "learn_threshold")
         self.backend = backend
         self.w = nn.Parameter(torch.tensor(-math.log(base.tau - 1.0)))
@@ -160,6 +173,8 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         tau = self.tau if self.tau > 1.0 else self._fixed.tau
         current.update(tau=tau, v_threshold=float(v_th.detach()) if isinstance(v_th, torch.Tensor) else v_th)
         lif = LIFParams(**{**current, **changes})
+        if "tau" in changes:
+            _check_tau(lif.tau, "tau")
         learned = self._parameters.get("v_threshold")
         with torch.no_grad():
             if "tau" in changes:
