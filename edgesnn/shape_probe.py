@@ -11,6 +11,7 @@ which a training process that plans its layers would otherwise carry.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Tuple
 
 import torch
@@ -21,6 +22,10 @@ from .memory_guard import META_PROBE_BYTES
 
 __all__ = ["probe_output"]
 
+#: One probe at a time in the process: a probe sets the module (and its children) to eval mode and
+#: back, and two threads probing one model at once (planning it twice) left it in eval mode.
+_PROBE_LOCK = threading.RLock()
+
 
 def probe_output(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype = torch.float32, *,
                  real_if_meta_fails: bool = False) -> Any:
@@ -29,8 +34,14 @@ def probe_output(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtyp
 
     A module meta tensors cannot run raises its own error, or with ``real_if_meta_fails`` runs the
     real sample instead (a custom layer the planner must still measure). Errors of the module or of
-    the sample's shape (e.g. a 64-bit size overflow) propagate unchanged.
+    the sample's shape (e.g. a 64-bit size overflow) propagate unchanged. Probes run one at a time
+    (:data:`_PROBE_LOCK`); the module must not be running in another thread meanwhile.
     """
+    with _PROBE_LOCK:
+        return _probe(module, in_shape, dtype, real_if_meta_fails)
+
+
+def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype, real_if_meta_fails: bool) -> Any:
     big = math.prod(in_shape) * torch.empty(0, dtype=dtype).element_size() > META_PROBE_BYTES
     was = module.training
     module.eval()

@@ -4,7 +4,9 @@
 * :mod:`.numba_cpu`: fused CPU kernels (Numba), :mod:`.cuda_kernels`: fused CUDA kernels (numba-cuda);
 * :mod:`.custom_ops`: both registered as ``torch.library`` custom ops (``torch.compile`` friendly);
 * :mod:`.config`: thread counts and the JIT cache folder; ``edgesnn warmup`` precompiles;
-* :mod:`.buffers`: reused output buffers of the CPU kernels (no page-faulting fresh memory per step).
+* :mod:`.buffers`: reused output buffers of the CPU kernels (no page-faulting fresh memory per step);
+* :mod:`.launch`: every parallel CPU kernel launch (one at a time on Numba's non-thread-safe
+  ``workqueue`` layer).
 """
 
 from .config import cache_dir, configure_cache, get_num_threads, set_num_threads

@@ -16,6 +16,8 @@ configure()  # as numba_cpu does: NUMBA_NUM_THREADS, cache folder, wide vectors,
 
 from numba import njit, prange  # noqa: E402
 
+from .launch import launch  # noqa: E402
+
 __all__ = ["pack_rows", "unpack_rows"]
 
 _CHUNK = 4096  # bytes per parallel task
@@ -79,12 +81,12 @@ def _unpack(packed, out, M):
 
 def pack_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Pack ``x [T, M]`` (CPU, contiguous, float or integer 0/1) into ``out uint8 [T, ceil(M / 8)]``."""
-    _pack(x.numpy(), out.numpy(), x.shape[1])
+    launch(_pack)(x.numpy(), out.numpy(), x.shape[1])
     return out
 
 
 def unpack_rows(packed: torch.Tensor, M: int, dtype: torch.dtype) -> torch.Tensor:
     """Inverse of :func:`pack_rows`: ``packed uint8 [T, nbytes]`` to ``[T, M]`` of 0/1 in ``dtype``."""
     out = torch.empty(packed.shape[0], M, dtype=dtype)
-    _unpack(np.ascontiguousarray(packed.numpy()), out.numpy(), M)
+    launch(_unpack)(np.ascontiguousarray(packed.numpy()), out.numpy(), M)
     return out

@@ -20,6 +20,8 @@ configure()  # as numba_cpu does: NUMBA_NUM_THREADS, cache folder, wide vectors,
 
 from numba import njit, prange  # noqa: E402
 
+from .launch import launch  # noqa: E402
+
 __all__ = ["seq_sum", "seq_sqdev", "grad_sums", "input_grad_"]
 
 
@@ -131,9 +133,9 @@ def _input_grad(da, xhat, c1, c2, scale):
 
 def grad_sums(dy: np.ndarray, xhat: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> None:
     """Add ``dy [n, C, S]``'s per-channel sums to ``s1`` and of ``dy * xhat`` to ``s2`` (float64 ``[C]``)."""
-    _grad_sums(dy, xhat, s1, s2)
+    launch(_grad_sums)(dy, xhat, s1, s2)
 
 
 def input_grad_(da: np.ndarray, xhat: np.ndarray, c1: np.ndarray, c2: np.ndarray, scale: np.ndarray) -> None:
     """BatchNorm's input gradient in place of ``da [n, C, S]`` (``c1, c2, scale``: ``[C]``, ``da``'s dtype)."""
-    _input_grad(da, xhat, c1, c2, scale)
+    launch(_input_grad)(da, xhat, c1, c2, scale)

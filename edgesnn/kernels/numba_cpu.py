@@ -37,6 +37,7 @@ from numba import njit, prange  # noqa: E402
 from ..functional.lif import LIFParams  # noqa: E402
 from . import buffers as _buffers  # noqa: E402
 from . import neuron_math as nm  # noqa: E402
+from .launch import launch  # noqa: E402
 
 __all__ = ["lif_forward", "lif_backward", "revlif_forward", "revlif_backward", "NUMBA_KERNELS", "warmup", "block_size"]
 
@@ -332,8 +333,8 @@ def lif_forward(
     blk = block_size(K)
     nf = np.empty(max(1, -(-K // blk)), np.float32)
     nf[:] = 0
-    _lif_fwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K), nf,
-             *nm.charge_args(p), blk)
+    launch(_lif_fwd)(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(s).reshape(T, K), _np(vT).reshape(K),
+                     nf, *nm.charge_args(p), blk)
     _report(finite, nf)
     return s, vT
 
@@ -359,9 +360,9 @@ def lif_backward(x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_v
     blk = bwd_block_size(K, T)
     nf = np.empty(max(1, -(-K // blk)), np.float32)
     nf[:] = 0
-    _lif_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K),
-             _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K, blk), _np(gv0).reshape(K), nf, *nm.charge_args(p),
-             bool(p.detach_reset), *nm.vjp_args(p), blk, T, gsum is not None)
+    launch(_lif_bwd)(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_s).reshape(grad_s.shape[0], K),
+                     _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K, blk), _np(gv0).reshape(K), nf,
+                     *nm.charge_args(p), bool(p.detach_reset), *nm.vjp_args(p), blk, T, gsum is not None)
     _report(finite, nf)
     return (gsum if gsum is not None else gx), gv0
 

@@ -23,6 +23,7 @@ import torch
 
 from ..functional.lif import LIFParams
 from . import buffers as _buffers
+from .launch import launch
 from . import neuron_math as nm
 from .numba_cpu import (_F0, _check_cpu_f32, _grad_x_args, _jit_dev, _np, _report, _steps_or_one, _sum_target,
                         add_row, backward_scratch, block_size, bwd_block_size, finite_flag, fire, lif_recompute_h,
@@ -161,8 +162,8 @@ def lif_pool2_forward(
     vT = torch.empty_like(v0)
     rows = _rows_per_block(H * W, block_size(K))
     nf = np.zeros(max(1, -(-(K // (H * W)) // rows)), np.float32)
-    _lif_pool2_fwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(out).reshape(T, -1), _np(vT).reshape(K), nf,
-                   *nm.charge_args(p), H, W, rows)
+    launch(_lif_pool2_fwd)(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(out).reshape(T, -1),
+                           _np(vT).reshape(K), nf, *nm.charge_args(p), H, W, rows)
     _report(finite, nf)
     return out, vT
 
@@ -188,8 +189,9 @@ def lif_pool2_backward(x: torch.Tensor, v0: torch.Tensor, grad_pooled: torch.Ten
     gv0 = torch.empty_like(grad_vT)
     rows = _rows_per_block(H * W, bwd_block_size(K, T))
     nf = np.zeros(max(1, -(-(K // (H * W)) // rows)), np.float32)
-    _lif_pool2_bwd(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K), _np(grad_pooled).reshape(grad_pooled.shape[0], -1),
-                   _np(grad_vT).reshape(K), *_grad_x_args(gx, gsum, T, K, rows * H * W), _np(gv0).reshape(K), nf,
-                   *nm.charge_args(p), bool(p.detach_reset), *nm.vjp_args(p), H, W, rows, T, gsum is not None)
+    launch(_lif_pool2_bwd)(_np(x).reshape(x.shape[0], K), _np(v0).reshape(K),
+                           _np(grad_pooled).reshape(grad_pooled.shape[0], -1), _np(grad_vT).reshape(K),
+                           *_grad_x_args(gx, gsum, T, K, rows * H * W), _np(gv0).reshape(K), nf, *nm.charge_args(p),
+                           bool(p.detach_reset), *nm.vjp_args(p), H, W, rows, T, gsum is not None)
     _report(finite, nf)
     return (gsum if gsum is not None else gx), gv0

@@ -38,6 +38,7 @@ from ..functional.revlif import RevLIFParams  # noqa: E402
 from ..functional.revlif_autograd import RevLIFKernels  # noqa: E402
 from . import neuron_math as nm  # noqa: E402
 from . import buffers as _buffers  # noqa: E402
+from .launch import launch  # noqa: E402
 from .numba_prefetch import SHORT_ROW_BYTES, prefetch_row_read, prefetch_row_write  # noqa: E402
 from .numba_cpu import _check_cpu_f32, _np, _report, _steps_or_one, block_size, charge, fire, halve, mul, quantize_input, reset, step_vjp_from_grad, surrogate_grad, to_grid, unhalve  # noqa: E402
 from .numba_rows import row  # noqa: E402
@@ -355,8 +356,8 @@ def revlif_forward(
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
     blk = revlif_block_size(M, T)
     nf = np.zeros(max(1, B * (-(-M // blk))), np.float32)
-    _revlif_fwd(_np(xg), _np(v0), _np(y), _np(vT), _np(bits), _np(counts), nf, *nm.charge_args(lif),
-                *nm.mix_args(p), blk)
+    launch(_revlif_fwd)(_np(xg), _np(v0), _np(y), _np(vT), _np(bits), _np(counts), nf, *nm.charge_args(lif),
+                        *nm.mix_args(p), blk)
     out = (y, vT, (bits if p.exact else None), (None if p.exact else counts))
     _report(finite, nf)
     return out
@@ -392,8 +393,9 @@ def revlif_backward(
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
     blk = revlif_block_size(M, T)
     nf = np.zeros(max(1, B * (-(-M // blk))), np.float32)
-    _revlif_bwd(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r), _np(counts), nf,
-                *nm.charge_args(lif), bool(lif.detach_reset), *nm.mix_args(p), *nm.vjp_args(lif), blk)
+    launch(_revlif_bwd)(_np(y), _np(v_T), _np(bits), _np(grad_y), _np(grad_v_T), _np(gx), _np(gv0), _np(v0r),
+                        _np(counts), nf, *nm.charge_args(lif), bool(lif.detach_reset), *nm.mix_args(p),
+                        *nm.vjp_args(lif), blk)
     out = (gx, gv0, v0r, (None if p.exact else counts))
     _report(finite, nf)
     return out

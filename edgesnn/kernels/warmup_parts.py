@@ -81,6 +81,7 @@ def _bits() -> None:
 
 def _batchnorm() -> None:
     """The exact BatchNorm statistics and gradients of :func:`edgesnn.optimize_memory`."""
+    from .launch import launch
     from .numba_bn import grad_sums, input_grad_, seq_sqdev, seq_sum
 
     for dt in (np.float32, np.float64):
@@ -88,8 +89,8 @@ def _batchnorm() -> None:
         c = np.ones(3, dtype=dt)
         grad_sums(a, a, np.zeros(3), np.zeros(3))
         input_grad_(a, a, c, c, c)
-        seq_sum(a, np.zeros(3), 1)
-        seq_sqdev(a, c, np.zeros(3), 1)
+        launch(seq_sum)(a, np.zeros(3), 1)
+        launch(seq_sqdev)(a, c, np.zeros(3), 1)
 
 
 #: name -> part, longest cold compile first (the order a pool of workers should take them in)

@@ -269,10 +269,11 @@ def _kernels():
     if not numba_available():
         return None
     try:
+        from ..kernels.launch import launch
         from ..kernels.numba_bn import seq_sqdev, seq_sum
     except Exception:  # pragma: no cover - Numba present but its kernels do not load: torch fallback
         return None
-    return seq_sum, seq_sqdev
+    return launch(seq_sum), launch(seq_sqdev)  # (one launch at a time on the workqueue layer: kernels.launch)
 
 
 def _flat3(a: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ from ..kernels import buffers
 from .batchnorm import ChunkStats, ExactStats, batch_stats_mode, bn_output, exact_supported, update_running
 from .block_backward import backward_chunked_bn, backward_plain
 from .gradchunks import DenseGrad, GradChunks
+from .handoff import hand_over, run_lock, take_handoff
 from .layer_grad import layer_backward_supported
 from .layers import Step, child_steps
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
@@ -81,10 +82,7 @@ class Block:
     params: List[nn.Parameter] = field(default_factory=list)
     out_codec: str = "dense"
     next_block: Optional["Block"] = None    # set when the next block reads this one's packed output
-    incoming: Optional[SavedInput] = None   # packed input handed over by the previous block's forward
     inner: int = 0                          # sub-chunk of a repeated-input block's backward (0: = chunk)
-    incoming_static: Optional["StaticBackward"] = None  # the previous block's backward, run inside ours
-    incoming_grad: Optional[GradChunks] = None  # where our input gradient goes (the previous block reads it)
     keep: int = 0                           # leading chunks whose layer output the forward keeps between its passes
     hold: bool = False                      # keep the layer output of every chunk until backward (no recomputation)
     owners: List[nn.Module] = field(default_factory=list)  # the children [start, stop) themselves
@@ -177,9 +175,7 @@ class _BlockFunction(torch.autograd.Function):
         T = x.shape[0]
         K = max(1, min(block.chunk, T)) if block.can_chunk() else T
         bounds = [(t0, min(t0 + K, T)) for t0 in range(0, T, K)]
-        incoming, block.incoming = block.incoming, None
-        grad_sink, block.incoming_grad = block.incoming_grad, None
-        incoming_static, block.incoming_static = block.incoming_static, None
+        incoming, grad_sink, incoming_static = take_handoff(block)
         if not route.from_prev:  # (left over from a forward that did not finish)
             incoming = grad_sink = incoming_static = None
         ctx.grad_sink = grad_sink if incoming is not None else None
@@ -247,20 +243,22 @@ class _BlockFunction(torch.autograd.Function):
         if handoff is not None:
             # The next block reads the packed output; autograd only needs a tensor of the right
             # shape to route the output gradient, so a zero-stride placeholder stands in.
-            block.next_block.incoming = handoff.saved
             if ctx.static_backward is None:
                 # the next block hands our output gradient back chunk by chunk (gradchunks.py)
                 ctx.out_grad = GradChunks(handoff.saved.shape)
-                block.next_block.incoming_grad = ctx.out_grad
-            else:
-                # Our backward consumes output-gradient chunks last to first, once: the next block
-                # runs it while it produces them, so that gradient never exists over all T.
-                block.next_block.incoming_static = ctx.static_backward
+            # (else our backward consumes output-gradient chunks last to first, once: the next block
+            # runs it while it produces them, so that gradient never exists over all T)
+            hand_over(block.next_block, handoff.saved, ctx.out_grad, ctx.static_backward)
             return torch.zeros((), dtype=x.dtype, device=x.device).expand(handoff.saved.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        with run_lock():  # the block's modules hold stand-ins for their parameters meanwhile
+            return _BlockFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         if getattr(ctx, "backward_ran", False):  # its saved input and checkpoints are freed (or spent)
             raise RuntimeError(_SECOND_BACKWARD)
         ctx.backward_ran = True
@@ -412,17 +410,20 @@ class _Handoff:
 
 
 def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Tensor:
-    """Run ``block`` on ``x [T, B, ...]``: chunked with recomputation when autograd records, plain
-    otherwise. Under ``torch.autocast`` the chunked path is refused (its BatchNorm and kernels
-    compute in the input's dtype, not autocast's)."""
-    params = trainable_params(block.owners)
-    if not torch.is_grad_enabled() or not (x.requires_grad or params):
-        z = split_time(apply_steps(block.steps, merge_time(x)), x.shape[0])
-        return run_node_post(block.node, block.post, z, None)[0]
-    if autocast_on(x):
-        raise RuntimeError("optimize_memory: autocast is not supported; train the optimized model without "
-                           "torch.autocast, or call edgesnn.memopt.uninstall(model) first")
-    if func_transform_depth():  # inside torch.func.grad / vmap / ...
-        raise RuntimeError("optimize_memory: torch.func transforms (grad, vjp, vmap, ...) are not supported; train the "
-                           "optimized model with .backward(), or call edgesnn.memopt.uninstall(model) first")
-    return _BlockFunction.apply(block, route, x, *params)
+    """Run ``block`` on ``x [T, B, ...]``: chunked with recomputation when autograd records (under
+    :func:`~edgesnn.memopt.handoff.run_lock`), plain otherwise. Under ``torch.autocast`` the chunked path is refused (its
+    BatchNorm and kernels compute in the input's dtype, not autocast's)."""
+    if torch.is_grad_enabled():
+        with run_lock():  # (the parameters read here are not another thread's stand-ins)
+            params = trainable_params(block.owners)
+            if x.requires_grad or params:
+                if autocast_on(x):
+                    raise RuntimeError("optimize_memory: autocast is not supported; train the optimized model without "
+                                       "torch.autocast, or call edgesnn.memopt.uninstall(model) first")
+                if func_transform_depth():  # inside torch.func.grad / vmap / ...
+                    raise RuntimeError("optimize_memory: torch.func transforms (grad, vjp, vmap, ...) are not supported; "
+                                       "train the optimized model with .backward(), or call edgesnn.memopt.uninstall(model) "
+                                       "first")
+                return _BlockFunction.apply(block, route, x, *params)
+    z = split_time(apply_steps(block.steps, merge_time(x)), x.shape[0])
+    return run_node_post(block.node, block.post, z, None)[0]

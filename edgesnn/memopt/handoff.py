@@ -1,0 +1,67 @@
+"""What neighbouring memory-optimized blocks pass each other, per thread, and the lock that lets
+one optimized model train from several threads (:mod:`edgesnn.memopt.block`).
+
+* Hand-over: a block's forward leaves the next block's forward its packed output (instead of a
+  ``[T, B, ...]`` tensor), the :class:`~edgesnn.memopt.gradchunks.GradChunks` the next block sends
+  our input gradient to, or our :class:`~edgesnn.memopt.static.StaticBackward` to run inside its
+  backward. The forwards of one model call run on one thread, and calls of one model from several
+  threads at once (the blocks are shared) must not read each other's, so the hand-over is
+  thread-local, keyed by ``id(next block)``; a forward takes its entry out as it starts.
+* :func:`run_lock`: held by every block forward and backward that autograd records, in every
+  model. A block's backward puts stand-ins for its parameters on its modules
+  (:mod:`edgesnn.memopt.paramgrads`), which another thread's forward or backward of the same model
+  would otherwise read (gradients of one call landing in the other's, or lost). So recorded
+  blocks run one at a time in the process; forwards without autograd (inference) do not take it.
+  Re-entrant: a block's backward runs the previous block's inside it. A child forked while
+  another thread held it gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .gradchunks import GradChunks
+    from .packing import SavedInput
+    from .static import StaticBackward
+
+__all__ = ["hand_over", "take_handoff", "run_lock"]
+
+_HANDOFF = threading.local()
+_RUN_LOCK = threading.RLock()
+
+
+def _handoffs() -> Dict[int, tuple]:
+    box = getattr(_HANDOFF, "box", None)
+    if box is None:
+        box = _HANDOFF.box = {}
+    return box
+
+
+def hand_over(nxt: object, saved: "SavedInput", grad_sink: Optional["GradChunks"],
+              static: Optional["StaticBackward"]) -> None:
+    """Leave the block ``nxt``'s next forward on this thread its packed input ``saved``, the
+    :class:`GradChunks` its input gradient goes to, or our :class:`StaticBackward` to run inside its backward."""
+    _handoffs()[id(nxt)] = (saved, grad_sink, static)
+
+
+def take_handoff(block: object) -> Tuple[Optional["SavedInput"], Optional["GradChunks"], Optional["StaticBackward"]]:
+    """``(incoming, grad_sink, incoming_static)`` the previous block's forward on this thread left
+    ``block`` (``None`` each when it left nothing), removed from the hand-over."""
+    return _handoffs().pop(id(block), (None, None, None))
+
+
+def run_lock() -> "threading.RLock":
+    """The process-wide re-entrant lock of recorded block forwards and backwards (see the module docstring)."""
+    return _RUN_LOCK
+
+
+def _fresh_lock_in_child() -> None:
+    global _RUN_LOCK
+    _RUN_LOCK = threading.RLock()  # (a fork while another thread held it)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
