@@ -13,12 +13,13 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations, parametrize
 
 from ..nn import LIF, RevLIF
 from ..nn.layers import SeqToANN
 
 __all__ = ["Step", "BaseForward", "child_steps", "block_steps", "own_forward", "output_codec", "is_node",
-           "node_refusal", "hooked", "global_hooks", "runs_plain_forward", "pair"]
+           "node_refusal", "hooked", "global_hooks", "runs_plain_forward", "pair", "recomputable_parametrizations"]
 
 # Kinds: "node" (LIF/RevLIF), "bn" (BatchNorm), "param" (a layer with parameters: conv, linear),
 # "free" (no parameters, deterministic: pooling, flatten, activations without state).
@@ -165,11 +166,25 @@ def _is_seq_container(m: nn.Module) -> bool:
     return type(m).__name__ == "SeqToANNContainer" and isinstance(m, nn.Sequential)
 
 
+def recomputable_parametrizations(m: nn.Module) -> bool:
+    """``m`` has no parametrizations (``torch.nn.utils.parametrize``), or only torch's ``weight_norm``
+    (no state, the same weight at every computation). A block computes a layer's weight again in
+    every chunk and recomputation; ``spectral_norm``'s power iteration updates its vectors at each
+    computation in training mode (measured on a small conv net in float64: gradients up to 5e-5
+    off, its vectors up to 0.02 off after two steps), and a user's parametrization may draw random
+    values, so other parametrizations leave the layer as it is."""
+    if not parametrize.is_parametrized(m):
+        return True
+    weight_norm = getattr(parametrizations, "_WeightNorm", None)
+    return all(type(f) is weight_norm for plist in m.parametrizations.values() for f in plist)
+
+
 def _leaf_step(m: nn.Module) -> Optional[Step]:
     """``m`` as a :class:`Step`, or ``None`` if unsupported: a layer with hooks (they would be
-    bypassed or called per chunk), a BatchNorm with its own forward (the chunked BatchNorm never
-    calls it), an unknown SpikingJelly layer."""
-    if hooked(m):
+    bypassed or called per chunk), with a parametrization other than ``weight_norm``
+    (:func:`recomputable_parametrizations`), a BatchNorm with its own forward (the chunked
+    BatchNorm never calls it), an unknown SpikingJelly layer."""
+    if hooked(m) or not recomputable_parametrizations(m):
         return None
     fn = _step_fn(m)
     if fn is None:

@@ -19,8 +19,8 @@ from ..planner import network as netplan
 from .block import Block
 from .layers import is_node, node_refusal
 from .partition import candidate_sequentials, partition
-from .report import as_chunk, check_example_input, is_whole_number, preserved_state, spiking_node, trace_error, \
-    warn_left_as_is
+from .report import as_chunk, check_example_input, check_initialized, is_whole_number, preserved_state, spiking_node, \
+    trace_error, user_hooks_suspended, warn_left_as_is
 from .sequential import MemoryOptimizedSequential, install
 
 __all__ = ["optimize_memory", "largest_batch"]
@@ -87,16 +87,10 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[int, List[Block]], seqs) -> None:
-    """Record every block's input/output shapes with one forward on fake tensors (no memory, no stats update)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    records: Dict[int, dict] = {}
+def _record_hooks(blocks: Dict[int, List[Block]], seqs, records: Dict[int, dict]) -> list:
+    """The trace's hooks: each block's input shape, stride-0-over-T flag, dtype and device, its node's
+    input shape, its pre-BatchNorm layer output shape and its output shape, into ``records[id(block)]``."""
     hooks = []
-    # Spiking nodes keep their input's shape: during the trace they pass it through, so only the
-    # stateless layers run, on fake tensors (no memory, no data-dependent checks). (Listed before
-    # the trace's own hooks are registered: a hooked node is not one the optimizer runs.)
-    nodes = [m for m in model.modules() if is_node(m)]
     for seq in seqs:
         children = list(seq)
         for b in blocks[id(seq)]:
@@ -119,18 +113,63 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
                     def pre_bn(mod, args, out, b=b):
                         records.setdefault(id(b), {})["pre_out"] = tuple(out.shape)
                     hooks.append(s.module.register_forward_hook(pre_bn))
+    return hooks
+
+
+def _forward_once(model: nn.Module, example_input: torch.Tensor, fake: bool) -> None:
+    """``model(example_input)`` without autograd, on fake tensors (shapes only, no memory) or for real."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with torch.no_grad():
+        if not fake:
+            model(example_input)
+            return
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            model(mode.from_tensor(example_input))
+
+
+def _forward_without_hooks(model: nn.Module, example_input: torch.Tensor,
+                           records: Dict[int, dict]) -> Optional[Exception]:
+    """The trace's forward, called while the user's forward hooks are suspended: on fake tensors,
+    else (a layer fake tensors cannot run) on the real input; the real input's error if both fail."""
+    try:
+        _forward_once(model, example_input, fake=True)
+        return None
+    except Exception:
+        records.clear()
+    try:
+        _forward_once(model, example_input, fake=False)
+        return None
+    except Exception as err:
+        records.clear()
+        return err
+
+
+def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[int, List[Block]], seqs) -> None:
+    """Record every block's input/output shapes with one forward on fake tensors (no memory, no stats update).
+
+    The model's own forward hooks are not called (they would receive the trace's call: fake tensors
+    in a spike monitor's records), unless the forward fails without them: then it runs once more on
+    the real input with them (a model whose forward needs its hooks), and its error is the one reported.
+    A model without hooks whose forward fails reports the real input's error."""
+    records: Dict[int, dict] = {}
+    # Spiking nodes keep their input's shape: during the trace they pass it through, so only the
+    # stateless layers run, on fake tensors (no memory, no data-dependent checks). (Listed before
+    # the trace's own hooks are registered: a hooked node is not one the optimizer runs.)
+    nodes = [m for m in model.modules() if is_node(m)]
     try:
         with preserved_state(model):
+            hooks: list = []
             for n in nodes:
                 n.forward = _identity
             try:
-                try:
-                    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                        model(mode.from_tensor(example_input))
-                except Exception:  # a layer fake tensors cannot run: trace with the real input instead
-                    records.clear()
-                    with torch.no_grad():
-                        model(example_input)
+                with user_hooks_suspended(model) as suspended:
+                    hooks = _record_hooks(blocks, seqs, records)
+                    failed = _forward_without_hooks(model, example_input, records)
+                if failed is not None and not suspended:
+                    raise failed
+                if failed is not None:
+                    _forward_once(model, example_input, fake=False)
             finally:
                 for n in nodes:
                     del n.forward
@@ -169,8 +208,9 @@ def optimize_memory(
     Args:
         model: the network (modified in place).
         example_input: one input batch as the model takes it (shapes only are used: it is run on
-            fake tensors). Pass inputs repeated over T as ``x.unsqueeze(0).expand(T, ...)`` (or use a
-            model that does, like edgesnn's classifiers) so they are stored once.
+            fake tensors, without calling the model's forward hooks). Pass inputs repeated over T as
+            ``x.unsqueeze(0).expand(T, ...)`` (or use a model that does, like edgesnn's classifiers)
+            so they are stored once.
         budget: peak training bytes to fit (a whole number, or a size such as ``"120MiB"``); ``None``
             picks the smallest peak that costs little time.
         chunk: force one chunk size ``K`` for every block instead of planning (not with a budget).
@@ -183,6 +223,7 @@ def optimize_memory(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     check_example_input(example_input)
+    check_initialized(model)
     chunk = as_chunk(chunk)
     _check_bytes_per_param(optimizer_bytes_per_param)
     budget_bytes = _parse_budget(budget)

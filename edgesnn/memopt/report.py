@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from ..nn.layers import SeqToANN
-from .layers import block_steps, child_steps, hooked, is_node, node_refusal
+from .layers import block_steps, child_steps, hooked, is_node, node_refusal, recomputable_parametrizations
 
-__all__ = ["check_example_input", "as_chunk", "is_whole_number", "preserved_state", "trace_error",
-           "spiking_node", "warn_left_as_is"]
+__all__ = ["check_example_input", "check_initialized", "as_chunk", "is_whole_number", "preserved_state",
+           "user_hooks_suspended", "trace_error", "spiking_node", "warn_left_as_is"]
 
 
 def _is_types(v: object) -> bool:
@@ -38,6 +38,19 @@ def check_example_input(example_input: object) -> None:
         raise TypeError(f"example_input: expected a tensor [T, B, ...], got {type(example_input).__name__}")
     if example_input.dim() == 0:
         raise ValueError("example_input: expected a tensor [T, B, ...], got a 0-d tensor")
+
+
+def check_initialized(model: nn.Module) -> None:
+    """No lazy module (``nn.LazyLinear``, ``nn.LazyConv2d``...) with parameters still uninitialized: the
+    shape trace runs on fake tensors, which cannot initialize them (it used to fail with 'Cannot copy
+    out of meta tensor', blamed on ``example_input``)."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    for name, m in model.named_modules():
+        if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
+            raise ValueError(f"model: the {type(m).__name__} at {name or 'the top'!r} has uninitialized (lazy) "
+                             "parameters; run the model once (model(example_input)) before optimize_memory, as "
+                             "before building an optimizer")
 
 
 def is_whole_number(v: object) -> bool:
@@ -65,9 +78,10 @@ def trace_error(example_input: torch.Tensor, err: BaseException) -> ValueError:
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Leave ``model`` as it was after a trace: its buffers' values, SpikingJelly memories (a
-    ``Dropout`` mask, a node's ``v``), tensors set as plain attributes, and the CPU RNG state.
-    (A trace on fake tensors would otherwise leave fake tensors there, which the next real forward
-    reads.)"""
+    ``Dropout`` mask, a node's ``v``), every module's plain attributes (tensors set by a forward,
+    an edgesnn node's carried state ``.v``, which a stateful node used to lose: it was deleted as
+    'set by the trace'), and the CPU RNG state. (A trace on fake tensors would otherwise leave
+    fake tensors there, which the next real forward reads.)"""
     buffers = [(buf, buf.detach().clone()) for buf in model.buffers()]
     memories: List[Tuple[dict, dict]] = []
     attrs: List[Tuple[nn.Module, Dict[str, object]]] = []
@@ -75,7 +89,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         mem = m.__dict__.get("_memories")
         if isinstance(mem, dict):
             memories.append((mem, dict(mem)))
-        attrs.append((m, {k: v for k, v in m.__dict__.items() if isinstance(v, torch.Tensor)}))
+        attrs.append((m, dict(m.__dict__)))
     rng = torch.get_rng_state()
     try:
         yield
@@ -88,10 +102,31 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
             mem.clear()
             mem.update(old)
         for m, old in attrs:
-            for k, v in list(m.__dict__.items()):
-                if isinstance(v, torch.Tensor) and k not in old:
-                    del m.__dict__[k]  # set by the trace
+            for k in [k for k in m.__dict__ if k not in old]:
+                del m.__dict__[k]  # set by the trace
             m.__dict__.update(old)
+
+
+@contextlib.contextmanager
+def user_hooks_suspended(model: nn.Module) -> Iterator[bool]:
+    """Inside, the forward and forward-pre hooks that ``model``'s modules hold on entry are not
+    called; hooks registered inside (the trace's own) are. Yields whether there were any. On exit
+    the suspended hooks are put back, in their order, after any registered inside. (Global module
+    hooks never meet a trace: with one registered no node is optimized, see
+    :func:`~edgesnn.memopt.layers.hooked`.)
+
+    ``optimize_memory``'s shape trace runs the model on fake tensors: a user's hook (a spike
+    monitor, a call counter) used to receive that call, and kept FakeTensors in its records."""
+    dicts = [getattr(m, n, None) for m in model.modules() for n in ("_forward_pre_hooks", "_forward_hooks")]
+    taken = [(d, list(d.items())) for d in dicts if isinstance(d, dict) and d]
+    for d, items in taken:
+        for k, _ in items:
+            del d[k]
+    try:
+        yield bool(taken)
+    finally:
+        for d, items in taken:
+            d.update(items)
 
 
 def spiking_node(m: nn.Module) -> bool:
@@ -111,6 +146,8 @@ def _reason(m: nn.Module) -> str:
             return "not supported: a recomputation would draw a new mask"
         if isinstance(m, SeqToANN) and type(m) is not SeqToANN and not hooked(m):
             return "a SeqToANN subclass: its own methods would be bypassed"
+        if not all(recomputable_parametrizations(x) for x in m.modules()):
+            return "a parametrization other than weight_norm: a recomputation would compute it again"
         return "not a supported layer, or has hooks"
     if block_steps(m) is None:
         return "a layer subclass with its own forward: a recomputation would run it again"
