@@ -85,14 +85,15 @@ class DeviceProfile:
         cores: CPU cores.
         compute_capability: CUDA compute capability (``"8.7"``) or ``None`` without a CUDA GPU.
         accelerator: ``"cuda"`` or ``"cpu"``.
+        description, kind, cpu, software: free text. sources: where each figure comes from.
+        unified_memory: whether CPU and GPU share ``memory_bytes`` (Jetson, Raspberry Pi).
+        os: OS / JetPack release the profile assumes, e.g. ``"JetPack 6.1/6.2 (L4T R36.4, ...)"``.
+        python: that OS's default Python (``"3.10"``). cuda: its CUDA version (``"12.6"``) or ``None``.
+        runs: what of edgesnn runs there with that Python (keys :data:`RUNS_KEYS`; see the module doc).
 
     Constructing one checks ``name``, the integer fields (ranges of ``_INT_RANGES``; reserved +
     runtime overhead below memory, so ``usable_bytes > 0``) and ``accelerator`` in one-line
     ``ValueError`` s naming the field; :meth:`from_dict` (profile files) checks every field.
-        description, kind, cpu, software: free text. sources: where each figure comes from.
-        os: OS / JetPack release the profile assumes, e.g. ``"JetPack 6.1/6.2 (L4T R36.4, ...)"``.
-        python: that OS's default Python (``"3.10"``). cuda: its CUDA version (``"12.6"``) or ``None``.
-        runs: what of edgesnn runs there with that Python (keys :data:`RUNS_KEYS`; see the module doc).
     """
 
     name: str
@@ -126,6 +127,7 @@ class DeviceProfile:
         return self.memory_bytes - self.reserved_bytes - self.runtime_overhead_bytes
 
     def to_dict(self) -> Dict[str, Any]:
+        """The profile's fields as a plain dict (field name -> value; sizes in bytes, bandwidth in GB/s)."""
         return asdict(self)
 
     @classmethod

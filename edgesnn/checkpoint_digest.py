@@ -60,8 +60,8 @@ def tensor_crc32(t: torch.Tensor) -> Optional[int]:
 
 
 def iter_tensors(value: Any, where: str = "") -> Iterator[Tuple[str, torch.Tensor]]:
-    """``(path, tensor)`` for every tensor in ``value`` (dicts, lists and tuples at any depth), in
-    order; paths join keys and indices with dots: ``model_state.fc1.weight``,
+    """``(path, tensor)`` for every tensor (any shape, as stored) in ``value`` (dicts, lists and
+    tuples at any depth), in order; paths join keys and indices with dots: ``model_state.fc1.weight``,
     ``optimizer_state.state.0.exp_avg``."""
     if isinstance(value, torch.Tensor):
         yield where, value

@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NoReturn, Optional, Tuple
 
 from .errors import USER_ERRORS, InterruptedAfterOutput, peer_failure, say_line
 from .memory_guard import OUT_OF_MEMORY_HINT, is_out_of_memory, is_size_overflow
@@ -56,7 +56,8 @@ class OneLineParser(argparse.ArgumentParser):
     value``, a missing required flag) on one line, without the usage block; the sub-command parsers
     added through :meth:`add_subparsers` are of this class too (as ``edgesnn-device``'s parser)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
+        """Exit with status 2 after one line on stderr: ``PROG: error: MESSAGE (see PROG --help)``."""
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 

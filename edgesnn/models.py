@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -62,7 +62,8 @@ def parse_neuron_spec(spec: str) -> Tuple[str, int]:
     raise ValueError(f"neuron: unknown neuron {spec!r}; expected 'lif', 'revlif' or 'revlif:G'")
 
 
-def make_neuron(spec: str, channels: int, layer: str = "", revlif: Optional[Dict] = None, **node_kwargs) -> nn.Module:
+def make_neuron(spec: str, channels: int, layer: str = "", revlif: Optional[Dict] = None,
+                **node_kwargs: Any) -> nn.Module:
     """A spiking node for ``channels`` channels from a neuron spec (see module docstring).
 
     ``node_kwargs`` go to every node; ``revlif`` (a dict) holds extra arguments for RevLIF nodes only

@@ -13,6 +13,7 @@ order. The BatchNorm of a step graph uses its running statistics, so unlike
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
@@ -45,8 +46,9 @@ class AccumulatingSession(StepSession):
     and updates once. Beyond a plain session it holds two float32 copies of the trainable parameters'
     size (one part's gradients, their running sum); the gradient graph holds no optimizer state."""
 
-    def __init__(self, ort, artifact_dir: Path, manifest: StepManifest, start: Dict[str, np.ndarray],
+    def __init__(self, ort: ModuleType, artifact_dir: Path, manifest: StepManifest, start: Dict[str, np.ndarray],
                  threads: Optional[int], lean_memory: bool, parts: int) -> None:
+        """As :class:`~.step_runner.StepSession`; ``parts``: the most batches one step takes."""
         self.parts = int(parts)
         super().__init__(ort, artifact_dir, manifest, start, threads, lean_memory)
 

@@ -24,6 +24,8 @@ __all__ = ["TracedFn", "export_piece", "elem_type", "rename_graph", "fix_passthr
 
 
 class TracedFn(nn.Module):
+    """A plain function as an ``nn.Module`` (what ``torch.jit.trace`` and the ONNX exporter take)."""
+
     def __init__(self, fn: Callable) -> None:
         super().__init__()
         self.fn = fn
@@ -36,7 +38,8 @@ class TracedFn(nn.Module):
 def export_piece(
     fn: Callable, args: Sequence[torch.Tensor], input_names: List[str], output_names: List[str]
 ) -> "onnx.GraphProto":
-    """Trace ``fn`` with ``torch.jit.trace`` (eager branches: ``detach``) and export it; returns a GraphProto."""
+    """Trace ``fn`` with ``torch.jit.trace`` (eager branches: ``detach``) and export it; returns a GraphProto.
+    ``args``: example inputs, one per ``input_names``; their shapes become the graph inputs' static shapes."""
     onnx = _onnx()
     args = tuple(a.detach() for a in args)
     with warnings.catch_warnings(), torch.no_grad():
@@ -56,7 +59,7 @@ def export_piece(
 
 
 def elem_type(a: torch.Tensor) -> int:
-    """The ONNX ``TensorProto`` element type of ``a``'s dtype (float32, int64 or uint8)."""
+    """The ONNX ``TensorProto`` element type of ``a``'s dtype (float32, int64 or uint8; any shape)."""
     onnx = _onnx()
     return {torch.float32: onnx.TensorProto.FLOAT, torch.int64: onnx.TensorProto.INT64,
             torch.uint8: onnx.TensorProto.UINT8}[a.dtype]
@@ -98,7 +101,8 @@ def traced_body(
     fn: Callable, args: Sequence[torch.Tensor], input_names: List[str], output_names: List[str],
     local_in: List[str], prefix: str,
 ) -> "onnx.GraphProto":
-    """A Scan body: ``local_in`` become the body inputs (in order); the other inputs are outer-scope names."""
+    """A Scan body: ``local_in`` become the body inputs (in order); the other inputs are outer-scope names.
+    ``args``: example inputs as in :func:`export_piece` (a scanned input: one slice, without the scan dim)."""
     graph = export_piece(fn, args, input_names, output_names)
     outer = set(input_names) - set(local_in)
     by_name = {i.name: i for i in graph.input}

@@ -112,7 +112,8 @@ def load_dataset(path: PathLike, manifest: Union[Manifest, StepManifest], min_sa
 
 def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int,
                   batch: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_held, y_held)``: a seeded random ``fraction`` held out (at least one sample)."""
+    """``(x_train, y_train, x_held, y_held)`` from ``x [N, ...]``, ``y [N]``: a seeded random ``fraction``
+    held out (at least one sample; ``fraction <= 0``: the whole set as both), each part in sample order."""
     n = x.shape[0]
     if fraction <= 0.0:
         return x, y, x, y

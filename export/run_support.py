@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import resource
 import zipfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from edgesnn.errors import first_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .artifacts import PathLike
 
 __all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "epoch_metrics", "read_npz",
            "FLOAT32_MAX"]
@@ -23,7 +26,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 _UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 
 
-def read_npz(path, flag: str) -> Dict[str, np.ndarray]:
+def read_npz(path: PathLike, flag: str) -> Dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file, read into memory; a file that is missing or not a readable
     ``.npz`` is a one-line ``ValueError`` naming ``flag``."""
     try:
@@ -54,8 +57,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def padded_batches(x: np.ndarray, batch: int) -> Iterator[Tuple[int, np.ndarray, int]]:
-    """``(start, x_batch, n)`` over ``x`` in batches of exactly ``batch`` rows (fixed-batch graphs):
-    the last one zero-padded, ``n`` its real rows."""
+    """``(start, x_batch [batch, ...], n)`` over ``x [N, ...]`` in batches of exactly ``batch`` rows
+    (fixed-batch graphs): the last one zero-padded, ``n`` its real rows."""
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
         n = xb.shape[0]
@@ -77,7 +80,8 @@ def proc_status_mib(field: str) -> Optional[float]:
 
 
 def step_time_metrics(step_times: List[float], step_cpu: List[float]) -> Dict[str, Optional[float]]:
-    """Mean/median wall and median CPU milliseconds per step, the first step (graph set-up) left out."""
+    """Mean/median wall and median CPU milliseconds per step from per-step ``step_times`` / ``step_cpu`` in
+    seconds, the first step (graph set-up) left out."""
     steady = step_times[1:] if len(step_times) > 1 else step_times
     steady_cpu = step_cpu[1:] if len(step_cpu) > 1 else step_cpu
     return {

@@ -131,7 +131,8 @@ def check_start_arrays(graphs: Dict[str, object], m: StepManifest, start: Dict[s
 
 
 def load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, object]]:
-    """``(tensors, runner.* entries)`` of ``init.npz`` or a resumed ``state.npz``."""
+    """``(tensors, runner.* entries)`` of ``init.npz`` or a resumed ``state.npz``: the arrays named in
+    ``needed`` that the file holds (name -> array as stored; checked finite) and its ``runner.*`` scalars."""
     try:
         with np.load(src, allow_pickle=False) as npz:
             start = {n: np.array(npz[n]) for n in needed if n in npz.files}

@@ -30,6 +30,8 @@ __all__ = ["Leaf", "Stage", "make_leaf", "plan_layers", "record_shapes", "leaf_f
 
 @dataclass
 class Leaf:
+    """One stateless per-step layer of the step program, with the tensor names it reads."""
+
     kind: str  # linear | conv | bn | pool | maxpool | flatten | identity
     name: str  # qualified module name (parameter prefix)
     module: nn.Module
@@ -40,6 +42,8 @@ class Leaf:
 
 @dataclass
 class Stage:
+    """One spiking layer (LIF or RevLIF) and the stateless layers between it and the previous one."""
+
     leaves: List[Leaf]  # stateless layers before the node (empty for the first: the prefix)
     kind: str  # lif | revlif
     name: str
@@ -177,7 +181,9 @@ def leaf_forward(leaf: Leaf, t: Dict[str, torch.Tensor], x: torch.Tensor) -> tor
 
 
 def weight_grad(leaf: Leaf, x: torch.Tensor, gy: torch.Tensor, acc: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Linear / Conv2d weight gradient at input ``x`` and output gradient ``gy`` (plus ``acc``)."""
+    """Linear / Conv2d weight gradient (the weight's shape) at input ``x`` and output gradient ``gy`` (plus
+    ``acc``): Linear ``x [N, ..., in]``, ``gy [N, ..., out]`` -> ``[out, in]``; Conv2d ``x [N, C_in, H, W]``,
+    ``gy [N, C_out, H', W']`` -> ``[C_out, C_in, kh, kw]``."""
     if leaf.kind == "linear":
         if x.dim() > 2:  # a Linear on [B, ..., in]: every leading position is a row (sizes from the module)
             x, gy = x.reshape(-1, leaf.module.in_features), gy.reshape(-1, leaf.module.out_features)
@@ -272,7 +278,7 @@ def _maxpool_vjp(leaf: Leaf, x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
 def block_forward(
     leaves: Sequence[Leaf], t: Dict[str, torch.Tensor], x: torch.Tensor
 ) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """Inputs of every layer (for the VJPs) and the block's output."""
+    """Inputs of every layer (for the VJPs) and the block's output, for one time step ``x [B, ...]``."""
     inputs = []
     for leaf in leaves:
         inputs.append(x)
@@ -284,7 +290,8 @@ def block_vjp(
     leaves: Sequence[Leaf], t: Dict[str, torch.Tensor], inputs: List[torch.Tensor], gy: torch.Tensor,
     need_gx: bool = True, defer: bool = False,
 ) -> Tuple[Optional[torch.Tensor], Dict[str, object]]:
-    """``(grad of the block's input, {parameter: gradient})``, top layer first. Without
+    """``(grad of the block's input [B, ...], {parameter: gradient})`` from the output gradient ``gy [B, ...']``
+    of one time step and ``inputs`` as :func:`block_forward` returns them, top layer first. Without
     ``need_gx`` it stops below the lowest layer with a trainable parameter (grad ``None``)."""
     grads: Dict[str, object] = {}
     lowest = 0 if need_gx else next((i for i, leaf in enumerate(leaves) if leaf.params), None)
@@ -306,7 +313,8 @@ def grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def node_input(st: Stage, x: torch.Tensor) -> torch.Tensor:
-    """The value a RevLIF layer steps on: grouped, clamped and on the grid in exact mode."""
+    """The value a RevLIF layer steps on: ``x [B, C, ...]`` grouped to ``[B, n, M]``, clamped and on the grid
+    in exact mode."""
     xg = grouped(x, st.params.groups)
     return quantize_input(xg) if st.params.exact else xg
 

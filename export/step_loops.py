@@ -35,8 +35,9 @@ def store_names(prog: StepProgram) -> List[str]:
 
 
 def pack_bits(acc: Optional[torch.Tensor], kept: Kept, k: int) -> torch.Tensor:
-    """A RevLIF layer's store in progress: step ``k``'s spike and grid bit added as bits 2k, 2k + 1
-    (float sums of powers of two, exact), right after the step, so no step's 0/1 floats outlive it."""
+    """A RevLIF layer's store in progress (float ``[B, n, M]``, ``None`` before step 0): step ``k``'s
+    spike and grid bit (``kept``: 0/1 ``[B, n, M]``, the bit ``None`` in float mode) added as bits 2k,
+    2k + 1 (float sums of powers of two, exact), right after the step, so no step's 0/1 floats outlive it."""
     s, bit = kept
     term = s * float(4 ** k)
     if bit is not None:
@@ -45,8 +46,9 @@ def pack_bits(acc: Optional[torch.Tensor], kept: Kept, k: int) -> torch.Tensor:
 
 
 def unpack_bits(store_k: torch.Tensor, k: int, st: Stage) -> Union[torch.Tensor, Kept]:
-    """Step ``k`` of one chunk's store: LIF ``h``; RevLIF ``(spike, grid bit | None)`` as float 0/1
-    (the inverse of :func:`pack_bits`)."""
+    """Step ``k`` of one chunk's store: LIF ``h [B, ...]`` from ``store_k [K, B, ...]``; RevLIF ``(spike,
+    grid bit | None)`` as float32 0/1 ``[B, n, M]`` from the packed ``store_k [B, n, M]`` (the inverse of
+    :func:`pack_bits`)."""
     if st.kind == "lif":
         return store_k[k]
     b = store_k.to(torch.float32)

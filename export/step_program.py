@@ -119,8 +119,10 @@ class StepProgram:
     ) -> Tuple[
         torch.Tensor, List[torch.Tensor], List[Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]]
     ]:
-        """One time step: ``(logits, new states, kept values per stage)``; kept: LIF ``h``,
-        RevLIF ``(spike, grid bit | None)`` float 0/1 in grouped layout."""
+        """One time step from ``P [B, ...]`` (the first stage's input at this step): ``(logits [B, classes],
+        new states, kept values per stage)``. States: LIF ``[B, ...]`` (the node input's shape), RevLIF
+        grouped ``[B, n, M]``; kept: LIF ``h [B, ...]``, RevLIF ``(spike, grid bit | None)`` float 0/1
+        ``[B, n, M]``."""
         out = P
         new_states, kept = [], []
         for st, v in zip(self.stages, states):
@@ -147,9 +149,11 @@ class StepProgram:
         gv: List[torch.Tensor], kept: List[Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]],
         err: torch.Tensor, defer: bool = False,
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], Dict[str, object], Optional[torch.Tensor], torch.Tensor]:
-        """Back-propagate one time step (top-down). ``kept``: per stage, LIF ``h``, RevLIF
-        ``(spike, bit)``; ``v_rev``: RevLIF states after the step (one per RevLIF stage).
-        Returns ``(v_rev before the step, gv before the step, {param: grad}, grad of P, err)``."""
+        """Back-propagate one time step (top-down). ``P [B, ...]``, ``g_logits_t [B, classes]``; ``kept``:
+        per stage, as :meth:`forward_step` returns it; ``v_rev``: RevLIF states after the step (one per
+        RevLIF stage, ``[B, n, M]``); ``gv``: per stage, the state gradients (the states' shapes); ``err``:
+        the largest RevLIF input reconstruction error ``|x_rec - x|`` so far (a 0-d tensor).
+        Returns ``(v_rev before the step, gv before the step, {param: grad}, grad of P [B, ...] or None, err)``."""
         # recompute the stateless layers (and the RevLIF outputs) bottom-up
         out = P
         acts = []
@@ -416,7 +420,9 @@ def reference_step(
     prog: StepProgram, x: np.ndarray, labels: np.ndarray, lr: float, params: Dict[str, np.ndarray],
     state: Dict[str, np.ndarray],
 ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], float, int, float]:
-    """Eager version of the step (numpy in, numpy out) for checks."""
+    """Eager version of the step (numpy in, numpy out) for checks: ``x [B, *in_shape]`` (event data:
+    ``[B, T, *in_shape]``), ``labels [B]`` int64. Returns ``(new params, new optimizer state, loss,
+    correct, reconstruction error)``."""
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in params.items()}
     s = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
     with torch.no_grad():

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -53,8 +54,11 @@ class StepSession:
     against the graphs' input types and static shapes (:func:`check_start_arrays`,
     :class:`StartArrayError` naming the arrays)."""
 
-    def __init__(self, ort, artifact_dir: Path, manifest: StepManifest, start: Dict[str, np.ndarray],
+    def __init__(self, ort: ModuleType, artifact_dir: Path, manifest: StepManifest, start: Dict[str, np.ndarray],
                  threads: Optional[int], lean_memory: bool) -> None:
+        """``ort``: the ``onnxruntime`` module (:func:`~.runner.import_plain_ort`); ``start``: name -> the
+        start array (a parameter's or optimizer state's shape); ``threads``: intra-op threads (``None``: ORT's
+        default); ``lean_memory``: no CPU arena and memory pattern."""
         self.ort, self.m = ort, manifest
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or 0)
@@ -156,7 +160,7 @@ class StepSession:
         return float(self.loss.numpy()), int(self.correct.numpy()), float(self.err.numpy())
 
     def values(self) -> Dict[str, np.ndarray]:
-        """Current parameters, frozen buffers and optimizer state (copies)."""
+        """Current parameters, frozen buffers and optimizer state (copies, name -> array of its shape)."""
         out = {n: np.array(v.numpy()) for n, v in self.sets[self.current].items()}
         out.update({n: np.array(v.numpy()) for n, v in self.frozen.items()})
         return out

@@ -109,7 +109,7 @@ def check_state(v: Optional[torch.Tensor], x: torch.Tensor, name: str = "v0") ->
 
 
 def check_finite(x: torch.Tensor, name: str = "x_seq") -> None:
-    """Raise :class:`NonFiniteInputError` (a ``ValueError``) if ``x`` holds NaN or +-Inf (an O(numel)
+    """Raise :class:`NonFiniteInputError` (a ``ValueError``) if ``x`` (any shape) holds NaN or +-Inf (an O(numel)
     scan; modules call it when ``check_finite=True``): the class every backend raises for such an
     input, so ``check_finite=True`` does not change what a caller catches."""
     if not bool(torch.isfinite(x).all()):
@@ -154,7 +154,7 @@ def eager() -> bool:
 
 def autocast_on(x: torch.Tensor) -> bool:
     """``True`` inside ``torch.autocast`` for ``x``'s device type (``False`` for a device type
-    autocast does not know)."""
+    autocast does not know); only ``x.device`` is read (any shape)."""
     try:
         return bool(torch.is_autocast_enabled(x.device.type))
     except (RuntimeError, TypeError):
@@ -162,7 +162,8 @@ def autocast_on(x: torch.Tensor) -> bool:
 
 
 def check_finite_input(x: torch.Tensor, name: str = "x_seq", layer: str = "LIF") -> None:
-    """Raise :class:`NonFiniteInputError` (one line) if ``x`` holds NaN/+-Inf."""
+    """Raise :class:`NonFiniteInputError` (one line naming ``layer`` and ``name``) if ``x`` (any shape)
+    holds NaN/+-Inf."""
     if not all_finite(x):
         xd = x.detach()
         nan = int(torch.isnan(xd).sum())
@@ -178,8 +179,8 @@ def check_finite_grads(
     grads: Iterable[Tuple[str, Optional[torch.Tensor]]],
     incoming: Iterable[Tuple[str, Optional[torch.Tensor]]] = (),
 ) -> None:
-    """Raise :class:`NonFiniteGradientError` if any of ``grads`` (``(name, tensor)`` pairs, ``None``
-    tensors skipped) holds NaN/+-Inf. ``incoming`` are the ``(name, tensor)`` gradients the backward
+    """Raise :class:`NonFiniteGradientError` if any of ``grads`` (``(name, tensor)`` pairs, tensors of
+    any shape, ``None`` skipped) holds NaN/+-Inf. ``incoming`` are the ``(name, tensor)`` gradients the backward
     received; they are scanned only on failure, to say where the non-finite values came from."""
     bad = [name for name, g in grads if g is not None and not all_finite(g)]
     if not bad:

@@ -46,12 +46,13 @@ STATE_LIMIT = 255.0
 
 
 def to_grid(x: torch.Tensor) -> torch.Tensor:
-    """Round to the nearest multiple of ``2^-16`` (ties to even)."""
+    """Round to the nearest multiple of ``2^-16`` (ties to even); same shape and dtype as ``x``."""
     return torch.round(x * GRID_SCALE) / GRID_SCALE
 
 
 def quantize_input(x: torch.Tensor) -> torch.Tensor:
-    """Clamp to ``[-INPUT_RANGE, INPUT_RANGE]`` and round onto the grid (no gradient handling)."""
+    """Clamp to ``[-INPUT_RANGE, INPUT_RANGE]`` and round onto the grid (no gradient handling); same
+    shape as ``x``."""
     return to_grid(torch.clamp(x, -INPUT_RANGE, INPUT_RANGE))
 
 
@@ -67,7 +68,7 @@ def halve_on_grid(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def unhalve_on_grid(half: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`halve_on_grid`: ``2 * half + bit * 2^-16`` (exact)."""
+    """Inverse of :func:`halve_on_grid`: ``2 * half + bit * 2^-16`` (exact), ``half``'s shape and dtype."""
     return (2.0 * (half * GRID_SCALE) + bit.to(half.dtype)) / GRID_SCALE
 
 
@@ -86,7 +87,8 @@ def packed_steps(T: int) -> int:
 
 
 def pack_bit(packed: torch.Tensor, t: int, bit: torch.Tensor) -> None:
-    """OR the 0/1 ``bit`` of step ``t`` into ``packed[t // 8]`` (bit ``t % 8``), in place."""
+    """OR the 0/1 ``uint8`` ``bit [...]`` of step ``t`` into ``packed [ceil(T/8), ...]`` at ``packed[t // 8]``
+    (bit ``t % 8``), in place."""
     packed[t // 8] |= bit << (t % 8)
 
 

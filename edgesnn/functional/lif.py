@@ -118,7 +118,8 @@ def lif_charge(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> torch.Tensor:
 
 
 def lif_fire_reset(h: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Spike ``s`` (0/1, surrogate gradient) and post-reset potential ``u`` from ``h``."""
+    """Spike ``s`` (0/1, surrogate gradient) and post-reset potential ``u`` from ``h``; both of ``h``'s
+    shape and dtype."""
     s = spike(h - p.v_threshold, p.surrogate)
     s_reset = stop_gradient(s) if p.detach_reset else s
     if p.hard_reset:
@@ -129,7 +130,8 @@ def lif_fire_reset(h: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.T
 
 
 def lif_fire_reset_values(h: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(s, u)`` of :func:`lif_fire_reset`, bit for bit, without building any gradient path.
+    """``(s, u)`` of :func:`lif_fire_reset`, bit for bit, without building any gradient path (``h``'s
+    shape and dtype).
 
     For inverses and backward passes, which need the values only.
     """

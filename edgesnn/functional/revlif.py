@@ -212,12 +212,12 @@ def check_exact_state(v0g: torch.Tensor, p: "RevLIFParams", name: str = "v0") ->
 
 
 def from_groups(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Inverse of :func:`to_groups`."""
+    """Inverse of :func:`to_groups`: grouped ``x`` (``[T, B, n, M]`` or ``[B, n, M]``) back to ``shape``."""
     return x.reshape(shape)
 
 
 def revlif_initial_state(like: torch.Tensor, p: RevLIFParams) -> torch.Tensor:
-    """Fresh-node state: ``v_reset`` (0 for soft reset), on the grid in exact mode."""
+    """Fresh-node state of ``like``'s shape and dtype: ``v_reset`` (0 for soft reset), on the grid in exact mode."""
     if not p.exact:
         return torch.full_like(like, p.lif.charge_reset)
     if not eager():  # traced, exported or compiled: the same ops in the graph (no host value to read)

@@ -288,11 +288,15 @@ class RevLIFFunctionInTransforms(torch.autograd.Function):
     ``torch.compile`` of PyTorch 2.5 traces only the classic form."""
 
     @staticmethod
-    def forward(x_seq: torch.Tensor, v0: Optional[torch.Tensor], p: RevLIFParams, kernels: RevLIFKernels):
+    def forward(x_seq: torch.Tensor, v0: Optional[torch.Tensor], p: RevLIFParams,
+                kernels: RevLIFKernels) -> Tuple[torch.Tensor, ...]:
+        """``(y_seq [T, B, C, ...], v_T [B, C, ...], bits, counts, kept_v0)`` as :func:`_revlif_forward`
+        returns them, an empty tensor (shape ``[0]``) for each ``None``."""
         return tuple(t if t is not None else x_seq.new_empty(0) for t in _revlif_forward(x_seq, v0, p, kernels))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        """Save the five :meth:`forward` outputs on ``ctx`` (the last three non-differentiable)."""
         x_seq, v0, p, kernels = inputs
         y_out, v_T_out, bits, counts, kept_v0 = output
         ctx.save_for_backward(y_out, v_T_out, bits, counts, kept_v0)
@@ -301,7 +305,9 @@ class RevLIFFunctionInTransforms(torch.autograd.Function):
         ctx.meta = (p, kernels, x_seq.shape, v0 is not None)
 
     @staticmethod
-    def backward(ctx: Any, grad_y_out: Optional[torch.Tensor], grad_v_T_out: Optional[torch.Tensor], *_unused: Any):
+    def backward(ctx: Any, grad_y_out: Optional[torch.Tensor], grad_v_T_out: Optional[torch.Tensor],
+                 *_unused: Any) -> Tuple[Optional[torch.Tensor], ...]:
+        """As :meth:`RevLIFFunction.backward`: ``(grad_x [T, B, C, ...], grad_v0 [B, C, ...] or None, None, None)``."""
         return RevLIFFunction.backward(ctx, grad_y_out, grad_v_T_out)
 
 

@@ -47,7 +47,7 @@ def func_transform_depth() -> int:
 
 
 def under_vmap(x: torch.Tensor) -> bool:
-    """``x`` is batched by ``torch.func.vmap`` (at any level of the transforms' wrappers)."""
+    """``x`` (any shape) is batched by ``torch.func.vmap`` (at any level of the transforms' wrappers)."""
     fw = torch._C._functorch
     while fw.is_functorch_wrapped_tensor(x):
         if fw.is_batchedtensor(x):
@@ -65,7 +65,7 @@ def refuse_nested_transforms(layer: str, backend: str) -> None:
 
 
 def first_order_only(grads: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> Tuple[Optional[torch.Tensor], ...]:
-    """``grads`` (same values, ``None`` kept) behind an autograd node that raises
+    """``grads`` (same values and shapes, ``None`` kept) behind an autograd node that raises
     :func:`second_order_message` if a later backward goes through it.
 
     Only while grad mode is on inside a backward (``create_graph=True``) in an eager call; otherwise

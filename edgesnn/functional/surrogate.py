@@ -192,7 +192,8 @@ def get_surrogate(spec: SurrogateLike, name: str = "surrogate") -> Surrogate:
 
 
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with no gradient flowing back through it, in every backend edgesnn exports to.
+    """``x`` (any shape; same shape and dtype) with no gradient flowing back through it, in every
+    backend edgesnn exports to.
 
     Eager and TorchScript use ``detach``. Inside an ONNX export ``detach`` would be silently
     dropped, so the value takes an integer-cast round trip there (no gradient crosses an integer

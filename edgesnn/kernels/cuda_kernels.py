@@ -298,7 +298,8 @@ def _check(t: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """LIF over ``x [T, ...]``: ``(s, v_T)`` as :func:`edgesnn.kernels.numba_cpu.lif_forward`."""
+    """LIF over ``x [T, ...]`` from ``v0 [...]`` (float32, CUDA): ``(s [T, ...], v_T [...])`` as
+    :func:`edgesnn.kernels.numba_cpu.lif_forward`."""
     x = _check(x, "x_seq")
     v0 = _check(v0, "v0")
     T = x.shape[0]
@@ -314,7 +315,8 @@ def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams) -> Tuple[torch.
 def lif_backward(
     x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Backward of :func:`lif_forward` from its inputs: ``(grad_x, grad_v0)``."""
+    """Backward of :func:`lif_forward` from its inputs (``grad_s [T, ...]``, ``grad_vT [...]``):
+    ``(grad_x [T, ...], grad_v0 [...])``."""
     x = _check(x, "x_seq")
     v0 = _check(v0, "v0")
     grad_s = _check(grad_s, "grad_s")
@@ -333,7 +335,9 @@ def lif_backward(
 def revlif_forward(
     xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Kernel contract forward (see :mod:`edgesnn.functional.revlif_autograd`)."""
+    """Kernel contract forward (see :mod:`edgesnn.functional.revlif_autograd`): ``(y [T, B, n, M], v_T
+    [B, n, M], bits | None, counts | None)`` for float32 CUDA ``xg [T, B, n, M]``, ``v0 [B, n, M]``;
+    ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float)."""
     xg = _check(xg, "x_seq")
     v0 = _check(v0, "v0")
     T, B, G, M = xg.shape
@@ -357,7 +361,9 @@ def revlif_backward(
     grad_v_T: torch.Tensor,
     p: RevLIFParams,
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Kernel contract backward: ``(grad_x, grad_v0, v0_rec, counts_rec | None)``."""
+    """Kernel contract backward: ``(grad_x [T, B, n, M], grad_v0 [B, n, M], v0_rec [B, n, M], counts_rec
+    [B, n, M] int32 | None)`` from ``y, grad_y [T, B, n, M]``, ``v_T, grad_v_T [B, n, M]`` and the forward's
+    ``bits`` (exact mode)."""
     y = _check(y, "y")
     v_T = _check(v_T, "v_T")
     grad_y = _check(grad_y, "grad_y")

@@ -35,7 +35,7 @@ import contextlib
 import functools
 import logging
 import math
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 from torch import Tensor
@@ -245,10 +245,13 @@ class _EagerLIF(torch.autograd.Function):
         raise vmap_refused("LIF", inputs[-1])
 
 
-def lif_apply(x: Tensor, v0: Tensor, *params) -> Tuple[Tensor, Tensor]:
+def lif_apply(x: Tensor, v0: Tensor, *params: Union[float, bool, str]) -> Tuple[Tensor, Tensor]:
     """LIF forward with autograd: the same functions as the custom op :func:`lif_fwd` through a
     plain ``autograd.Function`` in eager calls, the op itself while a graph is being traced,
-    scripted, exported or compiled (:func:`~edgesnn.functional.checks.eager`)."""
+    scripted, exported or compiled (:func:`~edgesnn.functional.checks.eager`).
+
+    ``x [T, B, ...]``, ``v0 [B, ...]``; ``params``: :func:`lif_params_args` then the
+    backend name; returns ``(s [T, B, ...], v_T [B, ...])``."""
     if not eager():
         return lif_fwd(x, v0, *params)
     return _EagerLIF.apply(x, v0, *params)
@@ -400,10 +403,16 @@ class _EagerRevLIF(torch.autograd.Function):
         raise vmap_refused("RevLIF", inputs[-1])
 
 
-def revlif_apply(xg: Tensor, v0: Tensor, verify: int, *params) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def revlif_apply(xg: Tensor, v0: Tensor, verify: int, *params: Union[float, bool, str]
+                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """RevLIF forward with autograd: the same functions as the custom op :func:`revlif_fwd` through
     a plain ``autograd.Function`` in eager calls, the op itself while a graph is being traced,
-    scripted, exported or compiled (:func:`~edgesnn.functional.checks.eager`)."""
+    scripted, exported or compiled (:func:`~edgesnn.functional.checks.eager`).
+
+    Grouped ``xg [T, B, n, M]``, ``v0 [B, n, M]``; ``verify`` as in :func:`revlif_bwd`; ``params``:
+    :func:`revlif_params_args` then the backend name. Returns ``(y [T, B, n, M], v_T [B, n, M], bits,
+    counts)``: packed bits ``uint8 [ceil(T/8), B, n, M]`` (exact mode) or spike counts ``int32 [B, n, M]``
+    (float mode), the unused one a 1-element placeholder."""
     if not eager():
         return revlif_fwd(xg, v0, verify, *params)
     return _EagerRevLIF.apply(xg, v0, verify, *params)

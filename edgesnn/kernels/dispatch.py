@@ -90,7 +90,7 @@ def resolve_backend(backend: str, x: torch.Tensor, p: Optional[Union[LIFParams, 
 
     Args:
         backend: one of :data:`BACKENDS`.
-        x: the input (its device and dtype decide ``auto``).
+        x: the input, any shape (its device and dtype decide ``auto``).
         p: optional :class:`LIFParams` / :class:`RevLIFParams` (a custom surrogate rules the kernels out).
     """
     if backend not in BACKENDS:

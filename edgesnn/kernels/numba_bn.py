@@ -29,7 +29,9 @@ __all__ = ["seq_sum", "seq_sqdev", "grad_sums", "input_grad_"]
 # latency-bound: 8 chains run ~2x faster than 4 on large planes); each channel's own order is
 # PyTorch's: sample by sample, position by position.
 @njit(parallel=True, cache=True)
-def seq_sum(a, acc, repeat):  # a [n, C, S] contiguous (read `repeat` times); acc float64 [C], updated
+def seq_sum(a: np.ndarray, acc: np.ndarray, repeat: int) -> None:
+    """``acc[c] +=`` the sum of channel ``c`` of ``a [n, C, S]`` (contiguous), read ``repeat`` times; ``acc``:
+    float64 ``[C]``, updated in place, each channel summed in PyTorch's order."""
     n, C, S = a.shape
     for g in prange((C + 7) // 8):
         c = 8 * g
@@ -64,7 +66,9 @@ def _sq(x, m):
     return d * d
 
 @njit(parallel=True, cache=True)
-def seq_sqdev(a, mean, acc, repeat):  # acc[c] += (a - mean[c])^2, difference and square in a's dtype
+def seq_sqdev(a: np.ndarray, mean: np.ndarray, acc: np.ndarray, repeat: int) -> None:
+    """``acc[c] +=`` the sum of ``(a - mean[c])^2`` over channel ``c`` of ``a [n, C, S]``, read ``repeat``
+    times (difference and square in ``a``'s dtype, ``mean [C]`` in it too); ``acc``: float64 ``[C]``, in place."""
     n, C, S = a.shape
     for g in prange((C + 7) // 8):
         c = 8 * g

@@ -142,8 +142,9 @@ _F0 = np.float32(0.0)
 
 
 @_jit_dev
-def lif_start_row(v, vr0, F, n):
-    """``v <- v0``; ``F`` starts as the finite flags of ``v0`` (``a - a``: 0, or NaN for NaN/Inf)."""
+def lif_start_row(v: np.ndarray, vr0: np.ndarray, F: np.ndarray, n: int) -> None:
+    """``v [n] <- vr0 [n]`` (the block's initial state); ``F [n]`` starts as the finite flags of ``vr0``
+    (``a - a``: 0, or NaN for NaN/Inf)."""
     for j in range(n):
         a = vr0[j]
         v[j] = a
@@ -151,8 +152,10 @@ def lif_start_row(v, vr0, F, n):
 
 
 @_jit_dev
-def lif_step_row(xr, v, F, sr, n, tau, v_th, v_reset, hard, decay_input):
-    """One forward step: charge from ``xr``, spikes into ``sr``, reset ``v``; ``F`` gathers ``x - x``."""
+def lif_step_row(xr: np.ndarray, v: np.ndarray, F: np.ndarray, sr: np.ndarray, n: int, tau: float, v_th: float,
+                 v_reset: float, hard: bool, decay_input: bool) -> None:
+    """One forward step of ``n`` neurons (rows ``[n]``): charge from ``xr``, spikes into ``sr``, reset ``v``;
+    ``F`` gathers ``x - x``. ``tau`` in time steps."""
     for j in range(n):
         xv = xr[j]
         F[j] = F[j] + (xv - xv)
@@ -163,9 +166,10 @@ def lif_step_row(xr, v, F, sr, n, tau, v_th, v_reset, hard, decay_input):
 
 
 @_jit_dev
-def lif_recompute_h(x, j0, v, h, h0, n, tau, v_th, v_reset, hard, decay_input):
-    """All steps from the state in ``v`` (overwritten): ``h`` of neurons ``j0:j0+n`` into
-    ``h[:, h0:h0+n]`` (``x [T, K]``, or ``[1, K]``: the same input at every step)."""
+def lif_recompute_h(x: np.ndarray, j0: int, v: np.ndarray, h: np.ndarray, h0: int, n: int, tau: float, v_th: float,
+                    v_reset: float, hard: bool, decay_input: bool) -> None:
+    """All steps from the state in ``v [n]`` (overwritten): ``h`` of neurons ``j0:j0+n`` into
+    ``h[:, h0:h0+n]`` (``h [T, ...]``; ``x [T, K]``, or ``[1, K]``: the same input at every step)."""
     bx = x.shape[0] == 1
     for t in range(h.shape[0]):
         xr = x[0 if bx else t, j0:j0 + n]
@@ -177,7 +181,8 @@ def lif_recompute_h(x, j0, v, h, h0, n, tau, v_th, v_reset, hard, decay_input):
 
 
 @_jit_dev
-def backward_scratch(tsum, gx, scratch, T, j0, n):
+def backward_scratch(tsum: bool, gx: np.ndarray, scratch: np.ndarray, T: int, j0: int,
+                     n: int) -> Tuple[np.ndarray, int]:
     """Where a backward block keeps ``h`` (and then ``grad_x``): its rows of ``gx``, or, summing
     over time (``tsum``), ``[T, n]`` of its thread's row of ``scratch`` (cache-resident, allocated
     once per call: a fresh array per block would page-fault). Returns ``(h, h0)``."""
@@ -187,14 +192,17 @@ def backward_scratch(tsum, gx, scratch, T, j0, n):
 
 
 @_jit_dev
-def add_row(acc, r, n):
+def add_row(acc: np.ndarray, r: np.ndarray, n: int) -> None:
+    """``acc[:n] += r[:n]`` in place (rows ``[n]``)."""
     for j in range(n):
         acc[j] += r[j]
 
 
 @_jit_dev
-def lif_vjp_row(hr, gsr, g, F, n, v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b):
-    """One backward step: ``hr`` (``h``) becomes ``grad_x``; ``g`` carries the state gradient."""
+def lif_vjp_row(hr: np.ndarray, gsr: np.ndarray, g: np.ndarray, F: np.ndarray, n: int, v_th: float, v_reset: float,
+                hard: bool, detach: bool, in_gain: float, state_decay: float, kind: int, a: float, b: float) -> None:
+    """One backward step of ``n`` neurons (rows ``[n]``): ``hr`` (``h``) becomes ``grad_x``; ``gsr`` is the
+    spikes' gradient; ``g`` carries the state gradient; ``F`` gathers the finite flags."""
     for j in range(n):
         gxx, gvv = step_vjp(hr[j], gsr[j], g[j], v_th, v_reset, hard, detach, in_gain, state_decay, kind, a, b)
         hr[j] = gxx
@@ -203,8 +211,8 @@ def lif_vjp_row(hr, gsr, g, F, n, v_th, v_reset, hard, detach, in_gain, state_de
 
 
 @_jit_dev
-def finite_flag(F, g, n):
-    """0 when every gradient of the block (gathered in ``F``) and the final ``g`` are finite, else NaN."""
+def finite_flag(F: np.ndarray, g: np.ndarray, n: int) -> float:
+    """0 when every gradient of the block (gathered in ``F [n]``) and the final ``g [n]`` are finite, else NaN."""
     acc = _F0
     for j in range(n):
         acc += F[j] + (g[j] - g[j])
@@ -303,7 +311,8 @@ def _steps_or_one(g: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def all_finite_flags(nf: np.ndarray) -> bool:
-    """``True`` when the per-block flags of a kernel say every value was finite (all 0)."""
+    """``True`` when the per-block flags ``nf [blocks]`` of a kernel say every value was finite (all 0,
+    not NaN)."""
     return bool(np.isfinite(nf.sum(dtype=np.float32))) if nf.size else True
 
 

@@ -20,6 +20,7 @@ ARMv8 cores edgesnn targets; on a core with longer lines the extra requests are 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
@@ -30,6 +31,9 @@ configure()  # before Numba is imported: NUMBA_NUM_THREADS check, cache folder, 
 from numba import njit, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.core.extending import intrinsic  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["SHORT_ROW_BYTES", "prefetch_row_read", "prefetch_row_write"]
 
@@ -96,7 +100,7 @@ _prefetch_write = _prefetch_intrinsic(1)
 
 
 @njit(inline="always", error_model="numpy")
-def prefetch_row_read(row):
+def prefetch_row_read(row: np.ndarray) -> None:
     """Prefetch the 1-D view ``row`` (unit stride) for reading, one request per cache line."""
     step = max(1, _LINE_BYTES // row.itemsize)
     for j in range(0, row.shape[0], step):
@@ -104,7 +108,7 @@ def prefetch_row_read(row):
 
 
 @njit(inline="always", error_model="numpy")
-def prefetch_row_write(row):
+def prefetch_row_write(row: np.ndarray) -> None:
     """Prefetch the 1-D view ``row`` (unit stride) for writing, one request per cache line."""
     step = max(1, _LINE_BYTES // row.itemsize)
     for j in range(0, row.shape[0], step):

@@ -21,6 +21,8 @@ values read and written are the same as with slices: the kernels' outputs are bi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+
 from llvmlite import ir
 
 from .config import configure
@@ -31,11 +33,15 @@ from numba import types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.core.extending import intrinsic  # noqa: E402
 
+if TYPE_CHECKING:  # pragma: no cover
+    from numba.core.typing.templates import Signature
+
 __all__ = ["row"]
 
 
 @intrinsic
-def row(typingctx, arr, index, start, stop):
+def row(typingctx: Any, arr: types.Type, index: types.Type, start: types.Type,
+        stop: types.Type) -> Optional[Tuple[Signature, Callable]]:
     """``arr[index + (slice(start, stop),)]`` of a C-contiguous ``arr`` as a borrowed 1-D view.
 
     ``index`` is a tuple of ``arr.ndim - 1`` integers (the leading axes), ``0 <= start <= stop <=

@@ -99,7 +99,8 @@ def input_grad_(da: torch.Tensor, xhat: torch.Tensor, c1: torch.Tensor, c2: torc
 
 
 def update_running(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """BatchNorm's running-statistics update for one batch of ``count`` samples per channel."""
+    """BatchNorm's running-statistics update from one batch's per-channel ``mean [C]`` and biased ``var
+    [C]`` over ``count`` values per channel (samples x positions x copies; ``var`` is made unbiased)."""
     if not (bn.training and bn.track_running_stats):
         return
     bn.num_batches_tracked.add_(1)
@@ -166,7 +167,8 @@ def bn_static(bn: nn.modules.batchnorm._BatchNorm, a: torch.Tensor, T: int, upda
 
 def bn_normalize(bn: Optional[nn.modules.batchnorm._BatchNorm], a: torch.Tensor, mean: torch.Tensor,
                  invstd: torch.Tensor, inplace: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(z, xhat)``: BatchNorm of ``a`` with given statistics; one formula (same rounding) for the
+    """``(z, xhat)``, both ``a``'s shape ``[N, C, ...]``: BatchNorm of ``a`` with given per-channel
+    statistics ``mean [C]``, ``invstd [C]``; one formula (same rounding) for the
     forward and every recomputation. ``z`` is rounded as PyTorch's CPU kernel rounds it
     (:func:`bn_output`): with ``mean``/``invstd`` from :class:`ExactStats` it is bit-identical to
     ``F.batch_norm``. ``xhat = (a - mean) * invstd`` is for the backward. ``inplace`` overwrites
@@ -204,7 +206,8 @@ def _fma(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sign: float = 1.0) -
 def bn_output(
     bn: Optional[nn.modules.batchnorm._BatchNorm], a: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
 ) -> torch.Tensor:
-    """BatchNorm output of ``a`` for the statistics ``mean``/``invstd`` (``a.dtype``), rounded like
+    """BatchNorm output of ``a [N, C, ...]`` (same shape, ``a.dtype``) for the per-channel statistics
+    ``mean [C]`` / ``invstd [C]``, rounded like
     PyTorch's CPU kernel: ``alpha = invstd * weight``, ``beta = bias - mean * alpha``,
     ``y = a * alpha + beta``."""
     w = bn.weight.detach() if bn is not None and bn.weight is not None else None
@@ -340,7 +343,7 @@ class ExactStats:
         self.n += repeat * a3.shape[0] * a3.shape[2]
 
     def mean(self) -> torch.Tensor:
-        """The batch mean in the chunks' dtype (PyTorch's ``save_mean``); ends pass 1."""
+        """The per-channel batch mean ``[C]`` in the chunks' dtype (PyTorch's ``save_mean``); ends pass 1."""
         if self._mean is None:
             if self._sum is None:
                 raise RuntimeError("ExactStats.mean before add_sum")
@@ -348,7 +351,8 @@ class ExactStats:
         return self._mean
 
     def add_var(self, a: torch.Tensor, repeat: int = 1) -> None:
-        """Pass 2: add a chunk's squared deviations from :meth:`mean` (``repeat`` as in :meth:`add_sum`)."""
+        """Pass 2: add a chunk's (``[n, C, ...]``) squared deviations from :meth:`mean` (``repeat`` as in
+        :meth:`add_sum`)."""
         mean = self.mean()
         self._check(a)
         a3 = _flat3(a)
@@ -364,18 +368,20 @@ class ExactStats:
         self.n_var += repeat * a3.shape[0] * a3.shape[2]
 
     def var_sum(self) -> torch.Tensor:
-        """Sum of squared deviations, rounded to the chunks' dtype (PyTorch's ``var_sum``)."""
+        """Per-channel sum of squared deviations ``[C]``, rounded to the chunks' dtype (PyTorch's ``var_sum``)."""
         if self._sq is None or self.n_var != self.n:
             raise RuntimeError("ExactStats: pass 2 (add_var) incomplete")
         return self._sq.to(self.dtype)
 
     def var(self, unbiased: bool = False) -> torch.Tensor:
-        """Batch variance as PyTorch rounds it: ``var_sum / N`` (or ``N - 1``) in the chunks' dtype."""
+        """Per-channel batch variance ``[C]`` as PyTorch rounds it: ``var_sum / N`` (or ``N - 1``) in the
+        chunks' dtype."""
         n = self.n - 1 if unbiased else self.n
         return self.var_sum() / torch.tensor(n, dtype=self.dtype)
 
     def invstd(self, eps: float) -> torch.Tensor:
-        """``1 / sqrt(var + eps)`` in float64 from the rounded ``var``, then rounded (``save_invstd``)."""
+        """``1 / sqrt(var + eps)`` ``[C]`` in float64 from the rounded ``var``, then rounded to the chunks'
+        dtype (``save_invstd``)."""
         v = self.var().double()
         inv = 1.0 / torch.sqrt(v + eps)
         if eps == 0:
@@ -392,8 +398,8 @@ def update_running_exact(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor
     """PyTorch's running-statistics update, bit for bit (``batch_norm_cpu_update_stats_template``):
     ``m = param_t(momentum)``; ``running_mean = m * mean + (1 - m) * running_mean`` in the
     parameter dtype; ``running_var = double(m) * double(var_sum / (N - 1)) + (1 - m) * running_var``
-    (the last product in the parameter dtype), rounded once. ``mean``/``var_sum``: as
-    :meth:`ExactStats.mean`/:meth:`ExactStats.var_sum`."""
+    (the last product in the parameter dtype), rounded once. ``mean [C]`` / ``var_sum [C]``: as
+    :meth:`ExactStats.mean` / :meth:`ExactStats.var_sum`; ``count``: values per channel (``N``)."""
     if not (bn.training and bn.track_running_stats):
         return
     bn.num_batches_tracked.add_(1)

@@ -34,7 +34,10 @@ def backward_plain(
     sink: Callable[[int, int, torch.Tensor], None],
     wants_input_grad: bool,
 ) -> None:
-    """No batch statistics across chunks: one reverse pass, each chunk under autograd."""
+    """No batch statistics across chunks: one reverse pass over the chunks ``ctx.bounds`` (``(t0, t1)``
+    step ranges, last first), each recomputed under autograd from ``saved`` and the node state
+    ``ctx.checkpoints[c] [B, ...]``. Reads ``grad_out.get(t0, t1) [t1 - t0, B, ...]``; hands the input
+    gradient ``[t1 - t0, B, ...]`` to ``sink(t0, t1, g)`` when ``wants_input_grad``."""
     g_v = None
     for c in range(len(ctx.bounds) - 1, -1, -1):
         t0, t1 = ctx.bounds[c]
@@ -71,7 +74,10 @@ def backward_chunked_bn(
     sink: Callable[[int, int, torch.Tensor], None],
     wants_input_grad: bool,
 ) -> None:
-    """``grad_out``: :class:`GradChunks` or :class:`DenseGrad`; read twice, freed during pass 2."""
+    """BatchNorm statistics across chunks: pass 1 runs the node backward and BatchNorm's sums, pass 2 the
+    exact BatchNorm input gradient and the layers before it. ``grad_out`` (:class:`GradChunks` or
+    :class:`DenseGrad`, chunks ``[t1 - t0, B, ...]``) is read twice, freed during pass 2; input-gradient
+    chunks ``[t1 - t0, B, ...]`` go to ``sink(t0, t1, g)`` as in :func:`backward_plain`."""
     bn_i = block.bn_index()
     bn = block.steps[bn_i].module
     pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]

@@ -47,7 +47,8 @@ class GradChunks:
         self.parts[t0] = (t1, g)
 
     def get(self, t0: int, t1: int) -> torch.Tensor:
-        """Steps ``t0:t1`` (a view when one written chunk covers them); steps nobody wrote are zero."""
+        """Steps ``t0:t1`` as ``[t1 - t0, B, ...]`` (a view when one written chunk covers them); steps
+        nobody wrote are zero."""
         pieces, t = [], t0
         for p0 in sorted(self.parts):
             p1, g = self.parts[p0]

@@ -38,7 +38,7 @@ def layer_backward_supported(step: Step) -> bool:
 
 
 def accumulate_grad(p: Optional[torch.Tensor], g: Optional[torch.Tensor]) -> None:
-    """Add ``g`` to ``p.grad`` as autograd would (set it when there is none), in ``p``'s dtype;
+    """Add ``g`` (``p``'s shape) to ``p.grad`` as autograd would (set it when there is none), in ``p``'s dtype;
     nothing for a missing ``p``/``g`` or a ``p`` that needs no gradient. ``g`` is handed over, not
     copied: the caller must not use it afterwards. In a block's backward ``p`` is the stand-in of a
     parameter (:mod:`edgesnn.memopt.paramgrads`), whose ``.grad`` the block returns to autograd."""

@@ -49,6 +49,7 @@ class BaseForward:
     module: nn.Module
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The base class's forward of ``module`` on ``x [T * B, ...]`` (steps merged into the batch)."""
         return self.cls.forward(self.module, x)
 
 

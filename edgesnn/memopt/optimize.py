@@ -254,7 +254,8 @@ def largest_batch(
 
     Args:
         model: the network (not modified: each trial plans a copy).
-        make_input: ``batch -> example input`` (e.g. ``lambda b: x0.expand(T, b, ...)``).
+        make_input: ``batch -> example input`` of ``batch`` samples, as the model takes it (e.g.
+            ``[T, batch, ...]``: ``lambda b: x0.expand(T, b, ...)``).
         budget: bytes for the step's activations and temporaries.
         max_batch: upper end of the search.
 

@@ -26,8 +26,8 @@ def _cpu_kernels(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def pack_bits(x: torch.Tensor, step_chunk: int = 8, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Pack a binary ``[T, ...]`` tensor into ``uint8 [T, ceil(M / 8)]`` (bit ``j`` of byte ``i`` is
-    element ``8 i + j``), into ``out`` when given (a contiguous ``uint8 [T, ceil(M / 8)]``)."""
+    """Pack a binary ``[T, ...]`` tensor (``M`` elements per step) into ``uint8 [T, ceil(M / 8)]`` (bit ``j``
+    of byte ``i`` is element ``8 i + j``), into ``out`` when given (a contiguous ``uint8 [T, ceil(M / 8)]``)."""
     T = x.shape[0]
     flat = x.reshape(T, -1)
     M = flat.shape[1]

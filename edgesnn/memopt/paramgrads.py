@@ -54,7 +54,8 @@ def stand_ins(modules: Sequence[nn.Module], params: Sequence[torch.Tensor]) -> I
 
 
 def collected(subs: Sequence[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
-    """The gradients accumulated into the stand-ins (``None`` where none arrived), handed over."""
+    """The gradients accumulated into the stand-ins (each its stand-in's shape; ``None`` where none
+    arrived), handed over: the stand-ins' ``.grad`` is reset to ``None``."""
     out = tuple(s.grad for s in subs)
     for s in subs:
         s.grad = None

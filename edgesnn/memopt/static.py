@@ -29,8 +29,11 @@ class StaticBackward:
     ``param_grads`` for the block's backward to return, whichever backward runs this one.
     """
 
-    def __init__(self, block: "Block", saved: SavedInput, bounds, checkpoints, input_needs_grad: bool,
+    def __init__(self, block: "Block", saved: SavedInput, bounds: Sequence[Tuple[int, int]],
+                 checkpoints: Sequence[Optional[torch.Tensor]], input_needs_grad: bool,
                  params: Sequence[torch.Tensor] = ()) -> None:
+        """``bounds``: the forward's chunks ``(t0, t1)`` (time steps); ``checkpoints``: the node state
+        ``[B, ...]`` at each chunk's start (``None``: fresh)."""
         self.block, self.saved, self.bounds, self.checkpoints = block, saved, list(bounds), checkpoints
         self.input_needs_grad = input_needs_grad
         self.params = list(params)
@@ -78,7 +81,7 @@ class StaticBackward:
         return v
 
     def feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
-        """Back-propagate steps ``t0:t1`` (fed last to first) given their output gradient ``g``."""
+        """Back-propagate steps ``t0:t1`` (fed last to first) given their output gradient ``g [t1 - t0, B, ...]``."""
         block = self.block
         c = self.next_chunk
         while c >= 0 and self.bounds[c][0] > t0:
@@ -117,7 +120,8 @@ class StaticBackward:
 
     def finish(self) -> Optional[torch.Tensor]:
         """Back-propagate the time-summed gradient through the layers before the node (parameter
-        gradients into ``param_grads``)."""
+        gradients into ``param_grads``). Returns the block input's gradient ``[T, B, ...]`` (a zero-stride
+        view over T of the sum / T) when ``input_needs_grad``, else ``None``."""
         block, saved = self.block, self.saved
         saved.check_unmodified()
         x0l = saved.data.detach().requires_grad_(self.input_needs_grad)

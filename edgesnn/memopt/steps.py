@@ -113,7 +113,8 @@ def apply_static(steps: List[Step], x0: torch.Tensor, T: int, update: bool) -> t
 
 
 def apply_recompute(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
-    """The layers as in forward, but BatchNorm from the batch itself without touching running stats."""
+    """The layers as in forward on ``x [k*B, ...]`` (time merged into the batch), but BatchNorm from the
+    batch itself without touching running stats."""
     for s in steps:
         if s.kind == "bn" and batch_stats_mode(s.module):
             bn = s.module

@@ -35,7 +35,7 @@ def nir_module() -> ModuleType:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A float32 NumPy copy of ``t`` (what NIR nodes store)."""
+    """A float32 NumPy copy of ``t``, same shape (what NIR nodes store)."""
     return t.detach().cpu().to(torch.float32).numpy().copy()
 
 

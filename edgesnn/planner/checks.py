@@ -107,7 +107,9 @@ def check_options(chain: "ChainModel", options: Any) -> List[str]:
 def check_plan_args(T: Any, budget: Any, runtime_overhead: Any, bandwidth_gbs: Any, kinds: Any, groups: Any,
                     max_batch_cap: Any) -> Tuple[int, int, int, float, Tuple[str, ...], Tuple[int, ...], int]:
     """The arguments :func:`~edgesnn.planner.solver.plan_model` and
-    :func:`~edgesnn.planner.plan.make_plan` share, checked in their order."""
+    :func:`~edgesnn.planner.plan.make_plan` share, checked in their order: ``T`` (time steps),
+    ``budget`` and ``runtime_overhead`` (bytes), ``bandwidth_gbs`` (GB/s), ``kinds``, ``groups`` and
+    ``max_batch_cap`` (samples)."""
     return (check_int(T, "T (timesteps)"), check_bytes(budget, "budget", 1), check_bytes(runtime_overhead, "runtime_overhead"),
             check_bandwidth(bandwidth_gbs), check_kinds(kinds), check_groups(groups),
             check_int(max_batch_cap, "max_batch_cap"))

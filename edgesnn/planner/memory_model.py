@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -420,6 +420,6 @@ class ChainModel:
         return rows
 
 
-def describe(model: nn.Module, **kwargs) -> ChainModel:
+def describe(model: nn.Module, **kwargs: Any) -> ChainModel:
     """Shorthand for :class:`ChainModel` ``(model, **kwargs)``."""
     return ChainModel(model, **kwargs)

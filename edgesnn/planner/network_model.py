@@ -124,8 +124,11 @@ class BlockShape:
 
 @dataclass
 class BlockChoice:
+    """One block's entry of a :class:`NetworkPlan`: its chunk ``K`` (time steps), the bytes it keeps from
+    forward to backward, and whether it holds its layer output over all T."""
+
     name: str
-    strategy: str           # "recompute" (one chunk) or "chunked"
+    strategy: str           # "hold" (layer output held), "recompute" (one chunk) or "chunked"
     chunk: int
     saved_bytes: int
     hold: bool = False      # layer output held from forward to backward: no recomputation

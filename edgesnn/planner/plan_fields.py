@@ -30,6 +30,7 @@ class Fields:
         self.label, self.origin = label, origin
 
     def fail(self, name: str, expected: str, got: Any) -> ValueError:
+        """The one-line error (returned, not raised): ``LABEL: NAME: expected EXPECTED, got GOT in ORIGIN``."""
         try:
             shown = "nothing (the field is missing)" if got is MISSING else json.dumps(got)
         except (TypeError, ValueError):
@@ -37,18 +38,21 @@ class Fields:
         return ValueError(f"{self.label}: {name}: expected {expected}, got {clip(shown)} in {self.origin}")
 
     def typed(self, value: Any, types: Any, name: str, expected: str) -> Any:
+        """``value`` if it is an instance of ``types`` (a ``bool`` only where ``types`` is ``bool``), else raise."""
         if isinstance(value, bool) and types is not bool or not isinstance(value, types):
             raise self.fail(name, expected, value)
         return value
 
     def int(self, d: Dict[str, Any], key: str, name: Optional[str] = None, minimum: int = 1,
             default: Any = MISSING) -> int:
+        """``d[key]`` (``default`` when absent) as an integer ``>= minimum`` (not a ``bool``), else raise."""
         v = d.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise self.fail(name or key, f"an integer >= {minimum}", v)
         return v
 
     def ints(self, v: Any, name: str, what: str) -> List[int]:
+        """``v`` if it is a non-empty list of integers >= 1 (no ``bool``), else raise."""
         if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v):
             raise self.fail(name, f"a non-empty list of positive integers ({what})", v)
         return v

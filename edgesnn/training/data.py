@@ -58,7 +58,8 @@ class Split:
         return tuple(self.x.shape[2:] if self.events else self.x.shape[1:])
 
     def inputs(self, index: Union[slice, torch.Tensor]) -> torch.Tensor:
-        """The model input for samples ``index`` (a slice or an index tensor)."""
+        """The model input for samples ``index`` (a slice or an index tensor of ``B`` samples): ``x[index]``
+        ``[B, ...]``, or for events the frames time-major as float32 ``[T, B, ...]``."""
         x = self.x[index]
         if not self.events:
             return x
@@ -67,6 +68,8 @@ class Split:
 
 @dataclass
 class Dataset:
+    """A named dataset: its ``train`` and ``test`` splits and ``num_classes`` (labels ``0..num_classes-1``)."""
+
     name: str
     train: Split
     test: Split

@@ -275,7 +275,8 @@ def average_gradients(model: "nn.Module", info: DistInfo) -> None:
 
 
 def epoch_order(n: int, seed: int, epoch: int, dist: DistInfo) -> "torch.Tensor":
-    """This rank's sample order for ``epoch``: :class:`torch.utils.data.DistributedSampler`'s.
+    """This rank's sample order for ``epoch``: :class:`torch.utils.data.DistributedSampler`'s, an int64
+    index tensor ``[ceil(n / world)]``.
 
     One permutation per epoch (seed ``seed * 1000 + epoch``), padded to a multiple of the
     world size by repeating its first samples and dealt out round-robin, so rank ``r`` gets

@@ -124,8 +124,9 @@ def check_dvs_array(a: np.ndarray, sensor_size: Sequence[int]) -> None:
 
 
 def check_shd_row(times: np.ndarray, units: np.ndarray, channels: int) -> None:
-    """One SHD sample as stored: finite spike times in seconds (tonic casts times x 1e6 to int64: NaN
-    became the most negative integer) and whole unit numbers 0..channels-1 (tonic casts them to int)."""
+    """One SHD sample as stored: ``times [N]`` and ``units [N]`` (one unit per spike); finite spike times
+    in seconds (tonic casts times x 1e6 to int64: NaN became the most negative integer) and whole unit
+    numbers 0..channels-1 (tonic casts them to int)."""
     times, units = np.asarray(times), np.asarray(units)
     if times.shape != units.shape:  # tonic broadcasts a single unit to every spike: a silent misread
         raise BadEvents(f"{times.size} spike times but {units.size} units; the file's rows must pair one unit "
@@ -149,6 +150,7 @@ class InSensor:
         self.names = dict(zip(("x", "y"), names))
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
+        """``events`` (a structured array ``[N]``) unchanged, or :class:`OutOfSensor` naming the counts."""
         if events.dtype.names is None or events.size == 0:
             return events
         bad = []
@@ -167,7 +169,8 @@ class InSensor:
 
 
 def time_sorted(events: np.ndarray) -> np.ndarray:
-    """``events`` in time order (a stable sort, only when they are not already)."""
+    """``events`` (a structured array ``[N]`` with a ``t`` field) in time order (a stable sort, only when
+    they are not already)."""
     if events.dtype.names and "t" in events.dtype.names and events.size > 1:
         t = events["t"]
         if bool((t[1:] < t[:-1]).any()):
@@ -200,6 +203,8 @@ class CountFrames:
         return (p, events["x"].astype(np.int64)), (pol, w)
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
+        """Event counts ``[n_time_bins, polarities, H, W]`` (``[n_time_bins, polarities, W]`` without ``y``: SHD)
+        for one sample's ``events`` (a structured array ``[N]``), as tonic's ``ToFrame``."""
         frames = self.to_frame(events)
         if len(events) < self._LIMIT or frames.dtype.kind not in "iu":
             return frames

@@ -64,6 +64,9 @@ __all__ = ["EVENT_SPECS", "EventSpec", "check_layout", "load_event_dataset", "fr
 
 @dataclass(frozen=True)
 class EventSpec:
+    """One event dataset: its tonic class, class count, frame size after the spatial reduction
+    (``spatial_factor``) and the folder layout tonic reads (for messages)."""
+
     name: str            # --dataset value
     tonic_class: str     # tonic.datasets.<class>; also the sub-folder tonic reads
     num_classes: int

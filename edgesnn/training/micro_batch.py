@@ -78,7 +78,7 @@ def accumulate_gradients(
     check_loss: Callable[[float], None],
     weights: Optional[Sequence[torch.Tensor]] = None,
 ) -> float:
-    """Forward and backward of one optimizer step whose batch is ``parts`` (index tensors).
+    """Forward and backward of one optimizer step whose batch is ``parts`` (int64 index tensors ``[n_k]``).
 
     ``load(part)`` gives ``(x, y)`` on the model's device. Each part's mean loss is weighted by
     its share of the batch, so the summed gradients are those of the batch's mean loss.
