@@ -54,7 +54,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its usage errors (an unknown flag, a value outside ``choices``, ``invalid int
     value``, a missing required flag) on one line, without the usage block; the sub-command parsers
-    added through :meth:`add_subparsers` are of this class too (as ``edgesnn-device``'s parser)."""
+    added through :meth:`add_subparsers` are of this class too. ``edgesnn-device`` uses it as well."""
 
     def error(self, message: str) -> NoReturn:
         """Exit with status 2 after one line on stderr: ``PROG: error: MESSAGE (see PROG --help)``."""

@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from edgesnn.atomic import PathLike, check_not_inside, check_output, recover_dir, user_path
+from edgesnn.cli import OneLineParser
 from edgesnn.output_guard import GuardedDir
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError, refuse_empty, say_line
 
@@ -326,16 +327,9 @@ def check_resumable(out_dir: Path, step_format: bool) -> None:
                      "pass another --out, or --force to replace that folder and start from the exported weights")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error on one line (like every other error of the runner)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``edgesnn-device`` command line (one-line errors with exit status 2)."""
-    p = _Parser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
+    p = OneLineParser(prog="edgesnn-device", description="Fine-tune an exported edgesnn model with ONNX Runtime (no torch).")
     p.add_argument("artifacts", type=user_path, metavar="ARTIFACTS", help="artifact directory from `edgesnn export --format onnx-step` (or the legacy onnx-training)")
     p.add_argument("--data", type=user_path, required=True, help=".npz with x [N, *in_shape] float32 and y [N] int labels")
     p.add_argument("--epochs", type=int, default=1, help="epochs in this run, >= 1 (default 1; a resumed run adds them)")
