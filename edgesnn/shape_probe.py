@@ -11,20 +11,21 @@ which a training process that plans its layers would otherwise carry.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Tuple
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .fork_safe_lock import ForkSafeLock
 from .memory_guard import META_PROBE_BYTES
 
 __all__ = ["probe_output"]
 
 #: One probe at a time in the process: a probe sets the module (and its children) to eval mode and
-#: back, and two threads probing one model at once (planning it twice) left it in eval mode.
-_PROBE_LOCK = threading.RLock()
+#: back, and two threads probing one model at once (planning it twice) left it in eval mode. A
+#: forked child gets it unlocked.
+_PROBE_LOCK = ForkSafeLock(reentrant=True)
 
 
 def probe_output(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype = torch.float32, *,

@@ -164,18 +164,19 @@ def test_launcher_decides_after_the_layer_started_and_calls_directly_off_workque
         assert launch.launch(getattr(*k)) is getattr(*k)  # the direct path: the kernel itself
 
 
-def test_forked_child_gets_unlocked_launch_and_block_locks():
-    """A fork while another thread holds the launch lock (or the memopt block lock) must not leave
-    the child's lock held: the child's first launch would wait forever."""
+def test_forked_child_gets_unlocked_launch_block_and_probe_locks():
+    """A fork while another thread holds the launch lock (or the memopt block lock, or the shape
+    probe's) must not leave the child's lock held: the child's first launch would wait forever."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork")
     from edgesnn.kernels import launch
+    from edgesnn import shape_probe
     from edgesnn.memopt import handoff
 
     held, release = threading.Event(), threading.Event()
 
     def holder():
-        with launch._LOCK, handoff.run_lock():
+        with launch._LOCK, handoff.run_lock(), shape_probe._PROBE_LOCK:
             held.set()
             release.wait(30)
 
@@ -184,8 +185,8 @@ def test_forked_child_gets_unlocked_launch_and_block_locks():
     held.wait(30)
     try:
         pid = os.fork()
-        if pid == 0:  # child: both locks free
-            ok = launch._LOCK.acquire(timeout=2) and handoff.run_lock().acquire(timeout=2)
+        if pid == 0:  # child: every lock free
+            ok = all(lock.acquire(timeout=2) for lock in (launch._LOCK, handoff.run_lock(), shape_probe._PROBE_LOCK))
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
     finally:

@@ -23,13 +23,13 @@ covered by the lock.
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any, Callable, Optional
+
+from ..fork_safe_lock import ForkSafeLock
 
 __all__ = ["launch", "serialized"]
 
-_LOCK = threading.Lock()
+_LOCK = ForkSafeLock()  # renewed, unlocked, in a forked child
 #: ``None`` until the first launch; then ``True`` when launches are serialized (workqueue layer).
 _SERIAL: Optional[bool] = None
 
@@ -76,15 +76,6 @@ def _decide() -> bool:
 def serialized() -> Optional[bool]:
     """Whether kernel launches are serialized (``True`` on ``workqueue``), ``None`` before the first launch."""
     return _SERIAL
-
-
-def _fresh_lock_in_child() -> None:
-    global _LOCK
-    _LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 def _measure_overhead(calls: int = 200_000) -> float:

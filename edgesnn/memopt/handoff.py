@@ -18,7 +18,6 @@ one optimized model train from several threads (:mod:`edgesnn.memopt.block`).
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
@@ -27,10 +26,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .packing import SavedInput
     from .static import StaticBackward
 
+from ..fork_safe_lock import ForkSafeLock
+
 __all__ = ["hand_over", "take_handoff", "run_lock"]
 
 _HANDOFF = threading.local()
-_RUN_LOCK = threading.RLock()
+_RUN_LOCK = ForkSafeLock(reentrant=True)  # renewed, unlocked, in a forked child
 
 
 def _handoffs() -> Dict[int, tuple]:
@@ -53,15 +54,6 @@ def take_handoff(block: object) -> Tuple[Optional["SavedInput"], Optional["GradC
     return _handoffs().pop(id(block), (None, None, None))
 
 
-def run_lock() -> "threading.RLock":
+def run_lock() -> ForkSafeLock:
     """The process-wide re-entrant lock of recorded block forwards and backwards (see the module docstring)."""
     return _RUN_LOCK
-
-
-def _fresh_lock_in_child() -> None:
-    global _RUN_LOCK
-    _RUN_LOCK = threading.RLock()  # (a fork while another thread held it)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_lock_in_child)
