@@ -85,6 +85,19 @@ def test_validate_planner_micro_batch_ratio_in_json(monkeypatch, tmp_path):
         assert r["rss_err_pct"] == pytest.approx(100 * (r["rss_pred"] - r["rss_meas"]) / r["rss_meas"], rel=1e-12)
 
 
+def test_validate_planner_zero_measurement_is_a_failed_worker_line(monkeypatch, capsys):
+    """A worker that measured 0 bytes (nothing saved: a broken measurement) ends with one line
+    naming the row, exit 1, not a ZeroDivisionError traceback."""
+    vp = _load("validate_planner", monkeypatch)
+    monkeypatch.setattr(vp, "run_fresh", lambda spec: dict(activation_bytes=0, peak_rss_bytes=100 << 20, step_s=0.5))
+    monkeypatch.setattr(vp, "predict", lambda spec, overhead: dict(activation_bytes=10 << 20, peak_bytes=110 << 20))
+    monkeypatch.setattr("edgesnn.devices.torch_runtime_overhead", lambda: (0, "test"))
+    assert vp.run_main(vp.main, ["--quick"], prog="validate_planner.py") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("validate_planner.py: error: ")
+    assert "activation: the worker measured 0 bytes (expected > 0)" in err[0]
+
+
 def _phases_result(measured_peak: int) -> dict:
     shape = {"unfused_pool": False, "pool_autograd": False}
     return {"model": "convnet", "neuron": "lif", "T": 2, "batch": 4, "chunks": [1, 2], "holds": [0, 0],

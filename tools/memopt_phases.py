@@ -35,7 +35,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: edgesnn from any folder
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, check_out, err_pct, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 SUITE = [(*cfg, "lif", True) for cfg in [
     ("convnet", 1, 32, None), ("convnet", 3, 32, None), ("convnet", 8, 32, None), ("convnet", 8, 32, 4),
@@ -151,17 +151,12 @@ def run_fresh(name: str, T: int, batch: int, chunk: Optional[int], threads: int,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _err_pct(pred: float, meas: float) -> Optional[float]:
-    """Prediction error against the measurement (the baseline), percent; ``None`` when nothing was measured."""
-    return 100.0 * (pred - meas) / meas if meas > 0 else None
-
-
 def annotate(r: dict) -> dict:
     """Add the printed errors to a worker's result (in place; also returned): ``baseline`` (the
     measured peak), ``unit`` (bytes), ``err_pct`` (the step's) and ``phase_err_pct`` (per phase)."""
     r["baseline"], r["unit"] = "measured (VmHWM minus the RSS before the step)", "bytes"
-    r["err_pct"] = _err_pct(r["predicted_peak"], r["measured_peak"])
-    r["phase_err_pct"] = {k: _err_pct(p, r["measured"][k]) for k, p in r["predicted"].items() if k in r["measured"]}
+    r["err_pct"] = err_pct(r["predicted_peak"], r["measured_peak"])
+    r["phase_err_pct"] = {k: err_pct(p, r["measured"][k]) for k, p in r["predicted"].items() if k in r["measured"]}
     return r
 
 

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Callable, List, Optional, Sequence
 
 __all__ = ["positive_int", "nonneg_int", "add_force", "check_out", "write_json", "finite", "WorkerError",
-           "worker_error", "run_main"]
+           "worker_error", "run_main", "err_pct", "measured_err_pct"]
 
 
 def _int(text: str, least: int) -> int:
@@ -85,6 +85,21 @@ def write_json(path: "os.PathLike[str] | str", obj: Any, indent: int = 2, newlin
 
     text = json.dumps(finite(obj), indent=indent, allow_nan=False) + ("\n" if newline else "")
     atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def err_pct(predicted: float, measured: float) -> Optional[float]:
+    """A prediction's error against its measurement (the baseline), in percent of the measurement;
+    ``None`` when nothing was measured (``measured <= 0``)."""
+    return 100.0 * (predicted - measured) / measured if measured > 0 else None
+
+
+def measured_err_pct(predicted: float, measured: float, what: str) -> float:
+    """:func:`err_pct` of a row that must have been measured; a zero measurement of ``what`` is the
+    worker's failure (:class:`WorkerError`), not an error of 0 or infinity percent."""
+    err = err_pct(predicted, measured)
+    if err is None:
+        raise WorkerError(f"{what}: the worker measured {measured!r} bytes (expected > 0)")
+    return err
 
 
 class WorkerError(RuntimeError):

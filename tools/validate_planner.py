@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # edgesnn from any folder (check_out imports it before the measurement)
 sys.path.insert(0, str(ROOT / "tools"))
 
-from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, check_out, measured_err_pct, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 #: (model, in_shape, T, batch, neuron, extra build kwargs)
 CONFIGS = [
@@ -206,7 +206,7 @@ def network_main(args) -> int:
                 pred, phase = meas["predicted_peak_bytes"], "edgesnn.planner.network"
             else:
                 continue
-            err = (pred - meas["peak_bytes"]) / meas["peak_bytes"] * 100
+            err = measured_err_pct(pred, meas["peak_bytes"], f"row {row} T={T} peak")
             rows.append(dict(row=row, T=T, batch=args.batch, predicted_bytes=int(pred), measured_bytes=int(meas["peak_bytes"]),
                              err_pct=err, phase=phase))
             print(f"| {row:10} | {T:>3} | {pred / 2**20:9.1f} | {meas['peak_bytes'] / 2**20:9.1f} | {err:+6.1f}% | {phase:27} |",
@@ -296,8 +296,8 @@ def main(argv=None) -> int:
         spec = _spec(cfg, args.backend, args.micro_batch)
         meas = run_fresh(spec)
         pred = predict(spec, runtime_overhead)
-        ea = (pred["activation_bytes"] - meas["activation_bytes"]) / meas["activation_bytes"] * 100
-        er = (pred["peak_bytes"] - meas["peak_rss_bytes"]) / meas["peak_rss_bytes"] * 100
+        ea = measured_err_pct(pred["activation_bytes"], meas["activation_bytes"], f"{_label(spec['neuron'])} activation")
+        er = measured_err_pct(pred["peak_bytes"], meas["peak_rss_bytes"], f"{_label(spec['neuron'])} peak RSS")
         row = dict(model=spec["model"], neuron=_label(spec["neuron"]), T=spec["T"], B=spec["B"],
                    activation_pred=pred["activation_bytes"], activation_meas=meas["activation_bytes"], activation_err_pct=ea,
                    rss_pred=pred["peak_bytes"], rss_meas=meas["peak_rss_bytes"], rss_err_pct=er, step_s=meas["step_s"])
