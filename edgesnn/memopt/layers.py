@@ -19,7 +19,8 @@ from ..nn import LIF, RevLIF
 from ..nn.layers import SeqToANN
 
 __all__ = ["Step", "BaseForward", "child_steps", "block_steps", "own_forward", "output_codec", "is_node",
-           "node_refusal", "hooked", "global_hooks", "runs_plain_forward", "pair", "recomputable_parametrizations"]
+           "node_refusal", "hooked", "global_hooks", "runs_plain_forward", "pair", "recomputable_parametrizations",
+           "leaf_step"]
 
 # Kinds: "node" (LIF/RevLIF), "bn" (BatchNorm), "param" (a layer with parameters: conv, linear),
 # "free" (no parameters, deterministic: pooling, flatten, activations without state).
@@ -180,7 +181,7 @@ def recomputable_parametrizations(m: nn.Module) -> bool:
     return all(type(f) is weight_norm for plist in m.parametrizations.values() for f in plist)
 
 
-def _leaf_step(m: nn.Module) -> Optional[Step]:
+def leaf_step(m: nn.Module) -> Optional[Step]:
     """``m`` as a :class:`Step`, or ``None`` if unsupported: a layer with hooks (they would be
     bypassed or called per chunk), with a parametrization other than ``weight_norm``
     (:func:`recomputable_parametrizations`), a BatchNorm with its own forward (the chunked
@@ -201,7 +202,7 @@ def _leaf_step(m: nn.Module) -> Optional[Step]:
 
 
 def _wrapped_steps(leaves: List[nn.Module]) -> Optional[List[Step]]:
-    steps = [_leaf_step(x) if not isinstance(x, nn.Sequential) else None for x in leaves]
+    steps = [leaf_step(x) if not isinstance(x, nn.Sequential) else None for x in leaves]
     return None if any(s is None for s in steps) else steps  # type: ignore[return-value]
 
 
@@ -229,7 +230,7 @@ def child_steps(m: nn.Module) -> Optional[List[Step]]:
     if _is_seq_container(m):
         return _wrapped_steps(list(m))
     if getattr(m, "step_mode", None) == "m":
-        s = _leaf_step(m)
+        s = leaf_step(m)
         return None if s is None else [s]
     return None
 
@@ -251,7 +252,7 @@ def own_forward(m: nn.Module) -> bool:
     ``_conv_forward``) below its torch base class (``class Noisy(nn.Conv2d)``). A block would call
     that code again per chunk in backward, so a random draw, a call count or a batch-dependent value
     would differ from the forward's (as for Dropout): such a layer is left as it is. SpikingJelly
-    layers are judged by their own rule (:func:`_sj_unchanged`), BatchNorm by :func:`_leaf_step`."""
+    layers are judged by their own rule (:func:`_sj_unchanged`), BatchNorm by :func:`leaf_step`."""
     if getattr(m, "step_mode", None) is not None:
         return False
     base = _torch_base(type(m))

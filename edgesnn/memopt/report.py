@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..nn.layers import SeqToANN
-from .layers import block_steps, child_steps, hooked, is_node, node_refusal, recomputable_parametrizations
+from .layers import block_steps, child_steps, hooked, is_node, leaf_step, node_refusal, recomputable_parametrizations
 
 __all__ = ["check_example_input", "check_initialized", "as_chunk", "is_whole_number", "preserved_state",
            "user_hooks_suspended", "trace_error", "spiking_node", "warn_left_as_is"]
@@ -136,19 +136,46 @@ def spiking_node(m: nn.Module) -> bool:
     return isinstance(m, _SpikingNode)
 
 
+def _wrapped_layers(m: nn.Module) -> List[nn.Module]:
+    """The per-step layers a multi-step wrapper holds (``SeqToANN``, SpikingJelly's
+    ``SeqToANNContainer``; an inner plain ``nn.Sequential`` unrolled), else ``[]``."""
+    if isinstance(m, SeqToANN):
+        inner = m.module
+        return list(inner) if type(inner) is nn.Sequential else [inner]
+    if type(m).__name__ == "SeqToANNContainer" and isinstance(m, nn.Sequential):
+        return list(m)
+    return []
+
+
+def _unsupported_reason(m: nn.Module) -> str:
+    """Why the child ``m`` that :func:`child_steps` refuses is left as it is, naming the layer
+    inside a wrapper that is the cause (``"its GroupNorm is not a supported layer"``)."""
+    inner = _wrapped_layers(m)
+    drop = next((x for x in [m] + inner if "Dropout" in type(x).__name__), None)
+    if drop is not None:
+        its = "" if drop is m else f"its {type(drop).__name__}: "
+        return its + "not supported: a recomputation would draw a new mask"
+    if isinstance(m, SeqToANN) and type(m) is not SeqToANN and not hooked(m):
+        return "a SeqToANN subclass: its own methods would be bypassed"
+    if not all(recomputable_parametrizations(x) for x in m.modules()):
+        return "a parametrization other than weight_norm: a recomputation would compute it again"
+    if hooked(m):
+        return "has hooks"
+    for x in inner:
+        if any(hooked(y) for y in x.modules()):
+            return f"its {type(x).__name__} has hooks"
+        if isinstance(x, nn.Sequential) or leaf_step(x) is None:
+            return f"its {type(x).__name__} is not a supported layer"
+    return "not a supported layer"
+
+
 def _reason(m: nn.Module) -> str:
     if spiking_node(m) and node_refusal(m) is None and not is_node(m):
         return "not supported: LIF and RevLIF nodes only"
     if node_refusal(m) is not None:
         return str(node_refusal(m))
     if child_steps(m) is None:
-        if "Dropout" in type(m).__name__:
-            return "not supported: a recomputation would draw a new mask"
-        if isinstance(m, SeqToANN) and type(m) is not SeqToANN and not hooked(m):
-            return "a SeqToANN subclass: its own methods would be bypassed"
-        if not all(recomputable_parametrizations(x) for x in m.modules()):
-            return "a parametrization other than weight_norm: a recomputation would compute it again"
-        return "not a supported layer, or has hooks"
+        return _unsupported_reason(m)
     if block_steps(m) is None:
         return "a layer subclass with its own forward: a recomputation would run it again"
     return "no LIF/RevLIF node follows it in its run"
