@@ -33,7 +33,7 @@ def _integer_labels(y: np.ndarray, path: Path, flag: str, num_classes: int) -> n
     if y.dtype.kind == "f" and y.size:
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
-            raise UsageError(f"{where} holds non-integer labels (e.g. {y[bad].flat[0]!r}); expected integer class indices")
+            raise UsageError(f"{where} holds non-integer labels (e.g. {y[bad].flat[0].item()!r}); expected integer class indices")
     if y.size:
         lo, hi = y.min(), y.max()  # in y's own dtype: exact for every integer dtype
         lo, hi = (int(lo), int(hi))

@@ -15,22 +15,37 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:
     import concurrent.futures
 
-__all__ = ["register", "warmup", "compile_notice", "default_jobs"]
+__all__ = ["register", "warmup", "compile_notice", "neuron_kernel_modules", "default_jobs"]
 
 #: memory set aside per compile worker (each imports PyTorch and runs LLVM: ~0.5 GB measured)
 _WORKER_BYTES = 2**30
 
 
-def compile_notice(backend: str = "auto") -> Optional[str]:
+#: the cached kernel module each neuron kind of ``edgesnn train --neuron`` runs on the Numba backend
+_NEURON_KERNEL_MODULES = {"lif": "numba_cpu", "revlif": "numba_revlif"}
+
+
+def neuron_kernel_modules(neuron: Union[str, Sequence[str]] = "lif") -> Tuple[str, ...]:
+    """The cached kernel modules (:data:`~edgesnn.kernels.cache_key.CACHED_KERNEL_MODULES`) that the
+    nodes of a ``--neuron`` spec compile: ``"lif"`` -> ``("numba_cpu",)``, ``"revlif:4"`` ->
+    ``("numba_revlif",)``; a list (one spec per spiking layer) gives each kind once, in that order."""
+    specs = [neuron] if isinstance(neuron, str) else list(neuron)
+    kinds = [str(spec).strip().lower().partition(":")[0] for spec in specs]
+    return tuple(dict.fromkeys(_NEURON_KERNEL_MODULES[k] for k in kinds if k in _NEURON_KERNEL_MODULES))
+
+
+def compile_notice(backend: str = "auto", neuron: Union[str, Sequence[str]] = "lif") -> Optional[str]:
     """A one-line notice when the CPU kernels are about to be JIT-compiled (cold cache), else ``None``.
 
-    Cheap: looks for Numba's index files of :mod:`edgesnn.kernels.numba_cpu` in the cache folder
-    (see :func:`edgesnn.kernels.config.cache_dir`); compiles nothing.
+    Cheap: looks for Numba's index files of the kernel modules that ``neuron``'s nodes run (see
+    :func:`neuron_kernel_modules`) in the cache folder (see :func:`edgesnn.kernels.config.cache_dir`);
+    compiles nothing. A LIF run fills only ``numba_cpu``'s files and a RevLIF run only
+    ``numba_revlif``'s, so one kind's warm cache says nothing about the other's.
     """
     if backend not in ("auto", "numba"):
         return None
@@ -42,7 +57,8 @@ def compile_notice(backend: str = "auto") -> Optional[str]:
     folder = cache_dir()
     if not folder:
         return "compiling Numba kernels (~5-40 s; no writable cache folder, so every run compiles them)"
-    if any(_own_cache(Path(folder)).glob("numba_cpu.*.nbi")):
+    own = _own_cache(Path(folder))
+    if all(any(own.glob(f"{module}.*.nbi")) for module in neuron_kernel_modules(neuron)):
         return None
     return f"compiling Numba kernels once (~5-40 s; cached in {folder}; `edgesnn warmup` does it ahead)"
 

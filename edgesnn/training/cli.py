@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     from ..kernels.cli import compile_notice
 
     def notice() -> None:
-        text = compile_notice(args.backend)
+        text = compile_notice(args.backend, cfg.neuron)  # the kernels of the run's own neurons
         if text:
             print(text, file=sys.stderr)
 
