@@ -131,8 +131,21 @@ def _lif_kernel(name: str, x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch
     _check_kernel_input(name, x_seq, p)
     if v0 is None:
         v0 = _lif.initial_state(x_seq[0], p)
-    s, v_T = _ops.lif_apply(x_seq.contiguous(), v0.contiguous(), *_ops.lif_params_args(p), name)
+    s, v_T = _ops.lif_apply(_kernel_input(name, x_seq), v0.contiguous(), *_ops.lif_params_args(p), name)
     return s, v_T
+
+
+def _kernel_input(name: str, x_seq: torch.Tensor) -> torch.Tensor:
+    """``x_seq [T, B, ...]`` as the LIF op takes it: contiguous, except an eager CPU input that is the
+    same at every step (stride 0 along T, ``x.unsqueeze(0).expand(T, ...)``) and needs a gradient,
+    which goes in as it is: the Numba kernels read its first step at every step, so autograd keeps
+    the expanded view (one step's bytes) instead of a ``[T, B, ...]`` copy until the backward (same
+    spikes and gradients, bit for bit). Without a gradient the copy lives only during the call, as
+    the planner models the model input's copy in the first layer."""
+    if (name == "numba" and x_seq.requires_grad and torch.is_grad_enabled() and eager() and x_seq.shape[0] > 1
+            and x_seq.stride(0) == 0):
+        return x_seq
+    return x_seq.contiguous()
 
 
 def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional[torch.Tensor]):
