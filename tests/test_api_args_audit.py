@@ -213,3 +213,19 @@ def test_revlif_step_functions_name_a_wrong_argument():
         revlif_step_backward(y, v_new, bits, torch.ones(2, 4), torch.zeros_like(v_new), p)
     x_rec, v_rec, _, _ = revlif_step_backward(y, v_new, bits, torch.ones_like(y), torch.zeros_like(v_new), p)
     assert torch.equal(v_rec, v)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda v: LIFParams(tau=v), "tau"),
+    (lambda v: LIFParams(v_threshold=v), "v_threshold"),
+    (lambda v: RevLIFParams(alpha=v), "alpha"),
+])
+@pytest.mark.parametrize("value", [torch.tensor(3.0), np.array([3.0])])
+def test_a_tensor_setting_is_named_as_a_tensor(make, name, value):
+    """Node settings are plain numbers; a tensor (e.g. a learned tau passed on) is refused in one
+    line that says it got a tensor and how to pass its value, not only "expected a finite number"."""
+    with pytest.raises(ValueError) as err:
+        make(value)
+    msg = str(err.value)
+    assert msg.startswith(f"{name}: expected a finite number") and "\n" not in msg
+    assert f"(a {type(value).__module__.split('.')[0]}.{type(value).__name__}: pass a Python number" in msg

@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "check_sequence", "check_state", "check_finite", "NonFiniteInputError", "NonFiniteGradientError",
-    "all_finite", "eager", "autocast_on", "check_finite_input", "check_finite_grads", "is_real_number", "is_integer", "check_int", "check_flag",
+    "all_finite", "eager", "autocast_on", "check_finite_input", "check_finite_grads", "is_real_number", "shown_number", "is_integer", "check_int", "check_flag",
     "check_params", "check_tensor",
 ]
 
@@ -29,6 +29,14 @@ def is_real_number(v: object) -> bool:
         return False
     f = float(v)
     return math.isfinite(f) and abs(f) <= FLOAT32_MAX
+
+
+def shown_number(v: object) -> str:
+    """``repr(v)`` for the error of a setting that must be a plain number (:func:`is_real_number`);
+    for a tensor it says so and how to pass its value (settings are Python numbers, not tensors)."""
+    if hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, numbers.Real):  # torch / NumPy array
+        return f"{v!r} (a {type(v).__module__.split('.')[0]}.{type(v).__name__}: pass a Python number, e.g. value.item())"
+    return repr(v)
 
 
 def is_integer(v: object) -> bool:

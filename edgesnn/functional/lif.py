@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 from .checks import (check_finite_grads, check_finite_input, check_flag, check_params, check_sequence, check_state,
-                     check_tensor, eager, is_real_number)
+                     check_tensor, eager, is_real_number, shown_number)
 from .second_order import first_order_only, func_transform_depth
 from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 
@@ -78,11 +78,11 @@ class LIFParams(ResetRule):
     def __post_init__(self) -> None:
         object.__setattr__(self, "surrogate", get_surrogate(self.surrogate))
         if not is_real_number(self.tau) or self.tau <= 1.0:
-            raise ValueError(f"tau: expected a finite number > 1 (time steps; float32 range), got {self.tau!r}")
+            raise ValueError(f"tau: expected a finite number > 1 (time steps; float32 range), got {shown_number(self.tau)}")
         if not is_real_number(self.v_threshold):
-            raise ValueError(f"v_threshold: expected a finite number (float32 range), got {self.v_threshold!r}")
+            raise ValueError(f"v_threshold: expected a finite number (float32 range), got {shown_number(self.v_threshold)}")
         if self.v_reset is not None and not is_real_number(self.v_reset):
-            raise ValueError(f"v_reset: expected a finite number (float32 range) or None (soft reset), got {self.v_reset!r}")
+            raise ValueError(f"v_reset: expected a finite number (float32 range) or None (soft reset), got {shown_number(self.v_reset)}")
         object.__setattr__(self, "decay_input", check_flag(self.decay_input, "decay_input"))
         object.__setattr__(self, "detach_reset", check_flag(self.detach_reset, "detach_reset"))
         if self.v_reset is not None and self.v_reset >= self.v_threshold:

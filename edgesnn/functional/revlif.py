@@ -34,7 +34,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .checks import check_finite_input, check_params, check_sequence, check_state, check_tensor, eager, is_integer, is_real_number
+from .checks import (check_finite_input, check_params, check_sequence, check_state, check_tensor, eager, is_integer,
+                     is_real_number, shown_number)
 from .grid import (
     INPUT_RANGE,
     STATE_LIMIT,
@@ -105,7 +106,7 @@ class RevLIFParams:
         for name in ("alpha", "beta", "gamma"):
             value = getattr(self, name)
             if not is_real_number(value):
-                raise ValueError(f"{name}: expected a finite number (float32 range), got {value!r}")
+                raise ValueError(f"{name}: expected a finite number (float32 range), got {shown_number(value)}")
             object.__setattr__(self, name, float(value))
         if self.alpha == 0.0 or self.beta == 0.0:
             raise ValueError(f"alpha and beta must be non-zero for the step to be invertible, got alpha={self.alpha}, beta={self.beta}")

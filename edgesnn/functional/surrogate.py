@@ -27,7 +27,7 @@ from typing import Union
 
 import torch
 
-from .checks import is_real_number
+from .checks import is_real_number, shown_number
 
 __all__ = [
     "Surrogate", "Sigmoid", "ATan", "PiecewiseQuadratic", "PiecewiseExp", "SoftSign", "SuperSpike", "Erf",
@@ -51,7 +51,7 @@ class Surrogate:
 
     def __post_init__(self) -> None:
         if not (is_real_number(self.alpha) and 0 < self.alpha <= MAX_ALPHA):
-            raise ValueError(f"surrogate alpha: expected a number in (0, {MAX_ALPHA:g}], got {self.alpha!r}")
+            raise ValueError(f"surrogate alpha: expected a number in (0, {MAX_ALPHA:g}], got {shown_number(self.alpha)}")
         object.__setattr__(self, "alpha", float(self.alpha))  # a NumPy scalar times a tensor would be an array
 
     def grad(self, u: torch.Tensor) -> torch.Tensor:
