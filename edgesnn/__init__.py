@@ -22,4 +22,8 @@ def __getattr__(name: str):
         from .memopt import optimize_memory
 
         return optimize_memory
+    if name == "checkpoint_over_time":
+        from .memopt import checkpoint_over_time
+
+        return checkpoint_over_time
     raise AttributeError(f"module 'edgesnn' has no attribute {name!r}")

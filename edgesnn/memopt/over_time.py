@@ -1,0 +1,221 @@
+"""``checkpoint_over_time``: a model's own per-time-step code, run a few time steps at a time and
+recomputed the same way in backward.
+
+:func:`~edgesnn.memopt.optimize.optimize_memory` rewrites the layers it knows (convolution, linear,
+BatchNorm, pooling, LIF/RevLIF nodes). Code of the model's own between them, such as a spiking
+self-attention's matrix products and head reshapes, stays plain, and autograd keeps its
+intermediates for all T: in a Spikformer-style model (2 blocks, 64 channels, 4 heads, batch 8,
+T = 16) that was 83% of what the optimized model saved. Wrapped in :func:`checkpoint_over_time`,
+such code keeps only its inputs (1 bit per element when they hold spikes) and never builds more
+than ``chunk`` time steps of its intermediates, in forward or in backward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..functional.checks import autocast_on, check_int, eager
+from .packing import SavedInput, save_input
+
+__all__ = ["checkpoint_over_time"]
+
+
+def checkpoint_over_time(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor, chunk: int = 1,
+                         check: bool = True) -> torch.Tensor:
+    """``fn(*inputs)`` computed ``chunk`` time steps at a time; backward recomputes each chunk.
+
+    Args:
+        fn: a function of ``[k, ...]`` tensors (steps ``t0:t0+k`` of every input) returning one
+            ``[k, ...]`` tensor, that treats every time step on its own: no state carried over T,
+            no operation across dim 0, no random numbers (Dropout), no BatchNorm in training mode.
+            An ``nn.Module`` gets its parameters' gradients; a plain function must not use tensors
+            that need a gradient other than its inputs.
+        inputs: tensors ``[T, ...]`` with the same T (dim 0). Floating inputs that hold only 0 and
+            1 (spikes) are kept for backward as 1 bit per element, an input repeated over T as a
+            view (``expand``) once, any other as it is (a reference, not a copy).
+        chunk: time steps per call of ``fn`` (>= 1): the intermediates of ``chunk`` steps are
+            alive at a time.
+        check: compare ``fn`` on the first ``2 * chunk`` steps at once with its chunks (one line
+            error when they differ: ``fn`` mixes time steps); costs ``2 * chunk`` steps of forward.
+
+    Returns:
+        ``[T, ...]``: what ``fn(*inputs)`` returns, gradients included (``fn``'s parameters
+        accumulate theirs as usual). Under tracing, compiling, ONNX export or fake tensors (the
+        shape trace of ``optimize_memory``) it is ``fn(*inputs)`` itself.
+
+    Raises:
+        ValueError: one line naming ``fn``, ``inputs`` or ``chunk`` and what was expected.
+    """
+    chunk = check_int(chunk, "chunk", 1)
+    if not callable(fn):
+        raise ValueError(f"fn: expected a function or module of [k, ...] tensors, got {type(fn).__name__}")
+    T = _check_inputs(inputs)
+    if not eager() or any(_is_fake(x) for x in inputs):
+        return fn(*inputs)
+    if autocast_on(inputs[0]):
+        raise ValueError("fn: checkpoint_over_time does not run under torch.autocast (its recomputation would not "
+                         "see it); cast the inputs and fn instead")
+    if isinstance(fn, nn.Module) and fn.training:
+        _refuse_per_run_layers(fn)
+    params = _trainable_parameters(fn)
+    if not torch.is_grad_enabled() or not any(x.requires_grad for x in (*inputs, *params)):
+        return _chunked_forward(fn, inputs, T, chunk, check, probe_grad=torch.is_grad_enabled() and not params)
+    return _OverTime.apply(fn, chunk, check, len(inputs), *inputs, *params)
+
+
+def _check_inputs(inputs: Sequence[torch.Tensor]) -> int:
+    if not inputs:
+        raise ValueError("inputs: expected at least one [T, ...] tensor")
+    for i, x in enumerate(inputs):
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            raise ValueError(f"inputs[{i}]: expected a [T, ...] tensor, got {type(x).__name__ if not isinstance(x, torch.Tensor) else 'a 0-d tensor'}")
+    T = inputs[0].shape[0]
+    bad = next((i for i, x in enumerate(inputs) if x.shape[0] != T), None)
+    if bad is not None:
+        raise ValueError(f"inputs[{bad}]: expected T = {T} time steps (dim 0) like inputs[0], got {inputs[bad].shape[0]}")
+    return T
+
+
+def _is_fake(x: torch.Tensor) -> bool:
+    if x.device.type == "meta":
+        return True
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - every supported PyTorch has it
+        return False
+    return bool(is_fake(x))
+
+
+def _trainable_parameters(fn: Callable[..., torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    return tuple(p for p in fn.parameters() if p.requires_grad) if isinstance(fn, nn.Module) else ()
+
+
+def _refuse_per_run_layers(fn: nn.Module) -> None:
+    """A module in training mode whose result depends on the whole run or on the random stream."""
+    from .report import spiking_node
+
+    for name, m in fn.named_modules():
+        where = f"fn's {type(m).__name__} at '{name}'" if name else f"fn ({type(m).__name__})"
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            raise ValueError(f"{where}: BatchNorm in training mode normalises over every time step; "
+                             "keep it outside checkpoint_over_time (optimize_memory chunks it exactly)")
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            raise ValueError(f"{where}: a recomputation would draw a new Dropout mask; keep it outside checkpoint_over_time")
+        if spiking_node(m) or (type(m).__module__.startswith("spikingjelly") and type(m).__name__.endswith("Node")):
+            raise ValueError(f"{where}: a spiking node carries its state over T; keep it outside checkpoint_over_time "
+                             "(optimize_memory handles nodes)")
+
+
+def _rng_states(device: torch.device) -> List[torch.Tensor]:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _chunked_forward(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], T: int, chunk: int,
+                     check: bool, probe_grad: bool = False) -> torch.Tensor:
+    """``fn`` over ``[t0:t0+chunk]`` of every input in turn, into one ``[T, ...]`` output. With
+    ``probe_grad`` (a plain function about to be recomputed) the first chunk runs under autograd
+    on inputs without gradients: an output that needs one comes from tensors ``fn`` closes over."""
+    rng = _rng_states(inputs[0].device)
+    out: Optional[torch.Tensor] = None
+    for t0 in range(0, T, chunk):
+        t1 = min(t0 + chunk, T)
+        with torch.set_grad_enabled(probe_grad and t0 == 0):
+            y = fn(*(x[t0:t1].detach() for x in inputs))
+        if isinstance(y, torch.Tensor) and y.requires_grad:
+            raise ValueError("fn: uses tensors that need a gradient other than its inputs (parameters of a module it "
+                             "closes over?); pass that nn.Module as fn, or their gradients would be lost")
+        if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != t1 - t0 or (
+                out is not None and y.shape[1:] != out.shape[1:]):
+            got = f"shape {list(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"fn: expected one [k, ...] tensor for a chunk of k = {t1 - t0} time steps "
+                             f"(the same [...] for every chunk), got {got}")
+        if out is None:
+            out = y.new_empty((T, *y.shape[1:]))
+        out[t0:t1] = y
+        del y
+    if any(not torch.equal(a, b) for a, b in zip(rng, _rng_states(inputs[0].device))):
+        raise ValueError("fn: draws random numbers (Dropout?); a recomputation would draw others: keep that part "
+                         "outside checkpoint_over_time")
+    assert out is not None
+    if check and T >= 2 * chunk:
+        whole, parts = fn(*(x[:2 * chunk].detach() for x in inputs)), out[:2 * chunk]
+        if whole.shape != parts.shape or not _close(whole, parts):
+            raise ValueError(f"fn: gives other values on {2 * chunk} time steps at once than in chunks of {chunk}: it "
+                             "mixes time steps (an operation across dim 0, state carried over T, BatchNorm in training "
+                             "mode?); checkpoint_over_time needs a function of each time step on its own")
+    return out
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to rounding: a batched product over 2 chunks may round unlike 2 calls (tolerance
+    relative to the largest magnitude, at least 8 units in the last place of the dtype)."""
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    rtol = max(1e-4, 8 * torch.finfo(a.dtype).eps)
+    scale = float(b.detach().abs().amax()) if b.numel() else 0.0
+    return torch.allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True)
+
+
+def _codec(x: torch.Tensor) -> str:
+    """``bits`` for a floating tensor of 0s and 1s (kept exactly at 1 bit per element), else ``dense``."""
+    if x.is_floating_point() and x.numel() and bool(((x == 0) | (x == 1)).all()):
+        return "bits"
+    return "dense"
+
+
+class _OverTime(torch.autograd.Function):
+    """Forward: :func:`_chunked_forward` with the inputs saved compactly. Backward: per chunk,
+    unpack the inputs, run ``fn`` again under autograd and take the input and parameter gradients."""
+
+    @staticmethod
+    def forward(ctx, fn, chunk, check, n_inputs, *tensors):  # type: ignore[override]
+        inputs, params = tensors[:n_inputs], tensors[n_inputs:]
+        T = inputs[0].shape[0]
+        out = _chunked_forward(fn, inputs, T, chunk, check, probe_grad=not isinstance(fn, nn.Module))
+        ctx.fn, ctx.chunk, ctx.T, ctx.params = fn, chunk, T, params
+        ctx.saved = [save_input(x, _codec(x)) for x in inputs]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        saved: List[SavedInput] = ctx.saved
+        if saved is None:
+            raise RuntimeError("checkpoint_over_time: backward ran twice; pass retain_graph=False or call the function again")
+        for s in saved:
+            s.check_unmodified()
+        n = len(saved)
+        need_in = ctx.needs_input_grad[4:4 + n]
+        need_p = ctx.needs_input_grad[4 + n:]
+        params = [p for p, need in zip(ctx.params, need_p) if need]
+        grads_in = [torch.zeros(s.shape, dtype=s.dtype, device=s.data.device) if need else None
+                    for s, need in zip(saved, need_in)]
+        grads_p: List[Optional[torch.Tensor]] = [None] * len(params)
+        for t0 in range(0, ctx.T, ctx.chunk):
+            t1 = min(t0 + ctx.chunk, ctx.T)
+            xs = [s.chunk(t0, t1).detach().requires_grad_(need) for s, need in zip(saved, need_in)]
+            with torch.enable_grad():
+                y = ctx.fn(*xs)
+            wanted = [x for x, need in zip(xs, need_in) if need] + params
+            gs = torch.autograd.grad(y, wanted, grad_out[t0:t1], allow_unused=True)
+            it = iter(gs)
+            for g_all, need in zip(grads_in, need_in):
+                if need:
+                    g = next(it)
+                    if g is not None:
+                        g_all[t0:t1] = g
+            for j in range(len(params)):
+                g = next(it)
+                if g is not None:
+                    grads_p[j] = g if grads_p[j] is None else grads_p[j] + g
+            del xs, y, gs
+        ctx.saved = None
+        it_p = iter(grads_p)
+        out_p = [next(it_p) if need else None for need in need_p]
+        return (None, None, None, None, *grads_in, *out_p)

@@ -1,0 +1,171 @@
+"""``edgesnn.checkpoint_over_time``: a model's own per-time-step code (a spiking self-attention)
+run ``chunk`` time steps at a time and recomputed per chunk in backward: the same values and
+gradients as calling it plainly, never more than ``chunk`` steps of its intermediates at once,
+spike inputs kept as bits (not the caller's dense tensor), and a one-line error for a function it
+cannot recompute (mixing time steps, random numbers, BatchNorm in training, hidden parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+import edgesnn
+from edgesnn.nn import LIF, SeqToANN
+
+T, B, N, C, H = 6, 3, 5, 8, 2
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 0.25) -> torch.Tensor:
+    """Spikformer-style attention per time step on ``[t, B, N, C]`` (H heads), no softmax."""
+    t, b = q.shape[:2]
+    q, k, v = (z.reshape(t, b, N, H, C // H).transpose(2, 3) for z in (q, k, v))
+    return ((q @ k.transpose(-2, -1)) * scale @ v).transpose(2, 3).reshape(t, b, N, C)
+
+
+class _Attention(nn.Module):
+    """The attention with a trainable gain and a Linear on its output (parameters of ``fn``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1.5))
+        self.out = nn.Linear(C, C)
+        self.steps_seen: list = []
+
+    def forward(self, q, k, v):
+        self.steps_seen.append(q.shape[0])
+        return self.out(_attention(q, k, v) * self.gain)
+
+
+def _qkv(x: torch.Tensor, lin: nn.Module, lif: nn.Module):
+    s = lif(lin(x))
+    q, k, v = s.chunk(3, -1)
+    return q, k, v * 0.5 + 0.125  # q, k spikes; v not binary (kept as it is)
+
+
+def _run(fn, chunk, use, x, lin, lif, params):
+    for p in params:
+        p.grad = None
+    x = x.clone().requires_grad_(True)
+    q, k, v = _qkv(x, lin, lif)
+    y = edgesnn.checkpoint_over_time(fn, q, k, v, chunk=chunk) if use else fn(q, k, v)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+    return [y.detach(), x.grad] + [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 6])
+@pytest.mark.parametrize("module", [True, False])
+def test_values_and_gradients_match_the_plain_call(chunk, module):
+    torch.manual_seed(0)
+    lin, lif = nn.Linear(C, 3 * C).double(), LIF(backend="torch", step_mode="m")
+    att = _Attention().double()
+    fn = att if module else _attention
+    params = list(lin.parameters()) + (list(att.parameters()) if module else [])
+    x = torch.randn(T, B, N, C, dtype=torch.float64) * 2
+    plain = _run(fn, chunk, False, x, lin, lif, params)
+    att.steps_seen.clear()
+    chunked = _run(fn, chunk, True, x, lin, lif, params)
+    for a, b in zip(plain, chunked):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), (a - b).abs().max()
+    if module:  # forward chunks, the 2-chunk check, backward chunks: never the whole run
+        assert max(att.steps_seen) <= min(2 * chunk, T) and len(att.steps_seen) >= 2 * -(-T // chunk)
+
+
+def test_spike_inputs_are_kept_as_bits_not_as_the_callers_tensor():
+    """The caller's dense spike tensors can be freed after the forward: only their bits stay."""
+    torch.manual_seed(1)
+    w = torch.randn(C, C, requires_grad=True)
+    q = (torch.rand(T, B, N, C) > 0.5).float() @ w.detach()  # any producer that needs a gradient
+    q = (q > 0).float() + 0 * (q * w.sum())  # 0/1 values with a gradient path to w
+    k = q.detach().flip(0).requires_grad_(True)
+    v = torch.randn(T, B, N, C)  # not binary: kept as it is
+    ref_q, ref_k = weakref.ref(q), weakref.ref(k)
+    y = edgesnn.checkpoint_over_time(_attention, q, k, v, chunk=2)
+    k_leaf = k
+    del q, k
+    gc.collect()
+    assert ref_q() is None  # not held by the graph: packed to bits
+    assert ref_k() is not None  # (a leaf the caller still holds)
+    y.sum().backward()
+    assert w.grad is not None and k_leaf.grad is not None and k_leaf.grad.shape == (T, B, N, C)
+
+
+def test_inside_an_optimized_model_gradients_match():
+    """``optimize_memory`` traces the model on fake tensors (the function runs plainly there) and
+    the optimized model with its attention recomputed over time trains like the plain model."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Sequential(SeqToANN(nn.Linear(C, 3 * C), nn.BatchNorm1d(N)), LIF(backend="torch", step_mode="m"))
+            self.proj = nn.Sequential(SeqToANN(nn.Linear(C, C), nn.BatchNorm1d(N)), LIF(backend="torch", step_mode="m"))
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, -1)
+            return self.proj(edgesnn.checkpoint_over_time(_attention, q, k, v, chunk=2))
+
+    torch.manual_seed(2)
+    plain = nn.Sequential(Block(), Block()).double()
+    opt = copy.deepcopy(plain)
+    x = torch.rand(T, B, N, C, dtype=torch.float64) * 3
+    plan = edgesnn.optimize_memory(opt, x, chunk=2)
+    assert len(plan.blocks) == 4  # qkv and proj of both blocks
+    grads = []
+    for model in (plain, opt):
+        xx = x.clone().requires_grad_(True)
+        model(xx).square().sum().backward()
+        grads.append([xx.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_without_gradients_it_runs_in_chunks_with_the_same_values():
+    q, k, v = (torch.rand(T, B, N, C) for _ in range(3))
+    with torch.no_grad():
+        assert torch.allclose(edgesnn.checkpoint_over_time(_attention, q, k, v, chunk=4), _attention(q, k, v),
+                              rtol=1e-6, atol=1e-6)
+
+
+def _fn_error(case):
+    x = torch.rand(4, 2, requires_grad=True)
+    lin = nn.Linear(2, 2)
+    cases = {
+        "mixes": (lambda a: a.cumsum(0), (x,), "fn: gives other values on 2 time steps at once"),
+        "random": (lambda a: torch.nn.functional.dropout(a, 0.5), (x,), "fn: draws random numbers"),
+        "hidden": (lambda a: lin(a), (x,), "fn: uses tensors that need a gradient other than its inputs"),
+        "bn": (nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), (x,), "fn's BatchNorm1d at '1': BatchNorm in training"),
+        "node": (nn.Sequential(nn.Linear(2, 2), LIF()), (x,), "fn's LIF at '1': a spiking node"),
+        "shape": (lambda a: a.sum(), (x,), "fn: expected one [k, ...] tensor for a chunk of k = 1"),
+        "T": (lambda a, b: a + b, (x, torch.rand(3, 2)), "inputs[1]: expected T = 4 time steps"),
+        "tensor": (lambda a: a, (3,), "inputs[0]: expected a [T, ...] tensor, got int"),
+    }
+    return cases[case]
+
+
+@pytest.mark.parametrize("case", ["mixes", "random", "hidden", "bn", "node", "shape", "T", "tensor"])
+def test_a_function_it_cannot_recompute_is_one_line(case):
+    fn, args, expected = _fn_error(case)
+    with pytest.raises(ValueError) as err:
+        edgesnn.checkpoint_over_time(fn, *args)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
+
+
+def test_bad_chunk_and_second_backward_and_inplace_change_are_refused():
+    x = torch.rand(4, 2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^chunk: expected an integer >= 1, got 0$"):
+        edgesnn.checkpoint_over_time(torch.sin, x, chunk=0)
+    y = edgesnn.checkpoint_over_time(torch.sin, x * 2)
+    y.sum().backward(retain_graph=True)
+    assert torch.allclose(x.grad, 2 * torch.cos(2 * x))
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        y.sum().backward()
+    d = x.detach().clone().requires_grad_(True) * 1.5  # dense (not 0/1): kept as the caller's tensor
+    y = edgesnn.checkpoint_over_time(torch.sin, d)
+    d.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
