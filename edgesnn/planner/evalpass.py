@@ -6,8 +6,11 @@ otherwise). Nothing is saved for backward, so each layer's input is freed as soo
 exists; the transient is the largest ``input + output + workspace`` over the layers (all
 ``[T, B, ...]`` tensors, B the evaluation batch). What the replay counts, in bytes:
 
-* the evaluation batch: inputs ``B x sample`` (activation dtype) and int64 targets ``B x 8``;
-* the first layer's expand-and-copy of the input over T (``T x B x sample``), as in training;
+* the evaluation batch: inputs ``B x sample`` (activation dtype; ``T x B x sample`` for event data)
+  and int64 targets ``B x 8``;
+* the first layer's expand-and-copy of the input over T (``T x B x sample``), as in training
+  (:meth:`~edgesnn.planner.memory_model.ChainModel.input_copy_bytes`: none for event data, nor
+  for a ``torch`` / ``reference`` node fed the input, which reads it step by step);
 * per layer: its output, and the transient it allocates under ``no_grad`` beside its input and
   output (:func:`eval_option_cost` for the spiking layers; a stateless layer's training private
   bytes and workspace, a conservative bound);
@@ -30,7 +33,7 @@ import torch
 from ..nn import RevLIF
 from .memory_model import ChainModel, Cost, Layer, node_as, option_cost, resolved_backend
 
-__all__ = ["eval_option_cost", "eval_forward_peak", "eval_dynamic_peak", "eval_lines"]
+__all__ = ["eval_option_cost", "no_grad_cost", "eval_forward_peak", "eval_dynamic_peak", "eval_lines"]
 
 
 def eval_option_cost(layer: Layer, option: str, dtype_bytes: int, T: int) -> Cost:
@@ -75,19 +78,28 @@ def eval_option_cost(layer: Layer, option: str, dtype_bytes: int, T: int) -> Cos
     return private + work
 
 
+def no_grad_cost(layer: Layer, option: str, dtype_bytes: int, T: int) -> Cost:
+    """Bytes a layer allocates beside its input and output when it records no graph (under
+    ``no_grad``, or before the first layer that records: :meth:`ChainModel.records`), as a :class:`Cost`:
+    :func:`eval_option_cost` for a spiking layer under ``option``, a stateless layer's training
+    private bytes and workspace otherwise (a conservative bound). Nothing is saved: it lives only
+    while the layer runs."""
+    if layer.spiking is not None:
+        return eval_option_cost(layer, option, dtype_bytes, T)
+    return layer.private + layer.work
+
+
 def _events(chain: ChainModel, options: Sequence[str], T: int, B: int) -> List[int]:
     """Live bytes after each allocation of one ``no_grad`` forward at batch ``B``."""
     db = chain.dtype_bytes
     size = lambda per_step: int(round(T * B * per_step))  # noqa: E731  [T, B, ...] tensor bytes
-    live = {"data": B * db * math.prod(chain.in_shape) + 8 * B, 0: size(chain.edge_bytes[0])}
+    data = B * db * math.prod(chain.in_shape) * (T if chain.events else 1) + 8 * B  # inputs and int64 targets
+    live = {"data": data, 0: size(chain.input_copy_bytes(options))}
     events = [sum(live.values())]
     for j, L in enumerate(chain.layers):
         if L.view:
             continue
-        if L.spiking is not None:
-            extra = eval_option_cost(L, options[L.spiking], db, T)
-        else:
-            extra = L.private + L.work
+        extra = no_grad_cost(L, options[L.spiking] if L.spiking is not None else "", db, T)
         live[chain.out_edge[j]] = size(chain.edge_bytes[chain.out_edge[j]])
         events.append(sum(live.values()) + extra.bytes(T, B))
         live.pop(chain.in_edge[j], None)

@@ -25,6 +25,8 @@ RevLIF (float)         ``y``, ``v_T`` and int32 spike counts (4 bytes per neuron
 anything else          measured with saved-tensor hooks on a probe input (linear fit in size)
 =====================  ===================================================================
 
+Layers before the first trainable parameter (a node or pooling fed the input, a frozen layer) save
+nothing: the input needs no gradient, so PyTorch records no graph there (:meth:`ChainModel.records`).
 The model input ``[B, ...]`` is expanded over T and copied by the first ``SeqToANN`` reshape
 (``T x B x input`` bytes; with one sample, or T = 1, the expanded view reshapes without a copy and
 the batch itself, ``B x input``, is what the first layer saves: :attr:`Cost.repeat`); an event
@@ -348,14 +350,34 @@ class ChainModel:
                 self.edge_producer.append(j)
                 cur = len(self.edge_bytes) - 1
             self.out_edge.append(cur)
+        self.first_recording: Optional[int] = next((j for j, L in enumerate(self.layers) if L.params or (
+            L.module is not None and any(p.requires_grad for p in L.module.parameters()))), None)  # see records
         # edges saved by fixed (non-spiking) layers: counted in the fixed part
         self.fixed_saved = set()
         for j, L in enumerate(self.layers):
-            if L.spiking is None:
+            if L.spiking is None and self.records(j):
                 if L.saves_input:
                     self.fixed_saved.add(self.in_edge[j])
                 if L.saves_output:
                     self.fixed_saved.add(self.out_edge[j])
+
+    def records(self, j: int) -> bool:
+        """Whether layer ``j`` records autograd's graph: it or a layer before it has a trainable parameter
+        (else it saves nothing, has no backward, and what it would save is a forward temporary)."""
+        return self.first_recording is not None and j >= self.first_recording
+
+    def input_copy_bytes(self, options: Sequence[str]) -> float:
+        """Bytes per step and sample of the forward's ``[T, B, ...]`` copy of the model input: none for
+        events (used as is) or a ``torch`` / ``reference`` node first (it reads the input step by step)."""
+        first = self.layers[0] if self.layers else None
+        if self.events:
+            return 0.0
+        if first is not None and first.spiking is not None:
+            kind, _ = parse_neuron_spec(options[first.spiking])
+            node = node_as(first.module, LIF if kind == "lif" else RevLIF)
+            if resolved_backend(node, self.dtype) in ("torch", "reference"):
+                return 0.0
+        return self.edge_bytes[0]
 
     def edge_cost(self, e: int) -> Cost:
         """Bytes of storage ``e`` when saved: a ``[T, B, ...]`` tensor; edge 0 of a static input
@@ -369,14 +391,16 @@ class ChainModel:
         c = ZERO
         for e in sorted(self.fixed_saved):
             c = c + self.edge_cost(e)
-        for L in self.layers:
-            if L.spiking is None:
+        for j, L in enumerate(self.layers):
+            if L.spiking is None and self.records(j):
                 c = c + L.private
         return c + Cost(sample=4 * self.num_classes + 8, const=4)  # log_softmax, int64 target, loss
 
     def layer_option_cost(self, spiking_index: int, option: str) -> Cost:
         """Extra saved bytes of one spiking layer under ``option``, on top of :meth:`fixed_cost`."""
         L = self.spiking[spiking_index]
+        if not self.records(L.index):
+            return ZERO
         saves_in, saves_out, private, _, _ = option_cost(L, option, self.dtype_bytes)
         c = private + placeholder_cost(L, option, self.dtype_bytes)
         for flag, e in ((saves_in, self.in_edge[L.index]), (saves_out, self.out_edge[L.index])):

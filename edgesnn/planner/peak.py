@@ -4,14 +4,19 @@ The step is ``zero_grad(set_to_none=True)``; forward; loss; backward; ``optimize
 replay follows what PyTorch does on the CPU:
 
 * forward: each layer allocates its output (unless it is a view) and what it saves; its input is
-  freed when no layer saved it. The expand-and-copy of the input happens in the first layer; an
+  freed when no layer saved it. The expand-and-copy of the input happens in the first layer
+  (not in a ``torch`` / ``reference`` spiking node, which reads the expanded input step by step); an
   event input (``ChainModel(events=True)``) is ``[T, B, ...]`` already and is not copied. (One
   sample's expanded view reshapes without a copy, so its *saved* bytes are one step's,
   :attr:`Cost.repeat`; the replay keeps the copy's bytes there, a few KiB at most above the
-  RSS, so that every event stays linear in B.)
-* backward (reverse order): a layer allocates its input gradient (not for the model input) and
-  its parameter gradients (kept until the optimizer step); the output gradient is freed after
-  it, and each saved storage is freed after the last layer that saved it has run.
+  RSS, so that every event stays linear in B.) Layers before the first one with a trainable
+  parameter record no graph (:meth:`ChainModel.records`): they save nothing and have no
+  backward, and what they would save is a forward temporary (as under ``no_grad``:
+  :func:`~edgesnn.planner.evalpass.no_grad_cost`).
+* backward (reverse order): a layer that records allocates its input gradient (not the first
+  one: its input needs none) and its parameter gradients (kept until the optimizer step); the
+  output gradient is freed after it, and each saved storage is freed after the last layer that
+  saved it has run.
 * optimizer step: all gradients and states live; Adam's ``foreach`` update adds about one
   parameter-sized temporary.
 * ``accumulate=True``: a later micro-batch of a step (``edgesnn train --micro-batch``): every
@@ -29,6 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
+from .costs import ZERO
+from .evalpass import no_grad_cost
 from .memory_model import ChainModel, option_cost, placeholder_cost
 
 __all__ = ["StepPeak", "simulate_step", "peak_lines", "largest_batch"]
@@ -66,7 +73,10 @@ def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, opt
     work: Dict[int, int] = {}
     bwork: Dict[int, int] = {}
     for j, L in enumerate(layers):
-        if L.spiking is not None:
+        if not chain.records(j):  # no graph: nothing saved, no backward; its temporaries live in its forward
+            si, so, p, bw = False, False, ZERO, ZERO
+            w = no_grad_cost(L, options[L.spiking] if L.spiking is not None else "", db, T)
+        elif L.spiking is not None:
             si, so, p, w, bw = option_cost(L, options[L.spiking], db)
             p = p + placeholder_cost(L, options[L.spiking], db)
         else:
@@ -80,7 +90,7 @@ def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, opt
         bwork[j] = bw.bytes(T, B)
 
     data = B * db * _prod(chain.in_shape) * (T if chain.events else 1) + 8 * B  # the input batch and int64 targets
-    live: Dict[object, int] = {"data": data, 0: 0 if chain.events else size(chain.edge_bytes[0])}
+    live: Dict[object, int] = {"data": data, 0: size(chain.input_copy_bytes(options))}
     if accumulate:  # the earlier parts' parameter gradients
         live.update({("pgrad", j): 4 * L.params for j, L in enumerate(layers) if L.params})
     peak, phase = sum(live.values()), "forward"
@@ -115,13 +125,13 @@ def simulate_step(chain: ChainModel, options: Sequence[str], T: int, B: int, opt
     grad = size(chain.edge_bytes[last])
     live[("grad",)] = grad
     bump(0, "backward")
-    first_real = next((j for j, L in enumerate(layers) if not L.view), None)
     for j in range(len(layers) - 1, -1, -1):
         L = layers[j]
-        if L.view:
+        if L.view or not chain.records(j):
             continue
         e_in = chain.in_edge[j]
-        g_in = 0 if j == first_real else size(chain.edge_bytes[e_in])
+        # the first layer that records has an input without a gradient: no input gradient
+        g_in = 0 if j == chain.first_recording else size(chain.edge_bytes[e_in])
         added = 0
         if L.params and accumulate:
             added = 4 * L.params  # the new gradient, before it is added into the resident one
