@@ -169,3 +169,122 @@ def test_bad_chunk_and_second_backward_and_inplace_change_are_refused():
     d.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def _grads(fn, make, use, chunk=2, **kw):
+    """Output and gradients (inputs needing one, then ``fn``'s parameters) of a weighted sum of
+    ``fn(*make())``, called plainly or through ``checkpoint_over_time``."""
+    torch.manual_seed(0)
+    xs = make()
+    y = edgesnn.checkpoint_over_time(fn, *xs, chunk=chunk, **kw) if use else fn(*xs)
+    wrt = [x for x in xs if x.requires_grad] + (list(fn.parameters()) if isinstance(fn, nn.Module) else [])
+    return [y.detach()] + list(torch.autograd.grad((y * torch.linspace(-1, 2, y.numel()).view(y.shape)).sum(), wrt))
+
+
+def test_negative_zero_is_kept_as_it_is_not_as_bits():
+    """-0.0 == 0, but bits unpack it as +0.0, and ``1 / x`` tells them apart: the recomputed
+    gradient would differ from the forward's."""
+    x = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [1.0, -0.0], [-0.0, 0.0]])
+
+    def fn(a, w):
+        return w * (1 / a > 0).to(w.dtype)
+
+    make = lambda: [x, torch.full((4, 2), 1.5, requires_grad=True)]  # noqa: E731
+    for a, b in zip(_grads(fn, make, False), _grads(fn, make, True)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("T, chunk, silent", [(5, 3, 0), (8, 1, 4), (9, 2, 5)])
+def test_mixing_is_caught_below_two_chunks_and_after_silent_first_steps(T, chunk, silent):
+    """T < 2 chunk was not checked at all; a run whose first steps hold no spikes hid the mixing."""
+    x = (torch.rand(T, 3) > 0.3).float()
+    x[:silent] = 0
+    with pytest.raises(ValueError, match=r"^fn: gives other values on \d+ time steps at once than in chunks"):
+        edgesnn.checkpoint_over_time(lambda a: a.cumsum(0), x, chunk=chunk)
+
+
+def test_nan_and_inf_neither_break_nor_void_the_check():
+    x = torch.rand(6, 2)
+    x[0, 0] = float("nan")
+    y = edgesnn.checkpoint_over_time(lambda a: a * 2, x, chunk=2)
+    assert torch.equal(y.isnan(), (x * 2).isnan()) and torch.equal(y[1:], x[1:] * 2)
+    x[0, 0] = float("inf")  # an Inf (where fn is per step) made the tolerance infinite: any value passed
+    with pytest.raises(ValueError, match="^fn: gives other values on 4 time steps"):
+        edgesnn.checkpoint_over_time(lambda a: torch.cat([a[:, :1], a[:, 1:].cumsum(0)], 1), x, chunk=2)
+
+
+def test_zero_time_steps_is_the_plain_call():
+    x = torch.rand(0, 3, requires_grad=True)
+    y = edgesnn.checkpoint_over_time(torch.sin, x)
+    assert y.shape == (0, 3)
+    y.sum().backward()
+    assert x.grad.shape == (0, 3)
+
+
+class _Scaled(nn.Module):
+    """``x * w`` after ``pre`` (a plain function of ``x``)."""
+
+    def __init__(self, pre=lambda a: a) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.full((2,), 1.5))
+        self.pre = pre
+
+    def forward(self, a):
+        return self.pre(a) * self.w
+
+
+def test_in_place_change_of_an_input_is_refused():
+    """Unchecked, the backward's recomputation doubled the caller's tensor again: a wrong w.grad."""
+    x = torch.ones(4, 2)
+    with pytest.raises(ValueError, match=r"^fn: modifies inputs\[0\] in place"):
+        edgesnn.checkpoint_over_time(_Scaled(lambda a: a.mul_(2)), x, check=False)
+
+
+def test_module_closing_over_a_tensor_that_needs_a_gradient_is_refused():
+    outside = nn.Linear(2, 2)  # not a submodule of fn: its gradients were silently lost
+    with pytest.raises(ValueError, match="^fn: uses tensors that need a gradient other than its inputs and its own"):
+        edgesnn.checkpoint_over_time(_Scaled(lambda a: outside(a)), torch.rand(4, 2, requires_grad=True))
+
+
+@pytest.mark.parametrize("node", ["edgesnn", "spikingjelly"])
+def test_spiking_node_is_refused_in_eval_mode_too(node):
+    from spikingjelly.activation_based import neuron
+
+    lif = LIF(backend="torch", step_mode="m") if node == "edgesnn" else neuron.LIFNode(step_mode="m")
+    fn = nn.Sequential(nn.Linear(2, 2), lif).eval()
+    with pytest.raises(ValueError, match="a spiking node carries its state over T"):
+        edgesnn.checkpoint_over_time(fn, torch.rand(8, 3, 2) * 3, check=False)
+
+
+def test_parameter_changed_between_forward_and_backward_is_refused():
+    fn = nn.Linear(2, 2)
+    y = edgesnn.checkpoint_over_time(fn, torch.rand(4, 2, requires_grad=True))
+    with torch.no_grad():
+        fn.weight.mul_(3)  # an optimizer step between the two
+    with pytest.raises(RuntimeError, match="modified by an inplace operation: fn's parameter 'weight'"):
+        y.sum().backward()
+
+
+def test_backward_recomputes_in_the_forwards_train_eval_mode():
+    fn = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)).eval()
+    x = torch.rand(16, 2, requires_grad=True)
+    plain = torch.autograd.grad(fn(x).square().sum(), x)[0]
+    y = edgesnn.checkpoint_over_time(fn, x)
+    fn.train()
+    assert torch.allclose(torch.autograd.grad(y.square().sum(), x)[0], plain, rtol=1e-6, atol=1e-7)
+    assert fn[1].training
+
+
+def test_chunk_whose_output_needs_no_gradient():
+    fn = _Scaled(lambda a: a)
+    fn.forward = lambda a: a * 2  # w unused
+    x, z = torch.rand(4, 2), torch.rand(1, requires_grad=True)
+    (edgesnn.checkpoint_over_time(fn, x).sum() + z.sum()).backward()
+    assert z.grad is not None and fn.w.grad is None
+
+
+def test_double_backward_is_refused_not_silently_first_order():
+    x = torch.rand(4, 2, requires_grad=True)
+    y = edgesnn.checkpoint_over_time(torch.sin, x * 1)
+    with pytest.raises(RuntimeError, match="^checkpoint_over_time: no double backward"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)

@@ -12,13 +12,14 @@ than ``chunk`` time steps of its intermediates, in forward or in backward.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..functional.checks import autocast_on, check_int, eager
-from .packing import SavedInput, save_input
+from .packing import SavedInput, _version, save_input
 
 __all__ = ["checkpoint_over_time"]
 
@@ -30,16 +31,18 @@ def checkpoint_over_time(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
     Args:
         fn: a function of ``[k, ...]`` tensors (steps ``t0:t0+k`` of every input) returning one
             ``[k, ...]`` tensor, that treats every time step on its own: no state carried over T,
-            no operation across dim 0, no random numbers (Dropout), no BatchNorm in training mode.
-            An ``nn.Module`` gets its parameters' gradients; a plain function must not use tensors
-            that need a gradient other than its inputs.
+            no operation across dim 0, no random numbers (Dropout), no BatchNorm in training mode,
+            no spiking node (in any mode), no in-place change of its inputs. An ``nn.Module`` gets
+            its parameters' gradients (recomputed in its forward's train/eval mode); other tensors
+            it uses must not need a gradient.
         inputs: tensors ``[T, ...]`` with the same T (dim 0). Floating inputs that hold only 0 and
-            1 (spikes) are kept for backward as 1 bit per element, an input repeated over T as a
+            1 (spikes; not -0.0) are kept for backward as 1 bit per element, an input repeated over T as a
             view (``expand``) once, any other as it is (a reference, not a copy).
         chunk: time steps per call of ``fn`` (>= 1): the intermediates of ``chunk`` steps are
             alive at a time.
-        check: compare ``fn`` on the first ``2 * chunk`` steps at once with its chunks (one line
-            error when they differ: ``fn`` mixes time steps); costs ``2 * chunk`` steps of forward.
+        check: compare ``fn`` on ``2 * chunk`` steps at once (the last two whole chunks; all T
+            when T < 2 * chunk) with its chunks (one line error when they differ: ``fn`` mixes time
+            steps); costs ``min(T, 2 * chunk)`` steps of forward.
 
     Returns:
         ``[T, ...]``: what ``fn(*inputs)`` returns, gradients included (``fn``'s parameters
@@ -48,21 +51,23 @@ def checkpoint_over_time(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
 
     Raises:
         ValueError: one line naming ``fn``, ``inputs`` or ``chunk`` and what was expected.
+        RuntimeError: in backward, when ``fn``'s parameters or buffers (or an input kept as it is)
+            changed in place since the forward, for a second backward, or for ``create_graph=True``.
     """
     chunk = check_int(chunk, "chunk", 1)
     if not callable(fn):
         raise ValueError(f"fn: expected a function or module of [k, ...] tensors, got {type(fn).__name__}")
     T = _check_inputs(inputs)
-    if not eager() or any(_is_fake(x) for x in inputs):
+    if T == 0 or not eager() or any(_is_fake(x) for x in inputs):
         return fn(*inputs)
     if autocast_on(inputs[0]):
         raise ValueError("fn: checkpoint_over_time does not run under torch.autocast (its recomputation would not "
                          "see it); cast the inputs and fn instead")
-    if isinstance(fn, nn.Module) and fn.training:
+    if isinstance(fn, nn.Module):
         _refuse_per_run_layers(fn)
     params = _trainable_parameters(fn)
     if not torch.is_grad_enabled() or not any(x.requires_grad for x in (*inputs, *params)):
-        return _chunked_forward(fn, inputs, T, chunk, check, probe_grad=torch.is_grad_enabled() and not params)
+        return _chunked_forward(fn, inputs, T, chunk, check, probe_grad=torch.is_grad_enabled())
     return _OverTime.apply(fn, chunk, check, len(inputs), *inputs, *params)
 
 
@@ -94,7 +99,8 @@ def _trainable_parameters(fn: Callable[..., torch.Tensor]) -> Tuple[torch.Tensor
 
 
 def _refuse_per_run_layers(fn: nn.Module) -> None:
-    """A module in training mode whose result depends on the whole run or on the random stream."""
+    """A module whose result depends on the whole run (a spiking node in any mode, BatchNorm in
+    training mode) or on the random stream (Dropout in training mode)."""
     from .report import spiking_node
 
     for name, m in fn.named_modules():
@@ -119,17 +125,20 @@ def _rng_states(device: torch.device) -> List[torch.Tensor]:
 def _chunked_forward(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], T: int, chunk: int,
                      check: bool, probe_grad: bool = False) -> torch.Tensor:
     """``fn`` over ``[t0:t0+chunk]`` of every input in turn, into one ``[T, ...]`` output. With
-    ``probe_grad`` (a plain function about to be recomputed) the first chunk runs under autograd
-    on inputs without gradients: an output that needs one comes from tensors ``fn`` closes over."""
+    ``probe_grad`` the first chunk runs under autograd on inputs (and an ``nn.Module``'s own
+    parameters) without gradients: an output that needs one comes from tensors ``fn`` closes over."""
     rng = _rng_states(inputs[0].device)
+    versions = [_version(x) for x in inputs]
     out: Optional[torch.Tensor] = None
     for t0 in range(0, T, chunk):
         t1 = min(t0 + chunk, T)
         with torch.set_grad_enabled(probe_grad and t0 == 0):
-            y = fn(*(x[t0:t1].detach() for x in inputs))
+            y = _call_detached(fn, [x[t0:t1].detach() for x in inputs], probe_grad and t0 == 0)
+        _refuse_input_changes(inputs, versions)
         if isinstance(y, torch.Tensor) and y.requires_grad:
-            raise ValueError("fn: uses tensors that need a gradient other than its inputs (parameters of a module it "
-                             "closes over?); pass that nn.Module as fn, or their gradients would be lost")
+            raise ValueError("fn: uses tensors that need a gradient other than its inputs and its own parameters (a "
+                             "module it closes over?); pass an nn.Module holding them as fn, or their gradients "
+                             "would be lost")
         if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != t1 - t0 or (
                 out is not None and y.shape[1:] != out.shape[1:]):
             got = f"shape {list(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
@@ -143,13 +152,40 @@ def _chunked_forward(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Ten
         raise ValueError("fn: draws random numbers (Dropout?); a recomputation would draw others: keep that part "
                          "outside checkpoint_over_time")
     assert out is not None
-    if check and T >= 2 * chunk:
-        whole, parts = fn(*(x[:2 * chunk].detach() for x in inputs)), out[:2 * chunk]
-        if whole.shape != parts.shape or not _close(whole, parts):
-            raise ValueError(f"fn: gives other values on {2 * chunk} time steps at once than in chunks of {chunk}: it "
-                             "mixes time steps (an operation across dim 0, state carried over T, BatchNorm in training "
-                             "mode?); checkpoint_over_time needs a function of each time step on its own")
+    if check and T > chunk:
+        _check_window(fn, inputs, out, T, chunk)
+        _refuse_input_changes(inputs, versions)
     return out
+
+
+def _call_detached(fn: Callable[..., torch.Tensor], xs: List[torch.Tensor], probe: bool) -> torch.Tensor:
+    """``fn(*xs)``; for a probe of an ``nn.Module``, with its parameters detached (only tensors it
+    closes over can then make the output need a gradient)."""
+    if probe and isinstance(fn, nn.Module):
+        detached = {name: p.detach() for name, p in fn.named_parameters()}
+        return torch.func.functional_call(fn, detached, tuple(xs))
+    return fn(*xs)
+
+
+def _refuse_input_changes(inputs: Sequence[torch.Tensor], versions: List[Optional[int]]) -> None:
+    """One line error when ``fn`` modified an input in place (its recomputation would see other values)."""
+    for i, (x, v) in enumerate(zip(inputs, versions)):
+        if v is not None and x._version != v:
+            raise ValueError(f"fn: modifies inputs[{i}] in place (e.g. mul_); its chunks and their recomputation "
+                             "would see other values: use the out-of-place operation (mul)")
+
+
+def _check_window(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], out: torch.Tensor, T: int,
+                  chunk: int) -> None:
+    """``fn`` on ``min(T, 2 * chunk)`` steps at once against ``out``'s chunks there: the last two
+    whole chunks (a spiking run's first steps are often silent and would hide a mixing ``fn``)."""
+    t0 = chunk * ((T - 2 * chunk) // chunk) if T >= 2 * chunk else 0
+    t1 = min(t0 + 2 * chunk, T)
+    whole, parts = fn(*(x[t0:t1].detach() for x in inputs)), out[t0:t1]
+    if not isinstance(whole, torch.Tensor) or whole.shape != parts.shape or not _close(whole, parts):
+        raise ValueError(f"fn: gives other values on {t1 - t0} time steps at once than in chunks of {chunk}: it "
+                         "mixes time steps (an operation across dim 0, state carried over T, BatchNorm in training "
+                         "mode?); checkpoint_over_time needs a function of each time step on its own")
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -158,15 +194,47 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     if not a.is_floating_point():
         return torch.equal(a, b)
     rtol = max(1e-4, 8 * torch.finfo(a.dtype).eps)
-    scale = float(b.detach().abs().amax()) if b.numel() else 0.0
+    finite = b.detach().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # an Inf or NaN would void the tolerance
+    scale = float(finite.amax()) if b.numel() else 0.0
     return torch.allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True)
 
 
 def _codec(x: torch.Tensor) -> str:
-    """``bits`` for a floating tensor of 0s and 1s (kept exactly at 1 bit per element), else ``dense``."""
-    if x.is_floating_point() and x.numel() and bool(((x == 0) | (x == 1)).all()):
+    """``bits`` for a floating tensor of 0s and 1s (kept exactly at 1 bit per element), else ``dense``
+    (also for -0.0, which unpacks as +0.0 and can change ``fn``: ``1 / x``, ``copysign``)."""
+    if x.is_floating_point() and x.numel() and bool(((x == 1) | ((x == 0) & ~torch.signbit(x))).all()):
         return "bits"
     return "dense"
+
+
+def _module_state(fn: Callable[..., torch.Tensor]) -> Tuple[list, list]:
+    """What an ``nn.Module`` ``fn``'s recomputation depends on besides its inputs: each submodule's
+    training flag, and each parameter's and buffer's version (empty for a plain function)."""
+    if not isinstance(fn, nn.Module):
+        return [], []
+    tensors = [(f"parameter '{n}'", t) for n, t in fn.named_parameters()]
+    tensors += [(f"buffer '{n}'", t) for n, t in fn.named_buffers()]
+    return [(m, m.training) for m in fn.modules()], [(what, t, _version(t)) for what, t in tensors]
+
+
+@contextmanager
+def _as_in_forward(state: Tuple[list, list]) -> Iterator[None]:
+    """Refuse parameters or buffers changed in place since the forward (as PyTorch does for a saved
+    tensor); run with every submodule in its forward's train/eval mode, then restore the modes."""
+    modes, versions = state
+    for what, t, version in versions:
+        if version is not None and t._version != version:
+            raise RuntimeError("one of the variables needed for gradient computation has been modified by an "
+                               f"inplace operation: fn's {what} is at version {t._version}; expected version "
+                               f"{version} instead (checkpoint_over_time recomputes fn in backward)")
+    now = [m.training for m, _ in modes]
+    try:
+        for m, training in modes:
+            m.training = training
+        yield
+    finally:
+        for (m, _), training in zip(modes, now):
+            m.training = training
 
 
 class _OverTime(torch.autograd.Function):
@@ -177,19 +245,28 @@ class _OverTime(torch.autograd.Function):
     def forward(ctx, fn, chunk, check, n_inputs, *tensors):  # type: ignore[override]
         inputs, params = tensors[:n_inputs], tensors[n_inputs:]
         T = inputs[0].shape[0]
-        out = _chunked_forward(fn, inputs, T, chunk, check, probe_grad=not isinstance(fn, nn.Module))
+        out = _chunked_forward(fn, inputs, T, chunk, check, probe_grad=True)
         ctx.fn, ctx.chunk, ctx.T, ctx.params = fn, chunk, T, params
         ctx.saved = [save_input(x, _codec(x)) for x in inputs]
+        ctx.state = _module_state(fn)
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         saved: List[SavedInput] = ctx.saved
         if saved is None:
             raise RuntimeError("checkpoint_over_time: backward ran twice; pass retain_graph=False or call the function again")
+        if torch.is_grad_enabled():
+            raise RuntimeError("checkpoint_over_time: no double backward (create_graph=True): its gradients would "
+                               "miss their own gradients; call fn plainly there")
         for s in saved:
             s.check_unmodified()
+        with _as_in_forward(ctx.state):
+            return _OverTime._recompute(ctx, saved, grad_out)
+
+    @staticmethod
+    def _recompute(ctx, saved: List[SavedInput], grad_out: torch.Tensor) -> tuple:
+        """Per chunk: ``fn`` again under autograd, the input and parameter gradients of ``grad_out``."""
         n = len(saved)
         need_in = ctx.needs_input_grad[4:4 + n]
         need_p = ctx.needs_input_grad[4 + n:]
@@ -202,6 +279,8 @@ class _OverTime(torch.autograd.Function):
             xs = [s.chunk(t0, t1).detach().requires_grad_(need) for s, need in zip(saved, need_in)]
             with torch.enable_grad():
                 y = ctx.fn(*xs)
+            if not y.requires_grad:  # this chunk's output uses no parameter or input that needs a gradient
+                continue
             wanted = [x for x, need in zip(xs, need_in) if need] + params
             gs = torch.autograd.grad(y, wanted, grad_out[t0:t1], allow_unused=True)
             it = iter(gs)
