@@ -6,9 +6,8 @@ Each case is predicted by :func:`edgesnn.planner.solver.predict` and measured as
 
 import pytest
 import torch
-from torch import nn
 
-from edgesnn.memory import SavedTensorCounter, _storage_key
+from _saved_bytes import saved_bytes_of_step
 from edgesnn.models import build_model
 from edgesnn.planner.costs import Cost
 from edgesnn.planner.memory_model import ChainModel
@@ -21,16 +20,6 @@ except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
 
-def _measure(m: nn.Module, x: torch.Tensor) -> int:
-    y = torch.randint(0, 10, (x.shape[-len(m.in_shape) - 1],))
-    pk = {_storage_key(p) for p in m.parameters()} | {_storage_key(b) for b in m.buffers()}
-    with SavedTensorCounter() as c:
-        loss = nn.functional.cross_entropy(m(x), y)
-    n = sum(v for k, v in c.storages.items() if k not in pk)
-    c._keep.clear()
-    loss.backward()
-    return n
-
 
 def _check(name, shape, T, B, neuron, backend, events=False, revlif=None, **kw):
     torch.manual_seed(0)
@@ -39,7 +28,7 @@ def _check(name, shape, T, B, neuron, backend, events=False, revlif=None, **kw):
     opts = [neuron] * len(chain.spiking) if isinstance(neuron, str) else list(neuron)
     pred = predict(chain, opts, T, B, 0)
     x = torch.randn(T, B, *shape) if events else torch.randn(B, *shape)
-    meas = _measure(m, x)
+    meas = saved_bytes_of_step(m, x)
     assert pred["activation_bytes"] == meas, (pred["activation_bytes"], meas)
     return chain, pred
 
@@ -92,6 +81,6 @@ def test_a_plan_for_an_event_dataset_counts_its_input_as_is():
     device = load_device("raspberry-pi-5-8gb")
     events = make_plan(m, device, 6, 1, kinds=("lif",), dataset="shd")
     static = make_plan(m, device, 6, 1, kinds=("lif",), dataset_bytes=0)
-    meas = _measure(m, torch.randn(6, 1, 700))
+    meas = saved_bytes_of_step(m, torch.randn(6, 1, 700))
     assert events.predicted["activation_bytes"] == meas
     assert static.predicted["activation_bytes"] == meas - 5 * 700 * 4  # the static batch itself: one step

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from _rss_measure import measured_and_predicted
-from edgesnn.memory import SavedTensorCounter, _storage_key
+from _saved_bytes import saved_bytes_of_step
 from edgesnn.models import SpikingClassifier
 from edgesnn.nn import LIF, RevLIF, SeqToANN
 from edgesnn.planner.memory_model import ChainModel
@@ -42,17 +42,6 @@ def _model(pre: str, first: str, backend: str, T: int, frozen: bool = False) -> 
     return SpikingClassifier(body, T, shape, {})
 
 
-def _measure(m: nn.Module, x: torch.Tensor) -> int:
-    """Unique storages saved for backward by one training forward (parameters and buffers excluded)."""
-    y = torch.randint(0, 10, (x.shape[-len(m.in_shape) - 1],))
-    pk = {_storage_key(p) for p in m.parameters()} | {_storage_key(b) for b in m.buffers()}
-    with SavedTensorCounter() as c:
-        loss = nn.functional.cross_entropy(m(x), y)
-    n = sum(v for k, v in c.storages.items() if k not in pk)
-    c._keep.clear()
-    loss.backward()
-    return n
-
 
 def _options(chain: ChainModel):
     return ["revlif" if isinstance(L.module, RevLIF) else "lif" for L in chain.spiking]
@@ -68,7 +57,7 @@ def test_a_node_on_the_input_saves_nothing(pre, first, backend):
     opts = _options(chain)
     for B in (1, 4):
         pred = predict(chain, opts, T, B, 0)
-        assert pred["activation_bytes"] == _measure(m, torch.randn(B, *m.in_shape)), (B, pred["activation_bytes"])
+        assert pred["activation_bytes"] == saved_bytes_of_step(m, torch.randn(B, *m.in_shape)), (B, pred["activation_bytes"])
         assert pred["layer_bytes"][0] == 0
     assert chain.first_recording == len(PRE[pre][0]()) + 1  # the first Linear
 
@@ -78,7 +67,7 @@ def test_layers_before_the_first_trainable_parameter_record_nothing(backend):
     """A frozen first Linear (fine-tuning) after the node: the first layer that records is the second LIF."""
     m = _model("none", "lif", backend, 5, frozen=True)
     chain = ChainModel(m)
-    assert predict(chain, ["lif", "lif"], 5, 3, 0)["activation_bytes"] == _measure(m, torch.randn(3, 16))
+    assert predict(chain, ["lif", "lif"], 5, 3, 0)["activation_bytes"] == saved_bytes_of_step(m, torch.randn(3, 16))
     assert [chain.records(j) for j in range(len(chain.layers))] == [False, False, False, True]
 
 
@@ -89,7 +78,7 @@ def test_make_plan_counts_no_saved_bytes_for_the_first_node():
     m = _model("none", "lif", BACKENDS[0], 6)
     plan = make_plan(m, load_device("raspberry-pi-5-8gb"), 6, 4, kinds=("lif",), dataset_bytes=0)
     assert plan.layers[0]["saved_bytes"] == 0
-    assert plan.predicted["activation_bytes"] == _measure(m, torch.randn(4, 16))
+    assert plan.predicted["activation_bytes"] == saved_bytes_of_step(m, torch.randn(4, 16))
 
 
 _STEP_AND_EVAL_RSS = """
