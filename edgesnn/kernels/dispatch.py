@@ -142,8 +142,8 @@ def _kernel_input(name: str, x_seq: torch.Tensor) -> torch.Tensor:
     the expanded view (one step's bytes) instead of a ``[T, B, ...]`` copy until the backward (same
     spikes and gradients, bit for bit). Without a gradient the copy lives only during the call, as
     the planner models the model input's copy in the first layer."""
-    if (name == "numba" and x_seq.requires_grad and torch.is_grad_enabled() and eager() and x_seq.shape[0] > 1
-            and x_seq.stride(0) == 0):
+    if (x_seq.stride(0) == 0 and x_seq.shape[0] > 1 and name == "numba" and x_seq.requires_grad
+            and torch.is_grad_enabled() and eager()):  # the cheap layout test first: this runs on every call
         return x_seq
     return x_seq.contiguous()
 
