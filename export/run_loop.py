@@ -78,8 +78,10 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
     Every step is timed (wall and CPU seconds, ``time.perf_counter`` / ``time.process_time``)
     around ``step`` alone (and ``set_lr``, where the schedule varies). After every epoch,
     ``end_epoch`` builds the metrics and the writer, the output set is swapped into ``out`` (signals
-    wait for the swap) and one line goes to ``log`` (with the epoch's last learning rate, given a
-    ``schedule``).
+    wait for the swap) and one line goes to ``log``, ``epoch E/N: ...`` numbered over the whole run
+    as ``metrics.json``'s ``history`` is (``E`` 1-based, resumed epochs included; ``N`` =
+    ``resumed_epochs + epochs``, the epochs the run holds when this invocation ends), with the
+    epoch's last learning rate, given a ``schedule``.
     Ctrl-C / SIGTERM (``KeyboardInterrupt``) raise :class:`~.run_state.RunInterrupted` saying which
     epoch ``out`` holds (``resuming``: whether ``out`` held a state when the run started); a failed
     write (:class:`~edgesnn.atomic.WriteError`: disk full...) says so too.
@@ -130,7 +132,7 @@ def run_epochs(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, seed:
                 out.save(write, then=progress.saved)
             except WriteError as exc:  # disk full, size limit: the swap never happened, --out is as it was
                 raise WriteError(f"{exc}; {progress.holds()}", exc.errno) from None
-            log(f"epoch {epoch + 1 - resumed_epochs}/{epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
+            log(f"epoch {epoch + 1}/{resumed_epochs + epochs}: loss {epoch_losses[-1]:.4f} ({len(losses)} steps"
                 + (f" of up to {accumulate} batches of {batch_size}" if accumulate > 1 else "")
                 + (f", {padded} samples repeated to fill the last batch" if padded else "") + ")"
                 + ("" if rate is None else f", lr {rate:.4g}"))

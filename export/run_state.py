@@ -225,7 +225,9 @@ class Progress:
         """The :class:`RunInterrupted` to raise for ``exc`` (exit code 130 for SIGINT, 143 for SIGTERM)."""
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         code = 143 if isinstance(exc, Terminated) else 130
-        where = (f"{what} in epoch {self.done + 1}/{self.epochs} ({self.step} of its {self.steps_per_epoch} steps done)"
+        total = self.resumed_epochs + self.epochs  # numbered over the whole run, as the epoch lines are
+        where = (f"{what} in epoch {self.resumed_epochs + self.done + 1}/{total} ({self.step} of its "
+                 f"{self.steps_per_epoch} steps done)"
                  if self.done < self.epochs else f"{what} after the last epoch")
         return RunInterrupted(f"{where}; {self.holds()}", code)
 

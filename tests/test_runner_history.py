@@ -2,7 +2,7 @@
 
 * ``metrics.json``'s ``history`` of a run interrupted after an epoch and resumed equals the
   uninterrupted run's (epoch, loss, lr, steps); ``epoch_loss`` / ``epoch_lr`` keep covering this
-  invocation only. An output of an older runner (no ``history``) resumes, its rows rebuilt from what
+  invocation only. The printed epoch lines and stop messages number epochs as ``history`` does. An output of an older runner (no ``history``) resumes, its rows rebuilt from what
   it has: ``history_complete`` true when they cover every epoch, else false with a ``history_note``.
 * ``--keep-best`` keeps ``best_params.npz`` of the best held-out epoch (``best_epoch`` /
   ``best_accuracy``), the same across an interrupt and resume as in one run; it folds back into a
@@ -66,6 +66,41 @@ def test_history_is_cumulative_across_resumes(art, tmp_path):
     assert [row["lr"] for row in full["history"]] == full["epoch_lr"]
     assert split["history"][-1]["steps"] == split["total_steps"]
     assert split["history"][-1]["accuracy"] == split["accuracy_after"]
+
+
+def _epoch_lines(log):
+    """``[(E, N, lr)]`` of the ``epoch E/N: ..., lr X`` lines in ``log``."""
+    out = []
+    for line in log:
+        if line.startswith("epoch "):
+            e, n = line.split()[1].rstrip(":").split("/")
+            out.append((int(e), int(n), line.rsplit(", lr ", 1)[1]))
+    return out
+
+
+@needs_onnx_runtime
+def test_resumed_epoch_lines_number_the_whole_run_as_metrics_does(art, tmp_path):
+    """A cosine run of 4 epochs stopped after epoch 1, resumed for 1 (stopped again), then for the 2
+    left: every epoch line and stop message counts over the whole run (``epoch 3/4``, not ``1/2``),
+    as ``history`` does, and shows the rate ``history`` records for that epoch (the schedule's step
+    index runs over the whole run too: the rates equal the uninterrupted run's)."""
+    art, data, _ = art
+    full = _finetune(art, data, tmp_path / "full", epochs=4, lr_schedule="cosine")
+    assert full.get("ok"), full
+    out = tmp_path / "split"
+    r1 = _finetune(art, data, out, epochs=4, lr_schedule="cosine", stop_after=1)
+    r2 = _finetune(art, data, out, epochs=3, lr_schedule="cosine", resume=True, stop_after=1)
+    assert "interrupted in epoch 2/4 " in r1["interrupted"], r1
+    assert "interrupted in epoch 3/4 " in r2["interrupted"] and "after epoch 2;" in r2["interrupted"], r2
+    r3 = _finetune(art, data, out, epochs=2, lr_schedule="cosine", resume=True)
+    assert r3.get("ok"), r3
+    lines = [_epoch_lines(r["log"]) for r in (r1, r2, r3)]
+    assert [[(e, n) for e, n, _ in part] for part in lines] == [[(1, 4)], [(2, 4)], [(3, 4), (4, 4)]]
+    history = _metrics(out)["history"]
+    assert [row["epoch"] for row in history] == [e for part in lines for e, _, _ in part]
+    assert [f"{row['lr']:.4g}" for row in history] == [lr for part in lines for _, _, lr in part]
+    assert [row["lr"] for row in history] == [row["lr"] for row in _metrics(tmp_path / "full")["history"]]
+    assert _epoch_lines(full["log"]) == [e for part in lines for e in part]
 
 
 @needs_onnx_runtime
