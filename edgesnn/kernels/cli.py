@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Uni
 if TYPE_CHECKING:
     import concurrent.futures
 
-__all__ = ["register", "warmup", "compile_notice", "neuron_kernel_modules", "default_jobs"]
+__all__ = ["register", "warmup", "compile_notice", "neuron_kernel_modules", "memopt_kernel_modules", "default_jobs"]
 
 #: memory set aside per compile worker (each imports PyTorch and runs LLVM: ~0.5 GB measured)
 _WORKER_BYTES = 2**30
@@ -39,15 +39,59 @@ def neuron_kernel_modules(neuron: Union[str, Sequence[str]] = "lif") -> Tuple[st
     return tuple(dict.fromkeys(_NEURON_KERNEL_MODULES[k] for k in kinds if k in _NEURON_KERNEL_MODULES))
 
 
-def compile_notice(backend: str = "auto", neuron: Union[str, Sequence[str]] = "lif") -> Optional[str]:
+def memopt_kernel_modules(model: str, neuron: Union[str, Sequence[str]], widths: Sequence[int] = (),
+                          batchnorm: bool = True, pool: str = "avg", backend: str = "auto") -> Tuple[str, ...]:
+    """The cached kernel modules that ``edgesnn train --memopt`` (:func:`edgesnn.optimize_memory`)
+    can compile on the CPU for a built-in model, beside its neurons' (:func:`neuron_kernel_modules`).
+
+    ``model``: ``"mlp"``, ``"convnet"`` or ``"vgg11"``; ``neuron``: one spec or one per spiking
+    layer; ``widths``: the mlp's hidden widths or the convnet's channels (one spiking layer each;
+    vgg11 has its fixed 8); ``batchnorm``, ``pool`` (``"avg"`` / ``"max"``), ``backend``: the run's.
+    The rule: a module the model's layers can use, checked against the kernels that hold compiled
+    code after one optimized training step of every built-in model (LIF / RevLIF / mixed, with and
+    without BatchNorm, both pools):
+
+    * ``numba_bn``: the model has BatchNorm, whatever the neuron or ``backend``;
+    * ``numba_bits``: a LIF layer that is not the last spiking layer (its spikes are the next block's
+      input, stored bit-packed), whatever ``backend``; RevLIF outputs are not packed;
+    * ``numba_lif_pool``: ``pool`` ``"max"``, ``backend`` ``auto`` / ``numba``, and a LIF layer right
+      before a 2x2 pool that more conv layers follow (vgg11's first four pools; the convnet's one pool
+      is followed by the classifier, so that block is not fused).
+
+    "Can use", not "will": whether a block calls the BatchNorm kernels also depends on the memory
+    plan's strategy and the layer's shape (a one-layer mlp's BatchNorm1d block compiled none of
+    them), so such a run may see the notice when nothing compiles; ``edgesnn warmup`` compiles
+    every module and ends that. The modules are imported more widely (an mlp's memopt imports
+    ``numba_lif_pool`` without calling it), but only a called kernel leaves index files.
+    """
+    from ..models import VGG11_CFG
+
+    layout = list(VGG11_CFG) if model == "vgg11" else list(widths) + (["M"] if model == "convnet" else [])
+    convs = [i for i, item in enumerate(layout) if item != "M"]  # the spiking layers' positions
+    specs = [neuron] * len(convs) if isinstance(neuron, str) else list(neuron)
+    lif = [str(spec).strip().lower().partition(":")[0] == "lif" for spec in specs]
+    out = ["numba_bn"] if batchnorm else []
+    if any(lif[:-1]):
+        out.append("numba_bits")
+    fused = [k for k, i in enumerate(convs) if i + 2 < len(layout) and layout[i + 1] == "M"]
+    if pool == "max" and backend in ("auto", "numba") and any(lif[k] for k in fused if k < len(lif)):
+        out.append("numba_lif_pool")
+    return tuple(out)
+
+
+def compile_notice(backend: str = "auto", neuron: Union[str, Sequence[str]] = "lif",
+                   memopt_modules: Sequence[str] = ()) -> Optional[str]:
     """A one-line notice when the CPU kernels are about to be JIT-compiled (cold cache), else ``None``.
 
     Cheap: looks for Numba's index files of the kernel modules that ``neuron``'s nodes run (see
-    :func:`neuron_kernel_modules`) in the cache folder (see :func:`edgesnn.kernels.config.cache_dir`);
-    compiles nothing. A LIF run fills only ``numba_cpu``'s files and a RevLIF run only
-    ``numba_revlif``'s, so one kind's warm cache says nothing about the other's.
+    :func:`neuron_kernel_modules`; only for ``backend`` ``auto`` / ``numba``) and of
+    ``memopt_modules`` (a ``--memopt`` run's, :func:`memopt_kernel_modules`, which compile whatever
+    the backend) in the cache folder (see :func:`edgesnn.kernels.config.cache_dir`); compiles
+    nothing. Each module has its own files: a LIF run fills only ``numba_cpu``'s and a plain run none
+    of memopt's, so one run's warm cache says nothing about another's modules.
     """
-    if backend not in ("auto", "numba"):
+    modules = (neuron_kernel_modules(neuron) if backend in ("auto", "numba") else ()) + tuple(memopt_modules)
+    if not modules:
         return None
     from .config import cache_dir
     from .dispatch import numba_available
@@ -58,7 +102,7 @@ def compile_notice(backend: str = "auto", neuron: Union[str, Sequence[str]] = "l
     if not folder:
         return "compiling Numba kernels (~5-40 s; no writable cache folder, so every run compiles them)"
     own = _own_cache(Path(folder))
-    if all(any(own.glob(f"{module}.*.nbi")) for module in neuron_kernel_modules(neuron)):
+    if all(any(own.glob(f"{module}.*.nbi")) for module in modules):
         return None
     return f"compiling Numba kernels once (~5-40 s; cached in {folder}; `edgesnn warmup` does it ahead)"
 

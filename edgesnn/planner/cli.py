@@ -380,6 +380,7 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
     from .evalpass import eval_forward_peak
     from .memory_model import ChainModel
     from .network import PlanningError as NetPlanningError
+    from .epoch_steps import few_steps_note
     from .plan import plan_extras
 
     from ..kernels.dispatch import numba_available
@@ -416,6 +417,7 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
     def make_input(b: int):  # shapes only (optimize_memory runs it on fake tensors): no [b, ...] memory
         return torch.zeros(()).expand(b, *shape)
 
+    auto = batch is None
     if batch is None:
         batch, plan = largest_batch(model, make_input, room, cap)
         if plan is None:
@@ -439,6 +441,9 @@ def _run_memopt(args: argparse.Namespace, model, shape, device, budget: Optional
     print(f"evaluation: batch {extras.eval_batch} under no_grad, forward {_fmt(eval_fwd)}; "
           f"training step {_fmt(plan.peak_bytes)}")
     print(f"batch: {batch}; predicted peak {_fmt(peak)} of {_fmt(total)}")
+    few = few_steps_note(args.dataset, batch, has_bn, memopt=True) if auto else None
+    if few:  # as make_plan's notes: the batch stays the largest that fits
+        print(f"  note: {few}")
     if args.json:
         doc = {"format": "edgesnn-memopt-plan", "version": 1, "model": model.config, "device": device.to_dict(),
                "timesteps": T, "batch": batch, "budget_bytes": int(total),

@@ -5,7 +5,8 @@ evaluation batch (``eval_batch``, samples), the dataset the run holds (``dataset
 counted, ``mapped_bytes``), one entry per spiking layer (``neuron`` spec such as ``"lif"`` or ``"revlif:2"``,
 ``groups``, saved bytes) and the predicted memory (``predicted``: ``peak_bytes = runtime + parameters, optimizer state
 and buffers + dataset_bytes + max(step_bytes, eval_bytes)``, all in bytes), the all-LIF / all-RevLIF comparison rows
-(``alternatives``, with the ``neuron`` list each describes) and ``notes`` (a row left out, and why).
+(``alternatives``, with the ``neuron`` list each describes) and ``notes`` (a row left out, and why; an automatic
+batch that leaves an epoch of a built-in dataset few optimizer steps: :mod:`.epoch_steps`).
 :func:`neuron_specs` gives the ``neuron=[...]`` list for :func:`edgesnn.models.build_model`; :func:`apply` swaps the
 nodes of an existing model. :meth:`Plan.from_dict` refuses an unknown key at any level (:mod:`.plan_keys`), then
 checks every field with its exact JSON type (:mod:`.plan_fields`; an integer is not ``true`` or ``4.7``;
@@ -31,6 +32,7 @@ from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
 from .checks import check_batch, check_bytes, check_device, check_path, check_plan_args, check_plan_like
 from .datasets import DATASET_SPECS, dataset_memory
+from .epoch_steps import few_steps_note
 from .memory_model import ChainModel, kernel_runtime_bytes
 from .plan_fields import MISSING as _MISSING, WIDTH_FIELD as _WIDTH_FIELD, Fields as _Fields
 from .plan_fields import check_layers as _check_layers, check_model as _check_model, check_plan_layers
@@ -160,7 +162,9 @@ def make_plan(model: nn.Module, device: DeviceProfile, T: int, batch: Optional[i
             one-line ``ValueError`` naming it).
         dataset: a built-in dataset of ``edgesnn train`` (its resident bytes are known; see
             :mod:`~edgesnn.planner.datasets`). dataset_bytes: resident bytes of custom data
-            instead. Neither: no dataset counted.
+            instead. Neither: no dataset counted. With ``batch`` automatic, a built-in dataset
+            whose epoch the chosen batch leaves fewer than 10 optimizer steps gets a line in
+            ``notes`` (:func:`~edgesnn.planner.epoch_steps.few_steps_note`; the batch stays the largest).
         eval_batch: the batch of the evaluation pass after every epoch (samples; ``edgesnn
             train``'s default is ``EVAL_BATCH_SIZE``).
     """
@@ -204,6 +208,10 @@ def make_plan(model: nn.Module, device: DeviceProfile, T: int, batch: Optional[i
         p = predict(chain, opts, T, res["batch"], runtime, optimizer, device.bandwidth_gbs, extras)
         alts[label] = {k: p[k] for k in ("activation_bytes", "peak_bytes", "time_s")}
         alts[label]["neuron"] = opts
+    if batch is None:  # --batch auto: the largest batch that fits can leave an epoch few steps (still chosen)
+        few = few_steps_note(dataset, res["batch"], has_bn)
+        if few:
+            notes.append(few)
     predicted = {k: res[k] for k in ("activation_bytes", "static_bytes", "runtime_overhead_bytes", "dataset_bytes",
                                      "step_bytes", "eval_bytes", "eval_batch", "peak_bytes", "peak_phase", "time_s")}
     predicted["fixed_activation_bytes"] = chain.fixed_cost().bytes(T, res["batch"])

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neuron", default=None, help="lif, revlif or revlif:G (G groups); or a comma-separated list, one per spiking layer (default lif)")
     p.add_argument("--timesteps", "-T", type=int, default=None, help="default 4 (or the plan's)")
     p.add_argument("--epochs", type=int, default=30, help="passes over the training data (default 30)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64 (or the plan's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 64 (or the plan's; with --plan a smaller one is accepted, a larger one needs --micro-batch)")
     p.add_argument("--micro-batch", type=int, default=None, metavar="M",
                    help="compute each batch M samples at a time and add up their gradients before the one optimizer "
                         "step: the memory of batch M, the step of the whole batch (without BatchNorm the same "
@@ -103,6 +104,9 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
 
     With ``--micro-batch M`` the plan's batch bounds ``M`` (the samples computed at once, what the
     plan's memory figures count) and ``--batch-size`` is free: a larger batch then steps in parts.
+    A ``--batch-size`` below the plan's batch is taken as it is (the planner's predicted peak grows
+    with the batch, so the plan's choices fit it; BatchNorm still needs 2 samples), with a one-line
+    note (``main``) that the plan's figures are for its own batch; a larger one needs ``--micro-batch``.
     """
     from ..planner import load_plan
     from ..planner.datasets import DATASET_SPECS
@@ -129,12 +133,20 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
               f"no larger batch fits its budget in parts (a later part holds every parameter gradient as well; "
               f"{fits} samples per part{f', BatchNorm needs {least}' if batchnorm and fits else ''}): drop --micro-batch "
               f"and train with --batch-size {plan.batch} or less, or make a plan with a larger --budget")
+    if batchnorm and args.batch_size == 1:  # run() would suggest --no-batchnorm, which contradicts the plan
+        raise ValueError(f"--batch-size: the plan {args.plan}'s model has BatchNorm, which needs at least 2 samples "
+                         f"per batch; got 1 (use 2 to {plan.batch})")
+    # a smaller batch than the plan's: one step of fewer samples, within the plan's memory (the
+    # predicted peak grows with the batch); the plan's figures stay those of its own batch
+    smaller = args.batch_size is not None and args.batch_size < plan.batch  # below 1: run() refuses it
+    if smaller:
+        del planned["batch_size"]
     if args.micro_batch is not None:  # the plan's batch bounds the samples computed at once, not the step's batch
         if args.micro_batch > plan.batch:
             raise ValueError(f"--micro-batch: {args.micro_batch} is more than the plan {args.plan} fits at once "
                              f"(batch {plan.batch}); {remedy}")
         if args.batch_size is not None:
-            del planned["batch_size"]
+            planned.pop("batch_size", None)
         if args.micro_batch > fits and (args.batch_size or plan.batch) > args.micro_batch:
             raise ValueError(f"--micro-batch: {args.micro_batch} samples per part exceed the plan {args.plan}'s budget: "
                              f"a later part holds every parameter gradient as well; {remedy}")
@@ -164,6 +176,11 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
     note = plan_per_process_note(plan, args.plan, local_world)
     if note and main:
         print(f"edgesnn train: {note}", file=sys.stderr)
+    if smaller and args.batch_size >= 1 and (args.micro_batch is None or args.micro_batch >= args.batch_size) and main:
+        peak = int(plan.predicted.get("peak_bytes", 0))
+        print(f"edgesnn train: note: --batch-size {args.batch_size} is below the plan {args.plan}'s batch {plan.batch}: "
+              f"its neurons fit, and its predicted peak ({peak / 2**20:.0f} MiB, for batch {plan.batch}) bounds this "
+              f"run's from above; `edgesnn plan --batch {args.batch_size}` predicts this batch", file=sys.stderr)
     args.neuron = ",".join(plan.neuron)
     args.planned_model = plan.model
     args.widths = {k: list(plan.model[k]) for k in ("hidden", "channels") if k in plan.model}
@@ -281,10 +298,15 @@ def run(args: argparse.Namespace) -> int:
     if args.sync_batchnorm and not info.distributed:
         print("edgesnn train: warning: --sync-batchnorm has no effect outside torchrun (one process: BatchNorm "
               "already sees the whole batch)", file=sys.stderr)
-    from ..kernels.cli import compile_notice
+    from ..kernels.cli import compile_notice, memopt_kernel_modules
+
+    # the kernels of the run's own neurons, and those optimize_memory calls (CPU tensors only)
+    memopt = (memopt_kernel_modules(cfg.model, cfg.neuron, cfg.hidden if cfg.model == "mlp" else cfg.channels,
+                                    cfg.batchnorm, cfg.pool, args.backend)
+              if cfg.memopt and device.type == "cpu" else ())
 
     def notice() -> None:
-        text = compile_notice(args.backend, cfg.neuron)  # the kernels of the run's own neurons
+        text = compile_notice(args.backend, cfg.neuron, memopt)
         if text:
             print(text, file=sys.stderr)
 
