@@ -289,3 +289,78 @@ def test_double_backward_is_refused_not_silently_first_order():
     y = edgesnn.checkpoint_over_time(torch.sin, x * 1)
     with pytest.raises(RuntimeError, match="^checkpoint_over_time: no double backward"):
         torch.autograd.grad(y.sum(), x, create_graph=True)
+
+
+_ODD = {"half": 0.5, "-0.0": -0.0, "nan": float("nan"), "1 + ulp": None, "subnormal": None}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("odd", list(_ODD))
+def test_spike_codec_reads_every_step_in_every_dtype_and_layout(dtype, odd):
+    """The 0/1 test on bit patterns, a few steps at a time: one value that is not +0.0 or 1.0 in the
+    last element of the last step (past the first slice) keeps the input dense, in any layout."""
+    from edgesnn.memopt.over_time import _CODEC_SLICE, _codec
+
+    info = torch.finfo(dtype)
+    value = {"1 + ulp": 1 + info.eps, "subnormal": info.smallest_normal / 2}.get(odd, _ODD[odd])
+    x = (torch.rand(3, 2, _CODEC_SLICE // 2 + 7) > 0.5).to(dtype)  # > _CODEC_SLICE elements per step
+    assert _codec(x) == _codec(x.transpose(1, 2)) == _codec(x[:1].expand(3, *x.shape[1:])) == "bits"
+    x[-1, -1, -1] = value
+    reference = bool(((x == 1) | ((x == 0) & ~torch.signbit(x))).all())  # the definition, on values
+    assert not reference
+    assert _codec(x) == _codec(x.transpose(1, 2)) == _codec(x[2:].expand(3, *x.shape[1:])) == "dense"
+
+
+def test_check_tolerance_matches_allclose_at_its_edges():
+    """The check's comparison, decided first by max |a - b| <= atol: the same answers as allclose
+    with that tolerance (NaN and Inf where they are equal, just above the tolerance, mixed dtypes)."""
+    from edgesnn.memopt.over_time import _close
+
+    torch.manual_seed(3)
+    b = torch.randn(4, 50) * 10
+    rtol = 1e-4
+    atol = rtol * float(b.abs().amax())
+    cases = {"rounding": (b + atol / 4, True),
+             "just above": (b + torch.where(b.abs() == b.abs().amax(), 0.0, 2.2 * atol), False),
+             "relative part": (b * (1 + 1.5 * rtol), True)}  # |a - b| > atol where |b| is largest
+    for name, (a, close) in cases.items():
+        assert torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True) == close, name
+        assert _close(a, b) == close, name
+    assert not _close(b.clone().index_fill_(1, torch.tensor([7]), 1e3), b)
+    for special in (float("nan"), float("inf"), -float("inf")):
+        a, c = b.clone(), b.clone()
+        a[1, 2] = c[1, 2] = special
+        assert _close(a, c)  # equal specials are close
+        assert not _close(b, c) and not _close(c, b)  # against a finite value they are not
+    with pytest.raises(RuntimeError):  # as allclose: no silent promotion
+        _close(b.double(), b)
+
+
+def test_check_runs_on_every_call_not_only_the_first():
+    """A first call whose checked steps are silent (all 0) cannot show a mixing fn; the next call
+    with the same fn, shapes and chunk must still check (the check is not cached)."""
+    def mixes(a):
+        return a.cumsum(0)
+
+    silent, spikes = torch.zeros(6, 4), (torch.rand(6, 4) > 0.5).float()
+    spikes[-3:] = 1
+    assert torch.equal(edgesnn.checkpoint_over_time(mixes, silent, chunk=2), silent)
+    with pytest.raises(ValueError, match=r"^fn: gives other values on 4 time steps at once than in chunks of 2"):
+        edgesnn.checkpoint_over_time(mixes, spikes, chunk=2)
+
+
+@pytest.mark.parametrize("spikes", [True, False])
+def test_input_repeated_over_time_is_kept_once_with_the_same_gradients(spikes):
+    """An ``expand``-ed input (not scanned for spikes: kept once whatever it holds) trains as the plain call."""
+    torch.manual_seed(4)
+    x0 = torch.rand(3, 2)
+    x0 = ((x0 > 0.5).float() if spikes else x0).requires_grad_(True)
+    w = torch.rand(6, 1, 2, requires_grad=True)
+    grads = []
+    for use in (False, True):
+        x = x0.expand(6, 3, 2)
+        y = edgesnn.checkpoint_over_time(torch.mul, x, w.expand(6, 3, 2), chunk=4) if use else x * w
+        grads.append([y.detach()] + list(torch.autograd.grad((y * torch.linspace(-1, 2, y.numel()).view(y.shape)).sum(),
+                                                             (x0, w))))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
