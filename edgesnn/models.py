@@ -21,7 +21,7 @@ from .errors import UsageError
 from .functional.checks import check_int
 from .nn import LIF, RevLIF, SeqToANN
 
-__all__ = ["MODEL_NAMES", "POOLS", "SpikingClassifier", "build_model", "check_pool", "parse_neuron_spec", "spiking_layers", "make_neuron"]
+__all__ = ["MODEL_NAMES", "POOLS", "SpikingClassifier", "build_model", "check_pool", "layer_layout", "parse_neuron_spec", "spiking_layers", "make_neuron"]
 
 MODEL_NAMES = ("mlp", "convnet", "vgg11")
 #: The conv models' pooling layers (``build_model(pool=...)``, ``--pool``).
@@ -42,6 +42,15 @@ def check_pool(model: str, pool: str, flag: str = "pool") -> None:
         raise UsageError(f"{flag}: the mlp model has no pooling layer ({shown} is for convnet and vgg11)")
 
 VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def layer_layout(name: str, widths: Sequence[int] = ()) -> Tuple[Union[int, str], ...]:
+    """A built-in model's spiking layers in order: each layer's width (the mlp's hidden units, a conv
+    model's channels) and ``"M"`` for a 2x2 pool. ``widths``: the mlp's ``hidden`` or the convnet's
+    ``channels`` (vgg11 has :data:`VGG11_CFG`); the convnet ends in one pool."""
+    if name == "vgg11":
+        return VGG11_CFG
+    return tuple(widths) + (("M",) if name == "convnet" else ())
 
 
 def parse_neuron_spec(spec: str) -> Tuple[str, int]:
@@ -255,7 +264,7 @@ def build_model(
         specs = _neuron_list(neuron, len(hidden))
         body = _mlp(in_shape, num_classes, specs, tuple(hidden), node_kwargs, revlif_kwargs, batchnorm)
     else:
-        cfg = tuple(channels) + ("M",) if name == "convnet" else VGG11_CFG
+        cfg = layer_layout(name, channels)
         n_spiking = sum(1 for c in cfg if c != "M")
         specs = _neuron_list(neuron, n_spiking)
         layers, (c, h, w) = _conv_stack(in_shape, cfg, specs, node_kwargs, revlif_kwargs, batchnorm, pool)

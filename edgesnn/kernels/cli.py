@@ -64,9 +64,9 @@ def memopt_kernel_modules(model: str, neuron: Union[str, Sequence[str]], widths:
     every module and ends that. The modules are imported more widely (an mlp's memopt imports
     ``numba_lif_pool`` without calling it), but only a called kernel leaves index files.
     """
-    from ..models import VGG11_CFG
+    from ..models import layer_layout
 
-    layout = list(VGG11_CFG) if model == "vgg11" else list(widths) + (["M"] if model == "convnet" else [])
+    layout = layer_layout(model, widths)
     convs = [i for i, item in enumerate(layout) if item != "M"]  # the spiking layers' positions
     specs = [neuron] * len(convs) if isinstance(neuron, str) else list(neuron)
     lif = [str(spec).strip().lower().partition(":")[0] == "lif" for spec in specs]

@@ -55,7 +55,10 @@ from .checks import check_in_shape, check_int, unsupported_layer
 from .costs import ZERO, Cost, Layer
 
 __all__ = ["Cost", "ZERO", "Layer", "ChainModel", "describe", "option_cost", "placeholder_cost", "resolved_backend",
-           "NUMBA_RUNTIME_BYTES", "kernel_runtime_bytes"]
+           "NUMBA_RUNTIME_BYTES", "OPTIMIZER_STATES", "kernel_runtime_bytes"]
+
+#: optimizer state tensors kept per parameter (each the parameter's size)
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd-momentum": 1, "sgd": 0}
 
 #: Resident bytes a training process adds once any Numba kernel runs in it: Numba and llvmlite
 #: (~53 MiB) and the JIT-loaded kernels. Measured as the peak-RSS difference of one small training
@@ -426,14 +429,10 @@ class ChainModel:
         return any(L.kind.startswith("BatchNorm") for L in self.layers)
 
     def static_bytes(self, optimizer: str = "adam") -> int:
-        """Parameters + gradients + optimizer state + buffers (bytes, float32 parameters).
-
-        ``adam``/``adamw``: 2 states per parameter; ``sgd-momentum``: 1; ``sgd``: 0.
-        """
-        states = {"adam": 2, "adamw": 2, "sgd-momentum": 1, "sgd": 0}
-        if optimizer not in states:
-            raise ValueError(f"optimizer: expected one of {sorted(states)}, got {optimizer!r}")
-        return 4 * self.params * (2 + states[optimizer]) + self.buffer_bytes
+        """Parameters + gradients + optimizer state (:data:`OPTIMIZER_STATES`) + buffers (bytes, float32 parameters)."""
+        if optimizer not in OPTIMIZER_STATES:
+            raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
+        return 4 * self.params * (2 + OPTIMIZER_STATES[optimizer]) + self.buffer_bytes
 
     def describe(self, options: Optional[Sequence[str]] = None) -> List[Dict]:
         """One row per layer (name, kind, output shape, option) for tables."""
