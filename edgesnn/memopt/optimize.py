@@ -83,13 +83,18 @@ def _outside_sequential_error(model: nn.Module, name: str, node: nn.Module) -> V
                       "layers around the nodes as nn.Sequential runs)")
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+def _node_stand_in(x: torch.Tensor) -> torch.Tensor:
+    """A spiking node during the trace: its input's shape, laid out as the node's output is (dense:
+    a node fed an input repeated over T as a stride-0 view still emits new spikes at every step, so
+    the next block's input is not repeated)."""
+    return x.contiguous()
 
 
-def _record_hooks(blocks: Dict[int, List[Block]], seqs, records: Dict[int, dict]) -> list:
+def _record_hooks(model: nn.Module, blocks: Dict[int, List[Block]], seqs, records: Dict, input_grad: bool) -> list:
     """The trace's hooks: each block's input shape, stride-0-over-T flag, dtype and device, its node's
-    input shape, its pre-BatchNorm layer output shape and its output shape, into ``records[id(block)]``."""
+    input shape, its pre-BatchNorm layer output shape and its output shape, into ``records[id(block)]``;
+    and ``grad_in``: whether its input needs a gradient (the model input does, ``input_grad``, or a
+    module with a trainable parameter ran before the block: ``records["grad"]``)."""
     hooks = []
     for seq in seqs:
         children = list(seq)
@@ -98,6 +103,7 @@ def _record_hooks(blocks: Dict[int, List[Block]], seqs, records: Dict[int, dict]
                 x = args[0]
                 records.setdefault(id(b), {})["in"] = (tuple(x.shape), x.stride(0) == 0 and x.shape[0] > 1, x.dtype)
                 records[id(b)]["device"] = x.device.type
+                records[id(b)]["grad_in"] = records.get("grad", input_grad)
 
             def node_hook(mod, args, out, b=b):
                 records.setdefault(id(b), {})["node_in"] = tuple(args[0].shape)
@@ -113,6 +119,15 @@ def _record_hooks(blocks: Dict[int, List[Block]], seqs, records: Dict[int, dict]
                     def pre_bn(mod, args, out, b=b):
                         records.setdefault(id(b), {})["pre_out"] = tuple(out.shape)
                     hooks.append(s.module.register_forward_hook(pre_bn))
+
+    def param_hook(mod, args):
+        records["grad"] = True
+
+    # (registered after the blocks' hooks: a block's first child that holds parameters itself, such
+    # as SpikingJelly's layer.Conv2d, reports the state before them)
+    for m in model.modules():
+        if any(p.requires_grad for p in m.parameters(recurse=False)):
+            hooks.append(m.register_forward_pre_hook(param_hook))
     return hooks
 
 
@@ -128,8 +143,7 @@ def _forward_once(model: nn.Module, example_input: torch.Tensor, fake: bool) -> 
             model(mode.from_tensor(example_input))
 
 
-def _forward_without_hooks(model: nn.Module, example_input: torch.Tensor,
-                           records: Dict[int, dict]) -> Optional[Exception]:
+def _forward_without_hooks(model: nn.Module, example_input: torch.Tensor, records: Dict) -> Optional[Exception]:
     """The trace's forward, called while the user's forward hooks are suspended: on fake tensors,
     else (a layer fake tensors cannot run) on the real input; the real input's error if both fail."""
     try:
@@ -152,19 +166,20 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
     in a spike monitor's records), unless the forward fails without them: then it runs once more on
     the real input with them (a model whose forward needs its hooks), and its error is the one reported.
     A model without hooks whose forward fails reports the real input's error."""
-    records: Dict[int, dict] = {}
-    # Spiking nodes keep their input's shape: during the trace they pass it through, so only the
-    # stateless layers run, on fake tensors (no memory, no data-dependent checks). (Listed before
-    # the trace's own hooks are registered: a hooked node is not one the optimizer runs.)
+    records: Dict = {}
+    # Spiking nodes keep their input's shape: during the trace they pass it through (dense, as
+    # their spikes are: _node_stand_in), so only the stateless layers run, on fake tensors (no
+    # memory, no data-dependent checks). (Listed before the trace's own hooks are registered: a
+    # hooked node is not one the optimizer runs.)
     nodes = [m for m in model.modules() if is_node(m)]
     try:
         with preserved_state(model):
             hooks: list = []
             for n in nodes:
-                n.forward = _identity
+                n.forward = _node_stand_in
             try:
                 with user_hooks_suspended(model) as suspended:
-                    hooks = _record_hooks(blocks, seqs, records)
+                    hooks = _record_hooks(model, blocks, seqs, records, example_input.requires_grad)
                     failed = _forward_without_hooks(model, example_input, records)
                 if failed is not None and not suspended:
                     raise failed
@@ -210,7 +225,9 @@ def optimize_memory(
         example_input: one input batch as the model takes it (shapes only are used: it is run on
             fake tensors, without calling the model's forward hooks). Pass inputs repeated over T as
             ``x.unsqueeze(0).expand(T, ...)`` (or use a model that does, like edgesnn's classifiers)
-            so they are stored once.
+            so they are stored once. Its ``requires_grad`` says whether training inputs will need a
+            gradient: where they do not, the blocks before the first trainable parameter (a node fed
+            the input) record nothing and are planned as plain modules (strategy ``plain``).
         budget: peak training bytes to fit (a whole number, or a size such as ``"120MiB"``); ``None``
             picks the smallest peak that costs little time.
         chunk: force one chunk size ``K`` for every block instead of planning (not with a budget).

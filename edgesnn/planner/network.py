@@ -267,9 +267,17 @@ def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[in
         b.keep = m
         b.hold = h
     peak, phase = predict_peak(shapes, chunks, fixed, keeps=keeps, holds=holds)
-    choices = [BlockChoice(s.name, "hold" if h else "recompute" if K >= s.T else "chunked", K, saved_bytes(s, K, h), h)
+    choices = [BlockChoice(s.name, _strategy(s, K, h), K, saved_bytes(s, K, h), h)
                for s, K, h in zip(shapes, chunks, holds)]
     return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks, keeps, holds), fixed)
+
+
+def _strategy(s: BlockShape, K: int, hold: bool) -> str:
+    """A block's strategy in the plan: ``plain`` (autograd records nothing there: a node fed the model
+    input before the first trainable parameter), ``hold``, ``recompute`` (one chunk) or ``chunked``."""
+    if not s.records:
+        return "plain"
+    return "hold" if hold else "recompute" if K >= s.T else "chunked"
 
 
 def choose_keeps(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0) -> List[int]:

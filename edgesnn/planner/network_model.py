@@ -72,6 +72,17 @@ BWD_PARAM = 1.8
 # A one-chunk block with BatchNorm runs its backward under autograd (BatchNorm's own saved input,
 # output and gradient, none of them in place): this many more node-input tensors per step.
 PLAIN_BN_BWD_A = 2.0
+# A block that autograd does not record (a node fed the model input, with or without parameter-free
+# layers before it, before the first trainable parameter: BlockShape.records) runs as plain modules
+# over all T: it keeps nothing and has no backward; its forward holds its dense output, the layers'
+# output and the node's own temporaries, and its output is the next block's dense input during that
+# block's forward. Fitted with node-first conv nets and MLPs (LIF and RevLIF, numba and torch, T = 4
+# and 16): a max-pool before the node holds its int64 indices (2 of its outputs) while it runs; the
+# Numba kernels a few node-input step tensors whatever T; PyTorch's step loops (torch / reference
+# backend) per step.
+PLAIN_LAYER_A = 2.0
+PLAIN_KERNEL_STEPS = 2.5
+PLAIN_LOOP_A = 1.4
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
 NO_BUDGET_SLACK = 1.10
 NO_BUDGET_SLACK_BYTES = 16 * 2**20  # small models: a few MiB are not worth many small chunks or recomputed layers
@@ -120,6 +131,10 @@ class BlockShape:
     unfused_pool: bool = False    # a pooling after the node that no fused kernel runs (see UNFUSED_POOL_*)
     pool_autograd: bool = False   # ... and the node and that pooling run under autograd (see AUTOGRAD_POOL_*)
     node_autograd: bool = False   # no fused kernel runs the node: it runs under autograd (see AUTOGRAD_*)
+    input_grad: bool = True  # its input needs a gradient (else, as for the model input, its backward makes none)
+    records: bool = True     # autograd records it: input_grad, or trainable parameters of its own (else see PLAIN_*)
+    has_layers: bool = True  # layers before its node (else the node reads the block's input)
+    node_loop: bool = False  # the node's own forward is PyTorch's step loop (torch / reference backend)
 
 
 @dataclass
@@ -128,7 +143,7 @@ class BlockChoice:
     forward to backward, and whether it holds its layer output over all T."""
 
     name: str
-    strategy: str           # "hold" (layer output held), "recompute" (one chunk) or "chunked"
+    strategy: str           # "hold" (layer output held), "recompute" (one chunk), "chunked", "plain" (not recorded)
     chunk: int
     saved_bytes: int
     hold: bool = False      # layer output held from forward to backward: no recomputation
@@ -166,7 +181,9 @@ def n_chunks(T: int, K: int) -> int:
 
 def saved_bytes(b: BlockShape, K: int, hold: bool = False) -> int:
     """Bytes a block keeps from its forward to its backward: input + node state per chunk boundary
-    (+ its layer output over all T when it holds it)."""
+    (+ its layer output over all T when it holds it); none for a block autograd does not record."""
+    if not b.records:
+        return 0
     return b.x_saved_bytes + (n_chunks(b.T, K) - 1) * b.a_bytes + (b.T * b.a_bytes if hold else 0)
 
 
@@ -195,12 +212,27 @@ def _pool_a(b: BlockShape, forward: bool) -> float:
 
 def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
     """Block ``i`` is a repeated-input block whose backward runs inside block ``i + 1``'s."""
-    return shapes[i].static and shapes[i].hands_off and i + 1 < len(shapes)
+    return shapes[i].static and shapes[i].hands_off and shapes[i].records and i + 1 < len(shapes)
 
 
 def chunked_bn(b: BlockShape, K: int, hold: bool = False) -> bool:
     """The block runs BatchNorm's statistics passes over its chunks (several, or held ones)."""
     return b.has_bn and not b.static and b.can_chunk and (n_chunks(b.T, K) > 1 or hold)
+
+
+def _plain_forward(b: BlockShape) -> int:
+    """Bytes a block autograd does not record allocates in its forward (run as plain modules over all
+    T, see PLAIN_*): an input repeated over T copied to ``[T, B, ...]`` (by the layers' time merge or
+    the node's kernel), the layers' output and transient, the node's full-size spikes before a pooling,
+    its output and its temporaries. Its input is the caller's."""
+    T = b.T
+    copy = T * b.x_bytes if b.static else 0
+    node_tmp = PLAIN_LOOP_A * T * b.a_bytes if b.node_loop else PLAIN_KERNEL_STEPS * b.a_bytes
+    node = T * b.o_bytes + (T * b.a_bytes if b.has_post else 0) + node_tmp
+    if not b.has_layers:
+        return int(copy + node)
+    z = T * b.a_bytes
+    return int(max(copy + z + PLAIN_LAYER_A * T * b.a_bytes, z + node))
 
 
 def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
@@ -224,6 +256,17 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
     held = [bool(holds and holds[i]) for i in range(len(shapes))]
     for i, (b, K) in enumerate(zip(shapes, chunks)):
         k = min(K, b.T)
+        # the previous block ran as plain modules: its dense output, our input, lives during our forward
+        # (a dense-codec input is the tensor we keep: counted in ``kept``)
+        dense_in = b.T * b.x_bytes if i > 0 and not shapes[i - 1].records else 0
+        if not b.records:
+            phase = kept + dense_in + _plain_forward(b)
+            phases[f"forward {b.name}"] = phase
+            if phase > best:
+                best, where = phase, f"forward {b.name}"
+            continue
+        if b.x_saved_bytes >= b.T * b.x_bytes:
+            dense_in = 0
         if b.static:
             tmp = min(inner, k) * (FWD_A + _pool_a(b, True)) * b.a_bytes + 2 * b.a_bytes
             tmp += AUTOGRAD_STATIC_FWD_STEPS * b.a_bytes * b.node_autograd
@@ -237,7 +280,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 tmp += (keeps[i] - 1) * k * b.a_bytes  # the chunk being made is one of those kept
         kept += saved_bytes(b, K)
         y = 0 if b.hands_off else b.T * b.o_bytes
-        phase = kept + y + tmp
+        phase = kept + dense_in + y + tmp
         phases[f"forward {b.name}"] = phase
         if phase > best:
             best, where = phase, f"forward {b.name}"
@@ -248,6 +291,8 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         b, K = shapes[i], chunks[i]
         k = min(K, b.T)
         nc = n_chunks(b.T, K)
+        if not b.records:  # no backward (and nothing kept)
+            continue
         if b.static and fused_static(shapes, i):
             kept -= saved_bytes(b, K)
             continue
@@ -262,7 +307,8 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             phase = kept + g_out + tmp
         else:
             prev_fused = i > 0 and fused_static(shapes, i - 1)
-            g_in = 0 if prev_fused else b.T * b.x_bytes
+            # no input gradient where the input needs none (the model input, a plain block's output)
+            g_in = 0 if prev_fused or not b.input_grad else b.T * b.x_bytes
             if out_chunks and in_chunks:
                 kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
                 g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
@@ -308,6 +354,9 @@ def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Opt
     for i, (b, K) in enumerate(zip(shapes, chunks)):
         nc = n_chunks(b.T, K)
         steps = 1 if b.static else b.T
+        if not b.records:  # one plain forward pass
+            total += b.macs * b.T + CHUNK_OVERHEAD_MACS + NODE_PASS_MACS * b.T * b.a_bytes / 4
+            continue
         held = bool(holds and holds[i])
         # chunked BatchNorm: sum pass, squared-deviation pass and output pass (the chunks kept
         # from the first pass are not recomputed) + two backward passes recomputing the layers,
@@ -366,13 +415,26 @@ def block_shape(block: "Block", index: int) -> BlockShape:
         x_saved = T * x_elems
     else:
         x_saved = T * x_elems * e
+    # autograd records the block when its input needs a gradient (traced: the example input does, or a
+    # trainable parameter ran before it) or it has trainable parameters; else it runs as plain modules
+    input_grad = bool(block.trace.get("grad_in", True))
+    records = input_grad or bool(block.params)
     return BlockShape(
         name=f"block{index}", T=T, B=B, x_bytes=x_elems * e, x_saved_bytes=x_saved,
         a_bytes=_prod(block.trace["node_in"][1:]) * e, o_bytes=_prod(block.trace["out"][1:]) * e,
-        static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk(), macs=_macs(block, T, B),
-        hands_off=block.next_block is not None,
+        static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk() and records,
+        macs=_macs(block, T, B), hands_off=block.next_block is not None and records,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
-        has_post=bool(block.post), can_hold=block.can_hold(), unfused_pool=pool not in (None, "pool2"),
+        has_post=bool(block.post), can_hold=block.can_hold() and records, unfused_pool=pool not in (None, "pool2"),
         pool_autograd=pool == "autograd", node_autograd=kind is None,
-        sums_over_time=static and kind is not None,
+        sums_over_time=static and kind is not None, input_grad=input_grad, records=records,
+        has_layers=bool(block.steps), node_loop=_node_loop(block.node, dtype, block.trace.get("device", "cpu")),
     )
+
+
+def _node_loop(node: nn.Module, dtype, device: str) -> bool:
+    """Whether ``node``'s own forward is PyTorch's step loop (the ``torch`` / ``reference`` backend) on
+    ``device`` tensors of ``dtype`` (off the CPU: assumed, the larger transient)."""
+    from .memory_model import resolved_backend
+
+    return device != "cpu" or resolved_backend(node, dtype) in ("torch", "reference")
