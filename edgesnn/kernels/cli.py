@@ -30,12 +30,18 @@ _WORKER_BYTES = 2**30
 _NEURON_KERNEL_MODULES = {"lif": "numba_cpu", "revlif": "numba_revlif"}
 
 
+def _neuron_kind(spec: object) -> str:
+    """A ``--neuron`` spec's kind, unchecked: ``"RevLIF:4"`` -> ``"revlif"`` (an unknown kind is
+    returned as it is, for the callers to skip; ``models.parse_neuron_spec`` is the validating parse)."""
+    return str(spec).strip().lower().partition(":")[0]
+
+
 def neuron_kernel_modules(neuron: Union[str, Sequence[str]] = "lif") -> Tuple[str, ...]:
     """The cached kernel modules (:data:`~edgesnn.kernels.cache_key.CACHED_KERNEL_MODULES`) that the
     nodes of a ``--neuron`` spec compile: ``"lif"`` -> ``("numba_cpu",)``, ``"revlif:4"`` ->
     ``("numba_revlif",)``; a list (one spec per spiking layer) gives each kind once, in that order."""
     specs = [neuron] if isinstance(neuron, str) else list(neuron)
-    kinds = [str(spec).strip().lower().partition(":")[0] for spec in specs]
+    kinds = [_neuron_kind(spec) for spec in specs]
     return tuple(dict.fromkeys(_NEURON_KERNEL_MODULES[k] for k in kinds if k in _NEURON_KERNEL_MODULES))
 
 
@@ -69,7 +75,7 @@ def memopt_kernel_modules(model: str, neuron: Union[str, Sequence[str]], widths:
     layout = layer_layout(model, widths)
     convs = [i for i, item in enumerate(layout) if item != "M"]  # the spiking layers' positions
     specs = [neuron] * len(convs) if isinstance(neuron, str) else list(neuron)
-    lif = [str(spec).strip().lower().partition(":")[0] == "lif" for spec in specs]
+    lif = [_neuron_kind(spec) == "lif" for spec in specs]
     out = ["numba_bn"] if batchnorm else []
     if any(lif[:-1]):
         out.append("numba_bits")
