@@ -68,10 +68,40 @@ def main(kind):
             results.append({"op": "revlif", "mode": mode, "groups": groups, "shape": shape, "fwd_equal": fwd,
                             "v0_rec_equal": eq(c[2], d[2]), "v0_rec_exact": eq(d[2], v0) if mode == "exact" else None,
                             "grad_rel": max(rel(d[0], c[0]), rel(d[1], c[1]))})
+    # an input repeated over time (stride 0 along T) through the dispatch: the kernel reads its one step
+    # (no [T, ...] copy), outputs and gradients bit for bit those of the same values given contiguous
+    from edgesnn.kernels import dispatch
+
+    seen = []
+    real = C.revlif_forward
+
+    def spy(xg, v0, p):
+        seen.append(xg.stride(0) == 0)
+        return real(xg, v0, p)
+
+    C.revlif_forward = spy
+    try:
+        for mode, given in (("exact", False), ("exact", True), ("float", True)):
+            p = RevLIFParams(groups=2, mode=mode, **({"beta": 0.75} if mode == "float" else {}))
+            x0 = (torch.randn(2, 6, generator=g) * 1.5 + 0.5).to(dev)
+            v0 = (torch.rand(2, 6, generator=g) * 0.5).to(dev) if given else None
+            w = torch.randn(7, 2, 6, generator=g).to(dev)
+            runs = []
+            for contiguous in (False, True):
+                leaf = x0.clone().requires_grad_()
+                v = None if v0 is None else v0.clone().requires_grad_()
+                x = leaf.unsqueeze(0).expand(7, 2, 6)
+                y, vT = dispatch.revlif_multistep(x.contiguous() if contiguous else x, p, v, "cuda")
+                ((y * w).sum() + vT.sum()).backward()
+                runs.append((y, vT, leaf.grad) + (() if v is None else (v.grad,)))
+            results.append({"op": "expanded", "mode": mode, "v0": given, "in_place": seen[-2:] == [True, False],
+                            "fwd_equal": all(eq(u, w_) for u, w_ in zip(runs[0][:2], runs[1][:2])),
+                            "grad_equal": all(eq(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:])),
+                            "grad_rel": max(rel(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:]))})
+    finally:
+        C.revlif_forward = real
     # the dispatch + custom op path on this device (CUDA tensors only with a real GPU)
     if kind == "gpu":
-        from edgesnn.kernels import dispatch
-
         x = (torch.randn(16, 4, 64, generator=g) + 0.5).to(dev).requires_grad_()
         assert dispatch.resolve_backend("auto", x) == "cuda"
         s, _ = dispatch.lif_multistep(x, lifs[0])

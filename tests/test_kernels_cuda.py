@@ -54,6 +54,8 @@ def _check(report):
             assert r["v0_rec_equal"], r
             if r["mode"] == "exact":
                 assert r["v0_rec_exact"], r
+        if r["op"] == "expanded":  # an input repeated over T: read in place, bit for bit the contiguous run
+            assert r["in_place"] and r["grad_equal"], r
     assert any(r.get("spikes", 0) > 0 for r in report["results"] if r["op"] == "lif")
 
 

@@ -114,11 +114,13 @@ def _lif_bwd(x, v0, gs, gvT, gx, gv0, tau, v_th, v_reset, hard, decay_input, det
 
 
 def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_input, exact, alpha, beta, gamma):
+    """``x`` is ``[T, B, G, M]``, or ``[1, B, G, M]``: the same input at every step (read from its one step)."""
     col = cuda.grid(1)
-    T = x.shape[0]
-    B = x.shape[1]
-    G = x.shape[2]
-    M = x.shape[3]
+    T = y.shape[0]
+    B = y.shape[1]
+    G = y.shape[2]
+    M = y.shape[3]
+    bx = x.shape[0] == 1
     if col >= B * M:
         return
     b = col // M
@@ -131,9 +133,10 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_inpu
     for t in range(T):
         tb = t >> 3
         sh = t & 7
+        tx = 0 if bx else t  # the step of x read
         for i in range(G):
             if i == 0:
-                a = x[t, b, G - 1, m]
+                a = x[tx, b, G - 1, m]
                 if exact:
                     a = quantize_input(a)
                 w = vT[b, G - 1, m]
@@ -146,14 +149,14 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, tau, v_th, v_reset, hard, decay_inpu
             vi = vT[b, i, m]
             if exact:
                 half, bit = halve(vi)
-                y[t, b, i, m] = alpha * quantize_input(x[t, b, i, m]) + ss
+                y[t, b, i, m] = alpha * quantize_input(x[tx, b, i, m]) + ss
                 vT[b, i, m] = half + to_grid(gamma * uu)
                 if sh == 0:
                     bits[tb, b, i, m] = int(bit)
                 else:
                     bits[tb, b, i, m] = bits[tb, b, i, m] | (int(bit) << sh)
             else:
-                xv = x[t, b, i, m]
+                xv = x[tx, b, i, m]
                 yv = mul(alpha, xv) + ss
                 y[t, b, i, m] = yv
                 vT[b, i, m] = mul(beta, vi) + mul(gamma, uu)
@@ -337,13 +340,15 @@ def revlif_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Kernel contract forward (see :mod:`edgesnn.functional.revlif_autograd`): ``(y [T, B, n, M], v_T
     [B, n, M], bits | None, counts | None)`` for float32 CUDA ``xg [T, B, n, M]``, ``v0 [B, n, M]``;
-    ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float)."""
-    xg = _check(xg, "x_seq")
+    ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float). An ``xg`` expanded
+    over time (stride 0 along T: one input repeated) is read from its first step, not copied."""
+    shape = xg.shape
+    xg = _check(xg[:1] if shape[0] > 1 and xg.stride(0) == 0 else xg, "x_seq")
     v0 = _check(v0, "v0")
-    T, B, G, M = xg.shape
+    T, B, G, M = shape
     lif = p.lif
     dev = xg.device
-    y = torch.empty_like(xg)
+    y = torch.empty(shape, dtype=xg.dtype, device=dev)
     vT = torch.empty_like(v0)
     bits = torch.empty((packed_steps(T), B, G, M) if p.exact else (1, 1, 1, 1), dtype=torch.uint8, device=dev)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32, device=dev)

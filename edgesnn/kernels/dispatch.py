@@ -148,11 +148,24 @@ def _kernel_input(name: str, x_seq: torch.Tensor) -> torch.Tensor:
     return x_seq.contiguous()
 
 
+def _revlif_kernel_input(x_seq: torch.Tensor) -> torch.Tensor:
+    """``x_seq [T, B, C, ...]`` as the RevLIF op takes it before grouping: contiguous, except an eager
+    input that is the same at every step (stride 0 along T, ``x.unsqueeze(0).expand(T, ...)``),
+    which goes in as it is: the Numba and CUDA kernels read its first step at every step. The op
+    saves no input, so the ``[T, B, C, ...]`` copy this avoids lived only during the forward, with
+    or without a gradient (the grouped view keeps the stride 0 when the step reshapes without a
+    copy; else :func:`~edgesnn.functional.revlif.to_groups` copies as before). Same outputs and
+    gradients, bit for bit."""
+    if x_seq.stride(0) == 0 and x_seq.shape[0] > 1 and eager():
+        return x_seq
+    return x_seq.contiguous()
+
+
 def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional[torch.Tensor]):
     check_sequence(x_seq, dtypes=(torch.float32, torch.float64))
     check_state(v0, x_seq)
     _check_kernel_input(name, x_seq, p)
-    xg = to_groups(x_seq.contiguous(), p.groups)
+    xg = to_groups(_revlif_kernel_input(x_seq), p.groups)
     # the backward always verifies the reconstructed initial state: against the fresh state (1) or
     # against the given one (2: kept by the op, on the grid in exact mode, bit for bit)
     if v0 is None:

@@ -97,9 +97,11 @@ _HALF = np.float32(0.5)
 @njit(parallel=True, cache=True, error_model="numpy")
 def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_input, exact, alpha, beta, gamma, blk):
     """``x, y [T, B, G, M]``, ``v0, vT [B, G, M]``, ``bits [ceil(T/8), B, G, M]`` (exact),
-    ``counts [B, G, M]`` (float mode). ``nf[unit]`` is 0 when every ``x`` of the unit is finite,
-    else NaN (``x - x`` summed per lane in the loops that read ``x`` anyway)."""
-    T, B, G, M = x.shape
+    ``counts [B, G, M]`` (float mode). ``x`` may be ``[1, B, G, M]``: the same input at every step
+    (read from its one step). ``nf[unit]`` is 0 when every ``x`` of the unit is finite, else NaN
+    (``x - x`` summed per lane in the loops that read ``x`` anyway)."""
+    T, B, G, M = y.shape
+    bx = x.shape[0] == 1
     mblk = (M + blk - 1) // blk
     for unit in prange(B * mblk):
         b = unit // mblk
@@ -119,17 +121,19 @@ def _revlif_fwd(x, v0, y, vT, bits, counts, nf, tau, v_th, v_reset, hard, decay_
         for t in range(T):
             tb = t >> 3
             sh = t & 7
+            tx = 0 if bx else t  # the step of x read
             pw = np.float32(1 << sh)
             if pf and t + 1 < T:  # the next step's rows are in another page: ask for them now
                 for i in range(G):
-                    prefetch_row_read(x[t + 1, b, i, m0:m1])
+                    if not bx:  # (a repeated input's one step stays cached)
+                        prefetch_row_read(x[t + 1, b, i, m0:m1])
                     prefetch_row_write(y[t + 1, b, i, m0:m1])
             for i in range(G):
-                xi = row(x, (t, b, i), m0, m1)
+                xi = row(x, (tx, b, i), m0, m1)
                 vi = row(vT, (b, i), m0, m1)
                 yi = row(y, (t, b, i), m0, m1)
                 if i == 0:
-                    asrc = row(x, (t, b, G - 1), m0, m1)
+                    asrc = row(x, (tx, b, G - 1), m0, m1)
                     wsrc = row(vT, (b, G - 1), m0, m1)
                 else:
                     asrc = row(y, (t, b, i - 1), m0, m1)
@@ -345,12 +349,15 @@ def revlif_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Kernel contract forward: ``(y, v_T, bits | None, counts | None)`` for ``xg [T, B, n, M]``,
     ``v0 [B, n, M]``; ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float).
-    ``finite`` (a list) gets a bool appended: every value of ``xg`` was finite (checked in the kernel)."""
-    xg = _check_cpu_f32(xg, "x_seq")
+    ``finite`` (a list) gets a bool appended: every value of ``xg`` was finite (checked in the kernel).
+    An ``xg`` expanded over time (stride 0 along T: one input repeated) is read from its first step
+    at every step, not copied (the same outputs, bit for bit)."""
+    shape = xg.shape
+    xg = _steps_or_one(xg, "x_seq")
     v0 = _check_cpu_f32(v0, "v0")
-    T, B, G, M = xg.shape
+    T, B, G, M = shape
     lif = p.lif
-    y = _buffers.empty(xg.shape)
+    y = _buffers.empty(shape)
     vT = torch.empty_like(v0)
     bits = _buffers.empty((packed_steps(T), B, G, M) if p.exact else (1, 1, 1, 1), dtype=torch.uint8)
     counts = torch.empty((1, 1, 1) if p.exact else (B, G, M), dtype=torch.int32)
