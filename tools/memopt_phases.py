@@ -11,12 +11,15 @@ process baseline excluded, as in the planner's prediction without ``fixed_bytes`
 state is not allocated (plain backward).
 
 Models: the built-in classifiers (``edgesnn.models.build_model``: ``convnet``, ``vgg11``, average
-pooling) and ``vgg11-max``, the max-pool VGG-11 of ``tools/bench_network_memory.py`` (SpikingJelly
-layers) on which the planner's coefficients were first fitted.
+pooling; ``mlp``), ``vgg11-max``, the max-pool VGG-11 of ``tools/bench_network_memory.py``
+(SpikingJelly layers) on which the planner's coefficients were first fitted, and ``nodefirst``, a
+node on the model input before max-pool conv blocks. ``--backend`` picks the nodes' backend (``torch``:
+PyTorch's step loop), ``--input`` one batch repeated over T or new at every step.
 
     python tools/memopt_phases.py --model vgg11 -T 3 --batch 8
     python tools/memopt_phases.py --model convnet -T 3 --batch 32 --chunk 1 --json out.json [--force]
     python tools/memopt_phases.py --suite          # the 40 configurations of SUITE (~9 min)
+    python tools/memopt_phases.py --suite torch --threads 1   # the 33 of TORCH_SUITE (~10 min)
 """
 
 from __future__ import annotations
@@ -56,23 +59,66 @@ SUITE = [(*cfg, "lif", True) for cfg in [
 ]]
 
 
-def _model(name: str, T: int, batch: int, neuron: str = "lif"):
-    """``(model, example input [T, B, 3, 32, 32] repeated over T, labels)``."""
+#: ``--suite torch``: (model, T, batch, chunk or None, neuron, backend, input, fitted): nodes running
+#: PyTorch's step loop (``backend="torch"``; the RevLIF on the Numba kernel beside it for the max-pool
+#: blocks of ``nodefirst``); ``fitted`` marks those the planner's LOOP_* and AUTOGRAD_MAXPOOL_* terms
+#: were fitted on.
+TORCH_SUITE = [(m, T, b, k, n, "torch", i, True) for n in ("lif", "revlif") for m, T, b, k, i in [
+    ("convnet", 4, 16, None, "steps"), ("convnet", 4, 16, None, "repeated"), ("convnet", 16, 16, None, "steps"),
+    ("convnet", 16, 16, None, "repeated"), ("convnet", 8, 16, 1, "steps"), ("convnet", 8, 16, 4, "steps"),
+    ("convnet", 4, 32, None, "steps"), ("convnet", 16, 8, None, "repeated"), ("vgg11", 4, 8, None, "steps"),
+    ("nodefirst", 4, 32, None, "steps"), ("nodefirst", 16, 32, None, "steps"),
+]] + [("nodefirst", T, 32, None, "revlif", "numba", "steps", True) for T in (4, 8, 16)] + [
+    (m, T, b, k, n, "torch", i, False) for n in ("lif", "revlif") for m, T, b, k, i in [
+        ("convnet", 2, 32, None, "steps"), ("vgg11", 4, 8, None, "repeated"), ("nodefirst", 8, 32, None, "repeated"),
+        ("mlp", 4, 32, None, "repeated"),
+    ]]
+
+#: hidden widths of the ``mlp`` model (CIFAR-shaped input flattened to 3072 features)
+MLP_HIDDEN = (1024, 1024)
+
+
+def _nodefirst(neuron: str, backend: str):
+    """A spiking node on the model input, then conv 4->16 / BatchNorm / node / 2x2 max-pool twice and a
+    linear head (edgesnn layers, time-major): its first block runs as plain modules (nothing to train
+    before it), the next two hold a max-pool after the node."""
+    from torch import nn
+
+    from edgesnn.nn import LIF, RevLIF, SeqToANN
+
+    node = (lambda: LIF(backend=backend)) if neuron == "lif" else (lambda: RevLIF(backend=backend))
+    return nn.Sequential(node(), SeqToANN(nn.Conv2d(4, 16, 3, padding=1), nn.BatchNorm2d(16)), node(),
+                         SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)),
+                         node(), SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten(), nn.Linear(16 * 8 * 8, 10)))
+
+
+def _model(name: str, T: int, batch: int, neuron: str = "lif", backend: str = "auto", inp: str = "repeated"):
+    """``(model, example input [T, B, C, 32, 32], labels, time-major logits)``: the input (C = 3; 4 for
+    ``nodefirst``, whose first node may be a RevLIF of 2 groups, values in [0, 2) so that it fires) is
+    one batch repeated over T (``inp="repeated"``: ``x.unsqueeze(0).expand(T, ...)``, a stride-0 view)
+    or new at every step (``"steps"``); the nodes run on ``backend`` (``build_model``'s ``node``)."""
     import torch
 
     torch.manual_seed(0)
-    x0 = torch.rand(batch, 3, 32, 32)
+    c, scale = (4, 2.0) if name == "nodefirst" else (3, 1.0)
+    x0 = torch.rand(batch, c, 32, 32) * scale
     y = torch.randint(0, 10, (batch,))
+    x = x0.unsqueeze(0).expand(T, *x0.shape) if inp == "repeated" else torch.rand(T, batch, c, 32, 32) * scale
     if name == "vgg11-max":
+        if backend != "auto":
+            raise ValueError(f"--backend: vgg11-max takes only 'auto' (its nodes are the default ones), got {backend!r}")
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from bench_network_memory import build_vgg
 
         model, _ = build_vgg(neuron)
-        return model, x0.unsqueeze(0).expand(T, *x0.shape), y, True
+        return model, x, y, True
+    if name == "nodefirst":
+        return _nodefirst(neuron, backend), x, y, True
     from edgesnn.models import build_model
 
-    model = build_model(name, (3, 32, 32), 10, T, neuron=neuron)
-    return model, x0, y, False
+    kw = dict(hidden=MLP_HIDDEN) if name == "mlp" else {}
+    model = build_model(name, (3, 32, 32), 10, T, neuron=neuron, node={"backend": backend}, **kw)
+    return model, x, y, False
 
 
 def _blocks(model) -> list:
@@ -81,7 +127,8 @@ def _blocks(model) -> list:
     return [b for m in model.modules() if isinstance(m, MemoryOptimizedSequential) for b in m._memopt_blocks]
 
 
-def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, neuron: str = "lif") -> dict:
+def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, neuron: str = "lif",
+           backend: str = "auto", inp: str = "repeated") -> dict:
     """One configuration in this process; returns predicted and measured bytes per phase."""
     import torch
     import torch.nn.functional as F
@@ -93,7 +140,7 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
     from edgesnn.planner.network_model import block_shape, predict_peak
 
     torch.set_num_threads(threads)
-    model, x, y, time_major = _model(name, T, batch, neuron)
+    model, x, y, time_major = _model(name, T, batch, neuron, backend, inp)
     model.train()
     plan = edgesnn.optimize_memory(model, x, chunk=chunk)
     blocks = _blocks(model)
@@ -134,17 +181,19 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
     reset_peak_rss()
     step()
     whole = max([peak_rss_bytes() - state["base"]] + list(measured.values()))  # each phase reset the peak
-    return {"model": name, "neuron": neuron, "T": T, "batch": batch, "chunks": chunks, "holds": [b.hold for b in blocks],
+    return {"model": name, "neuron": neuron, "backend": backend, "input": inp, "T": T, "batch": batch, "chunks": chunks, "holds": [b.hold for b in blocks],
             "keeps": [b.keep for b in blocks], "unfused_pool": [s.unfused_pool for s in shapes],
             "predicted_peak": plan.peak_bytes - plan.fixed_bytes, "predicted_phase": plan.peak_phase,
             "measured_peak": whole, "predicted": predicted, "measured": measured,
             "a_bytes": [s.a_bytes for s in shapes], "shapes": [asdict(s) for s in shapes]}
 
 
-def run_fresh(name: str, T: int, batch: int, chunk: Optional[int], threads: int, neuron: str = "lif") -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+def run_fresh(name: str, T: int, batch: int, chunk: Optional[int], threads: int, neuron: str = "lif",
+              backend: str = "auto", inp: str = "repeated") -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", NUMBA_NUM_THREADS=str(threads))
     args = [sys.executable, os.path.abspath(__file__), "--worker", "--model", name, "-T", str(T), "--batch", str(batch),
-            "--threads", str(threads), "--neuron", neuron] + (["--chunk", str(chunk)] if chunk else [])
+            "--threads", str(threads), "--neuron", neuron, "--backend", backend, "--input", inp] + (
+                ["--chunk", str(chunk)] if chunk else [])
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise worker_error(f"worker {' '.join(args[2:])}", out.stderr)
@@ -167,7 +216,7 @@ def _pct(err: Optional[float], width: int) -> str:
 def print_result(r: dict) -> None:
     mib = 2.0 ** 20
     err = annotate(r)["err_pct"]
-    print(f"\n{r['model']} ({r['neuron']}) T={r['T']} batch={r['batch']} chunks={r['chunks']}: step peak predicted "
+    print(f"\n{r['model']} ({r['neuron']}, {r.get('backend', 'auto')}, input {r.get('input', 'repeated')}) T={r['T']} batch={r['batch']} chunks={r['chunks']}: step peak predicted "
           f"{r['predicted_peak'] / mib:.1f} MiB ({r['predicted_phase']}), measured {r['measured_peak'] / mib:.1f} MiB "
           f"({_pct(err, 0)})")
     print(f"  {'phase':<16} {'pred MiB':>9} {'meas MiB':>9} {'err':>7}  pool")
@@ -183,46 +232,62 @@ def print_result(r: dict) -> None:
 
 
 def print_summary(results: List[dict], fitted: List[bool]) -> None:
-    """One line per configuration: the step's predicted and measured peak; the ranges of the errors."""
+    """One line per configuration: the step's predicted and measured peak; the ranges of the errors
+    per neuron and backend."""
     mib = 2.0 ** 20
-    print(f"\n| {'model':9} | neuron | {'T':>3} | {'batch':>5} | chunks | {'pred MiB':>8} | {'meas MiB':>8} | {'err':>7} |")
+    print(f"\n| {'model':9} | neuron | backend | input    | {'T':>3} | {'batch':>5} | chunks | {'pred MiB':>8} | "
+          f"{'meas MiB':>8} | {'err':>7} |")
     errs = []
     for r, fit in zip(results, fitted):
         err = annotate(r)["err_pct"]
+        backend, inp = r.get("backend", "auto"), r.get("input", "repeated")
         if err is not None:
-            errs.append((r["neuron"], fit, err))
+            errs.append(((r["neuron"], backend), fit, err))
         mark = "" if fit else " (not fitted)"
-        print(f"| {r['model']:9} | {r['neuron']:6} | {r['T']:>3} | {r['batch']:>5} | {r['chunks']} | {r['predicted_peak'] / mib:8.1f} | "
-              f"{r['measured_peak'] / mib:8.1f} | {_pct(err, 6)} |{mark}")
-    for neuron in ("lif", "revlif"):
+        print(f"| {r['model']:9} | {r['neuron']:6} | {backend:7} | {inp:8} | {r['T']:>3} | {r['batch']:>5} | {r['chunks']} | "
+              f"{r['predicted_peak'] / mib:8.1f} | {r['measured_peak'] / mib:8.1f} | {_pct(err, 6)} |{mark}")
+    for key in sorted({k for k, _, _ in errs}):
         for fit in (True, False):
-            part = [e for n, f, e in errs if n == neuron and f == fit]
+            part = [e for k, f, e in errs if k == key and f == fit]
             if part:
-                print(f"{neuron}, {'fitted' if fit else 'not fitted'}: step peak errors {min(part):+.1f}% .. "
+                print(f"{key[0]} ({key[1]}), {'fitted' if fit else 'not fitted'}: step peak errors {min(part):+.1f}% .. "
                       f"{max(part):+.1f}% ({len(part)} configurations)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max"), default="vgg11", help="model (default vgg11)")
+    ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max", "mlp", "nodefirst"), default="vgg11",
+                    help=f"model (default vgg11; mlp: hidden widths {list(MLP_HIDDEN)}; nodefirst: a node on the input, "
+                         "then conv/BatchNorm/node/max-pool blocks)")
     ap.add_argument("-T", type=positive_int, default=3, help="time steps (default 3)")
     ap.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8)")
     ap.add_argument("--chunk", type=positive_int, default=None, help="force one chunk size (default: the planner's choice)")
     ap.add_argument("--neuron", choices=("lif", "revlif"), default="lif", help="neuron type (default lif)")
-    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads of the worker (default 2)")
-    ap.add_argument("--suite", action="store_true", help="run every configuration of SUITE")
+    ap.add_argument("--backend", choices=("auto", "numba", "torch"), default="auto",
+                    help="the nodes' backend (default auto: numba where it runs; vgg11-max: auto only)")
+    ap.add_argument("--input", choices=("repeated", "steps"), default="repeated",
+                    help="the model input: one batch repeated over T (default) or new at every step")
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch and Numba threads of the worker (default 2)")
+    ap.add_argument("--suite", nargs="?", const="default", choices=("default", "torch"), default=None,
+                    help="run every configuration of SUITE (default) or of TORCH_SUITE (torch)")
     ap.add_argument("--json", default=None, help="write the results here (an existing file only with --force)")
     add_force(ap, "the --json file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.model, args.T, args.batch, args.chunk, args.threads, args.neuron)))
+        print(json.dumps(worker(args.model, args.T, args.batch, args.chunk, args.threads, args.neuron, args.backend,
+                                args.input)))
         return 0
     args.json = check_out(ap, args.json, "--json", args.force)
-    configs = SUITE if args.suite else [(args.model, args.T, args.batch, args.chunk, args.neuron, False)]
+    if args.suite == "torch":
+        configs = TORCH_SUITE
+    elif args.suite:
+        configs = [c[:5] + ("auto", "repeated", c[5]) for c in SUITE]
+    else:
+        configs = [(args.model, args.T, args.batch, args.chunk, args.neuron, args.backend, args.input, False)]
     results = []
-    for model, T, batch, chunk, neuron, _ in configs:
-        r = run_fresh(model, T, batch, chunk, args.threads, neuron)
+    for model, T, batch, chunk, neuron, backend, inp, _ in configs:
+        r = run_fresh(model, T, batch, chunk, args.threads, neuron, backend, inp)
         print_result(r)
         results.append(r)
     if len(results) > 1:

@@ -11,12 +11,9 @@ sizes come from shapes. The choices themselves (chunk, kept chunks, held outputs
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from torch import nn
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..memopt.block import Block
+from .block_shapes import BlockShape, block_shape
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
            "n_chunks", "saved_bytes", "fused_static", "chunked_bn"]
@@ -60,6 +57,28 @@ AUTOGRAD_POOL_BWD_A = 0.2
 AUTOGRAD_BWD_STEPS = 3.9
 AUTOGRAD_STATIC_FWD_STEPS = 1.3
 AUTOGRAD_STATIC_BWD_STEPS = 6.4
+# A max-pool under autograd (BlockShape.max_pool; a 2x2 one after a LIF on the Numba kernels runs fused)
+# keeps its int64 indices beside the node's spikes and writes a dense input gradient: per chunk step
+# and per backward phase this many node-input tensors more than an average pool. Fitted with the
+# LOOP_* terms below on node-first conv nets (RevLIF on the Numba kernel, LIF and RevLIF on the
+# torch backend, T = 4-16): without them the RevLIF's step peaks on the Numba kernel were 8-20%
+# below the measured ones (-4..+5% with them).
+AUTOGRAD_MAXPOOL_BWD_A = 0.45
+AUTOGRAD_MAXPOOL_BWD_STEPS = 2.8
+# A node whose own forward is PyTorch's step loop (BlockShape.node_loop: the torch backend) holds
+# more than the AUTOGRAD_* terms (fitted on the RevLIF's Numba kernel) count, in node-input tensors
+# (see _loop_a): a LIF per chunk step what its surrogate backward needs (its charged potential h,
+# kept beside the spikes; in backward also its input gradient, written step by step) and a few of
+# the loop's temporaries; a RevLIF's loop keeps no per-step history, but each phase holds many of
+# its per-step temporaries (REV_LOOP_*). Fitted with tools/memopt_phases.py --suite torch (the
+# built-in conv net and VGG-11, node-first conv nets; T = 4-16, batch 8-32, chunks 1-16): its 25
+# fitted step peaks were 7-45% below the measured ones without these terms, -5..+13% with them.
+LOOP_FWD_A = 1.7
+LOOP_BWD_A = 1.6
+LOOP_BWD_STEPS = 3.0
+REV_LOOP_FWD_A = 0.5
+REV_LOOP_FWD_STEPS = 4.1
+REV_LOOP_BWD_STEPS = 9.6
 # A repeated-input block whose backward runs inside the next block's keeps its recomputed layer
 # output, its time-summed input gradient and its state gradient there besides what is counted per
 # fed chunk: node-input tensors of one step (fitted with tools/memopt_phases.py; 2 would be all of
@@ -69,6 +88,16 @@ STATIC_FEED_A = 1.0
 # and its reorder, in multiples of the block's parameter bytes (big kernels, small images: VGG's
 # 512x512 layers at 4x4 and 2x2 are set by them).
 BWD_PARAM = 1.8
+# Backward of the other layers with parameters (linear, BatchNorm; their forward copies nothing): the
+# new gradient, in multiples of their parameter bytes; a repeated-input block makes its gradients
+# once, inside the next block's backward when it runs there (the built-in MLP on a repeated input,
+# hidden 1024: -38% with a linear layer counted as a convolution and that gradient missing).
+BWD_PARAM_OTHER = 1.0
+# A block whose input arrives packed (bits, levels) unpacks each chunk of it for its layers'
+# backward; BWD_A's fit (convolutions, whose input is at most about one node input) absorbed one
+# node-input tensor of it per step, a linear layer of wider fan-in holds the rest: this many times
+# the excess per chunk step (the node-first MLP's 4096 -> 512 layer: -13% without it).
+PACKED_X_BWD = 1.0
 # A one-chunk block with BatchNorm runs its backward under autograd (BatchNorm's own saved input,
 # output and gradient, none of them in place): this many more node-input tensors per step.
 PLAIN_BN_BWD_A = 2.0
@@ -106,35 +135,6 @@ STATIC_INNER_STEPS = 2
 
 class PlanningError(ValueError):
     """The budget cannot be met; the message gives the minimum and what to change."""
-
-
-@dataclass
-class BlockShape:
-    """Per-step sizes of one block (bytes of one time step for the whole batch)."""
-
-    name: str
-    T: int
-    B: int                  # batch
-    x_bytes: int            # block input, one step, dense
-    x_saved_bytes: int      # block input as kept over all T (packed, once, or dense)
-    a_bytes: int            # node input (layer output), one step
-    o_bytes: int            # block output, one step
-    static: bool            # input repeated over T: layers before the node run once
-    has_bn: bool
-    can_chunk: bool
-    macs: int               # multiply-accumulates of the block's layers, one step
-    hands_off: bool = False  # its output goes packed straight to the next block
-    param_bytes: int = 0     # the block's parameters (convolution kernels copy their weights per call)
-    has_post: bool = True    # pooling/flatten after the node (else the output is the node's spikes)
-    can_hold: bool = False   # its layer output may be held from forward to backward (Block.hold)
-    sums_over_time: bool = False  # repeated input: the node's backward kernel sums its gradient over time
-    unfused_pool: bool = False    # a pooling after the node that no fused kernel runs (see UNFUSED_POOL_*)
-    pool_autograd: bool = False   # ... and the node and that pooling run under autograd (see AUTOGRAD_POOL_*)
-    node_autograd: bool = False   # no fused kernel runs the node: it runs under autograd (see AUTOGRAD_*)
-    input_grad: bool = True  # its input needs a gradient (else, as for the model input, its backward makes none)
-    records: bool = True     # autograd records it: input_grad, or trainable parameters of its own (else see PLAIN_*)
-    has_layers: bool = True  # layers before its node (else the node reads the block's input)
-    node_loop: bool = False  # the node's own forward is PyTorch's step loop (torch / reference backend)
 
 
 @dataclass
@@ -187,27 +187,27 @@ def saved_bytes(b: BlockShape, K: int, hold: bool = False) -> int:
     return b.x_saved_bytes + (n_chunks(b.T, K) - 1) * b.a_bytes + (b.T * b.a_bytes if hold else 0)
 
 
-_POOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d)
-
-
-def _pool_path(block, kind: Optional[str]) -> Optional[str]:
-    """How the pooling after the block's node runs, given the runtime's fused ``kind``
-    (:meth:`edgesnn.memopt.block.Block.traced_kind`): ``None`` (no pooling), ``"pool2"`` (fused
-    with a LIF in one kernel), ``"lif_linear"`` (after the LIF kernels, its backward without
-    spikes), or ``"autograd"`` (node and pooling under autograd)."""
-    if not any(isinstance(getattr(s, "module", None), _POOL_TYPES) for s in block.post):
-        return None
-    return kind or "autograd"
-
-
 def _pool_a(b: BlockShape, forward: bool) -> float:
     """Node-input tensors per chunk step that an unfused pooling adds (UNFUSED_POOL_*, AUTOGRAD_POOL_*)."""
     if not b.unfused_pool:
         return 0.0
     if b.pool_autograd:
-        return AUTOGRAD_POOL_FWD_A if forward else AUTOGRAD_POOL_BWD_A
+        return AUTOGRAD_POOL_FWD_A if forward else AUTOGRAD_POOL_BWD_A + AUTOGRAD_MAXPOOL_BWD_A * b.max_pool
     return UNFUSED_POOL_FWD_A if forward else UNFUSED_POOL_BWD_A
+
+
+def _loop_a(b: BlockShape, steps: int, forward: bool) -> float:
+    """Node-input tensors a step-loop node adds to a phase that runs it ``steps`` steps at a time (LOOP_*)."""
+    if not b.node_loop:
+        return 0.0
+    if b.reversible:
+        return steps * REV_LOOP_FWD_A + REV_LOOP_FWD_STEPS if forward else REV_LOOP_BWD_STEPS
+    return steps * LOOP_FWD_A if forward else steps * LOOP_BWD_A + LOOP_BWD_STEPS
+
+
+def _bwd_param(b: BlockShape) -> float:
+    """Bytes the backward of a block's layers with parameters allocates for them (BWD_PARAM*)."""
+    return BWD_PARAM * b.conv_param_bytes + BWD_PARAM_OTHER * (b.param_bytes - b.conv_param_bytes)
 
 
 def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
@@ -269,10 +269,10 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             dense_in = 0
         if b.static:
             tmp = min(inner, k) * (FWD_A + _pool_a(b, True)) * b.a_bytes + 2 * b.a_bytes
-            tmp += AUTOGRAD_STATIC_FWD_STEPS * b.a_bytes * b.node_autograd
+            tmp += (AUTOGRAD_STATIC_FWD_STEPS * b.node_autograd + _loop_a(b, min(inner, k), True)) * b.a_bytes
         else:
             tmp = (k * (FWD_X * b.x_bytes + (FWD_A + _pool_a(b, True)) * b.a_bytes
-                        + FWD_O * b.o_bytes * b.has_post) + b.param_bytes)
+                        + FWD_O * b.o_bytes * b.has_post) + b.conv_param_bytes + _loop_a(b, k, True) * b.a_bytes)
             if held[i]:
                 # every chunk's layer output, held on into the backward
                 tmp += (b.T - k) * b.a_bytes + HELD_FWD_STEPS * b.a_bytes
@@ -303,7 +303,8 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         in_chunks = i > 0 and shapes[i - 1].hands_off and not shapes[i - 1].static
         if b.static:
             tmp = min(inner, k) * (STATIC_BWD_A + _pool_a(b, False)) * b.a_bytes + 2 * b.a_bytes
-            tmp += AUTOGRAD_STATIC_BWD_STEPS * b.a_bytes * b.node_autograd
+            tmp += (AUTOGRAD_STATIC_BWD_STEPS * b.node_autograd + _loop_a(b, min(inner, k), False)) * b.a_bytes
+            tmp += _bwd_param(b)
             phase = kept + g_out + tmp
         else:
             prev_fused = i > 0 and fused_static(shapes, i - 1)
@@ -313,10 +314,16 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
                 g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
             tmp = (k * (BWD_X * b.x_bytes + (BWD_A + _pool_a(b, False)) * b.a_bytes
-                        + BWD_O * b.o_bytes * b.has_post) + BWD_PARAM * b.param_bytes)
-            if b.has_bn and nc == 1 and not held[i]:
-                tmp += k * PLAIN_BN_BWD_A * b.a_bytes
-            tmp += AUTOGRAD_BWD_STEPS * b.a_bytes * b.node_autograd
+                        + BWD_O * b.o_bytes * b.has_post) + _bwd_param(b))
+            if b.x_saved_bytes < b.T * b.x_bytes:  # packed: each chunk unpacked
+                tmp += k * PACKED_X_BWD * max(0, b.x_bytes - b.a_bytes)
+            # one chunk's autograd BatchNorm and a fused repeated-input block's node under autograd
+            # run after our node's backward: a step loop's tensors are gone by then (the larger counts)
+            after = k * PLAIN_BN_BWD_A * b.a_bytes if b.has_bn and nc == 1 and not held[i] else 0
+            if prev_fused:
+                after += AUTOGRAD_STATIC_BWD_STEPS * shapes[i - 1].a_bytes * shapes[i - 1].node_autograd
+            tmp += AUTOGRAD_BWD_STEPS * b.node_autograd * b.a_bytes + max(after, _loop_a(b, k, False) * b.a_bytes)
+            tmp += AUTOGRAD_MAXPOOL_BWD_STEPS * (b.pool_autograd and b.max_pool) * b.a_bytes
             if held[i]:
                 # the layer output is the held one (in ``kept``), not recomputed; pass 1 keeps it
                 tmp += k * (HELD_BWD_A - BWD_A) * b.a_bytes + HELD_BWD_STEPS * b.a_bytes
@@ -326,14 +333,13 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 # gradient over time as it goes, only its per-thread scratch of <= 1 MiB each and
                 # the boundary state gradient: taken as one step)
                 p = shapes[i - 1]
-                steps = (p.a_bytes if p.sums_over_time else min(inner, k) * STATIC_BWD_A * p.a_bytes
-                         + AUTOGRAD_STATIC_BWD_STEPS * p.a_bytes * p.node_autograd)
+                steps = p.a_bytes if p.sums_over_time else min(inner, k) * STATIC_BWD_A * p.a_bytes
                 fed = max(chunks[i - 1] // k, 1)  # our chunks fed per chunk of the repeated-input block
                 if fed > 1 and p.sums_over_time:
                     # their start states come from a forward pass over its chunk, a few steps at a
                     # time (one piece of spikes alive)
                     steps += min(inner, k) * p.a_bytes
-                tmp += steps + fed * p.a_bytes + STATIC_FEED_A * p.a_bytes
+                tmp += steps + fed * p.a_bytes + STATIC_FEED_A * p.a_bytes + _bwd_param(p)
             phase = kept + tail + g_out + g_in + tmp
         phases[f"backward {b.name}"] = phase
         if phase > best:
@@ -375,66 +381,3 @@ def predict_time(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Opt
         total += (passes * b.macs * steps + calls
                   + node_passes * (nc * CHUNK_OVERHEAD_MACS + NODE_PASS_MACS * neuron_steps))
     return total
-
-
-def _prod(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
-
-
-def _macs(block, T: int, B: int) -> int:
-    """Multiply-accumulates of one time step of a block's layers (conv and linear)."""
-    total = 0
-    for s in block.steps:
-        m = s.module
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            out = block.trace.get("pre_out") or block.trace["node_in"]
-            # output positions: the last spatial dims (the output may be [T*B, C, ...] or [T, B, C, ...])
-            positions = _prod(out[len(out) - len(m.kernel_size):])
-            total += positions * B * m.out_channels * (m.in_channels // m.groups) * _prod(m.kernel_size)
-        elif isinstance(m, nn.Linear):
-            total += B * m.in_features * m.out_features
-    return total
-
-
-def block_shape(block: "Block", index: int) -> BlockShape:
-    """Per-step sizes of a traced :class:`edgesnn.memopt.block.Block`."""
-    in_shape, static, dtype = block.trace["in"]
-    kind = block.traced_kind()
-    pool = _pool_path(block, kind)
-    e = 4 if str(dtype) == "torch.float32" else 8
-    T, B = in_shape[0], in_shape[1]
-    x_elems = _prod(in_shape[1:])
-    if static:
-        x_saved = x_elems * e
-    elif block.in_codec == "bits":
-        x_saved = T * (-(-x_elems // 8))
-    elif block.in_codec.startswith("levels:"):
-        x_saved = T * x_elems
-    else:
-        x_saved = T * x_elems * e
-    # autograd records the block when its input needs a gradient (traced: the example input does, or a
-    # trainable parameter ran before it) or it has trainable parameters; else it runs as plain modules
-    input_grad = bool(block.trace.get("grad_in", True))
-    records = input_grad or bool(block.params)
-    return BlockShape(
-        name=f"block{index}", T=T, B=B, x_bytes=x_elems * e, x_saved_bytes=x_saved,
-        a_bytes=_prod(block.trace["node_in"][1:]) * e, o_bytes=_prod(block.trace["out"][1:]) * e,
-        static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk() and records,
-        macs=_macs(block, T, B), hands_off=block.next_block is not None and records,
-        param_bytes=sum(p.numel() * p.element_size() for p in block.params),
-        has_post=bool(block.post), can_hold=block.can_hold() and records, unfused_pool=pool not in (None, "pool2"),
-        pool_autograd=pool == "autograd", node_autograd=kind is None,
-        sums_over_time=static and kind is not None, input_grad=input_grad, records=records,
-        has_layers=bool(block.steps), node_loop=_node_loop(block.node, dtype, block.trace.get("device", "cpu")),
-    )
-
-
-def _node_loop(node: nn.Module, dtype, device: str) -> bool:
-    """Whether ``node``'s own forward is PyTorch's step loop (the ``torch`` / ``reference`` backend) on
-    ``device`` tensors of ``dtype`` (off the CPU: assumed, the larger transient)."""
-    from .memory_model import resolved_backend
-
-    return device != "cpu" or resolved_backend(node, dtype) in ("torch", "reference")
