@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 
 
-def measured_and_predicted(script: str, timeout: int = 300) -> Tuple[int, int]:
+def measured_and_predicted(script: str, timeout: int = 300, env: Optional[Dict[str, str]] = None) -> Tuple[int, int]:
     """Run ``script`` (Python source) in a fresh interpreter and return the ``[measured, predicted]``
     bytes it prints as JSON on its last line. A fresh process, because earlier tests leave freed
     heap a measured pass would reuse unseen. Skips where VmHWM cannot be read or reset, or where
-    glibc's ``mallopt`` is missing (the script prints ``null``)."""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    glibc's ``mallopt`` is missing (the script prints ``null``). ``env``: the child's environment
+    (default: this process's)."""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         if "clear_refs" in proc.stderr or "VmHWM" in proc.stderr:
             pytest.skip("cannot read or reset VmHWM here")

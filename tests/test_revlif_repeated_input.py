@@ -11,14 +11,12 @@ peak; under ``no_grad`` the whole transient beside the output).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from _rss_measure import measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
 from edgesnn.functional.revlif import RevLIFParams
 from edgesnn.kernels import dispatch
 from edgesnn.memory import SavedTensorCounter
@@ -140,14 +138,5 @@ def test_no_copy_in_the_forward_peak_rss():
     """Peak RSS of a ``no_grad`` forward on a repeated ``[16, 8, 16384]`` input (8 MiB over T), the
     output served by the warm buffer pool, in a fresh process: below half the ``[T, B, N]`` bytes
     (measured: 1.2 MiB; before, with the copy: 9.2 MiB)."""
-    proc = subprocess.run([sys.executable, "-c", _NO_GRAD_PEAK], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NUMBA_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        if "clear_refs" in proc.stderr or "VmHWM" in proc.stderr:
-            pytest.skip("cannot read or reset VmHWM here")
-        raise AssertionError(proc.stderr[-2000:])
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res is None:
-        pytest.skip("needs glibc's mallopt (freed tensors returned to the OS)")
-    peak, dense = res
+    peak, dense = measured_and_predicted(_NO_GRAD_PEAK, env={**os.environ, "NUMBA_NUM_THREADS": "1"})
     assert peak < dense / 2, (peak, dense)
