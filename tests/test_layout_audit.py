@@ -1,5 +1,5 @@
 """Layout audit: a LIF input expanded over time (``x.unsqueeze(0).expand(T, ...)``, stride 0 on dim 0)
-that needs a gradient runs the Numba kernel as it is: autograd keeps the expanded view, not a
+runs the Numba kernel as it is (with or without a gradient): autograd keeps the expanded view, not a
 ``[T, B, ...]`` copy, and spikes, states and gradients are bit for bit those of the same values
 given contiguous.
 
@@ -131,3 +131,30 @@ def test_expanded_input_keeps_one_step_in_autograd_for_a_large_layer():
     ref = x0.detach().clone().requires_grad_()
     LIF(tau=2.0, v_threshold=0.5, backend="numba")(ref.unsqueeze(0).expand(T, B, N).contiguous()).sum().backward()
     assert torch.equal(x0.grad, ref.grad)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_kernel_reads_the_callers_step_with_or_without_gradient(monkeypatch, grad):
+    """The forward kernel gets the caller's memory (stride 0 along T), not a ``[T, B, ...]`` copy,
+    whether or not the input needs a gradient (before: without one, e.g. ``evaluate()`` of a model
+    whose first layer is the node, the input was copied); the same spikes and state as the
+    contiguous input, bit for bit; a contiguous input is passed as it is."""
+    from edgesnn.kernels import numba_cpu
+
+    seen = []
+    real = numba_cpu.lif_forward
+
+    def spy(x, v0, p, **kw):
+        seen.append((x.data_ptr(), x.stride(0)))
+        return real(x, v0, p, **kw)
+
+    monkeypatch.setattr(numba_cpu, "lif_forward", spy)
+    T, B, N = 7, 3, 50
+    x0 = (torch.randn(B, N) * 1.5).requires_grad_(grad)
+    p = LIFParams(tau=2.0, v_threshold=0.5)
+    s, v_T = dispatch.lif_multistep(x0.unsqueeze(0).expand(T, B, N), p, None, "numba")
+    assert seen == [(x0.data_ptr(), 0)]
+    xc = x0.detach().unsqueeze(0).expand(T, B, N).contiguous()
+    s_c, v_T_c = dispatch.lif_multistep(xc, p, None, "numba")
+    assert seen[-1] == (xc.data_ptr(), B * N)
+    assert torch.equal(s, s_c) and torch.equal(v_T, v_T_c)

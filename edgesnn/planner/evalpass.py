@@ -10,8 +10,8 @@ exists; the transient is the largest ``input + output + workspace`` over the lay
   and int64 targets ``B x 8``;
 * the first layer's expand-and-copy of the input over T (``T x B x sample``), as in training
   (:meth:`~edgesnn.planner.memory_model.ChainModel.input_copy_bytes`: none for event data, nor
-  for a ``torch`` / ``reference`` node fed the input, which reads it step by step, nor for a RevLIF
-  on the Numba kernel, which reads its one step at every step);
+  for a ``torch`` / ``reference`` node fed the input, which reads it step by step, nor for a node
+  on the Numba kernels, which read its one step at every step);
 * per layer: its output, and the transient it allocates under ``no_grad`` beside its input and
   output (:func:`eval_option_cost` for the spiking layers; a stateless layer's training private
   bytes and workspace, a conservative bound);

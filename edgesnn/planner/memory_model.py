@@ -372,15 +372,14 @@ class ChainModel:
     def input_copy_bytes(self, options: Sequence[str]) -> float:
         """Bytes per step and sample of the forward's ``[T, B, ...]`` copy of the model input: none for
         events (used as is), a ``torch`` / ``reference`` node first (it reads the input step by step)
-        or a RevLIF on the Numba kernel first (it reads the expanded input's one step at every step)."""
+        or a node on the Numba kernels first (they read the expanded input's one step at every step)."""
         first = self.layers[0] if self.layers else None
         if self.events:
             return 0.0
         if first is not None and first.spiking is not None:
             kind, _ = parse_neuron_spec(options[first.spiking])
             node = node_as(first.module, LIF if kind == "lif" else RevLIF)
-            backend = resolved_backend(node, self.dtype)
-            if backend in ("torch", "reference") or (kind == "revlif" and backend == "numba"):
+            if resolved_backend(node, self.dtype) in ("torch", "reference", "numba"):
                 return 0.0
         return self.edge_bytes[0]
 
