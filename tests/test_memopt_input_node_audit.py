@@ -168,3 +168,88 @@ def test_step_peak_matches_measured_rss(repeated):
     one, whose second block was planned as reading a repeated input)."""
     measured, predicted = measured_and_predicted(_STEP_RSS.format(repeated=repeated))
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
+
+
+NODE_FIRST_BACKENDS = (["numba"] if numba_available() else []) + ["torch"]
+
+
+@pytest.mark.parametrize("backend", NODE_FIRST_BACKENDS)
+@pytest.mark.parametrize("node", [LIF, RevLIF], ids=["lif", "revlif"])
+def test_the_input_node_reads_a_repeated_input_as_it_is(monkeypatch, node, backend):
+    """The plain block of a node fed the model input hands the node the caller's repeated input (stride
+    0 along T, the caller's memory), in training and in the streamed ``no_grad`` forward (before: its
+    time merge copied it to ``[T, B, ...]``); outputs and gradients as without the optimization."""
+    from edgesnn.memopt import block, sequential
+
+    seen = []
+
+    def spy(real):
+        def run(node_, post, z, v0):
+            seen.append((z.stride(0), z.data_ptr()))
+            return real(node_, post, z, v0)
+        return run
+
+    monkeypatch.setattr(block, "run_node_post", spy(block.run_node_post))
+    monkeypatch.setattr(sequential, "run_node_post", spy(sequential.run_node_post))
+    torch.manual_seed(1)
+    ref = nn.Sequential(node(backend=backend), SeqToANN(nn.Flatten(), nn.Linear(2 * 4 * 4, 3)))
+    opt = copy.deepcopy(ref)
+    leaf, x = _input((2, 4, 4), torch.float32, True, False)
+    edgesnn.optimize_memory(opt, x)
+    seen.clear()
+    out = opt(x)
+    assert seen[0] == (0, leaf.data_ptr())
+    out.sum().backward()
+    ref(x).sum().backward()
+    assert torch.equal(out.detach(), ref(x).detach())
+    for a, b in zip(opt.parameters(), ref.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    seen.clear()
+    with torch.no_grad():
+        assert torch.equal(opt(x), out.detach())
+    assert seen and seen[0] == (0, leaf.data_ptr())
+
+
+_NODE_FIRST_RSS = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from edgesnn.planner.runtime import lean_allocator
+if not lean_allocator():
+    print(json.dumps(None)); sys.exit()
+from torch import nn
+import edgesnn
+from edgesnn.kernels import buffers
+from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from edgesnn.nn import LIF, RevLIF, SeqToANN
+T, B = 16, 64
+torch.manual_seed(0)
+model = nn.Sequential({node}(backend={backend!r}), SeqToANN(nn.Flatten(), nn.Linear(4 * 32 * 32, 10)))
+x0 = torch.rand(B, 4, 32, 32) * 2
+x = x0.unsqueeze(0).expand(T, *x0.shape)
+y = torch.randint(0, 10, (B,))
+plan = edgesnn.optimize_memory(model, x)
+def step():
+    model.zero_grad(set_to_none=False)
+    nn.functional.cross_entropy(model(x).mean(0), y).backward()
+step(); step()  # warm up: kernels loaded, parameter gradients allocated
+buffers.release()
+base = rss_bytes(); reset_peak_rss()
+step()
+print(json.dumps([peak_rss_bytes() - base, plan.peak_bytes - plan.fixed_bytes]))
+"""
+
+
+@pytest.mark.parametrize("node,backend", [("LIF", "numba"), ("RevLIF", "torch")])
+def test_node_first_step_peak_without_the_input_copy(node, backend):
+    """A node on a repeated input (T 16, batch 64: 16 MiB dense) before a linear head: the step's peak
+    RSS above the process before it is within 15% of the plan's. Measured: LIF on Numba 17.7 MiB
+    (predicted 18.5), RevLIF on PyTorch's loop 48.8 (48.0); before, with the input copied to
+    ``[T, B, ...]``, 33.8 (34.5) and 64.9 (54.4: -16%, the RevLIF loop's temporaries under-counted).
+    The Numba step stays below 1.25x the dense input (its peak is the node's spikes, as large)."""
+    if backend == "numba" and not numba_available():
+        pytest.skip("needs the Numba kernels")
+    measured, predicted = measured_and_predicted(_NODE_FIRST_RSS.format(node=node, backend=backend))
+    assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
+    if backend == "numba":
+        assert measured < 1.25 * 16 * 64 * 4 * 32 * 32 * 4, measured

@@ -55,7 +55,7 @@ from .layers import Step, child_steps
 from .packing import SavedInput, is_time_invariant, pack_bits, save_input
 from .paramgrads import collected, stand_ins, trainable_params
 from .static import StaticBackward
-from .steps import apply_static, apply_steps, fused_kind, merge_time, run_node_post, split_time
+from .steps import apply_over_time, apply_static, apply_steps, fused_kind, merge_time, run_node_post, split_time
 
 __all__ = ["Block", "Route", "run_block"]
 
@@ -425,5 +425,4 @@ def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Te
                                        "train the optimized model with .backward(), or call edgesnn.memopt.uninstall(model) "
                                        "first")
                 return _BlockFunction.apply(block, route, x, *params)
-    z = split_time(apply_steps(block.steps, merge_time(x)), x.shape[0])
-    return run_node_post(block.node, block.post, z, None)[0]
+    return run_node_post(block.node, block.post, apply_over_time(block.steps, x), None)[0]

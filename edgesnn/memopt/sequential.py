@@ -12,7 +12,7 @@ from torch import nn
 from .batchnorm import batch_stats_mode
 from .block import Block, Route, run_block
 from .layers import child_steps
-from .steps import apply_steps, merge_time, run_node_post, split_time
+from .steps import apply_over_time, run_node_post
 
 __all__ = ["MemoryOptimizedSequential", "install", "uninstall", "EVAL_CHUNK_STEPS"]
 
@@ -105,7 +105,6 @@ class MemoryOptimizedSequential(nn.Sequential):
         outs = []
         for t0 in range(0, x.shape[0], EVAL_CHUNK_STEPS):
             y = x[t0:t0 + EVAL_CHUNK_STEPS]
-            k = y.shape[0]
             i = 0
             while i < len(children):
                 b = starts.get(i)
@@ -113,8 +112,7 @@ class MemoryOptimizedSequential(nn.Sequential):
                     y = children[i](y)
                     i += 1
                     continue
-                z = split_time(apply_steps(b.steps, merge_time(y)), k)
-                y, states[i] = run_node_post(b.node, b.post, z, states.get(i))
+                y, states[i] = run_node_post(b.node, b.post, apply_over_time(b.steps, y), states.get(i))
                 i = b.stop
             outs.append(y)
         return torch.cat(outs)

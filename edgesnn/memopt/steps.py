@@ -21,7 +21,7 @@ from .linear_post import linear_post, post_input_grad
 if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
 
-__all__ = ["apply_steps", "merge_time", "split_time", "run_node", "run_node_post", "apply_static", "apply_recompute",
+__all__ = ["apply_steps", "apply_over_time", "merge_time", "split_time", "run_node", "run_node_post", "apply_static", "apply_recompute",
            "node_chunk_backward", "node_backward_time_sum", "fused_kind"]
 
 
@@ -40,6 +40,15 @@ def merge_time(x: torch.Tensor) -> torch.Tensor:
 def split_time(x: torch.Tensor, k: int) -> torch.Tensor:
     """``[k*B, ...] -> [k, B, ...]``, the inverse of :func:`merge_time`."""
     return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+
+
+def apply_over_time(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
+    """A block's stateless layers on ``x [k, B, ...]``, time merged into the batch and split again:
+    ``[k, B, ...]`` out. With no layers (the node reads the block's input) ``x`` itself: an input
+    repeated over time (stride 0) is not copied by the merge, and the node's kernels read it as it is."""
+    if not steps:
+        return x
+    return split_time(apply_steps(steps, merge_time(x)), x.shape[0])
 
 
 def run_node(node: nn.Module, z: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:

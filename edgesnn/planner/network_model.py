@@ -109,9 +109,12 @@ PLAIN_BN_BWD_A = 2.0
 # and 16): a max-pool before the node holds its int64 indices (2 of its outputs) while it runs; the
 # Numba kernels a few node-input step tensors whatever T; PyTorch's step loops (torch / reference
 # backend) per step.
+# A RevLIF's step loop holds more per step than a LIF's (PLAIN_REV_LOOP_A, from node-first models of
+# a RevLIF on the torch backend reading a repeated input, T = 16-32, batch 16-64: 2.0-2.1).
 PLAIN_LAYER_A = 2.0
 PLAIN_KERNEL_STEPS = 2.5
 PLAIN_LOOP_A = 1.4
+PLAIN_REV_LOOP_A = 2.0
 # No budget: the fastest plan whose peak is within this factor of the least reachable peak.
 NO_BUDGET_SLACK = 1.10
 NO_BUDGET_SLACK_BYTES = 16 * 2**20  # small models: a few MiB are not worth many small chunks or recomputed layers
@@ -222,12 +225,14 @@ def chunked_bn(b: BlockShape, K: int, hold: bool = False) -> bool:
 
 def _plain_forward(b: BlockShape) -> int:
     """Bytes a block autograd does not record allocates in its forward (run as plain modules over all
-    T, see PLAIN_*): an input repeated over T copied to ``[T, B, ...]`` (by the layers' time merge or
-    the node's kernel), the layers' output and transient, the node's full-size spikes before a pooling,
-    its output and its temporaries. Its input is the caller's."""
+    T, see PLAIN_*): an input repeated over T copied to ``[T, B, ...]`` by the layers' time merge, the
+    layers' output and transient, the node's full-size spikes before a pooling, its output and its
+    temporaries. Its input is the caller's; with no layers the node reads it as it is (the Numba
+    kernels read a repeated input's one step at every step, PyTorch's step loop one step at a time)."""
     T = b.T
-    copy = T * b.x_bytes if b.static else 0
-    node_tmp = PLAIN_LOOP_A * T * b.a_bytes if b.node_loop else PLAIN_KERNEL_STEPS * b.a_bytes
+    copy = T * b.x_bytes if b.static and b.has_layers else 0
+    loop_a = PLAIN_REV_LOOP_A if b.reversible else PLAIN_LOOP_A
+    node_tmp = loop_a * T * b.a_bytes if b.node_loop else PLAIN_KERNEL_STEPS * b.a_bytes
     node = T * b.o_bytes + (T * b.a_bytes if b.has_post else 0) + node_tmp
     if not b.has_layers:
         return int(copy + node)
