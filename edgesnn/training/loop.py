@@ -430,9 +430,11 @@ def train(
 
 
 def _progress_bar(total: int, desc: str):
+    """A progress bar on stderr, shown only where stderr is a terminal (tqdm's ``disable=None``): a run
+    logged to a file (``nohup``, a service, CI) gets the per-epoch lines without every redraw."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
 def write_report(path: Union[str, os.PathLike], report: Dict) -> None:
