@@ -137,13 +137,11 @@ from torch import nn
 import edgesnn
 from edgesnn.kernels import buffers
 from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from edgesnn.nn import LIF, SeqToANN
-T, B, repeated = 8, 32, {repeated!r}
+from edgesnn.nn import LIF, RevLIF, SeqToANN
+T, B, repeated = {T}, {B}, {repeated!r}
 torch.manual_seed(0)
-n = lambda: LIF(backend="numba")
-model = nn.Sequential(n(), SeqToANN(nn.Conv2d(4, 16, 3, padding=1), nn.BatchNorm2d(16)), n(), SeqToANN(nn.MaxPool2d(2)),
-                      SeqToANN(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)), n(), SeqToANN(nn.MaxPool2d(2)),
-                      SeqToANN(nn.Flatten(), nn.Linear(16 * 8 * 8, 10)))
+n = lambda: {node}(backend={backend!r})
+model = {model}
 x0 = torch.rand(B, 4, 32, 32) * 2
 x = x0.unsqueeze(0).expand(T, *x0.shape) if repeated else torch.rand(T, B, 4, 32, 32) * 2
 y = torch.randint(0, 10, (B,))
@@ -157,6 +155,10 @@ base = rss_bytes(); reset_peak_rss()
 step()
 print(json.dumps([peak_rss_bytes() - base, plan.peak_bytes - plan.fixed_bytes]))
 """
+#: the node-first conv net of the step test (n: a node)
+_CONV_NET = ("nn.Sequential(n(), SeqToANN(nn.Conv2d(4, 16, 3, padding=1), nn.BatchNorm2d(16)), n(), "
+             "SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)), n(), "
+             "SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten(), nn.Linear(16 * 8 * 8, 10)))")
 
 
 @pytest.mark.skipif(not numba_available(), reason="the step runs the Numba kernels")
@@ -166,7 +168,8 @@ def test_step_peak_matches_measured_rss(repeated):
     process before it, against the plan's predicted peak: within 15%, the planner tests' tolerance
     (measured -3% both ways; before: +27% for an input new at every step, and -77% for a repeated
     one, whose second block was planned as reading a repeated input)."""
-    measured, predicted = measured_and_predicted(_STEP_RSS.format(repeated=repeated))
+    measured, predicted = measured_and_predicted(_STEP_RSS.format(T=8, B=32, repeated=repeated, node="LIF", backend="numba",
+                                                                     model=_CONV_NET))
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
 
 
@@ -210,34 +213,10 @@ def test_the_input_node_reads_a_repeated_input_as_it_is(monkeypatch, node, backe
     assert seen and seen[0] == (0, leaf.data_ptr())
 
 
-_NODE_FIRST_RSS = """
-import json, sys
-import torch
-torch.set_num_threads(1)
-from edgesnn.planner.runtime import lean_allocator
-if not lean_allocator():
-    print(json.dumps(None)); sys.exit()
-from torch import nn
-import edgesnn
-from edgesnn.kernels import buffers
-from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from edgesnn.nn import LIF, RevLIF, SeqToANN
-T, B = 16, 64
-torch.manual_seed(0)
-model = nn.Sequential({node}(backend={backend!r}), SeqToANN(nn.Flatten(), nn.Linear(4 * 32 * 32, 10)))
-x0 = torch.rand(B, 4, 32, 32) * 2
-x = x0.unsqueeze(0).expand(T, *x0.shape)
-y = torch.randint(0, 10, (B,))
-plan = edgesnn.optimize_memory(model, x)
-def step():
-    model.zero_grad(set_to_none=False)
-    nn.functional.cross_entropy(model(x).mean(0), y).backward()
-step(); step()  # warm up: kernels loaded, parameter gradients allocated
-buffers.release()
-base = rss_bytes(); reset_peak_rss()
-step()
-print(json.dumps([peak_rss_bytes() - base, plan.peak_bytes - plan.fixed_bytes]))
-"""
+
+
+#: a node on the input before a linear head (n: the node)
+_NODE_LINEAR = "nn.Sequential(n(), SeqToANN(nn.Flatten(), nn.Linear(4 * 32 * 32, 10)))"
 
 
 @pytest.mark.parametrize("node,backend", [("LIF", "numba"), ("RevLIF", "torch")])
@@ -249,7 +228,8 @@ def test_node_first_step_peak_without_the_input_copy(node, backend):
     The Numba step stays below 1.25x the dense input (its peak is the node's spikes, as large)."""
     if backend == "numba" and not numba_available():
         pytest.skip("needs the Numba kernels")
-    measured, predicted = measured_and_predicted(_NODE_FIRST_RSS.format(node=node, backend=backend))
+    measured, predicted = measured_and_predicted(_STEP_RSS.format(T=16, B=64, repeated=True, node=node, backend=backend,
+                                                                     model=_NODE_LINEAR))
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
     if backend == "numba":
         assert measured < 1.25 * 16 * 64 * 4 * 32 * 32 * 4, measured
