@@ -182,8 +182,8 @@ def test_bench_call_overhead_baseline_only_when_it_ran(with_sj, monkeypatch, tmp
 def test_bench_kernels_names_no_baseline_for_a_missing_row(monkeypatch, tmp_path):
     """(p) without SpikingJelly: the JSON's public_form baseline is null (it named SpikingJelly)."""
     bk = _load("bench_kernels", monkeypatch)
-    pub = {"edgesnn LIF()": {"ms": 1.0, "cpu_ms": 1.0, "round_ms": [1.0]},
-           "edgesnn RevLIF()": {"ms": 2.0, "cpu_ms": 2.0, "round_ms": [2.0]}}
+    pub = {"edgesnn LIF()": {"ms": 1.0, "cpu_ms": 1.0, "page_faults": 0, "round_ms": [1.0]},
+           "edgesnn RevLIF()": {"ms": 2.0, "cpu_ms": 2.0, "page_faults": 3, "round_ms": [2.0]}}
     monkeypatch.setattr(bk, "set_num_threads", lambda n: None)
     monkeypatch.setattr(bk, "stream_triad", lambda: 10.0)
     monkeypatch.setattr(bk, "bench_public_form", lambda *a, **k: {k_: dict(v) for k_, v in pub.items()})
@@ -257,3 +257,14 @@ def test_bench_network_memory_runs_a_repeated_t_or_row_once(monkeypatch):
     monkeypatch.setattr(bn, "timing_rounds", lambda T, budget, rows, common, rounds: {})
     assert bn.main(["-T", "8", "8", "--rows", "sj_bptt", "sj_bptt", "--no-check"]) == 0
     assert calls == [("--worker", "sj_bptt", "8")]
+
+
+def test_public_form_reports_page_faults_per_step(monkeypatch):
+    """(p) on a tiny layer: every row has its wall and CPU time and its median minor page faults per
+    step (a count the process's rusage gives, >= 0)."""
+    cases = _load("kernel_bench_cases", monkeypatch)
+    out = cases.bench_public_form(4, 2, 64, reps=2, rounds=1)
+    assert {"edgesnn LIF()", "edgesnn RevLIF()"} <= set(out)
+    for row in out.values():
+        assert row["ms"] > 0 and row["cpu_ms"] >= 0
+        assert row["page_faults"] >= 0 and float(2 * row["page_faults"]).is_integer()  # a median of counts

@@ -186,7 +186,7 @@ def _print_public(args, report, T, B, N) -> None:
         if "x_vs_sj" in r:
             extra = (f"   x{r['x_vs_sj']:.1f} vs SpikingJelly (wall), x{r['x_vs_sj_cpu']:.1f} (CPU time), "
                      f"per-round x{min(r['paired_x']):.1f}..x{max(r['paired_x']):.1f} (median x{r['paired_x_median']:.1f})")
-        print(f"  {name:34s} {r['ms']:9.2f} ms  (CPU {r['cpu_ms']:.2f} ms){extra}")
+        print(f"  {name:34s} {r['ms']:9.2f} ms  (CPU {r['cpu_ms']:.2f} ms, {r['page_faults']:.0f} page faults){extra}")
     if psi0 is not None and psi1 is not None:
         stall = 100.0 * (psi1 - psi0) / 1e6 / wall
         report["public_form_cpu_pressure_pct"] = stall

@@ -110,7 +110,9 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
     each variant runs ``reps`` steps back to back, the order of the variants reversed every other
     round. Reported per variant: the median over all its steps (wall) and the median of its process
     CPU time per step (all threads; less sensitive to other jobs than the wall clock), and per
-    round the ratio SpikingJelly / variant of the medians (``paired`` ratios, their median too)."""
+    round the ratio SpikingJelly / variant of the medians (``paired`` ratios, their median too), and
+    the median of the process's minor page faults per step (``page_faults``: fresh pages the step
+    touched, the user's ``clone`` included)."""
     import resource
 
     torch.manual_seed(0)
@@ -128,7 +130,10 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
-    res = {name: {"wall": [], "cpu": [], "round_ms": []} for name in variants}
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    res = {name: {"wall": [], "cpu": [], "faults": [], "round_ms": []} for name in variants}
     for name, f in variants.items():
         step(f)
     names = list(variants)
@@ -137,16 +142,17 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
             f = variants[name]
             ws = []
             for _ in range(reps):
-                c0, t0 = cpu(), time.perf_counter()
+                f0, c0, t0 = faults(), cpu(), time.perf_counter()
                 step(f)
                 ws.append(time.perf_counter() - t0)
                 res[name]["cpu"].append(cpu() - c0)
+                res[name]["faults"].append(faults() - f0)
             res[name]["wall"] += ws
             res[name]["round_ms"].append(1e3 * statistics.median(ws))
     out = {}
     for name, d in res.items():
         out[name] = {"ms": 1e3 * statistics.median(d["wall"]), "cpu_ms": 1e3 * statistics.median(d["cpu"]),
-                     "round_ms": d["round_ms"]}
+                     "page_faults": statistics.median(d["faults"]), "round_ms": d["round_ms"]}
     if sj is not None:
         sjn = "SpikingJelly LIFNode torch"
         for name in names:
