@@ -5,7 +5,8 @@ replay follows what PyTorch does on the CPU:
 
 * forward: each layer allocates its output (unless it is a view) and what it saves; its input is
   freed when no layer saved it. The expand-and-copy of the input happens in the first layer
-  (not in a ``torch`` / ``reference`` spiking node, which reads the expanded input step by step); an
+  (not in a ``torch`` / ``reference`` spiking node, which reads the expanded input step by step,
+  nor in a node on the Numba kernels, which read its one step at every step); an
   event input (``ChainModel(events=True)``) is ``[T, B, ...]`` already and is not copied. (One
   sample's expanded view reshapes without a copy, so its *saved* bytes are one step's,
   :attr:`Cost.repeat`; the replay keeps the copy's bytes there, a few KiB at most above the
