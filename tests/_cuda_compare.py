@@ -100,6 +100,38 @@ def main(kind):
                             "grad_rel": max(rel(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:]))})
     finally:
         C.revlif_forward = real
+    # the same for LIF: forward and backward kernels get the one step (autograd keeps the expanded view)
+    seen_lif = []
+    real_f, real_b = C.lif_forward, C.lif_backward
+
+    def spy_f(x, v0, p):
+        seen_lif.append(x.stride(0) == 0)
+        return real_f(x, v0, p)
+
+    def spy_b(x, v0, gs, gvT, p):
+        seen_lif.append(x.stride(0) == 0)
+        return real_b(x, v0, gs, gvT, p)
+
+    C.lif_forward, C.lif_backward = spy_f, spy_b
+    try:
+        for given in (False, True):
+            x0 = (torch.randn(3, 10, generator=g) * 1.5 + 0.5).to(dev)
+            v0 = (torch.rand(3, 10, generator=g) * 0.5).to(dev) if given else None
+            w = torch.randn(6, 3, 10, generator=g).to(dev)
+            runs = []
+            for contiguous in (False, True):
+                leaf = x0.clone().requires_grad_()
+                v = None if v0 is None else v0.clone().requires_grad_()
+                x = leaf.unsqueeze(0).expand(6, 3, 10)
+                s_, vT = dispatch.lif_multistep(x.contiguous() if contiguous else x, lifs[0], v, "cuda")
+                ((s_ * w).sum() + vT.sum()).backward()
+                runs.append((s_, vT, leaf.grad) + (() if v is None else (v.grad,)))
+            results.append({"op": "expanded", "mode": "lif", "v0": given, "in_place": seen_lif[-4:] == [True, True, False, False],
+                            "fwd_equal": all(eq(u, w_) for u, w_ in zip(runs[0][:2], runs[1][:2])),
+                            "grad_equal": all(eq(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:])),
+                            "grad_rel": max(rel(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:]))})
+    finally:
+        C.lif_forward, C.lif_backward = real_f, real_b
     # the dispatch + custom op path on this device (CUDA tensors only with a real GPU)
     if kind == "gpu":
         x = (torch.randn(16, 4, 64, generator=g) + 0.5).to(dev).requires_grad_()

@@ -80,14 +80,16 @@ def available() -> bool:
 
 
 def _lif_fwd(x, v0, s, vT, tau, v_th, v_reset, hard, decay_input):
+    """``x`` is ``[T, K]``, or ``[1, K]``: the same input at every step (read from its one step)."""
     j = cuda.grid(1)
-    T = x.shape[0]
-    K = x.shape[1]
+    T = s.shape[0]
+    K = s.shape[1]
+    bx = x.shape[0] == 1
     if j >= K:
         return
     v = v0[j]
     for t in range(T):
-        hh = charge(x[t, j], v, tau, v_reset, decay_input)
+        hh = charge(x[0 if bx else t, j], v, tau, v_reset, decay_input)
         ss = fire(hh, v_th)
         s[t, j] = ss
         v = reset(hh, ss, v_th, v_reset, hard)
@@ -95,14 +97,16 @@ def _lif_fwd(x, v0, s, vT, tau, v_th, v_reset, hard, decay_input):
 
 
 def _lif_bwd(x, v0, gs, gvT, gx, gv0, tau, v_th, v_reset, hard, decay_input, detach, in_gain, state_decay, kind, a, b):
+    """``x`` as in ``_lif_fwd``; ``gx [T, K]``."""
     j = cuda.grid(1)
-    T = x.shape[0]
-    K = x.shape[1]
+    T = gx.shape[0]
+    K = gx.shape[1]
+    bx = x.shape[0] == 1
     if j >= K:
         return
     v = v0[j]
     for t in range(T):  # recompute h into gx
-        hh = charge(x[t, j], v, tau, v_reset, decay_input)
+        hh = charge(x[0 if bx else t, j], v, tau, v_reset, decay_input)
         gx[t, j] = hh
         v = reset(hh, fire(hh, v_th), v_th, v_reset, hard)
     g = gvT[j]
@@ -302,34 +306,43 @@ def _check(t: torch.Tensor, name: str) -> torch.Tensor:
 
 def lif_forward(x: torch.Tensor, v0: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x [T, ...]`` from ``v0 [...]`` (float32, CUDA): ``(s [T, ...], v_T [...])`` as
-    :func:`edgesnn.kernels.numba_cpu.lif_forward`."""
-    x = _check(x, "x_seq")
+    :func:`edgesnn.kernels.numba_cpu.lif_forward`; an ``x`` expanded over time (stride 0 along T) is
+    read from its first step, not copied."""
+    shape = x.shape
+    x = _steps_or_one(x)
     v0 = _check(v0, "v0")
-    T = x.shape[0]
-    K = x.numel() // T
-    s = torch.empty_like(x)
+    T = shape[0]
+    K = x.numel() // x.shape[0] if x.shape[0] else 0
+    s = torch.empty(shape, dtype=x.dtype, device=x.device)
     vT = torch.empty_like(v0)
     if K:
-        _launch("lif_fwd", K, x.device, _arr(x.view(T, K)), _arr(v0.view(K)), _arr(s.view(T, K)), _arr(vT.view(K)),
-                *nm.charge_args(p))
+        _launch("lif_fwd", K, x.device, _arr(x.view(x.shape[0], K)), _arr(v0.view(K)), _arr(s.view(T, K)),
+                _arr(vT.view(K)), *nm.charge_args(p))
     return s, vT
+
+
+def _steps_or_one(x: torch.Tensor) -> torch.Tensor:
+    """``x_seq [T, ...]`` checked and contiguous, or its first step alone (``[1, ...]``) when it is the
+    same at every step (stride 0 along T), so that no ``[T, ...]`` copy is made."""
+    return _check(x[:1] if x.dim() >= 1 and x.shape[0] > 1 and x.stride(0) == 0 else x, "x_seq")
 
 
 def lif_backward(
     x: torch.Tensor, v0: torch.Tensor, grad_s: torch.Tensor, grad_vT: torch.Tensor, p: LIFParams
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Backward of :func:`lif_forward` from its inputs (``grad_s [T, ...]``, ``grad_vT [...]``):
-    ``(grad_x [T, ...], grad_v0 [...])``."""
-    x = _check(x, "x_seq")
+    ``(grad_x [T, ...], grad_v0 [...])``; ``x`` may be expanded over time, as in :func:`lif_forward`."""
+    shape = x.shape
+    x = _steps_or_one(x)
     v0 = _check(v0, "v0")
     grad_s = _check(grad_s, "grad_s")
     grad_vT = _check(grad_vT, "grad_v_T")
-    T = x.shape[0]
-    K = x.numel() // T
-    gx = torch.empty_like(x)
+    T = shape[0]
+    K = x.numel() // x.shape[0] if x.shape[0] else 0
+    gx = torch.empty(shape, dtype=x.dtype, device=x.device)
     gv0 = torch.empty_like(grad_vT)
     if K:
-        _launch("lif_bwd", K, x.device, _arr(x.view(T, K)), _arr(v0.view(K)), _arr(grad_s.view(T, K)),
+        _launch("lif_bwd", K, x.device, _arr(x.view(x.shape[0], K)), _arr(v0.view(K)), _arr(grad_s.view(T, K)),
                 _arr(grad_vT.view(K)), _arr(gx.view(T, K)), _arr(gv0.view(K)), *nm.charge_args(p),
                 bool(p.detach_reset), *nm.vjp_args(p))
     return gx, gv0
@@ -343,7 +356,7 @@ def revlif_forward(
     ``bits [ceil(T/8), B, n, M]`` uint8 (exact), ``counts [B, n, M]`` int32 (float). An ``xg`` expanded
     over time (stride 0 along T: one input repeated) is read from its first step, not copied."""
     shape = xg.shape
-    xg = _check(xg[:1] if shape[0] > 1 and xg.stride(0) == 0 else xg, "x_seq")
+    xg = _steps_or_one(xg)
     v0 = _check(v0, "v0")
     T, B, G, M = shape
     lif = p.lif

@@ -136,14 +136,14 @@ def _lif_kernel(name: str, x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch
 
 
 def _kernel_input(name: str, x_seq: torch.Tensor) -> torch.Tensor:
-    """``x_seq [T, B, ...]`` as the LIF op takes it: contiguous, except an eager input on the Numba
-    kernels that is the same at every step (stride 0 along T, ``x.unsqueeze(0).expand(T, ...)``),
+    """``x_seq [T, B, ...]`` as the LIF op takes it: contiguous, except an eager input on the Numba or
+    CUDA kernels that is the same at every step (stride 0 along T, ``x.unsqueeze(0).expand(T, ...)``),
     which goes in as it is, with or without a gradient: the kernels read its first step at every
     step. With a gradient, autograd keeps the expanded view (one step's bytes) instead of a
     ``[T, B, ...]`` copy until the backward; without, the copy was the forward's transient (a model
     whose first layer is the node: ``evaluate()``, a frozen encoder). Same spikes and gradients, bit
     for bit."""
-    if x_seq.stride(0) == 0 and x_seq.shape[0] > 1 and name == "numba" and eager():  # the cheap layout test first
+    if x_seq.stride(0) == 0 and x_seq.shape[0] > 1 and name in ("numba", "cuda") and eager():  # the cheap layout test first
         return x_seq
     return x_seq.contiguous()
 
