@@ -115,6 +115,11 @@ class OpCost:
         state: bytes the layer keeps as module state after the forward (until the next reset).
         pooled: the output and the input gradient come from edgesnn's buffer pool.
         binary_out: the output is strictly 0/1 (spikes): SpikingJelly memopt packs such inputs.
+        reads_repeated: the layer reads an input repeated over T (a zero-stride view) as it is, no
+            ``[T, B, ...]`` copy: a spiking node (edgesnn's kernels read its one step, the PyTorch
+            step loops one step at a time).
+        trains: the layer has trainable parameters (the first such layer is the first that records
+            a graph on the model input, which needs no gradient).
     """
 
     name: str
@@ -134,6 +139,8 @@ class OpCost:
     binary_out: bool = False
     out_shape: Tuple[int, ...] = ()
     module: Optional[nn.Module] = field(default=None, repr=False)
+    reads_repeated: bool = False
+    trains: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,12 +305,14 @@ def describe_ops(layers: Sequence[Tuple[str, nn.Module]], in_shape: Sequence[int
     for i, (name, mod) in enumerate(layers):
         if _is_node(mod):
             op = _node_op(i, name, mod, shape, dtype, db)
+            op.reads_repeated = True
             binary = op.binary_out
         else:
             op = _layer_op(i, name, mod, shape, dtype, db)
             shape = op.out_shape
             binary = binary and op.binary_out
             op.binary_out = binary
+        op.trains = any(p.requires_grad for p in mod.parameters())
         ops.append(op)
     return ops
 

@@ -133,6 +133,9 @@ class Chain:
                 cur = len(self.edge_elems) - 1
             self.out_edge.append(cur)
         self.first_real = next((j for j, op in enumerate(self.ops) if not op.view), None)
+        # the first layer with trainable parameters: on an input that needs no gradient (the model's)
+        # the layers before it record no graph (they keep nothing and have no backward)
+        self.first_recording = next((j for j, op in enumerate(self.ops) if not op.view and op.trains), len(self.ops))
         self.savers: Dict[int, List[int]] = {}
         for j, op in enumerate(self.ops):
             if op.saves_input:
@@ -149,23 +152,28 @@ class Chain:
         return self.T * self.B * self.edge_elems[e] * self.db
 
     def forward(self, r: Replay, *, save: bool, copy_input: bool, own_input: bool, state_tag: str = "state",
-                phase: str = "forward") -> object:
+                phase: str = "forward", input_grad: bool = True) -> object:
         """Replay the forward; returns the key of the output storage (left live).
 
         ``copy_input``: edge 0 is a zero-stride expanded view that the first layer copies (the copy
-        is edge 0's storage); otherwise edge 0 is already live under :meth:`key` ``(0)``.
+        is edge 0's storage; not for a layer that reads it as it is, :attr:`OpCost.reads_repeated`);
+        otherwise edge 0 is already live under :meth:`key` ``(0)``.
         ``own_input``: the chain may free edge 0 when nothing saved it (else the caller holds it).
         ``save``: autograd keeps what the layers save (``False``: a checkpointed forward).
+        ``input_grad``: edge 0 needs a gradient (``False``: the model input; the layers before the
+        first one with trainable parameters then keep nothing).
         """
         T, B = self.T, self.B
+        plain = 0 if input_grad else self.first_recording
         for j, op in enumerate(self.ops):
             ei, eo = self.in_edge[j], self.out_edge[j]
-            if j == self.first_real and copy_input:
+            if j == self.first_real and copy_input and not op.reads_repeated:
                 r.alloc(self.key(0), self.dense(0))
             if not op.view:
                 r.alloc(self.key(eo), self.dense(eo), pooled=op.pooled)
             extra = op.work.bytes(T, B)
-            if save:
+            keep = save and j >= plain
+            if keep:
                 r.alloc((self.tag, "priv", j), op.private.bytes(T, B))
                 r.alloc((self.tag, "ppriv", j), op.private_pooled.bytes(T, B), pooled=True, dtype="uint8")
             else:  # nothing kept: per-step saved tensors live one step, others until the layer returns
@@ -173,7 +181,7 @@ class Chain:
             if op.state.bytes(T, B):
                 r.alloc((state_tag, self.tag, j), op.state.bytes(T, B))
             r.check(f"{phase} {op.name}", extra)
-            if not op.view and (save is False or ei not in self.savers) and (ei != 0 or own_input or copy_input):
+            if not op.view and (not keep or ei not in self.savers) and (ei != 0 or own_input or copy_input):
                 r.free(self.key(ei))
         return self.key(self.out_edge[-1]) if self.ops else self.key(0)
 
@@ -185,7 +193,10 @@ class Chain:
             op = self.ops[j]
             if op.view:
                 continue
-            need = input_grad or j != self.first_real
+            if not input_grad and j < self.first_recording:  # recorded no graph: no backward
+                self._release(r, j)
+                continue
+            need = input_grad or j > self.first_recording
             gin = (self.tag, "gin", j)
             nbytes = self.dense(self.in_edge[j]) if need else 0
             if op.per_step:  # step by step: temporaries first, the input gradient grows as saved steps go
@@ -220,7 +231,7 @@ def replay_bptt(r: Replay, ops: Sequence[OpCost], T: int, B: int, db: int, class
     """Plain BPTT of one training step (forward saving for autograd, head, backward) into ``r``;
     ``db``: bytes per value, ``classes``: logits width."""
     chain = Chain(ops, "m", T, B, db)
-    out = chain.forward(r, save=True, copy_input=True, own_input=True)
+    out = chain.forward(r, save=True, copy_input=True, own_input=True, input_grad=False)
     _head(r, T, B, classes, db)
     if chain.out_edge and chain.out_edge[-1] not in chain.savers:
         r.free(out)
@@ -247,7 +258,7 @@ def replay_sj_memopt(r: Replay, units: Sequence[Tuple[bool, List[OpCost]]], T: i
             # plain autograd layers (the head): saved as usual
             if x_key is not None:
                 r.rename(x_key, chain.key(0))
-            x_key = chain.forward(r, save=True, copy_input=x_key is None, own_input=True)
+            x_key = chain.forward(r, save=True, copy_input=x_key is None, own_input=True, input_grad=x_key is not None)
             binary = bool(ops) and ops[-1].binary_out
             packed.append(None)
             continue
@@ -262,7 +273,7 @@ def replay_sj_memopt(r: Replay, units: Sequence[Tuple[bool, List[OpCost]]], T: i
             r.free(x_key)
             packed.append((chain.tag, "packed"))
         elif x_key is None:
-            out = chain.forward(r, save=False, copy_input=True, own_input=True)
+            out = chain.forward(r, save=False, copy_input=True, own_input=True, input_grad=False)
             packed.append(None)
         else:  # a non-binary input: the checkpoint keeps the tensor itself
             r.rename(x_key, chain.key(0))
@@ -296,7 +307,8 @@ def replay_sj_memopt(r: Replay, units: Sequence[Tuple[bool, List[OpCost]]], T: i
             r.alloc(chain.key(0), n * db)
             out = chain.forward(r, save=True, copy_input=False, own_input=True, state_tag="rstate", phase="recompute")
         elif kept is None:
-            out = chain.forward(r, save=True, copy_input=True, own_input=True, state_tag="rstate", phase="recompute")
+            out = chain.forward(r, save=True, copy_input=True, own_input=True, state_tag="rstate", phase="recompute",
+                                input_grad=False)
         else:  # the kept input itself
             out = chain.forward(r, save=True, copy_input=False, own_input=False, state_tag="rstate", phase="recompute")
         if chain.out_edge and chain.out_edge[-1] not in chain.savers:
