@@ -25,6 +25,23 @@ def eq(a, b):
     return bool(torch.equal(a.detach().cpu(), b.detach().cpu()))
 
 
+def _expanded_vs_contiguous(run, x0, v0, w):
+    """``run(x [T, ...], v0 | None) -> (out, v_T)`` on ``x0`` repeated over ``T = len(w)`` steps as an
+    expanded view and as a contiguous copy, loss ``(out * w).sum() + v_T.sum()``: whether outputs and
+    gradients (of ``x0``, and of ``v0`` when given) are equal bit for bit, and their largest relative gap."""
+    runs = []
+    for contiguous in (False, True):
+        leaf = x0.clone().requires_grad_()
+        v = None if v0 is None else v0.clone().requires_grad_()
+        x = leaf.unsqueeze(0).expand(w.shape[0], *x0.shape)
+        out, vT = run(x.contiguous() if contiguous else x, v)
+        ((out * w).sum() + vT.sum()).backward()
+        runs.append((out, vT, leaf.grad) + (() if v is None else (v.grad,)))
+    return {"fwd_equal": all(eq(a, b) for a, b in zip(runs[0][:2], runs[1][:2])),
+            "grad_equal": all(eq(a, b) for a, b in zip(runs[0][2:], runs[1][2:])),
+            "grad_rel": max(rel(a, b) for a, b in zip(runs[0][2:], runs[1][2:]))}
+
+
 def main(kind):
     dev = "cuda" if kind == "gpu" else "cpu"
     if kind == "gpu":
@@ -86,18 +103,9 @@ def main(kind):
             x0 = (torch.randn(2, 6, generator=g) * 1.5 + 0.5).to(dev)
             v0 = (torch.rand(2, 6, generator=g) * 0.5).to(dev) if given else None
             w = torch.randn(7, 2, 6, generator=g).to(dev)
-            runs = []
-            for contiguous in (False, True):
-                leaf = x0.clone().requires_grad_()
-                v = None if v0 is None else v0.clone().requires_grad_()
-                x = leaf.unsqueeze(0).expand(7, 2, 6)
-                y, vT = dispatch.revlif_multistep(x.contiguous() if contiguous else x, p, v, "cuda")
-                ((y * w).sum() + vT.sum()).backward()
-                runs.append((y, vT, leaf.grad) + (() if v is None else (v.grad,)))
-            results.append({"op": "expanded", "mode": mode, "v0": given, "in_place": seen[-2:] == [True, False],
-                            "fwd_equal": all(eq(u, w_) for u, w_ in zip(runs[0][:2], runs[1][:2])),
-                            "grad_equal": all(eq(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:])),
-                            "grad_rel": max(rel(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:]))})
+            results.append({"op": "expanded", "mode": mode, "v0": given,
+                            **_expanded_vs_contiguous(lambda x, v: dispatch.revlif_multistep(x, p, v, "cuda"), x0, v0, w),
+                            "in_place": seen[-2:] == [True, False]})
     finally:
         C.revlif_forward = real
     # the same for LIF: forward and backward kernels get the one step (autograd keeps the expanded view)
@@ -118,18 +126,9 @@ def main(kind):
             x0 = (torch.randn(3, 10, generator=g) * 1.5 + 0.5).to(dev)
             v0 = (torch.rand(3, 10, generator=g) * 0.5).to(dev) if given else None
             w = torch.randn(6, 3, 10, generator=g).to(dev)
-            runs = []
-            for contiguous in (False, True):
-                leaf = x0.clone().requires_grad_()
-                v = None if v0 is None else v0.clone().requires_grad_()
-                x = leaf.unsqueeze(0).expand(6, 3, 10)
-                s_, vT = dispatch.lif_multistep(x.contiguous() if contiguous else x, lifs[0], v, "cuda")
-                ((s_ * w).sum() + vT.sum()).backward()
-                runs.append((s_, vT, leaf.grad) + (() if v is None else (v.grad,)))
-            results.append({"op": "expanded", "mode": "lif", "v0": given, "in_place": seen_lif[-4:] == [True, True, False, False],
-                            "fwd_equal": all(eq(u, w_) for u, w_ in zip(runs[0][:2], runs[1][:2])),
-                            "grad_equal": all(eq(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:])),
-                            "grad_rel": max(rel(u, w_) for u, w_ in zip(runs[0][2:], runs[1][2:]))})
+            results.append({"op": "expanded", "mode": "lif", "v0": given,
+                            **_expanded_vs_contiguous(lambda x, v: dispatch.lif_multistep(x, lifs[0], v, "cuda"), x0, v0, w),
+                            "in_place": seen_lif[-4:] == [True, True, False, False]})
     finally:
         C.lif_forward, C.lif_backward = real_f, real_b
     # the dispatch + custom op path on this device (CUDA tensors only with a real GPU)

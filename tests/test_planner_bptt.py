@@ -245,32 +245,37 @@ def test_build_model_peak_equals_its_body_peak_and_leaves_it_as_it_was():
     assert all(not m.__dict__.get("_step_mode_set", False) for m in model.modules())
 
 
-_SEQ_STEP_PEAK = """
+_STEP_PEAK = """
 import json, sys, torch, torch.nn.functional as F
+from torch import nn
 from edgesnn.planner.runtime import lean_allocator
 if not lean_allocator():
     print(json.dumps(None)); sys.exit()
 from edgesnn.kernels import buffers
 from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from edgesnn.models import build_model
+from edgesnn.nn import LIF, RevLIF, SeqToANN
 from edgesnn.planner.bptt_peak import predict_peak
 torch.set_num_threads(1)
 torch.manual_seed(0)
-T, B = 8, 32
-model = build_model("convnet", (3, 32, 32), 10, T, channels=(16, 32)).train()
-x, y = torch.rand(B, 3, 32, 32), torch.randint(0, 10, (B,))
+T, B, shape = {T}, {B}, {shape}
+model = ({model}).train()
+x, y = torch.rand(B, *shape) * {scale}, torch.randint(0, 10, (B,))
+logits = {logits}
 def step():
     model.zero_grad(set_to_none=False)
-    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(logits(x), y).backward()
 step()
 buffers.release()
 before = rss_bytes()
 reset_peak_rss()
 for _ in range(3):
     step()
-peak = peak_rss_bytes() - before
-print(json.dumps([peak, predict_peak(model, (3, 32, 32), T, B).peak_bytes]))
+print(json.dumps([peak_rss_bytes() - before, predict_peak(model, shape, T, B).peak_bytes]))
 """
+#: a build_model classifier repeats its input over T and averages its logits itself
+_SEQ_STEP_PEAK = _STEP_PEAK.format(T=8, B=32, shape=(3, 32, 32), scale=1, logits="model",
+                                   model='build_model("convnet", shape, 10, T, channels=(16, 32))')
 
 
 def test_build_model_peak_matches_measured_rss():
@@ -280,34 +285,6 @@ def test_build_model_peak_matches_measured_rss():
 
     measured, predicted = measured_and_predicted(_SEQ_STEP_PEAK)
     assert abs(predicted - measured) <= 0.03 * measured + 2 * 2**20, (measured, predicted)
-
-
-_NODE_FIRST_STEP_PEAK = """
-import json, sys, torch, torch.nn.functional as F
-from torch import nn
-from edgesnn.planner.runtime import lean_allocator
-if not lean_allocator():
-    print(json.dumps(None)); sys.exit()
-from edgesnn.kernels import buffers
-from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from edgesnn.nn import LIF, RevLIF, SeqToANN
-from edgesnn.planner.bptt_peak import predict_peak
-torch.set_num_threads(1)
-torch.manual_seed(0)
-T, B = 16, 64
-model = nn.Sequential({node}(backend={backend!r}), SeqToANN(nn.Flatten(), nn.Linear(4 * 32 * 32, 10))).train()
-x, y = torch.rand(B, 4, 32, 32) * 2, torch.randint(0, 10, (B,))
-def step():
-    model.zero_grad(set_to_none=False)
-    F.cross_entropy(model(x.unsqueeze(0).expand(T, *x.shape)).mean(0), y).backward()
-step()
-buffers.release()
-before = rss_bytes()
-reset_peak_rss()
-for _ in range(3):
-    step()
-print(json.dumps([peak_rss_bytes() - before, predict_peak(model, (4, 32, 32), T, B).peak_bytes]))
-"""
 
 
 @pytest.mark.parametrize("node,backend,tol", [("LIF", "numba", 0.1), ("RevLIF", "numba", 0.1), ("LIF", "torch", 0.15)])
@@ -320,5 +297,7 @@ def test_node_first_peak_matches_measured_rss(node, backend, tol):
         pytest.skip("needs the Numba kernels")
     from _rss_measure import measured_and_predicted  # tests/ helper (pytest puts tests/ on sys.path)
 
-    measured, predicted = measured_and_predicted(_NODE_FIRST_STEP_PEAK.format(node=node, backend=backend))
+    measured, predicted = measured_and_predicted(_STEP_PEAK.format(
+        T=16, B=64, shape=(4, 32, 32), scale=2, model=f"nn.Sequential({node}(backend={backend!r}), SeqToANN(nn.Flatten(), nn.Linear(4 * 32 * 32, 10)))",
+        logits="lambda x: model(x.unsqueeze(0).expand(T, *x.shape)).mean(0)"))
     assert abs(predicted - measured) <= tol * measured, (measured, predicted)
