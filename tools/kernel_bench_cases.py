@@ -126,12 +126,10 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
         x = x0.clone().requires_grad_()
         f(x).sum().backward()
 
-    def cpu():
+    def usage():
+        """(process CPU seconds, minor page faults) so far."""
         r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    def faults():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        return r.ru_utime + r.ru_stime, r.ru_minflt
 
     res = {name: {"wall": [], "cpu": [], "faults": [], "round_ms": []} for name in variants}
     for name, f in variants.items():
@@ -142,11 +140,12 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
             f = variants[name]
             ws = []
             for _ in range(reps):
-                f0, c0, t0 = faults(), cpu(), time.perf_counter()
+                (c0, f0), t0 = usage(), time.perf_counter()
                 step(f)
                 ws.append(time.perf_counter() - t0)
-                res[name]["cpu"].append(cpu() - c0)
-                res[name]["faults"].append(faults() - f0)
+                c1, f1 = usage()
+                res[name]["cpu"].append(c1 - c0)
+                res[name]["faults"].append(f1 - f0)
             res[name]["wall"] += ws
             res[name]["round_ms"].append(1e3 * statistics.median(ws))
     out = {}

@@ -131,32 +131,22 @@ def _lif_kernel(name: str, x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch
     _check_kernel_input(name, x_seq, p)
     if v0 is None:
         v0 = _lif.initial_state(x_seq[0], p)
-    s, v_T = _ops.lif_apply(_kernel_input(name, x_seq), v0.contiguous(), *_ops.lif_params_args(p), name)
+    s, v_T = _ops.lif_apply(_kernel_input(x_seq), v0.contiguous(), *_ops.lif_params_args(p), name)
     return s, v_T
 
 
-def _kernel_input(name: str, x_seq: torch.Tensor) -> torch.Tensor:
-    """``x_seq [T, B, ...]`` as the LIF op takes it: contiguous, except an eager input on the Numba or
-    CUDA kernels that is the same at every step (stride 0 along T, ``x.unsqueeze(0).expand(T, ...)``),
-    which goes in as it is, with or without a gradient: the kernels read its first step at every
-    step. With a gradient, autograd keeps the expanded view (one step's bytes) instead of a
-    ``[T, B, ...]`` copy until the backward; without, the copy was the forward's transient (a model
-    whose first layer is the node: ``evaluate()``, a frozen encoder). Same spikes and gradients, bit
+def _kernel_input(x_seq: torch.Tensor) -> torch.Tensor:
+    """``x_seq [T, B, ...]`` as the LIF and RevLIF ops take it (the Numba and CUDA kernels): contiguous,
+    except an eager input that is the same at every step (stride 0 along T,
+    ``x.unsqueeze(0).expand(T, ...)``), which goes in as it is, with or without a gradient: the
+    kernels read its first step at every step. With a gradient, the LIF op's autograd keeps the
+    expanded view (one step's bytes) instead of a ``[T, B, ...]`` copy until the backward; RevLIF saves
+    its output, not its input, so there, as for both without a gradient (a model whose first layer
+    is the node: ``evaluate()``, a frozen encoder), the copy was the forward's transient. RevLIF's
+    grouped view keeps the stride 0 when the step reshapes without a copy (else
+    :func:`~edgesnn.functional.revlif.to_groups` copies as before). Same outputs and gradients, bit
     for bit."""
-    if x_seq.stride(0) == 0 and x_seq.shape[0] > 1 and name in ("numba", "cuda") and eager():  # the cheap layout test first
-        return x_seq
-    return x_seq.contiguous()
-
-
-def _revlif_kernel_input(x_seq: torch.Tensor) -> torch.Tensor:
-    """``x_seq [T, B, C, ...]`` as the RevLIF op takes it before grouping: contiguous, except an eager
-    input that is the same at every step (stride 0 along T, ``x.unsqueeze(0).expand(T, ...)``),
-    which goes in as it is: the Numba and CUDA kernels read its first step at every step. The op
-    saves no input, so the ``[T, B, C, ...]`` copy this avoids lived only during the forward, with
-    or without a gradient (the grouped view keeps the stride 0 when the step reshapes without a
-    copy; else :func:`~edgesnn.functional.revlif.to_groups` copies as before). Same outputs and
-    gradients, bit for bit."""
-    if x_seq.stride(0) == 0 and x_seq.shape[0] > 1 and eager():
+    if x_seq.stride(0) == 0 and x_seq.shape[0] > 1 and eager():  # the cheap layout test first: this runs on every call
         return x_seq
     return x_seq.contiguous()
 
@@ -165,7 +155,7 @@ def _revlif_kernel(name: str, x_seq: torch.Tensor, p: RevLIFParams, v0: Optional
     check_sequence(x_seq, dtypes=(torch.float32, torch.float64))
     check_state(v0, x_seq)
     _check_kernel_input(name, x_seq, p)
-    xg = to_groups(_revlif_kernel_input(x_seq), p.groups)
+    xg = to_groups(_kernel_input(x_seq), p.groups)
     # the backward always verifies the reconstructed initial state: against the fresh state (1) or
     # against the given one (2: kept by the op, on the grid in exact mode, bit for bit)
     if v0 is None:
