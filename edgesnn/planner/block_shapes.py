@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 from torch import nn
 
 from ..nn import RevLIF
+from .layer_types import CONV_TYPES, MAX_POOL_TYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..memopt.block import Block
@@ -49,8 +50,7 @@ class BlockShape:
     reversible: bool = False  # the node is a RevLIF (its loop keeps no per-step history: see LOOP_*)
 
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)
+_MAX_POOLS = MAX_POOL_TYPES + (nn.AdaptiveMaxPool2d,)
 _POOL_TYPES = _MAX_POOLS + (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                             nn.AdaptiveAvgPool3d)
 
@@ -77,7 +77,7 @@ def _macs(block, T: int, B: int) -> int:
     total = 0
     for s in block.steps:
         m = s.module
-        if isinstance(m, _CONV_TYPES):
+        if isinstance(m, CONV_TYPES):
             out = block.trace.get("pre_out") or block.trace["node_in"]
             # output positions: the last spatial dims (the output may be [T*B, C, ...] or [T, B, C, ...])
             positions = _prod(out[len(out) - len(m.kernel_size):])
@@ -113,7 +113,7 @@ def block_shape(block: "Block", index: int) -> BlockShape:
         static=static, has_bn=block.bn_index() is not None, can_chunk=block.can_chunk() and records,
         macs=_macs(block, T, B), hands_off=block.next_block is not None and records,
         param_bytes=sum(p.numel() * p.element_size() for p in block.params),
-        conv_param_bytes=sum(p.numel() * p.element_size() for s in block.steps if isinstance(s.module, _CONV_TYPES)
+        conv_param_bytes=sum(p.numel() * p.element_size() for s in block.steps if isinstance(s.module, CONV_TYPES)
                              for p in s.module.parameters() if p.requires_grad),
         has_post=bool(block.post), can_hold=block.can_hold() and records, unfused_pool=pool not in (None, "pool2"),
         pool_autograd=pool == "autograd", node_autograd=kind is None,

@@ -73,13 +73,13 @@ from ..memory import SavedTensorCounter, _storage_key
 from ..models import SpikingClassifier
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
+from .layer_types import CONV_TYPES, MAX_POOL_TYPES
 from .memory_model import ZERO, Cost, Layer, _classify, option_cost, resolved_backend
 from .step_replay import Chain, Pool, Replay, replay_bptt, replay_sj_memopt
 
 __all__ = ["Strategy", "OpCost", "PeakPrediction", "describe_ops", "saved_bytes", "predict_peak"]
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_PASS_BINARY = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Identity, nn.Unflatten, nn.Dropout)
+_PASS_BINARY = MAX_POOL_TYPES + (nn.Flatten, nn.Identity, nn.Unflatten, nn.Dropout)
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ def _layer_op(idx: int, name: str, module: nn.Module, shape: Tuple[int, ...], dt
     op = OpCost(name, L.kind, L.in_elems, L.out_elems, view=L.view, saves_input=L.saves_input, saves_output=L.saves_output,
                 private=L.private, work=L.work, bwork=L.bwork + Cost(const=pbytes), out_shape=tuple(L.out_shape),
                 module=module)
-    if isinstance(module, _CONV_TYPES):
+    if isinstance(module, CONV_TYPES):
         # oneDNN: forward output + weight in blocked layouts; backward a reordered grad_output,
         # the new weight gradient and its reorder (see the module docstring)
         out_b = L.out_elems * db

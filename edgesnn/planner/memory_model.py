@@ -53,6 +53,7 @@ from ..nn.neurons import _SpikingNode
 from ..shape_probe import probe_output
 from .checks import check_in_shape, check_int, unsupported_layer
 from .costs import ZERO, Cost, Layer
+from .layer_types import CONV_TYPES, MAX_POOL_TYPES, first_recording
 
 __all__ = ["Cost", "ZERO", "Layer", "ChainModel", "describe", "option_cost", "placeholder_cost", "resolved_backend",
            "NUMBA_RUNTIME_BYTES", "OPTIMIZER_STATES", "kernel_runtime_bytes"]
@@ -68,10 +69,9 @@ OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd-momentum": 1, "sgd": 0}
 NUMBA_RUNTIME_BYTES = 120 * 2**20
 
 _VIEW_TYPES = (nn.Flatten, nn.Identity, nn.Unflatten)
-_SAVE_INPUT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_SAVE_INPUT_TYPES = (nn.Linear,) + CONV_TYPES + (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _NO_SAVE_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 _SAVE_OUTPUT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
 
@@ -244,7 +244,7 @@ def _classify(idx: int, name: str, module: nn.Module, in_shape, dtype, dtype_byt
         L.view = True
     elif isinstance(module, _SAVE_INPUT_TYPES):
         L.saves_input = True
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if isinstance(module, CONV_TYPES):
             # oneDNN convolutions on the CPU reorder into blocked layouts: peak RSS measured on
             # [128, C, 32, 32] (C 3-32) is 2 x output in forward and grad_input + 2 x output in backward
             out_b = dtype_bytes * math.prod(out_shape)
@@ -252,7 +252,7 @@ def _classify(idx: int, name: str, module: nn.Module, in_shape, dtype, dtype_byt
     elif isinstance(module, _BN_TYPES):
         L.saves_input = True
         L.private = Cost(const=2 * module.num_features * 4)  # save_mean, save_invstd (float32)
-    elif isinstance(module, _MAXPOOL_TYPES):
+    elif isinstance(module, MAX_POOL_TYPES):
         L.saves_input = True
         L.private = Cost(step=8 * math.prod(out_shape))  # int64 indices
     elif isinstance(module, _NO_SAVE_TYPES):
@@ -353,8 +353,8 @@ class ChainModel:
                 self.edge_producer.append(j)
                 cur = len(self.edge_bytes) - 1
             self.out_edge.append(cur)
-        self.first_recording: Optional[int] = next((j for j, L in enumerate(self.layers) if L.params or (
-            L.module is not None and any(p.requires_grad for p in L.module.parameters()))), None)  # see records
+        self.first_recording: Optional[int] = first_recording(L.params > 0 or (
+            L.module is not None and any(p.requires_grad for p in L.module.parameters())) for L in self.layers)
         # edges saved by fixed (non-spiking) layers: counted in the fixed part
         self.fixed_saved = set()
         for j, L in enumerate(self.layers):

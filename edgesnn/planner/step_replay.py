@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
+from .layer_types import first_recording
 from .memory_model import Cost
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -133,9 +134,9 @@ class Chain:
                 cur = len(self.edge_elems) - 1
             self.out_edge.append(cur)
         self.first_real = next((j for j, op in enumerate(self.ops) if not op.view), None)
-        # the first layer with trainable parameters: on an input that needs no gradient (the model's)
-        # the layers before it record no graph (they keep nothing and have no backward)
-        self.first_recording = next((j for j, op in enumerate(self.ops) if not op.view and op.trains), len(self.ops))
+        # on an input that needs no gradient (the model's) the layers before it record no graph
+        first = first_recording(not op.view and op.trains for op in self.ops)
+        self.first_recording = len(self.ops) if first is None else first
         self.savers: Dict[int, List[int]] = {}
         for j, op in enumerate(self.ops):
             if op.saves_input:
