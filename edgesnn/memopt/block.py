@@ -48,11 +48,12 @@ from ..functional.second_order import func_transform_depth
 from ..kernels import buffers
 from .batchnorm import ChunkStats, ExactStats, batch_stats_mode, bn_output, exact_supported, update_running
 from .block_backward import backward_chunked_bn, backward_plain
+from .forward_state import as_in_forward, capture
 from .gradchunks import DenseGrad, GradChunks
 from .handoff import hand_over, run_lock, take_handoff
 from .layer_grad import layer_backward_supported
 from .layers import Step, child_steps
-from .packing import SavedInput, is_time_invariant, pack_bits, save_input
+from .packing import PackedOutput, SavedInput, is_time_invariant, save_input
 from .paramgrads import collected, stand_ins, trainable_params
 from .static import StaticBackward
 from .steps import apply_over_time, apply_static, apply_steps, fused_kind, merge_time, run_node_post, split_time
@@ -165,6 +166,16 @@ _SECOND_BACKWARD = ("optimize_memory: backward ran a second time through an opti
                     "sum the losses and call backward once, or call edgesnn.memopt.uninstall(model) to use plain autograd")
 
 
+_SECOND_ORDER = ("optimize_memory: second-order gradients (create_graph=True, differentiating a gradient) do not go "
+                 "through an optimized block, whose backward recomputes without a graph; call "
+                 "edgesnn.memopt.uninstall(model) to use plain autograd")
+
+
+def _owner(block: Block) -> str:
+    """The block as errors name it."""
+    return f"the {type(block.node).__name__} block (children {block.start}-{block.stop - 1})"
+
+
 class _BlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: Block, route: Route, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
@@ -204,7 +215,7 @@ class _BlockFunction(torch.autograd.Function):
         elif chunked_bn:
             pre, mid = block.steps[:bn_i], block.steps[bn_i + 1:]
             kept_a = _batch_statistics(ctx, bn, pre, bounds, x_chunk, len(bounds) if hold else block.keep)
-        handoff = _Handoff(block, T) if block.next_block is not None and route.to_next else None
+        handoff = PackedOutput(block.out_codec, T) if block.next_block is not None and route.to_next else None
         steps = bounds
         if static:
             # checkpoints once per chunk, but the node runs a few steps at a time (small transient)
@@ -237,8 +248,12 @@ class _BlockFunction(torch.autograd.Function):
         ctx.checkpoints = checkpoints
         ctx.static_backward = None
         ctx.incoming_static = incoming_static
+        # the modes and weights the backward must recompute with (PyTorch's saved tensors keep them)
+        ctx.forward_state = capture([(str(block.start + i), m) for i, m in enumerate(block.owners)],
+                                    "an optimize_memory block recomputes its layers in backward", all_buffers=False)
         if static:
-            ctx.static_backward = StaticBackward(block, ctx.saved_input, bounds, checkpoints, x.requires_grad, params)
+            ctx.static_backward = StaticBackward(block, ctx.saved_input, bounds, checkpoints, x.requires_grad, params,
+                                                 ctx.forward_state, _owner(block))
             ctx.set_materialize_grads(False)
         if handoff is not None:
             # The next block reads the packed output; autograd only needs a tensor of the right
@@ -254,6 +269,8 @@ class _BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: the recomputed gradients would have no graph
+            raise RuntimeError(_SECOND_ORDER)
         with run_lock():  # the block's modules hold stand-ins for their parameters meanwhile
             return _BlockFunction._backward(ctx, grad_out)
 
@@ -262,6 +279,11 @@ class _BlockFunction(torch.autograd.Function):
         if getattr(ctx, "backward_ran", False):  # its saved input and checkpoints are freed (or spent)
             raise RuntimeError(_SECOND_BACKWARD)
         ctx.backward_ran = True
+        with as_in_forward(ctx.forward_state, _owner(ctx.block)):
+            return _BlockFunction._backward_as_in_forward(ctx, grad_out)
+
+    @staticmethod
+    def _backward_as_in_forward(ctx, grad_out: torch.Tensor):
         buffers.release()  # as in forward: the pool holds one block's buffers at a time
         block: Block = ctx.block
         saved: SavedInput = ctx.saved_input
@@ -381,32 +403,6 @@ def _grad_source(ctx, grad_out: torch.Tensor):
     if grad_out is not None and grad_out is not chunks.placeholder:
         chunks.add_dense(grad_out)
     return chunks
-
-
-class _Handoff:
-    """The block's output written straight into the next block's compact input (no dense ``[T, ...]``)."""
-
-    def __init__(self, block: "Block", T: int) -> None:
-        self.block, self.T = block, T
-        self.saved: Optional[SavedInput] = None
-
-    def write(self, t0: int, t1: int, o: torch.Tensor) -> None:
-        codec = self.block.out_codec
-        if self.saved is None:
-            shape = (self.T,) + tuple(o.shape[1:])
-            per_step = 1
-            for d in shape[1:]:
-                per_step *= d
-            if codec == "bits":
-                data = torch.empty(self.T, (per_step + 7) // 8, dtype=torch.uint8, device=o.device)
-            else:
-                data = torch.empty(shape, dtype=torch.uint8, device=o.device)
-            self.saved = SavedInput(codec, data, shape, o.dtype)
-        if codec == "bits":
-            pack_bits(o, out=self.saved.data[t0:t1])
-        else:
-            n = int(codec.split(":")[1])
-            self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)
 
 
 def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Tensor:

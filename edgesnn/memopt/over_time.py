@@ -12,13 +12,13 @@ than ``chunk`` time steps of its intermediates, in forward or in backward.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..functional.checks import autocast_on, check_int, eager
+from .forward_state import ForwardState, as_in_forward, capture
 from .packing import SavedInput, _version, is_time_invariant, save_input
 
 __all__ = ["checkpoint_over_time"]
@@ -241,34 +241,11 @@ def _codec(x: torch.Tensor) -> str:
     return "bits"
 
 
-def _module_state(fn: Callable[..., torch.Tensor]) -> Tuple[list, list]:
+def _module_state(fn: Callable[..., torch.Tensor]) -> ForwardState:
     """What an ``nn.Module`` ``fn``'s recomputation depends on besides its inputs: each submodule's
-    training flag, and each parameter's and buffer's version (empty for a plain function)."""
-    if not isinstance(fn, nn.Module):
-        return [], []
-    tensors = [(f"parameter '{n}'", t) for n, t in fn.named_parameters()]
-    tensors += [(f"buffer '{n}'", t) for n, t in fn.named_buffers()]
-    return [(m, m.training) for m in fn.modules()], [(what, t, _version(t)) for what, t in tensors]
-
-
-@contextmanager
-def _as_in_forward(state: Tuple[list, list]) -> Iterator[None]:
-    """Refuse parameters or buffers changed in place since the forward (as PyTorch does for a saved
-    tensor); run with every submodule in its forward's train/eval mode, then restore the modes."""
-    modes, versions = state
-    for what, t, version in versions:
-        if version is not None and t._version != version:
-            raise RuntimeError("one of the variables needed for gradient computation has been modified by an "
-                               f"inplace operation: fn's {what} is at version {t._version}; expected version "
-                               f"{version} instead (checkpoint_over_time recomputes fn in backward)")
-    now = [m.training for m, _ in modes]
-    try:
-        for m, training in modes:
-            m.training = training
-        yield
-    finally:
-        for (m, _), training in zip(modes, now):
-            m.training = training
+    training flag, and each parameter's and buffer's version (nothing for a plain function)."""
+    modules = [("", fn)] if isinstance(fn, nn.Module) else []
+    return capture(modules, "checkpoint_over_time recomputes fn in backward", all_buffers=True)
 
 
 class _OverTime(torch.autograd.Function):
@@ -296,7 +273,7 @@ class _OverTime(torch.autograd.Function):
                                "miss their own gradients; call fn plainly there")
         for s in saved:
             s.check_unmodified()
-        with _as_in_forward(ctx.state):
+        with as_in_forward(ctx.state, "fn"):
             return _OverTime._recompute(ctx, saved, grad_out)
 
     @staticmethod

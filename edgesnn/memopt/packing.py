@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["SavedInput", "save_input"]
+__all__ = ["SavedInput", "save_input", "PackedOutput"]
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 _WEIGHTS = (1 << _SHIFTS).to(torch.uint8)
@@ -141,3 +141,30 @@ def save_input(x: torch.Tensor, codec: str) -> SavedInput:
 def _version(x: torch.Tensor) -> Optional[int]:
     """``x``'s version counter (``None`` for an inference tensor, which has none)."""
     return None if x.is_inference() else x._version
+
+
+class PackedOutput:
+    """A block's output ``[T, B, ...]`` written chunk by chunk straight into the next block's compact
+    input (``codec``: ``bits`` or ``levels:n``; no dense ``[T, ...]`` tensor)."""
+
+    def __init__(self, codec: str, T: int) -> None:
+        self.codec, self.T = codec, T
+        self.saved: Optional[SavedInput] = None
+
+    def write(self, t0: int, t1: int, o: torch.Tensor) -> None:
+        codec = self.codec
+        if self.saved is None:
+            shape = (self.T,) + tuple(o.shape[1:])
+            per_step = 1
+            for d in shape[1:]:
+                per_step *= d
+            if codec == "bits":
+                data = torch.empty(self.T, (per_step + 7) // 8, dtype=torch.uint8, device=o.device)
+            else:
+                data = torch.empty(shape, dtype=torch.uint8, device=o.device)
+            self.saved = SavedInput(codec, data, shape, o.dtype)
+        if codec == "bits":
+            pack_bits(o, out=self.saved.data[t0:t1])
+        else:
+            n = int(codec.split(":")[1])
+            self.saved.data[t0:t1] = (o * n).round_().to(torch.uint8)

@@ -73,9 +73,12 @@ class MemoryOptimizedSequential(nn.Sequential):
     def _live_blocks(self, children: List[nn.Module]) -> List[Block]:
         """The blocks still as planned (:meth:`Block.unchanged`); warns once about the others, except
         blocks switched to single-step (``functional.set_step_mode(model, 's')``): one step per call
-        has no T to chunk, and they run as blocks again once set back to ``'m'``."""
-        live = [b for b in self._memopt_blocks if b.unchanged(children)]
-        kept = {id(b) for b in live}
+        has no T to chunk, and they run as blocks again once set back to ``'m'``. A block whose node
+        holds a state from single-step calls runs as plain modules once, without a warning: the
+        node's own forward starts from that state and drops it, as in the plain model."""
+        planned = [b for b in self._memopt_blocks if b.unchanged(children)]
+        live = [b for b in planned if not _holds_state(b)]
+        kept = {id(b) for b in planned}
         changed = [b for b in self._memopt_blocks if id(b) not in kept and not _single_step(b, children)]
         if changed and not self.__dict__.get("_memopt_warned", False):
             self._memopt_warned = True
@@ -121,6 +124,12 @@ class MemoryOptimizedSequential(nn.Sequential):
 def _single_step(b: Block, children: List[nn.Module]) -> bool:
     """Whether block ``b`` still holds its planned children and its node is now single-step (``step_mode='s'``)."""
     return list(children[b.start:b.stop]) == list(b.owners) and getattr(b.node, "step_mode", "m") == "s"
+
+
+def _holds_state(b: Block) -> bool:
+    """Whether block ``b``'s node holds a state carried from single-step calls (a block's chunks
+    start from a fresh state; the node's own forward starts from the held one)."""
+    return getattr(b.node, "_v", None) is not None
 
 
 def _routes(live: List[Block]) -> Dict[int, Route]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .forward_state import ForwardState, as_in_forward
 from .packing import SavedInput
 from .paramgrads import collected, stand_ins
 from .steps import apply_static, node_backward_time_sum, node_chunk_backward, run_node_post
@@ -31,10 +33,14 @@ class StaticBackward:
 
     def __init__(self, block: "Block", saved: SavedInput, bounds: Sequence[Tuple[int, int]],
                  checkpoints: Sequence[Optional[torch.Tensor]], input_needs_grad: bool,
-                 params: Sequence[torch.Tensor] = ()) -> None:
+                 params: Sequence[torch.Tensor] = (), forward_state: Optional[ForwardState] = None,
+                 owner: str = "an optimize_memory block") -> None:
         """``bounds``: the forward's chunks ``(t0, t1)`` (time steps); ``checkpoints``: the node state
-        ``[B, ...]`` at each chunk's start (``None``: fresh)."""
+        ``[B, ...]`` at each chunk's start (``None``: fresh); ``forward_state``: the block's modules at
+        the forward's end (each backward step runs in their forward modes, and refuses a parameter
+        changed in place since; ``owner`` names the block in that error)."""
         self.block, self.saved, self.bounds, self.checkpoints = block, saved, list(bounds), checkpoints
+        self.forward_state, self.owner = forward_state, owner
         self.input_needs_grad = input_needs_grad
         self.params = list(params)
         self.param_grads: Tuple[Optional[torch.Tensor], ...] = (None,) * len(self.params)
@@ -80,8 +86,16 @@ class StaticBackward:
                 _, v = run_node_post(self.block.node, [], z0.unsqueeze(0).expand(min(piece, steps - s0), *z0.shape), v)
         return v
 
+    def _as_in_forward(self) -> ContextManager[None]:
+        """Where this backward may run inside the next block's: the block's own forward modes."""
+        return nullcontext() if self.forward_state is None else as_in_forward(self.forward_state, self.owner)
+
     def feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
         """Back-propagate steps ``t0:t1`` (fed last to first) given their output gradient ``g [t1 - t0, B, ...]``."""
+        with self._as_in_forward():
+            self._feed(t0, t1, g)
+
+    def _feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
         block = self.block
         c = self.next_chunk
         while c >= 0 and self.bounds[c][0] > t0:
@@ -122,6 +136,10 @@ class StaticBackward:
         """Back-propagate the time-summed gradient through the layers before the node (parameter
         gradients into ``param_grads``). Returns the block input's gradient ``[T, B, ...]`` (a zero-stride
         view over T of the sum / T) when ``input_needs_grad``, else ``None``."""
+        with self._as_in_forward():
+            return self._finish()
+
+    def _finish(self) -> Optional[torch.Tensor]:
         block, saved = self.block, self.saved
         saved.check_unmodified()
         x0l = saved.data.detach().requires_grad_(self.input_needs_grad)
