@@ -143,10 +143,10 @@ def import_params(checkpoint: PathLike, params_npz: PathLike, out: PathLike) -> 
 
 def _check_args(args: argparse.Namespace) -> Path:
     """Validate the flags before any work; returns the output path (a file or, for onnx-training, a directory)."""
-    from .run_support import FLOAT32_MAX  # (numpy: imported here, not for --help)
+    from .run_support import FLOAT32_MAX, RATE_RANGE, is_float32_rate  # (numpy: imported here, not for --help)
 
-    if args.lr is not None and not (math.isfinite(args.lr) and 0 < args.lr <= FLOAT32_MAX):
-        raise UsageError(f"--lr: expected a finite number > 0 (float32 range), got {args.lr}")
+    if args.lr is not None and not is_float32_rate(args.lr):
+        raise UsageError(f"--lr: expected {RATE_RANGE}, got {args.lr}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
     training = [f for f, v in (("--batch-size", args.batch_size), ("--optimizer", args.optimizer), ("--lr", args.lr),
@@ -164,8 +164,8 @@ def _check_args(args: argparse.Namespace) -> Path:
                          f"weights, first run --format checkpoint --params {args.params} --out NEW.ckpt, then export "
                          "NEW.ckpt")
     for flag, value in (("--momentum", args.momentum), ("--weight-decay", args.weight_decay)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"{flag}: expected a finite number >= 0, got {value}")
+        if value is not None and not (math.isfinite(value) and 0 <= value <= FLOAT32_MAX):
+            raise UsageError(f"{flag}: expected a finite number >= 0 (float32 range), got {value}")
     given = [f for f, v in (("--momentum", args.momentum is not None), ("--weight-decay", args.weight_decay is not None),
                             ("--nesterov", args.nesterov), ("--time-chunk", args.time_chunk is not None)) if v]
     if given and args.format != "onnx-step":  # the other formats would ignore them silently

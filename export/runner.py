@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import sys
 import types
@@ -94,7 +93,7 @@ from .run_data import data_fingerprint, load_dataset, split_holdout
 from .run_history import BEST_PARAMS, check_keep_best
 from .run_schedule import SCHEDULES, check_schedule_name
 from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigterm_interrupts
-from .run_support import FLOAT32_MAX, peak_rss_mb
+from .run_support import RATE_RANGE, is_float32_rate, peak_rss_mb
 
 __all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "split_holdout", "finetune", "peak_rss_mb",
            "main", "StepCheckError", "training_modules_imported", "check_resumable", "max_threads"]
@@ -226,8 +225,8 @@ def finetune(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UsageError(f"--epochs: expected an integer >= 1, got {epochs!r}")
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= FLOAT32_MAX):
-        raise UsageError(f"--lr: expected a finite number > 0 (float32 range), got {lr!r}")
+    if lr is not None and not is_float32_rate(lr):
+        raise UsageError(f"--lr: expected {RATE_RANGE}, got {lr!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):

@@ -302,7 +302,9 @@ def test_export_refuses_out_that_holds_the_input_and_existing_files(artifacts, t
 @needs_ort
 def test_export_flags_are_validated(artifacts, tmp_path, capsys):
     ck = str(artifacts / "model.ckpt")
-    for flags, name in ((["--lr", "-1"], "--lr"), (["--lr", "inf"], "--lr"), (["--batch-size", "0"], "--batch-size")):
+    # 1e-50 is 0 in the float32 graphs (training would silently do nothing); 1e39 is inf there
+    for flags, name in ((["--lr", "-1"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "1e-50"], "--lr"),
+                        (["--momentum", "1e39"], "--momentum"), (["--batch-size", "0"], "--batch-size")):
         assert main(["export", "--checkpoint", ck, "--format", "onnx-training", "--out", str(tmp_path / "a"), *flags]) == 2
         assert _err(capsys).startswith(f"edgesnn export: error: {name}: expected")
     assert not (tmp_path / "a").exists()
@@ -313,7 +315,8 @@ def test_runner_validates_flags_and_labels(artifacts, tmp_path, capsys):
     from edgesnn.export.runner import main as device
 
     art, data = str(artifacts / "art"), str(artifacts / "data.npz")
-    for flags, name in ((["--lr", "-0.05"], "--lr"), (["--lr", "nan"], "--lr"), (["--threads", "0"], "--threads"),
+    for flags, name in ((["--lr", "-0.05"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "1e-50"], "--lr"),
+                        (["--threads", "0"], "--threads"),
                         (["--epochs", "0"], "--epochs"), (["--seed", "-1"], "--seed"),
                         (["--resume", "--force"], "--resume and --force")):
         assert device([art, "--data", data, "--out", str(tmp_path / "ft"), *flags]) == 2
