@@ -30,6 +30,8 @@ from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 __all__ = [
     "LIFParams",
     "lif_charge",
+    "plif_charge",
+    "plif_multistep",
     "lif_fire_reset",
     "lif_fire_reset_values",
     "lif_step",
@@ -219,6 +221,31 @@ def lif_multistep_reference(
     Returns:
         ``(s_seq [T, B, ...], v_T [B, ...])``.
     """
+    return _autograd_loop(x_seq, p, v0, lambda x, v: lif_step(x, v, p))
+
+
+def plif_charge(x: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, p: ResetRule) -> torch.Tensor:
+    """The charge of SpikingJelly's ``ParametricLIFNode``: :func:`lif_charge` with the decay
+    ``sigmoid(w) = 1 / tau`` (a 0-dim tensor) multiplied in, as SpikingJelly computes it. Dividing
+    by ``tau = 1 / sigmoid(w)`` instead rounds differently (a potential SpikingJelly charges to
+    exactly the threshold came out one ulp below it: a spike lost), and its gradient to ``w``
+    goes through ``tau ** 2`` (Inf in float16 from tau ~ 256, in float32 from 1.8e19)."""
+    if p.decay_input:
+        return v + (x - (v - p.charge_reset)) * decay
+    return v - (v - p.charge_reset) * decay + x
+
+
+def plif_multistep(
+    x_seq: torch.Tensor, decay: torch.Tensor, p: ResetRule, v0: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ParametricLIF over time under plain autograd: :func:`plif_charge` then :func:`lif_fire_reset`
+    per step; ``decay`` (``sigmoid(w)``, 0-dim, learnable) and, in ``p``, a threshold that may be a
+    learnable 0-dim tensor. Shapes as in :func:`lif_multistep_reference`."""
+    return _autograd_loop(x_seq, p, v0, lambda x, v: lif_fire_reset(plif_charge(x, v, decay, p), p))
+
+
+def _autograd_loop(x_seq: torch.Tensor, p: ResetRule, v0: Optional[torch.Tensor], step) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``step(x_t, v) -> (s_t, v_next)`` over ``x_seq [T, B, ...]`` from ``v0`` (or the fresh state), checked."""
     check_sequence(x_seq)
     check_state(v0, x_seq)
     check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
@@ -227,7 +254,7 @@ def lif_multistep_reference(
     v = initial_state(x_seq[0], p) if v0 is None else v0
     spikes = []
     for t in range(x_seq.shape[0]):
-        s, v = lif_step(x_seq[t], v, p)
+        s, v = step(x_seq[t], v)
         spikes.append(s)
     return torch.stack(spikes), v
 

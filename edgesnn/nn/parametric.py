@@ -16,37 +16,23 @@ import torch
 from torch import nn
 
 from ..functional.checks import check_flag
-from ..functional.lif import LIFParams, ResetRule, lif_multistep_reference
+from ..functional.lif import LIFParams, ResetRule, plif_multistep
 from ..functional.surrogate import Surrogate
 from ._compat import LIFAttributes, resolve_surrogate
 from .neurons import _SpikingNode
 
-__all__ = ["ParametricLIF", "MAX_TAU"]
-
-#: Largest ``init_tau`` / assigned ``tau`` a ParametricLIF accepts. The gradient of ``w`` goes through
-#: ``tau ** 2`` (the backward of ``x / tau`` and of ``tau = 1 / sigmoid(w)``), which overflows float32
-#: from tau = 1.8e19 on: ``w.grad`` was Inf (NaN from 0 * Inf further on) with no error.
-MAX_TAU = 1e18
-
+__all__ = ["ParametricLIF"]
 
 @dataclass(frozen=True)
 class _TensorLIFParams(ResetRule):
-    """The attributes of :class:`LIFParams` that the step functions read, with ``tau`` and
-    ``v_threshold`` allowed to be (learnable) 0-dim tensors; no validation."""
+    """The attributes of :class:`LIFParams` that :func:`~edgesnn.functional.lif.plif_multistep` reads
+    besides the decay, with ``v_threshold`` allowed to be a (learnable) 0-dim tensor; no validation."""
 
-    tau: torch.Tensor
     v_threshold: Union[float, torch.Tensor]
     v_reset: Optional[float]
     decay_input: bool
     detach_reset: bool
     surrogate: Surrogate
-
-
-def _check_tau(tau: float, name: str) -> None:
-    """One-line ``ValueError`` naming ``name`` for a time constant above :data:`MAX_TAU`."""
-    if tau > MAX_TAU:
-        raise ValueError(f"{name}: expected a number in (1, {MAX_TAU:g}] for a ParametricLIF (the gradient of its w "
-                         f"overflows float32 beyond), got {tau!r}; a fixed LIF(tau=...) takes larger values")
 
 
 class ParametricLIF(LIFAttributes, _SpikingNode):
@@ -66,7 +52,7 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
     nodes.
 
     Args:
-        init_tau: initial time constant (time steps, in ``(1, MAX_TAU]``, ``MAX_TAU = 1e18``).
+        init_tau: initial time constant (time steps, > 1).
         decay_input, v_threshold, v_reset, surrogate, detach_reset, check_finite, step_mode, stateful,
             surrogate_function: as in :class:`LIF`.
         learn_threshold: make ``v_threshold`` a learnable parameter.
@@ -107,7 +93,6 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
             if str(e).startswith("tau:"):
                 raise ValueError("init_tau:" + str(e)[len("tau:"):]) from None
             raise
-        _check_tau(base.tau, "init_tau")
         learn_threshold = check_flag(learn_threshold, "learn_threshold")
         self.backend = backend
         self.w = nn.Parameter(torch.tensor(-math.log(base.tau - 1.0)))
@@ -173,8 +158,6 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         tau = self.tau if self.tau > 1.0 else self._fixed.tau
         current.update(tau=tau, v_threshold=float(v_th.detach()) if isinstance(v_th, torch.Tensor) else v_th)
         lif = LIFParams(**{**current, **changes})
-        if "tau" in changes:
-            _check_tau(lif.tau, "tau")
         learned = self._parameters.get("v_threshold")
         with torch.no_grad():
             if "tau" in changes:
@@ -189,12 +172,13 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
     # ------------------------------------------------------------------ forward
 
     def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        tau = 1.0 / torch.sigmoid(self.w.to(x_seq.dtype))
+        # sigmoid(w) multiplied in, in w's dtype, as SpikingJelly does (see plif_charge)
+        decay = torch.sigmoid(self.w).to(x_seq.dtype)
         v_th = self._get_v_threshold()
         v_th = v_th.to(x_seq.dtype) if isinstance(v_th, torch.Tensor) else v_th
         f = self._fixed
-        p = _TensorLIFParams(tau, v_th, f.v_reset, f.decay_input, f.detach_reset, f.surrogate)
-        return lif_multistep_reference(x_seq, p, v0)  # type: ignore[arg-type]
+        p = _TensorLIFParams(v_th, f.v_reset, f.decay_input, f.detach_reset, f.surrogate)
+        return plif_multistep(x_seq, decay, p, v0)
 
     def extra_repr(self) -> str:
         """The node's parameters (``tau``, the threshold and whether it is learnable) and state for ``repr``."""
