@@ -154,3 +154,27 @@ def test_a_state_held_from_single_step_calls_is_the_next_calls_start(grad):
     assert torch.equal(outs[0], outs[1])
     with torch.set_grad_enabled(grad):  # and the next call starts fresh again, as a block
         assert torch.allclose(base(x), opt(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("node_cls", ["LIF", "RevLIF"])
+@pytest.mark.parametrize("repeated,chunk", [(False, None), (False, 2), (True, 2)])
+def test_node_settings_assigned_before_backward_do_not_change_the_gradients(node_cls, repeated, chunk):
+    """A threshold schedule that sets ``v_threshold`` between forward and ``backward``: the plain
+    model's backward uses the settings its forward ran with (the kernels keep them); the blocks
+    recompute with those too, and the node has the new value afterwards."""
+    from edgesnn.nn import RevLIF
+
+    x = _input(repeated)
+    torch.manual_seed(1)
+    base = nn.Sequential(SeqToANN(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)),
+                         LIF() if node_cls == "LIF" else RevLIF(),
+                         SeqToANN(nn.Flatten(), nn.Linear(4 * 8 * 12, 5))).double()
+    opt = copy.deepcopy(base)
+    edgesnn.optimize_memory(opt, x, chunk=chunk)
+    for model in (base, opt):
+        loss = _loss(model, x)
+        model[1].v_threshold = 0.7
+        loss.backward()
+        assert model[1].v_threshold == 0.7
+    for (name, a), b in zip(base.named_parameters(), opt.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12), name

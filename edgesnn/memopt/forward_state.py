@@ -1,5 +1,6 @@
 """What a recomputation in backward depends on besides its saved inputs: the modules' train/eval
-modes and the versions of the tensors they read, captured when the forward ends.
+modes, the versions of the tensors they read and the spiking nodes' settings, captured when the
+forward ends.
 
 PyTorch's own saved tensors make a backward refuse a weight changed in place after the forward
 (``optimizer.step()``, an EMA or a weight clip run before ``loss.backward()``), and it computes
@@ -30,7 +31,10 @@ class ForwardState:
 
     modes: Tuple[Tuple[nn.Module, bool], ...]
     versions: Tuple[Tuple[str, torch.Tensor, Optional[int]], ...]
-    recomputed_by: str  # who recomputes, for the error: "checkpoint_over_time recomputes fn in backward"
+    recomputed_by: str
+    #: each spiking node's settings (its frozen ``params`` record): a node's ``v_threshold`` or ``tau``
+    #: assigned between forward and backward is not what the forward ran with
+    settings: Tuple[Tuple[nn.Module, object], ...] = ()  # who recomputes, for the error: "checkpoint_over_time recomputes fn in backward"
 
 
 def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all_buffers: bool) -> ForwardState:
@@ -40,8 +44,11 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
     Buffers: all of them (``all_buffers``), or only those of modules in eval mode now, whose
     BatchNorm reads its running statistics in the recomputation (in training mode it reads the
     batch's, and the forward itself updated the running ones)."""
+    from ..nn.neurons import _SpikingNode
+
     modes: List[Tuple[nn.Module, bool]] = []
     versions: List[Tuple[str, torch.Tensor, Optional[int]]] = []
+    settings: List[Tuple[nn.Module, object]] = []
     seen = set()
     for prefix, module in modules:
         for sub_name, sub in module.named_modules(prefix=prefix):
@@ -49,13 +56,15 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
                 continue
             seen.add(id(sub))
             modes.append((sub, sub.training))
+            if isinstance(sub, _SpikingNode) and "params" in sub.__dict__:
+                settings.append((sub, sub.__dict__["params"]))
             tensors = [("parameter", n, t) for n, t in sub.named_parameters(recurse=False)]
             if all_buffers or not sub.training:
                 tensors += [("buffer", n, t) for n, t in sub.named_buffers(recurse=False) if t is not None]
             for kind, n, t in tensors:
                 full = f"{sub_name}.{n}" if sub_name else n
                 versions.append((f"{kind} '{full}'", t, _version(t)))
-    return ForwardState(tuple(modes), tuple(versions), recomputed_by)
+    return ForwardState(tuple(modes), tuple(versions), recomputed_by, tuple(settings))
 
 
 def check_unchanged(state: ForwardState, owner: str) -> None:
@@ -71,13 +80,19 @@ def check_unchanged(state: ForwardState, owner: str) -> None:
 @contextmanager
 def as_in_forward(state: ForwardState, owner: str) -> Iterator[None]:
     """Refuse parameters or buffers changed in place since the forward (:func:`check_unchanged`);
-    run with every submodule in its forward's train/eval mode, then restore the modes."""
+    run with every submodule in its forward's train/eval mode and every spiking node with its
+    forward's settings, then restore both."""
     check_unchanged(state, owner)
     now = [m.training for m, _ in state.modes]
+    now_settings = [m.__dict__["params"] for m, _ in state.settings]
     try:
         for m, training in state.modes:
             m.training = training
+        for m, params in state.settings:
+            m.__dict__["params"] = params
         yield
     finally:
         for (m, _), training in zip(state.modes, now):
             m.training = training
+        for (m, _), params in zip(state.settings, now_settings):
+            m.__dict__["params"] = params

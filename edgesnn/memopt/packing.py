@@ -152,6 +152,8 @@ class PackedOutput:
         self.saved: Optional[SavedInput] = None
 
     def write(self, t0: int, t1: int, o: torch.Tensor) -> None:
+        """Steps ``t0:t1`` of the output, ``o [t1 - t0, B, ...]`` (0/1 spikes, or multiples of ``1/n``
+        for ``levels:n``), packed into :attr:`saved` (allocated at the first write)."""
         codec = self.codec
         if self.saved is None:
             shape = (self.T,) + tuple(o.shape[1:])
