@@ -18,6 +18,8 @@ from torch import nn
 import edgesnn
 from edgesnn.nn import LIF, SeqToANN
 
+from _strong_convs import strong_convs
+
 T, B = 4, 2
 
 
@@ -29,12 +31,8 @@ def _net(inner: nn.Module) -> nn.Sequential:
         SeqToANN(nn.Dropout(0.25)),
         SeqToANN(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(),
         SeqToANN(nn.Flatten(), nn.Linear(4 * 16, 3)),
-    ).double()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_(3)
-    return net
+    )
+    return strong_convs(net)
 
 
 def _grads(model: nn.Module, x: torch.Tensor) -> list:

@@ -19,6 +19,8 @@ from torch import nn
 import edgesnn
 from edgesnn.nn import LIF, SeqToANN
 
+from _strong_convs import strong_convs
+
 T, B = 6, 3
 
 
@@ -28,12 +30,8 @@ def _net(backend: str = "auto") -> nn.Sequential:
         SeqToANN(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(backend=backend), SeqToANN(nn.MaxPool2d(2)),
         SeqToANN(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(backend=backend),
         SeqToANN(nn.Flatten(), nn.Linear(4 * 4 * 6, 5)),
-    ).double()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_(3)
-    return net
+    )
+    return strong_convs(net)
 
 
 def _input(repeated: bool) -> torch.Tensor:

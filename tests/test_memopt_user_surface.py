@@ -20,6 +20,8 @@ import edgesnn
 from edgesnn.memopt.layers import BaseForward, child_steps
 from edgesnn.nn import LIF, SeqToANN
 
+from _strong_convs import strong_convs
+
 T, B = 4, 3
 
 
@@ -30,12 +32,8 @@ def _net(seed: int = 1) -> nn.Sequential:
     net = nn.Sequential(
         SeqToANN(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(), SeqToANN(nn.MaxPool2d(2)),
         SeqToANN(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(), SeqToANN(nn.Flatten(), nn.Linear(16, 3)),
-    ).double()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_(3)
-    return net
+    )
+    return strong_convs(net)
 
 
 def _x(seed: int = 0) -> torch.Tensor:
