@@ -256,7 +256,8 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
     """Refuse an output that would silently overwrite something; returns ``Path(path)``.
 
     A file output (``directory=False``) must not be a directory, nor an existing file unless
-    ``force``. A directory output must not be a file, nor a non-empty directory unless ``force``.
+    ``force``, nor (even with ``force``) a device, FIFO or socket, which the atomic rename would
+    replace with a regular file (``/dev/null`` given as an output, run as root). A directory output must not be a file, nor a non-empty directory unless ``force``.
     A symlink counts as what it points at, and a dangling one as an existing output. ``allow``
     names the flag(s) that permit overwriting, for the one-line error. An existing file among the
     (resolved) path's parent folders is refused too (the write would fail only at the end), and so
@@ -291,6 +292,9 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
     else:
         if path.is_dir():
             raise IsADirectoryError(f"{flag}: {path} is a directory; expected a file path")
+        if path.exists() and not path.is_file():  # a device, FIFO or socket: the atomic rename would replace it
+            raise FileExistsError(f"{flag}: {path} is not a regular file (a device, FIFO or socket); expected a file "
+                                  "path (--force replaces only files)")
         if not force and path.exists():
             raise FileExistsError(f"{flag}: {path} already exists; pass {allow} to overwrite it")
     return path
