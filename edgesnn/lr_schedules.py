@@ -1,5 +1,9 @@
-"""The learning-rate schedules ``--lr-schedule`` names, shared by ``edgesnn train`` and the device
-runner ``edgesnn-device`` (standard library only: the runner imports it without torch).
+"""The learning rates and schedules ``--lr`` and ``--lr-schedule`` take, shared by ``edgesnn train``,
+``edgesnn export`` and the device runner ``edgesnn-device`` (standard library only: the runner imports
+it without torch).
+
+* A rate is a number that float32 holds and does not round to 0 (:func:`is_float32_rate`): the
+  parameters are float32, so ``1e-50`` would update nothing, silently.
 
 * ``constant``: every optimizer step at the run's learning rate.
 * ``cosine``: step ``k`` of a horizon of ``K`` steps at ``lr * 0.5 * (1 + cos(pi * k / K))``, what
@@ -12,11 +16,29 @@ and :mod:`edgesnn.export.run_schedule` (device runner).
 from __future__ import annotations
 
 import math
+import numbers
+import struct
 from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["SCHEDULES", "KEY", "check_schedule_name", "cosine_rate"]
+__all__ = ["SCHEDULES", "KEY", "check_schedule_name", "cosine_rate", "is_float32_rate", "RATE_RANGE"]
+
+#: Largest finite float32.
+_FLOAT32_MAX = 3.4028234663852886e38
+#: What a learning rate must be, as the errors say it.
+RATE_RANGE = "a number > 0 that float32 holds (1.4e-45 to 3.4e+38)"
+
+
+def is_float32_rate(v: object) -> bool:
+    """``v`` is a usable learning rate: a real number (not a bool), finite, > 0, within float32's
+    range and not rounded to 0 as a float32 (``1e-50`` is; training would silently do nothing)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    f = float(v)
+    if not (math.isfinite(f) and 0 < f <= _FLOAT32_MAX):
+        return False
+    return struct.unpack("f", struct.pack("f", f))[0] > 0
 
 #: The accepted ``--lr-schedule`` values.
 SCHEDULES = ("constant", "cosine")

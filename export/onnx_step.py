@@ -83,7 +83,7 @@ from .artifacts import PathLike
 from .onnx_inference import _onnx
 from .prepare import ExportError, check_export_flag, check_out_path, checked_input_range
 from .recon_check import step_recon_tolerance
-from .run_support import RATE_RANGE, is_float32_rate
+from ..lr_schedules import RATE_RANGE, is_float32_rate
 from .onnx_pieces import checked_model, export_piece, fills_as_constant_of_shape, inline_graph
 from .step_layers import block_forward, block_vjp, initial_state, initial_value
 from .step_loops import backward_body, forward_bodies

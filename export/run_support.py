@@ -4,7 +4,6 @@ RSS from procfs, steady-state step times). NumPy only: no torch, no onnxruntime.
 
 from __future__ import annotations
 
-import math
 import resource
 import zipfile
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
@@ -17,22 +16,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .artifacts import PathLike
 
 __all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "epoch_metrics", "read_npz",
-           "FLOAT32_MAX", "is_float32_rate", "RATE_RANGE"]
+           "FLOAT32_MAX"]
 
 #: Largest finite float32: the graphs compute in float32 (a larger learning rate becomes inf there).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-#: What a learning rate must be, as its error says it.
-RATE_RANGE = "a finite number > 0 that float32 holds (1.4e-45 to 3.4e+38)"
-
-
-def is_float32_rate(v: object) -> bool:
-    """``v`` is a learning rate the float32 graphs can use: a finite real number > 0 that stays > 0
-    and finite as a float32 (1e-50 would become 0 there, and training would silently do nothing)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        return False
-    f = float(v)
-    return math.isfinite(f) and 0 < f <= FLOAT32_MAX and float(np.float32(f)) > 0
-
 #: What reading a damaged or foreign file with ``np.load`` raises (a zip that is not one, a pickle
 #: refused by ``allow_pickle=False``, a truncated member).
 _UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)

@@ -93,7 +93,9 @@ from .run_data import data_fingerprint, load_dataset, split_holdout
 from .run_history import BEST_PARAMS, check_keep_best
 from .run_schedule import SCHEDULES, check_schedule_name
 from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigterm_interrupts
-from .run_support import RATE_RANGE, is_float32_rate, peak_rss_mb
+from edgesnn.lr_schedules import RATE_RANGE, is_float32_rate
+
+from .run_support import peak_rss_mb
 
 __all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "split_holdout", "finetune", "peak_rss_mb",
            "main", "StepCheckError", "training_modules_imported", "check_resumable", "max_threads"]

@@ -120,3 +120,9 @@ def test_a_learning_rate_beyond_float32_is_refused_in_one_line(capsys):
     with pytest.raises(UsageError, match="lr: expected a number > 0"):
         TrainConfig(lr=1e300).validate()
     TrainConfig(lr=MAX_LR).validate()  # the largest float32 is still accepted
+    # 1e-50 is 0 as a float32: the float32 parameters would never move, silently
+    assert main(["train", "--epochs", "1", "--no-progress", "--lr", "1e-50"]) == 2
+    assert capsys.readouterr().err.strip().startswith("edgesnn train: error: --lr: expected a number > 0 that float32 holds")
+    with pytest.raises(UsageError, match="lr: expected a number > 0 that float32 holds"):
+        TrainConfig(lr=1e-50).validate()
+    TrainConfig(lr=1.4e-45).validate()  # the smallest float32 (a subnormal) is a rate

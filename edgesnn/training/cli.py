@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 from ..atomic import check_input_file, check_not_inside, user_path
 from ..errors import UsageError, refuse_empty
 from ..kernels.dispatch import BACKENDS
+from ..lr_schedules import RATE_RANGE, is_float32_rate
 from ..models import MODEL_NAMES, POOLS, check_pool
 from ..output_guard import guarded
 from .data import DATASETS
@@ -22,7 +23,7 @@ from .flag_checks import check_model_fits_dataset
 from .lr_schedule import SCHEDULES
 from .micro_batch import check_micro_batch, smallest_micro_batch
 from .loop import EVAL_BATCH_SIZE, TrainConfig, check_outputs, train, write_report
-from .train_config import MAX_LR, MAX_SEED
+from .train_config import MAX_SEED
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..planner.plan import Plan
@@ -264,8 +265,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 2 and not args.no_batchnorm:
         raise UsageError("--batch-size: BatchNorm needs at least 2 samples per batch, got 1; add --no-batchnorm "
                          "to train with batch 1")
-    if not 0 < args.lr <= MAX_LR:
-        raise UsageError(f"--lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {args.lr}")
+    if not is_float32_rate(args.lr):
+        raise UsageError(f"--lr: expected {RATE_RANGE}, got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
     if args.resume and args.force:  # --force was ignored: the run resumed (edgesnn-device refuses the pair too)

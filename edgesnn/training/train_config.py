@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 
 from ..errors import UsageError
+from ..lr_schedules import RATE_RANGE, is_float32_rate
 from .lr_schedule import check_schedule_name
 from .micro_batch import check_micro_batch
 from .outputs import POOLS
@@ -57,8 +58,8 @@ class TrainConfig:
                 raise UsageError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
             self.lr = float(self.lr)  # lr=1 is 1.0 (the checkpoint stores a float)
-        if not (isinstance(self.lr, float) and 0 < self.lr <= MAX_LR):
-            raise UsageError(f"lr: expected a number > 0 and <= {MAX_LR:.4g} (float32), got {self.lr!r}")
+        if not (isinstance(self.lr, float) and is_float32_rate(self.lr)):
+            raise UsageError(f"lr: expected {RATE_RANGE}, got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed: expected an integer in [0, {MAX_SEED}], got {self.seed!r}")
         if self.batchnorm and self.batch_size < 2:
