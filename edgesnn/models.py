@@ -21,7 +21,7 @@ from .errors import UsageError
 from .functional.checks import check_int
 from .nn import LIF, RevLIF, SeqToANN
 
-__all__ = ["MODEL_NAMES", "POOLS", "SpikingClassifier", "build_model", "check_pool", "layer_layout", "parse_neuron_spec", "spiking_layers", "make_neuron"]
+__all__ = ["MODEL_NAMES", "POOLS", "SpikingClassifier", "build_model", "check_pool", "int_list", "layer_layout", "parse_neuron_spec", "spiking_layers", "make_neuron"]
 
 MODEL_NAMES = ("mlp", "convnet", "vgg11")
 #: The conv models' pooling layers (``build_model(pool=...)``, ``--pool``).
@@ -135,7 +135,7 @@ def _neuron_list(neuron: NeuronArg, count: int) -> List[str]:
     return specs
 
 
-def _int_list(values, what: str) -> Tuple[int, ...]:
+def int_list(values: Sequence[int], what: str) -> Tuple[int, ...]:
     """A non-empty sequence of integers >= 1 (layer widths, sample dims), else one line naming ``what``."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise ValueError(f"{what}: expected a sequence of integers >= 1, got {values!r}")
@@ -234,7 +234,7 @@ def build_model(
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"model: unknown model {name!r}; expected one of {MODEL_NAMES}")
-    in_shape = _int_list(in_shape, "in_shape")
+    in_shape = int_list(in_shape, "in_shape")
     if name != "mlp" and len(in_shape) != 3:
         raise ValueError(f"in_shape: model {name!r} needs (C, H, W), got {in_shape}")
     num_classes = check_int(num_classes, "num_classes", 2)
@@ -243,9 +243,9 @@ def build_model(
         raise ValueError(f"batchnorm: expected True or False, got {batchnorm!r}")
     check_pool(name, pool)
     if name == "mlp":
-        hidden = _int_list(hidden, "hidden")
+        hidden = int_list(hidden, "hidden")
     elif name == "convnet":
-        channels = _int_list(channels, "channels")
+        channels = int_list(channels, "channels")
     node_kwargs = _kwargs_arg(node, "node", _NODE_KEYS | _REVLIF_KEYS)
     revlif_kwargs = _kwargs_arg(revlif, "revlif", _REVLIF_KEYS)
     both = sorted(set(node_kwargs) & set(revlif_kwargs))

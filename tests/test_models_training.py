@@ -77,6 +77,20 @@ def test_revlif_arguments_reach_only_the_revlif_nodes(tmp_path):
         train(TrainConfig(neuron="revlif", epochs=1, revlif_alpha=-1.0), progress=False, log=lambda s: None)
 
 
+def test_numpy_integer_widths_are_taken_as_ints_before_training(tmp_path):
+    """``hidden=[np.int64(16)] * 2`` trained a whole epoch, then the checkpoint refused the NumPy
+    integers and nothing was written; validate() now stores plain ints (and refuses bad widths up front)."""
+    import numpy as np
+
+    cfg = TrainConfig(epochs=1, timesteps=2, hidden=[np.int64(16)] * 2, channels=(np.int32(4), 8))
+    ck = tmp_path / "ck.pt"
+    train(cfg, checkpoint=str(ck), progress=False, log=lambda s: None, max_steps=2)
+    assert load_checkpoint(ck)["train_config"]["hidden"] == [16, 16]
+    assert all(type(h) is int for h in cfg.hidden + cfg.channels)
+    with pytest.raises(Exception, match=r"^hidden: expected integers >= 1, got \[0\]$"):
+        TrainConfig(hidden=[0]).validate()
+
+
 def test_train_cli_checkpoint_resume_and_report(tmp_path, capsys):
     ck, js = tmp_path / "ck.pt", tmp_path / "r.json"
     args = ["train", "--neuron", "revlif", "--epochs", "2", "--no-progress", "--checkpoint", str(ck), "--json", str(js)]

@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 
 from ..errors import UsageError
+from ..models import int_list
 from ..lr_schedules import RATE_RANGE, is_float32_rate
 from .lr_schedule import check_schedule_name
 from .micro_batch import check_micro_batch
@@ -56,6 +57,11 @@ class TrainConfig:
         for name in ("batchnorm", "memopt"):  # a string such as "no" would count as true
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        for name in ("hidden", "channels"):  # as plain ints: the checkpoint stores them (a NumPy integer was
+            try:                             # refused only there, after the first epoch's work)
+                setattr(self, name, list(int_list(getattr(self, name), name)))
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
             self.lr = float(self.lr)  # lr=1 is 1.0 (the checkpoint stores a float)
         if not (isinstance(self.lr, float) and is_float32_rate(self.lr)):
