@@ -268,3 +268,14 @@ def test_non_finite_plan_values_are_never_written(tmp_path, capsys, monkeypatch)
     assert rc == 2
     _one_line_error(err, "--json: the plan holds a non-finite number")
     assert not js.exists()
+
+
+def test_cuda_backend_on_a_board_without_a_cuda_gpu_is_refused(capsys):
+    """``--backend cuda`` for a Raspberry Pi planned without Numba's runtime bytes (a peak 120 MiB low)
+    and wrote a plan ``edgesnn train --plan`` then refused on the CPU; a CUDA board is planned."""
+    rc, out, err = _run(PI + ["--backend", "cuda"], capsys)
+    assert rc == 2 and out == ""
+    _one_line_error(err, "--backend cuda: device raspberry-pi-4-4gb has no CUDA GPU")
+    rc, out, err = _run(["plan", "--model", "mlp", "--input", "784", "-T", "4", "--device", "jetson-orin-nano-8gb",
+                         "--backend", "cuda", "--batch", "8"], capsys)
+    assert rc == 0 and "peak" in out, err

@@ -220,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--channels: the channel widths of the convnet model; {args.model} does not take them")
     groups = _int_list(args.groups, "--groups", minimum=2)
     device = devices.load_device(args.device)
+    if args.backend == "cuda" and device.accelerator != "cuda":  # the plan would drop the Numba runtime's bytes
+        raise ValueError(f"--backend cuda: device {device.name} has no CUDA GPU (accelerator {device.accelerator!r}); "
+                         "plan a CUDA board (e.g. --device jetson-orin-nano-8gb) or another --backend")
     budget = parse_bytes(args.budget) if args.budget is not None else None
     if budget is not None and budget > device.memory_bytes:
         raise ValueError(f"--budget: {_fmt(budget)} is more than the memory of device {device.name} "
