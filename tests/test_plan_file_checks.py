@@ -179,6 +179,7 @@ BAD = [
     ("neuron", ["revlif", "lif"], "neuron"), ("model.neuron", "revlif", "model.neuron"),
     ("predicted.peak_bytes", "big", "predicted.peak_bytes"), ("eval_batch", 2.5, "eval_batch"),
     ("optimizer", 7, "optimizer"),
+    ("model.timesteps", "four", "model.timesteps"), ("model.timesteps", 3, "model.timesteps"),
 ]
 
 
@@ -194,6 +195,23 @@ def test_train_refuses_a_bad_plan_field_in_one_line(path, value, field, base_pla
     assert rc == 2 and len(err) == 1 and "cfg" not in no_training
     assert err[0].startswith(f"edgesnn train: error: --plan: {field}: expected "), err[0]
     assert str(js) in err[0]
+
+
+@pytest.mark.parametrize("path,value,field", [("model.node", {"backend": "auto", "tau": 4.0}, "model.node.tau"),
+                                              ("model.revlif", {"alpha": 0.25}, "model.revlif.alpha")])
+def test_train_refuses_planned_node_settings_it_cannot_build(path, value, field, base_plan, tmp_path, cmds,
+                                                             no_training, capsys):
+    """A plan for nodes with other settings (made from Python) trained the default nodes, silently:
+    not the model the plan's memory figures were for."""
+    doc = copy.deepcopy(base_plan)
+    _set(path, value)(doc)
+    js = tmp_path / "nodes.json"
+    js.write_text(json.dumps(doc))
+    assert cli.main(["train", "--plan", str(js), *TRAIN]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "cfg" not in no_training
+    assert err[0].startswith(f"edgesnn train: error: --plan: {field}: {js} plans nodes with settings edgesnn train does "
+                             "not set"), err[0]
 
 
 def test_good_plan_fields_reach_training(base_plan, tmp_path, cmds, no_training, capsys):

@@ -115,6 +115,9 @@ class Plan:
                    alternatives=f.typed(d.get("alternatives", {}), dict, "alternatives", "an object"),
                    eval_batch=f.int(d, "eval_batch", default=EVAL_BATCH_SIZE), dataset=dict(dataset),
                    notes=[str(n) for n in notes])
+        planned_t = model.get("timesteps", plan.timesteps)
+        if isinstance(planned_t, bool) or planned_t != plan.timesteps:
+            raise f.fail("model.timesteps", f"{plan.timesteps} (the plan's timesteps)", planned_t)
         want = [parse_neuron_spec(s) for s in plan.neuron]
         for key, given in (("neuron", d.get("neuron", _MISSING)), ("model.neuron", model.get("neuron", _MISSING))):
             if given is not _MISSING and _parsed(given, len(want)) != want:

@@ -117,6 +117,13 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
     if plan.optimizer != "adam":
         raise ValueError(f"--plan: {args.plan} was made for the {plan.optimizer} optimizer, but edgesnn train runs "
                          "Adam; make the plan with --optimizer adam")
+    # node settings edgesnn train has no flag for: training the default node would not be the planned model
+    unsupported = [f"model.node.{k}" for k in sorted(plan.model.get("node", {})) if k != "backend"]
+    unsupported += [f"model.revlif.{k}" for k in sorted(plan.model.get("revlif") or {})]
+    if unsupported:
+        raise ValueError(f"--plan: {unsupported[0]}: {args.plan} plans nodes with settings edgesnn train does not set "
+                         "(it takes only model.node.backend); make the plan for the default nodes, or train that model "
+                         "from Python (build_model(..., node=..., revlif=...))")
     batchnorm = plan.model.get("batchnorm", True)  # a JSON bool (checked on loading)
     if args.no_batchnorm and batchnorm:
         raise ValueError(f"--no-batchnorm: contradicts the plan {args.plan} (made for a model with BatchNorm)")
