@@ -434,3 +434,13 @@ def test_an_error_line_is_one_write(monkeypatch):
     assert len(writes) == 2, writes
     assert writes[0].startswith("edgesnn train: error: --lr") and writes[1].startswith("edgesnn-device: error: ")
     assert all(w.endswith("\n") and w.count("\n") == 1 for w in writes)
+
+
+def test_neuron_spec_is_stored_as_written_in_lower_case(tmp_path):
+    """``--neuron LIF`` trained and was stored as 'LIF', so ``--resume --neuron lif`` was refused as
+    other settings; specs are stored lower-case (case was never significant)."""
+    ck = tmp_path / "ck.pt"
+    base = ["train", "-T", "2", "--max-steps", "1", "--no-progress", "--checkpoint", str(ck)]
+    assert main(base + ["--neuron", "LIF, RevLIF", "--epochs", "1"]) == 0
+    assert load_checkpoint(ck)["train_config"]["neuron"] == ["lif", "revlif"]
+    assert main(base + ["--neuron", "lif,revlif", "--epochs", "2", "--resume"]) == 0

@@ -288,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
             parse_neuron_spec(spec)
         except ValueError as exc:  # its message names the model argument, "neuron: ..."
             raise UsageError(f"--neuron: {str(exc).partition(': ')[2]}") from None
+    args.neuron = ",".join(s.strip().lower() for s in args.neuron.split(","))  # as stored: LIF and lif resume alike
     neuron = args.neuron.split(",") if "," in args.neuron else args.neuron
     cfg = TrainConfig(dataset=args.dataset, model=args.model, neuron=neuron, timesteps=args.timesteps,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
