@@ -89,6 +89,8 @@ def test_numpy_integer_widths_are_taken_as_ints_before_training(tmp_path):
     assert all(type(h) is int for h in cfg.hidden + cfg.channels)
     with pytest.raises(Exception, match=r"^hidden: expected integers >= 1, got \[0\]$"):
         TrainConfig(hidden=[0]).validate()
+    with pytest.raises(Exception, match=r"^data_path: expected None or a path"):  # was os.fspath's TypeError
+        TrainConfig(dataset="cifar10", data_path=1).validate()
 
 
 def test_train_cli_checkpoint_resume_and_report(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -57,6 +58,8 @@ class TrainConfig:
         for name in ("batchnorm", "memopt"):  # a string such as "no" would count as true
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if self.data_path is not None and not isinstance(self.data_path, (str, os.PathLike)):
+            raise UsageError(f"data_path: expected None or a path (str or os.PathLike), got {self.data_path!r}")
         for name in ("hidden", "channels"):  # as plain ints: the checkpoint stores them (a NumPy integer was
             try:                             # refused only there, after the first epoch's work)
                 setattr(self, name, list(int_list(getattr(self, name), name)))
