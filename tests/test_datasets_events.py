@@ -139,7 +139,8 @@ def test_trains_end_to_end_from_the_cli(tmp_path, capsys, name, model):
     ("dvsgesture", "DVSGesture/ibmGestureTest", "missing {d}/DVSGesture/ibmGestureTest (tonic expects"),
     ("shd", "SHD/shd_test.h5", "missing {d}/SHD/shd_test.h5 (tonic expects DIR/SHD/shd_train.h5"),
     ("shd", "truncate", "unreadable HDF5"),
-    ("shd", "nolabels", "no labels in {d}/SHD/shd_train.h5"),
+    ("shd", "nolabels", "data: shd: no labels in {d}/SHD/shd_train.h5 (tonic expects"),  # not "unreadable"
+    ("shd", "scalar_labels", "'labels' of 0 dims (one value per sample expected) in {d}/SHD/shd_train.h5"),
 ])
 def test_missing_or_partial_data_is_one_line(tmp_path, capsys, name, damage, expect):
     import shutil
@@ -148,9 +149,11 @@ def test_missing_or_partial_data_is_one_line(tmp_path, capsys, name, damage, exp
     if damage == "truncate":
         p = tmp_path / "SHD" / "shd_train.h5"
         p.write_bytes(p.read_bytes()[:1000])
-    elif damage == "nolabels":
+    elif damage in ("nolabels", "scalar_labels"):
         with h5py.File(tmp_path / "SHD" / "shd_train.h5", "a") as f:
             del f["labels"]
+            if damage == "scalar_labels":  # h5py's len() raised a TypeError traceback
+                f["labels"] = np.uint16(3)
     elif damage:
         target = tmp_path / damage
         shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -161,6 +164,7 @@ def test_missing_or_partial_data_is_one_line(tmp_path, capsys, name, damage, exp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("edgesnn train: error: data:"), err
     assert expect.format(d=tmp_path) in err, err
+    assert (damage == "truncate") == ("unreadable" in err) and err.count(str(tmp_path)) <= 1, err  # said once
     assert not (tmp_path / ".edgesnn-frames").exists() or not any((tmp_path / ".edgesnn-frames").iterdir())
 
 
