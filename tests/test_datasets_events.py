@@ -140,7 +140,7 @@ def test_trains_end_to_end_from_the_cli(tmp_path, capsys, name, model):
     ("shd", "SHD/shd_test.h5", "missing {d}/SHD/shd_test.h5 (tonic expects DIR/SHD/shd_train.h5"),
     ("shd", "truncate", "unreadable HDF5"),
     ("shd", "nolabels", "data: shd: no labels in {d}/SHD/shd_train.h5 (tonic expects"),  # not "unreadable"
-    ("shd", "scalar_labels", "'labels' of 0 dims (one value per sample expected) in {d}/SHD/shd_train.h5"),
+    ("shd", "scalar_labels", "'labels' is a scalar (one value per sample expected) in {d}/SHD/shd_train.h5"),
 ])
 def test_missing_or_partial_data_is_one_line(tmp_path, capsys, name, damage, expect):
     import shutil

@@ -218,16 +218,15 @@ def _check_shd(spec: EventSpec, root: Path) -> None:
                 absent = [k for k in _SHD_KEYS if k not in f]
                 # one value per sample each: a scalar (0-d) dataset has no len() (h5py's TypeError)
                 ndims = {k: getattr(f[k], "ndim", None) for k in _SHD_ARRAYS if k not in absent}
-                n = {k: len(f[k]) for k in _SHD_ARRAYS if ndims.get(k) == 1}
+                n = {k: len(f[k]) for k in ndims if ndims[k] != 0}
                 labels = f["labels"][()] if "labels" in n else None
         except OSError as exc:
             raise _missing(spec, path, f"unreadable HDF5 ({first_line(exc, 1000)}; a partial download?):") from None
         if absent:  # (raised outside the try: a FileNotFoundError is an OSError, it was wrapped as "unreadable")
             raise _missing(spec, path, f"no {', '.join(absent)} in")
-        flat = [k for k, d in ndims.items() if d != 1]
-        if flat:
-            raise _missing(spec, path, f"{', '.join(f'{k!r} of {ndims[k]} dims' for k in flat)} (one value per sample "
-                                       "expected) in")
+        scalars = [k for k, d in ndims.items() if d == 0]
+        if scalars:
+            raise _missing(spec, path, f"{scalars[0]!r} is a scalar (one value per sample expected) in")
         if len(set(n.values())) != 1:
             raise _missing(spec, path, f"inconsistent lengths {n} in")
         _check_labels(spec, path, np.asarray(labels))
