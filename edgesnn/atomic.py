@@ -257,7 +257,8 @@ def check_output(path: PathLike, flag: str, force: bool = False, allow: str = "-
 
     A file output (``directory=False``) must not be a directory, nor an existing file unless
     ``force``, nor (even with ``force``) a device, FIFO or socket, which the atomic rename would
-    replace with a regular file (``/dev/null`` given as an output, run as root). A directory output must not be a file, nor a non-empty directory unless ``force``.
+    replace with a regular file (``/dev/null`` given as an output, run as root). A directory output
+    must not be a file, nor a non-empty directory unless ``force``.
     A symlink counts as what it points at, and a dangling one as an existing output. ``allow``
     names the flag(s) that permit overwriting, for the one-line error. An existing file among the
     (resolved) path's parent folders is refused too (the write would fail only at the end), and so

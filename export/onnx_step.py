@@ -77,13 +77,12 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import encode_config
-from ..functional.checks import is_real_number
+from ..lr_schedules import RATE_RANGE, is_float32_rate
 from .artifacts import STEP_APPLY_MODEL, STEP_EVAL_MODEL, STEP_GRAD_MODEL, STEP_INIT, STEP_MODEL, StepManifest, atomic_write_bytes, write_step_manifest
 from .artifacts import PathLike
 from .onnx_inference import _onnx
 from .prepare import ExportError, check_export_flag, check_out_path, checked_input_range
 from .recon_check import step_recon_tolerance
-from ..lr_schedules import RATE_RANGE, is_float32_rate
 from .onnx_pieces import checked_model, export_piece, fills_as_constant_of_shape, inline_graph
 from .step_layers import block_forward, block_vjp, initial_state, initial_value
 from .step_loops import backward_body, forward_bodies
@@ -321,7 +320,7 @@ def export_onnx_step(model: nn.Module, out_dir: PathLike, batch_size: int = 32, 
     :func:`~.step_program.default_chunk`: 1, or for a model with RevLIF layers from T = 64 on the
     largest of 4 and 2 dividing T): see :func:`~.step_program.build_step_program`.
     """
-    if not (is_real_number(learning_rate) and is_float32_rate(learning_rate)):
+    if not is_float32_rate(learning_rate):
         raise ExportError(f"learning_rate: expected {RATE_RANGE}, got {learning_rate!r}")
     input_range = checked_input_range(input_range)
     out_dir = check_out_path(out_dir, "out_dir", folder=True)

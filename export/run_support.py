@@ -20,6 +20,7 @@ __all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metric
 
 #: Largest finite float32: the graphs compute in float32 (a larger learning rate becomes inf there).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 #: What reading a damaged or foreign file with ``np.load`` raises (a zip that is not one, a pickle
 #: refused by ``allow_pickle=False``, a truncated member).
 _UNREADABLE = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)

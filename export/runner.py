@@ -87,14 +87,13 @@ from edgesnn.atomic import PathLike, check_not_inside, check_output, recover_dir
 from edgesnn.cli import OneLineParser
 from edgesnn.output_guard import GuardedDir
 from edgesnn.errors import USER_ERRORS, DependencyError, UsageError, refuse_empty, say_line
+from edgesnn.lr_schedules import RATE_RANGE, is_float32_rate
 
 from .artifacts import StepManifest, validate_artifact_dir
 from .run_data import data_fingerprint, load_dataset, split_holdout
 from .run_history import BEST_PARAMS, check_keep_best
 from .run_schedule import SCHEDULES, check_schedule_name
 from .run_state import OutputDir, RunInterrupted, Terminated, run_settings, sigterm_interrupts
-from edgesnn.lr_schedules import RATE_RANGE, is_float32_rate
-
 from .run_support import peak_rss_mb
 
 __all__ = ["import_ort_training_api", "import_plain_ort", "load_dataset", "split_holdout", "finetune", "peak_rss_mb",

@@ -279,11 +279,6 @@ class _BlockFunction(torch.autograd.Function):
         if getattr(ctx, "backward_ran", False):  # its saved input and checkpoints are freed (or spent)
             raise RuntimeError(_SECOND_BACKWARD)
         ctx.backward_ran = True
-        with as_in_forward(ctx.forward_state, _owner(ctx.block)):
-            return _BlockFunction._backward_as_in_forward(ctx, grad_out)
-
-    @staticmethod
-    def _backward_as_in_forward(ctx, grad_out: torch.Tensor):
         buffers.release()  # as in forward: the pool holds one block's buffers at a time
         block: Block = ctx.block
         saved: SavedInput = ctx.saved_input
@@ -295,9 +290,9 @@ class _BlockFunction(torch.autograd.Function):
                 for t0, t1 in reversed(sb.feed_bounds):
                     sb.feed(t0, t1, grad_out[t0:t1])
                 sb.finish()
-            ctx.static_backward = ctx.saved_input = None
+            ctx.static_backward = ctx.saved_input = None  # (sb recomputes in the forward's state itself)
             return (None, None, sb.result) + sb.param_grads
-        with stand_ins(block.owners, ctx.params) as subs:
+        with as_in_forward(ctx.forward_state, _owner(block)), stand_ins(block.owners, ctx.params) as subs:
             grad_in = _backward_chunks(ctx, block, saved, grad_out)
             param_grads = collected(subs)
         return (None, None, grad_in) + param_grads

@@ -19,6 +19,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..nn.neurons import _SpikingNode
 from .packing import _version
 
 __all__ = ["ForwardState", "capture", "check_unchanged", "as_in_forward"]
@@ -31,10 +32,10 @@ class ForwardState:
 
     modes: Tuple[Tuple[nn.Module, bool], ...]
     versions: Tuple[Tuple[str, torch.Tensor, Optional[int]], ...]
-    recomputed_by: str
+    recomputed_by: str  # who recomputes, for the error: "checkpoint_over_time recomputes fn in backward"
     #: each spiking node's settings (its frozen ``params`` record): a node's ``v_threshold`` or ``tau``
     #: assigned between forward and backward is not what the forward ran with
-    settings: Tuple[Tuple[nn.Module, object], ...] = ()  # who recomputes, for the error: "checkpoint_over_time recomputes fn in backward"
+    settings: Tuple[Tuple[nn.Module, object], ...] = ()
 
 
 def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all_buffers: bool) -> ForwardState:
@@ -44,8 +45,6 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
     Buffers: all of them (``all_buffers``), or only those of modules in eval mode now, whose
     BatchNorm reads its running statistics in the recomputation (in training mode it reads the
     batch's, and the forward itself updated the running ones)."""
-    from ..nn.neurons import _SpikingNode
-
     modes: List[Tuple[nn.Module, bool]] = []
     versions: List[Tuple[str, torch.Tensor, Optional[int]]] = []
     settings: List[Tuple[nn.Module, object]] = []

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,8 +32,7 @@ class StaticBackward:
 
     def __init__(self, block: "Block", saved: SavedInput, bounds: Sequence[Tuple[int, int]],
                  checkpoints: Sequence[Optional[torch.Tensor]], input_needs_grad: bool,
-                 params: Sequence[torch.Tensor] = (), forward_state: Optional[ForwardState] = None,
-                 owner: str = "an optimize_memory block") -> None:
+                 params: Sequence[torch.Tensor], forward_state: ForwardState, owner: str) -> None:
         """``bounds``: the forward's chunks ``(t0, t1)`` (time steps); ``checkpoints``: the node state
         ``[B, ...]`` at each chunk's start (``None``: fresh); ``forward_state``: the block's modules at
         the forward's end (each backward step runs in their forward modes, and refuses a parameter
@@ -86,13 +84,9 @@ class StaticBackward:
                 _, v = run_node_post(self.block.node, [], z0.unsqueeze(0).expand(min(piece, steps - s0), *z0.shape), v)
         return v
 
-    def _as_in_forward(self) -> ContextManager[None]:
-        """Where this backward may run inside the next block's: the block's own forward modes."""
-        return nullcontext() if self.forward_state is None else as_in_forward(self.forward_state, self.owner)
-
     def feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
         """Back-propagate steps ``t0:t1`` (fed last to first) given their output gradient ``g [t1 - t0, B, ...]``."""
-        with self._as_in_forward():
+        with as_in_forward(self.forward_state, self.owner):  # (it may run inside the next block's backward)
             self._feed(t0, t1, g)
 
     def _feed(self, t0: int, t1: int, g: torch.Tensor) -> None:
@@ -136,7 +130,7 @@ class StaticBackward:
         """Back-propagate the time-summed gradient through the layers before the node (parameter
         gradients into ``param_grads``). Returns the block input's gradient ``[T, B, ...]`` (a zero-stride
         view over T of the sum / T) when ``input_needs_grad``, else ``None``."""
-        with self._as_in_forward():
+        with as_in_forward(self.forward_state, self.owner):
             return self._finish()
 
     def _finish(self) -> Optional[torch.Tensor]:

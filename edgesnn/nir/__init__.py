@@ -14,7 +14,8 @@ Layers: ``Linear`` -> ``nir.Affine`` (``nir.Linear`` without bias), ``Conv2d`` -
 channel groups. A ``ParametricLIF`` is exported at its current ``tau = 1 / sigmoid(w)`` and loads back
 as a fixed ``LIF``, which divides by ``tau`` where the ``ParametricLIF`` (as SpikingJelly's node)
 multiplies by ``sigmoid(w)``: the same outputs up to that float32 rounding (a potential that lands
-exactly on the threshold can fall one float below it: a spike lost, rarely). ``MaxPool2d`` and anything else are refused by name.
+exactly on the threshold can fall one float below it: a spike lost, rarely). ``MaxPool2d`` and
+anything else are refused by name.
 
 LIF mapping (edgesnn's LIF is SpikingJelly's ``LIFNode``, discrete time, ``tau`` in steps)::
 

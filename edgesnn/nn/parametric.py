@@ -23,6 +23,7 @@ from .neurons import _SpikingNode
 
 __all__ = ["ParametricLIF"]
 
+
 @dataclass(frozen=True)
 class _TensorLIFParams(ResetRule):
     """The attributes of :class:`LIFParams` that :func:`~edgesnn.functional.lif.plif_multistep` reads

@@ -10,8 +10,8 @@ from typing import List, Optional
 import torch
 
 from ..errors import UsageError
-from ..models import int_list
 from ..lr_schedules import RATE_RANGE, is_float32_rate
+from ..models import int_list
 from .lr_schedule import check_schedule_name
 from .micro_batch import check_micro_batch
 from .outputs import POOLS
