@@ -21,11 +21,10 @@ import struct
 from typing import Any
 
 from .errors import UsageError
+from .float32_range import FLOAT32_MAX
 
 __all__ = ["SCHEDULES", "KEY", "check_schedule_name", "cosine_rate", "is_float32_rate", "RATE_RANGE"]
 
-#: Largest finite float32.
-_FLOAT32_MAX = 3.4028234663852886e38
 #: What a learning rate must be, as the errors say it.
 RATE_RANGE = "a number > 0 that float32 holds (1.4e-45 to 3.4e+38)"
 
@@ -36,7 +35,7 @@ def is_float32_rate(v: object) -> bool:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return False
     f = float(v)
-    if not (math.isfinite(f) and 0 < f <= _FLOAT32_MAX):
+    if not (math.isfinite(f) and 0 < f <= FLOAT32_MAX):
         return False
     return struct.unpack("f", struct.pack("f", f))[0] > 0
 

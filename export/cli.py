@@ -143,9 +143,8 @@ def import_params(checkpoint: PathLike, params_npz: PathLike, out: PathLike) -> 
 
 def _check_args(args: argparse.Namespace) -> Path:
     """Validate the flags before any work; returns the output path (a file or, for onnx-training, a directory)."""
+    from edgesnn.float32_range import FLOAT32_MAX
     from edgesnn.lr_schedules import RATE_RANGE, is_float32_rate
-
-    from .run_support import FLOAT32_MAX  # (numpy: imported here, not for --help)
 
     if args.lr is not None and not is_float32_rate(args.lr):
         raise UsageError(f"--lr: expected {RATE_RANGE}, got {args.lr}")

@@ -15,11 +15,8 @@ from edgesnn.errors import first_line
 if TYPE_CHECKING:  # pragma: no cover
     from .artifacts import PathLike
 
-__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "epoch_metrics", "read_npz",
-           "FLOAT32_MAX"]
+__all__ = ["padded_batches", "proc_status_mib", "peak_rss_mb", "step_time_metrics", "epoch_metrics", "read_npz"]
 
-#: Largest finite float32: the graphs compute in float32 (a larger learning rate becomes inf there).
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 #: What reading a damaged or foreign file with ``np.load`` raises (a zip that is not one, a pickle
 #: refused by ``allow_pickle=False``, a truncated member).

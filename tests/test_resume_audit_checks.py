@@ -112,14 +112,15 @@ def test_a_learning_rate_beyond_float32_is_refused_in_one_line(capsys):
     ``TrainConfig``."""
     from edgesnn.cli import main
     from edgesnn.errors import UsageError
-    from edgesnn.training.train_config import MAX_LR, TrainConfig
+    from edgesnn.float32_range import FLOAT32_MAX
+    from edgesnn.training.train_config import TrainConfig
 
     assert main(["train", "--epochs", "1", "--no-progress", "--lr", "1e300"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgesnn train: error: --lr: ") and "float32" in err and len(err.splitlines()) == 1
     with pytest.raises(UsageError, match="lr: expected a number > 0"):
         TrainConfig(lr=1e300).validate()
-    TrainConfig(lr=MAX_LR).validate()  # the largest float32 is still accepted
+    TrainConfig(lr=FLOAT32_MAX).validate()  # the largest float32 is still accepted
     # 1e-50 is 0 as a float32: the float32 parameters would never move, silently
     assert main(["train", "--epochs", "1", "--no-progress", "--lr", "1e-50"]) == 2
     assert capsys.readouterr().err.strip().startswith("edgesnn train: error: --lr: expected a number > 0 that float32 holds")

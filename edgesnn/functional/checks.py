@@ -13,14 +13,13 @@ from typing import Iterable, Optional, Tuple
 import numpy as np
 import torch
 
+from ..float32_range import FLOAT32_MAX
+
 __all__ = [
     "check_sequence", "check_state", "check_finite", "NonFiniteInputError", "NonFiniteGradientError",
     "all_finite", "eager", "autocast_on", "check_finite_input", "check_finite_grads", "is_real_number", "shown_number", "is_integer", "check_int", "check_flag",
     "check_params", "check_tensor",
 ]
-
-#: Largest finite float32: node parameters beyond it would overflow in the float32 kernels.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_real_number(v: object) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import DependencyError, UsageError, clip, first_line
+from ..float32_range import FLOAT32_MAX
 
 
 __all__ = ["DEFAULT_DT", "NIRError", "nir_module", "to_numpy", "check_dt", "check_finite_node", "int_values",
@@ -53,7 +54,6 @@ def check_dt(dt: Any, what: str = "dt") -> float:
 
 
 #: The numeric fields of NIR nodes that edgesnn reads or writes (weights, biases, neuron parameters).
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMERIC_FIELDS = ("weight", "bias", "tau", "tau_mem", "tau_syn", "r", "w_in", "v_leak", "v_threshold", "v_reset")
 
 
@@ -77,10 +77,10 @@ def check_finite_node(key: str, node: Any) -> None:
             bad = int(arr.size - np.isfinite(arr).sum())
             raise NIRError(f"node {key}: nir.{type(node).__name__} {field} holds {bad} NaN/Inf value(s) of {arr.size}; "
                            "only finite weights and neuron parameters are loaded or exported")
-        big = int((np.abs(arr) > _FLOAT32_MAX).sum())
+        big = int((np.abs(arr) > FLOAT32_MAX).sum())
         if big:  # float32 (what edgesnn computes in) would turn them into Inf
             raise NIRError(f"node {key}: nir.{type(node).__name__} {field} holds {big} value(s) of {arr.size} beyond the "
-                           f"float32 range (|x| <= {_FLOAT32_MAX:.4g}); edgesnn computes in float32")
+                           f"float32 range (|x| <= {FLOAT32_MAX:.4g}); edgesnn computes in float32")
 
 
 def int_values(what: str, value: Any, minimum: Optional[int] = None, sizes: Tuple[int, ...] = (1, 2)) -> Tuple[int, ...]:

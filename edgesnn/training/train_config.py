@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-import torch
-
 from ..errors import UsageError
 from ..lr_schedules import RATE_RANGE, is_float32_rate
 from ..models import int_list
@@ -16,11 +14,9 @@ from .lr_schedule import check_schedule_name
 from .micro_batch import check_micro_batch
 from .outputs import POOLS
 
-__all__ = ["TrainConfig", "MAX_SEED", "MAX_LR"]
+__all__ = ["TrainConfig", "MAX_SEED"]
 
 MAX_SEED = 2**32 - 1  # NumPy's seed range; the epoch orders use seed * 1000 + epoch (within int64)
-#: The largest learning rate: the optimizers hold it as a float32 (a larger one overflowed in Adam's step).
-MAX_LR = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
