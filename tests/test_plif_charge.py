@@ -64,3 +64,34 @@ def test_spikes_and_w_gradient_match_spikingjelly_in_float32_and_float16():
             assert torch.equal(ys[0], ys[1])
         assert torch.isfinite(ours.w.grad), (tau, dtype)  # through tau ** 2: Inf in float16 from tau ~ 256
         assert float(ours.w.grad) == pytest.approx(float(theirs.w.grad), rel=1e-2, abs=1e-3), (tau, dtype)
+
+
+@pytest.mark.parametrize("module_dtype", [torch.float32, torch.float16])
+def test_float16_input_gives_finite_parameter_gradients_summed_in_float32(module_dtype):
+    """On a float16 input the T steps' gradients of ``sigmoid(w)`` (``w``'s gradient before
+    sigmoid's derivative, ~4x it) used to be summed in float16 and overflowed to inf here, where
+    ``w``'s own gradient (~1.8e4) fits float16; SpikingJelly's node gives it finite. The spikes stay
+    SpikingJelly's formula in the module's dtype, bit for bit."""
+    torch.manual_seed(0)
+    x = (torch.randn(16, 8, 2000) * 1.5).half()
+    node = ParametricLIF(step_mode="m").to(module_dtype)
+    y = node(x)
+    assert y.dtype == torch.float16
+    assert torch.equal(y, _spikingjelly_formula(x, node.w.detach(), decay_input=True))
+    y.sum().backward()
+    wide = ParametricLIF(step_mode="m")
+    wide(x.float()).sum().backward()
+    assert node.w.grad.dtype == module_dtype and torch.isfinite(node.w.grad)
+    assert float(node.w.grad) == pytest.approx(float(wide.w.grad), rel=1e-2)
+
+
+def test_float16_learnable_threshold_gradient_matches_float32():
+    torch.manual_seed(0)
+    x = (torch.randn(16, 8, 2000) * 1.5).half()
+    grads = []
+    for xi in (x, x.float()):
+        node = ParametricLIF(step_mode="m", learn_threshold=True, v_reset=None)
+        node(xi).sum().backward()
+        grads.append((float(node.w.grad), float(node.v_threshold.grad)))
+    for half, full in zip(*grads):
+        assert half == pytest.approx(full, rel=1e-2)

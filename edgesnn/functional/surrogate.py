@@ -10,8 +10,10 @@ Surrogates, with SpikingJelly's formulas and defaults (two shown; see the classe
 * ``ATan(alpha=2)``: ``sg'(u) = (alpha / 2) / (1 + (pi/2 alpha u)^2)``
 
 :func:`spike`: in eager autograd a Heaviside whose backward evaluates ``sg'(u)`` with
-differentiable ops, so a second-order gradient includes the surrogate's curvature ``sg''(u)`` (as
-SpikingJelly's does, and as finite differences of the first-order gradient give). While tracing or
+differentiable ops, so a second-order gradient includes the surrogate's curvature ``sg''(u)``, as
+SpikingJelly's does. Finite differences of the first-order gradient give the same with
+``detach_reset=True``; with the reset attached, the spike in the reset term is differentiated
+through ``sg'`` again here (and in SpikingJelly), where finite differences see a step. While tracing or
 exporting to ONNX it writes the spike with standard tensor operations only,
 ``H(u) + (u - stop(u)) * stop(sg'(u))``, which TorchScript and ONNX Runtime's gradient builder
 (no gradient for ``Atan``; it silently drops ``.detach()``, see :func:`stop_gradient`) carry to

@@ -36,6 +36,16 @@ class _TensorLIFParams(ResetRule):
     surrogate: Surrogate
 
 
+def _value_in_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` with the value it has rounded to ``dtype`` (and back), its gradient flowing to ``t``
+    unrounded: ``t + (t.to(dtype) - t).detach()``, which in ``t``'s wider dtype is exactly the rounded
+    value. The forward computes what a node whose parameters are in ``dtype`` computes (SpikingJelly's
+    float16 ``sigmoid(w)``), and the backward stays in ``t``'s dtype."""
+    if t.dtype == dtype:
+        return t
+    return t + (t.detach().to(dtype).to(t.dtype) - t.detach())
+
+
 class ParametricLIF(LIFAttributes, _SpikingNode):
     """LIF with a learnable time constant: SpikingJelly's ``ParametricLIFNode`` (PLIF).
 
@@ -173,10 +183,15 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
     # ------------------------------------------------------------------ forward
 
     def _run(self, x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        # sigmoid(w) multiplied in, in w's dtype, as SpikingJelly does (see plif_charge)
-        decay = torch.sigmoid(self.w).to(x_seq.dtype)
+        # sigmoid(w) multiplied in, as SpikingJelly does (see plif_charge). The decay and a learnable
+        # threshold enter the loop as 0-dim tensors of at least float32 (a 0-dim operand does not
+        # promote the input: each step still computes in the input's dtype), so their gradients add
+        # up over T in float32. In float16 the T steps' sum of the decay's gradient (w's gradient
+        # before sigmoid's derivative, ~4x it) overflowed to inf where w's own gradient fits.
+        acc = torch.promote_types(self.w.dtype, torch.float32)
+        decay = _value_in_dtype(torch.sigmoid(self.w.to(acc)), self.w.dtype)
         v_th = self._get_v_threshold()
-        v_th = v_th.to(x_seq.dtype) if isinstance(v_th, torch.Tensor) else v_th
+        v_th = v_th.to(acc) if isinstance(v_th, torch.Tensor) else v_th  # (exact: a wider dtype)
         f = self._fixed
         p = _TensorLIFParams(v_th, f.v_reset, f.decay_input, f.detach_reset, f.surrogate)
         return plif_multistep(x_seq, decay, p, v0)
