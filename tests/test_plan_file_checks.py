@@ -180,6 +180,9 @@ BAD = [
     ("predicted.peak_bytes", "big", "predicted.peak_bytes"), ("eval_batch", 2.5, "eval_batch"),
     ("optimizer", 7, "optimizer"),
     ("model.timesteps", "four", "model.timesteps"), ("model.timesteps", 3, "model.timesteps"),
+    # the model's widths edited by hand: the figures are for 128-wide layers (training built the edited model)
+    ("model.hidden", [4096, 4096], "layers[0].channels"), ("layers.1.channels", 64, "layers[1].channels"),
+    ("layers.0.channels", True, "layers[0].channels"),
 ]
 
 
@@ -220,8 +223,8 @@ def test_good_plan_fields_reach_training(base_plan, tmp_path, cmds, no_training,
     doc["model"]["batchnorm"] = False
     doc["model"]["hidden"] = [32, 16]
     doc["model"]["neuron"] = "revlif"  # one spec for every layer: agrees with layers[]
-    for L in doc["layers"]:
-        L.update(neuron="revlif:2", kind="revlif", groups=2)
+    for L, width in zip(doc["layers"], [32, 16]):  # (a layer's channels must say its width)
+        L.update(neuron="revlif:2", kind="revlif", groups=2, channels=width)
     doc["neuron"] = ["revlif:2", "revlif:2"]
     js = tmp_path / "ok.json"
     js.write_text(json.dumps(doc))

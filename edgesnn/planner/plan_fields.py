@@ -110,6 +110,11 @@ def check_layers(f: Fields, layers: Any, model: Dict[str, Any]) -> List[Dict[str
     check_plan_layers([L["neuron"] for L in layers], widths,
                       f"the planned {model['name']}" + (f" (model.{key} {widths})" if key else ""),
                       f.label, f" in {f.origin}")
+    for i, (L, width) in enumerate(zip(layers, widths)):  # the figures are for the planned widths
+        if "channels" in L and (isinstance(L["channels"], bool) or L["channels"] != width):
+            source = f"model.{key}" if key else f"the {model['name']} model"
+            raise f.fail(f"layers[{i}].channels", f"{width}, this layer's width in {source} (the plan's figures are "
+                         "for the layers it lists; edit the model in a new plan instead)", L["channels"])
     return layers
 
 
