@@ -6,7 +6,7 @@ most M samples at a time, the parts' gradients added up before the one step.
 * Without BatchNorm a step's gradients are the whole batch's to float rounding (the model under
   ``train`` sees parts of at most M samples, each step one Adam step); with BatchNorm each part
   has its own statistics (the gradients differ), as accumulation does in any PyTorch script.
-* ``--memopt`` and two DDP ranks (``no_sync`` for all parts but the last) give the same steps.
+* ``--memopt`` and two torchrun ranks (the ranks average the gradients after the last part) give the same steps.
 * Stored in the checkpoint only when set (a default run writes what older versions wrote); a
   resume may change it without BatchNorm (same gradients), not with it.
 * The CLI: M < 1 and M < 3 with BatchNorm are one line; with ``--plan`` M is bounded by the plan's

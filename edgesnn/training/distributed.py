@@ -4,8 +4,13 @@ What this module takes care of (each point was measured on this stack):
 
 * **Process group**: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`setup`
   joins the group: ``gloo`` on CPU, ``nccl`` with ``--device cuda`` (one GPU per local rank).
-  The fused kernels are custom ops with their own autograd; they run unchanged under
-  ``DistributedDataParallel`` (it only hooks the parameters' gradients).
+  The model is not wrapped in ``DistributedDataParallel``: :func:`broadcast_parameters` gives every
+  rank rank 0's weights and :func:`average_gradients` averages the gradients after each step's
+  backward, in one flat all-reduce in the parameters' order. DDP regroups its gradient buckets after
+  its first step, so from 3 ranks on gloo adds some gradients up in another order than in a run
+  resumed from a checkpoint (whose first step has the initial buckets): the resumed run drifted by
+  rounding. The flat all-reduce is the same in every step, and it also follows optimize_memory's
+  chunked backward, which DDP's per-parameter hooks cannot.
 * **Threads**: ``torchrun`` sets ``OMP_NUM_THREADS=1`` but Numba starts one thread per core in
   *every* rank, so N ranks oversubscribe the cores N times. :func:`rank_threads` gives each rank
   ``cores // local ranks`` threads (or ``--threads``); :func:`configure_threads` exports it as
@@ -240,9 +245,11 @@ def broadcast_parameters(model: "nn.Module", info: DistInfo) -> None:
 def average_gradients(model: "nn.Module", info: DistInfo) -> None:
     """Average every parameter's ``.grad`` over the ranks, in one flat all-reduce.
 
-    For models ``DistributedDataParallel`` cannot wrap: optimize_memory's chunked backward runs
+    What ``edgesnn train`` uses under torchrun (see the module docstring); it also takes models
+    ``DistributedDataParallel`` cannot wrap: optimize_memory's chunked backward runs
     ``torch.autograd.backward`` inside the step's backward, so DDP's per-parameter hooks would fire
     once per chunk ("marked as ready twice"). The result is DDP's: the mean of the ranks' gradients.
+    Nothing happens in a single process.
     A parameter without a gradient on this rank counts as zero; one that no rank gave a gradient
     keeps ``grad = None`` (as a single process would: optimizers then skip it, so Adam's step count
     and moments stay untouched), decided in the same all-reduce (one flag per parameter).

@@ -199,7 +199,8 @@ def train(
     of the config (a checkpoint resumes on any device).
 
     Data-parallel: inside an initialised ``torch.distributed`` process group (``torchrun``; see
-    :mod:`edgesnn.training.distributed`) the model is wrapped in ``DistributedDataParallel``,
+    :mod:`edgesnn.training.distributed`) every rank starts from rank 0's weights and the ranks average
+    their gradients once per step (what ``DistributedDataParallel`` computes, in one flat all-reduce),
     ``cfg.batch_size`` is the batch *per rank* and each rank takes its share of every epoch's
     permutation (:func:`~.distributed.epoch_order`). Rank 0 alone logs, shows progress and writes the
     checkpoint; every rank returns the same report. ``device="cuda"`` uses GPU ``LOCAL_RANK``.
@@ -312,13 +313,14 @@ def train(
             log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, strategies "
                 f"{[b.strategy for b in mplan.blocks]}, predicted activation peak {mplan.peak_bytes / 2**20:.1f} MiB")
     net: nn.Module = model
-    manual_allreduce = dist.distributed and cfg.memopt  # DDP's hooks cannot follow the chunked backward
-    if manual_allreduce:
+    # Data-parallel without DistributedDataParallel: rank 0's weights to every rank, then the gradients
+    # averaged in one flat all-reduce per step (distributed.average_gradients). DDP's hooks cannot follow
+    # optimize_memory's chunked backward, and DDP regroups its gradient buckets after its first step:
+    # from 3 ranks on, gloo then adds some gradients up in another order, so a resumed run (whose first
+    # step has the initial buckets) drifted from an uninterrupted one by rounding (2.9e-11 after one step,
+    # 4e-4 in a bias after more). The flat layout is the parameters' order, the same in every step.
+    if dist.distributed:
         broadcast_parameters(model, dist)
-    elif dist.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     done = Progress() if ck is None else stored_done  # a resumed run continues the checkpoint's (see .resume)
     if ck is not None:
@@ -373,7 +375,7 @@ def train(
             idx = order[i:i + cfg.batch_size]
             if skips_batch(len(idx), cfg.batchnorm):  # BatchNorm needs more than one sample (every rank alike: equal shares)
                 continue
-            # DDP: gradients averaged over the ranks in the last part's backward
+            # data-parallel: the parts' gradients add up here, the ranks average them after the last part
             padded = padding_weights(i, len(idx), len(data.train), dist)
             if padded is None:
                 loss_value = accumulate_gradients(net, loss_fn, micro_batches(idx, cfg.micro_batch), load,
@@ -386,8 +388,7 @@ def train(
                                                 weights=micro_batches(weights, cfg.micro_batch))
                 real = int((weights > 0).sum())
                 loss_value = weighted * all_real / dist.world / max(1, real)  # this rank's mean over its real samples
-            if manual_allreduce:
-                average_gradients(model, dist)
+            average_gradients(model, dist)  # (nothing to do in one process)
             opt.step()
             sched.step()
             steps += 1
