@@ -56,3 +56,43 @@ def eval_pass_script(model: str, in_shape: Tuple[int, ...], neuron: str, widths:
     10 classes, T, neuron=neuron, <widths>)`` on the Numba kernels (``widths``: the keyword, e.g.
     ``"hidden=[1024, 1024]"``), peak RSS above the warmed-up process against ``eval_forward_peak``."""
     return _EVAL_PASS.format(model=model, in_shape=tuple(in_shape), neuron=neuron, widths=widths, T=T, B=B)
+
+
+_STEP_PEAK = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+from edgesnn.planner.runtime import lean_allocator
+if not lean_allocator():
+    print(json.dumps(None)); sys.exit()
+from torch import nn
+import edgesnn
+from edgesnn.kernels import buffers
+from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from edgesnn.nn import LIF, RevLIF, SeqToANN
+T, B, repeated = {T}, {B}, {repeated!r}
+torch.manual_seed(0)
+n = lambda: {node}(backend={backend!r})
+model = {model}
+x0 = torch.rand(B, 4, 32, 32) * 2
+x = x0.unsqueeze(0).expand(T, *x0.shape) if repeated else torch.rand(T, B, 4, 32, 32) * 2
+y = torch.randint(0, 10, (B,))
+plan = edgesnn.optimize_memory(model, x)
+def step():
+    model.zero_grad(set_to_none=False)
+    nn.functional.cross_entropy(model(x).mean(0), y).backward()
+step(); step()  # warm up: kernels loaded, parameter gradients allocated
+buffers.release()
+base = rss_bytes(); reset_peak_rss()
+step()
+print(json.dumps([peak_rss_bytes() - base, plan.peak_bytes - plan.fixed_bytes]))
+"""
+
+
+def step_peak_script(T: int, B: int, repeated: bool, node: str, backend: str, model: str) -> str:
+    """A script for :func:`measured_and_predicted`: one training step (cross-entropy of the output's
+    mean over T) of ``model`` (Python source building an ``nn.Sequential``, where ``n()`` makes a
+    ``node`` on ``backend``) optimized with ``optimize_memory`` on a ``[T, B, 4, 32, 32]`` input
+    (``repeated``: one batch expanded over T); peak RSS above the warmed-up process against the
+    plan's predicted peak (``plan.peak_bytes - plan.fixed_bytes``)."""
+    return _STEP_PEAK.format(T=T, B=B, repeated=repeated, node=node, backend=backend, model=model)

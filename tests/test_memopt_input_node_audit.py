@@ -23,7 +23,7 @@ from edgesnn.kernels.dispatch import numba_available
 from edgesnn.nn import LIF, RevLIF, SeqToANN
 from edgesnn.planner.network_model import block_shape, predict_peak
 
-from _rss_measure import measured_and_predicted
+from _rss_measure import measured_and_predicted, step_peak_script
 
 T, B = 5, 3
 PRE = {  # parameter-free layers before the first node, and the sample shape
@@ -126,35 +126,6 @@ def test_a_node_on_a_repeated_input_feeds_the_next_block_its_spikes(pre):
     assert [b.trace["in"][1] for b in net._memopt_blocks] == [True, False, False]
 
 
-_STEP_RSS = """
-import json, os, sys
-import torch
-torch.set_num_threads(1)
-from edgesnn.planner.runtime import lean_allocator
-if not lean_allocator():
-    print(json.dumps(None)); sys.exit()
-from torch import nn
-import edgesnn
-from edgesnn.kernels import buffers
-from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from edgesnn.nn import LIF, RevLIF, SeqToANN
-T, B, repeated = {T}, {B}, {repeated!r}
-torch.manual_seed(0)
-n = lambda: {node}(backend={backend!r})
-model = {model}
-x0 = torch.rand(B, 4, 32, 32) * 2
-x = x0.unsqueeze(0).expand(T, *x0.shape) if repeated else torch.rand(T, B, 4, 32, 32) * 2
-y = torch.randint(0, 10, (B,))
-plan = edgesnn.optimize_memory(model, x)
-def step():
-    model.zero_grad(set_to_none=False)
-    nn.functional.cross_entropy(model(x).mean(0), y).backward()
-step(); step()  # warm up: kernels loaded, parameter gradients allocated
-buffers.release()
-base = rss_bytes(); reset_peak_rss()
-step()
-print(json.dumps([peak_rss_bytes() - base, plan.peak_bytes - plan.fixed_bytes]))
-"""
 #: the node-first conv net of the step test (n: a node)
 _CONV_NET = ("nn.Sequential(n(), SeqToANN(nn.Conv2d(4, 16, 3, padding=1), nn.BatchNorm2d(16)), n(), "
              "SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)), n(), "
@@ -168,7 +139,7 @@ def test_step_peak_matches_measured_rss(repeated):
     process before it, against the plan's predicted peak: within 15%, the planner tests' tolerance
     (measured -3% both ways; before: +27% for an input new at every step, and -77% for a repeated
     one, whose second block was planned as reading a repeated input)."""
-    measured, predicted = measured_and_predicted(_STEP_RSS.format(T=8, B=32, repeated=repeated, node="LIF", backend="numba",
+    measured, predicted = measured_and_predicted(step_peak_script(T=8, B=32, repeated=repeated, node="LIF", backend="numba",
                                                                      model=_CONV_NET))
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
 
@@ -228,7 +199,7 @@ def test_node_first_step_peak_without_the_input_copy(node, backend):
     The Numba step stays below 1.25x the dense input (its peak is the node's spikes, as large)."""
     if backend == "numba" and not numba_available():
         pytest.skip("needs the Numba kernels")
-    measured, predicted = measured_and_predicted(_STEP_RSS.format(T=16, B=64, repeated=True, node=node, backend=backend,
+    measured, predicted = measured_and_predicted(step_peak_script(T=16, B=64, repeated=True, node=node, backend=backend,
                                                                      model=_NODE_LINEAR))
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
     if backend == "numba":

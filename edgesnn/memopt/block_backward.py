@@ -8,7 +8,7 @@ the stand-ins the modules hold meanwhile (:mod:`edgesnn.memopt.paramgrads`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, List, Union
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Union
 
 import torch
 
@@ -16,7 +16,7 @@ from .batchnorm import bn_normalize, grad_sums, input_grad_
 from .layer_grad import accumulate_grad, layer_backward
 from .layers import Step
 from .packing import SavedInput
-from .steps import apply_recompute, apply_steps, merge_time, node_chunk_backward, run_node, split_time
+from .steps import apply_recompute, apply_steps, merge_time, node_chunk_backward, split_time
 
 if TYPE_CHECKING:  # pragma: no cover
     from .block import Block
@@ -43,20 +43,11 @@ def backward_plain(
         t0, t1 = ctx.bounds[c]
         k = t1 - t0
         xl = saved.chunk(t0, t1).detach().requires_grad_(wants_input_grad)
-        v0 = ctx.checkpoints[c]
-        v0l = v0.detach().requires_grad_(True) if v0 is not None else None
         with torch.enable_grad():
             z = split_time(apply_recompute(block.steps, merge_time(xl)), k)
-            s, v_T = run_node(block.node, z, v0l)
-            o = split_time(apply_steps(block.post, merge_time(s)), k) if block.post else s
-            outs, grads = [o], [grad_out.get(t0, t1)]
-            if g_v is not None:
-                outs.append(v_T)
-                grads.append(g_v)
-            torch.autograd.backward(outs, grads)
-            del outs, grads
+        g_v = _layers_node_backward(block, z, ctx.checkpoints[c], grad_out.get(t0, t1), g_v)
+        del z
         grad_out.release_from(t0)
-        g_v = v0l.grad if v0l is not None else None
         # hand the input gradient on with the unpacked input chunk dropped: the sink may run the
         # previous block's backward, whose transient then does not sit beside it
         g_in = xl.grad if wants_input_grad else None
@@ -64,6 +55,20 @@ def backward_plain(
         if g_in is not None:
             sink(t0, t1, g_in)
         del g_in
+
+
+def _layers_node_backward(block: Block, z: torch.Tensor, v0: Optional[torch.Tensor], g_out: torch.Tensor,
+                          g_v: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Back-propagate one chunk from its output gradient ``g_out`` (and the state gradient ``g_v``)
+    through node and post layers, then through the layers that made the node input ``z [k, B, ...]``
+    (recomputed under autograd: parameter and input gradients land in their ``.grad``); returns the
+    gradient of the chunk's start state ``v0`` (``None`` for a fresh start). The node runs its fused
+    kernel where one applies (:func:`node_chunk_backward`: no full-size spikes, max-pool indices or
+    spike gradient beside the layers' recomputed chunk), else its own autograd path."""
+    dz, dv0 = node_chunk_backward(block, z.detach(), v0, g_out, g_v)
+    if z.requires_grad:
+        torch.autograd.backward(z, dz)
+    return dv0
 
 
 def backward_chunked_bn(

@@ -48,6 +48,8 @@ class BlockShape:
     has_layers: bool = True  # layers before its node (else the node reads the block's input)
     node_loop: bool = False  # the node's own forward is PyTorch's step loop (torch / reference backend)
     reversible: bool = False  # the node is a RevLIF (its loop keeps no per-step history: see LOOP_*)
+    linear_post: bool = False  # a LIF whose kernel gets its spikes' gradient from linear layers after it
+    #                            (an average pool, flatten: memopt.linear_post; see network_model._spike_grad_steps)
 
 
 _MAX_POOLS = MAX_POOL_TYPES + (nn.AdaptiveMaxPool2d,)
@@ -120,7 +122,7 @@ def block_shape(block: "Block", index: int) -> BlockShape:
         max_pool=any(isinstance(getattr(s, "module", None), _MAX_POOLS) for s in block.post),
         sums_over_time=static and kind is not None, input_grad=input_grad, records=records,
         has_layers=bool(block.steps), node_loop=_node_loop(block.node, dtype, block.trace.get("device", "cpu")),
-        reversible=isinstance(block.node, RevLIF),
+        reversible=isinstance(block.node, RevLIF), linear_post=kind == "lif_linear",
     )
 
 

@@ -213,6 +213,15 @@ def _bwd_param(b: BlockShape) -> float:
     return BWD_PARAM * b.conv_param_bytes + BWD_PARAM_OTHER * (b.param_bytes - b.conv_param_bytes)
 
 
+def _spike_grad_steps(b: BlockShape, fed: int) -> int:
+    """Node-input tensors of one step that a repeated-input block's backward makes per fed range of
+    ``fed`` steps besides its kernel's scratch: a LIF before linear layers (an average pool, flatten:
+    memopt.linear_post) gets the spikes' gradient ``[fed, B, ...]`` from theirs before its
+    time-summing kernel runs (steps.node_backward_time_sum), ``fed`` of them; none for the other
+    time-summing kernels."""
+    return fed if b.sums_over_time and b.linear_post else 0
+
+
 def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
     """Block ``i`` is a repeated-input block whose backward runs inside block ``i + 1``'s."""
     return shapes[i].static and shapes[i].hands_off and shapes[i].records and i + 1 < len(shapes)
@@ -309,7 +318,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         if b.static:
             tmp = min(inner, k) * (STATIC_BWD_A + _pool_a(b, False)) * b.a_bytes + 2 * b.a_bytes
             tmp += (AUTOGRAD_STATIC_BWD_STEPS * b.node_autograd + _loop_a(b, min(inner, k), False)) * b.a_bytes
-            tmp += _bwd_param(b)
+            tmp += _bwd_param(b) + _spike_grad_steps(b, k) * b.a_bytes  # fed its whole chunk at once
             phase = kept + g_out + tmp
         else:
             prev_fused = i > 0 and fused_static(shapes, i - 1)
@@ -339,6 +348,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 # the boundary state gradient: taken as one step)
                 p = shapes[i - 1]
                 steps = p.a_bytes if p.sums_over_time else min(inner, k) * STATIC_BWD_A * p.a_bytes
+                steps += _spike_grad_steps(p, k) * p.a_bytes  # fed our chunks
                 fed = max(chunks[i - 1] // k, 1)  # our chunks fed per chunk of the repeated-input block
                 if fed > 1 and p.sums_over_time:
                     # their start states come from a forward pass over its chunk, a few steps at a
