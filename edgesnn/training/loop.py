@@ -312,13 +312,8 @@ def train(
         if main:
             log(f"optimize_memory: chunks {[b.chunk for b in mplan.blocks]}, strategies "
                 f"{[b.strategy for b in mplan.blocks]}, predicted activation peak {mplan.peak_bytes / 2**20:.1f} MiB")
-    net: nn.Module = model
-    # Data-parallel without DistributedDataParallel: rank 0's weights to every rank, then the gradients
-    # averaged in one flat all-reduce per step (distributed.average_gradients). DDP's hooks cannot follow
-    # optimize_memory's chunked backward, and DDP regroups its gradient buckets after its first step:
-    # from 3 ranks on, gloo then adds some gradients up in another order, so a resumed run (whose first
-    # step has the initial buckets) drifted from an uninterrupted one by rounding (2.9e-11 after one step,
-    # 4e-4 in a bias after more). The flat layout is the parameters' order, the same in every step.
+    # data-parallel without DistributedDataParallel (why: the module docstring of .distributed): rank 0's
+    # weights to every rank here, the gradients averaged in one flat all-reduce after each step's backward
     if dist.distributed:
         broadcast_parameters(model, dist)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -360,7 +355,7 @@ def train(
         before_training()
     stop = max_steps is not None and steps >= max_steps
     for epoch in range(start, cfg.epochs if not stop else start):
-        net.train()
+        model.train()
         order = epoch_order(len(data.train), cfg.seed, epoch, dist)
         t0 = time.perf_counter()
         total, seen = 0.0, 0
@@ -378,12 +373,12 @@ def train(
             # data-parallel: the parts' gradients add up here, the ranks average them after the last part
             padded = padding_weights(i, len(idx), len(data.train), dist)
             if padded is None:
-                loss_value = accumulate_gradients(net, loss_fn, micro_batches(idx, cfg.micro_batch), load,
+                loss_value = accumulate_gradients(model, loss_fn, micro_batches(idx, cfg.micro_batch), load,
                                                   lambda: opt.zero_grad(set_to_none=True), diverged(steps, epoch))
                 real = len(idx)
             else:  # the epoch's last batch holds DistributedSampler's repeats: they weigh 0
                 weights, all_real = padded
-                weighted = accumulate_gradients(net, sample_loss_fn, micro_batches(idx, cfg.micro_batch), load,
+                weighted = accumulate_gradients(model, sample_loss_fn, micro_batches(idx, cfg.micro_batch), load,
                                                 lambda: opt.zero_grad(set_to_none=True), diverged(steps, epoch),
                                                 weights=micro_batches(weights, cfg.micro_batch))
                 real = int((weights > 0).sum())

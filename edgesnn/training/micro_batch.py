@@ -13,13 +13,12 @@ activations and graph are alive at a time (the parameter gradients are resident 
 * :func:`micro_batches`: the parts of a batch (the fewest, of near-equal sizes).
 * :func:`effective_micro_batch`: the setting as stored (``None`` when it never splits a batch).
 * :func:`check_micro_batch`: the setting checked in one line.
-* :func:`accumulate_gradients`: forward and backward of one step's parts (``DistributedDataParallel``
-  averages the gradients over the ranks once, after the last part).
+* :func:`accumulate_gradients`: forward and backward of one step's parts (under torchrun the
+  training loop averages the gradients over the ranks once, after the last part).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -85,8 +84,8 @@ def accumulate_gradients(
     ``zero_grad`` runs first, so the previous step's gradients are freed before this step's forward
     (as the planner's replay of a step assumes; one part: the gradients are bitwise those of one
     ``loss.backward()``); ``check_loss(value)`` runs before each backward (it raises to stop before
-    any gradient of a non-finite loss is added). Under ``DistributedDataParallel`` the parts but the
-    last run in ``no_sync()``: one all-reduce per step.
+    any gradient of a non-finite loss is added). The gradients stay on this process: under torchrun
+    the training loop averages them over the ranks after the last part, one all-reduce per step.
 
     ``weights`` (one float tensor ``[len(part)]`` per part): the step's loss is then the weighted sum
     ``sum_i w_i * loss_i`` over the batch's samples instead of their mean, and ``loss_fn`` must give
@@ -99,18 +98,15 @@ def accumulate_gradients(
     n = sum(len(p) for p in parts)
     whole = len(parts) == 1
     value = 0.0
-    ddp = isinstance(net, nn.parallel.DistributedDataParallel)
     zero_grad()
     for k, part in enumerate(parts):
-        last = k == len(parts) - 1
-        with nullcontext() if last or not ddp else net.no_sync():
-            x, y = load(part)
-            loss = loss_fn(net(x), y)
-            if weights is not None:
-                loss = (loss * weights[k].to(device=loss.device, dtype=loss.dtype)).sum()
-            part_value = float(loss.detach())
-            check_loss(part_value)
-            (loss if whole or weights is not None else loss * (len(part) / n)).backward()
+        x, y = load(part)
+        loss = loss_fn(net(x), y)
+        if weights is not None:
+            loss = (loss * weights[k].to(device=loss.device, dtype=loss.dtype)).sum()
+        part_value = float(loss.detach())
+        check_loss(part_value)
+        (loss if whole or weights is not None else loss * (len(part) / n)).backward()
         value += part_value if whole or weights is not None else part_value * (len(part) / n)
         x = y = loss = None  # this part's input and graph go before the next part's forward
     return value
