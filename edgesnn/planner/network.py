@@ -251,6 +251,8 @@ def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[in
                 optimizer_bytes_per_param: int = 0) -> NetworkPlan:
     """Choose every block's chunk (or apply ``chunk``), set ``block.chunk``, and return the plan."""
     shapes = [block_shape(b, i) for i, b in enumerate(blocks)]
+    if shapes:
+        shapes[-1].head_param_bytes = _outside_param_bytes(blocks, model)
     fixed = optimizer_bytes_per_param * sum(p.numel() * p.element_size() for p in model.parameters())
     target = None
     if chunk is not None:
@@ -270,6 +272,13 @@ def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[in
     choices = [BlockChoice(s.name, _strategy(s, K, h), K, saved_bytes(s, K, h), h)
                for s, K, h in zip(shapes, chunks, holds)]
     return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks, keeps, holds), fixed)
+
+
+def _outside_param_bytes(blocks: Sequence["Block"], model: nn.Module) -> int:
+    """Bytes of the model's trainable parameters that no block owns (its head after the last block;
+    layers left as they are before a block count too, which only over-predicts the head's phase)."""
+    inside = {id(p) for b in blocks for p in b.params}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and id(p) not in inside)
 
 
 def _strategy(s: BlockShape, K: int, hold: bool) -> str:

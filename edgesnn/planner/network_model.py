@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .block_shapes import BlockShape, block_shape
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
-           "n_chunks", "saved_bytes", "fused_static", "chunked_bn"]
+           "n_chunks", "saved_bytes", "fused_static", "chunked_bn", "head_backward"]
 
 # Temporaries of one chunk step, in multiples of the per-step tensors (float32): input chunk ``x``,
 # node input ``a`` (layer output), block output ``o``. Fitted (least squares over every phase) on
@@ -79,6 +79,14 @@ LOOP_BWD_STEPS = 3.0
 REV_LOOP_FWD_A = 0.5
 REV_LOOP_FWD_STEPS = 4.1
 REV_LOOP_BWD_STEPS = 9.6
+# The head's backward (the layers after the model's last block, run under autograd) comes before any
+# block's: the block's dense output over T, which the head saved, beside its gradient, the head's new
+# parameter gradients, and what the block's forward left idle in the kernels' buffer pool: a
+# repeated-input block's node runs a few steps at a time, and two of those spike pieces stay pooled
+# (HEAD_IDLE_PIECES). A repeated-input block that is the whole model (conv -> LIF -> flatten + linear)
+# peaked there, 28-39% above its prediction at T = 8-16 without this phase (measured as
+# tests/test_memopt_head_backward.py does).
+HEAD_IDLE_PIECES = 2
 # A repeated-input block whose backward runs inside the next block's keeps its recomputed layer
 # output, its time-summed input gradient and its state gradient there besides what is counted per
 # fed chunk: node-input tensors of one step (fitted with tools/memopt_phases.py; 2 would be all of
@@ -222,6 +230,21 @@ def _spike_grad_steps(b: BlockShape, fed: int) -> int:
     return fed if b.sums_over_time and b.linear_post else 0
 
 
+def head_backward(shapes: Sequence[BlockShape], chunks: Sequence[int], kept: int, inner: int = STATIC_INNER_STEPS) -> int:
+    """Bytes of the head's backward phase (HEAD_IDLE_PIECES): ``kept`` (what the blocks keep from
+    forward to backward) plus the last block's dense output and its gradient over all T, the head's
+    new parameter gradients, and a repeated-input block's idle pooled spike pieces (its node on the
+    Numba kernels). A block autograd does not record gets no output gradient. 0 where the last block
+    hands its output to no head over T (packed hand-off)."""
+    if not shapes or shapes[-1].hands_off:
+        return 0
+    b = shapes[-1]
+    if not b.records:  # it ran as plain modules (see PLAIN_*): no gradient of its output, no pieces
+        return int(kept + b.T * b.o_bytes + BWD_PARAM_OTHER * b.head_param_bytes)
+    idle = HEAD_IDLE_PIECES * min(inner, chunks[-1], b.T) * b.a_bytes if b.static and not b.node_loop else 0
+    return int(kept + 2 * b.T * b.o_bytes + idle + BWD_PARAM_OTHER * b.head_param_bytes)
+
+
 def fused_static(shapes: Sequence[BlockShape], i: int) -> bool:
     """Block ``i`` is a repeated-input block whose backward runs inside block ``i + 1``'s."""
     return shapes[i].static and shapes[i].hands_off and shapes[i].records and i + 1 < len(shapes)
@@ -301,6 +324,11 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
         if held[i]:
             kept += b.T * b.a_bytes
     tail = shapes[-1].T * shapes[-1].o_bytes if shapes and not shapes[-1].hands_off else 0
+    if tail:
+        phase = head_backward(shapes, chunks, kept, inner)
+        phases["backward head"] = phase
+        if phase > best:
+            best, where = phase, "backward head"
     for i in range(n - 1, -1, -1):
         b, K = shapes[i], chunks[i]
         k = min(K, b.T)
