@@ -420,3 +420,15 @@ def test_ambiguous_4d_input_warns_once_unless_the_step_mode_is_given():
         LIF(store_v_seq=True)
     with pytest.raises(ValueError, match="'cuda'"):
         LIF(backend="cupy")
+
+
+def test_a_two_dim_multi_step_input_is_refused_with_spikingjellys_fix():
+    """SpikingJelly takes a ``[T, N]`` multi-step input; the error suggested ``x.unsqueeze(0)`` or
+    ``step_mode='s'``, both silently different on such data. The fix it names now gives SpikingJelly's
+    spikes."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 100) + 0.8
+    with pytest.raises(ValueError, match=r"^LIF\(step_mode='m'\) .*\[T, N\]\) add the batch dim with x\.unsqueeze\(1\)"):
+        LIF()(x)
+    want = sjn.LIFNode(step_mode="m")(x)
+    assert torch.equal(LIF()(x.unsqueeze(1)).squeeze(1), want)

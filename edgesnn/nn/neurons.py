@@ -287,7 +287,8 @@ class _SpikingNode(nn.Module):
             if not single and x.dim() < 3:
                 raise ValueError(
                     f"{type(self).__name__}(step_mode='m') expects a multi-step input [T, B, ...] (at least 3 dims), got shape "
-                    f"{tuple(x.shape)}; for one time step per call ([B, ...]) use step_mode='s', or add a time dim with x.unsqueeze(0)"
+                    f"{tuple(x.shape)}; for T steps of one sample ([T, N]) add the batch dim with x.unsqueeze(1), for one "
+                    f"time step per call ([B, N]) use step_mode='s'"
                 )
         x_seq = _float32_under_autocast(x.unsqueeze(0) if single else x)
         if self.check_finite:

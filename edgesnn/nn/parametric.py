@@ -188,8 +188,12 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         # promote the input: each step still computes in the input's dtype), so their gradients add
         # up over T in float32. In float16 the T steps' sum of the decay's gradient (w's gradient
         # before sigmoid's derivative, ~4x it) overflowed to inf where w's own gradient fits.
+        # sigmoid(w) is SpikingJelly's: on a float32 input its fused op computes it from w in float32,
+        # unrounded, whatever w's dtype; on other inputs its reference formula computes it in w's dtype.
         acc = torch.promote_types(self.w.dtype, torch.float32)
-        decay = _value_in_dtype(torch.sigmoid(self.w.to(acc)), self.w.dtype)
+        decay = torch.sigmoid(self.w.to(acc))
+        if x_seq.dtype != torch.float32:
+            decay = _value_in_dtype(decay, self.w.dtype)
         v_th = self._get_v_threshold()
         v_th = v_th.to(acc) if isinstance(v_th, torch.Tensor) else v_th  # (exact: a wider dtype)
         f = self._fixed
