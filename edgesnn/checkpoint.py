@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Union
@@ -180,6 +181,9 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/garbled files; its first line is the fact
+        if not zipfile.is_zipfile(path):  # a text or empty file: torch's own error is a stray "KeyError: 101"
+            raise CheckpointError(f"checkpoint: {path} is not a torch file (not the zip archive torch.save "
+                                  "writes)") from None
         first = first_line(exc, 160, at_word=True)
         if first.startswith("Weights only load failed"):  # torch's multi-paragraph advice
             first = "torch.load (weights_only) cannot read it as a file of tensors"

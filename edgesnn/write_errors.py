@@ -43,7 +43,7 @@ def _write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
     """The one-line :class:`WriteError` for a failed write of ``path``, or ``None`` when ``exc``
     is not a write failure (a bug in the writer keeps its traceback). ``torch.save`` reports a
     short write as a ``RuntimeError`` whose context holds the ``OSError``."""
-    if isinstance(exc, OutputChanged):  # already its own one line
+    if isinstance(exc, (OutputChanged, WriteError)):  # already its own one line (a WriteError: of its own file)
         return None
     chain, seen = exc, 0
     while chain is not None and seen < 8:

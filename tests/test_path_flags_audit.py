@@ -2,7 +2,9 @@
 --force / --resume; an empty tool output path is an error, not "no file"."""
 
 import argparse
+import resource
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,6 +44,40 @@ def test_plan_output_is_not_the_device_profile_it_reads(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0] and "input device" in err[0]
     assert Path("prof.json").read_bytes() == before
+
+
+def test_plan_output_is_not_the_catalogued_profile_it_reads_by_name(tmp_path, monkeypatch, capsys):
+    """A profile named from ``EDGESNN_DEVICE_PATH`` (or the built-in catalogue) was replaced by the plan
+    under --force: only a --device given as a path was checked. Every later --device board failed."""
+    monkeypatch.chdir(tmp_path)
+    Path("boards").mkdir()
+    Path("boards/board.json").write_text(PROFILE.read_text().replace('"jetson-orin-nano-8gb"', '"board"'))
+    monkeypatch.setenv("EDGESNN_DEVICE_PATH", str(tmp_path / "boards"))
+    before = Path("boards/board.json").read_bytes()
+    argv = ["plan", "--model", "mlp", "--input", "64", "-T", "2", "--device", "board", "--json", "boards/board.json",
+            "--force"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--json" in err[0] and "input device" in err[0]
+    assert Path("boards/board.json").read_bytes() == before
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no RLIMIT_FSIZE")
+def test_a_failed_plot_keeps_the_plan_file_that_was_there(tmp_path):
+    """``--json X --plot Y --force`` with the plot failing (a file size limit) replaced X with the new
+    plan and kept the old Y: a mixed pair. Now both stay as they were, and the error names Y."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "p.json").write_text("old plan\n")
+    (tmp_path / "p.png").write_text("old plot\n")
+    proc = subprocess.run([sys.executable, "-m", "edgesnn"] + PLAN_ARGS + ["--json", "p.json", "--plot", "p.png", "--force"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 1024, 12 * 1024)))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("edgesnn plan: error: cannot write p.png: file too large "
+                                                    "(a file size limit was hit)")
+    assert (tmp_path / "p.json").read_text() == "old plan\n"
+    assert (tmp_path / "p.png").read_text() == "old plot\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.png"]
 
 
 @pytest.mark.parametrize("value", ["", "  "])

@@ -180,6 +180,7 @@ BAD = [
     ("predicted.peak_bytes", "big", "predicted.peak_bytes"), ("eval_batch", 2.5, "eval_batch"),
     ("optimizer", 7, "optimizer"),
     ("model.timesteps", "four", "model.timesteps"), ("model.timesteps", 3, "model.timesteps"),
+    ("model.timesteps", 2.0, "model.timesteps"),  # the plan's T as a float was accepted
     # the model's widths edited by hand: the figures are for 128-wide layers (training built the edited model)
     ("model.hidden", [4096, 4096], "layers[0].channels"), ("layers.1.channels", 64, "layers[1].channels"),
     ("layers.0.channels", True, "layers[0].channels"),

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from edgesnn import devices
 
     from ..training.loop import EVAL_BATCH_SIZE
-    from .plan import make_plan, save_plan
+    from .plan import make_plan
 
     if args.list_devices:
         for name in devices.list_devices():
@@ -188,10 +188,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_output(args.plot, "--plot", args.force)
         args.plot = guarded(args.plot, "--plot")
-    if Path(args.device).is_file():  # a JSON profile path: --force replaces an output, never the profile read
+    profile = devices.profile_path(args.device)  # by path or by catalogue name (None: auto)
+    if profile is not None:  # --force replaces an output, never the profile read
         for flag, out in (("--json", args.json), ("--plot", args.plot)):
             if out:
-                check_not_inside(out, flag, device=args.device)
+                check_not_inside(out, flag, device=profile)
     if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
         raise ValueError(f"--plot: {args.plot} is also the --json path; choose two files")
     if args.plot:  # the format and matplotlib before any work: an error after --json was written loses the pair
@@ -249,28 +250,24 @@ def run(args: argparse.Namespace) -> int:
                           classes)
     plan = make_plan(model, device, timesteps, batch, budget, args.optimizer, kinds, groups, max_batch,
                      args.dataset, dataset_bytes, eval_batch)
-    # every output is computed before the first is written: an error leaves none of them
-    if args.json:
-        _json_text(plan.to_dict())  # save_plan's document must be valid JSON (no NaN / Infinity)
+    # every output is computed before the first is written; the plot is written inside the plan's
+    # write, before its rename: a failed plot leaves the plan file as it was (old, or none)
+    text = _json_text(plan.to_dict()) if args.json else None  # save_plan's text: valid JSON (no NaN / Infinity)
     picture = None
     if args.plot:
         from .plot import render_memory_vs_t
 
         picture = render_memory_vs_t(model, plan, plot_fmt)
     print_plan(plan)
-    written: List[Path] = []
-    try:
-        if args.json:
-            existed = Path(args.json).exists()
-            save_plan(plan, args.json)
-            if not existed:
-                written.append(Path(args.json))
+
+    def write_plot() -> None:
         if picture is not None:
             atomic_write(args.plot, lambda fh: fh.write(picture))
-    except BaseException:
-        for path in written:  # the plot could not be written: do not leave the plan alone
-            path.unlink(missing_ok=True)
-        raise
+
+    if text is not None:
+        atomic_write(args.json, lambda fh: (fh.write(text), write_plot()), mode="w")
+    else:
+        write_plot()
     if args.json:
         print(f"plan written to {args.json}")
     if picture is not None:

@@ -116,7 +116,7 @@ class Plan:
                    eval_batch=f.int(d, "eval_batch", default=EVAL_BATCH_SIZE), dataset=dict(dataset),
                    notes=[str(n) for n in notes])
         planned_t = model.get("timesteps", plan.timesteps)
-        if isinstance(planned_t, bool) or planned_t != plan.timesteps:
+        if type(planned_t) is not int or planned_t != plan.timesteps:  # (4.0 == 4: the type is checked too)
             raise f.fail("model.timesteps", f"{plan.timesteps} (the plan's timesteps)", planned_t)
         want = [parse_neuron_spec(s) for s in plan.neuron]
         for key, given in (("neuron", d.get("neuron", _MISSING)), ("model.neuron", model.get("neuron", _MISSING))):
