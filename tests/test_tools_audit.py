@@ -46,9 +46,30 @@ def test_tool_runs_from_another_folder_without_install(tool, tmp_path):
     p = subprocess.run([sys.executable, str(TOOLS / f"{tool}.py"), "--json", "out.json"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.strip().splitlines()[-1] == f"{tool}.py: error: --json: out.json already exists; pass --force to overwrite it"
+    assert p.stderr.strip() == (f"{tool}.py: error: --json: out.json already exists; pass --force to overwrite it "
+                                f"(see {tool}.py --help)")  # one line: no usage block before it
     assert "Traceback" not in p.stderr
     assert (tmp_path / "out.json").read_text() == "{}"
+
+
+_TOOLS_WITH_OPTIONS = sorted(p.stem for p in TOOLS.glob("*.py") if "tool_parser(" in p.read_text()
+                             and p.stem != "tool_args")
+
+
+def test_every_tool_with_options_parses_through_the_one_line_parser():
+    """The tools printed argparse's usage block (3-7 lines) before each argument error."""
+    assert len(_TOOLS_WITH_OPTIONS) >= 13, _TOOLS_WITH_OPTIONS
+    for path in TOOLS.glob("*.py"):
+        if path.stem != "tool_args":  # (whose tool_parser makes them)
+            assert "argparse.ArgumentParser(" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("tool", _TOOLS_WITH_OPTIONS)
+def test_a_bad_option_is_one_line(tool, tmp_path):
+    p = subprocess.run([sys.executable, str(TOOLS / f"{tool}.py"), "--no-such-flag"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip() == (f"{tool}.py: error: unrecognized arguments: --no-such-flag (see {tool}.py --help)")
 
 
 def test_validate_planner_failed_worker_is_one_line(monkeypatch, capsys):

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from edgesnn.training import TrainConfig, train  # noqa: E402
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
 def _check_specs(ap, args) -> None:
@@ -62,7 +62,7 @@ def _check_specs(ap, args) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=positive_int, default=3, help="training runs per neuron spec, seeds 0..N-1 (default 3)")
     ap.add_argument("--epochs", type=positive_int, default=30, help="training epochs per run (default 30)")
     ap.add_argument("--timesteps", type=positive_int, default=4, help="time steps T (default 4)")

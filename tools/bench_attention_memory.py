@@ -29,7 +29,7 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: edgesnn from any folder
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 #: rows: (name, neuron library, how the model is rewritten)
 ROWS = [("edgesnn", "edgesnn", "plain"), ("edgesnn optimize_memory", "edgesnn", "memopt"),
@@ -174,7 +174,7 @@ def run_fresh(row: int, T: int, args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    ap = tool_parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[4, 16], help="time steps (default 4 16)")
     ap.add_argument("--batch", type=positive_int, default=8, help="batch (default 8)")

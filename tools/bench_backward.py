@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernels import _cpu_pressure_us  # noqa: E402  (beside this file)
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 from edgesnn.functional import RevLIFParams  # noqa: E402
 from edgesnn.functional.grid import unpack_bit  # noqa: E402
@@ -68,7 +68,7 @@ def interleaved_times(fns: dict, repeat: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--T", type=positive_int, default=32, help="time steps (default 32)")
     ap.add_argument("--batch", type=positive_int, default=32, help="batch size (default 32)")
     ap.add_argument("--neurons", type=positive_int, default=4096, help="neurons per step (default 4096)")

@@ -15,7 +15,6 @@ Usage: ``python tools/bench_call_overhead.py [--steps 300] [--rounds 5] [--threa
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ import torch  # noqa: E402
 
 from edgesnn.kernels import set_num_threads  # noqa: E402
 from edgesnn.nn import LIF, RevLIF  # noqa: E402
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 SHAPES = ((4, 2, 16), (8, 16, 128), (16, 32, 512))
 SJ = "SpikingJelly LIFNode torch"  # the baseline row (present when SpikingJelly imports)
@@ -84,7 +83,7 @@ def measure(shape, steps: int, rounds: int) -> dict:
 
 def main(argv=None) -> int:
     """Run the rows on every shape in :data:`SHAPES`, print the table, write ``--json``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    ap = tool_parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--steps", type=positive_int, default=300, help="timed steps per variant and shape")
     ap.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds")
     ap.add_argument("--threads", type=positive_int, default=None, help="kernel threads (default: Numba's)")

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -197,7 +197,7 @@ def layers(reps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=positive_int, default=2000, help="back-to-back calls per overhead figure (default 2000)")
     ap.add_argument("--reps", type=positive_int, default=20, help="timed repetitions per layer figure, median (default 20)")
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")

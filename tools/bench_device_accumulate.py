@@ -21,7 +21,6 @@ ratios whole / parts; ``--out FILE`` writes the rows as JSON.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_device_runner import DIGITS, _digits, _run_runner, _sweep_model  # noqa: E402
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
 def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr: float, work: Path,
@@ -81,7 +80,7 @@ def _line(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = tool_parser(description=__doc__.splitlines()[0])
     ap.add_argument("-T", type=positive_int, default=32, help="time steps (default 32)")
     ap.add_argument("--batch", type=positive_int, default=256, help="samples per optimizer step (default 256)")
     ap.add_argument("--parts", type=positive_int, default=8, help="parts per step, >= 2, dividing --batch (default 8)")

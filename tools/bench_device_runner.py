@@ -44,7 +44,6 @@ Needs the ``ort`` extra (onnxruntime-training-cpu 1.19.2, onnx 1.17.0).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -59,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tool_args import add_force, check_out, nonneg_int, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, nonneg_int, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 DIGITS = 1797  # samples in scikit-learn's digits
 
@@ -336,7 +335,7 @@ _SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = tool_parser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("sweep", "legacy"), default="sweep",
                     help="sweep: peak RSS and step time over T (default); legacy: the T = 4 parity/timing table")
     ap.add_argument("--models", nargs="+", default=None, choices=("mlp", "convnet"),

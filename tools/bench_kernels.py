@@ -56,7 +56,7 @@ import torch  # noqa: E402
 from edgesnn.kernels import set_num_threads  # noqa: E402
 from kernel_bench_cases import (bench_bandwidth, bench_cuda, bench_layer, bench_on_workload,  # noqa: E402
                                 bench_public_form, stream_triad)
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- main
@@ -71,7 +71,7 @@ def _ratio(res, base, name):
 def main(argv=None) -> int:
     # allow_abbrev=False: --thp / --tuned are read from sys.argv above, so an abbreviation such as
     # --tune must be refused, not recorded as tuned without the settings in place
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                     help="Numba and PyTorch threads (default: every core)")

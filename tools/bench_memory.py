@@ -38,7 +38,7 @@ from edgesnn.functional.revlif_autograd import torch_forward  # noqa: E402
 from edgesnn.kernels import dispatch  # noqa: E402
 from edgesnn.memory import SavedTensorCounter  # noqa: E402
 from edgesnn.models import build_model  # noqa: E402
-from tool_args import add_force, check_out, positive_int, run_main, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 TIMESTEPS = (4, 8, 16, 32, 64)
 
@@ -129,7 +129,7 @@ def network(T: int, batch: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=positive_int, default=16, help="batch of the per-node tables and layer pairs (default 16)")
     ap.add_argument("--neurons", type=positive_int, default=1024,
                     help="neurons per node, a multiple of 4 (RevLIF's 4-group row) (default 1024)")

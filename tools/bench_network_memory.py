@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from network_ratios import ratio_lines  # noqa: E402
-from tool_args import add_force, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif", "opt", "opt_budget")
 LABELS = {
@@ -278,7 +278,7 @@ def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = tool_parser(description=__doc__.split("\n")[0])
     ap.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[8, 32, 64],
                     help="time steps, one or more (default 8 32 64); --showcase uses the largest")
     ap.add_argument("--batch", type=positive_int, default=8, help="batch size of every row (default 8)")

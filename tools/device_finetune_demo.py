@@ -40,7 +40,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tool_args import add_force, check_out, nonneg_int, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, nonneg_int, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 DIGITS = 1797  # samples in scikit-learn's digits
 
@@ -102,7 +102,7 @@ def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = tool_parser(description=__doc__.splitlines()[0])
     ap.add_argument("--neurons", nargs="+", default=["revlif", "lif"], choices=("lif", "revlif"),
                     help="neuron types, one row each (default revlif lif)")
     ap.add_argument("--epochs", type=positive_int, default=3, help="device fine-tuning epochs (default 3)")

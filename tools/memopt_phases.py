@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: edgesnn from any folder
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tool_args import add_force, check_out, err_pct, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, err_pct, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 SUITE = [(*cfg, "lif", True) for cfg in [
     ("convnet", 1, 32, None), ("convnet", 3, 32, None), ("convnet", 8, 32, None), ("convnet", 8, 32, 4),
@@ -117,6 +117,8 @@ def _model(name: str, T: int, batch: int, neuron: str = "lif", backend: str = "a
     from edgesnn.models import build_model
 
     kw = dict(hidden=MLP_HIDDEN) if name == "mlp" else {}
+    if name.endswith("-nobn"):  # the conv models without BatchNorm (their convolutions get a bias)
+        name, kw = name[:-len("-nobn")], dict(batchnorm=False)
     model = build_model(name, (3, 32, 32), 10, T, neuron=neuron, node={"backend": backend}, **kw)
     return model, x, y, False
 
@@ -137,14 +139,15 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
     from edgesnn.kernels import buffers
     from edgesnn.memopt import block as block_mod
     from edgesnn.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from edgesnn.planner.network_model import block_shape, predict_peak
+    from edgesnn.planner.network import block_shapes
+    from edgesnn.planner.network_model import predict_peak
 
     torch.set_num_threads(threads)
     model, x, y, time_major = _model(name, T, batch, neuron, backend, inp)
     model.train()
     plan = edgesnn.optimize_memory(model, x, chunk=chunk)
     blocks = _blocks(model)
-    shapes = [block_shape(b, i) for i, b in enumerate(blocks)]
+    shapes = block_shapes(blocks, model)
     chunks = [b.chunk for b in blocks]
     predicted: Dict[str, int] = {}
     predict_peak(shapes, chunks, 0, keeps=[b.keep for b in blocks], holds=[b.hold for b in blocks],
@@ -159,6 +162,8 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
         def run(ctx, *args):
             if state["base"] is None:
                 return fn(ctx, *args)
+            if kind == "backward" and state.pop("head", False):  # the head's backward ran up to here
+                measured["backward head"] = peak_rss_bytes() - state["base"]
             reset_peak_rss()
             out = fn(ctx, *args)
             key = f"{kind} block{index[id(block_of(ctx, args))]}"
@@ -173,6 +178,9 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
         model.zero_grad(set_to_none=False)
         logits = model(x)
         loss = F.cross_entropy(logits.mean(0) if time_major else logits, y)
+        if state["base"] is not None:
+            reset_peak_rss()
+            state["head"] = True
         loss.backward()
 
     step()  # warm-up: gradients allocated, kernels compiled
@@ -222,9 +230,10 @@ def print_result(r: dict) -> None:
     print(f"  {'phase':<16} {'pred MiB':>9} {'meas MiB':>9} {'err':>7}  pool")
     for key, pred in r["predicted"].items():
         meas = r["measured"].get(key)
-        i = int(key.rsplit("block", 1)[1])
-        shape = r["shapes"][i]
-        pool = ("autograd" if shape["pool_autograd"] else "unfused") if shape["unfused_pool"] else ""
+        pool = ""
+        if "block" in key:  # (not the head's backward)
+            shape = r["shapes"][int(key.rsplit("block", 1)[1])]
+            pool = ("autograd" if shape["pool_autograd"] else "unfused") if shape["unfused_pool"] else ""
         if meas is None:
             print(f"  {key:<16} {pred / mib:9.2f} {'-':>9} {'':>7}  {pool}")
             continue
@@ -255,10 +264,11 @@ def print_summary(results: List[dict], fitted: List[bool]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max", "mlp", "nodefirst"), default="vgg11",
+    ap = tool_parser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max", "mlp", "nodefirst", "convnet-nobn", "vgg11-nobn"),
+                    default="vgg11",
                     help=f"model (default vgg11; mlp: hidden widths {list(MLP_HIDDEN)}; nodefirst: a node on the input, "
-                         "then conv/BatchNorm/node/max-pool blocks)")
+                         "then conv/BatchNorm/node/max-pool blocks; -nobn: without BatchNorm)")
     ap.add_argument("-T", type=positive_int, default=3, help="time steps (default 3)")
     ap.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8)")
     ap.add_argument("--chunk", type=positive_int, default=None, help="force one chunk size (default: the planner's choice)")

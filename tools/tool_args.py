@@ -15,8 +15,16 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence
 
-__all__ = ["positive_int", "nonneg_int", "add_force", "check_out", "write_json", "finite", "WorkerError",
+__all__ = ["tool_parser", "positive_int", "nonneg_int", "add_force", "check_out", "write_json", "finite", "WorkerError",
            "worker_error", "run_main", "err_pct", "measured_err_pct"]
+
+
+def tool_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """An ``argparse.ArgumentParser(**kwargs)`` whose usage errors (and :func:`check_out`'s) are one
+    line, without the usage block: ``edgesnn``'s own :class:`edgesnn.cli.OneLineParser`."""
+    from edgesnn.cli import OneLineParser
+
+    return OneLineParser(**kwargs)
 
 
 def _int(text: str, least: int) -> int:

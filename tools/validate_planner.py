@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # edgesnn from any folder (check_out imports it before the measurement)
 sys.path.insert(0, str(ROOT / "tools"))
 
-from tool_args import add_force, check_out, measured_err_pct, positive_int, run_main, worker_error, write_json  # noqa: E402
+from tool_args import add_force, tool_parser, check_out, measured_err_pct, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 #: (model, in_shape, T, batch, neuron, extra build kwargs)
 CONFIGS = [
@@ -239,7 +239,7 @@ def _refuse_unused_flags(ap: argparse.ArgumentParser, args: argparse.Namespace, 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    ap = tool_parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the results table as JSON to this path")
     add_force(ap, "the --json file")

@@ -24,7 +24,7 @@ from .network_model import (BUDGET_HEADROOM, MAX_CHUNK_SAMPLES, NO_BUDGET_SLACK,
                             block_shape, chunked_bn, fused_static, n_chunks, predict_peak, predict_time, saved_bytes)
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
-           "plan_blocks", "plan_target", "plan_chunks", "choose_keeps", "choose_holds"]
+           "block_shapes", "plan_blocks", "plan_target", "plan_chunks", "choose_keeps", "choose_holds"]
 
 
 RELAX_TARGETS = (1.0, 0.95, 0.9)  # fractions of the target each descent choice is relaxed towards
@@ -250,9 +250,7 @@ def _descent(shapes: Sequence[BlockShape], fixed_bytes: int = 0) -> List[List[in
 def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[int], chunk: Optional[int] = None,
                 optimizer_bytes_per_param: int = 0) -> NetworkPlan:
     """Choose every block's chunk (or apply ``chunk``), set ``block.chunk``, and return the plan."""
-    shapes = [block_shape(b, i) for i, b in enumerate(blocks)]
-    if shapes:
-        shapes[-1].head_param_bytes = _outside_param_bytes(blocks, model)
+    shapes = block_shapes(blocks, model)
     fixed = optimizer_bytes_per_param * sum(p.numel() * p.element_size() for p in model.parameters())
     target = None
     if chunk is not None:
@@ -272,6 +270,15 @@ def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[in
     choices = [BlockChoice(s.name, _strategy(s, K, h), K, saved_bytes(s, K, h), h)
                for s, K, h in zip(shapes, chunks, holds)]
     return NetworkPlan(choices, peak, phase, budget, predict_time(shapes, chunks, keeps, holds), fixed)
+
+
+def block_shapes(blocks: Sequence["Block"], model: nn.Module) -> List[BlockShape]:
+    """The :class:`BlockShape` of every traced block of ``model``, in order; the last one carries the
+    bytes of the trainable parameters no block owns (the head after it)."""
+    shapes = [block_shape(b, i) for i, b in enumerate(blocks)]
+    if shapes:
+        shapes[-1].head_param_bytes = _outside_param_bytes(blocks, model)
+    return shapes
 
 
 def _outside_param_bytes(blocks: Sequence["Block"], model: nn.Module) -> int:
