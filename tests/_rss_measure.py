@@ -77,7 +77,7 @@ model = {model}
 x0 = torch.rand(B, 4, 32, 32) * 2
 x = x0.unsqueeze(0).expand(T, *x0.shape) if repeated else torch.rand(T, B, 4, 32, 32) * 2
 y = torch.randint(0, 10, (B,))
-plan = edgesnn.optimize_memory(model, x)
+plan = edgesnn.optimize_memory(model, x, chunk={chunk!r})
 def step():
     model.zero_grad(set_to_none=False)
     nn.functional.cross_entropy(model(x).mean(0), y).backward()
@@ -89,10 +89,12 @@ print(json.dumps([peak_rss_bytes() - base, plan.peak_bytes - plan.fixed_bytes]))
 """
 
 
-def step_peak_script(T: int, B: int, repeated: bool, node: str, backend: str, model: str) -> str:
+def step_peak_script(T: int, B: int, repeated: bool, node: str, backend: str, model: str,
+                     chunk: Optional[int] = None) -> str:
     """A script for :func:`measured_and_predicted`: one training step (cross-entropy of the output's
     mean over T) of ``model`` (Python source building an ``nn.Sequential``, where ``n()`` makes a
     ``node`` on ``backend``) optimized with ``optimize_memory`` on a ``[T, B, 4, 32, 32]`` input
     (``repeated``: one batch expanded over T); peak RSS above the warmed-up process against the
-    plan's predicted peak (``plan.peak_bytes - plan.fixed_bytes``)."""
-    return _STEP_PEAK.format(T=T, B=B, repeated=repeated, node=node, backend=backend, model=model)
+    plan's predicted peak (``plan.peak_bytes - plan.fixed_bytes``); ``chunk``: ``optimize_memory``'s
+    forced chunk (``None``: the planner's choice)."""
+    return _STEP_PEAK.format(T=T, B=B, repeated=repeated, node=node, backend=backend, model=model, chunk=chunk)

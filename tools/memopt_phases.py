@@ -18,7 +18,7 @@ PyTorch's step loop), ``--input`` one batch repeated over T or new at every step
 
     python tools/memopt_phases.py --model vgg11 -T 3 --batch 8
     python tools/memopt_phases.py --model convnet -T 3 --batch 32 --chunk 1 --json out.json [--force]
-    python tools/memopt_phases.py --suite          # the 40 configurations of SUITE (~9 min)
+    python tools/memopt_phases.py --suite          # the 44 configurations of SUITE (~10 min)
     python tools/memopt_phases.py --suite torch --threads 1   # the 33 of TORCH_SUITE (~10 min)
 """
 
@@ -56,6 +56,8 @@ SUITE = [(*cfg, "lif", True) for cfg in [
     ("vgg11-max", 4, 16, None), ("vgg11-max", 32, 4, None),
 ]] + [(*cfg, "revlif", False) for cfg in [
     ("convnet", 6, 16, None), ("convnet", 3, 16, 1), ("vgg11", 3, 16, None), ("vgg11", 6, 8, 2),
+]] + [(*cfg, "lif", False) for cfg in [
+    ("convnet-nobn", 8, 32, None), ("convnet-nobn", 16, 16, None), ("vgg11-nobn", 8, 8, None), ("vgg11-nobn", 5, 8, 1),
 ]]
 
 

@@ -101,6 +101,12 @@ BWD_PARAM = 1.8
 # once, inside the next block's backward when it runs there (the built-in MLP on a repeated input,
 # hidden 1024: -38% with a linear layer counted as a convolution and that gradient missing).
 BWD_PARAM_OTHER = 1.0
+# A block whose backward runs over several chunks sums its parameters' gradients in stand-ins
+# (memopt.paramgrads): from the second chunk on, each chunk's new gradient lives beside the sum, one
+# more copy of every parameter (in multiples of the parameter bytes). VGG-11's 512-channel blocks cut
+# into 2-5 chunks measured 1.1x their parameter bytes above the prediction without it (-20..-26% step
+# peaks on the forced small chunks of tools/memopt_phases.py --suite).
+BWD_PARAM_SUM = 1.0
 # A block whose input arrives packed (bits, levels) unpacks each chunk of it for its layers'
 # backward; BWD_A's fit (convolutions, whose input is at most about one node input) absorbed one
 # node-input tensor of it per step, a linear layer of wider fan-in holds the rest: this many times
@@ -216,9 +222,11 @@ def _loop_a(b: BlockShape, steps: int, forward: bool) -> float:
     return steps * LOOP_FWD_A if forward else steps * LOOP_BWD_A + LOOP_BWD_STEPS
 
 
-def _bwd_param(b: BlockShape) -> float:
-    """Bytes the backward of a block's layers with parameters allocates for them (BWD_PARAM*)."""
-    return BWD_PARAM * b.conv_param_bytes + BWD_PARAM_OTHER * (b.param_bytes - b.conv_param_bytes)
+def _bwd_param(b: BlockShape, chunks: int = 1) -> float:
+    """Bytes the backward of a block's layers with parameters allocates for them over ``chunks``
+    chunks (BWD_PARAM*)."""
+    own = BWD_PARAM * b.conv_param_bytes + BWD_PARAM_OTHER * (b.param_bytes - b.conv_param_bytes)
+    return own + (BWD_PARAM_SUM * b.param_bytes if chunks > 1 else 0)
 
 
 def _spike_grad_steps(b: BlockShape, fed: int) -> int:
@@ -356,7 +364,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
                 kp = max(k, min(chunks[i + 1], shapes[i + 1].T))
                 g_out, g_in = max(g_out + k * b.x_bytes, kp * b.o_bytes + g_in), 0
             tmp = (k * (BWD_X * b.x_bytes + (BWD_A + _pool_a(b, False)) * b.a_bytes
-                        + BWD_O * b.o_bytes * b.has_post) + _bwd_param(b))
+                        + BWD_O * b.o_bytes * b.has_post) + _bwd_param(b, nc))
             if b.x_saved_bytes < b.T * b.x_bytes:  # packed: each chunk unpacked
                 tmp += k * PACKED_X_BWD * max(0, b.x_bytes - b.a_bytes)
             # one chunk's autograd BatchNorm and a fused repeated-input block's node under autograd
