@@ -276,7 +276,7 @@ def test_export_file_written_mid_export_is_not_replaced(checkpoint, tmp_path, mo
 
 def test_plan_json_written_by_another_plan_is_not_replaced(tmp_path, monkeypatch, capsys):
     plan = tmp_path / "plan.json"
-    _before_write(monkeypatch, "edgesnn.planner.plan", "atomic_write", 1, lambda p: p.write_text('{"theirs": 1}'))
+    _before_write(monkeypatch, "edgesnn.planner.cli", "atomic_write", 1, lambda p: p.write_text('{"theirs": 1}'))
     assert main(["plan", "--model", "mlp", "--input", "64", "-T", "4", "--device", "auto", "--batch", "8",
                  "--json", str(plan)]) == 2
     line = _err_line(capsys)
