@@ -314,16 +314,16 @@ def host_profile(runtime_overhead_bytes: Optional[int] = None) -> DeviceProfile:
     )
 
 
-def _names_a_path(text: str) -> bool:
-    """``text`` (a ``--device`` value, not ``auto``) is read as a file path, not a catalogue name."""
-    return (text.endswith(".json") or os.sep in text or bool(os.altsep and os.altsep in text)
-            or (text.strip().lower() not in _catalogue() and os.path.lexists(text)))  # `--device .`, a file
-
-
 def profile_path(name: Union[str, os.PathLike]) -> Optional[Path]:
     """The JSON file that :func:`load_device` reads for ``name`` (a catalogue name or a path), or
     ``None`` for ``"auto"`` (the host, measured). Raises as :func:`load_device` does for a name
     that is not a string or path, an unknown name, a missing file or a directory."""
+    return _resolve(name)[0]
+
+
+def _resolve(name: Union[str, os.PathLike]) -> Tuple[Optional[Path], Optional[str]]:
+    """``(profile file, catalogue key)`` for a ``--device`` value: ``(None, None)`` for ``"auto"``,
+    the key ``None`` for a path (a profile loaded by path may name itself anything)."""
     if isinstance(name, bytes) or not isinstance(name, (str, os.PathLike)):
         raise ValueError(f"device: expected a catalogue name (e.g. 'raspberry-pi-4-4gb'), 'auto' or a path to a JSON "
                          f"profile, got {name!r}")
@@ -331,8 +331,10 @@ def profile_path(name: Union[str, os.PathLike]) -> Optional[Path]:
     if not isinstance(text, str):
         raise ValueError(f"device: expected a str path to a JSON profile, got {name!r}")
     if text.strip().lower() == "auto":
-        return None
-    if _names_a_path(text):
+        return None, None
+    looks_like_path = (text.endswith(".json") or os.sep in text or bool(os.altsep and os.altsep in text)
+                       or (text.strip().lower() not in _catalogue() and os.path.lexists(text)))  # `--device .`, a file
+    if looks_like_path:
         path = Path(text)
         if path.is_dir():
             raise IsADirectoryError(f"device: {path} is a directory; expected a JSON profile file or a catalogue name")
@@ -341,13 +343,13 @@ def profile_path(name: Union[str, os.PathLike]) -> Optional[Path]:
             hint = (f"; for the catalogued profile give its name without .json: {stem!r}"
                     if stem and path.parent == Path(".") and stem in _catalogue() else "")
             raise FileNotFoundError(f"device: no such profile file: {path}{hint}")
-        return path
+        return path, None
     cat = _catalogue()
     key = text.strip().lower()
     if key not in cat:
         raise ValueError(f"device: unknown device {text!r}; available: {', '.join(list_devices())} "
                          "(or a path to a JSON profile)")
-    return cat[key]
+    return cat[key], key
 
 
 def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
@@ -363,10 +365,9 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
         FileNotFoundError: a path that does not exist (a catalogue name written with ``.json``
             is told to drop it). IsADirectoryError: a path to a directory.
     """
-    path = profile_path(name)
+    path, key = _resolve(name)
     if path is None:
         return host_profile()
-    key = None if _names_a_path(os.fspath(name)) else os.fspath(name).strip().lower()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

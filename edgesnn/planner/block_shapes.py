@@ -51,7 +51,7 @@ class BlockShape:
     linear_post: bool = False  # a LIF whose kernel gets its spikes' gradient from linear layers after it
     #                            (an average pool, flatten: memopt.linear_post; see network_model._spike_grad_steps)
     head_param_bytes: int = 0  # the model's last block only: trainable parameters outside every block (the
-    #                            head after it, run under autograd; see network_model.head_backward)
+    #                            head after it, run under autograd; see network_model._head_backward)
 
 
 _MAX_POOLS = MAX_POOL_TYPES + (nn.AdaptiveMaxPool2d,)

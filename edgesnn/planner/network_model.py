@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .block_shapes import BlockShape, block_shape
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
-           "n_chunks", "saved_bytes", "fused_static", "chunked_bn", "head_backward"]
+           "n_chunks", "saved_bytes", "fused_static", "chunked_bn"]
 
 # Temporaries of one chunk step, in multiples of the per-step tensors (float32): input chunk ``x``,
 # node input ``a`` (layer output), block output ``o``. Fitted (least squares over every phase) on
@@ -238,18 +238,15 @@ def _spike_grad_steps(b: BlockShape, fed: int) -> int:
     return fed if b.sums_over_time and b.linear_post else 0
 
 
-def head_backward(shapes: Sequence[BlockShape], chunks: Sequence[int], kept: int, inner: int = STATIC_INNER_STEPS) -> int:
-    """Bytes of the head's backward phase (HEAD_IDLE_PIECES): ``kept`` (what the blocks keep from
-    forward to backward) plus the last block's dense output and its gradient over all T, the head's
-    new parameter gradients, and a repeated-input block's idle pooled spike pieces (its node on the
-    Numba kernels). A block autograd does not record gets no output gradient. 0 where the last block
-    hands its output to no head over T (packed hand-off)."""
-    if not shapes or shapes[-1].hands_off:
-        return 0
-    b = shapes[-1]
+def _head_backward(b: BlockShape, K: int, kept: int, inner: int) -> int:
+    """Bytes of the head's backward phase after the model's last block ``b`` (chunk ``K``), whose
+    output the head takes over all T (HEAD_IDLE_PIECES): ``kept`` (what the blocks keep from forward
+    to backward) plus that output and its gradient, the head's new parameter gradients, and a
+    repeated-input block's idle pooled spike pieces (its node on the Numba kernels). A block autograd
+    does not record gets no output gradient."""
     if not b.records:  # it ran as plain modules (see PLAIN_*): no gradient of its output, no pieces
         return int(kept + b.T * b.o_bytes + BWD_PARAM_OTHER * b.head_param_bytes)
-    idle = HEAD_IDLE_PIECES * min(inner, chunks[-1], b.T) * b.a_bytes if b.static and not b.node_loop else 0
+    idle = HEAD_IDLE_PIECES * min(inner, K, b.T) * b.a_bytes if b.static and not b.node_loop else 0
     return int(kept + 2 * b.T * b.o_bytes + idle + BWD_PARAM_OTHER * b.head_param_bytes)
 
 
@@ -333,7 +330,7 @@ def predict_peak(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_byte
             kept += b.T * b.a_bytes
     tail = shapes[-1].T * shapes[-1].o_bytes if shapes and not shapes[-1].hands_off else 0
     if tail:
-        phase = head_backward(shapes, chunks, kept, inner)
+        phase = _head_backward(shapes[-1], chunks[-1], kept, inner)
         phases["backward head"] = phase
         if phase > best:
             best, where = phase, "backward head"
