@@ -122,7 +122,7 @@ def test_warmup_checks_its_flags_before_compiling(tmp_path, capsys, monkeypatch)
     assert _err(capsys).startswith("edgesnn warmup: error: --threads:")
 
 
-def test_unreadable_npz_and_checkpoint_files_are_one_line(tmp_path, capsys):
+def test_unreadable_npz_files_are_one_line(tmp_path):
     from edgesnn.export.run_support import read_npz
 
     bad = tmp_path / "pk.npz"
@@ -136,19 +136,6 @@ def test_unreadable_npz_and_checkpoint_files_are_one_line(tmp_path, capsys):
         with pytest.raises(ValueError, match=f"^--params: .*{words}"):
             read_npz(path, "--params")
     assert read_npz(_npz(tmp_path / "ok.npz", a=np.ones(2)), "--params")["a"].tolist() == [1.0, 1.0]
-    empty = tmp_path / "empty.ckpt"
-    empty.write_bytes(b"")
-    for path in (js, empty):  # torch's own errors were added as "(KeyError: 101)", "(EOFError: EOFError)"
-        assert main(["train", "--epochs", "1", "--no-progress", "--resume", "--checkpoint", str(path)]) == 2
-        assert _err(capsys) == (f"edgesnn train: error: checkpoint: {path} is not a torch file (not the zip archive "
-                                "torch.save writes)")
-    import zipfile
-
-    other_zip = tmp_path / "other.zip"
-    with zipfile.ZipFile(other_zip, "w") as z:
-        z.writestr("readme.txt", "not torch")
-    assert main(["train", "--epochs", "1", "--no-progress", "--resume", "--checkpoint", str(other_zip)]) == 2
-    assert "is corrupt or not a torch file" in _err(capsys)  # a zip that is not torch's: torch's reason kept
 
 
 def _npz(path, **arrays):
