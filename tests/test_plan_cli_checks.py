@@ -270,6 +270,25 @@ def test_non_finite_plan_values_are_never_written(tmp_path, capsys, monkeypatch)
     assert not js.exists()
 
 
+def test_plan_json_is_save_plans_text(tmp_path, capsys, monkeypatch):
+    # one format: the CLI's --json file is byte for byte what save_plan writes for the same plan
+    import edgesnn.planner.plan as plan_mod
+
+    made = []
+    real = plan_mod.make_plan
+    monkeypatch.setattr(plan_mod, "make_plan", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    js = tmp_path / "cli.json"
+    rc, _, err = _run([*PI, "--json", js], capsys)
+    assert rc == 0, err
+    ref = plan_mod.save_plan(made[0], tmp_path / "api.json")
+    assert js.read_bytes() == ref.read_bytes()
+    # the text comes from plan_text (a format change there reaches both writers)
+    monkeypatch.setattr(plan_mod, "plan_text", lambda plan: '{"marker": 1}\n')
+    rc, _, err = _run([*PI, "--json", js, "--force"], capsys)
+    assert rc == 0, err
+    assert js.read_text() == '{"marker": 1}\n'
+
+
 def test_cuda_backend_on_a_board_without_a_cuda_gpu_is_refused(capsys):
     """``--backend cuda`` for a Raspberry Pi planned without Numba's runtime bytes (a peak 120 MiB low)
     and wrote a plan ``edgesnn train --plan`` then refused on the CPU; a CUDA board is planned."""

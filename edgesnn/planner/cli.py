@@ -17,7 +17,7 @@ import re
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, TextIO, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, TextIO, Tuple
 
 from ..atomic import atomic_write, check_not_inside, check_output, user_path
 from ..errors import refuse_empty
@@ -130,8 +130,13 @@ _NONEMPTY = {"--json": "a file path for the plan JSON", "--plot": "a file path e
 
 def _json_text(doc: dict, flag: str = "--json", indent: int = 2) -> str:
     """``doc`` as JSON text; a value JSON cannot hold (NaN, Infinity) is a one-line error naming ``flag``."""
+    return _finite_json(lambda: json.dumps(doc, indent=indent, allow_nan=False) + "\n", flag)
+
+
+def _finite_json(render: Callable[[], str], flag: str) -> str:
+    """``render()``'s JSON text; its ``ValueError`` for a NaN or Infinity becomes one line naming ``flag``."""
     try:
-        return json.dumps(doc, indent=indent, allow_nan=False) + "\n"
+        return render()
     except ValueError:
         raise ValueError(f"{flag}: the plan holds a non-finite number (NaN or Infinity), which JSON cannot hold; "
                          "check the device profile's figures") from None
@@ -155,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from edgesnn import devices
 
     from ..training.loop import EVAL_BATCH_SIZE
-    from .plan import make_plan
+    from .plan import make_plan, plan_text
 
     if args.list_devices:
         for name in devices.list_devices():
@@ -252,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
                      args.dataset, dataset_bytes, eval_batch)
     # every output is computed before the first is written; the plot is written inside the plan's
     # write, before its rename: a failed plot leaves the plan file as it was (old, or none)
-    text = _json_text(plan.to_dict()) if args.json else None  # save_plan's text: valid JSON (no NaN / Infinity)
+    text = _finite_json(lambda: plan_text(plan), "--json") if args.json else None  # what save_plan writes
     picture = None
     if args.plot:
         from .plot import render_memory_vs_t

@@ -43,7 +43,7 @@ from .solver import Extras, max_micro_batch, plan_model
 if TYPE_CHECKING:  # pragma: no cover
     from ..devices import DeviceProfile
 
-__all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "save_plan", "load_plan", "neuron_specs", "apply",
+__all__ = ["FORMAT", "VERSION", "Plan", "make_plan", "plan_extras", "plan_text", "save_plan", "load_plan", "neuron_specs", "apply",
            "spiking_widths", "check_plan_layers", "check_unplanned_dataset"]
 
 FORMAT = "edgesnn-plan"
@@ -226,10 +226,16 @@ def make_plan(model: nn.Module, device: DeviceProfile, T: int, batch: Optional[i
                 dataset=data, notes=notes)
 
 
+def plan_text(plan: Plan) -> str:
+    """The plan file's text, as :func:`save_plan` writes it: ``plan.to_dict()`` as JSON indented by 2,
+    one newline at the end. ``ValueError`` for a NaN or Infinity, which JSON cannot hold."""
+    return json.dumps(plan.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
 def save_plan(plan: Plan, path: PathLike) -> Path:
-    """Write the plan JSON atomically."""
+    """Write the plan JSON (:func:`plan_text`) atomically."""
     check_plan_like(plan, Plan, dicts=False), check_path(path)
-    text = json.dumps(plan.to_dict(), indent=2, allow_nan=False) + "\n"
+    text = plan_text(plan)
     return atomic_write(path, lambda fh: fh.write(text), mode="w")
 
 
