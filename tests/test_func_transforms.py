@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgesnn.nn import LIF, RevLIF
+from edgesnn.nn import LIF, ParametricLIF, RevLIF
 
 NODES = [LIF, RevLIF]
 
@@ -76,6 +76,15 @@ def test_vmap_is_refused_in_one_line(make, backend):
         torch.func.vmap(node)(torch.randn(2, 4, 3, 6))
     msg = str(e.value)
     assert "\n" not in msg and "vmap" in msg and "torch.func.grad" in msg and repr(backend) in msg
+
+
+def test_vmap_over_a_parametric_lif_is_refused_in_one_line():
+    # it runs the reference path: the same refusal as LIF / RevLIF there, not PyTorch's generic
+    # data-dependent-control-flow error from a value check
+    with pytest.raises(RuntimeError) as e:
+        torch.func.vmap(ParametricLIF())(torch.randn(2, 4, 3, 6))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("ParametricLIF backend 'reference': torch.func.vmap"), msg
 
 
 @pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])

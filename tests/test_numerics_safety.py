@@ -269,6 +269,20 @@ def test_nonfinite_input_raises_on_every_backend(backend, bad):
         dispatch.revlif_multistep(torch.randn(4, 2, 6), RevLIFParams(), v0, backend)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_input_of_a_parametric_lif_names_it(bad):
+    from edgesnn.nn import ParametricLIF
+
+    x = torch.randn(4, 2, 6)
+    x[2, 1, 0] = bad
+    with pytest.raises(NonFiniteInputError, match=r"^ParametricLIF: x_seq holds non-finite values"):
+        ParametricLIF()(x)
+    node = ParametricLIF(stateful=True)
+    node.v = torch.zeros(2, 6).index_fill_(1, torch.tensor([3]), bad)
+    with pytest.raises(NonFiniteInputError, match=r"^ParametricLIF: v0 holds non-finite values"):
+        node(torch.randn(4, 2, 6))
+
+
 # ----------------------------------------------------------------------------- 5. empty batch
 
 

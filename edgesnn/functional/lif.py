@@ -241,16 +241,18 @@ def plif_multistep(
     """ParametricLIF over time under plain autograd: :func:`plif_charge` then :func:`lif_fire_reset`
     per step; ``decay`` (``sigmoid(w)``, 0-dim, learnable) and, in ``p``, a threshold that may be a
     learnable 0-dim tensor. Shapes as in :func:`lif_multistep_reference`."""
-    return _autograd_loop(x_seq, p, v0, lambda x, v: lif_fire_reset(plif_charge(x, v, decay, p), p))
+    return _autograd_loop(x_seq, p, v0, lambda x, v: lif_fire_reset(plif_charge(x, v, decay, p), p), "ParametricLIF")
 
 
-def _autograd_loop(x_seq: torch.Tensor, p: ResetRule, v0: Optional[torch.Tensor], step) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``step(x_t, v) -> (s_t, v_next)`` over ``x_seq [T, B, ...]`` from ``v0`` (or the fresh state), checked."""
+def _autograd_loop(x_seq: torch.Tensor, p: ResetRule, v0: Optional[torch.Tensor], step,
+                   layer: str = "LIF") -> Tuple[torch.Tensor, torch.Tensor]:
+    """``step(x_t, v) -> (s_t, v_next)`` over ``x_seq [T, B, ...]`` from ``v0`` (or the fresh state),
+    checked (a non-finite input's error names ``layer``)."""
     check_sequence(x_seq)
     check_state(v0, x_seq)
     check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
     if eager():
-        _check_inputs(x_seq, v0)
+        _check_inputs(x_seq, v0, layer)
     v = initial_state(x_seq[0], p) if v0 is None else v0
     spikes = []
     for t in range(x_seq.shape[0]):
@@ -357,8 +359,8 @@ def lif_multistep(
     return _LIFTorchFunction.apply(x_seq, v0, p)
 
 
-def _check_inputs(x_seq: torch.Tensor, v0: Optional[torch.Tensor]) -> None:
-    """Every backend raises the same one-line NonFiniteInputError for NaN/+-Inf inputs."""
-    check_finite_input(x_seq, "x_seq", "LIF")
+def _check_inputs(x_seq: torch.Tensor, v0: Optional[torch.Tensor], layer: str = "LIF") -> None:
+    """Every backend raises the same one-line NonFiniteInputError for NaN/+-Inf inputs, naming ``layer``."""
+    check_finite_input(x_seq, "x_seq", layer)
     if v0 is not None:
-        check_finite_input(v0, "v0", "LIF")
+        check_finite_input(v0, "v0", layer)

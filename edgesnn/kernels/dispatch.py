@@ -34,7 +34,8 @@ from . import custom_ops as _ops
 from .func_transforms import vmap_refused
 from .config import forked_child_message, numba_threads_usable
 
-__all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep", "numba_available", "cuda_available"]
+__all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep", "numba_available", "cuda_available",
+           "refuse_vmap"]
 
 BACKENDS = ("auto", "torch", "numba", "cuda", "reference")
 #: The surrogates the fused kernels implement, by exact type: a subclass (which may override
@@ -180,7 +181,7 @@ def _check_finite_state(x_seq: torch.Tensor, v0: torch.Tensor) -> None:
         check_finite_input(v0, "v0", "RevLIF")
 
 
-def _refuse_vmap(x_seq: torch.Tensor, layer: str, backend: str) -> None:
+def refuse_vmap(x_seq: torch.Tensor, layer: str, backend: str) -> None:
     """One line for ``torch.func.vmap`` over a node, on every backend (the kernels run whole batches;
     the PyTorch loops check values with Python branches, which vmap cannot batch)."""
     if eager() and isinstance(x_seq, torch.Tensor) and under_vmap(x_seq):  # (the compiler traces no transforms' wrappers)
@@ -192,7 +193,7 @@ def lif_multistep(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x_seq [T, B, ...]`` on the chosen backend; returns ``(s_seq, v_T)``."""
     name = resolve_backend(backend, x_seq, p)
-    _refuse_vmap(x_seq, "LIF", name)
+    refuse_vmap(x_seq, "LIF", name)
     if name == "reference":
         return _lif.lif_multistep_reference(x_seq, p, v0)
     if name == "torch":
@@ -205,7 +206,7 @@ def revlif_multistep(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """RevLIF over ``x_seq [T, B, C, ...]`` on the chosen backend; returns ``(y_seq, v_T)``."""
     name = resolve_backend(backend, x_seq, p)
-    _refuse_vmap(x_seq, "RevLIF", name)
+    refuse_vmap(x_seq, "RevLIF", name)
     if name == "reference":
         return revlif_multistep_reference(x_seq, p, v0)
     if name == "torch":
