@@ -164,3 +164,15 @@ def test_a_tiny_budget_names_sizes_it_can_show():
         edgesnn.optimize_memory(m.body, torch.rand(4, 2, 1, 8, 8), budget=1)
     msg = str(info.value)
     assert msg.startswith("budget: 1 bytes cannot be met") and "0.0 MiB" not in msg and " KiB" in msg, msg
+
+
+def test_an_input_fake_tensors_cannot_run_logs_no_traceback(caplog):
+    """Old: PyTorch's fake-tensor module logged a ~20-line traceback (to stderr, outside pytest) before
+    the one-line error (the trace runs on fake tensors first)."""
+    net = nn.Sequential(SeqToANN(nn.Linear(5, 4)), LIF())
+    with caplog.at_level("DEBUG", logger="torch._subclasses.fake_tensor"):
+        with pytest.raises(ValueError, match=r"^example_input: the model's forward failed on it") as e:
+            edgesnn.optimize_memory(net, torch.rand(4, 2, 4))
+    assert "\n" not in str(e.value)
+    logged = [r for r in caplog.records if r.levelno >= 40]  # ERROR and above
+    assert not logged, logged[0].getMessage()

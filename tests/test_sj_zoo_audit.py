@@ -159,3 +159,10 @@ def test_optimize_memory_on_a_zoo_resnet_names_where_its_nodes_sit(zoo, arch, bl
     assert "LIF and RevLIF only" not in msg
     one_line_error(ValueError, lambda: edgesnn.optimize_memory(LIF(), torch.rand(T, B, 3)),
                    "the LIF at 'the top' is the model itself")
+
+
+def test_optimize_memory_on_spikingjelly_nodes_names_the_switch():
+    """It said only 'no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize'."""
+    net = nn.Sequential(layer.Linear(4, 4, step_mode="m"), sjn.LIFNode(step_mode="m"))
+    one_line_error(ValueError, lambda: edgesnn.optimize_memory(net, torch.rand(T, B, 4)),
+                   "the LIFNode at '1' is SpikingJelly's (only edgesnn's nodes are rewritten); use edgesnn.nn.LIF")

@@ -8,6 +8,7 @@ predicts each block's peak from shapes and picks its chunk size.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -69,7 +70,17 @@ def _no_candidates_error(model: nn.Module) -> ValueError:
     placed = next(((name, m) for name, m in model.named_modules() if is_node(m)), None)
     if placed is not None:
         return _outside_sequential_error(model, *placed)
+    foreign = next(((name, m) for name, m in model.named_modules() if _spikingjelly_node(m)), None)
+    if foreign is not None:
+        return ValueError(f"model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize: the "
+                          f"{type(foreign[1]).__name__} at {foreign[0] or 'the top'!r} is SpikingJelly's (only edgesnn's "
+                          "nodes are rewritten); use edgesnn.nn.LIF, which takes LIFNode's arguments, or RevLIF")
     return ValueError("model: no nn.Sequential with edgesnn LIF/RevLIF nodes found to optimize")
+
+
+def _spikingjelly_node(m: nn.Module) -> bool:
+    """A SpikingJelly neuron (a subclass of its ``BaseNode``), recognised without importing SpikingJelly."""
+    return any(c.__name__ == "BaseNode" and c.__module__.startswith("spikingjelly.") for c in type(m).__mro__)
 
 
 def _outside_sequential_error(model: nn.Module, name: str, node: nn.Module) -> ValueError:
@@ -139,8 +150,17 @@ def _forward_once(model: nn.Module, example_input: torch.Tensor, fake: bool) -> 
         if not fake:
             model(example_input)
             return
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            model(mode.from_tensor(example_input))
+        # a layer the fake tensors cannot run (or a wrong input) is logged by PyTorch's fake-tensor
+        # module as a ~20-line traceback before it raises; the caller retries on the real input and
+        # reports its error in one line, so the log is silenced for this call
+        log = logging.getLogger("torch._subclasses.fake_tensor")
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                model(mode.from_tensor(example_input))
+        finally:
+            log.setLevel(level)
 
 
 def _forward_without_hooks(model: nn.Module, example_input: torch.Tensor, records: Dict) -> Optional[Exception]:
