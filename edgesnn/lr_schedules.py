@@ -23,19 +23,28 @@ from typing import Any
 from .errors import UsageError
 from .float32_range import FLOAT32_MAX
 
-__all__ = ["SCHEDULES", "KEY", "check_schedule_name", "cosine_rate", "is_float32_rate", "RATE_RANGE"]
+__all__ = ["SCHEDULES", "KEY", "check_schedule_name", "cosine_rate", "is_float32_rate", "RATE_RANGE",
+           "ADAM_RATE_MAX", "ADAM_RATE_RANGE"]
 
 #: What a learning rate must be, as the errors say it.
 RATE_RANGE = "a number > 0 that float32 holds (1.4e-45 to 3.4e+38)"
 
+#: The largest rate ``edgesnn train`` takes: its Adam (``beta1 = 0.9``) moves the first step by
+#: ``lr / (1 - 0.9) = 10 x lr``, a float32 scalar of PyTorch's update (``--lr 1e38`` failed there
+#: with a traceback: "value cannot be converted to type float without overflow").
+ADAM_RATE_MAX = 3.4e37
+ADAM_RATE_RANGE = ("a number > 0 that float32 holds, from 1.4e-45 to 3.4e+37 (Adam's first step is 10 x the rate, which "
+                   "float32 must hold too)")
 
-def is_float32_rate(v: object) -> bool:
-    """``v`` is a usable learning rate: a real number (not a bool), finite, > 0, within float32's
-    range and not rounded to 0 as a float32 (``1e-50`` is; training would silently do nothing)."""
+
+def is_float32_rate(v: object, most: float = FLOAT32_MAX) -> bool:
+    """``v`` is a usable learning rate: a real number (not a bool), finite, > 0, at most ``most``
+    (float32's largest by default) and not rounded to 0 as a float32 (``1e-50`` is; training would
+    silently do nothing)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return False
     f = float(v)
-    if not (math.isfinite(f) and 0 < f <= FLOAT32_MAX):
+    if not (math.isfinite(f) and 0 < f <= min(most, FLOAT32_MAX)):
         return False
     return struct.unpack("f", struct.pack("f", f))[0] > 0
 

@@ -106,7 +106,7 @@ def test_resume_without_any_data_fingerprint_says_nothing_is_compared():
     assert len(lines) == 1 and "the data is not compared" in lines[0] and "labels are compared" not in lines[0]
 
 
-def test_a_learning_rate_beyond_float32_is_refused_in_one_line(capsys):
+def test_a_learning_rate_beyond_float32_is_refused_in_one_line(capsys, tmp_path):
     """``--lr 1e300`` passed the finite check and then failed inside Adam's step with a traceback
     (the optimizer holds the rate as a float32); it is now refused up front, in the CLI and in
     ``TrainConfig``."""
@@ -120,7 +120,23 @@ def test_a_learning_rate_beyond_float32_is_refused_in_one_line(capsys):
     assert err.startswith("edgesnn train: error: --lr: ") and "float32" in err and len(err.splitlines()) == 1
     with pytest.raises(UsageError, match="lr: expected a number > 0"):
         TrainConfig(lr=1e300).validate()
-    TrainConfig(lr=FLOAT32_MAX).validate()  # the largest float32 is still accepted
+    # Adam's first step moves by 10 x lr, a float32 scalar: 1e38 (< FLOAT32_MAX) crashed there with
+    # "value cannot be converted to type float without overflow"; refused up front now
+    from edgesnn.lr_schedules import ADAM_RATE_MAX
+
+    for big in (FLOAT32_MAX, 1e38, 3.5e37):
+        with pytest.raises(UsageError, match=r"lr: expected a number > 0 that float32 holds, from 1.4e-45 to 3.4e\+37 \(Adam's"):
+            TrainConfig(lr=big).validate()
+    assert main(["train", "--epochs", "1", "--no-progress", "--lr", "1e38"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgesnn train: error: --lr: ") and "Adam" in err and len(err.splitlines()) == 1
+    TrainConfig(lr=ADAM_RATE_MAX).validate()  # the largest accepted: its first step runs (and the
+    # weights it makes are too large for the next layer: one line, no traceback)
+    out = tmp_path / "r.json"
+    assert main(["train", "--epochs", "1", "--no-progress", "--lr", str(ADAM_RATE_MAX), "--max-steps", "1",
+                 "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgesnn train: error: ") and "non-finite" in err and len(err.splitlines()) == 1, err
     # 1e-50 is 0 as a float32: the float32 parameters would never move, silently
     assert main(["train", "--epochs", "1", "--no-progress", "--lr", "1e-50"]) == 2
     assert capsys.readouterr().err.strip().startswith("edgesnn train: error: --lr: expected a number > 0 that float32 holds")

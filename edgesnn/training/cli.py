@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 from ..atomic import check_input_file, check_not_inside, user_path
 from ..errors import UsageError, refuse_empty
 from ..kernels.dispatch import BACKENDS
-from ..lr_schedules import RATE_RANGE, is_float32_rate
+from ..lr_schedules import ADAM_RATE_MAX, ADAM_RATE_RANGE, is_float32_rate
 from ..models import MODEL_NAMES, POOLS, check_pool
 from ..output_guard import guarded
 from .data import DATASETS
@@ -272,8 +272,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 2 and not args.no_batchnorm:
         raise UsageError("--batch-size: BatchNorm needs at least 2 samples per batch, got 1; add --no-batchnorm "
                          "to train with batch 1")
-    if not is_float32_rate(args.lr):
-        raise UsageError(f"--lr: expected {RATE_RANGE}, got {args.lr}")
+    if not is_float32_rate(args.lr, ADAM_RATE_MAX):
+        raise UsageError(f"--lr: expected {ADAM_RATE_RANGE}, got {args.lr}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected an integer >= 1, got {args.max_steps}")
     if args.resume and args.force:  # --force was ignored: the run resumed (edgesnn-device refuses the pair too)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..errors import UsageError
-from ..lr_schedules import RATE_RANGE, is_float32_rate
+from ..lr_schedules import ADAM_RATE_MAX, ADAM_RATE_RANGE, is_float32_rate
 from ..models import int_list
 from .lr_schedule import check_schedule_name
 from .micro_batch import check_micro_batch
@@ -63,8 +63,8 @@ class TrainConfig:
                 raise UsageError(str(e)) from None
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
             self.lr = float(self.lr)  # lr=1 is 1.0 (the checkpoint stores a float)
-        if not (isinstance(self.lr, float) and is_float32_rate(self.lr)):
-            raise UsageError(f"lr: expected {RATE_RANGE}, got {self.lr!r}")
+        if not (isinstance(self.lr, float) and is_float32_rate(self.lr, ADAM_RATE_MAX)):
+            raise UsageError(f"lr: expected {ADAM_RATE_RANGE}, got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed: expected an integer in [0, {MAX_SEED}], got {self.seed!r}")
         if self.batchnorm and self.batch_size < 2:
