@@ -62,6 +62,26 @@ def test_resume_with_nothing_to_train_reports_the_checkpoint(tmp_path, epochs, m
     assert done["history"][-1]["samples"] == done["train_samples"]  # the kept row was finished whole
 
 
+def test_max_steps_at_the_last_step_of_an_epoch_keeps_it_whole(tmp_path):
+    """digits' 1348 training samples in batches of 449: 3 steps and a lone sample BatchNorm skips.
+    ``max_steps=3`` takes every step of the epoch; the run said 'stopped by --max-steps after 1347
+    samples', stored the epoch as partial (epoch 0, offset 1347), and a resume "finished" it without
+    a step. Now it ends as the run without max_steps does."""
+    cfg = dict(CFG, batch_size=449)
+    runs = {}
+    for name, max_steps in (("cut", 3), ("whole", None)):
+        ck = tmp_path / f"{name}.ckpt"
+        lines = []
+        report = train(TrainConfig(epochs=1, **cfg), checkpoint=str(ck), max_steps=max_steps, progress=False,
+                       log=lines.append)
+        assert report["steps"] == 3 and report["train_samples"] == 1348
+        assert not any("stopped by --max-steps" in line for line in lines), lines
+        runs[name] = (report["history"], load_checkpoint(ck))
+    (rows_cut, ck_cut), (rows_whole, ck_whole) = runs["cut"], runs["whole"]
+    assert not rows_cut[-1].get("partial") and rows_cut[-1]["samples"] == rows_whole[-1]["samples"] == 1347
+    assert (ck_cut["epoch"], ck_cut["epoch_offset"]) == (ck_whole["epoch"], ck_whole["epoch_offset"]) == (1, 0)
+
+
 # 5. the resume message counts the samples every rank trained
 
 def test_resume_message_counts_the_samples_of_all_ranks():

@@ -395,6 +395,9 @@ def train(
             if max_steps is not None and steps >= max_steps:
                 stop = True
                 end = i + cfg.batch_size
+                if all(skips_batch(len(order[j:j + cfg.batch_size]), cfg.batchnorm)
+                       for j in range(end, len(order), cfg.batch_size)):
+                    end = len(order)  # what is left takes no step (a lone sample BatchNorm skips): the epoch is whole
                 break
         if bar:
             bar.close()
