@@ -34,6 +34,7 @@ from .. import __version__
 from .artifacts import ARTIFACT_FILES, MODEL, Manifest, PathLike, atomic_write_bytes, write_manifest
 from .onnx_inference import check_parameter_names, export_graph
 from ..checkpoint import encode_config
+from ..lr_schedules import RATE_RANGE, is_float32_rate
 from .prepare import (ExportError, checked_input_range, example_input, export_copy, refuse_active_dropout,
                       split_trainable)
 
@@ -118,6 +119,8 @@ def export_onnx_training(
         raise ExportError(f"optimizer: expected one of {OPTIMIZERS}, got {optimizer!r}")
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ExportError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    if not is_float32_rate(learning_rate):  # (the runner refuses a manifest with such a rate; NaN is not even JSON)
+        raise ExportError(f"learning_rate: expected {RATE_RANGE}, got {learning_rate!r}")
     input_range = checked_input_range(input_range)
     trainable, _ = split_trainable(model, freeze)
     refuse_active_dropout(model, "onnx-training")

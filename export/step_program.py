@@ -308,9 +308,10 @@ def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps)
     def bad(name, value, what):
         raise ExportError(f"{name}: expected {what}, got {value!r}")
 
-    for name, value in (("momentum", momentum), ("weight_decay", weight_decay)):
-        if value is not None and not (is_real_number(value) and value >= 0):
-            bad(name, value, "a finite number >= 0")
+    if not (is_real_number(momentum) and momentum >= 0):  # (no None: its default is 0.9, not 0)
+        bad("momentum", momentum, "a finite number >= 0 (0: none)")
+    if weight_decay is not None and not (is_real_number(weight_decay) and weight_decay >= 0):
+        bad("weight_decay", weight_decay, "a finite number >= 0 (None: the optimizer's default)")
     if nesterov and (optimizer != "sgd" or not momentum):
         raise ExportError(f"nesterov: needs optimizer 'sgd' with momentum > 0 (got optimizer {optimizer!r}, momentum "
                           f"{momentum!r})")

@@ -170,6 +170,7 @@ def test_optimizer_settings_torch_refuses_are_refused():
     model = _model("mlp", "lif", 2)
     for kw, words in ((dict(momentum=float("nan")), "momentum: expected a finite number >= 0"),
                       (dict(momentum=-0.5), "momentum: expected"),
+                      (dict(momentum=None), r"momentum: expected .*, got None"),  # was float(None)'s TypeError
                       (dict(weight_decay=-1.0), "weight_decay: expected a finite number >= 0"),
                       (dict(weight_decay=float("inf")), "weight_decay: expected"),
                       (dict(momentum=0.0, nesterov=True), "nesterov: needs optimizer 'sgd' with momentum > 0"),
@@ -178,8 +179,11 @@ def test_optimizer_settings_torch_refuses_are_refused():
                       (dict(optimizer="adamw", eps=0.0), "eps: expected a finite number > 0")):
         with pytest.raises(ExportError, match=words):
             build_step_program(model, 2, **kw)
-    for lr in (1e39, 1e-50):  # inf / 0 as a float32
-        with pytest.raises(ExportError, match="learning_rate: expected a number > 0 that float32 holds"):
-            export_onnx_step(model, "/nonexistent/never-written", 2, "sgd", lr)
+    from edgesnn.export.onnx_training import export_onnx_training
+
+    for lr in (1e39, 1e-50, -1.0, float("nan")):  # inf / 0 as a float32, negative, NaN
+        for export in (export_onnx_step, export_onnx_training):  # the legacy export wrote them to its manifest
+            with pytest.raises(ExportError, match="learning_rate: expected a number > 0 that float32 holds"):
+                export(model, "/nonexistent/never-written", 2, "sgd", lr)
     prog = build_step_program(model, 2, "sgd", momentum=0.0, weight_decay=0.0)  # the valid edge values still pass
     assert prog.opt_state == []
