@@ -162,3 +162,40 @@ def test_round_trip_without_batchnorm_decay_input_is_exact(tmp_path, name, shape
     with torch.no_grad():
         assert torch.equal(model.body(x), loaded.body(x))
         assert torch.equal(model(x[0]), loaded(x[0]))
+
+
+@pytest.mark.parametrize("start, end", [(-4, -1), (0, -4), (3, 3)])
+def test_load_refuses_flatten_dims_outside_the_sample(start, end):
+    """start_dim -4 on a 3-D sample reached the batch dim: the graph loaded and its forward failed
+    with torch's reshape error."""
+    shape = (2, 3, 3)
+    g = nir.NIRGraph(nodes={"in": nir.Input(np.array(shape)), "l": _lif(shape),
+                            "f": nir.Flatten(input_type=None, start_dim=start, end_dim=end),
+                            "out": nir.Output(np.array([18]))},
+                     edges=[("in", "l"), ("l", "f"), ("f", "out")], type_check=False)
+    with pytest.raises(enir.NIRError, match=r"^node f: nir.Flatten (start|end)_dim -?\d is out of range") as e:
+        enir.load(g, dt=DT)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("channels", [8, 4])
+def test_to_nir_refuses_batchnorm_over_a_linears_channel_dim(channels):
+    """A Linear on a [C, L] sample, then BatchNorm1d(C): BatchNorm normalises C, the fold scaled the
+    Linear's output features. C == 8 == out features exported wrong weights (570 of 1920 spikes
+    differed after the round trip), C = 4 a torch traceback."""
+    from torch import nn
+
+    bn = nn.BatchNorm1d(channels)
+    body = nn.Sequential(SeqToANN(nn.Linear(6, 8), bn), LIF(step_mode="m")).eval()
+    with pytest.raises(enir.NIRError, match=r"BatchNorm normalises dim 1 of the Linear's output \[\d, 8\]") as e:
+        enir.to_nir(body, in_shape=(channels, 6))
+    assert "\n" not in str(e.value)
+    # one vector per sample: still folded, the round trip keeps the outputs
+    torch.manual_seed(0)
+    body = nn.Sequential(SeqToANN(nn.Linear(6, 8), nn.BatchNorm1d(8)), LIF(step_mode="m")).eval()
+    with torch.no_grad():
+        body[0].module[1].running_var.uniform_(0.5, 2)
+        x = torch.rand(5, 3, 6) * 2
+        back = enir.load(enir.to_nir(body, in_shape=(6,)))
+        back.eval()
+        assert torch.allclose(back.body(x), body(x))

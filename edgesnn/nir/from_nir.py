@@ -193,6 +193,10 @@ def _stateless(key: str, node: Any, shape: Tuple[int, ...]) -> nn.Module:
         return nn.AvgPool2d(kernel, stride, int_values(f"{name} padding", node.padding, 0))
     if isinstance(node, nir.Flatten):
         start, end = (int_values(f"{name} {f}", getattr(node, f), None, (1,))[0] for f in ("start_dim", "end_dim"))
+        for f, d in (("start_dim", start), ("end_dim", end)):  # (a negative one would reach the batch dim)
+            if not -len(shape) <= d < len(shape):
+                raise NIRError(f"{name} {f} {d} is out of range for its input of shape {shape} (dims "
+                               f"{-len(shape)} to {len(shape) - 1}; NIR shapes have no batch dim)")
         start = start + 1 if start >= 0 else start  # NIR dims exclude the batch dim
         end = end + 1 if end >= 0 else end
         return nn.Flatten(start, end)

@@ -149,6 +149,13 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
                 if pending is None:
                     raise NIRError(f"layer {where}: BatchNorm can be folded only into a directly preceding Linear or Conv2d")
                 k, lin, w, b = pending
+                if isinstance(lin, nn.Linear) and x.dim() != 2:  # BatchNorm normalises dim 1 of [B, ...]
+                    raise NIRError(f"layer {where}: BatchNorm normalises dim 1 of the Linear's output "
+                                   f"{list(x.shape[1:])} per sample, not its {w.shape[0]} output features (the last "
+                                   "dim): it can be folded only after a Linear whose output is one vector per sample")
+                if getattr(m, "num_features", x.shape[1]) != x.shape[1]:  # (not run: it may be in training mode)
+                    raise NIRError(f"layer {where}: BatchNorm of {m.num_features} features after a layer of "
+                                   f"{x.shape[1]} output channels")
                 w, b = _fold_bn(w, b, m)
                 pending = (k, lin, w, b)
                 continue
