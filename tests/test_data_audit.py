@@ -255,3 +255,23 @@ def test_the_fingerprint_follows_the_events_not_the_cache(tmp_path, monkeypatch)
     np.save(f, arr)
     c = load_dataset("dvsgesture", str(tmp_path), timesteps=2, flat=False)
     assert data_fingerprint(c) == data_fingerprint(a) and data_content_hash(c) != data_content_hash(a)
+
+
+def test_events_left_out_of_every_frame_are_counted_in_one_line(tmp_path):
+    """tonic's bins are (t_last - t0) // T wide: a sample's last event(s) fall after the last bin.
+    The binning dropped them without a word; it now says how many, and the frames stay tonic's."""
+    ev.make_dvsgesture(tmp_path)
+    train = tmp_path.joinpath(*USER)
+    for f in train.glob("*.npy"):
+        a = np.load(f)
+        a[:, 3] = np.arange(len(a))  # one event per ms: span len - 1 ms, the last one in no bin
+        np.save(f, a)
+    lines = []
+    d = load_dataset("dvsgesture", str(tmp_path), timesteps=4, flat=False, log=lines.append)
+    files = sorted((tmp_path / "DVSGesture" / "ibmGestureTrain").rglob("*.npy"), key=str)
+    given = sum(len(np.load(f)) for f in files)
+    counted = int(d.train.x.numpy().astype(np.int64).sum())
+    left = [line for line in lines if "are in no frame" in line and "dvsgesture train" in line]
+    assert len(left) == 1 and f"{given - counted} of {given} events" in left[0], lines
+    assert given - counted >= len(list(train.glob("*.npy")))  # at least each edited sample's last event
+    assert "(t_last - t0) // T wide" in left[0]

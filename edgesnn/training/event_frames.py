@@ -184,7 +184,12 @@ class CountFrames:
     more as a negative number). Where some pixel holds 32,768 events or more in the whole sample,
     that sample is counted again over tonic's own time bins (:func:`tonic.slicers.slice_events_by_time_bins`)
     in ``int64``; every other sample gets tonic's frames as they are. The binning then saturates
-    counts at 255."""
+    counts at 255.
+
+    tonic's bins are ``(t_last - t0) // T`` time units wide from the first event's time ``t0``: the
+    events at ``t0 + T x width`` and later (always the sample's last one) fall in no bin.
+    ``events_in`` / ``events_counted`` add up, over every call, the events given and those in the
+    frames, so the binning can say how many were left out."""
 
     _LIMIT = 32768  # int16: the first count tonic's frames cannot hold
 
@@ -193,6 +198,16 @@ class CountFrames:
 
         self.sensor_size, self.n_time_bins = tuple(int(v) for v in sensor_size), int(n_time_bins)
         self.to_frame = tt.ToFrame(sensor_size=self.sensor_size, n_time_bins=self.n_time_bins)
+        self.events_in = self.events_counted = 0
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        """Event counts ``[n_time_bins, polarities, H, W]`` (``[n_time_bins, polarities, W]`` without ``y``: SHD)
+        for one sample's ``events`` (a structured array ``[N]``), as tonic's ``ToFrame``."""
+        frames = self._frames(events)
+        self.events_in += len(events)
+        if frames.dtype.names is None:  # (no events: tonic hands the empty array back)
+            self.events_counted += int(frames.sum(dtype=np.int64))
+        return frames
 
     def _index(self, events: np.ndarray) -> Tuple[Tuple[np.ndarray, ...], Tuple[int, ...]]:
         """Each event's (polarity, [y,] x) index into one frame, and the frame's shape (as tonic lays it out)."""
@@ -202,9 +217,8 @@ class CountFrames:
             return (p, events["y"].astype(np.int64), events["x"].astype(np.int64)), (pol, h, w)
         return (p, events["x"].astype(np.int64)), (pol, w)
 
-    def __call__(self, events: np.ndarray) -> np.ndarray:
-        """Event counts ``[n_time_bins, polarities, H, W]`` (``[n_time_bins, polarities, W]`` without ``y``: SHD)
-        for one sample's ``events`` (a structured array ``[N]``), as tonic's ``ToFrame``."""
+    def _frames(self, events: np.ndarray) -> np.ndarray:
+        """tonic's frames, counted again in ``int64`` where a pixel reaches ``int16``'s limit."""
         frames = self.to_frame(events)
         if len(events) < self._LIMIT or frames.dtype.kind not in "iu":
             return frames
@@ -335,11 +349,31 @@ def _log_blank(tonic_ds, blank: List[int], n: int, steps: int, log: Log, label: 
     log(f"  {label}: {len(blank)} of {n} samples have {what}: {_where(tonic_ds, blank[0])}")
 
 
+def _frame_counter(tonic_ds) -> Optional[CountFrames]:
+    """The :class:`CountFrames` of the dataset's transform (its counters reset), if it has one."""
+    steps = getattr(getattr(tonic_ds, "transform", None), "transforms", None) or []
+    counter = next((s for s in steps if isinstance(s, CountFrames)), None)
+    if counter is not None:
+        counter.events_in = counter.events_counted = 0
+    return counter
+
+
+def _log_left_out(counter: Optional[CountFrames], steps: int, log: Log, label: str) -> None:
+    """One line for the events tonic's time bins left out (see :class:`CountFrames`)."""
+    if counter is None or counter.events_in <= counter.events_counted:
+        return
+    left = counter.events_in - counter.events_counted
+    log(f"  {label}: {left} of {counter.events_in} events ({100 * left / counter.events_in:.2g}%) are in no frame: "
+        f"tonic's T={steps} time bins are (t_last - t0) // T wide, so each sample's last event(s) fall after "
+        "the last bin")
+
+
 def _bin_split(tonic_ds, out: Path, log: Log, label: str) -> Tuple[np.ndarray, int]:
     """Bin every sample into frames, streamed into ``out`` (temp file + rename). Returns labels, saturated count."""
     n = len(tonic_ds)
     if n == 0:
         raise FileNotFoundError(f"data: {label}: tonic found no samples")
+    counter = _frame_counter(tonic_ds)  # (the samples _first_frames reads before the first with events have none)
     j, first, first_target = _first_frames(tonic_ds, label)
     shape = (n,) + tuple(first.shape)
     labels = np.empty(n, dtype=np.int64)
@@ -366,6 +400,7 @@ def _bin_split(tonic_ds, out: Path, log: Log, label: str) -> Tuple[np.ndarray, i
             if (i + 1) % 5000 == 0:
                 log(f"  {label}: {i + 1}/{n} samples binned ({time.perf_counter() - t0:.0f} s)")
         _log_blank(tonic_ds, blank, n, shape[1], log, label)
+        _log_left_out(counter, shape[1], log, label)
         mm.flush()
         del mm
 
