@@ -97,3 +97,52 @@ def test_a_bounds_checked_run_does_not_load_kernels_compiled_without_checks(tmp_
     assert _pack_run(tmp_path) == {"hits": 0, "error": None}  # compiled, unchecked
     assert _pack_run(tmp_path, NUMBA_BOUNDSCHECK="1") == {"hits": 0, "error": "IndexError"}  # compiled, checked
     assert _pack_run(tmp_path) == {"hits": 1, "error": None}  # the unchecked code, from the cache
+
+
+def test_numba_subfolder_is_the_one_numba_writes_into(tmp_path):
+    from edgesnn.kernels.cli import _own_cache
+
+    assert config.numba_subfolder(str(tmp_path)) == str(_own_cache(tmp_path))
+
+
+_BLOCKED = """
+import json, os, warnings
+from edgesnn.errors import UsageError
+from edgesnn.kernels import cache_key, config
+base = os.environ["EDGESNN_CACHE_DIR"]
+folder = config._key_folder(base, cache_key._sources_key())
+os.makedirs(folder)
+open(config.numba_subfolder(folder), "w").close()  # a file where Numba's sub-folder goes
+try:
+    config.configure_cache(base)
+    error = None
+except UsageError as e:
+    error = str(e)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    chosen = config.configure_cache()
+print(json.dumps({"error": error, "chosen": chosen, "warnings": [str(x.message) for x in w]}))
+"""
+
+
+def test_a_cache_folder_whose_numba_subfolder_cannot_be_made_is_not_used(tmp_path):
+    """Numba then wrote the kernels into the package's own __pycache__ without a word, while edgesnn
+    reported (and its compile notice looked in) the chosen folder: every run said it compiled."""
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), EDGESNN_CACHE_DIR=str(tmp_path / "c"),
+               HOME=str(tmp_path / "home"))
+    res = subprocess.run([sys.executable, "-c", _BLOCKED], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["error"].startswith("path: ") and "is not a writable folder" in out["error"] and "\n" not in out["error"]
+    assert out["chosen"].startswith(str(tmp_path / "home")), out  # the next candidate, ~/.cache/edgesnn/numba
+    assert any(w.startswith(f"EDGESNN_CACHE_DIR={tmp_path / 'c'}: not a writable folder") for w in out["warnings"]), out
+
+
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_cache_path_is_refused_not_the_current_folder(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(config.UsageError, match=r"^path: expected a folder path, got '\s*'$"):
+        config.configure_cache(path)
+    assert list(tmp_path.iterdir()) == []

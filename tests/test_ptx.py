@@ -46,3 +46,22 @@ def test_ptx_compiles_for_jetson_without_spills():
         assert r["spill_bytes"] == 0, r
         assert r["stack_bytes"] == 0, r
     assert res.returncode == 0, res.stderr[-4000:]
+
+
+@pytest.mark.parametrize("args, sim, needle", [
+    (["abc"], False, "argument cc: expected a compute capability MAJOR.MINOR such as 8.7, got 'abc'"),
+    (["8"], False, "got '8'"),  # was int()'s / numba-cuda's traceback
+    (["8.7"], True, "NUMBA_ENABLE_CUDASIM is set"),  # was check_ptx's RuntimeError traceback
+])
+def test_ptx_check_bad_input_is_one_line(args, sim, needle, monkeypatch, capsys):
+    from edgesnn.kernels import ptx_check
+
+    if sim:
+        monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    else:
+        monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setattr(ptx_check, "check_ptx", lambda ccs: pytest.fail("compiled despite bad input"))
+    with pytest.raises(SystemExit) as e:
+        ptx_check.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and err.count("\n") == 1, err

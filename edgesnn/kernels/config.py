@@ -17,6 +17,7 @@ e.g. ones made in code, are kept: Numba's configuration is never reloaded here).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import sys
@@ -31,7 +32,8 @@ from .fork_guard import forked_child_message, numba_threads_usable, register_for
 from .numba_env import _export_numba_setting, _warn_once
 
 __all__ = ["configure", "configure_cache", "cache_dir", "set_num_threads", "get_num_threads",
-           "configure_threading_layer", "numba_threads_usable", "forked_child_message", "retain_freed_memory", "configure_cpu_features"]
+           "configure_threading_layer", "numba_threads_usable", "forked_child_message", "retain_freed_memory", "configure_cpu_features",
+           "numba_subfolder"]
 
 _CACHE_DIR: Optional[str] = None  # the folder chosen for this process ("": none writable)
 
@@ -94,6 +96,22 @@ def _writable(path: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def numba_subfolder(folder: str) -> str:
+    """Where Numba writes this installation's kernels inside the cache ``folder``: a sub-folder named
+    after the kernels' source folder and a SHA-1 of its path (Numba's
+    ``_CacheLocator.get_suitable_cache_subpath``, computed without importing Numba, which must not
+    start before the folder is chosen)."""
+    src = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(folder, f"{os.path.basename(src)}_{hashlib.sha1(src.encode()).hexdigest()}")
+
+
+def _usable(folder: str) -> bool:
+    """``folder`` and Numba's sub-folder in it (:func:`numba_subfolder`) can be written: where Numba
+    cannot create its sub-folder, it writes the kernels into the package's ``__pycache__`` instead,
+    without a word (the notices would then look in an empty folder on every run)."""
+    return _writable(folder) and _writable(numba_subfolder(folder))
 
 
 def _private_tmp_base() -> str:
@@ -160,7 +178,7 @@ def _search_cache() -> str:
         if not base:
             continue
         folder = _key_folder(base, key)
-        if _writable(folder):
+        if _usable(folder):
             chosen = folder
             break
         if name is not None:
@@ -178,6 +196,8 @@ def _choose_cache(path: Union[str, "os.PathLike[str]"], name: str) -> str:
         raw = os.fspath(path)
     except TypeError:
         raise UsageError(f"{name}: expected a folder path, got {path!r}") from None
+    if not raw.strip():  # ("" would be the current folder)
+        raise UsageError(f"{name}: expected a folder path, got {raw!r}")
     folder = _key_folder(raw, _sources_key())
     if _CACHE_DIR and os.path.realpath(folder) == os.path.realpath(_CACHE_DIR):
         return _CACHE_DIR
@@ -187,8 +207,9 @@ def _choose_cache(path: Union[str, "os.PathLike[str]"], name: str) -> str:
     expanded = os.path.expanduser(raw)
     if os.path.exists(expanded) and not os.path.isdir(expanded):
         raise UsageError(f"{name}: {raw} is a file; expected a folder")
-    if not _writable(folder):
-        raise UsageError(f"{name}: {raw} is not a writable folder (it cannot be created or written here)")
+    if not _usable(folder):
+        raise UsageError(f"{name}: {raw} is not a writable folder (it, or the sub-folder {numba_subfolder(folder)} "
+                         "Numba writes the kernels into, cannot be created or written here)")
     return _adopt(folder)
 
 

@@ -10,6 +10,7 @@ code the device compiler rejects). Usage::
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -124,11 +125,28 @@ def check_ptx(ccs: Sequence[Tuple[int, int]] = DEFAULT_CCS) -> List[Dict]:
     return out
 
 
+def compute_capability(text: str) -> Tuple[int, int]:
+    """``"8.7"`` as ``(8, 7)``; an ``argparse.ArgumentTypeError`` for anything else (``8``, ``abc``)."""
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"expected a compute capability MAJOR.MINOR such as 8.7, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Check the CUDA kernels' PTX for the compute capabilities in ``argv`` (e.g. ``8.0``; default
-    :data:`DEFAULT_CCS`), print the report as JSON; returns 1 on a ptxas error, spills or float64 use, else 0."""
-    args = sys.argv[1:] if argv is None else argv
-    ccs = [tuple(int(p) for p in a.split(".")) for a in args] or list(DEFAULT_CCS)
+    :data:`DEFAULT_CCS`), print the report as JSON; returns 1 on a ptxas error, spills or float64 use,
+    else 0; bad arguments, or ``NUMBA_ENABLE_CUDASIM`` set, are one line on stderr (exit 2)."""
+    from ..cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m edgesnn.kernels.ptx_check",
+                           description="Compile the CUDA kernels to PTX and run ptxas -v on it (no GPU needed).")
+    parser.add_argument("cc", nargs="*", type=compute_capability,
+                        help="compute capabilities MAJOR.MINOR (default: " + " ".join(f"{a}.{b}" for a, b in DEFAULT_CCS) + ")")
+    ccs = parser.parse_args(argv).cc or list(DEFAULT_CCS)
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        parser.error("NUMBA_ENABLE_CUDASIM is set: the PTX check compiles for the device (the simulator accepts "
+                     "code the device compiler rejects); run it in a process without it")
     report = check_ptx(ccs)
     print(json.dumps([{k: v for k, v in r.items() if k != "ptxas_log"} for r in report], indent=1))
     bad = [r for r in report if r.get("ptxas_rc", 0) != 0 or r.get("spill_bytes", 0) or r["uses_f64"]]
