@@ -26,6 +26,9 @@ def test_catalogue_profiles_load_and_are_consistent(name):
     assert d.sources, "every profile says where its figures come from"
     if name.startswith("jetson"):
         assert d.accelerator == "cuda" and d.compute_capability in {"5.3", "6.2", "7.2", "8.7"}
+        # every torch for a Jetson is a CUDA build: its process baseline (600-698 MiB measured on the
+        # CPU host) plus a CUDA context (~0.3 GB lazily loaded) at least; 0.6 GiB was the CPU build's
+        assert d.runtime_overhead_bytes >= 600 * 2**20 + 0.3e9, d.runtime_overhead_bytes
     else:
         assert d.accelerator == "cpu" and d.compute_capability is None
 
@@ -67,6 +70,32 @@ def test_invalid_profile_names_the_field(tmp_path):
         devices.load_device(str(f))
     with pytest.raises(FileNotFoundError):
         devices.load_device(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("stem, needle", [("auto", "'auto' is reserved"), (" lead", "starts or ends with a space")])
+def test_user_profiles_no_device_name_reaches_are_refused(tmp_path, monkeypatch, stem, needle):
+    """auto.json was listed (auto twice) but --device auto measured the host without a word;
+    ' lead.json' was listed as ' lead' while --device ' lead' and 'lead' were both unknown."""
+    prof = dict(name=stem.strip(), memory_bytes=2 * 1024**3, reserved_bytes=300 * 1024**2,
+                runtime_overhead_bytes=200 * 1024**2, bandwidth_gbs=10, cores=2)
+    (tmp_path / f"{stem}.json").write_text(json.dumps(prof))
+    monkeypatch.setenv("EDGESNN_DEVICE_PATH", str(tmp_path))
+    for call in (devices.list_devices, lambda: devices.load_device("auto"), lambda: devices.load_device(stem)):
+        with pytest.raises(ValueError, match=needle) as e:
+            call()
+        assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["my\nboard", "my\x1b[2Jboard", "tab\tboard"])
+def test_a_profile_name_must_be_printable(tmp_path, name):
+    """A newline in the name split the planner's one-line errors and its plan header; an escape
+    sequence reached the terminal."""
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(dict(name=name, memory_bytes=2 * 1024**3, reserved_bytes=300 * 1024**2,
+                                 runtime_overhead_bytes=200 * 1024**2, bandwidth_gbs=10, cores=2)))
+    with pytest.raises(ValueError, match=r"name must be printable") as e:
+        devices.load_device(str(f))
+    assert "\n" not in str(e.value)
 
 
 def test_auto_measures_host():

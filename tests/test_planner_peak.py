@@ -11,7 +11,7 @@ from edgesnn.planner.cli import parse_bytes
 def _mlp_plan(neurons, batch=None):
     model = build_model("mlp", (784,), 10, 32, neuron="lif", hidden=(1024, 1024))
     kinds = tuple(neurons.split(","))
-    return make_plan(model, load_device("jetson-orin-nano-4gb"), 32, batch, parse_bytes("1GiB"), kinds=kinds)
+    return make_plan(model, load_device("jetson-orin-nano-4gb"), 32, batch, parse_bytes("1.5GiB"), kinds=kinds)  # (the board runs 0.95 GiB of runtime)
 
 
 def test_allowing_revlif_never_plans_a_smaller_batch_than_lif_only():
@@ -22,7 +22,7 @@ def test_allowing_revlif_never_plans_a_smaller_batch_than_lif_only():
     both = _mlp_plan("lif,revlif")
     assert both.batch >= lif_only.batch
     fits = _mlp_plan("lif,revlif", batch=lif_only.batch)
-    assert fits.predicted["peak_bytes"] <= parse_bytes("1GiB")
+    assert fits.predicted["peak_bytes"] <= parse_bytes("1.5GiB")
 
 
 def test_train_refuses_a_plan_for_another_input(tmp_path, capsys):
