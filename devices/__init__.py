@@ -187,6 +187,8 @@ def _check_core(kwargs: Dict[str, Any], origin: str) -> None:
     name = kwargs["name"]
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"device: {origin}: name must be a non-empty string, got {name!r}")
+    if not name.isprintable():  # a newline split the errors and the plan header that show it
+        raise ValueError(f"device: {origin}: name must be printable (no newline, tab or control character), got {name!r}")
     for k, (low, high) in _INT_RANGES.items():
         v = kwargs.get(k, 1)
         if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
@@ -215,7 +217,8 @@ def _catalogue() -> Dict[str, Path]:
     """Catalogue key (the file stem, lower-cased) -> profile file.
 
     A later directory overrides an earlier one (``EDGESNN_DEVICE_PATH`` overrides the built-in
-    profiles); two files of one directory whose names differ only in case are refused.
+    profiles); two files of one directory whose names differ only in case are refused, and so are
+    ``auto.json`` and a name with a space at its start or end (no ``--device`` value reaches them).
     """
     found: Dict[str, Path] = {}
     for d in _search_dirs():
@@ -226,6 +229,10 @@ def _catalogue() -> Dict[str, Path]:
             if not f.is_file():
                 continue
             key = f.stem.lower()
+            if key == "auto" or key != key.strip():  # unreachable by name: --device strips and takes auto first
+                why = ("'auto' is reserved (--device auto measures this machine)" if key == "auto" else
+                       "its name starts or ends with a space")
+                raise ValueError(f"device: {f}: {why}; rename or remove it")
             if key in here:
                 raise ValueError(f"device: {here[key]} and {f} name the same device {key!r} (names are not "
                                  "case-sensitive); rename or remove one")
@@ -331,6 +338,7 @@ def _resolve(name: Union[str, os.PathLike]) -> Tuple[Optional[Path], Optional[st
     if not isinstance(text, str):
         raise ValueError(f"device: expected a str path to a JSON profile, got {name!r}")
     if text.strip().lower() == "auto":
+        _catalogue()  # (refuses a user's auto.json, which would otherwise be ignored without a word)
         return None, None
     looks_like_path = (text.endswith(".json") or os.sep in text or bool(os.altsep and os.altsep in text)
                        or (text.strip().lower() not in _catalogue() and os.path.lexists(text)))  # `--device .`, a file

@@ -171,6 +171,17 @@ def _warning_printer(command: Optional[str]):
     return show
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at the null device, so that Python's flush at exit does not raise (and print)
+    the broken pipe's error a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture): nothing to flush
+        pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``edgesnn``: 0 on success, 2 on a user error or an allocation failure (one line), 130 on
     Ctrl-C (one line); under ``torchrun``, 1 on a rank whose collective failed because another rank
@@ -203,6 +214,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     before = _file_state(getattr(args, "checkpoint", None))
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # stdout closed early (`edgesnn plan ... | head -1`): stop quietly, as a shell tool does
+        _stdout_to_devnull()
+        return 141  # the shell's 128 + SIGPIPE
     except ModuleNotFoundError as exc:  # a dependency only the command's work imports (torch for export)
         if (exc.name or "edgesnn").partition(".")[0] == "edgesnn":
             raise
