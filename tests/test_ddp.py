@@ -154,3 +154,23 @@ def test_three_ranks_resumed_equal_one_uninterrupted_run_bit_for_bit(tmp_path):
     assert a["steps"] == b["steps"] == 4 and a["world_size"] == b["world_size"] == 3
     for k, v in a["model_state"].items():
         assert torch.equal(v, b["model_state"][k]), k
+
+
+@pytest.mark.parametrize("backend, memopt, compiles", [("torch", True, True), ("torch", False, False),
+                                                         ("auto", False, True)])
+def test_local_rank_zero_warms_the_kernels_a_run_compiles(monkeypatch, backend, memopt, compiles):
+    """``--backend torch --memopt``: optimize_memory's kernels compile whatever the backend, but the
+    warm-up skipped them: no compile notice, and every rank compiled into one cache at once."""
+    import edgesnn.kernels.cli as kcli
+    from edgesnn.kernels.dispatch import numba_available
+    from edgesnn.training import distributed
+
+    if not numba_available():
+        pytest.skip("needs Numba")
+    calls = []
+    monkeypatch.setattr(kcli, "warmup", lambda **kw: calls.append("warmup"))
+    monkeypatch.setattr(distributed, "barrier", lambda info: calls.append("barrier"))
+    monkeypatch.setattr(distributed, "_WARMED", False)
+    info = distributed.DistInfo(rank=0, world=2, local_rank=0, local_world=2, device="cpu")
+    distributed.warm_kernels(info, backend, lambda: calls.append("notice"), memopt=memopt)
+    assert calls == (["notice", "warmup", "barrier"] if compiles else ["barrier"])

@@ -186,6 +186,8 @@ def _cli_rank(rank: int, world: int, port: int, tmp: str, mode: str) -> None:
     times = {}
 
     def stub_train(cfg, **kw):
+        if mode == "order":  # what train() raises for a checkpoint of another world size, on every rank
+            raise UsageError("--resume: m.ckpt was written by 1 rank(s), this run has 2")
         if mode == "peer":
             if rank == 0:
                 raise UsageError("cannot write m.ckpt: disk full")
@@ -207,10 +209,13 @@ def _cli_rank(rank: int, world: int, port: int, tmp: str, mode: str) -> None:
         real_destroy(*a, **kw)
 
     tcli.train, tcli.write_report, tdist.destroy_process_group = stub_train, slow_write, destroy
+    import edgesnn.kernels.cli as kcli
+
+    kcli.warmup = lambda **kw: times.__setitem__("warmed", time.time())  # the kernels' compile, recorded
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = cli.main(["train", "--backend", "torch", "--device", "cpu", "--threads", "1", "--no-progress",
-                       "--json", os.path.join(tmp, "r.json")])
+        rc = cli.main(["train", "--backend", "auto" if mode == "order" else "torch", "--device", "cpu", "--threads",
+                       "1", "--no-progress", "--json", os.path.join(tmp, "r.json")])
     Path(tmp, f"{mode}{rank}").write_text(json.dumps({"rc": rc, "err": err.getvalue(), "gloo": _gloo_threads(),
                                                       **times}))
 
@@ -232,6 +237,16 @@ def _spawn_cli(tmp_path, mode: str):
             if p.is_alive():
                 p.kill()
     return [json.loads((tmp_path / f"{mode}{r}").read_text()) for r in range(2)]
+
+
+def test_two_ranks_refuse_before_compiling_the_kernels(tmp_path):
+    """The CLI filled the Numba cache on local rank 0 (77 s on a cold cache) before train() checked
+    the run: a resume under another world size, or --sync-batchnorm on CPU, was refused only after.
+    train() now warms the kernels after its checks."""
+    zero, one = _spawn_cli(tmp_path, "order")
+    for r in (zero, one):
+        assert r["rc"] == 2 and "--resume: m.ckpt was written by 1 rank(s), this run has 2" in r["err"], r
+    assert "warmed" not in zero, "the kernels were compiled before the run's checks"
 
 
 def test_two_ranks_peer_failure_through_the_cli(tmp_path):

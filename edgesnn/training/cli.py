@@ -327,11 +327,9 @@ def run(args: argparse.Namespace) -> int:
 
         set_num_threads(args.threads)
     if info.distributed:
-        from .distributed import setup, warm_kernels
+        from .distributed import setup
 
-        info = setup(device.type)
-        warm_kernels(info, args.backend, notice)  # local rank 0 fills the Numba cache, the others wait
-        notice = None
+        info = setup(device.type)  # (train() warms the kernels after its checks: a refusal comes before any compile)
     try:
         report = train(cfg, checkpoint=checkpoint, resume=args.resume, progress=not args.no_progress, force=args.force,
                        before_training=notice, device=str(device), max_steps=args.max_steps,

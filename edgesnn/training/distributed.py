@@ -207,16 +207,19 @@ def all_sum(info: DistInfo, *values: float) -> Tuple[float, ...]:
     return tuple(float(v) for v in t.tolist())
 
 
-def warm_kernels(info: DistInfo, backend: str = "auto", notice: Optional[Callable[[], None]] = None) -> None:
+def warm_kernels(info: DistInfo, backend: str = "auto", notice: Optional[Callable[[], None]] = None,
+                 memopt: bool = False) -> None:
     """Fill the Numba cache from local rank 0 before the other ranks compile; then a barrier.
 
-    Only for the CPU kernels (``backend`` ``auto`` or ``numba`` on a CPU device, Numba
-    installed). ``notice`` (the first-run compile notice) is called on local rank 0 first.
+    Only for the CPU kernels on a CPU device with Numba installed: the neurons' (``backend``
+    ``auto`` or ``numba``) and, with ``memopt`` (``optimize_memory``'s kernels compile whatever the
+    backend), the memory-optimised blocks'. ``notice`` (the first-run compile notice) is called on
+    local rank 0 first.
     """
     global _WARMED
     from ..kernels.dispatch import numba_available
 
-    use_numba = backend in ("auto", "numba") and info.device == "cpu" and numba_available()
+    use_numba = (backend in ("auto", "numba") or memopt) and info.device == "cpu" and numba_available()
     if not info.distributed or _WARMED:
         return
     if use_numba and info.local_rank == 0:

@@ -194,7 +194,9 @@ def train(
     the state it recorded). A model the dataset cannot feed (:func:`~edgesnn.training.flag_checks.check_model_fits_dataset`)
     is refused before the data is read.
     ``before_training`` is called once everything is validated, right before the first step
-    (the CLI prints its first-run compile notice there). ``device`` (``"auto"``, ``"cpu"``,
+    (the CLI prints its first-run compile notice there); under ``torchrun`` it is called instead
+    on each node's local rank 0 once the run's settings are checked, right before that rank fills
+    the Numba kernel cache for the others (the checks of a resumed checkpoint come before it). ``device`` (``"auto"``, ``"cpu"``,
     ``"cuda"``; ``None`` = ``"cpu"``) runs the model, the batches and the loss there; it is not part
     of the config (a checkpoint resumes on any device).
 
@@ -284,7 +286,9 @@ def train(
         if check_world_size(ck, checkpoint) != dist.world:
             raise UsageError(f"--resume: {checkpoint} was written by {ck.get('world_size', 1)} rank(s), this run has "
                              f"{dist.world}; resume with the same number of processes (the data order depends on it)")
-    warm_kernels(dist, cfg.backend)  # local rank 0 fills the Numba cache before the other ranks compile
+    if dist.distributed:  # local rank 0 fills the Numba cache (its notice first) before the other ranks compile
+        warm_kernels(dist, cfg.backend, before_training, memopt=cfg.memopt and dev.type == "cpu")
+        before_training = None
     torch.manual_seed(cfg.seed)
     # rank 0 first: it bins event data into the frame cache the others then read
     if not main:
