@@ -126,6 +126,13 @@ class Plan:
         return plan
 
 
+def planned_chain(model: nn.Module, dataset: Optional[str]) -> ChainModel:
+    """The planner's :class:`ChainModel` of ``model`` for data ``dataset`` (a built-in dataset's name
+    or ``None``): an event dataset's batch is ``[T, B, ...]`` as it is, not one input repeated."""
+    events = isinstance(dataset, str) and dataset in DATASET_SPECS and DATASET_SPECS[dataset].events
+    return ChainModel(model, events=events)
+
+
 def plan_extras(eval_batch: int, dataset: Dict[str, Any]) -> Extras:
     """The solver's :class:`Extras` for a plan's ``eval_batch`` and ``dataset`` entry.
 
@@ -176,8 +183,7 @@ def make_plan(model: nn.Module, device: DeviceProfile, T: int, batch: Optional[i
     batch, device = check_batch(batch), check_device(device)  # before the BatchNorm check: a bad type is named
     budget = int(device.memory_bytes - device.reserved_bytes) if budget is None else check_bytes(budget, "budget", 1)
     check_plan_args(T, budget, device.runtime_overhead_bytes, device.bandwidth_gbs, kinds, groups, max_batch_cap)
-    events = isinstance(dataset, str) and dataset in DATASET_SPECS and DATASET_SPECS[dataset].events
-    chain = ChainModel(model, events=events)  # an event dataset's batch is [T, B, ...] as it is
+    chain = planned_chain(model, dataset)
     cfg = dict(getattr(model, "config", {}) or {})
     if cfg.get("timesteps", T) != T:  # the model repeats its input cfg["timesteps"] times: training runs that T
         raise ValueError(f"T (timesteps): expected {cfg['timesteps']} (the model was built with timesteps="

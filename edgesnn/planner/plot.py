@@ -15,8 +15,7 @@ from torch import nn
 
 from ..checkpoint import atomic_write
 from ..errors import DependencyError
-from .memory_model import ChainModel
-from .plan import Plan, plan_extras
+from .plan import Plan, plan_extras, planned_chain
 from .solver import predict
 
 __all__ = ["PLOT_FORMATS", "plot_format", "require_matplotlib", "render_memory_vs_t", "plot_memory_vs_t"]
@@ -57,10 +56,11 @@ def render_memory_vs_t(model: nn.Module, plan: Plan, fmt: str = "png", ts: Seque
     if fmt not in PLOT_FORMATS:
         raise ValueError(f"plot: format must be one of {', '.join(PLOT_FORMATS)}, got {fmt!r}")
     plt = require_matplotlib()
-    chain = ChainModel(model)
+    chain = planned_chain(model, plan.dataset.get("name"))
     T0, B = plan.timesteps, plan.batch
     ts = list(ts) or sorted(set([1, 2, 4] + list(range(max(1, T0 // 4), 4 * T0 + 1, max(1, T0 // 4)))))
-    ovh = plan.device["runtime_overhead_bytes"]
+    # the runtime the plan counted: the device's and, where the nodes run on Numba, the kernels'
+    ovh = plan.predicted.get("runtime_overhead_bytes", plan.device["runtime_overhead_bytes"])
     bw = plan.device["bandwidth_gbs"]
     extras = plan_extras(plan.eval_batch, plan.dataset)  # dataset and evaluation pass, as planned
     series = {"all LIF": ["lif"] * len(plan.neuron)}
