@@ -73,6 +73,9 @@ def check_graph_names(graphs: Dict[str, object], m: StepManifest, manifest_path:
     stray = [n for n in ins if n not in set(m.trainable) | set(m.optimizer_state)]
     if stray:
         problems.append(f"carried feeds back {_few(stray)}, in neither trainable nor optimizer_state")
+    crossed = [f"{a} <- {b}" for a, b in m.carried if b != f"new/{a}"]  # the step graph's outputs are new/<input>
+    if crossed:
+        problems.append(f"carried pairs {_few(crossed)} (each input is fed back from new/ of its own name)")
     for graph, sess in graphs.items():
         bound_in, bound_out = _bound_names(m, graph)
         have_in = {a.name: a for a in sess.get_inputs()}
@@ -91,6 +94,10 @@ def check_graph_names(graphs: Dict[str, object], m: StepManifest, manifest_path:
             if arg is not None and not _shape_fits(want, arg.shape):
                 problems.append(f"{graph} input {name!r} has shape {_dims(arg.shape)}, the manifest's batch_size and "
                                 f"in_shape say {_dims(want)}")
+        logits = next((a for a in sess.get_outputs() if a.name == m.output_name), None) if graph == STEP_EVAL_MODEL else None
+        if logits is not None and logits.shape and not _shape_fits([m.num_classes], list(logits.shape)[-1:]):
+            problems.append(f"{graph} output {m.output_name!r} has shape {_dims(logits.shape)}, num_classes says "
+                            f"{m.num_classes} classes")
     if problems:
         raise ArtifactError(f"{manifest_path}: does not match the graphs beside it: {'; '.join(problems[:3])}"
                             f"{' ...' if len(problems) > 3 else ''}; export again")

@@ -243,7 +243,14 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         check_settings(recorded, settings, state_path)
     rate = float(settings["lr"])
     parts_per_epoch = -(-x.shape[0] // manifest.batch_size)
-    schedule = resolve_schedule(lr_schedule, rate, epochs, -(-parts_per_epoch // accumulate), resuming, recorded,
+    steps_per_epoch = -(-parts_per_epoch // accumulate)
+    if resuming and recorded is not None and {"runner.steps", "runner.epochs"} <= set(meta) \
+            and resumed_steps != resumed_epochs * steps_per_epoch:
+        # the data, batch and --accumulate are the recorded ones (checked above): every epoch took as many steps
+        raise ArtifactError(f"{state_path}: runner.steps {resumed_steps} does not match runner.epochs {resumed_epochs} "
+                            f"x {steps_per_epoch} steps per epoch (edited?); the learning-rate schedule and the batch "
+                            "orders follow both: pass --force instead of --resume to start again")
+    schedule = resolve_schedule(lr_schedule, rate, epochs, steps_per_epoch, resuming, recorded,
                                 resumed_epochs, state_path)
     settings = schedule.with_settings(settings)
     history = load_history(out.path, resuming, resumed_epochs, keep_best, log)
@@ -267,6 +274,10 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     def step(xb, yb: Optional[np.ndarray], number: int) -> float:
         nonlocal max_err
         loss, _, err = sess.step_parts(xb) if accumulate > 1 else sess.step(xb, yb)
+        if not math.isfinite(loss) and number == resumed_steps + 1:  # computed before this run's first update
+            fix = "pass --force instead of --resume to start again" if resuming else f"{STEP_INIT} is damaged: export again"
+            raise StepCheckError(f"step {number}: the loss is {loss} before any update of this run: the start values in "
+                                 f"{src} give it (edited: weights too large, a negative BatchNorm variance?); {fix}")
         if not math.isfinite(loss):
             raise StepCheckError(f"step {number}: the loss is {loss}; lower --lr")
         if not err <= manifest.recon_tolerance:

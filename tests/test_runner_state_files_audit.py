@@ -218,3 +218,54 @@ def test_non_finite_start_values_are_named_not_blamed_on_the_learning_rate(base,
     err = _one_line_error(capsys, argv)
     assert f"{path}: '{name}' holds NaN or Inf values" in err and "lower --lr" not in err
     assert ("--force" in err) == (where == "state")
+
+
+@pytest.mark.parametrize("key, value", [("runner.steps", 1), ("runner.steps", 10**6), ("runner.epochs", 5)])
+def test_resume_with_counters_that_disagree_is_one_line(base, tmp_path, capsys, key, value):
+    """An edited runner.steps was taken as is: a cosine schedule then ran at shifted rates without a
+    word (or failed later naming neither the file nor the field)."""
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    state = _arrays(out / "state.npz")
+    state[key] = np.asarray(value)
+    np.savez(out / "state.npz", **state)
+    err = _one_line_error(capsys, _argv(base / "art", base, out, "--resume"))
+    assert f"{out / 'state.npz'}: runner.steps " in err and "steps per epoch" in err and "--force" in err, err
+
+
+def _cross_carried(doc):
+    doc["carried"][0][1], doc["carried"][1][1] = doc["carried"][1][1], doc["carried"][0][1]
+    return "carried pairs"
+
+
+def _more_classes(doc):
+    doc["num_classes"] = 20
+    return "output 'logits' has shape [8, 4], num_classes says 20 classes"
+
+
+@pytest.mark.parametrize("edit", [_cross_carried, _more_classes])
+def test_manifest_fields_the_graphs_contradict_are_one_line(base, tmp_path, capsys, edit):
+    """Crossed carried pairs gave ONNX Runtime's 'Invalid rank' traceback (or, between a weight and its
+    momentum, training that diverged and blamed --lr); num_classes 20 beside 4 logits trained on
+    labels the graph cannot output."""
+    art = tmp_path / "art"
+    shutil.copytree(base / "art", art)
+    doc = json.loads((art / "manifest.json").read_text())
+    words = edit(doc)
+    _write_manifest(art, doc)
+    err = _one_line_error(capsys, _argv(art, base, tmp_path / "out"))
+    assert f"{art / 'manifest.json'}: does not match the graphs beside it" in err and words in err, err
+
+
+def test_a_first_loss_that_is_not_finite_names_the_start_values(base, tmp_path, capsys):
+    """Finite start values whose first loss is not (head biases +-3e38: the cross-entropy of every
+    label but one overflows) were blamed on --lr, which a resume refuses to change and which plays no
+    part before the first update."""
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    state = _arrays(out / "state.npz")
+    name = next(k for k in state if k.endswith("bias") and state[k].shape == (4,))  # the head: 4 classes
+    state[name] = np.asarray([3e38, -3e38, -3e38, -3e38], np.float32)
+    np.savez(out / "state.npz", **state)
+    err = _one_line_error(capsys, _argv(base / "art", base, out, "--resume"))
+    assert "before any update of this run" in err and str(out / "state.npz") in err and "lower --lr" not in err, err
