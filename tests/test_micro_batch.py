@@ -249,6 +249,13 @@ def test_cli_resume_and_plan(tmp_path, capsys, monkeypatch):
     assert _err(capsys).endswith("--micro-batch: 12 samples per part exceed the plan tight.json's budget: a later part "
                                  "holds every parameter gradient as well; use --micro-batch 10 or less")
     assert main([*tight, "--micro-batch", "16"]) == 0  # one part per batch of 16: the plan's own step
+    # M is a bound: batch 64 in parts of at most 13 is 5 parts of 12-13 (refused: > 10); of at most 11, 6 parts of
+    # 10-11 (refused); 22 in parts of at most 15 is 11 + 11 (> 10: refused); 20 in parts of at most 15 is 10 + 10
+    for batch, m, ok in ((64, 13, False), (64, 11, False), (22, 15, False), (20, 15, True)):
+        assert (main([*tight, "--batch-size", str(batch), "--micro-batch", str(m)]) == 0) == ok, (batch, m)
+        capsys.readouterr()
+    assert main([*run, "--batch-size", "8", "--micro-batch", "40"]) == 0  # no split: one part of 8 (was refused: 40 > 16)
+    capsys.readouterr()
     plan["predicted"]["micro_batch"] = "10"
     (tmp_path / "bad.json").write_text(json.dumps(plan))
     assert main([*tight[:2], "bad.json", *tight[3:], "--micro-batch", "4"]) == 2

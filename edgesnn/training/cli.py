@@ -150,12 +150,14 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
     if smaller:
         del planned["batch_size"]
     if args.micro_batch is not None:  # the plan's batch bounds the samples computed at once, not the step's batch
-        if args.micro_batch > plan.batch:
+        step = args.batch_size or plan.batch
+        part = -(-step // -(-step // args.micro_batch))  # the largest part micro_batches makes: sizes differ by <= 1
+        if part > plan.batch:
             raise ValueError(f"--micro-batch: {args.micro_batch} is more than the plan {args.plan} fits at once "
                              f"(batch {plan.batch}); {remedy}")
         if args.batch_size is not None:
             planned.pop("batch_size", None)
-        if args.micro_batch > fits and (args.batch_size or plan.batch) > args.micro_batch:
+        if part > fits and step > args.micro_batch:  # (batch 177 in parts of at most 170 is 89 + 88)
             raise ValueError(f"--micro-batch: {args.micro_batch} samples per part exceed the plan {args.plan}'s budget: "
                              f"a later part holds every parameter gradient as well; {remedy}")
     for key, value in planned.items():
