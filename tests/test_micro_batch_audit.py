@@ -53,11 +53,14 @@ def test_no_part_fits_names_no_micro_batch(tmp_path, capsys, monkeypatch):
     for micro, bn in ((0, True), (2, True), (0, False)):
         run = _plan(tmp_path, capsys, f"none{micro}{bn}.json", micro, bn)
         for extra in (["--batch-size", "64"], ["--batch-size", "64", "--micro-batch", "4"],
-                      ["--micro-batch", "32"]):
+                      ["--batch-size", "64", "--micro-batch", "32"]):
             assert main([*run, *extra]) == 2
             err = _err(capsys)
             assert not re.search(r"--micro-batch \d+ or less|add --micro-batch \d", err), err
             assert "drop --micro-batch and train with --batch-size 16 or less" in err, err
+        # --micro-batch 32 on the plan's own batch of 16 splits nothing: the plan's step, which fits
+        assert main([*run, "--micro-batch", "32"]) == 0
+        capsys.readouterr()
 
 
 def test_plan_prints_no_part_of_zero_samples(tmp_path, capsys):
