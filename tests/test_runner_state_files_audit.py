@@ -82,6 +82,17 @@ def _write_manifest(art, doc):
     (art / "manifest.json").write_text(json.dumps(doc))
 
 
+def _resume_edited(base, tmp_path, capsys, **edits):
+    """A copy of the finished run whose state.npz has ``edits`` (array name -> value) written over it,
+    resumed: ``(state path, the one-line error)``."""
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    state = _arrays(out / "state.npz")
+    state.update({k: np.asarray(v) for k, v in edits.items()})
+    np.savez(out / "state.npz", **state)
+    return out / "state.npz", _one_line_error(capsys, _argv(base / "art", base, out, "--resume"))
+
+
 def _weight(arrays):
     return next(k for k in arrays if k.endswith("weight") and arrays[k].ndim == 2)
 
@@ -112,23 +123,13 @@ def test_resume_with_an_edited_state_array_is_one_line(base, tmp_path, capsys, e
 @pytest.mark.parametrize("key, value", [("runner.steps", "abc"), ("runner.epochs", -1), ("runner.steps", 1.5),
                                         ("runner.epochs", [1, 2])])
 def test_resume_with_bad_counters_is_one_line_naming_the_file(base, tmp_path, capsys, key, value):
-    out = tmp_path / "out"
-    shutil.copytree(base / "out", out)
-    state = _arrays(out / "state.npz")
-    state[key] = np.asarray(value)
-    np.savez(out / "state.npz", **state)
-    err = _one_line_error(capsys, _argv(base / "art", base, out, "--resume"))
-    assert f"{out / 'state.npz'}: {key}: expected an integer >= 0" in err and "--force" in err
+    path, err = _resume_edited(base, tmp_path, capsys, **{key: value})
+    assert f"{path}: {key}: expected an integer >= 0" in err and "--force" in err
 
 
 @pytest.mark.parametrize("settings", ["[1, 2]", "5", "null"])
 def test_resume_with_settings_that_are_not_an_object_is_one_line(base, tmp_path, capsys, settings):
-    out = tmp_path / "out"
-    shutil.copytree(base / "out", out)
-    state = _arrays(out / "state.npz")
-    state["runner.settings"] = np.asarray(settings)
-    np.savez(out / "state.npz", **state)
-    err = _one_line_error(capsys, _argv(base / "art", base, out, "--resume"))
+    _, err = _resume_edited(base, tmp_path, capsys, **{"runner.settings": settings})
     assert "unreadable run settings" in err and "--force" in err
 
 
@@ -224,13 +225,8 @@ def test_non_finite_start_values_are_named_not_blamed_on_the_learning_rate(base,
 def test_resume_with_counters_that_disagree_is_one_line(base, tmp_path, capsys, key, value):
     """An edited runner.steps was taken as is: a cosine schedule then ran at shifted rates without a
     word (or failed later naming neither the file nor the field)."""
-    out = tmp_path / "out"
-    shutil.copytree(base / "out", out)
-    state = _arrays(out / "state.npz")
-    state[key] = np.asarray(value)
-    np.savez(out / "state.npz", **state)
-    err = _one_line_error(capsys, _argv(base / "art", base, out, "--resume"))
-    assert f"{out / 'state.npz'}: runner.steps " in err and "steps per epoch" in err and "--force" in err, err
+    path, err = _resume_edited(base, tmp_path, capsys, **{key: value})
+    assert f"{path}: runner.steps " in err and "steps per epoch" in err and "--force" in err, err
 
 
 def _cross_carried(doc):
@@ -261,11 +257,7 @@ def test_a_first_loss_that_is_not_finite_names_the_start_values(base, tmp_path, 
     """Finite start values whose first loss is not (head biases +-3e38: the cross-entropy of every
     label but one overflows) were blamed on --lr, which a resume refuses to change and which plays no
     part before the first update."""
-    out = tmp_path / "out"
-    shutil.copytree(base / "out", out)
-    state = _arrays(out / "state.npz")
+    state = _arrays(base / "out" / "state.npz")
     name = next(k for k in state if k.endswith("bias") and state[k].shape == (4,))  # the head: 4 classes
-    state[name] = np.asarray([3e38, -3e38, -3e38, -3e38], np.float32)
-    np.savez(out / "state.npz", **state)
-    err = _one_line_error(capsys, _argv(base / "art", base, out, "--resume"))
-    assert "before any update of this run" in err and str(out / "state.npz") in err and "lower --lr" not in err, err
+    path, err = _resume_edited(base, tmp_path, capsys, **{name: np.asarray([3e38, -3e38, -3e38, -3e38], np.float32)})
+    assert "before any update of this run" in err and str(path) in err and "lower --lr" not in err, err
