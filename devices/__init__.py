@@ -340,8 +340,11 @@ def _resolve(name: Union[str, os.PathLike]) -> Tuple[Optional[Path], Optional[st
     if text.strip().lower() == "auto":
         _catalogue()  # (refuses a user's auto.json, which would otherwise be ignored without a word)
         return None, None
-    looks_like_path = (text.endswith(".json") or os.sep in text or bool(os.altsep and os.altsep in text)
-                       or (text.strip().lower() not in _catalogue() and os.path.lexists(text)))  # `--device .`, a file
+    cat = None  # the catalogue, listed once (a path with a separator or .json needs none)
+    looks_like_path = text.endswith(".json") or os.sep in text or bool(os.altsep and os.altsep in text)
+    if not looks_like_path:
+        cat = _catalogue()
+        looks_like_path = text.strip().lower() not in cat and os.path.lexists(text)  # `--device .`, a file
     if looks_like_path:
         path = Path(text)
         if path.is_dir():
@@ -352,8 +355,7 @@ def _resolve(name: Union[str, os.PathLike]) -> Tuple[Optional[Path], Optional[st
                     if stem and path.parent == Path(".") and stem in _catalogue() else "")
             raise FileNotFoundError(f"device: no such profile file: {path}{hint}")
         return path, None
-    cat = _catalogue()
-    key = text.strip().lower()
+    key = text.strip().lower()  # (not a path: ``cat`` was listed above)
     if key not in cat:
         raise ValueError(f"device: unknown device {text!r}; available: {', '.join(list_devices())} "
                          "(or a path to a JSON profile)")
