@@ -147,14 +147,26 @@ def load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str, 
     except Exception as exc:
         hint = "; pass --force instead of --resume to start again" if resuming else ""
         raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
-    # one pass over the start values (as large as the parameters and optimizer state, not the data): a
-    # NaN/Inf here stopped the run at its first step as "the update made ... non-finite; lower --lr"
-    bad = [n for n, a in start.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
-    if bad:
+    unsound = unsound_start_values(start)
+    if unsound:
         hint = "pass --force instead of --resume to start again" if resuming else f"{STEP_INIT} is damaged: export again"
-        raise ArtifactError(f"{src}: {_few(bad)} hold{'s' if len(bad) == 1 else ''} NaN or Inf values (damaged or "
-                            f"edited; this runner never saves such values); {hint}")
+        raise ArtifactError(f"{src}: {unsound} (damaged or edited; this runner never saves such values); {hint}")
     return start, meta
+
+
+def unsound_start_values(start: Dict[str, np.ndarray]) -> str:
+    """What no runner saves among a run's start values (name -> array), for its one-line refusal:
+    ``"'a', 'b' hold NaN or Inf values"``, ``"'x.running_var' holds a negative BatchNorm variance"``,
+    or ``""``. One pass over the values (as large as the parameters and optimizer state, not the
+    data). Either stopped the run at its first epoch's end as "the update made ... non-finite; lower
+    --lr": the loss stays finite while NaN membranes never spike."""
+    floats = {n: a for n, a in start.items() if a.dtype.kind in "fc"}
+    for what, bad in (("NaN or Inf values", [n for n, a in floats.items() if not np.isfinite(a).all()]),
+                      ("a negative BatchNorm variance",
+                       [n for n, a in floats.items() if n.endswith("running_var") and (a < 0).any()])):
+        if bad:
+            return f"{_few(bad)} hold{'s' if len(bad) == 1 else ''} {what}"
+    return ""
 
 
 def start_counter(meta: Dict[str, object], key: str, src: Path) -> int:

@@ -261,3 +261,13 @@ def test_a_first_loss_that_is_not_finite_names_the_start_values(base, tmp_path, 
     name = next(k for k in state if k.endswith("bias") and state[k].shape == (4,))  # the head: 4 classes
     path, err = _resume_edited(base, tmp_path, capsys, **{name: np.asarray([3e38, -3e38, -3e38, -3e38], np.float32)})
     assert "before any update of this run" in err and str(path) in err and "lower --lr" not in err, err
+
+
+def test_resume_with_a_negative_batchnorm_variance_names_the_array(base, tmp_path, capsys):
+    """A negative running_var (finite) gave a finite loss, since NaN membranes never spike, and the
+    first epoch's end blamed the NaN update on --lr."""
+    state = _arrays(base / "out" / "state.npz")
+    name = next(k for k in state if k.endswith("running_var"))
+    path, err = _resume_edited(base, tmp_path, capsys, **{name: -np.abs(state[name]) - 1})
+    assert f"{path}: '{name}' holds a negative BatchNorm variance" in err and "--force" in err, err
+    assert "lower --lr" not in err
