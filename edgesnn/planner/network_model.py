@@ -43,7 +43,7 @@ HELD_BWD_STEPS = 2.5
 # full-size spikes exist beside the pooled ones in forward; in backward a LIF before linear layers
 # (average pooling, flatten: memopt.linear_post) gets their input gradient without the spikes, so
 # little is added. Node-input tensors per chunk step, fitted as above (with the terms above and
-# below, the 14 fitted configurations' step peaks are predicted within -14..+8%; docs/design.md §4).
+# below, the 14 fitted configurations' step peaks are predicted within -14..+10%; docs/design.md §4).
 UNFUSED_POOL_FWD_A = 0.1
 UNFUSED_POOL_BWD_A = 0.2
 # When no fused kernel runs the node (a RevLIF, the torch backend, a pool that is not linear), node
