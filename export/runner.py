@@ -266,6 +266,9 @@ def finetune(
                                  "directory from `edgesnn export --format onnx-step`")
     manifest = validate_artifact_dir(artifact_dir)
     step_format = isinstance(manifest, StepManifest)
+    if not lean_memory and not step_format:  # the legacy session keeps ONNX Runtime's defaults (arena on)
+        raise UsageError("--no-lean-memory: needs onnx-step artifacts (these are the legacy onnx-training format, "
+                         "which runs with ONNX Runtime's CPU arena anyway); drop --no-lean-memory")
     if accumulate > 1:
         from .accumulate_session import check_accumulate_artifacts  # (it imports this module's helpers)
 

@@ -6,7 +6,8 @@ state.npz (twins of tests/test_runner_state_files_audit.py):
   "expected non-negative integer" / "invalid literal for int()" without the file;
 * start values holding NaN or a negative BatchNorm variance gave a finite loss (NaN membranes never
   spike) and stopped at the epoch's end blaming ``--lr``;
-* a first loss that is not finite, computed before any update, blamed ``--lr`` too.
+* a first loss that is not finite, computed before any update, blamed ``--lr`` too;
+* ``--no-lean-memory`` (onnx-step only) was accepted and did nothing.
 """
 
 from __future__ import annotations
@@ -109,3 +110,14 @@ def test_an_unedited_resume_still_trains(base, tmp_path):
     out = _edited_copy(base, tmp_path)
     rc, err = _resume(base, out)
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("flag", [["--no-lean-memory"], ["--keep-best", "--holdout", "0.2"], ["--accumulate", "2"]])
+def test_onnx_step_only_flags_are_refused_on_legacy_artifacts(base, tmp_path, flag):
+    """--no-lean-memory was accepted and did nothing here (the legacy session keeps ONNX Runtime's
+    arena); the other onnx-step-only flags were already refused."""
+    proc = run_python(_RUNNER, str(base / "art"), "--data", str(base / "data.npz"), "--epochs", "1",
+                      "--out", str(tmp_path / "o"), *flag)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert f"{flag[0]}: needs onnx-step artifacts" in err and not (tmp_path / "o").exists(), err
