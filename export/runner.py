@@ -128,6 +128,12 @@ def training_modules_imported() -> List[str]:
                   and (m == "torch" or m.startswith("torch.") or m.startswith("onnxruntime.training")))
 
 
+#: what a run of legacy artifacts without onnxruntime-training can do (its wheels: x86-64, Python <= 3.12)
+_LEGACY_REMEDY = ("export them again on the host with `edgesnn export --format onnx-step` (plain onnxruntime, any "
+                  "board), or install onnxruntime-training-cpu==1.19.2 (x86-64 and Python <= 3.12 only; not beside "
+                  "plain onnxruntime, which shares its package folder)")
+
+
 def import_ort_training_api() -> Tuple[types.ModuleType, type, type, type]:
     """``(onnxruntime, CheckpointState, Module, Optimizer)`` without importing torch.
 
@@ -138,13 +144,12 @@ def import_ort_training_api() -> Tuple[types.ModuleType, type, type, type]:
         sys.modules.pop("onnxruntime.training", None)
         spec = importlib.util.find_spec("onnxruntime")
         if spec is None or spec.origin is None:
-            raise DependencyError("the device runner needs onnxruntime-training (pip install onnxruntime-training-cpu==1.19.2)")
+            raise DependencyError(f"legacy onnx-training artifacts need onnxruntime-training, which is not installed; "
+                                  f"{_LEGACY_REMEDY}")
         training_dir = os.path.join(os.path.dirname(spec.origin), "training")
         if not os.path.isdir(os.path.join(training_dir, "api")):
-            raise DependencyError(
-                "onnxruntime is installed without the training API; install onnxruntime-training-cpu==1.19.2 "
-                "(and not plain onnxruntime, which shares its package folder)"
-            )
+            raise DependencyError(f"legacy onnx-training artifacts need onnxruntime-training; this onnxruntime has no "
+                                  f"training API; {_LEGACY_REMEDY}")
         stub = types.ModuleType("onnxruntime.training")
         stub.__path__ = [training_dir]  # a package whose __init__ (ORTModule, torch) never runs
         sys.modules["onnxruntime.training"] = stub
@@ -250,6 +255,9 @@ def finetune(
                                   ("--eval-data", eval_data, "an .npz file")):
         refuse_empty(value, flag, expected)  # Path("") is "." (the working folder: --force replaced it)
     artifact_dir = Path(artifact_dir)
+    if artifact_dir.exists() and not artifact_dir.is_dir():  # (before --out: its default lies inside ARTIFACTS)
+        raise NotADirectoryError(f"ARTIFACTS: {artifact_dir} is a file, not a directory; expected the artifact "
+                                 "directory from `edgesnn export --format onnx-step`")
     out_dir = Path(out_dir) if out_dir is not None else artifact_dir / "finetuned"
     check_not_inside(out_dir, "--out", artifacts=artifact_dir, data=data, eval_data=eval_data)
     restored = recover_dir(out_dir)  # a run killed inside its output swap: its last output comes back
@@ -261,9 +269,6 @@ def finetune(
     if os.path.ismount(os.path.realpath(out_dir)):
         raise UsageError(f"--out: {out_dir} is a mount point; the runner swaps a new --out folder in after every epoch, "
                          f"which a mount point cannot be: pass a folder inside it (e.g. {Path(out_dir) / 'finetuned'})")
-    if artifact_dir.exists() and not artifact_dir.is_dir():  # (read_manifest would call it "no such directory")
-        raise NotADirectoryError(f"ARTIFACTS: {artifact_dir} is a file, not a directory; expected the artifact "
-                                 "directory from `edgesnn export --format onnx-step`")
     manifest = validate_artifact_dir(artifact_dir)
     step_format = isinstance(manifest, StepManifest)
     if not lean_memory and not step_format:  # the legacy session keeps ONNX Runtime's defaults (arena on)

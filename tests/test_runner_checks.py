@@ -213,3 +213,38 @@ def test_step_gradient_equals_autograd_at_batch_1_and_32(tmp_path, neuron, batch
         grad = (start[name] - new[name]) / lr
         np.testing.assert_allclose(grad, p.grad.numpy(), atol=2e-6, rtol=1e-4, err_msg=name)
     assert max(float(p.grad.abs().max()) for p in ref.parameters()) > 1e-3  # not vacuous
+
+
+def test_a_file_given_as_artifacts_is_named_without_out(tmp_path, capsys, arts):
+    """An `--format onnx` file given as ARTIFACTS, without --out, was told "--out: ... is a file, so
+    model.onnx/finetuned cannot be created" (the default --out lies inside ARTIFACTS)."""
+    from edgesnn.export.runner import main
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx")
+    assert main([str(model), "--data", str(arts / "data.npz")]) == 2
+    err = _err(capsys)
+    assert f"ARTIFACTS: {model} is a file, not a directory" in err and "--out" not in err, err
+    assert model.read_bytes() == b"onnx"
+
+
+@pytest.mark.parametrize("has_package", [False, True])
+def test_legacy_artifacts_without_the_training_api_name_the_onnx_step_export(tmp_path, monkeypatch, has_package):
+    """On a board (plain onnxruntime, or none) the refusal named only onnxruntime-training, whose
+    wheels are x86-64 and Python <= 3.12: not that the folder is legacy, nor the export that runs."""
+    import importlib.util
+    import sys
+
+    from edgesnn.export.runner import DependencyError, import_ort_training_api
+
+    plain = tmp_path / "onnxruntime"
+    plain.mkdir()
+    (plain / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location("onnxruntime", plain / "__init__.py") if has_package else None
+    monkeypatch.setitem(sys.modules, "onnxruntime.training", None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "onnxruntime" else None)
+    with pytest.raises(DependencyError) as info:
+        import_ort_training_api()
+    text = str(info.value)
+    assert "legacy onnx-training artifacts need onnxruntime-training" in text and "--format onnx-step" in text, text
+    assert ("no training API" in text) == has_package
