@@ -113,3 +113,68 @@ def test_impossible_budget_says_minimum_and_what_to_change():
         plan_model(chain, 64, 1100 * 2**20, 300 * 2**20, batch=16)  # fewer steps would fit
     with pytest.raises(PlanningError, match="too small"):
         plan_model(chain, 8, 200 * 2**20, 300 * 2**20, batch=None)  # not even the runtime fits
+
+
+@pytest.mark.parametrize("T, B, eval_batch", [(9, 64, 0), (4, 16, 256)])
+def test_the_plan_is_the_fastest_choice_that_fits(T, B, eval_batch):
+    """VGG-11 on the torch backend, budgets at the peaks of the 256 choices (and one byte below):
+    the plan is the brute force's fastest fitting choice, and a larger budget never plans a slower
+    one. Before, lowering one knapsack capacity by each overshoot stalled (an overshoot of one byte
+    took 16 identical tries; an evaluation-pass peak drove the capacity negative) and fell back to
+    the least-peak choice: 1.52x slower at T = 9, batch 64, budget 1573049827 (mostly RevLIF where
+    one RevLIF fitted)."""
+    from edgesnn.planner.solver import Extras, candidates
+
+    chain = ChainModel(build_model("vgg11", (3, 32, 32), 10, T, neuron="lif", node={"backend": "torch"}))
+    rt, extras = 300 * 2**20, Extras(eval_batch=eval_batch)
+    every = [(_peak(chain, list(c), T, B, rt, "adam", extras), predict(chain, list(c), T, B, rt, extras=extras)["time_s"])
+             for c in itertools.product(*candidates(chain))]  # (peak, time) of each choice
+    peaks = sorted({p for p, _ in every})
+    budgets = sorted({p + d for p in peaks[::max(1, len(peaks) // 6)] + peaks[-1:] for d in (-1, 0)})
+    if eval_batch == 0:
+        budgets.append(1573049827)
+    last = None
+    for budget in sorted(budgets):
+        best = min((t for p, t in every if p <= budget), default=None)
+        if best is None:
+            with pytest.raises(PlanningError):
+                plan_model(chain, T, budget, rt, batch=B, extras=extras)
+            continue
+        res = plan_model(chain, T, budget, rt, batch=B, extras=extras)
+        assert res["peak_bytes"] <= budget
+        assert res["time_s"] == pytest.approx(best, rel=1e-12), (budget, res["options"])
+        assert last is None or res["time_s"] <= last * (1 + 1e-12), budget
+        last = res["time_s"]
+
+
+def test_a_fixed_batch_plans_the_choice_of_the_auto_batch():
+    """The README's example (VGG-11, T = 8, cifar10, Orin Nano 8GB, 3 GiB): `--batch auto` plans batch
+    87; `--batch 87` planned another, slower choice (its search started from another least-peak choice)."""
+    from edgesnn import devices
+    from edgesnn.planner.plan import make_plan
+
+    dev = devices.load_device("jetson-orin-nano-8gb")
+    model = build_model("vgg11", (3, 32, 32), 10, 8, neuron="lif")
+    auto = make_plan(model, dev, 8, None, 3 * 2**30, dataset="cifar10")
+    fixed = make_plan(model, dev, 8, auto.batch, 3 * 2**30, dataset="cifar10")
+    assert fixed.neuron == auto.neuron and fixed.predicted == auto.predicted
+
+
+def test_a_budget_that_fits_only_a_mixed_choice_of_vgg11_plans():
+    """VGG-11's 256 one-group-count choices are all tried for the least peak: with coordinate descent
+    (64 was the limit) a budget equal to the least peak (a RevLIF in the third layer only) was
+    refused, saying even the least-peak choice needed 738252264 bytes."""
+    from edgesnn.planner.memory_model import kernel_runtime_bytes
+    from edgesnn.planner.plan import planned_chain
+    from edgesnn.planner.solver import candidates
+
+    chain = planned_chain(build_model("vgg11", (3, 32, 32), 10, 1, neuron="lif", node={"backend": "numba"}), None)
+    rt = 300 * 2**20 + kernel_runtime_bytes(chain)
+    peaks = {c: _peak(chain, list(c), 1, 64, rt, "adam") for c in itertools.product(*candidates(chain))}
+    least = min(peaks, key=peaks.get)
+    res = plan_model(chain, 1, peaks[least], rt, batch=64)
+    assert res["peak_bytes"] == peaks[least]
+    with pytest.raises(PlanningError, match=rf"least-peak choice of neurons needs {peaks[least]} bytes"):
+        plan_model(chain, 1, peaks[least] - 1, rt, batch=64)
+    with pytest.raises(PlanningError, match=r"least-peak choice of neurons found \(a local search over 6561 combinations\)"):
+        plan_model(chain, 1, peaks[least] - 1, rt, batch=64, groups=(2, 4))

@@ -1,13 +1,13 @@
 """Choose LIF or RevLIF (and its group count) per spiking layer under a byte budget.
 
 Saved bytes are additive over spiking layers (:meth:`ChainModel.layer_option_cost`), so the choice
-is a multiple-choice knapsack: minimise the predicted node time subject to the bytes. It is solved
-exactly by a dynamic programme over Pareto frontiers of (bytes, time) along the layer chain; a
-50-layer chain takes milliseconds. The knapsack capacity is the budget minus the resident memory
-(runtime, parameters, optimizer state), the choice-independent saved bytes and the step's
-transient (gradients, temporaries) taken from the replay (:mod:`~edgesnn.planner.peak`); the
-chosen plan is replayed and, if its transient was larger than assumed, the capacity is lowered by
-the excess and the knapsack solved again. The largest batch for a fixed choice is closed form
+is a multiple-choice knapsack: minimise the predicted node time subject to the bytes. A dynamic
+programme over Pareto frontiers of (bytes, time) along the layer chain lists the choices no other
+beats in both (a 50-layer chain takes milliseconds), within the budget minus the resident memory
+(runtime, parameters, optimizer state, dataset) and the choice-independent saved bytes. The peak
+itself is a replay's maximum (:mod:`~edgesnn.planner.peak`: the step's gradients and temporaries,
+or the evaluation pass, depend on the choice too), so those choices are replayed fastest first
+and the first whose peak fits is taken. The largest batch for a fixed choice is closed form
 because every allocation is linear in B (:func:`~edgesnn.planner.peak.largest_batch`).
 
 Beside the step, a training run holds its dataset and evaluates held-out data after every epoch
@@ -34,10 +34,11 @@ from ..training.micro_batch import smallest_micro_batch
 from .checks import check_bandwidth, check_batch, check_bytes, check_extras, check_int, check_options, check_plan_args
 from .memory_model import ChainModel
 from .evalpass import eval_dynamic_peak, eval_lines
+from .knapsack import brute_force, pareto_choices, solve_choice
 from .peak import largest_batch, peak_lines, simulate_step
 
 __all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Extras", "NO_EXTRAS", "PlanningError",
-           "candidates", "node_time_s", "solve_choice", "brute_force", "static_resident", "max_batch", "max_eval_batch",
+           "candidates", "node_time_s", "pareto_choices", "solve_choice", "brute_force", "static_resident", "max_batch", "max_eval_batch",
            "max_micro_batch", "plan_model", "predict"]
 
 #: Measured forward+backward time per neuron-step (ns) on the 2-core x86 host, per backend:
@@ -116,55 +117,6 @@ def candidates(chain: ChainModel, kinds: Sequence[str] = ("lif", "revlif"), grou
     return out
 
 
-def solve_choice(costs: Sequence[Sequence[Tuple[int, float]]], capacity: int) -> Optional[Tuple[List[int], int, float]]:
-    """Exact multiple-choice knapsack: pick one ``(bytes, time)`` per layer, bytes <= capacity, least time.
-
-    Returns ``(option index per layer, total bytes, total time)`` or None when nothing fits. Ties
-    in time go to fewer bytes. Keeps, after each layer, the Pareto frontier of partial choices.
-    """
-    frontier: List[Tuple[int, float, int, int]] = [(0, 0.0, -1, -1)]  # bytes, time, parent, option
-    history: List[List[Tuple[int, float, int, int]]] = []
-    for layer in costs:
-        cand = []
-        for pi, (b, t, _, _) in enumerate(frontier):
-            for oi, (ob, ot) in enumerate(layer):
-                nb = b + ob
-                if nb <= capacity:
-                    cand.append((nb, t + ot, pi, oi))
-        if not cand:
-            return None
-        cand.sort(key=lambda c: (c[0], c[1]))
-        pruned, best = [], math.inf
-        for c in cand:
-            if c[1] < best - 1e-15:
-                pruned.append(c)
-                best = c[1]
-        history.append(pruned)
-        frontier = pruned
-    end = min(range(len(frontier)), key=lambda i: (frontier[i][1], frontier[i][0]))
-    total_b, total_t = frontier[end][0], frontier[end][1]
-    choice: List[int] = []
-    idx = end
-    for level in range(len(history) - 1, -1, -1):
-        _, _, parent, opt = history[level][idx]
-        choice.append(opt)
-        idx = parent
-    return choice[::-1], total_b, total_t
-
-
-def brute_force(costs: Sequence[Sequence[Tuple[int, float]]], capacity: int) -> Optional[Tuple[List[int], int, float]]:
-    """Enumerate every choice (for tests on small chains)."""
-    import itertools
-
-    best = None
-    for combo in itertools.product(*[range(len(c)) for c in costs]):
-        b = sum(costs[i][o][0] for i, o in enumerate(combo))
-        t = sum(costs[i][o][1] for i, o in enumerate(combo))
-        if b <= capacity and (best is None or (t, b) < (best[2], best[1])):
-            best = (list(combo), b, t)
-    return best
-
-
 def static_resident(chain: ChainModel, runtime_overhead: int, optimizer: str) -> int:
     """Bytes held through the whole step: runtime + parameters + optimizer state + buffers.
 
@@ -177,8 +129,9 @@ def _least_memory(chain: ChainModel, opts, T: int) -> List[str]:
     return [min(layer, key=lambda o: (chain.layer_option_cost(i, o).per_sample(T), o)) for i, layer in enumerate(opts)]
 
 
-#: Up to this many per-layer combinations the choice searches try them all; beyond, coordinate descent.
-EXHAUSTIVE_CHOICES = 64
+#: Up to this many per-layer combinations the choice searches try them all (VGG-11's eight layers of
+#: two options: 256, one replay each, ~0.1 s); beyond, coordinate descent.
+EXHAUSTIVE_CHOICES = 256
 
 
 def _search(opts, score: Callable[[List[str]], Tuple], starts: Sequence[List[str]]) -> List[str]:
@@ -301,9 +254,11 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, bandwidt
                          "needs more than the training step)")
     hints.append("raise --budget, pick a device with more memory or a smaller model")
     held = f", {extras.dataset_bytes} bytes of dataset" if extras.dataset_bytes else ""
+    combos = math.prod(len(layer) for layer in opts)
+    found = "" if combos <= EXHAUSTIVE_CHOICES else f" found (a local search over {combos} combinations)"
     return PlanningError(
         f"budget: {budget} bytes ({budget / 2**30:.2f} GiB) is too small for T={T}, batch={B}: even the "
-        f"least-peak choice of neurons needs {need} bytes ({need / 2**30:.2f} GiB) at its peak, "
+        f"least-peak choice of neurons{found} needs {need} bytes ({need / 2**30:.2f} GiB) at its peak, "
         f"including {runtime_overhead} bytes of runtime overhead{held} and {chain.static_bytes(optimizer)} bytes of "
         f"parameters, gradients and optimizer state; " + "; ".join(hints))
 
@@ -357,36 +312,44 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
                 **predict(chain, options, T, B, runtime_overhead, optimizer, bandwidth_gbs, extras))
 
 
+#: At most this many replays when :func:`_fastest_fitting` walks the choices fastest first.
+MAX_FIT_REPLAYS = 512
+#: Up to this many per-layer combinations :func:`_fastest_fitting` orders them all by time; beyond,
+#: the Pareto frontier of (saved bytes, time) alone.
+EXHAUSTIVE_FIT_CHOICES = 8192
+
+
 def _fastest_fitting(chain: ChainModel, opts, T: int, B: int, least: List[str], budget: int, runtime_overhead: int,
                      optimizer: str, bandwidth_gbs: float, extras: Extras = NO_EXTRAS) -> List[str]:
-    """The per-layer choice a plan at batch ``B`` takes: the least predicted node time whose peak
-    fits ``budget`` (bytes), by the DP over the layers' saved bytes, from ``least`` (a choice whose
-    peak fits); ``least`` itself when the DP finds nothing that fits."""
+    """The per-layer choice a plan at batch ``B`` takes: the least predicted node time whose
+    replayed peak fits ``budget`` (bytes); ``least`` (a choice whose peak fits) when none is found.
+
+    Saved bytes add up over the layers, but the peak is a replay's maximum (the step's gradients
+    and temporaries, or the evaluation pass, depend on the choice as well), so the knapsack over
+    saved bytes only orders the search: the choices whose saved bytes fit at all (the step holds
+    every saved byte at the end of its forward) are replayed fastest first (fewer saved bytes first
+    among equal times), and the first that fits is taken, at most :data:`MAX_FIT_REPLAYS` replays.
+    Up to :data:`EXHAUSTIVE_FIT_CHOICES` combinations that is every one of them; beyond, the Pareto
+    frontier of (saved bytes, time), which drops a choice beaten in both that might have fitted.
+    Lowering one knapsack capacity by each overshoot, as before, stalled on overshoots smaller than
+    the spare capacity and on evaluation-pass peaks, and fell back to ``least``: up to 1.5x slower
+    than a choice that fit."""
     costs = [[(chain.layer_option_cost(i, o).bytes(T, B),
                node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i)))
               for o in layer] for i, layer in enumerate(opts)]
-    base = static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B)
-    # transient = replayed peak - resident - saved bytes (gradients, temporaries); start from the
-    # smaller of the two extreme choices and lower the capacity by any excess of the replayed plan
-    transient = None
-    fastest = [layer[min(range(len(layer)), key=lambda k: costs[i][k][1])] for i, layer in enumerate(opts)]
-    for ch in (least, fastest):
-        t = _peak(chain, ch, T, B, runtime_overhead, optimizer, extras) - base \
-            - sum(chain.layer_option_cost(i, o).bytes(T, B) for i, o in enumerate(ch))
-        transient = t if transient is None else min(transient, t)
-    capacity = budget - base - transient
-    options = least
-    for _ in range(16):
-        sol = solve_choice(costs, capacity)
-        if sol is None:
-            break
-        cand = [opts[i][k] for i, k in enumerate(sol[0])]
-        over = _peak(chain, cand, T, B, runtime_overhead, optimizer, extras) - budget
-        if over <= 0:
-            options = cand
-            break
-        capacity -= over
-    return list(options)
+    capacity = budget - (static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B)
+                         + extras.dataset_bytes)
+    if math.prod(len(layer) for layer in opts) <= EXHAUSTIVE_FIT_CHOICES:
+        totals = [(sum(costs[i][k][1] for i, k in enumerate(ks)), sum(costs[i][k][0] for i, k in enumerate(ks)), ks)
+                  for ks in itertools.product(*[range(len(layer)) for layer in opts])]
+        order = [ks for t, b, ks in sorted(totals) if b <= capacity]
+    else:
+        order = [picks for picks, _, _ in pareto_choices(costs, capacity)]
+    for picks in order[:MAX_FIT_REPLAYS]:
+        cand = [opts[i][k] for i, k in enumerate(picks)]
+        if _peak(chain, cand, T, B, runtime_overhead, optimizer, extras) <= budget:
+            return cand
+    return list(least)
 
 
 def max_micro_batch(chain: ChainModel, options: Sequence[str], T: int, batch: int, budget: int, runtime_overhead: int,
