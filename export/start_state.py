@@ -163,7 +163,7 @@ def unsound_start_values(start: Dict[str, np.ndarray]) -> str:
     floats = {n: a for n, a in start.items() if a.dtype.kind in "fc"}
     for what, bad in (("NaN or Inf values", [n for n, a in floats.items() if not np.isfinite(a).all()]),
                       ("a negative BatchNorm variance",
-                       [n for n, a in floats.items() if n.endswith("running_var") and (a < 0).any()])):
+                       [n for n, a in floats.items() if n.endswith("running_var") and a.dtype.kind == "f" and (a < 0).any()])):
         if bad:
             return f"{_few(bad)} hold{'s' if len(bad) == 1 else ''} {what}"
     return ""

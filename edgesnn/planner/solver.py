@@ -38,8 +38,8 @@ from .knapsack import brute_force, pareto_choices, solve_choice
 from .peak import largest_batch, peak_lines, simulate_step
 
 __all__ = ["NS_PER_NEURON_STEP", "NS_PER_NEURON_STEP_BY_BACKEND", "Extras", "NO_EXTRAS", "PlanningError",
-           "candidates", "node_time_s", "pareto_choices", "solve_choice", "brute_force", "static_resident", "max_batch", "max_eval_batch",
-           "max_micro_batch", "plan_model", "predict"]
+           "candidates", "node_time_s", "pareto_choices", "solve_choice", "brute_force", "static_resident", "max_batch",
+           "max_eval_batch", "max_micro_batch", "plan_model", "predict"]
 
 #: Measured forward+backward time per neuron-step (ns) on the 2-core x86 host, per backend:
 #: torch at T = 8-32; numba from tools/bench_kernels.py (b), layer [64, 16, 4096], 2 threads
