@@ -178,3 +178,23 @@ def test_a_budget_that_fits_only_a_mixed_choice_of_vgg11_plans():
         plan_model(chain, 1, peaks[least] - 1, rt, batch=64)
     with pytest.raises(PlanningError, match=r"least-peak choice of neurons found \(a local search over 6561 combinations\)"):
         plan_model(chain, 1, peaks[least] - 1, rt, batch=64, groups=(2, 4))
+
+
+def test_vgg11_with_two_group_counts_plans_the_fastest_fitting_choice_and_its_auto_batch():
+    """3^8 = 6561 choices (`--groups 2,4`). The walk fastest first stopped after 512 replays and fell
+    back to the least-peak choice: all RevLIF, 1.42x slower than the brute force's fastest fitting
+    choice (a RevLIF first layer, LIF above; checked over all 6561 when this test was written). And
+    `--batch auto` planned batch 125 while `--batch 125`, whose least-peak search was one coordinate
+    descent, was refused."""
+    from edgesnn.planner.memory_model import kernel_runtime_bytes
+    from edgesnn.planner.plan import planned_chain
+    from edgesnn.planner.solver import Extras
+
+    chain = planned_chain(build_model("vgg11", (3, 32, 32), 10, 4, neuron="lif", node={"backend": "torch"}), None)
+    rt = 300 * 2**20 + kernel_runtime_bytes(chain)
+    res = plan_model(chain, 4, 1824350944, rt, batch=32, groups=(2, 4), extras=Extras(eval_batch=256))
+    assert res["options"] == ["revlif:2"] + ["lif"] * 7 and res["peak_bytes"] <= 1824350944
+    extras = Extras(eval_batch=16, dataset_bytes=10_000_000)
+    auto = plan_model(chain, 4, 1422049992, rt, batch=None, groups=(2, 4), extras=extras)
+    fixed = plan_model(chain, 4, 1422049992, rt, batch=auto["batch"], groups=(2, 4), extras=extras)
+    assert auto["batch"] == 125 and fixed["options"] == auto["options"]

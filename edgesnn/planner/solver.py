@@ -27,10 +27,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..models import parse_neuron_spec
 from ..training.micro_batch import smallest_micro_batch
+from .choice_search import EXHAUSTIVE_CHOICES, search, starts
 from .checks import check_bandwidth, check_batch, check_bytes, check_extras, check_int, check_options, check_plan_args
 from .memory_model import ChainModel
 from .evalpass import eval_dynamic_peak, eval_lines
@@ -125,59 +126,22 @@ def static_resident(chain: ChainModel, runtime_overhead: int, optimizer: str) ->
     return int(runtime_overhead + chain.static_bytes(optimizer) - 4 * chain.params)
 
 
-def _least_memory(chain: ChainModel, opts, T: int) -> List[str]:
-    return [min(layer, key=lambda o: (chain.layer_option_cost(i, o).per_sample(T), o)) for i, layer in enumerate(opts)]
-
-
-#: Up to this many per-layer combinations the choice searches try them all (VGG-11's eight layers of
-#: two options: 256, one replay each, ~0.1 s); beyond, coordinate descent.
-EXHAUSTIVE_CHOICES = 256
-
-
-def _search(opts, score: Callable[[List[str]], Tuple], starts: Sequence[List[str]]) -> List[str]:
-    """The per-layer choice with the least ``score`` (a sortable key).
-
-    The peak is a replay's maximum, not a sum over layers, so the best choice may mix kinds
-    (a LIF first layer and RevLIF above fitted 8% more samples than any uniform choice). Every
-    combination is tried when there are at most :data:`EXHAUSTIVE_CHOICES`; otherwise coordinate
-    descent from the best of ``starts``: each pass tries every other option of every layer and
-    keeps any improvement, until a pass changes nothing (a local optimum, never worse than the
-    starts; each pass costs ``layers x (options - 1)`` replays).
-    """
-    if math.prod(len(layer) for layer in opts) <= EXHAUSTIVE_CHOICES:
-        return list(min(itertools.product(*opts), key=lambda ch: score(list(ch))))
-    best = min(starts, key=score)
-    best_score = score(best)
-    improved = True
-    while improved:
-        improved = False
-        for i, layer in enumerate(opts):
-            for o in layer:
-                if o == best[i]:
-                    continue
-                cand = best[:i] + [o] + best[i + 1:]
-                s = score(cand)
-                if s < best_score:
-                    best, best_score, improved = cand, s, True
-    return best
-
-
-def _starts(chain: ChainModel, opts, T: int) -> List[List[str]]:
-    """The least-saved-bytes choice and each uniform choice (every layer LIF, every layer RevLIF with G groups)."""
-    starts = [_least_memory(chain, opts, T)]
-    for o in sorted({o for layer in opts for o in layer}):
-        if all(o in layer for layer in opts):
-            starts.append([o] * len(opts))
-    return starts
-
-
 def _least_peak(chain: ChainModel, opts, T: int, B: int, runtime_overhead: int, optimizer: str,
                 extras: Extras = NO_EXTRAS) -> List[str]:
     """The per-layer choice with the least predicted **peak** at batch ``B`` (not the least saved
     bytes: a RevLIF saves bytes but its backward workspace can raise the peak above an all-LIF
     step); the DP then trades time within the budget."""
-    return _search(opts, lambda ch: (_peak(chain, ch, T, B, runtime_overhead, optimizer, extras),),
-                   _starts(chain, opts, T))
+    return _least_peak_found(chain, opts, T, B, runtime_overhead, optimizer, extras)[0]
+
+
+def _least_peak_found(chain: ChainModel, opts, T: int, B: int, runtime_overhead: int, optimizer: str,
+                      extras: Extras = NO_EXTRAS) -> Tuple[List[str], bool]:
+    """:func:`_least_peak` and whether the search proved it the least (:func:`~.choice_search.search`);
+    its bound: every saved byte is held at the step's peak."""
+    costs = [[chain.layer_option_cost(i, o).bytes(T, B) for o in layer] for i, layer in enumerate(opts)]
+    base = static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B) + extras.dataset_bytes
+    return search(opts, lambda ch: (_peak(chain, ch, T, B, runtime_overhead, optimizer, extras),),
+                  starts(chain, opts, T), lambda picks: base + sum(c[k] for c, k in zip(costs, picks)))
 
 
 def _largest_batch_choice(chain: ChainModel, opts, T: int, budget: int, runtime_overhead: int, optimizer: str,
@@ -186,7 +150,17 @@ def _largest_batch_choice(chain: ChainModel, opts, T: int, budget: int, runtime_
     def score(ch):
         return (-max_batch(chain, ch, T, budget, runtime_overhead, optimizer, extras),)
 
-    best = _search(opts, score, _starts(chain, opts, T))
+    # every sample holds at least its saved bytes at the step's peak: B <= (limit - const) / per sample
+    limit = budget - static_resident(chain, runtime_overhead, optimizer) - extras.dataset_bytes
+    fixed = chain.fixed_cost()
+    costs = [[chain.layer_option_cost(i, o) for o in layer] for i, layer in enumerate(opts)]
+
+    def bound(picks) -> float:
+        rate = fixed.per_sample(T) + sum(c[k].per_sample(T) for c, k in zip(costs, picks))
+        const = fixed.const + sum(c[k].const for c, k in zip(costs, picks))
+        return -max(1, (limit - const) // rate) if rate > 0 else -math.inf
+
+    best = search(opts, score, starts(chain, opts, T), bound)[0]
     return best, -score(best)[0]
 
 
@@ -219,7 +193,7 @@ def _peak(chain, options, T, B, runtime_overhead, optimizer, extras: Extras = NO
 
 def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, bandwidth_gbs: float,
                 extras: Extras = NO_EXTRAS) -> PlanningError:
-    least = _least_peak(chain, opts, T, B, runtime_overhead, optimizer, extras)
+    least, exact = _least_peak_found(chain, opts, T, B, runtime_overhead, optimizer, extras)
     need = _peak(chain, least, T, B, runtime_overhead, optimizer, extras)
     choice, bmax = _largest_batch_choice(chain, opts, T, budget, runtime_overhead, optimizer, extras)
     tmax, lo, hi = 0, 1, max(1, T)
@@ -254,8 +228,7 @@ def _impossible(chain, opts, T, B, budget, runtime_overhead, optimizer, bandwidt
                          "needs more than the training step)")
     hints.append("raise --budget, pick a device with more memory or a smaller model")
     held = f", {extras.dataset_bytes} bytes of dataset" if extras.dataset_bytes else ""
-    combos = math.prod(len(layer) for layer in opts)
-    found = "" if combos <= EXHAUSTIVE_CHOICES else f" found (a local search over {combos} combinations)"
+    found = "" if exact else f" found (a local search over {math.prod(len(layer) for layer in opts)} combinations)"
     return PlanningError(
         f"budget: {budget} bytes ({budget / 2**30:.2f} GiB) is too small for T={T}, batch={B}: even the "
         f"least-peak choice of neurons{found} needs {need} bytes ({need / 2**30:.2f} GiB) at its peak, "
@@ -312,11 +285,9 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
                 **predict(chain, options, T, B, runtime_overhead, optimizer, bandwidth_gbs, extras))
 
 
-#: At most this many replays when :func:`_fastest_fitting` walks the choices fastest first.
-MAX_FIT_REPLAYS = 512
-#: Up to this many per-layer combinations :func:`_fastest_fitting` orders them all by time; beyond,
-#: the Pareto frontier of (saved bytes, time) alone.
-EXHAUSTIVE_FIT_CHOICES = 8192
+#: :func:`_fastest_fitting` replays at most this many layers in all (``// layers`` choices, at least
+#: 512): 2000 of VGG-11's choices (a replay costs ~0.4-1.2 ms there).
+MAX_FIT_LAYER_REPLAYS = 16_000
 
 
 def _fastest_fitting(chain: ChainModel, opts, T: int, B: int, least: List[str], budget: int, runtime_overhead: int,
@@ -328,9 +299,9 @@ def _fastest_fitting(chain: ChainModel, opts, T: int, B: int, least: List[str], 
     and temporaries, or the evaluation pass, depend on the choice as well), so the knapsack over
     saved bytes only orders the search: the choices whose saved bytes fit at all (the step holds
     every saved byte at the end of its forward) are replayed fastest first (fewer saved bytes first
-    among equal times), and the first that fits is taken, at most :data:`MAX_FIT_REPLAYS` replays.
-    Up to :data:`EXHAUSTIVE_FIT_CHOICES` combinations that is every one of them; beyond, the Pareto
-    frontier of (saved bytes, time), which drops a choice beaten in both that might have fitted.
+    among equal times), and the first that fits is taken (:data:`MAX_FIT_LAYER_REPLAYS`). Up to
+    :data:`~.choice_search.EXHAUSTIVE_CHOICES` combinations that is every one of them; beyond, the
+    Pareto frontier of (saved bytes, time), which drops a choice beaten in both that might have fitted.
     Lowering one knapsack capacity by each overshoot, as before, stalled on overshoots smaller than
     the spare capacity and on evaluation-pass peaks, and fell back to ``least``: up to 1.5x slower
     than a choice that fit."""
@@ -339,13 +310,13 @@ def _fastest_fitting(chain: ChainModel, opts, T: int, B: int, least: List[str], 
               for o in layer] for i, layer in enumerate(opts)]
     capacity = budget - (static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B)
                          + extras.dataset_bytes)
-    if math.prod(len(layer) for layer in opts) <= EXHAUSTIVE_FIT_CHOICES:
+    if math.prod(len(layer) for layer in opts) <= EXHAUSTIVE_CHOICES:
         totals = [(sum(costs[i][k][1] for i, k in enumerate(ks)), sum(costs[i][k][0] for i, k in enumerate(ks)), ks)
                   for ks in itertools.product(*[range(len(layer)) for layer in opts])]
         order = [ks for t, b, ks in sorted(totals) if b <= capacity]
     else:
         order = [picks for picks, _, _ in pareto_choices(costs, capacity)]
-    for picks in order[:MAX_FIT_REPLAYS]:
+    for picks in order[:max(512, MAX_FIT_LAYER_REPLAYS // max(1, len(opts)))]:
         cand = [opts[i][k] for i, k in enumerate(picks)]
         if _peak(chain, cand, T, B, runtime_overhead, optimizer, extras) <= budget:
             return cand
