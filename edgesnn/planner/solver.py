@@ -1,13 +1,15 @@
 """Choose LIF or RevLIF (and its group count) per spiking layer under a byte budget.
 
 Saved bytes are additive over spiking layers (:meth:`ChainModel.layer_option_cost`), so the choice
-is a multiple-choice knapsack: minimise the predicted node time subject to the bytes. A dynamic
-programme over Pareto frontiers of (bytes, time) along the layer chain lists the choices no other
-beats in both (a 50-layer chain takes milliseconds), within the budget minus the resident memory
-(runtime, parameters, optimizer state, dataset) and the choice-independent saved bytes. The peak
-itself is a replay's maximum (:mod:`~edgesnn.planner.peak`: the step's gradients and temporaries,
-or the evaluation pass, depend on the choice too), so those choices are replayed fastest first
-and the first whose peak fits is taken. The largest batch for a fixed choice is closed form
+is a multiple-choice knapsack: minimise the predicted node time subject to the bytes. The
+candidates are the choices whose saved bytes fit the budget minus the resident memory (runtime,
+parameters, optimizer state, dataset) and the choice-independent saved bytes: all of them up to
+:data:`~.choice_search.EXHAUSTIVE_CHOICES` combinations, beyond that those no other beats in both
+bytes and time (a dynamic programme over Pareto frontiers along the layer chain,
+:mod:`~edgesnn.planner.knapsack`: milliseconds for 50 layers). The peak itself is a replay's
+maximum (:mod:`~edgesnn.planner.peak`: the step's gradients and temporaries, or the evaluation
+pass, depend on the choice too), so the candidates are replayed fastest first and the first whose
+peak fits is taken. The largest batch for a fixed choice is closed form
 because every allocation is linear in B (:func:`~edgesnn.planner.peak.largest_batch`).
 
 Beside the step, a training run holds its dataset and evaluates held-out data after every epoch
