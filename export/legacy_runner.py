@@ -30,7 +30,7 @@ from .run_loop import EpochEnd, run_epochs
 from .run_schedule import resolve_schedule
 from .run_state import OutputDir, check_settings
 from .run_support import padded_batches, peak_rss_mb
-from .start_state import unsound_start_values
+from .start_state import RESUME_FIX, check_resumed_steps, check_start_values, first_loss_error, start_counter
 from .runner import StepCheckError, _one_line, import_ort_training_api
 
 __all__ = ["finetune_legacy"]
@@ -81,26 +81,6 @@ def _atomic_inference_model(module, path: Path, output_name: str) -> None:
             tmp.unlink()
 
 
-def _check_start_values(state, names: Sequence[str], src: Path, resuming: bool) -> None:
-    """Refuse start values no runner saves (:func:`~.start_state.unsound_start_values`), naming ``src``."""
-    unsound = unsound_start_values({n: np.asarray(state.parameters[n].data) for n in names if n in state.parameters})
-    if unsound:
-        fix = "pass --force instead of --resume to start again" if resuming else "export again"
-        raise ArtifactError(f"{src}: {unsound} (damaged or edited; this runner never saves such values); {fix}")
-
-
-def _counter(state, key: str, src: Path) -> int:
-    """A resumed checkpoint's ``runner_epochs`` / ``runner_steps`` property (absent: 0, as older
-    runners wrote): an integer >= 0, else a one-line :class:`ArtifactError` naming ``src``."""
-    if key not in state.properties:
-        return 0
-    value = state.properties[key]
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise ArtifactError(f"{src}: {key}: expected an integer >= 0, got {type(value).__name__} {str(value)[:40]!r}; pass "
-                        "--force instead of --resume to start again")
-
-
 def _params_npz(state, names: Sequence[str]) -> bytes:
     arrays = {name: np.asarray(state.parameters[name].data) for name in names}
     buf = io.BytesIO()
@@ -136,20 +116,18 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     except Exception as exc:
         hint = "; pass --force instead of --resume to start again" if resuming else ""
         raise ArtifactError(f"{start_ckpt}: corrupt artifact file (ONNX Runtime could not load it: {_one_line(exc)}){hint}") from None
-    _check_start_values(state, list(manifest.trainable) + list(manifest.frozen), start_ckpt, resuming)
+    check_start_values({n: np.asarray(state.parameters[n].data) for n in [*manifest.trainable, *manifest.frozen]
+                        if n in state.parameters}, start_ckpt, RESUME_FIX if resuming else "export again")
     recorded = (str(state.properties["runner_settings"]) if resuming and "runner_settings" in state.properties
                 else None)
     if resuming:
         check_settings(recorded, settings, start_ckpt)
-    done = _counter(state, "runner_epochs", start_ckpt) if resuming else 0
-    done_steps = _counter(state, "runner_steps", start_ckpt) if resuming else 0
+    done = start_counter(state.properties, "runner_epochs", start_ckpt) if resuming else 0
+    done_steps = start_counter(state.properties, "runner_steps", start_ckpt) if resuming else 0
     B = manifest.batch_size
     steps_per_epoch = -(-x.shape[0] // B)
-    if recorded is not None and done_steps != done * steps_per_epoch:
-        # the data and batch are the recorded ones (checked above): every epoch took as many steps
-        raise ArtifactError(f"{start_ckpt}: runner_steps {done_steps} does not match runner_epochs {done} x "
-                            f"{steps_per_epoch} steps per epoch (edited?); the learning-rate schedule and the batch "
-                            "orders follow both: pass --force instead of --resume to start again")
+    if recorded is not None:
+        check_resumed_steps(start_ckpt, done_steps, done, steps_per_epoch, ("runner_steps", "runner_epochs"))
     schedule = resolve_schedule(lr_schedule, float(settings["lr"]), epochs, steps_per_epoch, resuming, recorded,
                                 done, start_ckpt)
     settings = schedule.with_settings(settings)
@@ -177,9 +155,7 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     def step(xb: np.ndarray, yb: np.ndarray, number: int) -> float:
         loss = float(module(xb, yb))
         if not math.isfinite(loss) and number == done_steps + 1:  # computed before this run's first update
-            fix = "pass --force instead of --resume to start again" if resuming else "export again"
-            raise StepCheckError(f"step {number}: the loss is {loss} before any update of this run: the start values in "
-                                 f"{start_ckpt} give it (damaged or edited?); {fix}")
+            raise first_loss_error(number, loss, start_ckpt, RESUME_FIX if resuming else "export again")
         if not math.isfinite(loss):  # as the onnx-step runner: never train on (and save) diverged weights
             raise StepCheckError(f"step {number}: the loss is {loss}; lower --lr")
         optimizer.step()

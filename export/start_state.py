@@ -4,20 +4,25 @@
 Metadata checks (names, element types, static shapes: :func:`check_graph_names`,
 :func:`check_start_arrays`) plus one finiteness pass over the start values (as large as the
 parameters and optimizer state, not the data) in :func:`load_start`; each mismatch is one line
-naming the file and the array.
+naming the file and the array. The checks of a resumed run's counters and start values, and the
+first loss's message, serve the legacy onnx-training runner too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
 from .artifacts import STEP_EVAL_MODEL, STEP_GRAD_MODEL, STEP_INIT, STEP_MODEL, ArtifactError, StepManifest
-from .runner import _one_line
+from .runner import StepCheckError, _one_line
 
-__all__ = ["StartArrayError", "check_graph_names", "check_start_arrays", "load_start", "start_counter"]
+__all__ = ["StartArrayError", "check_graph_names", "check_start_arrays", "load_start", "start_counter",
+           "check_start_values", "check_resumed_steps", "first_loss_error", "RESUME_FIX"]
+
+#: how a refused resume starts again
+RESUME_FIX = "pass --force instead of --resume to start again"
 
 
 class StartArrayError(ArtifactError):
@@ -147,36 +152,51 @@ def load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str, 
     except Exception as exc:
         hint = "; pass --force instead of --resume to start again" if resuming else ""
         raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
-    unsound = unsound_start_values(start)
-    if unsound:
-        hint = "pass --force instead of --resume to start again" if resuming else f"{STEP_INIT} is damaged: export again"
-        raise ArtifactError(f"{src}: {unsound} (damaged or edited; this runner never saves such values); {hint}")
+    check_start_values(start, src, RESUME_FIX if resuming else f"{STEP_INIT} is damaged: export again")
     return start, meta
 
 
-def unsound_start_values(start: Dict[str, np.ndarray]) -> str:
-    """What no runner saves among a run's start values (name -> array), for its one-line refusal:
-    ``"'a', 'b' hold NaN or Inf values"``, ``"'x.running_var' holds a negative BatchNorm variance"``,
-    or ``""``. One pass over the values (as large as the parameters and optimizer state, not the
-    data). Either stopped the run at its first epoch's end as "the update made ... non-finite; lower
-    --lr": the loss stays finite while NaN membranes never spike."""
+def check_start_values(start: Dict[str, np.ndarray], src: Path, fix: str) -> None:
+    """Refuse, in one line naming ``src`` and ending in ``fix``, start values (name -> array) that no
+    runner saves: NaN or Inf, or a negative BatchNorm ``running_var``. One pass over the values (as
+    large as the parameters and optimizer state, not the data). Either stopped the run at its first
+    epoch's end as "the update made ... non-finite; lower --lr": the loss stays finite while NaN
+    membranes never spike."""
     floats = {n: a for n, a in start.items() if a.dtype.kind in "fc"}
     for what, bad in (("NaN or Inf values", [n for n, a in floats.items() if not np.isfinite(a).all()]),
                       ("a negative BatchNorm variance",
                        [n for n, a in floats.items() if n.endswith("running_var") and a.dtype.kind == "f" and (a < 0).any()])):
         if bad:
-            return f"{_few(bad)} hold{'s' if len(bad) == 1 else ''} {what}"
-    return ""
+            raise ArtifactError(f"{src}: {_few(bad)} hold{'s' if len(bad) == 1 else ''} {what} (damaged or edited; this "
+                                f"runner never saves such values); {fix}")
 
 
-def start_counter(meta: Dict[str, object], key: str, src: Path) -> int:
-    """A resumed state's ``runner.steps`` / ``runner.epochs`` (absent: 0, as older runners wrote):
-    an integer >= 0, else a one-line :class:`ArtifactError` naming ``src``."""
+def start_counter(meta: Mapping[str, object], key: str, src: Path) -> int:
+    """A resumed state's step or epoch counter ``key`` (``runner.steps`` of a ``state.npz``,
+    ``runner_steps`` of an ORT checkpoint's properties; absent: 0, as older runners wrote): an
+    integer >= 0, else a one-line :class:`ArtifactError` naming ``src``."""
     if key not in meta:
         return 0
-    v = np.asarray(meta[key])
+    raw = meta[key]
+    v = np.asarray(raw)
     if v.shape == () and v.dtype.kind in "iu" and int(v) >= 0:
         return int(v)
-    got = f"{v.dtype} {_dims(v.shape)}" if v.shape != () else f"{v.dtype} {str(v.tolist())[:40]!r}"
-    raise ArtifactError(f"{src}: {key}: expected an integer >= 0, got {got}; pass --force instead of --resume to "
-                        "start again")
+    kind = v.dtype if isinstance(raw, (np.ndarray, np.generic)) else type(raw).__name__  # (a property: int, str)
+    got = f"{kind} {_dims(v.shape)}" if v.shape != () else f"{kind} {str(v.tolist())[:40]!r}"
+    raise ArtifactError(f"{src}: {key}: expected an integer >= 0, got {got}; {RESUME_FIX}")
+
+
+def check_resumed_steps(src: Path, steps: int, epochs: int, steps_per_epoch: int, keys: Tuple[str, str]) -> None:
+    """A resumed run's counters ``keys = (steps key, epochs key)`` must agree: ``steps == epochs x
+    steps_per_epoch`` (the data, batch and ``--accumulate`` are the recorded ones, so every epoch
+    took as many steps); else a one-line :class:`ArtifactError` naming ``src``."""
+    if steps != epochs * steps_per_epoch:
+        raise ArtifactError(f"{src}: {keys[0]} {steps} does not match {keys[1]} {epochs} x {steps_per_epoch} steps per "
+                            f"epoch (edited?); the learning-rate schedule and the batch orders follow both: {RESUME_FIX}")
+
+
+def first_loss_error(number: int, loss: float, src: Path, fix: str) -> StepCheckError:
+    """The error of a loss that is not finite at a run's first step ``number``: it is computed before
+    any update, so the start values in ``src`` give it, not ``--lr``."""
+    return StepCheckError(f"step {number}: the loss is {loss} before any update of this run: the start values in {src} "
+                          f"give it (damaged or edited: weights too large?); {fix}")

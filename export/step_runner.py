@@ -27,7 +27,8 @@ from .run_schedule import resolve_schedule
 from .run_state import OutputDir, check_settings
 from .run_support import padded_batches, peak_rss_mb, proc_status_mib
 from .runner import StepCheckError, _one_line, import_plain_ort, training_modules_imported
-from .start_state import StartArrayError, check_graph_names, check_start_arrays, load_start, start_counter
+from .start_state import (RESUME_FIX, StartArrayError, check_graph_names, check_resumed_steps, check_start_arrays,
+                          first_loss_error, load_start, start_counter)
 
 __all__ = ["StepSession", "StartArrayError", "finetune_step", "npz_bytes", "rss_mb", "check_graph_names",
            "check_start_arrays"]
@@ -244,12 +245,8 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     rate = float(settings["lr"])
     parts_per_epoch = -(-x.shape[0] // manifest.batch_size)
     steps_per_epoch = -(-parts_per_epoch // accumulate)
-    if resuming and recorded is not None and {"runner.steps", "runner.epochs"} <= set(meta) \
-            and resumed_steps != resumed_epochs * steps_per_epoch:
-        # the data, batch and --accumulate are the recorded ones (checked above): every epoch took as many steps
-        raise ArtifactError(f"{state_path}: runner.steps {resumed_steps} does not match runner.epochs {resumed_epochs} "
-                            f"x {steps_per_epoch} steps per epoch (edited?); the learning-rate schedule and the batch "
-                            "orders follow both: pass --force instead of --resume to start again")
+    if resuming and recorded is not None and {"runner.steps", "runner.epochs"} <= set(meta):
+        check_resumed_steps(state_path, resumed_steps, resumed_epochs, steps_per_epoch, ("runner.steps", "runner.epochs"))
     schedule = resolve_schedule(lr_schedule, rate, epochs, steps_per_epoch, resuming, recorded,
                                 resumed_epochs, state_path)
     settings = schedule.with_settings(settings)
@@ -275,9 +272,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         nonlocal max_err
         loss, _, err = sess.step_parts(xb) if accumulate > 1 else sess.step(xb, yb)
         if not math.isfinite(loss) and number == resumed_steps + 1:  # computed before this run's first update
-            fix = "pass --force instead of --resume to start again" if resuming else f"{STEP_INIT} is damaged: export again"
-            raise StepCheckError(f"step {number}: the loss is {loss} before any update of this run: the start values in "
-                                 f"{src} give it (edited: weights too large, a negative BatchNorm variance?); {fix}")
+            raise first_loss_error(number, loss, src, RESUME_FIX if resuming else f"{STEP_INIT} is damaged: export again")
         if not math.isfinite(loss):
             raise StepCheckError(f"step {number}: the loss is {loss}; lower --lr")
         if not err <= manifest.recon_tolerance:

@@ -178,8 +178,10 @@ def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Seq
         for i, j in [(i, j) for i in held for j in saved if not best[2][j]]:
             h = flip(best[2], (i, False), (j, True))
             p = peak(h)
-            if p <= cap and (time_of(h), p) < best[:2]:
-                best, improved = (time_of(h), p, h), True
+            if p <= cap:
+                t = time_of(h)
+                if (t, p) < best[:2]:
+                    best, improved = (t, p, h), True
     return best[2]
 
 

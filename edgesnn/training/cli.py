@@ -21,7 +21,7 @@ from .data import DATASETS
 from .device import DEVICES, check_backend_device, resolve_device
 from .flag_checks import check_model_fits_dataset
 from .lr_schedule import SCHEDULES
-from .micro_batch import check_micro_batch, smallest_micro_batch
+from .micro_batch import check_micro_batch, largest_part, smallest_micro_batch
 from .loop import EVAL_BATCH_SIZE, TrainConfig, check_outputs, train, write_report
 from .train_config import MAX_SEED
 
@@ -151,13 +151,13 @@ def _from_plan(args: argparse.Namespace, main: bool = True, local_world: int = 1
         del planned["batch_size"]
     if args.micro_batch is not None:  # the plan's batch bounds the samples computed at once, not the step's batch
         step = args.batch_size or plan.batch
-        part = -(-step // -(-step // args.micro_batch))  # the largest part micro_batches makes: sizes differ by <= 1
+        part = largest_part(step, args.micro_batch)
         if part > plan.batch:
             raise ValueError(f"--micro-batch: {args.micro_batch} is more than the plan {args.plan} fits at once "
                              f"(batch {plan.batch}); {remedy}")
         if args.batch_size is not None:
             planned.pop("batch_size", None)
-        if part > fits and step > args.micro_batch:  # (batch 177 in parts of at most 170 is 89 + 88)
+        if part > fits and step > args.micro_batch:
             raise ValueError(f"--micro-batch: {args.micro_batch} samples per part exceed the plan {args.plan}'s budget: "
                              f"a later part holds every parameter gradient as well; {remedy}")
     for key, value in planned.items():

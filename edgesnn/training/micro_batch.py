@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["MIN_BATCHNORM_MICRO_BATCH", "smallest_micro_batch", "effective_micro_batch", "micro_batches",
+__all__ = ["MIN_BATCHNORM_MICRO_BATCH", "smallest_micro_batch", "effective_micro_batch", "micro_batches", "largest_part",
            "check_micro_batch", "accumulate_gradients"]
 
 #: With BatchNorm every part needs at least two samples. Splitting ``n >= 2`` samples into
@@ -46,13 +46,22 @@ def effective_micro_batch(micro_batch: Optional[int], batch_size: int) -> Option
     return None if micro_batch is None or micro_batch >= batch_size else micro_batch
 
 
+def _part_count(n: int, micro_batch: Optional[int]) -> int:
+    """How many parts :func:`micro_batches` makes of ``n`` samples: the fewest of at most ``micro_batch``."""
+    return 1 if micro_batch is None or n <= micro_batch else -(-n // micro_batch)
+
+
 def micro_batches(idx: torch.Tensor, micro_batch: Optional[int]) -> Tuple[torch.Tensor, ...]:
     """Split a batch's sample indices ``[n]`` into the fewest parts of at most ``micro_batch``
     samples, their sizes differing by at most one (``None``, or ``n <= micro_batch``: one part)."""
-    n = len(idx)
-    if micro_batch is None or n <= micro_batch:
-        return (idx,)
-    return torch.tensor_split(idx, -(-n // micro_batch))
+    parts = _part_count(len(idx), micro_batch)
+    return (idx,) if parts == 1 else torch.tensor_split(idx, parts)
+
+
+def largest_part(n: int, micro_batch: Optional[int]) -> int:
+    """Samples in the largest part :func:`micro_batches` makes of a batch of ``n`` (part sizes
+    differ by at most one: batch 177 in parts of at most 170 is 89 + 88)."""
+    return -(-n // _part_count(n, micro_batch))
 
 
 def check_micro_batch(micro_batch: Optional[int], batchnorm: bool, name: str = "micro_batch") -> Optional[int]:
