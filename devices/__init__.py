@@ -6,9 +6,9 @@ fields (``load_device("my_board.json")``) or by putting such files in a director
 environment variable ``EDGESNN_DEVICE_PATH`` (``os.pathsep``-separated list of directories).
 ``load_device("auto")`` measures the host: ``MemAvailable`` from ``/proc/meminfo`` and the number
 of usable cores. A key that is not a field (a misspelt optional one would silently be its default)
-is refused in one line naming it and the closest field, at the top and in ``runs``; keys starting
-with ``_`` (``"_comment"``) are comments, and ``sources`` keys are free text
-(:mod:`edgesnn.json_keys`).
+is refused in one line naming it and the closest field, at the top and in ``runs``, and so is a key
+written twice in one object; keys starting with ``_`` (``"_comment"``) are comments, and
+``sources`` keys are free text (:mod:`edgesnn.json_keys`).
 
 Memory the planner may use (bytes)::
 
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..json_keys import check_keys
+from ..json_keys import DuplicateKeyError, check_keys, loads_unique
 
 __all__ = ["DeviceProfile", "list_devices", "load_device", "profile_path", "host_profile", "torch_runtime_overhead",
            "DEFAULT_CPU_RUNTIME_OVERHEAD", "DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD", "RUNS_KEYS"]
@@ -379,7 +379,9 @@ def load_device(name: Union[str, os.PathLike]) -> DeviceProfile:
     if path is None:
         return host_profile()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_unique(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as exc:
+        raise ValueError(f"device: {path}: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"device: {path} is not valid UTF-8 JSON ({exc})") from None
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; arrays nested thousands deep

@@ -6,6 +6,9 @@ the file, the key's path (``layers[3].strategy_x``), the known keys and the clos
 
 Keys starting with ``_`` (``"_comment"``, ``"_notes"``) are comments: accepted and ignored at
 every level (JSON has no comments, and no field of these formats starts with ``_``).
+
+A key written twice in one object (``"memory_bytes"`` edited by adding a second line) was read
+as its last value, silently: :func:`loads_unique` refuses it (:class:`DuplicateKeyError`).
 Imports only the standard library (the device catalogue and the plan loader use it).
 """
 
@@ -17,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .errors import clip
 
-__all__ = ["COMMENT_PREFIX", "check_keys", "key_path"]
+__all__ = ["COMMENT_PREFIX", "DuplicateKeyError", "check_keys", "key_path", "loads_unique"]
 
 #: A key starting with this is a comment, at any level of a device profile or plan file.
 COMMENT_PREFIX = "_"
@@ -64,3 +67,27 @@ def check_keys(obj: Any, known: Iterable[str], parent: str, fail: Callable[[str,
     raise fail(key_path(parent, key), f"unknown key{hint}; known keys: {', '.join(names)}{more}")
 
 
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object holds the same key twice (JSON readers keep the last, which hides an edit)."""
+
+
+def _unique_pairs(pairs: "list[tuple[str, Any]]") -> "dict[str, Any]":
+    obj: "dict[str, Any]" = {}
+    for key, value in pairs:
+        if key in obj and not key.startswith(COMMENT_PREFIX):
+            raise DuplicateKeyError(f"key {clip(json.dumps(key))} appears twice in one object; keep one (a "
+                                    "JSON reader would take the last, silently)")
+        obj[key] = value
+    return obj
+
+
+def loads_unique(text: str) -> Any:
+    """``json.loads(text)``, refusing an object that holds a key twice (comments, ``_...``, may repeat).
+
+    Raises:
+        DuplicateKeyError: a repeated key (a ``ValueError``; the message names the key).
+        json.JSONDecodeError, ValueError, RecursionError: as :func:`json.loads`.
+    """
+    return json.loads(text, object_pairs_hook=_unique_pairs)

@@ -175,3 +175,40 @@ def test_newer_plan_version_is_refused_by_its_version_not_its_keys(tmp_path, pla
     msg = _one_line(exc)
     assert msg.startswith(f"plan: version: expected {VERSION}") and "unknown key" not in msg
 
+
+
+# -- a key written twice -----------------------------------------------------------------------------------
+
+
+def test_a_profile_key_written_twice_is_refused(tmp_path):
+    """A second ``memory_bytes`` line (an edit beside the old one) was read as the last, silently."""
+    text = json.dumps(BASE).replace('"memory_bytes"', '"memory_bytes": 1073741824, "memory_bytes"', 1)
+    f = tmp_path / "myboard.json"
+    f.write_text(text)
+    assert json.loads(text)["memory_bytes"] == BASE["memory_bytes"]  # what a plain JSON reader takes
+    with pytest.raises(ValueError) as exc:
+        load_device(str(f))
+    assert _one_line(exc) == (f'device: {f}: key "memory_bytes" appears twice in one object; keep one (a JSON '
+                              'reader would take the last, silently)')
+    nested = json.dumps({**BASE, "runs": {"planner": True}}).replace('"planner"', '"planner": false, "planner"')
+    f.write_text(nested)
+    with pytest.raises(ValueError, match='key "planner" appears twice'):
+        load_device(str(f))
+    f.write_text(json.dumps(BASE)[:-1] + ', "_comment": "a", "_comment": "b"}')  # comments may repeat
+    assert load_device(str(f)).memory_bytes == BASE["memory_bytes"]
+
+
+def test_a_plan_key_written_twice_is_refused_by_train(tmp_path, plan_dict, cmds, capsys):
+    text = json.dumps(plan_dict).replace('"batch"', '"batch": 3, "batch"', 1)
+    f = tmp_path / "plan.json"
+    f.write_text(text)
+    with pytest.raises(ValueError) as exc:
+        load_plan(f)
+    assert _one_line(exc) == (f'plan: {f}: key "batch" appears twice in one object; keep one (a JSON reader '
+                              'would take the last, silently)')
+    ck = tmp_path / "m.ckpt"
+    rc = cli.main(["train", "--plan", str(f), "--epochs", "1", "--checkpoint", str(ck)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and not ck.exists()
+    assert err[0].endswith(f'--plan: {f}: key "batch" appears twice in one object; keep one (a JSON reader '
+                           'would take the last, silently)')

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..checkpoint import atomic_write
 from ..errors import first_line
+from ..json_keys import DuplicateKeyError, loads_unique
 from ..models import MODEL_NAMES, parse_neuron_spec, spiking_layers
 from ..nn import LIF, RevLIF
 from ..training.loop import EVAL_BATCH_SIZE
@@ -256,7 +257,9 @@ def load_plan(path: PathLike, label: str = "plan") -> Plan:
     if not path.is_file():
         raise FileNotFoundError(f"{label}: no such file: {path}")
     try:
-        data = json.loads(path.read_text())
+        data = loads_unique(path.read_text())
+    except DuplicateKeyError as exc:
+        raise ValueError(f"{label}: {path}: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{label}: {path} is not valid JSON ({exc})") from None
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; arrays nested thousands deep
