@@ -8,8 +8,10 @@ chunk of ``K`` steps, not all ``T``.
 BatchNorm in training mode normalises over all ``T x B`` samples, so chunks cannot each use their
 own statistics. The block keeps BatchNorm exact in passes:
 
-* forward: a statistics pass (per-chunk mean and variance, combined in float64; running
-  statistics updated once), then the output pass with those statistics;
+* forward: the statistics passes (bit-exact where supported: a pass summing every chunk for the
+  mean, then one summing the squared deviations from it; else one pass of per-chunk mean and
+  variance combined in float64; running statistics updated once), then the output pass with
+  those statistics (see :func:`_batch_statistics`);
 * backward, pass 1 (last chunk to first): recompute the chunk, back-propagate through the node
   (carrying the state gradient across chunks) and accumulate BatchNorm's sums of ``dy`` and
   ``dy * xhat``;

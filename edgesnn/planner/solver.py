@@ -20,8 +20,9 @@ constant line to the step's lines and the batch stays closed form.
 Time model (relative; used to rank choices, not as a promise): one forward+backward of a node
 costs ``NS_PER_NEURON_STEP_BY_BACKEND[backend][kind]`` nanoseconds per neuron and time step,
 measured on the 2-core x86 host (32 GB/s) for the backend the layer runs, and scaled by
-``32 / device.bandwidth_gbs``. RevLIF costs about
-twice LIF (recompute in backward, quantization); each extra group adds a little per-step work.
+``32 / device.bandwidth_gbs``. RevLIF costs more than LIF (the state walked back in backward,
+quantization): about 1.1x on ``numba``, whose fused kernels hide most of it, and about 2x on
+``torch`` and ``reference``; each extra group adds a little per-step work.
 """
 
 from __future__ import annotations
