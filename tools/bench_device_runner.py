@@ -311,7 +311,15 @@ def sweep_checks(rows: list, figures: list = None) -> list:
                 g_rev = by[(name, "revlif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "revlif", lo)]["onnx_step"]["peak_rss_mb"]
             except KeyError:
                 g_lif = None
-            if g_lif is not None:
+            if g_lif is not None and g_lif < MIN_LIF_GROWTH_MB:
+                # nothing to compare against: a ratio would pass on RSS noise (RevLIF "did not grow" either)
+                out.append((None, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: not checked: LIF grew "
+                                  f"{g_lif:+.1f} MiB (< {MIN_LIF_GROWTH_MB} MiB: RSS noise; widen --timesteps), "
+                                  f"RevLIF {g_rev:+.1f} MiB"))
+                figures.append({"check": "growth", "model": name, "passed": None, "T": [lo, hi],
+                                "reason": f"LIF grew less than {MIN_LIF_GROWTH_MB} MiB",
+                                "lif_growth_mb": g_lif, "revlif_growth_mb": g_rev})
+            elif g_lif is not None:
                 ratio = g_lif / g_rev if g_rev > 0 else float("inf")
                 how = f"LIF/RevLIF {ratio:.1f}x" if g_rev > 0 else "RevLIF did not grow"
                 out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MiB, RevLIF {g_rev:+.1f} MiB "
@@ -329,6 +337,10 @@ def sweep_checks(rows: list, figures: list = None) -> list:
                             "step_over_training": a / b, "target_at_most": 0.5})
     return out
 
+
+#: The growth check compares RevLIF's growth with LIF's only when LIF grew at least this much (MiB):
+#: below it the ratio is RSS noise (it passed when neither grew).
+MIN_LIF_GROWTH_MB = 2.0
 
 _LEGACY_ONLY = {"neurons": ["lif", "revlif"], "epochs": 2, "repeats": 3}
 _SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training_max_t": 64, "steps": 6, "head_only": False}

@@ -95,6 +95,12 @@ def main(argv=None) -> int:
     ap.add_argument("--N", type=positive_int, default=4096, help="neurons of the layer in (a), (b), (p), (d) (default 4096)")
     ap.add_argument("--T", type=positive_int, default=64, help="time steps in (a), (b), (p), (d) (default 64)")
     args = ap.parse_args(argv)
+    only = [f"--only-{k}" for k in ("cuda", "layer", "on", "public") if getattr(args, f"only_{k}")]
+    if len(only) > 1:
+        ap.error(f"{', '.join(only)}: each runs one part alone; pass one of them")
+    for part in ("public", "on"):
+        if getattr(args, f"only_{part}") and getattr(args, f"no_{part}"):
+            ap.error(f"--only-{part} with --no-{part}: one runs that part alone, the other skips it; pass one")
     args.json = check_out(ap, args.json, "--json", args.force)
     set_num_threads(args.threads)
     if args.tuned:

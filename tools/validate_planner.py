@@ -165,6 +165,25 @@ def predict_network_row(row: str, T: int, batch: int):
     return predict_peak(model, (3, 32, 32), T, batch, strategy=strategy)
 
 
+def _check_row(path: str, i: int, r: dict) -> None:
+    """A measured row of ``--from-json``: ``row`` a name, ``T`` and ``peak_bytes`` whole numbers
+    (``predicted_peak_bytes`` too where present); one line naming the row and field otherwise."""
+    from edgesnn.errors import UsageError
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for key, ok, want in (("row", lambda v: isinstance(v, str), "a row name"),
+                          ("T", lambda v: whole(v) and v > 0, "a whole number > 0"),
+                          ("peak_bytes", whole, "a whole number of bytes"),
+                          ("predicted_peak_bytes", whole, "a whole number of bytes")):
+        if key == "predicted_peak_bytes" and key not in r:
+            continue
+        if key not in r or not ok(r[key]):
+            got = "missing" if key not in r else f"got {json.dumps(r[key])[:40]}"
+            raise UsageError(f"--from-json: {path}: results[{i}].{key}: expected {want}, {got}")
+
+
 def network_main(args) -> int:
     """Predicted vs measured peak of the whole-network benchmark's rows (see the module docstring)."""
     bench = _bench_module()
@@ -172,17 +191,22 @@ def network_main(args) -> int:
     if args.from_json:
         from edgesnn.errors import UsageError
 
+        if os.path.isdir(args.from_json):
+            raise UsageError(f"--from-json: {args.from_json} is a directory; expected bench_network_memory.py's --json file")
         if not os.path.isfile(args.from_json):
             raise UsageError(f"--from-json: {args.from_json}: no such file")
         try:
             with open(args.from_json) as fh:
                 results = json.load(fh)["results"]
+            if not all(isinstance(r, dict) for r in results):
+                raise TypeError("every result must be an object")
             batches = sorted({r.get("batch") for r in results if "peak_bytes" in r} - {None})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UsageError(f"--from-json: {args.from_json} is not bench_network_memory.py --json output "
                              f"(a 'results' list of rows): {type(exc).__name__}: {exc}") from None
-        for r in results:
+        for i, r in enumerate(results):
             if "peak_bytes" in r and r.get("batch", args.batch) == args.batch:
+                _check_row(args.from_json, i, r)
                 measured[(r["row"], r["T"])] = r
         wanted = {(row, T) for row in args.rows for T in args.timesteps}
         if not wanted & set(measured):
@@ -225,6 +249,8 @@ def network_main(args) -> int:
 #: Flags that only the --network rows read, and flags that only the per-configuration table reads.
 _NETWORK_ONLY = ("-T", "--timesteps", "--rows", "--batch", "--steps", "--threads", "--from-json")
 _TABLE_ONLY = ("--quick", "--backend", "--micro-batch", "--calibrate")
+#: Flags of the per-configuration table that --calibrate (one small model) does not read.
+_NOT_CALIBRATE = ("--quick", "--micro-batch")
 
 
 def _refuse_unused_flags(ap: argparse.ArgumentParser, args: argparse.Namespace, argv) -> None:
@@ -233,6 +259,10 @@ def _refuse_unused_flags(ap: argparse.ArgumentParser, args: argparse.Namespace, 
     words = [a for a in (sys.argv[1:] if argv is None else argv) if a.startswith("-")]
     given = {a.split("=", 1)[0] for a in words} | {"-T" for a in words if a.startswith("-T")}  # -T8 too
     unused = [f for f in (_TABLE_ONLY if args.network else _NETWORK_ONLY) if f in given]
+    if not unused and args.calibrate and not args.network:
+        unused = [f for f in _NOT_CALIBRATE if f in given]
+        if unused:
+            ap.error(f"{', '.join(unused)}: not used with --calibrate (it measures one small model)")
     if unused:
         mode = "with --network (they apply to the per-configuration table)" if args.network else "without --network"
         ap.error(f"{', '.join(unused)}: not used {mode}")
@@ -279,9 +309,15 @@ def main(argv=None) -> int:
         spec = dict(model="mlp", in_shape=[8], T=1, B=2, neuron="lif", kwargs={"hidden": [8]}, node={"backend": args.backend})
         meas = run_fresh(spec)
         pred = predict(spec, 0)
-        print(f"runtime overhead of this host: {meas['peak_rss_bytes'] - pred['peak_bytes']} bytes "
-              f"({(meas['peak_rss_bytes'] - pred['peak_bytes']) / 2**20:.1f} MiB); "
+        measured_overhead = meas['peak_rss_bytes'] - pred['peak_bytes']
+        print(f"runtime overhead of this host: {measured_overhead} bytes ({measured_overhead / 2**20:.1f} MiB); "
               f"the planner's for this torch build: {runtime_overhead} ({overhead_source})")
+        if args.json:
+            write_json(args.json, dict(baseline="the planner's runtime overhead for this torch build",
+                                       measured_overhead_bytes=int(measured_overhead),
+                                       planner_overhead_bytes=int(runtime_overhead), planner_source=overhead_source,
+                                       ratio=measured_overhead / runtime_overhead if runtime_overhead else None))
+            print(f"wrote {args.json}")
         return 0
     rows = []
     configs = [CONFIGS[i] for i in QUICK] if args.quick else CONFIGS

@@ -1,0 +1,138 @@
+"""The tools' own checks (audit of tools/): a measured-peaks file with a malformed row, flags that
+contradict each other or that the chosen mode ignores, a growth check with nothing grown, and the
+CUDA check script's results folder and exit status. Nothing is measured: the scripts stop at their
+checks, or the measurement is monkeypatched."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
+
+
+def _load(name: str, monkeypatch):
+    """``tools/<name>.py`` as a fresh module (its folder on ``sys.path`` for ``tool_args``)."""
+    monkeypatch.syspath_prepend(str(TOOLS))
+    spec = importlib.util.spec_from_file_location(f"_toolcheck_{name}", TOOLS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("row, where, detail", [
+    ({"peak_bytes": 5, "batch": 8}, "results[0].row", "expected a row name, missing"),
+    ({"row": "lif", "T": 8, "batch": 8, "peak_bytes": "5"}, "results[0].peak_bytes",
+     'expected a whole number of bytes, got "5"'),
+    ({"row": "lif", "T": 8, "batch": 8, "peak_bytes": None}, "results[0].peak_bytes",
+     "expected a whole number of bytes, got null"),
+    ({"row": "lif", "T": 0, "batch": 8, "peak_bytes": 5}, "results[0].T", "expected a whole number > 0, got 0"),
+])
+def test_validate_planner_names_a_malformed_measured_row(row, where, detail, tmp_path, monkeypatch, capsys):
+    """Such rows ended in a KeyError / TypeError traceback."""
+    vp = _load("validate_planner", monkeypatch)
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps({"results": [row]}))
+    assert vp.run_main(vp.main, ["--network", "-T", "8", "--rows", "lif", "--from-json", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--from-json: {f}: {where}: {detail}" in err[0]
+
+
+def test_validate_planner_names_a_directory_as_measured_peaks(tmp_path, monkeypatch, capsys):
+    vp = _load("validate_planner", monkeypatch)
+    assert vp.run_main(vp.main, ["--network", "-T", "8", "--rows", "lif", "--from-json", str(tmp_path)]) == 2
+    assert f"--from-json: {tmp_path} is a directory" in capsys.readouterr().err  # it said "no such file"
+
+
+def test_validate_planner_calibrate_refuses_table_flags_and_writes_its_json(tmp_path, monkeypatch, capsys):
+    """``--calibrate --quick --micro-batch 8 --json F`` exited 0 with no file: the three were ignored."""
+    vp = _load("validate_planner", monkeypatch)
+    monkeypatch.setattr(vp, "run_fresh", lambda spec: {"peak_rss_bytes": 300 * 2**20})
+    monkeypatch.setattr(vp, "predict", lambda spec, overhead: {"peak_bytes": 2**20})
+    out = tmp_path / "cal.json"
+    with pytest.raises(SystemExit) as exc:
+        vp.main(["--calibrate", "--quick", "--micro-batch", "8", "--json", str(out)])
+    assert exc.value.code == 2 and not out.exists()
+    assert "--quick, --micro-batch: not used with --calibrate" in capsys.readouterr().err
+    assert vp.main(["--calibrate", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["measured_overhead_bytes"] == 299 * 2**20 and data["baseline"].startswith("the planner's")
+    assert data["ratio"] == pytest.approx(data["measured_overhead_bytes"] / data["planner_overhead_bytes"])
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--only-public", "--no-public"], "--only-public with --no-public"),
+    (["--only-on", "--no-on"], "--only-on with --no-on"),
+    (["--only-public", "--only-layer"], "--only-layer, --only-public: each runs one part alone"),
+])
+def test_bench_kernels_refuses_contradicting_parts(argv, said, monkeypatch, capsys):
+    """``--only-public --no-public`` ran everything but the public form (and exited 0)."""
+    bk = _load("bench_kernels", monkeypatch)
+    monkeypatch.setattr(bk, "stream_triad", lambda: pytest.fail("measured despite contradicting flags"))
+    with pytest.raises(SystemExit) as exc:
+        bk.main(argv)
+    assert exc.value.code == 2 and said in capsys.readouterr().err
+
+
+def _rows(lif, revlif):
+    return [{"model": "mlp", "neuron": n, "T": T, "onnx_step": {"peak_rss_mb": mb}}
+            for n, pair in (("lif", lif), ("revlif", revlif)) for T, mb in zip((8, 64), pair)]
+
+
+@pytest.mark.parametrize("lif, revlif, passed", [
+    ((100.4, 100.0), (100.1, 100.0), None),   # neither grew: it passed ("RevLIF did not grow")
+    ((103.0, 100.0), (100.0, 100.0), None),   # LIF shrank: it passed
+    ((100.0, 140.0), (100.0, 100.0), True),   # LIF grew, RevLIF did not
+    ((100.0, 140.0), (100.0, 120.0), False),  # 2x: below the 4x target
+])
+def test_bench_device_runner_growth_check_needs_lif_to_grow(lif, revlif, passed, monkeypatch):
+    bdr = _load("bench_device_runner", monkeypatch)
+    figures = []
+    (ok, line), = bdr.sweep_checks(_rows(lif, revlif), figures)
+    assert ok is passed and figures[0]["passed"] is passed
+    assert ("not checked" in line) == (passed is None)
+
+
+def _cuda_checks(tmp_path, *args, gpu_ok: bool):
+    """``tools/run_cuda_checks.sh`` with a stand-in ``nvidia-smi`` (failing, or naming a GPU) and a
+    stand-in Python that records its calls and fails."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + ("echo 'name\nStandInGPU'\n" if gpu_ok else "echo 'no devices' >&2; exit 9\n"))
+    py = bin_dir / "py"
+    py.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls.txt'}\nexit 3\n")
+    for f in (smi, py):
+        f.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(tmp_path / "out"),
+               PYTHON=str(py))
+    return subprocess.run(["bash", str(TOOLS / "run_cuda_checks.sh"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_run_cuda_checks_without_a_gpu_fails_and_writes_nothing(tmp_path):
+    p = _cuda_checks(tmp_path, gpu_ok=False)
+    assert p.returncode == 1 and "found no GPU" in p.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "calls.txt").exists()
+
+
+def test_run_cuda_checks_reports_failures_and_keeps_earlier_results(tmp_path):
+    """It always exited 0 (no pipefail), and a second run replaced the first's results."""
+    p = _cuda_checks(tmp_path, gpu_ok=True)
+    assert p.returncode == 1 and "failed: warmup tests benchmark" in p.stderr
+    assert (tmp_path / "out" / "gpu.txt").read_text().strip() == "name\nStandInGPU"
+    (tmp_path / "out" / "gpu.txt").write_text("first run")
+    p = _cuda_checks(tmp_path, gpu_ok=True)
+    assert p.returncode == 2 and "gpu.txt exists" in p.stderr and "--force" in p.stderr
+    assert (tmp_path / "out" / "gpu.txt").read_text() == "first run"
+    p = _cuda_checks(tmp_path, "--force", gpu_ok=True)
+    assert p.returncode == 1 and "StandInGPU" in (tmp_path / "out" / "gpu.txt").read_text()
+    assert "--force" in (tmp_path / "calls.txt").read_text().splitlines()[-1]  # handed to bench_kernels
+    assert _cuda_checks(tmp_path, "--bogus", gpu_ok=True).returncode == 2
