@@ -135,3 +135,67 @@ def test_run_cuda_checks_reports_failures_and_keeps_earlier_results(tmp_path):
     assert p.returncode == 1 and "StandInGPU" in (tmp_path / "out" / "gpu.txt").read_text()
     assert "--force" in (tmp_path / "calls.txt").read_text().splitlines()[-1]  # handed to bench_kernels
     assert _cuda_checks(tmp_path, "--bogus", gpu_ok=True).returncode == 2
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--chunk", "3"], "--chunk: expected a divisor of every --timesteps, got 3 (T 8, 32, 64)"),
+    (["--timesteps", "8", "12", "--chunk", "8"], "--chunk: expected a divisor of every --timesteps, got 8 (T 12)"),
+    (["--mode", "legacy", "--chunk", "4"], "--chunk: only used with --mode sweep"),
+])
+def test_bench_device_runner_chunk_is_checked(argv, said, monkeypatch, capsys):
+    """``--chunk`` (the README's table was measured at K = 4, no option set it) divides every T."""
+    bdr = _load("bench_device_runner", monkeypatch)
+    monkeypatch.setattr(bdr, "sweep", lambda *a, **k: pytest.fail("measured despite a bad --chunk"))
+    with pytest.raises(SystemExit) as exc:
+        bdr.main(argv)
+    assert exc.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_bench_network_memory_showcase_refuses_table_flags_and_a_board_too_small(tmp_path, monkeypatch, capsys):
+    """``--showcase`` took --batch / --rows / --steps and ignored them, and a profile smaller than
+    the parameters ended in "budget: expected a positive whole number of bytes ... got -5882744"."""
+    bnm = _load("bench_network_memory", monkeypatch)
+    monkeypatch.setattr(bnm, "_run_child", lambda *a, **k: pytest.fail("measured despite a refused option"))
+    with pytest.raises(SystemExit) as exc:
+        bnm.main(["--showcase", "raspberry-pi-4-4gb", "--batch", "3", "--rows", "lif"])
+    assert exc.value.code == 2
+    assert "--batch, --rows: not used with --showcase" in capsys.readouterr().err
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(dict(name="small", memory_bytes=2**30, reserved_bytes=2**29 + 2**28,
+                                     runtime_overhead_bytes=2**28 - 2**20, bandwidth_gbs=10.0, cores=4)))
+    with pytest.raises(SystemExit) as exc:
+        bnm.main(["--showcase", str(small)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--showcase: small leaves 1 MiB" in err and "parameters, gradients" in err
+
+
+@pytest.mark.parametrize("peak_mib, fits", [(100, True), (3500, False)])
+def test_bench_network_memory_showcase_says_whether_the_step_fits(peak_mib, fits, tmp_path, monkeypatch, capsys):
+    """It printed the measured peak and exited 0 whatever it was (1.8x the budget on a small board)."""
+    bnm = _load("bench_network_memory", monkeypatch)
+
+    def child(args, mmap_threshold=True):
+        if args[0] == "--showcase-worker":
+            return {"batch": 20, "activation_budget_bytes": 2**30, "peak_bytes": peak_mib * 2**20,
+                    "predicted_peak_bytes": 90 * 2**20, "step_s": 1.0}
+        return {"batch": int(args[args.index("--batch") + 1]), "peak_bytes": int(args[args.index("--batch") + 1]) * 2**20}
+
+    monkeypatch.setattr(bnm, "_run_child", child)
+    out = tmp_path / "s.json"
+    assert bnm.main(["--showcase", "raspberry-pi-4-4gb", "-T", "4", "--json", str(out)]) == (0 if fits else 1)
+    assert ("fits raspberry-pi-4-4gb: yes" if fits else "fits raspberry-pi-4-4gb: NO") in capsys.readouterr().out
+    assert json.loads(out.read_text())["fits"] is fits
+
+
+def test_device_finetune_demo_checks_the_runner_interpreter(tmp_path, monkeypatch, capsys):
+    """``--python /bin/true`` passed the executable check, then ended in "No such file or directory:
+    .../metrics.json", naming no option."""
+    true = tmp_path / "true"
+    true.write_text("#!/bin/sh\nexit 0\n")
+    true.chmod(0o755)
+    demo = _load("device_finetune_demo", monkeypatch)
+    monkeypatch.setattr(demo, "run_one", lambda *a: pytest.fail("ran despite an interpreter that cannot run it"))
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--python", str(true)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"--python: {true} cannot run the device runner (exit status 0, no output)" in err

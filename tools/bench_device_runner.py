@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -225,7 +226,11 @@ def _all_but_head(model) -> list:
 
 
 def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: float, work: Path, log=print,
-          threads: int = 1, head_only: bool = False) -> list:
+          threads: int = 1, head_only: bool = False, chunk: Optional[int] = None) -> list:
+    """One row per model, neuron and T: the onnx-step runner's peak RSS and step time (and the
+    onnx-training runner's up to ``training_max_t``, and eager PyTorch's), each in a fresh process.
+    ``chunk``: the onnx-step graphs' time steps per loop iteration (``export_onnx_step(chunk=)``;
+    ``None``: the export's default)."""
     import time as _time
 
     from edgesnn.checkpoint import save_checkpoint
@@ -246,13 +251,15 @@ def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: fl
                 row = {"model": name, "neuron": neuron, "T": T, "batch": batch}
                 t0 = _time.perf_counter()
                 art = work / f"step-{name}-{neuron}-{T}"
-                export_onnx_step(model, art, batch, "sgd", lr, momentum=0.9)
+                export_onnx_step(model, art, batch, "sgd", lr, momentum=0.9, chunk=chunk)
+                row["chunk"] = chunk
                 row["step_export_s"] = _time.perf_counter() - t0
                 row["step_file_mb"] = (art / "step.onnx").stat().st_size / 2**20
                 row["onnx_step"] = _run_runner(art, data, work / "ft-step", threads=threads)
                 if head_only:  # the same graph with every layer but the head frozen (export --freeze)
                     art_h = work / f"head-{name}-{neuron}-{T}"
-                    export_onnx_step(model, art_h, batch, "sgd", lr, momentum=0.9, freeze=_all_but_head(model))
+                    export_onnx_step(model, art_h, batch, "sgd", lr, momentum=0.9, freeze=_all_but_head(model),
+                                     chunk=chunk)
                     row["onnx_step_head_only"] = _run_runner(art_h, data, work / "ft-head", threads=threads)
                     row["head_only_step_x_of_full"] = (row["onnx_step_head_only"]["step_ms_median"]  # as printed
                                                        / row["onnx_step"]["step_ms_median"])
@@ -343,7 +350,8 @@ def sweep_checks(rows: list, figures: list = None) -> list:
 MIN_LIF_GROWTH_MB = 2.0
 
 _LEGACY_ONLY = {"neurons": ["lif", "revlif"], "epochs": 2, "repeats": 3}
-_SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training_max_t": 64, "steps": 6, "head_only": False}
+_SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training_max_t": 64, "steps": 6, "head_only": False,
+               "chunk": 0}
 
 
 def main(argv=None) -> int:
@@ -361,6 +369,9 @@ def main(argv=None) -> int:
     ap.add_argument("--head-only", action="store_true", default=None,
                     help="sweep: also run each onnx-step graph exported with every layer but the head frozen "
                          "(edgesnn export --freeze): peak RSS and step time of a head-only fine-tune")
+    ap.add_argument("--chunk", type=positive_int, default=None, metavar="K",
+                    help="sweep: time steps per loop iteration of the onnx-step graphs (edgesnn export --time-chunk), "
+                         "dividing every --timesteps (default: the export's own choice)")
     ap.add_argument("--neurons", nargs="+", default=None, choices=("lif", "revlif"),
                     help="legacy: neuron types (default lif revlif)")
     ap.add_argument("--epochs", type=positive_int, default=None, help="legacy: epochs over the digits (default 2)")
@@ -383,6 +394,9 @@ def main(argv=None) -> int:
     if not (args.lr > 0 and args.lr < float("inf")):
         ap.error(f"--lr: expected a finite number > 0, got {args.lr}")
     if args.mode == "sweep":
+        bad = [T for T in args.timesteps if args.chunk and T % args.chunk]
+        if bad:
+            ap.error(f"--chunk: expected a divisor of every --timesteps, got {args.chunk} (T {', '.join(map(str, bad))})")
         if args.steps < 2:
             ap.error(f"--steps: expected an integer >= 2 (the step time is the median of steps 2..n), got {args.steps}")
         if args.steps * args.batch > DIGITS:
@@ -397,7 +411,8 @@ def main(argv=None) -> int:
               "process; step = median wall time of steps 2..n; eager = PyTorch, torch backend", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             rows = sweep(args.models, args.timesteps, args.training_max_t, args.steps, args.batch, args.lr, Path(tmp),
-                         log=lambda line: print(line, flush=True), threads=args.threads, head_only=args.head_only)
+                         log=lambda line: print(line, flush=True), threads=args.threads, head_only=args.head_only,
+                         chunk=args.chunk or None)
         figures = []
         checks = sweep_checks(rows, figures)
         for ok, line in checks:

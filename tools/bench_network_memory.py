@@ -277,6 +277,10 @@ def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
     return {row: (statistics.median(times[row]), statistics.median(faults[row])) for row in rows}
 
 
+#: Options of the table that --showcase (its own batch, one step, no gradient check) does not read.
+_NOT_SHOWCASE = ("--batch", "--steps", "--rows", "--no-check", "--rounds")
+
+
 def main(argv=None) -> int:
     ap = tool_parser(description=__doc__.split("\n")[0])
     ap.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[8, 32, 64],
@@ -318,10 +322,19 @@ def main(argv=None) -> int:
         from edgesnn.devices import load_device
         from edgesnn.errors import USER_ERRORS
 
+        words = {w.split("=", 1)[0] for w in (sys.argv[1:] if argv is None else argv) if w.startswith("--")}
+        unused = [f for f in _NOT_SHOWCASE if f in words]
+        if unused:
+            ap.error(f"{', '.join(unused)}: not used with --showcase (it plans its own batch and runs one step)")
         try:
-            load_device(a.showcase)
+            dev = load_device(a.showcase)
         except USER_ERRORS as exc:
             ap.error(f"--showcase: {str(exc).removeprefix('device: ')}")
+        usable = dev.memory_bytes - dev.reserved_bytes - dev.runtime_overhead_bytes
+        params = sum(p.numel() * 4 for p in build_vgg("lif")[0].parameters())
+        if usable - 3 * params <= 0:
+            ap.error(f"--showcase: {dev.name} leaves {usable / 2**20:.0f} MiB after reserved memory and runtime "
+                     f"overhead, not more than VGG-11's parameters, gradients and momentum ({3 * params / 2**20:.0f} MiB)")
     a.json = check_out(ap, a.json, "--json", a.force)
     if a.showcase:
         T = max(a.timesteps)
@@ -340,9 +353,16 @@ def main(argv=None) -> int:
         if r["peak_bytes"] > 0:
             r["sj_bptt_x_more"] = r["sj_bptt_extrapolated_bytes"] / r["peak_bytes"]
             print(f"SpikingJelly BPTT at batch {r['batch']} (extrapolated) against the measured peak: {r['sj_bptt_x_more']:.1f}x more")
+        # the step's peak counts the gradients (no warm-up) and the Numba kernels' runtime memory, which
+        # the planned budget leaves out: parameters and momentum beside it must fit what the board leaves
+        need = r["peak_bytes"] + 2 * params
+        r["fits"] = need <= usable
+        r["usable_bytes"] = int(usable)
+        print(f"fits {dev.name}: {'yes' if r['fits'] else 'NO'}: measured peak + parameters + momentum "
+              f"{need / 2**20:.0f} MiB of the {usable / 2**20:.0f} MiB it leaves (memory - reserved - runtime overhead)")
         if a.json:
             write_json(a.json, r, indent=1)
-        return 0
+        return 0 if r["fits"] else 1
     common = ["--batch", str(a.batch), "--steps", str(a.steps), "--threads", str(a.threads)]
     results, checks = [], []
     budget = 0

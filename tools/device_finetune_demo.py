@@ -124,6 +124,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     py = shutil.which(args.python) if os.sep not in args.python else args.python
     if not py or not os.path.isfile(py) or not os.access(py, os.X_OK):
         ap.error(f"--python: expected an executable Python interpreter, got {args.python!r}")
+    probe = subprocess.run([py, "-c", "import edgesnn.export.runner, onnxruntime; print('edgesnn runner ok')"],
+                           capture_output=True, text=True)
+    if probe.stdout.strip() != "edgesnn runner ok":  # /bin/true passed the check above, then failed on a missing metrics.json
+        last = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}, no output"])[-1][:120]
+        ap.error(f"--python: {args.python} cannot run the device runner ({last}); install onnxruntime and edgesnn "
+                 "there (pip install onnxruntime && pip install --no-deps .)")
     args.out = check_out(ap, args.out, "--out", args.force)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
