@@ -18,6 +18,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,7 +62,8 @@ def _check_specs(ap, args) -> None:
             ap.error(msg)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=positive_int, default=3, help="training runs per neuron spec, seeds 0..N-1 (default 3)")
     ap.add_argument("--epochs", type=positive_int, default=30, help="training epochs per run (default 30)")

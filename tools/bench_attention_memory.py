@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import Any, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: edgesnn from any folder
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -38,8 +39,12 @@ ROWS = [("edgesnn", "edgesnn", "plain"), ("edgesnn optimize_memory", "edgesnn", 
 BASELINE = "SpikingJelly"
 
 
-def build(lib: str, over_time: bool, C: int, heads: int, depth: int):
-    """The model with edgesnn's or SpikingJelly's nodes and multi-step wrappers."""
+def build(lib: str, over_time: bool, C: int, heads: int, depth: int) -> Tuple[Any, type, type]:
+    """The model with edgesnn's (``lib="edgesnn"``) or SpikingJelly's (``"sj"``) nodes and multi-step wrappers.
+
+    ``C`` channels, ``heads`` attention heads, ``depth`` blocks; ``over_time`` wraps the attention products in
+    ``edgesnn.checkpoint_over_time``. The model takes ``[T, B, 2, 32, 32]`` and returns logits ``[T, B, 10]``.
+    Returns ``(model, Attention class, MLP class)`` (the classes are SpikingJelly memopt's targets)."""
     import torch
     from torch import nn
 
@@ -164,6 +169,8 @@ def worker(row: int, T: int, batch: int, C: int, heads: int, depth: int) -> dict
 
 
 def run_fresh(row: int, T: int, args: argparse.Namespace) -> dict:
+    """Measure row ``row`` (an index into ``ROWS``) at ``T`` time steps in a fresh worker process (large allocations
+    via ``mmap``); returns the worker's dict: ``peak_bytes`` (bytes), ``step_s`` (s), ``grad_abs_sum``."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(row), "-T", str(T), "--batch", str(args.batch),
            "--channels", str(args.channels), "--heads", str(args.heads), "--depth", str(args.depth)]
@@ -173,7 +180,8 @@ def run_fresh(row: int, T: int, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[4, 16], help="time steps (default 4 16)")

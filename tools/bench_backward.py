@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -39,8 +40,12 @@ from edgesnn.functional.revlif import revlif_initial_state, revlif_step, revlif_
 from edgesnn.functional.revlif_autograd import torch_backward, torch_forward  # noqa: E402
 
 
-def classic_backward(y, v_T, bits, grad_y, grad_v_T, p: RevLIFParams):
-    """Invert, re-run the forward under autograd, back-propagate: step by step from t = T."""
+def classic_backward(y: torch.Tensor, v_T: torch.Tensor, bits: Optional[torch.Tensor], grad_y: torch.Tensor,
+                     grad_v_T: torch.Tensor, p: RevLIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Invert, re-run the forward under autograd, back-propagate: step by step from t = T.
+
+    ``y, grad_y [T, B, n, M]``, ``v_T, grad_v_T [B, n, M]``, ``bits [ceil(T/8), B, n, M]`` uint8 (packed kept bits,
+    from ``torch_forward``). Returns ``(grad_x [T, B, n, M], grad_v0 [B, n, M])``."""
     grad_x = torch.empty_like(grad_y)
     v, grad_v = v_T, grad_v_T
     for t in range(y.shape[0] - 1, -1, -1):
@@ -67,7 +72,8 @@ def interleaved_times(fns: dict, repeat: int) -> dict:
     return times
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--T", type=positive_int, default=32, help="time steps (default 32)")
     ap.add_argument("--batch", type=positive_int, default=32, help="batch size (default 32)")

@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any, Callable, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,9 @@ import torch  # noqa: E402
 from tool_args import add_force, tool_parser, check_out, positive_int, run_main, write_json  # noqa: E402
 
 
-def per_call_us(fn, calls: int) -> float:
+def per_call_us(fn: Callable[[], Any], calls: int) -> float:
+    """Microseconds per call of ``fn``: ``calls`` back-to-back calls, one synchronize at the end, best of 3
+    (after one warm-up call)."""
     fn()
     torch.cuda.synchronize()
     best = float("inf")
@@ -52,7 +55,9 @@ def per_call_us(fn, calls: int) -> float:
     return best * 1e6
 
 
-def cuda_ms(fn, reps: int) -> float:
+def cuda_ms(fn: Callable[[], Any], reps: int) -> float:
+    """Milliseconds per call of ``fn`` on the GPU: median of ``reps`` calls timed with CUDA events
+    (after one warm-up call)."""
     fn()
     torch.cuda.synchronize()
     times = []
@@ -66,7 +71,7 @@ def cuda_ms(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def graphed(step, warmup: int = 2):
+def graphed(step: Callable[[], Any], warmup: int = 2) -> Callable[[], None]:
     """Capture ``step`` (warm-up on a side stream first); returns ``replay``."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -81,6 +86,8 @@ def graphed(step, warmup: int = 2):
 
 
 def overhead(calls: int) -> dict:
+    """Section (1): microseconds per call (float, or the error text) of each variant on tiny tensors
+    (``[T, K] = [1, 32]``), ``calls`` back-to-back calls each."""
     from numba import cuda
 
     from edgesnn.functional.lif import LIFParams
@@ -155,6 +162,9 @@ def _sj_fastest():
 
 
 def layers(reps: int) -> dict:
+    """Section (2): forward + backward of each variant on ``[T, B, N]`` = ``[64, 16, 4096]`` and
+    ``[8, 16, 1048576]``, median of ``reps`` in ms (``{"ms": ..., "x_vs_sj": ...}`` or ``{"error": ...}`` per row),
+    keyed by shape ``"TxBxN"``, plus ``spikingjelly_backend`` and ``baseline``."""
     from edgesnn.nn.neurons import LIF, RevLIF
 
     sj, why = _sj_fastest()
@@ -196,7 +206,8 @@ def layers(reps: int) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=positive_int, default=2000, help="back-to-back calls per overhead figure (default 2000)")
     ap.add_argument("--reps", type=positive_int, default=20, help="timed repetitions per layer figure, median (default 20)")

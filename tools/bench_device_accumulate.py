@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -36,7 +37,10 @@ from tool_args import add_force, tool_parser, check_out, positive_int, run_main,
 
 
 def bench(name: str, neuron: str, T: int, batch: int, parts: int, steps: int, lr: float, work: Path,
-          chunk=None) -> dict:
+          chunk: Optional[int] = None) -> dict:
+    """One table row: model ``name`` with ``neuron`` at ``T`` time steps, exported at batch ``batch`` and at
+    ``batch // parts`` under ``work``, run as ``whole``, ``parts_run`` (accumulated) and ``small``; returns the
+    runs' figures (``peak_rss_mb`` MiB, ``step_ms_median`` ms), ``max_param_diff`` and the ratios."""
     from edgesnn.export.onnx_step import export_onnx_step
 
     torch.manual_seed(0)
@@ -79,7 +83,8 @@ def _line(r: dict) -> str:
             f"(moved {r['max_param_change']:.1e})")
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__.splitlines()[0])
     ap.add_argument("-T", type=positive_int, default=32, help="time steps (default 32)")
     ap.add_argument("--batch", type=positive_int, default=256, help="samples per optimizer step (default 256)")

@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -106,8 +106,9 @@ def _digits():
     return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
-def grad_parity(model, art_dir: Path, x: np.ndarray, y: np.ndarray) -> float:
-    """max |grad_ORT - grad_torch| over all parameters for one batch."""
+def grad_parity(model: torch.nn.Module, art_dir: Path, x: np.ndarray, y: np.ndarray) -> float:
+    """max |grad_ORT - grad_torch| over all parameters for one batch (``x [B, 64]`` float32, ``y [B]`` int64),
+    the ONNX Runtime training artifacts in ``art_dir`` against ``model``'s export copy."""
     from edgesnn.export.prepare import export_copy
     from edgesnn.export.runner import import_ort_training_api
 
@@ -132,6 +133,10 @@ def _best(old, new: dict) -> dict:
 
 
 def bench(neuron: str, epochs: int, batch: int, lr: float, work: Path, repeats: int = 3, threads: int = 1) -> dict:
+    """Legacy row for ``neuron``: the digits MLP (T = 4) trained briefly on the host, exported for ONNX Runtime
+    training under ``work``; gradient parity (``max_grad_diff``) and, best of ``repeats`` fresh-process runs of
+    ``epochs`` epochs, the device runner's and eager PyTorch's (``reference``, ``auto``) peak RSS (MiB) and
+    median step time (ms)."""
     from edgesnn.checkpoint import save_checkpoint
     from edgesnn.export.onnx_training import export_onnx_training
     from edgesnn.models import build_model
@@ -225,8 +230,9 @@ def _all_but_head(model) -> list:
     return layers[:-1]
 
 
-def sweep(models, timesteps, training_max_t: int, steps: int, batch: int, lr: float, work: Path, log=print,
-          threads: int = 1, head_only: bool = False, chunk: Optional[int] = None) -> list:
+def sweep(models: Sequence[str], timesteps: Sequence[int], training_max_t: int, steps: int, batch: int, lr: float,
+          work: Path, log: Callable[[str], Any] = print, threads: int = 1, head_only: bool = False,
+          chunk: Optional[int] = None) -> list:
     """One row per model, neuron and T: the onnx-step runner's peak RSS and step time (and the
     onnx-training runner's up to ``training_max_t``, and eager PyTorch's), each in a fresh process.
     ``chunk``: the onnx-step graphs' time steps per loop iteration (``export_onnx_step(chunk=)``;
@@ -298,7 +304,7 @@ def _sweep_line(r: dict) -> str:
                f"({h['step_ms_median'] / s['step_ms_median']:.2f}x the step time)" if (h := r.get("onnx_step_head_only")) else ""))
 
 
-def sweep_checks(rows: list, figures: list = None) -> list:
+def sweep_checks(rows: list, figures: Optional[list] = None) -> list:
     """The two memory checks per model, as printable lines (and a pass flag: ``None`` when the
     check could not be made, e.g. the growth check with one T). ``figures``, when given, receives
     one dict per check with its raw figures, ratio, target and baseline (for the JSON)."""
@@ -354,7 +360,8 @@ _SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training
                "chunk": 0}
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("sweep", "legacy"), default="sweep",
                     help="sweep: peak RSS and step time over T (default); legacy: the T = 4 parity/timing table")

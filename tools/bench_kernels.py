@@ -35,6 +35,7 @@ import os
 import platform
 import sys
 import time
+from typing import List, Optional
 
 # Opt-in process settings; they must be in place before torch / numba are imported, so they are
 # read from argv here (the parser below takes no abbreviations, so only these exact spellings turn
@@ -68,7 +69,8 @@ def _ratio(res, base, name):
     return None
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     # allow_abbrev=False: --thp / --tuned are read from sys.argv above, so an abbreviation such as
     # --tune must be refused, not recorded as tuned without the settings in place
     ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,

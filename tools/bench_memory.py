@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -43,15 +44,18 @@ from tool_args import add_force, tool_parser, check_out, positive_int, run_main,
 TIMESTEPS = (4, 8, 16, 32, 64)
 
 
-def node_bytes(run, x: torch.Tensor) -> tuple:
-    """``(bytes without the node's input and output, bytes without its output only)``; see the module doc."""
+def node_bytes(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple:
+    """``(bytes without the node's input and output, bytes without its output only)`` that ``run`` saves for backward
+    on ``x`` ``[T, B, N]``; see the module doc."""
     x = x.detach().requires_grad_()
     with SavedTensorCounter() as c:
         out = run(x)
     return c.bytes(exclude=[x, out]), c.bytes(exclude=[out])
 
 
-def nodes():
+def nodes() -> Dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The per-node rows: name -> a forward ``[T, B, N] -> [T, B, N]`` spikes (SpikingJelly's row only where it
+    imports)."""
     rows = {
         "edgesnn LIF (reference autograd)": lambda x: dispatch.lif_multistep(x, LIFParams(), None, "reference")[0],
         "edgesnn LIF (torch backend)": lambda x: dispatch.lif_multistep(x, LIFParams(), None, "torch")[0],
@@ -75,6 +79,8 @@ def nodes():
 
 
 def exactness(T: int = 256, B: int = 16, N: int = 1024) -> dict:
+    """Invert a RevLIF forward (exact mode, 2 groups) on ``[T, B, N]`` step by step from ``t = T``; returns ``T``, the
+    largest input and initial-state errors and ``bit_exact`` (both zero)."""
     p = RevLIFParams(groups=2)
     x = to_groups(torch.randn(T, B, N) + 0.5, 2)
     v0 = revlif_initial_state(x[0], p)
@@ -115,6 +121,8 @@ def layer_pairs(T: int, batch: int, N: int) -> dict:
 
 
 def network(T: int, batch: int) -> dict:
+    """Bytes of activations one VGG-11 forward (``[batch, 3, 32, 32]``, ``T`` time steps) saves for backward, LIF and
+    RevLIF (``lif``, ``revlif``), the parameters autograd also saves (``*_saved_params``) and ``ratio`` LIF / RevLIF."""
     out = {}
     for neuron in ("lif", "revlif"):
         model = build_model("vgg11", (3, 32, 32), 10, T, neuron)
@@ -128,7 +136,8 @@ def network(T: int, batch: int) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=positive_int, default=16, help="batch of the per-node tables and layer pairs (default 16)")
     ap.add_argument("--neurons", type=positive_int, default=1024,

@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: edgesnn from any folder
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +64,9 @@ LABELS = {
 CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-def build_vgg(node: str, grouped: bool = False):
-    """VGG-11 of SpikingJelly multi-step layers with ``node`` in {"sj", "lif", "revlif"}.
+def build_vgg(node: str, grouped: bool = False) -> Tuple[Any, Optional[type]]:
+    """VGG-11 of SpikingJelly multi-step layers with ``node`` in {"sj", "lif", "revlif"}: ``[T, B, 3, 32, 32]`` ->
+    logits ``[T, B, 10]``. Returns ``(model, Block class or None)``.
 
     ``grouped``: the layers wrapped per conv -> BatchNorm -> node (-> max-pool) in a ``Block``
     (an ``nn.Sequential`` subclass), the unit SpikingJelly's ``memopt`` checkpoints.
@@ -107,10 +109,10 @@ _ROW_NODE = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}  # other ro
 BASELINE_ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif")  # predicted by edgesnn.planner.bptt_peak
 
 
-def predict_baseline(row: str, T: int, batch: int, steps: int = 3):
+def predict_baseline(row: str, T: int, batch: int, steps: int = 3) -> Any:
     """The planner's prediction for a baseline row (``BASELINE_ROWS``), from shapes only (no run):
     :func:`edgesnn.planner.bptt_peak.predict_peak` on a fresh copy of the row's model, as
-    ``tools/validate_planner.py --network`` computes it. Returns a ``PeakPrediction``."""
+    ``tools/validate_planner.py --network`` computes it. Returns a ``PeakPrediction`` (``peak_bytes``: bytes)."""
     from edgesnn.planner.bptt_peak import Strategy, predict_peak
 
     model, _ = build_vgg(_ROW_NODE.get(row, "lif"), grouped=(row == "sj_memopt"))
@@ -119,8 +121,9 @@ def predict_baseline(row: str, T: int, batch: int, steps: int = 3):
     return predict_peak(model, (3, 32, 32), T, batch, strategy=strategy, steps=steps)
 
 
-def row_model(row: str, x, budget: int):
-    """The row's VGG-11, in training mode, with its memory optimisation applied for input ``x``.
+def row_model(row: str, x: Any, budget: int) -> Tuple[Any, Any]:
+    """The row's VGG-11, in training mode, with its memory optimisation applied for input ``x`` ``[T, B, 3, 32, 32]``
+    (``budget``: bytes, used by the ``opt_budget`` row).
 
     Returns ``(model, plan)``; ``plan`` is edgesnn's plan for the ``opt`` rows, else ``None``.
     Raises ``ValueError`` when the planner predicts the ``opt_budget`` row's budget cannot be met.
@@ -262,11 +265,12 @@ def _run_child(args: list, mmap_threshold: bool = True) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
+def timing_rounds(T: int, budget: int, rows: Sequence[str], common: List[str], rounds: int) -> dict:
     """Step time per row under glibc's default allocator: every row in a fresh process (one
     warm-up step, then ``--steps`` timed ones), the rows taken in turn, ``rounds`` times over (so a
     load change on a shared machine hits every row alike); the median of all timed steps, and the
-    median minor page faults per step (fresh pages the allocator handed out: a cost of its own)."""
+    median minor page faults per step (fresh pages the allocator handed out: a cost of its own).
+    ``common``: the worker's shared options; returns ``{row: (step s, minor faults per step)}``."""
     times = {row: [] for row in rows}
     faults = {row: [] for row in rows}
     for _ in range(rounds):
@@ -281,7 +285,8 @@ def timing_rounds(T: int, budget: int, rows, common, rounds: int) -> dict:
 _NOT_SHOWCASE = ("--batch", "--steps", "--rows", "--no-check", "--rounds")
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__.split("\n")[0])
     ap.add_argument("-T", "--timesteps", type=positive_int, nargs="+", default=[8, 32, 64],
                     help="time steps, one or more (default 8 32 64); --showcase uses the largest")

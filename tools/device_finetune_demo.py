@@ -74,6 +74,8 @@ def _run(cmd: list, what: str) -> None:
 
 
 def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
+    """One row for ``neuron``: train on the host, export onnx-step under ``work``, fine-tune with the device runner
+    in a fresh process; returns sample counts, accuracy before / after, ``peak_rss_mb`` (MiB) and the settings."""
     from sklearn.datasets import load_digits
 
     from edgesnn.checkpoint import save_checkpoint
@@ -102,6 +104,7 @@ def run_one(neuron: str, work: Path, args: argparse.Namespace) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__.splitlines()[0])
     ap.add_argument("--neurons", nargs="+", default=["revlif", "lif"], choices=("lif", "revlif"),
                     help="neuron types, one row each (default revlif lif)")

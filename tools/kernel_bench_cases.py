@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,8 +66,9 @@ def _eager_lif_loop(x):
 # ----------------------------------------------------------------------------- (a) + (b)
 
 
-def layer_variants(device: str, T: int, B: int, N: int, with_compile: bool):
-    """name -> callable(x) returning the layer's output, for the spiking layer alone."""
+def layer_variants(device: str, T: int, B: int, N: int, with_compile: bool) -> Dict[str, Callable[[torch.Tensor], Any]]:
+    """name -> callable(x) returning the layer's output (spikes ``[T, B, N]`` for ``x [T, B, N]``), for the
+    spiking layer alone on ``device`` ("cpu": the Numba kernels, else the CUDA ones)."""
     out = {
         "edgesnn numba LIF" if device == "cpu" else "edgesnn cuda LIF": LIF(backend="numba" if device == "cpu" else "cuda"),
         "edgesnn numba RevLIF" if device == "cpu" else "edgesnn cuda RevLIF": RevLIF(backend="numba" if device == "cpu" else "cuda"),
@@ -80,7 +82,11 @@ def layer_variants(device: str, T: int, B: int, N: int, with_compile: bool):
     return out
 
 
-def bench_layer(device: str, T: int, B: int, N: int, reps: int, with_compile: bool, sync=None):
+def bench_layer(device: str, T: int, B: int, N: int, reps: int, with_compile: bool,
+                sync: Optional[Callable[[], Any]] = None) -> Dict[str, dict]:
+    """(b) The spiking layer alone on ``[T, B, N]`` on ``device``: forward + backward (gradient of ones handed in)
+    of every :func:`layer_variants` row, median of ``reps`` after a warm-up call, ``sync`` after each call (e.g.
+    ``torch.cuda.synchronize``). Returns name -> ``{"ms", "first_call_s"}`` (ms, s) or ``{"error": text}``."""
     torch.manual_seed(0)
     x0 = (torch.randn(T, B, N, device=device) * 1.5 + 0.5)
     gy = torch.ones(T, B, N, device=device)
@@ -103,7 +109,7 @@ def bench_layer(device: str, T: int, B: int, N: int, reps: int, with_compile: bo
     return res
 
 
-def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
+def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3) -> Dict[str, dict]:
     """(p) The public form: ``x = x0.clone().requires_grad_()``, ``LIF()`` / ``RevLIF()`` with
     their defaults (backend auto), ``y.sum().backward()``; SpikingJelly's ``LIFNode(step_mode="m")``
     (torch backend) the same way. One warm-up call each, then ``rounds`` rounds; in every round
@@ -112,7 +118,8 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
     CPU time per step (all threads; less sensitive to other jobs than the wall clock), and per
     round the ratio SpikingJelly / variant of the medians (``paired`` ratios, their median too), and
     the median of the process's minor page faults per step (``page_faults``: fresh pages the step
-    touched, the user's ``clone`` included)."""
+    touched, the user's ``clone`` included). Input ``[T, B, N]``; returns name -> figures (``ms``, ``cpu_ms``: ms
+    per step)."""
     import resource
 
     torch.manual_seed(0)
@@ -165,7 +172,7 @@ def bench_public_form(T: int, B: int, N: int, reps: int, rounds: int = 3):
     return out
 
 
-def bench_on_workload(T: int, B: int, N: int, reps: int, with_compile: bool):
+def bench_on_workload(T: int, B: int, N: int, reps: int, with_compile: bool) -> Dict[str, dict]:
     """(a): every variant, "Linear alone" included, timed interleaved in one loop.
 
     Each callable gets the same warm-up (one untimed call, which also compiles), then ``reps``
@@ -174,6 +181,9 @@ def bench_on_workload(T: int, B: int, N: int, reps: int, with_compile: bool):
     rounds, plus min and max, so "Linear alone" and "Linear + node" share the machine's state, and
     the median over rounds of (row - Linear alone in the same round): the node's share, which is
     below the noise when the Linear dominates (read the node's own cost from (b)).
+
+    Input ``[T, B, N]`` into ``Linear(N, N)``. Returns name -> ``{"ms", "min_ms", "max_ms", "minus_linear_ms",
+    "first_call_s", "reps"}`` (ms, s) or ``{"error": text}``.
     """
     torch.manual_seed(0)
     x0 = torch.randn(T, B, N) * 0.05
@@ -242,7 +252,11 @@ def stream_triad(n: int = 48 * 1024 * 1024, reps: int = 5) -> float:
     return 12.0 * n / t / 1e9
 
 
-def bench_bandwidth(sizes, Ts, reps: int):
+def bench_bandwidth(sizes: Sequence[int], Ts: Sequence[int], reps: int) -> List[dict]:
+    """(c) Kernel-only time and bandwidth of the Numba LIF and RevLIF (exact, 2 groups) kernels on ``[T, N]``
+    float32 arrays, outputs preallocated, no autograd, for every ``N`` in ``sizes`` (even) and ``T`` in ``Ts``.
+    One row per kernel, N and T: ``fwd_ms``, ``bwd_ms`` (ms, median of ``reps``) and ``fwd_GBps``, ``bwd_GBps``
+    (GB/s: the bytes each pass must move / its time)."""
     from edgesnn.kernels import neuron_math as nm
     from edgesnn.kernels import numba_cpu as K
     from edgesnn.kernels import numba_revlif as R
@@ -314,7 +328,11 @@ def bench_bandwidth(sizes, Ts, reps: int):
 # ----------------------------------------------------------------------------- (d) CUDA
 
 
-def bench_cuda(T: int, B: int, N: int, reps: int):
+def bench_cuda(T: int, B: int, N: int, reps: int) -> Dict[str, Any]:
+    """(d) On the GPU: :func:`bench_layer` on CUDA tensors ``[T, B, N]`` (``layer``, ms), a device-to-device copy
+    (``d2d_copy_GBps``, GB/s) and the numba-cuda LIF kernels on ``[T, N]`` for N in 1e6, 4e6, 16e6 and T in 4, 8, 64
+    (``bandwidth``: rows of ``fwd_ms``, ``bwd_ms`` in ms and ``fwd_GBps``, ``bwd_GBps`` in GB/s), median of
+    ``reps``; plus the device name."""
     sync = torch.cuda.synchronize
     out = {"device": torch.cuda.get_device_name(), "layer": bench_layer("cuda", T, B, N, reps, False, sync=sync)}
     from edgesnn.kernels import cuda_kernels as C

@@ -200,6 +200,8 @@ def worker(name: str, T: int, batch: int, chunk: Optional[int], threads: int, ne
 
 def run_fresh(name: str, T: int, batch: int, chunk: Optional[int], threads: int, neuron: str = "lif",
               backend: str = "auto", inp: str = "repeated") -> dict:
+    """Measure one configuration in a fresh worker process (large allocations via ``mmap``, ``threads`` threads);
+    returns the worker's dict: predicted and measured peaks per phase and for the step (bytes), chunks, shapes."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", NUMBA_NUM_THREADS=str(threads))
     args = [sys.executable, os.path.abspath(__file__), "--worker", "--model", name, "-T", str(T), "--batch", str(batch),
             "--threads", str(threads), "--neuron", neuron, "--backend", backend, "--input", inp] + (
@@ -224,6 +226,8 @@ def _pct(err: Optional[float], width: int) -> str:
 
 
 def print_result(r: dict) -> None:
+    """Print one worker result: the step's predicted and measured peak (MiB) and the error, then a line per phase
+    (predicted and measured MiB, error, pool kind); adds the errors to ``r`` (:func:`annotate`)."""
     mib = 2.0 ** 20
     err = annotate(r)["err_pct"]
     print(f"\n{r['model']} ({r['neuron']}, {r.get('backend', 'auto')}, input {r.get('input', 'repeated')}) T={r['T']} batch={r['batch']} chunks={r['chunks']}: step peak predicted "
@@ -266,6 +270,7 @@ def print_summary(results: List[dict], fitted: List[bool]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=("convnet", "vgg11", "vgg11-max", "mlp", "nodefirst", "convnet-nobn", "vgg11-nobn"),
                     default="vgg11",

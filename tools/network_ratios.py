@@ -4,14 +4,17 @@ growth over T. A sibling module of the tool (imported with the tools folder on `
 
 from __future__ import annotations
 
+from typing import Sequence
+
 __all__ = ["ratio_lines"]
 
 
-def ratio_lines(results: list, rows, Ts, labels: dict) -> tuple:
+def ratio_lines(results: list, rows: Sequence[str], Ts: Sequence[int], labels: dict) -> tuple:
     """The ratios printed after the table (and stored in ``results``): each row's peak against
     SpikingJelly memopt at the same T, when that row ran; each row's peak growth from the smallest
     to the largest T, when several ran. ``results``: the worker rows (``row``, ``T``,
-    ``peak_bytes``); ``labels``: the printed name of each row. Returns ``(lines, growth)``."""
+    ``peak_bytes``: bytes); ``rows``: the row names in print order; ``Ts``: the time steps, ascending;
+    ``labels``: the printed name of each row. Returns ``(lines, growth)``."""
     lines, growth = [], {}
     ok = {(r["row"], r["T"]): r for r in results if "error" not in r}
     memopt = {T: ok[("sj_memopt", T)] for T in Ts if ("sj_memopt", T) in ok}

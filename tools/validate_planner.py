@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # edgesnn from any folder (check_out imports it before the measurement)
@@ -121,6 +122,8 @@ def predict(spec: dict, overhead: int) -> dict:
 
 
 def run_fresh(spec: dict) -> dict:
+    """Measure ``spec`` in a fresh worker process; returns ``activation_bytes`` and ``peak_rss_bytes`` (bytes) and
+    ``step_s`` (s)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
                          env=env, cwd=ROOT, check=False)
@@ -154,8 +157,9 @@ def _bench_module():
     return mod
 
 
-def predict_network_row(row: str, T: int, batch: int):
-    """:class:`edgesnn.planner.bptt_peak.PeakPrediction` of a benchmark row, from shapes only."""
+def predict_network_row(row: str, T: int, batch: int) -> Any:
+    """:class:`edgesnn.planner.bptt_peak.PeakPrediction` of a benchmark row (``peak_bytes``: bytes, ``phase``), from
+    shapes only (VGG-11 on ``[T, batch, 3, 32, 32]``)."""
     from edgesnn.planner.bptt_peak import Strategy, predict_peak
 
     bench = _bench_module()
@@ -184,8 +188,9 @@ def _check_row(path: str, i: int, r: dict) -> None:
             raise UsageError(f"--from-json: {path}: results[{i}].{key}: expected {want}, {got}")
 
 
-def network_main(args) -> int:
-    """Predicted vs measured peak of the whole-network benchmark's rows (see the module docstring)."""
+def network_main(args: argparse.Namespace) -> int:
+    """Predicted vs measured peak (bytes, printed in MiB) of the whole-network benchmark's rows (see the module
+    docstring); returns the exit status (0: every row within 10%; 1: a row outside it, or no row measured)."""
     bench = _bench_module()
     measured = {}
     if args.from_json:
@@ -268,7 +273,8 @@ def _refuse_unused_flags(ap: argparse.ArgumentParser, args: argparse.Namespace, 
         ap.error(f"{', '.join(unused)}: not used {mode}")
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     ap = tool_parser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the results table as JSON to this path")
