@@ -7,6 +7,7 @@ device runner uses it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -23,8 +24,9 @@ except ImportError:  # pragma: no cover - no flock here: leftovers are left alon
     fcntl = None  # type: ignore[assignment]
 
 from .errors import OutputChanged, UsageError
+from .placement_lock import placement_lock
 from .signals import deferred_signals
-from .write_errors import WriteError, _os_failure, _swap_failure, _write_failure
+from .write_errors import WriteError, _interrupt_in, _os_failure, _swap_failure, _write_failure
 
 __all__ = ["atomic_write", "atomic_fill", "check_output", "check_input_file", "check_not_inside", "recover_dir", "replace_dir", "WriteError", "OutputChanged"]
 
@@ -185,6 +187,9 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
         place(tmp, real)
     except BaseException as exc:
         _unlink_quietly(tmp)  # a read-only file system keeps it: the next write removes it
+        interrupt = _interrupt_in(exc)
+        if interrupt is not None and interrupt is not exc:
+            raise interrupt from None  # Ctrl-C inside torch.save's writer: an interrupt, not a failed write
         failure = _write_failure(path, exc) if isinstance(exc, Exception) else None
         if failure is not None:
             raise failure from None
@@ -410,7 +415,8 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
         result = write(tmp)
         built = True
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        with deferred_signals():  # Ctrl-C / SIGTERM wait: never ``path`` missing between the two renames
+        with deferred_signals(), (placement_lock(real) if guard is not None else contextlib.nullcontext()):
+            # Ctrl-C / SIGTERM wait: never ``path`` missing between the two renames
             held = guard.check_swap(tmp, real) if guard is not None else True
             if not _rename_onto_empty(tmp, real):
                 if not held:  # empty when checked, filled since

@@ -14,7 +14,9 @@ the path to :func:`~edgesnn.atomic.atomic_write` / :func:`~edgesnn.atomic.replac
 * or while it is still what the command found at the start (``--force``, ``--resume``) or what
   its own last write left there: the same file (device, inode, size, modification time), or a
   folder each of whose entries is either unchanged since then or carried into the new set (the
-  device runner keeps other files of its ``--out``). This check runs just before the rename.
+  device runner keeps other files of its ``--out``). This check runs just before the rename,
+  the two under an exclusive lock on the output's folder (:func:`~edgesnn.placement_lock.placement_lock`),
+  so two processes replacing the same output cannot both pass it.
 
 Otherwise the command stops with one line naming the flag (:class:`~edgesnn.errors.OutputChanged`,
 a ``FileExistsError``), leaves the path as the other process left it and keeps its own new output
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
 from .atomic import _real, _remove, _stem
+from .placement_lock import placement_lock
 from .errors import OutputChanged
 from .write_errors import _reason
 
@@ -138,14 +141,15 @@ class GuardedFile(_Guarded):
         """Rename the finished temp file ``tmp`` (beside ``real``) to ``real`` as the guard allows;
         else keep it under another name and raise :class:`~edgesnn.errors.OutputChanged`."""
         new = file_stamp(tmp)
-        current = file_stamp(real)
-        if current is None or self.expected is None:
-            placed = _create(tmp, real)
-        elif current == self.expected:
-            os.replace(tmp, real)
-            placed = True
-        else:
-            placed = False
+        with placement_lock(real):  # the check and the rename as one step for other guarded writers
+            current = file_stamp(real)
+            if current is None or self.expected is None:
+                placed = _create(tmp, real)
+            elif current == self.expected:
+                os.replace(tmp, real)
+                placed = True
+            else:
+                placed = False
         if not placed:
             raise self.conflict(tmp, real, appeared=self.expected is None)
         self.expected, self.written = new, True

@@ -57,6 +57,18 @@ def _write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
     return None
 
 
+def _interrupt_in(exc: BaseException) -> Optional[KeyboardInterrupt]:
+    """The Ctrl-C behind ``exc``, if any: ``torch.save``'s stream writer turns a ``KeyboardInterrupt``
+    raised in its Python write call into ``RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos`` (the interrupt kept as its context), which read as a failed write ("disk full?", exit 2)."""
+    chain, seen = exc, 0
+    while chain is not None and seen < 8:
+        if isinstance(chain, KeyboardInterrupt):
+            return chain
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    return None
+
+
 def _swap_failure(exc: BaseException, built: bool) -> bool:
     """Whether ``exc``, raised in :func:`replace_dir`, is a failed write of its folder: any ``OSError``
     of the swap itself (``built``: the folder was complete), and from the ``write`` callback only a

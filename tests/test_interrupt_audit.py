@@ -232,3 +232,34 @@ def test_ctrl_c_while_the_command_is_imported_is_one_line(tmp_path):
         sys.exit(main())
     """, tmp_path)
     assert p.returncode == 130 and p.stderr.strip() == "edgesnn train: interrupted", p.stderr[-2000:]
+
+
+def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_failed_write(tmp_path):
+    """``torch.save``'s stream writer turns a ``KeyboardInterrupt`` raised in its write call into
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos`` with the interrupt as its
+    context: ``edgesnn train`` said "cannot write ck.pt: the write was cut short (disk full or a file
+    size limit?)" and exited 2 instead of saying it was interrupted (exit 130)."""
+    import pytest
+
+    target = tmp_path / "ck.pt"
+    target.write_bytes(b"old checkpoint")
+
+    class CtrlCAfter:  # a file object whose write is interrupted once 1 MiB has gone through
+        def __init__(self, fh):
+            self.fh, self.n = fh, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 2**20:
+                raise KeyboardInterrupt
+            return self.fh.write(b)
+
+        def flush(self):
+            return self.fh.flush()
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, lambda fh: torch.save({"w": torch.zeros(2**20)}, CtrlCAfter(fh)))
+    assert target.read_bytes() == b"old checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp file left
+    with pytest.raises(RuntimeError):  # a writer's own RuntimeError still passes through as it is
+        atomic_write(target, lambda fh: (_ for _ in ()).throw(RuntimeError("a bug in the writer")))
