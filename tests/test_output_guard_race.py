@@ -18,28 +18,17 @@ from edgesnn.errors import OutputChanged
 from edgesnn.output_guard import guarded
 
 
-def _race(monkeypatch, target: Path, place) -> dict:
-    """Writer A pauses 0.3 s after its check of ``target``; writer B writes meanwhile. Returns
-    ``{"A": "ok" | "conflict", "B": ...}``; ``place(guard, tag)`` writes through the guard."""
-    real_stamp = output_guard.file_stamp
-    checked = threading.Event()
-
-    def slow_stamp(path):
-        stamp = real_stamp(path)
-        if threading.current_thread().name == "A" and Path(path) == target:
-            checked.set()
-            time.sleep(0.3)  # between the check and the rename
-        return stamp
-
-    monkeypatch.setattr(output_guard, "file_stamp", slow_stamp)
-    guards = {tag: guarded(target, "--checkpoint") for tag in "AB"}
+def _race(place) -> dict:
+    """Writers A and B at once: B starts once A has checked (A's pause, installed by the test, sets
+    ``CHECKED`` then sleeps 0.3 s before its rename). Returns ``{"A": "ok" | "conflict", "B": ...}``;
+    ``place(tag)`` writes tag's output."""
     result = {}
 
     def run(tag):
         if tag == "B":
-            checked.wait(5)
+            CHECKED.wait(5)
         try:
-            place(guards[tag], tag)
+            place(tag)
             result[tag] = "ok"
         except OutputChanged:
             result[tag] = "conflict"
@@ -52,10 +41,30 @@ def _race(monkeypatch, target: Path, place) -> dict:
     return result
 
 
+CHECKED = threading.Event()
+
+
+def _pause_in_a():
+    if threading.current_thread().name == "A":
+        CHECKED.set()
+        time.sleep(0.3)  # between the check and the rename
+
+
 def test_two_writers_of_one_file_cannot_both_replace_it(tmp_path, monkeypatch):
     target = tmp_path / "ck.pt"
     target.write_bytes(b"old")
-    result = _race(monkeypatch, target, lambda g, tag: atomic_write(g, lambda fh: fh.write(tag.encode() * 4)))
+    real_stamp = output_guard.file_stamp
+    CHECKED.clear()
+
+    def slow_stamp(path):
+        stamp = real_stamp(path)
+        if Path(path) == target:
+            _pause_in_a()
+        return stamp
+
+    monkeypatch.setattr(output_guard, "file_stamp", slow_stamp)
+    guards = {tag: guarded(target, "--checkpoint") for tag in "AB"}
+    result = _race(lambda tag: atomic_write(guards[tag], lambda fh: fh.write(tag.encode() * 4)))
     assert sorted(result.values()) == ["conflict", "ok"], result
     winner = next(tag for tag, r in result.items() if r == "ok")
     assert target.read_bytes() == winner.encode() * 4
@@ -68,33 +77,16 @@ def test_two_writers_of_one_folder_cannot_both_swap_it(tmp_path, monkeypatch):
     target.mkdir()
     (target / "metrics.json").write_text("old")
     real_check = output_guard.GuardedDir.check_swap
+    CHECKED.clear()
 
     def slow_check(self, tmp, real):
         held = real_check(self, tmp, real)
-        if threading.current_thread().name == "A":
-            checked.set()
-            time.sleep(0.3)  # between the check and the swap
+        _pause_in_a()
         return held
 
-    checked = threading.Event()
     monkeypatch.setattr(output_guard.GuardedDir, "check_swap", slow_check)
     guards = {tag: guarded(target, "--out", directory=True) for tag in "AB"}
-    result = {}
-
-    def run(tag):
-        if tag == "B":
-            checked.wait(5)
-        try:
-            replace_dir(guards[tag], lambda d: (d / "metrics.json").write_text(tag))
-            result[tag] = "ok"
-        except OutputChanged:
-            result[tag] = "conflict"
-
-    threads = [threading.Thread(target=run, args=(tag,), name=tag) for tag in "AB"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    result = _race(lambda tag: replace_dir(guards[tag], lambda d: (d / "metrics.json").write_text(tag)))
     assert sorted(result.values()) == ["conflict", "ok"], result
     winner = next(tag for tag, r in result.items() if r == "ok")
     assert (target / "metrics.json").read_text() == winner
