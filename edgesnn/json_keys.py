@@ -67,13 +67,12 @@ def check_keys(obj: Any, known: Iterable[str], parent: str, fail: Callable[[str,
     raise fail(key_path(parent, key), f"unknown key{hint}; known keys: {', '.join(names)}{more}")
 
 
-
-
 class DuplicateKeyError(ValueError):
     """A JSON object holds the same key twice (JSON readers keep the last, which hides an edit)."""
 
 
 def _unique_pairs(pairs: "list[tuple[str, Any]]") -> "dict[str, Any]":
+    """``json.loads``' ``object_pairs_hook``: the object of ``pairs``, refusing a repeated key."""
     obj: "dict[str, Any]" = {}
     for key, value in pairs:
         if key in obj and not key.startswith(COMMENT_PREFIX):

@@ -15,8 +15,9 @@ the path to :func:`~edgesnn.atomic.atomic_write` / :func:`~edgesnn.atomic.replac
   its own last write left there: the same file (device, inode, size, modification time), or a
   folder each of whose entries is either unchanged since then or carried into the new set (the
   device runner keeps other files of its ``--out``). This check runs just before the rename,
-  the two under an exclusive lock on the output's folder (:func:`~edgesnn.placement_lock.placement_lock`),
-  so two processes replacing the same output cannot both pass it.
+  the two under an exclusive lock on the output's folder
+  (:func:`~edgesnn.placement_lock.placement_lock`), so two processes replacing the same output
+  cannot both pass it.
 
 Otherwise the command stops with one line naming the flag (:class:`~edgesnn.errors.OutputChanged`,
 a ``FileExistsError``), leaves the path as the other process left it and keeps its own new output
@@ -34,8 +35,8 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
 from .atomic import _real, _remove, _stem
-from .placement_lock import placement_lock
 from .errors import OutputChanged
+from .placement_lock import placement_lock
 from .write_errors import _reason
 
 __all__ = ["GuardedFile", "GuardedDir", "guarded"]

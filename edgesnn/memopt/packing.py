@@ -3,7 +3,8 @@
 What a tensor holds is known from the graph (which layer produced it), never from its values:
 the optimizer only packs a tensor that a LIF node produced, optionally followed by max-pooling
 or flattening (still bits) or by average pooling (``levels:n``: the window's spike count, n a power
-of two up to 128, one byte per element; :func:`edgesnn.memopt.layers.output_codec`). All functions work per time step, so a chunk ``[t0:t1]`` unpacks alone.
+of two up to 128, one byte per element; :func:`edgesnn.memopt.layers.output_codec`). All
+functions work per time step, so a chunk ``[t0:t1]`` unpacks alone.
 """
 
 from __future__ import annotations
