@@ -199,3 +199,14 @@ def test_device_finetune_demo_checks_the_runner_interpreter(tmp_path, monkeypatc
         demo.main(["--python", str(true)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"--python: {true} cannot run the device runner (exit status 0, no output)" in err
+
+
+def test_bench_device_accumulate_checks_chunk_before_it_starts(monkeypatch, capsys):
+    """``--chunk 4 -T 6`` printed the run's header, then failed inside the export with "chunk: ..."."""
+    bda = _load("bench_device_accumulate", monkeypatch)
+    monkeypatch.setattr(bda, "bench", lambda *a, **k: pytest.fail("ran despite a bad --chunk"))
+    with pytest.raises(SystemExit) as exc:
+        bda.main(["--chunk", "4", "-T", "6"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and "--chunk: expected a divisor of -T 6, got 4" in captured.err
+    assert captured.out == ""

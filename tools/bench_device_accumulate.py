@@ -107,6 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error(f"--steps {args.steps} x --batch {args.batch}: expected at most {DIGITS} samples (the digits data set)")
     if not 0 < args.lr < float("inf"):
         ap.error(f"--lr: expected a finite number > 0, got {args.lr}")
+    if args.chunk is not None and args.T % args.chunk:
+        ap.error(f"--chunk: expected a divisor of -T {args.T}, got {args.chunk}")
     args.out = check_out(ap, args.out, "--out", args.force)
     print(f"T = {args.T}, {args.steps} steps of {args.batch} samples, SGD momentum 0.9, one thread; peak RSS = VmHWM of a "
           "fresh edgesnn-device process; step = median wall time of steps 2..n", flush=True)

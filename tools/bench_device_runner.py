@@ -435,7 +435,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for neuron in args.neurons:
             rows.append(bench(neuron, args.epochs, args.batch, args.lr, Path(tmp), args.repeats, args.threads))
     hdr = (f"{'neuron':8s} {'max|dgrad|':>10s} {'runner RSS':>11s} {'runner step [cpu]':>20s} {'eager-ref RSS':>14s} "
-           f"{'eager-ref step [cpu]':>22s} {'eager-auto RSS':>15s} {'eager-auto step [cpu]':>23s}  acc before->after")
+           f"{'eager-ref step [cpu]':>22s} {'eager-auto RSS':>15s} {'eager-auto step [cpu]':>23s}  training-data acc before->after")
     print(f"digits MLP 64-128-128-10, T=4, batch {args.batch}, SGD lr {args.lr}, {args.epochs} epochs over 1797 samples; "
           f"median step wall time (best of {args.repeats}) [CPU time], {args.threads or 'default'} thread(s); "
           "peak RSS = VmHWM of a fresh process")
