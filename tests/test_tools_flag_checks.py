@@ -210,3 +210,9 @@ def test_bench_device_accumulate_checks_chunk_before_it_starts(monkeypatch, caps
     captured = capsys.readouterr()
     assert exc.value.code == 2 and "--chunk: expected a divisor of -T 6, got 4" in captured.err
     assert captured.out == ""
+
+
+def test_bench_kernels_prints_a_small_ratio_with_its_digits(monkeypatch):
+    """A ratio of 0.033 printed as "x0.0 vs SpikingJelly" (the JSON had the value)."""
+    bk = _load("bench_kernels", monkeypatch)
+    assert [bk._times(r) for r in (0.033, 0.5, 1.0, 5.34, 12.25)] == ["x0.033", "x0.5", "x1.0", "x5.3", "x12.2"]

@@ -69,6 +69,11 @@ def _ratio(res, base, name):
     return None
 
 
+def _times(ratio: float) -> str:
+    """A speed ratio as printed: ``x5.3``; below 1 with two significant digits (``x0.033``, not ``x0.0``)."""
+    return f"x{ratio:.1f}" if ratio >= 1 else f"x{ratio:.2g}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
     # allow_abbrev=False: --thp / --tuned are read from sys.argv above, so an abbreviation such as
@@ -144,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             ratio = _ratio(layer, base, name)
             if ratio:
                 r["x_vs_sj"] = ratio
-            print(f"  {name:34s} {r['ms']:9.2f} ms   {'x%.1f vs SpikingJelly' % ratio if ratio else ''}")
+            print(f"  {name:34s} {r['ms']:9.2f} ms   {_times(ratio) + ' vs SpikingJelly' if ratio else ''}")
         else:
             print(f"  {name:34s} {r['error']}")
     floor_ms = (5 * 4 * T * B * N) / (report["stream_triad_GBps"] * 1e9) * 1e3
@@ -192,8 +197,9 @@ def _print_public(args, report, T, B, N) -> None:
     for name, r in pub.items():
         extra = ""
         if "x_vs_sj" in r:
-            extra = (f"   x{r['x_vs_sj']:.1f} vs SpikingJelly (wall), x{r['x_vs_sj_cpu']:.1f} (CPU time), "
-                     f"per-round x{min(r['paired_x']):.1f}..x{max(r['paired_x']):.1f} (median x{r['paired_x_median']:.1f})")
+            extra = (f"   {_times(r['x_vs_sj'])} vs SpikingJelly (wall), {_times(r['x_vs_sj_cpu'])} (CPU time), "
+                     f"per-round {_times(min(r['paired_x']))}..{_times(max(r['paired_x']))} "
+                     f"(median {_times(r['paired_x_median'])})")
         print(f"  {name:34s} {r['ms']:9.2f} ms  (CPU {r['cpu_ms']:.2f} ms, {r['page_faults']:.0f} page faults){extra}")
     if psi0 is not None and psi1 is not None:
         stall = 100.0 * (psi1 - psi0) / 1e6 / wall
@@ -263,7 +269,7 @@ def _finish(args, report, T, B, N, reps, base) -> int:
                     ratio = _ratio(cu["layer"], base, name)
                     if ratio:
                         r["x_vs_sj"] = ratio
-                    print(f"  {name:34s} {r['ms']:9.3f} ms   {'x%.1f vs SpikingJelly' % ratio if ratio else ''}")
+                    print(f"  {name:34s} {r['ms']:9.3f} ms   {_times(ratio) + ' vs SpikingJelly' if ratio else ''}")
                 else:
                     print(f"  {name:34s} {r['error']}")
             print(f"  device-to-device copy: {cu['d2d_copy_GBps']:.0f} GB/s")
