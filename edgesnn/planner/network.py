@@ -149,7 +149,8 @@ def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Seq
 
     none = [False] * n
     now = time_of(none)
-    saved = {i: now - time_of(flip(none, (i, True))) for i in _holdable(shapes)}
+    saved = {i: now - time_of(flip(none, (i, True))) for i, b in enumerate(shapes)
+             if b.can_hold and b.has_bn and not b.static and b.can_chunk}
     saved = {i: s for i, s in saved.items() if s > 0}
     if not saved:
         return none
@@ -184,21 +185,6 @@ def choose_holds(shapes: Sequence[BlockShape], chunks: Sequence[int], keeps: Seq
     return best[2]
 
 
-def _holdable(shapes: Sequence[BlockShape]) -> List[int]:
-    """The blocks that may hold their layer output (a chunkable BatchNorm block fed a varying input)."""
-    return [i for i, b in enumerate(shapes) if b.can_hold and b.has_bn and not b.static and b.can_chunk]
-
-
-def _fits_with_a_hold(shapes: Sequence[BlockShape], chunks: List[int], target: int, fixed_bytes: int) -> bool:
-    """Whether ``chunks``' peak is within ``target`` without holds or with one held block (holding
-    lowers a one-chunk block's transient; :func:`choose_holds` starts from such a single hold)."""
-    if predict_peak(shapes, chunks, fixed_bytes)[0] <= target:
-        return True
-    none = [False] * len(shapes)
-    return any(predict_peak(shapes, chunks, fixed_bytes, holds=none[:i] + [True] + none[i + 1:])[0] <= target
-               for i in _holdable(shapes))
-
-
 def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target: int,
                     fixed_bytes: int = 0) -> Optional[Tuple[List[int], int]]:
     """The fastest choice whose peak fits ``target``: every choice on the greedy descent, as it is
@@ -215,7 +201,7 @@ def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target:
             for r in (list(c), _relax(shapes, c, cap, fixed_bytes)):
                 if (tuple(r), cap) in options:
                     continue
-                keeps = choose_keeps(shapes, r, fixed_bytes, cap)
+                keeps = choose_keeps(shapes, r, fixed_bytes)
                 holds = choose_holds(shapes, r, keeps, cap, fixed_bytes)
                 peak = predict_peak(shapes, r, fixed_bytes, keeps=keeps, holds=holds)[0]
                 if peak <= target:
@@ -230,10 +216,14 @@ def _fastest_within(shapes: Sequence[BlockShape], path: List[List[int]], target:
 
 def _relax(shapes: Sequence[BlockShape], chunks: List[int], target: int, fixed_bytes: int = 0) -> List[int]:
     """Undo halvings the greedy descent no longer needs: double any block's chunk (up to one
-    chunk) while the peak stays within ``target``, without holds or with one held block, and the
-    step gets measurably faster (by more than ``TIME_RESOLUTION``), fastest first. (Checked without
-    holds only, a doubling that fits only with a hold was never tried: a conv net planned 9% slower
-    than such a choice.)"""
+    chunk) while the peak without holds stays within ``target`` and the step gets measurably faster
+    (by more than ``TIME_RESOLUTION``), fastest first.
+
+    A doubling that fits only with a held block (holding lowers a one-chunk block's predicted
+    transient) is not taken: tried, it gave three plans that measured 3-47% more memory than the
+    plans without it (a held block in one chunk: its measured transient is above the one-chunk
+    recomputation's, the model's the other way round) and no measured time gain; its predicted
+    gain was up to 9% (a conv net at T = 8)."""
     chunks = list(chunks)
     while True:
         now = predict_time(shapes, chunks)
@@ -248,8 +238,8 @@ def _relax(shapes: Sequence[BlockShape], chunks: List[int], target: int, fixed_b
             trial[i] = k
             trial = _fit_static(shapes, trial, fixed_bytes)
             t = predict_time(shapes, trial)
-            if (t < now * (1 - TIME_RESOLUTION) and (best is None or t < best[0])
-                    and _fits_with_a_hold(shapes, trial, target, fixed_bytes)):
+            if (t < now * (1 - TIME_RESOLUTION) and predict_peak(shapes, trial, fixed_bytes)[0] <= target
+                    and (best is None or t < best[0])):
                 best = (t, trial)
         if best is None:
             return chunks
@@ -313,7 +303,7 @@ def plan_blocks(blocks: Sequence["Block"], model: nn.Module, budget: Optional[in
     else:
         chunks, target = plan_chunks(shapes, budget, fixed)
     chunks = _fit_static(shapes, list(chunks), fixed)
-    keeps = choose_keeps(shapes, chunks, fixed, target)
+    keeps = choose_keeps(shapes, chunks, fixed)
     # a forced chunk asks for that chunking: nothing held beyond it
     holds = [False] * len(shapes) if target is None else choose_holds(shapes, chunks, keeps, target, fixed)
     for b, K, sh, m, h in zip(blocks, chunks, shapes, keeps, holds):
@@ -351,18 +341,14 @@ def _strategy(s: BlockShape, K: int, hold: bool) -> str:
     return "hold" if hold else "recompute" if K >= s.T else "chunked"
 
 
-def choose_keeps(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0,
-                 target: Optional[int] = None) -> List[int]:
+def choose_keeps(shapes: Sequence[BlockShape], chunks: Sequence[int], fixed_bytes: int = 0) -> List[int]:
     """Per block, how many leading chunks' layer outputs its forward keeps between its statistics
     and output passes (each one kept is one recomputation fewer in two passes): as many as fit
-    under the step's peak, which a backward phase sets, so the peak does not rise, and under
-    ``target`` when given (a choice above it without holds may fit with them: keeps up to its
-    no-hold peak would then set the peak). The block's
+    under the step's peak, which a backward phase sets, so the peak does not rise. The block's
     forward phase grows with its count, so the count is bisected (``log2(T / K)`` predictions, not
     ``T / K``: T = 10**9 ran for hours)."""
     keeps = [0] * len(shapes)
     cap, _ = predict_peak(shapes, chunks, fixed_bytes)
-    cap = cap if target is None else min(cap, target)
 
     def fits(i: int, m: int) -> bool:
         keeps[i] = m

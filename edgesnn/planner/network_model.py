@@ -72,8 +72,7 @@ AUTOGRAD_MAXPOOL_BWD_STEPS = 2.8
 # the loop's temporaries; a RevLIF's loop keeps no per-step history, but each phase holds many of
 # its per-step temporaries (REV_LOOP_*). Fitted with tools/memopt_phases.py --suite torch (the
 # built-in conv net and VGG-11, node-first conv nets; T = 4-16, batch 8-32, chunks 1-16): its 25
-# fitted step peaks were 7-45% below the measured ones without these terms, -5..+13% with them
-# (-13..+13% once the chunk planner held a first block fed new inputs in one chunk there).
+# fitted step peaks were 7-45% below the measured ones without these terms, -5..+13% with them.
 LOOP_FWD_A = 1.7
 LOOP_BWD_A = 1.6
 LOOP_BWD_STEPS = 3.0
