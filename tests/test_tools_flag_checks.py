@@ -5,25 +5,16 @@ checks, or the measurement is monkeypatched."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from test_tools_audit import _load
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
-
-
-def _load(name: str, monkeypatch):
-    """``tools/<name>.py`` as a fresh module (its folder on ``sys.path`` for ``tool_args``)."""
-    monkeypatch.syspath_prepend(str(TOOLS))
-    spec = importlib.util.spec_from_file_location(f"_toolcheck_{name}", TOOLS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("row, where, detail", [
