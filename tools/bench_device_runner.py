@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from device_runner_checks import sweep_checks  # noqa: E402
 from tool_args import add_force, tool_parser, check_out, nonneg_int, positive_int, run_main, worker_error, write_json  # noqa: E402
 
 DIGITS = 1797  # samples in scikit-learn's digits
@@ -303,57 +304,6 @@ def _sweep_line(r: dict) -> str:
             + (f" | head only {_fmt(h, 'peak_rss_mb', 'MiB')} {_fmt(h, 'step_ms_median', 'ms')} "
                f"({h['step_ms_median'] / s['step_ms_median']:.2f}x the step time)" if (h := r.get("onnx_step_head_only")) else ""))
 
-
-def sweep_checks(rows: list, figures: Optional[list] = None) -> list:
-    """The two memory checks per model, as printable lines (and a pass flag: ``None`` when the
-    check could not be made, e.g. the growth check with one T). ``figures``, when given, receives
-    one dict per check with its raw figures, ratio, target and baseline (for the JSON)."""
-    out = []
-    figures = [] if figures is None else figures
-    by = {(r["model"], r["neuron"], r["T"]): r for r in rows}
-    for name in sorted({r["model"] for r in rows}):
-        Ts = sorted({r["T"] for r in rows if r["model"] == name})
-        lo, hi = Ts[0], Ts[-1]
-        if len(Ts) < 2:
-            out.append((None, f"{name}: onnx-step peak RSS growth over T: not checked (needs two or more --timesteps, "
-                              f"got T {lo})"))
-            figures.append({"check": "growth", "model": name, "passed": None, "reason": "one T only", "T": [lo]})
-        else:
-            try:
-                g_lif = by[(name, "lif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "lif", lo)]["onnx_step"]["peak_rss_mb"]
-                g_rev = by[(name, "revlif", hi)]["onnx_step"]["peak_rss_mb"] - by[(name, "revlif", lo)]["onnx_step"]["peak_rss_mb"]
-            except KeyError:
-                g_lif = None
-            if g_lif is not None and g_lif < MIN_LIF_GROWTH_MB:
-                # nothing to compare against: a ratio would pass on RSS noise (RevLIF "did not grow" either)
-                out.append((None, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: not checked: LIF grew "
-                                  f"{g_lif:+.1f} MiB (< {MIN_LIF_GROWTH_MB} MiB: RSS noise; widen --timesteps), "
-                                  f"RevLIF {g_rev:+.1f} MiB"))
-                figures.append({"check": "growth", "model": name, "passed": None, "T": [lo, hi],
-                                "reason": f"LIF grew less than {MIN_LIF_GROWTH_MB} MiB",
-                                "lif_growth_mb": g_lif, "revlif_growth_mb": g_rev})
-            elif g_lif is not None:
-                ratio = g_lif / g_rev if g_rev > 0 else float("inf")
-                how = f"LIF/RevLIF {ratio:.1f}x" if g_rev > 0 else "RevLIF did not grow"
-                out.append((ratio >= 4.0, f"{name}: onnx-step peak RSS growth T {lo} -> {hi}: LIF {g_lif:+.1f} MiB, RevLIF {g_rev:+.1f} MiB "
-                                          f"({how}; target >= 4x)"))
-                figures.append({"check": "growth", "model": name, "passed": ratio >= 4.0, "T": [lo, hi],
-                                "lif_growth_mb": g_lif, "revlif_growth_mb": g_rev, "baseline": "LIF growth",
-                                "lif_over_revlif": ratio if g_rev > 0 else None, "target_at_least": 4.0})
-        r = by.get((name, "revlif", hi), {})
-        if r.get("onnx_training"):
-            a, b = r["onnx_step"]["peak_rss_mb"], r["onnx_training"]["peak_rss_mb"]
-            out.append((a <= 0.5 * b, f"{name}: RevLIF T={hi}: onnx-step {a:.1f} MiB vs onnx-training {b:.1f} MiB "
-                                      f"({a / b:.2f}x; target <= 0.5x)"))
-            figures.append({"check": "step_vs_training", "model": name, "passed": a <= 0.5 * b, "T": hi,
-                            "onnx_step_peak_rss_mb": a, "onnx_training_peak_rss_mb": b, "baseline": "onnx-training",
-                            "step_over_training": a / b, "target_at_most": 0.5})
-    return out
-
-
-#: The growth check compares RevLIF's growth with LIF's only when LIF grew at least this much (MiB):
-#: below it the ratio is RSS noise (it passed when neither grew).
-MIN_LIF_GROWTH_MB = 2.0
 
 _LEGACY_ONLY = {"neurons": ["lif", "revlif"], "epochs": 2, "repeats": 3}
 _SWEEP_ONLY = {"models": ["mlp", "convnet"], "timesteps": [8, 32, 64], "training_max_t": 64, "steps": 6, "head_only": False,
