@@ -145,6 +145,7 @@ def test_bench_device_runner_chunk_is_checked(argv, said, monkeypatch, capsys):
 def test_bench_network_memory_showcase_refuses_table_flags_and_a_board_too_small(tmp_path, monkeypatch, capsys):
     """``--showcase`` took --batch / --rows / --steps and ignored them, and a profile smaller than
     the parameters ended in "budget: expected a positive whole number of bytes ... got -5882744"."""
+    pytest.importorskip("spikingjelly", reason="the showcase's VGG-11 is built of SpikingJelly layers")
     bnm = _load("bench_network_memory", monkeypatch)
     monkeypatch.setattr(bnm, "_run_child", lambda *a, **k: pytest.fail("measured despite a refused option"))
     with pytest.raises(SystemExit) as exc:
@@ -163,6 +164,7 @@ def test_bench_network_memory_showcase_refuses_table_flags_and_a_board_too_small
 @pytest.mark.parametrize("peak_mib, fits", [(100, True), (3500, False)])
 def test_bench_network_memory_showcase_says_whether_the_step_fits(peak_mib, fits, tmp_path, monkeypatch, capsys):
     """It printed the measured peak and exited 0 whatever it was (1.8x the budget on a small board)."""
+    pytest.importorskip("spikingjelly", reason="the showcase's VGG-11 is built of SpikingJelly layers")
     bnm = _load("bench_network_memory", monkeypatch)
 
     def child(args, mmap_threshold=True):
@@ -207,3 +209,15 @@ def test_bench_kernels_prints_a_small_ratio_with_its_digits(monkeypatch):
     """A ratio of 0.033 printed as "x0.0 vs SpikingJelly" (the JSON had the value)."""
     bk = _load("bench_kernels", monkeypatch)
     assert [bk._times(r) for r in (0.033, 0.5, 1.0, 5.34, 12.25)] == ["x0.033", "x0.5", "x1.0", "x5.3", "x12.2"]
+
+
+def test_bench_network_memory_showcase_without_spikingjelly_is_one_line(monkeypatch, capsys):
+    bnm = _load("bench_network_memory", monkeypatch)
+
+    def no_sj(node, grouped=False):
+        raise ModuleNotFoundError("No module named 'spikingjelly'", name="spikingjelly")
+
+    monkeypatch.setattr(bnm, "build_vgg", no_sj)
+    with pytest.raises(SystemExit) as exc:
+        bnm.main(["--showcase", "raspberry-pi-4-4gb"])
+    assert exc.value.code == 2 and "--showcase: needs SpikingJelly 2.0" in capsys.readouterr().err

@@ -336,7 +336,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         except USER_ERRORS as exc:
             ap.error(f"--showcase: {str(exc).removeprefix('device: ')}")
         usable = dev.memory_bytes - dev.reserved_bytes - dev.runtime_overhead_bytes
-        params = sum(p.numel() * 4 for p in build_vgg("lif")[0].parameters())
+        try:
+            params = sum(p.numel() * 4 for p in build_vgg("lif")[0].parameters())
+        except ImportError:
+            ap.error("--showcase: needs SpikingJelly 2.0 (the VGG-11 is built of its layers, and its BPTT is the "
+                     "baseline): pip install --no-deps spikingjelly==2.0.0 loguru")
         if usable - 3 * params <= 0:
             ap.error(f"--showcase: {dev.name} leaves {usable / 2**20:.0f} MiB after reserved memory and runtime "
                      f"overhead, not more than VGG-11's parameters, gradients and momentum ({3 * params / 2**20:.0f} MiB)")
