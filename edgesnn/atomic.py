@@ -18,13 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-try:  # a temp file's writer holds a lock on it, so the next run tells a dead one's leftover
-    import fcntl
-except ImportError:  # pragma: no cover - no flock here: leftovers are left alone
-    fcntl = None  # type: ignore[assignment]
-
 from .errors import OutputChanged, UsageError
-from .placement_lock import placement_lock
+from .file_locks import LOCKS_WORK, lock_fd, lock_path, placement_lock
 from .signals import deferred_signals
 from .write_errors import WriteError, _interrupt_in, _os_failure, _swap_failure, _write_failure
 
@@ -68,37 +63,13 @@ def _temp_names(name: str, ours: bool = False) -> "re.Pattern[str]":
     return re.compile(rf"\.{re.escape(_stem(name))}\.{tag}\.tmp(\.old)?")
 
 
-def _lock(fd: int, block: bool = True) -> bool:
-    """``flock`` ``fd`` exclusively (held until every copy of ``fd`` is closed); False where it is
-    held elsewhere or locks are not supported."""
-    if fcntl is None:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-    except OSError:
-        return False
-    return True
-
-
-def _lock_path(path: Path) -> Optional[int]:
-    """An fd holding the lock on the temp file or folder ``path`` (``None`` where locks do not work)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
-    except OSError:
-        return None
-    if _lock(fd):
-        return fd
-    os.close(fd)
-    return None
-
-
 def _clear_leftovers(real: Path) -> None:
     """Remove what a killed writer (SIGKILL, power loss, SIGTERM without a handler) of ``real`` left
     beside it: its temp files / folders (``.NAME.XXXX.tmp``: only those no live writer holds locked
     and older than :data:`_STALE_AFTER_S`) and, while ``real`` exists, folders a swap left aside
     (``.NAME.XXXX.tmp.old``: :func:`recover_dir` brings one back only while ``real`` is missing).
     Best effort: nothing here fails a write."""
-    if fcntl is None:
+    if not LOCKS_WORK:  # a dead writer's temp file cannot be told from a live one's: left alone
         return
     pattern, now = _temp_names(real.name, ours=True), time.time()
     try:
@@ -118,7 +89,7 @@ def _clear_leftovers(real: Path) -> None:
         except OSError:
             continue
         try:
-            if _lock(fd, block=False):  # no live writer holds it
+            if lock_fd(fd, block=False):  # no live writer holds it
                 _remove(path)
         finally:
             os.close(fd)
@@ -177,7 +148,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     except OSError:
         lock = None
     else:
-        _lock(lock)
+        lock_fd(lock)
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
@@ -221,7 +192,7 @@ def atomic_fill(path: PathLike, fill: Callable[[Path], None]) -> Path:
     real.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(real)
     fd, tmp = tempfile.mkstemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent)
-    _lock(fd)  # the lock lives on the open file: ``fill`` may reopen and truncate the path
+    lock_fd(fd)  # the lock lives on the open file: ``fill`` may reopen and truncate the path
     try:
         fill(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
@@ -409,7 +380,7 @@ def replace_dir(path: PathLike, write: Callable[[Path], Any]) -> Any:
         tmp = Path(tempfile.mkdtemp(prefix=f".{_stem(real.name)}.", suffix=".tmp", dir=real.parent))
     except OSError as exc:  # disk full, read-only, no permission: nothing was changed
         raise _os_failure(path, exc) from None
-    lock = _lock_path(tmp)  # held until the swap: a later run removes the temp folder only once we are gone
+    lock = lock_path(tmp)  # held until the swap: a later run removes the temp folder only once we are gone
     old, built = None, False
     try:
         result = write(tmp)

@@ -16,7 +16,7 @@ the path to :func:`~edgesnn.atomic.atomic_write` / :func:`~edgesnn.atomic.replac
   folder each of whose entries is either unchanged since then or carried into the new set (the
   device runner keeps other files of its ``--out``). This check runs just before the rename,
   the two under an exclusive lock on the output's folder
-  (:func:`~edgesnn.placement_lock.placement_lock`), so two processes replacing the same output
+  (:func:`~edgesnn.file_locks.placement_lock`), so two processes replacing the same output
   cannot both pass it.
 
 Otherwise the command stops with one line naming the flag (:class:`~edgesnn.errors.OutputChanged`,
@@ -36,7 +36,7 @@ from typing import Dict, Optional, Tuple, Union
 
 from .atomic import _real, _remove, _stem
 from .errors import OutputChanged
-from .placement_lock import placement_lock
+from .file_locks import placement_lock
 from .write_errors import _reason
 
 __all__ = ["GuardedFile", "GuardedDir", "guarded"]

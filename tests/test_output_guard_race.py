@@ -93,7 +93,7 @@ def test_two_writers_of_one_folder_cannot_both_swap_it(tmp_path, monkeypatch):
 
 
 def test_the_lock_does_not_block_writers_of_other_folders(tmp_path):
-    from edgesnn.placement_lock import placement_lock
+    from edgesnn.file_locks import placement_lock
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -104,7 +104,7 @@ def test_the_lock_does_not_block_writers_of_other_folders(tmp_path):
 
 def test_a_guarded_write_waits_for_the_folder_lock(tmp_path):
     """While another process (here: another open of the folder) holds the lock, a guarded write waits."""
-    from edgesnn.placement_lock import placement_lock
+    from edgesnn.file_locks import placement_lock
 
     target = tmp_path / "ck.pt"
     done = threading.Event()
