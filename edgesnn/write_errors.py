@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from .errors import OutputChanged, first_line
 
@@ -39,17 +39,25 @@ def _os_failure(path: PathLike, exc: OSError) -> WriteError:
     return WriteError(f"cannot write {path}: {_reason(exc)}", exc.errno)
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it (``__cause__``, else ``__context__``), at most 8."""
+    link: Optional[BaseException] = exc
+    for _ in range(8):
+        if link is None:
+            return
+        yield link
+        link = link.__cause__ or link.__context__
+
+
 def _write_failure(path: Path, exc: BaseException) -> Optional[WriteError]:
     """The one-line :class:`WriteError` for a failed write of ``path``, or ``None`` when ``exc``
     is not a write failure (a bug in the writer keeps its traceback). ``torch.save`` reports a
     short write as a ``RuntimeError`` whose context holds the ``OSError``."""
     if isinstance(exc, (OutputChanged, WriteError)):  # already its own one line (a WriteError: of its own file)
         return None
-    chain, seen = exc, 0
-    while chain is not None and seen < 8:
-        if isinstance(chain, OSError) and chain.errno is not None:  # errno-less ones (io.UnsupportedOperation) are bugs
-            return _os_failure(path, chain)
-        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    for link in _chain(exc):
+        if isinstance(link, OSError) and link.errno is not None:  # errno-less ones (io.UnsupportedOperation) are bugs
+            return _os_failure(path, link)
     text = str(exc)
     if isinstance(exc, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
         return WriteError(f"cannot write {path}: the write was cut short (disk full or a file size limit?): "
@@ -61,12 +69,7 @@ def _interrupt_in(exc: BaseException) -> Optional[KeyboardInterrupt]:
     """The Ctrl-C behind ``exc``, if any: ``torch.save``'s stream writer turns a ``KeyboardInterrupt``
     raised in its Python write call into ``RuntimeError: [enforce fail at inline_container.cc] unexpected
     pos`` (the interrupt kept as its context), which read as a failed write ("disk full?", exit 2)."""
-    chain, seen = exc, 0
-    while chain is not None and seen < 8:
-        if isinstance(chain, KeyboardInterrupt):
-            return chain
-        chain, seen = chain.__cause__ or chain.__context__, seen + 1
-    return None
+    return next((link for link in _chain(exc) if isinstance(link, KeyboardInterrupt)), None)
 
 
 def _swap_failure(exc: BaseException, built: bool) -> bool:
