@@ -36,27 +36,25 @@ def search(opts: Sequence[Sequence[str]], score: Callable[[List[str]], Tuple], s
     steepest coordinate descents (:func:`_descend`) from the best so far and from each of
     ``start_choices`` (local optima; the best of them is returned, not exact); beyond that many
     combinations, one descent taking each improvement as it comes, from the best of the starts."""
-    found: List[List[str]] = []
-    if math.prod(len(layer) for layer in opts) <= EXHAUSTIVE_CHOICES:
-        combos = list(itertools.product(*[range(len(layer)) for layer in opts]))
-        bounds = [bound(c) for c in combos] if bound is not None else [-math.inf] * len(combos)
-        best = None  # (score, product index, choice)
-        order = sorted(range(len(combos)), key=lambda n: (bounds[n], n))
-        allowed = max(256, SEARCH_LAYER_SCORES // max(1, len(opts)))
-        for n in order[:allowed]:
-            if best is not None and bounds[n] > best[0][0]:
-                return best[2], True
-            choice = [opts[i][k] for i, k in enumerate(combos[n])]
-            s = score(choice)
-            if best is None or (s, n) < best[:2]:
-                best = (s, n, choice)
-        if len(order) <= allowed:
+    if math.prod(len(layer) for layer in opts) > EXHAUSTIVE_CHOICES:
+        return _descend(opts, score, min(start_choices, key=score), False)[0], False
+    combos = list(itertools.product(*[range(len(layer)) for layer in opts]))
+    bounds = [bound(c) for c in combos] if bound is not None else [-math.inf] * len(combos)
+    best = None  # (score, product index, choice)
+    order = sorted(range(len(combos)), key=lambda n: (bounds[n], n))
+    allowed = max(256, SEARCH_LAYER_SCORES // max(1, len(opts)))
+    for n in order[:allowed]:
+        if best is not None and bounds[n] > best[0][0]:
             return best[2], True
-        found = [best[2]]
-    if found:  # a moderate space: steepest descents from the best so far and from every start
-        return min((_descend(opts, score, c, True) for c in found + [list(c) for c in start_choices]),
-                   key=lambda r: r[1])[0], False
-    return _descend(opts, score, min(start_choices, key=score), False)[0], False
+        choice = [opts[i][k] for i, k in enumerate(combos[n])]
+        s = score(choice)
+        if best is None or (s, n) < best[:2]:
+            best = (s, n, choice)
+    if len(order) <= allowed:
+        return best[2], True
+    # a moderate space the bound did not settle: steepest descents from the best so far and from every start
+    return min((_descend(opts, score, c, True) for c in [best[2]] + [list(c) for c in start_choices]),
+               key=lambda r: r[1])[0], False
 
 
 def _descend(opts: Sequence[Sequence[str]], score: Callable[[List[str]], Tuple], best: List[str],

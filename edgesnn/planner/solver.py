@@ -129,6 +129,13 @@ def static_resident(chain: ChainModel, runtime_overhead: int, optimizer: str) ->
     return int(runtime_overhead + chain.static_bytes(optimizer) - 4 * chain.params)
 
 
+def _held_whatever_the_choice(chain: ChainModel, T: int, B: int, runtime_overhead: int, optimizer: str,
+                              extras: Extras) -> int:
+    """Bytes the step holds at the end of its forward whichever neurons the layers take: the resident
+    memory, the dataset and the choice-independent saved bytes (each choice adds its own saved bytes)."""
+    return static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B) + extras.dataset_bytes
+
+
 def _least_peak(chain: ChainModel, opts, T: int, B: int, runtime_overhead: int, optimizer: str,
                 extras: Extras = NO_EXTRAS) -> List[str]:
     """The per-layer choice with the least predicted **peak** at batch ``B`` (not the least saved
@@ -142,7 +149,7 @@ def _least_peak_found(chain: ChainModel, opts, T: int, B: int, runtime_overhead:
     """:func:`_least_peak` and whether the search proved it the least (:func:`~.choice_search.search`);
     its bound: every saved byte is held at the step's peak."""
     costs = [[chain.layer_option_cost(i, o).bytes(T, B) for o in layer] for i, layer in enumerate(opts)]
-    base = static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B) + extras.dataset_bytes
+    base = _held_whatever_the_choice(chain, T, B, runtime_overhead, optimizer, extras)
     return search(opts, lambda ch: (_peak(chain, ch, T, B, runtime_overhead, optimizer, extras),),
                   starts(chain, opts, T), lambda picks: base + sum(c[k] for c, k in zip(costs, picks)))
 
@@ -311,8 +318,7 @@ def _fastest_fitting(chain: ChainModel, opts, T: int, B: int, least: List[str], 
     costs = [[(chain.layer_option_cost(i, o).bytes(T, B),
                node_time_s(o, T * B * chain.spiking[i].in_elems, bandwidth_gbs, _layer_backend(chain, i)))
               for o in layer] for i, layer in enumerate(opts)]
-    capacity = budget - (static_resident(chain, runtime_overhead, optimizer) + chain.fixed_cost().bytes(T, B)
-                         + extras.dataset_bytes)
+    capacity = budget - _held_whatever_the_choice(chain, T, B, runtime_overhead, optimizer, extras)
     if math.prod(len(layer) for layer in opts) <= EXHAUSTIVE_CHOICES:
         totals = [(sum(costs[i][k][1] for i, k in enumerate(ks)), sum(costs[i][k][0] for i, k in enumerate(ks)), ks)
                   for ks in itertools.product(*[range(len(layer)) for layer in opts])]
