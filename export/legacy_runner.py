@@ -114,7 +114,7 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     try:
         state = CheckpointState.load_checkpoint(str(start_ckpt))
     except Exception as exc:
-        hint = "; pass --force instead of --resume to start again" if resuming else ""
+        hint = f"; {RESUME_FIX}" if resuming else ""
         raise ArtifactError(f"{start_ckpt}: corrupt artifact file (ONNX Runtime could not load it: {_one_line(exc)}){hint}") from None
     check_start_values({n: np.asarray(state.parameters[n].data) for n in [*manifest.trainable, *manifest.frozen]
                         if n in state.parameters}, start_ckpt, RESUME_FIX if resuming else "export again")
@@ -142,7 +142,7 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     except Exception as exc:
         if resuming:
             raise ArtifactError(f"--resume: {start_ckpt} does not fit the artifacts in {artifact_dir} (fine-tuned from "
-                                f"another export?); pass --force instead of --resume to start again") from None
+                                f"another export?); {RESUME_FIX}") from None
         raise ArtifactError(f"{artifact_dir}: ONNX Runtime could not load the training graphs ({_one_line(exc)})") from None
     rate = float(settings["lr"])
     optimizer.set_learning_rate(rate)

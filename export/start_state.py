@@ -150,7 +150,7 @@ def load_start(src: Path, needed: List[str], resuming: bool) -> Tuple[Dict[str, 
             start = {n: np.array(npz[n]) for n in needed if n in npz.files}
             meta = {k: npz[k][()] for k in npz.files if k.startswith("runner.")}
     except Exception as exc:
-        hint = "; pass --force instead of --resume to start again" if resuming else ""
+        hint = f"; {RESUME_FIX}" if resuming else ""
         raise ArtifactError(f"{src}: corrupt artifact file ({_one_line(exc)}){hint}") from None
     check_start_values(start, src, RESUME_FIX if resuming else f"{STEP_INIT} is damaged: export again")
     return start, meta

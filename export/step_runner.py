@@ -232,10 +232,10 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     artifact_id = manifest.files.get(STEP_MODEL, "")
     if resuming and "runner.artifact" in meta and str(meta["runner.artifact"]) != artifact_id:
         raise ArtifactError(f"--resume: {state_path} was fine-tuned from another export (its step graph differs from "
-                            f"{artifact_dir}); pass --force instead of --resume to start again")
+                            f"{artifact_dir}); {RESUME_FIX}")
     missing = [n for n in needed if n not in start]
     if missing:
-        hint = (" (fine-tuned from another export?); pass --force instead of --resume to start again" if resuming else "")
+        hint = f" (fine-tuned from another export?); {RESUME_FIX}" if resuming else ""
         raise ArtifactError(f"{src}: lacks {missing[:3]}{'...' if len(missing) > 3 else ''}{hint}")
     recorded = str(meta["runner.settings"]) if resuming and "runner.settings" in meta else None
     if keep_best:  # recorded only when on: other runs' settings stay what older runners wrote
@@ -259,8 +259,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
         else:
             sess = StepSession(ort, artifact_dir, manifest, start, threads, lean_memory)
     except StartArrayError as exc:
-        hint = ("pass --force instead of --resume to start again" if resuming
-                else f"{STEP_INIT} does not fit {STEP_MODEL}: export again")
+        hint = RESUME_FIX if resuming else f"{STEP_INIT} does not fit {STEP_MODEL}: export again"
         raise ArtifactError(f"{src}: {exc}; {hint}") from None
     rss_session = rss_mb()
     sess.set_lr(rate)
