@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from network_ratios import ratio_lines  # noqa: E402
 from tool_args import add_force, tool_parser, check_out, positive_int, run_main, worker_error, write_json  # noqa: E402
+from vgg11_sj import build_vgg  # noqa: E402  (also this tool's: validate_planner and the tests take it from here)
 
 ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif", "opt", "opt_budget")
 LABELS = {
@@ -61,50 +62,6 @@ LABELS = {
     "opt": "edgesnn optimize_memory, no budget",
     "opt_budget": "edgesnn optimize_memory, budget SJ/15",
 }
-CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-
-
-def build_vgg(node: str, grouped: bool = False) -> Tuple[Any, Optional[type]]:
-    """VGG-11 of SpikingJelly multi-step layers with ``node`` in {"sj", "lif", "revlif"}: ``[T, B, 3, 32, 32]`` ->
-    logits ``[T, B, 10]``. Returns ``(model, Block class or None)``.
-
-    ``grouped``: the layers wrapped per conv -> BatchNorm -> node (-> max-pool) in a ``Block``
-    (an ``nn.Sequential`` subclass), the unit SpikingJelly's ``memopt`` checkpoints.
-    """
-    from torch import nn
-    from spikingjelly.activation_based import layer, neuron, surrogate
-
-    from edgesnn.nn import LIF, RevLIF
-
-    def make_node():
-        if node == "sj":
-            return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.Sigmoid(), step_mode="m")
-        return LIF() if node == "lif" else RevLIF(groups=2)
-
-    class Block(nn.Sequential):
-        pass
-
-    mods, c = [], 3
-    for item in CFG:
-        if item == "M":
-            mods.append(layer.MaxPool2d(2, step_mode="m"))
-            continue
-        mods += [layer.Conv2d(c, item, 3, padding=1, bias=False, step_mode="m"),
-                 layer.BatchNorm2d(item, step_mode="m"), make_node()]
-        c = item
-    head = [layer.Flatten(step_mode="m"), layer.Linear(512, 10, step_mode="m")]
-    if not grouped:
-        return nn.Sequential(*mods, *head), None
-    blocks, cur = [], []
-    for m in mods:
-        if isinstance(m, layer.Conv2d) and cur:
-            blocks.append(Block(*cur))
-            cur = []
-        cur.append(m)
-    blocks.append(Block(*cur))
-    return nn.Sequential(*blocks, *head), Block
-
-
 _ROW_NODE = {"sj_bptt": "sj", "sj_memopt": "sj", "revlif": "revlif"}  # other rows: edgesnn LIF
 BASELINE_ROWS = ("sj_bptt", "sj_memopt", "lif", "revlif")  # predicted by edgesnn.planner.bptt_peak
 

@@ -110,7 +110,7 @@ def _model(name: str, T: int, batch: int, neuron: str = "lif", backend: str = "a
         if backend != "auto":
             raise ValueError(f"--backend: vgg11-max takes only 'auto' (its nodes are the default ones), got {backend!r}")
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from bench_network_memory import build_vgg
+        from vgg11_sj import build_vgg
 
         model, _ = build_vgg(neuron)
         return model, x, y, True
