@@ -1,11 +1,15 @@
 """The nodes inside ``torch.func`` transforms: ``grad`` / ``grad_and_value`` / ``vjp`` over
 ``functional_call`` (how MAML-style inner loops and functional training loops are written) give the
 ordinary backward's gradients on every CPU backend; a gradient of a gradient is computed by the
-reference backend and a one-line error on the others (never silent zeros); ``vmap`` is one line."""
+reference backend and a one-line error on the others (never silent zeros); ``vmap``, a backward run
+batched (``jacrev``, ``is_grads_batched``) on the hand-written backwards and forward-mode AD
+(``jvp``, ``jacfwd``, dual tensors) on every backend are one line (never a wrong Jacobian)."""
 
 import pytest
 import torch
 from torch import nn
+
+import torch.autograd.forward_ad as fwAD
 
 from edgesnn.nn import LIF, ParametricLIF, RevLIF
 
@@ -125,3 +129,73 @@ def test_optimize_memory_model_under_func_grad_is_one_line():
         torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,)).sum())(params)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("optimize_memory: torch.func transforms") and "uninstall" in msg
+
+
+def _one_line(e, *words):
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_jacrev_and_batched_gradients_are_refused_on_the_hand_written_backwards(make, backend, T):
+    # their backward runs under vmap: the kernels read the batch of gradients as one gradient
+    # (T = 1, numba: a wrong Jacobian without a word before)
+    node = make(backend=backend)
+    x = torch.randn(T, 1, 4) * 2
+    with pytest.raises(RuntimeError) as e:
+        torch.func.jacrev(node)(x)
+    _one_line(e, "vmap", repr(backend))
+    xr = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError) as e:
+        torch.autograd.grad(node(xr), xr, torch.randn(3, *x.shape), is_grads_batched=True)
+    _one_line(e, "is_grads_batched", repr(backend))
+
+
+@pytest.mark.parametrize("make", NODES + [lambda backend: ParametricLIF()], ids=["LIF", "RevLIF", "ParametricLIF"])
+def test_reference_backend_jacrev_and_batched_gradients_equal_the_backward(make):
+    node = make(backend="reference")
+    x = torch.randn(2, 1, 4) * 2
+    rows = []
+    for i in range(x.numel()):
+        xr = x.clone().requires_grad_()
+        rows.append(torch.autograd.grad(node(xr).flatten()[i], xr)[0])
+    expect = torch.stack(rows).reshape(*x.shape, *x.shape)
+    assert expect.abs().sum() > 0
+    assert torch.allclose(torch.func.jacrev(node)(x), expect, atol=1e-6)
+    xr = x.clone().requires_grad_()
+    eye = torch.eye(x.numel()).reshape(-1, *x.shape)
+    (batched,) = torch.autograd.grad(node(xr), xr, eye, is_grads_batched=True)
+    assert torch.allclose(batched.reshape(*x.shape, *x.shape), expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", NODES + [lambda backend: ParametricLIF()], ids=["LIF", "RevLIF", "ParametricLIF"])
+@pytest.mark.parametrize("backend", ["numba", "torch", "reference"])
+def test_forward_mode_ad_is_refused_in_one_line(make, backend):
+    # the reference backend's step function had a zero tangent: jacfwd was all zeros without a word
+    node = make(backend=backend)
+    x = torch.randn(3, 2, 4) * 2
+    with pytest.raises(RuntimeError) as e:
+        torch.func.jacfwd(node)(x)
+    _one_line(e, "forward-mode AD", "backward")
+    with pytest.raises(RuntimeError) as e:
+        torch.func.jvp(node, (x,), (torch.ones_like(x),))
+    _one_line(e, "forward-mode AD")
+    with fwAD.dual_level(), pytest.raises(RuntimeError) as e:
+        node(fwAD.make_dual(x, torch.ones_like(x)))
+    _one_line(e, "forward-mode AD")
+
+
+def test_optimize_memory_model_refuses_forward_mode_ad_in_one_line():
+    import edgesnn
+    from edgesnn.nn import SeqToANN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SeqToANN(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(),
+                          SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten(), nn.Linear(4 * 4 * 4, 3)))
+    x = torch.rand(4, 2, 1, 8, 8)
+    edgesnn.optimize_memory(model, x)
+    with fwAD.dual_level(), pytest.raises(RuntimeError) as e:
+        model(fwAD.make_dual(x, torch.ones_like(x)))
+    _one_line(e, "optimize_memory: forward-mode AD")

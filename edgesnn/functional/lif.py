@@ -24,7 +24,7 @@ import torch
 
 from .checks import (check_finite_grads, check_finite_input, check_flag, check_params, check_sequence, check_state,
                      check_tensor, eager, is_real_number, shown_number)
-from .second_order import first_order_only, func_transform_depth
+from .second_order import first_order_only, func_transform_depth, refuse_batched
 from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
 
 __all__ = [
@@ -287,6 +287,7 @@ class _LIFTorchFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_s_seq, grad_v_T):
+        refuse_batched((grad_s_seq, grad_v_T), "LIF", "torch")  # (jacrev: its loop would mix the batch in)
         # computed from the saved h, without a graph: a second backward through it raises
         with torch.no_grad():
             grads = _LIFTorchFunction._grads(ctx, grad_s_seq, grad_v_T)

@@ -38,7 +38,7 @@ from .revlif import (
     revlif_step_backward,
     to_groups,
 )
-from .second_order import first_order_only, func_transform_depth
+from .second_order import first_order_only, func_transform_depth, refuse_batched
 
 __all__ = ["RevLIFKernels", "TORCH_KERNELS", "torch_forward", "torch_backward", "revlif_multistep", "verify_reconstruction",
            "float_mode_tolerance", "float_mode_growth", "float_mode_refusal"]
@@ -255,6 +255,7 @@ class RevLIFFunction(torch.autograd.Function):
     ) -> Tuple[Optional[torch.Tensor], ...]:
         """``(grad_x [T, B, C, ...], grad_v0 [B, C, ...] or None, None, None)``: reconstructs the states
         backward in time from ``y_seq`` and ``v_T`` and verifies the initial state it reaches."""
+        refuse_batched((grad_y_out, grad_v_T_out), "RevLIF", ctx.meta[1].name)  # (jacrev: the loop would mix the batch in)
         # the kernels reconstruct and differentiate without a graph: a second backward through it raises
         with torch.no_grad():
             grads = RevLIFFunction._grads(ctx, grad_y_out, grad_v_T_out)

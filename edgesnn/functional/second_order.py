@@ -10,7 +10,8 @@ these gradients raises one line naming the layer and the backend. The ``referenc
 
 Inside ``torch.func`` transforms (which run every backward with ``create_graph=True``) one
 transform gets the gradients as they are; nested ones (``grad(grad(f))``) raise the same line, and
-:func:`under_vmap` lets the dispatch refuse ``vmap`` in one line.
+:func:`under_vmap` and :func:`under_forward_ad` let the dispatch refuse ``vmap`` and forward-mode AD in
+one line each.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 
 from .checks import eager
 
-__all__ = ["first_order_only", "second_order_message", "func_transform_depth", "refuse_nested_transforms", "under_vmap"]
+__all__ = ["first_order_only", "second_order_message", "func_transform_depth", "refuse_nested_transforms", "under_vmap",
+           "under_forward_ad", "vmap_refused", "forward_ad_refused", "refuse_batched"]
 
 
 def second_order_message(layer: str, backend: str) -> str:
@@ -29,6 +31,24 @@ def second_order_message(layer: str, backend: str) -> str:
     return (
         f"{layer} backend {backend!r}: second-order gradients (create_graph=True, differentiating a gradient) are "
         f"not supported; use backend='reference'"
+    )
+
+
+def vmap_refused(layer: str, backend: str) -> RuntimeError:
+    """The one-line error for ``torch.func.vmap`` over a node, or its backward run batched."""
+    return RuntimeError(
+        f"{layer} backend {backend!r}: torch.func.vmap (and jacrev, jacfwd, per-sample gradients, "
+        f"is_grads_batched=True) is not supported (the loops run whole batches); torch.func.grad, grad_and_value "
+        f"and vjp are supported"
+    )
+
+
+def forward_ad_refused(layer: str, backend: str) -> RuntimeError:
+    """The one-line error for forward-mode AD through a node (any backend)."""
+    return RuntimeError(
+        f"{layer} backend {backend!r}: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad dual "
+        f"tensors) is not supported (the spike's surrogate gradient is defined for reverse mode only); use "
+        f".backward(), torch.autograd.grad or torch.func.grad / vjp"
     )
 
 
@@ -47,13 +67,29 @@ def func_transform_depth() -> int:
 
 
 def under_vmap(x: torch.Tensor) -> bool:
-    """``x`` (any shape) is batched by ``torch.func.vmap`` (at any level of the transforms' wrappers)."""
+    """``x`` (any shape) is batched by ``torch.func.vmap`` (at any level of the transforms' wrappers),
+    or by the autograd engine's own vmap (``torch.autograd.grad(..., is_grads_batched=True)``)."""
     fw = torch._C._functorch
     while fw.is_functorch_wrapped_tensor(x):
         if fw.is_batchedtensor(x):
             return True
         x = fw.get_unwrapped(x)
-    return False
+    return bool(fw.is_legacy_batchedtensor(x))
+
+
+def refuse_batched(tensors: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> None:
+    """Raise :func:`vmap_refused` when a hand-written backward gets batched tensors (its backward run
+    under ``vmap``: ``jacrev``, ``is_grads_batched=True``), which its loops would read as one
+    gradient of a wrong shape."""
+    if any(t is not None and under_vmap(t) for t in tensors):
+        raise vmap_refused(layer, backend)
+
+
+def under_forward_ad(x: torch.Tensor) -> bool:
+    """``x`` (any shape) carries a forward-mode tangent: a dual tensor of ``torch.autograd.forward_ad``,
+    or an input inside ``torch.func.jvp`` / ``jacfwd``. The spike's surrogate gradient is defined for
+    reverse mode only (a step function's own tangent is zero), so the nodes refuse these."""
+    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
 
 
 def refuse_nested_transforms(layer: str, backend: str) -> None:

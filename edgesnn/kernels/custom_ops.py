@@ -45,9 +45,9 @@ from ..functional.grid import packed_steps
 from ..functional.lif import LIFParams
 from ..functional.revlif import RevLIFParams, check_exact_state, revlif_initial_state
 from ..functional.revlif_autograd import verify_reconstruction
-from ..functional.second_order import first_order_only
+from ..functional.second_order import first_order_only, vmap_refused
 from ..functional.surrogate import ATan, Sigmoid
-from .func_transforms import outside_transforms, vmap_refused
+from .func_transforms import outside_transforms
 
 __all__ = ["lif_apply", "revlif_apply", "lif_fwd", "lif_bwd", "revlif_fwd", "revlif_bwd", "lif_params_args",
            "revlif_params_args", "state_copy"]

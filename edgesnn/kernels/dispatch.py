@@ -27,15 +27,14 @@ from ..functional import revlif_autograd as _rev
 from ..functional.checks import all_finite, check_finite_input, check_sequence, check_state, eager
 from ..functional.grid import straight_through, to_grid
 from ..functional.lif import LIFParams
-from ..functional.second_order import under_vmap
+from ..functional.second_order import forward_ad_refused, under_forward_ad, under_vmap, vmap_refused
 from ..functional.revlif import RevLIFParams, from_groups, revlif_initial_state, revlif_multistep_reference, to_groups
 from ..functional.surrogate import ATan, Sigmoid
 from . import custom_ops as _ops
-from .func_transforms import vmap_refused
 from .config import forked_child_message, numba_threads_usable
 
 __all__ = ["BACKENDS", "resolve_backend", "lif_multistep", "revlif_multistep", "numba_available", "cuda_available",
-           "refuse_vmap"]
+           "refuse_transforms"]
 
 BACKENDS = ("auto", "torch", "numba", "cuda", "reference")
 #: The surrogates the fused kernels implement, by exact type: a subclass (which may override
@@ -181,11 +180,17 @@ def _check_finite_state(x_seq: torch.Tensor, v0: torch.Tensor) -> None:
         check_finite_input(v0, "v0", "RevLIF")
 
 
-def refuse_vmap(x_seq: torch.Tensor, layer: str, backend: str) -> None:
-    """One line for ``torch.func.vmap`` over a node, on every backend (the kernels run whole batches;
-    the PyTorch loops check values with Python branches, which vmap cannot batch)."""
-    if eager() and isinstance(x_seq, torch.Tensor) and under_vmap(x_seq):  # (the compiler traces no transforms' wrappers)
-        raise vmap_refused(layer, backend)
+def refuse_transforms(x_seq: torch.Tensor, layer: str, backend: str, v0: Optional[torch.Tensor] = None) -> None:
+    """One line for ``torch.func.vmap`` over a node and for forward-mode AD through it (``x_seq`` or
+    ``v0`` carrying a tangent), on every backend: the kernels run whole batches and the PyTorch loops
+    check values with Python branches, which vmap cannot batch; a spike's surrogate has no tangent
+    rule (the reference backend's step function would give a silently zero one)."""
+    if not isinstance(x_seq, torch.Tensor) or torch.compiler.is_compiling():  # (the compiler traces no wrappers)
+        return
+    batched = under_vmap(x_seq)
+    dual = not batched and (under_forward_ad(x_seq) or (isinstance(v0, torch.Tensor) and under_forward_ad(v0)))
+    if (batched or dual) and eager():  # (eager(): the dearer check, only once one of them holds)
+        raise vmap_refused(layer, backend) if batched else forward_ad_refused(layer, backend)
 
 
 def lif_multistep(
@@ -193,7 +198,7 @@ def lif_multistep(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x_seq [T, B, ...]`` on the chosen backend; returns ``(s_seq, v_T)``."""
     name = resolve_backend(backend, x_seq, p)
-    refuse_vmap(x_seq, "LIF", name)
+    refuse_transforms(x_seq, "LIF", name, v0)
     if name == "reference":
         return _lif.lif_multistep_reference(x_seq, p, v0)
     if name == "torch":
@@ -206,7 +211,7 @@ def revlif_multistep(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """RevLIF over ``x_seq [T, B, C, ...]`` on the chosen backend; returns ``(y_seq, v_T)``."""
     name = resolve_backend(backend, x_seq, p)
-    refuse_vmap(x_seq, "RevLIF", name)
+    refuse_transforms(x_seq, "RevLIF", name, v0)
     if name == "reference":
         return revlif_multistep_reference(x_seq, p, v0)
     if name == "torch":

@@ -11,7 +11,12 @@ gradients it returns again. A gradient of a gradient stays refused, as in every 
 (:func:`~edgesnn.functional.second_order.first_order_only`; nested transforms: one line).
 
 ``torch.func.vmap`` (and with it ``jacrev``, ``jacfwd``, per-sample gradients) would hand the
-kernels batched tensors: refused with one line (:func:`vmap_refused`).
+kernels batched tensors: refused with one line
+(:func:`~edgesnn.functional.second_order.vmap_refused`), over the forward by the
+dispatch and over the backward (``jacrev``, ``autograd.grad(..., is_grads_batched=True)``: the
+gradients come in batched) here. Forward-mode AD (``jvp``, ``jacfwd``, dual tensors) is refused by
+the dispatch as well (:func:`~edgesnn.functional.second_order.forward_ad_refused`): a spike's
+surrogate has no tangent rule.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 
-from ..functional.second_order import refuse_nested_transforms
+from ..functional.second_order import refuse_batched, refuse_nested_transforms
 
-__all__ = ["outside_transforms", "vmap_refused"]
+__all__ = ["outside_transforms"]
 
 _functorch = torch._C._functorch
 
@@ -41,7 +46,11 @@ def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, ba
     tensors are plain). Outside every transform: ``ts`` as they are, nothing switched (one check
     each). Inside two or more nested transforms (``grad(grad(f))``: the outer one would see the
     kernels' gradients as constants, a silently zero second-order term) it raises
-    :func:`~edgesnn.functional.second_order.second_order_message`, as ``create_graph=True`` does."""
+    :func:`~edgesnn.functional.second_order.second_order_message`, as ``create_graph=True`` does.
+    Batched gradients (the backward under ``vmap``: ``jacrev``, ``is_grads_batched=True``) raise
+    :func:`~edgesnn.functional.second_order.vmap_refused`: the kernels would read the batch of
+    gradients as one gradient of a wrong shape."""
+    refuse_batched(tensors, layer, backend)
     wrapped = any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in tensors)
     if not wrapped:
         yield tuple(tensors)
@@ -50,11 +59,3 @@ def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, ba
     plain = tuple(_plain(t) for t in tensors)
     with torch._C._DisableFuncTorch():
         yield plain
-
-
-def vmap_refused(layer: str, backend: str) -> RuntimeError:
-    """The one-line error for ``torch.func.vmap`` over a node (any backend)."""
-    return RuntimeError(
-        f"{layer} backend {backend!r}: torch.func.vmap (and jacrev, jacfwd, per-sample gradients) is not supported "
-        f"(the loops run whole batches); torch.func.grad, grad_and_value and vjp are"
-    )

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from ..functional.checks import autocast_on
-from ..functional.second_order import func_transform_depth
+from ..functional.second_order import func_transform_depth, under_forward_ad
 from ..kernels import buffers
 from .batchnorm import ChunkStats, ExactStats, batch_stats_mode, bn_output, exact_supported, update_running
 from .block_backward import backward_chunked_bn, backward_plain
@@ -413,6 +413,9 @@ def run_block(block: Block, x: torch.Tensor, route: Route = Route()) -> torch.Te
                 if autocast_on(x):
                     raise RuntimeError("optimize_memory: autocast is not supported; train the optimized model without "
                                        "torch.autocast, or call edgesnn.memopt.uninstall(model) first")
+                if under_forward_ad(x):  # a dual tensor, or inside torch.func.jvp / jacfwd
+                    raise RuntimeError("optimize_memory: forward-mode AD (torch.func.jvp, jacfwd, forward_ad dual tensors) "
+                                       "is not supported; train the optimized model with .backward()")
                 if func_transform_depth():  # inside torch.func.grad / vmap / ...
                     raise RuntimeError("optimize_memory: torch.func transforms (grad, vjp, vmap, ...) are not supported; "
                                        "train the optimized model with .backward(), or call edgesnn.memopt.uninstall(model) "

@@ -18,7 +18,7 @@ from torch import nn
 from ..functional.checks import check_flag
 from ..functional.lif import LIFParams, ResetRule, plif_multistep
 from ..functional.surrogate import Surrogate
-from ..kernels.dispatch import refuse_vmap
+from ..kernels.dispatch import refuse_transforms
 from ._compat import LIFAttributes, resolve_surrogate
 from .neurons import _SpikingNode
 
@@ -191,7 +191,7 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         # before sigmoid's derivative, ~4x it) overflowed to inf where w's own gradient fits.
         # sigmoid(w) is SpikingJelly's: on a float32 input its fused op computes it from w in float32,
         # unrounded, whatever w's dtype; on other inputs its reference formula computes it in w's dtype.
-        refuse_vmap(x_seq, "ParametricLIF", "reference")  # as LIF and RevLIF do, before any value check
+        refuse_transforms(x_seq, "ParametricLIF", "reference", v0)  # as LIF and RevLIF do, before any value check
         acc = torch.promote_types(self.w.dtype, torch.float32)
         decay = torch.sigmoid(self.w.to(acc))
         if x_seq.dtype != torch.float32:
