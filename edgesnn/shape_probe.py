@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from .fork_safe_lock import ForkSafeLock
 from .memory_guard import META_PROBE_BYTES
+from .module_modes import evaluating
 
 __all__ = ["probe_output"]
 
@@ -30,8 +31,8 @@ _PROBE_LOCK = ForkSafeLock(reentrant=True)
 
 def probe_output(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype = torch.float32, *,
                  real_if_meta_fails: bool = False) -> Any:
-    """``module(zeros([1, *in_shape], dtype))`` in eval mode without gradients (the module's mode is
-    restored): a ``meta`` tensor when the sample is above ``META_PROBE_BYTES``, else a real one.
+    """``module(zeros([1, *in_shape], dtype))`` in eval mode without gradients (every submodule's
+    mode is restored): a ``meta`` tensor when the sample is above ``META_PROBE_BYTES``, else a real one.
 
     A module meta tensors cannot run raises its own error, or with ``real_if_meta_fails`` runs the
     real sample instead (a custom layer the planner must still measure). Errors of the module or of
@@ -44,17 +45,12 @@ def probe_output(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtyp
 
 def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype, real_if_meta_fails: bool) -> Any:
     big = math.prod(in_shape) * torch.empty(0, dtype=dtype).element_size() > META_PROBE_BYTES
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            if big:
-                try:
-                    meta = {k: v.to("meta") for k, v in module.state_dict(keep_vars=True).items()}
-                    return functional_call(module, meta, (torch.zeros(1, *in_shape, dtype=dtype, device="meta"),))
-                except Exception:  # noqa: BLE001 - e.g. a kernel without a meta implementation
-                    if not real_if_meta_fails:
-                        raise
-            return module(torch.zeros(1, *in_shape, dtype=dtype))
-    finally:
-        module.train(was)
+    with evaluating(module), torch.no_grad():
+        if big:
+            try:
+                meta = {k: v.to("meta") for k, v in module.state_dict(keep_vars=True).items()}
+                return functional_call(module, meta, (torch.zeros(1, *in_shape, dtype=dtype, device="meta"),))
+            except Exception:  # noqa: BLE001 - e.g. a kernel without a meta implementation
+                if not real_if_meta_fails:
+                    raise
+        return module(torch.zeros(1, *in_shape, dtype=dtype))

@@ -14,12 +14,14 @@ from typing import Optional, Union
 
 from torch import nn
 
+from ..module_modes import evaluating
+
 __all__ = ["export_nir"]
 
 
 def export_nir(model: nn.Module, out: Union[str, Path], dt: Optional[float] = None) -> Path:
     """Write ``model`` (eval statistics) as a NIR graph to ``out``; returns the path. The model is
-    converted in eval mode and handed back in the mode it came in. ``dt`` (seconds per step, a finite
+    converted in eval mode and handed back with every submodule in the mode it came in. ``dt`` (seconds per step, a finite
     number > 0; default :data:`edgesnn.nir.DEFAULT_DT`) is checked by :func:`edgesnn.nir.to_nir`. A NaN
     or Inf in the model's parameters or buffers is refused (:func:`~.prepare.check_finite`)."""
     from ..nir import DEFAULT_DT, write
@@ -27,9 +29,5 @@ def export_nir(model: nn.Module, out: Union[str, Path], dt: Optional[float] = No
 
     out = check_out_path(out, "out")
     check_finite(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return write(model, out, dt=DEFAULT_DT if dt is None else dt)
-    finally:
-        model.train(was_training)

@@ -109,8 +109,9 @@ def build_graphs(
     prefix_read = prog.read_names(prog.prefix)
     loop_params = [n for n in prog.loop_names()]
     event = prog.event  # x [B, T, ...]: P holds the frames in chunks [T/K, K, B, ...], scanned and gathered
-    x_ex = torch.rand(B, *prog.sample_shape)
-    labels_ex = torch.randint(0, prog.num_classes, (B,))
+    g = torch.Generator().manual_seed(0)  # example values of its own: the caller's random stream is not drawn
+    x_ex = torch.rand(B, *prog.sample_shape, generator=g)
+    labels_ex = torch.randint(0, prog.num_classes, (B,), generator=g)
     stages = prog.stages
     rev_idx = [i for i, st in enumerate(stages) if st.kind == "revlif"]
 

@@ -139,9 +139,7 @@ def export_onnx_training(
     scratch = Path(tempfile.mkdtemp(prefix=".edgesnn-export-", dir=out_dir))
     try:
         opt = artifacts.OptimType.SGD if optimizer == "sgd" else artifacts.OptimType.AdamW
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(3)  # generate_artifacts logs every graph pass at INFO
+        # (ORT's process-wide logger severity is the user's: its INFO lines are filtered here instead)
         with warnings.catch_warnings(), _drop_native_info_logs():
             warnings.simplefilter("ignore")
             artifacts.generate_artifacts(

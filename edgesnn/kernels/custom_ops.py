@@ -53,8 +53,11 @@ __all__ = ["lif_apply", "revlif_apply", "lif_fwd", "lif_bwd", "revlif_fwd", "rev
            "revlif_params_args", "state_copy"]
 
 # torch warns "Triton not available" once per registered op on machines without Triton (every
-# CPU install); these ops use no Triton, so that warning is noise for edgesnn users.
-logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+# CPU install); these ops use no Triton, so that warning is noise for edgesnn users. Quiet while
+# this module registers its ops only: the level is the user's again at the end of the module.
+_TRITON_LOG = logging.getLogger("torch._library.triton")
+_TRITON_LEVEL = _TRITON_LOG.level
+_TRITON_LOG.setLevel(logging.ERROR)
 
 
 def _impl(backend: str):
@@ -442,3 +445,6 @@ def _state_copy_backward(ctx, grad):
 
 
 state_copy.register_autograd(_state_copy_backward)
+
+
+_TRITON_LOG.setLevel(_TRITON_LEVEL)  # (the ops are registered)

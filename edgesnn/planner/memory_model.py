@@ -74,7 +74,13 @@ _NO_SAVE_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _SAVE_OUTPUT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
+#: the probes draw random inputs and run the user's modules (a Dropout draws too) without moving the
+#: caller's global CPU random stream: a seeded script draws the same numbers after planning as
+#: without it (a decorator; each call saves and restores the stream)
+_KEEP_USER_RNG = torch.random.fork_rng(devices=[])
 
+
+@_KEEP_USER_RNG
 def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost]:
     """Measure what an unknown stateless module saves: ``(saves_input, saves_output, private)``.
 
@@ -98,6 +104,7 @@ def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> 
     return res[1][0], res[1][1], Cost(step=a, const=max(0.0, res[0][2] - 2 * a))
 
 
+@_KEEP_USER_RNG
 def _reference_lif_factor(node: LIF, dtype: torch.dtype) -> float:
     """Bytes per neuron-step that the store-everything LIF loop saves (measured on a [2, 1, 16] input)."""
     x = torch.randn(2, 1, 16, dtype=dtype, requires_grad=True)
@@ -110,6 +117,7 @@ def _reference_lif_factor(node: LIF, dtype: torch.dtype) -> float:
     return n / x.numel()
 
 
+@_KEEP_USER_RNG
 def _reference_revlif_factor(node: RevLIF, dtype: torch.dtype) -> Tuple[float, bool, bool]:
     """``(bytes per neuron-step, saves input, saves output)`` of the plain-autograd RevLIF loop.
 

@@ -17,6 +17,7 @@ from ..checkpoint import (NIR_LOAD_HINT, CheckpointError, atomic_write, load_che
 from ..atomic import is_path_value
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
+from ..module_modes import evaluating
 from ..output_guard import guarded
 from .data import Dataset, Split, load_dataset
 from .device import check_backend_device, resolve_device
@@ -56,9 +57,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE, 
         raise TypeError(f"model: expected a torch.nn.Module (e.g. an edgesnn SpikingClassifier), got {type(model).__name__}")
     check_split(split, getattr(model, "timesteps", None))
     check_input_dtype(split, model)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         dev = _model_device(model)
         rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
         mine = torch.arange(rank, len(split), world)
@@ -69,8 +68,6 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE, 
             if i == 0:
                 check_labels(split, logits.shape[-1])
             correct += int((logits.argmax(1) == split.y[idx].to(dev)).sum())
-    finally:
-        model.train(was_training)
     if world > 1:
         correct, _ = all_sum(dist, float(correct), 0.0)
     return correct / len(split)
