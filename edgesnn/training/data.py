@@ -300,10 +300,11 @@ def load_image_folder(root: str, size: Tuple[int, int] = (32, 32), flat: bool = 
     """
     try:
         import PIL.Image  # noqa: F401 - present? (_read_image reads with it)
-    except ImportError:  # pragma: no cover - pillow ships with matplotlib
+    except ImportError:  # pragma: no cover - the `images` extra (and matplotlib, in `dev`) bring pillow
         from ..errors import DependencyError
 
-        raise DependencyError("data: reading image folders needs pillow (pip install pillow)") from None
+        raise DependencyError("data: reading image folders needs pillow (pip install 'edgesnn[images]', or pip install "
+                              "pillow)") from None
     base = Path(root).expanduser()
     if not base.is_dir():
         raise FileNotFoundError(f"data: image folder not found: {root}" if not base.exists() else
