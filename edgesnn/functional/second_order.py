@@ -80,7 +80,9 @@ def under_vmap(x: torch.Tensor) -> bool:
 def refuse_batched(tensors: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> None:
     """Raise :func:`vmap_refused` when a hand-written backward gets batched tensors (its backward run
     under ``vmap``: ``jacrev``, ``is_grads_batched=True``), which its loops would read as one
-    gradient of a wrong shape."""
+    gradient of a wrong shape. Not while compiling (the compiler traces no transforms' wrappers)."""
+    if torch.compiler.is_compiling():
+        return
     if any(t is not None and under_vmap(t) for t in tensors):
         raise vmap_refused(layer, backend)
 
