@@ -145,3 +145,23 @@ def test_data_beyond_the_predicted_state_scale_is_caught_by_the_check():
     run(4.0)
     with pytest.raises(ReconstructionError, match="mode='exact'"):
         run(64.0)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_an_unbounded_float_state_overflows_with_advice_that_names_the_parameters(backend):
+    # beta + gamma (1 - 1/tau) = 1.15: the state of a neuron that never fires grows geometrically;
+    # "scale the input down or use a wider dtype" (the old advice) cannot help, the parameters can
+    from edgesnn.functional.checks import NonFiniteInputError
+    from edgesnn.functional.revlif_autograd import float_state_growth
+    from edgesnn.nn import RevLIF
+
+    node = RevLIF(mode="float", beta=0.9, gamma=0.5, backend=backend)
+    assert float_state_growth(node.params) > 1.0 > float_state_growth(RevLIF(mode="float").params)
+    x = torch.full((1000, 1, 2), -1e-3)
+    with pytest.raises(NonFiniteInputError) as e:
+        node(x)
+    msg = str(e.value)
+    assert "\n" not in msg and "beta=0.9, gamma=0.5 and tau=2" in msg and "mode='exact'" in msg
+    assert "scale the input down" not in msg
+    with torch.no_grad():  # bounded parameters: no overflow on the same input
+        assert torch.isfinite(RevLIF(mode="float", backend=backend)(x)).all()

@@ -41,7 +41,7 @@ from .revlif import (
 from .second_order import first_order_only, func_transform_depth, refuse_batched
 
 __all__ = ["RevLIFKernels", "TORCH_KERNELS", "torch_forward", "torch_backward", "revlif_multistep", "verify_reconstruction",
-           "float_mode_tolerance", "float_mode_growth", "float_mode_refusal"]
+           "float_mode_tolerance", "float_mode_growth", "float_mode_refusal", "float_state_growth"]
 
 #: Float mode: largest accepted error of the reconstructed initial state, relative to max(1, |v_th|).
 FLOAT_MODE_TOLERANCE = 1e-3
@@ -56,20 +56,31 @@ def float_mode_tolerance(p: RevLIFParams) -> float:
     return FLOAT_MODE_TOLERANCE * max(1.0, abs(p.lif.v_threshold))
 
 
+def float_state_growth(p: RevLIFParams) -> float:
+    """How much a neuron's state can grow per step without spikes (max norm, dimensionless):
+    ``max(|beta| + c, |beta| + c (|beta| + c))`` with ``c = gamma * (1 - 1/tau)``. At 1 or more the
+    state has no bound: an input that keeps a neuron from firing (e.g. a negative one) drives it
+    geometrically to overflow over a long sequence. Exact mode refuses such parameters (its bound,
+    :func:`~edgesnn.functional.exact_state_bounds`); float mode runs them."""
+    c = p.gamma * (1.0 - 1.0 / p.lif.tau)
+    b = abs(p.beta)
+    return max(b + c, b + c * (b + c))
+
+
 def float_mode_growth(p: RevLIFParams, T: int) -> float:
     """Predicted amplification of per-step float rounding in the reconstructed initial state after ``T`` steps.
 
     Without spike flips, the inverse of one step multiplies a state error (max norm) by at most
     ``L = max((1 + c) / |beta|, (1 + c (1 + c) / |beta|) / |beta|)`` with ``c = gamma * (1 - 1/tau)``
     (``|du/dv|`` of the coupled LIF step), and the forward's state (so the size of each rounding) grows
-    by up to ``R = max(1, |beta| + c, |beta| + c (|beta| + c))`` per step. An error made at step ``t`` is
+    by up to ``R = max(1, |beta| + c, |beta| + c (|beta| + c))`` per step (:func:`float_state_growth`). An error made at step ``t`` is
     amplified ``L^t`` on the walk back, so the total is ``sum_{t < T} (R L)^t`` roundings (dimensionless;
     ``inf`` on overflow). Measured float32 errors on digits MLPs are 1-15x below
     ``float32 roundoff * max(1, |v_th|) * growth`` (beta 0.5-1, T 4-32)."""
     c = p.gamma * (1.0 - 1.0 / p.lif.tau)
     b = abs(p.beta)
     L = max((1.0 + c) / b, (1.0 + c * (1.0 + c) / b) / b)
-    q = max(1.0, b + c, b + c * (b + c)) * L
+    q = max(1.0, float_state_growth(p)) * L
     if q == 1.0:
         return float(T)
     if T * math.log(q) > 700.0:

@@ -321,7 +321,11 @@ class _SpikingNode(nn.Module):
             big = float(x_seq.detach().abs().amax()) if x_seq.numel() else 0.0
             raise NonFiniteInputError(
                 f"{type(self).__name__}: the membrane state overflowed {dtype} (reached Inf/NaN) for this x_seq "
-                f"(max |x_seq| = {big:.3g}), so its spikes would be wrong; scale the input down or use a wider dtype")
+                f"(max |x_seq| = {big:.3g}), so its spikes would be wrong; {self._overflow_advice()}")
+
+    def _overflow_advice(self) -> str:
+        """What the overflow error suggests (a node whose parameters let the state grow says so)."""
+        return "scale the input down or use a wider dtype"
 
     def _state_repr(self) -> str:
         return f"step_mode={self._step_mode!r}, stateful={self.stateful}"

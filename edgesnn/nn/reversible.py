@@ -15,6 +15,7 @@ import torch
 
 from ..functional.lif import LIFParams
 from ..functional.revlif import RevLIFParams, check_groups
+from ..functional.revlif_autograd import float_state_growth
 from ..kernels import dispatch
 from ._compat import LIFAttributes, resolve_surrogate
 from .neurons import _SpikingNode
@@ -105,6 +106,15 @@ class RevLIF(LIFAttributes, _SpikingNode):
         if self._step_mode == "s":  # name the caller's [B, C, ...], not the [1, B, C, ...] sequence built from it
             check_groups(x_seq[0], self.params.groups, 1, "the single-step input [B, C, ...]")
         return dispatch.revlif_multistep(x_seq, self.params, v0, self.backend)
+
+    def _overflow_advice(self) -> str:
+        p = self.params
+        growth = float_state_growth(p)
+        if p.exact or growth < 1.0:
+            return super()._overflow_advice()
+        return (f"with mode='float', beta={p.beta:g}, gamma={p.gamma:g} and tau={p.lif.tau:g} a neuron's state can grow "
+                f"{growth:.3g}x per step (|beta| + gamma (1 - 1/tau) >= 1: no bound, whatever the input's scale or dtype); "
+                f"use parameters with |beta| + gamma (1 - 1/tau) < 1, or mode='exact' (which refuses unbounded ones)")
 
     def extra_repr(self) -> str:
         """The node's RevLIF and LIF parameters, backend and state for ``repr``."""
