@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from .fork_safe_lock import ForkSafeLock
 from .memory_guard import META_PROBE_BYTES
-from .module_modes import evaluating
+from .user_state import evaluating
 
 __all__ = ["probe_output"]
 

@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 from torch import nn
 
-from ..module_modes import evaluating
+from ..user_state import evaluating
 
 __all__ = ["export_nir"]
 

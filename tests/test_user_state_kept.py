@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgesnn.models import build_model
-from edgesnn.module_modes import evaluating
+from edgesnn.user_state import evaluating
 from edgesnn.nn import LIF, SeqToANN
 
 

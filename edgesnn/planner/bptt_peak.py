@@ -73,8 +73,9 @@ from ..memory import SavedTensorCounter, _storage_key
 from ..models import SpikingClassifier
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
+from ..user_state import keeping_rng
 from .layer_types import CONV_TYPES, MAX_POOL_TYPES
-from .memory_model import _KEEP_USER_RNG, ZERO, Cost, Layer, _classify, option_cost, resolved_backend
+from .memory_model import ZERO, Cost, Layer, _classify, option_cost, resolved_backend
 from .step_replay import Chain, Pool, Replay, replay_bptt, replay_sj_memopt
 
 __all__ = ["Strategy", "OpCost", "PeakPrediction", "describe_ops", "saved_bytes", "predict_peak"]
@@ -183,7 +184,7 @@ def _single_step(module: nn.Module) -> Iterator[None]:
         module.step_mode = mode
 
 
-@_KEEP_USER_RNG
+@keeping_rng
 def _probe_node(module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost, bool]:
     """``(saves_input, saves_output, private, per_step)`` of a stateful spiking node (a deep copy).
 

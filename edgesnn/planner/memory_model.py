@@ -31,10 +31,11 @@ The model input ``[B, ...]`` is expanded over T and copied by the first ``SeqToA
 (``T x B x input`` bytes; with one sample, or T = 1, the expanded view reshapes without a copy and
 the batch itself, ``B x input``, is what the first layer saves: :attr:`Cost.repeat`); an event
 input (``ChainModel(events=True)``, ``[T, B, ...]`` already) is used as is (``T x B x input``). The
-fused kernels' RevLIF saves one 1-element placeholder for the tensor its mode does not use (4 bytes
-of int32 counts in exact mode, 1 byte of bits in float mode: :func:`placeholder_cost`). The loss saves ``log_softmax`` (``B x classes x 4``) and the int64
-targets. All sizes are :class:`Cost` objects, linear in B (this is what gives the closed-form
-largest batch).
+fused kernels' RevLIF saves one 1-element placeholder for the tensor its mode does not use (4 bytes of
+int32 counts in exact mode, 1 byte of bits in float mode: :func:`placeholder_cost`). The loss saves
+``log_softmax`` (``B x classes x 4``) and the int64 targets. All sizes are :class:`Cost` objects,
+linear in B (this is what gives the closed-form largest batch). The probes keep the caller's random
+stream (:data:`~edgesnn.user_state.keeping_rng`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from ..models import parse_neuron_spec
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
 from ..shape_probe import probe_output
+from ..user_state import keeping_rng
 from .checks import check_in_shape, check_int, unsupported_layer
 from .costs import ZERO, Cost, Layer
 from .layer_types import CONV_TYPES, MAX_POOL_TYPES, first_recording
@@ -74,13 +76,8 @@ _NO_SAVE_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _SAVE_OUTPUT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
-#: the probes draw random inputs and run the user's modules (a Dropout draws too) without moving the
-#: caller's global CPU random stream: a seeded script draws the same numbers after planning as
-#: without it (a decorator; each call saves and restores the stream)
-_KEEP_USER_RNG = torch.random.fork_rng(devices=[])
 
-
-@_KEEP_USER_RNG
+@keeping_rng
 def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost]:
     """Measure what an unknown stateless module saves: ``(saves_input, saves_output, private)``.
 
@@ -104,27 +101,14 @@ def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> 
     return res[1][0], res[1][1], Cost(step=a, const=max(0.0, res[0][2] - 2 * a))
 
 
-@_KEEP_USER_RNG
-def _reference_lif_factor(node: LIF, dtype: torch.dtype) -> float:
-    """Bytes per neuron-step that the store-everything LIF loop saves (measured on a [2, 1, 16] input)."""
-    x = torch.randn(2, 1, 16, dtype=dtype, requires_grad=True)
-    probe = LIF(backend="reference")
-    probe.params = node.params
-    with SavedTensorCounter() as c:
-        y = probe(x)
-    n = c.bytes(exclude=(x, y))
-    c._keep.clear()
-    return n / x.numel()
-
-
-@_KEEP_USER_RNG
-def _reference_revlif_factor(node: RevLIF, dtype: torch.dtype) -> Tuple[float, bool, bool]:
-    """``(bytes per neuron-step, saves input, saves output)`` of the plain-autograd RevLIF loop.
-
-    Measured on a ``[4, 1, 4 x groups]`` input.
-    """
-    x = torch.randn(4, 1, 4 * node.groups, dtype=dtype, requires_grad=True)
-    probe = RevLIF(groups=node.groups, backend="reference")
+@keeping_rng
+def _reference_factor(node: nn.Module, dtype: torch.dtype) -> Tuple[float, bool, bool]:
+    """``(bytes per neuron-step, saves input, saves output)`` of the store-everything (``reference``) loop of
+    ``node``'s kind with its parameters, measured on a tiny input: LIF ``[2, 1, 16]``, RevLIF ``[4, 1, 4 x groups]``."""
+    if isinstance(node, RevLIF):
+        x, probe = torch.randn(4, 1, 4 * node.groups, dtype=dtype, requires_grad=True), RevLIF(groups=node.groups, backend="reference")
+    else:
+        x, probe = torch.randn(2, 1, 16, dtype=dtype, requires_grad=True), LIF(backend="reference")
     probe.params = node.params
     with SavedTensorCounter() as c:
         y = probe(x)
@@ -194,7 +178,7 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
     if kind == "lif":
         backend = resolved_backend(node_as(mod, LIF), dtype)
         if backend == "reference":
-            factor = _reference_lif_factor(mod if isinstance(mod, LIF) else LIF(), dtype)
+            factor = _reference_factor(mod if isinstance(mod, LIF) else LIF(), dtype)[0]
             return False, False, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=8 * n * dtype_bytes)
         if backend in ("numba", "cuda"):
             return True, False, Cost(sample=n * dtype_bytes), ZERO, ZERO
@@ -202,7 +186,7 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
     mode = mod.params.mode if isinstance(mod, RevLIF) else "exact"
     backend = resolved_backend(node_as(mod, RevLIF), dtype)
     if backend == "reference":
-        factor, si, so = _reference_revlif_factor(mod if isinstance(mod, RevLIF) else RevLIF(), dtype)
+        factor, si, so = _reference_factor(mod if isinstance(mod, RevLIF) else RevLIF(), dtype)
         return si, so, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=10 * n * dtype_bytes)
     # RevLIFFunction: y (the output), v_T [B, N] and, in exact mode, bits uint8 [ceil(T/8), B, N]
     # (float mode: int32 spike counts [B, N])

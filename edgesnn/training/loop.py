@@ -17,7 +17,7 @@ from ..checkpoint import (NIR_LOAD_HINT, CheckpointError, atomic_write, load_che
 from ..atomic import is_path_value
 from ..errors import UsageError
 from ..models import SpikingClassifier, build_model
-from ..module_modes import evaluating
+from ..user_state import evaluating
 from ..output_guard import guarded
 from .data import Dataset, Split, load_dataset
 from .device import check_backend_device, resolve_device
