@@ -115,7 +115,8 @@ def test_outside_transforms_the_kernel_backward_is_unchanged():
         g.sum().backward()
 
 
-def test_optimize_memory_model_under_func_grad_is_one_line():
+def _optimized_conv_net():
+    """``(model, x)``: a conv -> BatchNorm -> LIF net through ``optimize_memory``, its input ``[4, 2, 1, 8, 8]``."""
     import edgesnn
     from edgesnn.nn import SeqToANN
 
@@ -124,6 +125,11 @@ def test_optimize_memory_model_under_func_grad_is_one_line():
                           SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten(), nn.Linear(4 * 4 * 4, 3)))
     x = torch.rand(4, 2, 1, 8, 8)
     edgesnn.optimize_memory(model, x)
+    return model, x
+
+
+def test_optimize_memory_model_under_func_grad_is_one_line():
+    model, x = _optimized_conv_net()
     params = {k: v.detach() for k, v in model.named_parameters()}
     with pytest.raises(RuntimeError) as e:
         torch.func.grad(lambda p: torch.func.functional_call(model, p, (x,)).sum())(params)
@@ -188,14 +194,7 @@ def test_forward_mode_ad_is_refused_in_one_line(make, backend):
 
 
 def test_optimize_memory_model_refuses_forward_mode_ad_in_one_line():
-    import edgesnn
-    from edgesnn.nn import SeqToANN
-
-    torch.manual_seed(0)
-    model = nn.Sequential(SeqToANN(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)), LIF(),
-                          SeqToANN(nn.MaxPool2d(2)), SeqToANN(nn.Flatten(), nn.Linear(4 * 4 * 4, 3)))
-    x = torch.rand(4, 2, 1, 8, 8)
-    edgesnn.optimize_memory(model, x)
+    model, x = _optimized_conv_net()
     with fwAD.dual_level(), pytest.raises(RuntimeError) as e:
         model(fwAD.make_dual(x, torch.ones_like(x)))
     _one_line(e, "optimize_memory: forward-mode AD")
