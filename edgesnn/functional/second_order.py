@@ -23,7 +23,7 @@ import torch
 from .checks import eager
 
 __all__ = ["first_order_only", "second_order_message", "func_transform_depth", "refuse_nested_transforms", "under_vmap",
-           "under_forward_ad", "vmap_refused", "forward_ad_refused", "refuse_batched"]
+           "under_forward_ad", "vmap_refused", "batched_backward_refused", "forward_ad_refused", "refuse_batched"]
 
 
 def second_order_message(layer: str, backend: str) -> str:
@@ -35,11 +35,19 @@ def second_order_message(layer: str, backend: str) -> str:
 
 
 def vmap_refused(layer: str, backend: str) -> RuntimeError:
-    """The one-line error for ``torch.func.vmap`` over a node, or its backward run batched."""
+    """The one-line error for ``torch.func.vmap`` over a node (any backend)."""
     return RuntimeError(
-        f"{layer} backend {backend!r}: torch.func.vmap (and jacrev, jacfwd, per-sample gradients, "
-        f"is_grads_batched=True) is not supported (the loops run whole batches); torch.func.grad, grad_and_value "
-        f"and vjp are supported"
+        f"{layer} backend {backend!r}: torch.func.vmap over the node (e.g. per-sample gradients) is not supported "
+        f"(the loops run whole batches); torch.func.grad, grad_and_value and vjp are supported"
+    )
+
+
+def batched_backward_refused(layer: str, backend: str) -> RuntimeError:
+    """The one-line error for a hand-written backward run batched (``jacrev``, ``is_grads_batched``)."""
+    return RuntimeError(
+        f"{layer} backend {backend!r}: its backward cannot run batched (torch.func.jacrev, torch.autograd.grad with "
+        f"is_grads_batched=True): it takes one output gradient at a time; use backend='reference' (plain autograd), "
+        f"or one backward per output row"
     )
 
 
@@ -78,13 +86,13 @@ def under_vmap(x: torch.Tensor) -> bool:
 
 
 def refuse_batched(tensors: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> None:
-    """Raise :func:`vmap_refused` when a hand-written backward gets batched tensors (its backward run
+    """Raise :func:`batched_backward_refused` when a hand-written backward gets batched tensors (its backward run
     under ``vmap``: ``jacrev``, ``is_grads_batched=True``), which its loops would read as one
     gradient of a wrong shape. Not while compiling (the compiler traces no transforms' wrappers)."""
     if torch.compiler.is_compiling():
         return
     if any(t is not None and under_vmap(t) for t in tensors):
-        raise vmap_refused(layer, backend)
+        raise batched_backward_refused(layer, backend)
 
 
 def under_forward_ad(x: torch.Tensor) -> bool:

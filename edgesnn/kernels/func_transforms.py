@@ -10,11 +10,10 @@ the wrapper), the kernels run with the transforms switched off, and PyTorch wrap
 gradients it returns again. A gradient of a gradient stays refused, as in every kernel backward
 (:func:`~edgesnn.functional.second_order.first_order_only`; nested transforms: one line).
 
-``torch.func.vmap`` (and with it ``jacrev``, ``jacfwd``, per-sample gradients) would hand the
-kernels batched tensors: refused with one line
-(:func:`~edgesnn.functional.second_order.vmap_refused`), over the forward by the
-dispatch and over the backward (``jacrev``, ``autograd.grad(..., is_grads_batched=True)``: the
-gradients come in batched) here. Forward-mode AD (``jvp``, ``jacfwd``, dual tensors) is refused by
+``torch.func.vmap`` would hand the kernels batched tensors: refused with one line, over the
+forward by the dispatch (:func:`~edgesnn.functional.second_order.vmap_refused`) and over the
+backward here (``jacrev``, ``autograd.grad(..., is_grads_batched=True)``: the gradients come in
+batched; :func:`~edgesnn.functional.second_order.batched_backward_refused`). Forward-mode AD (``jvp``, ``jacfwd``, dual tensors) is refused by
 the dispatch as well (:func:`~edgesnn.functional.second_order.forward_ad_refused`): a spike's
 surrogate has no tangent rule.
 """
@@ -48,8 +47,8 @@ def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, ba
     kernels' gradients as constants, a silently zero second-order term) it raises
     :func:`~edgesnn.functional.second_order.second_order_message`, as ``create_graph=True`` does.
     Batched gradients (the backward under ``vmap``: ``jacrev``, ``is_grads_batched=True``) raise
-    :func:`~edgesnn.functional.second_order.vmap_refused`: the kernels would read the batch of
-    gradients as one gradient of a wrong shape."""
+    :func:`~edgesnn.functional.second_order.batched_backward_refused`: the kernels would read the
+    batch of gradients as one gradient of a wrong shape."""
     refuse_batched(tensors, layer, backend)
     wrapped = any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in tensors)
     if not wrapped:
