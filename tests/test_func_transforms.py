@@ -198,3 +198,16 @@ def test_optimize_memory_model_refuses_forward_mode_ad_in_one_line():
     with fwAD.dual_level(), pytest.raises(RuntimeError) as e:
         model(fwAD.make_dual(x, torch.ones_like(x)))
     _one_line(e, "optimize_memory: forward-mode AD")
+
+
+def test_forward_mode_ad_on_a_parametric_lifs_own_parameters_is_refused():
+    # the tangent on w (or a learnable threshold) came back silently zero: x_seq and v0 carry none
+    node = ParametricLIF(learn_threshold=True)
+    x = torch.randn(4, 3, 5) * 2
+    params = {k: v.detach() for k, v in node.named_parameters()}
+    assert len(params) == 2  # w and the threshold
+    for name in params:
+        tangents = {k: torch.ones_like(v) if k == name else torch.zeros_like(v) for k, v in params.items()}
+        with pytest.raises(RuntimeError) as e:
+            torch.func.jvp(lambda p: torch.func.functional_call(node, p, (x,)).sum(), (params,), (tangents,))
+        _one_line(e, "forward-mode AD", "ParametricLIF")

@@ -180,15 +180,17 @@ def _check_finite_state(x_seq: torch.Tensor, v0: torch.Tensor) -> None:
         check_finite_input(v0, "v0", "RevLIF")
 
 
-def refuse_transforms(x_seq: torch.Tensor, layer: str, backend: str, v0: Optional[torch.Tensor] = None) -> None:
-    """One line for ``torch.func.vmap`` over a node and for forward-mode AD through it (``x_seq`` or
-    ``v0`` carrying a tangent), on every backend: the kernels run whole batches and the PyTorch loops
-    check values with Python branches, which vmap cannot batch; a spike's surrogate has no tangent
-    rule (the reference backend's step function would give a silently zero one)."""
+def refuse_transforms(x_seq: torch.Tensor, layer: str, backend: str, v0: Optional[torch.Tensor] = None,
+                      params: Tuple[object, ...] = ()) -> None:
+    """One line for ``torch.func.vmap`` over a node and for forward-mode AD through it (``x_seq``,
+    ``v0`` or a tensor among ``params``, e.g. a learnable decay, carrying a tangent), on every
+    backend: the kernels run whole batches and the PyTorch loops check values with Python branches,
+    which vmap cannot batch; a spike's surrogate has no tangent rule (the reference backend's step
+    function would give a silently zero one)."""
     if not isinstance(x_seq, torch.Tensor) or torch.compiler.is_compiling():  # (the compiler traces no wrappers)
         return
     batched = under_vmap(x_seq)
-    dual = not batched and (under_forward_ad(x_seq) or (isinstance(v0, torch.Tensor) and under_forward_ad(v0)))
+    dual = not batched and any(isinstance(t, torch.Tensor) and under_forward_ad(t) for t in (x_seq, v0, *params))
     if (batched or dual) and eager():  # (eager(): the dearer check, only once one of them holds)
         raise vmap_refused(layer, backend) if batched else forward_ad_refused(layer, backend)
 

@@ -191,7 +191,8 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         # before sigmoid's derivative, ~4x it) overflowed to inf where w's own gradient fits.
         # sigmoid(w) is SpikingJelly's: on a float32 input its fused op computes it from w in float32,
         # unrounded, whatever w's dtype; on other inputs its reference formula computes it in w's dtype.
-        refuse_transforms(x_seq, "ParametricLIF", "reference", v0)  # as LIF and RevLIF do, before any value check
+        # as LIF and RevLIF do, before any value check; w and a learnable threshold may carry a tangent too
+        refuse_transforms(x_seq, "ParametricLIF", "reference", v0, (self.w, self._get_v_threshold()))
         acc = torch.promote_types(self.w.dtype, torch.float32)
         decay = torch.sigmoid(self.w.to(acc))
         if x_seq.dtype != torch.float32:

@@ -73,9 +73,8 @@ from ..memory import SavedTensorCounter, _storage_key
 from ..models import SpikingClassifier
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
-from ..user_state import keeping_rng
 from .layer_types import CONV_TYPES, MAX_POOL_TYPES
-from .memory_model import ZERO, Cost, Layer, _classify, option_cost, resolved_backend
+from .memory_model import ZERO, Cost, Layer, _classify, option_cost, probe_input, resolved_backend
 from .step_replay import Chain, Pool, Replay, replay_bptt, replay_sj_memopt
 
 __all__ = ["Strategy", "OpCost", "PeakPrediction", "describe_ops", "saved_bytes", "predict_peak"]
@@ -184,7 +183,6 @@ def _single_step(module: nn.Module) -> Iterator[None]:
         module.step_mode = mode
 
 
-@keeping_rng
 def _probe_node(module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost, bool]:
     """``(saves_input, saves_output, private, per_step)`` of a stateful spiking node (a deep copy).
 
@@ -198,7 +196,7 @@ def _probe_node(module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype) -
     for n in (2, 4):
         if hasattr(probe, "reset"):
             probe.reset()
-        x = torch.randn(n, 1, *shape, dtype=dtype, requires_grad=True)
+        x = probe_input((n, 1, *shape), dtype)
         with SavedTensorCounter() as c:
             y = probe(x)
         keys = set(c.storages) - pkeys

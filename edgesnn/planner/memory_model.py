@@ -34,8 +34,8 @@ input (``ChainModel(events=True)``, ``[T, B, ...]`` already) is used as is (``T 
 fused kernels' RevLIF saves one 1-element placeholder for the tensor its mode does not use (4 bytes of
 int32 counts in exact mode, 1 byte of bits in float mode: :func:`placeholder_cost`). The loss saves
 ``log_softmax`` (``B x classes x 4``) and the int64 targets. All sizes are :class:`Cost` objects,
-linear in B (this is what gives the closed-form largest batch). The probes keep the caller's random
-stream (:data:`~edgesnn.user_state.keeping_rng`).
+linear in B (this is what gives the closed-form largest batch). The probes draw their inputs from a
+generator of their own (:func:`probe_input`), not from the caller's random stream.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from ..models import parse_neuron_spec
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
 from ..shape_probe import probe_output
-from ..user_state import keeping_rng
 from .checks import check_in_shape, check_int, unsupported_layer
 from .costs import ZERO, Cost, Layer
 from .layer_types import CONV_TYPES, MAX_POOL_TYPES, first_recording
@@ -77,7 +76,13 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _SAVE_OUTPUT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
 
-@keeping_rng
+def probe_input(shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A standard-normal leaf of ``shape`` that requires grad, drawn from a generator of its own (seed 0):
+    a probe's input never draws from (nor rewinds) the caller's global random stream. A measured module
+    that draws numbers itself (a ``Dropout`` in training mode) still draws from it, as it would in a step."""
+    return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0), requires_grad=True)
+
+
 def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[bool, bool, Cost]:
     """Measure what an unknown stateless module saves: ``(saves_input, saves_output, private)``.
 
@@ -87,7 +92,7 @@ def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> 
     pkeys = {_storage_key(p) for p in module.parameters()} | {_storage_key(b) for b in module.buffers()}
     res = []
     for n in (2, 4):
-        x = torch.randn(n, *in_shape, dtype=dtype, requires_grad=True).clone()
+        x = probe_input((n, *in_shape), dtype).clone()
         with SavedTensorCounter() as c:
             y = module(x)
         if not isinstance(y, torch.Tensor):
@@ -101,14 +106,13 @@ def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> 
     return res[1][0], res[1][1], Cost(step=a, const=max(0.0, res[0][2] - 2 * a))
 
 
-@keeping_rng
 def _reference_factor(node: nn.Module, dtype: torch.dtype) -> Tuple[float, bool, bool]:
     """``(bytes per neuron-step, saves input, saves output)`` of the store-everything (``reference``) loop of
     ``node``'s kind with its parameters, measured on a tiny input: LIF ``[2, 1, 16]``, RevLIF ``[4, 1, 4 x groups]``."""
     if isinstance(node, RevLIF):
-        x, probe = torch.randn(4, 1, 4 * node.groups, dtype=dtype, requires_grad=True), RevLIF(groups=node.groups, backend="reference")
+        x, probe = probe_input((4, 1, 4 * node.groups), dtype), RevLIF(groups=node.groups, backend="reference")
     else:
-        x, probe = torch.randn(2, 1, 16, dtype=dtype, requires_grad=True), LIF(backend="reference")
+        x, probe = probe_input((2, 1, 16), dtype), LIF(backend="reference")
     probe.params = node.params
     with SavedTensorCounter() as c:
         y = probe(x)
