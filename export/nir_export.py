@@ -21,9 +21,10 @@ __all__ = ["export_nir"]
 
 def export_nir(model: nn.Module, out: Union[str, Path], dt: Optional[float] = None) -> Path:
     """Write ``model`` (eval statistics) as a NIR graph to ``out``; returns the path. The model is
-    converted in eval mode and handed back with every submodule in the mode it came in. ``dt`` (seconds per step, a finite
-    number > 0; default :data:`edgesnn.nir.DEFAULT_DT`) is checked by :func:`edgesnn.nir.to_nir`. A NaN
-    or Inf in the model's parameters or buffers is refused (:func:`~.prepare.check_finite`)."""
+    converted in eval mode and handed back with every submodule in the mode it came in. ``dt``
+    (seconds per step, a finite number > 0; default :data:`edgesnn.nir.DEFAULT_DT`) is checked by
+    :func:`edgesnn.nir.to_nir`. A NaN or Inf in the model's parameters or buffers is refused
+    (:func:`~.prepare.check_finite`)."""
     from ..nir import DEFAULT_DT, write
     from .prepare import check_finite, check_out_path
 

@@ -73,9 +73,9 @@ def float_mode_growth(p: RevLIFParams, T: int) -> float:
     Without spike flips, the inverse of one step multiplies a state error (max norm) by at most
     ``L = max((1 + c) / |beta|, (1 + c (1 + c) / |beta|) / |beta|)`` with ``c = gamma * (1 - 1/tau)``
     (``|du/dv|`` of the coupled LIF step), and the forward's state (so the size of each rounding) grows
-    by up to ``R = max(1, |beta| + c, |beta| + c (|beta| + c))`` per step (:func:`float_state_growth`). An error made at step ``t`` is
-    amplified ``L^t`` on the walk back, so the total is ``sum_{t < T} (R L)^t`` roundings (dimensionless;
-    ``inf`` on overflow). Measured float32 errors on digits MLPs are 1-15x below
+    by up to ``R = max(1, |beta| + c, |beta| + c (|beta| + c))`` per step (:func:`float_state_growth`).
+    An error made at step ``t`` is amplified ``L^t`` on the walk back, so the total is
+    ``sum_{t < T} (R L)^t`` roundings (dimensionless; ``inf`` on overflow). Measured float32 errors on digits MLPs are 1-15x below
     ``float32 roundoff * max(1, |v_th|) * growth`` (beta 0.5-1, T 4-32)."""
     c = p.gamma * (1.0 - 1.0 / p.lif.tau)
     b = abs(p.beta)

@@ -26,38 +26,38 @@ __all__ = ["first_order_only", "second_order_message", "func_transform_depth", "
            "under_forward_ad", "vmap_refused", "batched_backward_refused", "forward_ad_refused", "refuse_batched"]
 
 
+def _node_message(layer: str, backend: str, text: str) -> str:
+    """One line as every refusal here words it: ``"LAYER backend 'BACKEND': TEXT"``."""
+    return f"{layer} backend {backend!r}: {text}"
+
+
 def second_order_message(layer: str, backend: str) -> str:
     """The one-line error a second backward through ``layer``'s ``backend`` backward raises."""
-    return (
-        f"{layer} backend {backend!r}: second-order gradients (create_graph=True, differentiating a gradient) are "
-        f"not supported; use backend='reference'"
-    )
+    return _node_message(layer, backend, "second-order gradients (create_graph=True, differentiating a gradient) are "
+                                         "not supported; use backend='reference'")
 
 
 def vmap_refused(layer: str, backend: str) -> RuntimeError:
     """The one-line error for ``torch.func.vmap`` over a node (any backend)."""
-    return RuntimeError(
-        f"{layer} backend {backend!r}: torch.func.vmap over the node (e.g. per-sample gradients) is not supported "
-        f"(the loops run whole batches); torch.func.grad, grad_and_value and vjp are supported"
-    )
+    return RuntimeError(_node_message(
+        layer, backend, "torch.func.vmap over the node (e.g. per-sample gradients) is not supported (the loops run "
+                        "whole batches); torch.func.grad, grad_and_value and vjp are supported"))
 
 
 def batched_backward_refused(layer: str, backend: str) -> RuntimeError:
     """The one-line error for a hand-written backward run batched (``jacrev``, ``is_grads_batched``)."""
-    return RuntimeError(
-        f"{layer} backend {backend!r}: its backward cannot run batched (torch.func.jacrev, torch.autograd.grad with "
-        f"is_grads_batched=True): it takes one output gradient at a time; use backend='reference' (plain autograd), "
-        f"or one backward per output row"
-    )
+    return RuntimeError(_node_message(
+        layer, backend, "its backward cannot run batched (torch.func.jacrev, torch.autograd.grad with "
+                        "is_grads_batched=True): it takes one output gradient at a time; use backend='reference' "
+                        "(plain autograd), or one backward per output row"))
 
 
 def forward_ad_refused(layer: str, backend: str) -> RuntimeError:
     """The one-line error for forward-mode AD through a node (any backend)."""
-    return RuntimeError(
-        f"{layer} backend {backend!r}: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad dual "
-        f"tensors) is not supported (the spike's surrogate gradient is defined for reverse mode only); use "
-        f".backward(), torch.autograd.grad or torch.func.grad / vjp"
-    )
+    return RuntimeError(_node_message(
+        layer, backend, "forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad dual tensors) is not "
+                        "supported (the spike's surrogate gradient is defined for reverse mode only); use .backward(), "
+                        "torch.autograd.grad or torch.func.grad / vjp"))
 
 
 def _alias(g: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -13,9 +13,9 @@ gradients it returns again. A gradient of a gradient stays refused, as in every 
 ``torch.func.vmap`` would hand the kernels batched tensors: refused with one line, over the
 forward by the dispatch (:func:`~edgesnn.functional.second_order.vmap_refused`) and over the
 backward here (``jacrev``, ``autograd.grad(..., is_grads_batched=True)``: the gradients come in
-batched; :func:`~edgesnn.functional.second_order.batched_backward_refused`). Forward-mode AD (``jvp``, ``jacfwd``, dual tensors) is refused by
-the dispatch as well (:func:`~edgesnn.functional.second_order.forward_ad_refused`): a spike's
-surrogate has no tangent rule.
+batched; :func:`~edgesnn.functional.second_order.batched_backward_refused`). Forward-mode AD
+(``jvp``, ``jacfwd``, dual tensors) is refused by the dispatch as well
+(:func:`~edgesnn.functional.second_order.forward_ad_refused`): a spike's surrogate has no tangent rule.
 """
 
 from __future__ import annotations
