@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..functional.surrogate import detach_kept_in_export
 from .onnx_inference import OPSET, _onnx
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +25,7 @@ __all__ = ["TracedFn", "export_piece", "elem_type", "rename_graph", "fix_passthr
 
 
 class TracedFn(nn.Module):
-    """A plain function as an ``nn.Module`` (what ``torch.jit.trace`` and the ONNX exporter take)."""
+    """A plain function as an ``nn.Module`` (what the ONNX exporter takes)."""
 
     def __init__(self, fn: Callable) -> None:
         super().__init__()
@@ -38,16 +39,20 @@ class TracedFn(nn.Module):
 def export_piece(
     fn: Callable, args: Sequence[torch.Tensor], input_names: List[str], output_names: List[str]
 ) -> "onnx.GraphProto":
-    """Trace ``fn`` with ``torch.jit.trace`` (eager branches: ``detach``) and export it; returns a GraphProto.
-    ``args``: example inputs, one per ``input_names``; their shapes become the graph inputs' static shapes."""
+    """Export ``fn`` with the TorchScript-based exporter, ``stop_gradient`` taking its eager ``detach``
+    branch (:func:`~edgesnn.functional.surrogate.detach_kept_in_export`); returns a GraphProto.
+    ``args``: example inputs, one per ``input_names``; their shapes become the graph inputs' static shapes.
+
+    The exporter traces ``fn`` itself: a ``torch.jit.trace`` first would leave one TorchScript class
+    per piece in torch's global compilation unit (about 4 MiB per :func:`~.onnx_step.export_onnx_step`
+    call, never freed)."""
     onnx = _onnx()
     args = tuple(a.detach() for a in args)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), detach_kept_in_export():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(TracedFn(fn), args, check_trace=False)
         buf = io.BytesIO()
-        torch.onnx.export(traced, args, buf, input_names=input_names, output_names=output_names, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(TracedFn(fn), args, buf, input_names=input_names, output_names=output_names,
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
     graph = proto.graph
     have = {i.name for i in graph.input}

@@ -53,9 +53,9 @@ history the reversible graph avoids. Its weight and bias train.
 
 The forward Scan and backward Loop bodies are traced by :mod:`.step_loops`; this module traces the
 prefix, loss and update pieces and stitches everything into the step, eval, grad and apply graphs.
-Each piece is traced with ``torch.jit.trace`` (so ``stop_gradient`` takes its eager ``detach``
-branch, which the ONNX exporter drops: straight-through rounding then adds an exact 0.0) and
-exported with the TorchScript-based exporter at opset 17; the pieces are stitched into one graph
+Each piece is traced by the TorchScript-based exporter at opset 17 with ``stop_gradient`` in its
+eager ``detach`` branch (:func:`~edgesnn.functional.surrogate.detach_kept_in_export`; the exporter
+drops the ``detach``: straight-through rounding then adds an exact 0.0); the pieces are stitched into one graph
 with ``onnx.helper``. File size and export time do not grow with ``T`` (one loop body each way).
 
 :func:`~edgesnn.functional.revlif.revlif_step_backward` builds its outputs by stacking per-group

@@ -23,9 +23,11 @@ spike is exactly 0 or 1.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterator, Union
 
 import torch
 
@@ -33,7 +35,7 @@ from .checks import is_real_number, shown_number
 
 __all__ = [
     "Surrogate", "Sigmoid", "ATan", "PiecewiseQuadratic", "PiecewiseExp", "SoftSign", "SuperSpike", "Erf",
-    "NonzeroSignLogAbs", "SurrogateLike", "get_surrogate", "spike", "stop_gradient",
+    "NonzeroSignLogAbs", "SurrogateLike", "get_surrogate", "spike", "stop_gradient", "detach_kept_in_export",
 ]
 
 
@@ -193,6 +195,22 @@ def get_surrogate(spec: SurrogateLike, name: str = "surrogate") -> Surrogate:
     raise TypeError(f"{name}: expected a name {sorted(_BY_NAME)} or a Surrogate instance, got {type(spec).__name__}")
 
 
+_DETACH_KEPT = contextvars.ContextVar("edgesnn_detach_kept_in_export", default=False)
+
+
+@contextlib.contextmanager
+def detach_kept_in_export() -> Iterator[None]:
+    """Within the block (this thread or task only), :func:`stop_gradient` takes its eager ``detach``
+    branch even inside an ONNX export, which then drops it: for graphs whose gradients are written out
+    by hand as ordinary outputs (the ONNX step graph), where no gradient builder ever differentiates
+    them, and the integer-cast round trip would only add rounding."""
+    token = _DETACH_KEPT.set(True)
+    try:
+        yield
+    finally:
+        _DETACH_KEPT.reset(token)
+
+
 def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     """``x`` (any shape; same shape and dtype) with no gradient flowing back through it, in every
     backend edgesnn exports to.
@@ -201,8 +219,9 @@ def stop_gradient(x: torch.Tensor) -> torch.Tensor:
     dropped, so the value takes an integer-cast round trip there (no gradient crosses an integer
     cast in ONNX Runtime's gradient builder). That round trip keeps 2^-24 absolute resolution; the
     spike stays exactly 0/1 in eager mode and TorchScript, and is within 1e-7 of it in ONNX.
+    Under :func:`detach_kept_in_export` an export keeps ``detach`` too.
     """
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() and not _DETACH_KEPT.get():
         scale = 16777216.0  # 2**24
         return torch.round(x * scale).to(torch.int64).to(x.dtype) / scale
     return x.detach()
