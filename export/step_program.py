@@ -349,6 +349,19 @@ def _check_sizes(T: int, chunk: int, batch_size: int, in_shape: Tuple[int, ...],
                              "a model_config timesteps this large was edited or damaged", ExportError)
 
 
+def _check_widest_layer(prog: StepProgram, batch_size: int) -> None:
+    """One :class:`ExportError` line when the widest layer input at ``batch_size`` (one float32
+    ``[B, *shape]`` tensor, which the graphs' tracing makes) exceeds this machine's physical memory."""
+    leaves = [leaf for leaves in [prog.prefix, prog.head] + [st.leaves for st in prog.stages] for leaf in leaves]
+    widest = max(leaves, key=lambda leaf: shape_bytes(leaf.in_shape), default=None)
+    if widest is not None:
+        check_fits_in_memory(shape_bytes((batch_size, *widest.in_shape)),
+                             f"batch_size {batch_size}: layer {widest.name}'s input [B, "
+                             f"{', '.join(map(str, widest.in_shape))}] float32",
+                             "lower --batch-size (the device runner's batch), or export on a machine with more memory",
+                             ExportError)
+
+
 def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd", momentum: float = 0.9,
                        weight_decay: Optional[float] = None, nesterov: bool = False,
                        betas: Sequence[float] = (0.9, 0.999),
@@ -400,15 +413,15 @@ def build_step_program(model: nn.Module, batch_size: int, optimizer: str = "sgd"
     cfg = dict(getattr(model, "config", {}) or {})
     prog = StepProgram(clone, prefix, stages, head, batch_size, T, chunk, trainable, frozen, values, optimizer, hp,
                        tuple(clone.in_shape), int(cfg.get("num_classes", 0)) or 0, bool(event))
-    # shapes: one eager pass (the VJPs read their spatial sizes from it as constants)
+    # shapes: one eager pass on one sample (the VJPs read their spatial sizes from it as constants)
     with torch.no_grad():
-        x = torch.zeros(batch_size, *clone.in_shape)
-        out = record_shapes(prefix, values, x)
+        out = record_shapes(prefix, values, torch.zeros(1, *clone.in_shape))
         for i, st in enumerate(stages):
             xi = record_shapes(st.leaves, values, out)
-            st.x_shape = tuple(xi.shape)
+            st.x_shape = (batch_size, *xi.shape[1:])
             out = xi
         logits = record_shapes(head, values, out)
+    _check_widest_layer(prog, batch_size)
     if logits.dim() != 2:  # the loss takes one label per sample: [B, C, H, W] or [B, S, C] logits crashed the build
         last = head[-1].name if head else stages[-1].name
         raise ExportError(f"onnx-step: the model's output (after {last}) is [B, {', '.join(map(str, logits.shape[1:]))}] "

@@ -1,5 +1,5 @@
 """Huge sizes, part two (after tests/test_huge_sizes.py): a NIR input sized on the meta device, the
-planner's host memory and its loops over T, the onnx-step export's time in T, and a NIR-loaded
+planner's host memory and its loops over T, the onnx-step export's time in T and widest layer, and a NIR-loaded
 model's checkpoint. Nothing here allocates much: shapes go through the meta device, and what older
 code would have allocated runs in a subprocess under RLIMIT_AS."""
 
@@ -190,6 +190,20 @@ def test_onnx_step_export_does_not_run_the_forward_t_times(tmp_path, monkeypatch
         export_onnx_step(build_model("mlp", (8,), 3, T, "revlif", hidden=(6,)), tmp_path / f"t{T}", 2, chunk=1)
         counts.append(len(calls))
     assert counts[0] == counts[1] < 20, counts  # was T more: an example pass over every step (hours at T = 10**8)
+
+
+def test_onnx_step_export_sizes_its_widest_layer_before_allocating(tmp_path, monkeypatch):
+    """A batch whose widest layer cannot fit is one line naming batch_size and the layer; the
+    check counted only the input ([64, 16] here) and the shape pass then allocated [B, 8192]."""
+    pytest.importorskip("onnx")
+    from edgesnn.export.onnx_step import export_onnx_step
+    from edgesnn.export.prepare import ExportError
+
+    monkeypatch.setattr(memory_guard, "physical_memory", lambda: 2**20)  # a 1 MiB machine
+    model = build_model("mlp", (16,), 3, 4, "lif", hidden=(8192,))
+    with pytest.raises(ExportError, match=r"batch_size 64: layer .*'s input \[B, 8192\] float32 needs 2097152 bytes"):
+        export_onnx_step(model, tmp_path / "art", 64)
+    assert not (tmp_path / "art").exists()
 
 
 # ----------------------------------------------------------------------------- NIR model checkpoints
