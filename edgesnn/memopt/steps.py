@@ -93,7 +93,21 @@ def run_node_post(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Node then the layers after it on ``z [k, B, ...]`` (no autograd): ``(output, v_T)``; a LIF
     followed by a 2x2 max-pool runs as one fused kernel (bit-identical, no full-size spikes), a LIF
-    alone or before linear layers as its Numba kernel (no custom-op dispatch)."""
+    alone or before linear layers as its Numba kernel (no custom-op dispatch).
+
+    As the node's own forward: inside ``torch.autocast`` ``z`` is cast to float32, ``check_finite``
+    scans it, and a membrane state that overflowed the dtype raises a one-line
+    :class:`~edgesnn.functional.checks.NonFiniteInputError` (else its spikes would silently stop)."""
+    z = node._node_input(z)
+    o, v_T = _node_post(node, post, z, v0)
+    node._check_state_finite(v_T, z)
+    return o, v_T
+
+
+def _node_post(
+    node: nn.Module, post: List[Step], z: torch.Tensor, v0: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`run_node_post` on an input already prepared by the node."""
     k = z.shape[0]
     kind = fused_kind(node, post, z) if not torch.is_grad_enabled() else None
     if kind is not None:

@@ -290,9 +290,7 @@ class _SpikingNode(nn.Module):
                     f"{tuple(x.shape)}; for T steps of one sample ([T, N]) add the batch dim with x.unsqueeze(1), for one "
                     f"time step per call ([B, N]) use step_mode='s'"
                 )
-        x_seq = _float32_under_autocast(x.unsqueeze(0) if single else x)
-        if self.check_finite:
-            _check_finite(x_seq)
+        x_seq = self._node_input(x.unsqueeze(0) if single else x)
         if not self.stateful:
             v0 = self._take_held_state(x_seq)
             if not torch.compiler.is_compiling():  # eager only: .v warns once when read (see v)
@@ -304,6 +302,15 @@ class _SpikingNode(nn.Module):
         self._check_state_finite(v_T, x_seq)
         self._v = v_T
         return out[0] if single else out
+
+    def _node_input(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """``x_seq [T, B, ...]`` as the node computes on it: cast to float32 inside ``torch.autocast``
+        (:func:`_float32_under_autocast`) and, with ``check_finite``, scanned for NaN/Inf. (Also what
+        :mod:`edgesnn.memopt` blocks do before they run the node's kernels themselves.)"""
+        x_seq = _float32_under_autocast(x_seq)
+        if self.check_finite:
+            _check_finite(x_seq)
+        return x_seq
 
     def _check_state_finite(self, v_T: torch.Tensor, x_seq: torch.Tensor) -> None:
         """Eager: a finite input whose membrane state overflowed the dtype (to +-Inf, then NaN) gives wrong
