@@ -266,6 +266,30 @@ def test_hooks_and_stateful_set_after_planning_run_the_block_as_plain_modules():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("scope", ["module", "global"])
+def test_hooks_added_between_forward_and_backward_are_not_called_by_the_recomputation(scope):
+    """Plain autograd never calls a forward hook added after the forward; a block's recomputation
+    called it once per chunk, and one that edits its output changed the gradients."""
+    base, opt = _pair(chunk=2)
+    calls = {}
+    for name, m in (("plain", base), ("optimized", opt)):
+        loss = _loss(m, _x())
+        calls[name] = []
+
+        def edit(mod, inp, out, seen=calls[name]):
+            seen.append(1)
+            return out * 2 if isinstance(mod, nn.Conv2d) else None
+
+        h = (m[3].module[0].register_forward_hook(edit) if scope == "module"
+             else torch.nn.modules.module.register_module_forward_hook(edit))
+        try:
+            loss.backward()
+        finally:
+            h.remove()
+    assert calls == {"plain": [], "optimized": []}
+    _assert_grads_equal(base, opt)
+
+
 @pytest.mark.parametrize("changed", ["first_post", "second_node", "replaced_child"])
 def test_a_changed_block_breaks_the_packed_handover(changed):
     """The first block hands its packed spikes to the second. A hook that scales the first

@@ -39,6 +39,16 @@ class Step:
     fn: Callable[[torch.Tensor], torch.Tensor]
     module: nn.Module
 
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)`` on ``x [N, ...]``, calling no module hook. A block is chunked only while its layers
+        have none (:func:`hooked`), so this equals ``fn(x)`` in the forward; a hook added later, between
+        a forward and its backward, is not called by the block's recomputation, as autograd's saved
+        tensors would not call it (it ran up to once per chunk, and one that edits its output changed
+        the gradients)."""
+        if self.fn is self.module:
+            return type(self.module).forward(self.module, x)
+        return self.fn(x)
+
 
 @dataclass(frozen=True)
 class BaseForward:

@@ -62,7 +62,7 @@ def post_input_grad(post: List[Step], g_out: torch.Tensor, in_shape: Sequence[in
     t = torch.empty(tuple(in_shape), dtype=g_out.dtype, device="meta")
     for s in post:
         shapes.append(tuple(t.shape))
-        t = s.fn(t)
+        t = s.run(t)
     g = g_out
     for s, shape in zip(reversed(post), reversed(shapes)):
         g = _grad_of(s)(s.module, g, shape)

@@ -28,7 +28,7 @@ __all__ = ["apply_steps", "apply_over_time", "merge_time", "split_time", "run_no
 def apply_steps(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
     """Run a block's stateless layers in order on ``x [k*B, ...]`` (time merged into the batch)."""
     for s in steps:
-        x = s.fn(x)
+        x = s.run(x)
     return x
 
 
@@ -131,7 +131,7 @@ def apply_static(steps: List[Step], x0: torch.Tensor, T: int, update: bool) -> t
     with batch statistics uses the statistics of the ``T`` copies (``update``: and updates its
     running statistics as a ``[T*B, ...]`` batch would)."""
     for s in steps:
-        x0 = bn_static(s.module, x0, T, update) if s.kind == "bn" and batch_stats_mode(s.module) else s.fn(x0)
+        x0 = bn_static(s.module, x0, T, update) if s.kind == "bn" and batch_stats_mode(s.module) else s.run(x0)
     return x0
 
 
@@ -143,7 +143,7 @@ def apply_recompute(steps: List[Step], x: torch.Tensor) -> torch.Tensor:
             bn = s.module
             x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
         else:
-            x = s.fn(x)
+            x = s.run(x)
     return x
 
 
