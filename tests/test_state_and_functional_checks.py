@@ -190,6 +190,28 @@ def test_multi_to_single_step_of_a_stateless_node_starts_from_its_v():
     assert torch.equal(node(step), LIF(step_mode="s")(step))  # from .v (fresh), as reported
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("cls,backend", [(LIF, "reference"), (LIF, "numba"), (RevLIF, "torch")])
+def test_checkpointing_a_step_of_a_node_carrying_its_state_is_refused(cls, backend, reentrant):
+    """torch.utils.checkpoint recomputes a step during backward, from the state the node holds then
+    (the last step's): LIF's input gradient was silently off by its own size, RevLIF blamed a kernel
+    bug. A multi-step call from a fresh state checkpoints fine."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 2, 8) * 2).requires_grad_()
+    node = cls(backend=backend, step_mode="s")
+    ys = [checkpoint(node, x[t], use_reentrant=reentrant) for t in range(4)]
+    with pytest.raises(RuntimeError, match=rf"^{cls.__name__}: called with its carried state .* during a backward"):
+        torch.stack(ys).sum().backward()
+    multi = cls(backend=backend)
+    checkpoint(multi, x, use_reentrant=reentrant).sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    multi(x).sum().backward()
+    assert torch.equal(got, x.grad)
+
+
 @pytest.mark.parametrize("cls", [LIF, RevLIF])
 def test_stateful_false_drops_a_held_state_with_one_warning(cls):
     torch.manual_seed(7)

@@ -201,7 +201,9 @@ def verify_reconstruction(v0: torch.Tensor, v0_rec: torch.Tensor, counts: Option
             finite = bool(torch.isfinite(v0_rec).all())
             err = float((v0_rec - v0).abs().nan_to_num(float("inf")).max())
             cause = (
-                "the saved output or final state was modified after the forward, or a kernel bug (please report)"
+                "the saved output or final state was modified after the forward, or the forward was recomputed "
+                "from another initial state (torch.utils.checkpoint around a node carrying its state), or a "
+                "kernel bug (please report)"
                 if finite else "a non-finite value reached the saved output or final state"
             )
             raise ReconstructionError(

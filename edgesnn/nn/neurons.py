@@ -298,10 +298,23 @@ class _SpikingNode(nn.Module):
             out, v_T = self._run(x_seq, v0)
             self._check_state_finite(v_T, x_seq)
             return out[0] if single else out
+        self._refuse_recompute_in_backward()
         out, v_T = self._run(x_seq, self._initial_state(x_seq))
         self._check_state_finite(v_T, x_seq)
         self._v = v_T
         return out[0] if single else out
+
+    def _refuse_recompute_in_backward(self) -> None:
+        """A node carrying its state, called while autograd runs a backward: ``torch.utils.checkpoint``
+        recomputing one of its steps. The recomputation would start from the state the node holds now
+        (the last step's), not the one its forward started from, and advance it again: gradients off
+        by as much as their size (LIF), or a reconstruction error (RevLIF). One line instead."""
+        if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1 and eager():
+            raise RuntimeError(
+                f"{type(self).__name__}: called with its carried state (step_mode='s' or stateful=True) during a "
+                "backward, as torch.utils.checkpoint recomputes a step: it would start from the state held now, not "
+                "the forward's, and give wrong gradients; checkpoint a multi-step call from a fresh state "
+                "(step_mode='m'), or use edgesnn.memopt.checkpoint_over_time or optimize_memory")
 
     def _node_input(self, x_seq: torch.Tensor) -> torch.Tensor:
         """``x_seq [T, B, ...]`` as the node computes on it: cast to float32 inside ``torch.autocast``
