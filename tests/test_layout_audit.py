@@ -7,6 +7,7 @@ Before, ``dispatch._lif_kernel`` made every input contiguous: for an expanded in
 kept a ``[T, B, ...]`` copy (T times the input's bytes) until the backward, although the kernels
 read such an input from its first step. The gradient layouts (``y.sum()``'s expanded ones, a strided slice, a
 non-contiguous ``grad_outputs``, an output used twice) and stateful calls are covered too.
+Every backend's output is contiguous, whatever the input's layout.
 """
 
 from __future__ import annotations
@@ -158,3 +159,21 @@ def test_kernel_reads_the_callers_step_with_or_without_gradient(monkeypatch, gra
     s_c, v_T_c = dispatch.lif_multistep(xc, p, None, "numba")
     assert seen[-1] == (xc.data_ptr(), B * N)
     assert torch.equal(s, s_c) and torch.equal(v_T, v_T_c)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+@pytest.mark.parametrize("node", ["LIF", "RevLIF"])
+def test_outputs_are_contiguous_whatever_the_input_layout(node, backend):
+    """Every backend returns a contiguous ``[T, B, ...]``: the torch backend's outputs took a
+    permuted input's strides, so ``y.view(T * B, N)`` worked in float32 (numba) and failed after
+    ``model.double()`` (where ``auto`` picks the torch backend)."""
+    from edgesnn.nn import RevLIF
+
+    cls = LIF if node == "LIF" else RevLIF
+    T, B, N = 4, 3, 8
+    torch.manual_seed(0)
+    x = (torch.randn(B, T, N) * 2).transpose(0, 1).requires_grad_()  # [B, T, N] data read as [T, B, N]
+    y = cls(backend=backend)(x)
+    assert y.is_contiguous()
+    want = cls(backend="reference")(x.detach().contiguous())
+    torch.testing.assert_close(y.view(T * B, N), want.view(T * B, N), rtol=1e-6, atol=1e-6)

@@ -263,8 +263,8 @@ def _autograd_loop(x_seq: torch.Tensor, p: ResetRule, v0: Optional[torch.Tensor]
 
 def _lif_torch_loop(x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(s_seq, v_T, h_seq)`` of the LIF loop, without a graph (``h_seq`` is what the backward needs)."""
-    h_seq = torch.empty_like(x_seq)
-    s_seq = torch.empty_like(x_seq)
+    h_seq = torch.empty_like(x_seq, memory_format=torch.contiguous_format)
+    s_seq = torch.empty_like(x_seq, memory_format=torch.contiguous_format)
     v = v0
     with torch.no_grad():
         for t in range(x_seq.shape[0]):
@@ -297,7 +297,7 @@ class _LIFTorchFunction(torch.autograd.Function):
     def _grads(ctx, grad_s_seq, grad_v_T):
         (h_seq,) = ctx.saved_tensors
         p: LIFParams = ctx.params
-        grad_x = torch.empty_like(h_seq)
+        grad_x = torch.empty_like(h_seq, memory_format=torch.contiguous_format)
         grad_v = torch.zeros_like(h_seq[0]) if grad_v_T is None else grad_v_T
         if grad_s_seq is None:
             grad_s_seq = torch.zeros_like(h_seq)

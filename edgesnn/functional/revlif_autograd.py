@@ -121,7 +121,7 @@ def torch_forward(xg: torch.Tensor, v0: torch.Tensor, p: RevLIFParams
     T = xg.shape[0]
     if p.exact:
         xg = quantize_input(xg)
-    y = torch.empty_like(xg)
+    y = torch.empty_like(xg, memory_format=torch.contiguous_format)
     bits = torch.zeros((packed_steps(T),) + tuple(v0.shape), dtype=torch.uint8, device=xg.device) if p.exact else None
     counts = None if p.exact else torch.zeros(v0.shape, dtype=torch.int32, device=xg.device)
     v = v0
@@ -143,7 +143,7 @@ def torch_backward(y: torch.Tensor, v_T: torch.Tensor, bits: Optional[torch.Tens
     ``y, grad_y [T, B, n, M]``, ``v_T, grad_v_T [B, n, M]``, ``bits`` from :func:`torch_forward`.
     Returns ``(grad_x [T, B, n, M], grad_v0 [B, n, M], v0_rec [B, n, M], counts_rec | None)``."""
     T = y.shape[0]
-    grad_x = torch.empty_like(grad_y)
+    grad_x = torch.empty_like(grad_y, memory_format=torch.contiguous_format)
     counts = None if p.exact else torch.zeros(v_T.shape, dtype=torch.int32, device=y.device)
     v = v_T
     grad_v = grad_v_T
