@@ -48,6 +48,26 @@ def test_ordinary_inputs_still_run_on_every_dtype():
     assert torch.equal(LIF(backend="torch")(x), LIF(backend="reference")(x))
 
 
+def test_parametric_lif_tau_assignment_goes_through_a_parametrization_of_w():
+    """With ``w`` parametrized, ``node.w`` is computed afresh at each read: writing tau into it in
+    place changed a temporary, so the assignment did nothing while the node's settings said it had."""
+    from torch.nn.utils import parametrize
+
+    class Half(torch.nn.Module):
+        def forward(self, raw: torch.Tensor) -> torch.Tensor:
+            return raw / 2
+
+        def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+            return w * 2
+
+    node = ParametricLIF(init_tau=2.0)
+    parametrize.register_parametrization(node, "w", Half())
+    node.tau = 5.0
+    assert node.tau == pytest.approx(5.0)
+    x = torch.randn(6, 2, 4) * 2
+    torch.testing.assert_close(node(x), ParametricLIF(init_tau=5.0)(x))
+
+
 def test_parametric_lif_assignment_after_tau_trained_close_to_one():
     node = ParametricLIF()
     with torch.no_grad():

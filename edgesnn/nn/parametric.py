@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..functional.checks import check_flag
 from ..functional.lif import LIFParams, ResetRule, plif_multistep
@@ -173,7 +174,11 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         learned = self._parameters.get("v_threshold")
         with torch.no_grad():
             if "tau" in changes:
-                self.w.fill_(-math.log(lif.tau - 1.0))
+                w = -math.log(lif.tau - 1.0)
+                if parametrize.is_parametrized(self, "w"):  # self.w is computed: assign through right_inverse
+                    self.w = torch.full_like(self.w, w)
+                else:
+                    self.w.fill_(w)
             if "v_threshold" in changes and learned is not None:
                 learned.fill_(lif.v_threshold)
         self._fixed = lif
