@@ -78,6 +78,15 @@ def test_lif_parameter_mapping():
     assert (lif_e.params.tau, lif_e.params.v_threshold, lif_e.params.v_reset, lif_e.params.decay_input) == (4.0, 0.5, 0.2, True)
 
 
+@pytest.mark.parametrize("decay_input", [False, True])
+def test_decay_input_of_a_tau_within_rounding_of_one_round_trips(decay_input):
+    """decay_input=False exports R = tau; a tau within 1e-6 of 1 (a ParametricLIF that learned w > 14)
+    made R also pass the R = 1 test, so the load picked decay_input=True and outputs changed."""
+    m = _model("mlp", node={"tau": 1.0000005, "decay_input": decay_input})
+    lif = enir.load(enir.to_nir(m)).body[2]
+    assert lif.params.decay_input is decay_input
+
+
 def test_export_cli_and_refusals(tmp_path, capsys):
     model = _model("convnet")
     ck = save_checkpoint(tmp_path / "m.ckpt", model.config, model.state_dict(), epoch=1)

@@ -113,10 +113,8 @@ def _lif_from_nir(key: str, node: Any, dt: float, backend: str) -> nn.Module:
     if not (math.isfinite(tau) and tau > 1.0):
         raise NIRError(f"node {key}: tau / dt = {tau:g} steps; edgesnn's LIF needs a finite tau > 1 step "
                        f"(is dt={dt:g} s right? pass load(graph, dt=...))")
-    if _close(r, 1.0):
-        decay_input = True
-    elif _close(r, tau):
-        decay_input = False
+    if _close(r, 1.0) or _close(r, tau):  # a tau within rounding of 1 passes both: the nearer one decides
+        decay_input = abs(r - 1.0) <= abs(r - tau)
     else:
         raise NIRError(f"node {key}: {r_name} = {r:g}; edgesnn's LIF has {r_name} = 1 (decay_input=True) or "
                        f"tau/dt = {tau:g} (decay_input=False) with dt={dt:g} s (is dt right? pass load(graph, dt=...))")
