@@ -131,3 +131,51 @@ def test_nodes_pickled_with_a_plain_backend_attribute_still_load():
     old.__setstate__(state)
     assert old.backend == "torch"
     assert pickle.loads(pickle.dumps(old)).backend == "torch"
+
+
+@pytest.mark.parametrize("learn_threshold", [False, True])
+def test_parametric_lif_pickled_with_plain_settings_still_loads(learn_threshold):
+    """A ParametricLIF pickled by an edgesnn that kept v_reset, decay_input, detach_reset, surrogate and
+    a fixed v_threshold as plain attributes loaded, then failed at its first call ('no attribute _fixed')."""
+    node = ParametricLIF(init_tau=3.0, v_threshold=0.8, v_reset=-0.1, decay_input=False,
+                         learn_threshold=learn_threshold)
+    state = dict(vars(node))
+    fixed = state.pop("_fixed")
+    state.update(v_reset=fixed.v_reset, decay_input=fixed.decay_input, detach_reset=fixed.detach_reset,
+                 surrogate=fixed.surrogate)  # how edgesnn before 71e81a3 stored them
+    if not learn_threshold:
+        state["v_threshold"] = fixed.v_threshold
+    blob = pickle.dumps(_old_object(ParametricLIF, state))
+    old = pickle.loads(blob)
+    v_th = float(torch.as_tensor(old.v_threshold).detach())
+    assert (old.v_reset, old.decay_input, v_th) == (-0.1, False, pytest.approx(0.8))
+    x = torch.rand(4, 2, 5) * 2
+    torch.testing.assert_close(old(x), node(x), rtol=0, atol=0)
+
+
+def test_optimized_model_pickled_without_block_owners_still_runs_optimized():
+    """Blocks pickled before they kept their children (``owners``) failed at the first call."""
+    import warnings
+
+    import edgesnn
+    from edgesnn.nn import SeqToANN
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(SeqToANN(torch.nn.Linear(6, 8)), LIF(), SeqToANN(torch.nn.Linear(8, 3)))
+    x = torch.rand(5, 2, 6) * 2
+    want = net(x)
+    edgesnn.optimize_memory(net, x)
+    for b in net._memopt_blocks:
+        del b.__dict__["owners"]  # as edgesnn before 7e19be8 pickled them
+    old = pickle.loads(pickle.dumps(net))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'changed after optimize_memory': the blocks run as planned
+        got = old(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert [b.owners for b in old._memopt_blocks] == [list(old)[b.start:b.stop] for b in old._memopt_blocks]
+
+
+def _old_object(cls: type, state: dict):
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)  # the raw attributes, as an old pickle holds them
+    return obj

@@ -34,6 +34,15 @@ class MemoryOptimizedSequential(nn.Sequential):
 
     _memopt_blocks: List[Block]
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling (``torch.load`` of a whole model): blocks pickled by an edgesnn that kept no
+        ``owners`` get them from this container (its children ``[start, stop)``), as planned then."""
+        super().__setstate__(state)
+        children = list(self._modules.values())
+        for b in self.__dict__.get("_memopt_blocks", []):
+            if "owners" not in b.__dict__:
+                b.owners = children[b.start:b.stop]
+
     def __getitem__(self, idx: Union[int, slice]) -> nn.Module:
         """A child, or for a slice a plain ``nn.Sequential`` of those children (the blocks are this
         container's)."""

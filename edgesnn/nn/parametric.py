@@ -116,6 +116,20 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
         self._fixed = base
         self._init_node(step_mode, stateful, check_finite, store_v_seq)
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling (``torch.load`` of a whole module): a node pickled by an edgesnn that kept its
+        settings as plain attributes (``v_reset``, ``decay_input``, ``detach_reset``, ``surrogate``
+        and a fixed ``v_threshold``) gets them back as the validated settings the node reads now."""
+        super().__setstate__(state)
+        if "_fixed" in self.__dict__:
+            return
+        d = self.__dict__
+        learned = self._parameters.get("v_threshold")
+        v_th = d.pop("v_threshold", 1.0) if learned is None else float(learned.detach())
+        tau = max(self._get_tau(), 1.0 + 1e-6)  # (validated; w trained to within rounding of 1 still loads)
+        self._fixed = LIFParams(tau, v_th, d.pop("v_reset", 0.0), d.pop("decay_input", True),
+                                d.pop("detach_reset", False), resolve_surrogate(d.pop("surrogate", None), None))
+
     # ------------------------------------------------------------------ SpikingJelly attributes
 
     def _get_tau(self) -> float:
