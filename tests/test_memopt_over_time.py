@@ -364,3 +364,24 @@ def test_input_repeated_over_time_is_kept_once_with_the_same_gradients(spikes):
                                                              (x0, w))))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_parameter_gradients_are_summed_in_float32(dtype):
+    """The chunks' parameter gradients were added in the parameter's dtype: one bfloat16 rounding per
+    chunk, 3-5x the error of the plain call (0.85 against 0.18 on a weight gradient of 63)."""
+    torch.manual_seed(0)
+    T, B, N = 32, 16, 64
+    lin64 = nn.Linear(N, 32).double()
+    x = (torch.rand(T, B, N) > 0.5).double()
+    g = torch.randn(T, B, 32, dtype=torch.float64)
+    lin64(x).backward(g)
+    errors = {}
+    for ckpt in (False, True):
+        lin = copy.deepcopy(lin64).to(dtype)
+        lin.zero_grad()
+        y = edgesnn.checkpoint_over_time(lin, x.to(dtype), chunk=1) if ckpt else lin(x.to(dtype))
+        y.backward(g.to(dtype))
+        assert lin.weight.grad.dtype == dtype
+        errors[ckpt] = float((lin.weight.grad.double() - lin64.weight.grad).abs().max())
+    assert errors[True] <= 1.5 * errors[False], errors
