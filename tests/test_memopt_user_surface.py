@@ -334,6 +334,22 @@ def test_a_repeated_input_whose_gradient_is_read_gets_it_per_step():
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_a_repeated_view_read_only_after_the_forward_gets_its_mean_over_time_as_documented():
+    """README: the view's own gradient, captured by autograd.grad (nothing the forward could see),
+    is its mean over T at every step; its sum over T, the leaf's gradient, is the plain model's."""
+    x0 = torch.rand(B, 2, 4, 4, dtype=torch.float64) * 2
+    base, opt = _pair(2, x0.expand(T, *x0.shape))
+    grads = []
+    for model in (base, opt):
+        s = x0.clone().requires_grad_()
+        x = s.expand(T, *x0.shape)
+        grads.append(torch.autograd.grad(_loss(model, x), [x, s]))
+    (g_plain, s_plain), (g_opt, s_opt) = grads
+    assert not torch.allclose(g_plain[0], g_plain[1])
+    torch.testing.assert_close(g_opt, g_plain.mean(0, keepdim=True).expand_as(g_plain))
+    torch.testing.assert_close(s_opt, s_plain)
+
+
 @pytest.mark.parametrize("repeated", [False, True])
 def test_an_input_changed_in_place_before_backward_raises(repeated):
     base, opt = _pair(2)

@@ -245,7 +245,9 @@ def optimize_memory(
         example_input: one input batch as the model takes it (shapes only are used: it is run on
             fake tensors, without calling the model's forward hooks). Pass inputs repeated over T as
             ``x.unsqueeze(0).expand(T, ...)`` (or use a model that does, like edgesnn's classifiers)
-            so they are stored once. Its ``requires_grad`` says whether training inputs will need a
+            so they are stored once; such a view's own gradient is per step only where the forward can
+            see it is read (a leaf, a hook or ``retain_grad()`` set before it), else its mean over T
+            at every step (its sum over T, the gradient of ``x``, is exact). Its ``requires_grad`` says whether training inputs will need a
             gradient: where they do not, the blocks before the first trainable parameter (a node fed
             the input) record nothing and are planned as plain modules (strategy ``plain``).
         budget: peak training bytes to fit (a whole number, or a size such as ``"120MiB"``); ``None``
