@@ -1,7 +1,7 @@
 """An ``optimize_memory`` block recomputes its layers in backward; what the plain model's saved
 tensors guarantee must hold there too: the backward computes with the forward's train/eval modes,
-refuses a weight changed in place since the forward, refuses second-order gradients in one line,
-and a node holding a state from single-step calls starts from it as in the plain model.
+refuses a weight changed in place or replaced since the forward, gives a parameter frozen in the
+forward no gradient, refuses second-order gradients in one line, and a node holding a state from single-step calls starts from it as in the plain model.
 
 Each case compares the optimized model with a plain copy (float64: no spike within rounding of its
 threshold), on a dense input and on one repeated over T (the time-invariant path), one chunk and
@@ -92,6 +92,40 @@ def test_a_weight_changed_in_place_before_backward_raises(repeated, chunk):
     with pytest.raises(RuntimeError, match=r"modified by an inplace operation: the LIF block \(children 0-2\)'s "
                                            r"parameter '0\.module\.0\.weight' is at version \d+; expected version \d+ "
                                            r"instead \(an optimize_memory block recomputes its layers in backward\)$"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("repeated,chunk", CASES)
+def test_a_parameter_frozen_in_the_forward_gets_no_gradient_when_unfrozen_before_backward(repeated, chunk):
+    """Plain autograd gives it none (the forward recorded nothing for it); the blocks' backward
+    recomputed with the live parameter and wrote a ``.grad`` into it, even under autograd.grad
+    asking for another parameter."""
+    x = _input(repeated)
+    base, opt = _pair(x, chunk)
+    for model in (base, opt):
+        w = model[0].module[0].weight
+        w.requires_grad_(False)
+        loss = _loss(model, x)
+        w.requires_grad_(True)
+        torch.autograd.grad(loss, [model[0].module[1].weight])
+        assert w.grad is None
+        loss = _loss(model, x)  # and a plain backward after unfreezing still matches
+        loss.backward()
+    for (name, a), b in zip(base.named_parameters(), opt.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12), name
+
+
+@pytest.mark.parametrize("repeated,chunk", CASES)
+def test_a_parameter_replaced_before_backward_raises(repeated, chunk):
+    """The recomputation used the new parameter's values and gave it the gradient (10.2 where the
+    old parameter's is 2.7, with chunk 2); the plain model gives the old one its gradient."""
+    x = _input(repeated)
+    _, opt = _pair(x, chunk)
+    loss = _loss(opt, x)
+    conv = opt[3].module[0]
+    conv.weight = nn.Parameter(conv.weight.detach() * 1.5)
+    with pytest.raises(RuntimeError, match=r"^the LIF block \(children 3-4\)'s parameter '3\.module\.0\.weight' was "
+                                           r"replaced since the forward"):
         loss.backward()
 
 

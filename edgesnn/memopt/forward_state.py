@@ -36,6 +36,9 @@ class ForwardState:
     #: each spiking node's settings (its frozen ``params`` record): a node's ``v_threshold`` or ``tau``
     #: assigned between forward and backward is not what the forward ran with
     settings: Tuple[Tuple[nn.Module, object], ...] = ()
+    #: each parameter slot (module, name, the parameter there at the forward): one replaced before the
+    #: backward (``load_state_dict(assign=True)``, a new ``nn.Parameter``) is not what the forward used
+    slots: Tuple[Tuple[nn.Module, str, str, torch.Tensor], ...] = ()
 
 
 def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all_buffers: bool) -> ForwardState:
@@ -48,6 +51,7 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
     modes: List[Tuple[nn.Module, bool]] = []
     versions: List[Tuple[str, torch.Tensor, Optional[int]]] = []
     settings: List[Tuple[nn.Module, object]] = []
+    slots: List[Tuple[nn.Module, str, str, torch.Tensor]] = []
     seen = set()
     for prefix, module in modules:
         for sub_name, sub in module.named_modules(prefix=prefix):
@@ -58,17 +62,25 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
             if isinstance(sub, _SpikingNode) and "params" in sub.__dict__:
                 settings.append((sub, sub.__dict__["params"]))
             tensors = [("parameter", n, t) for n, t in sub.named_parameters(recurse=False)]
+            slots += [(sub, n, f"{sub_name}.{n}" if sub_name else n, t) for _, n, t in tensors]
             if all_buffers or not sub.training:
                 tensors += [("buffer", n, t) for n, t in sub.named_buffers(recurse=False) if t is not None]
             for kind, n, t in tensors:
                 full = f"{sub_name}.{n}" if sub_name else n
                 versions.append((f"{kind} '{full}'", t, _version(t)))
-    return ForwardState(tuple(modes), tuple(versions), recomputed_by, tuple(settings))
+    return ForwardState(tuple(modes), tuple(versions), recomputed_by, tuple(settings), tuple(slots))
 
 
 def check_unchanged(state: ForwardState, owner: str) -> None:
     """Raise as PyTorch does for a saved tensor when a parameter or buffer of ``state`` was changed
-    in place since the forward (the recomputed gradient would mix old activations and new weights)."""
+    in place since the forward (the recomputed gradient would mix old activations and new weights),
+    or a parameter was replaced by another tensor (its gradient would go to the new one, recomputed
+    with its values)."""
+    for module, name, full, t in state.slots:
+        if module._parameters.get(name) is not t:
+            raise RuntimeError(f"{owner}'s parameter '{full}' was replaced since the forward (a new nn.Parameter, "
+                               f"load_state_dict(assign=True)); {state.recomputed_by} with the forward's parameters: "
+                               "call backward before replacing it")
     for what, t, version in state.versions:
         if version is not None and t._version != version:
             raise RuntimeError("one of the variables needed for gradient computation has been modified by an "

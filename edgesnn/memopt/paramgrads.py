@@ -35,18 +35,21 @@ def trainable_params(modules: Sequence[nn.Module]) -> List[torch.Tensor]:
 
 @contextmanager
 def stand_ins(modules: Sequence[nn.Module], params: Sequence[torch.Tensor]) -> Iterator[List[torch.Tensor]]:
-    """Inside the block, ``modules`` (and their submodules) hold a stand-in for each of ``params``:
-    ``p.detach()`` requiring grad (the same storage and version counter, no hooks, its own
-    ``.grad``). Yields the stand-ins in the order of ``params``; the parameters are put back on exit."""
+    """Inside the block, ``modules`` (and their submodules) hold a stand-in for each of ``params``
+    (those trainable at the forward): ``p.detach()`` requiring grad (the same storage and version
+    counter, no hooks, its own ``.grad``); any other parameter that requires grad now (frozen at the
+    forward, unfrozen before the backward) holds ``p.detach()``, a constant as in the forward, so no
+    ``.grad`` lands on it. Yields the stand-ins in the order of ``params``; the parameters are put
+    back on exit."""
     subs = {id(p): p.detach().requires_grad_(True) for p in params}
     swapped = []
     try:
         for owner in modules:
             for mod in owner.modules():
                 for name, p in mod._parameters.items():
-                    if p is not None and id(p) in subs:
+                    if p is not None and (id(p) in subs or p.requires_grad):
                         swapped.append((mod, name, p))
-                        mod._parameters[name] = subs[id(p)]
+                        mod._parameters[name] = subs[id(p)] if id(p) in subs else p.detach()
         yield [subs[id(p)] for p in params]
     finally:
         for mod, name, p in reversed(swapped):
