@@ -1,7 +1,8 @@
 """An ``optimize_memory`` block recomputes its layers in backward; what the plain model's saved
 tensors guarantee must hold there too: the backward computes with the forward's train/eval modes,
 refuses a weight changed in place or replaced since the forward, gives a parameter frozen in the
-forward no gradient, refuses second-order gradients in one line, and a node holding a state from single-step calls starts from it as in the plain model.
+forward no gradient, refuses second-order gradients in one line, and a node holding a state from
+single-step calls starts from it as in the plain model.
 
 Each case compares the optimized model with a plain copy (float64: no spike within rounding of its
 threshold), on a dense input and on one repeated over T (the time-invariant path), one chunk and
