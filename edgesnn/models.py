@@ -90,16 +90,34 @@ class SpikingClassifier(nn.Module):
 
     An input that already has a time dim (``[T, B, ...]``, ``x.dim() == len(in_shape) + 2``) is
     used as is (event data).
+
+    ``config`` holds the arguments the model was built with (what a checkpoint rebuilds it from);
+    assigning ``timesteps`` updates it. Node settings assigned after building (``node.tau = 5.0``)
+    are in neither ``config`` nor the ``state_dict``: a checkpoint then rebuilds the built ones, so
+    pass them to :func:`build_model` (``node=dict(tau=5.0)``) instead.
     """
 
     def __init__(self, body: nn.Sequential, timesteps: int, in_shape: Sequence[int], config: Dict) -> None:
         super().__init__()
-        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
-            raise ValueError(f"timesteps: expected an integer >= 1, got {timesteps!r}")
         self.body = body
+        self.config = dict(config)
         self.timesteps = timesteps
         self.in_shape = tuple(in_shape)
-        self.config = dict(config)
+
+    @property
+    def timesteps(self) -> int:
+        """T, the number of time steps an input ``[B, ...]`` is repeated over; assigning it updates
+        ``config["timesteps"]`` when the config records it (a checkpoint rebuilds the model with it)."""
+        d = self.__dict__
+        return d["_timesteps"] if "_timesteps" in d else d["timesteps"]  # (pickled before: a plain attribute)
+
+    @timesteps.setter
+    def timesteps(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"timesteps: expected an integer >= 1, got {value!r}")
+        self.__dict__["_timesteps"] = int(value)
+        if "timesteps" in self.config:
+            self.config["timesteps"] = int(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, *in_shape]`` (repeated over T as a view) or ``[T, B, *in_shape]`` (event data) ->

@@ -120,3 +120,18 @@ def test_train_stops_on_a_non_finite_loss(monkeypatch):
     cfg = TrainConfig(epochs=1, timesteps=1, hidden=[8], backend="torch")
     with pytest.raises(ValueError, match=r"^loss: nan at step 1 \(epoch 1\); training diverged"):
         train(cfg, progress=False, log=lambda s: None, max_steps=3)
+
+
+def test_timesteps_assigned_after_building_reach_the_checkpoint(tmp_path):
+    """``model.timesteps = 8`` changed the model but not ``model.config``, so a checkpoint saved with
+    it rebuilt the model at the built T without a word."""
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.training.loop import model_from_checkpoint
+
+    model = build_model("mlp", (16,), 3, 4)
+    model.timesteps = 8
+    save_checkpoint(tmp_path / "m.ckpt", model.config, model.state_dict())
+    assert model_from_checkpoint(tmp_path / "m.ckpt").timesteps == 8
+    with pytest.raises(ValueError, match=r"^timesteps: expected an integer >= 1, got 0$"):
+        model.timesteps = 0
+    assert (model.timesteps, model.config["timesteps"]) == (8, 8)
