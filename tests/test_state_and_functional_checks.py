@@ -309,6 +309,16 @@ def test_assigned_state_mismatch_is_worded_per_cause():
 # ----------------------------------------------------------------------------- 7. float-mode hint
 
 
+def test_a_low_precision_state_meeting_autocast_says_the_node_casts_there():
+    """A bfloat16 state from calls outside autocast, then the same bfloat16 input inside it: the
+    message said the input was float32, which the user never passed."""
+    node = LIF(step_mode="s")
+    node(torch.rand(3, 8).bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+            TypeError, match=r"inside torch\.autocast the node casts a float16/bfloat16 input to float32"):
+        node(torch.rand(3, 8).bfloat16())
+
+
 def test_float_mode_reconstruction_error_suggests_float64_only_when_not_used():
     p = RevLIFParams(mode="float", beta=0.75)
     torch.manual_seed(0)

@@ -248,9 +248,13 @@ class _SpikingNode(nn.Module):
                 f"(or functional.reset_net(net)) before a new batch"
             )
         if v.dtype != x_seq.dtype or v.device != x_seq.device:
+            cast = (" (inside torch.autocast the node casts a float16/bfloat16 input to float32; a state carried from "
+                    "calls outside it stays in their dtype)" if x_seq.dtype == torch.float32 and v.dtype in _AUTOCAST_DTYPES
+                    and autocast_on(x_seq) else "")
             raise TypeError(
-                f"{name}: the carried state .v is {v.dtype} on {v.device} but the input is {x_seq.dtype} on {x_seq.device}; "
-                f"assign .v in the input's dtype and device (node.v = node.v.to(x)) or move the module with .to(), which moves .v"
+                f"{name}: the carried state .v is {v.dtype} on {v.device} but the input is {x_seq.dtype} on {x_seq.device}"
+                f"{cast}; assign .v in the input's dtype and device (node.v = node.v.to(x)) or move the module with .to(), "
+                "which moves .v"
             )
 
     def _take_held_state(self, x_seq: torch.Tensor) -> Optional[torch.Tensor]:
