@@ -11,7 +11,10 @@ one optimized model train from several threads (:mod:`edgesnn.memopt.block`).
   model. A block's backward puts stand-ins for its parameters on its modules
   (:mod:`edgesnn.memopt.paramgrads`), which another thread's forward or backward of the same model
   would otherwise read (gradients of one call landing in the other's, or lost). So recorded
-  blocks run one at a time in the process; forwards without autograd (inference) do not take it.
+  blocks run one at a time in the process; forwards without autograd (inference) do not take it
+  (they read the stand-ins' values, the parameters' own). Code outside the blocks does not take it
+  either: another thread listing the model's parameters meanwhile gets the stand-ins, which the
+  README tells users to avoid (list them before the threads start).
   Re-entrant: a block's backward runs the previous block's inside it. A child forked while
   another thread held it gets a fresh one.
 """
