@@ -1,8 +1,9 @@
 """An ``optimize_memory`` block recomputes its layers in backward; what the plain model's saved
 tensors guarantee must hold there too: the backward computes with the forward's train/eval modes,
-refuses a weight changed in place or replaced since the forward, gives a parameter frozen in the
-forward no gradient, refuses second-order gradients in one line, and a node holding a state from
-single-step calls starts from it as in the plain model.
+refuses a weight changed in place since the forward, recomputes with a replaced one's forward
+tensor (functional_call too), gives a parameter frozen in the forward no gradient, refuses
+second-order gradients in one line, and a node holding a state from single-step calls starts from
+it as in the plain model.
 
 Each case compares the optimized model with a plain copy (float64: no spike within rounding of its
 threshold), on a dense input and on one repeated over T (the time-invariant path), one chunk and
@@ -117,17 +118,53 @@ def test_a_parameter_frozen_in_the_forward_gets_no_gradient_when_unfrozen_before
 
 
 @pytest.mark.parametrize("repeated,chunk", CASES)
-def test_a_parameter_replaced_before_backward_raises(repeated, chunk):
-    """The recomputation used the new parameter's values and gave it the gradient (10.2 where the
-    old parameter's is 2.7, with chunk 2); the plain model gives the old one its gradient."""
+def test_a_parameter_replaced_before_backward_gets_the_gradient_as_in_the_plain_model(repeated, chunk):
+    """Plain autograd gives the tensor the forward used its gradient, and the replacement none; the
+    recomputation read the replacement (10.2 where the old parameter's is 2.7, with chunk 2) and gave
+    it the gradient."""
     x = _input(repeated)
-    _, opt = _pair(x, chunk)
-    loss = _loss(opt, x)
-    conv = opt[3].module[0]
-    conv.weight = nn.Parameter(conv.weight.detach() * 1.5)
-    with pytest.raises(RuntimeError, match=r"^the LIF block \(children 3-4\)'s parameter '3\.module\.0\.weight' was "
-                                           r"replaced since the forward"):
+    base, opt = _pair(x, chunk)
+    olds = []
+    for model in (base, opt):
+        loss = _loss(model, x)
+        conv = model[3].module[0]
+        olds.append(conv.weight)
+        conv.weight = nn.Parameter(conv.weight.detach() * 1.5)
         loss.backward()
+        assert conv.weight.grad is None
+    torch.testing.assert_close(olds[1].grad, olds[0].grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("repeated,chunk", CASES)
+def test_functional_call_gives_the_plain_models_gradients(repeated, chunk):
+    """The forward under torch.func.functional_call used other tensors than the modules hold at the
+    backward: the blocks' parameter gradients were None."""
+    x = _input(repeated)
+    base, opt = _pair(x, chunk)
+    grads = []
+    for model in (base, opt):
+        p = {k: (v.detach() * 1.1).requires_grad_() for k, v in model.named_parameters()}
+        w = torch.linspace(-1, 1, 5 * B * T, dtype=torch.float64).view(T, B, 5)
+        loss = (torch.func.functional_call(model, p, (x,)) * w).sum()
+        grads.append(torch.autograd.grad(loss, list(p.values())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_a_linear_shared_by_a_repeated_input_block_and_the_next_matches_the_plain_model(chunk):
+    """The first block's backward runs inside the second's, whose stand-in the shared Linear then
+    holds: that is the same parameter, neither replaced (a false refusal) nor frozen (a lost gradient)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 16).double()
+    base = nn.Sequential(SeqToANN(lin), LIF(), SeqToANN(lin), LIF(), SeqToANN(nn.Linear(16, 5))).double()
+    opt = copy.deepcopy(base)
+    x = (torch.rand(B, 16, dtype=torch.float64) * 2).expand(T, B, 16)
+    edgesnn.optimize_memory(opt, x, chunk=chunk)
+    for model in (base, opt):
+        (model(x).square().mean(0) * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    for (name, a), b in zip(base.named_parameters(), opt.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12), name
 
 
 def test_running_statistics_changed_before_backward_raise_in_eval_mode_only():

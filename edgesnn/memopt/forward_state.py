@@ -21,6 +21,7 @@ from torch import nn
 
 from ..nn.neurons import _SpikingNode
 from .packing import _version
+from .paramgrads import stands_for
 
 __all__ = ["ForwardState", "capture", "check_unchanged", "as_in_forward"]
 
@@ -36,9 +37,10 @@ class ForwardState:
     #: each spiking node's settings (its frozen ``params`` record): a node's ``v_threshold`` or ``tau``
     #: assigned between forward and backward is not what the forward ran with
     settings: Tuple[Tuple[nn.Module, object], ...] = ()
-    #: each parameter slot (module, name, the parameter there at the forward): one replaced before the
-    #: backward (``load_state_dict(assign=True)``, a new ``nn.Parameter``) is not what the forward used
-    slots: Tuple[Tuple[nn.Module, str, str, torch.Tensor], ...] = ()
+    #: each parameter slot (module, name, the parameter there at the forward): one
+    #: replaced since (``load_state_dict(assign=True)``, a new ``nn.Parameter``, ``torch.func.functional_call``
+    #: ending) holds the forward's again while the backward recomputes, as autograd's saved tensors would
+    slots: Tuple[Tuple[nn.Module, str, torch.Tensor], ...] = ()
 
 
 def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all_buffers: bool) -> ForwardState:
@@ -51,7 +53,7 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
     modes: List[Tuple[nn.Module, bool]] = []
     versions: List[Tuple[str, torch.Tensor, Optional[int]]] = []
     settings: List[Tuple[nn.Module, object]] = []
-    slots: List[Tuple[nn.Module, str, str, torch.Tensor]] = []
+    slots: List[Tuple[nn.Module, str, torch.Tensor]] = []
     seen = set()
     for prefix, module in modules:
         for sub_name, sub in module.named_modules(prefix=prefix):
@@ -62,7 +64,7 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
             if isinstance(sub, _SpikingNode) and "params" in sub.__dict__:
                 settings.append((sub, sub.__dict__["params"]))
             tensors = [("parameter", n, t) for n, t in sub.named_parameters(recurse=False)]
-            slots += [(sub, n, f"{sub_name}.{n}" if sub_name else n, t) for _, n, t in tensors]
+            slots += [(sub, n, t) for _, n, t in tensors]
             if all_buffers or not sub.training:
                 tensors += [("buffer", n, t) for n, t in sub.named_buffers(recurse=False) if t is not None]
             for kind, n, t in tensors:
@@ -73,14 +75,7 @@ def capture(modules: Sequence[Tuple[str, nn.Module]], recomputed_by: str, *, all
 
 def check_unchanged(state: ForwardState, owner: str) -> None:
     """Raise as PyTorch does for a saved tensor when a parameter or buffer of ``state`` was changed
-    in place since the forward (the recomputed gradient would mix old activations and new weights),
-    or a parameter was replaced by another tensor (its gradient would go to the new one, recomputed
-    with its values)."""
-    for module, name, full, t in state.slots:
-        if module._parameters.get(name) is not t:
-            raise RuntimeError(f"{owner}'s parameter '{full}' was replaced since the forward (a new nn.Parameter, "
-                               f"load_state_dict(assign=True)); {state.recomputed_by} with the forward's parameters: "
-                               "call backward before replacing it")
+    in place since the forward (the recomputed gradient would mix old activations and new weights)."""
     for what, t, version in state.versions:
         if version is not None and t._version != version:
             raise RuntimeError("one of the variables needed for gradient computation has been modified by an "
@@ -91,18 +86,25 @@ def check_unchanged(state: ForwardState, owner: str) -> None:
 @contextmanager
 def as_in_forward(state: ForwardState, owner: str) -> Iterator[None]:
     """Refuse parameters or buffers changed in place since the forward (:func:`check_unchanged`);
-    run with every submodule in its forward's train/eval mode and every spiking node with its
-    forward's settings, then restore both."""
+    run with every submodule in its forward's train/eval mode, every spiking node with its forward's
+    settings and every parameter slot holding the forward's parameter (the gradient then goes to the
+    tensor the forward used, as plain autograd's does), then restore all three."""
     check_unchanged(state, owner)
     now = [m.training for m, _ in state.modes]
     now_settings = [m.__dict__["params"] for m, _ in state.settings]
+    replaced = [(m, name, m._parameters.get(name), t) for m, name, t in state.slots
+                if stands_for(m._parameters.get(name)) is not t]  # (another block's backward: its stand-in)
     try:
         for m, training in state.modes:
             m.training = training
         for m, params in state.settings:
             m.__dict__["params"] = params
+        for m, name, _, t in replaced:
+            m._parameters[name] = t
         yield
     finally:
+        for m, name, current, _ in reversed(replaced):
+            m._parameters[name] = current
         for (m, _), training in zip(state.modes, now):
             m.training = training
         for (m, _), params in zip(state.settings, now_settings):

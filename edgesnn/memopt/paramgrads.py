@@ -19,7 +19,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["trainable_params", "stand_ins", "collected"]
+__all__ = ["trainable_params", "stand_ins", "stands_for", "collected"]
 
 
 def trainable_params(modules: Sequence[nn.Module]) -> List[torch.Tensor]:
@@ -41,19 +41,36 @@ def stand_ins(modules: Sequence[nn.Module], params: Sequence[torch.Tensor]) -> I
     forward, unfrozen before the backward) holds ``p.detach()``, a constant as in the forward, so no
     ``.grad`` lands on it. Yields the stand-ins in the order of ``params``; the parameters are put
     back on exit."""
-    subs = {id(p): p.detach().requires_grad_(True) for p in params}
+    subs = {id(p): _stand_in(p) for p in params}
     swapped = []
     try:
         for owner in modules:
             for mod in owner.modules():
                 for name, p in mod._parameters.items():
-                    if p is not None and (id(p) in subs or p.requires_grad):
+                    if p is None:
+                        continue
+                    real = stands_for(p)  # inside another block's backward: a parameter both use holds its stand-in
+                    if id(real) in subs:
                         swapped.append((mod, name, p))
-                        mod._parameters[name] = subs[id(p)] if id(p) in subs else p.detach()
+                        mod._parameters[name] = subs[id(real)]
+                    elif p.requires_grad and real is p:
+                        swapped.append((mod, name, p))
+                        mod._parameters[name] = p.detach()
         yield [subs[id(p)] for p in params]
     finally:
         for mod, name, p in reversed(swapped):
             mod._parameters[name] = p
+
+
+def _stand_in(p: torch.Tensor) -> torch.Tensor:
+    s = p.detach().requires_grad_(True)
+    s._edgesnn_stands_for = p
+    return s
+
+
+def stands_for(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The parameter ``t`` stands in for inside a block's backward (:func:`stand_ins`), else ``t``."""
+    return getattr(t, "_edgesnn_stands_for", t)
 
 
 def collected(subs: Sequence[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
