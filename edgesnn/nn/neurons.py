@@ -38,6 +38,7 @@ from torch import nn
 from ..functional.checks import NonFiniteInputError, all_finite, autocast_on, check_finite as _check_finite, check_flag, eager
 from ..functional.lif import LIFParams
 from ..kernels import custom_ops, dispatch
+from . import checkpoint_guard
 from ._compat import LIFAttributes, resolve_surrogate
 
 __all__ = ["LIF", "RevLIF", "ParametricLIF", "STEP_MODES"]
@@ -191,6 +192,7 @@ class _SpikingNode(nn.Module):
                 f"would be ignored; construct it with stateful=True (or step_mode='s') to set or carry .v"
             )
         self._v = value if isinstance(value, torch.Tensor) else (None if fresh else float(value))
+        self.__dict__["_v_task"] = checkpoint_guard.graph_task()
         self._no_final_state = False
 
     def reset(self) -> None:
@@ -296,29 +298,19 @@ class _SpikingNode(nn.Module):
                 )
         x_seq = self._node_input(x.unsqueeze(0) if single else x)
         if not self.stateful:
+            checkpoint_guard.before_fresh_call(self)
             v0 = self._take_held_state(x_seq)
             if not torch.compiler.is_compiling():  # eager only: .v warns once when read (see v)
                 self._no_final_state = True
             out, v_T = self._run(x_seq, v0)
             self._check_state_finite(v_T, x_seq)
             return out[0] if single else out
-        self._refuse_recompute_in_backward()
+        task = checkpoint_guard.before_carried_call(self)
         out, v_T = self._run(x_seq, self._initial_state(x_seq))
         self._check_state_finite(v_T, x_seq)
         self._v = v_T
+        self.__dict__["_v_task"] = task  # (the graph task that made it: checkpoint_guard)
         return out[0] if single else out
-
-    def _refuse_recompute_in_backward(self) -> None:
-        """A node carrying its state, called while autograd runs a backward: ``torch.utils.checkpoint``
-        recomputing one of its steps. The recomputation would start from the state the node holds now
-        (the last step's), not the one its forward started from, and advance it again: gradients off
-        by as much as their size (LIF), or a reconstruction error (RevLIF). One line instead."""
-        if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1 and eager():
-            raise RuntimeError(
-                f"{type(self).__name__}: called with its carried state (step_mode='s' or stateful=True) during a "
-                "backward, as torch.utils.checkpoint recomputes a step: it would start from the state held now, not "
-                "the forward's, and give wrong gradients; checkpoint a multi-step call from a fresh state "
-                "(step_mode='m'), or use edgesnn.memopt.checkpoint_over_time or optimize_memory")
 
     def _node_input(self, x_seq: torch.Tensor) -> torch.Tensor:
         """``x_seq [T, B, ...]`` as the node computes on it: cast to float32 inside ``torch.autocast``
