@@ -113,9 +113,8 @@ class SpikingClassifier(nn.Module):
 
     @timesteps.setter
     def timesteps(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"timesteps: expected an integer >= 1, got {value!r}")
-        self.__dict__["_timesteps"] = int(value)
+        value = check_int(value, "timesteps", 1)  # (NumPy integers too, as build_model takes them)
+        self.__dict__["_timesteps"] = value
         if "timesteps" in self.config:
             self.config["timesteps"] = int(value)
 

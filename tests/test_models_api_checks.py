@@ -135,3 +135,5 @@ def test_timesteps_assigned_after_building_reach_the_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"^timesteps: expected an integer >= 1, got 0$"):
         model.timesteps = 0
     assert (model.timesteps, model.config["timesteps"]) == (8, 8)
+    model.timesteps = np.int64(6)  # as build_model takes it
+    assert (model.timesteps, model.config["timesteps"]) == (6, 6) and type(model.timesteps) is int

@@ -34,7 +34,9 @@ def checkpoint_over_time(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
             no operation across dim 0, no random numbers (Dropout), no BatchNorm in training mode,
             no spiking node (in any mode), no in-place change of its inputs. An ``nn.Module`` gets
             its parameters' gradients (recomputed in its forward's train/eval mode); other tensors
-            it uses must not need a gradient.
+            it uses must not need a gradient. As with ``torch.utils.checkpoint``, ``fn`` itself runs
+            again in backward: module hooks it calls, including ones registered after the forward,
+            run again there.
         inputs: tensors ``[T, ...]`` with the same T (dim 0). Floating inputs that hold only 0 and
             1 (spikes; not -0.0) are kept for backward as 1 bit per element, an input repeated over T as a
             view (``expand``) once, any other as it is (a reference, not a copy).
