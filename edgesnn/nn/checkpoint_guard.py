@@ -20,7 +20,7 @@ from torch import nn
 
 from ..functional.checks import eager
 
-__all__ = ["graph_task", "before_carried_call", "before_fresh_call"]
+__all__ = ["graph_task", "before_carried_call", "record_state_task", "before_fresh_call"]
 
 _ALTERNATIVES = ("checkpoint a multi-step call from a fresh state (step_mode='m'), or use "
                  "edgesnn.memopt.checkpoint_over_time or optimize_memory")
@@ -46,10 +46,19 @@ def before_carried_call(node: nn.Module) -> int:
     return task
 
 
+def record_state_task(node: nn.Module, task: int) -> None:
+    """Record with ``node``'s new state the graph task that made it (nothing while compiling: the
+    compilers of older PyTorch cannot write a module's ``__dict__``, and nothing is checked there)."""
+    if not torch.compiler.is_compiling():
+        node.__dict__["_v_task"] = task
+
+
 def before_fresh_call(node: nn.Module) -> None:
     """Before a multi-step call of ``node`` (stateless: it starts from a held state if any, then
     drops it): outside a backward record whether it takes a held state; during one raise when the
     forward's call took one that is gone now (the recomputation would start fresh)."""
+    if torch.compiler.is_compiling():
+        return
     task = graph_task()
     if task == -1:
         node.__dict__["_took_held"] = node._v is not None

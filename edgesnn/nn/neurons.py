@@ -192,7 +192,7 @@ class _SpikingNode(nn.Module):
                 f"would be ignored; construct it with stateful=True (or step_mode='s') to set or carry .v"
             )
         self._v = value if isinstance(value, torch.Tensor) else (None if fresh else float(value))
-        self.__dict__["_v_task"] = checkpoint_guard.graph_task()
+        checkpoint_guard.record_state_task(self, checkpoint_guard.graph_task())
         self._no_final_state = False
 
     def reset(self) -> None:
@@ -309,7 +309,7 @@ class _SpikingNode(nn.Module):
         out, v_T = self._run(x_seq, self._initial_state(x_seq))
         self._check_state_finite(v_T, x_seq)
         self._v = v_T
-        self.__dict__["_v_task"] = task  # (the graph task that made it: checkpoint_guard)
+        checkpoint_guard.record_state_task(self, task)
         return out[0] if single else out
 
     def _node_input(self, x_seq: torch.Tensor) -> torch.Tensor:
