@@ -247,9 +247,10 @@ def optimize_memory(
             ``x.unsqueeze(0).expand(T, ...)`` (or use a model that does, like edgesnn's classifiers)
             so they are stored once; such a view's own gradient is per step only where the forward can
             see it is read (a leaf, a hook or ``retain_grad()`` set before it), else its mean over T
-            at every step (its sum over T, the gradient of ``x``, is exact). Its ``requires_grad`` says whether training inputs will need a
-            gradient: where they do not, the blocks before the first trainable parameter (a node fed
-            the input) record nothing and are planned as plain modules (strategy ``plain``).
+            at every step (its sum over T, the gradient of ``x``, is exact). Its ``requires_grad``
+            says whether training inputs will need a gradient: where they do not, the blocks before
+            the first trainable parameter (a node fed the input) record nothing and are planned as
+            plain modules (strategy ``plain``).
         budget: peak training bytes to fit (a whole number, or a size such as ``"120MiB"``); ``None``
             picks the smallest peak that costs little time.
         chunk: force one chunk size ``K`` for every block instead of planning (not with a budget).
