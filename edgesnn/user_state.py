@@ -3,8 +3,10 @@
 ``model.train(was)`` after ``model.eval()`` would set every child to the top module's mode: a
 BatchNorm the user had frozen (``bn.eval()`` inside a training model) would train again, its
 running statistics moving on the next step. :func:`evaluating` restores each module's own flag.
-(The other state such code must leave alone, the global random stream, is kept by drawing probe
-inputs from generators of their own: :func:`edgesnn.planner.memory_model.probe_input`.)
+The other state such code must leave alone is the global random stream. Probe inputs come from
+generators of their own (:func:`edgesnn.planner.memory_model.probe_input`); a module that draws
+numbers itself while it is measured (``Dropout`` in training mode) runs inside
+:func:`random_stream_kept`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
 from torch import nn
 
-__all__ = ["evaluating"]
+__all__ = ["evaluating", "random_stream_kept"]
+
+#: Layers that draw from the global random stream in training mode.
+_DRAWING_LAYERS = (nn.modules.dropout._DropoutNd, nn.RReLU)
 
 
 @contextlib.contextmanager
@@ -32,3 +38,17 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
             m.train(was)
         for m, was in modes:
             m.training = was
+
+
+@contextlib.contextmanager
+def random_stream_kept(module: nn.Module) -> Iterator[None]:
+    """``with random_stream_kept(layer): layer(x)``: when ``layer`` (or a submodule) is a ``Dropout`` /
+    ``RReLU`` in training mode, it draws from a copy of the CPU random state, and the caller's stream
+    is where it was on exit (a seeded script draws the same numbers after planning as without it).
+    Any other module runs as it is: restoring the stream around it would rewind the numbers another
+    thread drew meanwhile."""
+    if not any(isinstance(m, _DRAWING_LAYERS) and m.training for m in module.modules()):
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        yield

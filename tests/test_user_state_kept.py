@@ -119,6 +119,19 @@ def _chain_with_an_unknown_module(tmp_path):
     return lambda: ChainModel(model)
 
 
+def _chain_with_a_dropout(tmp_path):
+    from edgesnn.planner import ChainModel
+
+    class WithDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_shape = (16,)
+            self.body = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.5), nn.RReLU(), LIF())  # (measured: both draw)
+
+    model = WithDropout()
+    return lambda: ChainModel(model)
+
+
 def _onnx_step(tmp_path):
     pytest.importorskip("onnx")
     from edgesnn.export.onnx_step import export_onnx_step
@@ -127,8 +140,8 @@ def _onnx_step(tmp_path):
     return lambda: export_onnx_step(model, tmp_path / "step", batch_size=2)
 
 
-@pytest.mark.parametrize("prepare", [_plan, _chain_with_an_unknown_module, _onnx_step],
-                         ids=["make_plan", "ChainModel", "export_onnx_step"])
+@pytest.mark.parametrize("prepare", [_plan, _chain_with_an_unknown_module, _chain_with_a_dropout, _onnx_step],
+                         ids=["make_plan", "ChainModel", "ChainModel-Dropout", "export_onnx_step"])
 def test_planning_and_exporting_leave_the_global_random_stream(prepare, tmp_path):
     call = prepare(tmp_path)  # (building the model draws its initial weights: before the seed)
     torch.manual_seed(0)

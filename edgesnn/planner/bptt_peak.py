@@ -71,6 +71,7 @@ from torch import nn
 
 from ..memory import SavedTensorCounter, _storage_key
 from ..models import SpikingClassifier
+from ..user_state import random_stream_kept
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
 from .layer_types import CONV_TYPES, MAX_POOL_TYPES
@@ -197,7 +198,7 @@ def _probe_node(module: nn.Module, shape: Tuple[int, ...], dtype: torch.dtype) -
         if hasattr(probe, "reset"):
             probe.reset()
         x = probe_input((n, 1, *shape), dtype)
-        with SavedTensorCounter() as c:
+        with SavedTensorCounter() as c, random_stream_kept(probe):
             y = probe(x)
         keys = set(c.storages) - pkeys
         kx, ky = _storage_key(x), _storage_key(y)

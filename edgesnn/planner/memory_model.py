@@ -52,6 +52,7 @@ from ..models import parse_neuron_spec
 from ..nn import LIF, RevLIF, SeqToANN
 from ..nn.neurons import _SpikingNode
 from ..shape_probe import probe_output
+from ..user_state import random_stream_kept
 from .checks import check_in_shape, check_int, unsupported_layer
 from .costs import ZERO, Cost, Layer
 from .layer_types import CONV_TYPES, MAX_POOL_TYPES, first_recording
@@ -78,8 +79,7 @@ _SAVE_OUTPUT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
 
 def probe_input(shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A standard-normal leaf of ``shape`` that requires grad, drawn from a generator of its own (seed 0):
-    a probe's input never draws from (nor rewinds) the caller's global random stream. A measured module
-    that draws numbers itself (a ``Dropout`` in training mode) still draws from it, as it would in a step."""
+    a probe's input never draws from (nor rewinds) the caller's global random stream."""
     return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0), requires_grad=True)
 
 
@@ -88,12 +88,14 @@ def _probe(module: nn.Module, in_shape: Tuple[int, ...], dtype: torch.dtype) -> 
 
     Runs it on ``[n, *in_shape]`` inputs for n = 2 and 4 (with gradients) and fits bytes = a*n + c.
     The input is a non-leaf tensor (a clone of the leaf), as in a model, so in-place modules run.
+    A ``Dropout`` in training mode draws its mask from a copy of the random state
+    (:func:`edgesnn.user_state.random_stream_kept`): planning leaves the caller's stream where it was.
     """
     pkeys = {_storage_key(p) for p in module.parameters()} | {_storage_key(b) for b in module.buffers()}
     res = []
     for n in (2, 4):
         x = probe_input((n, *in_shape), dtype).clone()
-        with SavedTensorCounter() as c:
+        with SavedTensorCounter() as c, random_stream_kept(module):
             y = module(x)
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"it returned {type(y).__name__}, not one tensor")
