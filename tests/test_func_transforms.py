@@ -73,6 +73,33 @@ def test_gradient_of_a_gradient_is_refused_in_one_line(make, backend):
 
 
 @pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_ordinary_autograd_through_a_func_grad_is_refused_in_one_line(make, backend):
+    """MAML's meta-gradient written with ``torch.func.grad`` for the inner step and ``.backward()`` outside:
+    the outer backward differentiates the node's gradient. It returned a meta-gradient without the node's
+    second-order terms (0.12-0.19 off the reference backend's, relative); a first-order use of the inner
+    gradient (detached) still gives the reference's values."""
+    x = torch.randn(6, 4, 10) * 2
+    results = {}
+    for be in (backend, "reference"):
+        net = _net(make, be)
+        params = dict(net.named_parameters())  # (they require grad: plain autograd records below the transform)
+        g = torch.func.grad(lambda p: _loss(net, p, x))(params)
+        results[be] = g["0.weight"].detach()
+        meta = _loss(net, {k: params[k] - 0.1 * g[k] for k in params}, x)
+        if be == backend:
+            with pytest.raises(RuntimeError) as e:
+                meta.backward()
+            msg = str(e.value)
+            assert "\n" not in msg and f"{make.__name__} backend {backend!r}: second-order" in msg
+            _loss(net, {k: params[k] - 0.1 * g[k].detach() for k in params}, x).backward()  # first order: fine
+        else:
+            meta.backward()
+            assert float(params["0.weight"].grad.abs().sum()) > 0
+    torch.testing.assert_close(results[backend], results["reference"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
 @pytest.mark.parametrize("backend", ["numba", "torch", "reference"])
 def test_vmap_is_refused_in_one_line(make, backend):
     node = make(backend=backend)

@@ -291,7 +291,8 @@ class _LIFTorchFunction(torch.autograd.Function):
         # computed from the saved h, without a graph: a second backward through it raises
         with torch.no_grad():
             grads = _LIFTorchFunction._grads(ctx, grad_s_seq, grad_v_T)
-        return first_order_only(grads, "LIF", "torch") + (None,)
+        # (anchored to the incoming gradients: h, the only saved tensor, has no graph)
+        return first_order_only(grads, "LIF", "torch", (grad_s_seq, grad_v_T)) + (None,)
 
     @staticmethod
     def _grads(ctx, grad_s_seq, grad_v_T):

@@ -270,14 +270,16 @@ class RevLIFFunction(torch.autograd.Function):
         backward in time from ``y_seq`` and ``v_T`` and verifies the initial state it reaches."""
         refuse_batched((grad_y_out, grad_v_T_out), "RevLIF", ctx.meta[1].name)  # (jacrev: the loop would mix the batch in)
         # the kernels reconstruct and differentiate without a graph: a second backward through it raises
+        saved = ctx.saved_tensors  # (once: torch.utils.checkpoint allows one unpack)
         with torch.no_grad():
-            grads = RevLIFFunction._grads(ctx, grad_y_out, grad_v_T_out)
-        return first_order_only(grads, "RevLIF", ctx.meta[1].name) + (None, None)
+            grads = RevLIFFunction._grads(ctx, saved, grad_y_out, grad_v_T_out)
+        anchors = (grad_y_out, grad_v_T_out, *saved[:2])  # (y, v_T: outputs, whose graph leads to x_seq)
+        return first_order_only(grads, "RevLIF", ctx.meta[1].name, anchors) + (None, None)
 
     @staticmethod
-    def _grads(ctx, grad_y_out, grad_v_T_out):
+    def _grads(ctx, saved, grad_y_out, grad_v_T_out):
         p, kernels, shape, given_v0 = ctx.meta
-        y_out, v_T_out, bits, counts, kept_v0 = ctx.saved_tensors
+        y_out, v_T_out, bits, counts, kept_v0 = saved
         bits, counts = (bits, None) if p.exact else (None, counts)  # (the other: None, or the transforms' placeholder)
         y = to_groups(y_out, p.groups)
         v_T = to_groups(v_T_out, p.groups, 1, "v_T")

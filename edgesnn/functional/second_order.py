@@ -9,7 +9,9 @@ these gradients raises one line naming the layer and the backend. The ``referenc
 (plain autograd) supports second-order gradients.
 
 Inside ``torch.func`` transforms (which run every backward with ``create_graph=True``) one
-transform gets the gradients as they are; nested ones (``grad(grad(f))``) raise the same line, and
+transform gets the gradients as they are (when plain autograd records below it, e.g. ``.backward()`` of
+a loss of a ``torch.func.grad`` result, they carry the refusal on that level); nested ones
+(``grad(grad(f))``) raise the same line, and
 :func:`under_vmap` and :func:`under_forward_ad` let the dispatch refuse ``vmap`` and forward-mode AD in
 one line each.
 """
@@ -23,7 +25,7 @@ import torch
 from .checks import eager
 
 __all__ = ["first_order_only", "second_order_message", "func_transform_depth", "refuse_nested_transforms", "under_vmap",
-           "under_forward_ad", "vmap_refused", "batched_backward_refused", "forward_ad_refused", "refuse_batched"]
+           "under_forward_ad", "vmap_refused", "batched_backward_refused", "forward_ad_refused", "refuse_batched", "unwrapped"]
 
 
 def _node_message(layer: str, backend: str, text: str) -> str:
@@ -110,9 +112,19 @@ def refuse_nested_transforms(layer: str, backend: str) -> None:
         raise RuntimeError(second_order_message(layer, backend))
 
 
-def first_order_only(grads: Sequence[Optional[torch.Tensor]], layer: str, backend: str) -> Tuple[Optional[torch.Tensor], ...]:
+def first_order_only(
+    grads: Sequence[Optional[torch.Tensor]], layer: str, backend: str, anchors: Sequence[Optional[torch.Tensor]] = ()
+) -> Tuple[Optional[torch.Tensor], ...]:
     """``grads`` (same values and shapes, ``None`` kept) behind an autograd node that raises
     :func:`second_order_message` if a later backward goes through it.
+
+    ``anchors``: the tensors the true gradient of ``grads`` would flow into, with their graphs: the
+    incoming output gradients and the saved tensors the backward read (the layer's input, or its
+    outputs, whose graph leads to the input). They are the node's inputs as well, so a
+    ``torch.autograd.grad(penalty, params)`` or a ``torch.autograd.functional.jvp`` / ``hvp``, which
+    run only the nodes on a path to the tensors they ask for, still reach it and raise. (With the
+    gradients' graph-free aliases alone, as ``once_differentiable`` does, such calls skipped the node
+    and returned the second-order terms as silent zeros.)
 
     Only while grad mode is on inside a backward (``create_graph=True``) in an eager call; otherwise
     ``grads`` is returned as it is (no copy: the tensors are aliased, not cloned). Inside one
@@ -124,6 +136,33 @@ def first_order_only(grads: Sequence[Optional[torch.Tensor]], layer: str, backen
         return grads
     if func_transform_depth():
         refuse_nested_transforms(layer, backend)
+        return _refused_below_the_transform(grads, layer, backend, anchors)
+    linked = [a for a in anchors if a is not None and a.requires_grad]
+    err = torch._C._functions.DelayedError(second_order_message(layer, backend).encode(), len(grads) + len(linked))
+    return tuple(err(*[_alias(g) for g in grads], *linked)[:len(grads)])
+
+
+def unwrapped(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` (any shape) unwrapped from every ``torch.func`` wrapper: the tensor plain autograd records on."""
+    fw = torch._C._functorch
+    while t is not None and fw.is_functorch_wrapped_tensor(t):
+        t = fw.get_unwrapped(t)
+    return t
+
+
+def _refused_below_the_transform(
+    grads: Tuple[Optional[torch.Tensor], ...], layer: str, backend: str, anchors: Sequence[Optional[torch.Tensor]]
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """Inside one ``torch.func`` transform: ``grads`` as they are (constants to the transform), but when plain
+    autograd records below it (``torch.func.grad`` run on parameters that require grad, then ``.backward()`` of
+    a loss of its result: MAML's meta-gradient), behind the refusal on that level, so the outer backward
+    raises instead of dropping the node's second-order terms. The values are the plain gradients (the
+    transform wraps what a backward returns)."""
+    linked = [a for a in (unwrapped(a) for a in anchors) if a is not None and a.requires_grad]
+    if not linked:
         return grads
-    err = torch._C._functions.DelayedError(second_order_message(layer, backend).encode(), len(grads))
-    return tuple(err(*[_alias(g) for g in grads]))
+    plain = [unwrapped(g) for g in grads]
+    with torch._C._DisableFuncTorch(), torch.enable_grad():
+        err = torch._C._functions.DelayedError(second_order_message(layer, backend).encode(), len(plain) + len(linked))
+        # (the anchors that require grad give every output the refusal as its grad_fn)
+        return tuple(err(*[None if g is None else g.detach() for g in plain], *linked)[:len(plain)])

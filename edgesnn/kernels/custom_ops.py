@@ -12,16 +12,14 @@ Ops (``backend`` is ``"numba"`` or ``"cuda"``; node parameters travel as plain n
 * every forward op rejects NaN/Inf inputs (:class:`~edgesnn.functional.checks.NonFiniteInputError`)
   and every backward op rejects NaN/Inf gradients
   (:class:`~edgesnn.functional.checks.NonFiniteGradientError`). The CPU kernels check inside
-  themselves (a per-lane ``a - a`` sum in the loops that read the input or write the gradient: no
-  extra pass; the ``aminmax`` scans run only on a failure, to name the culprit); the CUDA path scans
-  with one ``aminmax`` each. Inside a CUDA graph capture the data-dependent checks are skipped
-  (a capture cannot read GPU values on the host; see :func:`_capturing`).
+  themselves (a per-lane ``a - a`` sum in the loops that read the input or write the gradient: no extra pass; the
+  ``aminmax`` scans run only on a failure, to name the culprit); the CUDA path scans with one ``aminmax`` each. Inside
+  a CUDA graph capture the data-dependent checks are skipped (no host reads of GPU values: :func:`_capturing`).
 
 ``register_fake`` gives shapes for tracing; ``register_autograd`` wires each forward op to its
 backward op (which is itself a custom op, so the compiled backward graph calls it too).
 
-Tensors that a mode does not use (``bits`` in float mode, ``counts`` in exact
-mode, ``v0`` when there is nothing to verify against) are returned as 1-element placeholders.
+Unused tensors (``bits`` in float mode, ``counts`` in exact mode, ``v0`` with nothing to verify): 1-element placeholders.
 
 Eager calls (no tracing, scripting, ONNX export or ``torch.compile``) skip the custom-op
 dispatch: :func:`lif_apply` and :func:`revlif_apply` run the very same forward, setup, backward and
@@ -206,7 +204,8 @@ def _lif_setup(ctx, inputs, output):
 
 
 def _lif_grads(bwd, ctx, grad_s, grad_vT):
-    with outside_transforms((*ctx.saved_tensors, grad_s, grad_vT), "LIF", ctx.params[-1]) as (x, v0, grad_s, grad_vT):
+    anchors = (*ctx.saved_tensors, grad_s, grad_vT)  # (also what a second backward reaches: first_order_only)
+    with outside_transforms(anchors, "LIF", ctx.params[-1]) as (x, v0, grad_s, grad_vT):
         if grad_s is None:
             grad_s = torch.zeros_like(x)
         if grad_vT is None:
@@ -216,7 +215,7 @@ def _lif_grads(bwd, ctx, grad_s, grad_vT):
         with _no_graph():
             gx, gv0 = bwd(x, v0, _grad_in(grad_s), grad_vT.contiguous(), *ctx.params)
     # the kernels' gradients carry no graph: a second backward through them raises (not zeros)
-    return first_order_only((gx, gv0), "LIF", ctx.params[-1]) + (None,) * 9
+    return first_order_only((gx, gv0), "LIF", ctx.params[-1], anchors) + (None,) * 9
 
 
 def _lif_backward(ctx, grad_s, grad_vT):
@@ -364,7 +363,8 @@ def _revlif_setup(ctx, inputs, output):
 
 
 def _revlif_grads(bwd, ctx, grad_y, grad_vT):
-    with outside_transforms((*ctx.saved_tensors, grad_y, grad_vT), "RevLIF", ctx.params[-1]) as plain:
+    anchors = (*ctx.saved_tensors, grad_y, grad_vT)  # (also what a second backward reaches: first_order_only)
+    with outside_transforms(anchors, "RevLIF", ctx.params[-1]) as plain:
         y, vT, bits, counts, v0, grad_y, grad_vT = plain
         if v0 is None:
             v0 = vT.new_zeros((1, 1, 1))
@@ -374,7 +374,7 @@ def _revlif_grads(bwd, ctx, grad_y, grad_vT):
             grad_vT = torch.zeros_like(vT)
         with _no_graph():
             gx, gv0 = bwd(y, vT, bits, counts, v0, ctx.verify, _grad_in(grad_y), grad_vT.contiguous(), *ctx.params)
-    return first_order_only((gx, gv0), "RevLIF", ctx.params[-1]) + (None,) * 14
+    return first_order_only((gx, gv0), "RevLIF", ctx.params[-1], anchors) + (None,) * 14
 
 
 def _revlif_backward(ctx, grad_y, grad_vT, _grad_bits, _grad_counts):

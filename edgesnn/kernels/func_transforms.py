@@ -25,17 +25,11 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 
-from ..functional.second_order import refuse_batched, refuse_nested_transforms
+from ..functional.second_order import refuse_batched, refuse_nested_transforms, unwrapped
 
 __all__ = ["outside_transforms"]
 
 _functorch = torch._C._functorch
-
-
-def _plain(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    while t is not None and _functorch.is_functorch_wrapped_tensor(t):
-        t = _functorch.get_unwrapped(t)
-    return t
 
 
 @contextlib.contextmanager
@@ -55,6 +49,6 @@ def outside_transforms(tensors: Sequence[Optional[torch.Tensor]], layer: str, ba
         yield tuple(tensors)
         return
     refuse_nested_transforms(layer, backend)
-    plain = tuple(_plain(t) for t in tensors)
+    plain = tuple(unwrapped(t) for t in tensors)
     with torch._C._DisableFuncTorch():
         yield plain
