@@ -291,6 +291,15 @@ def test_double_backward_is_refused_not_silently_first_order():
         torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("transform", ["grad", "vmap"])
+def test_torch_func_transforms_are_refused_in_one_line(transform):
+    # (PyTorch's own error spoke of a setup_context staticmethod the user never wrote)
+    x = torch.rand(4, 2)
+    f = lambda a: edgesnn.checkpoint_over_time(torch.sin, a * 1).sum()  # noqa: E731
+    with pytest.raises(RuntimeError, match=r"^checkpoint_over_time: torch.func transforms .*inside the transform$"):
+        (torch.func.grad(f) if transform == "grad" else torch.func.vmap(f))(x)
+
+
 _ODD = {"half": 0.5, "-0.0": -0.0, "nan": float("nan"), "1 + ulp": None, "subnormal": None}
 
 

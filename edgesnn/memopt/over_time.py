@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..functional.checks import autocast_on, check_int, eager
+from ..functional.second_order import func_transform_depth
 from .forward_state import ForwardState, as_in_forward, capture
 from .packing import SavedInput, _version, is_time_invariant, save_input
 
@@ -54,7 +55,8 @@ def checkpoint_over_time(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
     Raises:
         ValueError: one line naming ``fn``, ``inputs`` or ``chunk`` and what was expected.
         RuntimeError: in backward, when ``fn``'s parameters or buffers (or an input kept as it is)
-            changed in place since the forward, for a second backward, or for ``create_graph=True``.
+            changed in place since the forward, for a second backward, or for ``create_graph=True``;
+            inside a ``torch.func`` transform, at once.
     """
     chunk = check_int(chunk, "chunk", 1)
     if not callable(fn):
@@ -65,6 +67,9 @@ def checkpoint_over_time(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
     if autocast_on(inputs[0]):
         raise ValueError("fn: checkpoint_over_time does not run under torch.autocast (its recomputation would not "
                          "see it); cast the inputs and fn instead")
+    if func_transform_depth():
+        raise RuntimeError("checkpoint_over_time: torch.func transforms (grad, vjp, vmap, jvp, ...) are not supported "
+                           "(its backward recomputes fn under plain autograd); call fn itself inside the transform")
     if isinstance(fn, nn.Module):
         _refuse_per_run_layers(fn)
     params = _trainable_parameters(fn)
