@@ -111,6 +111,26 @@ def test_train_and_model_from_checkpoint_name_bad_arguments():
         model_from_checkpoint(None)
 
 
+@pytest.mark.parametrize("arg,value,message", [
+    ("force", "no", r"^force: expected True or False, got 'no'"),  # (it was true: it overwrote a checkpoint)
+    ("resume", "no", r"^resume: expected True or False"),
+    ("progress", "yes", r"^progress: expected True or False"),
+    ("sync_batchnorm", [], r"^sync_batchnorm: expected True or False"),
+    ("device", 0, r"^device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got 0"),  # (0 is cuda:0)
+    ("device", "", r"^--device: expected one of"),
+    ("before_training", "x", r"^before_training: expected a callable"),
+    ("planned_model", "plan.json", r"^planned_model: expected a plan's model config"),
+])
+def test_train_refuses_meaningless_arguments_before_it_writes_anything(tmp_path, arg, value, message):
+    from edgesnn.training import TrainConfig, train
+
+    ck = tmp_path / "run.ckpt"
+    ck.write_bytes(b"the user's checkpoint")
+    with pytest.raises((TypeError, UsageError), match=message):
+        train(TrainConfig(epochs=1), checkpoint=ck, log=lambda s: None, max_steps=1, **{"progress": False, arg: value})
+    assert ck.read_bytes() == b"the user's checkpoint"
+
+
 # ------------------------------------------------------------------ planner
 
 

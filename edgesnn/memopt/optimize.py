@@ -23,6 +23,7 @@ from .partition import candidate_sequentials, partition
 from .report import as_chunk, check_example_input, check_initialized, is_whole_number, preserved_state, spiking_node, \
     trace_error, user_hooks_suspended, warn_left_as_is
 from .sequential import MemoryOptimizedSequential, install
+from ..user_state import evaluating
 
 __all__ = ["optimize_memory", "largest_batch"]
 
@@ -179,6 +180,22 @@ def _forward_without_hooks(model: nn.Module, example_input: torch.Tensor, record
         return err
 
 
+def _check_input_dtype(model: nn.Module, example_input: torch.Tensor) -> None:
+    """An ``example_input`` of a dtype none of the model's floating parameters has (int64, bool or float16
+    into float32 layers) must run on the model for real, its first step (dim 0 cut to 1) in eval mode
+    and without autograd: the trace's fake tensors check no dtypes, and the plan would be made for a
+    tensor the model cannot take (another plan and predicted peak than the real input's). One line
+    when it does not run; a model that takes it (an ``nn.Embedding`` of token ids) is planned."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if not dtypes or example_input.dtype in dtypes:
+        return
+    try:
+        with preserved_state(model), evaluating(model), user_hooks_suspended(model), torch.no_grad():
+            model(example_input[:1])
+    except Exception as err:  # noqa: BLE001 - the model's own error, reported in one line
+        raise trace_error(example_input, err) from None
+
+
 def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[int, List[Block]], seqs) -> None:
     """Record every block's input/output shapes with one forward on fake tensors (no memory, no stats update).
 
@@ -276,6 +293,7 @@ def optimize_memory(
     if not seqs:
         raise _no_candidates_error(model)
     blocks = {id(s): partition(s) for s in seqs}
+    _check_input_dtype(model, example_input)
     _trace_shapes(model, example_input, blocks, seqs)
     all_blocks = [b for s in seqs for b in blocks[id(s)]]
     plan = netplan.plan_blocks(all_blocks, model, budget_bytes, chunk=chunk,

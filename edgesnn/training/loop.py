@@ -20,6 +20,7 @@ from ..models import SpikingClassifier, build_model
 from ..user_state import evaluating
 from ..output_guard import guarded
 from .data import Dataset, Split, load_dataset
+from .call_checks import check_train_call
 from .device import check_backend_device, resolve_device
 from .distributed import (DistInfo, all_sum, average_gradients, barrier, broadcast_parameters, env_world,
                           epoch_order, padding_weights, warm_kernels)
@@ -224,12 +225,10 @@ def train(
     cfg.validate()
     if checkpoint is not None:
         check_path_arg(checkpoint, "checkpoint")
-    if not callable(log):
-        raise TypeError(f"log: expected a callable taking one str (e.g. print), got {log!r:.80}")
-    if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
-        raise UsageError(f"eval_batch_size: expected an integer >= 1, got {eval_batch_size!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise UsageError(f"max_steps: expected an integer >= 1, got {max_steps!r}")
+    resume, progress, force, sync_batchnorm = check_train_call(
+        resume=resume, progress=progress, force=force, sync_batchnorm=sync_batchnorm, device=device, log=log,
+        before_training=before_training, planned_model=planned_model, eval_batch_size=eval_batch_size,
+        max_steps=max_steps)
     dist = env_world()
     if dist.distributed:
         import torch.distributed as tdist
@@ -237,7 +236,7 @@ def train(
         if not (tdist.is_available() and tdist.is_initialized()):
             raise UsageError(f"distributed: WORLD_SIZE={dist.world} but no process group is initialised; launch with "
                              "`torchrun ... -m edgesnn train` or call torch.distributed.init_process_group() first")
-    dev = resolve_device(device or "cpu")
+    dev = resolve_device("cpu" if device is None else device)
     if dev.type == "cuda" and dist.distributed:
         if dev.index is not None:
             raise UsageError(f"--device {dev}: under torchrun every rank takes GPU LOCAL_RANK; pass --device cuda "
