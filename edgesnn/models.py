@@ -57,12 +57,12 @@ def parse_neuron_spec(spec: str) -> Tuple[str, int]:
     """``"lif"`` -> ("lif", 0); ``"revlif"`` -> ("revlif", 2); ``"revlif:4"`` -> ("revlif", 4)."""
     if not isinstance(spec, str):
         raise TypeError(f"neuron: expected 'lif', 'revlif' or 'revlif:G', got {spec!r}")
-    kind, _, groups = spec.strip().lower().partition(":")
-    if kind == "lif" and not groups:
+    kind, colon, groups = spec.strip().lower().partition(":")
+    if kind == "lif" and not colon:
         return "lif", 0
     if kind == "revlif":
         try:
-            g = int(groups) if groups else 2
+            g = 2 if not colon else int(groups.strip() or "x")  # ("revlif:" names no count: an error)
         except ValueError:
             raise ValueError(f"neuron: bad group count in {spec!r}; expected 'revlif:G' with an integer G >= 2") from None
         if g < 2:

@@ -164,9 +164,10 @@ def _check_args(args: argparse.Namespace) -> Path:
         raise UsageError(f"--params: applies to --format checkpoint only (not {args.format}); to export fine-tuned "
                          f"weights, first run --format checkpoint --params {args.params} --out NEW.ckpt, then export "
                          "NEW.ckpt")
-    for flag, value in (("--momentum", args.momentum), ("--weight-decay", args.weight_decay)):
-        if value is not None and not (math.isfinite(value) and 0 <= value <= FLOAT32_MAX):
-            raise UsageError(f"{flag}: expected a finite number >= 0 (float32 range), got {value}")
+    if args.momentum is not None and not (math.isfinite(args.momentum) and 0 <= args.momentum < 1):
+        raise UsageError(f"--momentum: expected a number in [0, 1) (0: plain SGD), got {args.momentum}")
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and 0 <= args.weight_decay <= FLOAT32_MAX):
+        raise UsageError(f"--weight-decay: expected a finite number >= 0 (float32 range), got {args.weight_decay}")
     given = [f for f, v in (("--momentum", args.momentum is not None), ("--weight-decay", args.weight_decay is not None),
                             ("--nesterov", args.nesterov), ("--time-chunk", args.time_chunk is not None)) if v]
     if given and args.format != "onnx-step":  # the other formats would ignore them silently

@@ -308,18 +308,18 @@ def _check_hparams(optimizer: str, momentum, weight_decay, nesterov, betas, eps)
     def bad(name, value, what):
         raise ExportError(f"{name}: expected {what}, got {value!r}")
 
-    if not (is_real_number(momentum) and momentum >= 0):  # (no None: its default is 0.9, not 0)
-        bad("momentum", momentum, "a finite number >= 0 (0: none)")
+    if not (is_real_number(momentum) and 0 <= momentum < 1):  # (no None: its default is 0.9, not 0)
+        bad("momentum", momentum, "a number in [0, 1) (0: none; from 1 on the momentum buffer grows without bound)")
     if weight_decay is not None and not (is_real_number(weight_decay) and weight_decay >= 0):
         bad("weight_decay", weight_decay, "a finite number >= 0 (None: the optimizer's default)")
     if nesterov and (optimizer != "sgd" or not momentum):
         raise ExportError(f"nesterov: needs optimizer 'sgd' with momentum > 0 (got optimizer {optimizer!r}, momentum "
                           f"{momentum!r})")
-    if optimizer == "adamw":
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(is_real_number(b) and 0 <= b < 1 for b in betas)):
-            bad("betas", betas, "two numbers in [0, 1)")
-        if not (is_real_number(eps) and eps > 0):
-            bad("eps", eps, "a finite number > 0")
+    # (AdamW's settings are checked with SGD too: a value given there is a mistake, not something to ignore)
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(is_real_number(b) and 0 <= b < 1 for b in betas)):
+        bad("betas", betas, "two numbers in [0, 1)")
+    if not (is_real_number(eps) and eps > 0):
+        bad("eps", eps, "a finite number > 0")
 
 
 #: bytes an ONNX graph (a protobuf message) may hold at most

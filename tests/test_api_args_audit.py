@@ -249,3 +249,50 @@ def test_a_tensor_setting_is_named_as_a_tensor(make, name, value):
     msg = str(err.value)
     assert msg.startswith(f"{name}: expected a finite number") and "\n" not in msg
     assert f"(a {type(value).__module__.split('.')[0]}.{type(value).__name__}: pass a Python number" in msg
+
+
+# ------------------------------------------------------------------ silently accepted values (session 52 audit)
+
+
+def test_step_functions_refuse_what_the_multi_step_ones_refuse():
+    from edgesnn.functional import lif_step, revlif_step, spike
+    from edgesnn.functional.revlif import to_groups
+
+    with pytest.raises(TypeError, match=r"^x: expected a floating dtype .*got int64$"):  # (it blamed v's dtype)
+        lif_step(torch.ones(2, 8, dtype=torch.long), torch.zeros(2, 8), LIFParams())
+    xg = to_groups(torch.randn(2, 8), 2, channel_dim=1)
+    with pytest.raises(TypeError, match=r"^x: expected a floating dtype \(float32, float64\), got float16"):
+        revlif_step(xg.half(), torch.zeros_like(xg), RevLIFParams())
+    u = torch.randn(5, requires_grad=True)
+    with pytest.raises(TypeError, match=r"^surrogate: expected a Surrogate"):  # (it failed in backward)
+        spike(u, "sigmoid")
+
+
+def test_revlif_groups_have_an_upper_bound():
+    from edgesnn.nn import RevLIF
+
+    with pytest.raises(ValueError, match=r"^groups: expected an integer from 2 to 65536, got 10000000$"):
+        RevLIF(groups=10**7)  # (it took 30 s building the state bound; 2**63 ended in a MemoryError)
+
+
+def test_dataset_and_neuron_arguments():
+    from edgesnn.models import parse_neuron_spec
+    from edgesnn.training.data import load_dataset
+
+    with pytest.raises(ValueError, match=r"^timesteps: expected an integer >= 1, got 'abc'$"):
+        load_dataset("digits", timesteps="abc")
+    with pytest.raises(ValueError, match=r"^path: expected a folder or file path, got int$"):
+        load_dataset("digits", path=0)
+    with pytest.raises(ValueError, match=r"^neuron: bad group count in 'revlif:'"):  # (it ran as revlif:2)
+        parse_neuron_spec("revlif:")
+    assert parse_neuron_spec("revlif") == ("revlif", 2) and parse_neuron_spec("revlif:4") == ("revlif", 4)
+
+
+def test_the_planner_takes_numpy_integers_as_the_nodes_do():
+    from edgesnn.devices import load_device
+    from edgesnn.planner import make_plan
+
+    model = build_model("mlp", (64,), 10, 4, hidden=(16,))
+    dev = load_device("raspberry-pi-4-4gb")
+    # (it said "expected an integer >= 1, got np.int64(4)")
+    assert make_plan(model, dev, np.int64(4), np.int64(8)).to_dict() == make_plan(model, dev, 4, 8).to_dict()

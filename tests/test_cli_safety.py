@@ -302,7 +302,8 @@ def test_export_flags_are_validated(artifacts, tmp_path, capsys):
     ck = str(artifacts / "model.ckpt")
     # 1e-50 is 0 in the float32 graphs (training would silently do nothing); 1e39 is inf there
     for flags, name in ((["--lr", "-1"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "1e-50"], "--lr"),
-                        (["--momentum", "1e39"], "--momentum"), (["--batch-size", "0"], "--batch-size")):
+                        (["--momentum", "1e39"], "--momentum"), (["--momentum", "1.5"], "--momentum"),
+                        (["--batch-size", "0"], "--batch-size")):
         assert main(["export", "--checkpoint", ck, "--format", "onnx-training", "--out", str(tmp_path / "a"), *flags]) == 2
         assert _err(capsys).startswith(f"edgesnn export: error: {name}: expected")
     assert not (tmp_path / "a").exists()

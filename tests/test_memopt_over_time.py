@@ -291,6 +291,13 @@ def test_double_backward_is_refused_not_silently_first_order():
         torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("check", [None, 0.0, "no", []])
+def test_check_must_be_a_bool(check):
+    # (None / 0.0 / [] switched the check off: a time-mixing fn returned [1, 2, 3, 4] for cumsum's [1, 3, 6, 10])
+    with pytest.raises(TypeError, match=r"^check: expected True or False"):
+        edgesnn.checkpoint_over_time(lambda a: a.cumsum(0), torch.ones(4, 1, requires_grad=True), check=check)
+
+
 @pytest.mark.parametrize("transform", ["grad", "vmap"])
 def test_torch_func_transforms_are_refused_in_one_line(transform):
     # (PyTorch's own error spoke of a setup_context staticmethod the user never wrote)

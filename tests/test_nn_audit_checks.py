@@ -41,7 +41,7 @@ def test_revlif_hyper_parameter_assignment_is_validated():
         node.alpha = 0.3
     with pytest.raises(ValueError, match=r"^mode: expected one of"):
         node.mode = "EXACT"
-    with pytest.raises(ValueError, match=r"^groups: expected an integer >= 2"):
+    with pytest.raises(ValueError, match=r"^groups: expected an integer from 2 to 65536"):
         node.groups = 1
     with pytest.raises(ValueError, match=r"^gamma: expected a value in \(0, 1\]"):
         node.gamma = 0.0

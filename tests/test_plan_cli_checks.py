@@ -138,6 +138,23 @@ def test_sizes_parse_exactly_and_print_readably():
     assert _fmt(10**400).endswith(" EiB") and "e+" in _fmt(10**400)
 
 
+def test_a_byte_count_must_be_whole_and_lists_have_no_empty_items(capsys):
+    """``--budget 2.5`` was planned for 2 bytes and ``--hidden 128,`` for a one-layer MLP (the empty item
+    dropped); a unit's fraction rounds down as before (1.3GiB)."""
+    with pytest.raises(ValueError, match=r"^--budget: expected a whole number of bytes .*got '2.5'$"):
+        parse_bytes("2.5")
+    assert parse_bytes("1.3GiB") == int(1.3 * 2**30)
+    for flag, value in (("--hidden", "128,"), ("--groups", "2,,4")):
+        rc, _, err = _run([*PI, flag, value], capsys)
+        assert rc == 2
+        _one_line_error(err, f"{flag}: expected comma-separated integers")
+    from edgesnn.planner.datasets import dataset_memory
+
+    for bad in ("", [], False):
+        with pytest.raises(ValueError, match=r"^--dataset-bytes: expected a size >= 0"):
+            dataset_memory(None, 4, (784,), dataset_bytes=bad)
+
+
 # 5. integer flags: one line, no usage dump
 
 @pytest.mark.parametrize("flags,name", [

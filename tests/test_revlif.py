@@ -153,7 +153,7 @@ def test_bad_input_errors():
         RevLIFParams(alpha=0.3)
     with pytest.raises(ValueError, match="contracting state"):
         RevLIFParams(gamma=1.0, lif=LIFParams(tau=2.0))
-    with pytest.raises(ValueError, match="groups: expected an integer >= 2"):
+    with pytest.raises(ValueError, match="groups: expected an integer from 2 to 65536"):
         RevLIFParams(groups=1)
     with pytest.raises(ValueError, match="mode: expected"):
         RevLIFParams(mode="approx")

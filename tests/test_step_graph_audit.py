@@ -168,8 +168,11 @@ def test_optimizer_settings_torch_refuses_are_refused():
     from edgesnn.export.prepare import ExportError
 
     model = _model("mlp", "lif", 2)
-    for kw, words in ((dict(momentum=float("nan")), "momentum: expected a finite number >= 0"),
+    for kw, words in ((dict(momentum=float("nan")), r"momentum: expected a number in \[0, 1\)"),
                       (dict(momentum=-0.5), "momentum: expected"),
+                      (dict(momentum=1.5), r"momentum: expected a number in \[0, 1\)"),  # (was baked in: diverges)
+                      (dict(betas="not betas"), "betas: expected two numbers in"),  # (ignored with SGD before)
+                      (dict(eps=float("nan")), "eps: expected a finite number > 0"),
                       (dict(momentum=None), r"momentum: expected .*, got None"),  # was float(None)'s TypeError
                       (dict(weight_decay=-1.0), "weight_decay: expected a finite number >= 0"),
                       (dict(weight_decay=float("inf")), "weight_decay: expected"),

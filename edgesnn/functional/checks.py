@@ -95,6 +95,11 @@ def check_sequence(x: torch.Tensor, name: str = "x_seq", *, dtypes: Tuple[torch.
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name}: the number of time steps T (dim 0) must be >= 1, got shape {tuple(x.shape)}")
+    check_dtype(x, name, dtypes)
+
+
+def check_dtype(x: torch.Tensor, name: str, dtypes: Tuple[torch.dtype, ...] = _FLOAT_DTYPES) -> None:
+    """One-line ``TypeError`` naming ``name`` unless the tensor ``x`` (any shape) has one of ``dtypes``."""
     if x.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         hint = ""

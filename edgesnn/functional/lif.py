@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .checks import (check_finite_grads, check_finite_input, check_flag, check_params, check_sequence, check_state,
+from .checks import (check_dtype, check_finite_grads, check_finite_input, check_flag, check_params, check_sequence, check_state,
                      check_tensor, eager, is_real_number, shown_number)
 from .second_order import first_order_only, func_transform_depth, refuse_batched
 from .surrogate import Sigmoid, Surrogate, get_surrogate, spike, stop_gradient
@@ -148,10 +148,13 @@ def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParams) -> Tuple[torch.Tens
 
     Raises ``ValueError`` (one line) if ``v``'s shape or dtype differs from ``x``'s (no silent
     broadcasting or promotion); :func:`lif_charge` and :func:`lif_fire_reset` are the unchecked parts.
-    ``TypeError`` (one line) if ``x`` or ``v`` is not a tensor or ``p`` not a :class:`LIFParams`.
+    ``TypeError`` (one line) if ``x`` or ``v`` is not a tensor, ``x`` not a floating dtype or ``p`` not a
+    :class:`LIFParams`. No NaN/Inf scan (the multi-step functions and the nodes scan their input once):
+    a NaN input gives a NaN state, which never spikes.
     """
     check_tensor(x, "x")
     check_tensor(v, "v")
+    check_dtype(x, "x")  # (an int64 x blamed v's dtype; int64 x and v ran)
     check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
     if tuple(v.shape) != tuple(x.shape) or v.dtype != x.dtype:
         raise ValueError(
@@ -192,6 +195,7 @@ def lif_step_vjp(
     """
     check_params(p, ResetRule, "LIFParams")  # ResetRule: ParametricLIF passes tensor-valued params
     check_tensor(h, "h")
+    check_dtype(h, "h")
     for name, g in (("grad_s", grad_s), ("grad_u", grad_u)):
         check_tensor(g, name)
         if g.shape != h.shape and not _fits(g, h):

@@ -34,7 +34,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .checks import (check_finite_input, check_params, check_sequence, check_state, check_tensor, eager, is_integer,
+from .checks import (check_dtype, check_finite_input, check_params, check_sequence, check_state, check_tensor, eager, is_integer,
                      is_real_number, shown_number)
 from .grid import (
     INPUT_RANGE,
@@ -65,6 +65,9 @@ __all__ = [
 ]
 
 MODES = ("exact", "float")
+#: Most groups a RevLIF mixes: the exact-mode state bound walks every group (65536: 0.14 s; 10**7 took ~30 s
+#: to construct, and 2**63 ended in a MemoryError).
+MAX_GROUPS = 65536
 #: Output coefficients that keep ``y = alpha x + s`` exact on the grid (|x| <= 64, grid 2^-16).
 EXACT_ALPHAS = tuple(2.0 ** -k for k in range(8))
 
@@ -98,8 +101,8 @@ class RevLIFParams:
 
     def __post_init__(self) -> None:
         check_params(self.lif, LIFParams, "LIFParams", "lif")
-        if not is_integer(self.groups) or self.groups < 2:
-            raise ValueError(f"groups: expected an integer >= 2, got {self.groups!r}")
+        if not is_integer(self.groups) or not 2 <= self.groups <= MAX_GROUPS:
+            raise ValueError(f"groups: expected an integer from 2 to {MAX_GROUPS}, got {self.groups!r}")
         object.__setattr__(self, "groups", int(self.groups))
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
@@ -289,6 +292,7 @@ def _check_step_layout(x: torch.Tensor, v: torch.Tensor, p: RevLIFParams, x_name
     check_params(p, RevLIFParams, "RevLIFParams")
     check_tensor(x, x_name)
     check_tensor(v, v_name)
+    check_dtype(x, x_name, (torch.float32, torch.float64))  # (as revlif_multistep: the exact grid needs float32)
     if x.dim() != 3 or x.shape[1] != p.groups:
         raise ValueError(
             f"{x_name}: expected one step in grouped layout [B, groups={p.groups}, M], got shape {tuple(x.shape)}; "

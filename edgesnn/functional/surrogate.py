@@ -270,6 +270,9 @@ def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     ``autograd.Function`` carries the slope; traced graphs (ONNX export, ``torch.jit.trace``) get
     the same gradient from a straight-through product on ``u`` made finite.
     """
+    if not isinstance(surrogate, Surrogate):  # (a name such as "sigmoid" ran forward, then failed in backward)
+        raise TypeError(f"surrogate: expected a Surrogate (Sigmoid(), ATan(), ... or get_surrogate(name)), got "
+                        f"{surrogate!r:.60}")
     heaviside = (u >= 0).to(u.dtype)
     if not (u.requires_grad and torch.is_grad_enabled()):
         return heaviside

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..functional.checks import autocast_on, check_int, eager
+from ..functional.checks import autocast_on, check_flag, check_int, eager
 from ..functional.second_order import func_transform_depth
 from .forward_state import ForwardState, as_in_forward, capture
 from .packing import SavedInput, _version, is_time_invariant, save_input
@@ -59,6 +59,7 @@ def checkpoint_over_time(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
             inside a ``torch.func`` transform, at once.
     """
     chunk = check_int(chunk, "chunk", 1)
+    check = check_flag(check, "check")  # (None or 0.0 switched the time-mixing check off without a word)
     if not callable(fn):
         raise ValueError(f"fn: expected a function or module of [k, ...] tensors, got {type(fn).__name__}")
     T = _check_inputs(inputs)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
+import numpy as np
+
 from ..errors import clip
 from ..models import parse_neuron_spec
 
@@ -29,7 +31,10 @@ def _shown(value: Any) -> str:
 
 
 def check_int(value: Any, name: str, minimum: int = 1, what: str = "") -> int:
-    """``value`` as an ``int >= minimum`` (not a bool or float); else ``ValueError`` naming ``name``."""
+    """``value`` as an ``int >= minimum``: a Python or NumPy integer (as the nodes and ``optimize_memory``
+    take), not a bool or float; else ``ValueError`` naming ``name``."""
+    if isinstance(value, np.integer):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}{what}, got {_shown(value)}")
     return value

@@ -44,7 +44,10 @@ def parse_bytes(text: str, name: str = "--budget", allow_zero: bool = False) -> 
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"{name}: expected a size like 2GiB, 1.5GB, 512MiB or a byte count, got {text!r}")
-    value = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])  # exact: no float rounding, no overflow
+    unit = _UNITS[m.group(2).lower()]
+    if unit == 1 and Fraction(m.group(1)).denominator != 1:  # ("2.5" was read as 2 bytes; 1.3GiB may round down)
+        raise ValueError(f"{name}: expected a whole number of bytes (or a unit: 2.5GiB), got {text!r}")
+    value = int(Fraction(m.group(1)) * unit)  # exact: no float rounding, no overflow
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}: expected a {'size >= 0' if allow_zero else 'positive size'}, got {text!r}")
     return value
@@ -75,8 +78,8 @@ def parse_shape(text: str) -> Tuple[int, ...]:
 
 def _int_list(text: str, name: str, minimum: int = 1) -> List[int]:
     """``"128,64"`` -> [128, 64]; every value at least ``minimum`` (errors name ``name``)."""
-    try:
-        vals = [int(s) for s in text.split(",") if s.strip()]
+    try:  # (an empty item, "128," or "2,,4", is an error too: it was dropped, planning another model)
+        vals = [int(s) for s in text.split(",")]
     except ValueError:
         vals = []
     if not vals or any(v < minimum for v in vals):

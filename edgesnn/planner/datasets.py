@@ -138,7 +138,7 @@ def dataset_memory(name: Optional[str], T: int, in_shape: Tuple[int, ...], datas
         raise ValueError("--dataset-bytes: give --dataset (a built-in dataset, its size is known) or "
                          "--dataset-bytes (custom data), not both")
     if name is None:
-        n = dataset_bytes or 0
+        n = 0 if dataset_bytes is None else dataset_bytes  # ("", [], False: errors, not 0)
         if isinstance(n, float) and math.isfinite(n) and n.is_integer():
             n = int(n)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:  # "1MiB", 1.5, nan: not a whole number of bytes
