@@ -127,6 +127,12 @@ def export_onnx_training(
     artifacts = _artifacts_module()
     clone = export_copy(model, frozen_batchnorm_ops=True)
     proto = export_graph(clone, example_input(clone, batch_size), dynamic_batch=False)
+    # At batch 1 the trace leaves the sizes after the input's expand over T symbolic; ORT's pooling
+    # gradient then reads its output shape from them, gets an empty batch and the first training step
+    # failed in a reshape. Shape inference with data propagation fixes every size from the static input.
+    import onnx
+
+    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     init_names = check_parameter_names(proto, [n for n, _ in clone.named_parameters()])
     frozen = [n for n in init_names if n not in set(trainable)]
 

@@ -32,15 +32,17 @@ def _torch_grads(model, x, y):
     return loss.item(), {n: p.grad.detach().clone() for n, p in ref.named_parameters()}
 
 
-@pytest.mark.parametrize("name,neuron,surrogate", CASES)
+@pytest.mark.parametrize("name,neuron,surrogate,batch", [(*case, BATCH) for case in CASES] + [("convnet", "lif", "atan", 1)])
 @needs_ort
-def test_ort_gradients_match_torch(tmp_path, name, neuron, surrogate):
+def test_ort_gradients_match_torch(tmp_path, name, neuron, surrogate, batch):
+    # (batch 1: the graph's sizes after the input's expand over T were symbolic, and ORT's average-pool
+    # gradient failed the first step in a reshape)
     from edgesnn.export.onnx_training import export_onnx_training
 
     model = make_model(name, neuron, surrogate)
-    manifest = export_onnx_training(model, tmp_path / "art", batch_size=BATCH)
+    manifest = export_onnx_training(model, tmp_path / "art", batch_size=batch)
     assert manifest.trainable == [n for n, _ in model.named_parameters()]  # names preserved
-    x, y = make_batch(name, BATCH)
+    x, y = make_batch(name, batch)
     state, module, _ = _ort_session(tmp_path / "art")
     module.train()
     ort_loss = float(module(x.numpy(), y.numpy().astype(np.int64)))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import edgesnn
-from edgesnn.nn import LIF, ParametricLIF, SeqToANN
+from edgesnn.nn import LIF, ParametricLIF, RevLIF, SeqToANN
 
 D = torch.float64
 
@@ -149,6 +149,14 @@ def test_an_example_input_the_model_cannot_take_is_refused_not_planned(dtype):
     with pytest.raises(ValueError, match=r"^example_input: the model's forward failed on it .*dtype") as e:
         edgesnn.optimize_memory(net, x)
     assert "\n" not in str(e.value)
+
+
+def test_revlif_groups_that_do_not_divide_the_channels_are_an_example_input_error():
+    # (the trace's stand-in nodes ran no check: a plan was returned, the first forward then failed)
+    net = nn.Sequential(SeqToANN(nn.Linear(6, 5)), RevLIF(groups=2), SeqToANN(nn.Linear(5, 10)))
+    with pytest.raises(ValueError, match=r"^example_input: the model's forward failed on it .*groups: 2 does not "
+                                         r"divide the channel count 5"):
+        edgesnn.optimize_memory(net, torch.rand(4, 3, 6))
 
 
 def test_an_example_input_of_another_dtype_that_the_model_takes_is_planned():

@@ -23,6 +23,8 @@ from .partition import candidate_sequentials, partition
 from .report import as_chunk, check_example_input, check_initialized, is_whole_number, preserved_state, spiking_node, \
     trace_error, user_hooks_suspended, warn_left_as_is
 from .sequential import MemoryOptimizedSequential, install
+from ..functional.revlif import check_groups
+from ..nn import RevLIF
 from ..user_state import evaluating
 
 __all__ = ["optimize_memory", "largest_batch"]
@@ -95,11 +97,20 @@ def _outside_sequential_error(model: nn.Module, name: str, node: nn.Module) -> V
                       "layers around the nodes as nn.Sequential runs)")
 
 
-def _node_stand_in(x: torch.Tensor) -> torch.Tensor:
-    """A spiking node during the trace: its input's shape, laid out as the node's output is (dense:
+def _node_stand_in(node: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``node``'s forward during the trace: its input's shape, laid out as the node's output is (dense:
     a node fed an input repeated over T as a stride-0 view still emits new spikes at every step, so
-    the next block's input is not repeated)."""
-    return x.contiguous()
+    the next block's input is not repeated). A RevLIF checks that its groups divide the input's
+    channels, as its forward does (a plan was made for an input the model then refused)."""
+    groups = node.groups if isinstance(node, RevLIF) else None
+    channel_dim = 1 if getattr(node, "step_mode", "m") == "s" else 2
+
+    def stand_in(x: torch.Tensor) -> torch.Tensor:
+        if groups is not None:
+            check_groups(x, groups, channel_dim)
+        return x.contiguous()
+
+    return stand_in
 
 
 def _record_hooks(model: nn.Module, blocks: Dict[int, List[Block]], seqs, records: Dict, input_grad: bool) -> list:
@@ -213,7 +224,7 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[in
         with preserved_state(model):
             hooks: list = []
             for n in nodes:
-                n.forward = _node_stand_in
+                n.forward = _node_stand_in(n)
             try:
                 with user_hooks_suspended(model) as suspended:
                     hooks = _record_hooks(model, blocks, seqs, records, example_input.requires_grad)
