@@ -243,8 +243,11 @@ def configure_threading_layer() -> str:
     worker threads must wake and share the cores with that spinner, ran 1.7-2x longer (RevLIF
     forward 3.4 ms instead of 1.8 ms; the public-form RevLIF step 12.5 ms instead of 7 ms; a
     memory-optimized VGG-11 step 12-17% slower). On the OpenMP layer the calling thread takes a share
-    of the work at once and the kernel time does not change; PyTorch ops right after a kernel were
-    not slowed on either layer (``tools/bench_kernels.py`` section (p) prints which layer ran).
+    of the work at once and the kernel time does not change (``tools/bench_kernels.py`` section (p)
+    prints which layer ran). The other way round costs little: a small PyTorch op right after a RevLIF
+    kernel (``full_like`` / ``sum`` of a ``[16, 4096]`` state) took 46-72 us instead of 6-12 us on a
+    quiet 2-core Zen 3 VM (OpenMP layer); a RevLIF training step runs a few such ops (the initial state,
+    the state check, the reconstruction check) beside its ~10 ms of kernels.
 
     GNU OpenMP is not fork-safe (:mod:`edgesnn.kernels.fork_guard`): in a child forked after its
     threads started, :func:`numba_threads_usable` is ``False``, so ``backend="auto"`` and the
