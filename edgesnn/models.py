@@ -154,7 +154,8 @@ def _neuron_list(neuron: NeuronArg, count: int) -> List[str]:
 
 def int_list(values: Sequence[int], what: str) -> Tuple[int, ...]:
     """A non-empty sequence of integers >= 1 (layer widths, sample dims), else one line naming ``what``."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+    if (isinstance(values, (str, bytes)) or not hasattr(values, "__iter__")
+            or (isinstance(values, torch.Tensor) and values.dim() == 0)):  # (a 0-d tensor cannot be iterated)
         raise ValueError(f"{what}: expected a sequence of integers >= 1, got {values!r}")
     values = tuple(values)
     if not values:

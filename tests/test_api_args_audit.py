@@ -296,3 +296,42 @@ def test_the_planner_takes_numpy_integers_as_the_nodes_do():
     dev = load_device("raspberry-pi-4-4gb")
     # (it said "expected an integer >= 1, got np.int64(4)")
     assert make_plan(model, dev, np.int64(4), np.int64(8)).to_dict() == make_plan(model, dev, 4, 8).to_dict()
+
+
+def test_wrong_argument_types_are_one_line_not_attribute_errors():
+    import edgesnn.kernels as K
+    from edgesnn.devices import load_device
+    from edgesnn.functional import exact_state_bounds
+    from edgesnn.memopt import uninstall
+    from edgesnn.planner import make_plan, plan_model
+    from edgesnn.training import TrainConfig
+
+    x = torch.randn(4, 2, 8)
+    with pytest.raises(TypeError, match=r"^p: expected a LIFParams, got str$"):
+        K.lif_multistep(x, "sigmoid")
+    with pytest.raises(TypeError, match=r"^p: expected a RevLIFParams, got LIFParams"):
+        K.revlif_multistep(x, LIFParams())
+    with pytest.raises(TypeError, match=r"^p: expected a RevLIFParams, got LIFParams$"):
+        exact_state_bounds(LIFParams())
+    with pytest.raises(TypeError, match=r"^model: expected an nn.Module, got str$"):
+        uninstall("model")
+    model = build_model("mlp", (64,), 10, 4, hidden=(16,))
+    with pytest.raises(TypeError, match=r"^chain: expected the model's ChainModel"):
+        plan_model(model, T=4, budget=2**30, runtime_overhead=0)
+    dev = load_device("raspberry-pi-4-4gb")
+    with pytest.raises(ValueError, match=r"^optimizer: expected one of"):
+        make_plan(model, dev, 4, 8, optimizer=["adam"])
+    with pytest.raises(ValueError, match=r"^--dataset: expected one of"):
+        make_plan(model, dev, 4, 8, dataset=["digits"])
+    with pytest.raises(UsageError, match=r"^dataset: expected a name \(str\), got \['digits'\]$"):
+        TrainConfig(dataset=["digits"]).validate()
+    with pytest.raises(UsageError, match=r"^hidden: expected a sequence of integers >= 1, got tensor\(16\)$"):
+        TrainConfig(hidden=torch.tensor(16)).validate()
+
+
+def test_to_nir_names_a_model_that_is_not_a_module():
+    pytest.importorskip("nir")
+    from edgesnn.nir.to_nir import to_nir
+
+    with pytest.raises(Exception, match=r"^to_nir: model: expected an nn.Module .*got str$"):
+        to_nir("model.ckpt")  # (it said to pass in_shape)

@@ -131,4 +131,6 @@ def exact_state_bounds(p: "RevLIFParams") -> Tuple[Tuple[float, ...], Tuple[floa
     ``v0_limit[i]`` (>= ``least[i]``, <= :data:`~edgesnn.functional.grid.STATE_LIMIT`) is the
     largest ``|v0|`` a caller may pass for group ``i`` so that the state stays within it.
     """
+    if not hasattr(p, "lif") or not hasattr(p, "groups"):
+        raise TypeError(f"p: expected a RevLIFParams, got {type(p).__name__}")
     return bounds_for(p.lif, p.alpha, p.gamma, p.groups)

@@ -24,9 +24,9 @@ import torch
 
 from ..functional import lif as _lif
 from ..functional import revlif_autograd as _rev
-from ..functional.checks import all_finite, check_finite_input, check_sequence, check_state, eager
+from ..functional.checks import all_finite, check_finite_input, check_params, check_sequence, check_state, eager
 from ..functional.grid import straight_through, to_grid
-from ..functional.lif import LIFParams
+from ..functional.lif import LIFParams, ResetRule
 from ..functional.second_order import forward_ad_refused, under_forward_ad, under_vmap, vmap_refused
 from ..functional.revlif import RevLIFParams, from_groups, revlif_initial_state, revlif_multistep_reference, to_groups
 from ..functional.surrogate import ATan, Sigmoid
@@ -199,6 +199,7 @@ def lif_multistep(
     x_seq: torch.Tensor, p: LIFParams, v0: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """LIF over ``x_seq [T, B, ...]`` on the chosen backend; returns ``(s_seq, v_T)``."""
+    check_params(p, ResetRule, "LIFParams")  # (a surrogate name here was an AttributeError)
     name = resolve_backend(backend, x_seq, p)
     refuse_transforms(x_seq, "LIF", name, v0)
     if name == "reference":
@@ -212,6 +213,7 @@ def revlif_multistep(
     x_seq: torch.Tensor, p: RevLIFParams, v0: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """RevLIF over ``x_seq [T, B, C, ...]`` on the chosen backend; returns ``(y_seq, v_T)``."""
+    check_params(p, RevLIFParams, "RevLIFParams")
     name = resolve_backend(backend, x_seq, p)
     refuse_transforms(x_seq, "RevLIF", name, v0)
     if name == "reference":

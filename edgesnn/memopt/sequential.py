@@ -159,6 +159,8 @@ def install(seq: nn.Sequential, blocks: List[Block]) -> None:
 
 def uninstall(model: nn.Module) -> None:
     """Undo :func:`install` everywhere in ``model``: plain ``nn.Sequential`` forward again."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     for m in model.modules():
         if isinstance(m, MemoryOptimizedSequential):
             m.__class__ = nn.Sequential

@@ -97,6 +97,9 @@ def to_nir(model: nn.Module, dt: float = DEFAULT_DT, in_shape: Optional[Tuple[in
     nir = nir_module()
     from ..nn import LIF, ParametricLIF, RevLIF
 
+    if not isinstance(model, nn.Module):  # (a checkpoint path was told to pass in_shape)
+        raise NIRError(f"to_nir: model: expected an nn.Module (edgesnn.training.model_from_checkpoint(path) loads a "
+                       f"checkpoint), got {type(model).__name__}")
     dt = check_dt(dt)
     body = getattr(model, "body", model)
     given = in_shape if in_shape is not None and np.size(in_shape) else getattr(model, "in_shape", None)

@@ -144,7 +144,7 @@ def dataset_memory(name: Optional[str], T: int, in_shape: Tuple[int, ...], datas
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:  # "1MiB", 1.5, nan: not a whole number of bytes
             raise ValueError(f"--dataset-bytes: expected a size >= 0 (a whole number of bytes), got {dataset_bytes!r}")
         return dict(name=None, held="memory" if n else "none", bytes=n, mapped_bytes=0, test_samples=None)
-    spec = DATASET_SPECS.get(name)
+    spec = DATASET_SPECS.get(name) if isinstance(name, str) else None
     if spec is None:
         hint = "; its size depends on the folder: give --dataset-bytes instead" if name == "folder" else ""
         raise ValueError(f"--dataset: expected one of {', '.join(DATASET_SPECS)}, got {name!r}{hint}")

@@ -429,7 +429,7 @@ class ChainModel:
 
     def static_bytes(self, optimizer: str = "adam") -> int:
         """Parameters + gradients + optimizer state (:data:`OPTIMIZER_STATES`) + buffers (bytes, float32 parameters)."""
-        if optimizer not in OPTIMIZER_STATES:
+        if not isinstance(optimizer, str) or optimizer not in OPTIMIZER_STATES:
             raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
         return 4 * self.params * (2 + OPTIMIZER_STATES[optimizer]) + self.buffer_bytes
 

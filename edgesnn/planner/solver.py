@@ -274,6 +274,8 @@ def plan_model(chain: ChainModel, T: int, budget: int, runtime_overhead: int, ba
         ValueError: a bad argument, in one line naming it.
         PlanningError: the budget cannot hold even the least-memory choice at batch 1 (or ``batch``).
     """
+    if not isinstance(chain, ChainModel):
+        raise TypeError(f"chain: expected the model's ChainModel (ChainModel(model)), got {type(chain).__name__}")
     T, budget, runtime_overhead, bandwidth_gbs, kinds, groups, max_batch_cap = check_plan_args(
         T, budget, runtime_overhead, bandwidth_gbs, kinds, groups, max_batch_cap)
     batch = check_batch(batch)

@@ -44,6 +44,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse a bad field with a one-line :class:`~edgesnn.errors.UsageError` naming it."""
+        for name in ("dataset", "model", "backend"):  # (a list was an 'unhashable type' TypeError later)
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name}: expected a name (str), got {getattr(self, name)!r:.80}")
         for name in ("timesteps", "epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
