@@ -42,11 +42,12 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def random_stream_kept(module: nn.Module) -> Iterator[None]:
-    """``with random_stream_kept(layer): layer(x)``: when ``layer`` (or a submodule) is a ``Dropout`` /
-    ``RReLU`` in training mode, it draws from a copy of the CPU random state, and the caller's stream
-    is where it was on exit (a seeded script draws the same numbers after planning as without it).
-    Any other module runs as it is: restoring the stream around it would rewind the numbers another
-    thread drew meanwhile."""
+    """``with random_stream_kept(layer): layer(x)``: when ``layer`` (or a submodule) is one of PyTorch's
+    ``Dropout`` / ``RReLU`` layers in training mode, it draws from a copy of the CPU random state, and
+    the caller's stream is where it was on exit (a seeded script draws the same numbers after planning
+    as without it). Any other module runs as it is, so one of another library that draws numbers (a
+    Poisson encoder, SpikingJelly's ``Dropout``) still moves the stream: restoring the stream around
+    every module would rewind the numbers another thread drew meanwhile."""
     if not any(isinstance(m, _DRAWING_LAYERS) and m.training for m in module.modules()):
         yield
         return

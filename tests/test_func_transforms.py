@@ -100,6 +100,17 @@ def test_ordinary_autograd_through_a_func_grad_is_refused_in_one_line(make, back
 
 
 @pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_func_grad_under_no_grad_returns_plain_gradients(make, backend):
+    # (the refusal below the transform ignored the outer no_grad: the gradients required grad)
+    node = make(backend=backend)
+    x = (torch.randn(4, 2, 8) * 2).requires_grad_()  # (a leaf that requires grad: the node's saved input)
+    with torch.no_grad():
+        g = torch.func.grad(lambda z: node(z).square().sum())(x)
+    assert not g.requires_grad and g.grad_fn is None
+
+
+@pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
 @pytest.mark.parametrize("backend", ["numba", "torch", "reference"])
 def test_vmap_is_refused_in_one_line(make, backend):
     node = make(backend=backend)

@@ -171,6 +171,25 @@ def test_an_example_input_of_another_dtype_that_the_model_takes_is_planned():
     assert torch.equal(net(ids), want)
 
 
+class _Frames(nn.Module):
+    """``[T * B, C]`` uint8 rows as a loader hands them -> ``[T, B, C]`` float (T fixed at 4)."""
+
+    def forward(self, x):
+        return (x.float() / 255).view(4, -1, x.shape[-1])
+
+
+def test_an_input_of_another_dtype_that_only_the_whole_example_runs_is_planned():
+    # (the dtype check ran the first row only, which this model cannot take: it was refused)
+    torch.manual_seed(0)
+    net = nn.Sequential(_Frames(), SeqToANN(nn.Linear(8, 16)), LIF(), SeqToANN(nn.Linear(16, 4)))
+    x = torch.randint(0, 256, (12, 8), dtype=torch.uint8)
+    want = net(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edgesnn.optimize_memory(net, x)
+    assert torch.equal(net(x), want)
+
+
 def test_spikingjelly_call_order_and_numpy_integers():
     """SpikingJelly's ``optimize_memory(model, targets, example)`` order names what differs; numpy
     integers are integers (old: 'chunk: expected an integer >= 1, got np.int64(2)')."""

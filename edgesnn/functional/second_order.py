@@ -150,6 +150,17 @@ def unwrapped(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t
 
 
+def _grad_mode_below_the_transform() -> bool:
+    """Whether plain autograd records below the current ``torch.func`` transform (its grad mode as the
+    transform was entered: ``torch.func.grad`` called under ``torch.no_grad()`` records nothing there)."""
+    try:
+        from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+
+        return bool(retrieve_current_functorch_interpreter().prev_grad_mode())
+    except (ImportError, AttributeError, RuntimeError):  # (not a grad level: vmap and jvp are refused earlier)
+        return True
+
+
 def _refused_below_the_transform(
     grads: Tuple[Optional[torch.Tensor], ...], layer: str, backend: str, anchors: Sequence[Optional[torch.Tensor]]
 ) -> Tuple[Optional[torch.Tensor], ...]:
@@ -159,7 +170,7 @@ def _refused_below_the_transform(
     raises instead of dropping the node's second-order terms. The values are the plain gradients (the
     transform wraps what a backward returns)."""
     linked = [a for a in (unwrapped(a) for a in anchors) if a is not None and a.requires_grad]
-    if not linked:
+    if not linked or not _grad_mode_below_the_transform():
         return grads
     plain = [unwrapped(g) for g in grads]
     with torch._C._DisableFuncTorch(), torch.enable_grad():

@@ -193,18 +193,25 @@ def _forward_without_hooks(model: nn.Module, example_input: torch.Tensor, record
 
 def _check_input_dtype(model: nn.Module, example_input: torch.Tensor) -> None:
     """An ``example_input`` of a dtype none of the model's floating parameters has (int64, bool or float16
-    into float32 layers) must run on the model for real, its first step (dim 0 cut to 1) in eval mode
-    and without autograd: the trace's fake tensors check no dtypes, and the plan would be made for a
-    tensor the model cannot take (another plan and predicted peak than the real input's). One line
-    when it does not run; a model that takes it (an ``nn.Embedding`` of token ids) is planned."""
+    into float32 layers) must run on the model for real (in eval mode, without autograd, the model's
+    state kept; side effects outside the model, such as a counter its forward bumps, happen): the
+    trace's fake tensors check no dtypes, and the plan would be made for a tensor the model cannot take
+    (another plan and predicted peak than the real input's). Its first step (dim 0 cut to 1) runs
+    first, the whole input only if that fails (a model that reshapes by a fixed T). One line naming the
+    whole input's error when neither runs; a model that takes it (an ``nn.Embedding`` of token ids) is
+    planned."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if not dtypes or example_input.dtype in dtypes:
         return
-    try:
-        with preserved_state(model), evaluating(model), user_hooks_suspended(model), torch.no_grad():
-            model(example_input[:1])
-    except Exception as err:  # noqa: BLE001 - the model's own error, reported in one line
-        raise trace_error(example_input, err) from None
+    err: Optional[Exception] = None
+    for sample in (example_input[:1], example_input):
+        try:
+            with preserved_state(model), evaluating(model), user_hooks_suspended(model), torch.no_grad():
+                model(sample)
+            return
+        except Exception as e:  # noqa: BLE001 - the model's own error, reported in one line
+            err = e
+    raise trace_error(example_input, err) from None
 
 
 def _trace_shapes(model: nn.Module, example_input: torch.Tensor, blocks: Dict[int, List[Block]], seqs) -> None:
