@@ -335,3 +335,10 @@ def test_to_nir_names_a_model_that_is_not_a_module():
 
     with pytest.raises(Exception, match=r"^to_nir: model: expected an nn.Module .*got str$"):
         to_nir("model.ckpt")  # (it said to pass in_shape)
+
+
+def test_train_takes_an_indexed_cpu_torch_device():
+    from edgesnn.training.device import resolve_device
+
+    # (check_train_call takes a torch.device; resolve_device then refused 'cpu:0')
+    assert resolve_device(torch.device("cpu", 0)) == torch.device("cpu")

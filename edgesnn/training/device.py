@@ -29,7 +29,7 @@ def resolve_device(device: Optional[str] = "auto") -> torch.device:
     name = "auto" if device is None else str(device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    if name == "cpu" or (isinstance(device, torch.device) and device.type == "cpu"):  # (torch.device("cpu", 0))
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
