@@ -12,6 +12,7 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Optional, Tuple
 
+from .checks import check_params
 from .grid import INPUT_RANGE, STATE_LIMIT
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,6 +132,7 @@ def exact_state_bounds(p: "RevLIFParams") -> Tuple[Tuple[float, ...], Tuple[floa
     ``v0_limit[i]`` (>= ``least[i]``, <= :data:`~edgesnn.functional.grid.STATE_LIMIT`) is the
     largest ``|v0|`` a caller may pass for group ``i`` so that the state stays within it.
     """
-    if not hasattr(p, "lif") or not hasattr(p, "groups"):
-        raise TypeError(f"p: expected a RevLIFParams, got {type(p).__name__}")
+    from .revlif import RevLIFParams  # (revlif imports this module)
+
+    check_params(p, RevLIFParams, "RevLIFParams")
     return bounds_for(p.lif, p.alpha, p.gamma, p.groups)

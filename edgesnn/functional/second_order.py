@@ -138,8 +138,16 @@ def first_order_only(
         refuse_nested_transforms(layer, backend)
         return _refused_below_the_transform(grads, layer, backend, anchors)
     linked = [a for a in anchors if a is not None and a.requires_grad]
+    return _behind_refusal([_alias(g) for g in grads], linked, layer, backend)
+
+
+def _behind_refusal(
+    grads: Sequence[Optional[torch.Tensor]], linked: Sequence[torch.Tensor], layer: str, backend: str
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """``grads`` as outputs of one autograd node that raises :func:`second_order_message` when a backward
+    reaches it; ``linked`` (tensors that require grad, with their graphs) are its further inputs."""
     err = torch._C._functions.DelayedError(second_order_message(layer, backend).encode(), len(grads) + len(linked))
-    return tuple(err(*[_alias(g) for g in grads], *linked)[:len(grads)])
+    return tuple(err(*grads, *linked)[:len(grads)])
 
 
 def unwrapped(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -174,6 +182,5 @@ def _refused_below_the_transform(
         return grads
     plain = [unwrapped(g) for g in grads]
     with torch._C._DisableFuncTorch(), torch.enable_grad():
-        err = torch._C._functions.DelayedError(second_order_message(layer, backend).encode(), len(plain) + len(linked))
         # (the anchors that require grad give every output the refusal as its grad_fn)
-        return tuple(err(*[None if g is None else g.detach() for g in plain], *linked)[:len(plain)])
+        return _behind_refusal([None if g is None else g.detach() for g in plain], linked, layer, backend)

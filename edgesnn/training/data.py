@@ -346,7 +346,7 @@ def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed:
     folder the loaders cannot read (permissions, I/O errors) is a one-line ``ValueError`` naming it.
     ``seed`` (an integer in [0, 2**32 - 1]) draws the train/test split of ``digits`` and ``folder``."""
     _check_load_args(flat, seed, log)
-    timesteps = check_int(timesteps, "timesteps", 1, error=ValueError)  # (event frames; "abc" was accepted)
+    timesteps = check_int(timesteps, "timesteps", 1)  # (event frames; "abc" was accepted)
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path: expected a folder or file path, got {type(path).__name__}")
     try:
