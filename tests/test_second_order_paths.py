@@ -50,3 +50,46 @@ def test_autograd_functional_jvp_and_hvp_raise_instead_of_zeros(cls, backend):
             call()
     jvp_ref = AF.jvp(cls(backend="reference"), x, u)[1]
     assert float(jvp_ref.abs().sum()) > 0  # (what the refusal stands in for is not zero)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("cls", [LIF, RevLIF])
+def test_a_loss_linear_in_the_spikes_still_meets_the_refusal(cls, backend):
+    """``y.sum()`` feeds an output gradient without a graph, so the refusal needs a saved tensor whose graph
+    leads to the input: the torch backend's LIF saved only ``h`` and returned 30.0 where the reference gives
+    109.8 (``autograd.grad`` of an input-gradient penalty for ``W``), and MAML's meta-gradient silently."""
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    W = torch.randn(8, 6, requires_grad=True)
+    x = (torch.randn(5, 3, 6) * 2).requires_grad_()
+    gx, = torch.autograd.grad(cls(backend=backend)(x @ W.T).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError) as info:
+        torch.autograd.grad(gx.square().sum(), W)
+    assert f"{cls.__name__} backend {backend!r}: second-order" in _one_line(info)
+
+    lin, node = torch.nn.Linear(6, 8), cls(backend=backend)
+    inner = grad(lambda p: node(functional_call(lin, p, (x.detach(),))).sum())(dict(lin.named_parameters()))
+    with pytest.raises(RuntimeError, match="second-order"):
+        inner["weight"].square().sum().backward()
+    ref, = torch.autograd.grad(torch.autograd.grad(cls(backend="reference")(x @ W.T).sum(), x, create_graph=True)[0]
+                               .square().sum(), W)
+    assert float(ref.abs().sum()) > 0  # (what the refusal stands in for is not zero)
+
+
+def test_the_torch_lif_first_order_gradients_and_a_later_state_edit_are_unchanged():
+    """Saving ``v_T`` for the refusal changes no gradient, and a state the caller edits in place after the
+    backward does not trip autograd's version check."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 5, requires_grad=True)
+    grads = {}
+    for backend in ("torch", "reference"):
+        node = LIF(backend=backend)
+        y = node(x)
+        grads[backend], = torch.autograd.grad((y * torch.arange(5.0)).sum(), x)
+    assert torch.allclose(grads["torch"], grads["reference"], atol=1e-6)
+    node = LIF(backend="torch", stateful=True)
+    y = node(x)
+    y.sum().backward()
+    node.v.detach().zero_()  # (after the backward: nothing saved is read again)
+    assert torch.equal(node(x.detach()), LIF(backend="torch")(x.detach()))

@@ -285,7 +285,8 @@ class _LIFTorchFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams):
         s_seq, v_T, h_seq = _lif_torch_loop(x_seq, v0, p)
-        ctx.save_for_backward(h_seq)
+        # (v_T, [B, ...], only as the second-order refusal's anchor: its graph leads back to x_seq)
+        ctx.save_for_backward(h_seq, v_T)
         ctx.params = p
         return s_seq, v_T
 
@@ -295,12 +296,13 @@ class _LIFTorchFunction(torch.autograd.Function):
         # computed from the saved h, without a graph: a second backward through it raises
         with torch.no_grad():
             grads = _LIFTorchFunction._grads(ctx, grad_s_seq, grad_v_T)
-        # (anchored to the incoming gradients: h, the only saved tensor, has no graph)
-        return first_order_only(grads, "LIF", "torch", (grad_s_seq, grad_v_T)) + (None,)
+        # (anchored to the incoming gradients and to the saved output v_T: h has no graph, and a loss linear
+        # in the spikes gives incoming gradients without one)
+        return first_order_only(grads, "LIF", "torch", (grad_s_seq, grad_v_T, ctx.saved_tensors[1])) + (None,)
 
     @staticmethod
     def _grads(ctx, grad_s_seq, grad_v_T):
-        (h_seq,) = ctx.saved_tensors
+        h_seq = ctx.saved_tensors[0]
         p: LIFParams = ctx.params
         grad_x = torch.empty_like(h_seq, memory_format=torch.contiguous_format)
         grad_v = torch.zeros_like(h_seq[0]) if grad_v_T is None else grad_v_T
@@ -328,7 +330,7 @@ class _LIFTorchFunctionInTransforms(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         h_seq = output[2]
-        ctx.save_for_backward(h_seq)
+        ctx.save_for_backward(h_seq, output[1])
         ctx.mark_non_differentiable(h_seq)
         ctx.set_materialize_grads(False)  # (no [T, B, ...] of zeros for h_seq; _grads fills what is None)
         ctx.params = inputs[2]
