@@ -40,7 +40,7 @@ from torch import nn
 
 __all__ = ["batch_stats_mode", "channel_view", "reduce_dims", "update_running", "ChunkStats", "bn_static",
            "bn_normalize", "ExactStats", "exact_supported", "update_running_exact", "bn_output",
-           "affine_uses_fma", "grad_sums", "input_grad_"]
+           "affine_uses_fma", "grad_sums", "input_grad_", "compute_dtype"]
 
 
 def batch_stats_mode(bn: nn.modules.batchnorm._BatchNorm) -> bool:
@@ -56,6 +56,16 @@ def channel_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def reduce_dims(x: torch.Tensor) -> List[int]:
     """The dims BatchNorm reduces over for ``x [N, C, ...]``: all but the channel dim 1."""
     return [0] + list(range(2, x.dim()))
+
+
+#: dtypes whose BatchNorm arithmetic runs in float32 (as PyTorch's CPU kernels run it), rounded once
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype BatchNorm's per-element arithmetic runs in for tensors of ``dtype``: float32 for
+    float16 / bfloat16, else ``dtype`` itself."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
 def _numba_ok(*ts: torch.Tensor) -> bool:
@@ -89,7 +99,12 @@ def grad_sums(dy: torch.Tensor, xhat: torch.Tensor) -> Tuple[torch.Tensor, torch
 def input_grad_(da: torch.Tensor, xhat: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor,
                 scale: torch.Tensor) -> torch.Tensor:
     """BatchNorm's input gradient in place of ``da [n, C, ...]``: ``((da - c1) - xhat * c2) * scale``
-    per channel, each operation rounded in ``da``'s dtype (``xhat`` may be overwritten)."""
+    per channel, each operation rounded in ``da``'s dtype (``xhat`` may be overwritten); for float16 /
+    bfloat16 ``da`` computed in float32 and rounded once, as PyTorch's kernel does."""
+    ct = compute_dtype(da.dtype)
+    if ct != da.dtype:
+        g = (da.to(ct) - channel_view(c1.to(ct), da)).sub_(xhat.to(ct) * channel_view(c2.to(ct), da))
+        return da.copy_(g.mul_(channel_view(scale.to(ct), da)))
     if _numba_ok(da, xhat, c1, c2, scale) and da.shape == xhat.shape:
         from ..kernels.numba_bn import input_grad_ as kernel
 
@@ -123,7 +138,9 @@ class ChunkStats:
         """Add a chunk ``a [N, C, ...]`` (channels in dim 1) to the per-channel statistics."""
         dims = reduce_dims(a)
         n = a.numel() // a.shape[1]
-        var, mean = torch.var_mean(a, dim=dims, unbiased=False)
+        # float16 / bfloat16 chunks reduced in float32: var_mean's result in their dtype would round
+        # each chunk's statistics before they are combined
+        var, mean = torch.var_mean(a.to(compute_dtype(a.dtype)), dim=dims, unbiased=False)
         mean, m2 = mean.double(), var.double() * n
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
@@ -171,9 +188,14 @@ def bn_normalize(bn: Optional[nn.modules.batchnorm._BatchNorm], a: torch.Tensor,
     statistics ``mean [C]``, ``invstd [C]``; one formula (same rounding) for the
     forward and every recomputation. ``z`` is rounded as PyTorch's CPU kernel rounds it
     (:func:`bn_output`): with ``mean``/``invstd`` from :class:`ExactStats` it is bit-identical to
-    ``F.batch_norm``. ``xhat = (a - mean) * invstd`` is for the backward. ``inplace`` overwrites
-    ``a`` with ``xhat`` (no autograd)."""
+    ``F.batch_norm``. ``xhat = (a - mean) * invstd`` is for the backward (float32 for a float16 /
+    bfloat16 ``a``, whose BatchNorm backward PyTorch computes in float32). ``inplace`` overwrites
+    ``a`` with ``xhat`` (no autograd; not for float16 / bfloat16)."""
     z = bn_output(bn, a, mean, invstd)
+    ct = compute_dtype(a.dtype)
+    if ct != a.dtype:
+        xhat = a.to(ct) - channel_view(mean.to(a.dtype).to(ct), a)
+        return z, xhat.mul_(channel_view(invstd.to(a.dtype).to(ct), a))
     xhat = a.sub_(channel_view(mean, a)) if inplace else a - channel_view(mean, a)
     xhat.mul_(channel_view(invstd, a))
     return z, xhat
@@ -213,8 +235,16 @@ def bn_output(
     w = bn.weight.detach() if bn is not None and bn.weight is not None else None
     b = bn.bias.detach() if bn is not None and bn.bias is not None else None
     mean, invstd = mean.to(a.dtype), invstd.to(a.dtype)
-    alpha = invstd if w is None else invstd * w.to(a.dtype)
-    beta = _fma(torch.zeros_like(mean) if b is None else b.to(a.dtype), mean, alpha, -1.0)
+    ct = compute_dtype(a.dtype)
+    if ct != a.dtype:
+        # float16 / bfloat16: as PyTorch's kernel, alpha, beta and the affine in float32 from the
+        # statistics in ``a``'s dtype, rounded once (alpha and beta rounded to bfloat16 shifted a
+        # whole channel's output by up to 2^-9 of its scale)
+        mean, invstd = mean.to(ct), invstd.to(ct)
+    alpha = invstd if w is None else invstd * w.to(ct)
+    beta = _fma(torch.zeros_like(mean) if b is None else b.to(ct), mean, alpha, -1.0)
+    if ct != a.dtype:
+        return _fma(channel_view(beta, a), a.to(ct), channel_view(alpha, a)).to(a.dtype)
     return _fma(channel_view(beta, a), a, channel_view(alpha, a))
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Union
 
 import torch
 
-from .batchnorm import bn_normalize, grad_sums, input_grad_
+from .batchnorm import bn_normalize, compute_dtype, grad_sums, input_grad_
 from .layer_grad import accumulate_grad, layer_backward
 from .layers import Step
 from .packing import SavedInput
@@ -122,9 +122,12 @@ def backward_chunked_bn(
             kept_dz, kept_xhat = dz, xhat
         del dz, xhat
     w = bn.weight.detach() if bn.weight is not None else torch.ones_like(invstd)
-    scale = (w * invstd)
-    c1 = (sum_dy / N).to(invstd.dtype)
-    c2 = (sum_dy_xhat / N).to(invstd.dtype)
+    # float16 / bfloat16: the per-channel coefficients stay float32 (input_grad_ computes in float32);
+    # rounded to bfloat16 they shifted a whole channel's input gradient (its sum is no longer ~0)
+    ct = compute_dtype(invstd.dtype)
+    scale = (w * invstd) if ct == invstd.dtype else w.to(ct) * invstd.to(ct)
+    c1 = (sum_dy / N).to(ct)
+    c2 = (sum_dy_xhat / N).to(ct)
     accumulate_grad(bn.weight, sum_dy_xhat)  # the sums' last use: handed over to .grad
     accumulate_grad(bn.bias, sum_dy)
     del sum_dy, sum_dy_xhat
