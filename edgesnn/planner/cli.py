@@ -44,10 +44,10 @@ def parse_bytes(text: str, name: str = "--budget", allow_zero: bool = False) -> 
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"{name}: expected a size like 2GiB, 1.5GB, 512MiB or a byte count, got {text!r}")
-    unit = _UNITS[m.group(2).lower()]
-    if unit == 1 and Fraction(m.group(1)).denominator != 1:  # ("2.5" was read as 2 bytes; 1.3GiB may round down)
+    unit, number = _UNITS[m.group(2).lower()], Fraction(m.group(1))  # (exact: no float rounding, no overflow)
+    if unit == 1 and number.denominator != 1:  # ("2.5" was read as 2 bytes; 1.3GiB may round down)
         raise ValueError(f"{name}: expected a whole number of bytes (or a unit: 2.5GiB), got {text!r}")
-    value = int(Fraction(m.group(1)) * unit)  # exact: no float rounding, no overflow
+    value = int(number * unit)
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}: expected a {'size >= 0' if allow_zero else 'positive size'}, got {text!r}")
     return value
