@@ -37,6 +37,7 @@ import torch
 from .checks import (check_dtype, check_finite_input, check_params, check_sequence, check_state, check_tensor, eager, is_integer,
                      is_real_number, shown_number)
 from .grid import (
+    GRID_SCALE,
     INPUT_RANGE,
     STATE_LIMIT,
     halve_on_grid,
@@ -207,11 +208,13 @@ def check_exact_state(v0g: torch.Tensor, p: "RevLIFParams", name: str = "v0") ->
     amax = v0g.detach().abs().amax(dim=(0, 2)).tolist()  # per group, only when the fast test fails
     for i, (a, lim) in enumerate(zip(amax, limit)):
         if not a <= lim:
-            if not math.isfinite(a):
+            if math.isnan(a):
                 check_finite_input(v0g, name, "RevLIF")
+            # (an infinite a: a finite state past the dtype's largest / 2^16, which the grid rounding overflowed)
+            got = f"= {a:.4g}" if math.isfinite(a) else f"beyond {torch.finfo(v0g.dtype).max / GRID_SCALE:.4g}"
             raise ValueError(
                 f"{name}: mode='exact' keeps the state within |v| <= {lim:.4g} in channel group {i + 1} of {p.groups} for "
-                f"these parameters (so the inverse stays bit-exact), got max |{name}| = {a:.4g} there"
+                f"these parameters (so the inverse stays bit-exact), got max |{name}| {got} there"
             )
 
 

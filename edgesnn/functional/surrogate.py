@@ -250,7 +250,11 @@ class _SurrogateSpike(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (u,) = ctx.saved_tensors
-        return grad * _finite_slope(u, ctx.surrogate), None
+        slope = _finite_slope(u, ctx.surrogate)
+        # 0 where the slope is 0, whatever ``grad``: there autograd's product grad_u * (v_reset - h) of a hard reset
+        # may have overflowed to +-Inf (float16, or a state near the dtype's limit), and Inf * 0 was a NaN
+        # gradient where the hand-written backwards, multiplying by the slope first, give 0
+        return torch.where(slope == 0, torch.zeros_like(slope), grad * slope), None
 
 
 def _finite_slope(u: torch.Tensor, surrogate: "Surrogate") -> torch.Tensor:

@@ -275,18 +275,16 @@ def _revlif_fwd_impl(xg: Tensor, v0: Tensor, verify: int, tau: float, v_th: floa
     if not fused:
         check_finite_input(xg, "x_seq", "RevLIF")
     if verify == 2:  # a caller's state: finite, and within the proven bound in exact mode
-        if fused:  # same order of errors as unfused: a non-finite x_seq first, then v0, then its bound
-            if not all_finite(v0):
-                check_finite_input(xg, "x_seq", "RevLIF")
-                check_finite_input(v0, "v0", "RevLIF")
-            try:
-                check_exact_state(v0, p)
-            except Exception:
-                check_finite_input(xg, "x_seq", "RevLIF")
-                raise
-        else:
-            check_finite_input(v0, "v0", "RevLIF")
+        bad = fused and not all_finite(v0)  # fused: the same order of errors as unfused (x_seq, v0, then its bound)
+        if bad:
+            check_finite_input(xg, "x_seq", "RevLIF")
+        if not p.exact and (bad or not fused):  # (exact: check_exact_state names a NaN, and an Inf: a finite
+            check_finite_input(v0, "v0", "RevLIF")  # state that overflowed when rounded onto the grid)
+        try:
             check_exact_state(v0, p)
+        except Exception:
+            check_finite_input(xg, "x_seq", "RevLIF")  # (a non-finite x_seq is named first)
+            raise
     if fused:
         fin: list = []
         y, vT, bits, counts = _impl(backend).revlif_forward(xg, v0, p, finite=fin)
