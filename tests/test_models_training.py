@@ -274,3 +274,17 @@ def test_resume_refuses_weights_only_checkpoints_and_follows_moved_data(tmp_path
     cfg["epochs"] = 3
     with pytest.raises(Exception, match="written with other settings: data_path"):
         train(TrainConfig(data_path="other", **cfg), checkpoint=str(ck), resume=True, **quiet)
+
+
+def test_a_model_with_more_than_ten_parameter_tensors_resumes(tmp_path):
+    """The optimizer state's parameter ids were checked in text order ([0, 1, 10, 11, 2, ...]): every checkpoint of
+    a model with more than 10 parameter tensors (every VGG-11, an MLP of 3 hidden layers) was refused as edited."""
+    cfg = dict(model="mlp", hidden=[8, 8, 8, 8], neuron="lif", timesteps=2, batch_size=64)
+    ck, ck2 = tmp_path / "ck.pt", tmp_path / "ck2.pt"
+    quiet = dict(progress=False, log=lambda s: None)
+    train(TrainConfig(epochs=1, **cfg), checkpoint=str(ck), **quiet)
+    assert len([k for k in load_checkpoint(ck)["model_state"] if not k.endswith(("_mean", "_var", "_tracked"))]) > 10
+    train(TrainConfig(epochs=2, **cfg), checkpoint=str(ck), resume=True, **quiet)
+    train(TrainConfig(epochs=2, **cfg), checkpoint=str(ck2), **quiet)
+    a, b = load_checkpoint(ck)["model_state"], load_checkpoint(ck2)["model_state"]
+    assert load_checkpoint(ck)["epoch"] == 2 and all(torch.equal(a[k], b[k]) for k in a)

@@ -216,7 +216,7 @@ def check_optimizer_state(state: Any, params: Sequence[torch.Tensor], steps: Opt
         raise _refuse(checkpoint, "optimizer_state param_groups", "must be one group (a dict with its 'params' list)" +
                       (f", got {len(groups)} groups" if len(groups) != 1 else ""))
     ids = groups[0]["params"]
-    if sorted(ids, key=repr) != list(range(len(params))) or any(type(i) is not int for i in ids):
+    if any(type(i) is not int for i in ids) or sorted(ids) != list(range(len(params))):  # (numeric order: 2 < 10)
         raise _refuse(checkpoint, "optimizer_state param_groups[0] params",
                       f"must list the model's {len(params)} parameters once each (0..{len(params) - 1})")
     kind = [k for k in ("momentum", "momentum_buffer") if k in groups[0] or any(
