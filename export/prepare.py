@@ -26,6 +26,7 @@ from torch import nn
 from ..atomic import is_path_value
 from ..checkpoint import NIR_LOAD_HINT, load_checkpoint, load_model_state, refuse_nir_config
 from ..errors import UsageError, first_line
+from ..memopt import uninstall as memopt_uninstall
 from ..memory_guard import check_fits_in_memory, shape_bytes
 from ..models import SpikingClassifier, build_model, spiking_layers
 from .artifacts import PathLike, valid_input_range
@@ -157,13 +158,16 @@ def _replace_batchnorm(module: nn.Module) -> None:
 
 
 def export_copy(model: nn.Module, frozen_batchnorm_ops: bool = False) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with every spiking node on the ``"reference"`` backend.
+    """A deep copy of ``model`` in eval mode with every spiking node on the ``"reference"`` backend, and plain
+    ``nn.Sequential`` forwards where ``model`` was :func:`edgesnn.optimize_memory`'d (its chunked blocks run
+    Numba kernels a trace cannot follow; the values are the same).
 
     Args:
         frozen_batchnorm_ops: also rewrite BatchNorm layers as :class:`FrozenBatchNorm`
             (needed for ONNX Runtime training; same values and gradients as eval-mode BatchNorm).
     """
     clone = copy.deepcopy(model)
+    memopt_uninstall(clone)
     nodes = spiking_layers(clone)
     for _, node in nodes:
         node.backend = "reference"

@@ -142,3 +142,29 @@ def test_export_requires_reference_path_not_custom_function(tmp_path):
         node.backend = "torch"  # the hand-written-backward PyTorch path: same forward values
     with torch.no_grad():
         torch.testing.assert_close(clone(x), model(x), atol=1e-5, rtol=0)
+
+
+@needs_onnx_runtime
+def test_an_optimize_memory_model_exports_as_the_plain_model(tmp_path):
+    """The exporters traced the deep copy's chunked memopt blocks, whose Numba kernels got tracer tensors: a
+    TypingError traceback from export_onnx and export_torchscript. The copy runs plain forwards; the model
+    itself stays optimized."""
+    import onnxruntime as ort
+
+    import edgesnn
+    from edgesnn.export.onnx_inference import export_onnx
+    from edgesnn.export.torchscript import export_torchscript
+    from edgesnn.memopt import MemoryOptimizedSequential
+
+    model = make_model("convnet", "lif", "sigmoid")
+    x, _ = make_batch("convnet", 4)
+    with torch.no_grad():
+        want = model.eval()(x).numpy()
+    T = model.timesteps
+    edgesnn.optimize_memory(model, x.unsqueeze(0).expand(T, *x.shape))
+    sess = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(["logits"], {"input": x.numpy()})[0], want, atol=1e-5)
+    traced = torch.jit.load(str(export_torchscript(model, tmp_path / "m.pt")))
+    with torch.no_grad():
+        np.testing.assert_allclose(traced(x).numpy(), want, atol=1e-5)
+    assert any(isinstance(m, MemoryOptimizedSequential) for m in model.modules())
