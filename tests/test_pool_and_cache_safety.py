@@ -215,3 +215,36 @@ def test_an_unusable_edgesnn_cache_dir_is_warned_about(tmp_path, monkeypatch):
         assert chosen.startswith(str(tmp_path / "home"))
     finally:
         _restore_cache(old, monkeypatch)
+
+
+def test_unpooled_takes_fresh_tensors_in_its_thread_only(pool):
+    with buffers.unpooled():
+        a = buffers.empty(BIG)
+        assert buffers.pool_bytes() == 0
+        seen = []
+        worker = __import__("threading").Thread(target=lambda: seen.append(buffers.empty(BIG)))
+        worker.start()
+        worker.join()
+        assert buffers.pool_bytes() == a.numel() * 4  # (another thread's buffer is pooled as before)
+    del a, seen
+    b = buffers.empty(BIG)
+    assert buffers.pool_bytes() == b.numel() * 4
+
+
+@pytest.mark.skipif(not dispatch.numba_available(), reason="numba not installed")
+def test_evaluation_keeps_no_pooled_buffer_idle(pool):
+    """The evaluation pass's kernel outputs ([T, B, N] >= 1 MiB) went into the pool and stayed idle there after
+    the next layer, up to its limit: 110 MiB above the resident memory where the planner counts 80 (convnet,
+    T = 16); the training step's idle buffers were kept through the pass as well."""
+    from edgesnn.models import build_model
+    from edgesnn.training.data import Split
+    from edgesnn.training.loop import evaluate
+
+    idle = buffers.empty(BIG)
+    del idle  # a training step's buffer, idle in the pool
+    assert buffers.pool_bytes() > 0
+    torch.manual_seed(0)
+    model = build_model("mlp", (64,), 10, 8, "lif", hidden=[1 << 13], node={"backend": "numba"})
+    split = Split(torch.rand(64, 64), torch.randint(0, 10, (64,)))  # LIF output [8, 64, 8192]: 16 MiB
+    evaluate(model, split, 64)
+    assert buffers.pool_bytes() == 0

@@ -22,16 +22,17 @@ free lists already reuse them).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import threading
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["empty", "set_pool_limit", "pool_limit", "release", "pool_bytes"]
+__all__ = ["empty", "set_pool_limit", "pool_limit", "release", "pool_bytes", "unpooled"]
 
 _MIN_BYTES = 1 << 20
 _DEFAULT_MB = 64
@@ -39,6 +40,7 @@ _lock = threading.Lock()
 # per (nbytes, dtype): [storage, data pointer it was allocated with]
 _pool: Dict[Tuple[int, torch.dtype], List[List]] = {}
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
+_thread = threading.local()  # .unpooled: inside unpooled() in this thread
 
 
 def _env_limit() -> int:
@@ -147,7 +149,7 @@ def empty(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Ten
     n = math.prod(shape)
     itemsize = torch.empty((), dtype=dtype).element_size() if dtype != torch.float32 else 4
     nbytes = n * itemsize
-    if _limit == 0 or nbytes < _MIN_BYTES:
+    if _limit == 0 or nbytes < _MIN_BYTES or getattr(_thread, "unpooled", False):
         return torch.empty(shape, dtype=dtype)
     key = (nbytes, dtype)
     with _lock:
@@ -164,3 +166,17 @@ def empty(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Ten
             if _make_room(nbytes):
                 _pool.setdefault(key, []).append([st, st.data_ptr()])
         return torch.empty(0, dtype=dtype).set_(st, 0, shape)
+
+
+@contextlib.contextmanager
+def unpooled() -> Iterator[None]:
+    """Within the block (this thread only), :func:`empty` takes fresh tensors from the allocator: for a
+    pass whose outputs die layer by layer (an evaluation under ``no_grad``), where pooled ones would stay
+    idle in the pool, up to its limit, instead of going back to the allocator. Buffers handed out before
+    stay pooled."""
+    before = getattr(_thread, "unpooled", False)
+    _thread.unpooled = True
+    try:
+        yield
+    finally:
+        _thread.unpooled = before

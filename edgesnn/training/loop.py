@@ -16,6 +16,7 @@ from ..checkpoint import (NIR_LOAD_HINT, CheckpointError, atomic_write, load_che
                           refuse_nir_config, save_checkpoint)
 from ..atomic import is_path_value
 from ..errors import UsageError
+from ..kernels import buffers
 from ..models import SpikingClassifier, build_model
 from ..user_state import evaluating
 from ..output_guard import guarded
@@ -44,7 +45,8 @@ EVAL_BATCH_SIZE = 256
 def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE, dist: Optional[DistInfo] = None) -> float:
     """Top-1 accuracy (0..1) of ``model`` on ``split``, every sample counted once (last batch included).
 
-    Runs in eval mode (BatchNorm's running statistics, unchanged) and restores the model's mode. Refused
+    Runs in eval mode (BatchNorm's running statistics, unchanged) and restores the model's mode, without
+    edgesnn's buffer pool (whose idle buffers it frees first: :func:`edgesnn.kernels.buffers.unpooled`). Refused
     in one line: an empty split, ``batch_size`` not an integer >= 1, labels not ``int [N]`` or outside
     ``0..classes-1``, ``x`` and ``y`` of other lengths, static inputs not floating point, and event
     frames ``[N, T, ...]`` whose T is not ``model.timesteps``.
@@ -58,7 +60,10 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE, 
         raise TypeError(f"model: expected a torch.nn.Module (e.g. an edgesnn SpikingClassifier), got {type(model).__name__}")
     check_split(split, getattr(model, "timesteps", None))
     check_input_dtype(split, model)
-    with evaluating(model):
+    # the training step's idle pooled buffers freed, and none kept idle by this pass (its outputs die layer
+    # by layer): the planner's evaluation peak, and the next step starts as after an emptied pool
+    buffers.release()
+    with evaluating(model), buffers.unpooled():
         dev = _model_device(model)
         rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
         mine = torch.arange(rank, len(split), world)
