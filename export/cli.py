@@ -128,7 +128,8 @@ def import_params(checkpoint: PathLike, params_npz: PathLike, out: PathLike) -> 
     """
     from ..checkpoint import save_checkpoint
     from ..atomic import check_input_file
-    from .params_check import merged_state
+    from ..checkpoint import encode_config
+    from .params_check import check_same_model, merged_state
     from .prepare import check_finite, model_from_checkpoint
     from .run_support import read_npz
 
@@ -136,6 +137,7 @@ def import_params(checkpoint: PathLike, params_npz: PathLike, out: PathLike) -> 
     model, ck = model_from_checkpoint(checkpoint, "--checkpoint")
     # as every other format: a NaN/Inf buffer the params do not replace would be copied into the new file
     check_finite(model, f"--checkpoint {checkpoint}")
+    check_same_model(params_npz, encode_config(ck["model_config"]), f"--params {params_npz}")
     new_state = merged_state(model, read_npz(params_npz, "--params"), f"--params {params_npz}")
     extra = {k: v for k, v in ck.items() if k not in ("format", "version", "model_config", "model_state", "optimizer_state")}
     return save_checkpoint(out, ck["model_config"], new_state, **extra)

@@ -7,11 +7,18 @@ must hold **every trainable parameter** of the checkpoint's model; a buffer it l
 BatchNorm's ``num_batches_tracked``, which no graph reads) keeps the checkpoint's value. A name the
 model does not have, another shape, a dtype that is not real floating point (integer for an
 integer buffer), or a NaN / Inf value is refused in one line naming the array and the file.
+
+Where the file lies as the runner leaves it by default (``ARTIFACTS/finetuned/params.npz``, beside its
+``state.npz``, whose ``runner.artifact`` names the export's ``step.onnx``), the export's manifest tells
+which model was fine-tuned: an export of another model (a RevLIF export folded into a LIF checkpoint of
+the same widths) is refused (:func:`check_same_model`). Elsewhere there is nothing to compare with.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -19,7 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["merged_state"]
+__all__ = ["merged_state", "check_same_model"]
 
 
 def _names(names: List[str], limit: int = 4) -> str:
@@ -79,3 +86,35 @@ def merged_state(model: nn.Module, arrays: Dict[str, np.ndarray], source: str) -
     _refuse_missing(arrays, [n for n, _ in model.named_parameters()], source)
     return {name: _tensor(arrays[name], value, f"{source}: array {name}") if name in arrays else value
             for name, value in state.items()}
+
+
+def _fine_tuned_config(params_npz: Path) -> Optional[Dict[str, Any]]:
+    """The ``model_config`` of the export ``params_npz`` was fine-tuned from, where the runner's default layout
+    tells it (``ARTIFACTS/finetuned/{params,state}.npz``, ``state.npz`` naming ``ARTIFACTS``' step graph); else None."""
+    from .artifacts import STEP_MODEL, read_manifest
+
+    state, artifacts = params_npz.parent / "state.npz", params_npz.parent.parent
+    try:
+        with np.load(state, allow_pickle=False) as saved:
+            artifact = str(saved["runner.artifact"]) if "runner.artifact" in saved.files else None
+        manifest = read_manifest(artifacts)
+    except Exception:  # (no runner state or no export there: nothing to compare with)
+        return None
+    if artifact is None or artifact != getattr(manifest, "files", {}).get(STEP_MODEL):
+        return None
+    return manifest.model_config
+
+
+def check_same_model(params_npz: Path, model_config: Dict[str, Any], source: str) -> None:
+    """Refuse (one line) a ``params.npz`` fine-tuned from an export of another model than ``model_config``
+    (the checkpoint's, encoded as the manifests store it), where its export is known (see the module doc)."""
+    exported = _fine_tuned_config(Path(params_npz))
+    if exported is None:
+        return
+    model_config = json.loads(json.dumps(model_config, default=str))  # (as the manifest holds it: tuples are lists)
+    keys = sorted((set(exported) | set(model_config)) - {"node"})  # (the backend does not change the weights)
+    differ = [k for k in keys if exported.get(k) != model_config.get(k)]
+    if differ:
+        k = differ[0]
+        raise UsageError(f"{source}: fine-tuned from an export of another model ({k} {exported.get(k)!r}; the "
+                         f"checkpoint's: {model_config.get(k)!r}); fold it into the checkpoint that export came from")

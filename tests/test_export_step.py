@@ -201,6 +201,38 @@ def test_runner_is_torch_free_and_reports_held_out_accuracy(digits_step):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+def test_folding_weights_fine_tuned_from_another_models_export_is_refused(digits_step, tmp_path):
+    """``--format checkpoint --params ARTIFACTS/finetuned/params.npz`` folded the weights of a RevLIF export into a
+    LIF checkpoint of the same widths without a word (logits up to 3.8 off, 12.5% of the argmaxes); where the
+    runner's default layout names the export, its model must be the checkpoint's."""
+    import shutil
+
+    from edgesnn.checkpoint import save_checkpoint
+    from edgesnn.errors import UsageError
+    from edgesnn.export.artifacts import STEP_MODEL, read_manifest
+    from edgesnn.models import build_model
+
+    tmp, model = digits_step
+    art = tmp_path / "art"
+    shutil.copytree(tmp / "art", art)
+    (art / "finetuned").mkdir()
+    params = art / "finetuned" / "params.npz"
+    np.savez(params, **{k: v.numpy() for k, v in model.state_dict().items() if v.is_floating_point()})
+    np.savez(art / "finetuned" / "state.npz", **{"runner.artifact": np.asarray(read_manifest(art).files[STEP_MODEL])})
+    lif = build_model("mlp", (64,), 10, 4, neuron="lif", hidden=(32, 32), node={"backend": "torch"})
+    lif_ck = save_checkpoint(tmp_path / "lif.ckpt", lif.config, lif.state_dict(), epoch=1)
+    with pytest.raises(UsageError, match=r"^--params .*params\.npz: fine-tuned from an export of another model \(neuron "
+                                         r"'revlif'; the checkpoint's: 'lif'\); fold it into the checkpoint that export"):
+        _export_cli(["--checkpoint", str(lif_ck), "--format", "checkpoint", "--params", str(params),
+                     "--out", str(tmp_path / "mixed.ckpt")])
+    assert not (tmp_path / "mixed.ckpt").exists()
+    assert _export_cli(["--checkpoint", str(tmp / "model.ckpt"), "--format", "checkpoint", "--params", str(params),
+                        "--out", str(tmp_path / "same.ckpt")]) == 0
+    (art / "finetuned" / "state.npz").unlink()  # (elsewhere nothing tells the export: folded as before)
+    assert _export_cli(["--checkpoint", str(lif_ck), "--format", "checkpoint", "--params", str(params),
+                        "--out", str(tmp_path / "mixed.ckpt")]) == 0
+
+
 def test_resume_continues_the_run_and_refuses_another_export(digits_step, tmp_path):
     """1 epoch + --resume 1 epoch == 2 epochs in one run (the data order continues); a state from
     another export is refused; the public step checks its inputs."""
