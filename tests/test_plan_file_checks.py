@@ -251,6 +251,10 @@ def conv_revlif4(tmp_path_factory):
      r"^plan: layers\[0\]\.neuron: expected a group count that divides the 6 channels"),
     (lambda: build_model("convnet", (3, 16, 16), 10, 4, channels=[8, 8]), r"^plan: model\.channels: expected \[8, 8\]"),
     (lambda: build_model("mlp", (768,), 10, 4, hidden=[16, 32]), r"^plan: model\.name: expected 'mlp'"),
+    # (train --plan refused these two; apply() swapped the nodes of a model the plan's figures are not for)
+    (lambda: build_model("convnet", (3, 16, 16), 10, 4, pool="max"), r"^plan: pool: expected max \(the model's\), got avg"),
+    (lambda: build_model("convnet", (3, 16, 16), 10, 4, batchnorm=False),
+     r"^plan: batchnorm: expected False \(the model's\), got True"),
 ])
 def test_apply_refuses_a_plan_for_another_model(model, needle, conv_revlif4):
     m = model()

@@ -309,12 +309,14 @@ def _node_kwargs(node: nn.Module) -> Dict[str, Any]:
 
 
 def _check_same_input(cfg: Dict[str, Any], plan: Plan) -> None:
-    """One line when ``plan`` was made for another input shape, class count or T than the model
-    config ``cfg`` (the plan's memory figures hold for its model only; ``edgesnn train --plan``
-    refuses the same)."""
+    """One line when ``plan`` was made for another input shape, class count, T, pooling or BatchNorm
+    than the model config ``cfg`` (the plan's memory figures hold for its model only; ``edgesnn train
+    --plan`` refuses the same). Pooling and BatchNorm are stored only where they are not the default."""
     pairs = (("in_shape", cfg.get("in_shape"), plan.model.get("in_shape")),
              ("num_classes", cfg.get("num_classes"), plan.model.get("num_classes")),
-             ("timesteps", cfg.get("timesteps"), plan.timesteps))
+             ("timesteps", cfg.get("timesteps"), plan.timesteps),
+             ("pool", cfg.get("pool", "avg"), plan.model.get("pool", "avg")),
+             ("batchnorm", cfg.get("batchnorm", True), plan.model.get("batchnorm", True)))
     for key, mine, planned in pairs:
         if mine is None or planned is None:
             continue
