@@ -137,7 +137,7 @@ def import_params(checkpoint: PathLike, params_npz: PathLike, out: PathLike) -> 
     model, ck = model_from_checkpoint(checkpoint, "--checkpoint")
     # as every other format: a NaN/Inf buffer the params do not replace would be copied into the new file
     check_finite(model, f"--checkpoint {checkpoint}")
-    check_same_model(params_npz, encode_config(ck["model_config"]), f"--params {params_npz}")
+    check_same_model(params_npz, encode_config(model.config), f"--params {params_npz}")  # (as exports store it)
     new_state = merged_state(model, read_npz(params_npz, "--params"), f"--params {params_npz}")
     extra = {k: v for k, v in ck.items() if k not in ("format", "version", "model_config", "model_state", "optimizer_state")}
     return save_checkpoint(out, ck["model_config"], new_state, **extra)

@@ -112,8 +112,12 @@ def check_same_model(params_npz: Path, model_config: Dict[str, Any], source: str
     if exported is None:
         return
     model_config = json.loads(json.dumps(model_config, default=str))  # (as the manifest holds it: tuples are lists)
-    keys = sorted((set(exported) | set(model_config)) - {"node"})  # (the backend does not change the weights)
-    differ = [k for k in keys if exported.get(k) != model_config.get(k)]
+    def settings(config: Dict[str, Any]) -> Dict[str, Any]:  # (the node's backend does not change the weights)
+        node = config.get("node")
+        return {**config, "node": {k: v for k, v in node.items() if k != "backend"}} if isinstance(node, dict) else config
+
+    exported, model_config = settings(exported), settings(model_config)
+    differ = [k for k in sorted(set(exported) | set(model_config)) if exported.get(k) != model_config.get(k)]
     if differ:
         k = differ[0]
         raise UsageError(f"{source}: fine-tuned from an export of another model ({k} {exported.get(k)!r}; the "

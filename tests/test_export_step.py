@@ -228,6 +228,13 @@ def test_folding_weights_fine_tuned_from_another_models_export_is_refused(digits
     assert not (tmp_path / "mixed.ckpt").exists()
     assert _export_cli(["--checkpoint", str(tmp / "model.ckpt"), "--format", "checkpoint", "--params", str(params),
                         "--out", str(tmp_path / "same.ckpt")]) == 0
+    other = build_model("mlp", (64,), 10, 4, neuron="revlif", hidden=(32, 32), node={"backend": "torch", "tau": 4.0})
+    with pytest.raises(UsageError, match=r"another model \(node \{\}; the checkpoint's: \{'tau': 4\.0\}\)"):
+        _export_cli(["--checkpoint", str(save_checkpoint(tmp_path / "tau.ckpt", other.config, other.state_dict())),
+                     "--format", "checkpoint", "--params", str(params), "--out", str(tmp_path / "mixed.ckpt")])
+    auto = build_model("mlp", (64,), 10, 4, neuron="revlif", hidden=(32, 32))  # (another backend: the same weights)
+    assert _export_cli(["--checkpoint", str(save_checkpoint(tmp_path / "auto.ckpt", auto.config, model.state_dict())),
+                        "--format", "checkpoint", "--params", str(params), "--out", str(tmp_path / "auto2.ckpt")]) == 0
     (art / "finetuned" / "state.npz").unlink()  # (elsewhere nothing tells the export: folded as before)
     assert _export_cli(["--checkpoint", str(lif_ck), "--format", "checkpoint", "--params", str(params),
                         "--out", str(tmp_path / "mixed.ckpt")]) == 0

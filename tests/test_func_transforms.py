@@ -129,6 +129,23 @@ def test_vmap_over_a_parametric_lif_is_refused_in_one_line():
     assert "\n" not in msg and msg.startswith("ParametricLIF backend 'reference': torch.func.vmap"), msg
 
 
+def test_vmap_over_a_parametric_lifs_parameters_is_refused_in_one_line():
+    """Model ensembling (``stack_module_state``, the input not batched) batches the learnable decay only: the
+    loop ran and died in the node's overflow check with PyTorch's ``.item()`` error."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state
+
+    models = [ParametricLIF(init_tau=t) for t in (1.5, 2.0, 4.0)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    with pytest.raises(RuntimeError) as e:
+        torch.func.vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))(
+            params, buffers, torch.randn(5, 3, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("ParametricLIF backend 'reference': torch.func.vmap"), msg
+
+
 @pytest.mark.parametrize("make", NODES, ids=["LIF", "RevLIF"])
 def test_reference_backend_computes_the_gradient_of_a_gradient(make):
     node = make(backend="reference")

@@ -55,8 +55,8 @@ def test_layer_chain_and_factors():
     m = build_model("convnet", (3, 8, 8), 10, 4, neuron="lif", node={"backend": "torch"}, channels=[4, 8])
     chain = ChainModel(m)
     assert len(chain.spiking) == len(spiking_layers(m)) == 2
-    # LIF (torch) saves h: 1 x its input, 4 bytes per neuron-step, and v_T: 4 bytes per neuron
-    assert chain.layer_option_cost(0, "lif") == Cost(step=4 * 4 * 64, sample=4 * 4 * 64)
+    # LIF (torch) saves h: 1 x its input, 4 bytes per neuron-step
+    assert chain.layer_option_cost(0, "lif") == Cost(step=4 * 4 * 64)
     # RevLIF: final state 4 B/neuron + 1 byte per 8 steps; its output is saved by the next conv anyway
     assert chain.layer_option_cost(0, "revlif:2") == Cost(sample=4 * 4 * 64, packed=4 * 64)
     # the group count does not change the bytes

@@ -197,4 +197,4 @@ def test_vgg11_with_two_group_counts_plans_the_fastest_fitting_choice_and_its_au
     extras = Extras(eval_batch=16, dataset_bytes=10_000_000)
     auto = plan_model(chain, 4, 1422049992, rt, batch=None, groups=(2, 4), extras=extras)
     fixed = plan_model(chain, 4, 1422049992, rt, batch=auto["batch"], groups=(2, 4), extras=extras)
-    assert auto["batch"] == 118 and fixed["options"] == auto["options"]  # (125 before the torch LIF saved v_T)
+    assert auto["batch"] == 125 and fixed["options"] == auto["options"]

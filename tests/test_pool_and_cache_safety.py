@@ -221,12 +221,11 @@ def test_unpooled_takes_fresh_tensors_in_its_thread_only(pool):
     with buffers.unpooled():
         a = buffers.empty(BIG)
         assert buffers.pool_bytes() == 0
-        seen = []
-        worker = __import__("threading").Thread(target=lambda: seen.append(buffers.empty(BIG)))
+        worker = __import__("threading").Thread(target=buffers.empty, args=(BIG,))
         worker.start()
         worker.join()
         assert buffers.pool_bytes() == a.numel() * 4  # (another thread's buffer is pooled as before)
-    del a, seen
+    del a
     b = buffers.empty(BIG)
     assert buffers.pool_bytes() == b.numel() * 4
 

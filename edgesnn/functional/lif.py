@@ -279,25 +279,33 @@ def _lif_torch_loop(x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams) -> Tupl
     return s_seq, v, h_seq
 
 
+def _anchor(v_T: torch.Tensor) -> torch.Tensor:
+    """A zero-element output saved as the second-order refusal's anchor: its graph leads back to ``x_seq``
+    (a loss linear in the spikes feeds the backward gradients without a graph), and no caller can edit it
+    in place (saving the returned ``v_T`` made an in-place reset of the state before the backward an error)."""
+    return v_T.new_empty(0)
+
+
 class _LIFTorchFunction(torch.autograd.Function):
-    """LIF over time that saves only ``h`` (one tensor of ``[T, B, ...]``) for backward."""
+    """LIF over time that saves ``h`` (one tensor of ``[T, B, ...]``) for backward, and a zero-element
+    anchor (a third output, which :func:`lif_multistep` drops)."""
 
     @staticmethod
     def forward(ctx, x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams):
         s_seq, v_T, h_seq = _lif_torch_loop(x_seq, v0, p)
-        # (v_T, [B, ...], only as the second-order refusal's anchor: its graph leads back to x_seq)
-        ctx.save_for_backward(h_seq, v_T)
+        anchor = _anchor(v_T)
+        ctx.save_for_backward(h_seq, anchor)
         ctx.params = p
-        return s_seq, v_T
+        return s_seq, v_T, anchor
 
     @staticmethod
-    def backward(ctx, grad_s_seq, grad_v_T):
+    def backward(ctx, grad_s_seq, grad_v_T, _grad_anchor=None):
         refuse_batched((grad_s_seq, grad_v_T), "LIF", "torch")  # (jacrev: its loop would mix the batch in)
         # computed from the saved h, without a graph: a second backward through it raises
         with torch.no_grad():
             grads = _LIFTorchFunction._grads(ctx, grad_s_seq, grad_v_T)
-        # (anchored to the incoming gradients and to the saved output v_T: h has no graph, and a loss linear
-        # in the spikes gives incoming gradients without one)
+        # (anchored to the incoming gradients and to the saved anchor output: h has no graph, and a loss
+        # linear in the spikes gives incoming gradients without one)
         return first_order_only(grads, "LIF", "torch", (grad_s_seq, grad_v_T, ctx.saved_tensors[1])) + (None,)
 
     @staticmethod
@@ -321,22 +329,24 @@ class _LIFTorchFunction(torch.autograd.Function):
 class _LIFTorchFunctionInTransforms(torch.autograd.Function):
     """:class:`_LIFTorchFunction` in the form ``torch.func`` transforms accept (``forward`` without
     ``ctx``, ``setup_context`` apart; ``h_seq`` returned as a third, non-differentiable output to be
-    saved). Used only inside a transform: ``torch.compile`` of PyTorch 2.5 traces only the classic form."""
+    saved, the anchor as the fourth). Used only inside a transform: ``torch.compile`` of PyTorch 2.5 traces
+    only the classic form."""
 
     @staticmethod
     def forward(x_seq: torch.Tensor, v0: torch.Tensor, p: LIFParams):
-        return _lif_torch_loop(x_seq, v0, p)
+        s_seq, v_T, h_seq = _lif_torch_loop(x_seq, v0, p)
+        return s_seq, v_T, h_seq, _anchor(v_T)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         h_seq = output[2]
-        ctx.save_for_backward(h_seq, output[1])
+        ctx.save_for_backward(h_seq, output[3])
         ctx.mark_non_differentiable(h_seq)
         ctx.set_materialize_grads(False)  # (no [T, B, ...] of zeros for h_seq; _grads fills what is None)
         ctx.params = inputs[2]
 
     @staticmethod
-    def backward(ctx, grad_s_seq, grad_v_T, _grad_h_seq):
+    def backward(ctx, grad_s_seq, grad_v_T, _grad_h_seq, _grad_anchor):
         return _LIFTorchFunction.backward(ctx, grad_s_seq, grad_v_T)
 
 
@@ -362,9 +372,10 @@ def lif_multistep(
     if v0 is None:
         v0 = initial_state(x_seq[0], p)
     if eager() and func_transform_depth():
-        s_seq, v_T, _ = _LIFTorchFunctionInTransforms.apply(x_seq, v0, p)
+        s_seq, v_T, _, _ = _LIFTorchFunctionInTransforms.apply(x_seq, v0, p)
         return s_seq, v_T
-    return _LIFTorchFunction.apply(x_seq, v0, p)
+    s_seq, v_T, _ = _LIFTorchFunction.apply(x_seq, v0, p)
+    return s_seq, v_T
 
 
 def _check_inputs(x_seq: torch.Tensor, v0: Optional[torch.Tensor], layer: str = "LIF") -> None:

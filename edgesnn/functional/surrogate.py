@@ -272,7 +272,8 @@ def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
     earlier) 0, as the kernels' comparison does; their gradient is 0 (the surrogate's slope at
     ``+-inf``). Without autograd the spike is the comparison alone; in eager autograd a small
     ``autograd.Function`` carries the slope; traced graphs (ONNX export, ``torch.jit.trace``) get
-    the same gradient from a straight-through product on ``u`` made finite.
+    the same gradient from a straight-through product on ``u`` made finite, except where an output
+    gradient that overflowed to +-Inf meets a zero slope: NaN there, 0 in eager autograd.
     """
     if not isinstance(surrogate, Surrogate):  # (a name such as "sigmoid" ran forward, then failed in backward)
         raise TypeError(f"surrogate: expected a Surrogate (Sigmoid(), ATan(), ... or get_surrogate(name)), got "

@@ -189,8 +189,9 @@ def refuse_transforms(x_seq: torch.Tensor, layer: str, backend: str, v0: Optiona
     function would give a silently zero one)."""
     if not isinstance(x_seq, torch.Tensor) or torch.compiler.is_compiling():  # (the compiler traces no wrappers)
         return
-    batched = under_vmap(x_seq)
-    dual = not batched and any(isinstance(t, torch.Tensor) and under_forward_ad(t) for t in (x_seq, v0, *params))
+    tensors = [t for t in (x_seq, v0, *params) if isinstance(t, torch.Tensor)]
+    batched = any(under_vmap(t) for t in tensors)  # (a learnable decay batched by model ensembling, too)
+    dual = not batched and any(under_forward_ad(t) for t in tensors)
     if (batched or dual) and eager():  # (eager(): the dearer check, only once one of them holds)
         raise vmap_refused(layer, backend) if batched else forward_ad_refused(layer, backend)
 

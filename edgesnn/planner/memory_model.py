@@ -15,7 +15,7 @@ AvgPoolNd              its input (``avg_pool2d_backward`` takes ``self``)
 MaxPoolNd              its input + int64 indices of the output's size
 AdaptiveAvgPool, Flatten, Identity, Unflatten: nothing (views or shape-only backward)
 ReLU / LeakyReLU       its output
-LIF (torch)            ``h_seq`` and ``v_T``: 1 x its input (``T x B x N x dtype`` bytes) + ``B x N x dtype``
+LIF (torch)            ``h_seq``: 1 x its input (``T x B x N x dtype`` bytes)
 LIF (numba, cuda)      its input (1 x) and the initial state ``v0`` (``B x N x dtype``)
 LIF (reference)        measured once on a tiny tensor (depends on surrogate and reset)
 RevLIF (exact)         its output ``y`` (shared with the next layer), the final state ``v_T``
@@ -171,8 +171,7 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
     does not change the bytes (the final state and the bits are per neuron); it only changes the
     time model. Factors per backend, from the autograd functions:
 
-    * LIF ``torch`` (``_LIFTorchFunction``): ``h_seq``, a fresh ``[T, B, N]`` tensor (1 x input), and its
-      output ``v_T`` ``[B, N]`` (the second-order refusal's anchor).
+    * LIF ``torch`` (``_LIFTorchFunction``): ``h_seq``, a fresh ``[T, B, N]`` tensor (1 x input).
     * LIF ``numba``/``cuda`` (``edgesnn::lif_fwd``): its input ``x`` (recomputes ``h``) and ``v0``
       ``[B, N]``.
     * LIF ``reference``: measured on a tiny tensor (3-6 x input, depends on surrogate and reset).
@@ -189,8 +188,7 @@ def option_cost(layer: Layer, option: str, dtype_bytes: int = 4) -> Tuple[bool, 
             return False, False, Cost(step=factor * n * dtype_bytes / 4), ZERO, Cost(sample=8 * n * dtype_bytes)
         if backend in ("numba", "cuda"):
             return True, False, Cost(sample=n * dtype_bytes), ZERO, ZERO
-        private = Cost(step=n * dtype_bytes, sample=n * dtype_bytes)  # h_seq and v_T
-        return False, False, private, Cost(sample=9 * n * dtype_bytes), Cost(sample=8 * n * dtype_bytes)
+        return False, False, Cost(step=n * dtype_bytes), Cost(sample=9 * n * dtype_bytes), Cost(sample=8 * n * dtype_bytes)
     mode = mod.params.mode if isinstance(mod, RevLIF) else "exact"
     backend = resolved_backend(node_as(mod, RevLIF), dtype)
     if backend == "reference":
