@@ -80,6 +80,25 @@ def test_parametric_lif_assignment_after_tau_trained_close_to_one():
     assert node.tau == pytest.approx(3.0)
 
 
+def test_parametric_lif_assignment_after_training_left_the_constructors_range():
+    """A learnable threshold trained below ``v_reset``, or a loaded ``w`` whose tau is past float32's range, made
+    every later assignment fail on a value the caller did not assign ('v_reset: expected a value below ...')."""
+    node = ParametricLIF(v_threshold=0.1, learn_threshold=True)
+    with torch.no_grad():
+        node.v_threshold.fill_(-0.2)  # (what an optimizer step can do)
+    node.detach_reset = True
+    assert node.detach_reset is True and float(node.v_threshold.detach()) == pytest.approx(-0.2)
+    with pytest.raises(ValueError, match=r"^tau: "):  # (an assigned value is still checked)
+        node.tau = 0.5
+    node = ParametricLIF()
+    node.load_state_dict({"w": torch.tensor(-100.0)})
+    node.decay_input = False
+    assert node.decay_input is False and float(node.w.detach()) == -100.0
+    node = ParametricLIF(v_threshold=0.3, learn_threshold=True)  # (learned values within range: checked against them)
+    with pytest.raises(ValueError, match=r"^v_reset: expected a value below v_threshold=0\.3"):
+        node.v_reset = 0.5
+
+
 @pytest.mark.parametrize("make", [lambda: LIF(step_mode="s"), lambda: RevLIF(stateful=True), lambda: ParametricLIF(step_mode="s")])
 def test_deepcopy_of_a_node_holding_a_state_with_a_graph(make):
     node = make()

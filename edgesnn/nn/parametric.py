@@ -174,16 +174,20 @@ class ParametricLIF(LIFAttributes, _SpikingNode):
 
     def _update_lif_params(self, **changes: Any) -> None:
         """Validate ``changes`` against the current (learned) tau and threshold, then apply them;
-        a new tau or learnable threshold is written into its parameter in place."""
+        a new tau or learnable threshold is written into its parameter in place. Where training (or a
+        loaded ``w``) left the learned values outside what the constructor accepts, ``changes`` are
+        validated against the last accepted settings instead: the assignment is checked, not the training."""
         if isinstance(changes.get("tau"), torch.Tensor) or isinstance(changes.get("v_threshold"), torch.Tensor):
             name = "tau" if "tau" in changes else "v_threshold"
             raise TypeError(f"{name}: expected a number (it is written into the node's parameter), got a tensor")
-        current = {f.name: getattr(self._fixed, f.name) for f in dataclasses.fields(self._fixed)}
+        accepted = {f.name: getattr(self._fixed, f.name) for f in dataclasses.fields(self._fixed)}
         v_th = self._get_v_threshold()
-        # the learned tau is validated only when assigned: trained to within float rounding of 1, it would fail
-        # 'tau > 1' and block every other assignment (its _fixed value was valid when set)
-        tau = self.tau if self.tau > 1.0 else self._fixed.tau
-        current.update(tau=tau, v_threshold=float(v_th.detach()) if isinstance(v_th, torch.Tensor) else v_th)
+        current = {**accepted, "tau": self.tau,
+                   "v_threshold": float(v_th.detach()) if isinstance(v_th, torch.Tensor) else v_th}
+        try:
+            LIFParams(**current)
+        except (ValueError, TypeError):  # (a tau trained to within rounding of 1, a threshold below v_reset, ...)
+            current = accepted
         lif = LIFParams(**{**current, **changes})
         learned = self._parameters.get("v_threshold")
         with torch.no_grad():
