@@ -194,8 +194,13 @@ def test_inplace_relu_is_read_as_saving_its_input_storage():
 
 
 @pytest.mark.parametrize("body, needle", [
-    (nn.Sequential(nn.Sequential(SeqToANN(nn.Linear(8, 16)), LIF()), SeqToANN(nn.Linear(16, 4))), "body.0 (Sequential)"),
-    (nn.Sequential(SeqToANN(nn.Linear(8, 16)), ParametricLIF(), SeqToANN(nn.Linear(16, 4))), "body.1 (ParametricLIF)"),
+    (nn.Sequential(nn.Sequential(SeqToANN(nn.Linear(8, 16)), LIF()), SeqToANN(nn.Linear(16, 4))),
+     "body.0 (Sequential) on a sample of shape (8,): unsupported layer type or wrong in_shape (it holds a LIF, a spiking "
+     "node the planner cannot choose for: LIF / RevLIF must be entries of model.body themselves)"),
+    # (the node is an entry of model.body: the message told it to be one)
+    (nn.Sequential(SeqToANN(nn.Linear(8, 16)), ParametricLIF(), SeqToANN(nn.Linear(16, 4))),
+     "body.1 (ParametricLIF) on a sample of shape (16,): unsupported layer type or wrong in_shape (a spiking node the "
+     "planner cannot choose for: it plans LIF / RevLIF layers only)"),
     (nn.Sequential(SeqToANN(nn.Linear(8, 16)), LIF(), SeqToANN(nn.GRU(16, 4))), "body.2 (GRU)"),
     (nn.Sequential(SeqToANN(nn.Linear(7, 16)), LIF()), "body.0 (Linear)"),
 ])

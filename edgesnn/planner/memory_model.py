@@ -319,9 +319,12 @@ class ChainModel:
                 continue
             nested = [m for m in mod.modules() if isinstance(m, _SpikingNode)]
             if nested:
-                where = "is" if nested[0] is mod else f"holds a {type(nested[0]).__name__}"
-                raise unsupported_layer(name, mod, shape, f"it {where} a spiking node the planner cannot choose for: "
-                                        "LIF / RevLIF must be entries of model.body themselves")
+                if nested[0] is mod:  # (a ParametricLIF, SpikingJelly's nodes: the planner chooses LIF or RevLIF only)
+                    why = "a spiking node the planner cannot choose for: it plans LIF / RevLIF layers only"
+                else:
+                    why = (f"it holds a {type(nested[0]).__name__}, a spiking node the planner cannot choose for: "
+                           "LIF / RevLIF must be entries of model.body themselves")
+                raise unsupported_layer(name, mod, shape, why)
             inner = mod.module if isinstance(mod, SeqToANN) else mod
             L = _classify(i, name, inner, shape, dtype, self.dtype_bytes)
             self.layers.append(L)
