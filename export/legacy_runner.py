@@ -106,6 +106,7 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
     ``settings`` or ``lr_schedule`` differ, see :func:`~.run_schedule.resolve_schedule`), and swaps
     the output set into ``out`` after every epoch. A cosine schedule sets the rate before every step
     (``Optimizer.set_learning_rate``, a scalar setter of ORT's training API)."""
+    torch_before = "torch" in sys.modules  # (a calling process's own torch is not the runner's doing)
     ort, CheckpointState, Module, Optimizer = import_ort_training_api()
     ort.set_default_logger_severity(3)
 
@@ -204,6 +205,6 @@ def finetune_legacy(artifact_dir: Path, manifest: Manifest, x: np.ndarray, y: np
 
     metrics = run_epochs(x, y, B, epochs, seed, done, done_steps, resuming, out, log, step, end_epoch, schedule,
                          optimizer.set_learning_rate)
-    if metrics["torch_imported"]:
+    if metrics["torch_imported"] and not torch_before:
         raise RuntimeError("device runner: torch was imported during fine-tuning; the runner must stay torch-free")
     return metrics

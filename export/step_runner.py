@@ -218,7 +218,9 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
     ``metrics.json`` carries the whole run's ``history``; ``keep_best`` measures held-out accuracy
     every epoch and keeps ``best_params.npz`` (:mod:`~.run_history`). ``accumulate`` > 1: each step
     adds the gradients of up to that many batches before one update
-    (:class:`~.accumulate_session.AccumulatingSession`)."""
+    (:class:`~.accumulate_session.AccumulatingSession`). ``forbidden_modules`` lists torch and
+    onnxruntime.training modules imported during the run (not those a calling process had loaded before)."""
+    preloaded = set(training_modules_imported())
     ort = import_plain_ort()
     ort.set_default_logger_severity(3)
     rss_before = rss_mb()
@@ -313,7 +315,7 @@ def finetune_step(artifact_dir: Path, manifest: StepManifest, x: np.ndarray, y: 
             "rss_after_session_mb": rss_session,
             "peak_rss_mb": peak_rss_mb(),
             "torch_imported": "torch" in sys.modules and sys.modules["torch"] is not None,
-            "forbidden_modules": training_modules_imported(),
+            "forbidden_modules": [m for m in training_modules_imported() if m not in preloaded],
             "onnxruntime_version": getattr(ort, "__version__", ""),
         }
         state = dict(values)
