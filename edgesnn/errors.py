@@ -6,7 +6,7 @@ code 2); any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UsageError", "DependencyError", "InterruptedAfterOutput", "OutputChanged", "USER_ERRORS", "clip", "first_line", "peer_failure", "refuse_empty", "say_line"]
+__all__ = ["UsageError", "PlanningError", "DependencyError", "InterruptedAfterOutput", "OutputChanged", "USER_ERRORS", "clip", "first_line", "peer_failure", "refuse_empty", "say_line"]
 
 
 class UsageError(ValueError):
@@ -17,6 +17,11 @@ class UsageError(ValueError):
 #: project's own ``CheckpointError``, ``ArtifactError``, ``PlanningError``; the ``OSError``
 #: subclasses are missing inputs and outputs that exist or are of the wrong kind.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+class PlanningError(ValueError):
+    """No choice fits the budget; the message gives the minimum bytes and what to change. One class for
+    the layer planner (``make_plan``) and the network planner (``optimize_memory(..., budget=...)``)."""
 
 
 class OutputChanged(FileExistsError):

@@ -256,3 +256,16 @@ def test_device_profile_fields_are_checked_when_built():
     for bad in (-1, 1.5, True, "x"):
         with pytest.raises(ValueError, match="^runtime_overhead_bytes: expected"):
             devices.host_profile(runtime_overhead_bytes=bad)
+
+
+def test_one_planning_error_for_both_planners():
+    """``optimize_memory(..., budget=...)`` raised a PlanningError of its own, of the same name, which
+    ``except edgesnn.planner.PlanningError`` did not catch."""
+    import torch
+
+    import edgesnn
+    from edgesnn.planner import PlanningError
+
+    model = nn.Sequential(SeqToANN(nn.Linear(8, 16)), LIF(), SeqToANN(nn.Linear(16, 4)))
+    with pytest.raises(PlanningError, match="budget"):
+        edgesnn.optimize_memory(model, torch.randn(4, 2, 8), budget=1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import PlanningError
 from .block_shapes import BlockShape, block_shape
 
 __all__ = ["BlockShape", "BlockChoice", "NetworkPlan", "PlanningError", "predict_peak", "predict_time", "block_shape",
@@ -148,10 +149,6 @@ PARAM_FWD_MACS_PER_BYTE = 10.0
 TIME_RESOLUTION = 0.03
 # A repeated-input block's backward runs in sub-chunks of this many steps (node-only recompute).
 STATIC_INNER_STEPS = 2
-
-
-class PlanningError(ValueError):
-    """The budget cannot be met; the message gives the minimum and what to change."""
 
 
 @dataclass

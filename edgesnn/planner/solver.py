@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from ..errors import PlanningError
 from ..models import parse_neuron_spec
 from ..training.micro_batch import smallest_micro_batch
 from .choice_search import EXHAUSTIVE_CHOICES, search, starts
@@ -57,10 +58,6 @@ NS_PER_NEURON_STEP_BY_BACKEND = {
 NS_PER_NEURON_STEP = NS_PER_NEURON_STEP_BY_BACKEND["numba"]
 GROUP_COST = 0.02  # relative extra per group beyond 2 (more, smaller per-group operations)
 HOST_BANDWIDTH_GBS = 32.0
-
-
-class PlanningError(ValueError):
-    """No choice fits the budget; the message says the minimum bytes and what to change."""
 
 
 @dataclass(frozen=True)
