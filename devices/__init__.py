@@ -275,8 +275,8 @@ def _host_os() -> str:
 
 def torch_runtime_overhead() -> Tuple[int, str]:
     """``(bytes, source)``: the runtime overhead of a training process with the PyTorch build this
-    process has loaded: :data:`DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD` for a CUDA build (about 0.3 GiB
-    more RSS than a CPU build, a GPU or not), else :data:`DEFAULT_CPU_RUNTIME_OVERHEAD` (also when
+    process has loaded: :data:`DEFAULT_CUDA_BUILD_RUNTIME_OVERHEAD` for a CUDA build (381 MiB, about
+    0.37 GiB, more RSS than a CPU build, a GPU or not), else :data:`DEFAULT_CPU_RUNTIME_OVERHEAD` (also when
     torch is not imported: this module never imports it)."""
     torch = sys.modules.get("torch")
     cuda = getattr(getattr(torch, "version", None), "cuda", None)
@@ -292,7 +292,7 @@ def host_profile(runtime_overhead_bytes: Optional[int] = None) -> DeviceProfile:
 
     ``runtime_overhead_bytes``: the training process's own bytes (an int >= 0; a bad value is a
     one-line ``ValueError`` naming it); ``None``: :func:`torch_runtime_overhead`, by the loaded
-    PyTorch build (a CUDA build's libraries cost about 0.3 GiB more).
+    PyTorch build (a CUDA build's libraries cost 381 MiB more).
 
     The planner then budgets against memory that is free right now (``MemAvailable``), which on
     Jetson (unified memory) is also the right figure for the GPU (docs/design.md §5).

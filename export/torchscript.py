@@ -94,7 +94,8 @@ def export_torchscript(model: nn.Module, path: PathLike, batch_size: int = 4, ev
 
 
 def load_torchscript(path: PathLike) -> torch.jit.ScriptModule:
-    """Load a module written by :func:`export_torchscript` (raises ``FileNotFoundError``/``ValueError``)."""
+    """Load a module written by :func:`export_torchscript` (raises ``FileNotFoundError`` /
+    ``IsADirectoryError`` / ``ValueError``)."""
     if not is_path_value(path):
         raise ValueError(f"path: expected a TorchScript file path (a non-empty str or os.PathLike), got {path!r:.80}")
     path = Path(path)

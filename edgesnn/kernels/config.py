@@ -321,7 +321,7 @@ def set_num_threads(n: int) -> int:
 
     ``n`` (an ``int`` or NumPy integer >= 1) is capped at Numba's pool size (``NUMBA_NUM_THREADS``,
     the number of available cores by default; fixed when Numba is imported), and PyTorch gets the
-    same capped count; capping is warned about once. Numba's count applies to the calling thread
+    same capped count; capping is warned about once per count. Numba's count applies to the calling thread
     (``numba.set_num_threads`` is per thread: call this in each thread that runs kernels), PyTorch's
     to the whole process.
     """

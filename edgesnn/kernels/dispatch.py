@@ -86,12 +86,15 @@ def _kernel_applies(x: torch.Tensor, p) -> bool:
 
 
 def resolve_backend(backend: str, x: torch.Tensor, p: Optional[Union[LIFParams, RevLIFParams]] = None) -> str:
-    """The concrete backend (``"reference"``, ``"torch"``, ``"numba"`` or ``"cuda"``) that runs ``x``.
+    """The concrete backend (``"reference"``, ``"torch"``, ``"numba"`` or ``"cuda"``) that ``backend`` names for
+    ``x``: ``"auto"`` resolved, any other name returned as it is (whether it can run ``x`` is checked when it
+    runs: a fused kernel refuses other dtypes or surrogates in one line).
 
     Args:
         backend: one of :data:`BACKENDS`.
         x: the input, any shape (its device and dtype decide ``auto``).
-        p: optional :class:`LIFParams` / :class:`RevLIFParams` (a custom surrogate rules the kernels out).
+        p: optional :class:`LIFParams` / :class:`RevLIFParams` (for ``auto``, a custom surrogate rules the
+            kernels out).
     """
     if backend not in BACKENDS:
         hint = "; SpikingJelly's GPU backends map to 'cuda' (or 'auto')" if backend in ("cupy", "triton") else ""

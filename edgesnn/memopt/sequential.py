@@ -158,7 +158,8 @@ def install(seq: nn.Sequential, blocks: List[Block]) -> None:
 
 
 def uninstall(model: nn.Module) -> None:
-    """Undo :func:`install` everywhere in ``model``: plain ``nn.Sequential`` forward again."""
+    """Undo :func:`edgesnn.optimize_memory` everywhere in ``model``: plain ``nn.Sequential`` forwards again
+    (the parameters and buffers are untouched)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     for m in model.modules():

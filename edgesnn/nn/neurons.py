@@ -376,7 +376,8 @@ class LIF(LIFAttributes, _SpikingNode):
         detach_reset: no gradient through the spike in the reset.
         backend: ``"auto"``, ``"torch"``, ``"numba"``, ``"cuda"`` or ``"reference"``
             (see :mod:`edgesnn.kernels.dispatch`).
-        check_finite: scan the input for NaN/Inf and raise (costs one pass over the input).
+        check_finite: one more scan of the input for NaN/Inf before the node runs (one pass over the
+            input); every backend already raises ``NonFiniteInputError`` on a NaN/Inf input or state.
         step_mode: ``"m"`` (default, ``[T, B, ...]`` per call) or ``"s"`` (one step ``[B, ...]`` per call);
             left at the default, a 4-D input warns once (``[T, B, N, L]``, or SpikingJelly's one-step
             ``[B, C, H, W]``?).

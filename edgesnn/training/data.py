@@ -342,8 +342,10 @@ def load_dataset(name: str, path: Optional[str] = None, flat: bool = True, seed:
     """Load ``"digits"`` (built in), ``"cifar10"`` or ``"folder"`` (both need ``path``), or an event
     dataset (``"nmnist"``, ``"dvsgesture"``, ``"shd"``: ``path`` is the folder tonic reads, events
     are binned into ``timesteps`` frames and cached; see :mod:`edgesnn.training.events`).
-    ``~`` in ``path`` is expanded; ``log`` gets the loaders' notes (skipped files, binning). A file or
-    folder the loaders cannot read (permissions, I/O errors) is a one-line ``ValueError`` naming it.
+    ``~`` in ``path`` is expanded; ``log`` gets the loaders' notes (skipped files, binning). A missing
+    ``path`` is a one-line ``FileNotFoundError``; a file or folder the loaders cannot read (permissions,
+    I/O errors) a one-line ``ValueError`` naming it. ``flat``: static samples as flat vectors ``[N, F]``
+    (the MLP; digits ``(64,)``), else as images ``[N, C, H, W]`` (the conv models; digits ``(1, 8, 8)``).
     ``seed`` (an integer in [0, 2**32 - 1]) draws the train/test split of ``digits`` and ``folder``."""
     _check_load_args(flat, seed, log)
     timesteps = check_int(timesteps, "timesteps", 1)  # (event frames; "abc" was accepted)
